@@ -1,0 +1,103 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Hangar",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "hangar", targets: ["hangar"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CNATS",
+            path: "Sources/CNATS",
+            pkgConfig: "libnats",
+            providers: [.apt(["libnats-dev"])]
+        ),
+        .target(
+            name: "HangarNATS",
+            dependencies: [
+                "CNATS",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/NATS"
+        ),
+        .target(
+            name: "HangarShared",
+            dependencies: [
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Shared"
+        ),
+        .target(
+            name: "HangarScheduler",
+            dependencies: [
+                "HangarNATS",
+                "HangarShared",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Scheduler"
+        ),
+        .target(
+            name: "HangarNode",
+            dependencies: [
+                "HangarNATS",
+                "HangarShared",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Node"
+        ),
+        .executableTarget(
+            name: "hangar",
+            dependencies: [
+                "HangarNATS",
+                "HangarShared",
+                "HangarScheduler",
+                "HangarNode",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/hangar"
+        ),
+        .target(
+            name: "HangarTestSupport",
+            dependencies: ["HangarNATS", "HangarShared"],
+            path: "Tests/Support"
+        ),
+        .testTarget(
+            name: "HangarNATSTests",
+            dependencies: ["HangarNATS", "HangarTestSupport"],
+            path: "Tests/NATSTests"
+        ),
+        .testTarget(
+            name: "HangarSchedulerTests",
+            dependencies: [
+                "HangarScheduler", "HangarShared",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Tests/SchedulerTests"
+        ),
+        .testTarget(
+            name: "HangarNodeTests",
+            dependencies: ["HangarNode", "HangarShared"],
+            path: "Tests/NodeTests"
+        ),
+        .testTarget(
+            name: "HangarIntegrationTests",
+            dependencies: [
+                "HangarScheduler", "HangarNode", "HangarNATS", "HangarShared", "HangarTestSupport",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Tests/IntegrationTests"
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

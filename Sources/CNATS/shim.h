@@ -1,0 +1,4 @@
+#ifndef HANGAR_CNATS_SHIM_H
+#define HANGAR_CNATS_SHIM_H
+#include <nats/nats.h>
+#endif

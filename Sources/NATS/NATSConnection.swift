@@ -1,0 +1,417 @@
+import CNATS
+import Dispatch
+import Foundation
+import Logging
+import Synchronization
+
+/// How to reach and authenticate to NATS.
+public struct NATSConnectionOptions: Sendable {
+    /// Server URLs, tried in order (e.g. `nats://127.0.0.1:4222`).
+    public var servers: [String]
+    /// Shown by the server (`/connz`) so operators can tell connections apart.
+    public var name: String
+    public var user: String?
+    public var password: String?
+    public var token: String?
+    /// A `.creds` file (JWT + NKey seed).
+    public var credentialsFile: String?
+    /// Flush every publish at once instead of from libnats' flusher thread: lower latency for
+    /// request/reply, less batching under load.
+    public var sendAsap: Bool
+    /// Keep trying the first connect in the background instead of failing at once.
+    public var retryOnFailedConnect: Bool
+    /// How long one connection attempt may take.
+    public var connectTimeout: Duration
+    /// Upper bound of the reconnect backoff; the first retry comes after 50 ms.
+    public var maxReconnectDelay: Duration
+    public var logger: Logger
+
+    public init(
+        servers: [String] = ["nats://127.0.0.1:4222"],
+        name: String = "hangar",
+        user: String? = nil,
+        password: String? = nil,
+        token: String? = nil,
+        credentialsFile: String? = nil,
+        sendAsap: Bool = true,
+        retryOnFailedConnect: Bool = false,
+        connectTimeout: Duration = .seconds(2),
+        maxReconnectDelay: Duration = .seconds(2),
+        logger: Logger = Logger(label: "hangar.nats")
+    ) {
+        self.servers = servers
+        self.name = name
+        self.user = user
+        self.password = password
+        self.token = token
+        self.credentialsFile = credentialsFile
+        self.sendAsap = sendAsap
+        self.retryOnFailedConnect = retryOnFailedConnect
+        self.connectTimeout = connectTimeout
+        self.maxReconnectDelay = maxReconnectDelay
+        self.logger = logger
+    }
+}
+
+/// A connection to NATS over libnats. Reconnects forever with backoff; every reconnect and
+/// disconnect is logged. Close it with ``drain(timeout:)`` or ``close()``.
+public final class NATSConnection: @unchecked Sendable {
+    // @unchecked Sendable: `handle` is a libnats connection, whose API is documented thread-safe;
+    // the Swift-side state lives in `ConnectionEvents` and `ReplyRouter`, both Sendable.
+    private let handle: OpaquePointer
+    private let events: ConnectionEvents
+    private let router: ReplyRouter
+    private let replySubscription: NATSSubscriptionHandle
+    public let options: NATSConnectionOptions
+
+    /// Connects, or throws a `NATSError` that names the servers tried.
+    public init(options: NATSConnectionOptions) async throws {
+        self.options = options
+        let events = ConnectionEvents(logger: options.logger, maxDelay: options.maxReconnectDelay)
+        let opened = try await runBlocking { () throws(NATSError) in
+            let (handle, router, subscription) = try Self.open(options: options, events: events)
+            return (UncheckedPointer(handle), router, subscription)
+        }
+        let (handle, router, replySubscription) = opened
+        self.handle = handle.pointer
+        self.events = events
+        self.router = router
+        self.replySubscription = replySubscription
+    }
+
+    private static func open(
+        options: NATSConnectionOptions,
+        events: ConnectionEvents
+    ) throws(NATSError) -> (OpaquePointer, ReplyRouter, NATSSubscriptionHandle) {
+        var opts: OpaquePointer?
+        try NATSError.check(natsOptions_Create(&opts), "natsOptions_Create")
+        guard let opts else { throw NATSError(kind: .invalidArgument, operation: "natsOptions_Create", message: "nil") }
+        defer { natsOptions_Destroy(opts) }
+        guard !options.servers.isEmpty else {
+            throw NATSError(kind: .invalidArgument, operation: "connect", message: "no server URL given")
+        }
+        var cServers = options.servers.map { strdup($0) }
+        defer { cServers.forEach { free($0) } }
+        let serversStatus = cServers.withUnsafeMutableBufferPointer { buffer in
+            buffer.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buffer.count) {
+                natsOptions_SetServers(opts, $0, Int32(buffer.count))
+            }
+        }
+        try NATSError.check(serversStatus, "natsOptions_SetServers(\(options.servers.joined(separator: ",")))")
+        try NATSError.check(natsOptions_SetName(opts, options.name), "natsOptions_SetName")
+        if let user = options.user {
+            try NATSError.check(natsOptions_SetUserInfo(opts, user, options.password ?? ""), "natsOptions_SetUserInfo")
+        }
+        if let token = options.token {
+            try NATSError.check(natsOptions_SetToken(opts, token), "natsOptions_SetToken")
+        }
+        if let creds = options.credentialsFile {
+            try NATSError.check(
+                natsOptions_SetUserCredentialsFromFiles(opts, creds, nil),
+                "natsOptions_SetUserCredentialsFromFiles(\(creds))"
+            )
+        }
+        try NATSError.check(natsOptions_SetSendAsap(opts, options.sendAsap), "natsOptions_SetSendAsap")
+        try NATSError.check(natsOptions_SetTimeout(opts, options.connectTimeout.milliseconds), "natsOptions_SetTimeout")
+        try NATSError.check(natsOptions_SetMaxReconnect(opts, -1), "natsOptions_SetMaxReconnect")
+        try NATSError.check(natsOptions_SetReconnectBufSize(opts, 32 * 1024 * 1024), "natsOptions_SetReconnectBufSize")
+
+        // The events object is retained for libnats; the closed callback releases it. If the
+        // connection never comes to exist, we release it below instead.
+        let context = Unmanaged.passRetained(events).toOpaque()
+        try NATSError.check(
+            natsOptions_SetCustomReconnectDelay(opts, connectionReconnectDelay, context),
+            "natsOptions_SetCustomReconnectDelay"
+        )
+        try NATSError.check(natsOptions_SetDisconnectedCB(opts, connectionDisconnected, context), "SetDisconnectedCB")
+        try NATSError.check(natsOptions_SetReconnectedCB(opts, connectionReconnected, context), "SetReconnectedCB")
+        try NATSError.check(natsOptions_SetClosedCB(opts, connectionClosed, context), "SetClosedCB")
+        try NATSError.check(natsOptions_SetErrorHandler(opts, connectionError, context), "SetErrorHandler")
+        if options.retryOnFailedConnect {
+            try NATSError.check(
+                natsOptions_SetRetryOnFailedConnect(opts, true, nil, nil),
+                "natsOptions_SetRetryOnFailedConnect"
+            )
+        }
+        var connection: OpaquePointer?
+        let status = natsConnection_Connect(&connection, opts)
+        guard status == NATS_OK || status == NATS_NOT_YET_CONNECTED, let connection else {
+            Unmanaged<ConnectionEvents>.fromOpaque(context).release()
+            throw NATSError(status: status, operation: "connect(\(options.servers.joined(separator: ",")))")
+        }
+        events.logger.debug("connected", metadata: ["nats.name": "\(options.name)"])
+
+        let router = ReplyRouter(prefix: "_INBOX.\(makeNUID()).")
+        do {
+            let replySubscription = try NATSSubscriptionHandle.raw(
+                connection: connection,
+                subject: router.prefix + "*",
+                context: router
+            )
+            return (connection, router, replySubscription)
+        } catch {
+            natsConnection_Destroy(connection)
+            throw error
+        }
+    }
+
+    deinit {
+        replySubscription.release()
+        natsConnection_Destroy(handle)
+    }
+
+    /// Whether the connection is currently connected (not reconnecting or closed).
+    public var isConnected: Bool { natsConnection_Status(handle) == NATS_CONN_STATUS_CONNECTED }
+
+    /// How many times the connection came back after losing its server.
+    public var reconnectCount: Int { events.reconnects.load(ordering: .relaxed) }
+
+    /// Publishes a message. Returns once libnats has it buffered (or sent, with `sendAsap`).
+    public func publish(
+        _ subject: String,
+        payload: Data,
+        replyTo: String? = nil,
+        headers: [String: String] = [:]
+    ) throws(NATSError) {
+        if headers.isEmpty {
+            let status = payload.withUnsafeBytes { raw -> natsStatus in
+                if let replyTo {
+                    return natsConnection_PublishRequest(handle, subject, replyTo, raw.baseAddress, Int32(raw.count))
+                }
+                return natsConnection_Publish(handle, subject, raw.baseAddress, Int32(raw.count))
+            }
+            try NATSError.check(status, "publish(\(subject))")
+            return
+        }
+        let msg = try makeNATSMessage(subject: subject, replyTo: replyTo, payload: payload, headers: headers)
+        defer { natsMsg_Destroy(msg) }
+        try NATSError.check(natsConnection_PublishMsg(handle, msg), "publish(\(subject))")
+    }
+
+    /// Answers a request message on its reply subject. Does nothing if it expects no reply.
+    public func reply(to message: NATSMessage, payload: Data, headers: [String: String] = [:]) throws(NATSError) {
+        guard let replyTo = message.replyTo else { return }
+        try publish(replyTo, payload: payload, headers: headers)
+    }
+
+    /// Subscribes to a subject (wildcards allowed); messages arrive through the returned sequence.
+    /// With a `queueGroup`, each message goes to one member of the group.
+    public func subscribe(
+        _ subject: String,
+        queueGroup: String? = nil,
+        bufferLimit: Int = 65_536
+    ) throws(NATSError) -> NATSSubscription {
+        try NATSSubscription(
+            connection: handle,
+            subject: subject,
+            queueGroup: queueGroup,
+            bufferLimit: bufferLimit,
+            logger: events.logger
+        )
+    }
+
+    /// Sends a request and waits for the first reply. Throws `.timeout` when none comes in time
+    /// and `.noResponders` when nobody listens on `subject`. Never blocks a thread.
+    public func request(
+        _ subject: String,
+        payload: Data,
+        headers: [String: String] = [:],
+        timeout: Duration
+    ) async throws -> NATSMessage {
+        let id = router.nextID()
+        let inbox = router.prefix + String(id)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<NATSMessage, any Error>) in
+                router.register(id, continuation)
+                do {
+                    try publish(subject, payload: payload, replyTo: inbox, headers: headers)
+                } catch {
+                    router.complete(id, with: .failure(error))
+                    return
+                }
+                let router = self.router
+                Task {
+                    try? await Task.sleep(for: timeout)
+                    router.complete(
+                        id,
+                        with: .failure(
+                            NATSError(
+                                kind: .timeout,
+                                operation: "request(\(subject))",
+                                message: "no reply within \(timeout)"
+                            )
+                        )
+                    )
+                }
+            }
+        } onCancel: {
+            router.complete(id, with: .failure(CancellationError()))
+        }
+    }
+
+    /// Waits until the server has processed everything published so far.
+    public func flush(timeout: Duration = .seconds(5)) async throws {
+        let handle = UncheckedPointer(handle)
+        try await runBlocking { () throws(NATSError) in
+            try NATSError.check(natsConnection_FlushTimeout(handle.pointer, timeout.milliseconds), "flush")
+        }
+    }
+
+    /// Stops all subscriptions taking new messages, delivers those pending, flushes publishes, then
+    /// closes. Returns when the connection is closed.
+    public func drain(timeout: Duration = .seconds(5)) async {
+        let status = natsConnection_DrainTimeout(handle, timeout.milliseconds)
+        if status != NATS_OK {
+            events.logger.debug("drain: \(NATSError(status: status, operation: "drain")); closing")
+            await close()
+            return
+        }
+        await events.waitUntilClosed()
+    }
+
+    /// Closes the connection at once: buffered publishes that were not flushed are lost.
+    public func close() async {
+        let handle = UncheckedPointer(handle)
+        try? await runBlocking { () throws(NATSError) in natsConnection_Close(handle.pointer) }
+        await events.waitUntilClosed()
+    }
+
+    /// The JetStream context of this connection.
+    public func jetStream(timeout: Duration = .seconds(5)) throws(NATSError) -> JetStream {
+        try JetStream(connection: handle, owner: self, timeout: timeout)
+    }
+}
+
+/// A libnats pointer carried into a blocking closure; libnats objects are thread-safe.
+struct UncheckedPointer: @unchecked Sendable {
+    // @unchecked Sendable: only used for libnats handles, which lock internally.
+    let pointer: OpaquePointer
+    init(_ pointer: OpaquePointer) { self.pointer = pointer }
+}
+
+/// Runs a blocking libnats call on a dispatch thread so the Swift cooperative pool stays free.
+func runBlocking<T: Sendable>(_ body: @escaping @Sendable () throws(NATSError) -> T) async throws(NATSError) -> T {
+    let result: Result<T, NATSError> = await withCheckedContinuation { continuation in
+        blockingQueue.async {
+            do throws(NATSError) {
+                continuation.resume(returning: .success(try body()))
+            } catch {
+                continuation.resume(returning: .failure(error))
+            }
+        }
+    }
+    return try result.get()
+}
+
+private let blockingQueue = DispatchQueue(label: "hangar.nats.blocking", attributes: .concurrent)
+
+func makeNUID() -> String {
+    var inbox: UnsafeMutablePointer<natsInbox>?
+    guard natsInbox_Create(&inbox) == NATS_OK, let inbox else { return UUID().uuidString }
+    defer { natsInbox_Destroy(inbox) }
+    // "_INBOX.<nuid>": keep the unique part.
+    return String(String(cString: inbox).dropFirst("_INBOX.".count))
+}
+
+extension Duration {
+    /// Whole milliseconds, for libnats' int64 timeouts.
+    var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+}
+
+/// Connection-level callbacks: logging, reconnect backoff, the closed signal.
+final class ConnectionEvents: Sendable {
+    let logger: Logger
+    let maxDelayMilliseconds: Int64
+    let reconnects = Atomic<Int>(0)
+    private let closedState = Mutex<(closed: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    init(logger: Logger, maxDelay: Duration) {
+        self.logger = logger
+        self.maxDelayMilliseconds = max(50, maxDelay.milliseconds)
+    }
+
+    func markClosed() {
+        let waiters = closedState.withLock { state in
+            state.closed = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        waiters.forEach { $0.resume() }
+    }
+
+    func waitUntilClosed() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let alreadyClosed = closedState.withLock { state in
+                if !state.closed { state.waiters.append(continuation) }
+                return state.closed
+            }
+            if alreadyClosed { continuation.resume() }
+        }
+    }
+
+    func reconnectDelay(attempt: Int) -> Int64 {
+        let base = min(maxDelayMilliseconds, 50 << min(attempt, 10))
+        return base / 2 + Int64.random(in: 0...(base / 2))
+    }
+}
+
+private func connectedURL(_ connection: OpaquePointer?) -> String {
+    guard let connection else { return "?" }
+    var buffer = [CChar](repeating: 0, count: 256)
+    guard natsConnection_GetConnectedUrl(connection, &buffer, buffer.count) == NATS_OK else { return "?" }
+    let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+private let connectionDisconnected: natsConnectionHandler = { connection, closure in
+    guard let closure else { return }
+    let events = Unmanaged<ConnectionEvents>.fromOpaque(closure).takeUnretainedValue()
+    if let connection, natsConnection_IsClosed(connection) || natsConnection_IsDraining(connection) {
+        events.logger.debug("NATS disconnected on close")
+    } else {
+        events.logger.warning("NATS disconnected; reconnecting")
+    }
+}
+
+private let connectionReconnected: natsConnectionHandler = { connection, closure in
+    guard let closure else { return }
+    let events = Unmanaged<ConnectionEvents>.fromOpaque(closure).takeUnretainedValue()
+    let count = events.reconnects.add(1, ordering: .relaxed).newValue
+    events.logger.notice(
+        "NATS reconnected",
+        metadata: ["nats.url": "\(connectedURL(connection))", "nats.reconnects": "\(count)"]
+    )
+}
+
+private let connectionClosed: natsConnectionHandler = { _, closure in
+    guard let closure else { return }
+    let events = Unmanaged<ConnectionEvents>.fromOpaque(closure).takeRetainedValue()
+    events.logger.debug("NATS connection closed")
+    events.markClosed()
+}
+
+private let connectionError: natsErrHandler = { _, subscription, status, closure in
+    guard let closure else { return }
+    let events = Unmanaged<ConnectionEvents>.fromOpaque(closure).takeUnretainedValue()
+    var subject = ""
+    if let subscription, let cSubject = natsSubscription_GetSubject(subscription) {
+        subject = String(cString: cSubject)
+    }
+    if status == NATS_SLOW_CONSUMER {
+        events.logger.warning("slow consumer: libnats dropped messages", metadata: ["nats.subject": "\(subject)"])
+    } else {
+        events.logger.error(
+            "NATS error: \(String(cString: natsStatus_GetText(status)))",
+            metadata: ["nats.subject": "\(subject)"]
+        )
+    }
+}
+
+private let connectionReconnectDelay: natsCustomReconnectDelayHandler = { _, attempts, closure in
+    guard let closure else { return 1000 }
+    let events = Unmanaged<ConnectionEvents>.fromOpaque(closure).takeUnretainedValue()
+    return events.reconnectDelay(attempt: Int(attempts))
+}

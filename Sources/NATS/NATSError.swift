@@ -1,0 +1,59 @@
+import CNATS
+
+/// An error from the NATS binding: which call failed, the libnats status and its text.
+public struct NATSError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// What kind of failure this is, for callers that branch on it.
+    public enum Kind: Sendable, Equatable {
+        /// A libnats call returned a non-OK status.
+        case status(Int32)
+        /// No reply arrived within the request's timeout.
+        case timeout
+        /// Nobody is subscribed to the request's subject.
+        case noResponders
+        /// The connection is closed.
+        case closed
+        /// An argument was invalid before reaching libnats.
+        case invalidArgument
+    }
+
+    public let kind: Kind
+    /// The libnats function or binding operation that failed.
+    public let operation: String
+    public let message: String
+
+    public init(kind: Kind, operation: String, message: String) {
+        self.kind = kind
+        self.operation = operation
+        self.message = message
+    }
+
+    init(status: natsStatus, operation: String) {
+        let text = String(cString: natsStatus_GetText(status))
+        var detail = ""
+        var lastStatus = NATS_OK
+        if let last = nats_GetLastError(&lastStatus), lastStatus == status {
+            detail = String(cString: last)
+        }
+        let kind: Kind
+        switch status {
+        case NATS_TIMEOUT: kind = .timeout
+        case NATS_NO_RESPONDERS: kind = .noResponders
+        case NATS_CONNECTION_CLOSED: kind = .closed
+        default: kind = .status(Int32(status.rawValue))
+        }
+        self.init(
+            kind: kind,
+            operation: operation,
+            message: detail.isEmpty || detail == text ? text : "\(text): \(detail)"
+        )
+    }
+
+    public var description: String { "\(operation): \(message)" }
+
+    /// Throws a `NATSError` unless `status` is `NATS_OK`.
+    static func check(_ status: natsStatus, _ operation: @autoclosure () -> String) throws(NATSError) {
+        if status != NATS_OK {
+            throw NATSError(status: status, operation: operation())
+        }
+    }
+}

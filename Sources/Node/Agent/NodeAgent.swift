@@ -1,0 +1,220 @@
+import Foundation
+import HangarNATS
+import HangarShared
+import Logging
+import Synchronization
+
+/// A node agent: reports capacity every second, takes assignments, runs each job in its runtime's
+/// sandbox and sends the result to the scheduler until it is acknowledged.
+public final class NodeAgent: Sendable {
+    public let config: NodeConfig
+    private let nats: NATSConnection
+    private let runtimes: [String: any Runtime]
+    private let logger: Logger
+    private let incarnation = UUID().uuidString
+    private let running = Mutex<[String: Task<Void, Never>]>([:])
+    private let probes = Mutex<[String: RuntimeProbe]>([:])
+    private let sequence = Atomic<UInt64>(0)
+
+    public init(config: NodeConfig, nats: NATSConnection, runtimes: [any Runtime], logger: Logger) {
+        self.config = config
+        self.nats = nats
+        self.runtimes = Dictionary(runtimes.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        var logger = logger
+        logger[metadataKey: "node.id"] = "\(config.nodeID)"
+        self.logger = logger
+    }
+
+    /// Number of jobs running now.
+    public var runningCount: Int { running.withLock { $0.count } }
+
+    /// Serves until the surrounding task is cancelled; then kills running jobs and returns.
+    public func run() async throws {
+        guard Subjects.isValidToken(config.nodeID) else {
+            throw NodeError("node id '\(config.nodeID)' must be 1-64 characters of A-Z a-z 0-9 _ -")
+        }
+        for (name, runtime) in runtimes {
+            let probe = await runtime.probe()
+            probes.withLock { $0[name] = probe }
+            if probe.available {
+                logger.info("runtime ready", metadata: ["runtime": "\(name)", "detail": "\(probe.detail)"])
+            } else {
+                logger.warning("runtime unavailable", metadata: ["runtime": "\(name)", "reason": "\(probe.detail)"])
+            }
+        }
+        let assignments = try nats.subscribe(Subjects.assign(node: config.nodeID))
+        defer { assignments.unsubscribe() }
+        try await nats.flush()
+        publishHeartbeat()
+        logger.info("node serving", metadata: ["slots": "\(config.slots)"])
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                for await message in assignments { self.handleAssignment(message) }
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: self.config.heartbeatInterval)
+                    self.publishHeartbeat()
+                }
+            }
+        }
+        let tasks = running.withLock { Array($0.values) }
+        tasks.forEach { $0.cancel() }
+        for task in tasks { await task.value }
+    }
+
+    func heartbeat() -> Hangar_V1_NodeHeartbeat {
+        var heartbeat = Hangar_V1_NodeHeartbeat()
+        heartbeat.nodeID = config.nodeID
+        heartbeat.incarnation = incarnation
+        heartbeat.sequence = sequence.add(1, ordering: .relaxed).newValue
+        heartbeat.capacity.cpuMillis = UInt32(ProcessInfo.processInfo.activeProcessorCount * 1000)
+        heartbeat.capacity.memoryBytes = ProcessInfo.processInfo.physicalMemory
+        heartbeat.capacity.slotsTotal = UInt32(config.slots)
+        let jobs = running.withLock { Array($0.keys) }
+        heartbeat.capacity.slotsUsed = UInt32(jobs.count)
+        heartbeat.runningJobs = jobs.sorted()
+        heartbeat.runtimes = probes.withLock { probes in
+            probes.sorted { $0.key < $1.key }.map { name, probe in
+                var availability = Hangar_V1_RuntimeAvailability()
+                availability.name = name
+                availability.available = probe.available
+                availability.detail = probe.detail
+                return availability
+            }
+        }
+        heartbeat.templates = ["host"]
+        heartbeat.labels = config.labels
+        heartbeat.health = .healthy
+        heartbeat.version = hangarVersion
+        heartbeat.sentAtMs = unixMilliseconds()
+        return heartbeat
+    }
+
+    private func publishHeartbeat() {
+        do {
+            try nats.publish(Subjects.heartbeat(node: config.nodeID), payload: try heartbeat().serializedData())
+        } catch {
+            logger.warning("heartbeat not sent", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: Assignments
+
+    private func handleAssignment(_ message: NATSMessage) {
+        var reply = Hangar_V1_AssignReply()
+        switch admit(message) {
+        case .success(let assignment):
+            var ack = Hangar_V1_AssignAck()
+            ack.jobID = assignment.jobID
+            ack.attempt = assignment.attempt
+            reply.outcome = .ack(ack)
+        case .failure(let refusal):
+            reply.outcome = .refused(refusal.refused)
+            logger.info("refused assignment", metadata: ["reason": "\(refusal.refused.message)"])
+        }
+        if let payload = try? reply.serializedData() {
+            try? nats.reply(to: message, payload: payload)
+        }
+    }
+
+    private func admit(_ message: NATSMessage) -> Result<Hangar_V1_Assignment, Refusal> {
+        guard let assignment = try? Hangar_V1_Assignment(serializedBytes: message.payload) else {
+            return .failure(Refusal(.badAssignment, "the payload is not a hangar.v1.Assignment"))
+        }
+        guard Subjects.isValidToken(assignment.jobID), assignment.attempt > 0 else {
+            return .failure(Refusal(.badAssignment, "the assignment has no valid job id or attempt"))
+        }
+        guard let runtime = runtimes[assignment.spec.runtime],
+            probes.withLock({ $0[assignment.spec.runtime]?.available }) == true
+        else {
+            return .failure(Refusal(.runtimeUnavailable, "runtime '\(assignment.spec.runtime)' is not available here"))
+        }
+        let key = "\(assignment.jobID)/\(assignment.attempt)"
+        let admitted: Bool = running.withLock { running in
+            if running[key] != nil { return true }  // a repeated assignment: already running
+            guard running.count < config.slots else { return false }
+            running[key] = Task { await self.execute(assignment, in: runtime, key: key) }
+            return true
+        }
+        guard admitted else {
+            return .failure(Refusal(.noFreeSlot, "all \(config.slots) slots are busy"))
+        }
+        return .success(assignment)
+    }
+
+    private func execute(_ assignment: Hangar_V1_Assignment, in runtime: any Runtime, key: String) async {
+        var logger = self.logger
+        logger[metadataKey: "job.id"] = "\(assignment.jobID)"
+        logger[metadataKey: "attempt"] = "\(assignment.attempt)"
+        logger[metadataKey: "tenant"] = "\(assignment.tenant)"
+        logger.debug("running", metadata: ["runtime": "\(runtime.name)"])
+        let outcome = await runtime.run(assignment.spec, jobID: assignment.jobID)
+        running.withLock { _ = $0.removeValue(forKey: key) }
+        await report(outcome, for: assignment, logger: logger)
+    }
+
+    /// Sends the result until the scheduler acknowledges it (it may be restarting), giving up only
+    /// after `resultRetryFor`.
+    private func report(_ outcome: RunOutcome, for assignment: Hangar_V1_Assignment, logger: Logger) async {
+        var result = Hangar_V1_AttemptResult()
+        result.jobID = assignment.jobID
+        result.attempt = assignment.attempt
+        result.nodeID = config.nodeID
+        result.status = outcome.status
+        result.exitCode = outcome.exitCode
+        result.signal = outcome.signal
+        result.stdout = outcome.stdout
+        result.stderr = outcome.stderr
+        result.stdoutTruncated = outcome.stdoutTruncated
+        result.stderrTruncated = outcome.stderrTruncated
+        result.usage.cpuTimeUs = outcome.cpuTimeMicroseconds
+        result.usage.peakMemoryBytes = outcome.peakMemoryBytes
+        result.usage.stdoutBytes = outcome.stdoutBytes
+        result.usage.stderrBytes = outcome.stderrBytes
+        result.startMs = outcome.startMilliseconds
+        result.runMs = outcome.runMilliseconds
+        result.message = outcome.message
+        guard let payload = try? result.serializedData() else { return }
+        let deadline = ContinuousClock.now + config.resultRetryFor
+        var delay = Duration.milliseconds(100)
+        while ContinuousClock.now < deadline {
+            do {
+                let answer = try await nats.request(
+                    Subjects.nodeResult(node: config.nodeID),
+                    payload: payload,
+                    timeout: .seconds(5)
+                )
+                let ack = try Hangar_V1_ResultAck(serializedBytes: answer.payload)
+                if ack.stale {
+                    logger.info("scheduler ignored a stale result")
+                }
+                return
+            } catch {
+                logger.warning("result not acknowledged; retrying", metadata: ["error": "\(error)", "retry.in": "\(delay)"])
+                // Keep retrying through shutdown too: an accepted job's result must not be lost.
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(5))
+            }
+        }
+        logger.error("gave up sending a result after \(config.resultRetryFor)")
+    }
+}
+
+/// Why the node refused an assignment.
+struct Refusal: Error {
+    let refused: Hangar_V1_AssignRefused
+
+    init(_ reason: Hangar_V1_RefuseReason, _ message: String) {
+        var refused = Hangar_V1_AssignRefused()
+        refused.reason = reason
+        refused.message = message
+        self.refused = refused
+    }
+}
+
+/// A node agent failure a person can act on.
+public struct NodeError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,16 @@
+/// Settings of one node agent.
+public struct NodeConfig: Sendable {
+    /// Unique in the cluster; a NATS subject token (`[A-Za-z0-9_-]`, 1–64 characters).
+    public var nodeID: String
+    /// Jobs run at once on this node.
+    public var slots: Int
+    public var labels: [String: String] = [:]
+    public var heartbeatInterval: Duration = .seconds(1)
+    /// How long to keep resending a result the scheduler has not acknowledged.
+    public var resultRetryFor: Duration = .seconds(3600)
+
+    public init(nodeID: String, slots: Int) {
+        self.nodeID = nodeID
+        self.slots = slots
+    }
+}

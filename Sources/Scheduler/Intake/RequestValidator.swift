@@ -1,0 +1,281 @@
+import HangarShared
+
+/// A submission that passed validation: the node-ready spec with every limit resolved.
+public struct ValidatedSubmission: Sendable {
+    public var tenant: String
+    public var requestID: String
+    public var spec: Hangar_V1_JobSpec
+    public var priority: Int32
+    public var labels: [String: String]
+    public var wait: Bool
+}
+
+/// Checks a `SubmitRequest` field by field. Pure: no I/O, no clock.
+public struct RequestValidator: Sendable {
+    /// Runtimes Hangar knows about (a node may still not offer one).
+    public static let knownRuntimes: Set<String> = ["process", "container", "gvisor", "microvm", "wasm", "null"]
+    /// Interpreters for `code` submissions.
+    public static let languages: [String: [String]] = [
+        "python": ["/usr/bin/python3", "-c"],
+        "sh": ["/bin/sh", "-c"],
+        "bash": ["/bin/bash", "-c"],
+    ]
+    /// Templates that exist before the template store lands.
+    public static let templates: Set<String> = ["host"]
+
+    public var limits: LimitPolicy
+    public var bounds: RequestBounds
+
+    public init(limits: LimitPolicy = LimitPolicy(), bounds: RequestBounds = RequestBounds()) {
+        self.limits = limits
+        self.bounds = bounds
+    }
+
+    /// Validates `request` sent on `tenant`'s subject.
+    public func validate(
+        _ request: Hangar_V1_SubmitRequest,
+        tenant: String
+    ) -> Result<ValidatedSubmission, Rejection> {
+        do throws(Rejection) {
+            return .success(try check(request, tenant: tenant))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    private func check(_ request: Hangar_V1_SubmitRequest, tenant: String) throws(Rejection) -> ValidatedSubmission {
+        guard Subjects.isValidToken(tenant) else {
+            throw Rejection(.invalidRequest, "tenant", "tenant '\(tenant)' must be 1-64 characters of A-Z a-z 0-9 _ -")
+        }
+        try checkRequestID(request.requestID)
+
+        var spec = Hangar_V1_JobSpec()
+        spec.runtime = request.runtime.isEmpty ? "process" : request.runtime
+        guard Self.knownRuntimes.contains(spec.runtime) else {
+            throw Rejection(
+                .invalidRequest,
+                "runtime",
+                "unknown runtime '\(spec.runtime)'; use one of \(Self.knownRuntimes.sorted().joined(separator: ", "))"
+            )
+        }
+        spec.template = request.template.isEmpty ? "host" : request.template
+        guard Self.templates.contains(spec.template) else {
+            throw Rejection(.unsupported, "template", "template '\(spec.template)' does not exist; use 'host'")
+        }
+        spec.argv = try command(of: request)
+        guard request.stdin.count <= bounds.maxStdinBytes else {
+            throw Rejection(.limitExceeded, "stdin", "stdin is \(request.stdin.count) bytes; the maximum is \(bounds.maxStdinBytes)")
+        }
+        spec.stdin = request.stdin
+        try checkEnvironment(request.env)
+        spec.env = request.env
+        try checkCwd(request.cwd)
+        spec.cwd = request.cwd
+        try checkFiles(request.files)
+        spec.files = request.files
+        spec.limits = try resolve(request.limits)
+        spec.network = try checkNetwork(request.network)
+        guard (0...9).contains(request.priority) else {
+            throw Rejection(.invalidRequest, "priority", "priority \(request.priority) is outside 0...9")
+        }
+        try checkLabels(request.labels)
+        return ValidatedSubmission(
+            tenant: tenant,
+            requestID: request.requestID,
+            spec: spec,
+            priority: request.priority,
+            labels: request.labels,
+            wait: request.wait
+        )
+    }
+
+    private func checkRequestID(_ id: String) throws(Rejection) {
+        guard id.utf8.count <= bounds.maxRequestIDBytes else {
+            throw Rejection(.invalidRequest, "request_id", "request_id is longer than \(bounds.maxRequestIDBytes) bytes")
+        }
+        guard id.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+            throw Rejection(.invalidRequest, "request_id", "request_id must be printable ASCII without spaces")
+        }
+    }
+
+    private func command(of request: Hangar_V1_SubmitRequest) throws(Rejection) -> [String] {
+        let hasCode = request.hasCode && !(request.code.language.isEmpty && request.code.source.isEmpty)
+        switch (request.argv.isEmpty, hasCode) {
+        case (true, false):
+            throw Rejection(.invalidRequest, "argv", "give either argv (a command) or code (language + source)")
+        case (false, true):
+            throw Rejection(.invalidRequest, "code", "give argv or code, not both")
+        case (false, false):
+            guard request.argv.count <= bounds.maxArgs else {
+                throw Rejection(.limitExceeded, "argv", "argv has \(request.argv.count) arguments; the maximum is \(bounds.maxArgs)")
+            }
+            guard !request.argv[0].isEmpty else {
+                throw Rejection(.invalidRequest, "argv", "argv[0] (the program) is empty")
+            }
+            let total = request.argv.reduce(0) { $0 + $1.utf8.count + 1 }
+            guard total <= bounds.maxArgvBytes else {
+                throw Rejection(.limitExceeded, "argv", "argv is \(total) bytes; the maximum is \(bounds.maxArgvBytes)")
+            }
+            if let index = request.argv.firstIndex(where: { $0.utf8.contains(0) }) {
+                throw Rejection(.invalidRequest, "argv", "argv[\(index)] contains a NUL byte")
+            }
+            return request.argv
+        case (true, true):
+            guard let interpreter = Self.languages[request.code.language] else {
+                throw Rejection(
+                    .unsupported,
+                    "code.language",
+                    "language '\(request.code.language)' is not supported; use one of \(Self.languages.keys.sorted().joined(separator: ", "))"
+                )
+            }
+            guard !request.code.source.isEmpty else {
+                throw Rejection(.invalidRequest, "code.source", "code.source is empty")
+            }
+            guard request.code.source.utf8.count <= bounds.maxCodeBytes else {
+                throw Rejection(
+                    .limitExceeded,
+                    "code.source",
+                    "code.source is \(request.code.source.utf8.count) bytes; the maximum is \(bounds.maxCodeBytes)"
+                )
+            }
+            guard !request.code.source.utf8.contains(0) else {
+                throw Rejection(.invalidRequest, "code.source", "code.source contains a NUL byte")
+            }
+            return interpreter + [request.code.source]
+        }
+    }
+
+    private func checkEnvironment(_ env: [String: String]) throws(Rejection) {
+        guard env.count <= bounds.maxEnvEntries else {
+            throw Rejection(.limitExceeded, "env", "env has \(env.count) entries; the maximum is \(bounds.maxEnvEntries)")
+        }
+        for (key, value) in env {
+            let bytes = Array(key.utf8)
+            let validName =
+                !bytes.isEmpty && bytes.count <= 256
+                && bytes.enumerated().allSatisfy { index, byte in
+                    byte == 0x5F || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                        || (index > 0 && byte >= 0x30 && byte <= 0x39)
+                }
+            guard validName else {
+                throw Rejection(.invalidRequest, "env", "env name '\(key.prefix(64))' must match [A-Za-z_][A-Za-z0-9_]*")
+            }
+            guard value.utf8.count <= bounds.maxEnvValueBytes, !value.utf8.contains(0) else {
+                throw Rejection(
+                    .invalidRequest,
+                    "env",
+                    "env \(key) must be at most \(bounds.maxEnvValueBytes) bytes without NUL"
+                )
+            }
+        }
+    }
+
+    private func checkCwd(_ cwd: String) throws(Rejection) {
+        guard !cwd.isEmpty else { return }
+        guard cwd.hasPrefix("/"), cwd.utf8.count <= 4096, !cwd.utf8.contains(0),
+            !cwd.split(separator: "/").contains("..")
+        else {
+            throw Rejection(.invalidRequest, "cwd", "cwd must be an absolute path without '..'")
+        }
+    }
+
+    private func checkFiles(_ files: [Hangar_V1_FileIn]) throws(Rejection) {
+        guard files.count <= bounds.maxFiles else {
+            throw Rejection(.limitExceeded, "files", "\(files.count) files; the maximum is \(bounds.maxFiles)")
+        }
+        var total = 0
+        var seen = Set<String>()
+        for (index, file) in files.enumerated() {
+            total += file.content.count
+            let parts = file.path.split(separator: "/", omittingEmptySubsequences: false)
+            let valid =
+                !file.path.isEmpty && !file.path.hasPrefix("/") && file.path.utf8.count <= 1024
+                && !file.path.utf8.contains(0) && !parts.contains { $0.isEmpty || $0 == "." || $0 == ".." }
+            guard valid else {
+                throw Rejection(
+                    .invalidRequest,
+                    "files[\(index)].path",
+                    "file path '\(file.path.prefix(64))' must be relative, without '.', '..' or empty parts"
+                )
+            }
+            guard seen.insert(file.path).inserted else {
+                throw Rejection(.invalidRequest, "files[\(index)].path", "file path '\(file.path)' is given twice")
+            }
+            guard file.mode & ~0o777 == 0 else {
+                throw Rejection(.invalidRequest, "files[\(index)].mode", "mode may hold permission bits (0o777) only")
+            }
+        }
+        guard total <= bounds.maxFilesBytes else {
+            throw Rejection(.limitExceeded, "files", "files hold \(total) bytes; the maximum is \(bounds.maxFilesBytes)")
+        }
+    }
+
+    private func resolve(_ asked: Hangar_V1_Limits) throws(Rejection) -> Hangar_V1_Limits {
+        var limits = Hangar_V1_Limits()
+        limits.timeoutMs = try pick(asked.timeoutMs, limits: self.limits.timeoutMilliseconds, field: "timeout_ms")
+        limits.cpuTimeMs = try pick(asked.cpuTimeMs, limits: self.limits.cpuTimeMilliseconds, field: "cpu_time_ms")
+        limits.memoryBytes = try pick(asked.memoryBytes, limits: self.limits.memoryBytes, field: "memory_bytes")
+        limits.pids = try pick(asked.pids, limits: self.limits.pids, field: "pids")
+        limits.outputBytes = try pick(asked.outputBytes, limits: self.limits.outputBytes, field: "output_bytes")
+        limits.fileSizeBytes = try pick(asked.fileSizeBytes, limits: self.limits.fileSizeBytes, field: "file_size_bytes")
+        limits.openFiles = try pick(asked.openFiles, limits: self.limits.openFiles, field: "open_files")
+        limits.cpuMillis = try pick(asked.cpuMillis, limits: self.limits.cpuMillis, field: "cpu_millis")
+        return limits
+    }
+
+    private func pick<Value: FixedWidthInteger & Sendable>(
+        _ asked: Value,
+        limits: LimitPolicy.Bound<Value>,
+        field: String
+    ) throws(Rejection) -> Value {
+        if asked == 0 { return limits.defaultValue }
+        guard asked <= limits.maximum else {
+            throw Rejection(
+                .limitExceeded,
+                "limits.\(field)",
+                "limits.\(field) \(asked) is above the maximum \(limits.maximum)"
+            )
+        }
+        return asked
+    }
+
+    private func checkNetwork(_ network: Hangar_V1_NetworkPolicy) throws(Rejection) -> Hangar_V1_NetworkPolicy {
+        switch network.mode {
+        case .networkNone, .networkLoopback:
+            guard network.allow.isEmpty else {
+                throw Rejection(.invalidRequest, "network.allow", "network.allow is only meaningful with NETWORK_ALLOWLIST")
+            }
+            return network
+        case .networkAllowlist:
+            throw Rejection(
+                .unsupported,
+                "network.mode",
+                "NETWORK_ALLOWLIST is not enforced by any runtime yet; use NETWORK_NONE or NETWORK_LOOPBACK"
+            )
+        case .UNRECOGNIZED(let value):
+            throw Rejection(.invalidRequest, "network.mode", "unknown network mode \(value)")
+        }
+    }
+
+    private func checkLabels(_ labels: [String: String]) throws(Rejection) {
+        guard labels.count <= bounds.maxLabels else {
+            throw Rejection(.limitExceeded, "labels", "\(labels.count) labels; the maximum is \(bounds.maxLabels)")
+        }
+        for (key, value) in labels where key.isEmpty || key.utf8.count > 128 || value.utf8.count > 256 {
+            throw Rejection(.invalidRequest, "labels", "label '\(key.prefix(64))' must have a 1-128 byte key and a value of at most 256 bytes")
+        }
+    }
+}
+
+/// Why a submission is refused, as the `Rejected` message the tenant receives.
+public struct Rejection: Error, Sendable {
+    public var rejected: Hangar_V1_Rejected
+
+    public init(_ reason: Hangar_V1_RejectReason, _ field: String, _ message: String) {
+        var rejected = Hangar_V1_Rejected()
+        rejected.reason = reason
+        rejected.field = field
+        rejected.message = message
+        self.rejected = rejected
+    }
+}

@@ -1,0 +1,79 @@
+import GRDB
+import Synchronization
+
+/// Batches store writes: callers queue operations; one writer drains the queue, applying all that
+/// waited into a single transaction, and resumes every caller once it is committed. Under load a
+/// transaction carries many operations; when idle each waits for nobody.
+final class GroupCommitter: Sendable {
+    private struct Pending {
+        var operations: [(StoreWrite, CheckedContinuation<Void, any Error>)] = []
+        var draining = false
+        var transactions = 0
+        var applied = 0
+    }
+
+    private let pool: DatabasePool
+    private let state = Mutex(Pending())
+    private let maxBatch = 2048
+
+    init(pool: DatabasePool) {
+        self.pool = pool
+    }
+
+    var statistics: (transactions: Int, operations: Int) {
+        state.withLock { ($0.transactions, $0.applied) }
+    }
+
+    func submit(_ write: StoreWrite) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let startDrain = state.withLock { state in
+                state.operations.append((write, continuation))
+                if state.draining { return false }
+                state.draining = true
+                return true
+            }
+            if startDrain {
+                Task.detached { await self.drain() }
+            }
+        }
+    }
+
+    private func drain() async {
+        while true {
+            let batch: [(StoreWrite, CheckedContinuation<Void, any Error>)] = state.withLock { state in
+                guard !state.operations.isEmpty else {
+                    state.draining = false
+                    return []
+                }
+                let count = min(state.operations.count, maxBatch)
+                defer { state.operations.removeFirst(count) }
+                return Array(state.operations.prefix(count))
+            }
+            if batch.isEmpty { return }
+            do {
+                try await pool.write { db in
+                    for (operation, _) in batch { try operation.apply(db) }
+                }
+                state.withLock {
+                    $0.transactions += 1
+                    $0.applied += batch.count
+                }
+                batch.forEach { $0.1.resume() }
+            } catch {
+                // One bad operation must not fail the others: retry each alone.
+                for (operation, continuation) in batch {
+                    do {
+                        try await pool.write { db in try operation.apply(db) }
+                        state.withLock {
+                            $0.transactions += 1
+                            $0.applied += 1
+                        }
+                        continuation.resume()
+                    } catch {
+                        continuation.resume(throwing: error)
+                    }
+                }
+            }
+        }
+    }
+}

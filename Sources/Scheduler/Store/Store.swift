@@ -1,0 +1,193 @@
+import Foundation
+import GRDB
+import HangarShared
+
+/// The scheduler's SQLite store (WAL, through GRDB): jobs, attempts, results and an append-only audit.
+/// Writes go through group commit: many operations share one transaction.
+public final class Store: Sendable {
+    let pool: DatabasePool
+    private let committer: GroupCommitter
+
+    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    public init(path: String) throws {
+        var configuration = Configuration()
+        configuration.label = "hangar.store"
+        configuration.busyMode = .timeout(5)
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+            try db.execute(sql: "PRAGMA foreign_keys = ON")
+        }
+        pool = try DatabasePool(path: path, configuration: configuration)
+        try Self.migrator.migrate(pool)
+        committer = GroupCommitter(pool: pool)
+    }
+
+    /// Applies `write` in the next group-committed transaction; returns once it is committed.
+    public func write(_ write: StoreWrite) async throws {
+        try await committer.submit(write)
+    }
+
+    /// Transactions committed so far and operations they carried (for tests and metrics).
+    public var commitStatistics: (transactions: Int, operations: Int) { committer.statistics }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE jobs (
+                        id TEXT PRIMARY KEY,
+                        tenant TEXT NOT NULL,
+                        request_id TEXT,
+                        runtime TEXT NOT NULL,
+                        template TEXT NOT NULL,
+                        priority INTEGER NOT NULL,
+                        status TEXT NOT NULL,
+                        spec BLOB NOT NULL,
+                        submitted_at INTEGER NOT NULL,
+                        updated_at INTEGER NOT NULL
+                    );
+                    CREATE UNIQUE INDEX jobs_tenant_request ON jobs(tenant, request_id) WHERE request_id IS NOT NULL;
+                    CREATE INDEX jobs_status ON jobs(status);
+                    CREATE TABLE attempts (
+                        job_id TEXT NOT NULL REFERENCES jobs(id),
+                        attempt INTEGER NOT NULL,
+                        node_id TEXT NOT NULL,
+                        status TEXT NOT NULL,
+                        placed_at INTEGER NOT NULL,
+                        finished_at INTEGER,
+                        PRIMARY KEY (job_id, attempt)
+                    );
+                    CREATE TABLE results (
+                        job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+                        tenant TEXT NOT NULL,
+                        status TEXT NOT NULL,
+                        exit_code INTEGER NOT NULL,
+                        result BLOB NOT NULL,
+                        finished_at INTEGER NOT NULL
+                    );
+                    CREATE TABLE audit (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                        at INTEGER NOT NULL,
+                        actor TEXT NOT NULL,
+                        event TEXT NOT NULL,
+                        job_id TEXT,
+                        detail TEXT NOT NULL DEFAULT ''
+                    );
+                    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+                        BEGIN SELECT RAISE(ABORT, 'the audit table is append-only'); END;
+                    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+                        BEGIN SELECT RAISE(ABORT, 'the audit table is append-only'); END;
+                    """
+            )
+        }
+        return migrator
+    }
+}
+
+/// One change to the store. Each case also appends its audit event.
+public enum StoreWrite: Sendable {
+    /// A job was accepted.
+    case jobAccepted(StoredJob)
+    /// A job was refused after it had been accepted (e.g. no capacity within the queue timeout).
+    case jobRejected(Hangar_V1_Result)
+    /// An attempt was placed on a node.
+    case attemptPlaced(jobID: String, attempt: UInt32, nodeID: String, at: Int64)
+    /// An attempt ended without a result (refused by the node, or no answer).
+    case attemptEnded(jobID: String, attempt: UInt32, status: String, detail: String)
+    /// The job reached its terminal result.
+    case jobFinished(Hangar_V1_Result)
+    /// A result arrived for an attempt that is not current; kept in the audit only.
+    case staleResult(jobID: String, attempt: UInt32, nodeID: String, status: String)
+}
+
+/// A job as the store keeps it.
+public struct StoredJob: Sendable {
+    public var id: String
+    public var tenant: String
+    public var requestID: String?
+    public var spec: Hangar_V1_JobSpec
+    public var priority: Int32
+    public var submittedAt: Int64
+
+    public init(id: String, tenant: String, requestID: String?, spec: Hangar_V1_JobSpec, priority: Int32, submittedAt: Int64) {
+        self.id = id
+        self.tenant = tenant
+        self.requestID = requestID
+        self.spec = spec
+        self.priority = priority
+        self.submittedAt = submittedAt
+    }
+}
+
+extension StoreWrite {
+    func apply(_ db: Database) throws {
+        let now = unixMilliseconds()
+        switch self {
+        case .jobAccepted(let job):
+            try db.execute(
+                sql: """
+                    INSERT INTO jobs (id, tenant, request_id, runtime, template, priority, status, spec, submitted_at, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?, 'QUEUED', ?, ?, ?)
+                    """,
+                arguments: [
+                    job.id, job.tenant, job.requestID, job.spec.runtime, job.spec.template, Int(job.priority),
+                    try job.spec.serializedData(), job.submittedAt, now,
+                ]
+            )
+            try audit(db, at: now, actor: "tenant:\(job.tenant)", event: "job.accepted", jobID: job.id, detail: job.spec.runtime)
+        case .jobRejected(let result):
+            try db.execute(sql: "UPDATE jobs SET status = 'REJECTED', updated_at = ? WHERE id = ?", arguments: [now, result.jobID])
+            try insertResult(db, result)
+            try audit(db, at: now, actor: "scheduler", event: "job.rejected", jobID: result.jobID, detail: result.message)
+        case .attemptPlaced(let jobID, let attempt, let nodeID, let at):
+            try db.execute(
+                sql: "INSERT INTO attempts (job_id, attempt, node_id, status, placed_at) VALUES (?, ?, ?, 'RUNNING', ?)",
+                arguments: [jobID, Int(attempt), nodeID, at]
+            )
+            try db.execute(sql: "UPDATE jobs SET status = 'RUNNING', updated_at = ? WHERE id = ?", arguments: [now, jobID])
+            try audit(db, at: now, actor: "scheduler", event: "attempt.placed", jobID: jobID, detail: "attempt \(attempt) on \(nodeID)")
+        case .attemptEnded(let jobID, let attempt, let status, let detail):
+            try db.execute(
+                sql: "UPDATE attempts SET status = ?, finished_at = ? WHERE job_id = ? AND attempt = ?",
+                arguments: [status, now, jobID, Int(attempt)]
+            )
+            try db.execute(sql: "UPDATE jobs SET status = 'QUEUED', updated_at = ? WHERE id = ?", arguments: [now, jobID])
+            try audit(db, at: now, actor: "scheduler", event: "attempt.ended", jobID: jobID, detail: "attempt \(attempt) \(status): \(detail)")
+        case .jobFinished(let result):
+            let status = result.status.displayName
+            try db.execute(
+                sql: "UPDATE attempts SET status = ?, finished_at = ? WHERE job_id = ? AND attempt = ?",
+                arguments: [status, now, result.jobID, Int(result.attempt)]
+            )
+            try db.execute(sql: "UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?", arguments: [status, now, result.jobID])
+            try insertResult(db, result)
+            try audit(db, at: now, actor: "node:\(result.nodeID)", event: "job.finished", jobID: result.jobID, detail: status)
+        case .staleResult(let jobID, let attempt, let nodeID, let status):
+            try audit(
+                db, at: now, actor: "node:\(nodeID)", event: "result.stale", jobID: jobID,
+                detail: "attempt \(attempt) reported \(status) but is not the current attempt; ignored"
+            )
+        }
+    }
+
+    private func insertResult(_ db: Database, _ result: Hangar_V1_Result) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO results (job_id, tenant, status, exit_code, result, finished_at) VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT(job_id) DO NOTHING
+                """,
+            arguments: [
+                result.jobID, result.tenant, result.status.displayName, Int(result.exitCode),
+                try result.serializedData(), result.finishedAtMs,
+            ]
+        )
+    }
+
+    private func audit(_ db: Database, at: Int64, actor: String, event: String, jobID: String?, detail: String) throws {
+        try db.execute(
+            sql: "INSERT INTO audit (at, actor, event, job_id, detail) VALUES (?, ?, ?, ?, ?)",
+            arguments: [at, actor, event, jobID, detail]
+        )
+    }
+}

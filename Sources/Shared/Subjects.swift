@@ -1,0 +1,38 @@
+/// The NATS subjects of protocol v1. The tenant and node tokens come from the subject, never from a
+/// payload: NATS permissions decide who may publish where.
+public enum Subjects {
+    /// tenant → scheduler (request/reply): `SubmitRequest` → `SubmitReply`.
+    public static func submit(tenant: String) -> String { "hangar.submit.\(tenant)" }
+    /// Everything the scheduler listens to for submissions.
+    public static let submitWildcard = "hangar.submit.*"
+    /// scheduler → tenant: the final `Result` of an asynchronous job.
+    public static func result(tenant: String, job: String) -> String { "hangar.result.\(tenant).\(job)" }
+    /// scheduler → node (request/reply): `Assignment` → `AssignReply`.
+    public static func assign(node: String) -> String { "hangar.node.\(node).assign" }
+    /// node → scheduler: `NodeHeartbeat` every second.
+    public static func heartbeat(node: String) -> String { "hangar.node.\(node).heartbeat" }
+    public static let heartbeatWildcard = "hangar.node.*.heartbeat"
+    /// node → scheduler (request/reply): `AttemptResult` → `ResultAck`.
+    public static func nodeResult(node: String) -> String { "hangar.node.\(node).result" }
+    public static let nodeResultWildcard = "hangar.node.*.result"
+    /// operator → scheduler (request/reply).
+    public static func admin(_ verb: String) -> String { "hangar.admin.\(verb)" }
+
+    /// The queue group all scheduler instances share, so each message reaches one of them.
+    public static let schedulerQueueGroup = "hangar-scheduler"
+
+    /// The `index`-th dot-separated token of `subject`, if present.
+    public static func token(_ subject: String, at index: Int) -> Substring? {
+        let tokens = subject.split(separator: ".", omittingEmptySubsequences: false)
+        return index < tokens.count ? tokens[index] : nil
+    }
+
+    /// Whether `name` may be a tenant or node token: 1–64 characters of `[A-Za-z0-9_-]`.
+    public static func isValidToken(_ name: some StringProtocol) -> Bool {
+        guard (1...64).contains(name.utf8.count) else { return false }
+        return name.utf8.allSatisfy { byte in
+            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                || byte == 0x2D || byte == 0x5F
+        }
+    }
+}

@@ -1,0 +1,105 @@
+import ArgumentParser
+import Foundation
+import HangarNATS
+import HangarNode
+import HangarScheduler
+import HangarShared
+import Logging
+
+struct SchedulerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scheduler",
+        abstract: "Run the central scheduler (SQLite store, NATS intake)."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var log: LogOptions
+    @Option(help: "SQLite database file (its folder is created).")
+    var db: String = ".hangar/hangar.sqlite"
+
+    func run() async throws {
+        HangarLogging.bootstrap(level: try log.level())
+        let logger = Logger(label: "hangar.scheduler")
+        let store = try openStore(db)
+        let nats = try await connection.connect(name: "hangar-scheduler", logger: logger)
+        let scheduler = Scheduler(config: SchedulerConfig(databasePath: db), nats: nats, store: store, logger: logger)
+        try await runUntilSignal { try await scheduler.run() }
+        await nats.drain()
+    }
+}
+
+struct NodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "node",
+        abstract: "Run a node agent that executes jobs in sandboxes."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var log: LogOptions
+    @Option(help: "Node id, unique in the cluster (A-Z a-z 0-9 _ -).")
+    var id: String = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "node"
+    @Option(help: "Jobs run at once.")
+    var slots: Int = 8
+    @Option(help: "Runtimes to offer, comma-separated (process, null).")
+    var runtimes: String = "process,null"
+    @Option(name: .customLong("label"), help: "A node label KEY=VALUE that jobs can require (repeatable).")
+    var labels: [String] = []
+
+    func validate() throws {
+        guard Subjects.isValidToken(id) else { throw ValidationError("--id must be 1-64 characters of A-Z a-z 0-9 _ -") }
+        guard slots > 0 else { throw ValidationError("--slots must be at least 1") }
+    }
+
+    func run() async throws {
+        HangarLogging.bootstrap(level: try log.level())
+        let logger = Logger(label: "hangar.node")
+        var config = NodeConfig(nodeID: id, slots: slots)
+        config.labels = try parseLabels(labels)
+        let chosen = try makeRuntimes(runtimes)
+        let nats = try await connection.connect(name: "hangar-node-\(id)", logger: logger)
+        let agent = NodeAgent(config: config, nats: nats, runtimes: chosen, logger: logger)
+        try await runUntilSignal { try await agent.run() }
+        await nats.drain()
+    }
+}
+
+/// Runs `body` until it returns or SIGINT/SIGTERM arrives; then cancels it and waits for it.
+func runUntilSignal(_ body: @escaping @Sendable () async throws -> Void) async throws {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await body() }
+        group.addTask { _ = await waitForShutdownSignal() }
+        try await group.next()
+        group.cancelAll()
+        try await group.waitForAll()
+    }
+}
+
+func openStore(_ path: String) throws -> Store {
+    let url = URL(fileURLWithPath: path)
+    try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+    do {
+        return try Store(path: url.path)
+    } catch {
+        throw CLIError("cannot open the store at \(url.path): \(error)")
+    }
+}
+
+func makeRuntimes(_ list: String) throws -> [any Runtime] {
+    try list.split(separator: ",").map { name -> any Runtime in
+        switch name.trimmingCharacters(in: .whitespaces) {
+        case "process": ProcessRuntime()
+        case "null": NullRuntime()
+        default: throw ValidationError("unknown runtime '\(name)'; this node can offer: process, null")
+        }
+    }
+}
+
+func parseLabels(_ labels: [String]) throws -> [String: String] {
+    var result: [String: String] = [:]
+    for label in labels {
+        let parts = label.split(separator: "=", maxSplits: 1)
+        guard parts.count == 2, !parts[0].isEmpty else { throw ValidationError("--label must be KEY=VALUE, got '\(label)'") }
+        result[String(parts[0])] = String(parts[1])
+    }
+    return result
+}

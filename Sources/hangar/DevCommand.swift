@@ -1,0 +1,98 @@
+import ArgumentParser
+import Foundation
+import HangarNATS
+import HangarNode
+import HangarScheduler
+import HangarShared
+import Logging
+
+struct DevCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dev",
+        abstract: "Run a local cluster: nats-server (child process), a scheduler and nodes, SQLite in a state folder.",
+        discussion: "Ctrl-C stops everything. The NATS URL is saved in STATE/url, where the other commands find it."
+    )
+
+    @Option(help: "State folder: SQLite database, nats-server data, the URL file.")
+    var state: String = ".hangar"
+    @Option(help: "Number of node agents.")
+    var nodes: Int = 2
+    @Option(help: "Job slots per node.")
+    var slots: Int = 8
+    @Option(help: "Runtimes each node offers, comma-separated.")
+    var runtimes: String = "process,null"
+    @Option(help: "NATS port (default: a free one).")
+    var port: Int?
+    @OptionGroup var log: LogOptions
+
+    func validate() throws {
+        guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
+        guard slots > 0 else { throw ValidationError("--slots must be at least 1") }
+    }
+
+    func run() async throws {
+        HangarLogging.bootstrap(level: try log.level())
+        let logger = Logger(label: "hangar.dev")
+        let stateURL = URL(fileURLWithPath: state).standardizedFileURL
+        try FileManager.default.createDirectory(at: stateURL, withIntermediateDirectories: true)
+        let chosenRuntimes = try makeRuntimes(runtimes)
+
+        let server = try await LocalNATSServer(directory: stateURL.appendingPathComponent("nats"), port: port)
+        defer { server.stop() }
+        let urlFile = stateURL.appendingPathComponent("url")
+        try (server.url + "\n").write(to: urlFile, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: urlFile) }
+
+        let dbPath = stateURL.appendingPathComponent("hangar.sqlite").path
+        let store = try openStore(dbPath)
+        func connect(_ name: String) async throws -> NATSConnection {
+            try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: name, logger: logger))
+        }
+        let schedulerConnection = try await connect("hangar-scheduler")
+        let scheduler = Scheduler(
+            config: SchedulerConfig(databasePath: dbPath),
+            nats: schedulerConnection,
+            store: store,
+            logger: Logger(label: "hangar.scheduler")
+        )
+        var agents: [NodeAgent] = []
+        var connections = [schedulerConnection]
+        for index in 1...nodes {
+            let id = "dev-node-\(index)"
+            let connection = try await connect("hangar-node-\(id)")
+            connections.append(connection)
+            agents.append(
+                NodeAgent(
+                    config: NodeConfig(nodeID: id, slots: slots),
+                    nats: connection,
+                    runtimes: chosenRuntimes,
+                    logger: Logger(label: "hangar.node")
+                )
+            )
+        }
+        let banner = """
+            Hangar dev cluster is starting.
+              NATS      \(server.url)   (saved in \(urlFile.path))
+              database  \(dbPath)
+              nodes     \(agents.map(\.config.nodeID).joined(separator: ", ")) with \(slots) slots each, runtimes \(runtimes)
+            In another terminal (same folder):
+              hangar run -- /usr/bin/python3 -c 'print(6*7)'
+              hangar nodes
+            Ctrl-C stops everything.
+
+            """
+        FileHandle.standardError.write(Data(banner.utf8))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await scheduler.run() }
+            for agent in agents {
+                group.addTask { try await agent.run() }
+            }
+            group.addTask { _ = await waitForShutdownSignal() }
+            try await group.next()
+            logger.notice("stopping: nodes finish or kill their jobs, then the scheduler and nats-server stop")
+            group.cancelAll()
+            try await group.waitForAll()
+        }
+        for connection in connections { await connection.drain(timeout: .seconds(2)) }
+    }
+}

@@ -1,0 +1,322 @@
+import Foundation
+import Glibc
+import HangarNode
+import HangarShared
+import Testing
+
+// Real bubblewrap, real processes, no mocks. Values such as `sleep 30.4711` are unique per test run
+// so that parallel tests (and other users of the machine) never match each other's processes.
+
+private let runtime = ProcessRuntime()
+
+private func job(_ argv: [String], _ configure: (inout Hangar_V1_JobSpec) -> Void = { _ in }) -> Hangar_V1_JobSpec {
+    var spec = Hangar_V1_JobSpec()
+    spec.runtime = "process"
+    spec.argv = argv
+    configure(&spec)
+    return spec
+}
+
+private func text(_ data: Data) -> String {
+    String(decoding: data, as: UTF8.self)
+}
+
+private func uniqueTag() -> String {
+    String(Int.random(in: 100_000...999_999))
+}
+
+/// Pids of live host processes that have `argument` as one whole argv element.
+private func processes(withArgument argument: String) -> [String] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.filter { $0.allSatisfy(\.isNumber) }.filter { pid in
+        let fd = open("/proc/\(pid)/cmdline", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = read(fd, &chunk, chunk.count)
+            guard count > 0 else { break }
+            bytes += chunk[0..<count]
+        }
+        return bytes.split(separator: 0).contains { text(Data($0)) == argument }
+    }
+}
+
+/// Waits up to `timeout` for no process to carry any of `arguments`; returns those still alive.
+private func survivors(of arguments: [String], within timeout: Duration = .seconds(2)) async -> [String] {
+    let end = ContinuousClock.now + timeout
+    while true {
+        let alive = arguments.filter { !processes(withArgument: $0).isEmpty }
+        if alive.isEmpty || ContinuousClock.now >= end { return alive }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+}
+
+@Suite("Process runtime, real bubblewrap")
+struct ProcessRuntimeTests {
+    @Test("echo output comes back, stdout and stderr separately")
+    func echo() async {
+        let outcome = await runtime.run(job(["sh", "-c", "echo out; echo err >&2"]), jobID: "echo")
+        #expect(outcome.status == .succeeded)
+        #expect(outcome.exitCode == 0)
+        #expect(text(outcome.stdout) == "out\n")
+        #expect(text(outcome.stderr) == "err\n")
+        #expect(outcome.stdoutBytes == 4)
+        #expect(outcome.stderrBytes == 4)
+        #expect(!outcome.stdoutTruncated && !outcome.stderrTruncated)
+    }
+
+    @Test("stdin reaches the program, also when larger than a pipe buffer")
+    func stdin() async {
+        let small = await runtime.run(job(["cat"]) { $0.stdin = Data("hello stdin".utf8) }, jobID: "stdin")
+        #expect(small.status == .succeeded)
+        #expect(text(small.stdout) == "hello stdin")
+
+        let big = Data((0..<300_000).map { UInt8(truncatingIfNeeded: $0 * 7) })
+        let large = await runtime.run(job(["cat"]) { $0.stdin = big }, jobID: "stdin-big")
+        #expect(large.status == .succeeded)
+        #expect(large.stdout == big)
+    }
+
+    @Test("a non-zero exit is FAILED with its code")
+    func nonZeroExit() async {
+        let outcome = await runtime.run(job(["sh", "-c", "echo bye >&2; exit 7"]), jobID: "exit")
+        #expect(outcome.status == .failed)
+        #expect(outcome.exitCode == 7)
+        #expect(text(outcome.stderr) == "bye\n")
+    }
+
+    @Test("a missing program is FAILED with bubblewrap's reason")
+    func missingProgram() async {
+        let outcome = await runtime.run(job(["/usr/bin/hangar-no-such-program"]), jobID: "missing")
+        #expect(outcome.status == .failed)
+        #expect(outcome.message.contains("hangar-no-such-program"))
+    }
+
+    @Test("timeout kills the whole sandbox, setsid daemons included")
+    func timeoutKillsEverything() async throws {
+        let tag = uniqueTag()
+        let sleeps = ["30.\(tag)", "31.\(tag)", "32.\(tag)"]
+        let script = "sleep \(sleeps[0]) & setsid sleep \(sleeps[1]) & sleep \(sleeps[2])"
+        let began = ContinuousClock.now
+        let running = Task {
+            await runtime.run(job(["sh", "-c", script]) { $0.limits.timeoutMs = 1000 }, jobID: "timeout")
+        }
+        // All three must really have started, or the check below proves nothing.
+        var seen = Set<String>()
+        while seen.count < sleeps.count && ContinuousClock.now - began < .seconds(3) {
+            for value in sleeps where !processes(withArgument: value).isEmpty { seen.insert(value) }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let outcome = await running.value
+        let elapsed = ContinuousClock.now - began
+        #expect(seen == Set(sleeps))
+        #expect(outcome.status == .timedOut)
+        #expect(outcome.message.contains("1000 ms"))
+        #expect(elapsed < .seconds(5))
+        #expect(await survivors(of: sleeps) == [])
+    }
+
+    @Test("output over the cap is OUTPUT_LIMIT with exactly the cap kept")
+    func outputLimit() async {
+        let out = await runtime.run(job(["yes"]) { $0.limits.outputBytes = 1000 }, jobID: "yes")
+        #expect(out.status == .outputLimit)
+        #expect(out.stdoutTruncated)
+        #expect(out.stdout.count == 1000)
+        #expect(out.stdout == Data(String(repeating: "y\n", count: 500).utf8))
+        #expect(out.stdoutBytes > 1000)
+        #expect(!out.stderrTruncated)
+
+        let err = await runtime.run(job(["sh", "-c", "yes >&2"]) { $0.limits.outputBytes = 777 }, jobID: "yes-err")
+        #expect(err.status == .outputLimit)
+        #expect(err.stderrTruncated && !err.stdoutTruncated)
+        #expect(err.stderr.count == 777)
+        #expect(err.stdout.isEmpty)
+    }
+
+    @Test("output up to the cap exactly is not truncated")
+    func outputAtCap() async {
+        let outcome = await runtime.run(job(["head", "-c", "1000", "/dev/zero"]) { $0.limits.outputBytes = 1000 }, jobID: "cap")
+        #expect(outcome.status == .succeeded)
+        #expect(outcome.stdout.count == 1000)
+        #expect(!outcome.stdoutTruncated)
+    }
+
+    @Test("the sandbox has no network interface but lo")
+    func noNetwork() async {
+        let outcome = await runtime.run(job(["cat", "/proc/net/dev"]), jobID: "net")
+        #expect(outcome.status == .succeeded)
+        let interfaces = text(outcome.stdout).split(separator: "\n").dropFirst(2).compactMap {
+            $0.split(separator: ":").first?.trimmingCharacters(in: .whitespaces)
+        }
+        #expect(interfaces == ["lo"])
+    }
+
+    @Test("host directories are invisible and system directories read-only")
+    func hostFilesystem() async {
+        #expect(FileManager.default.fileExists(atPath: "/work"))
+        #expect(FileManager.default.fileExists(atPath: "/root"))
+        let script = """
+            for p in /root /work /home /var /old_root; do [ -e "$p" ] && echo "visible $p"; done
+            touch /usr/hangar-probe 2>/dev/null && echo "wrote /usr"
+            touch /etc/hangar-probe 2>/dev/null && echo "wrote /etc"
+            touch /tmp/scratch && echo "tmp ok"
+            echo "$(id -u):$(id -g) $(hostname)"
+            """
+        let outcome = await runtime.run(job(["sh", "-c", script]), jobID: "fs")
+        #expect(outcome.status == .succeeded)
+        #expect(text(outcome.stdout) == "tmp ok\n65534:65534 sandbox\n")
+    }
+
+    @Test("/tmp is a tmpfs bounded by fileSizeBytes")
+    func boundedScratch() async {
+        let script = "dd if=/dev/zero of=/tmp/big bs=1M count=8 2>/dev/null; wc -c < /tmp/big"
+        let outcome = await runtime.run(job(["sh", "-c", script]) { $0.limits.fileSizeBytes = 2 << 20 }, jobID: "tmpfs")
+        let written = Int(text(outcome.stdout).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        #expect(written > 0 && written <= 2 << 20)
+    }
+
+    @Test("python runs")
+    func python() async {
+        let outcome = await runtime.run(job(["/usr/bin/python3", "-c", "print(6*7)"]), jobID: "python")
+        #expect(outcome.status == .succeeded)
+        #expect(text(outcome.stdout) == "42\n")
+    }
+
+    @Test("the environment is the job's plus default PATH and HOME, nothing from the node")
+    func environment() async {
+        let outcome = await runtime.run(job(["env"]) { $0.env = ["FOO": "bar baz"] }, jobID: "env")
+        #expect(outcome.status == .succeeded)
+        let lines = Set(text(outcome.stdout).split(separator: "\n").map(String.init))
+        #expect(lines == ["FOO=bar baz", "HOME=/tmp", "PATH=/usr/local/bin:/usr/bin:/bin", "PWD=/tmp"])
+    }
+
+    @Test("files land in the working directory with their modes")
+    func files() async {
+        func file(_ path: String, _ content: String, _ mode: UInt32) -> Hangar_V1_FileIn {
+            var file = Hangar_V1_FileIn()
+            file.path = path
+            file.content = Data(content.utf8)
+            file.mode = mode
+            return file
+        }
+        let spec = job(["sh", "-c", "cat hello.txt; ./bin/run.sh; stat -c %a hello.txt bin/run.sh; pwd"]) {
+            $0.cwd = "/tmp/work"
+            $0.files = [file("hello.txt", "hi\n", 0), file("bin/run.sh", "#!/bin/sh\necho ran\n", 0o4755)]
+        }
+        let outcome = await runtime.run(spec, jobID: "files")
+        #expect(outcome.status == .succeeded)
+        #expect(text(outcome.stdout) == "hi\nran\n644\n755\n/tmp/work\n")
+
+        for bad in ["../escape", "/etc/passwd", "a//b", "./a", "", "a/../../b"] {
+            let rejected = await runtime.run(job(["true"]) { $0.files = [file(bad, "x", 0)] }, jobID: "bad")
+            #expect(rejected.status == .error, "path \"\(bad)\" was accepted")
+        }
+        let outside = await runtime.run(job(["true"]) { $0.cwd = "/usr"; $0.files = [file("a", "x", 0)] }, jobID: "cwd")
+        #expect(outside.status == .error)
+    }
+
+    @Test("cancelling the task kills the sandbox")
+    func cancellation() async {
+        let tag = "33.\(uniqueTag())"
+        let running = Task { await runtime.run(job(["sleep", tag]), jobID: "cancel") }
+        try? await Task.sleep(for: .milliseconds(300))
+        let began = ContinuousClock.now
+        running.cancel()
+        let outcome = await running.value
+        #expect(outcome.status == .cancelled)
+        #expect(ContinuousClock.now - began < .seconds(3))
+        #expect(await survivors(of: [tag]) == [])
+    }
+
+    @Test("unsupported requests are errors, not silent downgrades")
+    func invalidSpecs() async {
+        #expect(await runtime.run(job([]), jobID: "empty").status == .error)
+        let allowlist = await runtime.run(job(["true"]) { $0.network.mode = .networkAllowlist }, jobID: "net")
+        #expect(allowlist.status == .error)
+        #expect(await runtime.run(job(["true"]) { $0.env = ["A=B": "c"] }, jobID: "env").status == .error)
+    }
+
+    @Test("probe finds bubblewrap, and reports a missing one")
+    func probe() async {
+        let probe = await runtime.probe()
+        #expect(probe.available)
+        #expect(probe.detail.hasPrefix("bubblewrap "))
+        let missing = await ProcessRuntime(bubblewrapPath: "/nonexistent/bwrap").probe()
+        #expect(!missing.available)
+        #expect(missing.detail.contains("/nonexistent/bwrap"))
+    }
+}
+
+@Suite("Null runtime")
+struct NullRuntimeTests {
+    @Test("returns SUCCEEDED at once with no output")
+    func returnsAtOnce() async {
+        let began = ContinuousClock.now
+        let outcome = await NullRuntime().run(job(["sleep", "100"]), jobID: "null")
+        #expect(ContinuousClock.now - began < .milliseconds(250))
+        #expect(outcome.status == .succeeded)
+        #expect(outcome.exitCode == 0)
+        #expect(outcome.stdout.isEmpty && outcome.stderr.isEmpty)
+        #expect(NullRuntime().name == "null")
+        #expect(await NullRuntime().probe().available)
+    }
+}
+
+@Suite("SandboxProcess without bubblewrap")
+struct SandboxProcessTests {
+    private func command(_ script: String, timeout: Duration = .seconds(10)) -> SandboxCommand {
+        SandboxCommand(executable: "/bin/sh", arguments: ["sh", "-c", script], timeout: timeout, outputLimit: 1 << 20)
+    }
+
+    @Test("only fds 0, 1 and 2 reach the child, and it is reaped")
+    func descriptorsAndReaping() async throws {
+        let leaked = open("/dev/null", O_RDONLY)  // deliberately without O_CLOEXEC
+        defer { close(leaked) }
+        #expect(leaked > 2)
+        let result = try await SandboxProcess.run(command("ls /proc/$$/fd"))
+        #expect(result.termination == .exited(0))
+        #expect(text(result.stdout).split(separator: "\n") == ["0", "1", "2"])
+        var status: Int32 = 0
+        #expect(waitpid(result.pid, &status, WNOHANG) == -1 && errno == ECHILD)
+    }
+
+    @Test("the child leads a new session with default signal handling")
+    func sessionAndSignals() async throws {
+        let result = try await SandboxProcess.run(command("cut -d' ' -f5,6 /proc/$$/stat; grep -E '^Sig(Blk|Ign)' /proc/$$/status"))
+        let lines = text(result.stdout).split(separator: "\n").map { $0.split(separator: " ").joined(separator: " ") }
+        #expect(lines.first == "\(result.pid) \(result.pid)")
+        #expect(lines.dropFirst() == ["SigBlk: 0000000000000000", "SigIgn: 0000000000000000"])
+    }
+
+    @Test("a timeout kills the process group and reports CPU time")
+    func timeoutKillsGroup() async throws {
+        let tag = uniqueTag()
+        let sleeps = ["34.\(tag)", "35.\(tag)"]
+        let script = "i=0; while [ $i -lt 50000 ]; do i=$((i+1)); done; sleep \(sleeps[0]) & sleep \(sleeps[1])"
+        let result = try await SandboxProcess.run(command(script, timeout: .seconds(1)))
+        #expect(result.killReason == .timedOut)
+        #expect(result.termination == .signaled(SIGKILL))
+        #expect(result.cpuTimeMicroseconds > 0)
+        #expect(await survivors(of: sleeps) == [])
+    }
+
+    @Test("a background child holding the pipes does not keep the caller waiting")
+    func abandonedPipes() async throws {
+        let tag = "36.\(uniqueTag())"
+        let began = ContinuousClock.now
+        let result = try await SandboxProcess.run(command("(sleep \(tag); echo late) & echo early", timeout: .seconds(20)))
+        #expect(ContinuousClock.now - began < .seconds(6))
+        #expect(result.termination == .exited(0))
+        #expect(result.killReason == nil)
+        #expect(text(result.stdout) == "early\n")
+        #expect(await survivors(of: [tag]) == [])
+    }
+
+    @Test("a missing executable is a spawn error")
+    func spawnError() async {
+        let missing = SandboxCommand(executable: "/nonexistent/program", arguments: ["x"], timeout: .seconds(1), outputLimit: 10)
+        await #expect(throws: SandboxSpawnError.self) { try await SandboxProcess.run(missing) }
+    }
+}

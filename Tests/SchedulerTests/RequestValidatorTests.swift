@@ -1,0 +1,100 @@
+import Foundation
+import HangarScheduler
+import HangarShared
+import Testing
+
+@Suite("Submission validation")
+struct RequestValidatorTests {
+    let validator = RequestValidator()
+
+    func request(_ argv: [String] = ["/bin/echo", "hi"]) -> Hangar_V1_SubmitRequest {
+        var request = Hangar_V1_SubmitRequest()
+        request.argv = argv
+        return request
+    }
+
+    func rejection(_ request: Hangar_V1_SubmitRequest, tenant: String = "acme") -> Hangar_V1_Rejected? {
+        if case .failure(let rejection) = validator.validate(request, tenant: tenant) { return rejection.rejected }
+        return nil
+    }
+
+    @Test("a plain argv request gets defaults resolved")
+    func defaults() throws {
+        let submission = try validator.validate(request(), tenant: "acme").get()
+        #expect(submission.spec.runtime == "process")
+        #expect(submission.spec.template == "host")
+        #expect(submission.spec.limits.timeoutMs == 10_000)
+        #expect(submission.spec.limits.outputBytes == 1 << 20)
+        #expect(submission.spec.argv == ["/bin/echo", "hi"])
+    }
+
+    @Test("code becomes the interpreter's argv")
+    func code() throws {
+        var request = Hangar_V1_SubmitRequest()
+        request.code.language = "python"
+        request.code.source = "print(6*7)"
+        let submission = try validator.validate(request, tenant: "acme").get()
+        #expect(submission.spec.argv == ["/usr/bin/python3", "-c", "print(6*7)"])
+    }
+
+    @Test("each bad field is rejected with its name", arguments: BadField.all)
+    func badField(_ bad: BadField) throws {
+        var request = request()
+        bad.mutate(&request)
+        let rejected = try #require(rejection(request))
+        #expect(rejected.field == bad.field)
+        #expect(!rejected.message.isEmpty)
+    }
+
+    @Test("a limit above the maximum is rejected, not clamped")
+    func limitAboveMaximum() throws {
+        var bad = request()
+        bad.limits.timeoutMs = 300_001
+        let rejected = try #require(rejection(bad))
+        #expect(rejected.reason == .limitExceeded)
+        #expect(rejected.message.contains("300000"))
+        var fine = request()
+        fine.limits.timeoutMs = 300_000
+        #expect(rejection(fine) == nil)
+    }
+
+    @Test("the tenant token is checked", arguments: ["", "a.b", "a*", String(repeating: "x", count: 65)])
+    func badTenant(tenant: String) throws {
+        let rejected = try #require(rejection(request(), tenant: tenant))
+        #expect(rejected.field == "tenant")
+    }
+}
+
+struct BadField: Sendable, CustomTestStringConvertible {
+    let field: String
+    let mutate: @Sendable (inout Hangar_V1_SubmitRequest) -> Void
+
+    init(_ field: String, _ mutate: @escaping @Sendable (inout Hangar_V1_SubmitRequest) -> Void) {
+        self.field = field
+        self.mutate = mutate
+    }
+
+    var testDescription: String { field }
+
+    static let all: [BadField] = [
+            BadField("argv") { r in r.argv = [] },
+            BadField("argv") { r in r.argv = ["/bin/echo", "a\u{0}b"] },
+            BadField("code") { r in r.code.language = "python"; r.code.source = "1" },
+            BadField("runtime") { r in r.runtime = "docker" },
+            BadField("template") { r in r.template = "ubuntu" },
+            BadField("limits.timeout_ms") { r in r.limits.timeoutMs = 3_600_000 },
+            BadField("limits.output_bytes") { r in r.limits.outputBytes = 1 << 40 },
+            BadField("limits.memory_bytes") { r in r.limits.memoryBytes = 1 << 50 },
+            BadField("env") { r in r.env = ["1BAD": "x"] },
+            BadField("cwd") { r in r.cwd = "relative/dir" },
+            BadField("cwd") { r in r.cwd = "/tmp/../etc" },
+            BadField("files[0].path") { r in
+                var file = Hangar_V1_FileIn(); file.path = "../escape"; r.files = [file] },
+            BadField("files[0].path") { r in
+                var file = Hangar_V1_FileIn(); file.path = "/etc/passwd"; r.files = [file] },
+            BadField("network.mode") { r in r.network.mode = .networkAllowlist },
+            BadField("priority") { r in r.priority = 42 },
+            BadField("request_id") { r in r.requestID = "has space" },
+            BadField("stdin") { r in r.stdin = Data(count: 9 << 20) },
+        ]
+}

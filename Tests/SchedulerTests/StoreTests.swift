@@ -1,0 +1,116 @@
+import Foundation
+import GRDB
+import HangarScheduler
+import HangarShared
+import Testing
+
+@Suite("SQLite store")
+struct StoreTests {
+    func makeStore() throws -> (Store, URL) {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("hangar-store-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let path = directory.appendingPathComponent("hangar.sqlite")
+        return (try Store(path: path.path), path)
+    }
+
+    func job(_ id: String, requestID: String? = nil) -> StoredJob {
+        var spec = Hangar_V1_JobSpec()
+        spec.runtime = "process"
+        spec.template = "host"
+        spec.argv = ["/bin/true"]
+        return StoredJob(id: id, tenant: "acme", requestID: requestID, spec: spec, priority: 0, submittedAt: unixMilliseconds())
+    }
+
+    func result(_ id: String, status: Hangar_V1_JobStatus = .succeeded) -> Hangar_V1_Result {
+        var result = Hangar_V1_Result()
+        result.jobID = id
+        result.tenant = "acme"
+        result.status = status
+        result.exitCode = 3
+        result.stdout = Data("out".utf8)
+        result.attempt = 1
+        result.nodeID = "n1"
+        return result
+    }
+
+    @Test("a job's life is stored: job, attempt, result, audit; the database is in WAL mode")
+    func lifecycle() async throws {
+        let (store, path) = try makeStore()
+        try await store.write(.jobAccepted(job("j1")))
+        try await store.write(.attemptPlaced(jobID: "j1", attempt: 1, nodeID: "n1", at: unixMilliseconds()))
+        try await store.write(.jobFinished(result("j1", status: .failed)))
+        let lookup = try #require(try await store.job(id: "j1"))
+        #expect(lookup.status == "FAILED")
+        #expect(lookup.result?.exitCode == 3)
+        #expect(lookup.result?.stdout == Data("out".utf8))
+        #expect(try await store.count("audit") == 3)
+        #expect(try await store.count("attempts") == 1)
+
+        let queue = try DatabaseQueue(path: path.path)
+        let mode = try await queue.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") }
+        #expect(mode == "wal")
+        let attemptStatus = try await queue.read { db in
+            try String.fetchOne(db, sql: "SELECT status FROM attempts WHERE job_id = 'j1'")
+        }
+        #expect(attemptStatus == "FAILED")
+    }
+
+    @Test("the audit table refuses updates and deletes")
+    func auditAppendOnly() async throws {
+        let (store, path) = try makeStore()
+        try await store.write(.jobAccepted(job("j1")))
+        let queue = try DatabaseQueue(path: path.path)
+        await #expect(throws: DatabaseError.self) {
+            try await queue.write { db in try db.execute(sql: "UPDATE audit SET detail = 'forged'") }
+        }
+        await #expect(throws: DatabaseError.self) {
+            try await queue.write { db in try db.execute(sql: "DELETE FROM audit") }
+        }
+        #expect(try await store.count("audit") == 1)
+    }
+
+    @Test("a tenant's request id is unique; the job is found by it")
+    func idempotencyKey() async throws {
+        let (store, _) = try makeStore()
+        try await store.write(.jobAccepted(job("j1", requestID: "r-1")))
+        await #expect(throws: (any Error).self) {
+            try await store.write(.jobAccepted(job("j2", requestID: "r-1")))
+        }
+        #expect(try await store.jobID(tenant: "acme", requestID: "r-1") == "j1")
+        #expect(try await store.jobID(tenant: "other", requestID: "r-1") == nil)
+    }
+
+    @Test("concurrent writes are group-committed: fewer transactions than operations, none lost")
+    func groupCommit() async throws {
+        let (store, _) = try makeStore()
+        let count = 500
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<count {
+                group.addTask { try await store.write(.jobAccepted(job("j\(index)"))) }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await store.count("jobs") == count)
+        let statistics = store.commitStatistics
+        #expect(statistics.operations == count)
+        #expect(statistics.transactions < count / 2)
+    }
+
+    @Test("a failing operation does not fail the others in its batch")
+    func badOperationIsolated() async throws {
+        let (store, _) = try makeStore()
+        try await store.write(.jobAccepted(job("dup")))
+        let outcomes = await withTaskGroup(of: Bool.self) { group in
+            for index in 0..<50 {
+                group.addTask {
+                    (try? await store.write(.jobAccepted(job(index == 25 ? "dup" : "ok\(index)")))) != nil
+                }
+            }
+            var successes = 0
+            for await ok in group where ok { successes += 1 }
+            return successes
+        }
+        #expect(outcomes == 49)
+        #expect(try await store.count("jobs") == 50)
+    }
+}

@@ -1,0 +1,25 @@
+import Foundation
+import HangarNATS
+
+/// A fresh folder under the system temp dir, for one test.
+public func makeTemporaryDirectory(_ prefix: String = "hangar-test") throws -> URL {
+    let url = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    return url
+}
+
+/// Starts a real nats-server on a free loopback port in a temp folder, runs `body`, stops it.
+public func withNATSServer<T>(_ body: (LocalNATSServer) async throws -> T) async throws -> T {
+    let directory = try makeTemporaryDirectory("hangar-nats")
+    let server = try await LocalNATSServer(directory: directory)
+    defer {
+        server.stop()
+        try? FileManager.default.removeItem(at: directory)
+    }
+    return try await body(server)
+}
+
+/// A client connection for tests.
+public func connectForTest(_ server: LocalNATSServer, name: String = "test") async throws -> NATSConnection {
+    try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: name))
+}
