@@ -79,8 +79,8 @@ struct RunCommand: AsyncParsableCommand {
             if json {
                 print(try result.jsonString())
             } else {
-                FileHandle.standardOutput.write(result.stdout)
-                FileHandle.standardError.write(result.stderr)
+                writeOut(result.stdout)
+                writeErr(result.stderr)
                 if result.status != .succeeded && result.status != .failed || result.stdoutTruncated || result.stderrTruncated {
                     let detail = result.message.isEmpty ? "" : ": \(result.message)"
                     printError("job \(result.jobID) \(result.status.displayName)\(detail)")
@@ -161,9 +161,9 @@ struct JobCommand: AsyncParsableCommand {
             print("timings   queued \(result.timings.queuedMs) ms, placement \(result.timings.placementMs) ms, start \(result.timings.startMs) ms, run \(result.timings.runMs) ms, total \(result.timings.totalMs) ms")
             if !result.message.isEmpty { print("message   \(result.message)") }
             print("--- stdout\(result.stdoutTruncated ? " (truncated)" : "")")
-            FileHandle.standardOutput.write(result.stdout)
+            writeOut(result.stdout)
             print("--- stderr\(result.stderrTruncated ? " (truncated)" : "")")
-            FileHandle.standardOutput.write(result.stderr)
+            writeOut(result.stderr)
         case .status(let status):
             print("job \(id) (tenant \(reply.tenant)) is \(status.displayName)")
         case .error(let message):
@@ -190,7 +190,18 @@ func cliLogger() -> Logger {
 }
 
 func printError(_ text: String) {
-    FileHandle.standardError.write(Data("hangar: \(text)\n".utf8))
+    writeErr(Data("hangar: \(text)\n".utf8))
+}
+
+/// Writes raw bytes to stdout in order with what `print` buffered before.
+func writeOut(_ data: Data) {
+    fflush(nil)
+    FileHandle.standardOutput.write(data)
+}
+
+func writeErr(_ data: Data) {
+    fflush(nil)
+    FileHandle.standardError.write(data)
 }
 
 func formatTable(_ rows: [[String]]) -> String {

@@ -82,17 +82,24 @@ struct DevCommand: AsyncParsableCommand {
 
             """
         FileHandle.standardError.write(Data(banner.utf8))
+        // Nodes stop first, so the results of the jobs they kill still reach a running scheduler.
+        let schedulerTask = Task { try await scheduler.run() }
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await scheduler.run() }
             for agent in agents {
                 group.addTask { try await agent.run() }
             }
             group.addTask { _ = await waitForShutdownSignal() }
+            group.addTask {
+                // A scheduler that fails ends the cluster too.
+                _ = await schedulerTask.result
+            }
             try await group.next()
-            logger.notice("stopping: nodes finish or kill their jobs, then the scheduler and nats-server stop")
+            logger.notice("stopping: nodes kill running jobs and deliver their results, then the scheduler and nats-server stop")
             group.cancelAll()
             try await group.waitForAll()
         }
+        schedulerTask.cancel()
+        try await schedulerTask.value
         for connection in connections { await connection.drain(timeout: .seconds(2)) }
     }
 }

@@ -137,7 +137,10 @@ struct ProcessRuntimeTests {
 
     @Test("output up to the cap exactly is not truncated")
     func outputAtCap() async {
-        let outcome = await runtime.run(job(["head", "-c", "1000", "/dev/zero"]) { $0.limits.outputBytes = 1000 }, jobID: "cap")
+        let outcome = await runtime.run(
+            job(["head", "-c", "1000", "/dev/zero"]) { $0.limits.outputBytes = 1000 },
+            jobID: "cap"
+        )
         #expect(outcome.status == .succeeded)
         #expect(outcome.stdout.count == 1000)
         #expect(!outcome.stdoutTruncated)
@@ -155,24 +158,29 @@ struct ProcessRuntimeTests {
 
     @Test("host directories are invisible and system directories read-only")
     func hostFilesystem() async {
+        let tag = uniqueTag()
         #expect(FileManager.default.fileExists(atPath: "/work"))
         #expect(FileManager.default.fileExists(atPath: "/root"))
         let script = """
             for p in /root /work /home /var /old_root; do [ -e "$p" ] && echo "visible $p"; done
             touch /usr/hangar-probe 2>/dev/null && echo "wrote /usr"
             touch /etc/hangar-probe 2>/dev/null && echo "wrote /etc"
-            touch /tmp/scratch && echo "tmp ok"
+            touch /tmp/hangar-scratch-\(tag) && echo "tmp ok"
             echo "$(id -u):$(id -g) $(hostname)"
             """
         let outcome = await runtime.run(job(["sh", "-c", script]), jobID: "fs")
         #expect(outcome.status == .succeeded)
         #expect(text(outcome.stdout) == "tmp ok\n65534:65534 sandbox\n")
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/hangar-scratch-\(tag)"))
     }
 
     @Test("/tmp is a tmpfs bounded by fileSizeBytes")
     func boundedScratch() async {
         let script = "dd if=/dev/zero of=/tmp/big bs=1M count=8 2>/dev/null; wc -c < /tmp/big"
-        let outcome = await runtime.run(job(["sh", "-c", script]) { $0.limits.fileSizeBytes = 2 << 20 }, jobID: "tmpfs")
+        let outcome = await runtime.run(
+            job(["sh", "-c", script]) { $0.limits.fileSizeBytes = 2 << 20 },
+            jobID: "tmpfs"
+        )
         let written = Int(text(outcome.stdout).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
         #expect(written > 0 && written <= 2 << 20)
     }
@@ -213,7 +221,13 @@ struct ProcessRuntimeTests {
             let rejected = await runtime.run(job(["true"]) { $0.files = [file(bad, "x", 0)] }, jobID: "bad")
             #expect(rejected.status == .error, "path \"\(bad)\" was accepted")
         }
-        let outside = await runtime.run(job(["true"]) { $0.cwd = "/usr"; $0.files = [file("a", "x", 0)] }, jobID: "cwd")
+        let outside = await runtime.run(
+            job(["true"]) {
+                $0.cwd = "/usr"
+                $0.files = [file("a", "x", 0)]
+            },
+            jobID: "cwd"
+        )
         #expect(outside.status == .error)
     }
 
@@ -284,10 +298,33 @@ struct SandboxProcessTests {
 
     @Test("the child leads a new session with default signal handling")
     func sessionAndSignals() async throws {
-        let result = try await SandboxProcess.run(command("cut -d' ' -f5,6 /proc/$$/stat; grep -E '^Sig(Blk|Ign)' /proc/$$/status"))
-        let lines = text(result.stdout).split(separator: "\n").map { $0.split(separator: " ").joined(separator: " ") }
-        #expect(lines.first == "\(result.pid) \(result.pid)")
-        #expect(lines.dropFirst() == ["SigBlk: 0000000000000000", "SigIgn: 0000000000000000"])
+        let session = try await SandboxProcess.run(
+            SandboxCommand(
+                executable: "/usr/bin/cut",
+                arguments: ["cut", "-d", " ", "-f", "5,6", "/proc/self/stat"],
+                timeout: .seconds(10),
+                outputLimit: 4096
+            )
+        )
+        #expect(text(session.stdout) == "\(session.pid) \(session.pid)\n")  // process group and session
+
+        // The node ignoring SIGPIPE must not leak into the child, nor the monitor thread's blocked
+        // SIGPIPE. (grep, unlike sh, does not reset its signal mask itself.)
+        let previous = signal(SIGPIPE, SIG_IGN)
+        defer { signal(SIGPIPE, previous) }
+        let status = try await SandboxProcess.run(
+            SandboxCommand(
+                executable: "/usr/bin/grep",
+                arguments: ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"],
+                timeout: .seconds(10),
+                outputLimit: 4096
+            )
+        )
+        let masks = text(status.stdout).split(separator: "\n").compactMap {
+            $0.split(whereSeparator: \.isWhitespace).last.flatMap { UInt64($0, radix: 16) }
+        }
+        // Only the 31 classic signals: glibc never resets its reserved real-time signals 32 and 33.
+        #expect(masks.map { $0 & 0x7fff_ffff } == [0, 0])
     }
 
     @Test("a timeout kills the process group and reports CPU time")
@@ -306,7 +343,9 @@ struct SandboxProcessTests {
     func abandonedPipes() async throws {
         let tag = "36.\(uniqueTag())"
         let began = ContinuousClock.now
-        let result = try await SandboxProcess.run(command("(sleep \(tag); echo late) & echo early", timeout: .seconds(20)))
+        let result = try await SandboxProcess.run(
+            command("(sleep \(tag); echo late) & echo early", timeout: .seconds(20))
+        )
         #expect(ContinuousClock.now - began < .seconds(6))
         #expect(result.termination == .exited(0))
         #expect(result.killReason == nil)
@@ -316,7 +355,12 @@ struct SandboxProcessTests {
 
     @Test("a missing executable is a spawn error")
     func spawnError() async {
-        let missing = SandboxCommand(executable: "/nonexistent/program", arguments: ["x"], timeout: .seconds(1), outputLimit: 10)
+        let missing = SandboxCommand(
+            executable: "/nonexistent/program",
+            arguments: ["x"],
+            timeout: .seconds(1),
+            outputLimit: 10
+        )
         await #expect(throws: SandboxSpawnError.self) { try await SandboxProcess.run(missing) }
     }
 }

@@ -176,9 +176,13 @@ public final class NodeAgent: Sendable {
         result.runMs = outcome.runMilliseconds
         result.message = outcome.message
         guard let payload = try? result.serializedData() else { return }
-        let deadline = ContinuousClock.now + config.resultRetryFor
+        var deadline = ContinuousClock.now + config.resultRetryFor
         var delay = Duration.milliseconds(100)
         while ContinuousClock.now < deadline {
+            if Task.isCancelled {
+                // Shutting down: keep trying a little while, then give up rather than hang.
+                deadline = min(deadline, ContinuousClock.now + config.resultRetryOnShutdown)
+            }
             do {
                 let answer = try await nats.request(
                     Subjects.nodeResult(node: config.nodeID),
@@ -192,12 +196,20 @@ public final class NodeAgent: Sendable {
                 return
             } catch {
                 logger.warning("result not acknowledged; retrying", metadata: ["error": "\(error)", "retry.in": "\(delay)"])
-                // Keep retrying through shutdown too: an accepted job's result must not be lost.
-                try? await Task.sleep(for: delay)
+                await sleepIgnoringCancellation(delay)
                 delay = min(delay * 2, .seconds(5))
             }
         }
         logger.error("gave up sending a result after \(config.resultRetryFor)")
+    }
+}
+
+/// Sleeps even in a cancelled task (a result must still be sent during shutdown).
+private func sleepIgnoringCancellation(_ duration: Duration) async {
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000))) {
+            continuation.resume()
+        }
     }
 }
 

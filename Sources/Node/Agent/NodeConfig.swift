@@ -8,6 +8,8 @@ public struct NodeConfig: Sendable {
     public var heartbeatInterval: Duration = .seconds(1)
     /// How long to keep resending a result the scheduler has not acknowledged.
     public var resultRetryFor: Duration = .seconds(3600)
+    /// How long to keep resending results once the agent is shutting down.
+    public var resultRetryOnShutdown: Duration = .seconds(5)
 
     public init(nodeID: String, slots: Int) {
         self.nodeID = nodeID

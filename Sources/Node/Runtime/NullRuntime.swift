@@ -7,6 +7,7 @@ public struct NullRuntime: Runtime {
     /// Always "null".
     public let name = "null"
 
+    /// The null runtime; it has no configuration.
     public init() {}
 
     /// Always available.

@@ -21,6 +21,7 @@ public struct ProcessRuntime: Runtime {
     /// `PATH` inside the sandbox unless the job sets its own.
     public static let defaultPath = "/usr/local/bin:/usr/bin:/bin"
 
+    /// A runtime that runs jobs with the `bwrap` at `bubblewrapPath`.
     public init(bubblewrapPath: String = "/usr/bin/bwrap") {
         self.bubblewrapPath = bubblewrapPath
     }
@@ -41,7 +42,10 @@ public struct ProcessRuntime: Runtime {
             let result = try await SandboxProcess.run(versionCommand)
             let output = String(decoding: result.stdout, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             guard result.termination == .exited(0), result.killReason == nil, !output.isEmpty else {
-                return RuntimeProbe(available: false, detail: "\(bubblewrapPath) --version failed: \(result.termination)")
+                return RuntimeProbe(
+                    available: false,
+                    detail: "\(bubblewrapPath) --version failed: \(result.termination)"
+                )
             }
             version = output
         } catch {
@@ -87,25 +91,11 @@ public struct ProcessRuntime: Runtime {
         let spawned = Result { () throws(SandboxSpawnError) in try SandboxProcess(command) }
         for fd in invocation.files { close(fd) }  // the process holds its own copies
         let prepared = clock.now - began
-        let waited: Result<SandboxResult, SandboxSpawnError>
-        switch spawned {
-        case .failure(let error):
-            waited = .failure(error)
-        case .success(let process):
-            waited = await withTaskCancellationHandler { () async -> Result<SandboxResult, SandboxSpawnError> in
-                do throws(SandboxSpawnError) {
-                    return .success(try await process.wait())
-                } catch {
-                    return .failure(error)
-                }
-            } onCancel: {
-                process.kill()
-            }
-        }
         let result: SandboxResult
-        switch waited {
-        case .success(let value): result = value
-        case .failure(let error): return .error("cannot start bubblewrap: \(error.description)")
+        do throws(SandboxSpawnError) {
+            result = try await spawned.get().waitKillingOnCancellation()
+        } catch {
+            return .error("cannot start bubblewrap: \(error.description)")
         }
         var outcome = Self.outcome(of: result, timeout: timeout, outputLimit: outputLimit)
         outcome.startMilliseconds = Self.milliseconds(prepared + result.spawnTime)
@@ -121,7 +111,8 @@ public struct ProcessRuntime: Runtime {
         case .outputLimit:
             outcome = RunOutcome(status: .outputLimit)
             let streams = [result.stdoutTruncated ? "stdout" : nil, result.stderrTruncated ? "stderr" : nil]
-            outcome.message = "\(streams.compactMap { $0 }.joined(separator: " and ")) went over the "
+            outcome.message =
+                "\(streams.compactMap { $0 }.joined(separator: " and ")) went over the "
                 + "\(outputLimit)-byte limit; the sandbox was killed"
         case .cancelled:
             outcome = RunOutcome(status: .cancelled)
@@ -204,7 +195,8 @@ struct BubblewrapInvocation {
         guard workdir.hasPrefix("/"), !workdir.split(separator: "/").contains("..") else {
             throw InvalidJob(message: "cwd must be an absolute path without \"..\", got \"\(spec.cwd)\"")
         }
-        let scratchBytes = spec.limits.fileSizeBytes > 0 ? spec.limits.fileSizeBytes : ProcessRuntime.defaultScratchBytes
+        let scratchBytes =
+            spec.limits.fileSizeBytes > 0 ? spec.limits.fileSizeBytes : ProcessRuntime.defaultScratchBytes
 
         arguments = [
             "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
@@ -227,7 +219,8 @@ struct BubblewrapInvocation {
             guard inScratch else { throw InvalidJob(message: "files need a working directory under /tmp") }
             try stage(spec.files, in: workdir, scratchBytes: scratchBytes)
         }
-        arguments += ["--chdir", workdir, "--"] + spec.argv
+        // The root is bwrap's own tmpfs; freeze it so only /tmp (a separate mount) is writable.
+        arguments += ["--remount-ro", "/", "--chdir", workdir, "--"] + spec.argv
     }
 
     /// The job's environment plus the default `PATH` and `HOME`, sorted by name.
@@ -243,7 +236,11 @@ struct BubblewrapInvocation {
 
     /// Copies each file into an anonymous memory file that `bwrap --file` writes into the scratch
     /// tmpfs, so the files count against its size bound and never touch the host's disk.
-    private mutating func stage(_ inputs: [Hangar_V1_FileIn], in workdir: String, scratchBytes: UInt64) throws(InvalidJob) {
+    private mutating func stage(
+        _ inputs: [Hangar_V1_FileIn],
+        in workdir: String,
+        scratchBytes: UInt64
+    ) throws(InvalidJob) {
         guard inputs.count <= Self.maxFiles else {
             throw InvalidJob(message: "at most \(Self.maxFiles) files, got \(inputs.count)")
         }
@@ -257,7 +254,9 @@ struct BubblewrapInvocation {
                 let fd = try Self.memoryFile(holding: input.content)
                 files.append(fd)
                 let mode = input.mode == 0 ? 0o644 : input.mode & 0o777
-                arguments += ["--perms", "0" + String(mode, radix: 8), "--file", String(3 + index), workdir + "/" + paths[index]]
+                arguments += [
+                    "--perms", "0" + String(mode, radix: 8), "--file", String(3 + index), workdir + "/" + paths[index],
+                ]
             }
         } catch {
             for fd in files { close(fd) }
@@ -276,7 +275,9 @@ struct BubblewrapInvocation {
             guard !path.isEmpty, path.utf8.count <= 4096, !path.utf8.contains(0),
                 components.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." })
             else {
-                throw InvalidJob(message: "file path \"\(path)\" must be relative, without \".\", \"..\" or empty parts")
+                throw InvalidJob(
+                    message: "file path \"\(path)\" must be relative, without \".\", \"..\" or empty parts"
+                )
             }
             guard seen.insert(path).inserted else { throw InvalidJob(message: "file path \"\(path)\" appears twice") }
             for end in 1..<components.count { directories.insert(components[0..<end].joined(separator: "/")) }

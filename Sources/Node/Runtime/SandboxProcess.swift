@@ -23,6 +23,7 @@ public struct SandboxCommand: Sendable {
     /// something else still holds them, before closing them regardless.
     public var drainTimeout: Duration
 
+    /// A command; see the properties for what each argument means.
     public init(
         executable: String,
         arguments: [String],
@@ -82,6 +83,7 @@ public struct SandboxResult: Sendable {
     /// Largest resident set of the process or a waited-for descendant.
     public var peakMemoryBytes: UInt64 = 0
 
+    /// A result with no output and no resource figures yet.
     public init(pid: pid_t, termination: Termination) {
         self.pid = pid
         self.termination = termination
@@ -92,6 +94,7 @@ public struct SandboxResult: Sendable {
 public struct SandboxSpawnError: Error, Sendable, CustomStringConvertible {
     public var description: String
 
+    /// An error that reads `description`.
     public init(_ description: String) {
         self.description = description
     }
@@ -135,12 +138,7 @@ public final class SandboxProcess: Sendable {
 
     /// Spawns `command`, waits for it, and kills it if the calling task is cancelled.
     public static func run(_ command: SandboxCommand) async throws(SandboxSpawnError) -> SandboxResult {
-        let process = try SandboxProcess(command)
-        return try await withTaskCancellationHandler {
-            await process.waitForResult()
-        } onCancel: {
-            process.kill()
-        }.get()
+        try await SandboxProcess(command).waitKillingOnCancellation()
     }
 
     /// Kills the process group; the result's ``SandboxResult/killReason`` becomes `.cancelled`
@@ -158,6 +156,15 @@ public final class SandboxProcess: Sendable {
     /// - Throws: ``SandboxSpawnError`` when `posix_spawn` failed.
     public func wait() async throws(SandboxSpawnError) -> SandboxResult {
         try await waitForResult().get()
+    }
+
+    /// Like ``wait()``, and calls ``kill()`` if the calling task is cancelled meanwhile.
+    public func waitKillingOnCancellation() async throws(SandboxSpawnError) -> SandboxResult {
+        try await withTaskCancellationHandler {
+            await waitForResult()
+        } onCancel: {
+            kill()
+        }.get()
     }
 
     private func waitForResult() async -> Result<SandboxResult, SandboxSpawnError> {
@@ -238,8 +245,10 @@ private struct ChildDescriptors: Sendable {
             throw SandboxSpawnError("pipe2 failed: \(String(cString: strerror(errno)))")
         }
         opened += ends
-        return (try duplicate(ends[0], lowest: lowest, &opened, closing: true),
-                try duplicate(ends[1], lowest: lowest, &opened, closing: true))
+        return (
+            try duplicate(ends[0], lowest: lowest, &opened, closing: true),
+            try duplicate(ends[1], lowest: lowest, &opened, closing: true)
+        )
     }
 
     /// A close-on-exec copy of `fd` numbered at least `lowest`; `closing` replaces `fd` by it.
@@ -319,7 +328,10 @@ private struct MonitorJob: Sendable {
     let created: ContinuousClock.Instant
 
     /// Spawns the program, watches it, reaps it. Runs on the dedicated monitor thread.
-    func run(cancelRequested: borrowing Atomic<Bool>, closeWaker: () -> Void) -> Result<SandboxResult, SandboxSpawnError> {
+    func run(
+        cancelRequested: borrowing Atomic<Bool>,
+        closeWaker: () -> Void
+    ) -> Result<SandboxResult, SandboxSpawnError> {
         var blocked = sigset_t()
         sigemptyset(&blocked)
         sigaddset(&blocked, SIGPIPE)  // a reader that went away gives EPIPE instead of killing the node
@@ -374,7 +386,9 @@ private struct MonitorJob: Sendable {
         var pid: pid_t = 0
         let status = posix_spawn(&pid, command.executable, &actions, &attributes, argv, envp)
         guard status == 0 else {
-            return .failure(SandboxSpawnError("cannot start \(command.executable): \(String(cString: strerror(status)))"))
+            return .failure(
+                SandboxSpawnError("cannot start \(command.executable): \(String(cString: strerror(status)))")
+            )
         }
         return .success(pid)
     }

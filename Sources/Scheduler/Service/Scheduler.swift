@@ -10,7 +10,7 @@ import Logging
 public actor Scheduler {
     let config: SchedulerConfig
     let nats: NATSConnection
-    public let store: Store
+    public nonisolated let store: Store
     let logger: Logger
     var cluster: ClusterState
     var jobs: [String: JobEntry] = [:]

@@ -1,0 +1,162 @@
+import Foundation
+import HangarNATS
+import HangarNode
+import HangarScheduler
+import HangarShared
+import HangarTestSupport
+import Logging
+
+/// A real cluster for one test: nats-server on a free loopback port, a scheduler with a SQLite file
+/// in a temp folder, and node agents, all talking over NATS.
+final class TestCluster: Sendable {
+    let server: LocalNATSServer
+    let directory: URL
+    let databasePath: String
+    let scheduler: Scheduler
+    let client: NATSConnection
+    private let connections: [NATSConnection]
+    private let tasks: [Task<Void, any Error>]
+
+    static func start(
+        nodes: Int = 2,
+        slots: Int = 8,
+        runtimes: @Sendable () -> [any Runtime] = { [ProcessRuntime(), NullRuntime()] }
+    ) async throws -> TestCluster {
+        let directory = try makeTemporaryDirectory("hangar-cluster")
+        let server = try await LocalNATSServer(directory: directory.appendingPathComponent("nats"))
+        var logger = Logger(label: "test")
+        logger.logLevel = .warning
+        func connect(_ name: String) async throws -> NATSConnection {
+            try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: name, logger: logger))
+        }
+        let databasePath = directory.appendingPathComponent("hangar.sqlite").path
+        let schedulerConnection = try await connect("scheduler")
+        var config = SchedulerConfig(databasePath: databasePath)
+        config.queueTimeout = .seconds(60)
+        let scheduler = Scheduler(
+            config: config,
+            nats: schedulerConnection,
+            store: try Store(path: databasePath),
+            logger: logger
+        )
+        var connections = [schedulerConnection]
+        var tasks: [Task<Void, any Error>] = [Task { try await scheduler.run() }]
+        for index in 1...max(1, nodes) where nodes > 0 {
+            let connection = try await connect("node-\(index)")
+            connections.append(connection)
+            let agent = NodeAgent(
+                config: NodeConfig(nodeID: "node-\(index)", slots: slots),
+                nats: connection,
+                runtimes: runtimes(),
+                logger: logger
+            )
+            tasks.append(Task { try await agent.run() })
+        }
+        let client = try await connect("client")
+        let cluster = TestCluster(
+            server: server,
+            directory: directory,
+            databasePath: databasePath,
+            scheduler: scheduler,
+            client: client,
+            connections: connections,
+            tasks: tasks
+        )
+        try await cluster.waitForNodes(nodes)
+        return cluster
+    }
+
+    private init(
+        server: LocalNATSServer,
+        directory: URL,
+        databasePath: String,
+        scheduler: Scheduler,
+        client: NATSConnection,
+        connections: [NATSConnection],
+        tasks: [Task<Void, any Error>]
+    ) {
+        self.server = server
+        self.directory = directory
+        self.databasePath = databasePath
+        self.scheduler = scheduler
+        self.client = client
+        self.connections = connections
+        self.tasks = tasks
+    }
+
+    /// Waits until the scheduler has heard from `count` nodes.
+    func waitForNodes(_ count: Int) async throws {
+        let deadline = ContinuousClock.now + .seconds(15)
+        while ContinuousClock.now < deadline {
+            if let answer = try? await client.request(
+                Subjects.admin("nodes"),
+                payload: try Hangar_V1_NodesRequest().serializedData(),
+                timeout: .seconds(2)
+            ), let reply = try? Hangar_V1_NodesReply(serializedBytes: answer.payload),
+                reply.nodes.filter({ $0.state == .up }).count >= count
+            {
+                return
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw LocalNATSServerError("the scheduler did not see \(count) nodes within 15 s")
+    }
+
+    /// Submits on `tenant`'s subject and returns the decoded reply.
+    func submit(
+        _ request: Hangar_V1_SubmitRequest,
+        tenant: String = "acme",
+        timeout: Duration = .seconds(60)
+    ) async throws -> Hangar_V1_SubmitReply {
+        let answer = try await client.request(
+            Subjects.submit(tenant: tenant),
+            payload: try request.serializedData(),
+            timeout: timeout
+        )
+        return try Hangar_V1_SubmitReply(serializedBytes: answer.payload)
+    }
+
+    /// Submits in wait mode and returns the result (fails the test if the reply is not a result).
+    func run(_ request: Hangar_V1_SubmitRequest, tenant: String = "acme") async throws -> Hangar_V1_Result {
+        var request = request
+        request.wait = true
+        let reply = try await submit(request, tenant: tenant)
+        guard case .result(let result) = reply.outcome else {
+            throw LocalNATSServerError("expected a result, got \(reply)")
+        }
+        return result
+    }
+
+    func stop() async {
+        tasks.forEach { $0.cancel() }
+        for task in tasks { _ = try? await task.value }
+        await client.close()
+        for connection in connections { await connection.close() }
+        server.stop()
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
+
+func command(_ argv: String..., runtime: String = "process", timeoutMs: UInt32 = 0) -> Hangar_V1_SubmitRequest {
+    var request = Hangar_V1_SubmitRequest()
+    request.argv = argv
+    request.runtime = runtime
+    request.limits.timeoutMs = timeoutMs
+    return request
+}
+
+/// Runs `body` against a fresh cluster and always stops it.
+func withCluster(
+    nodes: Int = 2,
+    slots: Int = 8,
+    _ body: (TestCluster) async throws -> Void
+) async throws {
+    let cluster = try await TestCluster.start(nodes: nodes, slots: slots)
+    do {
+        try await body(cluster)
+    } catch {
+        await cluster.stop()
+        throw error
+    }
+    await cluster.stop()
+}
