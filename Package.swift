@@ -67,6 +67,14 @@ let package = Package(
             ],
             path: "Sources/hangar"
         ),
+        .executableTarget(
+            name: "hangar-bench",
+            dependencies: [
+                "HangarNATS", "HangarShared", "HangarScheduler", "HangarNode",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Bench"
+        ),
         .target(
             name: "HangarTestSupport",
             dependencies: ["HangarNATS", "HangarShared"],

@@ -97,7 +97,7 @@ struct EndToEndTests {
         try await withCluster { cluster in
             let result = try await cluster.run(command("/bin/sh", "-c", "echo stored; exit 3"))
             let queue = try DatabaseQueue(path: cluster.databasePath)
-            let row = try await queue.read { db in
+            let row = try queue.read { db in
                 try Row.fetchOne(db, sql: "SELECT status, exit_code, result FROM results WHERE job_id = ?", arguments: [result.jobID])
             }
             let stored = try #require(row)

@@ -118,6 +118,20 @@ struct ProcessRuntimeTests {
         #expect(await survivors(of: sleeps) == [])
     }
 
+    @Test("a daemon left behind by a finished job dies with its sandbox")
+    func daemonOfFinishedJob() async {
+        let tag = "37.\(uniqueTag())"
+        let began = ContinuousClock.now
+        let outcome = await runtime.run(
+            job(["sh", "-c", "setsid sleep \(tag) & sleep 0.2; echo done"]),
+            jobID: "daemon"
+        )
+        #expect(outcome.status == .succeeded)
+        #expect(text(outcome.stdout) == "done\n")
+        #expect(ContinuousClock.now - began < .seconds(2))  // no waiting on the daemon's copy of stdout
+        #expect(await survivors(of: [tag]) == [])
+    }
+
     @Test("output over the cap is OUTPUT_LIMIT with exactly the cap kept")
     func outputLimit() async {
         let out = await runtime.run(job(["yes"]) { $0.limits.outputBytes = 1000 }, jobID: "yes")
@@ -209,13 +223,15 @@ struct ProcessRuntimeTests {
             file.mode = mode
             return file
         }
-        let spec = job(["sh", "-c", "cat hello.txt; ./bin/run.sh; stat -c %a hello.txt bin/run.sh; pwd"]) {
+        // bwrap reads the files from descriptors 3, 4…; none of them may reach the job.
+        let script = "cat hello.txt; ./bin/run.sh; stat -c %a hello.txt bin/run.sh; pwd; ls /proc/$$/fd | tr '\\n' ' '"
+        let spec = job(["sh", "-c", script]) {
             $0.cwd = "/tmp/work"
             $0.files = [file("hello.txt", "hi\n", 0), file("bin/run.sh", "#!/bin/sh\necho ran\n", 0o4755)]
         }
         let outcome = await runtime.run(spec, jobID: "files")
         #expect(outcome.status == .succeeded)
-        #expect(text(outcome.stdout) == "hi\nran\n644\n755\n/tmp/work\n")
+        #expect(text(outcome.stdout) == "hi\nran\n644\n755\n/tmp/work\n0 1 2 ")
 
         for bad in ["../escape", "/etc/passwd", "a//b", "./a", "", "a/../../b"] {
             let rejected = await runtime.run(job(["true"]) { $0.files = [file(bad, "x", 0)] }, jobID: "bad")

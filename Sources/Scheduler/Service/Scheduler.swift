@@ -171,9 +171,19 @@ public actor Scheduler {
         guard !queue.isEmpty else { return }
         let now = ContinuousClock.now
         var remaining: [String] = []
+        // Jobs with the same runtime and labels that could not be placed: the rest will not fit either.
+        var blocked: [PlacementKey: String] = [:]
         for id in queue {
             guard var entry = jobs[id] else { continue }
-            switch cluster.place(runtime: entry.submission.spec.runtime, labels: entry.submission.labels, at: now) {
+            let key = PlacementKey(runtime: entry.submission.spec.runtime, labels: entry.submission.labels)
+            let placement: ClusterState.Placement
+            if let why = blocked[key] {
+                placement = .wait(why)
+            } else {
+                placement = cluster.place(runtime: key.runtime, labels: key.labels, at: now)
+                if case .wait(let why) = placement { blocked[key] = why }
+            }
+            switch placement {
             case .node(let nodeID):
                 cluster.reserve(nodeID)
                 entry.attempt += 1
@@ -197,6 +207,11 @@ public actor Scheduler {
         queue = remaining
     }
 
+    private struct PlacementKey: Hashable {
+        var runtime: String
+        var labels: [String: String]
+    }
+
     private func makeAssignment(_ entry: JobEntry) -> Hangar_V1_Assignment {
         var assignment = Hangar_V1_Assignment()
         assignment.jobID = entry.id
@@ -210,11 +225,16 @@ public actor Scheduler {
     nonisolated func dispatch(_ assignment: Hangar_V1_Assignment, to nodeID: String, decidedAt: ContinuousClock.Instant) async {
         let jobID = assignment.jobID
         let attempt = assignment.attempt
-        do {
-            try await store.write(.attemptPlaced(jobID: jobID, attempt: attempt, nodeID: nodeID, at: unixMilliseconds()))
-        } catch {
-            await assignmentFailed(jobID: jobID, attempt: attempt, nodeID: nodeID, reason: "store: \(error)", skipNode: false)
-            return
+        // Not awaited: the group committer applies writes in order, so this lands before the result
+        // of the attempt, and dispatch does not wait for a commit.
+        let store = self.store
+        let logger = self.logger
+        Task {
+            do {
+                try await store.write(.attemptPlaced(jobID: jobID, attempt: attempt, nodeID: nodeID, at: unixMilliseconds()))
+            } catch {
+                logger.error("could not record attempt", metadata: ["job.id": "\(jobID)", "error": "\(error)"])
+            }
         }
         do {
             let answer = try await nats.request(

@@ -1,0 +1,180 @@
+import Foundation
+import HangarNATS
+import HangarNode
+import HangarScheduler
+import HangarShared
+import Logging
+
+/// Benchmarks of the walking skeleton, each against a baseline measured in the same run:
+/// - dispatch latency of a null job vs a raw NATS request/reply round trip;
+/// - null-job throughput with many concurrent clients;
+/// - a `process` job (bubblewrap) vs a bare posix_spawn of the same program.
+/// Prints a Markdown section; `scripts/bench` writes it into BENCHMARKS.md.
+@main
+struct Bench {
+    static func main() async throws {
+        let arguments = CommandLine.arguments.dropFirst()
+        let quick = arguments.contains("--quick")
+        let sequential = quick ? 300 : 2000
+        let concurrentJobs = quick ? 1000 : 5000
+        let processJobs = quick ? 20 : 100
+
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("hangar-bench-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let server = try await LocalNATSServer(directory: directory.appendingPathComponent("nats"))
+        defer { server.stop() }
+        func connect(_ name: String) async throws -> NATSConnection {
+            try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: name, logger: logger))
+        }
+
+        // Baseline: raw request/reply through the same binding, to an echo responder.
+        let echoConnection = try await connect("echo")
+        let echo = try echoConnection.subscribe("bench.echo")
+        let echoTask = Task { for await message in echo { try? echoConnection.reply(to: message, payload: message.payload) } }
+        let client = try await connect("client")
+        try await echoConnection.flush()
+        let payload = try makeNullRequest().serializedData()
+        for _ in 0..<200 { _ = try await client.request("bench.echo", payload: payload, timeout: .seconds(5)) }
+        let rawRTT = try await measure(sequential) {
+            _ = try await client.request("bench.echo", payload: payload, timeout: .seconds(5))
+        }
+        echoTask.cancel()
+        echo.unsubscribe()
+
+        // The cluster: one scheduler, two nodes, in this process, over the real nats-server.
+        let databasePath = directory.appendingPathComponent("hangar.sqlite").path
+        let scheduler = Scheduler(
+            config: SchedulerConfig(databasePath: databasePath),
+            nats: try await connect("scheduler"),
+            store: try Store(path: databasePath),
+            logger: logger
+        )
+        var tasks = [Task { try await scheduler.run() }]
+        for index in 1...2 {
+            let agent = NodeAgent(
+                config: NodeConfig(nodeID: "bench-\(index)", slots: 64),
+                nats: try await connect("node-\(index)"),
+                runtimes: [NullRuntime(), ProcessRuntime()],
+                logger: logger
+            )
+            tasks.append(Task { try await agent.run() })
+        }
+        try await Task.sleep(for: .milliseconds(1500))  // first heartbeats
+
+        @Sendable func submit(_ request: Hangar_V1_SubmitRequest) async throws -> Hangar_V1_Result {
+            let answer = try await client.request(
+                Subjects.submit(tenant: "bench"),
+                payload: try request.serializedData(),
+                timeout: .seconds(60)
+            )
+            guard case .result(let result) = try Hangar_V1_SubmitReply(serializedBytes: answer.payload).outcome,
+                result.status == .succeeded
+            else { throw BenchError("a job did not succeed") }
+            return result
+        }
+
+        let nullRequest = makeNullRequest()
+        for _ in 0..<100 { _ = try await submit(nullRequest) }
+        let nullLatency = try await measure(sequential) { _ = try await submit(nullRequest) }
+
+        let started = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            let clients = 64
+            for clientIndex in 0..<clients {
+                group.addTask {
+                    for _ in stride(from: clientIndex, to: concurrentJobs, by: clients) { _ = try await submit(nullRequest) }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let elapsed = started.duration(to: .now)
+        let throughput = Double(concurrentJobs) / seconds(elapsed)
+
+        // Sandboxes: bare posix_spawn of /bin/true vs the same through the process runtime end to end.
+        let bareSpawn = try await measure(processJobs) { try spawnAndWait("/bin/true") }
+        let processRequest = {
+            var request = makeNullRequest()
+            request.runtime = "process"
+            return request
+        }()
+        let processLatency = try await measure(processJobs) { _ = try await submit(processRequest) }
+
+        for task in tasks { task.cancel() }
+        for task in tasks { _ = try? await task.value }
+        let statistics = scheduler.store.commitStatistics
+
+        let machine = "\(ProcessInfo.processInfo.activeProcessorCount) cores, "
+            + String(format: "%.0f GiB", Double(ProcessInfo.processInfo.physicalMemory) / 1_073_741_824)
+        print(
+            """
+            ## Walking skeleton (`swift run -c release hangar-bench\(quick ? " --quick" : "")`)
+
+            Machine: \(machine). One scheduler and two nodes (64 slots each) in one process, over a real
+            nats-server on loopback; SQLite in WAL mode with group commit.
+
+            | what | n | median | p99 | ratio to its baseline (median) |
+            |---|---|---|---|---|
+            | baseline: raw NATS request/reply (this binding, echo responder) | \(sequential) | \(ms(rawRTT.median)) | \(ms(rawRTT.p99)) | 1.0 |
+            | null job, submit → result (wait mode), one client | \(sequential) | \(ms(nullLatency.median)) | \(ms(nullLatency.p99)) | \(ratio(nullLatency.median, rawRTT.median)) × raw NATS round trip |
+            | baseline: posix_spawn + wait of /bin/true | \(processJobs) | \(ms(bareSpawn.median)) | \(ms(bareSpawn.p99)) | 1.0 |
+            | `process` job (bubblewrap) running /bin/true, submit → result | \(processJobs) | \(ms(processLatency.median)) | \(ms(processLatency.p99)) | \(ratio(processLatency.median, bareSpawn.median)) × bare spawn |
+
+            Null-job throughput, 64 concurrent clients: **\(Int(throughput)) jobs/s** (\(concurrentJobs) jobs in \(String(format: "%.2f", seconds(elapsed))) s).
+            Store: \(statistics.operations) writes in \(statistics.transactions) transactions (\(String(format: "%.1f", Double(statistics.operations) / Double(max(1, statistics.transactions)))) per commit).
+
+            """
+        )
+    }
+
+    static func makeNullRequest() -> Hangar_V1_SubmitRequest {
+        var request = Hangar_V1_SubmitRequest()
+        request.argv = ["/bin/true"]
+        request.runtime = "null"
+        request.wait = true
+        return request
+    }
+}
+
+struct Sample {
+    var median: Duration
+    var p99: Duration
+}
+
+func measure(_ count: Int, _ body: @Sendable () async throws -> Void) async throws -> Sample {
+    var durations: [Duration] = []
+    durations.reserveCapacity(count)
+    for _ in 0..<count {
+        let start = ContinuousClock.now
+        try await body()
+        durations.append(start.duration(to: .now))
+    }
+    durations.sort()
+    return Sample(median: durations[count / 2], p99: durations[min(count - 1, Int(Double(count) * 0.99))])
+}
+
+func spawnAndWait(_ path: String) throws {
+    var pid: pid_t = 0
+    let argv: [UnsafeMutablePointer<CChar>?] = [strdup(path), nil]
+    defer { argv.forEach { free($0) } }
+    let status = posix_spawn(&pid, path, nil, nil, argv, environ)
+    guard status == 0 else { throw BenchError("posix_spawn: \(status)") }
+    var exitStatus: Int32 = 0
+    waitpid(pid, &exitStatus, 0)
+}
+
+func seconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+}
+
+func ms(_ duration: Duration) -> String { String(format: "%.3f ms", seconds(duration) * 1000) }
+
+func ratio(_ value: Duration, _ baseline: Duration) -> String {
+    String(format: "%.1f", seconds(value) / max(1e-9, seconds(baseline)))
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
