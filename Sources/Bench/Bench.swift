@@ -21,7 +21,9 @@ struct Bench {
 
         var logger = Logger(label: "bench")
         logger.logLevel = .error
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("hangar-bench-\(UUID().uuidString)")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "hangar-bench-\(UUID().uuidString)"
+        )
         defer { try? FileManager.default.removeItem(at: directory) }
         let server = try await LocalNATSServer(directory: directory.appendingPathComponent("nats"))
         defer { server.stop() }
@@ -32,7 +34,9 @@ struct Bench {
         // Baseline: raw request/reply through the same binding, to an echo responder.
         let echoConnection = try await connect("echo")
         let echo = try echoConnection.subscribe("bench.echo")
-        let echoTask = Task { for await message in echo { try? echoConnection.reply(to: message, payload: message.payload) } }
+        let echoTask = Task {
+            for await message in echo { try? echoConnection.reply(to: message, payload: message.payload) }
+        }
         let client = try await connect("client")
         try await echoConnection.flush()
         let payload = try makeNullRequest().serializedData()
@@ -84,7 +88,9 @@ struct Bench {
             let clients = 64
             for clientIndex in 0..<clients {
                 group.addTask {
-                    for _ in stride(from: clientIndex, to: concurrentJobs, by: clients) { _ = try await submit(nullRequest) }
+                    for _ in stride(from: clientIndex, to: concurrentJobs, by: clients) {
+                        _ = try await submit(nullRequest)
+                    }
                 }
             }
             try await group.waitForAll()
@@ -105,7 +111,8 @@ struct Bench {
         for task in tasks { _ = try? await task.value }
         let statistics = scheduler.store.commitStatistics
 
-        let machine = "\(ProcessInfo.processInfo.activeProcessorCount) cores, "
+        let machine =
+            "\(ProcessInfo.processInfo.activeProcessorCount) cores, "
             + String(format: "%.0f GiB", Double(ProcessInfo.processInfo.physicalMemory) / 1_073_741_824)
         print(
             """
@@ -157,7 +164,7 @@ func measure(_ count: Int, _ body: @Sendable () async throws -> Void) async thro
 func spawnAndWait(_ path: String) throws {
     var pid: pid_t = 0
     let argv: [UnsafeMutablePointer<CChar>?] = [strdup(path), nil]
-    defer { argv.forEach { free($0) } }
+    defer { for pointer in argv { free(pointer) } }
     let status = posix_spawn(&pid, path, nil, nil, argv, environ)
     guard status == 0 else { throw BenchError("posix_spawn: \(status)") }
     var exitStatus: Int32 = 0

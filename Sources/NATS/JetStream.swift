@@ -79,7 +79,7 @@ public final class JetStream: @unchecked Sendable {
             let subjects = config.subjects.map { UnsafePointer(strdup($0)) }
             defer {
                 free(name)
-                subjects.forEach { free(UnsafeMutablePointer(mutating: $0)) }
+                for subject in subjects { free(UnsafeMutablePointer(mutating: subject)) }
             }
             cfg.Name = UnsafePointer(name)
             cfg.Storage = config.storage == .file ? js_FileStorage : js_MemoryStorage

@@ -91,7 +91,7 @@ public final class NATSConnection: @unchecked Sendable {
             throw NATSError(kind: .invalidArgument, operation: "connect", message: "no server URL given")
         }
         var cServers = options.servers.map { strdup($0) }
-        defer { cServers.forEach { free($0) } }
+        defer { for server in cServers { free(server) } }
         let serversStatus = cServers.withUnsafeMutableBufferPointer { buffer in
             buffer.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buffer.count) {
                 natsOptions_SetServers(opts, $0, Int32(buffer.count))
@@ -339,7 +339,7 @@ final class ConnectionEvents: Sendable {
             defer { state.waiters = [] }
             return state.waiters
         }
-        waiters.forEach { $0.resume() }
+        for waiter in waiters { waiter.resume() }
     }
 
     func waitUntilClosed() async {

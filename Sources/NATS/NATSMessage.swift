@@ -52,7 +52,9 @@ public struct NATSMessage: Sendable {
                 continue
             }
             defer { free(values) }
-            result[String(cString: keyPointer)] = (0..<Int(valueCount)).compactMap { values[$0].map { String(cString: $0) } }
+            result[String(cString: keyPointer)] = (0..<Int(valueCount)).compactMap {
+                values[$0].map { String(cString: $0) }
+            }
         }
         return result
     }

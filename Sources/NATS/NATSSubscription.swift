@@ -38,7 +38,14 @@ public final class NATSSubscription: AsyncSequence, @unchecked Sendable {
         var sub: OpaquePointer?
         let status: natsStatus
         if let queueGroup {
-            status = natsConnection_QueueSubscribe(&sub, connection, subject, queueGroup, subscriptionOnMessage, context)
+            status = natsConnection_QueueSubscribe(
+                &sub,
+                connection,
+                subject,
+                queueGroup,
+                subscriptionOnMessage,
+                context
+            )
         } else {
             status = natsConnection_Subscribe(&sub, connection, subject, subscriptionOnMessage, context)
         }

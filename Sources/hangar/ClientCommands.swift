@@ -40,14 +40,18 @@ struct RunCommand: AsyncParsableCommand {
 
     func run() async throws {
         let argv = command.first == "--" ? Array(command.dropFirst()) : command
-        guard !argv.isEmpty else { throw ValidationError("give the command to run after --, e.g. hangar run -- /bin/echo hi") }
+        guard !argv.isEmpty else {
+            throw ValidationError("give the command to run after --, e.g. hangar run -- /bin/echo hi")
+        }
         var request = Hangar_V1_SubmitRequest()
         request.argv = argv
         request.runtime = runtime
         request.requestID = requestId ?? ""
         request.wait = !detach
         if let timeout {
-            guard timeout > 0, timeout < 86_400 else { throw ValidationError("--timeout must be between 0 and 86400 seconds") }
+            guard timeout > 0, timeout < 86_400 else {
+                throw ValidationError("--timeout must be between 0 and 86400 seconds")
+            }
             request.limits.timeoutMs = UInt32((timeout * 1000).rounded(.up))
         }
         request.env = try parseLabels(env)
@@ -65,7 +69,9 @@ struct RunCommand: AsyncParsableCommand {
                 timeout: waitFor
             )
         } catch let error as NATSError where error.kind == .noResponders {
-            throw CLIError("no scheduler is listening on \(Subjects.submit(tenant: tenantName)); start one with `hangar dev`")
+            throw CLIError(
+                "no scheduler is listening on \(Subjects.submit(tenant: tenantName)); start one with `hangar dev`"
+            )
         }
         let reply = try Hangar_V1_SubmitReply(serializedBytes: answer.payload)
         switch reply.outcome {
@@ -73,7 +79,9 @@ struct RunCommand: AsyncParsableCommand {
             if json { print(try accepted.jsonString()) } else { print(accepted.jobID) }
         case .rejected(let rejected):
             if json { print(try rejected.jsonString()) }
-            printError("rejected (\(rejected.reason.code)\(rejected.field.isEmpty ? "" : ", \(rejected.field)")): \(rejected.message)")
+            printError(
+                "rejected (\(rejected.reason.code)\(rejected.field.isEmpty ? "" : ", \(rejected.field)")): \(rejected.message)"
+            )
             throw ExitCode(rejected.reason == .noCapacity ? 2 : 1)
         case .result(let result):
             if json {
@@ -81,7 +89,9 @@ struct RunCommand: AsyncParsableCommand {
             } else {
                 writeOut(result.stdout)
                 writeErr(result.stderr)
-                if result.status != .succeeded && result.status != .failed || result.stdoutTruncated || result.stderrTruncated {
+                if result.status != .succeeded && result.status != .failed || result.stdoutTruncated
+                    || result.stderrTruncated
+                {
                     let detail = result.message.isEmpty ? "" : ": \(result.message)"
                     printError("job \(result.jobID) \(result.status.displayName)\(detail)")
                 }
@@ -95,7 +105,10 @@ struct RunCommand: AsyncParsableCommand {
 }
 
 struct NodesCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "nodes", abstract: "Show the nodes and their capacity.")
+    static let configuration = CommandConfiguration(
+        commandName: "nodes",
+        abstract: "Show the nodes and their capacity."
+    )
 
     @OptionGroup var connection: ConnectionOptions
     @Flag(help: "Print JSON.")
@@ -158,7 +171,9 @@ struct JobCommand: AsyncParsableCommand {
             print("status    \(result.status.displayName)")
             print("exit code \(result.exitCode)\(result.signal != 0 ? " (signal \(result.signal))" : "")")
             print("node      \(result.nodeID) (attempt \(result.attempt))")
-            print("timings   queued \(result.timings.queuedMs) ms, placement \(result.timings.placementMs) ms, start \(result.timings.startMs) ms, run \(result.timings.runMs) ms, total \(result.timings.totalMs) ms")
+            print(
+                "timings   queued \(result.timings.queuedMs) ms, placement \(result.timings.placementMs) ms, start \(result.timings.startMs) ms, run \(result.timings.runMs) ms, total \(result.timings.totalMs) ms"
+            )
             if !result.message.isEmpty { print("message   \(result.message)") }
             print("--- stdout\(result.stdoutTruncated ? " (truncated)" : "")")
             writeOut(result.stdout)
@@ -175,7 +190,11 @@ struct JobCommand: AsyncParsableCommand {
     }
 }
 
-func adminRequest(_ nats: NATSConnection, _ verb: String, _ message: some SwiftProtobuf.Message) async throws -> NATSMessage {
+func adminRequest(
+    _ nats: NATSConnection,
+    _ verb: String,
+    _ message: some SwiftProtobuf.Message
+) async throws -> NATSMessage {
     do {
         return try await nats.request(Subjects.admin(verb), payload: try message.serializedData(), timeout: .seconds(5))
     } catch let error as NATSError where error.kind == .noResponders {

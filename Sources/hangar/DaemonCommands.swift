@@ -46,7 +46,9 @@ struct NodeCommand: AsyncParsableCommand {
     var labels: [String] = []
 
     func validate() throws {
-        guard Subjects.isValidToken(id) else { throw ValidationError("--id must be 1-64 characters of A-Z a-z 0-9 _ -") }
+        guard Subjects.isValidToken(id) else {
+            throw ValidationError("--id must be 1-64 characters of A-Z a-z 0-9 _ -")
+        }
         guard slots > 0 else { throw ValidationError("--slots must be at least 1") }
     }
 
@@ -98,7 +100,9 @@ func parseLabels(_ labels: [String]) throws -> [String: String] {
     var result: [String: String] = [:]
     for label in labels {
         let parts = label.split(separator: "=", maxSplits: 1)
-        guard parts.count == 2, !parts[0].isEmpty else { throw ValidationError("--label must be KEY=VALUE, got '\(label)'") }
+        guard parts.count == 2, !parts[0].isEmpty else {
+            throw ValidationError("--label must be KEY=VALUE, got '\(label)'")
+        }
         result[String(parts[0])] = String(parts[1])
     }
     return result

@@ -94,7 +94,9 @@ struct DevCommand: AsyncParsableCommand {
                 _ = await schedulerTask.result
             }
             try await group.next()
-            logger.notice("stopping: nodes kill running jobs and deliver their results, then the scheduler and nats-server stop")
+            logger.notice(
+                "stopping: nodes kill running jobs and deliver their results, then the scheduler and nats-server stop"
+            )
             group.cancelAll()
             try await group.waitForAll()
         }

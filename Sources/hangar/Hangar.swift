@@ -12,7 +12,8 @@ struct Hangar: AsyncParsableCommand {
             """,
         version: "0.1.0",
         subcommands: [
-            DevCommand.self, SchedulerCommand.self, NodeCommand.self, RunCommand.self, NodesCommand.self, JobCommand.self,
+            DevCommand.self, SchedulerCommand.self, NodeCommand.self, RunCommand.self, NodesCommand.self,
+            JobCommand.self,
         ]
     )
 }

@@ -46,7 +46,7 @@ private final class SignalBox: @unchecked Sendable {
     private func finishLocked(_ value: Int32) {
         guard !finished else { return }
         finished = true
-        sources.forEach { $0.cancel() }
+        for source in sources { source.cancel() }
         signal(SIGINT, SIG_DFL)
         signal(SIGTERM, SIG_DFL)
         continuation?.resume(returning: value)

@@ -78,7 +78,9 @@ struct EndToEndTests {
             }
             #expect(notProtobuf.field == "payload")
 
-            guard case .rejected(let noCapacity) = try await cluster.submit(command("/bin/true", runtime: "gvisor")).outcome
+            guard
+                case .rejected(let noCapacity) = try await cluster.submit(command("/bin/true", runtime: "gvisor"))
+                    .outcome
             else {
                 Issue.record("expected no capacity")
                 return
@@ -98,7 +100,11 @@ struct EndToEndTests {
             let result = try await cluster.run(command("/bin/sh", "-c", "echo stored; exit 3"))
             let queue = try DatabaseQueue(path: cluster.databasePath)
             let row = try queue.read { db in
-                try Row.fetchOne(db, sql: "SELECT status, exit_code, result FROM results WHERE job_id = ?", arguments: [result.jobID])
+                try Row.fetchOne(
+                    db,
+                    sql: "SELECT status, exit_code, result FROM results WHERE job_id = ?",
+                    arguments: [result.jobID]
+                )
             }
             let stored = try #require(row)
             #expect(stored["status"] as String == "FAILED")
@@ -106,7 +112,11 @@ struct EndToEndTests {
             let decoded = try Hangar_V1_Result(serializedBytes: stored["result"] as Data)
             #expect(String(decoding: decoded.stdout, as: UTF8.self) == "stored\n")
             let events = try await queue.read { db in
-                try String.fetchAll(db, sql: "SELECT event FROM audit WHERE job_id = ? ORDER BY seq", arguments: [result.jobID])
+                try String.fetchAll(
+                    db,
+                    sql: "SELECT event FROM audit WHERE job_id = ? ORDER BY seq",
+                    arguments: [result.jobID]
+                )
             }
             #expect(events == ["job.accepted", "attempt.placed", "job.finished"])
         }
@@ -171,7 +181,8 @@ struct EndToEndTests {
                 (
                     try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM results") ?? 0,
                     try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM audit WHERE event = 'job.finished'") ?? 0,
-                    try Int.fetchOne(db, sql: "SELECT COUNT(DISTINCT job_id) FROM attempts WHERE status = 'SUCCEEDED'") ?? 0
+                    try Int.fetchOne(db, sql: "SELECT COUNT(DISTINCT job_id) FROM attempts WHERE status = 'SUCCEEDED'")
+                        ?? 0
                 )
             }
             #expect(results == count)

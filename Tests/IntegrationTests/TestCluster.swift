@@ -128,7 +128,7 @@ final class TestCluster: Sendable {
     }
 
     func stop() async {
-        tasks.forEach { $0.cancel() }
+        for task in tasks { task.cancel() }
         for task in tasks { _ = try? await task.value }
         await client.close()
         for connection in connections { await connection.close() }

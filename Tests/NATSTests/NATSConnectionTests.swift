@@ -12,7 +12,11 @@ struct NATSConnectionTests {
             let connection = try await connectForTest(server)
             let subscription = try connection.subscribe("test.headers")
             try await connection.flush()
-            try connection.publish("test.headers", payload: Data("hello".utf8), headers: ["Trace-Id": "abc", "X-N": "1"])
+            try connection.publish(
+                "test.headers",
+                payload: Data("hello".utf8),
+                headers: ["Trace-Id": "abc", "X-N": "1"]
+            )
             var iterator = subscription.makeAsyncIterator()
             let message = try #require(await iterator.next())
             #expect(message.subject == "test.headers")

@@ -4,7 +4,12 @@ import Testing
 
 @Suite("Cluster state and first-fit placement")
 struct ClusterStateTests {
-    func heartbeat(_ id: String, slots: UInt32, runtimes: [String] = ["process"], labels: [String: String] = [:])
+    func heartbeat(
+        _ id: String,
+        slots: UInt32,
+        runtimes: [String] = ["process"],
+        labels: [String: String] = [:]
+    )
         -> Hangar_V1_NodeHeartbeat
     {
         var heartbeat = Hangar_V1_NodeHeartbeat()

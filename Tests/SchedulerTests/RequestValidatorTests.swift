@@ -77,24 +77,33 @@ struct BadField: Sendable, CustomTestStringConvertible {
     var testDescription: String { field }
 
     static let all: [BadField] = [
-            BadField("argv") { r in r.argv = [] },
-            BadField("argv") { r in r.argv = ["/bin/echo", "a\u{0}b"] },
-            BadField("code") { r in r.code.language = "python"; r.code.source = "1" },
-            BadField("runtime") { r in r.runtime = "docker" },
-            BadField("template") { r in r.template = "ubuntu" },
-            BadField("limits.timeout_ms") { r in r.limits.timeoutMs = 3_600_000 },
-            BadField("limits.output_bytes") { r in r.limits.outputBytes = 1 << 40 },
-            BadField("limits.memory_bytes") { r in r.limits.memoryBytes = 1 << 50 },
-            BadField("env") { r in r.env = ["1BAD": "x"] },
-            BadField("cwd") { r in r.cwd = "relative/dir" },
-            BadField("cwd") { r in r.cwd = "/tmp/../etc" },
-            BadField("files[0].path") { r in
-                var file = Hangar_V1_FileIn(); file.path = "../escape"; r.files = [file] },
-            BadField("files[0].path") { r in
-                var file = Hangar_V1_FileIn(); file.path = "/etc/passwd"; r.files = [file] },
-            BadField("network.mode") { r in r.network.mode = .networkAllowlist },
-            BadField("priority") { r in r.priority = 42 },
-            BadField("request_id") { r in r.requestID = "has space" },
-            BadField("stdin") { r in r.stdin = Data(count: 9 << 20) },
-        ]
+        BadField("argv") { r in r.argv = [] },
+        BadField("argv") { r in r.argv = ["/bin/echo", "a\u{0}b"] },
+        BadField("code") { r in
+            r.code.language = "python"
+            r.code.source = "1"
+        },
+        BadField("runtime") { r in r.runtime = "docker" },
+        BadField("template") { r in r.template = "ubuntu" },
+        BadField("limits.timeout_ms") { r in r.limits.timeoutMs = 3_600_000 },
+        BadField("limits.output_bytes") { r in r.limits.outputBytes = 1 << 40 },
+        BadField("limits.memory_bytes") { r in r.limits.memoryBytes = 1 << 50 },
+        BadField("env") { r in r.env = ["1BAD": "x"] },
+        BadField("cwd") { r in r.cwd = "relative/dir" },
+        BadField("cwd") { r in r.cwd = "/tmp/../etc" },
+        BadField("files[0].path") { r in
+            var file = Hangar_V1_FileIn()
+            file.path = "../escape"
+            r.files = [file]
+        },
+        BadField("files[0].path") { r in
+            var file = Hangar_V1_FileIn()
+            file.path = "/etc/passwd"
+            r.files = [file]
+        },
+        BadField("network.mode") { r in r.network.mode = .networkAllowlist },
+        BadField("priority") { r in r.priority = 42 },
+        BadField("request_id") { r in r.requestID = "has space" },
+        BadField("stdin") { r in r.stdin = Data(count: 9 << 20) },
+    ]
 }

@@ -7,7 +7,9 @@ import Testing
 @Suite("SQLite store")
 struct StoreTests {
     func makeStore() throws -> (Store, URL) {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("hangar-store-\(UUID().uuidString)")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "hangar-store-\(UUID().uuidString)"
+        )
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let path = directory.appendingPathComponent("hangar.sqlite")
         return (try Store(path: path.path), path)
@@ -18,7 +20,14 @@ struct StoreTests {
         spec.runtime = "process"
         spec.template = "host"
         spec.argv = ["/bin/true"]
-        return StoredJob(id: id, tenant: "acme", requestID: requestID, spec: spec, priority: 0, submittedAt: unixMilliseconds())
+        return StoredJob(
+            id: id,
+            tenant: "acme",
+            requestID: requestID,
+            spec: spec,
+            priority: 0,
+            submittedAt: unixMilliseconds()
+        )
     }
 
     func result(_ id: String, status: Hangar_V1_JobStatus = .succeeded) -> Hangar_V1_Result {

@@ -59,7 +59,7 @@ public final class NodeAgent: Sendable {
             }
         }
         let tasks = running.withLock { Array($0.values) }
-        tasks.forEach { $0.cancel() }
+        for task in tasks { task.cancel() }
         for task in tasks { await task.value }
     }
 
@@ -195,7 +195,10 @@ public final class NodeAgent: Sendable {
                 }
                 return
             } catch {
-                logger.warning("result not acknowledged; retrying", metadata: ["error": "\(error)", "retry.in": "\(delay)"])
+                logger.warning(
+                    "result not acknowledged; retrying",
+                    metadata: ["error": "\(error)", "retry.in": "\(delay)"]
+                )
                 await sleepIgnoringCancellation(delay)
                 delay = min(delay * 2, .seconds(5))
             }
@@ -207,7 +210,12 @@ public final class NodeAgent: Sendable {
 /// Sleeps even in a cancelled task (a result must still be sent during shutdown).
 private func sleepIgnoringCancellation(_ duration: Duration) async {
     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000))) {
+        DispatchQueue.global().asyncAfter(
+            deadline: .now()
+                + .milliseconds(
+                    Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
+                )
+        ) {
             continuation.resume()
         }
     }

@@ -26,7 +26,11 @@ public struct ClusterState: Sendable {
         self.downAfter = downAfter
     }
 
-    public mutating func record(_ heartbeat: Hangar_V1_NodeHeartbeat, from nodeID: String, at now: ContinuousClock.Instant) {
+    public mutating func record(
+        _ heartbeat: Hangar_V1_NodeHeartbeat,
+        from nodeID: String,
+        at now: ContinuousClock.Instant
+    ) {
         if var node = nodes[nodeID] {
             if node.heartbeat.incarnation != heartbeat.incarnation {
                 node.reserved = 0  // a restarted node runs nothing of ours

@@ -64,7 +64,11 @@ public struct RequestValidator: Sendable {
         }
         spec.argv = try command(of: request)
         guard request.stdin.count <= bounds.maxStdinBytes else {
-            throw Rejection(.limitExceeded, "stdin", "stdin is \(request.stdin.count) bytes; the maximum is \(bounds.maxStdinBytes)")
+            throw Rejection(
+                .limitExceeded,
+                "stdin",
+                "stdin is \(request.stdin.count) bytes; the maximum is \(bounds.maxStdinBytes)"
+            )
         }
         spec.stdin = request.stdin
         try checkEnvironment(request.env)
@@ -91,7 +95,11 @@ public struct RequestValidator: Sendable {
 
     private func checkRequestID(_ id: String) throws(Rejection) {
         guard id.utf8.count <= bounds.maxRequestIDBytes else {
-            throw Rejection(.invalidRequest, "request_id", "request_id is longer than \(bounds.maxRequestIDBytes) bytes")
+            throw Rejection(
+                .invalidRequest,
+                "request_id",
+                "request_id is longer than \(bounds.maxRequestIDBytes) bytes"
+            )
         }
         guard id.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
             throw Rejection(.invalidRequest, "request_id", "request_id must be printable ASCII without spaces")
@@ -107,7 +115,11 @@ public struct RequestValidator: Sendable {
             throw Rejection(.invalidRequest, "code", "give argv or code, not both")
         case (false, false):
             guard request.argv.count <= bounds.maxArgs else {
-                throw Rejection(.limitExceeded, "argv", "argv has \(request.argv.count) arguments; the maximum is \(bounds.maxArgs)")
+                throw Rejection(
+                    .limitExceeded,
+                    "argv",
+                    "argv has \(request.argv.count) arguments; the maximum is \(bounds.maxArgs)"
+                )
             }
             guard !request.argv[0].isEmpty else {
                 throw Rejection(.invalidRequest, "argv", "argv[0] (the program) is empty")
@@ -147,7 +159,11 @@ public struct RequestValidator: Sendable {
 
     private func checkEnvironment(_ env: [String: String]) throws(Rejection) {
         guard env.count <= bounds.maxEnvEntries else {
-            throw Rejection(.limitExceeded, "env", "env has \(env.count) entries; the maximum is \(bounds.maxEnvEntries)")
+            throw Rejection(
+                .limitExceeded,
+                "env",
+                "env has \(env.count) entries; the maximum is \(bounds.maxEnvEntries)"
+            )
         }
         for (key, value) in env {
             let bytes = Array(key.utf8)
@@ -158,7 +174,11 @@ public struct RequestValidator: Sendable {
                         || (index > 0 && byte >= 0x30 && byte <= 0x39)
                 }
             guard validName else {
-                throw Rejection(.invalidRequest, "env", "env name '\(key.prefix(64))' must match [A-Za-z_][A-Za-z0-9_]*")
+                throw Rejection(
+                    .invalidRequest,
+                    "env",
+                    "env name '\(key.prefix(64))' must match [A-Za-z_][A-Za-z0-9_]*"
+                )
             }
             guard value.utf8.count <= bounds.maxEnvValueBytes, !value.utf8.contains(0) else {
                 throw Rejection(
@@ -206,7 +226,11 @@ public struct RequestValidator: Sendable {
             }
         }
         guard total <= bounds.maxFilesBytes else {
-            throw Rejection(.limitExceeded, "files", "files hold \(total) bytes; the maximum is \(bounds.maxFilesBytes)")
+            throw Rejection(
+                .limitExceeded,
+                "files",
+                "files hold \(total) bytes; the maximum is \(bounds.maxFilesBytes)"
+            )
         }
     }
 
@@ -217,7 +241,11 @@ public struct RequestValidator: Sendable {
         limits.memoryBytes = try pick(asked.memoryBytes, limits: self.limits.memoryBytes, field: "memory_bytes")
         limits.pids = try pick(asked.pids, limits: self.limits.pids, field: "pids")
         limits.outputBytes = try pick(asked.outputBytes, limits: self.limits.outputBytes, field: "output_bytes")
-        limits.fileSizeBytes = try pick(asked.fileSizeBytes, limits: self.limits.fileSizeBytes, field: "file_size_bytes")
+        limits.fileSizeBytes = try pick(
+            asked.fileSizeBytes,
+            limits: self.limits.fileSizeBytes,
+            field: "file_size_bytes"
+        )
         limits.openFiles = try pick(asked.openFiles, limits: self.limits.openFiles, field: "open_files")
         limits.cpuMillis = try pick(asked.cpuMillis, limits: self.limits.cpuMillis, field: "cpu_millis")
         return limits
@@ -243,7 +271,11 @@ public struct RequestValidator: Sendable {
         switch network.mode {
         case .networkNone, .networkLoopback:
             guard network.allow.isEmpty else {
-                throw Rejection(.invalidRequest, "network.allow", "network.allow is only meaningful with NETWORK_ALLOWLIST")
+                throw Rejection(
+                    .invalidRequest,
+                    "network.allow",
+                    "network.allow is only meaningful with NETWORK_ALLOWLIST"
+                )
             }
             return network
         case .networkAllowlist:
@@ -262,7 +294,11 @@ public struct RequestValidator: Sendable {
             throw Rejection(.limitExceeded, "labels", "\(labels.count) labels; the maximum is \(bounds.maxLabels)")
         }
         for (key, value) in labels where key.isEmpty || key.utf8.count > 128 || value.utf8.count > 256 {
-            throw Rejection(.invalidRequest, "labels", "label '\(key.prefix(64))' must have a 1-128 byte key and a value of at most 256 bytes")
+            throw Rejection(
+                .invalidRequest,
+                "labels",
+                "label '\(key.prefix(64))' must have a 1-128 byte key and a value of at most 256 bytes"
+            )
         }
     }
 }

@@ -32,7 +32,7 @@ public actor Scheduler {
         let results = try nats.subscribe(Subjects.nodeResultWildcard, queueGroup: Subjects.schedulerQueueGroup)
         let admin = try nats.subscribe(Subjects.admin("*"), queueGroup: Subjects.schedulerQueueGroup)
         defer {
-            [submits, heartbeats, results, admin].forEach { $0.unsubscribe() }
+            for subscription in [submits, heartbeats, results, admin] { subscription.unsubscribe() }
         }
         try await nats.flush()
         logger.info("scheduler serving", metadata: ["db": "\(config.databasePath)"])
@@ -74,7 +74,11 @@ public actor Scheduler {
         } catch {
             reply(
                 to: message.replyTo,
-                rejection: Rejection(.invalidRequest, "payload", "the payload is not a hangar.v1.SubmitRequest: \(error)")
+                rejection: Rejection(
+                    .invalidRequest,
+                    "payload",
+                    "the payload is not a hangar.v1.SubmitRequest: \(error)"
+                )
             )
             return
         }
@@ -82,7 +86,10 @@ public actor Scheduler {
         case .failure(let rejection):
             logger.debug(
                 "rejected submission",
-                metadata: ["tenant": "\(tenant)", "field": "\(rejection.rejected.field)", "reason": "\(rejection.rejected.message)"]
+                metadata: [
+                    "tenant": "\(tenant)", "field": "\(rejection.rejected.field)",
+                    "reason": "\(rejection.rejected.message)",
+                ]
             )
             reply(to: message.replyTo, rejection: rejection)
         case .success(let submission):
@@ -126,7 +133,10 @@ public actor Scheduler {
             jobs.removeValue(forKey: id)
             if let key { byRequest.removeValue(forKey: key) }
             logger.error("could not record job", metadata: ["job.id": "\(id)", "error": "\(error)"])
-            reply(to: replyTo, rejection: Rejection(.unspecified, "", "the scheduler could not record the job: \(error)"))
+            reply(
+                to: replyTo,
+                rejection: Rejection(.unspecified, "", "the scheduler could not record the job: \(error)")
+            )
             return
         }
         logger.debug("accepted", metadata: ["job.id": "\(id)", "tenant": "\(submission.tenant)"])
@@ -222,7 +232,11 @@ public actor Scheduler {
         return assignment
     }
 
-    nonisolated func dispatch(_ assignment: Hangar_V1_Assignment, to nodeID: String, decidedAt: ContinuousClock.Instant) async {
+    nonisolated func dispatch(
+        _ assignment: Hangar_V1_Assignment,
+        to nodeID: String,
+        decidedAt: ContinuousClock.Instant
+    ) async {
         let jobID = assignment.jobID
         let attempt = assignment.attempt
         // Not awaited: the group committer applies writes in order, so this lands before the result
@@ -231,7 +245,9 @@ public actor Scheduler {
         let logger = self.logger
         Task {
             do {
-                try await store.write(.attemptPlaced(jobID: jobID, attempt: attempt, nodeID: nodeID, at: unixMilliseconds()))
+                try await store.write(
+                    .attemptPlaced(jobID: jobID, attempt: attempt, nodeID: nodeID, at: unixMilliseconds())
+                )
             } catch {
                 logger.error("could not record attempt", metadata: ["job.id": "\(jobID)", "error": "\(error)"])
             }
@@ -255,7 +271,13 @@ public actor Scheduler {
                     skipNode: true
                 )
             case nil:
-                await assignmentFailed(jobID: jobID, attempt: attempt, nodeID: nodeID, reason: "empty reply", skipNode: true)
+                await assignmentFailed(
+                    jobID: jobID,
+                    attempt: attempt,
+                    nodeID: nodeID,
+                    reason: "empty reply",
+                    skipNode: true
+                )
             }
         } catch {
             await assignmentFailed(jobID: jobID, attempt: attempt, nodeID: nodeID, reason: "\(error)", skipNode: true)
@@ -334,7 +356,12 @@ public actor Scheduler {
                 metadata: ["job.id": "\(report.jobID)", "attempt": "\(report.attempt)", "node.id": "\(nodeID)"]
             )
             try? await store.write(
-                .staleResult(jobID: report.jobID, attempt: report.attempt, nodeID: nodeID, status: report.status.displayName)
+                .staleResult(
+                    jobID: report.jobID,
+                    attempt: report.attempt,
+                    nodeID: nodeID,
+                    status: report.status.displayName
+                )
             )
             return ack
         }
@@ -414,7 +441,9 @@ public actor Scheduler {
         }
         logger.debug(
             "finished",
-            metadata: ["job.id": "\(entry.id)", "status": "\(result.status.displayName)", "node.id": "\(result.nodeID)"]
+            metadata: [
+                "job.id": "\(entry.id)", "status": "\(result.status.displayName)", "node.id": "\(result.nodeID)",
+            ]
         )
     }
 

@@ -58,7 +58,7 @@ final class GroupCommitter: Sendable {
                     $0.transactions += 1
                     $0.applied += batch.count
                 }
-                batch.forEach { $0.1.resume() }
+                for (_, continuation) in batch { continuation.resume() }
             } catch {
                 // One bad operation must not fail the others: retry each alone.
                 for (operation, continuation) in batch {

@@ -13,7 +13,8 @@ extension Store {
     /// The job `id`, with its result if it has finished.
     public func job(id: String) async throws -> JobLookup? {
         try await pool.read { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT tenant, status FROM jobs WHERE id = ?", arguments: [id]) else {
+            guard let row = try Row.fetchOne(db, sql: "SELECT tenant, status FROM jobs WHERE id = ?", arguments: [id])
+            else {
                 return nil
             }
             let blob = try Data.fetchOne(db, sql: "SELECT result FROM results WHERE job_id = ?", arguments: [id])

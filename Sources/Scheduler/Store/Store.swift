@@ -110,7 +110,14 @@ public struct StoredJob: Sendable {
     public var priority: Int32
     public var submittedAt: Int64
 
-    public init(id: String, tenant: String, requestID: String?, spec: Hangar_V1_JobSpec, priority: Int32, submittedAt: Int64) {
+    public init(
+        id: String,
+        tenant: String,
+        requestID: String?,
+        spec: Hangar_V1_JobSpec,
+        priority: Int32,
+        submittedAt: Int64
+    ) {
         self.id = id
         self.tenant = tenant
         self.requestID = requestID
@@ -135,37 +142,89 @@ extension StoreWrite {
                     try job.spec.serializedData(), job.submittedAt, now,
                 ]
             )
-            try audit(db, at: now, actor: "tenant:\(job.tenant)", event: "job.accepted", jobID: job.id, detail: job.spec.runtime)
+            try audit(
+                db,
+                at: now,
+                actor: "tenant:\(job.tenant)",
+                event: "job.accepted",
+                jobID: job.id,
+                detail: job.spec.runtime
+            )
         case .jobRejected(let result):
-            try db.execute(sql: "UPDATE jobs SET status = 'REJECTED', updated_at = ? WHERE id = ?", arguments: [now, result.jobID])
+            try db.execute(
+                sql: "UPDATE jobs SET status = 'REJECTED', updated_at = ? WHERE id = ?",
+                arguments: [now, result.jobID]
+            )
             try insertResult(db, result)
-            try audit(db, at: now, actor: "scheduler", event: "job.rejected", jobID: result.jobID, detail: result.message)
+            try audit(
+                db,
+                at: now,
+                actor: "scheduler",
+                event: "job.rejected",
+                jobID: result.jobID,
+                detail: result.message
+            )
         case .attemptPlaced(let jobID, let attempt, let nodeID, let at):
             try db.execute(
-                sql: "INSERT INTO attempts (job_id, attempt, node_id, status, placed_at) VALUES (?, ?, ?, 'RUNNING', ?)",
+                sql:
+                    "INSERT INTO attempts (job_id, attempt, node_id, status, placed_at) VALUES (?, ?, ?, 'RUNNING', ?)",
                 arguments: [jobID, Int(attempt), nodeID, at]
             )
-            try db.execute(sql: "UPDATE jobs SET status = 'RUNNING', updated_at = ? WHERE id = ?", arguments: [now, jobID])
-            try audit(db, at: now, actor: "scheduler", event: "attempt.placed", jobID: jobID, detail: "attempt \(attempt) on \(nodeID)")
+            try db.execute(
+                sql: "UPDATE jobs SET status = 'RUNNING', updated_at = ? WHERE id = ?",
+                arguments: [now, jobID]
+            )
+            try audit(
+                db,
+                at: now,
+                actor: "scheduler",
+                event: "attempt.placed",
+                jobID: jobID,
+                detail: "attempt \(attempt) on \(nodeID)"
+            )
         case .attemptEnded(let jobID, let attempt, let status, let detail):
             try db.execute(
                 sql: "UPDATE attempts SET status = ?, finished_at = ? WHERE job_id = ? AND attempt = ?",
                 arguments: [status, now, jobID, Int(attempt)]
             )
-            try db.execute(sql: "UPDATE jobs SET status = 'QUEUED', updated_at = ? WHERE id = ?", arguments: [now, jobID])
-            try audit(db, at: now, actor: "scheduler", event: "attempt.ended", jobID: jobID, detail: "attempt \(attempt) \(status): \(detail)")
+            try db.execute(
+                sql: "UPDATE jobs SET status = 'QUEUED', updated_at = ? WHERE id = ?",
+                arguments: [now, jobID]
+            )
+            try audit(
+                db,
+                at: now,
+                actor: "scheduler",
+                event: "attempt.ended",
+                jobID: jobID,
+                detail: "attempt \(attempt) \(status): \(detail)"
+            )
         case .jobFinished(let result):
             let status = result.status.displayName
             try db.execute(
                 sql: "UPDATE attempts SET status = ?, finished_at = ? WHERE job_id = ? AND attempt = ?",
                 arguments: [status, now, result.jobID, Int(result.attempt)]
             )
-            try db.execute(sql: "UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?", arguments: [status, now, result.jobID])
+            try db.execute(
+                sql: "UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?",
+                arguments: [status, now, result.jobID]
+            )
             try insertResult(db, result)
-            try audit(db, at: now, actor: "node:\(result.nodeID)", event: "job.finished", jobID: result.jobID, detail: status)
+            try audit(
+                db,
+                at: now,
+                actor: "node:\(result.nodeID)",
+                event: "job.finished",
+                jobID: result.jobID,
+                detail: status
+            )
         case .staleResult(let jobID, let attempt, let nodeID, let status):
             try audit(
-                db, at: now, actor: "node:\(nodeID)", event: "result.stale", jobID: jobID,
+                db,
+                at: now,
+                actor: "node:\(nodeID)",
+                event: "result.stale",
+                jobID: jobID,
                 detail: "attempt \(attempt) reported \(status) but is not the current attempt; ignored"
             )
         }
