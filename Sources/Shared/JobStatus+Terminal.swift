@@ -42,6 +42,7 @@ extension Hangar_V1_RejectReason {
         case .quotaExceeded: "quota_exceeded"
         case .queueFull: "queue_full"
         case .shuttingDown: "shutting_down"
+        case .notAllowed: "not_allowed"
         case .UNRECOGNIZED(let value): "unrecognized_\(value)"
         }
     }

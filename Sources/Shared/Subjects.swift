@@ -7,6 +7,11 @@ public enum Subjects {
     public static let submitWildcard = "hangar.submit.*"
     /// scheduler → tenant: the final `Result` of an asynchronous job.
     public static func result(tenant: String, job: String) -> String { "hangar.result.\(tenant).\(job)" }
+    /// tenant → scheduler (request/reply): `CancelRequest` → `CancelReply`.
+    public static func cancel(tenant: String) -> String { "hangar.cancel.\(tenant)" }
+    public static let cancelWildcard = "hangar.cancel.*"
+    /// scheduler → node: `CancelAttempt` (kill that sandbox).
+    public static func nodeCancel(node: String) -> String { "hangar.node.\(node).cancel" }
     /// scheduler → node (request/reply): `Assignment` → `AssignReply`.
     public static func assign(node: String) -> String { "hangar.node.\(node).assign" }
     /// node → scheduler: `NodeHeartbeat` every second.

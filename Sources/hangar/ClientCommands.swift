@@ -3,7 +3,9 @@ import Foundation
 import HangarNATS
 import HangarShared
 import Logging
-import SwiftProtobuf
+@preconcurrency import SwiftProtobuf
+
+typealias SwiftProtobufMessage = SwiftProtobuf.Message
 
 struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -123,18 +125,41 @@ struct NodesCommand: AsyncParsableCommand {
             print(try reply.jsonString())
             return
         }
-        var rows = [["NODE", "STATE", "SLOTS USED/TOTAL", "RESERVED", "RUNTIMES", "CPU", "MEMORY", "SEEN"]]
+        var rows = [
+            [
+                "NODE", "STATE", "SLOTS USED/RESERVED/TOTAL", "CPU RESERVED/TOTAL", "MEMORY RESERVED/TOTAL", "RUNTIMES",
+                "SEEN",
+            ]
+        ]
         for node in reply.nodes {
             let heartbeat = node.lastHeartbeat
             let capacity = heartbeat.capacity
+            var state: String
+            switch node.state {
+            case .up: state = "ready"
+            case .draining: state = "draining"
+            case .down: state = "down"
+            default: state = "unknown"
+            }
+            if !node.eligible { state += ",ineligible" }
+            if node.drainDeadlineMs > 0 {
+                state += "(deadline \(max(0, node.drainDeadlineMs - unixMilliseconds()) / 1000)s)"
+            }
             rows.append([
                 heartbeat.nodeID,
-                node.state == .up ? "up" : "down",
-                "\(capacity.slotsUsed)/\(capacity.slotsTotal)",
-                "\(node.slotsReserved)",
+                state,
+                "\(capacity.slotsUsed)/\(node.slotsReserved)/\(capacity.slotsTotal)",
+                String(
+                    format: "%.1f/%.1f cores",
+                    Double(node.cpuMillisReserved) / 1000,
+                    Double(capacity.cpuMillis) / 1000
+                ),
+                String(
+                    format: "%.1f/%.1f GiB",
+                    Double(node.memoryBytesReserved) / 1_073_741_824,
+                    Double(capacity.memoryBytes) / 1_073_741_824
+                ),
                 heartbeat.runtimes.map { $0.available ? $0.name : "\($0.name)(unavailable)" }.joined(separator: ","),
-                String(format: "%.1f cores", Double(capacity.cpuMillis) / 1000),
-                String(format: "%.1f GiB", Double(capacity.memoryBytes) / 1_073_741_824),
                 String(format: "%.1fs ago", Double(node.lastSeenMsAgo) / 1000),
             ])
         }

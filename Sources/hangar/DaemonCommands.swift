@@ -16,13 +16,15 @@ struct SchedulerCommand: AsyncParsableCommand {
     @OptionGroup var log: LogOptions
     @Option(help: "SQLite database file (its folder is created).")
     var db: String = ".hangar/hangar.sqlite"
+    @OptionGroup var scheduling: SchedulingOptions
 
     func run() async throws {
         HangarLogging.bootstrap(level: try log.level())
         let logger = Logger(label: "hangar.scheduler")
         let store = try openStore(db)
+        let config = try scheduling.config(databasePath: db)
         let nats = try await connection.connect(name: "hangar-scheduler", logger: logger)
-        let scheduler = Scheduler(config: SchedulerConfig(databasePath: db), nats: nats, store: store, logger: logger)
+        let scheduler = Scheduler(config: config, nats: nats, store: store, logger: logger)
         try await runUntilSignal { try await scheduler.run() }
         await nats.drain()
     }
@@ -62,6 +64,46 @@ struct NodeCommand: AsyncParsableCommand {
         let agent = NodeAgent(config: config, nats: nats, runtimes: chosen, logger: logger)
         try await runUntilSignal { try await agent.run() }
         await nats.drain()
+    }
+}
+
+/// Scheduler settings shared by `hangar scheduler` and `hangar dev`.
+struct SchedulingOptions: ParsableArguments {
+    @Option(
+        help:
+            "Tenants file (YAML: weights, quotas, rate limits, allowed runtimes; see README). Re-read when it changes."
+    )
+    var tenants: String?
+    @Option(help: "Placement policy: spread or binpack.")
+    var placement: String = "spread"
+    @Option(help: "Seconds without a heartbeat before a node counts as down (TTL; a grace follows).")
+    var nodeTTL: Double = 3
+    @Option(help: "Grace seconds after the TTL before a node is down and its jobs are retried.")
+    var nodeGrace: Double = 2
+    @Option(help: "Seconds a job may wait for capacity before it is rejected with no_capacity.")
+    var queueTimeout: Double = 30
+
+    func config(databasePath: String) throws -> SchedulerConfig {
+        var config = SchedulerConfig(databasePath: databasePath)
+        guard let policy = PlacementPolicy(rawValue: placement) else {
+            throw ValidationError("--placement must be spread or binpack")
+        }
+        config.placementPolicy = policy
+        guard nodeTTL > 0, nodeGrace >= 0, queueTimeout > 0 else {
+            throw ValidationError("--node-ttl and --queue-timeout must be above 0, --node-grace at least 0")
+        }
+        config.nodeTTL = .milliseconds(Int64(nodeTTL * 1000))
+        config.nodeGrace = .milliseconds(Int64(nodeGrace * 1000))
+        config.queueTimeout = .milliseconds(Int64(queueTimeout * 1000))
+        if let tenants {
+            do {
+                config.tenants = try TenantDirectory.load(path: tenants)
+            } catch {
+                throw CLIError("tenants file: \(error)")
+            }
+            config.tenantsFile = tenants
+        }
+        return config
     }
 }
 

@@ -24,6 +24,7 @@ struct DevCommand: AsyncParsableCommand {
     @Option(help: "NATS port (default: a free one).")
     var port: Int?
     @OptionGroup var log: LogOptions
+    @OptionGroup var scheduling: SchedulingOptions
 
     func validate() throws {
         guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
@@ -50,7 +51,7 @@ struct DevCommand: AsyncParsableCommand {
         }
         let schedulerConnection = try await connect("hangar-scheduler")
         let scheduler = Scheduler(
-            config: SchedulerConfig(databasePath: dbPath),
+            config: try scheduling.config(databasePath: dbPath),
             nats: schedulerConnection,
             store: store,
             logger: Logger(label: "hangar.scheduler")

@@ -5,6 +5,7 @@ import HangarScheduler
 import HangarShared
 import HangarTestSupport
 import Logging
+import SwiftProtobuf
 
 /// A real cluster for one test: nats-server on a free loopback port, a scheduler with a SQLite file
 /// in a temp folder, and node agents, all talking over NATS.
@@ -20,7 +21,8 @@ final class TestCluster: Sendable {
     static func start(
         nodes: Int = 2,
         slots: Int = 8,
-        runtimes: @Sendable () -> [any Runtime] = { [ProcessRuntime(), NullRuntime()] }
+        runtimes: @Sendable () -> [any Runtime] = { [ProcessRuntime(), NullRuntime()] },
+        configure: (inout SchedulerConfig) -> Void = { _ in }
     ) async throws -> TestCluster {
         let directory = try makeTemporaryDirectory("hangar-cluster")
         let server = try await LocalNATSServer(directory: directory.appendingPathComponent("nats"))
@@ -33,6 +35,7 @@ final class TestCluster: Sendable {
         let schedulerConnection = try await connect("scheduler")
         var config = SchedulerConfig(databasePath: databasePath)
         config.queueTimeout = .seconds(60)
+        configure(&config)
         let scheduler = Scheduler(
             config: config,
             nats: schedulerConnection,
@@ -127,6 +130,27 @@ final class TestCluster: Sendable {
         return result
     }
 
+    /// Kills node `index` (1-based) as a crash would: its connection drops, so no heartbeat and no
+    /// result leaves it again.
+    func crashNode(_ index: Int) async {
+        await connections[index].close()
+        tasks[index].cancel()
+    }
+
+    /// Sends an admin request and decodes the reply.
+    func admin<Reply: SwiftProtobuf.Message>(
+        _ verb: String,
+        _ request: some SwiftProtobuf.Message,
+        as: Reply.Type
+    ) async throws -> Reply {
+        let answer = try await client.request(
+            Subjects.admin(verb),
+            payload: try request.serializedData(),
+            timeout: .seconds(5)
+        )
+        return try Reply(serializedBytes: answer.payload)
+    }
+
     func stop() async {
         for task in tasks { task.cancel() }
         for task in tasks { _ = try? await task.value }
@@ -149,9 +173,11 @@ func command(_ argv: String..., runtime: String = "process", timeoutMs: UInt32 =
 func withCluster(
     nodes: Int = 2,
     slots: Int = 8,
+    runtimes: @Sendable @escaping () -> [any Runtime] = { [ProcessRuntime(), NullRuntime()] },
+    configure: (inout SchedulerConfig) -> Void = { _ in },
     _ body: (TestCluster) async throws -> Void
 ) async throws {
-    let cluster = try await TestCluster.start(nodes: nodes, slots: slots)
+    let cluster = try await TestCluster.start(nodes: nodes, slots: slots, runtimes: runtimes, configure: configure)
     do {
         try await body(cluster)
     } catch {
@@ -159,4 +185,22 @@ func withCluster(
         throw error
     }
     await cluster.stop()
+}
+
+/// A control-plane stand-in for a sandbox: answers as the `null` runtime after `delay`, so jobs
+/// occupy their slots for a while. Cancellation ends it early as CANCELLED.
+struct DelayRuntime: Runtime {
+    let name = "null"
+    let delay: Duration
+
+    func probe() async -> RuntimeProbe { RuntimeProbe(available: true, detail: "delay \(delay)") }
+
+    func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
+        do {
+            try await Task.sleep(for: delay)
+        } catch {
+            return RunOutcome(status: .cancelled)
+        }
+        return RunOutcome(status: .succeeded)
+    }
 }

@@ -43,13 +43,20 @@ public final class NodeAgent: Sendable {
             }
         }
         let assignments = try nats.subscribe(Subjects.assign(node: config.nodeID))
-        defer { assignments.unsubscribe() }
+        let cancels = try nats.subscribe(Subjects.nodeCancel(node: config.nodeID))
+        defer {
+            assignments.unsubscribe()
+            cancels.unsubscribe()
+        }
         try await nats.flush()
         publishHeartbeat()
         logger.info("node serving", metadata: ["slots": "\(config.slots)"])
         await withDiscardingTaskGroup { group in
             group.addTask {
                 for await message in assignments { self.handleAssignment(message) }
+            }
+            group.addTask {
+                for await message in cancels { self.handleCancel(message) }
             }
             group.addTask {
                 while !Task.isCancelled {
@@ -97,6 +104,24 @@ public final class NodeAgent: Sendable {
         } catch {
             logger.warning("heartbeat not sent", metadata: ["error": "\(error)"])
         }
+    }
+
+    // MARK: Cancel
+
+    /// Kills the sandbox of one attempt: the tenant cancelled it, or the scheduler gave it to
+    /// another node. Its result (CANCELLED) is still reported; the scheduler records it as stale.
+    private func handleCancel(_ message: NATSMessage) {
+        guard let cancel = try? Hangar_V1_CancelAttempt(serializedBytes: message.payload) else {
+            logger.warning("ignored a malformed cancel")
+            return
+        }
+        let task = running.withLock { $0["\(cancel.jobID)/\(cancel.attempt)"] }
+        guard let task else { return }
+        logger.info(
+            "killing sandbox",
+            metadata: ["job.id": "\(cancel.jobID)", "attempt": "\(cancel.attempt)", "reason": "\(cancel.reason)"]
+        )
+        task.cancel()
     }
 
     // MARK: Assignments

@@ -1,107 +1,148 @@
 import HangarShared
 
-/// What the scheduler knows of the nodes, built from heartbeats and its own reservations.
-/// Pure: callers pass the time in.
+/// What the scheduler knows of the nodes: their last heartbeat, whether they are up, operator
+/// controls, and the reservations of attempts placed on them. Pure: callers pass the time in.
 public struct ClusterState: Sendable {
-    /// One node as last reported, plus the attempts placed on it that have not reported back.
-    public struct Node: Sendable {
+    /// A node's heartbeat-side facts.
+    public struct Record: Sendable {
         public var heartbeat: Hangar_V1_NodeHeartbeat
         public var lastSeen: ContinuousClock.Instant
-        public var reserved: Int = 0
-        /// The node refused for lack of room; skip it until its next heartbeat.
-        public var full = false
-
-        public var freeSlots: Int { max(0, Int(heartbeat.capacity.slotsTotal) - reserved) }
-
-        func offers(_ runtime: String) -> Bool {
-            heartbeat.runtimes.contains { $0.name == runtime && $0.available }
-        }
+        /// Unix ms after which a draining node's remaining jobs are stopped and retried elsewhere.
+        public var drainDeadline: Int64 = 0
     }
 
-    /// A heartbeat older than this marks the node down (heartbeats come every second).
-    public var downAfter: Duration
-    public private(set) var nodes: [String: Node] = [:]
-
-    public init(downAfter: Duration = .seconds(5)) {
-        self.downAfter = downAfter
+    /// What happened to the cluster on a heartbeat.
+    public enum HeartbeatEvent: Sendable, Equatable {
+        case joined
+        /// A node that was down is back.
+        case returned
+        /// The node agent restarted: it runs nothing of ours any more.
+        case restarted
+        case alive
     }
 
+    /// Heartbeats older than `ttl + grace` mark a node down.
+    public var ttl: Duration
+    public var grace: Duration
+    /// Allocatable CPU is the node's cores times this (jobs rarely use their whole quota).
+    public var cpuOvercommit: Double
+    public private(set) var records: [String: Record] = [:]
+    public private(set) var views: [NodeView] = []
+    private var index: [String: Int] = [:]
+
+    public init(ttl: Duration = .seconds(3), grace: Duration = .seconds(2), cpuOvercommit: Double = 4) {
+        self.ttl = ttl
+        self.grace = grace
+        self.cpuOvercommit = cpuOvercommit
+    }
+
+    public func view(_ nodeID: String) -> NodeView? { index[nodeID].map { views[$0] } }
+
+    @discardableResult
     public mutating func record(
         _ heartbeat: Hangar_V1_NodeHeartbeat,
         from nodeID: String,
         at now: ContinuousClock.Instant
-    ) {
-        if var node = nodes[nodeID] {
-            if node.heartbeat.incarnation != heartbeat.incarnation {
-                node.reserved = 0  // a restarted node runs nothing of ours
+    ) -> HeartbeatEvent {
+        var event = HeartbeatEvent.alive
+        if let position = index[nodeID] {
+            let previous = records[nodeID]!
+            if previous.heartbeat.incarnation != heartbeat.incarnation {
+                event = .restarted
+                views[position].cpuReserved = 0
+                views[position].memoryReserved = 0
+                views[position].slotsReserved = 0
+            } else if !views[position].up {
+                event = .returned
             }
-            node.heartbeat = heartbeat
-            node.lastSeen = now
-            node.full = false
-            nodes[nodeID] = node
+            records[nodeID]!.heartbeat = heartbeat
+            records[nodeID]!.lastSeen = now
         } else {
-            nodes[nodeID] = Node(heartbeat: heartbeat, lastSeen: now)
+            event = .joined
+            records[nodeID] = Record(heartbeat: heartbeat, lastSeen: now)
+            index[nodeID] = views.count
+            views.append(NodeView(id: nodeID))
         }
+        let position = index[nodeID]!
+        var view = views[position]
+        view.up = true
+        view.refusing = false
+        view.runtimes = Set(heartbeat.runtimes.filter(\.available).map(\.name))
+        view.templates = Set(heartbeat.templates)
+        view.labels = heartbeat.labels
+        view.cpuMillis = UInt64(Double(heartbeat.capacity.cpuMillis) * cpuOvercommit)
+        view.memoryBytes = heartbeat.capacity.memoryBytes
+        view.slots = Int(heartbeat.capacity.slotsTotal)
+        views[position] = view
+        return event
     }
 
-    public func isUp(_ nodeID: String, at now: ContinuousClock.Instant) -> Bool {
-        guard let node = nodes[nodeID] else { return false }
-        return now - node.lastSeen < downAfter
-    }
-
-    /// The nodes that are up at `now`.
-    public func upNodes(at now: ContinuousClock.Instant) -> [(id: String, node: Node)] {
-        nodes.filter { now - $0.value.lastSeen < downAfter }.map { ($0.key, $0.value) }
-    }
-
-    /// Where a job can run, or why it cannot.
-    public enum Placement: Sendable, Equatable {
-        case node(String)
-        /// Nothing fits now; the job may wait. The text says which constraint filtered what.
-        case wait(String)
-        /// Nothing will fit while the fleet stays as it is: no up node offers the runtime or labels.
-        case impossible(String)
-    }
-
-    /// First fit among up nodes that offer the runtime and match the labels, preferring the one
-    /// with the most free slots so load spreads. Does not reserve.
-    public func place(
-        runtime: String,
-        labels: [String: String],
-        at now: ContinuousClock.Instant
-    ) -> Placement {
-        let up = upNodes(at: now)
-        if up.isEmpty { return .wait("no node is up") }
-        let offering = up.filter { $0.node.offers(runtime) }
-        if offering.isEmpty {
-            return .impossible("none of the \(up.count) up nodes offers runtime '\(runtime)'")
+    /// Marks nodes whose heartbeats stopped as down; returns those newly down.
+    public mutating func detectDown(at now: ContinuousClock.Instant) -> [String] {
+        var newlyDown: [String] = []
+        for position in views.indices where views[position].up {
+            let id = views[position].id
+            if let record = records[id], now - record.lastSeen > ttl + grace {
+                views[position].up = false
+                newlyDown.append(id)
+            }
         }
-        let matching = offering.filter { candidate in
-            labels.allSatisfy { candidate.node.heartbeat.labels[$0.key] == $0.value }
-        }
-        if matching.isEmpty {
-            let wanted = labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
-            return .impossible("\(offering.count) nodes offer runtime '\(runtime)' but none has labels \(wanted)")
-        }
-        let best = matching.filter { !$0.node.full && $0.node.freeSlots > 0 }
-            .max { ($0.node.freeSlots, $1.id) < ($1.node.freeSlots, $0.id) }
-        guard let best else {
-            return .wait("all \(matching.count) nodes that fit are full")
-        }
-        return .node(best.id)
+        return newlyDown
     }
 
-    public mutating func reserve(_ nodeID: String) {
-        nodes[nodeID]?.reserved += 1
+    public func isUp(_ nodeID: String) -> Bool { view(nodeID)?.up ?? false }
+
+    /// Ranked nodes for `request`, or why none fits.
+    public func place(_ request: PlacementRequest, policy: PlacementPolicy = .spread) -> PlacementCore.Outcome {
+        PlacementCore.place(request, nodes: views, policy: policy)
     }
 
-    public mutating func release(_ nodeID: String) {
-        if let reserved = nodes[nodeID]?.reserved, reserved > 0 {
-            nodes[nodeID]?.reserved = reserved - 1
+    public mutating func reserve(_ nodeID: String, _ request: PlacementRequest) {
+        guard let position = index[nodeID] else { return }
+        views[position].cpuReserved += request.cpuMillis
+        views[position].memoryReserved += request.memoryBytes
+        views[position].slotsReserved += 1
+    }
+
+    public mutating func release(_ nodeID: String, _ request: PlacementRequest) {
+        guard let position = index[nodeID] else { return }
+        views[position].cpuReserved -= min(views[position].cpuReserved, request.cpuMillis)
+        views[position].memoryReserved -= min(views[position].memoryReserved, request.memoryBytes)
+        views[position].slotsReserved = max(0, views[position].slotsReserved - 1)
+    }
+
+    /// The node refused or did not answer: skip it until its next heartbeat.
+    public mutating func markRefusing(_ nodeID: String) {
+        guard let position = index[nodeID] else { return }
+        views[position].refusing = true
+    }
+
+    /// Returns false if the node is unknown.
+    @discardableResult
+    public mutating func setEligible(_ nodeID: String, _ eligible: Bool) -> Bool {
+        guard let position = index[nodeID] else { return false }
+        views[position].eligible = eligible
+        return true
+    }
+
+    @discardableResult
+    public mutating func setDraining(_ nodeID: String, _ draining: Bool, deadline: Int64) -> Bool {
+        guard let position = index[nodeID] else { return false }
+        views[position].draining = draining
+        records[nodeID]?.drainDeadline = draining ? deadline : 0
+        return true
+    }
+
+    /// Nodes whose drain deadline has passed (unix ms `now`).
+    public func drainsExpired(nowMs: Int64) -> [String] {
+        records.filter {
+            $0.value.drainDeadline > 0 && $0.value.drainDeadline <= nowMs && view($0.key)?.draining == true
         }
+        .map(\.key)
     }
 
-    public mutating func markFull(_ nodeID: String) {
-        nodes[nodeID]?.full = true
+    /// Allocatable totals over the nodes that are up, for fair shares.
+    public var totals: (cpuMillis: UInt64, memoryBytes: UInt64, slots: Int) {
+        views.filter(\.up).reduce((0, 0, 0)) { ($0.0 + $1.cpuMillis, $0.1 + $1.memoryBytes, $0.2 + $1.slots) }
     }
 }

@@ -8,6 +8,9 @@ public struct ValidatedSubmission: Sendable {
     public var priority: Int32
     public var labels: [String: String]
     public var wait: Bool
+    /// Attempts allowed in all (1 = no retry) and the first backoff.
+    public var maxAttempts: UInt32
+    public var backoff: Duration
 }
 
 /// Checks a `SubmitRequest` field by field. Pure: no I/O, no clock.
@@ -23,27 +26,30 @@ public struct RequestValidator: Sendable {
     /// Templates that exist before the template store lands.
     public static let templates: Set<String> = ["host"]
 
-    public var limits: LimitPolicy
     public var bounds: RequestBounds
 
-    public init(limits: LimitPolicy = LimitPolicy(), bounds: RequestBounds = RequestBounds()) {
-        self.limits = limits
+    public init(bounds: RequestBounds = RequestBounds()) {
         self.bounds = bounds
     }
 
-    /// Validates `request` sent on `tenant`'s subject.
+    /// Validates `request` sent on `tenant`'s subject against the tenant's policy.
     public func validate(
         _ request: Hangar_V1_SubmitRequest,
-        tenant: String
+        tenant: String,
+        policy: TenantPolicy = TenantPolicy()
     ) -> Result<ValidatedSubmission, Rejection> {
         do throws(Rejection) {
-            return .success(try check(request, tenant: tenant))
+            return .success(try check(request, tenant: tenant, policy: policy))
         } catch {
             return .failure(error)
         }
     }
 
-    private func check(_ request: Hangar_V1_SubmitRequest, tenant: String) throws(Rejection) -> ValidatedSubmission {
+    private func check(
+        _ request: Hangar_V1_SubmitRequest,
+        tenant: String,
+        policy: TenantPolicy
+    ) throws(Rejection) -> ValidatedSubmission {
         guard Subjects.isValidToken(tenant) else {
             throw Rejection(.invalidRequest, "tenant", "tenant '\(tenant)' must be 1-64 characters of A-Z a-z 0-9 _ -")
         }
@@ -58,9 +64,23 @@ public struct RequestValidator: Sendable {
                 "unknown runtime '\(spec.runtime)'; use one of \(Self.knownRuntimes.sorted().joined(separator: ", "))"
             )
         }
+        if let allowed = policy.runtimes, !allowed.contains(spec.runtime) {
+            throw Rejection(
+                .notAllowed,
+                "runtime",
+                "tenant '\(tenant)' may not use runtime '\(spec.runtime)'; allowed: \(allowed.sorted().joined(separator: ", "))"
+            )
+        }
         spec.template = request.template.isEmpty ? "host" : request.template
         guard Self.templates.contains(spec.template) else {
             throw Rejection(.unsupported, "template", "template '\(spec.template)' does not exist; use 'host'")
+        }
+        if let allowed = policy.templates, !allowed.contains(spec.template) {
+            throw Rejection(
+                .notAllowed,
+                "template",
+                "tenant '\(tenant)' may not use template '\(spec.template)'; allowed: \(allowed.sorted().joined(separator: ", "))"
+            )
         }
         spec.argv = try command(of: request)
         guard request.stdin.count <= bounds.maxStdinBytes else {
@@ -77,11 +97,32 @@ public struct RequestValidator: Sendable {
         spec.cwd = request.cwd
         try checkFiles(request.files)
         spec.files = request.files
-        spec.limits = try resolve(request.limits)
-        spec.network = try checkNetwork(request.network)
-        guard (0...9).contains(request.priority) else {
-            throw Rejection(.invalidRequest, "priority", "priority \(request.priority) is outside 0...9")
+        spec.limits = try resolve(request.limits, policy.limits)
+        if spec.runtime != "null" {
+            guard UInt64(spec.limits.cpuMillis) <= policy.maxCPUMillis else {
+                throw Rejection(
+                    .quotaExceeded,
+                    "limits.cpu_millis",
+                    "the job asks for \(spec.limits.cpuMillis) millicores; tenant '\(tenant)' may hold at most \(policy.maxCPUMillis)"
+                )
+            }
+            guard spec.limits.memoryBytes <= policy.maxMemoryBytes else {
+                throw Rejection(
+                    .quotaExceeded,
+                    "limits.memory_bytes",
+                    "the job asks for \(spec.limits.memoryBytes) bytes of memory; tenant '\(tenant)' may hold at most \(policy.maxMemoryBytes)"
+                )
+            }
         }
+        spec.network = try checkNetwork(request.network)
+        guard policy.priorities.contains(request.priority) else {
+            throw Rejection(
+                .invalidRequest,
+                "priority",
+                "priority \(request.priority) is outside \(policy.priorities.lowerBound)...\(policy.priorities.upperBound) for tenant '\(tenant)'"
+            )
+        }
+        try checkRetry(request)
         try checkLabels(request.labels)
         return ValidatedSubmission(
             tenant: tenant,
@@ -89,7 +130,9 @@ public struct RequestValidator: Sendable {
             spec: spec,
             priority: request.priority,
             labels: request.labels,
-            wait: request.wait
+            wait: request.wait,
+            maxAttempts: request.retry.maxAttempts == 0 ? 3 : request.retry.maxAttempts,
+            backoff: .milliseconds(request.retry.backoffMs == 0 ? 100 : Int64(request.retry.backoffMs))
         )
     }
 
@@ -234,21 +277,26 @@ public struct RequestValidator: Sendable {
         }
     }
 
-    private func resolve(_ asked: Hangar_V1_Limits) throws(Rejection) -> Hangar_V1_Limits {
+    private func resolve(_ asked: Hangar_V1_Limits, _ policy: LimitPolicy) throws(Rejection) -> Hangar_V1_Limits {
         var limits = Hangar_V1_Limits()
-        limits.timeoutMs = try pick(asked.timeoutMs, limits: self.limits.timeoutMilliseconds, field: "timeout_ms")
-        limits.cpuTimeMs = try pick(asked.cpuTimeMs, limits: self.limits.cpuTimeMilliseconds, field: "cpu_time_ms")
-        limits.memoryBytes = try pick(asked.memoryBytes, limits: self.limits.memoryBytes, field: "memory_bytes")
-        limits.pids = try pick(asked.pids, limits: self.limits.pids, field: "pids")
-        limits.outputBytes = try pick(asked.outputBytes, limits: self.limits.outputBytes, field: "output_bytes")
-        limits.fileSizeBytes = try pick(
-            asked.fileSizeBytes,
-            limits: self.limits.fileSizeBytes,
-            field: "file_size_bytes"
-        )
-        limits.openFiles = try pick(asked.openFiles, limits: self.limits.openFiles, field: "open_files")
-        limits.cpuMillis = try pick(asked.cpuMillis, limits: self.limits.cpuMillis, field: "cpu_millis")
+        limits.timeoutMs = try pick(asked.timeoutMs, limits: policy.timeoutMilliseconds, field: "timeout_ms")
+        limits.cpuTimeMs = try pick(asked.cpuTimeMs, limits: policy.cpuTimeMilliseconds, field: "cpu_time_ms")
+        limits.memoryBytes = try pick(asked.memoryBytes, limits: policy.memoryBytes, field: "memory_bytes")
+        limits.pids = try pick(asked.pids, limits: policy.pids, field: "pids")
+        limits.outputBytes = try pick(asked.outputBytes, limits: policy.outputBytes, field: "output_bytes")
+        limits.fileSizeBytes = try pick(asked.fileSizeBytes, limits: policy.fileSizeBytes, field: "file_size_bytes")
+        limits.openFiles = try pick(asked.openFiles, limits: policy.openFiles, field: "open_files")
+        limits.cpuMillis = try pick(asked.cpuMillis, limits: policy.cpuMillis, field: "cpu_millis")
         return limits
+    }
+
+    private func checkRetry(_ request: Hangar_V1_SubmitRequest) throws(Rejection) {
+        guard request.retry.maxAttempts <= 10 else {
+            throw Rejection(.invalidRequest, "retry.max_attempts", "retry.max_attempts is at most 10")
+        }
+        guard request.retry.backoffMs <= 60_000 else {
+            throw Rejection(.invalidRequest, "retry.backoff_ms", "retry.backoff_ms is at most 60000")
+        }
     }
 
     private func pick<Value: FixedWidthInteger & Sendable>(

@@ -4,15 +4,23 @@ import HangarShared
 struct JobEntry: Sendable {
     let id: String
     let submission: ValidatedSubmission
+    let request: PlacementRequest
     let acceptedAt: ContinuousClock.Instant
+    /// Its place in the tenant's queue, kept when it goes back there.
+    var sequence: UInt64 = 0
     /// Reply subjects of tenants waiting for the result (wait mode, including duplicates).
     var waiters: [String]
+    /// The current attempt (the fencing epoch); 0 before the first placement.
     var attempt: UInt32 = 0
+    /// Attempts lost to dead or drained nodes; retries stop at `submission.maxAttempts`.
+    var losses: UInt32 = 0
     var nodeID: String?
     var placedAt: ContinuousClock.Instant?
     var placementMilliseconds: UInt64 = 0
     var lastPlacementProblem = ""
     var finishing = false
+
+    var tenant: String { submission.tenant }
 
     var requestKey: String? {
         submission.requestID.isEmpty ? nil : "\(submission.tenant)/\(submission.requestID)"

@@ -3,7 +3,7 @@ import HangarNATS
 import HangarShared
 
 extension Scheduler {
-    /// `hangar.admin.<verb>`: `nodes`, `job`.
+    /// `hangar.admin.<verb>`: `nodes`, `job`, `drain`, `eligibility`.
     nonisolated func handleAdmin(_ message: NATSMessage) async {
         let verb = Subjects.token(message.subject, at: 2).map(String.init) ?? ""
         let payload: Data?
@@ -18,9 +18,27 @@ extension Scheduler {
                 reply.error = "the payload is not a hangar.v1.JobRequest"
             }
             payload = try? reply.serializedData()
+        case "drain":
+            var reply = Hangar_V1_AdminReply()
+            if let request = try? Hangar_V1_DrainRequest(serializedBytes: message.payload) {
+                reply = await drain(request)
+            } else {
+                reply.message = "the payload is not a hangar.v1.DrainRequest"
+            }
+            payload = try? reply.serializedData()
+        case "eligibility":
+            var reply = Hangar_V1_AdminReply()
+            if let request = try? Hangar_V1_EligibilityRequest(serializedBytes: message.payload) {
+                reply = await setEligibility(request)
+            } else {
+                reply.message = "the payload is not a hangar.v1.EligibilityRequest"
+            }
+            payload = try? reply.serializedData()
         default:
             logger.info("unknown admin verb", metadata: ["verb": "\(verb)"])
-            payload = nil
+            var reply = Hangar_V1_AdminReply()
+            reply.message = "unknown admin verb '\(verb)'; known: nodes, job, drain, eligibility"
+            payload = try? reply.serializedData()
         }
         if let payload, let replyTo = message.replyTo {
             try? nats.publish(replyTo, payload: payload)
@@ -30,12 +48,18 @@ extension Scheduler {
     func nodesReply() -> Hangar_V1_NodesReply {
         let now = ContinuousClock.now
         var reply = Hangar_V1_NodesReply()
-        reply.nodes = cluster.nodes.sorted { $0.key < $1.key }.map { id, node in
+        reply.nodes = cluster.views.sorted { $0.id < $1.id }.compactMap { view in
+            guard let record = cluster.records[view.id] else { return nil }
             var info = Hangar_V1_NodeInfo()
-            info.lastHeartbeat = node.heartbeat
-            info.state = cluster.isUp(id, at: now) ? .up : .down
-            info.slotsReserved = UInt32(node.reserved)
-            let (seconds, attoseconds) = (now - node.lastSeen).components
+            info.lastHeartbeat = record.heartbeat
+            info.state = !view.up ? .down : (view.draining ? .draining : .up)
+            info.eligible = view.eligible
+            info.draining = view.draining
+            info.drainDeadlineMs = record.drainDeadline
+            info.slotsReserved = UInt32(view.slotsReserved)
+            info.cpuMillisReserved = UInt32(clamping: view.cpuReserved)
+            info.memoryBytesReserved = view.memoryReserved
+            let (seconds, attoseconds) = (now - record.lastSeen).components
             info.lastSeenMsAgo = seconds * 1000 + attoseconds / 1_000_000_000_000_000
             return info
         }
@@ -45,7 +69,7 @@ extension Scheduler {
     func jobReply(_ id: String) async -> Hangar_V1_JobReply {
         var reply = Hangar_V1_JobReply()
         if let entry = jobs[id] {
-            reply.tenant = entry.submission.tenant
+            reply.tenant = entry.tenant
             reply.status = entry.nodeID == nil ? .queued : .running
             return reply
         }
@@ -64,5 +88,68 @@ extension Scheduler {
             reply.error = "the store could not be read: \(error)"
         }
         return reply
+    }
+
+    func drain(_ request: Hangar_V1_DrainRequest) async -> Hangar_V1_AdminReply {
+        var control = nodeControls[request.nodeID] ?? NodeControl()
+        control.draining = request.drain
+        control.drainDeadline =
+            request.drain && request.deadlineMs > 0 ? unixMilliseconds() + Int64(request.deadlineMs) : 0
+        let actor = request.actor.isEmpty ? "operator" : "operator:\(request.actor)"
+        return await setControl(
+            control,
+            nodeID: request.nodeID,
+            actor: actor,
+            event: request.drain ? "node.drain" : "node.undrain"
+        )
+    }
+
+    func setEligibility(_ request: Hangar_V1_EligibilityRequest) async -> Hangar_V1_AdminReply {
+        var control = nodeControls[request.nodeID] ?? NodeControl()
+        control.eligible = request.eligible
+        let actor = request.actor.isEmpty ? "operator" : "operator:\(request.actor)"
+        return await setControl(
+            control,
+            nodeID: request.nodeID,
+            actor: actor,
+            event: request.eligible ? "node.eligible" : "node.ineligible"
+        )
+    }
+
+    private func setControl(
+        _ control: NodeControl,
+        nodeID: String,
+        actor: String,
+        event: String
+    ) async -> Hangar_V1_AdminReply {
+        var reply = Hangar_V1_AdminReply()
+        guard cluster.view(nodeID) != nil else {
+            reply.message = "no node '\(nodeID)' has reported to this scheduler"
+            return reply
+        }
+        do {
+            try await store.write(.nodeControl(nodeID: nodeID, control: control, actor: actor, event: event))
+        } catch {
+            reply.message = "could not record the change: \(error)"
+            return reply
+        }
+        nodeControls[nodeID] = control
+        applyControl(control, to: nodeID)
+        logger.notice("operator action", metadata: ["node.id": "\(nodeID)", "event": "\(event)", "actor": "\(actor)"])
+        pump()
+        reply.ok = true
+        reply.message =
+            "\(nodeID): eligible=\(control.eligible) draining=\(control.draining)"
+            + (control.drainDeadline > 0 ? " deadline in \((control.drainDeadline - unixMilliseconds()) / 1000) s" : "")
+        return reply
+    }
+
+    func applyControl(_ control: NodeControl, to nodeID: String) {
+        cluster.setEligible(nodeID, control.eligible)
+        cluster.setDraining(nodeID, control.draining, deadline: control.drainDeadline)
+    }
+
+    func loadNodeControls() async throws {
+        nodeControls = try await store.nodeControls()
     }
 }

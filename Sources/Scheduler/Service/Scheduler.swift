@@ -3,36 +3,53 @@ import HangarNATS
 import HangarShared
 import Logging
 
-/// The central scheduler: takes submissions, places them on nodes, stores and answers results.
+/// The central scheduler: takes submissions, queues them per tenant, places them on nodes, detects
+/// dead nodes and retries their jobs, stores and answers results.
 ///
-/// Subjects: `hangar.submit.*` (queue group), `hangar.node.*.heartbeat`, `hangar.node.*.result`
-/// (queue group), `hangar.admin.*` (queue group). See `Subjects`.
+/// Subjects: `hangar.submit.*`, `hangar.cancel.*`, `hangar.node.*.result`, `hangar.admin.*` (queue
+/// group) and `hangar.node.*.heartbeat`. See `Subjects`.
 public actor Scheduler {
     let config: SchedulerConfig
     let nats: NATSConnection
     public nonisolated let store: Store
     let logger: Logger
+    var tenants: TenantDirectory
+    var tenantsFileStamp: Date?
+    var buckets: [String: TokenBucket] = [:]
     var cluster: ClusterState
+    var queue = FairQueue()
     var jobs: [String: JobEntry] = [:]
     var byRequest: [String: String] = [:]
-    var queue: [String] = []
+    /// Jobs waiting out a retry backoff, and when they may be queued again.
+    var delayed: [(readyAt: ContinuousClock.Instant, jobID: String)] = []
+    var lastTenantsCheck = ContinuousClock.now
+    /// Operator settings per node (eligibility, drain), kept in the store across restarts.
+    var nodeControls: [String: NodeControl] = [:]
 
     public init(config: SchedulerConfig, nats: NATSConnection, store: Store, logger: Logger) {
         self.config = config
         self.nats = nats
         self.store = store
         self.logger = logger
-        self.cluster = ClusterState(downAfter: config.nodeDownAfter)
+        self.tenants = config.tenants
+        self.cluster = ClusterState(ttl: config.nodeTTL, grace: config.nodeGrace, cpuOvercommit: config.cpuOvercommit)
     }
 
     /// Serves until the surrounding task is cancelled.
     public func run() async throws {
-        let submits = try nats.subscribe(Subjects.submitWildcard, queueGroup: Subjects.schedulerQueueGroup)
+        if let file = config.tenantsFile {
+            tenants = try TenantDirectory.load(path: file)
+            tenantsFileStamp = modificationDate(file)
+        }
+        try await loadNodeControls()
+        let group = Subjects.schedulerQueueGroup
+        let submits = try nats.subscribe(Subjects.submitWildcard, queueGroup: group)
+        let cancels = try nats.subscribe(Subjects.cancelWildcard, queueGroup: group)
         let heartbeats = try nats.subscribe(Subjects.heartbeatWildcard)
-        let results = try nats.subscribe(Subjects.nodeResultWildcard, queueGroup: Subjects.schedulerQueueGroup)
-        let admin = try nats.subscribe(Subjects.admin("*"), queueGroup: Subjects.schedulerQueueGroup)
+        let results = try nats.subscribe(Subjects.nodeResultWildcard, queueGroup: group)
+        let admin = try nats.subscribe(Subjects.admin("*"), queueGroup: group)
         defer {
-            for subscription in [submits, heartbeats, results, admin] { subscription.unsubscribe() }
+            for subscription in [submits, cancels, heartbeats, results, admin] { subscription.unsubscribe() }
         }
         try await nats.flush()
         logger.info("scheduler serving", metadata: ["db": "\(config.databasePath)"])
@@ -41,6 +58,9 @@ public actor Scheduler {
                 await withDiscardingTaskGroup { inner in
                     for await message in submits { inner.addTask { await self.handleSubmit(message) } }
                 }
+            }
+            group.addTask {
+                for await message in cancels { await self.handleCancel(message) }
             }
             group.addTask {
                 for await message in heartbeats { await self.handleHeartbeat(message) }
@@ -58,7 +78,7 @@ public actor Scheduler {
             group.addTask {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .milliseconds(250))
-                    await self.pump()
+                    await self.tick()
                 }
             }
         }
@@ -82,7 +102,13 @@ public actor Scheduler {
             )
             return
         }
-        switch config.validator.validate(request, tenant: tenant) {
+        await admit(request, tenant: tenant, replyTo: message.replyTo)
+    }
+
+    func admit(_ request: Hangar_V1_SubmitRequest, tenant: String, replyTo: String?) async {
+        let policy = tenants.policy(for: tenant)
+        let submission: ValidatedSubmission
+        switch config.validator.validate(request, tenant: tenant, policy: policy) {
         case .failure(let rejection):
             logger.debug(
                 "rejected submission",
@@ -91,32 +117,54 @@ public actor Scheduler {
                     "reason": "\(rejection.rejected.message)",
                 ]
             )
-            reply(to: message.replyTo, rejection: rejection)
-        case .success(let submission):
-            await admit(submission, replyTo: message.replyTo)
+            reply(to: replyTo, rejection: rejection)
+            return
+        case .success(let valid):
+            submission = valid
         }
-    }
-
-    func admit(_ submission: ValidatedSubmission, replyTo: String?) async {
         let key = submission.requestID.isEmpty ? nil : "\(submission.tenant)/\(submission.requestID)"
         if let key, await attachDuplicate(key: key, submission: submission, replyTo: replyTo) { return }
-        guard queue.count < config.maxQueued else {
-            var rejection = Rejection(.queueFull, "", "the scheduler queue holds \(queue.count) jobs; retry later")
+
+        let now = ContinuousClock.now
+        var bucket = buckets[tenant] ?? TokenBucket(burst: policy.burst, now: now)
+        let wait = bucket.take(rate: policy.rate, burst: policy.burst, now: now)
+        buckets[tenant] = bucket
+        if let wait {
+            var rejection = Rejection(
+                .rateLimited,
+                "",
+                "tenant '\(tenant)' is over its rate of \(policy.rate) submissions/s (burst \(Int(policy.burst)))"
+            )
+            rejection.rejected.retryAfterMs = UInt32(
+                clamping: wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000
+            )
+            reply(to: replyTo, rejection: rejection)
+            return
+        }
+        guard queue.queued(tenant: tenant) < policy.maxQueued else {
+            var rejection = Rejection(
+                .queueFull,
+                "",
+                "tenant '\(tenant)' already has \(queue.queued(tenant: tenant)) jobs waiting (max_queued \(policy.maxQueued))"
+            )
             rejection.rejected.retryAfterMs = 1000
             reply(to: replyTo, rejection: rejection)
             return
         }
-        if case .impossible(let why) = cluster.place(
-            runtime: submission.spec.runtime,
-            labels: submission.labels,
-            at: .now
-        ) {
+        let id = JobID.make()
+        let placement = placementRequest(for: submission, jobID: id)
+        if case .impossible(let why) = cluster.place(placement, policy: config.placementPolicy) {
             reply(to: replyTo, rejection: Rejection(.noCapacity, "runtime", why))
             return
         }
-        let id = JobID.make()
         let waiting = submission.wait && replyTo != nil
-        let entry = JobEntry(id: id, submission: submission, acceptedAt: .now, waiters: waiting ? [replyTo!] : [])
+        var entry = JobEntry(
+            id: id,
+            submission: submission,
+            request: placement,
+            acceptedAt: now,
+            waiters: waiting ? [replyTo!] : []
+        )
         jobs[id] = entry
         if let key { byRequest[key] = id }
         let stored = StoredJob(
@@ -141,12 +189,26 @@ public actor Scheduler {
         }
         logger.debug("accepted", metadata: ["job.id": "\(id)", "tenant": "\(submission.tenant)"])
         if !waiting, let replyTo {
-            var accepted = Hangar_V1_Accepted()
-            accepted.jobID = id
-            send(replyTo, submitReply: .accepted(accepted))
+            replyAccepted(replyTo, jobID: id, duplicate: false)
         }
-        queue.append(id)
+        entry.sequence = queue.enqueue(tenant: tenant, jobID: id, priority: submission.priority)
+        jobs[id]?.sequence = entry.sequence
         pump()
+    }
+
+    func placementRequest(for submission: ValidatedSubmission, jobID: String) -> PlacementRequest {
+        // The null runtime runs nothing: it holds a slot, no CPU or memory.
+        let holdsResources = submission.spec.runtime != "null"
+        var hasher = Hasher()
+        hasher.combine(jobID)
+        return PlacementRequest(
+            runtime: submission.spec.runtime,
+            template: submission.spec.template,
+            labels: submission.labels,
+            cpuMillis: holdsResources ? UInt64(submission.spec.limits.cpuMillis) : 0,
+            memoryBytes: holdsResources ? submission.spec.limits.memoryBytes : 0,
+            tieBreak: UInt64(bitPattern: Int64(hasher.finalize()))
+        )
     }
 
     /// Answers a repeated request id with the original job. Returns false if the id is new.
@@ -174,279 +236,6 @@ public actor Scheduler {
         return true
     }
 
-    // MARK: Placement and dispatch
-
-    /// Places every queued job that fits; rejects those that waited too long or cannot fit.
-    func pump() {
-        guard !queue.isEmpty else { return }
-        let now = ContinuousClock.now
-        var remaining: [String] = []
-        // Jobs with the same runtime and labels that could not be placed: the rest will not fit either.
-        var blocked: [PlacementKey: String] = [:]
-        for id in queue {
-            guard var entry = jobs[id] else { continue }
-            let key = PlacementKey(runtime: entry.submission.spec.runtime, labels: entry.submission.labels)
-            let placement: ClusterState.Placement
-            if let why = blocked[key] {
-                placement = .wait(why)
-            } else {
-                placement = cluster.place(runtime: key.runtime, labels: key.labels, at: now)
-                if case .wait(let why) = placement { blocked[key] = why }
-            }
-            switch placement {
-            case .node(let nodeID):
-                cluster.reserve(nodeID)
-                entry.attempt += 1
-                entry.nodeID = nodeID
-                entry.placedAt = now
-                jobs[id] = entry
-                let assignment = makeAssignment(entry)
-                Task { await self.dispatch(assignment, to: nodeID, decidedAt: now) }
-            case .wait(let why):
-                if now - entry.acceptedAt >= config.queueTimeout {
-                    reject(entry, Rejection(.noCapacity, "", "no capacity within \(config.queueTimeout): \(why)"))
-                } else {
-                    entry.lastPlacementProblem = why
-                    jobs[id] = entry
-                    remaining.append(id)
-                }
-            case .impossible(let why):
-                reject(entry, Rejection(.noCapacity, "runtime", why))
-            }
-        }
-        queue = remaining
-    }
-
-    private struct PlacementKey: Hashable {
-        var runtime: String
-        var labels: [String: String]
-    }
-
-    private func makeAssignment(_ entry: JobEntry) -> Hangar_V1_Assignment {
-        var assignment = Hangar_V1_Assignment()
-        assignment.jobID = entry.id
-        assignment.tenant = entry.submission.tenant
-        assignment.attempt = entry.attempt
-        assignment.spec = entry.submission.spec
-        assignment.assignedAtMs = unixMilliseconds()
-        return assignment
-    }
-
-    nonisolated func dispatch(
-        _ assignment: Hangar_V1_Assignment,
-        to nodeID: String,
-        decidedAt: ContinuousClock.Instant
-    ) async {
-        let jobID = assignment.jobID
-        let attempt = assignment.attempt
-        // Not awaited: the group committer applies writes in order, so this lands before the result
-        // of the attempt, and dispatch does not wait for a commit.
-        let store = self.store
-        let logger = self.logger
-        Task {
-            do {
-                try await store.write(
-                    .attemptPlaced(jobID: jobID, attempt: attempt, nodeID: nodeID, at: unixMilliseconds())
-                )
-            } catch {
-                logger.error("could not record attempt", metadata: ["job.id": "\(jobID)", "error": "\(error)"])
-            }
-        }
-        do {
-            let answer = try await nats.request(
-                Subjects.assign(node: nodeID),
-                payload: try assignment.serializedData(),
-                timeout: config.assignTimeout
-            )
-            let decoded = try Hangar_V1_AssignReply(serializedBytes: answer.payload)
-            switch decoded.outcome {
-            case .ack:
-                await assigned(jobID: jobID, attempt: attempt, decidedAt: decidedAt)
-            case .refused(let refused):
-                await assignmentFailed(
-                    jobID: jobID,
-                    attempt: attempt,
-                    nodeID: nodeID,
-                    reason: "refused (\(refused.reason)): \(refused.message)",
-                    skipNode: true
-                )
-            case nil:
-                await assignmentFailed(
-                    jobID: jobID,
-                    attempt: attempt,
-                    nodeID: nodeID,
-                    reason: "empty reply",
-                    skipNode: true
-                )
-            }
-        } catch {
-            await assignmentFailed(jobID: jobID, attempt: attempt, nodeID: nodeID, reason: "\(error)", skipNode: true)
-        }
-    }
-
-    func assigned(jobID: String, attempt: UInt32, decidedAt: ContinuousClock.Instant) {
-        guard var entry = jobs[jobID], entry.attempt == attempt else { return }
-        entry.placementMilliseconds = decidedAt.milliseconds(until: .now)
-        jobs[jobID] = entry
-    }
-
-    func assignmentFailed(jobID: String, attempt: UInt32, nodeID: String, reason: String, skipNode: Bool) async {
-        cluster.release(nodeID)
-        if skipNode { cluster.markFull(nodeID) }
-        logger.info(
-            "assignment failed; trying again",
-            metadata: ["job.id": "\(jobID)", "attempt": "\(attempt)", "node.id": "\(nodeID)", "reason": "\(reason)"]
-        )
-        guard var entry = jobs[jobID], entry.attempt == attempt, !entry.finishing else { return }
-        entry.nodeID = nil
-        jobs[jobID] = entry
-        queue.insert(jobID, at: 0)
-        pump()
-        try? await store.write(.attemptEnded(jobID: jobID, attempt: attempt, status: "REFUSED", detail: reason))
-    }
-
-    // MARK: Node reports
-
-    func handleHeartbeat(_ message: NATSMessage) {
-        guard let nodeID = Subjects.token(message.subject, at: 2).map(String.init), Subjects.isValidToken(nodeID),
-            let heartbeat = try? Hangar_V1_NodeHeartbeat(serializedBytes: message.payload)
-        else {
-            logger.warning("ignored a malformed heartbeat", metadata: ["nats.subject": "\(message.subject)"])
-            return
-        }
-        let known = cluster.nodes[nodeID] != nil
-        cluster.record(heartbeat, from: nodeID, at: .now)
-        if !known {
-            logger.info("node joined", metadata: ["node.id": "\(nodeID)", "slots": "\(heartbeat.capacity.slotsTotal)"])
-        }
-        pump()
-    }
-
-    nonisolated func handleNodeResult(_ message: NATSMessage) async {
-        guard let nodeID = Subjects.token(message.subject, at: 2).map(String.init),
-            let attemptResult = try? Hangar_V1_AttemptResult(serializedBytes: message.payload)
-        else {
-            logger.warning("ignored a malformed node result", metadata: ["nats.subject": "\(message.subject)"])
-            return
-        }
-        guard let ack = await finish(attemptResult, from: nodeID) else { return }  // not stored: the node resends
-        if let replyTo = message.replyTo, let payload = try? ack.serializedData() {
-            try? nats.publish(replyTo, payload: payload)
-        }
-    }
-
-    /// Stores the result of the current attempt and answers the tenant. Returns nil if it could not
-    /// be stored (the node will send it again).
-    func finish(_ report: Hangar_V1_AttemptResult, from nodeID: String) async -> Hangar_V1_ResultAck? {
-        var ack = Hangar_V1_ResultAck()
-        ack.jobID = report.jobID
-        ack.attempt = report.attempt
-        guard var entry = jobs[report.jobID], entry.attempt == report.attempt, entry.nodeID == nodeID else {
-            if let stored = try? await store.job(id: report.jobID)?.result, stored.attempt == report.attempt,
-                stored.nodeID == nodeID
-            {
-                return ack  // a resend of a result we already have
-            }
-            if let entry = jobs[report.jobID], entry.finishing, entry.attempt == report.attempt {
-                return ack  // the same result is being stored right now
-            }
-            ack.stale = true
-            logger.info(
-                "stale result ignored",
-                metadata: ["job.id": "\(report.jobID)", "attempt": "\(report.attempt)", "node.id": "\(nodeID)"]
-            )
-            try? await store.write(
-                .staleResult(
-                    jobID: report.jobID,
-                    attempt: report.attempt,
-                    nodeID: nodeID,
-                    status: report.status.displayName
-                )
-            )
-            return ack
-        }
-        if entry.finishing { return ack }
-        entry.finishing = true
-        jobs[report.jobID] = entry
-        let result = makeResult(entry, report, nodeID: nodeID)
-        do {
-            try await store.write(.jobFinished(result))
-        } catch {
-            logger.error("could not store result", metadata: ["job.id": "\(report.jobID)", "error": "\(error)"])
-            jobs[report.jobID]?.finishing = false
-            return nil
-        }
-        complete(entry, with: result)
-        cluster.release(nodeID)
-        pump()
-        return ack
-    }
-
-    private func makeResult(_ entry: JobEntry, _ report: Hangar_V1_AttemptResult, nodeID: String) -> Hangar_V1_Result {
-        var result = Hangar_V1_Result()
-        result.jobID = entry.id
-        result.tenant = entry.submission.tenant
-        result.requestID = entry.submission.requestID
-        result.status = report.status
-        result.exitCode = report.exitCode
-        result.signal = report.signal
-        result.stdout = report.stdout
-        result.stderr = report.stderr
-        result.stdoutTruncated = report.stdoutTruncated
-        result.stderrTruncated = report.stderrTruncated
-        result.usage = report.usage
-        result.nodeID = nodeID
-        result.attempt = report.attempt
-        result.message = report.message
-        let now = ContinuousClock.now
-        result.timings.queuedMs = entry.acceptedAt.milliseconds(until: entry.placedAt ?? now)
-        result.timings.placementMs = entry.placementMilliseconds
-        result.timings.startMs = report.startMs
-        result.timings.runMs = report.runMs
-        result.timings.totalMs = entry.acceptedAt.milliseconds(until: now)
-        result.finishedAtMs = unixMilliseconds()
-        return result
-    }
-
-    private func reject(_ entry: JobEntry, _ rejection: Rejection) {
-        var result = Hangar_V1_Result()
-        result.jobID = entry.id
-        result.tenant = entry.submission.tenant
-        result.requestID = entry.submission.requestID
-        result.status = .rejected
-        result.rejected = rejection.rejected
-        result.message = rejection.rejected.message
-        result.attempt = entry.attempt
-        result.timings.totalMs = entry.acceptedAt.milliseconds(until: .now)
-        result.finishedAtMs = unixMilliseconds()
-        complete(entry, with: result)
-        let store = self.store
-        let logger = self.logger
-        Task {
-            do { try await store.write(.jobRejected(result)) } catch {
-                logger.error("could not store rejection", metadata: ["job.id": "\(entry.id)", "error": "\(error)"])
-            }
-        }
-    }
-
-    /// Forgets the finished job and delivers its result to every waiter and the result subject.
-    private func complete(_ entry: JobEntry, with result: Hangar_V1_Result) {
-        jobs.removeValue(forKey: entry.id)
-        if let key = entry.requestKey { byRequest.removeValue(forKey: key) }
-        for waiter in entry.waiters {
-            send(waiter, submitReply: .result(result))
-        }
-        if let payload = try? result.serializedData() {
-            try? nats.publish(Subjects.result(tenant: entry.submission.tenant, job: entry.id), payload: payload)
-        }
-        logger.debug(
-            "finished",
-            metadata: [
-                "job.id": "\(entry.id)", "status": "\(result.status.displayName)", "node.id": "\(result.nodeID)",
-            ]
-        )
-    }
-
     // MARK: Replies
 
     nonisolated func reply(to replyTo: String?, rejection: Rejection) {
@@ -469,5 +258,9 @@ public actor Scheduler {
         } catch {
             logger.warning("could not reply", metadata: ["nats.subject": "\(replyTo)", "error": "\(error)"])
         }
+    }
+
+    nonisolated func modificationDate(_ path: String) -> Date? {
+        (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
     }
 }

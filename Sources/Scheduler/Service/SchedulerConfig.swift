@@ -2,14 +2,21 @@
 public struct SchedulerConfig: Sendable {
     /// SQLite database file; its folder must exist.
     public var databasePath: String
-    /// A node whose last heartbeat is older than this is down.
-    public var nodeDownAfter: Duration = .seconds(5)
+    /// A node whose last heartbeat is older than `nodeTTL + nodeGrace` is down; its attempts are LOST.
+    public var nodeTTL: Duration = .seconds(3)
+    public var nodeGrace: Duration = .seconds(2)
     /// How long a job may wait for capacity before it is rejected with `no_capacity`.
     public var queueTimeout: Duration = .seconds(30)
     /// How long a node has to answer an assignment.
     public var assignTimeout: Duration = .seconds(2)
-    /// Most jobs waiting for capacity at once; beyond it submissions get `queue_full`.
-    public var maxQueued = 100_000
+    /// Spread load across nodes, or pack it onto as few as possible.
+    public var placementPolicy: PlacementPolicy = .spread
+    /// Allocatable CPU per node is its cores times this.
+    public var cpuOvercommit: Double = 4
+    /// The tenants file (YAML, see `TenantDirectory`); nil: every tenant gets the defaults. Re-read
+    /// when it changes.
+    public var tenantsFile: String?
+    public var tenants = TenantDirectory()
     public var validator = RequestValidator()
 
     public init(databasePath: String) {

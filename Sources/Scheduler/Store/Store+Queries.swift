@@ -37,6 +37,41 @@ extension Store {
         }
     }
 
+    /// Every node's operator settings.
+    public func nodeControls() async throws -> [String: NodeControl] {
+        try await pool.read { db in
+            var controls: [String: NodeControl] = [:]
+            for row in try Row.fetchAll(
+                db,
+                sql: "SELECT node_id, eligible, draining, drain_deadline FROM node_controls"
+            ) {
+                controls[row["node_id"]] = NodeControl(
+                    eligible: row["eligible"],
+                    draining: row["draining"],
+                    drainDeadline: row["drain_deadline"]
+                )
+            }
+            return controls
+        }
+    }
+
+    /// Audit events in order, optionally for one job (for operators and tests).
+    public func auditEvents(jobID: String? = nil) async throws -> [(actor: String, event: String, detail: String)] {
+        try await pool.read { db in
+            let rows: [Row]
+            if let jobID {
+                rows = try Row.fetchAll(
+                    db,
+                    sql: "SELECT actor, event, detail FROM audit WHERE job_id = ? ORDER BY seq",
+                    arguments: [jobID]
+                )
+            } else {
+                rows = try Row.fetchAll(db, sql: "SELECT actor, event, detail FROM audit ORDER BY seq")
+            }
+            return rows.map { (actor: $0["actor"], event: $0["event"], detail: $0["detail"]) }
+        }
+    }
+
     /// Counts rows of a table (for tests and operators).
     public func count(_ table: String) async throws -> Int {
         precondition(["jobs", "attempts", "results", "audit"].contains(table), "unknown table \(table)")

@@ -81,7 +81,35 @@ public final class Store: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v2-node-controls") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE node_controls (
+                        node_id TEXT PRIMARY KEY,
+                        eligible INTEGER NOT NULL,
+                        draining INTEGER NOT NULL,
+                        drain_deadline INTEGER NOT NULL,
+                        updated_by TEXT NOT NULL,
+                        updated_at INTEGER NOT NULL
+                    );
+                    """
+            )
+        }
         return migrator
+    }
+}
+
+/// An operator's settings for one node.
+public struct NodeControl: Sendable, Equatable {
+    public var eligible = true
+    public var draining = false
+    /// Unix ms; 0 = no deadline.
+    public var drainDeadline: Int64 = 0
+
+    public init(eligible: Bool = true, draining: Bool = false, drainDeadline: Int64 = 0) {
+        self.eligible = eligible
+        self.draining = draining
+        self.drainDeadline = drainDeadline
     }
 }
 
@@ -97,6 +125,10 @@ public enum StoreWrite: Sendable {
     case attemptEnded(jobID: String, attempt: UInt32, status: String, detail: String)
     /// The job reached its terminal result.
     case jobFinished(Hangar_V1_Result)
+    /// An operator changed a node's eligibility or drain.
+    case nodeControl(nodeID: String, control: NodeControl, actor: String, event: String)
+    /// Any other audit event.
+    case audit(actor: String, event: String, jobID: String?, detail: String)
     /// A result arrived for an attempt that is not current; kept in the audit only.
     case staleResult(jobID: String, attempt: UInt32, nodeID: String, status: String)
 }
@@ -213,11 +245,33 @@ extension StoreWrite {
             try audit(
                 db,
                 at: now,
-                actor: "node:\(result.nodeID)",
+                actor: result.nodeID.isEmpty ? "scheduler" : "node:\(result.nodeID)",
                 event: "job.finished",
                 jobID: result.jobID,
                 detail: status
             )
+        case .nodeControl(let nodeID, let control, let actor, let event):
+            try db.execute(
+                sql: """
+                    INSERT INTO node_controls (node_id, eligible, draining, drain_deadline, updated_by, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(node_id) DO UPDATE SET eligible = excluded.eligible, draining = excluded.draining,
+                        drain_deadline = excluded.drain_deadline, updated_by = excluded.updated_by,
+                        updated_at = excluded.updated_at
+                    """,
+                arguments: [nodeID, control.eligible, control.draining, control.drainDeadline, actor, now]
+            )
+            try audit(
+                db,
+                at: now,
+                actor: actor,
+                event: event,
+                jobID: nil,
+                detail:
+                    "\(nodeID) eligible=\(control.eligible) draining=\(control.draining) deadline=\(control.drainDeadline)"
+            )
+        case .audit(let actor, let event, let jobID, let detail):
+            try audit(db, at: now, actor: actor, event: event, jobID: jobID, detail: detail)
         case .staleResult(let jobID, let attempt, let nodeID, let status):
             try audit(
                 db,

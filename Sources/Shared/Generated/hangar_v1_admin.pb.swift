@@ -25,8 +25,15 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
 public nonisolated enum Hangar_V1_NodeState: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
   case unspecified // = 0
+
+  /// heartbeats arrive; takes work if eligible and not draining
   case up // = 1
+
+  /// heartbeats stopped for longer than TTL + grace
   case down // = 2
+
+  /// up, takes no new work; running jobs finish
+  case draining // = 3
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -38,6 +45,7 @@ public nonisolated enum Hangar_V1_NodeState: SwiftProtobuf.Enum, Swift.CaseItera
     case 0: self = .unspecified
     case 1: self = .up
     case 2: self = .down
+    case 3: self = .draining
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -47,6 +55,7 @@ public nonisolated enum Hangar_V1_NodeState: SwiftProtobuf.Enum, Swift.CaseItera
     case .unspecified: return 0
     case .up: return 1
     case .down: return 2
+    case .draining: return 3
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -56,6 +65,7 @@ public nonisolated enum Hangar_V1_NodeState: SwiftProtobuf.Enum, Swift.CaseItera
     .unspecified,
     .up,
     .down,
+    .draining,
   ]
 
 }
@@ -90,11 +100,91 @@ public nonisolated struct Hangar_V1_NodeInfo: @unchecked Sendable {
     set {_uniqueStorage()._lastSeenMsAgo = newValue}
   }
 
+  /// operators can switch a node off for new work
+  public var eligible: Bool {
+    get {_storage._eligible}
+    set {_uniqueStorage()._eligible = newValue}
+  }
+
+  public var draining: Bool {
+    get {_storage._draining}
+    set {_uniqueStorage()._draining = newValue}
+  }
+
+  /// unix ms; 0 = none. Jobs still running then are stopped and retried elsewhere
+  public var drainDeadlineMs: Int64 {
+    get {_storage._drainDeadlineMs}
+    set {_uniqueStorage()._drainDeadlineMs = newValue}
+  }
+
+  public var cpuMillisReserved: UInt32 {
+    get {_storage._cpuMillisReserved}
+    set {_uniqueStorage()._cpuMillisReserved = newValue}
+  }
+
+  public var memoryBytesReserved: UInt64 {
+    get {_storage._memoryBytesReserved}
+    set {_uniqueStorage()._memoryBytesReserved = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// hangar.admin.drain: stop placing on a node (or undo it with drain = false).
+public nonisolated struct Hangar_V1_DrainRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var nodeID: String = String()
+
+  public var drain: Bool = false
+
+  /// from now; 0 = let running jobs finish however long they take
+  public var deadlineMs: UInt32 = 0
+
+  /// who asks, for the audit
+  public var actor: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// hangar.admin.eligibility: switch a node on or off for new work.
+public nonisolated struct Hangar_V1_EligibilityRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var nodeID: String = String()
+
+  public var eligible: Bool = false
+
+  public var actor: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Reply to drain and eligibility.
+public nonisolated struct Hangar_V1_AdminReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var ok: Bool = false
+
+  public var message: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// hangar.admin.nodes
@@ -189,18 +279,23 @@ public nonisolated struct Hangar_V1_JobReply: Sendable {
 fileprivate nonisolated let _protobuf_package = "hangar.v1"
 
 nonisolated extension Hangar_V1_NodeState: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0NODE_STATE_UNSPECIFIED\0\u{1}UP\0\u{1}DOWN\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0NODE_STATE_UNSPECIFIED\0\u{1}NODE_STATE_UP\0\u{1}NODE_STATE_DOWN\0\u{1}NODE_STATE_DRAINING\0")
 }
 
 nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}last_heartbeat\0\u{1}state\0\u{3}slots_reserved\0\u{3}last_seen_ms_ago\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}last_heartbeat\0\u{1}state\0\u{3}slots_reserved\0\u{3}last_seen_ms_ago\0\u{1}eligible\0\u{1}draining\0\u{3}drain_deadline_ms\0\u{3}cpu_millis_reserved\0\u{3}memory_bytes_reserved\0")
 
   fileprivate class _StorageClass {
     var _lastHeartbeat: Hangar_V1_NodeHeartbeat? = nil
     var _state: Hangar_V1_NodeState = .unspecified
     var _slotsReserved: UInt32 = 0
     var _lastSeenMsAgo: Int64 = 0
+    var _eligible: Bool = false
+    var _draining: Bool = false
+    var _drainDeadlineMs: Int64 = 0
+    var _cpuMillisReserved: UInt32 = 0
+    var _memoryBytesReserved: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -215,6 +310,11 @@ nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._
       _state = source._state
       _slotsReserved = source._slotsReserved
       _lastSeenMsAgo = source._lastSeenMsAgo
+      _eligible = source._eligible
+      _draining = source._draining
+      _drainDeadlineMs = source._drainDeadlineMs
+      _cpuMillisReserved = source._cpuMillisReserved
+      _memoryBytesReserved = source._memoryBytesReserved
     }
   }
 
@@ -237,6 +337,11 @@ nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._
         case 2: try { try decoder.decodeSingularEnumField(value: &_storage._state) }()
         case 3: try { try decoder.decodeSingularUInt32Field(value: &_storage._slotsReserved) }()
         case 4: try { try decoder.decodeSingularInt64Field(value: &_storage._lastSeenMsAgo) }()
+        case 5: try { try decoder.decodeSingularBoolField(value: &_storage._eligible) }()
+        case 6: try { try decoder.decodeSingularBoolField(value: &_storage._draining) }()
+        case 7: try { try decoder.decodeSingularInt64Field(value: &_storage._drainDeadlineMs) }()
+        case 8: try { try decoder.decodeSingularUInt32Field(value: &_storage._cpuMillisReserved) }()
+        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._memoryBytesReserved) }()
         default: break
         }
       }
@@ -261,6 +366,21 @@ nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._
       if _storage._lastSeenMsAgo != 0 {
         try visitor.visitSingularInt64Field(value: _storage._lastSeenMsAgo, fieldNumber: 4)
       }
+      if _storage._eligible != false {
+        try visitor.visitSingularBoolField(value: _storage._eligible, fieldNumber: 5)
+      }
+      if _storage._draining != false {
+        try visitor.visitSingularBoolField(value: _storage._draining, fieldNumber: 6)
+      }
+      if _storage._drainDeadlineMs != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._drainDeadlineMs, fieldNumber: 7)
+      }
+      if _storage._cpuMillisReserved != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._cpuMillisReserved, fieldNumber: 8)
+      }
+      if _storage._memoryBytesReserved != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._memoryBytesReserved, fieldNumber: 9)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -274,10 +394,135 @@ nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._state != rhs_storage._state {return false}
         if _storage._slotsReserved != rhs_storage._slotsReserved {return false}
         if _storage._lastSeenMsAgo != rhs_storage._lastSeenMsAgo {return false}
+        if _storage._eligible != rhs_storage._eligible {return false}
+        if _storage._draining != rhs_storage._draining {return false}
+        if _storage._drainDeadlineMs != rhs_storage._drainDeadlineMs {return false}
+        if _storage._cpuMillisReserved != rhs_storage._cpuMillisReserved {return false}
+        if _storage._memoryBytesReserved != rhs_storage._memoryBytesReserved {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_DrainRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DrainRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}drain\0\u{3}deadline_ms\0\u{1}actor\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.drain) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.deadlineMs) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.actor) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.nodeID.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeID, fieldNumber: 1)
+    }
+    if self.drain != false {
+      try visitor.visitSingularBoolField(value: self.drain, fieldNumber: 2)
+    }
+    if self.deadlineMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.deadlineMs, fieldNumber: 3)
+    }
+    if !self.actor.isEmpty {
+      try visitor.visitSingularStringField(value: self.actor, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_DrainRequest, rhs: Hangar_V1_DrainRequest) -> Bool {
+    if lhs.nodeID != rhs.nodeID {return false}
+    if lhs.drain != rhs.drain {return false}
+    if lhs.deadlineMs != rhs.deadlineMs {return false}
+    if lhs.actor != rhs.actor {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_EligibilityRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EligibilityRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}eligible\0\u{1}actor\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.eligible) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.actor) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.nodeID.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeID, fieldNumber: 1)
+    }
+    if self.eligible != false {
+      try visitor.visitSingularBoolField(value: self.eligible, fieldNumber: 2)
+    }
+    if !self.actor.isEmpty {
+      try visitor.visitSingularStringField(value: self.actor, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_EligibilityRequest, rhs: Hangar_V1_EligibilityRequest) -> Bool {
+    if lhs.nodeID != rhs.nodeID {return false}
+    if lhs.eligible != rhs.eligible {return false}
+    if lhs.actor != rhs.actor {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_AdminReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AdminReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ok\0\u{1}message\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.ok) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.message) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.ok != false {
+      try visitor.visitSingularBoolField(value: self.ok, fieldNumber: 1)
+    }
+    if !self.message.isEmpty {
+      try visitor.visitSingularStringField(value: self.message, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_AdminReply, rhs: Hangar_V1_AdminReply) -> Bool {
+    if lhs.ok != rhs.ok {return false}
+    if lhs.message != rhs.message {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

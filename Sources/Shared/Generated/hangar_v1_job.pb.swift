@@ -183,6 +183,9 @@ public nonisolated enum Hangar_V1_RejectReason: SwiftProtobuf.Enum, Swift.CaseIt
   case quotaExceeded // = 6
   case queueFull // = 7
   case shuttingDown // = 8
+
+  /// the tenant may not use this runtime or template
+  case notAllowed // = 9
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -200,6 +203,7 @@ public nonisolated enum Hangar_V1_RejectReason: SwiftProtobuf.Enum, Swift.CaseIt
     case 6: self = .quotaExceeded
     case 7: self = .queueFull
     case 8: self = .shuttingDown
+    case 9: self = .notAllowed
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -215,6 +219,7 @@ public nonisolated enum Hangar_V1_RejectReason: SwiftProtobuf.Enum, Swift.CaseIt
     case .quotaExceeded: return 6
     case .queueFull: return 7
     case .shuttingDown: return 8
+    case .notAllowed: return 9
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -230,6 +235,7 @@ public nonisolated enum Hangar_V1_RejectReason: SwiftProtobuf.Enum, Swift.CaseIt
     .quotaExceeded,
     .queueFull,
     .shuttingDown,
+    .notAllowed,
   ]
 
 }
@@ -411,11 +417,70 @@ public nonisolated struct Hangar_V1_SubmitRequest: @unchecked Sendable {
     set {_uniqueStorage()._wait = newValue}
   }
 
+  /// when a node dies under the job; unset = the scheduler's default
+  public var retry: Hangar_V1_RetryPolicy {
+    get {_storage._retry ?? Hangar_V1_RetryPolicy()}
+    set {_uniqueStorage()._retry = newValue}
+  }
+  /// Returns true if `retry` has been explicitly set.
+  public var hasRetry: Bool {_storage._retry != nil}
+  /// Clears the value of `retry`. Subsequent reads from it will return its default value.
+  public mutating func clearRetry() {_uniqueStorage()._retry = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// What to do when an attempt is LOST (its node died or was drained past its deadline).
+public nonisolated struct Hangar_V1_RetryPolicy: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// 1 = never retry; 0 = the scheduler's default (3)
+  public var maxAttempts: UInt32 = 0
+
+  /// wait before the next attempt, doubled each time; 0 = default (100 ms)
+  public var backoffMs: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// hangar.cancel.<tenant>: stop one of the tenant's own jobs.
+public nonisolated struct Hangar_V1_CancelRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_CancelReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// the job was queued or running and is now CANCELLED
+  public var cancelled: Bool = false
+
+  /// why not: unknown job, already finished, not this tenant's
+  public var message: String = String()
+
+  /// the job's status after the call
+  public var status: Hangar_V1_JobStatus = .unspecified
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// The job was taken; its result comes on hangar.result.<tenant>.<job_id>.
@@ -671,7 +736,7 @@ nonisolated extension Hangar_V1_NetworkMode: SwiftProtobuf._ProtoNameProviding {
 }
 
 nonisolated extension Hangar_V1_RejectReason: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0REJECT_REASON_UNSPECIFIED\0\u{1}INVALID_REQUEST\0\u{1}NO_CAPACITY\0\u{1}LIMIT_EXCEEDED\0\u{1}UNSUPPORTED\0\u{1}RATE_LIMITED\0\u{1}QUOTA_EXCEEDED\0\u{1}QUEUE_FULL\0\u{1}SHUTTING_DOWN\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0REJECT_REASON_UNSPECIFIED\0\u{1}INVALID_REQUEST\0\u{1}NO_CAPACITY\0\u{1}LIMIT_EXCEEDED\0\u{1}UNSUPPORTED\0\u{1}RATE_LIMITED\0\u{1}QUOTA_EXCEEDED\0\u{1}QUEUE_FULL\0\u{1}SHUTTING_DOWN\0\u{1}NOT_ALLOWED\0")
 }
 
 nonisolated extension Hangar_V1_NetworkPolicy: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -851,7 +916,7 @@ nonisolated extension Hangar_V1_Code: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SubmitRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}runtime\0\u{1}template\0\u{1}argv\0\u{1}code\0\u{1}stdin\0\u{1}env\0\u{1}cwd\0\u{1}files\0\u{1}limits\0\u{1}network\0\u{1}priority\0\u{1}labels\0\u{1}wait\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}runtime\0\u{1}template\0\u{1}argv\0\u{1}code\0\u{1}stdin\0\u{1}env\0\u{1}cwd\0\u{1}files\0\u{1}limits\0\u{1}network\0\u{1}priority\0\u{1}labels\0\u{1}wait\0\u{1}retry\0")
 
   fileprivate class _StorageClass {
     var _requestID: String = String()
@@ -868,6 +933,7 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
     var _priority: Int32 = 0
     var _labels: Dictionary<String,String> = [:]
     var _wait: Bool = false
+    var _retry: Hangar_V1_RetryPolicy? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -892,6 +958,7 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
       _priority = source._priority
       _labels = source._labels
       _wait = source._wait
+      _retry = source._retry
     }
   }
 
@@ -924,6 +991,7 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
         case 12: try { try decoder.decodeSingularInt32Field(value: &_storage._priority) }()
         case 13: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._labels) }()
         case 14: try { try decoder.decodeSingularBoolField(value: &_storage._wait) }()
+        case 15: try { try decoder.decodeSingularMessageField(value: &_storage._retry) }()
         default: break
         }
       }
@@ -978,6 +1046,9 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
       if _storage._wait != false {
         try visitor.visitSingularBoolField(value: _storage._wait, fieldNumber: 14)
       }
+      try { if let v = _storage._retry {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1001,10 +1072,116 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
         if _storage._priority != rhs_storage._priority {return false}
         if _storage._labels != rhs_storage._labels {return false}
         if _storage._wait != rhs_storage._wait {return false}
+        if _storage._retry != rhs_storage._retry {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_RetryPolicy: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RetryPolicy"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}max_attempts\0\u{3}backoff_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.maxAttempts) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.backoffMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.maxAttempts != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxAttempts, fieldNumber: 1)
+    }
+    if self.backoffMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.backoffMs, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_RetryPolicy, rhs: Hangar_V1_RetryPolicy) -> Bool {
+    if lhs.maxAttempts != rhs.maxAttempts {return false}
+    if lhs.backoffMs != rhs.backoffMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_CancelRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CancelRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_CancelRequest, rhs: Hangar_V1_CancelRequest) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_CancelReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CancelReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}cancelled\0\u{1}message\0\u{1}status\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.cancelled) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.message) }()
+      case 3: try { try decoder.decodeSingularEnumField(value: &self.status) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.cancelled != false {
+      try visitor.visitSingularBoolField(value: self.cancelled, fieldNumber: 1)
+    }
+    if !self.message.isEmpty {
+      try visitor.visitSingularStringField(value: self.message, fieldNumber: 2)
+    }
+    if self.status != .unspecified {
+      try visitor.visitSingularEnumField(value: self.status, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_CancelReply, rhs: Hangar_V1_CancelReply) -> Bool {
+    if lhs.cancelled != rhs.cancelled {return false}
+    if lhs.message != rhs.message {return false}
+    if lhs.status != rhs.status {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

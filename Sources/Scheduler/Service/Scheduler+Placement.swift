@@ -1,0 +1,164 @@
+import Foundation
+import HangarNATS
+import HangarShared
+
+extension Scheduler {
+    /// Places queued jobs while some fit: the tenant with the smallest weighted dominant share goes
+    /// first, its highest-priority job first. Jobs of a shape that found no node wait for the next
+    /// heartbeat, result or operator action.
+    func pump() {
+        let totals = cluster.totals
+        var blockedShapes: [PlacementRequest: String] = [:]
+        var blockedTenants: Set<String> = []
+        let tenants = self.tenants
+        while let tenant = queue.nextTenant(
+            weight: { tenants.policy(for: $0).weight },
+            totals: totals,
+            allowed: { tenant, usage in
+                !blockedTenants.contains(tenant) && usage.running < tenants.policy(for: tenant).maxConcurrent
+            }
+        ) {
+            guard let item = queue.peek(tenant: tenant) else {
+                blockedTenants.insert(tenant)
+                continue
+            }
+            guard var entry = jobs[item.jobID], entry.nodeID == nil else {
+                _ = queue.pop(tenant: tenant)
+                continue
+            }
+            let policy = tenants.policy(for: tenant)
+            let usage = queue.usage[tenant] ?? FairQueue.Usage()
+            if usage.cpuMillis + entry.request.cpuMillis > policy.maxCPUMillis
+                || usage.memoryBytes + entry.request.memoryBytes > policy.maxMemoryBytes
+            {
+                entry.lastPlacementProblem =
+                    "tenant '\(tenant)' holds its CPU or memory quota; waiting for its jobs to finish"
+                jobs[entry.id] = entry
+                blockedTenants.insert(tenant)
+                continue
+            }
+            let shape = entry.request.shape
+            if let why = blockedShapes[shape] {
+                jobs[entry.id]?.lastPlacementProblem = why
+                blockedTenants.insert(tenant)
+                continue
+            }
+            switch cluster.place(entry.request, policy: config.placementPolicy) {
+            case .ranked(let nodes):
+                _ = queue.pop(tenant: tenant)
+                start(&entry, on: nodes[0])
+            case .wait(let why):
+                blockedShapes[shape] = why
+                jobs[entry.id]?.lastPlacementProblem = why
+                blockedTenants.insert(tenant)
+            case .impossible(let why):
+                _ = queue.pop(tenant: tenant)
+                finishRejected(entry, Rejection(.noCapacity, "runtime", why))
+            }
+        }
+    }
+
+    /// Reserves `nodeID` for the job's next attempt and sends the assignment.
+    private func start(_ entry: inout JobEntry, on nodeID: String) {
+        let now = ContinuousClock.now
+        cluster.reserve(nodeID, entry.request)
+        queue.started(tenant: entry.tenant, cpuMillis: entry.request.cpuMillis, memoryBytes: entry.request.memoryBytes)
+        entry.attempt += 1
+        entry.nodeID = nodeID
+        entry.placedAt = now
+        jobs[entry.id] = entry
+        var assignment = Hangar_V1_Assignment()
+        assignment.jobID = entry.id
+        assignment.tenant = entry.tenant
+        assignment.attempt = entry.attempt
+        assignment.spec = entry.submission.spec
+        assignment.assignedAtMs = unixMilliseconds()
+        Task { await self.dispatch(assignment, to: nodeID, decidedAt: now) }
+    }
+
+    /// Gives back what the job's current attempt holds on its node.
+    func releaseAttempt(_ entry: inout JobEntry) {
+        guard let nodeID = entry.nodeID else { return }
+        cluster.release(nodeID, entry.request)
+        queue.finished(tenant: entry.tenant, cpuMillis: entry.request.cpuMillis, memoryBytes: entry.request.memoryBytes)
+        entry.nodeID = nil
+        jobs[entry.id] = entry
+    }
+
+    /// Puts a job back in its tenant's queue, at its old place.
+    func requeue(_ entry: JobEntry) {
+        queue.enqueue(
+            tenant: entry.tenant,
+            jobID: entry.id,
+            priority: entry.submission.priority,
+            sequence: entry.sequence
+        )
+    }
+
+    nonisolated func dispatch(
+        _ assignment: Hangar_V1_Assignment,
+        to nodeID: String,
+        decidedAt: ContinuousClock.Instant
+    ) async {
+        let jobID = assignment.jobID
+        let attempt = assignment.attempt
+        // Not awaited: the group committer applies writes in order, so this lands before the result
+        // of the attempt, and dispatch does not wait for a commit.
+        let store = self.store
+        let logger = self.logger
+        Task {
+            do {
+                try await store.write(
+                    .attemptPlaced(jobID: jobID, attempt: attempt, nodeID: nodeID, at: unixMilliseconds())
+                )
+            } catch {
+                logger.error("could not record attempt", metadata: ["job.id": "\(jobID)", "error": "\(error)"])
+            }
+        }
+        do {
+            let answer = try await nats.request(
+                Subjects.assign(node: nodeID),
+                payload: try assignment.serializedData(),
+                timeout: config.assignTimeout
+            )
+            let decoded = try Hangar_V1_AssignReply(serializedBytes: answer.payload)
+            switch decoded.outcome {
+            case .ack:
+                await assigned(jobID: jobID, attempt: attempt, decidedAt: decidedAt)
+            case .refused(let refused):
+                await assignmentFailed(
+                    jobID: jobID,
+                    attempt: attempt,
+                    nodeID: nodeID,
+                    reason: "refused (\(refused.reason)): \(refused.message)"
+                )
+            case nil:
+                await assignmentFailed(jobID: jobID, attempt: attempt, nodeID: nodeID, reason: "empty reply")
+            }
+        } catch {
+            await assignmentFailed(jobID: jobID, attempt: attempt, nodeID: nodeID, reason: "\(error)")
+        }
+    }
+
+    func assigned(jobID: String, attempt: UInt32, decidedAt: ContinuousClock.Instant) {
+        guard var entry = jobs[jobID], entry.attempt == attempt else { return }
+        entry.placementMilliseconds = decidedAt.milliseconds(until: .now)
+        jobs[jobID] = entry
+    }
+
+    /// The node refused or did not answer: skip it until its next heartbeat and try the next one.
+    func assignmentFailed(jobID: String, attempt: UInt32, nodeID: String, reason: String) async {
+        cluster.markRefusing(nodeID)
+        logger.info(
+            "assignment failed; placing again",
+            metadata: ["job.id": "\(jobID)", "attempt": "\(attempt)", "node.id": "\(nodeID)", "reason": "\(reason)"]
+        )
+        guard var entry = jobs[jobID], entry.attempt == attempt, entry.nodeID == nodeID, !entry.finishing else {
+            return
+        }
+        releaseAttempt(&entry)
+        requeue(entry)
+        pump()
+        try? await store.write(.attemptEnded(jobID: jobID, attempt: attempt, status: "REFUSED", detail: reason))
+    }
+}

@@ -1,0 +1,47 @@
+/// What one tenant may do: its fair-share weight, quotas, rate limit and request limits.
+public struct TenantPolicy: Sendable, Equatable {
+    /// Share of the cluster under contention, relative to other tenants (weighted DRF).
+    public var weight: Double = 1
+    /// Jobs running at once; more wait in the tenant's queue.
+    public var maxConcurrent = 256
+    /// CPU (millicores) and memory the tenant's running jobs may hold at once.
+    public var maxCPUMillis: UInt64 = 1_000_000
+    public var maxMemoryBytes: UInt64 = 1 << 40
+    /// Token bucket: sustained submissions per second and the burst above it.
+    public var rate: Double = 1000
+    public var burst: Double = 2000
+    /// Jobs waiting in the tenant's queue; beyond it submissions get `queue_full`.
+    public var maxQueued = 10_000
+    /// Runtimes and templates the tenant may use; nil means all.
+    public var runtimes: Set<String>?
+    public var templates: Set<String>?
+    public var priorities: ClosedRange<Int32> = 0...9
+    public var limits = LimitPolicy()
+
+    public init() {}
+}
+
+/// Token bucket rate limiter (pure: the caller passes the time).
+public struct TokenBucket: Sendable {
+    public private(set) var tokens: Double
+    private var last: ContinuousClock.Instant
+
+    public init(burst: Double, now: ContinuousClock.Instant) {
+        tokens = burst
+        last = now
+    }
+
+    /// Takes one token, or returns how long until one is available.
+    public mutating func take(rate: Double, burst: Double, now: ContinuousClock.Instant) -> Duration? {
+        let elapsed = last.duration(to: now)
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        tokens = min(burst, tokens + max(0, seconds) * rate)
+        last = now
+        if tokens >= 1 {
+            tokens -= 1
+            return nil
+        }
+        guard rate > 0 else { return .seconds(3600) }
+        return .milliseconds(Int64(((1 - tokens) / rate * 1000).rounded(.up)))
+    }
+}

@@ -1,0 +1,124 @@
+import ArgumentParser
+import Foundation
+import HangarNATS
+import HangarShared
+
+struct DrainCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "drain",
+        abstract:
+            "Stop placing new jobs on a node; running jobs finish (or are stopped and retried elsewhere at the deadline)."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @Option(
+        help: "Seconds to let running jobs finish; then they are stopped and retried elsewhere. Default: no deadline."
+    )
+    var deadline: Double?
+    @Flag(help: "Undo: the node takes new work again.")
+    var undo = false
+    @Argument(help: "The node id.")
+    var node: String
+
+    func run() async throws {
+        var request = Hangar_V1_DrainRequest()
+        request.nodeID = node
+        request.drain = !undo
+        if let deadline {
+            guard deadline > 0, deadline < 86_400 * 7 else {
+                throw ValidationError("--deadline must be between 0 and 604800 seconds")
+            }
+            request.deadlineMs = UInt32((deadline * 1000).rounded(.up))
+        }
+        request.actor = operatorName()
+        try await sendAdmin("drain", request, connection: connection)
+    }
+}
+
+struct EligibilityCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eligibility",
+        abstract: "Switch a node on or off for new jobs (running jobs are not touched)."
+    )
+
+    enum Setting: String, ExpressibleByArgument, CaseIterable { case on, off }
+
+    @OptionGroup var connection: ConnectionOptions
+    @Argument(help: "The node id.")
+    var node: String
+    @Argument(help: "on or off.")
+    var setting: Setting
+
+    func run() async throws {
+        var request = Hangar_V1_EligibilityRequest()
+        request.nodeID = node
+        request.eligible = setting == .on
+        request.actor = operatorName()
+        try await sendAdmin("eligibility", request, connection: connection)
+    }
+}
+
+struct CancelCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cancel",
+        abstract: "Cancel one of your queued or running jobs; its sandbox is killed and it ends CANCELLED."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Tenant the job belongs to. Env: HANGAR_TENANT. Default: default.")
+    var tenant: String?
+    @Flag(help: "Print JSON.")
+    var json = false
+    @Argument(help: "The job id.")
+    var id: String
+
+    func run() async throws {
+        let tenantName = tenant ?? ProcessInfo.processInfo.environment["HANGAR_TENANT"] ?? "default"
+        let nats = try await connection.connect(name: "hangar-cli-cancel", logger: cliLogger())
+        defer { Task { [nats] in await nats.close() } }
+        var request = Hangar_V1_CancelRequest()
+        request.jobID = id
+        let answer: NATSMessage
+        do {
+            answer = try await nats.request(
+                Subjects.cancel(tenant: tenantName),
+                payload: try request.serializedData(),
+                timeout: .seconds(5)
+            )
+        } catch let error as NATSError where error.kind == .noResponders {
+            throw CLIError(
+                "no scheduler is listening on \(Subjects.cancel(tenant: tenantName)); start one with `hangar dev`"
+            )
+        }
+        let reply = try Hangar_V1_CancelReply(serializedBytes: answer.payload)
+        if json {
+            print(try reply.jsonString())
+        } else if reply.cancelled {
+            print(reply.message)
+        } else {
+            printError(reply.message)
+        }
+        if !reply.cancelled { throw ExitCode(1) }
+    }
+}
+
+/// Sends an operator request and prints the answer; exits 1 if the scheduler refused it.
+func sendAdmin(_ verb: String, _ request: some SwiftProtobufMessage, connection: ConnectionOptions) async throws {
+    let nats = try await connection.connect(name: "hangar-cli-\(verb)", logger: cliLogger())
+    defer { Task { [nats] in await nats.close() } }
+    let answer = try await adminRequest(nats, verb, request)
+    let reply = try Hangar_V1_AdminReply(serializedBytes: answer.payload)
+    if reply.ok {
+        print(reply.message)
+    } else {
+        printError(reply.message)
+        throw ExitCode(1)
+    }
+}
+
+/// Who runs this command, for the audit trail: `user@host`.
+func operatorName() -> String {
+    let environment = ProcessInfo.processInfo.environment
+    let user = environment["USER"] ?? environment["LOGNAME"] ?? "uid\(getuid())"
+    return "\(user)@\(ProcessInfo.processInfo.hostName)"
+}
