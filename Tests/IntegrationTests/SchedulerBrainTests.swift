@@ -14,11 +14,8 @@ struct SchedulerBrainTests {
         try await withCluster(
             nodes: 3,
             slots: 4,
-            runtimes: { [DelayRuntime(delay: .milliseconds(1500))] },
-            configure: {
-                $0.nodeTTL = .milliseconds(500)
-                $0.nodeGrace = .milliseconds(300)
-            }
+            runtimes: [DelayRuntime(delay: .milliseconds(1500))],
+            settings: SchedulerSettings(nodeTTL: .milliseconds(500), nodeGrace: .milliseconds(300))
         ) { cluster in
             let count = 12
             let results = try await withThrowingTaskGroup(of: Hangar_V1_Result.self) { group in
@@ -62,11 +59,8 @@ struct SchedulerBrainTests {
         try await withCluster(
             nodes: 1,
             slots: 2,
-            runtimes: { [DelayRuntime(delay: .seconds(30))] },
-            configure: {
-                $0.nodeTTL = .milliseconds(500)
-                $0.nodeGrace = .milliseconds(300)
-            }
+            runtimes: [DelayRuntime(delay: .seconds(30))],
+            settings: SchedulerSettings(nodeTTL: .milliseconds(500), nodeGrace: .milliseconds(300))
         ) { cluster in
             var request = command("/bin/true", runtime: "null")
             request.retry.maxAttempts = 1
@@ -82,7 +76,7 @@ struct SchedulerBrainTests {
 
     @Test("a draining node gets no new work; the operator action is audited with who did it")
     func drainingNode() async throws {
-        try await withCluster(nodes: 2, slots: 8, runtimes: { [NullRuntime()] }) { cluster in
+        try await withCluster(nodes: 2, slots: 8, runtimes: [NullRuntime()]) { cluster in
             var drain = Hangar_V1_DrainRequest()
             drain.nodeID = "node-1"
             drain.drain = true
@@ -135,8 +129,8 @@ struct SchedulerBrainTests {
         try await withCluster(
             nodes: 1,
             slots: 4,
-            runtimes: { [DelayRuntime(delay: .milliseconds(50))] },
-            configure: { $0.tenantsFile = tenantsFile.path }
+            runtimes: [DelayRuntime(delay: .milliseconds(50))],
+            settings: SchedulerSettings(tenantsFile: tenantsFile.path)
         ) { cluster in
             let counts = Tally()
             let deadline = ContinuousClock.now + .seconds(4)
@@ -172,8 +166,8 @@ struct SchedulerBrainTests {
         try await withCluster(
             nodes: 1,
             slots: 8,
-            runtimes: { [NullRuntime()] },
-            configure: { $0.tenantsFile = tenantsFile.path }
+            runtimes: [NullRuntime()],
+            settings: SchedulerSettings(tenantsFile: tenantsFile.path)
         ) {
             cluster in
             var limited = 0

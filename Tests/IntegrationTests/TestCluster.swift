@@ -21,8 +21,8 @@ final class TestCluster: Sendable {
     static func start(
         nodes: Int = 2,
         slots: Int = 8,
-        runtimes: @Sendable () -> [any Runtime] = { [ProcessRuntime(), NullRuntime()] },
-        configure: (inout SchedulerConfig) -> Void = { _ in }
+        runtimes: [any Runtime] = [ProcessRuntime(), NullRuntime()],
+        settings: SchedulerSettings = SchedulerSettings()
     ) async throws -> TestCluster {
         let directory = try makeTemporaryDirectory("hangar-cluster")
         let server = try await LocalNATSServer(directory: directory.appendingPathComponent("nats"))
@@ -35,7 +35,7 @@ final class TestCluster: Sendable {
         let schedulerConnection = try await connect("scheduler")
         var config = SchedulerConfig(databasePath: databasePath)
         config.queueTimeout = .seconds(60)
-        configure(&config)
+        settings.apply(to: &config)
         let scheduler = Scheduler(
             config: config,
             nats: schedulerConnection,
@@ -50,7 +50,7 @@ final class TestCluster: Sendable {
             let agent = NodeAgent(
                 config: NodeConfig(nodeID: "node-\(index)", slots: slots),
                 nats: connection,
-                runtimes: runtimes(),
+                runtimes: runtimes,
                 logger: logger
             )
             tasks.append(Task { try await agent.run() })
@@ -173,11 +173,11 @@ func command(_ argv: String..., runtime: String = "process", timeoutMs: UInt32 =
 func withCluster(
     nodes: Int = 2,
     slots: Int = 8,
-    runtimes: @Sendable @escaping () -> [any Runtime] = { [ProcessRuntime(), NullRuntime()] },
-    configure: (inout SchedulerConfig) -> Void = { _ in },
+    runtimes: [any Runtime] = [ProcessRuntime(), NullRuntime()],
+    settings: SchedulerSettings = SchedulerSettings(),
     _ body: (TestCluster) async throws -> Void
 ) async throws {
-    let cluster = try await TestCluster.start(nodes: nodes, slots: slots, runtimes: runtimes, configure: configure)
+    let cluster = try await TestCluster.start(nodes: nodes, slots: slots, runtimes: runtimes, settings: settings)
     do {
         try await body(cluster)
     } catch {
@@ -202,5 +202,18 @@ struct DelayRuntime: Runtime {
             return RunOutcome(status: .cancelled)
         }
         return RunOutcome(status: .succeeded)
+    }
+}
+
+/// Scheduler settings a test changes from the defaults.
+struct SchedulerSettings {
+    var nodeTTL: Duration?
+    var nodeGrace: Duration?
+    var tenantsFile: String?
+
+    func apply(to config: inout SchedulerConfig) {
+        if let nodeTTL { config.nodeTTL = nodeTTL }
+        if let nodeGrace { config.nodeGrace = nodeGrace }
+        if let tenantsFile { config.tenantsFile = tenantsFile }
     }
 }
