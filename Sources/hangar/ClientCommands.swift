@@ -127,7 +127,8 @@ struct NodesCommand: AsyncParsableCommand {
         }
         var rows = [
             [
-                "NODE", "STATE", "SLOTS USED/RESERVED/TOTAL", "CPU RESERVED/TOTAL", "MEMORY RESERVED/TOTAL", "RUNTIMES",
+                "NODE", "STATE", "SLOTS USED/RESERVED/TOTAL", "CPU RESERVED/ALLOCATABLE", "MEMORY RESERVED/TOTAL",
+                "RUNTIMES",
                 "SEEN",
             ]
         ]
@@ -152,7 +153,7 @@ struct NodesCommand: AsyncParsableCommand {
                 String(
                     format: "%.1f/%.1f cores",
                     Double(node.cpuMillisReserved) / 1000,
-                    Double(capacity.cpuMillis) / 1000
+                    Double(node.cpuMillisAllocatable) / 1000
                 ),
                 String(
                     format: "%.1f/%.1f GiB",

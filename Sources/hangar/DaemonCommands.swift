@@ -89,8 +89,10 @@ struct SchedulingOptions: ParsableArguments {
             throw ValidationError("--placement must be spread or binpack")
         }
         config.placementPolicy = policy
-        guard nodeTTL > 0, nodeGrace >= 0, queueTimeout > 0 else {
-            throw ValidationError("--node-ttl and --queue-timeout must be above 0, --node-grace at least 0")
+        guard nodeTTL >= 1.5, nodeGrace >= 0, queueTimeout > 0 else {
+            throw ValidationError(
+                "--node-ttl must be at least 1.5 s (nodes report every second), --queue-timeout above 0, --node-grace at least 0"
+            )
         }
         config.nodeTTL = .milliseconds(Int64(nodeTTL * 1000))
         config.nodeGrace = .milliseconds(Int64(nodeGrace * 1000))

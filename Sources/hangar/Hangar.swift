@@ -12,8 +12,8 @@ struct Hangar: AsyncParsableCommand {
             """,
         version: "0.1.0",
         subcommands: [
-            DevCommand.self, SchedulerCommand.self, NodeCommand.self, RunCommand.self, NodesCommand.self,
-            JobCommand.self,
+            DevCommand.self, SchedulerCommand.self, NodeCommand.self, RunCommand.self, CancelCommand.self,
+            NodesCommand.self, JobCommand.self, DrainCommand.self, EligibilityCommand.self,
         ]
     )
 }

@@ -49,6 +49,20 @@ struct SchedulerBrainTests {
             #expect(stored == count)
             #expect(lost == 4)  // node-1 held 4 of the 12 (spread over 3 × 4 slots)
             #expect(retriedJobs == 4)
+            let attemptStatuses = try await queue.read { db in
+                try Row.fetchAll(
+                    db,
+                    sql: "SELECT job_id, attempt, node_id, status FROM attempts ORDER BY job_id, attempt"
+                )
+                .map {
+                    "\($0["job_id"] as String)/\($0["attempt"] as Int)@\($0["node_id"] as String)=\($0["status"] as String)"
+                }
+            }
+            // Only node-1's attempts were lost: the others kept heartbeating.
+            #expect(
+                attemptStatuses.filter { $0.hasSuffix("=LOST") }.allSatisfy { $0.contains("@node-1=") },
+                "\(attemptStatuses)"
+            )
             let nodes = try await cluster.admin("nodes", Hangar_V1_NodesRequest(), as: Hangar_V1_NodesReply.self)
             #expect(nodes.nodes.first { $0.lastHeartbeat.nodeID == "node-1" }?.state == .down)
         }

@@ -47,8 +47,10 @@ final class TestCluster: Sendable {
         for index in 1...max(1, nodes) where nodes > 0 {
             let connection = try await connect("node-\(index)")
             connections.append(connection)
+            var nodeConfig = NodeConfig(nodeID: "node-\(index)", slots: slots)
+            nodeConfig.heartbeatInterval = .milliseconds(200)
             let agent = NodeAgent(
-                config: NodeConfig(nodeID: "node-\(index)", slots: slots),
+                config: nodeConfig,
                 nats: connection,
                 runtimes: runtimes,
                 logger: logger

@@ -59,6 +59,7 @@ extension Scheduler {
             info.slotsReserved = UInt32(view.slotsReserved)
             info.cpuMillisReserved = UInt32(clamping: view.cpuReserved)
             info.memoryBytesReserved = view.memoryReserved
+            info.cpuMillisAllocatable = view.cpuMillis
             let (seconds, attoseconds) = (now - record.lastSeen).components
             info.lastSeenMsAgo = seconds * 1000 + attoseconds / 1_000_000_000_000_000
             return info

@@ -127,6 +127,12 @@ public nonisolated struct Hangar_V1_NodeInfo: @unchecked Sendable {
     set {_uniqueStorage()._memoryBytesReserved = newValue}
   }
 
+  /// cores × the scheduler's CPU overcommit
+  public var cpuMillisAllocatable: UInt64 {
+    get {_storage._cpuMillisAllocatable}
+    set {_uniqueStorage()._cpuMillisAllocatable = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -284,7 +290,7 @@ nonisolated extension Hangar_V1_NodeState: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}last_heartbeat\0\u{1}state\0\u{3}slots_reserved\0\u{3}last_seen_ms_ago\0\u{1}eligible\0\u{1}draining\0\u{3}drain_deadline_ms\0\u{3}cpu_millis_reserved\0\u{3}memory_bytes_reserved\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}last_heartbeat\0\u{1}state\0\u{3}slots_reserved\0\u{3}last_seen_ms_ago\0\u{1}eligible\0\u{1}draining\0\u{3}drain_deadline_ms\0\u{3}cpu_millis_reserved\0\u{3}memory_bytes_reserved\0\u{3}cpu_millis_allocatable\0")
 
   fileprivate class _StorageClass {
     var _lastHeartbeat: Hangar_V1_NodeHeartbeat? = nil
@@ -296,6 +302,7 @@ nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._
     var _drainDeadlineMs: Int64 = 0
     var _cpuMillisReserved: UInt32 = 0
     var _memoryBytesReserved: UInt64 = 0
+    var _cpuMillisAllocatable: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -315,6 +322,7 @@ nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._
       _drainDeadlineMs = source._drainDeadlineMs
       _cpuMillisReserved = source._cpuMillisReserved
       _memoryBytesReserved = source._memoryBytesReserved
+      _cpuMillisAllocatable = source._cpuMillisAllocatable
     }
   }
 
@@ -342,6 +350,7 @@ nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._
         case 7: try { try decoder.decodeSingularInt64Field(value: &_storage._drainDeadlineMs) }()
         case 8: try { try decoder.decodeSingularUInt32Field(value: &_storage._cpuMillisReserved) }()
         case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._memoryBytesReserved) }()
+        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._cpuMillisAllocatable) }()
         default: break
         }
       }
@@ -381,6 +390,9 @@ nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._
       if _storage._memoryBytesReserved != 0 {
         try visitor.visitSingularUInt64Field(value: _storage._memoryBytesReserved, fieldNumber: 9)
       }
+      if _storage._cpuMillisAllocatable != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._cpuMillisAllocatable, fieldNumber: 10)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -399,6 +411,7 @@ nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._
         if _storage._drainDeadlineMs != rhs_storage._drainDeadlineMs {return false}
         if _storage._cpuMillisReserved != rhs_storage._cpuMillisReserved {return false}
         if _storage._memoryBytesReserved != rhs_storage._memoryBytesReserved {return false}
+        if _storage._cpuMillisAllocatable != rhs_storage._cpuMillisAllocatable {return false}
         return true
       }
       if !storagesAreEqual {return false}
