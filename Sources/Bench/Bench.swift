@@ -15,6 +15,19 @@ struct Bench {
     static func main() async throws {
         let arguments = CommandLine.arguments.dropFirst()
         let quick = arguments.contains("--quick")
+        if arguments.contains("placement") {
+            print(PlacementBench.run(quick: quick))
+            return
+        }
+        if arguments.first == "publish-heartbeats", arguments.count == 4 {
+            let values = Array(arguments)
+            try await HeartbeatBench.publish(url: values[1], nodes: Int(values[2]) ?? 0, seconds: Int(values[3]) ?? 0)
+            return
+        }
+        if arguments.contains("heartbeats") {
+            print(try await HeartbeatBench.run(nodes: 10_000, seconds: quick ? 5 : 10))
+            return
+        }
         let sequential = quick ? 300 : 2000
         let concurrentJobs = quick ? 1000 : 5000
         let processJobs = quick ? 20 : 100

@@ -21,7 +21,7 @@ struct RunCommand: AsyncParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "Tenant to submit as. Env: HANGAR_TENANT. Default: default.")
     var tenant: String?
-    @Option(help: "Runtime: process, null.")
+    @Option(help: "Runtime: process (bubblewrap), container (runc), gvisor (runsc), null.")
     var runtime: String = "process"
     @Option(help: "Wall-clock limit in seconds (default: the scheduler's, 10 s).")
     var timeout: Double?

@@ -42,8 +42,8 @@ struct NodeCommand: AsyncParsableCommand {
     var id: String = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "node"
     @Option(help: "Jobs run at once.")
     var slots: Int = 8
-    @Option(help: "Runtimes to offer, comma-separated (process, null).")
-    var runtimes: String = "process,null"
+    @Option(help: "Runtimes to offer, comma-separated (process, container, gvisor, null).")
+    var runtimes: String = "process,container,gvisor,null"
     @Option(name: .customLong("label"), help: "A node label KEY=VALUE that jobs can require (repeatable).")
     var labels: [String] = []
 
@@ -134,8 +134,10 @@ func makeRuntimes(_ list: String) throws -> [any Runtime] {
     try list.split(separator: ",").map { name -> any Runtime in
         switch name.trimmingCharacters(in: .whitespaces) {
         case "process": ProcessRuntime()
+        case "container": ContainerRuntime()
+        case "gvisor": GVisorRuntime()
         case "null": NullRuntime()
-        default: throw ValidationError("unknown runtime '\(name)'; this node can offer: process, null")
+        default: throw ValidationError("unknown runtime '\(name)'; a node can offer: process, container, gvisor, null")
         }
     }
 }

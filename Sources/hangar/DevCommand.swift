@@ -20,7 +20,7 @@ struct DevCommand: AsyncParsableCommand {
     @Option(help: "Job slots per node.")
     var slots: Int = 8
     @Option(help: "Runtimes each node offers, comma-separated.")
-    var runtimes: String = "process,null"
+    var runtimes: String = "process,container,gvisor,null"
     @Option(help: "NATS port (default: a free one).")
     var port: Int?
     @OptionGroup var log: LogOptions

@@ -9,50 +9,6 @@ import Testing
 
 private let runtime = ProcessRuntime()
 
-private func job(_ argv: [String], _ configure: (inout Hangar_V1_JobSpec) -> Void = { _ in }) -> Hangar_V1_JobSpec {
-    var spec = Hangar_V1_JobSpec()
-    spec.runtime = "process"
-    spec.argv = argv
-    configure(&spec)
-    return spec
-}
-
-private func text(_ data: Data) -> String {
-    String(decoding: data, as: UTF8.self)
-}
-
-private func uniqueTag() -> String {
-    String(Int.random(in: 100_000...999_999))
-}
-
-/// Pids of live host processes that have `argument` as one whole argv element.
-private func processes(withArgument argument: String) -> [String] {
-    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-    return entries.filter { $0.allSatisfy(\.isNumber) }.filter { pid in
-        let fd = open("/proc/\(pid)/cmdline", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = read(fd, &chunk, chunk.count)
-            guard count > 0 else { break }
-            bytes += chunk[0..<count]
-        }
-        return bytes.split(separator: 0).contains { text(Data($0)) == argument }
-    }
-}
-
-/// Waits up to `timeout` for no process to carry any of `arguments`; returns those still alive.
-private func survivors(of arguments: [String], within timeout: Duration = .seconds(2)) async -> [String] {
-    let end = ContinuousClock.now + timeout
-    while true {
-        let alive = arguments.filter { !processes(withArgument: $0).isEmpty }
-        if alive.isEmpty || ContinuousClock.now >= end { return alive }
-        try? await Task.sleep(for: .milliseconds(50))
-    }
-}
-
 @Suite("Process runtime, real bubblewrap")
 struct ProcessRuntimeTests {
     @Test("echo output comes back, stdout and stderr separately")
@@ -101,7 +57,7 @@ struct ProcessRuntimeTests {
         let script = "sleep \(sleeps[0]) & setsid sleep \(sleeps[1]) & sleep \(sleeps[2])"
         let began = ContinuousClock.now
         let running = Task {
-            await runtime.run(job(["sh", "-c", script]) { $0.limits.timeoutMs = 1000 }, jobID: "timeout")
+            await runtime.run(job(["sh", "-c", script]) { $0.limits.timeoutMs = 1000 }, jobID: "timeout-\(tag)")
         }
         // All three must really have started, or the check below proves nothing.
         var seen = Set<String>()
@@ -113,9 +69,10 @@ struct ProcessRuntimeTests {
         let elapsed = ContinuousClock.now - began
         #expect(seen == Set(sleeps))
         #expect(outcome.status == .timedOut)
-        #expect(outcome.message.contains("1000 ms"))
+        #expect(outcome.message.contains("wall-clock limit of 1000 ms"))
         #expect(elapsed < .seconds(5))
         #expect(await survivors(of: sleeps) == [])
+        #expect(leftoverCgroups(ofJob: "timeout-\(tag)") == [])
     }
 
     @Test("a daemon left behind by a finished job dies with its sandbox")
@@ -124,23 +81,26 @@ struct ProcessRuntimeTests {
         let began = ContinuousClock.now
         let outcome = await runtime.run(
             job(["sh", "-c", "setsid sleep \(tag) & sleep 0.2; echo done"]),
-            jobID: "daemon"
+            jobID: "daemon-\(tag)"
         )
         #expect(outcome.status == .succeeded)
         #expect(text(outcome.stdout) == "done\n")
         #expect(ContinuousClock.now - began < .seconds(2))  // no waiting on the daemon's copy of stdout
         #expect(await survivors(of: [tag]) == [])
+        #expect(leftoverCgroups(ofJob: "daemon-\(tag)") == [])
     }
 
     @Test("output over the cap is OUTPUT_LIMIT with exactly the cap kept")
     func outputLimit() async {
-        let out = await runtime.run(job(["yes"]) { $0.limits.outputBytes = 1000 }, jobID: "yes")
+        let tag = uniqueTag()
+        let out = await runtime.run(job(["yes"]) { $0.limits.outputBytes = 1000 }, jobID: "yes-\(tag)")
         #expect(out.status == .outputLimit)
         #expect(out.stdoutTruncated)
         #expect(out.stdout.count == 1000)
         #expect(out.stdout == Data(String(repeating: "y\n", count: 500).utf8))
         #expect(out.stdoutBytes > 1000)
         #expect(!out.stderrTruncated)
+        #expect(leftoverCgroups(ofJob: "yes-\(tag)") == [])
 
         let err = await runtime.run(job(["sh", "-c", "yes >&2"]) { $0.limits.outputBytes = 777 }, jobID: "yes-err")
         #expect(err.status == .outputLimit)
@@ -223,15 +183,17 @@ struct ProcessRuntimeTests {
             file.mode = mode
             return file
         }
-        // bwrap reads the files from descriptors 3, 4…; none of them may reach the job.
-        let script = "cat hello.txt; ./bin/run.sh; stat -c %a hello.txt bin/run.sh; pwd; ls /proc/$$/fd | tr '\\n' ' '"
+        // bwrap reads the files (and the seccomp filter) from descriptors 3, 4…; none of them may
+        // reach the job. The listing is the last command, without pipe or redirection, so the shell
+        // holds no descriptors of its own while `ls` looks.
+        let script = "cat hello.txt; ./bin/run.sh; stat -c %a hello.txt bin/run.sh; pwd; ls /proc/$$/fd"
         let spec = job(["sh", "-c", script]) {
             $0.cwd = "/tmp/work"
             $0.files = [file("hello.txt", "hi\n", 0), file("bin/run.sh", "#!/bin/sh\necho ran\n", 0o4755)]
         }
         let outcome = await runtime.run(spec, jobID: "files")
         #expect(outcome.status == .succeeded)
-        #expect(text(outcome.stdout) == "hi\nran\n644\n755\n/tmp/work\n0 1 2 ")
+        #expect(text(outcome.stdout) == "hi\nran\n644\n755\n/tmp/work\n0\n1\n2\n")
 
         for bad in ["../escape", "/etc/passwd", "a//b", "./a", "", "a/../../b"] {
             let rejected = await runtime.run(job(["true"]) { $0.files = [file(bad, "x", 0)] }, jobID: "bad")
@@ -250,7 +212,7 @@ struct ProcessRuntimeTests {
     @Test("cancelling the task kills the sandbox")
     func cancellation() async {
         let tag = "33.\(uniqueTag())"
-        let running = Task { await runtime.run(job(["sleep", tag]), jobID: "cancel") }
+        let running = Task { await runtime.run(job(["sleep", tag]), jobID: "cancel-\(tag)") }
         try? await Task.sleep(for: .milliseconds(300))
         let began = ContinuousClock.now
         running.cancel()
@@ -258,6 +220,7 @@ struct ProcessRuntimeTests {
         #expect(outcome.status == .cancelled)
         #expect(ContinuousClock.now - began < .seconds(3))
         #expect(await survivors(of: [tag]) == [])
+        #expect(leftoverCgroups(ofJob: "cancel-\(tag)") == [])
     }
 
     @Test("unsupported requests are errors, not silent downgrades")
@@ -273,6 +236,7 @@ struct ProcessRuntimeTests {
         let probe = await runtime.probe()
         #expect(probe.available)
         #expect(probe.detail.hasPrefix("bubblewrap "))
+        #expect(probe.detail.hasSuffix(", cgroup v1, seccomp") || probe.detail.hasSuffix(", cgroup v2, seccomp"))
         let missing = await ProcessRuntime(bubblewrapPath: "/nonexistent/bwrap").probe()
         #expect(!missing.available)
         #expect(missing.detail.contains("/nonexistent/bwrap"))

@@ -6,27 +6,46 @@ import HangarShared
 /// capabilities dropped, uid/gid 65534, a read-only view of the host's `/usr` and a few `/etc`
 /// files, and a size-bounded private tmpfs at `/tmp`. Killing the outer `bwrap` tears down the
 /// job's pid namespace, so nothing the job started (daemons included) survives it.
+///
+/// Every limit is enforced by the kernel: memory (without swap), pids and CPU bandwidth by a
+/// per-job cgroup (v1 or v2, see ``CgroupHost``) that the sandbox joins before bubblewrap starts;
+/// open files, file size and core dumps by rlimits set in the same shim (``LimitShim``); the CPU
+/// time by polling the cgroup; syscalls by a seccomp filter (``SeccompFilter``). Without usable
+/// cgroups the runtime refuses to run jobs rather than run them unlimited.
 public struct ProcessRuntime: Runtime {
     /// Always "process".
     public let name = "process"
     /// Where the `bwrap` binary is.
     public let bubblewrapPath: String
+    /// Where job cgroups go, or why there are none (then every job is refused).
+    let cgroups: Result<CgroupHost, CgroupError>
 
     /// Wall-clock limit when the spec's `timeoutMs` is 0.
-    public static let defaultTimeout = Duration.seconds(10)
+    public static let defaultTimeout = JobLimits.defaultTimeout
     /// Per-stream output cap when the spec's `outputBytes` is 0.
-    public static let defaultOutputBytes = 1 << 20
-    /// Size of the `/tmp` tmpfs when the spec's `fileSizeBytes` is 0.
-    public static let defaultScratchBytes: UInt64 = 64 << 20
+    public static let defaultOutputBytes = JobLimits.defaultOutputBytes
+    /// Size of the `/tmp` tmpfs and largest file when the spec's `fileSizeBytes` is 0.
+    public static let defaultScratchBytes = JobLimits.defaultFileSizeBytes
     /// `PATH` inside the sandbox unless the job sets its own.
     public static let defaultPath = "/usr/local/bin:/usr/bin:/bin"
 
+    /// Built once: the filter only depends on the CPU architecture.
+    private static let seccomp = Result { () throws(SeccompError) in try SeccompFilter.standard() }
+
     /// A runtime that runs jobs with the `bwrap` at `bubblewrapPath`.
     public init(bubblewrapPath: String = "/usr/bin/bwrap") {
-        self.bubblewrapPath = bubblewrapPath
+        self.init(bubblewrapPath: bubblewrapPath, cgroups: CgroupHost.current)
     }
 
-    /// Available iff `bwrap` runs and a trivial sandbox running `/usr/bin/true` succeeds within 5 s.
+    /// A runtime with the given cgroup host instead of the detected one.
+    init(bubblewrapPath: String, cgroups: Result<CgroupHost, CgroupError>) {
+        self.bubblewrapPath = bubblewrapPath
+        self.cgroups = cgroups
+    }
+
+    /// Available iff `bwrap` runs, cgroups can be created, the shim's `sh` and `prlimit` exist, and
+    /// a trivial sandbox under all limits runs with the seccomp filter in force, within 5 s. The
+    /// detail reads like "bubblewrap 0.8.0, cgroup v1, seccomp".
     public func probe() async -> RuntimeProbe {
         guard access(bubblewrapPath, X_OK) == 0 else {
             return RuntimeProbe(available: false, detail: "bubblewrap not found at \(bubblewrapPath)")
@@ -51,18 +70,39 @@ public struct ProcessRuntime: Runtime {
         } catch {
             return RuntimeProbe(available: false, detail: error.description)
         }
+        if let missing = missingPrerequisite() {
+            return RuntimeProbe(available: false, detail: "\(version) but \(missing)")
+        }
         var trial = Hangar_V1_JobSpec()
-        trial.argv = ["/usr/bin/true"]
+        // grep exits 1 unless this process runs in seccomp filter mode (2).
+        trial.argv = ["/bin/sh", "-c", "grep -q '^Seccomp:[[:space:]]*2$' /proc/self/status"]
         trial.limits.timeoutMs = 5000
         let outcome = await run(trial, jobID: "probe")
         guard outcome.status == .succeeded else {
-            let reason = outcome.message.isEmpty ? "status \(outcome.status)" : outcome.message
+            let reason =
+                outcome.status == .failed && outcome.exitCode == 1
+                ? "the seccomp filter is not in force inside the sandbox"
+                : outcome.message.isEmpty ? "status \(outcome.status)" : outcome.message
             return RuntimeProbe(available: false, detail: "\(version) cannot create a sandbox here: \(reason)")
         }
-        return RuntimeProbe(available: true, detail: version)
+        let host = (try? cgroups.get()).map { "cgroup \($0.version.rawValue)" } ?? "no cgroups"
+        return RuntimeProbe(available: true, detail: "\(version), \(host), seccomp")
     }
 
-    /// Runs the job in a fresh sandbox and kills it on timeout, output overflow or task cancellation.
+    /// Why jobs cannot run with all their limits here, or nil when they can.
+    private func missingPrerequisite() -> String? {
+        if case .failure(let error) = cgroups {
+            return "cgroups cannot be used, so no memory, pids or CPU limits: \(error.description)"
+        }
+        if case .failure(let error) = Self.seccomp { return error.description }
+        for tool in [LimitShim.shellPath, LimitShim.prlimitPath] where access(tool, X_OK) != 0 {
+            return "\(tool) is missing (needed to apply rlimits and join the cgroup)"
+        }
+        return nil
+    }
+
+    /// Runs the job in a fresh sandbox under its limits, and kills the whole sandbox on timeout,
+    /// CPU-time limit, output overflow or task cancellation.
     public func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
         let clock = ContinuousClock()
         let began = clock.now
@@ -71,94 +111,58 @@ public struct ProcessRuntime: Runtime {
             outcome.message = "cancelled before the sandbox started"
             return outcome
         }
-        let limits = spec.limits
-        let timeout = limits.timeoutMs > 0 ? Duration.milliseconds(Int64(limits.timeoutMs)) : Self.defaultTimeout
-        let outputLimit = limits.outputBytes > 0 ? Int(clamping: limits.outputBytes) : Self.defaultOutputBytes
+        if let missing = missingPrerequisite() { return .error("refusing to run the job: \(missing)") }
+        guard case .success(let host) = cgroups, case .success(let filter) = Self.seccomp else {
+            return .error("refusing to run the job: cgroups or seccomp are unavailable")
+        }
+        let limits = JobLimits(spec.limits)
         let invocation: BubblewrapInvocation
         do {
-            invocation = try BubblewrapInvocation(spec: spec)
+            invocation = try BubblewrapInvocation(spec: spec, limits: limits, seccomp: filter)
         } catch {
             return .error(error.message)
         }
+        let cgroup: JobCgroup
+        do {
+            cgroup = try JobCgroup.create(on: host, name: jobID, limits: limits)
+        } catch {
+            for fd in invocation.files { close(fd) }
+            return .error("cannot create the job's cgroup: \(error.description)")
+        }
+        let shim = LimitShim(
+            procsFiles: cgroup.procsFiles,
+            limits: limits,
+            program: bubblewrapPath,
+            arguments: ["bwrap"] + invocation.arguments
+        )
         let command = SandboxCommand(
-            executable: bubblewrapPath,
-            arguments: ["bwrap"] + invocation.arguments,
+            executable: shim.executable,
+            arguments: shim.arguments,
             stdin: spec.stdin,
-            timeout: timeout,
-            outputLimit: outputLimit,
-            inheritedFiles: invocation.files
+            timeout: limits.timeout,
+            outputLimit: limits.outputBytes,
+            inheritedFiles: invocation.files,
+            containment: CgroupContainment(cgroup, cpuTime: limits.cpuTime)
         )
         let spawned = Result { () throws(SandboxSpawnError) in try SandboxProcess(command) }
         for fd in invocation.files { close(fd) }  // the process holds its own copies
         let prepared = clock.now - began
-        let result: SandboxResult
-        do throws(SandboxSpawnError) {
-            result = try await spawned.get().waitKillingOnCancellation()
-        } catch {
-            return .error("cannot start bubblewrap: \(error.description)")
-        }
-        var outcome = Self.outcome(of: result, timeout: timeout, outputLimit: outputLimit)
-        outcome.startMilliseconds = Self.milliseconds(prepared + result.spawnTime)
-        return outcome
-    }
-
-    static func outcome(of result: SandboxResult, timeout: Duration, outputLimit: Int) -> RunOutcome {
         var outcome: RunOutcome
-        switch result.killReason {
-        case .timedOut:
-            outcome = RunOutcome(status: .timedOut)
-            outcome.message = "wall-clock limit of \(milliseconds(timeout)) ms reached; the sandbox was killed"
-        case .outputLimit:
-            outcome = RunOutcome(status: .outputLimit)
-            let streams = [result.stdoutTruncated ? "stdout" : nil, result.stderrTruncated ? "stderr" : nil]
-            outcome.message =
-                "\(streams.compactMap { $0 }.joined(separator: " and ")) went over the "
-                + "\(outputLimit)-byte limit; the sandbox was killed"
-        case .cancelled:
-            outcome = RunOutcome(status: .cancelled)
-            outcome.message = "cancelled; the sandbox was killed"
-        case nil:
-            switch result.termination {
-            case .exited(0):
-                outcome = RunOutcome(status: .succeeded)
-            case .exited(let code):
-                outcome = RunOutcome(status: .failed)
-                outcome.message = sandboxComplaint(result.stderr) ?? "exited with code \(code)"
-            case .signaled(let signal):
-                outcome = RunOutcome(status: .failed)
-                outcome.message = "killed by signal \(signal)"
-            case .lost:
-                outcome = .error("the sandbox's exit status was lost (does the node ignore SIGCHLD?)")
-            }
+        do throws(SandboxSpawnError) {
+            let result = try await spawned.get().waitKillingOnCancellation()
+            // Nothing of the job may outlive it; then the counters are final.
+            if !cgroup.processes().isEmpty { cgroup.killAll() }
+            outcome = Self.outcome(of: result, usage: cgroup.usage(), limits: limits)
+            outcome.startMilliseconds = JobLimits.milliseconds(prepared + result.spawnTime)
+        } catch {
+            outcome = .error("cannot start bubblewrap: \(error.description)")
         }
-        switch result.termination {
-        case .exited(let code): outcome.exitCode = code
-        case .signaled(let signal): outcome.signal = signal
-        case .lost: break
+        do {
+            try cgroup.remove()
+        } catch {
+            outcome.message += (outcome.message.isEmpty ? "" : "; ") + "the job's cgroup was not removed: \(error)"
         }
-        outcome.stdout = result.stdout
-        outcome.stderr = result.stderr
-        outcome.stdoutTruncated = result.stdoutTruncated
-        outcome.stderrTruncated = result.stderrTruncated
-        outcome.stdoutBytes = result.stdoutBytes
-        outcome.stderrBytes = result.stderrBytes
-        outcome.cpuTimeMicroseconds = result.cpuTimeMicroseconds
-        outcome.peakMemoryBytes = result.peakMemoryBytes
-        outcome.runMilliseconds = milliseconds(result.runTime)
         return outcome
-    }
-
-    /// bubblewrap's own complaint ("bwrap: execvp nope: No such file or directory"), if that is
-    /// what ended the job.
-    private static func sandboxComplaint(_ stderr: Data) -> String? {
-        let text = String(decoding: stderr.prefix(1024), as: UTF8.self)
-        guard text.hasPrefix("bwrap: ") else { return nil }
-        return "sandbox: " + (text.split(separator: "\n").first.map(String.init) ?? text)
-    }
-
-    private static func milliseconds(_ duration: Duration) -> UInt64 {
-        let (seconds, attoseconds) = duration.components
-        return UInt64(max(0, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
     }
 }
 
@@ -181,7 +185,7 @@ struct BubblewrapInvocation {
     ]
     static let maxFiles = 256
 
-    init(spec: Hangar_V1_JobSpec) throws(InvalidJob) {
+    init(spec: Hangar_V1_JobSpec, limits: JobLimits, seccomp: SeccompFilter) throws(InvalidJob) {
         guard let program = spec.argv.first, !program.isEmpty else { throw InvalidJob(message: "argv is empty") }
         if (spec.argv + [spec.cwd]).contains(where: { $0.utf8.contains(0) }) {
             throw InvalidJob(message: "argv and cwd must not contain NUL bytes")
@@ -195,8 +199,7 @@ struct BubblewrapInvocation {
         guard workdir.hasPrefix("/"), !workdir.split(separator: "/").contains("..") else {
             throw InvalidJob(message: "cwd must be an absolute path without \"..\", got \"\(spec.cwd)\"")
         }
-        let scratchBytes =
-            spec.limits.fileSizeBytes > 0 ? spec.limits.fileSizeBytes : ProcessRuntime.defaultScratchBytes
+        let scratchBytes = limits.fileSizeBytes
 
         arguments = [
             "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
@@ -219,6 +222,14 @@ struct BubblewrapInvocation {
             guard inScratch else { throw InvalidJob(message: "files need a working directory under /tmp") }
             try stage(spec.files, in: workdir, scratchBytes: scratchBytes)
         }
+        do {
+            files.append(try Self.memoryFile(holding: Data(seccomp.bytes)))
+        } catch {
+            for fd in files { close(fd) }
+            files = []
+            throw error
+        }
+        arguments += ["--seccomp", String(2 + files.count)]
         // The root is bwrap's own tmpfs; freeze it so only /tmp (a separate mount) is writable.
         arguments += ["--remount-ro", "/", "--chdir", workdir, "--"] + spec.argv
     }

@@ -2,6 +2,22 @@ import Foundation
 import Glibc
 import Synchronization
 
+/// Containment beyond the process group that the monitor thread drives: in the process runtime, the
+/// job's cgroup. The monitor polls ``check()`` while the program runs and calls ``killAll()``
+/// whenever it kills the program.
+public protocol SandboxContainment: Sendable {
+    /// How often the monitor thread calls ``check()`` while the program runs; nil for never.
+    var checkInterval: Duration? { get }
+
+    /// Called on the monitor thread; a limit here gets the sandbox killed, with kill reason
+    /// ``SandboxResult/KillReason/timedOut`` and ``SandboxResult/exceededLimit`` set.
+    func check() -> SandboxLimit?
+
+    /// Kills every process of the sandbox, wherever it sits in the process tree. Called on the
+    /// monitor thread each time it kills the program.
+    func killAll()
+}
+
 /// One program for ``SandboxProcess`` to spawn, with its limits.
 public struct SandboxCommand: Sendable {
     /// Absolute path of the program; it is not looked up in `PATH`.
@@ -22,6 +38,8 @@ public struct SandboxCommand: Sendable {
     /// How long to keep reading the pipes after a kill, or after the program exited while
     /// something else still holds them, before closing them regardless.
     public var drainTimeout: Duration
+    /// Polled and killed along with the program, if set.
+    public var containment: (any SandboxContainment)?
 
     /// A command; see the properties for what each argument means.
     public init(
@@ -32,7 +50,8 @@ public struct SandboxCommand: Sendable {
         timeout: Duration,
         outputLimit: Int,
         inheritedFiles: [Int32] = [],
-        drainTimeout: Duration = .seconds(2)
+        drainTimeout: Duration = .seconds(2),
+        containment: (any SandboxContainment)? = nil
     ) {
         self.executable = executable
         self.arguments = arguments
@@ -42,6 +61,7 @@ public struct SandboxCommand: Sendable {
         self.outputLimit = outputLimit
         self.inheritedFiles = inheritedFiles
         self.drainTimeout = drainTimeout
+        self.containment = containment
     }
 }
 
@@ -66,6 +86,9 @@ public struct SandboxResult: Sendable {
     public var pid: pid_t
     public var termination: Termination
     public var killReason: KillReason?
+    /// The limit the ``SandboxContainment`` reported, when that is why the monitor killed the
+    /// process (the kill reason is then `.timedOut`).
+    public var exceededLimit: SandboxLimit?
     /// At most `outputLimit` bytes of each stream.
     public var stdout = Data()
     public var stderr = Data()
@@ -88,6 +111,12 @@ public struct SandboxResult: Sendable {
         self.pid = pid
         self.termination = termination
     }
+}
+
+/// A limit that a ``SandboxContainment`` watches, beyond the wall clock and the output cap.
+public enum SandboxLimit: Sendable, Equatable {
+    /// The CPU time of all the sandbox's processes together.
+    case cpuTime
 }
 
 /// Why a ``SandboxProcess`` could not start.
@@ -413,7 +442,10 @@ private struct PollLoop {
     var exitedAt: Instant?
     /// When to stop waiting for the pipes; set by a kill or by the program's exit.
     var drainUntil: Instant?
+    /// When to next call the containment's check, if it wants checks.
+    var nextCheck: Instant?
     var killReason: SandboxResult.KillReason?
+    var exceededLimit: SandboxLimit?
 
     init(pid: pid_t, command: SandboxCommand, fds: ChildDescriptors) {
         self.pid = pid
@@ -424,6 +456,7 @@ private struct PollLoop {
         stderr = Capture(fd: fds.stderrRead, limit: command.outputLimit)
         started = clock.now
         deadline = started + command.timeout
+        if let interval = command.containment?.checkInterval { nextCheck = started + interval }
         if command.stdin.isEmpty { closeStdin() }
     }
 
@@ -442,6 +475,12 @@ private struct PollLoop {
                     terminate(.cancelled)
                 } else if now >= deadline {
                     terminate(.timedOut)
+                } else if let check = nextCheck, now >= check, let containment = command.containment {
+                    nextCheck = now + (containment.checkInterval ?? .seconds(1))
+                    if let limit = containment.check() {
+                        exceededLimit = limit
+                        terminate(.timedOut)
+                    }
                 }
             }
             let streamsOpen = stdout.isOpen || stderr.isOpen
@@ -451,7 +490,10 @@ private struct PollLoop {
             // every 50 ms, and more eagerly (1, 2, 4… ms) once the pipes are closed and exit is near.
             var timeout = streamsOpen ? Duration.milliseconds(50) : idle
             if !streamsOpen { idle = min(idle * 2, .milliseconds(50)) }
-            if exitedAt == nil && killReason == nil { timeout = min(timeout, deadline - now) }
+            if exitedAt == nil && killReason == nil {
+                timeout = min(timeout, deadline - now)
+                if let nextCheck { timeout = min(timeout, nextCheck - now) }
+            }
             if let drainUntil { timeout = min(timeout, drainUntil - now) }
             pollOnce(timeout: timeout, scratch: &scratch)
         }
@@ -480,6 +522,7 @@ private struct PollLoop {
         }
         var result = SandboxResult(pid: pid, termination: termination)
         result.killReason = killReason
+        result.exceededLimit = exceededLimit
         result.stdout = stdout.data
         result.stderr = stderr.data
         result.stdoutTruncated = stdout.truncated
@@ -510,6 +553,7 @@ private struct PollLoop {
         killReason = reason
         Glibc.kill(-pid, SIGKILL)
         Glibc.kill(pid, SIGKILL)
+        command.containment?.killAll()
         let limit = clock.now + command.drainTimeout
         drainUntil = min(drainUntil ?? limit, limit)
         closeStdin()

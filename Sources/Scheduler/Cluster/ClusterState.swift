@@ -29,6 +29,8 @@ public struct ClusterState: Sendable {
     public private(set) var records: [String: Record] = [:]
     public private(set) var views: [NodeView] = []
     private var index: [String: Int] = [:]
+    /// Draining nodes with a deadline (unix ms), so the periodic check does not walk every node.
+    private var drainDeadlines: [String: Int64] = [:]
 
     public init(ttl: Duration = .seconds(3), grace: Duration = .seconds(2), cpuOvercommit: Double = 4) {
         self.ttl = ttl
@@ -130,15 +132,13 @@ public struct ClusterState: Sendable {
         guard let position = index[nodeID] else { return false }
         views[position].draining = draining
         records[nodeID]?.drainDeadline = draining ? deadline : 0
+        drainDeadlines[nodeID] = draining && deadline > 0 ? deadline : nil
         return true
     }
 
     /// Nodes whose drain deadline has passed (unix ms `now`).
     public func drainsExpired(nowMs: Int64) -> [String] {
-        records.filter {
-            $0.value.drainDeadline > 0 && $0.value.drainDeadline <= nowMs && view($0.key)?.draining == true
-        }
-        .map(\.key)
+        drainDeadlines.filter { $0.value <= nowMs }.map(\.key).sorted()
     }
 
     /// Allocatable totals over the nodes that are up, for fair shares.

@@ -130,7 +130,7 @@ extension Scheduler {
         case .alive:
             break
         }
-        reconcile(nodeID, running: heartbeat.runningJobs)
+        if !heartbeat.runningJobs.isEmpty { reconcile(nodeID, running: heartbeat.runningJobs) }
         pump()
     }
 

@@ -7,6 +7,7 @@ extension Scheduler {
     /// first, its highest-priority job first. Jobs of a shape that found no node wait for the next
     /// heartbeat, result or operator action.
     func pump() {
+        guard queue.totalQueued > 0 else { return }
         let totals = cluster.totals
         var blockedShapes: [PlacementRequest: String] = [:]
         var blockedTenants: Set<String> = []

@@ -34,6 +34,8 @@ public struct FairQueue: Sendable {
     private var removed: Set<String> = []
     public private(set) var usage: [String: Usage] = [:]
     private var nextSequence: UInt64 = 0
+    /// Jobs queued across all tenants.
+    public private(set) var totalQueued = 0
 
     public init() {}
 
@@ -49,6 +51,7 @@ public struct FairQueue: Sendable {
         removed.remove(jobID)
         heaps[tenant, default: Heap()].insert(Item(priority: priority, sequence: sequence, jobID: jobID))
         usage[tenant, default: Usage()].queued += 1
+        totalQueued += 1
         return sequence
     }
 
@@ -70,6 +73,7 @@ public struct FairQueue: Sendable {
         guard let top = peek(tenant: tenant) else { return nil }
         _ = heaps[tenant]?.popMax()
         usage[tenant]?.queued -= 1
+        totalQueued -= 1
         return top
     }
 
@@ -77,6 +81,7 @@ public struct FairQueue: Sendable {
     public mutating func remove(tenant: String, jobID: String) {
         removed.insert(jobID)
         usage[tenant]?.queued -= 1
+        totalQueued -= 1
     }
 
     public mutating func started(tenant: String, cpuMillis: UInt64, memoryBytes: UInt64) {

@@ -1,0 +1,152 @@
+import Foundation
+import Glibc
+
+/// One job's OCI bundle on disk: `<base>/<container id>/config.json` and `rootfs/`, a skeleton of
+/// empty mount points and merged-/usr symlinks (the host directories are bound over it read-only by
+/// the runtime), plus the job's files below `rootfs/tmp` for the runtime to copy into the tmpfs.
+///
+/// The bundle directory is 0700. With a user namespace it belongs to the container's root as the
+/// host sees it, since runc sets up the root filesystem as that user; the base directory is then
+/// 0711 so that user can pass through it without listing other jobs' bundles.
+struct OCIBundle: Sendable {
+    /// Absolute path of the bundle directory.
+    let path: String
+
+    /// Writes the bundle for `config` as `<base>/<name>`.
+    init(
+        base: String,
+        name: String,
+        config: OCIJobConfig,
+        userNamespace: OCIUserNamespace?
+    ) throws(OCIRuntimeError) {
+        try Self.makeBase(base, traversable: userNamespace != nil)
+        path = base + "/" + name
+        guard mkdir(path, 0o700) == 0 else { throw .system("create bundle directory", path) }
+        do {
+            try Self.populate(path, config: config)
+            if let userNamespace {
+                try Self.chown(path, userNamespace.hostID, userNamespace.hostID)
+            }
+        } catch {
+            _ = remove()
+            throw error
+        }
+    }
+
+    /// Deletes the bundle. Refuses, and says so, if anything is still mounted below it, which would
+    /// otherwise delete the host files seen through that mount.
+    func remove() -> String? {
+        if let mount = Self.mountPoints().first(where: { $0 == path || $0.hasPrefix(path + "/") }) {
+            return "bundle \(path) not removed: \(mount) is still mounted"
+        }
+        do {
+            try FileManager.default.removeItem(atPath: path)
+            return nil
+        } catch {
+            return "cannot remove bundle \(path): \(error.localizedDescription)"
+        }
+    }
+
+    private static func makeBase(_ base: String, traversable: Bool) throws(OCIRuntimeError) {
+        var current = ""
+        let components = base.split(separator: "/")
+        for (index, component) in components.enumerated() {
+            current += "/" + component
+            let last = index == components.count - 1
+            if mkdir(current, last ? 0o700 : 0o755) != 0 && errno != EEXIST {
+                throw .system("create directory", current)
+            }
+        }
+        guard chmod(base, traversable ? 0o711 : 0o700) == 0 else { throw .system("chmod", base) }
+    }
+
+    private static func populate(_ bundle: String, config: OCIJobConfig) throws(OCIRuntimeError) {
+        let rootfs = bundle + "/rootfs"
+        guard mkdir(rootfs, 0o755) == 0, chmod(rootfs, 0o755) == 0 else { throw .system("create", rootfs) }
+        for entry in config.rootfs {
+            switch entry {
+            case .directory(let relative, let mode):
+                let path = rootfs + "/" + relative
+                guard mkdir(path, mode_t(mode)) == 0, chmod(path, mode_t(mode)) == 0 else {
+                    throw .system("create directory", path)
+                }
+                if relative.hasPrefix("tmp/") {
+                    try chown(path, config.scratchOwner.uid, config.scratchOwner.gid)
+                }
+            case .file(let relative):
+                let path = rootfs + "/" + relative
+                let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+                guard fd >= 0 else { throw .system("create mount point", path) }
+                close(fd)
+            case .symlink(let relative, let target):
+                let path = rootfs + "/" + relative
+                guard symlink(target, path) == 0 else { throw .system("create symlink", path) }
+            }
+        }
+        for file in config.scratchFiles {
+            let path = rootfs + "/" + file.path
+            try write(file.content, to: path, mode: file.mode)
+            try chown(path, config.scratchOwner.uid, config.scratchOwner.gid)
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let json: Data
+        do {
+            json = try encoder.encode(config.spec)
+        } catch {
+            throw OCIRuntimeError("cannot encode config.json: \(error)")
+        }
+        try write(json, to: bundle + "/config.json", mode: 0o600)
+    }
+
+    private static func write(_ content: Data, to path: String, mode: UInt16) throws(OCIRuntimeError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode_t(mode))
+        guard fd >= 0 else { throw .system("create", path) }
+        defer { close(fd) }
+        let complete = content.withUnsafeBytes { bytes -> Bool in
+            var offset = 0
+            while offset < bytes.count {
+                let count = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+                if count < 0 && errno == EINTR { continue }
+                guard count > 0 else { return false }
+                offset += count
+            }
+            return true
+        }
+        guard complete else { throw .system("write", path) }
+        guard fchmod(fd, mode_t(mode)) == 0 else { throw .system("chmod", path) }
+    }
+
+    private static func chown(_ path: String, _ uid: UInt32, _ gid: UInt32) throws(OCIRuntimeError) {
+        guard lchown(path, uid, gid) == 0 else { throw .system("chown", path) }
+    }
+
+    /// Mount points of the node's mount namespace, from `/proc/self/mountinfo`.
+    private static func mountPoints() -> [String] {
+        guard let text = OCICgroup.read("/proc/self/mountinfo") else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ")
+            guard fields.count > 4 else { return nil }
+            return unescapeMountPath(String(fields[4]))
+        }
+    }
+
+    /// mountinfo writes space, tab, newline and backslash as `\040`, `\011`, `\012`, `\134`.
+    private static func unescapeMountPath(_ escaped: String) -> String {
+        var bytes: [UInt8] = []
+        let raw = Array(escaped.utf8)
+        var index = 0
+        while index < raw.count {
+            if raw[index] == UInt8(ascii: "\\"), index + 3 < raw.count,
+                let value = UInt8(String(decoding: raw[(index + 1)...(index + 3)], as: UTF8.self), radix: 8)
+            {
+                bytes.append(value)
+                index += 4
+            } else {
+                bytes.append(raw[index])
+                index += 1
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

@@ -1,0 +1,250 @@
+import Foundation
+import Glibc
+import HangarShared
+
+/// The shared machinery of ``ContainerRuntime`` and ``GVisorRuntime``: writes the bundle, creates the
+/// job's cgroup, runs `<tool> run` under ``SandboxProcess`` (piped stdio, wall-clock deadline,
+/// output caps, cancellation), and afterwards always kills and deletes the container, sweeps its
+/// cgroup and removes the bundle.
+struct OCIEngine: Sendable {
+    enum Flavor: Sendable, Equatable {
+        case runc(userNamespace: OCIUserNamespace?)
+        case runsc(platform: String)
+    }
+
+    static let defaultTimeout = Duration.seconds(10)
+    static let defaultOutputBytes = 1 << 20
+    /// How long the runtime's own commands (`kill`, `delete`, `--version`) may take.
+    static let toolTimeout = Duration.seconds(15)
+    /// After a kill, how long to keep reading what the container still writes.
+    static let drainTimeout = Duration.milliseconds(250)
+
+    let flavor: Flavor
+    let executable: String
+    let directories: OCIDirectories
+
+    /// `runc` or `runsc`.
+    var toolName: String {
+        switch flavor {
+        case .runc: return "runc"
+        case .runsc: return "runsc"
+        }
+    }
+
+    /// Flags that go before every subcommand.
+    var globalArguments: [String] {
+        switch flavor {
+        case .runc:
+            return ["--root", directories.state]
+        case .runsc(let platform):
+            return [
+                "--root", directories.state, "--platform=\(platform)", "--network=none", "--rootless=false",
+                "--oci-seccomp",
+            ]
+        }
+    }
+
+    /// Host tasks gVisor needs besides the job's own: the sentry's and gofer's threads (about a
+    /// hundred for a small job) and, on ptrace, a stub thread per guest thread. Without it a small
+    /// `pids` limit keeps the sandbox from booting at all.
+    static let gVisorPidsOverhead: Int64 = 256
+
+    private func configOptions(cgroupsPath: String) -> OCIConfigOptions {
+        switch flavor {
+        case .runc(let userNamespace):
+            return OCIConfigOptions(userNamespace: userNamespace, copiesScratchUp: true, cgroupsPath: cgroupsPath)
+        case .runsc:
+            return OCIConfigOptions(
+                userNamespace: nil,
+                copiesScratchUp: false,
+                cgroupsPath: cgroupsPath,
+                pidsOverhead: Self.gVisorPidsOverhead
+            )
+        }
+    }
+
+    // MARK: Running a job
+
+    func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
+        let clock = ContinuousClock()
+        let began = clock.now
+        if Task.isCancelled {
+            var outcome = RunOutcome(status: .cancelled)
+            outcome.message = "cancelled before the container started"
+            return outcome
+        }
+        let limits = spec.limits
+        let timeout = limits.timeoutMs > 0 ? Duration.milliseconds(Int64(limits.timeoutMs)) : Self.defaultTimeout
+        let outputLimit = limits.outputBytes > 0 ? Int(clamping: limits.outputBytes) : Self.defaultOutputBytes
+        guard let layout = OCICgroup.detectLayout() else {
+            return .error("\(toolName): no cgroup v2 and no cgroup v1 memory hierarchy under /sys/fs/cgroup")
+        }
+        let id = Self.containerID(for: jobID)
+        let cgroup = OCICgroup(layout: layout, relativePath: directories.cgroupParent + "/" + id)
+        let options = configOptions(cgroupsPath: cgroup.cgroupsPath)
+        let userNamespace = options.userNamespace
+        let config: OCIJobConfig
+        do throws(OCIInvalidJob) {
+            config = try OCIJobConfig(job: spec, options: options)
+        } catch {
+            return .error(error.message)
+        }
+        let bundle: OCIBundle
+        do throws(OCIRuntimeError) {
+            bundle = try OCIBundle(base: directories.bundles, name: id, config: config, userNamespace: userNamespace)
+        } catch {
+            return .error("\(toolName): \(error.description)")
+        }
+        let logPath = bundle.path + "/\(toolName).log"
+        let result: SandboxResult
+        let prepared: Duration
+        do throws(OCIRuntimeError) {
+            try cgroup.create(OCICgroupLimits(config.spec.linux.resources))
+            var arguments = [toolName] + globalArguments + ["--log", logPath, "--log-format", "json", "run"]
+            if case .runc = flavor { arguments.append("--keep") }  // keep the cgroup to read it
+            arguments += ["--bundle", bundle.path, id]
+            let command = SandboxCommand(
+                executable: executable,
+                arguments: arguments,
+                environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+                stdin: spec.stdin,
+                timeout: timeout,
+                outputLimit: outputLimit,
+                drainTimeout: Self.drainTimeout
+            )
+            prepared = clock.now - began
+            do throws(SandboxSpawnError) {
+                result = try await SandboxProcess(command).waitKillingOnCancellation()
+            } catch {
+                throw OCIRuntimeError("cannot start \(toolName): \(error.description)")
+            }
+        } catch {
+            let leftovers = await teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
+            return .error(([error.description] + leftovers).joined(separator: "; "))
+        }
+        let usage = cgroup.usage()
+        let failure = Self.runtimeFailure(in: OCICgroup.read(logPath) ?? "")
+        let leftovers = await teardown(id: id, killFirst: result.killReason != nil, cgroup: cgroup, bundle: bundle)
+        var outcome = OCIOutcome(
+            tool: toolName,
+            program: spec.argv[0],
+            limits: limits,
+            timeout: timeout,
+            outputLimit: outputLimit
+        ).outcome(of: result, usage: usage, runtimeFailure: failure)
+        outcome.startMilliseconds = OCIOutcome.milliseconds(prepared + result.spawnTime)
+        if !leftovers.isEmpty {
+            let note = "cleanup incomplete: " + leftovers.joined(separator: "; ")
+            outcome.message = outcome.message.isEmpty ? note : outcome.message + "; " + note
+        }
+        return outcome
+    }
+
+    /// Kills the container if asked, deletes it, sweeps its cgroup and removes the bundle. Runs to
+    /// the end even when the calling task is cancelled. Returns what could not be cleaned up.
+    private func teardown(id: String, killFirst: Bool, cgroup: OCICgroup, bundle: OCIBundle) async -> [String] {
+        var leftovers: [String] = []
+        if killFirst { _ = await tool(["kill", id, "KILL"]) }
+        let deleted = await tool(["delete", "--force", id])
+        if deleted.succeeded || deleted.output.contains("not exist") {
+            // A runtime killed while it created the container leaves state it no longer knows.
+            leftovers += sweepState(of: id)
+        } else {
+            leftovers.append("\(toolName) delete --force \(id): \(deleted.output)")
+        }
+        leftovers += cgroup.destroy()
+        if let problem = bundle.remove() { leftovers.append(problem) }
+        return leftovers
+    }
+
+    /// Removes what the runtime keeps in its state directory for a container it no longer has:
+    /// runc's `<id>/` directory, runsc's `<id>_sandbox:<id>.state` and `.lock` files.
+    private func sweepState(of id: String) -> [String] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: directories.state)) ?? []
+        var leftovers: [String] = []
+        for entry in entries where entry == id || entry.hasPrefix(id + "_") {
+            let path = directories.state + "/" + entry
+            do {
+                try FileManager.default.removeItem(atPath: path)
+            } catch {
+                leftovers.append("cannot remove \(toolName) state \(path): \(error.localizedDescription)")
+            }
+        }
+        return leftovers
+    }
+
+    /// Runs one of the tool's own subcommands to completion; never killed by task cancellation.
+    func tool(_ subcommand: [String]) async -> (succeeded: Bool, output: String) {
+        let command = SandboxCommand(
+            executable: executable,
+            arguments: [toolName] + globalArguments + subcommand,
+            environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+            timeout: Self.toolTimeout,
+            outputLimit: 64 * 1024
+        )
+        do throws(SandboxSpawnError) {
+            let result = try await SandboxProcess(command).wait()
+            let output = String(decoding: result.stdout + result.stderr, as: UTF8.self)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            let succeeded = result.termination == .exited(0) && result.killReason == nil
+            if result.killReason == .timedOut {
+                return (false, "no answer within \(OCIOutcome.milliseconds(Self.toolTimeout)) ms")
+            }
+            return (succeeded, output.isEmpty ? "\(result.termination)" : output)
+        } catch {
+            return (false, error.description)
+        }
+    }
+
+    /// The first error the runtime logged (`{"level":"error","msg":…}` lines of `--log-format json`).
+    static func runtimeFailure(in log: String) -> String? {
+        struct Entry: Decodable {
+            var level: String?
+            var msg: String?
+        }
+        let decoder = JSONDecoder()
+        for line in log.split(separator: "\n") {
+            guard let entry = try? decoder.decode(Entry.self, from: Data(line.utf8)) else { continue }
+            if entry.level == "error" || entry.level == "fatal", let message = entry.msg { return message }
+        }
+        return nil
+    }
+
+    /// `hangar-<job id, sanitised and shortened>-<12 random hex digits>`: unique per run, and valid
+    /// as a container id (`[A-Za-z0-9_.-]`), a directory name and a cgroup name.
+    static func containerID(for jobID: String) -> String {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+        let cleaned = String(jobID.prefix(32).map { allowed.contains($0) ? $0 : "_" })
+        let random = String(UInt64.random(in: 0...UInt64(0xFFFF_FFFF_FFFF)), radix: 16)
+        let suffix = String(repeating: "0", count: 12 - random.count) + random
+        return cleaned.isEmpty ? "hangar-\(suffix)" : "hangar-\(cleaned)-\(suffix)"
+    }
+
+    // MARK: Probing
+
+    func probe() async -> RuntimeProbe {
+        guard access(executable, X_OK) == 0 else {
+            return RuntimeProbe(available: false, detail: "\(toolName) not found at \(executable)")
+        }
+        let version = await tool(["--version"])
+        guard version.succeeded, let first = version.output.split(separator: "\n").first else {
+            return RuntimeProbe(available: false, detail: "\(executable) --version failed: \(version.output)")
+        }
+        // "runc version 1.1.5+ds1" → "runc 1.1.5+ds1"
+        var detail = first.replacingOccurrences(of: " version ", with: " ")
+        if case .runsc(let platform) = flavor { detail += ", platform \(platform)" }
+        var trial = Hangar_V1_JobSpec()
+        trial.argv = ["/bin/true"]
+        trial.limits.timeoutMs = 15_000
+        let outcome = await run(trial, jobID: "probe")
+        guard outcome.status == .succeeded else {
+            let reason = outcome.message.isEmpty ? "status \(outcome.status)" : outcome.message
+            let stderr = String(decoding: outcome.stderr.prefix(500), as: UTF8.self)
+            return RuntimeProbe(
+                available: false,
+                detail: "\(detail) cannot run a container here: \(reason)" + (stderr.isEmpty ? "" : " (\(stderr))")
+            )
+        }
+        return RuntimeProbe(available: true, detail: detail)
+    }
+}

@@ -1,0 +1,89 @@
+import Foundation
+import Glibc
+import HangarShared
+
+/// Turns what `runc run` / `runsc run` did into a job outcome.
+///
+/// Status, first match wins: the monitor's kill (TIMED_OUT, OUTPUT_LIMIT, CANCELLED); a non-zero exit
+/// while the cgroup's OOM killer fired (OOM_KILLED); exit 0 (SUCCEEDED); an error the runtime logged
+/// (FAILED when it concerns the program, such as a missing executable, ERROR otherwise); a death by
+/// SIGKILL or SIGXCPU once the cgroup used the CPU-time limit (TIMED_OUT); any other exit (FAILED).
+/// The runtimes report a program killed by signal `n` as exit code 128 + `n`.
+struct OCIOutcome: Sendable {
+    let tool: String
+    let program: String
+    let limits: Hangar_V1_Limits
+    let timeout: Duration
+    let outputLimit: Int
+
+    func outcome(of result: SandboxResult, usage: OCICgroupUsage, runtimeFailure: String?) -> RunOutcome {
+        var outcome: RunOutcome
+        let code: Int32?
+        switch result.termination {
+        case .exited(let value): code = value
+        case .signaled, .lost: code = nil
+        }
+        switch result.killReason {
+        case .timedOut:
+            outcome = RunOutcome(status: .timedOut)
+            outcome.message =
+                "wall-clock limit of \(Self.milliseconds(timeout)) ms reached; the container was killed"
+        case .outputLimit:
+            outcome = RunOutcome(status: .outputLimit)
+            let streams = [result.stdoutTruncated ? "stdout" : nil, result.stderrTruncated ? "stderr" : nil]
+            outcome.message =
+                "\(streams.compactMap { $0 }.joined(separator: " and ")) went over the "
+                + "\(outputLimit)-byte limit; the container was killed"
+        case .cancelled:
+            outcome = RunOutcome(status: .cancelled)
+            outcome.message = "cancelled; the container was killed"
+        case nil:
+            guard let code else {
+                if case .signaled(let signal) = result.termination {
+                    return .error("\(tool) itself was killed by signal \(signal)")
+                }
+                return .error("\(tool)'s exit status was lost (does the node ignore SIGCHLD?)")
+            }
+            if usage.oomKills > 0 && code != 0 {
+                outcome = RunOutcome(status: .oomKilled)
+                outcome.signal = SIGKILL
+                outcome.message =
+                    "memory limit reached; the kernel's OOM killer killed \(usage.oomKills) process"
+                    + (usage.oomKills == 1 ? "" : "es") + " in the container"
+            } else if code == 0 {
+                outcome = RunOutcome(status: .succeeded)
+            } else if let runtimeFailure {
+                // The program never ran, or the runtime broke down under it.
+                let aboutProgram = runtimeFailure.contains(program) || runtimeFailure.contains("working directory")
+                outcome = aboutProgram ? RunOutcome(status: .failed) : .error("")
+                outcome.message = "\(tool): \(runtimeFailure)"
+            } else if limits.cpuTimeMs > 0 && (code == 128 + SIGXCPU || code == 128 + SIGKILL)
+                && usage.cpuTimeMicroseconds >= UInt64(limits.cpuTimeMs) * 1000
+            {
+                outcome = RunOutcome(status: .timedOut)
+                outcome.signal = code - 128
+                outcome.message =
+                    "CPU-time limit of \(limits.cpuTimeMs) ms reached (RLIMIT_CPU, whole seconds); the program was killed"
+            } else {
+                outcome = RunOutcome(status: .failed)
+                outcome.message = "exited with code \(code)"
+            }
+        }
+        if let code { outcome.exitCode = code }
+        outcome.stdout = result.stdout
+        outcome.stderr = result.stderr
+        outcome.stdoutTruncated = result.stdoutTruncated
+        outcome.stderrTruncated = result.stderrTruncated
+        outcome.stdoutBytes = result.stdoutBytes
+        outcome.stderrBytes = result.stderrBytes
+        outcome.cpuTimeMicroseconds = usage.cpuTimeMicroseconds
+        outcome.peakMemoryBytes = usage.peakMemoryBytes
+        outcome.runMilliseconds = Self.milliseconds(result.runTime)
+        return outcome
+    }
+
+    static func milliseconds(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        return UInt64(max(0, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
+    }
+}

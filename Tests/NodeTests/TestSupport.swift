@@ -1,0 +1,68 @@
+import Foundation
+import Glibc
+import HangarNode
+import HangarShared
+
+// Helpers shared by the node tests: real processes, nothing mocked.
+
+func job(_ argv: [String], _ configure: (inout Hangar_V1_JobSpec) -> Void = { _ in }) -> Hangar_V1_JobSpec {
+    var spec = Hangar_V1_JobSpec()
+    spec.runtime = "process"
+    spec.argv = argv
+    configure(&spec)
+    return spec
+}
+
+func text(_ data: Data) -> String {
+    String(decoding: data, as: UTF8.self)
+}
+
+func uniqueTag() -> String {
+    String(Int.random(in: 100_000...999_999))
+}
+
+/// Pids of live host processes that have `argument` as one whole argv element.
+func processes(withArgument argument: String) -> [String] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.filter { $0.allSatisfy(\.isNumber) }.filter { pid in
+        let fd = open("/proc/\(pid)/cmdline", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = read(fd, &chunk, chunk.count)
+            guard count > 0 else { break }
+            bytes += chunk[0..<count]
+        }
+        return bytes.split(separator: 0).contains { text(Data($0)) == argument }
+    }
+}
+
+/// Waits up to `timeout` for no process to carry any of `arguments`; returns those still alive.
+func survivors(of arguments: [String], within timeout: Duration = .seconds(2)) async -> [String] {
+    let end = ContinuousClock.now + timeout
+    while true {
+        let alive = arguments.filter { !processes(withArgument: $0).isEmpty }
+        if alive.isEmpty || ContinuousClock.now >= end { return alive }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+}
+
+/// Job cgroup directories whose name contains `tag`, in every parent the node uses. Job cgroups are
+/// named after the job id, so a tag in the job id finds that job's cgroups.
+func leftoverCgroups(containing tag: String) -> [String] {
+    guard case .success(let host) = CgroupHost.current else { return [] }
+    return host.parentDirectories.flatMap { parent in
+        ((try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []).filter { $0.contains(tag) }.map {
+            parent + "/" + $0
+        }
+    }
+}
+
+/// This process's cgroups for the job `jobID` (named `<job id>.<node pid>.<n>`) that still exist.
+func leftoverCgroups(ofJob jobID: String) -> [String] {
+    leftoverCgroups(containing: "\(jobID).\(getpid()).").filter {
+        ($0 as NSString).lastPathComponent.hasPrefix("\(jobID).\(getpid()).")
+    }
+}
