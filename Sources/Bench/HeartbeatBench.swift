@@ -39,7 +39,9 @@ enum HeartbeatBench {
         let wall = benchSeconds(wallBefore.duration(to: .now))
         while publisher.isRunning { try await Task.sleep(for: .milliseconds(50)) }
 
-        let client = try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: "client", logger: logger))
+        let client = try await NATSConnection(
+            options: NATSConnectionOptions(servers: [server.url], name: "client", logger: logger)
+        )
         let answer = try await client.request(
             Subjects.admin("nodes"),
             payload: try Hangar_V1_NodesRequest().serializedData(),
@@ -63,7 +65,9 @@ enum HeartbeatBench {
 
     /// The child: publishes `nodes` heartbeats per second, spread over the second, for `seconds`.
     static func publish(url: String, nodes: Int, seconds: Int) async throws {
-        let connection = try await NATSConnection(options: NATSConnectionOptions(servers: [url], name: "heartbeats", sendAsap: false))
+        let connection = try await NATSConnection(
+            options: NATSConnectionOptions(servers: [url], name: "heartbeats", sendAsap: false)
+        )
         var heartbeat = Hangar_V1_NodeHeartbeat()
         heartbeat.capacity.cpuMillis = 32_000
         heartbeat.capacity.memoryBytes = 64 << 30
