@@ -24,6 +24,10 @@ struct Bench {
             try await HeartbeatBench.publish(url: values[1], nodes: Int(values[2]) ?? 0, seconds: Int(values[3]) ?? 0)
             return
         }
+        if arguments.contains("runtimes") {
+            print(try await RuntimeBench.run(quick: quick))
+            return
+        }
         if arguments.contains("heartbeats") {
             print(try await HeartbeatBench.run(nodes: 10_000, seconds: quick ? 5 : 10))
             return
@@ -174,14 +178,15 @@ func measure(_ count: Int, _ body: @Sendable () async throws -> Void) async thro
     return Sample(median: durations[count / 2], p99: durations[min(count - 1, Int(Double(count) * 0.99))])
 }
 
-func spawnAndWait(_ path: String) throws {
+func spawnAndWait(_ path: String, _ arguments: [String] = []) throws {
     var pid: pid_t = 0
-    let argv: [UnsafeMutablePointer<CChar>?] = [strdup(path), nil]
+    let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
     defer { for pointer in argv { free(pointer) } }
     let status = posix_spawn(&pid, path, nil, nil, argv, environ)
-    guard status == 0 else { throw BenchError("posix_spawn: \(status)") }
+    guard status == 0 else { throw BenchError("posix_spawn(\(path)): \(status)") }
     var exitStatus: Int32 = 0
     waitpid(pid, &exitStatus, 0)
+    guard exitStatus == 0 else { throw BenchError("\(path) exited with status \(exitStatus)") }
 }
 
 func seconds(_ duration: Duration) -> Double {
