@@ -61,13 +61,29 @@ struct Bench {
         let rawRTT = try await measure(sequential) {
             _ = try await client.request("bench.echo", payload: payload, timeout: .seconds(5))
         }
+        let rawStarted = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for clientIndex in 0..<64 {
+                group.addTask {
+                    for _ in stride(from: clientIndex, to: concurrentJobs, by: 64) {
+                        _ = try await client.request("bench.echo", payload: payload, timeout: .seconds(5))
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let rawThroughput = Double(concurrentJobs) / seconds(rawStarted.duration(to: .now))
         echoTask.cancel()
         echo.unsubscribe()
 
         // The cluster: one scheduler, two nodes, in this process, over the real nats-server.
         let databasePath = directory.appendingPathComponent("hangar.sqlite").path
+        var config = SchedulerConfig(databasePath: databasePath)
+        // The benchmark measures the control plane, not the default rate limit.
+        config.tenants.defaults.rate = 1e9
+        config.tenants.defaults.burst = 1e9
         let scheduler = Scheduler(
-            config: SchedulerConfig(databasePath: databasePath),
+            config: config,
             nats: try await connect("scheduler"),
             store: try Store(path: databasePath),
             logger: logger
@@ -90,9 +106,10 @@ struct Bench {
                 payload: try request.serializedData(),
                 timeout: .seconds(60)
             )
-            guard case .result(let result) = try Hangar_V1_SubmitReply(serializedBytes: answer.payload).outcome,
-                result.status == .succeeded
-            else { throw BenchError("a job did not succeed") }
+            let reply = try Hangar_V1_SubmitReply(serializedBytes: answer.payload)
+            guard case .result(let result) = reply.outcome, result.status == .succeeded else {
+                throw BenchError("a job did not succeed: \(reply)")
+            }
             return result
         }
 
@@ -145,7 +162,8 @@ struct Bench {
             | baseline: posix_spawn + wait of /bin/true | \(processJobs) | \(ms(bareSpawn.median)) | \(ms(bareSpawn.p99)) | 1.0 |
             | `process` job (bubblewrap) running /bin/true, submit → result | \(processJobs) | \(ms(processLatency.median)) | \(ms(processLatency.p99)) | \(ratio(processLatency.median, bareSpawn.median)) × bare spawn |
 
-            Null-job throughput, 64 concurrent clients: **\(Int(throughput)) jobs/s** (\(concurrentJobs) jobs in \(String(format: "%.2f", seconds(elapsed))) s).
+            Raw NATS request/reply, 64 concurrent requesters: \(Int(rawThroughput)) requests/s (baseline).
+            Null-job throughput, 64 concurrent clients: **\(Int(throughput)) jobs/s**, \(String(format: "%.0f", throughput / rawThroughput * 100))% of the raw rate (\(concurrentJobs) jobs in \(String(format: "%.2f", seconds(elapsed))) s).
             Store: \(statistics.operations) writes in \(statistics.transactions) transactions (\(String(format: "%.1f", Double(statistics.operations) / Double(max(1, statistics.transactions)))) per commit).
 
             """

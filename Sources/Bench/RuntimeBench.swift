@@ -45,7 +45,9 @@ enum RuntimeBench {
             let jobSpec = spec
             let sample = try await measure(count) {
                 let outcome = await runtime.run(jobSpec, jobID: "bench\(UInt32.random(in: 0...UInt32.max))")
-                guard outcome.status == .succeeded else { throw BenchError("\(runtime.name): \(outcome.status) \(outcome.message)") }
+                guard outcome.status == .succeeded else {
+                    throw BenchError("\(runtime.name): \(outcome.status) \(outcome.message)")
+                }
             }
             rows.append(row(label, count, sample, bare))
         }
