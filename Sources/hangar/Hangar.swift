@@ -13,7 +13,7 @@ struct Hangar: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             DevCommand.self, SchedulerCommand.self, NodeCommand.self, RunCommand.self, CancelCommand.self,
-            NodesCommand.self, JobCommand.self, DrainCommand.self, EligibilityCommand.self,
+            NodesCommand.self, JobCommand.self, DrainCommand.self, EligibilityCommand.self, AuditCommand.self,
         ]
     )
 }

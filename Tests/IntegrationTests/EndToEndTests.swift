@@ -119,6 +119,17 @@ struct EndToEndTests {
                 )
             }
             #expect(events == ["job.accepted", "attempt.placed", "job.finished"])
+
+            var verify = Hangar_V1_AuditRequest()
+            verify.verify = true
+            let chain = try await cluster.admin("audit", verify, as: Hangar_V1_AuditReply.self)
+            #expect(chain.verified, "\(chain.message)")
+            #expect(chain.rowsChecked >= 3)
+            var list = Hangar_V1_AuditRequest()
+            list.jobID = result.jobID
+            let listed = try await cluster.admin("audit", list, as: Hangar_V1_AuditReply.self)
+            #expect(listed.events.map(\.event) == ["job.accepted", "attempt.placed", "job.finished"])
+            #expect(listed.events.allSatisfy { $0.hash.count == 64 })
         }
     }
 

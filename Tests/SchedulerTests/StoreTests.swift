@@ -123,3 +123,75 @@ struct StoreTests {
         #expect(try await store.count("jobs") == 50)
     }
 }
+
+@Suite("Tamper-evident audit")
+struct AuditChainTests {
+    /// A store with five audit rows, and a raw connection an attacker would use (triggers dropped).
+    func tamperable() async throws -> (Store, DatabaseQueue) {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "hangar-audit-\(UUID().uuidString)"
+        )
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let path = directory.appendingPathComponent("hangar.sqlite").path
+        let store = try Store(path: path)
+        for index in 1...5 {
+            try await store.write(.audit(actor: "operator:test", event: "e\(index)", jobID: nil, detail: "d\(index)"))
+        }
+        let queue = try DatabaseQueue(path: path)
+        try await queue.write { db in
+            try db.execute(sql: "DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete")
+        }
+        return (store, queue)
+    }
+
+    @Test("an intact chain verifies")
+    func intact() async throws {
+        let (store, _) = try await tamperable()
+        let result = try await store.verifyAudit()
+        #expect(result.checked == 5)
+        #expect(result.firstBad == nil)
+        #expect(result.head.count == 64)
+    }
+
+    @Test("an edited row is found at that row")
+    func edited() async throws {
+        let (store, queue) = try await tamperable()
+        try await queue.write { db in try db.execute(sql: "UPDATE audit SET detail = 'forged' WHERE seq = 3") }
+        #expect(try await store.verifyAudit().firstBad == 3)
+    }
+
+    @Test("a deleted row is found at the row after it")
+    func deleted() async throws {
+        let (store, queue) = try await tamperable()
+        try await queue.write { db in try db.execute(sql: "DELETE FROM audit WHERE seq = 2") }
+        #expect(try await store.verifyAudit().firstBad == 3)
+    }
+
+    @Test("swapped rows are found at the first of them")
+    func swapped() async throws {
+        let (store, queue) = try await tamperable()
+        try await queue.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE audit SET seq = 100 WHERE seq = 2;
+                    UPDATE audit SET seq = 2 WHERE seq = 4;
+                    UPDATE audit SET seq = 4 WHERE seq = 100;
+                    """
+            )
+        }
+        #expect(try await store.verifyAudit().firstBad == 2)
+    }
+
+    @Test("a rehashed edit still breaks the chain at the next row")
+    func rehashed() async throws {
+        let (store, queue) = try await tamperable()
+        // The attacker edits row 3 and gives it some other hash: row 4 no longer follows from it.
+        try await queue.write { db in
+            try db.execute(
+                sql: "UPDATE audit SET detail = 'forged', hash = ? WHERE seq = 3",
+                arguments: [String(repeating: "a", count: 64)]
+            )
+        }
+        #expect(try await store.verifyAudit().firstBad == 3)
+    }
+}

@@ -34,10 +34,18 @@ extension Scheduler {
                 reply.message = "the payload is not a hangar.v1.EligibilityRequest"
             }
             payload = try? reply.serializedData()
+        case "audit":
+            var reply = Hangar_V1_AuditReply()
+            if let request = try? Hangar_V1_AuditRequest(serializedBytes: message.payload) {
+                reply = await audit(request)
+            } else {
+                reply.message = "the payload is not a hangar.v1.AuditRequest"
+            }
+            payload = try? reply.serializedData()
         default:
             logger.info("unknown admin verb", metadata: ["verb": "\(verb)"])
             var reply = Hangar_V1_AdminReply()
-            reply.message = "unknown admin verb '\(verb)'; known: nodes, job, drain, eligibility"
+            reply.message = "unknown admin verb '\(verb)'; known: nodes, job, drain, eligibility, audit"
             payload = try? reply.serializedData()
         }
         if let payload, let replyTo = message.replyTo {
@@ -148,6 +156,34 @@ extension Scheduler {
     func applyControl(_ control: NodeControl, to nodeID: String) {
         cluster.setEligible(nodeID, control.eligible)
         cluster.setDraining(nodeID, control.draining, deadline: control.drainDeadline)
+    }
+
+    nonisolated func audit(_ request: Hangar_V1_AuditRequest) async -> Hangar_V1_AuditReply {
+        var reply = Hangar_V1_AuditReply()
+        do {
+            if request.verify {
+                let (checked, firstBad, head) = try await store.verifyAudit()
+                reply.rowsChecked = checked
+                if let firstBad {
+                    reply.firstBadSeq = firstBad
+                    reply.message =
+                        "audit chain broken at row \(firstBad): that row was edited or moved, or the row before it was deleted"
+                } else {
+                    reply.verified = true
+                    reply.message = "audit chain intact: \(checked) rows, head \(head)"
+                }
+            } else {
+                reply.events = try await store.auditRows(
+                    tenant: request.tenant.isEmpty ? nil : request.tenant,
+                    jobID: request.jobID.isEmpty ? nil : request.jobID,
+                    sinceMs: request.sinceMs,
+                    limit: request.limit == 0 ? 100 : Int(min(request.limit, 10_000))
+                )
+            }
+        } catch {
+            reply.message = "the store could not be read: \(error)"
+        }
+        return reply
     }
 
     func loadNodeControls() async throws {

@@ -72,6 +72,49 @@ extension Store {
         }
     }
 
+    /// Checks the audit hash chain: rows checked, the first row that fails (nil if none), head hash.
+    public func verifyAudit() async throws -> (checked: Int64, firstBad: Int64?, head: String) {
+        try await pool.read { db in try AuditChain.verify(db) }
+    }
+
+    /// Audit rows, newest last, filtered by tenant (actor or the job's tenant), job and time.
+    public func auditRows(
+        tenant: String?,
+        jobID: String?,
+        sinceMs: Int64,
+        limit: Int
+    ) async throws -> [Hangar_V1_AuditEvent] {
+        try await pool.read { db in
+            var clauses = ["at >= ?"]
+            var arguments: [any DatabaseValueConvertible] = [sinceMs]
+            if let jobID {
+                clauses.append("job_id = ?")
+                arguments.append(jobID)
+            }
+            if let tenant {
+                clauses.append("(actor = ? OR job_id IN (SELECT id FROM jobs WHERE tenant = ?))")
+                arguments.append("tenant:\(tenant)")
+                arguments.append(tenant)
+            }
+            let sql = """
+                SELECT * FROM (SELECT seq, at, actor, event, job_id, detail, hash FROM audit
+                WHERE \(clauses.joined(separator: " AND ")) ORDER BY seq DESC LIMIT ?) ORDER BY seq
+                """
+            arguments.append(limit)
+            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(arguments)).map { row in
+                var event = Hangar_V1_AuditEvent()
+                event.seq = row["seq"]
+                event.atMs = row["at"]
+                event.actor = row["actor"]
+                event.event = row["event"]
+                event.jobID = row["job_id"] ?? ""
+                event.detail = row["detail"]
+                event.hash = row["hash"]
+                return event
+            }
+        }
+    }
+
     /// Counts rows of a table (for tests and operators).
     public func count(_ table: String) async throws -> Int {
         precondition(["jobs", "attempts", "results", "audit"].contains(table), "unknown table \(table)")

@@ -95,6 +95,33 @@ public final class Store: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v3-audit-chain") { db in
+            try db.execute(sql: "ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT ''")
+            try db.execute(sql: "DROP TRIGGER audit_no_update")
+            var previous = AuditChain.genesis
+            for row in try Row.fetchAll(db, sql: "SELECT seq, at, actor, event, job_id, detail FROM audit ORDER BY seq")
+            {
+                let hash = AuditChain.hash(
+                    previous: previous,
+                    canonical: AuditChain.canonical(
+                        seq: row["seq"],
+                        at: row["at"],
+                        actor: row["actor"],
+                        event: row["event"],
+                        jobID: row["job_id"],
+                        detail: row["detail"]
+                    )
+                )
+                try db.execute(sql: "UPDATE audit SET hash = ? WHERE seq = ?", arguments: [hash, row["seq"] as Int64])
+                previous = hash
+            }
+            try db.execute(
+                sql: """
+                    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+                        BEGIN SELECT RAISE(ABORT, 'the audit table is append-only'); END;
+                    """
+            )
+        }
         return migrator
     }
 }
@@ -298,9 +325,6 @@ extension StoreWrite {
     }
 
     private func audit(_ db: Database, at: Int64, actor: String, event: String, jobID: String?, detail: String) throws {
-        try db.execute(
-            sql: "INSERT INTO audit (at, actor, event, job_id, detail) VALUES (?, ?, ?, ?, ?)",
-            arguments: [at, actor, event, jobID, detail]
-        )
+        try AuditChain.append(db, at: at, actor: actor, event: event, jobID: jobID, detail: detail)
     }
 }

@@ -1,0 +1,72 @@
+import Crypto
+import Foundation
+import GRDB
+
+/// The audit table is a hash chain: each row stores `SHA-256(previous row's hash ‖ this row's
+/// canonical bytes)`, written in the same transaction as the change it records. Editing, deleting or
+/// moving a row breaks the chain at that row (or the row after a deleted one); `verify` finds it.
+/// Anchor the head hash elsewhere (it is in every `hangar audit verify` report) to also detect a
+/// truncated tail.
+enum AuditChain {
+    /// The hash of the first row's predecessor.
+    static let genesis = String(repeating: "0", count: 64)
+
+    /// Length-prefixed fields, so no two different rows share canonical bytes.
+    static func canonical(seq: Int64, at: Int64, actor: String, event: String, jobID: String?, detail: String) -> Data {
+        var text = ""
+        for field in [String(seq), String(at), actor, event, jobID ?? "", detail] {
+            text += "\(field.utf8.count):\(field)|"
+        }
+        return Data(text.utf8)
+    }
+
+    static func hash(previous: String, canonical: Data) -> String {
+        var hasher = SHA256()
+        hasher.update(data: Data(previous.utf8))
+        hasher.update(data: canonical)
+        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Appends one row, chained to the last one.
+    static func append(_ db: Database, at: Int64, actor: String, event: String, jobID: String?, detail: String) throws {
+        let last = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        let seq: Int64 = (last?["seq"] ?? 0) + 1
+        let previous: String = last?["hash"] ?? genesis
+        let hash = hash(
+            previous: previous,
+            canonical: canonical(seq: seq, at: at, actor: actor, event: event, jobID: jobID, detail: detail)
+        )
+        try db.execute(
+            sql: "INSERT INTO audit (seq, at, actor, event, job_id, detail, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            arguments: [seq, at, actor, event, jobID, detail, hash]
+        )
+    }
+
+    /// Walks the whole chain. Returns the rows checked and the first row that does not verify.
+    static func verify(_ db: Database) throws -> (checked: Int64, firstBad: Int64?, head: String) {
+        var previous = genesis
+        var expectedSeq: Int64 = 1
+        var checked: Int64 = 0
+        let rows = try Row.fetchCursor(db, sql: "SELECT seq, at, actor, event, job_id, detail, hash FROM audit ORDER BY seq")
+        while let row = try rows.next() {
+            let seq: Int64 = row["seq"]
+            let stored: String = row["hash"]
+            let computed = hash(
+                previous: previous,
+                canonical: canonical(
+                    seq: seq,
+                    at: row["at"],
+                    actor: row["actor"],
+                    event: row["event"],
+                    jobID: row["job_id"],
+                    detail: row["detail"]
+                )
+            )
+            checked += 1
+            if seq != expectedSeq || computed != stored { return (checked, seq, previous) }
+            previous = stored
+            expectedSeq = seq + 1
+        }
+        return (checked, nil, previous)
+    }
+}

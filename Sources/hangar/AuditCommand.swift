@@ -1,0 +1,83 @@
+import ArgumentParser
+import Foundation
+import HangarNATS
+import HangarShared
+
+struct AuditCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "audit",
+        abstract: "Read or verify the tamper-evident audit trail.",
+        subcommands: [AuditVerifyCommand.self, AuditListCommand.self]
+    )
+}
+
+struct AuditVerifyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check the audit hash chain; report the first row that was edited, deleted or moved (exit 1)."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() async throws {
+        var request = Hangar_V1_AuditRequest()
+        request.verify = true
+        let reply = try await auditRequest(request, connection: connection)
+        if reply.verified {
+            print(reply.message)
+        } else {
+            printError(reply.message)
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct AuditListCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List audit events, oldest first.")
+
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Only events of this tenant (its own actions and its jobs).")
+    var tenant: String?
+    @Option(help: "Only events of this job.")
+    var job: String?
+    @Option(help: "Only events of the last N seconds.")
+    var since: Double?
+    @Option(help: "At most this many events (the newest).")
+    var limit: UInt32 = 100
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() async throws {
+        var request = Hangar_V1_AuditRequest()
+        request.tenant = tenant ?? ""
+        request.jobID = job ?? ""
+        if let since { request.sinceMs = unixMilliseconds() - Int64(since * 1000) }
+        request.limit = limit
+        let reply = try await auditRequest(request, connection: connection)
+        if !reply.message.isEmpty {
+            printError(reply.message)
+            throw ExitCode(1)
+        }
+        if json {
+            print(try reply.jsonString())
+            return
+        }
+        var rows = [["SEQ", "TIME", "ACTOR", "EVENT", "JOB", "DETAIL"]]
+        let formatter = ISO8601DateFormatter()
+        for event in reply.events {
+            rows.append([
+                String(event.seq),
+                formatter.string(from: Date(timeIntervalSince1970: Double(event.atMs) / 1000)),
+                event.actor, event.event, event.jobID, event.detail,
+            ])
+        }
+        print(formatTable(rows))
+    }
+}
+
+func auditRequest(_ request: Hangar_V1_AuditRequest, connection: ConnectionOptions) async throws -> Hangar_V1_AuditReply {
+    let nats = try await connection.connect(name: "hangar-cli-audit", logger: cliLogger())
+    defer { Task { [nats] in await nats.close() } }
+    let answer = try await adminRequest(nats, "audit", request)
+    return try Hangar_V1_AuditReply(serializedBytes: answer.payload)
+}
