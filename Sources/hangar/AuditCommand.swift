@@ -75,7 +75,8 @@ struct AuditListCommand: AsyncParsableCommand {
     }
 }
 
-func auditRequest(_ request: Hangar_V1_AuditRequest, connection: ConnectionOptions) async throws -> Hangar_V1_AuditReply {
+func auditRequest(_ request: Hangar_V1_AuditRequest, connection: ConnectionOptions) async throws -> Hangar_V1_AuditReply
+{
     let nats = try await connection.connect(name: "hangar-cli-audit", logger: cliLogger())
     defer { Task { [nats] in await nats.close() } }
     let answer = try await adminRequest(nats, "audit", request)

@@ -152,6 +152,11 @@ struct EndToEndTests {
             #expect(again.jobID == accepted.jobID)
             #expect(again.duplicate)
 
+            let stopper = Task {
+                try await Task.sleep(for: .seconds(20))
+                results.unsubscribe()
+            }
+            defer { stopper.cancel() }
             var iterator = results.makeAsyncIterator()
             let message = try #require(await iterator.next())
             #expect(message.subject == "hangar.result.acme.\(accepted.jobID)")

@@ -132,6 +132,33 @@ final class TestCluster: Sendable {
         return result
     }
 
+    /// Stops the scheduler (its subscriptions end; nodes keep running and keep resending results).
+    func stopScheduler() async {
+        tasks[0].cancel()
+        _ = try? await tasks[0].value
+    }
+
+    /// Starts another scheduler on the same database, as after a restart. The caller cancels the task.
+    func startScheduler(
+        settings: SchedulerSettings = SchedulerSettings()
+    ) async throws -> (Scheduler, Task<Void, any Error>) {
+        var logger = Logger(label: "test")
+        logger.logLevel = .warning
+        let connection = try await NATSConnection(
+            options: NATSConnectionOptions(servers: [server.url], name: "scheduler-2", logger: logger)
+        )
+        var config = SchedulerConfig(databasePath: databasePath)
+        config.queueTimeout = .seconds(60)
+        settings.apply(to: &config)
+        let scheduler = Scheduler(
+            config: config,
+            nats: connection,
+            store: try Store(path: databasePath),
+            logger: logger
+        )
+        return (scheduler, Task { try await scheduler.run() })
+    }
+
     /// Kills node `index` (1-based) as a crash would: its connection drops, so no heartbeat and no
     /// result leaves it again.
     func crashNode(_ index: Int) async {

@@ -57,13 +57,14 @@ public struct ContainerRuntime: Runtime {
 /// (runsc runs its sandbox in one of its own), `--network=none` (gVisor's netstack with only
 /// loopback), `--oci-seccomp` so the seccomp profile is enforced inside the sandbox too.
 ///
-/// Differences from ``ContainerRuntime``: the memory limit and the CPU and peak-memory figures cover
-/// the whole sandbox (sentry and gofer included, about 20 MiB for a small job), and on OOM the
-/// kernel kills the sandbox itself, which is still reported as OOM_KILLED; the host pids limit is
-/// the job's plus an allowance for gVisor's own threads. Limitations of the runsc in Debian 12
-/// (release 20221219): no `tmpcopyup`, so jobs with files or a working directory below `/tmp` are
-/// refused; RLIMIT_CPU is not enforced (only the wall-clock limit stops a busy job); `statx` with
-/// `AT_NO_AUTOMOUNT`, which coreutils 9 `ls` and `stat` use, fails with EINVAL inside the sandbox.
+/// Differences from ``ContainerRuntime``: the memory and CPU-time limits and the CPU and
+/// peak-memory figures cover the whole sandbox (sentry and gofer included, about 20 MiB and 150 ms
+/// for a small job), and on OOM the kernel kills the sandbox itself, which is still reported as
+/// OOM_KILLED; the host pids limit is the job's plus an allowance for gVisor's own threads.
+/// Limitations of the runsc in Debian 12 (release 20221219): no `tmpcopyup`, so jobs with files or
+/// a working directory below `/tmp` are refused; RLIMIT_CPU is not enforced (the node's polling of
+/// the cgroup's CPU time is what stops a busy job); `statx` with `AT_NO_AUTOMOUNT`, which
+/// coreutils 9 `ls` and `stat` use, fails with EINVAL inside the sandbox.
 public struct GVisorRuntime: Runtime {
     /// Always "gvisor".
     public let name = "gvisor"

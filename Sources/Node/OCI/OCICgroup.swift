@@ -108,6 +108,21 @@ struct OCICgroup: Sendable {
         return usage
     }
 
+    /// CPU time used so far by every process in the cgroup, or nil when it cannot be read.
+    func cpuTimeMicroseconds() -> UInt64? {
+        switch layout {
+        case .v1: return Self.number(directory("cpuacct") + "/cpuacct.usage").map { $0 / 1000 }
+        case .v2: return Self.field("usage_usec", in: directory("") + "/cpu.stat")
+        }
+    }
+
+    /// SIGKILLs every process in the cgroup, in every hierarchy.
+    func killAll() {
+        for path in existingDirectories() {
+            for pid in Self.processes(in: path) { kill(pid, SIGKILL) }
+        }
+    }
+
     /// Kills whatever is left in the cgroup and removes its directory from every hierarchy (the
     /// runtimes also create it in hierarchies the node does not limit). Returns what could not be
     /// removed; empty when the cgroup is gone.
@@ -201,5 +216,27 @@ struct OCICgroup: Sendable {
             if parts.count == 2 && parts[0] == key { return UInt64(parts[1]) }
         }
         return nil
+    }
+}
+
+/// The job's CPU-time limit, over the whole container: the monitor polls the cgroup's CPU time and
+/// kills everything in it at the limit. RLIMIT_CPU alone counts one process at a time (a job that
+/// spreads its work over short-lived processes never reaches it), and runsc does not enforce it.
+/// Under gVisor the sandbox's own CPU time (the sentry's and gofer's) counts too.
+struct OCICPUTimeContainment: SandboxContainment {
+    static let interval = Duration.milliseconds(20)
+
+    let cgroup: OCICgroup
+    let limitMicroseconds: UInt64
+
+    var checkInterval: Duration? { Self.interval }
+
+    func check() -> SandboxLimit? {
+        guard let used = cgroup.cpuTimeMicroseconds() else { return nil }
+        return used >= limitMicroseconds ? .cpuTime : nil
+    }
+
+    func killAll() {
+        cgroup.killAll()
     }
 }

@@ -110,7 +110,9 @@ struct OCIEngine: Sendable {
                 stdin: spec.stdin,
                 timeout: timeout,
                 outputLimit: outputLimit,
-                drainTimeout: Self.drainTimeout
+                drainTimeout: Self.drainTimeout,
+                containment: limits.cpuTimeMs > 0
+                    ? OCICPUTimeContainment(cgroup: cgroup, limitMicroseconds: UInt64(limits.cpuTimeMs) * 1000) : nil
             )
             prepared = clock.now - began
             do throws(SandboxSpawnError) {

@@ -24,6 +24,11 @@ struct OCIOutcome: Sendable {
         case .signaled, .lost: code = nil
         }
         switch result.killReason {
+        case .timedOut where result.exceededLimit == .cpuTime:
+            outcome = RunOutcome(status: .timedOut)
+            outcome.message =
+                "CPU-time limit of \(limits.cpuTimeMs) ms reached (\(usage.cpuTimeMicroseconds / 1000) ms used); "
+                + "the container was killed"
         case .timedOut:
             outcome = RunOutcome(status: .timedOut)
             outcome.message =

@@ -3,9 +3,10 @@ import Glibc
 import HangarShared
 
 /// Runs a job's argv inside bubblewrap: every namespace unshared (no network but loopback), all
-/// capabilities dropped, uid/gid 65534, a read-only view of the host's `/usr` and a few `/etc`
-/// files, and a size-bounded private tmpfs at `/tmp`. Killing the outer `bwrap` tears down the
-/// job's pid namespace, so nothing the job started (daemons included) survives it.
+/// capabilities dropped, uid/gid 65534 (on the host ``sandboxHostID``, never root), a read-only
+/// view of the host's `/usr` and a few `/etc` files, and a size-bounded private tmpfs at `/tmp`.
+/// Killing the outer `bwrap` tears down the job's pid namespace, so nothing the job started
+/// (daemons included) survives it.
 ///
 /// Every limit is enforced by the kernel: memory (without swap), pids and CPU bandwidth by a
 /// per-job cgroup (v1 or v2, see ``CgroupHost``) that the sandbox joins before bubblewrap starts;
@@ -28,6 +29,12 @@ public struct ProcessRuntime: Runtime {
     public static let defaultScratchBytes = JobLimits.defaultFileSizeBytes
     /// `PATH` inside the sandbox unless the job sets its own.
     public static let defaultPath = "/usr/local/bin:/usr/bin:/bin"
+    /// The unprivileged host uid and gid that bubblewrap, and so the job, run as when the node runs
+    /// as root: the id ``ContainerRuntime``'s jobs have on the host. Run as root, bubblewrap would
+    /// map the job's uid onto host root, whose uid alone opens the host's sysctls (`core_pattern`),
+    /// root-only `/proc` files and bound-in root-only files, capabilities or not. A node that is not
+    /// root runs bubblewrap as itself.
+    public static let sandboxHostID: UInt32 = 165_534
 
     /// Built once: the filter only depends on the CPU architecture.
     private static let seccomp = Result { () throws(SeccompError) in try SeccompFilter.standard() }
@@ -95,8 +102,8 @@ public struct ProcessRuntime: Runtime {
             return "cgroups cannot be used, so no memory, pids or CPU limits: \(error.description)"
         }
         if case .failure(let error) = Self.seccomp { return error.description }
-        for tool in [LimitShim.shellPath, LimitShim.prlimitPath] where access(tool, X_OK) != 0 {
-            return "\(tool) is missing (needed to apply rlimits and join the cgroup)"
+        for tool in [LimitShim.shellPath, LimitShim.prlimitPath, LimitShim.setprivPath] where access(tool, X_OK) != 0 {
+            return "\(tool) is missing (needed to apply rlimits, join the cgroup and drop root)"
         }
         return nil
     }
@@ -133,7 +140,8 @@ public struct ProcessRuntime: Runtime {
             procsFiles: cgroup.procsFiles,
             limits: limits,
             program: bubblewrapPath,
-            arguments: ["bwrap"] + invocation.arguments
+            arguments: ["bwrap"] + invocation.arguments,
+            user: geteuid() == 0 ? Self.sandboxHostID : nil
         )
         let command = SandboxCommand(
             executable: shim.executable,

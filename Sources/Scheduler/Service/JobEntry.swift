@@ -19,6 +19,11 @@ struct JobEntry: Sendable {
     var placementMilliseconds: UInt64 = 0
     var lastPlacementProblem = ""
     var finishing = false
+    /// Restored from the store after a scheduler restart while its attempt was running; confirmed or
+    /// declared lost once the node has had time to report.
+    var recovered = false
+    /// The attempt holds a reservation on `nodeID` in the cluster state.
+    var reserved = false
 
     var tenant: String { submission.tenant }
 

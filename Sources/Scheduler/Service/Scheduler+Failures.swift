@@ -26,6 +26,7 @@ extension Scheduler {
                 if let entry = jobs[item.jobID], entry.nodeID == nil { requeue(entry) }
             }
         }
+        settleRecovered(now: now)
         expireQueued(now: now)
         reloadTenantsIfChanged(now: now)
         pump()
@@ -34,33 +35,40 @@ extension Scheduler {
     /// The node's running attempts are LOST: retried after a backoff while the job's retry policy
     /// allows, else the job ends LOST with the reason.
     func loseAttempts(on nodeID: String, reason: String) {
+        for entry in jobs.values where entry.nodeID == nodeID && !entry.finishing {
+            loseAttempt(entry.id, reason: reason)
+        }
+    }
+
+    /// The job's current attempt is LOST: retried after a backoff while its retry policy allows,
+    /// else the job ends LOST with the reason.
+    func loseAttempt(_ jobID: String, reason: String) {
+        guard var entry = jobs[jobID], let nodeID = entry.nodeID, !entry.finishing else { return }
         let now = ContinuousClock.now
-        for var entry in jobs.values where entry.nodeID == nodeID && !entry.finishing {
-            let attempt = entry.attempt
-            releaseAttempt(&entry)
-            entry.losses += 1
-            jobs[entry.id] = entry
-            let store = self.store
-            let lost = StoreWrite.attemptEnded(jobID: entry.id, attempt: attempt, status: "LOST", detail: reason)
-            Task { try? await store.write(lost) }
-            if entry.losses < entry.submission.maxAttempts {
-                let backoff = entry.submission.backoff * (1 << min(Int(entry.losses) - 1, 10))
-                delayed.append((now + backoff, entry.id))
-                logger.info(
-                    "attempt lost; retrying",
-                    metadata: [
-                        "job.id": "\(entry.id)", "attempt": "\(attempt)", "node.id": "\(nodeID)",
-                        "retry.in": "\(backoff)",
-                    ]
-                )
-            } else {
-                finishWithoutNode(
-                    entry,
-                    status: .lost,
-                    message:
-                        "\(reason); attempt \(attempt) lost and no retries left (max_attempts \(entry.submission.maxAttempts))"
-                )
-            }
+        let attempt = entry.attempt
+        releaseAttempt(&entry)
+        entry.losses += 1
+        entry.recovered = false
+        jobs[entry.id] = entry
+        let store = self.store
+        let lost = StoreWrite.attemptEnded(jobID: entry.id, attempt: attempt, status: "LOST", detail: reason)
+        Task { try? await store.write(lost) }
+        if entry.losses < entry.submission.maxAttempts {
+            let backoff = entry.submission.backoff * (1 << min(Int(entry.losses) - 1, 10))
+            delayed.append((now + backoff, entry.id))
+            logger.info(
+                "attempt lost; retrying",
+                metadata: [
+                    "job.id": "\(entry.id)", "attempt": "\(attempt)", "node.id": "\(nodeID)", "retry.in": "\(backoff)",
+                ]
+            )
+        } else {
+            finishWithoutNode(
+                entry,
+                status: .lost,
+                message:
+                    "\(reason); attempt \(attempt) lost and no retries left (max_attempts \(entry.submission.maxAttempts))"
+            )
         }
     }
 

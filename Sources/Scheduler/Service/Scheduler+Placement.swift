@@ -66,6 +66,7 @@ extension Scheduler {
         queue.started(tenant: entry.tenant, cpuMillis: entry.request.cpuMillis, memoryBytes: entry.request.memoryBytes)
         entry.attempt += 1
         entry.nodeID = nodeID
+        entry.reserved = true
         entry.placedAt = now
         jobs[entry.id] = entry
         var assignment = Hangar_V1_Assignment()
@@ -80,7 +81,8 @@ extension Scheduler {
     /// Gives back what the job's current attempt holds on its node.
     func releaseAttempt(_ entry: inout JobEntry) {
         guard let nodeID = entry.nodeID else { return }
-        cluster.release(nodeID, entry.request)
+        if entry.reserved { cluster.release(nodeID, entry.request) }
+        entry.reserved = false
         queue.finished(tenant: entry.tenant, cpuMillis: entry.request.cpuMillis, memoryBytes: entry.request.memoryBytes)
         entry.nodeID = nil
         jobs[entry.id] = entry

@@ -25,6 +25,8 @@ public actor Scheduler {
     var lastTenantsCheck = ContinuousClock.now
     /// Operator settings per node (eligibility, drain), kept in the store across restarts.
     var nodeControls: [String: NodeControl] = [:]
+    /// When restored running attempts must have been confirmed by their nodes.
+    var recoveryDeadline: ContinuousClock.Instant?
 
     public init(config: SchedulerConfig, nats: NATSConnection, store: Store, logger: Logger) {
         self.config = config
@@ -42,6 +44,7 @@ public actor Scheduler {
             tenantsFileStamp = modificationDate(file)
         }
         try await loadNodeControls()
+        try await recover()
         let group = Subjects.schedulerQueueGroup
         let submits = try nats.subscribe(Subjects.submitWildcard, queueGroup: group)
         let cancels = try nats.subscribe(Subjects.cancelWildcard, queueGroup: group)
@@ -167,7 +170,7 @@ public actor Scheduler {
         )
         jobs[id] = entry
         if let key { byRequest[key] = id }
-        let stored = StoredJob(
+        var stored = StoredJob(
             id: id,
             tenant: submission.tenant,
             requestID: submission.requestID.isEmpty ? nil : submission.requestID,
@@ -175,6 +178,7 @@ public actor Scheduler {
             priority: submission.priority,
             submittedAt: unixMilliseconds()
         )
+        stored.request = request
         do {
             try await store.write(.jobAccepted(stored))
         } catch {

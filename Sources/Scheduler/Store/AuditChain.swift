@@ -47,7 +47,10 @@ enum AuditChain {
         var previous = genesis
         var expectedSeq: Int64 = 1
         var checked: Int64 = 0
-        let rows = try Row.fetchCursor(db, sql: "SELECT seq, at, actor, event, job_id, detail, hash FROM audit ORDER BY seq")
+        let rows = try Row.fetchCursor(
+            db,
+            sql: "SELECT seq, at, actor, event, job_id, detail, hash FROM audit ORDER BY seq"
+        )
         while let row = try rows.next() {
             let seq: Int64 = row["seq"]
             let stored: String = row["hash"]

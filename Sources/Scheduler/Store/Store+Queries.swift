@@ -37,6 +37,45 @@ extension Store {
         }
     }
 
+    /// A job a previous scheduler process accepted and did not finish.
+    public struct UnfinishedJob: Sendable {
+        public var id: String
+        public var tenant: String
+        public var request: Hangar_V1_SubmitRequest
+        /// The latest attempt, if one was placed: its number, node and whether it is still running.
+        public var attempt: UInt32
+        public var nodeID: String?
+        public var running: Bool
+    }
+
+    /// Jobs left QUEUED or RUNNING, oldest first.
+    public func unfinishedJobs() async throws -> [UnfinishedJob] {
+        try await pool.read { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT j.id, j.tenant, j.request,
+                        (SELECT MAX(attempt) FROM attempts a WHERE a.job_id = j.id) AS attempt,
+                        (SELECT node_id FROM attempts a WHERE a.job_id = j.id ORDER BY attempt DESC LIMIT 1) AS node_id,
+                        (SELECT status FROM attempts a WHERE a.job_id = j.id ORDER BY attempt DESC LIMIT 1) AS attempt_status
+                    FROM jobs j WHERE j.status IN ('QUEUED', 'RUNNING') ORDER BY j.submitted_at
+                    """
+            )
+            return try rows.map { row in
+                let blob: Data? = row["request"]
+                return UnfinishedJob(
+                    id: row["id"],
+                    tenant: row["tenant"],
+                    request: try blob.map { try Hangar_V1_SubmitRequest(serializedBytes: $0) }
+                        ?? Hangar_V1_SubmitRequest(),
+                    attempt: UInt32(row["attempt"] as Int? ?? 0),
+                    nodeID: row["node_id"],
+                    running: (row["attempt_status"] as String?) == "RUNNING"
+                )
+            }
+        }
+    }
+
     /// Every node's operator settings.
     public func nodeControls() async throws -> [String: NodeControl] {
         try await pool.read { db in

@@ -122,6 +122,9 @@ public final class Store: Sendable {
                     """
             )
         }
+        migrator.registerMigration("v4-job-request") { db in
+            try db.execute(sql: "ALTER TABLE jobs ADD COLUMN request BLOB")
+        }
         return migrator
     }
 }
@@ -168,6 +171,8 @@ public struct StoredJob: Sendable {
     public var spec: Hangar_V1_JobSpec
     public var priority: Int32
     public var submittedAt: Int64
+    /// The tenant's request as submitted, so a restarted scheduler can queue the job again.
+    public var request = Hangar_V1_SubmitRequest()
 
     public init(
         id: String,
@@ -193,12 +198,13 @@ extension StoreWrite {
         case .jobAccepted(let job):
             try db.execute(
                 sql: """
-                    INSERT INTO jobs (id, tenant, request_id, runtime, template, priority, status, spec, submitted_at, updated_at)
-                    VALUES (?, ?, ?, ?, ?, ?, 'QUEUED', ?, ?, ?)
+                    INSERT INTO jobs (id, tenant, request_id, runtime, template, priority, status, spec, submitted_at,
+                        updated_at, request)
+                    VALUES (?, ?, ?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?)
                     """,
                 arguments: [
                     job.id, job.tenant, job.requestID, job.spec.runtime, job.spec.template, Int(job.priority),
-                    try job.spec.serializedData(), job.submittedAt, now,
+                    try job.spec.serializedData(), job.submittedAt, now, try job.request.serializedData(),
                 ]
             )
             try audit(
