@@ -10,7 +10,12 @@ struct RecoveryTests {
     @Test("after a scheduler restart, the running job's result is kept and the queued job runs; nothing twice")
     func restartKeepsWork() async throws {
         let settings = SchedulerSettings(nodeTTL: .milliseconds(800), nodeGrace: .milliseconds(400))
-        try await withCluster(nodes: 1, slots: 1, runtimes: [DelayRuntime(delay: .milliseconds(1500))], settings: settings) {
+        try await withCluster(
+            nodes: 1,
+            slots: 1,
+            runtimes: [DelayRuntime(delay: .milliseconds(1500))],
+            settings: settings
+        ) {
             cluster in
             let results = try cluster.client.subscribe("hangar.result.acme.>")
             try await cluster.client.flush()

@@ -12,7 +12,12 @@ extension Scheduler {
         var running = 0
         for job in unfinished {
             let policy = tenants.policy(for: job.tenant)
-            guard case .success(let submission) = config.validator.validate(job.request, tenant: job.tenant, policy: policy)
+            guard
+                case .success(let submission) = config.validator.validate(
+                    job.request,
+                    tenant: job.tenant,
+                    policy: policy
+                )
             else {
                 var entry = JobEntry(
                     id: job.id,
@@ -50,7 +55,11 @@ extension Scheduler {
                 entry.nodeID = nodeID
                 entry.placedAt = .now
                 entry.recovered = true
-                queue.started(tenant: entry.tenant, cpuMillis: entry.request.cpuMillis, memoryBytes: entry.request.memoryBytes)
+                queue.started(
+                    tenant: entry.tenant,
+                    cpuMillis: entry.request.cpuMillis,
+                    memoryBytes: entry.request.memoryBytes
+                )
                 jobs[job.id] = entry
                 running += 1
             } else {
@@ -63,7 +72,12 @@ extension Scheduler {
         recoveryDeadline = .now + config.nodeTTL + config.nodeGrace
         logger.notice("recovered unfinished jobs", metadata: ["queued": "\(requeued)", "running": "\(running)"])
         try? await store.write(
-            .audit(actor: "scheduler", event: "scheduler.recovered", jobID: nil, detail: "queued \(requeued), running \(running)")
+            .audit(
+                actor: "scheduler",
+                event: "scheduler.recovered",
+                jobID: nil,
+                detail: "queued \(requeued), running \(running)"
+            )
         )
     }
 
@@ -75,12 +89,16 @@ extension Scheduler {
         for entry in jobs.values where entry.recovered {
             jobs[entry.id]?.recovered = false
             guard let nodeID = entry.nodeID else { continue }
-            let listed = cluster.records[nodeID]?.heartbeat.runningJobs.contains("\(entry.id)/\(entry.attempt)") ?? false
+            let listed =
+                cluster.records[nodeID]?.heartbeat.runningJobs.contains("\(entry.id)/\(entry.attempt)") ?? false
             if cluster.isUp(nodeID) && listed {
                 cluster.reserve(nodeID, entry.request)
                 jobs[entry.id]?.reserved = true
             } else {
-                loseAttempt(entry.id, reason: "after a scheduler restart node \(nodeID) did not confirm attempt \(entry.attempt)")
+                loseAttempt(
+                    entry.id,
+                    reason: "after a scheduler restart node \(nodeID) did not confirm attempt \(entry.attempt)"
+                )
             }
         }
     }
