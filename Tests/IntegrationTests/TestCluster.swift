@@ -35,6 +35,8 @@ final class TestCluster: Sendable {
         let schedulerConnection = try await connect("scheduler")
         var config = SchedulerConfig(databasePath: databasePath)
         config.queueTimeout = .seconds(60)
+        // Generous: CI runs sandbox-heavy suites alongside; a slow ack must not look like a dead node.
+        config.assignTimeout = .seconds(10)
         settings.apply(to: &config)
         let scheduler = Scheduler(
             config: config,
@@ -149,6 +151,8 @@ final class TestCluster: Sendable {
         )
         var config = SchedulerConfig(databasePath: databasePath)
         config.queueTimeout = .seconds(60)
+        // Generous: CI runs sandbox-heavy suites alongside; a slow ack must not look like a dead node.
+        config.assignTimeout = .seconds(10)
         settings.apply(to: &config)
         let scheduler = Scheduler(
             config: config,
