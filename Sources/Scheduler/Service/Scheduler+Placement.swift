@@ -105,18 +105,11 @@ extension Scheduler {
     ) async {
         let jobID = assignment.jobID
         let attempt = assignment.attempt
-        // Not awaited: the group committer applies writes in order, so this lands before the result
-        // of the attempt, and dispatch does not wait for a commit.
-        let store = self.store
+        // Queued now, before the assignment leaves, so it is applied before the attempt's result
+        // (the group committer keeps queue order); dispatch does not wait for the commit.
         let logger = self.logger
-        Task {
-            do {
-                try await store.write(
-                    .attemptPlaced(jobID: jobID, attempt: attempt, nodeID: nodeID, at: unixMilliseconds())
-                )
-            } catch {
-                logger.error("could not record attempt", metadata: ["job.id": "\(jobID)", "error": "\(error)"])
-            }
+        store.enqueue(.attemptPlaced(jobID: jobID, attempt: attempt, nodeID: nodeID, at: unixMilliseconds())) { error in
+            logger.error("could not record attempt", metadata: ["job.id": "\(jobID)", "error": "\(error)"])
         }
         do {
             let answer = try await nats.request(

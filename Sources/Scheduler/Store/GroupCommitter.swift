@@ -5,8 +5,28 @@ import Synchronization
 /// waited into a single transaction, and resumes every caller once it is committed. Under load a
 /// transaction carries many operations; when idle each waits for nobody.
 final class GroupCommitter: Sendable {
+    /// Who hears about the commit: an awaiting caller, or a fire-and-forget callback.
+    enum Completion: Sendable {
+        case continuation(CheckedContinuation<Void, any Error>)
+        case callback(@Sendable ((any Error)?) -> Void)
+
+        func resume() {
+            switch self {
+            case .continuation(let continuation): continuation.resume()
+            case .callback(let callback): callback(nil)
+            }
+        }
+
+        func resume(throwing error: any Error) {
+            switch self {
+            case .continuation(let continuation): continuation.resume(throwing: error)
+            case .callback(let callback): callback(error)
+            }
+        }
+    }
+
     private struct Pending {
-        var operations: [(StoreWrite, CheckedContinuation<Void, any Error>)] = []
+        var operations: [(StoreWrite, Completion)] = []
         var draining = false
         var transactions = 0
         var applied = 0
@@ -26,21 +46,26 @@ final class GroupCommitter: Sendable {
 
     func submit(_ write: StoreWrite) async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            let startDrain = state.withLock { state in
-                state.operations.append((write, continuation))
-                if state.draining { return false }
-                state.draining = true
-                return true
-            }
-            if startDrain {
-                Task.detached { await self.drain() }
-            }
+            enqueue(write, .continuation(continuation))
+        }
+    }
+
+    /// Queues `write` now, in the caller's order, without waiting for the commit.
+    func enqueue(_ write: StoreWrite, _ completion: Completion) {
+        let startDrain = state.withLock { state in
+            state.operations.append((write, completion))
+            if state.draining { return false }
+            state.draining = true
+            return true
+        }
+        if startDrain {
+            Task.detached { await self.drain() }
         }
     }
 
     private func drain() async {
         while true {
-            let batch: [(StoreWrite, CheckedContinuation<Void, any Error>)] = state.withLock { state in
+            let batch: [(StoreWrite, Completion)] = state.withLock { state in
                 guard !state.operations.isEmpty else {
                     state.draining = false
                     return []

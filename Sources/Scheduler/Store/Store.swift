@@ -27,6 +27,12 @@ public final class Store: Sendable {
         try await committer.submit(write)
     }
 
+    /// Queues `write` for the next group commit without waiting for it. Writes queued this way and
+    /// with `write(_:)` are applied in the order they were queued; `onError` hears of a failure.
+    public func enqueue(_ write: StoreWrite, onError: @escaping @Sendable (any Error) -> Void) {
+        committer.enqueue(write, .callback({ error in if let error { onError(error) } }))
+    }
+
     /// Transactions committed so far and operations they carried (for tests and metrics).
     public var commitStatistics: (transactions: Int, operations: Int) { committer.statistics }
 
