@@ -28,8 +28,11 @@ public enum Subjects {
 
     /// The `index`-th dot-separated token of `subject`, if present.
     public static func token(_ subject: String, at index: Int) -> Substring? {
-        let tokens = subject.split(separator: ".", omittingEmptySubsequences: false)
-        return index < tokens.count ? tokens[index] : nil
+        // Split on the byte ".", as NATS does (String.split would treat "." plus a combining mark as one
+        // Character and merge tokens).
+        guard index >= 0 else { return nil }
+        let tokens = subject.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
+        return index < tokens.count ? Substring(tokens[index]) : nil
     }
 
     /// Whether `name` may be a tenant or node token: 1–64 characters of `[A-Za-z0-9_-]`.

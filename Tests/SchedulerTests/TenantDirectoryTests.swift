@@ -1,4 +1,6 @@
+import Foundation
 import HangarScheduler
+import HangarShared
 import Testing
 
 @Suite("Tenants file and rate limits")
@@ -62,5 +64,48 @@ struct TenantDirectoryTests {
         #expect(wait == .milliseconds(500))
         #expect(bucket.take(rate: 2, burst: 3, now: start + .milliseconds(500)) == nil)
         #expect(bucket.take(rate: 2, burst: 3, now: start + .milliseconds(500)) != nil)
+    }
+}
+
+@Suite("Inputs found by fuzzing")
+struct FuzzFindingsTests {
+    @Test("a '/' hidden in a combining character does not hide a '..' from the path checks")
+    func combiningSlash() throws {
+        var request = Hangar_V1_SubmitRequest()
+        request.argv = ["/bin/true"]
+        var file = Hangar_V1_FileIn()
+        file.path = "../\u{301}x"
+        request.files = [file]
+        guard case .failure(let bad) = RequestValidator().validate(request, tenant: "acme") else {
+            Issue.record("a '..' component was accepted")
+            return
+        }
+        #expect(bad.rejected.field == "files[0].path")
+        request.files = []
+        request.cwd = "/tmp/../\u{301}\u{600}/.."
+        guard case .failure(let badCwd) = RequestValidator().validate(request, tenant: "acme") else {
+            Issue.record("a '..' in cwd was accepted")
+            return
+        }
+        #expect(badCwd.rejected.field == "cwd")
+    }
+
+    @Test("subject tokens split on the byte '.', as NATS does")
+    func subjectTokens() {
+        #expect(Subjects.token("hangar.node.\u{301}n1.heartbeat", at: 2) == "\u{301}n1")
+        #expect(Subjects.token("a.b", at: -1) == nil)
+    }
+
+    @Test("non-finite or absurd numbers in the tenants file are refused; a tiny rate does not trap")
+    func numbers() {
+        for yaml in [
+            "defaults: {weight: .inf}", "defaults: {rate: .nan}", "defaults: {rate: -1}", "defaults: {burst: 1e300}",
+        ] {
+            #expect(throws: TenantConfigError.self) { try TenantDirectory.parse(yaml: yaml) }
+        }
+        let now = ContinuousClock.now
+        var bucket = TokenBucket(burst: 1, now: now)
+        #expect(bucket.take(rate: 1e-300, burst: 1, now: now) == nil)
+        #expect(bucket.take(rate: 1e-300, burst: 1, now: now) == .seconds(3600))
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import HangarShared
 
 /// One job's OCI bundle on disk: `<base>/<container id>/config.json` and `rootfs/`, a skeleton of
 /// empty mount points and merged-/usr symlinks (the host directories are bound over it read-only by
@@ -49,7 +50,7 @@ struct OCIBundle: Sendable {
 
     private static func makeBase(_ base: String, traversable: Bool) throws(OCIRuntimeError) {
         var current = ""
-        let components = base.split(separator: "/")
+        let components = base.pathComponents()
         for (index, component) in components.enumerated() {
             current += "/" + component
             let last = index == components.count - 1

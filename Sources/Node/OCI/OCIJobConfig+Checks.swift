@@ -54,7 +54,7 @@ extension OCIJobConfig {
         var directories = Set<String>()
         for input in inputs {
             let path = input.path
-            let components = path.split(separator: "/", omittingEmptySubsequences: false)
+            let components = path.pathComponents(omittingEmpty: false)
             guard !path.isEmpty, path.utf8.count <= 4096, !path.utf8.contains(0),
                 components.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." })
             else {

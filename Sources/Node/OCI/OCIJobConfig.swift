@@ -87,7 +87,7 @@ struct OCIJobConfig: Sendable {
         default: throw OCIInvalidJob(message: "network mode \(job.network.mode) is not supported by OCI runtimes")
         }
         let workdir = job.cwd.isEmpty ? "/tmp" : job.cwd
-        guard workdir.hasPrefix("/"), !workdir.split(separator: "/").contains("..") else {
+        guard workdir.hasPrefix("/"), !workdir.pathComponents().contains("..") else {
             throw OCIInvalidJob(message: "cwd must be an absolute path without \"..\", got \"\(job.cwd)\"")
         }
         let limits = job.limits
@@ -95,7 +95,7 @@ struct OCIJobConfig: Sendable {
         let offset = options.userNamespace?.hostID ?? 0
         scratchOwner = (offset + Self.uid, offset + Self.gid)
 
-        let scratchPath = workdir.split(separator: "/").map(String.init)
+        let scratchPath = workdir.pathComponents()
         let inScratch = scratchPath.first == "tmp"
         let needsCopyUp = inScratch && (scratchPath.count > 1 || !job.files.isEmpty)
         if needsCopyUp && !options.copiesScratchUp {

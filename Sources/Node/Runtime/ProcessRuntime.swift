@@ -204,7 +204,7 @@ struct BubblewrapInvocation {
             throw InvalidJob(message: "network mode \(spec.network.mode) is not supported by the process runtime")
         }
         let workdir = spec.cwd.isEmpty ? "/tmp" : spec.cwd
-        guard workdir.hasPrefix("/"), !workdir.split(separator: "/").contains("..") else {
+        guard workdir.hasPrefix("/"), !workdir.pathComponents().contains("..") else {
             throw InvalidJob(message: "cwd must be an absolute path without \"..\", got \"\(spec.cwd)\"")
         }
         let scratchBytes = limits.fileSizeBytes
@@ -290,7 +290,7 @@ struct BubblewrapInvocation {
         var seen = Set<String>()
         var directories = Set<String>()
         for path in paths {
-            let components = path.split(separator: "/", omittingEmptySubsequences: false)
+            let components = path.pathComponents(omittingEmpty: false)
             guard !path.isEmpty, path.utf8.count <= 4096, !path.utf8.contains(0),
                 components.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." })
             else {

@@ -236,7 +236,7 @@ public struct RequestValidator: Sendable {
     private func checkCwd(_ cwd: String) throws(Rejection) {
         guard !cwd.isEmpty else { return }
         guard cwd.hasPrefix("/"), cwd.utf8.count <= 4096, !cwd.utf8.contains(0),
-            !cwd.split(separator: "/").contains("..")
+            !cwd.pathComponents().contains("..")
         else {
             throw Rejection(.invalidRequest, "cwd", "cwd must be an absolute path without '..'")
         }
@@ -250,7 +250,7 @@ public struct RequestValidator: Sendable {
         var seen = Set<String>()
         for (index, file) in files.enumerated() {
             total += file.content.count
-            let parts = file.path.split(separator: "/", omittingEmptySubsequences: false)
+            let parts = file.path.pathComponents(omittingEmpty: false)
             let valid =
                 !file.path.isEmpty && !file.path.hasPrefix("/") && file.path.utf8.count <= 1024
                 && !file.path.utf8.contains(0) && !parts.contains { $0.isEmpty || $0 == "." || $0 == ".." }

@@ -168,9 +168,13 @@ public struct TenantDirectory: Sendable, Equatable {
     }
 
     private static func number(_ raw: Any, _ at: String) throws(TenantConfigError) -> Double {
-        if let value = raw as? Int { return Double(value) }
-        if let value = raw as? Double { return value }
-        throw TenantConfigError("\(at) must be a number")
+        var value: Double?
+        if let integer = raw as? Int { value = Double(integer) }
+        if let double = raw as? Double { value = double }
+        guard let value, value.isFinite, value >= 0, value <= 1e9 else {
+            throw TenantConfigError("\(at) must be a finite number between 0 and 1e9")
+        }
+        return value
     }
 
     private static func count(_ raw: Any, _ at: String) throws(TenantConfigError) -> Int {

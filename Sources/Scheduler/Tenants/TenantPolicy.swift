@@ -41,7 +41,8 @@ public struct TokenBucket: Sendable {
             tokens -= 1
             return nil
         }
-        guard rate > 0 else { return .seconds(3600) }
-        return .milliseconds(Int64(((1 - tokens) / rate * 1000).rounded(.up)))
+        let milliseconds = ((1 - tokens) / rate * 1000).rounded(.up)
+        guard rate > 0, milliseconds.isFinite, milliseconds < 3_600_000 else { return .seconds(3600) }
+        return .milliseconds(Int64(milliseconds))
     }
 }
