@@ -200,6 +200,7 @@ public final class NodeAgent: Sendable {
         result.startMs = outcome.startMilliseconds
         result.runMs = outcome.runMilliseconds
         result.message = outcome.message
+        result.files = outcome.filesOut
         guard let payload = try? result.serializedData() else { return }
         var deadline = ContinuousClock.now + config.resultRetryFor
         var delay = Duration.milliseconds(100)

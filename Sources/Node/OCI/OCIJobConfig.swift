@@ -76,8 +76,13 @@ struct OCIJobConfig: Sendable {
     let scratchFiles: [OCIScratchFile]
     /// Host uid and gid owning what the job may write in its scratch (the job's uid as the host sees it).
     let scratchOwner: (uid: UInt32, gid: UInt32)
+    /// A host directory bound as `/tmp` instead of a tmpfs of the runtime's (see ``JobScratch``);
+    /// the `tmp/…` entries of ``rootfs`` and ``scratchFiles`` are then written there.
+    let hostScratch: String?
 
-    init(job: Hangar_V1_JobSpec, options: OCIConfigOptions) throws(OCIInvalidJob) {
+    /// `hostScratch`: bind this host directory as `/tmp` (for `files_out`) instead of a tmpfs.
+    init(job: Hangar_V1_JobSpec, options: OCIConfigOptions, hostScratch: String? = nil) throws(OCIInvalidJob) {
+        self.hostScratch = hostScratch
         guard let program = job.argv.first, !program.isEmpty else { throw OCIInvalidJob(message: "argv is empty") }
         if (job.argv + [job.cwd]).contains(where: { $0.utf8.contains(0) }) {
             throw OCIInvalidJob(message: "argv and cwd must not contain NUL bytes")
@@ -98,7 +103,7 @@ struct OCIJobConfig: Sendable {
         let scratchPath = workdir.pathComponents()
         let inScratch = scratchPath.first == "tmp"
         let needsCopyUp = inScratch && (scratchPath.count > 1 || !job.files.isEmpty)
-        if needsCopyUp && !options.copiesScratchUp {
+        if needsCopyUp && !options.copiesScratchUp && hostScratch == nil {
             throw OCIInvalidJob(
                 message: "this runtime cannot prepare job files or a working directory below /tmp "
                     + "(runsc lacks tmpcopyup); use cwd /tmp and no files"
@@ -118,7 +123,7 @@ struct OCIJobConfig: Sendable {
             .directory("tmp", mode: 0o1777), .directory("usr", mode: 0o755), .directory("etc", mode: 0o755),
         ]
         if needsCopyUp {
-            tmpOptions.append("tmpcopyup")
+            if hostScratch == nil { tmpOptions.append("tmpcopyup") }
             var directory = "tmp"
             for component in scratchPath.dropFirst() {
                 directory += "/" + component
@@ -151,7 +156,9 @@ struct OCIJobConfig: Sendable {
                 source: "sysfs",
                 options: ["nosuid", "noexec", "nodev", "ro"]
             ),
-            OCIMount(destination: "/tmp", type: "tmpfs", source: "tmpfs", options: tmpOptions),
+            hostScratch.map {
+                OCIMount(destination: "/tmp", type: "bind", source: $0, options: ["rbind", "nosuid", "nodev", "rw"])
+            } ?? OCIMount(destination: "/tmp", type: "tmpfs", source: "tmpfs", options: tmpOptions),
             Self.readOnlyBind("/usr"),
         ]
         let files = FileManager.default

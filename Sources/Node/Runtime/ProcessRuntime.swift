@@ -123,10 +123,17 @@ public struct ProcessRuntime: Runtime {
             return .error("refusing to run the job: cgroups or seccomp are unavailable")
         }
         let limits = JobLimits(spec.limits)
+        let scratch: JobScratch?
+        do {
+            scratch = try Self.scratch(for: spec, jobID: jobID, limits: limits)
+        } catch {
+            return .error(error.description)
+        }
         let invocation: BubblewrapInvocation
         do {
-            invocation = try BubblewrapInvocation(spec: spec, limits: limits, seccomp: filter)
+            invocation = try BubblewrapInvocation(spec: spec, limits: limits, seccomp: filter, scratch: scratch?.path)
         } catch {
+            _ = scratch?.remove()
             return .error(error.message)
         }
         let cgroup: JobCgroup
@@ -134,6 +141,7 @@ public struct ProcessRuntime: Runtime {
             cgroup = try JobCgroup.create(on: host, name: jobID, limits: limits)
         } catch {
             for fd in invocation.files { close(fd) }
+            _ = scratch?.remove()
             return .error("cannot create the job's cgroup: \(error.description)")
         }
         let shim = LimitShim(
@@ -170,7 +178,26 @@ public struct ProcessRuntime: Runtime {
         } catch {
             outcome.message += (outcome.message.isEmpty ? "" : "; ") + "the job's cgroup was not removed: \(error)"
         }
+        if let scratch {
+            outcome.collectFiles(from: scratch, spec: spec, capBytes: limits.outputBytes)
+            if let problem = scratch.remove() { outcome.appendMessage(problem) }
+        }
         return outcome
+    }
+
+    /// A host tmpfs for the job's `/tmp` when it asks for files back, else nil (bubblewrap's own
+    /// tmpfs is cheaper).
+    private static func scratch(
+        for spec: Hangar_V1_JobSpec,
+        jobID: String,
+        limits: JobLimits
+    ) throws(ScratchError)
+        -> JobScratch?
+    {
+        guard !spec.filesOut.isEmpty else { return nil }
+        try JobScratch.checkFilesOut(spec)
+        let owner = geteuid() == 0 ? sandboxHostID : geteuid()
+        return try JobScratch.create(name: jobID, sizeBytes: limits.fileSizeBytes, owner: (owner, owner))
     }
 }
 
@@ -193,7 +220,9 @@ struct BubblewrapInvocation {
     ]
     static let maxFiles = 256
 
-    init(spec: Hangar_V1_JobSpec, limits: JobLimits, seccomp: SeccompFilter) throws(InvalidJob) {
+    /// `scratch`: a host directory to bind as `/tmp` instead of a private tmpfs.
+    init(spec: Hangar_V1_JobSpec, limits: JobLimits, seccomp: SeccompFilter, scratch: String? = nil) throws(InvalidJob)
+    {
         guard let program = spec.argv.first, !program.isEmpty else { throw InvalidJob(message: "argv is empty") }
         if (spec.argv + [spec.cwd]).contains(where: { $0.utf8.contains(0) }) {
             throw InvalidJob(message: "argv and cwd must not contain NUL bytes")
@@ -223,7 +252,12 @@ struct BubblewrapInvocation {
             }
         }
         for path in Self.etcFiles { arguments += ["--ro-bind-try", path, path] }
-        arguments += ["--proc", "/proc", "--dev", "/dev", "--size", String(scratchBytes), "--tmpfs", "/tmp"]
+        arguments += ["--proc", "/proc", "--dev", "/dev"]
+        if let scratch {
+            arguments += ["--bind", scratch, "/tmp"]
+        } else {
+            arguments += ["--size", String(scratchBytes), "--tmpfs", "/tmp"]
+        }
         let inScratch = workdir == "/tmp" || workdir.hasPrefix("/tmp/")
         if inScratch && workdir != "/tmp" { arguments += ["--dir", workdir] }
         if !spec.files.isEmpty {

@@ -97,6 +97,8 @@ public struct RequestValidator: Sendable {
         spec.cwd = request.cwd
         try checkFiles(request.files)
         spec.files = request.files
+        try checkFilesOut(request.filesOut)
+        spec.filesOut = request.filesOut
         spec.limits = try resolve(request.limits, policy.limits)
         if spec.runtime != "null" {
             guard UInt64(spec.limits.cpuMillis) <= policy.maxCPUMillis else {
@@ -274,6 +276,21 @@ public struct RequestValidator: Sendable {
                 "files",
                 "files hold \(total) bytes; the maximum is \(bounds.maxFilesBytes)"
             )
+        }
+    }
+
+    private func checkFilesOut(_ globs: [String]) throws(Rejection) {
+        guard globs.count <= FilesOutGlob.maxGlobs else {
+            throw Rejection(
+                .limitExceeded,
+                "files_out",
+                "\(globs.count) files_out globs; the maximum is \(FilesOutGlob.maxGlobs)"
+            )
+        }
+        for (index, glob) in globs.enumerated() {
+            if let problem = FilesOutGlob.problem(with: glob) {
+                throw Rejection(.invalidRequest, "files_out[\(index)]", problem)
+            }
         }
     }
 

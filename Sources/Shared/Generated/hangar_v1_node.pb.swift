@@ -259,6 +259,11 @@ public nonisolated struct Hangar_V1_JobSpec: @unchecked Sendable {
   /// Clears the value of `network`. Subsequent reads from it will return its default value.
   public mutating func clearNetwork() {_uniqueStorage()._network = nil}
 
+  public var filesOut: [String] {
+    get {_storage._filesOut}
+    set {_uniqueStorage()._filesOut = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -438,6 +443,11 @@ public nonisolated struct Hangar_V1_AttemptResult: @unchecked Sendable {
   public var message: String {
     get {_storage._message}
     set {_uniqueStorage()._message = newValue}
+  }
+
+  public var files: [Hangar_V1_FileOut] {
+    get {_storage._files}
+    set {_uniqueStorage()._files = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -675,7 +685,7 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobSpec"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}runtime\0\u{1}template\0\u{1}argv\0\u{1}stdin\0\u{1}env\0\u{1}cwd\0\u{1}files\0\u{1}limits\0\u{1}network\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}runtime\0\u{1}template\0\u{1}argv\0\u{1}stdin\0\u{1}env\0\u{1}cwd\0\u{1}files\0\u{1}limits\0\u{1}network\0\u{3}files_out\0")
 
   fileprivate class _StorageClass {
     var _runtime: String = String()
@@ -687,6 +697,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
     var _files: [Hangar_V1_FileIn] = []
     var _limits: Hangar_V1_Limits? = nil
     var _network: Hangar_V1_NetworkPolicy? = nil
+    var _filesOut: [String] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -706,6 +717,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       _files = source._files
       _limits = source._limits
       _network = source._network
+      _filesOut = source._filesOut
     }
   }
 
@@ -733,6 +745,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         case 7: try { try decoder.decodeRepeatedMessageField(value: &_storage._files) }()
         case 8: try { try decoder.decodeSingularMessageField(value: &_storage._limits) }()
         case 9: try { try decoder.decodeSingularMessageField(value: &_storage._network) }()
+        case 10: try { try decoder.decodeRepeatedStringField(value: &_storage._filesOut) }()
         default: break
         }
       }
@@ -772,6 +785,9 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       try { if let v = _storage._network {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
       } }()
+      if !_storage._filesOut.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._filesOut, fieldNumber: 10)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -790,6 +806,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         if _storage._files != rhs_storage._files {return false}
         if _storage._limits != rhs_storage._limits {return false}
         if _storage._network != rhs_storage._network {return false}
+        if _storage._filesOut != rhs_storage._filesOut {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -992,7 +1009,7 @@ nonisolated extension Hangar_V1_AssignReply: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Hangar_V1_AttemptResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AttemptResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}attempt\0\u{3}node_id\0\u{1}status\0\u{3}exit_code\0\u{1}signal\0\u{1}stdout\0\u{1}stderr\0\u{3}stdout_truncated\0\u{3}stderr_truncated\0\u{1}usage\0\u{3}start_ms\0\u{3}run_ms\0\u{1}message\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}attempt\0\u{3}node_id\0\u{1}status\0\u{3}exit_code\0\u{1}signal\0\u{1}stdout\0\u{1}stderr\0\u{3}stdout_truncated\0\u{3}stderr_truncated\0\u{1}usage\0\u{3}start_ms\0\u{3}run_ms\0\u{1}message\0\u{1}files\0")
 
   fileprivate class _StorageClass {
     var _jobID: String = String()
@@ -1009,6 +1026,7 @@ nonisolated extension Hangar_V1_AttemptResult: SwiftProtobuf.Message, SwiftProto
     var _startMs: UInt64 = 0
     var _runMs: UInt64 = 0
     var _message: String = String()
+    var _files: [Hangar_V1_FileOut] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1033,6 +1051,7 @@ nonisolated extension Hangar_V1_AttemptResult: SwiftProtobuf.Message, SwiftProto
       _startMs = source._startMs
       _runMs = source._runMs
       _message = source._message
+      _files = source._files
     }
   }
 
@@ -1065,6 +1084,7 @@ nonisolated extension Hangar_V1_AttemptResult: SwiftProtobuf.Message, SwiftProto
         case 12: try { try decoder.decodeSingularUInt64Field(value: &_storage._startMs) }()
         case 13: try { try decoder.decodeSingularUInt64Field(value: &_storage._runMs) }()
         case 14: try { try decoder.decodeSingularStringField(value: &_storage._message) }()
+        case 15: try { try decoder.decodeRepeatedMessageField(value: &_storage._files) }()
         default: break
         }
       }
@@ -1119,6 +1139,9 @@ nonisolated extension Hangar_V1_AttemptResult: SwiftProtobuf.Message, SwiftProto
       if !_storage._message.isEmpty {
         try visitor.visitSingularStringField(value: _storage._message, fieldNumber: 14)
       }
+      if !_storage._files.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._files, fieldNumber: 15)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1142,6 +1165,7 @@ nonisolated extension Hangar_V1_AttemptResult: SwiftProtobuf.Message, SwiftProto
         if _storage._startMs != rhs_storage._startMs {return false}
         if _storage._runMs != rhs_storage._runMs {return false}
         if _storage._message != rhs_storage._message {return false}
+        if _storage._files != rhs_storage._files {return false}
         return true
       }
       if !storagesAreEqual {return false}
