@@ -46,6 +46,16 @@ struct NodeCommand: AsyncParsableCommand {
     var runtimes: String = "process,container,gvisor,null"
     @Option(name: .customLong("label"), help: "A node label KEY=VALUE that jobs can require (repeatable).")
     var labels: [String] = []
+    @Option(
+        name: .customLong("limit-default"),
+        help: "A runtime's default for a limit a job leaves at 0: RUNTIME.LIMIT=VALUE (repeatable)."
+    )
+    var limitDefaults: [String] = []
+    @Option(
+        name: .customLong("limit-max"),
+        help: "The most a job may ask for in a runtime: RUNTIME.LIMIT=VALUE, 0 = no maximum (repeatable)."
+    )
+    var limitMaxima: [String] = []
 
     func validate() throws {
         guard Subjects.isValidToken(id) else {
@@ -59,6 +69,12 @@ struct NodeCommand: AsyncParsableCommand {
         let logger = Logger(label: "hangar.node")
         var config = NodeConfig(nodeID: id, slots: slots)
         config.labels = try parseLabels(labels)
+        do {
+            for setting in limitDefaults { try RuntimeLimits.apply(setting, maximum: false, to: &config.runtimeLimits) }
+            for setting in limitMaxima { try RuntimeLimits.apply(setting, maximum: true, to: &config.runtimeLimits) }
+        } catch {
+            throw ValidationError(error.description)
+        }
         let chosen = try makeRuntimes(runtimes)
         let nats = try await connection.connect(name: "hangar-node-\(id)", logger: logger)
         let agent = NodeAgent(config: config, nats: nats, runtimes: chosen, logger: logger)

@@ -211,6 +211,7 @@ public actor Scheduler {
             labels: submission.labels,
             cpuMillis: holdsResources ? UInt64(submission.spec.limits.cpuMillis) : 0,
             memoryBytes: holdsResources ? submission.spec.limits.memoryBytes : 0,
+            limits: submission.spec.limits,
             tieBreak: UInt64(bitPattern: Int64(hasher.finalize()))
         )
     }

@@ -76,6 +76,9 @@ public nonisolated enum Hangar_V1_RefuseReason: SwiftProtobuf.Enum, Swift.CaseIt
   case runtimeUnavailable // = 2
   case nodeDraining // = 3
   case badAssignment // = 4
+
+  /// a limit is above what this node allows in the runtime
+  case limitAboveMaximum // = 5
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -89,6 +92,7 @@ public nonisolated enum Hangar_V1_RefuseReason: SwiftProtobuf.Enum, Swift.CaseIt
     case 2: self = .runtimeUnavailable
     case 3: self = .nodeDraining
     case 4: self = .badAssignment
+    case 5: self = .limitAboveMaximum
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -100,6 +104,7 @@ public nonisolated enum Hangar_V1_RefuseReason: SwiftProtobuf.Enum, Swift.CaseIt
     case .runtimeUnavailable: return 2
     case .nodeDraining: return 3
     case .badAssignment: return 4
+    case .limitAboveMaximum: return 5
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -111,6 +116,7 @@ public nonisolated enum Hangar_V1_RefuseReason: SwiftProtobuf.Enum, Swift.CaseIt
     .runtimeUnavailable,
     .nodeDraining,
     .badAssignment,
+    .limitAboveMaximum,
   ]
 
 }
@@ -128,9 +134,21 @@ public nonisolated struct Hangar_V1_RuntimeAvailability: Sendable {
   /// why not, or which tool version
   public var detail: String = String()
 
+  /// the most a job may ask for in this runtime here; 0 fields = no maximum
+  public var maxLimits: Hangar_V1_Limits {
+    get {_maxLimits ?? Hangar_V1_Limits()}
+    set {_maxLimits = newValue}
+  }
+  /// Returns true if `maxLimits` has been explicitly set.
+  public var hasMaxLimits: Bool {self._maxLimits != nil}
+  /// Clears the value of `maxLimits`. Subsequent reads from it will return its default value.
+  public mutating func clearMaxLimits() {self._maxLimits = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _maxLimits: Hangar_V1_Limits? = nil
 }
 
 public nonisolated struct Hangar_V1_Capacity: Sendable {
@@ -501,12 +519,12 @@ nonisolated extension Hangar_V1_NodeHealth: SwiftProtobuf._ProtoNameProviding {
 }
 
 nonisolated extension Hangar_V1_RefuseReason: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0REFUSE_REASON_UNSPECIFIED\0\u{1}NO_FREE_SLOT\0\u{1}RUNTIME_UNAVAILABLE\0\u{1}NODE_DRAINING\0\u{1}BAD_ASSIGNMENT\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0REFUSE_REASON_UNSPECIFIED\0\u{1}NO_FREE_SLOT\0\u{1}RUNTIME_UNAVAILABLE\0\u{1}NODE_DRAINING\0\u{1}BAD_ASSIGNMENT\0\u{1}LIMIT_ABOVE_MAXIMUM\0")
 }
 
 nonisolated extension Hangar_V1_RuntimeAvailability: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RuntimeAvailability"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}available\0\u{1}detail\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}available\0\u{1}detail\0\u{3}max_limits\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -517,12 +535,17 @@ nonisolated extension Hangar_V1_RuntimeAvailability: SwiftProtobuf.Message, Swif
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.available) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.detail) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._maxLimits) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.name.isEmpty {
       try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
     }
@@ -532,6 +555,9 @@ nonisolated extension Hangar_V1_RuntimeAvailability: SwiftProtobuf.Message, Swif
     if !self.detail.isEmpty {
       try visitor.visitSingularStringField(value: self.detail, fieldNumber: 3)
     }
+    try { if let v = self._maxLimits {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -539,6 +565,7 @@ nonisolated extension Hangar_V1_RuntimeAvailability: SwiftProtobuf.Message, Swif
     if lhs.name != rhs.name {return false}
     if lhs.available != rhs.available {return false}
     if lhs.detail != rhs.detail {return false}
+    if lhs._maxLimits != rhs._maxLimits {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
