@@ -95,6 +95,16 @@ struct BadField: Sendable, CustomTestStringConvertible {
         },
         BadField("runtime") { r in r.runtime = "docker" },
         BadField("files_out[0]") { r in r.filesOut = ["../*"] },
+        BadField("network.allow[1]") { r in
+            r.network.mode = .networkAllowlist
+            r.network.allow = ["10.0.0.0/8", "10.0.0.300/32"]
+        },
+        BadField("network.allow") { r in r.network.mode = .networkAllowlist },
+        BadField("network.mode") { r in
+            r.runtime = "gvisor"
+            r.network.mode = .networkAllowlist
+            r.network.allow = ["10.0.0.0/8"]
+        },
         BadField("files_out[1]") { r in r.filesOut = ["ok/*.txt", "/etc/*"] },
         BadField("files_out[0]") { r in r.filesOut = ["a//b"] },
         BadField("files_out") { r in r.filesOut = Array(repeating: "*", count: 65) },
@@ -115,7 +125,6 @@ struct BadField: Sendable, CustomTestStringConvertible {
             file.path = "/etc/passwd"
             r.files = [file]
         },
-        BadField("network.mode") { r in r.network.mode = .networkAllowlist },
         BadField("priority") { r in r.priority = 42 },
         BadField("request_id") { r in r.requestID = "has space" },
         BadField("stdin") { r in r.stdin = Data(count: 9 << 20) },

@@ -66,16 +66,12 @@ struct OCIEngine: Sendable {
     // MARK: Running a job
 
     func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
-        let clock = ContinuousClock()
-        let began = clock.now
+        let began = ContinuousClock.now
         if Task.isCancelled {
             var outcome = RunOutcome(status: .cancelled)
             outcome.message = "cancelled before the container started"
             return outcome
         }
-        let limits = spec.limits
-        let timeout = limits.timeoutMs > 0 ? Duration.milliseconds(Int64(limits.timeoutMs)) : Self.defaultTimeout
-        let outputLimit = limits.outputBytes > 0 ? Int(clamping: limits.outputBytes) : Self.defaultOutputBytes
         guard let layout = OCICgroup.detectLayout() else {
             return .error("\(toolName): no cgroup v2 and no cgroup v1 memory hierarchy under /sys/fs/cgroup")
         }
@@ -89,9 +85,52 @@ struct OCIEngine: Sendable {
         } catch {
             return .error(error.description)
         }
+        var network: JobNetwork?
+        if spec.network.mode == .networkAllowlist {
+            guard case .runc = flavor else {
+                _ = scratch?.remove()
+                return .error(
+                    "NETWORK_ALLOWLIST is not supported by the gvisor runtime (runsc keeps its own network stack); "
+                        + "use the process or container runtime"
+                )
+            }
+            do {
+                network = try await JobNetwork.create(allow: spec.network.allow)
+            } catch {
+                _ = scratch?.remove()
+                return .error("cannot set up the job's network: \(error.description)")
+            }
+        }
+        let outcome = await run(
+            spec,
+            id: id,
+            began: began,
+            cgroup: cgroup,
+            options: options,
+            scratch: scratch,
+            network: network
+        )
+        await network?.remove()
+        return outcome
+    }
+
+    private func run(
+        _ spec: Hangar_V1_JobSpec,
+        id: String,
+        began: ContinuousClock.Instant,
+        cgroup: OCICgroup,
+        options: OCIConfigOptions,
+        scratch: JobScratch?,
+        network: JobNetwork?
+    ) async -> RunOutcome {
+        let clock = ContinuousClock()
+        let limits = spec.limits
+        let timeout = limits.timeoutMs > 0 ? Duration.milliseconds(Int64(limits.timeoutMs)) : Self.defaultTimeout
+        let outputLimit = limits.outputBytes > 0 ? Int(clamping: limits.outputBytes) : Self.defaultOutputBytes
+        let userNamespace = options.userNamespace
         let config: OCIJobConfig
         do throws(OCIInvalidJob) {
-            config = try OCIJobConfig(job: spec, options: options, hostScratch: scratch?.path)
+            config = try OCIJobConfig(job: spec, options: options, hostScratch: scratch?.path, network: network?.path)
         } catch {
             _ = scratch?.remove()
             return .error(error.message)

@@ -81,7 +81,14 @@ struct OCIJobConfig: Sendable {
     let hostScratch: String?
 
     /// `hostScratch`: bind this host directory as `/tmp` (for `files_out`) instead of a tmpfs.
-    init(job: Hangar_V1_JobSpec, options: OCIConfigOptions, hostScratch: String? = nil) throws(OCIInvalidJob) {
+    /// `network`: the path of the network namespace to join (a ``JobNetwork``), required for and only
+    /// used with `NETWORK_ALLOWLIST`.
+    init(
+        job: Hangar_V1_JobSpec,
+        options: OCIConfigOptions,
+        hostScratch: String? = nil,
+        network: String? = nil
+    ) throws(OCIInvalidJob) {
         self.hostScratch = hostScratch
         guard let program = job.argv.first, !program.isEmpty else { throw OCIInvalidJob(message: "argv is empty") }
         if (job.argv + [job.cwd]).contains(where: { $0.utf8.contains(0) }) {
@@ -89,7 +96,8 @@ struct OCIJobConfig: Sendable {
         }
         switch job.network.mode {
         case .networkNone, .networkLoopback: break
-        default: throw OCIInvalidJob(message: "network mode \(job.network.mode) is not supported by OCI runtimes")
+        case .networkAllowlist where network != nil: break
+        default: throw OCIInvalidJob(message: "network mode \(job.network.mode) is not supported by this runtime")
         }
         let workdir = job.cwd.isEmpty ? "/tmp" : job.cwd
         guard workdir.hasPrefix("/"), !workdir.pathComponents().contains("..") else {
@@ -150,12 +158,21 @@ struct OCIJobConfig: Sendable {
                 source: "shm",
                 options: ["nosuid", "noexec", "nodev", "mode=1777", "size=\(Self.sharedMemoryBytes)"]
             ),
-            OCIMount(
-                destination: "/sys",
-                type: "sysfs",
-                source: "sysfs",
-                options: ["nosuid", "noexec", "nodev", "ro"]
-            ),
+            // sysfs can only be mounted by the owner of the network namespace; a job that joins the
+            // node's namespace for it (NETWORK_ALLOWLIST) gets an empty read-only /sys instead.
+            network == nil
+                ? OCIMount(
+                    destination: "/sys",
+                    type: "sysfs",
+                    source: "sysfs",
+                    options: ["nosuid", "noexec", "nodev", "ro"]
+                )
+                : OCIMount(
+                    destination: "/sys",
+                    type: "tmpfs",
+                    source: "tmpfs",
+                    options: ["nosuid", "noexec", "nodev", "ro", "size=4k"]
+                ),
             hostScratch.map {
                 OCIMount(destination: "/tmp", type: "bind", source: $0, options: ["rbind", "nosuid", "nodev", "rw"])
             } ?? OCIMount(destination: "/tmp", type: "tmpfs", source: "tmpfs", options: tmpOptions),
@@ -180,6 +197,9 @@ struct OCIJobConfig: Sendable {
         }
 
         var namespaces = ["pid", "ipc", "uts", "mount", "network", "cgroup"].map { OCINamespace(type: $0) }
+        if job.network.mode == .networkAllowlist, let network {
+            namespaces[4].path = network
+        }
         var uidMappings: [OCIIDMapping]?
         var gidMappings: [OCIIDMapping]?
         if let userNamespace = options.userNamespace {

@@ -116,7 +116,7 @@ public struct RequestValidator: Sendable {
                 )
             }
         }
-        spec.network = try checkNetwork(request.network)
+        spec.network = try checkNetwork(request.network, runtime: spec.runtime)
         guard policy.priorities.contains(request.priority) else {
             throw Rejection(
                 .invalidRequest,
@@ -332,7 +332,15 @@ public struct RequestValidator: Sendable {
         return asked
     }
 
-    private func checkNetwork(_ network: Hangar_V1_NetworkPolicy) throws(Rejection) -> Hangar_V1_NetworkPolicy {
+    /// Runtimes that enforce `NETWORK_ALLOWLIST` (a namespace of the node's with nftables rules).
+    public static let allowlistRuntimes: Set<String> = ["process", "container", "null"]
+    /// At most this many CIDRs in `network.allow`.
+    public static let maxAllowedNetworks = 32
+
+    private func checkNetwork(
+        _ network: Hangar_V1_NetworkPolicy,
+        runtime: String
+    ) throws(Rejection) -> Hangar_V1_NetworkPolicy {
         switch network.mode {
         case .networkNone, .networkLoopback:
             guard network.allow.isEmpty else {
@@ -344,11 +352,29 @@ public struct RequestValidator: Sendable {
             }
             return network
         case .networkAllowlist:
-            throw Rejection(
-                .unsupported,
-                "network.mode",
-                "NETWORK_ALLOWLIST is not enforced by any runtime yet; use NETWORK_NONE or NETWORK_LOOPBACK"
-            )
+            guard Self.allowlistRuntimes.contains(runtime) else {
+                throw Rejection(
+                    .unsupported,
+                    "network.mode",
+                    "runtime '\(runtime)' cannot enforce NETWORK_ALLOWLIST; use "
+                        + Self.allowlistRuntimes.sorted().joined(separator: ", ")
+                )
+            }
+            guard !network.allow.isEmpty, network.allow.count <= Self.maxAllowedNetworks else {
+                throw Rejection(
+                    .invalidRequest,
+                    "network.allow",
+                    "NETWORK_ALLOWLIST needs 1 to \(Self.maxAllowedNetworks) CIDRs in network.allow"
+                )
+            }
+            for (index, cidr) in network.allow.enumerated() where IPv4CIDR(cidr) == nil {
+                throw Rejection(
+                    .invalidRequest,
+                    "network.allow[\(index)]",
+                    "'\(cidr.prefix(64))' is not an IPv4 CIDR such as 203.0.113.0/24"
+                )
+            }
+            return network
         case .UNRECOGNIZED(let value):
             throw Rejection(.invalidRequest, "network.mode", "unknown network mode \(value)")
         }
