@@ -23,7 +23,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         let logger = Logger(label: "hangar.scheduler")
         let store = try openStore(db)
         let config = try scheduling.config(databasePath: db)
-        let nats = try await connection.connect(name: "hangar-scheduler", logger: logger)
+        let nats = try await connection.connect(name: "hangar-scheduler", logger: logger, as: .scheduler)
         let scheduler = Scheduler(config: config, nats: nats, store: store, logger: logger)
         try await runUntilSignal { try await scheduler.run() }
         await nats.drain()
@@ -60,7 +60,7 @@ struct NodeCommand: AsyncParsableCommand {
         var config = NodeConfig(nodeID: id, slots: slots)
         config.labels = try parseLabels(labels)
         let chosen = try makeRuntimes(runtimes)
-        let nats = try await connection.connect(name: "hangar-node-\(id)", logger: logger)
+        let nats = try await connection.connect(name: "hangar-node-\(id)", logger: logger, as: .node(id))
         let agent = NodeAgent(config: config, nats: nats, runtimes: chosen, logger: logger)
         try await runUntilSignal { try await agent.run() }
         await nats.drain()

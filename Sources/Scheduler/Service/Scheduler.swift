@@ -6,8 +6,8 @@ import Logging
 /// The central scheduler: takes submissions, queues them per tenant, places them on nodes, detects
 /// dead nodes and retries their jobs, stores and answers results.
 ///
-/// Subjects: `hangar.submit.*`, `hangar.cancel.*`, `hangar.node.*.result`, `hangar.admin.*` (queue
-/// group) and `hangar.node.*.heartbeat`. See `Subjects`.
+/// Subjects: `hangar.submit.*`, `hangar.cancel.*`, `hangar.job.*`, `hangar.node.*.result`,
+/// `hangar.admin.*` (queue group) and `hangar.node.*.heartbeat`. See `Subjects`.
 public actor Scheduler {
     let config: SchedulerConfig
     let nats: NATSConnection
@@ -51,8 +51,11 @@ public actor Scheduler {
         let heartbeats = try nats.subscribe(Subjects.heartbeatWildcard)
         let results = try nats.subscribe(Subjects.nodeResultWildcard, queueGroup: group)
         let admin = try nats.subscribe(Subjects.admin("*"), queueGroup: group)
+        let tenantJobs = try nats.subscribe(Subjects.jobWildcard, queueGroup: group)
         defer {
-            for subscription in [submits, cancels, heartbeats, results, admin] { subscription.unsubscribe() }
+            for subscription in [submits, cancels, heartbeats, results, admin, tenantJobs] {
+                subscription.unsubscribe()
+            }
         }
         try await nats.flush()
         logger.info("scheduler serving", metadata: ["db": "\(config.databasePath)"])
@@ -76,6 +79,11 @@ public actor Scheduler {
             group.addTask {
                 await withDiscardingTaskGroup { inner in
                     for await message in admin { inner.addTask { await self.handleAdmin(message) } }
+                }
+            }
+            group.addTask {
+                await withDiscardingTaskGroup { inner in
+                    for await message in tenantJobs { inner.addTask { await self.handleTenantJob(message) } }
                 }
             }
             group.addTask {
