@@ -83,6 +83,15 @@ public final class LocalNATSServer: Sendable {
         process.waitUntilExit()
     }
 
+    /// Tells the server to re-read its configuration (SIGHUP), e.g. after users were added.
+    public func reload() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGHUP)
+    }
+
+    /// The server's process id.
+    public var pid: Int32 { process.processIdentifier }
+
     public var isRunning: Bool { process.isRunning }
 
     deinit { stop() }

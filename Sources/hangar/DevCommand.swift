@@ -103,8 +103,15 @@ struct DevCommand: AsyncParsableCommand {
             }
             group.addTask { _ = await waitForShutdownSignal() }
             group.addTask {
-                // A scheduler that fails ends the cluster too.
-                _ = await schedulerTask.result
+                // A scheduler that fails ends the cluster too. Cancelling this child must end the wait
+                // (awaiting the unstructured task's result directly would not, and Ctrl-C would hang).
+                let (ended, signal) = AsyncStream<Void>.makeStream()
+                let watcher = Task {
+                    _ = await schedulerTask.result
+                    signal.finish()
+                }
+                for await _ in ended {}
+                watcher.cancel()
             }
             try await group.next()
             logger.notice(
