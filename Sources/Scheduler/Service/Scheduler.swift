@@ -190,15 +190,17 @@ public actor Scheduler {
         do {
             try await store.write(.jobAccepted(stored))
         } catch {
-            jobs.removeValue(forKey: id)
+            let held = jobs.removeValue(forKey: id)?.pendingAcks ?? []
             if let key { byRequest.removeValue(forKey: key) }
             logger.error("could not record job", metadata: ["job.id": "\(id)", "error": "\(error)"])
-            reply(
-                to: replyTo,
-                rejection: Rejection(.unspecified, "", "the scheduler could not record the job: \(error)")
-            )
+            let rejection = Rejection(.unspecified, "", "the scheduler could not record the job: \(error)")
+            for subject in [replyTo] + held.map(Optional.some) { reply(to: subject, rejection: rejection) }
             return
         }
+        let held = jobs[id]?.pendingAcks ?? []
+        jobs[id]?.durable = true
+        jobs[id]?.pendingAcks = []
+        for subject in held { replyAccepted(subject, jobID: id, duplicate: true) }
         logger.debug("accepted", metadata: ["job.id": "\(id)", "tenant": "\(submission.tenant)"])
         if !waiting, let replyTo {
             replyAccepted(replyTo, jobID: id, duplicate: false)
@@ -229,17 +231,21 @@ public actor Scheduler {
             if submission.wait, let replyTo {
                 entry.waiters.append(replyTo)
                 jobs[existing] = entry
+            } else if !entry.durable, let replyTo {
+                entry.pendingAcks.append(replyTo)  // answered once the original is committed
+                jobs[existing] = entry
             } else {
                 replyAccepted(replyTo, jobID: existing, duplicate: true)
             }
             return true
         }
-        guard let storedID = try? await store.jobID(tenant: submission.tenant, requestID: submission.requestID) else {
-            return false
-        }
+        let storedID = try? await store.jobID(tenant: submission.tenant, requestID: submission.requestID)
+        // The actor may have admitted the same id while this lookup was suspended: check again,
+        // found in the store or not (else both would insert and one would hit the unique key).
         if let existing = byRequest[key], jobs[existing] != nil {
             return await attachDuplicate(key: key, submission: submission, replyTo: replyTo)
         }
+        guard let storedID else { return false }
         if submission.wait, let result = try? await store.job(id: storedID)?.result {
             send(replyTo, submitReply: .result(result))
         } else {

@@ -198,6 +198,12 @@ public struct StoredJob: Sendable {
 }
 
 extension StoreWrite {
+    /// Whether the commit must reach the disk before returning (an acceptance the tenant is told of).
+    var needsFullSync: Bool {
+        if case .jobAccepted = self { return true }
+        return false
+    }
+
     func apply(_ db: Database) throws {
         let now = unixMilliseconds()
         switch self {
