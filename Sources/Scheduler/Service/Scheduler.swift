@@ -193,7 +193,13 @@ public actor Scheduler {
             let held = jobs.removeValue(forKey: id)?.pendingAcks ?? []
             if let key { byRequest.removeValue(forKey: key) }
             logger.error("could not record job", metadata: ["job.id": "\(id)", "error": "\(error)"])
-            let rejection = Rejection(.unspecified, "", "the scheduler could not record the job: \(error)")
+            // Refused, never accepted and lost: the tenant may retry (the same request id is safe).
+            var rejection = Rejection(
+                .shuttingDown,
+                "",
+                "store unavailable: \(storeFailureSummary(error)); the job was not accepted, retry later"
+            )
+            rejection.rejected.retryAfterMs = 1000
             for subject in [replyTo] + held.map(Optional.some) { reply(to: subject, rejection: rejection) }
             return
         }
@@ -276,6 +282,12 @@ public actor Scheduler {
         } catch {
             logger.warning("could not reply", metadata: ["nats.subject": "\(replyTo)", "error": "\(error)"])
         }
+    }
+
+    /// A short reason for a failed store write (SQLite's error, e.g. "database or disk is full").
+    nonisolated func storeFailureSummary(_ error: any Error) -> String {
+        let text = "\(error)"
+        return text.count > 300 ? String(text.prefix(300)) + "…" : text
     }
 
     nonisolated func modificationDate(_ path: String) -> Date? {
