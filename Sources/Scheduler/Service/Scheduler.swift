@@ -23,6 +23,8 @@ public actor Scheduler {
     /// Jobs waiting out a retry backoff, and when they may be queued again.
     var delayed: [(readyAt: ContinuousClock.Instant, jobID: String)] = []
     var lastTenantsCheck = ContinuousClock.now
+    /// When results and audit rows were last pruned (see `SchedulerConfig.retention`).
+    var lastPrune: ContinuousClock.Instant?
     /// Operator settings per node (eligibility, drain), kept in the store across restarts.
     var nodeControls: [String: NodeControl] = [:]
     /// When restored running attempts must have been confirmed by their nodes.

@@ -131,6 +131,9 @@ public final class Store: Sendable {
         migrator.registerMigration("v4-job-request") { db in
             try db.execute(sql: "ALTER TABLE jobs ADD COLUMN request BLOB")
         }
+        migrator.registerMigration("v5-audit-checkpoint") { db in
+            try AuditChain.createCheckpoint(db)
+        }
         return migrator
     }
 }
