@@ -260,6 +260,35 @@ struct PermissionTests {
         }
     }
 
+    @Test("tenant A cannot make the scheduler answer into B's inbox: dropped and audited, no job")
+    func cannotAimRepliesAtAnotherTenant() async throws {
+        try await withAuthorizedCluster { cluster in
+            let inbox = try await cluster.tenantB.subscribeConfirmed("_INBOX.t.b.>")
+            defer { inbox.unsubscribe() }
+            let jobsBefore = try await cluster.scheduler.store.count("jobs")
+            try await cluster.tenantA.publishConfirmed(
+                Subjects.submit(tenant: "a"),
+                payload: try nullJob(wait: false).serializedData(),
+                replyTo: "_INBOX.t.b.spoofed.1"
+            )
+            try await cluster.tenantA.publishConfirmed(
+                Subjects.job(tenant: "a"),
+                payload: try Hangar_V1_JobRequest().serializedData(),
+                replyTo: "_INBOX.t.b.spoofed.2"
+            )
+            #expect(try await firstMessage(of: inbox, within: .seconds(1)) == nil)
+            var denied: [Hangar_V1_AuditEvent] = []
+            let deadline = ContinuousClock.now + .seconds(5)
+            while denied.count < 2 && ContinuousClock.now < deadline {
+                denied = try await cluster.scheduler.store.auditRows(tenant: "a", jobID: nil, sinceMs: 0, limit: 100)
+                    .filter { $0.event == "access.denied" }
+                if denied.count < 2 { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(denied.count == 2 && denied.allSatisfy { $0.detail.contains("another tenant's inbox") })
+            #expect(try await cluster.scheduler.store.count("jobs") == jobsBefore)
+        }
+    }
+
     @Test("a node may use only its own subjects; bad credentials are refused at connect")
     func nodesAndLogins() async throws {
         try await withAuthorizedCluster { cluster in

@@ -8,6 +8,7 @@ extension Scheduler {
     /// answered exactly like an unknown one, and the attempt is logged and audited.
     nonisolated func handleTenantJob(_ message: NATSMessage) async {
         let tenant = String(Subjects.token(message.subject, at: 2) ?? "")
+        guard mayAnswer(message, tenant: tenant) else { return }
         var reply = Hangar_V1_JobReply()
         if let request = try? Hangar_V1_JobRequest(serializedBytes: message.payload) {
             reply = await tenantJobReply(request.jobID, tenant: tenant)

@@ -101,6 +101,7 @@ public actor Scheduler {
 
     nonisolated func handleSubmit(_ message: NATSMessage) async {
         let tenant = String(Subjects.token(message.subject, at: 2) ?? "")
+        guard mayAnswer(message, tenant: tenant) else { return }
         let request: Hangar_V1_SubmitRequest
         do {
             request = try Hangar_V1_SubmitRequest(serializedBytes: message.payload)
