@@ -60,7 +60,7 @@ struct RunCommand: AsyncParsableCommand {
         if let cwd { request.cwd = cwd }
         if stdin { request.stdin = FileHandle.standardInput.readDataToEndOfFile() }
         let tenantName = tenant ?? ProcessInfo.processInfo.environment["HANGAR_TENANT"] ?? "default"
-        let nats = try await connection.connect(name: "hangar-cli-run", logger: cliLogger())
+        let nats = try await connection.connect(name: "hangar-cli-run", logger: cliLogger(), as: .tenant(tenantName))
         defer { Task { [nats] in await nats.close() } }
         let waitFor = Duration.seconds(Int64((timeout ?? 300).rounded(.up)) + 60)
         let answer: NATSMessage
@@ -173,17 +173,20 @@ struct JobCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "job", abstract: "Show a job's stored result.")
 
     @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Tenant the job belongs to. Env: HANGAR_TENANT. Default: default.")
+    var tenant: String?
     @Flag(help: "Print JSON.")
     var json = false
     @Argument(help: "The job id (as printed by `hangar run --detach` or in a result).")
     var id: String
 
     func run() async throws {
-        let nats = try await connection.connect(name: "hangar-cli-job", logger: cliLogger())
+        let tenantName = tenant ?? ProcessInfo.processInfo.environment["HANGAR_TENANT"] ?? "default"
+        let nats = try await connection.connect(name: "hangar-cli-job", logger: cliLogger(), as: .tenant(tenantName))
         defer { Task { [nats] in await nats.close() } }
         var request = Hangar_V1_JobRequest()
         request.jobID = id
-        let answer = try await adminRequest(nats, "job", request)
+        let answer = try await tenantJobRequest(nats, tenant: tenantName, request)
         let reply = try Hangar_V1_JobReply(serializedBytes: answer.payload)
         if json {
             print(try reply.jsonString())
@@ -225,6 +228,25 @@ func adminRequest(
         return try await nats.request(Subjects.admin(verb), payload: try message.serializedData(), timeout: .seconds(5))
     } catch let error as NATSError where error.kind == .noResponders {
         throw CLIError("no scheduler is listening on \(Subjects.admin(verb)); start one with `hangar dev`")
+    }
+}
+
+/// Sends a job lookup on the tenant's own subject (`hangar.job.<tenant>`).
+func tenantJobRequest(
+    _ nats: NATSConnection,
+    tenant: String,
+    _ message: some SwiftProtobuf.Message
+) async throws -> NATSMessage {
+    do {
+        return try await nats.request(
+            Subjects.job(tenant: tenant),
+            payload: try message.serializedData(),
+            timeout: .seconds(5)
+        )
+    } catch let error as NATSError where error.kind == .noResponders {
+        throw CLIError("no scheduler is listening on \(Subjects.job(tenant: tenant)); start one with `hangar dev`")
+    } catch let error as NATSError where error.kind == .permissionDenied {
+        throw CLIError("NATS refused a job lookup as tenant '\(tenant)' (use that tenant's credentials): \(error)")
     }
 }
 

@@ -1,15 +1,17 @@
 import ArgumentParser
 import Foundation
 import HangarNATS
+import HangarShared
 import Logging
 
 /// How a command reaches NATS: flag > environment (HANGAR_URL, HANGAR_CREDS, HANGAR_TENANT) >
-/// the URL `hangar dev` saved in its state folder > nats://127.0.0.1:4222.
+/// the URL `hangar dev` saved in its state folder > nats://127.0.0.1:4222. Credentials: `--creds` >
+/// HANGAR_CREDS > the file `hangar dev` wrote for this command's principal in STATE/auth/creds/.
 struct ConnectionOptions: ParsableArguments {
     @Option(name: .customLong("nats"), help: "NATS server URL(s), comma-separated. Env: HANGAR_URL.")
     var url: String?
 
-    @Option(help: "NATS credentials file. Env: HANGAR_CREDS.")
+    @Option(help: "Credentials file (from `hangar tenant add`, or a NATS .creds file). Env: HANGAR_CREDS.")
     var creds: String?
 
     @Option(help: "Folder where `hangar dev` keeps its state (and the URL of its NATS server).")
@@ -27,11 +29,24 @@ struct ConnectionOptions: ParsableArguments {
         return ["nats://127.0.0.1:4222"]
     }
 
-    func connect(name: String, logger: Logger, sendAsap: Bool = true) async throws -> NATSConnection {
+    /// Connects as `principal`: the credentials given, or those `hangar dev` wrote for it.
+    func connect(
+        name: String,
+        logger: Logger,
+        sendAsap: Bool = true,
+        as principal: Principal = .operator(AuthDefaults.operatorName)
+    ) async throws -> NATSConnection {
         var options = NATSConnectionOptions(servers: servers, name: name, sendAsap: sendAsap, logger: logger)
-        options.credentialsFile = creds ?? ProcessInfo.processInfo.environment["HANGAR_CREDS"]
+        let given = creds ?? ProcessInfo.processInfo.environment["HANGAR_CREDS"].flatMap { $0.isEmpty ? nil : $0 }
+        let devFile = AuthDirectory(path: URL(fileURLWithPath: state).appendingPathComponent("auth").path)
+            .credentialsPath(for: principal)
+        if let file = given ?? (FileManager.default.fileExists(atPath: devFile) ? devFile : nil) {
+            try applyCredentials(file, to: &options)
+        }
         do {
             return try await NATSConnection(options: options)
+        } catch let error as NATSError where error.kind == .authenticationFailed {
+            throw CLIError("NATS at \(servers.joined(separator: ",")) refused the credentials: \(error)")
         } catch {
             throw CLIError("cannot reach NATS at \(servers.joined(separator: ",")): \(error). Is `hangar dev` running?")
         }
@@ -55,4 +70,29 @@ struct LogOptions: ParsableArguments {
 struct CLIError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
+}
+
+/// Names `hangar dev` uses for the principals it creates.
+enum AuthDefaults {
+    /// The operator whose credentials `hangar dev` writes (admin commands use them by default).
+    static let operatorName = "admin"
+}
+
+/// Sets the login of `file`: a hangar credentials file (JSON, from `hangar tenant add`) or a NATS
+/// `.creds` file (JWT and NKey seed).
+func applyCredentials(_ file: String, to options: inout NATSConnectionOptions) throws {
+    let head = (try? FileHandle(forReadingFrom: URL(fileURLWithPath: file)).read(upToCount: 64)) ?? nil
+    if let head, String(decoding: head, as: UTF8.self).contains("-----BEGIN NATS USER JWT") {
+        options.credentialsFile = file
+        return
+    }
+    let credentials: NATSCredentials
+    do {
+        credentials = try NATSCredentials.load(path: file)
+    } catch {
+        throw CLIError("\(error)")
+    }
+    options.user = credentials.user
+    options.password = credentials.password
+    options.inboxPrefix = credentials.inboxPrefix
 }

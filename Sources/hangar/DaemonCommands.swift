@@ -23,7 +23,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         let logger = Logger(label: "hangar.scheduler")
         let store = try openStore(db)
         let config = try scheduling.config(databasePath: db)
-        let nats = try await connection.connect(name: "hangar-scheduler", logger: logger)
+        let nats = try await connection.connect(name: "hangar-scheduler", logger: logger, as: .scheduler)
         let scheduler = Scheduler(config: config, nats: nats, store: store, logger: logger)
         try await runUntilSignal { try await scheduler.run() }
         await nats.drain()
@@ -76,7 +76,7 @@ struct NodeCommand: AsyncParsableCommand {
             throw ValidationError(error.description)
         }
         let chosen = try makeRuntimes(runtimes)
-        let nats = try await connection.connect(name: "hangar-node-\(id)", logger: logger)
+        let nats = try await connection.connect(name: "hangar-node-\(id)", logger: logger, as: .node(id))
         let agent = NodeAgent(config: config, nats: nats, runtimes: chosen, logger: logger)
         try await runUntilSignal { try await agent.run() }
         await nats.drain()
@@ -98,6 +98,8 @@ struct SchedulingOptions: ParsableArguments {
     var nodeGrace: Double = 2
     @Option(help: "Seconds a job may wait for capacity before it is rejected with no_capacity.")
     var queueTimeout: Double = 30
+    @Option(help: "Days to keep stored results and audit rows (pruned with an audit checkpoint). Default: forever.")
+    var retentionDays: Double?
 
     func config(databasePath: String) throws -> SchedulerConfig {
         var config = SchedulerConfig(databasePath: databasePath)
@@ -113,6 +115,12 @@ struct SchedulingOptions: ParsableArguments {
         config.nodeTTL = .milliseconds(Int64(nodeTTL * 1000))
         config.nodeGrace = .milliseconds(Int64(nodeGrace * 1000))
         config.queueTimeout = .milliseconds(Int64(queueTimeout * 1000))
+        if let retentionDays {
+            guard retentionDays > 0, retentionDays < 100_000 else {
+                throw ValidationError("--retention-days must be above 0")
+            }
+            config.retention = .milliseconds(Int64(retentionDays * 86_400_000))
+        }
         if let tenants {
             do {
                 config.tenants = try TenantDirectory.load(path: tenants)

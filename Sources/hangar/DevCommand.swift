@@ -38,7 +38,16 @@ struct DevCommand: AsyncParsableCommand {
         try FileManager.default.createDirectory(at: stateURL, withIntermediateDirectories: true)
         let chosenRuntimes = try makeRuntimes(runtimes)
 
-        let server = try await LocalNATSServer(directory: stateURL.appendingPathComponent("nats"), port: port)
+        // Authorization on: every component logs in with its own credentials (STATE/auth/creds/).
+        let auth = AuthDirectory(path: stateURL.appendingPathComponent("auth").path)
+        let nodeIDs = (1...nodes).map { "dev-node-\($0)" }
+        try auth.prepareLocalCluster(nodes: nodeIDs, tenants: ["default"], operators: [AuthDefaults.operatorName])
+        let natsFolder = stateURL.appendingPathComponent("nats")
+        let server = try await LocalNATSServer(
+            directory: natsFolder,
+            port: port,
+            extraConfig: auth.includeLine(fromConfigIn: natsFolder) + "\npid_file: \"\(auth.pidPath)\""
+        )
         defer { server.stop() }
         let urlFile = stateURL.appendingPathComponent("url")
         try (server.url + "\n").write(to: urlFile, atomically: true, encoding: .utf8)
@@ -46,10 +55,12 @@ struct DevCommand: AsyncParsableCommand {
 
         let dbPath = stateURL.appendingPathComponent("hangar.sqlite").path
         let store = try openStore(dbPath)
-        func connect(_ name: String) async throws -> NATSConnection {
-            try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: name, logger: logger))
+        func connect(_ name: String, as principal: Principal) async throws -> NATSConnection {
+            var options = NATSConnectionOptions(servers: [server.url], name: name, logger: logger)
+            try applyCredentials(auth.credentialsPath(for: principal), to: &options)
+            return try await NATSConnection(options: options)
         }
-        let schedulerConnection = try await connect("hangar-scheduler")
+        let schedulerConnection = try await connect("hangar-scheduler", as: .scheduler)
         let scheduler = Scheduler(
             config: try scheduling.config(databasePath: dbPath),
             nats: schedulerConnection,
@@ -58,9 +69,8 @@ struct DevCommand: AsyncParsableCommand {
         )
         var agents: [NodeAgent] = []
         var connections = [schedulerConnection]
-        for index in 1...nodes {
-            let id = "dev-node-\(index)"
-            let connection = try await connect("hangar-node-\(id)")
+        for id in nodeIDs {
+            let connection = try await connect("hangar-node-\(id)", as: .node(id))
             connections.append(connection)
             agents.append(
                 NodeAgent(
@@ -73,12 +83,14 @@ struct DevCommand: AsyncParsableCommand {
         }
         let banner = """
             Hangar dev cluster is starting.
-              NATS      \(server.url)   (saved in \(urlFile.path))
+              NATS      \(server.url)   (saved in \(urlFile.path); authorization on)
+              logins    \(auth.url.path)/creds/ (tenant-default, operator-\(AuthDefaults.operatorName), scheduler, nodes)
               database  \(dbPath)
               nodes     \(agents.map(\.config.nodeID).joined(separator: ", ")) with \(slots) slots each, runtimes \(runtimes)
             In another terminal (same folder):
               hangar run -- /usr/bin/python3 -c 'print(6*7)'
               hangar nodes
+              hangar tenant add acme     (then: hangar run --tenant acme -- echo hi)
             Ctrl-C stops everything.
 
             """
@@ -91,8 +103,15 @@ struct DevCommand: AsyncParsableCommand {
             }
             group.addTask { _ = await waitForShutdownSignal() }
             group.addTask {
-                // A scheduler that fails ends the cluster too.
-                _ = await schedulerTask.result
+                // A scheduler that fails ends the cluster too. Cancelling this child must end the wait
+                // (awaiting the unstructured task's result directly would not, and Ctrl-C would hang).
+                let (ended, signal) = AsyncStream<Void>.makeStream()
+                let watcher = Task {
+                    _ = await schedulerTask.result
+                    signal.finish()
+                }
+                for await _ in ended {}
+                watcher.cancel()
             }
             try await group.next()
             logger.notice(

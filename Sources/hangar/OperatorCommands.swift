@@ -74,7 +74,7 @@ struct CancelCommand: AsyncParsableCommand {
 
     func run() async throws {
         let tenantName = tenant ?? ProcessInfo.processInfo.environment["HANGAR_TENANT"] ?? "default"
-        let nats = try await connection.connect(name: "hangar-cli-cancel", logger: cliLogger())
+        let nats = try await connection.connect(name: "hangar-cli-cancel", logger: cliLogger(), as: .tenant(tenantName))
         defer { Task { [nats] in await nats.close() } }
         var request = Hangar_V1_CancelRequest()
         request.jobID = id

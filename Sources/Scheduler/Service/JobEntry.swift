@@ -24,6 +24,10 @@ struct JobEntry: Sendable {
     var recovered = false
     /// The attempt holds a reservation on `nodeID` in the cluster state.
     var reserved = false
+    /// The acceptance is committed to the store. Until then a repeated request id is not answered
+    /// (a crash could still lose the job); its reply subject waits in `pendingAcks`.
+    var durable = false
+    var pendingAcks: [String] = []
 
     var tenant: String { submission.tenant }
 
