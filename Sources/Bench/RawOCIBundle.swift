@@ -20,8 +20,9 @@ struct RawOCIBundle {
         files.createFile(atPath: rootfs + "/etc/ld.so.cache", contents: Data())
         try spawnAndWait("/usr/sbin/runc", ["spec", "--bundle", path])
         let configPath = path + "/config.json"
-        guard var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: configPath)))
-            as? [String: Any], var process = config["process"] as? [String: Any],
+        guard
+            var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: configPath)))
+                as? [String: Any], var process = config["process"] as? [String: Any],
             var mounts = config["mounts"] as? [[String: Any]]
         else { throw BenchError("runc spec wrote an unexpected config.json") }
         process["terminal"] = false

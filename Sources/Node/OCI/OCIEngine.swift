@@ -58,7 +58,8 @@ struct OCIEngine: Sendable {
                 userNamespace: nil,
                 copiesScratchUp: false,
                 cgroupsPath: cgroupsPath,
-                pidsOverhead: Self.gVisorPidsOverhead
+                pidsOverhead: Self.gVisorPidsOverhead,
+                allowsClone3: true
             )
         }
     }

@@ -17,6 +17,8 @@ struct OCIConfigOptions: Sendable {
     var cgroupsPath: String
     /// Host tasks the runtime itself needs in the job's cgroup, on top of the job's `pids`.
     var pidsOverhead: Int64 = 0
+    /// Let `clone3` through the seccomp profile (gVisor: see ``OCISeccompProfile/seccomp(allowingClone3:)``).
+    var allowsClone3 = false
 }
 
 /// One thing to create in the bundle's `rootfs` before the runtime starts.
@@ -254,7 +256,7 @@ struct OCIJobConfig: Sendable {
                     ),
                     pids: OCIPids(limit: pids)
                 ),
-                seccomp: OCISeccompProfile.seccomp,
+                seccomp: OCISeccompProfile.seccomp(allowingClone3: options.allowsClone3),
                 maskedPaths: Self.maskedPaths,
                 readonlyPaths: Self.readonlyPaths
             )
