@@ -48,8 +48,12 @@ struct Bench {
         defer { try? FileManager.default.removeItem(at: directory) }
         let server = try await LocalNATSServer(directory: directory.appendingPathComponent("nats"))
         defer { server.stop() }
+        // HANGAR_BENCH_SEND_ASAP=0: let libnats' flusher batch writes (throughput over latency).
+        let sendAsap = ProcessInfo.processInfo.environment["HANGAR_BENCH_SEND_ASAP"] != "0"
         func connect(_ name: String) async throws -> NATSConnection {
-            try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: name, logger: logger))
+            try await NATSConnection(
+                options: NATSConnectionOptions(servers: [server.url], name: name, sendAsap: sendAsap, logger: logger)
+            )
         }
 
         // Baseline: raw request/reply through the same binding, to an echo responder.
