@@ -58,6 +58,7 @@ let package = Package(
                 "HangarNATS",
                 "HangarShared",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Sources/Node"
         ),

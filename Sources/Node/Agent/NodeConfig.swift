@@ -10,6 +10,10 @@ public struct NodeConfig: Sendable {
     public var resultRetryFor: Duration = .seconds(3600)
     /// How long to keep resending results once the agent is shutting down.
     public var resultRetryOnShutdown: Duration = .seconds(5)
+    /// The node's directory templates, reported in heartbeats; nil: only `host`.
+    public var templates: TemplateStore?
+    /// Warm pools to keep (see ``WarmPools``).
+    public var pools: [WarmPoolSpec] = []
 
     public init(nodeID: String, slots: Int) {
         self.nodeID = nodeID

@@ -22,6 +22,8 @@ struct OCIEngine: Sendable {
     let flavor: Flavor
     let executable: String
     let directories: OCIDirectories
+    /// Directory templates jobs may ask for; nil for `host` only.
+    var templates: TemplateStore? = nil
 
     /// `runc` or `runsc`.
     var toolName: String {
@@ -65,7 +67,7 @@ struct OCIEngine: Sendable {
 
     // MARK: Running a job
 
-    func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
+    func run(_ requested: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
         let clock = ContinuousClock()
         let began = clock.now
         if Task.isCancelled {
@@ -73,7 +75,7 @@ struct OCIEngine: Sendable {
             outcome.message = "cancelled before the container started"
             return outcome
         }
-        let limits = spec.limits
+        let limits = requested.limits
         let timeout = limits.timeoutMs > 0 ? Duration.milliseconds(Int64(limits.timeoutMs)) : Self.defaultTimeout
         let outputLimit = limits.outputBytes > 0 ? Int(clamping: limits.outputBytes) : Self.defaultOutputBytes
         guard let layout = OCICgroup.detectLayout() else {
@@ -81,7 +83,15 @@ struct OCIEngine: Sendable {
         }
         let id = Self.containerID(for: jobID)
         let cgroup = OCICgroup(layout: layout, relativePath: directories.cgroupParent + "/" + id)
-        let options = configOptions(cgroupsPath: cgroup.cgroupsPath)
+        var options = configOptions(cgroupsPath: cgroup.cgroupsPath)
+        let spec: Hangar_V1_JobSpec
+        do throws(TemplateError) {
+            let resolved = try Template.resolve(requested, in: templates)
+            options.root = try resolved.template.layout()
+            spec = resolved.spec
+        } catch {
+            return .error(error.description)
+        }
         let userNamespace = options.userNamespace
         let config: OCIJobConfig
         do throws(OCIInvalidJob) {
