@@ -102,7 +102,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HangarNodeTests",
-            dependencies: ["HangarNode", "HangarShared"],
+            dependencies: ["HangarNode", "HangarShared", .product(name: "Logging", package: "swift-log")],
             path: "Tests/NodeTests"
         ),
         .testTarget(

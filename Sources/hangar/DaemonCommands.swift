@@ -46,6 +46,7 @@ struct NodeCommand: AsyncParsableCommand {
     var runtimes: String = "process,container,gvisor,null"
     @Option(name: .customLong("label"), help: "A node label KEY=VALUE that jobs can require (repeatable).")
     var labels: [String] = []
+    @OptionGroup var nodeState: NodeStateOptions
 
     func validate() throws {
         guard Subjects.isValidToken(id) else {
@@ -59,7 +60,8 @@ struct NodeCommand: AsyncParsableCommand {
         let logger = Logger(label: "hangar.node")
         var config = NodeConfig(nodeID: id, slots: slots)
         config.labels = try parseLabels(labels)
-        let chosen = try makeRuntimes(runtimes)
+        try nodeState.apply(to: &config)
+        let chosen = try makeRuntimes(runtimes, templates: config.templates)
         let nats = try await connection.connect(name: "hangar-node-\(id)", logger: logger)
         let agent = NodeAgent(config: config, nats: nats, runtimes: chosen, logger: logger)
         try await runUntilSignal { try await agent.run() }
@@ -130,12 +132,12 @@ func openStore(_ path: String) throws -> Store {
     }
 }
 
-func makeRuntimes(_ list: String) throws -> [any Runtime] {
+func makeRuntimes(_ list: String, templates: TemplateStore? = nil) throws -> [any Runtime] {
     try list.split(separator: ",").map { name -> any Runtime in
         switch name.trimmingCharacters(in: .whitespaces) {
-        case "process": ProcessRuntime()
-        case "container": ContainerRuntime()
-        case "gvisor": GVisorRuntime()
+        case "process": ProcessRuntime(templates: templates)
+        case "container": ContainerRuntime(templates: templates)
+        case "gvisor": GVisorRuntime(templates: templates)
         case "null": NullRuntime()
         default: throw ValidationError("unknown runtime '\(name)'; a node can offer: process, container, gvisor, null")
         }

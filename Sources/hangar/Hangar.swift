@@ -14,6 +14,7 @@ struct Hangar: AsyncParsableCommand {
         subcommands: [
             DevCommand.self, SchedulerCommand.self, NodeCommand.self, RunCommand.self, CancelCommand.self,
             NodesCommand.self, JobCommand.self, DrainCommand.self, EligibilityCommand.self, AuditCommand.self,
+            TemplateCommand.self,
         ]
     )
 }

@@ -84,7 +84,8 @@ struct BadField: Sendable, CustomTestStringConvertible {
             r.code.source = "1"
         },
         BadField("runtime") { r in r.runtime = "docker" },
-        BadField("template") { r in r.template = "ubuntu" },
+        BadField("template") { r in r.template = "../ubuntu" },
+        BadField("template") { r in r.template = "Ubuntu" },
         BadField("limits.timeout_ms") { r in r.limits.timeoutMs = 3_600_000 },
         BadField("limits.output_bytes") { r in r.limits.outputBytes = 1 << 40 },
         BadField("limits.memory_bytes") { r in r.limits.memoryBytes = 1 << 50 },

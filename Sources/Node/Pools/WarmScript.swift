@@ -6,13 +6,18 @@ import HangarShared
 /// which makes 5 the program's stdin, closes 4 and 5, sets the job's environment and `exec`s the
 /// job's argv: the job then runs as the sandbox's only process, with only 0, 1, 2 open, just like
 /// in a fresh sandbox.
-enum WarmScript {
+public enum WarmScript {
     static let controlDescriptor: Int32 = 4
     static let stdinDescriptor: Int32 = 5
     static let readyDescriptor: Int32 = 6
 
-    /// What the sandbox's shell runs while it waits: say "ready", then read the script from 4.
-    static let waiter = "printf R >&6; exec 6>&-; . /dev/fd/4"
+    /// What the sandbox's shell runs while it waits: say "ready", read the script from 4 until EOF
+    /// with the `read` builtin (the pipe belongs to the node's user, so the sandbox cannot reopen
+    /// it through `/dev/fd/4`; it can only read the descriptor it holds), and run it.
+    public static let waiter = """
+        printf R >&6; exec 6>&-; s=; while IFS= read -r l <&4; do s="$s$l
+        "; done; eval "$s$l"
+        """
 
     /// Whether the shell can run `spec` exactly as given: environment names it can export
     /// (`[A-Za-z_][A-Za-z0-9_]*`) and no NUL bytes anywhere.
@@ -26,7 +31,7 @@ enum WarmScript {
 
     /// The script that turns the waiting shell into the job (see ``canRun(_:)`` first).
     static func script(for spec: Hangar_V1_JobSpec) -> String {
-        var lines = ["exec 0<&5 5<&- 4<&-", "unset PWD OLDPWD SHLVL"]
+        var lines = ["exec 0<&5 5<&- 4<&-", "unset OLDPWD SHLVL"]  // PWD is bubblewrap's, as in a fresh sandbox
         for (key, value) in spec.env.sorted(by: { $0.key < $1.key }) {
             lines.append("export \(key)=\(LimitShim.quote(value))")
         }

@@ -19,8 +19,13 @@ public struct NodeView: Sendable, Equatable {
     public var cpuReserved: UInt64 = 0
     public var memoryReserved: UInt64 = 0
     public var slotsReserved: Int = 0
-    /// Ready warm sandboxes per template.
+    /// Ready warm sandboxes per runtime and template, keyed by ``warmKey(runtime:template:)``.
     public var warm: [String: Int] = [:]
+
+    /// The key of ``warm`` for sandboxes of `template` in `runtime`: `process:host`.
+    public static func warmKey(runtime: String, template: String) -> String {
+        "\(runtime):\(template)"
+    }
 
     public init(id: String) {
         self.id = id
