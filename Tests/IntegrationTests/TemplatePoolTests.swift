@@ -14,8 +14,9 @@ struct TemplatePoolTests {
         return reply.nodes.first { $0.lastHeartbeat.nodeID == node }?.lastHeartbeat
     }
 
-    static func readyWarm(_ cluster: TestCluster, _ node: String) async throws -> UInt32 {
-        try await heartbeat(cluster, node)?.pools.first { $0.runtime == "process" && $0.template == "host" }?.ready ?? 0
+    /// The `process:host` pool of `node` as the scheduler last heard of it.
+    static func pool(_ cluster: TestCluster, _ node: String) async throws -> Hangar_V1_WarmPool? {
+        try await heartbeat(cluster, node)?.pools.first { $0.runtime == "process" && $0.template == "host" }
     }
 
     @Test("placement prefers the node with a ready warm sandbox of the job's template and runtime")
@@ -39,10 +40,17 @@ struct TemplatePoolTests {
 
     static func warmFirst(_ cluster: TestCluster) async throws {
         var placed: [String] = []
-        for _ in 0..<6 {
+        for done in 0..<6 {
+            // Until the scheduler has a heartbeat sent after the previous job took its sandbox, and
+            // the pool has a ready one again.
             let deadline = ContinuousClock.now + .seconds(20)
-            while try await Self.readyWarm(cluster, "node-2") == 0 && ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(50))
+            while ContinuousClock.now < deadline {
+                if let pool = try await Self.pool(cluster, "node-2"), pool.servedWarm + pool.servedCold == done,
+                    pool.ready == 1
+                {
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(20))
             }
             let result = try await cluster.run(command("/bin/echo", "warm"))
             #expect(result.status == .succeeded, "\(result.message)")
@@ -50,8 +58,13 @@ struct TemplatePoolTests {
             placed.append(result.nodeID)
         }
         #expect(placed == Array(repeating: "node-2", count: 6))
-        let pool = try #require(try await Self.heartbeat(cluster, "node-2")?.pools.first)
-        #expect(pool.servedWarm >= 5, "\(pool)")
+        let deadline = ContinuousClock.now + .seconds(5)
+        var pool = try await Self.pool(cluster, "node-2")
+        while pool.map({ $0.servedWarm + $0.servedCold < 6 }) ?? true, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+            pool = try await Self.pool(cluster, "node-2")
+        }
+        #expect(pool?.servedWarm == 6, "\(String(describing: pool))")
         #expect(try await Self.heartbeat(cluster, "node-1")?.pools.isEmpty == true)
     }
 
