@@ -101,6 +101,24 @@ struct WarmPoolTests {
         #expect(outcome.status == .timedOut)
         #expect(outcome.message.contains("wall-clock limit of 300 ms"))
         #expect(outcome.runMilliseconds < 2000)
+
+        // Memory is the job's, set at assignment: above the pool's 256 MiB works, below it binds.
+        let big = job(["/usr/bin/python3", "-c", "b = bytearray(300 << 20); print(len(b))"]) {
+            $0.limits.memoryBytes = 512 << 20
+        }
+        #expect(await Self.eventually { Self.status(pools)?.ready == 1 })
+        let bigSandbox = try #require(pools.take(big))
+        let bigOutcome = await bigSandbox.run(big, jobID: "warm-big-\(uniqueTag())")
+        #expect(bigOutcome.status == .succeeded, "\(bigOutcome.message) \(text(bigOutcome.stderr))")
+        let small = job(["/usr/bin/python3", "-c", "b = bytearray(100 << 20); print(len(b))"]) {
+            $0.limits.memoryBytes = 32 << 20
+        }
+        #expect(await Self.eventually { Self.status(pools)?.ready == 1 })
+        let smallSandbox = try #require(pools.take(small))
+        let smallOutcome = await smallSandbox.run(small, jobID: "warm-small-\(uniqueTag())")
+        #expect(smallOutcome.status == .oomKilled, "\(smallOutcome.status) \(smallOutcome.message)")
+        #expect(smallOutcome.message.contains("memory limit of 32 MiB"))
+
         running.cancel()
         await running.value
         #expect(await Self.eventually(within: .seconds(3)) { Self.waitingSandboxes().isEmpty })

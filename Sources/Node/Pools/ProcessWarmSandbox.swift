@@ -172,7 +172,7 @@ final class ProcessWarmSandbox: WarmSandbox {
         }
         let limits = JobLimits(spec.limits)
         do {
-            try JobCgroup(version: cgroup.version, directories: cgroup.directories, limits: limits).applyLimits()
+            try Self.apply(limits, to: cgroup)
         } catch {
             await teardown()
             return .error("cannot set the job's limits on the warm sandbox's cgroup: \(error.description)")
@@ -214,6 +214,20 @@ final class ProcessWarmSandbox: WarmSandbox {
             outcome.message += (outcome.message.isEmpty ? "" : "; ") + "the job's cgroup was not removed: \(error)"
         }
         return outcome
+    }
+
+    /// Writes the job's memory, pids and CPU limits over the pool's. On v1 the kernel refuses a
+    /// memory limit above the memory+swap one, so a raise writes memory+swap first.
+    static func apply(_ limits: JobLimits, to cgroup: JobCgroup) throws(CgroupError) {
+        let job = JobCgroup(version: cgroup.version, directories: cgroup.directories, limits: limits)
+        do {
+            try job.applyLimits()
+        } catch {
+            let swap = cgroup.directories.memory + "/memory.memsw.limit_in_bytes"
+            guard cgroup.version == .v1, CgroupFile.exists(swap) else { throw error }
+            try CgroupFile.write(String(limits.memoryBytes), to: swap)
+            try job.applyLimits()
+        }
     }
 
     func destroy() async {
