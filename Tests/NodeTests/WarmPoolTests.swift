@@ -4,7 +4,7 @@ import HangarShared
 import Logging
 import Testing
 
-@Suite("Warm pools of the process runtime, real bubblewrap", .serialized)
+@Suite("Warm pools, real bubblewrap and runc", .serialized)
 struct WarmPoolTests {
     /// Waits up to `timeout` for `condition`; true when it held.
     static func eventually(within timeout: Duration = .seconds(20), _ condition: () -> Bool) async -> Bool {
@@ -22,7 +22,7 @@ struct WarmPoolTests {
 
     /// Warm sandboxes still alive on the host (bubblewrap and the shell carry the waiter script).
     static func waitingSandboxes() -> [String] {
-        processes(withArgument: WarmScript.waiter)
+        processes(withArgument: WarmScript.process.waiter) + processes(withArgument: WarmScript.container.waiter)
     }
 
     @Test("the pool fills to min, serves a job warm, replaces it, and drains with no residue")
@@ -35,20 +35,7 @@ struct WarmPoolTests {
         let running = Task { await pools.run(available: ["process"]) }
         #expect(await Self.eventually { Self.status(pools)?.ready == 2 }, "\(pools.status())")
 
-        let script = """
-            import os, sys
-            print('out'); print('err', file=sys.stderr)
-            print(sys.stdin.read(), end='')
-            print(os.environ['FOO'])
-            def is_open(fd):
-                try:
-                    os.fstat(fd)
-                    return True
-                except OSError:
-                    return False
-            print('fds', ','.join(str(fd) for fd in range(3, 1024) if is_open(fd)) or '-')
-            print('env', ','.join(sorted(os.environ)))
-            """
+        let script = Self.inspect
         let spec = job(["/usr/bin/python3", "-c", script]) {
             $0.stdin = Data("from-stdin\n".utf8)
             $0.env = ["FOO": "it's \"quoted\" $HOME"]
@@ -76,6 +63,77 @@ struct WarmPoolTests {
             "\(Self.waitingSandboxes())"
         )
         #expect(leftoverCgroups(containing: "warm-host.\(getpid()).").isEmpty)
+    }
+
+    /// Prints what a job can see of its start: stdout/stderr, stdin, `FOO`, open descriptors beyond
+    /// 0-2, and the names of its environment variables.
+    static let inspect = """
+        import os, sys
+        print('out'); print('err', file=sys.stderr)
+        print(sys.stdin.read(), end='')
+        print(os.environ['FOO'])
+        def is_open(fd):
+            try:
+                os.fstat(fd)
+                return True
+            except OSError:
+                return False
+        print('fds', ','.join(str(fd) for fd in range(3, 1024) if is_open(fd)) or '-')
+        print('env', ','.join(sorted(os.environ)))
+        """
+
+    @Test("a container pool serves a job warm exactly as a fresh container would, and drains with no residue")
+    func container() async throws {
+        let directories = OCIKind.runc.directories
+        let runtime = ContainerRuntime(directories: directories)
+        let pools = WarmPools(
+            specs: [WarmPoolSpec(runtime: "container", template: "host", min: 1, max: 1)],
+            runtimes: [runtime],
+            logger: Logger(label: "test")
+        )
+        let running = Task { await pools.run(available: ["container"]) }
+        let status = { pools.status().first { $0.runtime == "container" } }
+        #expect(await Self.eventually { status()?.ready == 1 }, "\(pools.status())")
+        var spec = job(["/usr/bin/python3", "-c", Self.inspect]) {
+            $0.stdin = Data("from-stdin\n".utf8)
+            $0.env = ["FOO": "it's"]
+        }
+        spec.runtime = "container"
+        let sandbox = try #require(pools.take(spec))
+        let outcome = await sandbox.run(spec, jobID: "warm-c-\(uniqueTag())")
+        #expect(outcome.status == .succeeded, "\(outcome.message) \(text(outcome.stderr))")
+        #expect(text(outcome.stdout) == "out\nfrom-stdin\nit's\nfds -\nenv FOO,HOME,LC_CTYPE,PATH\n")
+        let cold = await runtime.run(spec, jobID: "cold-c-\(uniqueTag())")
+        #expect(cold.stdout == outcome.stdout)
+        #expect(await Self.eventually { status()?.ready == 1 })
+        #expect(
+            pools.take(
+                job(["/bin/true"]) {
+                    $0.runtime = "container"
+                    $0.limits.cpuTimeMs = 1000
+                }
+            ) == nil
+        )
+        let slow = job(["/bin/sleep", "5"]) {
+            $0.runtime = "container"
+            $0.limits.timeoutMs = 300
+        }
+        let slowSandbox = try #require(pools.take(slow))
+        let slowOutcome = await slowSandbox.run(slow, jobID: "warm-c-slow-\(uniqueTag())")
+        #expect(slowOutcome.status == .timedOut, "\(slowOutcome.message)")
+
+        running.cancel()
+        await running.value
+        #expect(
+            await Self.eventually(within: .seconds(5)) { Self.waitingSandboxes().isEmpty },
+            "\(Self.waitingSandboxes())"
+        )
+        let bundles = (try? FileManager.default.contentsOfDirectory(atPath: directories.bundles)) ?? []
+        #expect(bundles.filter { $0.hasPrefix("hangar-warm-host-") }.isEmpty, "\(bundles)")
+        let state = (try? FileManager.default.contentsOfDirectory(atPath: directories.state)) ?? []
+        #expect(state.filter { $0.hasPrefix("hangar-warm-host-") }.isEmpty, "\(state)")
+        let cgroups = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup/memory/hangar")) ?? []
+        #expect(cgroups.filter { $0.hasPrefix("hangar-warm-host-") }.isEmpty, "\(cgroups)")
     }
 
     @Test("a job whose creation-time limits differ starts cold; a warm job keeps its own wall clock")

@@ -51,7 +51,7 @@ struct OCIEngine: Sendable {
     /// `pids` limit keeps the sandbox from booting at all.
     static let gVisorPidsOverhead: Int64 = 256
 
-    private func configOptions(cgroupsPath: String) -> OCIConfigOptions {
+    func configOptions(cgroupsPath: String) -> OCIConfigOptions {
         switch flavor {
         case .runc(let userNamespace):
             return OCIConfigOptions(userNamespace: userNamespace, copiesScratchUp: true, cgroupsPath: cgroupsPath)
@@ -154,7 +154,7 @@ struct OCIEngine: Sendable {
 
     /// Kills the container if asked, deletes it, sweeps its cgroup and removes the bundle. Runs to
     /// the end even when the calling task is cancelled. Returns what could not be cleaned up.
-    private func teardown(id: String, killFirst: Bool, cgroup: OCICgroup, bundle: OCIBundle) async -> [String] {
+    func teardown(id: String, killFirst: Bool, cgroup: OCICgroup, bundle: OCIBundle) async -> [String] {
         var leftovers: [String] = []
         if killFirst { _ = await tool(["kill", id, "KILL"]) }
         let deleted = await tool(["delete", "--force", id])

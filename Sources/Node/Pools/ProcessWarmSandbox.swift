@@ -60,7 +60,7 @@ final class ProcessWarmSandbox: WarmSandbox {
         }
         var waiting = Hangar_V1_JobSpec()
         waiting.template = template
-        waiting.argv = ["/bin/sh", "-c", WarmScript.waiter]
+        waiting.argv = ["/bin/sh", "-c", WarmScript.process.waiter]
         let limits = profile.limits
         let invocation: BubblewrapInvocation
         do {
@@ -100,7 +100,7 @@ final class ProcessWarmSandbox: WarmSandbox {
             closeAll()
             throw error
         }
-        let containment = WarmContainment(cgroup)
+        let containment = WarmContainment(cpuTime: cgroup.cpuTimeMicroseconds, killAll: cgroup.killAll)
         let shim = LimitShim(
             procsFiles: cgroup.procsFiles,
             limits: limits,
@@ -108,7 +108,7 @@ final class ProcessWarmSandbox: WarmSandbox {
             arguments: ["bwrap"] + invocation.arguments,
             user: geteuid() == 0 ? ProcessRuntime.sandboxHostID : nil
         )
-        // The seccomp filter is 3 (as in a fresh sandbox), then 4, 5 and 6 of ``WarmScript``.
+        // The seccomp filter is 3 (as in a fresh sandbox), then 4, 5 and 6 of ``WarmScript/process``.
         let command = SandboxCommand(
             executable: shim.executable,
             arguments: shim.arguments,
@@ -180,7 +180,7 @@ final class ProcessWarmSandbox: WarmSandbox {
         let baseline = cgroup.cpuTimeMicroseconds() ?? 0
         containment.arm(cpuTime: limits.cpuTime, baseline: baseline)
         PipeIO.writeAndClose(spec.stdin, to: stdinWriter)
-        PipeIO.writeAndClose(Data(WarmScript.script(for: spec).utf8), to: control)
+        PipeIO.writeAndClose(Data(WarmScript.process.script(for: spec).utf8), to: control)
         let armed = clock.now
         let timedOut = Atomic<Bool>(false)
         let process = self.process
