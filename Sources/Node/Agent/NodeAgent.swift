@@ -169,6 +169,9 @@ public final class NodeAgent: Sendable {
         else {
             return .failure(Refusal(.runtimeUnavailable, "runtime '\(assignment.spec.runtime)' is not available here"))
         }
+        if let missing = missingTemplate(assignment.spec) {
+            return .failure(Refusal(.runtimeUnavailable, missing))
+        }
         let key = "\(assignment.jobID)/\(assignment.attempt)"
         let admitted: Bool = running.withLock { running in
             if running[key] != nil { return true }  // a repeated assignment: already running

@@ -208,3 +208,19 @@ enum TemplateCommand {
         }
     }
 }
+
+extension NodeAgent {
+    /// Why this node cannot run `spec`'s template (so the scheduler places the job elsewhere), or
+    /// nil when it holds it.
+    func missingTemplate(_ spec: Hangar_V1_JobSpec) -> String? {
+        let name = spec.template.isEmpty ? TemplateName.host : spec.template
+        guard name != TemplateName.host else { return nil }
+        guard let store = config.templates else { return "template '\(name)' is not on this node" }
+        do {
+            _ = try store.manifest(of: name)
+            return nil
+        } catch {
+            return error.description
+        }
+    }
+}
