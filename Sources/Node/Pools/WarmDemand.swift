@@ -2,23 +2,28 @@
 /// that demand calls for: the most jobs that arrived within any `bucket` of the `window`, within
 /// the pool's min and max. A burst grows the pool at once; it shrinks back to `min` once the burst
 /// is older than the window.
-struct WarmDemand: Sendable {
-    var window: Duration
-    var bucket: Duration
-    private(set) var arrivals: [ContinuousClock.Instant] = []
+public struct WarmDemand: Sendable {
+    /// How far back demand counts.
+    public var window: Duration
+    /// The span within which arrivals count as simultaneous.
+    public var bucket: Duration
+    /// Arrivals within the window, oldest first.
+    public private(set) var arrivals: [ContinuousClock.Instant] = []
 
-    init(window: Duration = .seconds(120), bucket: Duration = .seconds(10)) {
+    /// Demand over the last `window`, in `bucket`s.
+    public init(window: Duration = .seconds(120), bucket: Duration = .seconds(10)) {
         self.window = window
         self.bucket = bucket
     }
 
-    mutating func record(_ now: ContinuousClock.Instant) {
+    /// A job for the pool arrived at `now`.
+    public mutating func record(_ now: ContinuousClock.Instant) {
         arrivals.append(now)
         forget(before: now)
     }
 
     /// The pool size for demand as of `now`, within `min...max`.
-    mutating func target(min: Int, max: Int, now: ContinuousClock.Instant) -> Int {
+    public mutating func target(min: Int, max: Int, now: ContinuousClock.Instant) -> Int {
         forget(before: now)
         var peak = 0
         var start = 0
