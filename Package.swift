@@ -58,6 +58,7 @@ let package = Package(
                 "HangarNATS",
                 "HangarShared",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Sources/Node"
         ),
@@ -101,7 +102,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HangarNodeTests",
-            dependencies: ["HangarNode", "HangarShared"],
+            dependencies: ["HangarNode", "HangarShared", .product(name: "Logging", package: "swift-log")],
             path: "Tests/NodeTests"
         ),
         .testTarget(

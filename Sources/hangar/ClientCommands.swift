@@ -23,6 +23,8 @@ struct RunCommand: AsyncParsableCommand {
     var tenant: String?
     @Option(help: "Runtime: process (bubblewrap), container (runc), gvisor (runsc), null.")
     var runtime: String = "process"
+    @Option(help: "Template (root filesystem) to run in; see `hangar template list` on a node.")
+    var template: String = "host"
     @Option(help: "Wall-clock limit in seconds (default: the scheduler's, 10 s).")
     var timeout: Double?
     @Option(name: .customLong("env"), help: "Environment variable KEY=VALUE for the job (repeatable).")
@@ -48,6 +50,7 @@ struct RunCommand: AsyncParsableCommand {
         var request = Hangar_V1_SubmitRequest()
         request.argv = argv
         request.runtime = runtime
+        request.template = template
         request.requestID = requestId ?? ""
         request.wait = !detach
         if let timeout {
@@ -129,6 +132,7 @@ struct NodesCommand: AsyncParsableCommand {
             [
                 "NODE", "STATE", "SLOTS USED/RESERVED/TOTAL", "CPU RESERVED/ALLOCATABLE", "MEMORY RESERVED/TOTAL",
                 "RUNTIMES",
+                "POOLS READY/WARMING/MAX",
                 "SEEN",
             ]
         ]
@@ -161,6 +165,7 @@ struct NodesCommand: AsyncParsableCommand {
                     Double(capacity.memoryBytes) / 1_073_741_824
                 ),
                 heartbeat.runtimes.map { $0.available ? $0.name : "\($0.name)(unavailable)" }.joined(separator: ","),
+                poolSummary(heartbeat),
                 String(format: "%.1fs ago", Double(node.lastSeenMsAgo) / 1000),
             ])
         }

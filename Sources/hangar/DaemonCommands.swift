@@ -56,6 +56,7 @@ struct NodeCommand: AsyncParsableCommand {
         help: "The most a job may ask for in a runtime: RUNTIME.LIMIT=VALUE, 0 = no maximum (repeatable)."
     )
     var limitMaxima: [String] = []
+    @OptionGroup var nodeState: NodeStateOptions
 
     func validate() throws {
         guard Subjects.isValidToken(id) else {
@@ -69,13 +70,14 @@ struct NodeCommand: AsyncParsableCommand {
         let logger = Logger(label: "hangar.node")
         var config = NodeConfig(nodeID: id, slots: slots)
         config.labels = try parseLabels(labels)
+        try nodeState.apply(to: &config)
         do {
             for setting in limitDefaults { try RuntimeLimits.apply(setting, maximum: false, to: &config.runtimeLimits) }
             for setting in limitMaxima { try RuntimeLimits.apply(setting, maximum: true, to: &config.runtimeLimits) }
         } catch {
             throw ValidationError(error.description)
         }
-        let chosen = try makeRuntimes(runtimes)
+        let chosen = try makeRuntimes(runtimes, templates: config.templates)
         let nats = try await connection.connect(name: "hangar-node-\(id)", logger: logger, as: .node(id))
         let agent = NodeAgent(config: config, nats: nats, runtimes: chosen, logger: logger)
         try await runUntilSignal { try await agent.run() }
@@ -154,12 +156,12 @@ func openStore(_ path: String) throws -> Store {
     }
 }
 
-func makeRuntimes(_ list: String) throws -> [any Runtime] {
+func makeRuntimes(_ list: String, templates: TemplateStore? = nil) throws -> [any Runtime] {
     try list.split(separator: ",").map { name -> any Runtime in
         switch name.trimmingCharacters(in: .whitespaces) {
-        case "process": ProcessRuntime()
-        case "container": ContainerRuntime()
-        case "gvisor": GVisorRuntime()
+        case "process": ProcessRuntime(templates: templates)
+        case "container": ContainerRuntime(templates: templates)
+        case "gvisor": GVisorRuntime(templates: templates)
         case "null": NullRuntime()
         default: throw ValidationError("unknown runtime '\(name)'; a node can offer: process, container, gvisor, null")
         }

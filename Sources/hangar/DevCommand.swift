@@ -25,6 +25,8 @@ struct DevCommand: AsyncParsableCommand {
     var port: Int?
     @OptionGroup var log: LogOptions
     @OptionGroup var scheduling: SchedulingOptions
+    @Option(name: .customLong("pool"), help: "A warm pool on every node, RUNTIME:TEMPLATE=MIN:MAX (repeatable).")
+    var pools: [String] = []
 
     func validate() throws {
         guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
@@ -36,7 +38,10 @@ struct DevCommand: AsyncParsableCommand {
         let logger = Logger(label: "hangar.dev")
         let stateURL = URL(fileURLWithPath: state).standardizedFileURL
         try FileManager.default.createDirectory(at: stateURL, withIntermediateDirectories: true)
-        let chosenRuntimes = try makeRuntimes(runtimes)
+        // Nodes share the dev state folder's template store: `hangar template build --state-dir STATE`.
+        var nodeConfig = NodeConfig(nodeID: "", slots: slots)
+        try NodeStateOptions.apply(stateDir: stateURL.path, pools: pools, to: &nodeConfig)
+        let chosenRuntimes = try makeRuntimes(runtimes, templates: nodeConfig.templates)
 
         // Authorization on: every component logs in with its own credentials (STATE/auth/creds/).
         let auth = AuthDirectory(path: stateURL.appendingPathComponent("auth").path)
@@ -72,9 +77,10 @@ struct DevCommand: AsyncParsableCommand {
         for id in nodeIDs {
             let connection = try await connect("hangar-node-\(id)", as: .node(id))
             connections.append(connection)
+            nodeConfig.nodeID = id
             agents.append(
                 NodeAgent(
-                    config: NodeConfig(nodeID: id, slots: slots),
+                    config: nodeConfig,
                     nats: connection,
                     runtimes: chosenRuntimes,
                     logger: Logger(label: "hangar.node")

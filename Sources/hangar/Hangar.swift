@@ -15,6 +15,7 @@ struct Hangar: AsyncParsableCommand {
             DevCommand.self, SchedulerCommand.self, NodeCommand.self, RunCommand.self, CancelCommand.self,
             NodesCommand.self, JobCommand.self, DrainCommand.self, EligibilityCommand.self, AuditCommand.self,
             TenantCommand.self,
+            TemplateCommand.self,
         ]
     )
 }

@@ -7,7 +7,7 @@ import Testing
 struct NodeLimitsTests {
     @Test("a job above every node's maximum for its runtime is rejected at once, naming the limit")
     func aboveNodeMaximum() async throws {
-        let cluster = try await TestCluster.start(nodes: 2, runtimes: [NullRuntime()]) { config in
+        let cluster = try await TestCluster.start(nodes: 2, runtimes: [NullRuntime()]) { _, config in
             var limits = RuntimeLimits.standard()
             limits.maximum.timeoutMs = 2000
             config.runtimeLimits["null"] = limits

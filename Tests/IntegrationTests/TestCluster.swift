@@ -23,7 +23,7 @@ final class TestCluster: Sendable {
         slots: Int = 8,
         runtimes: [any Runtime] = [ProcessRuntime(), NullRuntime()],
         settings: SchedulerSettings = SchedulerSettings(),
-        configureNode: @Sendable (inout NodeConfig) -> Void = { _ in }
+        configureNode: (Int, inout NodeConfig) -> Void = { _, _ in }
     ) async throws -> TestCluster {
         let directory = try makeTemporaryDirectory("hangar-cluster")
         let server = try await LocalNATSServer(directory: directory.appendingPathComponent("nats"))
@@ -52,7 +52,7 @@ final class TestCluster: Sendable {
             connections.append(connection)
             var nodeConfig = NodeConfig(nodeID: "node-\(index)", slots: slots)
             nodeConfig.heartbeatInterval = .milliseconds(200)
-            configureNode(&nodeConfig)
+            configureNode(index, &nodeConfig)
             let agent = NodeAgent(
                 config: nodeConfig,
                 nats: connection,

@@ -122,12 +122,20 @@ struct PlacementCoreTests {
         #expect(PlacementCore.place(request, nodes: [busy, idle], policy: .binpack) == .ranked(["busy", "idle"]))
         var warm = node("warm")
         warm.slotsReserved = 3
-        warm.warm = ["host": 1]
+        warm.warm = [NodeView.warmKey(runtime: request.runtime, template: "host"): 1]
         guard case .ranked(let order) = PlacementCore.place(request, nodes: [idle, warm], policy: .spread) else {
             Issue.record("expected a ranking")
             return
         }
         #expect(order.first == "warm")
+        // A warm sandbox of another runtime or template does not count.
+        var other = node("other")
+        other.slotsReserved = 3
+        other.warm = [
+            NodeView.warmKey(runtime: "gvisor", template: "host"): 1,
+            NodeView.warmKey(runtime: request.runtime, template: "py"): 1,
+        ]
+        #expect(PlacementCore.place(request, nodes: [idle, other], policy: .spread) == .ranked(["idle", "other"]))
     }
 
     @Test("equal nodes share the load through the tie-break")

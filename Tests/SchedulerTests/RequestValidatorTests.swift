@@ -109,6 +109,8 @@ struct BadField: Sendable, CustomTestStringConvertible {
         BadField("files_out[0]") { r in r.filesOut = ["a//b"] },
         BadField("files_out") { r in r.filesOut = Array(repeating: "*", count: 65) },
         BadField("template") { r in r.template = "ubuntu" },
+        BadField("template") { r in r.template = "../ubuntu" },
+        BadField("template") { r in r.template = "Ubuntu" },
         BadField("limits.timeout_ms") { r in r.limits.timeoutMs = 3_600_000 },
         BadField("limits.output_bytes") { r in r.limits.outputBytes = 1 << 40 },
         BadField("limits.memory_bytes") { r in r.limits.memoryBytes = 1 << 50 },

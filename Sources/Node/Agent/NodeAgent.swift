@@ -15,6 +15,8 @@ public final class NodeAgent: Sendable {
     private let running = Mutex<[String: Task<Void, Never>]>([:])
     private let probes = Mutex<[String: RuntimeProbe]>([:])
     private let sequence = Atomic<UInt64>(0)
+    /// Warm sandboxes, when `config.pools` names any.
+    public let pools: WarmPools?
 
     public init(config: NodeConfig, nats: NATSConnection, runtimes: [any Runtime], logger: Logger) {
         self.config = config
@@ -23,6 +25,7 @@ public final class NodeAgent: Sendable {
         var logger = logger
         logger[metadataKey: "node.id"] = "\(config.nodeID)"
         self.logger = logger
+        pools = config.pools.isEmpty ? nil : WarmPools(specs: config.pools, runtimes: runtimes, logger: logger)
     }
 
     /// Number of jobs running now.
@@ -58,6 +61,10 @@ public final class NodeAgent: Sendable {
             group.addTask {
                 for await message in cancels { self.handleCancel(message) }
             }
+            if let pools {
+                let available = Set(probes.withLock { $0.filter(\.value.available).keys })
+                group.addTask { await pools.run(available: available) }
+            }
             group.addTask {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: self.config.heartbeatInterval)
@@ -91,7 +98,14 @@ public final class NodeAgent: Sendable {
                 return availability
             }
         }
-        heartbeat.templates = ["host"]
+        if let store = config.templates {
+            let manifests = store.list()
+            heartbeat.templates = [TemplateName.host] + manifests.map(\.name)
+            heartbeat.templateInfo = manifests.map(TemplateInfo.init)
+        } else {
+            heartbeat.templates = [TemplateName.host]
+        }
+        heartbeat.pools = pools?.status() ?? []
         heartbeat.labels = config.labels
         heartbeat.health = .healthy
         heartbeat.version = hangarVersion
@@ -156,6 +170,9 @@ public final class NodeAgent: Sendable {
         else {
             return .failure(Refusal(.runtimeUnavailable, "runtime '\(assignment.spec.runtime)' is not available here"))
         }
+        if let missing = missingTemplate(assignment.spec) {
+            return .failure(Refusal(.runtimeUnavailable, missing))
+        }
         switch config.limits(of: assignment.spec.runtime).resolve(assignment.spec.limits) {
         case .success(let limits): assignment.spec.limits = limits
         case .failure(let above): return .failure(Refusal(.limitAboveMaximum, above.description))
@@ -180,7 +197,13 @@ public final class NodeAgent: Sendable {
         logger[metadataKey: "attempt"] = "\(assignment.attempt)"
         logger[metadataKey: "tenant"] = "\(assignment.tenant)"
         logger.debug("running", metadata: ["runtime": "\(runtime.name)"])
-        let outcome = await runtime.run(assignment.spec, jobID: assignment.jobID)
+        let outcome: RunOutcome
+        if let sandbox = pools?.take(assignment.spec) {
+            logger.debug("warm sandbox")
+            outcome = await sandbox.run(assignment.spec, jobID: assignment.jobID)
+        } else {
+            outcome = await runtime.run(assignment.spec, jobID: assignment.jobID)
+        }
         running.withLock { _ = $0.removeValue(forKey: key) }
         await report(outcome, for: assignment, logger: logger)
     }

@@ -15,6 +15,10 @@ public struct NodeConfig: Sendable {
 
     /// The limits of `runtime` on this node.
     public func limits(of runtime: String) -> RuntimeLimits { runtimeLimits[runtime] ?? .standard() }
+    /// The node's directory templates, reported in heartbeats; nil: only `host`.
+    public var templates: TemplateStore?
+    /// Warm pools to keep (see ``WarmPools``).
+    public var pools: [WarmPoolSpec] = []
 
     public init(nodeID: String, slots: Int) {
         self.nodeID = nodeID

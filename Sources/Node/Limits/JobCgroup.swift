@@ -65,7 +65,7 @@ struct JobCgroup: Sendable {
         }
     }
 
-    private func applyLimits() throws(CgroupError) {
+    func applyLimits() throws(CgroupError) {
         let memory = directories.memory
         let quota = max(1000, UInt64(limits.cpuMillis) * Self.cpuPeriodMicroseconds / 1000)
         switch version {

@@ -18,6 +18,8 @@ public struct ContainerRuntime: Runtime {
     public let directories: OCIDirectories
     /// The user namespace jobs run in, or nil for none (uid 65534 is then the host's 65534).
     public let userNamespace: OCIUserNamespace?
+    /// Directory templates jobs may ask for; nil for `host` only.
+    public let templates: TemplateStore?
 
     /// `runc` state under `/run/hangar/runc`, bundles under `/var/lib/hangar/oci/runc`.
     public static let defaultDirectories = OCIDirectories(
@@ -29,15 +31,22 @@ public struct ContainerRuntime: Runtime {
     public init(
         runcPath: String = "/usr/sbin/runc",
         directories: OCIDirectories = ContainerRuntime.defaultDirectories,
-        userNamespace: OCIUserNamespace? = .standard
+        userNamespace: OCIUserNamespace? = .standard,
+        templates: TemplateStore? = nil
     ) {
         self.runcPath = runcPath
         self.directories = directories
         self.userNamespace = userNamespace
+        self.templates = templates
     }
 
-    private var engine: OCIEngine {
-        OCIEngine(flavor: .runc(userNamespace: userNamespace), executable: runcPath, directories: directories)
+    var engine: OCIEngine {
+        OCIEngine(
+            flavor: .runc(userNamespace: userNamespace),
+            executable: runcPath,
+            directories: directories,
+            templates: templates
+        )
     }
 
     /// Available iff `runc --version` answers and a container running `/bin/true` succeeds; the
@@ -74,6 +83,8 @@ public struct GVisorRuntime: Runtime {
     public let platform: String
     /// Where state, bundles and cgroups go.
     public let directories: OCIDirectories
+    /// Directory templates jobs may ask for; nil for `host` only.
+    public let templates: TemplateStore?
 
     /// `runsc` state under `/run/hangar/runsc`, bundles under `/var/lib/hangar/oci/runsc`.
     public static let defaultDirectories = OCIDirectories(
@@ -85,15 +96,22 @@ public struct GVisorRuntime: Runtime {
     public init(
         runscPath: String = "/usr/bin/runsc",
         platform: String = "ptrace",
-        directories: OCIDirectories = GVisorRuntime.defaultDirectories
+        directories: OCIDirectories = GVisorRuntime.defaultDirectories,
+        templates: TemplateStore? = nil
     ) {
         self.runscPath = runscPath
         self.platform = platform
         self.directories = directories
+        self.templates = templates
     }
 
-    private var engine: OCIEngine {
-        OCIEngine(flavor: .runsc(platform: platform), executable: runscPath, directories: directories)
+    var engine: OCIEngine {
+        OCIEngine(
+            flavor: .runsc(platform: platform),
+            executable: runscPath,
+            directories: directories,
+            templates: templates
+        )
     }
 
     /// Available iff `runsc --version` answers and a sandbox running `/bin/true` succeeds; the

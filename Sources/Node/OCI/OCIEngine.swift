@@ -22,6 +22,8 @@ struct OCIEngine: Sendable {
     let flavor: Flavor
     let executable: String
     let directories: OCIDirectories
+    /// Directory templates jobs may ask for; nil for `host` only.
+    var templates: TemplateStore? = nil
 
     /// `runc` or `runsc`.
     var toolName: String {
@@ -49,7 +51,7 @@ struct OCIEngine: Sendable {
     /// `pids` limit keeps the sandbox from booting at all.
     static let gVisorPidsOverhead: Int64 = 256
 
-    private func configOptions(cgroupsPath: String) -> OCIConfigOptions {
+    func configOptions(cgroupsPath: String) -> OCIConfigOptions {
         switch flavor {
         case .runc(let userNamespace):
             return OCIConfigOptions(userNamespace: userNamespace, copiesScratchUp: true, cgroupsPath: cgroupsPath)
@@ -66,7 +68,7 @@ struct OCIEngine: Sendable {
 
     // MARK: Running a job
 
-    func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
+    func run(_ requested: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
         let began = ContinuousClock.now
         if Task.isCancelled {
             var outcome = RunOutcome(status: .cancelled)
@@ -78,7 +80,15 @@ struct OCIEngine: Sendable {
         }
         let id = Self.containerID(for: jobID)
         let cgroup = OCICgroup(layout: layout, relativePath: directories.cgroupParent + "/" + id)
-        let options = configOptions(cgroupsPath: cgroup.cgroupsPath)
+        var options = configOptions(cgroupsPath: cgroup.cgroupsPath)
+        let spec: Hangar_V1_JobSpec
+        do throws(TemplateError) {
+            let resolved = try Template.resolve(requested, in: templates)
+            options.root = try resolved.template.layout()
+            spec = resolved.spec
+        } catch {
+            return .error(error.description)
+        }
         let userNamespace = options.userNamespace
         let scratch: JobScratch?
         do throws(ScratchError) {
@@ -212,7 +222,7 @@ struct OCIEngine: Sendable {
 
     /// Kills the container if asked, deletes it, sweeps its cgroup and removes the bundle. Runs to
     /// the end even when the calling task is cancelled. Returns what could not be cleaned up.
-    private func teardown(id: String, killFirst: Bool, cgroup: OCICgroup, bundle: OCIBundle) async -> [String] {
+    func teardown(id: String, killFirst: Bool, cgroup: OCICgroup, bundle: OCIBundle) async -> [String] {
         var leftovers: [String] = []
         if killFirst { _ = await tool(["kill", id, "KILL"]) }
         let deleted = await tool(["delete", "--force", id])

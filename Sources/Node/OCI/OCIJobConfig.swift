@@ -19,6 +19,8 @@ struct OCIConfigOptions: Sendable {
     var pidsOverhead: Int64 = 0
     /// Let `clone3` through the seccomp profile (gVisor: see ``OCISeccompProfile/seccomp(allowingClone3:)``).
     var allowsClone3 = false
+    /// A directory template's root filesystem instead of the host's directories; nil for `host`.
+    var root: TemplateRootfs? = nil
 }
 
 /// One thing to create in the bundle's `rootfs` before the runtime starts.
@@ -122,7 +124,7 @@ struct OCIJobConfig: Sendable {
         if !job.files.isEmpty && !inScratch {
             throw OCIInvalidJob(message: "files need a working directory under /tmp, got \"\(workdir)\"")
         }
-        if !inScratch && !Self.isVisibleDirectory(workdir) {
+        if !inScratch && !(options.root.map { $0.isDirectory(workdir) } ?? Self.isVisibleDirectory(workdir)) {
             throw OCIInvalidJob(message: "cwd \"\(workdir)\" is not a directory in the sandbox (use /tmp or below)")
         }
 
@@ -130,8 +132,9 @@ struct OCIJobConfig: Sendable {
         // Mount points first, so that rootfs/tmp exists before the scratch staged below it.
         var rootfs: [OCIRootfsEntry] = [
             .directory("proc", mode: 0o555), .directory("dev", mode: 0o755), .directory("sys", mode: 0o555),
-            .directory("tmp", mode: 0o1777), .directory("usr", mode: 0o755), .directory("etc", mode: 0o755),
+            .directory("tmp", mode: 0o1777),
         ]
+        if options.root == nil { rootfs += [.directory("usr", mode: 0o755), .directory("etc", mode: 0o755)] }
         if needsCopyUp {
             if hostScratch == nil { tmpOptions.append("tmpcopyup") }
             var directory = "tmp"
@@ -178,10 +181,14 @@ struct OCIJobConfig: Sendable {
             hostScratch.map {
                 OCIMount(destination: "/tmp", type: "bind", source: $0, options: ["rbind", "nosuid", "nodev", "rw"])
             } ?? OCIMount(destination: "/tmp", type: "tmpfs", source: "tmpfs", options: tmpOptions),
-            Self.readOnlyBind("/usr"),
         ]
+        if let root = options.root {
+            (rootfs, mounts) = Self.templateLayout(root, rootfs: rootfs, mounts: mounts)
+        } else {
+            mounts.append(Self.readOnlyBind("/usr"))
+        }
         let files = FileManager.default
-        for directory in Self.systemDirectories {
+        for directory in Self.systemDirectories where options.root == nil {
             let name = String(directory.dropFirst())
             if let target = try? files.destinationOfSymbolicLink(atPath: directory) {
                 rootfs.append(.symlink(name, target: target))
@@ -190,7 +197,7 @@ struct OCIJobConfig: Sendable {
                 mounts.append(Self.readOnlyBind(directory))
             }
         }
-        for path in Self.etcFiles where files.fileExists(atPath: path) {
+        for path in Self.etcFiles where options.root == nil && files.fileExists(atPath: path) {
             rootfs.append(
                 Self.isDirectory(path)
                     ? .directory(String(path.dropFirst()), mode: 0o755) : .file(String(path.dropFirst()))

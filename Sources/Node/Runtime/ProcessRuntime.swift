@@ -20,6 +20,8 @@ public struct ProcessRuntime: Runtime {
     public let bubblewrapPath: String
     /// Where job cgroups go, or why there are none (then every job is refused).
     let cgroups: Result<CgroupHost, CgroupError>
+    /// Directory templates jobs may ask for; nil for `host` only.
+    public let templates: TemplateStore?
 
     /// Wall-clock limit when the spec's `timeoutMs` is 0.
     public static let defaultTimeout = JobLimits.defaultTimeout
@@ -39,17 +41,18 @@ public struct ProcessRuntime: Runtime {
     static let nsenterPath = "/usr/bin/nsenter"
 
     /// Built once: the filter only depends on the CPU architecture.
-    private static let seccomp = Result { () throws(SeccompError) in try SeccompFilter.standard() }
+    static let seccomp = Result { () throws(SeccompError) in try SeccompFilter.standard() }
 
     /// A runtime that runs jobs with the `bwrap` at `bubblewrapPath`.
-    public init(bubblewrapPath: String = "/usr/bin/bwrap") {
-        self.init(bubblewrapPath: bubblewrapPath, cgroups: CgroupHost.current)
+    public init(bubblewrapPath: String = "/usr/bin/bwrap", templates: TemplateStore? = nil) {
+        self.init(bubblewrapPath: bubblewrapPath, cgroups: CgroupHost.current, templates: templates)
     }
 
     /// A runtime with the given cgroup host instead of the detected one.
-    init(bubblewrapPath: String, cgroups: Result<CgroupHost, CgroupError>) {
+    init(bubblewrapPath: String, cgroups: Result<CgroupHost, CgroupError>, templates: TemplateStore? = nil) {
         self.bubblewrapPath = bubblewrapPath
         self.cgroups = cgroups
+        self.templates = templates
     }
 
     /// Available iff `bwrap` runs, cgroups can be created, the shim's `sh` and `prlimit` exist, and
@@ -112,20 +115,22 @@ public struct ProcessRuntime: Runtime {
 
     /// Runs the job in a fresh sandbox under its limits, and kills the whole sandbox on timeout,
     /// CPU-time limit, output overflow or task cancellation.
-    public func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
-        guard spec.network.mode == .networkAllowlist else { return await run(spec, jobID: jobID, network: nil) }
+    public func run(_ requested: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
+        guard requested.network.mode == .networkAllowlist else {
+            return await run(requested, jobID: jobID, network: nil)
+        }
         let network: JobNetwork
         do {
-            network = try await JobNetwork.create(allow: spec.network.allow)
+            network = try await JobNetwork.create(allow: requested.network.allow)
         } catch {
             return .error("cannot set up the job's network: \(error.description)")
         }
-        let outcome = await run(spec, jobID: jobID, network: network)
+        let outcome = await run(requested, jobID: jobID, network: network)
         await network.remove()
         return outcome
     }
 
-    private func run(_ spec: Hangar_V1_JobSpec, jobID: String, network: JobNetwork?) async -> RunOutcome {
+    private func run(_ requested: Hangar_V1_JobSpec, jobID: String, network: JobNetwork?) async -> RunOutcome {
         let clock = ContinuousClock()
         let began = clock.now
         if Task.isCancelled {
@@ -137,17 +142,30 @@ public struct ProcessRuntime: Runtime {
         guard case .success(let host) = cgroups, case .success(let filter) = Self.seccomp else {
             return .error("refusing to run the job: cgroups or seccomp are unavailable")
         }
-        let limits = JobLimits(spec.limits)
+        let limits = JobLimits(requested.limits)
+        let spec: Hangar_V1_JobSpec
+        let root: TemplateRootfs?
+        do throws(TemplateError) {
+            let resolved = try Template.resolve(requested, in: templates)
+            (root, spec) = (try resolved.template.layout(), resolved.spec)
+        } catch {
+            return .error(error.description)
+        }
         let scratch: JobScratch?
         do {
             scratch = try Self.scratch(for: spec, jobID: jobID, limits: limits)
         } catch {
             return .error(error.description)
         }
-
         let invocation: BubblewrapInvocation
         do {
-            invocation = try BubblewrapInvocation(spec: spec, limits: limits, seccomp: filter, scratch: scratch?.path)
+            invocation = try BubblewrapInvocation(
+                spec: spec,
+                limits: limits,
+                seccomp: filter,
+                root: root,
+                scratch: scratch?.path
+            )
         } catch {
             _ = scratch?.remove()
             return .error(error.message)
@@ -244,9 +262,15 @@ struct BubblewrapInvocation {
     ]
     static let maxFiles = 256
 
-    /// `scratch`: a host directory to bind as `/tmp` instead of a private tmpfs.
-    init(spec: Hangar_V1_JobSpec, limits: JobLimits, seccomp: SeccompFilter, scratch: String? = nil) throws(InvalidJob)
-    {
+    /// `root`: a directory template instead of the host's directories; `scratch`: a host directory
+    /// to bind as `/tmp` instead of a private tmpfs.
+    init(
+        spec: Hangar_V1_JobSpec,
+        limits: JobLimits,
+        seccomp: SeccompFilter,
+        root: TemplateRootfs? = nil,
+        scratch: String? = nil
+    ) throws(InvalidJob) {
         guard let program = spec.argv.first, !program.isEmpty else { throw InvalidJob(message: "argv is empty") }
         if (spec.argv + [spec.cwd]).contains(where: { $0.utf8.contains(0) }) {
             throw InvalidJob(message: "argv and cwd must not contain NUL bytes")
@@ -276,15 +300,19 @@ struct BubblewrapInvocation {
                 "--hostname", "sandbox", "--uid", "65534", "--gid", "65534", "--clearenv",
             ]
         for (key, value) in try Self.environment(spec.env) { arguments += ["--setenv", key, value] }
-        arguments += ["--ro-bind", "/usr", "/usr"]
-        for directory in Self.systemDirectories {
-            if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: directory) {
-                arguments += ["--symlink", target, directory]
-            } else {
-                arguments += ["--ro-bind-try", directory, directory]
+        if let root {
+            arguments += root.bubblewrapArguments  // a directory template instead of the host's dirs
+        } else {
+            arguments += ["--ro-bind", "/usr", "/usr"]
+            for directory in Self.systemDirectories {
+                if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: directory) {
+                    arguments += ["--symlink", target, directory]
+                } else {
+                    arguments += ["--ro-bind-try", directory, directory]
+                }
             }
+            for path in Self.etcFiles { arguments += ["--ro-bind-try", path, path] }
         }
-        for path in Self.etcFiles { arguments += ["--ro-bind-try", path, path] }
         arguments += ["--proc", "/proc", "--dev", "/dev"]
         if let scratch {
             arguments += ["--bind", scratch, "/tmp"]

@@ -79,6 +79,10 @@ public struct ClusterState: Sendable {
         view.cpuMillis = UInt64(Double(heartbeat.capacity.cpuMillis) * cpuOvercommit)
         view.memoryBytes = heartbeat.capacity.memoryBytes
         view.slots = Int(heartbeat.capacity.slotsTotal)
+        view.warm = Dictionary(
+            heartbeat.pools.map { (NodeView.warmKey(runtime: $0.runtime, template: $0.template), Int($0.ready)) },
+            uniquingKeysWith: +
+        )
         views[position] = view
         return event
     }
@@ -108,6 +112,9 @@ public struct ClusterState: Sendable {
         views[position].cpuReserved += request.cpuMillis
         views[position].memoryReserved += request.memoryBytes
         views[position].slotsReserved += 1
+        // The job takes a ready warm sandbox, if one is there, until the next heartbeat says more.
+        let key = NodeView.warmKey(runtime: request.runtime, template: request.template)
+        if let ready = views[position].warm[key], ready > 0 { views[position].warm[key] = ready - 1 }
     }
 
     public mutating func release(_ nodeID: String, _ request: PlacementRequest) {

@@ -23,9 +23,6 @@ public struct RequestValidator: Sendable {
         "sh": ["/bin/sh", "-c"],
         "bash": ["/bin/bash", "-c"],
     ]
-    /// Templates that exist before the template store lands.
-    public static let templates: Set<String> = ["host"]
-
     public var bounds: RequestBounds
 
     public init(bounds: RequestBounds = RequestBounds()) {
@@ -72,8 +69,13 @@ public struct RequestValidator: Sendable {
             )
         }
         spec.template = request.template.isEmpty ? "host" : request.template
-        guard Self.templates.contains(spec.template) else {
-            throw Rejection(.unsupported, "template", "template '\(spec.template)' does not exist; use 'host'")
+        // Whether a node holds the template is placement's question (rejected at once if none does).
+        guard TemplateName.isValid(spec.template) else {
+            throw Rejection(
+                .invalidRequest,
+                "template",
+                "template name '\(spec.template)' must be \(TemplateName.rule)"
+            )
         }
         if let allowed = policy.templates, !allowed.contains(spec.template) {
             throw Rejection(

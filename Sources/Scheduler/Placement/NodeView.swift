@@ -21,10 +21,15 @@ public struct NodeView: Sendable, Equatable {
     public var cpuReserved: UInt64 = 0
     public var memoryReserved: UInt64 = 0
     public var slotsReserved: Int = 0
-    /// Ready warm sandboxes per template.
+    /// Ready warm sandboxes per runtime and template, keyed by ``warmKey(runtime:template:)``.
     public var warm: [String: Int] = [:]
     /// Per runtime: the most a job may ask for there (fields at 0: no maximum).
     public var maxLimits: [String: Hangar_V1_Limits] = [:]
+
+    /// The key of ``warm`` for sandboxes of `template` in `runtime`: `process:host`.
+    public static func warmKey(runtime: String, template: String) -> String {
+        "\(runtime):\(template)"
+    }
 
     public init(id: String) {
         self.id = id

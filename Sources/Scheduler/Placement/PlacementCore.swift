@@ -123,7 +123,8 @@ public enum PlacementCore {
     }
 
     private static func score(_ node: NodeView, _ request: PlacementRequest, _ policy: PlacementPolicy) -> Double {
-        let warm = (node.warm[request.template] ?? 0) > 0 ? 10.0 : 0
+        let key = NodeView.warmKey(runtime: request.runtime, template: request.template)
+        let warm = (node.warm[key] ?? 0) > 0 ? 10.0 : 0
         let load = node.utilization(adding: request)
         return warm + (policy == .spread ? 1 - load : load)
     }

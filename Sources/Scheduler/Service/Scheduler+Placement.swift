@@ -54,7 +54,7 @@ extension Scheduler {
                 blockedTenants.insert(tenant)
             case .impossible(let why):
                 _ = queue.pop(tenant: tenant)
-                finishRejected(entry, Rejection(.noCapacity, "runtime", why))
+                finishRejected(entry, impossibleRejection(entry.request, why))
             }
         }
     }

@@ -168,7 +168,7 @@ public actor Scheduler {
         let id = JobID.make()
         let placement = placementRequest(for: submission, jobID: id)
         if case .impossible(let why) = cluster.place(placement, policy: config.placementPolicy) {
-            reply(to: replyTo, rejection: Rejection(.noCapacity, "runtime", why))
+            reply(to: replyTo, rejection: impossibleRejection(placement, why))
             return
         }
         let waiting = submission.wait && replyTo != nil

@@ -70,74 +70,47 @@ public nonisolated enum Hangar_V1_NodeState: SwiftProtobuf.Enum, Swift.CaseItera
 
 }
 
-public nonisolated struct Hangar_V1_NodeInfo: @unchecked Sendable {
+public nonisolated struct Hangar_V1_NodeInfo: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var lastHeartbeat: Hangar_V1_NodeHeartbeat {
-    get {_storage._lastHeartbeat ?? Hangar_V1_NodeHeartbeat()}
-    set {_uniqueStorage()._lastHeartbeat = newValue}
+    get {_lastHeartbeat ?? Hangar_V1_NodeHeartbeat()}
+    set {_lastHeartbeat = newValue}
   }
   /// Returns true if `lastHeartbeat` has been explicitly set.
-  public var hasLastHeartbeat: Bool {_storage._lastHeartbeat != nil}
+  public var hasLastHeartbeat: Bool {self._lastHeartbeat != nil}
   /// Clears the value of `lastHeartbeat`. Subsequent reads from it will return its default value.
-  public mutating func clearLastHeartbeat() {_uniqueStorage()._lastHeartbeat = nil}
+  public mutating func clearLastHeartbeat() {self._lastHeartbeat = nil}
 
-  public var state: Hangar_V1_NodeState {
-    get {_storage._state}
-    set {_uniqueStorage()._state = newValue}
-  }
+  public var state: Hangar_V1_NodeState = .unspecified
 
   /// attempts the scheduler placed there and has no result for
-  public var slotsReserved: UInt32 {
-    get {_storage._slotsReserved}
-    set {_uniqueStorage()._slotsReserved = newValue}
-  }
+  public var slotsReserved: UInt32 = 0
 
-  public var lastSeenMsAgo: Int64 {
-    get {_storage._lastSeenMsAgo}
-    set {_uniqueStorage()._lastSeenMsAgo = newValue}
-  }
+  public var lastSeenMsAgo: Int64 = 0
 
   /// operators can switch a node off for new work
-  public var eligible: Bool {
-    get {_storage._eligible}
-    set {_uniqueStorage()._eligible = newValue}
-  }
+  public var eligible: Bool = false
 
-  public var draining: Bool {
-    get {_storage._draining}
-    set {_uniqueStorage()._draining = newValue}
-  }
+  public var draining: Bool = false
 
   /// unix ms; 0 = none. Jobs still running then are stopped and retried elsewhere
-  public var drainDeadlineMs: Int64 {
-    get {_storage._drainDeadlineMs}
-    set {_uniqueStorage()._drainDeadlineMs = newValue}
-  }
+  public var drainDeadlineMs: Int64 = 0
 
-  public var cpuMillisReserved: UInt32 {
-    get {_storage._cpuMillisReserved}
-    set {_uniqueStorage()._cpuMillisReserved = newValue}
-  }
+  public var cpuMillisReserved: UInt32 = 0
 
-  public var memoryBytesReserved: UInt64 {
-    get {_storage._memoryBytesReserved}
-    set {_uniqueStorage()._memoryBytesReserved = newValue}
-  }
+  public var memoryBytesReserved: UInt64 = 0
 
   /// cores × the scheduler's CPU overcommit
-  public var cpuMillisAllocatable: UInt64 {
-    get {_storage._cpuMillisAllocatable}
-    set {_uniqueStorage()._cpuMillisAllocatable = newValue}
-  }
+  public var cpuMillisAllocatable: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _storage = _StorageClass.defaultInstance
+  fileprivate var _lastHeartbeat: Hangar_V1_NodeHeartbeat? = nil
 }
 
 /// hangar.admin.drain: stop placing on a node (or undo it with drain = false).
@@ -364,130 +337,76 @@ nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._
   public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}last_heartbeat\0\u{1}state\0\u{3}slots_reserved\0\u{3}last_seen_ms_ago\0\u{1}eligible\0\u{1}draining\0\u{3}drain_deadline_ms\0\u{3}cpu_millis_reserved\0\u{3}memory_bytes_reserved\0\u{3}cpu_millis_allocatable\0")
 
-  fileprivate class _StorageClass {
-    var _lastHeartbeat: Hangar_V1_NodeHeartbeat? = nil
-    var _state: Hangar_V1_NodeState = .unspecified
-    var _slotsReserved: UInt32 = 0
-    var _lastSeenMsAgo: Int64 = 0
-    var _eligible: Bool = false
-    var _draining: Bool = false
-    var _drainDeadlineMs: Int64 = 0
-    var _cpuMillisReserved: UInt32 = 0
-    var _memoryBytesReserved: UInt64 = 0
-    var _cpuMillisAllocatable: UInt64 = 0
-
-      // This property is used as the initial default value for new instances of the type.
-      // The type itself is protecting the reference to its storage via CoW semantics.
-      // This will force a copy to be made of this reference when the first mutation occurs;
-      // hence, it is safe to mark this as `nonisolated(unsafe)`.
-      static nonisolated(unsafe) let defaultInstance = _StorageClass()
-
-    private init() {}
-
-    init(copying source: _StorageClass) {
-      _lastHeartbeat = source._lastHeartbeat
-      _state = source._state
-      _slotsReserved = source._slotsReserved
-      _lastSeenMsAgo = source._lastSeenMsAgo
-      _eligible = source._eligible
-      _draining = source._draining
-      _drainDeadlineMs = source._drainDeadlineMs
-      _cpuMillisReserved = source._cpuMillisReserved
-      _memoryBytesReserved = source._memoryBytesReserved
-      _cpuMillisAllocatable = source._cpuMillisAllocatable
-    }
-  }
-
-  fileprivate mutating func _uniqueStorage() -> _StorageClass {
-    if !isKnownUniquelyReferenced(&_storage) {
-      _storage = _StorageClass(copying: _storage)
-    }
-    return _storage
-  }
-
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    _ = _uniqueStorage()
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      while let fieldNumber = try decoder.nextFieldNumber() {
-        // The use of inline closures is to circumvent an issue where the compiler
-        // allocates stack space for every case branch when no optimizations are
-        // enabled. https://github.com/apple/swift-protobuf/issues/1034
-        switch fieldNumber {
-        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._lastHeartbeat) }()
-        case 2: try { try decoder.decodeSingularEnumField(value: &_storage._state) }()
-        case 3: try { try decoder.decodeSingularUInt32Field(value: &_storage._slotsReserved) }()
-        case 4: try { try decoder.decodeSingularInt64Field(value: &_storage._lastSeenMsAgo) }()
-        case 5: try { try decoder.decodeSingularBoolField(value: &_storage._eligible) }()
-        case 6: try { try decoder.decodeSingularBoolField(value: &_storage._draining) }()
-        case 7: try { try decoder.decodeSingularInt64Field(value: &_storage._drainDeadlineMs) }()
-        case 8: try { try decoder.decodeSingularUInt32Field(value: &_storage._cpuMillisReserved) }()
-        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._memoryBytesReserved) }()
-        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._cpuMillisAllocatable) }()
-        default: break
-        }
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._lastHeartbeat) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.state) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.slotsReserved) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.lastSeenMsAgo) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.eligible) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.draining) }()
+      case 7: try { try decoder.decodeSingularInt64Field(value: &self.drainDeadlineMs) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.cpuMillisReserved) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.memoryBytesReserved) }()
+      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.cpuMillisAllocatable) }()
+      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      try { if let v = _storage._lastHeartbeat {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-      } }()
-      if _storage._state != .unspecified {
-        try visitor.visitSingularEnumField(value: _storage._state, fieldNumber: 2)
-      }
-      if _storage._slotsReserved != 0 {
-        try visitor.visitSingularUInt32Field(value: _storage._slotsReserved, fieldNumber: 3)
-      }
-      if _storage._lastSeenMsAgo != 0 {
-        try visitor.visitSingularInt64Field(value: _storage._lastSeenMsAgo, fieldNumber: 4)
-      }
-      if _storage._eligible != false {
-        try visitor.visitSingularBoolField(value: _storage._eligible, fieldNumber: 5)
-      }
-      if _storage._draining != false {
-        try visitor.visitSingularBoolField(value: _storage._draining, fieldNumber: 6)
-      }
-      if _storage._drainDeadlineMs != 0 {
-        try visitor.visitSingularInt64Field(value: _storage._drainDeadlineMs, fieldNumber: 7)
-      }
-      if _storage._cpuMillisReserved != 0 {
-        try visitor.visitSingularUInt32Field(value: _storage._cpuMillisReserved, fieldNumber: 8)
-      }
-      if _storage._memoryBytesReserved != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._memoryBytesReserved, fieldNumber: 9)
-      }
-      if _storage._cpuMillisAllocatable != 0 {
-        try visitor.visitSingularUInt64Field(value: _storage._cpuMillisAllocatable, fieldNumber: 10)
-      }
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._lastHeartbeat {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if self.state != .unspecified {
+      try visitor.visitSingularEnumField(value: self.state, fieldNumber: 2)
+    }
+    if self.slotsReserved != 0 {
+      try visitor.visitSingularUInt32Field(value: self.slotsReserved, fieldNumber: 3)
+    }
+    if self.lastSeenMsAgo != 0 {
+      try visitor.visitSingularInt64Field(value: self.lastSeenMsAgo, fieldNumber: 4)
+    }
+    if self.eligible != false {
+      try visitor.visitSingularBoolField(value: self.eligible, fieldNumber: 5)
+    }
+    if self.draining != false {
+      try visitor.visitSingularBoolField(value: self.draining, fieldNumber: 6)
+    }
+    if self.drainDeadlineMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.drainDeadlineMs, fieldNumber: 7)
+    }
+    if self.cpuMillisReserved != 0 {
+      try visitor.visitSingularUInt32Field(value: self.cpuMillisReserved, fieldNumber: 8)
+    }
+    if self.memoryBytesReserved != 0 {
+      try visitor.visitSingularUInt64Field(value: self.memoryBytesReserved, fieldNumber: 9)
+    }
+    if self.cpuMillisAllocatable != 0 {
+      try visitor.visitSingularUInt64Field(value: self.cpuMillisAllocatable, fieldNumber: 10)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Hangar_V1_NodeInfo, rhs: Hangar_V1_NodeInfo) -> Bool {
-    if lhs._storage !== rhs._storage {
-      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
-        let _storage = _args.0
-        let rhs_storage = _args.1
-        if _storage._lastHeartbeat != rhs_storage._lastHeartbeat {return false}
-        if _storage._state != rhs_storage._state {return false}
-        if _storage._slotsReserved != rhs_storage._slotsReserved {return false}
-        if _storage._lastSeenMsAgo != rhs_storage._lastSeenMsAgo {return false}
-        if _storage._eligible != rhs_storage._eligible {return false}
-        if _storage._draining != rhs_storage._draining {return false}
-        if _storage._drainDeadlineMs != rhs_storage._drainDeadlineMs {return false}
-        if _storage._cpuMillisReserved != rhs_storage._cpuMillisReserved {return false}
-        if _storage._memoryBytesReserved != rhs_storage._memoryBytesReserved {return false}
-        if _storage._cpuMillisAllocatable != rhs_storage._cpuMillisAllocatable {return false}
-        return true
-      }
-      if !storagesAreEqual {return false}
-    }
+    if lhs._lastHeartbeat != rhs._lastHeartbeat {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.slotsReserved != rhs.slotsReserved {return false}
+    if lhs.lastSeenMsAgo != rhs.lastSeenMsAgo {return false}
+    if lhs.eligible != rhs.eligible {return false}
+    if lhs.draining != rhs.draining {return false}
+    if lhs.drainDeadlineMs != rhs.drainDeadlineMs {return false}
+    if lhs.cpuMillisReserved != rhs.cpuMillisReserved {return false}
+    if lhs.memoryBytesReserved != rhs.memoryBytesReserved {return false}
+    if lhs.cpuMillisAllocatable != rhs.cpuMillisAllocatable {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

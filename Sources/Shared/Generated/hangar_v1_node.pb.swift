@@ -175,47 +175,145 @@ public nonisolated struct Hangar_V1_Capacity: Sendable {
 }
 
 /// hangar.node.<node>.heartbeat, every second.
-public nonisolated struct Hangar_V1_NodeHeartbeat: Sendable {
+public nonisolated struct Hangar_V1_NodeHeartbeat: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var nodeID: String = String()
+  public var nodeID: String {
+    get {_storage._nodeID}
+    set {_uniqueStorage()._nodeID = newValue}
+  }
 
   /// new on every start of the node agent
-  public var incarnation: String = String()
+  public var incarnation: String {
+    get {_storage._incarnation}
+    set {_uniqueStorage()._incarnation = newValue}
+  }
 
-  public var sequence: UInt64 = 0
+  public var sequence: UInt64 {
+    get {_storage._sequence}
+    set {_uniqueStorage()._sequence = newValue}
+  }
 
   public var capacity: Hangar_V1_Capacity {
-    get {_capacity ?? Hangar_V1_Capacity()}
-    set {_capacity = newValue}
+    get {_storage._capacity ?? Hangar_V1_Capacity()}
+    set {_uniqueStorage()._capacity = newValue}
   }
   /// Returns true if `capacity` has been explicitly set.
-  public var hasCapacity: Bool {self._capacity != nil}
+  public var hasCapacity: Bool {_storage._capacity != nil}
   /// Clears the value of `capacity`. Subsequent reads from it will return its default value.
-  public mutating func clearCapacity() {self._capacity = nil}
+  public mutating func clearCapacity() {_uniqueStorage()._capacity = nil}
 
-  public var runtimes: [Hangar_V1_RuntimeAvailability] = []
+  public var runtimes: [Hangar_V1_RuntimeAvailability] {
+    get {_storage._runtimes}
+    set {_uniqueStorage()._runtimes = newValue}
+  }
 
-  public var templates: [String] = []
+  public var templates: [String] {
+    get {_storage._templates}
+    set {_uniqueStorage()._templates = newValue}
+  }
 
-  public var labels: Dictionary<String,String> = [:]
+  public var labels: Dictionary<String,String> {
+    get {_storage._labels}
+    set {_uniqueStorage()._labels = newValue}
+  }
 
-  public var health: Hangar_V1_NodeHealth = .unspecified
+  public var health: Hangar_V1_NodeHealth {
+    get {_storage._health}
+    set {_uniqueStorage()._health = newValue}
+  }
 
-  public var version: String = String()
+  public var version: String {
+    get {_storage._version}
+    set {_uniqueStorage()._version = newValue}
+  }
 
-  public var sentAtMs: Int64 = 0
+  public var sentAtMs: Int64 {
+    get {_storage._sentAtMs}
+    set {_uniqueStorage()._sentAtMs = newValue}
+  }
 
   /// "<job>/<attempt>"
-  public var runningJobs: [String] = []
+  public var runningJobs: [String] {
+    get {_storage._runningJobs}
+    set {_uniqueStorage()._runningJobs = newValue}
+  }
+
+  /// the directory templates in `templates`, with hashes
+  public var templateInfo: [Hangar_V1_TemplateInfo] {
+    get {_storage._templateInfo}
+    set {_uniqueStorage()._templateInfo = newValue}
+  }
+
+  public var pools: [Hangar_V1_WarmPool] {
+    get {_storage._pools}
+    set {_uniqueStorage()._pools = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _capacity: Hangar_V1_Capacity? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// A directory template a node holds (`host`, the host's own root, is not listed).
+public nonisolated struct Hangar_V1_TemplateInfo: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// "sha256:<hex>" over the root filesystem's paths, modes, owners, contents
+  public var hash: String = String()
+
+  public var sizeBytes: UInt64 = 0
+
+  public var createdMs: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One warm pool of a node: sandboxes of one template in one runtime, set up before their jobs.
+public nonisolated struct Hangar_V1_WarmPool: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var runtime: String = String()
+
+  public var template: String = String()
+
+  /// waiting for a job now
+  public var ready: UInt32 = 0
+
+  /// being set up
+  public var warming: UInt32 = 0
+
+  public var min: UInt32 = 0
+
+  public var max: UInt32 = 0
+
+  /// what the pool grows or shrinks toward (recent demand, within min..max)
+  public var target: UInt32 = 0
+
+  /// jobs of this template and runtime that got a warm sandbox
+  public var servedWarm: UInt64 = 0
+
+  /// ... that started cold (none ready, or limits the pool does not fit)
+  public var servedCold: UInt64 = 0
+
+  /// why the last set-up failed, if it did
+  public var error: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// The job as the node needs it: already validated and with limits resolved.
@@ -628,7 +726,161 @@ nonisolated extension Hangar_V1_Capacity: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeHeartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}incarnation\0\u{1}sequence\0\u{1}capacity\0\u{1}runtimes\0\u{1}templates\0\u{1}labels\0\u{1}health\0\u{1}version\0\u{3}sent_at_ms\0\u{3}running_jobs\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}incarnation\0\u{1}sequence\0\u{1}capacity\0\u{1}runtimes\0\u{1}templates\0\u{1}labels\0\u{1}health\0\u{1}version\0\u{3}sent_at_ms\0\u{3}running_jobs\0\u{3}template_info\0\u{1}pools\0")
+
+  fileprivate class _StorageClass {
+    var _nodeID: String = String()
+    var _incarnation: String = String()
+    var _sequence: UInt64 = 0
+    var _capacity: Hangar_V1_Capacity? = nil
+    var _runtimes: [Hangar_V1_RuntimeAvailability] = []
+    var _templates: [String] = []
+    var _labels: Dictionary<String,String> = [:]
+    var _health: Hangar_V1_NodeHealth = .unspecified
+    var _version: String = String()
+    var _sentAtMs: Int64 = 0
+    var _runningJobs: [String] = []
+    var _templateInfo: [Hangar_V1_TemplateInfo] = []
+    var _pools: [Hangar_V1_WarmPool] = []
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _nodeID = source._nodeID
+      _incarnation = source._incarnation
+      _sequence = source._sequence
+      _capacity = source._capacity
+      _runtimes = source._runtimes
+      _templates = source._templates
+      _labels = source._labels
+      _health = source._health
+      _version = source._version
+      _sentAtMs = source._sentAtMs
+      _runningJobs = source._runningJobs
+      _templateInfo = source._templateInfo
+      _pools = source._pools
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._nodeID) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._incarnation) }()
+        case 3: try { try decoder.decodeSingularUInt64Field(value: &_storage._sequence) }()
+        case 4: try { try decoder.decodeSingularMessageField(value: &_storage._capacity) }()
+        case 5: try { try decoder.decodeRepeatedMessageField(value: &_storage._runtimes) }()
+        case 6: try { try decoder.decodeRepeatedStringField(value: &_storage._templates) }()
+        case 7: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._labels) }()
+        case 8: try { try decoder.decodeSingularEnumField(value: &_storage._health) }()
+        case 9: try { try decoder.decodeSingularStringField(value: &_storage._version) }()
+        case 10: try { try decoder.decodeSingularInt64Field(value: &_storage._sentAtMs) }()
+        case 11: try { try decoder.decodeRepeatedStringField(value: &_storage._runningJobs) }()
+        case 12: try { try decoder.decodeRepeatedMessageField(value: &_storage._templateInfo) }()
+        case 13: try { try decoder.decodeRepeatedMessageField(value: &_storage._pools) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._nodeID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._nodeID, fieldNumber: 1)
+      }
+      if !_storage._incarnation.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._incarnation, fieldNumber: 2)
+      }
+      if _storage._sequence != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._sequence, fieldNumber: 3)
+      }
+      try { if let v = _storage._capacity {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+      } }()
+      if !_storage._runtimes.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._runtimes, fieldNumber: 5)
+      }
+      if !_storage._templates.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._templates, fieldNumber: 6)
+      }
+      if !_storage._labels.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._labels, fieldNumber: 7)
+      }
+      if _storage._health != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._health, fieldNumber: 8)
+      }
+      if !_storage._version.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._version, fieldNumber: 9)
+      }
+      if _storage._sentAtMs != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._sentAtMs, fieldNumber: 10)
+      }
+      if !_storage._runningJobs.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._runningJobs, fieldNumber: 11)
+      }
+      if !_storage._templateInfo.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._templateInfo, fieldNumber: 12)
+      }
+      if !_storage._pools.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._pools, fieldNumber: 13)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_NodeHeartbeat, rhs: Hangar_V1_NodeHeartbeat) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._nodeID != rhs_storage._nodeID {return false}
+        if _storage._incarnation != rhs_storage._incarnation {return false}
+        if _storage._sequence != rhs_storage._sequence {return false}
+        if _storage._capacity != rhs_storage._capacity {return false}
+        if _storage._runtimes != rhs_storage._runtimes {return false}
+        if _storage._templates != rhs_storage._templates {return false}
+        if _storage._labels != rhs_storage._labels {return false}
+        if _storage._health != rhs_storage._health {return false}
+        if _storage._version != rhs_storage._version {return false}
+        if _storage._sentAtMs != rhs_storage._sentAtMs {return false}
+        if _storage._runningJobs != rhs_storage._runningJobs {return false}
+        if _storage._templateInfo != rhs_storage._templateInfo {return false}
+        if _storage._pools != rhs_storage._pools {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_TemplateInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TemplateInfo"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}hash\0\u{3}size_bytes\0\u{3}created_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -636,75 +888,111 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.incarnation) }()
-      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
-      case 4: try { try decoder.decodeSingularMessageField(value: &self._capacity) }()
-      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.runtimes) }()
-      case 6: try { try decoder.decodeRepeatedStringField(value: &self.templates) }()
-      case 7: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.labels) }()
-      case 8: try { try decoder.decodeSingularEnumField(value: &self.health) }()
-      case 9: try { try decoder.decodeSingularStringField(value: &self.version) }()
-      case 10: try { try decoder.decodeSingularInt64Field(value: &self.sentAtMs) }()
-      case 11: try { try decoder.decodeRepeatedStringField(value: &self.runningJobs) }()
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.hash) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.sizeBytes) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.createdMs) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.nodeID.isEmpty {
-      try visitor.visitSingularStringField(value: self.nodeID, fieldNumber: 1)
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
     }
-    if !self.incarnation.isEmpty {
-      try visitor.visitSingularStringField(value: self.incarnation, fieldNumber: 2)
+    if !self.hash.isEmpty {
+      try visitor.visitSingularStringField(value: self.hash, fieldNumber: 2)
     }
-    if self.sequence != 0 {
-      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 3)
+    if self.sizeBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sizeBytes, fieldNumber: 3)
     }
-    try { if let v = self._capacity {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
-    } }()
-    if !self.runtimes.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.runtimes, fieldNumber: 5)
-    }
-    if !self.templates.isEmpty {
-      try visitor.visitRepeatedStringField(value: self.templates, fieldNumber: 6)
-    }
-    if !self.labels.isEmpty {
-      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.labels, fieldNumber: 7)
-    }
-    if self.health != .unspecified {
-      try visitor.visitSingularEnumField(value: self.health, fieldNumber: 8)
-    }
-    if !self.version.isEmpty {
-      try visitor.visitSingularStringField(value: self.version, fieldNumber: 9)
-    }
-    if self.sentAtMs != 0 {
-      try visitor.visitSingularInt64Field(value: self.sentAtMs, fieldNumber: 10)
-    }
-    if !self.runningJobs.isEmpty {
-      try visitor.visitRepeatedStringField(value: self.runningJobs, fieldNumber: 11)
+    if self.createdMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.createdMs, fieldNumber: 4)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Hangar_V1_NodeHeartbeat, rhs: Hangar_V1_NodeHeartbeat) -> Bool {
-    if lhs.nodeID != rhs.nodeID {return false}
-    if lhs.incarnation != rhs.incarnation {return false}
-    if lhs.sequence != rhs.sequence {return false}
-    if lhs._capacity != rhs._capacity {return false}
-    if lhs.runtimes != rhs.runtimes {return false}
-    if lhs.templates != rhs.templates {return false}
-    if lhs.labels != rhs.labels {return false}
-    if lhs.health != rhs.health {return false}
-    if lhs.version != rhs.version {return false}
-    if lhs.sentAtMs != rhs.sentAtMs {return false}
-    if lhs.runningJobs != rhs.runningJobs {return false}
+  public static func ==(lhs: Hangar_V1_TemplateInfo, rhs: Hangar_V1_TemplateInfo) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.hash != rhs.hash {return false}
+    if lhs.sizeBytes != rhs.sizeBytes {return false}
+    if lhs.createdMs != rhs.createdMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_WarmPool: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WarmPool"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}runtime\0\u{1}template\0\u{1}ready\0\u{1}warming\0\u{1}min\0\u{1}max\0\u{1}target\0\u{3}served_warm\0\u{3}served_cold\0\u{1}error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.runtime) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.template) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.ready) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.warming) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.min) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.max) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.target) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.servedWarm) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.servedCold) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.runtime.isEmpty {
+      try visitor.visitSingularStringField(value: self.runtime, fieldNumber: 1)
+    }
+    if !self.template.isEmpty {
+      try visitor.visitSingularStringField(value: self.template, fieldNumber: 2)
+    }
+    if self.ready != 0 {
+      try visitor.visitSingularUInt32Field(value: self.ready, fieldNumber: 3)
+    }
+    if self.warming != 0 {
+      try visitor.visitSingularUInt32Field(value: self.warming, fieldNumber: 4)
+    }
+    if self.min != 0 {
+      try visitor.visitSingularUInt32Field(value: self.min, fieldNumber: 5)
+    }
+    if self.max != 0 {
+      try visitor.visitSingularUInt32Field(value: self.max, fieldNumber: 6)
+    }
+    if self.target != 0 {
+      try visitor.visitSingularUInt32Field(value: self.target, fieldNumber: 7)
+    }
+    if self.servedWarm != 0 {
+      try visitor.visitSingularUInt64Field(value: self.servedWarm, fieldNumber: 8)
+    }
+    if self.servedCold != 0 {
+      try visitor.visitSingularUInt64Field(value: self.servedCold, fieldNumber: 9)
+    }
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 10)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_WarmPool, rhs: Hangar_V1_WarmPool) -> Bool {
+    if lhs.runtime != rhs.runtime {return false}
+    if lhs.template != rhs.template {return false}
+    if lhs.ready != rhs.ready {return false}
+    if lhs.warming != rhs.warming {return false}
+    if lhs.min != rhs.min {return false}
+    if lhs.max != rhs.max {return false}
+    if lhs.target != rhs.target {return false}
+    if lhs.servedWarm != rhs.servedWarm {return false}
+    if lhs.servedCold != rhs.servedCold {return false}
+    if lhs.error != rhs.error {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

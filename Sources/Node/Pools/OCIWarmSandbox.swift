@@ -1,0 +1,299 @@
+import Foundation
+import Glibc
+import HangarShared
+import Synchronization
+
+extension ContainerRuntime: WarmableRuntime {
+    /// A container created and started exactly like a fresh job's (bundle, template root, user
+    /// namespace, seccomp, masked paths, cgroup, rlimits), running a shell that waits on a pipe for
+    /// its program (``WarmScript/container``).
+    ///
+    /// Started, not only created: `runc create` + `runc start` at assignment would cost a second
+    /// runc process (tens of milliseconds) on the hot path and split the container's stdio between
+    /// two runc invocations; the waiting shell gives the same isolation with a pipe write on it.
+    public func prepareWarm(template: String, profile: WarmProfile) async throws(WarmError) -> any WarmSandbox {
+        try await OCIWarmSandbox.prepare(engine: engine, template: template, profile: profile)
+    }
+}
+
+/// A waiting container of ``ContainerRuntime``. Creation fixes the template, the `/tmp` size and
+/// RLIMIT_FSIZE, RLIMIT_NOFILE and the output cap (``WarmProfile``); a job with a CPU-time limit
+/// starts cold, since a fresh container also sets RLIMIT_CPU from it. At assignment the job's
+/// memory, pids and CPU bandwidth are written into the container's cgroup and its wall clock starts.
+final class OCIWarmSandbox: WarmSandbox {
+    let template: String
+    let profile: WarmProfile
+    private let engine: OCIEngine
+    private let id: String
+    private let process: SandboxProcess
+    private let cgroup: OCICgroup
+    private let bundle: OCIBundle
+    private let containment: WarmContainment
+    private let control: Int32
+    private let stdinWriter: Int32
+    private let used = Atomic<Bool>(false)
+
+    static let readyTimeout = Duration.seconds(20)
+    static let script = WarmScript.container
+
+    private init(
+        template: String,
+        profile: WarmProfile,
+        engine: OCIEngine,
+        id: String,
+        process: SandboxProcess,
+        cgroup: OCICgroup,
+        bundle: OCIBundle,
+        containment: WarmContainment,
+        control: Int32,
+        stdinWriter: Int32
+    ) {
+        self.template = template
+        self.profile = profile
+        self.engine = engine
+        self.id = id
+        self.process = process
+        self.cgroup = cgroup
+        self.bundle = bundle
+        self.containment = containment
+        self.control = control
+        self.stdinWriter = stdinWriter
+    }
+
+    static func prepare(
+        engine: OCIEngine,
+        template: String,
+        profile: WarmProfile
+    ) async throws(WarmError)
+        -> OCIWarmSandbox
+    {
+        guard let layout = OCICgroup.detectLayout() else { throw WarmError("no usable cgroup hierarchy") }
+        var waiting = Hangar_V1_JobSpec()
+        waiting.template = template
+        waiting.argv = ["/bin/sh", "-c", script.waiter]
+        waiting.limits.outputBytes = UInt64(profile.outputBytes)
+        waiting.limits.fileSizeBytes = profile.fileSizeBytes
+        waiting.limits.openFiles = profile.openFiles
+        let id = OCIEngine.containerID(for: "warm-\(template)")
+        let cgroup = OCICgroup(layout: layout, relativePath: engine.directories.cgroupParent + "/" + id)
+        var options = engine.configOptions(cgroupsPath: cgroup.cgroupsPath)
+        let config: OCIJobConfig
+        let bundle: OCIBundle
+        do {
+            let resolved = try Template.resolve(waiting, in: engine.templates)
+            options.root = try resolved.template.layout()
+            config = try OCIJobConfig(job: resolved.spec, options: options)
+            bundle = try OCIBundle(
+                base: engine.directories.bundles,
+                name: id,
+                config: config,
+                userNamespace: options.userNamespace
+            )
+        } catch let error as TemplateError {
+            throw WarmError(error.description)
+        } catch let error as OCIInvalidJob {
+            throw WarmError(error.message)
+        } catch {
+            throw WarmError("\(error)")
+        }
+        var opened: [Int32] = []
+        let pipes: [(read: Int32, write: Int32)]
+        do throws(WarmError) {
+            pipes = try (0..<3).map { _ throws(WarmError) in
+                let pipe = try PipeIO.pipe()
+                opened += [pipe.read, pipe.write]
+                return pipe
+            }
+            do {
+                try cgroup.create(OCICgroupLimits(config.spec.linux.resources))
+            } catch {
+                throw WarmError(error.description)
+            }
+        } catch {
+            for fd in opened { close(fd) }
+            _ = await engine.teardown(id: id, killFirst: false, cgroup: cgroup, bundle: bundle)
+            throw error
+        }
+        let (control, stdin, ready) = (pipes[0], pipes[1], pipes[2])
+        let containment = WarmContainment(cpuTime: cgroup.cpuTimeMicroseconds, killAll: cgroup.killAll)
+        var arguments = [engine.toolName] + engine.globalArguments
+        arguments += ["--log", bundle.path + "/\(engine.toolName).log", "--log-format", "json", "run", "--keep"]
+        arguments += ["--preserve-fds", "3", "--bundle", bundle.path, id]
+        let command = SandboxCommand(
+            executable: engine.executable,
+            arguments: arguments,
+            environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+            timeout: ProcessWarmSandbox.lifetime,
+            outputLimit: profile.outputBytes,
+            inheritedFiles: [control.read, stdin.read, ready.write],
+            drainTimeout: OCIEngine.drainTimeout,
+            containment: containment
+        )
+        let spawned = Result { () throws(SandboxSpawnError) in try SandboxProcess(command) }
+        for fd in [control.read, stdin.read, ready.write] { close(fd) }
+        let process: SandboxProcess
+        do {
+            process = try spawned.get()
+        } catch {
+            for fd in [control.write, stdin.write, ready.read] { close(fd) }
+            _ = await engine.teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
+            throw WarmError("cannot start \(engine.toolName): \(error.description)")
+        }
+        let isReady = await PipeIO.awaitByte(on: ready.read, timeout: readyTimeout)
+        close(ready.read)
+        guard isReady else {
+            for fd in [control.write, stdin.write] { close(fd) }
+            process.kill()
+            let result = try? await process.wait()
+            let failure = OCIEngine.runtimeFailure(in: OCICgroup.read(bundle.path + "/\(engine.toolName).log") ?? "")
+            _ = await engine.teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
+            let stderr = result.map { String(decoding: $0.stderr.prefix(500), as: UTF8.self) } ?? ""
+            throw WarmError(
+                "the container did not get ready within \(JobLimits.milliseconds(readyTimeout)) ms: "
+                    + (failure ?? stderr)
+            )
+        }
+        return OCIWarmSandbox(
+            template: template,
+            profile: profile,
+            engine: engine,
+            id: id,
+            process: process,
+            cgroup: cgroup,
+            bundle: bundle,
+            containment: containment,
+            control: control.write,
+            stdinWriter: stdin.write
+        )
+    }
+
+    func accepts(_ spec: Hangar_V1_JobSpec) -> Bool {
+        (spec.template.isEmpty ? TemplateName.host : spec.template) == template
+            && spec.files.isEmpty && spec.filesOut.isEmpty
+            && (spec.cwd.isEmpty || spec.cwd == "/tmp")
+            && [.networkNone, .networkLoopback].contains(spec.network.mode)
+            && spec.limits.cpuTimeMs == 0
+            && profile.matches(JobLimits(spec.limits))
+            && WarmScript.canRun(spec)
+    }
+
+    func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
+        let clock = ContinuousClock()
+        let began = clock.now
+        guard !used.exchange(true, ordering: .sequentiallyConsistent) else {
+            return .error("a warm sandbox was used twice")
+        }
+        guard accepts(spec) else {
+            _ = await teardown(killFirst: true)
+            return .error("the warm container does not fit the job")
+        }
+        let limits = JobLimits(spec.limits)
+        if let problem = applyLimits(limits) {
+            _ = await teardown(killFirst: true)
+            return .error("cannot set the job's limits on the warm container's cgroup: \(problem)")
+        }
+        let baseline = cgroup.cpuTimeMicroseconds() ?? 0
+        PipeIO.writeAndClose(spec.stdin, to: stdinWriter)
+        PipeIO.writeAndClose(Data(Self.script.script(for: spec).utf8), to: control)
+        let armed = clock.now
+        let timedOut = Atomic<Bool>(false)
+        let process = self.process
+        let timer = Task {
+            try? await Task.sleep(for: limits.timeout)
+            guard !Task.isCancelled else { return }
+            timedOut.store(true, ordering: .sequentiallyConsistent)
+            process.kill()
+        }
+        var outcome: RunOutcome
+        do throws(SandboxSpawnError) {
+            var result = try await process.waitKillingOnCancellation()
+            let ended = clock.now
+            timer.cancel()
+            if timedOut.load(ordering: .sequentiallyConsistent) && result.killReason == .cancelled {
+                result.killReason = .timedOut  // the job's own wall clock, not a cancellation
+            }
+            var usage = cgroup.usage()
+            usage.cpuTimeMicroseconds = usage.cpuTimeMicroseconds > baseline ? usage.cpuTimeMicroseconds - baseline : 0
+            let failure = OCIEngine.runtimeFailure(
+                in: OCICgroup.read(bundle.path + "/\(engine.toolName).log") ?? ""
+            )
+            // The script pipes are closed already (by the threads that wrote them).
+            let leftovers = await engine.teardown(
+                id: id,
+                killFirst: result.killReason != nil,
+                cgroup: cgroup,
+                bundle: bundle
+            )
+            outcome = OCIOutcome(
+                tool: engine.toolName,
+                program: spec.argv[0],
+                limits: spec.limits,
+                timeout: limits.timeout,
+                outputLimit: limits.outputBytes
+            ).outcome(of: result, usage: usage, runtimeFailure: failure)
+            outcome.startMilliseconds = JobLimits.milliseconds(armed - began)
+            outcome.runMilliseconds = JobLimits.milliseconds(ended - armed)
+            if !leftovers.isEmpty {
+                outcome.message +=
+                    (outcome.message.isEmpty ? "" : "; ") + "cleanup incomplete: "
+                    + leftovers.joined(separator: "; ")
+            }
+        } catch {
+            timer.cancel()
+            _ = await engine.teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
+            outcome = .error("the warm container had not started: \(error.description)")
+        }
+        return outcome
+    }
+
+    func destroy() async {
+        guard !used.exchange(true, ordering: .sequentiallyConsistent) else { return }
+        _ = await teardown(killFirst: true)
+    }
+
+    /// The job's memory, pids and CPU bandwidth over the pool's (memory+swap first when raising,
+    /// which cgroup v1 requires); the problem, or nil.
+    private func applyLimits(_ limits: JobLimits) -> String? {
+        let resources = OCICgroupLimits(
+            OCIResources(
+                devices: [],
+                memory: OCIMemory(
+                    limit: Int64(clamping: limits.memoryBytes),
+                    swap: Int64(clamping: limits.memoryBytes)
+                ),
+                cpu: OCICPU(
+                    quota: Int64(UInt64(limits.cpuMillis) * OCIJobConfig.cpuPeriodMicroseconds / 1000),
+                    period: OCIJobConfig.cpuPeriodMicroseconds
+                ),
+                pids: OCIPids(limit: Int64(limits.pids))
+            )
+        )
+        do {
+            try cgroup.create(resources)
+            return nil
+        } catch {
+            let swap = cgroup.existingDirectories().first { $0.contains("/memory/") }.map {
+                $0 + "/memory.memsw.limit_in_bytes"
+            }
+            guard let swap, CgroupFile.exists(swap),
+                (try? CgroupFile.write(String(limits.memoryBytes), to: swap)) != nil
+            else { return error.description }
+            do {
+                try cgroup.create(resources)
+                return nil
+            } catch {
+                return error.description
+            }
+        }
+    }
+
+    /// Closes the pipes (not yet handed to a writer), kills and deletes the container, sweeps its
+    /// cgroup and bundle.
+    private func teardown(killFirst: Bool) async -> [String] {
+        close(control)
+        close(stdinWriter)
+        if killFirst { process.kill() }
+        _ = try? await process.wait()
+        return await engine.teardown(id: id, killFirst: killFirst, cgroup: cgroup, bundle: bundle)
+    }
+}

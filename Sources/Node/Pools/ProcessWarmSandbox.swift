@@ -1,0 +1,246 @@
+import Foundation
+import Glibc
+import HangarShared
+import Synchronization
+
+extension ProcessRuntime: WarmableRuntime {
+    /// A bubblewrap sandbox set up exactly like a fresh job's (namespaces, template root, seccomp,
+    /// `/tmp` tmpfs, cgroup, rlimits, unprivileged host user), running a shell that waits on a pipe
+    /// for its program; see ``WarmScript``.
+    public func prepareWarm(template: String, profile: WarmProfile) async throws(WarmError) -> any WarmSandbox {
+        try await ProcessWarmSandbox.prepare(runtime: self, template: template, profile: profile)
+    }
+}
+
+/// A waiting bubblewrap sandbox of ``ProcessRuntime``. Creation fixes the template, the `/tmp` size
+/// and file-size limit, the open-files limit and the output cap (``WarmProfile``); at assignment
+/// the job's memory, pids and CPU bandwidth are written into the sandbox's cgroup, its wall clock
+/// starts and its CPU-time limit is watched from the CPU time the sandbox had used until then.
+final class ProcessWarmSandbox: WarmSandbox {
+    let template: String
+    let profile: WarmProfile
+    private let process: SandboxProcess
+    private let cgroup: JobCgroup
+    private let containment: WarmContainment
+    /// The node's ends of the script pipe and the stdin pipe.
+    private let control: Int32
+    private let stdinWriter: Int32
+    private let used = Atomic<Bool>(false)
+
+    /// How long a sandbox may wait unused; the pool replaces idle ones long before.
+    static let lifetime = Duration.seconds(24 * 3600)
+    /// How long setting up may take.
+    static let readyTimeout = Duration.seconds(15)
+
+    private init(
+        template: String,
+        profile: WarmProfile,
+        process: SandboxProcess,
+        cgroup: JobCgroup,
+        containment: WarmContainment,
+        control: Int32,
+        stdinWriter: Int32
+    ) {
+        self.template = template
+        self.profile = profile
+        self.process = process
+        self.cgroup = cgroup
+        self.containment = containment
+        self.control = control
+        self.stdinWriter = stdinWriter
+    }
+
+    static func prepare(
+        runtime: ProcessRuntime,
+        template: String,
+        profile: WarmProfile
+    ) async throws(WarmError) -> ProcessWarmSandbox {
+        guard case .success(let host) = runtime.cgroups, case .success(let filter) = ProcessRuntime.seccomp else {
+            throw WarmError("cgroups or seccomp are unavailable")
+        }
+        var waiting = Hangar_V1_JobSpec()
+        waiting.template = template
+        waiting.argv = ["/bin/sh", "-c", WarmScript.process.waiter]
+        let limits = profile.limits
+        let invocation: BubblewrapInvocation
+        do {
+            let resolved = try Template.resolve(waiting, in: runtime.templates)
+            invocation = try BubblewrapInvocation(
+                spec: resolved.spec,
+                limits: limits,
+                seccomp: filter,
+                root: try resolved.template.layout()
+            )
+        } catch let error as TemplateError {
+            throw WarmError(error.description)
+        } catch let error as InvalidJob {
+            throw WarmError(error.message)
+        } catch {
+            throw WarmError("\(error)")
+        }
+        var opened: [Int32] = invocation.files
+        func closeAll() { for fd in opened { close(fd) } }
+        let control: (read: Int32, write: Int32)
+        let stdin: (read: Int32, write: Int32)
+        let ready: (read: Int32, write: Int32)
+        let cgroup: JobCgroup
+        do throws(WarmError) {
+            control = try PipeIO.pipe()
+            opened += [control.read, control.write]
+            stdin = try PipeIO.pipe()
+            opened += [stdin.read, stdin.write]
+            ready = try PipeIO.pipe()
+            opened += [ready.read, ready.write]
+            do {
+                cgroup = try JobCgroup.create(on: host, name: "warm-\(template)", limits: limits)
+            } catch {
+                throw WarmError("cannot create the sandbox's cgroup: \(error.description)")
+            }
+        } catch {
+            closeAll()
+            throw error
+        }
+        let containment = WarmContainment(cpuTime: cgroup.cpuTimeMicroseconds, killAll: cgroup.killAll)
+        let shim = LimitShim(
+            procsFiles: cgroup.procsFiles,
+            limits: limits,
+            program: runtime.bubblewrapPath,
+            arguments: ["bwrap"] + invocation.arguments,
+            user: geteuid() == 0 ? ProcessRuntime.sandboxHostID : nil
+        )
+        // The seccomp filter is 3 (as in a fresh sandbox), then 4, 5 and 6 of ``WarmScript/process``.
+        let command = SandboxCommand(
+            executable: shim.executable,
+            arguments: shim.arguments,
+            timeout: lifetime,
+            outputLimit: profile.outputBytes,
+            inheritedFiles: invocation.files + [control.read, stdin.read, ready.write],
+            containment: containment
+        )
+        let spawned = Result { () throws(SandboxSpawnError) in try SandboxProcess(command) }
+        for fd in invocation.files + [control.read, stdin.read, ready.write] { close(fd) }
+        let process: SandboxProcess
+        do {
+            process = try spawned.get()
+        } catch {
+            for fd in [control.write, stdin.write, ready.read] { close(fd) }
+            try? cgroup.remove()
+            throw WarmError("cannot start bubblewrap: \(error.description)")
+        }
+        let isReady = await PipeIO.awaitByte(on: ready.read, timeout: readyTimeout)
+        close(ready.read)
+        guard isReady else {
+            for fd in [control.write, stdin.write] { close(fd) }
+            process.kill()
+            let result = try? await process.wait()
+            try? cgroup.remove()
+            let stderr = result.map { String(decoding: $0.stderr.prefix(500), as: UTF8.self) } ?? ""
+            throw WarmError(
+                "the sandbox did not get ready within \(JobLimits.milliseconds(readyTimeout)) ms"
+                    + (stderr.isEmpty ? "" : ": \(stderr)")
+            )
+        }
+        return ProcessWarmSandbox(
+            template: template,
+            profile: profile,
+            process: process,
+            cgroup: cgroup,
+            containment: containment,
+            control: control.write,
+            stdinWriter: stdin.write
+        )
+    }
+
+    func accepts(_ spec: Hangar_V1_JobSpec) -> Bool {
+        (spec.template.isEmpty ? TemplateName.host : spec.template) == template
+            && spec.files.isEmpty && spec.filesOut.isEmpty
+            && (spec.cwd.isEmpty || spec.cwd == "/tmp")
+            && [.networkNone, .networkLoopback].contains(spec.network.mode)
+            && profile.matches(JobLimits(spec.limits))
+            && WarmScript.canRun(spec)
+    }
+
+    func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
+        let clock = ContinuousClock()
+        let began = clock.now
+        guard !used.exchange(true, ordering: .sequentiallyConsistent) else {
+            return .error("a warm sandbox was used twice")
+        }
+        guard accepts(spec) else {
+            await teardown()
+            return .error("the warm sandbox does not fit the job")
+        }
+        let limits = JobLimits(spec.limits)
+        do {
+            try Self.apply(limits, to: cgroup)
+        } catch {
+            await teardown()
+            return .error("cannot set the job's limits on the warm sandbox's cgroup: \(error.description)")
+        }
+        let baseline = cgroup.cpuTimeMicroseconds() ?? 0
+        containment.arm(cpuTime: limits.cpuTime, baseline: baseline)
+        PipeIO.writeAndClose(spec.stdin, to: stdinWriter)
+        PipeIO.writeAndClose(Data(WarmScript.process.script(for: spec).utf8), to: control)
+        let armed = clock.now
+        let timedOut = Atomic<Bool>(false)
+        let process = self.process
+        let timer = Task {
+            try? await Task.sleep(for: limits.timeout)
+            guard !Task.isCancelled else { return }
+            timedOut.store(true, ordering: .sequentiallyConsistent)
+            process.kill()
+        }
+        var outcome: RunOutcome
+        do throws(SandboxSpawnError) {
+            var result = try await process.waitKillingOnCancellation()
+            let ended = clock.now
+            timer.cancel()
+            if timedOut.load(ordering: .sequentiallyConsistent) && result.killReason == .cancelled {
+                result.killReason = .timedOut  // the job's own wall clock, not a cancellation
+            }
+            if !cgroup.processes().isEmpty { cgroup.killAll() }
+            var usage = cgroup.usage()
+            usage.cpuTimeMicroseconds = usage.cpuTimeMicroseconds.map { $0 > baseline ? $0 - baseline : 0 }
+            outcome = ProcessRuntime.outcome(of: result, usage: usage, limits: limits)
+            outcome.startMilliseconds = JobLimits.milliseconds(armed - began)
+            outcome.runMilliseconds = JobLimits.milliseconds(ended - armed)
+        } catch {
+            timer.cancel()
+            outcome = .error("the warm sandbox had not started: \(error.description)")
+        }
+        do {
+            try cgroup.remove()
+        } catch {
+            outcome.message += (outcome.message.isEmpty ? "" : "; ") + "the job's cgroup was not removed: \(error)"
+        }
+        return outcome
+    }
+
+    /// Writes the job's memory, pids and CPU limits over the pool's. On v1 the kernel refuses a
+    /// memory limit above the memory+swap one, so a raise writes memory+swap first.
+    static func apply(_ limits: JobLimits, to cgroup: JobCgroup) throws(CgroupError) {
+        let job = JobCgroup(version: cgroup.version, directories: cgroup.directories, limits: limits)
+        do {
+            try job.applyLimits()
+        } catch {
+            let swap = cgroup.directories.memory + "/memory.memsw.limit_in_bytes"
+            guard cgroup.version == .v1, CgroupFile.exists(swap) else { throw error }
+            try CgroupFile.write(String(limits.memoryBytes), to: swap)
+            try job.applyLimits()
+        }
+    }
+
+    func destroy() async {
+        guard !used.exchange(true, ordering: .sequentiallyConsistent) else { return }
+        await teardown()
+    }
+
+    /// Kills the sandbox, waits for it and removes its cgroup.
+    private func teardown() async {
+        close(control)
+        close(stdinWriter)
+        process.kill()
+        _ = try? await process.wait()
+        try? cgroup.remove()
+    }
+}
