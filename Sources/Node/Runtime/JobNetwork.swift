@@ -26,6 +26,9 @@ struct JobNetwork: Sendable {
     /// Sets up the namespace, veth pair and rules. Needs root, `ip` and `nft`.
     static func create(allow: [String]) async throws(NetworkSetupError) -> JobNetwork {
         guard geteuid() == 0 else { throw NetworkSetupError("NETWORK_ALLOWLIST needs a node running as root") }
+        guard (1...maxAllowed).contains(allow.count) else {
+            throw NetworkSetupError("NETWORK_ALLOWLIST needs 1 to \(maxAllowed) CIDRs in network.allow")
+        }
         let cidrs = try allow.map { cidr throws(NetworkSetupError) in
             guard let parsed = IPv4CIDR(cidr) else {
                 throw NetworkSetupError("'\(cidr.prefix(64))' is not an IPv4 CIDR such as 10.1.2.0/24")
