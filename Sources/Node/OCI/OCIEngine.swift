@@ -185,7 +185,18 @@ struct OCIEngine: Sendable {
         }
         let usage = cgroup.usage()
         let failure = Self.runtimeFailure(in: OCICgroup.read(logPath) ?? "")
-        let leftovers = await teardown(id: id, killFirst: result.killReason != nil, cgroup: cgroup, bundle: bundle)
+        let exitedByItself: Bool
+        switch result.termination {
+        case .exited, .signaled: exitedByItself = result.killReason == nil
+        case .lost: exitedByItself = false
+        }
+        let leftovers = await teardown(
+            id: id,
+            killFirst: result.killReason != nil,
+            stopped: exitedByItself,
+            cgroup: cgroup,
+            bundle: bundle
+        )
         var outcome = OCIOutcome(
             tool: toolName,
             program: spec.argv[0],
@@ -222,8 +233,25 @@ struct OCIEngine: Sendable {
 
     /// Kills the container if asked, deletes it, sweeps its cgroup and removes the bundle. Runs to
     /// the end even when the calling task is cancelled. Returns what could not be cleaned up.
-    func teardown(id: String, killFirst: Bool, cgroup: OCICgroup, bundle: OCIBundle) async -> [String] {
+    ///
+    /// `stopped`: the runtime's `run` came back by itself, so the container's init is dead and with
+    /// it every process of its pid namespace (runsc has also destroyed its sandbox). Then a
+    /// `delete` (another exec of the tool, tens of milliseconds) only removes the runtime's state
+    /// directory, which the sweep below does as well; the cgroup is destroyed here either way.
+    func teardown(
+        id: String,
+        killFirst: Bool,
+        stopped: Bool = false,
+        cgroup: OCICgroup,
+        bundle: OCIBundle
+    ) async -> [String] {
         var leftovers: [String] = []
+        if stopped && !killFirst {
+            leftovers += sweepState(of: id)
+            leftovers += cgroup.destroy()
+            if let problem = bundle.remove() { leftovers.append(problem) }
+            return leftovers
+        }
         if killFirst { _ = await tool(["kill", id, "KILL"]) }
         let deleted = await tool(["delete", "--force", id])
         if deleted.succeeded || deleted.output.contains("not exist") {
