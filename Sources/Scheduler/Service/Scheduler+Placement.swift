@@ -145,6 +145,7 @@ extension Scheduler {
     /// The node refused or did not answer: skip it until its next heartbeat and try the next one.
     func assignmentFailed(jobID: String, attempt: UInt32, nodeID: String, reason: String) async {
         cluster.markRefusing(nodeID)
+        counters.assignmentFailed()
         logger.info(
             "assignment failed; placing again",
             metadata: ["job.id": "\(jobID)", "attempt": "\(attempt)", "node.id": "\(nodeID)", "reason": "\(reason)"]

@@ -27,6 +27,8 @@ public actor Scheduler {
     var nodeControls: [String: NodeControl] = [:]
     /// When restored running attempts must have been confirmed by their nodes.
     var recoveryDeadline: ContinuousClock.Instant?
+    /// Totals since start, for `hangar.admin.stats` and `/metrics` (see Scheduler+Stats.swift).
+    public nonisolated let counters = SchedulerCounters()
 
     public init(config: SchedulerConfig, nats: NATSConnection, store: Store, logger: Logger) {
         self.config = config
@@ -97,6 +99,7 @@ public actor Scheduler {
         } catch {
             reply(
                 to: message.replyTo,
+                tenant: tenant,
                 rejection: Rejection(
                     .invalidRequest,
                     "payload",
@@ -120,7 +123,7 @@ public actor Scheduler {
                     "reason": "\(rejection.rejected.message)",
                 ]
             )
-            reply(to: replyTo, rejection: rejection)
+            reply(to: replyTo, tenant: tenant, rejection: rejection)
             return
         case .success(let valid):
             submission = valid
@@ -141,7 +144,7 @@ public actor Scheduler {
             rejection.rejected.retryAfterMs = UInt32(
                 clamping: wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000
             )
-            reply(to: replyTo, rejection: rejection)
+            reply(to: replyTo, tenant: tenant, rejection: rejection)
             return
         }
         guard queue.queued(tenant: tenant) < policy.maxQueued else {
@@ -151,13 +154,13 @@ public actor Scheduler {
                 "tenant '\(tenant)' already has \(queue.queued(tenant: tenant)) jobs waiting (max_queued \(policy.maxQueued))"
             )
             rejection.rejected.retryAfterMs = 1000
-            reply(to: replyTo, rejection: rejection)
+            reply(to: replyTo, tenant: tenant, rejection: rejection)
             return
         }
         let id = JobID.make()
         let placement = placementRequest(for: submission, jobID: id)
         if case .impossible(let why) = cluster.place(placement, policy: config.placementPolicy) {
-            reply(to: replyTo, rejection: Rejection(.noCapacity, "runtime", why))
+            reply(to: replyTo, tenant: tenant, rejection: Rejection(.noCapacity, "runtime", why))
             return
         }
         let waiting = submission.wait && replyTo != nil
@@ -187,11 +190,13 @@ public actor Scheduler {
             logger.error("could not record job", metadata: ["job.id": "\(id)", "error": "\(error)"])
             reply(
                 to: replyTo,
+                tenant: tenant,
                 rejection: Rejection(.unspecified, "", "the scheduler could not record the job: \(error)")
             )
             return
         }
         logger.debug("accepted", metadata: ["job.id": "\(id)", "tenant": "\(submission.tenant)"])
+        counters.accepted(tenant: submission.tenant)
         if !waiting, let replyTo {
             replyAccepted(replyTo, jobID: id, duplicate: false)
         }
@@ -242,7 +247,8 @@ public actor Scheduler {
 
     // MARK: Replies
 
-    nonisolated func reply(to replyTo: String?, rejection: Rejection) {
+    nonisolated func reply(to replyTo: String?, tenant: String, rejection: Rejection) {
+        counters.rejected(tenant: tenant, reason: rejection.rejected.reason)
         send(replyTo, submitReply: .rejected(rejection.rejected))
     }
 
