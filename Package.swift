@@ -70,6 +70,7 @@ let package = Package(
                 "HangarNode",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
             ],
             path: "Sources/hangar"
         ),

@@ -32,7 +32,7 @@ struct SchedulerCommand: AsyncParsableCommand {
 
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "node",
+        commandName: "agent",
         abstract: "Run a node agent that executes jobs in sandboxes."
     )
 
@@ -142,12 +142,12 @@ func makeRuntimes(_ list: String) throws -> [any Runtime] {
     }
 }
 
-func parseLabels(_ labels: [String]) throws -> [String: String] {
+func parseLabels(_ labels: [String], flag: String = "--label") throws -> [String: String] {
     var result: [String: String] = [:]
     for label in labels {
         let parts = label.split(separator: "=", maxSplits: 1)
         guard parts.count == 2, !parts[0].isEmpty else {
-            throw ValidationError("--label must be KEY=VALUE, got '\(label)'")
+            throw ValidationError("\(flag) must be KEY=VALUE, got '\(label)'")
         }
         result[String(parts[0])] = String(parts[1])
     }

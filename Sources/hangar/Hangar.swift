@@ -1,19 +1,51 @@
 import ArgumentParser
 
+/// The version `hangar version` and `hangar --version` print.
+let hangarVersion = "0.1.0"
+
 @main
 struct Hangar: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hangar",
         abstract: "Hangar: a distributed sandbox scheduler for untrusted code.",
         discussion: """
-            Start a local cluster with `hangar dev`, then submit with `hangar run -- CMD ARGS...`.
-            Exit codes: 0 success; 1 error; 2 placement failure or no capacity; `run` exits with the
+            Start a local cluster with `hangar dev`, then `hangar run -- CMD ARGS...`; watch it with \
+            `hangar top`. Every command that prints data takes -o json (or --json); data goes to stdout, \
+            messages to stderr.
+
+            Exit codes: 0 success; 1 error; 2 placement failure or no capacity; `run` exits with the \
             job's own exit code (124 when it timed out, 128+N when killed by signal N).
+
+            Shell completions: hangar --generate-completion-script bash|zsh|fish
             """,
-        version: "0.1.0",
+        version: hangarVersion,
         subcommands: [
-            DevCommand.self, SchedulerCommand.self, NodeCommand.self, RunCommand.self, CancelCommand.self,
-            NodesCommand.self, JobCommand.self, DrainCommand.self, EligibilityCommand.self, AuditCommand.self,
+            DevCommand.self, SchedulerCommand.self, NodeGroup.self, JobGroup.self, RunCommand.self,
+            SubmitCommand.self, TenantGroup.self, AuditCommand.self, TopCommand.self, VersionCommand.self,
         ]
+    )
+}
+
+struct NodeGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "node",
+        abstract: "Nodes: status, drain, eligibility; `node agent` runs a node agent.",
+        subcommands: [NodeStatusCommand.self, DrainCommand.self, EligibilityCommand.self, NodeCommand.self]
+    )
+}
+
+struct JobGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "job",
+        abstract: "Jobs: status, logs, cancel.",
+        subcommands: [JobStatusCommand.self, JobLogsCommand.self, CancelCommand.self]
+    )
+}
+
+struct TenantGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tenant",
+        abstract: "Tenants: list, show.",
+        subcommands: [TenantListCommand.self, TenantShowCommand.self]
     )
 }

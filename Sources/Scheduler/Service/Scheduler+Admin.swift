@@ -12,6 +12,8 @@ extension Scheduler {
             payload = try? await nodesReply().serializedData()
         case "stats":
             payload = try? await clusterStats().serializedData()
+        case "jobs":
+            payload = try? await jobsReply(message.payload).serializedData()
         case "job":
             var reply = Hangar_V1_JobReply()
             if let request = try? Hangar_V1_JobRequest(serializedBytes: message.payload) {
@@ -47,7 +49,7 @@ extension Scheduler {
         default:
             logger.info("unknown admin verb", metadata: ["verb": "\(verb)"])
             var reply = Hangar_V1_AdminReply()
-            reply.message = "unknown admin verb '\(verb)'; known: nodes, job, drain, eligibility, audit, stats"
+            reply.message = "unknown admin verb '\(verb)'; known: nodes, job, drain, eligibility, audit, stats, jobs"
             payload = try? reply.serializedData()
         }
         if let payload, let replyTo = message.replyTo {
@@ -82,6 +84,8 @@ extension Scheduler {
         if let entry = jobs[id] {
             reply.tenant = entry.tenant
             reply.status = entry.nodeID == nil ? .queued : .running
+            reply.nodeID = entry.nodeID ?? ""
+            reply.attempt = entry.attempt
             return reply
         }
         do {

@@ -58,3 +58,21 @@ extension Scheduler {
         }
     }
 }
+
+extension Scheduler {
+    /// `hangar.admin.jobs`: the newest jobs from the store, with the live state of those in progress.
+    nonisolated func jobsReply(_ payload: Data) async -> Hangar_V1_JobsReply {
+        var reply = Hangar_V1_JobsReply()
+        guard let request = try? Hangar_V1_JobsRequest(serializedBytes: payload) else {
+            reply.error = "the payload is not a hangar.v1.JobsRequest"
+            return reply
+        }
+        do {
+            let limit = request.limit == 0 ? 50 : Int(min(request.limit, 1000))
+            reply.jobs = try await store.recentJobs(tenant: request.tenant.isEmpty ? nil : request.tenant, limit: limit)
+        } catch {
+            reply.error = "the store could not be read: \(error)"
+        }
+        return reply
+    }
+}
