@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// The version `hangar version` and `hangar --version` print.
 let hangarVersion = "0.1.0"
@@ -24,6 +25,24 @@ struct Hangar: AsyncParsableCommand {
             SubmitCommand.self, TenantGroup.self, AuditCommand.self, TopCommand.self, VersionCommand.self,
         ]
     )
+
+    /// Runs the command; usage errors exit 1 (argument-parser's default is 64) as the README says.
+    static func main() async {
+        do {
+            var command = try await asyncParseAsRoot(nil)
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            if exitCode(for: error) == .validationFailure {
+                printError("\(message(for: error))\nSee 'hangar help <command>' for its options.")
+                Foundation.exit(1)
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 struct NodeGroup: AsyncParsableCommand {

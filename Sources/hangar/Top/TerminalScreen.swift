@@ -76,7 +76,7 @@ final class TerminalScreen: @unchecked Sendable {
     func draw(_ lines: [String], columns: Int, rows: Int) {
         var frame = "\u{1B}[H"
         for line in lines.prefix(max(1, rows)) {
-            frame += clip(line, to: columns) + "\u{1B}[0m\u{1B}[K\r\n"
+            frame += clip(line, to: columns) + "\u{1B}[0m\u{1B}[K\n"
         }
         frame += "\u{1B}[J"
         write(frame)
