@@ -106,6 +106,11 @@ let package = Package(
             path: "Tests/NodeTests"
         ),
         .testTarget(
+            name: "HangarCLITests",
+            dependencies: ["HangarTestSupport"],
+            path: "Tests/CLITests"
+        ),
+        .testTarget(
             name: "HangarIntegrationTests",
             dependencies: [
                 "HangarScheduler", "HangarNode", "HangarNATS", "HangarShared", "HangarTestSupport",
