@@ -17,6 +17,7 @@ struct SchedulerCommand: AsyncParsableCommand {
     @Option(help: "SQLite database file (its folder is created).")
     var db: String = ".hangar/hangar.sqlite"
     @OptionGroup var scheduling: SchedulingOptions
+    @OptionGroup var metrics: MetricsOptions
 
     func run() async throws {
         HangarLogging.bootstrap(level: try log.level())
@@ -25,7 +26,13 @@ struct SchedulerCommand: AsyncParsableCommand {
         let config = try scheduling.config(databasePath: db)
         let nats = try await connection.connect(name: "hangar-scheduler", logger: logger)
         let scheduler = Scheduler(config: config, nats: nats, store: store, logger: logger)
+        let server = try await metrics.start {
+            await StateGauges.scheduler(scheduler)
+            StateGauges.nats([nats])
+        }
+        if let server { logger.notice("metrics on http://\(metrics.metricsAddress):\(server.port)/metrics") }
         try await runUntilSignal { try await scheduler.run() }
+        await server?.stop()
         await nats.drain()
     }
 }
@@ -46,6 +53,7 @@ struct NodeCommand: AsyncParsableCommand {
     var runtimes: String = "process,container,gvisor,null"
     @Option(name: .customLong("label"), help: "A node label KEY=VALUE that jobs can require (repeatable).")
     var labels: [String] = []
+    @OptionGroup var metrics: MetricsOptions
 
     func validate() throws {
         guard Subjects.isValidToken(id) else {
@@ -62,7 +70,13 @@ struct NodeCommand: AsyncParsableCommand {
         let chosen = try makeRuntimes(runtimes)
         let nats = try await connection.connect(name: "hangar-node-\(id)", logger: logger)
         let agent = NodeAgent(config: config, nats: nats, runtimes: chosen, logger: logger)
+        let server = try await metrics.start {
+            StateGauges.node(agent)
+            StateGauges.nats([nats])
+        }
+        if let server { logger.notice("metrics on http://\(metrics.metricsAddress):\(server.port)/metrics") }
         try await runUntilSignal { try await agent.run() }
+        await server?.stop()
         await nats.drain()
     }
 }

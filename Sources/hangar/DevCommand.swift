@@ -25,6 +25,7 @@ struct DevCommand: AsyncParsableCommand {
     var port: Int?
     @OptionGroup var log: LogOptions
     @OptionGroup var scheduling: SchedulingOptions
+    @OptionGroup var metrics: MetricsOptions
 
     func validate() throws {
         guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
@@ -71,14 +72,26 @@ struct DevCommand: AsyncParsableCommand {
                 )
             )
         }
+        let allAgents = agents
+        let allConnections = connections
+        let metricsServer = try await metrics.start {
+            await StateGauges.scheduler(scheduler)
+            for agent in allAgents { StateGauges.node(agent) }
+            StateGauges.nats(allConnections)
+        }
+        let metricsLine =
+            metricsServer.map {
+                "  metrics   http://\(metrics.metricsAddress == "0.0.0.0" ? "127.0.0.1" : metrics.metricsAddress):\($0.port)/metrics\n"
+            } ?? ""
         let banner = """
             Hangar dev cluster is starting.
               NATS      \(server.url)   (saved in \(urlFile.path))
               database  \(dbPath)
               nodes     \(agents.map(\.config.nodeID).joined(separator: ", ")) with \(slots) slots each, runtimes \(runtimes)
-            In another terminal (same folder):
+            \(metricsLine)In another terminal (same folder):
               hangar run -- /usr/bin/python3 -c 'print(6*7)'
-              hangar nodes
+              hangar node status
+              hangar top
             Ctrl-C stops everything.
 
             """
@@ -103,6 +116,7 @@ struct DevCommand: AsyncParsableCommand {
         }
         schedulerTask.cancel()
         try await schedulerTask.value
+        await metricsServer?.stop()
         for connection in connections { await connection.drain(timeout: .seconds(2)) }
     }
 }

@@ -69,6 +69,7 @@ extension Scheduler {
         entry.reserved = true
         entry.placedAt = now
         jobs[entry.id] = entry
+        counters.placed(after: entry.acceptedAt.duration(to: now))
         var assignment = Hangar_V1_Assignment()
         assignment.jobID = entry.id
         assignment.tenant = entry.tenant
@@ -140,6 +141,7 @@ extension Scheduler {
         guard var entry = jobs[jobID], entry.attempt == attempt else { return }
         entry.placementMilliseconds = decidedAt.milliseconds(until: .now)
         jobs[jobID] = entry
+        counters.dispatched(milliseconds: entry.placementMilliseconds)
     }
 
     /// The node refused or did not answer: skip it until its next heartbeat and try the next one.

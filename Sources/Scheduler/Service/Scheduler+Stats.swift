@@ -2,6 +2,9 @@ import Foundation
 import HangarShared
 
 extension Scheduler {
+    /// Nodes, tenants and cluster totals now (what `hangar.admin.stats` answers).
+    public func stats() -> Hangar_V1_ClusterStats { clusterStats() }
+
     /// `hangar.admin.stats`: nodes, tenants and cluster totals for `hangar top` and `hangar tenant`.
     func clusterStats() -> Hangar_V1_ClusterStats {
         let counted = counters.snapshot()

@@ -1,8 +1,11 @@
+import CoreMetrics
 import HangarShared
 import Synchronization
 
-/// Running totals of the scheduler since it started, for `hangar.admin.stats` (`hangar top`) and
-/// `/metrics`. Thread-safe: intake replies count rejections outside the scheduler actor.
+/// Running totals of the scheduler since it started, for `hangar.admin.stats` (`hangar top`), and
+/// the same events as swift-metrics counters and timers (`/metrics` when a metrics backend is
+/// bootstrapped; no-ops otherwise). Thread-safe: intake replies count rejections outside the
+/// scheduler actor.
 public final class SchedulerCounters: Sendable {
     /// One tenant's totals.
     public struct Tenant: Sendable, Equatable {
@@ -52,30 +55,44 @@ public final class SchedulerCounters: Sendable {
     public init() {}
 
     public func accepted(tenant: String) {
-        state.withLock { state in
+        let key = state.withLock { state in
             state.snapshot.accepted += 1
-            Self.update(&state.snapshot, tenant) { $0.accepted += 1 }
+            return Self.update(&state.snapshot, tenant) { $0.accepted += 1 }
         }
+        Counter(label: "hangar_jobs_accepted_total", dimensions: [("tenant", key)]).increment()
     }
 
     /// A submission refused at intake (the job never existed).
     public func rejected(tenant: String, reason: Hangar_V1_RejectReason) {
-        state.withLock { state in
+        let key = state.withLock { state in
             state.snapshot.rejected += 1
             if reason == .noCapacity { state.snapshot.placementFailures += 1 }
-            Self.update(&state.snapshot, tenant) { $0.rejected += 1 }
+            return Self.update(&state.snapshot, tenant) { $0.rejected += 1 }
         }
+        Counter(label: "hangar_jobs_rejected_total", dimensions: [("tenant", key), ("reason", reason.code)]).increment()
+        if reason == .noCapacity { Counter(label: "hangar_placement_failures_total").increment() }
     }
 
     /// A node refused an assignment or did not answer it.
     public func assignmentFailed() {
         state.withLock { $0.snapshot.placementFailures += 1 }
+        Counter(label: "hangar_placement_failures_total").increment()
+    }
+
+    /// A job got a node `waited` after it was accepted (queue wait plus the placement decision).
+    public func placed(after waited: Duration) {
+        CoreMetrics.Timer(label: "hangar_placement_latency_seconds").recordNanoseconds(waited.nanoseconds)
+    }
+
+    /// A node acknowledged an assignment `milliseconds` after the scheduler decided on it.
+    public func dispatched(milliseconds: UInt64) {
+        CoreMetrics.Timer(label: "hangar_dispatch_latency_seconds").recordMilliseconds(milliseconds)
     }
 
     /// A job ended (any status); `totalMs` is accepted → finished.
     public func finished(tenant: String, status: Hangar_V1_JobStatus, reason: Hangar_V1_RejectReason, totalMs: UInt64) {
         let second = secondsSinceStart()
-        state.withLock { state in
+        let key = state.withLock { state in
             state.snapshot.finished += 1
             let name = status.displayName
             state.snapshot.finishedByStatus[name, default: 0] += 1
@@ -105,6 +122,15 @@ public final class SchedulerCounters: Sendable {
                 state.perSecond.append((second, 1))
                 state.perSecond.removeAll { $0.second <= second - Self.rateWindow }
             }
+            return key
+        }
+        Counter(label: "hangar_jobs_finished_total", dimensions: [("tenant", key.tenant), ("status", key.status)])
+            .increment()
+        CoreMetrics.Timer(label: "hangar_job_duration_seconds").recordMilliseconds(totalMs)
+        if status == .rejected {
+            Counter(label: "hangar_jobs_rejected_total", dimensions: [("tenant", key.tenant), ("reason", reason.code)])
+                .increment()
+            if reason == .noCapacity { Counter(label: "hangar_placement_failures_total").increment() }
         }
     }
 
@@ -138,8 +164,24 @@ public final class SchedulerCounters: Sendable {
 
     private func secondsSinceStart() -> Int64 { (ContinuousClock.now - start).components.seconds }
 
-    private static func update(_ snapshot: inout Snapshot, _ tenant: String, _ change: (inout Tenant) -> Void) {
+    /// Applies `change` to the tenant's totals; returns the key it is counted under.
+    @discardableResult
+    private static func update(
+        _ snapshot: inout Snapshot,
+        _ tenant: String,
+        _ change: (inout Tenant) -> Void
+    ) -> String {
         let key = snapshot.tenants[tenant] != nil || snapshot.tenants.count < maxTenants ? tenant : "(other)"
         change(&snapshot.tenants[key, default: Tenant()])
+        return key
+    }
+}
+
+extension Duration {
+    /// Whole nanoseconds, saturating.
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        let (product, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        return overflow ? .max : product.addingReportingOverflow(attoseconds / 1_000_000_000).partialValue
     }
 }

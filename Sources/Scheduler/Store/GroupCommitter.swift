@@ -1,3 +1,4 @@
+import CoreMetrics
 import GRDB
 import Synchronization
 
@@ -76,9 +77,13 @@ final class GroupCommitter: Sendable {
             }
             if batch.isEmpty { return }
             do {
+                let started = ContinuousClock.now
                 try await pool.write { db in
                     for (operation, _) in batch { try operation.apply(db) }
                 }
+                CoreMetrics.Timer(label: "hangar_store_commit_seconds").recordNanoseconds(
+                    started.duration(to: .now).nanoseconds
+                )
                 state.withLock {
                     $0.transactions += 1
                     $0.applied += batch.count
