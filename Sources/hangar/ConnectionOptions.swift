@@ -71,19 +71,6 @@ struct ConnectionOptions: ParsableArguments {
     }
 }
 
-/// Log options shared by the daemons.
-struct LogOptions: ParsableArguments {
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
-
-    func level() throws -> Logger.Level {
-        guard let level = Logger.Level(rawValue: logLevel) else {
-            throw ValidationError("unknown log level '\(logLevel)'")
-        }
-        return level
-    }
-}
-
 /// A command-line failure with a message for the user.
 struct CLIError: Error, CustomStringConvertible {
     let description: String

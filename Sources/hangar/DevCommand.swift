@@ -33,7 +33,7 @@ struct DevCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        HangarLogging.bootstrap(level: try log.level())
+        try log.bootstrap()
         let logger = Logger(label: "hangar.dev")
         let stateURL = URL(fileURLWithPath: state).standardizedFileURL
         try FileManager.default.createDirectory(at: stateURL, withIntermediateDirectories: true)

@@ -35,6 +35,9 @@ struct Hangar: AsyncParsableCommand {
             } else {
                 try command.run()
             }
+        } catch let error as CLIError {
+            printError(error.description)
+            Foundation.exit(1)
         } catch {
             if exitCode(for: error) == .validationFailure {
                 printError("\(message(for: error))\nSee 'hangar help <command>' for its options.")

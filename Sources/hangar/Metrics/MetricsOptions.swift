@@ -2,13 +2,26 @@ import ArgumentParser
 
 /// `--metrics-port` / `--metrics-address` of the daemons.
 struct MetricsOptions: ParsableArguments {
+    static let kinds: [String: DaemonConfigFile.Kind] = ["metrics_port": .integer, "metrics_address": .string]
+
     @Option(
         help: "Serve Prometheus metrics at http://ADDRESS:PORT/metrics; 0 picks a free port (logged). Default: off."
     )
     var metricsPort: Int?
 
-    @Option(help: "IPv4 address the metrics server listens on.")
+    @Option(help: "IPv4 address the metrics server listens on. Default: 0.0.0.0.")
     var metricsAddress: String = "0.0.0.0"
+
+    /// These options with the config file's / environment's `metrics_port` and `metrics_address`
+    /// below the flags.
+    func with(_ file: DaemonConfigFile) throws -> MetricsOptions {
+        var options = self
+        if options.metricsPort == nil { options.metricsPort = try file.integer("metrics_port") }
+        if let address = file.string("metrics_address"), !CommandLine.arguments.contains("--metrics-address") {
+            options.metricsAddress = address
+        }
+        return options
+    }
 
     /// Starts the metrics server if a port was given; `refresh` sets the state gauges before a scrape.
     func start(refresh: @escaping @Sendable () async -> Void) async throws -> MetricsServer? {
