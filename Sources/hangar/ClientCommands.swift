@@ -23,8 +23,19 @@ struct JobSpecOptions: ParsableArguments {
     var requestId: String?
     @Flag(help: "Send this command's standard input to the job.")
     var stdin = false
+    @Option(help: "W3C traceparent to continue (00-<32 hex>-<16 hex>-<2 hex>); default: a new trace.")
+    var traceparent: String?
     @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (after --).")
     var command: [String] = []
+
+    /// The trace the submission continues, or a new one.
+    func trace() throws -> TraceContext {
+        guard let traceparent else { return .start() }
+        guard let trace = TraceContext(traceparent: traceparent) else {
+            throw ValidationError("--traceparent must be 00-<32 hex>-<16 hex>-<2 hex> (W3C), got '\(traceparent)'")
+        }
+        return trace
+    }
 
     func request(wait: Bool) throws -> Hangar_V1_SubmitRequest {
         let argv = command.first == "--" ? Array(command.dropFirst()) : command
@@ -70,7 +81,13 @@ struct RunCommand: AsyncParsableCommand {
         let request = try spec.request(wait: !detach)
         let waitFor = Duration.seconds(Int64((spec.timeout ?? 300).rounded(.up)) + 60)
         let tenant = try connection.tenant(spec.tenant)
-        let reply = try await submitJob(request, tenant: tenant, waitFor: waitFor, connection: connection)
+        let reply = try await submitJob(
+            request,
+            tenant: tenant,
+            waitFor: waitFor,
+            connection: connection,
+            trace: try spec.trace()
+        )
         try await printSubmitReply(reply, output: output)
     }
 }
@@ -92,7 +109,13 @@ struct SubmitCommand: AsyncParsableCommand {
     func run() async throws {
         let request = try spec.request(wait: false)
         let tenant = try connection.tenant(spec.tenant)
-        let reply = try await submitJob(request, tenant: tenant, waitFor: .seconds(30), connection: connection)
+        let reply = try await submitJob(
+            request,
+            tenant: tenant,
+            waitFor: .seconds(30),
+            connection: connection,
+            trace: try spec.trace()
+        )
         try await printSubmitReply(reply, output: output)
     }
 }
@@ -102,7 +125,8 @@ func submitJob(
     _ request: Hangar_V1_SubmitRequest,
     tenant: String,
     waitFor: Duration,
-    connection: ConnectionOptions
+    connection: ConnectionOptions,
+    trace: TraceContext = .start()
 ) async throws -> Hangar_V1_SubmitReply {
     guard Subjects.isValidToken(tenant) else {
         throw ValidationError("--tenant must be 1-64 characters of A-Z a-z 0-9 _ -, got '\(tenant)'")
@@ -114,6 +138,7 @@ func submitJob(
         answer = try await nats.request(
             Subjects.submit(tenant: tenant),
             payload: try request.serializedData(),
+            headers: [TraceContext.header: trace.traceparent],
             timeout: waitFor
         )
     } catch let error as NATSError where error.kind == .noResponders {

@@ -33,6 +33,34 @@ struct MetricsAndConfigTests {
         }
     }
 
+    @Test("the submit's W3C traceparent reaches the scheduler and the node, and JSON logs carry it")
+    func traceContext() async throws {
+        try await withCLICluster(nodes: 1, extra: ["--log-level", "debug", "--log-format", "json"]) { cluster in
+            let traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+            let run = try await cluster.hangar(
+                ["run", "--runtime", "null", "--traceparent", "00-\(traceID)-00f067aa0ba902b7-01", "--", "x"]
+            )
+            #expect(run.status == 0, "\(run.stderr)")
+            let lines = cluster.log.split(separator: "\n").filter { $0.hasPrefix("{") }.compactMap {
+                try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            }
+            let traced = lines.filter { $0["trace.id"] as? String == traceID }
+            let scheduler = try #require(
+                traced.first { $0["label"] as? String == "hangar.scheduler" },
+                "\(cluster.log)"
+            )
+            let node = try #require(traced.first { $0["label"] as? String == "hangar.node" }, "\(cluster.log)")
+            #expect(scheduler["job.id"] as? String != nil)
+            #expect(node["job.id"] as? String == scheduler["job.id"] as? String)
+            #expect(node["attempt"] as? String == "1")
+            #expect(node["node.id"] as? String == "dev-node-1")
+
+            let bad = try await cluster.hangar(["run", "--traceparent", "00-zz-11-01", "--", "x"])
+            #expect(bad.status == 1)
+            #expect(bad.stderr.contains("--traceparent"))
+        }
+    }
+
     @Test("a bad config file stops the daemon at start with the key named")
     func badConfig() async throws {
         let folder = try makeTemporaryDirectory("hangar-cli-config")

@@ -76,7 +76,8 @@ extension Scheduler {
         assignment.attempt = entry.attempt
         assignment.spec = entry.submission.spec
         assignment.assignedAtMs = unixMilliseconds()
-        Task { await self.dispatch(assignment, to: nodeID, decidedAt: now) }
+        let trace = entry.trace.child()
+        Task { await self.dispatch(assignment, to: nodeID, decidedAt: now, trace: trace) }
     }
 
     /// Gives back what the job's current attempt holds on its node.
@@ -102,7 +103,8 @@ extension Scheduler {
     nonisolated func dispatch(
         _ assignment: Hangar_V1_Assignment,
         to nodeID: String,
-        decidedAt: ContinuousClock.Instant
+        decidedAt: ContinuousClock.Instant,
+        trace: TraceContext? = nil
     ) async {
         let jobID = assignment.jobID
         let attempt = assignment.attempt
@@ -116,6 +118,7 @@ extension Scheduler {
             let answer = try await nats.request(
                 Subjects.assign(node: nodeID),
                 payload: try assignment.serializedData(),
+                headers: trace.map { [TraceContext.header: $0.traceparent] } ?? [:],
                 timeout: config.assignTimeout
             )
             let decoded = try Hangar_V1_AssignReply(serializedBytes: answer.payload)

@@ -108,10 +108,16 @@ public actor Scheduler {
             )
             return
         }
-        await admit(request, tenant: tenant, replyTo: message.replyTo)
+        let trace = TraceContext(traceparent: message.header(TraceContext.header)) ?? .start()
+        await admit(request, tenant: tenant, replyTo: message.replyTo, trace: trace)
     }
 
-    func admit(_ request: Hangar_V1_SubmitRequest, tenant: String, replyTo: String?) async {
+    func admit(
+        _ request: Hangar_V1_SubmitRequest,
+        tenant: String,
+        replyTo: String?,
+        trace: TraceContext = .start()
+    ) async {
         let policy = tenants.policy(for: tenant)
         let submission: ValidatedSubmission
         switch config.validator.validate(request, tenant: tenant, policy: policy) {
@@ -171,6 +177,7 @@ public actor Scheduler {
             acceptedAt: now,
             waiters: waiting ? [replyTo!] : []
         )
+        entry.trace = trace
         jobs[id] = entry
         if let key { byRequest[key] = id }
         var stored = StoredJob(
@@ -195,7 +202,10 @@ public actor Scheduler {
             )
             return
         }
-        logger.debug("accepted", metadata: ["job.id": "\(id)", "tenant": "\(submission.tenant)"])
+        logger.debug(
+            "accepted",
+            metadata: ["job.id": "\(id)", "tenant": "\(submission.tenant)", "trace.id": "\(trace.traceID)"]
+        )
         counters.accepted(tenant: submission.tenant)
         if !waiting, let replyTo {
             replyAccepted(replyTo, jobID: id, duplicate: false)

@@ -9,17 +9,18 @@ struct MetricsOptions: ParsableArguments {
     )
     var metricsPort: Int?
 
-    @Option(help: "IPv4 address the metrics server listens on. Default: 0.0.0.0.")
-    var metricsAddress: String = "0.0.0.0"
+    @Option(name: .customLong("metrics-address"), help: "IPv4 address the metrics server listens on. Default: 0.0.0.0.")
+    var metricsAddressFlag: String?
+
+    /// The address to listen on: the flag, else 0.0.0.0.
+    var metricsAddress: String { metricsAddressFlag ?? "0.0.0.0" }
 
     /// These options with the config file's / environment's `metrics_port` and `metrics_address`
     /// below the flags.
     func with(_ file: DaemonConfigFile) throws -> MetricsOptions {
         var options = self
         if options.metricsPort == nil { options.metricsPort = try file.integer("metrics_port") }
-        if let address = file.string("metrics_address"), !CommandLine.arguments.contains("--metrics-address") {
-            options.metricsAddress = address
-        }
+        if options.metricsAddressFlag == nil { options.metricsAddressFlag = file.string("metrics_address") }
         return options
     }
 
