@@ -12,6 +12,12 @@ public final class SchedulerCounters: Sendable {
         public var accepted: UInt64 = 0
         public var rejected: UInt64 = 0
         public var finished: UInt64 = 0
+
+        public init(accepted: UInt64 = 0, rejected: UInt64 = 0, finished: UInt64 = 0) {
+            self.accepted = accepted
+            self.rejected = rejected
+            self.finished = finished
+        }
     }
 
     /// A snapshot of every total.
@@ -33,6 +39,11 @@ public final class SchedulerCounters: Sendable {
     public struct TenantStatus: Sendable, Hashable {
         public var tenant: String
         public var status: String
+
+        public init(tenant: String, status: String) {
+            self.tenant = tenant
+            self.status = status
+        }
     }
 
     private struct State {
@@ -156,7 +167,7 @@ public final class SchedulerCounters: Sendable {
     }
 
     /// The nearest-rank percentile of sorted values; 0 when there are none.
-    static func percentile(_ sorted: [Double], _ fraction: Double) -> Double {
+    public static func percentile(_ sorted: [Double], _ fraction: Double) -> Double {
         guard !sorted.isEmpty else { return 0 }
         let rank = Int((fraction * Double(sorted.count)).rounded(.up))
         return sorted[min(max(rank, 1), sorted.count) - 1]
