@@ -116,7 +116,19 @@ struct JobLogsCommand: AsyncParsableCommand {
     var id: String
 
     func run() async throws {
-        var reply = try await jobQuery(id, connection: connection)
+        let nats = try await connection.connect(name: "hangar-cli-logs", logger: cliLogger())
+        defer { Task { [nats] in await nats.close() } }
+        var request = Hangar_V1_JobRequest()
+        request.jobID = id
+        func query() async throws -> Hangar_V1_JobReply {
+            let answer = try await adminRequest(nats, "job", request)
+            do {
+                return try Hangar_V1_JobReply(serializedBytes: answer.payload)
+            } catch {
+                throw CLIError("the scheduler's answer to job is not a hangar.v1.JobReply: \(error)")
+            }
+        }
+        var reply = try await query()
         var announced = false
         while follow, case .status(let status) = reply.outcome {
             if !announced && !output.isJSON {
@@ -126,7 +138,7 @@ struct JobLogsCommand: AsyncParsableCommand {
                 announced = true
             }
             try await Task.sleep(for: .milliseconds(500))
-            reply = try await jobQuery(id, connection: connection)
+            reply = try await query()
         }
         switch reply.outcome {
         case .result(let result):
