@@ -97,7 +97,13 @@ struct DevCommand: AsyncParsableCommand {
             """
         FileHandle.standardError.write(Data(banner.utf8))
         // Nodes stop first, so the results of the jobs they kill still reach a running scheduler.
-        let schedulerTask = Task { try await scheduler.run() }
+        // `ended` finishes when the scheduler stops; waiting on it (unlike on the task's result) ends
+        // when the waiter is cancelled, so stopping the group does not wait for the scheduler.
+        let (ended, schedulerEnded) = AsyncStream.makeStream(of: Void.self)
+        let schedulerTask = Task {
+            defer { schedulerEnded.finish() }
+            try await scheduler.run()
+        }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for agent in agents {
                 group.addTask { try await agent.run() }
@@ -105,7 +111,7 @@ struct DevCommand: AsyncParsableCommand {
             group.addTask { _ = await waitForShutdownSignal() }
             group.addTask {
                 // A scheduler that fails ends the cluster too.
-                _ = await schedulerTask.result
+                for await _ in ended {}
             }
             try await group.next()
             logger.notice(
