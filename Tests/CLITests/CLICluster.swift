@@ -1,5 +1,6 @@
 import Foundation
 import HangarTestSupport
+import Testing
 
 /// What one run of the `hangar` binary did.
 struct CLIOutput {
@@ -147,14 +148,18 @@ final class CLICluster: Sendable {
         throw CLITestError("the cluster did not report \(nodes) nodes up within 30 s:\n\(log)")
     }
 
-    /// Ctrl-C to `hangar dev`; SIGKILL if it has not stopped after 10 s.
-    func stop() {
+    /// Ctrl-C to `hangar dev`; SIGKILL if it has not stopped after 10 s. Returns whether Ctrl-C
+    /// alone stopped it.
+    @discardableResult
+    func stop() -> Bool {
         if process.isRunning { process.interrupt() }
         let deadline = Date().addingTimeInterval(10)
         while process.isRunning && Date() < deadline { usleep(20_000) }
+        let graceful = !process.isRunning
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
         try? FileManager.default.removeItem(at: state)
+        return graceful
     }
 }
 
@@ -165,6 +170,16 @@ func withCLICluster<T>(
     _ body: (CLICluster) async throws -> T
 ) async throws -> T {
     let cluster = try await CLICluster.start(nodes: nodes, extra: extra)
-    defer { cluster.stop() }
-    return try await body(cluster)
+    let result: T
+    do {
+        result = try await body(cluster)
+    } catch {
+        cluster.stop()
+        throw error
+    }
+    let log = cluster.log
+    if !cluster.stop() {
+        Issue.record("hangar dev did not stop within 10 s of Ctrl-C:\n\(log)")
+    }
+    return result
 }
