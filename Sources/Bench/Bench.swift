@@ -15,6 +15,10 @@ struct Bench {
     static func main() async throws {
         let arguments = CommandLine.arguments.dropFirst()
         let quick = arguments.contains("--quick")
+        if arguments.first == "fault" {
+            if try await !FaultTest.run(Array(arguments.dropFirst())) { exit(1) }
+            return
+        }
         if arguments.contains("placement") {
             print(PlacementBench.run(quick: quick))
             return

@@ -31,11 +31,25 @@ enum RuntimeBench {
             row("bare `python3 -c pass` (posix_spawn + wait)", count, bare, bare),
             row("raw `bwrap --unshare-all --ro-bind / / …`", count, rawBwrap, bare),
         ]
+        // Raw tools on a minimal bundle (`runc spec` defaults + /usr): what Hangar's node adds on top
+        // of runc and runsc is its own bundle, cgroup, limits, output handling and clean-up.
+        var raw: [String: Sample] = ["process": rawBwrap]
+        let bundle = try RawOCIBundle.make()
+        defer { bundle.remove() }
+        raw["container"] = try await measure(count) { try bundle.run("/usr/sbin/runc") }
+        rows.append(row("raw `runc run` (runc spec defaults + /usr)", count, raw["container"]!, bare))
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/runsc") {
+            raw["gvisor"] = try await measure(count) {
+                try bundle.run("/usr/bin/runsc", flags: ["--platform=ptrace", "--network=none"])
+            }
+            rows.append(row("raw `runsc run` (ptrace, same bundle)", count, raw["gvisor"]!, bare))
+        }
         let runtimes: [(String, any Runtime)] = [
             ("`process` (bubblewrap + cgroup + seccomp)", ProcessRuntime()),
             ("`container` (runc)", ContainerRuntime()),
             ("`gvisor` (runsc, ptrace)", GVisorRuntime()),
         ]
+        var overheads: [String] = []
         for (label, runtime) in runtimes {
             let probe = await runtime.probe()
             guard probe.available else {
@@ -50,6 +64,13 @@ enum RuntimeBench {
                 }
             }
             rows.append(row(label, count, sample, bare))
+            if let tool = raw[runtime.name] {
+                let added = (seconds(sample.median) / max(1e-9, seconds(tool.median)) - 1) * 100
+                overheads.append(
+                    "| \(runtime.name) | \(ms(tool.median)) | \(ms(sample.median)) | "
+                        + String(format: "%+.0f%%", added) + " |"
+                )
+            }
         }
         return """
             ## Runtimes (`swift run -c release hangar-bench runtimes`)
@@ -60,6 +81,14 @@ enum RuntimeBench {
             | what | n | median | p99 | ratio to bare (median) |
             |---|---|---|---|---|
             \(rows.joined(separator: "\n"))
+
+            What the node adds over the raw tool alone (medians; the goal is ≤ +10%). The node's sandbox
+            does more than the raw command: its own cgroup with memory/pids/CPU limits, a seccomp filter,
+            rlimits, a non-root uid, output capture with caps, and a clean-up that checks for leftovers.
+
+            | runtime | raw tool | through the node | added |
+            |---|---|---|---|
+            \(overheads.joined(separator: "\n"))
 
             """
     }

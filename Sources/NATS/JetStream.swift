@@ -197,7 +197,7 @@ public final class JetStreamPullConsumer: @unchecked Sendable {
             natsMsgList_Destroy(&list)
             return result
         }
-        return pointers.map { JetStreamMessage(owning: $0.pointer) }
+        return pointers.map { JetStreamMessage(owning: $0.pointer, consumer: self) }
     }
 
     /// Removes the interest; the durable consumer stays on the server.
@@ -210,10 +210,14 @@ public final class JetStreamPullConsumer: @unchecked Sendable {
 public final class JetStreamMessage: @unchecked Sendable {
     // @unchecked Sendable: owns one libnats message; ack/nak/term are thread-safe in libnats.
     private let msg: OpaquePointer
+    /// Acks go through the message's subscription: keep it (and its connection) alive as long as the
+    /// message, or an ack after the consumer was released would lock freed memory.
+    private let consumer: JetStreamPullConsumer
     public let message: NATSMessage
 
-    init(owning msg: OpaquePointer) {
+    init(owning msg: OpaquePointer, consumer: JetStreamPullConsumer) {
         self.msg = msg
+        self.consumer = consumer
         self.message = NATSMessage(copying: msg)
     }
 

@@ -15,8 +15,9 @@ public final class LocalNATSServer: Sendable {
     public static let maxPayload = 16 * 1024 * 1024
 
     /// Starts nats-server and waits until it accepts connections. `executable` defaults to the first
-    /// `nats-server` on PATH (or /usr/sbin, where Debian puts it).
-    public init(directory: URL, port: Int? = nil, executable: String? = nil) async throws {
+    /// `nats-server` on PATH (or /usr/sbin, where Debian puts it). `extraConfig` is appended to the
+    /// generated configuration (e.g. `include "/abs/authorization.conf"` to turn authorization on).
+    public init(directory: URL, port: Int? = nil, executable: String? = nil, extraConfig: String = "") async throws {
         let binary = try executable ?? Self.findExecutable()
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let chosenPort = try port ?? Self.freePort()
@@ -31,6 +32,7 @@ public final class LocalNATSServer: Sendable {
             max_memory_store: 268435456
             max_file_store: 1073741824
         }
+        \(extraConfig)
         """.write(to: config, atomically: true, encoding: .utf8)
         logFile = directory.appendingPathComponent("nats-server.log")
         FileManager.default.createFile(atPath: logFile.path, contents: nil)
@@ -80,6 +82,15 @@ public final class LocalNATSServer: Sendable {
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
     }
+
+    /// Tells the server to re-read its configuration (SIGHUP), e.g. after users were added.
+    public func reload() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGHUP)
+    }
+
+    /// The server's process id.
+    public var pid: Int32 { process.processIdentifier }
 
     public var isRunning: Bool { process.isRunning }
 

@@ -24,6 +24,10 @@ public struct NATSConnectionOptions: Sendable {
     public var connectTimeout: Duration
     /// Upper bound of the reconnect backoff; the first retry comes after 50 ms.
     public var maxReconnectDelay: Duration
+    /// The first tokens of this connection's reply subjects (`<prefix>.<nuid>.<n>`), for libnats'
+    /// own inboxes too. Under NATS authorization a user may subscribe only to its own prefix, so
+    /// nobody else can read its replies.
+    public var inboxPrefix: String
     public var logger: Logger
 
     public init(
@@ -37,6 +41,7 @@ public struct NATSConnectionOptions: Sendable {
         retryOnFailedConnect: Bool = false,
         connectTimeout: Duration = .seconds(2),
         maxReconnectDelay: Duration = .seconds(2),
+        inboxPrefix: String = "_INBOX",
         logger: Logger = Logger(label: "hangar.nats")
     ) {
         self.servers = servers
@@ -49,6 +54,7 @@ public struct NATSConnectionOptions: Sendable {
         self.retryOnFailedConnect = retryOnFailedConnect
         self.connectTimeout = connectTimeout
         self.maxReconnectDelay = maxReconnectDelay
+        self.inboxPrefix = inboxPrefix
         self.logger = logger
     }
 }
@@ -58,8 +64,8 @@ public struct NATSConnectionOptions: Sendable {
 public final class NATSConnection: @unchecked Sendable {
     // @unchecked Sendable: `handle` is a libnats connection, whose API is documented thread-safe;
     // the Swift-side state lives in `ConnectionEvents` and `ReplyRouter`, both Sendable.
-    private let handle: OpaquePointer
-    private let events: ConnectionEvents
+    let handle: OpaquePointer
+    let events: ConnectionEvents
     private let router: ReplyRouter
     private let replySubscription: NATSSubscriptionHandle
     public let options: NATSConnectionOptions
@@ -67,12 +73,13 @@ public final class NATSConnection: @unchecked Sendable {
     /// Connects, or throws a `NATSError` that names the servers tried.
     public init(options: NATSConnectionOptions) async throws {
         self.options = options
-        let events = ConnectionEvents(logger: options.logger, maxDelay: options.maxReconnectDelay)
+        let router = ReplyRouter(prefix: "\(options.inboxPrefix).\(makeNUID()).")
+        let events = ConnectionEvents(logger: options.logger, maxDelay: options.maxReconnectDelay, router: router)
         let opened = try await runBlocking { () throws(NATSError) in
-            let (handle, router, subscription) = try Self.open(options: options, events: events)
-            return (UncheckedPointer(handle), router, subscription)
+            let (handle, subscription) = try Self.open(options: options, events: events, router: router)
+            return (UncheckedPointer(handle), subscription)
         }
-        let (handle, router, replySubscription) = opened
+        let (handle, replySubscription) = opened
         self.handle = handle.pointer
         self.events = events
         self.router = router
@@ -81,8 +88,9 @@ public final class NATSConnection: @unchecked Sendable {
 
     private static func open(
         options: NATSConnectionOptions,
-        events: ConnectionEvents
-    ) throws(NATSError) -> (OpaquePointer, ReplyRouter, NATSSubscriptionHandle) {
+        events: ConnectionEvents,
+        router: ReplyRouter
+    ) throws(NATSError) -> (OpaquePointer, NATSSubscriptionHandle) {
         var opts: OpaquePointer?
         try NATSError.check(natsOptions_Create(&opts), "natsOptions_Create")
         guard let opts else { throw NATSError(kind: .invalidArgument, operation: "natsOptions_Create", message: "nil") }
@@ -109,6 +117,12 @@ public final class NATSConnection: @unchecked Sendable {
             try NATSError.check(
                 natsOptions_SetUserCredentialsFromFiles(opts, creds, nil),
                 "natsOptions_SetUserCredentialsFromFiles(\(creds))"
+            )
+        }
+        if options.inboxPrefix != "_INBOX" {
+            try NATSError.check(
+                natsOptions_SetCustomInboxPrefix(opts, options.inboxPrefix),
+                "natsOptions_SetCustomInboxPrefix(\(options.inboxPrefix))"
             )
         }
         try NATSError.check(natsOptions_SetSendAsap(opts, options.sendAsap), "natsOptions_SetSendAsap")
@@ -141,14 +155,13 @@ public final class NATSConnection: @unchecked Sendable {
         }
         events.logger.debug("connected", metadata: ["nats.name": "\(options.name)"])
 
-        let router = ReplyRouter(prefix: "_INBOX.\(makeNUID()).")
         do {
             let replySubscription = try NATSSubscriptionHandle.raw(
                 connection: connection,
                 subject: router.prefix + "*",
                 context: router
             )
-            return (connection, router, replySubscription)
+            return (connection, replySubscription)
         } catch {
             natsConnection_Destroy(connection)
             throw error
@@ -210,8 +223,9 @@ public final class NATSConnection: @unchecked Sendable {
         )
     }
 
-    /// Sends a request and waits for the first reply. Throws `.timeout` when none comes in time
-    /// and `.noResponders` when nobody listens on `subject`. Never blocks a thread.
+    /// Sends a request and waits for the first reply. Throws `.timeout` when none comes in time,
+    /// `.noResponders` when nobody listens on `subject` and `.permissionDenied` when the server
+    /// refuses this user a publish on `subject`. Never blocks a thread.
     public func request(
         _ subject: String,
         payload: Data,
@@ -222,7 +236,7 @@ public final class NATSConnection: @unchecked Sendable {
         let inbox = router.prefix + String(id)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<NATSMessage, any Error>) in
-                router.register(id, continuation)
+                router.register(id, subject: subject, continuation)
                 do {
                     try publish(subject, payload: payload, replyTo: inbox, headers: headers)
                 } catch {
@@ -326,12 +340,35 @@ final class ConnectionEvents: Sendable {
     let logger: Logger
     let maxDelayMilliseconds: Int64
     let reconnects = Atomic<Int>(0)
+    let router: ReplyRouter
     private let closedState = Mutex<(closed: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    /// The server's permission violations so far (the latest 64) and how many there were.
+    private let violationLog = Mutex<(texts: [String], count: Int)>(([], 0))
 
-    init(logger: Logger, maxDelay: Duration) {
+    init(logger: Logger, maxDelay: Duration, router: ReplyRouter) {
         self.logger = logger
         self.maxDelayMilliseconds = max(50, maxDelay.milliseconds)
+        self.router = router
     }
+
+    /// Records a permission violation (`Permissions Violation for Publish to "x"`) and fails the
+    /// requests that were sent on a refused publish subject.
+    func recordViolation(_ text: String) {
+        violationLog.withLock { log in
+            log.texts.append(text)
+            if log.texts.count > 64 { log.texts.removeFirst(log.texts.count - 64) }
+            log.count += 1
+        }
+        if let subject = PermissionViolation.subject(in: text, operation: .publish) {
+            router.fail(
+                subject: subject,
+                with: NATSError(kind: .permissionDenied, operation: "request(\(subject))", message: text)
+            )
+        }
+    }
+
+    /// How many violations were recorded, and the latest ones.
+    var violations: (texts: [String], count: Int) { violationLog.withLock { $0 } }
 
     func markClosed() {
         let waiters = closedState.withLock { state in
@@ -402,6 +439,12 @@ private let connectionError: natsErrHandler = { _, subscription, status, closure
     }
     if status == NATS_SLOW_CONSUMER {
         events.logger.warning("slow consumer: libnats dropped messages", metadata: ["nats.subject": "\(subject)"])
+    } else if status == NATS_NOT_PERMITTED {
+        // libnats sets the server's text as this thread's last error before calling us.
+        var last = NATS_OK
+        let text = nats_GetLastError(&last).map { String(cString: $0) } ?? "permissions violation"
+        events.logger.error("NATS permission violation: \(text)")
+        events.recordViolation(text)
     } else {
         events.logger.error(
             "NATS error: \(String(cString: natsStatus_GetText(status)))",

@@ -14,6 +14,10 @@ public struct NATSError: Error, CustomStringConvertible, Sendable, Equatable {
         case closed
         /// An argument was invalid before reaching libnats.
         case invalidArgument
+        /// The server refused a publish or subscription: the connection's user lacks the permission.
+        case permissionDenied
+        /// The server refused the credentials (unknown user, wrong password).
+        case authenticationFailed
     }
 
     public let kind: Kind
@@ -39,6 +43,8 @@ public struct NATSError: Error, CustomStringConvertible, Sendable, Equatable {
         case NATS_TIMEOUT: kind = .timeout
         case NATS_NO_RESPONDERS: kind = .noResponders
         case NATS_CONNECTION_CLOSED: kind = .closed
+        case NATS_NOT_PERMITTED: kind = .permissionDenied
+        case NATS_CONNECTION_AUTH_FAILED: kind = .authenticationFailed
         default: kind = .status(Int32(status.rawValue))
         }
         self.init(

@@ -1,12 +1,14 @@
 import CNATS
 import Synchronization
 
-/// Routes replies arriving on the connection's one inbox subscription (`_INBOX.<nuid>.*`) to the
+/// Routes replies arriving on the connection's one inbox subscription (`<inbox prefix>.<nuid>.*`) to the
 /// requests waiting for them, so a request costs one publish and no subscription of its own.
 final class ReplyRouter: Sendable {
     let prefix: String
     private let counter = Atomic<UInt64>(0)
-    private let pending = Mutex<[UInt64: CheckedContinuation<NATSMessage, any Error>]>([:])
+    private let pending = Mutex<[UInt64: (subject: String, continuation: CheckedContinuation<NATSMessage, any Error>)]>(
+        [:]
+    )
 
     init(prefix: String) {
         self.prefix = prefix
@@ -14,14 +16,24 @@ final class ReplyRouter: Sendable {
 
     func nextID() -> UInt64 { counter.add(1, ordering: .relaxed).newValue }
 
-    func register(_ id: UInt64, _ continuation: CheckedContinuation<NATSMessage, any Error>) {
-        pending.withLock { $0[id] = continuation }
+    /// Registers the request `id`, sent on `subject`, as waiting for its reply.
+    func register(_ id: UInt64, subject: String, _ continuation: CheckedContinuation<NATSMessage, any Error>) {
+        pending.withLock { $0[id] = (subject, continuation) }
     }
 
     /// Resumes the request `id` once; later calls for the same id do nothing.
     func complete(_ id: UInt64, with result: Result<NATSMessage, any Error>) {
-        let continuation = pending.withLock { $0.removeValue(forKey: id) }
-        continuation?.resume(with: result)
+        let entry = pending.withLock { $0.removeValue(forKey: id) }
+        entry?.continuation.resume(with: result)
+    }
+
+    /// Fails every request waiting for a reply to a publish on `subject` (the server refused it).
+    func fail(subject: String, with error: NATSError) {
+        let refused = pending.withLock { pending in
+            let ids = pending.filter { $0.value.subject == subject }.map(\.key)
+            return ids.compactMap { pending.removeValue(forKey: $0)?.continuation }
+        }
+        for continuation in refused { continuation.resume(throwing: error) }
     }
 
     var pendingCount: Int { pending.withLock { $0.count } }

@@ -22,6 +22,9 @@ public enum Subjects {
     public static let nodeResultWildcard = "hangar.node.*.result"
     /// operator → scheduler (request/reply).
     public static func admin(_ verb: String) -> String { "hangar.admin.\(verb)" }
+    /// tenant → scheduler (request/reply): `JobRequest` → `JobReply` for one of the tenant's own jobs.
+    public static func job(tenant: String) -> String { "hangar.job.\(tenant)" }
+    public static let jobWildcard = "hangar.job.*"
 
     /// The queue group all scheduler instances share, so each message reaches one of them.
     public static let schedulerQueueGroup = "hangar-scheduler"

@@ -131,7 +131,7 @@ func submitJob(
     guard Subjects.isValidToken(tenant) else {
         throw ValidationError("--tenant must be 1-64 characters of A-Z a-z 0-9 _ -, got '\(tenant)'")
     }
-    let nats = try await connection.connect(name: "hangar-cli-submit", logger: cliLogger())
+    let nats = try await connection.connect(name: "hangar-cli-submit", logger: cliLogger(), as: .tenant(tenant))
     defer { Task { [nats] in await nats.close() } }
     let answer: NATSMessage
     do {
@@ -211,6 +211,25 @@ func adminQuery<Reply: SwiftProtobuf.Message>(
         return try Reply(serializedBytes: answer.payload)
     } catch {
         throw CLIError("the scheduler's answer to \(verb) is not a \(Reply.protoMessageName): \(error)")
+    }
+}
+
+/// Sends a job lookup on the tenant's own subject (`hangar.job.<tenant>`).
+func tenantJobRequest(
+    _ nats: NATSConnection,
+    tenant: String,
+    _ message: some SwiftProtobuf.Message
+) async throws -> NATSMessage {
+    do {
+        return try await nats.request(
+            Subjects.job(tenant: tenant),
+            payload: try message.serializedData(),
+            timeout: .seconds(5)
+        )
+    } catch let error as NATSError where error.kind == .noResponders {
+        throw CLIError("no scheduler is listening on \(Subjects.job(tenant: tenant)); start one with `hangar dev`")
+    } catch let error as NATSError where error.kind == .permissionDenied {
+        throw CLIError("NATS refused a job lookup as tenant '\(tenant)' (use that tenant's credentials): \(error)")
     }
 }
 

@@ -1,15 +1,18 @@
 import ArgumentParser
 import Foundation
 import HangarNATS
+import HangarShared
 import Logging
 
 /// How a command reaches NATS: flag > environment (HANGAR_URL, HANGAR_CREDS) > the URL a running
-/// `hangar dev` saved in its state folder > the context file > nats://127.0.0.1:4222.
+/// `hangar dev` saved in its state folder > the context file > nats://127.0.0.1:4222. Credentials:
+/// `--creds` > HANGAR_CREDS > the context file > the file `hangar dev` wrote for this command's
+/// principal in STATE/auth/creds/.
 struct ConnectionOptions: ParsableArguments {
     @Option(name: .customLong("nats"), help: "NATS server URL(s), comma-separated. Env: HANGAR_URL.")
     var url: String?
 
-    @Option(help: "NATS credentials file. Env: HANGAR_CREDS.")
+    @Option(help: "Credentials file (from `hangar tenant add`, or a NATS .creds file). Env: HANGAR_CREDS.")
     var creds: String?
 
     @Option(help: "Folder where `hangar dev` keeps its state (and the URL of its NATS server).")
@@ -59,12 +62,24 @@ struct ConnectionOptions: ParsableArguments {
         return try ClientContext.load(path: ClientContext.defaultPath(environment), required: false)
     }
 
-    func connect(name: String, logger: Logger, sendAsap: Bool = true) async throws -> NATSConnection {
+    /// Connects as `principal`: the credentials given, or those `hangar dev` wrote for it.
+    func connect(
+        name: String,
+        logger: Logger,
+        sendAsap: Bool = true,
+        as principal: Principal = .operator(AuthDefaults.operatorName)
+    ) async throws -> NATSConnection {
         let servers = try self.servers
         var options = NATSConnectionOptions(servers: servers, name: name, sendAsap: sendAsap, logger: logger)
-        options.credentialsFile = try credentialsFile
+        let devFile = AuthDirectory(path: URL(fileURLWithPath: state).appendingPathComponent("auth").path)
+            .credentialsPath(for: principal)
+        if let file = try credentialsFile ?? (FileManager.default.fileExists(atPath: devFile) ? devFile : nil) {
+            try applyCredentials(file, to: &options)
+        }
         do {
             return try await NATSConnection(options: options)
+        } catch let error as NATSError where error.kind == .authenticationFailed {
+            throw CLIError("NATS at \(servers.joined(separator: ",")) refused the credentials: \(error)")
         } catch {
             throw CLIError("cannot reach NATS at \(servers.joined(separator: ",")): \(error). Is `hangar dev` running?")
         }
@@ -75,4 +90,28 @@ struct ConnectionOptions: ParsableArguments {
 struct CLIError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
+}
+
+enum AuthDefaults {
+    /// The operator whose credentials `hangar dev` writes (admin commands use them by default).
+    static let operatorName = "admin"
+}
+
+/// Sets the login of `file`: a hangar credentials file (JSON, from `hangar tenant add`) or a NATS
+/// `.creds` file (JWT and NKey seed).
+func applyCredentials(_ file: String, to options: inout NATSConnectionOptions) throws {
+    let head = (try? FileHandle(forReadingFrom: URL(fileURLWithPath: file)).read(upToCount: 64)) ?? nil
+    if let head, String(decoding: head, as: UTF8.self).contains("-----BEGIN NATS USER JWT") {
+        options.credentialsFile = file
+        return
+    }
+    let credentials: NATSCredentials
+    do {
+        credentials = try NATSCredentials.load(path: file)
+    } catch {
+        throw CLIError("\(error)")
+    }
+    options.user = credentials.user
+    options.password = credentials.password
+    options.inboxPrefix = credentials.inboxPrefix
 }

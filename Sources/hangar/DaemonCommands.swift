@@ -38,7 +38,7 @@ struct SchedulerCommand: AsyncParsableCommand {
         let db = self.db ?? file.string("db") ?? ".hangar/hangar.sqlite"
         let config = try scheduling.config(databasePath: db, file: file)
         let store = try openStore(db)
-        let nats = try await connection.with(file).connect(name: "hangar-scheduler", logger: logger)
+        let nats = try await connection.with(file).connect(name: "hangar-scheduler", logger: logger, as: .scheduler)
         let scheduler = Scheduler(config: config, nats: nats, store: store, logger: logger)
         let metrics = try self.metrics.with(file)
         let server = try await metrics.start {
@@ -80,6 +80,16 @@ struct NodeCommand: AsyncParsableCommand {
     var runtimes: String?
     @Option(name: .customLong("label"), help: "A node label KEY=VALUE that jobs can require (repeatable).")
     var labels: [String] = []
+    @Option(
+        name: .customLong("limit-default"),
+        help: "A runtime's default for a limit a job leaves at 0: RUNTIME.LIMIT=VALUE (repeatable)."
+    )
+    var limitDefaults: [String] = []
+    @Option(
+        name: .customLong("limit-max"),
+        help: "The most a job may ask for in a runtime: RUNTIME.LIMIT=VALUE, 0 = no maximum (repeatable)."
+    )
+    var limitMaxima: [String] = []
     @OptionGroup var metrics: MetricsOptions
 
     func run() async throws {
@@ -98,10 +108,16 @@ struct NodeCommand: AsyncParsableCommand {
         let logger = Logger(label: "hangar.node")
         var config = NodeConfig(nodeID: id, slots: slots)
         config.labels = labels.isEmpty ? try file.map("labels") ?? [:] : try parseLabels(labels)
+        do {
+            for setting in limitDefaults { try RuntimeLimits.apply(setting, maximum: false, to: &config.runtimeLimits) }
+            for setting in limitMaxima { try RuntimeLimits.apply(setting, maximum: true, to: &config.runtimeLimits) }
+        } catch {
+            throw ValidationError(error.description)
+        }
         let chosen = try makeRuntimes(
             runtimes ?? file.strings("runtimes")?.joined(separator: ",") ?? "process,container,gvisor,null"
         )
-        let nats = try await connection.with(file).connect(name: "hangar-node-\(id)", logger: logger)
+        let nats = try await connection.with(file).connect(name: "hangar-node-\(id)", logger: logger, as: .node(id))
         let agent = NodeAgent(config: config, nats: nats, runtimes: chosen, logger: logger)
         let metrics = try self.metrics.with(file)
         let server = try await metrics.start {
@@ -119,6 +135,7 @@ struct NodeCommand: AsyncParsableCommand {
 struct SchedulingOptions: ParsableArguments {
     static let kinds: [String: DaemonConfigFile.Kind] = [
         "tenants": .string, "placement": .string, "node_ttl": .number, "node_grace": .number, "queue_timeout": .number,
+        "retention_days": .number,
     ]
 
     @Option(
@@ -134,6 +151,8 @@ struct SchedulingOptions: ParsableArguments {
     var nodeGrace: Double?
     @Option(help: "Seconds a job may wait for capacity before it is rejected with no_capacity. Default: 30.")
     var queueTimeout: Double?
+    @Option(help: "Days to keep stored results and audit rows (pruned with an audit checkpoint). Default: forever.")
+    var retentionDays: Double?
 
     func config(databasePath: String, file: DaemonConfigFile? = nil) throws -> SchedulerConfig {
         var config = SchedulerConfig(databasePath: databasePath)
@@ -157,6 +176,12 @@ struct SchedulingOptions: ParsableArguments {
         config.nodeTTL = .milliseconds(Int64(nodeTTL * 1000))
         config.nodeGrace = .milliseconds(Int64(nodeGrace * 1000))
         config.queueTimeout = .milliseconds(Int64(queueTimeout * 1000))
+        if let retentionDays = try retentionDays ?? file?.number("retention_days") {
+            guard retentionDays > 0, retentionDays < 100_000 else {
+                throw CLIError("retention_days (--retention-days) must be above 0, got \(retentionDays)")
+            }
+            config.retention = .milliseconds(Int64(retentionDays * 86_400_000))
+        }
         if let tenants = tenants ?? file?.string("tenants") {
             do {
                 config.tenants = try TenantDirectory.load(path: tenants)

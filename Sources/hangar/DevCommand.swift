@@ -39,7 +39,16 @@ struct DevCommand: AsyncParsableCommand {
         try FileManager.default.createDirectory(at: stateURL, withIntermediateDirectories: true)
         let chosenRuntimes = try makeRuntimes(runtimes)
 
-        let server = try await LocalNATSServer(directory: stateURL.appendingPathComponent("nats"), port: port)
+        // Authorization on: every component logs in with its own credentials (STATE/auth/creds/).
+        let auth = AuthDirectory(path: stateURL.appendingPathComponent("auth").path)
+        let nodeIDs = (1...nodes).map { "dev-node-\($0)" }
+        try auth.prepareLocalCluster(nodes: nodeIDs, tenants: ["default"], operators: [AuthDefaults.operatorName])
+        let natsFolder = stateURL.appendingPathComponent("nats")
+        let server = try await LocalNATSServer(
+            directory: natsFolder,
+            port: port,
+            extraConfig: auth.includeLine(fromConfigIn: natsFolder) + "\npid_file: \"\(auth.pidPath)\""
+        )
         defer { server.stop() }
         let urlFile = stateURL.appendingPathComponent("url")
         try (server.url + "\n").write(to: urlFile, atomically: true, encoding: .utf8)
@@ -47,10 +56,12 @@ struct DevCommand: AsyncParsableCommand {
 
         let dbPath = stateURL.appendingPathComponent("hangar.sqlite").path
         let store = try openStore(dbPath)
-        func connect(_ name: String) async throws -> NATSConnection {
-            try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: name, logger: logger))
+        func connect(_ name: String, as principal: Principal) async throws -> NATSConnection {
+            var options = NATSConnectionOptions(servers: [server.url], name: name, logger: logger)
+            try applyCredentials(auth.credentialsPath(for: principal), to: &options)
+            return try await NATSConnection(options: options)
         }
-        let schedulerConnection = try await connect("hangar-scheduler")
+        let schedulerConnection = try await connect("hangar-scheduler", as: .scheduler)
         let scheduler = Scheduler(
             config: try scheduling.config(databasePath: dbPath),
             nats: schedulerConnection,
@@ -59,9 +70,8 @@ struct DevCommand: AsyncParsableCommand {
         )
         var agents: [NodeAgent] = []
         var connections = [schedulerConnection]
-        for index in 1...nodes {
-            let id = "dev-node-\(index)"
-            let connection = try await connect("hangar-node-\(id)")
+        for id in nodeIDs {
+            let connection = try await connect("hangar-node-\(id)", as: .node(id))
             connections.append(connection)
             agents.append(
                 NodeAgent(
@@ -85,33 +95,36 @@ struct DevCommand: AsyncParsableCommand {
             } ?? ""
         let banner = """
             Hangar dev cluster is starting.
-              NATS      \(server.url)   (saved in \(urlFile.path))
+              NATS      \(server.url)   (saved in \(urlFile.path); authorization on)
+              logins    \(auth.url.path)/creds/ (tenant-default, operator-\(AuthDefaults.operatorName), scheduler, nodes)
               database  \(dbPath)
               nodes     \(agents.map(\.config.nodeID).joined(separator: ", ")) with \(slots) slots each, runtimes \(runtimes)
             \(metricsLine)In another terminal (same folder):
               hangar run -- /usr/bin/python3 -c 'print(6*7)'
               hangar node status
               hangar top
+              hangar tenant add acme     (then: hangar run --tenant acme -- echo hi)
             Ctrl-C stops everything.
 
             """
         FileHandle.standardError.write(Data(banner.utf8))
         // Nodes stop first, so the results of the jobs they kill still reach a running scheduler.
-        // `ended` finishes when the scheduler stops; waiting on it (unlike on the task's result) ends
-        // when the waiter is cancelled, so stopping the group does not wait for the scheduler.
-        let (ended, schedulerEnded) = AsyncStream.makeStream(of: Void.self)
-        let schedulerTask = Task {
-            defer { schedulerEnded.finish() }
-            try await scheduler.run()
-        }
+        let schedulerTask = Task { try await scheduler.run() }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for agent in agents {
                 group.addTask { try await agent.run() }
             }
             group.addTask { _ = await waitForShutdownSignal() }
             group.addTask {
-                // A scheduler that fails ends the cluster too.
+                // A scheduler that fails ends the cluster too. Cancelling this child must end the wait
+                // (awaiting the unstructured task's result directly would not, and Ctrl-C would hang).
+                let (ended, signal) = AsyncStream<Void>.makeStream()
+                let watcher = Task {
+                    _ = await schedulerTask.result
+                    signal.finish()
+                }
                 for await _ in ended {}
+                watcher.cancel()
             }
             try await group.next()
             logger.notice(

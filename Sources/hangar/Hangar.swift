@@ -67,7 +67,7 @@ struct JobGroup: AsyncParsableCommand {
 struct TenantGroup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tenant",
-        abstract: "Tenants: list, show.",
-        subcommands: [TenantListCommand.self, TenantShowCommand.self]
+        abstract: "Tenants: list, show, add (NATS credentials).",
+        subcommands: [TenantListCommand.self, TenantShowCommand.self, TenantAddCommand.self]
     )
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HangarNATS
 import HangarShared
 
 struct JobStatusCommand: AsyncParsableCommand {
@@ -10,7 +11,10 @@ struct JobStatusCommand: AsyncParsableCommand {
 
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var output: OutputOptions
-    @Option(help: "List only this tenant's jobs.")
+    @Option(
+        help:
+            "With an id: look the job up as this tenant (its own credentials, hangar.job.<tenant>). Without: list only its jobs."
+    )
     var tenant: String?
     @Option(help: "List at most this many jobs (1-1000).")
     var limit: UInt32 = 50
@@ -23,7 +27,7 @@ struct JobStatusCommand: AsyncParsableCommand {
 
     func run() async throws {
         guard let id else { return try await list() }
-        let reply = try await jobQuery(id, connection: connection)
+        let reply = try await jobQuery(id, tenant: tenant, connection: connection)
         if output.isJSON {
             try printJSON(reply)
             if case .error(let message) = reply.outcome {
@@ -112,16 +116,24 @@ struct JobLogsCommand: AsyncParsableCommand {
     @OptionGroup var output: OutputOptions
     @Flag(name: .shortAndLong, help: "Wait until the job ends, then print its output.")
     var follow = false
+    @Option(help: "Look the job up as this tenant (its own credentials, hangar.job.<tenant>); default: as operator.")
+    var tenant: String?
     @Argument(help: "The job id.")
     var id: String
 
     func run() async throws {
-        let nats = try await connection.connect(name: "hangar-cli-logs", logger: cliLogger())
+        let principal: Principal = tenant.map { .tenant($0) } ?? .operator(AuthDefaults.operatorName)
+        let nats = try await connection.connect(name: "hangar-cli-logs", logger: cliLogger(), as: principal)
         defer { Task { [nats] in await nats.close() } }
         var request = Hangar_V1_JobRequest()
         request.jobID = id
         func query() async throws -> Hangar_V1_JobReply {
-            let answer = try await adminRequest(nats, "job", request)
+            let answer =
+                if let tenant {
+                    try await tenantJobRequest(nats, tenant: tenant, request)
+                } else {
+                    try await adminRequest(nats, "job", request)
+                }
             do {
                 return try Hangar_V1_JobReply(serializedBytes: answer.payload)
             } catch {
@@ -163,9 +175,22 @@ struct JobLogsCommand: AsyncParsableCommand {
     }
 }
 
-/// Asks the scheduler for one job.
-func jobQuery(_ id: String, connection: ConnectionOptions) async throws -> Hangar_V1_JobReply {
+/// Asks the scheduler for one job: as `tenant` on its own subject, or as the operator.
+func jobQuery(_ id: String, tenant: String?, connection: ConnectionOptions) async throws -> Hangar_V1_JobReply {
     var request = Hangar_V1_JobRequest()
     request.jobID = id
-    return try await adminQuery("job", request, as: Hangar_V1_JobReply.self, connection: connection)
+    guard let tenant else {
+        return try await adminQuery("job", request, as: Hangar_V1_JobReply.self, connection: connection)
+    }
+    guard Subjects.isValidToken(tenant) else {
+        throw ValidationError("--tenant must be 1-64 characters of A-Z a-z 0-9 _ -, got '\(tenant)'")
+    }
+    let nats = try await connection.connect(name: "hangar-cli-job", logger: cliLogger(), as: .tenant(tenant))
+    defer { Task { [nats] in await nats.close() } }
+    let answer = try await tenantJobRequest(nats, tenant: tenant, request)
+    do {
+        return try Hangar_V1_JobReply(serializedBytes: answer.payload)
+    } catch {
+        throw CLIError("the scheduler's answer to a job lookup is not a hangar.v1.JobReply: \(error)")
+    }
 }

@@ -79,7 +79,7 @@ struct CancelCommand: AsyncParsableCommand {
         guard Subjects.isValidToken(tenantName) else {
             throw ValidationError("--tenant must be 1-64 characters of A-Z a-z 0-9 _ -, got '\(tenantName)'")
         }
-        let nats = try await connection.connect(name: "hangar-cli-cancel", logger: cliLogger())
+        let nats = try await connection.connect(name: "hangar-cli-cancel", logger: cliLogger(), as: .tenant(tenantName))
         defer { Task { [nats] in await nats.close() } }
         var request = Hangar_V1_CancelRequest()
         request.jobID = id

@@ -109,6 +109,10 @@ final class CLICluster: Sendable {
         let cluster = CLICluster(state: state, process: process, nodes: nodes)
         do {
             try await cluster.waitUntilReady()
+            // `hangar dev` runs NATS with authorization and logins for the tenant `default`; the
+            // tests also submit as `acme`.
+            let added = try await cluster.hangar(["tenant", "add", "acme", "--auth-dir", cluster.authDirectory])
+            guard added.status == 0 else { throw CLITestError("hangar tenant add acme failed: \(added.stderr)") }
         } catch {
             cluster.stop()
             throw error
@@ -122,11 +126,17 @@ final class CLICluster: Sendable {
         self.nodes = nodes
     }
 
+    /// Where `hangar dev` keeps the NATS logins (`creds/tenant-NAME.json`, `creds/operator-admin.json`).
+    var authDirectory: String { state.appendingPathComponent("auth").path }
+
     var log: String { (try? String(contentsOf: state.appendingPathComponent("dev.log"), encoding: .utf8)) ?? "" }
 
     /// `hangar ARGS --state STATE` (`--state` goes before a `--` that starts the job's command).
     func hangar(_ arguments: [String], environment: [String: String] = [:]) async throws -> CLIOutput {
         var arguments = arguments
+        if arguments.starts(with: ["tenant", "add"]) {
+            return try await runHangar(arguments, environment: environment)
+        }
         arguments.insert(contentsOf: ["--state", state.path], at: arguments.firstIndex(of: "--") ?? arguments.count)
         return try await runHangar(arguments, environment: environment)
     }

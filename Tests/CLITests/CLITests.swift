@@ -119,24 +119,34 @@ struct CLITests {
         }
     }
 
-    @Test("connection settings: flag > HANGAR_URL > context file")
+    @Test("connection settings: flag > HANGAR_URL > context file (url, creds, tenant)")
     func connectionPrecedence() async throws {
         try await withCLICluster(nodes: 1) { cluster in
             let url = try String(contentsOf: cluster.state.appendingPathComponent("url"), encoding: .utf8)
                 .trimmingCharacters(in: .whitespacesAndNewlines)
+            let added = try await cluster.hangar(["tenant", "add", "ctx", "--auth-dir", cluster.authDirectory])
+            #expect(added.status == 0, "\(added.stderr)")
+            let creds = cluster.authDirectory + "/creds"
             let folder = try makeTemporaryDirectory("hangar-cli-context")
             defer { try? FileManager.default.removeItem(at: folder) }
             let context = folder.appendingPathComponent("context.yaml")
-            try "url: \(url)\ntenant: ctx\n".write(to: context, atomically: true, encoding: .utf8)
+            try "url: \(url)\ntenant: ctx\ncreds: \(creds)/tenant-ctx.json\n".write(
+                to: context,
+                atomically: true,
+                encoding: .utf8
+            )
             let elsewhere = folder.appendingPathComponent("no-dev-here").path  // no `hangar dev` state here
+            let operatorCreds = "\(creds)/operator-admin.json"
 
             let viaContext = try await runHangar(
                 ["submit", "--state", elsewhere, "--context", context.path, "--", "/bin/true"]
             )
             #expect(viaContext.status == 0, "\(viaContext.stderr)")
             let id = viaContext.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-            let job = try await runHangar(["job", "status", id, "--json", "--state", elsewhere, "--nats", url])
-            #expect(try job.json()["tenant"] as? String == "ctx", "the context's tenant is used")
+            let job = try await runHangar(
+                ["job", "status", id, "--json", "--state", elsewhere, "--nats", url, "--creds", operatorCreds]
+            )
+            #expect(try job.json()["tenant"] as? String == "ctx", "the context's tenant is used: \(job.stdout)")
 
             let dead = "nats://127.0.0.1:1"
             let envBeatsContext = try await runHangar(
@@ -146,7 +156,7 @@ struct CLITests {
             #expect(envBeatsContext.status == 1)
             #expect(envBeatsContext.stderr.contains(dead))
             let flagBeatsEnv = try await runHangar(
-                ["node", "status", "--state", elsewhere, "--nats", url],
+                ["node", "status", "--state", elsewhere, "--nats", url, "--creds", operatorCreds],
                 environment: ["HANGAR_URL": dead]
             )
             #expect(flagBeatsEnv.status == 0, "\(flagBeatsEnv.stderr)")

@@ -22,7 +22,8 @@ final class TestCluster: Sendable {
         nodes: Int = 2,
         slots: Int = 8,
         runtimes: [any Runtime] = [ProcessRuntime(), NullRuntime()],
-        settings: SchedulerSettings = SchedulerSettings()
+        settings: SchedulerSettings = SchedulerSettings(),
+        configureNode: @Sendable (inout NodeConfig) -> Void = { _ in }
     ) async throws -> TestCluster {
         let directory = try makeTemporaryDirectory("hangar-cluster")
         let server = try await LocalNATSServer(directory: directory.appendingPathComponent("nats"))
@@ -51,6 +52,7 @@ final class TestCluster: Sendable {
             connections.append(connection)
             var nodeConfig = NodeConfig(nodeID: "node-\(index)", slots: slots)
             nodeConfig.heartbeatInterval = .milliseconds(200)
+            configureNode(&nodeConfig)
             let agent = NodeAgent(
                 config: nodeConfig,
                 nats: connection,

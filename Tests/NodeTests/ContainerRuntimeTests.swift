@@ -64,6 +64,22 @@ struct ContainerRuntimeTests {
         #expect(residue == [])
     }
 
+    @Test("threads start (glibc falls back from clone3 to clone)", arguments: OCIKind.allCases)
+    func threads(kind: OCIKind) async {
+        let script = """
+            import threading
+            done = []
+            threads = [threading.Thread(target=lambda: done.append(1)) for _ in range(20)]
+            for t in threads: t.start()
+            for t in threads: t.join()
+            print('threads', len(done))
+            """
+        let (outcome, residue) = await T.run(kind, T.job(["/usr/bin/python3", "-c", script]), name: "threads")
+        #expect(outcome.status == .succeeded, "\(outcome.message) \(T.text(outcome.stderr))")
+        #expect(T.text(outcome.stdout) == "threads 20\n")
+        #expect(residue == [])
+    }
+
     @Test("runs as uid/gid 65534 with no capabilities and no_new_privs", arguments: OCIKind.allCases)
     func identity(kind: OCIKind) async {
         let script = "id -u; id -g; grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs):' /proc/self/status"

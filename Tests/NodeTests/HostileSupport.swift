@@ -157,7 +157,7 @@ enum Hostile {
             found.formUnion(entries.filter { $0.contains(tag) }.map { parent + "/" + $0 })
         }
         for kind in OCIKind.allCases {
-            for directory in [kind.directories.state, kind.directories.bundles] {
+            for directory in [kind.directories.state, kind.directories.bundles, "/run/hangar-scratch"] {
                 let entries = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
                 found.formUnion(entries.filter { $0.contains(tag) }.map { directory + "/" + $0 })
             }

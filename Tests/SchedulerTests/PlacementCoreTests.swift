@@ -69,6 +69,26 @@ struct PlacementCoreTests {
         }
     }
 
+    @Test("a node whose maximum for the runtime is below a job's limit is never a candidate, and says which")
+    func maximumLimits() {
+        var strict = node("strict")
+        var ceiling = Hangar_V1_Limits()
+        ceiling.memoryBytes = 512 << 20
+        strict.maxLimits["process"] = ceiling
+        var limits = Hangar_V1_Limits()
+        limits.memoryBytes = 1 << 30
+        let asking = PlacementRequest(runtime: "process", memoryBytes: 1 << 30, limits: limits)
+        guard case .impossible(let why) = PlacementCore.place(asking, nodes: [strict]) else {
+            Issue.record("expected impossible")
+            return
+        }
+        #expect(why.contains("limits.memory_bytes"), "\(why)")
+        // A generous node beside it takes the job; the ceiling of another runtime does not apply.
+        #expect(PlacementCore.place(asking, nodes: [strict, node("roomy")]) == .ranked(["roomy"]))
+        let other = PlacementRequest(runtime: "null", limits: limits)
+        #expect(PlacementCore.place(other, nodes: [strict]) == .ranked(["strict"]))
+    }
+
     @Test("impossible when no up node could ever run it; wait when nodes are only busy or none is up")
     func impossibleVersusWait() {
         #expect(PlacementCore.place(request, nodes: []) == .wait("no node has joined the cluster"))

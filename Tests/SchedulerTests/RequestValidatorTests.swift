@@ -37,6 +37,16 @@ struct RequestValidatorTests {
         #expect(submission.spec.argv == ["/usr/bin/python3", "-c", "print(6*7)"])
     }
 
+    @Test("files_out globs: * stays in a directory, ** crosses directories")
+    func filesOutGlobs() {
+        #expect(FilesOutGlob.matches("out/*.txt", path: "out/a.txt"))
+        #expect(!FilesOutGlob.matches("out/*.txt", path: "out/deep/a.txt"))
+        #expect(FilesOutGlob.matches("out/**.txt", path: "out/deep/a.txt"))
+        #expect(!FilesOutGlob.matches("*.txt", path: "out/a.txt"))
+        #expect(FilesOutGlob.problem(with: "out/*.txt") == nil)
+        #expect(FilesOutGlob.problem(with: "out/../x") != nil)
+    }
+
     @Test("each bad field is rejected with its name", arguments: BadField.all)
     func badField(_ bad: BadField) throws {
         var request = request()
@@ -84,6 +94,20 @@ struct BadField: Sendable, CustomTestStringConvertible {
             r.code.source = "1"
         },
         BadField("runtime") { r in r.runtime = "docker" },
+        BadField("files_out[0]") { r in r.filesOut = ["../*"] },
+        BadField("network.allow[1]") { r in
+            r.network.mode = .networkAllowlist
+            r.network.allow = ["10.0.0.0/8", "10.0.0.300/32"]
+        },
+        BadField("network.allow") { r in r.network.mode = .networkAllowlist },
+        BadField("network.mode") { r in
+            r.runtime = "gvisor"
+            r.network.mode = .networkAllowlist
+            r.network.allow = ["10.0.0.0/8"]
+        },
+        BadField("files_out[1]") { r in r.filesOut = ["ok/*.txt", "/etc/*"] },
+        BadField("files_out[0]") { r in r.filesOut = ["a//b"] },
+        BadField("files_out") { r in r.filesOut = Array(repeating: "*", count: 65) },
         BadField("template") { r in r.template = "ubuntu" },
         BadField("limits.timeout_ms") { r in r.limits.timeoutMs = 3_600_000 },
         BadField("limits.output_bytes") { r in r.limits.outputBytes = 1 << 40 },
@@ -101,7 +125,6 @@ struct BadField: Sendable, CustomTestStringConvertible {
             file.path = "/etc/passwd"
             r.files = [file]
         },
-        BadField("network.mode") { r in r.network.mode = .networkAllowlist },
         BadField("priority") { r in r.priority = 42 },
         BadField("request_id") { r in r.requestID = "has space" },
         BadField("stdin") { r in r.stdin = Data(count: 9 << 20) },

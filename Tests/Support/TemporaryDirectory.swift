@@ -1,5 +1,6 @@
 import Foundation
 import HangarNATS
+import HangarShared
 
 /// A fresh folder under the system temp dir, for one test.
 public func makeTemporaryDirectory(_ prefix: String = "hangar-test") throws -> URL {
@@ -22,4 +23,24 @@ public func withNATSServer<T>(_ body: (LocalNATSServer) async throws -> T) async
 /// A client connection for tests.
 public func connectForTest(_ server: LocalNATSServer, name: String = "test") async throws -> NATSConnection {
     try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: name))
+}
+
+/// A connection that logs in with `credentials` (user, password, inbox prefix).
+public func connectForTest(
+    _ server: LocalNATSServer,
+    credentials: NATSCredentials,
+    name: String = "test"
+) async throws -> NATSConnection {
+    var options = NATSConnectionOptions(servers: [server.url], name: name)
+    options.user = credentials.user
+    options.password = credentials.password
+    options.inboxPrefix = credentials.inboxPrefix
+    return try await NATSConnection(options: options)
+}
+
+/// Starts nats-server with authorization on: the users of `auth` (see `AuthDirectory`) only.
+public func startAuthorizedServer(_ auth: AuthDirectory, in directory: URL) async throws -> LocalNATSServer {
+    let folder = directory.appendingPathComponent("nats")
+    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    return try await LocalNATSServer(directory: folder, extraConfig: auth.includeLine(fromConfigIn: folder))
 }

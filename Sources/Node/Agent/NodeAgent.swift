@@ -87,6 +87,7 @@ public final class NodeAgent: Sendable {
                 availability.name = name
                 availability.available = probe.available
                 availability.detail = probe.detail
+                availability.maxLimits = config.limits(of: name).maximum
                 return availability
             }
         }
@@ -152,7 +153,7 @@ public final class NodeAgent: Sendable {
     }
 
     private func admit(_ message: NATSMessage) -> Result<Hangar_V1_Assignment, Refusal> {
-        guard let assignment = try? Hangar_V1_Assignment(serializedBytes: message.payload) else {
+        guard var assignment = try? Hangar_V1_Assignment(serializedBytes: message.payload) else {
             return .failure(Refusal(.badAssignment, "the payload is not a hangar.v1.Assignment"))
         }
         guard Subjects.isValidToken(assignment.jobID), assignment.attempt > 0 else {
@@ -163,11 +164,16 @@ public final class NodeAgent: Sendable {
         else {
             return .failure(Refusal(.runtimeUnavailable, "runtime '\(assignment.spec.runtime)' is not available here"))
         }
+        switch config.limits(of: assignment.spec.runtime).resolve(assignment.spec.limits) {
+        case .success(let limits): assignment.spec.limits = limits
+        case .failure(let above): return .failure(Refusal(.limitAboveMaximum, above.description))
+        }
         let key = "\(assignment.jobID)/\(assignment.attempt)"
+        let resolved = assignment
         let admitted: Bool = running.withLock { running in
             if running[key] != nil { return true }  // a repeated assignment: already running
             guard running.count < config.slots else { return false }
-            running[key] = Task { await self.execute(assignment, in: runtime, key: key) }
+            running[key] = Task { await self.execute(resolved, in: runtime, key: key) }
             return true
         }
         guard admitted else {
@@ -208,6 +214,7 @@ public final class NodeAgent: Sendable {
         result.startMs = outcome.startMilliseconds
         result.runMs = outcome.runMilliseconds
         result.message = outcome.message
+        result.files = outcome.filesOut
         guard let payload = try? result.serializedData() else { return }
         var deadline = ContinuousClock.now + config.resultRetryFor
         var delay = Duration.milliseconds(100)

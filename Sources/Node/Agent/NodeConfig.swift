@@ -10,6 +10,11 @@ public struct NodeConfig: Sendable {
     public var resultRetryFor: Duration = .seconds(3600)
     /// How long to keep resending results once the agent is shutting down.
     public var resultRetryOnShutdown: Duration = .seconds(5)
+    /// Per runtime name: limit defaults and maxima; a runtime not listed gets ``RuntimeLimits/standard()``.
+    public var runtimeLimits: [String: RuntimeLimits] = [:]
+
+    /// The limits of `runtime` on this node.
+    public func limits(of runtime: String) -> RuntimeLimits { runtimeLimits[runtime] ?? .standard() }
 
     public init(nodeID: String, slots: Int) {
         self.nodeID = nodeID

@@ -64,10 +64,15 @@ struct OCIBundle: Sendable {
     private static func populate(_ bundle: String, config: OCIJobConfig) throws(OCIRuntimeError) {
         let rootfs = bundle + "/rootfs"
         guard mkdir(rootfs, 0o755) == 0, chmod(rootfs, 0o755) == 0 else { throw .system("create", rootfs) }
+        // With a host scratch, what belongs below /tmp goes there instead of into rootfs/tmp.
+        func place(_ relative: String) -> String {
+            if let scratch = config.hostScratch, relative.hasPrefix("tmp/") { return scratch + relative.dropFirst(3) }
+            return rootfs + "/" + relative
+        }
         for entry in config.rootfs {
             switch entry {
             case .directory(let relative, let mode):
-                let path = rootfs + "/" + relative
+                let path = place(relative)
                 guard mkdir(path, mode_t(mode)) == 0, chmod(path, mode_t(mode)) == 0 else {
                     throw .system("create directory", path)
                 }
@@ -85,7 +90,7 @@ struct OCIBundle: Sendable {
             }
         }
         for file in config.scratchFiles {
-            let path = rootfs + "/" + file.path
+            let path = place(file.path)
             try write(file.content, to: path, mode: file.mode)
             try chown(path, config.scratchOwner.uid, config.scratchOwner.gid)
         }

@@ -58,7 +58,8 @@ struct OCIEngine: Sendable {
                 userNamespace: nil,
                 copiesScratchUp: false,
                 cgroupsPath: cgroupsPath,
-                pidsOverhead: Self.gVisorPidsOverhead
+                pidsOverhead: Self.gVisorPidsOverhead,
+                allowsClone3: true
             )
         }
     }
@@ -66,16 +67,12 @@ struct OCIEngine: Sendable {
     // MARK: Running a job
 
     func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
-        let clock = ContinuousClock()
-        let began = clock.now
+        let began = ContinuousClock.now
         if Task.isCancelled {
             var outcome = RunOutcome(status: .cancelled)
             outcome.message = "cancelled before the container started"
             return outcome
         }
-        let limits = spec.limits
-        let timeout = limits.timeoutMs > 0 ? Duration.milliseconds(Int64(limits.timeoutMs)) : Self.defaultTimeout
-        let outputLimit = limits.outputBytes > 0 ? Int(clamping: limits.outputBytes) : Self.defaultOutputBytes
         guard let layout = OCICgroup.detectLayout() else {
             return .error("\(toolName): no cgroup v2 and no cgroup v1 memory hierarchy under /sys/fs/cgroup")
         }
@@ -83,16 +80,67 @@ struct OCIEngine: Sendable {
         let cgroup = OCICgroup(layout: layout, relativePath: directories.cgroupParent + "/" + id)
         let options = configOptions(cgroupsPath: cgroup.cgroupsPath)
         let userNamespace = options.userNamespace
+        let scratch: JobScratch?
+        do throws(ScratchError) {
+            scratch = try makeScratch(for: spec, id: id, userNamespace: userNamespace)
+        } catch {
+            return .error(error.description)
+        }
+        var network: JobNetwork?
+        if spec.network.mode == .networkAllowlist {
+            guard case .runc = flavor else {
+                _ = scratch?.remove()
+                return .error(
+                    "NETWORK_ALLOWLIST is not supported by the gvisor runtime (runsc keeps its own network stack); "
+                        + "use the process or container runtime"
+                )
+            }
+            do {
+                network = try await JobNetwork.create(allow: spec.network.allow)
+            } catch {
+                _ = scratch?.remove()
+                return .error("cannot set up the job's network: \(error.description)")
+            }
+        }
+        let outcome = await run(
+            spec,
+            id: id,
+            began: began,
+            cgroup: cgroup,
+            options: options,
+            scratch: scratch,
+            network: network
+        )
+        await network?.remove()
+        return outcome
+    }
+
+    private func run(
+        _ spec: Hangar_V1_JobSpec,
+        id: String,
+        began: ContinuousClock.Instant,
+        cgroup: OCICgroup,
+        options: OCIConfigOptions,
+        scratch: JobScratch?,
+        network: JobNetwork?
+    ) async -> RunOutcome {
+        let clock = ContinuousClock()
+        let limits = spec.limits
+        let timeout = limits.timeoutMs > 0 ? Duration.milliseconds(Int64(limits.timeoutMs)) : Self.defaultTimeout
+        let outputLimit = limits.outputBytes > 0 ? Int(clamping: limits.outputBytes) : Self.defaultOutputBytes
+        let userNamespace = options.userNamespace
         let config: OCIJobConfig
         do throws(OCIInvalidJob) {
-            config = try OCIJobConfig(job: spec, options: options)
+            config = try OCIJobConfig(job: spec, options: options, hostScratch: scratch?.path, network: network?.path)
         } catch {
+            _ = scratch?.remove()
             return .error(error.message)
         }
         let bundle: OCIBundle
         do throws(OCIRuntimeError) {
             bundle = try OCIBundle(base: directories.bundles, name: id, config: config, userNamespace: userNamespace)
         } catch {
+            _ = scratch?.remove()
             return .error("\(toolName): \(error.description)")
         }
         let logPath = bundle.path + "/\(toolName).log"
@@ -121,7 +169,8 @@ struct OCIEngine: Sendable {
                 throw OCIRuntimeError("cannot start \(toolName): \(error.description)")
             }
         } catch {
-            let leftovers = await teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
+            var leftovers = await teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
+            if let problem = scratch?.remove() { leftovers.append(problem) }
             return .error(([error.description] + leftovers).joined(separator: "; "))
         }
         let usage = cgroup.usage()
@@ -135,11 +184,30 @@ struct OCIEngine: Sendable {
             outputLimit: outputLimit
         ).outcome(of: result, usage: usage, runtimeFailure: failure)
         outcome.startMilliseconds = OCIOutcome.milliseconds(prepared + result.spawnTime)
+        if let scratch {
+            outcome.collectFiles(from: scratch, spec: spec, capBytes: outputLimit)
+            if let problem = scratch.remove() { outcome.appendMessage(problem) }
+        }
         if !leftovers.isEmpty {
-            let note = "cleanup incomplete: " + leftovers.joined(separator: "; ")
-            outcome.message = outcome.message.isEmpty ? note : outcome.message + "; " + note
+            outcome.appendMessage("cleanup incomplete: " + leftovers.joined(separator: "; "))
         }
         return outcome
+    }
+
+    /// A host tmpfs for `/tmp` when the job asks for files back (see ``JobScratch``), else nil.
+    private func makeScratch(
+        for spec: Hangar_V1_JobSpec,
+        id: String,
+        userNamespace: OCIUserNamespace?
+    )
+        throws(ScratchError) -> JobScratch?
+    {
+        guard !spec.filesOut.isEmpty else { return nil }
+        try JobScratch.checkFilesOut(spec)
+        let limits = spec.limits
+        let size = limits.fileSizeBytes > 0 ? limits.fileSizeBytes : OCIJobConfig.defaultScratchBytes
+        let owner = (userNamespace?.hostID ?? 0) + OCIJobConfig.uid
+        return try JobScratch.create(name: id, sizeBytes: size, owner: (owner, owner))
     }
 
     /// Kills the container if asked, deletes it, sweeps its cgroup and removes the bundle. Runs to

@@ -17,6 +17,8 @@ struct OCIConfigOptions: Sendable {
     var cgroupsPath: String
     /// Host tasks the runtime itself needs in the job's cgroup, on top of the job's `pids`.
     var pidsOverhead: Int64 = 0
+    /// Let `clone3` through the seccomp profile (gVisor: see ``OCISeccompProfile/seccomp(allowingClone3:)``).
+    var allowsClone3 = false
 }
 
 /// One thing to create in the bundle's `rootfs` before the runtime starts.
@@ -76,15 +78,28 @@ struct OCIJobConfig: Sendable {
     let scratchFiles: [OCIScratchFile]
     /// Host uid and gid owning what the job may write in its scratch (the job's uid as the host sees it).
     let scratchOwner: (uid: UInt32, gid: UInt32)
+    /// A host directory bound as `/tmp` instead of a tmpfs of the runtime's (see ``JobScratch``);
+    /// the `tmp/…` entries of ``rootfs`` and ``scratchFiles`` are then written there.
+    let hostScratch: String?
 
-    init(job: Hangar_V1_JobSpec, options: OCIConfigOptions) throws(OCIInvalidJob) {
+    /// `hostScratch`: bind this host directory as `/tmp` (for `files_out`) instead of a tmpfs.
+    /// `network`: the path of the network namespace to join (a ``JobNetwork``), required for and only
+    /// used with `NETWORK_ALLOWLIST`.
+    init(
+        job: Hangar_V1_JobSpec,
+        options: OCIConfigOptions,
+        hostScratch: String? = nil,
+        network: String? = nil
+    ) throws(OCIInvalidJob) {
+        self.hostScratch = hostScratch
         guard let program = job.argv.first, !program.isEmpty else { throw OCIInvalidJob(message: "argv is empty") }
         if (job.argv + [job.cwd]).contains(where: { $0.utf8.contains(0) }) {
             throw OCIInvalidJob(message: "argv and cwd must not contain NUL bytes")
         }
         switch job.network.mode {
         case .networkNone, .networkLoopback: break
-        default: throw OCIInvalidJob(message: "network mode \(job.network.mode) is not supported by OCI runtimes")
+        case .networkAllowlist where network != nil: break
+        default: throw OCIInvalidJob(message: "network mode \(job.network.mode) is not supported by this runtime")
         }
         let workdir = job.cwd.isEmpty ? "/tmp" : job.cwd
         guard workdir.hasPrefix("/"), !workdir.pathComponents().contains("..") else {
@@ -98,7 +113,7 @@ struct OCIJobConfig: Sendable {
         let scratchPath = workdir.pathComponents()
         let inScratch = scratchPath.first == "tmp"
         let needsCopyUp = inScratch && (scratchPath.count > 1 || !job.files.isEmpty)
-        if needsCopyUp && !options.copiesScratchUp {
+        if needsCopyUp && !options.copiesScratchUp && hostScratch == nil {
             throw OCIInvalidJob(
                 message: "this runtime cannot prepare job files or a working directory below /tmp "
                     + "(runsc lacks tmpcopyup); use cwd /tmp and no files"
@@ -118,7 +133,7 @@ struct OCIJobConfig: Sendable {
             .directory("tmp", mode: 0o1777), .directory("usr", mode: 0o755), .directory("etc", mode: 0o755),
         ]
         if needsCopyUp {
-            tmpOptions.append("tmpcopyup")
+            if hostScratch == nil { tmpOptions.append("tmpcopyup") }
             var directory = "tmp"
             for component in scratchPath.dropFirst() {
                 directory += "/" + component
@@ -145,13 +160,24 @@ struct OCIJobConfig: Sendable {
                 source: "shm",
                 options: ["nosuid", "noexec", "nodev", "mode=1777", "size=\(Self.sharedMemoryBytes)"]
             ),
-            OCIMount(
-                destination: "/sys",
-                type: "sysfs",
-                source: "sysfs",
-                options: ["nosuid", "noexec", "nodev", "ro"]
-            ),
-            OCIMount(destination: "/tmp", type: "tmpfs", source: "tmpfs", options: tmpOptions),
+            // sysfs can only be mounted by the owner of the network namespace; a job that joins the
+            // node's namespace for it (NETWORK_ALLOWLIST) gets an empty read-only /sys instead.
+            network == nil
+                ? OCIMount(
+                    destination: "/sys",
+                    type: "sysfs",
+                    source: "sysfs",
+                    options: ["nosuid", "noexec", "nodev", "ro"]
+                )
+                : OCIMount(
+                    destination: "/sys",
+                    type: "tmpfs",
+                    source: "tmpfs",
+                    options: ["nosuid", "noexec", "nodev", "ro", "size=4k"]
+                ),
+            hostScratch.map {
+                OCIMount(destination: "/tmp", type: "bind", source: $0, options: ["rbind", "nosuid", "nodev", "rw"])
+            } ?? OCIMount(destination: "/tmp", type: "tmpfs", source: "tmpfs", options: tmpOptions),
             Self.readOnlyBind("/usr"),
         ]
         let files = FileManager.default
@@ -173,6 +199,9 @@ struct OCIJobConfig: Sendable {
         }
 
         var namespaces = ["pid", "ipc", "uts", "mount", "network", "cgroup"].map { OCINamespace(type: $0) }
+        if job.network.mode == .networkAllowlist, let network {
+            namespaces[4].path = network
+        }
         var uidMappings: [OCIIDMapping]?
         var gidMappings: [OCIIDMapping]?
         if let userNamespace = options.userNamespace {
@@ -227,7 +256,7 @@ struct OCIJobConfig: Sendable {
                     ),
                     pids: OCIPids(limit: pids)
                 ),
-                seccomp: OCISeccompProfile.seccomp,
+                seccomp: OCISeccompProfile.seccomp(allowingClone3: options.allowsClone3),
                 maskedPaths: Self.maskedPaths,
                 readonlyPaths: Self.readonlyPaths
             )

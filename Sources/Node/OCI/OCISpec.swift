@@ -74,6 +74,8 @@ struct OCILinux: Codable, Sendable, Equatable {
 struct OCINamespace: Codable, Sendable, Equatable {
     /// `pid`, `network`, `ipc`, `uts`, `mount`, `user`, `cgroup`.
     var type: String
+    /// Join this existing namespace instead of creating one.
+    var path: String? = nil
 }
 
 struct OCIIDMapping: Codable, Sendable, Equatable {

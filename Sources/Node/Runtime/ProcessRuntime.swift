@@ -35,6 +35,8 @@ public struct ProcessRuntime: Runtime {
     /// root-only `/proc` files and bound-in root-only files, capabilities or not. A node that is not
     /// root runs bubblewrap as itself.
     public static let sandboxHostID: UInt32 = 165_534
+    /// util-linux `nsenter`, which puts an allowlist job's sandbox into its network namespace.
+    static let nsenterPath = "/usr/bin/nsenter"
 
     /// Built once: the filter only depends on the CPU architecture.
     private static let seccomp = Result { () throws(SeccompError) in try SeccompFilter.standard() }
@@ -111,6 +113,19 @@ public struct ProcessRuntime: Runtime {
     /// Runs the job in a fresh sandbox under its limits, and kills the whole sandbox on timeout,
     /// CPU-time limit, output overflow or task cancellation.
     public func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
+        guard spec.network.mode == .networkAllowlist else { return await run(spec, jobID: jobID, network: nil) }
+        let network: JobNetwork
+        do {
+            network = try await JobNetwork.create(allow: spec.network.allow)
+        } catch {
+            return .error("cannot set up the job's network: \(error.description)")
+        }
+        let outcome = await run(spec, jobID: jobID, network: network)
+        await network.remove()
+        return outcome
+    }
+
+    private func run(_ spec: Hangar_V1_JobSpec, jobID: String, network: JobNetwork?) async -> RunOutcome {
         let clock = ContinuousClock()
         let began = clock.now
         if Task.isCancelled {
@@ -123,10 +138,18 @@ public struct ProcessRuntime: Runtime {
             return .error("refusing to run the job: cgroups or seccomp are unavailable")
         }
         let limits = JobLimits(spec.limits)
+        let scratch: JobScratch?
+        do {
+            scratch = try Self.scratch(for: spec, jobID: jobID, limits: limits)
+        } catch {
+            return .error(error.description)
+        }
+
         let invocation: BubblewrapInvocation
         do {
-            invocation = try BubblewrapInvocation(spec: spec, limits: limits, seccomp: filter)
+            invocation = try BubblewrapInvocation(spec: spec, limits: limits, seccomp: filter, scratch: scratch?.path)
         } catch {
+            _ = scratch?.remove()
             return .error(error.message)
         }
         let cgroup: JobCgroup
@@ -134,6 +157,7 @@ public struct ProcessRuntime: Runtime {
             cgroup = try JobCgroup.create(on: host, name: jobID, limits: limits)
         } catch {
             for fd in invocation.files { close(fd) }
+            _ = scratch?.remove()
             return .error("cannot create the job's cgroup: \(error.description)")
         }
         let shim = LimitShim(
@@ -143,9 +167,17 @@ public struct ProcessRuntime: Runtime {
             arguments: ["bwrap"] + invocation.arguments,
             user: geteuid() == 0 ? Self.sandboxHostID : nil
         )
+        // nsenter execs the shim in the job's network namespace: same pid, so wait and kill hold.
+        let entered =
+            network.map {
+                (
+                    executable: Self.nsenterPath,
+                    arguments: ["nsenter", "--net=\($0.path)", "--", shim.executable] + shim.arguments.dropFirst()
+                )
+            } ?? (executable: shim.executable, arguments: shim.arguments)
         let command = SandboxCommand(
-            executable: shim.executable,
-            arguments: shim.arguments,
+            executable: entered.executable,
+            arguments: entered.arguments,
             stdin: spec.stdin,
             timeout: limits.timeout,
             outputLimit: limits.outputBytes,
@@ -170,7 +202,26 @@ public struct ProcessRuntime: Runtime {
         } catch {
             outcome.message += (outcome.message.isEmpty ? "" : "; ") + "the job's cgroup was not removed: \(error)"
         }
+        if let scratch {
+            outcome.collectFiles(from: scratch, spec: spec, capBytes: limits.outputBytes)
+            if let problem = scratch.remove() { outcome.appendMessage(problem) }
+        }
         return outcome
+    }
+
+    /// A host tmpfs for the job's `/tmp` when it asks for files back, else nil (bubblewrap's own
+    /// tmpfs is cheaper).
+    private static func scratch(
+        for spec: Hangar_V1_JobSpec,
+        jobID: String,
+        limits: JobLimits
+    ) throws(ScratchError)
+        -> JobScratch?
+    {
+        guard !spec.filesOut.isEmpty else { return nil }
+        try JobScratch.checkFilesOut(spec)
+        let owner = geteuid() == 0 ? sandboxHostID : geteuid()
+        return try JobScratch.create(name: jobID, sizeBytes: limits.fileSizeBytes, owner: (owner, owner))
     }
 }
 
@@ -193,13 +244,17 @@ struct BubblewrapInvocation {
     ]
     static let maxFiles = 256
 
-    init(spec: Hangar_V1_JobSpec, limits: JobLimits, seccomp: SeccompFilter) throws(InvalidJob) {
+    /// `scratch`: a host directory to bind as `/tmp` instead of a private tmpfs.
+    init(spec: Hangar_V1_JobSpec, limits: JobLimits, seccomp: SeccompFilter, scratch: String? = nil) throws(InvalidJob)
+    {
         guard let program = spec.argv.first, !program.isEmpty else { throw InvalidJob(message: "argv is empty") }
         if (spec.argv + [spec.cwd]).contains(where: { $0.utf8.contains(0) }) {
             throw InvalidJob(message: "argv and cwd must not contain NUL bytes")
         }
+        let joinsNetwork: Bool
         switch spec.network.mode {
-        case .networkNone, .networkLoopback: break
+        case .networkNone, .networkLoopback: joinsNetwork = false
+        case .networkAllowlist: joinsNetwork = true
         default:
             throw InvalidJob(message: "network mode \(spec.network.mode) is not supported by the process runtime")
         }
@@ -209,10 +264,17 @@ struct BubblewrapInvocation {
         }
         let scratchBytes = limits.fileSizeBytes
 
-        arguments = [
-            "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--hostname", "sandbox", "--uid", "65534", "--gid", "65534", "--clearenv",
-        ]
+        // An allowlist job runs in the network namespace the node prepared (``JobNetwork``) and
+        // entered before bubblewrap starts; every other namespace is new.
+        let namespaces =
+            joinsNetwork
+            ? ["--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
+            : ["--unshare-all", "--unshare-user"]
+        arguments =
+            namespaces + [
+                "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+                "--hostname", "sandbox", "--uid", "65534", "--gid", "65534", "--clearenv",
+            ]
         for (key, value) in try Self.environment(spec.env) { arguments += ["--setenv", key, value] }
         arguments += ["--ro-bind", "/usr", "/usr"]
         for directory in Self.systemDirectories {
@@ -223,7 +285,12 @@ struct BubblewrapInvocation {
             }
         }
         for path in Self.etcFiles { arguments += ["--ro-bind-try", path, path] }
-        arguments += ["--proc", "/proc", "--dev", "/dev", "--size", String(scratchBytes), "--tmpfs", "/tmp"]
+        arguments += ["--proc", "/proc", "--dev", "/dev"]
+        if let scratch {
+            arguments += ["--bind", scratch, "/tmp"]
+        } else {
+            arguments += ["--size", String(scratchBytes), "--tmpfs", "/tmp"]
+        }
         let inScratch = workdir == "/tmp" || workdir.hasPrefix("/tmp/")
         if inScratch && workdir != "/tmp" { arguments += ["--dir", workdir] }
         if !spec.files.isEmpty {

@@ -47,6 +47,8 @@ public struct RunOutcome: Sendable {
     public var runMilliseconds: UInt64 = 0
     /// For a person: why the job ended this way (timeout, output limit, internal error).
     public var message = ""
+    /// Files the job left in its scratch that matched `JobSpec.filesOut`.
+    public var filesOut: [Hangar_V1_FileOut] = []
 
     public init(status: Hangar_V1_JobStatus) {
         self.status = status

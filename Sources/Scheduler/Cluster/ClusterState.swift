@@ -71,6 +71,10 @@ public struct ClusterState: Sendable {
         view.refusing = false
         view.runtimes = Set(heartbeat.runtimes.filter(\.available).map(\.name))
         view.templates = Set(heartbeat.templates)
+        view.maxLimits = Dictionary(
+            heartbeat.runtimes.filter { $0.available && $0.hasMaxLimits }.map { ($0.name, $0.maxLimits) },
+            uniquingKeysWith: { first, _ in first }
+        )
         view.labels = heartbeat.labels
         view.cpuMillis = UInt64(Double(heartbeat.capacity.cpuMillis) * cpuOvercommit)
         view.memoryBytes = heartbeat.capacity.memoryBytes

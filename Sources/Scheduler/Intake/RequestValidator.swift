@@ -97,6 +97,8 @@ public struct RequestValidator: Sendable {
         spec.cwd = request.cwd
         try checkFiles(request.files)
         spec.files = request.files
+        try checkFilesOut(request.filesOut)
+        spec.filesOut = request.filesOut
         spec.limits = try resolve(request.limits, policy.limits)
         if spec.runtime != "null" {
             guard UInt64(spec.limits.cpuMillis) <= policy.maxCPUMillis else {
@@ -114,7 +116,7 @@ public struct RequestValidator: Sendable {
                 )
             }
         }
-        spec.network = try checkNetwork(request.network)
+        spec.network = try checkNetwork(request.network, runtime: spec.runtime)
         guard policy.priorities.contains(request.priority) else {
             throw Rejection(
                 .invalidRequest,
@@ -277,6 +279,21 @@ public struct RequestValidator: Sendable {
         }
     }
 
+    private func checkFilesOut(_ globs: [String]) throws(Rejection) {
+        guard globs.count <= FilesOutGlob.maxGlobs else {
+            throw Rejection(
+                .limitExceeded,
+                "files_out",
+                "\(globs.count) files_out globs; the maximum is \(FilesOutGlob.maxGlobs)"
+            )
+        }
+        for (index, glob) in globs.enumerated() {
+            if let problem = FilesOutGlob.problem(with: glob) {
+                throw Rejection(.invalidRequest, "files_out[\(index)]", problem)
+            }
+        }
+    }
+
     private func resolve(_ asked: Hangar_V1_Limits, _ policy: LimitPolicy) throws(Rejection) -> Hangar_V1_Limits {
         var limits = Hangar_V1_Limits()
         limits.timeoutMs = try pick(asked.timeoutMs, limits: policy.timeoutMilliseconds, field: "timeout_ms")
@@ -315,7 +332,15 @@ public struct RequestValidator: Sendable {
         return asked
     }
 
-    private func checkNetwork(_ network: Hangar_V1_NetworkPolicy) throws(Rejection) -> Hangar_V1_NetworkPolicy {
+    /// Runtimes that enforce `NETWORK_ALLOWLIST` (a namespace of the node's with nftables rules).
+    public static let allowlistRuntimes: Set<String> = ["process", "container", "null"]
+    /// At most this many CIDRs in `network.allow`.
+    public static let maxAllowedNetworks = 32
+
+    private func checkNetwork(
+        _ network: Hangar_V1_NetworkPolicy,
+        runtime: String
+    ) throws(Rejection) -> Hangar_V1_NetworkPolicy {
         switch network.mode {
         case .networkNone, .networkLoopback:
             guard network.allow.isEmpty else {
@@ -327,11 +352,29 @@ public struct RequestValidator: Sendable {
             }
             return network
         case .networkAllowlist:
-            throw Rejection(
-                .unsupported,
-                "network.mode",
-                "NETWORK_ALLOWLIST is not enforced by any runtime yet; use NETWORK_NONE or NETWORK_LOOPBACK"
-            )
+            guard Self.allowlistRuntimes.contains(runtime) else {
+                throw Rejection(
+                    .unsupported,
+                    "network.mode",
+                    "runtime '\(runtime)' cannot enforce NETWORK_ALLOWLIST; use "
+                        + Self.allowlistRuntimes.sorted().joined(separator: ", ")
+                )
+            }
+            guard !network.allow.isEmpty, network.allow.count <= Self.maxAllowedNetworks else {
+                throw Rejection(
+                    .invalidRequest,
+                    "network.allow",
+                    "NETWORK_ALLOWLIST needs 1 to \(Self.maxAllowedNetworks) CIDRs in network.allow"
+                )
+            }
+            for (index, cidr) in network.allow.enumerated() where IPv4CIDR(cidr) == nil {
+                throw Rejection(
+                    .invalidRequest,
+                    "network.allow[\(index)]",
+                    "'\(cidr.prefix(64))' is not an IPv4 CIDR such as 203.0.113.0/24"
+                )
+            }
+            return network
         case .UNRECOGNIZED(let value):
             throw Rejection(.invalidRequest, "network.mode", "unknown network mode \(value)")
         }

@@ -1,3 +1,5 @@
+import HangarShared
+
 /// One node as placement sees it: what it offers, what it holds, and whether it takes work.
 public struct NodeView: Sendable, Equatable {
     public var id: String
@@ -21,6 +23,8 @@ public struct NodeView: Sendable, Equatable {
     public var slotsReserved: Int = 0
     /// Ready warm sandboxes per template.
     public var warm: [String: Int] = [:]
+    /// Per runtime: the most a job may ask for there (fields at 0: no maximum).
+    public var maxLimits: [String: Hangar_V1_Limits] = [:]
 
     public init(id: String) {
         self.id = id
@@ -42,6 +46,8 @@ public struct PlacementRequest: Sendable, Hashable {
     public var labels: [String: String]
     public var cpuMillis: UInt64
     public var memoryBytes: UInt64
+    /// The job's limits, checked against each node's maxima for the runtime.
+    public var limits: Hangar_V1_Limits
     /// Spreads jobs across equally good nodes (e.g. a hash of the job id).
     public var tieBreak: UInt64
 
@@ -51,8 +57,10 @@ public struct PlacementRequest: Sendable, Hashable {
         labels: [String: String] = [:],
         cpuMillis: UInt64 = 0,
         memoryBytes: UInt64 = 0,
+        limits: Hangar_V1_Limits = Hangar_V1_Limits(),
         tieBreak: UInt64 = 0
     ) {
+        self.limits = limits
         self.runtime = runtime
         self.template = template
         self.labels = labels

@@ -1,3 +1,5 @@
+import HangarShared
+
 /// Placement as a pure function of (job, nodes): feasibility → rank. No I/O, no clock.
 ///
 /// Like Nomad's scheduler it does not score every node of a large cluster: it walks the nodes from a
@@ -15,6 +17,10 @@ public enum PlacementCore {
         public var runtime = 0
         public var template = 0
         public var labels = 0
+        /// Nodes whose maximum for the runtime is below one of the job's limits ...
+        public var limits = 0
+        /// ... and the first such limit seen.
+        public var limitField = ""
         public var cpu = 0
         public var memory = 0
         public var slots = 0
@@ -67,13 +73,14 @@ public enum PlacementCore {
         return .wait(explanation)
     }
 
-    enum Reason { case down, ineligible, draining, refusing, runtime, template, labels, cpu, memory, slots }
+    enum Reason { case down, ineligible, draining, refusing, runtime, template, labels, limits, cpu, memory, slots }
 
     static func rejection(of node: NodeView, for request: PlacementRequest) -> Reason? {
         if !node.up { return .down }
         if !node.runtimes.contains(request.runtime) { return .runtime }
         if !node.templates.contains(request.template) { return .template }
         for (key, value) in request.labels where node.labels[key] != value { return .labels }
+        if let ceiling = node.maxLimits[request.runtime], exceeded(request.limits, ceiling) != nil { return .limits }
         if !node.eligible { return .ineligible }
         if node.draining { return .draining }
         if node.refusing { return .refusing }
@@ -97,12 +104,17 @@ public enum PlacementCore {
         case .runtime: filtered.runtime += 1
         case .template: filtered.template += 1
         case .labels: filtered.labels += 1
+        case .limits:
+            filtered.limits += 1
+            if filtered.limitField.isEmpty, let ceiling = node.maxLimits[request.runtime] {
+                filtered.limitField = exceeded(request.limits, ceiling) ?? ""
+            }
         case .slots: filtered.slots += 1
         case .cpu: filtered.cpu += 1
         case .memory: filtered.memory += 1
         }
         switch reason {
-        case .runtime, .template, .labels: filtered.never += 1
+        case .runtime, .template, .labels, .limits: filtered.never += 1
         case .cpu where request.cpuMillis > node.cpuMillis: filtered.never += 1
         case .memory where request.memoryBytes > node.memoryBytes: filtered.never += 1
         case .slots where node.slots == 0: filtered.never += 1
@@ -114,6 +126,20 @@ public enum PlacementCore {
         let warm = (node.warm[request.template] ?? 0) > 0 ? 10.0 : 0
         let load = node.utilization(adding: request)
         return warm + (policy == .spread ? 1 - load : load)
+    }
+
+    /// The name of the first of `limits` above its non-zero maximum in `ceiling`, or nil.
+    static func exceeded(_ limits: Hangar_V1_Limits, _ ceiling: Hangar_V1_Limits) -> String? {
+        func over<T: BinaryInteger>(_ value: T, _ maximum: T) -> Bool { maximum > 0 && value > maximum }
+        if over(limits.timeoutMs, ceiling.timeoutMs) { return "timeout_ms" }
+        if over(limits.cpuTimeMs, ceiling.cpuTimeMs) { return "cpu_time_ms" }
+        if over(limits.memoryBytes, ceiling.memoryBytes) { return "memory_bytes" }
+        if over(limits.pids, ceiling.pids) { return "pids" }
+        if over(limits.outputBytes, ceiling.outputBytes) { return "output_bytes" }
+        if over(limits.fileSizeBytes, ceiling.fileSizeBytes) { return "file_size_bytes" }
+        if over(limits.openFiles, ceiling.openFiles) { return "open_files" }
+        if over(limits.cpuMillis, ceiling.cpuMillis) { return "cpu_millis" }
+        return nil
     }
 
     /// A per-(job, node) pseudo-random tie-break, so equal nodes share the load.
@@ -142,6 +168,10 @@ public enum PlacementCore {
             )
             add(filtered.labels, "without labels \(wanted)")
         }
+        add(
+            filtered.limits,
+            "allowing less than the job's limits.\(filtered.limitField) in runtime '\(request.runtime)'"
+        )
         add(filtered.ineligible, "ineligible")
         add(filtered.draining, "draining")
         add(filtered.refusing, "refusing work until their next heartbeat")

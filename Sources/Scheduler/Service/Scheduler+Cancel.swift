@@ -6,6 +6,7 @@ extension Scheduler {
     /// `hangar.cancel.<tenant>`: a tenant stops its own queued or running job.
     func handleCancel(_ message: NATSMessage) async {
         let tenant = String(Subjects.token(message.subject, at: 2) ?? "")
+        guard mayAnswer(message, tenant: tenant) else { return }
         var reply = Hangar_V1_CancelReply()
         if let request = try? Hangar_V1_CancelRequest(serializedBytes: message.payload) {
             reply = await cancel(jobID: request.jobID, tenant: tenant)

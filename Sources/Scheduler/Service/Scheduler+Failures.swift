@@ -29,6 +29,7 @@ extension Scheduler {
         settleRecovered(now: now)
         expireQueued(now: now)
         reloadTenantsIfChanged(now: now)
+        await pruneIfDue(now: now)
         pump()
     }
 

@@ -36,6 +36,7 @@ extension Scheduler {
                     waiters: []
                 )
                 entry.attempt = job.attempt
+                entry.durable = true
                 finishRejected(
                     entry,
                     Rejection(.invalidRequest, "", "after a scheduler restart the job no longer passes validation")
@@ -50,6 +51,7 @@ extension Scheduler {
                 waiters: []
             )
             entry.attempt = job.attempt
+            entry.durable = true  // read back from the store
             if let key = entry.requestKey { byRequest[key] = job.id }
             if job.running, let nodeID = job.nodeID {
                 entry.nodeID = nodeID

@@ -78,6 +78,7 @@ extension Scheduler {
         result.usage = report.usage
         result.nodeID = nodeID
         result.message = report.message
+        result.files = report.files
         result.timings.startMs = report.startMs
         result.timings.runMs = report.runMs
         return result

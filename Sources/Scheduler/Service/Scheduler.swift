@@ -6,8 +6,8 @@ import Logging
 /// The central scheduler: takes submissions, queues them per tenant, places them on nodes, detects
 /// dead nodes and retries their jobs, stores and answers results.
 ///
-/// Subjects: `hangar.submit.*`, `hangar.cancel.*`, `hangar.node.*.result`, `hangar.admin.*` (queue
-/// group) and `hangar.node.*.heartbeat`. See `Subjects`.
+/// Subjects: `hangar.submit.*`, `hangar.cancel.*`, `hangar.job.*`, `hangar.node.*.result`,
+/// `hangar.admin.*` (queue group) and `hangar.node.*.heartbeat`. See `Subjects`.
 public actor Scheduler {
     let config: SchedulerConfig
     let nats: NATSConnection
@@ -23,6 +23,8 @@ public actor Scheduler {
     /// Jobs waiting out a retry backoff, and when they may be queued again.
     var delayed: [(readyAt: ContinuousClock.Instant, jobID: String)] = []
     var lastTenantsCheck = ContinuousClock.now
+    /// When results and audit rows were last pruned (see `SchedulerConfig.retention`).
+    var lastPrune: ContinuousClock.Instant?
     /// Operator settings per node (eligibility, drain), kept in the store across restarts.
     var nodeControls: [String: NodeControl] = [:]
     /// When restored running attempts must have been confirmed by their nodes.
@@ -53,8 +55,11 @@ public actor Scheduler {
         let heartbeats = try nats.subscribe(Subjects.heartbeatWildcard)
         let results = try nats.subscribe(Subjects.nodeResultWildcard, queueGroup: group)
         let admin = try nats.subscribe(Subjects.admin("*"), queueGroup: group)
+        let tenantJobs = try nats.subscribe(Subjects.jobWildcard, queueGroup: group)
         defer {
-            for subscription in [submits, cancels, heartbeats, results, admin] { subscription.unsubscribe() }
+            for subscription in [submits, cancels, heartbeats, results, admin, tenantJobs] {
+                subscription.unsubscribe()
+            }
         }
         try await nats.flush()
         logger.info("scheduler serving", metadata: ["db": "\(config.databasePath)"])
@@ -81,6 +86,11 @@ public actor Scheduler {
                 }
             }
             group.addTask {
+                await withDiscardingTaskGroup { inner in
+                    for await message in tenantJobs { inner.addTask { await self.handleTenantJob(message) } }
+                }
+            }
+            group.addTask {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .milliseconds(250))
                     await self.tick()
@@ -93,6 +103,7 @@ public actor Scheduler {
 
     nonisolated func handleSubmit(_ message: NATSMessage) async {
         let tenant = String(Subjects.token(message.subject, at: 2) ?? "")
+        guard mayAnswer(message, tenant: tenant) else { return }
         let request: Hangar_V1_SubmitRequest
         do {
             request = try Hangar_V1_SubmitRequest(serializedBytes: message.payload)
@@ -192,16 +203,25 @@ public actor Scheduler {
         do {
             try await store.write(.jobAccepted(stored))
         } catch {
-            jobs.removeValue(forKey: id)
+            let held = jobs.removeValue(forKey: id)?.pendingAcks ?? []
             if let key { byRequest.removeValue(forKey: key) }
             logger.error("could not record job", metadata: ["job.id": "\(id)", "error": "\(error)"])
-            reply(
-                to: replyTo,
-                tenant: tenant,
-                rejection: Rejection(.unspecified, "", "the scheduler could not record the job: \(error)")
+            // Refused, never accepted and lost: the tenant may retry (the same request id is safe).
+            var rejection = Rejection(
+                .shuttingDown,
+                "",
+                "store unavailable: \(storeFailureSummary(error)); the job was not accepted, retry later"
             )
+            rejection.rejected.retryAfterMs = 1000
+            for subject in [replyTo] + held.map(Optional.some) {
+                reply(to: subject, tenant: tenant, rejection: rejection)
+            }
             return
         }
+        let held = jobs[id]?.pendingAcks ?? []
+        jobs[id]?.durable = true
+        jobs[id]?.pendingAcks = []
+        for subject in held { replyAccepted(subject, jobID: id, duplicate: true) }
         logger.debug(
             "accepted",
             metadata: ["job.id": "\(id)", "tenant": "\(submission.tenant)", "trace.id": "\(trace.traceID)"]
@@ -226,6 +246,7 @@ public actor Scheduler {
             labels: submission.labels,
             cpuMillis: holdsResources ? UInt64(submission.spec.limits.cpuMillis) : 0,
             memoryBytes: holdsResources ? submission.spec.limits.memoryBytes : 0,
+            limits: submission.spec.limits,
             tieBreak: UInt64(bitPattern: Int64(hasher.finalize()))
         )
     }
@@ -236,17 +257,21 @@ public actor Scheduler {
             if submission.wait, let replyTo {
                 entry.waiters.append(replyTo)
                 jobs[existing] = entry
+            } else if !entry.durable, let replyTo {
+                entry.pendingAcks.append(replyTo)  // answered once the original is committed
+                jobs[existing] = entry
             } else {
                 replyAccepted(replyTo, jobID: existing, duplicate: true)
             }
             return true
         }
-        guard let storedID = try? await store.jobID(tenant: submission.tenant, requestID: submission.requestID) else {
-            return false
-        }
+        let storedID = try? await store.jobID(tenant: submission.tenant, requestID: submission.requestID)
+        // The actor may have admitted the same id while this lookup was suspended: check again,
+        // found in the store or not (else both would insert and one would hit the unique key).
         if let existing = byRequest[key], jobs[existing] != nil {
             return await attachDuplicate(key: key, submission: submission, replyTo: replyTo)
         }
+        guard let storedID else { return false }
         if submission.wait, let result = try? await store.job(id: storedID)?.result {
             send(replyTo, submitReply: .result(result))
         } else {
@@ -278,6 +303,12 @@ public actor Scheduler {
         } catch {
             logger.warning("could not reply", metadata: ["nats.subject": "\(replyTo)", "error": "\(error)"])
         }
+    }
+
+    /// A short reason for a failed store write (SQLite's error, e.g. "database or disk is full").
+    nonisolated func storeFailureSummary(_ error: any Error) -> String {
+        let text = "\(error)"
+        return text.count > 300 ? String(text.prefix(300)) + "…" : text
     }
 
     nonisolated func modificationDate(_ path: String) -> Date? {

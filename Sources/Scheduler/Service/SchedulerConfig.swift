@@ -17,6 +17,10 @@ public struct SchedulerConfig: Sendable {
     /// when it changes.
     public var tenantsFile: String?
     public var tenants = TenantDirectory()
+    /// Stored results and audit rows older than this are pruned (every `pruneInterval`); nil keeps
+    /// everything. Job rows stay (status, request id).
+    public var retention: Duration?
+    public var pruneInterval: Duration = .seconds(600)
     public var validator = RequestValidator()
 
     public init(databasePath: String) {

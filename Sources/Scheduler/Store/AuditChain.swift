@@ -29,9 +29,16 @@ enum AuditChain {
 
     /// Appends one row, chained to the last one.
     static func append(_ db: Database, at: Int64, actor: String, event: String, jobID: String?, detail: String) throws {
-        let last = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-        let seq: Int64 = (last?["seq"] ?? 0) + 1
-        let previous: String = last?["hash"] ?? genesis
+        // The newest row, or (everything pruned) the retention checkpoint, or the genesis.
+        var seq: Int64 = 1
+        var previous = genesis
+        if let last = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1") {
+            seq = last["seq"] + 1
+            previous = last["hash"]
+        } else if let checkpoint = try checkpoint(db) {
+            seq = checkpoint.seq + 1
+            previous = checkpoint.hash
+        }
         let hash = hash(
             previous: previous,
             canonical: canonical(seq: seq, at: at, actor: actor, event: event, jobID: jobID, detail: detail)
@@ -42,11 +49,25 @@ enum AuditChain {
         )
     }
 
-    /// Walks the whole chain. Returns the rows checked and the first row that does not verify.
+    /// Walks the whole chain (from the retention checkpoint, if rows were pruned). Returns the rows
+    /// checked and the first row that does not verify.
     static func verify(_ db: Database) throws -> (checked: Int64, firstBad: Int64?, head: String) {
         var previous = genesis
         var expectedSeq: Int64 = 1
         var checked: Int64 = 0
+        if let checkpoint = try self.checkpoint(db) {
+            previous = checkpoint.hash
+            expectedSeq = checkpoint.seq + 1
+            // The checkpoint must be the one the latest pruning recorded in the chain itself; a
+            // checkpoint moved to hide deleted rows does not match it.
+            let recorded = try String.fetchOne(
+                db,
+                sql: "SELECT detail FROM audit WHERE event = 'audit.pruned' ORDER BY seq DESC LIMIT 1"
+            )
+            if recorded.map({ !$0.hasPrefix(pruneRecord(seq: checkpoint.seq, hash: checkpoint.hash)) }) ?? true {
+                return (0, expectedSeq, previous)
+            }
+        }
         let rows = try Row.fetchCursor(
             db,
             sql: "SELECT seq, at, actor, event, job_id, detail, hash FROM audit ORDER BY seq"

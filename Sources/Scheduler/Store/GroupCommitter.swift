@@ -64,6 +64,22 @@ final class GroupCommitter: Sendable {
         }
     }
 
+    /// Applies `operations` in one transaction. A batch that accepts a job commits with
+    /// `synchronous = FULL` (the WAL is fsynced before the tenant hears `Accepted`, so a power
+    /// loss cannot take back an acknowledged job); others with NORMAL (durable across a process
+    /// crash; a power loss may lose the last results, which nodes resend until acknowledged).
+    private static func commit(_ operations: [StoreWrite], in pool: DatabasePool) async throws {
+        let full = operations.contains { $0.needsFullSync }
+        try await pool.writeWithoutTransaction { db in
+            if full { try db.execute(sql: "PRAGMA synchronous = FULL") }
+            defer { if full { try? db.execute(sql: "PRAGMA synchronous = NORMAL") } }
+            try db.inTransaction(.immediate) {
+                for operation in operations { try operation.apply(db) }
+                return .commit
+            }
+        }
+    }
+
     private func drain() async {
         while true {
             let batch: [(StoreWrite, Completion)] = state.withLock { state in
@@ -78,9 +94,8 @@ final class GroupCommitter: Sendable {
             if batch.isEmpty { return }
             do {
                 let started = ContinuousClock.now
-                try await pool.write { db in
-                    for (operation, _) in batch { try operation.apply(db) }
-                }
+                let operations = batch.map(\.0)
+                try await Self.commit(operations, in: pool)
                 CoreMetrics.Timer(label: "hangar_store_commit_seconds").recordNanoseconds(
                     started.duration(to: .now).nanoseconds
                 )
@@ -93,7 +108,7 @@ final class GroupCommitter: Sendable {
                 // One bad operation must not fail the others: retry each alone.
                 for (operation, continuation) in batch {
                     do {
-                        try await pool.write { db in try operation.apply(db) }
+                        try await Self.commit([operation], in: pool)
                         state.withLock {
                             $0.transactions += 1
                             $0.applied += 1

@@ -131,6 +131,9 @@ public final class Store: Sendable {
         migrator.registerMigration("v4-job-request") { db in
             try db.execute(sql: "ALTER TABLE jobs ADD COLUMN request BLOB")
         }
+        migrator.registerMigration("v5-audit-checkpoint") { db in
+            try AuditChain.createCheckpoint(db)
+        }
         return migrator
     }
 }
@@ -198,6 +201,12 @@ public struct StoredJob: Sendable {
 }
 
 extension StoreWrite {
+    /// Whether the commit must reach the disk before returning (an acceptance the tenant is told of).
+    var needsFullSync: Bool {
+        if case .jobAccepted = self { return true }
+        return false
+    }
+
     func apply(_ db: Database) throws {
         let now = unixMilliseconds()
         switch self {

@@ -1,5 +1,4 @@
 import Foundation
-import Yams
 
 /// The tenants file (YAML), with defaults for tenants it does not list:
 ///
@@ -31,16 +30,13 @@ public struct TenantDirectory: Sendable, Equatable {
         tenants[tenant] ?? defaults
     }
 
-    /// Parses a tenants file. Every unknown key, wrong type or bad value is an error naming it.
+    /// Parses a tenants file. Every unknown key, wrong type or bad value is an error naming it;
+    /// hostile YAML (aliases expanding to millions of nodes, deep nesting, numbers out of range,
+    /// non-scalar keys) is an error too, never a crash (see `BoundedYAML`).
     public static func parse(yaml text: String) throws(TenantConfigError) -> TenantDirectory {
-        let root: Any?
-        do {
-            root = try Yams.load(yaml: text)
-        } catch {
-            throw TenantConfigError("not valid YAML: \(error)")
-        }
+        let root = try BoundedYAML.load(text)
         var directory = TenantDirectory()
-        guard let root else { return directory }
+        guard let root, !(root is NSNull) else { return directory }
         guard let top = root as? [String: Any] else {
             throw TenantConfigError("the file must be a mapping with 'defaults' and 'tenants'")
         }
@@ -56,7 +52,8 @@ public struct TenantDirectory: Sendable, Equatable {
                 guard isValidTenantName(name) else {
                     throw TenantConfigError("tenants.\(name): a tenant name is 1-64 characters of A-Z a-z 0-9 _ -")
                 }
-                directory.tenants[name] = try apply(settings ?? [:], to: directory.defaults, path: "tenants.\(name)")
+                let given: Any = settings is NSNull ? [String: Any]() : settings
+                directory.tenants[name] = try apply(given, to: directory.defaults, path: "tenants.\(name)")
             }
         }
         return directory

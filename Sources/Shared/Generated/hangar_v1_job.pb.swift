@@ -305,6 +305,28 @@ public nonisolated struct Hangar_V1_FileIn: Sendable {
 }
 
 /// Code to run through a language's interpreter instead of an argv.
+/// A file the job left in its scratch that matched one of `files_out`.
+public nonisolated struct Hangar_V1_FileOut: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// relative to the working directory
+  public var path: String = String()
+
+  public var content: Data = Data()
+
+  /// permission bits
+  public var mode: UInt32 = 0
+
+  /// cut off at the files-out size cap
+  public var truncated: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Hangar_V1_Code: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -426,6 +448,12 @@ public nonisolated struct Hangar_V1_SubmitRequest: @unchecked Sendable {
   public var hasRetry: Bool {_storage._retry != nil}
   /// Clears the value of `retry`. Subsequent reads from it will return its default value.
   public mutating func clearRetry() {_uniqueStorage()._retry = nil}
+
+  /// globs relative to cwd (under /tmp): files to return in Result.files
+  public var filesOut: [String] {
+    get {_storage._filesOut}
+    set {_uniqueStorage()._filesOut = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -672,6 +700,12 @@ public nonisolated struct Hangar_V1_Result: @unchecked Sendable {
     set {_uniqueStorage()._finishedAtMs = newValue}
   }
 
+  /// what `files_out` matched: regular files only, at most output_bytes in all
+  public var files: [Hangar_V1_FileOut] {
+    get {_storage._files}
+    set {_uniqueStorage()._files = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -879,6 +913,51 @@ nonisolated extension Hangar_V1_FileIn: SwiftProtobuf.Message, SwiftProtobuf._Me
   }
 }
 
+nonisolated extension Hangar_V1_FileOut: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FileOut"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}path\0\u{1}content\0\u{1}mode\0\u{1}truncated\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.path) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.content) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.mode) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.truncated) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.path.isEmpty {
+      try visitor.visitSingularStringField(value: self.path, fieldNumber: 1)
+    }
+    if !self.content.isEmpty {
+      try visitor.visitSingularBytesField(value: self.content, fieldNumber: 2)
+    }
+    if self.mode != 0 {
+      try visitor.visitSingularUInt32Field(value: self.mode, fieldNumber: 3)
+    }
+    if self.truncated != false {
+      try visitor.visitSingularBoolField(value: self.truncated, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_FileOut, rhs: Hangar_V1_FileOut) -> Bool {
+    if lhs.path != rhs.path {return false}
+    if lhs.content != rhs.content {return false}
+    if lhs.mode != rhs.mode {return false}
+    if lhs.truncated != rhs.truncated {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Hangar_V1_Code: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Code"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}language\0\u{1}source\0")
@@ -916,7 +995,7 @@ nonisolated extension Hangar_V1_Code: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SubmitRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}runtime\0\u{1}template\0\u{1}argv\0\u{1}code\0\u{1}stdin\0\u{1}env\0\u{1}cwd\0\u{1}files\0\u{1}limits\0\u{1}network\0\u{1}priority\0\u{1}labels\0\u{1}wait\0\u{1}retry\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}runtime\0\u{1}template\0\u{1}argv\0\u{1}code\0\u{1}stdin\0\u{1}env\0\u{1}cwd\0\u{1}files\0\u{1}limits\0\u{1}network\0\u{1}priority\0\u{1}labels\0\u{1}wait\0\u{1}retry\0\u{3}files_out\0")
 
   fileprivate class _StorageClass {
     var _requestID: String = String()
@@ -934,6 +1013,7 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
     var _labels: Dictionary<String,String> = [:]
     var _wait: Bool = false
     var _retry: Hangar_V1_RetryPolicy? = nil
+    var _filesOut: [String] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -959,6 +1039,7 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
       _labels = source._labels
       _wait = source._wait
       _retry = source._retry
+      _filesOut = source._filesOut
     }
   }
 
@@ -992,6 +1073,7 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
         case 13: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._labels) }()
         case 14: try { try decoder.decodeSingularBoolField(value: &_storage._wait) }()
         case 15: try { try decoder.decodeSingularMessageField(value: &_storage._retry) }()
+        case 16: try { try decoder.decodeRepeatedStringField(value: &_storage._filesOut) }()
         default: break
         }
       }
@@ -1049,6 +1131,9 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
       try { if let v = _storage._retry {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
       } }()
+      if !_storage._filesOut.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._filesOut, fieldNumber: 16)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1073,6 +1158,7 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
         if _storage._labels != rhs_storage._labels {return false}
         if _storage._wait != rhs_storage._wait {return false}
         if _storage._retry != rhs_storage._retry {return false}
+        if _storage._filesOut != rhs_storage._filesOut {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -1364,7 +1450,7 @@ nonisolated extension Hangar_V1_Timings: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Hangar_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Result"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}tenant\0\u{3}request_id\0\u{1}status\0\u{3}exit_code\0\u{1}signal\0\u{1}stdout\0\u{1}stderr\0\u{3}stdout_truncated\0\u{3}stderr_truncated\0\u{1}usage\0\u{1}timings\0\u{3}node_id\0\u{1}attempt\0\u{1}message\0\u{1}rejected\0\u{3}finished_at_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}tenant\0\u{3}request_id\0\u{1}status\0\u{3}exit_code\0\u{1}signal\0\u{1}stdout\0\u{1}stderr\0\u{3}stdout_truncated\0\u{3}stderr_truncated\0\u{1}usage\0\u{1}timings\0\u{3}node_id\0\u{1}attempt\0\u{1}message\0\u{1}rejected\0\u{3}finished_at_ms\0\u{1}files\0")
 
   fileprivate class _StorageClass {
     var _jobID: String = String()
@@ -1384,6 +1470,7 @@ nonisolated extension Hangar_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._Me
     var _message: String = String()
     var _rejected: Hangar_V1_Rejected? = nil
     var _finishedAtMs: Int64 = 0
+    var _files: [Hangar_V1_FileOut] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1411,6 +1498,7 @@ nonisolated extension Hangar_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._Me
       _message = source._message
       _rejected = source._rejected
       _finishedAtMs = source._finishedAtMs
+      _files = source._files
     }
   }
 
@@ -1446,6 +1534,7 @@ nonisolated extension Hangar_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._Me
         case 15: try { try decoder.decodeSingularStringField(value: &_storage._message) }()
         case 16: try { try decoder.decodeSingularMessageField(value: &_storage._rejected) }()
         case 17: try { try decoder.decodeSingularInt64Field(value: &_storage._finishedAtMs) }()
+        case 18: try { try decoder.decodeRepeatedMessageField(value: &_storage._files) }()
         default: break
         }
       }
@@ -1509,6 +1598,9 @@ nonisolated extension Hangar_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._Me
       if _storage._finishedAtMs != 0 {
         try visitor.visitSingularInt64Field(value: _storage._finishedAtMs, fieldNumber: 17)
       }
+      if !_storage._files.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._files, fieldNumber: 18)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1535,6 +1627,7 @@ nonisolated extension Hangar_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._Me
         if _storage._message != rhs_storage._message {return false}
         if _storage._rejected != rhs_storage._rejected {return false}
         if _storage._finishedAtMs != rhs_storage._finishedAtMs {return false}
+        if _storage._files != rhs_storage._files {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -76,6 +76,9 @@ public nonisolated enum Hangar_V1_RefuseReason: SwiftProtobuf.Enum, Swift.CaseIt
   case runtimeUnavailable // = 2
   case nodeDraining // = 3
   case badAssignment // = 4
+
+  /// a limit is above what this node allows in the runtime
+  case limitAboveMaximum // = 5
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -89,6 +92,7 @@ public nonisolated enum Hangar_V1_RefuseReason: SwiftProtobuf.Enum, Swift.CaseIt
     case 2: self = .runtimeUnavailable
     case 3: self = .nodeDraining
     case 4: self = .badAssignment
+    case 5: self = .limitAboveMaximum
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -100,6 +104,7 @@ public nonisolated enum Hangar_V1_RefuseReason: SwiftProtobuf.Enum, Swift.CaseIt
     case .runtimeUnavailable: return 2
     case .nodeDraining: return 3
     case .badAssignment: return 4
+    case .limitAboveMaximum: return 5
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -111,6 +116,7 @@ public nonisolated enum Hangar_V1_RefuseReason: SwiftProtobuf.Enum, Swift.CaseIt
     .runtimeUnavailable,
     .nodeDraining,
     .badAssignment,
+    .limitAboveMaximum,
   ]
 
 }
@@ -128,9 +134,21 @@ public nonisolated struct Hangar_V1_RuntimeAvailability: Sendable {
   /// why not, or which tool version
   public var detail: String = String()
 
+  /// the most a job may ask for in this runtime here; 0 fields = no maximum
+  public var maxLimits: Hangar_V1_Limits {
+    get {_maxLimits ?? Hangar_V1_Limits()}
+    set {_maxLimits = newValue}
+  }
+  /// Returns true if `maxLimits` has been explicitly set.
+  public var hasMaxLimits: Bool {self._maxLimits != nil}
+  /// Clears the value of `maxLimits`. Subsequent reads from it will return its default value.
+  public mutating func clearMaxLimits() {self._maxLimits = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _maxLimits: Hangar_V1_Limits? = nil
 }
 
 public nonisolated struct Hangar_V1_Capacity: Sendable {
@@ -258,6 +276,11 @@ public nonisolated struct Hangar_V1_JobSpec: @unchecked Sendable {
   public var hasNetwork: Bool {_storage._network != nil}
   /// Clears the value of `network`. Subsequent reads from it will return its default value.
   public mutating func clearNetwork() {_uniqueStorage()._network = nil}
+
+  public var filesOut: [String] {
+    get {_storage._filesOut}
+    set {_uniqueStorage()._filesOut = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -440,6 +463,11 @@ public nonisolated struct Hangar_V1_AttemptResult: @unchecked Sendable {
     set {_uniqueStorage()._message = newValue}
   }
 
+  public var files: [Hangar_V1_FileOut] {
+    get {_storage._files}
+    set {_uniqueStorage()._files = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -491,12 +519,12 @@ nonisolated extension Hangar_V1_NodeHealth: SwiftProtobuf._ProtoNameProviding {
 }
 
 nonisolated extension Hangar_V1_RefuseReason: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0REFUSE_REASON_UNSPECIFIED\0\u{1}NO_FREE_SLOT\0\u{1}RUNTIME_UNAVAILABLE\0\u{1}NODE_DRAINING\0\u{1}BAD_ASSIGNMENT\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0REFUSE_REASON_UNSPECIFIED\0\u{1}NO_FREE_SLOT\0\u{1}RUNTIME_UNAVAILABLE\0\u{1}NODE_DRAINING\0\u{1}BAD_ASSIGNMENT\0\u{1}LIMIT_ABOVE_MAXIMUM\0")
 }
 
 nonisolated extension Hangar_V1_RuntimeAvailability: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RuntimeAvailability"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}available\0\u{1}detail\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}available\0\u{1}detail\0\u{3}max_limits\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -507,12 +535,17 @@ nonisolated extension Hangar_V1_RuntimeAvailability: SwiftProtobuf.Message, Swif
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.available) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.detail) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._maxLimits) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.name.isEmpty {
       try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
     }
@@ -522,6 +555,9 @@ nonisolated extension Hangar_V1_RuntimeAvailability: SwiftProtobuf.Message, Swif
     if !self.detail.isEmpty {
       try visitor.visitSingularStringField(value: self.detail, fieldNumber: 3)
     }
+    try { if let v = self._maxLimits {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -529,6 +565,7 @@ nonisolated extension Hangar_V1_RuntimeAvailability: SwiftProtobuf.Message, Swif
     if lhs.name != rhs.name {return false}
     if lhs.available != rhs.available {return false}
     if lhs.detail != rhs.detail {return false}
+    if lhs._maxLimits != rhs._maxLimits {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -675,7 +712,7 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobSpec"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}runtime\0\u{1}template\0\u{1}argv\0\u{1}stdin\0\u{1}env\0\u{1}cwd\0\u{1}files\0\u{1}limits\0\u{1}network\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}runtime\0\u{1}template\0\u{1}argv\0\u{1}stdin\0\u{1}env\0\u{1}cwd\0\u{1}files\0\u{1}limits\0\u{1}network\0\u{3}files_out\0")
 
   fileprivate class _StorageClass {
     var _runtime: String = String()
@@ -687,6 +724,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
     var _files: [Hangar_V1_FileIn] = []
     var _limits: Hangar_V1_Limits? = nil
     var _network: Hangar_V1_NetworkPolicy? = nil
+    var _filesOut: [String] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -706,6 +744,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       _files = source._files
       _limits = source._limits
       _network = source._network
+      _filesOut = source._filesOut
     }
   }
 
@@ -733,6 +772,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         case 7: try { try decoder.decodeRepeatedMessageField(value: &_storage._files) }()
         case 8: try { try decoder.decodeSingularMessageField(value: &_storage._limits) }()
         case 9: try { try decoder.decodeSingularMessageField(value: &_storage._network) }()
+        case 10: try { try decoder.decodeRepeatedStringField(value: &_storage._filesOut) }()
         default: break
         }
       }
@@ -772,6 +812,9 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       try { if let v = _storage._network {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
       } }()
+      if !_storage._filesOut.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._filesOut, fieldNumber: 10)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -790,6 +833,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         if _storage._files != rhs_storage._files {return false}
         if _storage._limits != rhs_storage._limits {return false}
         if _storage._network != rhs_storage._network {return false}
+        if _storage._filesOut != rhs_storage._filesOut {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -992,7 +1036,7 @@ nonisolated extension Hangar_V1_AssignReply: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Hangar_V1_AttemptResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AttemptResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}attempt\0\u{3}node_id\0\u{1}status\0\u{3}exit_code\0\u{1}signal\0\u{1}stdout\0\u{1}stderr\0\u{3}stdout_truncated\0\u{3}stderr_truncated\0\u{1}usage\0\u{3}start_ms\0\u{3}run_ms\0\u{1}message\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}attempt\0\u{3}node_id\0\u{1}status\0\u{3}exit_code\0\u{1}signal\0\u{1}stdout\0\u{1}stderr\0\u{3}stdout_truncated\0\u{3}stderr_truncated\0\u{1}usage\0\u{3}start_ms\0\u{3}run_ms\0\u{1}message\0\u{1}files\0")
 
   fileprivate class _StorageClass {
     var _jobID: String = String()
@@ -1009,6 +1053,7 @@ nonisolated extension Hangar_V1_AttemptResult: SwiftProtobuf.Message, SwiftProto
     var _startMs: UInt64 = 0
     var _runMs: UInt64 = 0
     var _message: String = String()
+    var _files: [Hangar_V1_FileOut] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1033,6 +1078,7 @@ nonisolated extension Hangar_V1_AttemptResult: SwiftProtobuf.Message, SwiftProto
       _startMs = source._startMs
       _runMs = source._runMs
       _message = source._message
+      _files = source._files
     }
   }
 
@@ -1065,6 +1111,7 @@ nonisolated extension Hangar_V1_AttemptResult: SwiftProtobuf.Message, SwiftProto
         case 12: try { try decoder.decodeSingularUInt64Field(value: &_storage._startMs) }()
         case 13: try { try decoder.decodeSingularUInt64Field(value: &_storage._runMs) }()
         case 14: try { try decoder.decodeSingularStringField(value: &_storage._message) }()
+        case 15: try { try decoder.decodeRepeatedMessageField(value: &_storage._files) }()
         default: break
         }
       }
@@ -1119,6 +1166,9 @@ nonisolated extension Hangar_V1_AttemptResult: SwiftProtobuf.Message, SwiftProto
       if !_storage._message.isEmpty {
         try visitor.visitSingularStringField(value: _storage._message, fieldNumber: 14)
       }
+      if !_storage._files.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._files, fieldNumber: 15)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1142,6 +1192,7 @@ nonisolated extension Hangar_V1_AttemptResult: SwiftProtobuf.Message, SwiftProto
         if _storage._startMs != rhs_storage._startMs {return false}
         if _storage._runMs != rhs_storage._runMs {return false}
         if _storage._message != rhs_storage._message {return false}
+        if _storage._files != rhs_storage._files {return false}
         return true
       }
       if !storagesAreEqual {return false}

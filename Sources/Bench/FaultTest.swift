@@ -1,0 +1,380 @@
+import Foundation
+import HangarNATS
+import HangarScheduler
+import HangarShared
+import Logging
+import Synchronization
+
+/// Fault injection, Jepsen-style: nats-server, `hangar scheduler` and two `hangar node` run as
+/// separate OS processes with NATS authorization on; a tenant submits a steady load (each request
+/// with its own request id, retried on a timeout, so a retry is idempotent) while the harness kills
+/// -9 in turn the scheduler, a node and nats-server and restarts each. At the end it counts:
+/// acknowledged jobs lost (missing or not terminal), results delivered twice, jobs finished twice,
+/// `PRAGMA integrity_check` and the audit chain. Exits 1 if any check fails.
+///
+///     hangar-bench fault [--hangar PATH] [--runtime process|null] [--rate JOBS_PER_S] [--phase SECONDS]
+enum FaultTest {
+    struct Options {
+        var hangar: String
+        var runtime = "process"
+        var rate = 10.0
+        var phase: Duration = .seconds(6)
+        var keep = false
+
+        init(_ arguments: [String]) throws {
+            hangar =
+                URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+                .appendingPathComponent("hangar").path
+            var rest = arguments[...]
+            while let flag = rest.popFirst() {
+                if flag == "--keep" {
+                    keep = true
+                    continue
+                }
+                guard let value = rest.popFirst() else { throw FaultTestError("\(flag) needs a value") }
+                switch flag {
+                case "--hangar": hangar = value
+                case "--runtime": runtime = value
+                case "--rate": rate = Double(value) ?? rate
+                case "--phase": phase = .milliseconds(Int64((Double(value) ?? 6) * 1000))
+                default: throw FaultTestError("unknown option \(flag)")
+                }
+            }
+            guard FileManager.default.isExecutableFile(atPath: hangar) else {
+                throw FaultTestError("no hangar binary at \(hangar) (build it: swift build --product hangar)")
+            }
+            guard rate > 0, rate <= 200 else { throw FaultTestError("--rate must be in (0, 200]") }
+        }
+    }
+
+    static func run(_ arguments: [String]) async throws -> Bool {
+        let options = try Options(arguments)
+        var logger = Logger(label: "fault")
+        logger.logLevel = .critical
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "hangar-fault-\(UUID().uuidString)"
+        )
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let auth = AuthDirectory(path: directory.appendingPathComponent("auth").path)
+        try auth.prepareLocalCluster(nodes: ["f1", "f2"], tenants: ["load"], operators: ["ops"])
+        let natsFolder = directory.appendingPathComponent("nats")
+        try FileManager.default.createDirectory(at: natsFolder, withIntermediateDirectories: true)
+        let natsConfig = auth.includeLine(fromConfigIn: natsFolder)
+        var server: LocalNATSServer? = try await LocalNATSServer(directory: natsFolder, extraConfig: natsConfig)
+        let port = server!.port
+        let url = server!.url
+        let database = directory.appendingPathComponent("hangar.sqlite").path
+        say("work folder \(directory.path); nats \(url); runtime \(options.runtime), \(options.rate) jobs/s")
+
+        let scheduler = Child(
+            name: "scheduler",
+            executable: options.hangar,
+            arguments: [
+                "scheduler", "--nats", url, "--db", database, "--creds", auth.credentialsPath(for: .scheduler),
+                "--node-ttl", "1.5", "--node-grace", "1", "--log-level", "notice",
+            ],
+            log: directory.appendingPathComponent("scheduler.log")
+        )
+        let nodes = ["f1", "f2"].map { id in
+            Child(
+                name: "node \(id)",
+                executable: options.hangar,
+                arguments: [
+                    "node", "--nats", url, "--id", id, "--slots", "4", "--runtimes", options.runtime,
+                    "--creds", auth.credentialsPath(for: .node(id)), "--log-level", "notice",
+                ],
+                log: directory.appendingPathComponent("node-\(id).log")
+            )
+        }
+        defer {
+            scheduler.kill9()
+            for node in nodes { node.kill9() }
+            server?.crash()
+            if !options.keep { try? FileManager.default.removeItem(at: directory) }
+        }
+        try scheduler.start()
+        for node in nodes { try node.start() }
+
+        let credentials = try NATSCredentials.load(path: auth.credentialsPath(for: .tenant("load")))
+        var clientOptions = NATSConnectionOptions(servers: [url], name: "fault-load", logger: logger)
+        clientOptions.user = credentials.user
+        clientOptions.password = credentials.password
+        clientOptions.inboxPrefix = credentials.inboxPrefix
+        clientOptions.maxReconnectDelay = .milliseconds(500)
+        let client = try await NATSConnection(options: clientOptions)
+        let ledger = Ledger()
+        let results = try await client.subscribeConfirmed("hangar.result.load.>")
+        let resultTask = Task {
+            for await message in results {
+                ledger.delivered(Subjects.token(message.subject, at: 3).map(String.init) ?? "?")
+            }
+        }
+        var request = Hangar_V1_SubmitRequest()
+        request.argv = options.runtime == "null" ? ["true"] : ["sleep", "0.2"]
+        request.runtime = options.runtime
+        request.limits.timeoutMs = 20_000
+        try await waitUntilServing(client, request: request)
+        say("cluster serving; load starts")
+
+        let stop = StopFlag()
+        let interval = Duration.milliseconds(Int64(1000 / options.rate))
+        let load = Task {
+            await withDiscardingTaskGroup { group in
+                var number = 0
+                while !stop.isSet {
+                    number += 1
+                    var job = request
+                    job.requestID = "fault-\(number)"
+                    group.addTask { await submit(job, client: client, ledger: ledger) }
+                    try? await Task.sleep(for: interval)
+                }
+            }
+        }
+
+        try await Task.sleep(for: options.phase)
+        say("kill -9 scheduler")
+        scheduler.kill9()
+        try await Task.sleep(for: .seconds(1))
+        try scheduler.start()
+        say("scheduler restarted")
+
+        try await Task.sleep(for: options.phase)
+        say("kill -9 node f1")
+        nodes[0].kill9()
+        try await Task.sleep(for: .seconds(1))
+        try nodes[0].start()
+        say("node f1 restarted")
+
+        try await Task.sleep(for: options.phase)
+        say("kill -9 nats-server")
+        server?.crash()
+        server = nil
+        try await Task.sleep(for: .seconds(1))
+        server = try await LocalNATSServer(directory: natsFolder, port: port, extraConfig: natsConfig)
+        say("nats-server restarted on port \(port)")
+
+        try await Task.sleep(for: options.phase)
+        stop.set()
+        await load.value
+        let submitted = ledger.snapshot
+        say(
+            "load stopped: \(submitted.submitted) submitted, \(submitted.accepted.count) acknowledged, \(submitted.rejected) rejected, \(submitted.unresolved) never answered"
+        )
+
+        // Every acknowledged job must reach a terminal state; give the cluster time to finish.
+        let store = try Store(path: database)
+        let acknowledged = submitted.accepted
+        var pending = Set(acknowledged.values)
+        var statuses: [String: String] = [:]
+        let settle = ContinuousClock.now + .seconds(60)
+        while !pending.isEmpty && ContinuousClock.now < settle {
+            for id in pending {
+                if let lookup = try await store.job(id: id), let result = lookup.result {
+                    statuses[id] = result.status.displayName
+                    pending.remove(id)
+                }
+            }
+            if !pending.isEmpty { try await Task.sleep(for: .milliseconds(250)) }
+        }
+        // Late result deliveries (after a restart) get a moment to arrive before counting.
+        try await Task.sleep(for: .seconds(1))
+        scheduler.terminate()
+        for node in nodes { node.terminate() }
+        results.unsubscribe()
+        resultTask.cancel()
+        await client.close()
+
+        var missing: [String] = []
+        for id in pending {
+            let lookup = try await store.job(id: id)
+            missing.append("\(id) \(lookup?.status ?? "NOT IN THE STORE")")
+        }
+        let deliveries = ledger.snapshot.deliveries
+        let twice = deliveries.filter { $0.value > 1 }
+        let finishedTwice = try await store.finishedEventCounts().filter { $0.value > 1 }
+        let integrity = try await store.integrityCheck()
+        let audit = try await store.verifyAudit()
+        let byStatus = Dictionary(grouping: statuses.values, by: { $0 }).mapValues(\.count)
+        let notSucceeded = statuses.filter { $0.value != "SUCCEEDED" }
+        let duplicateAcks = ledger.snapshot.conflictingAcks
+
+        var passed = true
+        func check(_ ok: Bool, _ line: String) {
+            print("\(ok ? "ok  " : "FAIL") \(line)")
+            if !ok { passed = false }
+        }
+        print(
+            "fault test: \(acknowledged.count) acknowledged jobs; final states \(byStatus.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))"
+        )
+        check(acknowledged.count >= Int(options.rate), "enough load: \(acknowledged.count) acknowledged jobs")
+        check(missing.isEmpty, "acknowledged jobs lost or not terminal: \(missing.count) \(missing.sorted().prefix(5))")
+        check(duplicateAcks.isEmpty, "one job per request id: \(duplicateAcks.count) ids acknowledged as two jobs")
+        check(twice.isEmpty, "results delivered twice: \(twice.count) \(twice.keys.sorted().prefix(5))")
+        check(finishedTwice.isEmpty, "jobs finished twice in the store: \(finishedTwice.count)")
+        check(
+            notSucceeded.isEmpty,
+            "every job succeeded despite the kills: \(notSucceeded.count) did not \(notSucceeded.sorted { $0.key < $1.key }.prefix(5).map { "\($0.key) \($0.value)" })"
+        )
+        check(integrity == ["ok"], "PRAGMA integrity_check: \(integrity.prefix(3).joined(separator: "; "))")
+        check(
+            audit.firstBad == nil,
+            "audit chain verifies: \(audit.checked) rows, first bad \(audit.firstBad.map(String.init) ?? "none")"
+        )
+        print(
+            "results seen on hangar.result.load.>: \(deliveries.count) of \(acknowledged.count) (core NATS: a result published while the server was down may not be delivered; it is stored)"
+        )
+        if !passed {
+            print("logs: \(directory.path) (kept)")
+            for child in [scheduler] + nodes { print("--- \(child.name), last lines\n\(child.tail(15))") }
+        }
+        return passed
+    }
+
+    static func waitUntilServing(_ client: NATSConnection, request: Hangar_V1_SubmitRequest) async throws {
+        var probe = request
+        probe.wait = true
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            if let answer = try? await client.request(
+                Subjects.submit(tenant: "load"),
+                payload: try probe.serializedData(),
+                timeout: .seconds(5)
+            ), let reply = try? Hangar_V1_SubmitReply(serializedBytes: answer.payload), case .result = reply.outcome {
+                return
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw FaultTestError("the cluster did not run a job within 30 s")
+    }
+
+    /// Submits until the scheduler answers (up to 30 s): a timeout or a lost connection is retried
+    /// with the same request id, which returns the original job if the first try was accepted.
+    static func submit(_ request: Hangar_V1_SubmitRequest, client: NATSConnection, ledger: Ledger) async {
+        ledger.submitted()
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            do {
+                let answer = try await client.request(
+                    Subjects.submit(tenant: "load"),
+                    payload: try request.serializedData(),
+                    timeout: .seconds(3)
+                )
+                let reply = try Hangar_V1_SubmitReply(serializedBytes: answer.payload)
+                switch reply.outcome {
+                case .accepted(let accepted):
+                    ledger.accepted(request.requestID, job: accepted.jobID)
+                    return
+                case .rejected(let rejected):
+                    if rejected.reason == .rateLimited || rejected.reason == .queueFull
+                        || rejected.reason == .unspecified
+                    {
+                        try await Task.sleep(for: .milliseconds(Int64(max(200, rejected.retryAfterMs))))
+                        continue
+                    }
+                    ledger.rejected()
+                    return
+                default:
+                    ledger.rejected()
+                    return
+                }
+            } catch {
+                try? await Task.sleep(for: .milliseconds(300))
+            }
+        }
+        ledger.unresolved()
+    }
+}
+
+/// Tells the load generator to stop.
+final class StopFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    var isSet: Bool { flag.load(ordering: .relaxed) }
+    func set() { flag.store(true, ordering: .relaxed) }
+}
+
+/// What the load generator saw.
+final class Ledger: Sendable {
+    struct State {
+        var submitted = 0
+        var accepted: [String: String] = [:]
+        var conflictingAcks: [String] = []
+        var rejected = 0
+        var unresolved = 0
+        var deliveries: [String: Int] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    var snapshot: State { state.withLock { $0 } }
+    func submitted() { state.withLock { $0.submitted += 1 } }
+    func rejected() { state.withLock { $0.rejected += 1 } }
+    func unresolved() { state.withLock { $0.unresolved += 1 } }
+    func delivered(_ job: String) { state.withLock { $0.deliveries[job, default: 0] += 1 } }
+
+    func accepted(_ requestID: String, job: String) {
+        state.withLock { state in
+            if let earlier = state.accepted[requestID], earlier != job { state.conflictingAcks.append(requestID) }
+            state.accepted[requestID] = job
+        }
+    }
+}
+
+/// A component run as a separate OS process, so that kill -9 is real.
+final class Child {
+    let name: String
+    let executable: String
+    let arguments: [String]
+    let log: URL
+    private var process: Process?
+
+    init(name: String, executable: String, arguments: [String], log: URL) {
+        self.name = name
+        self.executable = executable
+        self.arguments = arguments
+        self.log = log
+        FileManager.default.createFile(atPath: log.path, contents: nil)
+    }
+
+    func start() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let handle = try FileHandle(forWritingTo: log)
+        handle.seekToEndOfFile()
+        process.standardOutput = handle
+        process.standardError = handle
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+    }
+
+    func kill9() {
+        guard let process, process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s.
+    func terminate() {
+        guard let process, process.isRunning else { return }
+        process.terminate()
+        let deadline = Date().addingTimeInterval(10)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        kill9()
+    }
+
+    func tail(_ lines: Int) -> String {
+        let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines).joined(separator: "\n")
+    }
+}
+
+struct FaultTestError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+func say(_ text: String) {
+    let stamp = Date().formatted(.iso8601.time(includingFractionalSeconds: true))
+    FileHandle.standardError.write(Data("fault \(stamp): \(text)\n".utf8))
+}

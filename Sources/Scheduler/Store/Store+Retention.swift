@@ -1,0 +1,27 @@
+import GRDB
+import HangarShared
+
+extension Store {
+    /// What one pruning removed.
+    public struct Pruned: Sendable, Equatable {
+        public var results: Int
+        public var auditRows: Int
+
+        public init(results: Int, auditRows: Int) {
+            self.results = results
+            self.auditRows = auditRows
+        }
+    }
+
+    /// Deletes stored results of jobs that finished before `cutoff` (unix ms) and audit rows written
+    /// before it, keeping the audit chain verifiable through a checkpoint (see `AuditChain`). Job
+    /// rows stay: a job's status and its request id (idempotency) outlive its result.
+    public func prune(before cutoff: Int64) async throws -> Pruned {
+        try await pool.write { db in
+            try db.execute(sql: "DELETE FROM results WHERE finished_at < ?", arguments: [cutoff])
+            let results = db.changesCount
+            let audit = try AuditChain.prune(db, before: cutoff, now: unixMilliseconds())
+            return Pruned(results: results, auditRows: audit)
+        }
+    }
+}

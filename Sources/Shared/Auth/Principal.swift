@@ -1,0 +1,105 @@
+/// Who connects to NATS, and what the server lets them do. Tenant isolation is enforced by the
+/// server: a tenant's user may publish only on its own submit, cancel and job subjects and
+/// subscribe only to its own results and its own inbox prefix.
+public enum Principal: Sendable, Hashable, CustomStringConvertible {
+    /// A tenant submitting jobs.
+    case tenant(String)
+    /// A node agent.
+    case node(String)
+    /// The scheduler (every scheduler instance shares this user).
+    case scheduler
+    /// An operator (admin commands, any tenant's job lookup).
+    case `operator`(String)
+
+    /// The role names accepted by `hangar tenant add --role`.
+    public static let roles = ["tenant", "node", "scheduler", "operator"]
+
+    /// Makes a principal from a role name and a name; nil if either is invalid.
+    public init?(role: String, name: String) {
+        guard Subjects.isValidToken(name) else { return nil }
+        switch role {
+        case "tenant": self = .tenant(name)
+        case "node": self = .node(name)
+        case "scheduler": self = .scheduler
+        case "operator": self = .operator(name)
+        default: return nil
+        }
+    }
+
+    public var role: String {
+        switch self {
+        case .tenant: "tenant"
+        case .node: "node"
+        case .scheduler: "scheduler"
+        case .operator: "operator"
+        }
+    }
+
+    public var name: String {
+        switch self {
+        case .tenant(let name), .node(let name), .operator(let name): name
+        case .scheduler: "scheduler"
+        }
+    }
+
+    /// The NATS user name.
+    public var user: String {
+        switch self {
+        case .scheduler: "scheduler"
+        default: "\(role)-\(name)"
+        }
+    }
+
+    public var description: String { user }
+
+    /// The first tokens of this principal's reply subjects. The one-letter second token keeps the
+    /// prefixes of different roles apart (a tenant and a node may share a name) and away from
+    /// libnats' default `_INBOX.<22-character nuid>`.
+    public var inboxPrefix: String {
+        switch self {
+        case .tenant(let name): "_INBOX.t.\(name)"
+        case .node(let name): "_INBOX.n.\(name)"
+        case .scheduler: "_INBOX.s"
+        case .operator(let name): "_INBOX.o.\(name)"
+        }
+    }
+
+    /// The subjects this principal may publish on and subscribe to.
+    public var permissions: Permissions {
+        switch self {
+        case .tenant(let tenant):
+            Permissions(
+                publish: [
+                    Subjects.submit(tenant: tenant), Subjects.cancel(tenant: tenant), Subjects.job(tenant: tenant),
+                ],
+                subscribe: ["hangar.result.\(tenant).>", inboxPrefix + ".>"]
+            )
+        case .node(let node):
+            // Replies to the scheduler's assignments: only to requests the node received
+            // (`allow_responses`), so a node cannot answer for another node.
+            Permissions(
+                publish: [Subjects.heartbeat(node: node), Subjects.nodeResult(node: node)],
+                subscribe: [Subjects.assign(node: node), Subjects.nodeCancel(node: node), inboxPrefix + ".>"],
+                allowResponses: true
+            )
+        case .scheduler:
+            Permissions(
+                publish: ["hangar.result.>", "hangar.node.*.assign", "hangar.node.*.cancel", "_INBOX.>"],
+                subscribe: [
+                    Subjects.submitWildcard, Subjects.cancelWildcard, Subjects.jobWildcard,
+                    Subjects.heartbeatWildcard, Subjects.nodeResultWildcard, "hangar.admin.>", inboxPrefix + ".>",
+                ]
+            )
+        case .operator:
+            Permissions(publish: ["hangar.admin.>", Subjects.jobWildcard], subscribe: [inboxPrefix + ".>"])
+        }
+    }
+
+    /// Publish and subscribe allow-lists (everything else is denied).
+    public struct Permissions: Sendable, Hashable {
+        public var publish: [String]
+        public var subscribe: [String]
+        /// May answer requests it received, whatever their reply subject.
+        public var allowResponses = false
+    }
+}

@@ -1,0 +1,378 @@
+import Foundation
+import HangarNATS
+import HangarNode
+import HangarScheduler
+import HangarShared
+import HangarTestSupport
+import Logging
+import Testing
+
+/// A real nats-server with Hangar's generated authorization on, a scheduler and a node logged in
+/// as themselves, and two tenants `a` and `b`.
+final class AuthorizedCluster: Sendable {
+    let directory: URL
+    let auth: AuthDirectory
+    let server: LocalNATSServer
+    let scheduler: Scheduler
+    let tenantA: NATSConnection
+    let tenantB: NATSConnection
+    private let connections: [NATSConnection]
+    private let tasks: [Task<Void, any Error>]
+
+    static func start() async throws -> AuthorizedCluster {
+        let directory = try makeTemporaryDirectory("hangar-auth")
+        let auth = AuthDirectory(path: directory.appendingPathComponent("auth").path)
+        try auth.prepareLocalCluster(nodes: ["n1"], tenants: ["a", "b"], operators: ["ops"])
+        let server = try await startAuthorizedServer(auth, in: directory)
+        var logger = Logger(label: "test")
+        logger.logLevel = .warning
+        func login(_ principal: Principal) async throws -> NATSConnection {
+            let (credentials, _) = try auth.ensure(principal)
+            return try await connectForTest(server, credentials: credentials, name: principal.user)
+        }
+        let schedulerConnection = try await login(.scheduler)
+        let databasePath = directory.appendingPathComponent("hangar.sqlite").path
+        let scheduler = Scheduler(
+            config: SchedulerConfig(databasePath: databasePath),
+            nats: schedulerConnection,
+            store: try Store(path: databasePath),
+            logger: logger
+        )
+        let nodeConnection = try await login(.node("n1"))
+        var nodeConfig = NodeConfig(nodeID: "n1", slots: 4)
+        nodeConfig.heartbeatInterval = .milliseconds(200)
+        let agent = NodeAgent(config: nodeConfig, nats: nodeConnection, runtimes: [NullRuntime()], logger: logger)
+        let tasks = [Task { try await scheduler.run() }, Task { try await agent.run() }]
+        let cluster = AuthorizedCluster(
+            directory: directory,
+            auth: auth,
+            server: server,
+            scheduler: scheduler,
+            tenantA: try await login(.tenant("a")),
+            tenantB: try await login(.tenant("b")),
+            connections: [schedulerConnection, nodeConnection],
+            tasks: tasks
+        )
+        try await cluster.waitUntilServing()
+        return cluster
+    }
+
+    private init(
+        directory: URL,
+        auth: AuthDirectory,
+        server: LocalNATSServer,
+        scheduler: Scheduler,
+        tenantA: NATSConnection,
+        tenantB: NATSConnection,
+        connections: [NATSConnection],
+        tasks: [Task<Void, any Error>]
+    ) {
+        self.directory = directory
+        self.auth = auth
+        self.server = server
+        self.scheduler = scheduler
+        self.tenantA = tenantA
+        self.tenantB = tenantB
+        self.connections = connections
+        self.tasks = tasks
+    }
+
+    /// Waits until tenant `a` can run a job end to end (scheduler subscribed, node joined).
+    private func waitUntilServing() async throws {
+        let deadline = ContinuousClock.now + .seconds(15)
+        while ContinuousClock.now < deadline {
+            if let reply = try? await submit(nullJob(wait: true), as: tenantA, tenant: "a", timeout: .seconds(2)),
+                case .result = reply.outcome
+            {
+                return
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw LocalNATSServerError("the authorized cluster did not run a job within 15 s")
+    }
+
+    func login(_ principal: Principal) async throws -> NATSConnection {
+        let (credentials, _) = try auth.ensure(principal)
+        return try await connectForTest(server, credentials: credentials, name: principal.user)
+    }
+
+    func submit(
+        _ request: Hangar_V1_SubmitRequest,
+        as connection: NATSConnection,
+        tenant: String,
+        timeout: Duration = .seconds(10)
+    ) async throws -> Hangar_V1_SubmitReply {
+        let answer = try await connection.request(
+            Subjects.submit(tenant: tenant),
+            payload: try request.serializedData(),
+            timeout: timeout
+        )
+        return try Hangar_V1_SubmitReply(serializedBytes: answer.payload)
+    }
+
+    func stop() async {
+        for task in tasks { task.cancel() }
+        for task in tasks { _ = try? await task.value }
+        for connection in connections + [tenantA, tenantB] { await connection.close() }
+        server.stop()
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
+
+func nullJob(wait: Bool) -> Hangar_V1_SubmitRequest {
+    var request = Hangar_V1_SubmitRequest()
+    request.argv = ["true"]
+    request.runtime = "null"
+    request.wait = wait
+    return request
+}
+
+func withAuthorizedCluster(_ body: (AuthorizedCluster) async throws -> Void) async throws {
+    let cluster = try await AuthorizedCluster.start()
+    do {
+        try await body(cluster)
+    } catch {
+        await cluster.stop()
+        throw error
+    }
+    await cluster.stop()
+}
+
+/// Expects `body` to fail with the server's permission refusal.
+func expectPermissionDenied(
+    _ what: String,
+    sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: () async throws -> Void
+) async {
+    do {
+        try await body()
+        Issue.record("\(what): the server allowed it", sourceLocation: sourceLocation)
+    } catch let error as NATSError {
+        #expect(error.kind == .permissionDenied, "\(what): \(error)", sourceLocation: sourceLocation)
+    } catch {
+        Issue.record("\(what): unexpected error \(error)", sourceLocation: sourceLocation)
+    }
+}
+
+@Suite("Tenant isolation by NATS permissions", .serialized)
+struct PermissionTests {
+    @Test("tenant A cannot submit or cancel on B's subjects; its own submissions run")
+    func cannotPublishAsAnotherTenant() async throws {
+        try await withAuthorizedCluster { cluster in
+            await expectPermissionDenied("submit request on hangar.submit.b") {
+                _ = try await cluster.submit(nullJob(wait: false), as: cluster.tenantA, tenant: "b")
+            }
+            await expectPermissionDenied("plain publish on hangar.submit.b") {
+                try await cluster.tenantA.publishConfirmed(
+                    Subjects.submit(tenant: "b"),
+                    payload: try nullJob(wait: false).serializedData()
+                )
+            }
+            await expectPermissionDenied("cancel on hangar.cancel.b") {
+                try await cluster.tenantA.publishConfirmed(Subjects.cancel(tenant: "b"), payload: Data())
+            }
+            await expectPermissionDenied("a fake heartbeat") {
+                try await cluster.tenantA.publishConfirmed(Subjects.heartbeat(node: "n1"), payload: Data())
+            }
+            // Nothing of A's reached B's queue: B has no job in the store.
+            let rows = try await cluster.scheduler.store.auditRows(tenant: "b", jobID: nil, sinceMs: 0, limit: 100)
+            #expect(rows.isEmpty, "B's audit trail: \(rows)")
+            // A's own subject works with the same connection.
+            let own = try await cluster.submit(nullJob(wait: true), as: cluster.tenantA, tenant: "a")
+            guard case .result(let result) = own.outcome else {
+                Issue.record("expected a result on A's own subject, got \(own)")
+                return
+            }
+            #expect(result.tenant == "a" && result.status == .succeeded)
+        }
+    }
+
+    @Test("tenant A cannot subscribe to B's results, to all results, or to B's inbox")
+    func cannotReadAnotherTenantsMessages() async throws {
+        try await withAuthorizedCluster { cluster in
+            for subject in [
+                "hangar.result.b.>", "hangar.result.>", "hangar.result.*.x", "_INBOX.t.b.>", "_INBOX.>", ">",
+            ] {
+                await expectPermissionDenied("subscribe to \(subject)") {
+                    _ = try await cluster.tenantA.subscribeConfirmed(subject)
+                }
+            }
+            // B's own subscription works and receives B's result.
+            let mine = try await cluster.tenantB.subscribeConfirmed("hangar.result.b.>")
+            defer { mine.unsubscribe() }
+            let reply = try await cluster.submit(nullJob(wait: false), as: cluster.tenantB, tenant: "b")
+            guard case .accepted(let accepted) = reply.outcome else {
+                Issue.record("expected Accepted, got \(reply)")
+                return
+            }
+            let received = try await firstMessage(of: mine, within: .seconds(10))
+            #expect(received?.subject == Subjects.result(tenant: "b", job: accepted.jobID))
+        }
+    }
+
+    @Test("tenant A cannot read B's job: not on B's job subject, not through the admin API, not on its own")
+    func cannotLookUpAnotherTenantsJob() async throws {
+        try await withAuthorizedCluster { cluster in
+            let reply = try await cluster.submit(nullJob(wait: true), as: cluster.tenantB, tenant: "b")
+            guard case .result(let result) = reply.outcome else {
+                Issue.record("expected B's result, got \(reply)")
+                return
+            }
+            var lookup = Hangar_V1_JobRequest()
+            lookup.jobID = result.jobID
+            let payload = try lookup.serializedData()
+            await expectPermissionDenied("lookup on hangar.job.b") {
+                _ = try await cluster.tenantA.request(Subjects.job(tenant: "b"), payload: payload, timeout: .seconds(5))
+            }
+            await expectPermissionDenied("lookup through hangar.admin.job") {
+                _ = try await cluster.tenantA.request(Subjects.admin("job"), payload: payload, timeout: .seconds(5))
+            }
+            // On its own subject the scheduler answers as if the job did not exist, and audits it.
+            let answer = try await cluster.tenantA.request(
+                Subjects.job(tenant: "a"),
+                payload: payload,
+                timeout: .seconds(5)
+            )
+            let refused = try Hangar_V1_JobReply(serializedBytes: answer.payload)
+            #expect(refused.error == "tenant 'a' has no job '\(result.jobID)'")
+            #expect(refused.result.jobID.isEmpty && refused.tenant.isEmpty)
+            let deadline = ContinuousClock.now + .seconds(5)
+            var denied: [Hangar_V1_AuditEvent] = []
+            while denied.isEmpty && ContinuousClock.now < deadline {
+                denied = try await cluster.scheduler.store.auditRows(
+                    tenant: nil,
+                    jobID: result.jobID,
+                    sinceMs: 0,
+                    limit: 100
+                )
+                .filter { $0.event == "access.denied" }
+                if denied.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(denied.map(\.actor) == ["tenant:a"])
+            // B reads its own job.
+            let own = try await cluster.tenantB.request(
+                Subjects.job(tenant: "b"),
+                payload: payload,
+                timeout: .seconds(5)
+            )
+            let mine = try Hangar_V1_JobReply(serializedBytes: own.payload)
+            #expect(mine.result.jobID == result.jobID && mine.tenant == "b")
+        }
+    }
+
+    @Test("tenant A cannot make the scheduler answer into B's inbox: dropped and audited, no job")
+    func cannotAimRepliesAtAnotherTenant() async throws {
+        try await withAuthorizedCluster { cluster in
+            let inbox = try await cluster.tenantB.subscribeConfirmed("_INBOX.t.b.>")
+            defer { inbox.unsubscribe() }
+            let jobsBefore = try await cluster.scheduler.store.count("jobs")
+            try await cluster.tenantA.publishConfirmed(
+                Subjects.submit(tenant: "a"),
+                payload: try nullJob(wait: false).serializedData(),
+                replyTo: "_INBOX.t.b.spoofed.1"
+            )
+            try await cluster.tenantA.publishConfirmed(
+                Subjects.job(tenant: "a"),
+                payload: try Hangar_V1_JobRequest().serializedData(),
+                replyTo: "_INBOX.t.b.spoofed.2"
+            )
+            #expect(try await firstMessage(of: inbox, within: .seconds(1)) == nil)
+            var denied: [Hangar_V1_AuditEvent] = []
+            let deadline = ContinuousClock.now + .seconds(5)
+            while denied.count < 2 && ContinuousClock.now < deadline {
+                denied = try await cluster.scheduler.store.auditRows(tenant: "a", jobID: nil, sinceMs: 0, limit: 100)
+                    .filter { $0.event == "access.denied" }
+                if denied.count < 2 { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(denied.count == 2 && denied.allSatisfy { $0.detail.contains("another tenant's inbox") })
+            #expect(try await cluster.scheduler.store.count("jobs") == jobsBefore)
+        }
+    }
+
+    @Test("a node may use only its own subjects; bad credentials are refused at connect")
+    func nodesAndLogins() async throws {
+        try await withAuthorizedCluster { cluster in
+            let node = try await cluster.login(.node("n1"))
+            await expectPermissionDenied("node n1 reporting a result as n2") {
+                try await node.publishConfirmed(Subjects.nodeResult(node: "n2"), payload: Data())
+            }
+            await expectPermissionDenied("node n1 reading n2's assignments") {
+                _ = try await node.subscribeConfirmed(Subjects.assign(node: "n2"))
+            }
+            await expectPermissionDenied("node n1 submitting a job") {
+                try await node.publishConfirmed(Subjects.submit(tenant: "a"), payload: Data())
+            }
+            // Its own subjects are allowed.
+            try await node.publishConfirmed(Subjects.heartbeat(node: "n1"), payload: Data())
+            await node.close()
+
+            var wrong = try NATSCredentials.load(path: cluster.auth.credentialsPath(for: .tenant("a")))
+            wrong.password = String(repeating: "0", count: 48)
+            do {
+                let connection = try await connectForTest(cluster.server, credentials: wrong)
+                await connection.close()
+                Issue.record("the server accepted a wrong password")
+            } catch let error as NATSError {
+                #expect(error.kind == .authenticationFailed, "\(error)")
+            }
+            do {
+                let anonymous = try await connectForTest(cluster.server)
+                await anonymous.close()
+                Issue.record("the server accepted a connection without credentials")
+            } catch let error as NATSError {
+                #expect(error.kind == .authenticationFailed, "\(error)")
+            }
+        }
+    }
+
+    @Test("tenant add: a new tenant works after the server reloads; its file never grants another tenant")
+    func addTenantAndReload() async throws {
+        try await withAuthorizedCluster { cluster in
+            let (credentials, created) = try cluster.auth.ensure(.tenant("c"))
+            #expect(created)
+            let attributes = try FileManager.default.attributesOfItem(
+                atPath: cluster.auth.credentialsPath(for: .tenant("c"))
+            )
+            #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+            #expect(credentials.inboxPrefix == "_INBOX.t.c")
+            cluster.server.reload()
+            let deadline = ContinuousClock.now + .seconds(10)
+            var connection: NATSConnection?
+            while connection == nil && ContinuousClock.now < deadline {
+                connection = try? await connectForTest(cluster.server, credentials: credentials)
+                if connection == nil { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            guard let connection else {
+                Issue.record("tenant c could not log in after the reload")
+                return
+            }
+            defer { Task { await connection.close() } }
+            let reply = try await cluster.submit(nullJob(wait: true), as: connection, tenant: "c")
+            guard case .result(let result) = reply.outcome else {
+                Issue.record("expected a result, got \(reply)")
+                return
+            }
+            #expect(result.tenant == "c")
+            await expectPermissionDenied("c submitting as a") {
+                _ = try await cluster.submit(nullJob(wait: false), as: connection, tenant: "a")
+            }
+        }
+    }
+}
+
+/// The first message of `subscription`, or nil if none arrives within `timeout`.
+func firstMessage(of subscription: NATSSubscription, within timeout: Duration) async throws -> NATSMessage? {
+    try await withThrowingTaskGroup(of: NATSMessage?.self) { group in
+        group.addTask {
+            var iterator = subscription.makeAsyncIterator()
+            return await iterator.next()
+        }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            return nil
+        }
+        let first = try await group.next() ?? nil
+        group.cancelAll()
+        return first
+    }
+}
