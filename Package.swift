@@ -15,6 +15,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
     ],
     targets: [
         .systemLibrary(
@@ -49,6 +52,7 @@ let package = Package(
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             path: "Sources/Scheduler"
         ),
@@ -71,6 +75,10 @@ let package = Package(
                 "HangarNode",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "FlyingFox", package: "FlyingFox"),
             ],
             path: "Sources/hangar"
         ),
@@ -104,6 +112,11 @@ let package = Package(
             name: "HangarNodeTests",
             dependencies: ["HangarNode", "HangarShared", .product(name: "Logging", package: "swift-log")],
             path: "Tests/NodeTests"
+        ),
+        .testTarget(
+            name: "HangarCLITests",
+            dependencies: ["HangarTestSupport"],
+            path: "Tests/CLITests"
         ),
         .testTarget(
             name: "HangarIntegrationTests",

@@ -80,7 +80,7 @@ enum FaultTest {
                 name: "node \(id)",
                 executable: options.hangar,
                 arguments: [
-                    "node", "--nats", url, "--id", id, "--slots", "4", "--runtimes", options.runtime,
+                    "node", "agent", "--nats", url, "--id", id, "--slots", "4", "--runtimes", options.runtime,
                     "--creds", auth.credentialsPath(for: .node(id)), "--log-level", "notice",
                 ],
                 log: directory.appendingPathComponent("node-\(id).log")

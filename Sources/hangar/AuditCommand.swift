@@ -18,13 +18,15 @@ struct AuditVerifyCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var output: OutputOptions
 
     func run() async throws {
         var request = Hangar_V1_AuditRequest()
         request.verify = true
         let reply = try await auditRequest(request, connection: connection)
+        if output.isJSON { try printJSON(reply) }
         if reply.verified {
-            print(reply.message)
+            if !output.isJSON { print(reply.message) }
         } else {
             printError(reply.message)
             throw ExitCode(1)
@@ -44,8 +46,7 @@ struct AuditListCommand: AsyncParsableCommand {
     var since: Double?
     @Option(help: "At most this many events (the newest).")
     var limit: UInt32 = 100
-    @Flag(help: "Print JSON.")
-    var json = false
+    @OptionGroup var output: OutputOptions
 
     func run() async throws {
         var request = Hangar_V1_AuditRequest()
@@ -58,8 +59,8 @@ struct AuditListCommand: AsyncParsableCommand {
             printError(reply.message)
             throw ExitCode(1)
         }
-        if json {
-            print(try reply.jsonString())
+        if output.isJSON {
+            try printJSON(reply)
             return
         }
         var rows = [["SEQ", "TIME", "ACTOR", "EVENT", "JOB", "DETAIL"]]
@@ -71,14 +72,11 @@ struct AuditListCommand: AsyncParsableCommand {
                 event.actor, event.event, event.jobID, event.detail,
             ])
         }
-        print(formatTable(rows))
+        print(formatTable(rows, style: .stdout))
     }
 }
 
 func auditRequest(_ request: Hangar_V1_AuditRequest, connection: ConnectionOptions) async throws -> Hangar_V1_AuditReply
 {
-    let nats = try await connection.connect(name: "hangar-cli-audit", logger: cliLogger())
-    defer { Task { [nats] in await nats.close() } }
-    let answer = try await adminRequest(nats, "audit", request)
-    return try Hangar_V1_AuditReply(serializedBytes: answer.payload)
+    try await adminQuery("audit", request, as: Hangar_V1_AuditReply.self, connection: connection)
 }

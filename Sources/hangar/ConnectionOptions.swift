@@ -4,9 +4,10 @@ import HangarNATS
 import HangarShared
 import Logging
 
-/// How a command reaches NATS: flag > environment (HANGAR_URL, HANGAR_CREDS, HANGAR_TENANT) >
-/// the URL `hangar dev` saved in its state folder > nats://127.0.0.1:4222. Credentials: `--creds` >
-/// HANGAR_CREDS > the file `hangar dev` wrote for this command's principal in STATE/auth/creds/.
+/// How a command reaches NATS: flag > environment (HANGAR_URL, HANGAR_CREDS) > the URL a running
+/// `hangar dev` saved in its state folder > the context file > nats://127.0.0.1:4222. Credentials:
+/// `--creds` > HANGAR_CREDS > the context file > the file `hangar dev` wrote for this command's
+/// principal in STATE/auth/creds/.
 struct ConnectionOptions: ParsableArguments {
     @Option(name: .customLong("nats"), help: "NATS server URL(s), comma-separated. Env: HANGAR_URL.")
     var url: String?
@@ -17,16 +18,48 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Folder where `hangar dev` keeps its state (and the URL of its NATS server).")
     var state: String = ".hangar"
 
+    @Option(
+        help: "Context file (YAML: url, creds, tenant). Env: HANGAR_CONTEXT. Default: ~/.config/hangar/context.yaml."
+    )
+    var context: String?
+
     var servers: [String] {
-        let environment = ProcessInfo.processInfo.environment
-        if let url { return url.split(separator: ",").map(String.init) }
-        if let url = environment["HANGAR_URL"], !url.isEmpty { return url.split(separator: ",").map(String.init) }
-        let saved = URL(fileURLWithPath: state).appendingPathComponent("url")
-        if let text = try? String(contentsOf: saved, encoding: .utf8) {
-            let url = text.trimmingCharacters(in: .whitespacesAndNewlines)
-            if !url.isEmpty { return [url] }
+        get throws {
+            let environment = ProcessInfo.processInfo.environment
+            if let url { return url.split(separator: ",").map(String.init) }
+            if let url = environment["HANGAR_URL"], !url.isEmpty { return url.split(separator: ",").map(String.init) }
+            let saved = URL(fileURLWithPath: state).appendingPathComponent("url")
+            if let text = try? String(contentsOf: saved, encoding: .utf8) {
+                let url = text.trimmingCharacters(in: .whitespacesAndNewlines)
+                if !url.isEmpty { return [url] }
+            }
+            if let url = try loadContext().url { return url.split(separator: ",").map(String.init) }
+            return ["nats://127.0.0.1:4222"]
         }
-        return ["nats://127.0.0.1:4222"]
+    }
+
+    /// The credentials file: flag > HANGAR_CREDS > context file > none.
+    var credentialsFile: String? {
+        get throws {
+            if let creds { return creds }
+            if let creds = ProcessInfo.processInfo.environment["HANGAR_CREDS"], !creds.isEmpty { return creds }
+            return try loadContext().creds
+        }
+    }
+
+    /// The tenant: `flag` > HANGAR_TENANT > context file > `default`.
+    func tenant(_ flag: String?) throws -> String {
+        if let flag { return flag }
+        if let tenant = ProcessInfo.processInfo.environment["HANGAR_TENANT"], !tenant.isEmpty { return tenant }
+        return try loadContext().tenant ?? "default"
+    }
+
+    func loadContext() throws -> ClientContext {
+        let environment = ProcessInfo.processInfo.environment
+        if let path = context ?? environment["HANGAR_CONTEXT"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            return try ClientContext.load(path: path, required: true)
+        }
+        return try ClientContext.load(path: ClientContext.defaultPath(environment), required: false)
     }
 
     /// Connects as `principal`: the credentials given, or those `hangar dev` wrote for it.
@@ -36,11 +69,11 @@ struct ConnectionOptions: ParsableArguments {
         sendAsap: Bool = true,
         as principal: Principal = .operator(AuthDefaults.operatorName)
     ) async throws -> NATSConnection {
+        let servers = try self.servers
         var options = NATSConnectionOptions(servers: servers, name: name, sendAsap: sendAsap, logger: logger)
-        let given = creds ?? ProcessInfo.processInfo.environment["HANGAR_CREDS"].flatMap { $0.isEmpty ? nil : $0 }
         let devFile = AuthDirectory(path: URL(fileURLWithPath: state).appendingPathComponent("auth").path)
             .credentialsPath(for: principal)
-        if let file = given ?? (FileManager.default.fileExists(atPath: devFile) ? devFile : nil) {
+        if let file = try credentialsFile ?? (FileManager.default.fileExists(atPath: devFile) ? devFile : nil) {
             try applyCredentials(file, to: &options)
         }
         do {
@@ -53,26 +86,12 @@ struct ConnectionOptions: ParsableArguments {
     }
 }
 
-/// Log level option shared by the daemons.
-struct LogOptions: ParsableArguments {
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
-
-    func level() throws -> Logger.Level {
-        guard let level = Logger.Level(rawValue: logLevel) else {
-            throw ValidationError("unknown log level '\(logLevel)'")
-        }
-        return level
-    }
-}
-
 /// A command-line failure with a message for the user.
 struct CLIError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
 }
 
-/// Names `hangar dev` uses for the principals it creates.
 enum AuthDefaults {
     /// The operator whose credentials `hangar dev` writes (admin commands use them by default).
     static let operatorName = "admin"

@@ -9,41 +9,75 @@ import Logging
 struct SchedulerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "scheduler",
-        abstract: "Run the central scheduler (SQLite store, NATS intake)."
+        abstract: "Run the central scheduler (SQLite store, NATS intake).",
+        discussion: """
+            Settings come from the flag, else HANGAR_SCHEDULER_<KEY> (e.g. HANGAR_SCHEDULER_QUEUE_TIMEOUT), \
+            else --config FILE (YAML; keys: \(SchedulerCommand.kinds.keys.sorted().joined(separator: ", "))), \
+            else the default. See README.
+            """
     )
 
+    static let kinds: [String: DaemonConfigFile.Kind] = SchedulingOptions.kinds.merging(
+        ["db": .string, "nats": .string, "creds": .string, "log_level": .string, "log_format": .string]
+            .merging(MetricsOptions.kinds) { $1 }
+    ) { $1 }
+
+    @Option(help: "Config file (YAML); flags and HANGAR_SCHEDULER_* variables override it.")
+    var config: String?
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var log: LogOptions
-    @Option(help: "SQLite database file (its folder is created).")
-    var db: String = ".hangar/hangar.sqlite"
+    @Option(help: "SQLite database file (its folder is created). Default: .hangar/hangar.sqlite.")
+    var db: String?
     @OptionGroup var scheduling: SchedulingOptions
+    @OptionGroup var metrics: MetricsOptions
 
     func run() async throws {
-        HangarLogging.bootstrap(level: try log.level())
+        let file = try DaemonConfigFile(path: config, environmentPrefix: "HANGAR_SCHEDULER_", kinds: Self.kinds)
+        try log.bootstrap(file)
         let logger = Logger(label: "hangar.scheduler")
+        let db = self.db ?? file.string("db") ?? ".hangar/hangar.sqlite"
+        let config = try scheduling.config(databasePath: db, file: file)
         let store = try openStore(db)
-        let config = try scheduling.config(databasePath: db)
-        let nats = try await connection.connect(name: "hangar-scheduler", logger: logger, as: .scheduler)
+        let nats = try await connection.with(file).connect(name: "hangar-scheduler", logger: logger, as: .scheduler)
         let scheduler = Scheduler(config: config, nats: nats, store: store, logger: logger)
+        let metrics = try self.metrics.with(file)
+        let server = try await metrics.start {
+            await StateGauges.scheduler(scheduler)
+            StateGauges.nats([nats])
+        }
+        if let server { logger.notice("metrics on http://\(metrics.metricsAddress):\(server.port)/metrics") }
         try await runUntilSignal { try await scheduler.run() }
+        await server?.stop()
         await nats.drain()
     }
 }
 
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "node",
-        abstract: "Run a node agent that executes jobs in sandboxes."
+        commandName: "agent",
+        abstract: "Run a node agent that executes jobs in sandboxes.",
+        discussion: """
+            Settings come from the flag, else HANGAR_NODE_<KEY> (e.g. HANGAR_NODE_SLOTS), else \
+            --config FILE (YAML; keys: \(NodeCommand.kinds.keys.sorted().joined(separator: ", "))), else \
+            the default. See README.
+            """
     )
 
+    static let kinds: [String: DaemonConfigFile.Kind] = [
+        "id": .string, "slots": .integer, "runtimes": .strings, "labels": .map, "nats": .string, "creds": .string,
+        "log_level": .string, "log_format": .string,
+    ].merging(MetricsOptions.kinds) { $1 }
+
+    @Option(help: "Config file (YAML); flags and HANGAR_NODE_* variables override it.")
+    var config: String?
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var log: LogOptions
-    @Option(help: "Node id, unique in the cluster (A-Z a-z 0-9 _ -).")
-    var id: String = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "node"
-    @Option(help: "Jobs run at once.")
-    var slots: Int = 8
-    @Option(help: "Runtimes to offer, comma-separated (process, container, gvisor, null).")
-    var runtimes: String = "process,container,gvisor,null"
+    @Option(help: "Node id, unique in the cluster (A-Z a-z 0-9 _ -). Default: the host name.")
+    var id: String?
+    @Option(help: "Jobs run at once. Default: 8.")
+    var slots: Int?
+    @Option(help: "Runtimes to offer, comma-separated (process, container, gvisor, null). Default: all four.")
+    var runtimes: String?
     @Option(name: .customLong("label"), help: "A node label KEY=VALUE that jobs can require (repeatable).")
     var labels: [String] = []
     @Option(
@@ -57,19 +91,24 @@ struct NodeCommand: AsyncParsableCommand {
     )
     var limitMaxima: [String] = []
     @OptionGroup var nodeState: NodeStateOptions
-
-    func validate() throws {
-        guard Subjects.isValidToken(id) else {
-            throw ValidationError("--id must be 1-64 characters of A-Z a-z 0-9 _ -")
-        }
-        guard slots > 0 else { throw ValidationError("--slots must be at least 1") }
-    }
+    @OptionGroup var metrics: MetricsOptions
 
     func run() async throws {
-        HangarLogging.bootstrap(level: try log.level())
+        let file = try DaemonConfigFile(path: config, environmentPrefix: "HANGAR_NODE_", kinds: Self.kinds)
+        let id =
+            self.id ?? file.string("id") ?? ProcessInfo.processInfo.hostName.split(separator: ".").first.map(
+                String.init
+            )
+            ?? "node"
+        guard Subjects.isValidToken(id) else {
+            throw CLIError("id (--id, HANGAR_NODE_ID) must be 1-64 characters of A-Z a-z 0-9 _ -, got '\(id)'")
+        }
+        let slots = try self.slots ?? file.integer("slots") ?? 8
+        guard slots > 0 else { throw CLIError("slots (--slots, HANGAR_NODE_SLOTS) must be at least 1, got \(slots)") }
+        try log.bootstrap(file)
         let logger = Logger(label: "hangar.node")
         var config = NodeConfig(nodeID: id, slots: slots)
-        config.labels = try parseLabels(labels)
+        config.labels = labels.isEmpty ? try file.map("labels") ?? [:] : try parseLabels(labels)
         try nodeState.apply(to: &config)
         do {
             for setting in limitDefaults { try RuntimeLimits.apply(setting, maximum: false, to: &config.runtimeLimits) }
@@ -77,53 +116,76 @@ struct NodeCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError(error.description)
         }
-        let chosen = try makeRuntimes(runtimes, templates: config.templates)
-        let nats = try await connection.connect(name: "hangar-node-\(id)", logger: logger, as: .node(id))
+        let chosen = try makeRuntimes(
+            runtimes ?? file.strings("runtimes")?.joined(separator: ",") ?? "process,container,gvisor,null",
+            templates: config.templates
+        )
+        let nats = try await connection.with(file).connect(name: "hangar-node-\(id)", logger: logger, as: .node(id))
         let agent = NodeAgent(config: config, nats: nats, runtimes: chosen, logger: logger)
+        let metrics = try self.metrics.with(file)
+        let server = try await metrics.start {
+            StateGauges.node(agent)
+            StateGauges.nats([nats])
+        }
+        if let server { logger.notice("metrics on http://\(metrics.metricsAddress):\(server.port)/metrics") }
         try await runUntilSignal { try await agent.run() }
+        await server?.stop()
         await nats.drain()
     }
 }
 
 /// Scheduler settings shared by `hangar scheduler` and `hangar dev`.
 struct SchedulingOptions: ParsableArguments {
+    static let kinds: [String: DaemonConfigFile.Kind] = [
+        "tenants": .string, "placement": .string, "node_ttl": .number, "node_grace": .number, "queue_timeout": .number,
+        "retention_days": .number,
+    ]
+
     @Option(
         help:
             "Tenants file (YAML: weights, quotas, rate limits, allowed runtimes; see README). Re-read when it changes."
     )
     var tenants: String?
-    @Option(help: "Placement policy: spread or binpack.")
-    var placement: String = "spread"
-    @Option(help: "Seconds without a heartbeat before a node counts as down (TTL; a grace follows).")
-    var nodeTTL: Double = 3
-    @Option(help: "Grace seconds after the TTL before a node is down and its jobs are retried.")
-    var nodeGrace: Double = 2
-    @Option(help: "Seconds a job may wait for capacity before it is rejected with no_capacity.")
-    var queueTimeout: Double = 30
+    @Option(help: "Placement policy: spread or binpack. Default: spread.")
+    var placement: String?
+    @Option(help: "Seconds without a heartbeat before a node counts as down (TTL; a grace follows). Default: 3.")
+    var nodeTTL: Double?
+    @Option(help: "Grace seconds after the TTL before a node is down and its jobs are retried. Default: 2.")
+    var nodeGrace: Double?
+    @Option(help: "Seconds a job may wait for capacity before it is rejected with no_capacity. Default: 30.")
+    var queueTimeout: Double?
     @Option(help: "Days to keep stored results and audit rows (pruned with an audit checkpoint). Default: forever.")
     var retentionDays: Double?
 
-    func config(databasePath: String) throws -> SchedulerConfig {
+    func config(databasePath: String, file: DaemonConfigFile? = nil) throws -> SchedulerConfig {
         var config = SchedulerConfig(databasePath: databasePath)
+        let placement = self.placement ?? file?.string("placement") ?? "spread"
         guard let policy = PlacementPolicy(rawValue: placement) else {
-            throw ValidationError("--placement must be spread or binpack")
+            throw CLIError("placement (--placement) must be spread or binpack, got '\(placement)'")
         }
         config.placementPolicy = policy
-        guard nodeTTL >= 1.5, nodeGrace >= 0, queueTimeout > 0 else {
-            throw ValidationError(
-                "--node-ttl must be at least 1.5 s (nodes report every second), --queue-timeout above 0, --node-grace at least 0"
-            )
+        let nodeTTL = try self.nodeTTL ?? file?.number("node_ttl") ?? 3
+        let nodeGrace = try self.nodeGrace ?? file?.number("node_grace") ?? 2
+        let queueTimeout = try self.queueTimeout ?? file?.number("queue_timeout") ?? 30
+        guard nodeTTL >= 1.5, nodeTTL <= 86_400 else {
+            throw CLIError("node_ttl (--node-ttl) must be 1.5...86400 s (nodes report every second), got \(nodeTTL)")
+        }
+        guard nodeGrace >= 0, nodeGrace <= 86_400 else {
+            throw CLIError("node_grace (--node-grace) must be 0...86400 s, got \(nodeGrace)")
+        }
+        guard queueTimeout > 0, queueTimeout <= 86_400 else {
+            throw CLIError("queue_timeout (--queue-timeout) must be above 0 and at most 86400 s, got \(queueTimeout)")
         }
         config.nodeTTL = .milliseconds(Int64(nodeTTL * 1000))
         config.nodeGrace = .milliseconds(Int64(nodeGrace * 1000))
         config.queueTimeout = .milliseconds(Int64(queueTimeout * 1000))
-        if let retentionDays {
+        if let retentionDays = try retentionDays ?? file?.number("retention_days") {
             guard retentionDays > 0, retentionDays < 100_000 else {
-                throw ValidationError("--retention-days must be above 0")
+                throw CLIError("retention_days (--retention-days) must be above 0, got \(retentionDays)")
             }
             config.retention = .milliseconds(Int64(retentionDays * 86_400_000))
         }
-        if let tenants {
+        if let tenants = tenants ?? file?.string("tenants") {
             do {
                 config.tenants = try TenantDirectory.load(path: tenants)
             } catch {
@@ -132,6 +194,21 @@ struct SchedulingOptions: ParsableArguments {
             config.tenantsFile = tenants
         }
         return config
+    }
+}
+
+extension ConnectionOptions {
+    /// These options with the config file's `nats` and `creds` below the flags and the environment.
+    func with(_ file: DaemonConfigFile) -> ConnectionOptions {
+        var options = self
+        let environment = ProcessInfo.processInfo.environment
+        if options.url == nil, (environment["HANGAR_URL"] ?? "").isEmpty, let url = file.string("nats") {
+            options.url = url
+        }
+        if options.creds == nil, (environment["HANGAR_CREDS"] ?? "").isEmpty, let creds = file.string("creds") {
+            options.creds = creds
+        }
+        return options
     }
 }
 
@@ -168,12 +245,12 @@ func makeRuntimes(_ list: String, templates: TemplateStore? = nil) throws -> [an
     }
 }
 
-func parseLabels(_ labels: [String]) throws -> [String: String] {
+func parseLabels(_ labels: [String], flag: String = "--label") throws -> [String: String] {
     var result: [String: String] = [:]
     for label in labels {
         let parts = label.split(separator: "=", maxSplits: 1)
         guard parts.count == 2, !parts[0].isEmpty else {
-            throw ValidationError("--label must be KEY=VALUE, got '\(label)'")
+            throw ValidationError("\(flag) must be KEY=VALUE, got '\(label)'")
         }
         result[String(parts[0])] = String(parts[1])
     }

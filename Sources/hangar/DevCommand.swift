@@ -27,6 +27,7 @@ struct DevCommand: AsyncParsableCommand {
     @OptionGroup var scheduling: SchedulingOptions
     @Option(name: .customLong("pool"), help: "A warm pool on every node, RUNTIME:TEMPLATE=MIN:MAX (repeatable).")
     var pools: [String] = []
+    @OptionGroup var metrics: MetricsOptions
 
     func validate() throws {
         guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
@@ -34,7 +35,7 @@ struct DevCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        HangarLogging.bootstrap(level: try log.level())
+        try log.bootstrap()
         let logger = Logger(label: "hangar.dev")
         let stateURL = URL(fileURLWithPath: state).standardizedFileURL
         try FileManager.default.createDirectory(at: stateURL, withIntermediateDirectories: true)
@@ -87,15 +88,27 @@ struct DevCommand: AsyncParsableCommand {
                 )
             )
         }
+        let allAgents = agents
+        let allConnections = connections
+        let metricsServer = try await metrics.start {
+            await StateGauges.scheduler(scheduler)
+            for agent in allAgents { StateGauges.node(agent) }
+            StateGauges.nats(allConnections)
+        }
+        let metricsLine =
+            metricsServer.map {
+                "  metrics   http://\(metrics.metricsAddress == "0.0.0.0" ? "127.0.0.1" : metrics.metricsAddress):\($0.port)/metrics\n"
+            } ?? ""
         let banner = """
             Hangar dev cluster is starting.
               NATS      \(server.url)   (saved in \(urlFile.path); authorization on)
               logins    \(auth.url.path)/creds/ (tenant-default, operator-\(AuthDefaults.operatorName), scheduler, nodes)
               database  \(dbPath)
               nodes     \(agents.map(\.config.nodeID).joined(separator: ", ")) with \(slots) slots each, runtimes \(runtimes)
-            In another terminal (same folder):
+            \(metricsLine)In another terminal (same folder):
               hangar run -- /usr/bin/python3 -c 'print(6*7)'
-              hangar nodes
+              hangar node status
+              hangar top
               hangar tenant add acme     (then: hangar run --tenant acme -- echo hi)
             Ctrl-C stops everything.
 
@@ -128,6 +141,7 @@ struct DevCommand: AsyncParsableCommand {
         }
         schedulerTask.cancel()
         try await schedulerTask.value
+        await metricsServer?.stop()
         for connection in connections { await connection.drain(timeout: .seconds(2)) }
     }
 }

@@ -1,4 +1,8 @@
 import ArgumentParser
+import Foundation
+
+/// The version `hangar version` and `hangar --version` print.
+let hangarVersion = "0.1.0"
 
 @main
 struct Hangar: AsyncParsableCommand {
@@ -6,16 +10,65 @@ struct Hangar: AsyncParsableCommand {
         commandName: "hangar",
         abstract: "Hangar: a distributed sandbox scheduler for untrusted code.",
         discussion: """
-            Start a local cluster with `hangar dev`, then submit with `hangar run -- CMD ARGS...`.
-            Exit codes: 0 success; 1 error; 2 placement failure or no capacity; `run` exits with the
+            Start a local cluster with `hangar dev`, then `hangar run -- CMD ARGS...`; watch it with \
+            `hangar top`. Every command that prints data takes -o json (or --json); data goes to stdout, \
+            messages to stderr.
+
+            Exit codes: 0 success; 1 error; 2 placement failure or no capacity; `run` exits with the \
             job's own exit code (124 when it timed out, 128+N when killed by signal N).
+
+            Shell completions: hangar --generate-completion-script bash|zsh|fish
             """,
-        version: "0.1.0",
+        version: hangarVersion,
         subcommands: [
-            DevCommand.self, SchedulerCommand.self, NodeCommand.self, RunCommand.self, CancelCommand.self,
-            NodesCommand.self, JobCommand.self, DrainCommand.self, EligibilityCommand.self, AuditCommand.self,
-            TenantCommand.self,
+            DevCommand.self, SchedulerCommand.self, NodeGroup.self, JobGroup.self, RunCommand.self,
+            SubmitCommand.self, TenantGroup.self, AuditCommand.self, TopCommand.self, VersionCommand.self,
             TemplateCommand.self,
         ]
+    )
+
+    /// Runs the command; usage errors exit 1 (argument-parser's default is 64) as the README says.
+    static func main() async {
+        do {
+            var command = try await asyncParseAsRoot(nil)
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as CLIError {
+            printError(error.description)
+            Foundation.exit(1)
+        } catch {
+            if exitCode(for: error) == .validationFailure {
+                printError("\(message(for: error))\nSee 'hangar help <command>' for its options.")
+                Foundation.exit(1)
+            }
+            exit(withError: error)
+        }
+    }
+}
+
+struct NodeGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "node",
+        abstract: "Nodes: status, drain, eligibility; `node agent` runs a node agent.",
+        subcommands: [NodeStatusCommand.self, DrainCommand.self, EligibilityCommand.self, NodeCommand.self]
+    )
+}
+
+struct JobGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "job",
+        abstract: "Jobs: status, logs, cancel.",
+        subcommands: [JobStatusCommand.self, JobLogsCommand.self, CancelCommand.self]
+    )
+}
+
+struct TenantGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tenant",
+        abstract: "Tenants: list, show, add (NATS credentials).",
+        subcommands: [TenantListCommand.self, TenantShowCommand.self, TenantAddCommand.self]
     )
 }

@@ -11,27 +11,29 @@ struct DrainCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var output: OutputOptions
     @Option(
         help: "Seconds to let running jobs finish; then they are stopped and retried elsewhere. Default: no deadline."
     )
     var deadline: Double?
     @Flag(help: "Undo: the node takes new work again.")
     var undo = false
-    @Argument(help: "The node id.")
+    @Argument(help: "The node id (or a unique prefix).")
     var node: String
+
+    func validate() throws {
+        if let deadline, !(deadline > 0 && deadline < 86_400 * 7) {
+            throw ValidationError("--deadline must be between 0 and 604800 seconds")
+        }
+    }
 
     func run() async throws {
         var request = Hangar_V1_DrainRequest()
-        request.nodeID = node
+        request.nodeID = try await resolveNodeID(node, connection: connection)
         request.drain = !undo
-        if let deadline {
-            guard deadline > 0, deadline < 86_400 * 7 else {
-                throw ValidationError("--deadline must be between 0 and 604800 seconds")
-            }
-            request.deadlineMs = UInt32((deadline * 1000).rounded(.up))
-        }
+        if let deadline { request.deadlineMs = UInt32((deadline * 1000).rounded(.up)) }
         request.actor = operatorName()
-        try await sendAdmin("drain", request, connection: connection)
+        try await sendAdmin("drain", request, connection: connection, output: output)
     }
 }
 
@@ -44,17 +46,18 @@ struct EligibilityCommand: AsyncParsableCommand {
     enum Setting: String, ExpressibleByArgument, CaseIterable { case on, off }
 
     @OptionGroup var connection: ConnectionOptions
-    @Argument(help: "The node id.")
+    @OptionGroup var output: OutputOptions
+    @Argument(help: "The node id (or a unique prefix).")
     var node: String
     @Argument(help: "on or off.")
     var setting: Setting
 
     func run() async throws {
         var request = Hangar_V1_EligibilityRequest()
-        request.nodeID = node
+        request.nodeID = try await resolveNodeID(node, connection: connection)
         request.eligible = setting == .on
         request.actor = operatorName()
-        try await sendAdmin("eligibility", request, connection: connection)
+        try await sendAdmin("eligibility", request, connection: connection, output: output)
     }
 }
 
@@ -65,15 +68,17 @@ struct CancelCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var connection: ConnectionOptions
-    @Option(help: "Tenant the job belongs to. Env: HANGAR_TENANT. Default: default.")
+    @OptionGroup var output: OutputOptions
+    @Option(help: "Tenant the job belongs to. Env: HANGAR_TENANT. Default: the context's, else default.")
     var tenant: String?
-    @Flag(help: "Print JSON.")
-    var json = false
     @Argument(help: "The job id.")
     var id: String
 
     func run() async throws {
-        let tenantName = tenant ?? ProcessInfo.processInfo.environment["HANGAR_TENANT"] ?? "default"
+        let tenantName = try connection.tenant(tenant)
+        guard Subjects.isValidToken(tenantName) else {
+            throw ValidationError("--tenant must be 1-64 characters of A-Z a-z 0-9 _ -, got '\(tenantName)'")
+        }
         let nats = try await connection.connect(name: "hangar-cli-cancel", logger: cliLogger(), as: .tenant(tenantName))
         defer { Task { [nats] in await nats.close() } }
         var request = Hangar_V1_CancelRequest()
@@ -91,26 +96,43 @@ struct CancelCommand: AsyncParsableCommand {
             )
         }
         let reply = try Hangar_V1_CancelReply(serializedBytes: answer.payload)
-        if json {
-            print(try reply.jsonString())
+        if output.isJSON {
+            try printJSON(reply)
         } else if reply.cancelled {
             print(reply.message)
-        } else {
-            printError(reply.message)
         }
-        if !reply.cancelled { throw ExitCode(1) }
+        if !reply.cancelled {
+            printError(reply.message)
+            throw ExitCode(1)
+        }
     }
 }
 
+/// The full id of the node `prefix` names (exact id or unique prefix).
+func resolveNodeID(_ prefix: String, connection: ConnectionOptions) async throws -> String {
+    let reply = try await adminQuery(
+        "nodes",
+        Hangar_V1_NodesRequest(),
+        as: Hangar_V1_NodesReply.self,
+        connection: connection
+    )
+    return try resolveNode(prefix, in: reply.nodes).lastHeartbeat.nodeID
+}
+
 /// Sends an operator request and prints the answer; exits 1 if the scheduler refused it.
-func sendAdmin(_ verb: String, _ request: some SwiftProtobufMessage, connection: ConnectionOptions) async throws {
-    let nats = try await connection.connect(name: "hangar-cli-\(verb)", logger: cliLogger())
-    defer { Task { [nats] in await nats.close() } }
-    let answer = try await adminRequest(nats, verb, request)
-    let reply = try Hangar_V1_AdminReply(serializedBytes: answer.payload)
-    if reply.ok {
+func sendAdmin(
+    _ verb: String,
+    _ request: some SwiftProtobufMessage,
+    connection: ConnectionOptions,
+    output: OutputOptions
+) async throws {
+    let reply = try await adminQuery(verb, request, as: Hangar_V1_AdminReply.self, connection: connection)
+    if output.isJSON {
+        try printJSON(reply)
+    } else if reply.ok {
         print(reply.message)
-    } else {
+    }
+    if !reply.ok {
         printError(reply.message)
         throw ExitCode(1)
     }

@@ -2,15 +2,6 @@ import ArgumentParser
 import Foundation
 import HangarShared
 
-/// `hangar tenant`: NATS credentials for tenants (and the other principals).
-struct TenantCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "tenant",
-        abstract: "Manage tenants' NATS credentials.",
-        subcommands: [TenantAddCommand.self]
-    )
-}
-
 /// `hangar tenant add NAME`: creates NAME's credentials and rewrites the server's authorization.
 struct TenantAddCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

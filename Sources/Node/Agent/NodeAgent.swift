@@ -149,6 +149,14 @@ public final class NodeAgent: Sendable {
             ack.jobID = assignment.jobID
             ack.attempt = assignment.attempt
             reply.outcome = .ack(ack)
+            logger.debug(
+                "assignment accepted",
+                metadata: [
+                    "job.id": "\(assignment.jobID)", "attempt": "\(assignment.attempt)",
+                    "tenant": "\(assignment.tenant)",
+                    "trace.id": "\(TraceContext(traceparent: message.header(TraceContext.header))?.traceID ?? "-")",
+                ]
+            )
         case .failure(let refusal):
             reply.outcome = .refused(refusal.refused)
             logger.info("refused assignment", metadata: ["reason": "\(refusal.refused.message)"])

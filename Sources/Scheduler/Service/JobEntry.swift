@@ -24,6 +24,8 @@ struct JobEntry: Sendable {
     var recovered = false
     /// The attempt holds a reservation on `nodeID` in the cluster state.
     var reserved = false
+    /// The W3C trace of the submission (from its `traceparent` header, else new); assignments carry it.
+    var trace = TraceContext.start()
     /// The acceptance is committed to the store. Until then a repeated request id is not answered
     /// (a crash could still lose the job); its reply subject waits in `pendingAcks`.
     var durable = false

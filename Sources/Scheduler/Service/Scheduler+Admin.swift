@@ -10,6 +10,10 @@ extension Scheduler {
         switch verb {
         case "nodes":
             payload = try? await nodesReply().serializedData()
+        case "stats":
+            payload = try? await clusterStats().serializedData()
+        case "jobs":
+            payload = try? await jobsReply(message.payload).serializedData()
         case "job":
             var reply = Hangar_V1_JobReply()
             if let request = try? Hangar_V1_JobRequest(serializedBytes: message.payload) {
@@ -45,7 +49,7 @@ extension Scheduler {
         default:
             logger.info("unknown admin verb", metadata: ["verb": "\(verb)"])
             var reply = Hangar_V1_AdminReply()
-            reply.message = "unknown admin verb '\(verb)'; known: nodes, job, drain, eligibility, audit"
+            reply.message = "unknown admin verb '\(verb)'; known: nodes, job, drain, eligibility, audit, stats, jobs"
             payload = try? reply.serializedData()
         }
         if let payload, let replyTo = message.replyTo {
@@ -80,6 +84,8 @@ extension Scheduler {
         if let entry = jobs[id] {
             reply.tenant = entry.tenant
             reply.status = entry.nodeID == nil ? .queued : .running
+            reply.nodeID = entry.nodeID ?? ""
+            reply.attempt = entry.attempt
             return reply
         }
         do {

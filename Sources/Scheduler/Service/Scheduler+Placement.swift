@@ -69,13 +69,15 @@ extension Scheduler {
         entry.reserved = true
         entry.placedAt = now
         jobs[entry.id] = entry
+        counters.placed(after: entry.acceptedAt.duration(to: now))
         var assignment = Hangar_V1_Assignment()
         assignment.jobID = entry.id
         assignment.tenant = entry.tenant
         assignment.attempt = entry.attempt
         assignment.spec = entry.submission.spec
         assignment.assignedAtMs = unixMilliseconds()
-        Task { await self.dispatch(assignment, to: nodeID, decidedAt: now) }
+        let trace = entry.trace.child()
+        Task { await self.dispatch(assignment, to: nodeID, decidedAt: now, trace: trace) }
     }
 
     /// Gives back what the job's current attempt holds on its node.
@@ -101,7 +103,8 @@ extension Scheduler {
     nonisolated func dispatch(
         _ assignment: Hangar_V1_Assignment,
         to nodeID: String,
-        decidedAt: ContinuousClock.Instant
+        decidedAt: ContinuousClock.Instant,
+        trace: TraceContext? = nil
     ) async {
         let jobID = assignment.jobID
         let attempt = assignment.attempt
@@ -115,6 +118,7 @@ extension Scheduler {
             let answer = try await nats.request(
                 Subjects.assign(node: nodeID),
                 payload: try assignment.serializedData(),
+                headers: trace.map { [TraceContext.header: $0.traceparent] } ?? [:],
                 timeout: config.assignTimeout
             )
             let decoded = try Hangar_V1_AssignReply(serializedBytes: answer.payload)
@@ -140,11 +144,13 @@ extension Scheduler {
         guard var entry = jobs[jobID], entry.attempt == attempt else { return }
         entry.placementMilliseconds = decidedAt.milliseconds(until: .now)
         jobs[jobID] = entry
+        counters.dispatched(milliseconds: entry.placementMilliseconds)
     }
 
     /// The node refused or did not answer: skip it until its next heartbeat and try the next one.
     func assignmentFailed(jobID: String, attempt: UInt32, nodeID: String, reason: String) async {
         cluster.markRefusing(nodeID)
+        counters.assignmentFailed()
         logger.info(
             "assignment failed; placing again",
             metadata: ["job.id": "\(jobID)", "attempt": "\(attempt)", "node.id": "\(nodeID)", "reason": "\(reason)"]

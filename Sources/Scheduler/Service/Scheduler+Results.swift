@@ -139,6 +139,12 @@ extension Scheduler {
     /// Forgets the finished job and delivers its result to every waiter and the result subject.
     func complete(_ entry: JobEntry, with result: Hangar_V1_Result) {
         jobs.removeValue(forKey: entry.id)
+        counters.finished(
+            tenant: entry.tenant,
+            status: result.status,
+            reason: result.rejected.reason,
+            totalMs: result.timings.totalMs
+        )
         if let key = entry.requestKey { byRequest.removeValue(forKey: key) }
         for waiter in entry.waiters {
             send(waiter, submitReply: .result(result))

@@ -29,6 +29,8 @@ public actor Scheduler {
     var nodeControls: [String: NodeControl] = [:]
     /// When restored running attempts must have been confirmed by their nodes.
     var recoveryDeadline: ContinuousClock.Instant?
+    /// Totals since start, for `hangar.admin.stats` and `/metrics` (see Scheduler+Stats.swift).
+    public nonisolated let counters = SchedulerCounters()
 
     public init(config: SchedulerConfig, nats: NATSConnection, store: Store, logger: Logger) {
         self.config = config
@@ -108,6 +110,7 @@ public actor Scheduler {
         } catch {
             reply(
                 to: message.replyTo,
+                tenant: tenant,
                 rejection: Rejection(
                     .invalidRequest,
                     "payload",
@@ -116,10 +119,16 @@ public actor Scheduler {
             )
             return
         }
-        await admit(request, tenant: tenant, replyTo: message.replyTo)
+        let trace = TraceContext(traceparent: message.header(TraceContext.header)) ?? .start()
+        await admit(request, tenant: tenant, replyTo: message.replyTo, trace: trace)
     }
 
-    func admit(_ request: Hangar_V1_SubmitRequest, tenant: String, replyTo: String?) async {
+    func admit(
+        _ request: Hangar_V1_SubmitRequest,
+        tenant: String,
+        replyTo: String?,
+        trace: TraceContext = .start()
+    ) async {
         let policy = tenants.policy(for: tenant)
         let submission: ValidatedSubmission
         switch config.validator.validate(request, tenant: tenant, policy: policy) {
@@ -131,7 +140,7 @@ public actor Scheduler {
                     "reason": "\(rejection.rejected.message)",
                 ]
             )
-            reply(to: replyTo, rejection: rejection)
+            reply(to: replyTo, tenant: tenant, rejection: rejection)
             return
         case .success(let valid):
             submission = valid
@@ -152,7 +161,7 @@ public actor Scheduler {
             rejection.rejected.retryAfterMs = UInt32(
                 clamping: wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000
             )
-            reply(to: replyTo, rejection: rejection)
+            reply(to: replyTo, tenant: tenant, rejection: rejection)
             return
         }
         guard queue.queued(tenant: tenant) < policy.maxQueued else {
@@ -162,13 +171,13 @@ public actor Scheduler {
                 "tenant '\(tenant)' already has \(queue.queued(tenant: tenant)) jobs waiting (max_queued \(policy.maxQueued))"
             )
             rejection.rejected.retryAfterMs = 1000
-            reply(to: replyTo, rejection: rejection)
+            reply(to: replyTo, tenant: tenant, rejection: rejection)
             return
         }
         let id = JobID.make()
         let placement = placementRequest(for: submission, jobID: id)
         if case .impossible(let why) = cluster.place(placement, policy: config.placementPolicy) {
-            reply(to: replyTo, rejection: impossibleRejection(placement, why))
+            reply(to: replyTo, tenant: tenant, rejection: impossibleRejection(placement, why))
             return
         }
         let waiting = submission.wait && replyTo != nil
@@ -179,6 +188,7 @@ public actor Scheduler {
             acceptedAt: now,
             waiters: waiting ? [replyTo!] : []
         )
+        entry.trace = trace
         jobs[id] = entry
         if let key { byRequest[key] = id }
         var stored = StoredJob(
@@ -203,14 +213,20 @@ public actor Scheduler {
                 "store unavailable: \(storeFailureSummary(error)); the job was not accepted, retry later"
             )
             rejection.rejected.retryAfterMs = 1000
-            for subject in [replyTo] + held.map(Optional.some) { reply(to: subject, rejection: rejection) }
+            for subject in [replyTo] + held.map(Optional.some) {
+                reply(to: subject, tenant: tenant, rejection: rejection)
+            }
             return
         }
         let held = jobs[id]?.pendingAcks ?? []
         jobs[id]?.durable = true
         jobs[id]?.pendingAcks = []
         for subject in held { replyAccepted(subject, jobID: id, duplicate: true) }
-        logger.debug("accepted", metadata: ["job.id": "\(id)", "tenant": "\(submission.tenant)"])
+        logger.debug(
+            "accepted",
+            metadata: ["job.id": "\(id)", "tenant": "\(submission.tenant)", "trace.id": "\(trace.traceID)"]
+        )
+        counters.accepted(tenant: submission.tenant)
         if !waiting, let replyTo {
             replyAccepted(replyTo, jobID: id, duplicate: false)
         }
@@ -266,7 +282,8 @@ public actor Scheduler {
 
     // MARK: Replies
 
-    nonisolated func reply(to replyTo: String?, rejection: Rejection) {
+    nonisolated func reply(to replyTo: String?, tenant: String, rejection: Rejection) {
+        counters.rejected(tenant: tenant, reason: rejection.rejected.reason)
         send(replyTo, submitReply: .rejected(rejection.rejected))
     }
 

@@ -1,3 +1,4 @@
+import CoreMetrics
 import GRDB
 import Synchronization
 
@@ -92,8 +93,12 @@ final class GroupCommitter: Sendable {
             }
             if batch.isEmpty { return }
             do {
+                let started = ContinuousClock.now
                 let operations = batch.map(\.0)
                 try await Self.commit(operations, in: pool)
+                CoreMetrics.Timer(label: "hangar_store_commit_seconds").recordNanoseconds(
+                    started.duration(to: .now).nanoseconds
+                )
                 state.withLock {
                     $0.transactions += 1
                     $0.applied += batch.count

@@ -238,6 +238,12 @@ public nonisolated struct Hangar_V1_JobReply: Sendable {
 
   public var tenant: String = String()
 
+  /// while running: where
+  public var nodeID: String = String()
+
+  /// while running: the current attempt
+  public var attempt: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Outcome: Equatable, Sendable {
@@ -319,6 +325,246 @@ public nonisolated struct Hangar_V1_AuditReply: Sendable {
   public var message: String = String()
 
   public var rowsChecked: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// hangar.admin.stats: what `hangar top` and `hangar tenant list|show` show.
+public nonisolated struct Hangar_V1_StatsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One tenant as the scheduler sees it now, with its policy.
+public nonisolated struct Hangar_V1_TenantStats: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String {
+    get {_storage._name}
+    set {_uniqueStorage()._name = newValue}
+  }
+
+  public var weight: Double {
+    get {_storage._weight}
+    set {_uniqueStorage()._weight = newValue}
+  }
+
+  public var running: UInt32 {
+    get {_storage._running}
+    set {_uniqueStorage()._running = newValue}
+  }
+
+  public var queued: UInt32 {
+    get {_storage._queued}
+    set {_uniqueStorage()._queued = newValue}
+  }
+
+  /// largest share of cluster CPU, memory or slots its running jobs hold (0..1)
+  public var dominantShare: Double {
+    get {_storage._dominantShare}
+    set {_uniqueStorage()._dominantShare = newValue}
+  }
+
+  /// weight / sum of the weights of tenants with running or queued jobs (0..1)
+  public var fairShare: Double {
+    get {_storage._fairShare}
+    set {_uniqueStorage()._fairShare = newValue}
+  }
+
+  /// submissions refused at intake plus jobs ended REJECTED, since start
+  public var rejected: UInt64 {
+    get {_storage._rejected}
+    set {_uniqueStorage()._rejected = newValue}
+  }
+
+  /// since the scheduler started
+  public var accepted: UInt64 {
+    get {_storage._accepted}
+    set {_uniqueStorage()._accepted = newValue}
+  }
+
+  /// since the scheduler started
+  public var finished: UInt64 {
+    get {_storage._finished}
+    set {_uniqueStorage()._finished = newValue}
+  }
+
+  /// listed in the tenants file (otherwise it has the defaults)
+  public var configured: Bool {
+    get {_storage._configured}
+    set {_uniqueStorage()._configured = newValue}
+  }
+
+  public var maxConcurrent: UInt32 {
+    get {_storage._maxConcurrent}
+    set {_uniqueStorage()._maxConcurrent = newValue}
+  }
+
+  public var maxQueued: UInt32 {
+    get {_storage._maxQueued}
+    set {_uniqueStorage()._maxQueued = newValue}
+  }
+
+  public var rate: Double {
+    get {_storage._rate}
+    set {_uniqueStorage()._rate = newValue}
+  }
+
+  public var burst: Double {
+    get {_storage._burst}
+    set {_uniqueStorage()._burst = newValue}
+  }
+
+  /// empty: all
+  public var runtimes: [String] {
+    get {_storage._runtimes}
+    set {_uniqueStorage()._runtimes = newValue}
+  }
+
+  /// empty: all
+  public var templates: [String] {
+    get {_storage._templates}
+    set {_uniqueStorage()._templates = newValue}
+  }
+
+  public var maxCpuMillis: UInt64 {
+    get {_storage._maxCpuMillis}
+    set {_uniqueStorage()._maxCpuMillis = newValue}
+  }
+
+  public var maxMemoryBytes: UInt64 {
+    get {_storage._maxMemoryBytes}
+    set {_uniqueStorage()._maxMemoryBytes = newValue}
+  }
+
+  /// held by its running jobs
+  public var cpuMillisUsed: UInt32 {
+    get {_storage._cpuMillisUsed}
+    set {_uniqueStorage()._cpuMillisUsed = newValue}
+  }
+
+  public var memoryBytesUsed: UInt64 {
+    get {_storage._memoryBytesUsed}
+    set {_uniqueStorage()._memoryBytesUsed = newValue}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct Hangar_V1_ClusterStats: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var nodes: [Hangar_V1_NodeInfo] = []
+
+  public var tenants: [Hangar_V1_TenantStats] = []
+
+  /// since the scheduler started
+  public var jobsAccepted: UInt64 = 0
+
+  public var jobsFinished: UInt64 = 0
+
+  /// finished per second over the last 10 s
+  public var jobsPerSecond: Double = 0
+
+  /// accepted → finished, over the last 1024 finished jobs
+  public var latencyP50Ms: Double = 0
+
+  public var latencyP99Ms: Double = 0
+
+  public var queueDepth: UInt32 = 0
+
+  public var running: UInt32 = 0
+
+  /// no_capacity rejections plus refused or unanswered assignments
+  public var placementFailures: UInt64 = 0
+
+  public var uptimeMs: Int64 = 0
+
+  /// e.g. "SUCCEEDED" → 10, since start
+  public var finishedByStatus: Dictionary<String,UInt64> = [:]
+
+  /// all rejections since start
+  public var rejected: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// hangar.admin.jobs: the newest jobs, for `hangar job status` without an id.
+public nonisolated struct Hangar_V1_JobsRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// optional filter
+  public var tenant: String = String()
+
+  /// 0 = 50; at most 1000
+  public var limit: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_JobSummary: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var jobID: String = String()
+
+  public var tenant: String = String()
+
+  /// QUEUED, RUNNING, SUCCEEDED, ...
+  public var status: String = String()
+
+  public var runtime: String = String()
+
+  /// of the latest attempt
+  public var nodeID: String = String()
+
+  public var attempt: UInt32 = 0
+
+  /// when finished
+  public var exitCode: Int32 = 0
+
+  /// unix ms
+  public var submittedAtMs: Int64 = 0
+
+  /// unix ms; 0 while in progress
+  public var finishedAtMs: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_JobsReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// newest first
+  public var jobs: [Hangar_V1_JobSummary] = []
+
+  public var error: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -613,7 +859,7 @@ nonisolated extension Hangar_V1_JobRequest: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Hangar_V1_JobReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}result\0\u{1}status\0\u{1}error\0\u{1}tenant\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}result\0\u{1}status\0\u{1}error\0\u{1}tenant\0\u{3}node_id\0\u{1}attempt\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -651,6 +897,8 @@ nonisolated extension Hangar_V1_JobReply: SwiftProtobuf.Message, SwiftProtobuf._
         }
       }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.tenant) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
       default: break
       }
     }
@@ -679,12 +927,20 @@ nonisolated extension Hangar_V1_JobReply: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.tenant.isEmpty {
       try visitor.visitSingularStringField(value: self.tenant, fieldNumber: 4)
     }
+    if !self.nodeID.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeID, fieldNumber: 5)
+    }
+    if self.attempt != 0 {
+      try visitor.visitSingularUInt32Field(value: self.attempt, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Hangar_V1_JobReply, rhs: Hangar_V1_JobReply) -> Bool {
     if lhs.outcome != rhs.outcome {return false}
     if lhs.tenant != rhs.tenant {return false}
+    if lhs.nodeID != rhs.nodeID {return false}
+    if lhs.attempt != rhs.attempt {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -845,6 +1101,454 @@ nonisolated extension Hangar_V1_AuditReply: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.firstBadSeq != rhs.firstBadSeq {return false}
     if lhs.message != rhs.message {return false}
     if lhs.rowsChecked != rhs.rowsChecked {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_StatsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StatsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_StatsRequest, rhs: Hangar_V1_StatsRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_TenantStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TenantStats"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}weight\0\u{1}running\0\u{1}queued\0\u{3}dominant_share\0\u{3}fair_share\0\u{1}rejected\0\u{1}accepted\0\u{1}finished\0\u{1}configured\0\u{3}max_concurrent\0\u{3}max_queued\0\u{1}rate\0\u{1}burst\0\u{1}runtimes\0\u{1}templates\0\u{3}max_cpu_millis\0\u{3}max_memory_bytes\0\u{3}cpu_millis_used\0\u{3}memory_bytes_used\0")
+
+  fileprivate class _StorageClass {
+    var _name: String = String()
+    var _weight: Double = 0
+    var _running: UInt32 = 0
+    var _queued: UInt32 = 0
+    var _dominantShare: Double = 0
+    var _fairShare: Double = 0
+    var _rejected: UInt64 = 0
+    var _accepted: UInt64 = 0
+    var _finished: UInt64 = 0
+    var _configured: Bool = false
+    var _maxConcurrent: UInt32 = 0
+    var _maxQueued: UInt32 = 0
+    var _rate: Double = 0
+    var _burst: Double = 0
+    var _runtimes: [String] = []
+    var _templates: [String] = []
+    var _maxCpuMillis: UInt64 = 0
+    var _maxMemoryBytes: UInt64 = 0
+    var _cpuMillisUsed: UInt32 = 0
+    var _memoryBytesUsed: UInt64 = 0
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _name = source._name
+      _weight = source._weight
+      _running = source._running
+      _queued = source._queued
+      _dominantShare = source._dominantShare
+      _fairShare = source._fairShare
+      _rejected = source._rejected
+      _accepted = source._accepted
+      _finished = source._finished
+      _configured = source._configured
+      _maxConcurrent = source._maxConcurrent
+      _maxQueued = source._maxQueued
+      _rate = source._rate
+      _burst = source._burst
+      _runtimes = source._runtimes
+      _templates = source._templates
+      _maxCpuMillis = source._maxCpuMillis
+      _maxMemoryBytes = source._maxMemoryBytes
+      _cpuMillisUsed = source._cpuMillisUsed
+      _memoryBytesUsed = source._memoryBytesUsed
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
+        case 2: try { try decoder.decodeSingularDoubleField(value: &_storage._weight) }()
+        case 3: try { try decoder.decodeSingularUInt32Field(value: &_storage._running) }()
+        case 4: try { try decoder.decodeSingularUInt32Field(value: &_storage._queued) }()
+        case 5: try { try decoder.decodeSingularDoubleField(value: &_storage._dominantShare) }()
+        case 6: try { try decoder.decodeSingularDoubleField(value: &_storage._fairShare) }()
+        case 7: try { try decoder.decodeSingularUInt64Field(value: &_storage._rejected) }()
+        case 8: try { try decoder.decodeSingularUInt64Field(value: &_storage._accepted) }()
+        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._finished) }()
+        case 10: try { try decoder.decodeSingularBoolField(value: &_storage._configured) }()
+        case 11: try { try decoder.decodeSingularUInt32Field(value: &_storage._maxConcurrent) }()
+        case 12: try { try decoder.decodeSingularUInt32Field(value: &_storage._maxQueued) }()
+        case 13: try { try decoder.decodeSingularDoubleField(value: &_storage._rate) }()
+        case 14: try { try decoder.decodeSingularDoubleField(value: &_storage._burst) }()
+        case 15: try { try decoder.decodeRepeatedStringField(value: &_storage._runtimes) }()
+        case 16: try { try decoder.decodeRepeatedStringField(value: &_storage._templates) }()
+        case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._maxCpuMillis) }()
+        case 18: try { try decoder.decodeSingularUInt64Field(value: &_storage._maxMemoryBytes) }()
+        case 19: try { try decoder.decodeSingularUInt32Field(value: &_storage._cpuMillisUsed) }()
+        case 20: try { try decoder.decodeSingularUInt64Field(value: &_storage._memoryBytesUsed) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._name.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 1)
+      }
+      if _storage._weight.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._weight, fieldNumber: 2)
+      }
+      if _storage._running != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._running, fieldNumber: 3)
+      }
+      if _storage._queued != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._queued, fieldNumber: 4)
+      }
+      if _storage._dominantShare.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._dominantShare, fieldNumber: 5)
+      }
+      if _storage._fairShare.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._fairShare, fieldNumber: 6)
+      }
+      if _storage._rejected != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._rejected, fieldNumber: 7)
+      }
+      if _storage._accepted != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._accepted, fieldNumber: 8)
+      }
+      if _storage._finished != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._finished, fieldNumber: 9)
+      }
+      if _storage._configured != false {
+        try visitor.visitSingularBoolField(value: _storage._configured, fieldNumber: 10)
+      }
+      if _storage._maxConcurrent != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._maxConcurrent, fieldNumber: 11)
+      }
+      if _storage._maxQueued != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._maxQueued, fieldNumber: 12)
+      }
+      if _storage._rate.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._rate, fieldNumber: 13)
+      }
+      if _storage._burst.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._burst, fieldNumber: 14)
+      }
+      if !_storage._runtimes.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._runtimes, fieldNumber: 15)
+      }
+      if !_storage._templates.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._templates, fieldNumber: 16)
+      }
+      if _storage._maxCpuMillis != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._maxCpuMillis, fieldNumber: 17)
+      }
+      if _storage._maxMemoryBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._maxMemoryBytes, fieldNumber: 18)
+      }
+      if _storage._cpuMillisUsed != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._cpuMillisUsed, fieldNumber: 19)
+      }
+      if _storage._memoryBytesUsed != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._memoryBytesUsed, fieldNumber: 20)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_TenantStats, rhs: Hangar_V1_TenantStats) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._name != rhs_storage._name {return false}
+        if _storage._weight != rhs_storage._weight {return false}
+        if _storage._running != rhs_storage._running {return false}
+        if _storage._queued != rhs_storage._queued {return false}
+        if _storage._dominantShare != rhs_storage._dominantShare {return false}
+        if _storage._fairShare != rhs_storage._fairShare {return false}
+        if _storage._rejected != rhs_storage._rejected {return false}
+        if _storage._accepted != rhs_storage._accepted {return false}
+        if _storage._finished != rhs_storage._finished {return false}
+        if _storage._configured != rhs_storage._configured {return false}
+        if _storage._maxConcurrent != rhs_storage._maxConcurrent {return false}
+        if _storage._maxQueued != rhs_storage._maxQueued {return false}
+        if _storage._rate != rhs_storage._rate {return false}
+        if _storage._burst != rhs_storage._burst {return false}
+        if _storage._runtimes != rhs_storage._runtimes {return false}
+        if _storage._templates != rhs_storage._templates {return false}
+        if _storage._maxCpuMillis != rhs_storage._maxCpuMillis {return false}
+        if _storage._maxMemoryBytes != rhs_storage._maxMemoryBytes {return false}
+        if _storage._cpuMillisUsed != rhs_storage._cpuMillisUsed {return false}
+        if _storage._memoryBytesUsed != rhs_storage._memoryBytesUsed {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_ClusterStats: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ClusterStats"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}nodes\0\u{1}tenants\0\u{3}jobs_accepted\0\u{3}jobs_finished\0\u{3}jobs_per_second\0\u{3}latency_p50_ms\0\u{3}latency_p99_ms\0\u{3}queue_depth\0\u{1}running\0\u{3}placement_failures\0\u{3}uptime_ms\0\u{3}finished_by_status\0\u{1}rejected\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.nodes) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.tenants) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.jobsAccepted) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.jobsFinished) }()
+      case 5: try { try decoder.decodeSingularDoubleField(value: &self.jobsPerSecond) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.latencyP50Ms) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.latencyP99Ms) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.queueDepth) }()
+      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.running) }()
+      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.placementFailures) }()
+      case 11: try { try decoder.decodeSingularInt64Field(value: &self.uptimeMs) }()
+      case 12: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &self.finishedByStatus) }()
+      case 13: try { try decoder.decodeSingularUInt64Field(value: &self.rejected) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.nodes.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.nodes, fieldNumber: 1)
+    }
+    if !self.tenants.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.tenants, fieldNumber: 2)
+    }
+    if self.jobsAccepted != 0 {
+      try visitor.visitSingularUInt64Field(value: self.jobsAccepted, fieldNumber: 3)
+    }
+    if self.jobsFinished != 0 {
+      try visitor.visitSingularUInt64Field(value: self.jobsFinished, fieldNumber: 4)
+    }
+    if self.jobsPerSecond.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.jobsPerSecond, fieldNumber: 5)
+    }
+    if self.latencyP50Ms.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.latencyP50Ms, fieldNumber: 6)
+    }
+    if self.latencyP99Ms.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.latencyP99Ms, fieldNumber: 7)
+    }
+    if self.queueDepth != 0 {
+      try visitor.visitSingularUInt32Field(value: self.queueDepth, fieldNumber: 8)
+    }
+    if self.running != 0 {
+      try visitor.visitSingularUInt32Field(value: self.running, fieldNumber: 9)
+    }
+    if self.placementFailures != 0 {
+      try visitor.visitSingularUInt64Field(value: self.placementFailures, fieldNumber: 10)
+    }
+    if self.uptimeMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.uptimeMs, fieldNumber: 11)
+    }
+    if !self.finishedByStatus.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: self.finishedByStatus, fieldNumber: 12)
+    }
+    if self.rejected != 0 {
+      try visitor.visitSingularUInt64Field(value: self.rejected, fieldNumber: 13)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_ClusterStats, rhs: Hangar_V1_ClusterStats) -> Bool {
+    if lhs.nodes != rhs.nodes {return false}
+    if lhs.tenants != rhs.tenants {return false}
+    if lhs.jobsAccepted != rhs.jobsAccepted {return false}
+    if lhs.jobsFinished != rhs.jobsFinished {return false}
+    if lhs.jobsPerSecond != rhs.jobsPerSecond {return false}
+    if lhs.latencyP50Ms != rhs.latencyP50Ms {return false}
+    if lhs.latencyP99Ms != rhs.latencyP99Ms {return false}
+    if lhs.queueDepth != rhs.queueDepth {return false}
+    if lhs.running != rhs.running {return false}
+    if lhs.placementFailures != rhs.placementFailures {return false}
+    if lhs.uptimeMs != rhs.uptimeMs {return false}
+    if lhs.finishedByStatus != rhs.finishedByStatus {return false}
+    if lhs.rejected != rhs.rejected {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_JobsRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobsRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}tenant\0\u{1}limit\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.tenant) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.limit) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.tenant.isEmpty {
+      try visitor.visitSingularStringField(value: self.tenant, fieldNumber: 1)
+    }
+    if self.limit != 0 {
+      try visitor.visitSingularUInt32Field(value: self.limit, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_JobsRequest, rhs: Hangar_V1_JobsRequest) -> Bool {
+    if lhs.tenant != rhs.tenant {return false}
+    if lhs.limit != rhs.limit {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_JobSummary: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobSummary"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}tenant\0\u{1}status\0\u{1}runtime\0\u{3}node_id\0\u{1}attempt\0\u{3}exit_code\0\u{3}submitted_at_ms\0\u{3}finished_at_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.tenant) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.status) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.runtime) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
+      case 7: try { try decoder.decodeSingularInt32Field(value: &self.exitCode) }()
+      case 8: try { try decoder.decodeSingularInt64Field(value: &self.submittedAtMs) }()
+      case 9: try { try decoder.decodeSingularInt64Field(value: &self.finishedAtMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
+    }
+    if !self.tenant.isEmpty {
+      try visitor.visitSingularStringField(value: self.tenant, fieldNumber: 2)
+    }
+    if !self.status.isEmpty {
+      try visitor.visitSingularStringField(value: self.status, fieldNumber: 3)
+    }
+    if !self.runtime.isEmpty {
+      try visitor.visitSingularStringField(value: self.runtime, fieldNumber: 4)
+    }
+    if !self.nodeID.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeID, fieldNumber: 5)
+    }
+    if self.attempt != 0 {
+      try visitor.visitSingularUInt32Field(value: self.attempt, fieldNumber: 6)
+    }
+    if self.exitCode != 0 {
+      try visitor.visitSingularInt32Field(value: self.exitCode, fieldNumber: 7)
+    }
+    if self.submittedAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.submittedAtMs, fieldNumber: 8)
+    }
+    if self.finishedAtMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.finishedAtMs, fieldNumber: 9)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_JobSummary, rhs: Hangar_V1_JobSummary) -> Bool {
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.tenant != rhs.tenant {return false}
+    if lhs.status != rhs.status {return false}
+    if lhs.runtime != rhs.runtime {return false}
+    if lhs.nodeID != rhs.nodeID {return false}
+    if lhs.attempt != rhs.attempt {return false}
+    if lhs.exitCode != rhs.exitCode {return false}
+    if lhs.submittedAtMs != rhs.submittedAtMs {return false}
+    if lhs.finishedAtMs != rhs.finishedAtMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_JobsReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobsReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}jobs\0\u{1}error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.jobs) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.jobs.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.jobs, fieldNumber: 1)
+    }
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_JobsReply, rhs: Hangar_V1_JobsReply) -> Bool {
+    if lhs.jobs != rhs.jobs {return false}
+    if lhs.error != rhs.error {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

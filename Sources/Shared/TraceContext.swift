@@ -1,0 +1,59 @@
+/// W3C trace context (`traceparent: 00-<trace id>-<parent span id>-<flags>`), carried in the NATS
+/// header `traceparent` from `hangar submit` through the scheduler to the node, and logged as
+/// `trace.id` so one job's lines can be found in every daemon's log.
+public struct TraceContext: Sendable, Equatable {
+    /// 32 lowercase hex digits, not all zero.
+    public let traceID: String
+    /// 16 lowercase hex digits, not all zero.
+    public let spanID: String
+    public let sampled: Bool
+
+    /// The NATS / HTTP header name.
+    public static let header = "traceparent"
+
+    /// Parses a `traceparent` value; nil if it is missing or malformed (version 00 only).
+    public init?(traceparent: String?) {
+        guard let traceparent, traceparent.utf8.count == 55 else { return nil }
+        let parts = traceparent.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 4, parts[0] == "00", Self.isHex(parts[1], 32), Self.isHex(parts[2], 16),
+            Self.isHex(parts[3], 2), parts[1].contains(where: { $0 != "0" }), parts[2].contains(where: { $0 != "0" })
+        else { return nil }
+        traceID = String(parts[1])
+        spanID = String(parts[2])
+        sampled = (UInt8(parts[3], radix: 16) ?? 0) & 1 == 1
+    }
+
+    private init(traceID: String, spanID: String, sampled: Bool) {
+        self.traceID = traceID
+        self.spanID = spanID
+        self.sampled = sampled
+    }
+
+    /// A new trace with a random id.
+    public static func start() -> TraceContext {
+        TraceContext(traceID: randomHex(16), spanID: randomHex(8), sampled: true)
+    }
+
+    /// The same trace with a new span id, for the next hop.
+    public func child() -> TraceContext {
+        TraceContext(traceID: traceID, spanID: Self.randomHex(8), sampled: sampled)
+    }
+
+    /// The `traceparent` header value.
+    public var traceparent: String { "00-\(traceID)-\(spanID)-\(sampled ? "01" : "00")" }
+
+    private static func isHex(_ text: Substring, _ count: Int) -> Bool {
+        text.utf8.count == count
+            && text.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }
+    }
+
+    private static func randomHex(_ bytes: Int) -> String {
+        var generator = SystemRandomNumberGenerator()
+        var text = ""
+        for _ in 0..<bytes {
+            let byte = UInt8.random(in: 0...255, using: &generator)
+            text += String(byte >> 4, radix: 16) + String(byte & 0xF, radix: 16)
+        }
+        return text
+    }
+}

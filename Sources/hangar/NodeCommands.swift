@@ -1,0 +1,156 @@
+import ArgumentParser
+import Foundation
+import HangarShared
+
+struct NodeStatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "List the nodes and their capacity, or show one node (an id or a unique prefix of one)."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var output: OutputOptions
+    @Argument(help: "A node id or a unique prefix of one; omit to list every node.")
+    var id: String?
+
+    func run() async throws {
+        let reply = try await adminQuery(
+            "nodes",
+            Hangar_V1_NodesRequest(),
+            as: Hangar_V1_NodesReply.self,
+            connection: connection
+        )
+        if let id {
+            let node = try resolveNode(id, in: reply.nodes)
+            if output.isJSON {
+                try printJSON(node)
+            } else {
+                print(nodeDetail(node, style: .stdout))
+            }
+            return
+        }
+        if output.isJSON {
+            try printJSON(reply)
+            return
+        }
+        print(nodeTable(reply.nodes, wide: output.isWide, style: .stdout))
+        if reply.nodes.isEmpty { printError("no node has reported yet") }
+    }
+}
+
+/// The node whose id is `prefix` or the only one that starts with it.
+func resolveNode(_ prefix: String, in nodes: [Hangar_V1_NodeInfo]) throws -> Hangar_V1_NodeInfo {
+    if let exact = nodes.first(where: { $0.lastHeartbeat.nodeID == prefix }) { return exact }
+    let matches = nodes.filter { $0.lastHeartbeat.nodeID.hasPrefix(prefix) }
+    switch matches.count {
+    case 1: return matches[0]
+    case 0:
+        throw CLIError(
+            "no node matches '\(prefix)' (known: \(nodes.map(\.lastHeartbeat.nodeID).joined(separator: ", ")))"
+        )
+    default:
+        throw CLIError(
+            "'\(prefix)' matches several nodes: \(matches.map(\.lastHeartbeat.nodeID).joined(separator: ", "))"
+        )
+    }
+}
+
+/// The node's state as operators read it: ready, draining, down, with `,ineligible`.
+func nodeStateText(_ node: Hangar_V1_NodeInfo) -> String {
+    var state: String
+    switch node.state {
+    case .up: state = "ready"
+    case .draining: state = "draining"
+    case .down: state = "down"
+    default: state = "unknown"
+    }
+    if !node.eligible { state += ",ineligible" }
+    return state
+}
+
+func gibibytes(_ bytes: UInt64) -> String { String(format: "%.1f", Double(bytes) / 1_073_741_824) }
+func cores(_ millis: UInt64) -> String { String(format: "%.1f", Double(millis) / 1000) }
+
+func nodeTable(_ nodes: [Hangar_V1_NodeInfo], wide: Bool, style: Style) -> String {
+    var header = [
+        "NODE", "STATE", "SLOTS USED/RESV/TOTAL", "CPU RESV/ALLOC", "MEMORY RESV/TOTAL", "RUNTIMES",
+        "POOLS READY/WARMING/MAX", "SEEN",
+    ]
+    if wide { header += ["CPU USED", "MEMORY USED", "TEMPLATES", "LABELS", "VERSION"] }
+    var rows = [header]
+    for node in nodes {
+        let heartbeat = node.lastHeartbeat
+        let capacity = heartbeat.capacity
+        var state = nodeStateText(node)
+        if node.drainDeadlineMs > 0 {
+            state += "(deadline \(max(0, node.drainDeadlineMs - unixMilliseconds()) / 1000)s)"
+        }
+        var row = [
+            heartbeat.nodeID,
+            style.state(state),
+            "\(capacity.slotsUsed)/\(node.slotsReserved)/\(capacity.slotsTotal)",
+            "\(cores(UInt64(node.cpuMillisReserved)))/\(cores(node.cpuMillisAllocatable)) cores",
+            "\(gibibytes(node.memoryBytesReserved))/\(gibibytes(capacity.memoryBytes)) GiB",
+            heartbeat.runtimes.map { $0.available ? $0.name : "\($0.name)(unavailable)" }.joined(separator: ","),
+            poolSummary(heartbeat),
+            String(format: "%.1fs ago", Double(node.lastSeenMsAgo) / 1000),
+        ]
+        if wide {
+            row += [
+                "\(cores(UInt64(capacity.cpuMillisUsed)))/\(cores(UInt64(capacity.cpuMillis))) cores",
+                "\(gibibytes(capacity.memoryBytesUsed)) GiB",
+                heartbeat.templates.isEmpty ? "-" : heartbeat.templates.joined(separator: ","),
+                heartbeat.labels.isEmpty
+                    ? "-"
+                    : heartbeat.labels.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }
+                        .joined(separator: ","),
+                heartbeat.version.isEmpty ? "-" : heartbeat.version,
+            ]
+        }
+        rows.append(row)
+    }
+    return formatTable(rows, style: style)
+}
+
+func nodeDetail(_ node: Hangar_V1_NodeInfo, style: Style) -> String {
+    let heartbeat = node.lastHeartbeat
+    let capacity = heartbeat.capacity
+    var lines: [(String, String)] = [
+        ("node", heartbeat.nodeID),
+        ("state", style.state(nodeStateText(node))),
+        ("eligible", node.eligible ? "yes" : "no"),
+        ("draining", node.draining ? "yes" : "no"),
+        ("seen", String(format: "%.1f s ago", Double(node.lastSeenMsAgo) / 1000)),
+        ("slots", "\(capacity.slotsUsed) used, \(node.slotsReserved) reserved, \(capacity.slotsTotal) total"),
+        (
+            "cpu",
+            "\(cores(UInt64(capacity.cpuMillisUsed))) used, \(cores(UInt64(node.cpuMillisReserved))) reserved, "
+                + "\(cores(node.cpuMillisAllocatable)) allocatable (\(cores(UInt64(capacity.cpuMillis))) physical) cores"
+        ),
+        (
+            "memory",
+            "\(gibibytes(capacity.memoryBytesUsed)) used, \(gibibytes(node.memoryBytesReserved)) reserved, "
+                + "\(gibibytes(capacity.memoryBytes)) total GiB"
+        ),
+        ("templates", heartbeat.templates.isEmpty ? "-" : heartbeat.templates.joined(separator: ", ")),
+        (
+            "labels",
+            heartbeat.labels.isEmpty
+                ? "-" : heartbeat.labels.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: ", ")
+        ),
+        ("version", heartbeat.version.isEmpty ? "-" : heartbeat.version),
+        ("incarnation", heartbeat.incarnation),
+    ]
+    if node.drainDeadlineMs > 0 {
+        lines.append(("drain deadline", "in \(max(0, node.drainDeadlineMs - unixMilliseconds()) / 1000) s"))
+    }
+    for runtime in heartbeat.runtimes {
+        let detail = runtime.detail.isEmpty ? "" : " (\(runtime.detail))"
+        lines.append(("runtime \(runtime.name)", (runtime.available ? "available" : "unavailable") + detail))
+    }
+    lines.append(("running jobs", heartbeat.runningJobs.isEmpty ? "-" : heartbeat.runningJobs.joined(separator: ", ")))
+    let width = lines.map(\.0.count).max() ?? 0
+    return lines.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }.joined(
+        separator: "\n"
+    )
+}

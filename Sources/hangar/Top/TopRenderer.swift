@@ -1,0 +1,129 @@
+import Foundation
+import HangarShared
+
+/// Draws one frame of `hangar top` from the scheduler's stats: pure, so `--once` and tests see
+/// exactly what the live screen shows.
+struct TopRenderer {
+    /// Columns available; lines are cut to it on a terminal.
+    var width: Int
+    var style: Style
+    /// Unicode bar characters on a terminal, ASCII otherwise.
+    var unicode: Bool
+
+    func render(_ stats: Hangar_V1_ClusterStats, now: Date = Date()) -> [String] {
+        let up = stats.nodes.filter { $0.state != .down }.count
+        let time = ISO8601DateFormatter().string(from: now)
+        var lines = [
+            style.bold("hangar top") + "  \(stats.nodes.count) nodes (\(up) up), \(stats.tenants.count) tenants, "
+                + "uptime \(duration(stats.uptimeMs))  \(style.dim(time))",
+            "",
+            style.bold("CLUSTER") + "  "
+                + [
+                    "jobs/s \(String(format: "%.1f", stats.jobsPerSecond))",
+                    "latency p50 \(milliseconds(stats.latencyP50Ms)) p99 \(milliseconds(stats.latencyP99Ms))",
+                    "queue \(stats.queueDepth)",
+                    "running \(stats.running)",
+                    "finished \(stats.jobsFinished)",
+                    "rejected \(stats.rejected)",
+                    "placement failures "
+                        + (stats.placementFailures > 0
+                            ? style.red(String(stats.placementFailures)) : String(stats.placementFailures)),
+                ].joined(separator: "  "),
+            "",
+        ]
+        lines += nodeLines(stats.nodes)
+        lines.append("")
+        lines += tenantLines(stats.tenants)
+        return lines
+    }
+
+    private func nodeLines(_ nodes: [Hangar_V1_NodeInfo]) -> [String] {
+        let barWidth = width >= 140 ? 20 : 10
+        var rows = [
+            [
+                "NODE", "STATUS", "RUNTIMES", "SLOTS U/R/T", "CPU used/resv/alloc", "MEMORY used/resv/total",
+                "POOLS ready/max",
+            ]
+        ]
+        for node in nodes {
+            let heartbeat = node.lastHeartbeat
+            let capacity = heartbeat.capacity
+            let cpuTotal = Double(node.cpuMillisAllocatable)
+            let memoryTotal = Double(capacity.memoryBytes)
+            rows.append([
+                heartbeat.nodeID,
+                style.state(nodeStateText(node)),
+                heartbeat.runtimes.filter(\.available).map(\.name).joined(separator: ","),
+                "\(capacity.slotsUsed)/\(node.slotsReserved)/\(capacity.slotsTotal)",
+                bar(Double(capacity.cpuMillisUsed), Double(node.cpuMillisReserved), cpuTotal, width: barWidth) + " "
+                    + "\(cores(UInt64(capacity.cpuMillisUsed)))/\(cores(UInt64(node.cpuMillisReserved)))/\(cores(node.cpuMillisAllocatable))",
+                bar(Double(capacity.memoryBytesUsed), Double(node.memoryBytesReserved), memoryTotal, width: barWidth)
+                    + " "
+                    + "\(gibibytes(capacity.memoryBytesUsed))/\(gibibytes(node.memoryBytesReserved))/\(gibibytes(capacity.memoryBytes))G",
+                poolText(node),
+            ])
+        }
+        if nodes.isEmpty { rows.append(["(no node has reported yet)", "", "", "", "", "", ""]) }
+        return formatTable(rows, style: style).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+    }
+
+    private func tenantLines(_ tenants: [Hangar_V1_TenantStats]) -> [String] {
+        var rows = [["TENANT", "RUNNING", "QUEUED", "SHARE", "FAIR SHARE", "WEIGHT", "REJECTED", "FINISHED"]]
+        for tenant in tenants {
+            let over = tenant.fairShare > 0 && tenant.dominantShare > tenant.fairShare * 1.1
+            let share = percent(tenant.dominantShare)
+            rows.append([
+                tenant.name,
+                String(tenant.running),
+                String(tenant.queued),
+                over ? style.yellow(share) : share,
+                tenant.fairShare > 0 ? percent(tenant.fairShare) : "-",
+                formatNumber(tenant.weight),
+                tenant.rejected > 0 ? style.red(String(tenant.rejected)) : "0",
+                String(tenant.finished),
+            ])
+        }
+        if tenants.isEmpty { rows.append(["(no tenants yet)", "", "", "", "", "", "", ""]) }
+        return formatTable(rows, style: style).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+    }
+
+    /// Warm pools as `runtime:template ready/max`; a template the node holds without a pool shows
+    /// `template -`.
+    func poolText(_ node: Hangar_V1_NodeInfo) -> String {
+        let pools = node.lastHeartbeat.pools
+        let pooled = Set(pools.map(\.template))
+        let parts =
+            pools.map { "\($0.runtime):\($0.template) \($0.ready)/\($0.max)" }
+            + node.lastHeartbeat.templates.filter { !pooled.contains($0) }.map { "\($0) -" }
+        return parts.isEmpty ? "-" : parts.joined(separator: ", ")
+    }
+
+    /// `[###==....]`: used (#), reserved beyond used (=), free (.), out of `total`.
+    func bar(_ used: Double, _ reserved: Double, _ total: Double, width: Int) -> String {
+        guard total > 0 else { return "[" + String(repeating: unicode ? "·" : ".", count: width) + "]" }
+        let usedCells = min(width, Int((used / total * Double(width)).rounded()))
+        let reservedCells = min(
+            width - usedCells,
+            max(0, Int((reserved / total * Double(width)).rounded()) - usedCells)
+        )
+        let free = width - usedCells - reservedCells
+        let (full, held, empty) = unicode ? ("█", "▒", "·") : ("#", "=", ".")
+        let usedText = String(repeating: full, count: usedCells)
+        let heldText = String(repeating: held, count: reservedCells)
+        let filled =
+            used / total > 0.9 || reserved / total > 0.9
+            ? style.red(usedText + heldText) : style.green(usedText) + style.cyan(heldText)
+        return "[" + filled + style.dim(String(repeating: empty, count: free)) + "]"
+    }
+
+    private func milliseconds(_ value: Double) -> String {
+        value >= 1000 ? String(format: "%.1f s", value / 1000) : String(format: "%.0f ms", value)
+    }
+
+    private func duration(_ milliseconds: Int64) -> String {
+        let seconds = milliseconds / 1000
+        if seconds < 60 { return "\(seconds)s" }
+        if seconds < 3600 { return "\(seconds / 60)m\(seconds % 60)s" }
+        return "\(seconds / 3600)h\(seconds / 60 % 60)m"
+    }
+}
