@@ -23,7 +23,7 @@ struct TemplateRuntimeTests {
     func processSeesTemplate() async throws {
         let marker = "marker-\(uniqueTag())"
         let store = try Self.store(marker: marker)
-        defer { try? FileManager.default.removeItem(atPath: store.root) }
+        defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
         let runtime = ProcessRuntime(templates: store)
         let outcome = await runtime.run(
             job(Self.probe) {
@@ -49,6 +49,7 @@ struct TemplateRuntimeTests {
     @Test("a template the node does not hold is an ERROR that names it")
     func missingTemplate() async throws {
         let store = TemplateStore(stateDirectory: try TemplateFixture.stateDirectory())
+        defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
         let outcome = await ProcessRuntime(templates: store).run(
             job(["/bin/true"]) { $0.template = "nope" },
             jobID: "t"
@@ -61,7 +62,7 @@ struct TemplateRuntimeTests {
     func containerSeesTemplate(kind: OCIKind) async throws {
         let marker = "marker-\(uniqueTag())"
         let store = try Self.store(marker: marker)
-        defer { try? FileManager.default.removeItem(atPath: store.root) }
+        defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
         let runtime: any Runtime =
             switch kind {
             case .runc: ContainerRuntime(directories: kind.directories, templates: store)

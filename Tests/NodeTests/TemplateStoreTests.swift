@@ -15,7 +15,7 @@ struct TemplateStoreTests {
         #expect(first.entries == 8)  // bin/, busybox, 5 links to it, marker.txt
 
         let store = TemplateStore(stateDirectory: try TemplateFixture.stateDirectory())
-        defer { try? FileManager.default.removeItem(atPath: store.root) }
+        defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
         let manifest = try store.importDirectory(source, name: "copy")
         #expect(manifest.hash == first.hash)
 
@@ -34,7 +34,7 @@ struct TemplateStoreTests {
         let source = try TemplateFixture.busyboxRoot(marker: "hello")
         defer { try? FileManager.default.removeItem(atPath: source) }
         let store = TemplateStore(stateDirectory: try TemplateFixture.stateDirectory())
-        defer { try? FileManager.default.removeItem(atPath: store.root) }
+        defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
         #expect(store.names() == ["host"])
         let manifest = try store.importDirectory(source, name: "bb", env: ["GREETING": "hi"])
         #expect(manifest.source == "dir:\(source)")
@@ -60,7 +60,7 @@ struct TemplateStoreTests {
     )
     func badNames(name: String) throws {
         let store = TemplateStore(stateDirectory: try TemplateFixture.stateDirectory())
-        defer { try? FileManager.default.removeItem(atPath: store.root) }
+        defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
         let source = try TemplateFixture.stateDirectory()
         defer { try? FileManager.default.removeItem(atPath: source) }
         #expect(throws: TemplateError.self) { try store.importDirectory(source, name: name) }
@@ -75,7 +75,7 @@ struct TemplateStoreTests {
         let source = try TemplateFixture.busyboxRoot(marker: "x")
         defer { try? FileManager.default.removeItem(atPath: source) }
         let store = TemplateStore(stateDirectory: try TemplateFixture.stateDirectory())
-        defer { try? FileManager.default.removeItem(atPath: store.root) }
+        defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
         try store.importDirectory(source, name: "real")
         try FileManager.default.copyItem(atPath: store.root + "/real", toPath: store.root + "/fake")
         #expect(throws: TemplateError.self) { try store.template(named: "fake") }

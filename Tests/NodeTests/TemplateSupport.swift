@@ -17,7 +17,9 @@ enum TemplateFixture {
     /// to it) plus `/marker.txt` holding `marker`; no `/usr`, no `/etc`. Needs Debian's
     /// busybox-static at `/bin/busybox`.
     static func busyboxRoot(marker: String) throws -> String {
-        let root = try stateDirectory() + "-src"
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "hangar-template-src-\(UUID().uuidString)"
+        ).path
         try FileManager.default.createDirectory(atPath: root + "/bin", withIntermediateDirectories: true)
         chmod(root, 0o755)
         guard FileManager.default.fileExists(atPath: "/bin/busybox") else {

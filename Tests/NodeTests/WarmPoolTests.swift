@@ -186,7 +186,7 @@ struct WarmPoolTests {
     func demandAndTemplate() async throws {
         let marker = "marker-\(uniqueTag())"
         let store = try TemplateRuntimeTests.store(marker: marker)
-        defer { try? FileManager.default.removeItem(atPath: store.root) }
+        defer { try? FileManager.default.removeItem(atPath: (store.root as NSString).deletingLastPathComponent) }
         let pools = WarmPools(
             specs: [WarmPoolSpec(runtime: "process", template: "bb", min: 1, max: 3)],
             runtimes: [ProcessRuntime(templates: store)],
