@@ -137,7 +137,9 @@ func makeRuntimes(_ list: String) throws -> [any Runtime] {
         case "container": ContainerRuntime()
         case "gvisor": GVisorRuntime()
         case "null": NullRuntime()
-        default: throw ValidationError("unknown runtime '\(name)'; a node can offer: process, container, gvisor, null")
+        case "microvm": MicroVMRuntime()
+        default:
+            throw ValidationError("unknown runtime '\(name)'; a node can offer: process, container, gvisor, microvm, null")
         }
     }
 }
