@@ -139,7 +139,9 @@ func makeRuntimes(_ list: String) throws -> [any Runtime] {
         case "null": NullRuntime()
         case "microvm": MicroVMRuntime()
         default:
-            throw ValidationError("unknown runtime '\(name)'; a node can offer: process, container, gvisor, microvm, null")
+            throw ValidationError(
+                "unknown runtime '\(name)'; a node can offer: process, container, gvisor, microvm, null"
+            )
         }
     }
 }

@@ -123,9 +123,13 @@ struct MicroVMRuntimeTests {
         try await requireMicroVM()
         let directories = ["/tmp", "/dev/shm", NSTemporaryDirectory()]
         func listing() -> Set<String> {
-            Set(directories.flatMap { directory in
-                ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).map { directory + "/" + $0 }
-            })
+            Set(
+                directories.flatMap { directory in
+                    ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).map {
+                        directory + "/" + $0
+                    }
+                }
+            )
         }
         let before = listing()
         let outcome = await microvm.run(vmJob(["/bin/sh", "-c", "echo hi > /tmp/x; cat /tmp/x"]), jobID: "vm-residue")

@@ -68,7 +68,9 @@ struct GuestChannel: Sendable {
             }
             var entry = pollfd(fd: fd, events: Int16(POLLIN) | (pending.isEmpty ? 0 : Int16(POLLOUT)), revents: 0)
             let wait = min(deadline - now, .milliseconds(200))
-            let millis = Int32(clamping: wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000)
+            let millis = Int32(
+                clamping: wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000
+            )
             guard poll(&entry, 1, max(millis, 1)) > 0 else { continue }
             if entry.revents & Int16(POLLOUT) != 0 && !pending.isEmpty {
                 let written = pending.withUnsafeBytes { write(fd, $0.baseAddress, min($0.count, 64 * 1024)) }

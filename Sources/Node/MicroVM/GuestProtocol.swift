@@ -17,7 +17,12 @@ enum GuestProtocol {
     static let exitMax = 60 + 2048
 
     enum Field: UInt8 {
-        case argv = 1, env, cwd, stdin, file, limits
+        case argv = 1
+        case env = 2
+        case cwd = 3
+        case stdin = 4
+        case file = 5
+        case limits = 6
     }
 
     /// The JOB payload: argv, environment, working directory, stdin, files and limits.
@@ -90,7 +95,8 @@ struct GuestLimits: Sendable, Equatable {
 /// How the job ended, as the guest agent reported it in its EXIT frame.
 struct GuestExitReport: Sendable, Equatable {
     enum Kind: UInt32, Sendable {
-        case exited = 0, signaled, timedOut, cpuTime, outputLimit, oom, error, failedToStart
+        case exited = 0
+        case signaled, timedOut, cpuTime, outputLimit, oom, error, failedToStart
     }
 
     var kind: Kind

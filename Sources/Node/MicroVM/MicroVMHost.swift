@@ -255,9 +255,14 @@ final class MicroVMHost: Sendable {
             "-no-reboot", "-serial", "stdio", "-kernel", kernelPath, "-initrd", "/dev/fd/4", "-append", append,
             "-device", "virtio-serial-device", "-chardev", "socket,id=agent,fd=3",
             "-device", "virtserialport,chardev=agent,name=hangar.agent",
-            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ]
-        if geteuid() == 0 { arguments += ["-runas", "nobody"] }
+        // qemu 7.2 applies the seccomp sandbox before -runas, so elevateprivileges=deny would kill
+        // it at its own setuid: as root, the uid drop stands in for it.
+        if geteuid() == 0 {
+            arguments += ["-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny", "-runas", "nobody"]
+        } else {
+            arguments += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        }
         return arguments
     }
 

@@ -13,7 +13,9 @@ enum MicroVMJob {
             throw InvalidJob(message: "argv and cwd must not contain NUL bytes")
         }
         guard spec.template.isEmpty || spec.template == "host" else {
-            throw InvalidJob(message: "template \"\(spec.template)\" is not available in the microvm runtime (only host)")
+            throw InvalidJob(
+                message: "template \"\(spec.template)\" is not available in the microvm runtime (only host)"
+            )
         }
         let loopback: Bool
         switch spec.network.mode {
@@ -46,7 +48,8 @@ enum MicroVMJob {
                     parts.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." }), seen.insert(file.path).inserted
                 else {
                     throw InvalidJob(
-                        message: "file path \"\(file.path)\" must be relative, unique, without \".\", \"..\" or empty parts"
+                        message:
+                            "file path \"\(file.path)\" must be relative, unique, without \".\", \"..\" or empty parts"
                     )
                 }
             }

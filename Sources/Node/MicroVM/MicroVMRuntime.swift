@@ -54,8 +54,15 @@ public final class MicroVMRuntime: Runtime {
         stdin: Data(),
         files: [],
         limits: GuestLimits(
-            timeoutMs: 5000, cpuTimeMs: 0, memoryBytes: 32 << 20, pids: 16, outputBytes: 4096,
-            fileSizeBytes: 1 << 20, openFiles: 64, cpuMillis: 1000, loopback: false
+            timeoutMs: 5000,
+            cpuTimeMs: 0,
+            memoryBytes: 32 << 20,
+            pids: 16,
+            outputBytes: 4096,
+            fileSizeBytes: 1 << 20,
+            openFiles: 64,
+            cpuMillis: 1000,
+            loopback: false
         )
     )
 
