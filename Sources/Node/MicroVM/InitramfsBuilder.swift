@@ -176,7 +176,8 @@ struct InitramfsBuilder {
         let text = try await output("/usr/bin/ldd", ["ldd"] + binaries)
         var libraries: [String] = []
         for line in text.split(separator: "\n") {
-            for word in line.split(separator: " ") where word.hasPrefix("/") && !word.hasSuffix(":") {
+            for word in line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            where word.hasPrefix("/") && !word.hasSuffix(":") {
                 if !libraries.contains(String(word)) { libraries.append(String(word)) }
             }
         }
