@@ -265,11 +265,19 @@ static void boot(void) {
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
     mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
     mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
-    int console = open("/dev/console", O_RDWR | O_CLOEXEC);
+    /* The initramfs has no /dev/console, so init starts without fds 0-2: fill them, or the job's
+     * pipes would land there and the child's dup2 calls would overwrite one another. */
+    int null = open("/dev/null", O_RDWR);
+    if (null > 0) {
+        dup2(null, 0);
+        close(null);
+    }
+    int console = open("/dev/console", O_RDWR);
+    if (console < 0) console = open("/dev/null", O_RDWR);
     if (console >= 0) {
-        dup2(console, 1);
-        dup2(console, 2);
-        close(console);
+        if (console != 1) dup2(console, 1);
+        if (console != 2) dup2(console, 2);
+        if (console > 2) close(console);
     }
     load_modules();
     port = open_port();

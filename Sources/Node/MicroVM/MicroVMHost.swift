@@ -114,7 +114,7 @@ final class MicroVMHost: Sendable {
         host = host.with(.tcg(tscKHz: tscKHz), note: nil)
         let trial = await candidate.boot(
             job: MicroVMRuntime.trialJob,
-            memoryBytes: 64 << 20,
+            memoryBytes: (32 << 20) + MicroVMRuntime.guestOverheadBytes + 2 * UInt64(archive.count),
             vcpus: 1,
             outputLimit: 4096,
             bootTimeout: configuration.kvmProbeTimeout,
