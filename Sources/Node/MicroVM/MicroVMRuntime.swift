@@ -90,7 +90,8 @@ public final class MicroVMRuntime: Runtime {
             )
         }
         let ready = trial.channel.readyAfter.map { " boot → agent ready \(JobLimits.milliseconds($0)) ms" } ?? ""
-        return RuntimeProbe(available: true, detail: host.summary + ";" + ready)
+        let uptime = trial.channel.guestUptimeMilliseconds.map { " (guest kernel up \($0) ms of it)" } ?? ""
+        return RuntimeProbe(available: true, detail: host.summary + ";" + ready + uptime)
     }
 
     static func overhead(_ host: MicroVMHost) -> UInt64 {
