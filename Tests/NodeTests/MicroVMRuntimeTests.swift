@@ -143,6 +143,47 @@ struct MicroVMRuntimeTests {
         #expect(added.isEmpty, "left behind: \(added)")
     }
 
+    @Test("a fork bomb is held at the pids limit in the guest and ends at its timeout")
+    func forkBomb() async throws {
+        try await requireMicroVM()
+        // Only shell builtins after the bomb starts (forks fail once it holds every pid): spin a
+        // while, report the job cgroup's pids limit and refused forks, then spin until the timeout.
+        let script = """
+            b() { b | b & }; (b) & i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done
+            read m < /sys/fs/cgroup/job/pids.max; read e < /sys/fs/cgroup/job/pids.events
+            echo "limit=$m $e"; while :; do :; done
+            """
+        let outcome = await microvm.run(
+            vmJob(["/bin/sh", "-c", script]) {
+                $0.limits.pids = 32
+                $0.limits.timeoutMs = 4000
+            },
+            jobID: "vm-forkbomb"
+        )
+        #expect(outcome.status == .timedOut, "\(outcome.message)")
+        #expect(outcome.message.contains("4000 ms"))
+        let report = text(outcome.stdout).split(separator: " ")
+        #expect(report.first == "limit=32", "\(text(outcome.stdout))")
+        #expect(
+            report.count == 3 && report[1] == "max"
+                && (Int(report[2].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) > 0
+        )
+        #expect(qemuChildren().isEmpty)
+    }
+
+    @Test("the job cannot talk to the host over the agent's port")
+    func portIsRootOnly() async throws {
+        try await requireMicroVM()
+        let outcome = await microvm.run(
+            vmJob(["/bin/sh", "-c", "for p in /dev/vport*; do echo x > $p && echo wrote $p; done; exit 3"]),
+            jobID: "vm-port"
+        )
+        #expect(outcome.status == .failed, "\(outcome.message)")
+        #expect(outcome.exitCode == 3)
+        #expect(!text(outcome.stdout).contains("wrote"))
+        #expect(text(outcome.stderr).contains("Permission denied"), "\(text(outcome.stderr))")
+    }
+
     @Test("the probe says which accelerator and what the guest holds")
     func probe() async throws {
         try await requireMicroVM()
