@@ -5,7 +5,8 @@ let package = Package(
     name: "Hangar",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "hangar", targets: ["hangar"])
+        .executable(name: "hangar", targets: ["hangar"]),
+        .executable(name: "hangar-guest-agent", targets: ["hangar-guest-agent"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -81,6 +82,13 @@ let package = Package(
                 .product(name: "FlyingFox", package: "FlyingFox"),
             ],
             path: "Sources/hangar"
+        ),
+        // /init of the microvm runtime's guests: C, linked statically (see Sources/GuestAgent/main.c).
+        .executableTarget(
+            name: "hangar-guest-agent",
+            path: "Sources/GuestAgent",
+            cSettings: [.unsafeFlags(["-O2"])],
+            linkerSettings: [.unsafeFlags(["-static-executable"])]
         ),
         .executableTarget(
             name: "hangar-bench",

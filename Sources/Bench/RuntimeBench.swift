@@ -1,6 +1,7 @@
 import Foundation
 import HangarNode
 import HangarShared
+import Synchronization
 
 /// Each runtime alone (no scheduler, no NATS): `/usr/bin/python3 -c pass` through `Runtime.run`,
 /// against the bare command and a minimal raw `bwrap` in the same run.
@@ -72,6 +73,7 @@ enum RuntimeBench {
                 )
             }
         }
+        rows += try await microVMRows(spec, count: quick ? 3 : 10, bare: bare)
         return """
             ## Runtimes (`swift run -c release hangar-bench runtimes`)
 
@@ -91,6 +93,32 @@ enum RuntimeBench {
             \(overheads.joined(separator: "\n"))
 
             """
+    }
+
+    /// A fresh VM per job, so few runs: whole jobs, and boot → agent ready (the runtime's
+    /// `startMilliseconds`) of the same runs.
+    static func microVMRows(_ spec: Hangar_V1_JobSpec, count: Int, bare: Sample) async throws -> [String] {
+        let runtime = MicroVMRuntime()
+        let probe = await runtime.probe()
+        let label = "`microvm` (qemu -M microvm; \(probe.detail.contains("TCG") ? "TCG" : "KVM"))"
+        guard probe.available else { return ["| \(label) | – | unavailable: \(probe.detail) | | |"] }
+        let ready = Mutex<[Duration]>([])
+        let sample = try await measure(count) {
+            let outcome = await runtime.run(spec, jobID: "bench-vm")
+            guard outcome.status == .succeeded else {
+                throw BenchError("microvm: \(outcome.status) \(outcome.message)")
+            }
+            ready.withLock { $0.append(.milliseconds(Int64(outcome.startMilliseconds))) }
+        }
+        let boots = ready.withLock { $0.sorted() }
+        let readySample = Sample(
+            median: boots[boots.count / 2],
+            p99: boots[min(boots.count - 1, Int((Double(boots.count) * 0.99).rounded(.up)) - 1)]
+        )
+        return [
+            row(label, count, sample, bare),
+            row("`microvm` spawn → guest agent ready (same runs)", count, readySample, bare),
+        ]
     }
 
     static func row(_ label: String, _ count: Int, _ sample: Sample, _ baseline: Sample) -> String {

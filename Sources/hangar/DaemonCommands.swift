@@ -240,7 +240,11 @@ func makeRuntimes(_ list: String, templates: TemplateStore? = nil) throws -> [an
         case "container": ContainerRuntime(templates: templates)
         case "gvisor": GVisorRuntime(templates: templates)
         case "null": NullRuntime()
-        default: throw ValidationError("unknown runtime '\(name)'; a node can offer: process, container, gvisor, null")
+        case "microvm": MicroVMRuntime()
+        default:
+            throw ValidationError(
+                "unknown runtime '\(name)'; a node can offer: process, container, gvisor, microvm, null"
+            )
         }
     }
 }

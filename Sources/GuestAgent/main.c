@@ -1,0 +1,56 @@
+/*
+ * hangar-guest-agent: /init of a Hangar microVM.
+ *
+ * Mounts the basics, loads the virtio modules the host listed, opens the virtio-serial port named
+ * "hangar.agent", says READY, receives one JOB, runs it as uid 65534 in a cgroup with the job's
+ * memory, pids and CPU limits, rlimits and a private size-bounded /tmp, streams its output with the
+ * caps applied, reports how it ended, and reboots (qemu runs with -no-reboot, so it exits).
+ *
+ * `hangar-guest-agent --tsc-khz` (on the host) prints the host's TSC frequency: under TCG the guest's
+ * TSC is the host's, and the kernel needs it (microvm has no PIT or HPET to calibrate against).
+ */
+#define _GNU_SOURCE
+#include "agent.h"
+
+/*
+ * swiftc links every executable target, this C one too, with swiftrt.o, which registers the image
+ * with the Swift runtime and so pulls the runtime (and its start-up code, which needs /proc) out of
+ * libswiftCore.a. There is no Swift code here: these two definitions satisfy swiftrt.o instead.
+ */
+void swift_addNewDSOImage(const void *sections) { (void)sections; }
+int _swift_backtrace_isThunkFunction(const char *name) {
+    (void)name;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--tsc-khz") == 0) {
+        measure_tsc();
+        return 0;
+    }
+    if (getpid() != 1) {
+        fprintf(stderr, "hangar-guest-agent runs as /init inside a Hangar microVM (or with --tsc-khz)\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    boot();
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    uint8_t uptime[8];
+    put64(uptime, (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
+    if (send_frame(FRAME_READY, uptime, sizeof uptime) != 0) power_off();
+
+    uint8_t header[5];
+    if (read_all(port, header, sizeof header) != 0) fail(KIND_ERROR, "guest: the host closed the channel");
+    uint32_t length = get32(header + 1);
+    if (header[0] != FRAME_JOB) fail(KIND_ERROR, "guest: expected a JOB frame, got type %u", header[0]);
+    if (length > JOB_MAX) fail(KIND_ERROR, "guest: the job is %u bytes, more than %u", length, JOB_MAX);
+    uint8_t *data = malloc(length ? length : 1);
+    if (!data) fail(KIND_ERROR, "guest: no memory for a %u-byte job", length);
+    if (read_all(port, data, length) != 0) fail(KIND_ERROR, "guest: the job frame was cut short");
+    struct job job;
+    parse_job(data, length, &job);
+    run_job(&job);
+    power_off();
+    return 0;
+}

@@ -1,0 +1,34 @@
+import Foundation
+
+/// Where the microvm runtime finds its parts; nil fields are discovered.
+public struct MicroVMConfiguration: Sendable {
+    /// `qemu-system-x86_64`.
+    public var qemuPath = "/usr/bin/qemu-system-x86_64"
+    /// The guest kernel; nil picks the newest `/boot/vmlinuz-*` whose modules are installed.
+    public var kernelPath: String?
+    /// The static guest agent; nil means `$HANGAR_GUEST_AGENT`, else `hangar-guest-agent` next to
+    /// the running executable (where `swift build` puts it).
+    public var agentPath: String?
+    /// Put into the guest when present.
+    public var busyboxPath = "/bin/busybox"
+    public var pythonPath = "/usr/bin/python3"
+    /// How long a KVM boot may take before KVM is declared unusable (nested KVM can hang).
+    public var kvmProbeTimeout = Duration.seconds(3)
+    /// Whether to try KVM at all.
+    public var tryKVM = true
+    /// How long a boot may take until the agent is ready, before the VM is killed.
+    public var bootTimeout = Duration.seconds(60)
+    /// Added to the job's wall-clock limit for the agent to report after its in-guest kill.
+    public var reportGrace = Duration.seconds(5)
+
+    /// The defaults.
+    public init() {}
+}
+
+/// How guest code executes.
+enum Accelerator: Sendable, Equatable {
+    case kvm
+    /// qemu's translator; the kernel is told the TSC frequency (the guest's TSC is the host's), as a
+    /// microvm has no PIT or HPET to calibrate it against.
+    case tcg(tscKHz: UInt64)
+}

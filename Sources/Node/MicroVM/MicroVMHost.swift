@@ -1,0 +1,235 @@
+import Foundation
+import Glibc
+
+/// What every VM of this node shares, prepared once: qemu, the kernel, the initramfs (in an
+/// anonymous memory file that qemu reads as `/dev/fd/4`) and the accelerator.
+final class MicroVMHost: Sendable {
+    let configuration: MicroVMConfiguration
+    let kernelPath: String
+    let kernelRelease: String
+    let qemuVersion: String
+    /// The initramfs; each qemu gets a duplicate of it and reads it from the start.
+    let initramfsFD: Int32
+    let initramfsBytes: Int
+    /// What the guest holds, for the probe detail.
+    let contents: String
+    /// Set once after the KVM probe.
+    let accelerator: Accelerator
+    /// Why KVM is not used, when it is not.
+    let kvmNote: String?
+
+    private init(
+        configuration: MicroVMConfiguration,
+        kernelPath: String,
+        kernelRelease: String,
+        qemuVersion: String,
+        initramfsFD: Int32,
+        initramfsBytes: Int,
+        contents: String,
+        accelerator: Accelerator,
+        kvmNote: String?
+    ) {
+        self.configuration = configuration
+        self.kernelPath = kernelPath
+        self.kernelRelease = kernelRelease
+        self.qemuVersion = qemuVersion
+        self.initramfsFD = initramfsFD
+        self.initramfsBytes = initramfsBytes
+        self.contents = contents
+        self.accelerator = accelerator
+        self.kvmNote = kvmNote
+    }
+
+    deinit { close(initramfsFD) }
+
+    /// Finds qemu, the kernel and the agent, builds the initramfs and picks the accelerator: KVM when
+    /// `/dev/kvm` opens and a KVM boot reaches the agent within the probe timeout, TCG otherwise.
+    static func prepare(_ configuration: MicroVMConfiguration) async throws(MicroVMError) -> MicroVMHost {
+        guard access(configuration.qemuPath, X_OK) == 0 else {
+            throw MicroVMError("qemu not found at \(configuration.qemuPath) (apt-get install qemu-system-x86)")
+        }
+        let qemuVersion = try await Self.qemuVersion(configuration.qemuPath)
+        let (kernelPath, release) = try Self.kernel(configuration.kernelPath)
+        let agentPath = try Self.agent(configuration.agentPath)
+        var builder = InitramfsBuilder(
+            agentPath: agentPath,
+            modulesDirectory: "/lib/modules/" + release,
+            busyboxPath: access(configuration.busyboxPath, X_OK) == 0 ? configuration.busyboxPath : nil,
+            pythonPath: access(configuration.pythonPath, X_OK) == 0 ? configuration.pythonPath : nil
+        )
+        let (archive, contents) = try await builder.build()
+        let fd = try Self.memoryFile(archive)
+        let tscKHz = try await Self.tscKHz(agentPath)
+        var host = MicroVMHost(
+            configuration: configuration,
+            kernelPath: kernelPath,
+            kernelRelease: release,
+            qemuVersion: qemuVersion,
+            initramfsFD: fd,
+            initramfsBytes: archive.count,
+            contents: contents,
+            accelerator: .tcg(tscKHz: tscKHz),
+            kvmNote: "KVM not tried"
+        )
+        guard configuration.tryKVM else { return host }
+        let kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC)
+        guard kvm >= 0 else {
+            return host.with(.tcg(tscKHz: tscKHz), note: "/dev/kvm: \(String(cString: strerror(errno)))")
+        }
+        close(kvm)
+        let candidate = host.with(.kvm, note: nil)
+        host = host.with(.tcg(tscKHz: tscKHz), note: nil)
+        let trial = await candidate.boot(
+            job: MicroVMRuntime.trialJob,
+            memoryBytes: (32 << 20) + MicroVMRuntime.guestOverheadBytes + 2 * UInt64(archive.count),
+            vcpus: 1,
+            outputLimit: 4096,
+            bootTimeout: configuration.kvmProbeTimeout,
+            jobDeadline: .seconds(5)
+        )
+        if trial.channel.exit?.kind == .exited && trial.channel.exit?.code == 0 { return candidate }
+        let why =
+            trial.channel.failure == .bootTimedOut
+            ? "a KVM boot did not reach the agent within \(configuration.kvmProbeTimeout) (nested KVM hangs here)"
+            : "a KVM boot failed: \(trial.describeFailure())"
+        return host.with(.tcg(tscKHz: tscKHz), note: why)
+    }
+
+    private func with(_ accelerator: Accelerator, note: String?) -> MicroVMHost {
+        let copy = open("/proc/self/fd/\(initramfsFD)", O_RDONLY | O_CLOEXEC)
+        return MicroVMHost(
+            configuration: configuration,
+            kernelPath: kernelPath,
+            kernelRelease: kernelRelease,
+            qemuVersion: qemuVersion,
+            initramfsFD: copy,
+            initramfsBytes: initramfsBytes,
+            contents: contents,
+            accelerator: accelerator,
+            kvmNote: note
+        )
+    }
+
+    /// One line for the probe detail and the heartbeat.
+    var summary: String {
+        let accel: String
+        switch accelerator {
+        case .kvm: accel = "KVM"
+        case .tcg: accel = "TCG" + (kvmNote.map { " (\($0))" } ?? "")
+        }
+        return
+            "\(qemuVersion) -M microvm, \(accel), kernel \(kernelRelease), guest: \(contents) "
+            + "(\(initramfsBytes >> 20) MiB initramfs)"
+    }
+
+    // MARK: - Booting
+
+    /// What one VM did.
+    struct Boot: Sendable {
+        var channel: GuestChannelResult
+        /// qemu's own end: the console and qemu's messages (capped).
+        var process: SandboxResult?
+        var spawnError: String?
+
+        func describeFailure() -> String {
+            if let spawnError { return spawnError }
+            var parts: [String] = []
+            switch channel.failure {
+            case .bootTimedOut: parts.append("the guest agent was not ready in time")
+            case .jobTimedOut: parts.append("the guest agent did not report in time")
+            case .closed: parts.append("the VM stopped before the agent reported")
+            case .protocolViolation(let what): parts.append("the guest broke the protocol: \(what)")
+            case nil: break
+            }
+            if let process {
+                let console = String(decoding: process.stdout + process.stderr, as: UTF8.self)
+                    .split(separator: "\n").suffix(5).joined(separator: " | ")
+                if !console.isEmpty { parts.append("qemu/console: \(console)") }
+            }
+            return parts.joined(separator: "; ")
+        }
+    }
+
+    /// Boots a VM, hands the agent `job` (a JOB frame), collects its report and kills the VM.
+    /// Cancelling the calling task kills the VM.
+    func boot(
+        job: Data,
+        memoryBytes: UInt64,
+        vcpus: Int,
+        outputLimit: Int,
+        bootTimeout: Duration,
+        jobDeadline: Duration
+    ) async -> Boot {
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            return Boot(channel: GuestChannelResult(), spawnError: "socketpair: \(String(cString: strerror(errno)))")
+        }
+        let spawned = ContinuousClock.now
+        let command = SandboxCommand(
+            executable: configuration.qemuPath,
+            arguments: ["qemu-system-x86_64"] + arguments(memoryBytes: memoryBytes, vcpus: vcpus),
+            timeout: bootTimeout + jobDeadline + .seconds(2),
+            outputLimit: 256 << 10,
+            inheritedFiles: [pair[1], initramfsFD],
+            drainTimeout: .seconds(1)
+        )
+        let process: SandboxProcess
+        do {
+            process = try SandboxProcess(command)
+        } catch {
+            close(pair[0])
+            close(pair[1])
+            return Boot(channel: GuestChannelResult(), spawnError: "cannot start qemu: \(error.description)")
+        }
+        close(pair[1])  // qemu holds the only other end: its death closes the channel
+        let channel = GuestChannel(
+            fd: pair[0],
+            job: job,
+            outputLimit: outputLimit,
+            bootTimeout: bootTimeout,
+            jobDeadline: jobDeadline,
+            spawned: spawned
+        )
+        let result = await withTaskCancellationHandler {
+            await channel.run()
+        } onCancel: {
+            process.kill()
+        }
+        process.kill()  // the agent has reported (or failed); nothing in the VM is needed any more
+        do {
+            return Boot(channel: result, process: try await process.wait())
+        } catch {
+            return Boot(channel: result, spawnError: "cannot start qemu: \(error.description)")
+        }
+    }
+
+    /// qemu's arguments after argv[0]: a microvm with the agent's port on fd 3 and the initramfs on
+    /// fd 4, no network device, no disks, no display, no monitor, a seccomp sandbox, and (as root)
+    /// qemu dropping to `nobody` once set up.
+    func arguments(memoryBytes: UInt64, vcpus: Int) -> [String] {
+        var append = "console=ttyS0 quiet loglevel=1 panic=-1 reboot=t pci=off 8250.nr_uarts=1 random.trust_cpu=on"
+        var arguments = ["-M", "microvm"]
+        switch accelerator {
+        case .kvm:
+            arguments += ["-accel", "kvm", "-cpu", "host"]
+        case .tcg(let khz):
+            arguments += ["-accel", "tcg", "-cpu", "max"]
+            append += " tsc_early_khz=\(khz) tsc=reliable no_timer_check lpj=\(khz * 4)"  // HZ=250
+        }
+        let mebibytes = max(64, (memoryBytes + (1 << 20) - 1) >> 20)
+        arguments += [
+            "-m", "\(mebibytes)M", "-smp", "\(vcpus)", "-nodefaults", "-no-user-config", "-display", "none",
+            "-no-reboot", "-serial", "stdio", "-kernel", kernelPath, "-initrd", "/dev/fd/4", "-append", append,
+            "-device", "virtio-serial-device", "-chardev", "socket,id=agent,fd=3",
+            "-device", "virtserialport,chardev=agent,name=hangar.agent",
+        ]
+        // qemu 7.2 applies the seccomp sandbox before -runas, so elevateprivileges=deny would kill
+        // it at its own setuid: as root, the uid drop stands in for it.
+        if geteuid() == 0 {
+            arguments += ["-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny", "-runas", "nobody"]
+        } else {
+            arguments += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        }
+        return arguments
+    }
+}
