@@ -16,6 +16,11 @@ struct SchedulerCommand: AsyncParsableCommand {
     @OptionGroup var log: LogOptions
     @Option(help: "SQLite database file (its folder is created).")
     var db: String = ".hangar/hangar.sqlite"
+    @Option(
+        help:
+            "Login in nats-server's system account, to audit refused logins (default: STATE/auth/creds/system.json if it exists)."
+    )
+    var systemCreds: String?
     @OptionGroup var scheduling: SchedulingOptions
 
     func run() async throws {
@@ -25,8 +30,36 @@ struct SchedulerCommand: AsyncParsableCommand {
         let config = try scheduling.config(databasePath: db)
         let nats = try await connection.connect(name: "hangar-scheduler", logger: logger, as: .scheduler)
         let scheduler = Scheduler(config: config, nats: nats, store: store, logger: logger)
-        try await runUntilSignal { try await scheduler.run() }
+        let system = try await connectSystem(logger: logger)
+        try await runUntilSignal {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask { try await scheduler.run() }
+                if let system { group.addTask { try await scheduler.auditAuthFailures(from: system) } }
+            }
+        }
         await nats.drain()
+        await system?.close()
+    }
+
+    /// The system-account login, if one is given or `hangar dev` wrote one.
+    private func connectSystem(logger: Logger) async throws -> NATSConnection? {
+        let devFile = AuthDirectory(path: URL(fileURLWithPath: connection.state).appendingPathComponent("auth").path)
+            .credentialsPath(for: .system)
+        guard let file = systemCreds ?? (FileManager.default.fileExists(atPath: devFile) ? devFile : nil) else {
+            return nil
+        }
+        var options = NATSConnectionOptions(
+            servers: connection.servers,
+            name: "hangar-scheduler-system",
+            logger: logger
+        )
+        try applyCredentials(file, to: &options)
+        do {
+            return try await NATSConnection(options: options)
+        } catch  where systemCreds == nil {
+            logger.warning("not auditing refused logins: the system login \(file) failed: \(error)")
+            return nil
+        }
     }
 }
 
