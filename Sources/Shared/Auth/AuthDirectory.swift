@@ -4,8 +4,10 @@ import Foundation
 /// `authorization.conf`, the nats-server `authorization { users = [...] }` block generated from
 /// them (included by the server's configuration, e.g. `deploy/nats-server.conf`).
 public struct AuthDirectory: Sendable {
+    /// The folder.
     public let url: URL
 
+    /// The folder at `path` (created when something is written).
     public init(path: String) {
         url = URL(fileURLWithPath: path).standardizedFileURL
     }
@@ -15,6 +17,7 @@ public struct AuthDirectory: Sendable {
     /// Where nats-server writes its pid when started by `hangar dev` (so `tenant add` can reload it).
     public var pidPath: String { url.appendingPathComponent("nats-server.pid").path }
 
+    /// `creds/<user>.json` in the folder.
     public func credentialsPath(for principal: Principal) -> String {
         url.appendingPathComponent("creds").appendingPathComponent("\(principal.user).json").path
     }

@@ -30,6 +30,7 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// `tenant`, `node`, `scheduler`, `operator` or `system`.
     public var role: String {
         switch self {
         case .tenant: "tenant"
@@ -40,6 +41,7 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The tenant, node or operator name (`scheduler` and `system` for those).
     public var name: String {
         switch self {
         case .tenant(let name), .node(let name), .operator(let name): name
@@ -108,7 +110,9 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
 
     /// Publish and subscribe allow-lists (everything else is denied).
     public struct Permissions: Sendable, Hashable {
+        /// Subjects (wildcards allowed) this principal may publish on.
         public var publish: [String]
+        /// Subjects (wildcards allowed) this principal may subscribe to.
         public var subscribe: [String]
         /// May answer requests it received, whatever their reply subject.
         public var allowResponses = false
