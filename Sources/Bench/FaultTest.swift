@@ -71,6 +71,7 @@ enum FaultTest {
             executable: options.hangar,
             arguments: [
                 "scheduler", "--nats", url, "--db", database, "--creds", auth.credentialsPath(for: .scheduler),
+                "--system-creds", auth.credentialsPath(for: .system),
                 "--node-ttl", "1.5", "--node-grace", "1", "--log-level", "notice",
             ],
             log: directory.appendingPathComponent("scheduler.log")

@@ -28,6 +28,11 @@ struct SchedulerCommand: AsyncParsableCommand {
     @OptionGroup var log: LogOptions
     @Option(help: "SQLite database file (its folder is created). Default: .hangar/hangar.sqlite.")
     var db: String?
+    @Option(
+        help:
+            "Login in nats-server's system account, to audit refused logins (default: STATE/auth/creds/system.json if it exists)."
+    )
+    var systemCreds: String?
     @OptionGroup var scheduling: SchedulingOptions
     @OptionGroup var metrics: MetricsOptions
 
@@ -46,9 +51,37 @@ struct SchedulerCommand: AsyncParsableCommand {
             StateGauges.nats([nats])
         }
         if let server { logger.notice("metrics on http://\(metrics.metricsAddress):\(server.port)/metrics") }
-        try await runUntilSignal { try await scheduler.run() }
+        let system = try await connectSystem(logger: logger, file: file)
+        try await runUntilSignal {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask { try await scheduler.run() }
+                if let system { group.addTask { try await scheduler.auditAuthFailures(from: system) } }
+            }
+        }
         await server?.stop()
         await nats.drain()
+        await system?.close()
+    }
+
+    /// The system-account login, if one is given or `hangar dev` wrote one.
+    private func connectSystem(logger: Logger, file config: DaemonConfigFile) async throws -> NATSConnection? {
+        let devFile = AuthDirectory(path: URL(fileURLWithPath: connection.state).appendingPathComponent("auth").path)
+            .credentialsPath(for: .system)
+        guard let file = systemCreds ?? (FileManager.default.fileExists(atPath: devFile) ? devFile : nil) else {
+            return nil
+        }
+        var options = NATSConnectionOptions(
+            servers: try connection.with(config).servers,
+            name: "hangar-scheduler-system",
+            logger: logger
+        )
+        try applyCredentials(file, to: &options)
+        do {
+            return try await NATSConnection(options: options)
+        } catch  where systemCreds == nil {
+            logger.warning("not auditing refused logins: the system login \(file) failed: \(error)")
+            return nil
+        }
     }
 }
 

@@ -114,6 +114,11 @@ struct DevCommand: AsyncParsableCommand {
 
             """
         FileHandle.standardError.write(Data(banner.utf8))
+        // The scheduler audits the logins nats-server refuses (through the system account).
+        let systemConnection = try await connect("hangar-system", as: .system)
+        connections.append(systemConnection)
+        let authAudit = Task { try await scheduler.auditAuthFailures(from: systemConnection) }
+        defer { authAudit.cancel() }
         // Nodes stop first, so the results of the jobs they kill still reach a running scheduler.
         let schedulerTask = Task { try await scheduler.run() }
         try await withThrowingTaskGroup(of: Void.self) { group in

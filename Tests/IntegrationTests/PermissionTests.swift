@@ -42,7 +42,11 @@ final class AuthorizedCluster: Sendable {
         var nodeConfig = NodeConfig(nodeID: "n1", slots: 4)
         nodeConfig.heartbeatInterval = .milliseconds(200)
         let agent = NodeAgent(config: nodeConfig, nats: nodeConnection, runtimes: [NullRuntime()], logger: logger)
-        let tasks = [Task { try await scheduler.run() }, Task { try await agent.run() }]
+        let systemConnection = try await login(.system)
+        let tasks = [
+            Task { try await scheduler.run() }, Task { try await agent.run() },
+            Task { try await scheduler.auditAuthFailures(from: systemConnection) },
+        ]
         let cluster = AuthorizedCluster(
             directory: directory,
             auth: auth,
@@ -50,7 +54,7 @@ final class AuthorizedCluster: Sendable {
             scheduler: scheduler,
             tenantA: try await login(.tenant("a")),
             tenantB: try await login(.tenant("b")),
-            connections: [schedulerConnection, nodeConnection],
+            connections: [schedulerConnection, nodeConnection, systemConnection],
             tasks: tasks
         )
         try await cluster.waitUntilServing()
@@ -322,6 +326,15 @@ struct PermissionTests {
             } catch let error as NATSError {
                 #expect(error.kind == .authenticationFailed, "\(error)")
             }
+            // The scheduler heard of the wrong password from the server and audited it.
+            var failures: [Hangar_V1_AuditEvent] = []
+            let deadline = ContinuousClock.now + .seconds(5)
+            while failures.isEmpty && ContinuousClock.now < deadline {
+                failures = try await cluster.scheduler.store.auditRows(tenant: nil, jobID: nil, sinceMs: 0, limit: 1000)
+                    .filter { $0.event == "auth.failed" && $0.detail.contains("user tenant-a ") }
+                if failures.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(failures.first?.actor == "nats", "audit rows for failed logins: \(failures)")
         }
     }
 

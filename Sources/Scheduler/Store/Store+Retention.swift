@@ -4,9 +4,12 @@ import HangarShared
 extension Store {
     /// What one pruning removed.
     public struct Pruned: Sendable, Equatable {
+        /// Stored results deleted.
         public var results: Int
+        /// Audit rows deleted (behind the new checkpoint).
         public var auditRows: Int
 
+        /// A count of pruned results and audit rows.
         public init(results: Int, auditRows: Int) {
             self.results = results
             self.auditRows = auditRows

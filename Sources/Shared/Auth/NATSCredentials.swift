@@ -3,10 +3,15 @@ import Foundation
 /// A principal's NATS login, as `hangar tenant add` writes it (a JSON file, mode 0600): user,
 /// password and the inbox prefix the connection must use to receive replies.
 public struct NATSCredentials: Codable, Sendable, Equatable {
+    /// `Principal.role` of the owner.
     public var role: String
+    /// `Principal.name` of the owner.
     public var name: String
+    /// The NATS user name (`Principal.user`).
     public var user: String
+    /// 48 hex digits.
     public var password: String
+    /// The reply-subject prefix the connection must use (`Principal.inboxPrefix`).
     public var inboxPrefix: String
 
     enum CodingKeys: String, CodingKey {
@@ -24,6 +29,7 @@ public struct NATSCredentials: Codable, Sendable, Equatable {
         )
     }
 
+    /// Credentials for `principal` with a given password (hex, 16-256 digits, to be loadable).
     public init(principal: Principal, password: String) {
         role = principal.role
         name = principal.name

@@ -10,9 +10,12 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
     case scheduler
     /// An operator (admin commands, any tenant's job lookup).
     case `operator`(String)
+    /// The scheduler's second login, in nats-server's system account: it hears the server's
+    /// authentication failures (`$SYS.SERVER.*.CLIENT.AUTH.ERR`) and audits them.
+    case system
 
     /// The role names accepted by `hangar tenant add --role`.
-    public static let roles = ["tenant", "node", "scheduler", "operator"]
+    public static let roles = ["tenant", "node", "scheduler", "operator", "system"]
 
     /// Makes a principal from a role name and a name; nil if either is invalid.
     public init?(role: String, name: String) {
@@ -22,23 +25,28 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
         case "node": self = .node(name)
         case "scheduler": self = .scheduler
         case "operator": self = .operator(name)
+        case "system": self = .system
         default: return nil
         }
     }
 
+    /// `tenant`, `node`, `scheduler`, `operator` or `system`.
     public var role: String {
         switch self {
         case .tenant: "tenant"
         case .node: "node"
         case .scheduler: "scheduler"
         case .operator: "operator"
+        case .system: "system"
         }
     }
 
+    /// The tenant, node or operator name (`scheduler` and `system` for those).
     public var name: String {
         switch self {
         case .tenant(let name), .node(let name), .operator(let name): name
         case .scheduler: "scheduler"
+        case .system: "system"
         }
     }
 
@@ -46,6 +54,7 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
     public var user: String {
         switch self {
         case .scheduler: "scheduler"
+        case .system: "system"
         default: "\(role)-\(name)"
         }
     }
@@ -61,6 +70,7 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
         case .node(let name): "_INBOX.n.\(name)"
         case .scheduler: "_INBOX.s"
         case .operator(let name): "_INBOX.o.\(name)"
+        case .system: "_INBOX.y"
         }
     }
 
@@ -92,12 +102,17 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
             )
         case .operator:
             Permissions(publish: ["hangar.admin.>", Subjects.jobWildcard], subscribe: [inboxPrefix + ".>"])
+        case .system:
+            // Lives in the system account, which none of the others can reach: reads server events only.
+            Permissions(publish: [], subscribe: ["$SYS.SERVER.*.CLIENT.AUTH.ERR"])
         }
     }
 
     /// Publish and subscribe allow-lists (everything else is denied).
     public struct Permissions: Sendable, Hashable {
+        /// Subjects (wildcards allowed) this principal may publish on.
         public var publish: [String]
+        /// Subjects (wildcards allowed) this principal may subscribe to.
         public var subscribe: [String]
         /// May answer requests it received, whatever their reply subject.
         public var allowResponses = false
