@@ -27,6 +27,18 @@ struct JobSpecOptions: ParsableArguments {
     var stdin = false
     @Option(help: "W3C traceparent to continue (00-<32 hex>-<16 hex>-<2 hex>); default: a new trace.")
     var traceparent: String?
+    @Option(
+        name: .customLong("file-out"),
+        help: "Return files matching this glob, relative to the working directory under /tmp (repeatable)."
+    )
+    var filesOut: [String] = []
+    @Option(help: "Network: none (default) or loopback; --allow implies an allowlist.")
+    var network: String?
+    @Option(
+        name: .customLong("allow"),
+        help: "Let the job reach this IPv4 CIDR, and nothing else (repeatable; process and container runtimes)."
+    )
+    var allow: [String] = []
     @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (after --).")
     var command: [String] = []
 
@@ -58,6 +70,16 @@ struct JobSpecOptions: ParsableArguments {
         }
         request.env = try parseLabels(env, flag: "--env")
         if let cwd { request.cwd = cwd }
+        request.filesOut = filesOut
+        switch (network, allow.isEmpty) {
+        case (nil, true), ("none", true): request.network.mode = .networkNone
+        case ("loopback", true): request.network.mode = .networkLoopback
+        case (nil, false), ("allowlist", false):
+            request.network.mode = .networkAllowlist
+            request.network.allow = allow
+        default:
+            throw ValidationError("--network must be none or loopback, or give --allow CIDR (with --network allowlist)")
+        }
         if stdin { request.stdin = FileHandle.standardInput.readDataToEndOfFile() }
         return request
     }
@@ -78,6 +100,8 @@ struct RunCommand: AsyncParsableCommand {
     @OptionGroup var spec: JobSpecOptions
     @Flag(help: "Submit, print the job id and return without waiting (the same as `hangar submit`).")
     var detach = false
+    @Option(help: "Folder to write the files the job returns (--file-out) into; created if missing.")
+    var outDir: String?
     @OptionGroup var output: OutputOptions
 
     func run() async throws {
@@ -91,7 +115,45 @@ struct RunCommand: AsyncParsableCommand {
             connection: connection,
             trace: try spec.trace()
         )
+        if case .result(let result) = reply.outcome, !result.files.isEmpty {
+            if let outDir {
+                try saveFiles(result.files, into: outDir)
+            } else if !output.isJSON {
+                printError("the job returned \(result.files.count) file(s); give --out-dir DIR to save them")
+            }
+        }
         try await printSubmitReply(reply, output: output)
+    }
+}
+
+/// Writes returned files below `directory`, refusing any path that is absolute or has `..` (the
+/// node never sends one; the CLI does not rely on that) and never following a link at the target.
+func saveFiles(_ files: [Hangar_V1_FileOut], into directory: String) throws {
+    for file in files {
+        let parts = file.path.split(separator: "/", omittingEmptySubsequences: false)
+        guard !file.path.hasPrefix("/"), !parts.contains(where: { $0.isEmpty || $0 == "." || $0 == ".." }) else {
+            throw CLIError("refusing to write returned file '\(file.path)': not a plain relative path")
+        }
+        let target = URL(fileURLWithPath: directory).appendingPathComponent(file.path)
+        try FileManager.default.createDirectory(
+            at: target.deletingLastPathComponent(),
+            withIntermediateDirectories: true
+        )
+        let fd = open(target.path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode_t(file.mode & 0o777))
+        guard fd >= 0 else { throw CLIError("cannot write \(target.path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let complete = file.content.withUnsafeBytes { bytes -> Bool in
+            var offset = 0
+            while offset < bytes.count {
+                let count = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+                if count < 0 && errno == EINTR { continue }
+                guard count > 0 else { return false }
+                offset += count
+            }
+            return true
+        }
+        guard complete else { throw CLIError("cannot write \(target.path): \(String(cString: strerror(errno)))") }
+        if file.truncated { printError("\(file.path): cut off at the job's files-out size cap") }
     }
 }
 

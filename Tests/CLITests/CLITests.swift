@@ -88,6 +88,32 @@ struct CLITests {
         }
     }
 
+    @Test("run --file-out saves the job's files with --out-dir; a bad --network is a usage error")
+    func filesOut() async throws {
+        try await withCLICluster { cluster in
+            let out = FileManager.default.temporaryDirectory.appendingPathComponent("hangar-cli-out-\(UUID())")
+            defer { try? FileManager.default.removeItem(at: out) }
+            let run = try await cluster.hangar([
+                "run", "--file-out", "res/*.txt", "--out-dir", out.path, "--",
+                "/bin/sh", "-c", "mkdir res && echo 42 > res/answer.txt && echo done",
+            ])
+            #expect(run.status == 0, "\(run.stderr)")
+            #expect(run.stdout == "done\n")
+            let saved = try String(contentsOf: out.appendingPathComponent("res/answer.txt"), encoding: .utf8)
+            #expect(saved == "42\n")
+
+            let unsaved = try await cluster.hangar([
+                "run", "--file-out", "*.txt", "--", "/bin/sh", "-c", "echo x > a.txt",
+            ])
+            #expect(unsaved.status == 0, "\(unsaved.stderr)")
+            #expect(unsaved.stderr.contains("returned 1 file(s); give --out-dir"), "\(unsaved.stderr)")
+
+            let badNetwork = try await cluster.hangar(["run", "--network", "internet", "--", "/bin/true"])
+            #expect(badNetwork.status == 1)
+            #expect(badNetwork.stderr.contains("--network must be"), "\(badNetwork.stderr)")
+        }
+    }
+
     @Test("hangar top --once shows every node with its pools column, the tenants and cluster numbers")
     func topOnce() async throws {
         try await withCLICluster(nodes: 3) { cluster in
