@@ -11,7 +11,7 @@ import FoundationNetworking
 struct MetricsAndConfigTests {
     @Test("/metrics parses as Prometheus text and the jobs counter moves when jobs run")
     func metrics() async throws {
-        try await withCLICluster(nodes: 2, extra: ["--metrics-port", "0"]) { cluster in
+        try await withCLICluster(nodes: 2, extra: ["--metrics-port", "0", "--pool", "process:host=1:1"]) { cluster in
             let url = try #require(metricsURL(in: cluster.log), "no metrics URL in the banner:\n\(cluster.log)")
             let before = try parsePrometheus(try await fetch(url))
             let series = #"hangar_jobs_finished_total{tenant="acme",status="SUCCEEDED"}"#
@@ -30,6 +30,12 @@ struct MetricsAndConfigTests {
             #expect((after.samples["hangar_placement_latency_seconds_count"] ?? 0) >= 3)
             #expect(after.samples["hangar_queue_depth"] == 0)
             #expect(after.samples[#"hangar_node_up{node_id="dev-node-2"}"#] == 1)
+            // Warm pools: each node's process:host pool (max 1) is in its gauges.
+            let pools = after.samples.filter {
+                $0.key.hasPrefix("hangar_pool_max{") && $0.key.contains(#"runtime="process""#)
+                    && $0.key.contains(#"template="host""#)
+            }
+            #expect(pools.count == 2 && pools.values.allSatisfy { $0 == 1 }, "\(pools)")
         }
     }
 

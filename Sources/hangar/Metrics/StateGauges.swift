@@ -41,6 +41,14 @@ enum StateGauges {
         Gauge(label: "hangar_node_memory_bytes", dimensions: labels).record(Int64(clamping: capacity.memoryBytes))
         Gauge(label: "hangar_node_memory_bytes_used", dimensions: labels)
             .record(Int64(clamping: capacity.memoryBytesUsed))
+        for pool in heartbeat.pools {
+            let poolLabels = labels + [("runtime", pool.runtime), ("template", pool.template)]
+            Gauge(label: "hangar_pool_ready", dimensions: poolLabels).record(Int64(pool.ready))
+            Gauge(label: "hangar_pool_warming", dimensions: poolLabels).record(Int64(pool.warming))
+            Gauge(label: "hangar_pool_max", dimensions: poolLabels).record(Int64(pool.max))
+            Gauge(label: "hangar_pool_target", dimensions: poolLabels).record(Int64(pool.target))
+            Gauge(label: "hangar_pool_served_warm", dimensions: poolLabels).record(Int64(clamping: pool.servedWarm))
+        }
     }
 
     /// Reconnects of each of this process's NATS connections since it started.
