@@ -20,6 +20,9 @@ public enum Subjects {
     /// node → scheduler (request/reply): `AttemptResult` → `ResultAck`.
     public static func nodeResult(node: String) -> String { "hangar.node.\(node).result" }
     public static let nodeResultWildcard = "hangar.node.*.result"
+    /// node → tenant: chunks of a running job's output (`stream` and `offset` headers), for
+    /// `hangar job logs -f`; best effort, the Result holds the whole capped output.
+    public static func logs(tenant: String, job: String) -> String { "hangar.logs.\(tenant).\(job)" }
     /// operator → scheduler (request/reply).
     public static func admin(_ verb: String) -> String { "hangar.admin.\(verb)" }
     /// tenant → scheduler (request/reply): `JobRequest` → `JobReply` for one of the tenant's own jobs.

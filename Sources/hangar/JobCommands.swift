@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import HangarNATS
 import HangarShared
+import Synchronization
 
 struct JobStatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -107,14 +108,15 @@ struct JobLogsCommand: AsyncParsableCommand {
         commandName: "logs",
         abstract: "Print a job's output: its stdout to stdout, its stderr to stderr.",
         discussion: """
-            Output is stored when the job ends. With -f, waits for a queued or running job to end
-            (polling twice a second; Ctrl-C stops waiting) and then prints it.
+            Output is stored when the job ends. With -f, follows a queued or running job: its output
+            is printed as the node reads it (process, container and gvisor jobs started cold; others
+            print when they end), and what was missed is printed from the stored result at the end.
             """
     )
 
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var output: OutputOptions
-    @Flag(name: .shortAndLong, help: "Wait until the job ends, then print its output.")
+    @Flag(name: .shortAndLong, help: "Follow the output while the job runs, until it ends.")
     var follow = false
     @Option(help: "Look the job up as this tenant (its own credentials, hangar.job.<tenant>); default: as operator.")
     var tenant: String?
@@ -142,6 +144,17 @@ struct JobLogsCommand: AsyncParsableCommand {
         }
         var reply = try await query()
         var announced = false
+        var follower: LogFollower?
+        var streaming: Task<Void, Never>?
+        var subscription: NATSSubscription?
+        if follow, case .status = reply.outcome, !output.isJSON {
+            let owner = reply.tenant.isEmpty ? (tenant ?? "*") : reply.tenant
+            let live = try nats.subscribe(Subjects.logs(tenant: owner, job: id))
+            let printer = LogFollower()
+            streaming = Task { for await message in live { printer.take(message) } }
+            (follower, subscription) = (printer, live)
+        }
+        defer { subscription?.unsubscribe() }
         while follow, case .status(let status) = reply.outcome {
             if !announced && !output.isJSON {
                 printError(
@@ -152,10 +165,14 @@ struct JobLogsCommand: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(500))
             reply = try await query()
         }
+        subscription?.unsubscribe()
+        await streaming?.value
         switch reply.outcome {
         case .result(let result):
             if output.isJSON {
                 try printJSON(result)
+            } else if let follower {
+                follower.finish(with: result)
             } else {
                 writeOut(result.stdout)
                 writeErr(result.stderr)
@@ -192,5 +209,50 @@ func jobQuery(_ id: String, tenant: String?, connection: ConnectionOptions) asyn
         return try Hangar_V1_JobReply(serializedBytes: answer.payload)
     } catch {
         throw CLIError("the scheduler's answer to a job lookup is not a hangar.v1.JobReply: \(error)")
+    }
+}
+
+/// Prints a running job's output chunks (`hangar.logs.<tenant>.<job>`) in order: a chunk is printed
+/// only if it starts where the printed part of its stream ends; after a gap (chunks missed before
+/// the subscription, or dropped) that stream waits for the stored result, which fills in the rest.
+final class LogFollower: Sendable {
+    private struct State {
+        var printed: [String: Int] = ["stdout": 0, "stderr": 0]
+        var gap: Set<String> = []
+        var attempt: String?
+    }
+    private let state = Mutex(State())
+
+    func take(_ message: NATSMessage) {
+        guard let stream = message.header("Hangar-Stream"), ["stdout", "stderr"].contains(stream),
+            let offset = message.header("Hangar-Offset").flatMap(Int.init)
+        else { return }
+        let attempt = message.header("Hangar-Attempt") ?? ""
+        let print: Bool = state.withLock { state in
+            if state.attempt == nil { state.attempt = attempt }
+            guard state.attempt == attempt, !state.gap.contains(stream) else { return false }
+            guard offset == state.printed[stream] else {
+                state.gap.insert(stream)
+                return false
+            }
+            state.printed[stream, default: 0] += message.payload.count
+            return true
+        }
+        guard print else { return }
+        if stream == "stdout" { writeOut(message.payload) } else { writeErr(message.payload) }
+    }
+
+    /// Prints what the chunks did not: the rest of each stream of the stored result (all of it if
+    /// the job ran again on another attempt).
+    func finish(with result: Hangar_V1_Result) {
+        let (printed, attempt) = state.withLock { ($0.printed, $0.attempt) }
+        if let attempt, attempt != String(result.attempt), printed.values.contains(where: { $0 > 0 }) {
+            printError("the job ran again (attempt \(result.attempt)); its output from the start:")
+            writeOut(result.stdout)
+            writeErr(result.stderr)
+            return
+        }
+        writeOut(result.stdout.dropFirst(min(printed["stdout"] ?? 0, result.stdout.count)))
+        writeErr(result.stderr.dropFirst(min(printed["stderr"] ?? 0, result.stderr.count)))
     }
 }

@@ -114,6 +114,22 @@ struct CLITests {
         }
     }
 
+    @Test("job logs -f follows a running job and prints its whole output exactly once")
+    func followLogs() async throws {
+        try await withCLICluster { cluster in
+            let submitted = try await cluster.hangar([
+                "submit", "--", "/bin/sh", "-c", "echo one; sleep 2; echo two >&2; sleep 1; echo three",
+            ])
+            #expect(submitted.status == 0, "\(submitted.stderr)")
+            let id = submitted.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            try await Task.sleep(for: .milliseconds(500))
+            let logs = try await cluster.hangar(["job", "logs", "-f", id])
+            #expect(logs.status == 0, "\(logs.stderr)")
+            #expect(logs.stdout == "one\nthree\n", "\(logs.stdout)")
+            #expect(logs.stderr.components(separatedBy: "two\n").count == 2, "\(logs.stderr)")
+        }
+    }
+
     @Test("hangar top --once shows every node with its pools column, the tenants and cluster numbers")
     func topOnce() async throws {
         try await withCLICluster(nodes: 3) { cluster in

@@ -1,4 +1,5 @@
 import Foundation
+import HangarNATS
 import HangarNode
 import HangarShared
 import Testing
@@ -42,6 +43,51 @@ struct NodeLimitsTests {
             #expect(result.status == .succeeded, "\(result)")
             #expect(result.files.map(\.path) == ["out/answer.txt"])
             #expect(result.files.first.map { String(decoding: $0.content, as: UTF8.self) } == "42\n")
+        }
+    }
+}
+
+@Suite("Live output of a running job")
+struct LiveOutputTests {
+    @Test("a running job's output chunks arrive on hangar.logs.<tenant>.<job> before it ends")
+    func liveChunks() async throws {
+        try await withCluster(nodes: 1) { cluster in
+            var request = command("/bin/sh", "-c", "sleep 1; echo first; sleep 3; echo second")
+            request.wait = false
+            guard case .accepted(let accepted) = try await cluster.submit(request).outcome else {
+                Issue.record("expected Accepted")
+                return
+            }
+            let logs = try cluster.client.subscribe(Subjects.logs(tenant: "acme", job: accepted.jobID))
+            try await cluster.client.flush()
+            let first = Task { () -> NATSMessage? in
+                for await message in logs { return message }
+                return nil
+            }
+            let timeout = Task {
+                try? await Task.sleep(for: .seconds(10))
+                logs.unsubscribe()
+            }
+            let chunk = await first.value
+            timeout.cancel()
+            #expect(chunk.map { String(decoding: $0.payload, as: UTF8.self) } == "first\n")
+            #expect(chunk?.header("Hangar-Stream") == "stdout")
+            #expect(chunk?.header("Hangar-Offset") == "0")
+            // The job is still running when its first line is out.
+            var query = Hangar_V1_JobRequest()
+            query.jobID = accepted.jobID
+            let answer = try await cluster.client.request(
+                Subjects.admin("job"),
+                payload: try query.serializedData(),
+                timeout: .seconds(5)
+            )
+            let reply = try Hangar_V1_JobReply(serializedBytes: answer.payload)
+            guard case .status(let status) = reply.outcome else {
+                Issue.record("the job had already ended: \(reply)")
+                return
+            }
+            #expect(status == .running)
+            logs.unsubscribe()
         }
     }
 }

@@ -210,10 +210,28 @@ public final class NodeAgent: Sendable {
             logger.debug("warm sandbox")
             outcome = await sandbox.run(assignment.spec, jobID: assignment.jobID)
         } else {
-            outcome = await runtime.run(assignment.spec, jobID: assignment.jobID)
+            outcome = await OutputTap.$current.withValue(outputTap(for: assignment)) {
+                await runtime.run(assignment.spec, jobID: assignment.jobID)
+            }
         }
         running.withLock { _ = $0.removeValue(forKey: key) }
         await report(outcome, for: assignment, logger: logger)
+    }
+
+    /// Publishes the job's output chunks on `hangar.logs.<tenant>.<job>` as they are read (best
+    /// effort: nothing waits for a reader, and the Result carries the whole capped output).
+    private func outputTap(for assignment: Hangar_V1_Assignment) -> OutputTap? {
+        guard Subjects.isValidToken(assignment.tenant) else { return nil }
+        let subject = Subjects.logs(tenant: assignment.tenant, job: assignment.jobID)
+        let nats = self.nats
+        let attempt = String(assignment.attempt)
+        return OutputTap { stream, offset, chunk in
+            try? nats.publish(
+                subject,
+                payload: chunk,
+                headers: ["Hangar-Stream": stream.rawValue, "Hangar-Offset": String(offset), "Hangar-Attempt": attempt]
+            )
+        }
     }
 
     /// Sends the result until the scheduler acknowledges it (it may be restarting), giving up only

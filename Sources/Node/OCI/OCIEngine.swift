@@ -161,7 +161,7 @@ struct OCIEngine: Sendable {
             var arguments = [toolName] + globalArguments + ["--log", logPath, "--log-format", "json", "run"]
             if case .runc = flavor { arguments.append("--keep") }  // keep the cgroup to read it
             arguments += ["--bundle", bundle.path, id]
-            let command = SandboxCommand(
+            var command = SandboxCommand(
                 executable: executable,
                 arguments: arguments,
                 environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
@@ -172,6 +172,7 @@ struct OCIEngine: Sendable {
                 containment: limits.cpuTimeMs > 0
                     ? OCICPUTimeContainment(cgroup: cgroup, limitMicroseconds: UInt64(limits.cpuTimeMs) * 1000) : nil
             )
+            command.tap = OutputTap.current
             prepared = clock.now - began
             do throws(SandboxSpawnError) {
                 result = try await SandboxProcess(command).waitKillingOnCancellation()

@@ -193,7 +193,7 @@ public struct ProcessRuntime: Runtime {
                     arguments: ["nsenter", "--net=\($0.path)", "--", shim.executable] + shim.arguments.dropFirst()
                 )
             } ?? (executable: shim.executable, arguments: shim.arguments)
-        let command = SandboxCommand(
+        var command = SandboxCommand(
             executable: entered.executable,
             arguments: entered.arguments,
             stdin: spec.stdin,
@@ -202,6 +202,7 @@ public struct ProcessRuntime: Runtime {
             inheritedFiles: invocation.files,
             containment: CgroupContainment(cgroup, cpuTime: limits.cpuTime)
         )
+        command.tap = OutputTap.current
         let spawned = Result { () throws(SandboxSpawnError) in try SandboxProcess(command) }
         for fd in invocation.files { close(fd) }  // the process holds its own copies
         let prepared = clock.now - began

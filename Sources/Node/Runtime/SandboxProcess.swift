@@ -40,6 +40,8 @@ public struct SandboxCommand: Sendable {
     public var drainTimeout: Duration
     /// Polled and killed along with the program, if set.
     public var containment: (any SandboxContainment)?
+    /// Gets the kept output as it is read (the job's own program only; see ``OutputTap``).
+    public var tap: OutputTap?
 
     /// A command; see the properties for what each argument means.
     public init(
@@ -452,8 +454,8 @@ private struct PollLoop {
         self.command = command
         wakeRead = fds.wakeRead
         stdinFD = fds.stdinWrite
-        stdout = Capture(fd: fds.stdoutRead, limit: command.outputLimit)
-        stderr = Capture(fd: fds.stderrRead, limit: command.outputLimit)
+        stdout = Capture(fd: fds.stdoutRead, limit: command.outputLimit, tap: command.tap, stream: .stdout)
+        stderr = Capture(fd: fds.stderrRead, limit: command.outputLimit, tap: command.tap, stream: .stderr)
         started = clock.now
         deadline = started + command.timeout
         if let interval = command.containment?.checkInterval { nextCheck = started + interval }
@@ -610,10 +612,14 @@ private struct Capture {
     private(set) var data = Data()
     private(set) var total: UInt64 = 0
     private(set) var truncated = false
+    let tap: OutputTap?
+    let stream: OutputTap.Stream
 
-    init(fd: Int32, limit: Int) {
+    init(fd: Int32, limit: Int, tap: OutputTap? = nil, stream: OutputTap.Stream = .stdout) {
         self.fd = fd
         self.limit = limit
+        self.tap = tap
+        self.stream = stream
     }
 
     var isOpen: Bool { fd >= 0 }
@@ -627,7 +633,11 @@ private struct Capture {
         }
         total += UInt64(count)
         let room = limit - data.count
-        if room > 0 { data.append(contentsOf: scratch[0..<min(room, count)]) }
+        if room > 0 {
+            let kept = scratch[0..<min(room, count)]
+            tap?.send(stream, UInt64(data.count), Data(kept))
+            data.append(contentsOf: kept)
+        }
         guard total > UInt64(limit), !truncated else { return false }
         truncated = true
         return true

@@ -82,13 +82,15 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                 publish: [
                     Subjects.submit(tenant: tenant), Subjects.cancel(tenant: tenant), Subjects.job(tenant: tenant),
                 ],
-                subscribe: ["hangar.result.\(tenant).>", inboxPrefix + ".>"]
+                subscribe: ["hangar.result.\(tenant).>", "hangar.logs.\(tenant).>", inboxPrefix + ".>"]
             )
         case .node(let node):
             // Replies to the scheduler's assignments: only to requests the node received
             // (`allow_responses`), so a node cannot answer for another node.
             Permissions(
-                publish: [Subjects.heartbeat(node: node), Subjects.nodeResult(node: node)],
+                // Output chunks of the jobs it runs, for `job logs -f` (a node runs the tenant's code and
+                // holds its output anyway).
+                publish: [Subjects.heartbeat(node: node), Subjects.nodeResult(node: node), "hangar.logs.>"],
                 subscribe: [Subjects.assign(node: node), Subjects.nodeCancel(node: node), inboxPrefix + ".>"],
                 allowResponses: true
             )
@@ -101,7 +103,10 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                 ]
             )
         case .operator:
-            Permissions(publish: ["hangar.admin.>", Subjects.jobWildcard], subscribe: [inboxPrefix + ".>"])
+            Permissions(
+                publish: ["hangar.admin.>", Subjects.jobWildcard],
+                subscribe: ["hangar.logs.>", inboxPrefix + ".>"]
+            )
         case .system:
             // Lives in the system account, which none of the others can reach: reads server events only.
             Permissions(publish: [], subscribe: ["$SYS.SERVER.*.CLIENT.AUTH.ERR"])
