@@ -108,7 +108,6 @@ struct BadField: Sendable, CustomTestStringConvertible {
         BadField("files_out[1]") { r in r.filesOut = ["ok/*.txt", "/etc/*"] },
         BadField("files_out[0]") { r in r.filesOut = ["a//b"] },
         BadField("files_out") { r in r.filesOut = Array(repeating: "*", count: 65) },
-        BadField("template") { r in r.template = "ubuntu" },
         BadField("template") { r in r.template = "../ubuntu" },
         BadField("template") { r in r.template = "Ubuntu" },
         BadField("limits.timeout_ms") { r in r.limits.timeoutMs = 3_600_000 },
