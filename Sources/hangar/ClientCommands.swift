@@ -142,16 +142,7 @@ func saveFiles(_ files: [Hangar_V1_FileOut], into directory: String) throws {
         let fd = open(target.path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode_t(file.mode & 0o777))
         guard fd >= 0 else { throw CLIError("cannot write \(target.path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
-        let complete = file.content.withUnsafeBytes { bytes -> Bool in
-            var offset = 0
-            while offset < bytes.count {
-                let count = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-                if count < 0 && errno == EINTR { continue }
-                guard count > 0 else { return false }
-                offset += count
-            }
-            return true
-        }
+        let complete = Descriptor.writeAll(fd, file.content)
         guard complete else { throw CLIError("cannot write \(target.path): \(String(cString: strerror(errno)))") }
         if file.truncated { printError("\(file.path): cut off at the job's files-out size cap") }
     }

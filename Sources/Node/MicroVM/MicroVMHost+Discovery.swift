@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import HangarShared
 
 /// Finding qemu, the guest kernel and the agent, and measuring what the guest needs to know.
 extension MicroVMHost {
@@ -74,16 +75,7 @@ extension MicroVMHost {
     static func memoryFile(_ data: Data) throws(MicroVMError) -> Int32 {
         let fd = GlibcExtensions.anonymousFile(named: "hangar-initramfs")
         guard fd >= 0 else { throw MicroVMError("memfd_create: \(String(cString: strerror(errno)))") }
-        let ok = data.withUnsafeBytes { bytes -> Bool in
-            var offset = 0
-            while offset < bytes.count {
-                let count = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-                if count < 0 && errno == EINTR { continue }
-                guard count > 0 else { return false }
-                offset += count
-            }
-            return true
-        }
+        let ok = Descriptor.writeAll(fd, data)
         guard ok else {
             close(fd)
             throw MicroVMError("cannot write the initramfs: \(String(cString: strerror(errno)))")

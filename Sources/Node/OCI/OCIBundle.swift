@@ -109,16 +109,7 @@ struct OCIBundle: Sendable {
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode_t(mode))
         guard fd >= 0 else { throw .system("create", path) }
         defer { close(fd) }
-        let complete = content.withUnsafeBytes { bytes -> Bool in
-            var offset = 0
-            while offset < bytes.count {
-                let count = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-                if count < 0 && errno == EINTR { continue }
-                guard count > 0 else { return false }
-                offset += count
-            }
-            return true
-        }
+        let complete = Descriptor.writeAll(fd, content)
         guard complete else { throw .system("write", path) }
         guard fchmod(fd, mode_t(mode)) == 0 else { throw .system("chmod", path) }
     }

@@ -408,16 +408,7 @@ struct BubblewrapInvocation {
         guard fd >= 0 else {
             throw InvalidJob(message: "cannot create a memory file: \(String(cString: strerror(errno)))")
         }
-        let written = content.withUnsafeBytes { bytes -> Bool in
-            var offset = 0
-            while offset < bytes.count {
-                let count = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-                if count < 0 && errno == EINTR { continue }
-                guard count > 0 else { return false }
-                offset += count
-            }
-            return true
-        }
+        let written = Descriptor.writeAll(fd, content)
         guard written, lseek(fd, 0, SEEK_SET) == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
