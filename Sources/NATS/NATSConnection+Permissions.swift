@@ -75,7 +75,8 @@ extension NATSConnection {
         guard PermissionViolation.subject(in: text, operation: operation) == subject else { return }
         let denied = NATSError(kind: .permissionDenied, operation: "\(operation)(\(subject))", message: text)
         if text != textBefore { throw denied }
-        let deadline = ContinuousClock.now + .seconds(1)
+        // The callback comes from libnats' callback thread; on a loaded machine that can take a while.
+        let deadline = ContinuousClock.now + min(timeout, .seconds(5))
         while ContinuousClock.now < deadline {
             let (texts, count) = events.violations
             if count > countBefore,
