@@ -41,13 +41,20 @@ struct LimitShim {
             let quoted = Self.quote(file)
             script += "{ echo $$ > \(quoted); } 2>/dev/null || fail \"cannot join cgroup \"\(quoted)\n"
         }
-        let rlimits = [
-            "--nofile=\(limits.openFiles):\(limits.openFiles)",
-            "--fsize=\(limits.fileSizeBytes):\(limits.fileSizeBytes)",
-            "--core=0:0",
-        ]
-        script += "out=$(\(Self.prlimitPath) --pid $$ \(rlimits.joined(separator: " ")) 2>&1) "
-        script += "|| fail \"cannot set rlimits: $out\"\n"
+        if limits.fileSizeBytes % 512 == 0 {
+            // The shell's own builtin (soft and hard at once; -f and -c count 512-byte blocks):
+            // no fork and exec of prlimit on the way to every sandbox.
+            script += "ulimit -n \(limits.openFiles) && ulimit -f \(limits.fileSizeBytes / 512) && ulimit -c 0 "
+            script += "|| fail \"cannot set rlimits\"\n"
+        } else {
+            let rlimits = [
+                "--nofile=\(limits.openFiles):\(limits.openFiles)",
+                "--fsize=\(limits.fileSizeBytes):\(limits.fileSizeBytes)",
+                "--core=0:0",
+            ]
+            script += "out=$(\(Self.prlimitPath) --pid $$ \(rlimits.joined(separator: " ")) 2>&1) "
+            script += "|| fail \"cannot set rlimits: $out\"\n"
+        }
         // The shell exports the node's working directory; nothing of the node goes into the sandbox.
         script += "unset PWD OLDPWD\n"
         if let user {
