@@ -1,13 +1,17 @@
 // swift-tools-version:6.0
+import Foundation
 import PackageDescription
+
+// A sanitizer build (scripts/check-leaks sets HANGAR_SANITIZER_BUILD=1) leaves out the microVM guest
+// agent: it is a static C executable, and the sanitizer runtimes cannot be linked statically.
+let sanitizerBuild = ProcessInfo.processInfo.environment["HANGAR_SANITIZER_BUILD"] == "1"
 
 let package = Package(
     name: "Hangar",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "hangar", targets: ["hangar"]),
-        .executable(name: "hangar-guest-agent", targets: ["hangar-guest-agent"]),
-    ],
+        .executable(name: "hangar", targets: ["hangar"])
+    ] + (sanitizerBuild ? [] : [.executable(name: "hangar-guest-agent", targets: ["hangar-guest-agent"])]),
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -83,13 +87,6 @@ let package = Package(
             ],
             path: "Sources/hangar"
         ),
-        // /init of the microvm runtime's guests: C, linked statically (see Sources/GuestAgent/main.c).
-        .executableTarget(
-            name: "hangar-guest-agent",
-            path: "Sources/GuestAgent",
-            cSettings: [.unsafeFlags(["-O2"])],
-            linkerSettings: [.unsafeFlags(["-static-executable"])]
-        ),
         .executableTarget(
             name: "hangar-bench",
             dependencies: [
@@ -138,3 +135,15 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+if !sanitizerBuild {
+    // /init of the microvm runtime's guests: C, linked statically (see Sources/GuestAgent/main.c).
+    package.targets.append(
+        .executableTarget(
+            name: "hangar-guest-agent",
+            path: "Sources/GuestAgent",
+            cSettings: [.unsafeFlags(["-O2"])],
+            linkerSettings: [.unsafeFlags(["-static-executable"])]
+        )
+    )
+}
