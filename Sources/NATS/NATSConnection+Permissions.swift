@@ -51,10 +51,8 @@ extension NATSConnection {
         headers: [String: String] = [:],
         timeout: Duration = .seconds(5)
     ) async throws {
-        let before = lastErrorText()
-        let counted = events.violations.count
         try publish(subject, payload: payload, replyTo: replyTo, headers: headers)
-        try await confirm(subject: subject, operation: .publish, timeout: timeout, before: (before, counted))
+        try await confirm(subject: subject, operation: .publish, timeout: timeout)
     }
 
     /// Flushes (the server answers a PING after everything sent before it, its -ERR included) and
@@ -62,32 +60,18 @@ extension NATSConnection {
     private func confirm(
         subject: String,
         operation: PermissionViolation.Operation,
-        timeout: Duration,
-        before: (text: String, count: Int)? = nil
+        timeout: Duration
     ) async throws {
-        let (textBefore, countBefore) = before ?? (lastErrorText(), events.violations.count)
         try await flush(timeout: timeout)
         // libnats stores the server's -ERR text on the connection before it reads the PONG, so a
-        // refusal of this publish or subscription is visible now. The same text as before means
-        // either an older refusal of the same subject or a new one: then wait for the error
-        // callback, which counts every refusal.
+        // refusal of this publish or subscription is visible now.
         let text = lastErrorText()
         guard PermissionViolation.subject(in: text, operation: operation) == subject else { return }
-        let denied = NATSError(kind: .permissionDenied, operation: "\(operation)(\(subject))", message: text)
-        if text != textBefore { throw denied }
-        // The callback comes from libnats' callback thread; on a loaded machine that can take a while.
-        let deadline = ContinuousClock.now + min(timeout, .seconds(5))
-        while ContinuousClock.now < deadline {
-            let (texts, count) = events.violations
-            if count > countBefore,
-                texts.suffix(count - countBefore).contains(where: {
-                    PermissionViolation.subject(in: $0, operation: operation) == subject
-                })
-            {
-                throw denied
-            }
-            try await Task.sleep(for: .milliseconds(10))
-        }
+        // The last error naming this subject means the server refused it: now, or earlier on this
+        // connection, and permissions do not change while it is connected (a server reload that
+        // loosens them is the exception). libnats' error callback, which counts each refusal, can
+        // arrive much later, so it is not waited for.
+        throw NATSError(kind: .permissionDenied, operation: "\(operation)(\(subject))", message: text)
     }
 
     /// The connection's last error text (libnats keeps the latest `-ERR` from the server).
