@@ -76,7 +76,7 @@ private func checkValidated(
     )
     require(RequestValidator.knownRuntimes.contains(spec.runtime), "accepted runtime \(show(spec.runtime))")
     require(policy.runtimes?.contains(spec.runtime) ?? true, "accepted runtime \(spec.runtime) the policy forbids")
-    require(RequestValidator.templates.contains(spec.template), "accepted template \(show(spec.template))")
+    require(TemplateName.isValid(spec.template), "accepted template \(show(spec.template))")
     require(policy.templates?.contains(spec.template) ?? true, "accepted template the policy forbids")
 
     // The command: argv[0] is the program, nothing holds NUL, the sizes are bounded.
