@@ -417,6 +417,19 @@ struct ContainerRuntimeTests {
         #expect(T.residue(of: id, kind: kind) == [])
     }
 
+    @Test("runc: open_files or file_size_bytes too small for runc itself are refused with the minimum")
+    func runcLauncherMinimums() async {
+        // runc starts under the job's own rlimits (the container inherits them, see OwnedUserNamespace).
+        let files = await T.run(.runc, T.job(["true"]) { $0.limits.openFiles = 8 }, name: "minfiles")
+        #expect(files.outcome.status == .error)
+        #expect(files.outcome.message.contains("open_files of at least 32"), "\(files.outcome.message)")
+        let size = await T.run(.runc, T.job(["true"]) { $0.limits.fileSizeBytes = 4096 }, name: "minsize")
+        #expect(size.outcome.status == .error)
+        #expect(size.outcome.message.contains("file_size_bytes of at least 1048576"), "\(size.outcome.message)")
+        #expect(files.residue + size.residue == [])
+        #expect(SandboxUsers.shared.inUse == 0, "a refused job kept its sandbox user")
+    }
+
     @Test("unsupported requests are errors, not silent downgrades", arguments: OCIKind.allCases)
     func invalidSpecs(kind: OCIKind) async {
         let empty = await T.run(kind, T.job([]), name: "empty")

@@ -96,6 +96,18 @@ struct OCIEngine: Sendable {
         } catch {
             return .error(error.description)
         }
+        var owned: (namespace: OwnedUserNamespace, user: UInt32)?
+        if let userNamespace, geteuid() == 0 {
+            let ownNetwork = spec.network.mode == .networkAllowlist
+            switch await Self.ownUserNamespace(mapping: userNamespace, limits: spec.limits, network: ownNetwork) {
+            case .success(let created):
+                owned = created
+                options.userNamespacePath = created.namespace.path
+            case .failure(let error):
+                _ = scratch?.remove()
+                return .error(error.description)
+            }
+        }
         var network: JobNetwork?
         if spec.network.mode == .networkAllowlist {
             guard case .runc = flavor else {
@@ -106,9 +118,10 @@ struct OCIEngine: Sendable {
                 )
             }
             do {
-                network = try await JobNetwork.create(allow: spec.network.allow)
+                network = try await JobNetwork.create(allow: spec.network.allow, namespaceOf: owned?.namespace.pid)
             } catch {
                 _ = scratch?.remove()
+                await Self.release(owned, cgroup: cgroup)
                 return .error("cannot set up the job's network: \(error.description)")
             }
         }
@@ -122,7 +135,70 @@ struct OCIEngine: Sendable {
             network: network
         )
         await network?.remove()
+        await Self.release(owned, cgroup: cgroup)
         return outcome
+    }
+
+    /// The smallest `open_files` and `file_size_bytes` a container in an ``OwnedUserNamespace``
+    /// may have: runc itself runs under them (it opens about 20 files and writes its state).
+    static let launcherMinimumOpenFiles: UInt32 = 32
+    static let launcherMinimumFileSize: UInt64 = 1 << 20
+
+    /// A user namespace owned by a host uid of the job's own (``OwnedUserNamespace``), or why not.
+    static func ownUserNamespace(
+        mapping: OCIUserNamespace,
+        limits: Hangar_V1_Limits,
+        network: Bool = false
+    ) async -> Result<(namespace: OwnedUserNamespace, user: UInt32), OCIRuntimeError> {
+        if limits.openFiles > 0 && limits.openFiles < launcherMinimumOpenFiles {
+            return .failure(
+                OCIRuntimeError(
+                    "the container runtime needs limits.open_files of at least \(launcherMinimumOpenFiles) "
+                        + "(runc runs under the job's own rlimits), got \(limits.openFiles)"
+                )
+            )
+        }
+        if limits.fileSizeBytes > 0 && limits.fileSizeBytes < launcherMinimumFileSize {
+            return .failure(
+                OCIRuntimeError(
+                    "the container runtime needs limits.file_size_bytes of at least \(launcherMinimumFileSize) "
+                        + "(runc runs under the job's own rlimits), got \(limits.fileSizeBytes)"
+                )
+            )
+        }
+        guard let user = SandboxUsers.shared.acquire() else {
+            return .failure(OCIRuntimeError("all \(SandboxUsers.shared.count) sandbox users are in use"))
+        }
+        do throws(OCIRuntimeError) {
+            return .success(
+                (try await OwnedUserNamespace.create(owner: user, mapping: mapping, network: network), user)
+            )
+        } catch {
+            SandboxUsers.shared.release(user)
+            return .failure(error)
+        }
+    }
+
+    /// Ends the namespace's holder; the uid goes back to the pool unless the container's cgroup
+    /// could not be removed (a process of the job may still be charged to it).
+    static func release(_ owned: (namespace: OwnedUserNamespace, user: UInt32)?, cgroup: OCICgroup) async {
+        guard let owned else { return }
+        await owned.namespace.remove()
+        if cgroup.existingDirectories().isEmpty { SandboxUsers.shared.release(owned.user) }
+    }
+
+    /// `command` started through util-linux `prlimit` with `rlimits` set, so that the runtime and
+    /// the container it starts inherit them; `command` itself when there are none.
+    static func launching(_ command: SandboxCommand, under rlimits: [OCIRlimit]) -> SandboxCommand {
+        guard !rlimits.isEmpty else { return command }
+        let names = ["RLIMIT_NOFILE": "nofile", "RLIMIT_FSIZE": "fsize", "RLIMIT_CORE": "core", "RLIMIT_CPU": "cpu"]
+        var launched = command
+        launched.executable = LimitShim.prlimitPath
+        launched.arguments =
+            ["prlimit"]
+            + rlimits.compactMap { limit in names[limit.type].map { "--\($0)=\(limit.soft):\(limit.hard)" } }
+            + ["--", command.executable] + command.arguments.dropFirst()
+        return launched
     }
 
     private func run(
@@ -173,6 +249,7 @@ struct OCIEngine: Sendable {
                     ? OCICPUTimeContainment(cgroup: cgroup, limitMicroseconds: UInt64(limits.cpuTimeMs) * 1000) : nil
             )
             command.tap = OutputTap.current
+            command = Self.launching(command, under: config.inheritedRlimits)
             prepared = clock.now - began
             do throws(SandboxSpawnError) {
                 result = try await SandboxProcess(command).waitKillingOnCancellation()

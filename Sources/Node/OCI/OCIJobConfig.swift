@@ -10,6 +10,9 @@ struct OCIInvalidJob: Error, Sendable {
 struct OCIConfigOptions: Sendable {
     /// A user namespace for the container (runc), or none (gVisor runs its own).
     var userNamespace: OCIUserNamespace?
+    /// Join this user namespace (``OwnedUserNamespace``) instead of having the runtime create one;
+    /// the rlimits then go to ``OCIJobConfig/inheritedRlimits`` instead of the config.
+    var userNamespacePath: String? = nil
     /// Whether the runtime copies `rootfs/tmp` into the `/tmp` tmpfs (runc's `tmpcopyup`); without
     /// it, job files and a working directory below `/tmp` cannot be prepared.
     var copiesScratchUp: Bool
@@ -77,6 +80,9 @@ struct OCIJobConfig: Sendable {
     let spec: OCISpec
     /// In creation order: parents before children.
     let rootfs: [OCIRootfsEntry]
+    /// Rlimits the runtime must be started with (the container inherits them) rather than set from
+    /// the config; empty unless the container joins an ``OwnedUserNamespace``.
+    let inheritedRlimits: [OCIRlimit]
     let scratchFiles: [OCIScratchFile]
     /// Host uid and gid owning what the job may write in its scratch (the job's uid as the host sees it).
     let scratchOwner: (uid: UInt32, gid: UInt32)
@@ -215,7 +221,9 @@ struct OCIJobConfig: Sendable {
             guard userNamespace.size > Self.uid else {
                 throw OCIInvalidJob(message: "the user namespace maps \(userNamespace.size) ids; uid 65534 needs 65535")
             }
-            namespaces.append(OCINamespace(type: "user"))
+            var user = OCINamespace(type: "user")
+            user.path = options.userNamespacePath
+            namespaces.append(user)
             uidMappings = [OCIIDMapping(containerID: 0, hostID: userNamespace.hostID, size: userNamespace.size)]
             gidMappings = uidMappings
         }
@@ -236,6 +244,10 @@ struct OCIJobConfig: Sendable {
             rlimits.append(OCIRlimit(type: "RLIMIT_CPU", hard: seconds, soft: seconds))
         }
         self.rootfs = rootfs
+        // runc sets a config's rlimits with prlimit from outside, which a joined namespace owned by
+        // another user refuses unless root has CAP_SYS_RESOURCE; the launcher sets them instead.
+        inheritedRlimits = options.userNamespacePath == nil ? [] : rlimits
+        if options.userNamespacePath != nil { rlimits = [] }
 
         spec = OCISpec(
             process: OCIProcess(

@@ -31,6 +31,8 @@ final class OCIWarmSandbox: WarmSandbox {
     private let containment: WarmContainment
     private let control: Int32
     private let stdinWriter: Int32
+    /// The container's user namespace and its owner, when the node made one (``OwnedUserNamespace``).
+    private let owned: (namespace: OwnedUserNamespace, user: UInt32)?
     private let used = Atomic<Bool>(false)
 
     static let readyTimeout = Duration.seconds(20)
@@ -46,7 +48,8 @@ final class OCIWarmSandbox: WarmSandbox {
         bundle: OCIBundle,
         containment: WarmContainment,
         control: Int32,
-        stdinWriter: Int32
+        stdinWriter: Int32,
+        owned: (namespace: OwnedUserNamespace, user: UInt32)?
     ) {
         self.template = template
         self.profile = profile
@@ -58,12 +61,41 @@ final class OCIWarmSandbox: WarmSandbox {
         self.containment = containment
         self.control = control
         self.stdinWriter = stdinWriter
+        self.owned = owned
     }
 
     static func prepare(
         engine: OCIEngine,
         template: String,
         profile: WarmProfile
+    ) async throws(WarmError)
+        -> OCIWarmSandbox
+    {
+        var owned: (namespace: OwnedUserNamespace, user: UInt32)?
+        if let mapping = engine.configOptions(cgroupsPath: "").userNamespace, geteuid() == 0 {
+            var limits = Hangar_V1_Limits()
+            limits.fileSizeBytes = profile.fileSizeBytes
+            limits.openFiles = profile.openFiles
+            switch await OCIEngine.ownUserNamespace(mapping: mapping, limits: limits) {
+            case .success(let created): owned = created
+            case .failure(let error): throw WarmError(error.description)
+            }
+        }
+        do {
+            return try await prepare(engine: engine, template: template, profile: profile, owned: owned)
+        } catch {
+            // Preparing kills and deletes what it started before it throws.
+            await owned?.namespace.remove()
+            if let owned { SandboxUsers.shared.release(owned.user) }
+            throw error
+        }
+    }
+
+    private static func prepare(
+        engine: OCIEngine,
+        template: String,
+        profile: WarmProfile,
+        owned: (namespace: OwnedUserNamespace, user: UInt32)?
     ) async throws(WarmError)
         -> OCIWarmSandbox
     {
@@ -77,6 +109,7 @@ final class OCIWarmSandbox: WarmSandbox {
         let id = OCIEngine.containerID(for: "warm-\(template)")
         let cgroup = OCICgroup(layout: layout, relativePath: engine.directories.cgroupParent + "/" + id)
         var options = engine.configOptions(cgroupsPath: cgroup.cgroupsPath)
+        options.userNamespacePath = owned?.namespace.path
         let config: OCIJobConfig
         let bundle: OCIBundle
         do {
@@ -119,15 +152,18 @@ final class OCIWarmSandbox: WarmSandbox {
         var arguments = [engine.toolName] + engine.globalArguments
         arguments += ["--log", bundle.path + "/\(engine.toolName).log", "--log-format", "json", "run", "--keep"]
         arguments += ["--preserve-fds", "3", "--bundle", bundle.path, id]
-        let command = SandboxCommand(
-            executable: engine.executable,
-            arguments: arguments,
-            environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
-            timeout: ProcessWarmSandbox.lifetime,
-            outputLimit: profile.outputBytes,
-            inheritedFiles: [control.read, stdin.read, ready.write],
-            drainTimeout: OCIEngine.drainTimeout,
-            containment: containment
+        let command = OCIEngine.launching(
+            SandboxCommand(
+                executable: engine.executable,
+                arguments: arguments,
+                environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+                timeout: ProcessWarmSandbox.lifetime,
+                outputLimit: profile.outputBytes,
+                inheritedFiles: [control.read, stdin.read, ready.write],
+                drainTimeout: OCIEngine.drainTimeout,
+                containment: containment
+            ),
+            under: config.inheritedRlimits
         )
         let spawned = Result { () throws(SandboxSpawnError) in try SandboxProcess(command) }
         for fd in [control.read, stdin.read, ready.write] { close(fd) }
@@ -163,7 +199,8 @@ final class OCIWarmSandbox: WarmSandbox {
             bundle: bundle,
             containment: containment,
             control: control.write,
-            stdinWriter: stdin.write
+            stdinWriter: stdin.write,
+            owned: owned
         )
     }
 
@@ -224,6 +261,7 @@ final class OCIWarmSandbox: WarmSandbox {
                 cgroup: cgroup,
                 bundle: bundle
             )
+            await OCIEngine.release(owned, cgroup: cgroup)
             outcome = OCIOutcome(
                 tool: engine.toolName,
                 program: spec.argv[0],
@@ -241,6 +279,7 @@ final class OCIWarmSandbox: WarmSandbox {
         } catch {
             timer.cancel()
             _ = await engine.teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
+            await OCIEngine.release(owned, cgroup: cgroup)
             outcome = .error("the warm container had not started: \(error.description)")
         }
         return outcome
@@ -294,6 +333,8 @@ final class OCIWarmSandbox: WarmSandbox {
         close(stdinWriter)
         if killFirst { process.kill() }
         _ = try? await process.wait()
-        return await engine.teardown(id: id, killFirst: killFirst, cgroup: cgroup, bundle: bundle)
+        let leftovers = await engine.teardown(id: id, killFirst: killFirst, cgroup: cgroup, bundle: bundle)
+        await OCIEngine.release(owned, cgroup: cgroup)
+        return leftovers
     }
 }

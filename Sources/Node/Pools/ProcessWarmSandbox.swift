@@ -25,6 +25,8 @@ final class ProcessWarmSandbox: WarmSandbox {
     /// The node's ends of the script pipe and the stdin pipe.
     private let control: Int32
     private let stdinWriter: Int32
+    /// The sandbox's own host user (``SandboxUsers``), nil when the node is not root.
+    private let user: UInt32?
     private let used = Atomic<Bool>(false)
 
     /// How long a sandbox may wait unused; the pool replaces idle ones long before.
@@ -39,7 +41,8 @@ final class ProcessWarmSandbox: WarmSandbox {
         cgroup: JobCgroup,
         containment: WarmContainment,
         control: Int32,
-        stdinWriter: Int32
+        stdinWriter: Int32,
+        user: UInt32?
     ) {
         self.template = template
         self.profile = profile
@@ -48,6 +51,7 @@ final class ProcessWarmSandbox: WarmSandbox {
         self.containment = containment
         self.control = control
         self.stdinWriter = stdinWriter
+        self.user = user
     }
 
     static func prepare(
@@ -78,6 +82,38 @@ final class ProcessWarmSandbox: WarmSandbox {
         } catch {
             throw WarmError("\(error)")
         }
+        var user: UInt32?
+        if geteuid() == 0 {
+            guard let uid = SandboxUsers.shared.acquire() else {
+                throw WarmError("all \(SandboxUsers.shared.count) sandbox users are in use")
+            }
+            user = uid
+        }
+        do {
+            return try await prepare(
+                runtime: runtime,
+                template: template,
+                profile: profile,
+                host: host,
+                invocation: invocation,
+                user: user
+            )
+        } catch {
+            // Nothing of the sandbox runs any more when preparing fails (see below).
+            if let user { SandboxUsers.shared.release(user) }
+            throw error
+        }
+    }
+
+    private static func prepare(
+        runtime: ProcessRuntime,
+        template: String,
+        profile: WarmProfile,
+        host: CgroupHost,
+        invocation: BubblewrapInvocation,
+        user: UInt32?
+    ) async throws(WarmError) -> ProcessWarmSandbox {
+        let limits = profile.limits
         var opened: [Int32] = invocation.files
         func closeAll() { for fd in opened { close(fd) } }
         let control: (read: Int32, write: Int32)
@@ -106,7 +142,7 @@ final class ProcessWarmSandbox: WarmSandbox {
             limits: limits,
             program: runtime.bubblewrapPath,
             arguments: ["bwrap"] + invocation.arguments,
-            user: geteuid() == 0 ? ProcessRuntime.sandboxHostID : nil
+            user: user
         )
         // The seccomp filter is 3 (as in a fresh sandbox), then 4, 5 and 6 of ``WarmScript/process``.
         let command = SandboxCommand(
@@ -147,7 +183,8 @@ final class ProcessWarmSandbox: WarmSandbox {
             cgroup: cgroup,
             containment: containment,
             control: control.write,
-            stdinWriter: stdin.write
+            stdinWriter: stdin.write,
+            user: user
         )
     }
 
@@ -210,6 +247,7 @@ final class ProcessWarmSandbox: WarmSandbox {
         }
         do {
             try cgroup.remove()
+            if let user { SandboxUsers.shared.release(user) }
         } catch {
             outcome.message += (outcome.message.isEmpty ? "" : "; ") + "the job's cgroup was not removed: \(error)"
         }
@@ -241,6 +279,7 @@ final class ProcessWarmSandbox: WarmSandbox {
         close(stdinWriter)
         process.kill()
         _ = try? await process.wait()
-        try? cgroup.remove()
+        // A uid whose processes may still live is never handed to another sandbox.
+        if (try? cgroup.remove()) != nil, let user { SandboxUsers.shared.release(user) }
     }
 }

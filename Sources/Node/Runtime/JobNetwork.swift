@@ -23,8 +23,12 @@ struct JobNetwork: Sendable {
     /// At most this many CIDRs per job.
     static let maxAllowed = 32
 
-    /// Sets up the namespace, veth pair and rules. Needs root, `ip` and `nft`.
-    static func create(allow: [String]) async throws(NetworkSetupError) -> JobNetwork {
+    /// Sets up the namespace, veth pair and rules. Needs root, `ip` and `nft`. With `process`, the
+    /// network namespace of that process is used (and named) instead of a new one: a container
+    /// whose user namespace is not root's may only join a network namespace its own user namespace
+    /// owns (``OwnedUserNamespace``).
+    static func create(allow: [String], namespaceOf process: Int32? = nil) async throws(NetworkSetupError) -> JobNetwork
+    {
         guard geteuid() == 0 else { throw NetworkSetupError("NETWORK_ALLOWLIST needs a node running as root") }
         guard (1...maxAllowed).contains(allow.count) else {
             throw NetworkSetupError("NETWORK_ALLOWLIST needs 1 to \(maxAllowed) CIDRs in network.allow")
@@ -42,7 +46,7 @@ struct JobNetwork: Sendable {
         let suffix = String(subnet, radix: 36)
         let network = JobNetwork(name: "hangar-\(suffix)", hostInterface: "hgh\(suffix)", subnet: subnet)
         do {
-            try await network.setUp(cidrs)
+            try await network.setUp(cidrs, namespaceOf: process)
         } catch {
             await network.remove()
             throw error
@@ -56,10 +60,12 @@ struct JobNetwork: Sendable {
         return (IPv4CIDR.format(UInt32(base + 1)), IPv4CIDR.format(UInt32(base + 2)))
     }
 
-    private func setUp(_ allow: [IPv4CIDR]) async throws(NetworkSetupError) {
+    private func setUp(_ allow: [IPv4CIDR], namespaceOf process: Int32?) async throws(NetworkSetupError) {
         let inner = "hgs" + hostInterface.dropFirst(3)
         let (gateway, sandbox) = addresses
-        try await Self.run(["ip", "netns", "add", name])
+        try await Self.run(
+            process.map { ["ip", "netns", "attach", name, String($0)] } ?? ["ip", "netns", "add", name]
+        )
         try await Self.run(["ip", "link", "add", hostInterface, "type", "veth", "peer", "name", inner])
         try await Self.run(["ip", "link", "set", inner, "netns", name])
         try await Self.run(["ip", "addr", "add", gateway + "/30", "dev", hostInterface])

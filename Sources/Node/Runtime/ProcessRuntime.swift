@@ -3,7 +3,8 @@ import Glibc
 import HangarShared
 
 /// Runs a job's argv inside bubblewrap: every namespace unshared (no network but loopback), all
-/// capabilities dropped, uid/gid 65534 (on the host ``sandboxHostID``, never root), a read-only
+/// capabilities dropped, uid/gid 65534 (on the host a uid of the job's own from ``SandboxUsers``,
+/// never root), a read-only
 /// view of the host's `/usr` and a few `/etc` files, and a size-bounded private tmpfs at `/tmp`.
 /// Killing the outer `bwrap` tears down the job's pid namespace, so nothing the job started
 /// (daemons included) survives it.
@@ -31,12 +32,12 @@ public struct ProcessRuntime: Runtime {
     public static let defaultScratchBytes = JobLimits.defaultFileSizeBytes
     /// `PATH` inside the sandbox unless the job sets its own.
     public static let defaultPath = "/usr/local/bin:/usr/bin:/bin"
-    /// The unprivileged host uid and gid that bubblewrap, and so the job, run as when the node runs
-    /// as root: the id ``ContainerRuntime``'s jobs have on the host. Run as root, bubblewrap would
-    /// map the job's uid onto host root, whose uid alone opens the host's sysctls (`core_pattern`),
-    /// root-only `/proc` files and bound-in root-only files, capabilities or not. A node that is not
-    /// root runs bubblewrap as itself.
-    public static let sandboxHostID: UInt32 = 165_534
+    // A root node runs bubblewrap, and so the job, as an unprivileged host uid and gid of the
+    // job's own (``SandboxUsers``). Run as root, bubblewrap would map the job's uid onto host root,
+    // whose uid alone opens the host's sysctls (`core_pattern`), root-only `/proc` files and
+    // bound-in root-only files, capabilities or not; run as one shared uid, every job would draw on
+    // the same per-user kernel budgets. A node that is not root runs bubblewrap as itself.
+
     /// util-linux `nsenter`, which puts an allowlist job's sandbox into its network namespace.
     static let nsenterPath = "/usr/bin/nsenter"
 
@@ -130,17 +131,37 @@ public struct ProcessRuntime: Runtime {
         return outcome
     }
 
+    /// Runs the job as a host user of its own (see ``SandboxUsers``) when the node is root.
     private func run(_ requested: Hangar_V1_JobSpec, jobID: String, network: JobNetwork?) async -> RunOutcome {
+        guard geteuid() == 0 else {
+            return await run(requested, jobID: jobID, network: network, user: nil).outcome
+        }
+        guard let user = SandboxUsers.shared.acquire() else {
+            return .error("refusing to run the job: all \(SandboxUsers.shared.count) sandbox users are in use")
+        }
+        let (outcome, processesGone) = await run(requested, jobID: jobID, network: network, user: user)
+        // A uid whose processes may still live is never handed to another job.
+        if processesGone { SandboxUsers.shared.release(user) }
+        return outcome
+    }
+
+    /// `processesGone`: no process of the job can be left (none started, or its cgroup is removed).
+    private func run(
+        _ requested: Hangar_V1_JobSpec,
+        jobID: String,
+        network: JobNetwork?,
+        user: UInt32?
+    ) async -> (outcome: RunOutcome, processesGone: Bool) {
         let clock = ContinuousClock()
         let began = clock.now
         if Task.isCancelled {
             var outcome = RunOutcome(status: .cancelled)
             outcome.message = "cancelled before the sandbox started"
-            return outcome
+            return (outcome, true)
         }
-        if let missing = missingPrerequisite() { return .error("refusing to run the job: \(missing)") }
+        if let missing = missingPrerequisite() { return (.error("refusing to run the job: \(missing)"), true) }
         guard case .success(let host) = cgroups, case .success(let filter) = Self.seccomp else {
-            return .error("refusing to run the job: cgroups or seccomp are unavailable")
+            return (.error("refusing to run the job: cgroups or seccomp are unavailable"), true)
         }
         let limits = JobLimits(requested.limits)
         let spec: Hangar_V1_JobSpec
@@ -149,13 +170,13 @@ public struct ProcessRuntime: Runtime {
             let resolved = try Template.resolve(requested, in: templates)
             (root, spec) = (try resolved.template.layout(), resolved.spec)
         } catch {
-            return .error(error.description)
+            return (.error(error.description), true)
         }
         let scratch: JobScratch?
         do {
-            scratch = try Self.scratch(for: spec, jobID: jobID, limits: limits)
+            scratch = try Self.scratch(for: spec, jobID: jobID, limits: limits, owner: user ?? geteuid())
         } catch {
-            return .error(error.description)
+            return (.error(error.description), true)
         }
         let invocation: BubblewrapInvocation
         do {
@@ -168,7 +189,7 @@ public struct ProcessRuntime: Runtime {
             )
         } catch {
             _ = scratch?.remove()
-            return .error(error.message)
+            return (.error(error.message), true)
         }
         let cgroup: JobCgroup
         do {
@@ -176,14 +197,14 @@ public struct ProcessRuntime: Runtime {
         } catch {
             for fd in invocation.files { close(fd) }
             _ = scratch?.remove()
-            return .error("cannot create the job's cgroup: \(error.description)")
+            return (.error("cannot create the job's cgroup: \(error.description)"), true)
         }
         let shim = LimitShim(
             procsFiles: cgroup.procsFiles,
             limits: limits,
             program: bubblewrapPath,
             arguments: ["bwrap"] + invocation.arguments,
-            user: geteuid() == 0 ? Self.sandboxHostID : nil
+            user: user
         )
         // nsenter execs the shim in the job's network namespace: same pid, so wait and kill hold.
         let entered =
@@ -216,16 +237,18 @@ public struct ProcessRuntime: Runtime {
         } catch {
             outcome = .error("cannot start bubblewrap: \(error.description)")
         }
+        var processesGone = true
         do {
             try cgroup.remove()
         } catch {
+            processesGone = false
             outcome.message += (outcome.message.isEmpty ? "" : "; ") + "the job's cgroup was not removed: \(error)"
         }
         if let scratch {
             outcome.collectFiles(from: scratch, spec: spec, capBytes: limits.outputBytes)
             if let problem = scratch.remove() { outcome.appendMessage(problem) }
         }
-        return outcome
+        return (outcome, processesGone)
     }
 
     /// A host tmpfs for the job's `/tmp` when it asks for files back, else nil (bubblewrap's own
@@ -233,13 +256,13 @@ public struct ProcessRuntime: Runtime {
     private static func scratch(
         for spec: Hangar_V1_JobSpec,
         jobID: String,
-        limits: JobLimits
+        limits: JobLimits,
+        owner: UInt32
     ) throws(ScratchError)
         -> JobScratch?
     {
         guard !spec.filesOut.isEmpty else { return nil }
         try JobScratch.checkFilesOut(spec)
-        let owner = geteuid() == 0 ? sandboxHostID : geteuid()
         return try JobScratch.create(name: jobID, sizeBytes: limits.fileSizeBytes, owner: (owner, owner))
     }
 }

@@ -23,7 +23,7 @@ public struct Template: Sendable, Equatable {
 /// template is never changed once in place (rebuild it under a new name, or remove and rebuild).
 ///
 /// The store and its ancestors must be traversable (`o+x`) by the unprivileged host ids sandboxes
-/// run as (165534 for `process`, 100000+ for `container`): the store creates its own folders 0755.
+/// run as (1000000+ for `process`, 100000+ for `container`): the store creates its own folders 0755.
 public struct TemplateStore: Sendable {
     /// The folder holding the templates.
     public let root: String
