@@ -98,9 +98,7 @@ enum FaultTest {
 
         let credentials = try NATSCredentials.load(path: auth.credentialsPath(for: .tenant("load")))
         var clientOptions = NATSConnectionOptions(servers: [url], name: "fault-load", logger: logger)
-        clientOptions.user = credentials.user
-        clientOptions.password = credentials.password
-        clientOptions.inboxPrefix = credentials.inboxPrefix
+        clientOptions.logIn(with: credentials)
         clientOptions.maxReconnectDelay = .milliseconds(500)
         let client = try await NATSConnection(options: clientOptions)
         let ledger = Ledger()

@@ -13,6 +13,12 @@ public struct NATSConnectionOptions: Sendable {
     public var user: String?
     public var password: String?
     public var token: String?
+    /// A user NKey (`U…`, in the server's configuration) to log in with instead of a password;
+    /// needs ``nkeySeed``.
+    public var nkey: String?
+    /// The seed (`SU…`) of ``nkey``, which signs the server's nonce at every (re)connect. It stays
+    /// in this process; the server only knows the public key.
+    public var nkeySeed: String?
     /// A `.creds` file (JWT + NKey seed).
     public var credentialsFile: String?
     /// Flush every publish at once instead of from libnats' flusher thread: lower latency for
@@ -74,7 +80,12 @@ public final class NATSConnection: @unchecked Sendable {
     public init(options: NATSConnectionOptions) async throws {
         self.options = options
         let router = ReplyRouter(prefix: "\(options.inboxPrefix).\(makeNUID()).")
-        let events = ConnectionEvents(logger: options.logger, maxDelay: options.maxReconnectDelay, router: router)
+        let events = ConnectionEvents(
+            logger: options.logger,
+            maxDelay: options.maxReconnectDelay,
+            router: router,
+            nkeySeed: options.nkeySeed
+        )
         let opened = try await runBlocking { () throws(NATSError) in
             let (handle, subscription) = try Self.open(options: options, events: events, router: router)
             return (UncheckedPointer(handle), subscription)
@@ -141,6 +152,13 @@ public final class NATSConnection: @unchecked Sendable {
         try NATSError.check(natsOptions_SetReconnectedCB(opts, connectionReconnected, context), "SetReconnectedCB")
         try NATSError.check(natsOptions_SetClosedCB(opts, connectionClosed, context), "SetClosedCB")
         try NATSError.check(natsOptions_SetErrorHandler(opts, connectionError, context), "SetErrorHandler")
+        if let nkey = options.nkey {
+            guard options.nkeySeed != nil else {
+                Unmanaged<ConnectionEvents>.fromOpaque(context).release()
+                throw NATSError(kind: .invalidArgument, operation: "connect", message: "an NKey login needs its seed")
+            }
+            try NATSError.check(natsOptions_SetNKey(opts, nkey, connectionSignNonce, context), "natsOptions_SetNKey")
+        }
         if options.retryOnFailedConnect {
             try NATSError.check(
                 natsOptions_SetRetryOnFailedConnect(opts, true, nil, nil),
@@ -345,7 +363,11 @@ final class ConnectionEvents: Sendable {
     /// The server's permission violations so far (the latest 64) and how many there were.
     private let violationLog = Mutex<(texts: [String], count: Int)>(([], 0))
 
-    init(logger: Logger, maxDelay: Duration, router: ReplyRouter) {
+    /// The NKey seed that signs the server's nonce, if the connection logs in with an NKey.
+    let nkeySeed: String?
+
+    init(logger: Logger, maxDelay: Duration, router: ReplyRouter, nkeySeed: String? = nil) {
+        self.nkeySeed = nkeySeed
         self.logger = logger
         self.maxDelayMilliseconds = max(50, maxDelay.milliseconds)
         self.router = router
@@ -421,6 +443,14 @@ private let connectionReconnected: natsConnectionHandler = { connection, closure
         "NATS reconnected",
         metadata: ["nats.url": "\(connectedURL(connection))", "nats.reconnects": "\(count)"]
     )
+}
+
+/// Signs the server's nonce with the connection's NKey seed (libnats frees the signature).
+private let connectionSignNonce: natsSignatureHandler = { _, signature, signatureLength, nonce, closure in
+    guard let closure, let nonce else { return NATS_ERR }
+    let events = Unmanaged<ConnectionEvents>.fromOpaque(closure).takeUnretainedValue()
+    guard let seed = events.nkeySeed else { return NATS_ERR }
+    return seed.withCString { nats_Sign($0, nonce, signature, signatureLength) }
 }
 
 private let connectionClosed: natsConnectionHandler = { _, closure in

@@ -111,7 +111,5 @@ func applyCredentials(_ file: String, to options: inout NATSConnectionOptions) t
     } catch {
         throw CLIError("\(error)")
     }
-    options.user = credentials.user
-    options.password = credentials.password
-    options.inboxPrefix = credentials.inboxPrefix
+    options.logIn(with: credentials)
 }

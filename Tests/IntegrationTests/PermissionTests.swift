@@ -311,11 +311,13 @@ struct PermissionTests {
             await node.close()
 
             var wrong = try NATSCredentials.load(path: cluster.auth.credentialsPath(for: .tenant("a")))
-            wrong.password = String(repeating: "0", count: 48)
+            let nkey = try #require(wrong.nkey, "tenant credentials log in with an NKey")
+            #expect(wrong.password == nil)
+            wrong.seed = NKeyPair.generateUser().seed  // tenant a's public key, another private key
             do {
                 let connection = try await connectForTest(cluster.server, credentials: wrong)
                 await connection.close()
-                Issue.record("the server accepted a wrong password")
+                Issue.record("the server accepted a nonce signed with the wrong seed")
             } catch let error as NATSError {
                 #expect(error.kind == .authenticationFailed, "\(error)")
             }
@@ -326,16 +328,33 @@ struct PermissionTests {
             } catch let error as NATSError {
                 #expect(error.kind == .authenticationFailed, "\(error)")
             }
-            // The scheduler heard of the wrong password from the server and audited it.
+            // The scheduler heard of the wrong signature from the server and audited it.
             var failures: [Hangar_V1_AuditEvent] = []
             let deadline = ContinuousClock.now + .seconds(5)
             while failures.isEmpty && ContinuousClock.now < deadline {
                 failures = try await cluster.scheduler.store.auditRows(tenant: nil, jobID: nil, sinceMs: 0, limit: 1000)
-                    .filter { $0.event == "auth.failed" && $0.detail.contains("user tenant-a ") }
+                    .filter { $0.event == "auth.failed" && $0.detail.contains("user \(nkey) ") }
                 if failures.isEmpty { try await Task.sleep(for: .milliseconds(20)) }
             }
             #expect(failures.first?.actor == "nats", "audit rows for failed logins: \(failures)")
         }
+    }
+
+    @Test("the server's configuration holds public keys only, never a seed or password")
+    func configurationHoldsNoSecret() throws {
+        let directory = try makeTemporaryDirectory("hangar-auth")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let auth = AuthDirectory(path: directory.path)
+        try auth.prepareLocalCluster(nodes: ["n1"], tenants: ["a"], operators: ["admin"])
+        let config = try String(contentsOfFile: auth.configPath, encoding: .utf8)
+        let all = try auth.allCredentials()
+        #expect(all.count == 5)  // scheduler, system, n1, a, admin
+        for credentials in all {
+            let seed = try #require(credentials.seed, "\(credentials.user) has no NKey")
+            #expect(config.contains("nkey: \"\(credentials.nkey ?? "")\""), "\(credentials.user) is not in the config")
+            #expect(!config.contains(seed), "\(credentials.user)'s seed is in the server's configuration")
+        }
+        #expect(!config.contains("password"))
     }
 
     @Test("tenant add: a new tenant works after the server reloads; its file never grants another tenant")

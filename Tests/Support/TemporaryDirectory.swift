@@ -32,9 +32,7 @@ public func connectForTest(
     name: String = "test"
 ) async throws -> NATSConnection {
     var options = NATSConnectionOptions(servers: [server.url], name: name)
-    options.user = credentials.user
-    options.password = credentials.password
-    options.inboxPrefix = credentials.inboxPrefix
+    options.logIn(with: credentials)
     return try await NATSConnection(options: options)
 }
 

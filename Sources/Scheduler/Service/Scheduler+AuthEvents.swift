@@ -3,8 +3,8 @@ import HangarNATS
 import HangarShared
 
 extension Scheduler {
-    /// Logs and audits (`auth.failed`) every login nats-server refuses (unknown user, wrong
-    /// password), read from the server's `$SYS.SERVER.*.CLIENT.AUTH.ERR` events on `connection`, a
+    /// Logs and audits (`auth.failed`) every login nats-server refuses (unknown user or NKey, wrong
+    /// password or signature), read from the server's `$SYS.SERVER.*.CLIENT.AUTH.ERR` events on `connection`, a
     /// login in the system account (`Principal.system`). At most 20 rows a second reach the audit;
     /// a flood beyond that is counted in the next row. Runs until cancelled.
     public nonisolated func auditAuthFailures(from connection: NATSConnection) async throws {
@@ -50,6 +50,6 @@ enum AuthFailure {
             return text.isEmpty ? "?" : String(text.prefix(100))
         }
         return
-            "user \(field(client["user"])) from \(field(client["host"])) (client \(field(client["name"]))): \(field(object["reason"]))"
+            "user \(field([client["user"], client["nkey"]].first { ($0 as? String)?.isEmpty == false } ?? nil)) from \(field(client["host"])) (client \(field(client["name"]))): \(field(object["reason"]))"
     }
 }

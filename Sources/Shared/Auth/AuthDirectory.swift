@@ -60,16 +60,14 @@ public struct AuthDirectory: Sendable {
 
     /// The nats-server accounts for these users: account HANGAR (every component, each user with
     /// its allow-lists; JetStream on) and the system account SYS (the `system` login only, which
-    /// receives the server's authentication-failure events). Names are NATS tokens and passwords hex
-    /// (both checked on load), so nothing needs escaping.
+    /// receives the server's authentication-failure events). Only public keys go in (passwords for
+    /// files of earlier versions); names are NATS tokens, keys base32 and passwords hex (all
+    /// checked on load), so nothing needs escaping.
     public static func render(_ users: [NATSCredentials]) -> String {
         func list(_ subjects: [String]) -> String { "[" + subjects.map { "\"\($0)\"" }.joined(separator: ", ") + "]" }
         func entry(_ credentials: NATSCredentials, _ principal: Principal, indent: String) -> [String] {
             let permissions = principal.permissions
-            var lines = [
-                "\(indent){", "\(indent)  user: \"\(credentials.user)\"",
-                "\(indent)  password: \"\(credentials.password)\"",
-            ]
+            var lines = ["\(indent){"] + credentials.serverLogin.map { "\(indent)  \($0)" }
             if principal != .system {
                 lines.append("\(indent)  permissions: {")
                 lines.append("\(indent)    publish: {allow: \(list(permissions.publish))}")

@@ -1,7 +1,9 @@
 import Foundation
 
-/// A principal's NATS login, as `hangar tenant add` writes it (a JSON file, mode 0600): user,
-/// password and the inbox prefix the connection must use to receive replies.
+/// A principal's NATS login, as `hangar tenant add` writes it (a JSON file, mode 0600): an NKey
+/// (public key and seed; the server's configuration holds only the public key) and the inbox prefix
+/// the connection must use to receive replies. Files of earlier versions hold a password instead;
+/// they still load and work.
 public struct NATSCredentials: Codable, Sendable, Equatable {
     /// `Principal.role` of the owner.
     public var role: String
@@ -9,24 +11,29 @@ public struct NATSCredentials: Codable, Sendable, Equatable {
     public var name: String
     /// The NATS user name (`Principal.user`).
     public var user: String
-    /// 48 hex digits.
-    public var password: String
+    /// The user NKey (`U…`), or nil in a password file.
+    public var nkey: String?
+    /// The NKey's seed (`SU…`), secret; nil in a password file.
+    public var seed: String?
+    /// Hex digits, in a file of an earlier version (nil with an NKey).
+    public var password: String?
     /// The reply-subject prefix the connection must use (`Principal.inboxPrefix`).
     public var inboxPrefix: String
 
     enum CodingKeys: String, CodingKey {
-        case role, name, user, password
+        case role, name, user, nkey, seed, password
         case inboxPrefix = "inbox_prefix"
     }
 
-    /// Fresh credentials for `principal` with a random 192-bit password.
+    /// Fresh credentials for `principal` with a new NKey.
     public init(principal: Principal) {
-        var generator = SystemRandomNumberGenerator()
-        let bytes = (0..<24).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        self.init(
-            principal: principal,
-            password: bytes.map { String(format: "%02x", $0) }.joined()
-        )
+        let pair = NKeyPair.generateUser()
+        role = principal.role
+        name = principal.name
+        user = principal.user
+        nkey = pair.publicKey
+        seed = pair.seed
+        inboxPrefix = principal.inboxPrefix
     }
 
     /// Credentials for `principal` with a given password (hex, 16-256 digits, to be loadable).
@@ -57,9 +64,23 @@ public struct NATSCredentials: Codable, Sendable, Equatable {
             throw AuthConfigError("\(path) is not a hangar credentials file (JSON with user, password, inbox_prefix)")
         }
         guard let principal = credentials.principal, principal.user == credentials.user,
-            principal.inboxPrefix == credentials.inboxPrefix, isSafePassword(credentials.password)
+            principal.inboxPrefix == credentials.inboxPrefix
         else {
-            throw AuthConfigError("\(path): role, name, user and inbox_prefix do not match, or the password is not hex")
+            throw AuthConfigError("\(path): role, name, user and inbox_prefix do not match")
+        }
+        switch (credentials.nkey, credentials.seed, credentials.password) {
+        case (let nkey?, let seed?, nil):
+            do {
+                guard try NKeyPair(seed: seed).publicKey == nkey else {
+                    throw AuthConfigError("\(path): the seed does not belong to the nkey")
+                }
+            } catch let error as NKeyError {
+                throw AuthConfigError("\(path): \(error)")
+            }
+        case (nil, nil, let password?):
+            guard isSafePassword(password) else { throw AuthConfigError("\(path): the password is not hex") }
+        default:
+            throw AuthConfigError("\(path): needs either nkey and seed, or a password")
         }
         return credentials
     }
@@ -81,6 +102,13 @@ public struct NATSCredentials: Codable, Sendable, Equatable {
             attributes: [.posixPermissions: 0o600]
         )
         try replaceFile(url.path, with: temporary.path)
+    }
+
+    /// The line of `authorization.conf` that identifies this login: the public NKey, or (files of an
+    /// earlier version) user and password. Both are checked on load, so nothing needs escaping.
+    var serverLogin: [String] {
+        if let nkey { return ["nkey: \"\(nkey)\""] }
+        return ["user: \"\(user)\"", "password: \"\(password ?? "")\""]
     }
 
     /// Passwords go into the server configuration unquoted-safe: hex only.
