@@ -10,7 +10,7 @@ public final class NodeAgent: Sendable {
     public let config: NodeConfig
     private let nats: NATSConnection
     private let runtimes: [String: any Runtime]
-    private let logger: Logger
+    let logger: Logger
     private let incarnation = UUID().uuidString
     private let running = Mutex<[String: Task<Void, Never>]>([:])
     private let probes = Mutex<[String: RuntimeProbe]>([:])
@@ -36,6 +36,7 @@ public final class NodeAgent: Sendable {
         guard Subjects.isValidToken(config.nodeID) else {
             throw NodeError("node id '\(config.nodeID)' must be 1-64 characters of A-Z a-z 0-9 _ -")
         }
+        await reclaimLeftovers()
         for (name, runtime) in runtimes {
             let probe = await runtime.probe()
             probes.withLock { $0[name] = probe }

@@ -56,11 +56,14 @@ struct JobCgroup: Sendable {
                 }
                 return directory
             }
+            for directory in created { SandboxLedger.current.made(.cgroup(directory: directory)) }
             let cgroup = JobCgroup(version: host.version, directories: directories, limits: limits)
             try cgroup.applyLimits()
             return cgroup
         } catch {
-            for directory in created { rmdir(directory) }
+            for directory in created where rmdir(directory) == 0 {
+                SandboxLedger.current.gone(.cgroup(directory: directory))
+            }
             throw error
         }
     }
@@ -152,7 +155,10 @@ struct JobCgroup: Sendable {
         while true {
             if !processes().isEmpty { killAll() }
             remaining = remaining.filter { directory in
-                if rmdir(directory) == 0 || errno == ENOENT { return false }
+                if rmdir(directory) == 0 || errno == ENOENT {
+                    SandboxLedger.current.gone(.cgroup(directory: directory))
+                    return false
+                }
                 lastError = .system("remove", directory)
                 return true
             }

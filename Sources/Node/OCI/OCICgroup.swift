@@ -65,7 +65,9 @@ struct OCICgroup: Sendable {
         switch layout {
         case .v1:
             for controller in ["memory", "cpu", "cpuacct", "pids"] {
+                let made = access(directory(controller), F_OK) != 0
                 try Self.makeDirectories(directory(controller))
+                if made { SandboxLedger.current.made(.cgroup(directory: directory(controller))) }
             }
             let memory = directory("memory")
             try Self.write(String(limits.memoryBytes), to: memory + "/memory.limit_in_bytes")
@@ -81,7 +83,11 @@ struct OCICgroup: Sendable {
             for component in relativePath.split(separator: "/") {
                 try Self.write("+memory +pids +cpu", to: path + "/cgroup.subtree_control")
                 path += "/" + component
+                let made = access(path, F_OK) != 0
                 try Self.makeDirectories(path)
+                if made && path == Self.mountPoint + "/" + relativePath {
+                    SandboxLedger.current.made(.cgroup(directory: path))
+                }
             }
             try Self.write(String(limits.memoryBytes), to: path + "/memory.max")
             if access(path + "/memory.swap.max", F_OK) == 0 { try Self.write("0", to: path + "/memory.swap.max") }
@@ -138,6 +144,8 @@ struct OCICgroup: Sendable {
             }
             if failure != 0 && failure != ENOENT {
                 leftovers.append("cannot remove cgroup \(path): \(String(cString: strerror(failure)))")
+            } else {
+                SandboxLedger.current.gone(.cgroup(directory: path))
             }
         }
         return leftovers

@@ -229,6 +229,7 @@ struct OCIEngine: Sendable {
             _ = scratch?.remove()
             return .error("\(toolName): \(error.description)")
         }
+        SandboxLedger.current.made(ledgerEntry(id: id, bundle: bundle))
         let logPath = bundle.path + "/\(toolName).log"
         let result: SandboxResult
         let prepared: Duration
@@ -324,6 +325,7 @@ struct OCIEngine: Sendable {
         bundle: OCIBundle
     ) async -> [String] {
         var leftovers: [String] = []
+        defer { if leftovers.isEmpty { SandboxLedger.current.gone(ledgerEntry(id: id, bundle: bundle)) } }
         if stopped && !killFirst {
             leftovers += sweepState(of: id)
             leftovers += cgroup.destroy()
@@ -341,6 +343,12 @@ struct OCIEngine: Sendable {
         leftovers += cgroup.destroy()
         if let problem = bundle.remove() { leftovers.append(problem) }
         return leftovers
+    }
+
+    /// How ``SandboxLedger`` names a container of this engine, so that a node started after this
+    /// one crashed can kill and delete it.
+    func ledgerEntry(id: String, bundle: OCIBundle) -> SandboxLedger.Resource {
+        .container(tool: executable, globalArguments: globalArguments, id: id, bundle: bundle.path)
     }
 
     /// Removes what the runtime keeps in its state directory for a container it no longer has:

@@ -122,6 +122,7 @@ final class OCIWarmSandbox: WarmSandbox {
                 config: config,
                 userNamespace: options.userNamespace
             )
+            SandboxLedger.current.made(engine.ledgerEntry(id: id, bundle: bundle))
         } catch let error as TemplateError {
             throw WarmError(error.description)
         } catch let error as OCIInvalidJob {

@@ -63,6 +63,7 @@ struct JobNetwork: Sendable {
     private func setUp(_ allow: [IPv4CIDR], namespaceOf process: Int32?) async throws(NetworkSetupError) {
         let inner = "hgs" + hostInterface.dropFirst(3)
         let (gateway, sandbox) = addresses
+        SandboxLedger.current.made(.network(namespace: name, hostInterface: hostInterface))
         try await Self.run(
             process.map { ["ip", "netns", "attach", name, String($0)] } ?? ["ip", "netns", "add", name]
         )
@@ -96,6 +97,9 @@ struct JobNetwork: Sendable {
     func remove() async {
         _ = try? await Self.run(["ip", "link", "del", hostInterface])
         _ = try? await Self.run(["ip", "netns", "del", name])
+        if !FileManager.default.fileExists(atPath: path) {
+            SandboxLedger.current.gone(.network(namespace: name, hostInterface: hostInterface))
+        }
         SubnetPool.shared.give(subnet)
     }
 

@@ -49,6 +49,7 @@ struct JobScratch: Sendable {
             rmdir(path)
             throw error
         }
+        SandboxLedger.current.made(.scratch(path: path))
         return JobScratch(path: path)
     }
 
@@ -60,6 +61,7 @@ struct JobScratch: Sendable {
         if rmdir(path) != 0 && errno != ENOENT {
             return "cannot remove \(path): \(String(cString: strerror(errno)))"
         }
+        SandboxLedger.current.gone(.scratch(path: path))
         return nil
     }
 

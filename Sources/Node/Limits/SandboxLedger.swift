@@ -1,0 +1,253 @@
+import Foundation
+import Glibc
+import Synchronization
+
+/// What a node process has set up on the host for its sandboxes and not yet taken down, written
+/// down as it goes, so that the next node to start can take down what a crashed one left: a node
+/// killed with `kill -9` leaves runc/runsc containers running tenant code (they do not die with
+/// `runc run`), cgroups, scratch mounts, bundles and network namespaces.
+///
+/// One file per node process, `<directory>/<pid>.<start time>.ledger`, of JSON lines `["+", kind,
+/// args…]` when a resource is made and `["-", kind, args…]` when it is gone. ``sweep()`` takes
+/// down everything still listed in the files of processes that no longer run (the start time
+/// tells a reused pid apart), then deletes those files. Nothing here is durable on purpose: every
+/// resource listed lives in memory or on a tmpfs and is gone after a reboot anyway.
+public final class SandboxLedger: Sendable {
+    /// A resource of the host that a sandbox used.
+    public enum Resource: Sendable, Equatable {
+        /// A cgroup directory (one per controller on v1).
+        case cgroup(directory: String)
+        /// A job's scratch tmpfs mount point.
+        case scratch(path: String)
+        /// A network namespace under `/run/netns` and the host end of its veth pair.
+        case network(namespace: String, hostInterface: String)
+        /// A runc/runsc container: the tool, its global arguments (state root…), the container id
+        /// and its bundle directory.
+        case container(tool: String, globalArguments: [String], id: String, bundle: String)
+
+        var fields: [String] {
+            switch self {
+            case .cgroup(let directory): ["cgroup", directory]
+            case .scratch(let path): ["scratch", path]
+            case .network(let namespace, let interface): ["network", namespace, interface]
+            case .container(let tool, let arguments, let id, let bundle):
+                ["container", tool, id, bundle] + arguments
+            }
+        }
+
+        init?(fields: [String]) {
+            switch (fields.first, fields.count) {
+            case ("cgroup", 2): self = .cgroup(directory: fields[1])
+            case ("scratch", 2): self = .scratch(path: fields[1])
+            case ("network", 3): self = .network(namespace: fields[1], hostInterface: fields[2])
+            case ("container", 4...):
+                self = .container(
+                    tool: fields[1],
+                    globalArguments: Array(fields[4...]),
+                    id: fields[2],
+                    bundle: fields[3]
+                )
+            default: return nil
+            }
+        }
+    }
+
+    /// The ledger of this node process; off until ``open(in:identity:)``.
+    public static let shared = SandboxLedger()
+    /// The ledger runtimes write to: ``shared`` unless a task sets another (tests do, to sweep
+    /// their own sandboxes as if their node had died).
+    @TaskLocal public static var current = SandboxLedger.shared
+    /// Where node agents keep their ledgers.
+    public static let defaultDirectory = "/run/hangar/ledger"
+
+    private let file = Mutex<Int32>(-1)
+
+    /// A ledger that writes nowhere until opened.
+    public init() {}
+
+    /// Starts writing the ledger in `directory` (created 0700) under this process's pid and start
+    /// time, or under `identity` (tests: a process that has exited); later calls do nothing.
+    /// Throws if the file cannot be created.
+    public func open(in directory: String = defaultDirectory, identity: (pid: Int32, start: UInt64)? = nil) throws {
+        try file.withLock { fd in
+            guard fd < 0 else { return }
+            try FileManager.default.createDirectory(
+                atPath: directory,
+                withIntermediateDirectories: true,
+                attributes: [.posixPermissions: 0o700]
+            )
+            let owner = identity ?? (getpid(), Self.startTime(of: getpid()) ?? 0)
+            let path = directory + "/" + Self.fileName(pid: owner.pid, start: owner.start)
+            let opened = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+            guard opened >= 0 else {
+                throw SandboxLedgerError("cannot create \(path): \(String(cString: strerror(errno)))")
+            }
+            fd = opened
+        }
+    }
+
+    /// Notes that `resource` now exists.
+    public func made(_ resource: Resource) { append(["+"] + resource.fields) }
+
+    /// Notes that `resource` is gone.
+    public func gone(_ resource: Resource) { append(["-"] + resource.fields) }
+
+    private func append(_ fields: [String]) {
+        file.withLock { fd in
+            guard fd >= 0, var line = try? JSONSerialization.data(withJSONObject: fields) else { return }
+            line.append(0x0A)
+            // One write(2) per line on an O_APPEND file: lines never interleave.
+            _ = line.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        }
+    }
+
+    // MARK: Sweeping
+
+    /// What one sweep found and did.
+    public struct SweepReport: Sendable {
+        /// Node processes whose leftovers were taken down.
+        public var processes: [Int32] = []
+        /// What was taken down.
+        public var removed: [Resource] = []
+        /// What could not be, and why.
+        public var problems: [String] = []
+    }
+
+    /// Takes down everything the ledgers in `directory` list for node processes that no longer run.
+    public static func sweep(directory: String = defaultDirectory) async -> SweepReport {
+        var report = SweepReport()
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        for name in names.sorted() where name.hasSuffix(".ledger") {
+            let parts = name.dropLast(".ledger".count).split(separator: ".")
+            guard parts.count == 2, let pid = Int32(parts[0]), let start = UInt64(parts[1]) else { continue }
+            if let running = startTime(of: pid), running == start { continue }  // still alive
+            let path = directory + "/" + name
+            let outstanding = outstandingResources(in: path)
+            var problems: [String] = []
+            // Containers first (their processes are in the cgroups), then what they used.
+            for resource in outstanding.sorted(by: { order($0) < order($1) }) {
+                if let problem = await takeDown(resource) {
+                    problems.append(problem)
+                } else {
+                    report.removed.append(resource)
+                }
+            }
+            report.processes.append(pid)
+            report.problems += problems
+            if problems.isEmpty {
+                unlink(path)
+            } else {
+                // Keep what is left for the next sweep.
+                let remaining = outstanding.filter { !report.removed.contains($0) }
+                let text = remaining.compactMap { resource -> String? in
+                    (try? JSONSerialization.data(withJSONObject: ["+"] + resource.fields)).map {
+                        String(decoding: $0, as: UTF8.self)
+                    }
+                }.joined(separator: "\n")
+                try? (text + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+            }
+        }
+        return report
+    }
+
+    /// The resources a ledger file lists as made and not gone, in the order they were made.
+    public static func outstandingResources(in path: String) -> [Resource] {
+        guard let data = FileManager.default.contents(atPath: path) else { return [] }
+        var live: [Resource] = []
+        for line in data.split(separator: 0x0A) {
+            guard let fields = (try? JSONSerialization.jsonObject(with: Data(line))) as? [String],
+                let sign = fields.first, let resource = Resource(fields: Array(fields.dropFirst()))
+            else { continue }
+            if sign == "+" {
+                live.append(resource)
+            } else if sign == "-", let index = live.lastIndex(of: resource) {
+                live.remove(at: index)
+            }
+        }
+        return live
+    }
+
+    private static func order(_ resource: Resource) -> Int {
+        switch resource {
+        case .container: 0
+        case .cgroup: 1
+        case .scratch: 2
+        case .network: 3
+        }
+    }
+
+    /// Takes one resource down; nil when it is gone (or was already), else why not.
+    static func takeDown(_ resource: Resource) async -> String? {
+        switch resource {
+        case .container(let tool, let arguments, let id, let bundle):
+            _ = await run(tool, arguments + ["kill", id, "KILL"])
+            let deleted = await run(tool, arguments + ["delete", "--force", id])
+            if !deleted.succeeded && !deleted.output.contains("not exist") {
+                return "\(tool) delete \(id): \(deleted.output)"
+            }
+            try? FileManager.default.removeItem(atPath: bundle)
+            return nil
+        case .cgroup(let directory):
+            let end = ContinuousClock.now + .seconds(3)
+            while true {
+                for pid in CgroupFile.pids(directory + "/cgroup.procs") { kill(pid, SIGKILL) }
+                if rmdir(directory) == 0 || errno == ENOENT { return nil }
+                guard ContinuousClock.now < end else {
+                    return "cannot remove cgroup \(directory): \(String(cString: strerror(errno)))"
+                }
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+        case .scratch(let path):
+            if umount2(path, Int32(MNT_DETACH)) != 0 && errno != EINVAL && errno != ENOENT {
+                return "cannot unmount \(path): \(String(cString: strerror(errno)))"
+            }
+            if rmdir(path) != 0 && errno != ENOENT {
+                return "cannot remove \(path): \(String(cString: strerror(errno)))"
+            }
+            return nil
+        case .network(let namespace, let interface):
+            _ = await run("/usr/sbin/ip", ["link", "del", interface])
+            let deleted = await run("/usr/sbin/ip", ["netns", "del", namespace])
+            if !deleted.succeeded && FileManager.default.fileExists(atPath: "/run/netns/" + namespace) {
+                return "ip netns del \(namespace): \(deleted.output)"
+            }
+            return nil
+        }
+    }
+
+    private static func run(_ executable: String, _ arguments: [String]) async -> (succeeded: Bool, output: String) {
+        let command = SandboxCommand(
+            executable: executable,
+            arguments: [executable] + arguments,
+            environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+            timeout: .seconds(20),
+            outputLimit: 16 * 1024
+        )
+        do throws(SandboxSpawnError) {
+            let result = try await SandboxProcess(command).wait()
+            let output = String(decoding: result.stdout + result.stderr, as: UTF8.self)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            return (result.termination == .exited(0) && result.killReason == nil, output)
+        } catch {
+            return (false, error.description)
+        }
+    }
+
+    static func fileName(pid: Int32, start: UInt64) -> String { "\(pid).\(start).ledger" }
+
+    /// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot), nil if no such process.
+    public static func startTime(of pid: Int32) -> UInt64? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return nil }
+        // After "pid (comm)" come fields 3…; the start time is field 22.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 19 ? UInt64(fields[19]) : nil
+    }
+}
+
+/// The ledger could not be opened.
+public struct SandboxLedgerError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}

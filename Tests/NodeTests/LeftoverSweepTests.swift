@@ -1,0 +1,164 @@
+import Foundation
+import Glibc
+import HangarNode
+import HangarShared
+import Testing
+
+/// A node killed with `kill -9` leaves what its sandboxes used on the host; the next node to start
+/// takes it down from the dead process's ledger. Here the job runs under a ledger named for a
+/// process that has exited, so sweeping it is exactly what a restarted node does after a crash —
+/// with the sandbox still running, as it would be (runc containers outlive `runc run`).
+@Suite("SandboxLedger: a restarted node takes down what a crashed one left", .serialized)
+struct LeftoverSweepTests {
+    enum Kind: String, CaseIterable, CustomStringConvertible, Sendable {
+        case process, container
+        var description: String { rawValue }
+        var runtime: any Runtime {
+            switch self {
+            case .process: ProcessRuntime()
+            case .container: OCIKind.runc.runtime
+            }
+        }
+    }
+
+    @Test("a running job's sandbox, cgroups, scratch and network namespace are taken down", arguments: Kind.allCases)
+    func sweepsALiveSandbox(kind: Kind) async throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let dead = try Self.exitedProcess()
+        let ledger = SandboxLedger()
+        try ledger.open(in: directory.path, identity: dead)
+        let file = directory.path + "/\(dead.pid).\(dead.start).ledger"
+
+        let marker = "100.\(UInt32.random(in: 100_000...999_999))"
+        var spec = Hangar_V1_JobSpec()
+        spec.argv = ["/bin/sleep", marker]
+        spec.limits.timeoutMs = 60_000
+        spec.filesOut = ["*.txt"]  // a host scratch tmpfs
+        spec.network.mode = .networkAllowlist  // a network namespace and veth pair
+        spec.network.allow = ["10.99.0.0/24"]
+        let runtime = kind.runtime
+        let job = Task {
+            await SandboxLedger.$current.withValue(ledger) {
+                await runtime.run(spec, jobID: "leftover-\(marker)")
+            }
+        }
+        // Wait (bounded) until the program runs.
+        let end = ContinuousClock.now + .seconds(30)
+        while OCITest.processes(withArgument: marker).isEmpty && ContinuousClock.now < end {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        try #require(!OCITest.processes(withArgument: marker).isEmpty, "the job never started")
+        let listed = SandboxLedger.outstandingResources(in: file)
+        let scratch = listed.compactMap { if case .scratch(let path) = $0 { path } else { nil } }
+        let networks = listed.compactMap { if case .network(let name, _) = $0 { name } else { nil } }
+        let cgroups = listed.compactMap { if case .cgroup(let path) = $0 { path } else { nil } }
+        let containers = listed.filter { if case .container = $0 { true } else { false } }
+        #expect(scratch.count == 1 && networks.count == 1 && !cgroups.isEmpty, "\(listed)")
+        #expect(containers.count == (kind == .container ? 1 : 0), "\(listed)")
+
+        let report = await SandboxLedger.sweep(directory: directory.path)
+        #expect(report.processes == [dead.pid])
+        #expect(report.problems == [])
+        #expect(
+            await OCITest.survivors(of: [marker], within: .seconds(10)) == [],
+            "the job's program outlived the sweep"
+        )
+        let outcome = await job.value
+        #expect(outcome.status != .succeeded)
+        #expect(!FileManager.default.fileExists(atPath: file), "the swept ledger is still there")
+        for path in cgroups { #expect(access(path, F_OK) != 0, "cgroup \(path) is left") }
+        for path in scratch {
+            #expect(access(path, F_OK) != 0, "scratch \(path) is left")
+            let mounts = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+            #expect(!mounts.contains(path), "scratch \(path) is still mounted")
+        }
+        for name in networks { #expect(access("/run/netns/" + name, F_OK) != 0, "network namespace \(name) is left") }
+        if kind == .container {
+            #expect(OCITest.residue(of: "leftover-\(marker)", kind: .runc) == [])
+        }
+    }
+
+    @Test("a detached runc container of a dead node is killed and deleted, its bundle removed")
+    func sweepsADetachedContainer() async throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let state = directory.path + "/state"
+        let bundle = directory.path + "/bundle"
+        try FileManager.default.createDirectory(atPath: bundle + "/rootfs/bin", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: bundle + "/rootfs/bin/busybox")
+        #expect(try Self.runc(["spec", "--bundle", bundle]) == 0)
+        let marker = "100.\(UInt32.random(in: 100_000...999_999))"
+        let configPath = bundle + "/config.json"
+        var config = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: configPath))) as? [String: Any]
+        )
+        var process = try #require(config["process"] as? [String: Any])
+        process["terminal"] = false
+        process["args"] = ["/bin/busybox", "sleep", marker]
+        config["process"] = process
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: configPath))
+        let id = "hangar-ledger-\(UInt32.random(in: 0...UInt32.max))"
+        #expect(try Self.runc(["--root", state, "run", "--detach", "--bundle", bundle, id]) == 0)
+        // runc returns once the container is started; its init execs the program just after.
+        let end = ContinuousClock.now + .seconds(10)
+        while OCITest.processes(withArgument: marker).isEmpty && ContinuousClock.now < end {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        try #require(!OCITest.processes(withArgument: marker).isEmpty, "the container did not start")
+
+        let dead = try Self.exitedProcess()
+        let ledger = SandboxLedger()
+        try ledger.open(in: directory.path + "/ledger", identity: dead)
+        ledger.made(.container(tool: "/usr/sbin/runc", globalArguments: ["--root", state], id: id, bundle: bundle))
+        let report = await SandboxLedger.sweep(directory: directory.path + "/ledger")
+        #expect(report.problems == [])
+        #expect(report.removed.count == 1)
+        #expect(await OCITest.survivors(of: [marker], within: .seconds(10)) == [], "the container outlived the sweep")
+        #expect(!FileManager.default.fileExists(atPath: state + "/" + id), "runc still knows the container")
+        #expect(!FileManager.default.fileExists(atPath: bundle), "the bundle is left")
+    }
+
+    static func runc(_ arguments: [String]) throws -> Int32 {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/runc")
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    @Test("a live node's ledger is left alone")
+    func leavesLiveProcessesAlone() async throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let ledger = SandboxLedger()
+        try ledger.open(in: directory.path)  // this very process: alive
+        let cgroup = "/sys/fs/cgroup/pids/hangar-ledger-test-\(UInt32.random(in: 0...UInt32.max))"
+        try #require(mkdir(cgroup, 0o755) == 0)
+        defer { rmdir(cgroup) }
+        ledger.made(.cgroup(directory: cgroup))
+        let report = await SandboxLedger.sweep(directory: directory.path)
+        #expect(report.processes == [])
+        #expect(access(cgroup, F_OK) == 0, "a live node's cgroup was removed")
+    }
+
+    static func temporaryDirectory() throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("hangar-ledger-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url
+    }
+
+    /// The pid and start time of a process that has exited.
+    static func exitedProcess() throws -> (pid: Int32, start: UInt64) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        process.arguments = ["0.2"]
+        try process.run()
+        let pid = process.processIdentifier
+        let start = SandboxLedger.startTime(of: pid)
+        process.waitUntilExit()
+        return (pid, try #require(start))
+    }
+}
