@@ -345,6 +345,25 @@ struct OCIEngine: Sendable {
         return leftovers
     }
 
+    /// Whether a warm container gets its program over stdin rather than on descriptor 3: runsc
+    /// has no `--preserve-fds`.
+    var takesWarmProgramOnStdin: Bool {
+        if case .runsc = flavor { return true }
+        return false
+    }
+
+    /// Polls the runtime's `state` of container `id` until it reads "running", for at most
+    /// `timeout`; false if it never does.
+    func awaitRunning(id: String, timeout: Duration) async -> Bool {
+        let end = ContinuousClock.now + timeout
+        while ContinuousClock.now < end {
+            let state = await tool(["state", id])
+            if state.succeeded && state.output.contains("\"running\"") { return true }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return false
+    }
+
     /// How ``SandboxLedger`` names a container of this engine, so that a node started after this
     /// one crashed can kill and delete it.
     func ledgerEntry(id: String, bundle: OCIBundle) -> SandboxLedger.Resource {

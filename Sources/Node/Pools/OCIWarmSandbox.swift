@@ -16,6 +16,15 @@ extension ContainerRuntime: WarmableRuntime {
     }
 }
 
+extension GVisorRuntime: WarmableRuntime {
+    /// A gVisor sandbox started like a fresh job's, running a shell that waits for its program
+    /// on stdin (runsc has no `--preserve-fds`, see ``StdinWarmScript``); readiness is runsc's own
+    /// `state` of the container.
+    public func prepareWarm(template: String, profile: WarmProfile) async throws(WarmError) -> any WarmSandbox {
+        try await OCIWarmSandbox.prepare(engine: engine, template: template, profile: profile)
+    }
+}
+
 /// A waiting container of ``ContainerRuntime``. Creation fixes the template, the `/tmp` size and
 /// RLIMIT_FSIZE, RLIMIT_NOFILE and the output cap (``WarmProfile``); a job with a CPU-time limit
 /// starts cold, since a fresh container also sets RLIMIT_CPU from it. At assignment the job's
@@ -102,7 +111,8 @@ final class OCIWarmSandbox: WarmSandbox {
         guard let layout = OCICgroup.detectLayout() else { throw WarmError("no usable cgroup hierarchy") }
         var waiting = Hangar_V1_JobSpec()
         waiting.template = template
-        waiting.argv = ["/bin/sh", "-c", script.waiter]
+        let overStdin = engine.takesWarmProgramOnStdin
+        waiting.argv = ["/bin/sh", "-c", overStdin ? StdinWarmScript.waiter : script.waiter]
         waiting.limits.outputBytes = UInt64(profile.outputBytes)
         waiting.limits.fileSizeBytes = profile.fileSizeBytes
         waiting.limits.openFiles = profile.openFiles
@@ -151,16 +161,28 @@ final class OCIWarmSandbox: WarmSandbox {
         let (control, stdin, ready) = (pipes[0], pipes[1], pipes[2])
         let containment = WarmContainment(cpuTime: cgroup.cpuTimeMicroseconds, killAll: cgroup.killAll)
         var arguments = [engine.toolName] + engine.globalArguments
-        arguments += ["--log", bundle.path + "/\(engine.toolName).log", "--log-format", "json", "run", "--keep"]
-        arguments += ["--preserve-fds", "3", "--bundle", bundle.path, id]
+        arguments += ["--log", bundle.path + "/\(engine.toolName).log", "--log-format", "json", "run"]
+        if !overStdin { arguments.append("--keep") }  // runc: keep the cgroup to read it
+        arguments += (overStdin ? [] : ["--preserve-fds", "3"]) + ["--bundle", bundle.path, id]
+        // Over stdin: a shell makes the node's pipe the runtime's (and so the container's) stdin,
+        // which the runtime would otherwise get from the monitor, already written and closed.
+        let launcher =
+            overStdin
+            ? (
+                executable: LimitShim.shellPath,
+                arguments: ["sh", "-c", "exec 0<&3 3<&-; exec \"$@\"", "hangar-warm", engine.executable]
+                    + arguments.dropFirst(),
+                files: [stdin.read]
+            )
+            : (executable: engine.executable, arguments: arguments, files: [control.read, stdin.read, ready.write])
         let command = OCIEngine.launching(
             SandboxCommand(
-                executable: engine.executable,
-                arguments: arguments,
+                executable: launcher.executable,
+                arguments: launcher.arguments,
                 environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
                 timeout: ProcessWarmSandbox.lifetime,
                 outputLimit: profile.outputBytes,
-                inheritedFiles: [control.read, stdin.read, ready.write],
+                inheritedFiles: launcher.files,
                 drainTimeout: OCIEngine.drainTimeout,
                 containment: containment
             ),
@@ -176,10 +198,17 @@ final class OCIWarmSandbox: WarmSandbox {
             _ = await engine.teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
             throw WarmError("cannot start \(engine.toolName): \(error.description)")
         }
-        let isReady = await PipeIO.awaitByte(on: ready.read, timeout: readyTimeout)
-        close(ready.read)
+        let isReady: Bool
+        if overStdin {
+            close(ready.read)
+            close(control.write)
+            isReady = await engine.awaitRunning(id: id, timeout: readyTimeout)
+        } else {
+            isReady = await PipeIO.awaitByte(on: ready.read, timeout: readyTimeout)
+            close(ready.read)
+        }
         guard isReady else {
-            for fd in [control.write, stdin.write] { close(fd) }
+            for fd in (overStdin ? [stdin.write] : [control.write, stdin.write]) { close(fd) }
             process.kill()
             let result = try? await process.wait()
             let failure = OCIEngine.runtimeFailure(in: OCICgroup.read(bundle.path + "/\(engine.toolName).log") ?? "")
@@ -199,7 +228,7 @@ final class OCIWarmSandbox: WarmSandbox {
             cgroup: cgroup,
             bundle: bundle,
             containment: containment,
-            control: control.write,
+            control: overStdin ? -1 : control.write,
             stdinWriter: stdin.write,
             owned: owned
         )
@@ -231,8 +260,12 @@ final class OCIWarmSandbox: WarmSandbox {
             return .error("cannot set the job's limits on the warm container's cgroup: \(problem)")
         }
         let baseline = cgroup.cpuTimeMicroseconds() ?? 0
-        PipeIO.writeAndClose(spec.stdin, to: stdinWriter)
-        PipeIO.writeAndClose(Data(Self.script.script(for: spec).utf8), to: control)
+        if control < 0 {
+            PipeIO.writeAndClose(Data(StdinWarmScript.line(for: spec).utf8) + spec.stdin, to: stdinWriter)
+        } else {
+            PipeIO.writeAndClose(spec.stdin, to: stdinWriter)
+            PipeIO.writeAndClose(Data(Self.script.script(for: spec).utf8), to: control)
+        }
         let armed = clock.now
         let timedOut = Atomic<Bool>(false)
         let process = self.process
@@ -330,7 +363,7 @@ final class OCIWarmSandbox: WarmSandbox {
     /// Closes the pipes (not yet handed to a writer), kills and deletes the container, sweeps its
     /// cgroup and bundle.
     private func teardown(killFirst: Bool) async -> [String] {
-        close(control)
+        if control >= 0 { close(control) }
         close(stdinWriter)
         if killFirst { process.kill() }
         _ = try? await process.wait()
