@@ -129,6 +129,35 @@ struct LeftoverSweepTests {
         return process.terminationStatus
     }
 
+    @Test("a process a dead node spawned is killed with its whole process group")
+    func sweepsSpawnedProcesses() async throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let ledger = SandboxLedger()
+        try ledger.open(in: directory.path, identity: try Self.exitedProcess())
+        let marker = "100.\(UInt32.random(in: 100_000...999_999))"
+        let process = try SandboxLedger.$current.withValue(ledger) {
+            try SandboxProcess(
+                SandboxCommand(
+                    executable: "/bin/sh",
+                    arguments: ["sh", "-c", "sleep \(marker) & sleep \(marker); wait"],
+                    timeout: .seconds(60),
+                    outputLimit: 1024
+                )
+            )
+        }
+        let end = ContinuousClock.now + .seconds(10)
+        while OCITest.processes(withArgument: marker).count < 2 && ContinuousClock.now < end {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        try #require(OCITest.processes(withArgument: marker).count == 2)
+        let report = await SandboxLedger.sweep(directory: directory.path)
+        #expect(report.removed.count == 1 && report.problems == [])
+        #expect(await OCITest.survivors(of: [marker], within: .seconds(10)) == [], "a process of the group survived")
+        let result = try await process.wait()
+        #expect(result.termination == .signaled(SIGKILL), "\(result.termination)")
+    }
+
     @Test("a live node's ledger is left alone")
     func leavesLiveProcessesAlone() async throws {
         let directory = try Self.temporaryDirectory()

@@ -24,6 +24,9 @@ public final class SandboxLedger: Sendable {
         /// A runc/runsc container: the tool, its global arguments (state root…), the container id
         /// and its bundle directory.
         case container(tool: String, globalArguments: [String], id: String, bundle: String)
+        /// A process the node spawned (a session leader): its process group is killed if that
+        /// very process (same start time) still runs.
+        case process(pid: Int32, start: UInt64)
 
         var fields: [String] {
             switch self {
@@ -32,6 +35,7 @@ public final class SandboxLedger: Sendable {
             case .network(let namespace, let interface): ["network", namespace, interface]
             case .container(let tool, let arguments, let id, let bundle):
                 ["container", tool, id, bundle] + arguments
+            case .process(let pid, let start): ["process", String(pid), String(start)]
             }
         }
 
@@ -40,6 +44,9 @@ public final class SandboxLedger: Sendable {
             case ("cgroup", 2): self = .cgroup(directory: fields[1])
             case ("scratch", 2): self = .scratch(path: fields[1])
             case ("network", 3): self = .network(namespace: fields[1], hostInterface: fields[2])
+            case ("process", 3):
+                guard let pid = Int32(fields[1]), pid > 1, let start = UInt64(fields[2]) else { return nil }
+                self = .process(pid: pid, start: start)
             case ("container", 4...):
                 self = .container(
                     tool: fields[1],
@@ -85,6 +92,9 @@ public final class SandboxLedger: Sendable {
             fd = opened
         }
     }
+
+    /// Whether the ledger is being written.
+    public var isOpen: Bool { file.withLock { $0 >= 0 } }
 
     /// Notes that `resource` now exists.
     public func made(_ resource: Resource) { append(["+"] + resource.fields) }
@@ -169,6 +179,7 @@ public final class SandboxLedger: Sendable {
 
     private static func order(_ resource: Resource) -> Int {
         switch resource {
+        case .process: 0
         case .container: 0
         case .cgroup: 1
         case .scratch: 2
@@ -179,6 +190,11 @@ public final class SandboxLedger: Sendable {
     /// Takes one resource down; nil when it is gone (or was already), else why not.
     static func takeDown(_ resource: Resource) async -> String? {
         switch resource {
+        case .process(let pid, let start):
+            guard startTime(of: pid) == start else { return nil }  // gone, or the pid is another's now
+            kill(-pid, SIGKILL)
+            kill(pid, SIGKILL)
+            return nil
         case .container(let tool, let arguments, let id, let bundle):
             _ = await run(tool, arguments + ["kill", id, "KILL"])
             let deleted = await run(tool, arguments + ["delete", "--force", id])

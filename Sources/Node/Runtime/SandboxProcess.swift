@@ -159,7 +159,7 @@ public final class SandboxProcess: Sendable {
         try Self.validate(command)
         let fds = try ChildDescriptors(inheriting: command.inheritedFiles)
         wakeWriter = Mutex(fds.wakeWrite)
-        let job = MonitorJob(command: command, fds: fds, created: created)
+        let job = MonitorJob(command: command, fds: fds, created: created, ledger: SandboxLedger.current)
         let thread = Thread { [self] in
             self.finish(job.run(cancelRequested: self.cancelRequested, closeWaker: self.closeWaker))
         }
@@ -357,6 +357,9 @@ private struct MonitorJob: Sendable {
     let command: SandboxCommand
     let fds: ChildDescriptors
     let created: ContinuousClock.Instant
+    /// Where the process is noted while it runs (the spawning task's ``SandboxLedger/current``),
+    /// so that a node started after this one crashed can kill its process group.
+    let ledger: SandboxLedger
 
     /// Spawns the program, watches it, reaps it. Runs on the dedicated monitor thread.
     func run(
@@ -376,11 +379,16 @@ private struct MonitorJob: Sendable {
             closeWaker()
             return .failure(error)
         case .success(let pid):
+            let noted =
+                ledger.isOpen
+                ? SandboxLedger.startTime(of: pid).map { SandboxLedger.Resource.process(pid: pid, start: $0) } : nil
+            if let noted { ledger.made(noted) }
             var loop = PollLoop(pid: pid, command: command, fds: fds)
             loop.run(cancelRequested: cancelRequested)
             closeWaker()
             close(fds.wakeRead)
             var result = loop.reap()
+            if let noted { ledger.gone(noted) }
             result.spawnTime = loop.started - created
             return .success(result)
         }
