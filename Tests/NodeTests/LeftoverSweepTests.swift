@@ -158,6 +158,27 @@ struct LeftoverSweepTests {
         #expect(result.termination == .signaled(SIGKILL), "\(result.termination)")
     }
 
+    @Test("a long-running node's ledger stays short: it is rewritten with what is outstanding")
+    func compacts() throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let ledger = SandboxLedger()
+        let identity = try Self.exitedProcess()
+        try ledger.open(in: directory.path, identity: identity)
+        let kept = SandboxLedger.Resource.scratch(path: "/run/hangar-scratch/kept")
+        ledger.made(kept)
+        for job in 0..<20_000 {
+            let resource = SandboxLedger.Resource.cgroup(directory: "/sys/fs/cgroup/pids/hangar/job-\(job)")
+            ledger.made(resource)
+            ledger.gone(resource)
+        }
+        let file = directory.path + "/\(identity.pid).\(identity.start).ledger"
+        let size = (try FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? .max
+        #expect(size <= SandboxLedger.compactionThreshold, "the ledger grew to \(size) bytes")
+        #expect(ledger.writtenBytes == size)
+        #expect(SandboxLedger.outstandingResources(in: file) == [kept])
+    }
+
     @Test("a live node's ledger is left alone")
     func leavesLiveProcessesAlone() async throws {
         let directory = try Self.temporaryDirectory()

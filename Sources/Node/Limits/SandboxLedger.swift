@@ -14,7 +14,7 @@ import Synchronization
 /// resource listed lives in memory or on a tmpfs and is gone after a reboot anyway.
 public final class SandboxLedger: Sendable {
     /// A resource of the host that a sandbox used.
-    public enum Resource: Sendable, Equatable {
+    public enum Resource: Sendable, Hashable {
         /// A cgroup directory (one per controller on v1).
         case cgroup(directory: String)
         /// A job's scratch tmpfs mount point.
@@ -67,7 +67,19 @@ public final class SandboxLedger: Sendable {
     /// Where node agents keep their ledgers.
     public static let defaultDirectory = "/run/hangar/ledger"
 
-    private let file = Mutex<Int32>(-1)
+    private let file = Mutex(OpenFile())
+
+    /// The ledger file while it is written, and what it lists as outstanding (so it can be
+    /// rewritten short: without compaction a node's ledger would grow by every job it ever ran).
+    private struct OpenFile {
+        var fd: Int32 = -1
+        var path = ""
+        var written = 0
+        var outstanding: [Resource: Int] = [:]
+    }
+
+    /// Past this many bytes the file is rewritten with only what is outstanding.
+    public static let compactionThreshold = 1 << 20
 
     /// A ledger that writes nowhere until opened.
     public init() {}
@@ -76,8 +88,8 @@ public final class SandboxLedger: Sendable {
     /// time, or under `identity` (tests: a process that has exited); later calls do nothing.
     /// Throws if the file cannot be created.
     public func open(in directory: String = defaultDirectory, identity: (pid: Int32, start: UInt64)? = nil) throws {
-        try file.withLock { fd in
-            guard fd < 0 else { return }
+        try file.withLock { state in
+            guard state.fd < 0 else { return }
             try FileManager.default.createDirectory(
                 atPath: directory,
                 withIntermediateDirectories: true,
@@ -89,26 +101,62 @@ public final class SandboxLedger: Sendable {
             guard opened >= 0 else {
                 throw SandboxLedgerError("cannot create \(path): \(String(cString: strerror(errno)))")
             }
-            fd = opened
+            state.fd = opened
+            state.path = path
         }
     }
 
     /// Whether the ledger is being written.
-    public var isOpen: Bool { file.withLock { $0 >= 0 } }
+    public var isOpen: Bool { file.withLock { $0.fd >= 0 } }
+
+    /// The size of the ledger file as written so far (after the last compaction).
+    public var writtenBytes: Int { file.withLock { $0.written } }
 
     /// Notes that `resource` now exists.
-    public func made(_ resource: Resource) { append(["+"] + resource.fields) }
+    public func made(_ resource: Resource) { append(["+"] + resource.fields, resource, made: true) }
 
     /// Notes that `resource` is gone.
-    public func gone(_ resource: Resource) { append(["-"] + resource.fields) }
+    public func gone(_ resource: Resource) { append(["-"] + resource.fields, resource, made: false) }
 
-    private func append(_ fields: [String]) {
-        file.withLock { fd in
-            guard fd >= 0, var line = try? JSONSerialization.data(withJSONObject: fields) else { return }
-            line.append(0x0A)
+    private func append(_ fields: [String], _ resource: Resource, made: Bool) {
+        file.withLock { state in
+            guard state.fd >= 0, let line = Self.line(fields) else { return }
+            if made {
+                state.outstanding[resource, default: 0] += 1
+            } else if let count = state.outstanding[resource] {
+                state.outstanding[resource] = count > 1 ? count - 1 : nil
+            }
             // One write(2) per line on an O_APPEND file: lines never interleave.
-            _ = line.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            state.written += line.withUnsafeBytes { max(0, Glibc.write(state.fd, $0.baseAddress, $0.count)) }
+            if state.written > Self.compactionThreshold { Self.compact(&state) }
         }
+    }
+
+    private static func line(_ fields: [String]) -> Data? {
+        guard var line = try? JSONSerialization.data(withJSONObject: fields) else { return nil }
+        line.append(0x0A)
+        return line
+    }
+
+    /// Rewrites the file with only the outstanding resources (a new file renamed over the old one,
+    /// so a crash meanwhile leaves one or the other whole) and goes on appending to it.
+    private static func compact(_ state: inout OpenFile) {
+        var text = Data()
+        for (resource, count) in state.outstanding {
+            for _ in 0..<count { text += line(["+"] + resource.fields) ?? Data() }
+        }
+        let temporary = state.path + ".tmp"
+        let fd = Glibc.open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
+        let written = text.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        guard written == text.count, rename(temporary, state.path) == 0 else {
+            close(fd)
+            unlink(temporary)
+            return
+        }
+        close(state.fd)
+        state.fd = fd
+        state.written = text.count
     }
 
     // MARK: Sweeping
