@@ -208,11 +208,16 @@ func measure(_ count: Int, _ body: @Sendable () async throws -> Void) async thro
     return Sample(median: durations[count / 2], p99: durations[min(count - 1, Int(Double(count) * 0.99))])
 }
 
-func spawnAndWait(_ path: String, _ arguments: [String] = []) throws {
+/// Spawns `path` with `arguments` (and `files` as descriptors 3, 4, …) and waits for it to exit 0.
+func spawnAndWait(_ path: String, _ arguments: [String] = [], files: [Int32] = []) throws {
     var pid: pid_t = 0
     let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
     defer { for pointer in argv { free(pointer) } }
-    let status = posix_spawn(&pid, path, nil, nil, argv, environ)
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    for (index, fd) in files.enumerated() { posix_spawn_file_actions_adddup2(&actions, fd, Int32(3 + index)) }
+    let status = posix_spawn(&pid, path, &actions, nil, argv, environ)
     guard status == 0 else { throw BenchError("posix_spawn(\(path)): \(status)") }
     var exitStatus: Int32 = 0
     waitpid(pid, &exitStatus, 0)

@@ -125,3 +125,19 @@ public struct GVisorRuntime: Runtime {
         await engine.run(spec, jobID: jobID)
     }
 }
+
+extension ContainerRuntime {
+    /// The OCI bundle this runtime would run `spec` in (config, rootfs mount points, user namespace
+    /// mapping, cgroup `/<parent>/<id>`); for benchmarks, which run the tool on it by hand. Remove the
+    /// directory when done.
+    public func writeBundle(for spec: Hangar_V1_JobSpec, id: String) throws -> String {
+        try engine.writeBundle(for: spec, id: id)
+    }
+}
+
+extension GVisorRuntime {
+    /// The OCI bundle this runtime would run `spec` in; see ``ContainerRuntime/writeBundle(for:id:)``.
+    public func writeBundle(for spec: Hangar_V1_JobSpec, id: String) throws -> String {
+        try engine.writeBundle(for: spec, id: id)
+    }
+}

@@ -345,6 +345,17 @@ struct OCIEngine: Sendable {
         return leftovers
     }
 
+    /// Writes the bundle this engine would run `spec` in, under a cgroup of its own, and returns
+    /// its directory (for benchmarks: the container alone, without the node around it).
+    func writeBundle(for requested: Hangar_V1_JobSpec, id: String) throws -> String {
+        var options = configOptions(cgroupsPath: "/" + directories.cgroupParent + "/" + id)
+        let resolved = try Template.resolve(requested, in: templates)
+        options.root = try resolved.template.layout()
+        let config = try OCIJobConfig(job: resolved.spec, options: options)
+        return try OCIBundle(base: directories.bundles, name: id, config: config, userNamespace: options.userNamespace)
+            .path
+    }
+
     /// Whether a warm container gets its program over stdin rather than on descriptor 3: runsc
     /// has no `--preserve-fds`.
     var takesWarmProgramOnStdin: Bool {

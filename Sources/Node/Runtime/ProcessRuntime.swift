@@ -114,6 +114,22 @@ public struct ProcessRuntime: Runtime {
         return nil
     }
 
+    /// The bubblewrap arguments this runtime gives `spec` (template root, binds, namespaces, seccomp,
+    /// `/tmp` tmpfs, uid) and the descriptors they refer to, which go to 3, 4, … in order; the caller
+    /// closes them. For benchmarks: the sandbox alone, without the node's cgroup, rlimit shim, user
+    /// switch, monitoring and clean-up around it.
+    public func bubblewrapInvocation(for requested: Hangar_V1_JobSpec) throws -> (arguments: [String], files: [Int32]) {
+        guard case .success(let filter) = Self.seccomp else { throw InvalidJob(message: "no seccomp filter") }
+        let resolved = try Template.resolve(requested, in: templates)
+        let invocation = try BubblewrapInvocation(
+            spec: resolved.spec,
+            limits: JobLimits(requested.limits),
+            seccomp: filter,
+            root: try resolved.template.layout()
+        )
+        return (invocation.arguments, invocation.files)
+    }
+
     /// Runs the job in a fresh sandbox under its limits, and kills the whole sandbox on timeout,
     /// CPU-time limit, output overflow or task cancellation.
     public func run(_ requested: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
