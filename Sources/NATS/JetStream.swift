@@ -268,7 +268,7 @@ public final class JetStreamMessage: @unchecked Sendable {
 
     /// Not done yet: deliver it again after `delay` (e.g. the store is failing: no hot retry loop).
     public func nak(delay: Duration) throws(NATSError) {
-        try NATSError.check(natsMsg_NakWithDelay(msg, delay.nanoseconds, nil), "nak")
+        try NATSError.check(natsMsg_NakWithDelay(msg, delay.milliseconds, nil), "nak")
     }
 
     /// Never deliver it again, without processing it (e.g. it cannot be decoded).
