@@ -193,7 +193,7 @@ public final class JetStream: @unchecked Sendable {
 public final class JetStreamPullConsumer: @unchecked Sendable {
     // @unchecked Sendable: wraps a libnats subscription (thread-safe); `owner` keeps the JetStream
     // context and its connection alive.
-    private let subscription: OpaquePointer
+    let subscription: OpaquePointer
     private let owner: JetStream
 
     init(subscription: OpaquePointer, owner: JetStream) {

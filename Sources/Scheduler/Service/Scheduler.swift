@@ -214,9 +214,12 @@ public actor Scheduler {
         entry.trace = trace
         jobs[id] = entry
         if let key { byRequest[key] = id }
-        let published: JetStreamPublishAck
+        var published: JetStreamPublishAck?
         do {
             published = try await publishIntake(request, tenant: tenant, jobID: id, trace: trace, messageID: key)
+        } catch  where jobs[id]?.committed == true {
+            // The PubAck was lost, but the intake consumer has the job in SQLite already: accepted.
+            logger.warning("intake publish unconfirmed but committed", metadata: ["job.id": "\(id)"])
         } catch {
             let held = jobs.removeValue(forKey: id)?.pendingAcks ?? []
             if let key { byRequest.removeValue(forKey: key) }
@@ -234,7 +237,7 @@ public actor Scheduler {
             }
             return
         }
-        if published.duplicate, let key {
+        if let published, published.duplicate, let key {
             // Admitted before under this request id (another instance, or before a restart) and
             // not yet in SQLite: answer with that job.
             let held = jobs.removeValue(forKey: id)?.pendingAcks ?? []

@@ -71,7 +71,7 @@ extension Scheduler {
                 while !Task.isCancelled {
                     let messages: [JetStreamMessage]
                     do {
-                        messages = try await consumer.fetch(batch: SchedulerStreams.batch, timeout: .seconds(1))
+                        messages = try await consumer.fetchAvailable(max: SchedulerStreams.batch, wait: .seconds(1))
                         failures = 0
                     } catch {
                         failures += 1
