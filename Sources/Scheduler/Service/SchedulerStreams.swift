@@ -67,11 +67,22 @@ extension Scheduler {
                     logger.notice("stream consumer running again", metadata: ["stream": "\(config.name)"])
                     lastProblem = ""
                 }
+                // One pull is always in flight: the next batch arrives while this one is committed.
+                let fetch = {
+                    Task { try await consumer.fetchAvailable(max: SchedulerStreams.batch, wait: .seconds(1)) }
+                }
+                var next: Task<[JetStreamMessage], any Error>?
+                defer {
+                    // Stopping: hand back what was pulled and not handled, for the next consumer.
+                    if let next { Task { for message in (try? await next.value) ?? [] { try? message.nak() } } }
+                }
                 var failures = 0
                 while !Task.isCancelled {
+                    let pulling = next ?? fetch()
+                    next = nil
                     let messages: [JetStreamMessage]
                     do {
-                        messages = try await consumer.fetchAvailable(max: SchedulerStreams.batch, wait: .seconds(1))
+                        messages = try await pulling.value
                         failures = 0
                     } catch {
                         failures += 1
@@ -80,6 +91,7 @@ extension Scheduler {
                         continue
                     }
                     if messages.isEmpty { continue }
+                    next = fetch()
                     if await !handle(messages) {
                         try? await Task.sleep(for: .milliseconds(200))
                     }
