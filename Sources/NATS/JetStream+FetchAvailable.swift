@@ -15,7 +15,10 @@ extension JetStreamPullConsumer {
 
     private func pull(batch: Int, noWait: Bool, expires: Duration) async throws(NATSError) -> [JetStreamMessage] {
         let sub = UncheckedPointer(subscription)
-        let pointers = try await runBlocking { () throws(NATSError) -> [UncheckedPointer] in
+        // A pull blocks for up to `expires`: on a thread of its own, never one of libdispatch's
+        // (Swift's executor on Linux shares them; two long pulls on a 2-core machine would stall
+        // every task, heartbeats included).
+        let pointers = try await runOnOwnThread { () throws(NATSError) -> [UncheckedPointer] in
             var request = jsFetchRequest()
             try NATSError.check(jsFetchRequest_Init(&request), "jsFetchRequest_Init")
             request.Batch = Int32(batch)
@@ -38,4 +41,22 @@ extension JetStreamPullConsumer {
         }
         return pointers.map { JetStreamMessage(owning: $0.pointer, consumer: self) }
     }
+}
+
+/// Runs a blocking libnats call on a new thread and resumes the caller with its result.
+private func runOnOwnThread<T: Sendable>(
+    _ body: @escaping @Sendable () throws(NATSError) -> T
+) async throws(NATSError) -> T {
+    let result: Result<T, NATSError> = await withCheckedContinuation { continuation in
+        let thread = Thread {
+            do throws(NATSError) {
+                continuation.resume(returning: .success(try body()))
+            } catch {
+                continuation.resume(returning: .failure(error))
+            }
+        }
+        thread.name = "hangar.jetstream.pull"
+        thread.start()
+    }
+    return try result.get()
 }
