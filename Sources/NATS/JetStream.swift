@@ -16,6 +16,8 @@ public struct JetStreamStreamConfig: Sendable {
     public var maxAge: Duration
     /// -1: unlimited.
     public var maxBytes: Int64
+    /// When the stream is full: refuse new messages (true) instead of dropping the oldest (false).
+    public var discardNew = false
 
     public init(
         name: String,
@@ -42,6 +44,13 @@ public struct JetStreamPublishAck: Sendable, Equatable {
     public let sequence: UInt64
     /// The message id was already in the stream's duplicate window; nothing new was stored.
     public let duplicate: Bool
+
+    /// Wraps the server's answer.
+    public init(stream: String, sequence: UInt64, duplicate: Bool) {
+        self.stream = stream
+        self.sequence = sequence
+        self.duplicate = duplicate
+    }
 }
 
 /// JetStream calls over one connection. All of them wait for the server and run off the
@@ -49,7 +58,7 @@ public struct JetStreamPublishAck: Sendable, Equatable {
 public final class JetStream: @unchecked Sendable {
     // @unchecked Sendable: `context` is a libnats jsCtx, safe to use from any thread; `owner` keeps
     // the connection alive for as long as the context is used.
-    private let context: OpaquePointer
+    let context: OpaquePointer
     private let owner: NATSConnection
     private let timeout: Duration
 
@@ -87,14 +96,27 @@ public final class JetStream: @unchecked Sendable {
             cfg.Duplicates = config.duplicateWindow.nanoseconds
             cfg.MaxAge = config.maxAge.nanoseconds
             cfg.MaxBytes = config.maxBytes
+            if config.discardNew { cfg.Discard = js_DiscardNew }
             try subjects.withUnsafeBufferPointer { buffer throws(NATSError) in
                 cfg.Subjects = UnsafeMutablePointer(mutating: buffer.baseAddress)
                 cfg.SubjectsLen = Int32(buffer.count)
                 var info: UnsafeMutablePointer<jsStreamInfo>?
                 var code = jsErrCode(rawValue: 0)
-                var status = js_AddStream(&info, context.pointer, &cfg, nil, &code)
-                if status != NATS_OK && code == JSStreamNameExistErr {
+                // An existing stream is updated, not added again: nats-server 2.9 counts an add's
+                // byte reservation before it notices the name exists, so a second add can fail
+                // with "insufficient storage resources".
+                var status = js_GetStreamInfo(&info, context.pointer, name, nil, &code)
+                if let found = info {
+                    jsStreamInfo_Destroy(found)
+                    info = nil
+                }
+                if status == NATS_OK {
                     status = js_UpdateStream(&info, context.pointer, &cfg, nil, &code)
+                } else {
+                    status = js_AddStream(&info, context.pointer, &cfg, nil, &code)
+                    if status != NATS_OK && code == JSStreamNameExistErr {
+                        status = js_UpdateStream(&info, context.pointer, &cfg, nil, &code)
+                    }
                 }
                 if let info { jsStreamInfo_Destroy(info) }
                 try NATSError.check(status, "ensureStream(\(config.name)) [js error \(code.rawValue)]")
@@ -137,10 +159,12 @@ public final class JetStream: @unchecked Sendable {
         }
     }
 
-    /// Binds a durable pull consumer on `subject` (created if missing) with explicit acks.
+    /// Binds a durable pull consumer on `subject` (created if missing) with explicit acks. With
+    /// `stream`, libnats binds to that stream without looking it up by subject.
     public func pullSubscribe(
         _ subject: String,
         durable: String,
+        stream: String? = nil,
         ackWait: Duration = .seconds(30),
         maxDeliver: Int = -1
     ) async throws(NATSError) -> JetStreamPullConsumer {
@@ -148,6 +172,10 @@ public final class JetStream: @unchecked Sendable {
         let sub = try await runBlocking { () throws(NATSError) in
             var options = jsSubOptions()
             try NATSError.check(jsSubOptions_Init(&options), "jsSubOptions_Init")
+            // Named: libnats binds to it directly instead of looking the stream up by subject.
+            let streamName: UnsafeMutablePointer<CChar>? = stream.flatMap { strdup($0) }
+            defer { free(streamName) }
+            options.Stream = UnsafePointer(streamName)
             options.Config.AckWait = ackWait.nanoseconds
             options.Config.MaxDeliver = Int64(maxDeliver)
             var sub: OpaquePointer?
@@ -165,7 +193,7 @@ public final class JetStream: @unchecked Sendable {
 public final class JetStreamPullConsumer: @unchecked Sendable {
     // @unchecked Sendable: wraps a libnats subscription (thread-safe); `owner` keeps the JetStream
     // context and its connection alive.
-    private let subscription: OpaquePointer
+    let subscription: OpaquePointer
     private let owner: JetStream
 
     init(subscription: OpaquePointer, owner: JetStream) {
@@ -236,6 +264,11 @@ public final class JetStreamMessage: @unchecked Sendable {
     /// Not done: deliver it again (to this or another consumer).
     public func nak() throws(NATSError) {
         try NATSError.check(natsMsg_Nak(msg, nil), "nak")
+    }
+
+    /// Not done yet: deliver it again after `delay` (e.g. the store is failing: no hot retry loop).
+    public func nak(delay: Duration) throws(NATSError) {
+        try NATSError.check(natsMsg_NakWithDelay(msg, delay.milliseconds, nil), "nak")
     }
 
     /// Never deliver it again, without processing it (e.g. it cannot be decoded).

@@ -17,7 +17,8 @@ public enum Subjects {
     /// node → scheduler: `NodeHeartbeat` every second.
     public static func heartbeat(node: String) -> String { "hangar.node.\(node).heartbeat" }
     public static let heartbeatWildcard = "hangar.node.*.heartbeat"
-    /// node → scheduler (request/reply): `AttemptResult` → `ResultAck`.
+    /// node → scheduler through the `HANGAR_RESULTS` stream: `AttemptResult` (JetStream publish; the
+    /// PubAck is the delivery receipt; message id `<job>/<attempt>`).
     public static func nodeResult(node: String) -> String { "hangar.node.\(node).result" }
     public static let nodeResultWildcard = "hangar.node.*.result"
     /// node → tenant: chunks of a running job's output (`stream` and `offset` headers), for

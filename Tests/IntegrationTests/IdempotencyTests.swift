@@ -51,6 +51,11 @@ struct IdempotencyTests {
                 return
             }
             #expect(other.jobID != jobID && !other.duplicate)
+            // Accepted means in the intake stream; the commit to SQLite follows.
+            let committedBy = ContinuousClock.now + .seconds(10)
+            while try await restarted.store.count("jobs") < 2, ContinuousClock.now < committedBy {
+                try await Task.sleep(for: .milliseconds(20))
+            }
             #expect(try await restarted.store.count("jobs") == 2)
         }
     }

@@ -178,6 +178,18 @@ struct PermissionTests {
             await expectPermissionDenied("a fake heartbeat") {
                 try await cluster.tenantA.publishConfirmed(Subjects.heartbeat(node: "n1"), payload: Data())
             }
+            await expectPermissionDenied("publishing into the intake stream (only the scheduler admits)") {
+                try await cluster.tenantA.publishConfirmed(
+                    Subjects.intake(tenant: "a"),
+                    payload: try nullJob(wait: false).serializedData()
+                )
+            }
+            await expectPermissionDenied("reading the intake stream through the JetStream API") {
+                try await cluster.tenantA.publishConfirmed(
+                    "$JS.API.STREAM.MSG.GET.\(Streams.submissions)",
+                    payload: Data("{\"seq\":1}".utf8)
+                )
+            }
             // Nothing of A's reached B's queue: B has no job in the store.
             let rows = try await cluster.scheduler.store.auditRows(tenant: "b", jobID: nil, sinceMs: 0, limit: 100)
             #expect(rows.isEmpty, "B's audit trail: \(rows)")
@@ -306,8 +318,24 @@ struct PermissionTests {
             await expectPermissionDenied("node n1 submitting a job") {
                 try await node.publishConfirmed(Subjects.submit(tenant: "a"), payload: Data())
             }
-            // Its own subjects are allowed.
+            await expectPermissionDenied("node n1 publishing into the intake stream") {
+                try await node.publishConfirmed(Subjects.intake(tenant: "a"), payload: Data())
+            }
+            await expectPermissionDenied("node n1 reading the results stream through the JetStream API") {
+                try await node.publishConfirmed(
+                    "$JS.API.CONSUMER.MSG.NEXT.\(Streams.results).\(Streams.consumer)",
+                    payload: Data()
+                )
+            }
+            // Its own subjects are allowed; its result is stored by the stream (the PubAck reaches
+            // its own inbox).
             try await node.publishConfirmed(Subjects.heartbeat(node: "n1"), payload: Data())
+            let ack = try await node.jetStreamPublish(
+                Subjects.nodeResult(node: "n1"),
+                payload: Data(),
+                messageID: "x/1"
+            )
+            #expect(ack.stream == Streams.results)
             await node.close()
 
             var wrong = try NATSCredentials.load(path: cluster.auth.credentialsPath(for: .tenant("a")))

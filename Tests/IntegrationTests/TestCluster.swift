@@ -245,8 +245,11 @@ struct SchedulerSettings {
     var nodeTTL: Duration?
     var nodeGrace: Duration?
     var tenantsFile: String?
+    /// false: the scheduler leaves submissions in the intake stream (dies before its SQLite commit).
+    var consumeIntake = true
 
     func apply(to config: inout SchedulerConfig) {
+        config.consumeIntake = consumeIntake
         if let nodeTTL { config.nodeTTL = nodeTTL }
         if let nodeGrace { config.nodeGrace = nodeGrace }
         if let tenantsFile { config.tenantsFile = tenantsFile }

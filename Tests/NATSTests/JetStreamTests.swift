@@ -39,4 +39,55 @@ struct JetStreamTests {
             await connection.close()
         }
     }
+
+    @Test("fetchAvailable: what is ready, at most max; then nothing; a work queue drops what was acked")
+    func fetchAvailable() async throws {
+        try await withNATSServer { server in
+            let connection = try await connectForTest(server)
+            let js = try connection.jetStream()
+            var config = JetStreamStreamConfig(name: "TEST_WQ", subjects: ["wq.>"], retention: .workQueue)
+            config.discardNew = true
+            try await js.ensureStream(config)
+            for index in 0..<5 {
+                let ack = try await connection.jetStreamPublish(
+                    "wq.a",
+                    payload: Data("\(index)".utf8),
+                    messageID: "m\(index)"
+                )
+                #expect(ack.stream == "TEST_WQ" && !ack.duplicate)
+            }
+            let again = try await connection.jetStreamPublish("wq.a", payload: Data("0".utf8), messageID: "m0")
+            #expect(again.duplicate && again.sequence == 1)
+            let consumer = try await js.pullSubscribe("wq.>", durable: "w", stream: "TEST_WQ")
+            let first = try await consumer.fetchAvailable(max: 3, wait: .seconds(5))
+            #expect(first.map { String(decoding: $0.message.payload, as: UTF8.self) } == ["0", "1", "2"])
+            let rest = try await consumer.fetchAvailable(max: 3, wait: .seconds(5))
+            #expect(rest.map { String(decoding: $0.message.payload, as: UTF8.self) } == ["3", "4"])
+            for message in first + rest { try message.ack() }
+            try await connection.flush()
+            #expect(try await consumer.fetchAvailable(max: 3, wait: .milliseconds(300)).isEmpty)
+            // Acknowledged messages are gone from a work-queue stream; reading one back says so.
+            var gone = false
+            for _ in 0..<50 where !gone {
+                gone = try await js.message(stream: "TEST_WQ", sequence: 1) == nil
+                if !gone { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(gone)
+            await expectNoStream(connection)
+            await connection.close()
+        }
+    }
+
+    /// A publish no stream captures fails with no responders (how the scheduler learns that
+    /// JetStream or its stream is missing).
+    private func expectNoStream(_ connection: NATSConnection) async {
+        do {
+            _ = try await connection.jetStreamPublish("nostream.x", payload: Data(), timeout: .seconds(2))
+            Issue.record("a publish outside every stream was acknowledged")
+        } catch let error as NATSError {
+            #expect(error.kind == .noResponders, "\(error)")
+        } catch {
+            Issue.record("unexpected error \(error)")
+        }
+    }
 }

@@ -5,7 +5,7 @@ import Logging
 import Synchronization
 
 /// A node agent: reports capacity every second, takes assignments, runs each job in its runtime's
-/// sandbox and sends the result to the scheduler until it is acknowledged.
+/// sandbox and publishes the result into the results stream until the server acknowledges it.
 public final class NodeAgent: Sendable {
     public let config: NodeConfig
     private let nats: NATSConnection
@@ -235,8 +235,9 @@ public final class NodeAgent: Sendable {
         }
     }
 
-    /// Sends the result until the scheduler acknowledges it (it may be restarting), giving up only
-    /// after `resultRetryFor`.
+    /// Publishes the result into the results stream until the server acknowledges it (nats-server
+    /// may be restarting), giving up only after `resultRetryFor`. The node keeps nothing afterwards:
+    /// the stream holds it until the scheduler has stored it.
     private func report(_ outcome: RunOutcome, for assignment: Hangar_V1_Assignment, logger: Logger) async {
         var result = Hangar_V1_AttemptResult()
         result.jobID = assignment.jobID
@@ -266,15 +267,14 @@ public final class NodeAgent: Sendable {
                 deadline = min(deadline, ContinuousClock.now + config.resultRetryOnShutdown)
             }
             do {
-                let answer = try await nats.request(
+                // Into the HANGAR_RESULTS stream: its PubAck means stored on the server, and the
+                // message id keeps a resend whose first copy did arrive from counting twice.
+                _ = try await nats.jetStreamPublish(
                     Subjects.nodeResult(node: config.nodeID),
                     payload: payload,
+                    messageID: "\(assignment.jobID)/\(assignment.attempt)",
                     timeout: .seconds(5)
                 )
-                let ack = try Hangar_V1_ResultAck(serializedBytes: answer.payload)
-                if ack.stale {
-                    logger.info("scheduler ignored a stale result")
-                }
                 return
             } catch {
                 logger.warning(

@@ -26,10 +26,17 @@ struct JobEntry: Sendable {
     var reserved = false
     /// The W3C trace of the submission (from its `traceparent` header, else new); assignments carry it.
     var trace = TraceContext.start()
-    /// The acceptance is committed to the store. Until then a repeated request id is not answered
-    /// (a crash could still lose the job); its reply subject waits in `pendingAcks`.
+    /// The submission is in the intake stream (PubAck received). Until then a repeated request id
+    /// is not answered (the publish may still fail); its reply subject waits in `pendingAcks`.
     var durable = false
     var pendingAcks: [String] = []
+    /// The intake consumer has committed the job to SQLite; only then is it queued for placement.
+    var committed = false
+    /// Cancelled before it was committed: ends CANCELLED as soon as it is.
+    var cancelRequested = false
+    /// Taken from the intake stream after a restart, it no longer passes validation: rejected once
+    /// committed.
+    var invalidAfterRestart = false
 
     var tenant: String { submission.tenant }
 

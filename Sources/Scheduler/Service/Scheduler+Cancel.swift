@@ -20,6 +20,14 @@ extension Scheduler {
 
     func cancel(jobID: String, tenant: String) async -> Hangar_V1_CancelReply {
         var reply = Hangar_V1_CancelReply()
+        if let entry = jobs[jobID], entry.tenant == tenant, !entry.finishing, !entry.committed {
+            // Still on its way from the intake stream to SQLite: ends CANCELLED once committed.
+            jobs[jobID]?.cancelRequested = true
+            reply.cancelled = true
+            reply.status = .cancelled
+            reply.message = "job \(jobID) cancelled"
+            return reply
+        }
         if let entry = jobs[jobID], entry.tenant == tenant, !entry.finishing {
             if entry.nodeID == nil {
                 queue.remove(tenant: tenant, jobID: jobID)

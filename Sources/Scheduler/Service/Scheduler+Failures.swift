@@ -77,8 +77,8 @@ extension Scheduler {
     private func expireQueued(now: ContinuousClock.Instant) {
         let delayedIDs = Set(delayed.map(\.jobID))
         for entry in jobs.values
-        where entry.nodeID == nil && !entry.finishing && now - entry.acceptedAt >= config.queueTimeout
-            && !delayedIDs.contains(entry.id)
+        where entry.nodeID == nil && !entry.finishing && entry.committed
+            && now - entry.acceptedAt >= config.queueTimeout && !delayedIDs.contains(entry.id)
         {
             queue.remove(tenant: entry.tenant, jobID: entry.id)
             let why = entry.lastPlacementProblem.isEmpty ? "no node fits" : entry.lastPlacementProblem

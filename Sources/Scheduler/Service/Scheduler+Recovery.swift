@@ -37,6 +37,7 @@ extension Scheduler {
                 )
                 entry.attempt = job.attempt
                 entry.durable = true
+                entry.committed = true
                 finishRejected(
                     entry,
                     Rejection(.invalidRequest, "", "after a scheduler restart the job no longer passes validation")
@@ -52,6 +53,7 @@ extension Scheduler {
             )
             entry.attempt = job.attempt
             entry.durable = true  // read back from the store
+            entry.committed = true
             if let key = entry.requestKey { byRequest[key] = job.id }
             if job.running, let nodeID = job.nodeID {
                 entry.nodeID = nodeID

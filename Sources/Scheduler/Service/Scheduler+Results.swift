@@ -3,41 +3,59 @@ import HangarNATS
 import HangarShared
 
 extension Scheduler {
-    nonisolated func handleNodeResult(_ message: NATSMessage) async {
-        guard let nodeID = Subjects.token(message.subject, at: 2).map(String.init),
-            let attemptResult = try? Hangar_V1_AttemptResult(serializedBytes: message.payload)
-        else {
-            logger.warning("ignored a malformed node result", metadata: ["nats.subject": "\(message.subject)"])
-            return
-        }
-        guard let ack = await finish(attemptResult, from: nodeID) else { return }  // not stored: the node resends
-        if let replyTo = message.replyTo, let payload = try? ack.serializedData() {
-            try? nats.publish(replyTo, payload: payload)
-        }
-    }
-
-    /// Stores the result of the current attempt and answers the tenant. A result of any other
-    /// attempt (a node presumed dead, a cancelled job) is recorded in the audit and ignored. Returns
-    /// nil if the result could not be stored (the node will send it again).
-    func finish(_ report: Hangar_V1_AttemptResult, from nodeID: String) async -> Hangar_V1_ResultAck? {
-        var ack = Hangar_V1_ResultAck()
-        ack.jobID = report.jobID
-        ack.attempt = report.attempt
-        guard var entry = jobs[report.jobID], entry.attempt == report.attempt, entry.nodeID == nodeID else {
+    /// One batch from the `HANGAR_RESULTS` stream: every result of a current attempt is stored, and
+    /// stale ones audited, in ONE transaction (group commit); then each message is acknowledged and
+    /// the tenants answered. A message that is not an `AttemptResult` is audited and terminated. A
+    /// result of any other attempt (a node presumed dead, a cancelled job) is audited and ignored.
+    /// Returns false if the batch could not be stored (its messages come again).
+    func storeResults(_ messages: [JetStreamMessage]) async -> Bool {
+        var writes: [StoreWrite] = []
+        var outcomes: [(JetStreamMessage, StreamOutcome)] = []
+        var finished: [(jobID: String, result: Hangar_V1_Result)] = []
+        var inBatch: Set<String> = []
+        for stream in messages {
+            let message = stream.message
+            guard let nodeID = Subjects.token(message.subject, at: 2).map(String.init),
+                let report = try? Hangar_V1_AttemptResult(serializedBytes: message.payload)
+            else {
+                logger.warning("discarded a malformed node result", metadata: ["nats.subject": "\(message.subject)"])
+                writes.append(
+                    .audit(
+                        actor: "node:\(Subjects.token(message.subject, at: 2) ?? "?")",
+                        event: "result.malformed",
+                        jobID: nil,
+                        detail:
+                            "stream sequence \(stream.sequence): not a hangar.v1.AttemptResult (\(message.payload.count) bytes)"
+                    )
+                )
+                outcomes.append((stream, .discard))
+                continue
+            }
+            let key = "\(report.jobID)/\(report.attempt)"
+            if let entry = jobs[report.jobID], entry.attempt == report.attempt, entry.nodeID == nodeID {
+                if entry.finishing || inBatch.contains(key) {
+                    outcomes.append((stream, .ack))  // the same result, already being stored
+                    continue
+                }
+                jobs[report.jobID]?.finishing = true
+                inBatch.insert(key)
+                let result = makeResult(entry, report, nodeID: nodeID)
+                writes.append(.jobFinished(result))
+                finished.append((report.jobID, result))
+                outcomes.append((stream, .ack))
+                continue
+            }
             if let stored = try? await store.job(id: report.jobID)?.result, stored.attempt == report.attempt,
                 stored.nodeID == nodeID
             {
-                return ack  // a resend of a result we already have
+                outcomes.append((stream, .ack))  // a resend of a result we already have
+                continue
             }
-            if let entry = jobs[report.jobID], entry.finishing, entry.attempt == report.attempt {
-                return ack  // the same result is being stored right now
-            }
-            ack.stale = true
             logger.info(
                 "stale result ignored",
                 metadata: ["job.id": "\(report.jobID)", "attempt": "\(report.attempt)", "node.id": "\(nodeID)"]
             )
-            try? await store.write(
+            writes.append(
                 .staleResult(
                     jobID: report.jobID,
                     attempt: report.attempt,
@@ -45,25 +63,27 @@ extension Scheduler {
                     status: report.status.displayName
                 )
             )
-            return ack
+            outcomes.append((stream, .ack))
         }
-        if entry.finishing { return ack }
-        entry.finishing = true
-        jobs[report.jobID] = entry
-        let result = makeResult(entry, report, nodeID: nodeID)
-        do {
-            try await store.write(.jobFinished(result))
-        } catch {
-            logger.error("could not store result", metadata: ["job.id": "\(report.jobID)", "error": "\(error)"])
-            jobs[report.jobID]?.finishing = false
-            return nil
+        if !writes.isEmpty {
+            do {
+                try await store.write(.streamBatch(writes))
+            } catch {
+                logger.error("could not store results", metadata: ["count": "\(finished.count)", "error": "\(error)"])
+                for (jobID, _) in finished { jobs[jobID]?.finishing = false }
+                for (stream, outcome) in outcomes { settle(stream, outcome == .discard ? .discard : .retry) }
+                return false
+            }
         }
-        if var current = jobs[report.jobID] {
-            releaseAttempt(&current)
-            complete(current, with: result)
+        for (stream, outcome) in outcomes { settle(stream, outcome) }
+        for (jobID, result) in finished {
+            if var current = jobs[jobID] {
+                releaseAttempt(&current)
+                complete(current, with: result)
+            }
         }
         pump()
-        return ack
+        return true
     }
 
     private func makeResult(_ entry: JobEntry, _ report: Hangar_V1_AttemptResult, nodeID: String) -> Hangar_V1_Result {

@@ -31,6 +31,13 @@ public actor Scheduler {
     var recoveryDeadline: ContinuousClock.Instant?
     /// Totals since start, for `hangar.admin.stats` and `/metrics` (see Scheduler+Stats.swift).
     public nonisolated let counters = SchedulerCounters()
+    /// The connection's JetStream context (streams, consumers, reading a message back).
+    var jetStream: JetStream?
+    /// Jobs whose intake publish timed out (the tenant was refused): if the stream did store one,
+    /// the intake consumer discards it instead of running it.
+    var abandonedIntake: Set<String> = []
+    /// Why the last intake commit failed; new submissions are refused while it is set.
+    var storeFailure: String?
 
     public init(config: SchedulerConfig, nats: NATSConnection, store: Store, logger: Logger) {
         self.config = config
@@ -53,11 +60,13 @@ public actor Scheduler {
         let submits = try nats.subscribe(Subjects.submitWildcard, queueGroup: group)
         let cancels = try nats.subscribe(Subjects.cancelWildcard, queueGroup: group)
         let heartbeats = try nats.subscribe(Subjects.heartbeatWildcard)
-        let results = try nats.subscribe(Subjects.nodeResultWildcard, queueGroup: group)
         let admin = try nats.subscribe(Subjects.admin("*"), queueGroup: group)
         let tenantJobs = try nats.subscribe(Subjects.jobWildcard, queueGroup: group)
+        let jetStream = try nats.jetStream()
+        self.jetStream = jetStream
+        await ensureStreams(jetStream)
         defer {
-            for subscription in [submits, cancels, heartbeats, results, admin, tenantJobs] {
+            for subscription in [submits, cancels, heartbeats, admin, tenantJobs] {
                 subscription.unsubscribe()
             }
         }
@@ -76,8 +85,11 @@ public actor Scheduler {
                 for await message in heartbeats { await self.handleHeartbeat(message) }
             }
             group.addTask {
-                await withDiscardingTaskGroup { inner in
-                    for await message in results { inner.addTask { await self.handleNodeResult(message) } }
+                await self.consume(SchedulerStreams.results, with: jetStream) { await self.storeResults($0) }
+            }
+            if config.consumeIntake {
+                group.addTask {
+                    await self.consume(SchedulerStreams.submissions, with: jetStream) { await self.commitIntake($0) }
                 }
             }
             group.addTask {
@@ -174,6 +186,17 @@ public actor Scheduler {
             reply(to: replyTo, tenant: tenant, rejection: rejection)
             return
         }
+        if let failure = storeFailure {
+            // Accepted work would pile up in the stream while the store cannot take it.
+            var rejection = Rejection(
+                .shuttingDown,
+                "",
+                "store unavailable: \(failure); the job was not accepted, retry later"
+            )
+            rejection.rejected.retryAfterMs = 1000
+            reply(to: replyTo, tenant: tenant, rejection: rejection)
+            return
+        }
         let id = JobID.make()
         let placement = placementRequest(for: submission, jobID: id)
         if case .impossible(let why) = cluster.place(placement, policy: config.placementPolicy) {
@@ -191,31 +214,58 @@ public actor Scheduler {
         entry.trace = trace
         jobs[id] = entry
         if let key { byRequest[key] = id }
-        var stored = StoredJob(
-            id: id,
-            tenant: submission.tenant,
-            requestID: submission.requestID.isEmpty ? nil : submission.requestID,
-            spec: submission.spec,
-            priority: submission.priority,
-            submittedAt: unixMilliseconds()
-        )
-        stored.request = request
+        var published: JetStreamPublishAck?
         do {
-            try await store.write(.jobAccepted(stored))
+            published = try await publishIntake(request, tenant: tenant, jobID: id, trace: trace, messageID: key)
+        } catch  where jobs[id]?.committed == true {
+            // The PubAck was lost, but the intake consumer has the job in SQLite already: accepted.
+            logger.warning("intake publish unconfirmed but committed", metadata: ["job.id": "\(id)"])
         } catch {
             let held = jobs.removeValue(forKey: id)?.pendingAcks ?? []
             if let key { byRequest.removeValue(forKey: key) }
-            logger.error("could not record job", metadata: ["job.id": "\(id)", "error": "\(error)"])
-            // Refused, never accepted and lost: the tenant may retry (the same request id is safe).
+            // A timed-out publish may still have been stored: never run what the tenant was refused.
+            if let error = error as? NATSError, error.kind == .timeout { abandonedIntake.insert(id) }
+            logger.error("could not accept job", metadata: ["job.id": "\(id)", "error": "\(error)"])
             var rejection = Rejection(
                 .shuttingDown,
                 "",
-                "store unavailable: \(storeFailureSummary(error)); the job was not accepted, retry later"
+                "intake stream unavailable: \(storeFailureSummary(error)); the job was not accepted, retry later"
             )
             rejection.rejected.retryAfterMs = 1000
             for subject in [replyTo] + held.map(Optional.some) {
                 reply(to: subject, tenant: tenant, rejection: rejection)
             }
+            return
+        }
+        if let published, published.duplicate, let key {
+            // Admitted before under this request id (another instance, or before a restart) and
+            // not yet in SQLite: answer with that job.
+            let held = jobs.removeValue(forKey: id)?.pendingAcks ?? []
+            if byRequest[key] == id { byRequest.removeValue(forKey: key) }
+            guard
+                let original = await originalJob(
+                    sequence: published.sequence,
+                    tenant: tenant,
+                    requestID: submission.requestID
+                )
+            else {
+                var rejection = Rejection(
+                    .shuttingDown,
+                    "",
+                    "request id '\(submission.requestID)' is being accepted by another scheduler; retry"
+                )
+                rejection.rejected.retryAfterMs = 200
+                for subject in [replyTo] + held.map(Optional.some) {
+                    reply(to: subject, tenant: tenant, rejection: rejection)
+                }
+                return
+            }
+            if waiting, let replyTo, jobs[original] != nil {
+                jobs[original]?.waiters.append(replyTo)
+            } else {
+                replyAccepted(replyTo, jobID: original, duplicate: true)
+            }
+            for subject in held { replyAccepted(subject, jobID: original, duplicate: true) }
             return
         }
         let held = jobs[id]?.pendingAcks ?? []
@@ -230,9 +280,7 @@ public actor Scheduler {
         if !waiting, let replyTo {
             replyAccepted(replyTo, jobID: id, duplicate: false)
         }
-        entry.sequence = queue.enqueue(tenant: tenant, jobID: id, priority: submission.priority)
-        jobs[id]?.sequence = entry.sequence
-        pump()
+        // Queued for placement once the intake consumer has committed it to SQLite (commitIntake).
     }
 
     func placementRequest(for submission: ValidatedSubmission, jobID: String) -> PlacementRequest {

@@ -22,6 +22,12 @@ public struct SchedulerConfig: Sendable {
     public var retention: Duration?
     public var pruneInterval: Duration = .seconds(600)
     public var validator = RequestValidator()
+    /// How long an admitted submission may wait for the intake stream's PubAck before the tenant is
+    /// refused (`intake stream unavailable`).
+    public var intakePublishTimeout: Duration = .seconds(5)
+    /// Test hook: false leaves submissions in the intake stream without committing them to SQLite,
+    /// as a scheduler that dies between the stream's ack and its commit.
+    public var consumeIntake = true
 
     public init(databasePath: String) {
         self.databasePath = databasePath

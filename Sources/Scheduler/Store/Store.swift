@@ -170,6 +170,12 @@ public enum StoreWrite: Sendable {
     case audit(actor: String, event: String, jobID: String?, detail: String)
     /// A result arrived for an attempt that is not current; kept in the audit only.
     case staleResult(jobID: String, attempt: UInt32, nodeID: String, status: String)
+    /// A job taken from the intake stream: inserted and audited as accepted unless its id, or its
+    /// tenant and request id, is already stored (a redelivery), so replays insert nothing.
+    case intake(StoredJob)
+    /// Writes taken from a stream in one batch: one transaction, synced to disk before it returns
+    /// (the stream messages are acknowledged, and so deleted, right after).
+    case streamBatch([StoreWrite])
 }
 
 /// A job as the store keeps it.
@@ -203,8 +209,10 @@ public struct StoredJob: Sendable {
 extension StoreWrite {
     /// Whether the commit must reach the disk before returning (an acceptance the tenant is told of).
     var needsFullSync: Bool {
-        if case .jobAccepted = self { return true }
-        return false
+        switch self {
+        case .jobAccepted, .intake, .streamBatch: true
+        default: false
+        }
     }
 
     func apply(_ db: Database) throws {
@@ -320,6 +328,30 @@ extension StoreWrite {
             )
         case .audit(let actor, let event, let jobID, let detail):
             try audit(db, at: now, actor: actor, event: event, jobID: jobID, detail: detail)
+        case .intake(let job):
+            try db.execute(
+                sql: """
+                    INSERT INTO jobs (id, tenant, request_id, runtime, template, priority, status, spec, submitted_at,
+                        updated_at, request)
+                    VALUES (?, ?, ?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?)
+                    ON CONFLICT DO NOTHING
+                    """,
+                arguments: [
+                    job.id, job.tenant, job.requestID, job.spec.runtime, job.spec.template, Int(job.priority),
+                    try job.spec.serializedData(), job.submittedAt, now, try job.request.serializedData(),
+                ]
+            )
+            guard db.changesCount > 0 else { return }
+            try audit(
+                db,
+                at: now,
+                actor: "tenant:\(job.tenant)",
+                event: "job.accepted",
+                jobID: job.id,
+                detail: job.spec.runtime
+            )
+        case .streamBatch(let writes):
+            for write in writes { try write.apply(db) }
         case .staleResult(let jobID, let attempt, let nodeID, let status):
             try audit(
                 db,

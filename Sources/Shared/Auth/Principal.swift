@@ -95,11 +95,15 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                 allowResponses: true
             )
         case .scheduler:
+            // Results reach it through the HANGAR_RESULTS stream (a pull consumer), not a subscription.
             Permissions(
-                publish: ["hangar.result.>", "hangar.node.*.assign", "hangar.node.*.cancel", "_INBOX.>"],
+                publish: [
+                    "hangar.result.>", "hangar.node.*.assign", "hangar.node.*.cancel", "_INBOX.>",
+                    Subjects.intakeWildcard,
+                ] + Self.schedulerJetStreamAPI,
                 subscribe: [
                     Subjects.submitWildcard, Subjects.cancelWildcard, Subjects.jobWildcard,
-                    Subjects.heartbeatWildcard, Subjects.nodeResultWildcard, "hangar.admin.>", inboxPrefix + ".>",
+                    Subjects.heartbeatWildcard, "hangar.admin.>", inboxPrefix + ".>",
                 ]
             )
         case .operator:
@@ -111,6 +115,23 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
             // Lives in the system account, which none of the others can reach: reads server events only.
             Permissions(publish: [], subscribe: ["$SYS.SERVER.*.CLIENT.AUTH.ERR"])
         }
+    }
+
+    /// The JetStream API calls the scheduler makes, on its own streams only: create or update them,
+    /// bind its durable pull consumers, pull batches, acknowledge, and read one message back (the
+    /// original of a de-duplicated submission).
+    public static var schedulerJetStreamAPI: [String] {
+        ["$JS.API.INFO"]
+            + Streams.all.flatMap { stream in
+                [
+                    "$JS.API.STREAM.CREATE.\(stream)", "$JS.API.STREAM.UPDATE.\(stream)",
+                    "$JS.API.STREAM.INFO.\(stream)", "$JS.API.STREAM.MSG.GET.\(stream)",
+                    "$JS.API.CONSUMER.CREATE.\(stream)", "$JS.API.CONSUMER.CREATE.\(stream).>",
+                    "$JS.API.CONSUMER.DURABLE.CREATE.\(stream).\(Streams.consumer)",
+                    "$JS.API.CONSUMER.INFO.\(stream).\(Streams.consumer)",
+                    "$JS.API.CONSUMER.MSG.NEXT.\(stream).\(Streams.consumer)", "$JS.ACK.\(stream).>",
+                ]
+            }
     }
 
     /// Publish and subscribe allow-lists (everything else is denied).

@@ -1,0 +1,21 @@
+/// The JetStream streams that make intake and results durable (see README, "Delivery guarantee").
+public enum Streams {
+    /// Accepted submissions, from the scheduler's admission until they are committed to SQLite.
+    public static let submissions = "HANGAR_SUBMISSIONS"
+    /// Node results, from the node until the scheduler has stored them.
+    public static let results = "HANGAR_RESULTS"
+    /// The durable pull consumer every scheduler instance shares on each stream.
+    public static let consumer = "hangar-scheduler"
+    /// The header carrying the job id the scheduler gave an intake message.
+    public static let jobIDHeader = "Hangar-Job-Id"
+    /// Every stream, for the scheduler's permissions.
+    public static let all = [submissions, results]
+}
+
+extension Subjects {
+    /// scheduler → its own intake stream: an admitted `SubmitRequest` (header `Hangar-Job-Id`),
+    /// published only by the scheduler; the stream's message id is `<tenant>/<request id>`.
+    public static func intake(tenant: String) -> String { "hangar.intake.\(tenant)" }
+    /// What the intake stream captures.
+    public static let intakeWildcard = "hangar.intake.*"
+}
