@@ -10,18 +10,18 @@ import Synchronization
 ///
 /// The VM's size is fixed when it starts: RAM for jobs of up to ``jobMemoryBytes`` (plus the
 /// guest's own overhead) and ``vcpus`` vCPUs; a job asking for more memory or CPUs starts cold.
-final class MicroVMWarmSandbox: WarmSandbox {
+public final class MicroVMWarmSandbox: WarmSandbox {
     /// How the VM got to READY.
-    enum Origin: String, Sendable {
+    public enum Origin: String, Sendable {
         /// A fresh boot of the kernel and initramfs.
         case booted
         /// Restored from a ``MicroVMSnapshot`` and reseeded.
         case restored
     }
 
-    let origin: Origin
+    public let origin: Origin
     /// From spawning qemu until the agent was ready: the boot, or the restore and the reseed.
-    let readyTime: Duration
+    public let readyTime: Duration
     /// The largest memory limit of a job this VM takes.
     let jobMemoryBytes: UInt64
     let vcpus: Int
@@ -96,7 +96,7 @@ final class MicroVMWarmSandbox: WarmSandbox {
         )
     }
 
-    func accepts(_ spec: Hangar_V1_JobSpec) -> Bool {
+    public func accepts(_ spec: Hangar_V1_JobSpec) -> Bool {
         let limits = JobLimits(spec.limits)
         return (spec.template.isEmpty || spec.template == TemplateName.host)
             && limits.memoryBytes <= jobMemoryBytes
@@ -105,7 +105,7 @@ final class MicroVMWarmSandbox: WarmSandbox {
 
     /// Sends the JOB frame, collects the output and the agent's report, kills the VM. The
     /// outcome's start time is from this call until the whole job was handed to the agent.
-    func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
+    public func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
         let began = ContinuousClock.now
         guard !used.exchange(true, ordering: .sequentiallyConsistent) else {
             return .error("a warm VM was used twice")
@@ -136,7 +136,7 @@ final class MicroVMWarmSandbox: WarmSandbox {
         return outcome
     }
 
-    func destroy() async {
+    public func destroy() async {
         guard !used.exchange(true, ordering: .sequentiallyConsistent) else { return }
         await teardown()
     }
