@@ -23,6 +23,7 @@ public struct MicroVMConfiguration: Sendable {
     /// Warm VMs: the largest memory limit of a job they take (their RAM is this plus the guest's
     /// overhead) and their vCPUs; jobs asking for more start cold.
     public var warmJobMemoryBytes = JobLimits.defaultMemoryBytes
+    /// The vCPUs of a warm VM (at most the host's cores); jobs whose CPU share needs more start cold.
     public var warmVCPUs = 1
     /// Whether warm VMs are restored from a snapshot (taken once, from a booted VM) instead of
     /// booted; a failed snapshot or restore falls back to a boot.

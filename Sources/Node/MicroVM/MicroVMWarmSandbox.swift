@@ -19,6 +19,7 @@ public final class MicroVMWarmSandbox: WarmSandbox {
         case restored
     }
 
+    /// Booted or restored.
     public let origin: Origin
     /// From spawning qemu until the agent was ready: the boot, or the restore and the reseed.
     public let readyTime: Duration
