@@ -206,7 +206,7 @@ final class OCIWarmSandbox: WarmSandbox {
     /// ``readyTimeout``; false if it does not or runsc exited.
     static func awaitRunning(engine: OCIEngine, id: String, process: SandboxProcess) async -> Bool {
         let deadline = ContinuousClock.now + readyTimeout
-        while ContinuousClock.now < deadline {
+        while ContinuousClock.now < deadline, !process.hasEnded {
             let state = await engine.tool(["state", id])
             if state.succeeded && state.output.contains("\"running\"") { return true }
             try? await Task.sleep(for: .milliseconds(20))
