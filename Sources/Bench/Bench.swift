@@ -28,6 +28,10 @@ struct Bench {
             try await HeartbeatBench.publish(url: values[1], nodes: Int(values[2]) ?? 0, seconds: Int(values[3]) ?? 0)
             return
         }
+        if arguments.contains("microvm-pool") {
+            print(try await MicroVMPoolBench.run(quick: quick))
+            return
+        }
         if arguments.contains("pools") {
             print(try await PoolBench.run(quick: quick))
             return

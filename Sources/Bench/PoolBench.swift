@@ -14,7 +14,7 @@ enum PoolBench {
         logger.logLevel = .error
         let bare = try await measure(count) { try spawnAndWait("/usr/bin/python3", ["-c", "pass"]) }
         var rows: [String] = []
-        let candidates: [any Runtime] = [ProcessRuntime(), ContainerRuntime()]
+        let candidates: [any Runtime] = [ProcessRuntime(), ContainerRuntime(), GVisorRuntime()]
         for runtime in candidates {
             let probe = await runtime.probe()
             guard probe.available else {

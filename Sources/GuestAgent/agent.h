@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/random.h>
 #include <net/if.h>
 #include <poll.h>
 #include <signal.h>
@@ -84,6 +85,7 @@ uint64_t read_number(const char *path);
 /* boot.c */
 void boot(void);
 void measure_tsc(void);
+void reseed(const uint8_t *seed, uint32_t length);
 
 /* job.c */
 void parse_job(const uint8_t *data, size_t length, struct job *job);

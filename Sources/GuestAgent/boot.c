@@ -101,3 +101,29 @@ void measure_tsc(void) {
     printf("%llu\n", (unsigned long long)((t1 - t0) * 1000000ull / ns));
 }
 
+
+/*
+ * After a snapshot restore every copy of the VM has the same kernel RNG state and the clock of the
+ * moment the snapshot was taken. `seed` is the SEED payload: u64 host realtime in ns, then fresh
+ * bytes from the host's getrandom. They are credited to the input pool and the CRNG is reseeded at
+ * once, so /dev/urandom and getrandom differ in each copy from here on; then the clock is set.
+ */
+void reseed(const uint8_t *seed, uint32_t length) {
+    uint32_t bytes = length - 8;
+    struct {
+        struct rand_pool_info info;
+        uint8_t data[SEED_MAX];
+    } entropy;
+    entropy.info.entropy_count = (int)(bytes * 8);
+    entropy.info.buf_size = (int)bytes;
+    memcpy(entropy.data, seed + 8, bytes);
+    int random = open("/dev/urandom", O_RDWR | O_CLOEXEC);
+    if (random < 0) fail(KIND_ERROR, "guest: cannot open /dev/urandom: %s", strerror(errno));
+    if (ioctl(random, RNDADDENTROPY, &entropy.info) != 0)
+        fail(KIND_ERROR, "guest: RNDADDENTROPY: %s", strerror(errno));
+    if (ioctl(random, RNDRESEEDCRNG) != 0) fail(KIND_ERROR, "guest: RNDRESEEDCRNG: %s", strerror(errno));
+    close(random);
+    uint64_t ns = get64(seed);
+    struct timespec now = {.tv_sec = (time_t)(ns / 1000000000ull), .tv_nsec = (long)(ns % 1000000000ull)};
+    if (clock_settime(CLOCK_REALTIME, &now) != 0) fail(KIND_ERROR, "guest: clock_settime: %s", strerror(errno));
+}

@@ -2,7 +2,7 @@
  * hangar-guest-agent: /init of a Hangar microVM.
  *
  * Mounts the basics, loads the virtio modules the host listed, opens the virtio-serial port named
- * "hangar.agent", says READY, receives one JOB, runs it as uid 65534 in a cgroup with the job's
+ * "hangar.agent", says READY, (after a snapshot restore: takes a SEED and says READY again) receives one JOB, runs it as uid 65534 in a cgroup with the job's
  * memory, pids and CPU limits, rlimits and a private size-bounded /tmp, streams its output with the
  * caps applied, reports how it ended, and reboots (qemu runs with -no-reboot, so it exits).
  *
@@ -23,6 +23,15 @@ int _swift_backtrace_isThunkFunction(const char *name) {
     return 0;
 }
 
+/* READY with the guest's uptime in ms. */
+static void say_ready(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    uint8_t uptime[8];
+    put64(uptime, (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
+    if (send_frame(FRAME_READY, uptime, sizeof uptime) != 0) power_off();
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--tsc-khz") == 0) {
         measure_tsc();
@@ -34,15 +43,20 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);
     boot();
-    struct timespec ts;
-    clock_gettime(CLOCK_BOOTTIME, &ts);
-    uint8_t uptime[8];
-    put64(uptime, (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
-    if (send_frame(FRAME_READY, uptime, sizeof uptime) != 0) power_off();
+    say_ready();
 
     uint8_t header[5];
-    if (read_all(port, header, sizeof header) != 0) fail(KIND_ERROR, "guest: the host closed the channel");
-    uint32_t length = get32(header + 1);
+    uint32_t length;
+    for (;;) {
+        if (read_all(port, header, sizeof header) != 0) fail(KIND_ERROR, "guest: the host closed the channel");
+        length = get32(header + 1);
+        if (header[0] != FRAME_SEED) break;
+        if (length < 8 + SEED_MIN || length > 8 + SEED_MAX) fail(KIND_ERROR, "guest: a %u-byte SEED frame", length);
+        uint8_t seed[8 + SEED_MAX];
+        if (read_all(port, seed, length) != 0) fail(KIND_ERROR, "guest: the seed frame was cut short");
+        reseed(seed, length);
+        say_ready();
+    }
     if (header[0] != FRAME_JOB) fail(KIND_ERROR, "guest: expected a JOB frame, got type %u", header[0]);
     if (length > JOB_MAX) fail(KIND_ERROR, "guest: the job is %u bytes, more than %u", length, JOB_MAX);
     uint8_t *data = malloc(length ? length : 1);

@@ -11,6 +11,10 @@
  *   'X' EXIT    u32 kind, u32 exit code, u32 signal, u64 cpu us, u64 peak memory bytes,
  *               u64 run ms, u64 stdout bytes, u64 stderr bytes, u64 oom kills, then a message
  * host -> guest
+ *   'S' SEED    u64 host realtime in ns since the epoch, then 16-256 bytes of randomness; sent to a VM
+ *               restored from a snapshot (every restored copy starts with the same RNG state and a
+ *               stale clock). The agent mixes the bytes into the kernel's pool, forces a reseed of
+ *               the CRNG, sets the clock and answers with a new READY. Before the JOB only.
  *   'J' JOB     a sequence of fields: 1 byte tag, 4 bytes big-endian length, the value
  *               (see FIELD_*); LIMITS is nine big-endian u64 (see struct limits)
  */
@@ -22,6 +26,10 @@
 #define FRAME_STDERR 'E'
 #define FRAME_EXIT 'X'
 #define FRAME_JOB 'J'
+#define FRAME_SEED 'S'
+
+#define SEED_MIN 16
+#define SEED_MAX 256
 
 #define CHUNK_MAX 65536
 #define JOB_MAX (256u << 20)

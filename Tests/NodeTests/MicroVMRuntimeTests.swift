@@ -40,157 +40,163 @@ private func qemuChildren() -> [String] {
     }
 }
 
-@Suite("MicroVM runtime, real qemu", .serialized)
-struct MicroVMRuntimeTests {
-    @Test("python3 runs in the guest: SUCCEEDED with 42, and the boot time is reported")
-    func python() async throws {
-        try await requireMicroVM()
-        let outcome = await microvm.run(vmJob(["/usr/bin/python3", "-c", "print(6*7)"]), jobID: "vm-python")
-        #expect(outcome.status == .succeeded, "\(outcome.message)")
-        #expect(text(outcome.stdout) == "42\n")
-        #expect(outcome.startMilliseconds > 0)
-        #expect(qemuChildren().isEmpty)
-    }
-
-    @Test("exit code, stdin, files and stderr cross the channel")
-    func exitCodeStdinFiles() async throws {
-        try await requireMicroVM()
-        let outcome = await microvm.run(
-            vmJob(["/bin/sh", "-c", "cat; cat data.txt >&2; exit 7"]) {
-                $0.stdin = Data("from stdin".utf8)
-                var file = Hangar_V1_FileIn()
-                file.path = "data.txt"
-                file.content = Data("from a file".utf8)
-                $0.files = [file]
-            },
-            jobID: "vm-exit"
-        )
-        #expect(outcome.status == .failed, "\(outcome.message)")
-        #expect(outcome.exitCode == 7)
-        #expect(text(outcome.stdout) == "from stdin")
-        #expect(text(outcome.stderr) == "from a file")
-    }
-
-    @Test("the guest has no network device, only lo; the job runs as 65534")
-    func noNetwork() async throws {
-        try await requireMicroVM()
-        let outcome = await microvm.run(vmJob(["/bin/sh", "-c", "ls /sys/class/net; id -u"]), jobID: "vm-net")
-        #expect(outcome.status == .succeeded, "\(outcome.message)")
-        #expect(text(outcome.stdout) == "lo\n65534\n")
-    }
-
-    @Test("wall-clock timeout: TIMED_OUT, and no qemu process is left")
-    func timeout() async throws {
-        try await requireMicroVM()
-        let began = ContinuousClock.now
-        let outcome = await microvm.run(
-            vmJob(["/bin/sh", "-c", "echo started; sleep 60"]) { $0.limits.timeoutMs = 1500 },
-            jobID: "vm-timeout"
-        )
-        #expect(outcome.status == .timedOut, "\(outcome.message)")
-        #expect(outcome.message.contains("1500 ms"))
-        #expect(text(outcome.stdout) == "started\n")
-        #expect(ContinuousClock.now - began < .seconds(60))
-        #expect(qemuChildren().isEmpty)
-    }
-
-    @Test("an output flood is cut at the cap: OUTPUT_LIMIT with exactly the cap kept")
-    func outputFlood() async throws {
-        try await requireMicroVM()
-        let outcome = await microvm.run(
-            vmJob(["/usr/bin/yes", "flood"]) { $0.limits.outputBytes = 10_000 },
-            jobID: "vm-flood"
-        )
-        #expect(outcome.status == .outputLimit, "\(outcome.message)")
-        #expect(outcome.stdout.count == 10_000)
-        #expect(outcome.stdoutTruncated)
-        #expect(outcome.stdoutBytes > 10_000)
-    }
-
-    @Test("a memory bomb is OOM_KILLED by the guest kernel at the job's memory limit")
-    func memoryBomb() async throws {
-        try await requireMicroVM()
-        let outcome = await microvm.run(
-            // Grows a MiB at a time: one huge allocation would fail (MemoryError) instead.
-            vmJob(["/usr/bin/python3", "-c", "b = []\nwhile True: b.append(b'x' * (1 << 20))"]) {
-                $0.limits.memoryBytes = 64 << 20
-            },
-            jobID: "vm-oom"
-        )
-        #expect(outcome.status == .oomKilled, "\(outcome.message) \(text(outcome.stderr))")
-        #expect(outcome.peakMemoryBytes <= 64 << 20)
-    }
-
-    @Test("nothing stays on the host after a job: no qemu process, no new files in /tmp or /dev/shm")
-    func noResidue() async throws {
-        try await requireMicroVM()
-        let directories = ["/tmp", "/dev/shm", NSTemporaryDirectory()]
-        func listing() -> Set<String> {
-            Set(
-                directories.flatMap { directory in
-                    ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).map {
-                        directory + "/" + $0
-                    }
-                }
-            )
+extension MicroVMSuites {
+    @Suite("MicroVM runtime, real qemu", .serialized)
+    struct MicroVMRuntimeTests {
+        @Test("python3 runs in the guest: SUCCEEDED with 42, and the boot time is reported")
+        func python() async throws {
+            try await requireMicroVM()
+            let outcome = await microvm.run(vmJob(["/usr/bin/python3", "-c", "print(6*7)"]), jobID: "vm-python")
+            #expect(outcome.status == .succeeded, "\(outcome.message)")
+            #expect(text(outcome.stdout) == "42\n")
+            #expect(outcome.startMilliseconds > 0)
+            #expect(qemuChildren().isEmpty)
         }
-        let before = listing()
-        let outcome = await microvm.run(vmJob(["/bin/sh", "-c", "echo hi > /tmp/x; cat /tmp/x"]), jobID: "vm-residue")
-        #expect(outcome.status == .succeeded, "\(outcome.message)")
-        #expect(text(outcome.stdout) == "hi\n")
-        #expect(qemuChildren().isEmpty)
-        let added = listing().subtracting(before).filter { $0.contains("qemu") || $0.contains("hangar") }
-        #expect(added.isEmpty, "left behind: \(added)")
-    }
 
-    @Test("a fork bomb is held at the pids limit in the guest and ends at its timeout")
-    func forkBomb() async throws {
-        try await requireMicroVM()
-        // Only shell builtins after the bomb starts (forks fail once it holds every pid): spin a
-        // while, report the job cgroup's pids limit and refused forks, then spin until the timeout.
-        let script = """
-            b() { b | b & }; (b) & i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done
-            read m < /sys/fs/cgroup/job/pids.max; read e < /sys/fs/cgroup/job/pids.events
-            echo "limit=$m $e"; while :; do :; done
-            """
-        let outcome = await microvm.run(
-            vmJob(["/bin/sh", "-c", script]) {
-                $0.limits.pids = 32
-                $0.limits.timeoutMs = 4000
-            },
-            jobID: "vm-forkbomb"
-        )
-        #expect(outcome.status == .timedOut, "\(outcome.message)")
-        #expect(outcome.message.contains("4000 ms"))
-        let report = text(outcome.stdout).split(separator: " ")
-        #expect(report.first == "limit=32", "\(text(outcome.stdout))")
-        #expect(
-            report.count == 3 && report[1] == "max"
-                && (Int(report[2].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) > 0
-        )
-        #expect(qemuChildren().isEmpty)
-    }
+        @Test("exit code, stdin, files and stderr cross the channel")
+        func exitCodeStdinFiles() async throws {
+            try await requireMicroVM()
+            let outcome = await microvm.run(
+                vmJob(["/bin/sh", "-c", "cat; cat data.txt >&2; exit 7"]) {
+                    $0.stdin = Data("from stdin".utf8)
+                    var file = Hangar_V1_FileIn()
+                    file.path = "data.txt"
+                    file.content = Data("from a file".utf8)
+                    $0.files = [file]
+                },
+                jobID: "vm-exit"
+            )
+            #expect(outcome.status == .failed, "\(outcome.message)")
+            #expect(outcome.exitCode == 7)
+            #expect(text(outcome.stdout) == "from stdin")
+            #expect(text(outcome.stderr) == "from a file")
+        }
 
-    @Test("the job cannot talk to the host over the agent's port")
-    func portIsRootOnly() async throws {
-        try await requireMicroVM()
-        let outcome = await microvm.run(
-            vmJob(["/bin/sh", "-c", "for p in /dev/vport*; do echo x > $p && echo wrote $p; done; exit 3"]),
-            jobID: "vm-port"
-        )
-        #expect(outcome.status == .failed, "\(outcome.message)")
-        #expect(outcome.exitCode == 3)
-        #expect(!text(outcome.stdout).contains("wrote"))
-        #expect(text(outcome.stderr).contains("Permission denied"), "\(text(outcome.stderr))")
-    }
+        @Test("the guest has no network device, only lo; the job runs as 65534")
+        func noNetwork() async throws {
+            try await requireMicroVM()
+            let outcome = await microvm.run(vmJob(["/bin/sh", "-c", "ls /sys/class/net; id -u"]), jobID: "vm-net")
+            #expect(outcome.status == .succeeded, "\(outcome.message)")
+            #expect(text(outcome.stdout) == "lo\n65534\n")
+        }
 
-    @Test("the probe says which accelerator and what the guest holds")
-    func probe() async throws {
-        try await requireMicroVM()
-        let probe = await microvm.probe()
-        #expect(probe.available, "\(probe.detail)")
-        #expect(probe.detail.contains("TCG") || probe.detail.contains("KVM"))
-        #expect(probe.detail.contains("boot → agent ready"))
+        @Test("wall-clock timeout: TIMED_OUT, and no qemu process is left")
+        func timeout() async throws {
+            try await requireMicroVM()
+            let began = ContinuousClock.now
+            let outcome = await microvm.run(
+                vmJob(["/bin/sh", "-c", "echo started; sleep 60"]) { $0.limits.timeoutMs = 1500 },
+                jobID: "vm-timeout"
+            )
+            #expect(outcome.status == .timedOut, "\(outcome.message)")
+            #expect(outcome.message.contains("1500 ms"))
+            #expect(text(outcome.stdout) == "started\n")
+            #expect(ContinuousClock.now - began < .seconds(60))
+            #expect(qemuChildren().isEmpty)
+        }
+
+        @Test("an output flood is cut at the cap: OUTPUT_LIMIT with exactly the cap kept")
+        func outputFlood() async throws {
+            try await requireMicroVM()
+            let outcome = await microvm.run(
+                vmJob(["/usr/bin/yes", "flood"]) { $0.limits.outputBytes = 10_000 },
+                jobID: "vm-flood"
+            )
+            #expect(outcome.status == .outputLimit, "\(outcome.message)")
+            #expect(outcome.stdout.count == 10_000)
+            #expect(outcome.stdoutTruncated)
+            #expect(outcome.stdoutBytes > 10_000)
+        }
+
+        @Test("a memory bomb is OOM_KILLED by the guest kernel at the job's memory limit")
+        func memoryBomb() async throws {
+            try await requireMicroVM()
+            let outcome = await microvm.run(
+                // Grows a MiB at a time: one huge allocation would fail (MemoryError) instead.
+                vmJob(["/usr/bin/python3", "-c", "b = []\nwhile True: b.append(b'x' * (1 << 20))"]) {
+                    $0.limits.memoryBytes = 64 << 20
+                },
+                jobID: "vm-oom"
+            )
+            #expect(outcome.status == .oomKilled, "\(outcome.message) \(text(outcome.stderr))")
+            #expect(outcome.peakMemoryBytes <= 64 << 20)
+        }
+
+        @Test("nothing stays on the host after a job: no qemu process, no new files in /tmp or /dev/shm")
+        func noResidue() async throws {
+            try await requireMicroVM()
+            let directories = ["/tmp", "/dev/shm", NSTemporaryDirectory()]
+            func listing() -> Set<String> {
+                Set(
+                    directories.flatMap { directory in
+                        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).map {
+                            directory + "/" + $0
+                        }
+                    }
+                )
+            }
+            let before = listing()
+            let outcome = await microvm.run(
+                vmJob(["/bin/sh", "-c", "echo hi > /tmp/x; cat /tmp/x"]),
+                jobID: "vm-residue"
+            )
+            #expect(outcome.status == .succeeded, "\(outcome.message)")
+            #expect(text(outcome.stdout) == "hi\n")
+            #expect(qemuChildren().isEmpty)
+            // Other tests on the machine leave hangar-* folders of their own; a VM's would name qemu or microvm.
+            let added = listing().subtracting(before).filter { $0.contains("qemu") || $0.contains("microvm") }
+            #expect(added.isEmpty, "left behind: \(added)")
+        }
+
+        @Test("a fork bomb is held at the pids limit in the guest and ends at its timeout")
+        func forkBomb() async throws {
+            try await requireMicroVM()
+            // Only shell builtins after the bomb starts (forks fail once it holds every pid): spin a
+            // while, report the job cgroup's pids limit and refused forks, then spin until the timeout.
+            let script = """
+                b() { b | b & }; (b) & i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done
+                read m < /sys/fs/cgroup/job/pids.max; read e < /sys/fs/cgroup/job/pids.events
+                echo "limit=$m $e"; while :; do :; done
+                """
+            let outcome = await microvm.run(
+                vmJob(["/bin/sh", "-c", script]) {
+                    $0.limits.pids = 32
+                    $0.limits.timeoutMs = 4000
+                },
+                jobID: "vm-forkbomb"
+            )
+            #expect(outcome.status == .timedOut, "\(outcome.message)")
+            #expect(outcome.message.contains("4000 ms"))
+            let report = text(outcome.stdout).split(separator: " ")
+            #expect(report.first == "limit=32", "\(text(outcome.stdout))")
+            #expect(
+                report.count == 3 && report[1] == "max"
+                    && (Int(report[2].trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) > 0
+            )
+            #expect(qemuChildren().isEmpty)
+        }
+
+        @Test("the job cannot talk to the host over the agent's port")
+        func portIsRootOnly() async throws {
+            try await requireMicroVM()
+            let outcome = await microvm.run(
+                vmJob(["/bin/sh", "-c", "for p in /dev/vport*; do echo x > $p && echo wrote $p; done; exit 3"]),
+                jobID: "vm-port"
+            )
+            #expect(outcome.status == .failed, "\(outcome.message)")
+            #expect(outcome.exitCode == 3)
+            #expect(!text(outcome.stdout).contains("wrote"))
+            #expect(text(outcome.stderr).contains("Permission denied"), "\(text(outcome.stderr))")
+        }
+
+        @Test("the probe says which accelerator and what the guest holds")
+        func probe() async throws {
+            try await requireMicroVM()
+            let probe = await microvm.probe()
+            #expect(probe.available, "\(probe.detail)")
+            #expect(probe.detail.contains("TCG") || probe.detail.contains("KVM"))
+            #expect(probe.detail.contains("boot → agent ready"))
+        }
     }
 }
 

@@ -15,6 +15,8 @@ public final class NodeAgent: Sendable {
     private let running = Mutex<[String: Task<Void, Never>]>([:])
     private let probes = Mutex<[String: RuntimeProbe]>([:])
     private let sequence = Atomic<UInt64>(0)
+    /// Set once the first heartbeat went out.
+    private let serving = Atomic<Bool>(false)
     /// Warm sandboxes, when `config.pools` names any.
     public let pools: WarmPools?
 
@@ -37,15 +39,6 @@ public final class NodeAgent: Sendable {
             throw NodeError("node id '\(config.nodeID)' must be 1-64 characters of A-Z a-z 0-9 _ -")
         }
         await reclaimLeftovers()
-        for (name, runtime) in runtimes {
-            let probe = await runtime.probe()
-            probes.withLock { $0[name] = probe }
-            if probe.available {
-                logger.info("runtime ready", metadata: ["runtime": "\(name)", "detail": "\(probe.detail)"])
-            } else {
-                logger.warning("runtime unavailable", metadata: ["runtime": "\(name)", "reason": "\(probe.detail)"])
-            }
-        }
         let assignments = try nats.subscribe(Subjects.assign(node: config.nodeID))
         let cancels = try nats.subscribe(Subjects.nodeCancel(node: config.nodeID))
         defer {
@@ -53,9 +46,19 @@ public final class NodeAgent: Sendable {
             cancels.unsubscribe()
         }
         try await nats.flush()
-        publishHeartbeat()
-        logger.info("node serving", metadata: ["slots": "\(config.slots)"])
         await withDiscardingTaskGroup { group in
+            // Probes run at once and side by side; the node serves when all are done or after
+            // `probeGrace`, and a slower one (microvm boots a VM) adds its runtime when it ends.
+            for (name, runtime) in runtimes {
+                group.addTask { await self.probe(name, runtime) }
+            }
+            let deadline = ContinuousClock.now + Self.probeGrace
+            while probes.withLock({ $0.count }) < runtimes.count, ContinuousClock.now < deadline, !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+            serving.store(true, ordering: .sequentiallyConsistent)
+            publishHeartbeat()
+            logger.info("node serving", metadata: ["slots": "\(config.slots)"])
             group.addTask {
                 for await message in assignments { self.handleAssignment(message) }
             }
@@ -63,8 +66,7 @@ public final class NodeAgent: Sendable {
                 for await message in cancels { self.handleCancel(message) }
             }
             if let pools {
-                let available = Set(probes.withLock { $0.filter(\.value.available).keys })
-                group.addTask { await pools.run(available: available) }
+                group.addTask { await pools.run() }
             }
             group.addTask {
                 while !Task.isCancelled {
@@ -76,6 +78,24 @@ public final class NodeAgent: Sendable {
         let tasks = running.withLock { Array($0.values) }
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
+    }
+
+    /// How long the node waits for its runtimes' probes before it starts serving without the
+    /// slower ones.
+    static let probeGrace = Duration.seconds(2)
+
+    /// Probes one runtime, records and logs the answer, starts its warm pools, and (once the node
+    /// serves) announces it in a heartbeat at once.
+    private func probe(_ name: String, _ runtime: any Runtime) async {
+        let probe = await runtime.probe()
+        probes.withLock { $0[name] = probe }
+        if probe.available {
+            logger.info("runtime ready", metadata: ["runtime": "\(name)", "detail": "\(probe.detail)"])
+        } else {
+            logger.warning("runtime unavailable", metadata: ["runtime": "\(name)", "reason": "\(probe.detail)"])
+        }
+        pools?.runtimeProbed(name, available: probe.available)
+        if serving.load(ordering: .sequentiallyConsistent) { publishHeartbeat() }
     }
 
     func heartbeat() -> Hangar_V1_NodeHeartbeat {

@@ -14,12 +14,16 @@ struct GuestChannelResult: Sendable {
         case protocolViolation(String)
     }
 
-    /// From the spawn of the VM until the agent's READY.
+    /// From the spawn of the VM (or the start of the handshake) until the agent's READY.
     var readyAfter: Duration?
+    /// From the channel's start until the whole JOB frame was written to the agent.
+    var jobSentAfter: Duration?
     /// The guest kernel's uptime when the agent was ready, as it reported it.
     var guestUptimeMilliseconds: UInt64?
     var exit: GuestExitReport?
     var failure: Failure?
+    /// A handshake reached READY and left the channel open for the job.
+    var isReady: Bool { readyAfter != nil && failure == nil }
     /// At most the cap of each stream.
     var stdout = Data()
     var stderr = Data()
@@ -28,17 +32,29 @@ struct GuestChannelResult: Sendable {
 /// The node's end of the virtio-serial port: waits for READY, sends the JOB, collects output
 /// frames (keeping at most `outputLimit` bytes a stream) until EXIT. Runs on its own thread with
 /// non-blocking I/O, bounded reads and hard deadlines, so a silent, slow or hostile guest cannot hang
-/// or exhaust the node.
+/// or exhaust the node. A warm VM splits this in two: a ``Mode/handshake(greeting:)`` when it is set
+/// up, and ``Mode/job(_:)`` when its job arrives.
 struct GuestChannel: Sendable {
-    /// Our end of the socket pair whose other end qemu serves as the port; closed by ``run()``.
+    /// What to do on the channel.
+    enum Mode: Sendable {
+        /// A fresh VM: wait for READY, send the JOB frame, collect until EXIT.
+        case boot(job: Data)
+        /// A VM being set up for a pool: send `greeting` (a SEED frame after a snapshot restore, or
+        /// nothing), wait for READY and return with the channel still open.
+        case handshake(greeting: Data)
+        /// A VM whose agent already said READY: send the JOB frame at once, collect until EXIT.
+        case job(Data)
+    }
+
+    /// Our end of the socket pair whose other end qemu serves as the port; closed by ``run()``
+    /// except after a successful handshake.
     let fd: Int32
-    /// The whole JOB frame.
-    let job: Data
+    let mode: Mode
     let outputLimit: Int
     let bootTimeout: Duration
     /// From READY until EXIT must have arrived.
     let jobDeadline: Duration
-    /// When the VM was spawned; the boot timeout counts from here.
+    /// When the VM was spawned (or the handshake or job began); the boot timeout counts from here.
     let spawned: ContinuousClock.Instant
 
     /// Talks to the guest on a dedicated thread until EXIT, a failure or a deadline.
@@ -51,13 +67,23 @@ struct GuestChannel: Sendable {
     }
 
     private func loop() -> GuestChannelResult {
-        defer { close(fd) }
+        var keepOpen = false
+        defer { if !keepOpen { close(fd) } }
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         let clock = ContinuousClock()
         var result = GuestChannelResult()
         var reader = GuestFrameReader()
         var pending = Data()
         var readyAt: ContinuousClock.Instant?
+        var job: Data?
+        switch mode {
+        case .boot(let frame): job = frame
+        case .handshake(let greeting): pending = greeting
+        case .job(let frame):
+            readyAt = spawned
+            pending = frame
+        }
+        var sendingJob = job == nil && readyAt != nil
         var scratch = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
             let now = clock.now
@@ -76,6 +102,10 @@ struct GuestChannel: Sendable {
                 let written = pending.withUnsafeBytes { write(fd, $0.baseAddress, min($0.count, 64 * 1024)) }
                 if written > 0 {
                     pending = Data(pending.dropFirst(written))
+                    if pending.isEmpty && sendingJob {
+                        sendingJob = false
+                        result.jobSentAfter = clock.now - spawned
+                    }
                 } else if written < 0 && errno != EAGAIN && errno != EINTR {
                     result.failure = .closed
                     return result
@@ -97,10 +127,17 @@ struct GuestChannel: Sendable {
                             result.failure = .protocolViolation("a second or malformed READY frame")
                             return result
                         }
-                        readyAt = clock.now
                         result.readyAfter = clock.now - spawned
                         result.guestUptimeMilliseconds = frame.payload.reduce(0) { $0 << 8 | UInt64($1) }
+                        guard let job else {
+                            // Handshake done: nothing more comes until the JOB, so nothing is left unread.
+                            keepOpen = pending.isEmpty
+                            if !keepOpen { result.failure = .protocolViolation("READY before the SEED was sent") }
+                            return result
+                        }
+                        readyAt = clock.now
                         pending = job
+                        sendingJob = true
                     case GuestProtocol.stdout, GuestProtocol.stderr:
                         guard readyAt != nil else {
                             result.failure = .protocolViolation("output before READY")

@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 
 /// The framed protocol between the node and the guest agent over the virtio-serial port
 /// `hangar.agent`; the C side is `Sources/GuestAgent/protocol.h`. A frame is 1 byte type, a 4-byte
@@ -10,6 +11,21 @@ enum GuestProtocol {
     static let stderr = UInt8(ascii: "E")
     static let exit = UInt8(ascii: "X")
     static let job = UInt8(ascii: "J")
+    static let seed = UInt8(ascii: "S")
+
+    /// The SEED frame for a VM restored from a snapshot: the host's realtime clock in nanoseconds
+    /// and 64 fresh random bytes (the agent mixes them into the kernel's pool, reseeds its CRNG,
+    /// sets the clock and answers with READY).
+    /// `realtime` (nanoseconds since the epoch) is for tests; by default the host's clock.
+    static func encodeSeed(realtime: UInt64? = nil) -> Data {
+        var payload = Data()
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        appendUInt64(&payload, realtime ?? (UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)))
+        var random = SystemRandomNumberGenerator()  // the kernel's getrandom
+        for _ in 0..<8 { appendUInt64(&payload, random.next()) }
+        return frame(seed, payload)
+    }
 
     /// Largest output chunk the agent sends.
     static let chunkMax = 65_536

@@ -18,6 +18,16 @@ public struct MicroVMConfiguration: Sendable {
     public var tryKVM = true
     /// How long a boot may take until the agent is ready, before the VM is killed.
     public var bootTimeout = Duration.seconds(60)
+    /// How long a restore from a snapshot may take until the agent is ready again.
+    public var restoreTimeout = Duration.seconds(20)
+    /// Warm VMs: the largest memory limit of a job they take (their RAM is this plus the guest's
+    /// overhead) and their vCPUs; jobs asking for more start cold.
+    public var warmJobMemoryBytes = JobLimits.defaultMemoryBytes
+    /// The vCPUs of a warm VM (at most the host's cores); jobs whose CPU share needs more start cold.
+    public var warmVCPUs = 1
+    /// Whether warm VMs are restored from a snapshot (taken once, from a booted VM) instead of
+    /// booted; a failed snapshot or restore falls back to a boot.
+    public var snapshotRefill = true
     /// Added to the job's wall-clock limit for the agent to report after its in-guest kill.
     public var reportGrace = Duration.seconds(5)
 

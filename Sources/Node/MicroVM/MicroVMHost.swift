@@ -150,6 +150,68 @@ final class MicroVMHost: Sendable {
         }
     }
 
+    /// A qemu process and the node's end of its agent channel.
+    struct RunningVM: Sendable {
+        let process: SandboxProcess
+        /// The node's end of the socket pair qemu serves as the agent's port.
+        let channel: Int32
+        let spawned: ContinuousClock.Instant
+    }
+
+    /// Where a VM's RAM and devices come from besides the kernel and initramfs, and what else it
+    /// gets on fd 5.
+    enum Extra {
+        case none
+        /// Restore the state in this file (a snapshot, see ``MicroVMSnapshot``): `-incoming fd:5`.
+        case incoming(Int32)
+        /// A QMP monitor on this socket (to take a snapshot).
+        case monitor(Int32)
+    }
+
+    /// Starts qemu with the agent's port on a fresh socket pair. Nothing is waited for; qemu is
+    /// killed at `lifetime` at the latest.
+    func spawn(
+        memoryBytes: UInt64,
+        vcpus: Int,
+        lifetime: Duration,
+        extra: Extra = .none
+    ) -> Result<RunningVM, MicroVMError> {
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            return .failure(MicroVMError("socketpair: \(String(cString: strerror(errno)))"))
+        }
+        var files = [pair[1], initramfsFD]
+        var arguments = arguments(memoryBytes: memoryBytes, vcpus: vcpus)
+        switch extra {
+        case .none: break
+        case .incoming(let fd):
+            files.append(fd)
+            arguments += ["-incoming", "fd:5"]
+        case .monitor(let fd):
+            files.append(fd)
+            arguments += ["-chardev", "socket,id=qmp,fd=5", "-mon", "chardev=qmp,mode=control"]
+        }
+        let spawned = ContinuousClock.now
+        let command = SandboxCommand(
+            executable: configuration.qemuPath,
+            arguments: ["qemu-system-x86_64"] + arguments,
+            timeout: lifetime,
+            outputLimit: 256 << 10,
+            inheritedFiles: files,
+            drainTimeout: .seconds(1)
+        )
+        let process: SandboxProcess
+        do {
+            process = try SandboxProcess(command)
+        } catch {
+            close(pair[0])
+            close(pair[1])
+            return .failure(MicroVMError("cannot start qemu: \(error.description)"))
+        }
+        close(pair[1])  // qemu holds the only other end: its death closes the channel
+        return .success(RunningVM(process: process, channel: pair[0], spawned: spawned))
+    }
+
     /// Boots a VM, hands the agent `job` (a JOB frame), collects its report and kills the VM.
     /// Cancelling the calling task kills the VM.
     func boot(
@@ -160,36 +222,26 @@ final class MicroVMHost: Sendable {
         bootTimeout: Duration,
         jobDeadline: Duration
     ) async -> Boot {
-        var pair: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
-            return Boot(channel: GuestChannelResult(), spawnError: "socketpair: \(String(cString: strerror(errno)))")
+        let vm: RunningVM
+        switch spawn(memoryBytes: memoryBytes, vcpus: vcpus, lifetime: bootTimeout + jobDeadline + .seconds(2)) {
+        case .failure(let error): return Boot(channel: GuestChannelResult(), spawnError: error.description)
+        case .success(let running): vm = running
         }
-        let spawned = ContinuousClock.now
-        let command = SandboxCommand(
-            executable: configuration.qemuPath,
-            arguments: ["qemu-system-x86_64"] + arguments(memoryBytes: memoryBytes, vcpus: vcpus),
-            timeout: bootTimeout + jobDeadline + .seconds(2),
-            outputLimit: 256 << 10,
-            inheritedFiles: [pair[1], initramfsFD],
-            drainTimeout: .seconds(1)
-        )
-        let process: SandboxProcess
-        do {
-            process = try SandboxProcess(command)
-        } catch {
-            close(pair[0])
-            close(pair[1])
-            return Boot(channel: GuestChannelResult(), spawnError: "cannot start qemu: \(error.description)")
-        }
-        close(pair[1])  // qemu holds the only other end: its death closes the channel
         let channel = GuestChannel(
-            fd: pair[0],
-            job: job,
+            fd: vm.channel,
+            mode: .boot(job: job),
             outputLimit: outputLimit,
             bootTimeout: bootTimeout,
             jobDeadline: jobDeadline,
-            spawned: spawned
+            spawned: vm.spawned
         )
+        return await Self.finish(vm, channel: channel)
+    }
+
+    /// Runs `channel` to its end (cancelling the calling task kills the VM), then kills qemu and
+    /// waits for it.
+    static func finish(_ vm: RunningVM, channel: GuestChannel) async -> Boot {
+        let process = vm.process
         let result = await withTaskCancellationHandler {
             await channel.run()
         } onCancel: {
@@ -204,7 +256,7 @@ final class MicroVMHost: Sendable {
     }
 
     /// qemu's arguments after argv[0]: a microvm with the agent's port on fd 3 and the initramfs on
-    /// fd 4, no network device, no disks, no display, no monitor, a seccomp sandbox, and (as root)
+    /// fd 4 (see ``spawn(memoryBytes:vcpus:lifetime:extra:)`` for fd 5), no network device, no disks, no display, no monitor, a seccomp sandbox, and (as root)
     /// qemu dropping to `nobody` once set up.
     func arguments(memoryBytes: UInt64, vcpus: Int) -> [String] {
         var append = "console=ttyS0 quiet loglevel=1 panic=-1 reboot=t pci=off 8250.nr_uarts=1 random.trust_cpu=on"

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import HangarShared
+import Logging
 import Synchronization
 
 /// Runs each job in its own qemu microVM (`-M microvm`): the host's Debian kernel, an initramfs
@@ -19,13 +20,33 @@ public final class MicroVMRuntime: Runtime {
     public let configuration: MicroVMConfiguration
     /// The shared preparation, started by the first ``probe()`` or ``run(_:jobID:)``.
     private let preparation = Mutex<Task<Result<MicroVMHost, MicroVMError>, Never>?>(nil)
+    /// The snapshot warm VMs are restored from (see ``prepareWarm(template:profile:)``).
+    let snapshots = Mutex(SnapshotState())
+    let logger: Logger
+
+    /// Where the snapshot for pool refills stands.
+    struct SnapshotState: Sendable {
+        /// Taking it, or taken (or why not).
+        var task: Task<Result<MicroVMSnapshot, MicroVMError>, Never>?
+        /// Restores that failed in a row; at ``MicroVMRuntime/restoreFailureLimit`` snapshots are off.
+        var failedRestores = 0
+        /// Why pools boot every VM instead, once that is decided.
+        var disabled: String?
+        /// Whether the snapshot's figures were logged.
+        var announced = false
+    }
 
     /// Memory the guest kernel, the unpacked initramfs and the agent need besides the job.
     static let guestOverheadBytes: UInt64 = 96 << 20
 
-    /// A runtime with the given parts (discovered by default).
-    public init(configuration: MicroVMConfiguration = MicroVMConfiguration()) {
+    /// A runtime with the given parts (discovered by default), logging snapshot and refill events
+    /// to `logger`.
+    public init(
+        configuration: MicroVMConfiguration = MicroVMConfiguration(),
+        logger: Logger = Logger(label: "hangar.node.microvm")
+    ) {
         self.configuration = configuration
+        self.logger = logger
     }
 
     /// The prepared host, preparing it on first use.
@@ -94,6 +115,12 @@ public final class MicroVMRuntime: Runtime {
         return RuntimeProbe(available: true, detail: host.summary + ";" + ready + uptime)
     }
 
+    /// The job's CPU share rounded up to whole cores, at most the host's.
+    static func vcpus(for limits: JobLimits) -> Int {
+        let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+        return min(cores, max(1, Int((limits.cpuMillis + 999) / 1000)))
+    }
+
     static func overhead(_ host: MicroVMHost) -> UInt64 {
         guestOverheadBytes + 2 * UInt64(host.initramfsBytes)
     }
@@ -117,8 +144,7 @@ public final class MicroVMRuntime: Runtime {
         } catch {
             return .error(error.message)
         }
-        let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
-        let vcpus = min(cores, max(1, Int((limits.cpuMillis + 999) / 1000)))
+        let vcpus = Self.vcpus(for: limits)
         let boot = await host.boot(
             job: job,
             memoryBytes: limits.memoryBytes + Self.overhead(host),

@@ -166,6 +166,8 @@ struct OCIEngine: Sendable {
                 )
             )
         }
+        // A namespace that also holds the job's network is made for it; the others come ready-made.
+        if !network { return await OwnedNamespaceStock.shared.take(mapping: mapping) }
         guard let user = SandboxUsers.shared.acquire() else {
             return .failure(OCIRuntimeError("all \(SandboxUsers.shared.count) sandbox users are in use"))
         }
@@ -354,25 +356,6 @@ struct OCIEngine: Sendable {
         let config = try OCIJobConfig(job: resolved.spec, options: options)
         return try OCIBundle(base: directories.bundles, name: id, config: config, userNamespace: options.userNamespace)
             .path
-    }
-
-    /// Whether a warm container gets its program over stdin rather than on descriptor 3: runsc
-    /// has no `--preserve-fds`.
-    var takesWarmProgramOnStdin: Bool {
-        if case .runsc = flavor { return true }
-        return false
-    }
-
-    /// Polls the runtime's `state` of container `id` until it reads "running", for at most
-    /// `timeout`; false if it never does.
-    func awaitRunning(id: String, timeout: Duration) async -> Bool {
-        let end = ContinuousClock.now + timeout
-        while ContinuousClock.now < end {
-            let state = await tool(["state", id])
-            if state.succeeded && state.output.contains("\"running\"") { return true }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return false
     }
 
     /// How ``SandboxLedger`` names a container of this engine, so that a node started after this

@@ -17,15 +17,16 @@ extension ContainerRuntime: WarmableRuntime {
 }
 
 extension GVisorRuntime: WarmableRuntime {
-    /// A gVisor sandbox started like a fresh job's, running a shell that waits for its program
-    /// on stdin (runsc has no `--preserve-fds`, see ``StdinWarmScript``); readiness is runsc's own
-    /// `state` of the container.
+    /// A gVisor sandbox created and started like a fresh job's, whose shell waits on its stdin for
+    /// the job (``FramedWarmScript``: runsc has no `--preserve-fds`); ready once `runsc state` says
+    /// it runs.
     public func prepareWarm(template: String, profile: WarmProfile) async throws(WarmError) -> any WarmSandbox {
         try await OCIWarmSandbox.prepare(engine: engine, template: template, profile: profile)
     }
 }
 
-/// A waiting container of ``ContainerRuntime``. Creation fixes the template, the `/tmp` size and
+/// A waiting container of ``ContainerRuntime`` (or, with its stdin as the channel, of
+/// ``GVisorRuntime``). Creation fixes the template, the `/tmp` size and
 /// RLIMIT_FSIZE, RLIMIT_NOFILE and the output cap (``WarmProfile``); a job with a CPU-time limit
 /// starts cold, since a fresh container also sets RLIMIT_CPU from it. At assignment the job's
 /// memory, pids and CPU bandwidth are written into the container's cgroup and its wall clock starts.
@@ -38,8 +39,11 @@ final class OCIWarmSandbox: WarmSandbox {
     private let cgroup: OCICgroup
     private let bundle: OCIBundle
     private let containment: WarmContainment
+    /// The script pipe (runc), or -1 (runsc: the script comes on stdin, see ``framed``).
     private let control: Int32
     private let stdinWriter: Int32
+    /// runsc: the handshake over stdin.
+    private let framed: FramedWarmScript?
     /// The container's user namespace and its owner, when the node made one (``OwnedUserNamespace``).
     private let owned: (namespace: OwnedUserNamespace, user: UInt32)?
     private let used = Atomic<Bool>(false)
@@ -58,6 +62,7 @@ final class OCIWarmSandbox: WarmSandbox {
         containment: WarmContainment,
         control: Int32,
         stdinWriter: Int32,
+        framed: FramedWarmScript?,
         owned: (namespace: OwnedUserNamespace, user: UInt32)?
     ) {
         self.template = template
@@ -70,6 +75,7 @@ final class OCIWarmSandbox: WarmSandbox {
         self.containment = containment
         self.control = control
         self.stdinWriter = stdinWriter
+        self.framed = framed
         self.owned = owned
     }
 
@@ -109,10 +115,10 @@ final class OCIWarmSandbox: WarmSandbox {
         -> OCIWarmSandbox
     {
         guard let layout = OCICgroup.detectLayout() else { throw WarmError("no usable cgroup hierarchy") }
+        let framed = engine.toolName == "runsc" ? FramedWarmScript() : nil
         var waiting = Hangar_V1_JobSpec()
         waiting.template = template
-        let overStdin = engine.takesWarmProgramOnStdin
-        waiting.argv = ["/bin/sh", "-c", overStdin ? StdinWarmScript.waiter : script.waiter]
+        waiting.argv = ["/bin/sh", "-c", framed?.waiter ?? script.waiter]
         waiting.limits.outputBytes = UInt64(profile.outputBytes)
         waiting.limits.fileSizeBytes = profile.fileSizeBytes
         waiting.limits.openFiles = profile.openFiles
@@ -162,27 +168,27 @@ final class OCIWarmSandbox: WarmSandbox {
         let containment = WarmContainment(cpuTime: cgroup.cpuTimeMicroseconds, killAll: cgroup.killAll)
         var arguments = [engine.toolName] + engine.globalArguments
         arguments += ["--log", bundle.path + "/\(engine.toolName).log", "--log-format", "json", "run"]
-        if !overStdin { arguments.append("--keep") }  // runc: keep the cgroup to read it
-        arguments += (overStdin ? [] : ["--preserve-fds", "3"]) + ["--bundle", bundle.path, id]
-        // Over stdin: a shell makes the node's pipe the runtime's (and so the container's) stdin,
-        // which the runtime would otherwise get from the monitor, already written and closed.
-        let launcher =
-            overStdin
-            ? (
-                executable: LimitShim.shellPath,
-                arguments: ["sh", "-c", "exec 0<&3 3<&-; exec \"$@\"", "hangar-warm", engine.executable]
-                    + arguments.dropFirst(),
-                files: [stdin.read]
-            )
-            : (executable: engine.executable, arguments: arguments, files: [control.read, stdin.read, ready.write])
+        if framed == nil { arguments.append("--keep") }  // runsc run has no --keep
+        var executable = engine.executable
+        var inherited = [control.read, stdin.read, ready.write]
+        if framed == nil {
+            arguments += ["--preserve-fds", "3", "--bundle", bundle.path, id]
+        } else {
+            // runsc passes its own stdin to the container: make the stdin pipe runsc's stdin (fd 3
+            // of a shell that execs runsc); the control and ready pipes are not used.
+            arguments += ["--bundle", bundle.path, id]
+            arguments = ["sh", "-c", "exec \"$0\" \"$@\" <&3 3<&-", engine.executable] + Array(arguments.dropFirst())
+            executable = "/bin/sh"
+            inherited = [stdin.read]
+        }
         let command = OCIEngine.launching(
             SandboxCommand(
-                executable: launcher.executable,
-                arguments: launcher.arguments,
+                executable: executable,
+                arguments: arguments,
                 environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
                 timeout: ProcessWarmSandbox.lifetime,
                 outputLimit: profile.outputBytes,
-                inheritedFiles: launcher.files,
+                inheritedFiles: inherited,
                 drainTimeout: OCIEngine.drainTimeout,
                 containment: containment
             ),
@@ -190,25 +196,24 @@ final class OCIWarmSandbox: WarmSandbox {
         )
         let spawned = Result { () throws(SandboxSpawnError) in try SandboxProcess(command) }
         for fd in [control.read, stdin.read, ready.write] { close(fd) }
+        if framed != nil { close(control.write) }
         let process: SandboxProcess
         do {
             process = try spawned.get()
         } catch {
-            for fd in [control.write, stdin.write, ready.read] { close(fd) }
+            for fd in [framed == nil ? control.write : -1, stdin.write, ready.read] where fd >= 0 { close(fd) }
             _ = await engine.teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
             throw WarmError("cannot start \(engine.toolName): \(error.description)")
         }
         let isReady: Bool
-        if overStdin {
-            close(ready.read)
-            close(control.write)
-            isReady = await engine.awaitRunning(id: id, timeout: readyTimeout)
+        if framed != nil {
+            isReady = await Self.awaitRunning(engine: engine, id: id, process: process)
         } else {
             isReady = await PipeIO.awaitByte(on: ready.read, timeout: readyTimeout)
-            close(ready.read)
         }
+        close(ready.read)
         guard isReady else {
-            for fd in (overStdin ? [stdin.write] : [control.write, stdin.write]) { close(fd) }
+            for fd in [framed == nil ? control.write : -1, stdin.write] where fd >= 0 { close(fd) }
             process.kill()
             let result = try? await process.wait()
             let failure = OCIEngine.runtimeFailure(in: OCICgroup.read(bundle.path + "/\(engine.toolName).log") ?? "")
@@ -228,10 +233,23 @@ final class OCIWarmSandbox: WarmSandbox {
             cgroup: cgroup,
             bundle: bundle,
             containment: containment,
-            control: overStdin ? -1 : control.write,
+            control: framed == nil ? control.write : -1,
             stdinWriter: stdin.write,
+            framed: framed,
             owned: owned
         )
+    }
+
+    /// runsc: polls `runsc state` until the container runs (its shell then reads stdin), within
+    /// ``readyTimeout``; false if it does not or runsc exited.
+    static func awaitRunning(engine: OCIEngine, id: String, process: SandboxProcess) async -> Bool {
+        let deadline = ContinuousClock.now + readyTimeout
+        while ContinuousClock.now < deadline, !process.hasEnded {
+            let state = await engine.tool(["state", id])
+            if state.succeeded && state.output.contains("\"running\"") { return true }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return false
     }
 
     func accepts(_ spec: Hangar_V1_JobSpec) -> Bool {
@@ -260,8 +278,8 @@ final class OCIWarmSandbox: WarmSandbox {
             return .error("cannot set the job's limits on the warm container's cgroup: \(problem)")
         }
         let baseline = cgroup.cpuTimeMicroseconds() ?? 0
-        if control < 0 {
-            PipeIO.writeAndClose(Data(StdinWarmScript.line(for: spec).utf8) + spec.stdin, to: stdinWriter)
+        if let framed {
+            PipeIO.writeAndClose(framed.input(for: spec), to: stdinWriter)
         } else {
             PipeIO.writeAndClose(spec.stdin, to: stdinWriter)
             PipeIO.writeAndClose(Data(Self.script.script(for: spec).utf8), to: control)
@@ -338,7 +356,8 @@ final class OCIWarmSandbox: WarmSandbox {
                     quota: Int64(UInt64(limits.cpuMillis) * OCIJobConfig.cpuPeriodMicroseconds / 1000),
                     period: OCIJobConfig.cpuPeriodMicroseconds
                 ),
-                pids: OCIPids(limit: Int64(limits.pids))
+                // gVisor's sentry and gofer need host tasks of their own, as in a fresh sandbox.
+                pids: OCIPids(limit: Int64(limits.pids) + (framed == nil ? 0 : OCIEngine.gVisorPidsOverhead))
             )
         )
         do {

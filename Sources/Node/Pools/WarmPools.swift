@@ -14,6 +14,8 @@ public final class WarmPools: Sendable {
     private let runtimes: [String: any WarmableRuntime]
     private let logger: Logger
     private let state: Mutex<[Key: Pool]>
+    /// Set when ``run(available:)`` drains: a late probe must not start a pool again.
+    private let stopped = Atomic<Bool>(false)
     /// How often the pools are checked against their targets.
     let tick: Duration
 
@@ -105,18 +107,26 @@ public final class WarmPools: Sendable {
         }
     }
 
-    /// Fills and trims the pools of the runtimes in `available` until the calling task is
-    /// cancelled; then destroys every warm sandbox, waits for set-ups in progress and destroys
-    /// those too, and returns.
-    public func run(available: Set<String>) async {
+    /// A runtime's probe ended: its pools start filling when it is available, or report that it
+    /// is not. Pools of a runtime not probed yet stay empty.
+    public func runtimeProbed(_ runtime: String, available: Bool) {
+        guard !stopped.load(ordering: .sequentiallyConsistent) else { return }
         state.withLock { pools in
-            for key in Array(pools.keys) where available.contains(key.runtime) && runtimes[key.runtime] != nil {
-                pools[key]!.active = true
-            }
-            for key in Array(pools.keys) where !available.contains(key.runtime) {
-                pools[key]!.lastError = "runtime '\(key.runtime)' is not available on this node"
+            for key in Array(pools.keys) where key.runtime == runtime {
+                if !available {
+                    pools[key]!.lastError = "runtime '\(runtime)' is not available on this node"
+                } else if runtimes[runtime] != nil {
+                    pools[key]!.active = true
+                }
             }
         }
+    }
+
+    /// Fills and trims the pools of the runtimes in `available` (and of those reported later by
+    /// ``runtimeProbed(_:available:)``) until the calling task is cancelled; then destroys every
+    /// warm sandbox, waits for set-ups in progress and destroys those too, and returns.
+    public func run(available: Set<String> = []) async {
+        for runtime in available { runtimeProbed(runtime, available: true) }
         await withDiscardingTaskGroup { group in
             while !Task.isCancelled {
                 let (starts, surplus) = plan(now: .now)
@@ -128,6 +138,7 @@ public final class WarmPools: Sendable {
                 }
                 try? await Task.sleep(for: tick)
             }
+            stopped.store(true, ordering: .sequentiallyConsistent)
             let leftovers = state.withLock { pools in
                 var all: [any WarmSandbox] = []
                 for key in Array(pools.keys) {

@@ -60,28 +60,3 @@ public struct WarmScript: Sendable {
         (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
     }
 }
-
-/// The handshake of a waiting sandbox that has no spare descriptors (gVisor): the program comes
-/// over stdin as one line of shell, and the job's stdin follows it on the same pipe. The shell's
-/// `read` builtin takes a pipe one byte at a time, so it never reads past that line.
-public enum StdinWarmScript {
-    /// What the sandbox's shell runs while it waits.
-    public static let waiter = "nl=$(printf '\\n_'); nl=${nl%_}; IFS= read -r s; eval \"$s\""
-
-    /// One line that turns the waiting shell into the job (see ``WarmScript/canRun(_:)`` first):
-    /// newlines in values become `$nl`, so the line never ends early.
-    static func line(for spec: Hangar_V1_JobSpec) -> String {
-        func quote(_ value: String) -> String {
-            LimitShim.quote(value).replacingOccurrences(of: "\n", with: "'\"$nl\"'")
-        }
-        var parts: [String] = []
-        for (key, value) in spec.env.sorted(by: { $0.key < $1.key }) {
-            parts.append("export \(key)=\(quote(value))")
-        }
-        // The argv is expanded (with $nl) into the positional parameters before the helpers go.
-        parts.append("set -- " + spec.argv.map(quote).joined(separator: " "))
-        parts.append("unset PWD OLDPWD SHLVL nl s")
-        parts.append("exec \"$@\"")
-        return parts.joined(separator: "; ") + "\n"
-    }
-}

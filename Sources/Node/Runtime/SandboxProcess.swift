@@ -172,6 +172,9 @@ public final class SandboxProcess: Sendable {
         try await SandboxProcess(command).waitKillingOnCancellation()
     }
 
+    /// Whether the process has ended and its result is in (``wait()`` would return at once).
+    public var hasEnded: Bool { completion.withLock { $0.result != nil } }
+
     /// Kills the process group; the result's ``SandboxResult/killReason`` becomes `.cancelled`
     /// unless the process had already ended. Safe to call any number of times, from anywhere.
     public func kill() {
