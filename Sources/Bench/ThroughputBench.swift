@@ -1,0 +1,127 @@
+import Foundation
+import HangarNATS
+import HangarNode
+import HangarScheduler
+import HangarShared
+import Logging
+
+/// Null-job throughput alone, for profiling the dispatch path (`perf record`, callgrind) without the
+/// latency and sandbox phases of the walking-skeleton benchmark:
+///
+///     hangar-bench throughput [--jobs N] [--clients C] [--nodes K]
+///
+/// Runs the raw NATS request/reply baseline and then N null jobs from C concurrent clients against
+/// a scheduler and K nodes, all in this process over a real nats-server, and prints both rates.
+enum ThroughputBench {
+    struct Options {
+        var jobs = 5000
+        var clients = 64
+        var nodes = 2
+
+        init(_ arguments: [String]) throws {
+            var iterator = arguments.makeIterator()
+            while let argument = iterator.next() {
+                func value() throws -> Int {
+                    guard let text = iterator.next(), let number = Int(text), number > 0 else {
+                        throw BenchError("\(argument) needs a positive number")
+                    }
+                    return number
+                }
+                switch argument {
+                case "--jobs": jobs = try value()
+                case "--clients": clients = try value()
+                case "--nodes": nodes = try value()
+                default: throw BenchError("unknown argument \(argument) (--jobs N, --clients C, --nodes K)")
+                }
+            }
+        }
+    }
+
+    static func run(_ arguments: [String]) async throws -> String {
+        let options = try Options(arguments)
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("hangar-tp-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let server = try await LocalNATSServer(directory: directory.appendingPathComponent("nats"))
+        defer { server.stop() }
+        func connect(_ name: String) async throws -> NATSConnection {
+            try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: name, logger: logger))
+        }
+        let client = try await connect("client")
+        let payload = try Bench.makeNullRequest().serializedData()
+
+        let echoConnection = try await connect("echo")
+        let echo = try echoConnection.subscribe("bench.echo")
+        let echoTask = Task {
+            for await message in echo { try? echoConnection.reply(to: message, payload: message.payload) }
+        }
+        try await echoConnection.flush()
+        let raw = try await concurrently(options.jobs, clients: options.clients) {
+            _ = try await client.request("bench.echo", payload: payload, timeout: .seconds(10))
+        }
+        echoTask.cancel()
+        echo.unsubscribe()
+
+        let databasePath = directory.appendingPathComponent("hangar.sqlite").path
+        var config = SchedulerConfig(databasePath: databasePath)
+        config.tenants.defaults.rate = 1e9
+        config.tenants.defaults.burst = 1e9
+        let scheduler = Scheduler(
+            config: config,
+            nats: try await connect("scheduler"),
+            store: try Store(path: databasePath),
+            logger: logger
+        )
+        var tasks = [Task { try await scheduler.run() }]
+        for index in 1...options.nodes {
+            let agent = NodeAgent(
+                config: NodeConfig(nodeID: "bench-\(index)", slots: 128),
+                nats: try await connect("node-\(index)"),
+                runtimes: [NullRuntime()],
+                logger: logger
+            )
+            tasks.append(Task { try await agent.run() })
+        }
+        try await Task.sleep(for: .milliseconds(1500))  // first heartbeats
+        let subject = Subjects.submit(tenant: "bench")
+        let jobs = try await concurrently(options.jobs, clients: options.clients) {
+            let answer = try await client.request(subject, payload: payload, timeout: .seconds(60))
+            let reply = try Hangar_V1_SubmitReply(serializedBytes: answer.payload)
+            guard case .result(let result) = reply.outcome, result.status == .succeeded else {
+                throw BenchError("a job did not succeed: \(reply)")
+            }
+        }
+        for task in tasks { task.cancel() }
+        for task in tasks { _ = try? await task.value }
+        let statistics = scheduler.store.commitStatistics
+        let rawRate = Double(options.jobs) / raw.seconds
+        let jobRate = Double(options.jobs) / jobs.seconds
+        return """
+            throughput: \(options.jobs) requests/jobs, \(options.clients) clients, \(options.nodes) nodes
+            raw NATS request/reply: \(Int(rawRate)) requests/s, \(Int(raw.cpuMicrosPerCall)) µs CPU of this process each
+            null jobs (wait mode): \(Int(jobRate)) jobs/s, \(String(format: "%.0f", jobRate / rawRate * 100))% of raw, \(Int(jobs.cpuMicrosPerCall)) µs CPU of this process each
+            store: \(statistics.operations) writes in \(statistics.transactions) transactions
+            """
+    }
+
+    /// Runs `count` calls of `body` from `clients` concurrent tasks; returns the seconds taken.
+    static func concurrently(
+        _ count: Int,
+        clients: Int,
+        _ body: @escaping @Sendable () async throws -> Void
+    ) async throws -> (seconds: Double, cpuMicrosPerCall: Double) {
+        let started = ContinuousClock.now
+        let cpuBefore = processCPUSeconds()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for clientIndex in 0..<clients {
+                group.addTask {
+                    for _ in stride(from: clientIndex, to: count, by: clients) { try await body() }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let cpu = processCPUSeconds() - cpuBefore
+        return (seconds(started.duration(to: .now)), cpu / Double(count) * 1e6)
+    }
+}
