@@ -45,8 +45,12 @@ enum ThroughputBench {
         defer { try? FileManager.default.removeItem(at: directory) }
         let server = try await LocalNATSServer(directory: directory.appendingPathComponent("nats"))
         defer { server.stop() }
+        // HANGAR_BENCH_SEND_ASAP=0: let libnats' flusher batch writes (as in the walking-skeleton run).
+        let sendAsap = ProcessInfo.processInfo.environment["HANGAR_BENCH_SEND_ASAP"] != "0"
         func connect(_ name: String) async throws -> NATSConnection {
-            try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: name, logger: logger))
+            try await NATSConnection(
+                options: NATSConnectionOptions(servers: [server.url], name: name, sendAsap: sendAsap, logger: logger)
+            )
         }
         let client = try await connect("client")
         let payload = try Bench.makeNullRequest().serializedData()
