@@ -29,6 +29,8 @@ public actor Scheduler {
     var nodeControls: [String: NodeControl] = [:]
     /// When restored running attempts must have been confirmed by their nodes.
     var recoveryDeadline: ContinuousClock.Instant?
+    /// Assignments decided in this round, sent together per node (see Scheduler+AssignBatch.swift).
+    var outbox = AssignmentOutbox()
     /// Totals since start, for `hangar.admin.stats` and `/metrics` (see Scheduler+Stats.swift).
     public nonisolated let counters = SchedulerCounters()
 
