@@ -8,15 +8,18 @@ import Logging
 /// Null-job throughput alone, for profiling the dispatch path (`perf record`, callgrind) without the
 /// latency and sandbox phases of the walking-skeleton benchmark:
 ///
-///     hangar-bench throughput [--jobs N] [--clients C] [--nodes K]
+///     hangar-bench throughput [--jobs N] [--clients C] [--nodes K] [--client-process]
 ///
 /// Runs the raw NATS request/reply baseline and then N null jobs from C concurrent clients against
 /// a scheduler and K nodes, all in this process over a real nats-server, and prints both rates.
+/// `--client-process` runs the job clients in a child process instead, so this process's CPU is
+/// the scheduler's and the nodes' alone.
 enum ThroughputBench {
     struct Options {
         var jobs = 5000
         var clients = 64
         var nodes = 2
+        var clientProcess = false
 
         init(_ arguments: [String]) throws {
             var iterator = arguments.makeIterator()
@@ -31,7 +34,11 @@ enum ThroughputBench {
                 case "--jobs": jobs = try value()
                 case "--clients": clients = try value()
                 case "--nodes": nodes = try value()
-                default: throw BenchError("unknown argument \(argument) (--jobs N, --clients C, --nodes K)")
+                case "--client-process": clientProcess = true
+                default:
+                    throw BenchError(
+                        "unknown argument \(argument) (--jobs N, --clients C, --nodes K, --client-process)"
+                    )
                 }
             }
         }
@@ -88,13 +95,15 @@ enum ThroughputBench {
             tasks.append(Task { try await agent.run() })
         }
         try await Task.sleep(for: .milliseconds(1500))  // first heartbeats
-        let subject = Subjects.submit(tenant: "bench")
-        let jobs = try await concurrently(options.jobs, clients: options.clients) {
-            let answer = try await client.request(subject, payload: payload, timeout: .seconds(60))
-            let reply = try Hangar_V1_SubmitReply(serializedBytes: answer.payload)
-            guard case .result(let result) = reply.outcome, result.status == .succeeded else {
-                throw BenchError("a job did not succeed: \(reply)")
-            }
+        let jobs: (seconds: Double, cpuMicrosPerCall: Double)
+        var clientCPU = ""
+        if options.clientProcess {
+            let cpuBefore = processCPUSeconds()
+            let child = try await runClientProcess(url: server.url, jobs: options.jobs, clients: options.clients)
+            jobs = (child.seconds, (processCPUSeconds() - cpuBefore) / Double(options.jobs) * 1e6)
+            clientCPU = ", clients in a child process (\(Int(child.cpuMicrosPerCall)) µs CPU there each)"
+        } else {
+            jobs = try await submitNullJobs(client, jobs: options.jobs, clients: options.clients)
         }
         for task in tasks { task.cancel() }
         for task in tasks { _ = try? await task.value }
@@ -104,9 +113,61 @@ enum ThroughputBench {
         return """
             throughput: \(options.jobs) requests/jobs, \(options.clients) clients, \(options.nodes) nodes
             raw NATS request/reply: \(Int(rawRate)) requests/s, \(Int(raw.cpuMicrosPerCall)) µs CPU of this process each
-            null jobs (wait mode): \(Int(jobRate)) jobs/s, \(String(format: "%.0f", jobRate / rawRate * 100))% of raw, \(Int(jobs.cpuMicrosPerCall)) µs CPU of this process each
+            null jobs (wait mode): \(Int(jobRate)) jobs/s, \(String(format: "%.0f", jobRate / rawRate * 100))% of raw, \(Int(jobs.cpuMicrosPerCall)) µs CPU of this process each\(clientCPU)
             store: \(statistics.operations) writes in \(statistics.transactions) transactions
             """
+    }
+
+    /// N null jobs in wait mode from C concurrent clients over one connection.
+    static func submitNullJobs(
+        _ client: NATSConnection,
+        jobs: Int,
+        clients: Int
+    ) async throws -> (seconds: Double, cpuMicrosPerCall: Double) {
+        let subject = Subjects.submit(tenant: "bench")
+        let payload = try Bench.makeNullRequest().serializedData()
+        return try await concurrently(jobs, clients: clients) {
+            let answer = try await client.request(subject, payload: payload, timeout: .seconds(60))
+            let reply = try Hangar_V1_SubmitReply(serializedBytes: answer.payload)
+            guard case .result(let result) = reply.outcome, result.status == .succeeded else {
+                throw BenchError("a job did not succeed: \(reply)")
+            }
+        }
+    }
+
+    /// The child of `--client-process`: `hangar-bench throughput-client URL JOBS CLIENTS` prints
+    /// "<seconds> <µs CPU per job>".
+    static func clientMain(_ arguments: [String]) async throws {
+        guard arguments.count == 3, let jobs = Int(arguments[1]), let clients = Int(arguments[2]) else {
+            throw BenchError("usage: hangar-bench throughput-client URL JOBS CLIENTS")
+        }
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        let client = try await NATSConnection(
+            options: NATSConnectionOptions(servers: [arguments[0]], name: "bench-client", logger: logger)
+        )
+        let result = try await submitNullJobs(client, jobs: jobs, clients: clients)
+        print(result.seconds, result.cpuMicrosPerCall)
+    }
+
+    private static func runClientProcess(
+        url: String,
+        jobs: Int,
+        clients: Int
+    ) async throws -> (seconds: Double, cpuMicrosPerCall: Double) {
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+        child.arguments = ["throughput-client", url, String(jobs), String(clients)]
+        let output = Pipe()
+        child.standardOutput = output
+        try child.run()
+        while child.isRunning { try await Task.sleep(for: .milliseconds(20)) }
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let fields = text.split(whereSeparator: \.isWhitespace).compactMap { Double($0) }
+        guard child.terminationStatus == 0, fields.count == 2 else {
+            throw BenchError("the client process failed (status \(child.terminationStatus)): \(text)")
+        }
+        return (fields[0], fields[1])
     }
 
     /// Runs `count` calls of `body` from `clients` concurrent tasks; returns the seconds taken.
