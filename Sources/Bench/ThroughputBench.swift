@@ -8,18 +8,20 @@ import Logging
 /// Null-job throughput alone, for profiling the dispatch path (`perf record`, callgrind) without the
 /// latency and sandbox phases of the walking-skeleton benchmark:
 ///
-///     hangar-bench throughput [--jobs N] [--clients C] [--nodes K] [--client-process]
+///     hangar-bench throughput [--jobs N] [--clients C] [--nodes K] [--client-process] [--batch B]
 ///
 /// Runs the raw NATS request/reply baseline and then N null jobs from C concurrent clients against
 /// a scheduler and K nodes, all in this process over a real nats-server, and prints both rates.
 /// `--client-process` runs the job clients in a child process instead, so this process's CPU is
-/// the scheduler's and the nodes' alone.
+/// the scheduler's and the nodes' alone. `--batch B` adds a run where each client sends its jobs
+/// B at a time as one `SubmitBatchRequest` (reported on its own line).
 enum ThroughputBench {
     struct Options {
         var jobs = 5000
         var clients = 64
         var nodes = 2
         var clientProcess = false
+        var batch = 0
 
         init(_ arguments: [String]) throws {
             var iterator = arguments.makeIterator()
@@ -35,9 +37,10 @@ enum ThroughputBench {
                 case "--clients": clients = try value()
                 case "--nodes": nodes = try value()
                 case "--client-process": clientProcess = true
+                case "--batch": batch = try value()
                 default:
                     throw BenchError(
-                        "unknown argument \(argument) (--jobs N, --clients C, --nodes K, --client-process)"
+                        "unknown argument \(argument) (--jobs N, --clients C, --nodes K, --client-process, --batch B)"
                     )
                 }
             }
@@ -105,6 +108,20 @@ enum ThroughputBench {
         } else {
             jobs = try await submitNullJobs(client, jobs: options.jobs, clients: options.clients)
         }
+        var batchLine = ""
+        if options.batch > 0 {
+            let batched = try await submitBatches(
+                client,
+                jobs: options.jobs,
+                clients: options.clients,
+                batch: options.batch
+            )
+            let rate = Double(options.jobs) / batched.seconds
+            batchLine =
+                "\nnull jobs in batches of \(options.batch) (wait mode): \(Int(rate)) jobs/s, "
+                + "\(String(format: "%.0f", rate / (Double(options.jobs) / raw.seconds) * 100))% of raw, "
+                + "\(Int(batched.cpuMicrosPerCall)) µs CPU of this process each"
+        }
         for task in tasks { task.cancel() }
         for task in tasks { _ = try? await task.value }
         let statistics = scheduler.store.commitStatistics
@@ -113,7 +130,7 @@ enum ThroughputBench {
         return """
             throughput: \(options.jobs) requests/jobs, \(options.clients) clients, \(options.nodes) nodes
             raw NATS request/reply: \(Int(rawRate)) requests/s, \(Int(raw.cpuMicrosPerCall)) µs CPU of this process each
-            null jobs (wait mode): \(Int(jobRate)) jobs/s, \(String(format: "%.0f", jobRate / rawRate * 100))% of raw, \(Int(jobs.cpuMicrosPerCall)) µs CPU of this process each\(clientCPU)
+            null jobs (wait mode): \(Int(jobRate)) jobs/s, \(String(format: "%.0f", jobRate / rawRate * 100))% of raw, \(Int(jobs.cpuMicrosPerCall)) µs CPU of this process each\(clientCPU)\(batchLine)
             store: \(statistics.operations) writes in \(statistics.transactions) transactions
             """
     }
@@ -133,6 +150,38 @@ enum ThroughputBench {
                 throw BenchError("a job did not succeed: \(reply)")
             }
         }
+    }
+
+    /// N null jobs in wait mode, `batch` per `SubmitBatchRequest`, from C concurrent clients.
+    static func submitBatches(
+        _ client: NATSConnection,
+        jobs: Int,
+        clients: Int,
+        batch: Int
+    ) async throws -> (seconds: Double, cpuMicrosPerCall: Double) {
+        let subject = Subjects.submit(tenant: "bench")
+        var request = Hangar_V1_SubmitBatchRequest()
+        request.requests = Array(repeating: Bench.makeNullRequest(), count: batch)
+        let payload = try request.serializedData()
+        let sends = jobs / batch
+        let timed = try await concurrently(sends, clients: clients) {
+            let answer = try await client.request(
+                subject,
+                payload: payload,
+                headers: [SubmitBatch.header: SubmitBatch.value],
+                timeout: .seconds(60)
+            )
+            let reply = try Hangar_V1_SubmitBatchReply(serializedBytes: answer.payload)
+            guard reply.replies.count == batch,
+                reply.replies.allSatisfy({
+                    if case .result(let result) = $0.outcome { return result.status == .succeeded }
+                    return false
+                })
+            else {
+                throw BenchError("a batch did not succeed: \(reply.replies.prefix(3))")
+            }
+        }
+        return (timed.seconds * Double(jobs) / Double(sends * batch), timed.cpuMicrosPerCall / Double(batch))
     }
 
     /// The child of `--client-process`: `hangar-bench throughput-client URL JOBS CLIENTS` prints
