@@ -19,6 +19,14 @@ struct Bench {
             if try await !FaultTest.run(Array(arguments.dropFirst())) { exit(1) }
             return
         }
+        if arguments.first == "throughput-client" {
+            try await ThroughputBench.clientMain(Array(arguments.dropFirst()))
+            return
+        }
+        if arguments.first == "throughput" {
+            print(try await ThroughputBench.run(Array(arguments.dropFirst())))
+            return
+        }
         if arguments.contains("placement") {
             print(PlacementBench.run(quick: quick))
             return

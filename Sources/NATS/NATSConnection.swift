@@ -254,26 +254,11 @@ public final class NATSConnection: @unchecked Sendable {
         let inbox = router.prefix + String(id)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<NATSMessage, any Error>) in
-                router.register(id, subject: subject, continuation)
+                router.register(id, subject: subject, timeout: timeout, continuation)
                 do {
                     try publish(subject, payload: payload, replyTo: inbox, headers: headers)
                 } catch {
                     router.complete(id, with: .failure(error))
-                    return
-                }
-                let router = self.router
-                Task {
-                    try? await Task.sleep(for: timeout)
-                    router.complete(
-                        id,
-                        with: .failure(
-                            NATSError(
-                                kind: .timeout,
-                                operation: "request(\(subject))",
-                                message: "no reply within \(timeout)"
-                            )
-                        )
-                    )
                 }
             }
         } onCancel: {

@@ -47,13 +47,30 @@ public struct TraceContext: Sendable, Equatable {
             && text.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }
     }
 
+    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
+    /// `bytes` random bytes as lowercase hex, never all zero (W3C forbids all-zero ids). One
+    /// `getrandom` per 8 bytes rather than per byte: a new trace is made for every submission.
     private static func randomHex(_ bytes: Int) -> String {
         var generator = SystemRandomNumberGenerator()
-        var text = ""
-        for _ in 0..<bytes {
-            let byte = UInt8.random(in: 0...255, using: &generator)
-            text += String(byte >> 4, radix: 16) + String(byte & 0xF, radix: 16)
+        while true {
+            var nonZero = false
+            let text = String(unsafeUninitializedCapacity: bytes * 2) { buffer in
+                var position = 0
+                while position < bytes * 2 {
+                    var word = generator.next()
+                    for _ in 0..<8 where position < bytes * 2 {
+                        let byte = UInt8(truncatingIfNeeded: word)
+                        word >>= 8
+                        nonZero = nonZero || byte != 0
+                        buffer[position] = hexDigits[Int(byte >> 4)]
+                        buffer[position + 1] = hexDigits[Int(byte & 0xF)]
+                        position += 2
+                    }
+                }
+                return position
+            }
+            if nonZero { return text }
         }
-        return text
     }
 }

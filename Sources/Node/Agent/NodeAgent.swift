@@ -8,7 +8,7 @@ import Synchronization
 /// sandbox and publishes the result into the results stream until the server acknowledges it.
 public final class NodeAgent: Sendable {
     public let config: NodeConfig
-    private let nats: NATSConnection
+    let nats: NATSConnection
     private let runtimes: [String: any Runtime]
     let logger: Logger
     private let incarnation = UUID().uuidString
@@ -163,8 +163,24 @@ public final class NodeAgent: Sendable {
     // MARK: Assignments
 
     private func handleAssignment(_ message: NATSMessage) {
+        if message.header(AssignBatch.header) == AssignBatch.value {
+            handleAssignmentBatch(message)
+            return
+        }
+        let reply = assignReply(
+            admit(message),
+            traceparent: message.header(TraceContext.header)
+        )
+        if let payload = try? reply.serializedData() {
+            try? nats.reply(to: message, payload: payload)
+        }
+    }
+
+    /// The answer to one assignment, logged.
+    func assignReply(_ admission: Result<Hangar_V1_Assignment, Refusal>, traceparent: String?) -> Hangar_V1_AssignReply
+    {
         var reply = Hangar_V1_AssignReply()
-        switch admit(message) {
+        switch admission {
         case .success(let assignment):
             var ack = Hangar_V1_AssignAck()
             ack.jobID = assignment.jobID
@@ -175,22 +191,26 @@ public final class NodeAgent: Sendable {
                 metadata: [
                     "job.id": "\(assignment.jobID)", "attempt": "\(assignment.attempt)",
                     "tenant": "\(assignment.tenant)",
-                    "trace.id": "\(TraceContext(traceparent: message.header(TraceContext.header))?.traceID ?? "-")",
+                    "trace.id": "\(TraceContext(traceparent: traceparent)?.traceID ?? "-")",
                 ]
             )
         case .failure(let refusal):
             reply.outcome = .refused(refusal.refused)
             logger.info("refused assignment", metadata: ["reason": "\(refusal.refused.message)"])
         }
-        if let payload = try? reply.serializedData() {
-            try? nats.reply(to: message, payload: payload)
-        }
+        return reply
     }
 
     private func admit(_ message: NATSMessage) -> Result<Hangar_V1_Assignment, Refusal> {
-        guard var assignment = try? Hangar_V1_Assignment(serializedBytes: message.payload) else {
+        guard let assignment = try? Hangar_V1_Assignment(serializedBytes: message.payload) else {
             return .failure(Refusal(.badAssignment, "the payload is not a hangar.v1.Assignment"))
         }
+        return admit(assignment)
+    }
+
+    /// Takes a slot for the assignment and starts it, or says why not.
+    func admit(_ assignment: Hangar_V1_Assignment) -> Result<Hangar_V1_Assignment, Refusal> {
+        var assignment = assignment
         guard Subjects.isValidToken(assignment.jobID), assignment.attempt > 0 else {
             return .failure(Refusal(.badAssignment, "the assignment has no valid job id or attempt"))
         }

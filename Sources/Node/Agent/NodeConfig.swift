@@ -14,7 +14,7 @@ public struct NodeConfig: Sendable {
     public var runtimeLimits: [String: RuntimeLimits] = [:]
 
     /// The limits of `runtime` on this node.
-    public func limits(of runtime: String) -> RuntimeLimits { runtimeLimits[runtime] ?? .standard() }
+    public func limits(of runtime: String) -> RuntimeLimits { runtimeLimits[runtime] ?? .machineStandard }
     /// The node's directory templates, reported in heartbeats; nil: only `host`.
     public var templates: TemplateStore?
     /// Warm pools to keep (see ``WarmPools``).

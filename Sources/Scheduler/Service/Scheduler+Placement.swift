@@ -76,8 +76,7 @@ extension Scheduler {
         assignment.attempt = entry.attempt
         assignment.spec = entry.submission.spec
         assignment.assignedAtMs = unixMilliseconds()
-        let trace = entry.trace.child()
-        Task { await self.dispatch(assignment, to: nodeID, decidedAt: now, trace: trace) }
+        send(assignment, to: nodeID, decidedAt: now, trace: entry.trace.child())
     }
 
     /// Gives back what the job's current attempt holds on its node.

@@ -29,6 +29,10 @@ public actor Scheduler {
     var nodeControls: [String: NodeControl] = [:]
     /// When restored running attempts must have been confirmed by their nodes.
     var recoveryDeadline: ContinuousClock.Instant?
+    /// Batched submissions waiting for their answers (see Scheduler+SubmitBatch.swift).
+    nonisolated let submitBatches = SubmitBatches()
+    /// Assignments decided in this round, sent together per node (see Scheduler+AssignBatch.swift).
+    var outbox = AssignmentOutbox()
     /// Totals since start, for `hangar.admin.stats` and `/metrics` (see Scheduler+Stats.swift).
     public nonisolated let counters = SchedulerCounters()
     /// The connection's JetStream context (streams, consumers, reading a message back).
@@ -116,6 +120,10 @@ public actor Scheduler {
     nonisolated func handleSubmit(_ message: NATSMessage) async {
         let tenant = String(Subjects.token(message.subject, at: 2) ?? "")
         guard mayAnswer(message, tenant: tenant) else { return }
+        if message.header(SubmitBatch.header) == SubmitBatch.value {
+            await handleSubmitBatch(message, tenant: tenant)
+            return
+        }
         let request: Hangar_V1_SubmitRequest
         do {
             request = try Hangar_V1_SubmitRequest(serializedBytes: message.payload)
@@ -346,6 +354,7 @@ public actor Scheduler {
         guard let replyTo else { return }
         var reply = Hangar_V1_SubmitReply()
         reply.outcome = outcome
+        if answerBatched(replyTo, reply) { return }
         do {
             try nats.publish(replyTo, payload: try reply.serializedData())
         } catch {

@@ -411,11 +411,41 @@ public nonisolated struct Hangar_V1_Assignment: Sendable {
 
   public var assignedAtMs: Int64 = 0
 
+  /// W3C trace context of a batched assignment (a single one has the header)
+  public var traceparent: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _spec: Hangar_V1_JobSpec? = nil
+}
+
+/// hangar.node.<node>.assign with the header Hangar-Assign: batch: several assignments in one
+/// request, placed by the scheduler in the same round. Each is admitted or refused on its own; the
+/// reply is an AssignBatchReply with one AssignReply per assignment, in the same order.
+public nonisolated struct Hangar_V1_AssignmentBatch: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var assignments: [Hangar_V1_Assignment] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_AssignBatchReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var replies: [Hangar_V1_AssignReply] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Hangar_V1_AssignAck: Sendable {
@@ -1133,7 +1163,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Hangar_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assignment"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}tenant\0\u{1}attempt\0\u{1}spec\0\u{3}assigned_at_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}tenant\0\u{1}attempt\0\u{1}spec\0\u{3}assigned_at_ms\0\u{1}traceparent\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1146,6 +1176,7 @@ nonisolated extension Hangar_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
       case 4: try { try decoder.decodeSingularMessageField(value: &self._spec) }()
       case 5: try { try decoder.decodeSingularInt64Field(value: &self.assignedAtMs) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.traceparent) }()
       default: break
       }
     }
@@ -1171,6 +1202,9 @@ nonisolated extension Hangar_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf
     if self.assignedAtMs != 0 {
       try visitor.visitSingularInt64Field(value: self.assignedAtMs, fieldNumber: 5)
     }
+    if !self.traceparent.isEmpty {
+      try visitor.visitSingularStringField(value: self.traceparent, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1180,6 +1214,67 @@ nonisolated extension Hangar_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.attempt != rhs.attempt {return false}
     if lhs._spec != rhs._spec {return false}
     if lhs.assignedAtMs != rhs.assignedAtMs {return false}
+    if lhs.traceparent != rhs.traceparent {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_AssignmentBatch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AssignmentBatch"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}assignments\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.assignments) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.assignments.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.assignments, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_AssignmentBatch, rhs: Hangar_V1_AssignmentBatch) -> Bool {
+    if lhs.assignments != rhs.assignments {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_AssignBatchReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AssignBatchReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}replies\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.replies) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.replies.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.replies, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_AssignBatchReply, rhs: Hangar_V1_AssignBatchReply) -> Bool {
+    if lhs.replies != rhs.replies {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

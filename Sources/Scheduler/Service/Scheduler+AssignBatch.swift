@@ -1,0 +1,100 @@
+import HangarNATS
+import HangarShared
+
+extension Scheduler {
+    /// Queues an assignment to leave with the others decided in this round: a flush queued on the
+    /// actor runs after the work already waiting there (e.g. every submission a group commit just
+    /// accepted), so under load each node gets one request for many jobs. When idle a round holds
+    /// one job, which goes out as a plain `Assignment`, as before.
+    func send(
+        _ assignment: Hangar_V1_Assignment,
+        to nodeID: String,
+        decidedAt: ContinuousClock.Instant,
+        trace: TraceContext
+    ) {
+        outbox.add(AssignmentOutbox.Pending(assignment: assignment, nodeID: nodeID, decidedAt: decidedAt, trace: trace))
+        guard !outbox.flushScheduled else { return }
+        outbox.flushScheduled = true
+        Task { self.flushAssignments() }
+    }
+
+    /// Sends every queued assignment: one request per node (more if a batch would be too large).
+    func flushAssignments() {
+        outbox.flushScheduled = false
+        for (nodeID, batch) in outbox.take(size: { (try? $0.serializedData().count) ?? 0 }) {
+            if batch.count == 1 {
+                let item = batch[0]
+                Task { await self.dispatch(item.assignment, to: nodeID, decidedAt: item.decidedAt, trace: item.trace) }
+            } else {
+                Task { await self.dispatchBatch(batch, to: nodeID) }
+            }
+        }
+    }
+
+    /// Sends several assignments to one node in one request; each is acknowledged or refused on its
+    /// own. A failed request (timeout, no reply, a reply of the wrong length) fails them all, and
+    /// each is placed again as after a refusal.
+    nonisolated func dispatchBatch(_ batch: [AssignmentOutbox.Pending], to nodeID: String) async {
+        let logger = self.logger
+        // Queued before the batch leaves, as for one assignment (see `dispatch`).
+        for item in batch {
+            let jobID = item.assignment.jobID
+            store.enqueue(
+                .attemptPlaced(jobID: jobID, attempt: item.assignment.attempt, nodeID: nodeID, at: unixMilliseconds())
+            ) { error in
+                logger.error("could not record attempt", metadata: ["job.id": "\(jobID)", "error": "\(error)"])
+            }
+        }
+        var message = Hangar_V1_AssignmentBatch()
+        message.assignments = batch.map { item in
+            var assignment = item.assignment
+            assignment.traceparent = item.trace.traceparent
+            return assignment
+        }
+        var outcomes: [String?]  // nil: acknowledged; else why it failed
+        do {
+            let answer = try await nats.request(
+                Subjects.assign(node: nodeID),
+                payload: try message.serializedData(),
+                headers: [AssignBatch.header: AssignBatch.value],
+                timeout: config.assignTimeout
+            )
+            let reply = try Hangar_V1_AssignBatchReply(serializedBytes: answer.payload)
+            if reply.replies.count == batch.count {
+                outcomes = zip(batch, reply.replies).map { item, reply in
+                    switch reply.outcome {
+                    case .ack(let ack):
+                        return ack.jobID == item.assignment.jobID && ack.attempt == item.assignment.attempt
+                            ? nil : "the node acknowledged \(ack.jobID) attempt \(ack.attempt) in its place"
+                    case .refused(let refused): return "refused (\(refused.reason)): \(refused.message)"
+                    case nil: return "empty reply"
+                    }
+                }
+            } else {
+                outcomes = Array(
+                    repeating: "the node answered \(reply.replies.count) of \(batch.count) batched assignments",
+                    count: batch.count
+                )
+            }
+        } catch {
+            outcomes = Array(repeating: "\(error)", count: batch.count)
+        }
+        await settle(batch, outcomes, on: nodeID)
+    }
+
+    /// Applies the node's answers to a batch, in order.
+    private func settle(_ batch: [AssignmentOutbox.Pending], _ outcomes: [String?], on nodeID: String) async {
+        for (item, failure) in zip(batch, outcomes) {
+            if let failure {
+                await assignmentFailed(
+                    jobID: item.assignment.jobID,
+                    attempt: item.assignment.attempt,
+                    nodeID: nodeID,
+                    reason: failure
+                )
+            } else {
+                assigned(jobID: item.assignment.jobID, attempt: item.assignment.attempt, decidedAt: item.decidedAt)
+            }
+        }
+    }
+}

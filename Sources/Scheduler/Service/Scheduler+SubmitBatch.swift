@@ -1,0 +1,74 @@
+import HangarNATS
+import HangarShared
+
+extension Scheduler {
+    /// A `SubmitBatchRequest` (header `Hangar-Submit: batch`): each request is admitted as if sent
+    /// alone, and the answers go back together (see `SubmitBatches`).
+    nonisolated func handleSubmitBatch(_ message: NATSMessage, tenant: String) async {
+        guard let replyTo = message.replyTo else { return }
+        let batch: Hangar_V1_SubmitBatchRequest
+        do {
+            batch = try Hangar_V1_SubmitBatchRequest(serializedBytes: message.payload)
+        } catch {
+            let rejection = Rejection(
+                .invalidRequest,
+                "payload",
+                "the payload is not a hangar.v1.SubmitBatchRequest: \(error)"
+            )
+            reply(to: replyTo, tenant: tenant, rejection: rejection)
+            return
+        }
+        guard batch.requests.count <= SubmitBatch.maxCount else {
+            let rejection = Rejection(
+                .invalidRequest,
+                "requests",
+                "a batch holds at most \(SubmitBatch.maxCount) submissions, this one \(batch.requests.count)"
+            )
+            counters.rejected(tenant: tenant, reason: rejection.rejected.reason)
+            var answer = Hangar_V1_SubmitBatchReply()
+            var one = Hangar_V1_SubmitReply()
+            one.outcome = .rejected(rejection.rejected)
+            answer.replies = Array(repeating: one, count: batch.requests.count)
+            publish(answer, to: replyTo)
+            return
+        }
+        if batch.requests.isEmpty {
+            publish(Hangar_V1_SubmitBatchReply(), to: replyTo)
+            return
+        }
+        let trace = TraceContext(traceparent: message.header(TraceContext.header)) ?? .start()
+        let subjects = submitBatches.open(count: batch.requests.count, replyTo: replyTo)
+        await admitBatch(batch.requests, tenant: tenant, replyTo: subjects, trace: trace)
+    }
+
+    /// Admits each request in order, on the actor, without waiting for one's commit before the next.
+    private func admitBatch(
+        _ requests: [Hangar_V1_SubmitRequest],
+        tenant: String,
+        replyTo subjects: [String],
+        trace: TraceContext
+    ) async {
+        await withDiscardingTaskGroup { group in
+            for (request, subject) in zip(requests, subjects) {
+                group.addTask { await self.admit(request, tenant: tenant, replyTo: subject, trace: trace.child()) }
+            }
+        }
+    }
+
+    /// Takes an answer meant for one request of a batch; true if `replyTo` was such a subject.
+    nonisolated func answerBatched(_ replyTo: String, _ reply: Hangar_V1_SubmitReply) -> Bool {
+        guard replyTo.hasPrefix(SubmitBatches.prefix) else { return false }
+        if let complete = submitBatches.answer(replyTo, reply) {
+            publish(complete.reply, to: complete.replyTo)
+        }
+        return true
+    }
+
+    private nonisolated func publish(_ reply: Hangar_V1_SubmitBatchReply, to replyTo: String) {
+        do {
+            try nats.publish(replyTo, payload: try reply.serializedData())
+        } catch {
+            logger.warning("could not reply", metadata: ["nats.subject": "\(replyTo)", "error": "\(error)"])
+        }
+    }
+}

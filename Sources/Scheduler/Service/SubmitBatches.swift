@@ -1,0 +1,61 @@
+import HangarShared
+import Synchronization
+
+/// Batched submissions waiting for all their answers. Each request of a batch is admitted as if it
+/// came alone, with a reply subject of its own that no NATS subject can equal (it holds spaces);
+/// the scheduler's `send` hands answers on such subjects here, and the whole `SubmitBatchReply`
+/// goes out once the last request has its answer. Thread-safe.
+final class SubmitBatches: Sendable {
+    /// Starts every per-request reply subject: `" batch <batch> <index>"`.
+    static let prefix = " batch "
+
+    private struct Pending {
+        let replyTo: String
+        var replies: [Hangar_V1_SubmitReply?]
+        var remaining: Int
+    }
+
+    private let state = Mutex<(next: UInt64, pending: [UInt64: Pending])>((0, [:]))
+
+    /// Opens a batch of `count` requests answered on `replyTo`; returns their reply subjects.
+    func open(count: Int, replyTo: String) -> [String] {
+        let id = state.withLock { state in
+            state.next += 1
+            state.pending[state.next] = Pending(
+                replyTo: replyTo,
+                replies: Array(repeating: nil, count: count),
+                remaining: count
+            )
+            return state.next
+        }
+        return (0..<count).map { "\(Self.prefix)\(id) \($0)" }
+    }
+
+    /// Records the answer on one request's reply subject (the first answer counts); returns the
+    /// batch's reply subject and reply when that was the last one missing.
+    func answer(
+        _ subject: String,
+        _ reply: Hangar_V1_SubmitReply
+    ) -> (replyTo: String, reply: Hangar_V1_SubmitBatchReply)? {
+        let parts = subject.dropFirst(Self.prefix.count).split(separator: " ")
+        guard parts.count == 2, let id = UInt64(parts[0]), let index = Int(parts[1]) else { return nil }
+        return state.withLock { state in
+            guard var batch = state.pending[id], batch.replies.indices.contains(index),
+                batch.replies[index] == nil
+            else { return nil }
+            batch.replies[index] = reply
+            batch.remaining -= 1
+            guard batch.remaining == 0 else {
+                state.pending[id] = batch
+                return nil
+            }
+            state.pending[id] = nil
+            var complete = Hangar_V1_SubmitBatchReply()
+            complete.replies = batch.replies.map { $0 ?? Hangar_V1_SubmitReply() }
+            return (batch.replyTo, complete)
+        }
+    }
+
+    /// Batches still waiting for answers.
+    var pendingCount: Int { state.withLock { $0.pending.count } }
+}
