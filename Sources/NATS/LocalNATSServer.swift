@@ -1,7 +1,10 @@
 import Foundation
 import Logging
 
-/// A `nats-server` child process on a free loopback port, for `hangar dev` and tests.
+/// A `nats-server` child process on a loopback port, for `hangar dev` and tests. Without a port
+/// given, nats-server picks a free one itself and reports it in a ports file: choosing one here and
+/// handing it over would race with other servers started meanwhile (tests run many at once), and a
+/// client could end up talking to another test's server.
 /// JetStream is on, stored under `directory`; the maximum payload is raised so that job output
 /// fits in one message.
 public final class LocalNATSServer: Sendable {
@@ -20,11 +23,14 @@ public final class LocalNATSServer: Sendable {
     public init(directory: URL, port: Int? = nil, executable: String? = nil, extraConfig: String = "") async throws {
         let binary = try executable ?? Self.findExecutable()
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let chosenPort = try port ?? Self.freePort()
         let config = directory.appendingPathComponent("nats.conf")
+        let portsDirectory = directory.appendingPathComponent("ports")
+        try? FileManager.default.removeItem(at: portsDirectory)
+        try FileManager.default.createDirectory(at: portsDirectory, withIntermediateDirectories: true)
         let storeDir = directory.appendingPathComponent("jetstream").path
         try """
-        listen: 127.0.0.1:\(chosenPort)
+        listen: 127.0.0.1:\(port.map(String.init) ?? "-1")
+        ports_file_dir: "\(portsDirectory.path)"
         max_payload: \(Self.maxPayload)
         max_pending: \(Self.maxPayload * 8)
         jetstream {
@@ -45,27 +51,41 @@ public final class LocalNATSServer: Sendable {
         process.standardInput = FileHandle.nullDevice
         try process.run()
         self.process = process
-        self.port = chosenPort
         self.directory = directory
-        try await waitUntilReady()
+        do {
+            self.port = try await Self.waitUntilReady(process, portsDirectory: portsDirectory, logFile: logFile)
+        } catch {
+            Self.stop(process)
+            throw error
+        }
     }
 
-    private func waitUntilReady() async throws {
+    /// Waits for the server's ports file (written once it listens) and returns its client port.
+    private static func waitUntilReady(_ process: Process, portsDirectory: URL, logFile: URL) async throws -> Int {
         let deadline = ContinuousClock.now + .seconds(10)
+        let file = portsDirectory.appendingPathComponent("nats-server_\(process.processIdentifier).ports")
         while ContinuousClock.now < deadline {
             guard process.isRunning else {
                 let log = (try? String(contentsOf: logFile, encoding: .utf8)) ?? ""
                 throw LocalNATSServerError("nats-server exited at start (status \(process.terminationStatus)): \(log)")
             }
-            if Self.canConnect(port: port) { return }
+            if let data = FileManager.default.contents(atPath: file.path),
+                let ports = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                let url = (ports["nats"] as? [String])?.first,
+                let port = url.split(separator: ":").last.flatMap({ Int($0) }),
+                canConnect(port: port)
+            {
+                return port
+            }
             try await Task.sleep(for: .milliseconds(20))
         }
-        stop()
-        throw LocalNATSServerError("nats-server did not listen on 127.0.0.1:\(port) within 10 s; see \(logFile.path)")
+        throw LocalNATSServerError("nats-server did not report a listening port within 10 s; see \(logFile.path)")
     }
 
     /// Stops the server (SIGTERM, then SIGKILL after 5 s) and waits for it to exit.
-    public func stop() {
+    public func stop() { Self.stop(process) }
+
+    private static func stop(_ process: Process) {
         guard process.isRunning else { return }
         process.terminate()
         let deadline = Date().addingTimeInterval(5)

@@ -15,14 +15,20 @@ struct SchedulerBrainTests {
             nodes: 3,
             slots: 4,
             runtimes: [DelayRuntime(delay: .milliseconds(1500))],
-            settings: SchedulerSettings(nodeTTL: .milliseconds(500), nodeGrace: .milliseconds(300))
+            settings: SchedulerSettings(nodeTTL: .milliseconds(1500), nodeGrace: .milliseconds(1000))
         ) { cluster in
             let count = 12
             let results = try await withThrowingTaskGroup(of: Hangar_V1_Result.self) { group in
                 for _ in 0..<count {
                     group.addTask { try await cluster.run(command("/bin/true", runtime: "null")) }
                 }
-                try await Task.sleep(for: .milliseconds(400))
+                // Crash node-1 once it runs its share (bounded wait; a fixed delay raced placement
+                // when other suites loaded the machine).
+                let deadline = ContinuousClock.now + .seconds(20)
+                while cluster.agents[0].runningCount < 4 && ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                #expect(cluster.agents[0].runningCount == 4, "node-1 never ran its 4 jobs")
                 await cluster.crashNode(1)
                 var collected: [Hangar_V1_Result] = []
                 for try await result in group { collected.append(result) }
@@ -74,12 +80,15 @@ struct SchedulerBrainTests {
             nodes: 1,
             slots: 2,
             runtimes: [DelayRuntime(delay: .seconds(30))],
-            settings: SchedulerSettings(nodeTTL: .milliseconds(500), nodeGrace: .milliseconds(300))
+            settings: SchedulerSettings(nodeTTL: .milliseconds(1500), nodeGrace: .milliseconds(1000))
         ) { cluster in
             var request = command("/bin/true", runtime: "null")
             request.retry.maxAttempts = 1
             async let result = cluster.run(request)
-            try await Task.sleep(for: .milliseconds(400))
+            let deadline = ContinuousClock.now + .seconds(20)
+            while cluster.agents[0].runningCount < 1 && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
             await cluster.crashNode(1)
             let lost = try await result
             #expect(lost.status == .lost)

@@ -17,6 +17,8 @@ final class TestCluster: Sendable {
     let client: NATSConnection
     private let connections: [NATSConnection]
     private let tasks: [Task<Void, any Error>]
+    /// The node agents, node-1 first.
+    let agents: [NodeAgent]
 
     static func start(
         nodes: Int = 2,
@@ -47,6 +49,7 @@ final class TestCluster: Sendable {
         )
         var connections = [schedulerConnection]
         var tasks: [Task<Void, any Error>] = [Task { try await scheduler.run() }]
+        var agents: [NodeAgent] = []
         for index in 1...max(1, nodes) where nodes > 0 {
             let connection = try await connect("node-\(index)")
             connections.append(connection)
@@ -60,6 +63,7 @@ final class TestCluster: Sendable {
                 logger: logger
             )
             tasks.append(Task { try await agent.run() })
+            agents.append(agent)
         }
         let client = try await connect("client")
         let cluster = TestCluster(
@@ -69,7 +73,8 @@ final class TestCluster: Sendable {
             scheduler: scheduler,
             client: client,
             connections: connections,
-            tasks: tasks
+            tasks: tasks,
+            agents: agents
         )
         try await cluster.waitForNodes(nodes)
         return cluster
@@ -82,7 +87,8 @@ final class TestCluster: Sendable {
         scheduler: Scheduler,
         client: NATSConnection,
         connections: [NATSConnection],
-        tasks: [Task<Void, any Error>]
+        tasks: [Task<Void, any Error>],
+        agents: [NodeAgent]
     ) {
         self.server = server
         self.directory = directory
@@ -91,6 +97,7 @@ final class TestCluster: Sendable {
         self.client = client
         self.connections = connections
         self.tasks = tasks
+        self.agents = agents
     }
 
     /// Waits until the scheduler has heard from `count` nodes.

@@ -41,16 +41,30 @@ extension Scheduler {
         await admitBatch(batch.requests, tenant: tenant, replyTo: subjects, trace: trace)
     }
 
-    /// Admits each request in order, on the actor, without waiting for one's commit before the next.
+    /// Admits each request on the actor, without waiting for one's commit before the next. A request
+    /// that repeats the id of an earlier one in the same batch goes after the others are answered,
+    /// so that it is the one answered as the duplicate (run side by side, either could win).
     private func admitBatch(
         _ requests: [Hangar_V1_SubmitRequest],
         tenant: String,
         replyTo subjects: [String],
         trace: TraceContext
     ) async {
-        await withDiscardingTaskGroup { group in
-            for (request, subject) in zip(requests, subjects) {
-                group.addTask { await self.admit(request, tenant: tenant, replyTo: subject, trace: trace.child()) }
+        var seen = Set<String>()
+        var first: [(Hangar_V1_SubmitRequest, String)] = []
+        var repeats: [(Hangar_V1_SubmitRequest, String)] = []
+        for (request, subject) in zip(requests, subjects) {
+            if !request.requestID.isEmpty && !seen.insert(request.requestID).inserted {
+                repeats.append((request, subject))
+            } else {
+                first.append((request, subject))
+            }
+        }
+        for round in [first, repeats] where !round.isEmpty {
+            await withDiscardingTaskGroup { group in
+                for (request, subject) in round {
+                    group.addTask { await self.admit(request, tenant: tenant, replyTo: subject, trace: trace.child()) }
+                }
             }
         }
     }
