@@ -24,7 +24,20 @@ enum AuditChain {
         var hasher = SHA256()
         hasher.update(data: Data(previous.utf8))
         hasher.update(data: canonical)
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return hex(hasher.finalize())
+    }
+
+    private static let hexDigits = Array("0123456789abcdef".utf8)
+
+    /// Lowercase hex, two digits per byte (`String(format:)` per byte cost more than the hash).
+    static func hex(_ bytes: some Sequence<UInt8>) -> String {
+        var text: [UInt8] = []
+        text.reserveCapacity(64)
+        for byte in bytes {
+            text.append(hexDigits[Int(byte >> 4)])
+            text.append(hexDigits[Int(byte & 0x0F)])
+        }
+        return String(decoding: text, as: UTF8.self)
     }
 
     /// Appends one row, chained to the last one.
@@ -32,7 +45,10 @@ enum AuditChain {
         // The newest row, or (everything pruned) the retention checkpoint, or the genesis.
         var seq: Int64 = 1
         var previous = genesis
-        if let last = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1") {
+        // Cached statements: this runs for every state change, and parsing its SQL each time was a
+        // large share of the store's CPU.
+        let newest = try db.cachedStatement(sql: "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        if let last = try Row.fetchOne(newest) {
             seq = last["seq"] + 1
             previous = last["hash"]
         } else if let checkpoint = try checkpoint(db) {
@@ -43,10 +59,9 @@ enum AuditChain {
             previous: previous,
             canonical: canonical(seq: seq, at: at, actor: actor, event: event, jobID: jobID, detail: detail)
         )
-        try db.execute(
-            sql: "INSERT INTO audit (seq, at, actor, event, job_id, detail, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            arguments: [seq, at, actor, event, jobID, detail, hash]
-        )
+        try db.cachedStatement(
+            sql: "INSERT INTO audit (seq, at, actor, event, job_id, detail, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        ).execute(arguments: [seq, at, actor, event, jobID, detail, hash])
     }
 
     /// Walks the whole chain (from the retention checkpoint, if rows were pruned). Returns the rows

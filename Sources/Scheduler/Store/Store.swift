@@ -219,17 +219,16 @@ extension StoreWrite {
         let now = unixMilliseconds()
         switch self {
         case .jobAccepted(let job):
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     INSERT INTO jobs (id, tenant, request_id, runtime, template, priority, status, spec, submitted_at,
                         updated_at, request)
                     VALUES (?, ?, ?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?)
-                    """,
-                arguments: [
-                    job.id, job.tenant, job.requestID, job.spec.runtime, job.spec.template, Int(job.priority),
-                    try job.spec.serializedData(), job.submittedAt, now, try job.request.serializedData(),
-                ]
-            )
+                    """
+            ).execute(arguments: [
+                job.id, job.tenant, job.requestID, job.spec.runtime, job.spec.template, Int(job.priority),
+                try job.spec.serializedData(), job.submittedAt, now, try job.request.serializedData(),
+            ])
             try audit(
                 db,
                 at: now,
@@ -239,10 +238,8 @@ extension StoreWrite {
                 detail: job.spec.runtime
             )
         case .jobRejected(let result):
-            try db.execute(
-                sql: "UPDATE jobs SET status = 'REJECTED', updated_at = ? WHERE id = ?",
-                arguments: [now, result.jobID]
-            )
+            try db.cachedStatement(sql: "UPDATE jobs SET status = 'REJECTED', updated_at = ? WHERE id = ?").execute(
+                arguments: [now, result.jobID])
             try insertResult(db, result)
             try audit(
                 db,
@@ -253,15 +250,11 @@ extension StoreWrite {
                 detail: result.message
             )
         case .attemptPlaced(let jobID, let attempt, let nodeID, let at):
-            try db.execute(
-                sql:
-                    "INSERT INTO attempts (job_id, attempt, node_id, status, placed_at) VALUES (?, ?, ?, 'RUNNING', ?)",
-                arguments: [jobID, Int(attempt), nodeID, at]
-            )
-            try db.execute(
-                sql: "UPDATE jobs SET status = 'RUNNING', updated_at = ? WHERE id = ?",
-                arguments: [now, jobID]
-            )
+            try db.cachedStatement(
+                sql: "INSERT INTO attempts (job_id, attempt, node_id, status, placed_at) VALUES (?, ?, ?, 'RUNNING', ?)"
+            ).execute(arguments: [jobID, Int(attempt), nodeID, at])
+            try db.cachedStatement(sql: "UPDATE jobs SET status = 'RUNNING', updated_at = ? WHERE id = ?").execute(
+                arguments: [now, jobID])
             try audit(
                 db,
                 at: now,
@@ -271,14 +264,11 @@ extension StoreWrite {
                 detail: "attempt \(attempt) on \(nodeID)"
             )
         case .attemptEnded(let jobID, let attempt, let status, let detail):
-            try db.execute(
-                sql: "UPDATE attempts SET status = ?, finished_at = ? WHERE job_id = ? AND attempt = ?",
-                arguments: [status, now, jobID, Int(attempt)]
-            )
-            try db.execute(
-                sql: "UPDATE jobs SET status = 'QUEUED', updated_at = ? WHERE id = ?",
-                arguments: [now, jobID]
-            )
+            try db.cachedStatement(
+                sql: "UPDATE attempts SET status = ?, finished_at = ? WHERE job_id = ? AND attempt = ?"
+            ).execute(arguments: [status, now, jobID, Int(attempt)])
+            try db.cachedStatement(sql: "UPDATE jobs SET status = 'QUEUED', updated_at = ? WHERE id = ?").execute(
+                arguments: [now, jobID])
             try audit(
                 db,
                 at: now,
@@ -289,14 +279,12 @@ extension StoreWrite {
             )
         case .jobFinished(let result):
             let status = result.status.displayName
-            try db.execute(
-                sql: "UPDATE attempts SET status = ?, finished_at = ? WHERE job_id = ? AND attempt = ?",
-                arguments: [status, now, result.jobID, Int(result.attempt)]
-            )
-            try db.execute(
-                sql: "UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?",
-                arguments: [status, now, result.jobID]
-            )
+            try db.cachedStatement(
+                sql: "UPDATE attempts SET status = ?, finished_at = ? WHERE job_id = ? AND attempt = ?"
+            ).execute(arguments: [status, now, result.jobID, Int(result.attempt)])
+            try db.cachedStatement(sql: "UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?").execute(arguments: [
+                status, now, result.jobID,
+            ])
             try insertResult(db, result)
             try audit(
                 db,
@@ -307,16 +295,15 @@ extension StoreWrite {
                 detail: status
             )
         case .nodeControl(let nodeID, let control, let actor, let event):
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     INSERT INTO node_controls (node_id, eligible, draining, drain_deadline, updated_by, updated_at)
                     VALUES (?, ?, ?, ?, ?, ?)
                     ON CONFLICT(node_id) DO UPDATE SET eligible = excluded.eligible, draining = excluded.draining,
                         drain_deadline = excluded.drain_deadline, updated_by = excluded.updated_by,
                         updated_at = excluded.updated_at
-                    """,
-                arguments: [nodeID, control.eligible, control.draining, control.drainDeadline, actor, now]
-            )
+                    """
+            ).execute(arguments: [nodeID, control.eligible, control.draining, control.drainDeadline, actor, now])
             try audit(
                 db,
                 at: now,
@@ -329,18 +316,17 @@ extension StoreWrite {
         case .audit(let actor, let event, let jobID, let detail):
             try audit(db, at: now, actor: actor, event: event, jobID: jobID, detail: detail)
         case .intake(let job):
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     INSERT INTO jobs (id, tenant, request_id, runtime, template, priority, status, spec, submitted_at,
                         updated_at, request)
                     VALUES (?, ?, ?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?)
                     ON CONFLICT DO NOTHING
-                    """,
-                arguments: [
-                    job.id, job.tenant, job.requestID, job.spec.runtime, job.spec.template, Int(job.priority),
-                    try job.spec.serializedData(), job.submittedAt, now, try job.request.serializedData(),
-                ]
-            )
+                    """
+            ).execute(arguments: [
+                job.id, job.tenant, job.requestID, job.spec.runtime, job.spec.template, Int(job.priority),
+                try job.spec.serializedData(), job.submittedAt, now, try job.request.serializedData(),
+            ])
             guard db.changesCount > 0 else { return }
             try audit(
                 db,
@@ -365,16 +351,15 @@ extension StoreWrite {
     }
 
     private func insertResult(_ db: Database, _ result: Hangar_V1_Result) throws {
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO results (job_id, tenant, status, exit_code, result, finished_at) VALUES (?, ?, ?, ?, ?, ?)
                 ON CONFLICT(job_id) DO NOTHING
-                """,
-            arguments: [
-                result.jobID, result.tenant, result.status.displayName, Int(result.exitCode),
-                try result.serializedData(), result.finishedAtMs,
-            ]
-        )
+                """
+        ).execute(arguments: [
+            result.jobID, result.tenant, result.status.displayName, Int(result.exitCode),
+            try result.serializedData(), result.finishedAtMs,
+        ])
     }
 
     private func audit(_ db: Database, at: Int64, actor: String, event: String, jobID: String?, detail: String) throws {
