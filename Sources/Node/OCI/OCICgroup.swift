@@ -136,11 +136,14 @@ struct OCICgroup: Sendable {
         var leftovers: [String] = []
         for path in existingDirectories() {
             var failure: Int32 = 0
-            for _ in 0..<100 {
+            var pause: UInt32 = 200
+            let end = ContinuousClock.now + .seconds(2)
+            while true {
                 for pid in Self.processes(in: path) { kill(pid, SIGKILL) }
                 failure = rmdir(path) == 0 ? 0 : errno
-                if failure != EBUSY { break }
-                usleep(20_000)  // the killed processes are still exiting
+                if failure != EBUSY || ContinuousClock.now >= end { break }
+                usleep(pause)  // the killed processes are still exiting: retry soon, then less often
+                pause = min(pause * 2, 20_000)
             }
             if failure != 0 && failure != ENOENT {
                 leftovers.append("cannot remove cgroup \(path): \(String(cString: strerror(failure)))")

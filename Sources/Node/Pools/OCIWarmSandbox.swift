@@ -306,10 +306,18 @@ final class OCIWarmSandbox: WarmSandbox {
             let failure = OCIEngine.runtimeFailure(
                 in: OCICgroup.read(bundle.path + "/\(engine.toolName).log") ?? ""
             )
-            // The script pipes are closed already (by the threads that wrote them).
+            // The script pipes are closed already (by the threads that wrote them). A runtime whose
+            // `run` came back by itself has no container left to delete (see OCIEngine.teardown):
+            // skipping that exec of the tool is most of a warm container's clean-up time.
+            let exitedByItself: Bool
+            switch result.termination {
+            case .exited, .signaled: exitedByItself = result.killReason == nil
+            case .lost: exitedByItself = false
+            }
             let leftovers = await engine.teardown(
                 id: id,
                 killFirst: result.killReason != nil,
+                stopped: exitedByItself,
                 cgroup: cgroup,
                 bundle: bundle
             )
