@@ -101,17 +101,7 @@ struct Bench {
         echo.unsubscribe()
 
         // The cluster: one scheduler, two nodes, in this process, over the real nats-server.
-        let databasePath = directory.appendingPathComponent("hangar.sqlite").path
-        var config = SchedulerConfig(databasePath: databasePath)
-        // The benchmark measures the control plane, not the default rate limit.
-        config.tenants.defaults.rate = 1e9
-        config.tenants.defaults.burst = 1e9
-        let scheduler = Scheduler(
-            config: config,
-            nats: try await connect("scheduler"),
-            store: try Store(path: databasePath),
-            logger: logger
-        )
+        let scheduler = try benchScheduler(in: directory, nats: try await connect("scheduler"), logger: logger)
         var tasks = [Task { try await scheduler.run() }]
         for index in 1...2 {
             let agent = NodeAgent(
@@ -218,6 +208,15 @@ func measure(_ count: Int, _ body: @Sendable () async throws -> Void) async thro
     }
     durations.sort()
     return Sample(median: durations[count / 2], p99: durations[min(count - 1, Int(Double(count) * 0.99))])
+}
+
+/// A scheduler for the benchmarks, its store in `directory`: the control plane is measured, not
+/// the default tenant rate limit, so the limit is lifted.
+func benchScheduler(in directory: URL, nats: NATSConnection, logger: Logger) throws -> Scheduler {
+    var config = SchedulerConfig(databasePath: directory.appendingPathComponent("hangar.sqlite").path)
+    config.tenants.defaults.rate = 1e9
+    config.tenants.defaults.burst = 1e9
+    return Scheduler(config: config, nats: nats, store: try Store(path: config.databasePath), logger: logger)
 }
 
 /// Spawns `path` with `arguments` (and `files` as descriptors 3, 4, …) and waits for it to exit 0.

@@ -33,16 +33,7 @@ enum PoolClusterBench {
         func connect(_ name: String) async throws -> NATSConnection {
             try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: name, logger: logger))
         }
-        let databasePath = directory.appendingPathComponent("hangar.sqlite").path
-        var config = SchedulerConfig(databasePath: databasePath)
-        config.tenants.defaults.rate = 1e9
-        config.tenants.defaults.burst = 1e9
-        let scheduler = Scheduler(
-            config: config,
-            nats: try await connect("scheduler"),
-            store: try Store(path: databasePath),
-            logger: logger
-        )
+        let scheduler = try benchScheduler(in: directory, nats: try await connect("scheduler"), logger: logger)
         var nodeConfig = NodeConfig(nodeID: "bench-node", slots: 8)
         nodeConfig.heartbeatInterval = .milliseconds(100)
         if warm { nodeConfig.pools = [WarmPoolSpec(runtime: runtime.name, template: "host", min: 2, max: 2)] }

@@ -77,16 +77,7 @@ enum ThroughputBench {
         echoTask.cancel()
         echo.unsubscribe()
 
-        let databasePath = directory.appendingPathComponent("hangar.sqlite").path
-        var config = SchedulerConfig(databasePath: databasePath)
-        config.tenants.defaults.rate = 1e9
-        config.tenants.defaults.burst = 1e9
-        let scheduler = Scheduler(
-            config: config,
-            nats: try await connect("scheduler"),
-            store: try Store(path: databasePath),
-            logger: logger
-        )
+        let scheduler = try benchScheduler(in: directory, nats: try await connect("scheduler"), logger: logger)
         var tasks = [Task { try await scheduler.run() }]
         for index in 1...options.nodes {
             let agent = NodeAgent(

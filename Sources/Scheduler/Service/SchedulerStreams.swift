@@ -11,29 +11,25 @@ enum SchedulerStreams {
     /// Admitted submissions (`hangar.intake.<tenant>`), de-duplicated by `<tenant>/<request id>`
     /// for two minutes (after that SQLite's unique key answers a replay).
     static var submissions: JetStreamStreamConfig {
-        var config = JetStreamStreamConfig(
-            name: Streams.submissions,
-            subjects: [Subjects.intakeWildcard],
-            storage: .file,
-            retention: .workQueue,
-            duplicateWindow: .seconds(120),
-            maxAge: .zero,
-            maxBytes: 256 * 1024 * 1024
-        )
-        config.discardNew = true
-        return config
+        workQueue(Streams.submissions, capturing: Subjects.intakeWildcard, maxBytes: 256 * 1024 * 1024)
     }
 
     /// Node results (`hangar.node.<node>.result`), de-duplicated by `<job>/<attempt>`.
     static var results: JetStreamStreamConfig {
+        workQueue(Streams.results, capturing: Subjects.nodeResultWildcard, maxBytes: 512 * 1024 * 1024)
+    }
+
+    /// A file-stored work queue of `subject` with a two-minute de-duplication window, no maximum
+    /// age, and `maxBytes` after which new messages are refused.
+    private static func workQueue(_ name: String, capturing subject: String, maxBytes: Int64) -> JetStreamStreamConfig {
         var config = JetStreamStreamConfig(
-            name: Streams.results,
-            subjects: [Subjects.nodeResultWildcard],
+            name: name,
+            subjects: [subject],
             storage: .file,
             retention: .workQueue,
             duplicateWindow: .seconds(120),
             maxAge: .zero,
-            maxBytes: 512 * 1024 * 1024
+            maxBytes: maxBytes
         )
         config.discardNew = true
         return config
