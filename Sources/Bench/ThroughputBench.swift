@@ -8,13 +8,14 @@ import Logging
 /// Null-job throughput alone, for profiling the dispatch path (`perf record`, callgrind) without the
 /// latency and sandbox phases of the walking-skeleton benchmark:
 ///
-///     hangar-bench throughput [--jobs N] [--clients C] [--nodes K] [--client-process] [--batch B]
+///     hangar-bench throughput [--jobs N] [--clients C] [--nodes K] [--client-process] [--batch B] [--batch-only]
 ///
 /// Runs the raw NATS request/reply baseline and then N null jobs from C concurrent clients against
 /// a scheduler and K nodes, all in this process over a real nats-server, and prints both rates.
 /// `--client-process` runs the job clients in a child process instead, so this process's CPU is
 /// the scheduler's and the nodes' alone. `--batch B` adds a run where each client sends its jobs
-/// B at a time as one `SubmitBatchRequest` (reported on its own line).
+/// B at a time as one `SubmitBatchRequest` (reported on its own line); `--batch-only` skips the
+/// one-job-per-request run.
 enum ThroughputBench {
     struct Options {
         var jobs = 5000
@@ -22,6 +23,7 @@ enum ThroughputBench {
         var nodes = 2
         var clientProcess = false
         var batch = 0
+        var batchOnly = false
 
         init(_ arguments: [String]) throws {
             var iterator = arguments.makeIterator()
@@ -38,9 +40,10 @@ enum ThroughputBench {
                 case "--nodes": nodes = try value()
                 case "--client-process": clientProcess = true
                 case "--batch": batch = try value()
+                case "--batch-only": batchOnly = true
                 default:
                     throw BenchError(
-                        "unknown argument \(argument) (--jobs N, --clients C, --nodes K, --client-process, --batch B)"
+                        "unknown argument \(argument) (--jobs N, --clients C, --nodes K, --client-process, --batch B, --batch-only)"
                     )
                 }
             }
@@ -96,6 +99,8 @@ enum ThroughputBench {
             let child = try await runClientProcess(url: server.url, jobs: options.jobs, clients: options.clients)
             jobs = (child.seconds, (processCPUSeconds() - cpuBefore) / Double(options.jobs) * 1e6)
             clientCPU = ", clients in a child process (\(Int(child.cpuMicrosPerCall)) µs CPU there each)"
+        } else if options.batchOnly && options.batch > 0 {
+            jobs = (.infinity, 0)
         } else {
             jobs = try await submitNullJobs(client, jobs: options.jobs, clients: options.clients)
         }

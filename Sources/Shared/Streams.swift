@@ -8,6 +8,8 @@ public enum Streams {
     public static let consumer = "hangar-scheduler"
     /// The header carrying the job id the scheduler gave an intake message.
     public static let jobIDHeader = "Hangar-Job-Id"
+    /// The header carrying when the scheduler admitted an intake message (Unix milliseconds).
+    public static let submittedAtHeader = "Hangar-Submitted-At"
     /// Every stream, for the scheduler's permissions.
     public static let all = [submissions, results]
 }

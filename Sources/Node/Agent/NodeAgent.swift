@@ -11,7 +11,7 @@ public final class NodeAgent: Sendable {
     let nats: NATSConnection
     private let runtimes: [String: any Runtime]
     let logger: Logger
-    private let incarnation = UUID().uuidString
+    private let incarnation: String
     private let running = Mutex<[String: Task<Void, Never>]>([:])
     private let probes = Mutex<[String: RuntimeProbe]>([:])
     private let sequence = Atomic<UInt64>(0)
@@ -19,6 +19,8 @@ public final class NodeAgent: Sendable {
     private let serving = Atomic<Bool>(false)
     /// Warm sandboxes, when `config.pools` names any.
     public let pools: WarmPools?
+    /// Results on their way into the results stream.
+    private let results: ResultOutbox
 
     public init(config: NodeConfig, nats: NATSConnection, runtimes: [any Runtime], logger: Logger) {
         self.config = config
@@ -27,7 +29,17 @@ public final class NodeAgent: Sendable {
         var logger = logger
         logger[metadataKey: "node.id"] = "\(config.nodeID)"
         self.logger = logger
+        let incarnation = UUID().uuidString
+        self.incarnation = incarnation
         pools = config.pools.isEmpty ? nil : WarmPools(specs: config.pools, runtimes: runtimes, logger: logger)
+        results = ResultOutbox(
+            nats: nats,
+            nodeID: config.nodeID,
+            incarnation: incarnation,
+            retryFor: config.resultRetryFor,
+            retryOnShutdown: config.resultRetryOnShutdown,
+            logger: logger
+        )
     }
 
     /// Number of jobs running now.
@@ -75,6 +87,7 @@ public final class NodeAgent: Sendable {
                 }
             }
         }
+        results.stop()
         let tasks = running.withLock { Array($0.values) }
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
@@ -275,9 +288,8 @@ public final class NodeAgent: Sendable {
         }
     }
 
-    /// Publishes the result into the results stream until the server acknowledges it (nats-server
-    /// may be restarting), giving up only after `resultRetryFor`. The node keeps nothing afterwards:
-    /// the stream holds it until the scheduler has stored it.
+    /// Hands the result to the results outbox and returns once it is in the stream: the node
+    /// keeps nothing afterwards, the stream holds it until the scheduler has stored it.
     private func report(_ outcome: RunOutcome, for assignment: Hangar_V1_Assignment, logger: Logger) async {
         var result = Hangar_V1_AttemptResult()
         result.jobID = assignment.jobID
@@ -298,48 +310,7 @@ public final class NodeAgent: Sendable {
         result.runMs = outcome.runMilliseconds
         result.message = outcome.message
         result.files = outcome.filesOut
-        guard let payload = try? result.serializedData() else { return }
-        var deadline = ContinuousClock.now + config.resultRetryFor
-        var delay = Duration.milliseconds(100)
-        while ContinuousClock.now < deadline {
-            if Task.isCancelled {
-                // Shutting down: keep trying a little while, then give up rather than hang.
-                deadline = min(deadline, ContinuousClock.now + config.resultRetryOnShutdown)
-            }
-            do {
-                // Into the HANGAR_RESULTS stream: its PubAck means stored on the server, and the
-                // message id keeps a resend whose first copy did arrive from counting twice.
-                _ = try await nats.jetStreamPublish(
-                    Subjects.nodeResult(node: config.nodeID),
-                    payload: payload,
-                    messageID: "\(assignment.jobID)/\(assignment.attempt)",
-                    timeout: .seconds(5)
-                )
-                return
-            } catch {
-                logger.warning(
-                    "result not acknowledged; retrying",
-                    metadata: ["error": "\(error)", "retry.in": "\(delay)"]
-                )
-                await sleepIgnoringCancellation(delay)
-                delay = min(delay * 2, .seconds(5))
-            }
-        }
-        logger.error("gave up sending a result after \(config.resultRetryFor)")
-    }
-}
-
-/// Sleeps even in a cancelled task (a result must still be sent during shutdown).
-private func sleepIgnoringCancellation(_ duration: Duration) async {
-    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        DispatchQueue.global().asyncAfter(
-            deadline: .now()
-                + .milliseconds(
-                    Int(duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
-                )
-        ) {
-            continuation.resume()
-        }
+        await results.send(result)
     }
 }
 

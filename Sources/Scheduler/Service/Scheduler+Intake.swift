@@ -3,9 +3,10 @@ import HangarNATS
 import HangarShared
 
 extension Scheduler {
-    /// Makes an admitted submission durable: publishes it into `HANGAR_SUBMISSIONS` (message id
-    /// `<tenant>/<request id>`, header `Hangar-Job-Id`) and returns the server's PubAck. Only then
-    /// may the tenant hear `Accepted`.
+    /// Makes an admitted submission durable: publishes it into `HANGAR_SUBMISSIONS` and returns the
+    /// server's PubAck. Only then may the tenant hear `Accepted`. A submission with a request id
+    /// goes alone with the message id `<tenant>/<request id>` (the stream de-duplicates replays,
+    /// also across scheduler instances); others go through `intakeOutbox`, grouped under load.
     func publishIntake(
         _ request: Hangar_V1_SubmitRequest,
         tenant: String,
@@ -13,19 +14,25 @@ extension Scheduler {
         trace: TraceContext,
         messageID: String?
     ) async throws -> JetStreamPublishAck {
-        try await nats.jetStreamPublish(
+        let entry = IntakeOutbox.Entry(
+            tenant: tenant,
+            jobID: jobID,
+            request: try request.serializedData(),
+            traceparent: trace.traceparent,
+            submittedAtMs: unixMilliseconds()
+        )
+        guard let messageID else { return try await intakeOutbox.publish(entry) }
+        return try await nats.jetStreamPublish(
             Subjects.intake(tenant: tenant),
-            payload: try request.serializedData(),
+            payload: entry.request,
             messageID: messageID,
             headers: [
-                Streams.jobIDHeader: jobID, TraceContext.header: trace.traceparent,
-                Self.submittedAtHeader: String(unixMilliseconds()),
+                Streams.jobIDHeader: jobID, TraceContext.header: entry.traceparent,
+                Streams.submittedAtHeader: String(entry.submittedAtMs),
             ],
             timeout: config.intakePublishTimeout
         )
     }
-
-    static let submittedAtHeader = "Hangar-Submitted-At"
 
     /// The job a de-duplicated publish (`duplicate` PubAck) stands for: read from the stream at the
     /// original's sequence, or, once the stream has handed it over, from SQLite.
@@ -38,22 +45,67 @@ extension Scheduler {
         return try? await store.jobID(tenant: tenant, requestID: requestID)
     }
 
-    /// One batch from `HANGAR_SUBMISSIONS`: every job not yet stored is inserted (job row and
-    /// `job.accepted` audit row) in ONE transaction, synced to disk; then the jobs are queued for
-    /// placement and the messages acknowledged. Redeliveries (a restart between commit and ack, or
-    /// another scheduler instance's admissions) insert nothing twice. Returns false if the batch
-    /// could not be stored; its messages come again and new submissions are refused meanwhile.
-    func commitIntake(_ messages: [JetStreamMessage]) async -> Bool {
+    /// One submission read back from the intake stream.
+    struct IntakeItem {
+        var jobID: String
+        var request: Hangar_V1_SubmitRequest
+        var traceparent: String?
+        var submittedAtMs: Int64?
+    }
+
+    /// The submissions one intake message carries: one `SubmitRequest` (job id, trace and time in
+    /// headers) or an `IntakeBatch` (header `Hangar-Intake: batch`). Nil if it is neither, or if any
+    /// job id is not a valid token.
+    nonisolated static func intakeItems(in message: NATSMessage) -> [IntakeItem]? {
+        let items: [IntakeItem]
+        if message.header(IntakeBatch.header) == IntakeBatch.value {
+            guard let batch = try? Hangar_V1_IntakeBatch(serializedBytes: message.payload) else { return nil }
+            var decoded: [IntakeItem] = []
+            decoded.reserveCapacity(batch.entries.count)
+            for entry in batch.entries {
+                guard let request = try? Hangar_V1_SubmitRequest(serializedBytes: entry.request) else { return nil }
+                decoded.append(
+                    IntakeItem(
+                        jobID: entry.jobID,
+                        request: request,
+                        traceparent: entry.traceparent,
+                        submittedAtMs: entry.submittedAtMs
+                    )
+                )
+            }
+            items = decoded
+        } else {
+            guard let jobID = message.header(Streams.jobIDHeader),
+                let request = try? Hangar_V1_SubmitRequest(serializedBytes: message.payload)
+            else { return nil }
+            items = [
+                IntakeItem(
+                    jobID: jobID,
+                    request: request,
+                    traceparent: message.header(TraceContext.header),
+                    submittedAtMs: message.header(Streams.submittedAtHeader).flatMap { Int64($0) }
+                )
+            ]
+        }
+        guard !items.isEmpty, items.allSatisfy({ Subjects.isValidToken($0.jobID) }) else { return nil }
+        return items
+    }
+
+    /// One batch from `HANGAR_SUBMISSIONS` (each message one submission or a group of them): every
+    /// job not yet stored is inserted (job row and `job.accepted` audit row) in ONE transaction,
+    /// synced to disk; then the jobs are queued for placement and the messages acknowledged.
+    /// Redeliveries (a restart between commit and ack, or another scheduler instance's admissions)
+    /// insert nothing twice. Returns at once, with a task that ends once the batch is committed and
+    /// settled: false if it could not be stored (its messages come again, and new submissions are
+    /// refused meanwhile).
+    func commitIntake(_ messages: [JetStreamMessage]) async -> Task<Bool, Never> {
         var writes: [StoreWrite] = []
         var outcomes: [(JetStreamMessage, StreamOutcome)] = []
         var fresh: [String] = []
         for stream in messages {
             let message = stream.message
             let tenant = String(Subjects.token(message.subject, at: 2) ?? "")
-            guard Subjects.isValidToken(tenant), let jobID = message.header(Streams.jobIDHeader),
-                Subjects.isValidToken(jobID),
-                let request = try? Hangar_V1_SubmitRequest(serializedBytes: message.payload)
-            else {
+            guard Subjects.isValidToken(tenant), let items = Self.intakeItems(in: message) else {
                 logger.warning("discarded a malformed intake message", metadata: ["nats.subject": "\(message.subject)"])
                 writes.append(
                     .audit(
@@ -66,78 +118,100 @@ extension Scheduler {
                 outcomes.append((stream, .discard))
                 continue
             }
-            if abandonedIntake.remove(jobID) != nil {
-                // Its publish timed out and the tenant was told it was not accepted.
-                writes.append(
-                    .audit(
-                        actor: "scheduler",
-                        event: "intake.abandoned",
-                        jobID: jobID,
-                        detail: "stored by the stream after the tenant was refused; not run"
-                    )
-                )
-                outcomes.append((stream, .discard))
-                continue
+            var itemOutcomes: [StreamOutcome] = []
+            for item in items {
+                let outcome = await takeIntake(item, tenant: tenant, writes: &writes, fresh: &fresh)
+                itemOutcomes.append(outcome)
             }
-            if let entry = jobs[jobID] {
-                if entry.committed || fresh.contains(jobID) {
-                    outcomes.append((stream, .ack))
-                    continue
-                }
-            } else {
-                // Not admitted by this process (a restart, or another instance): unless the store
-                // already has it, take it on from the stream.
-                do {
-                    if try await store.job(id: jobID) != nil {
-                        outcomes.append((stream, .ack))
-                        continue
-                    }
-                    if !request.requestID.isEmpty,
-                        try await store.jobID(tenant: tenant, requestID: request.requestID) != nil
-                    {
-                        outcomes.append((stream, .ack))  // another job holds this request id
-                        continue
-                    }
-                } catch {
-                    outcomes.append((stream, .retry))
-                    continue
-                }
-                guard jobs[jobID] == nil else {
-                    outcomes.append((stream, .retry))  // admitted meanwhile; next delivery
-                    continue
-                }
-                jobs[jobID] = restoredEntry(request, tenant: tenant, jobID: jobID, message: message)
-                if let key = jobs[jobID]?.requestKey { byRequest[key] = jobID }
-            }
-            guard let entry = jobs[jobID] else { continue }
-            var stored = StoredJob(
-                id: jobID,
-                tenant: tenant,
-                requestID: request.requestID.isEmpty ? nil : request.requestID,
-                spec: entry.submission.spec,
-                priority: entry.submission.priority,
-                submittedAt: message.header(Self.submittedAtHeader).flatMap { Int64($0) } ?? unixMilliseconds()
-            )
-            stored.request = request
-            writes.append(.intake(stored))
-            fresh.append(jobID)
-            outcomes.append((stream, .ack))
+            // The message comes again if any of its jobs must; it is discarded only if all are.
+            let outcome: StreamOutcome =
+                itemOutcomes.contains(.retry) ? .retry : itemOutcomes.allSatisfy { $0 == .discard } ? .discard : .ack
+            outcomes.append((stream, outcome))
         }
-        if !writes.isEmpty {
-            do {
-                try await store.write(.streamBatch(writes))
-            } catch {
-                storeFailure = storeFailureSummary(error)
-                logger.error("could not store submissions", metadata: ["count": "\(fresh.count)", "error": "\(error)"])
-                for (stream, outcome) in outcomes { settle(stream, outcome == .discard ? .discard : .retry) }
-                return false
-            }
+        return commitStreamBatch(writes, outcomes) { [outcomes, fresh] scheduler, error in
+            scheduler.intakeCommitted(error: error, outcomes: outcomes, fresh: fresh)
+        }
+    }
+
+    /// After the commit of an intake batch: acknowledge its messages and queue its jobs, or, if it
+    /// failed, refuse new submissions until a commit succeeds and have the messages delivered again.
+    private func intakeCommitted(
+        error: (any Error)?,
+        outcomes: [(JetStreamMessage, StreamOutcome)],
+        fresh: [String]
+    ) -> Bool {
+        for jobID in fresh { committingIntake.remove(jobID) }
+        if let error {
+            storeFailure = storeFailureSummary(error)
+            logger.error("could not store submissions", metadata: ["count": "\(fresh.count)", "error": "\(error)"])
+            for (stream, outcome) in outcomes { settle(stream, outcome == .discard ? .discard : .retry) }
+            return false
         }
         storeFailure = nil
         for (stream, outcome) in outcomes { settle(stream, outcome) }
         for jobID in fresh { queueCommitted(jobID) }
         pump()
         return true
+    }
+
+    /// Decides one submission read from the stream: stored now (its writes appended), already
+    /// stored (`ack`), abandoned (`discard`), or to be read again later (`retry`).
+    private func takeIntake(
+        _ item: IntakeItem,
+        tenant: String,
+        writes: inout [StoreWrite],
+        fresh: inout [String]
+    ) async -> StreamOutcome {
+        let jobID = item.jobID
+        let request = item.request
+        if abandonedIntake.remove(jobID) != nil {
+            // Its publish timed out and the tenant was told it was not accepted.
+            writes.append(
+                .audit(
+                    actor: "scheduler",
+                    event: "intake.abandoned",
+                    jobID: jobID,
+                    detail: "stored by the stream after the tenant was refused; not run"
+                )
+            )
+            return .discard
+        }
+        if committingIntake.contains(jobID) {
+            return .retry  // being committed from an earlier delivery; ack this copy once that is done
+        }
+        if let entry = jobs[jobID] {
+            if entry.committed { return .ack }
+        } else {
+            // Not admitted by this process (a restart, or another instance): unless the store
+            // already has it, take it on from the stream.
+            do {
+                if try await store.job(id: jobID) != nil { return .ack }
+                if !request.requestID.isEmpty,
+                    try await store.jobID(tenant: tenant, requestID: request.requestID) != nil
+                {
+                    return .ack  // another job holds this request id
+                }
+            } catch {
+                return .retry
+            }
+            guard jobs[jobID] == nil else { return .retry }  // admitted meanwhile; next delivery
+            jobs[jobID] = restoredEntry(request, tenant: tenant, jobID: jobID, traceparent: item.traceparent)
+            if let key = jobs[jobID]?.requestKey { byRequest[key] = jobID }
+        }
+        guard let entry = jobs[jobID] else { return .ack }
+        var stored = StoredJob(
+            id: jobID,
+            tenant: tenant,
+            requestID: request.requestID.isEmpty ? nil : request.requestID,
+            spec: entry.submission.spec,
+            priority: entry.submission.priority,
+            submittedAt: item.submittedAtMs ?? unixMilliseconds()
+        )
+        stored.request = request
+        writes.append(.intake(stored))
+        fresh.append(jobID)
+        committingIntake.insert(jobID)
+        return .ack
     }
 
     /// A committed job goes to its tenant's queue (or, cancelled while being committed, ends).
@@ -165,9 +239,9 @@ extension Scheduler {
         _ request: Hangar_V1_SubmitRequest,
         tenant: String,
         jobID: String,
-        message: NATSMessage
+        traceparent: String?
     ) -> JobEntry {
-        let trace = TraceContext(traceparent: message.header(TraceContext.header)) ?? .start()
+        let trace = TraceContext(traceparent: traceparent) ?? .start()
         let policy = tenants.policy(for: tenant)
         if case .success(let submission) = config.validator.validate(request, tenant: tenant, policy: policy) {
             var entry = JobEntry(

@@ -3,12 +3,14 @@ import HangarNATS
 import HangarShared
 
 extension Scheduler {
-    /// One batch from the `HANGAR_RESULTS` stream: every result of a current attempt is stored, and
+    /// One batch from the `HANGAR_RESULTS` stream (each message one result or a node's batch of
+    /// them): every result of a current attempt is stored, and
     /// stale ones audited, in ONE transaction (group commit); then each message is acknowledged and
     /// the tenants answered. A message that is not an `AttemptResult` is audited and terminated. A
     /// result of any other attempt (a node presumed dead, a cancelled job) is audited and ignored.
-    /// Returns false if the batch could not be stored (its messages come again).
-    func storeResults(_ messages: [JetStreamMessage]) async -> Bool {
+    /// Returns at once, with a task that ends once the batch is committed and settled: false if it
+    /// could not be stored (its messages come again).
+    func storeResults(_ messages: [JetStreamMessage]) async -> Task<Bool, Never> {
         var writes: [StoreWrite] = []
         var outcomes: [(JetStreamMessage, StreamOutcome)] = []
         var finished: [(jobID: String, result: Hangar_V1_Result)] = []
@@ -16,7 +18,7 @@ extension Scheduler {
         for stream in messages {
             let message = stream.message
             guard let nodeID = Subjects.token(message.subject, at: 2).map(String.init),
-                let report = try? Hangar_V1_AttemptResult(serializedBytes: message.payload)
+                let reports = Self.attemptResults(in: message)
             else {
                 logger.warning("discarded a malformed node result", metadata: ["nats.subject": "\(message.subject)"])
                 writes.append(
@@ -25,55 +27,63 @@ extension Scheduler {
                         event: "result.malformed",
                         jobID: nil,
                         detail:
-                            "stream sequence \(stream.sequence): not a hangar.v1.AttemptResult (\(message.payload.count) bytes)"
+                            "stream sequence \(stream.sequence): not a hangar.v1.AttemptResult or AttemptResultBatch (\(message.payload.count) bytes)"
                     )
                 )
                 outcomes.append((stream, .discard))
                 continue
             }
-            let key = "\(report.jobID)/\(report.attempt)"
-            if let entry = jobs[report.jobID], entry.attempt == report.attempt, entry.nodeID == nodeID {
-                if entry.finishing || inBatch.contains(key) {
-                    outcomes.append((stream, .ack))  // the same result, already being stored
+            for report in reports {
+                let key = "\(report.jobID)/\(report.attempt)"
+                if let entry = jobs[report.jobID], entry.attempt == report.attempt, entry.nodeID == nodeID {
+                    if entry.finishing || inBatch.contains(key) {
+                        continue  // the same result, already being stored
+                    }
+                    jobs[report.jobID]?.finishing = true
+                    inBatch.insert(key)
+                    let result = makeResult(entry, report, nodeID: nodeID)
+                    writes.append(.jobFinished(result))
+                    finished.append((report.jobID, result))
                     continue
                 }
-                jobs[report.jobID]?.finishing = true
-                inBatch.insert(key)
-                let result = makeResult(entry, report, nodeID: nodeID)
-                writes.append(.jobFinished(result))
-                finished.append((report.jobID, result))
-                outcomes.append((stream, .ack))
-                continue
-            }
-            if let stored = try? await store.job(id: report.jobID)?.result, stored.attempt == report.attempt,
-                stored.nodeID == nodeID
-            {
-                outcomes.append((stream, .ack))  // a resend of a result we already have
-                continue
-            }
-            logger.info(
-                "stale result ignored",
-                metadata: ["job.id": "\(report.jobID)", "attempt": "\(report.attempt)", "node.id": "\(nodeID)"]
-            )
-            writes.append(
-                .staleResult(
-                    jobID: report.jobID,
-                    attempt: report.attempt,
-                    nodeID: nodeID,
-                    status: report.status.displayName
+                if let stored = try? await store.job(id: report.jobID)?.result, stored.attempt == report.attempt,
+                    stored.nodeID == nodeID
+                {
+                    continue  // a resend of a result we already have
+                }
+                logger.info(
+                    "stale result ignored",
+                    metadata: ["job.id": "\(report.jobID)", "attempt": "\(report.attempt)", "node.id": "\(nodeID)"]
                 )
-            )
+                writes.append(
+                    .staleResult(
+                        jobID: report.jobID,
+                        attempt: report.attempt,
+                        nodeID: nodeID,
+                        status: report.status.displayName
+                    )
+                )
+            }
+            // Stored (or deliberately ignored) once the batch commits.
             outcomes.append((stream, .ack))
         }
-        if !writes.isEmpty {
-            do {
-                try await store.write(.streamBatch(writes))
-            } catch {
-                logger.error("could not store results", metadata: ["count": "\(finished.count)", "error": "\(error)"])
-                for (jobID, _) in finished { jobs[jobID]?.finishing = false }
-                for (stream, outcome) in outcomes { settle(stream, outcome == .discard ? .discard : .retry) }
-                return false
-            }
+        return commitStreamBatch(writes, outcomes) { [outcomes, finished] scheduler, error in
+            scheduler.resultsCommitted(error: error, outcomes: outcomes, finished: finished)
+        }
+    }
+
+    /// After the commit of a results batch: acknowledge its messages and answer the tenants, or, if
+    /// it failed, have its messages delivered again.
+    private func resultsCommitted(
+        error: (any Error)?,
+        outcomes: [(JetStreamMessage, StreamOutcome)],
+        finished: [(jobID: String, result: Hangar_V1_Result)]
+    ) -> Bool {
+        if let error {
+            logger.error("could not store results", metadata: ["count": "\(finished.count)", "error": "\(error)"])
+            for (jobID, _) in finished { jobs[jobID]?.finishing = false }
+            for (stream, outcome) in outcomes { settle(stream, outcome == .discard ? .discard : .retry) }
+            return false
         }
         for (stream, outcome) in outcomes { settle(stream, outcome) }
         for (jobID, result) in finished {
@@ -84,6 +94,15 @@ extension Scheduler {
         }
         pump()
         return true
+    }
+
+    /// The results one stream message carries: one `AttemptResult`, or an `AttemptResultBatch`
+    /// (header `Hangar-Results: batch`); nil if the payload is neither.
+    nonisolated static func attemptResults(in message: NATSMessage) -> [Hangar_V1_AttemptResult]? {
+        if message.header(ResultBatch.header) == ResultBatch.value {
+            return try? Hangar_V1_AttemptResultBatch(serializedBytes: message.payload).results
+        }
+        return (try? Hangar_V1_AttemptResult(serializedBytes: message.payload)).map { [$0] }
     }
 
     private func makeResult(_ entry: JobEntry, _ report: Hangar_V1_AttemptResult, nodeID: String) -> Hangar_V1_Result {

@@ -31,6 +31,8 @@ public actor Scheduler {
     var recoveryDeadline: ContinuousClock.Instant?
     /// Batched submissions waiting for their answers (see Scheduler+SubmitBatch.swift).
     nonisolated let submitBatches = SubmitBatches()
+    /// Admitted submissions on their way into the intake stream (see IntakeOutbox.swift).
+    nonisolated let intakeOutbox: IntakeOutbox
     /// Assignments decided in this round, sent together per node (see Scheduler+AssignBatch.swift).
     var outbox = AssignmentOutbox()
     /// Totals since start, for `hangar.admin.stats` and `/metrics` (see Scheduler+Stats.swift).
@@ -40,6 +42,8 @@ public actor Scheduler {
     /// Jobs whose intake publish timed out (the tenant was refused): if the stream did store one,
     /// the intake consumer discards it instead of running it.
     var abandonedIntake: Set<String> = []
+    /// Jobs whose intake is being committed (a copy of their message delivered meanwhile waits).
+    var committingIntake: Set<String> = []
     /// Why the last intake commit failed; new submissions are refused while it is set.
     var storeFailure: String?
 
@@ -48,6 +52,7 @@ public actor Scheduler {
         self.nats = nats
         self.store = store
         self.logger = logger
+        self.intakeOutbox = IntakeOutbox(nats: nats, timeout: config.intakePublishTimeout)
         self.tenants = config.tenants
         self.cluster = ClusterState(ttl: config.nodeTTL, grace: config.nodeGrace, cpuOvercommit: config.cpuOvercommit)
     }

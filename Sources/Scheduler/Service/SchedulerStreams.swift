@@ -35,21 +35,36 @@ enum SchedulerStreams {
         return config
     }
 
-    /// Messages pulled per fetch, and so at most per SQLite transaction.
+    /// Messages pulled per fetch.
     static let batch = 256
+
+    /// Batches of one stream handed to the store and not yet committed, at most.
+    static let commitsInFlight = 4
 }
 
 extension Scheduler {
     /// Pulls `config`'s stream in batches and hands each batch to `handle`, for as long as the task
     /// runs. Creates the stream and the durable consumer if missing; when JetStream is unreachable
-    /// (nats-server restarting, JetStream off) it logs why and tries again every second. `handle`
-    /// returns false when the batch could not be stored: the consumer then pauses briefly.
+    /// (nats-server restarting, JetStream off) it logs why and tries again every second.
+    ///
+    /// `handle` decides a batch on the actor, queues its writes for the group commit and returns at
+    /// once a task that ends when the batch is committed and settled: true, or false when it could
+    /// not be stored (its messages come again). The next batch is pulled while earlier ones commit,
+    /// at most `SchedulerStreams.commitsInFlight` at a time, so that what arrives during a commit
+    /// goes into the next transaction instead of waiting for this one. After a failed batch the
+    /// consumer pauses briefly.
     nonisolated func consume(
         _ config: JetStreamStreamConfig,
         with jetStream: JetStream,
-        handle: @escaping @Sendable ([JetStreamMessage]) async -> Bool
+        handle: @escaping @Sendable ([JetStreamMessage]) async -> Task<Bool, Never>
     ) async {
         var lastProblem = ""
+        var committing: [Task<Bool, Never>] = []
+        defer {
+            // Stopping: let what was handed over finish committing (and be acknowledged).
+            let pending = committing
+            Task { for commit in pending { _ = await commit.value } }
+        }
         while !Task.isCancelled {
             do {
                 try await jetStream.ensureStream(config)
@@ -63,22 +78,11 @@ extension Scheduler {
                     logger.notice("stream consumer running again", metadata: ["stream": "\(config.name)"])
                     lastProblem = ""
                 }
-                // One pull is always in flight: the next batch arrives while this one is committed.
-                let fetch = {
-                    Task { try await consumer.fetchAvailable(max: SchedulerStreams.batch, wait: .seconds(1)) }
-                }
-                var next: Task<[JetStreamMessage], any Error>?
-                defer {
-                    // Stopping: hand back what was pulled and not handled, for the next consumer.
-                    if let next { Task { for message in (try? await next.value) ?? [] { try? message.nak() } } }
-                }
                 var failures = 0
                 while !Task.isCancelled {
-                    let pulling = next ?? fetch()
-                    next = nil
                     let messages: [JetStreamMessage]
                     do {
-                        messages = try await pulling.value
+                        messages = try await consumer.fetchAvailable(max: SchedulerStreams.batch, wait: .seconds(1))
                         failures = 0
                     } catch {
                         failures += 1
@@ -86,10 +90,17 @@ extension Scheduler {
                         try? await Task.sleep(for: .milliseconds(500))
                         continue
                     }
+                    if Task.isCancelled {
+                        // Pulled but not handled: hand them back for the next consumer.
+                        for message in messages { try? message.nak() }
+                        break
+                    }
                     if messages.isEmpty { continue }
-                    next = fetch()
-                    if await !handle(messages) {
-                        try? await Task.sleep(for: .milliseconds(200))
+                    committing.append(await handle(messages))
+                    while committing.count >= SchedulerStreams.commitsInFlight {
+                        if await !committing.removeFirst().value {
+                            try? await Task.sleep(for: .milliseconds(200))
+                        }
                     }
                 }
             } catch {
@@ -132,6 +143,44 @@ extension Scheduler {
             // Not fatal: an unacknowledged message is delivered again after the ack wait, and its
             // handling is idempotent.
             logger.warning("could not settle a stream message", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+extension Scheduler {
+    /// Queues a stream batch's writes for the group commit and returns a task that, once they are
+    /// committed (or failed), runs `settle` on the actor with the outcome. With nothing to write,
+    /// the messages are settled at once.
+    func commitStreamBatch(
+        _ writes: [StoreWrite],
+        _ outcomes: [(JetStreamMessage, StreamOutcome)],
+        settle: @escaping @Sendable (isolated Scheduler, (any Error)?) -> Bool
+    ) -> Task<Bool, Never> {
+        guard !writes.isEmpty else {
+            for (stream, outcome) in outcomes { self.settle(stream, outcome) }
+            return Task { true }
+        }
+        let committed = committedSignal(.streamBatch(writes))
+        return Task {
+            let error = await committed()
+            return settle(self, error)
+        }
+    }
+
+    /// Queues `write` for the group commit now (so it keeps its place after writes queued before
+    /// it) and returns a function that waits for the commit: nil when committed, else the error.
+    nonisolated func committedSignal(_ write: StoreWrite) -> @Sendable () async -> (any Error)? {
+        let (outcome, continuation) = AsyncStream.makeStream(of: (any Error)?.self)
+        store.queue(
+            write,
+            whenCommitted: { error in
+                continuation.yield(error)
+                continuation.finish()
+            }
+        )
+        return {
+            for await error in outcome { return error }
+            return CancellationError()
         }
     }
 }

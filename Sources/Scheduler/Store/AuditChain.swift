@@ -40,28 +40,53 @@ enum AuditChain {
         return String(decoding: text, as: UTF8.self)
     }
 
+    /// The last row of the chain: its seq and hash.
+    struct Head {
+        var seq: Int64
+        var hash: String
+    }
+
     /// Appends one row, chained to the last one.
     static func append(_ db: Database, at: Int64, actor: String, event: String, jobID: String?, detail: String) throws {
-        // The newest row, or (everything pruned) the retention checkpoint, or the genesis.
-        var seq: Int64 = 1
-        var previous = genesis
-        // Cached statements: this runs for every state change, and parsing its SQL each time was a
-        // large share of the store's CPU.
-        let newest = try db.cachedStatement(sql: "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-        if let last = try Row.fetchOne(newest) {
-            seq = last["seq"] + 1
-            previous = last["hash"]
-        } else if let checkpoint = try checkpoint(db) {
-            seq = checkpoint.seq + 1
-            previous = checkpoint.hash
-        }
+        var head: Head?
+        try append(db, head: &head, at: at, actor: actor, event: event, jobID: jobID, detail: detail)
+    }
+
+    /// Appends one row, chained to `head`: read from the table on the first append of a
+    /// transaction (nil), then advanced in memory, so a transaction of many rows reads it once.
+    /// Only for appends within one transaction that nothing else writes to the audit table during.
+    static func append(
+        _ db: Database,
+        head: inout Head?,
+        at: Int64,
+        actor: String,
+        event: String,
+        jobID: String?,
+        detail: String
+    ) throws {
+        let previous = try head ?? currentHead(db)
+        let seq = previous.seq + 1
         let hash = hash(
-            previous: previous,
+            previous: previous.hash,
             canonical: canonical(seq: seq, at: at, actor: actor, event: event, jobID: jobID, detail: detail)
         )
         try db.cachedStatement(
             sql: "INSERT INTO audit (seq, at, actor, event, job_id, detail, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
         ).execute(arguments: [seq, at, actor, event, jobID, detail, hash])
+        head = Head(seq: seq, hash: hash)
+    }
+
+    /// The newest row, or (everything pruned) the retention checkpoint, or the genesis (seq 0).
+    private static func currentHead(_ db: Database) throws -> Head {
+        // A cached statement: parsing its SQL each time was a large share of the store's CPU.
+        let newest = try db.cachedStatement(sql: "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        if let last = try Row.fetchOne(newest) {
+            return Head(seq: last["seq"], hash: last["hash"])
+        }
+        if let checkpoint = try checkpoint(db) {
+            return Head(seq: checkpoint.seq, hash: checkpoint.hash)
+        }
+        return Head(seq: 0, hash: genesis)
     }
 
     /// Walks the whole chain (from the retention checkpoint, if rows were pruned). Returns the rows

@@ -74,7 +74,8 @@ final class GroupCommitter: Sendable {
             if full { try db.execute(sql: "PRAGMA synchronous = FULL") }
             defer { if full { try? db.execute(sql: "PRAGMA synchronous = NORMAL") } }
             try db.inTransaction(.immediate) {
-                for operation in operations { try operation.apply(db) }
+                var head: AuditChain.Head?
+                for operation in operations { try operation.apply(db, audit: &head) }
                 return .commit
             }
         }

@@ -33,6 +33,12 @@ public final class Store: Sendable {
         committer.enqueue(write, .callback({ error in if let error { onError(error) } }))
     }
 
+    /// Queues `write` for the next group commit without waiting for it; `completion` hears the
+    /// outcome (nil: committed) on the committer's thread.
+    public func queue(_ write: StoreWrite, whenCommitted completion: @escaping @Sendable ((any Error)?) -> Void) {
+        committer.enqueue(write, .callback(completion))
+    }
+
     /// Transactions committed so far and operations they carried (for tests and metrics).
     public var commitStatistics: (transactions: Int, operations: Int) { committer.statistics }
 
@@ -215,7 +221,9 @@ extension StoreWrite {
         }
     }
 
-    func apply(_ db: Database) throws {
+    /// Applies the change in the current transaction; `audit` is the audit chain's head within it
+    /// (nil: not read yet).
+    func apply(_ db: Database, audit head: inout AuditChain.Head?) throws {
         let now = unixMilliseconds()
         switch self {
         case .jobAccepted(let job):
@@ -229,8 +237,9 @@ extension StoreWrite {
                 job.id, job.tenant, job.requestID, job.spec.runtime, job.spec.template, Int(job.priority),
                 try job.spec.serializedData(), job.submittedAt, now, try job.request.serializedData(),
             ])
-            try audit(
+            try AuditChain.append(
                 db,
+                head: &head,
                 at: now,
                 actor: "tenant:\(job.tenant)",
                 event: "job.accepted",
@@ -241,8 +250,9 @@ extension StoreWrite {
             try db.cachedStatement(sql: "UPDATE jobs SET status = 'REJECTED', updated_at = ? WHERE id = ?").execute(
                 arguments: [now, result.jobID])
             try insertResult(db, result)
-            try audit(
+            try AuditChain.append(
                 db,
+                head: &head,
                 at: now,
                 actor: "scheduler",
                 event: "job.rejected",
@@ -255,8 +265,9 @@ extension StoreWrite {
             ).execute(arguments: [jobID, Int(attempt), nodeID, at])
             try db.cachedStatement(sql: "UPDATE jobs SET status = 'RUNNING', updated_at = ? WHERE id = ?").execute(
                 arguments: [now, jobID])
-            try audit(
+            try AuditChain.append(
                 db,
+                head: &head,
                 at: now,
                 actor: "scheduler",
                 event: "attempt.placed",
@@ -269,8 +280,9 @@ extension StoreWrite {
             ).execute(arguments: [status, now, jobID, Int(attempt)])
             try db.cachedStatement(sql: "UPDATE jobs SET status = 'QUEUED', updated_at = ? WHERE id = ?").execute(
                 arguments: [now, jobID])
-            try audit(
+            try AuditChain.append(
                 db,
+                head: &head,
                 at: now,
                 actor: "scheduler",
                 event: "attempt.ended",
@@ -286,8 +298,9 @@ extension StoreWrite {
                 status, now, result.jobID,
             ])
             try insertResult(db, result)
-            try audit(
+            try AuditChain.append(
                 db,
+                head: &head,
                 at: now,
                 actor: result.nodeID.isEmpty ? "scheduler" : "node:\(result.nodeID)",
                 event: "job.finished",
@@ -304,8 +317,9 @@ extension StoreWrite {
                         updated_at = excluded.updated_at
                     """
             ).execute(arguments: [nodeID, control.eligible, control.draining, control.drainDeadline, actor, now])
-            try audit(
+            try AuditChain.append(
                 db,
+                head: &head,
                 at: now,
                 actor: actor,
                 event: event,
@@ -314,7 +328,7 @@ extension StoreWrite {
                     "\(nodeID) eligible=\(control.eligible) draining=\(control.draining) deadline=\(control.drainDeadline)"
             )
         case .audit(let actor, let event, let jobID, let detail):
-            try audit(db, at: now, actor: actor, event: event, jobID: jobID, detail: detail)
+            try AuditChain.append(db, head: &head, at: now, actor: actor, event: event, jobID: jobID, detail: detail)
         case .intake(let job):
             try db.cachedStatement(
                 sql: """
@@ -328,8 +342,9 @@ extension StoreWrite {
                 try job.spec.serializedData(), job.submittedAt, now, try job.request.serializedData(),
             ])
             guard db.changesCount > 0 else { return }
-            try audit(
+            try AuditChain.append(
                 db,
+                head: &head,
                 at: now,
                 actor: "tenant:\(job.tenant)",
                 event: "job.accepted",
@@ -337,10 +352,11 @@ extension StoreWrite {
                 detail: job.spec.runtime
             )
         case .streamBatch(let writes):
-            for write in writes { try write.apply(db) }
+            for write in writes { try write.apply(db, audit: &head) }
         case .staleResult(let jobID, let attempt, let nodeID, let status):
-            try audit(
+            try AuditChain.append(
                 db,
+                head: &head,
                 at: now,
                 actor: "node:\(nodeID)",
                 event: "result.stale",
@@ -360,9 +376,5 @@ extension StoreWrite {
             result.jobID, result.tenant, result.status.displayName, Int(result.exitCode),
             try result.serializedData(), result.finishedAtMs,
         ])
-    }
-
-    private func audit(_ db: Database, at: Int64, actor: String, event: String, jobID: String?, detail: String) throws {
-        try AuditChain.append(db, at: at, actor: actor, event: event, jobID: jobID, detail: detail)
     }
 }

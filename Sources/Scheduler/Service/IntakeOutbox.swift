@@ -1,0 +1,134 @@
+import Foundation
+import HangarNATS
+import HangarShared
+import Synchronization
+
+/// Publishes admitted submissions into the intake stream, grouped: while one round of publishes is
+/// in flight (until its PubAcks), submissions admitted meanwhile wait and go in the next round, one
+/// message per tenant (`IntakeBatch`, header `Hangar-Intake: batch`). Under load one publish, one
+/// PubAck, one stream delivery and one acknowledgement serve many jobs; when idle a submission goes
+/// at once, alone, as a plain `SubmitRequest` (headers `Hangar-Job-Id`, `traceparent`,
+/// `Hangar-Submitted-At`).
+///
+/// Submissions with a request id do not come here: they are published alone with the message id
+/// `<tenant>/<request id>`, so that the stream de-duplicates them across scheduler instances.
+final class IntakeOutbox: Sendable {
+    /// One admitted submission.
+    struct Entry: Sendable {
+        var tenant: String
+        var jobID: String
+        /// The serialized `SubmitRequest`.
+        var request: Data
+        var traceparent: String
+        var submittedAtMs: Int64
+    }
+
+    private struct Item {
+        let entry: Entry
+        let published: CheckedContinuation<JetStreamPublishAck, any Error>
+    }
+
+    private struct State {
+        var items: [Item] = []
+        var sending = false
+    }
+
+    private let nats: NATSConnection
+    private let timeout: Duration
+    private let state = Mutex(State())
+
+    init(nats: NATSConnection, timeout: Duration) {
+        self.nats = nats
+        self.timeout = timeout
+    }
+
+    /// Returns the server's PubAck for the message that carried `entry`; throws what its publish threw.
+    func publish(_ entry: Entry) async throws -> JetStreamPublishAck {
+        try await withCheckedThrowingContinuation { published in
+            let startSending = state.withLock { state in
+                state.items.append(Item(entry: entry, published: published))
+                if state.sending { return false }
+                state.sending = true
+                return true
+            }
+            if startSending { Task.detached { await self.sendAll() } }
+        }
+    }
+
+    private func sendAll() async {
+        while let round = nextRound() {
+            await withDiscardingTaskGroup { group in
+                for items in round {
+                    group.addTask {
+                        do {
+                            let ack = try await self.send(items)
+                            for item in items { item.published.resume(returning: ack) }
+                        } catch {
+                            for item in items { item.published.resume(throwing: error) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Everything waiting, as messages: per tenant in admission order, each message within
+    /// `IntakeBatch.maxCount` and `maxBytes` (a larger submission alone). Nil, and sending ends,
+    /// when nothing waits.
+    private func nextRound() -> [[Item]]? {
+        state.withLock { state in
+            guard !state.items.isEmpty else {
+                state.sending = false
+                return nil
+            }
+            var messages: [[Item]] = []
+            var open: [String: (index: Int, bytes: Int)] = [:]
+            for item in state.items {
+                let size =
+                    item.entry.request.count + item.entry.jobID.utf8.count + item.entry.traceparent.utf8.count + 32
+                if let (index, bytes) = open[item.entry.tenant],
+                    messages[index].count < IntakeBatch.maxCount, bytes + size <= IntakeBatch.maxBytes
+                {
+                    messages[index].append(item)
+                    open[item.entry.tenant] = (index, bytes + size)
+                } else {
+                    open[item.entry.tenant] = (messages.count, size)
+                    messages.append([item])
+                }
+            }
+            state.items.removeAll(keepingCapacity: true)
+            return messages
+        }
+    }
+
+    private func send(_ items: [Item]) async throws -> JetStreamPublishAck {
+        let tenant = items[0].entry.tenant
+        if items.count == 1 {
+            let entry = items[0].entry
+            return try await nats.jetStreamPublish(
+                Subjects.intake(tenant: tenant),
+                payload: entry.request,
+                headers: [
+                    Streams.jobIDHeader: entry.jobID, TraceContext.header: entry.traceparent,
+                    Streams.submittedAtHeader: String(entry.submittedAtMs),
+                ],
+                timeout: timeout
+            )
+        }
+        var batch = Hangar_V1_IntakeBatch()
+        batch.entries = items.map { item in
+            var entry = Hangar_V1_IntakeEntry()
+            entry.jobID = item.entry.jobID
+            entry.request = item.entry.request
+            entry.traceparent = item.entry.traceparent
+            entry.submittedAtMs = item.entry.submittedAtMs
+            return entry
+        }
+        return try await nats.jetStreamPublish(
+            Subjects.intake(tenant: tenant),
+            payload: try batch.serializedData(),
+            headers: [IntakeBatch.header: IntakeBatch.value],
+            timeout: timeout
+        )
+    }
+}
