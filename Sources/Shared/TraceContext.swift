@@ -1,3 +1,5 @@
+import Synchronization
+
 /// W3C trace context (`traceparent: 00-<trace id>-<parent span id>-<flags>`), carried in the NATS
 /// header `traceparent` from `hangar submit` through the scheduler to the node, and logged as
 /// `trace.id` so one job's lines can be found in every daemon's log.
@@ -49,10 +51,23 @@ public struct TraceContext: Sendable, Equatable {
 
     private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
-    /// `bytes` random bytes as lowercase hex, never all zero (W3C forbids all-zero ids). One
-    /// `getrandom` per 8 bytes rather than per byte: a new trace is made for every submission.
+    /// Trace and span ids need to be unlikely to collide, not secret: they come from a SplitMix64
+    /// sequence seeded once from the system's generator, instead of a `getrandom` system call per
+    /// id (several ids are made for every job).
+    private static let sequence = Atomic<UInt64>(UInt64.random(in: 0...UInt64.max))
+
+    private struct SplitMix: RandomNumberGenerator {
+        mutating func next() -> UInt64 {
+            var z = TraceContext.sequence.wrappingAdd(0x9E37_79B9_7F4A_7C15, ordering: .relaxed).newValue
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    /// `bytes` random bytes as lowercase hex, never all zero (W3C forbids all-zero ids).
     private static func randomHex(_ bytes: Int) -> String {
-        var generator = SystemRandomNumberGenerator()
+        var generator = SplitMix()
         while true {
             var nonZero = false
             let text = String(unsafeUninitializedCapacity: bytes * 2) { buffer in

@@ -254,14 +254,18 @@ public final class NodeAgent: Sendable {
     }
 
     private func execute(_ assignment: Hangar_V1_Assignment, in runtime: any Runtime, key: String) async {
-        var logger = self.logger
-        logger[metadataKey: "job.id"] = "\(assignment.jobID)"
-        logger[metadataKey: "attempt"] = "\(assignment.attempt)"
-        logger[metadataKey: "tenant"] = "\(assignment.tenant)"
-        logger.debug("running", metadata: ["runtime": "\(runtime.name)"])
+        if logger.logLevel <= .debug {
+            logger.debug(
+                "running",
+                metadata: [
+                    "job.id": "\(assignment.jobID)", "attempt": "\(assignment.attempt)",
+                    "tenant": "\(assignment.tenant)", "runtime": "\(runtime.name)",
+                ]
+            )
+        }
         let outcome: RunOutcome
         if let sandbox = pools?.take(assignment.spec) {
-            logger.debug("warm sandbox")
+            logger.debug("warm sandbox", metadata: ["job.id": "\(assignment.jobID)"])
             outcome = await sandbox.run(assignment.spec, jobID: assignment.jobID)
         } else {
             outcome = await OutputTap.$current.withValue(outputTap(for: assignment)) {
@@ -269,7 +273,7 @@ public final class NodeAgent: Sendable {
             }
         }
         running.withLock { _ = $0.removeValue(forKey: key) }
-        await report(outcome, for: assignment, logger: logger)
+        await report(outcome, for: assignment)
     }
 
     /// Publishes the job's output chunks on `hangar.logs.<tenant>.<job>` as they are read (best
@@ -290,7 +294,7 @@ public final class NodeAgent: Sendable {
 
     /// Hands the result to the results outbox and returns once it is in the stream: the node
     /// keeps nothing afterwards, the stream holds it until the scheduler has stored it.
-    private func report(_ outcome: RunOutcome, for assignment: Hangar_V1_Assignment, logger: Logger) async {
+    private func report(_ outcome: RunOutcome, for assignment: Hangar_V1_Assignment) async {
         var result = Hangar_V1_AttemptResult()
         result.jobID = assignment.jobID
         result.attempt = assignment.attempt

@@ -48,14 +48,15 @@ extension Scheduler {
     /// One submission read back from the intake stream.
     struct IntakeItem {
         var jobID: String
-        var request: Hangar_V1_SubmitRequest
+        /// The serialized `SubmitRequest` (decoded only for a job this process did not admit).
+        var request: Data
         var traceparent: String?
         var submittedAtMs: Int64?
     }
 
     /// The submissions one intake message carries: one `SubmitRequest` (job id, trace and time in
     /// headers) or an `IntakeBatch` (header `Hangar-Intake: batch`). Nil if it is neither, or if any
-    /// job id is not a valid token.
+    /// job id is not a valid token. The requests themselves are not decoded here.
     nonisolated static func intakeItems(in message: NATSMessage) -> [IntakeItem]? {
         let items: [IntakeItem]
         if message.header(IntakeBatch.header) == IntakeBatch.value {
@@ -63,11 +64,10 @@ extension Scheduler {
             var decoded: [IntakeItem] = []
             decoded.reserveCapacity(batch.entries.count)
             for entry in batch.entries {
-                guard let request = try? Hangar_V1_SubmitRequest(serializedBytes: entry.request) else { return nil }
                 decoded.append(
                     IntakeItem(
                         jobID: entry.jobID,
-                        request: request,
+                        request: entry.request,
                         traceparent: entry.traceparent,
                         submittedAtMs: entry.submittedAtMs
                     )
@@ -75,13 +75,11 @@ extension Scheduler {
             }
             items = decoded
         } else {
-            guard let jobID = message.header(Streams.jobIDHeader),
-                let request = try? Hangar_V1_SubmitRequest(serializedBytes: message.payload)
-            else { return nil }
+            guard let jobID = message.header(Streams.jobIDHeader) else { return nil }
             items = [
                 IntakeItem(
                     jobID: jobID,
-                    request: request,
+                    request: message.payload,
                     traceparent: message.header(TraceContext.header),
                     submittedAtMs: message.header(Streams.submittedAtHeader).flatMap { Int64($0) }
                 )
@@ -163,7 +161,6 @@ extension Scheduler {
         fresh: inout [String]
     ) async -> StreamOutcome {
         let jobID = item.jobID
-        let request = item.request
         if abandonedIntake.remove(jobID) != nil {
             // Its publish timed out and the tenant was told it was not accepted.
             writes.append(
@@ -184,6 +181,17 @@ extension Scheduler {
         } else {
             // Not admitted by this process (a restart, or another instance): unless the store
             // already has it, take it on from the stream.
+            guard let request = try? Hangar_V1_SubmitRequest(serializedBytes: item.request) else {
+                writes.append(
+                    .audit(
+                        actor: "scheduler",
+                        event: "intake.malformed",
+                        jobID: jobID,
+                        detail: "the intake entry of job \(jobID) is not a hangar.v1.SubmitRequest; not run"
+                    )
+                )
+                return .discard
+            }
             do {
                 if try await store.job(id: jobID) != nil { return .ack }
                 if !request.requestID.isEmpty,
@@ -199,15 +207,16 @@ extension Scheduler {
             if let key = jobs[jobID]?.requestKey { byRequest[key] = jobID }
         }
         guard let entry = jobs[jobID] else { return .ack }
+        let requestID = entry.submission.requestID
         var stored = StoredJob(
             id: jobID,
             tenant: tenant,
-            requestID: request.requestID.isEmpty ? nil : request.requestID,
+            requestID: requestID.isEmpty ? nil : requestID,
             spec: entry.submission.spec,
             priority: entry.submission.priority,
             submittedAt: item.submittedAtMs ?? unixMilliseconds()
         )
-        stored.request = request
+        stored.requestData = item.request
         writes.append(.intake(stored))
         fresh.append(jobID)
         committingIntake.insert(jobID)

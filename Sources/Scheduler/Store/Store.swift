@@ -194,6 +194,8 @@ public struct StoredJob: Sendable {
     public var submittedAt: Int64
     /// The tenant's request as submitted, so a restarted scheduler can queue the job again.
     public var request = Hangar_V1_SubmitRequest()
+    /// `request` already serialized, when at hand: written as is instead of encoding it again.
+    public var requestData: Data?
 
     public init(
         id: String,
@@ -339,7 +341,8 @@ extension StoreWrite {
                     """
             ).execute(arguments: [
                 job.id, job.tenant, job.requestID, job.spec.runtime, job.spec.template, Int(job.priority),
-                try job.spec.serializedData(), job.submittedAt, now, try job.request.serializedData(),
+                try job.spec.serializedData(), job.submittedAt, now,
+                try job.requestData ?? job.request.serializedData(),
             ])
             guard db.changesCount > 0 else { return }
             try AuditChain.append(
