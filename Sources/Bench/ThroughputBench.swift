@@ -5,20 +5,21 @@ import HangarScheduler
 import HangarShared
 import Logging
 
-/// Null-job throughput alone, for profiling the dispatch path (`perf record`, callgrind) without the
-/// latency and sandbox phases of the walking-skeleton benchmark:
+/// Control-plane throughput with the null runtime (also for profiling the dispatch path with
+/// `perf record`):
 ///
-///     hangar-bench throughput [--jobs N] [--clients C] [--nodes K] [--client-process] [--batch B] [--batch-only]
+///     hangar-bench throughput [--quick] [--jobs N] [--clients C] [--nodes K] [--client-process]
+///                             [--batch B] [--batch-only]
 ///
-/// Runs the raw NATS request/reply baseline and then N null jobs from C concurrent clients against
-/// a scheduler and K nodes, all in this process over a real nats-server, and prints both rates.
-/// `--client-process` runs the job clients in a child process instead, so this process's CPU is
-/// the scheduler's and the nodes' alone. `--batch B` adds a run where each client sends its jobs
-/// B at a time as one `SubmitBatchRequest` (reported on its own line); `--batch-only` skips the
-/// one-job-per-request run.
+/// Runs the raw NATS request/reply baseline and then N null jobs (50,000; 20,000 with `--quick`)
+/// from C concurrent clients against a scheduler and K nodes, all in this process over a real
+/// nats-server, and prints a BENCHMARKS.md section: rates, latency percentiles, ratios to the raw
+/// rate. `--client-process` runs the job clients in a child process instead, so this process's CPU
+/// is the scheduler's and the nodes' alone. `--batch B` adds a run where each client sends its jobs
+/// B at a time as one `SubmitBatchRequest`; `--batch-only` skips the one-job-per-request run.
 enum ThroughputBench {
     struct Options {
-        var jobs = 5000
+        var jobs = 50_000
         var clients = 64
         var nodes = 2
         var clientProcess = false
@@ -41,9 +42,10 @@ enum ThroughputBench {
                 case "--client-process": clientProcess = true
                 case "--batch": batch = try value()
                 case "--batch-only": batchOnly = true
+                case "--quick": jobs = 20_000
                 default:
                     throw BenchError(
-                        "unknown argument \(argument) (--jobs N, --clients C, --nodes K, --client-process, --batch B, --batch-only)"
+                        "unknown argument \(argument) (--quick, --jobs N, --clients C, --nodes K, --client-process, --batch B, --batch-only)"
                     )
                 }
             }
@@ -92,42 +94,65 @@ enum ThroughputBench {
             tasks.append(Task { try await agent.run() })
         }
         try await Task.sleep(for: .milliseconds(1500))  // first heartbeats
-        let jobs: (seconds: Double, cpuMicrosPerCall: Double)
+        var rows: [(String, Int, Timed)] = [("baseline: raw NATS request/reply (echo responder)", options.jobs, raw)]
         var clientCPU = ""
         if options.clientProcess {
             let cpuBefore = processCPUSeconds()
             let child = try await runClientProcess(url: server.url, jobs: options.jobs, clients: options.clients)
-            jobs = (child.seconds, (processCPUSeconds() - cpuBefore) / Double(options.jobs) * 1e6)
-            clientCPU = ", clients in a child process (\(Int(child.cpuMicrosPerCall)) µs CPU there each)"
-        } else if options.batchOnly && options.batch > 0 {
-            jobs = (.infinity, 0)
-        } else {
-            jobs = try await submitNullJobs(client, jobs: options.jobs, clients: options.clients)
-        }
-        var batchLine = ""
-        if options.batch > 0 {
-            let batched = try await submitBatches(
-                client,
-                jobs: options.jobs,
-                clients: options.clients,
-                batch: options.batch
+            let cpu = (processCPUSeconds() - cpuBefore) / Double(options.jobs) * 1e6
+            rows.append(
+                (
+                    "null jobs, one per request (wait mode)", options.jobs,
+                    Timed(seconds: child.seconds, cpuMicrosPerCall: cpu)
+                )
             )
-            let rate = Double(options.jobs) / batched.seconds
-            batchLine =
-                "\nnull jobs in batches of \(options.batch) (wait mode): \(Int(rate)) jobs/s, "
-                + "\(String(format: "%.0f", rate / (Double(options.jobs) / raw.seconds) * 100))% of raw, "
-                + "\(Int(batched.cpuMicrosPerCall)) µs CPU of this process each"
+            clientCPU =
+                " The job clients ran in a child process (\(Int(child.cpuMicrosPerCall)) µs of CPU there per job)."
+        } else if !options.batchOnly || options.batch == 0 {
+            rows.append(
+                (
+                    "null jobs, one per request (wait mode)", options.jobs,
+                    try await submitNullJobs(client, jobs: options.jobs, clients: options.clients)
+                )
+            )
+        }
+        if options.batch > 0 {
+            rows.append(
+                (
+                    "null jobs, \(options.batch) per request (`SubmitBatchRequest`, wait mode)", options.jobs,
+                    try await submitBatches(client, jobs: options.jobs, clients: options.clients, batch: options.batch)
+                )
+            )
         }
         for task in tasks { task.cancel() }
         for task in tasks { _ = try? await task.value }
         let statistics = scheduler.store.commitStatistics
         let rawRate = Double(options.jobs) / raw.seconds
-        let jobRate = Double(options.jobs) / jobs.seconds
+        var table = """
+            | what | jobs | per second | latency p50 | latency p99 | vs raw request rate | CPU of this process per job |
+            |---|---|---|---|---|---|---|
+
+            """
+        for (what, count, timed) in rows {
+            let rate = Double(count) / timed.seconds
+            table +=
+                "| \(what) | \(count) | \(Int(rate)) | \(timed.percentile(0.5)) | \(timed.percentile(0.99)) | "
+                + "\(String(format: "%.0f", rate / rawRate * 100))% | \(Int(timed.cpuMicrosPerCall)) µs |\n"
+        }
         return """
-            throughput: \(options.jobs) requests/jobs, \(options.clients) clients, \(options.nodes) nodes
-            raw NATS request/reply: \(Int(rawRate)) requests/s, \(Int(raw.cpuMicrosPerCall)) µs CPU of this process each
-            null jobs (wait mode): \(Int(jobRate)) jobs/s, \(String(format: "%.0f", jobRate / rawRate * 100))% of raw, \(Int(jobs.cpuMicrosPerCall)) µs CPU of this process each\(clientCPU)\(batchLine)
-            store: \(statistics.operations) writes in \(statistics.transactions) transactions
+            ## Control-plane throughput (`swift run -c release hangar-bench throughput \(arguments.joined(separator: " "))`)
+
+            Submit → admitted into the intake stream → committed to SQLite → placed → run by the null runtime → result \
+            through the results stream → committed → reply, for every job. One scheduler and \(options.nodes) nodes \
+            (128 slots each) in this process, over a real nats-server on loopback (JetStream on, file storage); \
+            SQLite in WAL mode, each acceptance and result batch synced (FULL) before its stream messages are \
+            acknowledged. \(options.clients) concurrent clients on one connection. Baseline: raw NATS request/reply \
+            through the same binding to an echo responder, the same number of requests and clients, same run. \
+            Latency is per request (a batch request's answer comes when all its jobs are done).\(clientCPU)
+
+            \(table)
+            Store: \(statistics.operations) writes in \(statistics.transactions) transactions.
+
             """
     }
 
@@ -136,7 +161,7 @@ enum ThroughputBench {
         _ client: NATSConnection,
         jobs: Int,
         clients: Int
-    ) async throws -> (seconds: Double, cpuMicrosPerCall: Double) {
+    ) async throws -> Timed {
         let subject = Subjects.submit(tenant: "bench")
         let payload = try Bench.makeNullRequest().serializedData()
         return try await concurrently(jobs, clients: clients) {
@@ -154,7 +179,7 @@ enum ThroughputBench {
         jobs: Int,
         clients: Int,
         batch: Int
-    ) async throws -> (seconds: Double, cpuMicrosPerCall: Double) {
+    ) async throws -> Timed {
         let subject = Subjects.submit(tenant: "bench")
         var request = Hangar_V1_SubmitBatchRequest()
         request.requests = Array(repeating: Bench.makeNullRequest(), count: batch)
@@ -177,7 +202,10 @@ enum ThroughputBench {
                 throw BenchError("a batch did not succeed: \(reply.replies.prefix(3))")
             }
         }
-        return (timed.seconds * Double(jobs) / Double(sends * batch), timed.cpuMicrosPerCall / Double(batch))
+        var perJob = timed
+        perJob.seconds = timed.seconds * Double(jobs) / Double(sends * batch)
+        perJob.cpuMicrosPerCall = timed.cpuMicrosPerCall / Double(batch)
+        return perJob
     }
 
     /// The child of `--client-process`: `hangar-bench throughput-client URL JOBS CLIENTS` prints
@@ -215,23 +243,50 @@ enum ThroughputBench {
         return (fields[0], fields[1])
     }
 
-    /// Runs `count` calls of `body` from `clients` concurrent tasks; returns the seconds taken.
+    /// What `concurrently` measured: wall time, this process's CPU per call, and each call's latency.
+    struct Timed {
+        var seconds: Double
+        var cpuMicrosPerCall: Double
+        var latencies: [Duration] = []
+
+        /// The `fraction` percentile of the calls' latencies, in milliseconds ("–" without any).
+        func percentile(_ fraction: Double) -> String {
+            guard !latencies.isEmpty else { return "–" }
+            let sorted = latencies.sorted()
+            let value = sorted[min(sorted.count - 1, Int(Double(sorted.count) * fraction))]
+            return String(format: "%.2f ms", hangar_bench.seconds(value) * 1000)
+        }
+    }
+
+    /// Runs `count` calls of `body` from `clients` concurrent tasks, timing each.
     static func concurrently(
         _ count: Int,
         clients: Int,
         _ body: @escaping @Sendable () async throws -> Void
-    ) async throws -> (seconds: Double, cpuMicrosPerCall: Double) {
+    ) async throws -> Timed {
         let started = ContinuousClock.now
         let cpuBefore = processCPUSeconds()
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        let latencies = try await withThrowingTaskGroup(of: [Duration].self) { group in
             for clientIndex in 0..<clients {
                 group.addTask {
-                    for _ in stride(from: clientIndex, to: count, by: clients) { try await body() }
+                    var latencies: [Duration] = []
+                    for _ in stride(from: clientIndex, to: count, by: clients) {
+                        let start = ContinuousClock.now
+                        try await body()
+                        latencies.append(start.duration(to: .now))
+                    }
+                    return latencies
                 }
             }
-            try await group.waitForAll()
+            var all: [Duration] = []
+            for try await some in group { all += some }
+            return all
         }
         let cpu = processCPUSeconds() - cpuBefore
-        return (seconds(started.duration(to: .now)), cpu / Double(count) * 1e6)
+        return Timed(
+            seconds: seconds(started.duration(to: .now)),
+            cpuMicrosPerCall: cpu / Double(count) * 1e6,
+            latencies: latencies
+        )
     }
 }
