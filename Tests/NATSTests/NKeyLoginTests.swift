@@ -55,3 +55,39 @@ struct NKeyLoginTests {
         }
     }
 }
+
+extension NKeyLoginTests {
+    @Test("many NKey logins at once from one process all get in")
+    func concurrentLogins() async throws {
+        let directory = try makeTemporaryDirectory("hangar-nats-nkey-many")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let server = try await LocalNATSServer(
+            directory: directory,
+            extraConfig: "authorization { users = [ {nkey: \"\(Self.nkey)\"} ] }"
+        )
+        defer { server.stop() }
+        var options = NATSConnectionOptions(servers: [server.url], name: "nkey-many")
+        options.nkey = Self.nkey
+        options.nkeySeed = Self.seed
+        let login = options
+        for _ in 0..<10 {
+            let failures = await withTaskGroup(of: String?.self) { group in
+                for _ in 0..<12 {
+                    group.addTask {
+                        do {
+                            let connection = try await NATSConnection(options: login)
+                            await connection.close()
+                            return nil
+                        } catch {
+                            return "\(error)"
+                        }
+                    }
+                }
+                var failures: [String] = []
+                for await failure in group { if let failure { failures.append(failure) } }
+                return failures
+            }
+            #expect(failures.isEmpty, "\(failures.count) of 12 concurrent logins failed: \(failures.first ?? "")")
+        }
+    }
+}

@@ -25,7 +25,28 @@ final class IntakeOutbox: Sendable {
 
     private struct Item {
         let entry: Entry
-        let published: CheckedContinuation<JetStreamPublishAck, any Error>
+        let waiter: Waiter
+        let index: Int
+    }
+
+    /// Whoever waits for some entries: hears every outcome, in order, once the last is known.
+    private final class Waiter: Sendable {
+        private let state: Mutex<(outcomes: [Result<JetStreamPublishAck, any Error>?], remaining: Int)>
+        private let done: @Sendable ([Result<JetStreamPublishAck, any Error>]) -> Void
+
+        init(count: Int, done: @escaping @Sendable ([Result<JetStreamPublishAck, any Error>]) -> Void) {
+            state = Mutex((Array(repeating: nil, count: count), count))
+            self.done = done
+        }
+
+        func finish(_ index: Int, _ outcome: Result<JetStreamPublishAck, any Error>) {
+            let all: [Result<JetStreamPublishAck, any Error>]? = state.withLock { state in
+                state.outcomes[index] = outcome
+                state.remaining -= 1
+                return state.remaining == 0 ? state.outcomes.map { $0! } : nil
+            }
+            if let all { done(all) }
+        }
     }
 
     private struct State {
@@ -44,15 +65,30 @@ final class IntakeOutbox: Sendable {
 
     /// Returns the server's PubAck for the message that carried `entry`; throws what its publish threw.
     func publish(_ entry: Entry) async throws -> JetStreamPublishAck {
-        try await withCheckedThrowingContinuation { published in
-            let startSending = state.withLock { state in
-                state.items.append(Item(entry: entry, published: published))
-                if state.sending { return false }
-                state.sending = true
-                return true
-            }
-            if startSending { Task.detached { await self.sendAll() } }
+        try await withCheckedThrowingContinuation { continuation in
+            enqueue([entry], Waiter(count: 1) { continuation.resume(with: $0[0]) })
         }
+    }
+
+    /// Publishes several entries (a batch submission's), waiting once for all: each one's PubAck
+    /// or error, in order.
+    func publish(_ entries: [Entry]) async -> [Result<JetStreamPublishAck, any Error>] {
+        guard !entries.isEmpty else { return [] }
+        return await withCheckedContinuation { continuation in
+            enqueue(entries, Waiter(count: entries.count) { continuation.resume(returning: $0) })
+        }
+    }
+
+    private func enqueue(_ entries: [Entry], _ waiter: Waiter) {
+        let startSending = state.withLock { state in
+            for (index, entry) in entries.enumerated() {
+                state.items.append(Item(entry: entry, waiter: waiter, index: index))
+            }
+            if state.sending { return false }
+            state.sending = true
+            return true
+        }
+        if startSending { Task.detached { await self.sendAll() } }
     }
 
     private func sendAll() async {
@@ -60,12 +96,13 @@ final class IntakeOutbox: Sendable {
             await withDiscardingTaskGroup { group in
                 for items in round {
                     group.addTask {
+                        let outcome: Result<JetStreamPublishAck, any Error>
                         do {
-                            let ack = try await self.send(items)
-                            for item in items { item.published.resume(returning: ack) }
+                            outcome = .success(try await self.send(items))
                         } catch {
-                            for item in items { item.published.resume(throwing: error) }
+                            outcome = .failure(error)
                         }
+                        for item in items { item.waiter.finish(item.index, outcome) }
                     }
                 }
             }

@@ -14,13 +14,7 @@ extension Scheduler {
         trace: TraceContext,
         messageID: String?
     ) async throws -> JetStreamPublishAck {
-        let entry = IntakeOutbox.Entry(
-            tenant: tenant,
-            jobID: jobID,
-            request: try request.serializedData(),
-            traceparent: trace.traceparent,
-            submittedAtMs: unixMilliseconds()
-        )
+        let entry = try intakeEntry(request, tenant: tenant, jobID: jobID, trace: trace)
         guard let messageID else { return try await intakeOutbox.publish(entry) }
         return try await nats.jetStreamPublish(
             Subjects.intake(tenant: tenant),
@@ -31,6 +25,22 @@ extension Scheduler {
                 Streams.submittedAtHeader: String(entry.submittedAtMs),
             ],
             timeout: config.intakePublishTimeout
+        )
+    }
+
+    /// What the intake stream keeps of an admitted submission.
+    nonisolated func intakeEntry(
+        _ request: Hangar_V1_SubmitRequest,
+        tenant: String,
+        jobID: String,
+        trace: TraceContext
+    ) throws -> IntakeOutbox.Entry {
+        IntakeOutbox.Entry(
+            tenant: tenant,
+            jobID: jobID,
+            request: try request.serializedData(),
+            traceparent: trace.traceparent,
+            submittedAtMs: unixMilliseconds()
         )
     }
 

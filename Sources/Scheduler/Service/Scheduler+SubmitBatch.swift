@@ -41,9 +41,11 @@ extension Scheduler {
         await admitBatch(batch.requests, tenant: tenant, replyTo: subjects, trace: trace)
     }
 
-    /// Admits each request on the actor, without waiting for one's commit before the next. A request
-    /// that repeats the id of an earlier one in the same batch goes after the others are answered,
-    /// so that it is the one answered as the duplicate (run side by side, either could win).
+    /// Admits each request on the actor, without waiting for one's commit before the next. Requests
+    /// without a request id are checked one after the other and then published together (one wait
+    /// for all); those with one are admitted side by side, each on its own. A request that repeats
+    /// the id of an earlier one in the same batch goes after the others are answered, so that it is
+    /// the one answered as the duplicate (run side by side, either could win).
     private func admitBatch(
         _ requests: [Hangar_V1_SubmitRequest],
         tenant: String,
@@ -62,8 +64,26 @@ extension Scheduler {
         }
         for round in [first, repeats] where !round.isEmpty {
             await withDiscardingTaskGroup { group in
+                var admitted: [PendingAdmission] = []
+                var entries: [IntakeOutbox.Entry] = []
                 for (request, subject) in round {
-                    group.addTask { await self.admit(request, tenant: tenant, replyTo: subject, trace: trace.child()) }
+                    let childTrace = trace.child()
+                    guard request.requestID.isEmpty else {
+                        group.addTask { await self.admit(request, tenant: tenant, replyTo: subject, trace: childTrace) }
+                        continue
+                    }
+                    guard let pending = await admission(request, tenant: tenant, replyTo: subject, trace: childTrace)
+                    else { continue }
+                    do {
+                        entries.append(try intakeEntry(request, tenant: tenant, jobID: pending.id, trace: childTrace))
+                        admitted.append(pending)
+                    } catch {
+                        await settleAdmission(pending, .failure(error))
+                    }
+                }
+                let outcomes = await intakeOutbox.publish(entries)
+                for (pending, outcome) in zip(admitted, outcomes) {
+                    await settleAdmission(pending, outcome)
                 }
             }
         }

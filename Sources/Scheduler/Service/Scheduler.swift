@@ -3,6 +3,18 @@ import HangarNATS
 import HangarShared
 import Logging
 
+/// A submission that passed admission and has its entry, on its way into the intake stream.
+struct PendingAdmission: Sendable {
+    let id: String
+    /// `<tenant>/<request id>`, when it has a request id.
+    let key: String?
+    let submission: ValidatedSubmission
+    let replyTo: String?
+    /// Answered with its result rather than `Accepted`.
+    let waiting: Bool
+    let trace: TraceContext
+}
+
 /// The central scheduler: takes submissions, queues them per tenant, places them on nodes, detects
 /// dead nodes and retries their jobs, stores and answers results.
 ///
@@ -37,10 +49,6 @@ public actor Scheduler {
     var outbox = AssignmentOutbox()
     /// Totals since start, for `hangar.admin.stats` and `/metrics` (see Scheduler+Stats.swift).
     public nonisolated let counters = SchedulerCounters()
-    /// Where results go out on `hangar.result.<tenant>.<job>` when a waiter already has them: a
-    /// second connection that lets libnats batch its writes (at most a millisecond later), instead
-    /// of one socket write per job. Results nobody waits for go on `nats` at once. Nil until `run`.
-    var notifications: NATSConnection?
     /// The connection's JetStream context (streams, consumers, reading a message back).
     var jetStream: JetStream?
     /// Jobs whose intake publish timed out (the tenant was refused): if the stream did store one,
@@ -84,17 +92,6 @@ public actor Scheduler {
             }
         }
         try await nats.flush()
-        var buffered = nats.options
-        buffered.sendAsap = false
-        buffered.name += "-notifications"
-        do {
-            notifications = try await NATSConnection(options: buffered)
-        } catch {
-            logger.warning(
-                "no second connection for result notifications; using the main one",
-                metadata: ["error": "\(error)"]
-            )
-        }
         logger.info("scheduler serving", metadata: ["db": "\(config.databasePath)"])
         await withDiscardingTaskGroup { group in
             group.addTask {
@@ -133,8 +130,6 @@ public actor Scheduler {
                 }
             }
         }
-        // Results already buffered for the notification connection go out before it closes.
-        await notifications?.drain()
     }
 
     // MARK: Intake
@@ -165,12 +160,40 @@ public actor Scheduler {
         await admit(request, tenant: tenant, replyTo: message.replyTo, trace: trace)
     }
 
+    /// Admits one submission: checks, then makes it durable in the intake stream, then answers.
     func admit(
         _ request: Hangar_V1_SubmitRequest,
         tenant: String,
         replyTo: String?,
         trace: TraceContext = .start()
     ) async {
+        guard let pending = await admission(request, tenant: tenant, replyTo: replyTo, trace: trace) else { return }
+        let published: Result<JetStreamPublishAck, any Error>
+        do {
+            published = .success(
+                try await publishIntake(
+                    request,
+                    tenant: tenant,
+                    jobID: pending.id,
+                    trace: trace,
+                    messageID: pending.key
+                )
+            )
+        } catch {
+            published = .failure(error)
+        }
+        await settleAdmission(pending, published)
+    }
+
+    /// The checks of an admission (validation, duplicate request id, rate, queue, store, a node that
+    /// could run it), and the job's entry. Nil when the submission was answered here (rejected, or a
+    /// duplicate). Suspends only to look a request id up in the store.
+    func admission(
+        _ request: Hangar_V1_SubmitRequest,
+        tenant: String,
+        replyTo: String?,
+        trace: TraceContext
+    ) async -> PendingAdmission? {
         let policy = tenants.policy(for: tenant)
         let submission: ValidatedSubmission
         switch config.validator.validate(request, tenant: tenant, policy: policy) {
@@ -183,12 +206,12 @@ public actor Scheduler {
                 ]
             )
             reply(to: replyTo, tenant: tenant, rejection: rejection)
-            return
+            return nil
         case .success(let valid):
             submission = valid
         }
         let key = submission.requestID.isEmpty ? nil : "\(submission.tenant)/\(submission.requestID)"
-        if let key, await attachDuplicate(key: key, submission: submission, replyTo: replyTo) { return }
+        if let key, await attachDuplicate(key: key, submission: submission, replyTo: replyTo) { return nil }
 
         let now = ContinuousClock.now
         var bucket = buckets[tenant] ?? TokenBucket(burst: policy.burst, now: now)
@@ -204,7 +227,7 @@ public actor Scheduler {
                 clamping: wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000
             )
             reply(to: replyTo, tenant: tenant, rejection: rejection)
-            return
+            return nil
         }
         guard queue.queued(tenant: tenant) < policy.maxQueued else {
             var rejection = Rejection(
@@ -214,7 +237,7 @@ public actor Scheduler {
             )
             rejection.rejected.retryAfterMs = 1000
             reply(to: replyTo, tenant: tenant, rejection: rejection)
-            return
+            return nil
         }
         if let failure = storeFailure {
             // Accepted work would pile up in the stream while the store cannot take it.
@@ -225,13 +248,13 @@ public actor Scheduler {
             )
             rejection.rejected.retryAfterMs = 1000
             reply(to: replyTo, tenant: tenant, rejection: rejection)
-            return
+            return nil
         }
         let id = JobID.make()
         let placement = placementRequest(for: submission, jobID: id)
         if case .impossible(let why) = cluster.place(placement, policy: config.placementPolicy) {
             reply(to: replyTo, tenant: tenant, rejection: impossibleRejection(placement, why))
-            return
+            return nil
         }
         let waiting = submission.wait && replyTo != nil
         var entry = JobEntry(
@@ -244,9 +267,28 @@ public actor Scheduler {
         entry.trace = trace
         jobs[id] = entry
         if let key { byRequest[key] = id }
+        return PendingAdmission(
+            id: id,
+            key: key,
+            submission: submission,
+            replyTo: replyTo,
+            waiting: waiting,
+            trace: trace
+        )
+    }
+
+    /// After the intake publish of an admitted submission: the job is durable and the tenant is
+    /// answered, or (the publish failed) the job is dropped and the tenant told to retry.
+    func settleAdmission(_ pending: PendingAdmission, _ outcome: Result<JetStreamPublishAck, any Error>) async {
+        let id = pending.id
+        let key = pending.key
+        let submission = pending.submission
+        let tenant = submission.tenant
+        let replyTo = pending.replyTo
+        let waiting = pending.waiting
         var published: JetStreamPublishAck?
         do {
-            published = try await publishIntake(request, tenant: tenant, jobID: id, trace: trace, messageID: key)
+            published = try outcome.get()
         } catch  where jobs[id]?.committed == true {
             // The PubAck was lost, but the intake consumer has the job in SQLite already: accepted.
             logger.warning("intake publish unconfirmed but committed", metadata: ["job.id": "\(id)"])
@@ -304,7 +346,7 @@ public actor Scheduler {
         for subject in held { replyAccepted(subject, jobID: id, duplicate: true) }
         logger.debug(
             "accepted",
-            metadata: ["job.id": "\(id)", "tenant": "\(submission.tenant)", "trace.id": "\(trace.traceID)"]
+            metadata: ["job.id": "\(id)", "tenant": "\(submission.tenant)", "trace.id": "\(pending.trace.traceID)"]
         )
         counters.accepted(tenant: submission.tenant)
         if !waiting, let replyTo {
