@@ -166,10 +166,24 @@ public final class NATSConnection: @unchecked Sendable {
             )
         }
         var connection: OpaquePointer?
-        let status = natsConnection_Connect(&connection, opts)
+        var status = natsConnection_Connect(&connection, opts)
+        // A refused signature (about one nonce in 256, see `NKeySignature`) is tried again on a new
+        // connection: the server sends a new nonce, which signs differently.
+        var attempts = 1
+        while status != NATS_OK, status != NATS_NOT_YET_CONNECTED, attempts < NKeySignature.maxAttempts,
+            events.unsendableSignatures.load(ordering: .relaxed) >= attempts
+        {
+            attempts += 1
+            connection = nil
+            status = natsConnection_Connect(&connection, opts)
+        }
         guard status == NATS_OK || status == NATS_NOT_YET_CONNECTED, let connection else {
             Unmanaged<ConnectionEvents>.fromOpaque(context).release()
-            throw NATSError(status: status, operation: "connect(\(options.servers.joined(separator: ",")))")
+            // The client's name says which login was refused when one process opens several.
+            throw NATSError(
+                status: status,
+                operation: "connect(\(options.servers.joined(separator: ",")), client \(options.name))"
+            )
         }
         events.logger.debug("connected", metadata: ["nats.name": "\(options.name)"])
 
@@ -350,6 +364,8 @@ final class ConnectionEvents: Sendable {
 
     /// The NKey seed that signs the server's nonce, if the connection logs in with an NKey.
     let nkeySeed: String?
+    /// Nonce signatures refused because libnats would have sent them as none (see `NKeySignature`).
+    let unsendableSignatures = Atomic<Int>(0)
 
     init(logger: Logger, maxDelay: Duration, router: ReplyRouter, nkeySeed: String? = nil) {
         self.nkeySeed = nkeySeed
@@ -430,12 +446,24 @@ private let connectionReconnected: natsConnectionHandler = { connection, closure
     )
 }
 
-/// Signs the server's nonce with the connection's NKey seed (libnats frees the signature).
-private let connectionSignNonce: natsSignatureHandler = { _, signature, signatureLength, nonce, closure in
-    guard let closure, let nonce else { return NATS_ERR }
+/// Signs the server's nonce with the connection's NKey seed (libnats frees the signature). A
+/// signature libnats would send as none is refused here, so that no doomed login reaches the
+/// server: see ``NKeySignature``.
+private let connectionSignNonce: natsSignatureHandler = { errorText, signature, signatureLength, nonce, closure in
+    guard let closure, let nonce, let signature, let signatureLength else { return NATS_ERR }
     let events = Unmanaged<ConnectionEvents>.fromOpaque(closure).takeUnretainedValue()
     guard let seed = events.nkeySeed else { return NATS_ERR }
-    return seed.withCString { nats_Sign($0, nonce, signature, signatureLength) }
+    let status = seed.withCString { nats_Sign($0, nonce, signature, signatureLength) }
+    guard status == NATS_OK, let bytes = signature.pointee else { return status }
+    guard NKeySignature.isSendable(UnsafeBufferPointer(start: bytes, count: Int(signatureLength.pointee))) else {
+        free(bytes)
+        signature.pointee = nil
+        signatureLength.pointee = 0
+        events.unsendableSignatures.add(1, ordering: .relaxed)
+        errorText?.pointee = strdup(NKeySignature.unsendableMessage)
+        return NATS_ERR
+    }
+    return NATS_OK
 }
 
 private let connectionClosed: natsConnectionHandler = { _, closure in

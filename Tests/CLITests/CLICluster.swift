@@ -131,6 +131,13 @@ final class CLICluster: Sendable {
 
     var log: String { (try? String(contentsOf: state.appendingPathComponent("dev.log"), encoding: .utf8)) ?? "" }
 
+    /// The last 40 lines of the cluster's nats-server log (why a login was refused, for one).
+    var natsLog: String {
+        let text =
+            (try? String(contentsOf: state.appendingPathComponent("nats/nats-server.log"), encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").suffix(40).joined(separator: "\n")
+    }
+
     /// `hangar ARGS --state STATE` (`--state` goes before a `--` that starts the job's command).
     func hangar(_ arguments: [String], environment: [String: String] = [:]) async throws -> CLIOutput {
         var arguments = arguments
@@ -144,7 +151,9 @@ final class CLICluster: Sendable {
     private func waitUntilReady() async throws {
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
-            guard process.isRunning else { throw CLITestError("hangar dev exited at start:\n\(log)") }
+            guard process.isRunning else {
+                throw CLITestError("hangar dev exited at start:\n\(log)\nnats-server's log:\n\(natsLog)")
+            }
             if FileManager.default.fileExists(atPath: state.appendingPathComponent("url").path),
                 let output = try? await hangar(["node", "status", "-o", "json"], environment: [:]),
                 output.status == 0,
