@@ -14,6 +14,9 @@ public final class LocalNATSServer: Sendable {
     private let process: Process
     private let logFile: URL
 
+    /// The server's log (its standard output and error).
+    public var logPath: String { logFile.path }
+
     /// The largest message the server accepts.
     public static let maxPayload = 16 * 1024 * 1024
 

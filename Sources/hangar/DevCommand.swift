@@ -55,6 +55,10 @@ struct DevCommand: AsyncParsableCommand {
             extraConfig: auth.includeLine(fromConfigIn: natsFolder) + "\npid_file: \"\(auth.pidPath)\""
         )
         defer { server.stop() }
+        // `hangar tenant add` reads it to see its reload take effect.
+        try? FileManager.default.removeItem(atPath: auth.serverLogLinkPath)
+        try? FileManager.default.createSymbolicLink(atPath: auth.serverLogLinkPath, withDestinationPath: server.logPath)
+        defer { try? FileManager.default.removeItem(atPath: auth.serverLogLinkPath) }
         let urlFile = stateURL.appendingPathComponent("url")
         try (server.url + "\n").write(to: urlFile, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: urlFile) }

@@ -3,7 +3,7 @@ import Foundation
 import HangarShared
 
 /// `hangar tenant add NAME`: creates NAME's credentials and rewrites the server's authorization.
-struct TenantAddCommand: ParsableCommand {
+struct TenantAddCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "add",
         abstract: "Create a tenant's NATS credentials and its stanza in the server's authorization.conf.",
@@ -12,7 +12,8 @@ struct TenantAddCommand: ParsableCommand {
             AUTH_DIR/authorization.conf, which nats-server includes. The tenant may publish only on
             hangar.submit.NAME, hangar.cancel.NAME and hangar.job.NAME, and subscribe only to
             hangar.result.NAME.> and _INBOX.t.NAME.>. Give the tenant its file (`hangar run --creds FILE`).
-            If nats-server was started by `hangar dev` on this folder it is told to reload at once;
+            If nats-server was started by `hangar dev` on this folder it is told to reload at once, and
+            the command returns once the server has applied it (the new login works from then on);
             otherwise run `nats-server --signal reload`. --role creates a node, scheduler or operator login.
             """
     )
@@ -33,7 +34,7 @@ struct TenantAddCommand: ParsableCommand {
         }
     }
 
-    func run() throws {
+    func run() async throws {
         guard let principal = Principal(role: role, name: name) else {
             throw ValidationError("invalid role or name")
         }
@@ -46,19 +47,64 @@ struct TenantAddCommand: ParsableCommand {
         }
         print("credentials: \(path)")
         print("server authorization: \(auth.configPath)")
-        if let reloaded = reloadDevServer(auth) {
-            print("nats-server (pid \(reloaded)) reloaded its configuration")
-        } else {
+        guard let pid = devServerPID(auth) else {
             print("reload nats-server to apply: nats-server --signal reload")
+            return
         }
+        try await DevServerReload(logPath: auth.serverLogLinkPath, pid: pid).perform()
+        print("nats-server (pid \(pid)) reloaded its configuration")
     }
 
-    /// Sends SIGHUP (reload) to the nats-server `hangar dev` started on this folder, if it runs.
-    private func reloadDevServer(_ auth: AuthDirectory) -> Int32? {
+    /// The nats-server `hangar dev` started on this folder, if it runs.
+    private func devServerPID(_ auth: AuthDirectory) -> Int32? {
         guard let text = try? String(contentsOfFile: auth.pidPath, encoding: .utf8),
             let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1,
             kill(pid, 0) == 0
         else { return nil }
-        return kill(pid, SIGHUP) == 0 ? pid : nil
+        return pid
+    }
+}
+
+/// Tells a `hangar dev` nats-server to reload (SIGHUP) and waits until its log says the reload is
+/// done. The signal alone returns at once, and a login made before the server has applied the new
+/// authorization is refused.
+struct DevServerReload {
+    let logPath: String
+    let pid: Int32
+    var timeout: Duration = .seconds(10)
+
+    static let done = "Reloaded server configuration"
+    static let failed = "Failed to reload server configuration"
+
+    func perform() async throws {
+        let before = outcomes()
+        guard kill(pid, SIGHUP) == 0 else {
+            throw CLIError("could not signal nats-server (pid \(pid)) to reload: errno \(errno)")
+        }
+        // Without the log (an older `hangar dev`) there is nothing to wait for.
+        guard FileManager.default.fileExists(atPath: logPath) else { return }
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            let now = outcomes()
+            if now.failed.count > before.failed.count {
+                throw CLIError("nats-server (pid \(pid)) could not reload its configuration: \(now.failed.last!)")
+            }
+            if now.done > before.done { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw CLIError(
+            "nats-server (pid \(pid)) was told to reload but did not report it done within \(timeout); see \(logPath)"
+        )
+    }
+
+    /// How many reloads the log reports done, and the lines of failed ones.
+    private func outcomes() -> (done: Int, failed: [String]) {
+        let text = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+        var done = 0
+        var failed: [String] = []
+        for line in text.split(separator: "\n") {
+            if line.contains(Self.done) { done += 1 } else if line.contains(Self.failed) { failed.append(String(line)) }
+        }
+        return (done, failed)
     }
 }

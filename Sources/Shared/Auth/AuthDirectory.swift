@@ -16,6 +16,9 @@ public struct AuthDirectory: Sendable {
     public var configPath: String { url.appendingPathComponent("authorization.conf").path }
     /// Where nats-server writes its pid when started by `hangar dev` (so `tenant add` can reload it).
     public var pidPath: String { url.appendingPathComponent("nats-server.pid").path }
+    /// A link `hangar dev` puts to its nats-server's log, so that `tenant add` can see the reload
+    /// it asked for take effect.
+    public var serverLogLinkPath: String { url.appendingPathComponent("nats-server.log").path }
 
     /// `creds/<user>.json` in the folder.
     public func credentialsPath(for principal: Principal) -> String {
