@@ -174,6 +174,31 @@ struct EndToEndTests {
         }
     }
 
+    @Test("wait mode: the reply has the result, and it is also published on hangar.result.<tenant>.<job>")
+    func waitModeResultIsPublished() async throws {
+        try await withCluster { cluster in
+            let results = try cluster.client.subscribe("hangar.result.acme.>")
+            try await cluster.client.flush()
+            var request = command("/bin/echo", "now")
+            request.wait = true
+            let reply = try await cluster.submit(request)
+            guard case .result(let answered) = reply.outcome else {
+                Issue.record("expected a Result, got \(reply)")
+                return
+            }
+            let stopper = Task {
+                try await Task.sleep(for: .seconds(10))
+                results.unsubscribe()
+            }
+            defer { stopper.cancel() }
+            var iterator = results.makeAsyncIterator()
+            let message = try #require(await iterator.next())
+            #expect(message.subject == "hangar.result.acme.\(answered.jobID)")
+            let published = try Hangar_V1_Result(serializedBytes: message.payload)
+            #expect(published == answered)
+        }
+    }
+
     @Test("1,000 concurrent null jobs all complete exactly once")
     func thousandNullJobs() async throws {
         try await withCluster(slots: 64) { cluster in

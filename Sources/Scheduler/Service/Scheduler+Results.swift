@@ -189,7 +189,9 @@ extension Scheduler {
             send(waiter, submitReply: .result(result))
         }
         if let payload = try? result.serializedData() {
-            try? nats.publish(Subjects.result(tenant: entry.tenant, job: entry.id), payload: payload)
+            // A waiter has it already: no hurry (see `notifications`).
+            let connection = entry.waiters.isEmpty ? nats : notifications ?? nats
+            try? connection.publish(Subjects.result(tenant: entry.tenant, job: entry.id), payload: payload)
         }
         logger.debug(
             "finished",

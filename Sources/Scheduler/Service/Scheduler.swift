@@ -49,6 +49,10 @@ public actor Scheduler {
     var outbox = AssignmentOutbox()
     /// Totals since start, for `hangar.admin.stats` and `/metrics` (see Scheduler+Stats.swift).
     public nonisolated let counters = SchedulerCounters()
+    /// Where results go out on `hangar.result.<tenant>.<job>` when a waiter already has them: a
+    /// second connection that lets libnats batch its writes (at most a millisecond later), instead
+    /// of one socket write per job. Results nobody waits for go on `nats` at once. Nil until `run`.
+    var notifications: NATSConnection?
     /// The connection's JetStream context (streams, consumers, reading a message back).
     var jetStream: JetStream?
     /// Jobs whose intake publish timed out (the tenant was refused): if the stream did store one,
@@ -92,6 +96,17 @@ public actor Scheduler {
             }
         }
         try await nats.flush()
+        var buffered = nats.options
+        buffered.sendAsap = false
+        buffered.name += "-notifications"
+        do {
+            notifications = try await NATSConnection(options: buffered)
+        } catch {
+            logger.warning(
+                "no second connection for result notifications; using the main one",
+                metadata: ["error": "\(error)"]
+            )
+        }
         logger.info("scheduler serving", metadata: ["db": "\(config.databasePath)"])
         await withDiscardingTaskGroup { group in
             group.addTask {
@@ -130,6 +145,8 @@ public actor Scheduler {
                 }
             }
         }
+        // Results already buffered for the notification connection go out before it closes.
+        await notifications?.drain()
     }
 
     // MARK: Intake
