@@ -29,7 +29,7 @@ struct RetentionTests {
         result.tenant = "acme"
         result.status = .succeeded
         result.finishedAtMs = unixMilliseconds()
-        try await store.write(.jobFinished(result))
+        try await store.write(.jobFinished(result, encoded: try result.serializedData()))
         for index in 0..<rows {
             try await store.write(.audit(actor: "operator:test", event: "e\(index)", jobID: nil, detail: ""))
         }

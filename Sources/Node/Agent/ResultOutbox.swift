@@ -105,19 +105,7 @@ final class ResultOutbox: Sendable {
     /// An `AttemptResultBatch` made of results serialized alone: the encoding of a repeated message
     /// field 1 is each message's bytes behind its tag and length, so nothing is encoded twice.
     static func batchPayload(_ results: [Data]) -> Data {
-        var payload = Data()
-        payload.reserveCapacity(results.reduce(0) { $0 + $1.count + 6 })
-        for result in results {
-            payload.append(0x0A)  // field 1, length-delimited
-            var length = UInt64(result.count)
-            while length >= 0x80 {
-                payload.append(UInt8(truncatingIfNeeded: length) | 0x80)
-                length >>= 7
-            }
-            payload.append(UInt8(length))
-            payload.append(result)
-        }
-        return payload
+        ProtobufFraming.repeated(field: ProtobufFraming.batchItems, results)
     }
 
     private func publish(_ items: [Item], number: UInt64) async {

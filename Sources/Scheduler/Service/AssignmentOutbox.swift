@@ -1,3 +1,4 @@
+import Foundation
 import HangarShared
 
 /// Assignments decided in one round of the scheduler actor, waiting to leave together: every node
@@ -6,6 +7,8 @@ struct AssignmentOutbox {
     /// One decided assignment.
     struct Pending: Sendable {
         var assignment: Hangar_V1_Assignment
+        /// `assignment` with its traceparent, serialized: how it travels in a batch.
+        var encoded: Data
         var nodeID: String
         var decidedAt: ContinuousClock.Instant
         var trace: TraceContext
@@ -26,14 +29,13 @@ struct AssignmentOutbox {
     mutating func add(_ item: Pending) { pending.append(item) }
 
     /// Takes every waiting assignment, split per node (nodes and assignments in the order decided)
-    /// into batches of at most `maxBatchCount` and about `maxBatchBytes` (`size` gives an
-    /// assignment's encoded size).
-    mutating func take(size: (Hangar_V1_Assignment) -> Int) -> [(nodeID: String, batch: [Pending])] {
+    /// into batches of at most `maxBatchCount` and about `maxBatchBytes`.
+    mutating func take() -> [(nodeID: String, batch: [Pending])] {
         var order: [String] = []
         var byNode: [String: [[Pending]]] = [:]
         var bytes: [String: Int] = [:]
         for item in pending {
-            let itemSize = size(item.assignment)
+            let itemSize = item.encoded.count
             if byNode[item.nodeID] == nil {
                 order.append(item.nodeID)
                 byNode[item.nodeID] = [[]]

@@ -1,3 +1,4 @@
+import Foundation
 import HangarNATS
 import HangarShared
 
@@ -12,7 +13,18 @@ extension Scheduler {
         decidedAt: ContinuousClock.Instant,
         trace: TraceContext
     ) {
-        outbox.add(AssignmentOutbox.Pending(assignment: assignment, nodeID: nodeID, decidedAt: decidedAt, trace: trace))
+        var traced = assignment
+        traced.traceparent = trace.traceparent
+        let encoded = (try? traced.serializedData()) ?? Data()
+        outbox.add(
+            AssignmentOutbox.Pending(
+                assignment: assignment,
+                encoded: encoded,
+                nodeID: nodeID,
+                decidedAt: decidedAt,
+                trace: trace
+            )
+        )
         guard !outbox.flushScheduled else { return }
         outbox.flushScheduled = true
         Task { self.flushAssignments() }
@@ -21,7 +33,7 @@ extension Scheduler {
     /// Sends every queued assignment: one request per node (more if a batch would be too large).
     func flushAssignments() {
         outbox.flushScheduled = false
-        for (nodeID, batch) in outbox.take(size: { (try? $0.serializedData().count) ?? 0 }) {
+        for (nodeID, batch) in outbox.take() {
             if batch.count == 1 {
                 let item = batch[0]
                 Task { await self.dispatch(item.assignment, to: nodeID, decidedAt: item.decidedAt, trace: item.trace) }
@@ -45,17 +57,13 @@ extension Scheduler {
                 logger.error("could not record attempt", metadata: ["job.id": "\(jobID)", "error": "\(error)"])
             }
         }
-        var message = Hangar_V1_AssignmentBatch()
-        message.assignments = batch.map { item in
-            var assignment = item.assignment
-            assignment.traceparent = item.trace.traceparent
-            return assignment
-        }
+        // Framed from each assignment's own bytes (encoded once, when it was decided).
+        let payload = ProtobufFraming.repeated(field: ProtobufFraming.batchItems, batch.map(\.encoded))
         var outcomes: [String?]  // nil: acknowledged; else why it failed
         do {
             let answer = try await nats.request(
                 Subjects.assign(node: nodeID),
-                payload: try message.serializedData(),
+                payload: payload,
                 headers: [AssignBatch.header: AssignBatch.value],
                 timeout: config.assignTimeout
             )

@@ -13,7 +13,7 @@ extension Scheduler {
     func storeResults(_ messages: [JetStreamMessage]) async -> Task<Bool, Never> {
         var writes: [StoreWrite] = []
         var outcomes: [(JetStreamMessage, StreamOutcome)] = []
-        var finished: [(jobID: String, result: Hangar_V1_Result)] = []
+        var finished: [(jobID: String, result: Hangar_V1_Result, encoded: Data)] = []
         var inBatch: Set<String> = []
         for stream in messages {
             let message = stream.message
@@ -39,11 +39,13 @@ extension Scheduler {
                     if entry.finishing || inBatch.contains(key) {
                         continue  // the same result, already being stored
                     }
+                    let result = makeResult(entry, report, nodeID: nodeID)
+                    // Encoded once: stored, published and put in the replies as these bytes.
+                    guard let encoded = try? result.serializedData() else { continue }
                     jobs[report.jobID]?.finishing = true
                     inBatch.insert(key)
-                    let result = makeResult(entry, report, nodeID: nodeID)
-                    writes.append(.jobFinished(result))
-                    finished.append((report.jobID, result))
+                    writes.append(.jobFinished(result, encoded: encoded))
+                    finished.append((report.jobID, result, encoded))
                     continue
                 }
                 if let stored = try? await store.job(id: report.jobID)?.result, stored.attempt == report.attempt,
@@ -77,19 +79,19 @@ extension Scheduler {
     private func resultsCommitted(
         error: (any Error)?,
         outcomes: [(JetStreamMessage, StreamOutcome)],
-        finished: [(jobID: String, result: Hangar_V1_Result)]
+        finished: [(jobID: String, result: Hangar_V1_Result, encoded: Data)]
     ) -> Bool {
         if let error {
             logger.error("could not store results", metadata: ["count": "\(finished.count)", "error": "\(error)"])
-            for (jobID, _) in finished { jobs[jobID]?.finishing = false }
+            for (jobID, _, _) in finished { jobs[jobID]?.finishing = false }
             for (stream, outcome) in outcomes { settle(stream, outcome == .discard ? .discard : .retry) }
             return false
         }
         for (stream, outcome) in outcomes { settle(stream, outcome) }
-        for (jobID, result) in finished {
+        for (jobID, result, encoded) in finished {
             if var current = jobs[jobID] {
                 releaseAttempt(&current)
-                complete(current, with: result)
+                complete(current, with: result, encoded: encoded)
             }
         }
         pump()
@@ -160,7 +162,7 @@ extension Scheduler {
                 if status == .rejected {
                     try await store.write(.jobRejected(result))
                 } else {
-                    try await store.write(.jobFinished(result))
+                    try await store.write(.jobFinished(result, encoded: try result.serializedData()))
                 }
             } catch {
                 logger.error(
@@ -176,7 +178,8 @@ extension Scheduler {
     }
 
     /// Forgets the finished job and delivers its result to every waiter and the result subject.
-    func complete(_ entry: JobEntry, with result: Hangar_V1_Result) {
+    /// `encoded` is the result serialized, if it already was.
+    func complete(_ entry: JobEntry, with result: Hangar_V1_Result, encoded: Data? = nil) {
         jobs.removeValue(forKey: entry.id)
         counters.finished(
             tenant: entry.tenant,
@@ -185,10 +188,9 @@ extension Scheduler {
             totalMs: result.timings.totalMs
         )
         if let key = entry.requestKey { byRequest.removeValue(forKey: key) }
-        for waiter in entry.waiters {
-            send(waiter, submitReply: .result(result))
-        }
-        if let payload = try? result.serializedData() {
+        if let payload = encoded ?? (try? result.serializedData()) {
+            let reply = ProtobufFraming.message(field: ProtobufFraming.submitReplyResult, payload)
+            for waiter in entry.waiters { send(waiter, encodedReply: reply) }
             // A waiter has it already: no hurry (see `notifications`).
             let connection = entry.waiters.isEmpty ? nats : notifications ?? nats
             try? connection.publish(Subjects.result(tenant: entry.tenant, job: entry.id), payload: payload)

@@ -1,3 +1,4 @@
+import Foundation
 import HangarNATS
 import HangarShared
 
@@ -90,17 +91,22 @@ extension Scheduler {
     }
 
     /// Takes an answer meant for one request of a batch; true if `replyTo` was such a subject.
-    nonisolated func answerBatched(_ replyTo: String, _ reply: Hangar_V1_SubmitReply) -> Bool {
+    nonisolated func answerBatched(_ replyTo: String, _ reply: Data) -> Bool {
         guard replyTo.hasPrefix(SubmitBatches.prefix) else { return false }
         if let complete = submitBatches.answer(replyTo, reply) {
-            publish(complete.reply, to: complete.replyTo)
+            publish(complete.payload, to: complete.replyTo)
         }
         return true
     }
 
     private nonisolated func publish(_ reply: Hangar_V1_SubmitBatchReply, to replyTo: String) {
+        guard let payload = try? reply.serializedData() else { return }
+        publish(payload, to: replyTo)
+    }
+
+    private nonisolated func publish(_ payload: Data, to replyTo: String) {
         do {
-            try nats.publish(replyTo, payload: try reply.serializedData())
+            try nats.publish(replyTo, payload: payload)
         } catch {
             logger.warning("could not reply", metadata: ["nats.subject": "\(replyTo)", "error": "\(error)"])
         }

@@ -435,9 +435,18 @@ public actor Scheduler {
         guard let replyTo else { return }
         var reply = Hangar_V1_SubmitReply()
         reply.outcome = outcome
+        do {
+            send(replyTo, encodedReply: try reply.serializedData())
+        } catch {
+            logger.warning("could not reply", metadata: ["nats.subject": "\(replyTo)", "error": "\(error)"])
+        }
+    }
+
+    /// Sends a serialized `SubmitReply` to one waiter (or to its batch).
+    nonisolated func send(_ replyTo: String, encodedReply reply: Data) {
         if answerBatched(replyTo, reply) { return }
         do {
-            try nats.publish(replyTo, payload: try reply.serializedData())
+            try nats.publish(replyTo, payload: reply)
         } catch {
             logger.warning("could not reply", metadata: ["nats.subject": "\(replyTo)", "error": "\(error)"])
         }

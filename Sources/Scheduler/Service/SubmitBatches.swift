@@ -1,3 +1,4 @@
+import Foundation
 import HangarShared
 import Synchronization
 
@@ -11,7 +12,8 @@ final class SubmitBatches: Sendable {
 
     private struct Pending {
         let replyTo: String
-        var replies: [Hangar_V1_SubmitReply?]
+        /// Each request's serialized `SubmitReply`, once answered.
+        var replies: [Data?]
         var remaining: Int
     }
 
@@ -31,28 +33,28 @@ final class SubmitBatches: Sendable {
         return (0..<count).map { "\(Self.prefix)\(id) \($0)" }
     }
 
-    /// Records the answer on one request's reply subject (the first answer counts); returns the
-    /// batch's reply subject and reply when that was the last one missing.
-    func answer(
-        _ subject: String,
-        _ reply: Hangar_V1_SubmitReply
-    ) -> (replyTo: String, reply: Hangar_V1_SubmitBatchReply)? {
+    /// Records the answer (a serialized `SubmitReply`) on one request's reply subject (the first
+    /// answer counts); returns the batch's reply subject and its serialized `SubmitBatchReply` when
+    /// that was the last one missing.
+    func answer(_ subject: String, _ reply: Data) -> (replyTo: String, payload: Data)? {
         let parts = subject.dropFirst(Self.prefix.count).split(separator: " ")
         guard parts.count == 2, let id = UInt64(parts[0]), let index = Int(parts[1]) else { return nil }
         return state.withLock { state in
-            guard var batch = state.pending[id], batch.replies.indices.contains(index),
-                batch.replies[index] == nil
+            // Changed in place: a copy of the batch would copy its replies on every answer.
+            guard let slot = state.pending[id]?.replies.indices.contains(index), slot,
+                state.pending[id]?.replies[index] == nil
             else { return nil }
-            batch.replies[index] = reply
-            batch.remaining -= 1
-            guard batch.remaining == 0 else {
-                state.pending[id] = batch
+            state.pending[id]!.replies[index] = reply
+            state.pending[id]!.remaining -= 1
+            guard state.pending[id]!.remaining == 0, let batch = state.pending.removeValue(forKey: id) else {
                 return nil
             }
-            state.pending[id] = nil
-            var complete = Hangar_V1_SubmitBatchReply()
-            complete.replies = batch.replies.map { $0 ?? Hangar_V1_SubmitReply() }
-            return (batch.replyTo, complete)
+            // A missing answer cannot happen here (remaining counts them); it would be an empty reply.
+            let payload = ProtobufFraming.repeated(
+                field: ProtobufFraming.batchItems,
+                batch.replies.map { $0 ?? Data() }
+            )
+            return (batch.replyTo, payload)
         }
     }
 

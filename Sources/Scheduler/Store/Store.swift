@@ -168,8 +168,8 @@ public enum StoreWrite: Sendable {
     case attemptPlaced(jobID: String, attempt: UInt32, nodeID: String, at: Int64)
     /// An attempt ended without a result (refused by the node, or no answer).
     case attemptEnded(jobID: String, attempt: UInt32, status: String, detail: String)
-    /// The job reached its terminal result.
-    case jobFinished(Hangar_V1_Result)
+    /// The job reached its terminal result (`encoded`: the result serialized, as stored).
+    case jobFinished(Hangar_V1_Result, encoded: Data)
     /// An operator changed a node's eligibility or drain.
     case nodeControl(nodeID: String, control: NodeControl, actor: String, event: String)
     /// Any other audit event.
@@ -291,7 +291,7 @@ extension StoreWrite {
                 jobID: jobID,
                 detail: "attempt \(attempt) \(status): \(detail)"
             )
-        case .jobFinished(let result):
+        case .jobFinished(let result, let encoded):
             let status = result.status.displayName
             try db.cachedStatement(
                 sql: "UPDATE attempts SET status = ?, finished_at = ? WHERE job_id = ? AND attempt = ?"
@@ -299,7 +299,7 @@ extension StoreWrite {
             try db.cachedStatement(sql: "UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?").execute(arguments: [
                 status, now, result.jobID,
             ])
-            try insertResult(db, result)
+            try insertResult(db, result, encoded: encoded)
             try AuditChain.append(
                 db,
                 head: &head,
@@ -369,7 +369,8 @@ extension StoreWrite {
         }
     }
 
-    private func insertResult(_ db: Database, _ result: Hangar_V1_Result) throws {
+    /// Stores `result`; `encoded` is it serialized, if it already was.
+    private func insertResult(_ db: Database, _ result: Hangar_V1_Result, encoded: Data? = nil) throws {
         try db.cachedStatement(
             sql: """
                 INSERT INTO results (job_id, tenant, status, exit_code, result, finished_at) VALUES (?, ?, ?, ?, ?, ?)
@@ -377,7 +378,7 @@ extension StoreWrite {
                 """
         ).execute(arguments: [
             result.jobID, result.tenant, result.status.displayName, Int(result.exitCode),
-            try result.serializedData(), result.finishedAtMs,
+            try encoded ?? result.serializedData(), result.finishedAtMs,
         ])
     }
 }
