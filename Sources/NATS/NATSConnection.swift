@@ -102,6 +102,7 @@ public final class NATSConnection: @unchecked Sendable {
         events: ConnectionEvents,
         router: ReplyRouter
     ) throws(NATSError) -> (OpaquePointer, NATSSubscriptionHandle) {
+        NATSLibrary.opened
         var opts: OpaquePointer?
         try NATSError.check(natsOptions_Create(&opts), "natsOptions_Create")
         guard let opts else { throw NATSError(kind: .invalidArgument, operation: "natsOptions_Create", message: "nil") }
