@@ -9,7 +9,7 @@ import Logging
 /// `perf record`):
 ///
 ///     hangar-bench throughput [--quick] [--jobs N] [--clients C] [--nodes K] [--client-process]
-///                             [--batch B] [--batch-only]
+///                             [--batch B] [--batch-only] [--rounds R]
 ///
 /// Runs the raw NATS request/reply baseline and then N null jobs (50,000; 20,000 with `--quick`)
 /// from C concurrent clients against a scheduler and K nodes, all in this process over a real
@@ -17,6 +17,9 @@ import Logging
 /// rate. `--client-process` runs the job clients in a child process instead, so this process's CPU
 /// is the scheduler's and the nodes' alone. `--batch B` adds a run where each client sends its jobs
 /// B at a time as one `SubmitBatchRequest`; `--batch-only` skips the one-job-per-request run.
+/// `--rounds R` measures everything R times, interleaved (baseline, jobs, baseline, jobs, ...), and
+/// reports each row's median round, with every round's rate: on a shared machine one run can be
+/// 15% off the next.
 enum ThroughputBench {
     struct Options {
         var jobs = 50_000
@@ -25,6 +28,7 @@ enum ThroughputBench {
         var clientProcess = false
         var batch = 0
         var batchOnly = false
+        var rounds = 1
 
         init(_ arguments: [String]) throws {
             var iterator = arguments.makeIterator()
@@ -42,10 +46,11 @@ enum ThroughputBench {
                 case "--client-process": clientProcess = true
                 case "--batch": batch = try value()
                 case "--batch-only": batchOnly = true
+                case "--rounds": rounds = try value()
                 case "--quick": jobs = 20_000
                 default:
                     throw BenchError(
-                        "unknown argument \(argument) (--quick, --jobs N, --clients C, --nodes K, --client-process, --batch B, --batch-only)"
+                        "unknown argument \(argument) (--quick, --jobs N, --clients C, --nodes K, --client-process, --batch B, --batch-only, --rounds R)"
                     )
                 }
             }
@@ -75,12 +80,11 @@ enum ThroughputBench {
         let echoTask = Task {
             for await message in echo { try? echoConnection.reply(to: message, payload: message.payload) }
         }
-        try await echoConnection.flush()
-        let raw = try await concurrently(options.jobs, clients: options.clients) {
-            _ = try await client.request("bench.echo", payload: payload, timeout: .seconds(10))
+        defer {
+            echoTask.cancel()
+            echo.unsubscribe()
         }
-        echoTask.cancel()
-        echo.unsubscribe()
+        try await echoConnection.flush()
 
         let scheduler = try benchScheduler(in: directory, nats: try await connect("scheduler"), logger: logger)
         var tasks = [Task { try await scheduler.run() }]
@@ -94,50 +98,85 @@ enum ThroughputBench {
             tasks.append(Task { try await agent.run() })
         }
         try await Task.sleep(for: .milliseconds(1500))  // first heartbeats
-        var rows: [(String, Int, Timed)] = [("baseline: raw NATS request/reply (echo responder)", options.jobs, raw)]
         var clientCPU = ""
-        if options.clientProcess {
-            let cpuBefore = processCPUSeconds()
-            let child = try await runClientProcess(url: server.url, jobs: options.jobs, clients: options.clients)
-            let cpu = (processCPUSeconds() - cpuBefore) / Double(options.jobs) * 1e6
-            rows.append(
-                (
-                    "null jobs, one per request (wait mode)", options.jobs,
-                    Timed(seconds: child.seconds, cpuMicrosPerCall: cpu)
+        // rounds[r][i]: row i of round r; the rows are the same in every round.
+        var rounds: [[(String, Int, Timed)]] = []
+        for _ in 0..<options.rounds {
+            let raw = try await concurrently(options.jobs, clients: options.clients) {
+                _ = try await client.request("bench.echo", payload: payload, timeout: .seconds(10))
+            }
+            var rows: [(String, Int, Timed)] = [
+                ("baseline: raw NATS request/reply (echo responder)", options.jobs, raw)
+            ]
+            if options.clientProcess {
+                let cpuBefore = processCPUSeconds()
+                let child = try await runClientProcess(url: server.url, jobs: options.jobs, clients: options.clients)
+                let cpu = (processCPUSeconds() - cpuBefore) / Double(options.jobs) * 1e6
+                rows.append(
+                    (
+                        "null jobs, one per request (wait mode)", options.jobs,
+                        Timed(seconds: child.seconds, cpuMicrosPerCall: cpu)
+                    )
                 )
-            )
-            clientCPU =
-                " The job clients ran in a child process (\(Int(child.cpuMicrosPerCall)) µs of CPU there per job)."
-        } else if !options.batchOnly || options.batch == 0 {
-            rows.append(
-                (
-                    "null jobs, one per request (wait mode)", options.jobs,
-                    try await submitNullJobs(client, jobs: options.jobs, clients: options.clients)
+                clientCPU =
+                    " The job clients ran in a child process (\(Int(child.cpuMicrosPerCall)) µs of CPU there per job)."
+            } else if !options.batchOnly || options.batch == 0 {
+                rows.append(
+                    (
+                        "null jobs, one per request (wait mode)", options.jobs,
+                        try await submitNullJobs(client, jobs: options.jobs, clients: options.clients)
+                    )
                 )
-            )
-        }
-        if options.batch > 0 {
-            rows.append(
-                (
-                    "null jobs, \(options.batch) per request (`SubmitBatchRequest`, wait mode)", options.jobs,
-                    try await submitBatches(client, jobs: options.jobs, clients: options.clients, batch: options.batch)
+            }
+            if options.batch > 0 {
+                rows.append(
+                    (
+                        "null jobs, \(options.batch) per request (`SubmitBatchRequest`, wait mode)", options.jobs,
+                        try await submitBatches(
+                            client,
+                            jobs: options.jobs,
+                            clients: options.clients,
+                            batch: options.batch
+                        )
+                    )
                 )
-            )
+            }
+            rounds.append(rows)
         }
         for task in tasks { task.cancel() }
         for task in tasks { _ = try? await task.value }
         let statistics = scheduler.store.commitStatistics
-        let rawRate = Double(options.jobs) / raw.seconds
+        // Each row's median round (by rate); the ratio compares the medians.
+        func rate(_ entry: (String, Int, Timed)) -> Double { Double(entry.1) / entry.2.seconds }
+        let medians = rounds[0].indices.map { index in
+            rounds.map { $0[index] }.sorted { rate($0) < rate($1) }[rounds.count / 2]
+        }
+        let rawRate = rate(medians[0])
         var table = """
             | what | jobs | per second | latency p50 | latency p99 | vs raw request rate | CPU of this process per job |
             |---|---|---|---|---|---|---|
 
             """
-        for (what, count, timed) in rows {
+        for (what, count, timed) in medians {
             let rate = Double(count) / timed.seconds
             table +=
                 "| \(what) | \(count) | \(Int(rate)) | \(timed.percentile(0.5)) | \(timed.percentile(0.99)) | "
                 + "\(String(format: "%.0f", rate / rawRate * 100))% | \(Int(timed.cpuMicrosPerCall)) µs |\n"
+        }
+        var roundsNote = ""
+        if rounds.count > 1 {
+            roundsNote =
+                "\nEach row is the median of \(rounds.count) interleaved rounds; every round's rate per second:\n"
+            for index in medians.indices {
+                let rates = rounds.map { "\(Int(rate($0[index])))" }.joined(separator: ", ")
+                let ratios =
+                    index == 0
+                    ? ""
+                    : " ("
+                        + rounds.map { String(format: "%.0f%%", rate($0[index]) / rate($0[0]) * 100) }
+                        .joined(separator: ", ") + " of that round's raw rate)"
+                roundsNote += "- \(medians[index].0): \(rates)\(ratios)\n"
+            }
         }
         return """
             ## Control-plane throughput (`swift run -c release hangar-bench throughput \(arguments.joined(separator: " "))`)
@@ -150,7 +189,7 @@ enum ThroughputBench {
             through the same binding to an echo responder, the same number of requests and clients, same run. \
             Latency is per request (a batch request's answer comes when all its jobs are done).\(clientCPU)
 
-            \(table)
+            \(table)\(roundsNote)
             Store: \(statistics.operations) writes in \(statistics.transactions) transactions.
 
             """
