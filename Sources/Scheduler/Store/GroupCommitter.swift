@@ -71,8 +71,8 @@ final class GroupCommitter: Sendable {
     private static func commit(_ operations: [StoreWrite], in pool: DatabasePool) async throws {
         let full = operations.contains { $0.needsFullSync }
         try await pool.writeWithoutTransaction { db in
-            if full { try db.execute(sql: "PRAGMA synchronous = FULL") }
-            defer { if full { try? db.execute(sql: "PRAGMA synchronous = NORMAL") } }
+            if full { try db.cachedStatement(sql: "PRAGMA synchronous = FULL").execute() }
+            defer { if full { try? db.cachedStatement(sql: "PRAGMA synchronous = NORMAL").execute() } }
             try db.inTransaction(.immediate) {
                 var head: AuditChain.Head?
                 for operation in operations { try operation.apply(db, audit: &head) }
