@@ -79,6 +79,7 @@ public final class NATSConnection: @unchecked Sendable {
     /// Connects, or throws a `NATSError` that names the servers tried.
     public init(options: NATSConnectionOptions) async throws {
         self.options = options
+        NATSLibrary.open()  // before any other libnats call
         let router = ReplyRouter(prefix: "\(options.inboxPrefix).\(makeNUID()).")
         let events = ConnectionEvents(
             logger: options.logger,
@@ -102,7 +103,6 @@ public final class NATSConnection: @unchecked Sendable {
         events: ConnectionEvents,
         router: ReplyRouter
     ) throws(NATSError) -> (OpaquePointer, NATSSubscriptionHandle) {
-        NATSLibrary.opened
         var opts: OpaquePointer?
         try NATSError.check(natsOptions_Create(&opts), "natsOptions_Create")
         guard let opts else { throw NATSError(kind: .invalidArgument, operation: "natsOptions_Create", message: "nil") }
@@ -338,6 +338,7 @@ func runBlocking<T: Sendable>(_ body: @escaping @Sendable () throws(NATSError) -
 private let blockingQueue = DispatchQueue(label: "hangar.nats.blocking", attributes: .concurrent)
 
 func makeNUID() -> String {
+    NATSLibrary.open()
     var inbox: UnsafeMutablePointer<natsInbox>?
     guard natsInbox_Create(&inbox) == NATS_OK, let inbox else { return UUID().uuidString }
     defer { natsInbox_Destroy(inbox) }

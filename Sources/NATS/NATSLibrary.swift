@@ -8,5 +8,8 @@ import CNATS
 /// `natsMutex_Lock` itself among the hottest functions. If the library was already opened (by a
 /// libnats call that opens it implicitly) this changes nothing, and connections work as before.
 enum NATSLibrary {
-    static let opened: Void = { _ = nats_Open(0) }()
+    private static let opened: Bool = nats_Open(0) == NATS_OK
+
+    /// Opens the library (once; later calls do nothing). Call before any other libnats function.
+    static func open() { _ = opened }
 }
