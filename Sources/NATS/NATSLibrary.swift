@@ -8,7 +8,12 @@ import CNATS
 /// `natsMutex_Lock` itself among the hottest functions. If the library was already opened (by a
 /// libnats call that opens it implicitly) this changes nothing, and connections work as before.
 enum NATSLibrary {
-    private static let opened: Bool = nats_Open(0) == NATS_OK
+    private static let opened: Bool = {
+        guard nats_Open(0) == NATS_OK else { return false }
+        // The shared delivery pool (see `NATSConnection.open`): two threads, one per core here.
+        _ = nats_SetMessageDeliveryPoolSize(2)
+        return true
+    }()
 
     /// Opens the library (once; later calls do nothing). Call before any other libnats function.
     static func open() { _ = opened }

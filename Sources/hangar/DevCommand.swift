@@ -58,7 +58,11 @@ struct DevCommand: AsyncParsableCommand {
         // `hangar tenant add` reads it to see its reload take effect.
         try? FileManager.default.removeItem(atPath: auth.serverLogLinkPath)
         try? FileManager.default.createSymbolicLink(atPath: auth.serverLogLinkPath, withDestinationPath: server.logPath)
-        defer { try? FileManager.default.removeItem(atPath: auth.serverLogLinkPath) }
+        defer {
+            try? FileManager.default.removeItem(atPath: auth.serverLogLinkPath)
+            // nats-server leaves its pid file behind; a stale one could name another process later.
+            try? FileManager.default.removeItem(atPath: auth.pidPath)
+        }
         let urlFile = stateURL.appendingPathComponent("url")
         try (server.url + "\n").write(to: urlFile, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: urlFile) }

@@ -55,11 +55,14 @@ struct TenantAddCommand: AsyncParsableCommand {
         print("nats-server (pid \(pid)) reloaded its configuration")
     }
 
-    /// The nats-server `hangar dev` started on this folder, if it runs.
+    /// The nats-server `hangar dev` started on this folder, if it runs: the pid file's process, if
+    /// it is a nats-server (a stale file may name an unrelated process by now).
     private func devServerPID(_ auth: AuthDirectory) -> Int32? {
         guard let text = try? String(contentsOfFile: auth.pidPath, encoding: .utf8),
             let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1,
-            kill(pid, 0) == 0
+            kill(pid, 0) == 0,
+            let command = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8),
+            command.hasPrefix("nats-server")
         else { return nil }
         return pid
     }

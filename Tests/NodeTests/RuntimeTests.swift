@@ -85,7 +85,9 @@ struct ProcessRuntimeTests {
         )
         #expect(outcome.status == .succeeded)
         #expect(text(outcome.stdout) == "done\n")
-        #expect(ContinuousClock.now - began < .seconds(2))  // no waiting on the daemon's copy of stdout
+        // Not waiting for the daemon (it sleeps 37 s, holding a copy of stdout); the margin is wide
+        // because a loaded CI machine once took 2.5 s for this job.
+        #expect(ContinuousClock.now - began < .seconds(15))
         #expect(await survivors(of: [tag]) == [])
         #expect(leftoverCgroups(ofJob: "daemon-\(tag)") == [])
     }
