@@ -33,6 +33,7 @@ extension Scheduler {
                 outcomes.append((stream, .discard))
                 continue
             }
+            var unencodable = false
             for report in reports {
                 let key = "\(report.jobID)/\(report.attempt)"
                 if let entry = jobs[report.jobID], entry.attempt == report.attempt, entry.nodeID == nodeID {
@@ -41,7 +42,13 @@ extension Scheduler {
                     }
                     let result = makeResult(entry, report, nodeID: nodeID)
                     // Encoded once: stored, published and put in the replies as these bytes.
-                    guard let encoded = try? result.serializedData() else { continue }
+                    guard let encoded = try? result.serializedData() else {
+                        // Cannot happen with proto3; if it did, the message comes again rather
+                        // than being acknowledged without its result.
+                        logger.error("could not encode a result", metadata: ["job.id": "\(report.jobID)"])
+                        unencodable = true
+                        continue
+                    }
                     jobs[report.jobID]?.finishing = true
                     inBatch.insert(key)
                     writes.append(.jobFinished(result, encoded: encoded))
@@ -67,7 +74,7 @@ extension Scheduler {
                 )
             }
             // Stored (or deliberately ignored) once the batch commits.
-            outcomes.append((stream, .ack))
+            outcomes.append((stream, unencodable ? .retry : .ack))
         }
         return commitStreamBatch(writes, outcomes) { [outcomes, finished] scheduler, error in
             scheduler.resultsCommitted(error: error, outcomes: outcomes, finished: finished)
@@ -194,6 +201,9 @@ extension Scheduler {
             // A waiter has it already: no hurry (see `notifications`).
             let connection = entry.waiters.isEmpty ? nats : notifications ?? nats
             try? connection.publish(Subjects.result(tenant: entry.tenant, job: entry.id), payload: payload)
+        } else {
+            // Cannot happen with proto3; the stored result stays readable with `hangar job status`.
+            logger.error("could not encode a result to send", metadata: ["job.id": "\(entry.id)"])
         }
         logger.debug(
             "finished",
