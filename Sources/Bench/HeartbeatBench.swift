@@ -51,7 +51,7 @@ enum HeartbeatBench {
         serving.cancel()
         _ = try? await serving.value
         return """
-            ## Heartbeat ingestion (`swift run -c release hangar-bench heartbeats`)
+            ## Heartbeat ingestion (`swift run -c release hangar-bench heartbeats\(seconds < 10 ? " --quick" : "")`)
 
             \(nodes) simulated nodes report once a second (a child process publishes them through a real
             nats-server on loopback); the scheduler runs alone in this process, which measures its own CPU.

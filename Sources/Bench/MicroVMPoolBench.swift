@@ -44,7 +44,7 @@ enum MicroVMPoolBench {
         let warm = summarize(warmTimes)
         let start = summarize(starts)
         return """
-            ## Warm microVMs (`swift run -c release hangar-bench microvm-pool`)
+            ## Warm microVMs (`swift run -c release hangar-bench microvm-pool\(quick ? " --quick" : "")`)
 
             \(accelerator), one VM at a time, VMs sized for the default job (256 MiB + the guest's overhead,
             1 vCPU). Refill: `prepareWarm` until the guest agent is ready: a fresh boot, or a restore of

@@ -55,7 +55,7 @@ enum PoolBench {
             rows += try await PoolClusterBench.rows(runtime: runtime, count: count, bare: bare)
         }
         return """
-            ## Warm pools (`swift run -c release hangar-bench pools`)
+            ## Warm pools (`swift run -c release hangar-bench pools\(quick ? " --quick" : "")`)
 
             At the node, no scheduler. "until code runs": from handing the job over (cold: the runtime's
             `run`; warm: taking a ready sandbox from the pool and running it) until the job's own first

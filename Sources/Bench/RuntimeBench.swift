@@ -130,7 +130,7 @@ enum RuntimeBench {
         }
         rows += try await microVMRows(spec, count: quick ? 3 : 10, bare: bare)
         return """
-            ## Runtimes (`swift run -c release hangar-bench runtimes`)
+            ## Runtimes (`swift run -c release hangar-bench runtimes\(quick ? " --quick" : "")`)
 
             `/usr/bin/python3 -c pass` through each runtime's `run` (sandbox set-up, limits, run, clean-up),
             no scheduler. Baseline: the bare command in the same run.
