@@ -215,6 +215,10 @@ public final class NATSConnection: @unchecked Sendable {
     /// Whether the connection is currently connected (not reconnecting or closed).
     public var isConnected: Bool { natsConnection_Status(handle) == NATS_CONN_STATUS_CONNECTED }
 
+    /// The largest message payload the server accepts (its `max_payload`, from the INFO it sent at
+    /// connect); 0 while disconnected.
+    public var maxPayload: Int { Int(natsConnection_GetMaxPayload(handle)) }
+
     /// How many times the connection came back after losing its server.
     public var reconnectCount: Int { events.reconnects.load(ordering: .relaxed) }
 

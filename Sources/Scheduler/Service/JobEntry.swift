@@ -38,6 +38,10 @@ struct JobEntry: Sendable {
     /// committed.
     var invalidAfterRestart = false
 
+    /// The serialized request's size, counted in the tenant's queued bytes while the job lives here
+    /// (0 for jobs restored after a restart, which were counted by no budget of this process).
+    var bytes = 0
+
     var tenant: String { submission.tenant }
 
     var requestKey: String? {

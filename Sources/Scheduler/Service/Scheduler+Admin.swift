@@ -6,6 +6,7 @@ extension Scheduler {
     /// `hangar.admin.<verb>`: `nodes`, `job`, `drain`, `eligibility`.
     nonisolated func handleAdmin(_ message: NATSMessage) async {
         let verb = Subjects.token(message.subject, at: 2).map(String.init) ?? ""
+        guard mayAnswerOperator(message) else { return }
         let payload: Data?
         switch verb {
         case "nodes":

@@ -8,13 +8,13 @@ extension Scheduler {
     /// goes alone with the message id `<tenant>/<request id>` (the stream de-duplicates replays,
     /// also across scheduler instances); others go through `intakeOutbox`, grouped under load.
     func publishIntake(
-        _ request: Hangar_V1_SubmitRequest,
+        _ request: Data,
         tenant: String,
         jobID: String,
         trace: TraceContext,
         messageID: String?
     ) async throws -> JetStreamPublishAck {
-        let entry = try intakeEntry(request, tenant: tenant, jobID: jobID, trace: trace)
+        let entry = intakeEntry(request, tenant: tenant, jobID: jobID, trace: trace)
         guard let messageID else { return try await intakeOutbox.publish(entry) }
         return try await nats.jetStreamPublish(
             Subjects.intake(tenant: tenant),
@@ -28,17 +28,17 @@ extension Scheduler {
         )
     }
 
-    /// What the intake stream keeps of an admitted submission.
+    /// What the intake stream keeps of an admitted submission (`request` serialized).
     nonisolated func intakeEntry(
-        _ request: Hangar_V1_SubmitRequest,
+        _ request: Data,
         tenant: String,
         jobID: String,
         trace: TraceContext
-    ) throws -> IntakeOutbox.Entry {
+    ) -> IntakeOutbox.Entry {
         IntakeOutbox.Entry(
             tenant: tenant,
             jobID: jobID,
-            request: try request.serializedData(),
+            request: request,
             traceparent: trace.traceparent,
             submittedAtMs: unixMilliseconds()
         )

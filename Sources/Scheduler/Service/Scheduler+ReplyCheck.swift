@@ -3,24 +3,32 @@ import HangarNATS
 import HangarShared
 
 extension Scheduler {
-    /// Whether the scheduler may answer `message` (sent on `tenant`'s subject) on its reply subject.
-    /// A reply subject in another tenant's inbox (`_INBOX.t.<other>.…`, see `Principal.inboxPrefix`)
-    /// would let one tenant push answers into another's inbox: such a request is dropped unanswered,
-    /// logged and audited (`access.denied`). Other reply subjects (no authorization, custom clients)
-    /// are answered as before.
+    /// Whether the scheduler may answer `message` (sent on `tenant`'s subject) on its reply subject,
+    /// by `replyRule`: only the tenant's own inbox (`_INBOX.t.<tenant>.`) when authorization is on.
+    /// Anything else (another tenant's inbox or results, the intake stream) is dropped unanswered,
+    /// logged and audited (`access.denied`). A message without a reply subject needs no answer.
     nonisolated func mayAnswer(_ message: NATSMessage, tenant: String) -> Bool {
-        guard let replyTo = message.replyTo, replyTo.hasPrefix("_INBOX.t.") else { return true }
-        if Subjects.token(replyTo, at: 2).map(String.init) == tenant { return true }
+        mayAnswer(message, principal: .tenant(tenant), actor: "tenant:\(tenant)")
+    }
+
+    /// The same rule for `hangar.admin.*`: answers go only to an operator's inbox.
+    nonisolated func mayAnswerOperator(_ message: NATSMessage) -> Bool {
+        mayAnswer(message, principal: .operator("any"), actor: "operator")
+    }
+
+    private nonisolated func mayAnswer(_ message: NATSMessage, principal: Principal, actor: String) -> Bool {
+        guard let replyTo = message.replyTo, let refusal = replyRule.refusal(replyTo: replyTo, principal: principal)
+        else { return true }
         logger.warning(
-            "a tenant asked for replies in another tenant's inbox; dropped",
-            metadata: ["tenant": "\(tenant)", "nats.subject": "\(message.subject)", "reply": "\(replyTo)"]
+            "a request asked for its answer outside the requester's own inbox; dropped",
+            metadata: ["actor": "\(actor)", "nats.subject": "\(message.subject)", "reply": "\(replyTo.prefix(200))"]
         )
         store.enqueue(
             .audit(
-                actor: "tenant:\(tenant)",
+                actor: actor,
                 event: "access.denied",
                 jobID: nil,
-                detail: "reply subject \(replyTo.prefix(200)) is in another tenant's inbox (on \(message.subject))"
+                detail: "\(refusal) (on \(message.subject))"
             ),
             onError: { [logger] error in logger.error("could not audit", metadata: ["error": "\(error)"]) }
         )

@@ -187,7 +187,7 @@ extension Scheduler {
     /// Forgets the finished job and delivers its result to every waiter and the result subject.
     /// `encoded` is the result serialized, if it already was.
     func complete(_ entry: JobEntry, with result: Hangar_V1_Result, encoded: Data? = nil) {
-        jobs.removeValue(forKey: entry.id)
+        forget(entry.id)
         counters.finished(
             tenant: entry.tenant,
             status: result.status,
@@ -200,7 +200,10 @@ extension Scheduler {
             for waiter in entry.waiters { send(waiter, encodedReply: reply) }
             // A waiter has it already: no hurry (see `notifications`).
             let connection = entry.waiters.isEmpty ? nats : notifications ?? nats
-            try? connection.publish(Subjects.result(tenant: entry.tenant, job: entry.id), payload: payload)
+            try? connection.publish(
+                Subjects.result(tenant: entry.tenant, job: entry.id),
+                payload: ReplyFitting.fit(result: payload, limit: maxReplyBytes)
+            )
         } else {
             // Cannot happen with proto3; the stored result stays readable with `hangar job status`.
             logger.error("could not encode a result to send", metadata: ["job.id": "\(entry.id)"])

@@ -9,15 +9,22 @@ extension Scheduler {
         guard let replyTo = message.replyTo else { return }
         let batch: Hangar_V1_SubmitBatchRequest
         do {
-            batch = try Hangar_V1_SubmitBatchRequest(serializedBytes: message.payload)
+            batch = try Hangar_V1_SubmitBatchRequest(serializedBytes: message.payload, options: Self.decoding)
         } catch {
-            let rejection = Rejection(
-                .invalidRequest,
-                "payload",
-                "the payload is not a hangar.v1.SubmitBatchRequest: \(error)"
+            refuse(
+                batchTo: replyTo,
+                tenant: tenant,
+                Rejection(.invalidRequest, "payload", "the payload is not a hangar.v1.SubmitBatchRequest: \(error)")
             )
-            reply(to: replyTo, tenant: tenant, rejection: rejection)
             return
+        }
+        if message.payload.count > maxRequestBytes {
+            // Only a batch this large can hold a request too large to forward.
+            let sizes = batch.requests.map { (try? $0.serializedData())?.count ?? 0 }
+            if let index = sizes.firstIndex(where: { $0 > maxRequestBytes }) {
+                refuse(batchTo: replyTo, tenant: tenant, tooLarge("requests[\(index)]", sizes[index]))
+                return
+            }
         }
         guard batch.requests.count <= SubmitBatch.maxCount else {
             let rejection = Rejection(
@@ -75,12 +82,8 @@ extension Scheduler {
                     }
                     guard let pending = await admission(request, tenant: tenant, replyTo: subject, trace: childTrace)
                     else { continue }
-                    do {
-                        entries.append(try intakeEntry(request, tenant: tenant, jobID: pending.id, trace: childTrace))
-                        admitted.append(pending)
-                    } catch {
-                        await settleAdmission(pending, .failure(error))
-                    }
+                    entries.append(intakeEntry(pending.encoded, tenant: tenant, jobID: pending.id, trace: childTrace))
+                    admitted.append(pending)
                 }
                 let outcomes = await intakeOutbox.publish(entries)
                 for (pending, outcome) in zip(admitted, outcomes) {
@@ -90,13 +93,22 @@ extension Scheduler {
         }
     }
 
-    /// Takes an answer meant for one request of a batch; true if `replyTo` was such a subject.
+    /// Takes an answer meant for one request of a batch; true if `replyTo` was such a subject. The
+    /// batch's reply goes out once complete, within the server's `max_payload` (see `ReplyFitting`).
     nonisolated func answerBatched(_ replyTo: String, _ reply: Data) -> Bool {
         guard replyTo.hasPrefix(SubmitBatches.prefix) else { return false }
         if let complete = submitBatches.answer(replyTo, reply) {
-            publish(complete.payload, to: complete.replyTo)
+            publish(ReplyFitting.batch(complete.replies, limit: maxReplyBytes), to: complete.replyTo)
         }
         return true
+    }
+
+    /// Refuses a whole batch: a `SubmitBatchReply` whose `rejected` says why; nothing was admitted.
+    private nonisolated func refuse(batchTo replyTo: String, tenant: String, _ rejection: Rejection) {
+        counters.rejected(tenant: tenant, reason: rejection.rejected.reason)
+        var answer = Hangar_V1_SubmitBatchReply()
+        answer.rejected = rejection.rejected
+        publish(answer, to: replyTo)
     }
 
     private nonisolated func publish(_ reply: Hangar_V1_SubmitBatchReply, to replyTo: String) {

@@ -9,6 +9,8 @@ struct PendingAdmission: Sendable {
     /// `<tenant>/<request id>`, when it has a request id.
     let key: String?
     let submission: ValidatedSubmission
+    /// The request as stored in the intake stream (what was decoded, without unknown fields).
+    let encoded: Data
     let replyTo: String?
     /// Answered with its result rather than `Accepted`.
     let waiting: Bool
@@ -28,6 +30,10 @@ public actor Scheduler {
     var tenants: TenantDirectory
     var tenantsFileStamp: Date?
     var buckets: [String: TokenBucket] = [:]
+    /// Each tenant's byte budget at intake (`TenantPolicy.bytesRate`, `bytesBurst`).
+    var byteBuckets: [String: TokenBucket] = [:]
+    /// Bytes of each tenant's accepted requests not yet finished (`TenantPolicy.maxQueuedBytes`).
+    var queuedBytes: [String: Int] = [:]
     var cluster: ClusterState
     var queue = FairQueue()
     var jobs: [String: JobEntry] = [:]
@@ -62,6 +68,9 @@ public actor Scheduler {
     var committingIntake: Set<String> = []
     /// Why the last intake commit failed; new submissions are refused while it is set.
     var storeFailure: String?
+    /// Where answers may go (see `ReplySubjectRule`): strict when the scheduler logged in as the
+    /// `scheduler` principal, i.e. the cluster runs Hangar's authorization.
+    nonisolated let replyRule: ReplySubjectRule
 
     public init(config: SchedulerConfig, nats: NATSConnection, store: Store, logger: Logger) {
         self.config = config
@@ -70,6 +79,7 @@ public actor Scheduler {
         self.logger = logger
         self.intakeOutbox = IntakeOutbox(nats: nats, timeout: config.intakePublishTimeout)
         self.tenants = config.tenants
+        self.replyRule = ReplySubjectRule(ownInboxOnly: nats.options.inboxPrefix == Principal.scheduler.inboxPrefix)
         self.cluster = ClusterState(ttl: config.nodeTTL, grace: config.nodeGrace, cpuOvercommit: config.cpuOvercommit)
     }
 
@@ -158,9 +168,13 @@ public actor Scheduler {
             await handleSubmitBatch(message, tenant: tenant)
             return
         }
+        guard message.payload.count <= maxRequestBytes else {
+            reply(to: message.replyTo, tenant: tenant, rejection: tooLarge("payload", message.payload.count))
+            return
+        }
         let request: Hangar_V1_SubmitRequest
         do {
-            request = try Hangar_V1_SubmitRequest(serializedBytes: message.payload)
+            request = try Hangar_V1_SubmitRequest(serializedBytes: message.payload, options: Self.decoding)
         } catch {
             reply(
                 to: message.replyTo,
@@ -189,7 +203,7 @@ public actor Scheduler {
         do {
             published = .success(
                 try await publishIntake(
-                    request,
+                    pending.encoded,
                     tenant: tenant,
                     jobID: pending.id,
                     trace: trace,
@@ -246,6 +260,16 @@ public actor Scheduler {
             reply(to: replyTo, tenant: tenant, rejection: rejection)
             return nil
         }
+        guard let encoded = try? request.serializedData() else {
+            // Cannot happen with proto3 (it decoded); answered rather than dropped all the same.
+            reply(to: replyTo, tenant: tenant, rejection: Rejection(.invalidRequest, "payload", "cannot re-encode"))
+            return nil
+        }
+        let size = encoded.count
+        if let rejection = byteBudget(tenant: tenant, size: size, policy: policy, now: now) {
+            reply(to: replyTo, tenant: tenant, rejection: rejection)
+            return nil
+        }
         guard queue.queued(tenant: tenant) < policy.maxQueued else {
             var rejection = Rejection(
                 .queueFull,
@@ -282,12 +306,15 @@ public actor Scheduler {
             waiters: waiting ? [replyTo!] : []
         )
         entry.trace = trace
+        entry.bytes = size
+        queuedBytes[tenant, default: 0] += size
         jobs[id] = entry
         if let key { byRequest[key] = id }
         return PendingAdmission(
             id: id,
             key: key,
             submission: submission,
+            encoded: encoded,
             replyTo: replyTo,
             waiting: waiting,
             trace: trace
@@ -310,7 +337,7 @@ public actor Scheduler {
             // The PubAck was lost, but the intake consumer has the job in SQLite already: accepted.
             logger.warning("intake publish unconfirmed but committed", metadata: ["job.id": "\(id)"])
         } catch {
-            let held = jobs.removeValue(forKey: id)?.pendingAcks ?? []
+            let held = forget(id)?.pendingAcks ?? []
             if let key { byRequest.removeValue(forKey: key) }
             // A timed-out publish may still have been stored: never run what the tenant was refused.
             if let error = error as? NATSError, error.kind == .timeout { abandonedIntake.insert(id) }
@@ -329,7 +356,7 @@ public actor Scheduler {
         if let published, published.duplicate, let key {
             // Admitted before under this request id (another instance, or before a restart) and
             // not yet in SQLite: answer with that job.
-            let held = jobs.removeValue(forKey: id)?.pendingAcks ?? []
+            let held = forget(id)?.pendingAcks ?? []
             if byRequest[key] == id { byRequest.removeValue(forKey: key) }
             guard
                 let original = await originalJob(
@@ -446,7 +473,7 @@ public actor Scheduler {
     nonisolated func send(_ replyTo: String, encodedReply reply: Data) {
         if answerBatched(replyTo, reply) { return }
         do {
-            try nats.publish(replyTo, payload: reply)
+            try nats.publish(replyTo, payload: ReplyFitting.fit(reply: reply, limit: maxReplyBytes))
         } catch {
             logger.warning("could not reply", metadata: ["nats.subject": "\(replyTo)", "error": "\(error)"])
         }

@@ -34,9 +34,9 @@ final class SubmitBatches: Sendable {
     }
 
     /// Records the answer (a serialized `SubmitReply`) on one request's reply subject (the first
-    /// answer counts); returns the batch's reply subject and its serialized `SubmitBatchReply` when
-    /// that was the last one missing.
-    func answer(_ subject: String, _ reply: Data) -> (replyTo: String, payload: Data)? {
+    /// answer counts); returns the batch's reply subject and every request's serialized reply, in
+    /// order, when that was the last one missing.
+    func answer(_ subject: String, _ reply: Data) -> (replyTo: String, replies: [Data])? {
         let parts = subject.dropFirst(Self.prefix.count).split(separator: " ")
         guard parts.count == 2, let id = UInt64(parts[0]), let index = Int(parts[1]) else { return nil }
         return state.withLock { state in
@@ -50,11 +50,7 @@ final class SubmitBatches: Sendable {
                 return nil
             }
             // A missing answer cannot happen here (remaining counts them); it would be an empty reply.
-            let payload = ProtobufFraming.repeated(
-                field: ProtobufFraming.batchItems,
-                batch.replies.map { $0 ?? Data() }
-            )
-            return (batch.replyTo, payload)
+            return (batch.replyTo, batch.replies.map { $0 ?? Data() })
         }
     }
 

@@ -11,6 +11,9 @@ import Foundation
 ///   rate: 1000             # submissions per second (token bucket)
 ///   burst: 2000
 ///   max_queued: 10000
+///   bytes_rate: 8388608    # request bytes per second (token bucket), 8 MiB/s
+///   bytes_burst: 33554432  # 32 MiB; a request larger than this is refused LIMIT_EXCEEDED
+///   max_queued_bytes: 67108864   # bytes of accepted requests not yet finished, 64 MiB
 ///   runtimes: [process, null]   # omit for all
 ///   templates: [host]           # omit for all
 ///   priority: {min: 0, max: 9}
@@ -103,6 +106,13 @@ public struct TenantDirectory: Sendable, Equatable {
                 policy.burst = try number(raw, at)
                 guard policy.burst >= 1 else { throw TenantConfigError("\(at) must be at least 1") }
             case "max_queued": policy.maxQueued = try count(raw, at)
+            case "bytes_rate":
+                policy.bytesRate = try number(raw, at)
+                guard policy.bytesRate > 0 else { throw TenantConfigError("\(at) must be above 0") }
+            case "bytes_burst":
+                policy.bytesBurst = try number(raw, at)
+                guard policy.bytesBurst >= 1 else { throw TenantConfigError("\(at) must be at least 1") }
+            case "max_queued_bytes": policy.maxQueuedBytes = try count(raw, at)
             case "runtimes": policy.runtimes = Set(try strings(raw, at))
             case "templates": policy.templates = Set(try strings(raw, at))
             case "priority":

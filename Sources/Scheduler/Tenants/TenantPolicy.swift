@@ -12,6 +12,15 @@ public struct TenantPolicy: Sendable, Equatable {
     public var burst: Double = 2000
     /// Jobs waiting in the tenant's queue; beyond it submissions get `queue_full`.
     public var maxQueued = 10_000
+    /// Byte budget at intake, so that one tenant cannot fill the shared intake stream (256 MiB) or
+    /// the scheduler's connection with valid but large requests: a token bucket of request bytes
+    /// (sustained bytes per second and the burst above it; beyond it `rate_limited` with a
+    /// retry-after; a request larger than the burst can never pass: `limit_exceeded`) ...
+    public var bytesRate: Double = 8 * 1024 * 1024
+    public var bytesBurst: Double = 32 * 1024 * 1024
+    /// ... and the bytes of the tenant's accepted requests not yet finished (in the intake stream,
+    /// queued or running); beyond it `queue_full`.
+    public var maxQueuedBytes = 64 * 1024 * 1024
     /// Runtimes and templates the tenant may use; nil means all.
     public var runtimes: Set<String>?
     public var templates: Set<String>?
@@ -31,17 +40,22 @@ public struct TokenBucket: Sendable {
         last = now
     }
 
-    /// Takes one token, or returns how long until one is available.
-    public mutating func take(rate: Double, burst: Double, now: ContinuousClock.Instant) -> Duration? {
+    /// Takes `amount` tokens (one by default), or returns how long until that many are available.
+    public mutating func take(
+        _ amount: Double = 1,
+        rate: Double,
+        burst: Double,
+        now: ContinuousClock.Instant
+    ) -> Duration? {
         let elapsed = last.duration(to: now)
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         tokens = min(burst, tokens + max(0, seconds) * rate)
         last = now
-        if tokens >= 1 {
-            tokens -= 1
+        if tokens >= amount {
+            tokens -= amount
             return nil
         }
-        let milliseconds = ((1 - tokens) / rate * 1000).rounded(.up)
+        let milliseconds = ((amount - tokens) / rate * 1000).rounded(.up)
         guard rate > 0, milliseconds.isFinite, milliseconds < 3_600_000 else { return .seconds(3600) }
         return .milliseconds(Int64(milliseconds))
     }

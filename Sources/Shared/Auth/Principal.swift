@@ -98,7 +98,9 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
             // Results reach it through the HANGAR_RESULTS stream (a pull consumer), not a subscription.
             Permissions(
                 publish: [
-                    "hangar.result.>", "hangar.node.*.assign", "hangar.node.*.cancel", "_INBOX.>",
+                    "hangar.result.>", "hangar.node.*.assign", "hangar.node.*.cancel",
+                    // Answers only into tenants' and operators' inboxes (see ReplySubjectRule).
+                    "_INBOX.t.>", "_INBOX.o.>",
                     Subjects.intakeWildcard,
                 ] + Self.schedulerJetStreamAPI,
                 subscribe: [

@@ -342,7 +342,11 @@ public nonisolated struct Hangar_V1_Code: Sendable {
   public init() {}
 }
 
-/// hangar.submit.<tenant>: a tenant asks for one execution.
+/// hangar.submit.<tenant>: a tenant asks for one execution. The whole request (or a whole
+/// SubmitBatchRequest) may be at most the server's max_payload minus 4 KiB, which the scheduler keeps
+/// for the headers it adds when it forwards the request to the intake stream (15.99 MiB with
+/// Hangar's default max_payload of 16 MiB); a larger one is refused LIMIT_EXCEEDED naming the maximum.
+/// Fields this version does not know are dropped: the stored request is what was validated.
 public nonisolated struct Hangar_V1_SubmitRequest: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -706,6 +710,15 @@ public nonisolated struct Hangar_V1_Result: @unchecked Sendable {
     set {_uniqueStorage()._files = newValue}
   }
 
+  /// True when this copy of the Result leaves stdout, stderr and files out (they are empty here)
+  /// because, with them, a wait-mode reply would exceed the server's max_payload. Status, exit code,
+  /// usage (stdout_bytes, stderr_bytes) and the truncation flags are still right; the whole Result
+  /// is stored: fetch it by job id (hangar.job.<tenant>, `hangar job status ID`).
+  public var outputOmitted: Bool {
+    get {_storage._outputOmitted}
+    set {_uniqueStorage()._outputOmitted = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -780,9 +793,22 @@ public nonisolated struct Hangar_V1_SubmitBatchReply: Sendable {
 
   public var replies: [Hangar_V1_SubmitReply] = []
 
+  /// Set when the batch as a whole was refused (it did not decode, or is too big to forward); then
+  /// `replies` is empty and no submission of it was admitted.
+  public var rejected: Hangar_V1_Rejected {
+    get {_rejected ?? Hangar_V1_Rejected()}
+    set {_rejected = newValue}
+  }
+  /// Returns true if `rejected` has been explicitly set.
+  public var hasRejected: Bool {self._rejected != nil}
+  /// Clears the value of `rejected`. Subsequent reads from it will return its default value.
+  public mutating func clearRejected() {self._rejected = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _rejected: Hangar_V1_Rejected? = nil
 }
 
 /// hangar.intake.<tenant> with the header Hangar-Intake: batch: several admitted submissions of one
@@ -1514,7 +1540,7 @@ nonisolated extension Hangar_V1_Timings: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Hangar_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Result"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}tenant\0\u{3}request_id\0\u{1}status\0\u{3}exit_code\0\u{1}signal\0\u{1}stdout\0\u{1}stderr\0\u{3}stdout_truncated\0\u{3}stderr_truncated\0\u{1}usage\0\u{1}timings\0\u{3}node_id\0\u{1}attempt\0\u{1}message\0\u{1}rejected\0\u{3}finished_at_ms\0\u{1}files\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}tenant\0\u{3}request_id\0\u{1}status\0\u{3}exit_code\0\u{1}signal\0\u{1}stdout\0\u{1}stderr\0\u{3}stdout_truncated\0\u{3}stderr_truncated\0\u{1}usage\0\u{1}timings\0\u{3}node_id\0\u{1}attempt\0\u{1}message\0\u{1}rejected\0\u{3}finished_at_ms\0\u{1}files\0\u{3}output_omitted\0")
 
   fileprivate class _StorageClass {
     var _jobID: String = String()
@@ -1535,6 +1561,7 @@ nonisolated extension Hangar_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._Me
     var _rejected: Hangar_V1_Rejected? = nil
     var _finishedAtMs: Int64 = 0
     var _files: [Hangar_V1_FileOut] = []
+    var _outputOmitted: Bool = false
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1563,6 +1590,7 @@ nonisolated extension Hangar_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._Me
       _rejected = source._rejected
       _finishedAtMs = source._finishedAtMs
       _files = source._files
+      _outputOmitted = source._outputOmitted
     }
   }
 
@@ -1599,6 +1627,7 @@ nonisolated extension Hangar_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._Me
         case 16: try { try decoder.decodeSingularMessageField(value: &_storage._rejected) }()
         case 17: try { try decoder.decodeSingularInt64Field(value: &_storage._finishedAtMs) }()
         case 18: try { try decoder.decodeRepeatedMessageField(value: &_storage._files) }()
+        case 19: try { try decoder.decodeSingularBoolField(value: &_storage._outputOmitted) }()
         default: break
         }
       }
@@ -1665,6 +1694,9 @@ nonisolated extension Hangar_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._Me
       if !_storage._files.isEmpty {
         try visitor.visitRepeatedMessageField(value: _storage._files, fieldNumber: 18)
       }
+      if _storage._outputOmitted != false {
+        try visitor.visitSingularBoolField(value: _storage._outputOmitted, fieldNumber: 19)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1692,6 +1724,7 @@ nonisolated extension Hangar_V1_Result: SwiftProtobuf.Message, SwiftProtobuf._Me
         if _storage._rejected != rhs_storage._rejected {return false}
         if _storage._finishedAtMs != rhs_storage._finishedAtMs {return false}
         if _storage._files != rhs_storage._files {return false}
+        if _storage._outputOmitted != rhs_storage._outputOmitted {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -1817,7 +1850,7 @@ nonisolated extension Hangar_V1_SubmitBatchRequest: SwiftProtobuf.Message, Swift
 
 nonisolated extension Hangar_V1_SubmitBatchReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SubmitBatchReply"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}replies\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}replies\0\u{1}rejected\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1826,20 +1859,29 @@ nonisolated extension Hangar_V1_SubmitBatchReply: SwiftProtobuf.Message, SwiftPr
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.replies) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._rejected) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.replies.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.replies, fieldNumber: 1)
     }
+    try { if let v = self._rejected {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Hangar_V1_SubmitBatchReply, rhs: Hangar_V1_SubmitBatchReply) -> Bool {
     if lhs.replies != rhs.replies {return false}
+    if lhs._rejected != rhs._rejected {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
