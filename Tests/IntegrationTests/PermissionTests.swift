@@ -292,17 +292,74 @@ struct PermissionTests {
                 payload: try Hangar_V1_JobRequest().serializedData(),
                 replyTo: "_INBOX.t.b.spoofed.2"
             )
-            #expect(try await firstMessage(of: inbox, within: .seconds(1)) == nil)
-            var denied: [Hangar_V1_AuditEvent] = []
-            let deadline = ContinuousClock.now + .seconds(5)
-            while denied.count < 2 && ContinuousClock.now < deadline {
-                denied = try await cluster.scheduler.store.auditRows(tenant: "a", jobID: nil, sinceMs: 0, limit: 100)
-                    .filter { $0.event == "access.denied" }
-                if denied.count < 2 { try await Task.sleep(for: .milliseconds(20)) }
-            }
-            #expect(denied.count == 2 && denied.allSatisfy { $0.detail.contains("another tenant's inbox") })
+            let denied = try await accessDenied(cluster, actor: "tenant:a", count: 2)
+            #expect(denied.count == 2 && denied.allSatisfy { $0.detail.contains("not in tenant-a's own inbox") })
+            #expect(try await firstMessage(of: inbox, within: .milliseconds(300)) == nil)
             #expect(try await cluster.scheduler.store.count("jobs") == jobsBefore)
         }
+    }
+
+    @Test("confused deputy: B aims the scheduler's answers at A's result subject or A's intake; nothing reaches A")
+    func confusedDeputy() async throws {
+        try await withAuthorizedCluster { cluster in
+            // A listens where a forged Result would land.
+            let results = try await cluster.tenantA.subscribeConfirmed("hangar.result.a.>")
+            defer { results.unsubscribe() }
+            let jobsBefore = try await cluster.scheduler.store.count("jobs")
+            var forged = nullJob(wait: true)
+            forged.argv = ["echo", "bob was here"]
+            let target = "hangar.result.a.j-alice-1"
+            // Wait mode (the whole Result would go there), async mode (Accepted), a request that
+            // does not decode (a Rejection), and the durable intake stream under A's name.
+            for (payload, replyTo) in [
+                (try forged.serializedData(), target),
+                (try nullJob(wait: false).serializedData(), target),
+                (Data([0xFF, 0xFF, 0xFF]), target),
+                (try nullJob(wait: false).serializedData(), Subjects.intake(tenant: "a")),
+            ] {
+                try await cluster.tenantB.publishConfirmed(
+                    Subjects.submit(tenant: "b"),
+                    payload: payload,
+                    replyTo: replyTo
+                )
+            }
+            let denied = try await accessDenied(cluster, actor: "tenant:b", count: 4)
+            #expect(denied.count == 4, "audited: \(denied.map(\.detail))")
+            #expect(denied.filter { $0.detail.contains(target) }.count == 3)
+            #expect(denied.filter { $0.detail.contains("hangar.intake.a") }.count == 1)
+            // A's own start-up job (see `waitUntilServing`) may publish its result here; nothing else may.
+            while let message = try await firstMessage(of: results, within: .milliseconds(300)) {
+                let result = try? Hangar_V1_Result(serializedBytes: message.payload)
+                if message.subject == target || result?.tenant != "a" {
+                    Issue.record("A received \(message.payload.count) bytes on \(message.subject) that B aimed there")
+                }
+            }
+            // Nothing was admitted: no job for anyone, nothing in A's intake.
+            #expect(try await cluster.scheduler.store.count("jobs") == jobsBefore)
+            // B's own inbox still works.
+            let own = try await cluster.submit(nullJob(wait: true), as: cluster.tenantB, tenant: "b")
+            guard case .result(let result) = own.outcome else {
+                Issue.record("expected B's own result, got \(own)")
+                return
+            }
+            #expect(result.tenant == "b")
+        }
+    }
+
+    /// The scheduler's `access.denied` audit rows by `actor`, once there are `count` (bounded wait).
+    private func accessDenied(
+        _ cluster: AuthorizedCluster,
+        actor: String,
+        count: Int
+    ) async throws -> [Hangar_V1_AuditEvent] {
+        var denied: [Hangar_V1_AuditEvent] = []
+        let deadline = ContinuousClock.now + .seconds(5)
+        while denied.count < count && ContinuousClock.now < deadline {
+            denied = try await cluster.scheduler.store.auditRows(tenant: nil, jobID: nil, sinceMs: 0, limit: 1000)
+                .filter { $0.event == "access.denied" && $0.actor == actor }
+            if denied.count < count { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        return denied
     }
 
     @Test("a node may use only its own subjects; bad credentials are refused at connect")
