@@ -9,11 +9,24 @@ extension JetStreamPullConsumer {
     /// or the time is up), a lone message is handed over at once, and under load one call still
     /// returns a large batch. One pull request: "no wait" with an expiry, which nats-server (2.9+)
     /// answers with the messages it has as soon as it has any, then ends with a 408 status.
-    public func fetchAvailable(max: Int, wait: Duration) async throws(NATSError) -> [JetStreamMessage] {
-        try await pull(batch: max, noWait: true, expires: wait)
+    ///
+    /// `maxBytes` (0: no limit) bounds the payload bytes one pull may bring, so that a stream of
+    /// large messages cannot pile up on the connection (nats-server cuts a slow consumer off). It
+    /// must exceed the largest message, or that message is never delivered.
+    public func fetchAvailable(
+        max: Int,
+        maxBytes: Int = 0,
+        wait: Duration
+    ) async throws(NATSError) -> [JetStreamMessage] {
+        try await pull(batch: max, maxBytes: maxBytes, noWait: true, expires: wait)
     }
 
-    private func pull(batch: Int, noWait: Bool, expires: Duration) async throws(NATSError) -> [JetStreamMessage] {
+    private func pull(
+        batch: Int,
+        maxBytes: Int,
+        noWait: Bool,
+        expires: Duration
+    ) async throws(NATSError) -> [JetStreamMessage] {
         let sub = UncheckedPointer(subscription)
         // A pull blocks for up to `expires`: on a thread of its own, never one of libdispatch's
         // (Swift's executor on Linux shares them; two long pulls on a 2-core machine would stall
@@ -22,6 +35,7 @@ extension JetStreamPullConsumer {
             var request = jsFetchRequest()
             try NATSError.check(jsFetchRequest_Init(&request), "jsFetchRequest_Init")
             request.Batch = Int32(batch)
+            request.MaxBytes = Int64(maxBytes)
             request.NoWait = noWait
             request.Expires = expires.nanoseconds
             var list = natsMsgList()

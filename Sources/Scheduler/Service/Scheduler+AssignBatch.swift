@@ -61,7 +61,7 @@ extension Scheduler {
         let payload = ProtobufFraming.repeated(field: ProtobufFraming.batchItems, batch.map(\.encoded))
         var outcomes: [String?]  // nil: acknowledged; else why it failed
         do {
-            let answer = try await nats.request(
+            let answer = try await control.request(
                 Subjects.assign(node: nodeID),
                 payload: payload,
                 headers: [AssignBatch.header: AssignBatch.value],

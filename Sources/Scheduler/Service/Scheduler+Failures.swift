@@ -112,7 +112,7 @@ extension Scheduler {
         cancel.attempt = attempt
         cancel.reason = reason
         if let payload = try? cancel.serializedData() {
-            try? nats.publish(Subjects.nodeCancel(node: nodeID), payload: payload)
+            try? control.publish(Subjects.nodeCancel(node: nodeID), payload: payload)
         }
     }
 

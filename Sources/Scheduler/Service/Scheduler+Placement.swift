@@ -114,7 +114,7 @@ extension Scheduler {
             logger.error("could not record attempt", metadata: ["job.id": "\(jobID)", "error": "\(error)"])
         }
         do {
-            let answer = try await nats.request(
+            let answer = try await control.request(
                 Subjects.assign(node: nodeID),
                 payload: try assignment.serializedData(),
                 headers: trace.map { [TraceContext.header: $0.traceparent] } ?? [:],

@@ -2,6 +2,7 @@ import Foundation
 import HangarNATS
 import HangarShared
 import Logging
+import Synchronization
 
 /// A submission that passed admission and has its entry, on its way into the intake stream.
 struct PendingAdmission: Sendable {
@@ -59,6 +60,11 @@ public actor Scheduler {
     /// second connection that lets libnats batch its writes (at most a millisecond later), instead
     /// of one socket write per job. Results nobody waits for go on `nats` at once. Nil until `run`.
     var notifications: NATSConnection?
+    /// Control traffic (heartbeats, node results, assignments and their answers, node cancels) on a
+    /// connection of its own, so that a flood of tenant submissions on `nats` can never starve it: if
+    /// nats-server cuts the intake connection off as a slow consumer, heartbeats still arrive and no
+    /// healthy node is declared down. Nil until `run` (then `control` falls back to `nats`).
+    nonisolated let controlConnection = Mutex<NATSConnection?>(nil)
     /// The connection's JetStream context (streams, consumers, reading a message back).
     var jetStream: JetStream?
     /// Jobs whose intake publish timed out (the tenant was refused): if the stream did store one,
@@ -94,7 +100,9 @@ public actor Scheduler {
         let group = Subjects.schedulerQueueGroup
         let submits = try nats.subscribe(Subjects.submitWildcard, queueGroup: group)
         let cancels = try nats.subscribe(Subjects.cancelWildcard, queueGroup: group)
-        let heartbeats = try nats.subscribe(Subjects.heartbeatWildcard)
+        let control = await openControlConnection()
+        let heartbeats = try control.subscribe(Subjects.heartbeatWildcard)
+        let controlStreams = control === nats ? nil : try control.jetStream()
         let admin = try nats.subscribe(Subjects.admin("*"), queueGroup: group)
         let tenantJobs = try nats.subscribe(Subjects.jobWildcard, queueGroup: group)
         let jetStream = try nats.jetStream()
@@ -131,7 +139,9 @@ public actor Scheduler {
                 for await message in heartbeats { await self.handleHeartbeat(message) }
             }
             group.addTask {
-                await self.consume(SchedulerStreams.results, with: jetStream) { await self.storeResults($0) }
+                await self.consume(SchedulerStreams.results, with: controlStreams ?? jetStream) {
+                    await self.storeResults($0)
+                }
             }
             if config.consumeIntake {
                 group.addTask {
@@ -157,6 +167,27 @@ public actor Scheduler {
         }
         // Results already buffered for the notification connection go out before it closes.
         await notifications?.drain()
+        if control !== nats { await control.drain() }
+        controlConnection.withLock { $0 = nil }
+    }
+
+    /// The connection for control traffic (see `controlConnection`); `nats` if none can be opened.
+    nonisolated var control: NATSConnection { controlConnection.withLock { $0 } ?? nats }
+
+    private func openControlConnection() async -> NATSConnection {
+        var options = nats.options
+        options.name += "-control"
+        do {
+            let connection = try await NATSConnection(options: options)
+            controlConnection.withLock { $0 = connection }
+            return connection
+        } catch {
+            logger.warning(
+                "no separate connection for control traffic; heartbeats share the intake connection",
+                metadata: ["error": "\(error)"]
+            )
+            return nats
+        }
     }
 
     // MARK: Intake

@@ -82,7 +82,12 @@ extension Scheduler {
                 while !Task.isCancelled {
                     let messages: [JetStreamMessage]
                     do {
-                        messages = try await consumer.fetchAvailable(max: SchedulerStreams.batch, wait: .seconds(1))
+                        // At most two of the largest messages' worth per pull (see `fetchAvailable`).
+                        messages = try await consumer.fetchAvailable(
+                            max: SchedulerStreams.batch,
+                            maxBytes: 2 * maxReplyBytes + 64 * 1024,
+                            wait: .seconds(1)
+                        )
                         failures = 0
                     } catch {
                         failures += 1
