@@ -2,7 +2,8 @@ extension Hangar_V1_JobStatus {
     /// Whether a job in this status is finished for good.
     public var isTerminal: Bool {
         switch self {
-        case .succeeded, .failed, .timedOut, .oomKilled, .outputLimit, .cancelled, .rejected, .lost, .error: true
+        case .succeeded, .failed, .timedOut, .oomKilled, .outputLimit, .cancelled, .rejected, .lost, .error, .expired:
+            true
         default: false
         }
     }
@@ -24,6 +25,7 @@ extension Hangar_V1_JobStatus {
         case .rejected: "REJECTED"
         case .lost: "LOST"
         case .error: "ERROR"
+        case .expired: "EXPIRED"
         case .UNRECOGNIZED(let value): "UNRECOGNIZED(\(value))"
         }
     }

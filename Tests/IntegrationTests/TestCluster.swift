@@ -252,6 +252,7 @@ struct SchedulerSettings {
     var nodeTTL: Duration?
     var nodeGrace: Duration?
     var tenantsFile: String?
+    var queueTimeout: Duration?
     /// false: the scheduler leaves submissions in the intake stream (dies before its SQLite commit).
     var consumeIntake = true
 
@@ -260,5 +261,6 @@ struct SchedulerSettings {
         if let nodeTTL { config.nodeTTL = nodeTTL }
         if let nodeGrace { config.nodeGrace = nodeGrace }
         if let tenantsFile { config.tenantsFile = tenantsFile }
+        if let queueTimeout { config.queueTimeout = queueTimeout }
     }
 }

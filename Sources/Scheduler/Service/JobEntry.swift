@@ -14,6 +14,9 @@ struct JobEntry: Sendable {
     var attempt: UInt32 = 0
     /// Attempts lost to dead or drained nodes; retries stop at `submission.maxAttempts`.
     var losses: UInt32 = 0
+    /// The node of the current attempt when that attempt was declared LOST: until a later attempt is
+    /// placed, that node's result for it is still the job's outcome (see `storeResults`).
+    var lostOn: String?
     var nodeID: String?
     var placedAt: ContinuousClock.Instant?
     var placementMilliseconds: UInt64 = 0

@@ -48,6 +48,7 @@ extension Scheduler {
         let now = ContinuousClock.now
         let attempt = entry.attempt
         releaseAttempt(&entry)
+        entry.lostOn = nodeID
         entry.losses += 1
         entry.recovered = false
         jobs[entry.id] = entry
@@ -73,16 +74,18 @@ extension Scheduler {
         }
     }
 
-    /// Rejects queued jobs that waited longer than the queue timeout, saying why they did not fit.
+    /// Ends EXPIRED the queued jobs that waited longer than the queue timeout, saying why they did not
+    /// fit. An accepted job never ends REJECTED, and a job that already ran (an attempt of it was
+    /// lost with its node) is retried by its policy, never expired.
     private func expireQueued(now: ContinuousClock.Instant) {
         let delayedIDs = Set(delayed.map(\.jobID))
         for entry in jobs.values
-        where entry.nodeID == nil && !entry.finishing && entry.committed
+        where entry.nodeID == nil && !entry.finishing && entry.committed && entry.losses == 0
             && now - entry.acceptedAt >= config.queueTimeout && !delayedIDs.contains(entry.id)
         {
             queue.remove(tenant: entry.tenant, jobID: entry.id)
             let why = entry.lastPlacementProblem.isEmpty ? "no node fits" : entry.lastPlacementProblem
-            finishRejected(entry, Rejection(.noCapacity, "", "no capacity within \(config.queueTimeout): \(why)"))
+            finishWithoutNode(entry, status: .expired, message: "no capacity within \(config.queueTimeout): \(why)")
         }
     }
 

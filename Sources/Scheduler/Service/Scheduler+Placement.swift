@@ -66,6 +66,7 @@ extension Scheduler {
         queue.started(tenant: entry.tenant, cpuMillis: entry.request.cpuMillis, memoryBytes: entry.request.memoryBytes)
         entry.attempt += 1
         entry.nodeID = nodeID
+        entry.lostOn = nil
         entry.reserved = true
         entry.placedAt = now
         jobs[entry.id] = entry

@@ -55,13 +55,33 @@ extension Scheduler {
                     finished.append((report.jobID, result, encoded))
                     continue
                 }
+                if var entry = jobs[report.jobID], entry.nodeID == nil, entry.lostOn == nodeID,
+                    entry.attempt == report.attempt, !entry.finishing, !inBatch.contains(key),
+                    let encoded = try? makeResult(entry, report, nodeID: nodeID).serializedData()
+                {
+                    // Declared LOST (its node went silent), but no later attempt was sent: the
+                    // result is the job's outcome, and the pending retry is called off.
+                    logger.notice(
+                        "result of a lost attempt accepted: no later attempt was sent",
+                        metadata: ["job.id": "\(report.jobID)", "attempt": "\(report.attempt)", "node.id": "\(nodeID)"]
+                    )
+                    delayed.removeAll { $0.jobID == report.jobID }
+                    queue.remove(tenant: entry.tenant, jobID: entry.id)
+                    entry.finishing = true  // nothing to release: the loss gave its reservation back
+                    jobs[report.jobID] = entry
+                    inBatch.insert(key)
+                    let result = makeResult(entry, report, nodeID: nodeID)
+                    writes.append(.jobFinished(result, encoded: encoded))
+                    finished.append((report.jobID, result, encoded))
+                    continue
+                }
                 if let stored = try? await store.job(id: report.jobID)?.result, stored.attempt == report.attempt,
                     stored.nodeID == nodeID
                 {
                     continue  // a resend of a result we already have
                 }
                 logger.info(
-                    "stale result ignored",
+                    "late result ignored: a later attempt was sent, or the job has ended",
                     metadata: ["job.id": "\(report.jobID)", "attempt": "\(report.attempt)", "node.id": "\(nodeID)"]
                 )
                 writes.append(

@@ -121,6 +121,7 @@ public final class SchedulerCounters: Sendable {
                 state.snapshot.rejected += 1
                 if reason == .noCapacity { state.snapshot.placementFailures += 1 }
             }
+            if status == .expired { state.snapshot.placementFailures += 1 }
             if state.latencies.count < Self.latencyWindow {
                 state.latencies.append(Double(totalMs))
             } else {
@@ -143,6 +144,7 @@ public final class SchedulerCounters: Sendable {
                 .increment()
             if reason == .noCapacity { Counter(label: "hangar_placement_failures_total").increment() }
         }
+        if status == .expired { Counter(label: "hangar_placement_failures_total").increment() }
     }
 
     /// Every total now, with the rate over the last 10 s and latency percentiles.

@@ -362,7 +362,7 @@ extension StoreWrite {
                 head: &head,
                 at: now,
                 actor: "node:\(nodeID)",
-                event: "result.stale",
+                event: "result.late",
                 jobID: jobID,
                 detail: "attempt \(attempt) reported \(status) but is not the current attempt; ignored"
             )

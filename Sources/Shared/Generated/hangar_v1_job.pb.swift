@@ -60,6 +60,9 @@ public nonisolated enum Hangar_V1_JobStatus: SwiftProtobuf.Enum, Swift.CaseItera
 
   /// internal error, see the message
   case error // = 18
+
+  /// accepted, but no node could take it before its queue deadline (it never ran)
+  case expired // = 19
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -82,6 +85,7 @@ public nonisolated enum Hangar_V1_JobStatus: SwiftProtobuf.Enum, Swift.CaseItera
     case 16: self = .rejected
     case 17: self = .lost
     case 18: self = .error
+    case 19: self = .expired
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -102,6 +106,7 @@ public nonisolated enum Hangar_V1_JobStatus: SwiftProtobuf.Enum, Swift.CaseItera
     case .rejected: return 16
     case .lost: return 17
     case .error: return 18
+    case .expired: return 19
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -122,6 +127,7 @@ public nonisolated enum Hangar_V1_JobStatus: SwiftProtobuf.Enum, Swift.CaseItera
     .rejected,
     .lost,
     .error,
+    .expired,
   ]
 
 }
@@ -852,7 +858,7 @@ public nonisolated struct Hangar_V1_IntakeEntry: Sendable {
 fileprivate nonisolated let _protobuf_package = "hangar.v1"
 
 nonisolated extension Hangar_V1_JobStatus: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0JOB_STATUS_UNSPECIFIED\0\u{1}SUBMITTED\0\u{1}QUEUED\0\u{1}PLACED\0\u{1}RUNNING\0\u{2}\u{6}SUCCEEDED\0\u{1}FAILED\0\u{1}TIMED_OUT\0\u{1}OOM_KILLED\0\u{1}OUTPUT_LIMIT\0\u{1}CANCELLED\0\u{1}REJECTED\0\u{1}LOST\0\u{1}ERROR\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0JOB_STATUS_UNSPECIFIED\0\u{1}SUBMITTED\0\u{1}QUEUED\0\u{1}PLACED\0\u{1}RUNNING\0\u{2}\u{6}SUCCEEDED\0\u{1}FAILED\0\u{1}TIMED_OUT\0\u{1}OOM_KILLED\0\u{1}OUTPUT_LIMIT\0\u{1}CANCELLED\0\u{1}REJECTED\0\u{1}LOST\0\u{1}ERROR\0\u{1}EXPIRED\0")
 }
 
 nonisolated extension Hangar_V1_NetworkMode: SwiftProtobuf._ProtoNameProviding {
