@@ -187,7 +187,8 @@ final class RefusingNode: Sendable {
             while !Task.isCancelled {
                 try? self.connection.publish(
                     Subjects.heartbeat(node: self.nodeID),
-                    payload: (try? self.heartbeat().serializedData()) ?? Data()
+                    payload: (try? standInHeartbeat(self.nodeID, incarnation: "picky-1", slots: 64).serializedData())
+                        ?? Data()
                 )
                 try? await Task.sleep(for: .milliseconds(100))
             }
@@ -202,22 +203,6 @@ final class RefusingNode: Sendable {
     }
 
     func close() async { await connection.close() }
-
-    private func heartbeat() -> Hangar_V1_NodeHeartbeat {
-        var heartbeat = Hangar_V1_NodeHeartbeat()
-        heartbeat.nodeID = nodeID
-        heartbeat.incarnation = "picky-1"
-        heartbeat.capacity.cpuMillis = 8000
-        heartbeat.capacity.memoryBytes = 8 << 30
-        heartbeat.capacity.slotsTotal = 64
-        var null = Hangar_V1_RuntimeAvailability()
-        null.name = "null"
-        null.available = true
-        heartbeat.runtimes = [null]
-        heartbeat.templates = [TemplateName.host]
-        heartbeat.health = .healthy
-        return heartbeat
-    }
 
     private func answer(_ message: NATSMessage) {
         if message.header(AssignBatch.header) == AssignBatch.value {
@@ -264,4 +249,22 @@ final class RefusingNode: Sendable {
         }
         return reply
     }
+}
+
+/// The heartbeat of a stand-in node of these tests: 8 cores, 8 GiB, `slots` slots, the null runtime
+/// and the host template, healthy.
+func standInHeartbeat(_ nodeID: String, incarnation: String, slots: UInt32) -> Hangar_V1_NodeHeartbeat {
+    var heartbeat = Hangar_V1_NodeHeartbeat()
+    heartbeat.nodeID = nodeID
+    heartbeat.incarnation = incarnation
+    heartbeat.capacity.cpuMillis = 8000
+    heartbeat.capacity.memoryBytes = 8 << 30
+    heartbeat.capacity.slotsTotal = slots
+    var null = Hangar_V1_RuntimeAvailability()
+    null.name = "null"
+    null.available = true
+    heartbeat.runtimes = [null]
+    heartbeat.templates = [TemplateName.host]
+    heartbeat.health = .healthy
+    return heartbeat
 }

@@ -26,7 +26,8 @@ final class SilentNode: Sendable {
                 if self.beating.load(ordering: .relaxed) {
                     try? self.connection.publish(
                         Subjects.heartbeat(node: nodeID),
-                        payload: (try? self.heartbeat().serializedData()) ?? Data()
+                        payload: (try? standInHeartbeat(nodeID, incarnation: "silent-1", slots: 8).serializedData())
+                            ?? Data()
                     )
                 }
                 try? await Task.sleep(for: .milliseconds(100))
@@ -71,23 +72,6 @@ final class SilentNode: Sendable {
     func close() async {
         tasks.withLock { tasks in for task in tasks { task.cancel() } }
         await connection.close()
-    }
-
-    private func heartbeat() -> Hangar_V1_NodeHeartbeat {
-        var heartbeat = Hangar_V1_NodeHeartbeat()
-        heartbeat.nodeID = nodeID
-        heartbeat.incarnation = "silent-1"
-        heartbeat.capacity.cpuMillis = 8000
-        heartbeat.capacity.memoryBytes = 8 << 30
-        heartbeat.capacity.slotsTotal = 8
-        var null = Hangar_V1_RuntimeAvailability()
-        null.name = "null"
-        null.available = true
-        heartbeat.runtimes = [null]
-        heartbeat.templates = [TemplateName.host]
-        heartbeat.health = .healthy
-        // Running what it acknowledged: the scheduler keeps those attempts.
-        return heartbeat
     }
 
     private func answer(_ message: NATSMessage) {
