@@ -110,7 +110,9 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
             )
         case .operator:
             Permissions(
-                publish: ["hangar.admin.>", Subjects.jobWildcard],
+                // Job lookups go through hangar.admin.job; hangar.job.<tenant> answers only that
+                // tenant's own inbox (see ReplySubjectRule).
+                publish: ["hangar.admin.>"],
                 subscribe: ["hangar.logs.>", inboxPrefix + ".>"]
             )
         case .system:
