@@ -142,15 +142,29 @@ extension MicroVMSuites {
             #expect(Set(uids).count == uids.count, "two VMs share a host uid: \(uids)")
             let pool = SandboxUsers.shared.first..<(SandboxUsers.shared.first + SandboxUsers.shared.count)
             #expect(uids.allSatisfy { pool.contains($0) }, "not from the sandbox users (nobody is 65534): \(uids)")
-            // A thread that exits needs libgcc_s (glibc dlopens it for pthread_exit's unwinding);
-            // without it the job prints "libgcc_s.so.1 must be installed" and dies of SIGABRT.
-            let threads = "import threading; t = threading.Thread(target=print, args=('ok',)); t.start(); t.join()"
-            async let one = runIn(first, hostileSpec(["/usr/bin/python3", "-c", threads]) { _ in })
-            async let two = runIn(second, hostileSpec(["/usr/bin/python3", "-c", threads]) { _ in })
-            for run in await [one, two] {
-                #expect(run.outcome.status == .succeeded, "\(run.summary)")
-                #expect(run.stdout == "ok\n", "\(run.summary)")
-            }
+            // Threads start and are joined; and a thread that ends by pthread_exit (as Python's daemon
+            // threads do at interpreter exit) needs libgcc_s, which glibc dlopens to unwind it: without
+            // it the job prints "libgcc_s.so.1 must be installed for pthread_exit to work" and aborts.
+            let joined = "import threading; t = threading.Thread(target=print, args=('ok',)); t.start(); t.join()"
+            let pthreadExit = """
+                import ctypes, os, threading, time
+                def run():
+                    print('ok', flush=True)
+                    ctypes.CDLL(None).pthread_exit(None)
+                threading.Thread(target=run, daemon=True).start()
+                deadline = time.monotonic() + 10
+                while len(os.listdir('/proc/self/task')) > 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                print('threads', len(os.listdir('/proc/self/task')), flush=True)
+                os._exit(0)
+                """
+            async let one = runIn(first, hostileSpec(["/usr/bin/python3", "-c", joined]) { _ in })
+            async let two = runIn(second, hostileSpec(["/usr/bin/python3", "-c", pthreadExit]) { _ in })
+            let (joinedRun, exitRun) = await (one, two)
+            #expect(joinedRun.outcome.status == .succeeded, "\(joinedRun.summary)")
+            #expect(joinedRun.stdout == "ok\n", "\(joinedRun.summary)")
+            #expect(exitRun.outcome.status == .succeeded, "\(exitRun.summary)")
+            #expect(exitRun.stdout == "ok\nthreads 1\n", "\(exitRun.summary)")
             expectHostUnharmed(since: before)
         }
 
