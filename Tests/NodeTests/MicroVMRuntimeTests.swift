@@ -248,6 +248,13 @@ struct MicroVMPureTests {
         #expect(throws: InvalidJob.self) { try MicroVMJob.frame(template, limits: JobLimits(template.limits)) }
     }
 
+    @Test("the guest image gets libgcc_s, which no ldd line names but glibc dlopens for pthread_exit")
+    func libgccShipped() async throws {
+        let libraries = try await InitramfsBuilder.sharedLibraries(of: ["/usr/bin/python3"])
+        let shipped = libraries + InitramfsBuilder.loadedByLibc(libraries)
+        #expect(shipped.filter { $0.hasSuffix("/libgcc_s.so.1") }.count == 1, "\(shipped)")
+    }
+
     @Test("cpio newc: header fields, name padding, trailer")
     func cpio() {
         var archive = CPIOArchive()
