@@ -35,7 +35,7 @@ struct HostileSuiteTests {
         let pids = await sampler.value
         if kind == .gvisor {
             // On ptrace every guest process has a host stub process, so the bomb exhausts the host
-            // pids limit, the sentry cannot fork any more, and the job's own shell fails with it.
+            // pids limit; the sentry then cannot start a thread and the whole sandbox stops (code 2).
             #expect(run.outcome.status == .timedOut || run.outcome.status == .failed, "\(run.summary)")
         } else {
             #expect(run.outcome.status == .timedOut, "\(run.summary)")
@@ -222,7 +222,7 @@ struct HostileSuiteTests {
             // runc makes the program the container's pid 1, which the kernel never kills with a
             // signal it does not handle: the write fails with EFBIG and the program decides.
             #expect(run.outcome.message == "exited with code 1", "\(run.summary)")
-            // dd's children would die of it, as its child (python) above could have.
+            // Any other process of the job (not pid 1) would die of SIGXFSZ, and its parent see 153.
             #expect(run.stderr.contains("File too large"), "\(run.summary)")
         } else {
             #expect(
