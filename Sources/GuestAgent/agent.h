@@ -62,7 +62,7 @@ struct job {
 
 struct report {
     uint32_t kind, code, signal;
-    uint64_t cpu_us, peak, run_ms, out_bytes, err_bytes, oom_kills;
+    uint64_t cpu_us, peak, run_ms, out_bytes, err_bytes, oom_kills, pids_hits;
     char message[MESSAGE_MAX];
 };
 

@@ -271,6 +271,7 @@ void run_job(const struct job *job) {
     r.cpu_us = read_keyed(CGROUP "/cpu.stat", "usage_usec");
     r.peak = read_number(CGROUP "/memory.peak");
     r.oom_kills = read_keyed(CGROUP "/memory.events", "oom_kill");
+    r.pids_hits = read_keyed(CGROUP "/pids.events", "max");
     if (WIFEXITED(wait_status)) r.code = (uint32_t)WEXITSTATUS(wait_status);
     if (WIFSIGNALED(wait_status)) r.signal = (uint32_t)WTERMSIG(wait_status);
     if (exec_error) {

@@ -9,7 +9,8 @@
  *   'O' STDOUT  a chunk of the program's stdout (at most CHUNK_MAX bytes)
  *   'E' STDERR  a chunk of the program's stderr
  *   'X' EXIT    u32 kind, u32 exit code, u32 signal, u64 cpu us, u64 peak memory bytes,
- *               u64 run ms, u64 stdout bytes, u64 stderr bytes, u64 oom kills, then a message
+ *               u64 run ms, u64 stdout bytes, u64 stderr bytes, u64 oom kills, u64 forks refused at
+ *               the pids limit, then a message
  * host -> guest
  *   'S' SEED    u64 host realtime in ns since the epoch, then 16-256 bytes of randomness; sent to a VM
  *               restored from a snapshot (every restored copy starts with the same RNG state and a

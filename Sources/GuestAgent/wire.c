@@ -61,7 +61,7 @@ int send_frame(uint8_t type, const void *payload, uint32_t length) {
 }
 
 void send_exit(const struct report *r) {
-    uint8_t buffer[12 + 48 + MESSAGE_MAX];
+    uint8_t buffer[12 + 56 + MESSAGE_MAX];
     put32(buffer, r->kind);
     put32(buffer + 4, r->code);
     put32(buffer + 8, r->signal);
@@ -71,9 +71,10 @@ void send_exit(const struct report *r) {
     put64(buffer + 36, r->out_bytes);
     put64(buffer + 44, r->err_bytes);
     put64(buffer + 52, r->oom_kills);
+    put64(buffer + 60, r->pids_hits);
     size_t length = strnlen(r->message, MESSAGE_MAX);
-    memcpy(buffer + 60, r->message, length);
-    send_frame(FRAME_EXIT, buffer, (uint32_t)(60 + length));
+    memcpy(buffer + 68, r->message, length);
+    send_frame(FRAME_EXIT, buffer, (uint32_t)(68 + length));
 }
 
 void power_off(void) {

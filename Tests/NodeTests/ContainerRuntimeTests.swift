@@ -366,7 +366,7 @@ struct ContainerRuntimeTests {
         let began = ContinuousClock.now
         let (outcome, residue) = await T.run(.runc, spec, name: "cputime")
         #expect(outcome.status == .timedOut, "\(outcome.status) \(outcome.message)")
-        #expect(outcome.message.contains("CPU-time limit of 500 ms"))
+        #expect(outcome.message.contains("CPU time limit of 500 ms"))
         #expect(outcome.cpuTimeMicroseconds >= 500_000)
         #expect(ContinuousClock.now - began < .seconds(8))  // far below the 20 s wall-clock limit
         #expect(residue == [])

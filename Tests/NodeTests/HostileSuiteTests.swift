@@ -35,7 +35,7 @@ struct HostileSuiteTests {
         let pids = await sampler.value
         if kind == .gvisor {
             // On ptrace every guest process has a host stub process, so the bomb exhausts the host
-            // pids limit, the sentry cannot fork any more, and the job's own shell fails with it.
+            // pids limit; the sentry then cannot start a thread and the whole sandbox stops (code 2).
             #expect(run.outcome.status == .timedOut || run.outcome.status == .failed, "\(run.summary)")
         } else {
             #expect(run.outcome.status == .timedOut, "\(run.summary)")
@@ -49,8 +49,11 @@ struct HostileSuiteTests {
         #expect(pids.peak > 0 && pids.peak <= limit, "\(pids)")
         // The bomb really reached the limit: the kernel refused forks.
         #expect(pids.refused > 0, "\(pids)")
-        if kind == .process {
-            #expect(run.outcome.message.contains("pids limit of 64 was reached"), "\(run.summary)")
+        // Every runtime names the limit the same way: in the message and in the usage.
+        #expect(run.outcome.message.contains("the pids limit of 64 was reached ("), "\(run.summary)")
+        #expect(run.outcome.pidsLimitHits > 0, "\(run.summary)")
+        if kind == .gvisor && run.outcome.status == .failed {
+            #expect(run.outcome.message.contains("a sandbox that cannot start one stops with code 2"), "\(run.summary)")
         }
         await H.expectHostUnharmed(after: run)
     }
@@ -74,7 +77,7 @@ struct HostileSuiteTests {
         if kind == .gvisor && run.outcome.status == .oomKilled {
             // gVisor's guest threads cost the sandbox more memory than host threads do: the
             // memory cgroup stops the bomb before the pids limit (64 + the sentry's 256) does.
-            #expect(run.outcome.message.contains("memory limit reached"), "\(run.summary)")
+            #expect(run.outcome.message.contains("memory limit of"), "\(run.summary)")
             await H.expectHostUnharmed(after: run)
             return
         }
@@ -96,6 +99,7 @@ struct HostileSuiteTests {
         let run = await H.python(kind, "oom", script) { $0.limits.memoryBytes = 64 << 20 }
         // Defence: the memory cgroup (no swap). Without it the job prints "allocated".
         #expect(run.outcome.status == .oomKilled, "\(run.summary)")
+        #expect(run.outcome.message.contains("memory limit of 64 MiB reached; the kernel killed"), "\(run.summary)")
         #expect(!run.stdout.contains("allocated"), "\(run.summary)")
         #expect(run.outcome.peakMemoryBytes <= 64 << 20, "\(run.outcome.peakMemoryBytes)")
         #expect(run.elapsed < kind.allowance + .seconds(5))
@@ -195,6 +199,41 @@ struct HostileSuiteTests {
     }
 
     @Test(
+        "4b. open files stop at EMFILE; a write past the file size limit: death by SIGXFSZ is FAILED naming the limit",
+        arguments: HostileRuntime.allCases
+    )
+    func openFilesAndFileSize(kind: HostileRuntime) async {
+        // One job for two limits: python opens files until EMFILE (the program's own business:
+        // nothing in the result), then dd, the job's top process, writes sparsely 3 MiB in, so that
+        // RLIMIT_FSIZE (2 MiB) acts before the tmpfs could be full; dd does not ignore SIGXFSZ.
+        let run = await H.shell(
+            kind,
+            "fsize",
+            "python3 -c \"$1\"; exec dd if=/dev/zero of=/tmp/f bs=1 count=1 seek=3145728",
+            arguments: [H.openUntilEMFILE]
+        ) {
+            $0.limits.fileSizeBytes = 2 << 20
+            $0.limits.openFiles = 40
+        }
+        let files = run.field("files") ?? []
+        #expect(files.last == "EMFILE" && (files.first.flatMap { Int($0) } ?? 99) < 40, "\(run.summary)")
+        #expect(run.outcome.status == .failed, "\(run.summary)")
+        if kind == .container {
+            // runc makes the program the container's pid 1, which the kernel never kills with a
+            // signal it does not handle: the write fails with EFBIG and the program decides.
+            #expect(run.outcome.message == "exited with code 1", "\(run.summary)")
+            // Any other process of the job (not pid 1) would die of SIGXFSZ, and its parent see 153.
+            #expect(run.stderr.contains("File too large"), "\(run.summary)")
+        } else {
+            #expect(
+                run.outcome.message.contains("the file size limit of 2 MiB was reached (SIGXFSZ)"),
+                "\(run.summary)"
+            )
+        }
+        // The sandbox itself is fine: no follow-up job needed (4 checks the same limits with one).
+    }
+
+    @Test(
         "5. an output flood without newlines is OUTPUT_LIMIT with exactly the cap kept",
         arguments: HostileRuntime.allCases
     )
@@ -246,8 +285,7 @@ struct HostileSuiteTests {
             #expect(run.outcome.status == .timedOut, "\(run.summary)")
             // Defence: the node polls the CPU time of the job's cgroup and kills the job at the
             // limit; without it only the wall clock (8 s) would end the loop.
-            #expect(run.outcome.message.contains("CPU"), "\(run.summary)")
-            #expect(run.outcome.message.contains("time limit of 500 ms"), "\(run.summary)")
+            #expect(run.outcome.message.contains("CPU time limit of 500 ms reached"), "\(run.summary)")
             #expect(run.outcome.cpuTimeMicroseconds >= 500_000, "\(run.summary)")
             #expect(run.elapsed < kind.allowance + .seconds(2), "\(run.summary)")
             await H.expectHostUnharmed(after: run)

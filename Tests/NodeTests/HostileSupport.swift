@@ -78,6 +78,18 @@ struct HostileRun: Sendable {
 
 /// The hostile suite's helpers; a namespace so nothing clashes with the other test files.
 enum Hostile {
+    /// Python that opens files until the open-files limit refuses one: prints "files N EMFILE".
+    static let openUntilEMFILE = """
+        import errno
+        files = []
+        try:
+            while len(files) < 100000:
+                files.append(open('/dev/null'))
+            print('files unlimited')
+        except OSError as error:
+            print('files', len(files), errno.errorcode.get(error.errno), flush=True)
+        """
+
     /// Ten digits: usable as a sleep argument ("30.<tag>") and unlikely to appear anywhere else.
     static func tag() -> String {
         String(UInt64.random(in: 1_000_000_000...9_999_999_999))

@@ -17,9 +17,10 @@ import Testing
 // - 11 (overwriting /proc/self/exe, host binaries): the guest has no host binary; its root is the
 //   VM's own initramfs in guest RAM, gone with the VM.
 // - 15 (ptrace, bpf, io_uring, TIOCSTI): these reach only the guest's own kernel; the boundary is
-//   qemu (TCG, its seccomp sandbox, running as nobody), not the syscall surface.
+//   qemu (TCG, its seccomp sandbox, running as a host uid of its own), not the syscall surface.
 // - 16 (file paths with ..): checked on the node before the VM starts (MicroVMJob, unit-tested).
-// - 17 (files_out): the microvm runtime does not return files yet.
+// - 17 (files_out): the microvm runtime does not return files; the scheduler rejects such a job
+//   (UNSUPPORTED, RequestValidatorTests) and the node refuses one (MicroVMPureTests).
 
 private let vm = MicroVMRuntime()
 
@@ -117,7 +118,53 @@ extension MicroVMSuites {
             let fields = run.field("limit") ?? []
             #expect(fields.count == 3 && fields[0] == "64" && fields[1] == "max", "\(run.summary)")
             #expect((fields.last.flatMap { Int($0) } ?? 0) > 0, "no fork was refused: \(run.summary)")
+            // Named as every runtime names it: in the message and in the usage.
+            #expect(run.outcome.message.contains("the pids limit of 64 was reached ("), "\(run.summary)")
+            #expect(run.outcome.pidsLimitHits > 0, "\(run.summary)")
             #expect(run.elapsed < .seconds(4 + 5))
+            expectHostUnharmed(since: before)
+        }
+
+        @Test("1b. two VMs' qemu run as two host uids of their own, and a job's threads exit cleanly")
+        func ownHostUserAndThreads() async throws {
+            let before = hostScratch()
+            let first = try await warmVM()
+            let second = try await warmVM()
+            // Both agents said READY, so both qemu have dropped root (-runas acts before the guest runs).
+            let uids = qemuChildProcesses().compactMap { pid -> UInt32? in
+                let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+                let line = status.split(separator: "\n").first { $0.hasPrefix("Uid:") }
+                let ids = line?.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().compactMap { UInt32($0) }
+                // Real, effective, saved and filesystem uid must all be the VM's own.
+                return ids.map(Set.init).flatMap { $0.count == 1 ? $0.first : nil }
+            }
+            #expect(uids.count == 2, "qemu uids: \(uids)")
+            #expect(Set(uids).count == uids.count, "two VMs share a host uid: \(uids)")
+            let pool = SandboxUsers.shared.first..<(SandboxUsers.shared.first + SandboxUsers.shared.count)
+            #expect(uids.allSatisfy { pool.contains($0) }, "not from the sandbox users (nobody is 65534): \(uids)")
+            // Threads start and are joined; and a thread that ends by pthread_exit (as Python's daemon
+            // threads do at interpreter exit) needs libgcc_s, which glibc dlopens to unwind it: without
+            // it the job prints "libgcc_s.so.1 must be installed for pthread_exit to work" and aborts.
+            let joined = "import threading; t = threading.Thread(target=print, args=('ok',)); t.start(); t.join()"
+            let pthreadExit = """
+                import ctypes, os, threading, time
+                def run():
+                    print('ok', flush=True)
+                    ctypes.CDLL(None).pthread_exit(None)
+                threading.Thread(target=run, daemon=True).start()
+                deadline = time.monotonic() + 10
+                while len(os.listdir('/proc/self/task')) > 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                print('threads', len(os.listdir('/proc/self/task')), flush=True)
+                os._exit(0)
+                """
+            async let one = runIn(first, hostileSpec(["/usr/bin/python3", "-c", joined]) { _ in })
+            async let two = runIn(second, hostileSpec(["/usr/bin/python3", "-c", pthreadExit]) { _ in })
+            let (joinedRun, exitRun) = await (one, two)
+            #expect(joinedRun.outcome.status == .succeeded, "\(joinedRun.summary)")
+            #expect(joinedRun.stdout == "ok\n", "\(joinedRun.summary)")
+            #expect(exitRun.outcome.status == .succeeded, "\(exitRun.summary)")
+            #expect(exitRun.stdout == "ok\nthreads 1\n", "\(exitRun.summary)")
             expectHostUnharmed(since: before)
         }
 
@@ -129,6 +176,7 @@ extension MicroVMSuites {
             let script = "b = []\nwhile len(b) < 1024: b.append(b'\\x01' * (1 << 20))\nprint('allocated', len(b))"
             let run = try await python(script) { $0.limits.memoryBytes = 64 << 20 }
             #expect(run.outcome.status == .oomKilled, "\(run.summary)")
+            #expect(run.outcome.message.contains("memory limit of 64 MiB reached; the kernel killed"), "\(run.summary)")
             #expect(!run.stdout.contains("allocated"), "\(run.summary)")
             #expect(run.outcome.peakMemoryBytes <= 64 << 20, "\(run.outcome.peakMemoryBytes)")
             expectHostUnharmed(since: before)
@@ -175,6 +223,29 @@ extension MicroVMSuites {
             expectHostUnharmed(since: before)
         }
 
+        @Test("4b. open files stop at EMFILE; a write past the file size limit: SIGXFSZ, FAILED naming the limit")
+        func openFilesAndFileSize() async throws {
+            let before = hostScratch()
+            // As in HostileSuiteTests 4b: EMFILE for python, then a sparse write 3 MiB in, so that
+            // RLIMIT_FSIZE (2 MiB) acts before the tmpfs could be full.
+            let run = try await shell(
+                "python3 -c \"$1\"; exec dd if=/dev/zero of=/tmp/f bs=1 count=1 seek=3145728",
+                [Hostile.openUntilEMFILE]
+            ) {
+                $0.limits.fileSizeBytes = 2 << 20
+                $0.limits.openFiles = 40
+            }
+            let files = run.field("files") ?? []
+            #expect(files.last == "EMFILE" && (files.first.flatMap { Int($0) } ?? 99) < 40, "\(run.summary)")
+            #expect(run.outcome.status == .failed, "\(run.summary)")
+            #expect(run.outcome.signal == SIGXFSZ, "\(run.summary)")
+            #expect(
+                run.outcome.message.contains("the file size limit of 2 MiB was reached (SIGXFSZ)"),
+                "\(run.summary)"
+            )
+            expectHostUnharmed(since: before)
+        }
+
         @Test("5. an output flood without newlines is OUTPUT_LIMIT with exactly the cap kept")
         func outputFlood() async throws {
             let before = hostScratch()
@@ -186,6 +257,7 @@ extension MicroVMSuites {
             #expect(run.outcome.stderr == Data("quiet".utf8))
             #expect(run.outcome.stdoutTruncated && !run.outcome.stderrTruncated)
             #expect(run.outcome.stdoutBytes > UInt64(cap))
+            #expect(run.outcome.message.contains("stdout went over the \(cap)-byte limit"), "\(run.summary)")
             expectHostUnharmed(since: before)
         }
 
@@ -203,7 +275,7 @@ extension MicroVMSuites {
                 // Defence: the agent reads the job cgroup's CPU time and kills it at the limit; without
                 // it only the 8 s wall clock would end the loop.
                 #expect(run.outcome.status == .timedOut, "\(run.summary)")
-                #expect(run.outcome.message.contains("CPU time limit of 500 ms"), "\(run.summary)")
+                #expect(run.outcome.message.contains("CPU time limit of 500 ms reached"), "\(run.summary)")
                 #expect(run.outcome.cpuTimeMicroseconds >= 500_000, "\(run.summary)")
                 #expect(run.elapsed < .seconds(8), "\(run.summary)")
             }

@@ -223,24 +223,36 @@ struct MicroVMPureTests {
 
     @Test("a truncated EXIT payload or an unknown kind is refused")
     func exitReport() {
-        #expect(GuestExitReport(Data(count: 59)) == nil)
-        var unknownKind = Data(count: 60)
+        #expect(GuestExitReport(Data(count: 67)) == nil)
+        var unknownKind = Data(count: 68)
         unknownKind[3] = 99
         #expect(GuestExitReport(unknownKind) == nil)
-        var oom = Data(count: 60)
+        var oom = Data(count: 68)
         oom[3] = 5
         oom[59] = 2
+        oom[67] = 3
         #expect(GuestExitReport(oom)?.kind == .oom && GuestExitReport(oom)?.oomKills == 2)
+        #expect(GuestExitReport(oom)?.pidsLimitHits == 3)
     }
 
-    @Test("NETWORK_ALLOWLIST and unknown templates are rejected with a reason")
+    @Test("NETWORK_ALLOWLIST, files_out and unknown templates are rejected with a reason")
     func rejections() {
         var allow = job(["/bin/true"])
         allow.network.mode = .networkAllowlist
         #expect(throws: InvalidJob.self) { try MicroVMJob.frame(allow, limits: JobLimits(allow.limits)) }
+        var filesOut = job(["/bin/true"])
+        filesOut.filesOut = ["*.txt"]
+        #expect(throws: InvalidJob.self) { try MicroVMJob.frame(filesOut, limits: JobLimits(filesOut.limits)) }
         var template = job(["/bin/true"])
         template.template = "debian-bookworm"
         #expect(throws: InvalidJob.self) { try MicroVMJob.frame(template, limits: JobLimits(template.limits)) }
+    }
+
+    @Test("the guest image gets libgcc_s, which no ldd line names but glibc dlopens for pthread_exit")
+    func libgccShipped() async throws {
+        let libraries = try await InitramfsBuilder.sharedLibraries(of: ["/usr/bin/python3"])
+        let shipped = libraries + InitramfsBuilder.loadedByLibc(libraries)
+        #expect(shipped.filter { $0.hasSuffix("/libgcc_s.so.1") }.count == 1, "\(shipped)")
     }
 
     @Test("cpio newc: header fields, name padding, trailer")

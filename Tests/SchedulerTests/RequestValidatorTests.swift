@@ -56,6 +56,21 @@ struct RequestValidatorTests {
         #expect(!rejected.message.isEmpty)
     }
 
+    @Test("files_out for microvm is UNSUPPORTED, naming the runtime; other runtimes take it")
+    func filesOutMicroVM() throws {
+        var asked = request()
+        asked.runtime = "microvm"
+        asked.filesOut = ["out/*.txt"]
+        let rejected = try #require(rejection(asked))
+        #expect(rejected.reason == .unsupported)
+        #expect(rejected.field == "files_out")
+        #expect(rejected.message.contains("microvm"))
+        for runtime in ["process", "container", "gvisor"] {
+            asked.runtime = runtime
+            #expect(rejection(asked) == nil, "\(runtime)")
+        }
+    }
+
     @Test("a limit above the maximum is rejected, not clamped")
     func limitAboveMaximum() throws {
         var bad = request()

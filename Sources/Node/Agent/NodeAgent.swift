@@ -310,6 +310,7 @@ public final class NodeAgent: Sendable {
         result.usage.peakMemoryBytes = outcome.peakMemoryBytes
         result.usage.stdoutBytes = outcome.stdoutBytes
         result.usage.stderrBytes = outcome.stderrBytes
+        result.usage.pidsLimitHits = outcome.pidsLimitHits
         result.startMs = outcome.startMilliseconds
         result.runMs = outcome.runMilliseconds
         result.message = outcome.message

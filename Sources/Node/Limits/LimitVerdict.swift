@@ -59,11 +59,18 @@ extension ProcessRuntime {
             )
         }
         if usage.pidsLimitHits > 0 {
-            notes.append(
-                "the pids limit of \(limits.pids) was reached (\(count(usage.pidsLimitHits, "fork")) refused)"
-            )
+            notes.append(LimitWords.pids(limit: UInt64(limits.pids), refused: usage.pidsLimitHits))
         }
-        outcome.message = ([outcome.message] + notes).filter { !$0.isEmpty }.joined(separator: "; ")
+        let diedOfFileSize: Bool
+        switch result.termination {
+        case .exited(let code): diedOfFileSize = LimitWords.diedOfFileSize(exitCode: code, signal: nil)
+        case .signaled(let signal): diedOfFileSize = LimitWords.diedOfFileSize(exitCode: nil, signal: signal)
+        case .lost: diedOfFileSize = false
+        }
+        if outcome.status == .failed && diedOfFileSize {
+            notes.append(LimitWords.fileSize(limit: limits.fileSizeBytes))
+        }
+        outcome.message = LimitWords.appending(notes, to: outcome.message)
 
         switch result.termination {
         case .exited(let code): outcome.exitCode = code
@@ -78,6 +85,7 @@ extension ProcessRuntime {
         outcome.stderrBytes = result.stderrBytes
         outcome.cpuTimeMicroseconds = usage.cpuTimeMicroseconds ?? result.cpuTimeMicroseconds
         outcome.peakMemoryBytes = usage.peakMemoryBytes ?? result.peakMemoryBytes
+        outcome.pidsLimitHits = usage.pidsLimitHits
         outcome.runMilliseconds = JobLimits.milliseconds(result.runTime)
         return outcome
     }
@@ -106,8 +114,7 @@ extension ProcessRuntime {
         return "sandbox: " + (text.split(separator: "\n").first.map(String.init) ?? text)
     }
 
-    /// "1 process", "3 processes", "2 forks".
     private static func count(_ number: UInt64, _ noun: String) -> String {
-        number == 1 ? "1 \(noun)" : "\(number) \(noun)\(noun.hasSuffix("s") ? "es" : "s")"
+        LimitWords.count(number, noun)
     }
 }

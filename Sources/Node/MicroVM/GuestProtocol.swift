@@ -29,8 +29,8 @@ enum GuestProtocol {
 
     /// Largest output chunk the agent sends.
     static let chunkMax = 65_536
-    /// Largest EXIT payload: 60 bytes of figures and a message of at most 2048 bytes.
-    static let exitMax = 60 + 2048
+    /// Largest EXIT payload: 68 bytes of figures and a message of at most 2048 bytes.
+    static let exitMax = 68 + 2048
 
     enum Field: UInt8 {
         case argv = 1
@@ -124,12 +124,14 @@ struct GuestExitReport: Sendable, Equatable {
     var stdoutBytes: UInt64
     var stderrBytes: UInt64
     var oomKills: UInt64
+    /// Forks and clones the guest kernel refused at the job's pids limit.
+    var pidsLimitHits: UInt64
     var message: String
 
     /// Parses an EXIT payload; nil when it is malformed.
     init?(_ payload: Data) {
         let bytes = [UInt8](payload)
-        guard bytes.count >= 60, bytes.count <= GuestProtocol.exitMax else { return nil }
+        guard bytes.count >= 68, bytes.count <= GuestProtocol.exitMax else { return nil }
         func u32(_ at: Int) -> UInt32 { bytes[at..<at + 4].reduce(0) { $0 << 8 | UInt32($1) } }
         func u64(_ at: Int) -> UInt64 { bytes[at..<at + 8].reduce(0) { $0 << 8 | UInt64($1) } }
         guard let kind = Kind(rawValue: u32(0)) else { return nil }
@@ -142,7 +144,8 @@ struct GuestExitReport: Sendable, Equatable {
         stdoutBytes = u64(36)
         stderrBytes = u64(44)
         oomKills = u64(52)
-        message = String(decoding: bytes[60...], as: UTF8.self)
+        pidsLimitHits = u64(60)
+        message = String(decoding: bytes[68...], as: UTF8.self)
     }
 }
 

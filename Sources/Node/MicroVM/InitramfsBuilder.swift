@@ -4,7 +4,7 @@ import Glibc
 /// Builds the guest's initramfs for the `host` template, in memory: the guest agent as `/init`, the
 /// kernel modules it loads (virtio-mmio and virtio-console with their dependencies), busybox with
 /// its applets in `/usr/bin`, and the host's `python3` with the shared libraries it and its
-/// extension modules need and its standard library (without tests, IDLE, tkinter, `config-*`, site
+/// extension modules need (and `libgcc_s`, which glibc loads for threads) and its standard library (without tests, IDLE, tkinter, `config-*`, site
 /// and dist packages). Paths are the host's (merged `/usr`), so `/usr/bin/python3` and `/bin/sh`
 /// work as on the host.
 struct InitramfsBuilder {
@@ -79,7 +79,8 @@ struct InitramfsBuilder {
             let dynload = stdlib + "/lib-dynload"
             let extensions = ((try? FileManager.default.contentsOfDirectory(atPath: dynload)) ?? [])
                 .filter { $0.hasSuffix(".so") }.sorted().map { dynload + "/" + $0 }
-            for library in try await Self.sharedLibraries(of: [binary] + extensions) { try addHostPath(library) }
+            let libraries = try await Self.sharedLibraries(of: [binary] + extensions)
+            for library in libraries + Self.loadedByLibc(libraries) { try addHostPath(library) }
             contents.append(version)
         }
         return (tree.archive(), contents.joined(separator: ", "))
@@ -172,6 +173,17 @@ struct InitramfsBuilder {
     }
 
     /// Absolute paths of the shared libraries `ldd` lists for `binaries`, the loader included.
+    /// What glibc itself `dlopen`s, which no `ldd` line names: `libgcc_s.so.1`, next to the libc in
+    /// `libraries`. Without it every exiting thread prints "libgcc_s.so.1 must be installed for
+    /// pthread_exit to work" and aborts the program (pthread_exit and cancellation unwind with it).
+    static func loadedByLibc(_ libraries: [String]) -> [String] {
+        guard let libc = libraries.first(where: { ($0 as NSString).lastPathComponent == "libc.so.6" }) else {
+            return []
+        }
+        let candidate = (libc as NSString).deletingLastPathComponent + "/libgcc_s.so.1"
+        return access(candidate, R_OK) == 0 && !libraries.contains(candidate) ? [candidate] : []
+    }
+
     static func sharedLibraries(of binaries: [String]) async throws(MicroVMError) -> [String] {
         let text = try await output("/usr/bin/ldd", ["ldd"] + binaries)
         var libraries: [String] = []

@@ -180,8 +180,19 @@ final class MicroVMHost: Sendable {
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
             return .failure(MicroVMError("socketpair: \(String(cString: strerror(errno)))"))
         }
+        // As root, qemu drops to a host uid of this VM's own (see ``SandboxUsers``), as process and
+        // container jobs do: no two VMs share a host user or its per-user kernel budgets.
+        var user: UInt32?
+        if geteuid() == 0 {
+            guard let uid = SandboxUsers.shared.acquire() else {
+                close(pair[0])
+                close(pair[1])
+                return .failure(MicroVMError("all \(SandboxUsers.shared.count) sandbox users are in use"))
+            }
+            user = uid
+        }
         var files = [pair[1], initramfsFD]
-        var arguments = arguments(memoryBytes: memoryBytes, vcpus: vcpus)
+        var arguments = arguments(memoryBytes: memoryBytes, vcpus: vcpus, user: user)
         switch extra {
         case .none: break
         case .incoming(let fd):
@@ -206,9 +217,17 @@ final class MicroVMHost: Sendable {
         } catch {
             close(pair[0])
             close(pair[1])
+            if let user { SandboxUsers.shared.release(user) }
             return .failure(MicroVMError("cannot start qemu: \(error.description)"))
         }
         close(pair[1])  // qemu holds the only other end: its death closes the channel
+        if let user {
+            // qemu may not spawn (`-sandbox spawn=deny`): once it is reaped, nothing runs as its uid.
+            Task.detached {
+                _ = try? await process.wait()
+                SandboxUsers.shared.release(user)
+            }
+        }
         return .success(RunningVM(process: process, channel: pair[0], spawned: spawned))
     }
 
@@ -256,9 +275,9 @@ final class MicroVMHost: Sendable {
     }
 
     /// qemu's arguments after argv[0]: a microvm with the agent's port on fd 3 and the initramfs on
-    /// fd 4 (see ``spawn(memoryBytes:vcpus:lifetime:extra:)`` for fd 5), no network device, no disks, no display, no monitor, a seccomp sandbox, and (as root)
-    /// qemu dropping to `nobody` once set up.
-    func arguments(memoryBytes: UInt64, vcpus: Int) -> [String] {
+    /// fd 4 (see ``spawn(memoryBytes:vcpus:lifetime:extra:)`` for fd 5), no network device, no disks, no display,
+    /// no monitor, a seccomp sandbox, and (as root) qemu dropping to `user` (uid and gid) once set up.
+    func arguments(memoryBytes: UInt64, vcpus: Int, user: UInt32?) -> [String] {
         var append = "console=ttyS0 quiet loglevel=1 panic=-1 reboot=t pci=off 8250.nr_uarts=1 random.trust_cpu=on"
         var arguments = ["-M", "microvm"]
         switch accelerator {
@@ -277,8 +296,8 @@ final class MicroVMHost: Sendable {
         ]
         // qemu 7.2 applies the seccomp sandbox before -runas, so elevateprivileges=deny would kill
         // it at its own setuid: as root, the uid drop stands in for it.
-        if geteuid() == 0 {
-            arguments += ["-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny", "-runas", "nobody"]
+        if let user {
+            arguments += ["-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny", "-runas", "\(user):\(user)"]
         } else {
             arguments += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
         }

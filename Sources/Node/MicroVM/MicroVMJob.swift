@@ -27,6 +27,10 @@ enum MicroVMJob {
                     + "(the VM has no network device; only loopback inside the guest)"
             )
         }
+        guard spec.filesOut.isEmpty else {
+            // The scheduler rejects these (UNSUPPORTED); a node never runs one and returns nothing.
+            throw InvalidJob(message: "files_out is not supported by the microvm runtime")
+        }
         let workdir = spec.cwd.isEmpty ? "/tmp" : spec.cwd
         guard workdir.hasPrefix("/"), !workdir.pathComponents().contains("..") else {
             throw InvalidJob(message: "cwd must be an absolute path without \"..\", got \"\(spec.cwd)\"")

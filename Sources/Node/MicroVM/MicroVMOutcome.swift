@@ -19,6 +19,7 @@ struct MicroVMOutcome {
             outcome.stderrBytes = max(exit.stderrBytes, UInt64(channel.stderr.count))
             outcome.cpuTimeMicroseconds = exit.cpuMicroseconds
             outcome.peakMemoryBytes = exit.peakMemoryBytes
+            outcome.pidsLimitHits = exit.pidsLimitHits
             outcome.runMilliseconds = exit.runMilliseconds
         } else if cancelled {
             outcome = RunOutcome(status: .cancelled)
@@ -69,14 +70,22 @@ struct MicroVMOutcome {
         case .oom:
             outcome = RunOutcome(status: .oomKilled)
             outcome.message =
-                "memory limit of \(JobLimits.describeBytes(limits.memoryBytes)) reached; the guest kernel killed "
-                + "\(exit.oomKills) process" + (exit.oomKills == 1 ? "" : "es")
+                "memory limit of \(JobLimits.describeBytes(limits.memoryBytes)) reached; the kernel killed "
+                + LimitWords.count(exit.oomKills, "process") + " in the VM"
         case .failedToStart:
             outcome = RunOutcome(status: .failed)
             outcome.message = exit.message
         case .error:
             outcome = .error("guest agent: \(exit.message)")
         }
+        var notes: [String] = []
+        if exit.pidsLimitHits > 0 {
+            notes.append(LimitWords.pids(limit: UInt64(limits.pids), refused: exit.pidsLimitHits))
+        }
+        if outcome.status == .failed && exit.kind == .signaled && exit.signal == UInt32(SIGXFSZ) {
+            notes.append(LimitWords.fileSize(limit: limits.fileSizeBytes))
+        }
+        outcome.message = LimitWords.appending(notes, to: outcome.message)
         // Exit codes are bytes and signals below 65; anything else from the guest is not believed.
         outcome.exitCode = Int32(clamping: min(exit.code, 255))
         outcome.signal = Int32(clamping: min(exit.signal, 64))

@@ -12,8 +12,8 @@ import Synchronization
 ///
 /// From outside, the VM's memory (the job's limit plus the guest's own overhead), its vCPUs (the
 /// job's CPU share, rounded up) and a wall-clock kill bound the job. The VM has no network device
-/// (only the guest's `lo`), no disk, and qemu runs under its seccomp sandbox, as `nobody` when the
-/// node is root. KVM is used when a bounded trial boot works, TCG otherwise (see ``MicroVMHost``).
+/// (only the guest's `lo`), no disk, and qemu runs under its seccomp sandbox, as a host uid of the
+/// VM's own (``SandboxUsers``) when the node is root. KVM is used when a bounded trial boot works, TCG otherwise (see ``MicroVMHost``).
 public final class MicroVMRuntime: Runtime {
     /// Always "microvm".
     public let name = "microvm"

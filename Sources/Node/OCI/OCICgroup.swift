@@ -7,6 +7,9 @@ struct OCICgroupUsage: Sendable, Equatable {
     var peakMemoryBytes: UInt64 = 0
     /// Processes the kernel's OOM killer killed in the cgroup.
     var oomKills: UInt64 = 0
+    /// Forks and clones refused because the pids limit was reached (`pids.events` max). Under gVisor
+    /// these are the sandbox's own host threads (the sentry's, and a stub per guest thread on ptrace).
+    var pidsLimitHits: UInt64 = 0
 }
 
 /// The limits the node writes into a job's cgroup.
@@ -97,7 +100,7 @@ struct OCICgroup: Sendable {
         }
     }
 
-    /// CPU time, peak memory and OOM kills; fields that cannot be read stay 0.
+    /// CPU time, peak memory, OOM kills and refused forks; fields that cannot be read stay 0.
     func usage() -> OCICgroupUsage {
         var usage = OCICgroupUsage()
         switch layout {
@@ -105,11 +108,13 @@ struct OCICgroup: Sendable {
             usage.cpuTimeMicroseconds = (Self.number(directory("cpuacct") + "/cpuacct.usage") ?? 0) / 1000
             usage.peakMemoryBytes = Self.number(directory("memory") + "/memory.max_usage_in_bytes") ?? 0
             usage.oomKills = Self.field("oom_kill", in: directory("memory") + "/memory.oom_control") ?? 0
+            usage.pidsLimitHits = Self.field("max", in: directory("pids") + "/pids.events") ?? 0
         case .v2:
             let path = directory("")
             usage.cpuTimeMicroseconds = Self.field("usage_usec", in: path + "/cpu.stat") ?? 0
             usage.peakMemoryBytes = Self.number(path + "/memory.peak") ?? 0
             usage.oomKills = Self.field("oom_kill", in: path + "/memory.events") ?? 0
+            usage.pidsLimitHits = Self.field("max", in: path + "/pids.events") ?? 0
         }
         return usage
     }

@@ -9,6 +9,10 @@ import HangarShared
 /// (FAILED when it concerns the program, such as a missing executable, ERROR otherwise); a death by
 /// SIGKILL or SIGXCPU once the cgroup used the CPU-time limit (TIMED_OUT); any other exit (FAILED).
 /// The runtimes report a program killed by signal `n` as exit code 128 + `n`.
+///
+/// Whatever the status, the message then names the pids limit when the cgroup refused forks (and
+/// `pidsLimitHits` carries the count) and the file-size limit when the program died of SIGXFSZ, in
+/// the words of ``LimitWords``, as the other runtimes do.
 struct OCIOutcome: Sendable {
     let tool: String
     let program: String
@@ -27,7 +31,7 @@ struct OCIOutcome: Sendable {
         case .timedOut where result.exceededLimit == .cpuTime:
             outcome = RunOutcome(status: .timedOut)
             outcome.message =
-                "CPU-time limit of \(limits.cpuTimeMs) ms reached (\(usage.cpuTimeMicroseconds / 1000) ms used); "
+                "CPU time limit of \(limits.cpuTimeMs) ms reached (\(usage.cpuTimeMicroseconds / 1000) ms used); "
                 + "the container was killed"
         case .timedOut:
             outcome = RunOutcome(status: .timedOut)
@@ -53,8 +57,8 @@ struct OCIOutcome: Sendable {
                 outcome = RunOutcome(status: .oomKilled)
                 outcome.signal = SIGKILL
                 outcome.message =
-                    "memory limit reached; the kernel's OOM killer killed \(usage.oomKills) process"
-                    + (usage.oomKills == 1 ? "" : "es") + " in the container"
+                    "memory limit of \(JobLimits.describeBytes(memoryBytes)) reached; the kernel killed "
+                    + LimitWords.count(usage.oomKills, "process") + " in the container"
             } else if code == 0 {
                 outcome = RunOutcome(status: .succeeded)
             } else if let runtimeFailure {
@@ -68,12 +72,26 @@ struct OCIOutcome: Sendable {
                 outcome = RunOutcome(status: .timedOut)
                 outcome.signal = code - 128
                 outcome.message =
-                    "CPU-time limit of \(limits.cpuTimeMs) ms reached (RLIMIT_CPU, whole seconds); the program was killed"
+                    "CPU time limit of \(limits.cpuTimeMs) ms reached (RLIMIT_CPU, whole seconds); the program was killed"
             } else {
                 outcome = RunOutcome(status: .failed)
                 outcome.message = "exited with code \(code)"
             }
         }
+        var notes: [String] = []
+        if usage.pidsLimitHits > 0 {
+            notes.append(LimitWords.pids(limit: UInt64(pids), refused: usage.pidsLimitHits))
+            // runsc on ptrace needs a host task per guest thread: at the limit the sentry itself
+            // cannot start one and the whole sandbox stops with code 2, whatever the program did.
+            if tool == "runsc" && result.killReason == nil && code == 2 {
+                notes.append(Self.gVisorStopped)
+            }
+        }
+        if outcome.status == .failed && LimitWords.diedOfFileSize(exitCode: code, signal: nil) {
+            notes.append(LimitWords.fileSize(limit: fileSizeBytes))
+        }
+        outcome.message = LimitWords.appending(notes, to: outcome.message)
+        outcome.pidsLimitHits = usage.pidsLimitHits
         if let code { outcome.exitCode = code }
         outcome.stdout = result.stdout
         outcome.stderr = result.stderr
@@ -85,6 +103,17 @@ struct OCIOutcome: Sendable {
         outcome.peakMemoryBytes = usage.peakMemoryBytes
         outcome.runMilliseconds = Self.milliseconds(result.runTime)
         return outcome
+    }
+
+    /// Why a gVisor job that reached its pids limit ended with code 2.
+    static let gVisorStopped =
+        "gVisor's own threads count against it, and a sandbox that cannot start one stops with code 2"
+
+    /// The job's pids limit (the runtime's own overhead, which gVisor adds, not counted).
+    private var pids: UInt32 { limits.pids > 0 ? limits.pids : OCIJobConfig.defaultPids }
+    private var memoryBytes: UInt64 { limits.memoryBytes > 0 ? limits.memoryBytes : OCIJobConfig.defaultMemoryBytes }
+    private var fileSizeBytes: UInt64 {
+        limits.fileSizeBytes > 0 ? limits.fileSizeBytes : OCIJobConfig.defaultScratchBytes
     }
 
     static func milliseconds(_ duration: Duration) -> UInt64 {

@@ -41,6 +41,8 @@ public struct RunOutcome: Sendable {
     public var stderrBytes: UInt64 = 0
     public var cpuTimeMicroseconds: UInt64 = 0
     public var peakMemoryBytes: UInt64 = 0
+    /// Forks and clones the kernel refused at the job's pids limit (`Usage.pids_limit_hits`).
+    public var pidsLimitHits: UInt64 = 0
     /// Sandbox set-up time, before the program ran.
     public var startMilliseconds: UInt64 = 0
     /// The program's own wall-clock run time.

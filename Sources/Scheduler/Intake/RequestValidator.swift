@@ -99,7 +99,7 @@ public struct RequestValidator: Sendable {
         spec.cwd = request.cwd
         try checkFiles(request.files)
         spec.files = request.files
-        try checkFilesOut(request.filesOut)
+        try checkFilesOut(request.filesOut, runtime: spec.runtime)
         spec.filesOut = request.filesOut
         spec.limits = try resolve(request.limits, policy.limits)
         if spec.runtime != "null" {
@@ -281,7 +281,19 @@ public struct RequestValidator: Sendable {
         }
     }
 
-    private func checkFilesOut(_ globs: [String]) throws(Rejection) {
+    /// Runtimes that cannot bring `files_out` back (a microVM's `/tmp` lives in guest memory the
+    /// node does not read): a request for them with `files_out` is `UNSUPPORTED`, never run without.
+    public static let noFilesOutRuntimes: Set<String> = ["microvm"]
+
+    private func checkFilesOut(_ globs: [String], runtime: String) throws(Rejection) {
+        if !globs.isEmpty && Self.noFilesOutRuntimes.contains(runtime) {
+            throw Rejection(
+                .unsupported,
+                "files_out",
+                "runtime '\(runtime)' cannot return files_out (the job's /tmp is in the VM's memory); "
+                    + "use process, container or gvisor, or write the files to stdout"
+            )
+        }
         guard globs.count <= FilesOutGlob.maxGlobs else {
             throw Rejection(
                 .limitExceeded,

@@ -572,6 +572,9 @@ public nonisolated struct Hangar_V1_Usage: Sendable {
 
   public var stderrBytes: UInt64 = 0
 
+  /// forks and clones refused at the pids limit (gvisor: the sandbox's own threads)
+  public var pidsLimitHits: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1451,7 +1454,7 @@ nonisolated extension Hangar_V1_Rejected: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Hangar_V1_Usage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Usage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cpu_time_us\0\u{3}peak_memory_bytes\0\u{3}stdout_bytes\0\u{3}stderr_bytes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cpu_time_us\0\u{3}peak_memory_bytes\0\u{3}stdout_bytes\0\u{3}stderr_bytes\0\u{3}pids_limit_hits\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1463,6 +1466,7 @@ nonisolated extension Hangar_V1_Usage: SwiftProtobuf.Message, SwiftProtobuf._Mes
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.peakMemoryBytes) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.stdoutBytes) }()
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.stderrBytes) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.pidsLimitHits) }()
       default: break
       }
     }
@@ -1481,6 +1485,9 @@ nonisolated extension Hangar_V1_Usage: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if self.stderrBytes != 0 {
       try visitor.visitSingularUInt64Field(value: self.stderrBytes, fieldNumber: 4)
     }
+    if self.pidsLimitHits != 0 {
+      try visitor.visitSingularUInt64Field(value: self.pidsLimitHits, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1489,6 +1496,7 @@ nonisolated extension Hangar_V1_Usage: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if lhs.peakMemoryBytes != rhs.peakMemoryBytes {return false}
     if lhs.stdoutBytes != rhs.stdoutBytes {return false}
     if lhs.stderrBytes != rhs.stderrBytes {return false}
+    if lhs.pidsLimitHits != rhs.pidsLimitHits {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
