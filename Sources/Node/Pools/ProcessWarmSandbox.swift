@@ -239,6 +239,7 @@ final class ProcessWarmSandbox: WarmSandbox {
             var usage = cgroup.usage()
             usage.cpuTimeMicroseconds = usage.cpuTimeMicroseconds.map { $0 > baseline ? $0 - baseline : 0 }
             outcome = ProcessRuntime.outcome(of: result, usage: usage, limits: limits)
+            outcome.noteExecFailure(program: spec.argv[0])
             outcome.startMilliseconds = JobLimits.milliseconds(armed - began)
             outcome.runMilliseconds = JobLimits.milliseconds(ended - armed)
         } catch {

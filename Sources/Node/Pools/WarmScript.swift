@@ -44,8 +44,27 @@ public struct WarmScript: Sendable {
         for (key, value) in spec.env.sorted(by: { $0.key < $1.key }) {
             lines.append("export \(key)=\(LimitShim.quote(value))")
         }
-        lines.append("exec " + spec.argv.map(LimitShim.quote).joined(separator: " "))
+        lines += Self.execLines(spec.argv)
         return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// The lines that run `argv`: first a check that its program exists and is executable, which
+    /// says so as every runtime does (``ExecFailure``: exit 127 or 126 with Hangar's message, not
+    /// the shell's), then the `exec`. A name without a slash is looked up in `PATH`.
+    static func execLines(_ argv: [String]) -> [String] {
+        let program = LimitShim.quote(argv.first ?? "")
+        func fail(_ failure: ExecFailure) -> String {
+            let text = LimitShim.quote(failure.message(argv.first ?? ""))
+            return "{ printf '%s\\n' \(text) >&2; exit \(failure.exitCode); }"
+        }
+        return [
+            "case \(program) in",
+            "*/*) [ -e \(program) ] || \(fail(.notFound))",
+            "[ -f \(program) ] && [ -x \(program) ] || \(fail(.notExecutable)) ;;",
+            "*) command -v -- \(program) >/dev/null 2>&1 || \(fail(.notFound)) ;;",
+            "esac",
+            "exec " + argv.map(LimitShim.quote).joined(separator: " "),
+        ]
     }
 
     private static func isShellName(_ name: String) -> Bool {
