@@ -276,6 +276,7 @@ public final class SandboxLedger: Sendable {
             if !deleted.succeeded && !deleted.output.contains("not exist") {
                 return "\(tool) delete \(id): \(deleted.output)"
             }
+            umount2(bundle + "/rootfs", Int32(MNT_DETACH))  // the bundle's own root tmpfs, if any
             try? FileManager.default.removeItem(atPath: bundle)
             return nil
         case .cgroup(let directory):

@@ -13,14 +13,14 @@ public struct WarmScript: Sendable {
     /// Variables the shell adds that a fresh sandbox's program would not have.
     let shellVariables: String
 
-    /// bubblewrap: 3 is its seccomp filter, so 4, 5, 6; bubblewrap itself sets `PWD`.
-    public static let process = WarmScript(control: 4, stdin: 5, ready: 6, shellVariables: "OLDPWD SHLVL")
+    /// bubblewrap: 3, 4, 5, before its own files (seccomp filter, `/etc`); it sets `PWD` itself.
+    public static let process = WarmScript(control: 3, stdin: 4, ready: 5, shellVariables: "OLDPWD SHLVL")
     /// runc with `--preserve-fds 3`: 3, 4, 5; runc sets no `PWD`.
     public static let container = WarmScript(control: 3, stdin: 4, ready: 5, shellVariables: "PWD OLDPWD SHLVL")
 
-    /// What the sandbox's shell runs while it waits: say "ready", read the script from 4 until EOF
-    /// with the `read` builtin (the pipe belongs to the node's user, so the sandbox cannot reopen
-    /// it through `/dev/fd/4`; it can only read the descriptor it holds), and run it.
+    /// What the sandbox's shell runs while it waits: say "ready", read the script from `control`
+    /// until EOF with the `read` builtin (the pipe belongs to the node's user, so the sandbox cannot
+    /// reopen it through `/dev/fd/N`; it can only read the descriptor it holds), and run it.
     public var waiter: String {
         """
         printf R >&\(ready); exec \(ready)>&-; s=; while IFS= read -r l <&\(control); do s="$s$l
