@@ -31,25 +31,29 @@ struct ExecFailureTests {
         }
     }
 
-    @Test("a warm process sandbox reports a program it cannot start as a fresh one does")
-    func warmExecFailures() async throws {
+    @Test("a warm sandbox reports a program it cannot start as a fresh one does", arguments: ["process", "container"])
+    func warmExecFailures(runtime name: String) async throws {
+        let runtime: any Runtime = name == "process" ? ProcessRuntime() : OCIKind.runc.runtime
         let pools = WarmPools(
-            specs: [WarmPoolSpec(runtime: "process", template: "host", min: 1, max: 1)],
-            runtimes: [ProcessRuntime()],
+            specs: [WarmPoolSpec(runtime: name, template: "host", min: 1, max: 1)],
+            runtimes: [runtime],
             logger: Logger(label: "test")
         )
-        let running = Task { await pools.run(available: ["process"]) }
-        defer { running.cancel() }
-        for (program, failure) in [("no-such-\(uniqueTag())", ExecFailure.notFound), ("/etc/hostname", .notExecutable)]
-        {
+        let running = Task { await pools.run(available: [name]) }
+        for (program, failure) in [
+            ("no-such-\(uniqueTag())", ExecFailure.notFound), ("/etc/ld.so.cache", .notExecutable),
+        ] {
             try #require(await Self.eventually { pools.status().first?.ready == 1 }, "\(pools.status())")
-            let spec = job([program])
+            let spec = job([program]) { $0.runtime = name }
             let sandbox = try #require(pools.take(spec))
             let outcome = await sandbox.run(spec, jobID: "warm-exec-\(uniqueTag())")
+            #expect(outcome.status == .failed, "\(outcome.message) \(text(outcome.stderr))")
             #expect(outcome.exitCode == failure.exitCode, "\(outcome.message) \(text(outcome.stderr))")
             #expect(outcome.message == failure.message(program))
             #expect(text(outcome.stderr) == failure.message(program) + "\n")
         }
+        running.cancel()
+        await running.value
     }
 
     static func eventually(within timeout: Duration = .seconds(30), _ condition: () -> Bool) async -> Bool {
