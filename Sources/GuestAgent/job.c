@@ -156,10 +156,19 @@ static void exec_child(const struct job *job, int in, int out, int err, int stat
     signal(SIGPIPE, SIG_DFL);
     environ = job->env;
     execvp(job->argv[0], job->argv);
-failed:;
+    /* As every runtime reports it: 127 for a program that is not there, 126 for one that cannot be
+     * executed, with Hangar's message on the job's stderr (the host takes it as the message). */
+    int exec_error = errno;
+    int missing = exec_error == ENOENT || exec_error == ENOTDIR;
+    dprintf(2, missing ? "hangar: command not found in the sandbox: %s\n"
+                       : "hangar: permission denied (not executable) in the sandbox: %s\n",
+            job->argv[0]);
+    write_all(status_pipe, &exec_error, sizeof exec_error);
+    _exit(missing ? 127 : 126);
+failed:; /* before the exec: 125, so that 126 and 127 mean only the above */
     int error = errno;
     write_all(status_pipe, &error, sizeof error);
-    _exit(127);
+    _exit(125);
 }
 
 struct stream {
@@ -276,7 +285,13 @@ void run_job(const struct job *job) {
     if (WIFSIGNALED(wait_status)) r.signal = (uint32_t)WTERMSIG(wait_status);
     if (exec_error) {
         r.kind = KIND_FAILED_TO_START;
-        snprintf(r.message, sizeof r.message, "cannot run %s: %s", job->argv[0], strerror(exec_error));
+        if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 127)
+            snprintf(r.message, sizeof r.message, "hangar: command not found in the sandbox: %s", job->argv[0]);
+        else if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 126)
+            snprintf(r.message, sizeof r.message, "hangar: permission denied (not executable) in the sandbox: %s",
+                     job->argv[0]);
+        else
+            snprintf(r.message, sizeof r.message, "cannot run %s: %s", job->argv[0], strerror(exec_error));
     } else if (killed >= 0) {
         r.kind = (uint32_t)killed;
     } else if (r.oom_kills > 0 && !(WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0)) {

@@ -46,11 +46,12 @@ struct ContainerRuntimeTests {
         #expect(residue == [])
     }
 
-    @Test("a missing program is FAILED with the runtime's reason", arguments: OCIKind.allCases)
+    @Test("a missing program is FAILED, exit 127, with Hangar's message", arguments: OCIKind.allCases)
     func missingProgram(kind: OCIKind) async {
         let (outcome, residue) = await T.run(kind, T.job(["/usr/bin/hangar-no-such-program"]), name: "missing")
         #expect(outcome.status == .failed)
-        #expect(outcome.message.contains("hangar-no-such-program"))
+        #expect(outcome.exitCode == 127)
+        #expect(outcome.message == "hangar: command not found in the sandbox: /usr/bin/hangar-no-such-program")
         #expect(residue == [])
     }
 

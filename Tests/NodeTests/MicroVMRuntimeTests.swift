@@ -72,6 +72,17 @@ extension MicroVMSuites {
             #expect(text(outcome.stderr) == "from a file")
         }
 
+        @Test("a program missing from the guest exits 127 with Hangar's message, as in every runtime")
+        func missingProgram() async throws {
+            try await requireMicroVM()
+            let program = "no-such-program-\(uniqueTag())"
+            let outcome = await microvm.run(vmJob([program]), jobID: "vm-missing")
+            #expect(outcome.status == .failed, "\(outcome.message)")
+            #expect(outcome.exitCode == 127)
+            #expect(outcome.message == "hangar: command not found in the sandbox: \(program)")
+            #expect(text(outcome.stderr) == "hangar: command not found in the sandbox: \(program)\n")
+        }
+
         @Test("the guest has no network device, only lo; the job runs as 65534")
         func noNetwork() async throws {
             try await requireMicroVM()

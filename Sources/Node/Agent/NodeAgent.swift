@@ -91,6 +91,22 @@ public final class NodeAgent: Sendable {
         let tasks = running.withLock { Array($0.values) }
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
+        await Self.releaseSandboxResources(logger: logger)
+    }
+
+    /// At a clean stop, once no job runs and the warm pools are destroyed: ends what the node keeps
+    /// ready for containers (the user namespaces in stock) and closes the ``SandboxLedger``, which
+    /// deletes its file when everything it lists is gone; what is not is logged and left listed
+    /// for the next node's sweep.
+    static func releaseSandboxResources(logger: Logger) async {
+        await OwnedNamespaceStock.shared.drain()
+        let outstanding = SandboxLedger.current.close()
+        if !outstanding.isEmpty {
+            logger.error(
+                "sandbox resources outlive the node; its ledger keeps them for the next node's sweep",
+                metadata: ["resources": "\(outstanding.map { $0.fields.joined(separator: " ") })"]
+            )
+        }
     }
 
     /// How long the node waits for its runtimes' probes before it starts serving without the

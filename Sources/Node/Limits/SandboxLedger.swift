@@ -76,6 +76,8 @@ public final class SandboxLedger: Sendable {
         var path = ""
         var written = 0
         var outstanding: [Resource: Int] = [:]
+        /// Opens not yet matched by a ``close()`` (several node agents may share a test process).
+        var opens = 0
     }
 
     /// Past this many bytes the file is rewritten with only what is outstanding.
@@ -85,11 +87,15 @@ public final class SandboxLedger: Sendable {
     public init() {}
 
     /// Starts writing the ledger in `directory` (created 0700) under this process's pid and start
-    /// time, or under `identity` (tests: a process that has exited); later calls do nothing.
+    /// time, or under `identity` (tests: a process that has exited); later calls only count, so the
+    /// ledger stays open until as many ``close()`` calls.
     /// Throws if the file cannot be created.
     public func open(in directory: String = defaultDirectory, identity: (pid: Int32, start: UInt64)? = nil) throws {
         try file.withLock { state in
-            guard state.fd < 0 else { return }
+            guard state.fd < 0 else {
+                state.opens += 1
+                return
+            }
             try FileManager.default.createDirectory(
                 atPath: directory,
                 withIntermediateDirectories: true,
@@ -103,6 +109,25 @@ public final class SandboxLedger: Sendable {
             }
             state.fd = opened
             state.path = path
+            state.opens = 1
+        }
+    }
+
+    /// Stops writing the ledger, at a clean stop (the last of its openers): the file is deleted
+    /// when it lists nothing outstanding (everything made is gone), else kept for the next node's
+    /// sweep. Returns what is still outstanding (nothing while other openers remain); later notes
+    /// are not written until the ledger is opened again.
+    @discardableResult
+    public func close() -> [Resource] {
+        file.withLock { state in
+            guard state.fd >= 0 else { return [] }
+            state.opens -= 1
+            guard state.opens <= 0 else { return [] }
+            let outstanding = state.outstanding.flatMap { Array(repeating: $0.key, count: $0.value) }
+            Glibc.close(state.fd)
+            if outstanding.isEmpty { unlink(state.path) }
+            state = OpenFile()
+            return outstanding
         }
     }
 
@@ -125,6 +150,8 @@ public final class SandboxLedger: Sendable {
                 state.outstanding[resource, default: 0] += 1
             } else if let count = state.outstanding[resource] {
                 state.outstanding[resource] = count > 1 ? count - 1 : nil
+            } else {
+                return  // never listed (or listed by another ledger): nothing to undo
             }
             // One write(2) per line on an O_APPEND file: lines never interleave.
             state.written += line.withUnsafeBytes { max(0, Glibc.write(state.fd, $0.baseAddress, $0.count)) }
@@ -150,11 +177,11 @@ public final class SandboxLedger: Sendable {
         guard fd >= 0 else { return }
         let written = text.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         guard written == text.count, rename(temporary, state.path) == 0 else {
-            close(fd)
+            Glibc.close(fd)
             unlink(temporary)
             return
         }
-        close(state.fd)
+        Glibc.close(state.fd)
         state.fd = fd
         state.written = text.count
     }
@@ -249,6 +276,7 @@ public final class SandboxLedger: Sendable {
             if !deleted.succeeded && !deleted.output.contains("not exist") {
                 return "\(tool) delete \(id): \(deleted.output)"
             }
+            umount2(bundle + "/rootfs", Int32(MNT_DETACH))  // the bundle's own root tmpfs, if any
             try? FileManager.default.removeItem(atPath: bundle)
             return nil
         case .cgroup(let directory):

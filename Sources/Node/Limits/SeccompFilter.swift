@@ -9,6 +9,11 @@ import Glibc
 /// namespaces, `clone3` reports ENOSYS (its flags sit in memory, out of a filter's reach, and libc
 /// falls back to `clone`), and `ioctl` may not push input into a terminal (TIOCSTI) or drive the
 /// console (TIOCLINUX). Refused calls fail with EPERM rather than killing the program.
+///
+/// `socket` and `socketpair` accept only the families in ``allowedSocketFamilies`` (AF_UNIX,
+/// AF_INET, AF_INET6, AF_NETLINK); any other (AF_VSOCK, AF_PACKET, AF_KEY, AF_ALG, AF_BLUETOOTH…)
+/// fails with EAFNOSUPPORT, as on a kernel built without it. A network namespace does not cover
+/// every family: vsock's port space, for one, is machine-wide.
 public struct SeccompFilter: Sendable, Equatable {
     /// The program, ready to be written to the descriptor bubblewrap reads.
     public let bytes: [UInt8]
@@ -35,6 +40,8 @@ public struct SeccompFilter: Sendable, Equatable {
         bpf.jumpIfEqual(table.ioctl, to: "ioctl")
         bpf.jumpIfEqual(table.clone, to: "clone")
         bpf.jumpIfEqual(table.clone3, to: "enosys")
+        bpf.jumpIfEqual(table.socket, to: "socket")
+        bpf.jumpIfEqual(table.socketpair, to: "socket")
         for number in table.denied.values.sorted() { bpf.jumpIfEqual(number, to: "deny") }
         bpf.returning(SeccompAction.allow)
 
@@ -51,6 +58,14 @@ public struct SeccompFilter: Sendable, Equatable {
         bpf.jumpIfAnySet(Self.namespaceFlags, to: "deny")
         bpf.returning(SeccompAction.allow)
 
+        // The kernel takes the family as `int`: the low 32 bits decide.
+        bpf.label("socket")
+        bpf.load(SeccompData.argumentLow(0))
+        for family in Self.allowedSocketFamilies { bpf.jumpIfEqual(family, to: "allow") }
+        bpf.returning(SeccompAction.errno(EAFNOSUPPORT))
+        bpf.label("allow")
+        bpf.returning(SeccompAction.allow)
+
         bpf.label("enosys")
         bpf.returning(SeccompAction.errno(ENOSYS))
         bpf.label("deny")
@@ -60,6 +75,10 @@ public struct SeccompFilter: Sendable, Equatable {
         count = program.count
         bytes = program.flatMap(\.bytes)
     }
+
+    /// The address families `socket` and `socketpair` may create: AF_UNIX (1), AF_INET (2),
+    /// AF_INET6 (10) and AF_NETLINK (16, which glibc uses to list interfaces).
+    public static let allowedSocketFamilies: [UInt32] = [1, 2, 10, 16]
 
     /// CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET and NEWTIME.
     static let namespaceFlags: UInt32 =

@@ -9,6 +9,9 @@ struct SyscallTable: Sendable {
     var ioctl: UInt32
     var clone: UInt32
     var clone3: UInt32
+    /// `socket` and `socketpair`, whose first argument (the address family) is checked.
+    var socket: UInt32
+    var socketpair: UInt32
     /// Refused outright, by name.
     var denied: [String: UInt32]
 
@@ -26,6 +29,8 @@ struct SyscallTable: Sendable {
         ioctl: 16,
         clone: 56,
         clone3: 435,
+        socket: 41,
+        socketpair: 53,
         denied: [
             "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "pidfd_getfd": 438,
             "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
@@ -49,6 +54,8 @@ struct SyscallTable: Sendable {
         ioctl: 29,
         clone: 220,
         clone3: 435,
+        socket: 198,
+        socketpair: 199,
         denied: [
             "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272, "pidfd_getfd": 438,
             "bpf": 280, "perf_event_open": 241, "userfaultfd": 282,

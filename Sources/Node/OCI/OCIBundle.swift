@@ -37,6 +37,13 @@ struct OCIBundle: Sendable {
     /// Deletes the bundle. Refuses, and says so, if anything is still mounted below it, which would
     /// otherwise delete the host files seen through that mount.
     func remove() -> String? {
+        let rootfs = path + "/rootfs"
+        if Self.mountPoints().contains(rootfs) {
+            guard umount2(rootfs, Int32(MNT_DETACH)) == 0 else {
+                return "bundle \(path) not removed: cannot unmount \(rootfs): \(String(cString: strerror(errno)))"
+            }
+            SandboxLedger.current.gone(.scratch(path: rootfs))
+        }
         if let mount = Self.mountPoints().first(where: { $0 == path || $0.hasPrefix(path + "/") }) {
             return "bundle \(path) not removed: \(mount) is still mounted"
         }
@@ -64,6 +71,7 @@ struct OCIBundle: Sendable {
     private static func populate(_ bundle: String, config: OCIJobConfig) throws(OCIRuntimeError) {
         let rootfs = bundle + "/rootfs"
         guard mkdir(rootfs, 0o755) == 0, chmod(rootfs, 0o755) == 0 else { throw .system("create", rootfs) }
+        try mountOwnRoot(rootfs, config: config)
         // With a host scratch, what belongs below /tmp goes there instead of into rootfs/tmp.
         func place(_ relative: String) -> String {
             if let scratch = config.hostScratch, relative.hasPrefix("tmp/") { return scratch + relative.dropFirst(3) }
@@ -87,6 +95,8 @@ struct OCIBundle: Sendable {
             case .symlink(let relative, let target):
                 let path = rootfs + "/" + relative
                 guard symlink(target, path) == 0 else { throw .system("create symlink", path) }
+            case .content(let relative, let content):
+                try write(content, to: rootfs + "/" + relative, mode: 0o644)
             }
         }
         for file in config.scratchFiles {
@@ -103,6 +113,21 @@ struct OCIBundle: Sendable {
             throw OCIRuntimeError("cannot encode config.json: \(error)")
         }
         try write(json, to: bundle + "/config.json", mode: 0o600)
+    }
+
+    /// Makes `rootfs` a small tmpfs of its own (when the node may mount): the container's root is
+    /// then the root of a file system, so its `/proc/self/mountinfo` shows `/` for it rather than
+    /// the bundle's path on the host. Sized for what goes into it: mount points, the synthetic
+    /// `/etc` and the job's files staged below `tmp`.
+    private static func mountOwnRoot(_ rootfs: String, config: OCIJobConfig) throws(OCIRuntimeError) {
+        guard geteuid() == 0 else { return }
+        var bytes = config.scratchFiles.reduce(UInt64(4 << 20)) { $0 + UInt64($1.content.count) + 4096 }
+        for case .content(_, let content) in config.rootfs { bytes += UInt64(content.count) + 4096 }
+        let options = "mode=755,size=\(bytes),nr_inodes=\(config.rootfs.count + config.scratchFiles.count + 1024)"
+        guard mount("tmpfs", rootfs, "tmpfs", UInt(MS_NOSUID | MS_NODEV), options) == 0 else {
+            throw .system("mount a tmpfs on", rootfs)
+        }
+        SandboxLedger.current.made(.scratch(path: rootfs))
     }
 
     private static func write(_ content: Data, to path: String, mode: UInt16) throws(OCIRuntimeError) {

@@ -139,7 +139,13 @@ struct OCICgroup: Sendable {
     /// removed; empty when the cgroup is gone.
     func destroy() -> [String] {
         var leftovers: [String] = []
-        for path in existingDirectories() {
+        let existing = existingDirectories()
+        // What the runtime removed itself (runc deletes a container's cgroup with it) is gone too:
+        // without this, a ledger kept listing the cgroups of every killed-and-deleted container.
+        for path in candidateDirectories() where !existing.contains(path) && access(path, F_OK) != 0 {
+            SandboxLedger.current.gone(.cgroup(directory: path))
+        }
+        for path in existing {
             var failure: Int32 = 0
             var pause: UInt32 = 200
             let end = ContinuousClock.now + .seconds(2)
@@ -157,6 +163,18 @@ struct OCICgroup: Sendable {
             }
         }
         return leftovers
+    }
+
+    /// Where this cgroup's directory is in every hierarchy, whether it exists or not (on v1 one
+    /// hierarchy may be reached through two names, such as `cpu` and `cpuacct`).
+    func candidateDirectories() -> [String] {
+        switch layout {
+        case .v2:
+            return [Self.mountPoint + "/" + relativePath]
+        case .v1:
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: Self.mountPoint)) ?? []
+            return entries.sorted().map { Self.mountPoint + "/" + $0 + "/" + relativePath }
+        }
     }
 
     /// Directories of this cgroup that exist, in any hierarchy.

@@ -32,6 +32,8 @@ enum OCIRootfsEntry: Sendable, Equatable {
     /// An empty file, the mount point of a bound host file.
     case file(String)
     case symlink(String, target: String)
+    /// A read-only file (0644) with this content.
+    case content(String, Data)
 }
 
 /// A file for the job's scratch, placed under `rootfs/tmp` and copied into the tmpfs by the runtime.
@@ -64,18 +66,16 @@ struct OCIJobConfig: Sendable {
 
     /// Host directories that are symlinks into `/usr` on merged-/usr systems.
     static let systemDirectories = ["/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"]
-    /// What programs need from the host's `/etc`, bound read-only when present.
+    /// What programs need from the host's `/etc`, bound read-only when present. Accounts, host
+    /// names and resolvers are not the host's: see ``SandboxEtc``.
     static let etcFiles = [
         "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/ssl",
-        "/etc/ca-certificates", "/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts",
+        "/etc/ca-certificates", "/etc/localtime",
     ]
-    /// Docker's default masked paths: bind-mounted over with nothing.
-    static let maskedPaths = [
-        "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-        "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
-    ]
-    /// Docker's default read-only paths.
-    static let readonlyPaths = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+    /// The OCI runtime spec's default masked paths, plus `/proc/cmdline` and `/sys/block`.
+    static let maskedPaths = SandboxEtc.maskedPaths
+    /// The OCI runtime spec's default read-only paths.
+    static let readonlyPaths = SandboxEtc.readonlyPaths
 
     let spec: OCISpec
     /// In creation order: parents before children.
@@ -209,6 +209,12 @@ struct OCIJobConfig: Sendable {
                     ? .directory(String(path.dropFirst()), mode: 0o755) : .file(String(path.dropFirst()))
             )
             mounts.append(Self.readOnlyBind(path))
+        }
+        if options.root == nil {
+            // Plain files of the bundle's root (its own tmpfs, see ``OCIBundle``): no mount shows them.
+            for file in SandboxEtc.files(uid: Self.uid, gid: Self.gid) {
+                rootfs.append(.content(String(file.path.dropFirst()), file.content))
+            }
         }
 
         var namespaces = ["pid", "ipc", "uts", "mount", "network", "cgroup"].map { OCINamespace(type: $0) }

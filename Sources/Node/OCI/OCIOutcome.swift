@@ -6,7 +6,8 @@ import HangarShared
 ///
 /// Status, first match wins: the monitor's kill (TIMED_OUT, OUTPUT_LIMIT, CANCELLED); a non-zero exit
 /// while the cgroup's OOM killer fired (OOM_KILLED); exit 0 (SUCCEEDED); an error the runtime logged
-/// (FAILED when it concerns the program, such as a missing executable, ERROR otherwise); a death by
+/// (FAILED when it concerns the program, ERROR otherwise; a missing or non-executable program is
+/// reported as ``ExecFailure``: exit 127 or 126); a death by
 /// SIGKILL or SIGXCPU once the cgroup used the CPU-time limit (TIMED_OUT); any other exit (FAILED).
 /// The runtimes report a program killed by signal `n` as exit code 128 + `n`.
 ///
@@ -22,6 +23,7 @@ struct OCIOutcome: Sendable {
 
     func outcome(of result: SandboxResult, usage: OCICgroupUsage, runtimeFailure: String?) -> RunOutcome {
         var outcome: RunOutcome
+        var execFailure: ExecFailure?
         let code: Int32?
         switch result.termination {
         case .exited(let value): code = value
@@ -66,6 +68,7 @@ struct OCIOutcome: Sendable {
                 let aboutProgram = runtimeFailure.contains(program) || runtimeFailure.contains("working directory")
                 outcome = aboutProgram ? RunOutcome(status: .failed) : .error("")
                 outcome.message = "\(tool): \(runtimeFailure)"
+                execFailure = ExecFailure.ociRuntime(failure: runtimeFailure, program: program)
             } else if limits.cpuTimeMs > 0 && (code == 128 + SIGXCPU || code == 128 + SIGKILL)
                 && usage.cpuTimeMicroseconds >= UInt64(limits.cpuTimeMs) * 1000
             {
@@ -102,6 +105,7 @@ struct OCIOutcome: Sendable {
         outcome.cpuTimeMicroseconds = usage.cpuTimeMicroseconds
         outcome.peakMemoryBytes = usage.peakMemoryBytes
         outcome.runMilliseconds = Self.milliseconds(result.runTime)
+        if let execFailure { outcome.reportExecFailure(execFailure, program: program) }
         return outcome
     }
 

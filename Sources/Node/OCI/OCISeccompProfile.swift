@@ -4,11 +4,16 @@
 /// `CAP_SYS_CHROOT`, … are absent because Hangar drops every capability), minus `ptrace`,
 /// `process_vm_readv`/`process_vm_writev` and the `io_uring` calls, which Hangar denies outright.
 ///
+/// `socket` and `socketpair` are allowed only for the families in
+/// ``SeccompFilter/allowedSocketFamilies`` (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK); every other
+/// family fails with EAFNOSUPPORT under runc. gVisor ignores `errnoRet`, so there it is EPERM.
+///
 /// Only the x86_64 ABI is listed, so 32-bit (`int 0x80`) and x32 system calls are refused.
 /// Names the host's libseccomp does not know yet (calls newer than it) are skipped by runc.
 enum OCISeccompProfile {
     static let errnoEPERM: UInt32 = 1
     static let errnoENOSYS: UInt32 = 38
+    static let errnoEAFNOSUPPORT: UInt32 = 97
 
     /// `CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID |
     /// CLONE_NEWNET`: `clone` is allowed only without them, as in Docker's profile.
@@ -44,6 +49,7 @@ enum OCISeccompProfile {
                 ]
             )
         )
+        rules += socketRules
         // clone3 passes its flags in memory, where seccomp cannot look: make it "not implemented" so
         // libc falls back to clone, whose flags are checked above.
         rules.append(
@@ -57,6 +63,46 @@ enum OCISeccompProfile {
             architectures: ["SCMP_ARCH_X86_64"],
             syscalls: rules
         )
+    }
+
+    /// `socket` and `socketpair` for the allowed families, and EAFNOSUPPORT for every other one.
+    /// libseccomp takes one comparison per argument and rule, so the refused families are the gaps
+    /// between the allowed ones and everything above the highest (64-bit comparisons: a value with
+    /// high bits set is above it too).
+    static var socketRules: [OCISyscallRule] {
+        let allowed = SeccompFilter.allowedSocketFamilies.map(UInt64.init)
+        let highest = allowed.max() ?? 0
+        var rules: [OCISyscallRule] = []
+        for name in ["socket", "socketpair"] {
+            for family in allowed {
+                rules.append(
+                    OCISyscallRule(
+                        names: [name],
+                        action: "SCMP_ACT_ALLOW",
+                        args: [OCISyscallArgument(index: 0, value: family, op: "SCMP_CMP_EQ")]
+                    )
+                )
+            }
+            for family in UInt64(0)..<highest where !allowed.contains(family) {
+                rules.append(
+                    OCISyscallRule(
+                        names: [name],
+                        action: "SCMP_ACT_ERRNO",
+                        errnoRet: errnoEAFNOSUPPORT,
+                        args: [OCISyscallArgument(index: 0, value: family, op: "SCMP_CMP_EQ")]
+                    )
+                )
+            }
+            rules.append(
+                OCISyscallRule(
+                    names: [name],
+                    action: "SCMP_ACT_ERRNO",
+                    errnoRet: errnoEAFNOSUPPORT,
+                    args: [OCISyscallArgument(index: 0, value: highest, op: "SCMP_CMP_GT")]
+                )
+            )
+        }
+        return rules
     }
 
     /// System calls allowed unconditionally.
@@ -93,7 +139,7 @@ enum OCISeccompProfile {
         "set_robust_list", "set_thread_area", "set_tid_address", "setfsgid", "setfsuid", "setgid", "setgroups",
         "setitimer", "setpgid", "setpriority", "setregid", "setresgid", "setresuid", "setreuid", "setrlimit",
         "setsid", "setsockopt", "setuid", "setxattr", "shmat", "shmctl", "shmdt", "shmget", "shutdown",
-        "sigaltstack", "signalfd", "signalfd4", "socket", "socketpair", "splice", "stat", "statfs", "statx",
+        "sigaltstack", "signalfd", "signalfd4", "splice", "stat", "statfs", "statx",
         "symlink", "symlinkat", "sync", "sync_file_range", "syncfs", "sysinfo", "tee", "tgkill", "time",
         "timer_create", "timer_delete", "timer_getoverrun", "timer_gettime", "timer_settime", "timerfd_create",
         "timerfd_gettime", "timerfd_settime", "times", "tkill", "truncate", "umask", "uname", "unlink", "unlinkat",

@@ -13,12 +13,19 @@ final class OwnedNamespaceStock: Sendable {
     private struct State {
         var ready: [Entry] = []
         var refilling = false
+        /// The refill under way, if any (``drain()`` waits for it).
+        var refill: Task<Void, Never>?
+        /// While ``drain()`` runs no refill starts.
+        var draining = false
     }
 
     private struct Entry: Sendable {
         let namespace: OwnedUserNamespace
         let user: UInt32
         let mapping: OCIUserNamespace
+        /// Where its holder process is noted: it serves only sandboxes noted there too, so that
+        /// a ledger closed at a clean stop never lists a holder another ledger's job still uses.
+        let ledger: SandboxLedger
     }
 
     init(size: Int) {
@@ -29,8 +36,11 @@ final class OwnedNamespaceStock: Sendable {
     /// way the stock is topped up in the background.
     func take(mapping: OCIUserNamespace) async -> Result<(namespace: OwnedUserNamespace, user: UInt32), OCIRuntimeError>
     {
+        let ledger = SandboxLedger.current
         let stocked = state.withLock { state -> Entry? in
-            guard let index = state.ready.firstIndex(where: { $0.mapping == mapping }) else { return nil }
+            guard let index = state.ready.firstIndex(where: { $0.mapping == mapping && $0.ledger === ledger }) else {
+                return nil
+            }
             return state.ready.remove(at: index)
         }
         defer { refill(mapping) }
@@ -42,19 +52,53 @@ final class OwnedNamespaceStock: Sendable {
     var count: Int { state.withLock { $0.ready.count } }
 
     private func refill(_ mapping: OCIUserNamespace) {
-        let start = state.withLock { state -> Bool in
-            guard !state.refilling, state.ready.count < size else { return false }
-            state.refilling = true
-            return true
-        }
-        guard start else { return }
-        // Detached: the stock belongs to the node, not to the job that happened to trigger it.
-        Task.detached { [self] in
-            while state.withLock({ $0.ready.count < size }) {
-                guard case .success(let made) = await Self.make(mapping) else { break }
-                state.withLock { $0.ready.append(Entry(namespace: made.namespace, user: made.user, mapping: mapping)) }
+        // Detached: the stock belongs to the node, not to the job that happened to trigger it; but
+        // its holders are noted in the ledger the node writes (the one in force here).
+        let ledger = SandboxLedger.current
+        state.withLock { current in
+            guard !current.refilling, !current.draining,
+                current.ready.count(where: { $0.ledger === ledger }) < size
+            else { return }
+            current.refilling = true
+            current.refill = Task.detached { [self] in
+                await SandboxLedger.$current.withValue(ledger) {
+                    while state.withLock({ state in
+                        state.ready.count(where: { $0.ledger === ledger }) < size && !state.draining
+                    }) {
+                        guard case .success(let made) = await Self.make(mapping) else { break }
+                        state.withLock {
+                            $0.ready.append(
+                                Entry(namespace: made.namespace, user: made.user, mapping: mapping, ledger: ledger)
+                            )
+                        }
+                    }
+                }
+                state.withLock {
+                    $0.refilling = false
+                    $0.refill = nil
+                }
             }
-            state.withLock { $0.refilling = false }
+        }
+    }
+
+    /// Ends every namespace in the stock (their holders exit, their host uids are released) once
+    /// the refill under way, if any, is done; a node calls it when it stops, so that nothing of it
+    /// outlives it, in the host or in its ``SandboxLedger``. Later takes refill the stock again.
+    func drain() async {
+        let refill = state.withLock { state -> Task<Void, Never>? in
+            state.draining = true
+            return state.refill
+        }
+        await refill?.value
+        let entries = state.withLock { state -> [Entry] in
+            let entries = state.ready
+            state.ready = []
+            state.draining = false
+            return entries
+        }
+        for entry in entries {
+            await entry.namespace.remove()
+            SandboxUsers.shared.release(entry.user)
         }
     }
 

@@ -33,7 +33,7 @@ struct FramedWarmScript: Sendable {
         for (key, value) in spec.env.sorted(by: { $0.key < $1.key }) {
             lines.append("export \(key)=\(LimitShim.quote(value))")
         }
-        lines.append("exec " + spec.argv.map(LimitShim.quote).joined(separator: " "))
+        lines += WarmScript.execLines(spec.argv)
         var data = Data((lines.joined(separator: "\n") + "\n" + marker + "\n").utf8)
         data.append(spec.stdin)
         return data

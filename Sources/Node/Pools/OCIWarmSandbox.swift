@@ -329,6 +329,7 @@ final class OCIWarmSandbox: WarmSandbox {
                 timeout: limits.timeout,
                 outputLimit: limits.outputBytes
             ).outcome(of: result, usage: usage, runtimeFailure: failure)
+            outcome.noteExecFailure(program: spec.argv[0])
             outcome.startMilliseconds = JobLimits.milliseconds(armed - began)
             outcome.runMilliseconds = JobLimits.milliseconds(ended - armed)
             if !leftovers.isEmpty {

@@ -69,11 +69,13 @@ final class ProcessWarmSandbox: WarmSandbox {
         let invocation: BubblewrapInvocation
         do {
             let resolved = try Template.resolve(waiting, in: runtime.templates)
+            // The script's pipes are 3, 4 and 5 (``WarmScript/process``); bubblewrap's files follow.
             invocation = try BubblewrapInvocation(
                 spec: resolved.spec,
                 limits: limits,
                 seccomp: filter,
-                root: try resolved.template.layout()
+                root: try resolved.template.layout(),
+                firstDescriptor: 6
             )
         } catch let error as TemplateError {
             throw WarmError(error.description)
@@ -144,13 +146,13 @@ final class ProcessWarmSandbox: WarmSandbox {
             arguments: ["bwrap"] + invocation.arguments,
             user: user
         )
-        // The seccomp filter is 3 (as in a fresh sandbox), then 4, 5 and 6 of ``WarmScript/process``.
+        // 3, 4 and 5 of ``WarmScript/process``, then the seccomp filter and bubblewrap's files.
         let command = SandboxCommand(
             executable: shim.executable,
             arguments: shim.arguments,
             timeout: lifetime,
             outputLimit: profile.outputBytes,
-            inheritedFiles: invocation.files + [control.read, stdin.read, ready.write],
+            inheritedFiles: [control.read, stdin.read, ready.write] + invocation.files,
             containment: containment
         )
         let spawned = Result { () throws(SandboxSpawnError) in try SandboxProcess(command) }
@@ -239,6 +241,7 @@ final class ProcessWarmSandbox: WarmSandbox {
             var usage = cgroup.usage()
             usage.cpuTimeMicroseconds = usage.cpuTimeMicroseconds.map { $0 > baseline ? $0 - baseline : 0 }
             outcome = ProcessRuntime.outcome(of: result, usage: usage, limits: limits)
+            outcome.noteExecFailure(program: spec.argv[0])
             outcome.startMilliseconds = JobLimits.milliseconds(armed - began)
             outcome.runMilliseconds = JobLimits.milliseconds(ended - armed)
         } catch {

@@ -13,14 +13,14 @@ public struct WarmScript: Sendable {
     /// Variables the shell adds that a fresh sandbox's program would not have.
     let shellVariables: String
 
-    /// bubblewrap: 3 is its seccomp filter, so 4, 5, 6; bubblewrap itself sets `PWD`.
-    public static let process = WarmScript(control: 4, stdin: 5, ready: 6, shellVariables: "OLDPWD SHLVL")
+    /// bubblewrap: 3, 4, 5, before its own files (seccomp filter, `/etc`); it sets `PWD` itself.
+    public static let process = WarmScript(control: 3, stdin: 4, ready: 5, shellVariables: "OLDPWD SHLVL")
     /// runc with `--preserve-fds 3`: 3, 4, 5; runc sets no `PWD`.
     public static let container = WarmScript(control: 3, stdin: 4, ready: 5, shellVariables: "PWD OLDPWD SHLVL")
 
-    /// What the sandbox's shell runs while it waits: say "ready", read the script from 4 until EOF
-    /// with the `read` builtin (the pipe belongs to the node's user, so the sandbox cannot reopen
-    /// it through `/dev/fd/4`; it can only read the descriptor it holds), and run it.
+    /// What the sandbox's shell runs while it waits: say "ready", read the script from `control`
+    /// until EOF with the `read` builtin (the pipe belongs to the node's user, so the sandbox cannot
+    /// reopen it through `/dev/fd/N`; it can only read the descriptor it holds), and run it.
     public var waiter: String {
         """
         printf R >&\(ready); exec \(ready)>&-; s=; while IFS= read -r l <&\(control); do s="$s$l
@@ -44,8 +44,27 @@ public struct WarmScript: Sendable {
         for (key, value) in spec.env.sorted(by: { $0.key < $1.key }) {
             lines.append("export \(key)=\(LimitShim.quote(value))")
         }
-        lines.append("exec " + spec.argv.map(LimitShim.quote).joined(separator: " "))
+        lines += Self.execLines(spec.argv)
         return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// The lines that run `argv`: first a check that its program exists and is executable, which
+    /// says so as every runtime does (``ExecFailure``: exit 127 or 126 with Hangar's message, not
+    /// the shell's), then the `exec`. A name without a slash is looked up in `PATH`.
+    static func execLines(_ argv: [String]) -> [String] {
+        let program = LimitShim.quote(argv.first ?? "")
+        func fail(_ failure: ExecFailure) -> String {
+            let text = LimitShim.quote(failure.message(argv.first ?? ""))
+            return "{ printf '%s\\n' \(text) >&2; exit \(failure.exitCode); }"
+        }
+        return [
+            "case \(program) in",
+            "*/*) [ -e \(program) ] || \(fail(.notFound))",
+            "[ -f \(program) ] && [ -x \(program) ] || \(fail(.notExecutable)) ;;",
+            "*) command -v -- \(program) >/dev/null 2>&1 || \(fail(.notFound)) ;;",
+            "esac",
+            "exec " + argv.map(LimitShim.quote).joined(separator: " "),
+        ]
     }
 
     private static func isShellName(_ name: String) -> Bool {

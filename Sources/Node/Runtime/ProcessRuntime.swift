@@ -249,6 +249,11 @@ public struct ProcessRuntime: Runtime {
             // Nothing of the job may outlive it; then the counters are final.
             if !cgroup.processes().isEmpty { cgroup.killAll() }
             outcome = Self.outcome(of: result, usage: cgroup.usage(), limits: limits)
+            if result.termination == .exited(1), result.killReason == nil,
+                let failure = ExecFailure.bubblewrap(stderr: result.stderr, program: spec.argv[0])
+            {
+                outcome.reportExecFailure(failure, program: spec.argv[0])
+            }
             outcome.startMilliseconds = JobLimits.milliseconds(prepared + result.spawnTime)
         } catch {
             outcome = .error("cannot start bubblewrap: \(error.description)")
@@ -292,25 +297,53 @@ struct InvalidJob: Error {
 struct BubblewrapInvocation {
     private(set) var arguments: [String] = []
     private(set) var files: [Int32] = []
+    /// The number the first of ``files`` has in bubblewrap.
+    let firstDescriptor: Int32
 
     /// Host directories that are symlinks into `/usr` on merged-/usr systems.
     static let systemDirectories = ["/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"]
-    /// What programs need from the host's `/etc`, bound read-only when present.
+    /// What programs need from the host's `/etc`, bound read-only when present. Accounts, host
+    /// names and resolvers are not the host's: see ``SandboxEtc``.
     static let etcFiles = [
         "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/ssl",
-        "/etc/ca-certificates", "/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts",
+        "/etc/ca-certificates", "/etc/localtime",
     ]
     static let maxFiles = 256
+    /// The uid and gid the job runs as inside the sandbox.
+    static let sandboxID: UInt32 = 65534
+
+    /// Masks what the OCI runtime spec masks (see ``SandboxEtc/maskedPaths``) in the sandbox's own
+    /// `/proc`: a file gets the host's `/dev/null` bound over it (on a `nodev` mount, so it cannot
+    /// even be opened), a directory an empty read-only tmpfs. The sandbox has no `/sys`. bubblewrap
+    /// itself makes `/proc/sys`, `/proc/sysrq-trigger`, `/proc/irq` and `/proc/bus` read-only;
+    /// `/proc/fs` is added here. Paths this kernel lacks are skipped.
+    static let procMasks: [String] = {
+        var arguments: [String] = []
+        for path in SandboxEtc.maskedPaths where path.hasPrefix("/proc/") {
+            var status = stat()
+            guard lstat(path, &status) == 0 else { continue }
+            if (status.st_mode & S_IFMT) == S_IFDIR {
+                arguments += ["--tmpfs", path, "--remount-ro", path]
+            } else {
+                arguments += ["--ro-bind", "/dev/null", path]
+            }
+        }
+        if access("/proc/fs", F_OK) == 0 { arguments += ["--ro-bind", "/proc/fs", "/proc/fs"] }
+        return arguments
+    }()
 
     /// `root`: a directory template instead of the host's directories; `scratch`: a host directory
-    /// to bind as `/tmp` instead of a private tmpfs.
+    /// to bind as `/tmp` instead of a private tmpfs. The descriptors in ``files`` are numbered from
+    /// `firstDescriptor` on (a warm sandbox puts its own pipes before them).
     init(
         spec: Hangar_V1_JobSpec,
         limits: JobLimits,
         seccomp: SeccompFilter,
         root: TemplateRootfs? = nil,
-        scratch: String? = nil
+        scratch: String? = nil,
+        firstDescriptor: Int32 = 3
     ) throws(InvalidJob) {
+        self.firstDescriptor = firstDescriptor
         guard let program = spec.argv.first, !program.isEmpty else { throw InvalidJob(message: "argv is empty") }
         if (spec.argv + [spec.cwd]).contains(where: { $0.utf8.contains(0) }) {
             throw InvalidJob(message: "argv and cwd must not contain NUL bytes")
@@ -337,7 +370,7 @@ struct BubblewrapInvocation {
         arguments =
             namespaces + [
                 "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-                "--hostname", "sandbox", "--uid", "65534", "--gid", "65534", "--clearenv",
+                "--hostname", "sandbox", "--uid", String(Self.sandboxID), "--gid", String(Self.sandboxID), "--clearenv",
             ]
         for (key, value) in try Self.environment(spec.env) { arguments += ["--setenv", key, value] }
         if let root {
@@ -353,7 +386,7 @@ struct BubblewrapInvocation {
             }
             for path in Self.etcFiles { arguments += ["--ro-bind-try", path, path] }
         }
-        arguments += ["--proc", "/proc", "--dev", "/dev"]
+        arguments += ["--proc", "/proc", "--dev", "/dev"] + Self.procMasks
         if let scratch {
             arguments += ["--bind", scratch, "/tmp"]
         } else {
@@ -367,15 +400,23 @@ struct BubblewrapInvocation {
         }
         do {
             files.append(try Self.memoryFile(holding: Data(seccomp.bytes)))
+            arguments += ["--seccomp", String(lastDescriptor)]
+            // Files of bubblewrap's root tmpfs: no mount shows them, and the root is frozen below.
+            for file in root == nil ? SandboxEtc.files(uid: Self.sandboxID, gid: Self.sandboxID) : [] {
+                files.append(try Self.memoryFile(holding: file.content))
+                arguments += ["--perms", "0644", "--file", String(lastDescriptor), file.path]
+            }
         } catch {
             for fd in files { close(fd) }
             files = []
             throw error
         }
-        arguments += ["--seccomp", String(2 + files.count)]
         // The root is bwrap's own tmpfs; freeze it so only /tmp (a separate mount) is writable.
         arguments += ["--remount-ro", "/", "--chdir", workdir, "--"] + spec.argv
     }
+
+    /// The number bubblewrap knows the last of ``files`` by.
+    private var lastDescriptor: Int32 { firstDescriptor + Int32(files.count) - 1 }
 
     /// The job's environment plus the default `PATH` and `HOME`, sorted by name.
     private static func environment(_ env: [String: String]) throws(InvalidJob) -> [(String, String)] {
@@ -409,7 +450,8 @@ struct BubblewrapInvocation {
                 files.append(fd)
                 let mode = input.mode == 0 ? 0o644 : input.mode & 0o777
                 arguments += [
-                    "--perms", "0" + String(mode, radix: 8), "--file", String(3 + index), workdir + "/" + paths[index],
+                    "--perms", "0" + String(mode, radix: 8), "--file", String(lastDescriptor),
+                    workdir + "/" + paths[index],
                 ]
             }
         } catch {
