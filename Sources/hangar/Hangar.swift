@@ -41,7 +41,8 @@ struct Hangar: AsyncParsableCommand {
             Foundation.exit(1)
         } catch {
             if exitCode(for: error) == .validationFailure {
-                printError("\(message(for: error))\nSee 'hangar help <command>' for its options.")
+                printError(message(for: error))
+                printError("see 'hangar help <command>' for its options")
                 Foundation.exit(1)
             }
             exit(withError: error)
