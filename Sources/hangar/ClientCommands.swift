@@ -39,7 +39,7 @@ struct JobSpecOptions: ParsableArguments {
         help: "Let the job reach this IPv4 CIDR, and nothing else (repeatable; process and container runtimes)."
     )
     var allow: [String] = []
-    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments, after -- (flags before -- are hangar's).")
+    @Argument(parsing: .postTerminator, help: "The command and its arguments, after -- (flags before -- are hangar's).")
     var command: [String] = []
 
     /// The trace the submission continues, or a new one.
