@@ -107,7 +107,8 @@ func connectFailure(_ error: NATSError, servers: [String], using: String) -> Str
     let at = servers.joined(separator: ",")
     switch error.connectFailure {
     case .authorization:
-        return "NATS at \(at) refused the login with \(using): authorization violation (unknown user or wrong key; "
+        return
+            "NATS at \(at) did not accept the login with \(using): authorization violation (unknown user or wrong key; "
             + "use the credentials of this server, e.g. --creds FILE): \(error)"
     case .nothingListening:
         return "cannot reach NATS at \(at) (tried with \(using)): nothing is listening there. "

@@ -91,6 +91,17 @@ struct IsolationAndLoginTests {
         )
         #expect(status.stderr.contains(wrong) && status.stderr.contains("authorization"), "\(status.stderr)")
 
+        // The case: a login at a server with authorization off (it sends no nonce to sign).
+        try await withNATSServer { open in
+            let noAuth = try await runHangar(
+                ["scheduler", "--nats", open.url, "--creds", wrong, "--db", db],
+                timeout: .seconds(30)
+            )
+            #expect(noAuth.status == 1)
+            #expect(noAuth.stderr.contains(wrong) && noAuth.stderr.contains("authorization"), "\(noAuth.stderr)")
+            #expect(noAuth.stderr.contains("sent no nonce"), "\(noAuth.stderr)")
+        }
+
         let nobody = try await runHangar(["node", "status", "--nats", "nats://127.0.0.1:9"], timeout: .seconds(30))
         #expect(nobody.status == 1)
         #expect(nobody.stderr.contains("nothing is listening"), "\(nobody.stderr)")
