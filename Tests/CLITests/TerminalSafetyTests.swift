@@ -58,10 +58,15 @@ struct TerminalSafetyTests {
             #expect(!Self.hasControl(unknown.stderr), "\(unknown.stderr.debugDescription)")
             #expect(unknown.stderr.split(separator: "\n").count == 1, "\(unknown.stderr.debugDescription)")
 
-            // A job list and a node table hold no control bytes either.
-            let list = try await cluster.hangar(["job", "status", "-o", "wide"])
-            #expect(list.status == 0, "\(list.stderr)")
-            #expect(!Self.hasControl(list.stdout + list.stderr))
+            // A job list, the audit trail and top hold no control bytes either.
+            for command in [["job", "status", "-o", "wide"], ["audit", "list"], ["top", "--once"]] {
+                let output = try await cluster.hangar(command)
+                #expect(output.status == 0, "\(command): \(output.stderr)")
+                #expect(
+                    !Self.hasControl(output.stdout + output.stderr),
+                    "\(command): \(output.stdout.debugDescription)"
+                )
+            }
         }
     }
 }
