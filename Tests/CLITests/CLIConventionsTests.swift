@@ -1,4 +1,5 @@
 import Foundation
+import HangarTestSupport
 import Testing
 
 /// Conventions that need no cluster or a small one: README agrees with `--help`, completions,
@@ -93,9 +94,13 @@ struct CLIConventionsTests {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/script")
         process.arguments = ["-qec", command, "/dev/null"]
-        var inherited = ProcessInfo.processInfo.environment
+        // Its own empty folder as working folder and HOME, like every hangar the tests start.
+        let folder = try makeTemporaryDirectory("hangar-cli-script")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        var inherited = isolatedEnvironment(home: folder)
         inherited.removeValue(forKey: "NO_COLOR")
         process.environment = inherited.merging(environment) { $1 }
+        process.currentDirectoryURL = folder
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = FileHandle.nullDevice
