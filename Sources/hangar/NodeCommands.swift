@@ -42,19 +42,18 @@ struct NodeStatusCommand: AsyncParsableCommand {
 /// Why each runtime a node offers is unavailable, as the node's probe said:
 /// `microvm unavailable on dev-node-1, dev-node-2: <reason>` (nodes with the same reason together).
 func unavailableRuntimes(_ nodes: [Hangar_V1_NodeInfo]) -> [String] {
-    var order: [String] = []
-    var nodesByReason: [String: [String]] = [:]
+    var groups: [(runtime: String, reason: String, nodes: [String])] = []
     for node in nodes {
         for runtime in node.lastHeartbeat.runtimes where !runtime.available {
-            let key = "\(runtime.name)\u{0}\(runtime.detail.isEmpty ? "no reason given" : runtime.detail)"
-            if nodesByReason[key] == nil { order.append(key) }
-            nodesByReason[key, default: []].append(node.lastHeartbeat.nodeID)
+            let reason = runtime.detail.isEmpty ? "no reason given" : runtime.detail
+            if let index = groups.firstIndex(where: { $0.runtime == runtime.name && $0.reason == reason }) {
+                groups[index].nodes.append(node.lastHeartbeat.nodeID)
+            } else {
+                groups.append((runtime.name, reason, [node.lastHeartbeat.nodeID]))
+            }
         }
     }
-    return order.map { key in
-        let parts = key.split(separator: "\u{0}", maxSplits: 1).map(String.init)
-        return "\(parts[0]) unavailable on \(nodesByReason[key]!.joined(separator: ", ")): \(parts[1])"
-    }
+    return groups.map { "\($0.runtime) unavailable on \($0.nodes.joined(separator: ", ")): \($0.reason)" }
 }
 
 /// The node whose id is `prefix` or the only one that starts with it.
