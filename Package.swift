@@ -123,7 +123,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HangarCLITests",
-            dependencies: ["HangarTestSupport"],
+            dependencies: ["HangarTestSupport", "HangarShared"],
             path: "Tests/CLITests"
         ),
         .testTarget(

@@ -338,6 +338,10 @@ final class Child {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
+        // Not the folder the test was started from (a `.hangar/` left by `hangar dev` there would
+        // lend its logins) and no HANGAR_* setting of the caller's: the work folder, flags only.
+        process.currentDirectoryURL = log.deletingLastPathComponent()
+        process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("HANGAR_") }
         let handle = try FileHandle(forWritingTo: log)
         handle.seekToEndOfFile()
         process.standardOutput = handle

@@ -462,7 +462,13 @@ private let connectionReconnected: natsConnectionHandler = { connection, closure
 /// signature libnats would send as none is refused here, so that no doomed login reaches the
 /// server: see ``NKeySignature``.
 private let connectionSignNonce: natsSignatureHandler = { errorText, signature, signatureLength, nonce, closure in
-    guard let closure, let nonce, let signature, let signatureLength else { return NATS_ERR }
+    guard let closure, let signature, let signatureLength else { return NATS_ERR }
+    guard let nonce else {
+        // A server without NKey users (authorization off, or not the server of these credentials)
+        // sends no nonce; without this text the connect fails as a bare "Error".
+        errorText?.pointee = strdup(NATSError.noNonceMessage)
+        return NATS_ERR
+    }
     let events = Unmanaged<ConnectionEvents>.fromOpaque(closure).takeUnretainedValue()
     guard let seed = events.nkeySeed else { return NATS_ERR }
     let status = seed.withCString { nats_Sign($0, nonce, signature, signatureLength) }

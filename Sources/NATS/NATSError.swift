@@ -63,3 +63,34 @@ public struct NATSError: Error, CustomStringConvertible, Sendable, Equatable {
         }
     }
 }
+
+extension NATSError {
+    /// Why a connect failed, as far as the server's answer tells.
+    public enum ConnectFailure: Sendable, Equatable {
+        /// The server refused the login: unknown user, wrong password or key (`Authorization Violation`).
+        case authorization
+        /// No server answered at any URL tried (nothing listening, connection refused).
+        case nothingListening
+        /// Anything else (TLS, a protocol error, a timeout after connecting).
+        case other
+    }
+
+    /// Why an NKey login failed when the server asked for none: it sent no nonce to sign.
+    static let noNonceMessage =
+        "authorization violation: the server sent no nonce to sign, so it takes no NKey login "
+        + "(authorization is off there, or these credentials are for another server)"
+
+    /// What a failed `NATSConnection.init` means. libnats reports a refused login during the
+    /// handshake as a generic error whose text is the server's `-ERR 'Authorization Violation'`,
+    /// and later ones as `NATS_CONNECTION_AUTH_FAILED`; both are `.authorization`.
+    public var connectFailure: ConnectFailure {
+        let text = message.lowercased()
+        if kind == .authenticationFailed || text.contains("authorization violation")
+            || text.contains("authentication") || message.contains(Self.noNonceMessage)
+        {
+            return .authorization
+        }
+        if kind == .status(Int32(NATS_NO_SERVER.rawValue)) { return .nothingListening }
+        return .other
+    }
+}

@@ -26,7 +26,7 @@ struct AuditVerifyCommand: AsyncParsableCommand {
         let reply = try await auditRequest(request, connection: connection)
         if output.isJSON { try printJSON(reply) }
         if reply.verified {
-            if !output.isJSON { print(reply.message) }
+            if !output.isJSON { print(reply.message.terminalSafe) }
         } else {
             printError(reply.message)
             throw ExitCode(1)
@@ -69,7 +69,8 @@ struct AuditListCommand: AsyncParsableCommand {
             rows.append([
                 String(event.seq),
                 formatter.string(from: Date(timeIntervalSince1970: Double(event.atMs) / 1000)),
-                event.actor, event.event, event.jobID, event.detail,
+                event.actor.terminalSafe, event.event.terminalSafe, event.jobID.terminalSafe,
+                event.detail.terminalSafe,
             ])
         }
         print(formatTable(rows, style: .stdout))

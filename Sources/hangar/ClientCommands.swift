@@ -39,7 +39,7 @@ struct JobSpecOptions: ParsableArguments {
         help: "Let the job reach this IPv4 CIDR, and nothing else (repeatable; process and container runtimes)."
     )
     var allow: [String] = []
-    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (after --).")
+    @Argument(parsing: .postTerminator, help: "The command and its arguments, after -- (flags before -- are hangar's).")
     var command: [String] = []
 
     /// The trace the submission continues, or a new one.
@@ -212,7 +212,7 @@ func submitJob(
 func printSubmitReply(_ reply: Hangar_V1_SubmitReply, output: OutputOptions) async throws {
     switch reply.outcome {
     case .accepted(let accepted):
-        if output.isJSON { try printJSON(accepted) } else { print(accepted.jobID) }
+        if output.isJSON { try printJSON(accepted) } else { print(accepted.jobID.terminalSafe) }
     case .rejected(let rejected):
         if output.isJSON { try printJSON(rejected) }
         printError(
@@ -295,9 +295,10 @@ func cliLogger() -> Logger {
     return logger
 }
 
-/// A message for the user on stderr, prefixed `hangar:`.
+/// A message for the user on stderr, prefixed `hangar:`, on one line: control characters in it
+/// (from a tenant's file name, a scheduler's message) are shown escaped (`String.terminalSafe`).
 func printError(_ text: String) {
-    writeErr(Data("hangar: \(text)\n".utf8))
+    writeErr(Data("hangar: \(text.terminalSafe)\n".utf8))
 }
 
 /// Writes raw bytes to stdout in order with what `print` buffered before.

@@ -62,7 +62,9 @@ struct ConnectionOptions: ParsableArguments {
         return try ClientContext.load(path: ClientContext.defaultPath(environment), required: false)
     }
 
-    /// Connects as `principal`: the credentials given, or those `hangar dev` wrote for it.
+    /// Connects as `principal`: the credentials given, or those `hangar dev` wrote for it. A failure
+    /// names the servers, the credentials file used (and where it came from) and why: the server
+    /// refused the login (authorization violation), nothing listens there, or another error.
     func connect(
         name: String,
         logger: Logger,
@@ -71,18 +73,48 @@ struct ConnectionOptions: ParsableArguments {
     ) async throws -> NATSConnection {
         let servers = try self.servers
         var options = NATSConnectionOptions(servers: servers, name: name, sendAsap: sendAsap, logger: logger)
-        let devFile = AuthDirectory(path: URL(fileURLWithPath: state).appendingPathComponent("auth").path)
-            .credentialsPath(for: principal)
-        if let file = try credentialsFile ?? (FileManager.default.fileExists(atPath: devFile) ? devFile : nil) {
-            try applyCredentials(file, to: &options)
-        }
+        let login = try credentials(for: principal)
+        if let login { try applyCredentials(login.file, to: &options) }
+        let using = login.map { "credentials \($0.file) (\($0.source))" } ?? "no credentials"
+        logger.info(
+            "connecting to NATS",
+            metadata: ["nats.servers": "\(servers.joined(separator: ","))", "nats.credentials": "\(using)"]
+        )
         do {
             return try await NATSConnection(options: options)
-        } catch let error as NATSError where error.kind == .authenticationFailed {
-            throw CLIError("NATS at \(servers.joined(separator: ",")) refused the credentials: \(error)")
-        } catch {
-            throw CLIError("cannot reach NATS at \(servers.joined(separator: ",")): \(error). Is `hangar dev` running?")
+        } catch let error as NATSError {
+            throw CLIError(connectFailure(error, servers: servers, using: using))
         }
+    }
+
+    /// The credentials file for `principal` and where it was found: `--creds`, HANGAR_CREDS, the
+    /// context file, else the file `hangar dev` wrote in STATE/auth/creds/ if there is one.
+    func credentials(for principal: Principal) throws -> (file: String, source: String)? {
+        if let creds { return (creds, "--creds") }
+        if let creds = ProcessInfo.processInfo.environment["HANGAR_CREDS"], !creds.isEmpty {
+            return (creds, "HANGAR_CREDS")
+        }
+        if let creds = try loadContext().creds { return (creds, "the context file") }
+        let devFile = AuthDirectory(path: URL(fileURLWithPath: state).appendingPathComponent("auth").path)
+            .credentialsPath(for: principal)
+        guard FileManager.default.fileExists(atPath: devFile) else { return nil }
+        return (devFile, "written by `hangar dev` in --state \(state)")
+    }
+}
+
+/// Why a connection to `servers` failed, in words a user can act on.
+func connectFailure(_ error: NATSError, servers: [String], using: String) -> String {
+    let at = servers.joined(separator: ",")
+    switch error.connectFailure {
+    case .authorization:
+        return
+            "NATS at \(at) did not accept the login with \(using): authorization violation (unknown user or wrong key; "
+            + "use the credentials of this server, e.g. --creds FILE): \(error)"
+    case .nothingListening:
+        return "cannot reach NATS at \(at) (tried with \(using)): nothing is listening there. "
+            + "Is `hangar dev` running? \(error)"
+    case .other:
+        return "cannot connect to NATS at \(at) with \(using): \(error)"
     }
 }
 

@@ -109,7 +109,10 @@ struct NodeCommand: AsyncParsableCommand {
     var id: String?
     @Option(help: "Jobs run at once. Default: 8.")
     var slots: Int?
-    @Option(help: "Runtimes to offer, comma-separated (process, container, gvisor, null). Default: all four.")
+    @Option(
+        help:
+            "Runtimes to offer, comma-separated (process, container, gvisor, microvm, null). Default: all five; `node status` says why one is unavailable."
+    )
     var runtimes: String?
     @Option(name: .customLong("label"), help: "A node label KEY=VALUE that jobs can require (repeatable).")
     var labels: [String] = []
@@ -150,7 +153,7 @@ struct NodeCommand: AsyncParsableCommand {
             throw ValidationError(error.description)
         }
         let chosen = try makeRuntimes(
-            runtimes ?? file.strings("runtimes")?.joined(separator: ",") ?? "process,container,gvisor,null",
+            runtimes ?? file.strings("runtimes")?.joined(separator: ",") ?? "process,container,gvisor,microvm,null",
             templates: config.templates
         )
         let nats = try await connection.with(file).connect(name: "hangar-node-\(id)", logger: logger, as: .node(id))

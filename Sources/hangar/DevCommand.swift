@@ -19,8 +19,13 @@ struct DevCommand: AsyncParsableCommand {
     var nodes: Int = 2
     @Option(help: "Job slots per node.")
     var slots: Int = 8
-    @Option(help: "Runtimes each node offers, comma-separated.")
-    var runtimes: String = "process,container,gvisor,null"
+    @Option(
+        help: """
+            Runtimes each node offers, comma-separated. Default: every runtime (a runtime this machine \
+            cannot run is reported unavailable, with the reason, by `hangar node status`).
+            """
+    )
+    var runtimes: String = "process,container,gvisor,microvm,null"
     @Option(help: "NATS port (default: a free one).")
     var port: Int?
     @OptionGroup var log: LogOptions

@@ -40,11 +40,17 @@ struct Hangar: AsyncParsableCommand {
             printError(error.description)
             Foundation.exit(1)
         } catch {
-            if exitCode(for: error) == .validationFailure {
-                printError("\(message(for: error))\nSee 'hangar help <command>' for its options.")
+            let code = exitCode(for: error)
+            if code == .validationFailure {
+                printError(message(for: error))
+                printError("see 'hangar help <command>' for its options")
                 Foundation.exit(1)
             }
-            exit(withError: error)
+            // Help, --version and exit codes are argument-parser's to print; any other error's text
+            // (a NATS error can quote the server) goes out escaped, like every message.
+            if code == .success || error is ExitCode || error is CleanExit { exit(withError: error) }
+            printError(message(for: error))
+            Foundation.exit(code.rawValue)
         }
     }
 }

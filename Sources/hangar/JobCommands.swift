@@ -40,23 +40,23 @@ struct JobStatusCommand: AsyncParsableCommand {
         switch reply.outcome {
         case .result(let result):
             let style = Style.stdout
-            print("job       \(result.jobID)")
-            print("tenant    \(result.tenant)")
+            print("job       \(result.jobID.terminalSafe)")
+            print("tenant    \(result.tenant.terminalSafe)")
             print("status    \(style.state(result.status.displayName))")
             print("exit code \(result.exitCode)\(result.signal != 0 ? " (signal \(result.signal))" : "")")
-            print("node      \(result.nodeID.isEmpty ? "-" : result.nodeID) (attempt \(result.attempt))")
+            print("node      \(result.nodeID.isEmpty ? "-" : result.nodeID.terminalSafe) (attempt \(result.attempt))")
             print(
                 "timings   queued \(result.timings.queuedMs) ms, placement \(result.timings.placementMs) ms, start \(result.timings.startMs) ms, run \(result.timings.runMs) ms, total \(result.timings.totalMs) ms"
             )
-            if !result.message.isEmpty { print("message   \(result.message)") }
+            if !result.message.isEmpty { print("message   \(result.message.terminalSafe)") }
             print(
-                "output    \(result.stdout.count) bytes stdout, \(result.stderr.count) bytes stderr (`hangar job logs \(result.jobID)`)"
+                "output    \(result.stdout.count) bytes stdout, \(result.stderr.count) bytes stderr (`hangar job logs \(result.jobID.terminalSafe)`)"
             )
         case .status(let status):
-            print("job       \(id)")
-            print("tenant    \(reply.tenant)")
+            print("job       \(id.terminalSafe)")
+            print("tenant    \(reply.tenant.terminalSafe)")
             print("status    \(Style.stdout.state(status.displayName))")
-            if !reply.nodeID.isEmpty { print("node      \(reply.nodeID) (attempt \(reply.attempt))") }
+            if !reply.nodeID.isEmpty { print("node      \(reply.nodeID.terminalSafe) (attempt \(reply.attempt))") }
         case .error(let message):
             printError(message)
             throw ExitCode(1)
@@ -86,13 +86,13 @@ struct JobStatusCommand: AsyncParsableCommand {
         for job in reply.jobs {
             let finished = job.finishedAtMs > 0
             var row = [
-                job.jobID, job.tenant, style.state(job.status), finished ? String(job.exitCode) : "-",
-                job.nodeID.isEmpty ? "-" : job.nodeID,
+                job.jobID.terminalSafe, job.tenant.terminalSafe, style.state(job.status),
+                finished ? String(job.exitCode) : "-", job.nodeID.isEmpty ? "-" : job.nodeID.terminalSafe,
                 formatter.string(from: Date(timeIntervalSince1970: Double(job.submittedAtMs) / 1000)),
             ]
             if output.isWide {
                 row += [
-                    job.runtime, String(job.attempt),
+                    job.runtime.terminalSafe, String(job.attempt),
                     finished ? "\(max(0, job.finishedAtMs - job.submittedAtMs)) ms" : "-",
                 ]
             }

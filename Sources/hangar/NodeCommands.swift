@@ -35,7 +35,25 @@ struct NodeStatusCommand: AsyncParsableCommand {
         }
         print(nodeTable(reply.nodes, wide: output.isWide, style: .stdout))
         if reply.nodes.isEmpty { printError("no node has reported yet") }
+        for line in unavailableRuntimes(reply.nodes) { printError(line) }
     }
+}
+
+/// Why each runtime a node offers is unavailable, as the node's probe said:
+/// `microvm unavailable on dev-node-1, dev-node-2: <reason>` (nodes with the same reason together).
+func unavailableRuntimes(_ nodes: [Hangar_V1_NodeInfo]) -> [String] {
+    var groups: [(runtime: String, reason: String, nodes: [String])] = []
+    for node in nodes {
+        for runtime in node.lastHeartbeat.runtimes where !runtime.available {
+            let reason = runtime.detail.isEmpty ? "no reason given" : runtime.detail
+            if let index = groups.firstIndex(where: { $0.runtime == runtime.name && $0.reason == reason }) {
+                groups[index].nodes.append(node.lastHeartbeat.nodeID)
+            } else {
+                groups.append((runtime.name, reason, [node.lastHeartbeat.nodeID]))
+            }
+        }
+    }
+    return groups.map { "\($0.runtime) unavailable on \($0.nodes.joined(separator: ", ")): \($0.reason)" }
 }
 
 /// The node whose id is `prefix` or the only one that starts with it.
@@ -86,25 +104,26 @@ func nodeTable(_ nodes: [Hangar_V1_NodeInfo], wide: Bool, style: Style) -> Strin
             state += "(deadline \(max(0, node.drainDeadlineMs - unixMilliseconds()) / 1000)s)"
         }
         var row = [
-            heartbeat.nodeID,
+            heartbeat.nodeID.terminalSafe,
             style.state(state),
             "\(capacity.slotsUsed)/\(node.slotsReserved)/\(capacity.slotsTotal)",
             "\(cores(UInt64(node.cpuMillisReserved)))/\(cores(node.cpuMillisAllocatable)) cores",
             "\(gibibytes(node.memoryBytesReserved))/\(gibibytes(capacity.memoryBytes)) GiB",
-            heartbeat.runtimes.map { $0.available ? $0.name : "\($0.name)(unavailable)" }.joined(separator: ","),
-            poolSummary(heartbeat),
+            heartbeat.runtimes.map { $0.available ? $0.name : "\($0.name)(unavailable)" }.joined(separator: ",")
+                .terminalSafe,
+            poolSummary(heartbeat).terminalSafe,
             String(format: "%.1fs ago", Double(node.lastSeenMsAgo) / 1000),
         ]
         if wide {
             row += [
                 "\(cores(UInt64(capacity.cpuMillisUsed)))/\(cores(UInt64(capacity.cpuMillis))) cores",
                 "\(gibibytes(capacity.memoryBytesUsed)) GiB",
-                heartbeat.templates.isEmpty ? "-" : heartbeat.templates.joined(separator: ","),
+                heartbeat.templates.isEmpty ? "-" : heartbeat.templates.joined(separator: ",").terminalSafe,
                 heartbeat.labels.isEmpty
                     ? "-"
                     : heartbeat.labels.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }
-                        .joined(separator: ","),
-                heartbeat.version.isEmpty ? "-" : heartbeat.version,
+                        .joined(separator: ",").terminalSafe,
+                heartbeat.version.isEmpty ? "-" : heartbeat.version.terminalSafe,
             ]
         }
         rows.append(row)
@@ -150,7 +169,11 @@ func nodeDetail(_ node: Hangar_V1_NodeInfo, style: Style) -> String {
     }
     lines.append(("running jobs", heartbeat.runningJobs.isEmpty ? "-" : heartbeat.runningJobs.joined(separator: ", ")))
     let width = lines.map(\.0.count).max() ?? 0
-    return lines.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }.joined(
+    // Every value but the state (colored, and escaped by `Style`) came from the node: escaped.
+    return lines.map {
+        $0.0.terminalSafe.padding(toLength: width, withPad: " ", startingAt: 0) + "  "
+            + ($0.0 == "state" ? $0.1 : $0.1.terminalSafe)
+    }.joined(
         separator: "\n"
     )
 }

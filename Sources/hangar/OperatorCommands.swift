@@ -99,7 +99,7 @@ struct CancelCommand: AsyncParsableCommand {
         if output.isJSON {
             try printJSON(reply)
         } else if reply.cancelled {
-            print(reply.message)
+            print(reply.message.terminalSafe)
         }
         if !reply.cancelled {
             printError(reply.message)
@@ -130,7 +130,7 @@ func sendAdmin(
     if output.isJSON {
         try printJSON(reply)
     } else if reply.ok {
-        print(reply.message)
+        print(reply.message.terminalSafe)
     }
     if !reply.ok {
         printError(reply.message)

@@ -24,7 +24,7 @@ struct TenantListCommand: AsyncParsableCommand {
         var rows = [header]
         for tenant in stats.tenants {
             var row = [
-                tenant.name + (tenant.configured ? "" : "*"),
+                tenant.name.terminalSafe + (tenant.configured ? "" : "*"),
                 formatNumber(tenant.weight),
                 String(tenant.running),
                 String(tenant.queued),
@@ -36,7 +36,7 @@ struct TenantListCommand: AsyncParsableCommand {
                 row += [
                     String(tenant.accepted), String(tenant.finished), String(tenant.maxConcurrent),
                     "\(formatNumber(tenant.rate))/\(formatNumber(tenant.burst))",
-                    tenant.runtimes.isEmpty ? "all" : tenant.runtimes.joined(separator: ","),
+                    tenant.runtimes.isEmpty ? "all" : tenant.runtimes.joined(separator: ",").terminalSafe,
                 ]
             }
             rows.append(row)
@@ -92,7 +92,7 @@ struct TenantShowCommand: AsyncParsableCommand {
         ]
         let width = lines.map(\.0.count).max() ?? 0
         print(
-            lines.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1 }.joined(
+            lines.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.1.terminalSafe }.joined(
                 separator: "\n"
             )
         )

@@ -1,6 +1,12 @@
 import Foundation
+import HangarShared
 
 /// What the output terminal can do: colors only on a terminal, never with NO_COLOR or TERM=dumb.
+///
+/// Every string the CLI did not write itself (from a tenant, a node or the scheduler) goes through
+/// `String.terminalSafe` (HangarShared) before it is printed: `printError` escapes its whole message,
+/// `Style` escapes the text it colors, and tables, `job status`, `node status`, `tenant`, `audit` and
+/// `top` escape each such field. Only a job's own output (`run`, `job logs`) is written raw.
 enum Terminal {
     static func isTerminal(_ descriptor: Int32) -> Bool { isatty(descriptor) == 1 }
 
@@ -28,7 +34,11 @@ struct Style: Sendable {
     static var stdout: Style { Style(enabled: Terminal.colorsEnabled(STDOUT_FILENO)) }
     static var stderr: Style { Style(enabled: Terminal.colorsEnabled(STDERR_FILENO)) }
 
-    func apply(_ code: String, _ text: String) -> String { enabled ? "\u{1B}[\(code)m\(text)\u{1B}[0m" : text }
+    /// `text` (escaped, see `String.terminalSafe`) in the style `code` when colors are enabled.
+    func apply(_ code: String, _ text: String) -> String {
+        let text = text.terminalSafe
+        return enabled ? "\u{1B}[\(code)m\(text)\u{1B}[0m" : text
+    }
     func bold(_ text: String) -> String { apply("1", text) }
     func dim(_ text: String) -> String { apply("2", text) }
     func red(_ text: String) -> String { apply("31", text) }

@@ -36,7 +36,36 @@ func hangarBinary() throws -> URL {
     )
 }
 
-/// Runs `hangar ARGS` and waits at most `timeout` for it (then kills it and throws).
+/// The environment every spawned `hangar` gets: this process's, with HOME and XDG_CONFIG_HOME set
+/// to `home` (no developer's context file) and no HANGAR_* variable (no URL, credentials, tenant,
+/// context or daemon setting leaks in), then `extra`.
+func isolatedEnvironment(home: URL, extra: [String: String] = [:]) -> [String: String] {
+    var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("HANGAR_") }
+    environment["HOME"] = home.path
+    environment["XDG_CONFIG_HOME"] = home.path
+    return environment.merging(extra) { $1 }
+}
+
+/// A `hangar ARGS` process that does not depend on the folder the tests run from: it starts in
+/// `directory` (its own empty folder: a `.hangar/` left by `hangar dev` in the package folder is
+/// not seen), with `isolatedEnvironment(home: directory)`; `binary` replaces this build's `hangar`.
+func hangarProcess(
+    _ arguments: [String],
+    directory: URL,
+    environment: [String: String] = [:],
+    binary: URL? = nil
+) throws -> Process {
+    let process = Process()
+    process.executableURL = try binary ?? hangarBinary()
+    process.arguments = arguments
+    process.environment = isolatedEnvironment(home: directory, extra: environment)
+    process.currentDirectoryURL = directory
+    process.standardInput = FileHandle.nullDevice
+    return process
+}
+
+/// Runs `hangar ARGS` in its own empty working folder (or `directory`) and waits at most `timeout`
+/// for it (then kills it and throws).
 func runHangar(
     _ arguments: [String],
     environment: [String: String] = [:],
@@ -47,22 +76,14 @@ func runHangar(
     defer { try? FileManager.default.removeItem(at: folder) }
     let outURL = folder.appendingPathComponent("stdout")
     let errURL = folder.appendingPathComponent("stderr")
+    let home = folder.appendingPathComponent("home")
+    try FileManager.default.createDirectory(at: home, withIntermediateDirectories: false)
     FileManager.default.createFile(atPath: outURL.path, contents: nil)
     FileManager.default.createFile(atPath: errURL.path, contents: nil)
-    let process = Process()
-    process.executableURL = try hangarBinary()
-    process.arguments = arguments
-    var env = ProcessInfo.processInfo.environment
-    // A developer's own context must not leak into the tests.
-    env["HOME"] = folder.path
-    env["XDG_CONFIG_HOME"] = folder.path
-    for key in ["HANGAR_URL", "HANGAR_CREDS", "HANGAR_TENANT", "HANGAR_CONTEXT"] { env.removeValue(forKey: key) }
-    env.merge(environment) { $1 }
-    process.environment = env
-    if let directory { process.currentDirectoryURL = directory }
+    let process = try hangarProcess(arguments, directory: directory ?? home, environment: environment)
+    process.environment = isolatedEnvironment(home: home, extra: environment)
     process.standardOutput = try FileHandle(forWritingTo: outURL)
     process.standardError = try FileHandle(forWritingTo: errURL)
-    process.standardInput = FileHandle.nullDevice
     try process.run()
     let deadline = ContinuousClock.now + timeout
     while process.isRunning {
@@ -89,22 +110,25 @@ final class CLICluster: Sendable {
     let process: Process
     let nodes: Int
 
-    /// `hangar dev --state TMP --nodes N --runtimes process,null EXTRA...`, ready once N nodes are up.
-    static func start(nodes: Int = 2, extra: [String] = []) async throws -> CLICluster {
+    /// `hangar dev --state TMP --nodes N --runtimes RUNTIMES EXTRA...`, ready once N nodes are up;
+    /// `runtimes` nil leaves hangar dev's default, `binary` replaces this build's `hangar`.
+    static func start(
+        nodes: Int = 2,
+        runtimes: String? = "process,null",
+        extra: [String] = [],
+        binary: URL? = nil
+    ) async throws -> CLICluster {
         let state = try makeTemporaryDirectory("hangar-cli-cluster")
-        let process = Process()
-        process.executableURL = try hangarBinary()
-        process.arguments =
-            [
-                "dev", "--state", state.path, "--nodes", String(nodes), "--runtimes", "process,null", "--log-level",
-                "warning",
-            ]
-            + extra
+        let process = try hangarProcess(
+            ["dev", "--state", state.path, "--nodes", String(nodes), "--log-level", "warning"]
+                + (runtimes.map { ["--runtimes", $0] } ?? []) + extra,
+            directory: state,
+            binary: binary
+        )
         let log = state.appendingPathComponent("dev.log")
         FileManager.default.createFile(atPath: log.path, contents: nil)
         process.standardOutput = try FileHandle(forWritingTo: log)
         process.standardError = try FileHandle(forWritingTo: log)
-        process.standardInput = FileHandle.nullDevice
         try process.run()
         let cluster = CLICluster(state: state, process: process, nodes: nodes)
         do {
@@ -185,10 +209,12 @@ final class CLICluster: Sendable {
 /// Runs `body` against a fresh cluster and always stops it.
 func withCLICluster<T>(
     nodes: Int = 2,
+    runtimes: String? = "process,null",
     extra: [String] = [],
+    binary: URL? = nil,
     _ body: (CLICluster) async throws -> T
 ) async throws -> T {
-    let cluster = try await CLICluster.start(nodes: nodes, extra: extra)
+    let cluster = try await CLICluster.start(nodes: nodes, runtimes: runtimes, extra: extra, binary: binary)
     let result: T
     do {
         result = try await body(cluster)

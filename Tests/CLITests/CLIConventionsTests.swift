@@ -1,4 +1,5 @@
 import Foundation
+import HangarTestSupport
 import Testing
 
 /// Conventions that need no cluster or a small one: README agrees with `--help`, completions,
@@ -41,6 +42,26 @@ struct CLIConventionsTests {
         }
     }
 
+    @Test("--help and -h of every command and subcommand print usage and exit 0, contacting no cluster")
+    func helpEverywhere() async throws {
+        // Nothing listens here: a command that tried to reach a cluster instead of printing help fails.
+        let nowhere = ["HANGAR_URL": "nats://127.0.0.1:9"]
+        var paths: [[String]] = [[]]
+        var index = 0
+        while index < paths.count {
+            let path = paths[index]
+            index += 1
+            for flag in ["--help", "-h"] {
+                let help = try await runHangar(path + [flag], environment: nowhere, timeout: .seconds(30))
+                let name = (["hangar"] + path).joined(separator: " ")
+                #expect(help.status == 0, "\(name) \(flag): \(help.stderr)")
+                #expect(help.stdout.contains("USAGE: \(name)"), "\(name) \(flag): \(help.stdout)\(help.stderr)")
+                if flag == "--help" { paths += subcommands(help.stdout).map { path + [$0] } }
+            }
+        }
+        #expect(paths.contains(["run"]) && paths.contains(["node", "agent"]) && paths.count > 20, "\(paths)")
+    }
+
     @Test("shell completion scripts are generated")
     func completions() async throws {
         for shell in ["bash", "zsh", "fish"] {
@@ -73,9 +94,13 @@ struct CLIConventionsTests {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/script")
         process.arguments = ["-qec", command, "/dev/null"]
-        var inherited = ProcessInfo.processInfo.environment
+        // Its own empty folder as working folder and HOME, like every hangar the tests start.
+        let folder = try makeTemporaryDirectory("hangar-cli-script")
+        defer { try? FileManager.default.removeItem(at: folder) }
+        var inherited = isolatedEnvironment(home: folder)
         inherited.removeValue(forKey: "NO_COLOR")
         process.environment = inherited.merging(environment) { $1 }
+        process.currentDirectoryURL = folder
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = FileHandle.nullDevice

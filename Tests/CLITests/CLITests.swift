@@ -63,6 +63,11 @@ struct CLITests {
             #expect(ok.status == 0, "\(ok.stderr)")
             #expect(ok.stdout == "fine\n")
 
+            // After --, --help and -h are the job's (before it they are hangar's: CLIConventionsTests).
+            let helpArguments = try await cluster.hangar(["run", "--", "/bin/echo", "--help", "-h"])
+            #expect(helpArguments.status == 0, "\(helpArguments.stderr)")
+            #expect(helpArguments.stdout == "--help -h\n")
+
             let own = try await cluster.hangar(["run", "--", "/bin/sh", "-c", "echo out; exit 7"])
             #expect(own.status == 7, "\(own.stderr)")
             #expect(own.stdout == "out\n")

@@ -117,9 +117,7 @@ struct MetricsAndConfigTests {
                 .write(to: file, atomically: true, encoding: .utf8)
             let log = folder.appendingPathComponent("log")
             FileManager.default.createFile(atPath: log.path, contents: nil)
-            let process = Process()
-            process.executableURL = try hangarBinary()
-            process.arguments = ["scheduler", "--config", file.path]
+            let process = try hangarProcess(["scheduler", "--config", file.path], directory: folder)
             process.standardOutput = try FileHandle(forWritingTo: log)
             process.standardError = try FileHandle(forWritingTo: log)
             try process.run()

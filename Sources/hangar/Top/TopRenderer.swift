@@ -51,16 +51,16 @@ struct TopRenderer {
             let cpuTotal = Double(node.cpuMillisAllocatable)
             let memoryTotal = Double(capacity.memoryBytes)
             rows.append([
-                heartbeat.nodeID,
+                heartbeat.nodeID.terminalSafe,
                 style.state(nodeStateText(node)),
-                heartbeat.runtimes.filter(\.available).map(\.name).joined(separator: ","),
+                heartbeat.runtimes.filter(\.available).map(\.name).joined(separator: ",").terminalSafe,
                 "\(capacity.slotsUsed)/\(node.slotsReserved)/\(capacity.slotsTotal)",
                 bar(Double(capacity.cpuMillisUsed), Double(node.cpuMillisReserved), cpuTotal, width: barWidth) + " "
                     + "\(cores(UInt64(capacity.cpuMillisUsed)))/\(cores(UInt64(node.cpuMillisReserved)))/\(cores(node.cpuMillisAllocatable))",
                 bar(Double(capacity.memoryBytesUsed), Double(node.memoryBytesReserved), memoryTotal, width: barWidth)
                     + " "
                     + "\(gibibytes(capacity.memoryBytesUsed))/\(gibibytes(node.memoryBytesReserved))/\(gibibytes(capacity.memoryBytes))G",
-                poolText(node),
+                poolText(node).terminalSafe,
             ])
         }
         if nodes.isEmpty { rows.append(["(no node has reported yet)", "", "", "", "", "", ""]) }
@@ -73,7 +73,7 @@ struct TopRenderer {
             let over = tenant.fairShare > 0 && tenant.dominantShare > tenant.fairShare * 1.1
             let share = percent(tenant.dominantShare)
             rows.append([
-                tenant.name,
+                tenant.name.terminalSafe,
                 String(tenant.running),
                 String(tenant.queued),
                 over ? style.yellow(share) : share,
