@@ -24,7 +24,8 @@ struct FloodTests {
         try await withCluster(
             nodes: 1,
             slots: 8,
-            settings: SchedulerSettings(nodeTTL: .seconds(2), nodeGrace: .seconds(1))
+            // The default TTL and grace (3 s + 2 s): a loaded CI machine must not fake a dead node.
+            settings: SchedulerSettings(nodeTTL: .seconds(3), nodeGrace: .seconds(2))
         ) { cluster in
             // The calm tenant's jobs run through the flood: four started before it, four during it.
             func calmJob() async throws -> Hangar_V1_Result {

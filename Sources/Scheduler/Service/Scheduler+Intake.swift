@@ -243,9 +243,11 @@ extension Scheduler {
             return
         }
         if entry.invalidAfterRestart {
-            finishRejected(
+            // Accepted, so never REJECTED: it cannot run under today's rules.
+            finishWithoutNode(
                 entry,
-                Rejection(.invalidRequest, "", "taken from the intake stream, the job no longer passes validation")
+                status: .error,
+                message: "taken from the intake stream, the job no longer passes validation"
             )
             return
         }

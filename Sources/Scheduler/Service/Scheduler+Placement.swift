@@ -48,13 +48,12 @@ extension Scheduler {
             case .ranked(let nodes):
                 _ = queue.pop(tenant: tenant)
                 start(&entry, on: nodes[0])
-            case .wait(let why):
+            case .wait(let why), .impossible(let why):
+                // An accepted job never ends REJECTED: one no node could run now (its nodes left
+                // since it was admitted) waits like any other and ends EXPIRED at its deadline.
                 blockedShapes[shape] = why
                 jobs[entry.id]?.lastPlacementProblem = why
                 blockedTenants.insert(tenant)
-            case .impossible(let why):
-                _ = queue.pop(tenant: tenant)
-                finishRejected(entry, impossibleRejection(entry.request, why))
             }
         }
     }

@@ -38,9 +38,11 @@ extension Scheduler {
                 entry.attempt = job.attempt
                 entry.durable = true
                 entry.committed = true
-                finishRejected(
+                // Accepted, so never REJECTED: it cannot run under today's rules.
+                finishWithoutNode(
                     entry,
-                    Rejection(.invalidRequest, "", "after a scheduler restart the job no longer passes validation")
+                    status: .error,
+                    message: "after a scheduler restart the job no longer passes validation"
                 )
                 continue
             }

@@ -168,29 +168,20 @@ extension Scheduler {
         return result
     }
 
-    /// Ends a job that never got (or lost) its node: REJECTED, LOST or CANCELLED, decided here.
-    func finishWithoutNode(
-        _ entry: JobEntry,
-        status: Hangar_V1_JobStatus,
-        message: String,
-        rejected: Hangar_V1_Rejected? = nil
-    ) {
+    /// Ends a job that never got (or lost) its node: LOST, CANCELLED, EXPIRED or ERROR, decided here.
+    /// (An accepted job never ends REJECTED: that is only ever an answer to a submission.)
+    func finishWithoutNode(_ entry: JobEntry, status: Hangar_V1_JobStatus, message: String) {
         var entry = entry
         releaseAttempt(&entry)
         var result = baseResult(entry)
         result.status = status
         result.message = message
-        if let rejected { result.rejected = rejected }
         complete(entry, with: result)
         let store = self.store
         let logger = self.logger
         Task {
             do {
-                if status == .rejected {
-                    try await store.write(.jobRejected(result))
-                } else {
-                    try await store.write(.jobFinished(result, encoded: try result.serializedData()))
-                }
+                try await store.write(.jobFinished(result, encoded: try result.serializedData()))
             } catch {
                 logger.error(
                     "could not store the end of a job",
@@ -198,10 +189,6 @@ extension Scheduler {
                 )
             }
         }
-    }
-
-    func finishRejected(_ entry: JobEntry, _ rejection: Rejection) {
-        finishWithoutNode(entry, status: .rejected, message: rejection.rejected.message, rejected: rejection.rejected)
     }
 
     /// Forgets the finished job and delivers its result to every waiter and the result subject.

@@ -163,7 +163,6 @@ public enum StoreWrite: Sendable {
     /// A job was accepted.
     case jobAccepted(StoredJob)
     /// A job was refused after it had been accepted (e.g. no capacity within the queue timeout).
-    case jobRejected(Hangar_V1_Result)
     /// An attempt was placed on a node.
     case attemptPlaced(jobID: String, attempt: UInt32, nodeID: String, at: Int64)
     /// An attempt ended without a result (refused by the node, or no answer).
@@ -247,19 +246,6 @@ extension StoreWrite {
                 event: "job.accepted",
                 jobID: job.id,
                 detail: job.spec.runtime
-            )
-        case .jobRejected(let result):
-            try db.cachedStatement(sql: "UPDATE jobs SET status = 'REJECTED', updated_at = ? WHERE id = ?").execute(
-                arguments: [now, result.jobID])
-            try insertResult(db, result)
-            try AuditChain.append(
-                db,
-                head: &head,
-                at: now,
-                actor: "scheduler",
-                event: "job.rejected",
-                jobID: result.jobID,
-                detail: result.message
             )
         case .attemptPlaced(let jobID, let attempt, let nodeID, let at):
             try db.cachedStatement(
