@@ -19,6 +19,10 @@ struct Bench {
             if try await !FaultTest.run(Array(arguments.dropFirst())) { exit(1) }
             return
         }
+        if arguments.first == "simulate" {
+            if !Simulate.run(Array(arguments.dropFirst())) { exit(1) }
+            return
+        }
         if arguments.first == "throughput-client" {
             try await ThroughputBench.clientMain(Array(arguments.dropFirst()))
             return

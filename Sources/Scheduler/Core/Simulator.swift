@@ -1,0 +1,330 @@
+import HangarShared
+import HeapModule
+
+/// A deterministic simulation of a cluster around ``SchedulerCore`` (the TigerBeetle VOPR /
+/// FoundationDB way): simulated time, simulated nodes and a simulated network, every fault drawn
+/// from one seeded generator, and the core's invariants checked after every step. The same seed
+/// replays the same history exactly; a failure names its seed and step.
+///
+/// Faults: nodes that crash (never report), restart (a new incarnation), or pause (stop heartbeating,
+/// then deliver their results late); assignment answers lost (the shell's timeout refuses them while
+/// the node may still run the job); results delivered twice or late; slow store commits; cancels.
+/// After the fault phase everything heals and the run goes on until every job has ended.
+public struct Simulator {
+    /// How big a run is.
+    public struct Settings: Sendable {
+        public var nodes = 3
+        public var slots = 4
+        public var jobs = 200
+        public var tenants = ["a", "b"]
+        /// Simulated time during which faults happen and jobs arrive.
+        public var faultPhase: Duration = .seconds(60)
+        /// Whether faults happen at all (the fairness check runs without).
+        public var faults = true
+        /// Short, so that histories reach it: jobs expire, and lost ones wait past it.
+        public var queueTimeout: Duration = .seconds(6)
+
+        public init() {}
+    }
+
+    /// A broken invariant: which, at which step, with the seed that replays it.
+    public struct Violation: Error, CustomStringConvertible {
+        public let seed: UInt64
+        public let step: Int
+        public let message: String
+        public var description: String { "seed \(seed), step \(step): \(message)" }
+    }
+
+    /// What a run did.
+    public struct Report: Sendable {
+        public var steps = 0
+        public var ended: [Hangar_V1_JobStatus: Int] = [:]
+        /// The tenant of each placement, in order (for the fairness check).
+        public var placements: [String] = []
+    }
+
+    private enum Happening {
+        case submit(Int)
+        case core(CoreEvent)
+        case heartbeat(node: Int)
+        case nodeFinishes(node: Int, incarnation: Int, jobID: String, attempt: UInt32)
+        case crash(node: Int)
+        case restart(node: Int)
+        case pause(node: Int, for: Duration)
+        case resume(node: Int)
+        case tick
+    }
+
+    private struct Scheduled: Comparable {
+        var at: Duration
+        var order: Int
+        var happening: Happening
+        static func < (lhs: Scheduled, rhs: Scheduled) -> Bool { (lhs.at, lhs.order) < (rhs.at, rhs.order) }
+        static func == (lhs: Scheduled, rhs: Scheduled) -> Bool { (lhs.at, lhs.order) == (rhs.at, rhs.order) }
+    }
+
+    private struct SimNode {
+        var id: String
+        var alive = true
+        var beating = true
+        var incarnation = 1
+    }
+
+    public let seed: UInt64
+    public let settings: Settings
+    private var random: SplitMix64
+    private var core: SchedulerCore
+    private var pending = Heap<Scheduled>()
+    private var order = 0
+    private var now: Duration = .zero
+    private let origin = ContinuousClock.now
+    private var nodes: [SimNode]
+    private var submitted: [String: String] = [:]  // job → tenant
+    private var endedCount: [String: Int] = [:]
+    private var report = Report()
+
+    /// A simulation of `settings` driven by `seed`.
+    public init(seed: UInt64, settings: Settings = Settings()) {
+        self.seed = seed
+        self.settings = settings
+        random = SplitMix64(seed: seed)
+        var config = SchedulerCore.Config()
+        config.queueTimeout = settings.queueTimeout
+        core = SchedulerCore(config: config, cluster: ClusterState(ttl: .seconds(3), grace: .seconds(2)))
+        nodes = (0..<settings.nodes).map { SimNode(id: "n\($0)") }
+    }
+
+    /// Runs to the end; throws the first broken invariant.
+    public mutating func run() throws -> Report {
+        for index in 0..<settings.nodes { schedule(.heartbeat(node: index), in: .zero) }
+        for job in 0..<settings.jobs {
+            schedule(.submit(job), in: millis(random.next(below: milliseconds(settings.faultPhase))))
+        }
+        if settings.faults {
+            var at: Duration = .seconds(2)
+            while at < settings.faultPhase {
+                at += millis(1000 + random.next(below: 4000))
+                let node = Int(random.next(below: UInt64(settings.nodes)))
+                switch random.next(below: 3) {
+                case 0: pending.insert(Scheduled(at: at, order: next(), happening: .crash(node: node)))
+                case 1: pending.insert(Scheduled(at: at, order: next(), happening: .restart(node: node)))
+                default:
+                    let pause = millis(2000 + random.next(below: 6000))
+                    pending.insert(Scheduled(at: at, order: next(), happening: .pause(node: node, for: pause)))
+                }
+            }
+        }
+        schedule(.tick, in: .milliseconds(250))
+        let horizon = settings.faultPhase + settings.queueTimeout * 4 + .seconds(120)
+        while let item = pending.popMin() {
+            now = item.at
+            if now > horizon { break }
+            report.steps += 1
+            try step(item.happening)
+            if now > settings.faultPhase && core.jobs.isEmpty && submitted.count == settings.jobs { break }
+        }
+        try expect(core.jobs.isEmpty, "jobs never ended: \(core.jobs.keys.sorted().prefix(5)) …")
+        for (job, _) in submitted {
+            try expect(endedCount[job] == 1, "job \(job) ended \(endedCount[job] ?? 0) times")
+        }
+        return report
+    }
+
+    // MARK: One step
+
+    private mutating func step(_ happening: Happening) throws {
+        switch happening {
+        case .submit(let number):
+            let id = "j\(number)"
+            let tenant = settings.tenants[number % settings.tenants.count]
+            submitted[id] = tenant
+            let spec = CoreJob.Spec(
+                id: id,
+                tenant: tenant,
+                request: PlacementRequest(runtime: "null", tieBreak: random.next()),
+                maxAttempts: 3
+            )
+            try apply(.admitted(spec))
+            // The intake publish may fail (the tenant is refused); else the commit comes later.
+            if settings.faults && random.next(below: 50) == 0 {
+                submitted.removeValue(forKey: id)
+                try apply(.intakeFailed(jobID: id))
+            } else {
+                schedule(.core(.intakeCommitted(jobID: id)), in: millis(1 + random.next(below: 20)))
+                if settings.faults && random.next(below: 20) == 0 {
+                    schedule(.core(.cancel(jobID: id)), in: millis(random.next(below: 3000)))
+                }
+            }
+        case .core(let event):
+            try apply(event)
+        case .heartbeat(let index):
+            let node = nodes[index]
+            if node.alive && node.beating { try apply(.heartbeat(nodeID: node.id, heartbeat(node))) }
+            if node.alive { schedule(.heartbeat(node: index), in: .seconds(1)) }
+        case .nodeFinishes(let index, let incarnation, let jobID, let attempt):
+            let node = nodes[index]
+            guard node.alive, node.incarnation == incarnation else { break }  // died with it
+            if !node.beating {
+                // Paused: the result waits until it resumes (a late result).
+                schedule(
+                    .nodeFinishes(node: index, incarnation: incarnation, jobID: jobID, attempt: attempt),
+                    in: .seconds(1)
+                )
+                break
+            }
+            let result = CoreEvent.result(jobID: jobID, attempt: attempt, nodeID: node.id, status: .succeeded)
+            try apply(result)
+            if settings.faults && random.next(below: 10) == 0 {
+                schedule(.core(result), in: millis(random.next(below: 5000)))  // delivered again
+            }
+        case .crash(let index):
+            if now < settings.faultPhase {
+                nodes[index].alive = false
+                schedule(.restart(node: index), in: millis(3000 + random.next(below: 10_000)))
+            }
+        case .restart(let index):
+            let wasAlive = nodes[index].alive
+            nodes[index].alive = true
+            nodes[index].beating = true
+            nodes[index].incarnation += 1
+            if !wasAlive { schedule(.heartbeat(node: index), in: .zero) }
+        case .pause(let index, let duration):
+            guard now < settings.faultPhase else { break }
+            nodes[index].beating = false
+            schedule(.resume(node: index), in: duration)
+        case .resume(let index):
+            nodes[index].beating = true
+        case .tick:
+            try apply(.tick)
+            schedule(.tick, in: .milliseconds(250))
+        }
+    }
+
+    /// Feeds the core, checks the invariants, and performs its actions in the simulated world.
+    private mutating func apply(_ event: CoreEvent) throws {
+        let actions = core.handle(event, now: origin + now)
+        var finishedHere: Set<String> = []
+        for action in actions {
+            switch action {
+            case .assign(let jobID, let attempt, let nodeID):
+                report.placements.append(submitted[jobID] ?? "?")
+                let index = nodes.firstIndex { $0.id == nodeID }!
+                let node = nodes[index]
+                if settings.faults && random.next(below: 30) == 0 {
+                    // The answer is lost: the shell's timeout refuses it, though the node runs it.
+                    schedule(.core(.assignAnswered(jobID: jobID, attempt: attempt, admitted: false)), in: .seconds(2))
+                } else if node.alive {
+                    schedule(.core(.assignAnswered(jobID: jobID, attempt: attempt, admitted: true)), in: millis(1))
+                } else {
+                    schedule(.core(.assignAnswered(jobID: jobID, attempt: attempt, admitted: false)), in: .seconds(2))
+                    continue
+                }
+                let run = millis(100 + random.next(below: 3000))
+                schedule(
+                    .nodeFinishes(node: index, incarnation: node.incarnation, jobID: jobID, attempt: attempt),
+                    in: run
+                )
+            case .cancelOnNode:
+                break
+            case .log(.finished(let jobID, let outcome)):
+                try expect(finishedHere.insert(jobID).inserted, "job \(jobID) finished twice in one step")
+                let latest = core.jobs[jobID]?.attempts ?? 0
+                if outcome.node != nil {
+                    // Fencing: a counted result is of the latest attempt sent.
+                    try expect(
+                        outcome.attempt == latest,
+                        "job \(jobID) ended by attempt \(outcome.attempt), latest \(latest)"
+                    )
+                }
+                try expect(outcome.status != .rejected, "accepted job \(jobID) ended REJECTED")
+                try expect(
+                    outcome.status != .expired || core.jobs[jobID]?.losses == 0,
+                    "job \(jobID) expired although it already ran (an attempt was lost)"
+                )
+                // The store commits it a little later.
+                schedule(
+                    .core(.finishCommitted(jobID: jobID)),
+                    in: millis(1 + random.next(below: settings.faults ? 500 : 5))
+                )
+            case .log:
+                break
+            case .ended(let jobID, let outcome):
+                endedCount[jobID, default: 0] += 1
+                report.ended[outcome.status, default: 0] += 1
+                try expect(endedCount[jobID] == 1, "job \(jobID) ended twice")
+            }
+        }
+        try checkReservations()
+    }
+
+    /// Reservations equal the running attempts on every node, and never exceed its slots.
+    private func checkReservations() throws {
+        var running: [String: Int] = [:]
+        for job in core.jobs.values {
+            if case .running(_, let node, _) = job.phase { running[node, default: 0] += 1 }
+        }
+        for view in core.cluster.views {
+            let held = running[view.id] ?? 0
+            try expect(
+                view.slotsReserved == held,
+                "node \(view.id) reserves \(view.slotsReserved) slots for \(held) attempts"
+            )
+            try expect(
+                view.slots == 0 || held <= view.slots,
+                "node \(view.id) runs \(held) attempts in \(view.slots) slots"
+            )
+        }
+    }
+
+    // MARK: Helpers
+
+    private func heartbeat(_ node: SimNode) -> Hangar_V1_NodeHeartbeat {
+        var heartbeat = Hangar_V1_NodeHeartbeat()
+        heartbeat.nodeID = node.id
+        heartbeat.incarnation = "\(node.id)-\(node.incarnation)"
+        heartbeat.capacity.cpuMillis = 8000
+        heartbeat.capacity.memoryBytes = 8 << 30
+        heartbeat.capacity.slotsTotal = UInt32(settings.slots)
+        var null = Hangar_V1_RuntimeAvailability()
+        null.name = "null"
+        null.available = true
+        heartbeat.runtimes = [null]
+        heartbeat.templates = [TemplateName.host]
+        heartbeat.health = .healthy
+        return heartbeat
+    }
+
+    private mutating func schedule(_ happening: Happening, in delay: Duration) {
+        pending.insert(Scheduled(at: now + delay, order: next(), happening: happening))
+    }
+
+    private mutating func next() -> Int {
+        order += 1
+        return order
+    }
+
+    private func expect(_ condition: Bool, _ message: @autoclosure () -> String) throws {
+        if !condition { throw Violation(seed: seed, step: report.steps, message: message()) }
+    }
+
+    private func millis(_ value: UInt64) -> Duration { .milliseconds(Int64(value)) }
+    private func milliseconds(_ duration: Duration) -> UInt64 { UInt64(duration.components.seconds * 1000) }
+}
+
+/// SplitMix64: a small, fast, seedable generator; the simulator's only source of randomness.
+struct SplitMix64 {
+    private var state: UInt64
+
+    init(seed: UInt64) { state = seed }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// Uniform in 0..<bound (bound > 0).
+    mutating func next(below bound: UInt64) -> UInt64 { bound == 0 ? 0 : next() % bound }
+}
