@@ -331,21 +331,21 @@ struct UncheckedPointer: @unchecked Sendable {
     init(_ pointer: OpaquePointer) { self.pointer = pointer }
 }
 
-/// Runs a blocking libnats call on a dispatch thread so the Swift cooperative pool stays free.
+/// Runs a blocking libnats call (connect, flush, close, JetStream management) on one of
+/// ``blockingPool``'s threads, so that Swift's cooperative pool stays free and the number of
+/// threads stuck in libnats is bounded.
 func runBlocking<T: Sendable>(_ body: @escaping @Sendable () throws(NATSError) -> T) async throws(NATSError) -> T {
-    let result: Result<T, NATSError> = await withCheckedContinuation { continuation in
-        blockingQueue.async {
-            do throws(NATSError) {
-                continuation.resume(returning: .success(try body()))
-            } catch {
-                continuation.resume(returning: .failure(error))
-            }
-        }
-    }
-    return try result.get()
+    try await blockingPool.run(body)
 }
 
-private let blockingQueue = DispatchQueue(label: "hangar.nats.blocking", attributes: .concurrent)
+/// The threads for ``runBlocking(_:)``. Four: the calls that go here are short (each waits at most
+/// its timeout: connect, flush and JetStream management; the long JetStream pulls have threads of
+/// their own, see `JetStream+FetchAvailable.swift`), and the busiest process, `hangar dev`, opens
+/// about six connections at start and flushes a few of them at once. Four threads let that proceed
+/// side by side on the 2-4 cores a node or scheduler usually has, while a server that stops
+/// answering can hold at most four threads (the unbounded concurrent queue this replaces started a
+/// new thread for every blocked call). More calls than that wait in the queue, in order.
+let blockingPool = BlockingThreadPool(size: 4, name: "hangar.nats.blocking")
 
 func makeNUID() -> String {
     NATSLibrary.open()

@@ -187,18 +187,23 @@ func submitJob(
     guard Subjects.isValidToken(tenant) else {
         throw ValidationError("--tenant must be 1-64 characters of A-Z a-z 0-9 _ -, got '\(tenant)'")
     }
-    let nats = try await connection.connect(name: "hangar-cli-submit", logger: cliLogger(), as: .tenant(tenant))
-    defer { Task { [nats] in await nats.close() } }
-    let answer: NATSMessage
-    do {
-        answer = try await nats.request(
-            Subjects.submit(tenant: tenant),
-            payload: try request.serializedData(),
-            headers: [TraceContext.header: trace.traceparent],
-            timeout: waitFor
-        )
-    } catch let error as NATSError where error.kind == .noResponders {
-        throw CLIError("no scheduler is listening on \(Subjects.submit(tenant: tenant)); start one with `hangar dev`")
+    let answer = try await connection.withConnection(
+        name: "hangar-cli-submit",
+        logger: cliLogger(),
+        as: .tenant(tenant)
+    ) { nats in
+        do {
+            return try await nats.request(
+                Subjects.submit(tenant: tenant),
+                payload: try request.serializedData(),
+                headers: [TraceContext.header: trace.traceparent],
+                timeout: waitFor
+            )
+        } catch let error as NATSError where error.kind == .noResponders {
+            throw CLIError(
+                "no scheduler is listening on \(Subjects.submit(tenant: tenant)); start one with `hangar dev`"
+            )
+        }
     }
     do {
         return try Hangar_V1_SubmitReply(serializedBytes: answer.payload)
@@ -260,9 +265,9 @@ func adminQuery<Reply: SwiftProtobuf.Message>(
     as: Reply.Type,
     connection: ConnectionOptions
 ) async throws -> Reply {
-    let nats = try await connection.connect(name: "hangar-cli-\(verb)", logger: cliLogger())
-    defer { Task { [nats] in await nats.close() } }
-    let answer = try await adminRequest(nats, verb, request)
+    let answer = try await connection.withConnection(name: "hangar-cli-\(verb)", logger: cliLogger()) { nats in
+        try await adminRequest(nats, verb, request)
+    }
     do {
         return try Reply(serializedBytes: answer.payload)
     } catch {

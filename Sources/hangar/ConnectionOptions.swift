@@ -87,6 +87,28 @@ struct ConnectionOptions: ParsableArguments {
         }
     }
 
+    /// Connects as ``connect(name:logger:sendAsap:as:)`` does, runs `body` with the connection and
+    /// closes it before returning or rethrowing what `body` threw: a command's connection is closed
+    /// when the command ends, not later by a task of its own.
+    func withConnection<T>(
+        name: String,
+        logger: Logger,
+        sendAsap: Bool = true,
+        as principal: Principal = .operator(AuthDefaults.operatorName),
+        _ body: (NATSConnection) async throws -> T
+    ) async throws -> T {
+        let nats = try await connect(name: name, logger: logger, sendAsap: sendAsap, as: principal)
+        let result: T
+        do {
+            result = try await body(nats)
+        } catch {
+            await nats.close()
+            throw error
+        }
+        await nats.close()
+        return result
+    }
+
     /// The credentials file for `principal` and where it was found: `--creds`, HANGAR_CREDS, the
     /// context file, else the file `hangar dev` wrote in STATE/auth/creds/ if there is one.
     func credentials(for principal: Principal) throws -> (file: String, source: String)? {

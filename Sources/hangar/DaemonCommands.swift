@@ -5,6 +5,7 @@ import HangarNode
 import HangarScheduler
 import HangarShared
 import Logging
+import ServiceLifecycle
 
 struct SchedulerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -52,15 +53,25 @@ struct SchedulerCommand: AsyncParsableCommand {
         }
         if let server { logger.notice("metrics on http://\(metrics.metricsAddress):\(server.port)/metrics") }
         let system = try await connectSystem(logger: logger, file: file)
-        try await runUntilSignal {
-            try await withThrowingDiscardingTaskGroup { group in
-                group.addTask { try await scheduler.run() }
-                if let system { group.addTask { try await scheduler.auditAuthFailures(from: system) } }
-            }
+        // SIGINT/SIGTERM: the audit of refused logins stops, then the scheduler (it finishes the
+        // stream commits in flight and flushes the store); then metrics stop and NATS closes.
+        var services = [ServiceGroupConfiguration.ServiceConfiguration(service: scheduler, serviceName: "scheduler")]
+        if let system {
+            services.append(
+                ServiceGroupConfiguration.ServiceConfiguration(
+                    service: ClosureService {
+                        try await cancelWhenGracefulShutdown { try await scheduler.auditAuthFailures(from: system) }
+                    },
+                    successTerminationBehavior: .ignore,
+                    serviceName: "auth-audit"
+                )
+            )
         }
+        let outcome = await completion { try await runServiceGroup(services, logger: logger) }
         await server?.stop()
         await nats.drain()
         await system?.close()
+        try outcome.get()
     }
 
     /// The system-account login, if one is given or `hangar dev` wrote one.
@@ -164,9 +175,14 @@ struct NodeCommand: AsyncParsableCommand {
             StateGauges.nats([nats])
         }
         if let server { logger.notice("metrics on http://\(metrics.metricsAddress):\(server.port)/metrics") }
-        try await runUntilSignal { try await agent.run() }
+        // SIGINT/SIGTERM: the agent kills its jobs and hands their results back; then metrics stop
+        // and NATS closes.
+        let outcome = await completion {
+            try await runServiceGroup([.init(service: agent, serviceName: "node-agent")], logger: logger)
+        }
         await server?.stop()
         await nats.drain()
+        try outcome.get()
     }
 }
 
@@ -248,14 +264,13 @@ extension ConnectionOptions {
     }
 }
 
-/// Runs `body` until it returns or SIGINT/SIGTERM arrives; then cancels it and waits for it.
-func runUntilSignal(_ body: @escaping @Sendable () async throws -> Void) async throws {
-    try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask { try await body() }
-        group.addTask { _ = await waitForShutdownSignal() }
-        try await group.next()
-        group.cancelAll()
-        try await group.waitForAll()
+/// What `body` returned or threw, so that a daemon closes its connections either way.
+func completion(_ body: () async throws -> Void) async -> Result<Void, any Error> {
+    do {
+        try await body()
+        return .success(())
+    } catch {
+        return .failure(error)
     }
 }
 

@@ -5,6 +5,7 @@ import HangarNode
 import HangarScheduler
 import HangarShared
 import Logging
+import ServiceLifecycle
 
 struct DevCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -130,36 +131,41 @@ struct DevCommand: AsyncParsableCommand {
         // The scheduler audits the logins nats-server refuses (through the system account).
         let systemConnection = try await connect("hangar-system", as: .system)
         connections.append(systemConnection)
-        let authAudit = Task { try await scheduler.auditAuthFailures(from: systemConnection) }
-        defer { authAudit.cancel() }
-        // Nodes stop first, so the results of the jobs they kill still reach a running scheduler.
-        let schedulerTask = Task { try await scheduler.run() }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for agent in agents {
-                group.addTask { try await agent.run() }
-            }
-            group.addTask { _ = await waitForShutdownSignal() }
-            group.addTask {
-                // A scheduler that fails ends the cluster too. Cancelling this child must end the wait
-                // (awaiting the unstructured task's result directly would not, and Ctrl-C would hang).
-                let (ended, signal) = AsyncStream<Void>.makeStream()
-                let watcher = Task {
-                    _ = await schedulerTask.result
-                    signal.finish()
-                }
-                for await _ in ended {}
-                watcher.cancel()
-            }
-            try await group.next()
-            logger.notice(
-                "stopping: nodes kill running jobs and deliver their results, then the scheduler and nats-server stop"
+        // SIGINT/SIGTERM: the audit of refused logins stops, then all nodes together (they kill their
+        // jobs and deliver the results), then the scheduler, so that those results are still stored;
+        // then metrics, NATS connections and nats-server stop. A scheduler that fails ends the
+        // cluster too; the audit's failure does not.
+        let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: scheduler, serviceName: "scheduler"),
+            .init(
+                service: ClosureService {
+                    try await withThrowingDiscardingTaskGroup { group in
+                        for agent in allAgents { group.addTask { try await agent.run() } }
+                    }
+                },
+                serviceName: "nodes"
+            ),
+            .init(
+                service: ClosureService {
+                    try await cancelWhenGracefulShutdown {
+                        try await scheduler.auditAuthFailures(from: systemConnection)
+                    }
+                },
+                successTerminationBehavior: .ignore,
+                failureTerminationBehavior: .ignore,
+                serviceName: "auth-audit"
+            ),
+        ]
+        let outcome = await completion {
+            try await runServiceGroup(
+                services,
+                stopping:
+                    "stopping: nodes kill running jobs and deliver their results, then the scheduler and nats-server stop",
+                logger: logger
             )
-            group.cancelAll()
-            try await group.waitForAll()
         }
-        schedulerTask.cancel()
-        try await schedulerTask.value
         await metricsServer?.stop()
         for connection in connections { await connection.drain(timeout: .seconds(2)) }
+        try outcome.get()
     }
 }

@@ -125,8 +125,13 @@ struct JobLogsCommand: AsyncParsableCommand {
 
     func run() async throws {
         let principal: Principal = tenant.map { .tenant($0) } ?? .operator(AuthDefaults.operatorName)
-        let nats = try await connection.connect(name: "hangar-cli-logs", logger: cliLogger(), as: principal)
-        defer { Task { [nats] in await nats.close() } }
+        try await connection.withConnection(name: "hangar-cli-logs", logger: cliLogger(), as: principal) { nats in
+            try await show(nats)
+        }
+    }
+
+    /// Prints the job's output (following it with `-f`) from what the scheduler answers on `nats`.
+    private func show(_ nats: NATSConnection) async throws {
         var request = Hangar_V1_JobRequest()
         request.jobID = id
         func query() async throws -> Hangar_V1_JobReply {
@@ -202,9 +207,13 @@ func jobQuery(_ id: String, tenant: String?, connection: ConnectionOptions) asyn
     guard Subjects.isValidToken(tenant) else {
         throw ValidationError("--tenant must be 1-64 characters of A-Z a-z 0-9 _ -, got '\(tenant)'")
     }
-    let nats = try await connection.connect(name: "hangar-cli-job", logger: cliLogger(), as: .tenant(tenant))
-    defer { Task { [nats] in await nats.close() } }
-    let answer = try await tenantJobRequest(nats, tenant: tenant, request)
+    let answer = try await connection.withConnection(
+        name: "hangar-cli-job",
+        logger: cliLogger(),
+        as: .tenant(tenant)
+    ) { nats in
+        try await tenantJobRequest(nats, tenant: tenant, request)
+    }
     do {
         return try Hangar_V1_JobReply(serializedBytes: answer.payload)
     } catch {

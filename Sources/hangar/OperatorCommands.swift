@@ -79,21 +79,24 @@ struct CancelCommand: AsyncParsableCommand {
         guard Subjects.isValidToken(tenantName) else {
             throw ValidationError("--tenant must be 1-64 characters of A-Z a-z 0-9 _ -, got '\(tenantName)'")
         }
-        let nats = try await connection.connect(name: "hangar-cli-cancel", logger: cliLogger(), as: .tenant(tenantName))
-        defer { Task { [nats] in await nats.close() } }
         var request = Hangar_V1_CancelRequest()
         request.jobID = id
-        let answer: NATSMessage
-        do {
-            answer = try await nats.request(
-                Subjects.cancel(tenant: tenantName),
-                payload: try request.serializedData(),
-                timeout: .seconds(5)
-            )
-        } catch let error as NATSError where error.kind == .noResponders {
-            throw CLIError(
-                "no scheduler is listening on \(Subjects.cancel(tenant: tenantName)); start one with `hangar dev`"
-            )
+        let answer = try await connection.withConnection(
+            name: "hangar-cli-cancel",
+            logger: cliLogger(),
+            as: .tenant(tenantName)
+        ) { nats in
+            do {
+                return try await nats.request(
+                    Subjects.cancel(tenant: tenantName),
+                    payload: try request.serializedData(),
+                    timeout: .seconds(5)
+                )
+            } catch let error as NATSError where error.kind == .noResponders {
+                throw CLIError(
+                    "no scheduler is listening on \(Subjects.cancel(tenant: tenantName)); start one with `hangar dev`"
+                )
+            }
         }
         let reply = try Hangar_V1_CancelReply(serializedBytes: answer.payload)
         if output.isJSON {

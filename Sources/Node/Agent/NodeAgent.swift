@@ -45,8 +45,9 @@ public final class NodeAgent: Sendable {
     /// Number of jobs running now.
     public var runningCount: Int { running.withLock { $0.count } }
 
-    /// Serves until the surrounding task is cancelled; then kills running jobs and returns.
-    public func run() async throws {
+    /// Serves until the surrounding task is cancelled; then kills running jobs and returns. See
+    /// ``run()`` (in `NodeAgent+Service.swift`).
+    func serve() async throws {
         guard Subjects.isValidToken(config.nodeID) else {
             throw NodeError("node id '\(config.nodeID)' must be 1-64 characters of A-Z a-z 0-9 _ -")
         }

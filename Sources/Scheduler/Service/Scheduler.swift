@@ -77,6 +77,9 @@ public actor Scheduler {
     /// Where answers may go (see `ReplySubjectRule`): strict when the scheduler logged in as the
     /// `scheduler` principal, i.e. the cluster runs Hangar's authorization.
     nonisolated let replyRule: ReplySubjectRule
+    /// Set when a `ServiceGroup` shuts the scheduler down gracefully (not when its task is merely
+    /// cancelled): its stream consumers then store what their streams still hold before it stops.
+    nonisolated let stoppingGracefully = Atomic<Bool>(false)
 
     public init(config: SchedulerConfig, nats: NATSConnection, store: Store, logger: Logger) {
         self.config = config
@@ -89,8 +92,9 @@ public actor Scheduler {
         self.cluster = ClusterState(ttl: config.nodeTTL, grace: config.nodeGrace, cpuOvercommit: config.cpuOvercommit)
     }
 
-    /// Serves until the surrounding task is cancelled.
-    public func run() async throws {
+    /// Serves until the surrounding task is cancelled (see ``run()``, in `Scheduler+Service.swift`);
+    /// then lets in-flight stream commits finish, flushes the store and drains its own connections.
+    func serve() async throws {
         if let file = config.tenantsFile {
             tenants = try TenantDirectory.load(path: file)
             tenantsFileStamp = modificationDate(file)
@@ -164,6 +168,13 @@ public actor Scheduler {
                     await self.tick()
                 }
             }
+        }
+        // Everything queued for the store is committed before the scheduler stops (and the answers
+        // that wait for those commits go out on the connections drained next).
+        do {
+            try await store.flush()
+        } catch {
+            logger.error("could not flush the store at stop", metadata: ["error": "\(error)"])
         }
         // Results already buffered for the notification connection go out before it closes.
         await notifications?.drain()

@@ -40,6 +40,9 @@ enum SchedulerStreams {
 
     /// Batches of one stream handed to the store and not yet committed, at most.
     static let commitsInFlight = 4
+
+    /// How long a stopping scheduler keeps storing what its streams still hold (see `consume`).
+    static let stopDrain = Duration.seconds(2)
 }
 
 extension Scheduler {
@@ -60,11 +63,7 @@ extension Scheduler {
     ) async {
         var lastProblem = ""
         var committing: [Task<Bool, Never>] = []
-        defer {
-            // Stopping: let what was handed over finish committing (and be acknowledged).
-            let pending = committing
-            Task { for commit in pending { _ = await commit.value } }
-        }
+        var bound: JetStreamPullConsumer?
         while !Task.isCancelled {
             do {
                 try await jetStream.ensureStream(config)
@@ -74,6 +73,7 @@ extension Scheduler {
                     stream: config.name,
                     ackWait: .seconds(30)
                 )
+                bound = consumer
                 if !lastProblem.isEmpty {
                     logger.notice("stream consumer running again", metadata: ["stream": "\(config.name)"])
                     lastProblem = ""
@@ -120,6 +120,25 @@ extension Scheduler {
                 try? await Task.sleep(for: .seconds(1))
             }
         }
+        // Stopping gracefully (SIGTERM): what the stream holds now (the results of the jobs that nodes
+        // killed as they stopped, submissions accepted a moment ago, messages handed back above) is
+        // stored too, for at most `stopDrain`. Cancelled: it stays in the stream for the next
+        // scheduler. Either way what was handed over finishes committing and is acknowledged (on a
+        // connection that is still open) before the scheduler's `run` returns.
+        if let bound, stoppingGracefully.load(ordering: .sequentiallyConsistent) {
+            let deadline = ContinuousClock.now + SchedulerStreams.stopDrain
+            while ContinuousClock.now < deadline {
+                let messages =
+                    (try? await bound.fetchAvailable(
+                        max: SchedulerStreams.batch,
+                        maxBytes: 2 * maxReplyBytes + 64 * 1024,
+                        wait: .milliseconds(100)
+                    )) ?? []
+                if messages.isEmpty { break }
+                committing.append(await handle(messages))
+            }
+        }
+        for commit in committing { _ = await commit.value }
     }
 
     /// Creates (or updates) both streams before serving, so that the first submission finds its

@@ -39,6 +39,12 @@ public final class Store: Sendable {
         committer.enqueue(write, .callback(completion))
     }
 
+    /// Returns once every write queued before this call is committed (or has failed), synced to
+    /// disk: what a stopping scheduler awaits so that nothing it queued is lost when it exits.
+    public func flush() async throws {
+        try await committer.submit(.streamBatch([]))
+    }
+
     /// Transactions committed so far and operations they carried (for tests and metrics).
     public var commitStatistics: (transactions: Int, operations: Int) { committer.statistics }
 

@@ -27,8 +27,13 @@ struct TopCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let nats = try await connection.connect(name: "hangar-cli-top", logger: cliLogger())
-        defer { Task { [nats] in await nats.close() } }
+        try await connection.withConnection(name: "hangar-cli-top", logger: cliLogger()) { nats in
+            try await show(nats)
+        }
+    }
+
+    /// One frame (`--once`, JSON, not a terminal) or the full-screen view until `q`, from `nats`.
+    private func show(_ nats: NATSConnection) async throws {
         let interactive =
             !once && !output.isJSON && Terminal.isTerminal(STDOUT_FILENO)
             && Terminal.isTerminal(STDIN_FILENO)
