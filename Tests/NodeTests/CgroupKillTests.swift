@@ -20,7 +20,8 @@ struct CgroupKillTests {
             CgroupLimits(
                 memoryBytes: 1 << 30,
                 pids: 200,
-                cpuQuotaMicroseconds: 100_000,
+                // A quarter core, so that the churn does not starve tests running in parallel.
+                cpuQuotaMicroseconds: 25_000,
                 cpuPeriodMicroseconds: CgroupLimits.defaultCPUPeriodMicroseconds
             )
         )
