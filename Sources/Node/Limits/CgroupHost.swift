@@ -27,7 +27,7 @@ struct ControllerDirectories: Sendable, Equatable {
     var freezer: String
 
     /// Calls `directory` once per controller, in ``CgroupController/allCases`` order.
-    init(_ directory: (CgroupController) throws(CgroupError) -> String) throws(CgroupError) {
+    init<Failure: Error>(_ directory: (CgroupController) throws(Failure) -> String) throws(Failure) {
         memory = try directory(.memory)
         pids = try directory(.pids)
         cpu = try directory(.cpu)

@@ -2,41 +2,45 @@ import Foundation
 import Glibc
 import Synchronization
 
-/// Resource figures of a job's cgroup, read after the sandbox ended.
-struct CgroupUsage: Sendable, Equatable {
-    /// CPU time of every process that ran in the cgroup.
-    var cpuTimeMicroseconds: UInt64?
-    /// The cgroup's peak memory (page cache and tmpfs included); nil where the kernel lacks it.
-    var peakMemoryBytes: UInt64?
-    /// Processes the kernel's OOM killer killed in the cgroup; nil where the kernel does not count
-    /// them (v1 before Linux 4.13).
-    var oomKills: UInt64?
-    /// How often memory use hit the limit (v1 `memory.failcnt`, v2 `memory.events` max).
-    var memoryLimitHits: UInt64
-    /// Forks and clones refused because the pids limit was reached.
-    var pidsLimitHits: UInt64
-}
-
-/// The cgroup of one job: created with its limits before the sandbox starts, killed and removed
-/// after it ended. On v1 it is one directory per hierarchy (memory, pids, cpu, cpuacct,
-/// freezer; co-mounted controllers share one), on v2 a single directory.
+/// The cgroup of one job, for every runtime: created with its limits before the sandbox starts,
+/// polled and killed while it runs, read after it ended, then killed and removed. On v1 it is one
+/// directory per hierarchy (memory, pids, cpu, cpuacct, freezer; co-mounted controllers share
+/// one), on v2 a single directory.
+///
+/// The process runtime creates it under ``CgroupHost``'s parents (``create(on:name:limits:)``); an
+/// OCI runtime is handed its path and joins it (``placed(at:version:)``, then ``make(_:)``), and may
+/// create it in the hierarchies the node does not limit as well: removal sweeps those too.
 struct JobCgroup: Sendable {
     /// v1: one directory per hierarchy; v2: one directory.
     let version: CgroupVersion
     /// The job's directory, by controller.
     let directories: ControllerDirectories
-    let limits: JobLimits
+    /// For a cgroup an OCI runtime joins: its path below each hierarchy's root (`hangar/<id>`), which
+    /// removal sweeps from every hierarchy; nil when only ``directories`` exist.
+    let relativePath: String?
 
+    /// Where the cgroup file systems are mounted, for OCI runtimes.
+    static let mountPoint = "/sys/fs/cgroup"
     /// CFS period for the CPU quota.
-    static let cpuPeriodMicroseconds: UInt64 = 100_000
+    static let cpuPeriodMicroseconds = CgroupLimits.defaultCPUPeriodMicroseconds
     /// Makes names unique within this node process.
     private static let sequence = Atomic<UInt64>(0)
+
+    /// A cgroup at these directories (made or not).
+    init(version: CgroupVersion, directories: ControllerDirectories, relativePath: String? = nil) {
+        self.version = version
+        self.directories = directories
+        self.relativePath = relativePath
+    }
 
     /// The distinct directories, sorted.
     var allDirectories: [String] { directories.distinct }
 
     /// The files a process writes its pid into to join the job's cgroup (one per v1 hierarchy).
     var procsFiles: [String] { allDirectories.map { $0 + "/cgroup.procs" } }
+
+    /// `linux.cgroupsPath` for an OCI spec; nil for a cgroup not placed by path.
+    var cgroupsPath: String? { relativePath.map { "/" + $0 } }
 
     /// Creates the job's cgroup under `host`'s parents and sets memory (plus memory+swap), pids and
     /// CPU bandwidth limits. On failure nothing is left behind.
@@ -57,8 +61,8 @@ struct JobCgroup: Sendable {
                 return directory
             }
             for directory in created { SandboxLedger.current.made(.cgroup(directory: directory)) }
-            let cgroup = JobCgroup(version: host.version, directories: directories, limits: limits)
-            try cgroup.applyLimits()
+            let cgroup = JobCgroup(version: host.version, directories: directories)
+            try cgroup.applyLimits(CgroupLimits(limits))
             return cgroup
         } catch {
             for directory in created where rmdir(directory) == 0 {
@@ -68,25 +72,81 @@ struct JobCgroup: Sendable {
         }
     }
 
-    func applyLimits() throws(CgroupError) {
-        let memory = directories.memory
-        let quota = max(1000, UInt64(limits.cpuMillis) * Self.cpuPeriodMicroseconds / 1000)
+    /// The version of the hierarchies mounted at ``mountPoint``, or nil when neither v2 nor a v1
+    /// memory hierarchy is there.
+    static func mountedVersion() -> CgroupVersion? {
+        if CgroupFile.exists(mountPoint + "/cgroup.controllers") { return .v2 }
+        if CgroupFile.exists(mountPoint + "/memory/memory.limit_in_bytes") { return .v1 }
+        return nil
+    }
+
+    /// The cgroup at `relativePath` below the root of each hierarchy at ``mountPoint``, not yet made.
+    static func placed(at relativePath: String, version: CgroupVersion) -> JobCgroup {
+        let directories = ControllerDirectories { controller in
+            switch version {
+            case .v1: "\(mountPoint)/\(controller.rawValue)/\(relativePath)"
+            case .v2: "\(mountPoint)/\(relativePath)"
+            }
+        }
+        return JobCgroup(version: version, directories: directories, relativePath: relativePath)
+    }
+
+    /// Makes the directories of a ``placed(at:version:)`` cgroup with their parents (on v2 every
+    /// ancestor hands the controllers down to its children) and writes `limits` into them.
+    func make(_ limits: CgroupLimits) throws(CgroupError) {
         switch version {
         case .v1:
-            try CgroupFile.write(String(limits.memoryBytes), to: memory + "/memory.limit_in_bytes")
+            for directory in allDirectories {
+                let made = !CgroupFile.exists(directory)
+                try Self.makeDirectories(directory, enablingControllersFrom: nil)
+                if made { SandboxLedger.current.made(.cgroup(directory: directory)) }
+            }
+        case .v2:
+            let directory = directories.memory
+            let made = !CgroupFile.exists(directory)
+            try Self.makeDirectories(directory, enablingControllersFrom: Self.mountPoint)
+            if made { SandboxLedger.current.made(.cgroup(directory: directory)) }
+        }
+        try applyLimits(limits)
+    }
+
+    /// `mkdir -p`; with `root`, each directory from `root` down first enables the v2 controllers
+    /// for its children.
+    private static func makeDirectories(_ path: String, enablingControllersFrom root: String?) throws(CgroupError) {
+        var current = ""
+        for component in path.split(separator: "/") {
+            if let root, current.hasPrefix(root) {
+                let enable = CgroupController.unified.map { "+" + $0.rawValue }.joined(separator: " ")
+                try CgroupFile.write(enable, to: current + "/cgroup.subtree_control")
+            }
+            current += "/" + component
+            guard mkdir(current, 0o755) == 0 || errno == EEXIST else { throw .system("create", current) }
+        }
+    }
+
+    /// Writes memory (plus memory+swap), pids and CPU bandwidth limits; nil values as "no limit".
+    func applyLimits(_ limits: CgroupLimits) throws(CgroupError) {
+        let memory = directories.memory
+        let pids = limits.pids.map { String($0) } ?? "max"
+        switch version {
+        case .v1:
+            let bytes = limits.memoryBytes.map { String($0) } ?? "-1"
+            try CgroupFile.write(bytes, to: memory + "/memory.limit_in_bytes")
             // Only there with swap accounting; may not be below memory.limit_in_bytes, so it goes second.
             let swap = memory + "/memory.memsw.limit_in_bytes"
-            if CgroupFile.exists(swap) { try CgroupFile.write(String(limits.memoryBytes), to: swap) }
-            try CgroupFile.write(String(limits.pids), to: directories.pids + "/pids.max")
-            try CgroupFile.write(String(Self.cpuPeriodMicroseconds), to: directories.cpu + "/cpu.cfs_period_us")
-            try CgroupFile.write(String(quota), to: directories.cpu + "/cpu.cfs_quota_us")
+            if CgroupFile.exists(swap) { try CgroupFile.write(bytes, to: swap) }
+            try CgroupFile.write(pids, to: directories.pids + "/pids.max")
+            try CgroupFile.write(String(limits.cpuPeriodMicroseconds), to: directories.cpu + "/cpu.cfs_period_us")
+            let quota = limits.cpuQuotaMicroseconds.map { String($0) } ?? "-1"
+            try CgroupFile.write(quota, to: directories.cpu + "/cpu.cfs_quota_us")
         case .v2:
-            try CgroupFile.write(String(limits.memoryBytes), to: memory + "/memory.max")
+            try CgroupFile.write(limits.memoryBytes.map { String($0) } ?? "max", to: memory + "/memory.max")
             // v2 counts swap separately: allowing none keeps memory.max the whole budget.
             let swap = memory + "/memory.swap.max"
             if CgroupFile.exists(swap) { try CgroupFile.write("0", to: swap) }
-            try CgroupFile.write(String(limits.pids), to: directories.pids + "/pids.max")
-            try CgroupFile.write("\(quota) \(Self.cpuPeriodMicroseconds)", to: directories.cpu + "/cpu.max")
+            try CgroupFile.write(pids, to: directories.pids + "/pids.max")
+            let quota = limits.cpuQuotaMicroseconds.map { String($0) } ?? "max"
+            try CgroupFile.write("\(quota) \(limits.cpuPeriodMicroseconds)", to: directories.cpu + "/cpu.max")
         }
     }
 
@@ -119,58 +179,6 @@ struct JobCgroup: Sendable {
                 memoryLimitHits: CgroupFile.keyed(memory + "/memory.events", "max") ?? 0,
                 pidsLimitHits: pidsLimitHits
             )
-        }
-    }
-
-    /// The pids in the job's cgroup (on v1, from the freezer hierarchy, which every process joins).
-    func processes() -> [pid_t] {
-        CgroupFile.pids(directories.freezer + "/cgroup.procs")
-    }
-
-    /// SIGKILLs every process in the cgroup without letting any of them fork meanwhile: v2 writes
-    /// `cgroup.kill` where the kernel has it (5.14+); otherwise the cgroup is frozen, every process
-    /// in it killed, and thawed so the kills land. Safe to call any number of times, from any thread.
-    func killAll() {
-        let directory = directories.freezer
-        if version == .v2, (try? CgroupFile.write("1", to: directory + "/cgroup.kill")) != nil { return }
-        let control = directory + (version == .v1 ? "/freezer.state" : "/cgroup.freeze")
-        let froze = (try? CgroupFile.write(version == .v1 ? "FROZEN" : "1", to: control)) != nil
-        if froze {
-            // Freezing is asynchronous; wait briefly for it, then kill regardless.
-            let state = directory + (version == .v1 ? "/freezer.state" : "/cgroup.events")
-            let frozen = version == .v1 ? "FROZEN" : "frozen 1"
-            let end = ContinuousClock.now + .milliseconds(100)
-            while !(CgroupFile.read(state) ?? "").contains(frozen) && ContinuousClock.now < end { usleep(1000) }
-        }
-        for pid in processes() { Glibc.kill(pid, SIGKILL) }
-        if froze { try? CgroupFile.write(version == .v1 ? "THAWED" : "0", to: control) }
-    }
-
-    /// Kills what is left, waits for the cgroup to empty and removes its directories, retrying
-    /// `rmdir` while the kernel still counts exiting processes (EBUSY), for at most `timeout`.
-    func remove(within timeout: Duration = .seconds(3)) throws(CgroupError) {
-        let end = ContinuousClock.now + timeout
-        var remaining = allDirectories
-        var lastError: CgroupError?
-        // The job's last processes are usually still exiting when it ends: retry soon, then less
-        // often (a fixed 5 ms wait was a fifth of a short job's whole time through the node).
-        var pause: UInt32 = 200
-        while true {
-            if !processes().isEmpty { killAll() }
-            remaining = remaining.filter { directory in
-                if rmdir(directory) == 0 || errno == ENOENT {
-                    SandboxLedger.current.gone(.cgroup(directory: directory))
-                    return false
-                }
-                lastError = .system("remove", directory)
-                return true
-            }
-            if remaining.isEmpty { return }
-            guard ContinuousClock.now < end else {
-                throw lastError ?? CgroupError("cannot remove \(remaining.joined(separator: ", "))")
-            }
-            usleep(pause)
-            pause = min(pause * 2, 5000)
         }
     }
 }

@@ -145,7 +145,7 @@ struct OCIBundle: Sendable {
 
     /// Mount points of the node's mount namespace, from `/proc/self/mountinfo`.
     private static func mountPoints() -> [String] {
-        guard let text = OCICgroup.read("/proc/self/mountinfo") else { return [] }
+        guard let text = CgroupFile.read("/proc/self/mountinfo") else { return [] }
         return text.split(separator: "\n").compactMap { line in
             let fields = line.split(separator: " ")
             guard fields.count > 4 else { return nil }

@@ -75,12 +75,12 @@ struct OCIEngine: Sendable {
             outcome.message = "cancelled before the container started"
             return outcome
         }
-        guard let layout = OCICgroup.detectLayout() else {
+        guard let version = JobCgroup.mountedVersion() else {
             return .error("\(toolName): no cgroup v2 and no cgroup v1 memory hierarchy under /sys/fs/cgroup")
         }
         let id = Self.containerID(for: jobID)
-        let cgroup = OCICgroup(layout: layout, relativePath: directories.cgroupParent + "/" + id)
-        var options = configOptions(cgroupsPath: cgroup.cgroupsPath)
+        let cgroup = JobCgroup.placed(at: directories.cgroupParent + "/" + id, version: version)
+        var options = configOptions(cgroupsPath: "/" + directories.cgroupParent + "/" + id)
         let spec: Hangar_V1_JobSpec
         do throws(TemplateError) {
             let resolved = try Template.resolve(requested, in: templates)
@@ -183,10 +183,10 @@ struct OCIEngine: Sendable {
 
     /// Ends the namespace's holder; the uid goes back to the pool unless the container's cgroup
     /// could not be removed (a process of the job may still be charged to it).
-    static func release(_ owned: (namespace: OwnedUserNamespace, user: UInt32)?, cgroup: OCICgroup) async {
+    static func release(_ owned: (namespace: OwnedUserNamespace, user: UInt32)?, cgroup: JobCgroup) async {
         guard let owned else { return }
         await owned.namespace.remove()
-        if cgroup.existingDirectories().isEmpty { SandboxUsers.shared.release(owned.user) }
+        if !cgroup.exists { SandboxUsers.shared.release(owned.user) }
     }
 
     /// `command` started through util-linux `prlimit` with `rlimits` set, so that the runtime and
@@ -207,7 +207,7 @@ struct OCIEngine: Sendable {
         _ spec: Hangar_V1_JobSpec,
         id: String,
         began: ContinuousClock.Instant,
-        cgroup: OCICgroup,
+        cgroup: JobCgroup,
         options: OCIConfigOptions,
         scratch: JobScratch?,
         network: JobNetwork?
@@ -236,7 +236,11 @@ struct OCIEngine: Sendable {
         let result: SandboxResult
         let prepared: Duration
         do throws(OCIRuntimeError) {
-            try cgroup.create(OCICgroupLimits(config.spec.linux.resources))
+            do throws(CgroupError) {
+                try cgroup.make(CgroupLimits(config.spec.linux.resources))
+            } catch {
+                throw OCIRuntimeError(error.description)
+            }
             var arguments = [toolName] + globalArguments + ["--log", logPath, "--log-format", "json", "run"]
             if case .runc = flavor { arguments.append("--keep") }  // keep the cgroup to read it
             arguments += ["--bundle", bundle.path, id]
@@ -249,7 +253,7 @@ struct OCIEngine: Sendable {
                 outputLimit: outputLimit,
                 drainTimeout: Self.drainTimeout,
                 containment: limits.cpuTimeMs > 0
-                    ? OCICPUTimeContainment(cgroup: cgroup, limitMicroseconds: UInt64(limits.cpuTimeMs) * 1000) : nil
+                    ? CgroupContainment(cgroup, cpuTime: .milliseconds(Int64(limits.cpuTimeMs))) : nil
             )
             command.tap = OutputTap.current
             command = Self.launching(command, under: config.inheritedRlimits)
@@ -265,7 +269,7 @@ struct OCIEngine: Sendable {
             return .error(([error.description] + leftovers).joined(separator: "; "))
         }
         let usage = cgroup.usage()
-        let failure = Self.runtimeFailure(in: OCICgroup.read(logPath) ?? "")
+        let failure = Self.runtimeFailure(in: CgroupFile.read(logPath) ?? "")
         let exitedByItself: Bool
         switch result.termination {
         case .exited, .signaled: exitedByItself = result.killReason == nil
@@ -323,14 +327,14 @@ struct OCIEngine: Sendable {
         id: String,
         killFirst: Bool,
         stopped: Bool = false,
-        cgroup: OCICgroup,
+        cgroup: JobCgroup,
         bundle: OCIBundle
     ) async -> [String] {
         var leftovers: [String] = []
         defer { if leftovers.isEmpty { SandboxLedger.current.gone(ledgerEntry(id: id, bundle: bundle)) } }
         if stopped && !killFirst {
             leftovers += sweepState(of: id)
-            leftovers += cgroup.destroy()
+            leftovers += await Self.remove(cgroup)
             if let problem = bundle.remove() { leftovers.append(problem) }
             return leftovers
         }
@@ -342,9 +346,20 @@ struct OCIEngine: Sendable {
         } else {
             leftovers.append("\(toolName) delete --force \(id): \(deleted.output)")
         }
-        leftovers += cgroup.destroy()
+        leftovers += await Self.remove(cgroup)
         if let problem = bundle.remove() { leftovers.append(problem) }
         return leftovers
+    }
+
+    /// Kills what is left in the container's cgroup and removes it from every hierarchy; what could
+    /// not be removed, as leftovers.
+    private static func remove(_ cgroup: JobCgroup) async -> [String] {
+        do {
+            try await cgroup.remove()
+            return []
+        } catch {
+            return [error.description]
+        }
     }
 
     /// Writes the bundle this engine would run `spec` in, under a cgroup of its own, and returns

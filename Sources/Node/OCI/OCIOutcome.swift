@@ -21,9 +21,11 @@ struct OCIOutcome: Sendable {
     let timeout: Duration
     let outputLimit: Int
 
-    func outcome(of result: SandboxResult, usage: OCICgroupUsage, runtimeFailure: String?) -> RunOutcome {
+    func outcome(of result: SandboxResult, usage: CgroupUsage, runtimeFailure: String?) -> RunOutcome {
         var outcome: RunOutcome
         var execFailure: ExecFailure?
+        let cpuTime = usage.cpuTimeMicroseconds ?? 0
+        let oomKills = usage.oomKills ?? 0
         let code: Int32?
         switch result.termination {
         case .exited(let value): code = value
@@ -33,7 +35,7 @@ struct OCIOutcome: Sendable {
         case .timedOut where result.exceededLimit == .cpuTime:
             outcome = RunOutcome(status: .timedOut)
             outcome.message =
-                "CPU time limit of \(limits.cpuTimeMs) ms reached (\(usage.cpuTimeMicroseconds / 1000) ms used); "
+                "CPU time limit of \(limits.cpuTimeMs) ms reached (\(cpuTime / 1000) ms used); "
                 + "the container was killed"
         case .timedOut:
             outcome = RunOutcome(status: .timedOut)
@@ -55,12 +57,12 @@ struct OCIOutcome: Sendable {
                 }
                 return .error("\(tool)'s exit status was lost (does the node ignore SIGCHLD?)")
             }
-            if usage.oomKills > 0 && code != 0 {
+            if oomKills > 0 && code != 0 {
                 outcome = RunOutcome(status: .oomKilled)
                 outcome.signal = SIGKILL
                 outcome.message =
                     "memory limit of \(JobLimits.describeBytes(memoryBytes)) reached; the kernel killed "
-                    + LimitWords.count(usage.oomKills, "process") + " in the container"
+                    + LimitWords.count(oomKills, "process") + " in the container"
             } else if code == 0 {
                 outcome = RunOutcome(status: .succeeded)
             } else if let runtimeFailure {
@@ -70,7 +72,7 @@ struct OCIOutcome: Sendable {
                 outcome.message = "\(tool): \(runtimeFailure)"
                 execFailure = ExecFailure.ociRuntime(failure: runtimeFailure, program: program)
             } else if limits.cpuTimeMs > 0 && (code == 128 + SIGXCPU || code == 128 + SIGKILL)
-                && usage.cpuTimeMicroseconds >= UInt64(limits.cpuTimeMs) * 1000
+                && cpuTime >= UInt64(limits.cpuTimeMs) * 1000
             {
                 outcome = RunOutcome(status: .timedOut)
                 outcome.signal = code - 128
@@ -102,8 +104,8 @@ struct OCIOutcome: Sendable {
         outcome.stderrTruncated = result.stderrTruncated
         outcome.stdoutBytes = result.stdoutBytes
         outcome.stderrBytes = result.stderrBytes
-        outcome.cpuTimeMicroseconds = usage.cpuTimeMicroseconds
-        outcome.peakMemoryBytes = usage.peakMemoryBytes
+        outcome.cpuTimeMicroseconds = cpuTime
+        outcome.peakMemoryBytes = usage.peakMemoryBytes ?? 0
         outcome.runMilliseconds = Self.milliseconds(result.runTime)
         if let execFailure { outcome.reportExecFailure(execFailure, program: program) }
         return outcome

@@ -36,7 +36,7 @@ final class OCIWarmSandbox: WarmSandbox {
     private let engine: OCIEngine
     private let id: String
     private let process: SandboxProcess
-    private let cgroup: OCICgroup
+    private let cgroup: JobCgroup
     private let bundle: OCIBundle
     private let containment: WarmContainment
     /// The script pipe (runc), or -1 (runsc: the script comes on stdin, see ``framed``).
@@ -57,7 +57,7 @@ final class OCIWarmSandbox: WarmSandbox {
         engine: OCIEngine,
         id: String,
         process: SandboxProcess,
-        cgroup: OCICgroup,
+        cgroup: JobCgroup,
         bundle: OCIBundle,
         containment: WarmContainment,
         control: Int32,
@@ -114,7 +114,7 @@ final class OCIWarmSandbox: WarmSandbox {
     ) async throws(WarmError)
         -> OCIWarmSandbox
     {
-        guard let layout = OCICgroup.detectLayout() else { throw WarmError("no usable cgroup hierarchy") }
+        guard let version = JobCgroup.mountedVersion() else { throw WarmError("no usable cgroup hierarchy") }
         let framed = engine.toolName == "runsc" ? FramedWarmScript() : nil
         var waiting = Hangar_V1_JobSpec()
         waiting.template = template
@@ -123,8 +123,8 @@ final class OCIWarmSandbox: WarmSandbox {
         waiting.limits.fileSizeBytes = profile.fileSizeBytes
         waiting.limits.openFiles = profile.openFiles
         let id = OCIEngine.containerID(for: "warm-\(template)")
-        let cgroup = OCICgroup(layout: layout, relativePath: engine.directories.cgroupParent + "/" + id)
-        var options = engine.configOptions(cgroupsPath: cgroup.cgroupsPath)
+        let cgroup = JobCgroup.placed(at: engine.directories.cgroupParent + "/" + id, version: version)
+        var options = engine.configOptions(cgroupsPath: "/" + engine.directories.cgroupParent + "/" + id)
         options.userNamespacePath = owned?.namespace.path
         let config: OCIJobConfig
         let bundle: OCIBundle
@@ -155,7 +155,7 @@ final class OCIWarmSandbox: WarmSandbox {
                 return pipe
             }
             do {
-                try cgroup.create(OCICgroupLimits(config.spec.linux.resources))
+                try cgroup.make(CgroupLimits(config.spec.linux.resources))
             } catch {
                 throw WarmError(error.description)
             }
@@ -216,7 +216,7 @@ final class OCIWarmSandbox: WarmSandbox {
             for fd in [framed == nil ? control.write : -1, stdin.write] where fd >= 0 { close(fd) }
             process.kill()
             let result = try? await process.wait()
-            let failure = OCIEngine.runtimeFailure(in: OCICgroup.read(bundle.path + "/\(engine.toolName).log") ?? "")
+            let failure = OCIEngine.runtimeFailure(in: CgroupFile.read(bundle.path + "/\(engine.toolName).log") ?? "")
             _ = await engine.teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
             let stderr = result.map { String(decoding: $0.stderr.prefix(500), as: UTF8.self) } ?? ""
             throw WarmError(
@@ -302,9 +302,9 @@ final class OCIWarmSandbox: WarmSandbox {
                 result.killReason = .timedOut  // the job's own wall clock, not a cancellation
             }
             var usage = cgroup.usage()
-            usage.cpuTimeMicroseconds = usage.cpuTimeMicroseconds > baseline ? usage.cpuTimeMicroseconds - baseline : 0
+            usage.cpuTimeMicroseconds = usage.cpuTimeMicroseconds.map { $0 > baseline ? $0 - baseline : 0 }
             let failure = OCIEngine.runtimeFailure(
-                in: OCICgroup.read(bundle.path + "/\(engine.toolName).log") ?? ""
+                in: CgroupFile.read(bundle.path + "/\(engine.toolName).log") ?? ""
             )
             // The script pipes are closed already (by the threads that wrote them). A runtime whose
             // `run` came back by itself has no container left to delete (see OCIEngine.teardown):
@@ -354,7 +354,7 @@ final class OCIWarmSandbox: WarmSandbox {
     /// The job's memory, pids and CPU bandwidth over the pool's (memory+swap first when raising,
     /// which cgroup v1 requires); the problem, or nil.
     private func applyLimits(_ limits: JobLimits) -> String? {
-        let resources = OCICgroupLimits(
+        let resources = CgroupLimits(
             OCIResources(
                 devices: [],
                 memory: OCIMemory(
@@ -370,17 +370,15 @@ final class OCIWarmSandbox: WarmSandbox {
             )
         )
         do {
-            try cgroup.create(resources)
+            try cgroup.applyLimits(resources)
             return nil
         } catch {
-            let swap = cgroup.existingDirectories().first { $0.contains("/memory/") }.map {
-                $0 + "/memory.memsw.limit_in_bytes"
-            }
-            guard let swap, CgroupFile.exists(swap),
+            let swap = cgroup.directories.memory + "/memory.memsw.limit_in_bytes"
+            guard cgroup.version == .v1, CgroupFile.exists(swap),
                 (try? CgroupFile.write(String(limits.memoryBytes), to: swap)) != nil
             else { return error.description }
             do {
-                try cgroup.create(resources)
+                try cgroup.applyLimits(resources)
                 return nil
             } catch {
                 return error.description

@@ -162,7 +162,7 @@ final class ProcessWarmSandbox: WarmSandbox {
             process = try spawned.get()
         } catch {
             for fd in [control.write, stdin.write, ready.read] { close(fd) }
-            try? cgroup.remove()
+            try? await cgroup.remove()
             throw WarmError("cannot start bubblewrap: \(error.description)")
         }
         let isReady = await PipeIO.awaitByte(on: ready.read, timeout: readyTimeout)
@@ -171,7 +171,7 @@ final class ProcessWarmSandbox: WarmSandbox {
             for fd in [control.write, stdin.write] { close(fd) }
             process.kill()
             let result = try? await process.wait()
-            try? cgroup.remove()
+            try? await cgroup.remove()
             let stderr = result.map { String(decoding: $0.stderr.prefix(500), as: UTF8.self) } ?? ""
             throw WarmError(
                 "the sandbox did not get ready within \(JobLimits.milliseconds(readyTimeout)) ms"
@@ -249,7 +249,7 @@ final class ProcessWarmSandbox: WarmSandbox {
             outcome = .error("the warm sandbox had not started: \(error.description)")
         }
         do {
-            try cgroup.remove()
+            try await cgroup.remove()
             if let user { SandboxUsers.shared.release(user) }
         } catch {
             outcome.message += (outcome.message.isEmpty ? "" : "; ") + "the job's cgroup was not removed: \(error)"
@@ -260,14 +260,13 @@ final class ProcessWarmSandbox: WarmSandbox {
     /// Writes the job's memory, pids and CPU limits over the pool's. On v1 the kernel refuses a
     /// memory limit above the memory+swap one, so a raise writes memory+swap first.
     static func apply(_ limits: JobLimits, to cgroup: JobCgroup) throws(CgroupError) {
-        let job = JobCgroup(version: cgroup.version, directories: cgroup.directories, limits: limits)
         do {
-            try job.applyLimits()
+            try cgroup.applyLimits(CgroupLimits(limits))
         } catch {
             let swap = cgroup.directories.memory + "/memory.memsw.limit_in_bytes"
             guard cgroup.version == .v1, CgroupFile.exists(swap) else { throw error }
             try CgroupFile.write(String(limits.memoryBytes), to: swap)
-            try job.applyLimits()
+            try cgroup.applyLimits(CgroupLimits(limits))
         }
     }
 
@@ -283,6 +282,6 @@ final class ProcessWarmSandbox: WarmSandbox {
         process.kill()
         _ = try? await process.wait()
         // A uid whose processes may still live is never handed to another sandbox.
-        if (try? cgroup.remove()) != nil, let user { SandboxUsers.shared.release(user) }
+        if (try? await cgroup.remove()) != nil, let user { SandboxUsers.shared.release(user) }
     }
 }

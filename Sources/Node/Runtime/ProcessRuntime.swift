@@ -260,7 +260,7 @@ public struct ProcessRuntime: Runtime {
         }
         var processesGone = true
         do {
-            try cgroup.remove()
+            try await cgroup.remove()
         } catch {
             processesGone = false
             outcome.message += (outcome.message.isEmpty ? "" : "; ") + "the job's cgroup was not removed: \(error)"
