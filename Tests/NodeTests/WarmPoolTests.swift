@@ -51,7 +51,8 @@ struct WarmPoolTests {
         let cold = await ProcessRuntime().run(spec, jobID: "cold-\(uniqueTag())")
         #expect(cold.stdout == outcome.stdout)
         #expect(text(outcome.stderr) == "err\n")
-        #expect(outcome.startMilliseconds < 50, "a warm start only writes to a pipe: \(outcome.startMilliseconds) ms")
+        // How fast a warm start is belongs to the benchmarks (`hangar-bench pools`, "warm, until code
+        // runs"), not here: a loaded machine is not a broken pool.
         // Refilled back to min.
         #expect(await Self.eventually { Self.status(pools)?.ready == 2 })
 
