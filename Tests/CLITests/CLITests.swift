@@ -127,7 +127,15 @@ struct CLITests {
             ])
             #expect(submitted.status == 0, "\(submitted.stderr)")
             let id = submitted.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-            try await Task.sleep(for: .milliseconds(500))
+            // Follow once the scheduler reports the job RUNNING (the job then runs 3 s more).
+            let deadline = ContinuousClock.now + .seconds(30)
+            var state = ""
+            while state != "RUNNING" && ContinuousClock.now < deadline {
+                let status = try await cluster.hangar(["job", "status", id, "-o", "json"])
+                state = (try? status.json())?["status"] as? String ?? status.stdout + status.stderr
+                if state != "RUNNING" { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            try #require(state == "RUNNING", "job \(id) was not RUNNING within 30 s: \(state)")
             let logs = try await cluster.hangar(["job", "logs", "-f", id])
             #expect(logs.status == 0, "\(logs.stderr)")
             #expect(logs.stdout == "one\nthree\n", "\(logs.stdout)")

@@ -31,6 +31,10 @@ struct IdempotencyTests {
             while try await cluster.scheduler.store.job(id: jobID)?.result == nil, ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(20))
             }
+            try #require(
+                try await cluster.scheduler.store.job(id: jobID)?.result != nil,
+                "job \(jobID) did not finish in 20 s"
+            )
             await cluster.stopScheduler()
             let (restarted, task) = try await cluster.startScheduler()
             defer { task.cancel() }

@@ -33,10 +33,16 @@ struct RecoveryTests {
             var job = Hangar_V1_JobRequest()
             job.jobID = ids[0]
             let deadline = ContinuousClock.now + .seconds(5)
+            var state = try await cluster.admin("job", job, as: Hangar_V1_JobReply.self)
             while ContinuousClock.now < deadline {
-                let reply = try await cluster.admin("job", job, as: Hangar_V1_JobReply.self)
-                if case .status(.running) = reply.outcome { break }
+                if case .status(.running) = state.outcome { break }
                 try await Task.sleep(for: .milliseconds(20))
+                state = try await cluster.admin("job", job, as: Hangar_V1_JobReply.self)
+            }
+            // The restart below must find a running attempt, or its recovery is not what is tested.
+            guard case .status(.running) = state.outcome else {
+                Issue.record("the first job was not RUNNING within 5 s: \(state)")
+                return
             }
             await cluster.stopScheduler()
             let (restarted, task) = try await cluster.startScheduler(settings: settings)

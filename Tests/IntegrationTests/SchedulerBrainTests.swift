@@ -89,6 +89,7 @@ struct SchedulerBrainTests {
             while cluster.agents[0].runningCount < 1 && ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(10))
             }
+            #expect(cluster.agents[0].runningCount == 1, "node-1 never ran the job")
             await cluster.crashNode(1)
             let lost = try await result
             #expect(lost.status == .lost)

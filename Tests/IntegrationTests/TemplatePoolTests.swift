@@ -19,6 +19,33 @@ struct TemplatePoolTests {
         try await heartbeat(cluster, node)?.pools.first { $0.runtime == "process" && $0.template == "host" }
     }
 
+    /// Polls the scheduler's view of `node`'s `process:host` pool until `condition` holds and returns
+    /// that pool; throws, naming `what` and the last pool seen, when it does not hold within `timeout`.
+    @discardableResult
+    static func waitForPool(
+        _ cluster: TestCluster,
+        _ node: String,
+        _ what: String,
+        within timeout: Duration = .seconds(20),
+        until condition: (Hangar_V1_WarmPool) -> Bool
+    ) async throws -> Hangar_V1_WarmPool {
+        let deadline = ContinuousClock.now + timeout
+        var pool = try await Self.pool(cluster, node)
+        while ContinuousClock.now < deadline {
+            if let pool, condition(pool) { return pool }
+            try await Task.sleep(for: .milliseconds(20))
+            pool = try await Self.pool(cluster, node)
+        }
+        if let pool, condition(pool) { return pool }
+        throw PoolWaitTimedOut(
+            description: "\(node)'s pool was not \(what) within \(timeout); last seen: \(String(describing: pool))"
+        )
+    }
+
+    struct PoolWaitTimedOut: Error, CustomStringConvertible {
+        let description: String
+    }
+
     @Test("placement prefers the node with a ready warm sandbox of the job's template and runtime")
     func warmFirst() async throws {
         let cluster = try await TestCluster.start(nodes: 2) { index, config in
@@ -43,14 +70,8 @@ struct TemplatePoolTests {
         for done in 0..<6 {
             // Until the scheduler has a heartbeat sent after the previous job took its sandbox, and
             // the pool has a ready one again.
-            let deadline = ContinuousClock.now + .seconds(20)
-            while ContinuousClock.now < deadline {
-                if let pool = try await Self.pool(cluster, "node-2"), pool.servedWarm + pool.servedCold == done,
-                    pool.ready == 1
-                {
-                    break
-                }
-                try await Task.sleep(for: .milliseconds(20))
+            try await Self.waitForPool(cluster, "node-2", "served \(done) and has 1 ready") { pool in
+                pool.servedWarm + pool.servedCold == done && pool.ready == 1
             }
             let result = try await cluster.run(command("/bin/echo", "warm"))
             #expect(result.status == .succeeded, "\(result.message)")
@@ -58,13 +79,10 @@ struct TemplatePoolTests {
             placed.append(result.nodeID)
         }
         #expect(placed == Array(repeating: "node-2", count: 6))
-        let deadline = ContinuousClock.now + .seconds(5)
-        var pool = try await Self.pool(cluster, "node-2")
-        while pool.map({ $0.servedWarm + $0.servedCold < 6 }) ?? true, ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(20))
-            pool = try await Self.pool(cluster, "node-2")
+        let pool = try await Self.waitForPool(cluster, "node-2", "served 6", within: .seconds(5)) { pool in
+            pool.servedWarm + pool.servedCold >= 6
         }
-        #expect(pool?.servedWarm == 6, "\(String(describing: pool))")
+        #expect(pool.servedWarm == 6, "\(pool)")
         #expect(try await Self.heartbeat(cluster, "node-1")?.pools.isEmpty == true)
     }
 

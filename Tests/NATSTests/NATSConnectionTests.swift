@@ -159,7 +159,12 @@ struct NATSConnectionTests {
         let subscription = try connection.subscribe("test.after")
         try await connection.flush()
         server.crash()
-        try await Task.sleep(for: .milliseconds(300))
+        // The client must see the server go before it comes back, or no reconnect is tested.
+        let gone = ContinuousClock.now + .seconds(10)
+        while connection.isConnected && ContinuousClock.now < gone {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        try #require(!connection.isConnected, "the client did not notice the server's crash within 10 s")
         server = try await LocalNATSServer(directory: directory, port: port)
         let deadline = ContinuousClock.now + .seconds(10)
         while connection.reconnectCount == 0 && ContinuousClock.now < deadline {

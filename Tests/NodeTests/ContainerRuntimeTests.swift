@@ -288,11 +288,12 @@ struct ContainerRuntimeTests {
         let began = ContinuousClock.now
         let (outcome, residue) = await T.run(
             kind,
-            T.job(["sh", "-c", "setsid sleep \(tag) & sleep 0.2; echo done"]),
+            // The job itself says the daemon still runs as it leaves, or "no survivors" proves nothing.
+            T.job(["sh", "-c", "setsid sleep \(tag) & sleep 0.2; kill -0 $! && echo daemon alive; echo done"]),
             name: "daemon"
         )
         #expect(outcome.status == .succeeded)
-        #expect(T.text(outcome.stdout) == "done\n")
+        #expect(T.text(outcome.stdout) == "daemon alive\ndone\n")
         #expect(ContinuousClock.now - began < kind.startAllowance)
         #expect(await T.survivors(of: [tag]) == [])
         #expect(residue == [])
@@ -408,7 +409,11 @@ struct ContainerRuntimeTests {
         let tag = "33.\(UInt32.random(in: 100_000...999_999))"
         let id = T.jobID("cancel")
         let running = Task { await kind.runtime.run(T.job(["sleep", tag]), jobID: id) }
-        try? await Task.sleep(for: kind == .runc ? .milliseconds(300) : .seconds(1))
+        // The job's `sleep` must really run before the cancel, or the checks below prove nothing.
+        let started = await eventually(within: .seconds(15)) {
+            T.runs(kind, jobID: id, argument: tag, command: "sleep")
+        }
+        #expect(started, "the job's `sleep \(tag)` was not running within 15 s")
         let began = ContinuousClock.now
         running.cancel()
         let outcome = await running.value

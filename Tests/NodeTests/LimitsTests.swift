@@ -331,7 +331,9 @@ struct LimitsTests {
             try? await Task.sleep(for: .milliseconds(20))
         }
         #expect(!leftoverCgroups(containing: tag).isEmpty)  // the cgroup exists while the job runs
-        try? await Task.sleep(for: .milliseconds(300))
+        // Both sleeps (the background one too) must run before the cancel, or "everything" is untested.
+        let both = await eventually(within: .seconds(10)) { processes(withArgument: sleeper).count == 2 }
+        #expect(both, "the job's two `sleep \(sleeper)` were not both running within 10 s")
         running.cancel()
         let outcome = await running.value
         #expect(outcome.status == .cancelled)

@@ -35,16 +35,6 @@ func warmVMJob(_ argv: [String], _ configure: (inout Hangar_V1_JobSpec) -> Void 
     }
 }
 
-/// Waits up to `timeout` for `condition`; true when it held.
-func eventually(within timeout: Duration, _ condition: () -> Bool) async -> Bool {
-    let end = ContinuousClock.now + timeout
-    while ContinuousClock.now < end {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(50))
-    }
-    return condition()
-}
-
 extension MicroVMSuites {
     @Suite("MicroVM warm pool and snapshot refill, real qemu", .serialized)
     struct MicroVMWarmTests {

@@ -50,6 +50,16 @@ private struct Peer {
         return Peer(name: name, hostInterface: hostInterface, base: base, server: server)
     }
 
+    /// Whether the server listens on port 8080 in the peer's namespace: a LISTEN (`0A`) socket on
+    /// `0.0.0.0:8080` (`00000000:1F90`) in `/proc/<pid>/net/tcp`, which shows the server's namespace.
+    var listening: Bool {
+        let table = (try? String(contentsOfFile: "/proc/\(server.processIdentifier)/net/tcp", encoding: .utf8)) ?? ""
+        return table.split(separator: "\n").contains { line in
+            let fields = line.split(separator: " ")
+            return fields.count > 3 && fields[1] == "00000000:1F90" && fields[3] == "0A"
+        }
+    }
+
     func stop() {
         // Everything in the peer namespace (the server, whatever `ip netns exec` left) is killed.
         let pids = (try? Self.shell(["ip", "netns", "pids", name])) ?? ""
@@ -106,8 +116,8 @@ struct NetworkAllowlistTests {
         }
         defer { close(hostListener.fd) }
         let before = jobNetworks()
-        // Wait until the peer's server listens (bounded).
-        try await Task.sleep(for: .milliseconds(300))
+        let listening = await eventually(within: .seconds(10)) { peer.listening }
+        try #require(listening, "the peer's server did not listen on \(peer.base)2:8080 within 10 s")
         let script = """
             import socket, sys
             def attempt(host, port):

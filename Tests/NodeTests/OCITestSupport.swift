@@ -104,6 +104,38 @@ enum OCITest {
         }
     }
 
+    /// Whether the job `jobID` runs a process: under runc a host process with `argument` as a whole
+    /// argv element; under gVisor (whose job processes live in the sandbox's own kernel) one whose
+    /// command is `command` in what `runsc ps` lists for the job's container.
+    static func runs(_ kind: OCIKind, jobID: String, argument: String, command: String) -> Bool {
+        switch kind {
+        case .runc:
+            return !processes(withArgument: argument).isEmpty
+        case .gvisor:
+            let root = ["--root", kind.directories.state]
+            let containers = output(of: "/usr/bin/runsc", root + ["list", "-quiet"]).split(separator: "\n")
+            return containers.filter { $0.contains(jobID) }.contains { container in
+                // `UID PID PPID C STIME TIME CMD`, one line per process after the header.
+                let lines = output(of: "/usr/bin/runsc", root + ["ps", String(container)]).split(separator: "\n")
+                return lines.dropFirst().contains { $0.split(separator: " ").last == Substring(command) }
+            }
+        }
+    }
+
+    /// The standard output of `executable` with `arguments`; empty if it could not run.
+    static func output(of executable: String, _ arguments: [String]) -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return "" }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return text(data)
+    }
+
     /// Waits up to `timeout` for no host process to carry any of `arguments`; returns those alive.
     static func survivors(
         of arguments: [String],

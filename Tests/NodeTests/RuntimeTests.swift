@@ -81,11 +81,12 @@ struct ProcessRuntimeTests {
         let tag = "37.\(uniqueTag())"
         let began = ContinuousClock.now
         let outcome = await runtime.run(
-            job(["sh", "-c", "setsid sleep \(tag) & sleep 0.2; echo done"]),
+            // The job itself says the daemon still runs as it leaves, or "no survivors" proves nothing.
+            job(["sh", "-c", "setsid sleep \(tag) & sleep 0.2; kill -0 $! && echo daemon alive; echo done"]),
             jobID: "daemon-\(tag)"
         )
         #expect(outcome.status == .succeeded)
-        #expect(text(outcome.stdout) == "done\n")
+        #expect(text(outcome.stdout) == "daemon alive\ndone\n")
         // Not waiting for the daemon (it sleeps 37 s, holding a copy of stdout); the margin is wide
         // because a loaded CI machine once took 2.5 s for this job.
         #expect(ContinuousClock.now - began < .seconds(15))
@@ -216,7 +217,9 @@ struct ProcessRuntimeTests {
     func cancellation() async {
         let tag = "33.\(uniqueTag())"
         let running = Task { await runtime.run(job(["sleep", tag]), jobID: "cancel-\(tag)") }
-        try? await Task.sleep(for: .milliseconds(300))
+        // The job's `sleep` must really run before the cancel, or the checks below prove nothing.
+        let started = await eventually(within: .seconds(10)) { !processes(withArgument: tag).isEmpty }
+        #expect(started, "the job's `sleep \(tag)` was not running within 10 s")
         let began = ContinuousClock.now
         running.cancel()
         let outcome = await running.value
@@ -314,8 +317,20 @@ struct SandboxProcessTests {
     func timeoutKillsGroup() async throws {
         let tag = uniqueTag()
         let sleeps = ["34.\(tag)", "35.\(tag)"]
-        let script = "i=0; while [ $i -lt 50000 ]; do i=$((i+1)); done; sleep \(sleeps[0]) & sleep \(sleeps[1])"
-        let result = try await SandboxProcess.run(command(script, timeout: .seconds(1)))
+        // The sleeps start first (the loop burns CPU until the timeout), so that both are in the group.
+        let script =
+            "sleep \(sleeps[0]) & sleep \(sleeps[1]) & i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); done; wait"
+        let command = command(script, timeout: .seconds(1))
+        let running = Task { try await SandboxProcess.run(command) }
+        // Both must really have started, or "no survivors" below proves nothing.
+        var seen = Set<String>()
+        let began = ContinuousClock.now
+        while seen.count < sleeps.count && ContinuousClock.now - began < .seconds(3) {
+            for value in sleeps where !processes(withArgument: value).isEmpty { seen.insert(value) }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let result = try await running.value
+        #expect(seen == Set(sleeps))
         #expect(result.killReason == .timedOut)
         #expect(result.termination == .signaled(SIGKILL))
         #expect(result.cpuTimeMicroseconds > 0)

@@ -39,6 +39,17 @@ func processes(withArgument argument: String) -> [String] {
     }
 }
 
+/// Polls `condition` every 50 ms for at most `timeout`; true when it held. A caller that needs the
+/// condition fails the test when this returns false (a wait that falls through proves nothing).
+func eventually(within timeout: Duration, _ condition: () -> Bool) async -> Bool {
+    let end = ContinuousClock.now + timeout
+    while ContinuousClock.now < end {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return condition()
+}
+
 /// Waits up to `timeout` for no process to carry any of `arguments`; returns those still alive.
 func survivors(of arguments: [String], within timeout: Duration = .seconds(2)) async -> [String] {
     let end = ContinuousClock.now + timeout

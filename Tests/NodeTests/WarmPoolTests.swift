@@ -20,9 +20,32 @@ struct WarmPoolTests {
         pools.status().first { $0.runtime == "process" && $0.template == template }
     }
 
-    /// Warm sandboxes still alive on the host (bubblewrap and the shell carry the waiter script).
+    /// Warm sandboxes of this test process still alive on the host: processes that carry the waiter
+    /// script (bubblewrap and the shell) and descend from this process (bubblewrap, `runc run`) or sit
+    /// in a cgroup it made (`<name>.<pid>.<n>`). Other processes' pools (a concurrent `swift test`, a
+    /// `hangar dev`) are not ours to count.
     static func waitingSandboxes() -> [String] {
-        processes(withArgument: WarmScript.process.waiter) + processes(withArgument: WarmScript.container.waiter)
+        (processes(withArgument: WarmScript.process.waiter) + processes(withArgument: WarmScript.container.waiter))
+            .filter { pid in
+                let cgroups = (try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)) ?? ""
+                return cgroups.contains(".\(getpid()).") || descendsFromThisProcess(pid)
+            }
+    }
+
+    /// Whether this process is an ancestor of `pid` (parents read from `/proc/<pid>/stat`).
+    static func descendsFromThisProcess(_ pid: String) -> Bool {
+        var current = Int32(pid) ?? 0
+        for _ in 0..<64 where current > 1 {
+            guard let stat = try? String(contentsOfFile: "/proc/\(current)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { return false }
+            // `pid (comm) state ppid …`: the parent is the second field after the command.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 1, let parent = Int32(fields[1]) else { return false }
+            if parent == getpid() { return true }
+            current = parent
+        }
+        return false
     }
 
     @Test("the pool fills to min, serves a job warm, replaces it, and drains with no residue")
@@ -51,10 +74,13 @@ struct WarmPoolTests {
         let cold = await ProcessRuntime().run(spec, jobID: "cold-\(uniqueTag())")
         #expect(cold.stdout == outcome.stdout)
         #expect(text(outcome.stderr) == "err\n")
-        #expect(outcome.startMilliseconds < 50, "a warm start only writes to a pipe: \(outcome.startMilliseconds) ms")
+        // How fast a warm start is belongs to the benchmarks (`hangar-bench pools`, "warm, until code
+        // runs"), not here: a loaded machine is not a broken pool.
         // Refilled back to min.
         #expect(await Self.eventually { Self.status(pools)?.ready == 2 })
 
+        // The pool's own waiting sandboxes are seen, or the check after the drain is void.
+        #expect(await Self.eventually { !Self.waitingSandboxes().isEmpty }, "no waiting sandbox of this pool is seen")
         running.cancel()
         await running.value
         #expect(Self.status(pools)?.ready == 0)
@@ -122,6 +148,8 @@ struct WarmPoolTests {
         let slowOutcome = await slowSandbox.run(slow, jobID: "warm-c-slow-\(uniqueTag())")
         #expect(slowOutcome.status == .timedOut, "\(slowOutcome.message)")
 
+        // The pool's own waiting sandboxes are seen, or the check after the drain is void.
+        #expect(await Self.eventually { !Self.waitingSandboxes().isEmpty }, "no waiting sandbox of this pool is seen")
         running.cancel()
         await running.value
         #expect(
@@ -177,6 +205,8 @@ struct WarmPoolTests {
         #expect(smallOutcome.status == .oomKilled, "\(smallOutcome.status) \(smallOutcome.message)")
         #expect(smallOutcome.message.contains("memory limit of 32 MiB"))
 
+        // The pool's own waiting sandboxes are seen, or the check after the drain is void.
+        #expect(await Self.eventually { !Self.waitingSandboxes().isEmpty }, "no waiting sandbox of this pool is seen")
         running.cancel()
         await running.value
         #expect(await Self.eventually(within: .seconds(3)) { Self.waitingSandboxes().isEmpty })
@@ -203,6 +233,8 @@ struct WarmPoolTests {
         let outcome = await taken[0].run(spec, jobID: "warm-bb-\(uniqueTag())")
         #expect(outcome.status == .succeeded, "\(outcome.message) \(text(outcome.stderr))")
         #expect(text(outcome.stdout) == marker)
+        // The pool's own waiting sandboxes are seen, or the check after the drain is void.
+        #expect(await Self.eventually { !Self.waitingSandboxes().isEmpty }, "no waiting sandbox of this pool is seen")
         running.cancel()
         await running.value
         #expect(await Self.eventually(within: .seconds(3)) { Self.waitingSandboxes().isEmpty })
