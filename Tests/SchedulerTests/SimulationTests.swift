@@ -98,7 +98,7 @@ struct SimulationTests {
             .result(jobID: "j", attempt: 1, nodeID: "n1", status: .succeeded),
             now: origin + .seconds(8)
         )
-        #expect(late == [.log(.resultLate(jobID: "j", attempt: 1, nodeID: "n1"))])
+        #expect(late == [.log(.resultLate(jobID: "j", attempt: 1, nodeID: "n1", status: .succeeded))])
         let current = core.handle(
             .result(jobID: "j", attempt: 2, nodeID: "n1", status: .failed),
             now: origin + .seconds(8)

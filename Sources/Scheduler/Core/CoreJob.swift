@@ -12,6 +12,9 @@ public struct CoreJob: Sendable, Equatable {
         public var maxAttempts: UInt32
         /// The wait before the first retry, doubled for each further one.
         public var backoff: Duration
+        /// Why the job can no longer run (read back from the stream or the store, it fails today's
+        /// validation): accepted, so it ends ERROR with this message once it is in the store.
+        public var invalid: String?
 
         /// A job spec.
         public init(
@@ -20,7 +23,8 @@ public struct CoreJob: Sendable, Equatable {
             priority: Int32 = 0,
             request: PlacementRequest,
             maxAttempts: UInt32 = 3,
-            backoff: Duration = .milliseconds(100)
+            backoff: Duration = .milliseconds(100),
+            invalid: String? = nil
         ) {
             self.id = id
             self.tenant = tenant
@@ -28,6 +32,7 @@ public struct CoreJob: Sendable, Equatable {
             self.request = request
             self.maxAttempts = maxAttempts
             self.backoff = backoff
+            self.invalid = invalid
         }
     }
 
@@ -58,17 +63,32 @@ public struct LostAttempt: Sendable, Equatable {
 /// two things at once (a job cannot be queued and hold a reservation, or finish twice).
 public enum JobPhase: Sendable, Equatable {
     /// Admitted and in the intake stream; not yet committed to the store, so not placed.
-    /// `cancelRequested`: it ends CANCELLED as soon as it is committed.
-    case committing(cancelRequested: Bool)
+    /// `cancelled`: cancelled meanwhile (why); it ends CANCELLED as soon as it is committed.
+    case committing(cancelled: String?)
     /// In its tenant's queue, waiting for a node.
     case queued(lost: LostAttempt?)
     /// Waiting out a retry backoff after an attempt was lost.
     case backingOff(until: ContinuousClock.Instant, lost: LostAttempt)
     /// Attempt `attempt` holds a reservation on `node`; `admitted` once the node acknowledged it.
     case running(attempt: UInt32, node: String, admitted: Bool)
+    /// Restored after a scheduler restart while attempt `attempt` ran on `node`: it counts in its
+    /// tenant's usage, and holds a reservation on the node once the node has joined (`reserved`);
+    /// the node must confirm it (its heartbeat lists it) within TTL + grace, else it is lost. Its
+    /// result counts meanwhile.
+    case restored(attempt: UInt32, node: String, reserved: Bool)
     /// Its end is decided and being committed (the ``LogRecord/finished`` record); the waiters hear
-    /// it once the store has it.
-    case finishing(CoreOutcome)
+    /// it once the store has it. `storeFailed`: the last write failed; the next tick writes it again.
+    /// `holds`: what its attempt keeps until then, so that until the store knows the attempt ended
+    /// nothing else takes its place (a restarted scheduler rebuilds the node's load from the store).
+    case finishing(CoreOutcome, storeFailed: Bool, holds: Hold)
+}
+
+/// What a job's attempt holds: its share of its tenant's usage, and its reservation on the node
+/// once the core knows the node.
+public enum Hold: Sendable, Equatable {
+    case nothing
+    case usage
+    case usageAndNode(String)
 }
 
 /// How a job ended.

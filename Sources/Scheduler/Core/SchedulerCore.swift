@@ -26,10 +26,16 @@ public struct SchedulerCore: Sendable {
         public init() {}
     }
 
-    public let config: Config
+    public private(set) var config: Config
     public private(set) var cluster: ClusterState
     public private(set) var queue = FairQueue()
     public private(set) var jobs: [String: CoreJob] = [:]
+    /// Operator settings per node, applied when the node (re)joins.
+    public private(set) var controls: [String: NodeControl] = [:]
+    /// When a draining node's remaining attempts are killed.
+    private var drainDeadlines: [String: ContinuousClock.Instant] = [:]
+    /// When restored attempts must have been confirmed by their nodes (see ``JobPhase/restored``).
+    private var recoveryDeadline: ContinuousClock.Instant?
     /// The counted attempt (and node) of recently ended jobs, oldest first out.
     private var ended: [String: LostAttempt] = [:]
     private var endedOrder: [String] = []
@@ -41,47 +47,95 @@ public struct SchedulerCore: Sendable {
         self.cluster = cluster
     }
 
+    /// Whether `id` ended recently (its result may come again as a duplicate).
+    public func remembers(_ id: String) -> Bool { ended[id] != nil }
+
+    /// Whether the store has the job (it is past ``JobPhase/committing``).
+    public func isCommitted(_ id: String) -> Bool {
+        guard let job = jobs[id] else { return false }
+        if case .committing = job.phase { return false }
+        return true
+    }
+
+    /// Whether `id`'s attempt `attempt` on `node` is one the core still counts on (a node that
+    /// runs any other is told to kill it).
+    public func owns(_ id: String, attempt: UInt32, node: String) -> Bool {
+        switch jobs[id]?.phase {
+        case .running(attempt, node, _), .restored(attempt, node, _): return true
+        case .finishing(let outcome, _, _): return outcome.attempt == attempt && outcome.node == node
+        default: return false
+        }
+    }
+
     /// Applies one event at time `now`; returns what the shell must do, in order.
     public mutating func handle(_ event: CoreEvent, now: ContinuousClock.Instant) -> [CoreAction] {
         var actions: [CoreAction] = []
         switch event {
         case .admitted(let spec):
             guard jobs[spec.id] == nil else { break }
-            jobs[spec.id] = CoreJob(spec: spec, acceptedAt: now, phase: .committing(cancelRequested: false))
+            jobs[spec.id] = CoreJob(spec: spec, acceptedAt: now, phase: .committing(cancelled: nil))
         case .intakeFailed(let id):
             if case .committing = jobs[id]?.phase { jobs.removeValue(forKey: id) }
         case .intakeCommitted(let id):
-            guard case .committing(let cancelRequested) = jobs[id]?.phase else { break }
-            if cancelRequested {
-                finish(id, CoreOutcome(status: .cancelled, attempt: 0, node: nil, message: "cancelled"), &actions)
+            guard let job = jobs[id], case .committing(let cancelled) = job.phase else { break }
+            if let cancelled {
+                finish(id, CoreOutcome(status: .cancelled, attempt: 0, node: nil, message: cancelled), &actions)
+            } else if let invalid = job.spec.invalid {
+                finish(id, CoreOutcome(status: .error, attempt: 0, node: nil, message: invalid), &actions)
             } else {
                 enqueue(id, lost: nil)
             }
+        case .restored(let spec, let attempt, let node):
+            restore(spec, attempt: attempt, node: node, now: now, &actions)
         case .heartbeat(let nodeID, let heartbeat):
-            if cluster.record(heartbeat, from: nodeID, at: now) == .restarted {
-                // It runs nothing of ours any more.
+            switch cluster.record(heartbeat, from: nodeID, at: now) {
+            case .joined:
+                if let control = controls[nodeID] { apply(control, to: nodeID) }
+                reserveRestored(on: nodeID)
+            case .returned:
+                actions.append(.log(.nodeUp(nodeID: nodeID)))
+            case .restarted:
+                // It runs nothing of ours any more, and the cluster dropped its reservations.
+                for (id, job) in jobs {
+                    if case .finishing(let outcome, let failed, .usageAndNode(nodeID)) = job.phase {
+                        jobs[id]?.phase = .finishing(outcome, storeFailed: failed, holds: .usage)
+                    }
+                }
                 loseAttempts(on: nodeID, reason: "node \(nodeID) restarted", now: now, &actions)
+            case .alive:
+                break
             }
-        case .assignAnswered(let id, let attempt, let admitted):
+            reconcile(nodeID, running: heartbeat.runningJobs, &actions)
+        case .assignAnswered(let id, let attempt, let refusal):
             guard var job = jobs[id], case .running(attempt, let node, _) = job.phase else { break }
-            if admitted {
-                job.phase = .running(attempt: attempt, node: node, admitted: true)
-                jobs[id] = job
-            } else {
+            if let refusal {
                 release(id)
                 cluster.markRefusing(node)
-                actions.append(.log(.attemptRefused(jobID: id, attempt: attempt, nodeID: node)))
+                actions.append(.log(.attemptRefused(jobID: id, attempt: attempt, nodeID: node, reason: refusal)))
                 enqueue(id, lost: nil)
+            } else {
+                job.phase = .running(attempt: attempt, node: node, admitted: true)
+                jobs[id] = job
             }
         case .result(let id, let attempt, let node, let status):
             acceptResult(id, attempt: attempt, node: node, status: status, &actions)
         case .finishCommitted(let id):
-            guard case .finishing(let outcome) = jobs[id]?.phase else { break }
+            guard case .finishing(let outcome, _, let holds) = jobs[id]?.phase else { break }
+            give(holds, of: jobs[id]!)
             jobs.removeValue(forKey: id)
             remember(id, LostAttempt(attempt: outcome.attempt, node: outcome.node ?? ""))
             actions.append(.ended(jobID: id, outcome))
-        case .cancel(let id):
-            cancel(id, &actions)
+        case .finishFailed(let id):
+            guard case .finishing(let outcome, _, let holds) = jobs[id]?.phase else { break }
+            jobs[id]?.phase = .finishing(outcome, storeFailed: true, holds: holds)
+        case .cancel(let id, let reason):
+            cancel(id, reason: reason, &actions)
+        case .nodeControl(let nodeID, let control, let deadline):
+            controls[nodeID] = control
+            drainDeadlines[nodeID] = control.draining ? deadline : nil
+            apply(control, to: nodeID)
+        case .tenantsChanged(let tenants):
+            config.tenants = tenants
         case .tick:
             tick(now: now, &actions)
         }
@@ -100,9 +154,9 @@ public struct SchedulerCore: Sendable {
     ) {
         let counted = CoreOutcome(status: status, attempt: attempt, node: node, message: "")
         switch jobs[id]?.phase {
-        case .running(attempt, node, _):
-            release(id)
-            finish(id, counted, &actions)
+        case .running(attempt, node, _), .restored(attempt, node, _):
+            // Its reservation is given back once the store has the result.
+            finish(id, counted, holds: hold(of: id), &actions)
             return
         case .queued(let lost?)
         where lost == LostAttempt(attempt: attempt, node: node) && jobs[id]?.attempts == attempt:
@@ -113,32 +167,56 @@ public struct SchedulerCore: Sendable {
         case .backingOff(_, let lost) where lost == LostAttempt(attempt: attempt, node: node):
             finish(id, counted, &actions)
             return
-        case .finishing(let outcome) where outcome.attempt == attempt && outcome.node == node:
+        case .finishing(let outcome, _, _) where outcome.attempt == attempt && outcome.node == node:
             return  // the same result again
         default:
             if ended[id] == LostAttempt(attempt: attempt, node: node) { return }  // a resend of the counted one
         }
-        actions.append(.log(.resultLate(jobID: id, attempt: attempt, nodeID: node)))
+        actions.append(.log(.resultLate(jobID: id, attempt: attempt, nodeID: node, status: status)))
     }
 
-    private mutating func cancel(_ id: String, _ actions: inout [CoreAction]) {
+    private mutating func cancel(_ id: String, reason: String, _ actions: inout [CoreAction]) {
         guard var job = jobs[id] else { return }
-        let cancelled = CoreOutcome(status: .cancelled, attempt: job.attempts, node: nil, message: "cancelled")
+        let cancelled = CoreOutcome(status: .cancelled, attempt: job.attempts, node: nil, message: reason)
         switch job.phase {
         case .committing:
-            job.phase = .committing(cancelRequested: true)
+            job.phase = .committing(cancelled: reason)
             jobs[id] = job
         case .queued:
             queue.remove(tenant: job.tenant, jobID: id)
             finish(id, cancelled, &actions)
         case .backingOff:
             finish(id, cancelled, &actions)
-        case .running(let attempt, let node, _):
-            actions.append(.cancelOnNode(jobID: id, attempt: attempt, nodeID: node))
-            release(id)
-            finish(id, CoreOutcome(status: .cancelled, attempt: attempt, node: node, message: "cancelled"), &actions)
+        case .running(let attempt, let node, _), .restored(let attempt, let node, _):
+            actions.append(.cancelOnNode(jobID: id, attempt: attempt, nodeID: node, reason: reason))
+            let outcome = CoreOutcome(status: .cancelled, attempt: attempt, node: node, message: reason)
+            finish(id, outcome, holds: hold(of: id), &actions)
         case .finishing:
             break
+        }
+    }
+
+    private mutating func restore(
+        _ spec: CoreJob.Spec,
+        attempt: UInt32,
+        node: String?,
+        now: ContinuousClock.Instant,
+        _ actions: inout [CoreAction]
+    ) {
+        guard jobs[spec.id] == nil else { return }
+        var job = CoreJob(spec: spec, acceptedAt: now, phase: .queued(lost: nil))
+        job.attempts = attempt
+        jobs[spec.id] = job
+        if let invalid = spec.invalid {
+            // Accepted, so never REJECTED: it cannot run under today's rules.
+            finish(spec.id, CoreOutcome(status: .error, attempt: attempt, node: nil, message: invalid), &actions)
+        } else if let node {
+            jobs[spec.id]?.phase = .restored(attempt: attempt, node: node, reserved: false)
+            queue.started(tenant: spec.tenant, cpuMillis: spec.request.cpuMillis, memoryBytes: spec.request.memoryBytes)
+            recoveryDeadline = now + cluster.ttl + cluster.grace
+            reserveRestored(on: node)
+        } else {
+            enqueue(spec.id, lost: nil)
         }
     }
 
@@ -146,6 +224,23 @@ public struct SchedulerCore: Sendable {
         for node in cluster.detectDown(at: now) {
             actions.append(.log(.nodeDown(nodeID: node)))
             loseAttempts(on: node, reason: "node \(node) stopped sending heartbeats", now: now, &actions)
+        }
+        for (node, deadline) in drainDeadlines.sorted(by: { $0.key < $1.key }) where deadline <= now {
+            drainDeadlines[node] = nil
+            actions.append(.log(.drainDeadlinePassed(nodeID: node)))
+            let reason = "the drain deadline of node \(node) passed"
+            for id in jobs.keys.sorted() {
+                switch jobs[id]?.phase {
+                case .running(let attempt, node, _), .restored(let attempt, node, _):
+                    actions.append(.cancelOnNode(jobID: id, attempt: attempt, nodeID: node, reason: reason))
+                default: break
+                }
+            }
+            loseAttempts(on: node, reason: reason, now: now, &actions)
+        }
+        if let deadline = recoveryDeadline, now >= deadline {
+            recoveryDeadline = nil
+            settleRestored(now: now, &actions)
         }
         for id in jobs.keys.sorted() {
             guard let job = jobs[id] else { continue }
@@ -165,9 +260,59 @@ public struct SchedulerCore: Sendable {
                     ),
                     &actions
                 )
+            case .finishing(let outcome, storeFailed: true, let holds):
+                finish(id, outcome, holds: holds, &actions)  // the store failed the last write: again
             default:
                 break
             }
+        }
+    }
+
+    /// After the recovery grace: a restored attempt its node lists as running is confirmed (and
+    /// reserved again); one whose node is not up or does not list it is lost.
+    private mutating func settleRestored(now: ContinuousClock.Instant, _ actions: inout [CoreAction]) {
+        for id in jobs.keys.sorted() {
+            guard let job = jobs[id], case .restored(let attempt, let node, let reserved) = job.phase else { continue }
+            let listed = cluster.records[node]?.heartbeat.runningJobs.contains("\(id)/\(attempt)") ?? false
+            if cluster.isUp(node) && listed && reserved {
+                jobs[id]?.phase = .running(attempt: attempt, node: node, admitted: true)
+            } else {
+                lose(
+                    id,
+                    reason: "after a scheduler restart node \(node) did not confirm attempt \(attempt)",
+                    now: now,
+                    &actions
+                )
+            }
+        }
+    }
+
+    /// Reserves the node for its restored attempts once the core knows the node (it joined): until
+    /// they are confirmed or lost, nothing else may take their place.
+    private mutating func reserveRestored(on nodeID: String) {
+        guard cluster.view(nodeID) != nil else { return }
+        for id in jobs.keys.sorted() {
+            guard let job = jobs[id], case .restored(let attempt, nodeID, reserved: false) = job.phase else { continue }
+            cluster.reserve(nodeID, job.spec.request)
+            jobs[id]?.phase = .restored(attempt: attempt, node: nodeID, reserved: true)
+        }
+    }
+
+    /// Kills sandboxes a node runs for attempts the core no longer assigns to it.
+    private func reconcile(_ nodeID: String, running: [String], _ actions: inout [CoreAction]) {
+        for key in running {
+            let parts = key.split(separator: "/")
+            guard parts.count == 2, let attempt = UInt32(parts[1]) else { continue }
+            let id = String(parts[0])
+            if owns(id, attempt: attempt, node: nodeID) { continue }
+            actions.append(
+                .cancelOnNode(
+                    jobID: id,
+                    attempt: attempt,
+                    nodeID: nodeID,
+                    reason: "the scheduler no longer assigns this attempt to this node"
+                )
+            )
         }
     }
 
@@ -178,22 +323,42 @@ public struct SchedulerCore: Sendable {
         _ actions: inout [CoreAction]
     ) {
         for id in jobs.keys.sorted() {
-            guard var job = jobs[id], case .running(let attempt, node, _) = job.phase else { continue }
-            release(id)
-            job = jobs[id]!
-            job.losses += 1
-            actions.append(.log(.attemptLost(jobID: id, attempt: attempt, nodeID: node, reason: reason)))
-            let lost = LostAttempt(attempt: attempt, node: node)
-            if job.losses < job.spec.maxAttempts {
-                let wait = job.spec.backoff * (1 << min(Int(job.losses) - 1, 10))
-                job.phase = .backingOff(until: now + wait, lost: lost)
-                jobs[id] = job
-            } else {
-                jobs[id] = job
-                let message =
-                    "\(reason); attempt \(attempt) lost and no retries left (max_attempts \(job.spec.maxAttempts))"
-                finish(id, CoreOutcome(status: .lost, attempt: attempt, node: node, message: message), &actions)
+            switch jobs[id]?.phase {
+            case .running(_, node, _), .restored(_, node, _): lose(id, reason: reason, now: now, &actions)
+            default: break
             }
+        }
+    }
+
+    /// The job's running (or restored) attempt is LOST: retried after a backoff while its policy
+    /// allows, else the job ends LOST with the reason.
+    private mutating func lose(
+        _ id: String,
+        reason: String,
+        now: ContinuousClock.Instant,
+        _ actions: inout [CoreAction]
+    ) {
+        guard let phase = jobs[id]?.phase else { return }
+        let attempt: UInt32
+        let node: String
+        switch phase {
+        case .running(let a, let n, _), .restored(let a, let n, _): (attempt, node) = (a, n)
+        default: return
+        }
+        release(id)
+        var job = jobs[id]!
+        job.losses += 1
+        actions.append(.log(.attemptLost(jobID: id, attempt: attempt, nodeID: node, reason: reason)))
+        let lost = LostAttempt(attempt: attempt, node: node)
+        if job.losses < job.spec.maxAttempts {
+            let wait = job.spec.backoff * (1 << min(Int(job.losses) - 1, 10))
+            job.phase = .backingOff(until: now + wait, lost: lost)
+            jobs[id] = job
+        } else {
+            jobs[id] = job
+            let message =
+                "\(reason); attempt \(attempt) lost and no retries left (max_attempts \(job.spec.maxAttempts))"
+            finish(id, CoreOutcome(status: .lost, attempt: attempt, node: node, message: message), &actions)
         }
     }
 
@@ -266,18 +431,47 @@ public struct SchedulerCore: Sendable {
         jobs[id] = job
     }
 
-    /// Gives back the reservation of the job's running attempt (its phase must be `running`).
-    private mutating func release(_ id: String) {
-        guard let job = jobs[id], case .running(_, let node, _) = job.phase else { return }
+    /// What the job's running attempt holds: its share of its tenant's usage, and its reservation
+    /// on the node (a restored attempt holds none until its node joins).
+    private func hold(of id: String) -> Hold {
+        switch jobs[id]?.phase {
+        case .running(_, let node, _), .restored(_, let node, reserved: true): .usageAndNode(node)
+        case .restored: .usage
+        default: .nothing
+        }
+    }
+
+    private mutating func give(_ hold: Hold, of job: CoreJob) {
         let request = job.spec.request
-        cluster.release(node, request)
+        switch hold {
+        case .nothing: return
+        case .usage: break
+        case .usageAndNode(let node): cluster.release(node, request)
+        }
         queue.finished(tenant: job.tenant, cpuMillis: request.cpuMillis, memoryBytes: request.memoryBytes)
+    }
+
+    /// Gives back what the job's running attempt holds, at once.
+    private mutating func release(_ id: String) {
+        guard let job = jobs[id] else { return }
+        give(hold(of: id), of: job)
         jobs[id]?.phase = .queued(lost: nil)  // transient: every caller moves it on at once
     }
 
-    private mutating func finish(_ id: String, _ outcome: CoreOutcome, _ actions: inout [CoreAction]) {
-        jobs[id]?.phase = .finishing(outcome)
+    private mutating func finish(
+        _ id: String,
+        _ outcome: CoreOutcome,
+        holds: Hold = .nothing,
+        _ actions: inout [CoreAction]
+    ) {
+        jobs[id]?.phase = .finishing(outcome, storeFailed: false, holds: holds)
         actions.append(.log(.finished(jobID: id, outcome)))
+    }
+
+    /// Applies an operator's node setting to the cluster view (the drain deadline is the core's).
+    private mutating func apply(_ control: NodeControl, to nodeID: String) {
+        cluster.setEligible(nodeID, control.eligible)
+        cluster.setDraining(nodeID, control.draining, deadline: control.drainDeadline)
     }
 
     private mutating func remember(_ id: String, _ counted: LostAttempt) {

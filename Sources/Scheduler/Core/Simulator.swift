@@ -8,7 +8,10 @@ import HeapModule
 ///
 /// Faults: nodes that crash (never report), restart (a new incarnation), or pause (stop heartbeating,
 /// then deliver their results late); assignment answers lost (the shell's timeout refuses them while
-/// the node may still run the job); results delivered twice or late; slow store commits; cancels.
+/// the node may still run the job); results delivered twice or late; slow and failed store commits;
+/// cancels; and scheduler restarts: the core is thrown away with everything in flight to it, and a
+/// new one is rebuilt from what the simulated store holds (``CoreEvent/restored(_:attempt:node:)``),
+/// while the intake and results streams deliver again what was not acknowledged.
 /// After the fault phase everything heals and the run goes on until every job has ended.
 public struct Simulator {
     /// How big a run is.
@@ -45,7 +48,11 @@ public struct Simulator {
 
     private enum Happening {
         case submit(Int)
-        case core(CoreEvent)
+        /// An event for the core of scheduler incarnation `epoch` (lost if that one has stopped).
+        case core(CoreEvent, epoch: Int)
+        /// A message from a durable stream (a node's result): delivered to whichever core runs.
+        case stream(CoreEvent)
+        case schedulerRestart
         case heartbeat(node: Int)
         case nodeFinishes(node: Int, incarnation: Int, jobID: String, attempt: UInt32)
         case crash(node: Int)
@@ -63,11 +70,22 @@ public struct Simulator {
         static func == (lhs: Scheduled, rhs: Scheduled) -> Bool { (lhs.at, lhs.order) == (rhs.at, rhs.order) }
     }
 
+    /// What the simulated store holds of one job (written by the core's log records as they commit).
+    private struct StoredJob {
+        var spec: CoreJob.Spec
+        var attempt: UInt32 = 0
+        /// The node of the attempt placed and not yet lost, refused or ended.
+        var runningOn: String?
+        var finished = false
+    }
+
     private struct SimNode {
         var id: String
         var alive = true
         var beating = true
         var incarnation = 1
+        /// `job/attempt` of what it runs, listed in its heartbeats.
+        var running: Set<String> = []
     }
 
     public let seed: UInt64
@@ -80,18 +98,31 @@ public struct Simulator {
     private let origin = ContinuousClock.now
     private var nodes: [SimNode]
     private var submitted: [String: String] = [:]  // job → tenant
+    private var specs: [String: CoreJob.Spec] = [:]
     private var endedCount: [String: Int] = [:]
     private var report = Report()
+    /// The scheduler's incarnation: events in flight to an earlier one are lost with it.
+    private var epoch = 0
+    private var store: [String: StoredJob] = [:]
+    /// Results whose job's end is not committed yet: the results stream delivers them again to a
+    /// restarted scheduler (they are acknowledged only once the end is in the store).
+    private var unacknowledged: [String: CoreEvent] = [:]
+    /// A restarted core is being fed the store's jobs one by one.
+    private var restoring = false
 
     /// A simulation of `settings` driven by `seed`.
     public init(seed: UInt64, settings: Settings = Settings()) {
         self.seed = seed
         self.settings = settings
         random = SplitMix64(seed: seed)
+        core = Self.newCore(settings)
+        nodes = (0..<settings.nodes).map { SimNode(id: "n\($0)") }
+    }
+
+    private static func newCore(_ settings: Settings) -> SchedulerCore {
         var config = SchedulerCore.Config()
         config.queueTimeout = settings.queueTimeout
-        core = SchedulerCore(config: config, cluster: ClusterState(ttl: .seconds(3), grace: .seconds(2)))
-        nodes = (0..<settings.nodes).map { SimNode(id: "n\($0)") }
+        return SchedulerCore(config: config, cluster: ClusterState(ttl: .seconds(3), grace: .seconds(2)))
     }
 
     /// Runs to the end; throws the first broken invariant.
@@ -105,9 +136,10 @@ public struct Simulator {
             while at < settings.faultPhase {
                 at += millis(1000 + random.next(below: 4000))
                 let node = Int(random.next(below: UInt64(settings.nodes)))
-                switch random.next(below: 3) {
+                switch random.next(below: 4) {
                 case 0: pending.insert(Scheduled(at: at, order: next(), happening: .crash(node: node)))
                 case 1: pending.insert(Scheduled(at: at, order: next(), happening: .restart(node: node)))
+                case 2: pending.insert(Scheduled(at: at, order: next(), happening: .schedulerRestart))
                 default:
                     let pause = millis(2000 + random.next(below: 6000))
                     pending.insert(Scheduled(at: at, order: next(), happening: .pause(node: node, for: pause)))
@@ -144,19 +176,31 @@ public struct Simulator {
                 request: PlacementRequest(runtime: "null", tieBreak: random.next()),
                 maxAttempts: 3
             )
+            specs[id] = spec
             try apply(.admitted(spec))
             // The intake publish may fail (the tenant is refused); else the commit comes later.
             if settings.faults && random.next(below: 50) == 0 {
                 submitted.removeValue(forKey: id)
                 try apply(.intakeFailed(jobID: id))
             } else {
-                schedule(.core(.intakeCommitted(jobID: id)), in: millis(1 + random.next(below: 20)))
+                schedule(toCore: .intakeCommitted(jobID: id), in: millis(1 + random.next(below: 20)))
                 if settings.faults && random.next(below: 20) == 0 {
-                    schedule(.core(.cancel(jobID: id)), in: millis(random.next(below: 3000)))
+                    schedule(toCore: .cancel(jobID: id, reason: "cancelled"), in: millis(random.next(below: 3000)))
                 }
             }
-        case .core(let event):
+        case .core(let event, let eventEpoch):
+            if eventEpoch == epoch {
+                if case .intakeCommitted(let id) = event { store[id] = StoredJob(spec: specs[id]!) }
+                try apply(event)
+            } else if case .intakeCommitted(let id) = event, store[id] == nil {
+                // The intake stream delivers the submission again to the new scheduler.
+                try apply(.admitted(specs[id]!))
+                schedule(toCore: .intakeCommitted(jobID: id), in: millis(1 + random.next(below: 20)))
+            }
+        case .stream(let event):
             try apply(event)
+        case .schedulerRestart:
+            try restartScheduler()
         case .heartbeat(let index):
             let node = nodes[index]
             if node.alive && node.beating { try apply(.heartbeat(nodeID: node.id, heartbeat(node))) }
@@ -164,6 +208,7 @@ public struct Simulator {
         case .nodeFinishes(let index, let incarnation, let jobID, let attempt):
             let node = nodes[index]
             guard node.alive, node.incarnation == incarnation else { break }  // died with it
+            nodes[index].running.remove("\(jobID)/\(attempt)")
             if !node.beating {
                 // Paused: the result waits until it resumes (a late result).
                 schedule(
@@ -175,7 +220,7 @@ public struct Simulator {
             let result = CoreEvent.result(jobID: jobID, attempt: attempt, nodeID: node.id, status: .succeeded)
             try apply(result)
             if settings.faults && random.next(below: 10) == 0 {
-                schedule(.core(result), in: millis(random.next(below: 5000)))  // delivered again
+                schedule(.stream(result), in: millis(random.next(below: 5000)))  // delivered again
             }
         case .crash(let index):
             if now < settings.faultPhase {
@@ -187,6 +232,7 @@ public struct Simulator {
             nodes[index].alive = true
             nodes[index].beating = true
             nodes[index].incarnation += 1
+            nodes[index].running = []
             if !wasAlive { schedule(.heartbeat(node: index), in: .zero) }
         case .pause(let index, let duration):
             guard now < settings.faultPhase else { break }
@@ -197,6 +243,25 @@ public struct Simulator {
         case .tick:
             try apply(.tick)
             schedule(.tick, in: .milliseconds(250))
+        }
+    }
+
+    /// The scheduler process dies and a new one starts: events in flight to the old core are lost,
+    /// the new core is rebuilt from the store, and the streams deliver again what was not
+    /// acknowledged (submissions not yet committed arrive as their pending commits come due).
+    private mutating func restartScheduler() throws {
+        guard now < settings.faultPhase else { return }
+        epoch += 1
+        core = Self.newCore(settings)
+        restoring = true
+        for id in store.keys.sorted() {
+            guard let stored = store[id], !stored.finished else { continue }
+            try apply(.restored(stored.spec, attempt: stored.attempt, node: stored.runningOn))
+        }
+        restoring = false
+        try checkInvariants()
+        for id in unacknowledged.keys.sorted() {
+            schedule(.stream(unacknowledged[id]!), in: millis(1 + random.next(below: 50)))
         }
     }
 
@@ -212,13 +277,20 @@ public struct Simulator {
                 let node = nodes[index]
                 if settings.faults && random.next(below: 30) == 0 {
                     // The answer is lost: the shell's timeout refuses it, though the node runs it.
-                    schedule(.core(.assignAnswered(jobID: jobID, attempt: attempt, admitted: false)), in: .seconds(2))
+                    schedule(
+                        toCore: .assignAnswered(jobID: jobID, attempt: attempt, refusal: "timeout"),
+                        in: .seconds(2)
+                    )
                 } else if node.alive {
-                    schedule(.core(.assignAnswered(jobID: jobID, attempt: attempt, admitted: true)), in: millis(1))
+                    schedule(toCore: .assignAnswered(jobID: jobID, attempt: attempt, refusal: nil), in: millis(1))
                 } else {
-                    schedule(.core(.assignAnswered(jobID: jobID, attempt: attempt, admitted: false)), in: .seconds(2))
+                    schedule(
+                        toCore: .assignAnswered(jobID: jobID, attempt: attempt, refusal: "timeout"),
+                        in: .seconds(2)
+                    )
                     continue
                 }
+                nodes[index].running.insert("\(jobID)/\(attempt)")
                 let run = millis(100 + random.next(below: 3000))
                 schedule(
                     .nodeFinishes(node: index, incarnation: node.incarnation, jobID: jobID, attempt: attempt),
@@ -241,27 +313,53 @@ public struct Simulator {
                     outcome.status != .expired || core.jobs[jobID]?.losses == 0,
                     "job \(jobID) expired although it already ran (an attempt was lost)"
                 )
-                // The store commits it a little later.
-                schedule(
-                    .core(.finishCommitted(jobID: jobID)),
-                    in: millis(1 + random.next(below: settings.faults ? 500 : 5))
-                )
+                if outcome.node != nil, case .result = event { unacknowledged[jobID] = event }
+                // The store commits it a little later, or fails to (then the core writes it again).
+                let delay = millis(1 + random.next(below: settings.faults ? 500 : 5))
+                if settings.faults && random.next(below: 20) == 0 {
+                    schedule(toCore: .finishFailed(jobID: jobID), in: delay)
+                } else {
+                    schedule(toCore: .finishCommitted(jobID: jobID), in: delay)
+                }
+            case .log(.attemptPlaced(let jobID, let attempt, let nodeID)):
+                store[jobID]?.attempt = attempt
+                store[jobID]?.runningOn = nodeID
+            case .log(.attemptLost(let jobID, _, _, _)), .log(.attemptRefused(let jobID, _, _, _)):
+                store[jobID]?.runningOn = nil
             case .log:
                 break
             case .ended(let jobID, let outcome):
+                store[jobID]?.finished = true
+                store[jobID]?.runningOn = nil
+                unacknowledged.removeValue(forKey: jobID)
                 endedCount[jobID, default: 0] += 1
                 report.ended[outcome.status, default: 0] += 1
                 try expect(endedCount[jobID] == 1, "job \(jobID) ended twice")
             }
         }
-        try checkReservations()
+        try checkInvariants()
     }
 
-    /// Reservations equal the running attempts on every node, and never exceed its slots.
-    private func checkReservations() throws {
+    /// Reservations equal the running attempts on every node, and never exceed its slots; the core
+    /// holds every job the store has not seen end.
+    private func checkInvariants() throws {
         var running: [String: Int] = [:]
         for job in core.jobs.values {
-            if case .running(_, let node, _) = job.phase { running[node, default: 0] += 1 }
+            switch job.phase {
+            case .running(_, let node, _), .restored(_, let node, reserved: true),
+                .finishing(_, _, holds: .usageAndNode(let node)):
+                running[node, default: 0] += 1
+            default: break
+            }
+        }
+        for (id, job) in core.jobs {
+            // Nothing accepted is lost: every job the store has and has not ended is in the core
+            // (checked below for the store's side) and the core never forgets a committed one.
+            if case .committing = job.phase { continue }
+            try expect(store[id] != nil, "job \(id) is placed but the store never committed it")
+        }
+        for (id, stored) in store where !stored.finished && !restoring {
+            try expect(core.jobs[id] != nil, "job \(id) is in the store, unfinished, but the core lost it")
         }
         for view in core.cluster.views {
             let held = running[view.id] ?? 0
@@ -291,7 +389,12 @@ public struct Simulator {
         heartbeat.runtimes = [null]
         heartbeat.templates = [TemplateName.host]
         heartbeat.health = .healthy
+        heartbeat.runningJobs = node.running.sorted()
         return heartbeat
+    }
+
+    private mutating func schedule(toCore event: CoreEvent, in delay: Duration) {
+        schedule(.core(event, epoch: epoch), in: delay)
     }
 
     private mutating func schedule(_ happening: Happening, in delay: Duration) {

@@ -1,45 +1,29 @@
+import Foundation
 import HangarShared
 
-/// A job the scheduler is working on (accepted, not yet finished).
+/// What the scheduler's I/O shell keeps about a job the core works on (accepted, not yet ended):
+/// who waits for it and what to tell them. Where the job is in its life is the core's
+/// (``SchedulerCore/jobs``, ``JobPhase``).
 struct JobEntry: Sendable {
     let id: String
     let submission: ValidatedSubmission
     let request: PlacementRequest
     let acceptedAt: ContinuousClock.Instant
-    /// Its place in the tenant's queue, kept when it goes back there.
-    var sequence: UInt64 = 0
     /// Reply subjects of tenants waiting for the result (wait mode, including duplicates).
     var waiters: [String]
-    /// The current attempt (the fencing epoch); 0 before the first placement.
-    var attempt: UInt32 = 0
-    /// Attempts lost to dead or drained nodes; retries stop at `submission.maxAttempts`.
-    var losses: UInt32 = 0
-    /// The node of the current attempt when that attempt was declared LOST: until a later attempt is
-    /// placed, that node's result for it is still the job's outcome (see `storeResults`).
-    var lostOn: String?
-    var nodeID: String?
     var placedAt: ContinuousClock.Instant?
     var placementMilliseconds: UInt64 = 0
-    var lastPlacementProblem = ""
-    var finishing = false
-    /// Restored from the store after a scheduler restart while its attempt was running; confirmed or
-    /// declared lost once the node has had time to report.
-    var recovered = false
-    /// The attempt holds a reservation on `nodeID` in the cluster state.
-    var reserved = false
     /// The W3C trace of the submission (from its `traceparent` header, else new); assignments carry it.
     var trace = TraceContext.start()
     /// The submission is in the intake stream (PubAck received). Until then a repeated request id
     /// is not answered (the publish may still fail); its reply subject waits in `pendingAcks`.
     var durable = false
     var pendingAcks: [String] = []
-    /// The intake consumer has committed the job to SQLite; only then is it queued for placement.
-    var committed = false
-    /// Cancelled before it was committed: ends CANCELLED as soon as it is.
-    var cancelRequested = false
-    /// Taken from the intake stream after a restart, it no longer passes validation: rejected once
-    /// committed.
-    var invalidAfterRestart = false
+    /// The job's result once the core decided its end (built from the node's report, or from the
+    /// core's outcome), serialized once: stored, published and put in the replies as these bytes.
+    var result: (result: Hangar_V1_Result, encoded: Data)?
+    /// The node's report being fed to the core (set only while the core handles it).
+    var report: (report: Hangar_V1_AttemptResult, nodeID: String)?
 
     /// The serialized request's size, counted in the tenant's queued bytes while the job lives here
     /// (0 for jobs restored after a restart, which were counted by no budget of this process).
@@ -49,5 +33,17 @@ struct JobEntry: Sendable {
 
     var requestKey: String? {
         submission.requestID.isEmpty ? nil : "\(submission.tenant)/\(submission.requestID)"
+    }
+
+    /// The core's view of the job: what admission decided.
+    var spec: CoreJob.Spec {
+        CoreJob.Spec(
+            id: id,
+            tenant: tenant,
+            priority: submission.priority,
+            request: request,
+            maxAttempts: submission.maxAttempts,
+            backoff: submission.backoff
+        )
     }
 }

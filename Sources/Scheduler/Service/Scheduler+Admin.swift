@@ -61,6 +61,7 @@ extension Scheduler {
     func nodesReply() -> Hangar_V1_NodesReply {
         let now = ContinuousClock.now
         var reply = Hangar_V1_NodesReply()
+        let cluster = core.cluster
         reply.nodes = cluster.views.sorted { $0.id < $1.id }.compactMap { view in
             guard let record = cluster.records[view.id] else { return nil }
             var info = Hangar_V1_NodeInfo()
@@ -82,11 +83,19 @@ extension Scheduler {
 
     func jobReply(_ id: String) async -> Hangar_V1_JobReply {
         var reply = Hangar_V1_JobReply()
-        if let entry = jobs[id] {
-            reply.tenant = entry.tenant
-            reply.status = entry.nodeID == nil ? .queued : .running
-            reply.nodeID = entry.nodeID ?? ""
-            reply.attempt = entry.attempt
+        if let job = core.jobs[id] {
+            reply.tenant = job.tenant
+            reply.attempt = job.attempts
+            switch job.phase {
+            case .running(_, let node, _), .restored(_, let node, _):
+                reply.status = .running
+                reply.nodeID = node
+            case .finishing(let outcome, _, _) where outcome.node != nil:
+                reply.status = .running  // its result is being stored
+                reply.nodeID = outcome.node ?? ""
+            default:
+                reply.status = .queued
+            }
             return reply
         }
         do {
@@ -139,7 +148,7 @@ extension Scheduler {
         event: String
     ) async -> Hangar_V1_AdminReply {
         var reply = Hangar_V1_AdminReply()
-        guard cluster.view(nodeID) != nil else {
+        guard core.cluster.view(nodeID) != nil else {
             reply.message = "no node '\(nodeID)' has reported to this scheduler"
             return reply
         }
@@ -152,7 +161,6 @@ extension Scheduler {
         nodeControls[nodeID] = control
         applyControl(control, to: nodeID)
         logger.notice("operator action", metadata: ["node.id": "\(nodeID)", "event": "\(event)", "actor": "\(actor)"])
-        pump()
         reply.ok = true
         reply.message =
             "\(nodeID): eligible=\(control.eligible) draining=\(control.draining)"
@@ -160,9 +168,13 @@ extension Scheduler {
         return reply
     }
 
+    /// Hands an operator's node setting to the core (the drain deadline, unix ms in the store, as
+    /// a point on the core's clock).
     func applyControl(_ control: NodeControl, to nodeID: String) {
-        cluster.setEligible(nodeID, control.eligible)
-        cluster.setDraining(nodeID, control.draining, deadline: control.drainDeadline)
+        let deadline =
+            control.draining && control.drainDeadline > 0
+            ? ContinuousClock.now + .milliseconds(control.drainDeadline - unixMilliseconds()) : nil
+        handle(.nodeControl(nodeID: nodeID, control, drainDeadline: deadline))
     }
 
     nonisolated func audit(_ request: Hangar_V1_AuditRequest) async -> Hangar_V1_AuditReply {
@@ -195,5 +207,6 @@ extension Scheduler {
 
     func loadNodeControls() async throws {
         nodeControls = try await store.nodeControls()
+        for (nodeID, control) in nodeControls.sorted(by: { $0.key < $1.key }) { applyControl(control, to: nodeID) }
     }
 }

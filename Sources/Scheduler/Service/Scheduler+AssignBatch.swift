@@ -47,16 +47,6 @@ extension Scheduler {
     /// own. A failed request (timeout, no reply, a reply of the wrong length) fails them all, and
     /// each is placed again as after a refusal.
     nonisolated func dispatchBatch(_ batch: [AssignmentOutbox.Pending], to nodeID: String) async {
-        let logger = self.logger
-        // Queued before the batch leaves, as for one assignment (see `dispatch`).
-        for item in batch {
-            let jobID = item.assignment.jobID
-            store.enqueue(
-                .attemptPlaced(jobID: jobID, attempt: item.assignment.attempt, nodeID: nodeID, at: unixMilliseconds())
-            ) { error in
-                logger.error("could not record attempt", metadata: ["job.id": "\(jobID)", "error": "\(error)"])
-            }
-        }
         // Framed from each assignment's own bytes (encoded once, when it was decided).
         let payload = ProtobufFraming.repeated(field: ProtobufFraming.batchItems, batch.map(\.encoded))
         var outcomes: [String?]  // nil: acknowledged; else why it failed
@@ -91,10 +81,10 @@ extension Scheduler {
     }
 
     /// Applies the node's answers to a batch, in order.
-    private func settle(_ batch: [AssignmentOutbox.Pending], _ outcomes: [String?], on nodeID: String) async {
+    private func settle(_ batch: [AssignmentOutbox.Pending], _ outcomes: [String?], on nodeID: String) {
         for (item, failure) in zip(batch, outcomes) {
             if let failure {
-                await assignmentFailed(
+                assignmentFailed(
                     jobID: item.assignment.jobID,
                     attempt: item.assignment.attempt,
                     nodeID: nodeID,

@@ -20,24 +20,19 @@ extension Scheduler {
 
     func cancel(jobID: String, tenant: String) async -> Hangar_V1_CancelReply {
         var reply = Hangar_V1_CancelReply()
-        if let entry = jobs[jobID], entry.tenant == tenant, !entry.finishing, !entry.committed {
-            // Still on its way from the intake stream to SQLite: ends CANCELLED once committed.
-            jobs[jobID]?.cancelRequested = true
-            reply.cancelled = true
-            reply.status = .cancelled
-            reply.message = "job \(jobID) cancelled"
-            return reply
-        }
-        if let entry = jobs[jobID], entry.tenant == tenant, !entry.finishing {
-            if entry.nodeID == nil {
-                queue.remove(tenant: tenant, jobID: jobID)
-                delayed.removeAll { $0.jobID == jobID }
-            } else {
-                cancelAttempt(entry, reason: "cancelled by tenant \(tenant)")
+        if let entry = jobs[jobID], entry.tenant == tenant, let job = core.jobs[jobID] {
+            if case .finishing(let outcome, _, _) = job.phase {
+                reply.status = outcome.status
+                reply.message = "job \(jobID) already finished as \(outcome.status.displayName)"
+                return reply
             }
-            finishWithoutNode(entry, status: .cancelled, message: "cancelled by tenant \(tenant)")
-            try? await store.write(.audit(actor: "tenant:\(tenant)", event: "job.cancel", jobID: jobID, detail: ""))
-            pump()
+            // Not yet committed (still on its way from the intake stream to SQLite): the core ends
+            // it CANCELLED once it is.
+            let committed = core.isCommitted(jobID)
+            handle(.cancel(jobID: jobID, reason: "cancelled by tenant \(tenant)"))
+            if committed {
+                try? await store.write(.audit(actor: "tenant:\(tenant)", event: "job.cancel", jobID: jobID, detail: ""))
+            }
             reply.cancelled = true
             reply.status = .cancelled
             reply.message = "job \(jobID) cancelled"

@@ -157,8 +157,7 @@ extension Scheduler {
         }
         storeFailure = nil
         for (stream, outcome) in outcomes { settle(stream, outcome) }
-        for jobID in fresh { queueCommitted(jobID) }
-        pump()
+        for jobID in fresh { handle(.intakeCommitted(jobID: jobID)) }
         return true
     }
 
@@ -186,8 +185,8 @@ extension Scheduler {
         if committingIntake.contains(jobID) {
             return .retry  // being committed from an earlier delivery; ack this copy once that is done
         }
-        if let entry = jobs[jobID] {
-            if entry.committed { return .ack }
+        if jobs[jobID] != nil {
+            if core.isCommitted(jobID) { return .ack }
         } else {
             // Not admitted by this process (a restart, or another instance): unless the store
             // already has it, take it on from the stream.
@@ -213,8 +212,16 @@ extension Scheduler {
                 return .retry
             }
             guard jobs[jobID] == nil else { return .retry }  // admitted meanwhile; next delivery
-            jobs[jobID] = restoredEntry(request, tenant: tenant, jobID: jobID, traceparent: item.traceparent)
-            if let key = jobs[jobID]?.requestKey { byRequest[key] = jobID }
+            let taken = entry(
+                for: request,
+                tenant: tenant,
+                jobID: jobID,
+                trace: TraceContext(traceparent: item.traceparent) ?? .start(),
+                invalid: "taken from the intake stream, the job no longer passes validation"
+            )
+            jobs[jobID] = taken.entry
+            if let key = taken.entry.requestKey { byRequest[key] = jobID }
+            handle(.admitted(taken.spec))
         }
         guard let entry = jobs[jobID] else { return .ack }
         let requestID = entry.submission.requestID
@@ -231,69 +238,5 @@ extension Scheduler {
         fresh.append(jobID)
         committingIntake.insert(jobID)
         return .ack
-    }
-
-    /// A committed job goes to its tenant's queue (or, cancelled while being committed, ends).
-    private func queueCommitted(_ jobID: String) {
-        guard var entry = jobs[jobID] else { return }
-        entry.committed = true
-        jobs[jobID] = entry
-        if entry.cancelRequested {
-            finishWithoutNode(entry, status: .cancelled, message: "cancelled by tenant \(entry.tenant)")
-            return
-        }
-        if entry.invalidAfterRestart {
-            // Accepted, so never REJECTED: it cannot run under today's rules.
-            finishWithoutNode(
-                entry,
-                status: .error,
-                message: "taken from the intake stream, the job no longer passes validation"
-            )
-            return
-        }
-        jobs[jobID]?.sequence = queue.enqueue(tenant: entry.tenant, jobID: jobID, priority: entry.submission.priority)
-    }
-
-    /// The entry for an intake message this process did not admit (validated again; a request
-    /// that no longer passes is stored and then rejected, never dropped silently).
-    private func restoredEntry(
-        _ request: Hangar_V1_SubmitRequest,
-        tenant: String,
-        jobID: String,
-        traceparent: String?
-    ) -> JobEntry {
-        let trace = TraceContext(traceparent: traceparent) ?? .start()
-        let policy = tenants.policy(for: tenant)
-        if case .success(let submission) = config.validator.validate(request, tenant: tenant, policy: policy) {
-            var entry = JobEntry(
-                id: jobID,
-                submission: submission,
-                request: placementRequest(for: submission, jobID: jobID),
-                acceptedAt: .now,
-                waiters: []
-            )
-            entry.trace = trace
-            entry.durable = true
-            return entry
-        }
-        var entry = JobEntry(
-            id: jobID,
-            submission: ValidatedSubmission(
-                tenant: tenant,
-                requestID: request.requestID,
-                spec: Hangar_V1_JobSpec(),
-                priority: 0,
-                labels: [:],
-                wait: false,
-                maxAttempts: 1,
-                backoff: .zero
-            ),
-            request: PlacementRequest(runtime: ""),
-            acceptedAt: .now,
-            waiters: []
-        )
-        entry.durable = true
-        entry.invalidAfterRestart = true
-        return entry
     }
 }

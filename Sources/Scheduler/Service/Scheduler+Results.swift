@@ -4,17 +4,15 @@ import HangarShared
 
 extension Scheduler {
     /// One batch from the `HANGAR_RESULTS` stream (each message one result or a node's batch of
-    /// them): every result of a current attempt is stored, and
-    /// stale ones audited, in ONE transaction (group commit); then each message is acknowledged and
-    /// the tenants answered. A message that is not an `AttemptResult` is audited and terminated. A
-    /// result of any other attempt (a node presumed dead, a cancelled job) is audited and ignored.
+    /// them): each result is fed to the core, and what it decides (the ends of jobs, late results
+    /// audited) is stored in ONE transaction (group commit); then each message is acknowledged and
+    /// the tenants answered. A message that is not an `AttemptResult` is audited and terminated.
     /// Returns at once, with a task that ends once the batch is committed and settled: false if it
     /// could not be stored (its messages come again).
     func storeResults(_ messages: [JetStreamMessage]) async -> Task<Bool, Never> {
         var writes: [StoreWrite] = []
         var outcomes: [(JetStreamMessage, StreamOutcome)] = []
-        var finished: [(jobID: String, result: Hangar_V1_Result, encoded: Data)] = []
-        var inBatch: Set<String> = []
+        var finished: [String] = []
         for stream in messages {
             let message = stream.message
             guard let nodeID = Subjects.token(message.subject, at: 2).map(String.init),
@@ -33,95 +31,49 @@ extension Scheduler {
                 outcomes.append((stream, .discard))
                 continue
             }
-            var unencodable = false
             for report in reports {
-                let key = "\(report.jobID)/\(report.attempt)"
-                if let entry = jobs[report.jobID], entry.attempt == report.attempt, entry.nodeID == nodeID {
-                    if entry.finishing || inBatch.contains(key) {
-                        continue  // the same result, already being stored
-                    }
-                    let result = makeResult(entry, report, nodeID: nodeID)
-                    // Encoded once: stored, published and put in the replies as these bytes.
-                    guard let encoded = try? result.serializedData() else {
-                        // Cannot happen with proto3; if it did, the message comes again rather
-                        // than being acknowledged without its result.
-                        logger.error("could not encode a result", metadata: ["job.id": "\(report.jobID)"])
-                        unencodable = true
-                        continue
-                    }
-                    jobs[report.jobID]?.finishing = true
-                    inBatch.insert(key)
-                    writes.append(.jobFinished(result, encoded: encoded))
-                    finished.append((report.jobID, result, encoded))
-                    continue
-                }
-                if var entry = jobs[report.jobID], entry.nodeID == nil, entry.lostOn == nodeID,
-                    entry.attempt == report.attempt, !entry.finishing, !inBatch.contains(key),
-                    let encoded = try? makeResult(entry, report, nodeID: nodeID).serializedData()
-                {
-                    // Declared LOST (its node went silent), but no later attempt was sent: the
-                    // result is the job's outcome, and the pending retry is called off.
-                    logger.notice(
-                        "result of a lost attempt accepted: no later attempt was sent",
-                        metadata: ["job.id": "\(report.jobID)", "attempt": "\(report.attempt)", "node.id": "\(nodeID)"]
-                    )
-                    delayed.removeAll { $0.jobID == report.jobID }
-                    queue.remove(tenant: entry.tenant, jobID: entry.id)
-                    entry.finishing = true  // nothing to release: the loss gave its reservation back
-                    jobs[report.jobID] = entry
-                    inBatch.insert(key)
-                    let result = makeResult(entry, report, nodeID: nodeID)
-                    writes.append(.jobFinished(result, encoded: encoded))
-                    finished.append((report.jobID, result, encoded))
-                    continue
-                }
-                if let stored = try? await store.job(id: report.jobID)?.result, stored.attempt == report.attempt,
+                if core.jobs[report.jobID] == nil, !core.remembers(report.jobID),
+                    let stored = try? await store.job(id: report.jobID)?.result, stored.attempt == report.attempt,
                     stored.nodeID == nodeID
                 {
-                    continue  // a resend of a result we already have
+                    continue  // a resend of a result the store has (from before a restart)
                 }
-                logger.info(
-                    "late result ignored: a later attempt was sent, or the job has ended",
-                    metadata: ["job.id": "\(report.jobID)", "attempt": "\(report.attempt)", "node.id": "\(nodeID)"]
+                // Kept while the core decides: if this report is the job's outcome, it is the result.
+                jobs[report.jobID]?.report = (report, nodeID)
+                let actions = core.handle(
+                    .result(jobID: report.jobID, attempt: report.attempt, nodeID: nodeID, status: report.status),
+                    now: .now
                 )
-                writes.append(
-                    .staleResult(
-                        jobID: report.jobID,
-                        attempt: report.attempt,
-                        nodeID: nodeID,
-                        status: report.status.displayName
-                    )
-                )
+                for case .log(.finished(let jobID, _)) in actions { finished.append(jobID) }
+                var batch: [StoreWrite]? = writes
+                perform(actions, into: &batch)
+                writes = batch ?? writes
+                jobs[report.jobID]?.report = nil
             }
             // Stored (or deliberately ignored) once the batch commits.
-            outcomes.append((stream, unencodable ? .retry : .ack))
+            outcomes.append((stream, .ack))
         }
         return commitStreamBatch(writes, outcomes) { [outcomes, finished] scheduler, error in
             scheduler.resultsCommitted(error: error, outcomes: outcomes, finished: finished)
         }
     }
 
-    /// After the commit of a results batch: acknowledge its messages and answer the tenants, or, if
-    /// it failed, have its messages delivered again.
+    /// After the commit of a results batch: acknowledge its messages and tell the core its jobs'
+    /// ends are stored (their waiters are answered then), or, if it failed, have its messages
+    /// delivered again (the core writes the ends it decided again at its next tick).
     private func resultsCommitted(
         error: (any Error)?,
         outcomes: [(JetStreamMessage, StreamOutcome)],
-        finished: [(jobID: String, result: Hangar_V1_Result, encoded: Data)]
+        finished: [String]
     ) -> Bool {
         if let error {
             logger.error("could not store results", metadata: ["count": "\(finished.count)", "error": "\(error)"])
-            for (jobID, _, _) in finished { jobs[jobID]?.finishing = false }
+            for jobID in finished { handle(.finishFailed(jobID: jobID)) }
             for (stream, outcome) in outcomes { settle(stream, outcome == .discard ? .discard : .retry) }
             return false
         }
         for (stream, outcome) in outcomes { settle(stream, outcome) }
-        for (jobID, result, encoded) in finished {
-            if var current = jobs[jobID] {
-                releaseAttempt(&current)
-                complete(current, with: result, encoded: encoded)
-            }
-        }
-        pump()
+        for jobID in finished { handle(.finishCommitted(jobID: jobID)) }
         return true
     }
 
@@ -134,8 +86,9 @@ extension Scheduler {
         return (try? Hangar_V1_AttemptResult(serializedBytes: message.payload)).map { [$0] }
     }
 
-    private func makeResult(_ entry: JobEntry, _ report: Hangar_V1_AttemptResult, nodeID: String) -> Hangar_V1_Result {
-        var result = baseResult(entry)
+    /// The job's result from the node's report of attempt `attempt`.
+    func makeResult(_ entry: JobEntry, _ report: Hangar_V1_AttemptResult, nodeID: String) -> Hangar_V1_Result {
+        var result = baseResult(entry, attempt: report.attempt, nodeID: nodeID)
         result.status = report.status
         result.exitCode = report.exitCode
         result.signal = report.signal
@@ -144,7 +97,6 @@ extension Scheduler {
         result.stdoutTruncated = report.stdoutTruncated
         result.stderrTruncated = report.stderrTruncated
         result.usage = report.usage
-        result.nodeID = nodeID
         result.message = report.message
         result.files = report.files
         result.timings.startMs = report.startMs
@@ -153,42 +105,19 @@ extension Scheduler {
     }
 
     /// A result with the job's identity and timings filled in.
-    func baseResult(_ entry: JobEntry) -> Hangar_V1_Result {
+    func baseResult(_ entry: JobEntry, attempt: UInt32, nodeID: String?) -> Hangar_V1_Result {
         var result = Hangar_V1_Result()
         result.jobID = entry.id
         result.tenant = entry.tenant
         result.requestID = entry.submission.requestID
-        result.attempt = entry.attempt
-        result.nodeID = entry.nodeID ?? ""
+        result.attempt = attempt
+        result.nodeID = nodeID ?? ""
         let now = ContinuousClock.now
         result.timings.queuedMs = entry.acceptedAt.milliseconds(until: entry.placedAt ?? now)
         result.timings.placementMs = entry.placementMilliseconds
         result.timings.totalMs = entry.acceptedAt.milliseconds(until: now)
         result.finishedAtMs = unixMilliseconds()
         return result
-    }
-
-    /// Ends a job that never got (or lost) its node: LOST, CANCELLED, EXPIRED or ERROR, decided here.
-    /// (An accepted job never ends REJECTED: that is only ever an answer to a submission.)
-    func finishWithoutNode(_ entry: JobEntry, status: Hangar_V1_JobStatus, message: String) {
-        var entry = entry
-        releaseAttempt(&entry)
-        var result = baseResult(entry)
-        result.status = status
-        result.message = message
-        complete(entry, with: result)
-        let store = self.store
-        let logger = self.logger
-        Task {
-            do {
-                try await store.write(.jobFinished(result, encoded: try result.serializedData()))
-            } catch {
-                logger.error(
-                    "could not store the end of a job",
-                    metadata: ["job.id": "\(entry.id)", "error": "\(error)"]
-                )
-            }
-        }
     }
 
     /// Forgets the finished job and delivers its result to every waiter and the result subject.

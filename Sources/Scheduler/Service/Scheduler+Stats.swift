@@ -15,8 +15,15 @@ extension Scheduler {
         stats.jobsPerSecond = counted.jobsPerSecond
         stats.latencyP50Ms = counted.latencyP50Ms
         stats.latencyP99Ms = counted.latencyP99Ms
-        stats.queueDepth = UInt32(clamping: queue.totalQueued)
-        stats.running = UInt32(clamping: jobs.values.lazy.filter { $0.nodeID != nil }.count)
+        stats.queueDepth = UInt32(clamping: core.queue.totalQueued)
+        stats.running = UInt32(
+            clamping: core.jobs.values.lazy.filter {
+                switch $0.phase {
+                case .running, .restored: true
+                default: false
+                }
+            }.count
+        )
         stats.placementFailures = counted.placementFailures
         stats.uptimeMs = counters.uptimeMilliseconds
         stats.finishedByStatus = counted.finishedByStatus
@@ -27,7 +34,8 @@ extension Scheduler {
 
     /// Every tenant that is configured, has jobs now, or was counted since start; sorted by name.
     private func tenantStats(_ counted: SchedulerCounters.Snapshot) -> [Hangar_V1_TenantStats] {
-        let totals = cluster.totals
+        let queue = core.queue
+        let totals = core.cluster.totals
         let names = Set(tenants.tenants.keys).union(queue.usage.keys).union(counted.tenants.keys)
         let activeWeight = queue.usage.filter { $0.value.running + $0.value.queued > 0 }
             .reduce(0.0) { $0 + tenants.policy(for: $1.key).weight }

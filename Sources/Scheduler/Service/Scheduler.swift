@@ -21,6 +21,12 @@ struct PendingAdmission: Sendable {
 /// The central scheduler: takes submissions, queues them per tenant, places them on nodes, detects
 /// dead nodes and retries their jobs, stores and answers results.
 ///
+/// The decisions are ``SchedulerCore``'s (a pure state machine: the job lifecycle, the fair queue,
+/// placement, failure detection, retries, cancel, recovery); this actor is its I/O shell. It checks
+/// admissions (validation, rate and byte budgets, request ids), feeds the core events from NATS,
+/// the streams, the store and a 250 ms timer (`handle`), and performs the core's actions: sends
+/// assignments and cancels, writes its log records to the store, answers the waiters.
+///
 /// Subjects: `hangar.submit.*`, `hangar.cancel.*`, `hangar.job.*`, `hangar.node.*.result`,
 /// `hangar.admin.*` (queue group) and `hangar.node.*.heartbeat`. See `Subjects`.
 public actor Scheduler {
@@ -28,26 +34,22 @@ public actor Scheduler {
     let nats: NATSConnection
     public nonisolated let store: Store
     let logger: Logger
-    var tenants: TenantDirectory
+    /// The decisions: every accepted job's lifecycle, the fair queue, the cluster's reservations.
+    var core: SchedulerCore
     var tenantsFileStamp: Date?
     var buckets: [String: TokenBucket] = [:]
     /// Each tenant's byte budget at intake (`TenantPolicy.bytesRate`, `bytesBurst`).
     var byteBuckets: [String: TokenBucket] = [:]
     /// Bytes of each tenant's accepted requests not yet finished (`TenantPolicy.maxQueuedBytes`).
     var queuedBytes: [String: Int] = [:]
-    var cluster: ClusterState
-    var queue = FairQueue()
+    /// What the shell keeps of each job the core works on (waiters, trace, result bytes).
     var jobs: [String: JobEntry] = [:]
     var byRequest: [String: String] = [:]
-    /// Jobs waiting out a retry backoff, and when they may be queued again.
-    var delayed: [(readyAt: ContinuousClock.Instant, jobID: String)] = []
     var lastTenantsCheck = ContinuousClock.now
     /// When results and audit rows were last pruned (see `SchedulerConfig.retention`).
     var lastPrune: ContinuousClock.Instant?
     /// Operator settings per node (eligibility, drain), kept in the store across restarts.
     var nodeControls: [String: NodeControl] = [:]
-    /// When restored running attempts must have been confirmed by their nodes.
-    var recoveryDeadline: ContinuousClock.Instant?
     /// Batched submissions waiting for their answers (see Scheduler+SubmitBatch.swift).
     nonisolated let submitBatches = SubmitBatches()
     /// Admitted submissions on their way into the intake stream (see IntakeOutbox.swift).
@@ -87,16 +89,25 @@ public actor Scheduler {
         self.store = store
         self.logger = logger
         self.intakeOutbox = IntakeOutbox(nats: nats, timeout: config.intakePublishTimeout)
-        self.tenants = config.tenants
         self.replyRule = ReplySubjectRule(ownInboxOnly: nats.options.inboxPrefix == Principal.scheduler.inboxPrefix)
-        self.cluster = ClusterState(ttl: config.nodeTTL, grace: config.nodeGrace, cpuOvercommit: config.cpuOvercommit)
+        var core = SchedulerCore.Config()
+        core.queueTimeout = config.queueTimeout
+        core.placementPolicy = config.placementPolicy
+        core.tenants = config.tenants
+        self.core = SchedulerCore(
+            config: core,
+            cluster: ClusterState(ttl: config.nodeTTL, grace: config.nodeGrace, cpuOvercommit: config.cpuOvercommit)
+        )
     }
+
+    /// The tenants' policies in force.
+    var tenants: TenantDirectory { core.config.tenants }
 
     /// Serves until the surrounding task is cancelled (see ``run()``, in `Scheduler+Service.swift`);
     /// then lets in-flight stream commits finish, flushes the store and drains its own connections.
     func serve() async throws {
         if let file = config.tenantsFile {
-            tenants = try TenantDirectory.load(path: file)
+            handle(.tenantsChanged(try TenantDirectory.load(path: file)))
             tenantsFileStamp = modificationDate(file)
         }
         try await loadNodeControls()
@@ -312,11 +323,11 @@ public actor Scheduler {
             reply(to: replyTo, tenant: tenant, rejection: rejection)
             return nil
         }
-        guard queue.queued(tenant: tenant) < policy.maxQueued else {
+        guard core.queue.queued(tenant: tenant) < policy.maxQueued else {
             var rejection = Rejection(
                 .queueFull,
                 "",
-                "tenant '\(tenant)' already has \(queue.queued(tenant: tenant)) jobs waiting (max_queued \(policy.maxQueued))"
+                "tenant '\(tenant)' already has \(core.queue.queued(tenant: tenant)) jobs waiting (max_queued \(policy.maxQueued))"
             )
             rejection.rejected.retryAfterMs = 1000
             reply(to: replyTo, tenant: tenant, rejection: rejection)
@@ -335,7 +346,7 @@ public actor Scheduler {
         }
         let id = JobID.make()
         let placement = placementRequest(for: submission, jobID: id)
-        if case .impossible(let why) = cluster.place(placement, policy: config.placementPolicy) {
+        if case .impossible(let why) = core.cluster.place(placement, policy: config.placementPolicy) {
             reply(to: replyTo, tenant: tenant, rejection: impossibleRejection(placement, why))
             return nil
         }
@@ -352,6 +363,7 @@ public actor Scheduler {
         queuedBytes[tenant, default: 0] += size
         jobs[id] = entry
         if let key { byRequest[key] = id }
+        handle(.admitted(entry.spec))
         return PendingAdmission(
             id: id,
             key: key,
@@ -375,11 +387,12 @@ public actor Scheduler {
         var published: JetStreamPublishAck?
         do {
             published = try outcome.get()
-        } catch  where jobs[id]?.committed == true {
+        } catch  where core.isCommitted(id) {
             // The PubAck was lost, but the intake consumer has the job in SQLite already: accepted.
             logger.warning("intake publish unconfirmed but committed", metadata: ["job.id": "\(id)"])
         } catch {
             let held = forget(id)?.pendingAcks ?? []
+            handle(.intakeFailed(jobID: id))
             if let key { byRequest.removeValue(forKey: key) }
             // A timed-out publish may still have been stored: never run what the tenant was refused.
             if let error = error as? NATSError, error.kind == .timeout { abandonedIntake.insert(id) }
@@ -399,6 +412,7 @@ public actor Scheduler {
             // Admitted before under this request id (another instance, or before a restart) and
             // not yet in SQLite: answer with that job.
             let held = forget(id)?.pendingAcks ?? []
+            handle(.intakeFailed(jobID: id))
             if byRequest[key] == id { byRequest.removeValue(forKey: key) }
             guard
                 let original = await originalJob(

@@ -1,0 +1,136 @@
+import Foundation
+import HangarNATS
+import HangarShared
+
+extension Scheduler {
+    /// Feeds `event` to the core at the current time and performs what it decides. Store writes go
+    /// to the group committer one by one, in the order decided.
+    func handle(_ event: CoreEvent) {
+        var batch: [StoreWrite]? = nil
+        perform(core.handle(event, now: .now), into: &batch)
+    }
+
+    /// Performs the core's actions in order. With `batch` non-nil, the store writes are appended to
+    /// it (a stream batch committed in one transaction; the caller reports its finished jobs'
+    /// commits to the core), else each is queued for the group commit at once.
+    func perform(_ actions: [CoreAction], into batch: inout [StoreWrite]?) {
+        for action in actions {
+            switch action {
+            case .assign(let jobID, let attempt, let nodeID):
+                assign(jobID, attempt: attempt, on: nodeID)
+            case .cancelOnNode(let jobID, let attempt, let nodeID, let reason):
+                sendCancel(jobID: jobID, attempt: attempt, nodeID: nodeID, reason: reason)
+            case .log(let record):
+                write(record, into: &batch)
+            case .ended(let jobID, let outcome):
+                guard let entry = jobs[jobID] else { continue }
+                let (result, encoded) = entry.result ?? resultWithoutReport(entry, outcome)
+                complete(entry, with: result, encoded: encoded)
+            }
+        }
+    }
+
+    /// Sends the job's attempt to the node (grouped with the others of this round).
+    private func assign(_ jobID: String, attempt: UInt32, on nodeID: String) {
+        guard var entry = jobs[jobID] else { return }
+        let now = ContinuousClock.now
+        entry.placedAt = now
+        entry.result = nil
+        jobs[jobID] = entry
+        counters.placed(after: entry.acceptedAt.duration(to: now))
+        var assignment = Hangar_V1_Assignment()
+        assignment.jobID = jobID
+        assignment.tenant = entry.tenant
+        assignment.attempt = attempt
+        assignment.spec = entry.submission.spec
+        assignment.assignedAtMs = unixMilliseconds()
+        send(assignment, to: nodeID, decidedAt: now, trace: entry.trace.child())
+    }
+
+    /// One log record of the core as a store write.
+    private func write(_ record: LogRecord, into batch: inout [StoreWrite]?) {
+        let write: StoreWrite
+        switch record {
+        case .attemptPlaced(let jobID, let attempt, let nodeID):
+            write = .attemptPlaced(jobID: jobID, attempt: attempt, nodeID: nodeID, at: unixMilliseconds())
+        case .attemptRefused(let jobID, let attempt, let nodeID, let reason):
+            counters.assignmentFailed()
+            logger.info(
+                "assignment failed; placing again",
+                metadata: [
+                    "job.id": "\(jobID)", "attempt": "\(attempt)", "node.id": "\(nodeID)", "reason": "\(reason)",
+                ]
+            )
+            write = .attemptEnded(jobID: jobID, attempt: attempt, status: "REFUSED", detail: reason)
+        case .attemptLost(let jobID, let attempt, let nodeID, let reason):
+            logger.info(
+                "attempt lost",
+                metadata: [
+                    "job.id": "\(jobID)", "attempt": "\(attempt)", "node.id": "\(nodeID)", "reason": "\(reason)",
+                ]
+            )
+            write = .attemptEnded(jobID: jobID, attempt: attempt, status: "LOST", detail: reason)
+        case .resultLate(let jobID, let attempt, let nodeID, let status):
+            logger.info(
+                "late result ignored: a later attempt was sent, or the job has ended",
+                metadata: ["job.id": "\(jobID)", "attempt": "\(attempt)", "node.id": "\(nodeID)"]
+            )
+            write = .staleResult(jobID: jobID, attempt: attempt, nodeID: nodeID, status: status.displayName)
+        case .nodeDown(let nodeID):
+            logger.warning("node down: no heartbeat within TTL + grace", metadata: ["node.id": "\(nodeID)"])
+            write = .audit(actor: "scheduler", event: "node.down", jobID: nil, detail: nodeID)
+        case .nodeUp(let nodeID):
+            logger.notice("node is back", metadata: ["node.id": "\(nodeID)"])
+            write = .audit(actor: "scheduler", event: "node.up", jobID: nil, detail: nodeID)
+        case .drainDeadlinePassed(let nodeID):
+            write = .audit(actor: "scheduler", event: "node.drain.deadline", jobID: nil, detail: nodeID)
+        case .finished(let jobID, let outcome):
+            guard var entry = jobs[jobID] else { return }
+            let finished: (result: Hangar_V1_Result, encoded: Data)
+            if let decided = entry.result {
+                finished = decided  // written again after a failed commit
+            } else if let (report, node) = entry.report, report.attempt == outcome.attempt, node == outcome.node {
+                let result = makeResult(entry, report, nodeID: node)
+                finished = (result, (try? result.serializedData()) ?? Data())
+            } else {
+                finished = resultWithoutReport(entry, outcome)
+            }
+            entry.result = finished
+            jobs[jobID] = entry
+            write = .jobFinished(finished.result, encoded: finished.encoded)
+            if batch != nil {
+                batch!.append(write)  // the caller reports the commit to the core
+                return
+            }
+            let committed = committedSignal(write)
+            Task {
+                let error = await committed()
+                if let error {
+                    logger.error(
+                        "could not store the end of a job",
+                        metadata: ["job.id": "\(jobID)", "error": "\(error)"]
+                    )
+                }
+                handle(error == nil ? .finishCommitted(jobID: jobID) : .finishFailed(jobID: jobID))
+            }
+            return
+        }
+        if batch != nil {
+            batch!.append(write)
+        } else {
+            let logger = self.logger
+            store.enqueue(write) { error in logger.error("could not store", metadata: ["error": "\(error)"]) }
+        }
+    }
+
+    /// The result of a job that ended without a node's report (cancelled, lost, expired, invalid).
+    private func resultWithoutReport(
+        _ entry: JobEntry,
+        _ outcome: CoreOutcome
+    ) -> (result: Hangar_V1_Result, encoded: Data) {
+        var result = baseResult(entry, attempt: outcome.attempt, nodeID: outcome.node)
+        result.status = outcome.status
+        result.message = outcome.message
+        return (result, (try? result.serializedData()) ?? Data())
+    }
+}
