@@ -10,15 +10,19 @@ import Testing
 @Suite("Scheduler core: deterministic simulation")
 struct SimulationTests {
     @Test(
-        "200 seeds of crashes, restarts, pauses, lost answers, duplicated and late results: every job ends exactly once"
+        "200 seeds of node crashes, restarts and pauses, scheduler restarts, lost answers, failed commits, duplicated and late results: every job ends exactly once"
     )
     func faultHistories() throws {
         var totals: [Hangar_V1_JobStatus: Int] = [:]
+        var restarts = 0
+        var restored = 0
         for seed in UInt64(1)...200 {
             var simulator = Simulator(seed: seed)
             do {
                 let report = try simulator.run()
                 for (status, count) in report.ended { totals[status, default: 0] += count }
+                restarts += report.schedulerRestarts
+                restored += report.restoredJobs
             } catch let violation as Simulator.Violation {
                 Issue.record("\(violation)")
                 return
@@ -28,6 +32,7 @@ struct SimulationTests {
         #expect((totals[.succeeded] ?? 0) > 0 && (totals[.cancelled] ?? 0) > 0)
         #expect((totals[.lost] ?? 0) > 0, "no history lost a job: the faults are too mild to mean anything")
         #expect((totals[.expired] ?? 0) > 0, "no history reached a queue deadline")
+        #expect(restarts > 0 && restored > 0, "no scheduler restart took over unfinished jobs from its store")
     }
 
     @Test("the same seed replays the same history")

@@ -70,6 +70,22 @@ public struct SchedulerCore: Sendable {
     /// Applies one event at time `now`; returns what the shell must do, in order.
     public mutating func handle(_ event: CoreEvent, now: ContinuousClock.Instant) -> [CoreAction] {
         var actions: [CoreAction] = []
+        apply(event, now: now, &actions)
+        pump(&actions)
+        return actions
+    }
+
+    /// Applies several events that arrived together (a stream batch) at time `now`, placing once
+    /// after all of them; the same as handling them one by one, except that jobs freed or queued
+    /// by later events of the batch are considered in the same placement round.
+    public mutating func handle(_ events: [CoreEvent], now: ContinuousClock.Instant) -> [CoreAction] {
+        var actions: [CoreAction] = []
+        for event in events { apply(event, now: now, &actions) }
+        pump(&actions)
+        return actions
+    }
+
+    private mutating func apply(_ event: CoreEvent, now: ContinuousClock.Instant, _ actions: inout [CoreAction]) {
         switch event {
         case .admitted(let spec):
             guard jobs[spec.id] == nil else { break }
@@ -139,8 +155,6 @@ public struct SchedulerCore: Sendable {
         case .tick:
             tick(now: now, &actions)
         }
-        pump(&actions)
-        return actions
     }
 
     // MARK: Transitions

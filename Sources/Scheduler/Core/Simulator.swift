@@ -44,6 +44,9 @@ public struct Simulator {
         public var ended: [Hangar_V1_JobStatus: Int] = [:]
         /// The tenant of each placement, in order (for the fairness check).
         public var placements: [String] = []
+        /// Scheduler restarts, and jobs the restarted cores took over from their store.
+        public var schedulerRestarts = 0
+        public var restoredJobs = 0
     }
 
     private enum Happening {
@@ -252,10 +255,12 @@ public struct Simulator {
     private mutating func restartScheduler() throws {
         guard now < settings.faultPhase else { return }
         epoch += 1
+        report.schedulerRestarts += 1
         core = Self.newCore(settings)
         restoring = true
         for id in store.keys.sorted() {
             guard let stored = store[id], !stored.finished else { continue }
+            report.restoredJobs += 1
             try apply(.restored(stored.spec, attempt: stored.attempt, node: stored.runningOn))
         }
         restoring = false

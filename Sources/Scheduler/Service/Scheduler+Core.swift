@@ -10,6 +10,13 @@ extension Scheduler {
         perform(core.handle(event, now: .now), into: &batch)
     }
 
+    /// Feeds events that arrived together (see ``SchedulerCore/handle(_:now:)-([CoreEvent],_)``).
+    func handle(_ events: [CoreEvent]) {
+        guard !events.isEmpty else { return }
+        var batch: [StoreWrite]? = nil
+        perform(core.handle(events, now: .now), into: &batch)
+    }
+
     /// Performs the core's actions in order. With `batch` non-nil, the store writes are appended to
     /// it (a stream batch committed in one transaction; the caller reports its finished jobs'
     /// commits to the core), else each is queued for the group commit at once.

@@ -157,7 +157,7 @@ extension Scheduler {
         }
         storeFailure = nil
         for (stream, outcome) in outcomes { settle(stream, outcome) }
-        for jobID in fresh { handle(.intakeCommitted(jobID: jobID)) }
+        handle(fresh.map { .intakeCommitted(jobID: $0) })
         return true
     }
 

@@ -68,12 +68,12 @@ extension Scheduler {
     ) -> Bool {
         if let error {
             logger.error("could not store results", metadata: ["count": "\(finished.count)", "error": "\(error)"])
-            for jobID in finished { handle(.finishFailed(jobID: jobID)) }
+            handle(finished.map { .finishFailed(jobID: $0) })
             for (stream, outcome) in outcomes { settle(stream, outcome == .discard ? .discard : .retry) }
             return false
         }
         for (stream, outcome) in outcomes { settle(stream, outcome) }
-        for jobID in finished { handle(.finishCommitted(jobID: jobID)) }
+        handle(finished.map { .finishCommitted(jobID: $0) })
         return true
     }
 
