@@ -1,0 +1,179 @@
+import Foundation
+import HangarShared
+import Testing
+
+@testable import HangarScheduler
+
+/// Hand-fed event histories for the core's rules that the simulator does not draw (operator
+/// controls, recovery details, failed commits, jobs that no longer validate): each test is a short
+/// story of events at chosen times and the exact actions expected. No NATS, no store, no clock.
+@Suite("Scheduler core: hand-fed histories")
+struct SchedulerCoreTests {
+    let origin = ContinuousClock.now
+
+    func at(_ seconds: Double) -> ContinuousClock.Instant { origin + .milliseconds(Int64(seconds * 1000)) }
+
+    func heartbeat(incarnation: String = "1", slots: UInt32 = 2, running: [String] = []) -> Hangar_V1_NodeHeartbeat {
+        var heartbeat = Hangar_V1_NodeHeartbeat()
+        heartbeat.incarnation = incarnation
+        heartbeat.capacity.slotsTotal = slots
+        heartbeat.capacity.cpuMillis = 1000
+        heartbeat.capacity.memoryBytes = 1 << 30
+        var null = Hangar_V1_RuntimeAvailability()
+        null.name = "null"
+        null.available = true
+        heartbeat.runtimes = [null]
+        heartbeat.templates = [TemplateName.host]
+        heartbeat.runningJobs = running
+        return heartbeat
+    }
+
+    func spec(_ id: String, maxAttempts: UInt32 = 3, invalid: String? = nil) -> CoreJob.Spec {
+        CoreJob.Spec(
+            id: id,
+            tenant: "a",
+            request: PlacementRequest(runtime: "null"),
+            maxAttempts: maxAttempts,
+            invalid: invalid
+        )
+    }
+
+    /// A core with node n1 up and job `id` running on it as attempt 1.
+    func running(_ id: String) -> SchedulerCore {
+        var core = SchedulerCore(config: SchedulerCore.Config(), cluster: ClusterState())
+        _ = core.handle(.heartbeat(nodeID: "n1", heartbeat()), now: at(0))
+        _ = core.handle(.admitted(spec(id)), now: at(0))
+        let placed = core.handle(.intakeCommitted(jobID: id), now: at(0))
+        #expect(placed.contains(.assign(jobID: id, attempt: 1, nodeID: "n1")), "\(placed)")
+        return core
+    }
+
+    @Test("a drain deadline kills the node's attempts, loses them and retries them elsewhere")
+    func drainDeadline() {
+        var core = running("j")
+        _ = core.handle(.heartbeat(nodeID: "n2", heartbeat()), now: at(0.1))
+        let control = NodeControl(eligible: true, draining: true, drainDeadline: 1)
+        #expect(core.handle(.nodeControl(nodeID: "n1", control, drainDeadline: at(5)), now: at(0.2)).isEmpty)
+        #expect(core.cluster.view("n1")?.draining == true)
+        _ = core.handle(.heartbeat(nodeID: "n1", heartbeat(running: ["j/1"])), now: at(4.8))
+        _ = core.handle(.heartbeat(nodeID: "n2", heartbeat()), now: at(4.8))
+        #expect(core.handle(.tick, now: at(4.9)).isEmpty, "the deadline has not passed")
+        let reason = "the drain deadline of node n1 passed"
+        let passed = core.handle(.tick, now: at(5))
+        #expect(
+            passed == [
+                .log(.drainDeadlinePassed(nodeID: "n1")),
+                .cancelOnNode(jobID: "j", attempt: 1, nodeID: "n1", reason: reason),
+                .log(.attemptLost(jobID: "j", attempt: 1, nodeID: "n1", reason: reason)),
+            ],
+            "\(passed)"
+        )
+        // After the backoff the retry goes to n2 (n1 is draining).
+        let retried = core.handle(.tick, now: at(5.2))
+        #expect(retried.contains(.assign(jobID: "j", attempt: 2, nodeID: "n2")), "\(retried)")
+    }
+
+    @Test("an operator's setting for a node the core does not know yet applies when it joins")
+    func controlAppliedOnJoin() {
+        var core = SchedulerCore(config: SchedulerCore.Config(), cluster: ClusterState())
+        _ = core.handle(.nodeControl(nodeID: "n1", NodeControl(eligible: false), drainDeadline: nil), now: at(0))
+        _ = core.handle(.heartbeat(nodeID: "n1", heartbeat()), now: at(0))
+        #expect(core.cluster.view("n1")?.eligible == false)
+        _ = core.handle(.admitted(spec("j")), now: at(0))
+        #expect(core.handle(.intakeCommitted(jobID: "j"), now: at(0)).isEmpty, "an ineligible node got a job")
+    }
+
+    @Test("a failed commit of a job's end is written again at the next tick; the waiters hear it once")
+    func failedFinishIsWrittenAgain() {
+        var core = running("j")
+        let finished = core.handle(.result(jobID: "j", attempt: 1, nodeID: "n1", status: .succeeded), now: at(1))
+        let outcome = CoreOutcome(status: .succeeded, attempt: 1, node: "n1", message: "")
+        #expect(finished == [.log(.finished(jobID: "j", outcome))])
+        #expect(core.handle(.finishFailed(jobID: "j"), now: at(1.1)).isEmpty)
+        // The node's result again (the stream redelivers it): the end is decided, nothing new.
+        #expect(core.handle(.result(jobID: "j", attempt: 1, nodeID: "n1", status: .succeeded), now: at(1.2)).isEmpty)
+        #expect(core.cluster.view("n1")?.slotsReserved == 1, "the slot is held until the end is stored")
+        #expect(core.handle(.tick, now: at(1.3)) == [.log(.finished(jobID: "j", outcome))])
+        #expect(core.handle(.finishCommitted(jobID: "j"), now: at(1.4)) == [.ended(jobID: "j", outcome)])
+        #expect(core.cluster.view("n1")?.slotsReserved == 0)
+        #expect(core.handle(.finishCommitted(jobID: "j"), now: at(1.5)).isEmpty, "ended twice")
+    }
+
+    @Test("after a restart: a restored attempt its node lists is kept; one it does not list is lost at TTL + grace")
+    func restoredAttempts() {
+        var core = SchedulerCore(
+            config: SchedulerCore.Config(),
+            cluster: ClusterState(ttl: .seconds(3), grace: .seconds(2))
+        )
+        _ = core.handle(.restored(spec("kept"), attempt: 2, node: "n1"), now: at(0))
+        _ = core.handle(.restored(spec("gone"), attempt: 1, node: "n1"), now: at(0))
+        _ = core.handle(.restored(spec("waiting"), attempt: 0, node: nil), now: at(0))
+        // n1 joins with one slot free beyond the two restored attempts: only the queued job fits.
+        let joined = core.handle(.heartbeat(nodeID: "n1", heartbeat(slots: 3, running: ["kept/2"])), now: at(0.5))
+        #expect(
+            joined == [
+                .log(.attemptPlaced(jobID: "waiting", attempt: 1, nodeID: "n1")),
+                .assign(jobID: "waiting", attempt: 1, nodeID: "n1"),
+            ],
+            "\(joined)"
+        )
+        #expect(core.cluster.view("n1")?.slotsReserved == 3)
+        _ = core.handle(.heartbeat(nodeID: "n1", heartbeat(slots: 3, running: ["kept/2"])), now: at(4.9))
+        #expect(core.handle(.tick, now: at(4.9)).isEmpty, "settled before the deadline")
+        let settled = core.handle(.tick, now: at(5))
+        let reason = "after a scheduler restart node n1 did not confirm attempt 1"
+        #expect(settled == [.log(.attemptLost(jobID: "gone", attempt: 1, nodeID: "n1", reason: reason))], "\(settled)")
+        #expect(core.jobs["kept"]?.phase == .running(attempt: 2, node: "n1", admitted: true))
+        // A restored attempt's result counts like any running one's.
+        let result = core.handle(.result(jobID: "kept", attempt: 2, nodeID: "n1", status: .failed), now: at(5.1))
+        #expect(
+            result == [
+                .log(.finished(jobID: "kept", CoreOutcome(status: .failed, attempt: 2, node: "n1", message: "")))
+            ]
+        )
+    }
+
+    @Test("a job that no longer validates is accepted and ends ERROR once stored, never REJECTED")
+    func invalidEndsError() {
+        var core = SchedulerCore(config: SchedulerCore.Config(), cluster: ClusterState())
+        _ = core.handle(.admitted(spec("j", invalid: "no longer valid")), now: at(0))
+        let actions = core.handle(.intakeCommitted(jobID: "j"), now: at(0))
+        #expect(
+            actions == [
+                .log(
+                    .finished(
+                        jobID: "j",
+                        CoreOutcome(status: .error, attempt: 0, node: nil, message: "no longer valid")
+                    )
+                )
+            ]
+        )
+    }
+
+    @Test("a cancel before the intake commit ends the job CANCELLED with its reason once committed, unplaced")
+    func cancelWhileCommitting() {
+        var core = SchedulerCore(config: SchedulerCore.Config(), cluster: ClusterState())
+        _ = core.handle(.heartbeat(nodeID: "n1", heartbeat()), now: at(0))
+        _ = core.handle(.admitted(spec("j")), now: at(0))
+        #expect(core.handle(.cancel(jobID: "j", reason: "cancelled by tenant a"), now: at(0)).isEmpty)
+        let actions = core.handle(.intakeCommitted(jobID: "j"), now: at(0))
+        let outcome = CoreOutcome(status: .cancelled, attempt: 0, node: nil, message: "cancelled by tenant a")
+        #expect(actions == [.log(.finished(jobID: "j", outcome))], "\(actions)")
+    }
+
+    @Test("a node that lists an attempt the core does not own is told to kill it")
+    func reconcile() {
+        var core = running("j")
+        let actions = core.handle(.heartbeat(nodeID: "n1", heartbeat(running: ["j/1", "old/4"])), now: at(1))
+        #expect(
+            actions == [
+                .cancelOnNode(
+                    jobID: "old",
+                    attempt: 4,
+                    nodeID: "n1",
+                    reason: "the scheduler no longer assigns this attempt to this node"
+                )
+            ]
+        )
+    }
+}
