@@ -153,7 +153,7 @@ public final class MicroVMRuntime: Runtime {
             bootTimeout: configuration.bootTimeout,
             jobDeadline: limits.timeout + configuration.reportGrace
         )
-        return MicroVMOutcome(limits: limits).outcome(of: boot, cancelled: Task.isCancelled)
+        return MicroVMEnding(limits: limits).outcome(of: boot, cancelled: Task.isCancelled)
     }
 }
 

@@ -132,7 +132,7 @@ public final class MicroVMWarmSandbox: WarmSandbox {
             spawned: began
         )
         let boot = await MicroVMHost.finish(vm, channel: channel)
-        var outcome = MicroVMOutcome(limits: limits).outcome(of: boot, cancelled: Task.isCancelled)
+        var outcome = MicroVMEnding(limits: limits).outcome(of: boot, cancelled: Task.isCancelled)
         outcome.startMilliseconds = boot.channel.jobSentAfter.map(JobLimits.milliseconds) ?? 0
         return outcome
     }

@@ -282,14 +282,14 @@ struct OCIEngine: Sendable {
             cgroup: cgroup,
             bundle: bundle
         )
-        var outcome = OCIOutcome(
+        var outcome = OCIEnding(
             tool: toolName,
             program: spec.argv[0],
             limits: limits,
             timeout: timeout,
             outputLimit: outputLimit
         ).outcome(of: result, usage: usage, runtimeFailure: failure)
-        outcome.startMilliseconds = OCIOutcome.milliseconds(prepared + result.spawnTime)
+        outcome.startMilliseconds = JobLimits.milliseconds(prepared + result.spawnTime)
         if let scratch {
             outcome.collectFiles(from: scratch, spec: spec, capBytes: outputLimit)
             if let problem = scratch.remove() { outcome.appendMessage(problem) }
@@ -410,7 +410,7 @@ struct OCIEngine: Sendable {
                 .trimmingCharacters(in: .whitespacesAndNewlines)
             let succeeded = result.termination == .exited(0) && result.killReason == nil
             if result.killReason == .timedOut {
-                return (false, "no answer within \(OCIOutcome.milliseconds(Self.toolTimeout)) ms")
+                return (false, "no answer within \(JobLimits.milliseconds(Self.toolTimeout)) ms")
             }
             return (succeeded, output.isEmpty ? "\(result.termination)" : output)
         } catch {

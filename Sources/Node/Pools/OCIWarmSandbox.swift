@@ -322,7 +322,7 @@ final class OCIWarmSandbox: WarmSandbox {
                 bundle: bundle
             )
             await OCIEngine.release(owned, cgroup: cgroup)
-            outcome = OCIOutcome(
+            outcome = OCIEnding(
                 tool: engine.toolName,
                 program: spec.argv[0],
                 limits: spec.limits,

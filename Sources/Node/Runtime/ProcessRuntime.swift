@@ -248,12 +248,7 @@ public struct ProcessRuntime: Runtime {
             let result = try await spawned.get().waitKillingOnCancellation()
             // Nothing of the job may outlive it; then the counters are final.
             if !cgroup.processes().isEmpty { cgroup.killAll() }
-            outcome = Self.outcome(of: result, usage: cgroup.usage(), limits: limits)
-            if result.termination == .exited(1), result.killReason == nil,
-                let failure = ExecFailure.bubblewrap(stderr: result.stderr, program: spec.argv[0])
-            {
-                outcome.reportExecFailure(failure, program: spec.argv[0])
-            }
+            outcome = Self.outcome(of: result, usage: cgroup.usage(), limits: limits, program: spec.argv[0])
             outcome.startMilliseconds = JobLimits.milliseconds(prepared + result.spawnTime)
         } catch {
             outcome = .error("cannot start bubblewrap: \(error.description)")
