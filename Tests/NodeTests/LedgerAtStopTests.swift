@@ -46,7 +46,7 @@ struct LedgerAtStopTests {
             // Stop as the node does: pools drained, then what the node keeps for containers.
             running.cancel()
             await running.value
-            await NodeAgent.releaseSandboxResources(logger: Logger(label: "test"))
+            await NodeAgent.releaseSandboxResources(.standard, logger: Logger(label: "test"))
         }
         let outstanding = SandboxLedger.outstandingResources(in: path)
         #expect(outstanding == [], "never marked gone: \(outstanding)")

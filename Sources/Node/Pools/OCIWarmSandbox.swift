@@ -91,7 +91,7 @@ final class OCIWarmSandbox: WarmSandbox {
             var limits = Hangar_V1_Limits()
             limits.fileSizeBytes = profile.fileSizeBytes
             limits.openFiles = profile.openFiles
-            switch await OCIEngine.ownUserNamespace(mapping: mapping, limits: limits) {
+            switch await engine.ownUserNamespace(mapping: mapping, limits: limits) {
             case .success(let created): owned = created
             case .failure(let error): throw WarmError(error.description)
             }
@@ -101,7 +101,7 @@ final class OCIWarmSandbox: WarmSandbox {
         } catch {
             // Preparing kills and deletes what it started before it throws.
             await owned?.namespace.remove()
-            if let owned { SandboxUsers.shared.release(owned.user) }
+            if let owned { engine.resources.users.release(owned.user) }
             throw error
         }
     }
@@ -317,7 +317,7 @@ extension OCIWarmSandbox: ScriptedWarmSandbox {
             cgroup: cgroup,
             bundle: bundle
         )
-        await OCIEngine.release(owned, cgroup: cgroup)
+        await engine.release(owned, cgroup: cgroup)
         let outcome = OCIEnding(
             tool: engine.toolName,
             program: spec.argv[0],
@@ -330,7 +330,7 @@ extension OCIWarmSandbox: ScriptedWarmSandbox {
 
     func abandon() async -> String? {
         _ = await engine.teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
-        await OCIEngine.release(owned, cgroup: cgroup)
+        await engine.release(owned, cgroup: cgroup)
         return nil
     }
 
@@ -342,6 +342,6 @@ extension OCIWarmSandbox: ScriptedWarmSandbox {
         process.kill()
         _ = try? await process.wait()
         _ = await engine.teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
-        await OCIEngine.release(owned, cgroup: cgroup)
+        await engine.release(owned, cgroup: cgroup)
     }
 }

@@ -27,6 +27,8 @@ final class ProcessWarmSandbox: WarmSandbox {
     private let stdinWriter: Int32
     /// The sandbox's own host user (``SandboxUsers``), nil when the node is not root.
     private let user: UInt32?
+    /// Where ``user`` goes back to.
+    private let users: SandboxUsers
     private let used = Atomic<Bool>(false)
 
     /// How long a sandbox may wait unused; the pool replaces idle ones long before.
@@ -42,7 +44,8 @@ final class ProcessWarmSandbox: WarmSandbox {
         containment: WarmContainment,
         control: Int32,
         stdinWriter: Int32,
-        user: UInt32?
+        user: UInt32?,
+        users: SandboxUsers
     ) {
         self.template = template
         self.profile = profile
@@ -52,6 +55,7 @@ final class ProcessWarmSandbox: WarmSandbox {
         self.control = control
         self.stdinWriter = stdinWriter
         self.user = user
+        self.users = users
     }
 
     static func prepare(
@@ -86,8 +90,8 @@ final class ProcessWarmSandbox: WarmSandbox {
         }
         var user: UInt32?
         if geteuid() == 0 {
-            guard let uid = SandboxUsers.shared.acquire() else {
-                throw WarmError("all \(SandboxUsers.shared.count) sandbox users are in use")
+            guard let uid = runtime.resources.users.acquire() else {
+                throw WarmError("all \(runtime.resources.users.count) sandbox users are in use")
             }
             user = uid
         }
@@ -102,7 +106,7 @@ final class ProcessWarmSandbox: WarmSandbox {
             )
         } catch {
             // Nothing of the sandbox runs any more when preparing fails (see below).
-            if let user { SandboxUsers.shared.release(user) }
+            if let user { runtime.resources.users.release(user) }
             throw error
         }
     }
@@ -186,7 +190,8 @@ final class ProcessWarmSandbox: WarmSandbox {
             containment: containment,
             control: control.write,
             stdinWriter: stdin.write,
-            user: user
+            user: user,
+            users: runtime.resources.users
         )
     }
 
@@ -243,7 +248,7 @@ extension ProcessWarmSandbox: ScriptedWarmSandbox {
     private func removeCgroup() async -> String? {
         do {
             try await cgroup.remove()
-            if let user { SandboxUsers.shared.release(user) }
+            if let user { users.release(user) }
             return nil
         } catch {
             return "the job's cgroup was not removed: \(error)"
