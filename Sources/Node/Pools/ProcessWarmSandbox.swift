@@ -225,7 +225,7 @@ extension ProcessWarmSandbox: ScriptedWarmSandbox {
         limits: JobLimits,
         cpuBaseline: UInt64
     ) async -> (outcome: RunOutcome, cleanupProblem: String?) {
-        if !cgroup.processes().isEmpty { cgroup.killAll() }
+        if !cgroup.processes().isEmpty { await cgroup.killAll() }
         let outcome = ProcessRuntime.outcome(of: result, usage: usage(since: cpuBaseline), limits: limits)
         return (outcome, await removeCgroup())
     }

@@ -249,7 +249,7 @@ public struct ProcessRuntime: Runtime {
         do throws(SandboxSpawnError) {
             let result = try await spawned.get().waitKillingOnCancellation()
             // Nothing of the job may outlive it; then the counters are final.
-            if !cgroup.processes().isEmpty { cgroup.killAll() }
+            if !cgroup.processes().isEmpty { await cgroup.killAll() }
             outcome = Self.outcome(of: result, usage: cgroup.usage(), limits: limits, program: spec.argv[0])
             outcome.startMilliseconds = JobLimits.milliseconds(prepared + result.spawnTime)
         } catch {
