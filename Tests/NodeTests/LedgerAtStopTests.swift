@@ -37,7 +37,7 @@ struct LedgerAtStopTests {
             cold.runtime = "container"
             #expect(await container.run(cold, jobID: "stop-c-\(uniqueTag())").status == .succeeded)
             try #require(
-                await Self.eventually { pools.status().allSatisfy { $0.ready == 1 } },
+                await eventually(within: .seconds(30)) { pools.status().allSatisfy { $0.ready == 1 } },
                 "\(pools.status())"
             )
             let warm = job(["/bin/echo", "warm"])
@@ -51,14 +51,5 @@ struct LedgerAtStopTests {
         let outstanding = SandboxLedger.outstandingResources(in: path)
         #expect(outstanding == [], "never marked gone: \(outstanding)")
         #expect(!FileManager.default.fileExists(atPath: path), "the ledger outlived a clean stop")
-    }
-
-    static func eventually(within timeout: Duration = .seconds(30), _ condition: () -> Bool) async -> Bool {
-        let end = ContinuousClock.now + timeout
-        while ContinuousClock.now < end {
-            if condition() { return true }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return condition()
     }
 }
