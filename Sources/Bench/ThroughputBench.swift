@@ -9,7 +9,7 @@ import Logging
 /// `perf record`):
 ///
 ///     hangar-bench throughput [--quick] [--jobs N] [--clients C] [--nodes K] [--client-process]
-///                             [--batch B] [--batch-only] [--rounds R]
+///                             [--batch B] [--batch-only] [--rounds R] [--json]
 ///
 /// Runs the raw NATS request/reply baseline and then N null jobs (50,000; 20,000 with `--quick`)
 /// from C concurrent clients against a scheduler and K nodes, all in this process over a real
@@ -19,7 +19,9 @@ import Logging
 /// B at a time as one `SubmitBatchRequest`; `--batch-only` skips the one-job-per-request run.
 /// `--rounds R` measures everything R times, interleaved (baseline, jobs, baseline, jobs, ...), and
 /// reports each row's median round, with every round's rate: on a shared machine one run can be
-/// 15% off the next.
+/// 15% off the next. `--json` prints one JSON object instead of the Markdown section, for
+/// `scripts/bench-compare`: `{"rounds": [{"baseline": 38853.1, "one-per-request": 4890.2,
+/// "batch-50": 12464.0}, ...]}`, every round's rate per second of each row.
 enum ThroughputBench {
     struct Options {
         var jobs = 50_000
@@ -29,6 +31,7 @@ enum ThroughputBench {
         var batch = 0
         var batchOnly = false
         var rounds = 1
+        var json = false
 
         init(_ arguments: [String]) throws {
             var iterator = arguments.makeIterator()
@@ -48,9 +51,10 @@ enum ThroughputBench {
                 case "--batch-only": batchOnly = true
                 case "--rounds": rounds = try value()
                 case "--quick": jobs = 20_000
+                case "--json": json = true
                 default:
                     throw BenchError(
-                        "unknown argument \(argument) (--quick, --jobs N, --clients C, --nodes K, --client-process, --batch B, --batch-only, --rounds R)"
+                        "unknown argument \(argument) (--quick, --jobs N, --clients C, --nodes K, --client-process, --batch B, --batch-only, --rounds R, --json)"
                     )
                 }
             }
@@ -148,6 +152,17 @@ enum ThroughputBench {
         let statistics = scheduler.store.commitStatistics
         // Each row's median round (by rate); the ratio compares the medians.
         func rate(_ entry: (String, Int, Timed)) -> Double { Double(entry.1) / entry.2.seconds }
+        if options.json {
+            func key(_ what: String) -> String {
+                if what.hasPrefix("baseline") { return "baseline" }
+                return what.contains("one per request") ? "one-per-request" : "batch-\(options.batch)"
+            }
+            let object = [
+                "rounds": rounds.map { rows in Dictionary(uniqueKeysWithValues: rows.map { (key($0.0), rate($0)) }) }
+            ]
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            return String(decoding: data, as: UTF8.self)
+        }
         let medians = rounds[0].indices.map { index in
             rounds.map { $0[index] }.sorted { rate($0) < rate($1) }[rounds.count / 2]
         }
