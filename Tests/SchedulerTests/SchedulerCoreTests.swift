@@ -177,3 +177,143 @@ struct SchedulerCoreTests {
         )
     }
 }
+
+/// Stateful sandboxes in the core, hand-fed.
+@Suite("Scheduler core: sandboxes, hand-fed")
+struct SandboxCoreTests {
+    let origin = ContinuousClock.now
+    let base = SchedulerCoreTests()
+
+    func at(_ seconds: Double) -> ContinuousClock.Instant { origin + .milliseconds(Int64(seconds * 1000)) }
+
+    func spec(_ id: String, timeout: Duration = .seconds(60), lifetime: Duration = .seconds(3600)) -> CoreSandbox.Spec {
+        CoreSandbox.Spec(
+            id: id,
+            tenant: "a",
+            request: PlacementRequest(runtime: "null"),
+            timeout: timeout,
+            maxLifetime: lifetime
+        )
+    }
+
+    /// A core with n1 (2 slots) up and sandbox `id` running on it.
+    func running(_ id: String, timeout: Duration = .seconds(60), lifetime: Duration = .seconds(3600)) -> SchedulerCore {
+        var core = SchedulerCore(config: SchedulerCore.Config(), cluster: ClusterState())
+        _ = core.handle(.heartbeat(nodeID: "n1", base.heartbeat()), now: at(0))
+        _ = core.handle(.sandbox(.admitted(spec(id, timeout: timeout, lifetime: lifetime))), now: at(0))
+        let placed = core.handle(.sandbox(.committed(sandboxID: id)), now: at(0))
+        #expect(
+            placed == [
+                .log(.sandbox(.placed(sandboxID: id, nodeID: "n1"))), .sandbox(.start(sandboxID: id, nodeID: "n1")),
+            ],
+            "\(placed)"
+        )
+        let started = core.handle(.sandbox(.startAnswered(sandboxID: id, refusal: nil)), now: at(0.1))
+        #expect(started == [.log(.sandbox(.started(sandboxID: id, nodeID: "n1")))])
+        return core
+    }
+
+    @Test("a sandbox holds its slot until its end is stored; a kill tells its node and ends it once")
+    func killed() {
+        var core = running("s")
+        #expect(core.cluster.view("n1")?.slotsReserved == 1)
+        let end = SandboxEnd(reason: .killed, node: "n1", message: "killed by its tenant")
+        let killed = core.handle(.sandbox(.kill(sandboxID: "s")), now: at(1))
+        #expect(
+            killed == [
+                .sandbox(.kill(sandboxID: "s", nodeID: "n1", reason: "killed by its tenant")),
+                .log(.sandbox(.ended(sandboxID: "s", end))),
+            ]
+        )
+        #expect(core.handle(.sandbox(.kill(sandboxID: "s")), now: at(1.1)).isEmpty, "killed twice")
+        #expect(core.cluster.view("n1")?.slotsReserved == 1)
+        #expect(
+            core.handle(.sandbox(.endCommitted(sandboxID: "s")), now: at(1.2)) == [
+                .sandbox(.ended(sandboxID: "s", end))
+            ]
+        )
+        #expect(core.cluster.view("n1")?.slotsReserved == 0)
+        #expect(core.sandboxes.isEmpty)
+    }
+
+    @Test("its timeout kills it; setting it again extends it, never past its maximum lifetime")
+    func timeouts() {
+        var core = running("s", timeout: .seconds(10), lifetime: .seconds(30))
+        for second in stride(from: 2.0, through: 28, by: 2) {
+            _ = core.handle(.heartbeat(nodeID: "n1", base.heartbeat()), now: at(second))
+        }
+        _ = core.handle(.sandbox(.setTimeout(sandboxID: "s", timeout: .seconds(20))), now: at(5))
+        #expect(core.handle(.tick, now: at(24.9)).isEmpty, "extended to 25 s")
+        let extended = core.handle(.sandbox(.setTimeout(sandboxID: "s", timeout: .seconds(60))), now: at(24.9))
+        #expect(extended == [.log(.sandbox(.timeoutSet(sandboxID: "s", deadline: at(30))))], "capped at the lifetime")
+        let ended = core.handle(.tick, now: at(30))
+        let message = "its maximum lifetime of 30.0 seconds passed"
+        #expect(
+            ended == [
+                .sandbox(.kill(sandboxID: "s", nodeID: "n1", reason: message)),
+                .log(.sandbox(.ended(sandboxID: "s", SandboxEnd(reason: .timedOut, node: "n1", message: message)))),
+            ],
+            "\(ended)"
+        )
+    }
+
+    @Test("a sandbox on a node that goes down ends LOST; one no node has room for fails after the create timeout")
+    func lostAndFailed() {
+        var core = running("s")
+        _ = core.handle(.heartbeat(nodeID: "n1", base.heartbeat(slots: 1)), now: at(1))
+        _ = core.handle(.sandbox(.admitted(spec("t"))), now: at(1))
+        #expect(core.handle(.sandbox(.committed(sandboxID: "t")), now: at(1)).isEmpty, "n1 is full")
+        let down = core.handle(.tick, now: at(6.5))
+        #expect(down.contains(.log(.nodeDown(nodeID: "n1"))))
+        #expect(
+            down.contains {
+                if case .log(.sandbox(.ended("s", let end))) = $0 { return end.reason == .lost }
+                return false
+            },
+            "\(down)"
+        )
+        let failed = core.handle(.tick, now: at(11))
+        #expect(
+            failed.contains {
+                if case .log(.sandbox(.ended("t", let end))) = $0 { return end.reason == .failed }
+                return false
+            },
+            "\(failed)"
+        )
+    }
+
+    @Test("after a restart: a sandbox its node reports is kept; one it does not is lost; an unknown one is killed")
+    func restored() {
+        var core = SchedulerCore(
+            config: SchedulerCore.Config(),
+            cluster: ClusterState(ttl: .seconds(3), grace: .seconds(2))
+        )
+        _ = core.handle(.sandbox(.restored(spec("kept"), createdAt: at(-10), node: "n1", deadline: at(50))), now: at(0))
+        _ = core.handle(.sandbox(.restored(spec("gone"), createdAt: at(-10), node: "n1", deadline: at(50))), now: at(0))
+        var heartbeat = base.heartbeat(slots: 2)
+        heartbeat.sandboxes = ["kept", "stray"]
+        let joined = core.handle(.heartbeat(nodeID: "n1", heartbeat), now: at(0.5))
+        #expect(
+            joined == [
+                .sandbox(
+                    .kill(
+                        sandboxID: "stray",
+                        nodeID: "n1",
+                        reason: "the scheduler no longer places this sandbox on this node"
+                    )
+                )
+            ]
+        )
+        #expect(core.cluster.view("n1")?.slotsReserved == 2, "restored sandboxes hold their slots")
+        _ = core.handle(.heartbeat(nodeID: "n1", heartbeat), now: at(4.9))
+        let settled = core.handle(.tick, now: at(5))
+        #expect(core.sandboxes["kept"]?.phase == .running(node: "n1", deadline: at(50)))
+        #expect(
+            settled.contains {
+                if case .log(.sandbox(.ended("gone", let end))) = $0 { return end.reason == .lost }
+                return false
+            },
+            "\(settled)"
+        )
+    }
+}

@@ -9,53 +9,83 @@ import Testing
 /// exactly. A longer run: `swift run hangar-bench simulate --seeds 10000` (see README).
 @Suite("Scheduler core: deterministic simulation")
 struct SimulationTests {
+    /// Runs `seeds` on a thread of their own: seconds of CPU-bound work on Swift's cooperative pool
+    /// (two threads on a two-core machine) would starve the integration tests running beside it.
+    func simulate(
+        _ seeds: ClosedRange<UInt64>,
+        _ settings: Simulator.Settings = Simulator.Settings()
+    ) async throws -> [Simulator.Report] {
+        try await withCheckedThrowingContinuation { continuation in
+            let thread = Thread {
+                do {
+                    var reports: [Simulator.Report] = []
+                    for seed in seeds {
+                        var simulator = Simulator(seed: seed, settings: settings)
+                        reports.append(try simulator.run())
+                    }
+                    continuation.resume(returning: reports)
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }
+            thread.stackSize = 8 << 20
+            thread.start()
+        }
+    }
+
     @Test(
-        "200 seeds of node crashes, restarts and pauses, scheduler restarts, lost answers, failed commits, duplicated and late results: every job ends exactly once"
+        "200 seeds of node crashes, restarts and pauses, scheduler restarts, lost answers, failed commits, duplicated and late results: every job and sandbox ends exactly once"
     )
-    func faultHistories() throws {
+    func faultHistories() async throws {
         var totals: [Hangar_V1_JobStatus: Int] = [:]
         var restarts = 0
         var restored = 0
-        for seed in UInt64(1)...200 {
-            var simulator = Simulator(seed: seed)
-            do {
-                let report = try simulator.run()
-                for (status, count) in report.ended { totals[status, default: 0] += count }
-                restarts += report.schedulerRestarts
-                restored += report.restoredJobs
-            } catch let violation as Simulator.Violation {
-                Issue.record("\(violation)")
-                return
-            }
+        var sandboxes: [SandboxEnd.Reason: Int] = [:]
+        let reports: [Simulator.Report]
+        do {
+            reports = try await simulate(1...200)
+        } catch let violation as Simulator.Violation {
+            Issue.record("\(violation)")
+            return
+        }
+        for report in reports {
+            for (status, count) in report.ended { totals[status, default: 0] += count }
+            restarts += report.schedulerRestarts
+            restored += report.restoredJobs
+            for (reason, count) in report.sandboxesEnded { sandboxes[reason, default: 0] += count }
         }
         // The histories did exercise the faults: some jobs were retried to success, some lost.
         #expect((totals[.succeeded] ?? 0) > 0 && (totals[.cancelled] ?? 0) > 0)
         #expect((totals[.lost] ?? 0) > 0, "no history lost a job: the faults are too mild to mean anything")
         #expect((totals[.expired] ?? 0) > 0, "no history reached a queue deadline")
         #expect(restarts > 0 && restored > 0, "no scheduler restart took over unfinished jobs from its store")
+        // Stateful sandboxes ended every way there is: killed, timed out, lost with a node, failed
+        // to start, died on their node.
+        for reason in [SandboxEnd.Reason.killed, .timedOut, .lost, .failed, .died] {
+            #expect((sandboxes[reason] ?? 0) > 0, "no sandbox ended \(reason): \(sandboxes)")
+        }
     }
 
     @Test("the same seed replays the same history")
-    func replay() throws {
-        var first = Simulator(seed: 42)
-        var second = Simulator(seed: 42)
-        let a = try first.run()
-        let b = try second.run()
+    func replay() async throws {
+        let a = try await simulate(42...42)[0]
+        let b = try await simulate(42...42)[0]
         #expect(a.steps == b.steps && a.placements == b.placements && a.ended == b.ended)
-        var other = Simulator(seed: 43)
-        #expect(try other.run().placements != a.placements)
+        #expect(a.sandboxesEnded == b.sandboxesEnded)
+        #expect(try await simulate(43...43)[0].placements != a.placements)
     }
 
     @Test("two tenants of equal weight with backlogs larger than the cluster: each holds 40-60% of any 100 placements")
-    func fairness() throws {
+    func fairness() async throws {
         var settings = Simulator.Settings()
         settings.faults = false
+        settings.sandboxes = 0  // they hold slots for long: the windows would measure them, not the queue
         settings.jobs = 600
         settings.faultPhase = .milliseconds(200)
         settings.queueTimeout = .seconds(600)
-        for seed in UInt64(1)...5 {
-            var simulator = Simulator(seed: seed, settings: settings)
-            let placements = try simulator.run().placements
+        for (index, report) in try await simulate(1...5, settings).enumerated() {
+            let seed = index + 1
+            let placements = report.placements
             #expect(placements.count >= 600)
             // While both have a backlog (the first 500 placements), every window of 100 is fair.
             for start in 0...(500 - 100) {

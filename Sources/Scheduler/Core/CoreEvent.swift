@@ -33,8 +33,10 @@ public enum CoreEvent: Sendable, Equatable {
     /// The tenants file changed.
     case tenantsChanged(TenantDirectory)
     /// Time passed (failure detection, retry backoffs, queue deadlines, recovery, drain deadlines,
-    /// store writes to try again).
+    /// store writes to try again, sandbox timeouts).
     case tick
+    /// Something happened to a stateful sandbox.
+    case sandbox(SandboxEvent)
 }
 
 /// What the shell around the core must do, in order.
@@ -47,6 +49,8 @@ public enum CoreAction: Sendable, Equatable {
     case log(LogRecord)
     /// The job's end is in the store: answer its waiters and publish the result.
     case ended(jobID: String, CoreOutcome)
+    /// Something to do about a stateful sandbox.
+    case sandbox(SandboxAction)
 }
 
 /// One state change the store must hold, in order.
@@ -62,4 +66,6 @@ public enum LogRecord: Sendable, Equatable {
     /// A drain's deadline passed: the node's attempts were killed and lost.
     case drainDeadlinePassed(nodeID: String)
     case finished(jobID: String, CoreOutcome)
+    /// A stateful sandbox's state change.
+    case sandbox(SandboxRecord)
 }

@@ -22,14 +22,21 @@ public struct SchedulerCore: Sendable {
         public var tenants = TenantDirectory()
         /// How many ended jobs are remembered, to tell a duplicate of their result from a late one.
         public var endedMemory = 100_000
+        /// How long a sandbox creation waits for a node with room before it fails.
+        public var sandboxCreateTimeout: Duration = .seconds(10)
 
         public init() {}
     }
 
     public private(set) var config: Config
-    public private(set) var cluster: ClusterState
-    public private(set) var queue = FairQueue()
+    public internal(set) var cluster: ClusterState
+    public internal(set) var queue = FairQueue()
     public private(set) var jobs: [String: CoreJob] = [:]
+    /// Stateful sandboxes (see ``CoreSandbox``), and the order waiting ones are placed in.
+    public internal(set) var sandboxes: [String: CoreSandbox] = [:]
+    var sandboxesWaiting: [String] = []
+    /// When restored sandboxes must have been confirmed by their nodes.
+    var sandboxRecoveryDeadline: ContinuousClock.Instant?
     /// Operator settings per node, applied when the node (re)joins.
     public private(set) var controls: [String: NodeControl] = [:]
     /// When a draining node's remaining attempts are killed.
@@ -43,7 +50,7 @@ public struct SchedulerCore: Sendable {
     /// Something happened since the last placement round that could let a queued job fit (a job
     /// queued, resources given back, a node's report or setting, the tenants' policies). Without it
     /// a round would decide exactly what the last one did, so it is skipped.
-    private var placementMayChange = false
+    var placementMayChange = false
 
     /// A core with no jobs and no nodes.
     public init(config: Config, cluster: ClusterState) {
@@ -75,7 +82,7 @@ public struct SchedulerCore: Sendable {
     public mutating func handle(_ event: CoreEvent, now: ContinuousClock.Instant) -> [CoreAction] {
         var actions: [CoreAction] = []
         apply(event, now: now, &actions)
-        pump(&actions)
+        pump(now: now, &actions)
         return actions
     }
 
@@ -85,7 +92,7 @@ public struct SchedulerCore: Sendable {
     public mutating func handle(_ events: [CoreEvent], now: ContinuousClock.Instant) -> [CoreAction] {
         var actions: [CoreAction] = []
         for event in events { apply(event, now: now, &actions) }
-        pump(&actions)
+        pump(now: now, &actions)
         return actions
     }
 
@@ -113,10 +120,12 @@ public struct SchedulerCore: Sendable {
             case .joined:
                 if let control = controls[nodeID] { apply(control, to: nodeID) }
                 reserveRestored(on: nodeID)
+                reserveRestoredSandboxes(on: nodeID)
             case .returned:
                 actions.append(.log(.nodeUp(nodeID: nodeID)))
             case .restarted:
                 // It runs nothing of ours any more, and the cluster dropped its reservations.
+                loseSandboxes(on: nodeID, reason: "node \(nodeID) restarted", reservationsDropped: true, &actions)
                 for (id, job) in jobs {
                     if case .finishing(let outcome, let failed, .usageAndNode(nodeID)) = job.phase {
                         jobs[id]?.phase = .finishing(outcome, storeFailed: failed, holds: .usage)
@@ -127,6 +136,7 @@ public struct SchedulerCore: Sendable {
                 break
             }
             reconcile(nodeID, running: heartbeat.runningJobs, &actions)
+            reconcileSandboxes(nodeID, holding: heartbeat.sandboxes, &actions)
         case .assignAnswered(let id, let attempt, let refusal):
             guard var job = jobs[id], case .running(attempt, let node, _) = job.phase else { break }
             if let refusal {
@@ -161,6 +171,9 @@ public struct SchedulerCore: Sendable {
             config.tenants = tenants
         case .tick:
             tick(now: now, &actions)
+            tickSandboxes(now: now, &actions)
+        case .sandbox(let event):
+            apply(event, now: now, &actions)
         }
     }
 
@@ -246,6 +259,12 @@ public struct SchedulerCore: Sendable {
     private mutating func tick(now: ContinuousClock.Instant, _ actions: inout [CoreAction]) {
         for node in cluster.detectDown(at: now) {
             actions.append(.log(.nodeDown(nodeID: node)))
+            loseSandboxes(
+                on: node,
+                reason: "node \(node) stopped sending heartbeats",
+                reservationsDropped: false,
+                &actions
+            )
             loseAttempts(on: node, reason: "node \(node) stopped sending heartbeats", now: now, &actions)
         }
         for (node, deadline) in drainDeadlines.sorted(by: { $0.key < $1.key }) where deadline <= now {
@@ -389,9 +408,10 @@ public struct SchedulerCore: Sendable {
 
     /// Places queued jobs while some fit: the tenant with the smallest weighted dominant share
     /// first, its highest-priority job first (as `Scheduler.pump`).
-    private mutating func pump(_ actions: inout [CoreAction]) {
+    private mutating func pump(now: ContinuousClock.Instant, _ actions: inout [CoreAction]) {
         guard placementMayChange else { return }
         placementMayChange = false
+        placeSandboxes(now: now, &actions)  // interactive: before the jobs' queue
         guard queue.totalQueued > 0 else { return }
         let totals = cluster.totals
         let tenants = config.tenants
@@ -461,7 +481,7 @@ public struct SchedulerCore: Sendable {
 
     /// What the job's running attempt holds: its share of its tenant's usage, and its reservation
     /// on the node (a restored attempt holds none until its node joins).
-    private func hold(of id: String) -> Hold {
+    func hold(of id: String) -> Hold {
         switch jobs[id]?.phase {
         case .running(_, let node, _), .restored(_, let node, reserved: true): .usageAndNode(node)
         case .restored: .usage
@@ -470,14 +490,18 @@ public struct SchedulerCore: Sendable {
     }
 
     private mutating func give(_ hold: Hold, of job: CoreJob) {
+        give(hold, tenant: job.tenant, request: job.spec.request)
+    }
+
+    /// Gives back what `hold` holds of `request` for `tenant`.
+    mutating func give(_ hold: Hold, tenant: String, request: PlacementRequest) {
         placementMayChange = true
-        let request = job.spec.request
         switch hold {
         case .nothing: return
         case .usage: break
         case .usageAndNode(let node): cluster.release(node, request)
         }
-        queue.finished(tenant: job.tenant, cpuMillis: request.cpuMillis, memoryBytes: request.memoryBytes)
+        queue.finished(tenant: tenant, cpuMillis: request.cpuMillis, memoryBytes: request.memoryBytes)
     }
 
     /// Gives back what the job's running attempt holds, at once.

@@ -26,6 +26,9 @@ public struct Simulator {
         public var faults = true
         /// Short, so that histories reach it: jobs expire, and lost ones wait past it.
         public var queueTimeout: Duration = .seconds(6)
+        /// Stateful sandboxes created during the fault phase (timeouts of 1-20 s, set again at
+        /// random, some killed by their tenant, the rest timed out; a lifetime of 30 s at most).
+        public var sandboxes = 30
 
         public init() {}
     }
@@ -46,6 +49,8 @@ public struct Simulator {
         public var placements: [String] = []
         /// Scheduler restarts, and jobs the restarted cores took over from their store.
         public var schedulerRestarts = 0
+        /// How the sandboxes ended.
+        public var sandboxesEnded: [SandboxEnd.Reason: Int] = [:]
         public var restoredJobs = 0
     }
 
@@ -56,6 +61,7 @@ public struct Simulator {
         /// A message from a durable stream (a node's result): delivered to whichever core runs.
         case stream(CoreEvent)
         case schedulerRestart
+        case createSandbox(Int)
         case heartbeat(node: Int)
         case nodeFinishes(node: Int, incarnation: Int, jobID: String, attempt: UInt32)
         case crash(node: Int)
@@ -89,6 +95,8 @@ public struct Simulator {
         var incarnation = 1
         /// `job/attempt` of what it runs, listed in its heartbeats.
         var running: Set<String> = []
+        /// The sandboxes it holds, listed in its heartbeats.
+        var holding: Set<String> = []
     }
 
     public let seed: UInt64
@@ -112,6 +120,20 @@ public struct Simulator {
     private var unacknowledged: [String: CoreEvent] = [:]
     /// A restarted core is being fed the store's jobs one by one.
     private var restoring = false
+    /// What the simulated store holds of each sandbox.
+    private struct StoredSandbox {
+        var spec: CoreSandbox.Spec
+        var createdAt: ContinuousClock.Instant
+        var node: String?
+        var deadline: ContinuousClock.Instant
+        var ended = false
+    }
+    private var sandboxSpecs: [String: (spec: CoreSandbox.Spec, createdAt: ContinuousClock.Instant)] = [:]
+    private var sandboxStore: [String: StoredSandbox] = [:]
+    private var sandboxEndedCount: [String: Int] = [:]
+    /// Sandboxes started on a node whose restart the core had not seen yet: the core loses them when
+    /// it does (as it does a job's attempt sent then), and the node kills them once they are ended.
+    private var startedOnStaleView: Set<String> = []
 
     /// A simulation of `settings` driven by `seed`.
     public init(seed: UInt64, settings: Settings = Settings()) {
@@ -133,6 +155,9 @@ public struct Simulator {
         for index in 0..<settings.nodes { schedule(.heartbeat(node: index), in: .zero) }
         for job in 0..<settings.jobs {
             schedule(.submit(job), in: millis(random.next(below: milliseconds(settings.faultPhase))))
+        }
+        for sandbox in 0..<settings.sandboxes {
+            schedule(.createSandbox(sandbox), in: millis(random.next(below: milliseconds(settings.faultPhase))))
         }
         if settings.faults {
             var at: Duration = .seconds(2)
@@ -156,9 +181,17 @@ public struct Simulator {
             if now > horizon { break }
             report.steps += 1
             try step(item.happening)
-            if now > settings.faultPhase && core.jobs.isEmpty && submitted.count == settings.jobs { break }
+            if now > settings.faultPhase && core.jobs.isEmpty && submitted.count == settings.jobs
+                && core.sandboxes.isEmpty && sandboxSpecs.count == settings.sandboxes
+            {
+                break
+            }
         }
         try expect(core.jobs.isEmpty, "jobs never ended: \(core.jobs.keys.sorted().prefix(5)) …")
+        try expect(core.sandboxes.isEmpty, "sandboxes never ended: \(core.sandboxes.keys.sorted().prefix(5)) …")
+        for id in sandboxSpecs.keys {
+            try expect(sandboxEndedCount[id] == 1, "sandbox \(id) ended \(sandboxEndedCount[id] ?? 0) times")
+        }
         for (job, _) in submitted {
             try expect(endedCount[job] == 1, "job \(job) ended \(endedCount[job] ?? 0) times")
         }
@@ -194,11 +227,44 @@ public struct Simulator {
         case .core(let event, let eventEpoch):
             if eventEpoch == epoch {
                 if case .intakeCommitted(let id) = event { store[id] = StoredJob(spec: specs[id]!) }
+                if case .sandbox(.committed(let id)) = event, let (spec, createdAt) = sandboxSpecs[id] {
+                    let deadline = min(createdAt + spec.timeout, createdAt + spec.maxLifetime)
+                    sandboxStore[id] = StoredSandbox(spec: spec, createdAt: createdAt, deadline: deadline)
+                }
                 try apply(event)
             } else if case .intakeCommitted(let id) = event, store[id] == nil {
                 // The intake stream delivers the submission again to the new scheduler.
                 try apply(.admitted(specs[id]!))
                 schedule(toCore: .intakeCommitted(jobID: id), in: millis(1 + random.next(below: 20)))
+            } else if case .sandbox(.committed(let id)) = event, sandboxStore[id] == nil {
+                // So does a sandbox creation's.
+                try apply(.sandbox(.admitted(sandboxSpecs[id]!.spec)))
+                schedule(toCore: .sandbox(.committed(sandboxID: id)), in: millis(1 + random.next(below: 20)))
+            }
+        case .createSandbox(let number):
+            let id = "s\(number)"
+            let spec = CoreSandbox.Spec(
+                id: id,
+                tenant: settings.tenants[number % settings.tenants.count],
+                request: PlacementRequest(runtime: "null", tieBreak: random.next()),
+                timeout: millis(1000 + random.next(below: 19_000)),
+                maxLifetime: .seconds(30)
+            )
+            sandboxSpecs[id] = (spec, origin + now)
+            try apply(.sandbox(.admitted(spec)))
+            schedule(toCore: .sandbox(.committed(sandboxID: id)), in: millis(1 + random.next(below: 20)))
+            // The tenant sets its timeout again, or kills it, at some point.
+            switch random.next(below: 4) {
+            case 0:
+                schedule(toCore: .sandbox(.kill(sandboxID: id)), in: millis(random.next(below: 10_000)))
+            case 1:
+                let timeout = millis(1000 + random.next(below: 40_000))
+                schedule(
+                    toCore: .sandbox(.setTimeout(sandboxID: id, timeout: timeout)),
+                    in: millis(random.next(below: 10_000))
+                )
+            default:
+                break
             }
         case .stream(let event):
             try apply(event)
@@ -228,6 +294,7 @@ public struct Simulator {
         case .crash(let index):
             if now < settings.faultPhase {
                 nodes[index].alive = false
+                nodes[index].holding = []
                 schedule(.restart(node: index), in: millis(3000 + random.next(below: 10_000)))
             }
         case .restart(let index):
@@ -236,6 +303,7 @@ public struct Simulator {
             nodes[index].beating = true
             nodes[index].incarnation += 1
             nodes[index].running = []
+            nodes[index].holding = []
             if !wasAlive { schedule(.heartbeat(node: index), in: .zero) }
         case .pause(let index, let duration):
             guard now < settings.faultPhase else { break }
@@ -265,6 +333,17 @@ public struct Simulator {
         }
         restoring = false
         try checkInvariants()
+        for id in sandboxStore.keys.sorted() {
+            guard let stored = sandboxStore[id], !stored.ended else { continue }
+            report.restoredJobs += 1
+            let restored = SandboxEvent.restored(
+                stored.spec,
+                createdAt: stored.createdAt,
+                node: stored.node,
+                deadline: stored.deadline
+            )
+            try apply(.sandbox(restored))
+        }
         for id in unacknowledged.keys.sorted() {
             schedule(.stream(unacknowledged[id]!), in: millis(1 + random.next(below: 50)))
         }
@@ -303,6 +382,46 @@ public struct Simulator {
                 )
             case .cancelOnNode:
                 break
+            case .sandbox(.start(let id, let nodeID)):
+                let index = nodes.firstIndex { $0.id == nodeID }!
+                if nodes[index].alive && !(settings.faults && random.next(below: 30) == 0) {
+                    nodes[index].holding.insert(id)
+                    if core.cluster.records[nodeID]?.heartbeat.incarnation != heartbeat(nodes[index]).incarnation {
+                        startedOnStaleView.insert(id)
+                    }
+                    schedule(toCore: .sandbox(.startAnswered(sandboxID: id, refusal: nil)), in: millis(1))
+                    if settings.faults && random.next(below: 15) == 0 {
+                        // Its agent dies on the node some time later.
+                        let event = SandboxEvent.diedOnNode(sandboxID: id, nodeID: nodeID, message: "agent died")
+                        schedule(toCore: .sandbox(event), in: millis(random.next(below: 10_000)))
+                    }
+                } else {
+                    schedule(toCore: .sandbox(.startAnswered(sandboxID: id, refusal: "timeout")), in: .seconds(2))
+                }
+            case .sandbox(.kill(let id, let nodeID, _)):
+                if let index = nodes.firstIndex(where: { $0.id == nodeID }) { nodes[index].holding.remove(id) }
+            case .sandbox(.ended(let id, let end)):
+                sandboxStore[id]?.ended = true
+                sandboxEndedCount[id, default: 0] += 1
+                report.sandboxesEnded[end.reason, default: 0] += 1
+                try expect(sandboxEndedCount[id] == 1, "sandbox \(id) ended twice")
+            case .log(.sandbox(.placed(let id, let nodeID))):
+                sandboxStore[id]?.node = nodeID
+            case .log(.sandbox(.timeoutSet(let id, let deadline))):
+                sandboxStore[id]?.deadline = deadline
+            case .log(.sandbox(.ended(let id, let end))):
+                if end.reason == .lost, let node = end.node {
+                    // Lost only with its node: down, restarted, or not holding it after a restart.
+                    let index = nodes.firstIndex { $0.id == node }!
+                    try expect(
+                        !nodes[index].alive || !nodes[index].beating || !nodes[index].holding.contains(id)
+                            || core.cluster.view(node)?.up == false || report.schedulerRestarts > 0
+                            || startedOnStaleView.contains(id),
+                        "sandbox \(id) ended LOST while its node \(node) runs it and reports"
+                    )
+                }
+                let delay = millis(1 + random.next(below: settings.faults ? 500 : 5))
+                schedule(toCore: .sandbox(.endCommitted(sandboxID: id)), in: delay)
             case .log(.finished(let jobID, let outcome)):
                 try expect(finishedHere.insert(jobID).inserted, "job \(jobID) finished twice in one step")
                 let latest = core.jobs[jobID]?.attempts ?? 0
@@ -357,6 +476,21 @@ public struct Simulator {
             default: break
             }
         }
+        for sandbox in core.sandboxes.values {
+            switch sandbox.phase {
+            case .starting(let node, let deadline), .running(let node, let deadline):
+                running[node, default: 0] += 1
+                // The core is the backstop of a sandbox's timeout: never a tick (250 ms) late.
+                try expect(
+                    deadline > origin + now - .milliseconds(260),
+                    "sandbox \(sandbox.id) runs \(origin + now - deadline) past its deadline"
+                )
+                try expect(deadline <= sandbox.endOfLife, "sandbox \(sandbox.id) outlives its maximum lifetime")
+            case .restored(let node, _, reserved: true), .ending(_, holds: .usageAndNode(let node)):
+                running[node, default: 0] += 1
+            default: break
+            }
+        }
         for (id, job) in core.jobs {
             // Nothing accepted is lost: every job the store has and has not ended is in the core
             // (checked below for the store's side) and the core never forgets a committed one.
@@ -395,6 +529,7 @@ public struct Simulator {
         heartbeat.templates = [TemplateName.host]
         heartbeat.health = .healthy
         heartbeat.runningJobs = node.running.sorted()
+        heartbeat.sandboxes = node.holding.sorted()
         return heartbeat
     }
 

@@ -252,6 +252,12 @@ public nonisolated struct Hangar_V1_NodeHeartbeat: @unchecked Sendable {
     set {_uniqueStorage()._pools = newValue}
   }
 
+  /// ids of the stateful sandboxes it holds
+  public var sandboxes: [String] {
+    get {_storage._sandboxes}
+    set {_uniqueStorage()._sandboxes = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -770,7 +776,7 @@ nonisolated extension Hangar_V1_Capacity: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeHeartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}incarnation\0\u{1}sequence\0\u{1}capacity\0\u{1}runtimes\0\u{1}templates\0\u{1}labels\0\u{1}health\0\u{1}version\0\u{3}sent_at_ms\0\u{3}running_jobs\0\u{3}template_info\0\u{1}pools\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}incarnation\0\u{1}sequence\0\u{1}capacity\0\u{1}runtimes\0\u{1}templates\0\u{1}labels\0\u{1}health\0\u{1}version\0\u{3}sent_at_ms\0\u{3}running_jobs\0\u{3}template_info\0\u{1}pools\0\u{1}sandboxes\0")
 
   fileprivate class _StorageClass {
     var _nodeID: String = String()
@@ -786,6 +792,7 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
     var _runningJobs: [String] = []
     var _templateInfo: [Hangar_V1_TemplateInfo] = []
     var _pools: [Hangar_V1_WarmPool] = []
+    var _sandboxes: [String] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -809,6 +816,7 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
       _runningJobs = source._runningJobs
       _templateInfo = source._templateInfo
       _pools = source._pools
+      _sandboxes = source._sandboxes
     }
   }
 
@@ -840,6 +848,7 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
         case 11: try { try decoder.decodeRepeatedStringField(value: &_storage._runningJobs) }()
         case 12: try { try decoder.decodeRepeatedMessageField(value: &_storage._templateInfo) }()
         case 13: try { try decoder.decodeRepeatedMessageField(value: &_storage._pools) }()
+        case 14: try { try decoder.decodeRepeatedStringField(value: &_storage._sandboxes) }()
         default: break
         }
       }
@@ -891,6 +900,9 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
       if !_storage._pools.isEmpty {
         try visitor.visitRepeatedMessageField(value: _storage._pools, fieldNumber: 13)
       }
+      if !_storage._sandboxes.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._sandboxes, fieldNumber: 14)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -913,6 +925,7 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
         if _storage._runningJobs != rhs_storage._runningJobs {return false}
         if _storage._templateInfo != rhs_storage._templateInfo {return false}
         if _storage._pools != rhs_storage._pools {return false}
+        if _storage._sandboxes != rhs_storage._sandboxes {return false}
         return true
       }
       if !storagesAreEqual {return false}
