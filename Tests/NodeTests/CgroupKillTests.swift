@@ -14,7 +14,7 @@ struct CgroupKillTests {
         guard geteuid() == 0, let version = JobCgroup.mountedVersion() else { return }
         let tag = "bomb\(UInt32.random(in: 100_000...999_999))"
         // A parent of its own: the node's sweeps of `hangar` in parallel tests must not kill the bomb.
-        let cgroup = JobCgroup.placed(at: "\(Self.parent)/\(tag)", version: version)
+        let cgroup = JobCgroup.placed(at: "\(Self.parent)/\(tag)", version: version, ledger: nil)
         defer { Self.removeParent(version) }
         try cgroup.make(
             CgroupLimits(
@@ -59,13 +59,15 @@ struct CgroupKillTests {
 
     /// Removes the parent directories once empty (another test may still use them: then they stay).
     static func removeParent(_ version: CgroupVersion) {
-        for directory in JobCgroup.placed(at: parent, version: version).sweptDirectories() { rmdir(directory) }
+        for directory in JobCgroup.placed(at: parent, version: version, ledger: nil).sweptDirectories() {
+            rmdir(directory)
+        }
     }
 
     @Test("removing a cgroup that is gone already succeeds at once")
     func removingGoneCgroup() async throws {
         guard let version = JobCgroup.mountedVersion() else { return }
-        let cgroup = JobCgroup.placed(at: "\(Self.parent)/never-made-\(getpid())", version: version)
+        let cgroup = JobCgroup.placed(at: "\(Self.parent)/never-made-\(getpid())", version: version, ledger: nil)
         let began = ContinuousClock.now
         try await cgroup.remove()
         #expect(ContinuousClock.now - began < .seconds(1))

@@ -1,22 +1,31 @@
 import Foundation
 import Glibc
-import HangarNode
 import HangarShared
 import Testing
 
+@testable import HangarNode
+
 /// A node killed with `kill -9` leaves what its sandboxes used on the host; the next node to start
-/// takes it down from the dead process's ledger. Here the job runs under a ledger named for a
-/// process that has exited, so sweeping it is exactly what a restarted node does after a crash —
-/// with the sandbox still running, as it would be (runc containers outlive `runc run`).
+/// takes it down from the dead process's ledger. Here the job runs in a runtime whose resources
+/// hold a ledger named for a process that has exited, so sweeping it is exactly what a restarted
+/// node does after a crash — with the sandbox still running, as it would be (runc containers
+/// outlive `runc run`).
 @Suite("SandboxLedger: a restarted node takes down what a crashed one left", .serialized)
 struct LeftoverSweepTests {
     enum Kind: String, CaseIterable, CustomStringConvertible, Sendable {
         case process, container
         var description: String { rawValue }
-        var runtime: any Runtime {
+        /// Sandbox users of its own, so that no other suite's sandbox runs as one of them.
+        var users: SandboxUsers {
             switch self {
-            case .process: ProcessRuntime()
-            case .container: OCIKind.runc.runtime
+            case .process: SandboxUsers(first: 3_200_000, count: 16)
+            case .container: SandboxUsers(first: 3_200_100, count: 16)
+            }
+        }
+        func runtime(_ resources: NodeResources) -> any Runtime {
+            switch self {
+            case .process: ProcessRuntime(resources: resources)
+            case .container: ContainerRuntime(directories: OCIKind.runc.directories, resources: resources)
             }
         }
     }
@@ -26,9 +35,10 @@ struct LeftoverSweepTests {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let dead = try Self.exitedProcess()
-        let ledger = SandboxLedger()
-        try ledger.open(in: directory.path, identity: dead)
+        let ledger = SandboxLedger(directory: directory.path)
+        try ledger.open(identity: dead)
         let file = directory.path + "/\(dead.pid).\(dead.start).ledger"
+        let resources = NodeResources(users: kind.users, ledger: ledger)
 
         let marker = "100.\(UInt32.random(in: 100_000...999_999))"
         var spec = Hangar_V1_JobSpec()
@@ -37,12 +47,8 @@ struct LeftoverSweepTests {
         spec.filesOut = ["*.txt"]  // a host scratch tmpfs
         spec.network.mode = .networkAllowlist  // a network namespace and veth pair
         spec.network.allow = ["10.99.0.0/24"]
-        let runtime = kind.runtime
-        let job = Task {
-            await SandboxLedger.$current.withValue(ledger) {
-                await runtime.run(spec, jobID: "leftover-\(marker)")
-            }
-        }
+        let runtime = kind.runtime(resources)
+        let job = Task { await runtime.run(spec, jobID: "leftover-\(marker)") }
         // Wait (bounded) until the program runs.
         let end = ContinuousClock.now + .seconds(30)
         while OCITest.processes(withArgument: marker).isEmpty && ContinuousClock.now < end {
@@ -80,6 +86,8 @@ struct LeftoverSweepTests {
         if kind == .container {
             #expect(OCITest.residue(of: "leftover-\(marker)", kind: .runc) == [])
         }
+        // The user namespaces the container runtime keeps in stock end with the test.
+        await resources.namespaces.drain()
     }
 
     @Test("a detached runc container of a dead node is killed and deleted, its bundle removed")
@@ -111,8 +119,8 @@ struct LeftoverSweepTests {
         try #require(!OCITest.processes(withArgument: marker).isEmpty, "the container did not start")
 
         let dead = try Self.exitedProcess()
-        let ledger = SandboxLedger()
-        try ledger.open(in: directory.path + "/ledger", identity: dead)
+        let ledger = SandboxLedger(directory: directory.path + "/ledger")
+        try ledger.open(identity: dead)
         ledger.made(.container(tool: "/usr/sbin/runc", globalArguments: ["--root", state], id: id, bundle: bundle))
         let report = await SandboxLedger.sweep(directory: directory.path + "/ledger")
         #expect(report.problems == [])
@@ -136,19 +144,18 @@ struct LeftoverSweepTests {
     func sweepsSpawnedProcesses() async throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
-        let ledger = SandboxLedger()
-        try ledger.open(in: directory.path, identity: try Self.exitedProcess())
+        let ledger = SandboxLedger(directory: directory.path)
+        try ledger.open(identity: try Self.exitedProcess())
         let marker = "100.\(UInt32.random(in: 100_000...999_999))"
-        let process = try SandboxLedger.$current.withValue(ledger) {
-            try SandboxProcess(
-                SandboxCommand(
-                    executable: "/bin/sh",
-                    arguments: ["sh", "-c", "sleep \(marker) & sleep \(marker); wait"],
-                    timeout: .seconds(60),
-                    outputLimit: 1024
-                )
+        let process = try SandboxProcess(
+            SandboxCommand(
+                executable: "/bin/sh",
+                arguments: ["sh", "-c", "sleep \(marker) & sleep \(marker); wait"],
+                timeout: .seconds(60),
+                outputLimit: 1024,
+                ledger: ledger
             )
-        }
+        )
         let end = ContinuousClock.now + .seconds(10)
         while OCITest.processes(withArgument: marker).count < 2 && ContinuousClock.now < end {
             try await Task.sleep(for: .milliseconds(20))
@@ -165,9 +172,9 @@ struct LeftoverSweepTests {
     func compacts() throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
-        let ledger = SandboxLedger()
+        let ledger = SandboxLedger(directory: directory.path)
         let identity = try Self.exitedProcess()
-        try ledger.open(in: directory.path, identity: identity)
+        try ledger.open(identity: identity)
         let kept = SandboxLedger.Resource.scratch(path: "/run/hangar-scratch/kept")
         ledger.made(kept)
         for job in 0..<20_000 {
@@ -186,8 +193,8 @@ struct LeftoverSweepTests {
     func leavesLiveProcessesAlone() async throws {
         let directory = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
-        let ledger = SandboxLedger()
-        try ledger.open(in: directory.path)  // this very process: alive
+        let ledger = SandboxLedger(directory: directory.path)
+        try ledger.open()  // this very process: alive
         let cgroup = "/sys/fs/cgroup/pids/hangar-ledger-test-\(UInt32.random(in: 0...UInt32.max))"
         try #require(mkdir(cgroup, 0o755) == 0)
         defer { rmdir(cgroup) }

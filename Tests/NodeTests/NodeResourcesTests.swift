@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import HangarShared
 import Testing
@@ -52,5 +53,89 @@ struct NodeResourcesTests {
         #expect(spare.users.inUse == 0)
         #expect(spare.users.acquire() == 3_100_100)
         #expect(exhausted.users.inUse == 1)
+    }
+
+    @Test(
+        "a sandbox is noted in the ledger of the resources it was made with, and only that ledger's sweep takes it down",
+        .enabled(if: geteuid() == 0, "only a root node keeps a ledger")
+    )
+    func ledgersAreTheirOwn() async throws {
+        // Two nodes in one process, each with a ledger of its own named for a process that has
+        // exited: a sweep of either directory is what that node's successor does after a crash.
+        let base = try LeftoverSweepTests.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: base) }
+        let (deadA, deadB) = (try LeftoverSweepTests.exitedProcess(), try LeftoverSweepTests.exitedProcess())
+        let a = NodeResources(
+            users: SandboxUsers(first: 3_400_000, count: 4),
+            ledger: SandboxLedger(directory: base.path + "/a")
+        )
+        let b = NodeResources(
+            users: SandboxUsers(first: 3_400_100, count: 4),
+            ledger: SandboxLedger(directory: base.path + "/b")
+        )
+        #expect(a.ledger !== b.ledger)
+        try a.ledger.open(identity: deadA)
+        try b.ledger.open(identity: deadB)
+        defer {
+            a.ledger.close()
+            b.ledger.close()
+        }
+        let fileA = a.ledger.directory + "/\(deadA.pid).\(deadA.start).ledger"
+        let fileB = b.ledger.directory + "/\(deadB.pid).\(deadB.start).ledger"
+
+        // A job of the first node, running (with a scratch mount besides its cgroup and process).
+        let marker = "100.\(UInt32.random(in: 100_000...999_999))"
+        let running = Task {
+            await ProcessRuntime(resources: a).run(
+                job(["/bin/sleep", marker]) {
+                    $0.limits.timeoutMs = 60_000
+                    $0.filesOut = ["*.txt"]
+                },
+                jobID: "ledgers-\(marker)"
+            )
+        }
+        try #require(
+            await eventually(within: .seconds(30)) { !OCITest.processes(withArgument: marker).isEmpty },
+            "the job never started"
+        )
+        let listed = SandboxLedger.outstandingResources(in: fileA)
+        #expect(listed.contains { if case .scratch = $0 { true } else { false } }, "\(listed)")
+        #expect(listed.contains { if case .cgroup = $0 { true } else { false } }, "\(listed)")
+        #expect(listed.contains { if case .process = $0 { true } else { false } }, "\(listed)")
+        #expect(SandboxLedger.outstandingResources(in: fileB) == [], "the other node's ledger lists the job")
+
+        // The other node's sweep takes down what its own ledger lists (nothing) and leaves the job.
+        let other = await b.ledger.sweep()
+        #expect(other.processes == [deadB.pid])
+        #expect(other.removed == [] && other.problems == [])
+        #expect(!OCITest.processes(withArgument: marker).isEmpty, "the other node's sweep killed the job")
+        #expect(SandboxLedger.outstandingResources(in: fileA) == listed)
+
+        // The first node's sweep takes it down.
+        let own = await a.ledger.sweep()
+        #expect(own.processes == [deadA.pid])
+        #expect(own.problems == [])
+        #expect(Set(own.removed) == Set(listed))
+        #expect(
+            await OCITest.survivors(of: [marker], within: .seconds(10)) == [],
+            "the job's program outlived its node's sweep"
+        )
+        #expect(await running.value.status != .succeeded)
+        #expect(!FileManager.default.fileExists(atPath: fileA))
+    }
+
+    @Test("two ledgers of one process cannot write the same file")
+    func oneFileOneLedger() throws {
+        let directory = try LeftoverSweepTests.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let first = SandboxLedger(directory: directory.path)
+        let second = SandboxLedger(directory: directory.path)
+        try first.open()
+        #expect(throws: SandboxLedgerError.self) { try second.open() }
+        #expect(!second.isOpen)
+        first.close()
+        try second.open()
+        #expect(second.isOpen)
+        second.close()
     }
 }

@@ -4,11 +4,12 @@ import Glibc
 extension NodeAgent {
     /// Before serving: takes down what node processes that died without cleaning up left on this
     /// host (containers still running tenant code, cgroups, scratch mounts, network namespaces),
-    /// from their ``SandboxLedger`` files, then starts this process's own ledger. Only a root node
-    /// makes such things, so only a root node sweeps.
+    /// from their ``SandboxLedger`` files in the directory of this node's ledger
+    /// (``NodeResources/ledger``), then opens that ledger. Only a root node makes such things, so
+    /// only a root node sweeps.
     func reclaimLeftovers() async {
         guard geteuid() == 0 else { return }
-        let report = await SandboxLedger.sweep()
+        let report = await resources.ledger.sweep()
         if !report.processes.isEmpty {
             logger.notice(
                 "took down what crashed node processes left",
@@ -23,7 +24,7 @@ extension NodeAgent {
             logger.error("could not take down a crashed node's leftover", metadata: ["problem": "\(problem)"])
         }
         do {
-            try SandboxLedger.shared.open()
+            try resources.ledger.open()
         } catch {
             logger.warning(
                 "no sandbox ledger: a crash of this node would leave its sandboxes for the operator to remove",

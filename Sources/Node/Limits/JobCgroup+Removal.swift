@@ -94,7 +94,7 @@ extension JobCgroup {
             if !processes().isEmpty { await killAll() }
             remaining = remaining.filter { directory in
                 if rmdir(directory) == 0 || errno == ENOENT {
-                    SandboxLedger.current.gone(.cgroup(directory: directory))
+                    ledger?.gone(.cgroup(directory: directory))
                     return false
                 }
                 lastError = .system("remove cgroup", directory)

@@ -18,6 +18,8 @@ struct JobCgroup: Sendable {
     /// For a cgroup an OCI runtime joins: its path below each hierarchy's root (`hangar/<id>`), which
     /// removal sweeps from every hierarchy; nil when only ``directories`` exist.
     let relativePath: String?
+    /// Where the directories are noted while they exist (the node's ``NodeResources/ledger``).
+    let ledger: SandboxLedger?
 
     /// Where the cgroup file systems are mounted, for OCI runtimes.
     static let mountPoint = "/sys/fs/cgroup"
@@ -26,11 +28,17 @@ struct JobCgroup: Sendable {
     /// Makes names unique within this node process.
     private static let sequence = Atomic<UInt64>(0)
 
-    /// A cgroup at these directories (made or not).
-    init(version: CgroupVersion, directories: ControllerDirectories, relativePath: String? = nil) {
+    /// A cgroup at these directories (made or not), whose making and removal are noted in `ledger`.
+    init(
+        version: CgroupVersion,
+        directories: ControllerDirectories,
+        relativePath: String? = nil,
+        ledger: SandboxLedger? = nil
+    ) {
         self.version = version
         self.directories = directories
         self.relativePath = relativePath
+        self.ledger = ledger
     }
 
     /// The distinct directories, sorted.
@@ -43,9 +51,14 @@ struct JobCgroup: Sendable {
     var cgroupsPath: String? { relativePath.map { "/" + $0 } }
 
     /// Creates the job's cgroup under `host`'s parents and sets memory (plus memory+swap), pids and
-    /// CPU bandwidth limits. On failure nothing is left behind.
+    /// CPU bandwidth limits, and notes it in `ledger`. On failure nothing is left behind.
     /// - Parameter name: the job id; it is sanitized and made unique as `<name>.<node pid>.<n>`.
-    static func create(on host: CgroupHost, name: String, limits: JobLimits) throws(CgroupError) -> JobCgroup {
+    static func create(
+        on host: CgroupHost,
+        name: String,
+        limits: JobLimits,
+        ledger: SandboxLedger?
+    ) throws(CgroupError) -> JobCgroup {
         let safe = String(
             name.map { $0.isASCII && ($0.isLetter || $0.isNumber || "-_".contains($0)) ? $0 : "_" }.prefix(64)
         )
@@ -60,13 +73,13 @@ struct JobCgroup: Sendable {
                 }
                 return directory
             }
-            for directory in created { SandboxLedger.current.made(.cgroup(directory: directory)) }
-            let cgroup = JobCgroup(version: host.version, directories: directories)
+            for directory in created { ledger?.made(.cgroup(directory: directory)) }
+            let cgroup = JobCgroup(version: host.version, directories: directories, ledger: ledger)
             try cgroup.applyLimits(CgroupLimits(limits))
             return cgroup
         } catch {
             for directory in created where rmdir(directory) == 0 {
-                SandboxLedger.current.gone(.cgroup(directory: directory))
+                ledger?.gone(.cgroup(directory: directory))
             }
             throw error
         }
@@ -80,15 +93,16 @@ struct JobCgroup: Sendable {
         return nil
     }
 
-    /// The cgroup at `relativePath` below the root of each hierarchy at ``mountPoint``, not yet made.
-    static func placed(at relativePath: String, version: CgroupVersion) -> JobCgroup {
+    /// The cgroup at `relativePath` below the root of each hierarchy at ``mountPoint``, not yet made;
+    /// its making and removal are noted in `ledger`.
+    static func placed(at relativePath: String, version: CgroupVersion, ledger: SandboxLedger?) -> JobCgroup {
         let directories = ControllerDirectories { controller in
             switch version {
             case .v1: "\(mountPoint)/\(controller.rawValue)/\(relativePath)"
             case .v2: "\(mountPoint)/\(relativePath)"
             }
         }
-        return JobCgroup(version: version, directories: directories, relativePath: relativePath)
+        return JobCgroup(version: version, directories: directories, relativePath: relativePath, ledger: ledger)
     }
 
     /// Makes the directories of a ``placed(at:version:)`` cgroup with their parents (on v2 every
@@ -99,13 +113,13 @@ struct JobCgroup: Sendable {
             for directory in allDirectories {
                 let made = !CgroupFile.exists(directory)
                 try Self.makeDirectories(directory, enablingControllersFrom: nil)
-                if made { SandboxLedger.current.made(.cgroup(directory: directory)) }
+                if made { ledger?.made(.cgroup(directory: directory)) }
             }
         case .v2:
             let directory = directories.memory
             let made = !CgroupFile.exists(directory)
             try Self.makeDirectories(directory, enablingControllersFrom: Self.mountPoint)
-            if made { SandboxLedger.current.made(.cgroup(directory: directory)) }
+            if made { ledger?.made(.cgroup(directory: directory)) }
         }
         try applyLimits(limits)
     }

@@ -59,14 +59,11 @@ public final class SandboxLedger: Sendable {
         }
     }
 
-    /// The ledger of this node process; off until ``open(in:identity:)``.
-    public static let shared = SandboxLedger()
-    /// The ledger runtimes write to: ``shared`` unless a task sets another (tests do, to sweep
-    /// their own sandboxes as if their node had died).
-    @TaskLocal public static var current = SandboxLedger.shared
     /// Where node agents keep their ledgers.
     public static let defaultDirectory = "/run/hangar/ledger"
 
+    /// Where this ledger's file goes when opened, and where ``sweep()`` looks for dead nodes' files.
+    public let directory: String
     private let file = Mutex(OpenFile())
 
     /// The ledger file while it is written, and what it lists as outstanding (so it can be
@@ -83,14 +80,21 @@ public final class SandboxLedger: Sendable {
     /// Past this many bytes the file is rewritten with only what is outstanding.
     public static let compactionThreshold = 1 << 20
 
-    /// A ledger that writes nowhere until opened.
-    public init() {}
+    /// A ledger for `directory` that writes nowhere until opened. A node has one
+    /// (``NodeResources/ledger``); the runtimes note there what its sandboxes make.
+    ///
+    /// Its file is named for the process, so two ledgers open at the same time in one process
+    /// need directories of their own (a second ``open(identity:)`` of the same file throws).
+    public init(directory: String = defaultDirectory) {
+        self.directory = directory
+    }
 
-    /// Starts writing the ledger in `directory` (created 0700) under this process's pid and start
+    /// Starts writing the ledger in ``directory`` (created 0700) under this process's pid and start
     /// time, or under `identity` (tests: a process that has exited); later calls only count, so the
     /// ledger stays open until as many ``close()`` calls.
-    /// Throws if the file cannot be created.
-    public func open(in directory: String = defaultDirectory, identity: (pid: Int32, start: UInt64)? = nil) throws {
+    /// Throws if the file cannot be created, or another ledger of this process writes it.
+    public func open(identity: (pid: Int32, start: UInt64)? = nil) throws {
+        let directory = self.directory
         try file.withLock { state in
             guard state.fd < 0 else {
                 state.opens += 1
@@ -106,6 +110,12 @@ public final class SandboxLedger: Sendable {
             let opened = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
             guard opened >= 0 else {
                 throw SandboxLedgerError("cannot create \(path): \(String(cString: strerror(errno)))")
+            }
+            // A lock of this open file: a second ledger of this process on the same file would
+            // interleave its notes and delete the file under the first at its clean stop.
+            guard flock(opened, LOCK_EX | LOCK_NB) == 0 else {
+                Glibc.close(opened)
+                throw SandboxLedgerError("\(path) is written by another ledger of this process")
             }
             state.fd = opened
             state.path = path
@@ -181,6 +191,7 @@ public final class SandboxLedger: Sendable {
             unlink(temporary)
             return
         }
+        _ = flock(fd, LOCK_EX | LOCK_NB)
         Glibc.close(state.fd)
         state.fd = fd
         state.written = text.count
@@ -198,8 +209,14 @@ public final class SandboxLedger: Sendable {
         public var problems: [String] = []
     }
 
+    /// Takes down everything the ledgers in ``directory`` list for node processes that no longer
+    /// run (a node does this before it opens its own ledger).
+    public func sweep() async -> SweepReport {
+        await Self.sweep(directory: directory)
+    }
+
     /// Takes down everything the ledgers in `directory` list for node processes that no longer run.
-    public static func sweep(directory: String = defaultDirectory) async -> SweepReport {
+    public static func sweep(directory: String) async -> SweepReport {
         var report = SweepReport()
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         for name in names.sorted() where name.hasSuffix(".ledger") {
@@ -307,6 +324,7 @@ public final class SandboxLedger: Sendable {
         }
     }
 
+    /// Runs a tool of the sweep, noted in no ledger (a node sweeps before it opens its own).
     private static func run(_ executable: String, _ arguments: [String]) async -> (succeeded: Bool, output: String) {
         let command = SandboxCommand(
             executable: executable,

@@ -16,6 +16,8 @@ struct InitramfsBuilder {
     var busyboxPath: String?
     /// The host's python3, or nil to leave it out.
     var pythonPath: String?
+    /// Where the programs run to build it (`busybox`, `ldd`) are noted while they run.
+    var ledger: SandboxLedger?
 
     /// Modules loaded in the guest, dependencies first.
     static let modules = ["virtio_mmio", "virtio_console"]
@@ -28,11 +30,18 @@ struct InitramfsBuilder {
     private var tree = ImageTree()
     private var visited = Set<String>()
 
-    init(agentPath: String, modulesDirectory: String, busyboxPath: String?, pythonPath: String?) {
+    init(
+        agentPath: String,
+        modulesDirectory: String,
+        busyboxPath: String?,
+        pythonPath: String?,
+        ledger: SandboxLedger?
+    ) {
         self.agentPath = agentPath
         self.modulesDirectory = modulesDirectory
         self.busyboxPath = busyboxPath
         self.pythonPath = pythonPath
+        self.ledger = ledger
     }
 
     /// The newc cpio archive, and a one-line description of what it holds.
@@ -61,7 +70,7 @@ struct InitramfsBuilder {
 
         if let busyboxPath {
             tree.file("/usr/bin/busybox", mode: 0o755, content: try read(busyboxPath))
-            let list = try await Self.output(busyboxPath, ["busybox", "--list-full"])
+            let list = try await Self.output(busyboxPath, ["busybox", "--list-full"], ledger: ledger)
             for line in list.split(separator: "\n") {
                 let name = (line as NSString).lastPathComponent
                 let directory = line.contains("sbin/") ? "/usr/sbin/" : "/usr/bin/"
@@ -79,7 +88,7 @@ struct InitramfsBuilder {
             let dynload = stdlib + "/lib-dynload"
             let extensions = ((try? FileManager.default.contentsOfDirectory(atPath: dynload)) ?? [])
                 .filter { $0.hasSuffix(".so") }.sorted().map { dynload + "/" + $0 }
-            let libraries = try await Self.sharedLibraries(of: [binary] + extensions)
+            let libraries = try await Self.sharedLibraries(of: [binary] + extensions, ledger: ledger)
             for library in libraries + Self.loadedByLibc(libraries) { try addHostPath(library) }
             contents.append(version)
         }
@@ -184,8 +193,11 @@ struct InitramfsBuilder {
         return access(candidate, R_OK) == 0 && !libraries.contains(candidate) ? [candidate] : []
     }
 
-    static func sharedLibraries(of binaries: [String]) async throws(MicroVMError) -> [String] {
-        let text = try await output("/usr/bin/ldd", ["ldd"] + binaries)
+    static func sharedLibraries(
+        of binaries: [String],
+        ledger: SandboxLedger? = nil
+    ) async throws(MicroVMError) -> [String] {
+        let text = try await output("/usr/bin/ldd", ["ldd"] + binaries, ledger: ledger)
         var libraries: [String] = []
         for line in text.split(separator: "\n") {
             for word in line.split(whereSeparator: { $0 == " " || $0 == "\t" })
@@ -196,13 +208,18 @@ struct InitramfsBuilder {
         return libraries
     }
 
-    private static func output(_ executable: String, _ arguments: [String]) async throws(MicroVMError) -> String {
+    private static func output(
+        _ executable: String,
+        _ arguments: [String],
+        ledger: SandboxLedger?
+    ) async throws(MicroVMError) -> String {
         let command = SandboxCommand(
             executable: executable,
             arguments: arguments,
             environment: ["PATH=/usr/bin:/bin"],
             timeout: .seconds(30),
-            outputLimit: 4 << 20
+            outputLimit: 4 << 20,
+            ledger: ledger
         )
         let result: SandboxResult
         do {

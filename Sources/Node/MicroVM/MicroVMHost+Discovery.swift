@@ -4,12 +4,13 @@ import HangarShared
 
 /// Finding qemu, the guest kernel and the agent, and measuring what the guest needs to know.
 extension MicroVMHost {
-    static func qemuVersion(_ path: String) async throws(MicroVMError) -> String {
+    static func qemuVersion(_ path: String, ledger: SandboxLedger?) async throws(MicroVMError) -> String {
         let command = SandboxCommand(
             executable: path,
             arguments: ["qemu-system-x86_64", "--version"],
             timeout: .seconds(10),
-            outputLimit: 4096
+            outputLimit: 4096,
+            ledger: ledger
         )
         guard let result = try? await SandboxProcess.run(command), result.termination == .exited(0) else {
             throw MicroVMError("\(path) --version failed")
@@ -57,12 +58,13 @@ extension MicroVMHost {
         return sibling
     }
 
-    static func tscKHz(_ agent: String) async throws(MicroVMError) -> UInt64 {
+    static func tscKHz(_ agent: String, ledger: SandboxLedger?) async throws(MicroVMError) -> UInt64 {
         let command = SandboxCommand(
             executable: agent,
             arguments: ["hangar-guest-agent", "--tsc-khz"],
             timeout: .seconds(5),
-            outputLimit: 256
+            outputLimit: 256,
+            ledger: ledger
         )
         let result = try? await SandboxProcess.run(command)
         let text = result.map { String(decoding: $0.stdout, as: UTF8.self) } ?? ""

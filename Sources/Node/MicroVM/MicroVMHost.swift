@@ -19,6 +19,8 @@ final class MicroVMHost: Sendable {
     let kvmNote: String?
     /// The host uids qemu runs as, one per VM.
     let users: SandboxUsers
+    /// Where qemu processes are noted while they run.
+    let ledger: SandboxLedger
 
     private init(
         configuration: MicroVMConfiguration,
@@ -30,7 +32,8 @@ final class MicroVMHost: Sendable {
         contents: String,
         accelerator: Accelerator,
         kvmNote: String?,
-        users: SandboxUsers
+        users: SandboxUsers,
+        ledger: SandboxLedger
     ) {
         self.configuration = configuration
         self.kernelPath = kernelPath
@@ -42,32 +45,35 @@ final class MicroVMHost: Sendable {
         self.accelerator = accelerator
         self.kvmNote = kvmNote
         self.users = users
+        self.ledger = ledger
     }
 
     deinit { close(initramfsFD) }
 
     /// Finds qemu, the kernel and the agent, builds the initramfs and picks the accelerator: KVM when
     /// `/dev/kvm` opens and a KVM boot reaches the agent within the probe timeout, TCG otherwise.
-    /// VMs run as uids of `users`.
+    /// VMs run as uids of `users`; qemu and the programs run to prepare are noted in `ledger`.
     static func prepare(
         _ configuration: MicroVMConfiguration,
-        users: SandboxUsers
+        users: SandboxUsers,
+        ledger: SandboxLedger
     ) async throws(MicroVMError) -> MicroVMHost {
         guard access(configuration.qemuPath, X_OK) == 0 else {
             throw MicroVMError("qemu not found at \(configuration.qemuPath) (apt-get install qemu-system-x86)")
         }
-        let qemuVersion = try await Self.qemuVersion(configuration.qemuPath)
+        let qemuVersion = try await Self.qemuVersion(configuration.qemuPath, ledger: ledger)
         let (kernelPath, release) = try Self.kernel(configuration.kernelPath)
         let agentPath = try Self.agent(configuration.agentPath)
         var builder = InitramfsBuilder(
             agentPath: agentPath,
             modulesDirectory: "/lib/modules/" + release,
             busyboxPath: access(configuration.busyboxPath, X_OK) == 0 ? configuration.busyboxPath : nil,
-            pythonPath: access(configuration.pythonPath, X_OK) == 0 ? configuration.pythonPath : nil
+            pythonPath: access(configuration.pythonPath, X_OK) == 0 ? configuration.pythonPath : nil,
+            ledger: ledger
         )
         let (archive, contents) = try await builder.build()
         let fd = try Self.memoryFile(archive)
-        let tscKHz = try await Self.tscKHz(agentPath)
+        let tscKHz = try await Self.tscKHz(agentPath, ledger: ledger)
         var host = MicroVMHost(
             configuration: configuration,
             kernelPath: kernelPath,
@@ -78,7 +84,8 @@ final class MicroVMHost: Sendable {
             contents: contents,
             accelerator: .tcg(tscKHz: tscKHz),
             kvmNote: "KVM not tried",
-            users: users
+            users: users,
+            ledger: ledger
         )
         guard configuration.tryKVM else { return host }
         let kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC)
@@ -116,7 +123,8 @@ final class MicroVMHost: Sendable {
             contents: contents,
             accelerator: accelerator,
             kvmNote: note,
-            users: users
+            users: users,
+            ledger: ledger
         )
     }
 
@@ -219,7 +227,8 @@ final class MicroVMHost: Sendable {
             timeout: lifetime,
             outputLimit: 256 << 10,
             inheritedFiles: files,
-            drainTimeout: .seconds(1)
+            drainTimeout: .seconds(1),
+            ledger: ledger
         )
         let process: SandboxProcess
         do {

@@ -58,10 +58,10 @@ public final class MicroVMRuntime: Runtime {
         let task = preparation.withLock { task in
             if let task { return task }
             let configuration = configuration
-            let users = resources.users
+            let (users, ledger) = (resources.users, resources.ledger)
             let created = Task { () -> Result<MicroVMHost, MicroVMError> in
                 do throws(MicroVMError) {
-                    return .success(try await MicroVMHost.prepare(configuration, users: users))
+                    return .success(try await MicroVMHost.prepare(configuration, users: users, ledger: ledger))
                 } catch {
                     return .failure(error)
                 }

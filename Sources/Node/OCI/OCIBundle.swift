@@ -12,19 +12,23 @@ import HangarShared
 struct OCIBundle: Sendable {
     /// Absolute path of the bundle directory.
     let path: String
+    /// Where the bundle's own root tmpfs is noted while it is mounted.
+    let ledger: SandboxLedger?
 
-    /// Writes the bundle for `config` as `<base>/<name>`.
+    /// Writes the bundle for `config` as `<base>/<name>`, noting its root tmpfs in `ledger`.
     init(
         base: String,
         name: String,
         config: OCIJobConfig,
-        userNamespace: OCIUserNamespace?
+        userNamespace: OCIUserNamespace?,
+        ledger: SandboxLedger?
     ) throws(OCIRuntimeError) {
         try Self.makeBase(base, traversable: userNamespace != nil)
         path = base + "/" + name
+        self.ledger = ledger
         guard mkdir(path, 0o700) == 0 else { throw .system("create bundle directory", path) }
         do {
-            try Self.populate(path, config: config)
+            try Self.populate(path, config: config, ledger: ledger)
             if let userNamespace {
                 try Self.chown(path, userNamespace.hostID, userNamespace.hostID)
             }
@@ -42,7 +46,7 @@ struct OCIBundle: Sendable {
             guard umount2(rootfs, Int32(MNT_DETACH)) == 0 else {
                 return "bundle \(path) not removed: cannot unmount \(rootfs): \(String(cString: strerror(errno)))"
             }
-            SandboxLedger.current.gone(.scratch(path: rootfs))
+            ledger?.gone(.scratch(path: rootfs))
         }
         if let mount = Self.mountPoints().first(where: { $0 == path || $0.hasPrefix(path + "/") }) {
             return "bundle \(path) not removed: \(mount) is still mounted"
@@ -68,10 +72,14 @@ struct OCIBundle: Sendable {
         guard chmod(base, traversable ? 0o711 : 0o700) == 0 else { throw .system("chmod", base) }
     }
 
-    private static func populate(_ bundle: String, config: OCIJobConfig) throws(OCIRuntimeError) {
+    private static func populate(
+        _ bundle: String,
+        config: OCIJobConfig,
+        ledger: SandboxLedger?
+    ) throws(OCIRuntimeError) {
         let rootfs = bundle + "/rootfs"
         guard mkdir(rootfs, 0o755) == 0, chmod(rootfs, 0o755) == 0 else { throw .system("create", rootfs) }
-        try mountOwnRoot(rootfs, config: config)
+        try mountOwnRoot(rootfs, config: config, ledger: ledger)
         // With a host scratch, what belongs below /tmp goes there instead of into rootfs/tmp.
         func place(_ relative: String) -> String {
             if let scratch = config.hostScratch, relative.hasPrefix("tmp/") { return scratch + relative.dropFirst(3) }
@@ -119,7 +127,11 @@ struct OCIBundle: Sendable {
     /// then the root of a file system, so its `/proc/self/mountinfo` shows `/` for it rather than
     /// the bundle's path on the host. Sized for what goes into it: mount points, the synthetic
     /// `/etc` and the job's files staged below `tmp`.
-    private static func mountOwnRoot(_ rootfs: String, config: OCIJobConfig) throws(OCIRuntimeError) {
+    private static func mountOwnRoot(
+        _ rootfs: String,
+        config: OCIJobConfig,
+        ledger: SandboxLedger?
+    ) throws(OCIRuntimeError) {
         guard geteuid() == 0 else { return }
         var bytes = config.scratchFiles.reduce(UInt64(4 << 20)) { $0 + UInt64($1.content.count) + 4096 }
         for case .content(_, let content) in config.rootfs { bytes += UInt64(content.count) + 4096 }
@@ -127,7 +139,7 @@ struct OCIBundle: Sendable {
         guard mount("tmpfs", rootfs, "tmpfs", UInt(MS_NOSUID | MS_NODEV), options) == 0 else {
             throw .system("mount a tmpfs on", rootfs)
         }
-        SandboxLedger.current.made(.scratch(path: rootfs))
+        ledger?.made(.scratch(path: rootfs))
     }
 
     private static func write(_ content: Data, to path: String, mode: UInt16) throws(OCIRuntimeError) {

@@ -81,7 +81,11 @@ struct OCIEngine: Sendable {
             return .error("\(toolName): no cgroup v2 and no cgroup v1 memory hierarchy under /sys/fs/cgroup")
         }
         let id = Self.containerID(for: jobID)
-        let cgroup = JobCgroup.placed(at: directories.cgroupParent + "/" + id, version: version)
+        let cgroup = JobCgroup.placed(
+            at: directories.cgroupParent + "/" + id,
+            version: version,
+            ledger: resources.ledger
+        )
         var options = configOptions(cgroupsPath: "/" + directories.cgroupParent + "/" + id)
         let spec: Hangar_V1_JobSpec
         do throws(TemplateError) {
@@ -123,7 +127,8 @@ struct OCIEngine: Sendable {
                 network = try await JobNetwork.create(
                     allow: spec.network.allow,
                     namespaceOf: owned?.namespace.pid,
-                    subnets: resources.subnets
+                    subnets: resources.subnets,
+                    ledger: resources.ledger
                 )
             } catch {
                 _ = scratch?.remove()
@@ -179,7 +184,14 @@ struct OCIEngine: Sendable {
         }
         do throws(OCIRuntimeError) {
             return .success(
-                (try await OwnedUserNamespace.create(owner: user, mapping: mapping, network: network), user)
+                (
+                    try await OwnedUserNamespace.create(
+                        owner: user,
+                        mapping: mapping,
+                        network: network,
+                        ledger: resources.ledger
+                    ), user
+                )
             )
         } catch {
             resources.users.release(user)
@@ -232,12 +244,18 @@ struct OCIEngine: Sendable {
         }
         let bundle: OCIBundle
         do throws(OCIRuntimeError) {
-            bundle = try OCIBundle(base: directories.bundles, name: id, config: config, userNamespace: userNamespace)
+            bundle = try OCIBundle(
+                base: directories.bundles,
+                name: id,
+                config: config,
+                userNamespace: userNamespace,
+                ledger: resources.ledger
+            )
         } catch {
             _ = scratch?.remove()
             return .error("\(toolName): \(error.description)")
         }
-        SandboxLedger.current.made(ledgerEntry(id: id, bundle: bundle))
+        resources.ledger.made(ledgerEntry(id: id, bundle: bundle))
         let logPath = bundle.path + "/\(toolName).log"
         let result: SandboxResult
         let prepared: Duration
@@ -262,6 +280,7 @@ struct OCIEngine: Sendable {
                     ? CgroupContainment(cgroup, cpuTime: .milliseconds(Int64(limits.cpuTimeMs))) : nil
             )
             command.tap = OutputTap.current
+            command.ledger = resources.ledger
             command = Self.launching(command, under: config.inheritedRlimits)
             prepared = clock.now - began
             do throws(SandboxSpawnError) {
@@ -319,7 +338,7 @@ struct OCIEngine: Sendable {
         let limits = spec.limits
         let size = limits.fileSizeBytes > 0 ? limits.fileSizeBytes : OCIJobConfig.defaultScratchBytes
         let owner = (userNamespace?.hostID ?? 0) + OCIJobConfig.uid
-        return try JobScratch.create(name: id, sizeBytes: size, owner: (owner, owner))
+        return try JobScratch.create(name: id, sizeBytes: size, owner: (owner, owner), ledger: resources.ledger)
     }
 
     /// Kills the container if asked, deletes it, sweeps its cgroup and removes the bundle. Runs to
@@ -337,7 +356,7 @@ struct OCIEngine: Sendable {
         bundle: OCIBundle
     ) async -> [String] {
         var leftovers: [String] = []
-        defer { if leftovers.isEmpty { SandboxLedger.current.gone(ledgerEntry(id: id, bundle: bundle)) } }
+        defer { if leftovers.isEmpty { resources.ledger.gone(ledgerEntry(id: id, bundle: bundle)) } }
         if stopped && !killFirst {
             leftovers += sweepState(of: id)
             leftovers += await Self.remove(cgroup)
@@ -375,8 +394,13 @@ struct OCIEngine: Sendable {
         let resolved = try Template.resolve(requested, in: templates)
         options.root = try resolved.template.layout()
         let config = try OCIJobConfig(job: resolved.spec, options: options)
-        return try OCIBundle(base: directories.bundles, name: id, config: config, userNamespace: options.userNamespace)
-            .path
+        return try OCIBundle(
+            base: directories.bundles,
+            name: id,
+            config: config,
+            userNamespace: options.userNamespace,
+            ledger: resources.ledger
+        ).path
     }
 
     /// How ``SandboxLedger`` names a container of this engine, so that a node started after this
@@ -408,7 +432,8 @@ struct OCIEngine: Sendable {
             arguments: [toolName] + globalArguments + subcommand,
             environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
             timeout: Self.toolTimeout,
-            outputLimit: 64 * 1024
+            outputLimit: 64 * 1024,
+            ledger: resources.ledger
         )
         do throws(SandboxSpawnError) {
             let result = try await SandboxProcess(command).wait()

@@ -7,6 +7,8 @@ final class OwnedNamespaceStock: Sendable {
     private let size: Int
     /// Where the namespaces' owners come from and go back to.
     private let users: SandboxUsers
+    /// Where the holders are noted (the node's, like the containers that use them).
+    private let ledger: SandboxLedger
     private let state = Mutex(State())
 
     private struct State {
@@ -22,26 +24,21 @@ final class OwnedNamespaceStock: Sendable {
         let namespace: OwnedUserNamespace
         let user: UInt32
         let mapping: OCIUserNamespace
-        /// Where its holder process is noted: it serves only sandboxes noted there too, so that
-        /// a ledger closed at a clean stop never lists a holder another ledger's job still uses.
-        let ledger: SandboxLedger
     }
 
-    /// A stock of up to `size` namespaces per ledger, owned by uids of `users`.
-    init(size: Int, users: SandboxUsers) {
+    /// A stock of up to `size` namespaces, owned by uids of `users`, their holders noted in `ledger`.
+    init(size: Int, users: SandboxUsers, ledger: SandboxLedger) {
         self.size = size
         self.users = users
+        self.ledger = ledger
     }
 
     /// A fresh namespace with `mapping`: one from the stock if it has one, else made now. Either
     /// way the stock is topped up in the background.
     func take(mapping: OCIUserNamespace) async -> Result<(namespace: OwnedUserNamespace, user: UInt32), OCIRuntimeError>
     {
-        let ledger = SandboxLedger.current
         let stocked = state.withLock { state -> Entry? in
-            guard let index = state.ready.firstIndex(where: { $0.mapping == mapping && $0.ledger === ledger }) else {
-                return nil
-            }
+            guard let index = state.ready.firstIndex(where: { $0.mapping == mapping }) else { return nil }
             return state.ready.remove(at: index)
         }
         defer { refill(mapping) }
@@ -53,25 +50,15 @@ final class OwnedNamespaceStock: Sendable {
     var count: Int { state.withLock { $0.ready.count } }
 
     private func refill(_ mapping: OCIUserNamespace) {
-        // Detached: the stock belongs to the node, not to the job that happened to trigger it; but
-        // its holders are noted in the ledger the node writes (the one in force here).
-        let ledger = SandboxLedger.current
+        // Detached: the stock belongs to the node, not to the job that happened to trigger it.
         state.withLock { current in
-            guard !current.refilling, !current.draining,
-                current.ready.count(where: { $0.ledger === ledger }) < size
-            else { return }
+            guard !current.refilling, !current.draining, current.ready.count < size else { return }
             current.refilling = true
             current.refill = Task.detached { [self] in
-                await SandboxLedger.$current.withValue(ledger) {
-                    while state.withLock({ state in
-                        state.ready.count(where: { $0.ledger === ledger }) < size && !state.draining
-                    }) {
-                        guard case .success(let made) = await make(mapping) else { break }
-                        state.withLock {
-                            $0.ready.append(
-                                Entry(namespace: made.namespace, user: made.user, mapping: mapping, ledger: ledger)
-                            )
-                        }
+                while state.withLock({ $0.ready.count < size && !$0.draining }) {
+                    guard case .success(let made) = await make(mapping) else { break }
+                    state.withLock {
+                        $0.ready.append(Entry(namespace: made.namespace, user: made.user, mapping: mapping))
                     }
                 }
                 state.withLock {
@@ -110,7 +97,7 @@ final class OwnedNamespaceStock: Sendable {
             return .failure(OCIRuntimeError("all \(users.count) sandbox users are in use"))
         }
         do throws(OCIRuntimeError) {
-            return .success((try await OwnedUserNamespace.create(owner: user, mapping: mapping), user))
+            return .success((try await OwnedUserNamespace.create(owner: user, mapping: mapping, ledger: ledger), user))
         } catch {
             users.release(user)
             return .failure(error)

@@ -41,11 +41,13 @@ final class OwnedUserNamespace: Sendable {
     }
 
     /// Starts a holder as `owner` in a new user namespace and maps `mapping` into it; with
-    /// `network`, also in a new network namespace that the user namespace owns.
+    /// `network`, also in a new network namespace that the user namespace owns. The holder is
+    /// noted in `ledger` while it runs.
     static func create(
         owner: UInt32,
         mapping: OCIUserNamespace,
-        network: Bool = false
+        network: Bool = false,
+        ledger: SandboxLedger?
     ) async throws(OCIRuntimeError) -> OwnedUserNamespace {
         let ready: (read: Int32, write: Int32)
         let life: (read: Int32, write: Int32)
@@ -74,7 +76,8 @@ final class OwnedUserNamespace: Sendable {
             environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
             timeout: .seconds(365 * 24 * 3600),
             outputLimit: 4096,
-            inheritedFiles: [ready.write, life.read]
+            inheritedFiles: [ready.write, life.read],
+            ledger: ledger
         )
         let spawned = Result { () throws(SandboxSpawnError) in try SandboxProcess(command) }
         close(ready.write)

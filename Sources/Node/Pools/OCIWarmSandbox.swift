@@ -123,7 +123,8 @@ final class OCIWarmSandbox: WarmSandbox {
         waiting.limits.fileSizeBytes = profile.fileSizeBytes
         waiting.limits.openFiles = profile.openFiles
         let id = OCIEngine.containerID(for: "warm-\(template)")
-        let cgroup = JobCgroup.placed(at: engine.directories.cgroupParent + "/" + id, version: version)
+        let ledger = engine.resources.ledger
+        let cgroup = JobCgroup.placed(at: engine.directories.cgroupParent + "/" + id, version: version, ledger: ledger)
         var options = engine.configOptions(cgroupsPath: "/" + engine.directories.cgroupParent + "/" + id)
         options.userNamespacePath = owned?.namespace.path
         let config: OCIJobConfig
@@ -136,9 +137,10 @@ final class OCIWarmSandbox: WarmSandbox {
                 base: engine.directories.bundles,
                 name: id,
                 config: config,
-                userNamespace: options.userNamespace
+                userNamespace: options.userNamespace,
+                ledger: ledger
             )
-            SandboxLedger.current.made(engine.ledgerEntry(id: id, bundle: bundle))
+            ledger.made(engine.ledgerEntry(id: id, bundle: bundle))
         } catch let error as TemplateError {
             throw WarmError(error.description)
         } catch let error as OCIInvalidJob {
@@ -190,7 +192,8 @@ final class OCIWarmSandbox: WarmSandbox {
                 outputLimit: profile.outputBytes,
                 inheritedFiles: inherited,
                 drainTimeout: OCIEngine.drainTimeout,
-                containment: containment
+                containment: containment,
+                ledger: ledger
             ),
             under: config.inheritedRlimits
         )

@@ -134,7 +134,12 @@ final class ProcessWarmSandbox: WarmSandbox {
             ready = try PipeIO.pipe()
             opened += [ready.read, ready.write]
             do {
-                cgroup = try JobCgroup.create(on: host, name: "warm-\(template)", limits: limits)
+                cgroup = try JobCgroup.create(
+                    on: host,
+                    name: "warm-\(template)",
+                    limits: limits,
+                    ledger: runtime.resources.ledger
+                )
             } catch {
                 throw WarmError("cannot create the sandbox's cgroup: \(error.description)")
             }
@@ -157,7 +162,8 @@ final class ProcessWarmSandbox: WarmSandbox {
             timeout: lifetime,
             outputLimit: profile.outputBytes,
             inheritedFiles: [control.read, stdin.read, ready.write] + invocation.files,
-            containment: containment
+            containment: containment,
+            ledger: runtime.resources.ledger
         )
         let spawned = Result { () throws(SandboxSpawnError) in try SandboxProcess(command) }
         for fd in invocation.files + [control.read, stdin.read, ready.write] { close(fd) }

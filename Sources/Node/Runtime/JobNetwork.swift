@@ -21,6 +21,8 @@ struct JobNetwork: Sendable {
     let subnet: Int
     /// Where ``subnet`` came from and goes back to.
     let subnets: SubnetPool
+    /// Where the namespace and the `ip`/`nft` processes are noted.
+    let ledger: SandboxLedger?
 
     /// At most this many CIDRs per job.
     static let maxAllowed = 32
@@ -28,11 +30,12 @@ struct JobNetwork: Sendable {
     /// Sets up the namespace, veth pair and rules. Needs root, `ip` and `nft`. With `process`, the
     /// network namespace of that process is used (and named) instead of a new one: a container
     /// whose user namespace is not root's may only join a network namespace its own user namespace
-    /// owns (``OwnedUserNamespace``).
+    /// owns (``OwnedUserNamespace``). The namespace is noted in `ledger` while it exists.
     static func create(
         allow: [String],
         namespaceOf process: Int32? = nil,
-        subnets: SubnetPool
+        subnets: SubnetPool,
+        ledger: SandboxLedger?
     ) async throws(NetworkSetupError) -> JobNetwork {
         guard geteuid() == 0 else { throw NetworkSetupError("NETWORK_ALLOWLIST needs a node running as root") }
         guard (1...maxAllowed).contains(allow.count) else {
@@ -44,7 +47,7 @@ struct JobNetwork: Sendable {
             }
             return parsed
         }
-        try await HostNetwork.prepare()
+        try await HostNetwork.prepare(ledger: ledger)
         guard let subnet = subnets.take() else {
             throw NetworkSetupError("all \(SubnetPool.capacity) job networks of this node are in use")
         }
@@ -53,7 +56,8 @@ struct JobNetwork: Sendable {
             name: "hangar-\(suffix)",
             hostInterface: "hgh\(suffix)",
             subnet: subnet,
-            subnets: subnets
+            subnets: subnets,
+            ledger: ledger
         )
         do {
             try await network.setUp(cidrs, namespaceOf: process)
@@ -73,18 +77,18 @@ struct JobNetwork: Sendable {
     private func setUp(_ allow: [IPv4CIDR], namespaceOf process: Int32?) async throws(NetworkSetupError) {
         let inner = "hgs" + hostInterface.dropFirst(3)
         let (gateway, sandbox) = addresses
-        SandboxLedger.current.made(.network(namespace: name, hostInterface: hostInterface))
-        try await Self.run(
+        ledger?.made(.network(namespace: name, hostInterface: hostInterface))
+        try await run(
             process.map { ["ip", "netns", "attach", name, String($0)] } ?? ["ip", "netns", "add", name]
         )
-        try await Self.run(["ip", "link", "add", hostInterface, "type", "veth", "peer", "name", inner])
-        try await Self.run(["ip", "link", "set", inner, "netns", name])
-        try await Self.run(["ip", "addr", "add", gateway + "/30", "dev", hostInterface])
-        try await Self.run(["ip", "link", "set", hostInterface, "up"])
-        try await Self.run(["ip", "-n", name, "addr", "add", sandbox + "/30", "dev", inner])
-        try await Self.run(["ip", "-n", name, "link", "set", inner, "up"])
-        try await Self.run(["ip", "-n", name, "link", "set", "lo", "up"])
-        try await Self.run(["ip", "-n", name, "route", "add", "default", "via", gateway])
+        try await run(["ip", "link", "add", hostInterface, "type", "veth", "peer", "name", inner])
+        try await run(["ip", "link", "set", inner, "netns", name])
+        try await run(["ip", "addr", "add", gateway + "/30", "dev", hostInterface])
+        try await run(["ip", "link", "set", hostInterface, "up"])
+        try await run(["ip", "-n", name, "addr", "add", sandbox + "/30", "dev", inner])
+        try await run(["ip", "-n", name, "link", "set", inner, "up"])
+        try await run(["ip", "-n", name, "link", "set", "lo", "up"])
+        try await run(["ip", "-n", name, "route", "add", "default", "via", gateway])
         let allowed = allow.map(\.description).joined(separator: ", ")
         let ruleset = """
             table inet hangar {
@@ -99,28 +103,34 @@ struct JobNetwork: Sendable {
             }
 
             """
-        try await Self.run(["ip", "netns", "exec", name, "nft", "-f", "-"], stdin: Data(ruleset.utf8))
+        try await run(["ip", "netns", "exec", name, "nft", "-f", "-"], stdin: Data(ruleset.utf8))
     }
 
     /// Deletes the namespace (which deletes both veth ends) and frees the subnet. Safe to call on a
     /// half-built network.
     func remove() async {
-        _ = try? await Self.run(["ip", "link", "del", hostInterface])
-        _ = try? await Self.run(["ip", "netns", "del", name])
+        _ = try? await run(["ip", "link", "del", hostInterface])
+        _ = try? await run(["ip", "netns", "del", name])
         if !FileManager.default.fileExists(atPath: path) {
-            SandboxLedger.current.gone(.network(namespace: name, hostInterface: hostInterface))
+            ledger?.gone(.network(namespace: name, hostInterface: hostInterface))
         }
         subnets.give(subnet)
     }
 
-    static func run(_ argv: [String], stdin: Data = Data()) async throws(NetworkSetupError) {
+    private func run(_ argv: [String], stdin: Data = Data()) async throws(NetworkSetupError) {
+        try await Self.run(argv, stdin: stdin, ledger: ledger)
+    }
+
+    /// Runs `ip` or `nft` (`argv[0]`), noted in `ledger` while it runs.
+    static func run(_ argv: [String], stdin: Data = Data(), ledger: SandboxLedger?) async throws(NetworkSetupError) {
         let command = SandboxCommand(
             executable: argv[0] == "ip" ? "/usr/sbin/ip" : "/usr/sbin/nft",
             arguments: argv,
             environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
             stdin: stdin,
             timeout: .seconds(10),
-            outputLimit: 16_384
+            outputLimit: 16_384,
+            ledger: ledger
         )
         let result: SandboxResult
         do {
@@ -142,7 +152,7 @@ struct JobNetwork: Sendable {
 enum HostNetwork {
     private static let prepared = Mutex(false)
 
-    static func prepare() async throws(NetworkSetupError) {
+    static func prepare(ledger: SandboxLedger?) async throws(NetworkSetupError) {
         if prepared.withLock({ $0 }) { return }
         guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/nft") else {
             throw NetworkSetupError("NETWORK_ALLOWLIST needs nftables (/usr/sbin/nft) on the node")
@@ -167,7 +177,7 @@ enum HostNetwork {
             }
 
             """
-        try await JobNetwork.run(["nft", "-f", "-"], stdin: Data(ruleset.utf8))
+        try await JobNetwork.run(["nft", "-f", "-"], stdin: Data(ruleset.utf8), ledger: ledger)
         guard (try? "1\n".write(toFile: "/proc/sys/net/ipv4/ip_forward", atomically: false, encoding: .utf8)) != nil
         else {
             throw NetworkSetupError("cannot turn on IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)")

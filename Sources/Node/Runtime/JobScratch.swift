@@ -22,14 +22,17 @@ struct JobScratch: Sendable {
 
     /// Host path of the mounted tmpfs.
     let path: String
+    /// Where the mount is noted while it exists.
+    let ledger: SandboxLedger?
 
     /// Mounts a tmpfs of `sizeBytes` at `<root>/<name>`, owned by `owner` (the job's uid and gid as
-    /// the host sees them) with mode 0700. Needs root.
+    /// the host sees them) with mode 0700, and notes it in `ledger`. Needs root.
     static func create(
         root: String = defaultRoot,
         name: String,
         sizeBytes: UInt64,
-        owner: (uid: UInt32, gid: UInt32)
+        owner: (uid: UInt32, gid: UInt32),
+        ledger: SandboxLedger?
     ) throws(ScratchError) -> JobScratch {
         guard geteuid() == 0 else {
             throw ScratchError("files_out needs a node running as root (the job's scratch is a host tmpfs)")
@@ -49,8 +52,8 @@ struct JobScratch: Sendable {
             rmdir(path)
             throw error
         }
-        SandboxLedger.current.made(.scratch(path: path))
-        return JobScratch(path: path)
+        ledger?.made(.scratch(path: path))
+        return JobScratch(path: path, ledger: ledger)
     }
 
     /// Unmounts the tmpfs (dropping everything the job wrote) and removes its mount point.
@@ -61,7 +64,7 @@ struct JobScratch: Sendable {
         if rmdir(path) != 0 && errno != ENOENT {
             return "cannot remove \(path): \(String(cString: strerror(errno)))"
         }
-        SandboxLedger.current.gone(.scratch(path: path))
+        ledger?.gone(.scratch(path: path))
         return nil
     }
 

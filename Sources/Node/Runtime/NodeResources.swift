@@ -1,6 +1,7 @@
 /// What the sandboxes of one node draw from: host uids of their own (``SandboxUsers``), the /30
-/// subnets of allowlist jobs' networks, user namespaces made ahead of need for containers, and where
-/// job cgroups go (``CgroupHost``). Whoever builds a node builds one of these and hands it to the
+/// subnets of allowlist jobs' networks, user namespaces made ahead of need for containers, where
+/// job cgroups go (``CgroupHost``), and the ``SandboxLedger`` where what they make on the host is
+/// noted for the sweep after a crash. Whoever builds a node builds one of these and hands it to the
 /// node's runtimes and its ``NodeAgent``, so that two nodes in one process (tests, `hangar dev`'s
 /// cluster if it wants) share nothing of it.
 ///
@@ -15,18 +16,28 @@ public struct NodeResources: Sendable {
     let namespaces: OwnedNamespaceStock
     /// Where job cgroups go, or why there are none (then the process runtime refuses every job).
     public let cgroups: Result<CgroupHost, CgroupError>
+    /// Where the sandboxes' cgroups, scratch mounts, network namespaces, containers and processes
+    /// are noted while they exist; the ``NodeAgent`` sweeps its directory when it starts, then
+    /// opens it, and closes it when it stops (until then it notes nothing).
+    public let ledger: SandboxLedger
 
-    /// A node's resources: sandboxes run as the uids of `users`, and job cgroups go where
-    /// `cgroups` says (detected from this machine's mounts by default).
-    public init(users: SandboxUsers, cgroups: Result<CgroupHost, CgroupError> = CgroupHost.detect()) {
+    /// A node's resources: sandboxes run as the uids of `users`, job cgroups go where `cgroups`
+    /// says (detected from this machine's mounts by default), and what they make is noted in
+    /// `ledger` (one in ``SandboxLedger/defaultDirectory`` by default).
+    public init(
+        users: SandboxUsers,
+        cgroups: Result<CgroupHost, CgroupError> = CgroupHost.detect(),
+        ledger: SandboxLedger = SandboxLedger()
+    ) {
         self.users = users
         self.cgroups = cgroups
+        self.ledger = ledger
         subnets = SubnetPool()
-        namespaces = OwnedNamespaceStock(size: 2, users: users)
+        namespaces = OwnedNamespaceStock(size: 2, users: users, ledger: ledger)
     }
 
     /// What runtimes and node agents built without resources of their own use: the standard uid
-    /// range (``SandboxUsers/standardFirst``) and this machine's cgroups. A `hangar node` daemon
-    /// builds its own instead.
+    /// range (``SandboxUsers/standardFirst``), this machine's cgroups and a ledger in
+    /// ``SandboxLedger/defaultDirectory``. A `hangar node` daemon builds its own instead.
     public static let standard = NodeResources(users: SandboxUsers.standard())
 }

@@ -69,7 +69,8 @@ public struct ProcessRuntime: Runtime {
             executable: bubblewrapPath,
             arguments: ["bwrap", "--version"],
             timeout: .seconds(5),
-            outputLimit: 4096
+            outputLimit: 4096,
+            ledger: resources.ledger
         )
         let version: String
         do {
@@ -140,7 +141,11 @@ public struct ProcessRuntime: Runtime {
         }
         let network: JobNetwork
         do {
-            network = try await JobNetwork.create(allow: requested.network.allow, subnets: resources.subnets)
+            network = try await JobNetwork.create(
+                allow: requested.network.allow,
+                subnets: resources.subnets,
+                ledger: resources.ledger
+            )
         } catch {
             return .error("cannot set up the job's network: \(error.description)")
         }
@@ -192,7 +197,13 @@ public struct ProcessRuntime: Runtime {
         }
         let scratch: JobScratch?
         do {
-            scratch = try Self.scratch(for: spec, jobID: jobID, limits: limits, owner: user ?? geteuid())
+            scratch = try Self.scratch(
+                for: spec,
+                jobID: jobID,
+                limits: limits,
+                owner: user ?? geteuid(),
+                ledger: resources.ledger
+            )
         } catch {
             return (.error(error.description), true)
         }
@@ -211,7 +222,7 @@ public struct ProcessRuntime: Runtime {
         }
         let cgroup: JobCgroup
         do {
-            cgroup = try JobCgroup.create(on: host, name: jobID, limits: limits)
+            cgroup = try JobCgroup.create(on: host, name: jobID, limits: limits, ledger: resources.ledger)
         } catch {
             for fd in invocation.files { close(fd) }
             _ = scratch?.remove()
@@ -242,6 +253,7 @@ public struct ProcessRuntime: Runtime {
             containment: CgroupContainment(cgroup, cpuTime: limits.cpuTime)
         )
         command.tap = OutputTap.current
+        command.ledger = resources.ledger
         let spawned = Result { () throws(SandboxSpawnError) in try SandboxProcess(command) }
         for fd in invocation.files { close(fd) }  // the process holds its own copies
         let prepared = clock.now - began
@@ -275,13 +287,19 @@ public struct ProcessRuntime: Runtime {
         for spec: Hangar_V1_JobSpec,
         jobID: String,
         limits: JobLimits,
-        owner: UInt32
+        owner: UInt32,
+        ledger: SandboxLedger
     ) throws(ScratchError)
         -> JobScratch?
     {
         guard !spec.filesOut.isEmpty else { return nil }
         try JobScratch.checkFilesOut(spec)
-        return try JobScratch.create(name: jobID, sizeBytes: limits.fileSizeBytes, owner: (owner, owner))
+        return try JobScratch.create(
+            name: jobID,
+            sizeBytes: limits.fileSizeBytes,
+            owner: (owner, owner),
+            ledger: ledger
+        )
     }
 }
 

@@ -42,6 +42,9 @@ public struct SandboxCommand: Sendable {
     public var containment: (any SandboxContainment)?
     /// Gets the kept output as it is read (the job's own program only; see ``OutputTap``).
     public var tap: OutputTap?
+    /// Where the process is noted while it runs (the node's ``NodeResources/ledger``), so that a
+    /// node started after this one crashed can kill its process group; nil for nowhere.
+    public var ledger: SandboxLedger?
 
     /// A command; see the properties for what each argument means.
     public init(
@@ -53,7 +56,8 @@ public struct SandboxCommand: Sendable {
         outputLimit: Int,
         inheritedFiles: [Int32] = [],
         drainTimeout: Duration = .seconds(2),
-        containment: (any SandboxContainment)? = nil
+        containment: (any SandboxContainment)? = nil,
+        ledger: SandboxLedger? = nil
     ) {
         self.executable = executable
         self.arguments = arguments
@@ -64,6 +68,7 @@ public struct SandboxCommand: Sendable {
         self.inheritedFiles = inheritedFiles
         self.drainTimeout = drainTimeout
         self.containment = containment
+        self.ledger = ledger
     }
 }
 
@@ -159,7 +164,7 @@ public final class SandboxProcess: Sendable {
         try Self.validate(command)
         let fds = try ChildDescriptors(inheriting: command.inheritedFiles)
         wakeWriter = Mutex(fds.wakeWrite)
-        let job = MonitorJob(command: command, fds: fds, created: created, ledger: SandboxLedger.current)
+        let job = MonitorJob(command: command, fds: fds, created: created, ledger: command.ledger)
         let thread = Thread { [self] in
             self.finish(job.run(cancelRequested: self.cancelRequested, closeWaker: self.closeWaker))
         }
@@ -360,9 +365,9 @@ private struct MonitorJob: Sendable {
     let command: SandboxCommand
     let fds: ChildDescriptors
     let created: ContinuousClock.Instant
-    /// Where the process is noted while it runs (the spawning task's ``SandboxLedger/current``),
-    /// so that a node started after this one crashed can kill its process group.
-    let ledger: SandboxLedger
+    /// Where the process is noted while it runs (``SandboxCommand/ledger``), so that a node
+    /// started after this one crashed can kill its process group.
+    let ledger: SandboxLedger?
 
     /// Spawns the program, watches it, reaps it. Runs on the dedicated monitor thread.
     func run(
@@ -383,15 +388,15 @@ private struct MonitorJob: Sendable {
             return .failure(error)
         case .success(let pid):
             let noted =
-                ledger.isOpen
+                ledger?.isOpen == true
                 ? SandboxLedger.startTime(of: pid).map { SandboxLedger.Resource.process(pid: pid, start: $0) } : nil
-            if let noted { ledger.made(noted) }
+            if let noted { ledger?.made(noted) }
             var loop = PollLoop(pid: pid, command: command, fds: fds)
             loop.run(cancelRequested: cancelRequested)
             closeWaker()
             close(fds.wakeRead)
             var result = loop.reap()
-            if let noted { ledger.gone(noted) }
+            if let noted { ledger?.gone(noted) }
             result.spawnTime = loop.started - created
             return .success(result)
         }
