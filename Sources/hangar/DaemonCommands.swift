@@ -163,12 +163,14 @@ struct NodeCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError(error.description)
         }
+        let resources = NodeResources(users: SandboxUsers.standard())
         let chosen = try makeRuntimes(
             runtimes ?? file.strings("runtimes")?.joined(separator: ",") ?? "process,container,gvisor,microvm,null",
-            templates: config.templates
+            templates: config.templates,
+            resources: resources
         )
         let nats = try await connection.with(file).connect(name: "hangar-node-\(id)", logger: logger, as: .node(id))
-        let agent = NodeAgent(config: config, nats: nats, runtimes: chosen, logger: logger)
+        let agent = NodeAgent(config: config, nats: nats, runtimes: chosen, resources: resources, logger: logger)
         let metrics = try self.metrics.with(file)
         let server = try await metrics.start {
             StateGauges.node(agent)
@@ -284,14 +286,19 @@ func openStore(_ path: String) throws -> Store {
     }
 }
 
-func makeRuntimes(_ list: String, templates: TemplateStore? = nil) throws -> [any Runtime] {
+/// The runtimes named in `list`, their sandboxes drawing on `resources`.
+func makeRuntimes(
+    _ list: String,
+    templates: TemplateStore? = nil,
+    resources: NodeResources
+) throws -> [any Runtime] {
     try list.split(separator: ",").map { name -> any Runtime in
         switch name.trimmingCharacters(in: .whitespaces) {
-        case "process": ProcessRuntime(templates: templates)
-        case "container": ContainerRuntime(templates: templates)
-        case "gvisor": GVisorRuntime(templates: templates)
+        case "process": ProcessRuntime(templates: templates, resources: resources)
+        case "container": ContainerRuntime(templates: templates, resources: resources)
+        case "gvisor": GVisorRuntime(templates: templates, resources: resources)
         case "null": NullRuntime()
-        case "microvm": MicroVMRuntime()
+        case "microvm": MicroVMRuntime(resources: resources)
         default:
             throw ValidationError(
                 "unknown runtime '\(name)'; a node can offer: process, container, gvisor, microvm, null"

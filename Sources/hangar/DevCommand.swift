@@ -48,7 +48,9 @@ struct DevCommand: AsyncParsableCommand {
         // Nodes share the dev state folder's template store: `hangar template build --state-dir STATE`.
         var nodeConfig = NodeConfig(nodeID: "", slots: slots)
         try NodeStateOptions.apply(stateDir: stateURL.path, pools: pools, to: &nodeConfig)
-        let chosenRuntimes = try makeRuntimes(runtimes, templates: nodeConfig.templates)
+        // The dev nodes share their runtimes, and so one machine's sandbox users and cgroups.
+        let resources = NodeResources(users: SandboxUsers.standard())
+        let chosenRuntimes = try makeRuntimes(runtimes, templates: nodeConfig.templates, resources: resources)
 
         // Authorization on: every component logs in with its own credentials (STATE/auth/creds/).
         let auth = AuthDirectory(path: stateURL.appendingPathComponent("auth").path)
@@ -98,6 +100,7 @@ struct DevCommand: AsyncParsableCommand {
                     config: nodeConfig,
                     nats: connection,
                     runtimes: chosenRuntimes,
+                    resources: resources,
                     logger: Logger(label: "hangar.node")
                 )
             )

@@ -42,7 +42,7 @@ struct CgroupKillTests {
         }
         #expect(cgroup.processes().count >= 100, "the bomb did not grow")
 
-        cgroup.killAll()
+        await cgroup.killAll()
         let end = ContinuousClock.now + .seconds(2)
         while !cgroup.processes().isEmpty && ContinuousClock.now < end {
             try await Task.sleep(for: .milliseconds(20))

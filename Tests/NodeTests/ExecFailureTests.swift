@@ -43,7 +43,10 @@ struct ExecFailureTests {
         for (program, failure) in [
             ("no-such-\(uniqueTag())", ExecFailure.notFound), ("/etc/ld.so.cache", .notExecutable),
         ] {
-            try #require(await Self.eventually { pools.status().first?.ready == 1 }, "\(pools.status())")
+            try #require(
+                await eventually(within: .seconds(30)) { pools.status().first?.ready == 1 },
+                "\(pools.status())"
+            )
             let spec = job([program]) { $0.runtime = name }
             let sandbox = try #require(pools.take(spec))
             let outcome = await sandbox.run(spec, jobID: "warm-exec-\(uniqueTag())")
@@ -54,14 +57,5 @@ struct ExecFailureTests {
         }
         running.cancel()
         await running.value
-    }
-
-    static func eventually(within timeout: Duration = .seconds(30), _ condition: () -> Bool) async -> Bool {
-        let end = ContinuousClock.now + timeout
-        while ContinuousClock.now < end {
-            if condition() { return true }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return condition()
     }
 }

@@ -20,7 +20,7 @@ extension WarmPoolTests {
         )
         let running = Task { await pools.run(available: ["gvisor"]) }
         let status = { pools.status().first { $0.runtime == "gvisor" } }
-        #expect(await WarmPoolTests.eventually(within: .seconds(60)) { status()?.ready == 1 }, "\(pools.status())")
+        #expect(await eventually(within: .seconds(60)) { status()?.ready == 1 }, "\(pools.status())")
         // stdin with a line that looks like shell and ends without a newline: the job must get
         // exactly these bytes, after the script the waiting shell read.
         var spec = job(["/usr/bin/python3", "-c", WarmPoolTests.inspect]) {
@@ -42,7 +42,7 @@ extension WarmPoolTests {
         let cold = await runtime.run(spec, jobID: "cold-g-\(uniqueTag())")
         #expect(cold.stdout == outcome.stdout, "\(text(cold.stdout))")
         // A warm job keeps its own wall clock.
-        #expect(await WarmPoolTests.eventually(within: .seconds(60)) { status()?.ready == 1 })
+        #expect(await eventually(within: .seconds(60)) { status()?.ready == 1 })
         let slow = job(["/bin/sleep", "30"]) {
             $0.runtime = "gvisor"
             $0.limits.timeoutMs = 500
@@ -63,6 +63,6 @@ extension WarmPoolTests {
                 }
             }
         }
-        #expect(await WarmPoolTests.eventually(within: .seconds(10)) { leftovers().isEmpty }, "\(leftovers())")
+        #expect(await eventually(within: .seconds(10)) { leftovers().isEmpty }, "\(leftovers())")
     }
 }

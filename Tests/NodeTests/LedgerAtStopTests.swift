@@ -37,7 +37,7 @@ struct LedgerAtStopTests {
             cold.runtime = "container"
             #expect(await container.run(cold, jobID: "stop-c-\(uniqueTag())").status == .succeeded)
             try #require(
-                await Self.eventually { pools.status().allSatisfy { $0.ready == 1 } },
+                await eventually(within: .seconds(30)) { pools.status().allSatisfy { $0.ready == 1 } },
                 "\(pools.status())"
             )
             let warm = job(["/bin/echo", "warm"])
@@ -46,19 +46,10 @@ struct LedgerAtStopTests {
             // Stop as the node does: pools drained, then what the node keeps for containers.
             running.cancel()
             await running.value
-            await NodeAgent.releaseSandboxResources(logger: Logger(label: "test"))
+            await NodeAgent.releaseSandboxResources(.standard, logger: Logger(label: "test"))
         }
         let outstanding = SandboxLedger.outstandingResources(in: path)
         #expect(outstanding == [], "never marked gone: \(outstanding)")
         #expect(!FileManager.default.fileExists(atPath: path), "the ledger outlived a clean stop")
-    }
-
-    static func eventually(within timeout: Duration = .seconds(30), _ condition: () -> Bool) async -> Bool {
-        let end = ContinuousClock.now + timeout
-        while ContinuousClock.now < end {
-            if condition() { return true }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return condition()
     }
 }

@@ -398,7 +398,7 @@ struct CgroupDetectionTests {
 
     @Test("this machine's cgroups are detected and the parents exist")
     func detected() throws {
-        let host = try CgroupHost.current.get()
+        let host = try CgroupHost.detect().get()
         #expect(!host.parentDirectories.isEmpty)
         for parent in host.parentDirectories {
             #expect(parent.hasSuffix("/hangar"))
@@ -409,8 +409,10 @@ struct CgroupDetectionTests {
     @Test("without cgroups the runtime refuses to run jobs, with the reason, and the probe says so")
     func refusal() async {
         let broken = ProcessRuntime(
-            bubblewrapPath: "/usr/bin/bwrap",
-            cgroups: .failure(CgroupError("cannot create /sys/fs/cgroup/memory/hangar: Permission denied"))
+            resources: NodeResources(
+                users: SandboxUsers(first: 2_000_000, count: 4),
+                cgroups: .failure(CgroupError("cannot create /sys/fs/cgroup/memory/hangar: Permission denied"))
+            )
         )
         let outcome = await broken.run(job(["true"]), jobID: "refused")
         #expect(outcome.status == .error)

@@ -140,7 +140,8 @@ extension MicroVMSuites {
             }
             #expect(uids.count == 2, "qemu uids: \(uids)")
             #expect(Set(uids).count == uids.count, "two VMs share a host uid: \(uids)")
-            let pool = SandboxUsers.shared.first..<(SandboxUsers.shared.first + SandboxUsers.shared.count)
+            let users = vm.resources.users
+            let pool = users.first..<(users.first + users.count)
             #expect(uids.allSatisfy { pool.contains($0) }, "not from the sandbox users (nobody is 65534): \(uids)")
             // Threads start and are joined; and a thread that ends by pthread_exit (as Python's daemon
             // threads do at interpreter exit) needs libgcc_s, which glibc dlopens to unwind it: without

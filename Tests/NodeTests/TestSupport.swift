@@ -63,7 +63,7 @@ func survivors(of arguments: [String], within timeout: Duration = .seconds(2)) a
 /// Job cgroup directories whose name contains `tag`, in every parent the node uses. Job cgroups are
 /// named after the job id, so a tag in the job id finds that job's cgroups.
 func leftoverCgroups(containing tag: String) -> [String] {
-    guard case .success(let host) = CgroupHost.current else { return [] }
+    guard case .success(let host) = NodeResources.standard.cgroups else { return [] }
     return host.parentDirectories.flatMap { parent in
         ((try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []).filter { $0.contains(tag) }.map {
             parent + "/" + $0

@@ -6,16 +6,6 @@ import Testing
 
 @Suite("Warm pools, real bubblewrap and runc", .serialized)
 struct WarmPoolTests {
-    /// Waits up to `timeout` for `condition`; true when it held.
-    static func eventually(within timeout: Duration = .seconds(20), _ condition: () -> Bool) async -> Bool {
-        let end = ContinuousClock.now + timeout
-        while ContinuousClock.now < end {
-            if condition() { return true }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return condition()
-    }
-
     static func status(_ pools: WarmPools, _ template: String = "host") -> Hangar_V1_WarmPool? {
         pools.status().first { $0.runtime == "process" && $0.template == template }
     }
@@ -56,7 +46,7 @@ struct WarmPoolTests {
             logger: Logger(label: "test")
         )
         let running = Task { await pools.run(available: ["process"]) }
-        #expect(await Self.eventually { Self.status(pools)?.ready == 2 }, "\(pools.status())")
+        #expect(await eventually(within: .seconds(20)) { Self.status(pools)?.ready == 2 }, "\(pools.status())")
 
         let script = Self.inspect
         let spec = job(["/usr/bin/python3", "-c", script]) {
@@ -77,15 +67,18 @@ struct WarmPoolTests {
         // How fast a warm start is belongs to the benchmarks (`hangar-bench pools`, "warm, until code
         // runs"), not here: a loaded machine is not a broken pool.
         // Refilled back to min.
-        #expect(await Self.eventually { Self.status(pools)?.ready == 2 })
+        #expect(await eventually(within: .seconds(20)) { Self.status(pools)?.ready == 2 })
 
         // The pool's own waiting sandboxes are seen, or the check after the drain is void.
-        #expect(await Self.eventually { !Self.waitingSandboxes().isEmpty }, "no waiting sandbox of this pool is seen")
+        #expect(
+            await eventually(within: .seconds(20)) { !Self.waitingSandboxes().isEmpty },
+            "no waiting sandbox of this pool is seen"
+        )
         running.cancel()
         await running.value
         #expect(Self.status(pools)?.ready == 0)
         #expect(
-            await Self.eventually(within: .seconds(3)) { Self.waitingSandboxes().isEmpty },
+            await eventually(within: .seconds(3)) { Self.waitingSandboxes().isEmpty },
             "\(Self.waitingSandboxes())"
         )
         #expect(leftoverCgroups(containing: "warm-host.\(getpid()).").isEmpty)
@@ -119,7 +112,7 @@ struct WarmPoolTests {
         )
         let running = Task { await pools.run(available: ["container"]) }
         let status = { pools.status().first { $0.runtime == "container" } }
-        #expect(await Self.eventually { status()?.ready == 1 }, "\(pools.status())")
+        #expect(await eventually(within: .seconds(20)) { status()?.ready == 1 }, "\(pools.status())")
         var spec = job(["/usr/bin/python3", "-c", Self.inspect]) {
             $0.stdin = Data("from-stdin\n".utf8)
             $0.env = ["FOO": "it's"]
@@ -131,7 +124,7 @@ struct WarmPoolTests {
         #expect(text(outcome.stdout) == "out\nfrom-stdin\nit's\nfds -\nenv FOO,HOME,LC_CTYPE,PATH\n")
         let cold = await runtime.run(spec, jobID: "cold-c-\(uniqueTag())")
         #expect(cold.stdout == outcome.stdout)
-        #expect(await Self.eventually { status()?.ready == 1 })
+        #expect(await eventually(within: .seconds(20)) { status()?.ready == 1 })
         #expect(
             pools.take(
                 job(["/bin/true"]) {
@@ -149,11 +142,14 @@ struct WarmPoolTests {
         #expect(slowOutcome.status == .timedOut, "\(slowOutcome.message)")
 
         // The pool's own waiting sandboxes are seen, or the check after the drain is void.
-        #expect(await Self.eventually { !Self.waitingSandboxes().isEmpty }, "no waiting sandbox of this pool is seen")
+        #expect(
+            await eventually(within: .seconds(20)) { !Self.waitingSandboxes().isEmpty },
+            "no waiting sandbox of this pool is seen"
+        )
         running.cancel()
         await running.value
         #expect(
-            await Self.eventually(within: .seconds(5)) { Self.waitingSandboxes().isEmpty },
+            await eventually(within: .seconds(5)) { Self.waitingSandboxes().isEmpty },
             "\(Self.waitingSandboxes())"
         )
         let bundles = (try? FileManager.default.contentsOfDirectory(atPath: directories.bundles)) ?? []
@@ -173,7 +169,7 @@ struct WarmPoolTests {
         )
         let running = Task { await pools.run(available: ["process"]) }
         defer { running.cancel() }
-        #expect(await Self.eventually { Self.status(pools)?.ready == 1 })
+        #expect(await eventually(within: .seconds(20)) { Self.status(pools)?.ready == 1 })
         #expect(pools.take(job(["/bin/true"]) { $0.limits.outputBytes = 1000 }) == nil)
         #expect(pools.take(job(["/bin/true"]) { $0.files = [Hangar_V1_FileIn()] }) == nil)
         #expect(Self.status(pools)?.servedCold == 2)
@@ -192,24 +188,27 @@ struct WarmPoolTests {
         let big = job(["/usr/bin/python3", "-c", "b = bytearray(300 << 20); print(len(b))"]) {
             $0.limits.memoryBytes = 512 << 20
         }
-        #expect(await Self.eventually { Self.status(pools)?.ready == 1 })
+        #expect(await eventually(within: .seconds(20)) { Self.status(pools)?.ready == 1 })
         let bigSandbox = try #require(pools.take(big))
         let bigOutcome = await bigSandbox.run(big, jobID: "warm-big-\(uniqueTag())")
         #expect(bigOutcome.status == .succeeded, "\(bigOutcome.message) \(text(bigOutcome.stderr))")
         let small = job(["/usr/bin/python3", "-c", "b = bytearray(100 << 20); print(len(b))"]) {
             $0.limits.memoryBytes = 32 << 20
         }
-        #expect(await Self.eventually { Self.status(pools)?.ready == 1 })
+        #expect(await eventually(within: .seconds(20)) { Self.status(pools)?.ready == 1 })
         let smallSandbox = try #require(pools.take(small))
         let smallOutcome = await smallSandbox.run(small, jobID: "warm-small-\(uniqueTag())")
         #expect(smallOutcome.status == .oomKilled, "\(smallOutcome.status) \(smallOutcome.message)")
         #expect(smallOutcome.message.contains("memory limit of 32 MiB"))
 
         // The pool's own waiting sandboxes are seen, or the check after the drain is void.
-        #expect(await Self.eventually { !Self.waitingSandboxes().isEmpty }, "no waiting sandbox of this pool is seen")
+        #expect(
+            await eventually(within: .seconds(20)) { !Self.waitingSandboxes().isEmpty },
+            "no waiting sandbox of this pool is seen"
+        )
         running.cancel()
         await running.value
-        #expect(await Self.eventually(within: .seconds(3)) { Self.waitingSandboxes().isEmpty })
+        #expect(await eventually(within: .seconds(3)) { Self.waitingSandboxes().isEmpty })
     }
 
     @Test("a pool grows toward demand within max, and a directory template is served warm")
@@ -223,21 +222,24 @@ struct WarmPoolTests {
             logger: Logger(label: "test")
         )
         let running = Task { await pools.run(available: ["process"]) }
-        #expect(await Self.eventually { Self.status(pools, "bb")?.ready == 1 }, "\(pools.status())")
+        #expect(await eventually(within: .seconds(20)) { Self.status(pools, "bb")?.ready == 1 }, "\(pools.status())")
         let spec = job(["/bin/cat", "/marker.txt"]) { $0.template = "bb" }
         var taken: [any WarmSandbox] = []
         for _ in 0..<5 { if let sandbox = pools.take(spec) { taken.append(sandbox) } }
         #expect(taken.count == 1)
-        #expect(await Self.eventually { Self.status(pools, "bb")?.target == 3 })
-        #expect(await Self.eventually { Self.status(pools, "bb")?.ready == 3 }, "\(pools.status())")
+        #expect(await eventually(within: .seconds(20)) { Self.status(pools, "bb")?.target == 3 })
+        #expect(await eventually(within: .seconds(20)) { Self.status(pools, "bb")?.ready == 3 }, "\(pools.status())")
         let outcome = await taken[0].run(spec, jobID: "warm-bb-\(uniqueTag())")
         #expect(outcome.status == .succeeded, "\(outcome.message) \(text(outcome.stderr))")
         #expect(text(outcome.stdout) == marker)
         // The pool's own waiting sandboxes are seen, or the check after the drain is void.
-        #expect(await Self.eventually { !Self.waitingSandboxes().isEmpty }, "no waiting sandbox of this pool is seen")
+        #expect(
+            await eventually(within: .seconds(20)) { !Self.waitingSandboxes().isEmpty },
+            "no waiting sandbox of this pool is seen"
+        )
         running.cancel()
         await running.value
-        #expect(await Self.eventually(within: .seconds(3)) { Self.waitingSandboxes().isEmpty })
+        #expect(await eventually(within: .seconds(3)) { Self.waitingSandboxes().isEmpty })
         #expect(leftoverCgroups(containing: "warm-bb.\(getpid()).").isEmpty)
     }
 }

@@ -21,10 +21,21 @@ public final class NodeAgent: Sendable {
     public let pools: WarmPools?
     /// Results on their way into the results stream.
     private let results: ResultOutbox
+    /// What the node's sandboxes draw from; the runtimes were built with the same.
+    let resources: NodeResources
 
-    public init(config: NodeConfig, nats: NATSConnection, runtimes: [any Runtime], logger: Logger) {
+    /// A node serving `runtimes`, which were built with `resources` (the node drains what it keeps
+    /// ready there when it stops).
+    public init(
+        config: NodeConfig,
+        nats: NATSConnection,
+        runtimes: [any Runtime],
+        resources: NodeResources = .standard,
+        logger: Logger
+    ) {
         self.config = config
         self.nats = nats
+        self.resources = resources
         self.runtimes = Dictionary(runtimes.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         var logger = logger
         logger[metadataKey: "node.id"] = "\(config.nodeID)"
@@ -92,15 +103,15 @@ public final class NodeAgent: Sendable {
         let tasks = running.withLock { Array($0.values) }
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
-        await Self.releaseSandboxResources(logger: logger)
+        await Self.releaseSandboxResources(resources, logger: logger)
     }
 
     /// At a clean stop, once no job runs and the warm pools are destroyed: ends what the node keeps
     /// ready for containers (the user namespaces in stock) and closes the ``SandboxLedger``, which
     /// deletes its file when everything it lists is gone; what is not is logged and left listed
     /// for the next node's sweep.
-    static func releaseSandboxResources(logger: Logger) async {
-        await OwnedNamespaceStock.shared.drain()
+    static func releaseSandboxResources(_ resources: NodeResources, logger: Logger) async {
+        await resources.namespaces.drain()
         let outstanding = SandboxLedger.current.close()
         if !outstanding.isEmpty {
             logger.error(

@@ -51,7 +51,8 @@ struct ControllerDirectories: Sendable, Equatable {
 }
 
 /// Where this node creates job cgroups: a `hangar` directory in each hierarchy (v1) or in the
-/// unified one (v2), ready for children. Detected once per process by ``current``.
+/// unified one (v2), ready for children. Detected by ``detect()``, once per node
+/// (``NodeResources/cgroups``).
 public struct CgroupHost: Sendable {
     /// v1 or v2.
     public let version: CgroupVersion
@@ -64,9 +65,11 @@ public struct CgroupHost: Sendable {
     /// The name of the directory that holds the job cgroups.
     static let parentName = "hangar"
 
-    /// This process's cgroup host, or why cgroups cannot be used (no cgroup file system, a
-    /// controller missing, no permission to create cgroups). Detected on first use.
-    public static let current: Result<CgroupHost, CgroupError> = detect(CgroupMounts.current())
+    /// This machine's cgroup host, or why cgroups cannot be used (no cgroup file system, a
+    /// controller missing, no permission to create cgroups).
+    public static func detect() -> Result<CgroupHost, CgroupError> {
+        detect(CgroupMounts.current())
+    }
 
     /// Prefers a fully usable v2 hierarchy, then v1. Each candidate parent is first a `hangar`
     /// directory at the top of the hierarchy (the node's own cgroup may be a leaf that others

@@ -17,20 +17,62 @@ extension JobCgroup {
     /// SIGKILLs every process in the cgroup without letting any of them fork meanwhile: v2 writes
     /// `cgroup.kill` where the kernel has it (5.14+); otherwise the cgroup is frozen, every process
     /// in it killed, and thawed so the kills land. Safe to call any number of times, from any thread.
+    ///
+    /// Blocks its thread for up to ``freezeWait`` while the freezer takes effect: for threads that
+    /// may block (the sandbox monitor's). Async code awaits ``killAll()-swift.method`` instead.
     func killAll() {
+        guard let freezer = startKilling() else { return }
+        let end = ContinuousClock.now + Self.freezeWait
+        while !freezer.isFrozen && ContinuousClock.now < end { usleep(1000) }
+        freezer.killAndThaw(processes())
+    }
+
+    /// ``killAll()`` for async code: the wait for the freezer is a timer, so it holds no thread of
+    /// Swift's cooperative pool, and cancellation does not cut it short (the kill must land).
+    func killAll() async {
+        guard let freezer = startKilling() else { return }
+        let end = ContinuousClock.now + Self.freezeWait
+        while !freezer.isFrozen && ContinuousClock.now < end { await Self.pause(microseconds: 1000) }
+        freezer.killAndThaw(processes())
+    }
+
+    /// How long a kill waits for the freezer (freezing is asynchronous) before it kills regardless.
+    static let freezeWait = Duration.milliseconds(100)
+
+    /// Kills everything at once through `cgroup.kill` where v2 has it (then nil: nothing is left to
+    /// do), else starts freezing the cgroup.
+    private func startKilling() -> Freezer? {
         let directory = directories.freezer
-        if version == .v2, (try? CgroupFile.write("1", to: directory + "/cgroup.kill")) != nil { return }
+        if version == .v2, (try? CgroupFile.write("1", to: directory + "/cgroup.kill")) != nil { return nil }
         let control = directory + (version == .v1 ? "/freezer.state" : "/cgroup.freeze")
         let froze = (try? CgroupFile.write(version == .v1 ? "FROZEN" : "1", to: control)) != nil
-        if froze {
-            // Freezing is asynchronous; wait briefly for it, then kill regardless.
-            let state = directory + (version == .v1 ? "/freezer.state" : "/cgroup.events")
-            let frozen = version == .v1 ? "FROZEN" : "frozen 1"
-            let end = ContinuousClock.now + .milliseconds(100)
-            while !(CgroupFile.read(state) ?? "").contains(frozen) && ContinuousClock.now < end { usleep(1000) }
+        return Freezer(directory: directory, version: version, froze: froze)
+    }
+
+    /// The freezer of a cgroup being killed (v1 `freezer.state`, v2 `cgroup.freeze`).
+    private struct Freezer {
+        let control: String
+        let state: String
+        let frozenMark: String
+        let version: CgroupVersion
+        /// Whether freezing was asked for; when it could not be, the kill goes ahead unfrozen.
+        let froze: Bool
+
+        init(directory: String, version: CgroupVersion, froze: Bool) {
+            self.version = version
+            self.froze = froze
+            control = directory + (version == .v1 ? "/freezer.state" : "/cgroup.freeze")
+            state = directory + (version == .v1 ? "/freezer.state" : "/cgroup.events")
+            frozenMark = version == .v1 ? "FROZEN" : "frozen 1"
         }
-        for pid in processes() { Glibc.kill(pid, SIGKILL) }
-        if froze { try? CgroupFile.write(version == .v1 ? "THAWED" : "0", to: control) }
+
+        /// Frozen, or there is nothing to wait for.
+        var isFrozen: Bool { !froze || (CgroupFile.read(state) ?? "").contains(frozenMark) }
+
+        func killAndThaw(_ pids: [pid_t]) {
+            for pid in pids { Glibc.kill(pid, SIGKILL) }
+            if froze { try? CgroupFile.write(version == .v1 ? "THAWED" : "0", to: control) }
+        }
     }
 
     /// Whether any directory of the cgroup is left, in any hierarchy.
@@ -49,7 +91,7 @@ extension JobCgroup {
         // often (a fixed 5 ms wait was a fifth of a short job's whole time through the node).
         var pause = 200
         while true {
-            if !processes().isEmpty { killAll() }
+            if !processes().isEmpty { await killAll() }
             remaining = remaining.filter { directory in
                 if rmdir(directory) == 0 || errno == ENOENT {
                     SandboxLedger.current.gone(.cgroup(directory: directory))

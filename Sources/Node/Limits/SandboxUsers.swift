@@ -12,9 +12,17 @@ import Synchronization
 /// A uid comes back to the pool only after the job's processes are gone (the caller releases it
 /// once the job's cgroup is empty); one that could not be proven free is never handed out again.
 public final class SandboxUsers: Sendable {
-    /// The pool every runtime of this process draws from: host uids 1,000,000 … 1,065,535, above
-    /// the subordinate ranges `useradd` hands out first and the 100000+ range containers map.
-    public static let shared = SandboxUsers(first: 1_000_000, count: 65_536)
+    /// The first uid of the standard pool: host uids 1,000,000 … 1,065,535, above the subordinate
+    /// ranges `useradd` hands out first and the 100000+ range containers map.
+    public static let standardFirst: UInt32 = 1_000_000
+    /// How many uids the standard pool has.
+    public static let standardCount: UInt32 = 65_536
+
+    /// A pool of the standard uids (``standardFirst``, ``standardCount``). A node has one
+    /// (``NodeResources/users``).
+    public static func standard() -> SandboxUsers {
+        SandboxUsers(first: standardFirst, count: standardCount)
+    }
 
     /// The lowest uid of the pool.
     public let first: UInt32

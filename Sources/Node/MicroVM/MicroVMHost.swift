@@ -17,6 +17,8 @@ final class MicroVMHost: Sendable {
     let accelerator: Accelerator
     /// Why KVM is not used, when it is not.
     let kvmNote: String?
+    /// The host uids qemu runs as, one per VM.
+    let users: SandboxUsers
 
     private init(
         configuration: MicroVMConfiguration,
@@ -27,7 +29,8 @@ final class MicroVMHost: Sendable {
         initramfsBytes: Int,
         contents: String,
         accelerator: Accelerator,
-        kvmNote: String?
+        kvmNote: String?,
+        users: SandboxUsers
     ) {
         self.configuration = configuration
         self.kernelPath = kernelPath
@@ -38,13 +41,18 @@ final class MicroVMHost: Sendable {
         self.contents = contents
         self.accelerator = accelerator
         self.kvmNote = kvmNote
+        self.users = users
     }
 
     deinit { close(initramfsFD) }
 
     /// Finds qemu, the kernel and the agent, builds the initramfs and picks the accelerator: KVM when
     /// `/dev/kvm` opens and a KVM boot reaches the agent within the probe timeout, TCG otherwise.
-    static func prepare(_ configuration: MicroVMConfiguration) async throws(MicroVMError) -> MicroVMHost {
+    /// VMs run as uids of `users`.
+    static func prepare(
+        _ configuration: MicroVMConfiguration,
+        users: SandboxUsers
+    ) async throws(MicroVMError) -> MicroVMHost {
         guard access(configuration.qemuPath, X_OK) == 0 else {
             throw MicroVMError("qemu not found at \(configuration.qemuPath) (apt-get install qemu-system-x86)")
         }
@@ -69,7 +77,8 @@ final class MicroVMHost: Sendable {
             initramfsBytes: archive.count,
             contents: contents,
             accelerator: .tcg(tscKHz: tscKHz),
-            kvmNote: "KVM not tried"
+            kvmNote: "KVM not tried",
+            users: users
         )
         guard configuration.tryKVM else { return host }
         let kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC)
@@ -106,7 +115,8 @@ final class MicroVMHost: Sendable {
             initramfsBytes: initramfsBytes,
             contents: contents,
             accelerator: accelerator,
-            kvmNote: note
+            kvmNote: note,
+            users: users
         )
     }
 
@@ -184,10 +194,10 @@ final class MicroVMHost: Sendable {
         // container jobs do: no two VMs share a host user or its per-user kernel budgets.
         var user: UInt32?
         if geteuid() == 0 {
-            guard let uid = SandboxUsers.shared.acquire() else {
+            guard let uid = users.acquire() else {
                 close(pair[0])
                 close(pair[1])
-                return .failure(MicroVMError("all \(SandboxUsers.shared.count) sandbox users are in use"))
+                return .failure(MicroVMError("all \(users.count) sandbox users are in use"))
             }
             user = uid
         }
@@ -217,15 +227,15 @@ final class MicroVMHost: Sendable {
         } catch {
             close(pair[0])
             close(pair[1])
-            if let user { SandboxUsers.shared.release(user) }
+            if let user { users.release(user) }
             return .failure(MicroVMError("cannot start qemu: \(error.description)"))
         }
         close(pair[1])  // qemu holds the only other end: its death closes the channel
         if let user {
             // qemu may not spawn (`-sandbox spawn=deny`): once it is reaped, nothing runs as its uid.
-            Task.detached {
+            Task.detached { [users] in
                 _ = try? await process.wait()
-                SandboxUsers.shared.release(user)
+                users.release(user)
             }
         }
         return .success(RunningVM(process: process, channel: pair[0], spawned: spawned))

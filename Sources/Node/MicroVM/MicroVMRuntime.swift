@@ -23,6 +23,8 @@ public final class MicroVMRuntime: Runtime {
     /// The snapshot warm VMs are restored from (see ``prepareWarm(template:profile:)``).
     let snapshots = Mutex(SnapshotState())
     let logger: Logger
+    /// The node's uids, which qemu runs as.
+    public let resources: NodeResources
 
     /// Where the snapshot for pool refills stands.
     struct SnapshotState: Sendable {
@@ -39,13 +41,15 @@ public final class MicroVMRuntime: Runtime {
     /// Memory the guest kernel, the unpacked initramfs and the agent need besides the job.
     static let guestOverheadBytes: UInt64 = 96 << 20
 
-    /// A runtime with the given parts (discovered by default), logging snapshot and refill events
-    /// to `logger`.
+    /// A runtime with the given parts (discovered by default), its VMs running as uids of
+    /// `resources`, logging snapshot and refill events to `logger`.
     public init(
         configuration: MicroVMConfiguration = MicroVMConfiguration(),
+        resources: NodeResources = .standard,
         logger: Logger = Logger(label: "hangar.node.microvm")
     ) {
         self.configuration = configuration
+        self.resources = resources
         self.logger = logger
     }
 
@@ -54,9 +58,10 @@ public final class MicroVMRuntime: Runtime {
         let task = preparation.withLock { task in
             if let task { return task }
             let configuration = configuration
+            let users = resources.users
             let created = Task { () -> Result<MicroVMHost, MicroVMError> in
                 do throws(MicroVMError) {
-                    return .success(try await MicroVMHost.prepare(configuration))
+                    return .success(try await MicroVMHost.prepare(configuration, users: users))
                 } catch {
                     return .failure(error)
                 }
@@ -153,7 +158,7 @@ public final class MicroVMRuntime: Runtime {
             bootTimeout: configuration.bootTimeout,
             jobDeadline: limits.timeout + configuration.reportGrace
         )
-        return MicroVMOutcome(limits: limits).outcome(of: boot, cancelled: Task.isCancelled)
+        return MicroVMEnding(limits: limits).outcome(of: boot, cancelled: Task.isCancelled)
     }
 }
 

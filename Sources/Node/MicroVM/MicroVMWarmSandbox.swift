@@ -107,20 +107,27 @@ public final class MicroVMWarmSandbox: WarmSandbox {
     /// Sends the JOB frame, collects the output and the agent's report, kills the VM. The
     /// outcome's start time is from this call until the whole job was handed to the agent.
     public func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
-        let began = ContinuousClock.now
-        guard !used.exchange(true, ordering: .sequentiallyConsistent) else {
-            return .error("a warm VM was used twice")
-        }
-        guard accepts(spec) else {
-            await teardown()
-            return .error("the warm VM does not fit the job")
-        }
-        let limits = JobLimits(spec.limits)
+        await runOnce(spec)
+    }
+
+    public func destroy() async {
+        await destroyOnce()
+    }
+}
+
+extension MicroVMWarmSandbox: SingleUseWarmSandbox {
+    static let noun = "VM"
+
+    func claim() -> Bool {
+        !used.exchange(true, ordering: .sequentiallyConsistent)
+    }
+
+    func runClaimed(_ spec: Hangar_V1_JobSpec, limits: JobLimits, began: ContinuousClock.Instant) async -> RunOutcome {
         let frame: Data
         do {
             frame = try MicroVMJob.frame(spec, limits: limits)
         } catch {
-            await teardown()
+            await discard()
             return .error(error.message)
         }
         let channel = GuestChannel(
@@ -132,17 +139,13 @@ public final class MicroVMWarmSandbox: WarmSandbox {
             spawned: began
         )
         let boot = await MicroVMHost.finish(vm, channel: channel)
-        var outcome = MicroVMOutcome(limits: limits).outcome(of: boot, cancelled: Task.isCancelled)
+        var outcome = MicroVMEnding(limits: limits).outcome(of: boot, cancelled: Task.isCancelled)
         outcome.startMilliseconds = boot.channel.jobSentAfter.map(JobLimits.milliseconds) ?? 0
         return outcome
     }
 
-    public func destroy() async {
-        guard !used.exchange(true, ordering: .sequentiallyConsistent) else { return }
-        await teardown()
-    }
-
-    private func teardown() async {
+    /// Kills the VM and closes its channel.
+    func discard() async {
         vm.process.kill()
         _ = try? await vm.process.wait()
         close(vm.channel)

@@ -20,6 +20,8 @@ public struct ContainerRuntime: Runtime {
     public let userNamespace: OCIUserNamespace?
     /// Directory templates jobs may ask for; nil for `host` only.
     public let templates: TemplateStore?
+    /// The node's uids, subnets and ready-made user namespaces.
+    public let resources: NodeResources
 
     /// `runc` state under `/run/hangar/runc`, bundles under `/var/lib/hangar/oci/runc`.
     public static let defaultDirectories = OCIDirectories(
@@ -27,17 +29,19 @@ public struct ContainerRuntime: Runtime {
         bundles: "/var/lib/hangar/oci/runc"
     )
 
-    /// A runtime that runs jobs with the `runc` at `runcPath`.
+    /// A runtime that runs jobs with the `runc` at `runcPath`, as uids of `resources`.
     public init(
         runcPath: String = "/usr/sbin/runc",
         directories: OCIDirectories = ContainerRuntime.defaultDirectories,
         userNamespace: OCIUserNamespace? = .standard,
-        templates: TemplateStore? = nil
+        templates: TemplateStore? = nil,
+        resources: NodeResources = .standard
     ) {
         self.runcPath = runcPath
         self.directories = directories
         self.userNamespace = userNamespace
         self.templates = templates
+        self.resources = resources
     }
 
     var engine: OCIEngine {
@@ -45,7 +49,8 @@ public struct ContainerRuntime: Runtime {
             flavor: .runc(userNamespace: userNamespace),
             executable: runcPath,
             directories: directories,
-            templates: templates
+            templates: templates,
+            resources: resources
         )
     }
 
@@ -85,6 +90,8 @@ public struct GVisorRuntime: Runtime {
     public let directories: OCIDirectories
     /// Directory templates jobs may ask for; nil for `host` only.
     public let templates: TemplateStore?
+    /// The node's uids, subnets and ready-made user namespaces.
+    public let resources: NodeResources
 
     /// `runsc` state under `/run/hangar/runsc`, bundles under `/var/lib/hangar/oci/runsc`.
     public static let defaultDirectories = OCIDirectories(
@@ -92,17 +99,20 @@ public struct GVisorRuntime: Runtime {
         bundles: "/var/lib/hangar/oci/runsc"
     )
 
-    /// A runtime that runs jobs with the `runsc` at `runscPath` on `platform`.
+    /// A runtime that runs jobs with the `runsc` at `runscPath` on `platform`, in cgroups and networks
+    /// of `resources`.
     public init(
         runscPath: String = "/usr/bin/runsc",
         platform: String = "ptrace",
         directories: OCIDirectories = GVisorRuntime.defaultDirectories,
-        templates: TemplateStore? = nil
+        templates: TemplateStore? = nil,
+        resources: NodeResources = .standard
     ) {
         self.runscPath = runscPath
         self.platform = platform
         self.directories = directories
         self.templates = templates
+        self.resources = resources
     }
 
     var engine: OCIEngine {
@@ -110,7 +120,8 @@ public struct GVisorRuntime: Runtime {
             flavor: .runsc(platform: platform),
             executable: runscPath,
             directories: directories,
-            templates: templates
+            templates: templates,
+            resources: resources
         )
     }
 

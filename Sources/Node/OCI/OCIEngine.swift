@@ -24,6 +24,8 @@ struct OCIEngine: Sendable {
     let directories: OCIDirectories
     /// Directory templates jobs may ask for; nil for `host` only.
     var templates: TemplateStore? = nil
+    /// The node's uids, subnets and ready-made user namespaces.
+    var resources: NodeResources = .standard
 
     /// `runc` or `runsc`.
     var toolName: String {
@@ -99,7 +101,7 @@ struct OCIEngine: Sendable {
         var owned: (namespace: OwnedUserNamespace, user: UInt32)?
         if let userNamespace, geteuid() == 0 {
             let ownNetwork = spec.network.mode == .networkAllowlist
-            switch await Self.ownUserNamespace(mapping: userNamespace, limits: spec.limits, network: ownNetwork) {
+            switch await ownUserNamespace(mapping: userNamespace, limits: spec.limits, network: ownNetwork) {
             case .success(let created):
                 owned = created
                 options.userNamespacePath = created.namespace.path
@@ -118,10 +120,14 @@ struct OCIEngine: Sendable {
                 )
             }
             do {
-                network = try await JobNetwork.create(allow: spec.network.allow, namespaceOf: owned?.namespace.pid)
+                network = try await JobNetwork.create(
+                    allow: spec.network.allow,
+                    namespaceOf: owned?.namespace.pid,
+                    subnets: resources.subnets
+                )
             } catch {
                 _ = scratch?.remove()
-                await Self.release(owned, cgroup: cgroup)
+                await release(owned, cgroup: cgroup)
                 return .error("cannot set up the job's network: \(error.description)")
             }
         }
@@ -135,7 +141,7 @@ struct OCIEngine: Sendable {
             network: network
         )
         await network?.remove()
-        await Self.release(owned, cgroup: cgroup)
+        await release(owned, cgroup: cgroup)
         return outcome
     }
 
@@ -145,48 +151,48 @@ struct OCIEngine: Sendable {
     static let launcherMinimumFileSize: UInt64 = 1 << 20
 
     /// A user namespace owned by a host uid of the job's own (``OwnedUserNamespace``), or why not.
-    static func ownUserNamespace(
+    func ownUserNamespace(
         mapping: OCIUserNamespace,
         limits: Hangar_V1_Limits,
         network: Bool = false
     ) async -> Result<(namespace: OwnedUserNamespace, user: UInt32), OCIRuntimeError> {
-        if limits.openFiles > 0 && limits.openFiles < launcherMinimumOpenFiles {
+        if limits.openFiles > 0 && limits.openFiles < Self.launcherMinimumOpenFiles {
             return .failure(
                 OCIRuntimeError(
-                    "the container runtime needs limits.open_files of at least \(launcherMinimumOpenFiles) "
+                    "the container runtime needs limits.open_files of at least \(Self.launcherMinimumOpenFiles) "
                         + "(runc runs under the job's own rlimits), got \(limits.openFiles)"
                 )
             )
         }
-        if limits.fileSizeBytes > 0 && limits.fileSizeBytes < launcherMinimumFileSize {
+        if limits.fileSizeBytes > 0 && limits.fileSizeBytes < Self.launcherMinimumFileSize {
             return .failure(
                 OCIRuntimeError(
-                    "the container runtime needs limits.file_size_bytes of at least \(launcherMinimumFileSize) "
+                    "the container runtime needs limits.file_size_bytes of at least \(Self.launcherMinimumFileSize) "
                         + "(runc runs under the job's own rlimits), got \(limits.fileSizeBytes)"
                 )
             )
         }
         // A namespace that also holds the job's network is made for it; the others come ready-made.
-        if !network { return await OwnedNamespaceStock.shared.take(mapping: mapping) }
-        guard let user = SandboxUsers.shared.acquire() else {
-            return .failure(OCIRuntimeError("all \(SandboxUsers.shared.count) sandbox users are in use"))
+        if !network { return await resources.namespaces.take(mapping: mapping) }
+        guard let user = resources.users.acquire() else {
+            return .failure(OCIRuntimeError("all \(resources.users.count) sandbox users are in use"))
         }
         do throws(OCIRuntimeError) {
             return .success(
                 (try await OwnedUserNamespace.create(owner: user, mapping: mapping, network: network), user)
             )
         } catch {
-            SandboxUsers.shared.release(user)
+            resources.users.release(user)
             return .failure(error)
         }
     }
 
     /// Ends the namespace's holder; the uid goes back to the pool unless the container's cgroup
     /// could not be removed (a process of the job may still be charged to it).
-    static func release(_ owned: (namespace: OwnedUserNamespace, user: UInt32)?, cgroup: JobCgroup) async {
+    func release(_ owned: (namespace: OwnedUserNamespace, user: UInt32)?, cgroup: JobCgroup) async {
         guard let owned else { return }
         await owned.namespace.remove()
-        if !cgroup.exists { SandboxUsers.shared.release(owned.user) }
+        if !cgroup.exists { resources.users.release(owned.user) }
     }
 
     /// `command` started through util-linux `prlimit` with `rlimits` set, so that the runtime and
@@ -282,14 +288,14 @@ struct OCIEngine: Sendable {
             cgroup: cgroup,
             bundle: bundle
         )
-        var outcome = OCIOutcome(
+        var outcome = OCIEnding(
             tool: toolName,
             program: spec.argv[0],
             limits: limits,
             timeout: timeout,
             outputLimit: outputLimit
         ).outcome(of: result, usage: usage, runtimeFailure: failure)
-        outcome.startMilliseconds = OCIOutcome.milliseconds(prepared + result.spawnTime)
+        outcome.startMilliseconds = JobLimits.milliseconds(prepared + result.spawnTime)
         if let scratch {
             outcome.collectFiles(from: scratch, spec: spec, capBytes: outputLimit)
             if let problem = scratch.remove() { outcome.appendMessage(problem) }
@@ -410,7 +416,7 @@ struct OCIEngine: Sendable {
                 .trimmingCharacters(in: .whitespacesAndNewlines)
             let succeeded = result.termination == .exited(0) && result.killReason == nil
             if result.killReason == .timedOut {
-                return (false, "no answer within \(OCIOutcome.milliseconds(Self.toolTimeout)) ms")
+                return (false, "no answer within \(JobLimits.milliseconds(Self.toolTimeout)) ms")
             }
             return (succeeded, output.isEmpty ? "\(result.termination)" : output)
         } catch {

@@ -4,10 +4,9 @@ import Synchronization
 /// for its namespace's holder (three execs, a few milliseconds). Each is still used by one
 /// container only and ended afterwards; the stock only moves the making off the job's path.
 final class OwnedNamespaceStock: Sendable {
-    /// The stock every OCI engine of this process draws from.
-    static let shared = OwnedNamespaceStock(size: 2)
-
     private let size: Int
+    /// Where the namespaces' owners come from and go back to.
+    private let users: SandboxUsers
     private let state = Mutex(State())
 
     private struct State {
@@ -28,8 +27,10 @@ final class OwnedNamespaceStock: Sendable {
         let ledger: SandboxLedger
     }
 
-    init(size: Int) {
+    /// A stock of up to `size` namespaces per ledger, owned by uids of `users`.
+    init(size: Int, users: SandboxUsers) {
         self.size = size
+        self.users = users
     }
 
     /// A fresh namespace with `mapping`: one from the stock if it has one, else made now. Either
@@ -45,7 +46,7 @@ final class OwnedNamespaceStock: Sendable {
         }
         defer { refill(mapping) }
         if let stocked { return .success((stocked.namespace, stocked.user)) }
-        return await Self.make(mapping)
+        return await make(mapping)
     }
 
     /// How many namespaces wait in the stock.
@@ -65,7 +66,7 @@ final class OwnedNamespaceStock: Sendable {
                     while state.withLock({ state in
                         state.ready.count(where: { $0.ledger === ledger }) < size && !state.draining
                     }) {
-                        guard case .success(let made) = await Self.make(mapping) else { break }
+                        guard case .success(let made) = await make(mapping) else { break }
                         state.withLock {
                             $0.ready.append(
                                 Entry(namespace: made.namespace, user: made.user, mapping: mapping, ledger: ledger)
@@ -98,20 +99,20 @@ final class OwnedNamespaceStock: Sendable {
         }
         for entry in entries {
             await entry.namespace.remove()
-            SandboxUsers.shared.release(entry.user)
+            users.release(entry.user)
         }
     }
 
-    private static func make(
+    private func make(
         _ mapping: OCIUserNamespace
     ) async -> Result<(namespace: OwnedUserNamespace, user: UInt32), OCIRuntimeError> {
-        guard let user = SandboxUsers.shared.acquire() else {
-            return .failure(OCIRuntimeError("all \(SandboxUsers.shared.count) sandbox users are in use"))
+        guard let user = users.acquire() else {
+            return .failure(OCIRuntimeError("all \(users.count) sandbox users are in use"))
         }
         do throws(OCIRuntimeError) {
             return .success((try await OwnedUserNamespace.create(owner: user, mapping: mapping), user))
         } catch {
-            SandboxUsers.shared.release(user)
+            users.release(user)
             return .failure(error)
         }
     }

@@ -35,8 +35,8 @@ final class OCIWarmSandbox: WarmSandbox {
     let profile: WarmProfile
     private let engine: OCIEngine
     private let id: String
-    private let process: SandboxProcess
-    private let cgroup: JobCgroup
+    let process: SandboxProcess
+    let cgroup: JobCgroup
     private let bundle: OCIBundle
     private let containment: WarmContainment
     /// The script pipe (runc), or -1 (runsc: the script comes on stdin, see ``framed``).
@@ -91,7 +91,7 @@ final class OCIWarmSandbox: WarmSandbox {
             var limits = Hangar_V1_Limits()
             limits.fileSizeBytes = profile.fileSizeBytes
             limits.openFiles = profile.openFiles
-            switch await OCIEngine.ownUserNamespace(mapping: mapping, limits: limits) {
+            switch await engine.ownUserNamespace(mapping: mapping, limits: limits) {
             case .success(let created): owned = created
             case .failure(let error): throw WarmError(error.description)
             }
@@ -101,7 +101,7 @@ final class OCIWarmSandbox: WarmSandbox {
         } catch {
             // Preparing kills and deletes what it started before it throws.
             await owned?.namespace.remove()
-            if let owned { SandboxUsers.shared.release(owned.user) }
+            if let owned { engine.resources.users.release(owned.user) }
             throw error
         }
     }
@@ -253,107 +253,20 @@ final class OCIWarmSandbox: WarmSandbox {
     }
 
     func accepts(_ spec: Hangar_V1_JobSpec) -> Bool {
-        (spec.template.isEmpty ? TemplateName.host : spec.template) == template
-            && spec.files.isEmpty && spec.filesOut.isEmpty
-            && (spec.cwd.isEmpty || spec.cwd == "/tmp")
-            && [.networkNone, .networkLoopback].contains(spec.network.mode)
-            && spec.limits.cpuTimeMs == 0
-            && profile.matches(JobLimits(spec.limits))
-            && WarmScript.canRun(spec)
+        spec.limits.cpuTimeMs == 0 && WarmScript.fits(spec, template: template, profile: profile)
     }
+}
 
-    func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
-        let clock = ContinuousClock()
-        let began = clock.now
-        guard !used.exchange(true, ordering: .sequentiallyConsistent) else {
-            return .error("a warm sandbox was used twice")
-        }
-        guard accepts(spec) else {
-            _ = await teardown(killFirst: true)
-            return .error("the warm container does not fit the job")
-        }
-        let limits = JobLimits(spec.limits)
-        if let problem = applyLimits(limits) {
-            _ = await teardown(killFirst: true)
-            return .error("cannot set the job's limits on the warm container's cgroup: \(problem)")
-        }
-        let baseline = cgroup.cpuTimeMicroseconds() ?? 0
-        if let framed {
-            PipeIO.writeAndClose(framed.input(for: spec), to: stdinWriter)
-        } else {
-            PipeIO.writeAndClose(spec.stdin, to: stdinWriter)
-            PipeIO.writeAndClose(Data(Self.script.script(for: spec).utf8), to: control)
-        }
-        let armed = clock.now
-        let timedOut = Atomic<Bool>(false)
-        let process = self.process
-        let timer = Task {
-            try? await Task.sleep(for: limits.timeout)
-            guard !Task.isCancelled else { return }
-            timedOut.store(true, ordering: .sequentiallyConsistent)
-            process.kill()
-        }
-        var outcome: RunOutcome
-        do throws(SandboxSpawnError) {
-            var result = try await process.waitKillingOnCancellation()
-            let ended = clock.now
-            timer.cancel()
-            if timedOut.load(ordering: .sequentiallyConsistent) && result.killReason == .cancelled {
-                result.killReason = .timedOut  // the job's own wall clock, not a cancellation
-            }
-            var usage = cgroup.usage()
-            usage.cpuTimeMicroseconds = usage.cpuTimeMicroseconds.map { $0 > baseline ? $0 - baseline : 0 }
-            let failure = OCIEngine.runtimeFailure(
-                in: CgroupFile.read(bundle.path + "/\(engine.toolName).log") ?? ""
-            )
-            // The script pipes are closed already (by the threads that wrote them). A runtime whose
-            // `run` came back by itself has no container left to delete (see OCIEngine.teardown):
-            // skipping that exec of the tool is most of a warm container's clean-up time.
-            let exitedByItself: Bool
-            switch result.termination {
-            case .exited, .signaled: exitedByItself = result.killReason == nil
-            case .lost: exitedByItself = false
-            }
-            let leftovers = await engine.teardown(
-                id: id,
-                killFirst: result.killReason != nil,
-                stopped: exitedByItself,
-                cgroup: cgroup,
-                bundle: bundle
-            )
-            await OCIEngine.release(owned, cgroup: cgroup)
-            outcome = OCIOutcome(
-                tool: engine.toolName,
-                program: spec.argv[0],
-                limits: spec.limits,
-                timeout: limits.timeout,
-                outputLimit: limits.outputBytes
-            ).outcome(of: result, usage: usage, runtimeFailure: failure)
-            outcome.noteExecFailure(program: spec.argv[0])
-            outcome.startMilliseconds = JobLimits.milliseconds(armed - began)
-            outcome.runMilliseconds = JobLimits.milliseconds(ended - armed)
-            if !leftovers.isEmpty {
-                outcome.message +=
-                    (outcome.message.isEmpty ? "" : "; ") + "cleanup incomplete: "
-                    + leftovers.joined(separator: "; ")
-            }
-        } catch {
-            timer.cancel()
-            _ = await engine.teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
-            await OCIEngine.release(owned, cgroup: cgroup)
-            outcome = .error("the warm container had not started: \(error.description)")
-        }
-        return outcome
-    }
+extension OCIWarmSandbox: ScriptedWarmSandbox {
+    static let noun = "container"
 
-    func destroy() async {
-        guard !used.exchange(true, ordering: .sequentiallyConsistent) else { return }
-        _ = await teardown(killFirst: true)
+    func claim() -> Bool {
+        !used.exchange(true, ordering: .sequentiallyConsistent)
     }
 
     /// The job's memory, pids and CPU bandwidth over the pool's (memory+swap first when raising,
-    /// which cgroup v1 requires); the problem, or nil.
-    private func applyLimits(_ limits: JobLimits) -> String? {
+    /// which cgroup v1 requires).
+    func applyJobLimits(_ limits: JobLimits) throws(CgroupError) {
         let resources = CgroupLimits(
             OCIResources(
                 devices: [],
@@ -369,32 +282,66 @@ final class OCIWarmSandbox: WarmSandbox {
                 pids: OCIPids(limit: Int64(limits.pids) + (framed == nil ? 0 : OCIEngine.gVisorPidsOverhead))
             )
         )
-        do {
-            try cgroup.applyLimits(resources)
-            return nil
-        } catch {
-            let swap = cgroup.directories.memory + "/memory.memsw.limit_in_bytes"
-            guard cgroup.version == .v1, CgroupFile.exists(swap),
-                (try? CgroupFile.write(String(limits.memoryBytes), to: swap)) != nil
-            else { return error.description }
-            do {
-                try cgroup.applyLimits(resources)
-                return nil
-            } catch {
-                return error.description
-            }
+        try cgroup.applyLimits(resources, raisingMemoryTo: limits.memoryBytes)
+    }
+
+    func start(_ spec: Hangar_V1_JobSpec, limits: JobLimits, cpuBaseline: UInt64) {
+        if let framed {
+            PipeIO.writeAndClose(framed.input(for: spec), to: stdinWriter)
+        } else {
+            PipeIO.writeAndClose(spec.stdin, to: stdinWriter)
+            PipeIO.writeAndClose(Data(Self.script.script(for: spec).utf8), to: control)
         }
+    }
+
+    func finish(
+        _ spec: Hangar_V1_JobSpec,
+        result: SandboxResult,
+        limits: JobLimits,
+        cpuBaseline: UInt64
+    ) async -> (outcome: RunOutcome, cleanupProblem: String?) {
+        let usage = usage(since: cpuBaseline)
+        let failure = OCIEngine.runtimeFailure(in: CgroupFile.read(bundle.path + "/\(engine.toolName).log") ?? "")
+        // The script pipes are closed already (by the threads that wrote them). A runtime whose
+        // `run` came back by itself has no container left to delete (see OCIEngine.teardown):
+        // skipping that exec of the tool is most of a warm container's clean-up time.
+        let exitedByItself: Bool
+        switch result.termination {
+        case .exited, .signaled: exitedByItself = result.killReason == nil
+        case .lost: exitedByItself = false
+        }
+        let leftovers = await engine.teardown(
+            id: id,
+            killFirst: result.killReason != nil,
+            stopped: exitedByItself,
+            cgroup: cgroup,
+            bundle: bundle
+        )
+        await engine.release(owned, cgroup: cgroup)
+        let outcome = OCIEnding(
+            tool: engine.toolName,
+            program: spec.argv[0],
+            limits: spec.limits,
+            timeout: limits.timeout,
+            outputLimit: limits.outputBytes
+        ).outcome(of: result, usage: usage, runtimeFailure: failure)
+        return (outcome, leftovers.isEmpty ? nil : "cleanup incomplete: " + leftovers.joined(separator: "; "))
+    }
+
+    func abandon() async -> String? {
+        _ = await engine.teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
+        await engine.release(owned, cgroup: cgroup)
+        return nil
     }
 
     /// Closes the pipes (not yet handed to a writer), kills and deletes the container, sweeps its
     /// cgroup and bundle.
-    private func teardown(killFirst: Bool) async -> [String] {
+    func discard() async {
         if control >= 0 { close(control) }
         close(stdinWriter)
-        if killFirst { process.kill() }
+        process.kill()
         _ = try? await process.wait()
-        let leftovers = await engine.teardown(id: id, killFirst: killFirst, cgroup: cgroup, bundle: bundle)
-        await OCIEngine.release(owned, cgroup: cgroup)
-        return leftovers
+        _ = await engine.teardown(id: id, killFirst: true, cgroup: cgroup, bundle: bundle)
+        await engine.release(owned, cgroup: cgroup)
     }
 }

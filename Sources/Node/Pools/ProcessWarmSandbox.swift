@@ -19,14 +19,16 @@ extension ProcessRuntime: WarmableRuntime {
 final class ProcessWarmSandbox: WarmSandbox {
     let template: String
     let profile: WarmProfile
-    private let process: SandboxProcess
-    private let cgroup: JobCgroup
+    let process: SandboxProcess
+    let cgroup: JobCgroup
     private let containment: WarmContainment
     /// The node's ends of the script pipe and the stdin pipe.
     private let control: Int32
     private let stdinWriter: Int32
     /// The sandbox's own host user (``SandboxUsers``), nil when the node is not root.
     private let user: UInt32?
+    /// Where ``user`` goes back to.
+    private let users: SandboxUsers
     private let used = Atomic<Bool>(false)
 
     /// How long a sandbox may wait unused; the pool replaces idle ones long before.
@@ -42,7 +44,8 @@ final class ProcessWarmSandbox: WarmSandbox {
         containment: WarmContainment,
         control: Int32,
         stdinWriter: Int32,
-        user: UInt32?
+        user: UInt32?,
+        users: SandboxUsers
     ) {
         self.template = template
         self.profile = profile
@@ -52,6 +55,7 @@ final class ProcessWarmSandbox: WarmSandbox {
         self.control = control
         self.stdinWriter = stdinWriter
         self.user = user
+        self.users = users
     }
 
     static func prepare(
@@ -86,8 +90,8 @@ final class ProcessWarmSandbox: WarmSandbox {
         }
         var user: UInt32?
         if geteuid() == 0 {
-            guard let uid = SandboxUsers.shared.acquire() else {
-                throw WarmError("all \(SandboxUsers.shared.count) sandbox users are in use")
+            guard let uid = runtime.resources.users.acquire() else {
+                throw WarmError("all \(runtime.resources.users.count) sandbox users are in use")
             }
             user = uid
         }
@@ -102,7 +106,7 @@ final class ProcessWarmSandbox: WarmSandbox {
             )
         } catch {
             // Nothing of the sandbox runs any more when preparing fails (see below).
-            if let user { SandboxUsers.shared.release(user) }
+            if let user { runtime.resources.users.release(user) }
             throw error
         }
     }
@@ -186,102 +190,68 @@ final class ProcessWarmSandbox: WarmSandbox {
             containment: containment,
             control: control.write,
             stdinWriter: stdin.write,
-            user: user
+            user: user,
+            users: runtime.resources.users
         )
     }
 
     func accepts(_ spec: Hangar_V1_JobSpec) -> Bool {
-        (spec.template.isEmpty ? TemplateName.host : spec.template) == template
-            && spec.files.isEmpty && spec.filesOut.isEmpty
-            && (spec.cwd.isEmpty || spec.cwd == "/tmp")
-            && [.networkNone, .networkLoopback].contains(spec.network.mode)
-            && profile.matches(JobLimits(spec.limits))
-            && WarmScript.canRun(spec)
+        WarmScript.fits(spec, template: template, profile: profile)
+    }
+}
+
+extension ProcessWarmSandbox: ScriptedWarmSandbox {
+    static let noun = "sandbox"
+
+    func claim() -> Bool {
+        !used.exchange(true, ordering: .sequentiallyConsistent)
     }
 
-    func run(_ spec: Hangar_V1_JobSpec, jobID: String) async -> RunOutcome {
-        let clock = ContinuousClock()
-        let began = clock.now
-        guard !used.exchange(true, ordering: .sequentiallyConsistent) else {
-            return .error("a warm sandbox was used twice")
-        }
-        guard accepts(spec) else {
-            await teardown()
-            return .error("the warm sandbox does not fit the job")
-        }
-        let limits = JobLimits(spec.limits)
-        do {
-            try Self.apply(limits, to: cgroup)
-        } catch {
-            await teardown()
-            return .error("cannot set the job's limits on the warm sandbox's cgroup: \(error.description)")
-        }
-        let baseline = cgroup.cpuTimeMicroseconds() ?? 0
-        containment.arm(cpuTime: limits.cpuTime, baseline: baseline)
+    /// Writes the job's memory, pids and CPU limits over the pool's (memory+swap first when
+    /// raising, which cgroup v1 requires).
+    func applyJobLimits(_ limits: JobLimits) throws(CgroupError) {
+        try cgroup.applyLimits(CgroupLimits(limits), raisingMemoryTo: limits.memoryBytes)
+    }
+
+    func start(_ spec: Hangar_V1_JobSpec, limits: JobLimits, cpuBaseline: UInt64) {
+        containment.arm(cpuTime: limits.cpuTime, baseline: cpuBaseline)
         PipeIO.writeAndClose(spec.stdin, to: stdinWriter)
         PipeIO.writeAndClose(Data(WarmScript.process.script(for: spec).utf8), to: control)
-        let armed = clock.now
-        let timedOut = Atomic<Bool>(false)
-        let process = self.process
-        let timer = Task {
-            try? await Task.sleep(for: limits.timeout)
-            guard !Task.isCancelled else { return }
-            timedOut.store(true, ordering: .sequentiallyConsistent)
-            process.kill()
-        }
-        var outcome: RunOutcome
-        do throws(SandboxSpawnError) {
-            var result = try await process.waitKillingOnCancellation()
-            let ended = clock.now
-            timer.cancel()
-            if timedOut.load(ordering: .sequentiallyConsistent) && result.killReason == .cancelled {
-                result.killReason = .timedOut  // the job's own wall clock, not a cancellation
-            }
-            if !cgroup.processes().isEmpty { cgroup.killAll() }
-            var usage = cgroup.usage()
-            usage.cpuTimeMicroseconds = usage.cpuTimeMicroseconds.map { $0 > baseline ? $0 - baseline : 0 }
-            outcome = ProcessRuntime.outcome(of: result, usage: usage, limits: limits)
-            outcome.noteExecFailure(program: spec.argv[0])
-            outcome.startMilliseconds = JobLimits.milliseconds(armed - began)
-            outcome.runMilliseconds = JobLimits.milliseconds(ended - armed)
-        } catch {
-            timer.cancel()
-            outcome = .error("the warm sandbox had not started: \(error.description)")
-        }
-        do {
-            try await cgroup.remove()
-            if let user { SandboxUsers.shared.release(user) }
-        } catch {
-            outcome.message += (outcome.message.isEmpty ? "" : "; ") + "the job's cgroup was not removed: \(error)"
-        }
-        return outcome
     }
 
-    /// Writes the job's memory, pids and CPU limits over the pool's. On v1 the kernel refuses a
-    /// memory limit above the memory+swap one, so a raise writes memory+swap first.
-    static func apply(_ limits: JobLimits, to cgroup: JobCgroup) throws(CgroupError) {
-        do {
-            try cgroup.applyLimits(CgroupLimits(limits))
-        } catch {
-            let swap = cgroup.directories.memory + "/memory.memsw.limit_in_bytes"
-            guard cgroup.version == .v1, CgroupFile.exists(swap) else { throw error }
-            try CgroupFile.write(String(limits.memoryBytes), to: swap)
-            try cgroup.applyLimits(CgroupLimits(limits))
-        }
+    func finish(
+        _ spec: Hangar_V1_JobSpec,
+        result: SandboxResult,
+        limits: JobLimits,
+        cpuBaseline: UInt64
+    ) async -> (outcome: RunOutcome, cleanupProblem: String?) {
+        if !cgroup.processes().isEmpty { await cgroup.killAll() }
+        let outcome = ProcessRuntime.outcome(of: result, usage: usage(since: cpuBaseline), limits: limits)
+        return (outcome, await removeCgroup())
     }
 
-    func destroy() async {
-        guard !used.exchange(true, ordering: .sequentiallyConsistent) else { return }
-        await teardown()
+    func abandon() async -> String? {
+        await removeCgroup()
     }
 
     /// Kills the sandbox, waits for it and removes its cgroup.
-    private func teardown() async {
+    func discard() async {
         close(control)
         close(stdinWriter)
         process.kill()
         _ = try? await process.wait()
-        // A uid whose processes may still live is never handed to another sandbox.
-        if (try? await cgroup.remove()) != nil, let user { SandboxUsers.shared.release(user) }
+        _ = await removeCgroup()
+    }
+
+    /// Removes the sandbox's cgroup, then gives its user back: a uid whose processes may still live
+    /// is never handed to another sandbox. The problem, if the cgroup stays.
+    private func removeCgroup() async -> String? {
+        do {
+            try await cgroup.remove()
+            if let user { users.release(user) }
+            return nil
+        } catch {
+            return "the job's cgroup was not removed: \(error)"
+        }
     }
 }

@@ -19,6 +19,8 @@ struct JobNetwork: Sendable {
     var path: String { "/run/netns/" + name }
     let hostInterface: String
     let subnet: Int
+    /// Where ``subnet`` came from and goes back to.
+    let subnets: SubnetPool
 
     /// At most this many CIDRs per job.
     static let maxAllowed = 32
@@ -27,8 +29,11 @@ struct JobNetwork: Sendable {
     /// network namespace of that process is used (and named) instead of a new one: a container
     /// whose user namespace is not root's may only join a network namespace its own user namespace
     /// owns (``OwnedUserNamespace``).
-    static func create(allow: [String], namespaceOf process: Int32? = nil) async throws(NetworkSetupError) -> JobNetwork
-    {
+    static func create(
+        allow: [String],
+        namespaceOf process: Int32? = nil,
+        subnets: SubnetPool
+    ) async throws(NetworkSetupError) -> JobNetwork {
         guard geteuid() == 0 else { throw NetworkSetupError("NETWORK_ALLOWLIST needs a node running as root") }
         guard (1...maxAllowed).contains(allow.count) else {
             throw NetworkSetupError("NETWORK_ALLOWLIST needs 1 to \(maxAllowed) CIDRs in network.allow")
@@ -40,11 +45,16 @@ struct JobNetwork: Sendable {
             return parsed
         }
         try await HostNetwork.prepare()
-        guard let subnet = SubnetPool.shared.take() else {
-            throw NetworkSetupError("all \(SubnetPool.size) job networks of this node are in use")
+        guard let subnet = subnets.take() else {
+            throw NetworkSetupError("all \(SubnetPool.capacity) job networks of this node are in use")
         }
         let suffix = String(subnet, radix: 36)
-        let network = JobNetwork(name: "hangar-\(suffix)", hostInterface: "hgh\(suffix)", subnet: subnet)
+        let network = JobNetwork(
+            name: "hangar-\(suffix)",
+            hostInterface: "hgh\(suffix)",
+            subnet: subnet,
+            subnets: subnets
+        )
         do {
             try await network.setUp(cidrs, namespaceOf: process)
         } catch {
@@ -100,7 +110,7 @@ struct JobNetwork: Sendable {
         if !FileManager.default.fileExists(atPath: path) {
             SandboxLedger.current.gone(.network(namespace: name, hostInterface: hostInterface))
         }
-        SubnetPool.shared.give(subnet)
+        subnets.give(subnet)
     }
 
     static func run(_ argv: [String], stdin: Data = Data()) async throws(NetworkSetupError) {
@@ -166,16 +176,19 @@ enum HostNetwork {
     }
 }
 
-/// The /30 subnets of `10.254.0.0/16` in use by this node process.
+/// The /30 subnets of `10.254.0.0/16` in use by one node (``NodeResources/subnets``).
 final class SubnetPool: Sendable {
-    static let shared = SubnetPool()
+    /// Subnet indexes are 1 ..< size (index 0 would hold 10.254.0.0 itself).
     static let size = 16_384
+    /// How many job networks a node can have at once.
+    static let capacity = size - 1
     private let used = Mutex(Set<Int>())
 
-    /// A free subnet index, chosen at random so that node processes on one host rarely collide.
+    /// A free subnet index, chosen at random so that node processes on one host rarely collide;
+    /// nil when all ``capacity`` are in use.
     func take() -> Int? {
         used.withLock { used in
-            guard used.count < Self.size else { return nil }
+            guard used.count < Self.capacity else { return nil }
             while true {
                 let index = Int.random(in: 1..<Self.size)
                 if used.insert(index).inserted { return index }

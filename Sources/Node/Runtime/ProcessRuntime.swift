@@ -19,8 +19,10 @@ public struct ProcessRuntime: Runtime {
     public let name = "process"
     /// Where the `bwrap` binary is.
     public let bubblewrapPath: String
+    /// The node's uids, subnets and cgroups.
+    public let resources: NodeResources
     /// Where job cgroups go, or why there are none (then every job is refused).
-    let cgroups: Result<CgroupHost, CgroupError>
+    var cgroups: Result<CgroupHost, CgroupError> { resources.cgroups }
     /// Directory templates jobs may ask for; nil for `host` only.
     public let templates: TemplateStore?
 
@@ -44,16 +46,16 @@ public struct ProcessRuntime: Runtime {
     /// Built once: the filter only depends on the CPU architecture.
     static let seccomp = Result { () throws(SeccompError) in try SeccompFilter.standard() }
 
-    /// A runtime that runs jobs with the `bwrap` at `bubblewrapPath`.
-    public init(bubblewrapPath: String = "/usr/bin/bwrap", templates: TemplateStore? = nil) {
-        self.init(bubblewrapPath: bubblewrapPath, cgroups: CgroupHost.current, templates: templates)
-    }
-
-    /// A runtime with the given cgroup host instead of the detected one.
-    init(bubblewrapPath: String, cgroups: Result<CgroupHost, CgroupError>, templates: TemplateStore? = nil) {
+    /// A runtime that runs jobs with the `bwrap` at `bubblewrapPath`, as uids and in cgroups of
+    /// `resources`.
+    public init(
+        bubblewrapPath: String = "/usr/bin/bwrap",
+        templates: TemplateStore? = nil,
+        resources: NodeResources = .standard
+    ) {
         self.bubblewrapPath = bubblewrapPath
-        self.cgroups = cgroups
         self.templates = templates
+        self.resources = resources
     }
 
     /// Available iff `bwrap` runs, cgroups can be created, the shim's `sh` and `prlimit` exist, and
@@ -138,7 +140,7 @@ public struct ProcessRuntime: Runtime {
         }
         let network: JobNetwork
         do {
-            network = try await JobNetwork.create(allow: requested.network.allow)
+            network = try await JobNetwork.create(allow: requested.network.allow, subnets: resources.subnets)
         } catch {
             return .error("cannot set up the job's network: \(error.description)")
         }
@@ -152,12 +154,12 @@ public struct ProcessRuntime: Runtime {
         guard geteuid() == 0 else {
             return await run(requested, jobID: jobID, network: network, user: nil).outcome
         }
-        guard let user = SandboxUsers.shared.acquire() else {
-            return .error("refusing to run the job: all \(SandboxUsers.shared.count) sandbox users are in use")
+        guard let user = resources.users.acquire() else {
+            return .error("refusing to run the job: all \(resources.users.count) sandbox users are in use")
         }
         let (outcome, processesGone) = await run(requested, jobID: jobID, network: network, user: user)
         // A uid whose processes may still live is never handed to another job.
-        if processesGone { SandboxUsers.shared.release(user) }
+        if processesGone { resources.users.release(user) }
         return outcome
     }
 
@@ -247,13 +249,8 @@ public struct ProcessRuntime: Runtime {
         do throws(SandboxSpawnError) {
             let result = try await spawned.get().waitKillingOnCancellation()
             // Nothing of the job may outlive it; then the counters are final.
-            if !cgroup.processes().isEmpty { cgroup.killAll() }
-            outcome = Self.outcome(of: result, usage: cgroup.usage(), limits: limits)
-            if result.termination == .exited(1), result.killReason == nil,
-                let failure = ExecFailure.bubblewrap(stderr: result.stderr, program: spec.argv[0])
-            {
-                outcome.reportExecFailure(failure, program: spec.argv[0])
-            }
+            if !cgroup.processes().isEmpty { await cgroup.killAll() }
+            outcome = Self.outcome(of: result, usage: cgroup.usage(), limits: limits, program: spec.argv[0])
             outcome.startMilliseconds = JobLimits.milliseconds(prepared + result.spawnTime)
         } catch {
             outcome = .error("cannot start bubblewrap: \(error.description)")

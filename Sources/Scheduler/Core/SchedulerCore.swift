@@ -40,6 +40,10 @@ public struct SchedulerCore: Sendable {
     private var ended: [String: LostAttempt] = [:]
     private var endedOrder: [String] = []
     private var endedHead = 0
+    /// Something happened since the last placement round that could let a queued job fit (a job
+    /// queued, resources given back, a node's report or setting, the tenants' policies). Without it
+    /// a round would decide exactly what the last one did, so it is skipped.
+    private var placementMayChange = false
 
     /// A core with no jobs and no nodes.
     public init(config: Config, cluster: ClusterState) {
@@ -104,6 +108,7 @@ public struct SchedulerCore: Sendable {
         case .restored(let spec, let attempt, let node):
             restore(spec, attempt: attempt, node: node, now: now, &actions)
         case .heartbeat(let nodeID, let heartbeat):
+            placementMayChange = true
             switch cluster.record(heartbeat, from: nodeID, at: now) {
             case .joined:
                 if let control = controls[nodeID] { apply(control, to: nodeID) }
@@ -147,10 +152,12 @@ public struct SchedulerCore: Sendable {
         case .cancel(let id, let reason):
             cancel(id, reason: reason, &actions)
         case .nodeControl(let nodeID, let control, let deadline):
+            placementMayChange = true
             controls[nodeID] = control
             drainDeadlines[nodeID] = control.draining ? deadline : nil
             apply(control, to: nodeID)
         case .tenantsChanged(let tenants):
+            placementMayChange = true
             config.tenants = tenants
         case .tick:
             tick(now: now, &actions)
@@ -176,6 +183,7 @@ public struct SchedulerCore: Sendable {
         where lost == LostAttempt(attempt: attempt, node: node) && jobs[id]?.attempts == attempt:
             // Declared LOST, no later attempt sent: its result is the outcome; the retry is off.
             queue.remove(tenant: jobs[id]!.tenant, jobID: id)
+            placementMayChange = true  // it may have blocked its tenant's queue
             finish(id, counted, &actions)
             return
         case .backingOff(_, let lost) where lost == LostAttempt(attempt: attempt, node: node):
@@ -198,6 +206,7 @@ public struct SchedulerCore: Sendable {
             jobs[id] = job
         case .queued:
             queue.remove(tenant: job.tenant, jobID: id)
+            placementMayChange = true  // it may have blocked its tenant's queue
             finish(id, cancelled, &actions)
         case .backingOff:
             finish(id, cancelled, &actions)
@@ -263,6 +272,8 @@ public struct SchedulerCore: Sendable {
                 enqueue(id, lost: lost)
             case .queued where job.losses == 0 && now - job.acceptedAt >= config.queueTimeout:
                 queue.remove(tenant: job.tenant, jobID: id)
+                placementMayChange = true  // it may have blocked its tenant's queue
+                placementMayChange = true  // it may have blocked its tenant's queue
                 let why = job.waitingBecause.isEmpty ? "no node fits" : job.waitingBecause
                 finish(
                     id,
@@ -379,6 +390,8 @@ public struct SchedulerCore: Sendable {
     /// Places queued jobs while some fit: the tenant with the smallest weighted dominant share
     /// first, its highest-priority job first (as `Scheduler.pump`).
     private mutating func pump(_ actions: inout [CoreAction]) {
+        guard placementMayChange else { return }
+        placementMayChange = false
         guard queue.totalQueued > 0 else { return }
         let totals = cluster.totals
         let tenants = config.tenants
@@ -439,6 +452,7 @@ public struct SchedulerCore: Sendable {
     // MARK: Helpers
 
     private mutating func enqueue(_ id: String, lost: LostAttempt?) {
+        placementMayChange = true
         guard var job = jobs[id] else { return }
         job.sequence = queue.enqueue(tenant: job.tenant, jobID: id, priority: job.spec.priority, sequence: job.sequence)
         job.phase = .queued(lost: lost)
@@ -456,6 +470,7 @@ public struct SchedulerCore: Sendable {
     }
 
     private mutating func give(_ hold: Hold, of job: CoreJob) {
+        placementMayChange = true
         let request = job.spec.request
         switch hold {
         case .nothing: return
