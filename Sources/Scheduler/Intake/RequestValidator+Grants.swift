@@ -2,8 +2,10 @@ import HangarShared
 
 extension RequestValidator {
     /// Runtimes whose nodes enforce path grants (host paths bound into the sandbox read-only or
-    /// read-write, the rest absent). `null` runs nothing, so it enforces any grant trivially.
-    public static let pathGrantRuntimes: Set<String> = ["null"]
+    /// read-write, the rest absent): bubblewrap binds (process), OCI bind mounts (container,
+    /// gvisor). `null` runs nothing, so it enforces any grant trivially. Not yet: microvm (needs a
+    /// share into the guest), wasm (WASI preopens, with the runtime).
+    public static let pathGrantRuntimes: Set<String> = ["process", "container", "gvisor", "null"]
 
     /// What grants a job gets: the request's grants (and its `network.allow` CIDRs, their older
     /// alias), each allow within the tenant's maximum (`TenantPolicy.grants`), with the tenant's
