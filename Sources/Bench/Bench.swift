@@ -48,6 +48,10 @@ struct Bench {
             print(try await PoolBench.run(quick: quick))
             return
         }
+        if arguments.first == "grants" {
+            print(try await GrantBench.run(quick: quick))
+            return
+        }
         if arguments.contains("runtimes") {
             print(try await RuntimeBench.run(quick: quick))
             return

@@ -32,13 +32,46 @@ struct JobSpecOptions: ParsableArguments {
         help: "Return files matching this glob, relative to the working directory under /tmp (repeatable)."
     )
     var filesOut: [String] = []
-    @Option(help: "Network: none (default) or loopback; --allow implies an allowlist.")
+    @Option(help: "Network: none (default) or loopback; --allow-net implies an allowlist.")
     var network: String?
     @Option(
-        name: .customLong("allow"),
-        help: "Let the job reach this IPv4 CIDR, and nothing else (repeatable; process and container runtimes)."
+        name: .customLong("allow-read"),
+        help: "Host paths the job may read, at the same path in the sandbox (comma-separated, repeatable)."
     )
-    var allow: [String] = []
+    var allowRead: [String] = []
+    @Option(
+        name: .customLong("allow-write"),
+        help: "Host paths the job may read and write (comma-separated, repeatable)."
+    )
+    var allowWrite: [String] = []
+    @Option(
+        name: [.customLong("allow-net"), .customLong("allow")],
+        help:
+            "Destinations the job may reach: IPv4 addresses or CIDRs; host names, *.domain and :port are refused until a runtime enforces them (comma-separated, repeatable; --allow is the older name)."
+    )
+    var allowNet: [String] = []
+    @Option(name: .customLong("deny-read"), help: "Host paths never readable, even under an allow (comma-separated).")
+    var denyRead: [String] = []
+    @Option(name: .customLong("deny-write"), help: "Host paths never writable, even under --allow-write.")
+    var denyWrite: [String] = []
+    @Option(name: .customLong("deny-net"), help: "Destinations never reachable, even under --allow-net.")
+    var denyNet: [String] = []
+
+    /// The grants the flags ask for (each flag a comma-separated list, repeatable).
+    var grants: Hangar_V1_Grants {
+        func split(_ values: [String]) -> [String] {
+            values.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
+                .filter { !$0.isEmpty }
+        }
+        var grants = Hangar_V1_Grants()
+        grants.allowRead = split(allowRead)
+        grants.allowWrite = split(allowWrite)
+        grants.allowNet = split(allowNet)
+        grants.denyRead = split(denyRead)
+        grants.denyWrite = split(denyWrite)
+        grants.denyNet = split(denyNet)
+        return grants
+    }
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after -- (flags before -- are hangar's).")
     var command: [String] = []
 
@@ -71,14 +104,16 @@ struct JobSpecOptions: ParsableArguments {
         request.env = try parseLabels(env, flag: "--env")
         if let cwd { request.cwd = cwd }
         request.filesOut = filesOut
-        switch (network, allow.isEmpty) {
-        case (nil, true), ("none", true): request.network.mode = .networkNone
+        let grants = self.grants
+        if grants != Hangar_V1_Grants() { request.grants = grants }
+        switch (network, grants.allowNet.isEmpty) {
+        case (nil, _), ("none", _): request.network.mode = .networkNone  // allow_net makes it an allowlist
         case ("loopback", true): request.network.mode = .networkLoopback
-        case (nil, false), ("allowlist", false):
-            request.network.mode = .networkAllowlist
-            request.network.allow = allow
+        case ("allowlist", false): request.network.mode = .networkAllowlist
         default:
-            throw ValidationError("--network must be none or loopback, or give --allow CIDR (with --network allowlist)")
+            throw ValidationError(
+                "--network must be none or loopback, or give --allow-net CIDR (with --network allowlist)"
+            )
         }
         if stdin { request.stdin = FileHandle.standardInput.readDataToEndOfFile() }
         return request

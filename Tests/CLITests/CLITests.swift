@@ -93,7 +93,7 @@ struct CLITests {
         }
     }
 
-    @Test("run --file-out saves the job's files with --out-dir; a bad --network is a usage error")
+    @Test("run --file-out saves the job's files with --out-dir; a bad --network is a usage error; grants are sent")
     func filesOut() async throws {
         try await withCLICluster { cluster in
             let out = FileManager.default.temporaryDirectory.appendingPathComponent("hangar-cli-out-\(UUID())")
@@ -116,6 +116,12 @@ struct CLITests {
             let badNetwork = try await cluster.hangar(["run", "--network", "internet", "--", "/bin/true"])
             #expect(badNetwork.status == 1)
             #expect(badNetwork.stderr.contains("--network must be"), "\(badNetwork.stderr)")
+
+            // Grants travel with the request: by default a tenant may be granted no host path.
+            let granted = try await cluster.hangar(["run", "--allow-read", "/srv,/opt/data", "--", "/bin/true"])
+            #expect(granted.status == 1)
+            #expect(granted.stderr.contains("grants.allow_read[0]"), "\(granted.stderr)")
+            #expect(granted.stderr.contains("'/srv'"), "\(granted.stderr)")
         }
     }
 

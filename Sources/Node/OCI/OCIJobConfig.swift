@@ -210,6 +210,14 @@ struct OCIJobConfig: Sendable {
             )
             mounts.append(Self.readOnlyBind(path))
         }
+        // Granted host paths, at the same paths, read-only or read-write; denied ones inside hidden.
+        do {
+            let grants = try GrantMounts(job.grants)
+            if let root = options.root { try grants.check(inside: root.directoryMounts) }
+            (rootfs, mounts) = Self.grantLayout(grants, rootfs: rootfs, mounts: mounts)
+        } catch {
+            throw OCIInvalidJob(message: error.message)
+        }
         if options.root == nil {
             // Plain files of the bundle's root (its own tmpfs, see ``OCIBundle``): no mount shows them.
             for file in SandboxEtc.files(uid: Self.uid, gid: Self.gid) {

@@ -40,11 +40,12 @@ public struct WarmScript: Sendable {
 
     /// Whether a waiting shell of `template`, created with `profile`, runs `spec` exactly as a
     /// fresh sandbox would: same template, no files in or out, `/tmp` as working directory, no
-    /// network beyond loopback, the profile's creation-time limits, and a spec the shell can run
-    /// (``canRun(_:)``).
+    /// network beyond loopback, no granted host paths (its mounts are made), the profile's
+    /// creation-time limits, and a spec the shell can run (``canRun(_:)``).
     static func fits(_ spec: Hangar_V1_JobSpec, template: String, profile: WarmProfile) -> Bool {
         (spec.template.isEmpty ? TemplateName.host : spec.template) == template
             && spec.files.isEmpty && spec.filesOut.isEmpty
+            && spec.grants.allowRead.isEmpty && spec.grants.allowWrite.isEmpty
             && (spec.cwd.isEmpty || spec.cwd == "/tmp")
             && [.networkNone, .networkLoopback].contains(spec.network.mode)
             && profile.matches(JobLimits(spec.limits))

@@ -409,6 +409,14 @@ struct BubblewrapInvocation {
         }
         let inScratch = workdir == "/tmp" || workdir.hasPrefix("/tmp/")
         if inScratch && workdir != "/tmp" { arguments += ["--dir", workdir] }
+        // Granted host paths, at the same paths, read-only or read-write; denied ones inside hidden.
+        do {
+            let grants = try GrantMounts(spec.grants)
+            if let root { try grants.check(inside: root.directoryMounts) }
+            arguments += grants.bubblewrapArguments
+        } catch {
+            throw InvalidJob(message: error.message)
+        }
         if !spec.files.isEmpty {
             guard inScratch else { throw InvalidJob(message: "files need a working directory under /tmp") }
             try stage(spec.files, in: workdir, scratchBytes: scratchBytes)

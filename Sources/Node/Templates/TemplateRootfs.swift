@@ -22,6 +22,14 @@ struct TemplateRootfs: Sendable, Equatable {
     let rootfs: String
     let entries: [Entry]
 
+    /// The template's directories: where each is (`source`) and where the sandbox sees it.
+    var directoryMounts: [(source: String, destination: String)] {
+        entries.compactMap {
+            guard case .directory(let source, let destination) = $0 else { return nil }
+            return (source, destination)
+        }
+    }
+
     /// The layout of the root filesystem at `rootfs`, entries sorted by name. Sockets, FIFOs and
     /// devices at the top level are skipped.
     init(rootfs: String) throws(TemplateError) {

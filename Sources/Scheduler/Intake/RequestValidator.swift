@@ -118,7 +118,9 @@ public struct RequestValidator: Sendable {
                 )
             }
         }
-        spec.network = try checkNetwork(request.network, runtime: spec.runtime)
+        let granted = try checkGrants(request, runtime: spec.runtime, tenant: tenant, policy: policy)
+        spec.network = try checkNetwork(granted.network, runtime: spec.runtime)
+        if granted.grants != Hangar_V1_Grants() { spec.grants = granted.grants }
         guard policy.priorities.contains(request.priority) else {
             throw Rejection(
                 .invalidRequest,

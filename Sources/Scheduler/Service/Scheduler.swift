@@ -282,6 +282,7 @@ public actor Scheduler {
         let submission: ValidatedSubmission
         switch config.validator.validate(request, tenant: tenant, policy: policy) {
         case .failure(let rejection):
+            auditGrantDenied(request, tenant: tenant, rejection: rejection)
             logger.debug(
                 "rejected submission",
                 metadata: [
@@ -363,6 +364,9 @@ public actor Scheduler {
         queuedBytes[tenant, default: 0] += size
         jobs[id] = entry
         if let key { byRequest[key] = id }
+        if submission.spec.hasGrants || !submission.spec.network.allow.isEmpty {
+            auditGrantGranted(request, submission.spec, tenant: tenant, jobID: id)
+        }
         handle(.admitted(entry.spec))
         return PendingAdmission(
             id: id,

@@ -1,4 +1,5 @@
 import Foundation
+import HangarShared
 
 /// The tenants file (YAML), with defaults for tenants it does not list:
 ///
@@ -19,6 +20,11 @@ import Foundation
 ///   priority: {min: 0, max: 9}
 ///   limits:                # per request: default and maximum
 ///     timeout_ms: {default: 10000, max: 300000}
+///   grants:                # the most a job may be granted (replaces the default as a whole)
+///     allow_read: [/srv/datasets]
+///     allow_write: [/srv/scratch]
+///     allow_net: ["0.0.0.0/0", "*.pypi.org:443"]
+///     deny_net: ["10.0.0.0/8"]   # denies are added to every job's grants
 /// tenants:
 ///   acme: {weight: 3, rate: 50, burst: 100}
 /// ```
@@ -130,6 +136,8 @@ public struct TenantDirectory: Sendable, Equatable {
                 policy.priorities = Int32(low)...Int32(high)
             case "limits":
                 policy.limits = try limits(raw, base: policy.limits, at)
+            case "grants":
+                policy.grants = try grants(raw, at)
             default:
                 throw TenantConfigError("unknown key '\(at)'")
             }
@@ -182,6 +190,29 @@ public struct TenantDirectory: Sendable, Equatable {
             throw TenantConfigError("\(at) must be a finite number between 0 and 1e9")
         }
         return value
+    }
+
+    private static func grants(_ raw: Any, _ path: String) throws(TenantConfigError) -> GrantSet {
+        guard let map = raw as? [String: Any] else { throw TenantConfigError("\(path) must be a mapping") }
+        var message = Hangar_V1_Grants()
+        for (key, value) in map {
+            let list = try strings(value, "\(path).\(key)")
+            switch key {
+            case "allow_read": message.allowRead = list
+            case "allow_write": message.allowWrite = list
+            case "allow_net": message.allowNet = list
+            case "deny_read": message.denyRead = list
+            case "deny_write": message.denyWrite = list
+            case "deny_net": message.denyNet = list
+            default: throw TenantConfigError("unknown key '\(path).\(key)'")
+            }
+        }
+        do {
+            return try GrantSet(message)
+        } catch {
+            let field = error.field.replacingOccurrences(of: "grants.", with: "")
+            throw TenantConfigError("\(path).\(field): \(error.message)")
+        }
     }
 
     private static func count(_ raw: Any, _ at: String) throws(TenantConfigError) -> Int {

@@ -1,3 +1,5 @@
+import HangarShared
+
 /// What one tenant may do: its fair-share weight, quotas, rate limit and request limits.
 public struct TenantPolicy: Sendable, Equatable {
     /// Share of the cluster under contention, relative to other tenants (weighted DRF).
@@ -26,6 +28,17 @@ public struct TenantPolicy: Sendable, Equatable {
     public var templates: Set<String>?
     public var priorities: ClosedRange<Int32> = 0...9
     public var limits = LimitPolicy()
+    /// The most a tenant's jobs may be granted (``GrantSet``): each allow a job asks for must lie
+    /// within these allows, and these denies are added to every job's. By default no host path, and
+    /// any IPv4 destination (what `NETWORK_ALLOWLIST` allowed before grants existed).
+    public var grants = TenantPolicy.defaultGrants
+
+    /// The built-in maximum grants: `allow_net: [0.0.0.0/0]`.
+    public static var defaultGrants: GrantSet {
+        var message = Hangar_V1_Grants()
+        message.allowNet = ["0.0.0.0/0"]
+        return (try? GrantSet(message)) ?? GrantSet()
+    }
 
     public init() {}
 }

@@ -261,6 +261,38 @@ public nonisolated struct Hangar_V1_NetworkPolicy: Sendable {
   public init() {}
 }
 
+/// What a job may touch beyond its sandbox's own image, Deno-style. A deny always wins over an allow
+/// (on the same path or any path above). Paths are absolute host paths, recursive: a granted one
+/// appears at the same path in the sandbox (read-only for allow_read, read-write for allow_write),
+/// an ungranted one does not exist there. Network entries: "host", "host:port", "*.domain",
+/// "*.domain:port", or an IPv4 address or CIDR ("203.0.113.7", "203.0.113.0/24"); default: no
+/// network. The tenant's policy bounds what may be asked; a runtime that cannot enforce a grant
+/// rejects the job as UNSUPPORTED naming it.
+public nonisolated struct Hangar_V1_Grants: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var allowRead: [String] = []
+
+  /// also readable
+  public var allowWrite: [String] = []
+
+  public var allowNet: [String] = []
+
+  /// neither read nor written
+  public var denyRead: [String] = []
+
+  /// read-only even under an allow_write
+  public var denyWrite: [String] = []
+
+  public var denyNet: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// Hard limits for one job. Zero means "the default for this runtime".
 public nonisolated struct Hangar_V1_Limits: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -464,6 +496,16 @@ public nonisolated struct Hangar_V1_SubmitRequest: @unchecked Sendable {
     get {_storage._filesOut}
     set {_uniqueStorage()._filesOut = newValue}
   }
+
+  /// host paths and network destinations the job may use
+  public var grants: Hangar_V1_Grants {
+    get {_storage._grants ?? Hangar_V1_Grants()}
+    set {_uniqueStorage()._grants = newValue}
+  }
+  /// Returns true if `grants` has been explicitly set.
+  public var hasGrants: Bool {_storage._grants != nil}
+  /// Clears the value of `grants`. Subsequent reads from it will return its default value.
+  public mutating func clearGrants() {_uniqueStorage()._grants = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -907,6 +949,61 @@ nonisolated extension Hangar_V1_NetworkPolicy: SwiftProtobuf.Message, SwiftProto
   }
 }
 
+nonisolated extension Hangar_V1_Grants: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Grants"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}allow_read\0\u{3}allow_write\0\u{3}allow_net\0\u{3}deny_read\0\u{3}deny_write\0\u{3}deny_net\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.allowRead) }()
+      case 2: try { try decoder.decodeRepeatedStringField(value: &self.allowWrite) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.allowNet) }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.denyRead) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.denyWrite) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.denyNet) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.allowRead.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.allowRead, fieldNumber: 1)
+    }
+    if !self.allowWrite.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.allowWrite, fieldNumber: 2)
+    }
+    if !self.allowNet.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.allowNet, fieldNumber: 3)
+    }
+    if !self.denyRead.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.denyRead, fieldNumber: 4)
+    }
+    if !self.denyWrite.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.denyWrite, fieldNumber: 5)
+    }
+    if !self.denyNet.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.denyNet, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_Grants, rhs: Hangar_V1_Grants) -> Bool {
+    if lhs.allowRead != rhs.allowRead {return false}
+    if lhs.allowWrite != rhs.allowWrite {return false}
+    if lhs.allowNet != rhs.allowNet {return false}
+    if lhs.denyRead != rhs.denyRead {return false}
+    if lhs.denyWrite != rhs.denyWrite {return false}
+    if lhs.denyNet != rhs.denyNet {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Hangar_V1_Limits: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Limits"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}timeout_ms\0\u{3}cpu_time_ms\0\u{3}memory_bytes\0\u{1}pids\0\u{3}output_bytes\0\u{3}file_size_bytes\0\u{3}open_files\0\u{3}cpu_millis\0")
@@ -1094,7 +1191,7 @@ nonisolated extension Hangar_V1_Code: SwiftProtobuf.Message, SwiftProtobuf._Mess
 
 nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SubmitRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}runtime\0\u{1}template\0\u{1}argv\0\u{1}code\0\u{1}stdin\0\u{1}env\0\u{1}cwd\0\u{1}files\0\u{1}limits\0\u{1}network\0\u{1}priority\0\u{1}labels\0\u{1}wait\0\u{1}retry\0\u{3}files_out\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}runtime\0\u{1}template\0\u{1}argv\0\u{1}code\0\u{1}stdin\0\u{1}env\0\u{1}cwd\0\u{1}files\0\u{1}limits\0\u{1}network\0\u{1}priority\0\u{1}labels\0\u{1}wait\0\u{1}retry\0\u{3}files_out\0\u{1}grants\0")
 
   fileprivate class _StorageClass {
     var _requestID: String = String()
@@ -1113,6 +1210,7 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
     var _wait: Bool = false
     var _retry: Hangar_V1_RetryPolicy? = nil
     var _filesOut: [String] = []
+    var _grants: Hangar_V1_Grants? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1139,6 +1237,7 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
       _wait = source._wait
       _retry = source._retry
       _filesOut = source._filesOut
+      _grants = source._grants
     }
   }
 
@@ -1173,6 +1272,7 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
         case 14: try { try decoder.decodeSingularBoolField(value: &_storage._wait) }()
         case 15: try { try decoder.decodeSingularMessageField(value: &_storage._retry) }()
         case 16: try { try decoder.decodeRepeatedStringField(value: &_storage._filesOut) }()
+        case 17: try { try decoder.decodeSingularMessageField(value: &_storage._grants) }()
         default: break
         }
       }
@@ -1233,6 +1333,9 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
       if !_storage._filesOut.isEmpty {
         try visitor.visitRepeatedStringField(value: _storage._filesOut, fieldNumber: 16)
       }
+      try { if let v = _storage._grants {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1258,6 +1361,7 @@ nonisolated extension Hangar_V1_SubmitRequest: SwiftProtobuf.Message, SwiftProto
         if _storage._wait != rhs_storage._wait {return false}
         if _storage._retry != rhs_storage._retry {return false}
         if _storage._filesOut != rhs_storage._filesOut {return false}
+        if _storage._grants != rhs_storage._grants {return false}
         return true
       }
       if !storagesAreEqual {return false}

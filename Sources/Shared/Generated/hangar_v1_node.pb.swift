@@ -386,6 +386,16 @@ public nonisolated struct Hangar_V1_JobSpec: @unchecked Sendable {
     set {_uniqueStorage()._filesOut = newValue}
   }
 
+  /// validated and normalized by the scheduler; the node enforces them
+  public var grants: Hangar_V1_Grants {
+    get {_storage._grants ?? Hangar_V1_Grants()}
+    set {_uniqueStorage()._grants = newValue}
+  }
+  /// Returns true if `grants` has been explicitly set.
+  public var hasGrants: Bool {_storage._grants != nil}
+  /// Clears the value of `grants`. Subsequent reads from it will return its default value.
+  public mutating func clearGrants() {_uniqueStorage()._grants = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1057,7 +1067,7 @@ nonisolated extension Hangar_V1_WarmPool: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobSpec"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}runtime\0\u{1}template\0\u{1}argv\0\u{1}stdin\0\u{1}env\0\u{1}cwd\0\u{1}files\0\u{1}limits\0\u{1}network\0\u{3}files_out\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}runtime\0\u{1}template\0\u{1}argv\0\u{1}stdin\0\u{1}env\0\u{1}cwd\0\u{1}files\0\u{1}limits\0\u{1}network\0\u{3}files_out\0\u{1}grants\0")
 
   fileprivate class _StorageClass {
     var _runtime: String = String()
@@ -1070,6 +1080,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
     var _limits: Hangar_V1_Limits? = nil
     var _network: Hangar_V1_NetworkPolicy? = nil
     var _filesOut: [String] = []
+    var _grants: Hangar_V1_Grants? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1090,6 +1101,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       _limits = source._limits
       _network = source._network
       _filesOut = source._filesOut
+      _grants = source._grants
     }
   }
 
@@ -1118,6 +1130,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         case 8: try { try decoder.decodeSingularMessageField(value: &_storage._limits) }()
         case 9: try { try decoder.decodeSingularMessageField(value: &_storage._network) }()
         case 10: try { try decoder.decodeRepeatedStringField(value: &_storage._filesOut) }()
+        case 11: try { try decoder.decodeSingularMessageField(value: &_storage._grants) }()
         default: break
         }
       }
@@ -1160,6 +1173,9 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
       if !_storage._filesOut.isEmpty {
         try visitor.visitRepeatedStringField(value: _storage._filesOut, fieldNumber: 10)
       }
+      try { if let v = _storage._grants {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1179,6 +1195,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
         if _storage._limits != rhs_storage._limits {return false}
         if _storage._network != rhs_storage._network {return false}
         if _storage._filesOut != rhs_storage._filesOut {return false}
+        if _storage._grants != rhs_storage._grants {return false}
         return true
       }
       if !storagesAreEqual {return false}

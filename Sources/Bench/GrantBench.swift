@@ -1,0 +1,59 @@
+import Foundation
+import HangarNode
+import HangarShared
+
+/// `hangar-bench grants [--quick]`: the cost of path grants on a cold `process` job (issue 20's goal:
+/// 10 grants at most 5% slower than none). `/bin/true` through `ProcessRuntime.run`, with no grants
+/// and with 10 (5 read-only, 5 read-write folders, one deny inside each of two), interleaved job by
+/// job so that the machine's drift hits both alike; medians and their ratio.
+enum GrantBench {
+    static func run(quick: Bool) async throws -> String {
+        let count = quick ? 40 : 200
+        let base = "/var/tmp/hangar-bench-grants-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        var plain = Hangar_V1_JobSpec()
+        plain.argv = ["/bin/true"]
+        plain.limits.timeoutMs = 30_000
+        var granted = plain
+        for index in 0..<5 {
+            for kind in ["r", "w"] {
+                let path = "\(base)/\(kind)\(index)"
+                try FileManager.default.createDirectory(atPath: path + "/inner", withIntermediateDirectories: true)
+                if kind == "r" { granted.grants.allowRead.append(path) } else { granted.grants.allowWrite.append(path) }
+            }
+        }
+        granted.grants.denyRead = ["\(base)/r0/inner"]
+        granted.grants.denyWrite = ["\(base)/w0/inner"]
+        let runtime = ProcessRuntime()
+        var without: [Duration] = []
+        var with: [Duration] = []
+        for round in 0..<count {
+            // Alternate which goes first, so neither always follows the other.
+            for spec in round % 2 == 0 ? [plain, granted] : [granted, plain] {
+                let start = ContinuousClock.now
+                let outcome = await runtime.run(spec, jobID: "benchgrants\(UInt32.random(in: 0...UInt32.max))")
+                let elapsed = start.duration(to: .now)
+                guard outcome.status == .succeeded else {
+                    throw BenchError("process: \(outcome.status) \(outcome.message)")
+                }
+                if spec == plain { without.append(elapsed) } else { with.append(elapsed) }
+            }
+        }
+        without.sort()
+        with.sort()
+        let ratio = seconds(with[count / 2]) / max(1e-9, seconds(without[count / 2]))
+        return """
+            ## Grants (`swift run -c release hangar-bench grants\(quick ? " --quick" : "")`)
+
+            A cold `process` job (`/bin/true` through `ProcessRuntime.run`: sandbox set-up, cgroup, run,
+            clean-up) with no grants and with 10 (5 read-only and 5 read-write host folders, a deny inside
+            two of them), \(count) of each, interleaved. Baseline: the same job without grants, same run.
+
+            | what | n | median | p90 | ratio to no grants (median) |
+            |---|---|---|---|---|
+            | no grants | \(count) | \(ms(without[count / 2])) | \(ms(without[count * 9 / 10])) | 1.00 |
+            | 10 grants | \(count) | \(ms(with[count / 2])) | \(ms(with[count * 9 / 10])) | \(String(format: "%.3f", ratio)) |
+            """
+    }
+
+}
