@@ -255,6 +255,17 @@ public final class NodeAgent: Sendable {
         guard Subjects.isValidToken(assignment.jobID), assignment.attempt > 0 else {
             return .failure(Refusal(.badAssignment, "the assignment has no valid job id or attempt"))
         }
+        // Placed on an earlier life of this node: the scheduler believes it runs whatever that one
+        // ran and will lose and retry it when it sees the restart; running it here too would run
+        // the job twice.
+        guard assignment.nodeIncarnation.isEmpty || assignment.nodeIncarnation == incarnation else {
+            return .failure(
+                Refusal(
+                    .badAssignment,
+                    "placed on incarnation \(assignment.nodeIncarnation) of this node, which has restarted since (now \(incarnation))"
+                )
+            )
+        }
         guard let runtime = runtimes[assignment.spec.runtime],
             probes.withLock({ $0[assignment.spec.runtime]?.available }) == true
         else {

@@ -55,6 +55,7 @@ extension Scheduler {
         assignment.attempt = attempt
         assignment.spec = entry.submission.spec
         assignment.assignedAtMs = unixMilliseconds()
+        assignment.nodeIncarnation = core.cluster.records[nodeID]?.heartbeat.incarnation ?? ""
         send(assignment, to: nodeID, decidedAt: now, trace: entry.trace.child())
     }
 

@@ -430,6 +430,9 @@ public nonisolated struct Hangar_V1_Assignment: Sendable {
   /// W3C trace context of a batched assignment (a single one has the header)
   public var traceparent: String = String()
 
+  /// the node's incarnation the scheduler placed it on: another refuses it
+  public var nodeIncarnation: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1207,7 +1210,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Hangar_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assignment"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}tenant\0\u{1}attempt\0\u{1}spec\0\u{3}assigned_at_ms\0\u{1}traceparent\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}tenant\0\u{1}attempt\0\u{1}spec\0\u{3}assigned_at_ms\0\u{1}traceparent\0\u{3}node_incarnation\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1221,6 +1224,7 @@ nonisolated extension Hangar_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf
       case 4: try { try decoder.decodeSingularMessageField(value: &self._spec) }()
       case 5: try { try decoder.decodeSingularInt64Field(value: &self.assignedAtMs) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.traceparent) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.nodeIncarnation) }()
       default: break
       }
     }
@@ -1249,6 +1253,9 @@ nonisolated extension Hangar_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf
     if !self.traceparent.isEmpty {
       try visitor.visitSingularStringField(value: self.traceparent, fieldNumber: 6)
     }
+    if !self.nodeIncarnation.isEmpty {
+      try visitor.visitSingularStringField(value: self.nodeIncarnation, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1259,6 +1266,7 @@ nonisolated extension Hangar_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf
     if lhs._spec != rhs._spec {return false}
     if lhs.assignedAtMs != rhs.assignedAtMs {return false}
     if lhs.traceparent != rhs.traceparent {return false}
+    if lhs.nodeIncarnation != rhs.nodeIncarnation {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
