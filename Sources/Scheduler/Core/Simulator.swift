@@ -359,6 +359,14 @@ public struct Simulator {
                 report.placements.append(submitted[jobID] ?? "?")
                 let index = nodes.firstIndex { $0.id == nodeID }!
                 let node = nodes[index]
+                if node.alive && core.cluster.records[nodeID]?.heartbeat.incarnation != heartbeat(node).incarnation {
+                    // Placed on the node's earlier life: the restarted node refuses it (fencing).
+                    schedule(
+                        toCore: .assignAnswered(jobID: jobID, attempt: attempt, refusal: "incarnation"),
+                        in: millis(1)
+                    )
+                    continue
+                }
                 if settings.faults && random.next(below: 30) == 0 {
                     // The answer is lost: the shell's timeout refuses it, though the node runs it.
                     schedule(
