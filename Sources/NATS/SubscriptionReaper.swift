@@ -141,15 +141,18 @@ final class SubscriptionReaper: Sendable {
             return (state.pending, connection)
         }
         guard let (batch, connection) = taken, let reference = LibnatsSubscriptionReference.shared else { return }
-        // Only subscriptions out of the connection's hash (closed) are covered by the flush.
-        let unsubscribed = batch.filter { !natsSubscription_IsValid($0.pointer) }
+        // Only subscriptions out of the connection's hash (closed) are covered by the flush. Read
+        // once: a subscription may close meanwhile, and must land on exactly one side.
+        let valid = batch.map { natsSubscription_IsValid($0.pointer) }
+        let unsubscribed = zip(batch, valid).filter { !$0.1 }.map(\.0)
+        let stillValid = zip(batch, valid).filter { $0.1 }.map(\.0)
         var flushed = false
         let closedUnderneath = natsConnection_IsClosed(connection.pointer)
         if !unsubscribed.isEmpty, natsConnection_Status(connection.pointer) == NATS_CONN_STATUS_CONNECTED {
             flushed = natsConnection_FlushTimeout(connection.pointer, Self.flushTimeout.milliseconds) == NATS_OK
         }
         let freed = flushed ? unsubscribed : []
-        let kept = flushed ? batch.filter { natsSubscription_IsValid($0.pointer) } : batch
+        let kept = flushed ? stillValid : batch
         let (release, next) = state.withLock { state -> ([UncheckedPointer], Next) in
             if state.closed {
                 // The closed callback came during the flush and freed what was pending; this batch
