@@ -41,7 +41,7 @@ import Synchronization
 ///   is set at conn.c:2499, before the join).
 ///
 /// Memory stays bounded on a long-lived connection: each retirement starts (or joins) a sweep on
-/// ``blockingPool`` that flushes once for everything retired so far and frees it; a sweep that
+/// ``reaperThread`` that flushes once for everything retired so far and frees it; a sweep that
 /// cannot flush (disconnected, timed out) tries again every ``retryDelay``. The reference each
 /// subscription holds on its connection (`natsSub_create` retains it, `_freeSubscription` releases
 /// it, sub.c:76) keeps the `natsConnection` memory alive while anything waits here, so a sweep may
@@ -115,7 +115,7 @@ final class SubscriptionReaper: Sendable {
             return (false, true)
         }
         if releaseNow { reference.release(subscription) }
-        if startSweep { blockingPool.submit { self.sweep() } }
+        if startSweep { reaperThread.submit { self.sweep() } }
     }
 
     /// Called from the closed callback: the read loop has been joined, free everything.
@@ -130,7 +130,7 @@ final class SubscriptionReaper: Sendable {
         for subscription in all { reference.release(subscription.pointer) }
     }
 
-    /// One flush for everything retired so far; runs on `blockingPool`.
+    /// One flush for everything retired so far; runs on `reaperThread`.
     private func sweep() {
         let taken = state.withLock { state -> ([UncheckedPointer], UncheckedPointer)? in
             guard !state.closed, !state.pending.isEmpty, let connection = state.connection else {
@@ -173,15 +173,21 @@ final class SubscriptionReaper: Sendable {
         case .stop:
             break
         case .now:
-            blockingPool.submit { self.sweep() }
+            reaperThread.submit { self.sweep() }
         case .later:
             Task.detached {
                 try? await Task.sleep(for: Self.retryDelay)
-                blockingPool.submit { self.sweep() }
+                reaperThread.submit { self.sweep() }
             }
         }
     }
 }
+
+/// The thread that runs every connection's sweeps, one at a time. Not ``blockingPool``: a flush
+/// waits behind everything the server sent before its PONG (up to the reaper's flush timeout), and
+/// must not hold a thread that connects, flushes and JetStream calls need. One is enough: a sweep
+/// frees everything its connection retired so far, so a slow one only delays the others' frees.
+let reaperThread = BlockingThreadPool(size: 1, name: "hangar.nats.reaper")
 
 /// libnats' own reference counting of a subscription, `natsSub_retain` / `natsSub_release`
 /// (sub.c:82-107). They are not in libnats' public header, but `libnats.so` exports them (3.4.1:

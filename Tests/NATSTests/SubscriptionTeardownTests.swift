@@ -83,40 +83,32 @@ struct SubscriptionTeardownTests {
             let subjects = 8
             let deadline = ContinuousClock.now + .seconds(3)
             let counts = ChurnCounts()
-            await withTaskGroup(of: Void.self) { group in
-                for worker in 0..<3 {
-                    group.addTask {
-                        var index = worker
-                        while ContinuousClock.now < deadline {
-                            index += 1
-                            if (try? publisher.publish("churn.\(index % subjects)", payload: Data(count: 32))) != nil {
-                                counts.published.add(1, ordering: .relaxed)
-                            }
-                            if index.isMultiple(of: 16) {
-                                try? sprayer.connection.publish("churn.spray", payload: Data())
-                            }
+            // Threads of their own, as in the C reproducer: tasks would share the two cooperative
+            // threads with every suite running alongside and get little done under load.
+            await runOnThreads(6) { worker in
+                var index = worker
+                if worker < 3 {
+                    while ContinuousClock.now < deadline {
+                        index += 1
+                        if (try? publisher.publish("churn.\(index % subjects)", payload: Data(count: 32))) != nil {
+                            counts.published.add(1, ordering: .relaxed)
+                        }
+                        if index.isMultiple(of: 16) {
+                            try? sprayer.connection.publish("churn.spray", payload: Data())
                             // About 10,000 messages a second each: more than the paused read loop
                             // takes, without loading the machine for the suites running alongside.
-                            if index.isMultiple(of: 16) { try? await Task.sleep(for: .milliseconds(1)) }
+                            usleep(1_000)
                         }
                     }
+                    return
                 }
-                for worker in 0..<3 {
-                    group.addTask {
-                        var index = worker
-                        while ContinuousClock.now < deadline {
-                            index += 1
-                            guard let subscription = try? connection.subscribe("churn.\(index % subjects)") else {
-                                continue
-                            }
-                            if index.isMultiple(of: 2) {
-                                try? await Task.sleep(for: .microseconds(Int.random(in: 100...3_000)))
-                            }
-                            // Released here, while messages for its subject keep coming.
-                            withExtendedLifetime(subscription) {}
-                            counts.released.add(1, ordering: .relaxed)
-                        }
-                    }
+                while ContinuousClock.now < deadline {
+                    index += 1
+                    guard let subscription = try? connection.subscribe("churn.\(index % subjects)") else { continue }
+                    if index.isMultiple(of: 2) { usleep(UInt32.random(in: 100...3_000)) }
+                    // Released here, while messages for its subject keep coming.
+                    withExtendedLifetime(subscription) {}
+                    counts.released.add(1, ordering: .relaxed)
                 }
             }
             filter.armed.store(false, ordering: .releasing)
@@ -198,6 +190,7 @@ enum MessageFilterHook {
 final class ChurnCounts: Sendable {
     let released = Atomic<Int>(0)
     let published = Atomic<Int>(0)
+    let finished = Atomic<Int>(0)
 }
 
 /// Makes the read loop sleep inside the window on every `every`-th message while armed.
@@ -305,6 +298,22 @@ private let abandoned = Mutex<[NATSConnection]>([])
 
 private func abandon(_ connections: NATSConnection...) {
     abandoned.withLock { $0.append(contentsOf: connections) }
+}
+
+/// Runs `body(0..<count)` on as many new threads and returns when all have ended.
+private func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) async {
+    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        let remaining = ChurnCounts()
+        for index in 0..<count {
+            Thread {
+                body(index)
+                if remaining.finished.add(1, ordering: .acquiringAndReleasing).newValue == count {
+                    continuation.resume()
+                }
+            }
+            .start()
+        }
+    }
 }
 
 /// A flush round trip through the read loop, within a deadline (a stuck read loop fails it).
