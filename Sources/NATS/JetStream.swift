@@ -61,6 +61,8 @@ public final class JetStream: @unchecked Sendable {
     let context: OpaquePointer
     private let owner: NATSConnection
     private let timeout: Duration
+    /// The connection's reaper, which frees released pull subscriptions.
+    let reaper: SubscriptionReaper
 
     init(connection: OpaquePointer, owner: NATSConnection, timeout: Duration) throws(NATSError) {
         var options = jsOptions()
@@ -72,6 +74,7 @@ public final class JetStream: @unchecked Sendable {
         self.context = context
         self.owner = owner
         self.timeout = timeout
+        self.reaper = owner.events.reaper
     }
 
     deinit {
@@ -185,6 +188,7 @@ public final class JetStream: @unchecked Sendable {
             guard let sub else { throw NATSError(kind: .invalidArgument, operation: "pullSubscribe", message: "nil") }
             return UncheckedPointer(sub)
         }
+        reaper.register(sub.pointer, subject: subject)
         return JetStreamPullConsumer(subscription: sub.pointer, owner: self)
     }
 }
@@ -202,7 +206,12 @@ public final class JetStreamPullConsumer: @unchecked Sendable {
     }
 
     deinit {
-        natsSubscription_Destroy(subscription)
+        // `natsSubscription_Destroy` unsubscribes without deleting the durable consumer (sub.c:
+        // 1456-1464); the reaper frees the subscription once the read loop cannot hold it (pull
+        // answers or a 408 can still arrive; a libnats 3.4.1 use-after-free otherwise, see
+        // `SubscriptionReaper`).
+        let subscription = subscription
+        owner.reaper.retire(subscription) { natsSubscription_Destroy(subscription) }
     }
 
     /// Fetches up to `batch` messages, waiting at most `timeout` for the first. Returns an empty

@@ -193,12 +193,14 @@ public final class NATSConnection: @unchecked Sendable {
             )
         }
         events.logger.debug("connected", metadata: ["nats.name": "\(options.name)"])
+        events.reaper.attach(connection)
 
         do {
             let replySubscription = try NATSSubscriptionHandle.raw(
                 connection: connection,
                 subject: router.prefix + "*",
-                context: router
+                context: router,
+                reaper: events.reaper
             )
             return (connection, replySubscription)
         } catch {
@@ -208,8 +210,13 @@ public final class NATSConnection: @unchecked Sendable {
     }
 
     deinit {
-        replySubscription.release()
+        // The connection first: `natsConnection_Destroy` → `_close` joins the read loop (libnats
+        // 3.4.1 conn.c:2561) unless another close is already under way, so the reply subscription
+        // is not freed under it (a use-after-free in libnats 3.4.1, see `SubscriptionReaper`). The
+        // reaper holds it anyway until the closed callback, which comes after that join. The
+        // subscription keeps the `natsConnection` memory alive until it is freed.
         natsConnection_Destroy(handle)
+        replySubscription.release(reaper: events.reaper)
     }
 
     /// Whether the connection is currently connected (not reconnecting or closed).
@@ -262,7 +269,8 @@ public final class NATSConnection: @unchecked Sendable {
             subject: subject,
             queueGroup: queueGroup,
             bufferLimit: bufferLimit,
-            logger: events.logger
+            logger: events.logger,
+            reaper: events.reaper
         )
     }
 
@@ -370,6 +378,8 @@ final class ConnectionEvents: Sendable {
     let maxDelayMilliseconds: Int64
     let reconnects = Atomic<Int>(0)
     let router: ReplyRouter
+    /// Frees this connection's subscriptions once its read loop cannot use them any more.
+    let reaper = SubscriptionReaper()
     private let closedState = Mutex<(closed: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
     /// The server's permission violations so far (the latest 64) and how many there were.
     private let violationLog = Mutex<(texts: [String], count: Int)>(([], 0))
@@ -488,16 +498,19 @@ private let connectionClosed: natsConnectionHandler = { _, closure in
     guard let closure else { return }
     let events = Unmanaged<ConnectionEvents>.fromOpaque(closure).takeRetainedValue()
     events.logger.debug("NATS connection closed")
+    // Posted after `_close` joined the read loop (libnats 3.4.1 conn.c:2561-2567).
+    events.reaper.connectionClosed()
     events.markClosed()
 }
 
 private let connectionError: natsErrHandler = { _, subscription, status, closure in
     guard let closure else { return }
     let events = Unmanaged<ConnectionEvents>.fromOpaque(closure).takeUnretainedValue()
+    // libnats 3.4.1 queues this callback with the subscription pointer but no reference to it
+    // (asynccb.c:47-55; fixed in v3.7.0, PR #659): it may be freed by now, so it is only looked up
+    // by address, never dereferenced (`natsSubscription_GetSubject` would lock its mutex).
     var subject = ""
-    if let subscription, let cSubject = natsSubscription_GetSubject(subscription) {
-        subject = String(cString: cSubject)
-    }
+    if let subscription { subject = events.reaper.subject(of: subscription) ?? "" }
     if status == NATS_SLOW_CONSUMER {
         events.logger.warning("slow consumer: libnats dropped messages", metadata: ["nats.subject": "\(subject)"])
     } else if status == NATS_NOT_PERMITTED {

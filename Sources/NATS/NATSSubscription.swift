@@ -17,6 +17,8 @@ public final class NATSSubscription: AsyncSequence, @unchecked Sendable {
     public let queueGroup: String?
     private let handle: OpaquePointer
     private let box: SubscriptionBox
+    /// Frees the libnats subscription once its connection's read loop cannot hold it any more.
+    private let reaper: SubscriptionReaper
     private let stream: AsyncStream<NATSMessage>
     private let closed = Mutex(false)
 
@@ -25,7 +27,8 @@ public final class NATSSubscription: AsyncSequence, @unchecked Sendable {
         subject: String,
         queueGroup: String?,
         bufferLimit: Int,
-        logger: Logger
+        logger: Logger,
+        reaper: SubscriptionReaper
     ) throws(NATSError) {
         let (stream, continuation) = AsyncStream.makeStream(
             of: NATSMessage.self,
@@ -56,8 +59,7 @@ public final class NATSSubscription: AsyncSequence, @unchecked Sendable {
         }
         let completionStatus = natsSubscription_SetOnCompleteCB(sub, subscriptionOnComplete, context)
         if completionStatus != NATS_OK {
-            natsSubscription_Unsubscribe(sub)
-            natsSubscription_Destroy(sub)
+            reaper.retire(sub) { natsSubscription_Destroy(sub) }
             Unmanaged<SubscriptionBox>.fromOpaque(context).release()
             continuation.finish()
             throw NATSError(status: completionStatus, operation: "natsSubscription_SetOnCompleteCB(\(subject))")
@@ -69,11 +71,16 @@ public final class NATSSubscription: AsyncSequence, @unchecked Sendable {
         self.handle = sub
         self.box = box
         self.stream = stream
+        self.reaper = reaper
+        reaper.register(sub, subject: subject)
     }
 
     deinit {
-        unsubscribe()
-        natsSubscription_Destroy(handle)
+        // `natsSubscription_Destroy` unsubscribes (unless already done, sub.c:1449-1464) and drops
+        // our reference; the reaper keeps one of its own until the read loop is done with it (a
+        // libnats 3.4.1 use-after-free otherwise, see `SubscriptionReaper`).
+        let handle = handle
+        reaper.retire(handle) { natsSubscription_Destroy(handle) }
     }
 
     /// Messages dropped because the consumer fell behind the buffer limit.

@@ -142,7 +142,12 @@ struct NATSSubscriptionHandle: @unchecked Sendable {
     // @unchecked Sendable: wraps a libnats subscription, which is thread-safe.
     let pointer: OpaquePointer
 
-    static func raw(connection: OpaquePointer, subject: String, context router: ReplyRouter) throws(NATSError) -> Self {
+    static func raw(
+        connection: OpaquePointer,
+        subject: String,
+        context router: ReplyRouter,
+        reaper: SubscriptionReaper
+    ) throws(NATSError) -> Self {
         let context = Unmanaged.passRetained(router).toOpaque()
         var sub: OpaquePointer?
         let status = natsConnection_Subscribe(&sub, connection, subject, routerOnMessage, context)
@@ -152,18 +157,19 @@ struct NATSSubscriptionHandle: @unchecked Sendable {
         }
         let completion = natsSubscription_SetOnCompleteCB(sub, routerOnComplete, context)
         if completion != NATS_OK {
-            natsSubscription_Unsubscribe(sub)
-            natsSubscription_Destroy(sub)
+            reaper.retire(sub) { natsSubscription_Destroy(sub) }
             Unmanaged<ReplyRouter>.fromOpaque(context).release()
             throw NATSError(status: completion, operation: "natsSubscription_SetOnCompleteCB(\(subject))")
         }
         natsSubscription_SetPendingLimits(sub, 1_000_000, 512 * 1024 * 1024)
+        reaper.register(sub, subject: subject)
         return Self(pointer: sub)
     }
 
-    func release() {
-        natsSubscription_Unsubscribe(pointer)
-        natsSubscription_Destroy(pointer)
+    /// Unsubscribes at once; `reaper` frees the subscription once the read loop cannot hold it.
+    func release(reaper: SubscriptionReaper) {
+        let pointer = pointer
+        reaper.retire(pointer) { natsSubscription_Destroy(pointer) }
     }
 }
 
