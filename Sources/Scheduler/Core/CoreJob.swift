@@ -50,6 +50,14 @@ public struct CoreJob: Sendable, Equatable {
 
     public var id: String { spec.id }
     public var tenant: String { spec.tenant }
+
+    /// Whether its current attempt is running (or restored) on `node`.
+    func isOn(_ node: String) -> Bool {
+        switch phase {
+        case .running(_, node, _), .restored(_, node, _): true
+        default: false
+        }
+    }
 }
 
 /// An attempt declared LOST whose node may still deliver its result: until a later attempt is sent,

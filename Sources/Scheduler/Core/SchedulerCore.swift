@@ -58,6 +58,9 @@ public struct SchedulerCore: Sendable {
         self.cluster = cluster
     }
 
+    /// Whether the core works on job `id` (a lookup without copying the job out).
+    public func knows(_ id: String) -> Bool { jobs.index(forKey: id) != nil }
+
     /// Whether `id` ended recently (its result may come again as a duplicate).
     public func remembers(_ id: String) -> Bool { ended[id] != nil }
 
@@ -138,15 +141,14 @@ public struct SchedulerCore: Sendable {
             reconcile(nodeID, running: heartbeat.runningJobs, &actions)
             reconcileSandboxes(nodeID, holding: heartbeat.sandboxes, &actions)
         case .assignAnswered(let id, let attempt, let refusal):
-            guard var job = jobs[id], case .running(attempt, let node, _) = job.phase else { break }
+            guard case .running(attempt, let node, _) = jobs[id]?.phase else { break }
             if let refusal {
                 release(id)
                 cluster.markRefusing(node)
                 actions.append(.log(.attemptRefused(jobID: id, attempt: attempt, nodeID: node, reason: refusal)))
                 enqueue(id, lost: nil)
             } else {
-                job.phase = .running(attempt: attempt, node: node, admitted: true)
-                jobs[id] = job
+                jobs[id]?.phase = .running(attempt: attempt, node: node, admitted: true)
             }
         case .result(let id, let attempt, let node, let status):
             acceptResult(id, attempt: attempt, node: node, status: status, &actions)
@@ -271,7 +273,7 @@ public struct SchedulerCore: Sendable {
             drainDeadlines[node] = nil
             actions.append(.log(.drainDeadlinePassed(nodeID: node)))
             let reason = "the drain deadline of node \(node) passed"
-            for id in jobs.keys.sorted() {
+            for id in ids(where: { $0.isOn(node) }) {
                 switch jobs[id]?.phase {
                 case .running(let attempt, node, _), .restored(let attempt, node, _):
                     actions.append(.cancelOnNode(jobID: id, attempt: attempt, nodeID: node, reason: reason))
@@ -284,14 +286,21 @@ public struct SchedulerCore: Sendable {
             recoveryDeadline = nil
             settleRestored(now: now, &actions)
         }
-        for id in jobs.keys.sorted() {
+        let due = ids { job in
+            switch job.phase {
+            case .backingOff(let until, _): until <= now
+            case .queued: job.losses == 0 && now - job.acceptedAt >= config.queueTimeout
+            case .finishing(_, let storeFailed, _): storeFailed
+            default: false
+            }
+        }
+        for id in due {
             guard let job = jobs[id] else { continue }
             switch job.phase {
             case .backingOff(let until, let lost) where until <= now:
                 enqueue(id, lost: lost)
             case .queued where job.losses == 0 && now - job.acceptedAt >= config.queueTimeout:
                 queue.remove(tenant: job.tenant, jobID: id)
-                placementMayChange = true  // it may have blocked its tenant's queue
                 placementMayChange = true  // it may have blocked its tenant's queue
                 let why = job.waitingBecause.isEmpty ? "no node fits" : job.waitingBecause
                 finish(
@@ -315,7 +324,7 @@ public struct SchedulerCore: Sendable {
     /// After the recovery grace: a restored attempt its node lists as running is confirmed (and
     /// reserved again); one whose node is not up or does not list it is lost.
     private mutating func settleRestored(now: ContinuousClock.Instant, _ actions: inout [CoreAction]) {
-        for id in jobs.keys.sorted() {
+        for id in ids(where: { if case .restored = $0.phase { true } else { false } }) {
             guard let job = jobs[id], case .restored(let attempt, let node, let reserved) = job.phase else { continue }
             let listed = cluster.records[node]?.heartbeat.runningJobs.contains("\(id)/\(attempt)") ?? false
             if cluster.isUp(node) && listed && reserved {
@@ -335,7 +344,7 @@ public struct SchedulerCore: Sendable {
     /// they are confirmed or lost, nothing else may take their place.
     private mutating func reserveRestored(on nodeID: String) {
         guard cluster.view(nodeID) != nil else { return }
-        for id in jobs.keys.sorted() {
+        for id in ids(where: { $0.isOn(nodeID) }) {
             guard let job = jobs[id], case .restored(let attempt, nodeID, reserved: false) = job.phase else { continue }
             cluster.reserve(nodeID, job.spec.request)
             jobs[id]?.phase = .restored(attempt: attempt, node: nodeID, reserved: true)
@@ -366,7 +375,7 @@ public struct SchedulerCore: Sendable {
         now: ContinuousClock.Instant,
         _ actions: inout [CoreAction]
     ) {
-        for id in jobs.keys.sorted() {
+        for id in ids(where: { $0.isOn(node) }) {
             switch jobs[id]?.phase {
             case .running(_, node, _), .restored(_, node, _): lose(id, reason: reason, now: now, &actions)
             default: break
@@ -471,12 +480,22 @@ public struct SchedulerCore: Sendable {
 
     // MARK: Helpers
 
+    /// The ids of the jobs `matching` says, sorted: the order in which the core acts on several
+    /// jobs at once must not depend on the dictionary's (random per process) order, or a seed
+    /// would not replay. Only the matches are sorted: a tick does not sort every job in flight.
+    private func ids(where matching: (CoreJob) -> Bool) -> [String] {
+        var matched: [String] = []
+        for (id, job) in jobs where matching(job) { matched.append(id) }
+        return matched.sorted()
+    }
+
     private mutating func enqueue(_ id: String, lost: LostAttempt?) {
         placementMayChange = true
-        guard var job = jobs[id] else { return }
-        job.sequence = queue.enqueue(tenant: job.tenant, jobID: id, priority: job.spec.priority, sequence: job.sequence)
-        job.phase = .queued(lost: lost)
-        jobs[id] = job
+        guard let index = jobs.index(forKey: id) else { return }
+        let job = jobs.values[index]
+        let sequence = queue.enqueue(tenant: job.tenant, jobID: id, priority: job.spec.priority, sequence: job.sequence)
+        jobs.values[index].sequence = sequence
+        jobs.values[index].phase = .queued(lost: lost)
     }
 
     /// What the job's running attempt holds: its share of its tenant's usage, and its reservation

@@ -22,8 +22,6 @@ struct JobEntry: Sendable {
     /// The job's result once the core decided its end (built from the node's report, or from the
     /// core's outcome), serialized once: stored, published and put in the replies as these bytes.
     var result: (result: Hangar_V1_Result, encoded: Data)?
-    /// The node's report being fed to the core (set only while the core handles it).
-    var report: (report: Hangar_V1_AttemptResult, nodeID: String)?
 
     /// The serialized request's size, counted in the tenant's queued bytes while the job lives here
     /// (0 for jobs restored after a restart, which were counted by no budget of this process).
@@ -46,4 +44,11 @@ struct JobEntry: Sendable {
             backoff: submission.backoff
         )
     }
+}
+
+/// One node's report of one attempt of a job.
+struct ReportKey: Hashable, Sendable {
+    var jobID: String
+    var attempt: UInt32
+    var nodeID: String
 }

@@ -82,17 +82,18 @@ extension Scheduler {
 
     /// Applies the node's answers to a batch, in order.
     private func settle(_ batch: [AssignmentOutbox.Pending], _ outcomes: [String?], on nodeID: String) {
+        var events: [CoreEvent] = []
+        events.reserveCapacity(batch.count)
         for (item, failure) in zip(batch, outcomes) {
-            if let failure {
-                assignmentFailed(
-                    jobID: item.assignment.jobID,
-                    attempt: item.assignment.attempt,
-                    nodeID: nodeID,
-                    reason: failure
-                )
-            } else {
-                assigned(jobID: item.assignment.jobID, attempt: item.assignment.attempt, decidedAt: item.decidedAt)
+            let jobID = item.assignment.jobID
+            let attempt = item.assignment.attempt
+            if failure == nil, var entry = jobs[jobID] {
+                entry.placementMilliseconds = item.decidedAt.milliseconds(until: .now)
+                counters.dispatched(milliseconds: entry.placementMilliseconds)
+                jobs[jobID] = entry
             }
+            events.append(.assignAnswered(jobID: jobID, attempt: attempt, refusal: failure))
         }
+        handle(events)
     }
 }

@@ -55,7 +55,7 @@ extension Scheduler {
         assignment.attempt = attempt
         assignment.spec = entry.submission.spec
         assignment.assignedAtMs = unixMilliseconds()
-        assignment.nodeIncarnation = core.cluster.records[nodeID]?.heartbeat.incarnation ?? ""
+        assignment.nodeIncarnation = nodeIncarnations[nodeID] ?? ""
         send(assignment, to: nodeID, decidedAt: now, trace: entry.trace.child())
     }
 
@@ -100,18 +100,19 @@ extension Scheduler {
             logger.error("a sandbox record without a shell to store it", metadata: ["record": "\(change)"])
             return
         case .finished(let jobID, let outcome):
-            guard var entry = jobs[jobID] else { return }
+            guard let entry = jobs[jobID] else { return }
             let finished: (result: Hangar_V1_Result, encoded: Data)
             if let decided = entry.result {
                 finished = decided  // written again after a failed commit
-            } else if let (report, node) = entry.report, report.attempt == outcome.attempt, node == outcome.node {
+            } else if let node = outcome.node,
+                let report = reportsInFlight[ReportKey(jobID: jobID, attempt: outcome.attempt, nodeID: node)]
+            {
                 let result = makeResult(entry, report, nodeID: node)
                 finished = (result, (try? result.serializedData()) ?? Data())
             } else {
                 finished = resultWithoutReport(entry, outcome)
             }
-            entry.result = finished
-            jobs[jobID] = entry
+            jobs[jobID]?.result = finished
             write = .jobFinished(finished.result, encoded: finished.encoded)
             if batch != nil {
                 batch!.append(write)  // the caller reports the commit to the core

@@ -45,12 +45,14 @@ extension Scheduler {
             logger.warning("ignored a malformed heartbeat", metadata: ["nats.subject": "\(message.subject)"])
             return
         }
-        if let known = core.cluster.records[nodeID] {
-            if known.heartbeat.incarnation != heartbeat.incarnation {
+        if let known = nodeIncarnations[nodeID] {
+            if known != heartbeat.incarnation {
                 logger.notice("node restarted (new incarnation)", metadata: ["node.id": "\(nodeID)"])
+                nodeIncarnations[nodeID] = heartbeat.incarnation
             }
         } else {
             logger.info("node joined", metadata: ["node.id": "\(nodeID)", "slots": "\(heartbeat.capacity.slotsTotal)"])
+            nodeIncarnations[nodeID] = heartbeat.incarnation
         }
         handle(.heartbeat(nodeID: nodeID, heartbeat))
     }

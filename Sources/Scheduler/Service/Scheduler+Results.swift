@@ -10,16 +10,17 @@ extension Scheduler {
     /// Returns at once, with a task that ends once the batch is committed and settled: false if it
     /// could not be stored (its messages come again).
     func storeResults(_ messages: [JetStreamMessage]) async -> Task<Bool, Never> {
-        var writes: [StoreWrite] = []
+        var writes: [StoreWrite]? = []  // never nil: the core's writes join it (see `perform`)
         var outcomes: [(JetStreamMessage, StreamOutcome)] = []
         var finished: [String] = []
+        var events: [CoreEvent] = []
         for stream in messages {
             let message = stream.message
             guard let nodeID = Subjects.token(message.subject, at: 2).map(String.init),
                 let reports = Self.attemptResults(in: message)
             else {
                 logger.warning("discarded a malformed node result", metadata: ["nats.subject": "\(message.subject)"])
-                writes.append(
+                writes!.append(
                     .audit(
                         actor: "node:\(Subjects.token(message.subject, at: 2) ?? "?")",
                         event: "result.malformed",
@@ -32,28 +33,27 @@ extension Scheduler {
                 continue
             }
             for report in reports {
-                if core.jobs[report.jobID] == nil, !core.remembers(report.jobID),
+                if !core.knows(report.jobID), !core.remembers(report.jobID),
                     let stored = try? await store.job(id: report.jobID)?.result, stored.attempt == report.attempt,
                     stored.nodeID == nodeID
                 {
                     continue  // a resend of a result the store has (from before a restart)
                 }
                 // Kept while the core decides: if this report is the job's outcome, it is the result.
-                jobs[report.jobID]?.report = (report, nodeID)
-                let actions = core.handle(
-                    .result(jobID: report.jobID, attempt: report.attempt, nodeID: nodeID, status: report.status),
-                    now: .now
+                reportsInFlight[ReportKey(jobID: report.jobID, attempt: report.attempt, nodeID: nodeID)] = report
+                events.append(
+                    .result(jobID: report.jobID, attempt: report.attempt, nodeID: nodeID, status: report.status)
                 )
-                for case .log(.finished(let jobID, _)) in actions { finished.append(jobID) }
-                var batch: [StoreWrite]? = writes
-                perform(actions, into: &batch)
-                writes = batch ?? writes
-                jobs[report.jobID]?.report = nil
             }
             // Stored (or deliberately ignored) once the batch commits.
             outcomes.append((stream, .ack))
         }
-        return commitStreamBatch(writes, outcomes) { [outcomes, finished] scheduler, error in
+        // One pass of the core for the whole batch; the ends it decides join the batch's writes.
+        let actions = core.handle(events, now: .now)
+        for case .log(.finished(let jobID, _)) in actions { finished.append(jobID) }
+        perform(actions, into: &writes)
+        reportsInFlight.removeAll(keepingCapacity: true)
+        return commitStreamBatch(writes ?? [], outcomes) { [outcomes, finished] scheduler, error in
             scheduler.resultsCommitted(error: error, outcomes: outcomes, finished: finished)
         }
     }

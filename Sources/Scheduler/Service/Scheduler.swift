@@ -44,6 +44,10 @@ public actor Scheduler {
     var queuedBytes: [String: Int] = [:]
     /// What the shell keeps of each job the core works on (waiters, trace, result bytes).
     var jobs: [String: JobEntry] = [:]
+    /// The node reports of the results batch the core is deciding (see `storeResults`).
+    var reportsInFlight: [ReportKey: Hangar_V1_AttemptResult] = [:]
+    /// Each node's incarnation as its last heartbeat said (assignments name it).
+    var nodeIncarnations: [String: String] = [:]
     var byRequest: [String: String] = [:]
     var lastTenantsCheck = ContinuousClock.now
     /// When results and audit rows were last pruned (see `SchedulerConfig.retention`).
