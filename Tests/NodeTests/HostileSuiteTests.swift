@@ -101,7 +101,9 @@ struct HostileSuiteTests {
         #expect(run.outcome.status == .oomKilled, "\(run.summary)")
         #expect(run.outcome.message.contains("memory limit of 64 MiB reached; the kernel killed"), "\(run.summary)")
         #expect(!run.stdout.contains("allocated"), "\(run.summary)")
-        #expect(run.outcome.peakMemoryBytes <= 64 << 20, "\(run.outcome.peakMemoryBytes)")
+        // cgroup v1's high-water mark may pass the limit by a page charged while the kernel reclaims
+        // (seen once for gVisor's sandbox: 64 MiB + 4096); without the limit it would be ~1 GiB.
+        #expect(run.outcome.peakMemoryBytes <= (64 << 20) + 4096, "\(run.outcome.peakMemoryBytes)")
         #expect(run.elapsed < kind.allowance + .seconds(5))
         await H.expectHostUnharmed(after: run)
     }
