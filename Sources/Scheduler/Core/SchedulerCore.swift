@@ -254,6 +254,10 @@ public struct SchedulerCore: Sendable {
             recoveryDeadline = now + cluster.ttl + cluster.grace
             reserveRestored(on: node)
         } else {
+            // Its next attempt skips a number: the previous scheduler may have sent attempt
+            // `attempt + 1` without its record reaching the store, and that attempt's result (a
+            // node told to kill it reports CANCELLED) must never pass for the new one's.
+            jobs[spec.id]?.attempts = attempt + 1
             enqueue(spec.id, lost: nil)
         }
     }
