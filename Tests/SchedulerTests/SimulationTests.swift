@@ -105,16 +105,7 @@ struct SimulationTests {
         // job by a superseded attempt, and see the core refuse it (logged late, not finished).
         let origin = ContinuousClock.now
         var core = SchedulerCore(config: SchedulerCore.Config(), cluster: ClusterState())
-        var heartbeat = Hangar_V1_NodeHeartbeat()
-        heartbeat.incarnation = "1"
-        heartbeat.capacity.slotsTotal = 1
-        heartbeat.capacity.cpuMillis = 1000
-        heartbeat.capacity.memoryBytes = 1 << 30
-        var null = Hangar_V1_RuntimeAvailability()
-        null.name = "null"
-        null.available = true
-        heartbeat.runtimes = [null]
-        heartbeat.templates = [TemplateName.host]
+        var heartbeat = SchedulerCoreTests().heartbeat(slots: 1)
         _ = core.handle(.heartbeat(nodeID: "n1", heartbeat), now: origin)
         _ = core.handle(
             .admitted(CoreJob.Spec(id: "j", tenant: "a", request: PlacementRequest(runtime: "null"))),
