@@ -25,6 +25,7 @@ final class TestCluster: Sendable {
         slots: Int = 8,
         runtimes: [any Runtime] = [ProcessRuntime(), NullRuntime()],
         settings: SchedulerSettings = SchedulerSettings(),
+        waitForProbes: Bool = true,
         configureNode: (Int, inout NodeConfig) -> Void = { _, _ in }
     ) async throws -> TestCluster {
         let directory = try makeTemporaryDirectory("hangar-cluster")
@@ -76,7 +77,7 @@ final class TestCluster: Sendable {
             tasks: tasks,
             agents: agents
         )
-        try await cluster.waitForNodes(nodes)
+        try await cluster.waitForNodes(nodes, runtimes: waitForProbes ? runtimes.count : 0)
         return cluster
     }
 
@@ -100,8 +101,10 @@ final class TestCluster: Sendable {
         self.agents = agents
     }
 
-    /// Waits until the scheduler has heard from `count` nodes.
-    func waitForNodes(_ count: Int) async throws {
+    /// Waits until the scheduler has heard from `count` nodes, each with the answers of at least
+    /// `runtimes` runtime probes (a node serves after 2 s without its slower probes; on a loaded
+    /// machine a test's first job must not find its runtime still missing).
+    func waitForNodes(_ count: Int, runtimes: Int = 0) async throws {
         let deadline = ContinuousClock.now + .seconds(15)
         while ContinuousClock.now < deadline {
             if let answer = try? await client.request(
@@ -109,13 +112,15 @@ final class TestCluster: Sendable {
                 payload: try Hangar_V1_NodesRequest().serializedData(),
                 timeout: .seconds(2)
             ), let reply = try? Hangar_V1_NodesReply(serializedBytes: answer.payload),
-                reply.nodes.filter({ $0.state == .up }).count >= count
+                reply.nodes.filter({ $0.state == .up && $0.lastHeartbeat.runtimes.count >= runtimes }).count >= count
             {
                 return
             }
             try await Task.sleep(for: .milliseconds(50))
         }
-        throw LocalNATSServerError("the scheduler did not see \(count) nodes within 15 s")
+        throw LocalNATSServerError(
+            "the scheduler did not see \(count) nodes with \(runtimes) probed runtimes within 15 s"
+        )
     }
 
     /// Submits on `tenant`'s subject and returns the decoded reply.
@@ -147,6 +152,10 @@ final class TestCluster: Sendable {
     func stopScheduler() async {
         tasks[0].cancel()
         _ = try? await tasks[0].value
+        // Its connection goes too, as when its process ends: a pull request it left pending in
+        // nats-server (the client side gave up first) would otherwise take the next message and
+        // hold it, unacknowledged, for the consumer's ack wait (30 s).
+        await connections[0].close()
     }
 
     /// Starts another scheduler on the same database, as after a restart. The caller cancels the task.

@@ -134,6 +134,38 @@ struct SchedulerCoreTests {
         )
     }
 
+    @Test("a pause of the scheduler itself is not the nodes' fault: their TTL restarts after it, then counts again")
+    func schedulerPause() {
+        var core = running("j")
+        #expect(core.handle(.tick, now: at(0.25)).isEmpty)
+        // The scheduler stalls for 9.5 s (no tick, no heartbeat handled), far past TTL + grace (5 s).
+        let resumed = core.handle(.tick, now: at(10))
+        #expect(resumed == [.paused(.milliseconds(9500))], "no node down, no attempt lost: \(resumed)")
+        #expect(core.cluster.isUp("n1"))
+        // The heartbeats that waited during the pause are handled; then n1 really goes silent.
+        _ = core.handle(.heartbeat(nodeID: "n1", heartbeat(running: ["j/1"])), now: at(10.1))
+        var downAt: Double?
+        for second in stride(from: 10.25, through: 20, by: 0.25) where downAt == nil {
+            let actions = core.handle(.tick, now: at(second))
+            if actions.contains(.log(.nodeDown(nodeID: "n1"))) {
+                #expect(
+                    actions.contains(
+                        .log(
+                            .attemptLost(
+                                jobID: "j",
+                                attempt: 1,
+                                nodeID: "n1",
+                                reason: "node n1 stopped sending heartbeats"
+                            )
+                        )
+                    )
+                )
+                downAt = second
+            }
+        }
+        #expect(downAt == 15.25, "down once TTL + grace passed after its last heartbeat (10.1 s)")
+    }
+
     @Test("a job that no longer validates is accepted and ends ERROR once stored, never REJECTED")
     func invalidEndsError() {
         var core = SchedulerCore(config: SchedulerCore.Config(), cluster: ClusterState())
@@ -247,6 +279,9 @@ struct SandboxCoreTests {
         #expect(core.handle(.tick, now: at(24.9)).isEmpty, "extended to 25 s")
         let extended = core.handle(.sandbox(.setTimeout(sandboxID: "s", timeout: .seconds(60))), now: at(24.9))
         #expect(extended == [.log(.sandbox(.timeoutSet(sandboxID: "s", deadline: at(30))))], "capped at the lifetime")
+        for second in stride(from: 25.0, to: 30, by: 0.25) {
+            #expect(core.handle(.tick, now: at(second)).isEmpty, "still within its lifetime at \(second) s")
+        }
         let ended = core.handle(.tick, now: at(30))
         let message = "its maximum lifetime of 30.0 seconds passed"
         #expect(

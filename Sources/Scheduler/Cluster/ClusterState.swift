@@ -87,6 +87,14 @@ public struct ClusterState: Sendable {
         return event
     }
 
+    /// Gives every node `pause` back (never past `now`): the scheduler could not hear heartbeats
+    /// for that long (its own process stopped or starved), so their silence is not the nodes'.
+    public mutating func excuse(_ pause: Duration, now: ContinuousClock.Instant) {
+        for id in records.keys {
+            records[id]!.lastSeen = min(records[id]!.lastSeen + pause, now)
+        }
+    }
+
     /// Marks nodes whose heartbeats stopped as down; returns those newly down.
     public mutating func detectDown(at now: ContinuousClock.Instant) -> [String] {
         var newlyDown: [String] = []

@@ -51,6 +51,9 @@ public enum CoreAction: Sendable, Equatable {
     case ended(jobID: String, CoreOutcome)
     /// Something to do about a stateful sandbox.
     case sandbox(SandboxAction)
+    /// The core's ticks stopped for `pause` (the scheduler's process was stopped or starved); the
+    /// nodes' silence during it was excused, not counted against their TTL. Only reported.
+    case paused(Duration)
 }
 
 /// One state change the store must hold, in order.

@@ -43,6 +43,9 @@ public struct SchedulerCore: Sendable {
     private var drainDeadlines: [String: ContinuousClock.Instant] = [:]
     /// When restored attempts must have been confirmed by their nodes (see ``JobPhase/restored``).
     private var recoveryDeadline: ContinuousClock.Instant?
+    /// When the last tick ran: a gap much longer than the tick interval is a pause of the
+    /// scheduler itself (see `excusePause`).
+    private var lastTick: ContinuousClock.Instant?
     /// The counted attempt (and node) of recently ended jobs, oldest first out.
     private var ended: [String: LostAttempt] = [:]
     private var endedOrder: [String] = []
@@ -262,7 +265,25 @@ public struct SchedulerCore: Sendable {
         }
     }
 
+    /// The shell ticks every 250 ms; a gap of more than this between two ticks is a pause.
+    static let pauseThreshold = Duration.seconds(1)
+    /// The interval the shell ticks at (what a gap is measured against).
+    static let tickInterval = Duration.milliseconds(250)
+
+    /// After a pause of the scheduler (ticks more than `pauseThreshold` apart: its process was
+    /// stopped, or starved on a loaded machine), heartbeats that arrived during it may still wait
+    /// to be handled, and none could be heard: the nodes get the pause back before their silence
+    /// is judged, so a stalled scheduler does not declare live nodes down (and lose their jobs).
+    private mutating func excusePause(now: ContinuousClock.Instant, _ actions: inout [CoreAction]) {
+        defer { lastTick = now }
+        guard let last = lastTick, now - last > Self.pauseThreshold else { return }
+        let pause = now - last - Self.tickInterval
+        cluster.excuse(pause, now: now)
+        actions.append(.paused(pause))
+    }
+
     private mutating func tick(now: ContinuousClock.Instant, _ actions: inout [CoreAction]) {
+        excusePause(now: now, &actions)
         for node in cluster.detectDown(at: now) {
             actions.append(.log(.nodeDown(nodeID: node)))
             loseSandboxes(

@@ -467,6 +467,9 @@ public struct Simulator {
                 endedCount[jobID, default: 0] += 1
                 report.ended[outcome.status, default: 0] += 1
                 try expect(endedCount[jobID] == 1, "job \(jobID) ended twice")
+            case .paused(let pause):
+                // The simulated scheduler ticks every 250 ms of simulated time: it never pauses.
+                try expect(false, "the core reported a pause of \(pause) though every tick was on time")
             }
         }
         try checkInvariants()

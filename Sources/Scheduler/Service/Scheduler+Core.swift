@@ -37,6 +37,11 @@ extension Scheduler {
                 // The shell feeds no sandbox events yet (issue 16: the core's part is done, the
                 // protocol and the nodes' part are not), so the core decides none of these.
                 logger.error("a sandbox action without a shell to perform it", metadata: ["action": "\(action)"])
+            case .paused(let pause):
+                logger.warning(
+                    "the scheduler was paused; nodes are not blamed for the heartbeats it could not hear",
+                    metadata: ["pause": "\(pause)"]
+                )
             }
         }
     }
