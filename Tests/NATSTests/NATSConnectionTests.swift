@@ -61,8 +61,8 @@ struct NATSConnectionTests {
             } catch let error as NATSError {
                 #expect(error.kind == .timeout)
             }
-            // Its own 200 ms, not a longer wait: a loaded
-            // test process stalls its tasks for up to ~1.7 s at times, so the bound leaves room.
+            // Its own 200 ms, not a longer wait: a loaded test process stalls its tasks for up to
+            // ~1.7 s at times, so the bound leaves room.
             #expect(ContinuousClock.now - started < .seconds(5))
             silent.unsubscribe()
             subscription.unsubscribe()
