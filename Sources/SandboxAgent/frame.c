@@ -38,8 +38,15 @@ static int check_wire(
     const uint8_t *end = at + length;
     while (at < end) {
         uint64_t key;
+        const uint8_t *key_start = at;
         if (read_varint(&at, end, &key) != 0) {
             snprintf(error, error_size, "a malformed field key");
+            return -1;
+        }
+        /* Field numbers are at most 2^29 - 1, a key at most 5 bytes (protobuf-c 1.4 shifts a longer
+         * one past an int). */
+        if (at - key_start > 5 || (key >> 3) > 0x1fffffff || (key >> 3) == 0) {
+            snprintf(error, error_size, "a field key out of range");
             return -1;
         }
         uint32_t tag = (uint32_t)(key >> 3);

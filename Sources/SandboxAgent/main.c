@@ -206,6 +206,7 @@ static void child(const Hangar__V1__AgentExec *exec, int in, int out, int err, i
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_DFL);
+    signal(SIGXFSZ, SIG_DFL);
     setsid();
     int stage = 0; /* what failed: see start() */
     if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) goto fail;
@@ -586,6 +587,7 @@ int main(int argc, char **argv) {
     }
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a write past RLIMIT_FSIZE fails with EFBIG instead */
     fcntl(input_fd, F_SETFD, FD_CLOEXEC);
     fcntl(output_fd, F_SETFD, FD_CLOEXEC);
     set_nonblocking(input_fd);
