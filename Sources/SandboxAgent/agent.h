@@ -39,6 +39,15 @@ void agent_free_request(Hangar__V1__AgentRequest *request);
 
 /* Sends one event (blocking). */
 void agent_send(const Hangar__V1__AgentEvent *event);
+/* Sends the event answering `request_id` whose oneof is KIND (STARTED, OK…), `member` set to `value`. */
+#define AGENT_SEND_EVENT(request_id, KIND, member, value)                                                  \
+    do {                                                                                                   \
+        Hangar__V1__AgentEvent agent_event_ = HANGAR__V1__AGENT_EVENT__INIT;                               \
+        agent_event_.id = (request_id);                                                                    \
+        agent_event_.kind_case = HANGAR__V1__AGENT_EVENT__KIND_##KIND;                                     \
+        agent_event_.member = (value);                                                                     \
+        agent_send(&agent_event_);                                                                         \
+    } while (0)
 /* Sends an Error event for request `id`. */
 void agent_send_error(uint64_t id, Hangar__V1__AgentError__Code code, const char *format, ...)
     __attribute__((format(printf, 3, 4)));

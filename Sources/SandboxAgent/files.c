@@ -155,12 +155,8 @@ static void list_dir(uint64_t id, const char *path, unsigned depth) {
         Hangar__V1__AgentEntries entries = HANGAR__V1__AGENT_ENTRIES__INIT;
         entries.n_entries = listing.count;
         entries.entries = pointers;
-        Hangar__V1__AgentEvent event = HANGAR__V1__AGENT_EVENT__INIT;
-        event.id = id;
-        event.kind_case = HANGAR__V1__AGENT_EVENT__KIND_ENTRIES;
-        event.entries = &entries;
         if (pointers)
-            agent_send(&event);
+            AGENT_SEND_EVENT(id, ENTRIES, entries, &entries);
         else
             agent_send_error(id, HANGAR__V1__AGENT_ERROR__CODE__INTERNAL, "out of memory");
         free(pointers);
@@ -177,11 +173,7 @@ static void stat_path(uint64_t id, const char *path) {
         free_entry(&entry);
         return agent_send_errno(id, error, "stat", path);
     }
-    Hangar__V1__AgentEvent event = HANGAR__V1__AGENT_EVENT__INIT;
-    event.id = id;
-    event.kind_case = HANGAR__V1__AGENT_EVENT__KIND_STAT_INFO;
-    event.stat_info = &entry;
-    agent_send(&event);
+    AGENT_SEND_EVENT(id, STAT_INFO, stat_info, &entry);
     free_entry(&entry);
 }
 
@@ -225,11 +217,7 @@ static void read_file(uint64_t id, const char *path, uint64_t offset, uint64_t l
     data.data.len = got;
     data.size = (uint64_t)status.st_size;
     data.eof = offset + got >= (uint64_t)status.st_size;
-    Hangar__V1__AgentEvent event = HANGAR__V1__AGENT_EVENT__INIT;
-    event.id = id;
-    event.kind_case = HANGAR__V1__AGENT_EVENT__KIND_FILE_DATA;
-    event.file_data = &data;
-    agent_send(&event);
+    AGENT_SEND_EVENT(id, FILE_DATA, file_data, &data);
     free(buffer);
 }
 

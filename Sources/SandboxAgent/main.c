@@ -120,11 +120,7 @@ void agent_send_error(uint64_t id, Hangar__V1__AgentError__Code code, const char
     Hangar__V1__AgentError error = HANGAR__V1__AGENT_ERROR__INIT;
     error.code = code;
     error.message = message;
-    Hangar__V1__AgentEvent event = HANGAR__V1__AGENT_EVENT__INIT;
-    event.id = id;
-    event.kind_case = HANGAR__V1__AGENT_EVENT__KIND_ERROR;
-    event.error = &error;
-    agent_send(&event);
+    AGENT_SEND_EVENT(id, ERROR, error, &error);
 }
 
 void agent_send_errno(uint64_t id, int error, const char *what, const char *path) {
@@ -152,11 +148,7 @@ void agent_send_errno(uint64_t id, int error, const char *what, const char *path
 
 void agent_send_ok(uint64_t id) {
     Hangar__V1__AgentOk ok = HANGAR__V1__AGENT_OK__INIT;
-    Hangar__V1__AgentEvent event = HANGAR__V1__AGENT_EVENT__INIT;
-    event.id = id;
-    event.kind_case = HANGAR__V1__AGENT_EVENT__KIND_OK;
-    event.ok = &ok;
-    agent_send(&event);
+    AGENT_SEND_EVENT(id, OK, ok, &ok);
 }
 
 /* --- commands --- */
@@ -313,11 +305,7 @@ static void start(const Hangar__V1__AgentRequest *request) {
     for (size_t index = 0; index < slot->argc; index++) slot->argv[index] = strdup(exec->argv[index]);
     Hangar__V1__AgentStarted started = HANGAR__V1__AGENT_STARTED__INIT;
     started.pid = (uint32_t)pid;
-    Hangar__V1__AgentEvent event = HANGAR__V1__AGENT_EVENT__INIT;
-    event.id = id;
-    event.kind_case = HANGAR__V1__AGENT_EVENT__KIND_STARTED;
-    event.started = &started;
-    agent_send(&event);
+    AGENT_SEND_EVENT(id, STARTED, started, &started);
 }
 
 /* Reads what is available on one stream and sends it in chunks; at EOF closes it. */
@@ -339,11 +327,7 @@ static void drain(Process *process, int stream) {
         output.data.data = buffer;
         output.data.len = (size_t)count;
         process->offset[stream] += (uint64_t)count;
-        Hangar__V1__AgentEvent event = HANGAR__V1__AGENT_EVENT__INIT;
-        event.id = process->request;
-        event.kind_case = HANGAR__V1__AGENT_EVENT__KIND_OUTPUT;
-        event.output = &output;
-        agent_send(&event);
+        AGENT_SEND_EVENT(process->request, OUTPUT, output, &output);
         if ((size_t)count < sizeof buffer) return;
     }
 }
@@ -379,11 +363,7 @@ static void ended(Process *process, int status) {
         exited.exit_code = 128 + WTERMSIG(status);
     }
     exited.timed_out = process->timed_out;
-    Hangar__V1__AgentEvent event = HANGAR__V1__AGENT_EVENT__INIT;
-    event.id = process->request;
-    event.kind_case = HANGAR__V1__AGENT_EVENT__KIND_EXITED;
-    event.exited = &exited;
-    agent_send(&event);
+    AGENT_SEND_EVENT(process->request, EXITED, exited, &exited);
     close_fd(&process->out[0]);
     close_fd(&process->out[1]);
     close_fd(&process->in);
@@ -457,11 +437,7 @@ static void list_processes(uint64_t id) {
     Hangar__V1__AgentProcesses list = HANGAR__V1__AGENT_PROCESSES__INIT;
     list.n_processes = count;
     list.processes = pointers;
-    Hangar__V1__AgentEvent event = HANGAR__V1__AGENT_EVENT__INIT;
-    event.id = id;
-    event.kind_case = HANGAR__V1__AGENT_EVENT__KIND_PROCESSES;
-    event.processes = &list;
-    agent_send(&event);
+    AGENT_SEND_EVENT(id, PROCESSES, processes, &list);
 }
 
 static void handle(const Hangar__V1__AgentRequest *request) {
@@ -472,11 +448,8 @@ static void handle(const Hangar__V1__AgentRequest *request) {
     case HANGAR__V1__AGENT_REQUEST__OP_LIST_PROCESSES: return list_processes(request->id);
     case HANGAR__V1__AGENT_REQUEST__OP_PING: {
         Hangar__V1__AgentPong pong = HANGAR__V1__AGENT_PONG__INIT;
-        Hangar__V1__AgentEvent event = HANGAR__V1__AGENT_EVENT__INIT;
-        event.id = request->id;
-        event.kind_case = HANGAR__V1__AGENT_EVENT__KIND_PONG;
-        event.pong = &pong;
-        return agent_send(&event);
+        AGENT_SEND_EVENT(request->id, PONG, pong, &pong);
+        return;
     }
     case HANGAR__V1__AGENT_REQUEST__OP__NOT_SET:
         return agent_send_error(request->id, HANGAR__V1__AGENT_ERROR__CODE__INVALID, "the request has no operation");

@@ -59,19 +59,9 @@ struct SandboxAgentTests {
     @Test("stdin reaches cat, and closing it ends cat")
     func stdin() async throws {
         try await Self.withSandbox { sandbox in
-            var exec = Hangar_V1_AgentExec()
-            exec.argv = ["cat"]
-            exec.stdin = true
-            let request = exec
-            let result = try await within(.seconds(10)) {
-                var collector = Collector()
-                var events = sandbox.agent.exec(request).makeAsyncIterator()
-                try collector.take(try await events.next())
-                let pid = try #require(collector.pid)
+            let result = try await run(sandbox, ["cat"], { $0.stdin = true }) { pid in
                 try await sandbox.agent.stdin(pid: pid, Data("one ".utf8))
                 try await sandbox.agent.stdin(pid: pid, Data("two".utf8), close: true)
-                while let event = try await events.next() { try collector.take(event) }
-                return collector
             }
             #expect(text(result.stdout) == "one two")
             #expect(result.exited?.exitCode == 0)
@@ -81,24 +71,14 @@ struct SandboxAgentTests {
     @Test("a background sleep is listed, and a signal kills it")
     func background() async throws {
         try await Self.withSandbox { sandbox in
-            var exec = Hangar_V1_AgentExec()
-            exec.argv = ["sleep", "30"]
-            exec.background = true
-            let request = exec
-            let result = try await within(.seconds(10)) {
-                var collector = Collector()
-                var events = sandbox.agent.exec(request).makeAsyncIterator()
-                try collector.take(try await events.next())
-                let pid = try #require(collector.pid)
+            let result = try await run(sandbox, ["sleep", "30"], { $0.background = true }) { pid in
                 let listed = try await sandbox.agent.listProcesses()
                 #expect(listed.contains { $0.pid == pid && $0.argv == ["sleep", "30"] && $0.background })
                 try await sandbox.agent.signal(pid: pid, SIGKILL)
-                while let event = try await events.next() { try collector.take(event) }
-                #expect(try await sandbox.agent.listProcesses().isEmpty)
-                return collector
             }
             #expect(result.exited?.signal == SIGKILL)
             #expect(result.exited?.timedOut == false)
+            #expect(try await sandbox.agent.listProcesses().isEmpty)
         }
     }
 
@@ -359,12 +339,13 @@ struct Collector {
     }
 }
 
-/// Runs `argv` in the sandbox to its end (at most 10 s).
+/// Runs `argv` in the sandbox to its end (at most 10 s); `whileRunning` gets the pid once it started.
 @discardableResult
 func run(
     _ sandbox: ProcessSandbox,
     _ argv: [String],
-    _ configure: (inout Hangar_V1_AgentExec) -> Void = { _ in }
+    _ configure: (inout Hangar_V1_AgentExec) -> Void = { _ in },
+    whileRunning: @escaping @Sendable (UInt32) async throws -> Void = { _ in }
 ) async throws -> Collector {
     var exec = Hangar_V1_AgentExec()
     exec.argv = argv
@@ -372,7 +353,10 @@ func run(
     let request = exec
     return try await within(.seconds(10)) {
         var collector = Collector()
-        for try await event in sandbox.agent.exec(request) { try collector.take(event) }
+        for try await event in sandbox.agent.exec(request) {
+            try collector.take(event)
+            if case .started(let started) = event.kind { try await whileRunning(started.pid) }
+        }
         return collector
     }
 }
