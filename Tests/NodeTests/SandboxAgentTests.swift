@@ -41,6 +41,27 @@ struct SandboxAgentTests {
             await #expect(throws: SandboxAgentError.self) {
                 try await run(sandbox, ["/no/such/program"])
             }
+            // No network but loopback.
+            let links = try await run(sandbox, ["sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"])
+            #expect(text(links.stdout) == "lo\n")
+        }
+    }
+
+    @Test("the sandbox's cgroup has its memory and pids limits")
+    func cgroupLimits() async throws {
+        var limits = SandboxLimits()
+        limits.memoryBytes = 96 << 20
+        limits.pids = 48
+        try await Self.withSandbox(limits: limits) { sandbox in
+            let files = sandbox.cgroupDirectories.flatMap { directory in
+                ["memory.limit_in_bytes", "memory.max", "pids.max"].map { directory + "/" + $0 }
+            }
+            let values = files.compactMap { try? String(contentsOfFile: $0, encoding: .utf8) }.map {
+                $0.trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+            #expect(values.contains(String(96 << 20)))
+            #expect(values.contains("48"))
+            try await sandbox.agent.ping()
         }
     }
 
