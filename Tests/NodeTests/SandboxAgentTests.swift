@@ -296,6 +296,20 @@ struct SandboxAgentTests {
         }
     }
 
+    @Test("a sandbox whose agent does not answer fails to start with a clear error and leaves nothing")
+    func agentThatDoesNotAnswer() async throws {
+        let tag = uniqueTag()
+        do {
+            _ = try await ProcessSandbox.start(id: "mute-\(tag)", agentPath: "/bin/true")
+            Issue.record("a sandbox started without an agent")
+        } catch {
+            #expect(error.description.contains("the sandbox's agent did not answer"))
+        }
+        #expect(leftoverCgroups(containing: "sandbox-mute-\(tag)").isEmpty)
+        let scratches = (try? FileManager.default.contentsOfDirectory(atPath: ProcessSandbox.defaultWorkRoot)) ?? []
+        #expect(!scratches.contains { $0.contains("mute-\(tag)") })
+    }
+
     @Test("after kill() nothing is left: processes, mounts, cgroup, scratch; waiters hear of it")
     func killLeavesNothing() async throws {
         let agentPath = try #require(ProcessSandbox.locateAgent())

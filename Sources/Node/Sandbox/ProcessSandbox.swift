@@ -34,6 +34,7 @@ public struct SandboxLimits: Sendable, Equatable {
 
 /// Why a ``ProcessSandbox`` could not start.
 public struct SandboxStartError: Error, Sendable, CustomStringConvertible {
+    /// What went wrong, as a sentence for operators.
     public var description: String
 
     /// An error that reads `description`.

@@ -18,6 +18,7 @@ public enum SandboxAgentError: Error, Sendable, Equatable, CustomStringConvertib
     /// The agent answered with an event this request does not expect.
     case unexpectedAnswer(String)
 
+    /// The error as a sentence for operators.
     public var description: String {
         switch self {
         case .agent(let code, let message): "the sandbox agent refused (\(code)): \(message)"
