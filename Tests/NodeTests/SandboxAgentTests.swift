@@ -41,6 +41,18 @@ struct SandboxAgentTests {
             await #expect(throws: SandboxAgentError.self) {
                 try await run(sandbox, ["/no/such/program"])
             }
+            // Every command runs under the node's seccomp filter, without capabilities.
+            for user in ["user", "root"] {
+                let status = try await run(sandbox, ["grep", "-E", "^(Seccomp|CapEff|CapBnd):", "/proc/self/status"]) {
+                    $0.user = user
+                }
+                #expect(
+                    text(status.stdout) == "CapEff:\t0000000000000000\nCapBnd:\t0000000000000000\nSeccomp:\t2\n"
+                        || user == "user" && text(status.stdout).hasPrefix("CapEff:\t0000000000000000\n")
+                            && text(status.stdout).hasSuffix("Seccomp:\t2\n"),
+                    "as \(user): \(text(status.stdout))"
+                )
+            }
             // No network but loopback.
             let links = try await run(sandbox, ["sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"])
             #expect(text(links.stdout) == "lo\n")
