@@ -11,7 +11,13 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "hangar", targets: ["hangar"])
-    ] + (sanitizerBuild ? [] : [.executable(name: "hangar-guest-agent", targets: ["hangar-guest-agent"])]),
+    ]
+        + (sanitizerBuild
+            ? []
+            : [
+                .executable(name: "hangar-guest-agent", targets: ["hangar-guest-agent"]),
+                .executable(name: "hangar-sandbox-agent", targets: ["hangar-sandbox-agent"]),
+            ]),
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -154,6 +160,16 @@ if !sanitizerBuild {
             path: "Sources/GuestAgent",
             cSettings: [.unsafeFlags(["-O2"])],
             linkerSettings: [.unsafeFlags(["-static-executable"])]
+        )
+    )
+    // The first process of every stateful sandbox (Sources/SandboxAgent/main.c): C, with the
+    // protobuf-c runtime linked statically.
+    package.targets.append(
+        .executableTarget(
+            name: "hangar-sandbox-agent",
+            path: "Sources/SandboxAgent",
+            cSettings: [.unsafeFlags(["-O2"]), .headerSearchPath("proto")],
+            linkerSettings: [.linkedLibrary("protobuf-c"), .unsafeFlags(["-static-executable"])]
         )
     )
 }

@@ -388,19 +388,8 @@ struct BubblewrapInvocation {
                 "--hostname", "sandbox", "--uid", String(Self.sandboxID), "--gid", String(Self.sandboxID), "--clearenv",
             ]
         for (key, value) in try Self.environment(spec.env) { arguments += ["--setenv", key, value] }
-        if let root {
-            arguments += root.bubblewrapArguments  // a directory template instead of the host's dirs
-        } else {
-            arguments += ["--ro-bind", "/usr", "/usr"]
-            for directory in Self.systemDirectories {
-                if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: directory) {
-                    arguments += ["--symlink", target, directory]
-                } else {
-                    arguments += ["--ro-bind-try", directory, directory]
-                }
-            }
-            for path in Self.etcFiles { arguments += ["--ro-bind-try", path, path] }
-        }
+        // A directory template instead of the host's dirs.
+        arguments += root?.bubblewrapArguments ?? Self.hostSystemArguments()
         arguments += ["--proc", "/proc", "--dev", "/dev"] + Self.procMasks
         if let scratch {
             arguments += ["--bind", scratch, "/tmp"]
@@ -436,6 +425,21 @@ struct BubblewrapInvocation {
         }
         // The root is bwrap's own tmpfs; freeze it so only /tmp (a separate mount) is writable.
         arguments += ["--remount-ro", "/", "--chdir", workdir, "--"] + spec.argv
+    }
+
+    /// The host's `/usr` and system directories (or symlinks to them on merged-/usr systems) and the
+    /// ``etcFiles``, read-only: the root of a sandbox on the `host` template.
+    static func hostSystemArguments() -> [String] {
+        var arguments = ["--ro-bind", "/usr", "/usr"]
+        for directory in systemDirectories {
+            if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: directory) {
+                arguments += ["--symlink", target, directory]
+            } else {
+                arguments += ["--ro-bind-try", directory, directory]
+            }
+        }
+        for path in etcFiles { arguments += ["--ro-bind-try", path, path] }
+        return arguments
     }
 
     /// The number bubblewrap knows the last of ``files`` by.
@@ -507,7 +511,8 @@ struct BubblewrapInvocation {
         return paths
     }
 
-    private static func memoryFile(holding content: Data) throws(InvalidJob) -> Int32 {
+    /// An anonymous close-on-exec memory file holding `content`, positioned at its start.
+    static func memoryFile(holding content: Data) throws(InvalidJob) -> Int32 {
         let fd = GlibcExtensions.anonymousFile(named: "hangar-file")
         guard fd >= 0 else {
             throw InvalidJob(message: "cannot create a memory file: \(String(cString: strerror(errno)))")

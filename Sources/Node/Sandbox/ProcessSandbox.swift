@@ -1,0 +1,372 @@
+import Foundation
+import Glibc
+import HangarShared
+import Logging
+import Synchronization
+
+/// What a stateful sandbox of the process runtime may use, for the whole sandbox.
+public struct SandboxLimits: Sendable, Equatable {
+    /// Memory (and memory plus swap where the kernel accounts it) of all its processes together.
+    public var memoryBytes: UInt64 = 256 << 20
+    /// Processes and threads, bubblewrap and the agent included.
+    public var pids: UInt32 = 256
+    /// CPU bandwidth: 1000 is one core.
+    public var cpuMillis: UInt32 = 1000
+    /// Size of the writable layer (`/home/user`, `/tmp` and `/root` together), and the largest file.
+    public var diskBytes: UInt64 = 256 << 20
+    /// Open descriptors per process.
+    public var openFiles: UInt32 = 1024
+
+    /// The defaults above.
+    public init() {}
+
+    /// These limits as the process runtime's helpers (cgroup, rlimit shim) take them.
+    var jobLimits: JobLimits {
+        var limits = JobLimits(Hangar_V1_Limits())
+        limits.memoryBytes = memoryBytes
+        limits.pids = pids
+        limits.cpuMillis = cpuMillis
+        limits.fileSizeBytes = diskBytes
+        limits.openFiles = openFiles
+        return limits
+    }
+}
+
+/// Why a ``ProcessSandbox`` could not start.
+public struct SandboxStartError: Error, Sendable, CustomStringConvertible {
+    /// What went wrong, as a sentence for operators.
+    public var description: String
+
+    /// An error that reads `description`.
+    public init(_ description: String) {
+        self.description = description
+    }
+}
+
+/// A long-lived bubblewrap sandbox of the process runtime with ``hangar-sandbox-agent`` as its first
+/// process: a stateful sandbox, which runs many commands and file operations over its ``agent``
+/// channel until ``kill()``.
+///
+/// Layout. The root is bubblewrap's own tmpfs, frozen read-only once set up, holding the host's
+/// `/usr` and system directories read-only (``BubblewrapInvocation/hostSystemArguments()``, the
+/// same view as a one-shot job on the `host` template), the sandbox's own `/etc/passwd` and friends
+/// (``SandboxEtc``: `root` and `user`, uid 1000, home `/home/user`), its own `/proc` and `/dev`,
+/// and the agent at `/.hangar/agent`, bound read-only. What is writable is one host tmpfs per
+/// sandbox (``JobScratch``, under ``workRoot``), mounted by the node with the size of
+/// ``SandboxLimits/diskBytes``: its `home`, `tmp` and `root` directories are bound as `/home/user`,
+/// `/tmp` and `/root`. A tmpfs rather than a directory on the node's disk because its size is a
+/// hard limit (a full sandbox gets ENOSPC, the node's disk never fills) and unmounting it drops
+/// everything at once; it counts against the host's memory, which is why the disk limit is part of
+/// the sandbox's reservation.
+///
+/// Isolation. Every namespace is new; the network one has only loopback (no network by default;
+/// allowlists are not offered here yet). On a root node bubblewrap runs as a host uid of the
+/// sandbox's own (``SandboxUsers``), and the sandbox's user namespace maps that uid, and only it, as
+/// uid 0: the agent runs as that uid 0, with only CAP_SETFCAP and CAP_SETPCAP in the sandbox's
+/// namespace (see `Sources/SandboxAgent/main.c`), and each command as uid 1000 in a nested namespace
+/// (or as uid 0 without any capability), under the node's standard seccomp filter, which the agent
+/// installs in every command. All of it runs in one cgroup with the sandbox's memory, pids and CPU
+/// limits, joined before bubblewrap starts (``LimitShim``, which also sets the open-files and
+/// file-size rlimits).
+///
+/// Killing: ``kill()`` hangs up on the agent, kills bubblewrap and every process of the cgroup,
+/// removes the cgroup, unmounts and removes the writable tmpfs and gives the uid back.
+public final class ProcessSandbox: Sendable {
+    /// The sandbox's name (its cgroup and scratch directory carry it).
+    public let id: String
+    /// The channel to the sandbox's agent.
+    public let agent: SandboxAgentChannel
+    /// The host directory of the sandbox's writable tmpfs (its `home`, `tmp` and `root`).
+    public let scratchPath: String
+    /// The host uid the sandbox runs as; nil when the node is not root.
+    public let hostUser: UInt32?
+    /// The sandbox's cgroup directories.
+    public var cgroupDirectories: [String] { cgroup.allDirectories }
+
+    private let process: SandboxProcess
+    private let cgroup: JobCgroup
+    private let scratch: JobScratch
+    private let users: SandboxUsers
+    private let killed = Mutex<Task<String?, Never>?>(nil)
+
+    /// Where sandboxes' writable tmpfs go unless the caller says otherwise.
+    public static let defaultWorkRoot = "/run/hangar-sandboxes"
+    /// Where the agent is inside the sandbox.
+    static let agentPathInside = "/.hangar/agent"
+    /// How long the agent may take to answer its first ping.
+    static let readyTimeout = Duration.seconds(10)
+    /// A sandbox lives until it is killed; this bounds it should its owner forget it.
+    static let lifetime = Duration.seconds(7 * 24 * 3600)
+    /// The agent's own diagnostics (stderr) kept; it writes little.
+    static let agentStderrBytes = 64 << 10
+    /// How long ``kill()`` gives the agent to end the sandbox itself before killing everything.
+    static let hangUpGrace = Duration.seconds(2)
+    /// The uid of `user` inside the sandbox (the agent's USER_ID).
+    static let userID: UInt32 = 1000
+
+    private init(
+        id: String,
+        agent: SandboxAgentChannel,
+        process: SandboxProcess,
+        cgroup: JobCgroup,
+        scratch: JobScratch,
+        user: UInt32?,
+        users: SandboxUsers
+    ) {
+        self.id = id
+        self.agent = agent
+        self.process = process
+        self.cgroup = cgroup
+        self.scratch = scratch
+        self.scratchPath = scratch.path
+        self.hostUser = user
+        self.users = users
+    }
+
+    /// The `hangar-sandbox-agent` binary: `$HANGAR_SANDBOX_AGENT`, else the one next to this
+    /// program (`swift build` puts both in the same directory).
+    public static func locateAgent() -> String? {
+        if let path = ProcessInfo.processInfo.environment["HANGAR_SANDBOX_AGENT"], !path.isEmpty { return path }
+        guard let executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") else {
+            return nil
+        }
+        let sibling = (executable as NSString).deletingLastPathComponent + "/hangar-sandbox-agent"
+        return access(sibling, X_OK) == 0 ? sibling : nil
+    }
+
+    /// Starts a sandbox and waits until its agent answers.
+    /// - Parameters:
+    ///   - id: a name for the sandbox (letters, digits, `-` and `_` are kept).
+    ///   - agentPath: the static agent binary (``locateAgent()``).
+    ///   - workRoot: where the writable tmpfs is mounted (a directory per sandbox below it).
+    public static func start(
+        id: String,
+        limits: SandboxLimits = SandboxLimits(),
+        agentPath: String,
+        bubblewrapPath: String = "/usr/bin/bwrap",
+        resources: NodeResources = .standard,
+        workRoot: String = defaultWorkRoot,
+        logger: Logger = Logger(label: "hangar.sandbox")
+    ) async throws(SandboxStartError) -> ProcessSandbox {
+        guard geteuid() == 0 else {
+            throw SandboxStartError(
+                "a stateful process sandbox needs a node running as root (its disk is a host tmpfs)"
+            )
+        }
+        guard access(agentPath, X_OK) == 0 else { throw SandboxStartError("no sandbox agent at \(agentPath)") }
+        guard access(bubblewrapPath, X_OK) == 0 else {
+            throw SandboxStartError("bubblewrap not found at \(bubblewrapPath)")
+        }
+        guard case .success(let host) = resources.cgroups else {
+            throw SandboxStartError("cgroups cannot be used, so the sandbox would have no limits")
+        }
+        guard case .success(let filter) = ProcessRuntime.seccomp else {
+            throw SandboxStartError("the seccomp filter cannot be built")
+        }
+        guard let user = resources.users.acquire() else {
+            throw SandboxStartError("all \(resources.users.count) sandbox users are in use")
+        }
+        let limits = limits.jobLimits
+        let scratch: JobScratch
+        do throws(ScratchError) {
+            scratch = try JobScratch.create(
+                root: workRoot,
+                name: "sandbox-" + id,
+                sizeBytes: limits.fileSizeBytes,
+                owner: (user, user),
+                ledger: resources.ledger
+            )
+            for directory in ["home", "tmp", "root"] {
+                let path = scratch.path + "/" + directory
+                guard mkdir(path, directory == "tmp" ? 0o1777 : 0o755) == 0, chown(path, user, user) == 0,
+                    chmod(path, directory == "tmp" ? 0o1777 : 0o755) == 0
+                else {
+                    let error = ScratchError.system("create", path)
+                    _ = scratch.remove()
+                    throw error
+                }
+            }
+        } catch {
+            resources.users.release(user)
+            throw SandboxStartError("cannot create the sandbox's writable layer: \(error.description)")
+        }
+        let cgroup: JobCgroup
+        do {
+            cgroup = try JobCgroup.create(on: host, name: "sandbox-" + id, limits: limits, ledger: resources.ledger)
+        } catch {
+            _ = scratch.remove()
+            resources.users.release(user)
+            throw SandboxStartError("cannot create the sandbox's cgroup: \(error.description)")
+        }
+        let started: (SandboxProcess, SandboxAgentChannel)
+        do {
+            started = try spawn(
+                agentPath: agentPath,
+                bubblewrapPath: bubblewrapPath,
+                scratch: scratch.path,
+                cgroup: cgroup,
+                limits: limits,
+                seccomp: filter,
+                user: user,
+                ledger: resources.ledger,
+                logger: logger
+            )
+        } catch {
+            try? await cgroup.remove()
+            _ = scratch.remove()
+            resources.users.release(user)
+            throw error
+        }
+        let sandbox = ProcessSandbox(
+            id: id,
+            agent: started.1,
+            process: started.0,
+            cgroup: cgroup,
+            scratch: scratch,
+            user: user,
+            users: resources.users
+        )
+        do {
+            try await sandbox.waitUntilReady()
+        } catch {
+            let stderr = await sandbox.agentDiagnostics()
+            _ = await sandbox.kill()
+            throw SandboxStartError(error.description + (stderr.isEmpty ? "" : "; the agent said: \(stderr)"))
+        }
+        return sandbox
+    }
+
+    /// Spawns the limit shim, which joins the cgroup, sets rlimits and execs bubblewrap as `user`,
+    /// which runs the agent as pid 1 of the sandbox. Fds: 3 the agent's socket, 4 the seccomp
+    /// filter it installs in commands, 5… the `/etc` files bubblewrap writes.
+    private static func spawn(
+        agentPath: String,
+        bubblewrapPath: String,
+        scratch: String,
+        cgroup: JobCgroup,
+        limits: JobLimits,
+        seccomp: SeccompFilter,
+        user: UInt32,
+        ledger: SandboxLedger,
+        logger: Logger
+    ) throws(SandboxStartError) -> (SandboxProcess, SandboxAgentChannel) {
+        var ends: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
+            throw SandboxStartError("socketpair failed: \(String(cString: strerror(errno)))")
+        }
+        var files: [Int32] = [ends[1]]
+        defer { for fd in files { close(fd) } }
+        var arguments = [
+            "bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--as-pid-1",
+            "--cap-drop", "ALL", "--cap-add", "CAP_SETFCAP", "--cap-add", "CAP_SETPCAP",
+            "--hostname", "sandbox", "--uid", "0", "--gid", "0", "--clearenv",
+            "--setenv", "PATH", ProcessRuntime.defaultPath,
+        ]
+        arguments += BubblewrapInvocation.hostSystemArguments()
+        arguments += ["--proc", "/proc", "--dev", "/dev"] + BubblewrapInvocation.procMasks
+        arguments += [
+            "--bind", scratch + "/home", SandboxEtc.home, "--bind", scratch + "/tmp", "/tmp",
+            "--bind", scratch + "/root", "/root", "--ro-bind", agentPath, agentPathInside,
+        ]
+        do throws(InvalidJob) {
+            files.append(try BubblewrapInvocation.memoryFile(holding: Data(seccomp.bytes)))
+            for file in SandboxEtc.files(uid: userID, gid: userID) {
+                files.append(try BubblewrapInvocation.memoryFile(holding: file.content))
+                arguments += ["--perms", "0644", "--file", String(2 + files.count), file.path]
+            }
+        } catch {
+            close(ends[0])
+            throw SandboxStartError(error.message)
+        }
+        arguments += [
+            "--remount-ro", "/", "--chdir", "/", "--", agentPathInside, "--in", "3", "--out", "3", "--seccomp", "4",
+        ]
+        let shim = LimitShim(
+            procsFiles: cgroup.procsFiles,
+            limits: limits,
+            program: bubblewrapPath,
+            arguments: arguments,
+            user: user
+        )
+        let command = SandboxCommand(
+            executable: shim.executable,
+            arguments: shim.arguments,
+            timeout: lifetime,
+            outputLimit: agentStderrBytes,
+            inheritedFiles: files,
+            containment: CgroupContainment(cgroup, cpuTime: nil),
+            ledger: ledger
+        )
+        let process: SandboxProcess
+        do {
+            process = try SandboxProcess(command)
+        } catch {
+            close(ends[0])
+            throw SandboxStartError("cannot start bubblewrap: \(error.description)")
+        }
+        return (process, SandboxAgentChannel(socket: ends[0], logger: logger))
+    }
+
+    /// Pings the agent until it answers, the sandbox dies or ``readyTimeout`` passes.
+    private func waitUntilReady() async throws(SandboxStartError) {
+        // The channel fails the ping when it is closed: the deadline closes it.
+        let deadline = Task { [agent] in
+            try? await Task.sleep(for: Self.readyTimeout)
+            if !Task.isCancelled { agent.close() }
+        }
+        defer { deadline.cancel() }
+        do {
+            try await agent.ping()
+        } catch {
+            throw SandboxStartError(
+                "the sandbox's agent did not answer within \(JobLimits.milliseconds(Self.readyTimeout)) ms: \(error)"
+            )
+        }
+    }
+
+    /// The agent's stderr once the sandbox has ended, for error messages.
+    private func agentDiagnostics() async -> String {
+        guard process.hasEnded, let result = try? await process.wait() else { return "" }
+        return String(decoding: result.stderr.prefix(500), as: UTF8.self).trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+    }
+
+    /// Ends the sandbox and leaves nothing of it: hangs up on the agent, kills bubblewrap and every
+    /// process of the sandbox's cgroup, waits for them, removes the cgroup, unmounts and removes the
+    /// writable tmpfs, and gives the host uid back (only once the cgroup is gone, so no process of it
+    /// can live on). Returns what could not be cleaned up, or nil. Calling it again waits for the
+    /// first call and returns its answer.
+    @discardableResult
+    public func kill() async -> String? {
+        let task = killed.withLock { task in
+            if let task { return task }
+            let started = Task { await self.tearDown() }
+            task = started
+            return started
+        }
+        return await task.value
+    }
+
+    private func tearDown() async -> String? {
+        // Hung up on, the agent kills its commands and exits; as the pid namespace's init it takes
+        // the rest of the sandbox with it, and bubblewrap, its parent, reaps it and exits. Killing
+        // bubblewrap first would leave the agent to whichever process adopts orphans here, a
+        // zombie until that process reaps it.
+        agent.close()
+        let end = ContinuousClock.now + Self.hangUpGrace
+        while !process.hasEnded && ContinuousClock.now < end { try? await Task.sleep(for: .milliseconds(2)) }
+        process.kill()
+        await cgroup.killAll()
+        _ = try? await process.wait()
+        var problems: [String] = []
+        do {
+            try await cgroup.remove()
+            if let hostUser { users.release(hostUser) }
+        } catch {
+            problems.append("the sandbox's cgroup was not removed: \(error)")
+        }
+        if let problem = scratch.remove() { problems.append(problem) }
+        return problems.isEmpty ? nil : problems.joined(separator: "; ")
+    }
+}

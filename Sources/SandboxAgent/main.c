@@ -1,0 +1,635 @@
+/*
+ * hangar-sandbox-agent: the first process (pid 1) of a stateful sandbox.
+ *
+ * It reads AgentRequest frames (4-byte big-endian length + protobuf, proto/hangar/v1/agent.proto)
+ * from its input descriptor (stdin, or `--in FD`) and writes AgentEvent frames to its output
+ * descriptor (stdout, or `--out FD`). One thread, one poll loop: it starts commands, streams their
+ * output in chunks with offsets, feeds their stdin, signals and times them out, reaps every zombie
+ * of the sandbox (it is the pid namespace's init), and runs file operations itself (files.c).
+ *
+ * Who can touch the agent: it is pid 1 of the sandbox's pid namespace, so the kernel drops every
+ * signal a process of the sandbox sends it that it has no handler for, SIGKILL and SIGSTOP
+ * included (it handles none: SIGCHLD is blocked and read from a signalfd). It is not dumpable, so
+ * only a holder of CAP_SYS_PTRACE in the sandbox's user namespace could ptrace it or open its
+ * /proc files, and no command holds any capability: a "user" command runs as uid 1000 in a user
+ * namespace of its own (nested in the sandbox's, mapped onto the agent's uid), a "root" command as
+ * uid 0 with every capability dropped from all its sets, the bounding set included. The agent itself
+ * keeps only CAP_SETFCAP (the kernel wants it to map a nested namespace's uid onto uid 0) and
+ * CAP_SETPCAP (to empty a root command's bounding set), in the sandbox's user namespace only. With
+ * `--seccomp FD` it reads a classic-BPF seccomp filter and installs it in every command.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+/* See Sources/GuestAgent/main.c: swiftc links swiftrt.o into C executables too. */
+void swift_addNewDSOImage(const void *sections) { (void)sections; }
+int _swift_backtrace_isThunkFunction(const char *name) {
+    (void)name;
+    return 0;
+}
+
+#define MAX_PROCESSES 256
+/* Stdin bytes queued for one command beyond which Stdin requests are refused. */
+#define MAX_PENDING_STDIN (8u * 1024 * 1024)
+#define USER_ID 1000
+
+typedef struct {
+    int used;
+    pid_t pid;
+    uint64_t request;
+    char **argv;
+    size_t argc;
+    int background;
+    int out[2];          /* stdout, stderr read ends; -1 once at EOF */
+    uint64_t offset[2];  /* bytes of each stream sent so far */
+    int in;              /* stdin write end, -1 when none */
+    uint8_t *pending;    /* stdin bytes not yet written */
+    size_t pending_size;
+    int close_stdin;     /* close `in` once `pending` is written */
+    int64_t deadline_ms; /* 0 for none */
+    int timed_out;
+} Process;
+
+static Process processes[MAX_PROCESSES];
+static int input_fd = 0;
+static int output_fd = 1;
+static struct sock_fprog filter;
+static int have_filter;
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* --- events --- */
+
+static void write_out(const uint8_t *data, size_t length) {
+    while (length > 0) {
+        ssize_t count = write(output_fd, data, length);
+        if (count < 0 && errno == EINTR) continue;
+        if (count < 0 && errno == EAGAIN) {
+            struct pollfd entry = {.fd = output_fd, .events = POLLOUT};
+            poll(&entry, 1, 1000);
+            continue;
+        }
+        if (count <= 0) _exit(0); /* the node is gone: so is the sandbox */
+        data += count;
+        length -= (size_t)count;
+    }
+}
+
+void agent_send(const Hangar__V1__AgentEvent *event) {
+    size_t size = hangar__v1__agent_event__get_packed_size(event);
+    uint8_t *frame = malloc(size + 4);
+    if (!frame) _exit(70);
+    frame[0] = (uint8_t)(size >> 24);
+    frame[1] = (uint8_t)(size >> 16);
+    frame[2] = (uint8_t)(size >> 8);
+    frame[3] = (uint8_t)size;
+    hangar__v1__agent_event__pack(event, frame + 4);
+    write_out(frame, size + 4);
+    free(frame);
+}
+
+void agent_send_error(uint64_t id, Hangar__V1__AgentError__Code code, const char *format, ...) {
+    char message[512];
+    va_list arguments;
+    va_start(arguments, format);
+    vsnprintf(message, sizeof message, format, arguments);
+    va_end(arguments);
+    Hangar__V1__AgentError error = HANGAR__V1__AGENT_ERROR__INIT;
+    error.code = code;
+    error.message = message;
+    AGENT_SEND_EVENT(id, ERROR, error, &error);
+}
+
+void agent_send_errno(uint64_t id, int error, const char *what, const char *path) {
+    Hangar__V1__AgentError__Code code;
+    switch (error) {
+    case ENOENT: code = HANGAR__V1__AGENT_ERROR__CODE__NOT_FOUND; break;
+    case EEXIST:
+    case ENOTEMPTY: code = HANGAR__V1__AGENT_ERROR__CODE__EXISTS; break;
+    case ENOTDIR: code = HANGAR__V1__AGENT_ERROR__CODE__NOT_A_DIRECTORY; break;
+    case EISDIR: code = HANGAR__V1__AGENT_ERROR__CODE__IS_A_DIRECTORY; break;
+    case EACCES:
+    case EPERM:
+    case EROFS: code = HANGAR__V1__AGENT_ERROR__CODE__PERMISSION_DENIED; break;
+    case ENOSPC:
+    case EDQUOT: code = HANGAR__V1__AGENT_ERROR__CODE__NO_SPACE; break;
+    case EFBIG:
+    case ENAMETOOLONG: code = HANGAR__V1__AGENT_ERROR__CODE__TOO_LARGE; break;
+    case ELOOP:
+    case EINVAL:
+    case EXDEV: code = HANGAR__V1__AGENT_ERROR__CODE__INVALID; break;
+    default: code = HANGAR__V1__AGENT_ERROR__CODE__INTERNAL; break;
+    }
+    agent_send_error(id, code, "%s %s: %s", what, path, strerror(error));
+}
+
+void agent_send_ok(uint64_t id) {
+    Hangar__V1__AgentOk ok = HANGAR__V1__AGENT_OK__INIT;
+    AGENT_SEND_EVENT(id, OK, ok, &ok);
+}
+
+/* --- commands --- */
+
+static Process *find(uint32_t pid) {
+    for (int index = 0; index < MAX_PROCESSES; index++)
+        if (processes[index].used && processes[index].pid == (pid_t)pid) return &processes[index];
+    return NULL;
+}
+
+static void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+static int write_file_once(const char *path, const char *text) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t count = write(fd, text, strlen(text));
+    close(fd);
+    return count == (ssize_t)strlen(text) ? 0 : -1;
+}
+
+/* In the child: become the command's user, drop every capability, install the filter. */
+static int become(int root) {
+    if (root) {
+        for (int cap = 0; cap <= CAP_LAST_CAP; cap++) prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+    } else {
+        if (unshare(CLONE_NEWUSER) != 0) return -1;
+        char map[64];
+        snprintf(map, sizeof map, "%d 0 1\n", USER_ID);
+        if (write_file_once("/proc/self/uid_map", map) != 0) return -1;
+        if (write_file_once("/proc/self/setgroups", "deny") != 0) return -1;
+        if (write_file_once("/proc/self/gid_map", map) != 0) return -1;
+        if (setresgid(USER_ID, USER_ID, USER_ID) != 0 || setresuid(USER_ID, USER_ID, USER_ID) != 0) return -1;
+    }
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    if (syscall(SYS_capset, &header, data) != 0) return -1;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+    if (have_filter && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &filter) != 0) return -1;
+    return 0;
+}
+
+static void child(const Hangar__V1__AgentExec *exec, int in, int out, int err, int status) {
+    int root = strcmp(exec->user, "root") == 0;
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    signal(SIGXFSZ, SIG_DFL);
+    setsid();
+    int stage = 0; /* what failed: see start() */
+    if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) goto fail;
+    const char *home = root ? "/root" : "/home/user";
+    const char *cwd = exec->cwd[0] ? exec->cwd : home;
+    stage = 1;
+    if (chdir(cwd) != 0) goto fail;
+    stage = 2;
+    if (become(root) != 0) goto fail;
+    stage = 3;
+    clearenv();
+    setenv("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin", 1);
+    setenv("HOME", home, 1);
+    setenv("USER", root ? "root" : "user", 1);
+    setenv("LOGNAME", root ? "root" : "user", 1);
+    setenv("LANG", "C.UTF-8", 1);
+    for (size_t index = 0; index < exec->n_env; index++)
+        if (exec->env[index]->key[0] && !strchr(exec->env[index]->key, '='))
+            setenv(exec->env[index]->key, exec->env[index]->value, 1);
+    char **argv = calloc(exec->n_argv + 1, sizeof *argv);
+    if (!argv) goto fail;
+    for (size_t index = 0; index < exec->n_argv; index++) argv[index] = exec->argv[index];
+    syscall(SYS_close_range, 3, ~0u, 4 /* CLOSE_RANGE_CLOEXEC */);
+    fcntl(status, F_SETFD, FD_CLOEXEC);
+    execvp(argv[0], argv);
+fail : {
+    int report[2] = {errno, stage};
+    ssize_t ignored = write(status, report, sizeof report);
+    (void)ignored;
+    _exit(127);
+}
+}
+
+static void close_fd(int *fd) {
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+}
+
+static void start(const Hangar__V1__AgentRequest *request) {
+    const Hangar__V1__AgentExec *exec = request->exec;
+    uint64_t id = request->id;
+    if (exec->n_argv == 0 || !exec->argv[0][0])
+        return agent_send_error(id, HANGAR__V1__AGENT_ERROR__CODE__INVALID, "argv is empty");
+    if (exec->user[0] && strcmp(exec->user, "user") != 0 && strcmp(exec->user, "root") != 0)
+        return agent_send_error(id, HANGAR__V1__AGENT_ERROR__CODE__INVALID,
+                                "user must be \"user\" or \"root\", not \"%s\"", exec->user);
+    Process *slot = NULL;
+    for (int index = 0; index < MAX_PROCESSES && !slot; index++)
+        if (!processes[index].used) slot = &processes[index];
+    if (!slot)
+        return agent_send_error(id, HANGAR__V1__AGENT_ERROR__CODE__TOO_LARGE, "already %d commands running",
+                                MAX_PROCESSES);
+    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, status[2] = {-1, -1};
+    int failed = pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0 || pipe2(status, O_CLOEXEC) != 0;
+    if (!failed) {
+        if (exec->stdin)
+            failed = pipe2(in, O_CLOEXEC) != 0;
+        else
+            failed = (in[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0;
+    }
+    pid_t pid = failed ? -1 : fork();
+    if (pid == 0) child(exec, in[0], out[1], err[1], status[1]);
+    int error = errno;
+    close_fd(&in[0]);
+    close_fd(&out[1]);
+    close_fd(&err[1]);
+    close_fd(&status[1]);
+    int report[2] = {0, 0}; /* errno and stage: 0 descriptors, 1 cwd, 2 user, 3 exec */
+    if (pid > 0) {
+        ssize_t count;
+        do count = read(status[0], report, sizeof report);
+        while (count < 0 && errno == EINTR);
+        if (count != sizeof report) report[0] = 0;
+    }
+    int child_error = report[0];
+    close_fd(&status[0]);
+    if (pid < 0 || child_error) {
+        close_fd(&in[1]);
+        close_fd(&out[0]);
+        close_fd(&err[0]);
+        if (pid > 0) waitpid(pid, NULL, 0);
+        if (pid < 0) return agent_send_errno(id, error, "cannot start", exec->argv[0]);
+        if (report[1] == 1)
+            return agent_send_errno(id, child_error, "cannot change directory to",
+                                    exec->cwd[0] ? exec->cwd : strcmp(exec->user, "root") == 0 ? "/root" : "/home/user");
+        if (report[1] == 2) return agent_send_errno(id, child_error, "cannot switch to the user of", exec->argv[0]);
+        if (report[1] == 3) return agent_send_errno(id, child_error, "cannot run", exec->argv[0]);
+        return agent_send_errno(id, child_error, "cannot set up", exec->argv[0]);
+    }
+    memset(slot, 0, sizeof *slot);
+    slot->used = 1;
+    slot->pid = pid;
+    slot->request = id;
+    slot->background = exec->background;
+    slot->out[0] = out[0];
+    slot->out[1] = err[0];
+    slot->in = in[1];
+    set_nonblocking(out[0]);
+    set_nonblocking(err[0]);
+    if (in[1] >= 0) set_nonblocking(in[1]);
+    slot->deadline_ms = exec->timeout_ms ? now_ms() + (int64_t)exec->timeout_ms : 0;
+    slot->argv = calloc(exec->n_argv, sizeof(char *));
+    slot->argc = slot->argv ? exec->n_argv : 0;
+    for (size_t index = 0; index < slot->argc; index++) slot->argv[index] = strdup(exec->argv[index]);
+    Hangar__V1__AgentStarted started = HANGAR__V1__AGENT_STARTED__INIT;
+    started.pid = (uint32_t)pid;
+    AGENT_SEND_EVENT(id, STARTED, started, &started);
+}
+
+/* Reads what is available on one stream and sends it in chunks; at EOF closes it. */
+static void drain(Process *process, int stream) {
+    static uint8_t buffer[AGENT_OUTPUT_CHUNK];
+    while (process->out[stream] >= 0) {
+        ssize_t count = read(process->out[stream], buffer, sizeof buffer);
+        if (count < 0 && errno == EINTR) continue;
+        if (count < 0 && errno == EAGAIN) return;
+        if (count <= 0) {
+            close_fd(&process->out[stream]);
+            return;
+        }
+        Hangar__V1__AgentOutput output = HANGAR__V1__AGENT_OUTPUT__INIT;
+        output.pid = (uint32_t)process->pid;
+        output.stream = stream == 0 ? HANGAR__V1__AGENT_STREAM__AGENT_STREAM_STDOUT
+                                    : HANGAR__V1__AGENT_STREAM__AGENT_STREAM_STDERR;
+        output.offset = process->offset[stream];
+        output.data.data = buffer;
+        output.data.len = (size_t)count;
+        process->offset[stream] += (uint64_t)count;
+        AGENT_SEND_EVENT(process->request, OUTPUT, output, &output);
+        if ((size_t)count < sizeof buffer) return;
+    }
+}
+
+static void feed(Process *process) {
+    while (process->in >= 0 && process->pending_size > 0) {
+        ssize_t count = write(process->in, process->pending, process->pending_size);
+        if (count < 0 && errno == EINTR) continue;
+        if (count < 0 && errno == EAGAIN) return;
+        if (count <= 0) { /* the command closed its stdin: drop the rest */
+            process->pending_size = 0;
+            close_fd(&process->in);
+            break;
+        }
+        memmove(process->pending, process->pending + count, process->pending_size - (size_t)count);
+        process->pending_size -= (size_t)count;
+    }
+    if (process->pending_size == 0) {
+        free(process->pending);
+        process->pending = NULL;
+        if (process->close_stdin) close_fd(&process->in);
+    }
+}
+
+static void ended(Process *process, int status) {
+    drain(process, 0);
+    drain(process, 1);
+    Hangar__V1__AgentExited exited = HANGAR__V1__AGENT_EXITED__INIT;
+    exited.pid = (uint32_t)process->pid;
+    if (WIFEXITED(status)) exited.exit_code = WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) {
+        exited.signal = WTERMSIG(status);
+        exited.exit_code = 128 + WTERMSIG(status);
+    }
+    exited.timed_out = process->timed_out;
+    AGENT_SEND_EVENT(process->request, EXITED, exited, &exited);
+    close_fd(&process->out[0]);
+    close_fd(&process->out[1]);
+    close_fd(&process->in);
+    free(process->pending);
+    for (size_t index = 0; index < process->argc; index++) free(process->argv[index]);
+    free(process->argv);
+    memset(process, 0, sizeof *process);
+}
+
+static void reap(void) {
+    for (;;) {
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid <= 0) return;
+        Process *process = find((uint32_t)pid);
+        if (process) ended(process, status); /* others are orphans the sandbox left to pid 1 */
+    }
+}
+
+static void stdin_request(const Hangar__V1__AgentRequest *request) {
+    const Hangar__V1__AgentStdin *input = request->stdin;
+    Process *process = find(input->pid);
+    if (!process)
+        return agent_send_error(request->id, HANGAR__V1__AGENT_ERROR__CODE__NOT_FOUND, "no command with pid %u",
+                                input->pid);
+    if (process->in < 0)
+        return agent_send_error(request->id, HANGAR__V1__AGENT_ERROR__CODE__INVALID,
+                                "the stdin of %u is closed (or was not asked for)", input->pid);
+    if (process->pending_size + input->data.len > MAX_PENDING_STDIN)
+        return agent_send_error(request->id, HANGAR__V1__AGENT_ERROR__CODE__TOO_LARGE,
+                                "more than %u bytes of stdin are waiting for %u", MAX_PENDING_STDIN, input->pid);
+    if (input->data.len > 0) {
+        uint8_t *grown = realloc(process->pending, process->pending_size + input->data.len);
+        if (!grown) return agent_send_error(request->id, HANGAR__V1__AGENT_ERROR__CODE__INTERNAL, "out of memory");
+        memcpy(grown + process->pending_size, input->data.data, input->data.len);
+        process->pending = grown;
+        process->pending_size += input->data.len;
+    }
+    if (input->close) process->close_stdin = 1;
+    feed(process);
+    agent_send_ok(request->id);
+}
+
+static void signal_request(const Hangar__V1__AgentRequest *request) {
+    const Hangar__V1__AgentSignal *sig = request->signal;
+    Process *process = find(sig->pid);
+    if (!process)
+        return agent_send_error(request->id, HANGAR__V1__AGENT_ERROR__CODE__NOT_FOUND, "no command with pid %u",
+                                sig->pid);
+    if (sig->signo <= 0 || sig->signo > SIGRTMAX)
+        return agent_send_error(request->id, HANGAR__V1__AGENT_ERROR__CODE__INVALID, "no signal %d", sig->signo);
+    if (kill(-process->pid, sig->signo) != 0 && kill(process->pid, sig->signo) != 0)
+        return agent_send_errno(request->id, errno, "signal", "the command");
+    agent_send_ok(request->id);
+}
+
+static void list_processes(uint64_t id) {
+    Hangar__V1__AgentProcess items[MAX_PROCESSES];
+    Hangar__V1__AgentProcess *pointers[MAX_PROCESSES];
+    size_t count = 0;
+    for (int index = 0; index < MAX_PROCESSES; index++) {
+        if (!processes[index].used) continue;
+        hangar__v1__agent_process__init(&items[count]);
+        items[count].pid = (uint32_t)processes[index].pid;
+        items[count].n_argv = processes[index].argc;
+        items[count].argv = processes[index].argv;
+        items[count].background = processes[index].background;
+        pointers[count] = &items[count];
+        count++;
+    }
+    Hangar__V1__AgentProcesses list = HANGAR__V1__AGENT_PROCESSES__INIT;
+    list.n_processes = count;
+    list.processes = pointers;
+    AGENT_SEND_EVENT(id, PROCESSES, processes, &list);
+}
+
+static void handle(const Hangar__V1__AgentRequest *request) {
+    switch (request->op_case) {
+    case HANGAR__V1__AGENT_REQUEST__OP_EXEC: return start(request);
+    case HANGAR__V1__AGENT_REQUEST__OP_STDIN: return stdin_request(request);
+    case HANGAR__V1__AGENT_REQUEST__OP_SIGNAL: return signal_request(request);
+    case HANGAR__V1__AGENT_REQUEST__OP_LIST_PROCESSES: return list_processes(request->id);
+    case HANGAR__V1__AGENT_REQUEST__OP_PING: {
+        Hangar__V1__AgentPong pong = HANGAR__V1__AGENT_PONG__INIT;
+        AGENT_SEND_EVENT(request->id, PONG, pong, &pong);
+        return;
+    }
+    case HANGAR__V1__AGENT_REQUEST__OP__NOT_SET:
+        return agent_send_error(request->id, HANGAR__V1__AGENT_ERROR__CODE__INVALID, "the request has no operation");
+    default: return agent_file_request(request);
+    }
+}
+
+/* --- input --- */
+
+typedef struct {
+    uint8_t *data;
+    size_t size;
+    size_t capacity;
+    uint64_t skipping; /* bytes of an oversized frame still to throw away */
+} Input;
+
+/* Handles every complete frame in `input`; keeps the rest. */
+static void consume(Input *input) {
+    size_t at = 0;
+    for (;;) {
+        if (input->skipping > 0) {
+            size_t drop = input->size - at < input->skipping ? input->size - at : (size_t)input->skipping;
+            at += drop;
+            input->skipping -= drop;
+            if (input->skipping > 0) break;
+        }
+        if (input->size - at < 4) break;
+        const uint8_t *header = input->data + at;
+        uint32_t length = (uint32_t)header[0] << 24 | (uint32_t)header[1] << 16 | (uint32_t)header[2] << 8 | header[3];
+        if (length > AGENT_MAX_FRAME) {
+            agent_send_error(0, HANGAR__V1__AGENT_ERROR__CODE__TOO_LARGE,
+                             "a %u-byte frame, more than the %u allowed: skipped", length, AGENT_MAX_FRAME);
+            at += 4;
+            input->skipping = length;
+            continue;
+        }
+        if (input->size - at - 4 < length) break;
+        AgentDecoded decoded = agent_decode_frame(header + 4, length);
+        at += 4 + (size_t)length;
+        if (!decoded.request) {
+            agent_send_error(decoded.id, HANGAR__V1__AGENT_ERROR__CODE__INVALID, "bad frame: %s", decoded.error);
+            continue;
+        }
+        handle(decoded.request);
+        agent_free_request(decoded.request);
+    }
+    memmove(input->data, input->data + at, input->size - at);
+    input->size -= at;
+}
+
+/* Reads what is available; -1 at EOF (the node closed the channel). */
+static int read_input(Input *input) {
+    for (;;) {
+        if (input->capacity - input->size < 65536) {
+            size_t capacity = input->capacity ? input->capacity * 2 : 256 * 1024;
+            if (capacity > AGENT_MAX_FRAME + 65536 + 4) capacity = AGENT_MAX_FRAME + 65536 + 4;
+            if (capacity > input->capacity) {
+                uint8_t *grown = realloc(input->data, capacity);
+                if (!grown) _exit(70);
+                input->data = grown;
+                input->capacity = capacity;
+            }
+        }
+        size_t room = input->capacity - input->size;
+        if (room == 0) return 0;
+        ssize_t count = read(input_fd, input->data + input->size, room);
+        if (count < 0 && errno == EINTR) continue;
+        if (count < 0 && errno == EAGAIN) return 0;
+        if (count <= 0) return -1;
+        input->size += (size_t)count;
+        consume(input);
+    }
+}
+
+static void load_filter(int fd) {
+    static uint8_t bytes[65536];
+    size_t size = 0;
+    for (;;) {
+        ssize_t count = read(fd, bytes + size, sizeof bytes - size);
+        if (count < 0 && errno == EINTR) continue;
+        if (count <= 0) break;
+        size += (size_t)count;
+        if (size == sizeof bytes) break;
+    }
+    close(fd);
+    if (size == 0 || size % sizeof(struct sock_filter) != 0) {
+        fprintf(stderr, "hangar-sandbox-agent: the seccomp filter is %zu bytes, not whole instructions\n", size);
+        _exit(2);
+    }
+    filter.len = (unsigned short)(size / sizeof(struct sock_filter));
+    filter.filter = (struct sock_filter *)bytes;
+    have_filter = 1;
+}
+
+int main(int argc, char **argv) {
+    for (int index = 1; index + 1 < argc; index += 2) {
+        int fd = atoi(argv[index + 1]);
+        if (strcmp(argv[index], "--in") == 0)
+            input_fd = fd;
+        else if (strcmp(argv[index], "--out") == 0)
+            output_fd = fd;
+        else if (strcmp(argv[index], "--seccomp") == 0)
+            load_filter(fd);
+        else {
+            fprintf(stderr, "usage: hangar-sandbox-agent [--in FD] [--out FD] [--seccomp FD]\n");
+            return 2;
+        }
+    }
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a write past RLIMIT_FSIZE fails with EFBIG instead */
+    fcntl(input_fd, F_SETFD, FD_CLOEXEC);
+    fcntl(output_fd, F_SETFD, FD_CLOEXEC);
+    set_nonblocking(input_fd);
+    sigset_t children;
+    sigemptyset(&children);
+    sigaddset(&children, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &children, NULL);
+    int signals = signalfd(-1, &children, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (signals < 0) {
+        fprintf(stderr, "hangar-sandbox-agent: signalfd: %s\n", strerror(errno));
+        return 1;
+    }
+    Input input = {0};
+    struct pollfd entries[2 + 3 * MAX_PROCESSES];
+    Process *owners[2 + 3 * MAX_PROCESSES];
+    int kinds[2 + 3 * MAX_PROCESSES];
+    for (;;) {
+        int count = 0;
+        entries[count++] = (struct pollfd){.fd = input_fd, .events = POLLIN};
+        entries[count++] = (struct pollfd){.fd = signals, .events = POLLIN};
+        int64_t now = now_ms(), wait = -1;
+        for (int index = 0; index < MAX_PROCESSES; index++) {
+            Process *process = &processes[index];
+            if (!process->used) continue;
+            if (process->deadline_ms && !process->timed_out) {
+                if (process->deadline_ms <= now) {
+                    process->timed_out = 1;
+                    kill(-process->pid, SIGKILL);
+                    kill(process->pid, SIGKILL);
+                } else if (wait < 0 || process->deadline_ms - now < wait) {
+                    wait = process->deadline_ms - now;
+                }
+            }
+            for (int stream = 0; stream < 2; stream++) {
+                if (process->out[stream] < 0) continue;
+                owners[count] = process;
+                kinds[count] = stream;
+                entries[count++] = (struct pollfd){.fd = process->out[stream], .events = POLLIN};
+            }
+            if (process->in >= 0 && process->pending_size > 0) {
+                owners[count] = process;
+                kinds[count] = 2;
+                entries[count++] = (struct pollfd){.fd = process->in, .events = POLLOUT};
+            }
+        }
+        int ready = poll(entries, (nfds_t)count, wait < 0 ? -1 : (int)(wait > 60000 ? 60000 : wait + 1));
+        if (ready < 0 && errno != EINTR) {
+            fprintf(stderr, "hangar-sandbox-agent: poll: %s\n", strerror(errno));
+            return 1;
+        }
+        if (ready <= 0) continue;
+        for (int index = 2; index < count; index++) {
+            if (!entries[index].revents || !owners[index]->used) continue;
+            if (kinds[index] == 2)
+                feed(owners[index]);
+            else
+                drain(owners[index], kinds[index]);
+        }
+        if (entries[1].revents) {
+            struct signalfd_siginfo info;
+            while (read(signals, &info, sizeof info) > 0) {
+            }
+            reap();
+        }
+        if (entries[0].revents && read_input(&input) != 0) {
+            /* The node closed the channel: end every command, then the sandbox. */
+            for (int index = 0; index < MAX_PROCESSES; index++)
+                if (processes[index].used) kill(-processes[index].pid, SIGKILL);
+            return 0;
+        }
+    }
+}
