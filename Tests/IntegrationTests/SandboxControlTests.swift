@@ -111,6 +111,20 @@ struct SandboxControlTests {
             let ended = try await nextEvent(of: live) { $0.kind == .sandboxEventEnded }
             #expect(ended.sandboxID == info.id && ended.endReason == .sandboxKilled && ended.seq == 3)
             try await waitUntil("the node kills the sandbox") { cluster.sandboxHosts[0].sandboxIDs.isEmpty }
+            // A start placed on an earlier life of the node is refused, as an assignment would be.
+            var stale = Hangar_V1_SandboxStart()
+            stale.sandboxID = "s-stale"
+            stale.tenant = "acme"
+            stale.runtime = "null"
+            stale.nodeIncarnation = "an-earlier-life"
+            let answer = try await cluster.client.request(
+                Subjects.sandboxStart(node: "node-1"),
+                payload: try stale.serializedData(),
+                timeout: .seconds(5)
+            )
+            let refused = try Hangar_V1_SandboxStartReply(serializedBytes: answer.payload)
+            #expect(refused.refused.message.hasPrefix("placed on incarnation an-earlier-life of this node"))
+            #expect(cluster.sandboxHosts[0].sandboxIDs.isEmpty)
             // A second kill answers the ended sandbox as it is.
             let again = try await cluster.sandbox("kill", Hangar_V1_SandboxKillRequest.with { $0.sandboxID = info.id })
             #expect(again.info.state == .sandboxEnded && again.info.endReason == .sandboxKilled)

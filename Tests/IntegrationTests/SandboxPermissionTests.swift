@@ -108,6 +108,20 @@ struct SandboxPermissionTests {
             #expect(mine.info.state == .sandboxRunning)
             let first = try #require(try await firstMessage(of: events, within: .seconds(5)))
             #expect(try Hangar_V1_SandboxEvent(serializedBytes: first.payload).sandboxID == id)
+            // A replays its own events through the scheduler (which reads the stream as itself).
+            var ownReplay = Hangar_V1_SandboxEventsReply()
+            let deadline = ContinuousClock.now + .seconds(5)
+            while ownReplay.events.count < 2 && ContinuousClock.now < deadline {
+                ownReplay = try await request(
+                    cluster.tenantA,
+                    "a",
+                    "events",
+                    Hangar_V1_SandboxEventsRequest.with { $0.sandboxID = id }
+                )
+                #expect(ownReplay.error.isEmpty, "A's replay: \(ownReplay.error)")
+                if ownReplay.events.count < 2 { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            #expect(ownReplay.events.map(\.kind) == [.sandboxEventCreated, .sandboxEventStarted])
         }
     }
 

@@ -1,6 +1,7 @@
 /// Who connects to NATS, and what the server lets them do. Tenant isolation is enforced by the
-/// server: a tenant's user may publish only on its own submit, cancel and job subjects and
-/// subscribe only to its own results and its own inbox prefix.
+/// server: a tenant's user may publish only on its own submit, cancel, job and sandbox subjects and
+/// subscribe only to its own results, logs, sandbox events and its own inbox prefix; a node only to
+/// its own assignments, cancels and sandbox starts and kills.
 public enum Principal: Sendable, Hashable, CustomStringConvertible {
     /// A tenant submitting jobs.
     case tenant(String)

@@ -313,6 +313,8 @@ public nonisolated struct Hangar_V1_SandboxCreateRejected: Sendable {
   public init() {}
 }
 
+/// Sent once the sandbox runs on its node (state RUNNING), or could not be created (state ENDED,
+/// end_reason FAILED, with why): within the scheduler's creation timeout (10 s) plus a node's answer.
 public nonisolated struct Hangar_V1_SandboxCreateReply: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -320,7 +322,7 @@ public nonisolated struct Hangar_V1_SandboxCreateReply: Sendable {
 
   public var outcome: Hangar_V1_SandboxCreateReply.OneOf_Outcome? = nil
 
-  /// accepted (state STARTING); `duplicate` when the request id was seen before
+  /// `duplicate` when the request id was seen before: the original sandbox
   public var created: Hangar_V1_SandboxInfo {
     get {
       if case .created(let v)? = outcome {return v}
@@ -342,7 +344,7 @@ public nonisolated struct Hangar_V1_SandboxCreateReply: Sendable {
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Outcome: Equatable, Sendable {
-    /// accepted (state STARTING); `duplicate` when the request id was seen before
+    /// `duplicate` when the request id was seen before: the original sandbox
     case created(Hangar_V1_SandboxInfo)
     case rejected(Hangar_V1_SandboxCreateRejected)
 
