@@ -216,6 +216,35 @@ struct SandboxControlTests {
         }
     }
 
+    @Test("a sandbox holds a slot of its node: counted in the heartbeat, and a job finds no free slot there")
+    func sandboxHoldsASlot() async throws {
+        try await withCluster(nodes: 1, slots: 1, runtimes: [NullRuntime()]) { cluster in
+            let info = try #require(try await cluster.createSandbox().createdInfo)
+            try await waitUntil("the heartbeat counts the sandbox's slot") {
+                let nodes = try await cluster.admin("nodes", Hangar_V1_NodesRequest(), as: Hangar_V1_NodesReply.self)
+                let capacity = nodes.nodes.first?.lastHeartbeat.capacity
+                return capacity?.slotsUsed == 1 && capacity?.slotsTotal == 1
+            }
+            var assignment = Hangar_V1_Assignment()
+            assignment.jobID = "j-direct"
+            assignment.tenant = "acme"
+            assignment.attempt = 1
+            assignment.spec.runtime = "null"
+            assignment.spec.argv = ["true"]
+            let answer = try await cluster.client.request(
+                Subjects.assign(node: "node-1"),
+                payload: try assignment.serializedData(),
+                timeout: .seconds(5)
+            )
+            let reply = try Hangar_V1_AssignReply(serializedBytes: answer.payload)
+            #expect(reply.refused.reason == .noFreeSlot, "\(reply)")
+            _ = try await cluster.sandbox("kill", Hangar_V1_SandboxKillRequest.with { $0.sandboxID = info.id })
+            try await waitUntil("the node frees the slot") { cluster.sandboxHosts[0].sandboxIDs.isEmpty }
+            let result = try await cluster.run(command("/bin/true", runtime: "null"))
+            #expect(result.status == .succeeded)
+        }
+    }
+
     @Test(
         "tenant policy: at most max_live_sandboxes live at once, refused with the reason; bad requests get clear errors"
     )
