@@ -45,6 +45,8 @@ public enum Subjects {
     public static func sandboxStart(node: String) -> String { "hangar.node.\(node).sandbox.start" }
     /// scheduler → node: `SandboxKill` (no answer).
     public static func sandboxKill(node: String) -> String { "hangar.node.\(node).sandbox.kill" }
+    /// scheduler → node: `SandboxSetTimeout` (its timeout was set again; no answer).
+    public static func sandboxTimeout(node: String) -> String { "hangar.node.\(node).sandbox.timeout" }
     /// node → scheduler: `SandboxDied`, a sandbox the node held stopped on its own.
     public static func sandboxDied(node: String) -> String { "hangar.node.\(node).sandbox.died" }
     public static let sandboxDiedWildcard = "hangar.node.*.sandbox.died"

@@ -216,6 +216,30 @@ struct SandboxControlTests {
         }
     }
 
+    @Test("with no scheduler running, the node kills a sandbox at its timeout; the next scheduler ends it TIMED_OUT")
+    func nodeEnforcesTimeout() async throws {
+        try await withCluster(nodes: 1, runtimes: [NullRuntime()]) { cluster in
+            let info = try #require(try await cluster.createSandbox(timeoutMs: 400).createdInfo)
+            await cluster.stopScheduler()
+            try await waitUntil("the node kills the sandbox at its timeout plus its grace") {
+                cluster.sandboxHosts[0].sandboxIDs.isEmpty
+            }
+            let (_, task) = try await cluster.startScheduler()
+            defer { task.cancel() }
+            var ended = Hangar_V1_SandboxReply()
+            try await waitUntil("the restarted scheduler ends the sandbox") {
+                ended =
+                    (try? await cluster.sandbox(
+                        "get",
+                        Hangar_V1_SandboxGetRequest.with { $0.sandboxID = info.id },
+                        timeout: .seconds(2)
+                    )) ?? Hangar_V1_SandboxReply()
+                return ended.info.state == .sandboxEnded
+            }
+            #expect(ended.info.endReason == .sandboxTimedOut)
+        }
+    }
+
     @Test("a sandbox holds a slot of its node: counted in the heartbeat, and a job finds no free slot there")
     func sandboxHoldsASlot() async throws {
         try await withCluster(nodes: 1, slots: 1, runtimes: [NullRuntime()]) { cluster in

@@ -6,7 +6,14 @@ import HangarShared
 /// (`hangar.node.<node>.sandbox.start`, request/reply) and to kill one
 /// (`hangar.node.<node>.sandbox.kill`); the node's ``SandboxHost`` holds them, each in a slot of the
 /// node's, until then; one that stops on its own is reported on `hangar.node.<node>.sandbox.died`.
+///
+/// Timeouts: the scheduler kills a sandbox at its timeout (and tells the node each new one on
+/// `hangar.node.<node>.sandbox.timeout`); the node kills it itself `sandboxTimeoutGrace` later, so a
+/// sandbox ends even while no scheduler runs (reported as died with `timed_out`).
 extension NodeAgent {
+    /// How long after a sandbox's timeout the node kills it if the scheduler has not.
+    static let sandboxTimeoutGrace = Duration.seconds(2)
+
     /// Slots held by stateful sandboxes: those the host holds and those being started.
     var sandboxSlotsUsed: Int {
         guard let sandboxHost else { return 0 }
@@ -81,6 +88,10 @@ extension NodeAgent {
         } catch {
             return .failure(Refusal(.runtimeUnavailable, error.message))
         }
+        if start.timeoutMs > 0 {
+            let deadline = ContinuousClock.now + .milliseconds(start.timeoutMs) + Self.sandboxTimeoutGrace
+            sandboxDeadlines.withLock { $0[id] = deadline }
+        }
         logger.debug("sandbox started", metadata: ["sandbox.id": "\(id)", "tenant": "\(start.tenant)"])
         return .success(())
     }
@@ -95,6 +106,48 @@ extension NodeAgent {
             "killing stateful sandbox",
             metadata: ["sandbox.id": "\(kill.sandboxID)", "reason": "\(kill.reason)"]
         )
+        _ = sandboxDeadlines.withLock { $0.removeValue(forKey: kill.sandboxID) }
         await sandboxHost.kill(kill.sandboxID, reason: kill.reason)
+    }
+
+    /// A sandbox's timeout was set again: the node's own deadline moves with it.
+    func handleSandboxTimeout(_ message: NATSMessage) {
+        guard let timeout = try? Hangar_V1_SandboxSetTimeout(serializedBytes: message.payload) else {
+            logger.warning("ignored a malformed sandbox timeout")
+            return
+        }
+        let deadline = ContinuousClock.now + .milliseconds(timeout.timeoutMs) + Self.sandboxTimeoutGrace
+        sandboxDeadlines.withLock { deadlines in
+            if deadlines[timeout.sandboxID] != nil { deadlines[timeout.sandboxID] = deadline }
+        }
+    }
+
+    /// Kills the sandboxes whose timeout (plus the grace) passed without the scheduler killing
+    /// them, and reports each as died with `timed_out`.
+    func killTimedOutSandboxes() async {
+        guard let sandboxHost else { return }
+        let now = ContinuousClock.now
+        let held = Set(sandboxHost.sandboxIDs)
+        let due: [String] = sandboxDeadlines.withLock { deadlines in
+            // Forget those the host no longer holds (died on their own, or killed).
+            for id in deadlines.keys where !held.contains(id) { deadlines.removeValue(forKey: id) }
+            let due = deadlines.filter { $0.value <= now }.map(\.key).sorted()
+            for id in due { deadlines.removeValue(forKey: id) }
+            return due
+        }
+        for id in due {
+            let message = "its timeout passed and node \(config.nodeID) killed it (the scheduler had not)"
+            logger.notice("killing a stateful sandbox at its timeout", metadata: ["sandbox.id": "\(id)"])
+            await sandboxHost.kill(id, reason: message)
+            var died = Hangar_V1_SandboxDied()
+            died.sandboxID = id
+            died.message = message
+            died.timedOut = true
+            do {
+                try nats.publish(Subjects.sandboxDied(node: config.nodeID), payload: try died.serializedData())
+            } catch {
+                logger.warning("could not report a sandbox's timeout", metadata: ["error": "\(error)"])
+            }
+        }
     }
 }

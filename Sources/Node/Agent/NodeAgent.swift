@@ -27,6 +27,9 @@ public final class NodeAgent: Sendable {
     let sandboxHost: (any SandboxHost)?
     /// Stateful sandboxes being started (each holds a slot meanwhile).
     let sandboxesStarting = Mutex<Set<String>>([])
+    /// When the node kills each stateful sandbox it holds (its timeout plus a grace; see
+    /// `NodeAgent+Sandboxes.swift`).
+    let sandboxDeadlines = Mutex<[String: ContinuousClock.Instant]>([:])
 
     /// A node serving `runtimes`, which were built with `resources` (the node drains what it keeps
     /// ready there when it stops), holding stateful sandboxes in `sandboxHost` if given.
@@ -73,11 +76,13 @@ public final class NodeAgent: Sendable {
         let cancels = try nats.subscribe(Subjects.nodeCancel(node: config.nodeID))
         let sandboxStarts = try nats.subscribe(Subjects.sandboxStart(node: config.nodeID))
         let sandboxKills = try nats.subscribe(Subjects.sandboxKill(node: config.nodeID))
+        let sandboxTimeouts = try nats.subscribe(Subjects.sandboxTimeout(node: config.nodeID))
         defer {
             assignments.unsubscribe()
             cancels.unsubscribe()
             sandboxStarts.unsubscribe()
             sandboxKills.unsubscribe()
+            sandboxTimeouts.unsubscribe()
         }
         try await nats.flush()
         await withDiscardingTaskGroup { group in
@@ -106,6 +111,17 @@ public final class NodeAgent: Sendable {
             }
             group.addTask {
                 for await message in sandboxKills { await self.handleSandboxKill(message) }
+            }
+            if sandboxHost != nil {
+                group.addTask {
+                    for await message in sandboxTimeouts { self.handleSandboxTimeout(message) }
+                }
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .milliseconds(250))
+                        await self.killTimedOutSandboxes()
+                    }
+                }
             }
             if let pools {
                 group.addTask { await pools.run() }

@@ -18,8 +18,8 @@ import Synchronization
 ///   after `kill`); the host forgets it first.
 public protocol SandboxHost: Sendable {
     /// Creates the sandbox `request.sandboxID` for `request.tenant` with the request's runtime,
-    /// template, limits and environment. `request.timeoutMs` is the time until the scheduler kills
-    /// it (a host may enforce it too).
+    /// template, limits and environment. Timeouts are not the host's: the scheduler kills the
+    /// sandbox at its (extendable) timeout, and the node agent a grace later if it has not.
     func start(
         _ request: Hangar_V1_SandboxStart,
         died: @escaping @Sendable (_ message: String) -> Void

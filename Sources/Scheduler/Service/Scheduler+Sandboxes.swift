@@ -629,6 +629,23 @@ extension Scheduler {
             entry.stored.endsAtMs = unixMilliseconds(at: deadline)
             sandboxes.entries[id] = entry
             enqueue(.sandbox(.timeoutSet(id: id, endsAtMs: entry.stored.endsAtMs, eventSeq: entry.stored.eventSeq)))
+            switch core.sandboxes[id]?.phase {
+            case .starting(let node, _), .running(let node, _), .restored(let node, _, _):
+                // The node enforces it too (a grace later), for when no scheduler runs.
+                var timeout = Hangar_V1_SandboxSetTimeout()
+                timeout.sandboxID = id
+                timeout.timeoutMs = UInt32(clamping: max(0, entry.stored.endsAtMs - unixMilliseconds()))
+                do {
+                    try control.publish(Subjects.sandboxTimeout(node: node), payload: try timeout.serializedData())
+                } catch {
+                    logger.warning(
+                        "could not tell a node a sandbox's timeout",
+                        metadata: ["sandbox.id": "\(id)", "node.id": "\(node)", "error": "\(error)"]
+                    )
+                }
+            default:
+                break
+            }
             publishSandboxEvent(
                 entry.stored,
                 kind: .sandboxEventTimeoutSet,
@@ -809,7 +826,11 @@ extension Scheduler {
             return
         }
         let text = died.message.isEmpty ? "it stopped on node \(nodeID)" : String(died.message.prefix(1000))
-        handle(.sandbox(.diedOnNode(sandboxID: died.sandboxID, nodeID: nodeID, message: text)))
+        if died.timedOut {
+            handle(.sandbox(.timedOutOnNode(sandboxID: died.sandboxID, nodeID: nodeID, message: text)))
+        } else {
+            handle(.sandbox(.diedOnNode(sandboxID: died.sandboxID, nodeID: nodeID, message: text)))
+        }
     }
 
     /// Rebuilds the live sandboxes of a previous scheduler process from the store: placed ones are

@@ -105,7 +105,7 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                 ],
                 subscribe: [
                     Subjects.assign(node: node), Subjects.nodeCancel(node: node), Subjects.sandboxStart(node: node),
-                    Subjects.sandboxKill(node: node), inboxPrefix + ".>",
+                    Subjects.sandboxKill(node: node), Subjects.sandboxTimeout(node: node), inboxPrefix + ".>",
                 ],
                 allowResponses: true
             )
@@ -114,7 +114,8 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
             Permissions(
                 publish: [
                     "hangar.result.>", "hangar.node.*.assign", "hangar.node.*.cancel",
-                    "hangar.node.*.sandbox.start", "hangar.node.*.sandbox.kill", Subjects.sandboxEventsWildcard,
+                    "hangar.node.*.sandbox.start", "hangar.node.*.sandbox.kill", "hangar.node.*.sandbox.timeout",
+                    Subjects.sandboxEventsWildcard,
                     // Answers only into tenants' and operators' inboxes (see ReplySubjectRule).
                     "_INBOX.t.>", "_INBOX.o.>",
                     Subjects.intakeWildcard,

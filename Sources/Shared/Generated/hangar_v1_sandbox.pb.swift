@@ -676,10 +676,10 @@ public nonisolated struct Hangar_V1_SandboxStart: Sendable {
 
   public var env: Dictionary<String,String> = [:]
 
-  /// the node kills it this long after its start unless told otherwise
+  /// its timeout: the node kills it this long (plus a grace) after its
   public var timeoutMs: UInt32 = 0
 
-  /// the node's incarnation the scheduler placed it on: another refuses it
+  /// start unless a SandboxSetTimeout says otherwise
   public var nodeIncarnation: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -742,6 +742,23 @@ public nonisolated struct Hangar_V1_SandboxKill: Sendable {
   public init() {}
 }
 
+/// Scheduler → node on hangar.node.<node>.sandbox.timeout: its tenant set its timeout again; it now
+/// ends `timeout_ms` from now (no answer). The scheduler kills it at its timeout; the node's own
+/// enforcement (a grace later) covers a scheduler that is gone.
+public nonisolated struct Hangar_V1_SandboxSetTimeout: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sandboxID: String = String()
+
+  public var timeoutMs: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// Node → scheduler on hangar.node.<node>.sandbox.died: a sandbox it held stopped on its own.
 public nonisolated struct Hangar_V1_SandboxDied: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -751,6 +768,9 @@ public nonisolated struct Hangar_V1_SandboxDied: Sendable {
   public var sandboxID: String = String()
 
   public var message: String = String()
+
+  /// the node killed it at its timeout (it ends TIMED_OUT, not DIED)
+  public var timedOut: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1717,9 +1737,44 @@ nonisolated extension Hangar_V1_SandboxKill: SwiftProtobuf.Message, SwiftProtobu
   }
 }
 
+nonisolated extension Hangar_V1_SandboxSetTimeout: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SandboxSetTimeout"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}sandbox_id\0\u{3}timeout_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.sandboxID) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.sandboxID.isEmpty {
+      try visitor.visitSingularStringField(value: self.sandboxID, fieldNumber: 1)
+    }
+    if self.timeoutMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.timeoutMs, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SandboxSetTimeout, rhs: Hangar_V1_SandboxSetTimeout) -> Bool {
+    if lhs.sandboxID != rhs.sandboxID {return false}
+    if lhs.timeoutMs != rhs.timeoutMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Hangar_V1_SandboxDied: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SandboxDied"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}sandbox_id\0\u{1}message\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}sandbox_id\0\u{1}message\0\u{3}timed_out\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1729,6 +1784,7 @@ nonisolated extension Hangar_V1_SandboxDied: SwiftProtobuf.Message, SwiftProtobu
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.sandboxID) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.message) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.timedOut) }()
       default: break
       }
     }
@@ -1741,12 +1797,16 @@ nonisolated extension Hangar_V1_SandboxDied: SwiftProtobuf.Message, SwiftProtobu
     if !self.message.isEmpty {
       try visitor.visitSingularStringField(value: self.message, fieldNumber: 2)
     }
+    if self.timedOut != false {
+      try visitor.visitSingularBoolField(value: self.timedOut, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Hangar_V1_SandboxDied, rhs: Hangar_V1_SandboxDied) -> Bool {
     if lhs.sandboxID != rhs.sandboxID {return false}
     if lhs.message != rhs.message {return false}
+    if lhs.timedOut != rhs.timedOut {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
