@@ -49,6 +49,7 @@ public enum Subjects {
     public static func sandboxTimeout(node: String) -> String { "hangar.node.\(node).sandbox.timeout" }
     /// node → scheduler: `SandboxDied`, a sandbox the node held stopped on its own.
     public static func sandboxDied(node: String) -> String { "hangar.node.\(node).sandbox.died" }
+    /// Every node's sandbox deaths (the scheduler's subscription).
     public static let sandboxDiedWildcard = "hangar.node.*.sandbox.died"
 
     /// The queue group all scheduler instances share, so each message reaches one of them.

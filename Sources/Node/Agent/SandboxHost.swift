@@ -33,7 +33,9 @@ public protocol SandboxHost: Sendable {
 
 /// Why a host could not create a sandbox, for the tenant.
 public struct SandboxRefusal: Error, Sendable, CustomStringConvertible {
+    /// What is wrong, for a person (e.g. "template 'py' is not on this node").
     public let message: String
+    /// A refusal saying `message`.
     public init(_ message: String) { self.message = message }
     public var description: String { message }
 }
@@ -41,8 +43,10 @@ public struct SandboxRefusal: Error, Sendable, CustomStringConvertible {
 /// A control-plane stand-in for a sandbox host, as ``NullRuntime`` is for jobs: it holds ids and
 /// runs nothing. Tests make one of its sandboxes die on its own with ``die(_:message:)``.
 public final class NullSandboxHost: SandboxHost {
+    /// The held ids, each with how to report its death.
     private let held = Mutex<[String: @Sendable (String) -> Void]>([:])
 
+    /// A host that holds nothing yet.
     public init() {}
 
     public func start(

@@ -5,16 +5,21 @@ import HangarShared
 /// A stateful sandbox as the store keeps it (table `sandboxes`): what the tenant asked for
 /// (resolved), where it runs, and how it ended. Its id is in the audit rows' `job_id` column.
 public struct StoredSandbox: Sendable, Equatable {
+    /// Its id (`s` + a job-id-like sortable suffix), a valid NATS token.
     public var id: String
+    /// The tenant that created it (from the subject it came on).
     public var tenant: String
+    /// The tenant's idempotency key, if it gave one.
     public var requestID: String?
     /// The create request as admitted: runtime, template, limits resolved, timeout set.
     public var request: Hangar_V1_SandboxCreateRequest
+    /// STARTING until its node runs it, RUNNING, then ENDED with `endReason` and `message`.
     public var state: Hangar_V1_SandboxState = .sandboxStarting
     public var endReason: Hangar_V1_SandboxEndReason = .unspecified
     public var message = ""
+    /// The node it was placed on (empty until placed).
     public var nodeID = ""
-    /// Unix milliseconds.
+    /// Unix milliseconds: when it was created, when its timeout passes, when it ended.
     public var createdAtMs: Int64
     public var endsAtMs: Int64 = 0
     public var endedAtMs: Int64 = 0
