@@ -4,6 +4,10 @@ public enum Streams {
     public static let submissions = "HANGAR_SUBMISSIONS"
     /// Node results, from the node until the scheduler has stored them.
     public static let results = "HANGAR_RESULTS"
+    /// Stateful sandboxes' lifecycle events (`hangar.sbxevents.<tenant>.<sandbox>`), kept for
+    /// replay from a sequence (limits retention: a tenant reads them through the scheduler's
+    /// `events` verb, which keeps each tenant to its own subjects).
+    public static let sandboxEvents = "HANGAR_SANDBOX_EVENTS"
     /// The durable pull consumer every scheduler instance shares on each stream.
     public static let consumer = "hangar-scheduler"
     /// The header carrying the job id the scheduler gave an intake message.
@@ -11,7 +15,7 @@ public enum Streams {
     /// The header carrying when the scheduler admitted an intake message (Unix milliseconds).
     public static let submittedAtHeader = "Hangar-Submitted-At"
     /// Every stream, for the scheduler's permissions.
-    public static let all = [submissions, results]
+    public static let all = [submissions, results, sandboxEvents]
 }
 
 extension Subjects {

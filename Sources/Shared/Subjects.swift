@@ -30,6 +30,28 @@ public enum Subjects {
     public static func job(tenant: String) -> String { "hangar.job.\(tenant)" }
     public static let jobWildcard = "hangar.job.*"
 
+    /// tenant → scheduler (request/reply): a stateful sandbox's control verb (`create`, `get`,
+    /// `list`, `timeout`, `kill`, `events`; see `SandboxVerb`), answered in the scheduler's queue group.
+    public static func sandbox(tenant: String, verb: String) -> String { "hangar.sandbox.\(tenant).\(verb)" }
+    /// Every tenant's sandbox control verbs.
+    public static let sandboxWildcard = "hangar.sandbox.*.*"
+    /// scheduler → tenant (and the `HANGAR_SANDBOX_EVENTS` stream): the sandbox's lifecycle events.
+    public static func sandboxEvents(tenant: String, sandbox: String) -> String {
+        "hangar.sbxevents.\(tenant).\(sandbox)"
+    }
+    /// What the sandbox events stream captures.
+    public static let sandboxEventsWildcard = "hangar.sbxevents.>"
+    /// scheduler → node (request/reply): `SandboxStart` → `SandboxStartReply`.
+    public static func sandboxStart(node: String) -> String { "hangar.node.\(node).sandbox.start" }
+    /// scheduler → node: `SandboxKill` (no answer).
+    public static func sandboxKill(node: String) -> String { "hangar.node.\(node).sandbox.kill" }
+    /// scheduler → node: `SandboxSetTimeout` (its timeout was set again; no answer).
+    public static func sandboxTimeout(node: String) -> String { "hangar.node.\(node).sandbox.timeout" }
+    /// node → scheduler: `SandboxDied`, a sandbox the node held stopped on its own.
+    public static func sandboxDied(node: String) -> String { "hangar.node.\(node).sandbox.died" }
+    /// Every node's sandbox deaths (the scheduler's subscription).
+    public static let sandboxDiedWildcard = "hangar.node.*.sandbox.died"
+
     /// The queue group all scheduler instances share, so each message reaches one of them.
     public static let schedulerQueueGroup = "hangar-scheduler"
 

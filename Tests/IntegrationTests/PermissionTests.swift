@@ -41,7 +41,13 @@ final class AuthorizedCluster: Sendable {
         let nodeConnection = try await login(.node("n1"))
         var nodeConfig = NodeConfig(nodeID: "n1", slots: 4)
         nodeConfig.heartbeatInterval = .milliseconds(200)
-        let agent = NodeAgent(config: nodeConfig, nats: nodeConnection, runtimes: [NullRuntime()], logger: logger)
+        let agent = NodeAgent(
+            config: nodeConfig,
+            nats: nodeConnection,
+            runtimes: [NullRuntime()],
+            sandboxHost: NullSandboxHost(),
+            logger: logger
+        )
         let systemConnection = try await login(.system)
         let tasks = [
             Task { try await scheduler.run() }, Task { try await agent.run() },

@@ -19,6 +19,8 @@ final class TestCluster: Sendable {
     private let tasks: [Task<Void, any Error>]
     /// The node agents, node-1 first.
     let agents: [NodeAgent]
+    /// Each node agent's stateful sandbox host (stand-ins that hold ids), node-1 first.
+    let sandboxHosts: [NullSandboxHost]
 
     static func start(
         nodes: Int = 2,
@@ -51,20 +53,24 @@ final class TestCluster: Sendable {
         var connections = [schedulerConnection]
         var tasks: [Task<Void, any Error>] = [Task { try await scheduler.run() }]
         var agents: [NodeAgent] = []
+        var sandboxHosts: [NullSandboxHost] = []
         for index in 1...max(1, nodes) where nodes > 0 {
             let connection = try await connect("node-\(index)")
             connections.append(connection)
             var nodeConfig = NodeConfig(nodeID: "node-\(index)", slots: slots)
             nodeConfig.heartbeatInterval = .milliseconds(200)
             configureNode(index, &nodeConfig)
+            let sandboxHost = NullSandboxHost()
             let agent = NodeAgent(
                 config: nodeConfig,
                 nats: connection,
                 runtimes: runtimes,
+                sandboxHost: sandboxHost,
                 logger: logger
             )
             tasks.append(Task { try await agent.run() })
             agents.append(agent)
+            sandboxHosts.append(sandboxHost)
         }
         let client = try await connect("client")
         let cluster = TestCluster(
@@ -75,7 +81,8 @@ final class TestCluster: Sendable {
             client: client,
             connections: connections,
             tasks: tasks,
-            agents: agents
+            agents: agents,
+            sandboxHosts: sandboxHosts
         )
         try await cluster.waitForNodes(nodes, runtimes: waitForProbes ? runtimes.count : 0)
         return cluster
@@ -89,7 +96,8 @@ final class TestCluster: Sendable {
         client: NATSConnection,
         connections: [NATSConnection],
         tasks: [Task<Void, any Error>],
-        agents: [NodeAgent]
+        agents: [NodeAgent],
+        sandboxHosts: [NullSandboxHost]
     ) {
         self.server = server
         self.directory = directory
@@ -99,6 +107,7 @@ final class TestCluster: Sendable {
         self.connections = connections
         self.tasks = tasks
         self.agents = agents
+        self.sandboxHosts = sandboxHosts
     }
 
     /// Waits until the scheduler has heard from `count` nodes, each with the answers of at least

@@ -269,6 +269,29 @@ struct SandboxCoreTests {
         #expect(core.sandboxes.isEmpty)
     }
 
+    @Test("a sandbox its node reports dead ends DIED, one its node killed at its timeout TIMED_OUT; no kill is sent")
+    func endedOnNode() {
+        var core = running("s")
+        let died = core.handle(.sandbox(.diedOnNode(sandboxID: "s", nodeID: "n1", message: "agent died")), now: at(1))
+        #expect(
+            died == [
+                .log(.sandbox(.ended(sandboxID: "s", SandboxEnd(reason: .died, node: "n1", message: "agent died"))))
+            ]
+        )
+        core = running("t")
+        let other = core.handle(.sandbox(.timedOutOnNode(sandboxID: "t", nodeID: "n2", message: "x")), now: at(1))
+        #expect(other.isEmpty, "a report from a node that does not hold it changes nothing")
+        let timedOut = core.handle(.sandbox(.timedOutOnNode(sandboxID: "t", nodeID: "n1", message: "late")), now: at(1))
+        let end = SandboxEnd(reason: .timedOut, node: "n1", message: "late")
+        #expect(timedOut == [.log(.sandbox(.ended(sandboxID: "t", end)))])
+        #expect(
+            core.handle(.sandbox(.endCommitted(sandboxID: "t")), now: at(1.1)) == [
+                .sandbox(.ended(sandboxID: "t", end))
+            ]
+        )
+        #expect(core.cluster.view("n1")?.slotsReserved == 0)
+    }
+
     @Test("its timeout kills it; setting it again extends it, never past its maximum lifetime")
     func timeouts() {
         var core = running("s", timeout: .seconds(10), lifetime: .seconds(30))

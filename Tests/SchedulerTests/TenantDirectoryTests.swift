@@ -34,6 +34,29 @@ struct TenantDirectoryTests {
         #expect(directory.policy(for: "unlisted").rate == 10)
     }
 
+    @Test("sandbox policy: safe defaults, and the tenants file sets them per tenant")
+    func sandboxPolicy() throws {
+        let builtIn = TenantPolicy()
+        #expect(builtIn.maxLiveSandboxes == 20)
+        #expect(builtIn.maxSandboxTimeout == .seconds(3600))
+        #expect(builtIn.maxSandboxLifetime == .seconds(24 * 3600))
+        let directory = try TenantDirectory.parse(
+            yaml: """
+                defaults:
+                  max_live_sandboxes: 5
+                tenants:
+                  acme: {max_sandbox_timeout_ms: 60000, max_sandbox_lifetime_ms: 600000}
+                """
+        )
+        let acme = directory.policy(for: "acme")
+        #expect(acme.maxLiveSandboxes == 5)  // inherited from defaults
+        #expect(acme.maxSandboxTimeout == .seconds(60))
+        #expect(acme.maxSandboxLifetime == .seconds(600))
+        #expect(throws: TenantConfigError.self) {
+            try TenantDirectory.parse(yaml: "defaults: {max_sandbox_timeout_ms: 0}")
+        }
+    }
+
     @Test(
         "every mistake names the key",
         arguments: [

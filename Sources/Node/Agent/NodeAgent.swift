@@ -11,7 +11,7 @@ public final class NodeAgent: Sendable {
     let nats: NATSConnection
     private let runtimes: [String: any Runtime]
     let logger: Logger
-    private let incarnation: String
+    let incarnation: String
     private let running = Mutex<[String: Task<Void, Never>]>([:])
     private let probes = Mutex<[String: RuntimeProbe]>([:])
     private let sequence = Atomic<UInt64>(0)
@@ -23,17 +23,26 @@ public final class NodeAgent: Sendable {
     private let results: ResultOutbox
     /// What the node's sandboxes draw from; the runtimes were built with the same.
     let resources: NodeResources
+    /// Holds the node's stateful sandboxes; nil: the node refuses them.
+    let sandboxHost: (any SandboxHost)?
+    /// Stateful sandboxes being started (each holds a slot meanwhile).
+    let sandboxesStarting = Mutex<Set<String>>([])
+    /// When the node kills each stateful sandbox it holds (its timeout plus a grace; see
+    /// `NodeAgent+Sandboxes.swift`).
+    let sandboxDeadlines = Mutex<[String: ContinuousClock.Instant]>([:])
 
     /// A node serving `runtimes`, which were built with `resources` (the node drains what it keeps
-    /// ready there when it stops).
+    /// ready there when it stops), holding stateful sandboxes in `sandboxHost` if given.
     public init(
         config: NodeConfig,
         nats: NATSConnection,
         runtimes: [any Runtime],
         resources: NodeResources = .standard,
+        sandboxHost: (any SandboxHost)? = nil,
         logger: Logger
     ) {
         self.config = config
+        self.sandboxHost = sandboxHost
         self.nats = nats
         self.resources = resources
         self.runtimes = Dictionary(runtimes.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
@@ -65,9 +74,15 @@ public final class NodeAgent: Sendable {
         await reclaimLeftovers()
         let assignments = try nats.subscribe(Subjects.assign(node: config.nodeID))
         let cancels = try nats.subscribe(Subjects.nodeCancel(node: config.nodeID))
+        let sandboxStarts = try nats.subscribe(Subjects.sandboxStart(node: config.nodeID))
+        let sandboxKills = try nats.subscribe(Subjects.sandboxKill(node: config.nodeID))
+        let sandboxTimeouts = try nats.subscribe(Subjects.sandboxTimeout(node: config.nodeID))
         defer {
             assignments.unsubscribe()
             cancels.unsubscribe()
+            sandboxStarts.unsubscribe()
+            sandboxKills.unsubscribe()
+            sandboxTimeouts.unsubscribe()
         }
         try await nats.flush()
         await withDiscardingTaskGroup { group in
@@ -88,6 +103,25 @@ public final class NodeAgent: Sendable {
             }
             group.addTask {
                 for await message in cancels { self.handleCancel(message) }
+            }
+            group.addTask {
+                await withDiscardingTaskGroup { inner in
+                    for await message in sandboxStarts { inner.addTask { await self.handleSandboxStart(message) } }
+                }
+            }
+            group.addTask {
+                for await message in sandboxKills { await self.handleSandboxKill(message) }
+            }
+            if sandboxHost != nil {
+                group.addTask {
+                    for await message in sandboxTimeouts { self.handleSandboxTimeout(message) }
+                }
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .milliseconds(250))
+                        await self.killTimedOutSandboxes()
+                    }
+                }
             }
             if let pools {
                 group.addTask { await pools.run() }
@@ -139,6 +173,11 @@ public final class NodeAgent: Sendable {
         if serving.load(ordering: .sequentiallyConsistent) { publishHeartbeat() }
     }
 
+    /// Whether `runtime` is served here and its probe found it usable.
+    func runtimeAvailable(_ runtime: String) -> Bool {
+        runtimes[runtime] != nil && probes.withLock({ $0[runtime]?.available }) == true
+    }
+
     func heartbeat() -> Hangar_V1_NodeHeartbeat {
         var heartbeat = Hangar_V1_NodeHeartbeat()
         heartbeat.nodeID = config.nodeID
@@ -148,8 +187,9 @@ public final class NodeAgent: Sendable {
         heartbeat.capacity.memoryBytes = ProcessInfo.processInfo.physicalMemory
         heartbeat.capacity.slotsTotal = UInt32(config.slots)
         let jobs = running.withLock { Array($0.keys) }
-        heartbeat.capacity.slotsUsed = UInt32(jobs.count)
+        heartbeat.capacity.slotsUsed = UInt32(jobs.count + sandboxSlotsUsed)
         heartbeat.runningJobs = jobs.sorted()
+        heartbeat.sandboxes = sandboxHost?.sandboxIDs.sorted() ?? []
         heartbeat.runtimes = probes.withLock { probes in
             probes.sorted { $0.key < $1.key }.map { name, probe in
                 var availability = Hangar_V1_RuntimeAvailability()
@@ -266,9 +306,7 @@ public final class NodeAgent: Sendable {
                 )
             )
         }
-        guard let runtime = runtimes[assignment.spec.runtime],
-            probes.withLock({ $0[assignment.spec.runtime]?.available }) == true
-        else {
+        guard let runtime = runtimes[assignment.spec.runtime], runtimeAvailable(assignment.spec.runtime) else {
             return .failure(Refusal(.runtimeUnavailable, "runtime '\(assignment.spec.runtime)' is not available here"))
         }
         if let missing = missingTemplate(assignment.spec) {
@@ -280,9 +318,10 @@ public final class NodeAgent: Sendable {
         }
         let key = "\(assignment.jobID)/\(assignment.attempt)"
         let resolved = assignment
+        let sandboxSlots = sandboxSlotsUsed  // stateful sandboxes hold slots too
         let admitted: Bool = running.withLock { running in
             if running[key] != nil { return true }  // a repeated assignment: already running
-            guard running.count < config.slots else { return false }
+            guard running.count + sandboxSlots < config.slots else { return false }
             running[key] = Task { await self.execute(resolved, in: runtime, key: key) }
             return true
         }

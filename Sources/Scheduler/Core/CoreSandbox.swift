@@ -109,6 +109,9 @@ public enum SandboxEvent: Sendable, Equatable {
     case kill(sandboxID: String)
     /// Its node reports it gone (its agent died, or it was killed there).
     case diedOnNode(sandboxID: String, nodeID: String, message: String)
+    /// Its node killed it at its timeout (the node enforces timeouts too, e.g. while no scheduler
+    /// runs; the core's own is the backstop): it ends TIMED_OUT with `message`.
+    case timedOutOnNode(sandboxID: String, nodeID: String, message: String)
     /// The store committed its ``SandboxRecord/ended(sandboxID:_:)`` record.
     case endCommitted(sandboxID: String)
     /// After a scheduler restart, a live sandbox read back from the store: placed on `node` (its

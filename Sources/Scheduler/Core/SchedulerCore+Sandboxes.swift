@@ -52,15 +52,9 @@ extension SchedulerCore {
         case .kill(let id):
             kill(id, reason: .killed, message: "killed by its tenant", &actions)
         case .diedOnNode(let id, let node, let message):
-            guard let sandbox = sandboxes[id] else { return }
-            switch sandbox.phase {
-            case .starting(node, _), .running(node, _), .restored(node, _, reserved: true):
-                end(id, SandboxEnd(reason: .died, node: node, message: message), holds: .usageAndNode(node), &actions)
-            case .restored(node, _, reserved: false):
-                end(id, SandboxEnd(reason: .died, node: node, message: message), holds: .usage, &actions)
-            default:
-                return
-            }
+            endOnNode(id, SandboxEnd(reason: .died, node: node, message: message), &actions)
+        case .timedOutOnNode(let id, let node, let message):
+            endOnNode(id, SandboxEnd(reason: .timedOut, node: node, message: message), &actions)
         case .restored(let spec, let createdAt, let node, let deadline):
             guard sandboxes[spec.id] == nil else { return }
             var sandbox = CoreSandbox(spec: spec, createdAt: createdAt, phase: .waiting)
@@ -84,6 +78,19 @@ extension SchedulerCore {
             give(holds, tenant: sandbox.tenant, request: sandbox.spec.request)
             sandboxes.removeValue(forKey: id)
             actions.append(.sandbox(.ended(sandboxID: id, end)))
+        }
+    }
+
+    /// Ends the sandbox as its node `end.node` reported it gone (nothing to kill there).
+    private mutating func endOnNode(_ id: String, _ end: SandboxEnd, _ actions: inout [CoreAction]) {
+        guard let sandbox = sandboxes[id], let node = end.node else { return }
+        switch sandbox.phase {
+        case .starting(node, _), .running(node, _), .restored(node, _, reserved: true):
+            self.end(id, end, holds: .usageAndNode(node), &actions)
+        case .restored(node, _, reserved: false):
+            self.end(id, end, holds: .usage, &actions)
+        default:
+            return
         }
     }
 

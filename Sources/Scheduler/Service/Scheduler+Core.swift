@@ -34,9 +34,7 @@ extension Scheduler {
                 let (result, encoded) = entry.result ?? resultWithoutReport(entry, outcome)
                 complete(entry, with: result, encoded: encoded)
             case .sandbox(let action):
-                // The shell feeds no sandbox events yet (issue 16: the core's part is done, the
-                // protocol and the nodes' part are not), so the core decides none of these.
-                logger.error("a sandbox action without a shell to perform it", metadata: ["action": "\(action)"])
+                perform(action)
             case .paused(let pause):
                 logger.warning(
                     "the scheduler was paused; nodes are not blamed for the heartbeats it could not hear",
@@ -102,7 +100,7 @@ extension Scheduler {
         case .drainDeadlinePassed(let nodeID):
             write = .audit(actor: "scheduler", event: "node.drain.deadline", jobID: nil, detail: nodeID)
         case .sandbox(let change):
-            logger.error("a sandbox record without a shell to store it", metadata: ["record": "\(change)"])
+            self.write(change)  // sandboxes are never part of a stream batch
             return
         case .finished(let jobID, let outcome):
             guard let entry = jobs[jobID] else { return }

@@ -27,7 +27,7 @@ struct PendingAdmission: Sendable {
 /// the streams, the store and a 250 ms timer (`handle`), and performs the core's actions: sends
 /// assignments and cancels, writes its log records to the store, answers the waiters.
 ///
-/// Subjects: `hangar.submit.*`, `hangar.cancel.*`, `hangar.job.*`, `hangar.node.*.result`,
+/// Subjects: `hangar.submit.*`, `hangar.cancel.*`, `hangar.job.*`, `hangar.sandbox.*.*`, `hangar.node.*.result`,
 /// `hangar.admin.*` (queue group) and `hangar.node.*.heartbeat`. See `Subjects`.
 public actor Scheduler {
     let config: SchedulerConfig
@@ -83,6 +83,10 @@ public actor Scheduler {
     /// Where answers may go (see `ReplySubjectRule`): strict when the scheduler logged in as the
     /// `scheduler` principal, i.e. the cluster runs Hangar's authorization.
     nonisolated let replyRule: ReplySubjectRule
+    /// What the shell keeps of live stateful sandboxes (see Scheduler+Sandboxes.swift).
+    var sandboxes = SandboxShell()
+    /// Sandbox lifecycle events on their way into the `HANGAR_SANDBOX_EVENTS` stream, in order.
+    nonisolated let sandboxEventsOutbox = SandboxEventsOutbox()
     /// Set when a `ServiceGroup` shuts the scheduler down gracefully (not when its task is merely
     /// cancelled): its stream consumers then store what their streams still hold before it stops.
     nonisolated let stoppingGracefully = Atomic<Bool>(false)
@@ -116,6 +120,7 @@ public actor Scheduler {
         }
         try await loadNodeControls()
         try await recover()
+        try await recoverSandboxes()
         let group = Subjects.schedulerQueueGroup
         let submits = try nats.subscribe(Subjects.submitWildcard, queueGroup: group)
         let cancels = try nats.subscribe(Subjects.cancelWildcard, queueGroup: group)
@@ -124,11 +129,13 @@ public actor Scheduler {
         let controlStreams = control === nats ? nil : try control.jetStream()
         let admin = try nats.subscribe(Subjects.admin("*"), queueGroup: group)
         let tenantJobs = try nats.subscribe(Subjects.jobWildcard, queueGroup: group)
+        let sandboxRequests = try nats.subscribe(Subjects.sandboxWildcard, queueGroup: group)
+        let sandboxDeaths = try control.subscribe(Subjects.sandboxDiedWildcard)
         let jetStream = try nats.jetStream()
         self.jetStream = jetStream
         await ensureStreams(jetStream)
         defer {
-            for subscription in [submits, cancels, heartbeats, admin, tenantJobs] {
+            for subscription in [submits, cancels, heartbeats, admin, tenantJobs, sandboxRequests, sandboxDeaths] {
                 subscription.unsubscribe()
             }
         }
@@ -178,12 +185,25 @@ public actor Scheduler {
                 }
             }
             group.addTask {
+                await withDiscardingTaskGroup { inner in
+                    for await message in sandboxRequests {
+                        inner.addTask { await self.handleSandboxRequest(message) }
+                    }
+                }
+            }
+            group.addTask {
+                for await message in sandboxDeaths { await self.handleSandboxDied(message) }
+            }
+            group.addTask { await self.publishSandboxEvents() }
+            group.addTask {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .milliseconds(250))
                     await self.tick()
                 }
             }
         }
+        // Sandbox events decided before the stop still reach their stream.
+        await publishRemainingSandboxEvents()
         // Everything queued for the store is committed before the scheduler stops (and the answers
         // that wait for those commits go out on the connections drained next).
         do {

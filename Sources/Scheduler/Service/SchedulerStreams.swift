@@ -145,7 +145,7 @@ extension Scheduler {
     /// stream. A failure is logged; submissions are then refused (`intake stream unavailable`) and
     /// the consumers keep trying.
     func ensureStreams(_ jetStream: JetStream) async {
-        for config in [SchedulerStreams.submissions, SchedulerStreams.results] {
+        for config in [SchedulerStreams.submissions, SchedulerStreams.results, SandboxStreams.events] {
             do {
                 try await jetStream.ensureStream(config)
             } catch {

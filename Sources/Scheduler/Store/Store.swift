@@ -146,6 +146,9 @@ public final class Store: Sendable {
         migrator.registerMigration("v5-audit-checkpoint") { db in
             try AuditChain.createCheckpoint(db)
         }
+        migrator.registerMigration("v6-sandboxes") { db in
+            try SandboxWrite.createTable(db)
+        }
         return migrator
     }
 }
@@ -184,6 +187,8 @@ public enum StoreWrite: Sendable {
     /// A job taken from the intake stream: inserted and audited as accepted unless its id, or its
     /// tenant and request id, is already stored (a redelivery), so replays insert nothing.
     case intake(StoredJob)
+    /// A stateful sandbox's state change (table `sandboxes`, audited).
+    case sandbox(SandboxWrite)
     /// Writes taken from a stream in one batch: one transaction, synced to disk before it returns
     /// (the stream messages are acknowledged, and so deleted, right after).
     case streamBatch([StoreWrite])
@@ -223,7 +228,7 @@ extension StoreWrite {
     /// Whether the commit must reach the disk before returning (an acceptance the tenant is told of).
     var needsFullSync: Bool {
         switch self {
-        case .jobAccepted, .intake, .streamBatch: true
+        case .jobAccepted, .intake, .streamBatch, .sandbox(.created): true
         default: false
         }
     }
@@ -348,6 +353,8 @@ extension StoreWrite {
             )
         case .streamBatch(let writes):
             for write in writes { try write.apply(db, audit: &head) }
+        case .sandbox(let write):
+            try write.apply(db, audit: &head, now: now)
         case .staleResult(let jobID, let attempt, let nodeID, let status):
             try AuditChain.append(
                 db,

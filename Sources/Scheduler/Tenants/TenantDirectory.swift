@@ -18,6 +18,9 @@ import HangarShared
 ///   runtimes: [process, null]   # omit for all
 ///   templates: [host]           # omit for all
 ///   priority: {min: 0, max: 9}
+///   max_live_sandboxes: 20        # stateful sandboxes live at once
+///   max_sandbox_timeout_ms: 3600000     # the longest timeout a sandbox may ask for, 1 h
+///   max_sandbox_lifetime_ms: 86400000   # the longest a sandbox may live, 24 h
 ///   limits:                # per request: default and maximum
 ///     timeout_ms: {default: 10000, max: 300000}
 ///   grants:                # the most a job may be granted (replaces the default as a whole)
@@ -134,6 +137,13 @@ public struct TenantDirectory: Sendable, Equatable {
                 if let value = range["max"] { high = try count(value, "\(at).max") }
                 guard low <= high, high <= 9 else { throw TenantConfigError("\(at) must satisfy 0 <= min <= max <= 9") }
                 policy.priorities = Int32(low)...Int32(high)
+            case "max_live_sandboxes": policy.maxLiveSandboxes = try count(raw, at)
+            case "max_sandbox_timeout_ms":
+                policy.maxSandboxTimeout = .milliseconds(try count(raw, at))
+                guard policy.maxSandboxTimeout > .zero else { throw TenantConfigError("\(at) must be above 0") }
+            case "max_sandbox_lifetime_ms":
+                policy.maxSandboxLifetime = .milliseconds(try count(raw, at))
+                guard policy.maxSandboxLifetime > .zero else { throw TenantConfigError("\(at) must be above 0") }
             case "limits":
                 policy.limits = try limits(raw, base: policy.limits, at)
             case "grants":

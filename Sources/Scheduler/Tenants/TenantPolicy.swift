@@ -32,6 +32,11 @@ public struct TenantPolicy: Sendable, Equatable {
     /// within these allows, and these denies are added to every job's. By default no host path, and
     /// any IPv4 destination (what `NETWORK_ALLOWLIST` allowed before grants existed).
     public var grants = TenantPolicy.defaultGrants
+    /// Stateful sandboxes: how many may be live (not ended) at once, the longest timeout a create
+    /// or a timeout request may ask for, and the longest a sandbox may live whatever its timeouts.
+    public var maxLiveSandboxes = 20
+    public var maxSandboxTimeout: Duration = .seconds(3600)
+    public var maxSandboxLifetime: Duration = .seconds(24 * 3600)
 
     /// The built-in maximum grants: `allow_net: [0.0.0.0/0]`.
     public static var defaultGrants: GrantSet {

@@ -1,6 +1,7 @@
 /// Who connects to NATS, and what the server lets them do. Tenant isolation is enforced by the
-/// server: a tenant's user may publish only on its own submit, cancel and job subjects and
-/// subscribe only to its own results and its own inbox prefix.
+/// server: a tenant's user may publish only on its own submit, cancel, job and sandbox subjects and
+/// subscribe only to its own results, logs, sandbox events and its own inbox prefix; a node only to
+/// its own assignments, cancels and sandbox starts and kills.
 public enum Principal: Sendable, Hashable, CustomStringConvertible {
     /// A tenant submitting jobs.
     case tenant(String)
@@ -79,10 +80,17 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .tenant(let tenant):
             Permissions(
+                // Stateful sandboxes: its own control verbs, and its own sandboxes' live events (their
+                // replay goes through the scheduler's `events` verb: the JetStream API cannot be
+                // confined to one tenant's subjects of a shared stream).
                 publish: [
                     Subjects.submit(tenant: tenant), Subjects.cancel(tenant: tenant), Subjects.job(tenant: tenant),
+                    "hangar.sandbox.\(tenant).*",
                 ],
-                subscribe: ["hangar.result.\(tenant).>", "hangar.logs.\(tenant).>", inboxPrefix + ".>"]
+                subscribe: [
+                    "hangar.result.\(tenant).>", "hangar.logs.\(tenant).>", "hangar.sbxevents.\(tenant).>",
+                    inboxPrefix + ".>",
+                ]
             )
         case .node(let node):
             // Replies to the scheduler's assignments: only to requests the node received
@@ -90,8 +98,15 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
             Permissions(
                 // Output chunks of the jobs it runs, for `job logs -f` (a node runs the tenant's code and
                 // holds its output anyway).
-                publish: [Subjects.heartbeat(node: node), Subjects.nodeResult(node: node), "hangar.logs.>"],
-                subscribe: [Subjects.assign(node: node), Subjects.nodeCancel(node: node), inboxPrefix + ".>"],
+                // Its own sandboxes: told to start (request/reply) and kill them, reports their deaths.
+                publish: [
+                    Subjects.heartbeat(node: node), Subjects.nodeResult(node: node), "hangar.logs.>",
+                    Subjects.sandboxDied(node: node),
+                ],
+                subscribe: [
+                    Subjects.assign(node: node), Subjects.nodeCancel(node: node), Subjects.sandboxStart(node: node),
+                    Subjects.sandboxKill(node: node), Subjects.sandboxTimeout(node: node), inboxPrefix + ".>",
+                ],
                 allowResponses: true
             )
         case .scheduler:
@@ -99,6 +114,8 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
             Permissions(
                 publish: [
                     "hangar.result.>", "hangar.node.*.assign", "hangar.node.*.cancel",
+                    "hangar.node.*.sandbox.start", "hangar.node.*.sandbox.kill", "hangar.node.*.sandbox.timeout",
+                    Subjects.sandboxEventsWildcard,
                     // Answers only into tenants' and operators' inboxes (see ReplySubjectRule).
                     "_INBOX.t.>", "_INBOX.o.>",
                     Subjects.intakeWildcard,
@@ -106,6 +123,7 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                 subscribe: [
                     Subjects.submitWildcard, Subjects.cancelWildcard, Subjects.jobWildcard,
                     Subjects.heartbeatWildcard, "hangar.admin.>", inboxPrefix + ".>",
+                    Subjects.sandboxWildcard, Subjects.sandboxDiedWildcard,
                 ]
             )
         case .operator:

@@ -1,0 +1,75 @@
+import HangarShared
+import Synchronization
+
+/// What holds a node's stateful sandboxes (issue 16): the node agent hands it the scheduler's
+/// starts and kills, lists what it holds in every heartbeat, and tells the scheduler when one
+/// dies on its own. The isolation itself (a bwrap sandbox with its agent, a container, a VM) is
+/// the host's; the node agent only checks the start is meant for this node and has a free slot.
+///
+/// Rules an implementation keeps:
+/// - `start` returns once the sandbox is ready for commands, or throws a ``SandboxRefusal`` whose
+///   message the tenant reads (the scheduler ends the sandbox FAILED with it). A repeated start of
+///   an id it already holds returns at once.
+/// - `kill` is idempotent and returns once nothing of the sandbox is left (an unknown id: at once).
+/// - `sandboxIDs` lists exactly the sandboxes it holds now; one that is not listed is ended LOST
+///   by the scheduler after a restart, and one listed that the scheduler does not place here is
+///   killed.
+/// - `died` (given to `start`) is called at most once per sandbox, when it stops on its own (not
+///   after `kill`); the host forgets it first.
+public protocol SandboxHost: Sendable {
+    /// Creates the sandbox `request.sandboxID` for `request.tenant` with the request's runtime,
+    /// template, limits and environment. Timeouts are not the host's: the scheduler kills the
+    /// sandbox at its (extendable) timeout, and the node agent a grace later if it has not.
+    func start(
+        _ request: Hangar_V1_SandboxStart,
+        died: @escaping @Sendable (_ message: String) -> Void
+    )
+        async throws(SandboxRefusal)
+    /// Kills the sandbox and removes everything of it.
+    func kill(_ sandboxID: String, reason: String) async
+    /// The ids of the sandboxes it holds now.
+    var sandboxIDs: [String] { get }
+}
+
+/// Why a host could not create a sandbox, for the tenant.
+public struct SandboxRefusal: Error, Sendable, CustomStringConvertible {
+    /// What is wrong, for a person (e.g. "template 'py' is not on this node").
+    public let message: String
+    /// A refusal saying `message`.
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// A control-plane stand-in for a sandbox host, as ``NullRuntime`` is for jobs: it holds ids and
+/// runs nothing. Tests make one of its sandboxes die on its own with ``die(_:message:)``.
+public final class NullSandboxHost: SandboxHost {
+    /// The held ids, each with how to report its death.
+    private let held = Mutex<[String: @Sendable (String) -> Void]>([:])
+
+    /// A host that holds nothing yet.
+    public init() {}
+
+    public func start(
+        _ request: Hangar_V1_SandboxStart,
+        died: @escaping @Sendable (String) -> Void
+    )
+        async throws(SandboxRefusal)
+    {
+        guard !request.sandboxID.isEmpty else { throw SandboxRefusal("the start names no sandbox") }
+        held.withLock { held in
+            if held[request.sandboxID] == nil { held[request.sandboxID] = died }
+        }
+    }
+
+    public func kill(_ sandboxID: String, reason: String) async {
+        held.withLock { _ = $0.removeValue(forKey: sandboxID) }
+    }
+
+    public var sandboxIDs: [String] { held.withLock { Array($0.keys).sorted() } }
+
+    /// Ends a held sandbox as if it had stopped on its own (its agent died).
+    public func die(_ sandboxID: String, message: String) {
+        let died = held.withLock { $0.removeValue(forKey: sandboxID) }
+        died?(message)
+    }
+}

@@ -1,0 +1,799 @@
+import Foundation
+import HangarNATS
+import HangarShared
+
+/// What the shell keeps of one live stateful sandbox (the core keeps its phase; see ``CoreSandbox``).
+struct SandboxEntry: Sendable {
+    /// What the store has of it (as far as this process wrote it).
+    var stored: StoredSandbox
+    /// Create requests answered once it runs or has failed (the original and repeats of its request id).
+    var createWaiters: [(replyTo: String, duplicate: Bool)] = []
+    /// Kill requests answered once its end is stored.
+    var killWaiters: [String] = []
+    /// Its `created` row never reached the store: nothing is published about it.
+    var unstored = false
+}
+
+/// The shell's sandboxes: live ones by id, and request ids (`<tenant>/<request id>`) to ids.
+struct SandboxShell: Sendable {
+    var entries: [String: SandboxEntry] = [:]
+    var byRequest: [String: String] = [:]
+}
+
+/// The control verbs of `hangar.sandbox.<tenant>.<verb>`.
+enum SandboxVerb: String, Sendable {
+    case create, get, list, timeout, kill, events
+}
+
+/// The events stream: every sandbox event of every tenant, kept a week (or up to 256 MiB, oldest
+/// dropped first) for replay through the `events` verb.
+enum SandboxStreams {
+    static var events: JetStreamStreamConfig {
+        JetStreamStreamConfig(
+            name: Streams.sandboxEvents,
+            subjects: [Subjects.sandboxEventsWildcard],
+            storage: .file,
+            retention: .limits,
+            duplicateWindow: .seconds(120),
+            maxAge: .seconds(7 * 24 * 3600),
+            maxBytes: 256 * 1024 * 1024
+        )
+    }
+
+    /// The timeout a create request gets when it names none (capped by the tenant's maximum).
+    static let defaultTimeout = Duration.seconds(300)
+    /// The most entries of a sandbox's metadata, and the longest key and value.
+    static let maxMetadata = 32
+    static let maxMetadataKeyBytes = 64
+    static let maxMetadataValueBytes = 256
+    /// The most sandboxes or events one list or events reply carries.
+    static let maxPage = 1000
+    static let defaultPage = 100
+}
+
+extension Scheduler {
+    // MARK: Requests
+
+    /// `hangar.sandbox.<tenant>.<verb>`: a tenant's control request about its stateful sandboxes.
+    /// The tenant is the subject's token; answers go only to the tenant's own inbox (else dropped
+    /// and audited, as for jobs). Another tenant's sandbox is answered exactly like an unknown one.
+    nonisolated func handleSandboxRequest(_ message: NATSMessage) async {
+        let tenant = String(Subjects.token(message.subject, at: 2) ?? "")
+        let verbName = String(Subjects.token(message.subject, at: 3) ?? "")
+        guard mayAnswer(message, tenant: tenant) else { return }
+        let replyTo = message.replyTo
+        guard let verb = SandboxVerb(rawValue: verbName) else {
+            answer(
+                replyTo,
+                error: .sandboxInvalidRequest,
+                "unknown sandbox verb '\(verbName.prefix(64))'; use create, get, list, timeout, kill or events"
+            )
+            return
+        }
+        guard message.payload.count <= 1 << 20 else {
+            answer(
+                replyTo,
+                error: .sandboxInvalidRequest,
+                "the request is \(message.payload.count) bytes; the most is 1 MiB"
+            )
+            return
+        }
+        let payload = message.payload
+        do {
+            switch verb {
+            case .create:
+                let request = try Hangar_V1_SandboxCreateRequest(serializedBytes: payload, options: Self.decoding)
+                await createSandbox(request, tenant: tenant, replyTo: replyTo)
+            case .get:
+                let request = try Hangar_V1_SandboxGetRequest(serializedBytes: payload, options: Self.decoding)
+                answer(replyTo, await sandboxReply(request.sandboxID, tenant: tenant, verb: "get"))
+            case .list:
+                let request = try Hangar_V1_SandboxListRequest(serializedBytes: payload, options: Self.decoding)
+                let reply = await listSandboxes(request, tenant: tenant)
+                if let replyTo, let data = try? reply.serializedData() { try? nats.publish(replyTo, payload: data) }
+            case .timeout:
+                let request = try Hangar_V1_SandboxSetTimeoutRequest(serializedBytes: payload, options: Self.decoding)
+                answer(replyTo, await setSandboxTimeout(request, tenant: tenant))
+            case .kill:
+                let request = try Hangar_V1_SandboxKillRequest(serializedBytes: payload, options: Self.decoding)
+                if let reply = await killSandbox(request.sandboxID, tenant: tenant, replyTo: replyTo) {
+                    answer(replyTo, reply)
+                }
+            case .events:
+                let request = try Hangar_V1_SandboxEventsRequest(serializedBytes: payload, options: Self.decoding)
+                let reply = await sandboxEvents(request, tenant: tenant)
+                if let replyTo, let data = try? reply.serializedData() { try? nats.publish(replyTo, payload: data) }
+            }
+        } catch {
+            let type =
+                [
+                    "create": "SandboxCreateRequest", "get": "SandboxGetRequest", "list": "SandboxListRequest",
+                    "timeout": "SandboxSetTimeoutRequest", "kill": "SandboxKillRequest",
+                    "events": "SandboxEventsRequest",
+                ][verb.rawValue] ?? "request"
+            let text = "the payload is not a hangar.v1.\(type): \(error)"
+            switch verb {
+            case .create:
+                var rejected = Hangar_V1_SandboxCreateRejected()
+                rejected.reason = .invalidRequest
+                rejected.field = "payload"
+                rejected.message = text
+                answer(replyTo, create: .rejected(rejected))
+            case .list:
+                var reply = Hangar_V1_SandboxListReply()
+                reply.error = text
+                if let replyTo, let data = try? reply.serializedData() { try? nats.publish(replyTo, payload: data) }
+            case .events:
+                var reply = Hangar_V1_SandboxEventsReply()
+                reply.error = text
+                if let replyTo, let data = try? reply.serializedData() { try? nats.publish(replyTo, payload: data) }
+            default:
+                answer(replyTo, error: .sandboxInvalidRequest, text)
+            }
+        }
+    }
+
+    /// Checks a create request against the request bounds and the tenant's policy (the same rules
+    /// as a job's runtime, template, environment, limits and labels, plus the sandbox's timeout
+    /// and metadata); returns the request as admitted (defaults filled in, limits resolved).
+    nonisolated func validateSandbox(
+        _ request: Hangar_V1_SandboxCreateRequest,
+        tenant: String,
+        policy: TenantPolicy
+    ) -> Result<Hangar_V1_SandboxCreateRequest, Rejection> {
+        var job = Hangar_V1_SubmitRequest()
+        job.requestID = request.requestID
+        job.runtime = request.runtime
+        job.template = request.template
+        job.argv = ["sandbox"]
+        job.env = request.env
+        job.limits = request.limits
+        job.limits.timeoutMs = 0  // a sandbox's life is its `timeout_ms`, not a job's wall clock
+        job.labels = request.labels
+        let valid: ValidatedSubmission
+        switch config.validator.validate(job, tenant: tenant, policy: policy) {
+        case .failure(let rejection): return .failure(rejection)
+        case .success(let submission): valid = submission
+        }
+        var admitted = request
+        admitted.runtime = valid.spec.runtime
+        admitted.template = valid.spec.template
+        admitted.limits = valid.spec.limits
+        admitted.limits.timeoutMs = 0
+        let maximum = policy.maxSandboxTimeout
+        if request.timeoutMs == 0 {
+            admitted.timeoutMs = UInt32(clamping: min(SandboxStreams.defaultTimeout, maximum).wholeMilliseconds)
+        } else if Duration.milliseconds(request.timeoutMs) > maximum {
+            return .failure(
+                Rejection(
+                    .limitExceeded,
+                    "timeout_ms",
+                    "timeout_ms \(request.timeoutMs) is above tenant '\(tenant)''s maximum sandbox timeout of \(maximum.wholeMilliseconds) ms"
+                )
+            )
+        }
+        guard request.metadata.count <= SandboxStreams.maxMetadata else {
+            return .failure(
+                Rejection(
+                    .limitExceeded,
+                    "metadata",
+                    "\(request.metadata.count) metadata entries; the maximum is \(SandboxStreams.maxMetadata)"
+                )
+            )
+        }
+        for (key, value) in request.metadata
+        where key.isEmpty || key.utf8.count > SandboxStreams.maxMetadataKeyBytes
+            || value.utf8.count > SandboxStreams.maxMetadataValueBytes
+        {
+            return .failure(
+                Rejection(
+                    .invalidRequest,
+                    "metadata",
+                    "metadata key '\(key.prefix(64))' must be 1-\(SandboxStreams.maxMetadataKeyBytes) bytes and its value at most \(SandboxStreams.maxMetadataValueBytes) bytes"
+                )
+            )
+        }
+        return .success(admitted)
+    }
+
+    /// Admits a create request: validation, a repeated request id, the tenant's maximum of live
+    /// sandboxes, a node that could ever hold it; then stores it and hands it to the core. The
+    /// answer comes once it runs on its node, or has failed.
+    func createSandbox(_ request: Hangar_V1_SandboxCreateRequest, tenant: String, replyTo: String?) async {
+        let policy = tenants.policy(for: tenant)
+        let admitted: Hangar_V1_SandboxCreateRequest
+        switch validateSandbox(request, tenant: tenant, policy: policy) {
+        case .failure(let rejection):
+            answer(replyTo, rejection)
+            return
+        case .success(let valid):
+            admitted = valid
+        }
+        let key = admitted.requestID.isEmpty ? nil : "\(tenant)/\(admitted.requestID)"
+        if let key {
+            if await answerDuplicateSandbox(key: key, tenant: tenant, requestID: admitted.requestID, replyTo: replyTo) {
+                return
+            }
+        }
+        let live = core.liveSandboxes(of: tenant)
+        guard live < policy.maxLiveSandboxes else {
+            answer(
+                replyTo,
+                Rejection(
+                    .quotaExceeded,
+                    "",
+                    "tenant '\(tenant)' already has \(live) live sandboxes (max_live_sandboxes \(policy.maxLiveSandboxes)); kill one first"
+                )
+            )
+            return
+        }
+        if let failure = storeFailure {
+            answer(
+                replyTo,
+                Rejection(.shuttingDown, "", "store unavailable: \(failure); the sandbox was not created, retry later")
+            )
+            return
+        }
+        let id = "s" + JobID.make().dropFirst()
+        let placement = sandboxPlacement(admitted, id: id)
+        if case .impossible(let why) = core.cluster.place(placement, policy: config.placementPolicy) {
+            answer(replyTo, impossibleRejection(placement, why))
+            return
+        }
+        var stored = StoredSandbox(
+            id: id,
+            tenant: tenant,
+            requestID: admitted.requestID.isEmpty ? nil : admitted.requestID,
+            request: admitted,
+            createdAtMs: unixMilliseconds()
+        )
+        stored.eventSeq = 1  // its `created` event
+        var entry = SandboxEntry(stored: stored)
+        if let replyTo { entry.createWaiters.append((replyTo, false)) }
+        sandboxes.entries[id] = entry
+        if let key { sandboxes.byRequest[key] = id }
+        let spec = CoreSandbox.Spec(
+            id: id,
+            tenant: tenant,
+            request: placement,
+            timeout: .milliseconds(admitted.timeoutMs),
+            maxLifetime: policy.maxSandboxLifetime
+        )
+        handle(.sandbox(.admitted(spec)))
+        let committed = committedSignal(.sandbox(.created(stored)))
+        Task {
+            let error = await committed()
+            self.sandboxCreateStored(id, error: error)
+        }
+    }
+
+    /// The `created` row is stored (or could not be): the core may place it.
+    private func sandboxCreateStored(_ id: String, error: (any Error)?) {
+        guard var entry = sandboxes.entries[id] else { return }
+        if let error {
+            logger.error("could not store a sandbox creation", metadata: ["sandbox.id": "\(id)", "error": "\(error)"])
+            let rejection = Rejection(
+                .shuttingDown,
+                "",
+                "store unavailable: \(storeFailureSummary(error)); the sandbox was not created, retry later"
+            )
+            for waiter in entry.createWaiters { answer(waiter.replyTo, rejection) }
+            entry.createWaiters = []
+            entry.unstored = true
+            sandboxes.entries[id] = entry
+            if let requestID = entry.stored.requestID {
+                sandboxes.byRequest.removeValue(forKey: "\(entry.stored.tenant)/\(requestID)")
+            }
+            handle(.sandbox(.kill(sandboxID: id)))
+            handle(.sandbox(.committed(sandboxID: id)))
+            return
+        }
+        publishSandboxEvent(entry.stored, kind: .sandboxEventCreated, seq: 1, message: "created")
+        handle(.sandbox(.committed(sandboxID: id)))
+    }
+
+    /// Answers a repeated request id with the original sandbox (once it runs, if it still starts).
+    /// False if the request id is new.
+    private func answerDuplicateSandbox(key: String, tenant: String, requestID: String, replyTo: String?) async -> Bool
+    {
+        if let id = sandboxes.byRequest[key], sandboxes.entries[id] != nil {
+            if let replyTo {
+                if case .sandboxStarting = sandboxInfo(id)?.state {
+                    sandboxes.entries[id]?.createWaiters.append((replyTo, true))
+                } else if let info = sandboxInfo(id) {
+                    answer(replyTo, create: .created(info), duplicate: true)
+                }
+            }
+            return true
+        }
+        let stored = try? await store.sandbox(tenant: tenant, requestID: requestID)
+        // Admitted meanwhile (the lookup suspended): answered by the entry.
+        if let id = sandboxes.byRequest[key], sandboxes.entries[id] != nil {
+            return await answerDuplicateSandbox(key: key, tenant: tenant, requestID: requestID, replyTo: replyTo)
+        }
+        guard let stored else { return false }
+        answer(replyTo, create: .created(stored.info), duplicate: true)
+        return true
+    }
+
+    /// What a sandbox holds on its node: a slot, and CPU and memory at its limits (the null runtime
+    /// holds a slot only, as for jobs).
+    func sandboxPlacement(_ request: Hangar_V1_SandboxCreateRequest, id: String) -> PlacementRequest {
+        let holdsResources = request.runtime != "null"
+        var hasher = Hasher()
+        hasher.combine(id)
+        return PlacementRequest(
+            runtime: request.runtime,
+            template: request.template,
+            labels: request.labels,
+            cpuMillis: holdsResources ? UInt64(request.limits.cpuMillis) : 0,
+            memoryBytes: holdsResources ? request.limits.memoryBytes : 0,
+            limits: request.limits,
+            tieBreak: UInt64(bitPattern: Int64(hasher.finalize()))
+        )
+    }
+
+    /// `get`: the sandbox, live (from the core) or ended (from the store).
+    func sandboxReply(_ id: String, tenant: String, verb: String) async -> Hangar_V1_SandboxReply {
+        if let entry = sandboxes.entries[id], !entry.unstored {
+            guard entry.stored.tenant == tenant else {
+                return notFound(id, tenant: tenant, verb: verb, owner: entry.stored.tenant)
+            }
+            return .with { $0.info = sandboxInfo(id) ?? entry.stored.info }
+        }
+        guard Subjects.isValidToken(id) else { return notFound(id, tenant: tenant, verb: verb, owner: nil) }
+        let stored: StoredSandbox?
+        do {
+            stored = try await store.sandbox(id: id)
+        } catch {
+            return .with {
+                $0.error = .with {
+                    $0.code = .sandboxUnavailable
+                    $0.message = "store unavailable: \(storeFailureSummary(error)); retry"
+                }
+            }
+        }
+        // It may have come live meanwhile (a restart's recovery), or ended: the entry first.
+        if let entry = sandboxes.entries[id], entry.stored.tenant == tenant, !entry.unstored {
+            return .with { $0.info = sandboxInfo(id) ?? entry.stored.info }
+        }
+        guard let stored, stored.tenant == tenant else {
+            return notFound(id, tenant: tenant, verb: verb, owner: stored?.tenant)
+        }
+        return .with { $0.info = stored.info }
+    }
+
+    /// NOT_FOUND, and when the sandbox is another tenant's, a warning and an `access.denied` audit.
+    private func notFound(_ id: String, tenant: String, verb: String, owner: String?) -> Hangar_V1_SandboxReply {
+        if let owner, owner != tenant {
+            logger.warning(
+                "a tenant addressed another tenant's sandbox",
+                metadata: ["tenant": "\(tenant)", "sandbox.id": "\(id)", "owner": "\(owner)", "verb": "\(verb)"]
+            )
+            store.enqueue(
+                .audit(
+                    actor: "tenant:\(tenant)",
+                    event: "access.denied",
+                    jobID: id,
+                    detail: "sandbox \(verb) of another tenant's sandbox"
+                ),
+                onError: { [logger] error in logger.error("could not audit", metadata: ["error": "\(error)"]) }
+            )
+        }
+        return .with {
+            $0.error = .with {
+                $0.code = .sandboxNotFound
+                $0.message = "tenant '\(tenant)' has no sandbox '\(id.prefix(80))'"
+            }
+        }
+    }
+
+    /// `timeout`: its timeout runs again from now, within the tenant's maximum and the sandbox's
+    /// end of life.
+    func setSandboxTimeout(
+        _ request: Hangar_V1_SandboxSetTimeoutRequest,
+        tenant: String
+    ) async -> Hangar_V1_SandboxReply {
+        let maximum = tenants.policy(for: tenant).maxSandboxTimeout
+        guard request.timeoutMs > 0 else {
+            return .with {
+                $0.error = .with {
+                    $0.code = .sandboxInvalidRequest
+                    $0.message = "timeout_ms must be above 0"
+                }
+            }
+        }
+        guard Duration.milliseconds(request.timeoutMs) <= maximum else {
+            return .with {
+                $0.error = .with {
+                    $0.code = .sandboxLimitExceeded
+                    $0.message =
+                        "timeout_ms \(request.timeoutMs) is above tenant '\(tenant)''s maximum sandbox timeout of \(maximum.wholeMilliseconds) ms"
+                }
+            }
+        }
+        guard let entry = sandboxes.entries[request.sandboxID], entry.stored.tenant == tenant, !entry.unstored else {
+            let reply = await sandboxReply(request.sandboxID, tenant: tenant, verb: "timeout")
+            if case .info = reply.outcome { return notRunning(request.sandboxID) }
+            return reply
+        }
+        switch core.sandboxes[request.sandboxID]?.phase {
+        case .starting, .running, .restored: break
+        default: return notRunning(request.sandboxID)
+        }
+        handle(.sandbox(.setTimeout(sandboxID: request.sandboxID, timeout: .milliseconds(request.timeoutMs))))
+        return .with { $0.info = sandboxInfo(request.sandboxID) ?? entry.stored.info }
+    }
+
+    private func notRunning(_ id: String) -> Hangar_V1_SandboxReply {
+        .with {
+            $0.error = .with {
+                $0.code = .sandboxNotRunning
+                $0.message = "sandbox '\(id)' is not running (it has not started yet, or it has ended)"
+            }
+        }
+    }
+
+    /// `kill`: ends the sandbox. Answered (nil here) once its end is stored; an ended sandbox is
+    /// answered at once as it is.
+    func killSandbox(_ id: String, tenant: String, replyTo: String?) async -> Hangar_V1_SandboxReply? {
+        guard let entry = sandboxes.entries[id], entry.stored.tenant == tenant, !entry.unstored else {
+            return await sandboxReply(id, tenant: tenant, verb: "kill")
+        }
+        if let replyTo { sandboxes.entries[id]?.killWaiters.append(replyTo) }
+        if case .ending = core.sandboxes[id]?.phase { return nil }
+        store.enqueue(
+            .audit(actor: "tenant:\(tenant)", event: "sandbox.killed", jobID: id, detail: "killed by its tenant"),
+            onError: { [logger] error in logger.error("could not audit", metadata: ["error": "\(error)"]) }
+        )
+        handle(.sandbox(.kill(sandboxID: id)))
+        return nil
+    }
+
+    /// `list`: the tenant's sandboxes in the states asked (live ones by default) whose metadata
+    /// has every pair asked, newest first, one page.
+    func listSandboxes(_ request: Hangar_V1_SandboxListRequest, tenant: String) async -> Hangar_V1_SandboxListReply {
+        var reply = Hangar_V1_SandboxListReply()
+        let states = Set(request.states.isEmpty ? [.sandboxStarting, .sandboxRunning] : request.states)
+        let limit = request.limit == 0 ? SandboxStreams.defaultPage : min(Int(request.limit), SandboxStreams.maxPage)
+        var found: [Hangar_V1_SandboxInfo] = []
+        for (id, entry) in sandboxes.entries where entry.stored.tenant == tenant && !entry.unstored {
+            if let info = sandboxInfo(id) { found.append(info) }
+        }
+        if states.contains(.sandboxEnded) {
+            do {
+                let live = Set(found.map(\.id))
+                let ended = try await store.endedSandboxes(tenant: tenant, limit: 10 * SandboxStreams.maxPage)
+                found += ended.map(\.info).filter { !live.contains($0.id) }
+            } catch {
+                reply.error = "store unavailable: \(storeFailureSummary(error)); retry"
+                return reply
+            }
+        }
+        found = found.filter { info in
+            states.contains(info.state) && request.metadata.allSatisfy { info.metadata[$0.key] == $0.value }
+        }
+        found.sort { ($0.createdAtMs, $0.id) > ($1.createdAtMs, $1.id) }
+        if !request.beforeID.isEmpty, let position = found.firstIndex(where: { $0.id == request.beforeID }) {
+            found.removeFirst(position + 1)
+        }
+        reply.more = found.count > limit
+        reply.sandboxes = Array(found.prefix(limit))
+        return reply
+    }
+
+    /// What the tenant sees of live sandbox `id` now: its state, node and deadline as the core has them.
+    func sandboxInfo(_ id: String) -> Hangar_V1_SandboxInfo? {
+        guard let entry = sandboxes.entries[id] else { return nil }
+        var info = entry.stored.info
+        switch core.sandboxes[id]?.phase {
+        case .committing, .waiting, nil:
+            info.state = .sandboxStarting
+            info.message = core.sandboxes[id]?.waitingBecause ?? ""
+        case .starting(let node, _):
+            info.state = .sandboxStarting
+            info.nodeID = node
+        case .running(let node, let deadline), .restored(let node, let deadline, _):
+            info.state = .sandboxRunning
+            info.nodeID = node
+            info.endsAtMs = unixMilliseconds(at: deadline)
+        case .ending(let end, _):
+            info.state = .sandboxEnded
+            info.endReason = end.reason.wire
+            info.message = end.message
+            info.nodeID = end.node ?? info.nodeID
+            info.endsAtMs = 0
+        }
+        return info
+    }
+
+    // MARK: The core's sandbox actions and records
+
+    /// Performs one of the core's sandbox actions.
+    func perform(_ action: SandboxAction) {
+        switch action {
+        case .start(let id, let nodeID):
+            guard let entry = sandboxes.entries[id] else { return }
+            var start = Hangar_V1_SandboxStart()
+            start.sandboxID = id
+            start.tenant = entry.stored.tenant
+            start.runtime = entry.stored.request.runtime
+            start.template = entry.stored.request.template
+            start.limits = entry.stored.request.limits
+            start.env = entry.stored.request.env
+            if case .starting(_, let deadline) = core.sandboxes[id]?.phase {
+                start.timeoutMs = UInt32(clamping: max(0, unixMilliseconds(at: deadline) - unixMilliseconds()))
+            }
+            start.nodeIncarnation = nodeIncarnations[nodeID] ?? ""
+            let control = self.control
+            let timeout = config.assignTimeout
+            Task {
+                let refusal: String?
+                do {
+                    let answer = try await control.request(
+                        Subjects.sandboxStart(node: nodeID),
+                        payload: try start.serializedData(),
+                        timeout: timeout
+                    )
+                    let reply = try Hangar_V1_SandboxStartReply(serializedBytes: answer.payload)
+                    switch reply.outcome {
+                    case .ok: refusal = nil
+                    case .refused(let refused): refusal = refused.message
+                    case nil: refusal = "the node's answer says neither ok nor refused"
+                    }
+                } catch {
+                    refusal = "no answer to the start: \(error)"
+                }
+                await self.handle(.sandbox(.startAnswered(sandboxID: id, refusal: refusal)))
+            }
+        case .kill(let id, let nodeID, let reason):
+            var kill = Hangar_V1_SandboxKill()
+            kill.sandboxID = id
+            kill.reason = reason
+            do {
+                try control.publish(Subjects.sandboxKill(node: nodeID), payload: try kill.serializedData())
+            } catch {
+                logger.warning(
+                    "could not tell a node to kill a sandbox",
+                    metadata: ["sandbox.id": "\(id)", "node.id": "\(nodeID)", "error": "\(error)"]
+                )
+            }
+        case .ended(let id, let end):
+            guard let entry = sandboxes.entries.removeValue(forKey: id) else { return }
+            if let requestID = entry.stored.requestID {
+                let key = "\(entry.stored.tenant)/\(requestID)"
+                if sandboxes.byRequest[key] == id { sandboxes.byRequest.removeValue(forKey: key) }
+            }
+            var stored = entry.stored
+            stored.state = .sandboxEnded
+            stored.endReason = end.reason.wire
+            stored.message = end.message
+            stored.nodeID = end.node ?? stored.nodeID
+            stored.endedAtMs = unixMilliseconds()
+            logger.info(
+                "sandbox ended",
+                metadata: ["sandbox.id": "\(id)", "reason": "\(end.reason)", "message": "\(end.message)"]
+            )
+            if !entry.unstored {
+                publishSandboxEvent(stored, kind: .sandboxEventEnded, seq: stored.eventSeq, message: end.message)
+            }
+            for waiter in entry.createWaiters {
+                answer(waiter.replyTo, create: .created(stored.info), duplicate: waiter.duplicate)
+            }
+            for waiter in entry.killWaiters { answer(waiter, .with { $0.info = stored.info }) }
+        }
+    }
+
+    /// Writes one of the core's sandbox records (and publishes its event; an end's goes out once
+    /// stored, with the `.ended` action).
+    func write(_ record: SandboxRecord) {
+        switch record {
+        case .placed(let id, let nodeID):
+            sandboxes.entries[id]?.stored.nodeID = nodeID
+            enqueue(.sandbox(.placed(id: id, nodeID: nodeID, eventSeq: sandboxes.entries[id]?.stored.eventSeq ?? 0)))
+        case .started(let id, let nodeID):
+            guard var entry = sandboxes.entries[id] else { return }
+            entry.stored.eventSeq += 1
+            entry.stored.state = .sandboxRunning
+            entry.stored.nodeID = nodeID
+            if case .running(_, let deadline) = core.sandboxes[id]?.phase {
+                entry.stored.endsAtMs = unixMilliseconds(at: deadline)
+            }
+            let waiters = entry.createWaiters
+            entry.createWaiters = []
+            sandboxes.entries[id] = entry
+            enqueue(
+                .sandbox(
+                    .started(id: id, nodeID: nodeID, endsAtMs: entry.stored.endsAtMs, eventSeq: entry.stored.eventSeq)
+                )
+            )
+            publishSandboxEvent(
+                entry.stored,
+                kind: .sandboxEventStarted,
+                seq: entry.stored.eventSeq,
+                message: "running on \(nodeID)"
+            )
+            let info = sandboxInfo(id) ?? entry.stored.info
+            for waiter in waiters { answer(waiter.replyTo, create: .created(info), duplicate: waiter.duplicate) }
+        case .timeoutSet(let id, let deadline):
+            guard var entry = sandboxes.entries[id] else { return }
+            entry.stored.eventSeq += 1
+            entry.stored.endsAtMs = unixMilliseconds(at: deadline)
+            sandboxes.entries[id] = entry
+            enqueue(.sandbox(.timeoutSet(id: id, endsAtMs: entry.stored.endsAtMs, eventSeq: entry.stored.eventSeq)))
+            switch core.sandboxes[id]?.phase {
+            case .starting(let node, _), .running(let node, _), .restored(let node, _, _):
+                // The node enforces it too (a grace later), for when no scheduler runs.
+                var timeout = Hangar_V1_SandboxSetTimeout()
+                timeout.sandboxID = id
+                timeout.timeoutMs = UInt32(clamping: max(0, entry.stored.endsAtMs - unixMilliseconds()))
+                do {
+                    try control.publish(Subjects.sandboxTimeout(node: node), payload: try timeout.serializedData())
+                } catch {
+                    logger.warning(
+                        "could not tell a node a sandbox's timeout",
+                        metadata: ["sandbox.id": "\(id)", "node.id": "\(node)", "error": "\(error)"]
+                    )
+                }
+            default:
+                break
+            }
+            publishSandboxEvent(
+                entry.stored,
+                kind: .sandboxEventTimeoutSet,
+                seq: entry.stored.eventSeq,
+                message: "ends at \(entry.stored.endsAtMs) (unix ms) unless set again"
+            )
+        case .ended(let id, let end):
+            sandboxes.entries[id]?.stored.eventSeq += 1
+            let seq = sandboxes.entries[id]?.stored.eventSeq ?? 0
+            let write = StoreWrite.sandbox(
+                .ended(id: id, reason: end.reason.wire, nodeID: end.node, message: end.message, eventSeq: seq)
+            )
+            let committed = committedSignal(write)
+            Task {
+                if let error = await committed() {
+                    // The core forgets it all the same (it cannot run anywhere any more); a restart
+                    // finds it live in the store and ends it LOST when no node reports it.
+                    self.logger.error(
+                        "could not store the end of a sandbox",
+                        metadata: ["sandbox.id": "\(id)", "error": "\(error)"]
+                    )
+                }
+                self.handle(.sandbox(.endCommitted(sandboxID: id)))
+            }
+        }
+    }
+
+    private func enqueue(_ write: StoreWrite) {
+        store.enqueue(write) { [logger] error in logger.error("could not store", metadata: ["error": "\(error)"]) }
+    }
+
+    // MARK: Nodes
+
+    /// `hangar.node.<node>.sandbox.died`: a sandbox stopped on its own on its node.
+    func handleSandboxDied(_ message: NATSMessage) {
+        guard let nodeID = Subjects.token(message.subject, at: 2).map(String.init), Subjects.isValidToken(nodeID),
+            let died = try? Hangar_V1_SandboxDied(serializedBytes: message.payload)
+        else {
+            logger.warning("ignored a malformed sandbox death", metadata: ["nats.subject": "\(message.subject)"])
+            return
+        }
+        let text = died.message.isEmpty ? "it stopped on node \(nodeID)" : String(died.message.prefix(1000))
+        if died.timedOut {
+            handle(.sandbox(.timedOutOnNode(sandboxID: died.sandboxID, nodeID: nodeID, message: text)))
+        } else {
+            handle(.sandbox(.diedOnNode(sandboxID: died.sandboxID, nodeID: nodeID, message: text)))
+        }
+    }
+
+    /// Rebuilds the live sandboxes of a previous scheduler process from the store: placed ones are
+    /// kept if their nodes list them in heartbeats within TTL + grace (else LOST); those not placed
+    /// yet wait for a node again.
+    func recoverSandboxes() async throws {
+        let live = try await store.liveSandboxes()
+        guard !live.isEmpty else { return }
+        let now = ContinuousClock.now
+        let nowMs = unixMilliseconds()
+        for stored in live {
+            let policy = tenants.policy(for: stored.tenant)
+            sandboxes.entries[stored.id] = SandboxEntry(stored: stored)
+            if let requestID = stored.requestID { sandboxes.byRequest["\(stored.tenant)/\(requestID)"] = stored.id }
+            let spec = CoreSandbox.Spec(
+                id: stored.id,
+                tenant: stored.tenant,
+                request: sandboxPlacement(stored.request, id: stored.id),
+                timeout: .milliseconds(stored.request.timeoutMs),
+                maxLifetime: policy.maxSandboxLifetime
+            )
+            let deadline =
+                stored.endsAtMs > 0
+                ? now + .milliseconds(stored.endsAtMs - nowMs) : now + .milliseconds(stored.request.timeoutMs)
+            handle(
+                .sandbox(
+                    .restored(
+                        spec,
+                        createdAt: now - .milliseconds(max(0, nowMs - stored.createdAtMs)),
+                        node: stored.nodeID.isEmpty ? nil : stored.nodeID,
+                        deadline: deadline
+                    )
+                )
+            )
+        }
+        logger.notice("recovered live sandboxes", metadata: ["count": "\(live.count)"])
+    }
+
+    // MARK: Replies
+
+    nonisolated func answer(_ replyTo: String?, _ reply: Hangar_V1_SandboxReply) {
+        guard let replyTo, let data = try? reply.serializedData() else { return }
+        do {
+            try nats.publish(replyTo, payload: data)
+        } catch {
+            logger.warning("could not reply", metadata: ["nats.subject": "\(replyTo)", "error": "\(error)"])
+        }
+    }
+
+    nonisolated func answer(_ replyTo: String?, error code: Hangar_V1_SandboxErrorCode, _ message: String) {
+        answer(
+            replyTo,
+            .with {
+                $0.error = .with {
+                    $0.code = code
+                    $0.message = message
+                }
+            }
+        )
+    }
+
+    nonisolated func answer(_ replyTo: String?, _ rejection: Rejection) {
+        var rejected = Hangar_V1_SandboxCreateRejected()
+        rejected.reason = rejection.rejected.reason
+        rejected.field = rejection.rejected.field
+        rejected.message = rejection.rejected.message
+        answer(replyTo, create: .rejected(rejected))
+    }
+
+    nonisolated func answer(
+        _ replyTo: String?,
+        create outcome: Hangar_V1_SandboxCreateReply.OneOf_Outcome,
+        duplicate: Bool = false
+    ) {
+        guard let replyTo else { return }
+        var reply = Hangar_V1_SandboxCreateReply()
+        reply.outcome = outcome
+        reply.duplicate = duplicate
+        guard let data = try? reply.serializedData() else { return }
+        do {
+            try nats.publish(replyTo, payload: data)
+        } catch {
+            logger.warning("could not reply", metadata: ["nats.subject": "\(replyTo)", "error": "\(error)"])
+        }
+    }
+}
+
+extension SandboxEnd.Reason {
+    /// The reason on the wire.
+    var wire: Hangar_V1_SandboxEndReason {
+        switch self {
+        case .killed: .sandboxKilled
+        case .timedOut: .sandboxTimedOut
+        case .lost: .sandboxLost
+        case .failed: .sandboxFailed
+        case .died: .sandboxDied
+        }
+    }
+}
+
+/// Unix milliseconds at `instant` of the continuous clock (now plus the time until it).
+func unixMilliseconds(at instant: ContinuousClock.Instant) -> Int64 {
+    unixMilliseconds() + ContinuousClock.now.duration(to: instant).wholeMilliseconds
+}
+
+extension Duration {
+    /// Whole milliseconds (rounded toward zero).
+    var wholeMilliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+}
