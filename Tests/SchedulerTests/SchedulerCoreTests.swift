@@ -108,8 +108,10 @@ struct SchedulerCoreTests {
         _ = core.handle(.restored(spec("kept"), attempt: 2, node: "n1"), now: at(0))
         _ = core.handle(.restored(spec("gone"), attempt: 1, node: "n1"), now: at(0))
         _ = core.handle(.restored(spec("waiting"), attempt: 0, node: nil), now: at(0))
-        // n1 joins with one slot free beyond the two restored attempts: only the queued job fits.
-        let joined = core.handle(.heartbeat(nodeID: "n1", heartbeat(slots: 3, running: ["kept/2"])), now: at(0.5))
+        // n1 joins with two slots, listing one restored attempt: that one holds a slot, the one it
+        // does not list holds none (the previous scheduler may have given it up without storing
+        // that), so the queued job takes the other slot.
+        let joined = core.handle(.heartbeat(nodeID: "n1", heartbeat(slots: 2, running: ["kept/2"])), now: at(0.5))
         #expect(
             // A restored queued job's next attempt skips a number: attempt 1 may have been sent unrecorded.
             joined == [
@@ -118,8 +120,8 @@ struct SchedulerCoreTests {
             ],
             "\(joined)"
         )
-        #expect(core.cluster.view("n1")?.slotsReserved == 3)
-        _ = core.handle(.heartbeat(nodeID: "n1", heartbeat(slots: 3, running: ["kept/2"])), now: at(4.9))
+        #expect(core.cluster.view("n1")?.slotsReserved == 2)
+        _ = core.handle(.heartbeat(nodeID: "n1", heartbeat(slots: 2, running: ["kept/2", "waiting/2"])), now: at(4.9))
         #expect(core.handle(.tick, now: at(4.9)).isEmpty, "settled before the deadline")
         let settled = core.handle(.tick, now: at(5))
         let reason = "after a scheduler restart node n1 did not confirm attempt 1"
@@ -164,6 +166,36 @@ struct SchedulerCoreTests {
             }
         }
         #expect(downAt == 15.25, "down once TTL + grace passed after its last heartbeat (10.1 s)")
+    }
+
+    @Test("a lost attempt its node still runs is killed when the node is back; its CANCELLED does not end the job")
+    func lostAttemptKilledOnReturn() {
+        var core = running("j")
+        _ = core.handle(.heartbeat(nodeID: "n2", heartbeat()), now: at(0))
+        var lostAt: Double?
+        for second in stride(from: 0.25, through: 6, by: 0.25) where lostAt == nil {
+            _ = core.handle(.heartbeat(nodeID: "n2", heartbeat()), now: at(second))
+            if core.handle(.tick, now: at(second)).contains(.log(.nodeDown(nodeID: "n1"))) { lostAt = second }
+        }
+        #expect(lostAt != nil, "n1 went silent past TTL + grace")
+        // n1 comes back still running attempt 1, before the retry is sent: the core has it killed.
+        let back = core.handle(.heartbeat(nodeID: "n1", heartbeat(running: ["j/1"])), now: at(6.1))
+        let reason = "the scheduler no longer assigns this attempt to this node"
+        #expect(back.contains(.cancelOnNode(jobID: "j", attempt: 1, nodeID: "n1", reason: reason)), "\(back)")
+        let killed = core.handle(.result(jobID: "j", attempt: 1, nodeID: "n1", status: .cancelled), now: at(6.2))
+        #expect(killed == [.log(.resultLate(jobID: "j", attempt: 1, nodeID: "n1", status: .cancelled))], "\(killed)")
+        // The retry goes out after its backoff, and its result ends the job.
+        var retried: [CoreAction] = []
+        for second in stride(from: 6.25, through: 10, by: 0.25) where retried.isEmpty {
+            retried = core.handle(.tick, now: at(second)).filter {
+                if case .assign = $0 { return true }
+                return false
+            }
+        }
+        #expect(
+            retried.count == 1 && retried.contains { if case .assign("j", 2, _) = $0 { true } else { false } },
+            "\(retried)"
+        )
     }
 
     @Test("a job that no longer validates is accepted and ends ERROR once stored, never REJECTED")
@@ -363,7 +395,9 @@ struct SandboxCoreTests {
                 )
             ]
         )
-        #expect(core.cluster.view("n1")?.slotsReserved == 2, "restored sandboxes hold their slots")
+        // The one it lists holds its slot; the one it does not list (its end may have been decided
+        // and never stored before the restart) holds none.
+        #expect(core.cluster.view("n1")?.slotsReserved == 1, "only the listed restored sandbox holds a slot")
         _ = core.handle(.heartbeat(nodeID: "n1", heartbeat), now: at(4.9))
         let settled = core.handle(.tick, now: at(5))
         #expect(core.sandboxes["kept"]?.phase == .running(node: "n1", deadline: at(50)))

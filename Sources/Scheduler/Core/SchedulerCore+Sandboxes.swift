@@ -194,10 +194,16 @@ extension SchedulerCore {
         }
     }
 
-    /// Reserves `node` for its restored sandboxes once the core knows the node.
+    /// Reserves `node` for the restored sandboxes its heartbeats list (during recovery only). One
+    /// it does not list is not counted against it: the store may still place there a sandbox
+    /// whose end the previous scheduler decided but never stored (its node restarted), and a
+    /// node's room must not go to sandboxes it no longer holds. Unlisted at the recovery deadline,
+    /// it is lost.
     mutating func reserveRestoredSandboxes(on node: String) {
-        guard cluster.view(node) != nil else { return }
-        for id in sandboxes.keys.sorted() {
+        guard sandboxRecoveryDeadline != nil, let listed = cluster.records[node]?.heartbeat.sandboxes,
+            !listed.isEmpty
+        else { return }
+        for id in listed {
             guard let sandbox = sandboxes[id], case .restored(node, let deadline, reserved: false) = sandbox.phase
             else { continue }
             cluster.reserve(node, sandbox.spec.request)

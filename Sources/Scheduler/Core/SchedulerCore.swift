@@ -125,8 +125,6 @@ public struct SchedulerCore: Sendable {
             switch cluster.record(heartbeat, from: nodeID, at: now) {
             case .joined:
                 if let control = controls[nodeID] { apply(control, to: nodeID) }
-                reserveRestored(on: nodeID)
-                reserveRestoredSandboxes(on: nodeID)
             case .returned:
                 actions.append(.log(.nodeUp(nodeID: nodeID)))
             case .restarted:
@@ -141,6 +139,8 @@ public struct SchedulerCore: Sendable {
             case .alive:
                 break
             }
+            reserveRestored(on: nodeID)
+            reserveRestoredSandboxes(on: nodeID)
             reconcile(nodeID, running: heartbeat.runningJobs, &actions)
             reconcileSandboxes(nodeID, holding: heartbeat.sandboxes, &actions)
         case .assignAnswered(let id, let attempt, let refusal):
@@ -197,14 +197,18 @@ public struct SchedulerCore: Sendable {
             // Its reservation is given back once the store has the result.
             finish(id, counted, holds: hold(of: id), &actions)
             return
+        // A lost attempt's CANCELLED is never the outcome: no tenant cancelled it (a tenant's cancel
+        // ends a job waiting to retry at once), its node killed it because the core told it to
+        // (the node came back still running an attempt the core had given up) or as it stopped.
         case .queued(let lost?)
-        where lost == LostAttempt(attempt: attempt, node: node) && jobs[id]?.attempts == attempt:
+        where lost == LostAttempt(attempt: attempt, node: node) && jobs[id]?.attempts == attempt
+            && status != .cancelled:
             // Declared LOST, no later attempt sent: its result is the outcome; the retry is off.
             queue.remove(tenant: jobs[id]!.tenant, jobID: id)
             placementMayChange = true  // it may have blocked its tenant's queue
             finish(id, counted, &actions)
             return
-        case .backingOff(_, let lost) where lost == LostAttempt(attempt: attempt, node: node):
+        case .backingOff(_, let lost) where lost == LostAttempt(attempt: attempt, node: node) && status != .cancelled:
             finish(id, counted, &actions)
             return
         case .finishing(let outcome, _, _) where outcome.attempt == attempt && outcome.node == node:
@@ -365,12 +369,19 @@ public struct SchedulerCore: Sendable {
         }
     }
 
-    /// Reserves the node for its restored attempts once the core knows the node (it joined): until
-    /// they are confirmed or lost, nothing else may take their place.
+    /// Reserves the node for the restored attempts its heartbeats list (during recovery only):
+    /// until they are confirmed, nothing else may take their place. One it does not list is not
+    /// counted against it: the store may still place there an attempt the previous scheduler had
+    /// given up (its loss decided, never stored), and a node's room must not go to work it no
+    /// longer runs. Unlisted at the recovery deadline, it is lost.
     private mutating func reserveRestored(on nodeID: String) {
-        guard cluster.view(nodeID) != nil else { return }
-        for id in ids(where: { $0.isOn(nodeID) }) {
-            guard let job = jobs[id], case .restored(let attempt, nodeID, reserved: false) = job.phase else { continue }
+        guard recoveryDeadline != nil, let running = cluster.records[nodeID]?.heartbeat.runningJobs, !running.isEmpty
+        else { return }
+        for key in running {
+            let parts = key.split(separator: "/")
+            guard parts.count == 2, let attempt = UInt32(parts[1]) else { continue }
+            let id = String(parts[0])
+            guard let job = jobs[id], case .restored(attempt, nodeID, reserved: false) = job.phase else { continue }
             cluster.reserve(nodeID, job.spec.request)
             jobs[id]?.phase = .restored(attempt: attempt, node: nodeID, reserved: true)
         }

@@ -64,6 +64,8 @@ public struct Simulator {
         case createSandbox(Int)
         case heartbeat(node: Int)
         case nodeFinishes(node: Int, incarnation: Int, jobID: String, attempt: UInt32)
+        /// The node sends its report of an attempt that ended (waiting while the node is paused).
+        case nodeReports(node: Int, incarnation: Int, jobID: String, attempt: UInt32, status: Hangar_V1_JobStatus)
         case crash(node: Int)
         case restart(node: Int)
         case pause(node: Int, for: Duration)
@@ -109,6 +111,8 @@ public struct Simulator {
     private let origin = ContinuousClock.now
     private var nodes: [SimNode]
     private var submitted: [String: String] = [:]  // job → tenant
+    /// Jobs a tenant asked to cancel: the only ones that may end CANCELLED.
+    private var cancelRequested: Set<String> = []
     private var specs: [String: CoreJob.Spec] = [:]
     private var endedCount: [String: Int] = [:]
     private var report = Report()
@@ -131,9 +135,6 @@ public struct Simulator {
     private var sandboxSpecs: [String: (spec: CoreSandbox.Spec, createdAt: ContinuousClock.Instant)] = [:]
     private var sandboxStore: [String: StoredSandbox] = [:]
     private var sandboxEndedCount: [String: Int] = [:]
-    /// Sandboxes started on a node whose restart the core had not seen yet: the core loses them when
-    /// it does (as it does a job's attempt sent then), and the node kills them once they are ended.
-    private var startedOnStaleView: Set<String> = []
 
     /// A simulation of `settings` driven by `seed`.
     public init(seed: UInt64, settings: Settings = Settings()) {
@@ -221,6 +222,7 @@ public struct Simulator {
             } else {
                 schedule(toCore: .intakeCommitted(jobID: id), in: millis(1 + random.next(below: 20)))
                 if settings.faults && random.next(below: 20) == 0 {
+                    cancelRequested.insert(id)
                     schedule(toCore: .cancel(jobID: id, reason: "cancelled"), in: millis(random.next(below: 3000)))
                 }
             }
@@ -277,16 +279,23 @@ public struct Simulator {
         case .nodeFinishes(let index, let incarnation, let jobID, let attempt):
             let node = nodes[index]
             guard node.alive, node.incarnation == incarnation else { break }  // died with it
-            nodes[index].running.remove("\(jobID)/\(attempt)")
+            // Killed meanwhile (the scheduler told it to): that report is already on its way.
+            guard nodes[index].running.remove("\(jobID)/\(attempt)") != nil else { break }
+            try step(
+                .nodeReports(node: index, incarnation: incarnation, jobID: jobID, attempt: attempt, status: .succeeded)
+            )
+        case .nodeReports(let index, let incarnation, let jobID, let attempt, let status):
+            let node = nodes[index]
+            guard node.alive, node.incarnation == incarnation else { break }  // died with it
             if !node.beating {
                 // Paused: the result waits until it resumes (a late result).
                 schedule(
-                    .nodeFinishes(node: index, incarnation: incarnation, jobID: jobID, attempt: attempt),
+                    .nodeReports(node: index, incarnation: incarnation, jobID: jobID, attempt: attempt, status: status),
                     in: .seconds(1)
                 )
                 break
             }
-            let result = CoreEvent.result(jobID: jobID, attempt: attempt, nodeID: node.id, status: .succeeded)
+            let result = CoreEvent.result(jobID: jobID, attempt: attempt, nodeID: node.id, status: status)
             try apply(result)
             if settings.faults && random.next(below: 10) == 0 {
                 schedule(.stream(result), in: millis(random.next(below: 5000)))  // delivered again
@@ -388,15 +397,30 @@ public struct Simulator {
                     .nodeFinishes(node: index, incarnation: node.incarnation, jobID: jobID, attempt: attempt),
                     in: run
                 )
-            case .cancelOnNode:
-                break
+            case .cancelOnNode(let jobID, let attempt, let nodeID, _):
+                // The node kills the attempt if it still runs it, and reports it CANCELLED.
+                let index = nodes.firstIndex { $0.id == nodeID }!
+                if nodes[index].alive, nodes[index].running.remove("\(jobID)/\(attempt)") != nil {
+                    schedule(
+                        .nodeReports(
+                            node: index,
+                            incarnation: nodes[index].incarnation,
+                            jobID: jobID,
+                            attempt: attempt,
+                            status: .cancelled
+                        ),
+                        in: millis(1 + random.next(below: 50))
+                    )
+                }
             case .sandbox(.start(let id, let nodeID)):
                 let index = nodes.firstIndex { $0.id == nodeID }!
-                if nodes[index].alive && !(settings.faults && random.next(below: 30) == 0) {
+                if nodes[index].alive
+                    && core.cluster.records[nodeID]?.heartbeat.incarnation != heartbeat(nodes[index]).incarnation
+                {
+                    // Meant for the node's earlier life: the restarted node refuses it (fencing).
+                    schedule(toCore: .sandbox(.startAnswered(sandboxID: id, refusal: "incarnation")), in: millis(1))
+                } else if nodes[index].alive && !(settings.faults && random.next(below: 30) == 0) {
                     nodes[index].holding.insert(id)
-                    if core.cluster.records[nodeID]?.heartbeat.incarnation != heartbeat(nodes[index]).incarnation {
-                        startedOnStaleView.insert(id)
-                    }
                     schedule(toCore: .sandbox(.startAnswered(sandboxID: id, refusal: nil)), in: millis(1))
                     if settings.faults && random.next(below: 15) == 0 {
                         // Its agent dies on the node some time later.
@@ -423,8 +447,7 @@ public struct Simulator {
                     let index = nodes.firstIndex { $0.id == node }!
                     try expect(
                         !nodes[index].alive || !nodes[index].beating || !nodes[index].holding.contains(id)
-                            || core.cluster.view(node)?.up == false || report.schedulerRestarts > 0
-                            || startedOnStaleView.contains(id),
+                            || core.cluster.view(node)?.up == false || report.schedulerRestarts > 0,
                         "sandbox \(id) ended LOST while its node \(node) runs it and reports"
                     )
                 }
@@ -441,6 +464,10 @@ public struct Simulator {
                     )
                 }
                 try expect(outcome.status != .rejected, "accepted job \(jobID) ended REJECTED")
+                try expect(
+                    outcome.status != .cancelled || cancelRequested.contains(jobID),
+                    "job \(jobID) ended CANCELLED though no tenant cancelled it"
+                )
                 try expect(
                     outcome.status != .expired || core.jobs[jobID]?.losses == 0,
                     "job \(jobID) expired although it already ran (an attempt was lost)"
