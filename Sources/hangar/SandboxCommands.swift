@@ -1,0 +1,415 @@
+import ArgumentParser
+import Foundation
+import HangarNATS
+import HangarShared
+
+struct SandboxGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sandbox",
+        abstract: "Stateful sandboxes: create, list, show, set the timeout, kill, events.",
+        discussion: """
+            A sandbox is created once and lives until it is killed or its timeout passes; it belongs
+            to one tenant (--tenant, HANGAR_TENANT or the context's, else default).
+            Example: id=$(hangar sandbox create --timeout 600 --metadata task=demo); hangar sandbox info $id
+            """,
+        subcommands: [
+            SandboxCreateCommand.self, SandboxListCommand.self, SandboxInfoCommand.self,
+            SandboxTimeoutCommand.self, SandboxKillCommand.self, SandboxEventsCommand.self,
+        ]
+    )
+}
+
+/// The tenant a sandbox command acts as, shared by every `hangar sandbox` subcommand.
+struct SandboxTenantOptions: ParsableArguments {
+    @Option(help: "Tenant that owns the sandbox. Env: HANGAR_TENANT. Default: the context's, else default.")
+    var tenant: String?
+}
+
+struct SandboxCreateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "create",
+        abstract: "Create a sandbox; print its id once it runs.",
+        discussion: """
+            Waits until a node runs it (or it could not be created). Exit codes: 0 running; 2 no node
+            could ever hold it (e.g. a runtime no node offers) or none had room in time; 1 otherwise.
+            """
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @OptionGroup var output: OutputOptions
+    @Option(help: "Runtime: process (bubblewrap); others as nodes offer them.")
+    var runtime: String = "process"
+    @Option(help: "Template (root filesystem); see `hangar template list` on a node.")
+    var template: String = "host"
+    @Option(help: "Idle timeout in seconds before it is killed (default: the scheduler's, 5 min).")
+    var timeout: Double?
+    @Option(help: "Memory limit of the whole sandbox, in MiB.")
+    var memoryMib: UInt64?
+    @Option(name: .customLong("env"), help: "Default environment variable KEY=VALUE of its commands (repeatable).")
+    var env: [String] = []
+    @Option(name: .customLong("metadata"), help: "Your own label KEY=VALUE, for `sandbox ls` (repeatable).")
+    var metadata: [String] = []
+    @Option(name: .customLong("label"), help: "Node label KEY=VALUE the node must have (repeatable).")
+    var labels: [String] = []
+    @Option(help: "Idempotency key: a repeat returns the original sandbox.")
+    var requestId: String?
+
+    func validate() throws {
+        if let timeout, !(timeout > 0 && timeout <= 86_400) {
+            throw ValidationError("--timeout must be more than 0 and at most 86400 seconds")
+        }
+        if let memoryMib, memoryMib == 0 || memoryMib > 1 << 20 {
+            throw ValidationError("--memory-mib must be 1...1048576")
+        }
+    }
+
+    func run() async throws {
+        var request = Hangar_V1_SandboxCreateRequest()
+        request.runtime = runtime
+        request.template = template
+        request.requestID = requestId ?? ""
+        if let timeout { request.timeoutMs = UInt32((timeout * 1000).rounded(.up)) }
+        if let memoryMib { request.limits.memoryBytes = memoryMib << 20 }
+        request.env = try parseLabels(env, flag: "--env")
+        request.metadata = try parseLabels(metadata, flag: "--metadata")
+        request.labels = try parseLabels(labels, flag: "--label")
+        let tenant = try connection.tenant(owner.tenant)
+        // The scheduler answers once the sandbox runs: its creation timeout (10 s) plus a node's answer.
+        let reply = try await sandboxRequest(
+            "create",
+            request,
+            as: Hangar_V1_SandboxCreateReply.self,
+            tenant: tenant,
+            connection: connection,
+            timeout: .seconds(40)
+        )
+        if output.isJSON { try printJSON(reply) }
+        switch reply.outcome {
+        case .created(let info):
+            if info.state != .sandboxRunning {
+                if !output.isJSON { printError("sandbox \(info.id) could not be created: \(info.message)") }
+                throw ExitCode(info.endReason == .sandboxFailed && info.nodeID.isEmpty ? 2 : 1)
+            }
+            if !output.isJSON { print(info.id) }
+            if reply.duplicate { printError("request id seen before: this is the sandbox it created") }
+        case .rejected(let rejected):
+            if !output.isJSON {
+                let field = rejected.field.isEmpty ? "" : " (\(rejected.field))"
+                printError("rejected\(field): \(rejected.message)")
+            }
+            throw ExitCode(rejected.reason == .noCapacity ? 2 : 1)
+        case nil:
+            throw CLIError("the scheduler sent an empty reply")
+        }
+    }
+}
+
+struct SandboxListCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ls",
+        abstract: "List the tenant's sandboxes (live ones unless --show says otherwise), newest first."
+    )
+
+    enum StateFilter: String, ExpressibleByArgument, CaseIterable {
+        case live, starting, running, ended, all
+    }
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @OptionGroup var output: OutputOptions
+    @Option(name: .customLong("show"), help: "Which: live (starting and running), starting, running, ended or all.")
+    var show: StateFilter = .live
+    @Option(name: .customLong("metadata"), help: "Only sandboxes with this KEY=VALUE (repeatable: all must match).")
+    var metadata: [String] = []
+    @Option(help: "At most this many (1-1000).")
+    var limit: UInt32 = 100
+
+    func validate() throws {
+        guard (1...1000).contains(limit) else { throw ValidationError("--limit must be 1...1000") }
+    }
+
+    func run() async throws {
+        var request = Hangar_V1_SandboxListRequest()
+        request.states =
+            switch show {
+            case .live: []
+            case .starting: [.sandboxStarting]
+            case .running: [.sandboxRunning]
+            case .ended: [.sandboxEnded]
+            case .all: [.sandboxStarting, .sandboxRunning, .sandboxEnded]
+            }
+        request.metadata = try parseLabels(metadata, flag: "--metadata")
+        request.limit = limit
+        let tenant = try connection.tenant(owner.tenant)
+        let reply = try await sandboxRequest(
+            "list",
+            request,
+            as: Hangar_V1_SandboxListReply.self,
+            tenant: tenant,
+            connection: connection
+        )
+        if !reply.error.isEmpty {
+            printError(reply.error)
+            throw ExitCode(1)
+        }
+        if output.isJSON {
+            try printJSON(reply)
+            return
+        }
+        let style = Style.stdout
+        var header = ["SANDBOX", "STATE", "NODE", "RUNTIME", "CREATED", "ENDS"]
+        if output.isWide { header += ["TEMPLATE", "METADATA", "MESSAGE"] }
+        var rows = [header]
+        for info in reply.sandboxes {
+            var row = [
+                info.id.terminalSafe, style.state(sandboxStateName(info)),
+                info.nodeID.isEmpty ? "-" : info.nodeID.terminalSafe, info.runtime.terminalSafe,
+                isoTime(info.createdAtMs), info.endsAtMs > 0 ? isoTime(info.endsAtMs) : "-",
+            ]
+            if output.isWide {
+                let pairs = info.metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+                row += [
+                    info.template.terminalSafe, pairs.joined(separator: ",").terminalSafe, info.message.terminalSafe,
+                ]
+            }
+            rows.append(row)
+        }
+        print(formatTable(rows, style: style))
+        if reply.sandboxes.isEmpty { printError("no sandboxes") }
+        if reply.more { printError("more sandboxes than --limit \(limit)") }
+    }
+}
+
+struct SandboxInfoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "info",
+        abstract: "Show one sandbox: its state, node, timeout and why it ended."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @OptionGroup var output: OutputOptions
+    @Argument(help: "The sandbox id (as printed by `hangar sandbox create`).")
+    var id: String
+
+    func run() async throws {
+        var request = Hangar_V1_SandboxGetRequest()
+        request.sandboxID = id
+        try await sandboxCall("get", request, owner: owner, connection: connection, output: output)
+    }
+}
+
+struct SandboxTimeoutCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "timeout",
+        abstract: "Set a sandbox's timeout again: it ends this many seconds from now (never past its maximum lifetime)."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @OptionGroup var output: OutputOptions
+    @Argument(help: "The sandbox id.")
+    var id: String
+    @Argument(help: "Seconds from now.")
+    var seconds: Double
+
+    func validate() throws {
+        guard seconds > 0 && seconds <= 86_400 else {
+            throw ValidationError("the timeout must be more than 0 and at most 86400 seconds")
+        }
+    }
+
+    func run() async throws {
+        var request = Hangar_V1_SandboxSetTimeoutRequest()
+        request.sandboxID = id
+        request.timeoutMs = UInt32((seconds * 1000).rounded(.up))
+        try await sandboxCall("timeout", request, owner: owner, connection: connection, output: output)
+    }
+}
+
+struct SandboxKillCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kill",
+        abstract: "Kill a sandbox: its processes and everything it wrote are gone."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @OptionGroup var output: OutputOptions
+    @Argument(help: "The sandbox id.")
+    var id: String
+
+    func run() async throws {
+        var request = Hangar_V1_SandboxKillRequest()
+        request.sandboxID = id
+        try await sandboxCall("kill", request, owner: owner, connection: connection, output: output)
+    }
+}
+
+struct SandboxEventsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "events",
+        abstract: "Print the stored lifecycle events of one sandbox (or all of the tenant's), oldest first."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @OptionGroup var output: OutputOptions
+    @Option(help: "Only events after this stream sequence (the SEQ column of an earlier call).")
+    var after: UInt64 = 0
+    @Option(help: "At most this many (1-1000).")
+    var limit: UInt32 = 100
+    @Argument(help: "The sandbox id; omit for every sandbox of the tenant.")
+    var id: String?
+
+    func validate() throws {
+        guard (1...1000).contains(limit) else { throw ValidationError("--limit must be 1...1000") }
+    }
+
+    func run() async throws {
+        var request = Hangar_V1_SandboxEventsRequest()
+        request.sandboxID = id ?? ""
+        request.afterSeq = after
+        request.limit = limit
+        let tenant = try connection.tenant(owner.tenant)
+        let reply = try await sandboxRequest(
+            "events",
+            request,
+            as: Hangar_V1_SandboxEventsReply.self,
+            tenant: tenant,
+            connection: connection
+        )
+        if !reply.error.isEmpty {
+            printError(reply.error)
+            throw ExitCode(1)
+        }
+        if output.isJSON {
+            try printJSON(reply)
+            return
+        }
+        var rows = [["SEQ", "SANDBOX", "EVENT", "AT", "MESSAGE"]]
+        for event in reply.events {
+            rows.append([
+                String(event.streamSeq), event.sandboxID.terminalSafe, eventName(event.kind),
+                isoTime(event.atMs), event.message.terminalSafe,
+            ])
+        }
+        print(formatTable(rows, style: .stdout))
+        if reply.events.isEmpty { printError("no events") }
+    }
+}
+
+/// Sends `verb` (get, timeout, kill) and prints the sandbox it answers with, or its error (exit 1).
+private func sandboxCall(
+    _ verb: String,
+    _ request: some SwiftProtobufMessage,
+    owner: SandboxTenantOptions,
+    connection: ConnectionOptions,
+    output: OutputOptions
+) async throws {
+    let tenant = try connection.tenant(owner.tenant)
+    let reply = try await sandboxRequest(
+        verb,
+        request,
+        as: Hangar_V1_SandboxReply.self,
+        tenant: tenant,
+        connection: connection
+    )
+    if output.isJSON { try printJSON(reply) }
+    switch reply.outcome {
+    case .info(let info):
+        if !output.isJSON { printSandbox(info) }
+    case .error(let error):
+        if !output.isJSON { printError(error.message) }
+        throw ExitCode(1)
+    case nil:
+        throw CLIError("the scheduler sent an empty reply")
+    }
+}
+
+/// Sends a sandbox control request on the tenant's own subject (`hangar.sandbox.<tenant>.<verb>`)
+/// and decodes the answer.
+func sandboxRequest<Reply: SwiftProtobufMessage>(
+    _ verb: String,
+    _ request: some SwiftProtobufMessage,
+    as: Reply.Type,
+    tenant: String,
+    connection: ConnectionOptions,
+    timeout: Duration = .seconds(5)
+) async throws -> Reply {
+    guard Subjects.isValidToken(tenant) else {
+        throw ValidationError("--tenant must be 1-64 characters of A-Z a-z 0-9 _ -, got '\(tenant)'")
+    }
+    let subject = Subjects.sandbox(tenant: tenant, verb: verb)
+    let answer = try await connection.withConnection(
+        name: "hangar-cli-sandbox",
+        logger: cliLogger(),
+        as: .tenant(tenant)
+    ) {
+        nats in
+        do {
+            return try await nats.request(subject, payload: try request.serializedData(), timeout: timeout)
+        } catch let error as NATSError where error.kind == .noResponders {
+            throw CLIError("no scheduler is listening on \(subject); start one with `hangar dev`")
+        } catch let error as NATSError where error.kind == .permissionDenied {
+            throw CLIError("NATS refused \(subject) (use tenant '\(tenant)''s credentials): \(error)")
+        } catch let error as NATSError where error.kind == .timeout {
+            throw CLIError("the scheduler did not answer \(verb) within \(timeout)")
+        }
+    }
+    do {
+        return try Reply(serializedBytes: answer.payload)
+    } catch {
+        throw CLIError("the scheduler's answer to \(verb) is not a \(Reply.protoMessageName): \(error)")
+    }
+}
+
+private func printSandbox(_ info: Hangar_V1_SandboxInfo) {
+    let style = Style.stdout
+    print("sandbox   \(info.id.terminalSafe)")
+    print("tenant    \(info.tenant.terminalSafe)")
+    print("state     \(style.state(sandboxStateName(info)))")
+    print("node      \(info.nodeID.isEmpty ? "-" : info.nodeID.terminalSafe)")
+    print("runtime   \(info.runtime.terminalSafe) (template \(info.template.terminalSafe))")
+    print("created   \(isoTime(info.createdAtMs))")
+    if info.endsAtMs > 0 { print("ends      \(isoTime(info.endsAtMs)) (unless its timeout is set again)") }
+    if info.endedAtMs > 0 { print("ended     \(isoTime(info.endedAtMs))") }
+    for (key, value) in info.metadata.sorted(by: { $0.key < $1.key }) {
+        print("metadata  \(key.terminalSafe)=\(value.terminalSafe)")
+    }
+    if !info.message.isEmpty { print("message   \(info.message.terminalSafe)") }
+}
+
+/// RUNNING, STARTING, or the way it ended (KILLED, TIMED_OUT, LOST, FAILED, DIED).
+func sandboxStateName(_ info: Hangar_V1_SandboxInfo) -> String {
+    switch info.state {
+    case .sandboxStarting: "STARTING"
+    case .sandboxRunning: "RUNNING"
+    case .sandboxEnded:
+        switch info.endReason {
+        case .sandboxKilled: "KILLED"
+        case .sandboxTimedOut: "TIMED_OUT"
+        case .sandboxLost: "LOST"
+        case .sandboxFailed: "FAILED"
+        case .sandboxDied: "DIED"
+        default: "ENDED"
+        }
+    default: "UNKNOWN"
+    }
+}
+
+private func eventName(_ kind: Hangar_V1_SandboxEventKind) -> String {
+    switch kind {
+    case .sandboxEventCreated: "created"
+    case .sandboxEventStarted: "started"
+    case .sandboxEventTimeoutSet: "timeout set"
+    case .sandboxEventEnded: "ended"
+    default: "unknown"
+    }
+}
+
+private func isoTime(_ unixMilliseconds: Int64) -> String {
+    guard unixMilliseconds > 0 else { return "-" }
+    return ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(unixMilliseconds) / 1000))
+}
