@@ -299,9 +299,10 @@ func makeRuntimes(
         case "gvisor": GVisorRuntime(templates: templates, resources: resources)
         case "null": NullRuntime()
         case "microvm": MicroVMRuntime(resources: resources)
+        case "wasm": WasmRuntime(resources: resources)
         default:
             throw ValidationError(
-                "unknown runtime '\(name)'; a node can offer: process, container, gvisor, microvm, null"
+                "unknown runtime '\(name)'; a node can offer: process, container, gvisor, microvm, wasm, null"
             )
         }
     }
