@@ -19,9 +19,10 @@ enum WasmBench {
         #include <string.h>
         int main(int argc, char **argv) {
             if (argc > 2 && !strcmp(argv[1], "work")) {
-                unsigned long n = strtoul(argv[2], 0, 10), h = 1469598103934665603UL;
-                for (unsigned long i = 0; i < n; i++) h = (h ^ (i & 0xff)) * 1099511628211UL;
-                printf("%lu\n", h);
+                unsigned long n = strtoul(argv[2], 0, 10);
+                unsigned long long h = 1469598103934665603ULL;
+                for (unsigned long i = 0; i < n; i++) h = (h ^ (i & 0xff)) * 1099511628211ULL;
+                printf("%llu\n", h);
                 return 0;
             }
             printf("hello\n");

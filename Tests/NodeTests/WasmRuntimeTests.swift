@@ -245,6 +245,16 @@ struct WasmRuntimeTests {
         #expect(!FileManager.default.fileExists(atPath: "\(base)/rw/locked/file"))
     }
 
+    @Test("a granted single file is refused: WASI preopens are folders")
+    func grantedFile() async throws {
+        let path = "/var/tmp/hangar-wasm-file-\(uniqueTag())"
+        try "x\n".write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let outcome = try await run(["read", path]) { $0.grants.allowRead = [path] }
+        #expect(outcome.status == .error)
+        #expect(outcome.message.contains("granted path \(path) is a file"), "\(outcome.message)")
+    }
+
     @Test("argv[0] must name one of the job's files")
     func moduleNotSent() async throws {
         let outcome = try await run(["hello"]) { $0.argv[0] = "other.wasm" }

@@ -238,5 +238,6 @@ public struct WasmRuntime: Runtime {
 
 /// Why a node has no wasm worker.
 public struct WasmWorkerMissing: Error, Sendable, CustomStringConvertible {
+    /// Where the worker was looked for, and how to get one.
     public var description: String
 }
