@@ -167,6 +167,8 @@ do {
     try? wasi.close()
     let description = "\(error)"
     let refused = cap?.refusedBytes.load(ordering: .relaxed) ?? 0
+    // `Trap.reason` is package-internal in WasmKit 0.4.2: its description is the only public way to
+    // tell fuel exhaustion ("Trap: out of fuel") from other traps.
     if description.hasPrefix("Trap: out of fuel") {
         end("fuel", "fuel exhausted: the module ran its budget of \(options.fuel ?? 0) instructions")
     } else if refused > 0 {
