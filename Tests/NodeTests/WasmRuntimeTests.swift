@@ -15,6 +15,7 @@ struct WasmRuntimeTests {
         #include <stdio.h>
         #include <stdlib.h>
         #include <string.h>
+        #include <unistd.h>
         #include <wasi/api.h>
 
         int main(int argc, char **argv) {
@@ -51,7 +52,7 @@ struct WasmRuntimeTests {
                 for (;;) {
                     volatile char *p = malloc(1 << 20);
                     if (!p) break;
-                    for (int i = 0; i < 1 << 20; i += 4096) p[i] = 1;  // every page touched, cheaply
+                    for (int i = 0; i < 1 << 20; i += 4096) p[i] = 1;
                     mib++;
                 }
                 printf("hog %d MiB\n", mib);
@@ -68,6 +69,12 @@ struct WasmRuntimeTests {
                 __wasi_fd_t fd;
                 __wasi_errno_t err = __wasi_sock_accept(0, 0, &fd);
                 printf("sock_accept %d\n", (int)err);
+                return 0;
+            }
+            if (!strcmp(mode, "symlink")) {
+                if (symlink(argv[2], argv[3]) != 0) { printf("symlink DENIED %s\n", strerror(errno)); return 0; }
+                FILE *f = fopen(argv[4], "r");
+                printf("through symlink %s\n", f ? "OPENED" : strerror(errno));
                 return 0;
             }
             if (!strcmp(mode, "trap")) { __builtin_trap(); }
@@ -211,6 +218,14 @@ struct WasmRuntimeTests {
         #expect(text(parent.stdout).hasPrefix("read DENIED"), "\(text(parent.stdout))")
         let socket = try await run(["sock"])
         #expect(text(socket.stdout) == "sock_accept 52\n", "ENOSYS: \(text(socket.stdout))")
+    }
+
+    @Test("a symlink the module makes cannot lead out of its preopens")
+    func symlinkEscape() async throws {
+        let absolute = try await run(["symlink", "/etc", "out", "out/passwd"])
+        #expect(text(absolute.stdout).hasPrefix("through symlink Operation not permitted"), "\(text(absolute.stdout))")
+        let relative = try await run(["symlink", "../../etc", "up", "up/passwd"])
+        #expect(text(relative.stdout).hasPrefix("through symlink Operation not permitted"), "\(text(relative.stdout))")
     }
 
     @Test("a read-only grant can be read but not written, a read-write one written, and deny wins")
