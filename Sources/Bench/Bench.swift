@@ -48,6 +48,10 @@ struct Bench {
             print(try await PoolBench.run(quick: quick))
             return
         }
+        if arguments.first == "wasm" {
+            print(try await WasmBench.run(quick: quick))
+            return
+        }
         if arguments.first == "grants" {
             print(try await GrantBench.run(quick: quick))
             return

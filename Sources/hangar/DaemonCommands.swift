@@ -122,7 +122,7 @@ struct NodeCommand: AsyncParsableCommand {
     var slots: Int?
     @Option(
         help:
-            "Runtimes to offer, comma-separated (process, container, gvisor, microvm, null). Default: all five; `node status` says why one is unavailable."
+            "Runtimes to offer, comma-separated (process, container, gvisor, microvm, wasm, null). Default: all but wasm; `node status` says why one is unavailable."
     )
     var runtimes: String?
     @Option(name: .customLong("label"), help: "A node label KEY=VALUE that jobs can require (repeatable).")
@@ -299,9 +299,10 @@ func makeRuntimes(
         case "gvisor": GVisorRuntime(templates: templates, resources: resources)
         case "null": NullRuntime()
         case "microvm": MicroVMRuntime(resources: resources)
+        case "wasm": WasmRuntime(resources: resources)
         default:
             throw ValidationError(
-                "unknown runtime '\(name)'; a node can offer: process, container, gvisor, microvm, null"
+                "unknown runtime '\(name)'; a node can offer: process, container, gvisor, microvm, wasm, null"
             )
         }
     }

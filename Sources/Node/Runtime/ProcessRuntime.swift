@@ -25,6 +25,9 @@ public struct ProcessRuntime: Runtime {
     var cgroups: Result<CgroupHost, CgroupError> { resources.cgroups }
     /// Directory templates jobs may ask for; nil for `host` only.
     public let templates: TemplateStore?
+    /// Host files bound read-only into every sandbox, over everything else: the wasm runtime's
+    /// worker binary (``WasmRuntime``). None for process jobs.
+    var programBinds: [SandboxBind] = []
 
     /// Wall-clock limit when the spec's `timeoutMs` is 0.
     public static let defaultTimeout = JobLimits.defaultTimeout
@@ -214,7 +217,8 @@ public struct ProcessRuntime: Runtime {
                 limits: limits,
                 seccomp: filter,
                 root: root,
-                scratch: scratch?.path
+                scratch: scratch?.path,
+                binds: programBinds
             )
         } catch {
             _ = scratch?.remove()
@@ -303,6 +307,12 @@ public struct ProcessRuntime: Runtime {
     }
 }
 
+/// A host file bound read-only into a sandbox at `destination`.
+struct SandboxBind: Sendable, Equatable {
+    var source: String
+    var destination: String
+}
+
 /// A spec that cannot run in the process runtime; `message` says why.
 struct InvalidJob: Error {
     var message: String
@@ -348,7 +358,8 @@ struct BubblewrapInvocation {
     }()
 
     /// `root`: a directory template instead of the host's directories; `scratch`: a host directory
-    /// to bind as `/tmp` instead of a private tmpfs. The descriptors in ``files`` are numbered from
+    /// to bind as `/tmp` instead of a private tmpfs; `binds`: host files bound read-only on top of
+    /// everything (after the grants). The descriptors in ``files`` are numbered from
     /// `firstDescriptor` on (a warm sandbox puts its own pipes before them).
     init(
         spec: Hangar_V1_JobSpec,
@@ -356,6 +367,7 @@ struct BubblewrapInvocation {
         seccomp: SeccompFilter,
         root: TemplateRootfs? = nil,
         scratch: String? = nil,
+        binds: [SandboxBind] = [],
         firstDescriptor: Int32 = 3
     ) throws(InvalidJob) {
         self.firstDescriptor = firstDescriptor
@@ -406,6 +418,7 @@ struct BubblewrapInvocation {
         } catch {
             throw InvalidJob(message: error.message)
         }
+        for bind in binds { arguments += ["--ro-bind", bind.source, bind.destination] }
         if !spec.files.isEmpty {
             guard inScratch else { throw InvalidJob(message: "files need a working directory under /tmp") }
             try stage(spec.files, in: workdir, scratchBytes: scratchBytes)

@@ -5,7 +5,7 @@ extension RequestValidator {
     /// read-write, the rest absent): bubblewrap binds (process), OCI bind mounts (container,
     /// gvisor). `null` runs nothing, so it enforces any grant trivially. Not yet: microvm (needs a
     /// share into the guest), wasm (WASI preopens, with the runtime).
-    public static let pathGrantRuntimes: Set<String> = ["process", "container", "gvisor", "null"]
+    public static let pathGrantRuntimes: Set<String> = ["process", "container", "gvisor", "wasm", "null"]
 
     /// What grants a job gets: the request's grants (and its `network.allow` CIDRs, their older
     /// alias), each allow within the tenant's maximum (`TenantPolicy.grants`), with the tenant's
