@@ -77,7 +77,10 @@ public final class NodeAgent: Sendable {
         let sandboxStarts = try nats.subscribe(Subjects.sandboxStart(node: config.nodeID))
         let sandboxKills = try nats.subscribe(Subjects.sandboxKill(node: config.nodeID))
         let sandboxTimeouts = try nats.subscribe(Subjects.sandboxTimeout(node: config.nodeID))
+        let sandboxData =
+            sandboxHost == nil ? nil : try nats.subscribe(Subjects.sandboxDataWildcard(node: config.nodeID))
         defer {
+            sandboxData?.unsubscribe()
             assignments.unsubscribe()
             cancels.unsubscribe()
             sandboxStarts.unsubscribe()
@@ -115,6 +118,13 @@ public final class NodeAgent: Sendable {
             if sandboxHost != nil {
                 group.addTask {
                     for await message in sandboxTimeouts { self.handleSandboxTimeout(message) }
+                }
+                if let sandboxData {
+                    group.addTask {
+                        await withDiscardingTaskGroup { inner in
+                            for await message in sandboxData { inner.addTask { await self.handleSandboxData(message) } }
+                        }
+                    }
                 }
                 group.addTask {
                     while !Task.isCancelled {
