@@ -55,24 +55,21 @@ extension NodeAgent {
     }
 
     private func sandboxExec(_ payload: Data, target: SandboxDataTarget?, sandboxID: String, replyTo: String) async {
-        func fail(_ code: Hangar_V1_SandboxErrorCode, _ message: String) {
-            send(
-                Hangar_V1_SandboxExecEvent.with {
-                    $0.error = .with {
-                        $0.code = code
-                        $0.message = message
-                    }
-                },
-                to: replyTo
-            )
+        func fail(_ failure: DataFailure) { send(failure.execEvent, to: replyTo) }
+        guard let target else {
+            return fail(DataFailure(.sandboxNotFound, "no sandbox \(sandboxID) of yours on this node"))
         }
-        guard let target else { return fail(.sandboxNotFound, "no sandbox \(sandboxID) of yours on this node") }
         guard let request = try? Hangar_V1_SandboxExecRequest(serializedBytes: payload) else {
-            return fail(.sandboxInvalidRequest, "the payload is not a hangar.v1.SandboxExecRequest")
+            return fail(DataFailure(.sandboxInvalidRequest, "the payload is not a hangar.v1.SandboxExecRequest"))
         }
-        guard !request.argv.isEmpty else { return fail(.sandboxInvalidRequest, "argv is empty") }
+        guard !request.argv.isEmpty else { return fail(DataFailure(.sandboxInvalidRequest, "argv is empty")) }
         guard request.stdin.count <= Self.dataChunkBytes else {
-            return fail(.sandboxInvalidRequest, "stdin is \(request.stdin.count) bytes; at most \(Self.dataChunkBytes)")
+            return fail(
+                DataFailure(
+                    .sandboxInvalidRequest,
+                    "stdin is \(request.stdin.count) bytes; at most \(Self.dataChunkBytes)"
+                )
+            )
         }
         var command = Hangar_V1_AgentExec()
         command.argv = request.argv
@@ -99,24 +96,11 @@ extension NodeAgent {
                     continue
                 }
             }
-            fail(.sandboxNotRunning, "the sandbox's agent ended the command without its exit")
+            fail(DataFailure(.sandboxNotRunning, "the sandbox's agent ended the command without its exit"))
         } catch let error as SandboxAgentError {
-            switch error {
-            case .agent(let code, let message):
-                send(
-                    Hangar_V1_SandboxExecEvent.with {
-                        $0.agentError = .with {
-                            $0.code = code
-                            $0.message = message
-                        }
-                    },
-                    to: replyTo
-                )
-            case .agentGone: fail(.sandboxNotRunning, error.description)
-            default: fail(.sandboxInvalidRequest, error.description)
-            }
+            fail(DataFailure(error))
         } catch {
-            fail(.sandboxNotRunning, "\(error)")
+            fail(DataFailure(.sandboxNotRunning, "\(error)"))
         }
     }
 
@@ -134,12 +118,7 @@ extension NodeAgent {
         sandboxID: String
     ) async -> Hangar_V1_SandboxOpReply {
         func failure(_ code: Hangar_V1_SandboxErrorCode, _ message: String) -> Hangar_V1_SandboxOpReply {
-            .with {
-                $0.error = .with {
-                    $0.code = code
-                    $0.message = message
-                }
-            }
+            DataFailure(code, message).operationReply
         }
         guard Self.sandboxOperationVerbs.contains(verb) else {
             return failure(
@@ -170,23 +149,16 @@ extension NodeAgent {
             case .ps(let ps): (.listProcesses(ps), "ps")
             }
         guard expected == verb else {
-            return failure(.sandboxInvalidRequest, "verb '\(verb)' was sent an op of '\(expected)'")
+            return failure(
+                .sandboxInvalidRequest,
+                "verb '\(verb)' needs its own op; the request holds the op of '\(expected)'"
+            )
         }
         let answer: Hangar_V1_AgentEvent
         do {
             answer = try await target.agent.request(operation)
         } catch {
-            switch error {
-            case .agent(let code, let message):
-                return .with {
-                    $0.agentError = .with {
-                        $0.code = code
-                        $0.message = message
-                    }
-                }
-            case .agentGone: return failure(.sandboxNotRunning, error.description)
-            default: return failure(.sandboxInvalidRequest, error.description)
-            }
+            return DataFailure(error).operationReply
         }
         switch answer.kind {
         case .ok(let ok): return .with { $0.ok = ok }
@@ -212,6 +184,54 @@ extension NodeAgent {
             try nats.publish(replyTo, payload: try payload.get())
         } catch {
             logger.warning("could not answer a sandbox data request", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+/// Why a data-plane request failed, as its answer says it: the node's own verdict (no such
+/// sandbox, a bad request, a sandbox that is going away) or the agent's refusal as it is.
+private enum DataFailure {
+    case node(Hangar_V1_SandboxError)
+    case agent(Hangar_V1_AgentError)
+
+    init(_ code: Hangar_V1_SandboxErrorCode, _ message: String) {
+        self = .node(
+            .with {
+                $0.code = code
+                $0.message = message
+            }
+        )
+    }
+
+    /// The agent's refusal as it is; a gone agent as a sandbox that is not running; a request the
+    /// channel refused to send as invalid.
+    init(_ error: SandboxAgentError) {
+        switch error {
+        case .agent(let code, let message):
+            self = .agent(
+                .with {
+                    $0.code = code
+                    $0.message = message
+                }
+            )
+        case .agentGone, .unexpectedAnswer: self.init(.sandboxNotRunning, error.description)
+        case .tooLarge, .invalid: self.init(.sandboxInvalidRequest, error.description)
+        }
+    }
+
+    /// The last event of an exec's answer.
+    var execEvent: Hangar_V1_SandboxExecEvent {
+        switch self {
+        case .node(let error): .with { $0.error = error }
+        case .agent(let error): .with { $0.agentError = error }
+        }
+    }
+
+    /// The answer to a one-message verb.
+    var operationReply: Hangar_V1_SandboxOpReply {
+        switch self {
+        case .node(let error): .with { $0.error = error }
+        case .agent(let error): .with { $0.agentError = error }
         }
     }
 }
