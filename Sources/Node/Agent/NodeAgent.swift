@@ -147,6 +147,12 @@ public final class NodeAgent: Sendable {
         let tasks = running.withLock { Array($0.values) }
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
+        // Stateful sandboxes do not outlive their node (bubblewrap dies with it anyway): end them
+        // cleanly, so their cgroups and disks are gone before the ledger closes. The scheduler ends
+        // them LOST once the node's heartbeats no longer list them.
+        if let sandboxHost {
+            for id in sandboxHost.sandboxIDs { await sandboxHost.kill(id, reason: "node \(config.nodeID) stopped") }
+        }
         await Self.releaseSandboxResources(resources, logger: logger)
     }
 
