@@ -13,7 +13,7 @@ import Testing
 @Suite("Stateful sandboxes: the data plane, real bubblewrap", .serialized, .enabled(if: geteuid() == 0))
 struct SandboxDataPlaneTests {
     @Test(
-        "exec, files and state across calls, exit codes, 1 MiB of output; another tenant is refused; kill leaves nothing"
+        "exec, files and state across calls, exit codes, 1 MiB of output, ps and signal; another tenant is refused; kill leaves nothing"
     )
     func dataPlane() async throws {
         let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
@@ -81,6 +81,24 @@ struct SandboxDataPlaneTests {
         let large = try await sandbox.exec(["head", "-c", "1048576", "/dev/zero"])
         #expect(large.stdout.count == 1 << 20 && large.stdout.allSatisfy { $0 == 0 })
         #expect(large.offsetsContiguous && large.exited?.exitCode == 0)
+
+        // ps lists a running command, and signal reaches it.
+        let sleeper = Task { try await sandbox.exec(["sleep", "60"]) }
+        var pid: UInt32?
+        try await waitUntil("ps lists the sleeping command") {
+            let ps = try await sandbox.operation("ps") { $0.ps = Hangar_V1_AgentListProcesses() }
+            pid = ps.processes.processes.first { $0.argv == ["sleep", "60"] }?.pid
+            return pid != nil
+        }
+        let signalled = try await sandbox.operation("signal") {
+            $0.signal = .with {
+                $0.pid = pid ?? 0
+                $0.signo = SIGTERM
+            }
+        }
+        guard case .ok = signalled.outcome else { throw TestFailure("signal: \(signalled)") }
+        let ended = try await sleeper.value
+        #expect(ended.exited?.signal == SIGTERM, "\(ended)")
 
         // Tenant B: on its own subjects A's sandbox does not exist; A's subjects are closed to it;
         // and an answer aimed at A's inbox is never sent.
