@@ -140,7 +140,9 @@ let package = Package(
         ),
         .testTarget(
             name: "HangarNodeTests",
-            dependencies: ["HangarNode", "HangarShared", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "HangarNode", "HangarShared", "HangarTestSupport", .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/NodeTests"
         ),
         .testTarget(

@@ -52,6 +52,18 @@ public enum Subjects {
     /// Every node's sandbox deaths (the scheduler's subscription).
     public static let sandboxDiedWildcard = "hangar.node.*.sandbox.died"
 
+    /// tenant → node (the data plane): a verb of one of the tenant's stateful sandboxes, straight to
+    /// the node that holds it (`exec`, answered with a stream of `SandboxExecEvent`; `files.read`,
+    /// `files.write`, `files.list`, `files.stat`, `files.mkdir`, `files.remove`, `files.rename`,
+    /// `signal`, `ps`: `SandboxOpRequest` → `SandboxOpReply`).
+    public static func sandboxData(node: String, tenant: String, sandbox: String, verb: String) -> String {
+        "hangar.sbx.\(node).\(tenant).\(sandbox).\(verb)"
+    }
+    /// Every data-plane request for `node`'s sandboxes (the node's subscription).
+    public static func sandboxDataWildcard(node: String) -> String { "hangar.sbx.\(node).*.*.>" }
+    /// Every data-plane request of `tenant`, on any node (the tenant's publish permission).
+    public static func sandboxDataOfTenant(_ tenant: String) -> String { "hangar.sbx.*.\(tenant).>" }
+
     /// The queue group all scheduler instances share, so each message reaches one of them.
     public static let schedulerQueueGroup = "hangar-scheduler"
 

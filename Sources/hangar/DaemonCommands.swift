@@ -170,7 +170,14 @@ struct NodeCommand: AsyncParsableCommand {
             resources: resources
         )
         let nats = try await connection.with(file).connect(name: "hangar-node-\(id)", logger: logger, as: .node(id))
-        let agent = NodeAgent(config: config, nats: nats, runtimes: chosen, resources: resources, logger: logger)
+        let agent = NodeAgent(
+            config: config,
+            nats: nats,
+            runtimes: chosen,
+            resources: resources,
+            sandboxHost: makeSandboxHost(runtimes: chosen, resources: resources, logger: logger),
+            logger: logger
+        )
         let metrics = try self.metrics.with(file)
         let server = try await metrics.start {
             StateGauges.node(agent)
@@ -306,6 +313,18 @@ func makeRuntimes(
             )
         }
     }
+}
+
+/// The node's stateful sandboxes: process sandboxes when `hangar-sandbox-agent` is next to this
+/// program (or at `$HANGAR_SANDBOX_AGENT`) and the node offers the `process` runtime; otherwise none,
+/// and the node refuses every sandbox ("holds no stateful sandboxes").
+func makeSandboxHost(runtimes: [any Runtime], resources: NodeResources, logger: Logger) -> (any SandboxHost)? {
+    guard runtimes.contains(where: { $0.name == "process" }) else { return nil }
+    guard let agentPath = ProcessSandbox.locateAgent() else {
+        logger.notice("no hangar-sandbox-agent next to this program: this node holds no stateful sandboxes")
+        return nil
+    }
+    return ProcessSandboxHost(agentPath: agentPath, resources: resources, logger: logger)
 }
 
 func parseLabels(_ labels: [String], flag: String = "--label") throws -> [String: String] {

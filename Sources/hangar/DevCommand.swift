@@ -101,6 +101,7 @@ struct DevCommand: AsyncParsableCommand {
                     nats: connection,
                     runtimes: chosenRuntimes,
                     resources: resources,
+                    sandboxHost: makeSandboxHost(runtimes: chosenRuntimes, resources: resources, logger: logger),
                     logger: Logger(label: "hangar.node")
                 )
             )

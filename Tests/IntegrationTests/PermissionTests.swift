@@ -19,7 +19,11 @@ final class AuthorizedCluster: Sendable {
     private let connections: [NATSConnection]
     private let tasks: [Task<Void, any Error>]
 
-    static func start() async throws -> AuthorizedCluster {
+    /// A cluster whose node `n1` offers `runtimes` and holds stateful sandboxes in `sandboxHost`.
+    static func start(
+        runtimes: [any Runtime] = [NullRuntime()],
+        sandboxHost: any SandboxHost = NullSandboxHost()
+    ) async throws -> AuthorizedCluster {
         let directory = try makeTemporaryDirectory("hangar-auth")
         let auth = AuthDirectory(path: directory.appendingPathComponent("auth").path)
         try auth.prepareLocalCluster(nodes: ["n1"], tenants: ["a", "b"], operators: ["ops"])
@@ -44,8 +48,8 @@ final class AuthorizedCluster: Sendable {
         let agent = NodeAgent(
             config: nodeConfig,
             nats: nodeConnection,
-            runtimes: [NullRuntime()],
-            sandboxHost: NullSandboxHost(),
+            runtimes: runtimes,
+            sandboxHost: sandboxHost,
             logger: logger
         )
         let systemConnection = try await login(.system)

@@ -77,7 +77,10 @@ public final class NodeAgent: Sendable {
         let sandboxStarts = try nats.subscribe(Subjects.sandboxStart(node: config.nodeID))
         let sandboxKills = try nats.subscribe(Subjects.sandboxKill(node: config.nodeID))
         let sandboxTimeouts = try nats.subscribe(Subjects.sandboxTimeout(node: config.nodeID))
+        let sandboxData =
+            sandboxHost == nil ? nil : try nats.subscribe(Subjects.sandboxDataWildcard(node: config.nodeID))
         defer {
+            sandboxData?.unsubscribe()
             assignments.unsubscribe()
             cancels.unsubscribe()
             sandboxStarts.unsubscribe()
@@ -116,6 +119,13 @@ public final class NodeAgent: Sendable {
                 group.addTask {
                     for await message in sandboxTimeouts { self.handleSandboxTimeout(message) }
                 }
+                if let sandboxData {
+                    group.addTask {
+                        await withDiscardingTaskGroup { inner in
+                            for await message in sandboxData { inner.addTask { await self.handleSandboxData(message) } }
+                        }
+                    }
+                }
                 group.addTask {
                     while !Task.isCancelled {
                         try? await Task.sleep(for: .milliseconds(250))
@@ -137,6 +147,12 @@ public final class NodeAgent: Sendable {
         let tasks = running.withLock { Array($0.values) }
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
+        // Stateful sandboxes do not outlive their node (bubblewrap dies with it anyway): end them
+        // cleanly, so their cgroups and disks are gone before the ledger closes. The scheduler ends
+        // them LOST once the node's heartbeats no longer list them.
+        if let sandboxHost {
+            for id in sandboxHost.sandboxIDs { await sandboxHost.kill(id, reason: "node \(config.nodeID) stopped") }
+        }
         await Self.releaseSandboxResources(resources, logger: logger)
     }
 

@@ -29,6 +29,29 @@ public protocol SandboxHost: Sendable {
     func kill(_ sandboxID: String, reason: String) async
     /// The ids of the sandboxes it holds now.
     var sandboxIDs: [String] { get }
+    /// The sandbox `sandboxID` if it holds it for `tenant` and serves the data plane
+    /// (`hangar.sbx.…`); nil otherwise, another tenant's sandbox included.
+    func dataTarget(_ sandboxID: String, tenant: String) -> SandboxDataTarget?
+}
+
+extension SandboxHost {
+    /// A host that serves no data plane answers every request NOT_FOUND.
+    public func dataTarget(_ sandboxID: String, tenant: String) -> SandboxDataTarget? { nil }
+}
+
+/// What the data plane needs of a held sandbox: the channel to its agent and the default
+/// environment of its commands (the start's `env`).
+public struct SandboxDataTarget: Sendable {
+    /// The channel to the sandbox's agent.
+    public let agent: SandboxAgentChannel
+    /// The environment every command gets unless its request sets the variable itself.
+    public let environment: [String: String]
+
+    /// A target reaching `agent`, whose commands get `environment`.
+    public init(agent: SandboxAgentChannel, environment: [String: String]) {
+        self.agent = agent
+        self.environment = environment
+    }
 }
 
 /// Why a host could not create a sandbox, for the tenant.

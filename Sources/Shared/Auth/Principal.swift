@@ -83,9 +83,11 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                 // Stateful sandboxes: its own control verbs, and its own sandboxes' live events (their
                 // replay goes through the scheduler's `events` verb: the JetStream API cannot be
                 // confined to one tenant's subjects of a shared stream).
+                // The data plane: its own sandboxes' verbs, straight to any node (the node answers only for
+                // a sandbox it holds for this tenant).
                 publish: [
                     Subjects.submit(tenant: tenant), Subjects.cancel(tenant: tenant), Subjects.job(tenant: tenant),
-                    "hangar.sandbox.\(tenant).*",
+                    "hangar.sandbox.\(tenant).*", Subjects.sandboxDataOfTenant(tenant),
                 ],
                 subscribe: [
                     "hangar.result.\(tenant).>", "hangar.logs.\(tenant).>", "hangar.sbxevents.\(tenant).>",
@@ -99,13 +101,19 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                 // Output chunks of the jobs it runs, for `job logs -f` (a node runs the tenant's code and
                 // holds its output anyway).
                 // Its own sandboxes: told to start (request/reply) and kill them, reports their deaths.
+                // Their data plane: tenants' requests for this node, answered into tenants' inboxes.
+                // An exec answers with a stream of messages, which `allow_responses` (one reply per
+                // request) does not allow; the node checks each reply subject is the requesting
+                // tenant's own inbox (ReplySubjectRule), as the scheduler does, and it runs and holds
+                // the tenants' code and output anyway (as with hangar.logs.>).
                 publish: [
                     Subjects.heartbeat(node: node), Subjects.nodeResult(node: node), "hangar.logs.>",
-                    Subjects.sandboxDied(node: node),
+                    Subjects.sandboxDied(node: node), "_INBOX.t.>",
                 ],
                 subscribe: [
                     Subjects.assign(node: node), Subjects.nodeCancel(node: node), Subjects.sandboxStart(node: node),
-                    Subjects.sandboxKill(node: node), Subjects.sandboxTimeout(node: node), inboxPrefix + ".>",
+                    Subjects.sandboxKill(node: node), Subjects.sandboxTimeout(node: node),
+                    Subjects.sandboxDataWildcard(node: node), inboxPrefix + ".>",
                 ],
                 allowResponses: true
             )

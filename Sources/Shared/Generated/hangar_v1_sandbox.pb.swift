@@ -13,6 +13,11 @@
 /// Control requests go to the scheduler on hangar.sandbox.<tenant>.<verb>; the tenant is the
 /// subject's token (NATS permissions), never a payload field.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -773,6 +778,304 @@ public nonisolated struct Hangar_V1_SandboxDied: Sendable {
   public var timedOut: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// hangar.sbx.<node>.<tenant>.<sandbox>.exec: runs one command in the sandbox. Answered with a
+/// stream of SandboxExecEvent on the reply subject: `started`, `output` chunks, then `exited`; or
+/// a single `error` / `agent_error` when it cannot start. `exited`, `error` and `agent_error` end
+/// the stream.
+public nonisolated struct Hangar_V1_SandboxExecRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var argv: [String] = []
+
+  /// over the sandbox's default environment
+  public var env: Dictionary<String,String> = [:]
+
+  /// empty: the user's home
+  public var cwd: String = String()
+
+  /// "user" (uid 1000, the default) or "root" (uid 0, no capabilities)
+  public var user: String = String()
+
+  /// given to the command, then its stdin is closed (at most 1 MiB)
+  public var stdin: Data = Data()
+
+  /// the command is killed after this long; 0 = no limit of its own
+  public var timeoutMs: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_SandboxExecEvent: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var kind: Hangar_V1_SandboxExecEvent.OneOf_Kind? = nil
+
+  /// the command's pid in the sandbox
+  public var started: Hangar_V1_AgentStarted {
+    get {
+      if case .started(let v)? = kind {return v}
+      return Hangar_V1_AgentStarted()
+    }
+    set {kind = .started(newValue)}
+  }
+
+  /// a chunk of stdout or stderr; `offset` counts that stream's bytes
+  public var output: Hangar_V1_AgentOutput {
+    get {
+      if case .output(let v)? = kind {return v}
+      return Hangar_V1_AgentOutput()
+    }
+    set {kind = .output(newValue)}
+  }
+
+  /// the last event
+  public var exited: Hangar_V1_AgentExited {
+    get {
+      if case .exited(let v)? = kind {return v}
+      return Hangar_V1_AgentExited()
+    }
+    set {kind = .exited(newValue)}
+  }
+
+  /// no such sandbox, a bad request: the last event
+  public var error: Hangar_V1_SandboxError {
+    get {
+      if case .error(let v)? = kind {return v}
+      return Hangar_V1_SandboxError()
+    }
+    set {kind = .error(newValue)}
+  }
+
+  /// the sandbox refused the command (e.g. not found): the last event
+  public var agentError: Hangar_V1_AgentError {
+    get {
+      if case .agentError(let v)? = kind {return v}
+      return Hangar_V1_AgentError()
+    }
+    set {kind = .agentError(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Kind: Equatable, Sendable {
+    /// the command's pid in the sandbox
+    case started(Hangar_V1_AgentStarted)
+    /// a chunk of stdout or stderr; `offset` counts that stream's bytes
+    case output(Hangar_V1_AgentOutput)
+    /// the last event
+    case exited(Hangar_V1_AgentExited)
+    /// no such sandbox, a bad request: the last event
+    case error(Hangar_V1_SandboxError)
+    /// the sandbox refused the command (e.g. not found): the last event
+    case agentError(Hangar_V1_AgentError)
+
+  }
+
+  public init() {}
+}
+
+/// hangar.sbx.<node>.<tenant>.<sandbox>.<verb> for files.read, files.write, files.list, files.stat,
+/// files.mkdir, files.remove, files.rename, signal and ps: one request, one SandboxOpReply. The op
+/// must be the verb's (read for files.read, ..., signal for signal, ps for ps). A read returns at
+/// most 1 MiB from its offset; a write carries at most 1 MiB (write larger files with `append`).
+public nonisolated struct Hangar_V1_SandboxOpRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var op: Hangar_V1_SandboxOpRequest.OneOf_Op? = nil
+
+  public var read: Hangar_V1_AgentReadFile {
+    get {
+      if case .read(let v)? = op {return v}
+      return Hangar_V1_AgentReadFile()
+    }
+    set {op = .read(newValue)}
+  }
+
+  public var write: Hangar_V1_AgentWriteFile {
+    get {
+      if case .write(let v)? = op {return v}
+      return Hangar_V1_AgentWriteFile()
+    }
+    set {op = .write(newValue)}
+  }
+
+  public var list: Hangar_V1_AgentListDir {
+    get {
+      if case .list(let v)? = op {return v}
+      return Hangar_V1_AgentListDir()
+    }
+    set {op = .list(newValue)}
+  }
+
+  public var stat: Hangar_V1_AgentStat {
+    get {
+      if case .stat(let v)? = op {return v}
+      return Hangar_V1_AgentStat()
+    }
+    set {op = .stat(newValue)}
+  }
+
+  public var mkdir: Hangar_V1_AgentMakeDir {
+    get {
+      if case .mkdir(let v)? = op {return v}
+      return Hangar_V1_AgentMakeDir()
+    }
+    set {op = .mkdir(newValue)}
+  }
+
+  public var remove: Hangar_V1_AgentRemove {
+    get {
+      if case .remove(let v)? = op {return v}
+      return Hangar_V1_AgentRemove()
+    }
+    set {op = .remove(newValue)}
+  }
+
+  public var rename: Hangar_V1_AgentRename {
+    get {
+      if case .rename(let v)? = op {return v}
+      return Hangar_V1_AgentRename()
+    }
+    set {op = .rename(newValue)}
+  }
+
+  /// to the process group of a command started by exec
+  public var signal: Hangar_V1_AgentSignal {
+    get {
+      if case .signal(let v)? = op {return v}
+      return Hangar_V1_AgentSignal()
+    }
+    set {op = .signal(newValue)}
+  }
+
+  public var ps: Hangar_V1_AgentListProcesses {
+    get {
+      if case .ps(let v)? = op {return v}
+      return Hangar_V1_AgentListProcesses()
+    }
+    set {op = .ps(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Op: Equatable, Sendable {
+    case read(Hangar_V1_AgentReadFile)
+    case write(Hangar_V1_AgentWriteFile)
+    case list(Hangar_V1_AgentListDir)
+    case stat(Hangar_V1_AgentStat)
+    case mkdir(Hangar_V1_AgentMakeDir)
+    case remove(Hangar_V1_AgentRemove)
+    case rename(Hangar_V1_AgentRename)
+    /// to the process group of a command started by exec
+    case signal(Hangar_V1_AgentSignal)
+    case ps(Hangar_V1_AgentListProcesses)
+
+  }
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_SandboxOpReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var outcome: Hangar_V1_SandboxOpReply.OneOf_Outcome? = nil
+
+  /// write, mkdir, remove, rename, signal
+  public var ok: Hangar_V1_AgentOk {
+    get {
+      if case .ok(let v)? = outcome {return v}
+      return Hangar_V1_AgentOk()
+    }
+    set {outcome = .ok(newValue)}
+  }
+
+  /// read
+  public var data: Hangar_V1_AgentFileData {
+    get {
+      if case .data(let v)? = outcome {return v}
+      return Hangar_V1_AgentFileData()
+    }
+    set {outcome = .data(newValue)}
+  }
+
+  /// list
+  public var entries: Hangar_V1_AgentEntries {
+    get {
+      if case .entries(let v)? = outcome {return v}
+      return Hangar_V1_AgentEntries()
+    }
+    set {outcome = .entries(newValue)}
+  }
+
+  /// stat
+  public var entry: Hangar_V1_AgentEntry {
+    get {
+      if case .entry(let v)? = outcome {return v}
+      return Hangar_V1_AgentEntry()
+    }
+    set {outcome = .entry(newValue)}
+  }
+
+  /// ps
+  public var processes: Hangar_V1_AgentProcesses {
+    get {
+      if case .processes(let v)? = outcome {return v}
+      return Hangar_V1_AgentProcesses()
+    }
+    set {outcome = .processes(newValue)}
+  }
+
+  /// no such sandbox, a bad request
+  public var error: Hangar_V1_SandboxError {
+    get {
+      if case .error(let v)? = outcome {return v}
+      return Hangar_V1_SandboxError()
+    }
+    set {outcome = .error(newValue)}
+  }
+
+  /// the sandbox's answer (no such file, no space, ...)
+  public var agentError: Hangar_V1_AgentError {
+    get {
+      if case .agentError(let v)? = outcome {return v}
+      return Hangar_V1_AgentError()
+    }
+    set {outcome = .agentError(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Outcome: Equatable, Sendable {
+    /// write, mkdir, remove, rename, signal
+    case ok(Hangar_V1_AgentOk)
+    /// read
+    case data(Hangar_V1_AgentFileData)
+    /// list
+    case entries(Hangar_V1_AgentEntries)
+    /// stat
+    case entry(Hangar_V1_AgentEntry)
+    /// ps
+    case processes(Hangar_V1_AgentProcesses)
+    /// no such sandbox, a bad request
+    case error(Hangar_V1_SandboxError)
+    /// the sandbox's answer (no such file, no space, ...)
+    case agentError(Hangar_V1_AgentError)
+
+  }
 
   public init() {}
 }
@@ -1807,6 +2110,517 @@ nonisolated extension Hangar_V1_SandboxDied: SwiftProtobuf.Message, SwiftProtobu
     if lhs.sandboxID != rhs.sandboxID {return false}
     if lhs.message != rhs.message {return false}
     if lhs.timedOut != rhs.timedOut {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_SandboxExecRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SandboxExecRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}argv\0\u{1}env\0\u{1}cwd\0\u{1}user\0\u{1}stdin\0\u{3}timeout_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.argv) }()
+      case 2: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.env) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.cwd) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.user) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.stdin) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.argv.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.argv, fieldNumber: 1)
+    }
+    if !self.env.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.env, fieldNumber: 2)
+    }
+    if !self.cwd.isEmpty {
+      try visitor.visitSingularStringField(value: self.cwd, fieldNumber: 3)
+    }
+    if !self.user.isEmpty {
+      try visitor.visitSingularStringField(value: self.user, fieldNumber: 4)
+    }
+    if !self.stdin.isEmpty {
+      try visitor.visitSingularBytesField(value: self.stdin, fieldNumber: 5)
+    }
+    if self.timeoutMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.timeoutMs, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SandboxExecRequest, rhs: Hangar_V1_SandboxExecRequest) -> Bool {
+    if lhs.argv != rhs.argv {return false}
+    if lhs.env != rhs.env {return false}
+    if lhs.cwd != rhs.cwd {return false}
+    if lhs.user != rhs.user {return false}
+    if lhs.stdin != rhs.stdin {return false}
+    if lhs.timeoutMs != rhs.timeoutMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_SandboxExecEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SandboxExecEvent"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}started\0\u{1}output\0\u{1}exited\0\u{1}error\0\u{3}agent_error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try {
+        var v: Hangar_V1_AgentStarted?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .started(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .started(v)
+        }
+      }()
+      case 2: try {
+        var v: Hangar_V1_AgentOutput?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .output(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .output(v)
+        }
+      }()
+      case 3: try {
+        var v: Hangar_V1_AgentExited?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .exited(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .exited(v)
+        }
+      }()
+      case 4: try {
+        var v: Hangar_V1_SandboxError?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .error(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .error(v)
+        }
+      }()
+      case 5: try {
+        var v: Hangar_V1_AgentError?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .agentError(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .agentError(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    switch self.kind {
+    case .started?: try {
+      guard case .started(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    }()
+    case .output?: try {
+      guard case .output(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .exited?: try {
+      guard case .exited(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .error?: try {
+      guard case .error(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .agentError?: try {
+      guard case .agentError(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SandboxExecEvent, rhs: Hangar_V1_SandboxExecEvent) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_SandboxOpRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SandboxOpRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}read\0\u{1}write\0\u{1}list\0\u{1}stat\0\u{1}mkdir\0\u{1}remove\0\u{1}rename\0\u{1}signal\0\u{1}ps\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try {
+        var v: Hangar_V1_AgentReadFile?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .read(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .read(v)
+        }
+      }()
+      case 2: try {
+        var v: Hangar_V1_AgentWriteFile?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .write(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .write(v)
+        }
+      }()
+      case 3: try {
+        var v: Hangar_V1_AgentListDir?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .list(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .list(v)
+        }
+      }()
+      case 4: try {
+        var v: Hangar_V1_AgentStat?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .stat(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .stat(v)
+        }
+      }()
+      case 5: try {
+        var v: Hangar_V1_AgentMakeDir?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .mkdir(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .mkdir(v)
+        }
+      }()
+      case 6: try {
+        var v: Hangar_V1_AgentRemove?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .remove(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .remove(v)
+        }
+      }()
+      case 7: try {
+        var v: Hangar_V1_AgentRename?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .rename(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .rename(v)
+        }
+      }()
+      case 8: try {
+        var v: Hangar_V1_AgentSignal?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .signal(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .signal(v)
+        }
+      }()
+      case 9: try {
+        var v: Hangar_V1_AgentListProcesses?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .ps(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .ps(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    switch self.op {
+    case .read?: try {
+      guard case .read(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    }()
+    case .write?: try {
+      guard case .write(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .list?: try {
+      guard case .list(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .stat?: try {
+      guard case .stat(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .mkdir?: try {
+      guard case .mkdir(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
+    case .remove?: try {
+      guard case .remove(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    }()
+    case .rename?: try {
+      guard case .rename(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    }()
+    case .signal?: try {
+      guard case .signal(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    }()
+    case .ps?: try {
+      guard case .ps(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SandboxOpRequest, rhs: Hangar_V1_SandboxOpRequest) -> Bool {
+    if lhs.op != rhs.op {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_SandboxOpReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SandboxOpReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ok\0\u{1}data\0\u{1}entries\0\u{1}entry\0\u{1}processes\0\u{1}error\0\u{3}agent_error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try {
+        var v: Hangar_V1_AgentOk?
+        var hadOneofValue = false
+        if let current = self.outcome {
+          hadOneofValue = true
+          if case .ok(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.outcome = .ok(v)
+        }
+      }()
+      case 2: try {
+        var v: Hangar_V1_AgentFileData?
+        var hadOneofValue = false
+        if let current = self.outcome {
+          hadOneofValue = true
+          if case .data(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.outcome = .data(v)
+        }
+      }()
+      case 3: try {
+        var v: Hangar_V1_AgentEntries?
+        var hadOneofValue = false
+        if let current = self.outcome {
+          hadOneofValue = true
+          if case .entries(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.outcome = .entries(v)
+        }
+      }()
+      case 4: try {
+        var v: Hangar_V1_AgentEntry?
+        var hadOneofValue = false
+        if let current = self.outcome {
+          hadOneofValue = true
+          if case .entry(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.outcome = .entry(v)
+        }
+      }()
+      case 5: try {
+        var v: Hangar_V1_AgentProcesses?
+        var hadOneofValue = false
+        if let current = self.outcome {
+          hadOneofValue = true
+          if case .processes(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.outcome = .processes(v)
+        }
+      }()
+      case 6: try {
+        var v: Hangar_V1_SandboxError?
+        var hadOneofValue = false
+        if let current = self.outcome {
+          hadOneofValue = true
+          if case .error(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.outcome = .error(v)
+        }
+      }()
+      case 7: try {
+        var v: Hangar_V1_AgentError?
+        var hadOneofValue = false
+        if let current = self.outcome {
+          hadOneofValue = true
+          if case .agentError(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.outcome = .agentError(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    switch self.outcome {
+    case .ok?: try {
+      guard case .ok(let v)? = self.outcome else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    }()
+    case .data?: try {
+      guard case .data(let v)? = self.outcome else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .entries?: try {
+      guard case .entries(let v)? = self.outcome else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .entry?: try {
+      guard case .entry(let v)? = self.outcome else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .processes?: try {
+      guard case .processes(let v)? = self.outcome else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
+    case .error?: try {
+      guard case .error(let v)? = self.outcome else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    }()
+    case .agentError?: try {
+      guard case .agentError(let v)? = self.outcome else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SandboxOpReply, rhs: Hangar_V1_SandboxOpReply) -> Bool {
+    if lhs.outcome != rhs.outcome {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,237 @@
+import Foundation
+import HangarNATS
+import HangarShared
+
+/// The data plane of stateful sandboxes (issue 16): a tenant sends commands and file operations
+/// straight to the node that holds its sandbox, on `hangar.sbx.<node>.<tenant>.<sandbox>.<verb>`;
+/// the scheduler is not involved. The node answers only for a sandbox its host holds for exactly
+/// the subject's tenant (anything else, another tenant's sandbox included, is NOT_FOUND), and only
+/// into that tenant's own inbox (``ReplySubjectRule``); a request asking for its answer elsewhere is
+/// dropped and logged.
+extension NodeAgent {
+    /// Most bytes of a read answer, of a write, and of an exec's stdin, per message.
+    static let dataChunkBytes = 1 << 20
+    /// The verbs that take a `SandboxOpRequest`, each with the op it must hold.
+    static let sandboxOperationVerbs = [
+        "files.read", "files.write", "files.list", "files.stat", "files.mkdir", "files.remove", "files.rename",
+        "signal", "ps",
+    ]
+
+    /// Where the node may answer: only a tenant's own inbox when the cluster runs authorization (the
+    /// node's connection then has its own inbox prefix).
+    var replyRule: ReplySubjectRule {
+        ReplySubjectRule(ownInboxOnly: nats.options.inboxPrefix == Principal.node(config.nodeID).inboxPrefix)
+    }
+
+    /// Answers one data-plane request (an exec streams its events until the command exits).
+    func handleSandboxData(_ message: NATSMessage) async {
+        // hangar.sbx.<node>.<tenant>.<sandbox>.<verb, one or more tokens>
+        // Split on the byte "." as NATS does (see `Subjects.token`).
+        let tokens = message.subject.utf8.split(
+            separator: UInt8(ascii: "."),
+            maxSplits: 5,
+            omittingEmptySubsequences: false
+        )
+        .map { String(Substring($0)) }
+        guard tokens.count == 6, let replyTo = message.replyTo else {
+            logger.debug("ignored a sandbox data request without a verb or reply subject")
+            return
+        }
+        let (tenant, sandboxID, verb) = (tokens[3], tokens[4], tokens[5])
+        if let refusal = replyRule.refusal(replyTo: replyTo, principal: .tenant(tenant)) {
+            logger.warning(
+                "a sandbox data request asked for its answer outside the requester's own inbox; dropped",
+                metadata: ["nats.subject": "\(message.subject.prefix(200))", "reason": "\(refusal)"]
+            )
+            return
+        }
+        let target = sandboxHost?.dataTarget(sandboxID, tenant: tenant)
+        if verb == "exec" {
+            await sandboxExec(message.payload, target: target, sandboxID: sandboxID, replyTo: replyTo)
+        } else {
+            let reply = await sandboxOperation(message.payload, verb: verb, target: target, sandboxID: sandboxID)
+            send(reply, to: replyTo)
+        }
+    }
+
+    private func sandboxExec(_ payload: Data, target: SandboxDataTarget?, sandboxID: String, replyTo: String) async {
+        func fail(_ failure: DataFailure) { send(failure.execEvent, to: replyTo) }
+        guard let target else {
+            return fail(DataFailure(.sandboxNotFound, "no sandbox \(sandboxID) of yours on this node"))
+        }
+        guard let request = try? Hangar_V1_SandboxExecRequest(serializedBytes: payload) else {
+            return fail(DataFailure(.sandboxInvalidRequest, "the payload is not a hangar.v1.SandboxExecRequest"))
+        }
+        guard !request.argv.isEmpty else { return fail(DataFailure(.sandboxInvalidRequest, "argv is empty")) }
+        guard request.stdin.count <= Self.dataChunkBytes else {
+            return fail(
+                DataFailure(
+                    .sandboxInvalidRequest,
+                    "stdin is \(request.stdin.count) bytes; at most \(Self.dataChunkBytes)"
+                )
+            )
+        }
+        var command = Hangar_V1_AgentExec()
+        command.argv = request.argv
+        command.env = target.environment.merging(request.env) { _, own in own }
+        command.cwd = request.cwd
+        command.user = request.user
+        command.stdin = !request.stdin.isEmpty
+        command.timeoutMs = UInt64(request.timeoutMs)
+        do {
+            for try await event in target.agent.exec(command) {
+                switch event.kind {
+                case .started(let started):
+                    send(Hangar_V1_SandboxExecEvent.with { $0.started = started }, to: replyTo)
+                    if command.stdin {
+                        // The command may end without reading it all; its exit still comes.
+                        try? await target.agent.stdin(pid: started.pid, request.stdin, close: true)
+                    }
+                case .output(let output):
+                    send(Hangar_V1_SandboxExecEvent.with { $0.output = output }, to: replyTo)
+                case .exited(let exited):
+                    send(Hangar_V1_SandboxExecEvent.with { $0.exited = exited }, to: replyTo)
+                    return
+                default:
+                    continue
+                }
+            }
+            fail(DataFailure(.sandboxNotRunning, "the sandbox's agent ended the command without its exit"))
+        } catch let error as SandboxAgentError {
+            fail(DataFailure(error))
+        } catch {
+            fail(DataFailure(.sandboxNotRunning, "\(error)"))
+        }
+    }
+
+    /// `read` asking for at most ``dataChunkBytes`` (0, or more, asks for that many).
+    static func bounded(_ read: Hangar_V1_AgentReadFile) -> Hangar_V1_AgentReadFile {
+        var read = read
+        if read.length == 0 || read.length > UInt64(dataChunkBytes) { read.length = UInt64(dataChunkBytes) }
+        return read
+    }
+
+    private func sandboxOperation(
+        _ payload: Data,
+        verb: String,
+        target: SandboxDataTarget?,
+        sandboxID: String
+    ) async -> Hangar_V1_SandboxOpReply {
+        func failure(_ code: Hangar_V1_SandboxErrorCode, _ message: String) -> Hangar_V1_SandboxOpReply {
+            DataFailure(code, message).operationReply
+        }
+        guard Self.sandboxOperationVerbs.contains(verb) else {
+            return failure(
+                .sandboxInvalidRequest,
+                "unknown sandbox data verb '\(verb.prefix(64))'; use exec, \(Self.sandboxOperationVerbs.joined(separator: ", "))"
+            )
+        }
+        guard let target else { return failure(.sandboxNotFound, "no sandbox \(sandboxID) of yours on this node") }
+        guard let request = try? Hangar_V1_SandboxOpRequest(serializedBytes: payload), let op = request.op else {
+            return failure(.sandboxInvalidRequest, "the payload is not a hangar.v1.SandboxOpRequest with an op")
+        }
+        if case .write(let write) = op, write.data.count > Self.dataChunkBytes {
+            return failure(
+                .sandboxInvalidRequest,
+                "a write carries at most \(Self.dataChunkBytes) bytes (this one \(write.data.count)); write the rest with append"
+            )
+        }
+        let (operation, expected): (Hangar_V1_AgentRequest.OneOf_Op, String) =
+            switch op {
+            case .read(let read): (.readFile(Self.bounded(read)), "files.read")
+            case .write(let write): (.writeFile(write), "files.write")
+            case .list(let list): (.listDir(list), "files.list")
+            case .stat(let stat): (.stat(stat), "files.stat")
+            case .mkdir(let mkdir): (.makeDir(mkdir), "files.mkdir")
+            case .remove(let remove): (.remove(remove), "files.remove")
+            case .rename(let rename): (.rename(rename), "files.rename")
+            case .signal(let signal): (.signal(signal), "signal")
+            case .ps(let ps): (.listProcesses(ps), "ps")
+            }
+        guard expected == verb else {
+            return failure(
+                .sandboxInvalidRequest,
+                "verb '\(verb)' needs its own op; the request holds the op of '\(expected)'"
+            )
+        }
+        let answer: Hangar_V1_AgentEvent
+        do {
+            answer = try await target.agent.request(operation)
+        } catch {
+            return DataFailure(error).operationReply
+        }
+        switch answer.kind {
+        case .ok(let ok): return .with { $0.ok = ok }
+        case .fileData(let data): return .with { $0.data = data }
+        case .entries(let entries): return .with { $0.entries = entries }
+        case .statInfo(let entry): return .with { $0.entry = entry }
+        case .processes(let processes): return .with { $0.processes = processes }
+        default: return failure(.sandboxNotRunning, "the sandbox's agent gave an unexpected answer to \(verb)")
+        }
+    }
+
+    private func send(_ event: Hangar_V1_SandboxExecEvent, to replyTo: String) {
+        send(Result { try event.serializedData() }, to: replyTo)
+    }
+
+    private func send(_ reply: Hangar_V1_SandboxOpReply, to replyTo: String) {
+        send(Result { try reply.serializedData() }, to: replyTo)
+    }
+
+    /// Publishes one data-plane answer on the requester's inbox (already checked).
+    private func send(_ payload: Result<Data, any Error>, to replyTo: String) {
+        do {
+            try nats.publish(replyTo, payload: try payload.get())
+        } catch {
+            logger.warning("could not answer a sandbox data request", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+/// Why a data-plane request failed, as its answer says it: the node's own verdict (no such
+/// sandbox, a bad request, a sandbox that is going away) or the agent's refusal as it is.
+private enum DataFailure {
+    case node(Hangar_V1_SandboxError)
+    case agent(Hangar_V1_AgentError)
+
+    init(_ code: Hangar_V1_SandboxErrorCode, _ message: String) {
+        self = .node(
+            .with {
+                $0.code = code
+                $0.message = message
+            }
+        )
+    }
+
+    /// The agent's refusal as it is; a gone agent as a sandbox that is not running; a request the
+    /// channel refused to send as invalid.
+    init(_ error: SandboxAgentError) {
+        switch error {
+        case .agent(let code, let message):
+            self = .agent(
+                .with {
+                    $0.code = code
+                    $0.message = message
+                }
+            )
+        case .agentGone, .unexpectedAnswer: self.init(.sandboxNotRunning, error.description)
+        case .tooLarge, .invalid: self.init(.sandboxInvalidRequest, error.description)
+        }
+    }
+
+    /// The last event of an exec's answer.
+    var execEvent: Hangar_V1_SandboxExecEvent {
+        switch self {
+        case .node(let error): .with { $0.error = error }
+        case .agent(let error): .with { $0.agentError = error }
+        }
+    }
+
+    /// The answer to a one-message verb.
+    var operationReply: Hangar_V1_SandboxOpReply {
+        switch self {
+        case .node(let error): .with { $0.error = error }
+        case .agent(let error): .with { $0.agentError = error }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+import Foundation
+import HangarShared
+import Logging
+import Synchronization
+
+/// Holds a node's stateful sandboxes as ``ProcessSandbox``es: a bubblewrap sandbox with
+/// `hangar-sandbox-agent` as its first process per ``SandboxStart``, with the start's limits and,
+/// for its commands, its environment. Only the `process` runtime on the `host` template for now;
+/// other runtimes and templates are refused with a message naming them.
+///
+/// A sandbox whose agent goes away on its own (it crashed, the memory limit killed it) is noticed
+/// by a watcher that polls the agent channel, killed to clean up what is left, forgotten and
+/// reported through the start's `died` callback.
+public final class ProcessSandboxHost: SandboxHost {
+    private let agentPath: String
+    private let bubblewrapPath: String
+    private let resources: NodeResources
+    private let workRoot: String
+    private let logger: Logger
+    private let state = Mutex(State())
+    /// How often a watcher checks whether a sandbox's agent is still there.
+    static let watchInterval = Duration.milliseconds(200)
+
+    private struct Held {
+        let tenant: String
+        let sandbox: ProcessSandbox
+        let environment: [String: String]
+        let watcher: Task<Void, Never>
+    }
+
+    private struct State {
+        var held: [String: Held] = [:]
+        /// Ids being started; a kill meanwhile is recorded and carried out once the start ends.
+        var starting: Set<String> = []
+        var killedWhileStarting: Set<String> = []
+    }
+
+    /// A host starting `agentPath` (``ProcessSandbox/locateAgent()``) in bubblewrap sandboxes that
+    /// draw on `resources`, their writable layers under `workRoot`.
+    public init(
+        agentPath: String,
+        bubblewrapPath: String = "/usr/bin/bwrap",
+        resources: NodeResources = .standard,
+        workRoot: String = ProcessSandbox.defaultWorkRoot,
+        logger: Logger = Logger(label: "hangar.sandbox")
+    ) {
+        self.agentPath = agentPath
+        self.bubblewrapPath = bubblewrapPath
+        self.resources = resources
+        self.workRoot = workRoot
+        self.logger = logger
+    }
+
+    /// The runtimes this host makes stateful sandboxes with.
+    public static let runtimes: Set<String> = ["process"]
+
+    /// The limits of a sandbox from the scheduler's resolved `limits` (unset ones keep the defaults).
+    static func limits(_ limits: Hangar_V1_Limits) -> SandboxLimits {
+        var result = SandboxLimits()
+        if limits.memoryBytes > 0 { result.memoryBytes = limits.memoryBytes }
+        if limits.pids > 0 { result.pids = limits.pids }
+        if limits.cpuMillis > 0 { result.cpuMillis = limits.cpuMillis }
+        if limits.fileSizeBytes > 0 { result.diskBytes = limits.fileSizeBytes }
+        if limits.openFiles > 0 { result.openFiles = limits.openFiles }
+        return result
+    }
+
+    public func start(
+        _ request: Hangar_V1_SandboxStart,
+        died: @escaping @Sendable (String) -> Void
+    )
+        async throws(SandboxRefusal)
+    {
+        let id = request.sandboxID
+        guard Subjects.isValidToken(id) else { throw SandboxRefusal("the start names no valid sandbox id") }
+        let runtime = request.runtime.isEmpty ? "process" : request.runtime
+        guard Self.runtimes.contains(runtime) else {
+            throw SandboxRefusal(
+                "runtime '\(runtime)' has no stateful sandboxes on this node; use \(Self.runtimes.sorted().joined(separator: ", "))"
+            )
+        }
+        guard request.template.isEmpty || request.template == "host" else {
+            throw SandboxRefusal("template '\(request.template)' has no stateful sandboxes on this node; use 'host'")
+        }
+        let fresh = state.withLock { state in
+            guard state.held[id] == nil, !state.starting.contains(id) else { return false }
+            state.starting.insert(id)
+            return true
+        }
+        guard fresh else { return }  // a repeated start
+        let sandbox: ProcessSandbox
+        do {
+            sandbox = try await ProcessSandbox.start(
+                id: id,
+                limits: Self.limits(request.limits),
+                agentPath: agentPath,
+                bubblewrapPath: bubblewrapPath,
+                resources: resources,
+                workRoot: workRoot,
+                logger: logger
+            )
+        } catch {
+            state.withLock { state in
+                state.starting.remove(id)
+                state.killedWhileStarting.remove(id)
+            }
+            throw SandboxRefusal("the sandbox could not start: \(error.description)")
+        }
+        let watcher = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: Self.watchInterval)
+                if Task.isCancelled { return }
+                if let reason = sandbox.agent.goneReason {
+                    await self?.agentGone(id, reason: reason, died: died)
+                    return
+                }
+            }
+        }
+        let killed = state.withLock { state in
+            state.starting.remove(id)
+            if state.killedWhileStarting.remove(id) != nil { return true }
+            state.held[id] = Held(
+                tenant: request.tenant,
+                sandbox: sandbox,
+                environment: request.env,
+                watcher: watcher
+            )
+            return false
+        }
+        if killed {
+            watcher.cancel()
+            await tearDown(id, sandbox)
+            throw SandboxRefusal("the sandbox was killed while it started")
+        }
+    }
+
+    public func kill(_ sandboxID: String, reason: String) async {
+        let held = state.withLock { state in
+            if state.starting.contains(sandboxID) { state.killedWhileStarting.insert(sandboxID) }
+            return state.held.removeValue(forKey: sandboxID)
+        }
+        guard let held else { return }
+        held.watcher.cancel()
+        logger.info("killing a stateful sandbox", metadata: ["sandbox.id": "\(sandboxID)", "reason": "\(reason)"])
+        await tearDown(sandboxID, held.sandbox)
+    }
+
+    public var sandboxIDs: [String] { state.withLock { Array($0.held.keys).sorted() } }
+
+    public func dataTarget(_ sandboxID: String, tenant: String) -> SandboxDataTarget? {
+        state.withLock { state in
+            guard let held = state.held[sandboxID], held.tenant == tenant else { return nil }
+            return SandboxDataTarget(agent: held.sandbox.agent, environment: held.environment)
+        }
+    }
+
+    /// The agent of `id` went away without a kill: forget the sandbox, clean up what is left of it
+    /// and report its death.
+    private func agentGone(_ id: String, reason: String, died: @Sendable (String) -> Void) async {
+        let held = state.withLock { $0.held.removeValue(forKey: id) }
+        guard let held else { return }  // killed meanwhile
+        logger.warning(
+            "a stateful sandbox's agent went away",
+            metadata: ["sandbox.id": "\(id)", "reason": "\(reason)"]
+        )
+        await tearDown(id, held.sandbox)
+        died("the sandbox's agent went away: \(reason)")
+    }
+
+    private func tearDown(_ id: String, _ sandbox: ProcessSandbox) async {
+        if let problem = await sandbox.kill() {
+            logger.error(
+                "a stateful sandbox was not cleaned up",
+                metadata: ["sandbox.id": "\(id)", "problem": "\(problem)"]
+            )
+        }
+    }
+}

@@ -1,0 +1,241 @@
+import Foundation
+import Glibc
+import HangarNATS
+import HangarNode
+import HangarShared
+import HangarTestSupport
+import SwiftProtobuf
+import Testing
+
+/// The data plane of stateful sandboxes end to end, under Hangar's NATS authorization: a sandbox
+/// created through the scheduler is a real bubblewrap sandbox with its agent on node `n1`
+/// (``ProcessSandboxHost``), and the tenant talks to it straight on `hangar.sbx.n1.<tenant>.<id>.…`.
+@Suite("Stateful sandboxes: the data plane, real bubblewrap", .serialized, .enabled(if: geteuid() == 0))
+struct SandboxDataPlaneTests {
+    @Test(
+        "exec, files and state across calls, exit codes, 1 MiB of output, ps and signal; another tenant is refused; kill leaves nothing"
+    )
+    func dataPlane() async throws {
+        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
+        let host = ProcessSandboxHost(agentPath: agentPath)
+        let cluster = try await AuthorizedCluster.start(runtimes: [ProcessRuntime(), NullRuntime()], sandboxHost: host)
+        do {
+            try await exercise(cluster, host)
+        } catch {
+            for id in host.sandboxIDs { await host.kill(id, reason: "the test failed") }
+            await cluster.stop()
+            throw error
+        }
+        await cluster.stop()
+    }
+
+    private func exercise(_ cluster: AuthorizedCluster, _ host: ProcessSandboxHost) async throws {
+        var create = Hangar_V1_SandboxCreateRequest()
+        create.runtime = "process"
+        create.env = ["GREETING": "hello"]
+        let answer = try await cluster.tenantA.request(
+            Subjects.sandbox(tenant: "a", verb: "create"),
+            payload: try create.serializedData(),
+            timeout: .seconds(20)
+        )
+        let created = try Hangar_V1_SandboxCreateReply(serializedBytes: answer.payload)
+        guard case .created(let info) = created.outcome else {
+            Issue.record("A could not create a sandbox: \(created)")
+            return
+        }
+        #expect(info.state == .sandboxRunning && info.nodeID == "n1")
+        #expect(host.sandboxIDs == [info.id])
+        let sandbox = DataPlane(connection: cluster.tenantA, node: info.nodeID, tenant: "a", sandbox: info.id)
+
+        let echo = try await sandbox.exec(["echo", "hi"])
+        #expect(echo.stdout == Data("hi\n".utf8) && echo.exited?.exitCode == 0, "\(echo)")
+        // The start's environment reaches commands; a command's own overrides it.
+        let environment = try await sandbox.exec(["sh", "-c", "echo $GREETING $OTHER"]) { $0.env = ["OTHER": "there"] }
+        #expect(environment.stdout == Data("hello there\n".utf8))
+        let stdin = try await sandbox.exec(["cat"]) { $0.stdin = Data("from stdin".utf8) }
+        #expect(stdin.stdout == Data("from stdin".utf8) && stdin.exited?.exitCode == 0)
+
+        // State persists across calls: a written file is there for the next command and read.
+        let written = try await sandbox.operation("files.write") {
+            $0.write = .with {
+                $0.path = "/home/user/note.txt"
+                $0.data = Data("kept\n".utf8)
+            }
+        }
+        guard case .ok = written.outcome else { throw TestFailure("files.write: \(written)") }
+        let cat = try await sandbox.exec(["cat", "/home/user/note.txt"])
+        #expect(cat.stdout == Data("kept\n".utf8) && cat.exited?.exitCode == 0)
+        let read = try await sandbox.operation("files.read") { $0.read = .with { $0.path = "/home/user/note.txt" } }
+        #expect(read.data.data == Data("kept\n".utf8) && read.data.eof, "\(read)")
+        let stat = try await sandbox.operation("files.stat") { $0.stat = .with { $0.path = "/home/user/note.txt" } }
+        #expect(stat.entry.size == 5, "\(stat)")
+        let missing = try await sandbox.operation("files.read") { $0.read = .with { $0.path = "/home/user/none" } }
+        #expect(missing.agentError.code == .notFound, "\(missing)")
+        let mismatched = try await sandbox.operation("files.read") { $0.stat = .with { $0.path = "/tmp" } }
+        #expect(mismatched.error.code == .sandboxInvalidRequest, "\(mismatched)")
+
+        let failing = try await sandbox.exec(["sh", "-c", "echo oops >&2; exit 3"])
+        #expect(failing.exited?.exitCode == 3 && failing.stderr == Data("oops\n".utf8), "\(failing)")
+
+        // 1 MiB of output arrives whole, in chunks whose offsets follow on from each other.
+        let large = try await sandbox.exec(["head", "-c", "1048576", "/dev/zero"])
+        #expect(large.stdout.count == 1 << 20 && large.stdout.allSatisfy { $0 == 0 })
+        #expect(large.offsetsContiguous && large.exited?.exitCode == 0)
+
+        // ps lists a running command, and signal reaches it.
+        let sleeper = Task { try await sandbox.exec(["sleep", "60"]) }
+        var pid: UInt32?
+        try await waitUntil("ps lists the sleeping command") {
+            let ps = try await sandbox.operation("ps") { $0.ps = Hangar_V1_AgentListProcesses() }
+            pid = ps.processes.processes.first { $0.argv == ["sleep", "60"] }?.pid
+            return pid != nil
+        }
+        let signalled = try await sandbox.operation("signal") {
+            $0.signal = .with {
+                $0.pid = pid ?? 0
+                $0.signo = SIGTERM
+            }
+        }
+        guard case .ok = signalled.outcome else { throw TestFailure("signal: \(signalled)") }
+        let ended = try await sleeper.value
+        #expect(ended.exited?.signal == SIGTERM, "\(ended)")
+
+        // Tenant B: on its own subjects A's sandbox does not exist; A's subjects are closed to it;
+        // and an answer aimed at A's inbox is never sent.
+        let other = DataPlane(connection: cluster.tenantB, node: info.nodeID, tenant: "b", sandbox: info.id)
+        let refused = try await other.exec(["echo", "intruder"])
+        #expect(refused.error?.code == .sandboxNotFound && refused.started == nil, "\(refused)")
+        let refusedRead = try await other.operation("files.read") {
+            $0.read = .with { $0.path = "/home/user/note.txt" }
+        }
+        #expect(refusedRead.error.code == .sandboxNotFound)
+        await expectPermissionDenied("B executing on A's subject") {
+            try await cluster.tenantB.publishConfirmed(
+                Subjects.sandboxData(node: info.nodeID, tenant: "a", sandbox: info.id, verb: "exec"),
+                payload: try Hangar_V1_SandboxExecRequest.with { $0.argv = ["true"] }.serializedData()
+            )
+        }
+        let inboxOfA = try await cluster.tenantA.subscribeConfirmed("_INBOX.t.a.>")
+        defer { inboxOfA.unsubscribe() }
+        try await cluster.tenantB.publishConfirmed(
+            Subjects.sandboxData(node: info.nodeID, tenant: "b", sandbox: info.id, verb: "ps"),
+            payload: try Hangar_V1_SandboxOpRequest.with { $0.ps = Hangar_V1_AgentListProcesses() }.serializedData(),
+            replyTo: "_INBOX.t.a.spoofed.1"
+        )
+        // The node drops the spoofed request as soon as it takes it; by the time B's next request is
+        // answered, an answer to it would have come.
+        _ = try await other.operation("ps") { $0.ps = Hangar_V1_AgentListProcesses() }
+        #expect(try await firstMessage(of: inboxOfA, within: .milliseconds(200)) == nil)
+
+        // Killed through the scheduler, nothing of the sandbox is left.
+        let namespace = try await sandbox.exec(["readlink", "/proc/self/ns/pid"])
+        let pidNamespace = String(decoding: namespace.stdout, as: UTF8.self).trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+        #expect(pidNamespace.hasPrefix("pid:["))
+        #expect(!processes(inPidNamespace: pidNamespace).isEmpty)  // the agent, at least
+        let killAnswer = try await cluster.tenantA.request(
+            Subjects.sandbox(tenant: "a", verb: "kill"),
+            payload: try Hangar_V1_SandboxKillRequest.with { $0.sandboxID = info.id }.serializedData(),
+            timeout: .seconds(10)
+        )
+        let killed = try Hangar_V1_SandboxReply(serializedBytes: killAnswer.payload)
+        #expect(killed.info.state == .sandboxEnded && killed.info.endReason == .sandboxKilled)
+        try await waitUntil("the node has killed the sandbox") { host.sandboxIDs.isEmpty }
+        try await waitUntil("no process of the sandbox is left") { processes(inPidNamespace: pidNamespace).isEmpty }
+        let after = try await sandbox.exec(["true"])
+        #expect(after.error?.code == .sandboxNotFound)
+    }
+}
+
+/// A test's failure with a message.
+private struct TestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// One tenant's data-plane requests to one sandbox.
+private struct DataPlane {
+    let connection: NATSConnection
+    let node: String
+    let tenant: String
+    let sandbox: String
+
+    /// What an exec's answer held.
+    struct Execution: CustomStringConvertible {
+        var started: Hangar_V1_AgentStarted?
+        var stdout = Data()
+        var stderr = Data()
+        var offsetsContiguous = true
+        var exited: Hangar_V1_AgentExited?
+        var error: Hangar_V1_SandboxError?
+        var agentError: Hangar_V1_AgentError?
+
+        var description: String {
+            "started \(started != nil), stdout \(stdout.count) bytes, stderr \(String(decoding: stderr.prefix(200), as: UTF8.self)), "
+                + "exited \(exited.map { "\($0)" } ?? "-"), error \(error.map { "\($0)" } ?? "-"), "
+                + "agent error \(agentError.map { "\($0)" } ?? "-")"
+        }
+    }
+
+    func subject(_ verb: String) -> String {
+        Subjects.sandboxData(node: node, tenant: tenant, sandbox: sandbox, verb: verb)
+    }
+
+    /// Runs `argv` and collects its events until the last one (bounded: 15 s).
+    func exec(
+        _ argv: [String],
+        _ configure: (inout Hangar_V1_SandboxExecRequest) -> Void = { _ in }
+    ) async throws -> Execution {
+        var request = Hangar_V1_SandboxExecRequest()
+        request.argv = argv
+        configure(&request)
+        let inbox =
+            connection.options.inboxPrefix + ".exec." + UUID().uuidString.replacingOccurrences(of: "-", with: "")
+        let events = try await connection.subscribeConfirmed(inbox)
+        defer { events.unsubscribe() }
+        try connection.publish(subject("exec"), payload: try request.serializedData(), replyTo: inbox)
+        var execution = Execution()
+        let deadline = ContinuousClock.now + .seconds(15)
+        while ContinuousClock.now < deadline {
+            guard let message = try await firstMessage(of: events, within: deadline - ContinuousClock.now) else {
+                break
+            }
+            let event = try Hangar_V1_SandboxExecEvent(serializedBytes: message.payload)
+            switch event.kind {
+            case .started(let started): execution.started = started
+            case .output(let output):
+                let isStdout = output.stream == .stdout
+                let sofar = isStdout ? execution.stdout.count : execution.stderr.count
+                if output.offset != UInt64(sofar) { execution.offsetsContiguous = false }
+                if isStdout { execution.stdout += output.data } else { execution.stderr += output.data }
+            case .exited(let exited):
+                execution.exited = exited
+                return execution
+            case .error(let error):
+                execution.error = error
+                return execution
+            case .agentError(let error):
+                execution.agentError = error
+                return execution
+            case nil: throw TestFailure("an exec event without a kind")
+            }
+        }
+        throw TestFailure("the exec of \(argv) did not end within 15 s: \(execution)")
+    }
+
+    /// Sends one `SandboxOpRequest` on `verb` and decodes its answer.
+    func operation(
+        _ verb: String,
+        _ configure: (inout Hangar_V1_SandboxOpRequest) -> Void
+    ) async throws -> Hangar_V1_SandboxOpReply {
+        var request = Hangar_V1_SandboxOpRequest()
+        configure(&request)
+        let answer = try await connection.request(
+            subject(verb),
+            payload: try request.serializedData(),
+            timeout: .seconds(10)
+        )
+        return try Hangar_V1_SandboxOpReply(serializedBytes: answer.payload)
+    }
+}
