@@ -14,7 +14,7 @@ struct SandboxGroup: AsyncParsableCommand {
             """,
         subcommands: [
             SandboxCreateCommand.self, SandboxListCommand.self, SandboxInfoCommand.self,
-            SandboxTimeoutCommand.self, SandboxKillCommand.self, SandboxEventsCommand.self,
+            SandboxTimeoutCommand.self, SandboxKillCommand.self, SandboxEventsCommand.self, SandboxExecCommand.self,
         ]
     )
 }
@@ -412,4 +412,153 @@ private func eventName(_ kind: Hangar_V1_SandboxEventKind) -> String {
 private func isoTime(_ unixMilliseconds: Int64) -> String {
     guard unixMilliseconds > 0 else { return "-" }
     return ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(unixMilliseconds) / 1000))
+}
+
+struct SandboxExecCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "exec",
+        abstract: "Run a command in a sandbox; stream its output; exit with its exit code.",
+        discussion: """
+            Goes straight to the node that holds the sandbox (hangar.sbx.<node>.<tenant>.<sandbox>.exec).
+            The command's stdout and stderr go to this command's; its exit code is this command's
+            (128+N when signal N ended it). Exit 1 when the sandbox is not running or ends meanwhile.
+            Example: hangar sandbox exec $id -- sh -c 'echo hello > note.txt; cat note.txt'
+            """
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @Flag(name: .shortAndLong, help: "Send this command's standard input (at most 1 MiB) to the command.")
+    var interactive = false
+    @Option(name: .customLong("env"), help: "Environment variable KEY=VALUE for the command (repeatable).")
+    var env: [String] = []
+    @Option(help: "Working directory in the sandbox (default: /home/user).")
+    var cwd: String?
+    @Option(help: "Run as: user (uid 1000, the default) or root (uid 0 without capabilities).")
+    var user: String = "user"
+    @Option(help: "Kill the command after this many seconds (default: no limit of its own).")
+    var timeout: Double?
+    @Argument(help: "The sandbox id.")
+    var id: String
+    @Argument(parsing: .postTerminator, help: "The command and its arguments, after -- (flags before -- are hangar's).")
+    var command: [String] = []
+
+    func validate() throws {
+        guard !command.isEmpty else { throw ValidationError("give the command after --, e.g. -- ls -l") }
+        guard ["user", "root"].contains(user) else { throw ValidationError("--user must be user or root") }
+        if let timeout, !(timeout > 0 && timeout <= 86_400) {
+            throw ValidationError("--timeout must be more than 0 and at most 86400 seconds")
+        }
+    }
+
+    func run() async throws {
+        let tenant = try connection.tenant(owner.tenant)
+        var get = Hangar_V1_SandboxGetRequest()
+        get.sandboxID = id
+        let reply = try await sandboxRequest(
+            "get",
+            get,
+            as: Hangar_V1_SandboxReply.self,
+            tenant: tenant,
+            connection: connection
+        )
+        let info: Hangar_V1_SandboxInfo
+        switch reply.outcome {
+        case .info(let found): info = found
+        case .error(let error):
+            printError(error.message)
+            throw ExitCode(1)
+        case nil: throw CLIError("the scheduler sent an empty reply")
+        }
+        guard info.state == .sandboxRunning, !info.nodeID.isEmpty else {
+            printError(
+                "sandbox \(id) is \(sandboxStateName(info)), not running\(info.message.isEmpty ? "" : ": \(info.message)")"
+            )
+            throw ExitCode(1)
+        }
+        var request = Hangar_V1_SandboxExecRequest()
+        request.argv = command
+        request.env = try parseLabels(env, flag: "--env")
+        request.cwd = cwd ?? ""
+        request.user = user
+        if let timeout { request.timeoutMs = UInt32((timeout * 1000).rounded(.up)) }
+        if interactive {
+            let input = FileHandle.standardInput.readDataToEndOfFile()
+            guard input.count <= 1 << 20 else { throw CLIError("standard input is over 1 MiB (\(input.count) bytes)") }
+            request.stdin = input
+        }
+        let code = try await connection.withConnection(
+            name: "hangar-cli-exec",
+            logger: cliLogger(),
+            as: .tenant(tenant)
+        ) {
+            nats in
+            try await execute(request, info: info, tenant: tenant, nats: nats)
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+
+    /// Sends the exec and prints its events until the command exits (its exit code), the node
+    /// answers with an error, or the sandbox ends meanwhile (its lifecycle event says so).
+    private func execute(
+        _ request: Hangar_V1_SandboxExecRequest,
+        info: Hangar_V1_SandboxInfo,
+        tenant: String,
+        nats: NATSConnection
+    ) async throws -> Int32 {
+        let inbox = nats.options.inboxPrefix + ".exec." + UUID().uuidString.replacingOccurrences(of: "-", with: "")
+        let events = try await nats.subscribeConfirmed(inbox)
+        let lifecycle = try await nats.subscribeConfirmed(Subjects.sandboxEvents(tenant: tenant, sandbox: info.id))
+        defer {
+            events.unsubscribe()
+            lifecycle.unsubscribe()
+        }
+        let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: info.id, verb: "exec")
+        try nats.publish(subject, payload: try request.serializedData(), replyTo: inbox)
+        return try await withThrowingTaskGroup(of: Int32.self) { group in
+            group.addTask {
+                var written: [Hangar_V1_AgentStream: UInt64] = [:]
+                for await message in events {
+                    let event = try Hangar_V1_SandboxExecEvent(serializedBytes: message.payload)
+                    switch event.kind {
+                    case .started, nil:
+                        continue
+                    case .output(let output):
+                        let sofar = written[output.stream, default: 0]
+                        if output.offset > sofar {
+                            printError("\(output.offset - sofar) bytes of output were lost on the way (a slow reader)")
+                        }
+                        written[output.stream] = output.offset + UInt64(output.data.count)
+                        let handle = output.stream == .stderr ? FileHandle.standardError : FileHandle.standardOutput
+                        handle.write(output.data)
+                    case .exited(let exited):
+                        if exited.timedOut { printError("the command was killed at its timeout") }
+                        return exited.signal != 0 ? 128 + exited.signal : exited.exitCode
+                    case .error(let error):
+                        printError(error.message)
+                        return 1
+                    case .agentError(let error):
+                        printError("the sandbox refused the command: \(error.message)")
+                        return 1
+                    }
+                }
+                throw CLIError("the node stopped answering")
+            }
+            group.addTask {
+                for await message in lifecycle {
+                    guard let event = try? Hangar_V1_SandboxEvent(serializedBytes: message.payload),
+                        event.kind == .sandboxEventEnded
+                    else { continue }
+                    printError("sandbox \(info.id) ended while the command ran: \(event.message)")
+                    return 1
+                }
+                // Cancelled with the exec's end: never the first to finish.
+                try await Task.sleep(for: .seconds(86_400 * 365))
+                return 1
+            }
+            let code = try await group.next() ?? 1
+            group.cancelAll()
+            return code
+        }
+    }
 }
