@@ -15,6 +15,7 @@ struct SandboxGroup: AsyncParsableCommand {
         subcommands: [
             SandboxCreateCommand.self, SandboxListCommand.self, SandboxInfoCommand.self,
             SandboxTimeoutCommand.self, SandboxKillCommand.self, SandboxEventsCommand.self, SandboxExecCommand.self,
+            SandboxFilesGroup.self,
         ]
     )
 }
@@ -559,6 +560,216 @@ struct SandboxExecCommand: AsyncParsableCommand {
             let code = try await group.next() ?? 1
             group.cancelAll()
             return code
+        }
+    }
+}
+
+struct SandboxFilesGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "files",
+        abstract: "A sandbox's files: list, get, put, remove (paths resolve inside the sandbox).",
+        discussion: "Relative paths are under /home/user. Example: hangar sandbox files put $id data.csv data.csv",
+        subcommands: [
+            SandboxFilesListCommand.self, SandboxFilesGetCommand.self, SandboxFilesPutCommand.self,
+            SandboxFilesRemoveCommand.self,
+        ]
+    )
+}
+
+struct SandboxFilesListCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List a directory of the sandbox.")
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @OptionGroup var output: OutputOptions
+    @Argument(help: "The sandbox id.")
+    var id: String
+    @Argument(help: "The directory (default: /home/user).")
+    var path: String = "/home/user"
+
+    func run() async throws {
+        var request = Hangar_V1_SandboxOpRequest()
+        request.list.path = path
+        let reply = try await sandboxOperation("files.list", request, id: id, owner: owner, connection: connection)
+        if output.isJSON {
+            try printJSON(reply.entries)
+            return
+        }
+        var rows = [["NAME", "TYPE", "SIZE", "MODE", "MODIFIED"]]
+        for entry in reply.entries.entries {
+            let type =
+                switch entry.type {
+                case .directory: "dir"
+                case .file: "file"
+                case .symlink: "link → \(entry.symlinkTarget)"
+                default: "other"
+                }
+            rows.append([
+                entry.name.terminalSafe, type.terminalSafe, String(entry.size), String(entry.mode & 0o7777, radix: 8),
+                isoTime(entry.mtimeMs),
+            ])
+        }
+        print(formatTable(rows, style: .stdout))
+    }
+}
+
+struct SandboxFilesGetCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "get",
+        abstract: "Copy a file out of the sandbox, to stdout or to --to FILE."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @Argument(help: "The sandbox id.")
+    var id: String
+    @Argument(help: "The file in the sandbox.")
+    var path: String
+    @Option(help: "Write it to this local file instead of stdout.")
+    var to: String?
+
+    func run() async throws {
+        var content = Data()
+        var offset: UInt64 = 0
+        while true {
+            var request = Hangar_V1_SandboxOpRequest()
+            request.read.path = path
+            request.read.offset = offset
+            request.read.length = 1 << 20
+            let reply = try await sandboxOperation("files.read", request, id: id, owner: owner, connection: connection)
+            content += reply.data.data
+            offset += UInt64(reply.data.data.count)
+            if reply.data.eof || reply.data.data.isEmpty { break }
+        }
+        if let to {
+            guard FileManager.default.createFile(atPath: to, contents: content) else {
+                throw CLIError("cannot write \(to)")
+            }
+        } else {
+            FileHandle.standardOutput.write(content)
+        }
+    }
+}
+
+struct SandboxFilesPutCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "put",
+        abstract: "Copy a local file (or - for stdin) into the sandbox."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @Argument(help: "The sandbox id.")
+    var id: String
+    @Argument(help: "The local file, or - for standard input.")
+    var local: String
+    @Argument(help: "Where in the sandbox (its directory must exist).")
+    var path: String
+
+    func run() async throws {
+        let content: Data
+        if local == "-" {
+            content = FileHandle.standardInput.readDataToEndOfFile()
+        } else {
+            guard let data = FileManager.default.contents(atPath: local) else { throw CLIError("cannot read \(local)") }
+            content = data
+        }
+        // The first MiB replaces the file atomically; the rest is appended a MiB at a time.
+        var start = 0
+        repeat {
+            let end = min(start + (1 << 20), content.count)
+            var request = Hangar_V1_SandboxOpRequest()
+            request.write.path = path
+            request.write.data = content.subdata(in: start..<end)
+            request.write.append = start > 0
+            _ = try await sandboxOperation("files.write", request, id: id, owner: owner, connection: connection)
+            start = end
+        } while start < content.count
+    }
+}
+
+struct SandboxFilesRemoveCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rm",
+        abstract: "Remove a file or directory of the sandbox."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @Flag(name: .shortAndLong, help: "Remove a directory and everything under it.")
+    var recursive = false
+    @Argument(help: "The sandbox id.")
+    var id: String
+    @Argument(help: "The path in the sandbox.")
+    var path: String
+
+    func run() async throws {
+        var request = Hangar_V1_SandboxOpRequest()
+        request.remove.path = path
+        request.remove.recursive = recursive
+        _ = try await sandboxOperation("files.remove", request, id: id, owner: owner, connection: connection)
+    }
+}
+
+/// Sends one data-plane operation to the node that holds the sandbox and returns its answer, or
+/// prints the sandbox's or the scheduler's error and exits 1.
+private func sandboxOperation(
+    _ verb: String,
+    _ request: Hangar_V1_SandboxOpRequest,
+    id: String,
+    owner: SandboxTenantOptions,
+    connection: ConnectionOptions
+) async throws -> Hangar_V1_SandboxOpReply {
+    let tenant = try connection.tenant(owner.tenant)
+    var get = Hangar_V1_SandboxGetRequest()
+    get.sandboxID = id
+    let found = try await sandboxRequest(
+        "get",
+        get,
+        as: Hangar_V1_SandboxReply.self,
+        tenant: tenant,
+        connection: connection
+    )
+    guard case .info(let info) = found.outcome else {
+        if case .error(let error) = found.outcome { printError(error.message) }
+        throw ExitCode(1)
+    }
+    guard info.state == .sandboxRunning, !info.nodeID.isEmpty else {
+        printError("sandbox \(id) is \(sandboxStateName(info)), not running")
+        throw ExitCode(1)
+    }
+    let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: id, verb: verb)
+    let answer = try await connection.withConnection(name: "hangar-cli-files", logger: cliLogger(), as: .tenant(tenant))
+    {
+        nats in
+        do {
+            return try await nats.request(subject, payload: try request.serializedData(), timeout: .seconds(30))
+        } catch let error as NATSError where error.kind == .noResponders {
+            throw CLIError("node \(info.nodeID) is not answering for sandbox \(id)")
+        }
+    }
+    let reply = try Hangar_V1_SandboxOpReply(serializedBytes: answer.payload)
+    switch reply.outcome {
+    case .error(let error):
+        printError(error.message)
+        throw ExitCode(1)
+    case .agentError(let error):
+        printError("\(request.pathForMessages): \(error.message)")
+        throw ExitCode(1)
+    default:
+        return reply
+    }
+}
+
+extension Hangar_V1_SandboxOpRequest {
+    /// The path the operation is about, to name it in an error.
+    fileprivate var pathForMessages: String {
+        switch op {
+        case .read(let read): read.path
+        case .write(let write): write.path
+        case .list(let list): list.path
+        case .remove(let remove): remove.path
+        default: "the sandbox"
         }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import HangarTestSupport
 import Testing
 
 /// `hangar sandbox` against a real `hangar dev` cluster: its nodes hold process sandboxes (the
@@ -6,7 +7,9 @@ import Testing
 /// the node and bubblewrap.
 @Suite("hangar sandbox from the CLI")
 struct SandboxCLITests {
-    @Test("create, exec (output, exit code, state kept, timeout), ls, kill, events; another tenant sees nothing")
+    @Test(
+        "create, exec (output, exit code, state kept, timeout), files in and out, ls, kill, events; another tenant sees nothing"
+    )
     func sandboxLifecycle() async throws {
         try await withCLICluster { cluster in
             let created = try await cluster.hangar(["sandbox", "create", "--timeout", "120", "--metadata", "task=cli"])
@@ -39,6 +42,28 @@ struct SandboxCLITests {
             #expect(foreign.stderr.contains("no sandbox"), "\(foreign.stderr)")
             let foreignExec = try await cluster.hangar(["sandbox", "exec", "--tenant", "acme", id, "--", "true"])
             #expect(foreignExec.status == 1)
+
+            // Files: 2.5 MiB in (one atomic write, then appends), listed, out again byte for byte, removed.
+            let local = try makeTemporaryDirectory("hangar-cli-files")
+            defer { try? FileManager.default.removeItem(at: local) }
+            let content = Data((0..<(5 << 19)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 11) })
+            let source = local.appendingPathComponent("in.bin")
+            let copy = local.appendingPathComponent("out.bin")
+            try content.write(to: source)
+            let put = try await cluster.hangar(["sandbox", "files", "put", id, source.path, "data.bin"])
+            #expect(put.status == 0, "\(put.stderr)")
+            let ls = try await cluster.hangar(["sandbox", "files", "ls", id])
+            #expect(ls.status == 0, "\(ls.stderr)")
+            #expect(ls.stdout.contains("data.bin") && ls.stdout.contains(String(content.count)), "\(ls.stdout)")
+            let get = try await cluster.hangar(["sandbox", "files", "get", id, "data.bin", "--to", copy.path])
+            #expect(get.status == 0, "\(get.stderr)")
+            #expect(try Data(contentsOf: copy) == content, "the file came back changed")
+            let seen = try await cluster.hangar(["sandbox", "exec", id, "--", "sh", "-c", "wc -c < data.bin"])
+            #expect(seen.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == String(content.count))
+            let removed = try await cluster.hangar(["sandbox", "files", "rm", id, "data.bin"])
+            #expect(removed.status == 0, "\(removed.stderr)")
+            let gone = try await cluster.hangar(["sandbox", "files", "get", id, "data.bin"])
+            #expect(gone.status == 1 && gone.stderr.contains("data.bin"), "\(gone.stderr)")
 
             let killed = try await cluster.hangar(["sandbox", "kill", id])
             #expect(killed.status == 0, "\(killed.stderr)")
