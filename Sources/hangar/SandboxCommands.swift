@@ -454,29 +454,7 @@ struct SandboxExecCommand: AsyncParsableCommand {
 
     func run() async throws {
         let tenant = try connection.tenant(owner.tenant)
-        var get = Hangar_V1_SandboxGetRequest()
-        get.sandboxID = id
-        let reply = try await sandboxRequest(
-            "get",
-            get,
-            as: Hangar_V1_SandboxReply.self,
-            tenant: tenant,
-            connection: connection
-        )
-        let info: Hangar_V1_SandboxInfo
-        switch reply.outcome {
-        case .info(let found): info = found
-        case .error(let error):
-            printError(error.message)
-            throw ExitCode(1)
-        case nil: throw CLIError("the scheduler sent an empty reply")
-        }
-        guard info.state == .sandboxRunning, !info.nodeID.isEmpty else {
-            printError(
-                "sandbox \(id) is \(sandboxStateName(info)), not running\(info.message.isEmpty ? "" : ": \(info.message)")"
-            )
-            throw ExitCode(1)
-        }
+        let info = try await runningSandbox(id, tenant: tenant, connection: connection)
         var request = Hangar_V1_SandboxExecRequest()
         request.argv = command
         request.env = try parseLabels(env, flag: "--env")
@@ -516,7 +494,7 @@ struct SandboxExecCommand: AsyncParsableCommand {
         }
         let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: info.id, verb: "exec")
         try nats.publish(subject, payload: try request.serializedData(), replyTo: inbox)
-        return try await withThrowingTaskGroup(of: Int32.self) { group in
+        return try await withThrowingTaskGroup(of: Int32?.self) { group in
             group.addTask {
                 var written: [Hangar_V1_AgentStream: UInt64] = [:]
                 for await message in events {
@@ -553,13 +531,14 @@ struct SandboxExecCommand: AsyncParsableCommand {
                     printError("sandbox \(info.id) ended while the command ran: \(event.message)")
                     return 1
                 }
-                // Cancelled with the exec's end: never the first to finish.
-                try await Task.sleep(for: .seconds(86_400 * 365))
-                return 1
+                return nil  // cancelled once the exec ended
             }
-            let code = try await group.next() ?? 1
-            group.cancelAll()
-            return code
+            while let next = try await group.next() {
+                guard let code = next else { continue }
+                group.cancelAll()
+                return code
+            }
+            throw CLIError("the node stopped answering")
         }
     }
 }
@@ -711,6 +690,36 @@ struct SandboxFilesRemoveCommand: AsyncParsableCommand {
     }
 }
 
+/// The tenant's sandbox `id` as the scheduler knows it, if it runs (its node takes the data plane);
+/// otherwise prints why not (no such sandbox, or not running and why) and exits 1.
+private func runningSandbox(
+    _ id: String,
+    tenant: String,
+    connection: ConnectionOptions
+) async throws -> Hangar_V1_SandboxInfo {
+    var get = Hangar_V1_SandboxGetRequest()
+    get.sandboxID = id
+    let reply = try await sandboxRequest(
+        "get",
+        get,
+        as: Hangar_V1_SandboxReply.self,
+        tenant: tenant,
+        connection: connection
+    )
+    switch reply.outcome {
+    case .info(let info) where info.state == .sandboxRunning && !info.nodeID.isEmpty:
+        return info
+    case .info(let info):
+        let why = info.message.isEmpty ? "" : ": \(info.message)"
+        printError("sandbox \(id) is \(sandboxStateName(info)), not running\(why)")
+    case .error(let error):
+        printError(error.message)
+    case nil:
+        throw CLIError("the scheduler sent an empty reply")
+    }
+    throw ExitCode(1)
+}
+
 /// Sends one data-plane operation to the node that holds the sandbox and returns its answer, or
 /// prints the sandbox's or the scheduler's error and exits 1.
 private func sandboxOperation(
@@ -721,23 +730,7 @@ private func sandboxOperation(
     connection: ConnectionOptions
 ) async throws -> Hangar_V1_SandboxOpReply {
     let tenant = try connection.tenant(owner.tenant)
-    var get = Hangar_V1_SandboxGetRequest()
-    get.sandboxID = id
-    let found = try await sandboxRequest(
-        "get",
-        get,
-        as: Hangar_V1_SandboxReply.self,
-        tenant: tenant,
-        connection: connection
-    )
-    guard case .info(let info) = found.outcome else {
-        if case .error(let error) = found.outcome { printError(error.message) }
-        throw ExitCode(1)
-    }
-    guard info.state == .sandboxRunning, !info.nodeID.isEmpty else {
-        printError("sandbox \(id) is \(sandboxStateName(info)), not running")
-        throw ExitCode(1)
-    }
+    let info = try await runningSandbox(id, tenant: tenant, connection: connection)
     let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: id, verb: verb)
     let answer = try await connection.withConnection(name: "hangar-cli-files", logger: cliLogger(), as: .tenant(tenant))
     {

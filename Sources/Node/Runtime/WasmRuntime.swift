@@ -32,9 +32,9 @@ public struct WasmRuntime: Runtime {
     /// The sandbox the worker runs in.
     let process: ProcessRuntime
 
-    /// The default fuel rate: below what WasmKit 0.4.2 runs per CPU second in a release build here
-    /// (1.6 G to 2.9 G on BENCHMARKS.md's "WASM" loops), so on such code fuel runs out before the
-    /// CPU-time limit would; slower code meets the cgroup's CPU-time limit first.
+    /// The default fuel rate: meant to be below what WasmKit 0.4.2 runs per CPU second in a release
+    /// build on simple loops, so on such code fuel runs out before the CPU-time limit would; slower
+    /// code meets the cgroup's CPU-time limit first.
     public static let defaultFuelPerCPUSecond: UInt64 = 1_000_000_000
     /// Memory the worker's cgroup gets beyond the job's limit, for the engine itself (its code, the
     /// module's translation, WASI's tables).
