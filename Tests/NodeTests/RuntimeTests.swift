@@ -351,6 +351,41 @@ struct SandboxProcessTests {
         #expect(await survivors(of: [tag]) == [])
     }
 
+    /// A containment that kills one process, named by the pid a file holds: the relay's child.
+    private struct KillsChild: SandboxContainment {
+        let pidFile: String
+        var checkInterval: Duration? { nil }
+        func check() -> SandboxLimit? { nil }
+        func killAll() {
+            guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+                let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines))
+            else { return }
+            kill(pid, SIGKILL)
+        }
+    }
+
+    @Test("a program that relays its sandbox's output (runc) may pass on what was written before a kill")
+    func relayKeepsOutputWrittenBeforeTheKill() async throws {
+        // The relay, like runc in the foreground, copies its child's stderr late: only after the
+        // child died. The child writes "quiet" to stderr, then floods stdout past the limit.
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("relay-\(uniqueTag())").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let script = """
+            (printf quiet >&2; while :; do printf '%01024d' 0; done) 2>\(folder)/err & echo $! >\(folder)/pid
+            wait; cat \(folder)/err >&2
+            """
+        var relayed = command(script)
+        relayed.outputLimit = 4096
+        relayed.containment = KillsChild(pidFile: folder + "/pid")
+        relayed.relaysOutput = true
+        let result = try await SandboxProcess.run(relayed)
+        #expect(result.killReason == .outputLimit)
+        #expect(result.stdout.count == 4096 && result.stdoutTruncated)
+        #expect(text(result.stderr) == "quiet", "the relay was killed before it passed stderr on")
+        #expect(result.termination == .exited(0), "the relay exited by itself once its child was killed")
+    }
+
     @Test("a missing executable is a spawn error")
     func spawnError() async {
         let missing = SandboxCommand(

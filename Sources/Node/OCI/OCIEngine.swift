@@ -209,6 +209,14 @@ struct OCIEngine: Sendable {
 
     /// `command` started through util-linux `prlimit` with `rlimits` set, so that the runtime and
     /// the container it starts inherit them; `command` itself when there are none.
+    /// Whether `run` copies the container's output through pipes of its own: runc in the
+    /// foreground does (runsc hands the descriptors to the sandbox). See
+    /// ``SandboxCommand/relaysOutput``.
+    var relaysOutput: Bool {
+        if case .runc = flavor { return true }
+        return false
+    }
+
     static func launching(_ command: SandboxCommand, under rlimits: [OCIRlimit]) -> SandboxCommand {
         guard !rlimits.isEmpty else { return command }
         let names = ["RLIMIT_NOFILE": "nofile", "RLIMIT_FSIZE": "fsize", "RLIMIT_CORE": "core", "RLIMIT_CPU": "cpu"]
@@ -276,9 +284,14 @@ struct OCIEngine: Sendable {
                 timeout: timeout,
                 outputLimit: outputLimit,
                 drainTimeout: Self.drainTimeout,
-                containment: limits.cpuTimeMs > 0
-                    ? CgroupContainment(cgroup, cpuTime: .milliseconds(Int64(limits.cpuTimeMs))) : nil
+                containment: limits.cpuTimeMs > 0 || relaysOutput
+                    ? CgroupContainment(
+                        cgroup,
+                        cpuTime: limits.cpuTimeMs > 0 ? .milliseconds(Int64(limits.cpuTimeMs)) : nil
+                    )
+                    : nil
             )
+            command.relaysOutput = relaysOutput
             command.tap = OutputTap.current
             command.ledger = resources.ledger
             command = Self.launching(command, under: config.inheritedRlimits)

@@ -183,7 +183,7 @@ final class OCIWarmSandbox: WarmSandbox {
             executable = "/bin/sh"
             inherited = [stdin.read]
         }
-        let command = OCIEngine.launching(
+        var command = OCIEngine.launching(
             SandboxCommand(
                 executable: executable,
                 arguments: arguments,
@@ -197,6 +197,7 @@ final class OCIWarmSandbox: WarmSandbox {
             ),
             under: config.inheritedRlimits
         )
+        command.relaysOutput = engine.relaysOutput
         let spawned = Result { () throws(SandboxSpawnError) in try SandboxProcess(command) }
         for fd in [control.read, stdin.read, ready.write] { close(fd) }
         if framed != nil { close(control.write) }

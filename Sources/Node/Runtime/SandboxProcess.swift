@@ -40,6 +40,14 @@ public struct SandboxCommand: Sendable {
     public var drainTimeout: Duration
     /// Polled and killed along with the program, if set.
     public var containment: (any SandboxContainment)?
+    /// Whether the program copies the sandbox's output through pipes of its own (runc in the
+    /// foreground does): then a kill (timeout, output limit, cancel) kills the sandbox's processes
+    /// through ``containment`` only and lets the program finish copying what they wrote and exit,
+    /// so no output written before the kill is lost; its process group is killed when
+    /// ``relayDrainTimeout`` runs out. Without a containment it changes nothing.
+    public var relaysOutput = false
+    /// How long a program that ``relaysOutput`` has after a kill to pass the rest on and exit.
+    public static let relayDrainTimeout = Duration.seconds(2)
     /// Gets the kept output as it is read (the job's own program only; see ``OutputTap``).
     public var tap: OutputTap?
     /// Where the process is noted while it runs (the node's ``NodeResources/ledger``), so that a
@@ -569,10 +577,15 @@ private struct PollLoop {
     private mutating func terminate(_ reason: SandboxResult.KillReason) {
         guard killReason == nil else { return }
         killReason = reason
-        Glibc.kill(-pid, SIGKILL)
-        Glibc.kill(pid, SIGKILL)
+        let relayed = command.relaysOutput && command.containment != nil
+        if !relayed {
+            Glibc.kill(-pid, SIGKILL)
+            Glibc.kill(pid, SIGKILL)
+        }
+        // A relaying program is killed by reap() once it exited or the drain time ran out.
         command.containment?.killAll()
-        let limit = clock.now + command.drainTimeout
+        let limit =
+            clock.now + (relayed ? max(command.drainTimeout, SandboxCommand.relayDrainTimeout) : command.drainTimeout)
         drainUntil = min(drainUntil ?? limit, limit)
         closeStdin()
     }
