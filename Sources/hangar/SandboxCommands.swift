@@ -15,7 +15,7 @@ struct SandboxGroup: AsyncParsableCommand {
         subcommands: [
             SandboxCreateCommand.self, SandboxListCommand.self, SandboxInfoCommand.self,
             SandboxTimeoutCommand.self, SandboxKillCommand.self, SandboxEventsCommand.self, SandboxExecCommand.self,
-            SandboxFilesGroup.self,
+            SandboxFilesGroup.self, SandboxRunCodeCommand.self, SandboxContextsGroup.self,
         ]
     )
 }
@@ -692,7 +692,7 @@ struct SandboxFilesRemoveCommand: AsyncParsableCommand {
 
 /// The tenant's sandbox `id` as the scheduler knows it, if it runs (its node takes the data plane);
 /// otherwise prints why not (no such sandbox, or not running and why) and exits 1.
-private func runningSandbox(
+func runningSandbox(
     _ id: String,
     tenant: String,
     connection: ConnectionOptions

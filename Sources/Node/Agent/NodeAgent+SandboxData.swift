@@ -48,6 +48,11 @@ extension NodeAgent {
         let target = sandboxHost?.dataTarget(sandboxID, tenant: tenant)
         if verb == "exec" {
             await sandboxExec(message.payload, target: target, sandboxID: sandboxID, replyTo: replyTo)
+        } else if verb == "code.run" {
+            await runCode(message.payload, target: target, sandboxID: sandboxID, replyTo: replyTo)
+        } else if verb == "code.contexts" {
+            let reply = await codeContexts(message.payload, target: target, sandboxID: sandboxID)
+            send(Result { try reply.serializedData() }, to: replyTo)
         } else {
             let reply = await sandboxOperation(message.payload, verb: verb, target: target, sandboxID: sandboxID)
             send(reply, to: replyTo)
@@ -104,6 +109,70 @@ extension NodeAgent {
         }
     }
 
+    /// Runs one cell in a code context of the sandbox and streams its events to `replyTo`.
+    private func runCode(_ payload: Data, target: SandboxDataTarget?, sandboxID: String, replyTo: String) async {
+        func fail(_ code: Hangar_V1_SandboxErrorCode, _ message: String) {
+            send(
+                Result {
+                    try Hangar_V1_CodeRunEvent.with {
+                        $0.failure = .with {
+                            $0.code = code
+                            $0.message = message
+                        }
+                    }
+                    .serializedData()
+                },
+                to: replyTo
+            )
+        }
+        guard let target else { return fail(.sandboxNotFound, "no sandbox \(sandboxID) of yours on this node") }
+        guard let request = try? Hangar_V1_CodeRunRequest(serializedBytes: payload) else {
+            return fail(.sandboxInvalidRequest, "the payload is not a hangar.v1.CodeRunRequest")
+        }
+        for await event in await target.code.run(request) {
+            send(Result { try event.serializedData() }, to: replyTo)
+        }
+    }
+
+    /// Creates, lists, restarts or removes a code context of the sandbox.
+    private func codeContexts(
+        _ payload: Data,
+        target: SandboxDataTarget?,
+        sandboxID: String
+    ) async -> Hangar_V1_CodeContextReply {
+        func failure(_ error: Hangar_V1_SandboxError) -> Hangar_V1_CodeContextReply { .with { $0.error = error } }
+        guard let target else {
+            return failure(CodeContextFailure(.sandboxNotFound, "no sandbox \(sandboxID) of yours on this node").error)
+        }
+        guard let request = try? Hangar_V1_CodeContextRequest(serializedBytes: payload), let op = request.op else {
+            return failure(
+                CodeContextFailure(
+                    .sandboxInvalidRequest,
+                    "the payload is not a hangar.v1.CodeContextRequest with an op"
+                )
+                .error
+            )
+        }
+        do throws(CodeContextFailure) {
+            switch op {
+            case .create(let create):
+                let info = try await target.code.create(create)
+                return .with { $0.context = info }
+            case .list:
+                let infos = await target.code.list()
+                return .with { $0.list = .with { $0.contexts = infos } }
+            case .restart(let id):
+                let info = try await target.code.restart(id)
+                return .with { $0.context = info }
+            case .remove(let id):
+                try await target.code.remove(id)
+                return .with { $0.ok = Hangar_V1_AgentOk() }
+            }
+        } catch {
+            return failure(error.error)
+        }
+    }
+
     /// `read` asking for at most ``dataChunkBytes`` (0, or more, asks for that many).
     static func bounded(_ read: Hangar_V1_AgentReadFile) -> Hangar_V1_AgentReadFile {
         var read = read
@@ -123,7 +192,7 @@ extension NodeAgent {
         guard Self.sandboxOperationVerbs.contains(verb) else {
             return failure(
                 .sandboxInvalidRequest,
-                "unknown sandbox data verb '\(verb.prefix(64))'; use exec, \(Self.sandboxOperationVerbs.joined(separator: ", "))"
+                "unknown sandbox data verb '\(verb.prefix(64))'; use exec, code.run, code.contexts, \(Self.sandboxOperationVerbs.joined(separator: ", "))"
             )
         }
         guard let target else { return failure(.sandboxNotFound, "no sandbox \(sandboxID) of yours on this node") }

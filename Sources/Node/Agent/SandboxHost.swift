@@ -46,11 +46,14 @@ public struct SandboxDataTarget: Sendable {
     public let agent: SandboxAgentChannel
     /// The environment every command gets unless its request sets the variable itself.
     public let environment: [String: String]
+    /// The sandbox's code contexts (the code interpreter).
+    public let code: CodeContexts
 
-    /// A target reaching `agent`, whose commands get `environment`.
-    public init(agent: SandboxAgentChannel, environment: [String: String]) {
+    /// A target reaching `agent`, whose commands get `environment`, with the code contexts `code`.
+    public init(agent: SandboxAgentChannel, environment: [String: String], code: CodeContexts) {
         self.agent = agent
         self.environment = environment
+        self.code = code
     }
 }
 

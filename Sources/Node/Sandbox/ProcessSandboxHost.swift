@@ -25,6 +25,7 @@ public final class ProcessSandboxHost: SandboxHost {
         let tenant: String
         let sandbox: ProcessSandbox
         let environment: [String: String]
+        let code: CodeContexts
         let watcher: Task<Void, Never>
     }
 
@@ -123,6 +124,7 @@ public final class ProcessSandboxHost: SandboxHost {
                 tenant: request.tenant,
                 sandbox: sandbox,
                 environment: request.env,
+                code: CodeContexts(agent: sandbox.agent, environment: request.env),
                 watcher: watcher
             )
             return false
@@ -150,7 +152,7 @@ public final class ProcessSandboxHost: SandboxHost {
     public func dataTarget(_ sandboxID: String, tenant: String) -> SandboxDataTarget? {
         state.withLock { state in
             guard let held = state.held[sandboxID], held.tenant == tenant else { return nil }
-            return SandboxDataTarget(agent: held.sandbox.agent, environment: held.environment)
+            return SandboxDataTarget(agent: held.sandbox.agent, environment: held.environment, code: held.code)
         }
     }
 

@@ -158,6 +158,15 @@ public nonisolated enum Hangar_V1_SandboxErrorCode: SwiftProtobuf.Enum, Swift.Ca
 
   /// the scheduler cannot answer now (its store); retry
   case sandboxUnavailable // = 5
+
+  /// no such code context in this sandbox
+  case sandboxContextNotFound // = 6
+
+  /// the code context is running another cell; wait or interrupt it
+  case sandboxBusy // = 7
+
+  /// the code context's interpreter ended; restart the context
+  case sandboxContextEnded // = 8
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -172,6 +181,9 @@ public nonisolated enum Hangar_V1_SandboxErrorCode: SwiftProtobuf.Enum, Swift.Ca
     case 3: self = .sandboxNotRunning
     case 4: self = .sandboxLimitExceeded
     case 5: self = .sandboxUnavailable
+    case 6: self = .sandboxContextNotFound
+    case 7: self = .sandboxBusy
+    case 8: self = .sandboxContextEnded
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -184,6 +196,9 @@ public nonisolated enum Hangar_V1_SandboxErrorCode: SwiftProtobuf.Enum, Swift.Ca
     case .sandboxNotRunning: return 3
     case .sandboxLimitExceeded: return 4
     case .sandboxUnavailable: return 5
+    case .sandboxContextNotFound: return 6
+    case .sandboxBusy: return 7
+    case .sandboxContextEnded: return 8
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -196,6 +211,9 @@ public nonisolated enum Hangar_V1_SandboxErrorCode: SwiftProtobuf.Enum, Swift.Ca
     .sandboxNotRunning,
     .sandboxLimitExceeded,
     .sandboxUnavailable,
+    .sandboxContextNotFound,
+    .sandboxBusy,
+    .sandboxContextEnded,
   ]
 
 }
@@ -251,6 +269,60 @@ public nonisolated enum Hangar_V1_SandboxEventKind: SwiftProtobuf.Enum, Swift.Ca
     .sandboxEventStarted,
     .sandboxEventTimeoutSet,
     .sandboxEventEnded,
+  ]
+
+}
+
+public nonisolated enum Hangar_V1_CodeCellEnd: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case codeCellOk // = 0
+
+  /// the cell raised; the context keeps its state
+  case codeCellError // = 1
+
+  /// interrupted at its timeout (state kept unless `message` says the interpreter was killed)
+  case codeCellTimedOut // = 2
+
+  /// interrupted after writing more than the node forwards for one cell
+  case codeCellOutputLimit // = 3
+
+  /// the interpreter ended (os._exit, a crash, out of memory): restart the context
+  case codeCellInterpreterDied // = 4
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .codeCellOk
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .codeCellOk
+    case 1: self = .codeCellError
+    case 2: self = .codeCellTimedOut
+    case 3: self = .codeCellOutputLimit
+    case 4: self = .codeCellInterpreterDied
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .codeCellOk: return 0
+    case .codeCellError: return 1
+    case .codeCellTimedOut: return 2
+    case .codeCellOutputLimit: return 3
+    case .codeCellInterpreterDied: return 4
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Hangar_V1_CodeCellEnd] = [
+    .codeCellOk,
+    .codeCellError,
+    .codeCellTimedOut,
+    .codeCellOutputLimit,
+    .codeCellInterpreterDied,
   ]
 
 }
@@ -1080,6 +1152,370 @@ public nonisolated struct Hangar_V1_SandboxOpReply: Sendable {
   public init() {}
 }
 
+/// hangar.sbx.<node>.<tenant>.<sandbox>.code.run: runs one cell in a code context. Answered with a
+/// stream of CodeRunEvent on the reply subject: `stream` chunks and `result`s as the cell makes
+/// them, at most one `error` (the cell raised), then `done`, the last event; or a single `failure`
+/// or `agent_error` when the cell cannot run (no such context, a busy one, a bad request).
+public nonisolated struct Hangar_V1_CodeRunRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// empty: the sandbox's default context of `language`, made on first use
+  public var contextID: String = String()
+
+  /// for the default context: "python" (when empty) or "bash"
+  public var language: String = String()
+
+  /// at most 1 MiB
+  public var code: String = String()
+
+  /// SIGINT after this long (KeyboardInterrupt; state kept); 0 = 300 s
+  public var timeoutMs: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_CodeRunEvent: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var kind: Hangar_V1_CodeRunEvent.OneOf_Kind? = nil
+
+  public var stream: Hangar_V1_CodeStream {
+    get {
+      if case .stream(let v)? = kind {return v}
+      return Hangar_V1_CodeStream()
+    }
+    set {kind = .stream(newValue)}
+  }
+
+  public var result: Hangar_V1_CodeResult {
+    get {
+      if case .result(let v)? = kind {return v}
+      return Hangar_V1_CodeResult()
+    }
+    set {kind = .result(newValue)}
+  }
+
+  public var error: Hangar_V1_CodeError {
+    get {
+      if case .error(let v)? = kind {return v}
+      return Hangar_V1_CodeError()
+    }
+    set {kind = .error(newValue)}
+  }
+
+  /// the last event
+  public var done: Hangar_V1_CodeDone {
+    get {
+      if case .done(let v)? = kind {return v}
+      return Hangar_V1_CodeDone()
+    }
+    set {kind = .done(newValue)}
+  }
+
+  /// the cell did not run: the last event
+  public var failure: Hangar_V1_SandboxError {
+    get {
+      if case .failure(let v)? = kind {return v}
+      return Hangar_V1_SandboxError()
+    }
+    set {kind = .failure(newValue)}
+  }
+
+  /// the sandbox's agent refused to start the kernel: the last event
+  public var agentError: Hangar_V1_AgentError {
+    get {
+      if case .agentError(let v)? = kind {return v}
+      return Hangar_V1_AgentError()
+    }
+    set {kind = .agentError(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Kind: Equatable, Sendable {
+    case stream(Hangar_V1_CodeStream)
+    case result(Hangar_V1_CodeResult)
+    case error(Hangar_V1_CodeError)
+    /// the last event
+    case done(Hangar_V1_CodeDone)
+    /// the cell did not run: the last event
+    case failure(Hangar_V1_SandboxError)
+    /// the sandbox's agent refused to start the kernel: the last event
+    case agentError(Hangar_V1_AgentError)
+
+  }
+
+  public init() {}
+}
+
+/// A chunk of what the cell wrote (print, os.write, its subprocesses), decoded as UTF-8.
+public nonisolated struct Hangar_V1_CodeStream: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var stderr: Bool = false
+
+  public var text: String = String()
+
+  /// when the kernel read it (Unix milliseconds)
+  public var timestampMs: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A value: the cell's last expression (`main`), a matplotlib figure, or what `display()` showed.
+/// `data` maps MIME types to the value: text/plain, text/html, text/markdown, text/latex,
+/// image/svg+xml, application/javascript as text; image/png and image/jpeg in base64;
+/// application/json as JSON text.
+public nonisolated struct Hangar_V1_CodeResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var main: Bool = false
+
+  public var data: Dictionary<String,String> = [:]
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The exception the cell raised (Python), or a non-zero status (bash: name "ExitCode").
+public nonisolated struct Hangar_V1_CodeError: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var value: String = String()
+
+  public var traceback: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_CodeDone: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var executionCount: UInt32 = 0
+
+  public var end: Hangar_V1_CodeCellEnd = .codeCellOk
+
+  /// for a person, when `end` is not OK
+  public var message: String = String()
+
+  public var durationMs: UInt64 = 0
+
+  public var contextID: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// hangar.sbx.<node>.<tenant>.<sandbox>.code.contexts: create, list, restart and remove code
+/// contexts; one request, one CodeContextReply.
+public nonisolated struct Hangar_V1_CodeContextRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var op: Hangar_V1_CodeContextRequest.OneOf_Op? = nil
+
+  public var create: Hangar_V1_CodeContextCreate {
+    get {
+      if case .create(let v)? = op {return v}
+      return Hangar_V1_CodeContextCreate()
+    }
+    set {op = .create(newValue)}
+  }
+
+  public var list: Hangar_V1_CodeContextList {
+    get {
+      if case .list(let v)? = op {return v}
+      return Hangar_V1_CodeContextList()
+    }
+    set {op = .list(newValue)}
+  }
+
+  /// a context id: a new kernel, state cleared, same id
+  public var restart: String {
+    get {
+      if case .restart(let v)? = op {return v}
+      return String()
+    }
+    set {op = .restart(newValue)}
+  }
+
+  /// a context id
+  public var remove: String {
+    get {
+      if case .remove(let v)? = op {return v}
+      return String()
+    }
+    set {op = .remove(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Op: Equatable, Sendable {
+    case create(Hangar_V1_CodeContextCreate)
+    case list(Hangar_V1_CodeContextList)
+    /// a context id: a new kernel, state cleared, same id
+    case restart(String)
+    /// a context id
+    case remove(String)
+
+  }
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_CodeContextCreate: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// "python" (when empty) or "bash"
+  public var language: String = String()
+
+  /// empty: the user's home
+  public var cwd: String = String()
+
+  /// over the sandbox's default environment
+  public var env: Dictionary<String,String> = [:]
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_CodeContextList: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_CodeContextInfo: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var id: String = String()
+
+  public var language: String = String()
+
+  public var cwd: String = String()
+
+  /// the kernel's pid in the sandbox
+  public var pid: UInt32 = 0
+
+  public var executionCount: UInt32 = 0
+
+  /// false once its interpreter ended: restart it
+  public var alive: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_CodeContextInfos: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var contexts: [Hangar_V1_CodeContextInfo] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_CodeContextReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var outcome: Hangar_V1_CodeContextReply.OneOf_Outcome? = nil
+
+  /// create, restart
+  public var context: Hangar_V1_CodeContextInfo {
+    get {
+      if case .context(let v)? = outcome {return v}
+      return Hangar_V1_CodeContextInfo()
+    }
+    set {outcome = .context(newValue)}
+  }
+
+  public var list: Hangar_V1_CodeContextInfos {
+    get {
+      if case .list(let v)? = outcome {return v}
+      return Hangar_V1_CodeContextInfos()
+    }
+    set {outcome = .list(newValue)}
+  }
+
+  /// remove
+  public var ok: Hangar_V1_AgentOk {
+    get {
+      if case .ok(let v)? = outcome {return v}
+      return Hangar_V1_AgentOk()
+    }
+    set {outcome = .ok(newValue)}
+  }
+
+  public var error: Hangar_V1_SandboxError {
+    get {
+      if case .error(let v)? = outcome {return v}
+      return Hangar_V1_SandboxError()
+    }
+    set {outcome = .error(newValue)}
+  }
+
+  public var agentError: Hangar_V1_AgentError {
+    get {
+      if case .agentError(let v)? = outcome {return v}
+      return Hangar_V1_AgentError()
+    }
+    set {outcome = .agentError(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Outcome: Equatable, Sendable {
+    /// create, restart
+    case context(Hangar_V1_CodeContextInfo)
+    case list(Hangar_V1_CodeContextInfos)
+    /// remove
+    case ok(Hangar_V1_AgentOk)
+    case error(Hangar_V1_SandboxError)
+    case agentError(Hangar_V1_AgentError)
+
+  }
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "hangar.v1"
@@ -1093,11 +1529,15 @@ nonisolated extension Hangar_V1_SandboxEndReason: SwiftProtobuf._ProtoNameProvid
 }
 
 nonisolated extension Hangar_V1_SandboxErrorCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0SANDBOX_ERROR_CODE_UNSPECIFIED\0\u{1}SANDBOX_NOT_FOUND\0\u{1}SANDBOX_INVALID_REQUEST\0\u{1}SANDBOX_NOT_RUNNING\0\u{1}SANDBOX_LIMIT_EXCEEDED\0\u{1}SANDBOX_UNAVAILABLE\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0SANDBOX_ERROR_CODE_UNSPECIFIED\0\u{1}SANDBOX_NOT_FOUND\0\u{1}SANDBOX_INVALID_REQUEST\0\u{1}SANDBOX_NOT_RUNNING\0\u{1}SANDBOX_LIMIT_EXCEEDED\0\u{1}SANDBOX_UNAVAILABLE\0\u{1}SANDBOX_CONTEXT_NOT_FOUND\0\u{1}SANDBOX_BUSY\0\u{1}SANDBOX_CONTEXT_ENDED\0")
 }
 
 nonisolated extension Hangar_V1_SandboxEventKind: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0SANDBOX_EVENT_KIND_UNSPECIFIED\0\u{1}SANDBOX_EVENT_CREATED\0\u{1}SANDBOX_EVENT_STARTED\0\u{1}SANDBOX_EVENT_TIMEOUT_SET\0\u{1}SANDBOX_EVENT_ENDED\0")
+}
+
+nonisolated extension Hangar_V1_CodeCellEnd: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0CODE_CELL_OK\0\u{1}CODE_CELL_ERROR\0\u{1}CODE_CELL_TIMED_OUT\0\u{1}CODE_CELL_OUTPUT_LIMIT\0\u{1}CODE_CELL_INTERPRETER_DIED\0")
 }
 
 nonisolated extension Hangar_V1_SandboxCreateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -2620,6 +3060,704 @@ nonisolated extension Hangar_V1_SandboxOpReply: SwiftProtobuf.Message, SwiftProt
   }
 
   public static func ==(lhs: Hangar_V1_SandboxOpReply, rhs: Hangar_V1_SandboxOpReply) -> Bool {
+    if lhs.outcome != rhs.outcome {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_CodeRunRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CodeRunRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}context_id\0\u{1}language\0\u{1}code\0\u{3}timeout_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.contextID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.language) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.code) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.contextID.isEmpty {
+      try visitor.visitSingularStringField(value: self.contextID, fieldNumber: 1)
+    }
+    if !self.language.isEmpty {
+      try visitor.visitSingularStringField(value: self.language, fieldNumber: 2)
+    }
+    if !self.code.isEmpty {
+      try visitor.visitSingularStringField(value: self.code, fieldNumber: 3)
+    }
+    if self.timeoutMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.timeoutMs, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_CodeRunRequest, rhs: Hangar_V1_CodeRunRequest) -> Bool {
+    if lhs.contextID != rhs.contextID {return false}
+    if lhs.language != rhs.language {return false}
+    if lhs.code != rhs.code {return false}
+    if lhs.timeoutMs != rhs.timeoutMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_CodeRunEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CodeRunEvent"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}stream\0\u{1}result\0\u{1}error\0\u{1}done\0\u{1}failure\0\u{3}agent_error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try {
+        var v: Hangar_V1_CodeStream?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .stream(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .stream(v)
+        }
+      }()
+      case 2: try {
+        var v: Hangar_V1_CodeResult?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .result(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .result(v)
+        }
+      }()
+      case 3: try {
+        var v: Hangar_V1_CodeError?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .error(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .error(v)
+        }
+      }()
+      case 4: try {
+        var v: Hangar_V1_CodeDone?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .done(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .done(v)
+        }
+      }()
+      case 5: try {
+        var v: Hangar_V1_SandboxError?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .failure(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .failure(v)
+        }
+      }()
+      case 6: try {
+        var v: Hangar_V1_AgentError?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .agentError(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .agentError(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    switch self.kind {
+    case .stream?: try {
+      guard case .stream(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    }()
+    case .result?: try {
+      guard case .result(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .error?: try {
+      guard case .error(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .done?: try {
+      guard case .done(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .failure?: try {
+      guard case .failure(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
+    case .agentError?: try {
+      guard case .agentError(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_CodeRunEvent, rhs: Hangar_V1_CodeRunEvent) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_CodeStream: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CodeStream"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}stderr\0\u{1}text\0\u{3}timestamp_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.stderr) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.text) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.timestampMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.stderr != false {
+      try visitor.visitSingularBoolField(value: self.stderr, fieldNumber: 1)
+    }
+    if !self.text.isEmpty {
+      try visitor.visitSingularStringField(value: self.text, fieldNumber: 2)
+    }
+    if self.timestampMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.timestampMs, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_CodeStream, rhs: Hangar_V1_CodeStream) -> Bool {
+    if lhs.stderr != rhs.stderr {return false}
+    if lhs.text != rhs.text {return false}
+    if lhs.timestampMs != rhs.timestampMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_CodeResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CodeResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}main\0\u{1}data\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.main) }()
+      case 2: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.data) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.main != false {
+      try visitor.visitSingularBoolField(value: self.main, fieldNumber: 1)
+    }
+    if !self.data.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.data, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_CodeResult, rhs: Hangar_V1_CodeResult) -> Bool {
+    if lhs.main != rhs.main {return false}
+    if lhs.data != rhs.data {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_CodeError: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CodeError"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}value\0\u{1}traceback\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.value) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.traceback) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.value.isEmpty {
+      try visitor.visitSingularStringField(value: self.value, fieldNumber: 2)
+    }
+    if !self.traceback.isEmpty {
+      try visitor.visitSingularStringField(value: self.traceback, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_CodeError, rhs: Hangar_V1_CodeError) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.value != rhs.value {return false}
+    if lhs.traceback != rhs.traceback {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_CodeDone: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CodeDone"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}execution_count\0\u{1}end\0\u{1}message\0\u{3}duration_ms\0\u{3}context_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.executionCount) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.end) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.message) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.durationMs) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.contextID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.executionCount != 0 {
+      try visitor.visitSingularUInt32Field(value: self.executionCount, fieldNumber: 1)
+    }
+    if self.end != .codeCellOk {
+      try visitor.visitSingularEnumField(value: self.end, fieldNumber: 2)
+    }
+    if !self.message.isEmpty {
+      try visitor.visitSingularStringField(value: self.message, fieldNumber: 3)
+    }
+    if self.durationMs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.durationMs, fieldNumber: 4)
+    }
+    if !self.contextID.isEmpty {
+      try visitor.visitSingularStringField(value: self.contextID, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_CodeDone, rhs: Hangar_V1_CodeDone) -> Bool {
+    if lhs.executionCount != rhs.executionCount {return false}
+    if lhs.end != rhs.end {return false}
+    if lhs.message != rhs.message {return false}
+    if lhs.durationMs != rhs.durationMs {return false}
+    if lhs.contextID != rhs.contextID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_CodeContextRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CodeContextRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}create\0\u{1}list\0\u{1}restart\0\u{1}remove\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try {
+        var v: Hangar_V1_CodeContextCreate?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .create(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .create(v)
+        }
+      }()
+      case 2: try {
+        var v: Hangar_V1_CodeContextList?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .list(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .list(v)
+        }
+      }()
+      case 3: try {
+        var v: String?
+        try decoder.decodeSingularStringField(value: &v)
+        if let v = v {
+          if self.op != nil {try decoder.handleConflictingOneOf()}
+          self.op = .restart(v)
+        }
+      }()
+      case 4: try {
+        var v: String?
+        try decoder.decodeSingularStringField(value: &v)
+        if let v = v {
+          if self.op != nil {try decoder.handleConflictingOneOf()}
+          self.op = .remove(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    switch self.op {
+    case .create?: try {
+      guard case .create(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    }()
+    case .list?: try {
+      guard case .list(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .restart?: try {
+      guard case .restart(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularStringField(value: v, fieldNumber: 3)
+    }()
+    case .remove?: try {
+      guard case .remove(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularStringField(value: v, fieldNumber: 4)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_CodeContextRequest, rhs: Hangar_V1_CodeContextRequest) -> Bool {
+    if lhs.op != rhs.op {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_CodeContextCreate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CodeContextCreate"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}language\0\u{1}cwd\0\u{1}env\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.language) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.cwd) }()
+      case 3: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.env) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.language.isEmpty {
+      try visitor.visitSingularStringField(value: self.language, fieldNumber: 1)
+    }
+    if !self.cwd.isEmpty {
+      try visitor.visitSingularStringField(value: self.cwd, fieldNumber: 2)
+    }
+    if !self.env.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.env, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_CodeContextCreate, rhs: Hangar_V1_CodeContextCreate) -> Bool {
+    if lhs.language != rhs.language {return false}
+    if lhs.cwd != rhs.cwd {return false}
+    if lhs.env != rhs.env {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_CodeContextList: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CodeContextList"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_CodeContextList, rhs: Hangar_V1_CodeContextList) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_CodeContextInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CodeContextInfo"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}language\0\u{1}cwd\0\u{1}pid\0\u{3}execution_count\0\u{1}alive\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.language) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.cwd) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.pid) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.executionCount) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.alive) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    }
+    if !self.language.isEmpty {
+      try visitor.visitSingularStringField(value: self.language, fieldNumber: 2)
+    }
+    if !self.cwd.isEmpty {
+      try visitor.visitSingularStringField(value: self.cwd, fieldNumber: 3)
+    }
+    if self.pid != 0 {
+      try visitor.visitSingularUInt32Field(value: self.pid, fieldNumber: 4)
+    }
+    if self.executionCount != 0 {
+      try visitor.visitSingularUInt32Field(value: self.executionCount, fieldNumber: 5)
+    }
+    if self.alive != false {
+      try visitor.visitSingularBoolField(value: self.alive, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_CodeContextInfo, rhs: Hangar_V1_CodeContextInfo) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.language != rhs.language {return false}
+    if lhs.cwd != rhs.cwd {return false}
+    if lhs.pid != rhs.pid {return false}
+    if lhs.executionCount != rhs.executionCount {return false}
+    if lhs.alive != rhs.alive {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_CodeContextInfos: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CodeContextInfos"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}contexts\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.contexts) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.contexts.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.contexts, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_CodeContextInfos, rhs: Hangar_V1_CodeContextInfos) -> Bool {
+    if lhs.contexts != rhs.contexts {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_CodeContextReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CodeContextReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}context\0\u{1}list\0\u{1}ok\0\u{1}error\0\u{3}agent_error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try {
+        var v: Hangar_V1_CodeContextInfo?
+        var hadOneofValue = false
+        if let current = self.outcome {
+          hadOneofValue = true
+          if case .context(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.outcome = .context(v)
+        }
+      }()
+      case 2: try {
+        var v: Hangar_V1_CodeContextInfos?
+        var hadOneofValue = false
+        if let current = self.outcome {
+          hadOneofValue = true
+          if case .list(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.outcome = .list(v)
+        }
+      }()
+      case 3: try {
+        var v: Hangar_V1_AgentOk?
+        var hadOneofValue = false
+        if let current = self.outcome {
+          hadOneofValue = true
+          if case .ok(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.outcome = .ok(v)
+        }
+      }()
+      case 4: try {
+        var v: Hangar_V1_SandboxError?
+        var hadOneofValue = false
+        if let current = self.outcome {
+          hadOneofValue = true
+          if case .error(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.outcome = .error(v)
+        }
+      }()
+      case 5: try {
+        var v: Hangar_V1_AgentError?
+        var hadOneofValue = false
+        if let current = self.outcome {
+          hadOneofValue = true
+          if case .agentError(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.outcome = .agentError(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    switch self.outcome {
+    case .context?: try {
+      guard case .context(let v)? = self.outcome else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    }()
+    case .list?: try {
+      guard case .list(let v)? = self.outcome else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .ok?: try {
+      guard case .ok(let v)? = self.outcome else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .error?: try {
+      guard case .error(let v)? = self.outcome else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .agentError?: try {
+      guard case .agentError(let v)? = self.outcome else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_CodeContextReply, rhs: Hangar_V1_CodeContextReply) -> Bool {
     if lhs.outcome != rhs.outcome {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true

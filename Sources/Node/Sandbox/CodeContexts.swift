@@ -1,0 +1,161 @@
+import Foundation
+import HangarShared
+
+/// The code contexts of one stateful sandbox (issue 17): each a kernel (``CodeKernel``) that the
+/// sandbox's agent runs as a background command, with its own state. The node writes a cell to the
+/// kernel's stdin and turns the frames the kernel writes to its stdout into `CodeRunEvent`s for the
+/// tenant; it enforces the cell's timeout (SIGINT, then SIGKILL after ``interruptGrace``) and the
+/// output the node forwards for one cell (``maxCellOutputBytes``).
+public actor CodeContexts {
+    /// A cell's timeout when its request sets none.
+    public static let defaultTimeout = Duration.seconds(300)
+    /// How long an interrupted cell has to stop before its interpreter is killed.
+    public static let interruptGrace = Duration.seconds(2)
+    /// Bytes of stdout and stderr forwarded for one cell; past them the cell is interrupted.
+    public static let maxCellOutputBytes = 8 << 20
+    /// Most code contexts one sandbox may hold.
+    public static let maxContexts = 16
+    /// How long a new kernel has to say it is ready.
+    static let readyTimeout = Duration.seconds(30)
+
+    private let agent: SandboxAgentChannel
+    private let environment: [String: String]
+    private var kernels: [String: CodeKernelSession] = [:]
+    /// The default context of each language, made by the first run that names none.
+    private var defaults: [String: String] = [:]
+    private var made = 0
+
+    /// The contexts of the sandbox behind `agent`, whose commands get `environment` by default.
+    public init(agent: SandboxAgentChannel, environment: [String: String]) {
+        self.agent = agent
+        self.environment = environment
+    }
+
+    /// Starts a new context and returns once its kernel is ready.
+    public func create(
+        _ request: Hangar_V1_CodeContextCreate
+    ) async throws(CodeContextFailure)
+        -> Hangar_V1_CodeContextInfo
+    {
+        let language = request.language.isEmpty ? "python" : request.language
+        guard CodeKernel.languages.contains(language) else {
+            throw CodeContextFailure(
+                .sandboxInvalidRequest,
+                "language '\(language.prefix(64))' has no kernel; use \(CodeKernel.languages.joined(separator: ", "))"
+            )
+        }
+        guard kernels.count < Self.maxContexts else {
+            throw CodeContextFailure(
+                .sandboxLimitExceeded,
+                "this sandbox holds \(Self.maxContexts) code contexts already; remove one first"
+            )
+        }
+        made += 1
+        let id = "ctx-\(made)"
+        let session = CodeKernelSession(
+            id: id,
+            language: language,
+            cwd: request.cwd,
+            environment: environment.merging(request.env) { _, own in own },
+            agent: agent
+        )
+        kernels[id] = session
+        do {
+            try await session.start()
+        } catch {
+            kernels[id] = nil
+            throw error
+        }
+        return await session.info
+    }
+
+    /// Every context, oldest first.
+    public func list() async -> [Hangar_V1_CodeContextInfo] {
+        var infos: [Hangar_V1_CodeContextInfo] = []
+        for id in kernels.keys.sorted(by: Self.creationOrder) {
+            if let session = kernels[id] { infos.append(await session.info) }
+        }
+        return infos
+    }
+
+    /// Replaces the kernel of `id` by a new one: its state is gone, its id, language, working
+    /// directory and environment stay.
+    public func restart(_ id: String) async throws(CodeContextFailure) -> Hangar_V1_CodeContextInfo {
+        guard let old = kernels[id] else { throw Self.notFound(id) }
+        await old.stop("the context was restarted")
+        let session = await old.successor()
+        kernels[id] = session
+        try await session.start()
+        return await session.info
+    }
+
+    /// Ends the kernel of `id` and forgets the context.
+    public func remove(_ id: String) async throws(CodeContextFailure) {
+        guard let session = kernels.removeValue(forKey: id) else { throw Self.notFound(id) }
+        defaults = defaults.filter { $0.value != id }
+        await session.stop("the context was removed")
+    }
+
+    /// Runs one cell: in context `request.contextID`, or in the default context of its language
+    /// (made now if need be). The stream ends after `done` or a `failure`.
+    public func run(_ request: Hangar_V1_CodeRunRequest) async -> AsyncStream<Hangar_V1_CodeRunEvent> {
+        let session: CodeKernelSession
+        do throws(CodeContextFailure) {
+            session = try await context(for: request)
+        } catch {
+            return Self.single(.with { $0.failure = error.error })
+        }
+        let timeout =
+            request.timeoutMs > 0 ? Duration.milliseconds(Int64(request.timeoutMs)) : Self.defaultTimeout
+        return await session.run(request.code, timeout: timeout)
+    }
+
+    private func context(
+        for request: Hangar_V1_CodeRunRequest
+    ) async throws(CodeContextFailure)
+        -> CodeKernelSession
+    {
+        if !request.contextID.isEmpty {
+            guard let session = kernels[request.contextID] else { throw Self.notFound(request.contextID) }
+            return session
+        }
+        let language = request.language.isEmpty ? "python" : request.language
+        if let id = defaults[language], let session = kernels[id] { return session }
+        let info = try await create(.with { $0.language = language })
+        defaults[language] = info.id
+        guard let session = kernels[info.id] else { throw Self.notFound(info.id) }
+        return session
+    }
+
+    private static func notFound(_ id: String) -> CodeContextFailure {
+        CodeContextFailure(.sandboxContextNotFound, "no code context '\(id.prefix(64))' in this sandbox")
+    }
+
+    /// `ctx-2` before `ctx-10`.
+    private static func creationOrder(_ a: String, _ b: String) -> Bool {
+        let (x, y) = (Int(a.dropFirst(4)) ?? 0, Int(b.dropFirst(4)) ?? 0)
+        return x < y
+    }
+
+    static func single(_ event: Hangar_V1_CodeRunEvent) -> AsyncStream<Hangar_V1_CodeRunEvent> {
+        AsyncStream { continuation in
+            continuation.yield(event)
+            continuation.finish()
+        }
+    }
+}
+
+/// Why a code-context request failed, as the tenant's answer says it.
+public struct CodeContextFailure: Error, Sendable, CustomStringConvertible {
+    /// The answer's error.
+    public let error: Hangar_V1_SandboxError
+
+    init(_ code: Hangar_V1_SandboxErrorCode, _ message: String) {
+        error = .with {
+            $0.code = code
+            $0.message = message
+        }
+    }
+
+    public var description: String { error.message }
+}

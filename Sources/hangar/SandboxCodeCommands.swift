@@ -1,0 +1,272 @@
+import ArgumentParser
+import Foundation
+import HangarNATS
+import HangarShared
+
+struct SandboxRunCodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run-code",
+        abstract: "Run a cell of code in a sandbox's code context; state persists between cells.",
+        discussion: """
+            Reads the cell from standard input (or --code). Output streams as the cell runs; the
+            value of the last expression and every result's text/plain are printed; images
+            (matplotlib figures, image/png and image/jpeg results) are saved under --images.
+            Without --context the sandbox's default context of --language is used (made on first
+            use). Exit 0 when the cell ran, 1 when it raised or could not run, 124 at its timeout.
+            Example: echo 'x = 41' | hangar sandbox run-code $id; echo 'x + 1' | hangar sandbox run-code $id
+            """
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @OptionGroup var output: OutputOptions
+    @Option(help: "The code context (from `hangar sandbox contexts create`); default: the language's default context.")
+    var context: String?
+    @Option(help: "Language of the default context: python or bash.")
+    var language: String = "python"
+    @Option(help: "The cell's code (default: read standard input).")
+    var code: String?
+    @Option(help: "Interrupt the cell after this many seconds (default 300); its context keeps its state.")
+    var timeout: Double?
+    @Option(help: "Folder to save image results in (created if missing).")
+    var images: String = "."
+    @Argument(help: "The sandbox id.")
+    var id: String
+
+    func validate() throws {
+        guard ["python", "bash"].contains(language) else { throw ValidationError("--language must be python or bash") }
+        if let timeout, !(timeout > 0 && timeout <= 86_400) {
+            throw ValidationError("--timeout must be more than 0 and at most 86400 seconds")
+        }
+    }
+
+    func run() async throws {
+        let tenant = try connection.tenant(owner.tenant)
+        let info = try await runningSandbox(id, tenant: tenant, connection: connection)
+        var request = Hangar_V1_CodeRunRequest()
+        request.contextID = context ?? ""
+        request.language = language
+        request.code = code ?? String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+        if let timeout { request.timeoutMs = UInt32((timeout * 1000).rounded(.up)) }
+        let status = try await connection.withConnection(
+            name: "hangar-cli-run-code",
+            logger: cliLogger(),
+            as: .tenant(tenant)
+        ) {
+            nats in
+            try await runCell(request, info: info, tenant: tenant, nats: nats)
+        }
+        if status != 0 { throw ExitCode(status) }
+    }
+
+    private func runCell(
+        _ request: Hangar_V1_CodeRunRequest,
+        info: Hangar_V1_SandboxInfo,
+        tenant: String,
+        nats: NATSConnection
+    ) async throws -> Int32 {
+        let inbox = nats.options.inboxPrefix + ".code." + UUID().uuidString.replacingOccurrences(of: "-", with: "")
+        let events = try await nats.subscribeConfirmed(inbox)
+        defer { events.unsubscribe() }
+        let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: info.id, verb: "code.run")
+        try nats.publish(subject, payload: try request.serializedData(), replyTo: inbox)
+        var saved = 0
+        var status: Int32 = 0
+        for await message in events {
+            let event = try Hangar_V1_CodeRunEvent(serializedBytes: message.payload)
+            if output.isJSON { try printJSON(event) }
+            switch event.kind {
+            case .stream(let stream):
+                guard !output.isJSON else { continue }
+                (stream.stderr ? FileHandle.standardError : FileHandle.standardOutput).write(Data(stream.text.utf8))
+            case .result(let result):
+                saved += try save(result, number: saved)
+                if !output.isJSON, let text = result.data["text/plain"] { print(text) }
+            case .error(let error):
+                status = 1
+                guard !output.isJSON else { continue }
+                let traceback = error.traceback.isEmpty ? "\(error.name): \(error.value)" : error.traceback
+                FileHandle.standardError.write(Data((traceback.hasSuffix("\n") ? traceback : traceback + "\n").utf8))
+            case .done(let done):
+                switch done.end {
+                case .codeCellOk, .codeCellError: break
+                case .codeCellTimedOut: status = 124
+                default: status = 1
+                }
+                if !done.message.isEmpty && !output.isJSON { printError(done.message) }
+                return status
+            case .failure(let failure):
+                if !output.isJSON { printError(failure.message) }
+                return 1
+            case .agentError(let error):
+                if !output.isJSON { printError("the sandbox refused the kernel: \(error.message)") }
+                return 1
+            case nil:
+                continue
+            }
+        }
+        throw CLIError("node \(info.nodeID) stopped answering")
+    }
+
+    /// Saves the images of `result` under ``images``; returns how many.
+    private func save(_ result: Hangar_V1_CodeResult, number: Int) throws -> Int {
+        var count = 0
+        for (mime, suffix) in [("image/png", "png"), ("image/jpeg", "jpg")] {
+            guard let base64 = result.data[mime] else { continue }
+            guard let bytes = Data(base64Encoded: base64, options: .ignoreUnknownCharacters) else {
+                printError("a \(mime) result is not base64; not saved")
+                continue
+            }
+            try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
+            let path = (images as NSString).appendingPathComponent(
+                "result-\(UUID().uuidString.prefix(8))-\(number + count).\(suffix)"
+            )
+            try bytes.write(to: URL(fileURLWithPath: path))
+            printError("saved \(mime) (\(bytes.count) bytes) to \(path)")
+            count += 1
+        }
+        return count
+    }
+}
+
+struct SandboxContextsGroup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "contexts",
+        abstract: "A sandbox's code contexts: list, create, restart, remove.",
+        discussion:
+            "Example: ctx=$(hangar sandbox contexts create $id --language bash); hangar sandbox run-code $id --context $ctx",
+        subcommands: [
+            SandboxContextsListCommand.self, SandboxContextsCreateCommand.self, SandboxContextsRestartCommand.self,
+            SandboxContextsRemoveCommand.self,
+        ]
+    )
+}
+
+struct SandboxContextsListCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List a sandbox's code contexts.")
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @OptionGroup var output: OutputOptions
+    @Argument(help: "The sandbox id.")
+    var id: String
+
+    func run() async throws {
+        let reply = try await codeContextCall(.list(.init()), id: id, owner: owner, connection: connection)
+        if output.isJSON { return try printJSON(reply) }
+        let rows = reply.list.contexts.map {
+            [
+                $0.id.terminalSafe, $0.language.terminalSafe, $0.alive ? "alive" : "ended", "\($0.executionCount)",
+                $0.cwd.isEmpty ? "~" : $0.cwd.terminalSafe,
+            ]
+        }
+        print(formatTable([["CONTEXT", "LANGUAGE", "STATE", "CELLS", "CWD"]] + rows, style: .stdout))
+    }
+}
+
+struct SandboxContextsCreateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "create",
+        abstract: "Create a code context (its own interpreter and state); prints its id."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @OptionGroup var output: OutputOptions
+    @Option(help: "python or bash.")
+    var language: String = "python"
+    @Option(help: "Working directory in the sandbox (default: /home/user).")
+    var cwd: String?
+    @Option(name: .customLong("env"), help: "Environment variable KEY=VALUE for the context (repeatable).")
+    var env: [String] = []
+    @Argument(help: "The sandbox id.")
+    var id: String
+
+    func validate() throws {
+        guard ["python", "bash"].contains(language) else { throw ValidationError("--language must be python or bash") }
+    }
+
+    func run() async throws {
+        var create = Hangar_V1_CodeContextCreate()
+        create.language = language
+        create.cwd = cwd ?? ""
+        create.env = try parseLabels(env, flag: "--env")
+        let reply = try await codeContextCall(.create(create), id: id, owner: owner, connection: connection)
+        if output.isJSON { return try printJSON(reply) }
+        print(reply.context.id)
+    }
+}
+
+struct SandboxContextsRestartCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restart",
+        abstract: "Restart a code context: a new interpreter, its state cleared, the same id."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @Argument(help: "The sandbox id.")
+    var id: String
+    @Argument(help: "The context id.")
+    var context: String
+
+    func run() async throws {
+        _ = try await codeContextCall(.restart(context), id: id, owner: owner, connection: connection)
+    }
+}
+
+struct SandboxContextsRemoveCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rm",
+        abstract: "Remove a code context (its interpreter is killed)."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @Argument(help: "The sandbox id.")
+    var id: String
+    @Argument(help: "The context id.")
+    var context: String
+
+    func run() async throws {
+        _ = try await codeContextCall(.remove(context), id: id, owner: owner, connection: connection)
+    }
+}
+
+/// Sends one code-context request to the node that holds the sandbox; prints its error and exits
+/// 1 when it failed.
+private func codeContextCall(
+    _ op: Hangar_V1_CodeContextRequest.OneOf_Op,
+    id: String,
+    owner: SandboxTenantOptions,
+    connection: ConnectionOptions
+) async throws -> Hangar_V1_CodeContextReply {
+    let tenant = try connection.tenant(owner.tenant)
+    let info = try await runningSandbox(id, tenant: tenant, connection: connection)
+    let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: id, verb: "code.contexts")
+    var request = Hangar_V1_CodeContextRequest()
+    request.op = op
+    let answer = try await connection.withConnection(
+        name: "hangar-cli-contexts",
+        logger: cliLogger(),
+        as: .tenant(tenant)
+    ) {
+        nats in
+        do {
+            return try await nats.request(subject, payload: try request.serializedData(), timeout: .seconds(40))
+        } catch let error as NATSError where error.kind == .noResponders {
+            throw CLIError("node \(info.nodeID) is not answering for sandbox \(id)")
+        }
+    }
+    let reply = try Hangar_V1_CodeContextReply(serializedBytes: answer.payload)
+    switch reply.outcome {
+    case .error(let error):
+        printError(error.message)
+        throw ExitCode(1)
+    case .agentError(let error):
+        printError("the sandbox refused: \(error.message)")
+        throw ExitCode(1)
+    default:
+        return reply
+    }
+}

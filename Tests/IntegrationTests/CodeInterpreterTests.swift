@@ -1,0 +1,209 @@
+import Foundation
+import Glibc
+import HangarNATS
+import HangarNode
+import HangarShared
+import HangarTestSupport
+import SwiftProtobuf
+import Testing
+
+/// The code interpreter (issue 17) end to end: a sandbox created through the scheduler on a real
+/// bubblewrap sandbox with its agent, code contexts whose kernels run inside it, and cells sent by
+/// the tenant straight to the node on `hangar.sbx.n1.<tenant>.<id>.code.*`.
+@Suite("Code interpreter: contexts and cells in a real sandbox", .serialized, .enabled(if: geteuid() == 0))
+struct CodeInterpreterTests {
+    @Test(
+        "state across cells, last value, errors, a timeout that keeps state, a stuck cell killed, restart, a dead interpreter, busy, contexts apart, another tenant refused"
+    )
+    func cells() async throws {
+        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
+        let host = ProcessSandboxHost(agentPath: agentPath)
+        let cluster = try await AuthorizedCluster.start(runtimes: [ProcessRuntime(), NullRuntime()], sandboxHost: host)
+        do {
+            try await exercise(cluster)
+        } catch {
+            for id in host.sandboxIDs { await host.kill(id, reason: "the test failed") }
+            await cluster.stop()
+            throw error
+        }
+        for id in host.sandboxIDs { await host.kill(id, reason: "the test ended") }
+        await cluster.stop()
+    }
+
+    private func exercise(_ cluster: AuthorizedCluster) async throws {
+        let answer = try await cluster.tenantA.request(
+            Subjects.sandbox(tenant: "a", verb: "create"),
+            payload: try Hangar_V1_SandboxCreateRequest.with { $0.runtime = "process" }.serializedData(),
+            timeout: .seconds(20)
+        )
+        let created = try Hangar_V1_SandboxCreateReply(serializedBytes: answer.payload)
+        guard case .created(let info) = created.outcome else {
+            throw CodeTestFailure("A could not create a sandbox: \(created)")
+        }
+        let code = CodePlane(connection: cluster.tenantA, node: info.nodeID, tenant: "a", sandbox: info.id)
+
+        // The default python context is made by the first cell; state persists between cells.
+        let first = try await code.run("x = 41\nprint('set', x)")
+        #expect(first.stdout == "set 41\n" && first.done?.end == .codeCellOk && first.results.isEmpty, "\(first)")
+        let second = try await code.run("x + 1")
+        #expect(second.main?["text/plain"] == "42", "\(second)")
+        #expect(second.done?.executionCount == 2 && second.done?.end == .codeCellOk, "\(second)")
+        let contextID = try #require(second.done?.contextID)
+
+        // An exception is the cell's error, with a traceback; the context goes on.
+        let raised = try await code.run("1 / 0")
+        #expect(raised.error?.name == "ZeroDivisionError" && raised.done?.end == .codeCellError, "\(raised)")
+        #expect(raised.error?.traceback.contains("ZeroDivisionError") == true, "\(raised)")
+        #expect(try await code.run("x").main?["text/plain"] == "41")
+
+        // A cell past its timeout is interrupted (KeyboardInterrupt) and the state stays.
+        let looping = try await code.run("while True:\n    pass", timeoutMs: 500)
+        #expect(looping.done?.end == .codeCellTimedOut && looping.error?.name == "KeyboardInterrupt", "\(looping)")
+        #expect(looping.done?.message.contains("keeps its state") == true, "\(looping)")
+        #expect(try await code.run("x").main?["text/plain"] == "41")
+
+        // Two contexts are apart: the second does not see the first's variables.
+        let other = try await code.contexts { $0.create = .with { $0.language = "python" } }
+        let otherID = other.context.id
+        #expect(!otherID.isEmpty && otherID != contextID && other.context.alive, "\(other)")
+        let missing = try await code.run("x", context: otherID)
+        #expect(missing.error?.name == "NameError", "\(missing)")
+
+        // One cell at a time per context: a second one meanwhile is refused as busy.
+        let (printed, printing) = AsyncStream.makeStream(of: Void.self)
+        let sleeping = Task {
+            try await code.run(
+                "import time\nprint('sleeping')\ntime.sleep(3)\n'slept'",
+                context: otherID,
+                output: printing
+            )
+        }
+        for await _ in printed { break }
+        #expect(try await code.run("1", context: otherID).failure?.code == .sandboxBusy)
+        #expect(try await sleeping.value.main?["text/plain"] == "'slept'")
+
+        // A cell that ignores SIGINT is killed after the grace time; the context is then ended
+        // until restarted, and a restart clears its state.
+        let stuck = try await code.run(
+            "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass",
+            context: otherID,
+            timeoutMs: 300
+        )
+        #expect(stuck.done?.end == .codeCellTimedOut && stuck.done?.message.contains("was killed") == true, "\(stuck)")
+        #expect(try await code.run("1", context: otherID).failure?.code == .sandboxContextEnded)
+        let listed = try await code.contexts { $0.list = Hangar_V1_CodeContextList() }
+        #expect(listed.list.contexts.map(\.id) == [contextID, otherID], "\(listed)")
+        #expect(listed.list.contexts.map(\.alive) == [true, false], "\(listed)")
+        let restarted = try await code.contexts { $0.restart = otherID }
+        #expect(restarted.context.id == otherID && restarted.context.alive, "\(restarted)")
+        #expect(try await code.run("'fresh'", context: otherID).main?["text/plain"] == "'fresh'")
+
+        // A cell that ends its interpreter says so.
+        let exited = try await code.run("import os\nos._exit(3)", context: otherID)
+        #expect(exited.done?.end == .codeCellInterpreterDied, "\(exited)")
+        #expect(exited.done?.message.contains("exited with code 3") == true, "\(exited)")
+        let removed = try await code.contexts { $0.remove = otherID }
+        guard case .ok = removed.outcome else { throw CodeTestFailure("remove: \(removed)") }
+        #expect(try await code.run("1", context: otherID).failure?.code == .sandboxContextNotFound)
+
+        // Another tenant does not find the sandbox; bad payloads get a clear error.
+        let intruder = CodePlane(connection: cluster.tenantB, node: info.nodeID, tenant: "b", sandbox: info.id)
+        #expect(try await intruder.run("x").failure?.code == .sandboxNotFound)
+        let unknown = try await code.run("1", language: "cobol")
+        #expect(unknown.failure?.code == .sandboxInvalidRequest, "\(unknown)")
+    }
+}
+
+private struct CodeTestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// One tenant's code requests to one sandbox.
+private struct CodePlane {
+    let connection: NATSConnection
+    let node: String
+    let tenant: String
+    let sandbox: String
+
+    /// What one cell's answer held.
+    struct Cell: CustomStringConvertible {
+        var stdout = ""
+        var stderr = ""
+        var results: [Hangar_V1_CodeResult] = []
+        var error: Hangar_V1_CodeError?
+        var done: Hangar_V1_CodeDone?
+        var failure: Hangar_V1_SandboxError?
+
+        var main: [String: String]? { results.first(where: \.main)?.data }
+
+        var description: String {
+            "stdout \(stdout.prefix(200).debugDescription), stderr \(stderr.prefix(300).debugDescription), "
+                + "results \(results.map { $0.data.mapValues { $0.prefix(80) } }), error \(error.map { "\($0)" } ?? "-"), "
+                + "done \(done.map { "\($0)" } ?? "-"), failure \(failure.map { "\($0)" } ?? "-")"
+        }
+    }
+
+    func subject(_ verb: String) -> String {
+        Subjects.sandboxData(node: node, tenant: tenant, sandbox: sandbox, verb: verb)
+    }
+
+    /// Runs `code` and collects its events until the last one (bounded: 30 s).
+    func run(
+        _ code: String,
+        context: String = "",
+        language: String = "",
+        timeoutMs: UInt32 = 0,
+        output: AsyncStream<Void>.Continuation? = nil
+    ) async throws -> Cell {
+        let request = Hangar_V1_CodeRunRequest.with {
+            $0.code = code
+            $0.contextID = context
+            $0.language = language
+            $0.timeoutMs = timeoutMs
+        }
+        let inbox =
+            connection.options.inboxPrefix + ".code." + UUID().uuidString.replacingOccurrences(of: "-", with: "")
+        let events = try await connection.subscribeConfirmed(inbox)
+        defer { events.unsubscribe() }
+        try connection.publish(subject("code.run"), payload: try request.serializedData(), replyTo: inbox)
+        var cell = Cell()
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            guard let message = try await firstMessage(of: events, within: deadline - ContinuousClock.now) else {
+                break
+            }
+            let event = try Hangar_V1_CodeRunEvent(serializedBytes: message.payload)
+            switch event.kind {
+            case .stream(let stream):
+                output?.yield()
+                if stream.stderr { cell.stderr += stream.text } else { cell.stdout += stream.text }
+            case .result(let result): cell.results.append(result)
+            case .error(let error): cell.error = error
+            case .done(let done):
+                cell.done = done
+                return cell
+            case .failure(let failure):
+                cell.failure = failure
+                return cell
+            case .agentError(let error):
+                throw CodeTestFailure("the agent refused the kernel: \(error)")
+            case nil:
+                continue
+            }
+        }
+        throw CodeTestFailure("no end of the cell within 30 s: \(cell)")
+    }
+
+    func contexts(_ configure: (inout Hangar_V1_CodeContextRequest) -> Void) async throws -> Hangar_V1_CodeContextReply
+    {
+        var request = Hangar_V1_CodeContextRequest()
+        configure(&request)
+        let answer = try await connection.request(
+            subject("code.contexts"),
+            payload: try request.serializedData(),
+            timeout: .seconds(40)
+        )
+        return try Hangar_V1_CodeContextReply(serializedBytes: answer.payload)
+    }
+}
