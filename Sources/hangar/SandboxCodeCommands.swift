@@ -11,7 +11,7 @@ struct SandboxRunCodeCommand: AsyncParsableCommand {
             Reads the cell from standard input (or --code). Output streams as the cell runs; the
             value of the last expression and every result's text/plain are printed; images
             (matplotlib figures, image/png and image/jpeg results) are saved under --images.
-            Without --context the sandbox's default context of --language is used (made on first
+            Without --code-context the sandbox's default context of --language is used (made on first
             use). Exit 0 when the cell ran, 1 when it raised or could not run, 124 at its timeout.
             Example: echo 'x = 41' | hangar sandbox run-code $id; echo 'x + 1' | hangar sandbox run-code $id
             """
@@ -20,8 +20,11 @@ struct SandboxRunCodeCommand: AsyncParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var owner: SandboxTenantOptions
     @OptionGroup var output: OutputOptions
-    @Option(help: "The code context (from `hangar sandbox contexts create`); default: the language's default context.")
-    var context: String?
+    @Option(
+        name: .customLong("code-context"),
+        help: "The code context (from `hangar sandbox contexts create`); default: the language's default context."
+    )
+    var codeContext: String?
     @Option(help: "Language of the default context: python or bash.")
     var language: String = "python"
     @Option(help: "The cell's code (default: read standard input).")
@@ -44,7 +47,7 @@ struct SandboxRunCodeCommand: AsyncParsableCommand {
         let tenant = try connection.tenant(owner.tenant)
         let info = try await runningSandbox(id, tenant: tenant, connection: connection)
         var request = Hangar_V1_CodeRunRequest()
-        request.contextID = context ?? ""
+        request.contextID = codeContext ?? ""
         request.language = language
         request.code = code ?? String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
         if let timeout { request.timeoutMs = UInt32((timeout * 1000).rounded(.up)) }
@@ -134,7 +137,7 @@ struct SandboxContextsGroup: AsyncParsableCommand {
         commandName: "contexts",
         abstract: "A sandbox's code contexts: list, create, restart, remove.",
         discussion:
-            "Example: ctx=$(hangar sandbox contexts create $id --language bash); hangar sandbox run-code $id --context $ctx",
+            "Example: ctx=$(hangar sandbox contexts create $id --language bash); hangar sandbox run-code $id --code-context $ctx",
         subcommands: [
             SandboxContextsListCommand.self, SandboxContextsCreateCommand.self, SandboxContextsRestartCommand.self,
             SandboxContextsRemoveCommand.self,
@@ -207,11 +210,11 @@ struct SandboxContextsRestartCommand: AsyncParsableCommand {
     @OptionGroup var owner: SandboxTenantOptions
     @Argument(help: "The sandbox id.")
     var id: String
-    @Argument(help: "The context id.")
-    var context: String
+    @Argument(help: "The code context's id.")
+    var codeContext: String
 
     func run() async throws {
-        _ = try await codeContextCall(.restart(context), id: id, owner: owner, connection: connection)
+        _ = try await codeContextCall(.restart(codeContext), id: id, owner: owner, connection: connection)
     }
 }
 
@@ -225,11 +228,11 @@ struct SandboxContextsRemoveCommand: AsyncParsableCommand {
     @OptionGroup var owner: SandboxTenantOptions
     @Argument(help: "The sandbox id.")
     var id: String
-    @Argument(help: "The context id.")
-    var context: String
+    @Argument(help: "The code context's id.")
+    var codeContext: String
 
     func run() async throws {
-        _ = try await codeContextCall(.remove(context), id: id, owner: owner, connection: connection)
+        _ = try await codeContextCall(.remove(codeContext), id: id, owner: owner, connection: connection)
     }
 }
 
