@@ -159,6 +159,7 @@ let package = Package(
                 "HangarScheduler", "HangarNode", "HangarNATS", "HangarShared", "HangarTestSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Tests/IntegrationTests"
         ),

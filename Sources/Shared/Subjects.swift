@@ -51,6 +51,10 @@ public enum Subjects {
     public static func sandboxDied(node: String) -> String { "hangar.node.\(node).sandbox.died" }
     /// Every node's sandbox deaths (the scheduler's subscription).
     public static let sandboxDiedWildcard = "hangar.node.*.sandbox.died"
+    /// Where node `node` reports each command and code cell run in its sandboxes, for the audit trail.
+    public static func sandboxAudit(node: String) -> String { "hangar.node.\(node).sandbox.audit" }
+    /// Every node's sandbox audit reports (the scheduler's subscription).
+    public static let sandboxAuditWildcard = "hangar.node.*.sandbox.audit"
 
     /// tenant → node (the data plane): a verb of one of the tenant's stateful sandboxes, straight to
     /// the node that holds it (`exec`, answered with a stream of `SandboxExecEvent`; `files.read`,

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Glibc
 import HangarNATS
@@ -49,6 +50,14 @@ struct CodeInterpreterTests {
         #expect(second.main?["text/plain"] == "42", "\(second)")
         #expect(second.done?.executionCount == 2 && second.done?.end == .codeCellOk, "\(second)")
         let contextID = try #require(second.done?.contextID)
+        // Each cell is audited with a digest of its code, not the code.
+        let digest = SHA256.hash(data: Data("x + 1".utf8)).map { String(format: "%02x", $0) }.joined()
+        try await waitUntil("the cells are audited") {
+            try await cluster.scheduler.store.auditRows(tenant: nil, jobID: info.id, sinceMs: 0, limit: 100).contains {
+                $0.event == "sandbox.code" && $0.detail.contains("code_sha256=\(digest)")
+                    && $0.detail.contains("context=\(contextID) language=python code_bytes=5")
+            }
+        }
 
         // An exception is the cell's error, with a traceback; the context goes on.
         let raised = try await code.run("1 / 0")

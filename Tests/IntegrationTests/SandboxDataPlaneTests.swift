@@ -77,6 +77,16 @@ struct SandboxDataPlaneTests {
         let failing = try await sandbox.exec(["sh", "-c", "echo oops >&2; exit 3"])
         #expect(failing.exited?.exitCode == 3 && failing.stderr == Data("oops\n".utf8), "\(failing)")
 
+        // Every command that ran is in the audit trail, as its tenant's, with how it ended.
+        try await waitUntil("the commands are audited") {
+            let rows = try await cluster.scheduler.store.auditRows(tenant: nil, jobID: info.id, sinceMs: 0, limit: 100)
+            let commands = rows.filter { $0.event == "sandbox.command" && $0.actor == "tenant:a" }
+            return commands.contains { $0.detail.hasPrefix(#"argv=["echo","hi"] user=user cwd=- exit=0"#) }
+                && commands.contains {
+                    $0.detail.contains(#"argv=["sh","-c","echo oops >&2; exit 3"]"#) && $0.detail.contains("exit=3")
+                }
+        }
+
         // 1 MiB of output arrives whole, in chunks whose offsets follow on from each other.
         let large = try await sandbox.exec(["head", "-c", "1048576", "/dev/zero"])
         #expect(large.stdout.count == 1 << 20 && large.stdout.allSatisfy { $0 == 0 })

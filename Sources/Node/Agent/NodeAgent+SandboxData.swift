@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import HangarNATS
 import HangarShared
@@ -47,9 +48,9 @@ extension NodeAgent {
         }
         let target = sandboxHost?.dataTarget(sandboxID, tenant: tenant)
         if verb == "exec" {
-            await sandboxExec(message.payload, target: target, sandboxID: sandboxID, replyTo: replyTo)
+            await sandboxExec(message.payload, target: target, sandbox: (tenant, sandboxID), replyTo: replyTo)
         } else if verb == "code.run" {
-            await runCode(message.payload, target: target, sandboxID: sandboxID, replyTo: replyTo)
+            await runCode(message.payload, target: target, sandbox: (tenant, sandboxID), replyTo: replyTo)
         } else if verb == "code.contexts" {
             let reply = await codeContexts(message.payload, target: target, sandboxID: sandboxID)
             send(Result { try reply.serializedData() }, to: replyTo)
@@ -59,7 +60,13 @@ extension NodeAgent {
         }
     }
 
-    private func sandboxExec(_ payload: Data, target: SandboxDataTarget?, sandboxID: String, replyTo: String) async {
+    private func sandboxExec(
+        _ payload: Data,
+        target: SandboxDataTarget?,
+        sandbox: (tenant: String, id: String),
+        replyTo: String
+    ) async {
+        let sandboxID = sandbox.id
         func fail(_ failure: DataFailure) { send(failure.execEvent, to: replyTo) }
         guard let target else {
             return fail(DataFailure(.sandboxNotFound, "no sandbox \(sandboxID) of yours on this node"))
@@ -83,6 +90,13 @@ extension NodeAgent {
         command.user = request.user
         command.stdin = !request.stdin.isEmpty
         command.timeoutMs = UInt64(request.timeoutMs)
+        let began = ContinuousClock.now
+        var run = Hangar_V1_SandboxCommandRun()
+        (run.argv, run.user, run.cwd) = (request.argv, request.user, request.cwd)
+        defer {
+            run.durationMs = JobLimits.milliseconds(ContinuousClock.now - began)
+            audit(sandbox, .command(run))
+        }
         do {
             for try await event in target.agent.exec(command) {
                 switch event.kind {
@@ -96,21 +110,46 @@ extension NodeAgent {
                     send(Hangar_V1_SandboxExecEvent.with { $0.output = output }, to: replyTo)
                 case .exited(let exited):
                     send(Hangar_V1_SandboxExecEvent.with { $0.exited = exited }, to: replyTo)
+                    (run.exitCode, run.signal, run.timedOut) = (exited.exitCode, exited.signal, exited.timedOut)
                     return
                 default:
                     continue
                 }
             }
-            fail(DataFailure(.sandboxNotRunning, "the sandbox's agent ended the command without its exit"))
+            run.error = "the sandbox's agent ended the command without its exit"
+            fail(DataFailure(.sandboxNotRunning, run.error))
         } catch let error as SandboxAgentError {
+            run.error = error.description
             fail(DataFailure(error))
         } catch {
+            run.error = "\(error)"
             fail(DataFailure(.sandboxNotRunning, "\(error)"))
         }
     }
 
+    /// Reports a command or cell that ran in a sandbox to the scheduler, for its audit trail
+    /// (``Subjects/sandboxAudit(node:)``); does not wait.
+    func audit(_ sandbox: (tenant: String, id: String), _ ran: Hangar_V1_SandboxAudit.OneOf_Ran) {
+        var record = Hangar_V1_SandboxAudit()
+        (record.tenant, record.sandboxID, record.ran) = (sandbox.tenant, sandbox.id, ran)
+        do {
+            try nats.publish(Subjects.sandboxAudit(node: config.nodeID), payload: try record.serializedData())
+        } catch {
+            logger.warning(
+                "could not report a sandbox command for the audit trail",
+                metadata: ["sandbox.id": "\(sandbox.id)", "error": "\(error)"]
+            )
+        }
+    }
+
     /// Runs one cell in a code context of the sandbox and streams its events to `replyTo`.
-    private func runCode(_ payload: Data, target: SandboxDataTarget?, sandboxID: String, replyTo: String) async {
+    private func runCode(
+        _ payload: Data,
+        target: SandboxDataTarget?,
+        sandbox: (tenant: String, id: String),
+        replyTo: String
+    ) async {
+        let sandboxID = sandbox.id
         func fail(_ code: Hangar_V1_SandboxErrorCode, _ message: String) {
             send(
                 Result {
@@ -131,6 +170,15 @@ extension NodeAgent {
         }
         for await event in await target.code.run(request) {
             send(Result { try event.serializedData() }, to: replyTo)
+            if case .done(let done) = event.kind {
+                var run = Hangar_V1_SandboxCodeRun()
+                run.contextID = done.contextID
+                run.language = request.contextID.isEmpty ? (request.language.isEmpty ? "python" : request.language) : ""
+                run.codeBytes = UInt64(request.code.utf8.count)
+                run.codeSha256 = SHA256.hash(data: Data(request.code.utf8)).map { String(format: "%02x", $0) }.joined()
+                (run.end, run.durationMs) = (done.end, done.durationMs)
+                audit(sandbox, .code(run))
+            }
         }
     }
 

@@ -687,6 +687,73 @@ extension Scheduler {
         }
     }
 
+    /// A node's report of a command or code cell that ran in one of its sandboxes: audited
+    /// (`sandbox.command`, `sandbox.code`, actor the tenant, job id the sandbox) if that node holds
+    /// the sandbox for that tenant; anything else is dropped with a warning.
+    func handleSandboxAudit(_ message: NATSMessage) {
+        guard let nodeID = Subjects.token(message.subject, at: 2).map(String.init), Subjects.isValidToken(nodeID),
+            let record = try? Hangar_V1_SandboxAudit(serializedBytes: message.payload), let ran = record.ran
+        else {
+            logger.warning("ignored a malformed sandbox audit report", metadata: ["nats.subject": "\(message.subject)"])
+            return
+        }
+        guard let entry = sandboxes.entries[record.sandboxID], entry.stored.tenant == record.tenant,
+            entry.stored.nodeID == nodeID
+        else {
+            logger.warning(
+                "ignored a sandbox audit report for a sandbox the node does not hold for that tenant",
+                metadata: [
+                    "node.id": "\(nodeID)", "sandbox.id": "\(record.sandboxID.prefix(64))",
+                    "tenant": "\(record.tenant.prefix(64))",
+                ]
+            )
+            return
+        }
+        let (event, detail): (String, String) =
+            switch ran {
+            case .command(let run):
+                ("sandbox.command", Self.describe(run))
+            case .code(let run):
+                (
+                    "sandbox.code",
+                    "context=\(run.contextID) language=\(run.language.isEmpty ? "-" : run.language) "
+                        + "code_bytes=\(run.codeBytes) code_sha256=\(run.codeSha256) end=\(run.end) "
+                        + "duration_ms=\(run.durationMs)"
+                )
+            }
+        store.enqueue(
+            .audit(
+                actor: "tenant:\(record.tenant)",
+                event: event,
+                jobID: record.sandboxID,
+                detail: String((detail + " node=\(nodeID)").prefix(4000))
+            ),
+            onError: { [logger] error in logger.error("could not audit", metadata: ["error": "\(error)"]) }
+        )
+    }
+
+    /// `argv=["sh","-c","…"] user=user cwd=- exit=0 duration_ms=3`, and the signal, timeout or
+    /// error when there was one.
+    static func describe(_ run: Hangar_V1_SandboxCommandRun) -> String {
+        let argv =
+            (try? JSONSerialization.data(withJSONObject: run.argv.map { String($0.prefix(500)) }))
+            .map { String(decoding: $0, as: UTF8.self) } ?? "[]"
+        var parts = [
+            "argv=\(argv.prefix(2000))", "user=\(run.user.isEmpty ? "user" : run.user)",
+            "cwd=\(run.cwd.isEmpty ? "-" : run.cwd)",
+        ]
+        if !run.error.isEmpty {
+            parts.append("error=\(run.error.prefix(500))")
+        } else if run.signal != 0 {
+            parts.append("signal=\(run.signal)")
+        } else {
+            parts.append("exit=\(run.exitCode)")
+        }
+        if run.timedOut { parts.append("timed_out=true") }
+        parts.append("duration_ms=\(run.durationMs)")
+        return parts.joined(separator: " ")
+    }
+
     /// Rebuilds the live sandboxes of a previous scheduler process from the store: placed ones are
     /// kept if their nodes list them in heartbeats within TTL + grace (else LOST); those not placed
     /// yet wait for a node again.

@@ -131,11 +131,14 @@ public actor Scheduler {
         let tenantJobs = try nats.subscribe(Subjects.jobWildcard, queueGroup: group)
         let sandboxRequests = try nats.subscribe(Subjects.sandboxWildcard, queueGroup: group)
         let sandboxDeaths = try control.subscribe(Subjects.sandboxDiedWildcard)
+        let sandboxAudits = try control.subscribe(Subjects.sandboxAuditWildcard)
         let jetStream = try nats.jetStream()
         self.jetStream = jetStream
         await ensureStreams(jetStream)
         defer {
-            for subscription in [submits, cancels, heartbeats, admin, tenantJobs, sandboxRequests, sandboxDeaths] {
+            for subscription in [
+                submits, cancels, heartbeats, admin, tenantJobs, sandboxRequests, sandboxDeaths, sandboxAudits,
+            ] {
                 subscription.unsubscribe()
             }
         }
@@ -193,6 +196,9 @@ public actor Scheduler {
             }
             group.addTask {
                 for await message in sandboxDeaths { await self.handleSandboxDied(message) }
+            }
+            group.addTask {
+                for await message in sandboxAudits { await self.handleSandboxAudit(message) }
             }
             group.addTask { await self.publishSandboxEvents() }
             group.addTask {

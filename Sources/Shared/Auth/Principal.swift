@@ -108,7 +108,7 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                 // the tenants' code and output anyway (as with hangar.logs.>).
                 publish: [
                     Subjects.heartbeat(node: node), Subjects.nodeResult(node: node), "hangar.logs.>",
-                    Subjects.sandboxDied(node: node), "_INBOX.t.>",
+                    Subjects.sandboxDied(node: node), Subjects.sandboxAudit(node: node), "_INBOX.t.>",
                 ],
                 subscribe: [
                     Subjects.assign(node: node), Subjects.nodeCancel(node: node), Subjects.sandboxStart(node: node),
@@ -131,7 +131,7 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                 subscribe: [
                     Subjects.submitWildcard, Subjects.cancelWildcard, Subjects.jobWildcard,
                     Subjects.heartbeatWildcard, "hangar.admin.>", inboxPrefix + ".>",
-                    Subjects.sandboxWildcard, Subjects.sandboxDiedWildcard,
+                    Subjects.sandboxWildcard, Subjects.sandboxDiedWildcard, Subjects.sandboxAuditWildcard,
                 ]
             )
         case .operator:

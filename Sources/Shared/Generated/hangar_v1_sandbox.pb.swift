@@ -854,6 +854,99 @@ public nonisolated struct Hangar_V1_SandboxDied: Sendable {
   public init() {}
 }
 
+/// hangar.node.<node>.sandbox.audit: node → scheduler, one message for each command and code cell
+/// that ran in one of the node's sandboxes, after it ended; the scheduler audits it
+/// (`sandbox.command`, `sandbox.code`) if the node holds that sandbox for that tenant. Sent without
+/// waiting (the data plane never waits for the audit trail); lost only if no scheduler is up.
+public nonisolated struct Hangar_V1_SandboxAudit: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sandboxID: String = String()
+
+  public var tenant: String = String()
+
+  public var ran: Hangar_V1_SandboxAudit.OneOf_Ran? = nil
+
+  public var command: Hangar_V1_SandboxCommandRun {
+    get {
+      if case .command(let v)? = ran {return v}
+      return Hangar_V1_SandboxCommandRun()
+    }
+    set {ran = .command(newValue)}
+  }
+
+  public var code: Hangar_V1_SandboxCodeRun {
+    get {
+      if case .code(let v)? = ran {return v}
+      return Hangar_V1_SandboxCodeRun()
+    }
+    set {ran = .code(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Ran: Equatable, Sendable {
+    case command(Hangar_V1_SandboxCommandRun)
+    case code(Hangar_V1_SandboxCodeRun)
+
+  }
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_SandboxCommandRun: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var argv: [String] = []
+
+  public var user: String = String()
+
+  public var cwd: String = String()
+
+  public var exitCode: Int32 = 0
+
+  /// non-zero when a signal ended it
+  public var signal: Int32 = 0
+
+  public var timedOut: Bool = false
+
+  public var durationMs: UInt64 = 0
+
+  /// why it did not start, if it did not
+  public var error: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_SandboxCodeRun: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var contextID: String = String()
+
+  public var language: String = String()
+
+  public var codeBytes: UInt64 = 0
+
+  /// hex; the code itself stays with the tenant
+  public var codeSha256: String = String()
+
+  public var end: Hangar_V1_CodeCellEnd = .codeCellOk
+
+  public var durationMs: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// hangar.sbx.<node>.<tenant>.<sandbox>.exec: runs one command in the sandbox. Answered with a
 /// stream of SandboxExecEvent on the reply subject: `started`, `output` chunks, then `exited`; or
 /// a single `error` / `agent_error` when it cannot start. `exited`, `error` and `agent_error` end
@@ -2550,6 +2643,203 @@ nonisolated extension Hangar_V1_SandboxDied: SwiftProtobuf.Message, SwiftProtobu
     if lhs.sandboxID != rhs.sandboxID {return false}
     if lhs.message != rhs.message {return false}
     if lhs.timedOut != rhs.timedOut {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_SandboxAudit: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SandboxAudit"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}sandbox_id\0\u{1}tenant\0\u{1}command\0\u{1}code\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.sandboxID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.tenant) }()
+      case 3: try {
+        var v: Hangar_V1_SandboxCommandRun?
+        var hadOneofValue = false
+        if let current = self.ran {
+          hadOneofValue = true
+          if case .command(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.ran = .command(v)
+        }
+      }()
+      case 4: try {
+        var v: Hangar_V1_SandboxCodeRun?
+        var hadOneofValue = false
+        if let current = self.ran {
+          hadOneofValue = true
+          if case .code(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.ran = .code(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.sandboxID.isEmpty {
+      try visitor.visitSingularStringField(value: self.sandboxID, fieldNumber: 1)
+    }
+    if !self.tenant.isEmpty {
+      try visitor.visitSingularStringField(value: self.tenant, fieldNumber: 2)
+    }
+    switch self.ran {
+    case .command?: try {
+      guard case .command(let v)? = self.ran else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .code?: try {
+      guard case .code(let v)? = self.ran else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SandboxAudit, rhs: Hangar_V1_SandboxAudit) -> Bool {
+    if lhs.sandboxID != rhs.sandboxID {return false}
+    if lhs.tenant != rhs.tenant {return false}
+    if lhs.ran != rhs.ran {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_SandboxCommandRun: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SandboxCommandRun"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}argv\0\u{1}user\0\u{1}cwd\0\u{3}exit_code\0\u{1}signal\0\u{3}timed_out\0\u{3}duration_ms\0\u{1}error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.argv) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.user) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.cwd) }()
+      case 4: try { try decoder.decodeSingularInt32Field(value: &self.exitCode) }()
+      case 5: try { try decoder.decodeSingularInt32Field(value: &self.signal) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.timedOut) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.durationMs) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.argv.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.argv, fieldNumber: 1)
+    }
+    if !self.user.isEmpty {
+      try visitor.visitSingularStringField(value: self.user, fieldNumber: 2)
+    }
+    if !self.cwd.isEmpty {
+      try visitor.visitSingularStringField(value: self.cwd, fieldNumber: 3)
+    }
+    if self.exitCode != 0 {
+      try visitor.visitSingularInt32Field(value: self.exitCode, fieldNumber: 4)
+    }
+    if self.signal != 0 {
+      try visitor.visitSingularInt32Field(value: self.signal, fieldNumber: 5)
+    }
+    if self.timedOut != false {
+      try visitor.visitSingularBoolField(value: self.timedOut, fieldNumber: 6)
+    }
+    if self.durationMs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.durationMs, fieldNumber: 7)
+    }
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SandboxCommandRun, rhs: Hangar_V1_SandboxCommandRun) -> Bool {
+    if lhs.argv != rhs.argv {return false}
+    if lhs.user != rhs.user {return false}
+    if lhs.cwd != rhs.cwd {return false}
+    if lhs.exitCode != rhs.exitCode {return false}
+    if lhs.signal != rhs.signal {return false}
+    if lhs.timedOut != rhs.timedOut {return false}
+    if lhs.durationMs != rhs.durationMs {return false}
+    if lhs.error != rhs.error {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_SandboxCodeRun: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SandboxCodeRun"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}context_id\0\u{1}language\0\u{3}code_bytes\0\u{3}code_sha256\0\u{1}end\0\u{3}duration_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.contextID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.language) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.codeBytes) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.codeSha256) }()
+      case 5: try { try decoder.decodeSingularEnumField(value: &self.end) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.durationMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.contextID.isEmpty {
+      try visitor.visitSingularStringField(value: self.contextID, fieldNumber: 1)
+    }
+    if !self.language.isEmpty {
+      try visitor.visitSingularStringField(value: self.language, fieldNumber: 2)
+    }
+    if self.codeBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.codeBytes, fieldNumber: 3)
+    }
+    if !self.codeSha256.isEmpty {
+      try visitor.visitSingularStringField(value: self.codeSha256, fieldNumber: 4)
+    }
+    if self.end != .codeCellOk {
+      try visitor.visitSingularEnumField(value: self.end, fieldNumber: 5)
+    }
+    if self.durationMs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.durationMs, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SandboxCodeRun, rhs: Hangar_V1_SandboxCodeRun) -> Bool {
+    if lhs.contextID != rhs.contextID {return false}
+    if lhs.language != rhs.language {return false}
+    if lhs.codeBytes != rhs.codeBytes {return false}
+    if lhs.codeSha256 != rhs.codeSha256 {return false}
+    if lhs.end != rhs.end {return false}
+    if lhs.durationMs != rhs.durationMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
