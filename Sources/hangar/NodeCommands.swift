@@ -92,7 +92,7 @@ func cores(_ millis: UInt64) -> String { String(format: "%.1f", Double(millis) /
 func nodeTable(_ nodes: [Hangar_V1_NodeInfo], wide: Bool, style: Style) -> String {
     var header = [
         "NODE", "STATE", "SLOTS USED/RESV/TOTAL", "CPU RESV/ALLOC", "MEMORY RESV/TOTAL", "RUNTIMES",
-        "POOLS READY/WARMING/MAX", "SEEN",
+        "POOLS READY/WARMING/MAX", "SANDBOXES", "SEEN",
     ]
     if wide { header += ["CPU USED", "MEMORY USED", "TEMPLATES", "LABELS", "VERSION"] }
     var rows = [header]
@@ -112,6 +112,7 @@ func nodeTable(_ nodes: [Hangar_V1_NodeInfo], wide: Bool, style: Style) -> Strin
             heartbeat.runtimes.map { $0.available ? $0.name : "\($0.name)(unavailable)" }.joined(separator: ",")
                 .terminalSafe,
             poolSummary(heartbeat).terminalSafe,
+            String(heartbeat.sandboxes.count),
             String(format: "%.1fs ago", Double(node.lastSeenMsAgo) / 1000),
         ]
         if wide {
@@ -168,6 +169,8 @@ func nodeDetail(_ node: Hangar_V1_NodeInfo, style: Style) -> String {
         lines.append(("runtime \(runtime.name)", (runtime.available ? "available" : "unavailable") + detail))
     }
     lines.append(("running jobs", heartbeat.runningJobs.isEmpty ? "-" : heartbeat.runningJobs.joined(separator: ", ")))
+    lines.append(("sandboxes", heartbeat.sandboxes.isEmpty ? "-" : heartbeat.sandboxes.joined(separator: ", ")))
+    lines.append(("sandboxes by tenant", sandboxTenants(node)))
     let width = lines.map(\.0.count).max() ?? 0
     // Every value but the state (colored, and escaped by `Style`) came from the node: escaped.
     return lines.map {
@@ -176,4 +179,10 @@ func nodeDetail(_ node: Hangar_V1_NodeInfo, style: Style) -> String {
     }.joined(
         separator: "\n"
     )
+}
+
+/// `a=2, b=1`: the node's live sandboxes per tenant as the scheduler placed them; `-` for none.
+func sandboxTenants(_ node: Hangar_V1_NodeInfo) -> String {
+    node.sandboxesByTenant.isEmpty
+        ? "-" : node.sandboxesByTenant.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }.joined(separator: ", ")
 }

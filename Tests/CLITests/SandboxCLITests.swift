@@ -65,6 +65,22 @@ struct SandboxCLITests {
             let gone = try await cluster.hangar(["sandbox", "files", "get", id, "data.bin"])
             #expect(gone.status == 1 && gone.stderr.contains("data.bin"), "\(gone.stderr)")
 
+            // Its node shows it, as the tenant's.
+            let node = try #require(sandboxes.first?["nodeId"] as? String, "\(sandboxes)")
+            let status = try await cluster.hangar(["node", "status", node])
+            #expect(status.status == 0, "\(status.stderr)")
+            #expect(status.stdout.contains(id) && status.stdout.contains("default=1"), "\(status.stdout)")
+
+            // Code runs in the sandbox with state kept between cells.
+            let set = try await cluster.hangar(["sandbox", "run-code", id, "--code", "x = 41\nprint('set')"])
+            #expect(set.status == 0 && set.stdout == "set\n", "\(set.stdout) \(set.stderr)")
+            let value = try await cluster.hangar(["sandbox", "run-code", id, "--code", "x + 1"])
+            #expect(value.status == 0 && value.stdout == "42\n", "\(value.stdout) \(value.stderr)")
+            let raised = try await cluster.hangar(["sandbox", "run-code", id, "--code", "undefined_name"])
+            #expect(raised.status == 1 && raised.stderr.contains("NameError"), "\(raised.stderr)")
+            let contexts = try await cluster.hangar(["sandbox", "contexts", "ls", id])
+            #expect(contexts.status == 0 && contexts.stdout.contains("python"), "\(contexts.stdout) \(contexts.stderr)")
+
             let killed = try await cluster.hangar(["sandbox", "kill", id])
             #expect(killed.status == 0, "\(killed.stderr)")
             #expect(killed.stdout.contains("KILLED"), "\(killed.stdout)")

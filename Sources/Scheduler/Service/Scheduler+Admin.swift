@@ -62,6 +62,11 @@ extension Scheduler {
         let now = ContinuousClock.now
         var reply = Hangar_V1_NodesReply()
         let cluster = core.cluster
+        var sandboxCounts: [String: [String: UInt32]] = [:]
+        for entry in sandboxes.entries.values where !entry.stored.nodeID.isEmpty && entry.stored.state != .sandboxEnded
+        {
+            sandboxCounts[entry.stored.nodeID, default: [:]][entry.stored.tenant, default: 0] += 1
+        }
         reply.nodes = cluster.views.sorted { $0.id < $1.id }.compactMap { view in
             guard let record = cluster.records[view.id] else { return nil }
             var info = Hangar_V1_NodeInfo()
@@ -74,6 +79,7 @@ extension Scheduler {
             info.cpuMillisReserved = UInt32(clamping: view.cpuReserved)
             info.memoryBytesReserved = view.memoryReserved
             info.cpuMillisAllocatable = view.cpuMillis
+            info.sandboxesByTenant = sandboxCounts[view.id] ?? [:]
             let (seconds, attoseconds) = (now - record.lastSeen).components
             info.lastSeenMsAgo = seconds * 1000 + attoseconds / 1_000_000_000_000_000
             return info

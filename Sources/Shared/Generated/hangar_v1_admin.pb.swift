@@ -106,6 +106,9 @@ public nonisolated struct Hangar_V1_NodeInfo: Sendable {
   /// cores × the scheduler's CPU overcommit
   public var cpuMillisAllocatable: UInt64 = 0
 
+  /// the stateful sandboxes placed there, live, per tenant
+  public var sandboxesByTenant: Dictionary<String,UInt32> = [:]
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -581,7 +584,7 @@ nonisolated extension Hangar_V1_NodeState: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}last_heartbeat\0\u{1}state\0\u{3}slots_reserved\0\u{3}last_seen_ms_ago\0\u{1}eligible\0\u{1}draining\0\u{3}drain_deadline_ms\0\u{3}cpu_millis_reserved\0\u{3}memory_bytes_reserved\0\u{3}cpu_millis_allocatable\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}last_heartbeat\0\u{1}state\0\u{3}slots_reserved\0\u{3}last_seen_ms_ago\0\u{1}eligible\0\u{1}draining\0\u{3}drain_deadline_ms\0\u{3}cpu_millis_reserved\0\u{3}memory_bytes_reserved\0\u{3}cpu_millis_allocatable\0\u{3}sandboxes_by_tenant\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -599,6 +602,7 @@ nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.cpuMillisReserved) }()
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.memoryBytesReserved) }()
       case 10: try { try decoder.decodeSingularUInt64Field(value: &self.cpuMillisAllocatable) }()
+      case 11: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt32>.self, value: &self.sandboxesByTenant) }()
       default: break
       }
     }
@@ -639,6 +643,9 @@ nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._
     if self.cpuMillisAllocatable != 0 {
       try visitor.visitSingularUInt64Field(value: self.cpuMillisAllocatable, fieldNumber: 10)
     }
+    if !self.sandboxesByTenant.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt32>.self, value: self.sandboxesByTenant, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -653,6 +660,7 @@ nonisolated extension Hangar_V1_NodeInfo: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.cpuMillisReserved != rhs.cpuMillisReserved {return false}
     if lhs.memoryBytesReserved != rhs.memoryBytesReserved {return false}
     if lhs.cpuMillisAllocatable != rhs.cpuMillisAllocatable {return false}
+    if lhs.sandboxesByTenant != rhs.sandboxesByTenant {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -42,7 +42,7 @@ struct TopRenderer {
         var rows = [
             [
                 "NODE", "STATUS", "RUNTIMES", "SLOTS U/R/T", "CPU used/resv/alloc", "MEMORY used/resv/total",
-                "POOLS ready/max",
+                "POOLS ready/max", "SANDBOXES by tenant",
             ]
         ]
         for node in nodes {
@@ -61,9 +61,11 @@ struct TopRenderer {
                     + " "
                     + "\(gibibytes(capacity.memoryBytesUsed))/\(gibibytes(node.memoryBytesReserved))/\(gibibytes(capacity.memoryBytes))G",
                 poolText(node).terminalSafe,
+                node.lastHeartbeat.sandboxes.isEmpty
+                    ? "0" : "\(node.lastHeartbeat.sandboxes.count) (\(sandboxTenants(node)))".terminalSafe,
             ])
         }
-        if nodes.isEmpty { rows.append(["(no node has reported yet)", "", "", "", "", "", ""]) }
+        if nodes.isEmpty { rows.append(["(no node has reported yet)", "", "", "", "", "", "", ""]) }
         return formatTable(rows, style: style).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
     }
 
