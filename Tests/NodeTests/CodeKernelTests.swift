@@ -58,6 +58,11 @@ struct CodeKernelTests {
         // Nothing of the cell's comes after its done frame.
         let next = try await kernel.run("print('next')")
         #expect(next.stdout == "next\n")
+        // Large output comes in chunks of at most 64 KiB, all of it, multi-byte characters whole.
+        let large = try await kernel.run("import sys\nsys.stdout.write('é' * 150000)\nsys.stdout.flush()")
+        #expect(large.stdout == String(repeating: "é", count: 150000))
+        #expect(large.frames.filter { $0.type == "stream" }.count > 1)
+        #expect(large.frames.allSatisfy { ($0.text?.utf8.count ?? 0) <= 64 << 10 })
         #expect(kernel.frames().filter { $0.id == cell.done.id }.last == cell.done)
     }
 
