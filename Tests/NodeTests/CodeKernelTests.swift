@@ -177,6 +177,8 @@ struct CodeKernelTests {
         let interrupted = try await kernel.cell("sleep")
         #expect(interrupted.errors.map(\.name) == ["KeyboardInterrupt"])
         #expect(interrupted.stdout == "started\n")
+        kernel.interrupt()
+        try await kernel.waitFor { $0.contains { $0.type == "log" && $0.text?.contains("SIGINT") == true } }
         #expect(try await kernel.run("echo $X $PWD").stdout == "5 /tmp\n")
         let exit = try await kernel.run("exit 4")
         #expect(exit.errors.first?.name == "ShellExited")

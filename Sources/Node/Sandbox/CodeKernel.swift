@@ -15,6 +15,10 @@ import Foundation
 /// raises `KeyboardInterrupt` in it; between cells it is ignored. Bash cells run in one persistent
 /// `bash --noprofile --norc` (its own process group, SIGINT forwarded to it); a non-zero status is an
 /// `ExitCode` error, and a shell that exits ends the kernel with status 1 after a `ShellExited` error.
+/// Bash's INT trap is `return 130`, which ends the cell (or the function it is in). Known limit (bash
+/// 5.2): once that trap has run while bash waited for a command, a later loop of builtins only (`while
+/// true; do :; done`) no longer sees SIGINT; external commands still die of it. The node's kill ends
+/// such a kernel.
 /// EOF on stdin ends the kernel with status 0.
 public enum CodeKernel {
     /// The languages a kernel runs, as its last argument.
@@ -226,6 +230,9 @@ public enum CodeKernel {
         def on_sigint(signum, frame):
             global interrupted
             if LANGUAGE == "bash":
+                if not in_cell:
+                    log("SIGINT between cells ignored")
+                    return
                 interrupted = True
                 if shell is not None and shell.poll() is None:
                     try:
@@ -488,7 +495,7 @@ public enum CodeKernel {
 
 
         def run_bash(code, count):
-            global interrupted
+            global interrupted, in_cell
             interrupted = False
             handle, path = tempfile.mkstemp(prefix="hangar-cell-", suffix=".sh")
             try:
@@ -497,12 +504,14 @@ public enum CodeKernel {
                     if not code.endswith("\n"):
                         file.write("\n")
                 command = ". %s </dev/null; printf '%%s\\n' \"$?\" >&%d\n" % (quote(path), SHELL_FD)
+                in_cell = True
                 try:
                     shell.stdin.write(command.encode())
                     shell.stdin.flush()
                 except OSError:
                     pass
                 status = read_status()
+                in_cell = False
             finally:
                 try:
                     os.unlink(path)
