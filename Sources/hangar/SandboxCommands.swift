@@ -15,7 +15,8 @@ struct SandboxGroup: AsyncParsableCommand {
         subcommands: [
             SandboxCreateCommand.self, SandboxListCommand.self, SandboxInfoCommand.self,
             SandboxTimeoutCommand.self, SandboxKillCommand.self, SandboxEventsCommand.self, SandboxExecCommand.self,
-            SandboxFilesGroup.self, SandboxRunCodeCommand.self, SandboxContextsGroup.self,
+            SandboxPsCommand.self, SandboxSignalCommand.self, SandboxFilesGroup.self, SandboxRunCodeCommand.self,
+            SandboxContextsGroup.self,
         ]
     )
 }
@@ -687,6 +688,80 @@ struct SandboxFilesRemoveCommand: AsyncParsableCommand {
         request.remove.path = path
         request.remove.recursive = recursive
         _ = try await sandboxOperation("files.remove", request, id: id, owner: owner, connection: connection)
+    }
+}
+
+struct SandboxPsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ps",
+        abstract: "List the commands running in a sandbox (those started by exec or run-code)."
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @OptionGroup var output: OutputOptions
+    @Argument(help: "The sandbox id.")
+    var id: String
+
+    func run() async throws {
+        var request = Hangar_V1_SandboxOpRequest()
+        request.ps = Hangar_V1_AgentListProcesses()
+        let reply = try await sandboxOperation("ps", request, id: id, owner: owner, connection: connection)
+        if output.isJSON {
+            try printJSON(reply.processes)
+            return
+        }
+        var rows = [["PID", "BACKGROUND", "COMMAND"]]
+        for process in reply.processes.processes {
+            rows.append([
+                String(process.pid), process.background ? "yes" : "no",
+                process.argv.joined(separator: " ").terminalSafe,
+            ])
+        }
+        print(formatTable(rows, style: .stdout))
+    }
+}
+
+struct SandboxSignalCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "signal",
+        abstract: "Send a signal to a command running in a sandbox (its process group).",
+        discussion:
+            "PID is the command's pid in the sandbox (`hangar sandbox ps`). Example: hangar sandbox signal $id 12 --signal INT"
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @Option(help: "The signal: a name (TERM, KILL, INT, HUP, USR1, USR2, STOP, CONT, QUIT) or a number.")
+    var signal: String = "TERM"
+    @Argument(help: "The sandbox id.")
+    var id: String
+    @Argument(help: "The command's pid in the sandbox.")
+    var pid: UInt32
+
+    static let names: [String: Int32] = [
+        "TERM": SIGTERM, "KILL": SIGKILL, "INT": SIGINT, "HUP": SIGHUP, "USR1": SIGUSR1, "USR2": SIGUSR2,
+        "STOP": SIGSTOP, "CONT": SIGCONT, "QUIT": SIGQUIT,
+    ]
+
+    var number: Int32? {
+        let name = signal.uppercased()
+        return Self.names[name.hasPrefix("SIG") ? String(name.dropFirst(3)) : name] ?? Int32(signal)
+    }
+
+    func validate() throws {
+        guard let number, number > 0, number < 65 else {
+            throw ValidationError(
+                "--signal must be a signal name (\(Self.names.keys.sorted().joined(separator: ", "))) or 1-64"
+            )
+        }
+    }
+
+    func run() async throws {
+        var request = Hangar_V1_SandboxOpRequest()
+        request.signal.pid = pid
+        request.signal.signo = number ?? SIGTERM
+        _ = try await sandboxOperation("signal", request, id: id, owner: owner, connection: connection)
     }
 }
 

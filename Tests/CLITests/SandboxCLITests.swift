@@ -65,6 +65,20 @@ struct SandboxCLITests {
             let gone = try await cluster.hangar(["sandbox", "files", "get", id, "data.bin"])
             #expect(gone.status == 1 && gone.stderr.contains("data.bin"), "\(gone.stderr)")
 
+            // A running command is listed by ps and ended by signal.
+            let sleeper = Task { try await cluster.hangar(["sandbox", "exec", id, "--", "sleep", "300"]) }
+            var pid: String?
+            let psDeadline = ContinuousClock.now + .seconds(10)
+            while pid == nil && ContinuousClock.now < psDeadline {
+                let ps = try await cluster.hangar(["sandbox", "ps", id])
+                pid = ps.stdout.split(separator: "\n").first { $0.hasSuffix("sleep 300") }?
+                    .split(separator: " ").first.map(String.init)
+            }
+            #expect(pid != nil, "ps did not list the sleep within 10 s")
+            let signalled = try await cluster.hangar(["sandbox", "signal", id, pid ?? "0", "--signal", "INT"])
+            #expect(signalled.status == 0, "\(signalled.stderr)")
+            #expect(try await sleeper.value.status == 128 + 2, "ended by SIGINT")
+
             // Its node shows it, as the tenant's.
             let node = try #require(sandboxes.first?["nodeId"] as? String, "\(sandboxes)")
             let status = try await cluster.hangar(["node", "status", node])

@@ -71,6 +71,39 @@ struct CodeInterpreterTests {
         #expect(looping.done?.message.contains("keeps its state") == true, "\(looping)")
         #expect(try await code.run("x").main?["text/plain"] == "41")
 
+        // Rich results: a matplotlib figure as PNG (no plt.show()), a DataFrame as HTML, an object's
+        // JSON, and what display() shows; output streams as it is written, subprocesses' too.
+        let chart = try await code.run(
+            "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('squares')"
+        )
+        let png = try #require(chart.results.first { $0.data["image/png"] != nil }, "\(chart)")
+        #expect(
+            !png.main && Data(base64Encoded: png.data["image/png"] ?? "")?.prefix(4) == Data([0x89, 0x50, 0x4E, 0x47])
+        )
+        let frame = try await code.run("import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': [3, 4]})")
+        #expect(frame.main?["text/html"]?.contains("<table") == true, "\(frame)")
+        let json = try await code.run(
+            "class Point:\n    def _repr_json_(self):\n        return {'x': 1, 'y': [2, 3]}\nPoint()"
+        )
+        #expect(json.main?["application/json"] == #"{"x":1,"y":[2,3]}"#, "\(json)")
+        let shown = try await code.run(
+            "display('shown')\nimport subprocess, sys\nsubprocess.run(['echo', 'child'])\nprint('err', file=sys.stderr)"
+        )
+        #expect(
+            shown.results.map(\.main) == [false] && shown.results.first?.data["text/plain"] == "'shown'",
+            "\(shown)"
+        )
+        #expect(shown.stdout == "child\n" && shown.stderr == "err\n", "\(shown)")
+
+        // A bash context keeps its variables and working directory between cells.
+        let shell = try await code.contexts { $0.create = .with { $0.language = "bash" } }
+        _ = try await code.run("X=5; cd /tmp", context: shell.context.id)
+        let echoed = try await code.run("echo $X $(pwd)", context: shell.context.id)
+        #expect(echoed.stdout == "5 /tmp\n" && echoed.done?.end == .codeCellOk, "\(echoed)")
+        let failed = try await code.run("false", context: shell.context.id)
+        #expect(failed.error?.name == "ExitCode" && failed.error?.value == "1", "\(failed)")
+        _ = try await code.contexts { $0.remove = shell.context.id }
+
         // Two contexts are apart: the second does not see the first's variables.
         let other = try await code.contexts { $0.create = .with { $0.language = "python" } }
         let otherID = other.context.id

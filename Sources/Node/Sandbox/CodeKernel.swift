@@ -1,44 +1,800 @@
 import Foundation
 
-// PROVISIONAL (replaced by the kernel branch): a minimal kernel to test the node side with.
-enum CodeKernel {
-    static let languages = ["python", "bash"]
-    static let maxLineBytes = 64 << 20
-    static func argv(language: String) -> [String] { ["python3", "-u", "-I", "-c", source, language] }
-    static func request(id: String, code: String) -> Data {
-        var data = try! JSONEncoder().encode(["type": "run", "id": id, "code": code])
-        data.append(UInt8(ascii: "\n"))
+/// The code-interpreter kernel: a Python program that the node starts, one per code context of a
+/// stateful sandbox, as a background command (``argv(language:)``). It reads run requests
+/// (``request(id:code:)``) as JSON lines on its stdin and writes ``CodeKernelFrame``s as JSON lines
+/// on its original stdout, which it keeps on a private descriptor: fds 1 and 2 become pipes of its
+/// own, read by threads that frame whatever a cell writes (print, `os.write`, subprocesses, C code)
+/// as `stream` frames, so a cell's output can never mix with the protocol.
+///
+/// Each cell ends with a `done` frame, after all the output it wrote before it ended (the kernel
+/// writes a sync marker through each capture pipe and waits for its reader to see it). Python cells
+/// share one `__main__` namespace; the last expression's value is the `main` result, with the rich
+/// reprs (`_repr_html_` and friends) it has; `display(obj)` gives other results; open matplotlib
+/// figures (backend Agg) are sent as PNG results after each cell and closed. SIGINT during a cell
+/// raises `KeyboardInterrupt` in it; between cells it is ignored. Bash cells run in one persistent
+/// `bash --noprofile --norc` (its own process group, SIGINT forwarded to it); a non-zero status is an
+/// `ExitCode` error, and a shell that exits ends the kernel with status 1 after a `ShellExited` error.
+/// Bash's INT trap is `return 130`, which ends the cell (or the function it is in). Known limit (bash
+/// 5.2): once that trap has run while bash waited for a command, a later loop of builtins only (`while
+/// true; do :; done`) no longer sees SIGINT; external commands still die of it. The node's kill ends
+/// such a kernel.
+/// EOF on stdin ends the kernel with status 0.
+public enum CodeKernel {
+    /// The languages a kernel runs, as its last argument.
+    public static let languages = ["python", "bash"]
+
+    /// The command that starts a kernel for `language` (one of ``languages``).
+    public static func argv(language: String) -> [String] {
+        ["python3", "-u", "-I", "-c", source, language]
+    }
+
+    /// One run request, as the kernel reads it: a JSON line ending in a newline.
+    public static func request(id: String, code: String) -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var data = (try? encoder.encode(CodeKernelRequest(type: "run", id: id, code: code))) ?? Data()
+        data.append(0x0A)
         return data
     }
-    static let source = #"""
-        import sys, os, json, ast, traceback, io, time
-        out = os.fdopen(os.dup(1), "w")
-        def send(o):
-            out.write(json.dumps(o) + "\n"); out.flush()
-        send({"type": "ready", "language": sys.argv[1], "pid": os.getpid()})
-        ns = {"__name__": "__main__"}
-        count = 0
-        for line in sys.stdin:
-            req = json.loads(line)
-            count += 1
-            cid = req["id"]
-            buf = io.StringIO()
-            old = sys.stdout
-            sys.stdout = buf
+
+    /// The kernel, a Python 3 program (`python3 -c`), its language as `sys.argv[1]`.
+    public static let source = #"""
+        import os
+        import sys
+
+        os.environ["MPLBACKEND"] = "Agg"
+        # Debian's matplotlib reads /etc/matplotlibrc, which a sandbox's /etc may not have; its
+        # packaged copy under /usr is the same file.
+        if "MATPLOTLIBRC" not in os.environ and not os.path.exists("/etc/matplotlibrc"):
+            packaged = "/usr/share/matplotlib/mpl-data/matplotlibrc"
+            if os.path.exists(packaged):
+                os.environ["MATPLOTLIBRC"] = packaged
+        # Whoever started the kernel may have blocked SIGINT; the kernel and its cells must get it.
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+        import ast
+        import base64
+        import builtins
+        import codecs
+        import io
+        import json
+        import linecache
+        import signal
+        import subprocess
+        import tempfile
+        import threading
+        import time
+        import traceback
+        import types
+
+        LANGUAGE = sys.argv[1] if len(sys.argv) > 1 else "python"
+        KERNEL_GLOBALS = globals()
+        CHUNK = 65536
+
+        # The node's pipes, moved to private descriptors: requests come in on IN_FD, frames go out on OUT_FD.
+        OUT_FD = os.dup(1)
+        IN_FD = os.dup(0)
+        null_fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null_fd, 0)
+        os.close(null_fd)
+
+        out_lock = threading.Lock()
+        state_lock = threading.Lock()
+        current_id = ""
+
+
+        def clean(value):
+            if isinstance(value, str):
+                return value.encode("utf-8", "replace").decode("utf-8")
+            return value
+
+
+        def emit(frame):
+            line = json.dumps(frame, ensure_ascii=False, allow_nan=False, default=str)
+            data = line.encode("utf-8", "replace") + b"\n"
+            with out_lock:
+                view = memoryview(data)
+                while view:
+                    try:
+                        written = os.write(OUT_FD, view)
+                    except InterruptedError:
+                        continue
+                    view = view[written:]
+
+
+        def log(text):
+            emit({"type": "log", "text": clean(str(text))})
+
+
+        def now_ms():
+            return int(time.time() * 1000)
+
+
+        class Capture:
+            """One of fds 1 and 2 replaced by a pipe whose reader thread frames what arrives as streams."""
+
+            def __init__(self, fd, name):
+                self.fd = fd
+                self.name = name
+                read_fd, write_fd = os.pipe()
+                os.set_inheritable(read_fd, False)
+                os.set_inheritable(write_fd, False)
+                self.read_fd = read_fd
+                self.write_fd = write_fd
+                os.dup2(write_fd, fd)
+                self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+                self.cond = threading.Condition()
+                self.seen = 0
+                self.token = os.urandom(8).hex().encode()
+                self.thread = threading.Thread(target=self.run, daemon=True)
+                self.thread.start()
+
+            def marker(self, number):
+                return b"\x00\x1bHANGAR-SYNC-" + self.token + b"-%d\x00" % number
+
+            def restore(self):
+                try:
+                    os.dup2(self.write_fd, self.fd)
+                except OSError:
+                    pass
+
+            def forward(self, data, final=False):
+                text = self.decoder.decode(data, final)
+                if text:
+                    emit({"type": "stream", "id": current_id, "name": self.name, "text": text, "t": now_ms()})
+
+            def run(self):
+                prefix = b"\x00\x1bHANGAR-SYNC-" + self.token + b"-"
+                pending = b""
+                while True:
+                    try:
+                        data = os.read(self.read_fd, CHUNK)
+                    except InterruptedError:
+                        continue
+                    if not data:
+                        self.forward(pending, True)
+                        return
+                    pending += data
+                    while True:
+                        start = pending.find(prefix)
+                        if start < 0:
+                            break
+                        end = pending.find(b"\x00", start + len(prefix))
+                        if end < 0:
+                            break
+                        self.forward(pending[:start])
+                        number = int(pending[start + len(prefix) : end])
+                        pending = pending[end + 1 :]
+                        with self.cond:
+                            self.seen = max(self.seen, number)
+                            self.cond.notify_all()
+                    # Hold back a tail that may be the start of a marker.
+                    keep = 0
+                    start = pending.rfind(b"\x00")
+                    if start >= 0 and prefix.startswith(pending[start : start + len(prefix)]):
+                        keep = len(pending) - start
+                    if keep > 64:
+                        keep = 0
+                    body = pending[: len(pending) - keep]
+                    pending = pending[len(pending) - keep :]
+                    for offset in range(0, len(body), CHUNK):
+                        self.forward(body[offset : offset + CHUNK])
+
+            def sync(self, number, deadline):
+                data = self.marker(number)
+                try:
+                    os.write(self.write_fd, data)
+                except OSError as error:
+                    log("cannot write the %s sync marker: %s" % (self.name, error))
+                    return False
+                with self.cond:
+                    while self.seen < number:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            log("the %s sync marker did not come back in time" % self.name)
+                            return False
+                        self.cond.wait(remaining)
+                return True
+
+
+        def flush_std():
+            for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+                try:
+                    if stream is not None:
+                        stream.flush()
+                except Exception:
+                    pass
+
+
+        captures = [Capture(1, "stdout"), Capture(2, "stderr")]
+        sync_number = 0
+
+
+        def sync_output(restore=True):
+            """Waits until what was written to fds 1 and 2 so far has been framed."""
+            global sync_number
+            flush_std()
+            sync_number += 1
+            deadline = time.monotonic() + 10
+            if restore:
+                for capture in captures:
+                    capture.restore()
+            for capture in captures:
+                capture.sync(sync_number, deadline)
+
+
+        # --- signals ---------------------------------------------------------------------------------------
+
+        in_cell = False
+        interrupted = False
+        shell = None
+
+
+        def on_sigint(signum, frame):
+            global interrupted
+            if LANGUAGE == "bash":
+                if not in_cell:
+                    log("SIGINT between cells ignored")
+                    return
+                interrupted = True
+                if shell is not None and shell.poll() is None:
+                    try:
+                        os.killpg(shell.pid, signal.SIGINT)
+                    except OSError:
+                        pass
+                return
+            if in_cell:
+                raise KeyboardInterrupt
+            log("SIGINT between cells ignored")
+
+
+        signal.signal(signal.SIGINT, on_sigint)
+
+
+        # --- results ---------------------------------------------------------------------------------------
+
+        TEXT_MIMES = {
+            "text/html": "_repr_html_",
+            "image/svg+xml": "_repr_svg_",
+            "text/markdown": "_repr_markdown_",
+            "text/latex": "_repr_latex_",
+            "application/javascript": "_repr_javascript_",
+        }
+        BINARY_MIMES = {"image/png": "_repr_png_", "image/jpeg": "_repr_jpeg_"}
+        MIMES = (
+            ["text/plain"] + list(TEXT_MIMES) + list(BINARY_MIMES) + ["application/json"]
+        )
+
+
+        def json_value(value):
             try:
-                tree = ast.parse(req["code"])
-                last = None
-                if tree.body and isinstance(tree.body[-1], ast.Expr):
-                    last = ast.Expression(tree.body.pop().value)
-                exec(compile(tree, "<cell>", "exec"), ns)
-                value = eval(compile(last, "<cell>", "eval"), ns) if last else None
-                sys.stdout = old
-                if buf.getvalue(): send({"type": "stream", "id": cid, "name": "stdout", "text": buf.getvalue(), "t": int(time.time()*1000)})
-                if value is not None: send({"type": "result", "id": cid, "main": True, "data": {"text/plain": repr(value)}})
-            except BaseException as e:
-                sys.stdout = old
-                if buf.getvalue(): send({"type": "stream", "id": cid, "name": "stdout", "text": buf.getvalue(), "t": int(time.time()*1000)})
-                send({"type": "error", "id": cid, "name": type(e).__name__, "value": str(e), "traceback": traceback.format_exc()})
-            send({"type": "done", "id": cid, "execution_count": count})
+                json.dumps(value, allow_nan=False)
+                return True
+            except Exception:
+                return False
+
+
+        def add(data, mime, value):
+            if isinstance(value, tuple) and len(value) == 2:
+                value = value[0]
+            if value is None:
+                return
+            if mime in BINARY_MIMES:
+                if isinstance(value, (bytes, bytearray, memoryview)):
+                    value = base64.b64encode(bytes(value)).decode("ascii")
+                if isinstance(value, str):
+                    data[mime] = value
+            elif mime == "application/json":
+                if isinstance(value, str):
+                    try:
+                        value = json.loads(value)
+                    except Exception:
+                        pass
+                if json_value(value):
+                    data[mime] = value
+            elif isinstance(value, str):
+                data[mime] = clean(value)
+
+
+        def bundle(value):
+            data = {}
+            if not isinstance(value, type):
+                method = safe_getattr(value, "_repr_mimebundle_")
+                if callable(method):
+                    try:
+                        result = method(include=None, exclude=None)
+                        if isinstance(result, tuple) and len(result) == 2:
+                            result = result[0]
+                        if isinstance(result, dict):
+                            for mime, item in result.items():
+                                if mime in MIMES:
+                                    add(data, mime, item)
+                    except Exception:
+                        pass
+                methods = dict(TEXT_MIMES)
+                methods.update(BINARY_MIMES)
+                methods["application/json"] = "_repr_json_"
+                for mime, name in methods.items():
+                    if mime in data:
+                        continue
+                    method = safe_getattr(value, name)
+                    if not callable(method):
+                        continue
+                    try:
+                        add(data, mime, method())
+                    except Exception:
+                        pass
+            if "text/plain" not in data:
+                try:
+                    data["text/plain"] = clean(repr(value))
+                except Exception as error:
+                    data["text/plain"] = "<repr failed: %s: %s>" % (type(error).__name__, clean(str(error)))
+            return data
+
+
+        def safe_getattr(value, name):
+            try:
+                return getattr(value, name, None)
+            except Exception:
+                return None
+
+
+        def publish(value, main):
+            data = bundle(value)
+            sync_output(restore=False)
+            emit({"type": "result", "id": current_id, "main": main, "data": data})
+
+
+        def display(*objects):
+            """Shows each object as a result of the running cell (not its main value)."""
+            for value in objects:
+                publish(value, False)
+
+
+        def flush_figures():
+            pyplot = sys.modules.get("matplotlib.pyplot")
+            if pyplot is None:
+                return
+            try:
+                numbers = pyplot.get_fignums()
+            except Exception:
+                return
+            try:
+                for number in numbers:
+                    figure = pyplot.figure(number)
+                    buffer = io.BytesIO()
+                    try:
+                        figure.savefig(buffer, format="png", bbox_inches="tight")
+                    except Exception:
+                        traceback.print_exc()
+                        continue
+                    data = {
+                        "text/plain": clean(repr(figure)),
+                        "image/png": base64.b64encode(buffer.getvalue()).decode("ascii"),
+                    }
+                    sync_output(restore=False)
+                    emit({"type": "result", "id": current_id, "main": False, "data": data})
+            finally:
+                try:
+                    pyplot.close("all")
+                except Exception:
+                    pass
+
+
+        # --- python cells ----------------------------------------------------------------------------------
+
+        main_module = types.ModuleType("__main__")
+        main_module.__dict__["__builtins__"] = builtins
+        main_module.__dict__["display"] = display
+        sys.modules["__main__"] = main_module
+        builtins.display = display
+        namespace = main_module.__dict__
+
+
+        def cell_frames(tb):
+            """The traceback without the kernel's own frames."""
+            kept = []
+            while tb is not None:
+                if tb.tb_frame.f_globals is not KERNEL_GLOBALS:
+                    kept.append(tb)
+                tb = tb.tb_next
+            result = None
+            for item in reversed(kept):
+                result = types.TracebackType(result, item.tb_frame, item.tb_lasti, item.tb_lineno)
+            return result
+
+
+        def error_frame(error, skip_kernel=True):
+            sync_output(restore=False)
+            tb = error.__traceback__
+            if skip_kernel:
+                tb = cell_frames(tb)
+            try:
+                if isinstance(error, SyntaxError) and tb is None:
+                    lines = traceback.format_exception_only(type(error), error)
+                else:
+                    lines = traceback.format_exception(type(error), error, tb)
+                text = "".join(lines)
+            except Exception:
+                text = ""
+            try:
+                value = str(error)
+            except Exception:
+                value = "<str failed>"
+            emit(
+                {
+                    "type": "error",
+                    "id": current_id,
+                    "name": clean(type(error).__name__),
+                    "value": clean(value),
+                    "traceback": clean(text),
+                }
+            )
+
+
+        def run_python(code, count):
+            global in_cell
+            filename = "<cell %d>" % count
+            linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+            try:
+                tree = ast.parse(code, filename, "exec")
+            except (SyntaxError, ValueError, OverflowError) as error:
+                error.__traceback__ = None
+                error_frame(error)
+                return
+            last = None
+            if tree.body and isinstance(tree.body[-1], ast.Expr):
+                last = ast.Expression(tree.body.pop().value)
+            try:
+                body = compile(tree, filename, "exec")
+                expression = compile(last, filename, "eval") if last is not None else None
+            except (SyntaxError, ValueError, OverflowError) as error:
+                error.__traceback__ = None
+                error_frame(error)
+                return
+            try:
+                in_cell = True
+                exec(body, namespace)
+                if expression is not None:
+                    value = eval(expression, namespace)
+                    if value is not None:
+                        namespace["_"] = value
+                        publish(value, True)
+                flush_figures()
+                in_cell = False
+            except BaseException as error:
+                in_cell = False
+                error_frame(error)
+                try:
+                    flush_figures()
+                except BaseException:
+                    pass
+
+
+        # --- bash cells ------------------------------------------------------------------------------------
+
+        control_read = None
+
+
+        def start_shell():
+            global shell, control_read
+            control_read, control_write = os.pipe()
+            shell = subprocess.Popen(
+                ["bash", "--noprofile", "--norc"],
+                stdin=subprocess.PIPE,
+                stdout=1,
+                stderr=2,
+                pass_fds=(control_write,),
+                start_new_session=True,
+                close_fds=True,
+            )
+            os.close(control_write)
+            shell.stdin.write(b"trap 'return 130 2>/dev/null' INT\n")
+            shell.stdin.flush()
+            return control_write
+
+
+        SHELL_FD = None
+
+
+        def run_bash(code, count):
+            global interrupted, in_cell
+            interrupted = False
+            handle, path = tempfile.mkstemp(prefix="hangar-cell-", suffix=".sh")
+            try:
+                with os.fdopen(handle, "w", encoding="utf-8", errors="surrogateescape") as file:
+                    file.write(code)
+                    if not code.endswith("\n"):
+                        file.write("\n")
+                command = ". %s </dev/null; printf '%%s\\n' \"$?\" >&%d\n" % (quote(path), SHELL_FD)
+                in_cell = True
+                try:
+                    shell.stdin.write(command.encode())
+                    shell.stdin.flush()
+                except OSError:
+                    pass
+                status = read_status()
+                in_cell = False
+            finally:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            if status is None:
+                code = shell.wait()
+                sync_output()
+                emit(
+                    {
+                        "type": "error",
+                        "id": current_id,
+                        "name": "ShellExited",
+                        "value": str(code),
+                        "traceback": "",
+                    }
+                )
+                emit({"type": "done", "id": current_id, "execution_count": count})
+                sys.exit(1)
+            sync_output()
+            if interrupted:
+                emit({"type": "error", "id": current_id, "name": "KeyboardInterrupt", "value": "", "traceback": ""})
+            elif status != 0:
+                emit({"type": "error", "id": current_id, "name": "ExitCode", "value": str(status), "traceback": ""})
+
+
+        status_buffer = b""
+
+
+        def read_status():
+            global status_buffer
+            while b"\n" not in status_buffer:
+                try:
+                    data = os.read(control_read, 4096)
+                except InterruptedError:
+                    continue
+                if not data:
+                    return None
+                status_buffer += data
+            line, _, status_buffer = status_buffer.partition(b"\n")
+            try:
+                return int(line)
+            except ValueError:
+                return -1
+
+
+        def quote(text):
+            return "'" + text.replace("'", "'\\''") + "'"
+
+
+        # --- the request loop ------------------------------------------------------------------------------
+
+
+        def requests():
+            pending = b""
+            while True:
+                try:
+                    data = os.read(IN_FD, CHUNK)
+                except InterruptedError:
+                    continue
+                except KeyboardInterrupt:
+                    continue
+                if not data:
+                    if pending.strip():
+                        yield pending
+                    return
+                pending += data
+                while b"\n" in pending:
+                    line, _, pending = pending.partition(b"\n")
+                    if line.strip():
+                        yield line
+
+
+        def main():
+            global current_id, SHELL_FD
+            if LANGUAGE not in ("python", "bash"):
+                log("unknown language %r" % LANGUAGE)
+                sys.exit(2)
+            if LANGUAGE == "bash":
+                SHELL_FD = start_shell()
+            emit({"type": "ready", "language": LANGUAGE, "pid": os.getpid()})
+            count = 0
+            for line in requests():
+                try:
+                    request = json.loads(line)
+                    if not isinstance(request, dict) or request.get("type") != "run":
+                        raise ValueError("not a run request")
+                    cell = request.get("id")
+                    code = request.get("code")
+                    if not isinstance(cell, str) or not isinstance(code, str):
+                        raise ValueError("a run request needs a string id and code")
+                except Exception as error:
+                    log("malformed request ignored: %s" % error)
+                    continue
+                count += 1
+                current_id = cell
+                try:
+                    if LANGUAGE == "bash":
+                        run_bash(code, count)
+                    else:
+                        run_python(code, count)
+                except KeyboardInterrupt:
+                    emit({"type": "error", "id": cell, "name": "KeyboardInterrupt", "value": "", "traceback": ""})
+                sync_output()
+                emit({"type": "done", "id": cell, "execution_count": count})
+            if shell is not None:
+                try:
+                    shell.stdin.close()
+                except OSError:
+                    pass
+            os._exit(0)
+
+
+        main()
         """#
+}
+
+/// A run request as it is encoded for the kernel.
+private struct CodeKernelRequest: Encodable {
+    var type: String
+    var id: String
+    var code: String
+}
+
+/// A JSON value, as the kernel sends `application/json` results (other MIME types are strings).
+public enum CodeKernelValue: Sendable, Equatable, Codable {
+    /// `null`.
+    case null
+    /// `true` or `false`.
+    case bool(Bool)
+    /// A number.
+    case number(Double)
+    /// A string.
+    case string(String)
+    /// An array.
+    indirect case array([CodeKernelValue])
+    /// An object.
+    indirect case object([String: CodeKernelValue])
+
+    /// Decodes any JSON value.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() {
+            self = .null
+        } else if let value = try? container.decode(Bool.self) {
+            self = .bool(value)
+        } else if let value = try? container.decode(Double.self) {
+            self = .number(value)
+        } else if let value = try? container.decode(String.self) {
+            self = .string(value)
+        } else if let value = try? container.decode([CodeKernelValue].self) {
+            self = .array(value)
+        } else {
+            self = .object(try container.decode([String: CodeKernelValue].self))
+        }
+    }
+
+    /// Encodes the value as the JSON it came from.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .null: try container.encodeNil()
+        case .bool(let value): try container.encode(value)
+        case .number(let value): try container.encode(value)
+        case .string(let value): try container.encode(value)
+        case .array(let value): try container.encode(value)
+        case .object(let value): try container.encode(value)
+        }
+    }
+
+    /// The value as JSON text (keys sorted).
+    public var jsonText: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(self)).map { String(decoding: $0, as: UTF8.self) } ?? "null"
+    }
+
+    /// The string, if this is one.
+    public var string: String? {
+        if case .string(let value) = self { return value }
+        return nil
+    }
+}
+
+/// One line the kernel writes: which fields are set depends on ``type``.
+///
+/// - `ready`: ``language``, ``pid``, once at start.
+/// - `stream`: ``id``, ``name`` (`stdout` or `stderr`), ``text``, ``t`` (Unix milliseconds).
+/// - `result`: ``id``, ``main`` (true only for the last expression's value), ``data`` (MIME type to
+///   value: strings, base64 for images, any JSON value for `application/json`).
+/// - `error`: ``id``, ``name`` (the exception's class, `ExitCode`, `ShellExited`,
+///   `KeyboardInterrupt`), ``value``, ``traceback``.
+/// - `done`: ``id``, ``executionCount``; always a cell's last frame.
+/// - `log`: ``text``, kernel diagnostics.
+public struct CodeKernelFrame: Decodable, Sendable, Equatable {
+    /// `ready`, `stream`, `result`, `error`, `done` or `log`.
+    public var type: String
+    /// The language of a `ready` frame.
+    public var language: String?
+    /// The kernel's pid, in a `ready` frame.
+    public var pid: Int32?
+    /// The cell (the request's id) the frame belongs to.
+    public var id: String?
+    /// The stream (`stdout`, `stderr`) or the error's name.
+    public var name: String?
+    /// Stream or log text.
+    public var text: String?
+    /// When a stream chunk was read, in Unix milliseconds.
+    public var t: Int64?
+    /// Whether a result is the cell's value.
+    public var main: Bool?
+    /// A result's representations, by MIME type.
+    public var data: [String: CodeKernelValue]?
+    /// The error's message.
+    public var value: String?
+    /// The error's traceback (cell frames only), empty for bash.
+    public var traceback: String?
+    /// The cell's number, in its `done` frame.
+    public var executionCount: Int?
+
+    private enum CodingKeys: String, CodingKey {
+        case type, language, pid, id, name, text, t, main, data, value, traceback
+        case executionCount = "execution_count"
+    }
+
+    /// Decodes one line (without its newline).
+    public static func decode(_ line: Data) throws -> CodeKernelFrame {
+        try JSONDecoder().decode(CodeKernelFrame.self, from: line)
+    }
+}
+
+/// A kernel line longer than ``CodeKernelLineSplitter/maximumLineBytes``.
+public struct CodeKernelLineTooLong: Error, Sendable, CustomStringConvertible {
+    /// The cap that was passed.
+    public var limit: Int
+
+    /// The error as a sentence.
+    public var description: String {
+        "a code kernel line is longer than \(limit) bytes"
+    }
+}
+
+/// Splits the kernel's stdout into lines, whatever the chunks it arrives in. Pure: feed it chunks,
+/// get the complete lines (without their newlines); a line longer than ``maximumLineBytes`` is an
+/// error, after which the node should kill the kernel.
+public struct CodeKernelLineSplitter: Sendable {
+    /// The longest line accepted, newline not counted.
+    public let maximumLineBytes: Int
+    private var pending = Data()
+
+    /// A splitter that accepts lines of up to `maximumLineBytes` bytes (64 MiB by default).
+    public init(maximumLineBytes: Int = 64 << 20) {
+        self.maximumLineBytes = maximumLineBytes
+    }
+
+    /// The lines that `chunk` completes, in order; throws ``CodeKernelLineTooLong`` once the line
+    /// being gathered is over the cap, even before its newline arrives.
+    public mutating func feed(_ chunk: Data) throws -> [Data] {
+        var lines: [Data] = []
+        var rest = chunk[...]
+        while let newline = rest.firstIndex(of: 0x0A) {
+            let piece = rest[rest.startIndex..<newline]
+            guard pending.count + piece.count <= maximumLineBytes else {
+                throw CodeKernelLineTooLong(limit: maximumLineBytes)
+            }
+            pending.append(contentsOf: piece)
+            lines.append(pending)
+            pending = Data()
+            rest = rest[rest.index(after: newline)...]
+        }
+        guard pending.count + rest.count <= maximumLineBytes else {
+            throw CodeKernelLineTooLong(limit: maximumLineBytes)
+        }
+        pending.append(contentsOf: rest)
+        return lines
+    }
+
+    /// What was fed after the last newline (a line cut short by EOF).
+    public var remainder: Data { pending }
 }

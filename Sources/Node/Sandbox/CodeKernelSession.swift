@@ -35,10 +35,13 @@ actor CodeKernelSession {
     private var readyWaiters: [CheckedContinuation<Void, Never>] = []
     private var cell: Cell?
     private var cells = 0
-    private var pending = Data()
+    private var lines = CodeKernelLineSplitter(maximumLineBytes: CodeKernelSession.maxLineBytes)
     /// The end of what the kernel wrote to its stderr (its own diagnostics), for death messages.
     private var diagnostics = Data()
     private var reader: Task<Void, Never>?
+
+    /// The longest protocol line a kernel may write (a large image result fits).
+    static let maxLineBytes = 64 << 20
 
     init(id: String, language: String, cwd: String, environment: [String: String], agent: SandboxAgentChannel) {
         self.id = id
@@ -154,16 +157,11 @@ actor CodeKernelSession {
         case .started(let started):
             pid = started.pid
         case .output(let output) where output.stream == .stdout:
-            pending.append(output.data)
-            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = pending[pending.startIndex..<newline]
-                pending = Data(pending[pending.index(after: newline)...])
-                handle(line: Data(line))
-            }
-            if pending.count > CodeKernel.maxLineBytes {
-                pending = Data()
+            do {
+                for line in try lines.feed(output.data) { handle(line: line) }
+            } catch {
                 Task { try? await agent.signal(pid: pid, SIGKILL) }
-                end("the kernel wrote a protocol line longer than \(CodeKernel.maxLineBytes) bytes; it was killed")
+                end("\(error); the kernel was killed")
             }
         case .output(let output):
             diagnostics.append(output.data)
@@ -319,7 +317,7 @@ actor CodeKernelSession {
     }
 }
 
-/// One frame of the kernel's protocol (``CodeKernel``), as the node uses it.
+/// One frame of the kernel's protocol (``CodeKernelFrame``), as the node uses it.
 enum CodeKernelEvent: Equatable {
     case ready
     case stream(cell: String, stderr: Bool, text: String, timestampMs: Int64)
@@ -327,40 +325,35 @@ enum CodeKernelEvent: Equatable {
     case error(cell: String, name: String, value: String, traceback: String)
     case done(cell: String, executionCount: UInt32)
 
-    /// The frame `line` holds; nil for a line that is not one (a log line, or anything else).
+    /// The frame `line` holds; nil for a line that is not one, or a `log` line.
     init?(_ line: Data) {
-        guard let object = try? JSONSerialization.jsonObject(with: line) as? [String: Any],
-            let type = object["type"] as? String
-        else { return nil }
-        let cell = object["id"] as? String ?? ""
-        func text(_ key: String) -> String { object[key] as? String ?? "" }
-        switch type {
+        guard let frame = try? CodeKernelFrame.decode(line) else { return nil }
+        let cell = frame.id ?? ""
+        switch frame.type {
         case "ready":
             self = .ready
         case "stream":
             self = .stream(
                 cell: cell,
-                stderr: text("name") == "stderr",
-                text: text("text"),
-                timestampMs: (object["t"] as? NSNumber)?.int64Value ?? 0
+                stderr: frame.name == "stderr",
+                text: frame.text ?? "",
+                timestampMs: frame.t ?? 0
             )
         case "result":
             var data: [String: String] = [:]
-            for (mime, value) in object["data"] as? [String: Any] ?? [:] {
-                if let string = value as? String, mime != "application/json" {
-                    data[mime] = string
-                } else if let json = try? JSONSerialization.data(
-                    withJSONObject: value,
-                    options: [.fragmentsAllowed, .sortedKeys]
-                ) {
-                    data[mime] = String(decoding: json, as: UTF8.self)
-                }
+            for (mime, value) in frame.data ?? [:] {
+                data[mime] = mime != "application/json" ? value.string ?? value.jsonText : value.jsonText
             }
-            self = .result(cell: cell, main: object["main"] as? Bool ?? false, data: data)
+            self = .result(cell: cell, main: frame.main ?? false, data: data)
         case "error":
-            self = .error(cell: cell, name: text("name"), value: text("value"), traceback: text("traceback"))
+            self = .error(
+                cell: cell,
+                name: frame.name ?? "",
+                value: frame.value ?? "",
+                traceback: frame.traceback ?? ""
+            )
         case "done":
-            self = .done(cell: cell, executionCount: (object["execution_count"] as? NSNumber)?.uint32Value ?? 0)
+            self = .done(cell: cell, executionCount: UInt32(clamping: frame.executionCount ?? 0))
         default:
             return nil
         }
