@@ -18,7 +18,8 @@ struct CodeInterpreterTests {
     )
     func cells() async throws {
         let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
-        let host = ProcessSandboxHost(agentPath: agentPath)
+        // A 1 MiB cap for one cell's output (8 MiB by default), so that the flood below is quick.
+        let host = ProcessSandboxHost(agentPath: agentPath, cellOutputBytes: 1 << 20)
         let cluster = try await AuthorizedCluster.start(runtimes: [ProcessRuntime(), NullRuntime()], sandboxHost: host)
         do {
             try await exercise(cluster)
@@ -94,6 +95,18 @@ struct CodeInterpreterTests {
             "\(shown)"
         )
         #expect(shown.stdout == "child\n" && shown.stderr == "err\n", "\(shown)")
+
+        // A flood of output is cut at the node's cap and the cell interrupted; binary garbage
+        // arrives as replacement characters; the context goes on either way.
+        let flood = try await code.run("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)")
+        #expect(flood.done?.end == .codeCellOutputLimit && flood.error?.name == "KeyboardInterrupt", "\(flood)")
+        #expect(flood.stdout.utf8.count <= 1 << 20 && flood.stdout.utf8.count > 512 << 10, "\(flood.stdout.utf8.count)")
+        #expect(flood.done?.message.contains("keeps its state") == true, "\(flood)")
+        let garbage = try await code.run("import os\nos.write(1, bytes(range(256)))\n'after'")
+        #expect(
+            garbage.stdout.unicodeScalars.contains("\u{FFFD}") && garbage.main?["text/plain"] == "'after'",
+            "\(garbage)"
+        )
 
         // A bash context keeps its variables and working directory between cells.
         let shell = try await code.contexts { $0.create = .with { $0.language = "bash" } }

@@ -5,13 +5,13 @@ import HangarShared
 /// sandbox's agent runs as a background command, with its own state. The node writes a cell to the
 /// kernel's stdin and turns the frames the kernel writes to its stdout into `CodeRunEvent`s for the
 /// tenant; it enforces the cell's timeout (SIGINT, then SIGKILL after ``interruptGrace``) and the
-/// output the node forwards for one cell (``maxCellOutputBytes``).
+/// output the node forwards for one cell (``maxCellOutputBytes`` unless set otherwise).
 public actor CodeContexts {
     /// A cell's timeout when its request sets none.
     public static let defaultTimeout = Duration.seconds(300)
     /// How long an interrupted cell has to stop before its interpreter is killed.
     public static let interruptGrace = Duration.seconds(2)
-    /// Bytes of stdout and stderr forwarded for one cell; past them the cell is interrupted.
+    /// Bytes of stdout and stderr forwarded for one cell by default; past them the cell is interrupted.
     public static let maxCellOutputBytes = 8 << 20
     /// Most code contexts one sandbox may hold.
     public static let maxContexts = 16
@@ -20,15 +20,22 @@ public actor CodeContexts {
 
     private let agent: SandboxAgentChannel
     private let environment: [String: String]
+    private let cellOutputBytes: Int
     private var kernels: [String: CodeKernelSession] = [:]
     /// The default context of each language, made by the first run that names none.
     private var defaults: [String: String] = [:]
     private var made = 0
 
-    /// The contexts of the sandbox behind `agent`, whose commands get `environment` by default.
-    public init(agent: SandboxAgentChannel, environment: [String: String]) {
+    /// The contexts of the sandbox behind `agent`, whose commands get `environment` by default;
+    /// at most `cellOutputBytes` of a cell's output are forwarded.
+    public init(
+        agent: SandboxAgentChannel,
+        environment: [String: String],
+        cellOutputBytes: Int = CodeContexts.maxCellOutputBytes
+    ) {
         self.agent = agent
         self.environment = environment
+        self.cellOutputBytes = cellOutputBytes
     }
 
     /// Starts a new context and returns once its kernel is ready.
@@ -57,6 +64,7 @@ public actor CodeContexts {
             language: language,
             cwd: request.cwd,
             environment: environment.merging(request.env) { _, own in own },
+            cellOutputBytes: cellOutputBytes,
             agent: agent
         )
         kernels[id] = session

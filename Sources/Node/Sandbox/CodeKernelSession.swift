@@ -10,6 +10,7 @@ actor CodeKernelSession {
     let language: String
     let cwd: String
     let environment: [String: String]
+    let cellOutputBytes: Int
     private let agent: SandboxAgentChannel
 
     private enum Phase {
@@ -26,6 +27,8 @@ actor CodeKernelSession {
         var raised = false
         /// Why the node interrupted it, with what to tell the tenant.
         var interruption: (end: Hangar_V1_CodeCellEnd, message: String)?
+        /// Whether the node killed the interpreter because the interrupted cell did not stop.
+        var killed = false
         var deadline: Task<Void, Never>?
     }
 
@@ -43,17 +46,32 @@ actor CodeKernelSession {
     /// The longest protocol line a kernel may write (a large image result fits).
     static let maxLineBytes = 64 << 20
 
-    init(id: String, language: String, cwd: String, environment: [String: String], agent: SandboxAgentChannel) {
+    init(
+        id: String,
+        language: String,
+        cwd: String,
+        environment: [String: String],
+        cellOutputBytes: Int,
+        agent: SandboxAgentChannel
+    ) {
         self.id = id
         self.language = language
         self.cwd = cwd
         self.environment = environment
+        self.cellOutputBytes = cellOutputBytes
         self.agent = agent
     }
 
     /// A session like this one (same context id, language, directory, environment), not started.
     func successor() -> CodeKernelSession {
-        CodeKernelSession(id: id, language: language, cwd: cwd, environment: environment, agent: agent)
+        CodeKernelSession(
+            id: id,
+            language: language,
+            cwd: cwd,
+            environment: environment,
+            cellOutputBytes: cellOutputBytes,
+            agent: agent
+        )
     }
 
     var info: Hangar_V1_CodeContextInfo {
@@ -188,7 +206,7 @@ actor CodeKernelSession {
         case .stream(let cellID, let stderr, let text, let timestamp):
             guard var running = cell, running.id == cellID else { return }
             let size = text.utf8.count
-            guard running.forwarded + size <= CodeContexts.maxCellOutputBytes else {
+            guard running.forwarded + size <= cellOutputBytes else {
                 if running.interruption == nil {
                     Task { await interrupt(cellID, .codeCellOutputLimit, after: nil) }
                 }
@@ -235,7 +253,7 @@ actor CodeKernelSession {
                 finishCell(
                     cellID,
                     end: interruption.end,
-                    message: interruption.message + "; the context keeps its state"
+                    message: interruption.message + (running.killed ? "" : "; the context keeps its state")
                 )
             } else {
                 finishCell(cellID, end: running.raised ? .codeCellError : .codeCellOk, message: "")
@@ -251,13 +269,16 @@ actor CodeKernelSession {
             if let timeout {
                 "interrupted (SIGINT) at its timeout of \(JobLimits.milliseconds(timeout)) ms"
             } else {
-                "interrupted (SIGINT) after writing more than \(CodeContexts.maxCellOutputBytes) bytes"
+                "interrupted (SIGINT) after writing more than \(cellOutputBytes) bytes"
             }
         running.interruption = (end, why)
         cell = running
         try? await agent.signal(pid: pid, SIGINT)
+        // Output already on its way (pipes, the agent's socket) must drain before the interpreter
+        // can say it stopped: a flooding cell gets longer.
+        let grace = end == .codeCellOutputLimit ? CodeContexts.interruptGrace * 3 : CodeContexts.interruptGrace
         Task { [weak self] in
-            try? await Task.sleep(for: CodeContexts.interruptGrace)
+            try? await Task.sleep(for: grace)
             await self?.killIfStuck(cellID)
         }
     }
@@ -266,9 +287,9 @@ actor CodeKernelSession {
         guard let running = cell, running.id == cellID, let interruption = running.interruption else { return }
         cell?.interruption = (
             interruption.end,
-            interruption.message + ", did not stop within \(JobLimits.milliseconds(CodeContexts.interruptGrace)) ms"
-                + " and its interpreter was killed; restart the context"
+            interruption.message + ", did not stop in time and its interpreter was killed; restart the context"
         )
+        cell?.killed = true
         try? await agent.signal(pid: pid, SIGKILL)
     }
 
@@ -284,7 +305,7 @@ actor CodeKernelSession {
         phase = .ended(reason)
         resumeReadyWaiters()
         if let running = cell {
-            if let interruption = running.interruption, interruption.message.contains("was killed") {
+            if let interruption = running.interruption, running.killed {
                 finishCell(running.id, end: interruption.end, message: interruption.message)
             } else {
                 finishCell(running.id, end: .codeCellInterpreterDied, message: reason + "; restart the context")

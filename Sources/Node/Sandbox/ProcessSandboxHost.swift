@@ -43,14 +43,19 @@ public final class ProcessSandboxHost: SandboxHost {
         bubblewrapPath: String = "/usr/bin/bwrap",
         resources: NodeResources = .standard,
         workRoot: String = ProcessSandbox.defaultWorkRoot,
+        cellOutputBytes: Int = CodeContexts.maxCellOutputBytes,
         logger: Logger = Logger(label: "hangar.sandbox")
     ) {
+        self.cellOutputBytes = cellOutputBytes
         self.agentPath = agentPath
         self.bubblewrapPath = bubblewrapPath
         self.resources = resources
         self.workRoot = workRoot
         self.logger = logger
     }
+
+    /// Bytes of output the node forwards for one code cell (see ``CodeContexts``).
+    private let cellOutputBytes: Int
 
     /// The runtimes this host makes stateful sandboxes with.
     public static let runtimes: Set<String> = ["process"]
@@ -124,7 +129,7 @@ public final class ProcessSandboxHost: SandboxHost {
                 tenant: request.tenant,
                 sandbox: sandbox,
                 environment: request.env,
-                code: CodeContexts(agent: sandbox.agent, environment: request.env),
+                code: CodeContexts(agent: sandbox.agent, environment: request.env, cellOutputBytes: cellOutputBytes),
                 watcher: watcher
             )
             return false
