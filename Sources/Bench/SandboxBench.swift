@@ -122,6 +122,7 @@ enum SandboxBench {
         config: SchedulerConfig
     ) async throws -> String {
         let client = cluster.client
+        let loadAtStart = ProcessMemory.loadAverage()
         // The node is up once a sandbox can be created on it (its heartbeat and the process
         // runtime's probe first); that first sandbox is also the warm-up.
         let first = try await cluster.firstSandbox(within: .seconds(30))
@@ -247,6 +248,7 @@ enum SandboxBench {
 
         return report(
             options: options,
+            loadAtStart: loadAtStart,
             cores: cores,
             config: config,
             create: create,
@@ -284,6 +286,7 @@ enum SandboxBench {
 
     private static func report(
         options: Options,
+        loadAtStart: String,
         cores: Int,
         config: SchedulerConfig,
         create: Percentiles,
@@ -363,7 +366,8 @@ enum SandboxBench {
             `process` runtime, \(options.idle + 16) slots, CPU overcommit \(String(format: "%.0f", config.cpuOvercommit))×) in \
             this process, the node holding bubblewrap sandboxes with the real `hangar-sandbox-agent`; \
             tenant `\(tenant)` without authorization. Times at the client, sequential requests; the \
-            baselines in the same run. p99 of 30 samples is their maximum.
+            baselines in the same run. p99 of fewer than 100 samples is their maximum. Load average \
+            (1, 5, 15 min) at the start: \(loadAtStart); at the end: \(ProcessMemory.loadAverage()).
 
             \(table)
             exec − bare spawn (p50): \(String(format: "%.3f ms", overSpawn * 1000)); exec / bare spawn: \
@@ -668,11 +672,17 @@ enum ProcessMemory {
         return children
     }
 
+    /// The first three fields of /proc/loadavg.
+    static func loadAverage() -> String {
+        let text = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? ""
+        return text.split(separator: " ").prefix(3).joined(separator: ", ")
+    }
+
     /// A "Name: 1234 kB" field of a /proc file, in KiB.
     static func statusField(_ path: String, _ field: String) -> Int? {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
         for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
-            return Int(line.dropFirst(field.count + 1).split(separator: " ").first ?? "")
+            return Int(line.dropFirst(field.count + 1).split(whereSeparator: \.isWhitespace).first ?? "")
         }
         return nil
     }
