@@ -101,7 +101,14 @@ enum SandboxBench {
 
         let report: String
         do {
-            report = try await measure(cluster, options: options, agentPath: agentPath, cores: cores, config: config)
+            report = try await measure(
+                cluster,
+                options: options,
+                agentPath: agentPath,
+                resources: resources,
+                cores: cores,
+                config: config
+            )
         } catch {
             await cluster.cleanUp()
             for task in tasks { task.cancel() }
@@ -118,6 +125,7 @@ enum SandboxBench {
         _ cluster: BenchCluster,
         options: Options,
         agentPath: String,
+        resources: NodeResources,
         cores: Int,
         config: SchedulerConfig
     ) async throws -> String {
@@ -142,6 +150,26 @@ enum SandboxBench {
             try await cluster.kill(info.id)
         }
         let create = Percentiles(createTimes)
+        // The node's share of it: the same sandbox started straight on the host (cgroup, writable
+        // layer, bubblewrap, the agent's first answer), no scheduler, no NATS; killed after.
+        var startTimes: [Duration] = []
+        for index in 0..<options.creates {
+            let start = ContinuousClock.now
+            let direct: ProcessSandbox
+            do {
+                direct = try await ProcessSandbox.start(
+                    id: "bench-direct-\(index)",
+                    agentPath: agentPath,
+                    resources: resources,
+                    logger: Logger(label: "bench")
+                )
+            } catch {
+                throw BenchError("step 1, ProcessSandbox.start \(index + 1) of \(options.creates): \(error)")
+            }
+            startTimes.append(start.duration(to: .now))
+            if let problem = await direct.kill() { throw BenchError("step 1, a direct sandbox's kill: \(problem)") }
+        }
+        let directStart = Percentiles(startTimes)
 
         // 2. exec /bin/true on one running sandbox, and the baselines in the same run.
         let sandbox = try await cluster.create()
@@ -182,9 +210,6 @@ enum SandboxBench {
             natsTimes.append(start.duration(to: .now))
         }
         let nats = Percentiles(natsTimes)
-        echoTask.cancel()
-        echo.unsubscribe()
-        await echoConnection.close()
 
         // 3. write then read 1 MiB in the same sandbox.
         var generator = SystemRandomNumberGenerator()
@@ -214,6 +239,19 @@ enum SandboxBench {
         let write = Percentiles(writeTimes)
         let read = Percentiles(readTimes)
         let files = Percentiles(bothTimes)
+        // Baseline: the same MiB through NATS to the echo responder and back (one round trip
+        // carrying it both ways, as the write and the read together do).
+        var bigEchoTimes: [Duration] = []
+        for _ in 0..<options.files {
+            let start = ContinuousClock.now
+            let echoed = try await client.request("bench.echo", payload: content, timeout: .seconds(5))
+            bigEchoTimes.append(start.duration(to: .now))
+            guard echoed.payload.count == content.count else { throw BenchError("the echo lost bytes") }
+        }
+        let bigEcho = Percentiles(bigEchoTimes)
+        echoTask.cancel()
+        echo.unsubscribe()
+        await echoConnection.close()
         try await cluster.kill(sandbox.id)
         try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
 
@@ -252,12 +290,14 @@ enum SandboxBench {
             cores: cores,
             config: config,
             create: create,
+            directStart: directStart,
             exec: exec,
             spawn: spawn,
             nats: nats,
             write: write,
             read: read,
             files: files,
+            bigEcho: bigEcho,
             idle: IdleFigures(
                 asked: options.idle,
                 created: idle.count,
@@ -290,12 +330,14 @@ enum SandboxBench {
         cores: Int,
         config: SchedulerConfig,
         create: Percentiles,
+        directStart: Percentiles,
         exec: Percentiles,
         spawn: Percentiles,
         nats: Percentiles,
         write: Percentiles,
         read: Percentiles,
         files: Percentiles,
+        bigEcho: Percentiles,
         idle: IdleFigures
     ) -> String {
         func verdict(_ met: Bool) -> String { met ? "**met**" : "**not met**" }
@@ -318,6 +360,10 @@ enum SandboxBench {
             met: verdict(seconds(create.p50) <= 0.025)
         )
         table += row(
+            "node side alone, same run: `ProcessSandbox.start` → agent ready (no scheduler, no NATS)",
+            directStart
+        )
+        table += row(
             "exec `/bin/true` round trip (`hangar.sbx.….exec`, until its exit event)",
             exec,
             goal: "≤ 2 ms above bare posix_spawn",
@@ -333,6 +379,7 @@ enum SandboxBench {
         )
         table += row("… of which write 1 MiB", write)
         table += row("… of which read 1 MiB", read)
+        table += row("baseline: raw NATS request/reply, 1 MiB each way (echo responder)", bigEcho)
 
         let perSandbox = { (kib: Int) in String(format: "%.1f MiB", Double(kib) / 1024 / Double(max(1, idle.created))) }
         let ownGrowth = idle.after.rssKiB - idle.before.rssKiB
