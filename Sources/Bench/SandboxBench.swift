@@ -136,10 +136,13 @@ enum SandboxBench {
         let first = try await cluster.firstSandbox(within: .seconds(30))
         try await cluster.kill(first.id)
 
-        // 1. create → ready, each killed after (the kill is not timed).
+        // 1. create → ready, each killed after (the kill is not timed); interleaved with the
+        // node's share of it: the same sandbox started straight on the host (cgroup, writable
+        // layer, bubblewrap, the agent's first answer), no scheduler, no NATS; killed after.
         var createTimes: [Duration] = []
+        var startTimes: [Duration] = []
         for index in 0..<options.creates {
-            let start = ContinuousClock.now
+            var start = ContinuousClock.now
             let info: Hangar_V1_SandboxInfo
             do {
                 info = try await cluster.create()
@@ -148,13 +151,8 @@ enum SandboxBench {
             }
             createTimes.append(start.duration(to: .now))
             try await cluster.kill(info.id)
-        }
-        let create = Percentiles(createTimes)
-        // The node's share of it: the same sandbox started straight on the host (cgroup, writable
-        // layer, bubblewrap, the agent's first answer), no scheduler, no NATS; killed after.
-        var startTimes: [Duration] = []
-        for index in 0..<options.creates {
-            let start = ContinuousClock.now
+            try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
+            start = ContinuousClock.now
             let direct: ProcessSandbox
             do {
                 direct = try await ProcessSandbox.start(
@@ -169,30 +167,12 @@ enum SandboxBench {
             startTimes.append(start.duration(to: .now))
             if let problem = await direct.kill() { throw BenchError("step 1, a direct sandbox's kill: \(problem)") }
         }
+        let create = Percentiles(createTimes)
         let directStart = Percentiles(startTimes)
 
-        // 2. exec /bin/true on one running sandbox, and the baselines in the same run.
-        let sandbox = try await cluster.create()
-        for _ in 0..<10 { try await cluster.execTrue(sandbox) }
-        var execTimes: [Duration] = []
-        for index in 0..<options.execs {
-            let start = ContinuousClock.now
-            do {
-                try await cluster.execTrue(sandbox)
-            } catch {
-                throw BenchError("step 2 (exec /bin/true), exec \(index + 1) of \(options.execs): \(error)")
-            }
-            execTimes.append(start.duration(to: .now))
-        }
-        let exec = Percentiles(execTimes)
-        for _ in 0..<10 { try spawnAndWait("/bin/true") }
-        var spawnTimes: [Duration] = []
-        for _ in 0..<options.execs {
-            let start = ContinuousClock.now
-            try spawnAndWait("/bin/true")
-            spawnTimes.append(start.duration(to: .now))
-        }
-        let spawn = Percentiles(spawnTimes)
+        // 2. exec /bin/true on one running sandbox, interleaved with its baselines (a bare
+        // posix_spawn + wait of /bin/true, a raw NATS request/reply), so that all three see the
+        // same load.
         let echoConnection = try await NATSConnection(
             options: NATSConnectionOptions(servers: [cluster.url], name: "echo", logger: client.options.logger)
         )
@@ -202,13 +182,32 @@ enum SandboxBench {
         }
         try await echoConnection.flush()
         let echoPayload = try Hangar_V1_SandboxExecRequest.with { $0.argv = ["/bin/true"] }.serializedData()
-        for _ in 0..<10 { _ = try await client.request("bench.echo", payload: echoPayload, timeout: .seconds(5)) }
+        let sandbox = try await cluster.create()
+        for _ in 0..<10 {
+            try await cluster.execTrue(sandbox)
+            try spawnAndWait("/bin/true")
+            _ = try await client.request("bench.echo", payload: echoPayload, timeout: .seconds(5))
+        }
+        var execTimes: [Duration] = []
+        var spawnTimes: [Duration] = []
         var natsTimes: [Duration] = []
-        for _ in 0..<options.execs {
-            let start = ContinuousClock.now
+        for index in 0..<options.execs {
+            var start = ContinuousClock.now
+            do {
+                try await cluster.execTrue(sandbox)
+            } catch {
+                throw BenchError("step 2 (exec /bin/true), exec \(index + 1) of \(options.execs): \(error)")
+            }
+            execTimes.append(start.duration(to: .now))
+            start = ContinuousClock.now
+            try spawnAndWait("/bin/true")
+            spawnTimes.append(start.duration(to: .now))
+            start = ContinuousClock.now
             _ = try await client.request("bench.echo", payload: echoPayload, timeout: .seconds(5))
             natsTimes.append(start.duration(to: .now))
         }
+        let exec = Percentiles(execTimes)
+        let spawn = Percentiles(spawnTimes)
         let nats = Percentiles(natsTimes)
 
         // 3. write then read 1 MiB in the same sandbox.
@@ -412,8 +411,8 @@ enum SandboxBench {
             Machine: \(machine). A real nats-server on loopback; the scheduler and one node (the \
             `process` runtime, \(options.idle + 16) slots, CPU overcommit \(String(format: "%.0f", config.cpuOvercommit))×) in \
             this process, the node holding bubblewrap sandboxes with the real `hangar-sandbox-agent`; \
-            tenant `\(tenant)` without authorization. Times at the client, sequential requests; the \
-            baselines in the same run. p99 of fewer than 100 samples is their maximum. Load average \
+            tenant `\(tenant)` without authorization. Times at the client, sequential requests; each \
+            step's baselines interleaved with it, in the same run. p99 of fewer than 100 samples is their maximum. Load average \
             (1, 5, 15 min) at the start: \(loadAtStart); at the end: \(ProcessMemory.loadAverage()).
 
             \(table)
