@@ -53,7 +53,7 @@ struct Bench {
             return
         }
         if arguments.first == "sandboxes" {
-            print(try await SandboxBench.run(Array(arguments.dropFirst())))
+            await SandboxBench.main(Array(arguments.dropFirst()))
             return
         }
         if arguments.first == "grants" {
