@@ -52,6 +52,10 @@ struct Bench {
             print(try await WasmBench.run(quick: quick))
             return
         }
+        if arguments.first == "sandboxes" {
+            await SandboxBench.main(Array(arguments.dropFirst()))
+            return
+        }
         if arguments.first == "grants" {
             print(try await GrantBench.run(quick: quick))
             return
