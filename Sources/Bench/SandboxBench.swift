@@ -261,6 +261,8 @@ enum SandboxBench {
         echoTask.cancel()
         echo.unsubscribe()
         await echoConnection.close()
+        // 3b. The code interpreter (issue 17) in the same sandbox.
+        let code = try await CodeBench.measure(cluster, sandbox: sandbox, runs: options.execs)
         try await cluster.kill(sandbox.id)
         try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
 
@@ -293,32 +295,33 @@ enum SandboxBench {
         }
         let execAllElapsed = execStart.duration(to: .now)
 
-        return report(
-            options: options,
-            loadAtStart: loadAtStart,
-            cores: cores,
-            config: config,
-            create: create,
-            directStart: directStart,
-            exec: exec,
-            spawn: spawn,
-            nats: nats,
-            write: write,
-            read: read,
-            files: files,
-            bigEcho: bigEcho,
-            idle: IdleFigures(
-                asked: options.idle,
-                created: idle.count,
-                stoppedBecause: stoppedBecause,
-                elapsed: idleElapsed,
-                before: before,
-                after: after,
-                children: children,
-                execFailures: execFailures,
-                execElapsed: execAllElapsed
+        return code + "\n"
+            + report(
+                options: options,
+                loadAtStart: loadAtStart,
+                cores: cores,
+                config: config,
+                create: create,
+                directStart: directStart,
+                exec: exec,
+                spawn: spawn,
+                nats: nats,
+                write: write,
+                read: read,
+                files: files,
+                bigEcho: bigEcho,
+                idle: IdleFigures(
+                    asked: options.idle,
+                    created: idle.count,
+                    stoppedBecause: stoppedBecause,
+                    elapsed: idleElapsed,
+                    before: before,
+                    after: after,
+                    children: children,
+                    execFailures: execFailures,
+                    execElapsed: execAllElapsed
+                )
             )
-        )
     }
 
     struct IdleFigures {

@@ -331,7 +331,7 @@ struct BubblewrapInvocation {
     /// names and resolvers are not the host's: see ``SandboxEtc``.
     static let etcFiles = [
         "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/ssl",
-        "/etc/ca-certificates", "/etc/localtime",
+        "/etc/ca-certificates", "/etc/localtime", "/etc/fonts",
     ]
     static let maxFiles = 256
     /// The uid and gid the job runs as inside the sandbox.
