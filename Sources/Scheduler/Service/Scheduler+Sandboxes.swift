@@ -717,7 +717,7 @@ extension Scheduler {
                 (
                     "sandbox.code",
                     "context=\(run.contextID) language=\(run.language.isEmpty ? "-" : run.language) "
-                        + "code_bytes=\(run.codeBytes) code_sha256=\(run.codeSha256) end=\(run.end) "
+                        + "code_bytes=\(run.codeBytes) code_sha256=\(run.codeSha256) end=\(Self.name(run.end)) "
                         + "duration_ms=\(run.durationMs)"
                 )
             }
@@ -730,6 +730,18 @@ extension Scheduler {
             ),
             onError: { [logger] error in logger.error("could not audit", metadata: ["error": "\(error)"]) }
         )
+    }
+
+    /// How a cell ended, as the proto names it (`CODE_CELL_OK`, …).
+    static func name(_ end: Hangar_V1_CodeCellEnd) -> String {
+        switch end {
+        case .codeCellOk: "CODE_CELL_OK"
+        case .codeCellError: "CODE_CELL_ERROR"
+        case .codeCellTimedOut: "CODE_CELL_TIMED_OUT"
+        case .codeCellOutputLimit: "CODE_CELL_OUTPUT_LIMIT"
+        case .codeCellInterpreterDied: "CODE_CELL_INTERPRETER_DIED"
+        case .UNRECOGNIZED(let value): "CODE_CELL_END_\(value)"
+        }
     }
 
     /// `argv=["sh","-c","…"] user=user cwd=- exit=0 duration_ms=3`, and the signal, timeout or
