@@ -166,8 +166,9 @@ struct CLITests {
                     "node \(node) missing:\n\(top.stdout)"
                 )
                 #expect(row.contains("ready"))
-                // Each template the node offers has a pool cell (`host -` until heartbeats carry counts).
-                #expect(row.hasSuffix("host -"))
+                // Each template the node offers has a pool cell (`host -` until heartbeats carry
+                // counts), then the node's stateful sandboxes (none).
+                #expect(row.contains("host -") && row.hasSuffix(" 0"), "\(row)")
             }
             let acme = try #require(lines.first { $0.hasPrefix("acme ") }, "\(top.stdout)")
             #expect(acme.split(separator: " ", omittingEmptySubsequences: true).last == "1")  // finished
