@@ -15,7 +15,8 @@ struct SandboxGroup: AsyncParsableCommand {
         subcommands: [
             SandboxCreateCommand.self, SandboxListCommand.self, SandboxInfoCommand.self,
             SandboxTimeoutCommand.self, SandboxKillCommand.self, SandboxEventsCommand.self, SandboxExecCommand.self,
-            SandboxPsCommand.self, SandboxSignalCommand.self, SandboxFilesGroup.self, SandboxRunCodeCommand.self,
+            SandboxAttachCommand.self, SandboxPsCommand.self, SandboxSignalCommand.self, SandboxFilesGroup.self,
+            SandboxRunCodeCommand.self,
             SandboxContextsGroup.self,
         ]
     )
@@ -440,6 +441,10 @@ struct SandboxExecCommand: AsyncParsableCommand {
     var user: String = "user"
     @Option(help: "Kill the command after this many seconds (default: no limit of its own).")
     var timeout: Double?
+    @Flag(
+        help: "Run it in the background: print its pid and return; `hangar sandbox attach ID PID` streams its output."
+    )
+    var background = false
     @Argument(help: "The sandbox id.")
     var id: String
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after -- (flags before -- are hangar's).")
@@ -462,6 +467,7 @@ struct SandboxExecCommand: AsyncParsableCommand {
         request.cwd = cwd ?? ""
         request.user = user
         if let timeout { request.timeoutMs = UInt32((timeout * 1000).rounded(.up)) }
+        request.background = background
         if interactive {
             let input = FileHandle.standardInput.readDataToEndOfFile()
             guard input.count <= 1 << 20 else { throw CLIError("standard input is over 1 MiB (\(input.count) bytes)") }
@@ -473,18 +479,69 @@ struct SandboxExecCommand: AsyncParsableCommand {
             as: .tenant(tenant)
         ) {
             nats in
-            try await execute(request, info: info, tenant: tenant, nats: nats)
+            try await streamCommand(
+                "exec",
+                try request.serializedData(),
+                info: info,
+                tenant: tenant,
+                nats: nats,
+                untilStarted: background
+            )
         }
         if code != 0 { throw ExitCode(code) }
     }
+}
 
-    /// Sends the exec and prints its events until the command exits (its exit code), the node
-    /// answers with an error, or the sandbox ends meanwhile (its lifecycle event says so).
-    private func execute(
-        _ request: Hangar_V1_SandboxExecRequest,
+struct SandboxAttachCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "attach",
+        abstract: "Stream a background command's output (what is kept of it, then as it comes); exit with its code.",
+        discussion:
+            "Any client of the tenant can attach, also after the command ended. Example: pid=$(hangar sandbox exec --background $id -- ./serve); hangar sandbox attach $id $pid"
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @Argument(help: "The sandbox id.")
+    var id: String
+    @Argument(help: "The background command's pid (printed by exec --background).")
+    var pid: UInt32
+
+    func run() async throws {
+        let tenant = try connection.tenant(owner.tenant)
+        let info = try await runningSandbox(id, tenant: tenant, connection: connection)
+        let request = Hangar_V1_SandboxAttachRequest.with { $0.pid = pid }
+        let code = try await connection.withConnection(
+            name: "hangar-cli-attach",
+            logger: cliLogger(),
+            as: .tenant(tenant)
+        ) {
+            nats in
+            try await streamCommand(
+                "attach",
+                try request.serializedData(),
+                info: info,
+                tenant: tenant,
+                nats: nats,
+                untilStarted: false
+            )
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+extension AsyncParsableCommand {
+
+    /// Sends an exec or attach and prints its events until the command exits (its exit code), the
+    /// node answers with an error, or the sandbox ends meanwhile (its lifecycle event says so); a
+    /// background exec (`untilStarted`) prints the command's pid once it started.
+    fileprivate func streamCommand(
+        _ verb: String,
+        _ payload: Data,
         info: Hangar_V1_SandboxInfo,
         tenant: String,
-        nats: NATSConnection
+        nats: NATSConnection,
+        untilStarted: Bool
     ) async throws -> Int32 {
         let inbox = nats.options.inboxPrefix + ".exec." + UUID().uuidString.replacingOccurrences(of: "-", with: "")
         let events = try await nats.subscribeConfirmed(inbox)
@@ -493,15 +550,19 @@ struct SandboxExecCommand: AsyncParsableCommand {
             events.unsubscribe()
             lifecycle.unsubscribe()
         }
-        let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: info.id, verb: "exec")
-        try nats.publish(subject, payload: try request.serializedData(), replyTo: inbox)
+        let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: info.id, verb: verb)
+        try nats.publish(subject, payload: payload, replyTo: inbox)
         return try await withThrowingTaskGroup(of: Int32?.self) { group in
             group.addTask {
                 var written: [Hangar_V1_AgentStream: UInt64] = [:]
                 for await message in events {
                     let event = try Hangar_V1_SandboxExecEvent(serializedBytes: message.payload)
                     switch event.kind {
-                    case .started, nil:
+                    case .started(let started):
+                        guard untilStarted else { continue }
+                        print(started.pid)
+                        return 0
+                    case nil:
                         continue
                     case .output(let output):
                         let sofar = written[output.stream, default: 0]

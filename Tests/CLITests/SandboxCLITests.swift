@@ -65,6 +65,19 @@ struct SandboxCLITests {
             let gone = try await cluster.hangar(["sandbox", "files", "get", id, "data.bin"])
             #expect(gone.status == 1 && gone.stderr.contains("data.bin"), "\(gone.stderr)")
 
+            // A background command: its pid at once, its output and exit code by attaching.
+            let started = try await cluster.hangar([
+                "sandbox", "exec", "--background", id, "--", "sh", "-c", "echo bg; exit 5",
+            ])
+            #expect(started.status == 0, "\(started.stderr)")
+            let handle = started.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(UInt32(handle) != nil, "\(started.stdout)")
+            let attached = try await cluster.hangar(["sandbox", "attach", id, handle])
+            #expect(
+                attached.status == 5 && attached.stdout == "bg\n",
+                "\(attached.status) \(attached.stdout) \(attached.stderr)"
+            )
+
             // A running command is listed by ps and ended by signal.
             let sleeper = Task { try await cluster.hangar(["sandbox", "exec", id, "--", "sleep", "300"]) }
             var pid: String?

@@ -77,6 +77,21 @@ struct SandboxDataPlaneTests {
         let failing = try await sandbox.exec(["sh", "-c", "echo oops >&2; exit 3"])
         #expect(failing.exited?.exitCode == 3 && failing.stderr == Data("oops\n".utf8), "\(failing)")
 
+        // A background command goes on without its requester; its output is kept and streamed to
+        // whoever attaches, from an offset, also after it ended.
+        let background = try await sandbox.exec(["sh", "-c", "echo first; sleep 0.5; echo second >&2; exit 4"]) {
+            $0.background = true
+        }
+        let handle = try #require(background.started?.pid, "\(background)")
+        #expect(background.stdout.isEmpty && background.exited == nil, "\(background)")
+        let attached = try await sandbox.attach(handle)
+        #expect(attached.stdout == Data("first\n".utf8) && attached.stderr == Data("second\n".utf8), "\(attached)")
+        #expect(attached.exited?.exitCode == 4, "\(attached)")
+        let late = try await sandbox.attach(handle, stdoutOffset: 3)
+        #expect(late.stdout == Data("st\n".utf8) && late.exited?.exitCode == 4 && !late.offsetsContiguous, "\(late)")
+        let unknown = try await sandbox.attach(999_999)
+        #expect(unknown.error?.code == .sandboxInvalidRequest, "\(unknown)")
+
         // Every command that ran is in the audit trail, as its tenant's, with how it ended.
         try await waitUntil("the commands are audited") {
             let rows = try await cluster.scheduler.store.auditRows(tenant: nil, jobID: info.id, sinceMs: 0, limit: 100)
@@ -200,11 +215,26 @@ private struct DataPlane {
         var request = Hangar_V1_SandboxExecRequest()
         request.argv = argv
         configure(&request)
+        return try await stream("exec", try request.serializedData(), untilStarted: request.background)
+    }
+
+    /// The output of background command `pid` from the offsets asked, until its exit.
+    func attach(_ pid: UInt32, stdoutOffset: UInt64 = 0) async throws -> Execution {
+        let request = Hangar_V1_SandboxAttachRequest.with {
+            $0.pid = pid
+            $0.stdoutOffset = stdoutOffset
+        }
+        return try await stream("attach", try request.serializedData(), untilStarted: false)
+    }
+
+    /// Sends `payload` on `verb` and collects the `SandboxExecEvent`s answered until the last one
+    /// (or `started`, for a background exec); bounded: 15 s.
+    private func stream(_ verb: String, _ payload: Data, untilStarted: Bool) async throws -> Execution {
         let inbox =
             connection.options.inboxPrefix + ".exec." + UUID().uuidString.replacingOccurrences(of: "-", with: "")
         let events = try await connection.subscribeConfirmed(inbox)
         defer { events.unsubscribe() }
-        try connection.publish(subject("exec"), payload: try request.serializedData(), replyTo: inbox)
+        try connection.publish(subject(verb), payload: payload, replyTo: inbox)
         var execution = Execution()
         let deadline = ContinuousClock.now + .seconds(15)
         while ContinuousClock.now < deadline {
@@ -213,7 +243,9 @@ private struct DataPlane {
             }
             let event = try Hangar_V1_SandboxExecEvent(serializedBytes: message.payload)
             switch event.kind {
-            case .started(let started): execution.started = started
+            case .started(let started):
+                execution.started = started
+                if untilStarted { return execution }
             case .output(let output):
                 let isStdout = output.stream == .stdout
                 let sofar = isStdout ? execution.stdout.count : execution.stderr.count
@@ -231,7 +263,7 @@ private struct DataPlane {
             case nil: throw TestFailure("an exec event without a kind")
             }
         }
-        throw TestFailure("the exec of \(argv) did not end within 15 s: \(execution)")
+        throw TestFailure("the \(verb) did not end within 15 s: \(execution)")
     }
 
     /// Sends one `SandboxOpRequest` on `verb` and decodes its answer.

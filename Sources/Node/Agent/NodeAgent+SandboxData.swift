@@ -49,6 +49,8 @@ extension NodeAgent {
         let target = sandboxHost?.dataTarget(sandboxID, tenant: tenant)
         if verb == "exec" {
             await sandboxExec(message.payload, target: target, sandbox: (tenant, sandboxID), replyTo: replyTo)
+        } else if verb == "attach" {
+            await attach(message.payload, target: target, sandboxID: sandboxID, replyTo: replyTo)
         } else if verb == "code.run" {
             await runCode(message.payload, target: target, sandbox: (tenant, sandboxID), replyTo: replyTo)
         } else if verb == "code.contexts" {
@@ -90,6 +92,7 @@ extension NodeAgent {
         command.user = request.user
         command.stdin = !request.stdin.isEmpty
         command.timeoutMs = UInt64(request.timeoutMs)
+        command.background = request.background
         let began = ContinuousClock.now
         var run = Hangar_V1_SandboxCommandRun()
         (run.argv, run.user, run.cwd) = (request.argv, request.user, request.cwd)
@@ -97,19 +100,33 @@ extension NodeAgent {
             run.durationMs = JobLimits.milliseconds(ContinuousClock.now - began)
             audit(sandbox, .command(run))
         }
+        /// Set once a background command started: its events go to ``BackgroundCommands``.
+        var pid: UInt32?
         do {
             for try await event in target.agent.exec(command) {
                 switch event.kind {
                 case .started(let started):
                     send(Hangar_V1_SandboxExecEvent.with { $0.started = started }, to: replyTo)
+                    if request.background {
+                        pid = started.pid
+                        await target.background.begin(started.pid)
+                    }
                     if command.stdin {
                         // The command may end without reading it all; its exit still comes.
                         try? await target.agent.stdin(pid: started.pid, request.stdin, close: true)
                     }
                 case .output(let output):
-                    send(Hangar_V1_SandboxExecEvent.with { $0.output = output }, to: replyTo)
+                    if let pid {
+                        await target.background.record(pid, output)
+                    } else {
+                        send(Hangar_V1_SandboxExecEvent.with { $0.output = output }, to: replyTo)
+                    }
                 case .exited(let exited):
-                    send(Hangar_V1_SandboxExecEvent.with { $0.exited = exited }, to: replyTo)
+                    if let pid {
+                        await target.background.finish(pid, exited)
+                    } else {
+                        send(Hangar_V1_SandboxExecEvent.with { $0.exited = exited }, to: replyTo)
+                    }
                     (run.exitCode, run.signal, run.timedOut) = (exited.exitCode, exited.signal, exited.timedOut)
                     return
                 default:
@@ -117,14 +134,37 @@ extension NodeAgent {
                 }
             }
             run.error = "the sandbox's agent ended the command without its exit"
+            if let pid { return await target.background.finish(pid, nil) }
             fail(DataFailure(.sandboxNotRunning, run.error))
         } catch let error as SandboxAgentError {
             run.error = error.description
+            if let pid { return await target.background.finish(pid, nil) }
             fail(DataFailure(error))
         } catch {
             run.error = "\(error)"
+            if let pid { return await target.background.finish(pid, nil) }
             fail(DataFailure(.sandboxNotRunning, "\(error)"))
         }
+    }
+
+    /// Streams a background command's kept and coming output to `replyTo`, then its exit.
+    private func attach(_ payload: Data, target: SandboxDataTarget?, sandboxID: String, replyTo: String) async {
+        func fail(_ failure: DataFailure) { send(failure.execEvent, to: replyTo) }
+        guard let target else {
+            return fail(DataFailure(.sandboxNotFound, "no sandbox \(sandboxID) of yours on this node"))
+        }
+        guard let request = try? Hangar_V1_SandboxAttachRequest(serializedBytes: payload) else {
+            return fail(DataFailure(.sandboxInvalidRequest, "the payload is not a hangar.v1.SandboxAttachRequest"))
+        }
+        guard let events = await target.background.attach(request) else {
+            return fail(
+                DataFailure(
+                    .sandboxInvalidRequest,
+                    "no background command with pid \(request.pid) in sandbox \(sandboxID) (start one with exec's background)"
+                )
+            )
+        }
+        for await event in events { send(event, to: replyTo) }
     }
 
     /// Reports a command or cell that ran in a sandbox to the scheduler, for its audit trail
@@ -240,7 +280,7 @@ extension NodeAgent {
         guard Self.sandboxOperationVerbs.contains(verb) else {
             return failure(
                 .sandboxInvalidRequest,
-                "unknown sandbox data verb '\(verb.prefix(64))'; use exec, code.run, code.contexts, \(Self.sandboxOperationVerbs.joined(separator: ", "))"
+                "unknown sandbox data verb '\(verb.prefix(64))'; use exec, attach, code.run, code.contexts, \(Self.sandboxOperationVerbs.joined(separator: ", "))"
             )
         }
         guard let target else { return failure(.sandboxNotFound, "no sandbox \(sandboxID) of yours on this node") }

@@ -48,12 +48,21 @@ public struct SandboxDataTarget: Sendable {
     public let environment: [String: String]
     /// The sandbox's code contexts (the code interpreter).
     public let code: CodeContexts
+    /// The sandbox's background commands (their kept output, for `attach`).
+    public let background: BackgroundCommands
 
-    /// A target reaching `agent`, whose commands get `environment`, with the code contexts `code`.
-    public init(agent: SandboxAgentChannel, environment: [String: String], code: CodeContexts) {
+    /// A target reaching `agent`, whose commands get `environment`, with the code contexts `code`
+    /// and the background commands `background`.
+    public init(
+        agent: SandboxAgentChannel,
+        environment: [String: String],
+        code: CodeContexts,
+        background: BackgroundCommands
+    ) {
         self.agent = agent
         self.environment = environment
         self.code = code
+        self.background = background
     }
 }
 

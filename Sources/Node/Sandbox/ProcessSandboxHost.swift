@@ -26,6 +26,7 @@ public final class ProcessSandboxHost: SandboxHost {
         let sandbox: ProcessSandbox
         let environment: [String: String]
         let code: CodeContexts
+        let background = BackgroundCommands()
         let watcher: Task<Void, Never>
     }
 
@@ -157,7 +158,12 @@ public final class ProcessSandboxHost: SandboxHost {
     public func dataTarget(_ sandboxID: String, tenant: String) -> SandboxDataTarget? {
         state.withLock { state in
             guard let held = state.held[sandboxID], held.tenant == tenant else { return nil }
-            return SandboxDataTarget(agent: held.sandbox.agent, environment: held.environment, code: held.code)
+            return SandboxDataTarget(
+                agent: held.sandbox.agent,
+                environment: held.environment,
+                code: held.code,
+                background: held.background
+            )
         }
     }
 

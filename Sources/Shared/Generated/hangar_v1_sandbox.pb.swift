@@ -973,6 +973,31 @@ public nonisolated struct Hangar_V1_SandboxExecRequest: Sendable {
   /// the command is killed after this long; 0 = no limit of its own
   public var timeoutMs: UInt32 = 0
 
+  /// Run in the background: the answer ends after `started` (its pid is the handle) and the command
+  /// goes on without the requester; its output is kept (the last 1 MiB of each stream) and streamed
+  /// to whoever attaches (`attach`), from any client of the tenant.
+  public var background: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// hangar.sbx.<node>.<tenant>.<sandbox>.attach: the output of a background command, answered with a
+/// stream of SandboxExecEvent: what is kept of its output from the offsets asked (a later first
+/// offset than asked means the bytes before it were not kept), then its output as it comes, then
+/// `exited` (at once if it has ended); or one `error` when the sandbox holds no such command.
+public nonisolated struct Hangar_V1_SandboxAttachRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var pid: UInt32 = 0
+
+  public var stdoutOffset: UInt64 = 0
+
+  public var stderrOffset: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -2847,7 +2872,7 @@ nonisolated extension Hangar_V1_SandboxCodeRun: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Hangar_V1_SandboxExecRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SandboxExecRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}argv\0\u{1}env\0\u{1}cwd\0\u{1}user\0\u{1}stdin\0\u{3}timeout_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}argv\0\u{1}env\0\u{1}cwd\0\u{1}user\0\u{1}stdin\0\u{3}timeout_ms\0\u{1}background\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2861,6 +2886,7 @@ nonisolated extension Hangar_V1_SandboxExecRequest: SwiftProtobuf.Message, Swift
       case 4: try { try decoder.decodeSingularStringField(value: &self.user) }()
       case 5: try { try decoder.decodeSingularBytesField(value: &self.stdin) }()
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
+      case 7: try { try decoder.decodeSingularBoolField(value: &self.background) }()
       default: break
       }
     }
@@ -2885,6 +2911,9 @@ nonisolated extension Hangar_V1_SandboxExecRequest: SwiftProtobuf.Message, Swift
     if self.timeoutMs != 0 {
       try visitor.visitSingularUInt32Field(value: self.timeoutMs, fieldNumber: 6)
     }
+    if self.background != false {
+      try visitor.visitSingularBoolField(value: self.background, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2895,6 +2924,47 @@ nonisolated extension Hangar_V1_SandboxExecRequest: SwiftProtobuf.Message, Swift
     if lhs.user != rhs.user {return false}
     if lhs.stdin != rhs.stdin {return false}
     if lhs.timeoutMs != rhs.timeoutMs {return false}
+    if lhs.background != rhs.background {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_SandboxAttachRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SandboxAttachRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}pid\0\u{3}stdout_offset\0\u{3}stderr_offset\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.pid) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.stdoutOffset) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.stderrOffset) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.pid != 0 {
+      try visitor.visitSingularUInt32Field(value: self.pid, fieldNumber: 1)
+    }
+    if self.stdoutOffset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.stdoutOffset, fieldNumber: 2)
+    }
+    if self.stderrOffset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.stderrOffset, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SandboxAttachRequest, rhs: Hangar_V1_SandboxAttachRequest) -> Bool {
+    if lhs.pid != rhs.pid {return false}
+    if lhs.stdoutOffset != rhs.stdoutOffset {return false}
+    if lhs.stderrOffset != rhs.stderrOffset {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

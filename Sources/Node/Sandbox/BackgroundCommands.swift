@@ -1,0 +1,121 @@
+import Foundation
+import HangarShared
+
+/// The background commands of one stateful sandbox: each runs without the client that started it;
+/// the node keeps the last ``keptBytes`` of each of its streams and streams its output, from any
+/// offset still kept, to every client that attaches, until it exits. An ended command stays listed
+/// for ``keptEnded`` more starts, so that a late attach still gets its output and exit.
+public actor BackgroundCommands {
+    /// Bytes kept per stream of each command.
+    public static let keptBytes = 1 << 20
+    /// Ended commands kept for attaching, the oldest dropped first.
+    public static let keptEnded = 32
+
+    /// One stream's kept bytes: `data` starts at offset `start` of the stream.
+    private struct Kept {
+        var start: UInt64 = 0
+        var data = Data()
+
+        var end: UInt64 { start + UInt64(data.count) }
+
+        mutating func append(_ chunk: Data) {
+            data.append(chunk)
+            if data.count > BackgroundCommands.keptBytes {
+                let excess = data.count - BackgroundCommands.keptBytes
+                data.removeFirst(excess)
+                start += UInt64(excess)
+            }
+        }
+    }
+
+    private struct Command {
+        var stdout = Kept()
+        var stderr = Kept()
+        var exited: Hangar_V1_AgentExited?
+        var attached: [UUID: AsyncStream<Hangar_V1_SandboxExecEvent>.Continuation] = [:]
+    }
+
+    private var commands: [UInt32: Command] = [:]
+    private var ended: [UInt32] = []
+
+    /// An empty registry.
+    public init() {}
+
+    /// The output of `pid` from the offsets asked (what is kept of it), then as it comes, then its
+    /// exit; nil when the sandbox holds no such background command.
+    func attach(_ request: Hangar_V1_SandboxAttachRequest) -> AsyncStream<Hangar_V1_SandboxExecEvent>? {
+        guard let command = commands[request.pid] else { return nil }
+        let (stream, continuation) = AsyncStream.makeStream(of: Hangar_V1_SandboxExecEvent.self)
+        for (kind, kept, from) in [
+            (Hangar_V1_AgentStream.stdout, command.stdout, request.stdoutOffset),
+            (.stderr, command.stderr, request.stderrOffset),
+        ] where kept.end > from {
+            let first = max(from, kept.start)
+            let tail = kept.data.suffix(from: kept.data.startIndex + Int(first - kept.start))
+            var offset = first
+            for chunk in stride(from: 0, to: tail.count, by: 64 << 10) {
+                let piece = Data(tail.dropFirst(chunk).prefix(64 << 10))
+                continuation.yield(Self.output(request.pid, kind, offset, piece))
+                offset += UInt64(piece.count)
+            }
+        }
+        if let exited = command.exited {
+            continuation.yield(.with { $0.exited = exited })
+            continuation.finish()
+        } else {
+            commands[request.pid]?.attached[UUID()] = continuation
+        }
+        return stream
+    }
+
+    /// A background command `pid` started: its output is kept from now on.
+    func begin(_ pid: UInt32) {
+        commands[pid] = Command()
+        ended.removeAll { $0 == pid }
+    }
+
+    /// A chunk of its output: kept, and passed to every attached client.
+    func record(_ pid: UInt32, _ output: Hangar_V1_AgentOutput) {
+        guard var command = commands[pid] else { return }
+        if output.stream == .stderr { command.stderr.append(output.data) } else { command.stdout.append(output.data) }
+        commands[pid] = command
+        for continuation in command.attached.values { continuation.yield(.with { $0.output = output }) }
+    }
+
+    /// It ended (`exited` nil: the agent went away without saying how): attached clients get the
+    /// exit and their streams end.
+    func finish(_ pid: UInt32, _ exited: Hangar_V1_AgentExited?) {
+        guard var command = commands[pid] else { return }
+        let last =
+            exited
+            ?? Hangar_V1_AgentExited.with {
+                $0.pid = pid
+                $0.signal = SIGKILL
+            }
+        command.exited = last
+        for continuation in command.attached.values {
+            continuation.yield(.with { $0.exited = last })
+            continuation.finish()
+        }
+        command.attached = [:]
+        commands[pid] = command
+        ended.append(pid)
+        while ended.count > Self.keptEnded { commands[ended.removeFirst()] = nil }
+    }
+
+    private static func output(
+        _ pid: UInt32,
+        _ stream: Hangar_V1_AgentStream,
+        _ offset: UInt64,
+        _ data: Data
+    ) -> Hangar_V1_SandboxExecEvent {
+        .with {
+            $0.output = .with {
+                $0.pid = pid
+                $0.stream = stream
+                $0.offset = offset
+                $0.data = data
+            }
+        }
+    }
+}
