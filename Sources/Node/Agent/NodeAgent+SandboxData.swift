@@ -93,6 +93,14 @@ extension NodeAgent {
         command.stdin = !request.stdin.isEmpty
         command.timeoutMs = UInt64(request.timeoutMs)
         command.background = request.background
+        if request.background, await !target.background.roomToStart {
+            return fail(
+                DataFailure(
+                    .sandboxLimitExceeded,
+                    "\(BackgroundCommands.maxRunning) background commands run in this sandbox already; wait for one to end or kill one"
+                )
+            )
+        }
         let began = ContinuousClock.now
         var run = Hangar_V1_SandboxCommandRun()
         (run.argv, run.user, run.cwd) = (request.argv, request.user, request.cwd)

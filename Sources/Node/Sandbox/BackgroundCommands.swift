@@ -4,12 +4,20 @@ import HangarShared
 /// The background commands of one stateful sandbox: each runs without the client that started it;
 /// the node keeps the last ``keptBytes`` of each of its streams and streams its output, from any
 /// offset still kept, to every client that attaches, until it exits. An ended command stays listed
-/// for ``keptEnded`` more starts, so that a late attach still gets its output and exit.
+/// for ``keptEnded`` more ends, so that a late attach still gets its output and exit.
+///
+/// The kept output is the node's memory, not the sandbox's: all of a sandbox's commands together
+/// keep at most ``budgetBytes`` (ended commands are dropped first, oldest first, then the oldest
+/// bytes of the largest stream), and at most ``maxRunning`` run at once.
 public actor BackgroundCommands {
     /// Bytes kept per stream of each command.
     public static let keptBytes = 1 << 20
     /// Ended commands kept for attaching, the oldest dropped first.
-    public static let keptEnded = 32
+    public static let keptEnded = 16
+    /// Bytes kept for all of a sandbox's background commands together.
+    public static let budgetBytes = 4 << 20
+    /// Background commands running at once in one sandbox.
+    public static let maxRunning = 64
 
     /// One stream's kept bytes: `data` starts at offset `start` of the stream.
     private struct Kept {
@@ -20,11 +28,15 @@ public actor BackgroundCommands {
 
         mutating func append(_ chunk: Data) {
             data.append(chunk)
-            if data.count > BackgroundCommands.keptBytes {
-                let excess = data.count - BackgroundCommands.keptBytes
-                data.removeFirst(excess)
-                start += UInt64(excess)
-            }
+            drop(data.count - BackgroundCommands.keptBytes)
+        }
+
+        /// Forgets the oldest `count` bytes (none when `count` is not positive).
+        mutating func drop(_ count: Int) {
+            guard count > 0 else { return }
+            let dropped = min(count, data.count)
+            data = Data(data.dropFirst(dropped))
+            start += UInt64(dropped)
         }
     }
 
@@ -37,6 +49,10 @@ public actor BackgroundCommands {
 
     private var commands: [UInt32: Command] = [:]
     private var ended: [UInt32] = []
+    private var keptTotal = 0
+
+    /// Whether another background command may start.
+    var roomToStart: Bool { commands.count - ended.count < Self.maxRunning }
 
     /// An empty registry.
     public init() {}
@@ -70,16 +86,53 @@ public actor BackgroundCommands {
 
     /// A background command `pid` started: its output is kept from now on.
     func begin(_ pid: UInt32) {
+        if ended.contains(pid) {
+            ended.removeAll { $0 == pid }
+            forget(pid)
+        }
         commands[pid] = Command()
-        ended.removeAll { $0 == pid }
     }
 
     /// A chunk of its output: kept, and passed to every attached client.
     func record(_ pid: UInt32, _ output: Hangar_V1_AgentOutput) {
         guard var command = commands[pid] else { return }
+        let before = command.stdout.data.count + command.stderr.data.count
         if output.stream == .stderr { command.stderr.append(output.data) } else { command.stdout.append(output.data) }
+        keptTotal += command.stdout.data.count + command.stderr.data.count - before
         commands[pid] = command
         for continuation in command.attached.values { continuation.yield(.with { $0.output = output }) }
+        keepWithinBudget()
+    }
+
+    /// Drops ended commands (oldest first), then the oldest bytes of the largest stream, until
+    /// the kept output fits ``budgetBytes``.
+    private func keepWithinBudget() {
+        while keptTotal > Self.budgetBytes, !ended.isEmpty {
+            forget(ended.removeFirst())
+        }
+        while keptTotal > Self.budgetBytes {
+            guard let (pid, command) = commands.max(by: { Self.largest($0.value) < Self.largest($1.value) }) else {
+                return
+            }
+            var trimmed = command
+            let excess = keptTotal - Self.budgetBytes
+            let before = trimmed.stdout.data.count + trimmed.stderr.data.count
+            if trimmed.stdout.data.count >= trimmed.stderr.data.count {
+                trimmed.stdout.drop(excess)
+            } else {
+                trimmed.stderr.drop(excess)
+            }
+            keptTotal -= before - (trimmed.stdout.data.count + trimmed.stderr.data.count)
+            commands[pid] = trimmed
+            if before == trimmed.stdout.data.count + trimmed.stderr.data.count { return }
+        }
+    }
+
+    private static func largest(_ command: Command) -> Int { max(command.stdout.data.count, command.stderr.data.count) }
+
+    private func forget(_ pid: UInt32) {
+        guard let command = commands.removeValue(forKey: pid) else { return }
+        keptTotal -= command.stdout.data.count + command.stderr.data.count
     }
 
     /// It ended (`exited` nil: the agent went away without saying how): attached clients get the
@@ -100,7 +153,7 @@ public actor BackgroundCommands {
         command.attached = [:]
         commands[pid] = command
         ended.append(pid)
-        while ended.count > Self.keptEnded { commands[ended.removeFirst()] = nil }
+        while ended.count > Self.keptEnded { forget(ended.removeFirst()) }
     }
 
     private static func output(
