@@ -43,8 +43,10 @@ actor CodeKernelSession {
     private var diagnostics = Data()
     private var reader: Task<Void, Never>?
 
-    /// The longest protocol line a kernel may write (a large image result fits).
-    static let maxLineBytes = 64 << 20
+    /// The longest protocol line a kernel may write: a result of up to 9 MiB (an image, in base64)
+    /// fits, and its answer fits a NATS message (16 MiB `max_payload`). It bounds what the node
+    /// holds for one context; a longer line gets the kernel killed.
+    static let maxLineBytes = 12 << 20
 
     init(
         id: String,
