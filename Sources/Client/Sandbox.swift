@@ -98,7 +98,8 @@ public struct Sandbox: Sendable {
     }
 
     /// Sends `request` on data-plane `verb` with a reply inbox of this connection's own, and yields
-    /// each answer's payload until the consumer stops or `within` passes (then it throws `.timedOut`).
+    /// each answer's payload until the consumer stops. It throws `.timedOut` once `within` passes,
+    /// and `.notRunning` as soon as the sandbox's lifecycle event says it ended meanwhile.
     func stream(
         _ verb: String,
         _ request: some SwiftProtobuf.Message,
@@ -108,7 +109,8 @@ public struct Sandbox: Sendable {
     > {
         let connection = hangar.connection
         let subject = subject(verb)
-        let node = nodeID
+        let lifecycleSubject = Subjects.sandboxEvents(tenant: hangar.tenant, sandbox: id)
+        let (node, sandbox) = (nodeID, id)
         let inbox =
             connection.options.inboxPrefix + ".\(verb)." + UUID().uuidString.replacingOccurrences(of: "-", with: "")
         let payload: Data
@@ -119,9 +121,15 @@ public struct Sandbox: Sendable {
         }
         return AsyncThrowingStream { continuation in
             let task = Task {
-                let subscription: NATSSubscription
+                var subscriptions: [NATSSubscription] = []
+                defer { for subscription in subscriptions { subscription.unsubscribe() } }
+                let answers: NATSSubscription
+                let lifecycle: NATSSubscription
                 do {
-                    subscription = try await connection.subscribeConfirmed(inbox)
+                    answers = try await connection.subscribeConfirmed(inbox)
+                    subscriptions.append(answers)
+                    lifecycle = try await connection.subscribeConfirmed(lifecycleSubject)
+                    subscriptions.append(lifecycle)
                     try await connection.publishConfirmed(subject, payload: payload, replyTo: inbox)
                 } catch let error as NATSError {
                     continuation.finish(
@@ -132,15 +140,33 @@ public struct Sandbox: Sendable {
                     continuation.finish(throwing: error)
                     return
                 }
+                // Either ends the answers early: the timeout, or the sandbox's end.
                 let timer = Task {
                     try await Task.sleep(for: within)
                     continuation.finish(
                         throwing: HangarClientError(.timedOut, "node \(node) did not finish \(verb) within \(within)")
                     )
-                    subscription.unsubscribe()
+                    answers.unsubscribe()
+                }
+                let watcher = Task {
+                    for await message in lifecycle {
+                        guard let event = try? Hangar_V1_SandboxEvent(serializedBytes: message.payload),
+                            event.kind == .sandboxEventEnded
+                        else { continue }
+                        let why = event.message.isEmpty ? "" : ": \(event.message)"
+                        continuation.finish(
+                            throwing: HangarClientError(
+                                .notRunning,
+                                "sandbox \(sandbox) ended while \(verb) ran\(why)",
+                                code: "SANDBOX_NOT_RUNNING"
+                            )
+                        )
+                        answers.unsubscribe()
+                        return
+                    }
                 }
                 await withTaskCancellationHandler {
-                    for await message in subscription {
+                    for await message in answers {
                         // A real answer is never empty; an empty one is the server's "no responders".
                         guard !message.payload.isEmpty else {
                             continuation.finish(
@@ -151,10 +177,11 @@ public struct Sandbox: Sendable {
                         continuation.yield(message.payload)
                     }
                 } onCancel: {
-                    subscription.unsubscribe()
+                    answers.unsubscribe()
                 }
                 timer.cancel()
-                subscription.unsubscribe()
+                watcher.cancel()
+                lifecycle.unsubscribe()
                 continuation.finish(throwing: HangarClientError(.badReply, "node \(node) stopped answering \(verb)"))
             }
             continuation.onTermination = { _ in task.cancel() }

@@ -151,9 +151,18 @@ struct HangarClientTests {
         await expectClientError(.notFound) { _ = try await stolen.runCode("1") }
         #expect(try await sandbox.commands.run(["true"]).exitCode == 0)
 
-        // Killed: the scheduler says so, and the sandbox takes no more commands.
+        // Killed: the scheduler says so, a command running meanwhile ends at once (killed, or
+        // ended with the sandbox), and the sandbox takes no more commands.
+        let running = Task { try await sandbox.commands.run(["sleep", "50"], timeout: .seconds(55)) }
+        try await waitUntil("sleep runs") { try await sandbox.commands.list().contains { $0.argv.first == "sleep" } }
         let killed = try await sandbox.kill()
         #expect(killed.state == .ended && killed.endReason == .killed, "\(killed)")
+        let started = ContinuousClock.now
+        switch await running.result {
+        case .success(let result): #expect(result.signal != 0, "\(result)")
+        case .failure(let error): #expect((error as? HangarClientError)?.kind == .notRunning, "\(error)")
+        }
+        #expect(ContinuousClock.now - started < .seconds(10))
         try await waitUntil("the node has killed the sandbox") { host.sandboxIDs.isEmpty }
         await expectClientError(.notRunning) { _ = try await sandbox.commands.run(["true"]) }
         await expectClientError(.notRunning) { _ = try await sandbox.files.list() }
