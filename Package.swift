@@ -10,7 +10,8 @@ let package = Package(
     name: "Hangar",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "hangar", targets: ["hangar"])
+        .executable(name: "hangar", targets: ["hangar"]),
+        .library(name: "HangarClient", targets: ["HangarClient"]),
     ]
         + (sanitizerBuild
             ? []
@@ -120,6 +121,16 @@ let package = Package(
             ],
             path: "Sources/Bench"
         ),
+        // The Swift client library: stateful sandboxes and the code interpreter (Sources/Client).
+        .target(
+            name: "HangarClient",
+            dependencies: [
+                "HangarNATS",
+                "HangarShared",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Sources/Client"
+        ),
         .target(
             name: "HangarTestSupport",
             dependencies: ["HangarNATS", "HangarShared"],
@@ -162,6 +173,15 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Tests/IntegrationTests"
+        ),
+        .testTarget(
+            name: "HangarClientTests",
+            dependencies: [
+                "HangarClient", "HangarScheduler", "HangarNode", "HangarNATS", "HangarShared", "HangarTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Tests/ClientTests"
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,142 @@
+import Foundation
+import HangarShared
+
+/// A file or directory of a sandbox (``Files/list(_:depth:)``, ``Files/stat(_:)``).
+public struct FileEntry: Sendable, Equatable {
+    /// What kind of entry it is.
+    public enum Kind: Sendable, Equatable {
+        /// A regular file.
+        case file
+        /// A directory.
+        case directory
+        /// A symbolic link (``FileEntry/symlinkTarget`` says where to).
+        case symlink
+        /// Anything else (a socket, a device, ...).
+        case other
+    }
+
+    /// Its name in its directory.
+    public var name: String
+    /// Its path in the sandbox.
+    public var path: String
+    /// What kind of entry it is.
+    public var kind: Kind
+    /// Its size in bytes.
+    public var size: UInt64
+    /// Its permission bits (and type bits, as `st_mode`).
+    public var mode: UInt32
+    /// When it was last modified.
+    public var modifiedAt: Date
+    /// Where a symbolic link points; empty otherwise.
+    public var symlinkTarget: String
+
+    init(_ entry: Hangar_V1_AgentEntry) {
+        name = entry.name
+        path = entry.path
+        kind =
+            switch entry.type {
+            case .file: .file
+            case .directory: .directory
+            case .symlink: .symlink
+            default: .other
+            }
+        size = entry.size
+        mode = entry.mode
+        modifiedAt = Date(timeIntervalSince1970: Double(entry.mtimeMs) / 1000)
+        symlinkTarget = entry.symlinkTarget
+    }
+}
+
+/// The files of a sandbox (``Sandbox/files``). Relative paths are under /home/user.
+public struct Files: Sendable {
+    let sandbox: Sandbox
+
+    /// The most one read or write carries; larger files take several.
+    public static let chunkBytes = 1 << 20
+
+    /// Reads the whole file at `path`, a MiB at a time.
+    public func read(_ path: String) async throws -> Data {
+        var content = Data()
+        while true {
+            var request = Hangar_V1_SandboxOpRequest()
+            request.read.path = path
+            request.read.offset = UInt64(content.count)
+            request.read.length = UInt64(Self.chunkBytes)
+            let reply = try await sandbox.operation("files.read", request, about: path)
+            content += reply.data.data
+            if reply.data.eof || reply.data.data.isEmpty { return content }
+        }
+    }
+
+    /// Writes `data` to `path` (its directory must exist): the first MiB replaces the file
+    /// atomically, the rest is appended a MiB at a time. `mode` is its permission bits (0644 when nil).
+    public func write(_ path: String, _ data: Data, mode: UInt32? = nil) async throws {
+        var start = 0
+        repeat {
+            let end = min(start + Self.chunkBytes, data.count)
+            var request = Hangar_V1_SandboxOpRequest()
+            request.write.path = path
+            request.write.data = data.subdata(in: (data.startIndex + start)..<(data.startIndex + end))
+            request.write.append = start > 0
+            request.write.mode = mode ?? 0
+            _ = try await sandbox.operation("files.write", request, about: path)
+            start = end
+        } while start < data.count
+    }
+
+    /// Writes `text` as UTF-8 to `path` (as ``write(_:_:mode:)``).
+    public func write(_ path: String, _ text: String, mode: UInt32? = nil) async throws {
+        try await write(path, Data(text.utf8), mode: mode)
+    }
+
+    /// The entries of the directory `path` (default /home/user); `depth` above 1 recurses.
+    public func list(_ path: String = "/home/user", depth: UInt32 = 1) async throws -> [FileEntry] {
+        var request = Hangar_V1_SandboxOpRequest()
+        request.list.path = path
+        request.list.depth = depth
+        let reply = try await sandbox.operation("files.list", request, about: path)
+        return reply.entries.entries.map(FileEntry.init)
+    }
+
+    /// What is at `path`; throws kind `.notFound` if nothing is.
+    public func stat(_ path: String) async throws -> FileEntry {
+        var request = Hangar_V1_SandboxOpRequest()
+        request.stat.path = path
+        let reply = try await sandbox.operation("files.stat", request, about: path)
+        return FileEntry(reply.entry)
+    }
+
+    /// Whether anything is at `path`.
+    public func exists(_ path: String) async throws -> Bool {
+        do {
+            _ = try await stat(path)
+            return true
+        } catch let error as HangarClientError where error.kind == .notFound && error.code == "NOT_FOUND" {
+            return false
+        }
+    }
+
+    /// Removes the file or (empty, unless `recursive`) directory at `path`.
+    public func remove(_ path: String, recursive: Bool = false) async throws {
+        var request = Hangar_V1_SandboxOpRequest()
+        request.remove.path = path
+        request.remove.recursive = recursive
+        _ = try await sandbox.operation("files.remove", request, about: path)
+    }
+
+    /// Makes the directory `path`, and its missing parents unless `parents` is false.
+    public func makeDirectory(_ path: String, parents: Bool = true) async throws {
+        var request = Hangar_V1_SandboxOpRequest()
+        request.mkdir.path = path
+        request.mkdir.parents = parents
+        _ = try await sandbox.operation("files.mkdir", request, about: path)
+    }
+
+    /// Renames (moves) `from` to `to` within the sandbox.
+    public func rename(from: String, to: String) async throws {
+        var request = Hangar_V1_SandboxOpRequest()
+        request.rename.from = from
+        request.rename.to = to
+        _ = try await sandbox.operation("files.rename", request, about: from)
+    }
+}
