@@ -164,10 +164,20 @@ let package = Package(
             ],
             path: "Tests/CLITests"
         ),
+        .target(
+            name: "HangarClusterTestSupport",
+            dependencies: [
+                "HangarScheduler", "HangarNode", "HangarNATS", "HangarShared", "HangarTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Tests/ClusterSupport"
+        ),
         .testTarget(
             name: "HangarIntegrationTests",
             dependencies: [
                 "HangarScheduler", "HangarNode", "HangarNATS", "HangarShared", "HangarTestSupport",
+                "HangarClusterTestSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -178,7 +188,7 @@ let package = Package(
             name: "HangarClientTests",
             dependencies: [
                 "HangarClient", "HangarScheduler", "HangarNode", "HangarNATS", "HangarShared", "HangarTestSupport",
-                .product(name: "Logging", package: "swift-log"),
+                "HangarClusterTestSupport", .product(name: "Logging", package: "swift-log"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             path: "Tests/ClientTests"

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import HangarClusterTestSupport
 import HangarNATS
 import HangarNode
 import HangarShared
@@ -22,7 +23,7 @@ struct HangarClientTests {
     func endToEnd() async throws {
         let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
         let host = ProcessSandboxHost(agentPath: agentPath)
-        let cluster = try await ClientCluster.start(runtimes: [ProcessRuntime(), NullRuntime()], sandboxHost: host)
+        let cluster = try await AuthorizedCluster.start(runtimes: [ProcessRuntime(), NullRuntime()], sandboxHost: host)
         do {
             try await exercise(cluster, host)
         } catch {
@@ -34,7 +35,7 @@ struct HangarClientTests {
         await cluster.stop()
     }
 
-    private func exercise(_ cluster: ClientCluster, _ host: ProcessSandboxHost) async throws {
+    private func exercise(_ cluster: AuthorizedCluster, _ host: ProcessSandboxHost) async throws {
         let hangar = try Hangar(connection: cluster.tenantA, tenant: "a")
         let sandbox = try await hangar.createSandbox(
             .init(timeout: .seconds(600), env: ["GREETING": "hello"], metadata: ["task": "client-test"])

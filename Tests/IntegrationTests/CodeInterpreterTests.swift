@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Glibc
+import HangarClusterTestSupport
 import HangarNATS
 import HangarNode
 import HangarShared

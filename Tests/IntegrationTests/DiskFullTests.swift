@@ -1,4 +1,5 @@
 import Foundation
+import HangarClusterTestSupport
 import HangarNATS
 import HangarNode
 import HangarScheduler

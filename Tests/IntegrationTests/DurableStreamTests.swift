@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import HangarClusterTestSupport
 import HangarNATS
 import HangarScheduler
 import HangarShared

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import HangarClusterTestSupport
 import HangarNATS
 import HangarNode
 import HangarScheduler
@@ -443,20 +444,6 @@ extension TestCluster {
             )
         }
     }
-}
-
-/// Waits until `condition` holds, checking every 20 ms for at most `within`; fails naming `what`.
-func waitUntil(
-    _ what: String,
-    within: Duration = .seconds(10),
-    _ condition: () async throws -> Bool
-) async throws {
-    let deadline = ContinuousClock.now + within
-    while ContinuousClock.now < deadline {
-        if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-    throw LocalNATSServerError("timed out after \(within) waiting until \(what)")
 }
 
 /// The first event on `subscription` that `matching` accepts, within `within`.

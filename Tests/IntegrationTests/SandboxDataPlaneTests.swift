@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import HangarClusterTestSupport
 import HangarNATS
 import HangarNode
 import HangarShared

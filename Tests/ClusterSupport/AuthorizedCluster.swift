@@ -5,23 +5,25 @@ import HangarScheduler
 import HangarShared
 import HangarTestSupport
 import Logging
-import SwiftProtobuf
 
-/// A real nats-server with Hangar's generated authorization on, a scheduler and a node `n1` logged
-/// in as themselves, and two tenants `a` and `b` (as the integration tests' `AuthorizedCluster`,
-/// which lives in another test target).
-final class ClientCluster: Sendable {
-    let directory: URL
-    let auth: AuthDirectory
-    let server: LocalNATSServer
-    let tenantA: NATSConnection
-    let tenantB: NATSConnection
+/// A real nats-server with Hangar's generated authorization on, a scheduler and a node logged in
+/// as themselves, and two tenants `a` and `b`.
+public final class AuthorizedCluster: Sendable {
+    public let directory: URL
+    public let auth: AuthDirectory
+    public let server: LocalNATSServer
+    public let scheduler: Scheduler
+    public let tenantA: NATSConnection
+    public let tenantB: NATSConnection
     private let connections: [NATSConnection]
     private let tasks: [Task<Void, any Error>]
 
     /// A cluster whose node `n1` offers `runtimes` and holds stateful sandboxes in `sandboxHost`.
-    static func start(runtimes: [any Runtime], sandboxHost: any SandboxHost) async throws -> ClientCluster {
-        let directory = try makeTemporaryDirectory("hangar-client")
+    public static func start(
+        runtimes: [any Runtime] = [NullRuntime()],
+        sandboxHost: any SandboxHost = NullSandboxHost()
+    ) async throws -> AuthorizedCluster {
+        let directory = try makeTemporaryDirectory("hangar-auth")
         let auth = AuthDirectory(path: directory.appendingPathComponent("auth").path)
         try auth.prepareLocalCluster(nodes: ["n1"], tenants: ["a", "b"], operators: ["ops"])
         let server = try await startAuthorizedServer(auth, in: directory)
@@ -49,14 +51,19 @@ final class ClientCluster: Sendable {
             sandboxHost: sandboxHost,
             logger: logger
         )
-        let tasks = [Task { try await scheduler.run() }, Task { try await agent.run() }]
-        let cluster = ClientCluster(
+        let systemConnection = try await login(.system)
+        let tasks = [
+            Task { try await scheduler.run() }, Task { try await agent.run() },
+            Task { try await scheduler.auditAuthFailures(from: systemConnection) },
+        ]
+        let cluster = AuthorizedCluster(
             directory: directory,
             auth: auth,
             server: server,
+            scheduler: scheduler,
             tenantA: try await login(.tenant("a")),
             tenantB: try await login(.tenant("b")),
-            connections: [schedulerConnection, nodeConnection],
+            connections: [schedulerConnection, nodeConnection, systemConnection],
             tasks: tasks
         )
         try await cluster.waitUntilServing()
@@ -67,6 +74,7 @@ final class ClientCluster: Sendable {
         directory: URL,
         auth: AuthDirectory,
         server: LocalNATSServer,
+        scheduler: Scheduler,
         tenantA: NATSConnection,
         tenantB: NATSConnection,
         connections: [NATSConnection],
@@ -75,6 +83,7 @@ final class ClientCluster: Sendable {
         self.directory = directory
         self.auth = auth
         self.server = server
+        self.scheduler = scheduler
         self.tenantA = tenantA
         self.tenantB = tenantB
         self.connections = connections
@@ -83,31 +92,41 @@ final class ClientCluster: Sendable {
 
     /// Waits until tenant `a` can run a job end to end (scheduler subscribed, node joined).
     private func waitUntilServing() async throws {
-        var job = Hangar_V1_SubmitRequest()
-        job.argv = ["true"]
-        job.runtime = "null"
-        job.wait = true
         let deadline = ContinuousClock.now + .seconds(15)
         while ContinuousClock.now < deadline {
-            if let answer = try? await tenantA.request(
-                Subjects.submit(tenant: "a"),
-                payload: try job.serializedData(),
-                timeout: .seconds(2)
-            ),
-                let reply = try? Hangar_V1_SubmitReply(serializedBytes: answer.payload),
+            if let reply = try? await submit(nullJob(wait: true), as: tenantA, tenant: "a", timeout: .seconds(2)),
                 case .result = reply.outcome
             {
                 return
             }
             try await Task.sleep(for: .milliseconds(100))
         }
-        throw LocalNATSServerError("the cluster did not run a job within 15 s")
+        throw LocalNATSServerError("the authorized cluster did not run a job within 15 s")
+    }
+
+    public func login(_ principal: Principal) async throws -> NATSConnection {
+        let (credentials, _) = try auth.ensure(principal)
+        return try await connectForTest(server, credentials: credentials, name: principal.user)
+    }
+
+    public func submit(
+        _ request: Hangar_V1_SubmitRequest,
+        as connection: NATSConnection,
+        tenant: String,
+        timeout: Duration = .seconds(10)
+    ) async throws -> Hangar_V1_SubmitReply {
+        let answer = try await connection.request(
+            Subjects.submit(tenant: tenant),
+            payload: try request.serializedData(),
+            timeout: timeout
+        )
+        return try Hangar_V1_SubmitReply(serializedBytes: answer.payload)
     }
 
     /// The credentials file of `tenant` (as `hangar tenant add` writes it).
-    func credentialsFile(tenant: String) -> String { auth.credentialsPath(for: .tenant(tenant)) }
+    public func credentialsFile(tenant: String) -> String { auth.credentialsPath(for: .tenant(tenant)) }
 
-    func stop() async {
+    public func stop() async {
         for task in tasks { task.cancel() }
         for task in tasks { _ = try? await task.value }
         for connection in connections + [tenantA, tenantB] { await connection.close() }
@@ -116,8 +135,27 @@ final class ClientCluster: Sendable {
     }
 }
 
+public func nullJob(wait: Bool) -> Hangar_V1_SubmitRequest {
+    var request = Hangar_V1_SubmitRequest()
+    request.argv = ["true"]
+    request.runtime = "null"
+    request.wait = wait
+    return request
+}
+
+public func withAuthorizedCluster(_ body: (AuthorizedCluster) async throws -> Void) async throws {
+    let cluster = try await AuthorizedCluster.start()
+    do {
+        try await body(cluster)
+    } catch {
+        await cluster.stop()
+        throw error
+    }
+    await cluster.stop()
+}
+
 /// Waits until `condition` holds, checking every 20 ms for at most `within`; fails naming `what`.
-func waitUntil(
+public func waitUntil(
     _ what: String,
     within: Duration = .seconds(10),
     _ condition: () async throws -> Bool
