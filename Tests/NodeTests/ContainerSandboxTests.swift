@@ -1,0 +1,172 @@
+import Foundation
+import Glibc
+import HangarShared
+import HangarTestSupport
+import Synchronization
+import Testing
+
+@testable import HangarNode
+
+/// Real runc containers with the real `hangar-sandbox-agent` (built next to the test binary).
+@Suite(
+    "Stateful container sandbox, real runc",
+    .enabled(if: geteuid() == 0 && access("/usr/sbin/runc", X_OK) == 0),
+    .serialized
+)
+struct ContainerSandboxTests {
+    static let runtime = ContainerRuntime()
+
+    /// A sandbox for one test, killed at the end and checked to have left nothing: no runc
+    /// container, no cgroup directory, no bundle.
+    static func withSandbox(
+        limits: SandboxLimits = SandboxLimits(),
+        _ body: (ContainerSandbox) async throws -> Void
+    ) async throws {
+        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
+        let sandbox = try await ContainerSandbox.start(
+            id: "test-\(uniqueTag())",
+            limits: limits,
+            agentPath: agentPath,
+            runtime: runtime
+        )
+        let cgroups = sandbox.cgroupDirectories
+        do {
+            try await body(sandbox)
+        } catch {
+            await sandbox.kill()
+            throw error
+        }
+        #expect(await sandbox.kill() == nil)
+        let list = await runtime.engine.tool(["list", "-q"])
+        #expect(list.succeeded && !list.output.contains(sandbox.containerID), "\(list.output)")
+        for directory in cgroups { #expect(!FileManager.default.fileExists(atPath: directory), "\(directory)") }
+        #expect(!FileManager.default.fileExists(atPath: sandbox.bundlePath))
+    }
+
+    static func run(
+        _ sandbox: ContainerSandbox,
+        _ argv: [String],
+        _ configure: (inout Hangar_V1_AgentExec) -> Void = { _ in }
+    ) async throws -> Collector {
+        var exec = Hangar_V1_AgentExec()
+        exec.argv = argv
+        configure(&exec)
+        let request = exec
+        return try await within(.seconds(20)) {
+            var collector = Collector()
+            for try await event in sandbox.agent.exec(request) { try collector.take(event) }
+            return collector
+        }
+    }
+
+    @Test("echo gives hi and exit 0; commands run as uid 1000 in /home/user, or as root; only loopback")
+    func echo() async throws {
+        try await Self.withSandbox { sandbox in
+            let hello = try await Self.run(sandbox, ["echo", "hi"])
+            #expect(text(hello.stdout) == "hi\n")
+            #expect(hello.exited?.exitCode == 0)
+            let identity = try await Self.run(sandbox, ["sh", "-c", "id -u; pwd; echo $HOME; id -un"])
+            #expect(text(identity.stdout) == "1000\n/home/user\n/home/user\nuser\n", "\(text(identity.stderr))")
+            let root = try await Self.run(sandbox, ["id", "-u"]) { $0.user = "root" }
+            #expect(text(root.stdout) == "0\n")
+            for user in ["user", "root"] {
+                let status = try await Self.run(sandbox, ["grep", "-E", "^(CapEff|Seccomp):", "/proc/self/status"]) {
+                    $0.user = user
+                }
+                #expect(text(status.stdout) == "CapEff:\t0000000000000000\nSeccomp:\t2\n", "as \(user)")
+            }
+            let links = try await Self.run(sandbox, ["sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"])
+            #expect(text(links.stdout) == "lo\n")
+        }
+    }
+
+    @Test("a file written by one command is read by the next; the host does not see it")
+    func stateIsKept() async throws {
+        try await Self.withSandbox { sandbox in
+            let name = "kept-\(uniqueTag()).txt"
+            let write = try await Self.run(sandbox, ["sh", "-c", "echo state > \(name) && echo tmp > /tmp/\(name)"])
+            #expect(write.exited?.exitCode == 0, "\(text(write.stderr))")
+            let read = try await Self.run(sandbox, ["cat", "/home/user/\(name)", "/tmp/\(name)"])
+            #expect(text(read.stdout) == "state\ntmp\n")
+            #expect(try await sandbox.agent.readWholeFile("/home/user/\(name)") == Data("state\n".utf8))
+            // In the container's mount namespace only: not below the bundle's mount points, not
+            // at the same paths on the host; through the agent's /proc/<pid>/root it is there.
+            let files = FileManager.default
+            for path in [
+                sandbox.bundlePath + "/rootfs/home/user/" + name, sandbox.bundlePath + "/rootfs/tmp/" + name,
+                "/home/user/" + name, "/tmp/" + name,
+            ] {
+                #expect(!files.fileExists(atPath: path), "\(path)")
+            }
+            let pid = try #require(await sandbox.initPid())
+            #expect(files.fileExists(atPath: "/proc/\(pid)/root/home/user/\(name)"))
+        }
+    }
+
+    @Test("the cgroup has the limits, and a memory hog is killed while the sandbox lives on")
+    func memoryLimit() async throws {
+        var limits = SandboxLimits()
+        limits.memoryBytes = 64 << 20
+        limits.pids = 48
+        try await Self.withSandbox(limits: limits) { sandbox in
+            let values = sandbox.cgroupDirectories.flatMap { directory in
+                ["memory.limit_in_bytes", "memory.max", "pids.max"].map { directory + "/" + $0 }
+            }.compactMap { try? String(contentsOfFile: $0, encoding: .utf8) }.map {
+                $0.trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+            #expect(values.contains(String(64 << 20)))
+            #expect(values.contains("48"))
+            let hog = try await Self.run(sandbox, ["tail", "/dev/zero"])
+            #expect(hog.exited?.signal == SIGKILL)
+            let after = try await Self.run(sandbox, ["echo", "alive"])
+            #expect(text(after.stdout) == "alive\n")
+        }
+    }
+
+    @Test("a background daemon is gone with the sandbox: no process, container, cgroup or bundle left")
+    func killLeavesNothing() async throws {
+        let marker = "1000\(Int.random(in: 100...999))"
+        var agentPid: Int32 = 0
+        try await Self.withSandbox { sandbox in
+            let started = try await Self.run(sandbox, ["sh", "-c", "sleep \(marker) > /dev/null 2>&1 &"])
+            #expect(started.exited?.exitCode == 0)
+            let listed = try await Self.run(sandbox, ["pgrep", "-f", "sleep \(marker)"])
+            #expect(listed.exited?.exitCode == 0)
+            agentPid = try #require(await sandbox.initPid())
+            #expect(Self.hostProcesses(matching: "sleep \(marker)") == 1)
+        }
+        #expect(kill(agentPid, 0) != 0)
+        #expect(Self.hostProcesses(matching: "sleep \(marker)") == 0)
+    }
+
+    @Test("the host starts container sandboxes for runtime container, and the data plane reaches them")
+    func host() async throws {
+        let host = ProcessSandboxHost(agentPath: try #require(ProcessSandbox.locateAgent()))
+        #expect(host.availableRuntimes == ["process", "container"])
+        var start = Hangar_V1_SandboxStart()
+        start.sandboxID = "ctr-\(uniqueTag())"
+        start.tenant = "acme"
+        start.runtime = "container"
+        try await host.start(start) { _ in Issue.record("the sandbox died") }
+        let target = try #require(host.dataTarget(start.sandboxID, tenant: "acme"))
+        var exec = Hangar_V1_AgentExec()
+        exec.argv = ["cat", "/proc/1/cmdline"]
+        var collector = Collector()
+        for try await event in target.agent.exec(exec) { try collector.take(event) }
+        #expect(text(collector.stdout).hasPrefix("/.hangar/agent\0"))
+        await host.kill(start.sandboxID, reason: "test over")
+        #expect(host.sandboxIDs.isEmpty)
+    }
+
+    /// Host processes whose command line contains `pattern`.
+    static func hostProcesses(matching pattern: String) -> Int {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.filter { entry in
+            guard Int(entry) != nil, let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else {
+                return false
+            }
+            let line = String(decoding: data.map { $0 == 0 ? UInt8(ascii: " ") : $0 }, as: UTF8.self)
+            return line.hasPrefix(pattern)
+        }.count
+    }
+}
