@@ -77,6 +77,29 @@ struct ContainerSandboxTests {
             }
             let links = try await Self.run(sandbox, ["sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"])
             #expect(text(links.stdout) == "lo\n")
+            // The container's root is not the host's: its user namespace maps it elsewhere.
+            let map = try await Self.run(sandbox, ["cat", "/proc/self/uid_map"]) { $0.user = "root" }
+            let fields = text(map.stdout).split(whereSeparator: \.isWhitespace)
+            #expect(fields.count == 3 && fields[0] == "0" && fields[1] != "0", "\(text(map.stdout))")
+            // The node's filter keeps commands from making user namespaces of their own.
+            let nested = try await Self.run(sandbox, ["unshare", "-U", "true"])
+            #expect(nested.exited?.exitCode != 0)
+        }
+    }
+
+    @Test("the writable layer is bounded by the disk limit, and the agent keeps serving")
+    func diskLimit() async throws {
+        var limits = SandboxLimits()
+        limits.diskBytes = 4 << 20
+        try await Self.withSandbox(limits: limits) { sandbox in
+            for path in ["/home/user/big", "/tmp/big"] {
+                let big = try await Self.run(sandbox, ["sh", "-c", "head -c 8388608 /dev/zero > \(path)"])
+                #expect(big.exited?.exitCode != 0, "\(path)")
+            }
+            let readOnly = try await Self.run(sandbox, ["touch", "/usr/x"]) { $0.user = "root" }
+            #expect(readOnly.exited?.exitCode != 0)
+            let after = try await Self.run(sandbox, ["echo", "alive"])
+            #expect(text(after.stdout) == "alive\n")
         }
     }
 
