@@ -177,6 +177,32 @@ struct ContainerSandboxTests {
         var collector = Collector()
         for try await event in target.agent.exec(exec) { try collector.take(event) }
         #expect(text(collector.stdout).hasPrefix("/.hangar/agent\0"))
+        // The code interpreter: a python context keeps its state between cells.
+        var cells: [[Hangar_V1_CodeRunEvent]] = []
+        let chart = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('squares')"
+        for code in ["x = 41\nprint('set', x)", "x + 1", chart] {
+            let events = try await within(.seconds(30)) {
+                var events: [Hangar_V1_CodeRunEvent] = []
+                for await event in await target.code.run(.with { $0.code = code }) { events.append(event) }
+                return events
+            }
+            cells.append(events)
+        }
+        let printed = cells[0].compactMap { event -> String? in
+            if case .stream(let stream) = event.kind { return stream.text }
+            return nil
+        }
+        #expect(printed.joined() == "set 41\n", "\(cells[0])")
+        let value = cells[1].compactMap { event -> String? in
+            if case .result(let result) = event.kind, result.main { return result.data["text/plain"] }
+            return nil
+        }
+        #expect(value == ["42"], "\(cells[1])")
+        let png = cells[2].contains { event in
+            if case .result(let result) = event.kind { return result.data["image/png"] != nil }
+            return false
+        }
+        #expect(png, "\(cells[2])")
         await host.kill(start.sandboxID, reason: "test over")
         #expect(host.sandboxIDs.isEmpty)
     }

@@ -32,7 +32,8 @@ extension ProcessSandbox: StatefulSandbox {}
 /// agent installs the node's standard filter (the one of process sandboxes) in every command.
 /// `/home/user`, `/root` and `/tmp` are tmpfs mounts of the container's own mount namespace, each
 /// the size of ``SandboxLimits/diskBytes`` (their pages count against the memory limit too): the
-/// host sees none of what is written there. The agent's socket and the filter reach it as fds 3
+/// host sees none of what is written there. `/etc/fonts` is bound read-only as in process
+/// sandboxes (for matplotlib). The agent's socket and the filter reach it as fds 3
 /// and 4 through runc's `--preserve-fds`.
 ///
 /// Killing: ``kill()`` hangs up on the agent (which kills its commands and exits, ending the
@@ -285,6 +286,9 @@ public final class ContainerSandbox: Sendable {
                 options: ["bind", "ro", "nosuid", "nodev"]
             ),
         ]
+        // As in process sandboxes: matplotlib finds its fonts' configuration (read-only).
+        let fonts = FileManager.default.fileExists(atPath: "/etc/fonts")
+        if fonts { spec.mounts.append(OCIJobConfig.readOnlyBind("/etc/fonts")) }
         spec.linux.seccomp?.syscalls.append(
             OCISyscallRule(
                 names: ["unshare"],
@@ -293,7 +297,7 @@ public final class ContainerSandbox: Sendable {
             )
         )
         let rootfs = bundle + "/rootfs"
-        for directory in ["home", "home/user", "root", ".hangar"] {
+        for directory in ["home", "home/user", "root", ".hangar"] + (fonts ? ["etc/fonts"] : []) {
             guard mkdir(rootfs + "/" + directory, 0o755) == 0 || errno == EEXIST else {
                 throw SandboxStartError("cannot create \(rootfs)/\(directory): \(String(cString: strerror(errno)))")
             }
