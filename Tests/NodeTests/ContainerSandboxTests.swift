@@ -207,6 +207,27 @@ struct ContainerSandboxTests {
         #expect(host.sandboxIDs.isEmpty)
     }
 
+    @Test("an agent that exits at once fails the start at once, leaving nothing")
+    func failedStart() async throws {
+        let before = await Self.runtime.engine.tool(["list", "-q"]).output
+        let bundles = try FileManager.default.contentsOfDirectory(atPath: Self.runtime.directories.bundles)
+        let began = ContinuousClock.now
+        do {
+            _ = try await ContainerSandbox.start(
+                id: "false-\(uniqueTag())",
+                agentPath: "/bin/false",
+                runtime: Self.runtime
+            )
+            Issue.record("a sandbox started without an agent")
+        } catch {
+            #expect(error.description.contains("the agent closed the channel"), "\(error)")
+        }
+        // Noticed when the container ends, not at the ready timeout.
+        #expect(ContinuousClock.now - began < .seconds(10))
+        #expect(await Self.runtime.engine.tool(["list", "-q"]).output == before)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: Self.runtime.directories.bundles) == bundles)
+    }
+
     /// Host processes whose command line contains `pattern`.
     static func hostProcesses(matching pattern: String) -> Int {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []

@@ -177,8 +177,9 @@ public final class ContainerSandbox: Sendable {
         } catch {
             throw SandboxStartError("\(error)")
         }
+        // The container's ends (fds 3 and 4 of runc): closed here once runc has them, so that the
+        // node's end sees the agent go as soon as the container does.
         var files: [Int32] = []
-        defer { for fd in files { close(fd) } }
         var node: Int32 = -1
         do throws(SandboxStartError) {
             try adapt(bundle: bundle.path, config: config, agentPath: agentPath, diskBytes: job.limits.fileSizeBytes)
@@ -199,6 +200,7 @@ public final class ContainerSandbox: Sendable {
                 throw SandboxStartError(error.message)
             }
         } catch {
+            for fd in files { close(fd) }
             if node >= 0 { close(node) }
             _ = await engine.teardown(id: containerID, killFirst: false, cgroup: cgroup, bundle: bundle)
             throw error
@@ -221,9 +223,11 @@ public final class ContainerSandbox: Sendable {
             under: config.inheritedRlimits
         )
         command.relaysOutput = engine.relaysOutput
+        let spawned = Result { () throws(SandboxSpawnError) in try SandboxProcess(command) }
+        for fd in files { close(fd) }
         let process: SandboxProcess
         do {
-            process = try SandboxProcess(command)
+            process = try spawned.get()
         } catch {
             close(node)
             _ = await engine.teardown(id: containerID, killFirst: true, cgroup: cgroup, bundle: bundle)
