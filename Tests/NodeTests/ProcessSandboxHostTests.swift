@@ -14,7 +14,11 @@ struct ProcessSandboxHostTests {
     func refusals() async throws {
         let host = ProcessSandboxHost(agentPath: try #require(ProcessSandbox.locateAgent()))
         for (runtime, template, message) in [
-            ("gvisor", "", "runtime 'gvisor' has no stateful sandboxes on this node; use process"),
+            (
+                "gvisor", "",
+                "runtime 'gvisor' has no stateful sandboxes on this node; use "
+                    + host.availableRuntimes.sorted().joined(separator: ", ")
+            ),
             ("process", "py", "template 'py' has no stateful sandboxes on this node; use 'host'"),
         ] {
             var start = Hangar_V1_SandboxStart()

@@ -3,10 +3,13 @@ import HangarShared
 import Logging
 import Synchronization
 
-/// Holds a node's stateful sandboxes as ``ProcessSandbox``es: a bubblewrap sandbox with
-/// `hangar-sandbox-agent` as its first process per ``SandboxStart``, with the start's limits and,
-/// for its commands, its environment. Only the `process` runtime on the `host` template for now;
-/// other runtimes and templates are refused with a message naming them.
+/// Holds a node's stateful sandboxes: per ``SandboxStart``, a ``ProcessSandbox`` (runtime
+/// `process`, a bubblewrap sandbox) or, where runc is available on a root node, a
+/// ``ContainerSandbox`` (runtime `container`, a runc container), each with `hangar-sandbox-agent`
+/// as its first process, the start's limits and, for its commands, its environment. Both kinds
+/// expose the same agent channel, so data plane, files and code contexts do not tell them apart.
+/// Only the `host` template for now; other runtimes and templates are refused with a message
+/// naming them.
 ///
 /// A sandbox whose agent goes away on its own (it crashed, the memory limit killed it) is noticed
 /// by a watcher that polls the agent channel, killed to clean up what is left, forgotten and
@@ -14,6 +17,8 @@ import Synchronization
 public final class ProcessSandboxHost: SandboxHost {
     private let agentPath: String
     private let bubblewrapPath: String
+    /// The runc runtime of `container` sandboxes; nil when runc is not there or the node not root.
+    private let container: ContainerRuntime?
     private let resources: NodeResources
     private let workRoot: String
     private let logger: Logger
@@ -23,7 +28,7 @@ public final class ProcessSandboxHost: SandboxHost {
 
     private struct Held {
         let tenant: String
-        let sandbox: ProcessSandbox
+        let sandbox: any StatefulSandbox
         let environment: [String: String]
         let code: CodeContexts
         let background = BackgroundCommands()
@@ -38,10 +43,13 @@ public final class ProcessSandboxHost: SandboxHost {
     }
 
     /// A host starting `agentPath` (``ProcessSandbox/locateAgent()``) in bubblewrap sandboxes that
-    /// draw on `resources`, their writable layers under `workRoot`.
+    /// draw on `resources`, their writable layers under `workRoot`; with the runc at `runcPath`
+    /// (when it is there and the node runs as root), also in runc containers for runtime
+    /// `container` (``ContainerSandbox``; nil: no container sandboxes).
     public init(
         agentPath: String,
         bubblewrapPath: String = "/usr/bin/bwrap",
+        runcPath: String? = "/usr/sbin/runc",
         resources: NodeResources = .standard,
         workRoot: String = ProcessSandbox.defaultWorkRoot,
         cellOutputBytes: Int = CodeContexts.maxCellOutputBytes,
@@ -50,6 +58,11 @@ public final class ProcessSandboxHost: SandboxHost {
         self.cellOutputBytes = cellOutputBytes
         self.agentPath = agentPath
         self.bubblewrapPath = bubblewrapPath
+        if let runcPath, geteuid() == 0, access(runcPath, X_OK) == 0 {
+            container = ContainerRuntime(runcPath: runcPath, resources: resources)
+        } else {
+            container = nil
+        }
         self.resources = resources
         self.workRoot = workRoot
         self.logger = logger
@@ -58,8 +71,12 @@ public final class ProcessSandboxHost: SandboxHost {
     /// Bytes of output the node forwards for one code cell (see ``CodeContexts``).
     private let cellOutputBytes: Int
 
-    /// The runtimes this host makes stateful sandboxes with.
+    /// The runtimes every host makes stateful sandboxes with.
     public static let runtimes: Set<String> = ["process"]
+
+    /// The runtimes this host makes stateful sandboxes with: ``runtimes``, and `container` when
+    /// runc is available.
+    public var availableRuntimes: Set<String> { container == nil ? Self.runtimes : Self.runtimes.union(["container"]) }
 
     /// The limits of a sandbox from the scheduler's resolved `limits` (unset ones keep the defaults).
     static func limits(_ limits: Hangar_V1_Limits) -> SandboxLimits {
@@ -81,9 +98,10 @@ public final class ProcessSandboxHost: SandboxHost {
         let id = request.sandboxID
         guard Subjects.isValidToken(id) else { throw SandboxRefusal("the start names no valid sandbox id") }
         let runtime = request.runtime.isEmpty ? "process" : request.runtime
-        guard Self.runtimes.contains(runtime) else {
+        let available = availableRuntimes
+        guard available.contains(runtime) else {
             throw SandboxRefusal(
-                "runtime '\(runtime)' has no stateful sandboxes on this node; use \(Self.runtimes.sorted().joined(separator: ", "))"
+                "runtime '\(runtime)' has no stateful sandboxes on this node; use \(available.sorted().joined(separator: ", "))"
             )
         }
         guard request.template.isEmpty || request.template == "host" else {
@@ -95,17 +113,27 @@ public final class ProcessSandboxHost: SandboxHost {
             return true
         }
         guard fresh else { return }  // a repeated start
-        let sandbox: ProcessSandbox
-        do {
-            sandbox = try await ProcessSandbox.start(
-                id: id,
-                limits: Self.limits(request.limits),
-                agentPath: agentPath,
-                bubblewrapPath: bubblewrapPath,
-                resources: resources,
-                workRoot: workRoot,
-                logger: logger
-            )
+        let sandbox: any StatefulSandbox
+        do throws(SandboxStartError) {
+            if runtime == "container", let container {
+                sandbox = try await ContainerSandbox.start(
+                    id: id,
+                    limits: Self.limits(request.limits),
+                    agentPath: agentPath,
+                    runtime: container,
+                    logger: logger
+                )
+            } else {
+                sandbox = try await ProcessSandbox.start(
+                    id: id,
+                    limits: Self.limits(request.limits),
+                    agentPath: agentPath,
+                    bubblewrapPath: bubblewrapPath,
+                    resources: resources,
+                    workRoot: workRoot,
+                    logger: logger
+                )
+            }
         } catch {
             state.withLock { state in
                 state.starting.remove(id)
@@ -180,7 +208,7 @@ public final class ProcessSandboxHost: SandboxHost {
         died("the sandbox's agent went away: \(reason)")
     }
 
-    private func tearDown(_ id: String, _ sandbox: ProcessSandbox) async {
+    private func tearDown(_ id: String, _ sandbox: any StatefulSandbox) async {
         if let problem = await sandbox.kill() {
             logger.error(
                 "a stateful sandbox was not cleaned up",

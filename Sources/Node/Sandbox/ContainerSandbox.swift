@@ -1,0 +1,390 @@
+import Foundation
+import Glibc
+import HangarShared
+import Logging
+import Synchronization
+
+/// What a node's stateful sandboxes of either kind have in common for their host: the agent's
+/// channel, and a kill that leaves nothing behind.
+protocol StatefulSandbox: Sendable {
+    /// The channel to the sandbox's agent.
+    var agent: SandboxAgentChannel { get }
+    /// Ends the sandbox and cleans up; what could not be cleaned up, or nil.
+    func kill() async -> String?
+}
+
+extension ProcessSandbox: StatefulSandbox {}
+
+/// A long-lived runc container with ``hangar-sandbox-agent`` as its process: a stateful sandbox of
+/// the `container` runtime, which runs many commands and file operations over its ``agent`` channel
+/// until ``kill()``. Its agent speaks the same protocol as a ``ProcessSandbox``'s.
+///
+/// The container is built like a one-shot job of ``ContainerRuntime`` on the `host` template
+/// (``OCIJobConfig``, ``OCIBundle``): the host's `/usr` and system directories read-only, the
+/// sandbox's own `/etc` files (``SandboxEtc``, `user` is uid 1000), a root of its own that is
+/// read-only, fresh pid/ipc/uts/mount/network/cgroup namespaces (the network has only loopback),
+/// Docker's masked paths, the container runtime's seccomp profile, a user namespace owned by a uid
+/// of the sandbox's own (``OwnedUserNamespace``) and one cgroup with the sandbox's memory, pids and
+/// CPU limits. What differs from a job: the process is the agent, bound read-only at
+/// `/.hangar/agent`, as the container's uid 0 with only CAP_SETFCAP and CAP_SETPCAP (what the
+/// agent needs to run commands as uid 1000 in a nested user namespace, or as uid 0 without any
+/// capability); the seccomp profile also lets `unshare(CLONE_NEWUSER)` through for that, and the
+/// agent installs the node's standard filter (the one of process sandboxes) in every command.
+/// `/home/user`, `/root` and `/tmp` are tmpfs mounts of the container's own mount namespace, each
+/// the size of ``SandboxLimits/diskBytes`` (their pages count against the memory limit too): the
+/// host sees none of what is written there. `/etc/fonts` is bound read-only as in process
+/// sandboxes (for matplotlib). The agent's socket and the filter reach it as fds 3
+/// and 4 through runc's `--preserve-fds`.
+///
+/// Killing: ``kill()`` hangs up on the agent (which kills its commands and exits, ending the
+/// container), then kills and deletes the container with runc, removes its cgroup and bundle and
+/// gives the user namespace and its uid back.
+public final class ContainerSandbox: Sendable {
+    /// The sandbox's name.
+    public let id: String
+    /// The runc container's id.
+    public let containerID: String
+    /// The channel to the sandbox's agent.
+    public let agent: SandboxAgentChannel
+    /// The bundle directory on the host (config.json and the mount points of the root).
+    public let bundlePath: String
+    /// The sandbox's cgroup directories.
+    public var cgroupDirectories: [String] { cgroup.allDirectories }
+
+    private let engine: OCIEngine
+    private let process: SandboxProcess
+    private let cgroup: JobCgroup
+    private let bundle: OCIBundle
+    private let owned: (namespace: OwnedUserNamespace, user: UInt32)?
+    private let killed = Mutex<Task<String?, Never>?>(nil)
+
+    /// How long runc and the agent may take until the agent answers its first ping.
+    static let readyTimeout = Duration.seconds(20)
+    /// `CLONE_NEWUSER`, the only `unshare` the container's seccomp profile lets through.
+    static let cloneNewUser: UInt64 = 0x1000_0000
+
+    private init(
+        id: String,
+        containerID: String,
+        agent: SandboxAgentChannel,
+        engine: OCIEngine,
+        process: SandboxProcess,
+        cgroup: JobCgroup,
+        bundle: OCIBundle,
+        owned: (namespace: OwnedUserNamespace, user: UInt32)?
+    ) {
+        self.id = id
+        self.containerID = containerID
+        self.agent = agent
+        self.bundlePath = bundle.path
+        self.engine = engine
+        self.process = process
+        self.cgroup = cgroup
+        self.bundle = bundle
+        self.owned = owned
+    }
+
+    /// Starts a container sandbox with `runtime`'s runc, directories and node resources, and waits
+    /// until its agent answers.
+    /// - Parameters:
+    ///   - id: a name for the sandbox (the container's id is derived from it).
+    ///   - agentPath: the static agent binary (``ProcessSandbox/locateAgent()``).
+    public static func start(
+        id: String,
+        limits: SandboxLimits = SandboxLimits(),
+        agentPath: String,
+        runtime: ContainerRuntime = ContainerRuntime(),
+        logger: Logger = Logger(label: "hangar.sandbox")
+    ) async throws(SandboxStartError) -> ContainerSandbox {
+        guard geteuid() == 0 else {
+            throw SandboxStartError("a stateful container sandbox needs a node running as root")
+        }
+        guard access(agentPath, X_OK) == 0 else { throw SandboxStartError("no sandbox agent at \(agentPath)") }
+        guard access(runtime.runcPath, X_OK) == 0 else {
+            throw SandboxStartError("runc not found at \(runtime.runcPath)")
+        }
+        guard case .success(let filter) = ProcessRuntime.seccomp else {
+            throw SandboxStartError("the seccomp filter cannot be built")
+        }
+        let engine = runtime.engine
+        let jobLimits = limits.jobLimits
+        var job = Hangar_V1_JobSpec()
+        job.template = "host"
+        job.argv = [ProcessSandbox.agentPathInside, "--in", "3", "--out", "3", "--seccomp", "4"]
+        job.limits.memoryBytes = jobLimits.memoryBytes
+        job.limits.pids = jobLimits.pids
+        job.limits.cpuMillis = jobLimits.cpuMillis
+        job.limits.fileSizeBytes = jobLimits.fileSizeBytes
+        job.limits.openFiles = jobLimits.openFiles
+        var owned: (namespace: OwnedUserNamespace, user: UInt32)?
+        if let mapping = engine.configOptions(cgroupsPath: "").userNamespace {
+            switch await engine.ownUserNamespace(mapping: mapping, limits: job.limits) {
+            case .success(let created): owned = created
+            case .failure(let error): throw SandboxStartError(error.description)
+            }
+        }
+        do {
+            return try await start(
+                id: id,
+                job: job,
+                filter: filter,
+                agentPath: agentPath,
+                engine: engine,
+                owned: owned,
+                logger: logger
+            )
+        } catch {
+            await owned?.namespace.remove()
+            if let owned { engine.resources.users.release(owned.user) }
+            throw error
+        }
+    }
+
+    private static func start(
+        id: String,
+        job: Hangar_V1_JobSpec,
+        filter: SeccompFilter,
+        agentPath: String,
+        engine: OCIEngine,
+        owned: (namespace: OwnedUserNamespace, user: UInt32)?,
+        logger: Logger
+    ) async throws(SandboxStartError) -> ContainerSandbox {
+        guard let version = JobCgroup.mountedVersion() else { throw SandboxStartError("no usable cgroup hierarchy") }
+        let containerID = OCIEngine.containerID(for: "sandbox-" + id)
+        let ledger = engine.resources.ledger
+        let cgroupPath = engine.directories.cgroupParent + "/" + containerID
+        let cgroup = JobCgroup.placed(at: cgroupPath, version: version, ledger: ledger)
+        var options = engine.configOptions(cgroupsPath: "/" + cgroupPath)
+        options.userNamespacePath = owned?.namespace.path
+        let config: OCIJobConfig
+        let bundle: OCIBundle
+        do {
+            let resolved = try Template.resolve(job, in: engine.templates)
+            options.root = try resolved.template.layout()
+            config = try OCIJobConfig(job: resolved.spec, options: options)
+            bundle = try OCIBundle(
+                base: engine.directories.bundles,
+                name: containerID,
+                config: config,
+                userNamespace: options.userNamespace,
+                ledger: ledger
+            )
+            ledger.made(engine.ledgerEntry(id: containerID, bundle: bundle))
+        } catch let error as TemplateError {
+            throw SandboxStartError(error.description)
+        } catch let error as OCIInvalidJob {
+            throw SandboxStartError(error.message)
+        } catch {
+            throw SandboxStartError("\(error)")
+        }
+        // The container's ends (fds 3 and 4 of runc): closed here once runc has them, so that the
+        // node's end sees the agent go as soon as the container does.
+        var files: [Int32] = []
+        var node: Int32 = -1
+        do throws(SandboxStartError) {
+            try adapt(bundle: bundle.path, config: config, agentPath: agentPath, diskBytes: job.limits.fileSizeBytes)
+            do throws(CgroupError) {
+                try cgroup.make(CgroupLimits(config.spec.linux.resources))
+            } catch {
+                throw SandboxStartError("cannot create the sandbox's cgroup: \(error.description)")
+            }
+            var ends: [Int32] = [-1, -1]
+            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
+                throw SandboxStartError("socketpair failed: \(String(cString: strerror(errno)))")
+            }
+            node = ends[0]
+            files.append(ends[1])
+            do throws(InvalidJob) {
+                files.append(try BubblewrapInvocation.memoryFile(holding: Data(filter.bytes)))
+            } catch {
+                throw SandboxStartError(error.message)
+            }
+        } catch {
+            for fd in files { close(fd) }
+            if node >= 0 { close(node) }
+            _ = await engine.teardown(id: containerID, killFirst: false, cgroup: cgroup, bundle: bundle)
+            throw error
+        }
+        var arguments = [engine.toolName] + engine.globalArguments
+        arguments += ["--log", bundle.path + "/runc.log", "--log-format", "json", "run", "--keep"]
+        arguments += ["--preserve-fds", String(files.count), "--bundle", bundle.path, containerID]
+        var command = OCIEngine.launching(
+            SandboxCommand(
+                executable: engine.executable,
+                arguments: arguments,
+                environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+                timeout: ProcessSandbox.lifetime,
+                outputLimit: ProcessSandbox.agentStderrBytes,
+                inheritedFiles: files,
+                drainTimeout: OCIEngine.drainTimeout,
+                containment: CgroupContainment(cgroup, cpuTime: nil),
+                ledger: ledger
+            ),
+            under: config.inheritedRlimits
+        )
+        command.relaysOutput = engine.relaysOutput
+        let spawned = Result { () throws(SandboxSpawnError) in try SandboxProcess(command) }
+        for fd in files { close(fd) }
+        let process: SandboxProcess
+        do {
+            process = try spawned.get()
+        } catch {
+            close(node)
+            _ = await engine.teardown(id: containerID, killFirst: true, cgroup: cgroup, bundle: bundle)
+            throw SandboxStartError("cannot start runc: \(error.description)")
+        }
+        let sandbox = ContainerSandbox(
+            id: id,
+            containerID: containerID,
+            agent: SandboxAgentChannel(socket: node, logger: logger),
+            engine: engine,
+            process: process,
+            cgroup: cgroup,
+            bundle: bundle,
+            owned: owned
+        )
+        do {
+            try await sandbox.waitUntilReady()
+        } catch {
+            let diagnostics = await sandbox.diagnostics()
+            _ = await sandbox.kill()
+            throw SandboxStartError(error.description + (diagnostics.isEmpty ? "" : "; runc said: \(diagnostics)"))
+        }
+        return sandbox
+    }
+
+    /// Turns a one-shot job's bundle into the sandbox's: the agent as uid 0 with CAP_SETFCAP and
+    /// CAP_SETPCAP, `unshare(CLONE_NEWUSER)` allowed, the agent bound at `/.hangar/agent`, tmpfs
+    /// mounts for `/home/user` and `/root`, and `/etc` files naming `user` uid 1000.
+    private static func adapt(
+        bundle: String,
+        config: OCIJobConfig,
+        agentPath: String,
+        diskBytes: UInt64
+    ) throws(SandboxStartError) {
+        var spec = config.spec
+        spec.process.user = OCIUser(uid: 0, gid: 0, additionalGids: [0])
+        let capabilities = ["CAP_SETFCAP", "CAP_SETPCAP"]
+        spec.process.capabilities = OCICapabilities(
+            bounding: capabilities,
+            effective: capabilities,
+            inheritable: [],
+            permitted: capabilities,
+            ambient: []
+        )
+        spec.process.cwd = "/"
+        spec.process.env = ["PATH=" + ProcessRuntime.defaultPath]
+        let home = ["nosuid", "nodev", "mode=755", "size=\(diskBytes)"]
+        spec.mounts += [
+            OCIMount(destination: SandboxEtc.home, type: "tmpfs", source: "tmpfs", options: home),
+            OCIMount(
+                destination: "/root",
+                type: "tmpfs",
+                source: "tmpfs",
+                options: ["nosuid", "nodev", "mode=700", "size=\(diskBytes)"]
+            ),
+            OCIMount(
+                destination: ProcessSandbox.agentPathInside,
+                type: "bind",
+                source: agentPath,
+                options: ["bind", "ro", "nosuid", "nodev"]
+            ),
+        ]
+        // As in process sandboxes: matplotlib finds its fonts' configuration (read-only).
+        let fonts = FileManager.default.fileExists(atPath: "/etc/fonts")
+        if fonts { spec.mounts.append(OCIJobConfig.readOnlyBind("/etc/fonts")) }
+        spec.linux.seccomp?.syscalls.append(
+            OCISyscallRule(
+                names: ["unshare"],
+                action: "SCMP_ACT_ALLOW",
+                args: [OCISyscallArgument(index: 0, value: cloneNewUser, op: "SCMP_CMP_EQ")]
+            )
+        )
+        let rootfs = bundle + "/rootfs"
+        for directory in ["home", "home/user", "root", ".hangar"] + (fonts ? ["etc/fonts"] : []) {
+            guard mkdir(rootfs + "/" + directory, 0o755) == 0 || errno == EEXIST else {
+                throw SandboxStartError("cannot create \(rootfs)/\(directory): \(String(cString: strerror(errno)))")
+            }
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        do {
+            try Data().write(to: URL(fileURLWithPath: rootfs + "/.hangar/agent"))
+            for file in SandboxEtc.files(uid: ProcessSandbox.userID, gid: ProcessSandbox.userID) {
+                try file.content.write(to: URL(fileURLWithPath: rootfs + file.path))
+            }
+            try encoder.encode(spec).write(to: URL(fileURLWithPath: bundle + "/config.json"))
+        } catch {
+            throw SandboxStartError("cannot write the sandbox's bundle: \(error.localizedDescription)")
+        }
+    }
+
+    /// Pings the agent until it answers, the container dies or ``readyTimeout`` passes.
+    private func waitUntilReady() async throws(SandboxStartError) {
+        let deadline = Task { [agent] in
+            try? await Task.sleep(for: Self.readyTimeout)
+            if !Task.isCancelled { agent.close() }
+        }
+        defer { deadline.cancel() }
+        do {
+            try await agent.ping()
+        } catch {
+            throw SandboxStartError(
+                "the sandbox's agent did not answer within \(JobLimits.milliseconds(Self.readyTimeout)) ms: \(error)"
+            )
+        }
+    }
+
+    /// runc's log and the agent's stderr once the container has ended, for error messages.
+    private func diagnostics() async -> String {
+        let failure = OCIEngine.runtimeFailure(in: CgroupFile.read(bundle.path + "/runc.log") ?? "") ?? ""
+        guard process.hasEnded, let result = try? await process.wait() else { return failure }
+        let stderr = String(decoding: result.stderr.prefix(500), as: UTF8.self)
+        return (failure + " " + stderr).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The host pid of the agent (the container's init), from `runc state`; nil once it is gone.
+    func initPid() async -> Int32? {
+        let state = await engine.tool(["state", containerID])
+        guard state.succeeded, let data = state.output.data(using: .utf8),
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let pid = object["pid"] as? Int, pid > 0
+        else { return nil }
+        return Int32(pid)
+    }
+
+    /// Ends the sandbox and leaves nothing of it: hangs up on the agent, kills and deletes the
+    /// container, removes its cgroup and bundle, and gives the user namespace back. Returns what
+    /// could not be cleaned up, or nil. Calling it again waits for the first call.
+    @discardableResult
+    public func kill() async -> String? {
+        let task = killed.withLock { task in
+            if let task { return task }
+            let started = Task { await self.tearDown() }
+            task = started
+            return started
+        }
+        return await task.value
+    }
+
+    private func tearDown() async -> String? {
+        // Hung up on, the agent kills its commands and exits; as the container's init it takes the
+        // rest of the container with it, and `runc run` returns.
+        agent.close()
+        let end = ContinuousClock.now + ProcessSandbox.hangUpGrace
+        while !process.hasEnded && ContinuousClock.now < end { try? await Task.sleep(for: .milliseconds(2)) }
+        let stopped = process.hasEnded
+        process.kill()
+        _ = try? await process.wait()
+        let leftovers = await engine.teardown(
+            id: containerID,
+            killFirst: !stopped,
+            stopped: stopped,
+            cgroup: cgroup,
+            bundle: bundle
+        )
+        await engine.release(owned, cgroup: cgroup)
+        return leftovers.isEmpty ? nil : leftovers.joined(separator: "; ")
+    }
+}
+extension ContainerSandbox: StatefulSandbox {}
