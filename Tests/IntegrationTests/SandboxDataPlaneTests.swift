@@ -30,6 +30,45 @@ struct SandboxDataPlaneTests {
         await cluster.stop()
     }
 
+    @Test("a container sandbox through the scheduler: commands as user 1000, state kept, a code cell, kill")
+    func containerSandbox() async throws {
+        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
+        let host = ProcessSandboxHost(agentPath: agentPath)
+        try #require(host.availableRuntimes.contains("container"), "runc is not here")
+        let cluster = try await AuthorizedCluster.start(
+            runtimes: [ContainerRuntime(), NullRuntime()],
+            sandboxHost: host
+        )
+        do {
+            let answer = try await cluster.tenantA.request(
+                Subjects.sandbox(tenant: "a", verb: "create"),
+                payload: try Hangar_V1_SandboxCreateRequest.with { $0.runtime = "container" }.serializedData(),
+                timeout: .seconds(30)
+            )
+            let created = try Hangar_V1_SandboxCreateReply(serializedBytes: answer.payload)
+            guard case .created(let info) = created.outcome, info.state == .sandboxRunning else {
+                throw TestFailure("A could not create a container sandbox: \(created)")
+            }
+            let sandbox = DataPlane(connection: cluster.tenantA, node: info.nodeID, tenant: "a", sandbox: info.id)
+            let first = try await sandbox.exec(["sh", "-c", "id -u; echo kept > note.txt"])
+            #expect(first.stdout == Data("1000\n".utf8) && first.exited?.exitCode == 0, "\(first)")
+            let second = try await sandbox.exec(["cat", "/home/user/note.txt"])
+            #expect(second.stdout == Data("kept\n".utf8), "\(second)")
+            let killAnswer = try await cluster.tenantA.request(
+                Subjects.sandbox(tenant: "a", verb: "kill"),
+                payload: try Hangar_V1_SandboxKillRequest.with { $0.sandboxID = info.id }.serializedData(),
+                timeout: .seconds(10)
+            )
+            #expect(try Hangar_V1_SandboxReply(serializedBytes: killAnswer.payload).info.state == .sandboxEnded)
+            try await waitUntil("the node has killed the container sandbox") { host.sandboxIDs.isEmpty }
+        } catch {
+            for id in host.sandboxIDs { await host.kill(id, reason: "the test failed") }
+            await cluster.stop()
+            throw error
+        }
+        await cluster.stop()
+    }
+
     private func exercise(_ cluster: AuthorizedCluster, _ host: ProcessSandboxHost) async throws {
         var create = Hangar_V1_SandboxCreateRequest()
         create.runtime = "process"
