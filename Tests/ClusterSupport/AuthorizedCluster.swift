@@ -67,7 +67,30 @@ public final class AuthorizedCluster: Sendable {
             tasks: tasks
         )
         try await cluster.waitUntilServing()
+        try await cluster.waitForProbes(runtimes.count)
         return cluster
+    }
+
+    /// Waits until the scheduler has seen the node's probe of every runtime it offers: a slow probe
+    /// (machines are shared) would otherwise have the first create or job for that runtime
+    /// refused NO_CAPACITY.
+    private func waitForProbes(_ count: Int) async throws {
+        let operatorConnection = try await login(.operator("ops"))
+        defer { Task { await operatorConnection.close() } }
+        let deadline = ContinuousClock.now + .seconds(30)
+        var seen = 0
+        while ContinuousClock.now < deadline {
+            if let answer = try? await operatorConnection.request(
+                Subjects.admin("nodes"),
+                payload: try Hangar_V1_NodesRequest().serializedData(),
+                timeout: .seconds(2)
+            ), let reply = try? Hangar_V1_NodesReply(serializedBytes: answer.payload) {
+                seen = reply.nodes.first?.lastHeartbeat.runtimes.count ?? 0
+                if seen >= count { return }
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw LocalNATSServerError("the node had probed \(seen) of its \(count) runtimes after 30 s")
     }
 
     private init(
