@@ -244,24 +244,17 @@ private func codeContextCall(
     owner: SandboxTenantOptions,
     connection: ConnectionOptions
 ) async throws -> Hangar_V1_CodeContextReply {
-    let tenant = try connection.tenant(owner.tenant)
-    let info = try await runningSandbox(id, tenant: tenant, connection: connection)
-    let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: id, verb: "code.contexts")
     var request = Hangar_V1_CodeContextRequest()
     request.op = op
-    let answer = try await connection.withConnection(
-        name: "hangar-cli-contexts",
-        logger: cliLogger(),
-        as: .tenant(tenant)
-    ) {
-        nats in
-        do {
-            return try await nats.request(subject, payload: try request.serializedData(), timeout: .seconds(40))
-        } catch let error as NATSError where error.kind == .noResponders {
-            throw CLIError("node \(info.nodeID) is not answering for sandbox \(id)")
-        }
-    }
-    let reply = try Hangar_V1_CodeContextReply(serializedBytes: answer.payload)
+    let reply = try await nodeRequest(
+        "code.contexts",
+        request,
+        as: Hangar_V1_CodeContextReply.self,
+        id: id,
+        owner: owner,
+        connection: connection,
+        timeout: .seconds(40)
+    )
     switch reply.outcome {
     case .error(let error):
         printError(error.message)

@@ -865,19 +865,14 @@ private func sandboxOperation(
     owner: SandboxTenantOptions,
     connection: ConnectionOptions
 ) async throws -> Hangar_V1_SandboxOpReply {
-    let tenant = try connection.tenant(owner.tenant)
-    let info = try await runningSandbox(id, tenant: tenant, connection: connection)
-    let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: id, verb: verb)
-    let answer = try await connection.withConnection(name: "hangar-cli-files", logger: cliLogger(), as: .tenant(tenant))
-    {
-        nats in
-        do {
-            return try await nats.request(subject, payload: try request.serializedData(), timeout: .seconds(30))
-        } catch let error as NATSError where error.kind == .noResponders {
-            throw CLIError("node \(info.nodeID) is not answering for sandbox \(id)")
-        }
-    }
-    let reply = try Hangar_V1_SandboxOpReply(serializedBytes: answer.payload)
+    let reply = try await nodeRequest(
+        verb,
+        request,
+        as: Hangar_V1_SandboxOpReply.self,
+        id: id,
+        owner: owner,
+        connection: connection
+    )
     switch reply.outcome {
     case .error(let error):
         printError(error.message)
@@ -888,6 +883,35 @@ private func sandboxOperation(
     default:
         return reply
     }
+}
+
+/// Sends one request on `verb` of the data plane to the node that holds the tenant's running
+/// sandbox `id` (else prints why it is not running and exits 1) and decodes its answer.
+func nodeRequest<Reply: SwiftProtobufMessage>(
+    _ verb: String,
+    _ request: some SwiftProtobufMessage,
+    as: Reply.Type,
+    id: String,
+    owner: SandboxTenantOptions,
+    connection: ConnectionOptions,
+    timeout: Duration = .seconds(30)
+) async throws -> Reply {
+    let tenant = try connection.tenant(owner.tenant)
+    let info = try await runningSandbox(id, tenant: tenant, connection: connection)
+    let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: id, verb: verb)
+    let answer = try await connection.withConnection(
+        name: "hangar-cli-\(verb)",
+        logger: cliLogger(),
+        as: .tenant(tenant)
+    ) {
+        nats in
+        do {
+            return try await nats.request(subject, payload: try request.serializedData(), timeout: timeout)
+        } catch let error as NATSError where error.kind == .noResponders {
+            throw CLIError("node \(info.nodeID) is not answering for sandbox \(id)")
+        }
+    }
+    return try Reply(serializedBytes: answer.payload)
 }
 
 extension Hangar_V1_SandboxOpRequest {
