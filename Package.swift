@@ -32,6 +32,8 @@ let package = Package(
         .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/swiftwasm/WasmKit", from: "0.4.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         .systemLibrary(
@@ -92,6 +94,7 @@ let package = Package(
                 "HangarShared",
                 "HangarScheduler",
                 "HangarNode",
+                "HangarGateway",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
@@ -122,6 +125,19 @@ let package = Package(
             path: "Sources/Bench"
         ),
         // The Swift client library: stateful sandboxes and the code interpreter (Sources/Client).
+        // The E2B-compatible HTTP gateway (`hangar gateway`): one more client of the cluster over NATS.
+        .target(
+            name: "HangarGateway",
+            dependencies: [
+                "HangarClient", "HangarNATS", "HangarShared",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Sources/Gateway"
+        ),
         .target(
             name: "HangarClient",
             dependencies: [
@@ -183,6 +199,18 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Tests/IntegrationTests"
+        ),
+        .testTarget(
+            name: "HangarGatewayTests",
+            dependencies: [
+                "HangarGateway", "HangarClient", "HangarScheduler", "HangarNode", "HangarNATS", "HangarShared",
+                "HangarTestSupport", "HangarClusterTestSupport",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Tests/GatewayTests"
         ),
         .testTarget(
             name: "HangarClientTests",

@@ -35,6 +35,9 @@ public enum Subjects {
     public static func sandbox(tenant: String, verb: String) -> String { "hangar.sandbox.\(tenant).\(verb)" }
     /// Every tenant's sandbox control verbs.
     public static let sandboxWildcard = "hangar.sandbox.*.*"
+    /// An E2B gateway asks the scheduler which tenant an API key belongs to
+    /// (`Hangar_V1_APIKeyLookupRequest`); only gateways may publish here.
+    public static let gatewayAPIKey = "hangar.gateway.apikey"
     /// scheduler → tenant (and the `HANGAR_SANDBOX_EVENTS` stream): the sandbox's lifecycle events.
     public static func sandboxEvents(tenant: String, sandbox: String) -> String {
         "hangar.sbxevents.\(tenant).\(sandbox)"

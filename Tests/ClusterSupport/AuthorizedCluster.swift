@@ -7,7 +7,7 @@ import HangarTestSupport
 import Logging
 
 /// A real nats-server with Hangar's generated authorization on, a scheduler and a node logged in
-/// as themselves, and two tenants `a` and `b`.
+/// as themselves, two tenants `a` and `b`, and an E2B gateway `gw` (log in with `login(.gateway("gw"))`).
 public final class AuthorizedCluster: Sendable {
     public let directory: URL
     public let auth: AuthDirectory
@@ -25,7 +25,7 @@ public final class AuthorizedCluster: Sendable {
     ) async throws -> AuthorizedCluster {
         let directory = try makeTemporaryDirectory("hangar-auth")
         let auth = AuthDirectory(path: directory.appendingPathComponent("auth").path)
-        try auth.prepareLocalCluster(nodes: ["n1"], tenants: ["a", "b"], operators: ["ops"])
+        try auth.prepareLocalCluster(nodes: ["n1"], tenants: ["a", "b"], operators: ["ops"], gateways: ["gw"])
         let server = try await startAuthorizedServer(auth, in: directory)
         var logger = Logger(label: "test")
         logger.logLevel = .warning

@@ -118,11 +118,17 @@ public struct AuthDirectory: Sendable {
         return "include \"\(relative.joined(separator: "/"))\""
     }
 
-    /// Creates the credentials a local cluster needs (scheduler, nodes, tenants, operators) unless
-    /// they exist, and rewrites `authorization.conf`.
-    public func prepareLocalCluster(nodes: [String], tenants: [String], operators: [String]) throws {
+    /// Creates the credentials a local cluster needs (scheduler, nodes, tenants, operators, E2B
+    /// gateways) unless they exist, and rewrites `authorization.conf`.
+    public func prepareLocalCluster(
+        nodes: [String],
+        tenants: [String],
+        operators: [String],
+        gateways: [String] = []
+    ) throws {
         var principals: [Principal] = [.scheduler, .system]
         principals += nodes.map(Principal.node) + tenants.map(Principal.tenant) + operators.map(Principal.operator)
+        principals += gateways.map(Principal.gateway)
         for principal in principals { try ensure(principal) }
         try writeConfig()
     }

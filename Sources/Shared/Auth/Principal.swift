@@ -11,12 +11,16 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
     case scheduler
     /// An operator (admin commands, any tenant's job lookup).
     case `operator`(String)
+    /// An E2B-compatible HTTP gateway (`hangar gateway`): acts for any tenant on the sandbox control
+    /// and data-plane subjects (the tenant is a token of every subject it uses, so the scheduler and
+    /// nodes check it against the sandbox as for the tenant itself), and looks up API keys.
+    case gateway(String)
     /// The scheduler's second login, in nats-server's system account: it hears the server's
     /// authentication failures (`$SYS.SERVER.*.CLIENT.AUTH.ERR`) and audits them.
     case system
 
     /// The role names accepted by `hangar tenant add --role`.
-    public static let roles = ["tenant", "node", "scheduler", "operator", "system"]
+    public static let roles = ["tenant", "node", "scheduler", "operator", "system", "gateway"]
 
     /// Makes a principal from a role name and a name; nil if either is invalid.
     public init?(role: String, name: String) {
@@ -27,6 +31,7 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
         case "scheduler": self = .scheduler
         case "operator": self = .operator(name)
         case "system": self = .system
+        case "gateway": self = .gateway(name)
         default: return nil
         }
     }
@@ -39,13 +44,14 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
         case .scheduler: "scheduler"
         case .operator: "operator"
         case .system: "system"
+        case .gateway: "gateway"
         }
     }
 
     /// The tenant, node or operator name (`scheduler` and `system` for those).
     public var name: String {
         switch self {
-        case .tenant(let name), .node(let name), .operator(let name): name
+        case .tenant(let name), .node(let name), .operator(let name), .gateway(let name): name
         case .scheduler: "scheduler"
         case .system: "system"
         }
@@ -72,6 +78,7 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
         case .scheduler: "_INBOX.s"
         case .operator(let name): "_INBOX.o.\(name)"
         case .system: "_INBOX.y"
+        case .gateway(let name): "_INBOX.g.\(name)"
         }
     }
 
@@ -108,7 +115,7 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                 // the tenants' code and output anyway (as with hangar.logs.>).
                 publish: [
                     Subjects.heartbeat(node: node), Subjects.nodeResult(node: node), "hangar.logs.>",
-                    Subjects.sandboxDied(node: node), Subjects.sandboxAudit(node: node), "_INBOX.t.>",
+                    Subjects.sandboxDied(node: node), Subjects.sandboxAudit(node: node), "_INBOX.t.>", "_INBOX.g.>",
                 ],
                 subscribe: [
                     Subjects.assign(node: node), Subjects.nodeCancel(node: node), Subjects.sandboxStart(node: node),
@@ -124,8 +131,8 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                     "hangar.result.>", "hangar.node.*.assign", "hangar.node.*.cancel",
                     "hangar.node.*.sandbox.start", "hangar.node.*.sandbox.kill", "hangar.node.*.sandbox.timeout",
                     Subjects.sandboxEventsWildcard,
-                    // Answers only into tenants' and operators' inboxes (see ReplySubjectRule).
-                    "_INBOX.t.>", "_INBOX.o.>",
+                    // Answers only into tenants', operators' and gateways' inboxes (see ReplySubjectRule).
+                    "_INBOX.t.>", "_INBOX.o.>", "_INBOX.g.>",
                     Subjects.intakeWildcard,
                 ] + Self.schedulerJetStreamAPI,
                 subscribe: [
@@ -140,6 +147,13 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                 // tenant's own inbox (see ReplySubjectRule).
                 publish: ["hangar.admin.>"],
                 subscribe: ["hangar.logs.>", inboxPrefix + ".>"]
+            )
+        case .gateway:
+            // Any tenant's sandbox control verbs and data plane (never jobs, nodes or admin), the
+            // scheduler's API-key lookup, and answers in its own inbox only.
+            Permissions(
+                publish: [Subjects.sandboxWildcard, "hangar.sbx.*.*.>", Subjects.gatewayAPIKey],
+                subscribe: [inboxPrefix + ".>"]
             )
         case .system:
             // Lives in the system account, which none of the others can reach: reads server events only.

@@ -25,6 +25,9 @@ public struct ReplySubjectRule: Sendable, Equatable {
         default: own = principal.inboxPrefix + "."
         }
         if replyTo.hasPrefix(own) && replyTo.utf8.count > own.utf8.count { return nil }
+        // A gateway (`Principal.gateway`) acts for tenants: answers to a tenant's request may go to
+        // a gateway's inbox, which only gateways can subscribe to.
+        if case .tenant = principal, replyTo.hasPrefix("_INBOX.g."), replyTo.utf8.count > 9 { return nil }
         if ownInboxOnly {
             return "reply subject \(replyTo.prefix(200)) is not in \(principal.user)'s own inbox (\(own)>)"
         }
