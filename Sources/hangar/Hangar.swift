@@ -74,7 +74,7 @@ struct JobGroup: AsyncParsableCommand {
 struct TenantGroup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tenant",
-        abstract: "Tenants: list, show, add (NATS credentials).",
-        subcommands: [TenantListCommand.self, TenantShowCommand.self, TenantAddCommand.self]
+        abstract: "Tenants: list, show, add (NATS credentials, E2B API keys), api-key.",
+        subcommands: [TenantListCommand.self, TenantShowCommand.self, TenantAddCommand.self, TenantAPIKeyGroup.self]
     )
 }

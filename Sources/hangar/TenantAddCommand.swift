@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HangarGateway
 import HangarShared
 
 /// `hangar tenant add NAME`: creates NAME's credentials and rewrites the server's authorization.
@@ -15,6 +16,9 @@ struct TenantAddCommand: AsyncParsableCommand {
             If nats-server was started by `hangar dev` on this folder it is told to reload at once, and
             the command returns once the server has applied it (the new login works from then on);
             otherwise run `nats-server --signal reload`. --role creates a node, scheduler or operator login.
+            --api-key also makes an API key for the E2B gateway (`hangar gateway`): the scheduler stores only
+            its SHA-256, and the key is printed once (give it to the tenant as E2B_API_KEY). A tenant that
+            has credentials already gets a new key. See `hangar tenant api-key` to list and revoke keys.
             """
     )
 
@@ -24,6 +28,9 @@ struct TenantAddCommand: AsyncParsableCommand {
     var role: String = "tenant"
     @Option(help: "Authorization folder (creds/ and authorization.conf); `hangar dev` uses STATE/auth.")
     var authDir: String = ".hangar/auth"
+    @Flag(help: "Also create an E2B API key for the tenant (stored by the scheduler; printed once).")
+    var apiKey = false
+    @OptionGroup var connection: ConnectionOptions
 
     func validate() throws {
         guard Principal.roles.contains(role) else {
@@ -31,6 +38,9 @@ struct TenantAddCommand: AsyncParsableCommand {
         }
         guard Subjects.isValidToken(name) else {
             throw ValidationError("the name must be 1-64 characters of A-Z a-z 0-9 _ -")
+        }
+        if apiKey && role != "tenant" {
+            throw ValidationError("--api-key is for tenants (--role tenant)")
         }
     }
 
@@ -43,16 +53,17 @@ struct TenantAddCommand: AsyncParsableCommand {
         let path = auth.credentialsPath(for: principal)
         if !created {
             print("\(principal.user) already has credentials: \(path)")
-            return
+        } else {
+            print("credentials: \(path)")
+            print("server authorization: \(auth.configPath)")
+            if let pid = devServerPID(auth) {
+                try await DevServerReload(logPath: auth.serverLogLinkPath, pid: pid).perform()
+                print("nats-server (pid \(pid)) reloaded its configuration")
+            } else {
+                print("reload nats-server to apply: nats-server --signal reload")
+            }
         }
-        print("credentials: \(path)")
-        print("server authorization: \(auth.configPath)")
-        guard let pid = devServerPID(auth) else {
-            print("reload nats-server to apply: nats-server --signal reload")
-            return
-        }
-        try await DevServerReload(logPath: auth.serverLogLinkPath, pid: pid).perform()
-        print("nats-server (pid \(pid)) reloaded its configuration")
+        if apiKey { try await createAPIKey(tenant: name, connection: connection) }
     }
 
     /// The nats-server `hangar dev` started on this folder, if it runs: the pid file's process, if

@@ -3,7 +3,8 @@ import HangarNATS
 import HangarShared
 
 extension Scheduler {
-    /// `hangar.admin.<verb>`: `nodes`, `job`, `drain`, `eligibility`.
+    /// `hangar.admin.<verb>`: `nodes`, `job`, `drain`, `eligibility`, `audit`, `stats`, `jobs`, and the
+    /// gateway's API keys: `apikey-create`, `apikey-revoke`, `apikey-list` (Scheduler+APIKeys.swift).
     nonisolated func handleAdmin(_ message: NATSMessage) async {
         let verb = Subjects.token(message.subject, at: 2).map(String.init) ?? ""
         guard mayAnswerOperator(message) else { return }
@@ -47,10 +48,13 @@ extension Scheduler {
                 reply.message = "the payload is not a hangar.v1.AuditRequest"
             }
             payload = try? reply.serializedData()
+        case "apikey-create", "apikey-revoke", "apikey-list":
+            payload = await apiKeyAdminReply(verb: verb, payload: message.payload)
         default:
             logger.info("unknown admin verb", metadata: ["verb": "\(verb)"])
             var reply = Hangar_V1_AdminReply()
-            reply.message = "unknown admin verb '\(verb)'; known: nodes, job, drain, eligibility, audit, stats, jobs"
+            reply.message =
+                "unknown admin verb '\(verb)'; known: nodes, job, drain, eligibility, audit, stats, jobs, apikey-create, apikey-revoke, apikey-list"
             payload = try? reply.serializedData()
         }
         if let payload, let replyTo = message.replyTo {

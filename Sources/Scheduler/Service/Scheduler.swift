@@ -28,7 +28,7 @@ struct PendingAdmission: Sendable {
 /// assignments and cancels, writes its log records to the store, answers the waiters.
 ///
 /// Subjects: `hangar.submit.*`, `hangar.cancel.*`, `hangar.job.*`, `hangar.sandbox.*.*`, `hangar.node.*.result`,
-/// `hangar.admin.*` (queue group) and `hangar.node.*.heartbeat`. See `Subjects`.
+/// `hangar.admin.*`, `hangar.gateway.apikey` (queue group) and `hangar.node.*.heartbeat`. See `Subjects`.
 public actor Scheduler {
     let config: SchedulerConfig
     let nats: NATSConnection
@@ -90,6 +90,8 @@ public actor Scheduler {
     /// Set when a `ServiceGroup` shuts the scheduler down gracefully (not when its task is merely
     /// cancelled): its stream consumers then store what their streams still hold before it stops.
     nonisolated let stoppingGracefully = Atomic<Bool>(false)
+    /// Failed API key lookups audited one by one (see Scheduler+APIKeys.swift).
+    nonisolated let apiKeyAuditBudget = APIKeyAuditBudget()
 
     public init(config: SchedulerConfig, nats: NATSConnection, store: Store, logger: Logger) {
         self.config = config
@@ -132,12 +134,14 @@ public actor Scheduler {
         let sandboxRequests = try nats.subscribe(Subjects.sandboxWildcard, queueGroup: group)
         let sandboxDeaths = try control.subscribe(Subjects.sandboxDiedWildcard)
         let sandboxAudits = try control.subscribe(Subjects.sandboxAuditWildcard)
+        let apiKeyLookups = try nats.subscribe(Subjects.gatewayAPIKey, queueGroup: group)
         let jetStream = try nats.jetStream()
         self.jetStream = jetStream
         await ensureStreams(jetStream)
         defer {
             for subscription in [
                 submits, cancels, heartbeats, admin, tenantJobs, sandboxRequests, sandboxDeaths, sandboxAudits,
+                apiKeyLookups,
             ] {
                 subscription.unsubscribe()
             }
@@ -199,6 +203,11 @@ public actor Scheduler {
             }
             group.addTask {
                 for await message in sandboxAudits { await self.handleSandboxAudit(message) }
+            }
+            group.addTask {
+                await withDiscardingTaskGroup { inner in
+                    for await message in apiKeyLookups { inner.addTask { await self.handleAPIKeyLookup(message) } }
+                }
             }
             group.addTask { await self.publishSandboxEvents() }
             group.addTask {

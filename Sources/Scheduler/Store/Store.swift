@@ -149,6 +149,9 @@ public final class Store: Sendable {
         migrator.registerMigration("v6-sandboxes") { db in
             try SandboxWrite.createTable(db)
         }
+        migrator.registerMigration("v7-api-keys") { db in
+            try APIKeyWrite.createTable(db)
+        }
         return migrator
     }
 }
@@ -189,6 +192,8 @@ public enum StoreWrite: Sendable {
     case intake(StoredJob)
     /// A stateful sandbox's state change (table `sandboxes`, audited).
     case sandbox(SandboxWrite)
+    /// An E2B gateway API key was created or revoked (table `api_keys`, audited).
+    case apiKey(APIKeyWrite)
     /// Writes taken from a stream in one batch: one transaction, synced to disk before it returns
     /// (the stream messages are acknowledged, and so deleted, right after).
     case streamBatch([StoreWrite])
@@ -354,6 +359,8 @@ extension StoreWrite {
         case .streamBatch(let writes):
             for write in writes { try write.apply(db, audit: &head) }
         case .sandbox(let write):
+            try write.apply(db, audit: &head, now: now)
+        case .apiKey(let write):
             try write.apply(db, audit: &head, now: now)
         case .staleResult(let jobID, let attempt, let nodeID, let status):
             try AuditChain.append(

@@ -139,6 +139,7 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                     Subjects.submitWildcard, Subjects.cancelWildcard, Subjects.jobWildcard,
                     Subjects.heartbeatWildcard, "hangar.admin.>", inboxPrefix + ".>",
                     Subjects.sandboxWildcard, Subjects.sandboxDiedWildcard, Subjects.sandboxAuditWildcard,
+                    Subjects.gatewayAPIKey,
                 ]
             )
         case .operator:
