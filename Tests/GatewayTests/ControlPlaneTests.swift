@@ -121,7 +121,7 @@ struct ControlPlaneTests {
     }
 
     @Test(
-        "the real e2b SDK: Sandbox.create, get_info, set_timeout, list with metadata, connect, kill",
+        "the real e2b SDK, sync and async: create, get_info, set_timeout, list with metadata, connect, pause refused, kill",
         .enabled(if: ControlPlaneTests.python != nil)
     )
     func realSDK() async throws {
@@ -152,6 +152,19 @@ struct ControlPlaneTests {
                     assert s.kill() is True
                     assert Sandbox.kill(s.sandbox_id) is False
                     print("SDK OK", s.sandbox_id)
+
+                    import asyncio
+                    from e2b import AsyncSandbox
+                    async def main():
+                        a = await AsyncSandbox.create(metadata={"who": "async"})
+                        info = await a.get_info()
+                        assert info.metadata == {"who": "async"}, info
+                        await a.set_timeout(30)
+                        page = AsyncSandbox.list(query=SandboxQuery(metadata={"who": "async"}))
+                        assert [i.sandbox_id for i in await page.next_items()] == [a.sandbox_id]
+                        assert await a.kill() is True
+                        print("ASYNC OK", a.sandbox_id)
+                    asyncio.run(main())
                     """
                 let output = try await Self.runPython(
                     script,
@@ -160,7 +173,10 @@ struct ControlPlaneTests {
                         "E2B_API_KEY": keys.a,
                     ]
                 )
-                #expect(output.status == 0 && output.text.contains("SDK OK"), "\(output.text)")
+                #expect(
+                    output.status == 0 && output.text.contains("SDK OK") && output.text.contains("ASYNC OK"),
+                    "\(output.text)"
+                )
             }
         }
     }
