@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HangarGateway
 import HangarNATS
 import HangarNode
 import HangarScheduler
@@ -34,6 +35,8 @@ struct DevCommand: AsyncParsableCommand {
     @Option(name: .customLong("pool"), help: "A warm pool on every node, RUNTIME:TEMPLATE=MIN:MAX (repeatable).")
     var pools: [String] = []
     @OptionGroup var metrics: MetricsOptions
+    @Option(help: "Where the E2B gateway listens, HOST:PORT (port 0 picks a free one; saved in STATE/gateway-url).")
+    var gatewayListen: ListenAddress = ListenAddress(host: "127.0.0.1", port: 49982)
 
     func validate() throws {
         guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
@@ -55,7 +58,12 @@ struct DevCommand: AsyncParsableCommand {
         // Authorization on: every component logs in with its own credentials (STATE/auth/creds/).
         let auth = AuthDirectory(path: stateURL.appendingPathComponent("auth").path)
         let nodeIDs = (1...nodes).map { "dev-node-\($0)" }
-        try auth.prepareLocalCluster(nodes: nodeIDs, tenants: ["default"], operators: [AuthDefaults.operatorName])
+        try auth.prepareLocalCluster(
+            nodes: nodeIDs,
+            tenants: ["default"],
+            operators: [AuthDefaults.operatorName],
+            gateways: ["default"]
+        )
         let natsFolder = stateURL.appendingPathComponent("nats")
         let server = try await LocalNATSServer(
             directory: natsFolder,
@@ -106,6 +114,30 @@ struct DevCommand: AsyncParsableCommand {
                 )
             )
         }
+        // The E2B gateway, logged in as gateway `default`; its URL goes to STATE/gateway-url once it listens.
+        let gatewayConnection = try await connect("hangar-gateway", as: .gateway("default"))
+        connections.append(gatewayConnection)
+        let gatewayOptions = try GatewayOptions.parse(["--listen", "\(gatewayListen.host):\(gatewayListen.port)"])
+        let gateway = try gatewayOptions.makeGateway(
+            nats: gatewayConnection,
+            secretPath: stateURL.appendingPathComponent("gateway.secret").path,
+            logger: Logger(label: "hangar.gateway")
+        )
+        let apiKeyFile = stateURL.appendingPathComponent("e2b-api-key")
+        try await ensureDevAPIKey(file: apiKeyFile, store: store)
+        let gatewayURLFile = stateURL.appendingPathComponent("gateway-url")
+        try? FileManager.default.removeItem(at: gatewayURLFile)
+        defer { try? FileManager.default.removeItem(at: gatewayURLFile) }
+        let gatewayApp = gateway.application { port in
+            let url = "http://\(gatewayListen.host):\(port)"
+            try? (url + "\n").write(to: gatewayURLFile, atomically: true, encoding: .utf8)
+            let line = """
+                E2B gateway listening: export E2B_API_URL=\(url) E2B_SANDBOX_URL=\(url) \
+                E2B_API_KEY=$(cat \(apiKeyFile.path))
+
+                """
+            FileHandle.standardError.write(Data(line.utf8))
+        }
         let allAgents = agents
         let allConnections = connections
         let metricsServer = try await metrics.start {
@@ -123,6 +155,7 @@ struct DevCommand: AsyncParsableCommand {
               logins    \(auth.url.path)/creds/ (tenant-default, operator-\(AuthDefaults.operatorName), scheduler, nodes)
               database  \(dbPath)
               nodes     \(agents.map(\.config.nodeID).joined(separator: ", ")) with \(slots) slots each, runtimes \(runtimes)
+              E2B API   http://\(gatewayListen.host):\(gatewayListen.port == 0 ? "<free port>" : "\(gatewayListen.port)") (saved in \(gatewayURLFile.path)), API key in \(apiKeyFile.path)
             \(metricsLine)In another terminal (same folder):
               hangar run -- /usr/bin/python3 -c 'print(6*7)'
               hangar node status
@@ -159,6 +192,8 @@ struct DevCommand: AsyncParsableCommand {
                 failureTerminationBehavior: .ignore,
                 serviceName: "auth-audit"
             ),
+            // Last in, first out: the gateway stops taking calls before the nodes and scheduler stop.
+            .init(service: gatewayApp, serviceName: "gateway"),
         ]
         let outcome = await completion {
             try await runServiceGroup(
@@ -172,4 +207,32 @@ struct DevCommand: AsyncParsableCommand {
         for connection in connections { await connection.drain(timeout: .seconds(2)) }
         try outcome.get()
     }
+}
+
+/// The dev tenant's E2B API key: the one kept in `file` (mode 0600) from an earlier run, else a new one
+/// written there; its hash goes into the store for tenant `default` unless it is there already.
+func ensureDevAPIKey(file: URL, store: Store) async throws {
+    var key = (try? String(contentsOf: file, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+    if !key.hasPrefix(GatewayAPIKey.prefix) {
+        key = GatewayAPIKey.generate()
+        guard
+            FileManager.default.createFile(
+                atPath: file.path,
+                contents: Data((key + "\n").utf8),
+                attributes: [.posixPermissions: 0o600]
+            )
+        else { throw CLIError("cannot write the dev API key to \(file.path)") }
+    }
+    let hash = GatewayAPIKey.sha256(key)
+    if let stored = try await store.apiKey(hash: hash), stored.revokedAtMs == 0 { return }
+    if try await store.apiKey(hash: hash) != nil {
+        throw CLIError("the dev API key in \(file.path) was revoked; delete the file for a new one")
+    }
+    let created = StoredAPIKey(
+        hash: hash,
+        tenant: "default",
+        createdAtMs: unixMilliseconds(),
+        createdBy: "hangar dev"
+    )
+    try await store.write(.apiKey(.created(created)))
 }

@@ -120,7 +120,10 @@ final class CLICluster: Sendable {
     ) async throws -> CLICluster {
         let state = try makeTemporaryDirectory("hangar-cli-cluster")
         let process = try hangarProcess(
-            ["dev", "--state", state.path, "--nodes", String(nodes), "--log-level", "warning"]
+            [
+                "dev", "--state", state.path, "--nodes", String(nodes), "--log-level", "warning", "--gateway-listen",
+                "127.0.0.1:0",
+            ]
                 + (runtimes.map { ["--runtimes", $0] } ?? []) + extra,
             directory: state,
             binary: binary
