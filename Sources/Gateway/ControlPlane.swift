@@ -129,7 +129,11 @@ extension Gateway {
             env: env,
             metadata: metadata
         )
-        if let key = request.headers[Self.idempotencyKey], !key.isEmpty { options.requestID = key }
+        if let key = request.headers[Self.idempotencyKey], !key.isEmpty {
+            // The SDK allows keys of up to 255 characters, Hangar's request ids up to 128 bytes: a longer
+            // key is replaced by its hash (as unique, and the same on every retry).
+            options.requestID = key.utf8.count <= 128 ? key : "sha256-" + GatewayAPIKey.sha256(key)
+        }
         let sandbox = try await hangar.createSandbox(options)
         return try Self.json(
             created(sandbox.id, tenant: hangar.tenant, templateID: templateID, nodeID: sandbox.nodeID),
