@@ -407,6 +407,14 @@ struct ControlPlaneTests {
         try await client.execute(uri: "/v2/sandboxes?metadata=\(filter)", method: .get, headers: a) { response in
             #expect(String(buffer: response.body) == "[]")
         }
+        // The audit trail says the gateway acted for the tenant: each create, timeout and kill.
+        try await cluster.scheduler.store.flush()
+        let calls = try await cluster.scheduler.store.auditEvents().filter { $0.event == "gateway.sandbox_call" }
+        #expect(calls.allSatisfy { $0.actor == "gateway:gw" })
+        for id in ids {
+            #expect(calls.contains { $0.detail == "for tenant a: kill of sandbox \(id)" })
+        }
+        #expect(calls.contains { $0.detail.hasPrefix("for tenant a: create") })
     }
 
     // MARK: Helpers

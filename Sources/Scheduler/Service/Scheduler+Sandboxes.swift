@@ -83,6 +83,7 @@ extension Scheduler {
             switch verb {
             case .create:
                 let request = try Hangar_V1_SandboxCreateRequest(serializedBytes: payload, options: Self.decoding)
+                auditGatewayCall(replyTo, tenant: tenant, "create (request id '\(request.requestID.prefix(128))')")
                 await createSandbox(request, tenant: tenant, replyTo: replyTo)
             case .get:
                 let request = try Hangar_V1_SandboxGetRequest(serializedBytes: payload, options: Self.decoding)
@@ -93,9 +94,11 @@ extension Scheduler {
                 if let replyTo, let data = try? reply.serializedData() { try? nats.publish(replyTo, payload: data) }
             case .timeout:
                 let request = try Hangar_V1_SandboxSetTimeoutRequest(serializedBytes: payload, options: Self.decoding)
+                auditGatewayCall(replyTo, tenant: tenant, "timeout of sandbox \(request.sandboxID.prefix(64))")
                 answer(replyTo, await setSandboxTimeout(request, tenant: tenant))
             case .kill:
                 let request = try Hangar_V1_SandboxKillRequest(serializedBytes: payload, options: Self.decoding)
+                auditGatewayCall(replyTo, tenant: tenant, "kill of sandbox \(request.sandboxID.prefix(64))")
                 if let reply = await killSandbox(request.sandboxID, tenant: tenant, replyTo: replyTo) {
                     answer(replyTo, reply)
                 }
@@ -361,6 +364,22 @@ extension Scheduler {
             return notFound(id, tenant: tenant, verb: verb, owner: stored?.tenant)
         }
         return .with { $0.info = stored.info }
+    }
+
+    /// A create, timeout or kill an E2B gateway sent for `tenant` (its answer goes to a gateway's inbox):
+    /// audited as `gateway.sandbox_call`, actor `gateway:<name>`, so the trail says the gateway acted
+    /// for the tenant (the sandbox's own events name the tenant).
+    nonisolated func auditGatewayCall(_ replyTo: String?, tenant: String, _ what: String) {
+        guard let gateway = Principal.gatewayName(ofReplySubject: replyTo) else { return }
+        store.enqueue(
+            .audit(
+                actor: "gateway:\(gateway)",
+                event: "gateway.sandbox_call",
+                jobID: nil,
+                detail: "for tenant \(tenant): \(what)"
+            ),
+            onError: { [logger] error in logger.error("could not audit", metadata: ["error": "\(error)"]) }
+        )
     }
 
     /// NOT_FOUND, and when the sandbox is another tenant's, a warning and an `access.denied` audit.

@@ -82,6 +82,15 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The gateway whose inbox `replySubject` is (`_INBOX.g.<name>.…`), if it is one: the gateway that
+    /// sent a request for a tenant, for the audit trail.
+    public static func gatewayName(ofReplySubject replySubject: String?) -> String? {
+        guard let replySubject, replySubject.hasPrefix("_INBOX.g."),
+            let name = Subjects.token(replySubject, at: 2), Subjects.isValidToken(name)
+        else { return nil }
+        return String(name)
+    }
+
     /// The subjects this principal may publish on and subscribe to.
     public var permissions: Permissions {
         switch self {
