@@ -29,7 +29,12 @@ struct CellRun: Sendable {
         case event(TimedCodeEvent)
         case failure(any Error)
         case keepalive
+        /// Time to write output held back for the rest of its line.
+        case flush
     }
+
+    /// How long a chunk of output without its line's end waits for the rest.
+    static let lineWait = Duration.milliseconds(50)
 
     /// How long the answer waits for the cell's first event before it commits to 200 and streams
     /// (a cell that cannot run fails at once: no such context; a silent cell sends nothing for long).
@@ -190,33 +195,73 @@ struct StartedCell: Sendable {
         defer { keepalive.cancel() }
         var sawError = false
         var done = false
+        // Output is written a line at a time, as Jupyter's kernel sends `print('hi')` (one "hi\n",
+        // where Hangar's kernel reads "hi" and "\n"): a chunk without its line's end waits for the rest
+        // (at most ``CellRun/lineWait``, or until anything else comes).
+        var pending: (stream: String, text: String, time: Date)?
         do {
             for await line in lines {
                 var text = ""
+                if let held = pending {
+                    var flush = true
+                    if case .event(let timed) = line {
+                        switch timed.event {
+                        case .stdout, .stderr: flush = false
+                        default: break
+                        }
+                    }
+                    if case .keepalive = line { flush = false }
+                    if flush {
+                        text = CodeLines.output(held.stream, held.text, at: held.time)
+                        pending = nil
+                    }
+                }
                 switch line {
-                case .keepalive: text = "{\"type\": \"keepalive\"}\n"
+                case .keepalive: text += "{\"type\": \"keepalive\"}\n"
+                case .flush: break
                 case .failure(let error):
                     // E2B's server ends a cell it lost track of this way.
-                    text = CodeLines.error(
+                    text += CodeLines.error(
                         name: "UnexpectedEndOfExecution",
                         value: GatewayError.from(error).message,
                         traceback: ""
                     )
                 case .event(let timed):
                     switch timed.event {
-                    case .stdout(let chunk): text = CodeLines.output("stdout", chunk, at: timed.timestamp ?? Date())
-                    case .stderr(let chunk): text = CodeLines.output("stderr", chunk, at: timed.timestamp ?? Date())
-                    case .result(let result): text = CodeLines.result(result)
+                    case .stdout(let chunk), .stderr(let chunk):
+                        let stream = if case .stdout = timed.event { "stdout" } else { "stderr" }
+                        if let held = pending, held.stream != stream {
+                            text += CodeLines.output(held.stream, held.text, at: held.time)
+                            pending = nil
+                        }
+                        let joined = (pending?.text ?? "") + chunk
+                        let time = pending?.time ?? timed.timestamp ?? Date()
+                        if joined.hasSuffix("\n") {
+                            text += CodeLines.output(stream, joined, at: time)
+                            pending = nil
+                        } else {
+                            if pending == nil {
+                                Task {
+                                    try? await Task.sleep(for: CellRun.lineWait)
+                                    output.yield(.flush)
+                                }
+                            }
+                            pending = (stream, joined, time)
+                        }
+                    case .result(let result): text += CodeLines.result(result)
                     case .error(let error):
                         sawError = true
-                        text = CodeLines.error(name: error.name, value: error.value, traceback: error.traceback)
+                        text += CodeLines.error(name: error.name, value: error.value, traceback: error.traceback)
                     case .done(let cell):
                         done = true
-                        if !sawError, let error = CodeLines.endError(cell) { text = error }
+                        if !sawError, let error = CodeLines.endError(cell) { text += error }
                         text += "{\"type\": \"number_of_executions\", \"execution_count\": \(cell.executionCount)}\n"
                     }
                 }
-                try await writer.write(ByteBuffer(string: text))
+                if !text.isEmpty { try await writer.write(ByteBuffer(string: text)) }
+            }
+            if let held = pending {
+                try await writer.write(ByteBuffer(string: CodeLines.output(held.stream, held.text, at: held.time)))
             }
             try await writer.write(ByteBuffer(string: "{\"type\": \"end_of_execution\"}\n"))
             try await writer.finish(nil)

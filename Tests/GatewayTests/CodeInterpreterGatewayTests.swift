@@ -73,7 +73,8 @@ struct CodeInterpreterGatewayTests {
                 ["code": "import sys\nprint('hello')\nprint('oops', file=sys.stderr)\n'text'"]
             )
             let stdout = printed.lines.filter { $0["type"] as? String == "stdout" }
-            #expect(stdout.map { $0["text"] as? String ?? "" }.joined() == "hello\n", "\(printed.lines)")
+            // One line per printed line, as Jupyter sends it (Hangar's kernel reads "hello" and "\n").
+            #expect(stdout.map { $0["text"] as? String ?? "" } == ["hello\n"], "\(printed.lines)")
             #expect(
                 printed.lines.contains {
                     $0["type"] as? String == "stderr" && ($0["text"] as? String ?? "").contains("oops")
@@ -82,6 +83,18 @@ struct CodeInterpreterGatewayTests {
             let stamp = try #require(stdout.first?["timestamp"] as? String)
             #expect(stamp.hasSuffix("+00:00") && stamp.count == 32, "\(stamp)")
             #expect(printed.mainText == "text")
+
+            // Any text survives the ASCII-only JSON lines.
+            let unicode = try await api.execute(client, ["code": "print('h\u{e9}llo \u{2028} \u{1F600}')"])
+            #expect(
+                unicode.lines.first { $0["type"] as? String == "stdout" }?["text"] as? String
+                    == "h\u{e9}llo \u{2028} \u{1F600}\n"
+            )
+            #expect(!unicode.text.contains("\u{2028}"))
+
+            // Hangar's own `timeout` (seconds) interrupts the cell and keeps the context.
+            let interrupted = try await api.execute(client, ["code": "import time\ntime.sleep(30)", "timeout": 0.5])
+            #expect(interrupted.error?["name"] as? String == "KeyboardInterrupt", "\(interrupted.lines)")
 
             // A matplotlib figure arrives as a png result (not the main result).
             let chart = try await api.execute(
@@ -162,6 +175,25 @@ struct CodeInterpreterGatewayTests {
             #expect(gone.status == .notFound && gone.text == "Context \(id) not found")
             #expect(try await api.call(client, "/contexts/\(id)", .delete).status == .notFound)
             #expect(try await api.call(client, "/contexts/\(id)/restart", .post).status == .notFound)
+
+            // A cell whose interpreter dies is reported; the next cell restarts the context (as Jupyter
+            // restarts a dead kernel).
+            let fragile = try #require(
+                try await api.call(client, "/contexts", .post, body: "{}").json as? [String: Any]
+            )
+            let fragileID = try #require(fragile["id"] as? String)
+            let died = try await api.execute(client, ["code": "import os\nos._exit(3)", "context_id": fragileID])
+            #expect(died.status == .ok && died.error?["name"] as? String == "InterpreterDied", "\(died.lines)")
+            #expect(try await api.execute(client, ["code": "6 * 7", "context_id": fragileID]).mainText == "42")
+
+            // Two cells at once in one context: the second waits for the first (E2B queues them too).
+            async let slow = api.execute(client, ["code": "import time\ntime.sleep(1.5)\n'slow'"])
+            async let quick = api.execute(client, ["code": "'quick'"])
+            let (slowAnswer, quickAnswer) = try await (slow, quick)
+            #expect(
+                slowAnswer.mainText == "slow" && quickAnswer.mainText == "quick",
+                "\(slowAnswer.lines) \(quickAnswer.lines)"
+            )
 
             // Tokens: none, another sandbox's, the envd token (X-Access-Token) also admits.
             #expect(
