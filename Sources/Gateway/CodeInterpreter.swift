@@ -34,8 +34,9 @@ struct CodeInterpreterAPI: Sendable {
     /// SDK enforces its own timeout by closing the connection, which interrupts the cell).
     static let defaultCellTimeout = Duration.seconds(86_400)
     /// How often a silent cell's stream gets a `{"type": "keepalive"}` line (E2B's server sends one
-    /// every 5 s too): writing is how a vanished client is noticed.
-    static let keepaliveInterval = Duration.seconds(5)
+    /// every 5 s; the SDK skips them): writing is how a vanished client is noticed, so a cell whose
+    /// client timed out is interrupted within a few seconds and the next cell need not wait long.
+    static let keepaliveInterval = Duration.seconds(1)
     /// The largest request body read.
     static let maxBodyBytes = 2 << 20
     /// E2B's default working directory of a context.
