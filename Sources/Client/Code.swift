@@ -65,6 +65,16 @@ public enum CodeEvent: Sendable, Equatable {
     case done(CellDone)
 }
 
+/// An event of a running cell and, for what it wrote, when the kernel read it
+/// (``Sandbox/runCodeTimedStream(_:context:language:timeout:)``).
+public struct TimedCodeEvent: Sendable, Equatable {
+    /// The event.
+    public var event: CodeEvent
+    /// When the kernel read a ``CodeEvent/stdout(_:)`` or ``CodeEvent/stderr(_:)`` chunk; nil for
+    /// the other events.
+    public var timestamp: Date?
+}
+
 /// What one cell did (``Sandbox/runCode(_:context:language:timeout:)``).
 public struct Execution: Sendable, Equatable {
     /// Everything it wrote to standard output.
@@ -151,6 +161,30 @@ extension Sandbox {
         language: String = "python",
         timeout: Duration? = nil
     ) -> AsyncThrowingStream<CodeEvent, any Error> {
+        codeEvents(code, context: context, language: language, timeout: timeout) { event, _ in event }
+    }
+
+    /// Runs a cell as ``runCodeStream(_:context:language:timeout:)`` does, each event with the time
+    /// the kernel read it (stdout and stderr chunks; nil for the other events).
+    public func runCodeTimedStream(
+        _ code: String,
+        context: String? = nil,
+        language: String = "python",
+        timeout: Duration? = nil
+    ) -> AsyncThrowingStream<TimedCodeEvent, any Error> {
+        codeEvents(code, context: context, language: language, timeout: timeout) {
+            TimedCodeEvent(event: $0, timestamp: $1)
+        }
+    }
+
+    /// The events of one cell, each made by `make` from the event and its time (output chunks only).
+    private func codeEvents<Event: Sendable>(
+        _ code: String,
+        context: String?,
+        language: String,
+        timeout: Duration?,
+        _ make: @escaping @Sendable (CodeEvent, Date?) -> Event
+    ) -> AsyncThrowingStream<Event, any Error> {
         var request = Hangar_V1_CodeRunRequest()
         request.contextID = context ?? ""
         request.language = language
@@ -168,15 +202,15 @@ extension Sandbox {
                         let event = try Hangar_V1_CodeRunEvent(serializedBytes: payload)
                         switch event.kind {
                         case .stream(let stream):
-                            continuation.yield(stream.stderr ? .stderr(stream.text) : .stdout(stream.text))
+                            let time = Date(timeIntervalSince1970: Double(stream.timestampMs) / 1000)
+                            continuation.yield(make(stream.stderr ? .stderr(stream.text) : .stdout(stream.text), time))
                         case .result(let result):
-                            continuation.yield(.result(CodeResult(main: result.main, data: result.data)))
+                            continuation.yield(make(.result(CodeResult(main: result.main, data: result.data)), nil))
                         case .error(let error):
-                            continuation.yield(
-                                .error(CodeError(name: error.name, value: error.value, traceback: error.traceback))
-                            )
+                            let error = CodeError(name: error.name, value: error.value, traceback: error.traceback)
+                            continuation.yield(make(.error(error), nil))
                         case .done(let done):
-                            continuation.yield(.done(CellDone(done)))
+                            continuation.yield(make(.done(CellDone(done)), nil))
                             continuation.finish()
                             return
                         case .failure(let failure): throw await self.nodeError(failure)

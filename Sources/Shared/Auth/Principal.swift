@@ -160,10 +160,12 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
             )
         case .gateway:
             // Any tenant's sandbox control verbs and data plane (never jobs, nodes or admin), the
-            // scheduler's API-key lookup, and answers in its own inbox only.
+            // scheduler's API-key lookup, and answers in its own inbox only; sandboxes' live lifecycle
+            // events, which the client library watches while a command or cell streams (so a stream
+            // ends when its sandbox does).
             Permissions(
                 publish: [Subjects.sandboxWildcard, "hangar.sbx.*.*.>", Subjects.gatewayAPIKey],
-                subscribe: [inboxPrefix + ".>"]
+                subscribe: [inboxPrefix + ".>", Subjects.sandboxEventsWildcard]
             )
         case .system:
             // Lives in the system account, which none of the others can reach: reads server events only.
