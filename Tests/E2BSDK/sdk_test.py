@@ -145,6 +145,24 @@ def sync_run_code():
         check(failed.error is not None and failed.error.name == "ZeroDivisionError", f"error {failed.error}")
         check("ZeroDivisionError" in failed.error.traceback, "traceback")
         check(sbx.run_code("x").text == "41", "the context survives an exception")
+        frame = sbx.run_code("import pandas as pd\npd.DataFrame({'a': [1, 2]})")
+        check("<table" in (frame.results[0].html or "") and frame.results[0].text, f"DataFrame {frame.results}")
+        ctx = sbx.create_code_context(cwd="/tmp")
+        check(sbx.run_code("import os; os.getcwd()", context=ctx).text == "/tmp", "a context's cwd")
+        check(any(c.id == ctx.id for c in sbx.list_code_contexts()), "list_code_contexts")
+        sbx.restart_code_context(ctx)
+        sbx.remove_code_context(ctx)
+        try:
+            sbx.run_code("1", context=ctx)
+            raise AssertionError("a removed context did not raise NotFoundException")
+        except e2b.NotFoundException:
+            pass
+        try:
+            sbx.run_code("import time; time.sleep(60)", timeout=2)
+            raise AssertionError("a cell past its timeout did not raise TimeoutException")
+        except e2b.TimeoutException:
+            pass
+        check(sbx.run_code("x").text == "41", "the context keeps its state after a timed-out cell")
 
 
 # ---------------------------------------------------------------- async client
@@ -182,6 +200,9 @@ async def async_all():
         check((await code.run_code("y * 7")).text == "42", "async run_code state")
         failed = await code.run_code("raise ValueError('boom')")
         check(failed.error and failed.error.name == "ValueError" and failed.error.value == "boom", "async error")
+        lines = []
+        await code.run_code("print('streamed')", on_stdout=lambda m: lines.append(m.line))
+        check(lines == ["streamed\n"], f"async on_stdout {lines}")
     finally:
         await code.kill()
 
