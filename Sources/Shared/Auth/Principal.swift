@@ -150,10 +150,12 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
             )
         case .gateway:
             // Any tenant's sandbox control verbs and data plane (never jobs, nodes or admin), the
-            // scheduler's API-key lookup, and answers in its own inbox only.
+            // scheduler's API-key lookup, answers in its own inbox only, and sandboxes' lifecycle
+            // events (a data-plane stream of the Hangar client watches its sandbox's, to end when
+            // the sandbox does).
             Permissions(
                 publish: [Subjects.sandboxWildcard, "hangar.sbx.*.*.>", Subjects.gatewayAPIKey],
-                subscribe: [inboxPrefix + ".>"]
+                subscribe: [inboxPrefix + ".>", Subjects.sandboxEventsWildcard]
             )
         case .system:
             // Lives in the system account, which none of the others can reach: reads server events only.
