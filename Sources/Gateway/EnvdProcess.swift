@@ -69,7 +69,7 @@ extension Gateway {
             await Self.envdUnary(request, context, authority, Process_ListRequest.self) { sandbox, _ in
                 let processes = try await sandbox.commands.list()
                 return Process_ListResponse.with {
-                    $0.processes = processes.map { process in
+                    $0.processes = processes.filter { !EnvdWatchers.isWatcher($0.argv) }.map { process in
                         Process_ProcessInfo.with {
                             $0.pid = process.pid
                             $0.config.cmd = process.argv.first ?? ""
@@ -204,9 +204,18 @@ struct EnvdUser {
 
 /// How envd's process calls map onto Hangar's background commands.
 enum EnvdProcesses {
-    /// The default interval of keepalive events when the client names none
-    /// (`Keepalive-Ping-Interval`, seconds).
-    static let defaultKeepalive: Duration = .seconds(50)
+    /// The longest interval between keepalive events. The client names its own
+    /// (`Keepalive-Ping-Interval`, seconds; the SDK asks for 50): the gateway sends them at most
+    /// this far apart anyway, because a write is how it learns that a client went away (and stops
+    /// attaching to the command, or the watcher it started for WatchDir).
+    static let maxKeepalive = 10
+
+    /// The keepalive interval of a streaming call.
+    static func keepalive(_ request: Request) -> Duration {
+        let asked = request.headers[keepaliveHeader].flatMap { Int($0) } ?? maxKeepalive
+        return .seconds(max(1, min(asked, maxKeepalive)))
+    }
+
     static let keepaliveHeader = HTTPField.Name("Keepalive-Ping-Interval")!
 
     /// The pid a selector names (tags are not kept: not found).
@@ -259,9 +268,7 @@ enum EnvdProcesses {
     ) async throws {
         let offset: UInt64 = fromNow ? .max : 0
         let events = sandbox.commands.attach(pid: pid, stdoutOffset: offset, stderrOffset: offset)
-        let keepalive =
-            request.headers[keepaliveHeader].flatMap { Int($0) }.map { Duration.seconds(max(1, min($0, 3600))) }
-            ?? defaultKeepalive
+        let keepalive = keepalive(request)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 var started = announced

@@ -8,7 +8,9 @@ import Testing
 /// envd's filesystem service and `/files` through the gateway, against a real cluster.
 @Suite("Gateway envd: filesystem.Filesystem and /files on a real sandbox", .serialized, .enabled(if: geteuid() == 0))
 struct EnvdFilesystemTests {
-    @Test("Stat, ListDir with depth, MakeDir (twice: already_exists), Move, Remove; not found; a wrong token")
+    @Test(
+        "Stat, ListDir with depth, MakeDir (twice: already_exists), Move, Remove; a watcher's events; not found; a wrong token"
+    )
     func filesystem() async throws {
         try await EnvdHarness.with { env in
             try await env.sandbox.files.makeDirectory("/home/user/tree/inner")
@@ -66,13 +68,41 @@ struct EnvdFilesystemTests {
             #expect(removed.status == 200, "\(removed.text)")
             #expect(try await !env.sandbox.files.exists("/home/user/tree"))
 
-            // Not found, a wrong token, and a watcher (not served yet).
+            // A watcher: CreateWatcher, then what changed comes with GetWatcherEvents (each event
+            // once), until RemoveWatcher; watchers are not among List's processes.
+            let created = try await env.unary("filesystem.Filesystem/CreateWatcher", "{\"path\":\"/home/user/new\"}")
+            #expect(created.status == 200, "\(created.text)")
+            let watcherID = try Filesystem_CreateWatcherResponse(jsonUTF8Data: created.body).watcherID
+            try await env.sandbox.files.write("/home/user/new/seen.txt", "seen")
+            var seen: [Filesystem_FilesystemEvent] = []
+            try await waitUntil("the watcher reports the new file", within: .seconds(10)) {
+                let answer = try await env.unary(
+                    "filesystem.Filesystem/GetWatcherEvents",
+                    "{\"watcherId\":\"\(watcherID)\"}"
+                )
+                seen += try Filesystem_GetWatcherEventsResponse(jsonUTF8Data: answer.body).events
+                return seen.contains { $0.name == "seen.txt" && $0.type == .create }
+            }
+            let processes = try Process_ListResponse(
+                jsonUTF8Data: try await env.unary("process.Process/List", "{}").body
+            ).processes
+            #expect(!processes.contains { $0.config.args.contains("hangar-watch") }, "\(processes)")
+            let removedWatcher = try await env.unary(
+                "filesystem.Filesystem/RemoveWatcher",
+                "{\"watcherId\":\"\(watcherID)\"}"
+            )
+            #expect(removedWatcher.status == 200, "\(removedWatcher.text)")
+            let gone = try await env.unary("filesystem.Filesystem/GetWatcherEvents", "{\"watcherId\":\"\(watcherID)\"}")
+            #expect(gone.status == 404, "\(gone.text)")
+            try await waitUntil("the watcher's process is gone", within: .seconds(10)) {
+                try await !env.sandbox.commands.list().contains { $0.argv.contains("hangar-watch") }
+            }
+
+            // Not found and a wrong token.
             let missing = try await env.unary("filesystem.Filesystem/Stat", "{\"path\":\"/home/user/nothing\"}")
             #expect(missing.status == 404 && missing.json["code"] as? String == "not_found", "\(missing.text)")
             let wrong = try await env.unary("filesystem.Filesystem/Stat", "{\"path\":\"/\"}", token: "nope")
             #expect(wrong.status == 401)
-            let watcher = try await env.unary("filesystem.Filesystem/CreateWatcher", "{\"path\":\"/home/user\"}")
-            #expect(watcher.json["code"] as? String == "unimplemented")
         }
     }
 
