@@ -148,6 +148,106 @@ public struct Commands: Sendable {
         }
     }
 
+    /// Starts `argv` in the background (as ``run(_:env:cwd:user:stdin:timeout:)``, `timeout` nil for
+    /// none) and returns its pid once it runs: it goes on without this client, its output is kept by
+    /// the node (the last MiB of each stream) for ``attach(pid:stdoutOffset:stderrOffset:)``. With
+    /// `keepStdin` its stdin stays open after `stdin` for ``writeStdin(pid:_:close:)``.
+    public func start(
+        _ argv: [String],
+        env: [String: String] = [:],
+        cwd: String? = nil,
+        user: String = "user",
+        stdin: Data? = nil,
+        keepStdin: Bool = false,
+        timeout: Duration? = nil
+    ) async throws -> UInt32 {
+        guard !argv.isEmpty else { throw HangarClientError(.invalidArgument, "a command needs at least argv[0]") }
+        var request = Hangar_V1_SandboxExecRequest()
+        request.argv = argv
+        request.env = env
+        request.cwd = cwd ?? ""
+        request.user = user
+        request.stdin = stdin ?? Data()
+        request.keepStdin = keepStdin
+        request.background = true
+        guard request.stdin.count <= 1 << 20 else {
+            throw HangarClientError(.invalidArgument, "stdin is over 1 MiB (\(request.stdin.count) bytes)")
+        }
+        if let timeout { request.timeoutMs = try milliseconds(timeout, what: "a command's timeout") }
+        let events = sandbox.stream("exec", request, within: sandbox.hangar.timeouts.operation)
+        for try await payload in events {
+            let event = try Hangar_V1_SandboxExecEvent(serializedBytes: payload)
+            switch event.kind {
+            case .started(let started): return started.pid
+            case .error(let error): throw await sandbox.nodeError(error)
+            case .agentError(let error): throw HangarClientError(error, about: "the command \(argv[0])")
+            default: continue
+            }
+        }
+        throw HangarClientError(.badReply, "the node ended the answer to a background exec before it started")
+    }
+
+    /// The output of the background command `pid` from the offsets given (what the node still
+    /// keeps of it: 0, 0 for all of it), then as it comes, then `.exited` (at once if it has ended).
+    /// The stream throws `.notFound` if the sandbox holds no such command.
+    public func attach(
+        pid: UInt32,
+        stdoutOffset: UInt64 = 0,
+        stderrOffset: UInt64 = 0
+    ) -> AsyncThrowingStream<CommandOutput, any Error> {
+        let sandbox = self.sandbox
+        var request = Hangar_V1_SandboxAttachRequest()
+        (request.pid, request.stdoutOffset, request.stderrOffset) = (pid, stdoutOffset, stderrOffset)
+        // A background command may run for as long as its sandbox does.
+        let events = sandbox.stream("attach", request, within: .seconds(365 * 24 * 3600))
+        return AsyncThrowingStream { continuation in
+            let task = Task {
+                do {
+                    for try await payload in events {
+                        let event = try Hangar_V1_SandboxExecEvent(serializedBytes: payload)
+                        switch event.kind {
+                        case .started(let started): continuation.yield(.started(pid: started.pid))
+                        case .output(let output):
+                            continuation.yield(output.stream == .stderr ? .stderr(output.data) : .stdout(output.data))
+                        case .exited(let exited):
+                            let exit = CommandExit(
+                                exitCode: exited.exitCode,
+                                signal: exited.signal,
+                                timedOut: exited.timedOut
+                            )
+                            continuation.yield(.exited(exit))
+                            continuation.finish()
+                            return
+                        case .error(let error):
+                            if error.code == .sandboxInvalidRequest {
+                                throw HangarClientError(.notFound, error.message, code: "NOT_FOUND")
+                            }
+                            throw await sandbox.nodeError(error)
+                        case .agentError(let error):
+                            throw HangarClientError(error, about: "pid \(pid)")
+                        case nil:
+                            continue
+                        }
+                    }
+                    throw HangarClientError(.badReply, "the command's output ended before it exited")
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+
+    /// Writes `data` (at most 1 MiB) to the stdin of the command `pid` (started with `keepStdin`),
+    /// and closes its stdin after it when `close`.
+    public func writeStdin(pid: UInt32, _ data: Data, close: Bool = false) async throws {
+        var request = Hangar_V1_SandboxOpRequest()
+        request.stdin.pid = pid
+        request.stdin.data = data
+        request.stdin.close = close
+        _ = try await sandbox.operation("stdin", request, about: "the stdin of pid \(pid)")
+    }
+
     /// The commands running in the sandbox (those started by exec, and code contexts' kernels).
     public func list() async throws -> [SandboxProcess] {
         var request = Hangar_V1_SandboxOpRequest()

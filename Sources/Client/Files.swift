@@ -68,6 +68,35 @@ public struct Files: Sendable {
         }
     }
 
+    /// Reads at most `length` bytes (at most ``chunkBytes``) of the file at `path` from `offset`;
+    /// `eof` when the read reached the end of the file.
+    public func read(
+        _ path: String,
+        offset: UInt64,
+        length: Int = Files.chunkBytes
+    ) async throws -> (
+        data: Data, eof: Bool
+    ) {
+        var request = Hangar_V1_SandboxOpRequest()
+        request.read.path = path
+        request.read.offset = offset
+        request.read.length = UInt64(max(1, min(length, Self.chunkBytes)))
+        let reply = try await sandbox.operation("files.read", request, about: path)
+        return (reply.data.data, reply.data.eof || reply.data.data.isEmpty)
+    }
+
+    /// Appends `data` (at most ``chunkBytes``) to the file at `path`.
+    public func append(_ path: String, _ data: Data) async throws {
+        guard data.count <= Self.chunkBytes else {
+            throw HangarClientError(.invalidArgument, "an append carries at most \(Self.chunkBytes) bytes")
+        }
+        var request = Hangar_V1_SandboxOpRequest()
+        request.write.path = path
+        request.write.data = data
+        request.write.append = true
+        _ = try await sandbox.operation("files.write", request, about: path)
+    }
+
     /// Writes `data` to `path` (its directory must exist): the first MiB replaces the file
     /// atomically, the rest is appended a MiB at a time. `mode` is its permission bits (0644 when nil).
     public func write(_ path: String, _ data: Data, mode: UInt32? = nil) async throws {

@@ -119,13 +119,15 @@ public enum ConnectRPC {
 
     /// A server-streaming call: decodes `Input`, then streams what `handle` sends, ending with the
     /// end-of-stream envelope (carrying `handle`'s error, if it threw). A client that goes away ends
-    /// `handle` (its `send` throws).
+    /// `handle` (its `send` throws). `send` may be called from tasks of `handle`'s own (keepalives).
     public static func serverStream<Input: SwiftProtobuf.Message, Output: SwiftProtobuf.Message>(
         _ request: Request,
         context: GatewayContext,
         _ input: Input.Type,
         _ output: Output.Type,
-        _ handle: @escaping @Sendable (Input, _ send: @Sendable (Output) async throws -> Void) async throws -> Void
+        _ handle:
+            @escaping @Sendable (Input, _ send: @escaping @Sendable (Output) async throws -> Void) async throws ->
+            Void
     ) async -> Response {
         let json: Bool
         let message: Input

@@ -15,7 +15,7 @@ extension NodeAgent {
     /// The verbs that take a `SandboxOpRequest`, each with the op it must hold.
     static let sandboxOperationVerbs = [
         "files.read", "files.write", "files.list", "files.stat", "files.mkdir", "files.remove", "files.rename",
-        "signal", "ps",
+        "signal", "ps", "stdin",
     ]
 
     /// Where the node may answer: only a tenant's own inbox when the cluster runs authorization (the
@@ -90,7 +90,7 @@ extension NodeAgent {
         command.env = target.environment.merging(request.env) { _, own in own }
         command.cwd = request.cwd
         command.user = request.user
-        command.stdin = !request.stdin.isEmpty
+        command.stdin = !request.stdin.isEmpty || request.keepStdin
         command.timeoutMs = UInt64(request.timeoutMs)
         command.background = request.background
         if request.background, await !target.background.roomToStart {
@@ -114,14 +114,16 @@ extension NodeAgent {
             for try await event in target.agent.exec(command) {
                 switch event.kind {
                 case .started(let started):
-                    send(Hangar_V1_SandboxExecEvent.with { $0.started = started }, to: replyTo)
+                    // Registered before the requester hears the pid, so that an attach right after
+                    // `started` finds the command.
                     if request.background {
                         pid = started.pid
                         await target.background.begin(started.pid)
                     }
-                    if command.stdin {
+                    send(Hangar_V1_SandboxExecEvent.with { $0.started = started }, to: replyTo)
+                    if !request.stdin.isEmpty {
                         // The command may end without reading it all; its exit still comes.
-                        try? await target.agent.stdin(pid: started.pid, request.stdin, close: true)
+                        try? await target.agent.stdin(pid: started.pid, request.stdin, close: !request.keepStdin)
                     }
                 case .output(let output):
                     if let pid {
@@ -301,6 +303,12 @@ extension NodeAgent {
                 "a write carries at most \(Self.dataChunkBytes) bytes (this one \(write.data.count)); write the rest with append"
             )
         }
+        if case .stdin(let input) = op, input.data.count > Self.dataChunkBytes {
+            return failure(
+                .sandboxInvalidRequest,
+                "stdin carries at most \(Self.dataChunkBytes) bytes per message (this one \(input.data.count))"
+            )
+        }
         let (operation, expected): (Hangar_V1_AgentRequest.OneOf_Op, String) =
             switch op {
             case .read(let read): (.readFile(Self.bounded(read)), "files.read")
@@ -312,6 +320,7 @@ extension NodeAgent {
             case .rename(let rename): (.rename(rename), "files.rename")
             case .signal(let signal): (.signal(signal), "signal")
             case .ps(let ps): (.listProcesses(ps), "ps")
+            case .stdin(let input): (.stdin(input), "stdin")
             }
         guard expected == verb else {
             return failure(

@@ -978,6 +978,10 @@ public nonisolated struct Hangar_V1_SandboxExecRequest: Sendable {
   /// to whoever attaches (`attach`), from any client of the tenant.
   public var background: Bool = false
 
+  /// Keep the command's stdin open after `stdin` (if any) is written: more comes with the `stdin`
+  /// verb, which also closes it. Without it, stdin is closed once `stdin` is written.
+  public var keepStdin: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1075,7 +1079,7 @@ public nonisolated struct Hangar_V1_SandboxExecEvent: Sendable {
 }
 
 /// hangar.sbx.<node>.<tenant>.<sandbox>.<verb> for files.read, files.write, files.list, files.stat,
-/// files.mkdir, files.remove, files.rename, signal and ps: one request, one SandboxOpReply. The op
+/// files.mkdir, files.remove, files.rename, signal, ps and stdin: one request, one SandboxOpReply. The op
 /// must be the verb's (read for files.read, ..., signal for signal, ps for ps). A read returns at
 /// most 1 MiB from its offset; a write carries at most 1 MiB (write larger files with `append`).
 public nonisolated struct Hangar_V1_SandboxOpRequest: Sendable {
@@ -1158,6 +1162,15 @@ public nonisolated struct Hangar_V1_SandboxOpRequest: Sendable {
     set {op = .ps(newValue)}
   }
 
+  /// to a command started by exec with keep_stdin (at most 1 MiB)
+  public var stdin: Hangar_V1_AgentStdin {
+    get {
+      if case .stdin(let v)? = op {return v}
+      return Hangar_V1_AgentStdin()
+    }
+    set {op = .stdin(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Op: Equatable, Sendable {
@@ -1171,6 +1184,8 @@ public nonisolated struct Hangar_V1_SandboxOpRequest: Sendable {
     /// to the process group of a command started by exec
     case signal(Hangar_V1_AgentSignal)
     case ps(Hangar_V1_AgentListProcesses)
+    /// to a command started by exec with keep_stdin (at most 1 MiB)
+    case stdin(Hangar_V1_AgentStdin)
 
   }
 
@@ -1184,7 +1199,7 @@ public nonisolated struct Hangar_V1_SandboxOpReply: Sendable {
 
   public var outcome: Hangar_V1_SandboxOpReply.OneOf_Outcome? = nil
 
-  /// write, mkdir, remove, rename, signal
+  /// write, mkdir, remove, rename, signal, stdin
   public var ok: Hangar_V1_AgentOk {
     get {
       if case .ok(let v)? = outcome {return v}
@@ -1250,7 +1265,7 @@ public nonisolated struct Hangar_V1_SandboxOpReply: Sendable {
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Outcome: Equatable, Sendable {
-    /// write, mkdir, remove, rename, signal
+    /// write, mkdir, remove, rename, signal, stdin
     case ok(Hangar_V1_AgentOk)
     /// read
     case data(Hangar_V1_AgentFileData)
@@ -2872,7 +2887,7 @@ nonisolated extension Hangar_V1_SandboxCodeRun: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Hangar_V1_SandboxExecRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SandboxExecRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}argv\0\u{1}env\0\u{1}cwd\0\u{1}user\0\u{1}stdin\0\u{3}timeout_ms\0\u{1}background\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}argv\0\u{1}env\0\u{1}cwd\0\u{1}user\0\u{1}stdin\0\u{3}timeout_ms\0\u{1}background\0\u{3}keep_stdin\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2887,6 +2902,7 @@ nonisolated extension Hangar_V1_SandboxExecRequest: SwiftProtobuf.Message, Swift
       case 5: try { try decoder.decodeSingularBytesField(value: &self.stdin) }()
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
       case 7: try { try decoder.decodeSingularBoolField(value: &self.background) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.keepStdin) }()
       default: break
       }
     }
@@ -2914,6 +2930,9 @@ nonisolated extension Hangar_V1_SandboxExecRequest: SwiftProtobuf.Message, Swift
     if self.background != false {
       try visitor.visitSingularBoolField(value: self.background, fieldNumber: 7)
     }
+    if self.keepStdin != false {
+      try visitor.visitSingularBoolField(value: self.keepStdin, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2925,6 +2944,7 @@ nonisolated extension Hangar_V1_SandboxExecRequest: SwiftProtobuf.Message, Swift
     if lhs.stdin != rhs.stdin {return false}
     if lhs.timeoutMs != rhs.timeoutMs {return false}
     if lhs.background != rhs.background {return false}
+    if lhs.keepStdin != rhs.keepStdin {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3090,7 +3110,7 @@ nonisolated extension Hangar_V1_SandboxExecEvent: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Hangar_V1_SandboxOpRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SandboxOpRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}read\0\u{1}write\0\u{1}list\0\u{1}stat\0\u{1}mkdir\0\u{1}remove\0\u{1}rename\0\u{1}signal\0\u{1}ps\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}read\0\u{1}write\0\u{1}list\0\u{1}stat\0\u{1}mkdir\0\u{1}remove\0\u{1}rename\0\u{1}signal\0\u{1}ps\0\u{1}stdin\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3215,6 +3235,19 @@ nonisolated extension Hangar_V1_SandboxOpRequest: SwiftProtobuf.Message, SwiftPr
           self.op = .ps(v)
         }
       }()
+      case 10: try {
+        var v: Hangar_V1_AgentStdin?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .stdin(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .stdin(v)
+        }
+      }()
       default: break
       }
     }
@@ -3261,6 +3294,10 @@ nonisolated extension Hangar_V1_SandboxOpRequest: SwiftProtobuf.Message, SwiftPr
     case .ps?: try {
       guard case .ps(let v)? = self.op else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    }()
+    case .stdin?: try {
+      guard case .stdin(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
     }()
     case nil: break
     }
