@@ -73,18 +73,16 @@ def sync_commands():
             raise AssertionError("a non-zero exit did not raise CommandExitException")
         except CommandExitException as error:
             check(error.exit_code == 3, f"exit code {error.exit_code}")
+        # The sync client calls on_stdout while it waits (wait() reads the stream).
         seen = []
-        handle = sbx.commands.run(
-            "for i in 1 2 3; do echo line$i; sleep 0.2; done; sleep 600",
-            background=True,
-            on_stdout=lambda line: seen.append(line),
-        )
-        deadline = time.time() + 20
-        while len(seen) < 3 and time.time() < deadline:
-            time.sleep(0.05)
-        check(len(seen) >= 3, f"background on_stdout saw {seen}")
+        lines = sbx.commands.run("for i in 1 2 3; do echo line$i; sleep 0.1; done", background=True)
+        check(lines.wait(on_stdout=seen.append).exit_code == 0, "background command's exit")
+        check("".join(seen) == "line1\nline2\nline3\n", f"background on_stdout saw {seen}")
+        handle = sbx.commands.run("echo started; sleep 600", background=True)
         pids = [p.pid for p in sbx.commands.list()]
         check(handle.pid in pids, f"pid {handle.pid} not in {pids}")
+        again = sbx.commands.connect(handle.pid)
+        check(again.pid == handle.pid, "connect to a running command")
         check(handle.kill(), "kill of a background command returned False")
         try:
             handle.wait()
