@@ -66,6 +66,25 @@ struct CodeKernelTests {
         #expect(kernel.frames().filter { $0.id == cell.done.id }.last == cell.done)
     }
 
+    @Test("print's pieces come as one stream frame a line: a line waits for its end, the rest for the cell's end")
+    func lineFraming() async throws {
+        let kernel = try TestKernel(language: "python")
+        defer { kernel.stop() }
+        let cell = try await kernel.run(
+            """
+            import time
+            print("a", end="")
+            time.sleep(0.3)
+            print("b")
+            print("c", end="")
+            """
+        )
+        let texts = cell.frames.filter { $0.type == "stream" }.compactMap(\.text)
+        // Without line buffering "a" would come alone, 0.3 s before "b\n".
+        #expect(texts.joined() == "ab\nc")
+        #expect(texts.first?.hasPrefix("ab\n") == true)
+    }
+
     @Test("an error gives its name, value and the cell's traceback; the context lives on")
     func errors() async throws {
         let kernel = try TestKernel(language: "python")

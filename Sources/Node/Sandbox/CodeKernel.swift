@@ -211,6 +211,14 @@ public enum CodeKernel {
 
         captures = [Capture(1, "stdout"), Capture(2, "stderr")]
         sync_number = 0
+        # `python3 -u` writes every piece of a print separately ("hi", then "\n"); a cell's output is
+        # framed a line at a time instead, as Jupyter's kernels send it: sys.stdout and sys.stderr
+        # hold a line until its end (or a flush; what is left is flushed when the cell ends).
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.reconfigure(line_buffering=True, write_through=False)
+            except Exception:
+                pass
 
 
         def sync_output(restore=True):
