@@ -112,40 +112,7 @@ public struct Commands: Sendable {
             return AsyncThrowingStream { $0.finish(throwing: error) }
         }
         let events = sandbox.stream("exec", request, within: timeout + sandbox.hangar.timeouts.streamGrace)
-        let name = argv[0]
-        return AsyncThrowingStream { continuation in
-            let task = Task {
-                do {
-                    for try await payload in events {
-                        let event = try Hangar_V1_SandboxExecEvent(serializedBytes: payload)
-                        switch event.kind {
-                        case .started(let started): continuation.yield(.started(pid: started.pid))
-                        case .output(let output):
-                            continuation.yield(output.stream == .stderr ? .stderr(output.data) : .stdout(output.data))
-                        case .exited(let exited):
-                            let exit = CommandExit(
-                                exitCode: exited.exitCode,
-                                signal: exited.signal,
-                                timedOut: exited.timedOut
-                            )
-                            continuation.yield(.exited(exit))
-                            continuation.finish()
-                            return
-                        case .error(let error):
-                            throw await sandbox.nodeError(error)
-                        case .agentError(let error):
-                            throw HangarClientError(error, about: "the command \(name)")
-                        case nil:
-                            continue
-                        }
-                    }
-                    throw HangarClientError(.badReply, "the command's output ended before it exited")
-                } catch {
-                    continuation.finish(throwing: error)
-                }
-            }
-            continuation.onTermination = { _ in task.cancel() }
-        }
+        return Self.outputs(of: events, sandbox: sandbox, about: "the command \(argv[0])")
     }
 
     /// Starts `argv` in the background (as ``run(_:env:cwd:user:stdin:timeout:)``, `timeout` nil for
@@ -200,7 +167,19 @@ public struct Commands: Sendable {
         (request.pid, request.stdoutOffset, request.stderrOffset) = (pid, stdoutOffset, stderrOffset)
         // A background command may run for as long as its sandbox does.
         let events = sandbox.stream("attach", request, within: .seconds(365 * 24 * 3600))
-        return AsyncThrowingStream { continuation in
+        return Self.outputs(of: events, sandbox: sandbox, about: "pid \(pid)", missingIsNotFound: true)
+    }
+
+    /// The `SandboxExecEvent`s of an `exec` or `attach` stream as ``CommandOutput``: they end at
+    /// `.exited`; a node's error ends them with its error (`.notFound` for an invalid request when
+    /// `missingIsNotFound`: attach's answer to an unknown pid).
+    private static func outputs(
+        of events: AsyncThrowingStream<Data, any Error>,
+        sandbox: Sandbox,
+        about: String,
+        missingIsNotFound: Bool = false
+    ) -> AsyncThrowingStream<CommandOutput, any Error> {
+        AsyncThrowingStream { continuation in
             let task = Task {
                 do {
                     for try await payload in events {
@@ -219,12 +198,12 @@ public struct Commands: Sendable {
                             continuation.finish()
                             return
                         case .error(let error):
-                            if error.code == .sandboxInvalidRequest {
+                            if missingIsNotFound && error.code == .sandboxInvalidRequest {
                                 throw HangarClientError(.notFound, error.message, code: "NOT_FOUND")
                             }
                             throw await sandbox.nodeError(error)
                         case .agentError(let error):
-                            throw HangarClientError(error, about: "pid \(pid)")
+                            throw HangarClientError(error, about: about)
                         case nil:
                             continue
                         }

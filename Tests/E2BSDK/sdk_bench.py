@@ -1,0 +1,73 @@
+"""Issue 18's figures: the unmodified E2B SDKs against Hangar's gateway (scripts/e2b-sdk-test --bench).
+
+Prints one markdown row per measurement (samples, p50, p90), each next to the baseline measured in
+the same run: a plain HTTP round trip to the gateway (GET /health of a sandbox, kept-alive httpx).
+
+    python sdk_bench.py [--samples N]
+"""
+
+import argparse
+import os
+import time
+
+import httpx
+from e2b import Sandbox
+from e2b_code_interpreter import Sandbox as CodeSandbox
+
+
+def timed(fn, samples, warmup=2):
+    for _ in range(warmup):
+        fn()
+    values = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        fn()
+        values.append((time.perf_counter() - start) * 1000)
+    values.sort()
+    return values
+
+
+def quantile(values, q):
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=50)
+    args = parser.parse_args()
+    n = args.samples
+    url = os.environ["E2B_SANDBOX_URL"]
+    rows = []
+    with Sandbox.create(timeout=600) as sbx:
+        with httpx.Client() as http:
+            headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"}
+            rows.append(("baseline: HTTP GET /health through the gateway (httpx, kept alive)",
+                         timed(lambda: http.get(url + "/health", headers=headers).raise_for_status(), n)))
+        rows.append(('`sbx.commands.run("true")`', timed(lambda: sbx.commands.run("true"), n)))
+        rows.append(('`sbx.files.write` + `read`, 1 KiB', timed(
+            lambda: (sbx.files.write("/home/user/b.txt", "x" * 1024), sbx.files.read("/home/user/b.txt")), n)))
+    with CodeSandbox.create(timeout=600) as code:
+        rows.append(('`sbx.run_code("1+1")` (warm context)', timed(lambda: code.run_code("1+1"), n)))
+
+    def create_run_kill():
+        s = CodeSandbox.create(timeout=60)
+        assert s.run_code("1+1").text == "2"
+        s.kill()
+
+    def create_kill():
+        Sandbox.create(timeout=60).kill()
+
+    rows.append(("`Sandbox.create()` + `kill()`", timed(create_kill, max(5, n // 5), warmup=1)))
+    rows.append(('`CodeSandbox.create()` + `run_code("1+1")` + `kill()`',
+                 timed(create_run_kill, max(5, n // 5), warmup=1)))
+    base = quantile(rows[0][1], 0.5)
+    print("| what | samples | p50 | p90 | p50 − baseline p50 |")
+    print("|---|---|---|---|---|")
+    for what, values in rows:
+        p50 = quantile(values, 0.5)
+        print(f"| {what} | {len(values)} | {p50:.2f} ms | {quantile(values, 0.9):.2f} ms | "
+              f"{p50 - base:+.2f} ms |")
+
+
+if __name__ == "__main__":
+    main()
