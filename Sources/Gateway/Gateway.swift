@@ -32,12 +32,12 @@ public struct Gateway: Sendable {
         let control = Router(context: GatewayContext.self)
         addControlPlaneRoutes(to: control)
         let envd = Router(context: GatewayContext.self)
-        envd.get("/health") { _, _ in Response(status: .noContent) }
+        envd.get("/health") { request, context in await health(request, context) }
         addProcessRoutes(to: envd)
         addFilesystemRoutes(to: envd)
         addFileTransferRoutes(to: envd)
         let interpreter = Router(context: GatewayContext.self)
-        interpreter.get("/health") { _, _ in Response(status: .noContent) }
+        interpreter.get("/health") { request, context in await health(request, context) }
         addCodeInterpreterRoutes(to: interpreter)
         return GatewayResponder(
             control: control.buildResponder(),
@@ -45,6 +45,20 @@ public struct Gateway: Sendable {
             interpreter: interpreter.buildResponder(),
             domain: configuration.domain
         )
+    }
+
+    /// `/health` of a sandbox: 204 while it runs, 502 "was not found" once it has ended (the SDKs'
+    /// `is_running()` and their probe after a failed call), 401 without its token.
+    @Sendable func health(_ request: Request, _ context: GatewayContext) async -> Response {
+        guard let address = context.address else { return Response(status: .notFound) }
+        do {
+            // Asked of the scheduler each time: a sandbox that timed out or was killed elsewhere is
+            // not running whatever the directory saw a moment ago.
+            _ = try await authority.sandbox(for: request, at: address, fresh: true)
+            return Response(status: .noContent)
+        } catch {
+            return GatewayError.from(error).restResponse
+        }
     }
 
     /// The HTTP application; `onRunning` is told the port it listens on.

@@ -51,9 +51,10 @@ public struct GatewayAuthority: Sendable {
 
     /// The sandbox a call into a sandbox is for, once its token is checked: the envd token
     /// (`X-Access-Token`) on envd's port, the traffic token (`E2B-Traffic-Access-Token`) or the envd
-    /// token on any other. 401 without a valid token (a token of another sandbox is not valid), 404
-    /// if the sandbox is not running.
-    public func sandbox(for request: Request, at address: SandboxAddress) async throws -> Sandbox {
+    /// token on any other. 401 without a valid token (a token of another sandbox is not valid); 502
+    /// "The sandbox X was not found" if it is not running, as E2B's proxy answers. `fresh` asks the
+    /// scheduler whether it runs, even if it was seen a moment ago.
+    public func sandbox(for request: Request, at address: SandboxAddress, fresh: Bool = false) async throws -> Sandbox {
         var tenant: String?
         if let token = request.headers[.xAccessToken] {
             tenant = tokens.tenant(of: token, .envd, sandbox: address.sandboxID)
@@ -66,6 +67,12 @@ public struct GatewayAuthority: Sendable {
         guard let tenant else {
             throw GatewayError(.unauthorized, "missing or invalid access token for sandbox \(address.sandboxID)")
         }
-        return try await directory.sandbox(address.sandboxID, tenant: tenant)
+        do {
+            return try await directory.sandbox(address.sandboxID, tenant: tenant, fresh: fresh)
+        } catch let error as GatewayError where error.kind == .notFound {
+            // As E2B's proxy answers for a sandbox that was killed or timed out: 502 saying it "was
+            // not found" (the SDKs raise SandboxNotRunningException, and is_running() is False).
+            throw GatewayError(.badGateway, error.message)
+        }
     }
 }

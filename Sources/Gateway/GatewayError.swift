@@ -59,9 +59,16 @@ public struct GatewayError: Error, CustomStringConvertible, Sendable {
 
     public var description: String { message }
 
-    /// The gateway's answer to a failed call of the Hangar client: not found stays not found, a
-    /// refusal for capacity or quota becomes 429, a timeout 504, anything NATS-side 502.
+    /// The gateway's answer to a failed call of the Hangar client: a sandbox that has ended is 502
+    /// "was not found" (as E2B's proxy), other things not found stay not found, a refusal for
+    /// capacity or quota becomes 429, a timeout 504, anything NATS-side 502.
     public init(_ error: HangarClientError) {
+        // A node's answer that the sandbox has ended or is not there: what E2B's proxy says of a
+        // killed or timed-out sandbox, 502 "... was not found" (SandboxNotRunningException in the SDKs).
+        if error.code == "SANDBOX_NOT_RUNNING" || error.code == "SANDBOX_NOT_FOUND" {
+            self.init(.badGateway, "The sandbox was not found: \(error.message)")
+            return
+        }
         switch error.kind {
         case .notFound: self.init(.notFound, error.message)
         case .notRunning: self.init(.notFound, error.message)

@@ -42,11 +42,12 @@ public actor SandboxDirectory {
         return client
     }
 
-    /// The running sandbox `id` of `tenant`; 404 if there is none or it has ended.
-    public func sandbox(_ id: String, tenant: String) async throws -> Sandbox {
+    /// The running sandbox `id` of `tenant`; 404 if there is none or it has ended. `fresh` asks the
+    /// scheduler even if the sandbox was seen a moment ago.
+    public func sandbox(_ id: String, tenant: String, fresh: Bool = false) async throws -> Sandbox {
         let key = SandboxKey(tenant: tenant, id: id)
         let now = ContinuousClock.now
-        if let cached = sandboxes[key], cached.until > now { return cached.sandbox }
+        if !fresh, let cached = sandboxes[key], cached.until > now { return cached.sandbox }
         let client = try client(for: tenant)
         let sandbox: Sandbox
         do {

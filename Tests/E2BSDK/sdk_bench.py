@@ -8,6 +8,7 @@ the same run: a plain HTTP round trip to the gateway (GET /health of a sandbox, 
 
 import argparse
 import os
+import sys
 import time
 
 import httpx
@@ -71,3 +72,6 @@ def main():
 
 if __name__ == "__main__":
     main()
+    # Without the interpreter's teardown, where the SDK's native HTTP client sometimes aborts.
+    sys.stdout.flush()
+    os._exit(0)

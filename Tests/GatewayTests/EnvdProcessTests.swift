@@ -157,9 +157,59 @@ struct EnvdProcessTests {
                 try EnvdHarness.startJSON("id"),
                 token: otherTenant
             )
-            #expect(theirs.status == 404 || theirs.status == 401, "\(String(decoding: theirs.body, as: UTF8.self))")
+            // Tenant b has no such sandbox: what E2B's proxy says of a sandbox that is not there.
+            #expect(theirs.status == 503, "\(String(decoding: theirs.body, as: UTF8.self))")
+            #expect(String(decoding: theirs.body, as: UTF8.self).contains("was not found"))
             let pty = try await env.stream("process.Process/Start", "{\"process\":{\"cmd\":\"/bin/bash\"},\"pty\":{}}")
             #expect((pty.end["error"] as? [String: Any])?["code"] as? String == "unimplemented", "\(pty.end)")
+        }
+    }
+
+    @Test(
+        "a gateway keeps no state: a command whose Start stream was dropped is listed, fed and connected to through another gateway with the same token"
+    )
+    func statelessGateway() async throws {
+        try await EnvdHarness.with { env in
+            let script = "read line || exit 3; [ \"$line\" = hello ] || exit 4; exit 0"
+            let started = Task {
+                try await env.stream("process.Process/Start", try EnvdHarness.startJSON(script, stdin: true))
+            }
+            var listed: UInt32 = 0
+            try await waitUntil("the command is listed by the first gateway", within: .seconds(20)) {
+                let list = try await env.unary("process.Process/List", "{}")
+                listed =
+                    try Process_ListResponse(jsonUTF8Data: list.body).processes
+                    .first(where: { $0.config.args.last == script })?.pid ?? 0
+                return listed != 0
+            }
+            // The client of the first gateway goes away mid-stream; the command goes on.
+            started.cancel()
+            _ = try? await started.value
+            let pid = listed
+            try await env.withSecondGateway { other in
+                let list = try await other.unary("process.Process/List", "{}")
+                #expect(try Process_ListResponse(jsonUTF8Data: list.body).processes.contains { $0.pid == pid })
+                let input = try await other.unary(
+                    "process.Process/SendInput",
+                    "{\"process\":{\"pid\":\(pid)},\"input\":{\"stdin\":\"\(Data("hello\n".utf8).base64EncodedString())\"}}"
+                )
+                #expect(input.status == 200, "\(input.text)")
+                try await waitUntil("the command has ended", within: .seconds(20)) {
+                    let list = try await other.unary("process.Process/List", "{}")
+                    return try !Process_ListResponse(jsonUTF8Data: list.body).processes.contains { $0.pid == pid }
+                }
+                // Exit 0 only if it read "hello": the stdin the second gateway sent.
+                let ended = try await other.stream("process.Process/Connect", "{\"process\":{\"pid\":\(pid)}}")
+                #expect(EnvdHarness.outcome(try EnvdHarness.events(ended)).end?.exitCode == 0, "\(ended.end)")
+                // /health: 204 while the sandbox runs; once it is killed, E2B proxy's 502 "was not
+                // found" (the SDK's is_running() is then False), from this gateway and the first.
+                #expect(try await other.http("GET", "/health").status == 204)
+                try await env.sandbox.kill()
+                for gateway in [other, env] {
+                    let health = try await gateway.http("GET", "/health")
+                    #expect(health.status == 502 && health.text.contains("was not found"), "\(health.text)")
+                }
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ struct EnvdHarness: Sendable {
     let sandbox: Sandbox
     let token: String
     let tokens: SandboxTokens
+    let cluster: AuthorizedCluster
 
     static let secret = Data("envd-test-secret-0123456789".utf8)
 
@@ -51,7 +52,8 @@ struct EnvdHarness: Sendable {
                         port: port,
                         sandbox: sandbox,
                         token: tokens.token(.envd, tenant: "a", sandbox: sandbox.id),
-                        tokens: tokens
+                        tokens: tokens,
+                        cluster: cluster
                     )
                 )
             }
@@ -63,6 +65,38 @@ struct EnvdHarness: Sendable {
         }
         for id in host.sandboxIDs { await host.kill(id, reason: "the test ended") }
         await cluster.stop()
+    }
+
+    /// Runs `body` with this harness's sandbox served by a second gateway: its own NATS login and
+    /// state, sharing only the secret (another gateway process of the cluster, or this one restarted).
+    func withSecondGateway(_ body: @Sendable (EnvdHarness) async throws -> Void) async throws {
+        let connection = try await cluster.login(.gateway("gw"))
+        let gateway = Gateway(
+            configuration: GatewayConfiguration(secret: Self.secret),
+            authority: GatewayAuthority(
+                keys: StaticAPIKeys([:]),
+                tokens: try SandboxTokens(secret: Self.secret),
+                directory: SandboxDirectory(connection: connection)
+            ),
+            logger: Logger(label: "envd-test-2")
+        )
+        do {
+            try await Application(responder: gateway.responder()).test(.live) { client in
+                try await body(
+                    EnvdHarness(
+                        port: try #require(client.port),
+                        sandbox: sandbox,
+                        token: token,
+                        tokens: tokens,
+                        cluster: cluster
+                    )
+                )
+            }
+        } catch {
+            await connection.close()
+            throw error
+        }
+        await connection.close()
     }
 
     struct HTTPAnswer: Sendable {

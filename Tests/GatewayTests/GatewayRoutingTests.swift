@@ -42,15 +42,16 @@ struct GatewayRoutingTests {
             let gateway = try Self.gateway(connection)
             let app = Application(responder: gateway.responder())
             try await app.test(.router) { client in
+                // A sandbox's /health needs its token: 401 from the envd and code-interpreter APIs.
                 try await client.execute(uri: "/health", method: .get, headers: [.e2bSandboxID: "sbx1"]) { response in
-                    #expect(response.status == .noContent)
+                    #expect(response.status == .unauthorized)
                 }
                 try await client.execute(
                     uri: "/health",
                     method: .get,
                     headers: [.e2bSandboxID: "sbx1", .e2bSandboxPort: "49999"]
                 ) { response in
-                    #expect(response.status == .noContent)
+                    #expect(response.status == .unauthorized)
                 }
                 try await client.execute(
                     uri: "/",
@@ -84,7 +85,7 @@ struct GatewayRoutingTests {
                     method: .get,
                     headers: [Self.hostField: "49983-sbx1.sbx.example"]
                 ) {
-                    #expect($0.status == .noContent)
+                    #expect($0.status == .unauthorized)
                 }
                 try await client.execute(
                     uri: "/health",

@@ -545,7 +545,9 @@ extension Scheduler {
             }
             start.nodeIncarnation = nodeIncarnations[nodeID] ?? ""
             let control = self.control
-            let timeout = config.assignTimeout
+            // The node answers once the sandbox runs (a container may take seconds under load), so
+            // the start waits until the sandbox's creation deadline, not just an assignment's ack time.
+            let timeout = max(config.assignTimeout, .milliseconds(Int64(start.timeoutMs)))
             Task {
                 let refusal: String?
                 do {
