@@ -47,8 +47,11 @@ struct HostileSuiteTests {
         let limit = kind == .gvisor ? 64 + 256 : 64
         #expect(pids.limit == limit, "\(pids)")
         #expect(pids.peak > 0 && pids.peak <= limit, "\(pids)")
-        // The bomb really reached the limit: the kernel refused forks.
-        #expect(pids.refused > 0, "\(pids)")
+        // The bomb really reached the limit: the kernel refused forks. On gVisor the first refused
+        // thread stops the whole sandbox and its cgroup goes at once, so this 10 ms sampler can miss
+        // the refusal (CI: peak 319 of 320, refused 0); the runtime's own reading of the same
+        // pids.events, taken before the cgroup goes, is `pidsLimitHits`, checked below for every kind.
+        if kind != .gvisor { #expect(pids.refused > 0, "\(pids)") }
         // Every runtime names the limit the same way: in the message and in the usage.
         #expect(run.outcome.message.contains("the pids limit of 64 was reached ("), "\(run.summary)")
         #expect(run.outcome.pidsLimitHits > 0, "\(run.summary)")
