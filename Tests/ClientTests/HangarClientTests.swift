@@ -21,18 +21,7 @@ struct HangarClientTests {
         "create, run with output, exit code and stdin, a stream, 2.5 MiB of files, list and remove, code cells and contexts, kill, another tenant refused, the README example"
     )
     func endToEnd() async throws {
-        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
-        let host = ProcessSandboxHost(agentPath: agentPath)
-        let cluster = try await AuthorizedCluster.start(runtimes: [ProcessRuntime(), NullRuntime()], sandboxHost: host)
-        do {
-            try await exercise(cluster, host)
-        } catch {
-            for id in host.sandboxIDs { await host.kill(id, reason: "the test failed") }
-            await cluster.stop()
-            throw error
-        }
-        for id in host.sandboxIDs { await host.kill(id, reason: "the test ended") }
-        await cluster.stop()
+        try await withSandboxCluster { cluster, host in try await exercise(cluster, host) }
     }
 
     private func exercise(_ cluster: AuthorizedCluster, _ host: ProcessSandboxHost) async throws {

@@ -177,6 +177,26 @@ public func withAuthorizedCluster(_ body: (AuthorizedCluster) async throws -> Vo
     await cluster.stop()
 }
 
+/// Runs `body` with an authorized cluster whose node `n1` holds real bubblewrap sandboxes (the
+/// `process` runtime, the real `hangar-sandbox-agent`); kills every sandbox and stops the cluster
+/// however `body` ends.
+public func withSandboxCluster(_ body: (AuthorizedCluster, ProcessSandboxHost) async throws -> Void) async throws {
+    guard let agentPath = ProcessSandbox.locateAgent() else {
+        throw LocalNATSServerError("hangar-sandbox-agent is not built")
+    }
+    let host = ProcessSandboxHost(agentPath: agentPath)
+    let cluster = try await AuthorizedCluster.start(runtimes: [ProcessRuntime(), NullRuntime()], sandboxHost: host)
+    do {
+        try await body(cluster, host)
+    } catch {
+        for id in host.sandboxIDs { await host.kill(id, reason: "the test failed") }
+        await cluster.stop()
+        throw error
+    }
+    for id in host.sandboxIDs { await host.kill(id, reason: "the test ended") }
+    await cluster.stop()
+}
+
 /// Waits until `condition` holds, checking every 20 ms for at most `within`; fails naming `what`.
 public func waitUntil(
     _ what: String,

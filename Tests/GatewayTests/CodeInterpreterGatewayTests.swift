@@ -22,18 +22,7 @@ struct CodeInterpreterGatewayTests {
         "state across cells, 1+1, stdout with timestamps, a matplotlib png, a DataFrame's html, an exception and the next cell, contexts, 404, 401, 422, a vanished client"
     )
     func endToEnd() async throws {
-        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
-        let host = ProcessSandboxHost(agentPath: agentPath)
-        let cluster = try await AuthorizedCluster.start(runtimes: [ProcessRuntime(), NullRuntime()], sandboxHost: host)
-        do {
-            try await exercise(cluster)
-        } catch {
-            for id in host.sandboxIDs { await host.kill(id, reason: "the test failed") }
-            await cluster.stop()
-            throw error
-        }
-        for id in host.sandboxIDs { await host.kill(id, reason: "the test ended") }
-        await cluster.stop()
+        try await withSandboxCluster { cluster, _ in try await exercise(cluster) }
     }
 
     private func exercise(_ cluster: AuthorizedCluster) async throws {

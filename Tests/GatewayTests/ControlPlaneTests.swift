@@ -429,19 +429,19 @@ struct ControlPlaneTests {
     private func withGateway(
         _ body: (AuthorizedCluster, Gateway, (a: String, b: String)) async throws -> Void
     ) async throws {
-        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
-        let host = ProcessSandboxHost(agentPath: agentPath)
-        let cluster = try await AuthorizedCluster.start(runtimes: [ProcessRuntime(), NullRuntime()], sandboxHost: host)
-        var connections: [NATSConnection] = []
-        do {
+        try await withSandboxCluster { cluster, _ in
             let operatorConnection = try await cluster.login(.operator("ops"))
-            connections.append(operatorConnection)
+            let connection = try await cluster.login(.gateway("gw"))
+            defer {
+                Task {
+                    await operatorConnection.close()
+                    await connection.close()
+                }
+            }
             let keys = (
                 a: try await Self.createKey(tenant: "a", operatorConnection),
                 b: try await Self.createKey(tenant: "b", operatorConnection)
             )
-            let connection = try await cluster.login(.gateway("gw"))
-            connections.append(connection)
             let secret = Data("control-plane-test-secret".utf8)
             let gateway = Gateway(
                 configuration: GatewayConfiguration(secret: secret),
@@ -453,15 +453,7 @@ struct ControlPlaneTests {
                 logger: Logger(label: "gateway-test")
             )
             try await body(cluster, gateway, keys)
-        } catch {
-            for id in host.sandboxIDs { await host.kill(id, reason: "the test failed") }
-            for connection in connections { await connection.close() }
-            await cluster.stop()
-            throw error
         }
-        for id in host.sandboxIDs { await host.kill(id, reason: "the test ended") }
-        for connection in connections { await connection.close() }
-        await cluster.stop()
     }
 
     /// A key for `tenant`, as `hangar tenant add NAME --api-key` makes it.

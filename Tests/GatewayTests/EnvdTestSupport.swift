@@ -2,6 +2,7 @@ import Foundation
 import HangarClient
 import HangarClusterTestSupport
 import HangarGateway
+import HangarNATS
 import HangarNode
 import Hummingbird
 import HummingbirdTesting
@@ -31,25 +32,18 @@ struct EnvdHarness: Sendable {
     )
         async throws
     {
-        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
-        let host = ProcessSandboxHost(agentPath: agentPath)
-        let cluster = try await AuthorizedCluster.start(runtimes: [ProcessRuntime(), NullRuntime()], sandboxHost: host)
-        do {
+        try await withSandboxCluster { cluster, _ in
             let connection = try await cluster.login(.gateway("gw"))
-            let directory = SandboxDirectory(connection: connection)
-            let tokens = try SandboxTokens(secret: secret)
-            let gateway = Gateway(
-                configuration: GatewayConfiguration(secret: secret, maxUploadBytes: maxUploadBytes),
-                authority: GatewayAuthority(keys: StaticAPIKeys([:]), tokens: tokens, directory: directory),
-                logger: Logger(label: "envd-test")
+            defer { Task { await connection.close() } }
+            let gateway = try gateway(connection, maxUploadBytes: maxUploadBytes)
+            let tokens = gateway.authority.tokens
+            let sandbox = try await gateway.authority.directory.client(for: "a").createSandbox(
+                .init(timeout: .seconds(600))
             )
-            let sandbox = try await directory.client(for: "a").createSandbox(.init(timeout: .seconds(600)))
-            let app = Application(responder: gateway.responder())
-            try await app.test(.live) { client in
-                let port = try #require(client.port)
+            try await Application(responder: gateway.responder()).test(.live) { client in
                 try await body(
                     EnvdHarness(
-                        port: port,
+                        port: try #require(client.port),
                         sandbox: sandbox,
                         token: tokens.token(.envd, tenant: "a", sandbox: sandbox.id),
                         tokens: tokens,
@@ -57,29 +51,27 @@ struct EnvdHarness: Sendable {
                     )
                 )
             }
-            await connection.close()
-        } catch {
-            for id in host.sandboxIDs { await host.kill(id, reason: "the test failed") }
-            await cluster.stop()
-            throw error
         }
-        for id in host.sandboxIDs { await host.kill(id, reason: "the test ended") }
-        await cluster.stop()
+    }
+
+    /// A gateway over `connection` with the harness's secret and no API keys.
+    static func gateway(_ connection: NATSConnection, maxUploadBytes: Int = 100 << 20) throws -> Gateway {
+        Gateway(
+            configuration: GatewayConfiguration(secret: secret, maxUploadBytes: maxUploadBytes),
+            authority: GatewayAuthority(
+                keys: StaticAPIKeys([:]),
+                tokens: try SandboxTokens(secret: secret),
+                directory: SandboxDirectory(connection: connection)
+            ),
+            logger: Logger(label: "envd-test")
+        )
     }
 
     /// Runs `body` with this harness's sandbox served by a second gateway: its own NATS login and
     /// state, sharing only the secret (another gateway process of the cluster, or this one restarted).
     func withSecondGateway(_ body: @Sendable (EnvdHarness) async throws -> Void) async throws {
         let connection = try await cluster.login(.gateway("gw"))
-        let gateway = Gateway(
-            configuration: GatewayConfiguration(secret: Self.secret),
-            authority: GatewayAuthority(
-                keys: StaticAPIKeys([:]),
-                tokens: try SandboxTokens(secret: Self.secret),
-                directory: SandboxDirectory(connection: connection)
-            ),
-            logger: Logger(label: "envd-test-2")
-        )
+        let gateway = try Self.gateway(connection)
         do {
             try await Application(responder: gateway.responder()).test(.live) { client in
                 try await body(
