@@ -12,20 +12,23 @@ extension RequestValidator {
     /// denies added; plus the network policy that enforces its network grants. Every refusal names
     /// the grant: `NOT_ALLOWED` beyond the tenant's maximum, `UNSUPPORTED` when the runtime cannot
     /// enforce it (never run without it), `INVALID_REQUEST` when it does not parse.
+    /// `requested` is nil when the request carries no grants; `requestedNetwork` is its network
+    /// policy. Used for jobs and sandboxes alike.
     func checkGrants(
-        _ request: Hangar_V1_SubmitRequest,
+        _ requested: Hangar_V1_Grants?,
+        network requestedNetwork: Hangar_V1_NetworkPolicy,
         runtime: String,
         tenant: String,
         policy: TenantPolicy
     ) throws(Rejection) -> (grants: Hangar_V1_Grants, network: Hangar_V1_NetworkPolicy) {
-        var network = request.network
-        guard request.hasGrants else {
+        var network = requestedNetwork
+        guard let requested else {
             try checkAlias(network.allow, tenant: tenant, policy: policy)
             return (Hangar_V1_Grants(), network)
         }
         let asked: GrantSet
         do {
-            asked = try GrantSet(request.grants)
+            asked = try GrantSet(requested)
         } catch {
             throw Rejection(.invalidRequest, error.field, error.message)
         }
@@ -78,7 +81,7 @@ extension RequestValidator {
                 )
             }
         }
-        try checkAlias(request.network.allow, tenant: tenant, policy: policy)
+        try checkAlias(requestedNetwork.allow, tenant: tenant, policy: policy)
         return (granted, network)
     }
 

@@ -118,7 +118,13 @@ public struct RequestValidator: Sendable {
                 )
             }
         }
-        let granted = try checkGrants(request, runtime: spec.runtime, tenant: tenant, policy: policy)
+        let granted = try checkGrants(
+            request.hasGrants ? request.grants : nil,
+            network: request.network,
+            runtime: spec.runtime,
+            tenant: tenant,
+            policy: policy
+        )
         spec.network = try checkNetwork(granted.network, runtime: spec.runtime)
         if granted.grants != Hangar_V1_Grants() { spec.grants = granted.grants }
         guard policy.priorities.contains(request.priority) else {
@@ -353,7 +359,7 @@ public struct RequestValidator: Sendable {
     /// At most this many CIDRs in `network.allow`.
     public static let maxAllowedNetworks = 32
 
-    private func checkNetwork(
+    func checkNetwork(
         _ network: Hangar_V1_NetworkPolicy,
         runtime: String
     ) throws(Rejection) -> Hangar_V1_NetworkPolicy {
