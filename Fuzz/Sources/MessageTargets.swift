@@ -168,6 +168,7 @@ let allTargets: [FuzzTarget] = [
     },
     tenantsTarget,
     subjectsTarget,
+    dnsTarget,
 ]
 
 /// Sample messages for the seed corpora.
