@@ -1,0 +1,216 @@
+import Foundation
+import Glibc
+import HTTPTypes
+import HangarClient
+import HangarClusterTestSupport
+import HangarNATS
+import HangarNode
+import HangarScheduler
+import HangarShared
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import Testing
+
+@testable import HangarGateway
+
+/// E2B's network options of a create (`allow_internet_access`, `network.allowOut/denyOut`) as
+/// Hangar grants: the mapping itself, and through a real cluster (scheduler, node n1 with real
+/// bubblewrap sandboxes) the scheduler's verdict on what the gateway passed on, its refusals as
+/// E2B's 400 with the scheduler's message.
+@Suite("Gateway: E2B network options as grants")
+struct NetworkOptionsMappingTests {
+    @Test("internet access true is allow_net 0.0.0.0/0; false and unset are no network; allowOut/denyOut pass through")
+    func mapping() throws {
+        #expect(try Gateway.networkGrants([:]) == SandboxGrants())
+        #expect(try Gateway.networkGrants(["allow_internet_access": false]) == SandboxGrants())
+        #expect(try Gateway.networkGrants(["allow_internet_access": NSNull()]) == SandboxGrants())
+        #expect(try Gateway.networkGrants(["allow_internet_access": true]).allowNet == ["0.0.0.0/0"])
+        #expect(try Gateway.networkGrants(["allowInternetAccess": true]).allowNet == ["0.0.0.0/0"])
+        let both = try Gateway.networkGrants([
+            "allow_internet_access": true,
+            "network": ["allowOut": ["0.0.0.0/0", "api.example.com", "203.0.113.0/24"], "denyOut": ["203.0.113.9"]],
+        ])
+        #expect(both.allowNet == ["0.0.0.0/0", "api.example.com", "203.0.113.0/24"])
+        #expect(both.denyNet == ["203.0.113.9"])
+        #expect(both.allowRead.isEmpty && both.allowWrite.isEmpty)
+        let only = try Gateway.networkGrants(["network": ["allowOut": ["198.51.100.7"], "allowPublicTraffic": true]])
+        #expect(only == SandboxGrants(allowNet: ["198.51.100.7"]))
+        // Empty lists and nulls, as the SDK may send them, ask for nothing.
+        let empty = try Gateway.networkGrants([
+            "network": [
+                "allowOut": [String](), "denyOut": NSNull(), "rules": [String: Any](), "dnsServers": [String](),
+            ]
+        ])
+        #expect(empty == SandboxGrants())
+    }
+
+    @Test("malformed options and network features Hangar lacks are 400, never ignored")
+    func refusals() {
+        let cases: [([String: Any], String)] = [
+            (["allow_internet_access": "yes"], "allow_internet_access must be true or false"),
+            (["network": "open"], "network must be an object"),
+            (["network": ["allowOut": "1.2.3.4"]], "network.allowOut must be a list of strings"),
+            (["network": ["denyOut": [1, 2]]], "network.denyOut must be a list of non-empty strings"),
+            (["network": ["allowOut": Array(repeating: "1.2.3.4", count: 33)]], "at most 32"),
+            (["network": ["egressProxy": ["address": "proxy:3128"]]], "egress proxy"),
+            (["network": ["rules": ["api.example.com": [["transform": [:]]]]]], "request rules"),
+            (["network": ["maskRequestHost": "x.example.com"]], "maskRequestHost"),
+            (["network": ["dnsServers": ["1.1.1.1"]]], "DNS servers"),
+        ]
+        for (body, text) in cases {
+            do {
+                let grants = try Gateway.networkGrants(body)
+                Issue.record("\(body) was accepted as \(grants)")
+            } catch let error as GatewayError {
+                #expect(error.kind == .badRequest, "\(body)")
+                #expect(error.message.contains(text), "\(body): \(error.message)")
+            } catch {
+                Issue.record("\(body): \(error)")
+            }
+        }
+    }
+}
+
+@Suite("Gateway: E2B network options through a real cluster", .serialized, .enabled(if: geteuid() == 0))
+struct NetworkOptionsClusterTests {
+    @Test(
+        "internet access makes a sandbox with allow_net 0.0.0.0/0; a name or denyOut the scheduler refuses is E2B's 400 with its message; unset is no network"
+    )
+    func throughTheScheduler() async throws {
+        try await withSandboxCluster { cluster, host in
+            let operatorConnection = try await cluster.login(.operator("ops"))
+            let connection = try await cluster.login(.gateway("gw"))
+            defer {
+                Task {
+                    await operatorConnection.close()
+                    await connection.close()
+                }
+            }
+            let key = try await ControlPlaneTests.createKey(tenant: "a", operatorConnection)
+            let secret = Data("network-options-test-secret".utf8)
+            let gateway = Gateway(
+                configuration: GatewayConfiguration(secret: secret),
+                authority: GatewayAuthority(
+                    keys: SchedulerAPIKeys(connection: connection),
+                    tokens: try SandboxTokens(secret: secret),
+                    directory: SandboxDirectory(connection: connection)
+                ),
+                logger: Logger(label: "gateway-test")
+            )
+            let headers: HTTPFields = [.xAPIKey: key, .contentType: "application/json"]
+            let app = Application(responder: gateway.responder())
+            try await app.test(.router) { client in
+                func create(_ body: [String: Any]) async throws -> (HTTPResponse.Status, [String: Any]) {
+                    try await client.execute(
+                        uri: "/v2/sandboxes",
+                        method: .post,
+                        headers: headers,
+                        body: ControlPlaneTests.body(["templateID": "base"].merging(body) { $1 })
+                    ) { response in
+                        (response.status, try ControlPlaneTests.object(response.body))
+                    }
+                }
+                // The tenant's default maximum is any IPv4 destination: internet access is granted,
+                // and the sandbox runs on its node with the allowlist.
+                let (status, created) = try await create(["allow_internet_access": true])
+                #expect(status == .created, "\(created)")
+                let id = try #require(created["sandboxID"] as? String)
+                let stored = try #require(try await cluster.scheduler.store.sandbox(id: id))
+                #expect(stored.request.grants.allowNet == ["0.0.0.0/0"])
+                #expect(stored.request.network.mode == .networkAllowlist)
+                #expect(stored.request.network.allow == ["0.0.0.0/0"])
+                #expect(host.sandboxIDs.contains(id))
+
+                // Unset: no network.
+                let (plainStatus, plain) = try await create([:])
+                #expect(plainStatus == .created, "\(plain)")
+                let plainID = try #require(plain["sandboxID"] as? String)
+                let plainStored = try #require(try await cluster.scheduler.store.sandbox(id: plainID))
+                #expect(!plainStored.request.hasGrants && plainStored.request.network.allow.isEmpty)
+
+                // What the scheduler refuses comes back as E2B's 400 with the scheduler's message.
+                let (nameStatus, name) = try await create(["network": ["allowOut": ["api.example.com"]]])
+                #expect(nameStatus == .badRequest, "\(name)")
+                #expect((name["message"] as? String)?.contains("grants.allow_net[0]") == true, "\(name)")
+                let (denyStatus, deny) = try await create([
+                    "allow_internet_access": true, "network": ["denyOut": ["203.0.113.9"]],
+                ])
+                #expect(denyStatus == .badRequest, "\(deny)")
+                #expect((deny["message"] as? String)?.contains("deny_net") == true, "\(deny)")
+            }
+        }
+    }
+
+    @Test("the real e2b SDK sends allow_internet_access and network.allowOut as the gateway reads them")
+    func realSDK() async throws {
+        try await withSandboxCluster { cluster, _ in
+            let operatorConnection = try await cluster.login(.operator("ops"))
+            let connection = try await cluster.login(.gateway("gw"))
+            defer {
+                Task {
+                    await operatorConnection.close()
+                    await connection.close()
+                }
+            }
+            let key = try await ControlPlaneTests.createKey(tenant: "a", operatorConnection)
+            let secret = Data("network-options-sdk-secret".utf8)
+            let gateway = Gateway(
+                configuration: GatewayConfiguration(secret: secret),
+                authority: GatewayAuthority(
+                    keys: SchedulerAPIKeys(connection: connection),
+                    tokens: try SandboxTokens(secret: secret),
+                    directory: SandboxDirectory(connection: connection)
+                ),
+                logger: Logger(label: "gateway-test")
+            )
+            let app = Application(responder: gateway.responder())
+            try await app.test(.live) { client in
+                let port = try #require(client.port)
+                let script = """
+                    from e2b import Sandbox
+                    s = Sandbox.create(allow_internet_access=True, metadata={"net": "on"}, timeout=60)
+                    print("CREATED", s.sandbox_id)
+                    s.kill()
+                    s = Sandbox.create(network={"allow_out": ["203.0.113.0/24"]}, metadata={"net": "cidr"}, timeout=60)
+                    print("CIDR", s.sandbox_id)
+                    s.kill()
+                    try:
+                        Sandbox.create(network={"allow_out": ["api.example.com"]}, timeout=60)
+                        print("NAME ACCEPTED")
+                    except Exception as e:
+                        print("NAME REFUSED", type(e).__name__, e)
+                    import os, sys
+                    sys.stdout.flush()
+                    os._exit(0)
+                    """
+                let output = try await ControlPlaneTests.runPython(
+                    script,
+                    environment: [
+                        "E2B_API_URL": "http://127.0.0.1:\(port)", "E2B_SANDBOX_URL": "http://127.0.0.1:\(port)",
+                        "E2B_API_KEY": key,
+                    ]
+                )
+                #expect(output.status == 0, "\(output.text)")
+                let lines = output.text.split(separator: "\n").map(String.init)
+                let on = try #require(lines.first { $0.hasPrefix("CREATED ") }, "\(output.text)")
+                let cidr = try #require(lines.first { $0.hasPrefix("CIDR ") }, "\(output.text)")
+                let onStored = try #require(
+                    try await cluster.scheduler.store.sandbox(id: String(on.dropFirst("CREATED ".count)))
+                )
+                #expect(onStored.request.network.allow == ["0.0.0.0/0"])
+                let cidrStored = try #require(
+                    try await cluster.scheduler.store.sandbox(id: String(cidr.dropFirst("CIDR ".count)))
+                )
+                #expect(cidrStored.request.network.allow == ["203.0.113.0/24"])
+                // A host name is refused by the scheduler until name grants are enforced (then accepted).
+                #expect(
+                    lines.contains { $0.hasPrefix("NAME REFUSED") && $0.contains("allow_net") }
+                        || lines.contains("NAME ACCEPTED"),
+                    "\(output.text)"
+                )
+            }
+        }
+    }
+}
