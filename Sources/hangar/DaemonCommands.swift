@@ -109,7 +109,7 @@ struct NodeCommand: AsyncParsableCommand {
 
     static let kinds: [String: DaemonConfigFile.Kind] = [
         "id": .string, "slots": .integer, "runtimes": .strings, "labels": .map, "nats": .string, "creds": .string,
-        "log_level": .string, "log_format": .string,
+        "log_level": .string, "log_format": .string, "dns_upstream": .string,
     ].merging(MetricsOptions.kinds) { $1 }
 
     @Option(help: "Config file (YAML); flags and HANGAR_NODE_* variables override it.")
@@ -137,6 +137,12 @@ struct NodeCommand: AsyncParsableCommand {
         help: "The most a job may ask for in a runtime: RUNTIME.LIMIT=VALUE, 0 = no maximum (repeatable)."
     )
     var limitMaxima: [String] = []
+    @Option(
+        name: .customLong("dns-upstream"),
+        help:
+            "The DNS server (IPv4[:PORT]) that jobs' resolvers ask for the host names their grants allow. Default: the first IPv4 nameserver of /etc/resolv.conf."
+    )
+    var dnsUpstream: String?
     @OptionGroup var nodeState: NodeStateOptions
     @OptionGroup var metrics: MetricsOptions
 
@@ -163,7 +169,16 @@ struct NodeCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError(error.description)
         }
-        let resources = NodeResources(users: SandboxUsers.standard())
+        let upstream: DNSUpstream?
+        if let text = dnsUpstream ?? file.string("dns_upstream") {
+            guard let parsed = DNSUpstream(text) else {
+                throw ValidationError("--dns-upstream '\(text)' is not an IPv4 address with an optional :PORT")
+            }
+            upstream = parsed
+        } else {
+            upstream = DNSUpstream.system()
+        }
+        let resources = NodeResources(users: SandboxUsers.standard(), dnsUpstream: upstream)
         let chosen = try makeRuntimes(
             runtimes ?? file.strings("runtimes")?.joined(separator: ",") ?? "process,container,gvisor,microvm,null",
             templates: config.templates,

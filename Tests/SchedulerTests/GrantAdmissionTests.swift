@@ -74,18 +74,54 @@ struct GrantAdmissionTests {
             #expect(refused?.reason == .unsupported, "\(runtime)")
             #expect(refused?.field == "grants.allow_read[0]")
         }
-        let name = rejected(request { $0.allowNet = ["api.example.com:443"] }, policy)
-        #expect(name?.reason == .unsupported && name?.field == "grants.allow_net[0]", "\(String(describing: name))")
-        let port = rejected(request { $0.allowNet = ["203.0.113.7:443"] }, policy)
-        #expect(port?.reason == .unsupported, "\(String(describing: port))")
-        let deny = rejected(
-            request {
-                $0.allowNet = ["203.0.113.0/24"]
-                $0.denyNet = ["203.0.113.9"]
-            },
-            policy
+        // Names, ports and denies need the node's per-job resolver and rules: not on gVisor or microvm.
+        for runtime in ["gvisor", "microvm", "wasm"] {
+            let name = rejected(request(runtime: runtime) { $0.allowNet = ["api.example.com:443"] }, policy)
+            #expect(name?.reason == .unsupported && name?.field == "grants.allow_net[0]", "\(String(describing: name))")
+            #expect(name?.message.contains("api.example.com:443") == true)
+            let port = rejected(request(runtime: runtime) { $0.allowNet = ["203.0.113.7:443"] }, policy)
+            #expect(port?.reason == .unsupported, "\(String(describing: port))")
+            let deny = rejected(
+                request(runtime: runtime) {
+                    $0.allowNet = ["203.0.113.0/24"]
+                    $0.denyNet = ["203.0.113.9"]
+                },
+                policy
+            )
+            #expect(deny?.reason == .unsupported && deny?.field == "grants.deny_net[0]", "\(runtime)")
+        }
+    }
+
+    @Test("names, ports and deny_net are granted on runtimes with a per-job resolver; the tenant's denies travel")
+    func egressGrants() throws {
+        let policy = try policy(
+            "    allow_net: [\"*.example.com\", \"0.0.0.0/0\"]\n    deny_net: [\"203.0.113.0/24\"]\n"
         )
-        #expect(deny?.reason == .unsupported && deny?.field == "grants.deny_net[0]")
+        for runtime in ["process", "container", "null"] {
+            let granted = try validator.validate(
+                request(runtime: runtime) {
+                    $0.allowNet = ["api.example.com:443", "198.51.100.7:8080", "192.0.2.0/24"]
+                    $0.denyNet = ["evil.example.com"]
+                },
+                tenant: "acme",
+                policy: policy
+            ).get()
+            #expect(granted.spec.network.mode == .networkAllowlist)
+            // Only networks on any port go to network.allow; a ported network stays a grant.
+            #expect(granted.spec.network.allow == ["192.0.2.0/24"], "\(runtime)")
+            #expect(granted.spec.grants.allowNet == ["api.example.com:443", "198.51.100.7:8080", "192.0.2.0/24"])
+            #expect(granted.spec.grants.denyNet == ["evil.example.com", "203.0.113.0/24"])
+        }
+        // A name alone makes an allowlist.
+        let alone = try validator.validate(
+            request(runtime: "process") { $0.allowNet = ["pypi.example.com"] },
+            tenant: "acme",
+            policy: policy
+        ).get()
+        #expect(alone.spec.network.mode == .networkAllowlist && alone.spec.network.allow.isEmpty)
+        #expect(
+            rejected(request(runtime: "process") { $0.allowNet = ["api.other.org"] }, policy)?.reason == .notAllowed
+        )
     }
 
     @Test("IPv4 network grants become NETWORK_ALLOWLIST; network.allow, their older name, is bounded too")

@@ -125,7 +125,8 @@ struct OCIEngine: Sendable {
             }
             do {
                 network = try await JobNetwork.create(
-                    allow: spec.network.allow,
+                    egress: try Egress(network: spec.network, grants: spec.grants),
+                    upstream: resources.dnsUpstream,
                     namespaceOf: owned?.namespace.pid,
                     subnets: resources.subnets,
                     ledger: resources.ledger

@@ -220,7 +220,8 @@ struct OCIJobConfig: Sendable {
         }
         if options.root == nil {
             // Plain files of the bundle's root (its own tmpfs, see ``OCIBundle``): no mount shows them.
-            for file in SandboxEtc.files(uid: Self.uid, gid: Self.gid) {
+            let resolver = SandboxEtc.hasResolver(job.network, job.grants)
+            for file in SandboxEtc.files(uid: Self.uid, gid: Self.gid, resolver: resolver) {
                 rootfs.append(.content(String(file.path.dropFirst()), file.content))
             }
         }

@@ -5,13 +5,17 @@ import Synchronization
 
 /// The network of a `NETWORK_ALLOWLIST` job: a network namespace of its own joined to the host by
 /// a veth pair (`10.254.x.y/30`, the host side is the gateway), with an nftables ruleset inside the
-/// namespace whose output policy is drop: only loopback, replies, and the allowed CIDRs pass, and
-/// never the gateway itself or link-local addresses (`169.254.0.0/16`, cloud metadata). The sandbox
-/// joins it instead of an empty network namespace; its processes have no capability over it, so the
-/// rules cannot be changed from inside.
+/// namespace whose output policy is drop: only loopback, replies, and the job's ``Egress`` pass —
+/// its allowed networks (on their port, if granted on one) minus its denied ones, plus the
+/// addresses its resolver gave for granted names (the sets `resolved` and `resolved_ports`, filled
+/// by ``EgressResolver`` for their TTL) — and never the gateway (except DNS to the job's resolver)
+/// or link-local addresses (`169.254.0.0/16`, cloud metadata). The sandbox joins it instead of an
+/// empty network namespace; its processes have no capability over it, so the rules cannot be
+/// changed from inside. A job with names to resolve finds its resolver at ``resolverAddress``.
 ///
 /// On the host (once per boot, see ``HostNetwork``): forwarding on, traffic from job namespaces
-/// masqueraded, and nothing from a job's veth may reach the host itself or another job's namespace.
+/// masqueraded, and nothing from a job's veth may reach the host itself (but DNS to a job
+/// resolver) or another job's namespace.
 struct JobNetwork: Sendable {
     /// The namespace's name under `/run/netns`.
     let name: String
@@ -23,6 +27,12 @@ struct JobNetwork: Sendable {
     let subnets: SubnetPool
     /// Where the namespace and the `ip`/`nft` processes are noted.
     let ledger: SandboxLedger?
+    /// The job's resolver, when its grants name hosts.
+    private(set) var resolver: EgressResolver?
+
+    /// The address a job's `/etc/resolv.conf` names: inside the namespace, DNS to it is sent to
+    /// the job's own resolver on its gateway (every job sees the same file).
+    static let resolverAddress = "10.254.0.1"
 
     /// At most this many CIDRs per job.
     static let maxAllowed = 32
@@ -37,22 +47,40 @@ struct JobNetwork: Sendable {
         subnets: SubnetPool,
         ledger: SandboxLedger?
     ) async throws(NetworkSetupError) -> JobNetwork {
+        var policy = Hangar_V1_NetworkPolicy()
+        policy.allow = allow
+        let egress = try Egress(network: policy, grants: Hangar_V1_Grants())
+        return try await create(egress: egress, upstream: nil, namespaceOf: process, subnets: subnets, ledger: ledger)
+    }
+
+    /// Sets up the network of a job with `egress`; names are resolved through `upstream` (required
+    /// when ``Egress/resolves``).
+    static func create(
+        egress: Egress,
+        upstream: DNSUpstream?,
+        namespaceOf process: Int32? = nil,
+        subnets: SubnetPool,
+        ledger: SandboxLedger?
+    ) async throws(NetworkSetupError) -> JobNetwork {
         guard geteuid() == 0 else { throw NetworkSetupError("NETWORK_ALLOWLIST needs a node running as root") }
-        guard (1...maxAllowed).contains(allow.count) else {
-            throw NetworkSetupError("NETWORK_ALLOWLIST needs 1 to \(maxAllowed) CIDRs in network.allow")
+        guard egress.allowed.count <= maxAllowed, egress.denied.count <= maxAllowed,
+            !egress.allowed.isEmpty || !egress.names.isEmpty
+        else {
+            throw NetworkSetupError(
+                "NETWORK_ALLOWLIST needs 1 to \(maxAllowed) networks in network.allow or grants.allow_net, or host names in grants.allow_net"
+            )
         }
-        let cidrs = try allow.map { cidr throws(NetworkSetupError) in
-            guard let parsed = IPv4CIDR(cidr) else {
-                throw NetworkSetupError("'\(cidr.prefix(64))' is not an IPv4 CIDR such as 10.1.2.0/24")
-            }
-            return parsed
+        if egress.resolves && upstream == nil {
+            throw NetworkSetupError(
+                "the job's grants name hosts, but this node has no upstream DNS resolver (no IPv4 nameserver in /etc/resolv.conf; start the node with --dns-upstream)"
+            )
         }
         try await HostNetwork.prepare(ledger: ledger)
         guard let subnet = subnets.take() else {
             throw NetworkSetupError("all \(SubnetPool.capacity) job networks of this node are in use")
         }
         let suffix = String(subnet, radix: 36)
-        let network = JobNetwork(
+        var network = JobNetwork(
             name: "hangar-\(suffix)",
             hostInterface: "hgh\(suffix)",
             subnet: subnet,
@@ -60,7 +88,17 @@ struct JobNetwork: Sendable {
             ledger: ledger
         )
         do {
-            try await network.setUp(cidrs, namespaceOf: process)
+            try await network.setUp(egress, namespaceOf: process)
+            if egress.resolves, let upstream {
+                network.resolver = try EgressResolver(
+                    egress: egress,
+                    gateway: network.addresses.gateway,
+                    sandbox: network.addresses.sandbox,
+                    upstream: upstream,
+                    namespace: network.name,
+                    ledger: ledger
+                )
+            }
         } catch {
             await network.remove()
             throw error
@@ -74,7 +112,7 @@ struct JobNetwork: Sendable {
         return (IPv4CIDR.format(UInt32(base + 1)), IPv4CIDR.format(UInt32(base + 2)))
     }
 
-    private func setUp(_ allow: [IPv4CIDR], namespaceOf process: Int32?) async throws(NetworkSetupError) {
+    private func setUp(_ egress: Egress, namespaceOf process: Int32?) async throws(NetworkSetupError) {
         let inner = "hgs" + hostInterface.dropFirst(3)
         let (gateway, sandbox) = addresses
         ledger?.made(.network(namespace: name, hostInterface: hostInterface))
@@ -89,26 +127,49 @@ struct JobNetwork: Sendable {
         try await run(["ip", "-n", name, "link", "set", inner, "up"])
         try await run(["ip", "-n", name, "link", "set", "lo", "up"])
         try await run(["ip", "-n", name, "route", "add", "default", "via", gateway])
-        let allowed = allow.map(\.description).joined(separator: ", ")
-        let ruleset = """
+        let ruleset = Self.ruleset(egress, gateway: gateway)
+        try await run(["ip", "netns", "exec", name, "nft", "-f", "-"], stdin: Data(ruleset.utf8))
+    }
+
+    /// The nftables ruleset of the job's namespace (see the type's summary).
+    static func ruleset(_ egress: Egress, gateway: String) -> String {
+        func rule(_ network: Egress.NetworkRule, _ verdict: String) -> String {
+            let port = network.port.map { " meta l4proto { tcp, udp } th dport \($0)" } ?? ""
+            return "    ip daddr \(network.network)\(port) \(verdict)\n"
+        }
+        var rules = ""
+        if egress.resolves {
+            // DNS to the fixed resolver address goes to the job's resolver on its gateway.
+            rules += "    ip daddr \(gateway) udp dport 53 accept\n"
+        }
+        rules += "    ip daddr { \(gateway), 169.254.0.0/16 } drop\n"
+        rules += egress.denied.map { rule($0, "drop") }.joined()
+        rules += egress.allowed.map { rule($0, "accept") }.joined()
+        rules += "    ip daddr @resolved accept\n"
+        rules += "    meta l4proto { tcp, udp } ip daddr . th dport @resolved_ports accept\n"
+        return """
             table inet hangar {
+              set resolved { type ipv4_addr; }
+              set resolved_ports { type ipv4_addr . inet_service; }
+              chain dns {
+                type nat hook output priority -100; policy accept;
+                ip daddr \(resolverAddress) udp dport 53 dnat ip to \(gateway)
+              }
               chain output {
                 type filter hook output priority 0; policy drop;
                 oif "lo" accept
                 ct state established,related accept
                 meta nfproto ipv6 drop
-                ip daddr { \(gateway), 169.254.0.0/16 } drop
-                \(allow.isEmpty ? "" : "ip daddr { \(allowed) } accept")
-              }
+            \(rules)  }
             }
 
             """
-        try await run(["ip", "netns", "exec", name, "nft", "-f", "-"], stdin: Data(ruleset.utf8))
     }
 
     /// Deletes the namespace (which deletes both veth ends) and frees the subnet. Safe to call on a
     /// half-built network.
     func remove() async {
+        resolver?.stop()
         _ = try? await run(["ip", "link", "del", hostInterface])
         _ = try? await run(["ip", "netns", "del", name])
         if !FileManager.default.fileExists(atPath: path) {
@@ -147,8 +208,8 @@ struct JobNetwork: Sendable {
 }
 
 /// The host side of job networks, set up once per node process: IPv4 forwarding, masquerading of
-/// `10.254.0.0/16`, and a filter that drops whatever a job's veth sends to the host itself and
-/// between job namespaces.
+/// `10.254.0.0/16`, and a filter that drops whatever a job's veth sends to the host itself (but
+/// DNS to job resolvers, which answer only their own job) and between job namespaces.
 enum HostNetwork {
     private static let prepared = Mutex(false)
 
@@ -164,6 +225,7 @@ enum HostNetwork {
               chain input {
                 type filter hook input priority -10; policy accept;
                 iifname "hgh*" ct state established,related accept
+                iifname "hgh*" ip daddr 10.254.0.0/16 udp dport 53 accept
                 iifname "hgh*" drop
               }
               chain forward {

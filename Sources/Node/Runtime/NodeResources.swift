@@ -1,6 +1,6 @@
 /// What the sandboxes of one node draw from: host uids of their own (``SandboxUsers``), the /30
 /// subnets of allowlist jobs' networks, user namespaces made ahead of need for containers, where
-/// job cgroups go (``CgroupHost``), and the ``SandboxLedger`` where what they make on the host is
+/// job cgroups go (``CgroupHost``), the upstream DNS resolver of jobs' resolvers, and the ``SandboxLedger`` where what they make on the host is
 /// noted for the sweep after a crash. Whoever builds a node builds one of these and hands it to the
 /// node's runtimes and its ``NodeAgent``, so that two nodes in one process (tests, `hangar dev`'s
 /// cluster if it wants) share nothing of it.
@@ -20,6 +20,9 @@ public struct NodeResources: Sendable {
     /// are noted while they exist; the ``NodeAgent`` sweeps its directory when it starts, then
     /// opens it, and closes it when it stops (until then it notes nothing).
     public let ledger: SandboxLedger
+    /// Where allowlist jobs' resolvers send the names their grants allow (nil: jobs whose grants
+    /// name hosts are refused).
+    public let dnsUpstream: DNSUpstream?
 
     /// A node's resources: sandboxes run as the uids of `users`, job cgroups go where `cgroups`
     /// says (detected from this machine's mounts by default), and what they make is noted in
@@ -27,9 +30,11 @@ public struct NodeResources: Sendable {
     public init(
         users: SandboxUsers,
         cgroups: Result<CgroupHost, CgroupError> = CgroupHost.detect(),
-        ledger: SandboxLedger = SandboxLedger()
+        ledger: SandboxLedger = SandboxLedger(),
+        dnsUpstream: DNSUpstream? = DNSUpstream.system()
     ) {
         self.users = users
+        self.dnsUpstream = dnsUpstream
         self.cgroups = cgroups
         self.ledger = ledger
         subnets = SubnetPool()

@@ -145,7 +145,8 @@ public struct ProcessRuntime: Runtime {
         let network: JobNetwork
         do {
             network = try await JobNetwork.create(
-                allow: requested.network.allow,
+                egress: try Egress(network: requested.network, grants: requested.grants),
+                upstream: resources.dnsUpstream,
                 subnets: resources.subnets,
                 ledger: resources.ledger
             )
@@ -427,7 +428,10 @@ struct BubblewrapInvocation {
             files.append(try Self.memoryFile(holding: Data(seccomp.bytes)))
             arguments += ["--seccomp", String(lastDescriptor)]
             // Files of bubblewrap's root tmpfs: no mount shows them, and the root is frozen below.
-            for file in root == nil ? SandboxEtc.files(uid: Self.sandboxID, gid: Self.sandboxID) : [] {
+            let resolver = SandboxEtc.hasResolver(spec.network, spec.grants)
+            for file in root == nil
+                ? SandboxEtc.files(uid: Self.sandboxID, gid: Self.sandboxID, resolver: resolver) : []
+            {
                 files.append(try Self.memoryFile(holding: file.content))
                 arguments += ["--perms", "0644", "--file", String(lastDescriptor), file.path]
             }

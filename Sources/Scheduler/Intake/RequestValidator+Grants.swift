@@ -7,6 +7,11 @@ extension RequestValidator {
     /// share into the guest), wasm (WASI preopens, with the runtime).
     public static let pathGrantRuntimes: Set<String> = ["process", "container", "gvisor", "wasm", "null"]
 
+    /// Runtimes whose nodes enforce network grants beyond IPv4 networks on any port: host names
+    /// (through a resolver of the job's own, see the node's `EgressResolver`), ports and deny_net,
+    /// all in the job's network namespace. gVisor keeps its own network stack.
+    public static let egressRuntimes: Set<String> = ["process", "container", "null"]
+
     /// What grants a job gets: the request's grants (and its `network.allow` CIDRs, their older
     /// alias), each allow within the tenant's maximum (`TenantPolicy.grants`), with the tenant's
     /// denies added; plus the network policy that enforces its network grants. Every refusal names
@@ -51,27 +56,36 @@ extension RequestValidator {
                     + Self.pathGrantRuntimes.sorted().joined(separator: ", ")
             )
         }
-        // Network grants are enforced today as NETWORK_ALLOWLIST (IPv4 networks, any port); names,
-        // ports and deny_net need the per-job resolver and are refused until a runtime has it.
-        for (index, grant) in asked.allowNet.enumerated() where grant.network == nil || grant.port != nil {
+        // IPv4 networks on any port are enforced by NETWORK_ALLOWLIST's rules on every runtime that
+        // has it; host names (a resolver of the job's own), ports and denies by fewer.
+        let needsEgress =
+            asked.allowNet.contains { $0.network == nil || $0.port != nil } || !asked.denyNet.isEmpty
+        if needsEgress && !Self.egressRuntimes.contains(runtime) {
+            let (list, index, entry) =
+                asked.allowNet.enumerated().first { $0.element.network == nil || $0.element.port != nil }
+                .map { ("allow_net", $0.offset, $0.element.description) }
+                ?? ("deny_net", 0, asked.denyNet[0].description)
             throw Rejection(
                 .unsupported,
-                "grants.allow_net[\(index)]",
-                "'\(grant)': host names and ports in allow_net are not enforced by any runtime yet; "
-                    + "grant IPv4 addresses or CIDRs (any port)"
+                "grants.\(list)[\(index)]",
+                "'\(entry)': runtime '\(runtime)' cannot enforce host names, ports or deny_net in network grants; "
+                    + "runtimes that can: " + Self.egressRuntimes.sorted().joined(separator: ", ")
             )
-        }
-        if !asked.denyNet.isEmpty {
-            throw Rejection(.unsupported, "grants.deny_net[0]", "deny_net is not enforced by any runtime yet")
         }
         var granted = asked.message
         granted.denyRead += maximum.denyRead.map(\.path).filter { !granted.denyRead.contains($0) }
         granted.denyWrite += maximum.denyWrite.map(\.path).filter { !granted.denyWrite.contains($0) }
         if !asked.allowNet.isEmpty {
+            // A granted name may resolve into a network the tenant is denied: the node drops it.
+            granted.denyNet += maximum.denyNet.map(\.description).filter { !granted.denyNet.contains($0) }
+        }
+        if !asked.allowNet.isEmpty {
             switch network.mode {
             case .networkNone, .networkAllowlist:
                 network.mode = .networkAllowlist
-                let cidrs = asked.allowNet.compactMap(\.network).map(\.description)
+                // Networks on any port join network.allow; the rest stays in the grants, where the
+                // node reads it.
+                let cidrs = asked.allowNet.filter { $0.port == nil }.compactMap(\.network).map(\.description)
                 network.allow += cidrs.filter { !network.allow.contains($0) }
             default:
                 throw Rejection(

@@ -125,7 +125,11 @@ public struct RequestValidator: Sendable {
             tenant: tenant,
             policy: policy
         )
-        spec.network = try checkNetwork(granted.network, runtime: spec.runtime)
+        spec.network = try checkNetwork(
+            granted.network,
+            runtime: spec.runtime,
+            grantsNet: !granted.grants.allowNet.isEmpty
+        )
         if granted.grants != Hangar_V1_Grants() { spec.grants = granted.grants }
         guard policy.priorities.contains(request.priority) else {
             throw Rejection(
@@ -359,9 +363,12 @@ public struct RequestValidator: Sendable {
     /// At most this many CIDRs in `network.allow`.
     public static let maxAllowedNetworks = 32
 
+    /// `grantsNet`: whether the (granted) grants have allow_net entries that are not in
+    /// `network.allow` (host names, ports), which an allowlist may consist of alone.
     func checkNetwork(
         _ network: Hangar_V1_NetworkPolicy,
-        runtime: String
+        runtime: String,
+        grantsNet: Bool = false
     ) throws(Rejection) -> Hangar_V1_NetworkPolicy {
         switch network.mode {
         case .networkNone, .networkLoopback:
@@ -382,11 +389,11 @@ public struct RequestValidator: Sendable {
                         + Self.allowlistRuntimes.sorted().joined(separator: ", ")
                 )
             }
-            guard !network.allow.isEmpty, network.allow.count <= Self.maxAllowedNetworks else {
+            guard !network.allow.isEmpty || grantsNet, network.allow.count <= Self.maxAllowedNetworks else {
                 throw Rejection(
                     .invalidRequest,
                     "network.allow",
-                    "NETWORK_ALLOWLIST needs 1 to \(Self.maxAllowedNetworks) CIDRs in network.allow"
+                    "NETWORK_ALLOWLIST needs 1 to \(Self.maxAllowedNetworks) CIDRs in network.allow, or grants.allow_net"
                 )
             }
             for (index, cidr) in network.allow.enumerated() where IPv4CIDR(cidr) == nil {
