@@ -1,7 +1,3 @@
-// Needs TestPeer (Tests/Support/TestPeer.swift, the lead's move of NetworkAllowlistTests' Peer), not on main
-// when this was written: compiled only with -D HANGAR_TEST_PEER. Once main has TestPeer, merge it and
-// delete this #if and its #endif.
-#if HANGAR_TEST_PEER
 import Foundation
 import Glibc
 import HangarShared
@@ -16,23 +12,23 @@ import Testing
 /// peer's other address does not, and the sandbox's namespace and veth are gone after its kill.
 @Suite("Stateful sandboxes: NETWORK_ALLOWLIST", .enabled(if: geteuid() == 0), .serialized)
 struct SandboxNetworkTests {
-    /// Tries both peer addresses from inside the sandbox: `allowed OPEN:hello`, `other BLOCKED`.
+    /// Tries both peer addresses from inside the sandbox: `allowed OPEN`, `other BLOCKED`.
     static let probe = """
         import socket, sys
         def attempt(host):
             try:
                 with socket.create_connection((host, 8080), timeout=2) as s:
-                    return 'OPEN:' + s.recv(16).decode()
+                    return 'OPEN' if s.recv(64).startswith(b'hello') else 'OTHER'
             except OSError:
                 return 'BLOCKED'
-        print('allowed', attempt(sys.argv[1] + '2'))
-        print('other', attempt(sys.argv[1] + '3'))
+        print('allowed', attempt(sys.argv[1]))
+        print('other', attempt(sys.argv[2]))
         """
 
     static func policy(_ peer: TestPeer) -> Hangar_V1_NetworkPolicy {
         var network = Hangar_V1_NetworkPolicy()
         network.mode = .networkAllowlist
-        network.allow = [peer.base + "2/32"]
+        network.allow = [peer.address(2) + "/32"]
         return network
     }
 
@@ -47,7 +43,7 @@ struct SandboxNetworkTests {
         let peer = try TestPeer.start(tag: uniqueTag())
         defer { peer.stop() }
         let listening = await eventually(within: .seconds(10)) { peer.listening }
-        try #require(listening, "the peer's server did not listen on \(peer.base)2:8080 within 10 s")
+        try #require(listening, "the peer's server did not listen on \(peer.address(2)):8080 within 10 s")
         let sandbox = try await ProcessSandbox.start(
             id: "net-\(uniqueTag())",
             network: Self.policy(peer),
@@ -57,12 +53,14 @@ struct SandboxNetworkTests {
         let interface = try #require(sandbox.networkInterface)
         do {
             #expect(FileManager.default.fileExists(atPath: "/run/netns/" + namespace))
-            let result = try await run(sandbox, ["python3", "-c", Self.probe, peer.base])
+            let result = try await run(sandbox, ["python3", "-c", Self.probe, peer.address(2), peer.address(3)])
             #expect(result.exited?.exitCode == 0, "\(text(result.stderr))")
-            #expect(text(result.stdout) == "allowed OPEN:hello\nother BLOCKED\n", "\(text(result.stderr))")
+            #expect(text(result.stdout) == "allowed OPEN\nother BLOCKED\n", "\(text(result.stderr))")
             // The same from a command as root of the sandbox (no capability over the namespace).
-            let root = try await run(sandbox, ["python3", "-c", Self.probe, peer.base]) { $0.user = "root" }
-            #expect(text(root.stdout) == "allowed OPEN:hello\nother BLOCKED\n", "\(text(root.stderr))")
+            let root = try await run(sandbox, ["python3", "-c", Self.probe, peer.address(2), peer.address(3)]) {
+                $0.user = "root"
+            }
+            #expect(text(root.stdout) == "allowed OPEN\nother BLOCKED\n", "\(text(root.stderr))")
         } catch {
             await sandbox.kill()
             throw error
@@ -80,7 +78,7 @@ struct SandboxNetworkTests {
         let peer = try TestPeer.start(tag: uniqueTag())
         defer { peer.stop() }
         let listening = await eventually(within: .seconds(10)) { peer.listening }
-        try #require(listening, "the peer's server did not listen on \(peer.base)2:8080 within 10 s")
+        try #require(listening, "the peer's server did not listen on \(peer.address(2)):8080 within 10 s")
         let sandbox = try await ContainerSandbox.start(
             id: "net-\(uniqueTag())",
             network: Self.policy(peer),
@@ -90,9 +88,12 @@ struct SandboxNetworkTests {
         let namespace = try #require(sandbox.networkNamespace, "the sandbox has no network of its own")
         let interface = try #require(sandbox.networkInterface)
         do {
-            let result = try await ContainerSandboxTests.run(sandbox, ["python3", "-c", Self.probe, peer.base])
+            let result = try await ContainerSandboxTests.run(
+                sandbox,
+                ["python3", "-c", Self.probe, peer.address(2), peer.address(3)]
+            )
             #expect(result.exited?.exitCode == 0, "\(text(result.stderr))")
-            #expect(text(result.stdout) == "allowed OPEN:hello\nother BLOCKED\n", "\(text(result.stderr))")
+            #expect(text(result.stdout) == "allowed OPEN\nother BLOCKED\n", "\(text(result.stderr))")
         } catch {
             await sandbox.kill()
             throw error
@@ -111,4 +112,3 @@ struct SandboxNetworkTests {
         #expect(await sandbox.kill() == nil)
     }
 }
-#endif
