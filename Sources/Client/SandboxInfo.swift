@@ -19,6 +19,9 @@ public struct SandboxOptions: Sendable {
     public var nodeLabels: [String: String]
     /// An idempotency key: a repeat of a create with the same key returns the sandbox the first made.
     public var requestID: String?
+    /// What it may touch beyond its own image: host paths bound in, network destinations. Default:
+    /// nothing, no network.
+    public var grants: SandboxGrants
 
     /// Options with every field given or defaulted.
     public init(
@@ -29,8 +32,10 @@ public struct SandboxOptions: Sendable {
         metadata: [String: String] = [:],
         memoryBytes: UInt64? = nil,
         nodeLabels: [String: String] = [:],
-        requestID: String? = nil
+        requestID: String? = nil,
+        grants: SandboxGrants = SandboxGrants()
     ) {
+        self.grants = grants
         self.runtime = runtime
         self.template = template
         self.timeout = timeout
@@ -52,7 +57,56 @@ public struct SandboxOptions: Sendable {
         request.requestID = requestID ?? ""
         if let timeout { request.timeoutMs = try milliseconds(timeout, what: "a sandbox's timeout") }
         if let memoryBytes { request.limits.memoryBytes = memoryBytes }
+        if grants != SandboxGrants() {
+            request.grants = .with {
+                $0.allowRead = grants.allowRead
+                $0.allowWrite = grants.allowWrite
+                $0.allowNet = grants.allowNet
+                $0.denyRead = grants.denyRead
+                $0.denyWrite = grants.denyWrite
+                $0.denyNet = grants.denyNet
+            }
+        }
         return request
+    }
+}
+
+/// What a sandbox may touch beyond its own image, Deno-style, as for a job (`hangar run
+/// --allow-read ...`): a deny always wins over an allow. Paths are absolute host paths, recursive,
+/// bound at the same path in the sandbox (read-only for `allowRead`, read-write for `allowWrite`);
+/// network entries are IPv4 addresses or CIDRs (host names, `*.domain` and ports where the
+/// scheduler accepts them). The tenant's policy bounds what may be asked: beyond it the create is
+/// refused (`.refused`, code `NOT_ALLOWED`) naming the grant; a runtime that cannot enforce a grant
+/// refuses it too (`UNSUPPORTED`), never runs without it.
+public struct SandboxGrants: Sendable, Equatable {
+    /// Host paths it may read.
+    public var allowRead: [String]
+    /// Host paths it may read and write.
+    public var allowWrite: [String]
+    /// Destinations it may reach (its only network: without any, it has none).
+    public var allowNet: [String]
+    /// Host paths never readable (nor writable), even inside an allowed one.
+    public var denyRead: [String]
+    /// Host paths never writable, even inside one of `allowWrite`.
+    public var denyWrite: [String]
+    /// Destinations never reachable, even inside one of `allowNet`.
+    public var denyNet: [String]
+
+    /// Grants with every list given or empty.
+    public init(
+        allowRead: [String] = [],
+        allowWrite: [String] = [],
+        allowNet: [String] = [],
+        denyRead: [String] = [],
+        denyWrite: [String] = [],
+        denyNet: [String] = []
+    ) {
+        self.allowRead = allowRead
+        self.allowWrite = allowWrite
+        self.allowNet = allowNet
+        self.denyRead = denyRead
+        self.denyWrite = denyWrite
+        self.denyNet = denyNet
     }
 }
 

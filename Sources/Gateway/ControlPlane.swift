@@ -23,11 +23,12 @@ import SwiftProtobuf
 ///   SDK raises it as a `SandboxException` carrying that message); 404 first if the sandbox is unknown.
 ///
 /// Differences from E2B, on purpose:
-/// - Internet access. E2B's default is on; Hangar's sandboxes have no network unless granted, and
-///   Hangar's sandbox create has no network option yet. So an unset `allow_internet_access` (and
-///   `false`, and `network.denyOut`) gets Hangar's default: no network at all. An explicit
-///   `allow_internet_access: true` or a `network.allowOut` list is refused with 400 "not supported
-///   yet" rather than silently giving a sandbox without the network it asked for.
+/// - Internet access. E2B's default is on; Hangar's sandboxes have no network unless granted. So an
+///   unset `allow_internet_access` (and `false`) gets Hangar's default: no network at all; `true`
+///   is the grant `allow_net 0.0.0.0/0`; `network.allowOut` entries are `allow_net` grants and
+///   `network.denyOut` entries `deny_net` (``networkGrants(_:)``). The scheduler checks them as it
+///   checks a job's (the tenant's maximum, what runtimes enforce); its refusal is a 400 with its
+///   message. Network features Hangar lacks (egress proxy, request rules, DNS servers) are 400.
 /// - `autoPause`/`autoResume`, `mcp`, `iam` and `volumeMounts` are refused with 400 (no pausing,
 ///   MCP gateway, workload identity or volumes in Hangar yet); `secure` is ignored (every sandbox
 ///   is secured: its calls need the `envdAccessToken`).
@@ -127,7 +128,8 @@ extension Gateway {
             template: mapping.template,
             timeout: .seconds(timeout),
             env: env,
-            metadata: metadata
+            metadata: metadata,
+            grants: try Self.networkGrants(body)
         )
         if let key = request.headers[Self.idempotencyKey], !key.isEmpty {
             // The SDK allows keys of up to 255 characters, Hangar's request ids up to 128 bytes: a longer
@@ -448,19 +450,6 @@ extension Gateway {
     /// Refuses the E2B options Hangar cannot honour yet (see the differences above).
     static func checkSupported(_ body: [String: Any]) throws {
         func isSet(_ key: String) -> Bool { body[key].map { !($0 is NSNull) } ?? false }
-        if body["allow_internet_access"] as? Bool == true {
-            throw GatewayError(
-                .badRequest,
-                "allow_internet_access=true is not supported yet by Hangar: its sandboxes have no network "
-                    + "(leave it unset or false)"
-            )
-        }
-        if let network = body["network"] as? [String: Any], let allow = network["allowOut"] as? [Any], !allow.isEmpty {
-            throw GatewayError(
-                .badRequest,
-                "network.allowOut is not supported yet by Hangar: its sandboxes have no network"
-            )
-        }
         if body["autoPause"] as? Bool == true {
             throw GatewayError(.badRequest, "autoPause is not supported yet by Hangar (sandboxes cannot be paused)")
         }
@@ -471,6 +460,64 @@ extension Gateway {
         where isSet(key) {
             if key == "volumeMounts", let mounts = body[key] as? [Any], mounts.isEmpty { continue }
             throw GatewayError(.badRequest, "\(what) are not supported yet by Hangar")
+        }
+    }
+
+    /// E2B's network options of a create body as Hangar grants: `allow_internet_access` true is
+    /// `allow_net 0.0.0.0/0` (any destination); false, or unset, is no network (Hangar's default,
+    /// where E2B's is on); `network.allowOut` entries are `allow_net` and `network.denyOut` entries
+    /// `deny_net`, passed on unchanged for the scheduler to check (what it refuses, e.g. a name it
+    /// cannot enforce yet or a destination beyond the tenant's maximum, comes back as a 400 with
+    /// its message). Network features Hangar does not have (`egressProxy`, `rules`,
+    /// `maskRequestHost`, `dnsServers`, `httpsPorts`) are refused 400, never ignored.
+    static func networkGrants(_ body: [String: Any]) throws -> SandboxGrants {
+        var grants = SandboxGrants()
+        let internetKey = ["allow_internet_access", "allowInternetAccess"].first {
+            body[$0] != nil && !(body[$0] is NSNull)
+        }
+        if let internetKey {
+            guard let internet = body[internetKey] as? Bool else {
+                throw GatewayError(.badRequest, "\(internetKey) must be true or false")
+            }
+            if internet { grants.allowNet.append(Self.allTraffic) }
+        }
+        guard let raw = body["network"], !(raw is NSNull) else { return grants }
+        guard let network = raw as? [String: Any] else {
+            throw GatewayError(.badRequest, "network must be an object")
+        }
+        for (key, what) in [
+            ("egressProxy", "an egress proxy (network.egressProxy)"),
+            ("rules", "per-host request rules (network.rules)"),
+            ("maskRequestHost", "network.maskRequestHost"),
+            ("dnsServers", "custom DNS servers (network.dnsServers)"),
+            ("httpsPorts", "network.httpsPorts"),
+        ] {
+            guard let value = network[key], !(value is NSNull) else { continue }
+            if let list = value as? [Any], list.isEmpty { continue }
+            if let map = value as? [String: Any], map.isEmpty { continue }
+            throw GatewayError(.badRequest, "\(what) is not supported yet by Hangar")
+        }
+        grants.allowNet += try destinations(network["allowOut"], field: "network.allowOut")
+            .filter { !grants.allowNet.contains($0) }
+        grants.denyNet = try destinations(network["denyOut"], field: "network.denyOut")
+        return grants
+    }
+
+    /// E2B's "all traffic" (`ctx.all_traffic` in the SDK): any IPv4 destination.
+    static let allTraffic = "0.0.0.0/0"
+
+    /// A list of destinations (CIDRs, addresses, host names) of E2B's network options.
+    private static func destinations(_ value: Any?, field: String) throws -> [String] {
+        guard let value, !(value is NSNull) else { return [] }
+        guard let list = value as? [Any] else { throw GatewayError(.badRequest, "\(field) must be a list of strings") }
+        guard list.count <= 32 else {
+            throw GatewayError(.badRequest, "\(field) has \(list.count) entries; Hangar takes at most 32")
+        }
+        return try list.map { entry in
+            guard let text = entry as? String, !text.isEmpty else {
+                throw GatewayError(.badRequest, "\(field) must be a list of non-empty strings")
+            }
+            return text
         }
     }
 

@@ -32,46 +32,7 @@ struct JobSpecOptions: ParsableArguments {
         help: "Return files matching this glob, relative to the working directory under /tmp (repeatable)."
     )
     var filesOut: [String] = []
-    @Option(help: "Network: none (default) or loopback; --allow-net implies an allowlist.")
-    var network: String?
-    @Option(
-        name: .customLong("allow-read"),
-        help: "Host paths the job may read, at the same path in the sandbox (comma-separated, repeatable)."
-    )
-    var allowRead: [String] = []
-    @Option(
-        name: .customLong("allow-write"),
-        help: "Host paths the job may read and write (comma-separated, repeatable)."
-    )
-    var allowWrite: [String] = []
-    @Option(
-        name: [.customLong("allow-net"), .customLong("allow")],
-        help:
-            "Destinations the job may reach: IPv4 addresses or CIDRs; host names, *.domain and :port are refused until a runtime enforces them (comma-separated, repeatable; --allow is the older name)."
-    )
-    var allowNet: [String] = []
-    @Option(name: .customLong("deny-read"), help: "Host paths never readable, even under an allow (comma-separated).")
-    var denyRead: [String] = []
-    @Option(name: .customLong("deny-write"), help: "Host paths never writable, even under --allow-write.")
-    var denyWrite: [String] = []
-    @Option(name: .customLong("deny-net"), help: "Destinations never reachable, even under --allow-net.")
-    var denyNet: [String] = []
-
-    /// The grants the flags ask for (each flag a comma-separated list, repeatable).
-    var grants: Hangar_V1_Grants {
-        func split(_ values: [String]) -> [String] {
-            values.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
-                .filter { !$0.isEmpty }
-        }
-        var grants = Hangar_V1_Grants()
-        grants.allowRead = split(allowRead)
-        grants.allowWrite = split(allowWrite)
-        grants.allowNet = split(allowNet)
-        grants.denyRead = split(denyRead)
-        grants.denyWrite = split(denyWrite)
-        grants.denyNet = split(denyNet)
-        return grants
-    }
+    @OptionGroup var access: GrantOptions
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after -- (flags before -- are hangar's).")
     var command: [String] = []
 
@@ -104,19 +65,72 @@ struct JobSpecOptions: ParsableArguments {
         request.env = try parseLabels(env, flag: "--env")
         if let cwd { request.cwd = cwd }
         request.filesOut = filesOut
-        let grants = self.grants
+        let grants = access.grants
         if grants != Hangar_V1_Grants() { request.grants = grants }
-        switch (network, grants.allowNet.isEmpty) {
-        case (nil, _), ("none", _): request.network.mode = .networkNone  // allow_net makes it an allowlist
-        case ("loopback", true): request.network.mode = .networkLoopback
-        case ("allowlist", false): request.network.mode = .networkAllowlist
+        request.network = try access.networkPolicy()
+        if stdin { request.stdin = FileHandle.standardInput.readDataToEndOfFile() }
+        return request
+    }
+}
+
+/// What a job or sandbox may touch beyond its own image (`--allow-read`, `--allow-write`,
+/// `--allow-net`, the `--deny-*` and `--network`), shared by `run`, `submit` and `sandbox create`.
+struct GrantOptions: ParsableArguments {
+    @Option(help: "Network: none (default) or loopback; --allow-net implies an allowlist.")
+    var network: String?
+    @Option(
+        name: .customLong("allow-read"),
+        help: "Host paths the job or sandbox may read, at the same path in the sandbox (comma-separated, repeatable)."
+    )
+    var allowRead: [String] = []
+    @Option(
+        name: .customLong("allow-write"),
+        help: "Host paths the job or sandbox may read and write (comma-separated, repeatable)."
+    )
+    var allowWrite: [String] = []
+    @Option(
+        name: [.customLong("allow-net"), .customLong("allow")],
+        help:
+            "Destinations the job or sandbox may reach: IPv4 addresses or CIDRs; host names, *.domain and :port are refused until a runtime enforces them (comma-separated, repeatable; --allow is the older name)."
+    )
+    var allowNet: [String] = []
+    @Option(name: .customLong("deny-read"), help: "Host paths never readable, even under an allow (comma-separated).")
+    var denyRead: [String] = []
+    @Option(name: .customLong("deny-write"), help: "Host paths never writable, even under --allow-write.")
+    var denyWrite: [String] = []
+    @Option(name: .customLong("deny-net"), help: "Destinations never reachable, even under --allow-net.")
+    var denyNet: [String] = []
+
+    /// The grants the flags ask for (each flag a comma-separated list, repeatable).
+    var grants: Hangar_V1_Grants {
+        func split(_ values: [String]) -> [String] {
+            values.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
+                .filter { !$0.isEmpty }
+        }
+        var grants = Hangar_V1_Grants()
+        grants.allowRead = split(allowRead)
+        grants.allowWrite = split(allowWrite)
+        grants.allowNet = split(allowNet)
+        grants.denyRead = split(denyRead)
+        grants.denyWrite = split(denyWrite)
+        grants.denyNet = split(denyNet)
+        return grants
+    }
+
+    /// The network policy `--network` asks for; `--allow-net` makes it an allowlist (the scheduler
+    /// folds the allowed destinations into it).
+    func networkPolicy() throws -> Hangar_V1_NetworkPolicy {
+        var policy = Hangar_V1_NetworkPolicy()
+        switch (network, allowNet.isEmpty) {
+        case (nil, _), ("none", _): policy.mode = .networkNone  // allow_net makes it an allowlist
+        case ("loopback", true): policy.mode = .networkLoopback
+        case ("allowlist", false): policy.mode = .networkAllowlist
         default:
             throw ValidationError(
                 "--network must be none or loopback, or give --allow-net CIDR (with --network allowlist)"
             )
         }
-        if stdin { request.stdin = FileHandle.standardInput.readDataToEndOfFile() }
-        return request
+        return policy
     }
 }
 

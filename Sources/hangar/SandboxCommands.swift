@@ -57,6 +57,7 @@ struct SandboxCreateCommand: AsyncParsableCommand {
     var labels: [String] = []
     @Option(help: "Idempotency key: a repeat returns the original sandbox.")
     var requestId: String?
+    @OptionGroup var access: GrantOptions
 
     func validate() throws {
         if let timeout, !(timeout > 0 && timeout <= 86_400) {
@@ -77,6 +78,10 @@ struct SandboxCreateCommand: AsyncParsableCommand {
         request.env = try parseLabels(env, flag: "--env")
         request.metadata = try parseLabels(metadata, flag: "--metadata")
         request.labels = try parseLabels(labels, flag: "--label")
+        let grants = access.grants
+        if grants != Hangar_V1_Grants() { request.grants = grants }
+        let network = try access.networkPolicy()
+        if network != Hangar_V1_NetworkPolicy() { request.network = network }
         let tenant = try connection.tenant(owner.tenant)
         // The scheduler answers once the sandbox runs: its creation timeout (10 s) plus a node's answer.
         let reply = try await sandboxRequest(

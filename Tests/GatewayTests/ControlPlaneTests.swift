@@ -211,7 +211,7 @@ struct ControlPlaneTests {
             #expect(response.status == .unauthorized)
         }
 
-        // Bad requests: an unknown template, a malformed body, internet access asked for.
+        // Bad requests: an unknown template, a malformed body, a network feature Hangar lacks.
         try await client.execute(
             uri: "/v2/sandboxes",
             method: .post,
@@ -229,7 +229,7 @@ struct ControlPlaneTests {
             uri: "/v2/sandboxes",
             method: .post,
             headers: a,
-            body: Self.body(["templateID": "base", "allow_internet_access": true])
+            body: Self.body(["templateID": "base", "network": ["egressProxy": ["address": "proxy.example.com:3128"]]])
         ) {
             #expect($0.status == .badRequest)
             #expect(String(buffer: $0.body).contains("not supported yet"))

@@ -22,7 +22,9 @@ extension ProcessSandbox: StatefulSandbox {}
 /// The container is built like a one-shot job of ``ContainerRuntime`` on the `host` template
 /// (``OCIJobConfig``, ``OCIBundle``): the host's `/usr` and system directories read-only, the
 /// sandbox's own `/etc` files (``SandboxEtc``, `user` is uid 1000), a root of its own that is
-/// read-only, fresh pid/ipc/uts/mount/network/cgroup namespaces (the network has only loopback),
+/// read-only, fresh pid/ipc/uts/mount/network/cgroup namespaces (the network has only loopback;
+/// with `NETWORK_ALLOWLIST` it is a ``JobNetwork`` made in the namespace its user namespace owns,
+/// as for an allowlist job of the container runtime; host path grants are bind mounts as for jobs),
 /// Docker's masked paths, the container runtime's seccomp profile, a user namespace owned by a uid
 /// of the sandbox's own (``OwnedUserNamespace``) and one cgroup with the sandbox's memory, pids and
 /// CPU limits. What differs from a job: the process is the agent, bound read-only at
@@ -37,8 +39,8 @@ extension ProcessSandbox: StatefulSandbox {}
 /// and 4 through runc's `--preserve-fds`.
 ///
 /// Killing: ``kill()`` hangs up on the agent (which kills its commands and exits, ending the
-/// container), then kills and deletes the container with runc, removes its cgroup and bundle and
-/// gives the user namespace and its uid back.
+/// container), then kills and deletes the container with runc, removes its cgroup, bundle and
+/// network and gives the user namespace and its uid back.
 public final class ContainerSandbox: Sendable {
     /// The sandbox's name.
     public let id: String
@@ -50,8 +52,13 @@ public final class ContainerSandbox: Sendable {
     public let bundlePath: String
     /// The sandbox's cgroup directories.
     public var cgroupDirectories: [String] { cgroup.allDirectories }
+    /// The name of its network namespace (under `/run/netns`) when it has an allowlist network.
+    public var networkNamespace: String? { network?.name }
+    /// The host end of its veth pair when it has an allowlist network.
+    public var networkInterface: String? { network?.hostInterface }
 
     private let engine: OCIEngine
+    private let network: JobNetwork?
     private let process: SandboxProcess
     private let cgroup: JobCgroup
     private let bundle: OCIBundle
@@ -71,8 +78,10 @@ public final class ContainerSandbox: Sendable {
         process: SandboxProcess,
         cgroup: JobCgroup,
         bundle: OCIBundle,
-        owned: (namespace: OwnedUserNamespace, user: UInt32)?
+        owned: (namespace: OwnedUserNamespace, user: UInt32)?,
+        network: JobNetwork?
     ) {
+        self.network = network
         self.id = id
         self.containerID = containerID
         self.agent = agent
@@ -88,10 +97,15 @@ public final class ContainerSandbox: Sendable {
     /// until its agent answers.
     /// - Parameters:
     ///   - id: a name for the sandbox (the container's id is derived from it).
+    ///   - grants: host paths bound into it (as the scheduler normalized them).
+    ///   - network: loopback only (`NETWORK_NONE`, `NETWORK_LOOPBACK`, the default), or
+    ///     `NETWORK_ALLOWLIST`: egress to `network.allow` only, in a ``JobNetwork``.
     ///   - agentPath: the static agent binary (``ProcessSandbox/locateAgent()``).
     public static func start(
         id: String,
         limits: SandboxLimits = SandboxLimits(),
+        grants: Hangar_V1_Grants = Hangar_V1_Grants(),
+        network networkPolicy: Hangar_V1_NetworkPolicy = Hangar_V1_NetworkPolicy(),
         agentPath: String,
         runtime: ContainerRuntime = ContainerRuntime(),
         logger: Logger = Logger(label: "hangar.sandbox")
@@ -116,13 +130,34 @@ public final class ContainerSandbox: Sendable {
         job.limits.cpuMillis = jobLimits.cpuMillis
         job.limits.fileSizeBytes = jobLimits.fileSizeBytes
         job.limits.openFiles = jobLimits.openFiles
+        job.grants = grants
+        let joinsNetwork = try ProcessSandbox.checkNetwork(networkPolicy)
+        if joinsNetwork { job.network = networkPolicy }
         var owned: (namespace: OwnedUserNamespace, user: UInt32)?
         if let mapping = engine.configOptions(cgroupsPath: "").userNamespace {
-            switch await engine.ownUserNamespace(mapping: mapping, limits: job.limits) {
+            // A user-namespaced container may only join a network namespace its own user namespace
+            // owns: an allowlist sandbox's user namespace is made with one (as for jobs).
+            switch await engine.ownUserNamespace(mapping: mapping, limits: job.limits, network: joinsNetwork) {
             case .success(let created): owned = created
             case .failure(let error): throw SandboxStartError(error.description)
             }
         }
+        var network: JobNetwork?
+        if joinsNetwork {
+            do {
+                network = try await JobNetwork.create(
+                    allow: networkPolicy.allow,
+                    namespaceOf: owned?.namespace.pid,
+                    subnets: engine.resources.subnets,
+                    ledger: engine.resources.ledger
+                )
+            } catch {
+                await owned?.namespace.remove()
+                if let owned { engine.resources.users.release(owned.user) }
+                throw SandboxStartError("cannot set up the sandbox's network: \(error.description)")
+            }
+        }
+        var killed = false
         do {
             return try await start(
                 id: id,
@@ -131,11 +166,18 @@ public final class ContainerSandbox: Sendable {
                 agentPath: agentPath,
                 engine: engine,
                 owned: owned,
+                network: network,
+                killed: &killed,
                 logger: logger
             )
         } catch {
-            await owned?.namespace.remove()
-            if let owned { engine.resources.users.release(owned.user) }
+            // A sandbox that got as far as its agent was killed, and its kill removed these: never
+            // twice (the subnet or uid may belong to another sandbox by now).
+            if !killed {
+                await network?.remove()
+                await owned?.namespace.remove()
+                if let owned { engine.resources.users.release(owned.user) }
+            }
             throw error
         }
     }
@@ -147,6 +189,8 @@ public final class ContainerSandbox: Sendable {
         agentPath: String,
         engine: OCIEngine,
         owned: (namespace: OwnedUserNamespace, user: UInt32)?,
+        network: JobNetwork?,
+        killed: inout Bool,
         logger: Logger
     ) async throws(SandboxStartError) -> ContainerSandbox {
         guard let version = JobCgroup.mountedVersion() else { throw SandboxStartError("no usable cgroup hierarchy") }
@@ -161,7 +205,7 @@ public final class ContainerSandbox: Sendable {
         do {
             let resolved = try Template.resolve(job, in: engine.templates)
             options.root = try resolved.template.layout()
-            config = try OCIJobConfig(job: resolved.spec, options: options)
+            config = try OCIJobConfig(job: resolved.spec, options: options, network: network?.path)
             bundle = try OCIBundle(
                 base: engine.directories.bundles,
                 name: containerID,
@@ -241,12 +285,14 @@ public final class ContainerSandbox: Sendable {
             process: process,
             cgroup: cgroup,
             bundle: bundle,
-            owned: owned
+            owned: owned,
+            network: network
         )
         do {
             try await sandbox.waitUntilReady()
         } catch {
             let diagnostics = await sandbox.diagnostics()
+            killed = true
             _ = await sandbox.kill()
             throw SandboxStartError(error.description + (diagnostics.isEmpty ? "" : "; runc said: \(diagnostics)"))
         }
@@ -383,8 +429,16 @@ public final class ContainerSandbox: Sendable {
             cgroup: cgroup,
             bundle: bundle
         )
+        var problems = leftovers
+        // Its processes are gone: nothing but the user namespace's holder keeps the namespace.
+        if let network {
+            await network.remove()
+            if FileManager.default.fileExists(atPath: network.path) {
+                problems.append("the sandbox's network namespace \(network.name) was not removed")
+            }
+        }
         await engine.release(owned, cgroup: cgroup)
-        return leftovers.isEmpty ? nil : leftovers.joined(separator: "; ")
+        return problems.isEmpty ? nil : problems.joined(separator: "; ")
     }
 }
 extension ContainerSandbox: StatefulSandbox {}

@@ -59,8 +59,13 @@ public struct SandboxStartError: Error, Sendable, CustomStringConvertible {
 /// everything at once; it counts against the host's memory, which is why the disk limit is part of
 /// the sandbox's reservation.
 ///
-/// Isolation. Every namespace is new; the network one has only loopback (no network by default;
-/// allowlists are not offered here yet). On a root node bubblewrap runs as a host uid of the
+/// Isolation. Every namespace is new; the network one has only loopback, unless the start asks for
+/// `NETWORK_ALLOWLIST`: then the sandbox runs in a ``JobNetwork`` of its own (a network namespace
+/// with a veth pair and nftables rules letting out only the allowed CIDRs), entered with `nsenter`
+/// before bubblewrap starts, exactly as an allowlist job of the process runtime does. Host paths the
+/// start grants (`allow_read`, `allow_write`, the denies inside them) are bound at the same paths,
+/// read-only or read-write (``GrantMounts``, as for jobs); nothing else of the host's is there
+/// beyond its system directories. On a root node bubblewrap runs as a host uid of the
 /// sandbox's own (``SandboxUsers``), and the sandbox's user namespace maps that uid, and only it, as
 /// uid 0: the agent runs as that uid 0, with only CAP_SETFCAP and CAP_SETPCAP in the sandbox's
 /// namespace (see `Sources/SandboxAgent/main.c`), and each command as uid 1000 in a nested namespace
@@ -70,7 +75,8 @@ public struct SandboxStartError: Error, Sendable, CustomStringConvertible {
 /// file-size rlimits).
 ///
 /// Killing: ``kill()`` hangs up on the agent, kills bubblewrap and every process of the cgroup,
-/// removes the cgroup, unmounts and removes the writable tmpfs and gives the uid back.
+/// removes the cgroup and the sandbox's network (if it has one), unmounts and removes the writable
+/// tmpfs and gives the uid back.
 public final class ProcessSandbox: Sendable {
     /// The sandbox's name (its cgroup and scratch directory carry it).
     public let id: String
@@ -82,8 +88,13 @@ public final class ProcessSandbox: Sendable {
     public let hostUser: UInt32?
     /// The sandbox's cgroup directories.
     public var cgroupDirectories: [String] { cgroup.allDirectories }
+    /// The name of its network namespace (under `/run/netns`) when it has an allowlist network.
+    public var networkNamespace: String? { network?.name }
+    /// The host end of its veth pair when it has an allowlist network.
+    public var networkInterface: String? { network?.hostInterface }
 
     private let process: SandboxProcess
+    private let network: JobNetwork?
     private let cgroup: JobCgroup
     private let scratch: JobScratch
     private let users: SandboxUsers
@@ -111,8 +122,10 @@ public final class ProcessSandbox: Sendable {
         cgroup: JobCgroup,
         scratch: JobScratch,
         user: UInt32?,
-        users: SandboxUsers
+        users: SandboxUsers,
+        network: JobNetwork?
     ) {
+        self.network = network
         self.id = id
         self.agent = agent
         self.process = process
@@ -137,11 +150,17 @@ public final class ProcessSandbox: Sendable {
     /// Starts a sandbox and waits until its agent answers.
     /// - Parameters:
     ///   - id: a name for the sandbox (letters, digits, `-` and `_` are kept).
+    ///   - grants: host paths bound into it (as the scheduler normalized them); its network grants
+    ///     arrive as `network`.
+    ///   - network: `NETWORK_NONE` or `NETWORK_LOOPBACK` (loopback only, the default), or
+    ///     `NETWORK_ALLOWLIST` (egress to `network.allow` only, in a ``JobNetwork``).
     ///   - agentPath: the static agent binary (``locateAgent()``).
     ///   - workRoot: where the writable tmpfs is mounted (a directory per sandbox below it).
     public static func start(
         id: String,
         limits: SandboxLimits = SandboxLimits(),
+        grants: Hangar_V1_Grants = Hangar_V1_Grants(),
+        network networkPolicy: Hangar_V1_NetworkPolicy = Hangar_V1_NetworkPolicy(),
         agentPath: String,
         bubblewrapPath: String = "/usr/bin/bwrap",
         resources: NodeResources = .standard,
@@ -162,6 +181,16 @@ public final class ProcessSandbox: Sendable {
         }
         guard case .success(let filter) = ProcessRuntime.seccomp else {
             throw SandboxStartError("the seccomp filter cannot be built")
+        }
+        let joinsNetwork = try checkNetwork(networkPolicy)
+        if joinsNetwork && access(ProcessRuntime.nsenterPath, X_OK) != 0 {
+            throw SandboxStartError("NETWORK_ALLOWLIST needs nsenter at \(ProcessRuntime.nsenterPath) on the node")
+        }
+        let grantMounts: GrantMounts
+        do {
+            grantMounts = try GrantMounts(grants)
+        } catch {
+            throw SandboxStartError("cannot grant the sandbox its host paths: \(error.message)")
         }
         guard let user = resources.users.acquire() else {
             throw SandboxStartError("all \(resources.users.count) sandbox users are in use")
@@ -198,12 +227,29 @@ public final class ProcessSandbox: Sendable {
             resources.users.release(user)
             throw SandboxStartError("cannot create the sandbox's cgroup: \(error.description)")
         }
+        var network: JobNetwork?
+        if joinsNetwork {
+            do {
+                network = try await JobNetwork.create(
+                    allow: networkPolicy.allow,
+                    subnets: resources.subnets,
+                    ledger: resources.ledger
+                )
+            } catch {
+                try? await cgroup.remove()
+                _ = scratch.remove()
+                resources.users.release(user)
+                throw SandboxStartError("cannot set up the sandbox's network: \(error.description)")
+            }
+        }
         let started: (SandboxProcess, SandboxAgentChannel)
         do {
             started = try spawn(
                 agentPath: agentPath,
                 bubblewrapPath: bubblewrapPath,
                 scratch: scratch.path,
+                grants: grantMounts,
+                network: network,
                 cgroup: cgroup,
                 limits: limits,
                 seccomp: filter,
@@ -213,6 +259,7 @@ public final class ProcessSandbox: Sendable {
             )
         } catch {
             try? await cgroup.remove()
+            await network?.remove()
             _ = scratch.remove()
             resources.users.release(user)
             throw error
@@ -224,7 +271,8 @@ public final class ProcessSandbox: Sendable {
             cgroup: cgroup,
             scratch: scratch,
             user: user,
-            users: resources.users
+            users: resources.users,
+            network: network
         )
         do {
             try await sandbox.waitUntilReady()
@@ -236,13 +284,32 @@ public final class ProcessSandbox: Sendable {
         return sandbox
     }
 
+    /// Whether the sandbox joins a ``JobNetwork`` (`NETWORK_ALLOWLIST`); loopback only otherwise.
+    /// An unknown mode is refused, never taken for one of these.
+    static func checkNetwork(_ network: Hangar_V1_NetworkPolicy) throws(SandboxStartError) -> Bool {
+        switch network.mode {
+        case .networkNone, .networkLoopback:
+            guard network.allow.isEmpty else {
+                throw SandboxStartError("network.allow is only meaningful with NETWORK_ALLOWLIST")
+            }
+            return false
+        case .networkAllowlist:
+            return true
+        case .UNRECOGNIZED(let value):
+            throw SandboxStartError("network mode \(value) is not supported by stateful sandboxes")
+        }
+    }
+
     /// Spawns the limit shim, which joins the cgroup, sets rlimits and execs bubblewrap as `user`,
     /// which runs the agent as pid 1 of the sandbox. Fds: 3 the agent's socket, 4 the seccomp
-    /// filter it installs in commands, 5… the `/etc` files bubblewrap writes.
+    /// filter it installs in commands, 5… the `/etc` files bubblewrap writes. With `network`, the
+    /// shim is started through `nsenter` in its namespace and bubblewrap makes no network namespace.
     private static func spawn(
         agentPath: String,
         bubblewrapPath: String,
         scratch: String,
+        grants: GrantMounts,
+        network: JobNetwork?,
         cgroup: JobCgroup,
         limits: JobLimits,
         seccomp: SeccompFilter,
@@ -256,18 +323,27 @@ public final class ProcessSandbox: Sendable {
         }
         var files: [Int32] = [ends[1]]
         defer { for fd in files { close(fd) } }
-        var arguments = [
-            "bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--as-pid-1",
-            "--cap-drop", "ALL", "--cap-add", "CAP_SETFCAP", "--cap-add", "CAP_SETPCAP",
-            "--hostname", "sandbox", "--uid", "0", "--gid", "0", "--clearenv",
-            "--setenv", "PATH", ProcessRuntime.defaultPath,
-        ]
+        // An allowlist sandbox runs in the network namespace the node prepared (entered before
+        // bubblewrap starts); every other namespace is new.
+        let namespaces =
+            network == nil
+            ? ["--unshare-all", "--unshare-user"]
+            : ["--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
+        var arguments =
+            ["bwrap"] + namespaces + [
+                "--die-with-parent", "--new-session", "--as-pid-1",
+                "--cap-drop", "ALL", "--cap-add", "CAP_SETFCAP", "--cap-add", "CAP_SETPCAP",
+                "--hostname", "sandbox", "--uid", "0", "--gid", "0", "--clearenv",
+                "--setenv", "PATH", ProcessRuntime.defaultPath,
+            ]
         arguments += BubblewrapInvocation.hostSystemArguments()
         arguments += ["--proc", "/proc", "--dev", "/dev"] + BubblewrapInvocation.procMasks
         arguments += [
             "--bind", scratch + "/home", SandboxEtc.home, "--bind", scratch + "/tmp", "/tmp",
             "--bind", scratch + "/root", "/root", "--ro-bind", agentPath, agentPathInside,
         ]
+        // Granted host paths, at the same paths, read-only or read-write; denied ones inside hidden.
+        arguments += grants.bubblewrapArguments
         do throws(InvalidJob) {
             files.append(try BubblewrapInvocation.memoryFile(holding: Data(seccomp.bytes)))
             for file in SandboxEtc.files(uid: userID, gid: userID) {
@@ -288,9 +364,17 @@ public final class ProcessSandbox: Sendable {
             arguments: arguments,
             user: user
         )
+        // nsenter execs the shim in the sandbox's network namespace: same pid, so wait and kill hold.
+        let entered =
+            network.map {
+                (
+                    executable: ProcessRuntime.nsenterPath,
+                    arguments: ["nsenter", "--net=\($0.path)", "--", shim.executable] + shim.arguments.dropFirst()
+                )
+            } ?? (executable: shim.executable, arguments: shim.arguments)
         let command = SandboxCommand(
-            executable: shim.executable,
-            arguments: shim.arguments,
+            executable: entered.executable,
+            arguments: entered.arguments,
             timeout: lifetime,
             outputLimit: agentStderrBytes,
             inheritedFiles: files,
@@ -365,6 +449,13 @@ public final class ProcessSandbox: Sendable {
             if let hostUser { users.release(hostUser) }
         } catch {
             problems.append("the sandbox's cgroup was not removed: \(error)")
+        }
+        // Its processes are gone: nothing holds the namespace any more.
+        if let network {
+            await network.remove()
+            if FileManager.default.fileExists(atPath: network.path) {
+                problems.append("the sandbox's network namespace \(network.name) was not removed")
+            }
         }
         if let problem = scratch.remove() { problems.append(problem) }
         return problems.isEmpty ? nil : problems.joined(separator: "; ")

@@ -6,8 +6,11 @@ import Synchronization
 /// Holds a node's stateful sandboxes: per ``SandboxStart``, a ``ProcessSandbox`` (runtime
 /// `process`, a bubblewrap sandbox) or, where runc is available on a root node, a
 /// ``ContainerSandbox`` (runtime `container`, a runc container), each with `hangar-sandbox-agent`
-/// as its first process, the start's limits and, for its commands, its environment. Both kinds
-/// expose the same agent channel, so data plane, files and code contexts do not tell them apart.
+/// as its first process, the start's limits, grants and network and, for its commands, its
+/// environment. Both kinds expose the same agent channel, so data plane, files and code contexts do
+/// not tell them apart. Both enforce the start's `NETWORK_ALLOWLIST` (a ``JobNetwork`` per sandbox,
+/// removed with it) and host path grants (binds at the same paths); a start asking for what they
+/// cannot enforce is refused, never run without it.
 /// Only the `host` template for now; other runtimes and templates are refused with a message
 /// naming them.
 ///
@@ -107,6 +110,7 @@ public final class ProcessSandboxHost: SandboxHost {
         guard request.template.isEmpty || request.template == "host" else {
             throw SandboxRefusal("template '\(request.template)' has no stateful sandboxes on this node; use 'host'")
         }
+        if let problem = Self.checkGrants(request.grants) { throw SandboxRefusal(problem) }
         let fresh = state.withLock { state in
             guard state.held[id] == nil, !state.starting.contains(id) else { return false }
             state.starting.insert(id)
@@ -119,6 +123,8 @@ public final class ProcessSandboxHost: SandboxHost {
                 sandbox = try await ContainerSandbox.start(
                     id: id,
                     limits: Self.limits(request.limits),
+                    grants: request.grants,
+                    network: request.network,
                     agentPath: agentPath,
                     runtime: container,
                     logger: logger
@@ -127,6 +133,8 @@ public final class ProcessSandboxHost: SandboxHost {
                 sandbox = try await ProcessSandbox.start(
                     id: id,
                     limits: Self.limits(request.limits),
+                    grants: request.grants,
+                    network: request.network,
                     agentPath: agentPath,
                     bubblewrapPath: bubblewrapPath,
                     resources: resources,
@@ -168,6 +176,26 @@ public final class ProcessSandboxHost: SandboxHost {
             await tearDown(id, sandbox)
             throw SandboxRefusal("the sandbox was killed while it started")
         }
+    }
+
+    /// The places of a sandbox's own (its writable layer and its agent), which no granted host path
+    /// may reach: a bind there would hide them, or be hidden by them.
+    static let ownPaths = ["/home/user", "/root", "/tmp", "/.hangar"]
+
+    /// Why the start's path grants cannot be given to a sandbox of this host, or nil.
+    static func checkGrants(_ grants: Hangar_V1_Grants) -> String? {
+        for (list, paths) in [("allow_read", grants.allowRead), ("allow_write", grants.allowWrite)] {
+            for (index, path) in paths.enumerated() {
+                guard let granted = GrantPath(path) else {
+                    return "grants.\(list)[\(index)]: '\(path.prefix(64))' is not an absolute normalized path"
+                }
+                if let own = ownPaths.first(where: { granted.covers($0) || granted.isUnder($0) }) {
+                    return "grants.\(list)[\(index)]: '\(path)' reaches \(own), a sandbox's own place; "
+                        + "a sandbox cannot be granted it"
+                }
+            }
+        }
+        return nil
     }
 
     public func kill(_ sandboxID: String, reason: String) async {

@@ -153,6 +153,8 @@ extension Scheduler {
         job.limits = request.limits
         job.limits.timeoutMs = 0  // a sandbox's life is its `timeout_ms`, not a job's wall clock
         job.labels = request.labels
+        if request.hasGrants { job.grants = request.grants }
+        job.network = request.network
         let valid: ValidatedSubmission
         switch config.validator.validate(job, tenant: tenant, policy: policy) {
         case .failure(let rejection): return .failure(rejection)
@@ -163,6 +165,17 @@ extension Scheduler {
         admitted.template = valid.spec.template
         admitted.limits = valid.spec.limits
         admitted.limits.timeoutMs = 0
+        // Grants and network as the job rules admitted them (the tenant's denies added, allow_net
+        // folded into the network policy), within what this runtime's sandboxes enforce.
+        if let rejection = Self.checkSandboxGrants(valid.spec.grants, runtime: valid.spec.runtime) {
+            return .failure(rejection)
+        }
+        if valid.spec.hasGrants { admitted.grants = valid.spec.grants } else { admitted.clearGrants() }
+        if valid.spec.network == Hangar_V1_NetworkPolicy() {
+            admitted.clearNetwork()
+        } else {
+            admitted.network = valid.spec.network
+        }
         let maximum = policy.maxSandboxTimeout
         if request.timeoutMs == 0 {
             admitted.timeoutMs = UInt32(clamping: min(SandboxStreams.defaultTimeout, maximum).wholeMilliseconds)
@@ -207,6 +220,7 @@ extension Scheduler {
         let admitted: Hangar_V1_SandboxCreateRequest
         switch validateSandbox(request, tenant: tenant, policy: policy) {
         case .failure(let rejection):
+            auditSandboxGrantDenied(request, tenant: tenant, rejection: rejection)
             answer(replyTo, rejection)
             return
         case .success(let valid):
@@ -262,6 +276,9 @@ extension Scheduler {
             timeout: .milliseconds(admitted.timeoutMs),
             maxLifetime: policy.maxSandboxLifetime
         )
+        if admitted.hasGrants || !admitted.network.allow.isEmpty {
+            auditSandboxGrantGranted(request, admitted, tenant: tenant, sandboxID: id)
+        }
         handle(.sandbox(.admitted(spec)))
         let committed = committedSignal(.sandbox(.created(stored)))
         Task {
@@ -540,6 +557,8 @@ extension Scheduler {
             start.template = entry.stored.request.template
             start.limits = entry.stored.request.limits
             start.env = entry.stored.request.env
+            if entry.stored.request.hasGrants { start.grants = entry.stored.request.grants }
+            if entry.stored.request.hasNetwork { start.network = entry.stored.request.network }
             if case .starting(_, let deadline) = core.sandboxes[id]?.phase {
                 start.timeoutMs = UInt32(clamping: max(0, unixMilliseconds(at: deadline) - unixMilliseconds()))
             }

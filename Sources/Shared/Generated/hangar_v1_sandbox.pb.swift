@@ -328,47 +328,90 @@ public nonisolated enum Hangar_V1_CodeCellEnd: SwiftProtobuf.Enum, Swift.CaseIte
 }
 
 /// hangar.sandbox.<tenant>.create → SandboxCreateReply.
-public nonisolated struct Hangar_V1_SandboxCreateRequest: Sendable {
+public nonisolated struct Hangar_V1_SandboxCreateRequest: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// idempotency key, unique per tenant: a repeat answers the original
-  public var requestID: String = String()
+  public var requestID: String {
+    get {_storage._requestID}
+    set {_uniqueStorage()._requestID = newValue}
+  }
 
   /// "process", "null", ...; empty = "process"
-  public var runtime: String = String()
+  public var runtime: String {
+    get {_storage._runtime}
+    set {_uniqueStorage()._runtime = newValue}
+  }
 
   /// empty = "host"
-  public var template: String = String()
+  public var template: String {
+    get {_storage._template}
+    set {_uniqueStorage()._template = newValue}
+  }
 
   /// for the whole sandbox (memory, pids, cpu_millis, ...); timeout_ms is unused
   public var limits: Hangar_V1_Limits {
-    get {_limits ?? Hangar_V1_Limits()}
-    set {_limits = newValue}
+    get {_storage._limits ?? Hangar_V1_Limits()}
+    set {_uniqueStorage()._limits = newValue}
   }
   /// Returns true if `limits` has been explicitly set.
-  public var hasLimits: Bool {self._limits != nil}
+  public var hasLimits: Bool {_storage._limits != nil}
   /// Clears the value of `limits`. Subsequent reads from it will return its default value.
-  public mutating func clearLimits() {self._limits = nil}
+  public mutating func clearLimits() {_uniqueStorage()._limits = nil}
 
   /// the default environment of its commands
-  public var env: Dictionary<String,String> = [:]
+  public var env: Dictionary<String,String> {
+    get {_storage._env}
+    set {_uniqueStorage()._env = newValue}
+  }
 
   /// the tenant's own labels, for listing (at most 32, short)
-  public var metadata: Dictionary<String,String> = [:]
+  public var metadata: Dictionary<String,String> {
+    get {_storage._metadata}
+    set {_uniqueStorage()._metadata = newValue}
+  }
 
   /// idle time before it is killed; 0 = the scheduler's default (5 min)
-  public var timeoutMs: UInt32 = 0
+  public var timeoutMs: UInt32 {
+    get {_storage._timeoutMs}
+    set {_uniqueStorage()._timeoutMs = newValue}
+  }
 
   /// node constraints: every label must match
-  public var labels: Dictionary<String,String> = [:]
+  public var labels: Dictionary<String,String> {
+    get {_storage._labels}
+    set {_uniqueStorage()._labels = newValue}
+  }
+
+  /// What the sandbox may touch beyond its own image, as for a job (job.proto's Grants): host paths
+  /// bound in, network destinations. Default: nothing, no network.
+  public var grants: Hangar_V1_Grants {
+    get {_storage._grants ?? Hangar_V1_Grants()}
+    set {_uniqueStorage()._grants = newValue}
+  }
+  /// Returns true if `grants` has been explicitly set.
+  public var hasGrants: Bool {_storage._grants != nil}
+  /// Clears the value of `grants`. Subsequent reads from it will return its default value.
+  public mutating func clearGrants() {_uniqueStorage()._grants = nil}
+
+  /// Its network, as for a job: NETWORK_NONE (default) or NETWORK_LOOPBACK = loopback only,
+  /// NETWORK_ALLOWLIST = egress to `allow` (CIDRs; `grants.allow_net` adds to it).
+  public var network: Hangar_V1_NetworkPolicy {
+    get {_storage._network ?? Hangar_V1_NetworkPolicy()}
+    set {_uniqueStorage()._network = newValue}
+  }
+  /// Returns true if `network` has been explicitly set.
+  public var hasNetwork: Bool {_storage._network != nil}
+  /// Clears the value of `network`. Subsequent reads from it will return its default value.
+  public mutating func clearNetwork() {_uniqueStorage()._network = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _limits: Hangar_V1_Limits? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// Why a create request was refused.
@@ -728,42 +771,83 @@ public nonisolated struct Hangar_V1_SandboxEventsReply: Sendable {
 }
 
 /// Scheduler → node, request/reply on hangar.node.<node>.sandbox.start.
-public nonisolated struct Hangar_V1_SandboxStart: Sendable {
+public nonisolated struct Hangar_V1_SandboxStart: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var sandboxID: String = String()
+  public var sandboxID: String {
+    get {_storage._sandboxID}
+    set {_uniqueStorage()._sandboxID = newValue}
+  }
 
-  public var tenant: String = String()
+  public var tenant: String {
+    get {_storage._tenant}
+    set {_uniqueStorage()._tenant = newValue}
+  }
 
-  public var runtime: String = String()
+  public var runtime: String {
+    get {_storage._runtime}
+    set {_uniqueStorage()._runtime = newValue}
+  }
 
-  public var template: String = String()
+  public var template: String {
+    get {_storage._template}
+    set {_uniqueStorage()._template = newValue}
+  }
 
   /// resolved by the scheduler for the whole sandbox
   public var limits: Hangar_V1_Limits {
-    get {_limits ?? Hangar_V1_Limits()}
-    set {_limits = newValue}
+    get {_storage._limits ?? Hangar_V1_Limits()}
+    set {_uniqueStorage()._limits = newValue}
   }
   /// Returns true if `limits` has been explicitly set.
-  public var hasLimits: Bool {self._limits != nil}
+  public var hasLimits: Bool {_storage._limits != nil}
   /// Clears the value of `limits`. Subsequent reads from it will return its default value.
-  public mutating func clearLimits() {self._limits = nil}
+  public mutating func clearLimits() {_uniqueStorage()._limits = nil}
 
-  public var env: Dictionary<String,String> = [:]
+  public var env: Dictionary<String,String> {
+    get {_storage._env}
+    set {_uniqueStorage()._env = newValue}
+  }
 
   /// its timeout: the node kills it this long (plus a grace) after its
-  public var timeoutMs: UInt32 = 0
+  public var timeoutMs: UInt32 {
+    get {_storage._timeoutMs}
+    set {_uniqueStorage()._timeoutMs = newValue}
+  }
 
   /// start unless a SandboxSetTimeout says otherwise
-  public var nodeIncarnation: String = String()
+  public var nodeIncarnation: String {
+    get {_storage._nodeIncarnation}
+    set {_uniqueStorage()._nodeIncarnation = newValue}
+  }
+
+  /// validated and normalized by the scheduler; the node enforces them
+  public var grants: Hangar_V1_Grants {
+    get {_storage._grants ?? Hangar_V1_Grants()}
+    set {_uniqueStorage()._grants = newValue}
+  }
+  /// Returns true if `grants` has been explicitly set.
+  public var hasGrants: Bool {_storage._grants != nil}
+  /// Clears the value of `grants`. Subsequent reads from it will return its default value.
+  public mutating func clearGrants() {_uniqueStorage()._grants = nil}
+
+  /// validated and normalized by the scheduler (allow_net folded in)
+  public var network: Hangar_V1_NetworkPolicy {
+    get {_storage._network ?? Hangar_V1_NetworkPolicy()}
+    set {_uniqueStorage()._network = newValue}
+  }
+  /// Returns true if `network` has been explicitly set.
+  public var hasNetwork: Bool {_storage._network != nil}
+  /// Clears the value of `network`. Subsequent reads from it will return its default value.
+  public mutating func clearNetwork() {_uniqueStorage()._network = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _limits: Hangar_V1_Limits? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct Hangar_V1_SandboxStartReply: Sendable {
@@ -1675,68 +1759,132 @@ nonisolated extension Hangar_V1_CodeCellEnd: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Hangar_V1_SandboxCreateRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SandboxCreateRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}runtime\0\u{1}template\0\u{1}limits\0\u{1}env\0\u{1}metadata\0\u{3}timeout_ms\0\u{1}labels\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}runtime\0\u{1}template\0\u{1}limits\0\u{1}env\0\u{1}metadata\0\u{3}timeout_ms\0\u{1}labels\0\u{1}grants\0\u{1}network\0")
+
+  fileprivate class _StorageClass {
+    var _requestID: String = String()
+    var _runtime: String = String()
+    var _template: String = String()
+    var _limits: Hangar_V1_Limits? = nil
+    var _env: Dictionary<String,String> = [:]
+    var _metadata: Dictionary<String,String> = [:]
+    var _timeoutMs: UInt32 = 0
+    var _labels: Dictionary<String,String> = [:]
+    var _grants: Hangar_V1_Grants? = nil
+    var _network: Hangar_V1_NetworkPolicy? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _requestID = source._requestID
+      _runtime = source._runtime
+      _template = source._template
+      _limits = source._limits
+      _env = source._env
+      _metadata = source._metadata
+      _timeoutMs = source._timeoutMs
+      _labels = source._labels
+      _grants = source._grants
+      _network = source._network
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.runtime) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.template) }()
-      case 4: try { try decoder.decodeSingularMessageField(value: &self._limits) }()
-      case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.env) }()
-      case 6: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.metadata) }()
-      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
-      case 8: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.labels) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._requestID) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._runtime) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._template) }()
+        case 4: try { try decoder.decodeSingularMessageField(value: &_storage._limits) }()
+        case 5: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._env) }()
+        case 6: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._metadata) }()
+        case 7: try { try decoder.decodeSingularUInt32Field(value: &_storage._timeoutMs) }()
+        case 8: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._labels) }()
+        case 9: try { try decoder.decodeSingularMessageField(value: &_storage._grants) }()
+        case 10: try { try decoder.decodeSingularMessageField(value: &_storage._network) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.requestID.isEmpty {
-      try visitor.visitSingularStringField(value: self.requestID, fieldNumber: 1)
-    }
-    if !self.runtime.isEmpty {
-      try visitor.visitSingularStringField(value: self.runtime, fieldNumber: 2)
-    }
-    if !self.template.isEmpty {
-      try visitor.visitSingularStringField(value: self.template, fieldNumber: 3)
-    }
-    try { if let v = self._limits {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
-    } }()
-    if !self.env.isEmpty {
-      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.env, fieldNumber: 5)
-    }
-    if !self.metadata.isEmpty {
-      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.metadata, fieldNumber: 6)
-    }
-    if self.timeoutMs != 0 {
-      try visitor.visitSingularUInt32Field(value: self.timeoutMs, fieldNumber: 7)
-    }
-    if !self.labels.isEmpty {
-      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.labels, fieldNumber: 8)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._requestID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._requestID, fieldNumber: 1)
+      }
+      if !_storage._runtime.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._runtime, fieldNumber: 2)
+      }
+      if !_storage._template.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._template, fieldNumber: 3)
+      }
+      try { if let v = _storage._limits {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+      } }()
+      if !_storage._env.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._env, fieldNumber: 5)
+      }
+      if !_storage._metadata.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._metadata, fieldNumber: 6)
+      }
+      if _storage._timeoutMs != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._timeoutMs, fieldNumber: 7)
+      }
+      if !_storage._labels.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._labels, fieldNumber: 8)
+      }
+      try { if let v = _storage._grants {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+      } }()
+      try { if let v = _storage._network {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Hangar_V1_SandboxCreateRequest, rhs: Hangar_V1_SandboxCreateRequest) -> Bool {
-    if lhs.requestID != rhs.requestID {return false}
-    if lhs.runtime != rhs.runtime {return false}
-    if lhs.template != rhs.template {return false}
-    if lhs._limits != rhs._limits {return false}
-    if lhs.env != rhs.env {return false}
-    if lhs.metadata != rhs.metadata {return false}
-    if lhs.timeoutMs != rhs.timeoutMs {return false}
-    if lhs.labels != rhs.labels {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._requestID != rhs_storage._requestID {return false}
+        if _storage._runtime != rhs_storage._runtime {return false}
+        if _storage._template != rhs_storage._template {return false}
+        if _storage._limits != rhs_storage._limits {return false}
+        if _storage._env != rhs_storage._env {return false}
+        if _storage._metadata != rhs_storage._metadata {return false}
+        if _storage._timeoutMs != rhs_storage._timeoutMs {return false}
+        if _storage._labels != rhs_storage._labels {return false}
+        if _storage._grants != rhs_storage._grants {return false}
+        if _storage._network != rhs_storage._network {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2449,68 +2597,132 @@ nonisolated extension Hangar_V1_SandboxEventsReply: SwiftProtobuf.Message, Swift
 
 nonisolated extension Hangar_V1_SandboxStart: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SandboxStart"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}sandbox_id\0\u{1}tenant\0\u{1}runtime\0\u{1}template\0\u{1}limits\0\u{1}env\0\u{3}timeout_ms\0\u{3}node_incarnation\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}sandbox_id\0\u{1}tenant\0\u{1}runtime\0\u{1}template\0\u{1}limits\0\u{1}env\0\u{3}timeout_ms\0\u{3}node_incarnation\0\u{1}grants\0\u{1}network\0")
+
+  fileprivate class _StorageClass {
+    var _sandboxID: String = String()
+    var _tenant: String = String()
+    var _runtime: String = String()
+    var _template: String = String()
+    var _limits: Hangar_V1_Limits? = nil
+    var _env: Dictionary<String,String> = [:]
+    var _timeoutMs: UInt32 = 0
+    var _nodeIncarnation: String = String()
+    var _grants: Hangar_V1_Grants? = nil
+    var _network: Hangar_V1_NetworkPolicy? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _sandboxID = source._sandboxID
+      _tenant = source._tenant
+      _runtime = source._runtime
+      _template = source._template
+      _limits = source._limits
+      _env = source._env
+      _timeoutMs = source._timeoutMs
+      _nodeIncarnation = source._nodeIncarnation
+      _grants = source._grants
+      _network = source._network
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.sandboxID) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.tenant) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.runtime) }()
-      case 4: try { try decoder.decodeSingularStringField(value: &self.template) }()
-      case 5: try { try decoder.decodeSingularMessageField(value: &self._limits) }()
-      case 6: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &self.env) }()
-      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
-      case 8: try { try decoder.decodeSingularStringField(value: &self.nodeIncarnation) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._sandboxID) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._tenant) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._runtime) }()
+        case 4: try { try decoder.decodeSingularStringField(value: &_storage._template) }()
+        case 5: try { try decoder.decodeSingularMessageField(value: &_storage._limits) }()
+        case 6: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: &_storage._env) }()
+        case 7: try { try decoder.decodeSingularUInt32Field(value: &_storage._timeoutMs) }()
+        case 8: try { try decoder.decodeSingularStringField(value: &_storage._nodeIncarnation) }()
+        case 9: try { try decoder.decodeSingularMessageField(value: &_storage._grants) }()
+        case 10: try { try decoder.decodeSingularMessageField(value: &_storage._network) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.sandboxID.isEmpty {
-      try visitor.visitSingularStringField(value: self.sandboxID, fieldNumber: 1)
-    }
-    if !self.tenant.isEmpty {
-      try visitor.visitSingularStringField(value: self.tenant, fieldNumber: 2)
-    }
-    if !self.runtime.isEmpty {
-      try visitor.visitSingularStringField(value: self.runtime, fieldNumber: 3)
-    }
-    if !self.template.isEmpty {
-      try visitor.visitSingularStringField(value: self.template, fieldNumber: 4)
-    }
-    try { if let v = self._limits {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
-    } }()
-    if !self.env.isEmpty {
-      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: self.env, fieldNumber: 6)
-    }
-    if self.timeoutMs != 0 {
-      try visitor.visitSingularUInt32Field(value: self.timeoutMs, fieldNumber: 7)
-    }
-    if !self.nodeIncarnation.isEmpty {
-      try visitor.visitSingularStringField(value: self.nodeIncarnation, fieldNumber: 8)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._sandboxID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._sandboxID, fieldNumber: 1)
+      }
+      if !_storage._tenant.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._tenant, fieldNumber: 2)
+      }
+      if !_storage._runtime.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._runtime, fieldNumber: 3)
+      }
+      if !_storage._template.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._template, fieldNumber: 4)
+      }
+      try { if let v = _storage._limits {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+      } }()
+      if !_storage._env.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufString>.self, value: _storage._env, fieldNumber: 6)
+      }
+      if _storage._timeoutMs != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._timeoutMs, fieldNumber: 7)
+      }
+      if !_storage._nodeIncarnation.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._nodeIncarnation, fieldNumber: 8)
+      }
+      try { if let v = _storage._grants {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+      } }()
+      try { if let v = _storage._network {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Hangar_V1_SandboxStart, rhs: Hangar_V1_SandboxStart) -> Bool {
-    if lhs.sandboxID != rhs.sandboxID {return false}
-    if lhs.tenant != rhs.tenant {return false}
-    if lhs.runtime != rhs.runtime {return false}
-    if lhs.template != rhs.template {return false}
-    if lhs._limits != rhs._limits {return false}
-    if lhs.env != rhs.env {return false}
-    if lhs.timeoutMs != rhs.timeoutMs {return false}
-    if lhs.nodeIncarnation != rhs.nodeIncarnation {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._sandboxID != rhs_storage._sandboxID {return false}
+        if _storage._tenant != rhs_storage._tenant {return false}
+        if _storage._runtime != rhs_storage._runtime {return false}
+        if _storage._template != rhs_storage._template {return false}
+        if _storage._limits != rhs_storage._limits {return false}
+        if _storage._env != rhs_storage._env {return false}
+        if _storage._timeoutMs != rhs_storage._timeoutMs {return false}
+        if _storage._nodeIncarnation != rhs_storage._nodeIncarnation {return false}
+        if _storage._grants != rhs_storage._grants {return false}
+        if _storage._network != rhs_storage._network {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

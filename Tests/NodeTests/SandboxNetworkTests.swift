@@ -1,0 +1,114 @@
+import Foundation
+import Glibc
+import HangarShared
+import HangarTestSupport
+import Testing
+
+@testable import HangarNode
+
+/// `NETWORK_ALLOWLIST` in stateful sandboxes, real bubblewrap (and runc where it is there) with the
+/// real agent and a real peer network namespace (``TestPeer``, TEST-NET-style `10.253.K.x`
+/// addresses on a veth pair; nothing leaves the machine): the allowed peer address answers, the
+/// peer's other address does not, and the sandbox's namespace and veth are gone after its kill.
+@Suite("Stateful sandboxes: NETWORK_ALLOWLIST", .enabled(if: geteuid() == 0), .serialized)
+struct SandboxNetworkTests {
+    /// Tries both peer addresses from inside the sandbox: `allowed OPEN`, `other BLOCKED`.
+    static let probe = """
+        import socket, sys
+        def attempt(host):
+            try:
+                with socket.create_connection((host, 8080), timeout=2) as s:
+                    return 'OPEN' if s.recv(64).startswith(b'hello') else 'OTHER'
+            except OSError:
+                return 'BLOCKED'
+        print('allowed', attempt(sys.argv[1]))
+        print('other', attempt(sys.argv[2]))
+        """
+
+    static func policy(_ peer: TestPeer) -> Hangar_V1_NetworkPolicy {
+        var network = Hangar_V1_NetworkPolicy()
+        network.mode = .networkAllowlist
+        network.allow = [peer.address(2) + "/32"]
+        return network
+    }
+
+    static func gone(namespace: String, interface: String) -> Bool {
+        !FileManager.default.fileExists(atPath: "/run/netns/" + namespace)
+            && !FileManager.default.fileExists(atPath: "/sys/class/net/" + interface)
+    }
+
+    @Test("process sandbox: the allowed peer answers, its other address does not; the namespace goes with the kill")
+    func process() async throws {
+        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
+        let peer = try TestPeer.start(tag: uniqueTag())
+        defer { peer.stop() }
+        let listening = await eventually(within: .seconds(10)) { peer.listening }
+        try #require(listening, "the peer's server did not listen on \(peer.address(2)):8080 within 10 s")
+        let sandbox = try await ProcessSandbox.start(
+            id: "net-\(uniqueTag())",
+            network: Self.policy(peer),
+            agentPath: agentPath
+        )
+        let namespace = try #require(sandbox.networkNamespace, "the sandbox has no network of its own")
+        let interface = try #require(sandbox.networkInterface)
+        do {
+            #expect(FileManager.default.fileExists(atPath: "/run/netns/" + namespace))
+            let result = try await run(sandbox, ["python3", "-c", Self.probe, peer.address(2), peer.address(3)])
+            #expect(result.exited?.exitCode == 0, "\(text(result.stderr))")
+            #expect(text(result.stdout) == "allowed OPEN\nother BLOCKED\n", "\(text(result.stderr))")
+            // The same from a command as root of the sandbox (no capability over the namespace).
+            let root = try await run(sandbox, ["python3", "-c", Self.probe, peer.address(2), peer.address(3)]) {
+                $0.user = "root"
+            }
+            #expect(text(root.stdout) == "allowed OPEN\nother BLOCKED\n", "\(text(root.stderr))")
+        } catch {
+            await sandbox.kill()
+            throw error
+        }
+        #expect(await sandbox.kill() == nil)
+        #expect(Self.gone(namespace: namespace, interface: interface), "\(namespace) or \(interface) is left behind")
+    }
+
+    @Test(
+        "container sandbox: the allowed peer answers, its other address does not; the namespace goes with the kill",
+        .enabled(if: access("/usr/sbin/runc", X_OK) == 0)
+    )
+    func container() async throws {
+        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
+        let peer = try TestPeer.start(tag: uniqueTag())
+        defer { peer.stop() }
+        let listening = await eventually(within: .seconds(10)) { peer.listening }
+        try #require(listening, "the peer's server did not listen on \(peer.address(2)):8080 within 10 s")
+        let sandbox = try await ContainerSandbox.start(
+            id: "net-\(uniqueTag())",
+            network: Self.policy(peer),
+            agentPath: agentPath,
+            runtime: ContainerSandboxTests.runtime
+        )
+        let namespace = try #require(sandbox.networkNamespace, "the sandbox has no network of its own")
+        let interface = try #require(sandbox.networkInterface)
+        do {
+            let result = try await ContainerSandboxTests.run(
+                sandbox,
+                ["python3", "-c", Self.probe, peer.address(2), peer.address(3)]
+            )
+            #expect(result.exited?.exitCode == 0, "\(text(result.stderr))")
+            #expect(text(result.stdout) == "allowed OPEN\nother BLOCKED\n", "\(text(result.stderr))")
+        } catch {
+            await sandbox.kill()
+            throw error
+        }
+        #expect(await sandbox.kill() == nil)
+        #expect(Self.gone(namespace: namespace, interface: interface), "\(namespace) or \(interface) is left behind")
+    }
+
+    @Test("without an allowlist a sandbox has only loopback and no namespace of the node's")
+    func loopbackOnly() async throws {
+        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
+        let sandbox = try await ProcessSandbox.start(id: "lo-\(uniqueTag())", agentPath: agentPath)
+        #expect(sandbox.networkNamespace == nil)
+        let links = try await run(sandbox, ["sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"])
+        #expect(text(links.stdout) == "lo\n")
+        #expect(await sandbox.kill() == nil)
+    }
+}
