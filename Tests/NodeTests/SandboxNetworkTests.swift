@@ -102,6 +102,57 @@ struct SandboxNetworkTests {
         #expect(Self.gone(namespace: namespace, interface: interface), "\(namespace) or \(interface) is left behind")
     }
 
+    @Test(
+        "process sandbox granted a host name: it resolves through the sandbox's own resolver and connects; others NXDOMAIN"
+    )
+    func byName() async throws {
+        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
+        let peer = try TestPeer.start(tag: uniqueTag(), subnet: .testNet)
+        defer { peer.stop() }
+        let listening = await eventually(within: .seconds(10)) { peer.listening }
+        try #require(listening)
+        try peer.startDNS(["named.test": peer.address(2), "other.test": peer.address(3)])
+        var grants = Hangar_V1_Grants()
+        grants.allowNet = ["named.test:8080"]
+        var network = Hangar_V1_NetworkPolicy()
+        network.mode = .networkAllowlist
+        let resources = NodeResources(
+            users: SandboxUsers(first: 3_500_200, count: 4),
+            dnsUpstream: try #require(DNSUpstream(peer.address(2)))
+        )
+        let sandbox = try await ProcessSandbox.start(
+            id: "name-\(uniqueTag())",
+            grants: grants,
+            network: network,
+            agentPath: agentPath,
+            resources: resources
+        )
+        let probe = """
+            import socket
+            def attempt(name):
+                try:
+                    with socket.create_connection((name, 8080), timeout=2) as s:
+                        return 'OPEN:' + s.recv(64).decode()
+                except socket.gaierror as error:
+                    return 'NXDOMAIN' if error.errno == socket.EAI_NONAME else 'FAILED'
+                except OSError:
+                    return 'BLOCKED'
+            print('named', attempt('named.test'))
+            print('other', attempt('other.test'))
+            """
+        do {
+            let result = try await run(sandbox, ["python3", "-c", probe])
+            #expect(
+                text(result.stdout) == "named OPEN:hello@\(peer.address(2)):8080\nother NXDOMAIN\n",
+                "\(text(result.stderr)) dns: \(peer.dnsLog.suffix(800))"
+            )
+        } catch {
+            await sandbox.kill()
+            throw error
+        }
+        #expect(await sandbox.kill() == nil)
+    }
+
     @Test("without an allowlist a sandbox has only loopback and no namespace of the node's")
     func loopbackOnly() async throws {
         let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")

@@ -40,21 +40,8 @@ struct JobNetwork: Sendable {
     /// Sets up the namespace, veth pair and rules. Needs root, `ip` and `nft`. With `process`, the
     /// network namespace of that process is used (and named) instead of a new one: a container
     /// whose user namespace is not root's may only join a network namespace its own user namespace
-    /// owns (``OwnedUserNamespace``). The namespace is noted in `ledger` while it exists.
-    static func create(
-        allow: [String],
-        namespaceOf process: Int32? = nil,
-        subnets: SubnetPool,
-        ledger: SandboxLedger?
-    ) async throws(NetworkSetupError) -> JobNetwork {
-        var policy = Hangar_V1_NetworkPolicy()
-        policy.allow = allow
-        let egress = try Egress(network: policy, grants: Hangar_V1_Grants())
-        return try await create(egress: egress, upstream: nil, namespaceOf: process, subnets: subnets, ledger: ledger)
-    }
-
-    /// Sets up the network of a job with `egress`; names are resolved through `upstream` (required
-    /// when ``Egress/resolves``).
+    /// owns (``OwnedUserNamespace``). The namespace is noted in `ledger` while it exists. Names in
+    /// `egress` are resolved through `upstream` (required when ``Egress/resolves``).
     static func create(
         egress: Egress,
         upstream: DNSUpstream?,

@@ -146,7 +146,8 @@ public final class ContainerSandbox: Sendable {
         if joinsNetwork {
             do {
                 network = try await JobNetwork.create(
-                    allow: networkPolicy.allow,
+                    egress: try Egress(network: networkPolicy, grants: grants),
+                    upstream: engine.resources.dnsUpstream,
                     namespaceOf: owned?.namespace.pid,
                     subnets: engine.resources.subnets,
                     ledger: engine.resources.ledger
@@ -226,7 +227,13 @@ public final class ContainerSandbox: Sendable {
         var files: [Int32] = []
         var node: Int32 = -1
         do throws(SandboxStartError) {
-            try adapt(bundle: bundle.path, config: config, agentPath: agentPath, diskBytes: job.limits.fileSizeBytes)
+            try adapt(
+                bundle: bundle.path,
+                config: config,
+                agentPath: agentPath,
+                diskBytes: job.limits.fileSizeBytes,
+                resolver: network?.resolver != nil
+            )
             do throws(CgroupError) {
                 try cgroup.make(CgroupLimits(config.spec.linux.resources))
             } catch {
@@ -306,7 +313,8 @@ public final class ContainerSandbox: Sendable {
         bundle: String,
         config: OCIJobConfig,
         agentPath: String,
-        diskBytes: UInt64
+        diskBytes: UInt64,
+        resolver: Bool
     ) throws(SandboxStartError) {
         var spec = config.spec
         spec.process.user = OCIUser(uid: 0, gid: 0, additionalGids: [0])
@@ -356,7 +364,7 @@ public final class ContainerSandbox: Sendable {
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         do {
             try Data().write(to: URL(fileURLWithPath: rootfs + "/.hangar/agent"))
-            for file in SandboxEtc.files(uid: ProcessSandbox.userID, gid: ProcessSandbox.userID) {
+            for file in SandboxEtc.files(uid: ProcessSandbox.userID, gid: ProcessSandbox.userID, resolver: resolver) {
                 try file.content.write(to: URL(fileURLWithPath: rootfs + file.path))
             }
             try encoder.encode(spec).write(to: URL(fileURLWithPath: bundle + "/config.json"))

@@ -231,7 +231,8 @@ public final class ProcessSandbox: Sendable {
         if joinsNetwork {
             do {
                 network = try await JobNetwork.create(
-                    allow: networkPolicy.allow,
+                    egress: try Egress(network: networkPolicy, grants: grants),
+                    upstream: resources.dnsUpstream,
                     subnets: resources.subnets,
                     ledger: resources.ledger
                 )
@@ -346,7 +347,7 @@ public final class ProcessSandbox: Sendable {
         arguments += grants.bubblewrapArguments
         do throws(InvalidJob) {
             files.append(try BubblewrapInvocation.memoryFile(holding: Data(seccomp.bytes)))
-            for file in SandboxEtc.files(uid: userID, gid: userID) {
+            for file in SandboxEtc.files(uid: userID, gid: userID, resolver: network?.resolver != nil) {
                 files.append(try BubblewrapInvocation.memoryFile(holding: file.content))
                 arguments += ["--perms", "0644", "--file", String(2 + files.count), file.path]
             }
