@@ -25,7 +25,7 @@ struct ControlPlaneTests {
         "create, get, list with metadata and pages, timeout, connect, kill, 404 after; bad keys 401; tenant b cannot see or kill tenant a's sandbox"
     )
     func sandboxLifecycle() async throws {
-        try await withGateway { cluster, gateway, keys in
+        try await Self.withGateway { cluster, gateway, keys in
             let app = Application(responder: gateway.responder())
             try await app.test(.router) { client in
                 try await exerciseLifecycle(client, cluster: cluster, keys: keys)
@@ -125,7 +125,7 @@ struct ControlPlaneTests {
         .timeLimit(.minutes(3))
     )
     func realSDK() async throws {
-        try await withGateway { _, gateway, keys in
+        try await Self.withGateway { _, gateway, keys in
             let app = Application(responder: gateway.responder())
             try await app.test(.live) { client in
                 let port = try #require(client.port)
@@ -426,10 +426,17 @@ struct ControlPlaneTests {
 
     /// A cluster, keys for tenants a and b made through the admin verb, and a gateway resolving them
     /// through the scheduler; every sandbox is killed and the cluster stopped, even on failure.
-    private func withGateway(
+    static func withGateway(
         _ body: (AuthorizedCluster, Gateway, (a: String, b: String)) async throws -> Void
     ) async throws {
-        try await withSandboxCluster { cluster, _ in
+        try await withGatewayAndHost { cluster, _, gateway, keys in try await body(cluster, gateway, keys) }
+    }
+
+    /// The same, with the node's sandbox host.
+    static func withGatewayAndHost(
+        _ body: (AuthorizedCluster, ProcessSandboxHost, Gateway, (a: String, b: String)) async throws -> Void
+    ) async throws {
+        try await withSandboxCluster { cluster, host in
             let operatorConnection = try await cluster.login(.operator("ops"))
             let connection = try await cluster.login(.gateway("gw"))
             defer {
@@ -452,7 +459,7 @@ struct ControlPlaneTests {
                 ),
                 logger: Logger(label: "gateway-test")
             )
-            try await body(cluster, gateway, keys)
+            try await body(cluster, host, gateway, keys)
         }
     }
 

@@ -79,26 +79,8 @@ struct NetworkOptionsClusterTests {
         "allowOut makes a sandbox with those grants, internet access is 0.0.0.0/0; what the scheduler refuses is E2B's 400 with its message; unset is no network"
     )
     func throughTheScheduler() async throws {
-        try await withSandboxCluster { cluster, host in
-            let operatorConnection = try await cluster.login(.operator("ops"))
-            let connection = try await cluster.login(.gateway("gw"))
-            defer {
-                Task {
-                    await operatorConnection.close()
-                    await connection.close()
-                }
-            }
-            let key = try await ControlPlaneTests.createKey(tenant: "a", operatorConnection)
-            let secret = Data("network-options-test-secret".utf8)
-            let gateway = Gateway(
-                configuration: GatewayConfiguration(secret: secret),
-                authority: GatewayAuthority(
-                    keys: SchedulerAPIKeys(connection: connection),
-                    tokens: try SandboxTokens(secret: secret),
-                    directory: SandboxDirectory(connection: connection)
-                ),
-                logger: Logger(label: "gateway-test")
-            )
+        try await ControlPlaneTests.withGatewayAndHost { cluster, host, gateway, keys in
+            let key = keys.a
             let headers: HTTPFields = [.xAPIKey: key, .contentType: "application/json"]
             let app = Application(responder: gateway.responder())
             try await app.test(.router) { client in
@@ -149,26 +131,8 @@ struct NetworkOptionsClusterTests {
 
     @Test("the real e2b SDK sends allow_internet_access and network.allowOut as the gateway reads them")
     func realSDK() async throws {
-        try await withSandboxCluster { cluster, _ in
-            let operatorConnection = try await cluster.login(.operator("ops"))
-            let connection = try await cluster.login(.gateway("gw"))
-            defer {
-                Task {
-                    await operatorConnection.close()
-                    await connection.close()
-                }
-            }
-            let key = try await ControlPlaneTests.createKey(tenant: "a", operatorConnection)
-            let secret = Data("network-options-sdk-secret".utf8)
-            let gateway = Gateway(
-                configuration: GatewayConfiguration(secret: secret),
-                authority: GatewayAuthority(
-                    keys: SchedulerAPIKeys(connection: connection),
-                    tokens: try SandboxTokens(secret: secret),
-                    directory: SandboxDirectory(connection: connection)
-                ),
-                logger: Logger(label: "gateway-test")
-            )
+        try await ControlPlaneTests.withGateway { cluster, gateway, keys in
+            let key = keys.a
             let app = Application(responder: gateway.responder())
             try await app.test(.live) { client in
                 let port = try #require(client.port)
