@@ -19,9 +19,10 @@ public struct SandboxOptions: Sendable {
     public var nodeLabels: [String: String]
     /// An idempotency key: a repeat of a create with the same key returns the sandbox the first made.
     public var requestID: String?
-    /// What it may touch beyond its own image: host paths bound in, network destinations. Default:
-    /// nothing, no network.
-    public var grants: SandboxGrants
+    /// What it may touch beyond its own image: host paths bound in, network destinations. nil (the
+    /// default): the tenant's default for sandboxes (`sandbox_default_grants` in the tenants file;
+    /// built in: nothing, no network); a value, even an empty one, is exactly that.
+    public var grants: SandboxGrants?
 
     /// Options with every field given or defaulted.
     public init(
@@ -33,7 +34,7 @@ public struct SandboxOptions: Sendable {
         memoryBytes: UInt64? = nil,
         nodeLabels: [String: String] = [:],
         requestID: String? = nil,
-        grants: SandboxGrants = SandboxGrants()
+        grants: SandboxGrants? = nil
     ) {
         self.grants = grants
         self.runtime = runtime
@@ -57,7 +58,7 @@ public struct SandboxOptions: Sendable {
         request.requestID = requestID ?? ""
         if let timeout { request.timeoutMs = try milliseconds(timeout, what: "a sandbox's timeout") }
         if let memoryBytes { request.limits.memoryBytes = memoryBytes }
-        if grants != SandboxGrants() {
+        if let grants {
             request.grants = .with {
                 $0.allowRead = grants.allowRead
                 $0.allowWrite = grants.allowWrite

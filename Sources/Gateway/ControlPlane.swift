@@ -24,7 +24,8 @@ import SwiftProtobuf
 ///
 /// Differences from E2B, on purpose:
 /// - Internet access. E2B's default is on; Hangar's sandboxes have no network unless granted. So an
-///   unset `allow_internet_access` (and `false`) gets Hangar's default: no network at all; `true`
+///   unset `allow_internet_access` (no network options at all) gets the tenant's default for
+///   sandboxes (`sandbox_default_grants`; built in: no network at all); `false` no network; `true`
 ///   is the grant `allow_net 0.0.0.0/0`; `network.allowOut` entries are `allow_net` grants and
 ///   `network.denyOut` entries `deny_net` (``networkGrants(_:)``). The scheduler checks them as it
 ///   checks a job's (the tenant's maximum, what runtimes enforce); its refusal is a 400 with its
@@ -464,17 +465,20 @@ extension Gateway {
     }
 
     /// E2B's network options of a create body as Hangar grants: `allow_internet_access` true is
-    /// `allow_net 0.0.0.0/0` (any destination); false, or unset, is no network (Hangar's default,
-    /// where E2B's is on); `network.allowOut` entries are `allow_net` and `network.denyOut` entries
+    /// `allow_net 0.0.0.0/0` (any destination); false is no network; neither option given is nil,
+    /// the tenant's default for sandboxes (built in: no network, where E2B's default is on); `network.allowOut` entries are `allow_net` and `network.denyOut` entries
     /// `deny_net`, passed on unchanged for the scheduler to check (what it refuses, e.g. a name it
     /// cannot enforce yet or a destination beyond the tenant's maximum, comes back as a 400 with
     /// its message). Network features Hangar does not have (`egressProxy`, `rules`,
     /// `maskRequestHost`, `dnsServers`, `httpsPorts`) are refused 400, never ignored.
-    static func networkGrants(_ body: [String: Any]) throws -> SandboxGrants {
+    static func networkGrants(_ body: [String: Any]) throws -> SandboxGrants? {
         var grants = SandboxGrants()
         let internetKey = ["allow_internet_access", "allowInternetAccess"].first {
             body[$0] != nil && !(body[$0] is NSNull)
         }
+        let networkGiven = body["network"].map { !($0 is NSNull) } ?? false
+        // Neither option: the tenant's default for sandboxes (the scheduler applies it).
+        guard internetKey != nil || networkGiven else { return nil }
         if let internetKey {
             guard let internet = body[internetKey] as? Bool else {
                 throw GatewayError(.badRequest, "\(internetKey) must be true or false")

@@ -81,7 +81,8 @@ struct SandboxCreateCommand: AsyncParsableCommand {
         let grants = access.grants
         if grants != Hangar_V1_Grants() { request.grants = grants }
         let network = try access.networkPolicy()
-        if network != Hangar_V1_NetworkPolicy() { request.network = network }
+        // Without grant flags or --network, the tenant's default for sandboxes applies.
+        if network != Hangar_V1_NetworkPolicy() || access.network != nil { request.network = network }
         let tenant = try connection.tenant(owner.tenant)
         // The scheduler answers once the sandbox runs: its creation timeout (10 s) plus a node's answer.
         let reply = try await sandboxRequest(

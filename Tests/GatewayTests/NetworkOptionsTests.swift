@@ -21,17 +21,23 @@ import Testing
 /// E2B's 400 with the scheduler's message.
 @Suite("Gateway: E2B network options as grants")
 struct NetworkOptionsMappingTests {
-    @Test("internet access true is allow_net 0.0.0.0/0; false and unset are no network; allowOut/denyOut pass through")
+    @Test(
+        "internet access true is allow_net 0.0.0.0/0; false is no network; unset is the tenant's default (nil); allowOut/denyOut pass through"
+    )
     func mapping() throws {
-        #expect(try Gateway.networkGrants([:]) == SandboxGrants())
+        #expect(try Gateway.networkGrants([:]) == nil)
+        #expect(try Gateway.networkGrants(["allow_internet_access": NSNull()]) == nil)
         #expect(try Gateway.networkGrants(["allow_internet_access": false]) == SandboxGrants())
-        #expect(try Gateway.networkGrants(["allow_internet_access": NSNull()]) == SandboxGrants())
-        #expect(try Gateway.networkGrants(["allow_internet_access": true]).allowNet == ["0.0.0.0/0"])
-        #expect(try Gateway.networkGrants(["allowInternetAccess": true]).allowNet == ["0.0.0.0/0"])
-        let both = try Gateway.networkGrants([
-            "allow_internet_access": true,
-            "network": ["allowOut": ["0.0.0.0/0", "api.example.com", "203.0.113.0/24"], "denyOut": ["203.0.113.9"]],
-        ])
+        #expect(try Gateway.networkGrants(["allow_internet_access": true])?.allowNet == ["0.0.0.0/0"])
+        #expect(try Gateway.networkGrants(["allowInternetAccess": true])?.allowNet == ["0.0.0.0/0"])
+        let both = try #require(
+            try Gateway.networkGrants([
+                "allow_internet_access": true,
+                "network": [
+                    "allowOut": ["0.0.0.0/0", "api.example.com", "203.0.113.0/24"], "denyOut": ["203.0.113.9"],
+                ],
+            ])
+        )
         #expect(both.allowNet == ["0.0.0.0/0", "api.example.com", "203.0.113.0/24"])
         #expect(both.denyNet == ["203.0.113.9"])
         #expect(both.allowRead.isEmpty && both.allowWrite.isEmpty)

@@ -21,6 +21,8 @@ struct SandboxGrantsTests {
               allow_read: [/srv/data]
               deny_read: [/srv/data/secret]
               allow_net: [203.0.113.0/24]
+            sandbox_default_grants:
+              allow_net: [203.0.113.0/24]
 
         """.write(to: file, atomically: true, encoding: .utf8)
         return file
@@ -134,6 +136,42 @@ struct SandboxGrantsTests {
                 return
             }
             #expect(empty.reason == .invalidRequest && empty.field == "network.allow", "\(empty)")
+        }
+    }
+
+    @Test(
+        "a create naming neither grants nor a network gets the tenant's sandbox default; one that names either does not"
+    )
+    func tenantDefault() async throws {
+        let tenants = try Self.tenantsFile()
+        defer { try? FileManager.default.removeItem(at: tenants) }
+        try await withCluster(
+            nodes: 1,
+            runtimes: [NullRuntime()],
+            settings: SchedulerSettings(tenantsFile: tenants.path)
+        ) { cluster in
+            var unset = Hangar_V1_SandboxCreateRequest()
+            unset.runtime = "null"
+            let defaulted = try #require(try await cluster.createSandbox(unset).createdInfo, "not created")
+            let stored = try #require(try await cluster.scheduler.store.sandbox(id: defaulted.id))
+            #expect(stored.request.grants.allowNet == ["203.0.113.0/24"], "\(stored.request)")
+            #expect(stored.request.network.mode == .networkAllowlist)
+
+            // An explicit "no network" (E2B's allow_internet_access=False): a network policy, mode NONE.
+            var none = Hangar_V1_SandboxCreateRequest()
+            none.runtime = "null"
+            none.network = Hangar_V1_NetworkPolicy()
+            let plain = try #require(try await cluster.createSandbox(none).createdInfo, "not created")
+            let storedPlain = try #require(try await cluster.scheduler.store.sandbox(id: plain.id))
+            #expect(!storedPlain.request.hasGrants && storedPlain.request.network.mode != .networkAllowlist)
+
+            // Empty grants are explicit too.
+            var empty = Hangar_V1_SandboxCreateRequest()
+            empty.runtime = "null"
+            empty.grants = Hangar_V1_Grants()
+            let bare = try #require(try await cluster.createSandbox(empty).createdInfo, "not created")
+            let storedBare = try #require(try await cluster.scheduler.store.sandbox(id: bare.id))
+            #expect(storedBare.request.grants.allowNet.isEmpty && storedBare.request.network.mode != .networkAllowlist)
         }
     }
 }

@@ -153,7 +153,12 @@ extension Scheduler {
         job.limits = request.limits
         job.limits.timeoutMs = 0  // a sandbox's life is its `timeout_ms`, not a job's wall clock
         job.labels = request.labels
-        if request.hasGrants { job.grants = request.grants }
+        if request.hasGrants {
+            job.grants = request.grants
+        } else if !request.hasNetwork, let defaults = policy.sandboxDefaultGrants {
+            // Neither grants nor a network policy named: the tenant's default for sandboxes.
+            job.grants = defaults.message
+        }
         job.network = request.network
         let valid: ValidatedSubmission
         switch config.validator.validate(job, tenant: tenant, policy: policy) {

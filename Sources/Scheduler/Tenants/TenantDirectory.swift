@@ -28,6 +28,8 @@ import HangarShared
 ///     allow_write: [/srv/scratch]
 ///     allow_net: ["0.0.0.0/0", "*.pypi.org:443"]
 ///     deny_net: ["10.0.0.0/8"]   # denies are added to every job's grants
+///   sandbox_default_grants:      # what a sandbox create that names no grants or network gets
+///     allow_net: ["0.0.0.0/0"]   # (default: nothing, no network)
 /// tenants:
 ///   acme: {weight: 3, rate: 50, burst: 100}
 /// ```
@@ -148,6 +150,8 @@ public struct TenantDirectory: Sendable, Equatable {
                 policy.limits = try limits(raw, base: policy.limits, at)
             case "grants":
                 policy.grants = try grants(raw, at)
+            case "sandbox_default_grants":
+                policy.sandboxDefaultGrants = try grants(raw, at)
             default:
                 throw TenantConfigError("unknown key '\(at)'")
             }

@@ -37,6 +37,10 @@ public struct TenantPolicy: Sendable, Equatable {
     public var maxLiveSandboxes = 20
     public var maxSandboxTimeout: Duration = .seconds(3600)
     public var maxSandboxLifetime: Duration = .seconds(24 * 3600)
+    /// The grants a sandbox gets when its create request names neither grants nor a network policy
+    /// (the E2B gateway's unset network options, `hangar sandbox create` without grant flags);
+    /// nil (the default): none, no network. Checked like asked-for grants, within ``grants``.
+    public var sandboxDefaultGrants: GrantSet?
 
     /// The built-in maximum grants: `allow_net: [0.0.0.0/0]`.
     public static var defaultGrants: GrantSet {
