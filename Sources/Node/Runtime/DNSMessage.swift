@@ -130,7 +130,8 @@ enum DNSMessage {
     }
 
     /// A (possibly compressed) name at `offset` and the offset just after it where it starts.
-    /// Pointers may only point backwards, at most 64 are followed, and a name is at most 255 bytes.
+    /// Pointers may only point backwards and past the 12-byte header (a name in the header would
+    /// change with the id), at most 64 are followed, and a name is at most 255 bytes.
     static func name(_ bytes: [UInt8], at offset: Int) -> (String, Int)? {
         var labels: [String] = []
         var position = offset
@@ -157,7 +158,7 @@ enum DNSMessage {
             case 0xC0:
                 guard position + 1 < bytes.count else { return nil }
                 let target = Int(byte & 0x3F) << 8 | Int(bytes[position + 1])
-                guard target < position, jumps < 64 else { return nil }
+                guard target >= 12, target < position, jumps < 64 else { return nil }
                 if end == nil { end = position + 2 }
                 jumps += 1
                 position = target
