@@ -18,6 +18,10 @@ public struct JetStreamStreamConfig: Sendable {
     public var maxBytes: Int64
     /// When the stream is full: refuse new messages (true) instead of dropping the oldest (false).
     public var discardNew = false
+    /// How many servers of a JetStream cluster hold a copy (1, 3 or 5; a single server takes 1).
+    /// Each message is stored on a majority before its publish is acknowledged (Raft), so an R3
+    /// stream loses nothing when one server dies.
+    public var replicas = 1
 
     public init(
         name: String,
@@ -100,6 +104,7 @@ public final class JetStream: @unchecked Sendable {
             cfg.MaxAge = config.maxAge.nanoseconds
             cfg.MaxBytes = config.maxBytes
             if config.discardNew { cfg.Discard = js_DiscardNew }
+            cfg.Replicas = Int64(config.replicas)
             try subjects.withUnsafeBufferPointer { buffer throws(NATSError) in
                 cfg.Subjects = UnsafeMutablePointer(mutating: buffer.baseAddress)
                 cfg.SubjectsLen = Int32(buffer.count)

@@ -8,17 +8,37 @@ extension NATSConnection {
     /// Throws `.noResponders` when no stream captures `subject` (or JetStream is off), `.timeout`
     /// when the server does not answer in time, and `.status` with the server's description when
     /// the stream refuses the message (e.g. full).
+    ///
+    /// With `waitForLeader`, a publish that finds no responders is sent again every 100 ms until
+    /// `timeout` has passed since the first try: in a JetStream cluster a stream has no leader for a
+    /// few seconds after its leader's server dies (Raft elects another), and a message nobody
+    /// received was not stored, so sending it again cannot store it twice.
     public func jetStreamPublish(
         _ subject: String,
         payload: Data,
         messageID: String? = nil,
         headers: [String: String] = [:],
-        timeout: Duration = .seconds(5)
+        timeout: Duration = .seconds(5),
+        waitForLeader: Bool = false
     ) async throws -> JetStreamPublishAck {
         var headers = headers
         if let messageID { headers["Nats-Msg-Id"] = messageID }
-        let answer = try await request(subject, payload: payload, headers: headers, timeout: timeout)
-        return try JetStreamPublishAck(decoding: answer.payload, subject: subject)
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            do {
+                let left = ContinuousClock.now.duration(to: deadline)
+                let answer = try await request(
+                    subject,
+                    payload: payload,
+                    headers: headers,
+                    timeout: max(left, .milliseconds(10))
+                )
+                return try JetStreamPublishAck(decoding: answer.payload, subject: subject)
+            } catch let error as NATSError where error.kind == .noResponders && waitForLeader {
+                guard ContinuousClock.now + .milliseconds(100) < deadline else { throw error }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
     }
 }
 

@@ -9,6 +9,9 @@ import Logging
 /// fits in one message.
 public final class LocalNATSServer: Sendable {
     public let port: Int
+    /// The port of the server's monitoring endpoint (`/healthz`, `/varz`, `/jsz`), if it has one
+    /// (cluster members do).
+    public let monitoringPort: Int?
     public let directory: URL
     public var url: String { "nats://127.0.0.1:\(port)" }
     private let process: Process
@@ -23,7 +26,14 @@ public final class LocalNATSServer: Sendable {
     /// Starts nats-server and waits until it accepts connections. `executable` defaults to the first
     /// `nats-server` on PATH (or /usr/sbin, where Debian puts it). `extraConfig` is appended to the
     /// generated configuration (e.g. `include "/abs/authorization.conf"` to turn authorization on).
-    public init(directory: URL, port: Int? = nil, executable: String? = nil, extraConfig: String = "") async throws {
+    /// With `cluster`, the server joins a cluster of servers on loopback.
+    public init(
+        directory: URL,
+        port: Int? = nil,
+        executable: String? = nil,
+        extraConfig: String = "",
+        cluster: ClusterMembership? = nil
+    ) async throws {
         let binary = try executable ?? Self.findExecutable()
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let config = directory.appendingPathComponent("nats.conf")
@@ -41,6 +51,7 @@ public final class LocalNATSServer: Sendable {
             max_memory_store: 268435456
             max_file_store: 1073741824
         }
+        \(cluster.map { $0.configuration + "\nhttp: 127.0.0.1:-1" } ?? "")
         \(extraConfig)
         """.write(to: config, atomically: true, encoding: .utf8)
         logFile = directory.appendingPathComponent("nats-server.log")
@@ -56,7 +67,11 @@ public final class LocalNATSServer: Sendable {
         self.process = process
         self.directory = directory
         do {
-            self.port = try await Self.waitUntilReady(process, portsDirectory: portsDirectory, logFile: logFile)
+            (self.port, self.monitoringPort) = try await Self.waitUntilReady(
+                process,
+                portsDirectory: portsDirectory,
+                logFile: logFile
+            )
         } catch {
             Self.stop(process)
             throw error
@@ -64,7 +79,11 @@ public final class LocalNATSServer: Sendable {
     }
 
     /// Waits for the server's ports file (written once it listens) and returns its client port.
-    private static func waitUntilReady(_ process: Process, portsDirectory: URL, logFile: URL) async throws -> Int {
+    private static func waitUntilReady(
+        _ process: Process,
+        portsDirectory: URL,
+        logFile: URL
+    ) async throws -> (client: Int, monitoring: Int?) {
         let deadline = ContinuousClock.now + .seconds(10)
         let file = portsDirectory.appendingPathComponent("nats-server_\(process.processIdentifier).ports")
         while ContinuousClock.now < deadline {
@@ -78,7 +97,10 @@ public final class LocalNATSServer: Sendable {
                 let port = url.split(separator: ":").last.flatMap({ Int($0) }),
                 canConnect(port: port)
             {
-                return port
+                let monitoring = (ports["monitoring"] as? [String])?.first?.split(separator: ":").last.flatMap {
+                    Int($0)
+                }
+                return (port, monitoring)
             }
             try await Task.sleep(for: .milliseconds(20))
         }

@@ -19,8 +19,11 @@ struct SchedulerCommand: AsyncParsableCommand {
     )
 
     static let kinds: [String: DaemonConfigFile.Kind] = SchedulingOptions.kinds.merging(
-        ["db": .string, "nats": .string, "creds": .string, "log_level": .string, "log_format": .string]
-            .merging(MetricsOptions.kinds) { $1 }
+        [
+            "db": .string, "nats": .string, "creds": .string, "log_level": .string, "log_format": .string,
+            "stream_replicas": .integer,
+        ]
+        .merging(MetricsOptions.kinds) { $1 }
     ) { $1 }
 
     @Option(help: "Config file (YAML); flags and HANGAR_SCHEDULER_* variables override it.")
@@ -35,6 +38,11 @@ struct SchedulerCommand: AsyncParsableCommand {
     )
     var systemCreds: String?
     @OptionGroup var scheduling: SchedulingOptions
+    @Option(
+        help:
+            "Copies of each JetStream stream: 1 on one nats-server, 3 on a cluster of three (then any one server may die). Default: 1."
+    )
+    var streamReplicas: Int?
     @OptionGroup var metrics: MetricsOptions
 
     func run() async throws {
@@ -42,7 +50,12 @@ struct SchedulerCommand: AsyncParsableCommand {
         try log.bootstrap(file)
         let logger = Logger(label: "hangar.scheduler")
         let db = self.db ?? file.string("db") ?? ".hangar/hangar.sqlite"
-        let config = try scheduling.config(databasePath: db, file: file)
+        var config = try scheduling.config(databasePath: db, file: file)
+        let replicas = try streamReplicas ?? file.integer("stream_replicas") ?? 1
+        guard [1, 3, 5].contains(replicas) else {
+            throw CLIError("stream_replicas (--stream-replicas) must be 1, 3 or 5 (a Raft majority), got \(replicas)")
+        }
+        config.streamReplicas = replicas
         let store = try openStore(db)
         let nats = try await connection.with(file).connect(name: "hangar-scheduler", logger: logger, as: .scheduler)
         let scheduler = Scheduler(config: config, nats: nats, store: store, logger: logger)

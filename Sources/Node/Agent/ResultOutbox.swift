@@ -135,7 +135,8 @@ final class ResultOutbox: Sendable {
                     payload: payload,
                     messageID: messageID,
                     headers: headers,
-                    timeout: .seconds(5)
+                    timeout: .seconds(5),
+                    waitForLeader: true
                 )
                 return
             } catch {

@@ -149,7 +149,8 @@ final class IntakeOutbox: Sendable {
                     Streams.jobIDHeader: entry.jobID, TraceContext.header: entry.traceparent,
                     Streams.submittedAtHeader: String(entry.submittedAtMs),
                 ],
-                timeout: timeout
+                timeout: timeout,
+                waitForLeader: true
             )
         }
         var batch = Hangar_V1_IntakeBatch()
@@ -165,7 +166,8 @@ final class IntakeOutbox: Sendable {
             Subjects.intake(tenant: tenant),
             payload: try batch.serializedData(),
             headers: [IntakeBatch.header: IntakeBatch.value],
-            timeout: timeout
+            timeout: timeout,
+            waitForLeader: true
         )
     }
 }

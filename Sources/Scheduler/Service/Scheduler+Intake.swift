@@ -24,7 +24,8 @@ extension Scheduler {
                 Streams.jobIDHeader: jobID, TraceContext.header: entry.traceparent,
                 Streams.submittedAtHeader: String(entry.submittedAtMs),
             ],
-            timeout: config.intakePublishTimeout
+            timeout: config.intakePublishTimeout,
+            waitForLeader: true
         )
     }
 

@@ -172,13 +172,15 @@ public actor Scheduler {
                 for await message in heartbeats { await self.handleHeartbeat(message) }
             }
             group.addTask {
-                await self.consume(SchedulerStreams.results, with: controlStreams ?? jetStream) {
+                await self.consume(self.streamConfig(SchedulerStreams.results), with: controlStreams ?? jetStream) {
                     await self.storeResults($0)
                 }
             }
             if config.consumeIntake {
                 group.addTask {
-                    await self.consume(SchedulerStreams.submissions, with: jetStream) { await self.commitIntake($0) }
+                    await self.consume(self.streamConfig(SchedulerStreams.submissions), with: jetStream) {
+                        await self.commitIntake($0)
+                    }
                 }
             }
             group.addTask {

@@ -28,6 +28,10 @@ public struct SchedulerConfig: Sendable {
     /// Test hook: false leaves submissions in the intake stream without committing them to SQLite,
     /// as a scheduler that dies between the stream's ack and its commit.
     public var consumeIntake = true
+    /// How many JetStream servers hold a copy of each of Hangar's streams: 1 on a single server,
+    /// 3 on a cluster of three (each acknowledged message is then on two servers at least, and
+    /// the loss of any one server loses nothing). Existing streams are changed to it at start.
+    public var streamReplicas = 1
 
     public init(databasePath: String) {
         self.databasePath = databasePath

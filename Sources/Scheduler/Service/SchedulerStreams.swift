@@ -145,13 +145,21 @@ extension Scheduler {
     /// stream. A failure is logged; submissions are then refused (`intake stream unavailable`) and
     /// the consumers keep trying.
     func ensureStreams(_ jetStream: JetStream) async {
-        for config in [SchedulerStreams.submissions, SchedulerStreams.results, SandboxStreams.events] {
+        for stream in [SchedulerStreams.submissions, SchedulerStreams.results, SandboxStreams.events] {
+            let config = streamConfig(stream)
             do {
                 try await jetStream.ensureStream(config)
             } catch {
                 logger.error("could not create stream", metadata: ["stream": "\(config.name)", "error": "\(error)"])
             }
         }
+    }
+
+    /// `stream` with the configured number of replicas.
+    nonisolated func streamConfig(_ stream: JetStreamStreamConfig) -> JetStreamStreamConfig {
+        var stream = stream
+        stream.replicas = config.streamReplicas
+        return stream
     }
 
     /// Settles one stream message after its batch: `ack` (stored or deliberately ignored), `nak`
