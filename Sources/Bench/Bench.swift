@@ -27,6 +27,10 @@ struct Bench {
             try await ThroughputBench.clientMain(Array(arguments.dropFirst()))
             return
         }
+        if arguments.first == "cluster-throughput" {
+            print(try await ClusterThroughputBench.run(Array(arguments.dropFirst())))
+            return
+        }
         if arguments.first == "throughput" {
             print(try await ThroughputBench.run(Array(arguments.dropFirst())))
             return
@@ -228,8 +232,14 @@ func measure(_ count: Int, _ body: @Sendable () async throws -> Void) async thro
 
 /// A scheduler for the benchmarks, its store in `directory`: the control plane is measured, not
 /// the default tenant rate limit, so the limit is lifted.
-func benchScheduler(in directory: URL, nats: NATSConnection, logger: Logger) throws -> Scheduler {
+func benchScheduler(
+    in directory: URL,
+    nats: NATSConnection,
+    logger: Logger,
+    streamReplicas: Int = 1
+) throws -> Scheduler {
     var config = SchedulerConfig(databasePath: directory.appendingPathComponent("hangar.sqlite").path)
+    config.streamReplicas = streamReplicas
     config.tenants.defaults.rate = 1e9
     config.tenants.defaults.burst = 1e9
     return Scheduler(config: config, nats: nats, store: try Store(path: config.databasePath), logger: logger)

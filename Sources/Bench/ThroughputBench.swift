@@ -9,7 +9,7 @@ import Logging
 /// `perf record`):
 ///
 ///     hangar-bench throughput [--quick] [--jobs N] [--clients C] [--nodes K] [--client-process]
-///                             [--batch B] [--batch-only] [--rounds R] [--json]
+///                             [--batch B] [--batch-only] [--rounds R] [--json] [--nats-servers 1|3]
 ///
 /// Runs the raw NATS request/reply baseline and then N null jobs (50,000; 20,000 with `--quick`)
 /// from C concurrent clients against a scheduler and K nodes, all in this process over a real
@@ -21,7 +21,9 @@ import Logging
 /// reports each row's median round, with every round's rate: on a shared machine one run can be
 /// 15% off the next. `--json` prints one JSON object instead of the Markdown section, for
 /// `scripts/bench-compare`: `{"rounds": [{"baseline": 38853.1, "one-per-request": 4890.2,
-/// "batch-50": 12464.0}, ...]}`, every round's rate per second of each row.
+/// "batch-50": 12464.0}, ...]}`, every round's rate per second of each row. `--nats-servers 3` runs
+/// it on a cluster of three nats-servers with every stream R3 (each acknowledged message on two
+/// servers at least), every connection given all three URLs.
 enum ThroughputBench {
     struct Options {
         var jobs = 50_000
@@ -32,6 +34,7 @@ enum ThroughputBench {
         var batchOnly = false
         var rounds = 1
         var json = false
+        var natsServers = 1
 
         init(_ arguments: [String]) throws {
             var iterator = arguments.makeIterator()
@@ -52,9 +55,14 @@ enum ThroughputBench {
                 case "--rounds": rounds = try value()
                 case "--quick": jobs = 20_000
                 case "--json": json = true
+                case "--nats-servers":
+                    natsServers = try value()
+                    guard natsServers == 1 || natsServers == 3 else {
+                        throw BenchError("--nats-servers must be 1 or 3")
+                    }
                 default:
                     throw BenchError(
-                        "unknown argument \(argument) (--quick, --jobs N, --clients C, --nodes K, --client-process, --batch B, --batch-only, --rounds R, --json)"
+                        "unknown argument \(argument) (--quick, --jobs N, --clients C, --nodes K, --client-process, --batch B, --batch-only, --rounds R, --json, --nats-servers 1|3)"
                     )
                 }
             }
@@ -67,13 +75,21 @@ enum ThroughputBench {
         logger.logLevel = .error
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("hangar-tp-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: directory) }
-        let server = try await LocalNATSServer(directory: directory.appendingPathComponent("nats"))
-        defer { server.stop() }
+        let natsFolder = directory.appendingPathComponent("nats")
+        let server = options.natsServers == 1 ? try await LocalNATSServer(directory: natsFolder) : nil
+        let cluster =
+            options.natsServers == 1
+            ? nil : try await LocalNATSCluster(size: options.natsServers, directory: natsFolder)
+        let urls = server.map { [$0.url] } ?? cluster!.urls
+        defer {
+            server?.stop()
+            cluster?.stop()
+        }
         // HANGAR_BENCH_SEND_ASAP=0: let libnats' flusher batch writes (as in the walking-skeleton run).
         let sendAsap = ProcessInfo.processInfo.environment["HANGAR_BENCH_SEND_ASAP"] != "0"
         func connect(_ name: String) async throws -> NATSConnection {
             try await NATSConnection(
-                options: NATSConnectionOptions(servers: [server.url], name: name, sendAsap: sendAsap, logger: logger)
+                options: NATSConnectionOptions(servers: urls, name: name, sendAsap: sendAsap, logger: logger)
             )
         }
         let client = try await connect("client")
@@ -90,7 +106,12 @@ enum ThroughputBench {
         }
         try await echoConnection.flush()
 
-        let scheduler = try benchScheduler(in: directory, nats: try await connect("scheduler"), logger: logger)
+        let scheduler = try benchScheduler(
+            in: directory,
+            nats: try await connect("scheduler"),
+            logger: logger,
+            streamReplicas: options.natsServers
+        )
         var tasks = [Task { try await scheduler.run() }]
         for index in 1...options.nodes {
             let agent = NodeAgent(
@@ -101,7 +122,7 @@ enum ThroughputBench {
             )
             tasks.append(Task { try await agent.run() })
         }
-        try await Task.sleep(for: .milliseconds(1500))  // first heartbeats
+        try await waitUntilServing(client)
         var clientCPU = ""
         // rounds[r][i]: row i of round r; the rows are the same in every round.
         var rounds: [[(String, Int, Timed)]] = []
@@ -114,7 +135,11 @@ enum ThroughputBench {
             ]
             if options.clientProcess {
                 let cpuBefore = processCPUSeconds()
-                let child = try await runClientProcess(url: server.url, jobs: options.jobs, clients: options.clients)
+                let child = try await runClientProcess(
+                    url: urls.joined(separator: ","),
+                    jobs: options.jobs,
+                    clients: options.clients
+                )
                 let cpu = (processCPUSeconds() - cpuBefore) / Double(options.jobs) * 1e6
                 rows.append(
                     (
@@ -198,7 +223,7 @@ enum ThroughputBench {
 
             Submit → admitted into the intake stream → committed to SQLite → placed → run by the null runtime → result \
             through the results stream → committed → reply, for every job. One scheduler and \(options.nodes) nodes \
-            (128 slots each) in this process, over a real nats-server on loopback (JetStream on, file storage); \
+            (128 slots each) in this process, over \(options.natsServers == 1 ? "a real nats-server" : "a cluster of \(options.natsServers) real nats-servers (streams R\(options.natsServers))") on loopback (JetStream on, file storage); \
             SQLite in WAL mode, each acceptance and result batch synced (FULL) before its stream messages are \
             acknowledged. \(options.clients) concurrent clients on one connection. Baseline: raw NATS request/reply \
             through the same binding to an echo responder, the same number of requests and clients, same run. \
@@ -208,6 +233,26 @@ enum ThroughputBench {
             Store: \(statistics.operations) writes in \(statistics.transactions) transactions.
 
             """
+    }
+
+    /// Waits (up to 30 s) until a null job succeeds: the nodes have sent their first heartbeats and
+    /// the streams exist (on a cluster, creating an R3 stream takes a moment).
+    static func waitUntilServing(_ client: NATSConnection) async throws {
+        let payload = try Bench.makeNullRequest().serializedData()
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            if let answer = try? await client.request(
+                Subjects.submit(tenant: "bench"),
+                payload: payload,
+                timeout: .seconds(5)
+            ), let reply = try? Hangar_V1_SubmitReply(serializedBytes: answer.payload),
+                case .result(let result) = reply.outcome, result.status == .succeeded
+            {
+                return
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw BenchError("no null job succeeded within 30 s")
     }
 
     /// N null jobs in wait mode from C concurrent clients over one connection.
@@ -271,7 +316,11 @@ enum ThroughputBench {
         var logger = Logger(label: "bench")
         logger.logLevel = .error
         let client = try await NATSConnection(
-            options: NATSConnectionOptions(servers: [arguments[0]], name: "bench-client", logger: logger)
+            options: NATSConnectionOptions(
+                servers: arguments[0].split(separator: ",").map(String.init),
+                name: "bench-client",
+                logger: logger
+            )
         )
         let result = try await submitNullJobs(client, jobs: jobs, clients: clients)
         print(result.seconds, result.cpuMicrosPerCall)

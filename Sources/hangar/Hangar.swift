@@ -23,7 +23,7 @@ struct Hangar: AsyncParsableCommand {
         subcommands: [
             DevCommand.self, SchedulerCommand.self, NodeGroup.self, JobGroup.self, RunCommand.self,
             SubmitCommand.self, TenantGroup.self, AuditCommand.self, TopCommand.self, VersionCommand.self,
-            TemplateCommand.self, SandboxGroup.self, GatewayCommand.self,
+            TemplateCommand.self, SandboxGroup.self, GatewayCommand.self, ClusterGroup.self,
         ]
     )
 

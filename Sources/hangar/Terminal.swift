@@ -50,7 +50,8 @@ struct Style: Sendable {
     func state(_ text: String) -> String {
         switch text {
         case "ready", "up", "SUCCEEDED", "RUNNING": green(text)
-        case "down", "FAILED", "LOST", "ERROR", "OOM_KILLED", "TIMED_OUT", "REJECTED", "OUTPUT_LIMIT": red(text)
+        case "down", "offline", "FAILED", "LOST", "ERROR", "OOM_KILLED", "TIMED_OUT", "REJECTED", "OUTPUT_LIMIT":
+            red(text)
         default: text.hasPrefix("ready") ? green(text) : yellow(text)
         }
     }

@@ -24,6 +24,21 @@ struct CLITests {
             #expect(ambiguous.status == 1)
             #expect(ambiguous.stderr.contains("matches several nodes"))
 
+            // The cluster as a whole: one nats-server, every Hangar stream with one copy, this scheduler.
+            let clusterJSON = try await cluster.hangar(["cluster", "status", "-o", "json"])
+            #expect(clusterJSON.status == 0, "\(clusterJSON.stderr)")
+            let streams = try #require(try clusterJSON.json()["streams"] as? [[String: Any]])
+            #expect(
+                Set(streams.compactMap { $0["name"] as? String })
+                    == ["HANGAR_SUBMISSIONS", "HANGAR_RESULTS", "HANGAR_SANDBOX_EVENTS"]
+            )
+            #expect(streams.allSatisfy { $0["replicas"] as? Int == 1 && $0["error"] == nil }, "\(streams)")
+            let schedulers = try #require(try clusterJSON.json()["schedulers"] as? [[String: Any]])
+            #expect(schedulers.count == 1 && schedulers[0]["role"] as? String == "single")
+            let clusterTable = try await cluster.hangar(["cluster", "status"])
+            #expect(clusterTable.status == 0, "\(clusterTable.stderr)")
+            #expect(clusterTable.stdout.contains("HANGAR_SUBMISSIONS") && clusterTable.stdout.contains("SCHEDULER"))
+
             let submitted = try await cluster.hangar(["submit", "--tenant", "acme", "--", "/bin/echo", "hello"])
             #expect(submitted.status == 0, "\(submitted.stderr)")
             let id = submitted.stdout.trimmingCharacters(in: .whitespacesAndNewlines)

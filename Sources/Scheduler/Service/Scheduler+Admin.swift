@@ -3,7 +3,7 @@ import HangarNATS
 import HangarShared
 
 extension Scheduler {
-    /// `hangar.admin.<verb>`: `nodes`, `job`, `drain`, `eligibility`, `audit`, `stats`, `jobs`, and the
+    /// `hangar.admin.<verb>`: `nodes`, `job`, `drain`, `eligibility`, `audit`, `stats`, `jobs`, `cluster`, and the
     /// gateway's API keys: `apikey-create`, `apikey-revoke`, `apikey-list` (Scheduler+APIKeys.swift).
     nonisolated func handleAdmin(_ message: NATSMessage) async {
         let verb = Subjects.token(message.subject, at: 2).map(String.init) ?? ""
@@ -14,6 +14,8 @@ extension Scheduler {
             payload = try? await nodesReply().serializedData()
         case "stats":
             payload = try? await clusterStats().serializedData()
+        case "cluster":
+            payload = try? await clusterStatus().serializedData()
         case "jobs":
             payload = try? await jobsReply(message.payload).serializedData()
         case "job":
@@ -54,7 +56,7 @@ extension Scheduler {
             logger.info("unknown admin verb", metadata: ["verb": "\(verb)"])
             var reply = Hangar_V1_AdminReply()
             reply.message =
-                "unknown admin verb '\(verb)'; known: nodes, job, drain, eligibility, audit, stats, jobs, apikey-create, apikey-revoke, apikey-list"
+                "unknown admin verb '\(verb)'; known: nodes, job, drain, eligibility, audit, stats, jobs, cluster, apikey-create, apikey-revoke, apikey-list"
             payload = try? reply.serializedData()
         }
         if let payload, let replyTo = message.replyTo {

@@ -574,6 +574,114 @@ public nonisolated struct Hangar_V1_JobsReply: Sendable {
   public init() {}
 }
 
+/// hangar.admin.cluster: what `hangar cluster status` shows — the NATS servers, where each of
+/// Hangar's JetStream streams has its copies, and the schedulers.
+public nonisolated struct Hangar_V1_ClusterStatusRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One copy of a stream other than the leader's.
+public nonisolated struct Hangar_V1_StreamReplica: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// the nats-server's server_name
+  public var server: String = String()
+
+  /// caught up with the leader
+  public var current: Bool = false
+
+  /// the leader has not heard from it for 5 s (Raft heartbeats every 1 s):
+  public var offline: Bool = false
+
+  /// its server is down or cut off
+  public var lag: UInt64 = 0
+
+  /// since the leader last heard from it
+  public var lastSeenMs: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_StreamStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  /// configured copies
+  public var replicas: UInt32 = 0
+
+  /// the server whose copy takes publishes; empty while one is elected
+  public var leader: String = String()
+
+  /// (or on a single server that is not clustered)
+  public var followers: [Hangar_V1_StreamReplica] = []
+
+  public var messages: UInt64 = 0
+
+  public var bytes: UInt64 = 0
+
+  /// why the stream's status could not be read (it is then otherwise empty)
+  public var error: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_SchedulerStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// host and process id
+  public var id: String = String()
+
+  /// "leader" or "standby"; "single" when no leader election is in use
+  public var role: String = String()
+
+  /// the leader's term (0 without election)
+  public var term: UInt64 = 0
+
+  /// the URL of the server its connection is on
+  public var natsServer: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_ClusterStatusReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// every server URL the scheduler's connection knows
+  public var natsServers: [String] = []
+
+  public var streams: [Hangar_V1_StreamStatus] = []
+
+  public var schedulers: [Hangar_V1_SchedulerStatus] = []
+
+  /// the scheduler's --stream-replicas
+  public var streamReplicas: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "hangar.v1"
@@ -1557,6 +1665,225 @@ nonisolated extension Hangar_V1_JobsReply: SwiftProtobuf.Message, SwiftProtobuf.
   public static func ==(lhs: Hangar_V1_JobsReply, rhs: Hangar_V1_JobsReply) -> Bool {
     if lhs.jobs != rhs.jobs {return false}
     if lhs.error != rhs.error {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_ClusterStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ClusterStatusRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_ClusterStatusRequest, rhs: Hangar_V1_ClusterStatusRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_StreamReplica: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StreamReplica"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}server\0\u{1}current\0\u{1}offline\0\u{1}lag\0\u{3}last_seen_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.server) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.current) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.offline) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.lag) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.lastSeenMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.server.isEmpty {
+      try visitor.visitSingularStringField(value: self.server, fieldNumber: 1)
+    }
+    if self.current != false {
+      try visitor.visitSingularBoolField(value: self.current, fieldNumber: 2)
+    }
+    if self.offline != false {
+      try visitor.visitSingularBoolField(value: self.offline, fieldNumber: 3)
+    }
+    if self.lag != 0 {
+      try visitor.visitSingularUInt64Field(value: self.lag, fieldNumber: 4)
+    }
+    if self.lastSeenMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.lastSeenMs, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_StreamReplica, rhs: Hangar_V1_StreamReplica) -> Bool {
+    if lhs.server != rhs.server {return false}
+    if lhs.current != rhs.current {return false}
+    if lhs.offline != rhs.offline {return false}
+    if lhs.lag != rhs.lag {return false}
+    if lhs.lastSeenMs != rhs.lastSeenMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_StreamStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StreamStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}replicas\0\u{1}leader\0\u{1}followers\0\u{1}messages\0\u{1}bytes\0\u{1}error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.replicas) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.leader) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.followers) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.messages) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if self.replicas != 0 {
+      try visitor.visitSingularUInt32Field(value: self.replicas, fieldNumber: 2)
+    }
+    if !self.leader.isEmpty {
+      try visitor.visitSingularStringField(value: self.leader, fieldNumber: 3)
+    }
+    if !self.followers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.followers, fieldNumber: 4)
+    }
+    if self.messages != 0 {
+      try visitor.visitSingularUInt64Field(value: self.messages, fieldNumber: 5)
+    }
+    if self.bytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 6)
+    }
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_StreamStatus, rhs: Hangar_V1_StreamStatus) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.replicas != rhs.replicas {return false}
+    if lhs.leader != rhs.leader {return false}
+    if lhs.followers != rhs.followers {return false}
+    if lhs.messages != rhs.messages {return false}
+    if lhs.bytes != rhs.bytes {return false}
+    if lhs.error != rhs.error {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_SchedulerStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SchedulerStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}role\0\u{1}term\0\u{3}nats_server\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.role) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.term) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.natsServer) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.id.isEmpty {
+      try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
+    }
+    if !self.role.isEmpty {
+      try visitor.visitSingularStringField(value: self.role, fieldNumber: 2)
+    }
+    if self.term != 0 {
+      try visitor.visitSingularUInt64Field(value: self.term, fieldNumber: 3)
+    }
+    if !self.natsServer.isEmpty {
+      try visitor.visitSingularStringField(value: self.natsServer, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SchedulerStatus, rhs: Hangar_V1_SchedulerStatus) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.role != rhs.role {return false}
+    if lhs.term != rhs.term {return false}
+    if lhs.natsServer != rhs.natsServer {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_ClusterStatusReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ClusterStatusReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}nats_servers\0\u{1}streams\0\u{1}schedulers\0\u{3}stream_replicas\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.natsServers) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.streams) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.schedulers) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.streamReplicas) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.natsServers.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.natsServers, fieldNumber: 1)
+    }
+    if !self.streams.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.streams, fieldNumber: 2)
+    }
+    if !self.schedulers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.schedulers, fieldNumber: 3)
+    }
+    if self.streamReplicas != 0 {
+      try visitor.visitSingularUInt32Field(value: self.streamReplicas, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_ClusterStatusReply, rhs: Hangar_V1_ClusterStatusReply) -> Bool {
+    if lhs.natsServers != rhs.natsServers {return false}
+    if lhs.streams != rhs.streams {return false}
+    if lhs.schedulers != rhs.schedulers {return false}
+    if lhs.streamReplicas != rhs.streamReplicas {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,54 @@
+import Foundation
+import HangarNATS
+import HangarShared
+
+extension Scheduler {
+    /// `hangar.admin.cluster`: the NATS servers this scheduler's connection knows, where each of
+    /// Hangar's streams has its copies (leader, followers, lag), and this scheduler.
+    nonisolated func clusterStatus() async -> Hangar_V1_ClusterStatusReply {
+        var reply = Hangar_V1_ClusterStatusReply()
+        reply.natsServers = nats.knownServers
+        reply.streamReplicas = UInt32(config.streamReplicas)
+        let jetStream = try? nats.jetStream(timeout: .seconds(2))
+        for name in Streams.all {
+            var stream = Hangar_V1_StreamStatus()
+            stream.name = name
+            do {
+                guard let jetStream else {
+                    throw NATSError(kind: .closed, operation: "JetStream", message: "unavailable")
+                }
+                if let status = try await jetStream.streamStatus(name) {
+                    stream.replicas = UInt32(status.replicas)
+                    stream.leader = status.leader
+                    stream.messages = status.messages
+                    stream.bytes = status.bytes
+                    stream.followers = status.followers.map { follower in
+                        var replica = Hangar_V1_StreamReplica()
+                        replica.server = follower.server
+                        replica.current = follower.current
+                        // nats-server 2.9 flags a peer offline only in some cases; a copy whose
+                        // server died shows as not current and not heard from: Raft's heartbeat is
+                        // 1 s, so 5 s of silence means down or cut off.
+                        replica.offline = follower.offline || (!follower.current && follower.lastSeen >= .seconds(5))
+                        replica.lag = follower.lag
+                        replica.lastSeenMs =
+                            follower.lastSeen.components.seconds * 1000 + follower.lastSeen.components.attoseconds
+                            / 1_000_000_000_000_000
+                        return replica
+                    }
+                } else {
+                    stream.error = "no such stream (the scheduler creates it at start)"
+                }
+            } catch {
+                stream.error = "\(error)"
+            }
+            reply.streams.append(stream)
+        }
+        var this = Hangar_V1_SchedulerStatus()
+        this.id = "\(ProcessInfo.processInfo.hostName) pid \(getpid())"
+        this.role = "single"
+        this.natsServer = nats.connectedURL
+        reply.schedulers = [this]
+        return reply
+    }
+}

@@ -1,0 +1,123 @@
+import Foundation
+import HangarNATS
+import HangarNode
+import HangarScheduler
+import HangarShared
+import HangarTestSupport
+import Logging
+import Testing
+
+@Suite("A scheduler and a node on three clustered nats-servers")
+struct ClusterStatusTests {
+    @Test(
+        "streams are R3; cluster status shows each stream's leader and copies; jobs run on after the leader's server dies"
+    )
+    func replicatedStreamsAndStatus() async throws {
+        let directory = try makeTemporaryDirectory("hangar-r3")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let nats = try await LocalNATSCluster(size: 3, directory: directory.appendingPathComponent("nats"))
+        defer { nats.stop() }
+        var logger = Logger(label: "test")
+        logger.logLevel = .warning
+        func connect(_ name: String) async throws -> NATSConnection {
+            var options = NATSConnectionOptions(servers: nats.urls, name: name, logger: logger)
+            options.maxReconnectDelay = .milliseconds(200)
+            return try await NATSConnection(options: options)
+        }
+        let databasePath = directory.appendingPathComponent("hangar.sqlite").path
+        var config = SchedulerConfig(databasePath: databasePath)
+        config.streamReplicas = 3
+        config.queueTimeout = .seconds(60)
+        let schedulerConnection = try await connect("scheduler")
+        let scheduler = Scheduler(
+            config: config,
+            nats: schedulerConnection,
+            store: try Store(path: databasePath),
+            logger: logger
+        )
+        var nodeConfig = NodeConfig(nodeID: "n1", slots: 4)
+        nodeConfig.heartbeatInterval = .milliseconds(200)
+        let nodeConnection = try await connect("node")
+        let agent = NodeAgent(config: nodeConfig, nats: nodeConnection, runtimes: [NullRuntime()], logger: logger)
+        let tasks = [Task { try await scheduler.run() }, Task { try await agent.run() }]
+        let client = try await connect("client")
+        defer {
+            for task in tasks { task.cancel() }
+        }
+
+        func runJob(_ id: String, within: Duration) async throws -> Hangar_V1_JobStatus? {
+            var request = Hangar_V1_SubmitRequest()
+            request.runtime = "null"
+            request.argv = ["true"]
+            request.requestID = id
+            request.wait = true
+            let deadline = ContinuousClock.now + within
+            while ContinuousClock.now < deadline {
+                if let answer = try? await client.request(
+                    Subjects.submit(tenant: "acme"),
+                    payload: try request.serializedData(),
+                    timeout: .seconds(10)
+                ), let reply = try? Hangar_V1_SubmitReply(serializedBytes: answer.payload),
+                    case .result(let result) = reply.outcome
+                {
+                    return result.status
+                }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            return nil
+        }
+        func status() async throws -> Hangar_V1_ClusterStatusReply {
+            let answer = try await client.request(
+                Subjects.admin("cluster"),
+                payload: try Hangar_V1_ClusterStatusRequest().serializedData(),
+                timeout: .seconds(10)
+            )
+            return try Hangar_V1_ClusterStatusReply(serializedBytes: answer.payload)
+        }
+
+        #expect(try await runJob("first", within: .seconds(30)) == .succeeded)
+        let before = try await status()
+        #expect(before.streamReplicas == 3)
+        #expect(before.natsServers.count >= 3)
+        #expect(before.schedulers.count == 1 && before.schedulers[0].natsServer.hasPrefix("nats://127.0.0.1:"))
+        #expect(Set(before.streams.map(\.name)) == Set(Streams.all))
+        for stream in before.streams {
+            #expect(stream.error.isEmpty, "\(stream.name): \(stream.error)")
+            #expect(stream.replicas == 3, "\(stream.name) has \(stream.replicas) copies")
+            #expect(["n1", "n2", "n3"].contains(stream.leader), "\(stream.name) is led by '\(stream.leader)'")
+            #expect(
+                Set(stream.followers.map(\.server) + [stream.leader]) == ["n1", "n2", "n3"],
+                "\(stream.name): \(stream.followers.map(\.server))"
+            )
+        }
+
+        // The server that leads the intake stream dies: another copy takes over, the status says
+        // so, and submissions are accepted and run again.
+        let intake = try #require(before.streams.first { $0.name == Streams.submissions })
+        let dead = intake.leader
+        nats.crash(Int(dead.dropFirst())! - 1)
+        #expect(try await runJob("after-leader-died", within: .seconds(30)) == .succeeded)
+        var after = try await status()
+        let deadline = ContinuousClock.now + .seconds(30)
+        while ContinuousClock.now < deadline {
+            let stream = after.streams.first { $0.name == Streams.submissions }
+            if let stream, !stream.leader.isEmpty, stream.leader != dead,
+                stream.followers.contains(where: { $0.server == dead && $0.offline })
+            {
+                break
+            }
+            try await Task.sleep(for: .milliseconds(250))
+            after = try await status()
+        }
+        let now = try #require(after.streams.first { $0.name == Streams.submissions })
+        #expect(!now.leader.isEmpty && now.leader != dead, "the intake stream is led by '\(now.leader)'")
+        #expect(
+            now.followers.contains { $0.server == dead && $0.offline },
+            "the dead server \(dead) is not reported offline: \(now.followers)"
+        )
+        for task in tasks { task.cancel() }
+        for task in tasks { _ = try? await task.value }
+        await client.close()
+    }
+
+}
