@@ -71,7 +71,8 @@ enum FaultTest {
         try auth.prepareLocalCluster(nodes: ["f1", "f2"], tenants: ["load"], operators: ["ops"])
         let natsFolder = directory.appendingPathComponent("nats")
         try FileManager.default.createDirectory(at: natsFolder, withIntermediateDirectories: true)
-        let bus = try await Bus(servers: options.natsServers, folder: natsFolder, auth: auth)
+        let deploy = try deployFolder(near: options.hangar)
+        let bus = try await Bus(servers: options.natsServers, folder: natsFolder, auth: auth, deploy: deploy)
         let url = bus.urls.joined(separator: ",")
         let database = directory.appendingPathComponent("hangar.sqlite").path
         say("work folder \(directory.path); nats \(url); runtime \(options.runtime), \(options.rate) jobs/s")
@@ -84,7 +85,10 @@ enum FaultTest {
                 "--system-creds", auth.credentialsPath(for: .system),
                 "--node-ttl", "1.5", "--node-grace", "1", "--log-level", "notice",
                 "--stream-replicas", "\(options.natsServers)",
-            ],
+            ]
+                + (options.natsServers == 1
+                    ? []
+                    : ["--config", deploy.appendingPathComponent("cluster/scheduler.yaml").path, "--metrics-port", "0"]),
             log: directory.appendingPathComponent("scheduler.log")
         )
         let nodes = ["f1", "f2"].map { id in
@@ -94,7 +98,10 @@ enum FaultTest {
                 arguments: [
                     "node", "agent", "--nats", url, "--id", id, "--slots", "4", "--runtimes", options.runtime,
                     "--creds", auth.credentialsPath(for: .node(id)), "--log-level", "notice",
-                ],
+                ]
+                    + (options.natsServers == 1
+                        ? []
+                        : ["--config", deploy.appendingPathComponent("cluster/node.yaml").path, "--metrics-port", "0"]),
                 log: directory.appendingPathComponent("node-\(id).log")
             )
         }
@@ -266,6 +273,23 @@ enum FaultTest {
         return passed
     }
 
+    /// The package's `deploy/` folder: above the `hangar` binary (`.build/<triple>/debug/hangar`), or
+    /// in the working folder.
+    static func deployFolder(near hangar: String) throws -> URL {
+        var folder = URL(fileURLWithPath: hangar).deletingLastPathComponent()
+        for _ in 0..<5 {
+            let candidate = folder.appendingPathComponent("deploy/cluster/nats-server.conf")
+            if FileManager.default.fileExists(atPath: candidate.path) { return folder.appendingPathComponent("deploy") }
+            folder = folder.deletingLastPathComponent()
+        }
+        let here = URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent("deploy")
+        guard FileManager.default.fileExists(atPath: here.appendingPathComponent("cluster/nats-server.conf").path)
+        else {
+            throw FaultTestError("no deploy/cluster/nats-server.conf above \(hangar) or in the working folder")
+        }
+        return here
+    }
+
     /// The longest interval in `[from, to]` with no time of `times` (sorted) inside it.
     static func longestGap(
         in times: [ContinuousClock.Instant],
@@ -394,7 +418,9 @@ final class Bus: Sendable {
     private let cluster: LocalNATSCluster?
     let urls: [String]
 
-    init(servers: Int, folder: URL, auth: AuthDirectory) async throws {
+    /// One server with a generated configuration, or three running `deploy/cluster/nats-server.conf`
+    /// as the production units do.
+    init(servers: Int, folder: URL, auth: AuthDirectory, deploy: URL) async throws {
         singleFolder = folder
         if servers == 1 {
             singleConfig = auth.includeLine(fromConfigIn: folder)
@@ -405,7 +431,12 @@ final class Bus: Sendable {
         } else {
             // Every member's folder is one level below `folder`.
             singleConfig = auth.includeLine(fromConfigIn: folder.appendingPathComponent("n1"))
-            let cluster = try await LocalNATSCluster(size: servers, directory: folder, extraConfig: singleConfig)
+            let cluster = try await LocalNATSCluster(
+                size: servers,
+                directory: folder,
+                extraConfig: singleConfig,
+                configTemplate: deploy.appendingPathComponent("cluster/nats-server.conf")
+            )
             single = Mutex(nil)
             self.cluster = cluster
             urls = cluster.urls

@@ -47,7 +47,9 @@ public final class LocalNATSCluster: Sendable {
     public let directory: URL
     private let clientPorts: [Int]
     private let routePorts: [Int]
+    private let monitoringPorts: [Int]
     private let extraConfig: String
+    private let configTemplate: URL?
     private let members: Mutex<[LocalNATSServer?]>
 
     /// The cluster's name in the servers' configuration.
@@ -56,15 +58,22 @@ public final class LocalNATSCluster: Sendable {
     /// Starts `size` clustered servers and waits until JetStream has elected its metadata leader
     /// (streams can then be created). `extraConfig` is appended to every member's configuration
     /// (e.g. the `include` of Hangar's authorization: the accounts must be the same everywhere).
-    public init(size: Int = 3, directory: URL, extraConfig: String = "") async throws {
+    ///
+    /// With `configTemplate` (`deploy/cluster/nats-server.conf`, for three members) every member
+    /// runs that file as it is, given its settings through the environment the way the systemd
+    /// unit gives them (`HANGAR_NATS_NAME`, `_LISTEN`, `_MONITOR`, `_STORE`, `_CLUSTER_LISTEN`,
+    /// `_ROUTE_1`…`_3`), and `extraConfig` becomes the `authorization.conf` next to it.
+    public init(size: Int = 3, directory: URL, extraConfig: String = "", configTemplate: URL? = nil) async throws {
         guard size >= 1 else { throw LocalNATSServerError("a cluster needs at least one server") }
         // Ports are chosen before starting, since every member's configuration names the others'
         // route ports; a port taken meanwhile makes that member fail at start, and it is reported.
         var ports = Set<Int>()
-        while ports.count < 2 * size { ports.insert(try LocalNATSServer.freePort()) }
+        while ports.count < 3 * size { ports.insert(try LocalNATSServer.freePort()) }
         let chosen = Array(ports)
         clientPorts = Array(chosen[..<size])
-        routePorts = Array(chosen[size...])
+        routePorts = Array(chosen[size..<2 * size])
+        monitoringPorts = Array(chosen[(2 * size)...])
+        self.configTemplate = configTemplate
         urls = clientPorts.map { "nats://127.0.0.1:\($0)" }
         self.directory = directory
         self.extraConfig = extraConfig
@@ -182,6 +191,29 @@ public final class LocalNATSCluster: Sendable {
     deinit { stop() }
 
     private func startMember(_ index: Int) async throws -> LocalNATSServer {
+        if let configTemplate {
+            let folder = folder(of: index)
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            let config = folder.appendingPathComponent("nats-server.conf")
+            try? FileManager.default.removeItem(at: config)
+            try FileManager.default.copyItem(at: configTemplate, to: config)
+            try extraConfig.write(
+                to: folder.appendingPathComponent("authorization.conf"),
+                atomically: true,
+                encoding: .utf8
+            )
+            var environment = [
+                "HANGAR_NATS_NAME": "n\(index + 1)",
+                "HANGAR_NATS_LISTEN": "127.0.0.1:\(clientPorts[index])",
+                "HANGAR_NATS_MONITOR": "127.0.0.1:\(monitoringPorts[index])",
+                "HANGAR_NATS_STORE": folder.appendingPathComponent("jetstream").path,
+                "HANGAR_NATS_CLUSTER_LISTEN": "127.0.0.1:\(routePorts[index])",
+            ]
+            for (number, port) in routePorts.enumerated() {
+                environment["HANGAR_NATS_ROUTE_\(number + 1)"] = "nats-route://127.0.0.1:\(port)"
+            }
+            return try await LocalNATSServer(configFile: config, environment: environment, directory: folder)
+        }
         let membership = LocalNATSServer.ClusterMembership(
             clusterName: Self.clusterName,
             serverName: "n\(index + 1)",

@@ -27,23 +27,18 @@ public final class LocalNATSServer: Sendable {
     /// `nats-server` on PATH (or /usr/sbin, where Debian puts it). `extraConfig` is appended to the
     /// generated configuration (e.g. `include "/abs/authorization.conf"` to turn authorization on).
     /// With `cluster`, the server joins a cluster of servers on loopback.
-    public init(
+    public convenience init(
         directory: URL,
         port: Int? = nil,
         executable: String? = nil,
         extraConfig: String = "",
         cluster: ClusterMembership? = nil
     ) async throws {
-        let binary = try executable ?? Self.findExecutable()
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let config = directory.appendingPathComponent("nats.conf")
-        let portsDirectory = directory.appendingPathComponent("ports")
-        try? FileManager.default.removeItem(at: portsDirectory)
-        try FileManager.default.createDirectory(at: portsDirectory, withIntermediateDirectories: true)
         let storeDir = directory.appendingPathComponent("jetstream").path
         try """
         listen: 127.0.0.1:\(port.map(String.init) ?? "-1")
-        ports_file_dir: "\(portsDirectory.path)"
         max_payload: \(Self.maxPayload)
         max_pending: \(Self.maxPayload * 8)
         jetstream {
@@ -54,11 +49,32 @@ public final class LocalNATSServer: Sendable {
         \(cluster.map { $0.configuration + "\nhttp: 127.0.0.1:-1" } ?? "")
         \(extraConfig)
         """.write(to: config, atomically: true, encoding: .utf8)
+        try await self.init(configFile: config, environment: [:], directory: directory, executable: executable)
+    }
+
+    /// Runs nats-server on an existing configuration file (e.g. `deploy/cluster/nats-server.conf`),
+    /// with `environment` added to this process's for the `$VARIABLES` the file names, and waits
+    /// until it accepts connections. Its log, and the ports file it writes once it listens, go to
+    /// `directory`.
+    public init(
+        configFile config: URL,
+        environment: [String: String],
+        directory: URL,
+        executable: String? = nil
+    ) async throws {
+        let binary = try executable ?? Self.findExecutable()
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let portsDirectory = directory.appendingPathComponent("ports")
+        try? FileManager.default.removeItem(at: portsDirectory)
+        try FileManager.default.createDirectory(at: portsDirectory, withIntermediateDirectories: true)
         logFile = directory.appendingPathComponent("nats-server.log")
         FileManager.default.createFile(atPath: logFile.path, contents: nil)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["-c", config.path]
+        process.arguments = ["-c", config.path, "--ports_file_dir", portsDirectory.path]
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let log = try FileHandle(forWritingTo: logFile)
         process.standardOutput = log
         process.standardError = log
