@@ -38,6 +38,12 @@ public enum KeyValueWriteError: Error, Sendable, Equatable, CustomStringConverti
     }
 }
 
+/// The threads of key-value reads and writes, apart from ``blockingPool``: a leader lease's renewal
+/// must not wait behind other connections' connects, flushes and stream management there (each
+/// may hold a thread up to its timeout), or the lease would lapse while its write is only queued.
+/// Two: a lease makes one call at a time; a second lets another bucket user proceed meanwhile.
+let keyValuePool = BlockingThreadPool(size: 2, name: "hangar.nats.kv")
+
 extension JetStream {
     /// Binds to the key-value bucket `name`, creating it first if it does not exist: history 1
     /// (only the latest value of each key is kept), file storage, `replicas` copies (1 on a single
@@ -99,7 +105,7 @@ extension JetStream {
 /// A JetStream key-value bucket (a stream `KV_<name>` with subjects `$KV.<name>.<key>`): read a
 /// key's latest value and revision, create a key only if it is absent, update it only if it is
 /// still at a given revision (compare-and-set), delete it. Every call waits for the server and runs
-/// off the cooperative thread pool.
+/// off the cooperative thread pool, on threads of its own (`keyValuePool`).
 ///
 /// The conditional writes are stream publishes with `Nats-Expected-Last-Subject-Sequence`, made
 /// here rather than through `kvStore_Create`/`kvStore_Update`, which report a refused expectation
@@ -130,7 +136,7 @@ public final class KeyValueBucket: @unchecked Sendable {
         try Self.checkKey(key, bucket: name, operation: "get")
         let store = UncheckedPointer(self.store)
         let name = self.name
-        return try await runBlocking { () throws(NATSError) -> KeyValueEntry? in
+        return try await keyValuePool.run { () throws(NATSError) -> KeyValueEntry? in
             var entry: OpaquePointer?
             let status = kvStore_Get(&entry, store.pointer, key)
             if status == NATS_NOT_FOUND {
@@ -200,7 +206,7 @@ public final class KeyValueBucket: @unchecked Sendable {
         try Self.checkKey(key, bucket: name, operation: "delete")
         let store = UncheckedPointer(self.store)
         let name = self.name
-        try await runBlocking { () throws(NATSError) in
+        try await keyValuePool.run { () throws(NATSError) in
             try NATSError.check(kvStore_Delete(store.pointer, key), "delete '\(key)' of bucket \(name)")
         }
     }
@@ -222,7 +228,7 @@ public final class KeyValueBucket: @unchecked Sendable {
         let context = UncheckedPointer(owner.context)
         let result: Result<UInt64, KeyValueWriteError>
         do throws(NATSError) {
-            result = try await runBlocking { () throws(NATSError) -> Result<UInt64, KeyValueWriteError> in
+            result = try await keyValuePool.run { () throws(NATSError) -> Result<UInt64, KeyValueWriteError> in
                 let msg = try makeNATSMessage(subject: "$KV.\(name).\(key)", replyTo: nil, payload: value, headers: [:])
                 defer { natsMsg_Destroy(msg) }
                 var options = jsPubOptions()
@@ -256,7 +262,7 @@ public final class KeyValueBucket: @unchecked Sendable {
     private func deleteMarkerRevision(_ key: String) async throws(NATSError) -> UInt64? {
         let context = UncheckedPointer(owner.context)
         let name = self.name
-        return try await runBlocking { () throws(NATSError) -> UInt64? in
+        return try await keyValuePool.run { () throws(NATSError) -> UInt64? in
             var msg: OpaquePointer?
             var code = jsErrCode(rawValue: 0)
             let status = js_GetLastMsg(&msg, context.pointer, "KV_\(name)", "$KV.\(name).\(key)", nil, &code)

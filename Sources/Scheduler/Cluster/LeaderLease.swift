@@ -55,8 +55,8 @@ public struct KeyValueLeaderStore: LeaderLeaseStore {
 /// leader publishes `.standby` as it ends, and ``roles`` finishes.
 public actor LeaderLease {
     /// Every role change, starting from the first one (a new lease is standby until it wins).
-    public nonisolated let roles: AsyncStream<LeaderRole>
-    private let continuation: AsyncStream<LeaderRole>.Continuation
+    public nonisolated let roles: AsyncStream<LeaderRoleChange>
+    private let continuation: AsyncStream<LeaderRoleChange>.Continuation
     private let store: any LeaderLeaseStore
     private var machine: LeaderLeaseMachine
     private var published: LeaderRole = .standby
@@ -75,7 +75,7 @@ public actor LeaderLease {
         self.store = store
         self.machine = LeaderLeaseMachine(holder: holder, settings: settings)
         self.logger = logger
-        (roles, continuation) = AsyncStream.makeStream(of: LeaderRole.self, bufferingPolicy: .unbounded)
+        (roles, continuation) = AsyncStream.makeStream(of: LeaderRoleChange.self, bufferingPolicy: .unbounded)
     }
 
     /// The role now.
@@ -135,7 +135,7 @@ public actor LeaderLease {
         }
         if published.isLeader {
             published = .standby
-            continuation.yield(.standby)
+            continuation.yield(LeaderRoleChange(role: .standby, at: .now))
         }
         continuation.finish()
     }
@@ -166,7 +166,19 @@ public actor LeaderLease {
             "scheduler lease: \(previous) -> \(published)",
             metadata: ["holder": "\(machine.holder)", "term": "\(machine.highestTerm)"]
         )
-        continuation.yield(published)
+        continuation.yield(LeaderRoleChange(role: published, at: .now))
+    }
+}
+
+/// A role change of a ``LeaderLease`` and when it happened on this process's monotonic clock.
+public struct LeaderRoleChange: Sendable, Equatable {
+    public let role: LeaderRole
+    public let at: ContinuousClock.Instant
+
+    /// A change to `role` at `at`.
+    public init(role: LeaderRole, at: ContinuousClock.Instant) {
+        self.role = role
+        self.at = at
     }
 }
 

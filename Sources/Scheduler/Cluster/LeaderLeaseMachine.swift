@@ -183,7 +183,7 @@ public struct LeaderLeaseMachine: Sendable {
         }
         if case .leader(let term) = role, let leaseSentAt {
             let renewAt = leaseSentAt + settings.renewEvery
-            guard now >= renewAt else { return .wait(until: renewAt) }
+            guard now >= renewAt else { return .wait(until: min(renewAt, leaseSentAt + settings.lease)) }
             return hand(.update(LeaderRecord(holder: holder, term: term), expectedRevision: heldRevision), at: now)
         }
         if keyAbsent {
