@@ -146,7 +146,7 @@ struct TemplateRemoveCommand: ParsableCommand {
 
 /// Node options about its state folder and warm pools, shared by `hangar node` and `hangar dev`.
 struct NodeStateOptions: ParsableArguments {
-    @Option(help: "The node's state folder (templates in STATE/templates).")
+    @Option(help: "The node's state folder (templates in STATE/templates, the scheduler term in STATE/scheduler-term).")
     var stateDir: String = TemplateStore.defaultStateDirectory
     @Option(
         name: .customLong("pool"),
@@ -161,6 +161,7 @@ struct NodeStateOptions: ParsableArguments {
     /// Sets `config`'s template store and warm pools.
     static func apply(stateDir: String, pools: [String], to config: inout NodeConfig) throws {
         config.templates = TemplateStore(stateDirectory: stateDir)
+        config.stateDirectory = stateDir
         do {
             config.pools = try pools.map { text throws(WarmError) in try WarmPoolSpec.parse(text) }
         } catch {

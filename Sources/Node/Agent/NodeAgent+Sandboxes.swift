@@ -57,6 +57,10 @@ extension NodeAgent {
                 )
             )
         }
+        // From a scheduler that has lost the lease to a newer one.
+        if let refusal = termFence.admit(start.schedulerTerm) {
+            return .failure(Refusal(.staleTerm, refusal.description))
+        }
         if sandboxHost.sandboxIDs.contains(start.sandboxID) { return .success(()) }  // a repeated start
         guard runtimeAvailable(start.runtime) else {
             return .failure(Refusal(.runtimeUnavailable, "runtime '\(start.runtime)' is not available here"))
@@ -102,6 +106,13 @@ extension NodeAgent {
             logger.warning("ignored a malformed sandbox kill")
             return
         }
+        if let refusal = termFence.admit(kill.schedulerTerm) {
+            logger.warning(
+                "ignored a sandbox kill",
+                metadata: ["sandbox.id": "\(kill.sandboxID)", "reason": "\(refusal)"]
+            )
+            return
+        }
         logger.info(
             "killing stateful sandbox",
             metadata: ["sandbox.id": "\(kill.sandboxID)", "reason": "\(kill.reason)"]
@@ -114,6 +125,13 @@ extension NodeAgent {
     func handleSandboxTimeout(_ message: NATSMessage) {
         guard let timeout = try? Hangar_V1_SandboxSetTimeout(serializedBytes: message.payload) else {
             logger.warning("ignored a malformed sandbox timeout")
+            return
+        }
+        if let refusal = termFence.admit(timeout.schedulerTerm) {
+            logger.warning(
+                "ignored a sandbox timeout",
+                metadata: ["sandbox.id": "\(timeout.sandboxID)", "reason": "\(refusal)"]
+            )
             return
         }
         let deadline = ContinuousClock.now + .milliseconds(timeout.timeoutMs) + Self.sandboxTimeoutGrace

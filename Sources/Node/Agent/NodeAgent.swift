@@ -30,6 +30,8 @@ public final class NodeAgent: Sendable {
     /// When the node kills each stateful sandbox it holds (its timeout plus a grace; see
     /// `NodeAgent+Sandboxes.swift`).
     let sandboxDeadlines = Mutex<[String: ContinuousClock.Instant]>([:])
+    /// The highest scheduler term seen, kept in the state folder: older terms are refused.
+    public let termFence: SchedulerTermFence
 
     /// A node serving `runtimes`, which were built with `resources` (the node drains what it keeps
     /// ready there when it stops), holding stateful sandboxes in `sandboxHost` if given.
@@ -51,6 +53,7 @@ public final class NodeAgent: Sendable {
         self.logger = logger
         let incarnation = UUID().uuidString
         self.incarnation = incarnation
+        termFence = SchedulerTermFence(stateDirectory: config.stateDirectory, logger: logger)
         pools = config.pools.isEmpty ? nil : WarmPools(specs: config.pools, runtimes: runtimes, logger: logger)
         results = ResultOutbox(
             nats: nats,
@@ -248,6 +251,10 @@ public final class NodeAgent: Sendable {
             logger.warning("ignored a malformed cancel")
             return
         }
+        if let refusal = termFence.admit(cancel.schedulerTerm) {
+            logger.warning("ignored a cancel", metadata: ["job.id": "\(cancel.jobID)", "reason": "\(refusal)"])
+            return
+        }
         let task = running.withLock { $0["\(cancel.jobID)/\(cancel.attempt)"] }
         guard let task else { return }
         logger.info(
@@ -321,6 +328,11 @@ public final class NodeAgent: Sendable {
                     "placed on incarnation \(assignment.nodeIncarnation) of this node, which has restarted since (now \(incarnation))"
                 )
             )
+        }
+        // From a scheduler that has lost the lease to a newer one (the newer one may have placed
+        // this job elsewhere): kept term first, so a restart of this node still refuses it.
+        if let refusal = termFence.admit(assignment.schedulerTerm) {
+            return .failure(Refusal(.staleTerm, refusal.description))
         }
         guard let runtime = runtimes[assignment.spec.runtime], runtimeAvailable(assignment.spec.runtime) else {
             return .failure(Refusal(.runtimeUnavailable, "runtime '\(assignment.spec.runtime)' is not available here"))

@@ -19,6 +19,9 @@ public struct NodeConfig: Sendable {
     public var templates: TemplateStore?
     /// Warm pools to keep (see ``WarmPools``).
     public var pools: [WarmPoolSpec] = []
+    /// The node's state folder: the highest scheduler term seen is kept there (see
+    /// ``SchedulerTermFence``). nil: kept in memory only, forgotten when the agent restarts.
+    public var stateDirectory: String?
 
     public init(nodeID: String, slots: Int) {
         self.nodeID = nodeID

@@ -79,6 +79,9 @@ public nonisolated enum Hangar_V1_RefuseReason: SwiftProtobuf.Enum, Swift.CaseIt
 
   /// a limit is above what this node allows in the runtime
   case limitAboveMaximum // = 5
+
+  /// from a scheduler term below one the node has seen: a newer scheduler leads
+  case staleTerm // = 6
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -93,6 +96,7 @@ public nonisolated enum Hangar_V1_RefuseReason: SwiftProtobuf.Enum, Swift.CaseIt
     case 3: self = .nodeDraining
     case 4: self = .badAssignment
     case 5: self = .limitAboveMaximum
+    case 6: self = .staleTerm
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -105,6 +109,7 @@ public nonisolated enum Hangar_V1_RefuseReason: SwiftProtobuf.Enum, Swift.CaseIt
     case .nodeDraining: return 3
     case .badAssignment: return 4
     case .limitAboveMaximum: return 5
+    case .staleTerm: return 6
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -117,6 +122,7 @@ public nonisolated enum Hangar_V1_RefuseReason: SwiftProtobuf.Enum, Swift.CaseIt
     .nodeDraining,
     .badAssignment,
     .limitAboveMaximum,
+    .staleTerm,
   ]
 
 }
@@ -433,6 +439,9 @@ public nonisolated struct Hangar_V1_Assignment: Sendable {
   /// the node's incarnation the scheduler placed it on: another refuses it
   public var nodeIncarnation: String = String()
 
+  /// the placing scheduler's leader term; 0 = no election in use. A node
+  public var schedulerTerm: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -635,6 +644,9 @@ public nonisolated struct Hangar_V1_CancelAttempt: Sendable {
 
   public var reason: String = String()
 
+  /// as in Assignment: a stale term's cancel is ignored
+  public var schedulerTerm: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -680,7 +692,7 @@ nonisolated extension Hangar_V1_NodeHealth: SwiftProtobuf._ProtoNameProviding {
 }
 
 nonisolated extension Hangar_V1_RefuseReason: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0REFUSE_REASON_UNSPECIFIED\0\u{1}NO_FREE_SLOT\0\u{1}RUNTIME_UNAVAILABLE\0\u{1}NODE_DRAINING\0\u{1}BAD_ASSIGNMENT\0\u{1}LIMIT_ABOVE_MAXIMUM\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0REFUSE_REASON_UNSPECIFIED\0\u{1}NO_FREE_SLOT\0\u{1}RUNTIME_UNAVAILABLE\0\u{1}NODE_DRAINING\0\u{1}BAD_ASSIGNMENT\0\u{1}LIMIT_ABOVE_MAXIMUM\0\u{1}STALE_TERM\0")
 }
 
 nonisolated extension Hangar_V1_RuntimeAvailability: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -1210,7 +1222,7 @@ nonisolated extension Hangar_V1_JobSpec: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension Hangar_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Assignment"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}tenant\0\u{1}attempt\0\u{1}spec\0\u{3}assigned_at_ms\0\u{1}traceparent\0\u{3}node_incarnation\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}tenant\0\u{1}attempt\0\u{1}spec\0\u{3}assigned_at_ms\0\u{1}traceparent\0\u{3}node_incarnation\0\u{3}scheduler_term\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1225,6 +1237,7 @@ nonisolated extension Hangar_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf
       case 5: try { try decoder.decodeSingularInt64Field(value: &self.assignedAtMs) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.traceparent) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.nodeIncarnation) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.schedulerTerm) }()
       default: break
       }
     }
@@ -1256,6 +1269,9 @@ nonisolated extension Hangar_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf
     if !self.nodeIncarnation.isEmpty {
       try visitor.visitSingularStringField(value: self.nodeIncarnation, fieldNumber: 7)
     }
+    if self.schedulerTerm != 0 {
+      try visitor.visitSingularUInt64Field(value: self.schedulerTerm, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1267,6 +1283,7 @@ nonisolated extension Hangar_V1_Assignment: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.assignedAtMs != rhs.assignedAtMs {return false}
     if lhs.traceparent != rhs.traceparent {return false}
     if lhs.nodeIncarnation != rhs.nodeIncarnation {return false}
+    if lhs.schedulerTerm != rhs.schedulerTerm {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1639,7 +1656,7 @@ nonisolated extension Hangar_V1_AttemptResult: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Hangar_V1_CancelAttempt: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CancelAttempt"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}attempt\0\u{1}reason\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}attempt\0\u{1}reason\0\u{3}scheduler_term\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1650,6 +1667,7 @@ nonisolated extension Hangar_V1_CancelAttempt: SwiftProtobuf.Message, SwiftProto
       case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.schedulerTerm) }()
       default: break
       }
     }
@@ -1665,6 +1683,9 @@ nonisolated extension Hangar_V1_CancelAttempt: SwiftProtobuf.Message, SwiftProto
     if !self.reason.isEmpty {
       try visitor.visitSingularStringField(value: self.reason, fieldNumber: 3)
     }
+    if self.schedulerTerm != 0 {
+      try visitor.visitSingularUInt64Field(value: self.schedulerTerm, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1672,6 +1693,7 @@ nonisolated extension Hangar_V1_CancelAttempt: SwiftProtobuf.Message, SwiftProto
     if lhs.jobID != rhs.jobID {return false}
     if lhs.attempt != rhs.attempt {return false}
     if lhs.reason != rhs.reason {return false}
+    if lhs.schedulerTerm != rhs.schedulerTerm {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -843,6 +843,12 @@ public nonisolated struct Hangar_V1_SandboxStart: @unchecked Sendable {
   /// Clears the value of `network`. Subsequent reads from it will return its default value.
   public mutating func clearNetwork() {_uniqueStorage()._network = nil}
 
+  /// as in Assignment: a nonzero term below the highest seen is refused
+  public var schedulerTerm: UInt64 {
+    get {_storage._schedulerTerm}
+    set {_uniqueStorage()._schedulerTerm = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -898,6 +904,9 @@ public nonisolated struct Hangar_V1_SandboxKill: Sendable {
 
   public var reason: String = String()
 
+  /// as in Assignment: a stale term's kill is ignored
+  public var schedulerTerm: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -914,6 +923,9 @@ public nonisolated struct Hangar_V1_SandboxSetTimeout: Sendable {
   public var sandboxID: String = String()
 
   public var timeoutMs: UInt32 = 0
+
+  /// as in Assignment: a stale term's timeout is ignored
+  public var schedulerTerm: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2597,7 +2609,7 @@ nonisolated extension Hangar_V1_SandboxEventsReply: SwiftProtobuf.Message, Swift
 
 nonisolated extension Hangar_V1_SandboxStart: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SandboxStart"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}sandbox_id\0\u{1}tenant\0\u{1}runtime\0\u{1}template\0\u{1}limits\0\u{1}env\0\u{3}timeout_ms\0\u{3}node_incarnation\0\u{1}grants\0\u{1}network\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}sandbox_id\0\u{1}tenant\0\u{1}runtime\0\u{1}template\0\u{1}limits\0\u{1}env\0\u{3}timeout_ms\0\u{3}node_incarnation\0\u{1}grants\0\u{1}network\0\u{3}scheduler_term\0")
 
   fileprivate class _StorageClass {
     var _sandboxID: String = String()
@@ -2610,6 +2622,7 @@ nonisolated extension Hangar_V1_SandboxStart: SwiftProtobuf.Message, SwiftProtob
     var _nodeIncarnation: String = String()
     var _grants: Hangar_V1_Grants? = nil
     var _network: Hangar_V1_NetworkPolicy? = nil
+    var _schedulerTerm: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -2630,6 +2643,7 @@ nonisolated extension Hangar_V1_SandboxStart: SwiftProtobuf.Message, SwiftProtob
       _nodeIncarnation = source._nodeIncarnation
       _grants = source._grants
       _network = source._network
+      _schedulerTerm = source._schedulerTerm
     }
   }
 
@@ -2658,6 +2672,7 @@ nonisolated extension Hangar_V1_SandboxStart: SwiftProtobuf.Message, SwiftProtob
         case 8: try { try decoder.decodeSingularStringField(value: &_storage._nodeIncarnation) }()
         case 9: try { try decoder.decodeSingularMessageField(value: &_storage._grants) }()
         case 10: try { try decoder.decodeSingularMessageField(value: &_storage._network) }()
+        case 11: try { try decoder.decodeSingularUInt64Field(value: &_storage._schedulerTerm) }()
         default: break
         }
       }
@@ -2700,6 +2715,9 @@ nonisolated extension Hangar_V1_SandboxStart: SwiftProtobuf.Message, SwiftProtob
       try { if let v = _storage._network {
         try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
       } }()
+      if _storage._schedulerTerm != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._schedulerTerm, fieldNumber: 11)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2719,6 +2737,7 @@ nonisolated extension Hangar_V1_SandboxStart: SwiftProtobuf.Message, SwiftProtob
         if _storage._nodeIncarnation != rhs_storage._nodeIncarnation {return false}
         if _storage._grants != rhs_storage._grants {return false}
         if _storage._network != rhs_storage._network {return false}
+        if _storage._schedulerTerm != rhs_storage._schedulerTerm {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -2792,7 +2811,7 @@ nonisolated extension Hangar_V1_SandboxStartReply: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Hangar_V1_SandboxKill: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SandboxKill"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}sandbox_id\0\u{1}reason\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}sandbox_id\0\u{1}reason\0\u{3}scheduler_term\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2802,6 +2821,7 @@ nonisolated extension Hangar_V1_SandboxKill: SwiftProtobuf.Message, SwiftProtobu
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.sandboxID) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.schedulerTerm) }()
       default: break
       }
     }
@@ -2814,12 +2834,16 @@ nonisolated extension Hangar_V1_SandboxKill: SwiftProtobuf.Message, SwiftProtobu
     if !self.reason.isEmpty {
       try visitor.visitSingularStringField(value: self.reason, fieldNumber: 2)
     }
+    if self.schedulerTerm != 0 {
+      try visitor.visitSingularUInt64Field(value: self.schedulerTerm, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Hangar_V1_SandboxKill, rhs: Hangar_V1_SandboxKill) -> Bool {
     if lhs.sandboxID != rhs.sandboxID {return false}
     if lhs.reason != rhs.reason {return false}
+    if lhs.schedulerTerm != rhs.schedulerTerm {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2827,7 +2851,7 @@ nonisolated extension Hangar_V1_SandboxKill: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Hangar_V1_SandboxSetTimeout: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SandboxSetTimeout"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}sandbox_id\0\u{3}timeout_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}sandbox_id\0\u{3}timeout_ms\0\u{3}scheduler_term\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2837,6 +2861,7 @@ nonisolated extension Hangar_V1_SandboxSetTimeout: SwiftProtobuf.Message, SwiftP
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.sandboxID) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.schedulerTerm) }()
       default: break
       }
     }
@@ -2849,12 +2874,16 @@ nonisolated extension Hangar_V1_SandboxSetTimeout: SwiftProtobuf.Message, SwiftP
     if self.timeoutMs != 0 {
       try visitor.visitSingularUInt32Field(value: self.timeoutMs, fieldNumber: 2)
     }
+    if self.schedulerTerm != 0 {
+      try visitor.visitSingularUInt64Field(value: self.schedulerTerm, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Hangar_V1_SandboxSetTimeout, rhs: Hangar_V1_SandboxSetTimeout) -> Bool {
     if lhs.sandboxID != rhs.sandboxID {return false}
     if lhs.timeoutMs != rhs.timeoutMs {return false}
+    if lhs.schedulerTerm != rhs.schedulerTerm {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
