@@ -77,20 +77,30 @@ enum FaultTest {
         let database = directory.appendingPathComponent("hangar.sqlite").path
         say("work folder \(directory.path); nats \(url); runtime \(options.runtime), \(options.rate) jobs/s")
 
-        let scheduler = Child(
-            name: "scheduler",
-            executable: options.hangar,
-            arguments: [
-                "scheduler", "--nats", url, "--db", database, "--creds", auth.credentialsPath(for: .scheduler),
-                "--system-creds", auth.credentialsPath(for: .system),
-                "--node-ttl", "1.5", "--node-grace", "1", "--log-level", "notice",
-                "--stream-replicas", "\(options.natsServers)",
-            ]
-                + (options.natsServers == 1
-                    ? []
-                    : ["--config", deploy.appendingPathComponent("cluster/scheduler.yaml").path, "--metrics-port", "0"]),
-            log: directory.appendingPathComponent("scheduler.log")
-        )
+        // On a cluster, two schedulers (deploy/cluster/scheduler.yaml sets a leader lease): one
+        // leads, the other waits as a standby; the kill is the leader's.
+        let schedulers = (1...(options.natsServers == 1 ? 1 : 2)).map { number in
+            Child(
+                name: options.natsServers == 1 ? "scheduler" : "scheduler s\(number)",
+                executable: options.hangar,
+                arguments: [
+                    "scheduler", "--nats", url, "--db", database, "--creds", auth.credentialsPath(for: .scheduler),
+                    "--system-creds", auth.credentialsPath(for: .system),
+                    "--node-ttl", "1.5", "--node-grace", "1", "--log-level", "notice",
+                    "--stream-replicas", "\(options.natsServers)",
+                ]
+                    + (options.natsServers == 1
+                        ? []
+                        : [
+                            "--config", deploy.appendingPathComponent("cluster/scheduler.yaml").path, "--metrics-port",
+                            "0",
+                        ]),
+                log: directory.appendingPathComponent(
+                    options.natsServers == 1 ? "scheduler.log" : "scheduler-s\(number).log"
+                )
+            )
+        }
+        var leader = 0
         let nodes = ["f1", "f2"].map { id in
             Child(
                 name: "node \(id)",
@@ -106,12 +116,16 @@ enum FaultTest {
             )
         }
         defer {
-            scheduler.kill9()
+            for scheduler in schedulers { scheduler.kill9() }
             for node in nodes { node.kill9() }
             bus.crashAll()
             if !options.keep { try? FileManager.default.removeItem(at: directory) }
         }
-        try scheduler.start()
+        try schedulers[0].start()
+        if schedulers.count > 1 {
+            _ = try await waitForLog(schedulers[0], containing: "leading", within: .seconds(30))
+            try schedulers[1].start()
+        }
         for node in nodes { try node.start() }
 
         let credentials = try NATSCredentials.load(path: auth.credentialsPath(for: .tenant("load")))
@@ -150,12 +164,25 @@ enum FaultTest {
 
         var faults: [(name: String, at: ContinuousClock.Instant)] = []
         try await Task.sleep(for: options.phase)
-        faults.append(("kill -9 scheduler", .now))
-        say("kill -9 scheduler")
-        scheduler.kill9()
-        try await Task.sleep(for: .seconds(1))
-        try scheduler.start()
-        say("scheduler restarted")
+        let killed = ContinuousClock.now
+        faults.append(("kill -9 \(schedulers[leader].name)", killed))
+        say("kill -9 \(schedulers[leader].name)")
+        schedulers[leader].kill9()
+        var takeover: Duration?
+        if schedulers.count > 1 {
+            // The standby takes over by itself; the killed one comes back as the new standby.
+            let standby = 1 - leader
+            let elected = try await waitForLog(schedulers[standby], containing: "leading", within: .seconds(30))
+            takeover = killed.duration(to: elected)
+            say("\(schedulers[standby].name) leads, \(seconds(takeover!)) after the kill")
+            try schedulers[leader].start()
+            say("\(schedulers[leader].name) restarted (standby)")
+            leader = standby
+        } else {
+            try await Task.sleep(for: .seconds(1))
+            try schedulers[0].start()
+            say("scheduler restarted")
+        }
 
         try await Task.sleep(for: options.phase)
         faults.append(("kill -9 node f1", .now))
@@ -203,7 +230,7 @@ enum FaultTest {
         }
         // Late result deliveries (after a restart) get a moment to arrive before counting.
         try await Task.sleep(for: .seconds(1))
-        scheduler.terminate()
+        for scheduler in schedulers { scheduler.terminate() }
         for node in nodes { node.terminate() }
         results.unsubscribe()
         resultTask.cancel()
@@ -245,6 +272,12 @@ enum FaultTest {
             notSucceeded.isEmpty,
             "every job succeeded despite the kills: \(notSucceeded.count) did not \(notSucceeded.sorted { $0.key < $1.key }.prefix(5).map { "\($0.key) \($0.value)" })"
         )
+        if let takeover {
+            check(
+                takeover <= .seconds(5),
+                "standby scheduler leads \(seconds(takeover)) after the leader's kill -9 (bound 5 s)"
+            )
+        }
         for (name, gap) in outages {
             let line = "after \(name): longest time without an acknowledged submission \(seconds(gap))"
             if name.hasPrefix("kill -9 nats-server n") {
@@ -268,9 +301,23 @@ enum FaultTest {
         )
         if !passed {
             print("logs: \(directory.path) (kept)")
-            for child in [scheduler] + nodes { print("--- \(child.name), last lines\n\(child.tail(15))") }
+            for child in schedulers + nodes { print("--- \(child.name), last lines\n\(child.tail(15))") }
         }
         return passed
+    }
+
+    /// Waits until `child`'s log contains `text` (checked every 50 ms); when it was seen.
+    static func waitForLog(
+        _ child: Child,
+        containing text: String,
+        within limit: Duration
+    ) async throws -> ContinuousClock.Instant {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if child.tail(400).contains(text) { return .now }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw FaultTestError("\(child.name) did not log '\(text)' within \(limit)")
     }
 
     /// The package's `deploy/` folder: above the `hangar` binary (`.build/<triple>/debug/hangar`), or

@@ -14,6 +14,8 @@ public enum Streams {
     public static let jobIDHeader = "Hangar-Job-Id"
     /// The header carrying when the scheduler admitted an intake message (Unix milliseconds).
     public static let submittedAtHeader = "Hangar-Submitted-At"
+    /// The key-value bucket of the schedulers' leader lease (its stream is `KV_HANGAR_SCHEDULER`).
+    public static let schedulerBucket = "HANGAR_SCHEDULER"
     /// Every stream, for the scheduler's permissions.
     public static let all = [submissions, results, sandboxEvents]
 }

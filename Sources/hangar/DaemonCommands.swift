@@ -21,7 +21,7 @@ struct SchedulerCommand: AsyncParsableCommand {
     static let kinds: [String: DaemonConfigFile.Kind] = SchedulingOptions.kinds.merging(
         [
             "db": .string, "nats": .string, "creds": .string, "log_level": .string, "log_format": .string,
-            "stream_replicas": .integer,
+            "stream_replicas": .integer, "leader_lease": .number,
         ]
         .merging(MetricsOptions.kinds) { $1 }
     ) { $1 }
@@ -43,6 +43,13 @@ struct SchedulerCommand: AsyncParsableCommand {
             "Copies of each JetStream stream: 1 on one nats-server, 3 on a cluster of three (then any one server may die). Default: 1."
     )
     var streamReplicas: Int?
+    @Option(
+        help: ArgumentHelp(
+            "Run as one of several schedulers: wait as a standby until this one holds the leader lease (renewed every S/3 s); another takes over about S+1.5 s after the leader dies. Default: off (the only scheduler).",
+            valueName: "S"
+        )
+    )
+    var leaderLease: Double?
     @OptionGroup var metrics: MetricsOptions
 
     func run() async throws {
@@ -56,8 +63,23 @@ struct SchedulerCommand: AsyncParsableCommand {
             throw CLIError("stream_replicas (--stream-replicas) must be 1, 3 or 5 (a Raft majority), got \(replicas)")
         }
         config.streamReplicas = replicas
-        let store = try openStore(db)
         let nats = try await connection.with(file).connect(name: "hangar-scheduler", logger: logger, as: .scheduler)
+        if let seconds = try leaderLease ?? file.number("leader_lease") {
+            guard seconds >= 1, seconds <= 60 else {
+                throw CLIError("leader_lease (--leader-lease) must be 1...60 s, got \(seconds)")
+            }
+            config.term = try await waitForLeadership(
+                nats,
+                lease: .milliseconds(Int64(seconds * 1000)),
+                replicas: replicas,
+                logger: logger
+            )
+            config.onDeposed = { _ in
+                // A newer leader acts already: stop at once, without storing anything more.
+                Foundation.exit(3)
+            }
+        }
+        let store = try openStore(db)
         let scheduler = Scheduler(config: config, nats: nats, store: store, logger: logger)
         let metrics = try self.metrics.with(file)
         let server = try await metrics.start {
@@ -365,4 +387,70 @@ func parseLabels(_ labels: [String], flag: String = "--label") throws -> [String
         result[String(parts[0])] = String(parts[1])
     }
     return result
+}
+
+extension SchedulerCommand {
+    /// Holds this process as a standby until it wins the leader lease (the `HANGAR_SCHEDULER`
+    /// key-value bucket); returns its term. From then on, losing the lease ends the process (exit
+    /// 3): its in-memory state is the old term's, and a restart comes back as a standby that reads
+    /// the store afresh when it leads again.
+    func waitForLeadership(
+        _ nats: NATSConnection,
+        lease: Duration,
+        replicas: Int,
+        logger: Logger
+    ) async throws -> UInt64 {
+        let jetStream = try nats.jetStream()
+        var store: KeyValueLeaderStore?
+        var lastProblem = ""
+        while store == nil {
+            do {
+                store = try await KeyValueLeaderStore.open(jetStream, replicas: replicas)
+            } catch {
+                if "\(error)" != lastProblem {
+                    logger.error(
+                        "the leader lease's bucket is unavailable; retrying every second",
+                        metadata: ["error": "\(error)"]
+                    )
+                    lastProblem = "\(error)"
+                }
+                try await Task.sleep(for: .seconds(1))
+            }
+        }
+        let holder = LeaderLease.makeHolderID()
+        let leaderLease = try LeaderLease(
+            store: store!,
+            holder: holder,
+            settings: LeaderLeaseSettings(
+                lease: lease,
+                margin: max(.milliseconds(500), lease / 3),
+                poll: min(.milliseconds(500), lease / 4)
+            ),
+            logger: logger
+        )
+        Task { await leaderLease.run() }
+        logger.notice("standby: waiting for the leader lease", metadata: ["holder": "\(holder)", "lease": "\(lease)"])
+        let (elected, electedContinuation) = AsyncStream.makeStream(of: UInt64.self)
+        Task {
+            var leading = false
+            for await change in leaderLease.roles {
+                switch change.role {
+                case .leader(let term) where !leading:
+                    leading = true
+                    electedContinuation.yield(term)
+                    electedContinuation.finish()
+                case .standby where leading:
+                    logger.critical("lost the leader lease: exiting, so that a restart comes back as a standby")
+                    Foundation.exit(3)
+                default:
+                    break
+                }
+            }
+        }
+        for await term in elected {
+            logger.notice("leading", metadata: ["term": "\(term)", "holder": "\(holder)"])
+            return term
+        }
+        throw CLIError("the leader lease stopped before this scheduler was elected")
+    }
 }

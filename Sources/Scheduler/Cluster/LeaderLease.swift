@@ -1,5 +1,6 @@
 import Foundation
 import HangarNATS
+import HangarShared
 import Logging
 
 /// Where the lease lives: the one key of the leader lease, read and written by compare-and-set.
@@ -17,7 +18,7 @@ public protocol LeaderLeaseStore: Sendable {
 /// The `leader` key of the `HANGAR_SCHEDULER` key-value bucket.
 public struct KeyValueLeaderStore: LeaderLeaseStore {
     /// The bucket the schedulers share.
-    public static let bucketName = "HANGAR_SCHEDULER"
+    public static let bucketName = Streams.schedulerBucket
     /// The lease's key in it.
     public static let key = "leader"
 

@@ -64,7 +64,9 @@ extension Scheduler {
                     case .ack(let ack):
                         return ack.jobID == item.assignment.jobID && ack.attempt == item.assignment.attempt
                             ? nil : "the node acknowledged \(ack.jobID) attempt \(ack.attempt) in its place"
-                    case .refused(let refused): return "refused (\(refused.reason)): \(refused.message)"
+                    case .refused(let refused):
+                        if refused.reason == .staleTerm { self.deposed(refused.message) }
+                        return "refused (\(refused.reason)): \(refused.message)"
                     case nil: return "empty reply"
                     }
                 }

@@ -46,7 +46,9 @@ extension Scheduler {
         }
         var this = Hangar_V1_SchedulerStatus()
         this.id = "\(ProcessInfo.processInfo.hostName) pid \(getpid())"
-        this.role = "single"
+        // A scheduler serves only while it leads (a standby waits for the lease and answers nothing).
+        this.role = config.term == 0 ? "single" : "leader"
+        this.term = config.term
         this.natsServer = nats.connectedURL
         reply.schedulers = [this]
         return reply

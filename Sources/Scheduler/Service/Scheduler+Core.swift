@@ -59,6 +59,7 @@ extension Scheduler {
         assignment.spec = entry.submission.spec
         assignment.assignedAtMs = unixMilliseconds()
         assignment.nodeIncarnation = nodeIncarnations[nodeID] ?? ""
+        assignment.schedulerTerm = config.term
         send(assignment, to: nodeID, decidedAt: now, trace: entry.trace.child())
     }
 

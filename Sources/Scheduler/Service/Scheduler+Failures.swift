@@ -28,6 +28,7 @@ extension Scheduler {
 
     nonisolated func sendCancel(jobID: String, attempt: UInt32, nodeID: String, reason: String) {
         var cancel = Hangar_V1_CancelAttempt()
+        cancel.schedulerTerm = config.term
         cancel.jobID = jobID
         cancel.attempt = attempt
         cancel.reason = reason

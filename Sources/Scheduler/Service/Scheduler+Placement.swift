@@ -25,6 +25,7 @@ extension Scheduler {
             case .ack:
                 await assigned(jobID: jobID, attempt: attempt, decidedAt: decidedAt)
             case .refused(let refused):
+                if refused.reason == .staleTerm { deposed(refused.message) }
                 await assignmentFailed(
                     jobID: jobID,
                     attempt: attempt,
@@ -37,6 +38,16 @@ extension Scheduler {
         } catch {
             await assignmentFailed(jobID: jobID, attempt: attempt, nodeID: nodeID, reason: "\(error)")
         }
+    }
+
+    /// A node refused this scheduler's term: a newer scheduler leads. Tells ``SchedulerConfig/onDeposed``
+    /// (once is enough: it stops the process).
+    nonisolated func deposed(_ message: String) {
+        logger.critical(
+            "a node refused this scheduler's term: a newer scheduler leads",
+            metadata: ["term": "\(config.term)", "node.message": "\(message)"]
+        )
+        config.onDeposed?(message)
     }
 
     func assigned(jobID: String, attempt: UInt32, decidedAt: ContinuousClock.Instant) {

@@ -556,6 +556,7 @@ extension Scheduler {
         case .start(let id, let nodeID):
             guard let entry = sandboxes.entries[id] else { return }
             var start = Hangar_V1_SandboxStart()
+            start.schedulerTerm = config.term
             start.sandboxID = id
             start.tenant = entry.stored.tenant
             start.runtime = entry.stored.request.runtime
@@ -583,7 +584,9 @@ extension Scheduler {
                     let reply = try Hangar_V1_SandboxStartReply(serializedBytes: answer.payload)
                     switch reply.outcome {
                     case .ok: refusal = nil
-                    case .refused(let refused): refusal = refused.message
+                    case .refused(let refused):
+                        if refused.reason == .staleTerm { self.deposed(refused.message) }
+                        refusal = refused.message
                     case nil: refusal = "the node's answer says neither ok nor refused"
                     }
                 } catch {
@@ -593,6 +596,7 @@ extension Scheduler {
             }
         case .kill(let id, let nodeID, let reason):
             var kill = Hangar_V1_SandboxKill()
+            kill.schedulerTerm = config.term
             kill.sandboxID = id
             kill.reason = reason
             do {
@@ -670,6 +674,7 @@ extension Scheduler {
             case .starting(let node, _), .running(let node, _), .restored(let node, _, _):
                 // The node enforces it too (a grace later), for when no scheduler runs.
                 var timeout = Hangar_V1_SandboxSetTimeout()
+                timeout.schedulerTerm = config.term
                 timeout.sandboxID = id
                 timeout.timeoutMs = UInt32(clamping: max(0, entry.stored.endsAtMs - unixMilliseconds()))
                 do {

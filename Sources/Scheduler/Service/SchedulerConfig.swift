@@ -32,6 +32,13 @@ public struct SchedulerConfig: Sendable {
     /// 3 on a cluster of three (each acknowledged message is then on two servers at least, and
     /// the loss of any one server loses nothing). Existing streams are changed to it at start.
     public var streamReplicas = 1
+    /// The leader term this scheduler was elected in (``LeaderLease``); every assignment, cancel
+    /// and sandbox message it sends carries it, and nodes refuse a term lower than one they have
+    /// seen. 0: no election (one scheduler); nodes accept it always.
+    public var term: UInt64 = 0
+    /// Called once when a node refuses this scheduler's term as stale: a newer scheduler leads, and
+    /// this one must stop acting at once (`hangar scheduler` exits, to come back as a standby).
+    public var onDeposed: (@Sendable (String) -> Void)?
 
     public init(databasePath: String) {
         self.databasePath = databasePath

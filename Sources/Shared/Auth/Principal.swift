@@ -175,9 +175,16 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
 
     /// The JetStream API calls the scheduler makes, on its own streams only: create or update them,
     /// bind its durable pull consumers, pull batches, acknowledge, and read one message back (the
-    /// original of a de-duplicated submission).
+    /// original of a de-duplicated submission); and the leader lease's key-value bucket: create or
+    /// bind it, read its key, write it (a publish on `$KV.<bucket>.>`).
     public static var schedulerJetStreamAPI: [String] {
-        ["$JS.API.INFO"]
+        let lease = "KV_\(Streams.schedulerBucket)"
+        return ["$JS.API.INFO"]
+            + [
+                "$JS.API.STREAM.CREATE.\(lease)", "$JS.API.STREAM.UPDATE.\(lease)", "$JS.API.STREAM.INFO.\(lease)",
+                "$JS.API.STREAM.MSG.GET.\(lease)", "$JS.API.DIRECT.GET.\(lease)", "$JS.API.DIRECT.GET.\(lease).>",
+                "$KV.\(Streams.schedulerBucket).>",
+            ]
             + Streams.all.flatMap { stream in
                 [
                     "$JS.API.STREAM.CREATE.\(stream)", "$JS.API.STREAM.UPDATE.\(stream)",
