@@ -27,6 +27,10 @@ struct Bench {
             try await ThroughputBench.clientMain(Array(arguments.dropFirst()))
             return
         }
+        if arguments.first == "takeover" {
+            print(try await TakeoverBench.run(Array(arguments.dropFirst())))
+            return
+        }
         if arguments.first == "cluster-throughput" {
             print(try await ClusterThroughputBench.run(Array(arguments.dropFirst())))
             return
