@@ -68,7 +68,7 @@ public final class LocalNATSServer: Sendable {
         try? FileManager.default.removeItem(at: portsDirectory)
         try FileManager.default.createDirectory(at: portsDirectory, withIntermediateDirectories: true)
         logFile = directory.appendingPathComponent("nats-server.log")
-        FileManager.default.createFile(atPath: logFile.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: logFile.path, contents: nil)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["-c", config.path, "--ports_file_dir", portsDirectory.path]

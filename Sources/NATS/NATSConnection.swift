@@ -21,6 +21,10 @@ public struct NATSConnectionOptions: Sendable {
     public var nkeySeed: String?
     /// A `.creds` file (JWT + NKey seed).
     public var credentialsFile: String?
+    /// A PEM file of the CA certificates that may sign the servers' TLS certificates. Given (or
+    /// with `tls://` URLs) the connection is TLS and the server's certificate is verified against
+    /// them (and its host name against the URL's).
+    public var tlsCAFile: String?
     /// Flush every publish at once instead of from libnats' flusher thread: lower latency for
     /// request/reply, less batching under load.
     public var sendAsap: Bool
@@ -129,6 +133,15 @@ public final class NATSConnection: @unchecked Sendable {
             try NATSError.check(
                 natsOptions_SetUserCredentialsFromFiles(opts, creds, nil),
                 "natsOptions_SetUserCredentialsFromFiles(\(creds))"
+            )
+        }
+        if options.tlsCAFile != nil || options.servers.contains(where: { $0.lowercased().hasPrefix("tls://") }) {
+            try NATSError.check(natsOptions_SetSecure(opts, true), "natsOptions_SetSecure")
+        }
+        if let ca = options.tlsCAFile {
+            try NATSError.check(
+                natsOptions_LoadCATrustedCertificates(opts, ca),
+                "natsOptions_LoadCATrustedCertificates(\(ca))"
             )
         }
         if options.inboxPrefix != "_INBOX" {

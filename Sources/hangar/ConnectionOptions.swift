@@ -15,6 +15,13 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Credentials file (from `hangar tenant add`, or a NATS .creds file). Env: HANGAR_CREDS.")
     var creds: String?
 
+    @Option(
+        name: .customLong("tls-ca"),
+        help:
+            "CA certificates (PEM) that sign the NATS servers' TLS certificates; the connection is then TLS. Env: HANGAR_TLS_CA."
+    )
+    var tlsCA: String?
+
     @Option(help: "Folder where `hangar dev` keeps its state (and the URL of its NATS server).")
     var state: String = ".hangar"
 
@@ -47,6 +54,13 @@ struct ConnectionOptions: ParsableArguments {
         }
     }
 
+    /// The CA file for TLS: flag > HANGAR_TLS_CA > none.
+    var tlsCAFile: String? {
+        if let tlsCA { return tlsCA }
+        if let ca = ProcessInfo.processInfo.environment["HANGAR_TLS_CA"], !ca.isEmpty { return ca }
+        return nil
+    }
+
     /// The tenant: `flag` > HANGAR_TENANT > context file > `default`.
     func tenant(_ flag: String?) throws -> String {
         if let flag { return flag }
@@ -73,6 +87,7 @@ struct ConnectionOptions: ParsableArguments {
     ) async throws -> NATSConnection {
         let servers = try self.servers
         var options = NATSConnectionOptions(servers: servers, name: name, sendAsap: sendAsap, logger: logger)
+        options.tlsCAFile = tlsCAFile
         let login = try credentials(for: principal)
         if let login { try applyCredentials(login.file, to: &options) }
         let using = login.map { "credentials \($0.file) (\($0.source))" } ?? "no credentials"

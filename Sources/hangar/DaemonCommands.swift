@@ -20,7 +20,8 @@ struct SchedulerCommand: AsyncParsableCommand {
 
     static let kinds: [String: DaemonConfigFile.Kind] = SchedulingOptions.kinds.merging(
         [
-            "db": .string, "nats": .string, "creds": .string, "log_level": .string, "log_format": .string,
+            "db": .string, "nats": .string, "creds": .string, "tls_ca": .string, "log_level": .string,
+            "log_format": .string,
             "stream_replicas": .integer, "leader_lease": .number,
         ]
         .merging(MetricsOptions.kinds) { $1 }
@@ -121,6 +122,7 @@ struct SchedulerCommand: AsyncParsableCommand {
             name: "hangar-scheduler-system",
             logger: logger
         )
+        options.tlsCAFile = connection.with(config).tlsCAFile
         try applyCredentials(file, to: &options)
         do {
             return try await NATSConnection(options: options)
@@ -144,6 +146,7 @@ struct NodeCommand: AsyncParsableCommand {
 
     static let kinds: [String: DaemonConfigFile.Kind] = [
         "id": .string, "slots": .integer, "runtimes": .strings, "labels": .map, "nats": .string, "creds": .string,
+        "tls_ca": .string,
         "log_level": .string, "log_format": .string, "dns_upstream": .string,
     ].merging(MetricsOptions.kinds) { $1 }
 
@@ -318,6 +321,9 @@ extension ConnectionOptions {
         }
         if options.creds == nil, (environment["HANGAR_CREDS"] ?? "").isEmpty, let creds = file.string("creds") {
             options.creds = creds
+        }
+        if options.tlsCA == nil, (environment["HANGAR_TLS_CA"] ?? "").isEmpty, let ca = file.string("tls_ca") {
+            options.tlsCA = ca
         }
         return options
     }
