@@ -91,9 +91,13 @@ func clusterStatusText(_ reply: Hangar_V1_ClusterStatusReply, style: Style) -> S
             scheduler.natsServer.terminalSafe,
         ])
     }
+    let serverTable =
+        servers.isEmpty
+        ? "One nats-server, not clustered: the streams have one copy each (see README, \"Cluster\")."
+        : formatTable(serverRows, style: style)
     return [
         "NATS servers known to the scheduler: \(reply.natsServers.joined(separator: ", ").terminalSafe)",
-        formatTable(serverRows, style: style),
+        serverTable,
         "",
         "Streams (the scheduler keeps \(reply.streamReplicas) cop\(reply.streamReplicas == 1 ? "y" : "ies") of each):",
         formatTable(streamRows, style: style),

@@ -173,6 +173,14 @@ struct CLITests {
             #expect(top.status == 0, "\(top.stderr)")
             let lines = top.stdout.split(separator: "\n").map(String.init)
             #expect(lines.contains { $0.hasPrefix("CLUSTER") && $0.contains("jobs/s") && $0.contains("p99") })
+            // The NATS side: each stream with its copies, and this scheduler (no election in dev).
+            #expect(
+                lines.contains {
+                    $0.hasPrefix("NATS") && $0.contains("submissions R1") && $0.contains("results R1")
+                        && $0.contains("scheduler single")
+                },
+                "\(top.stdout)"
+            )
             let header = try #require(lines.first { $0.hasPrefix("NODE") })
             #expect(header.contains("POOLS"))
             for node in 1...3 {

@@ -30,6 +30,10 @@ struct MetricsAndConfigTests {
             #expect((after.samples["hangar_placement_latency_seconds_count"] ?? 0) >= 3)
             #expect(after.samples["hangar_queue_depth"] == 0)
             #expect(after.samples[#"hangar_node_up{node_id="dev-node-2"}"#] == 1)
+            // The cluster's gauges: no leader election in `hangar dev`, each stream with a leader.
+            #expect(after.samples["hangar_scheduler_term"] == 0)
+            #expect(after.samples[#"hangar_stream_has_leader{stream="HANGAR_SUBMISSIONS"}"#] == 1)
+            #expect(after.samples[#"hangar_node_scheduler_term_seen{node_id="dev-node-1"}"#] == 0)
             // Warm pools: each node's process:host pool (max 1) is in its gauges.
             let pools = after.samples.filter {
                 $0.key.hasPrefix("hangar_pool_max{") && $0.key.contains(#"runtime="process""#)

@@ -5,7 +5,7 @@ import HangarShared
 extension Scheduler {
     /// `hangar.admin.cluster`: the NATS servers this scheduler's connection knows, where each of
     /// Hangar's streams has its copies (leader, followers, lag), and this scheduler.
-    nonisolated func clusterStatus() async -> Hangar_V1_ClusterStatusReply {
+    public nonisolated func clusterStatus() async -> Hangar_V1_ClusterStatusReply {
         var reply = Hangar_V1_ClusterStatusReply()
         reply.natsServers = nats.knownServers
         reply.streamReplicas = UInt32(config.streamReplicas)

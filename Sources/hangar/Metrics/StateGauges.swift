@@ -9,6 +9,20 @@ enum StateGauges {
     /// What the scheduler sees: queue depth, running jobs, tenants, nodes as the scheduler holds them.
     static func scheduler(_ scheduler: Scheduler) async {
         let stats = await scheduler.stats()
+        let cluster = await scheduler.clusterStatus()
+        Gauge(label: "hangar_scheduler_term").record(Int64(clamping: cluster.schedulers.first?.term ?? 0))
+        for stream in cluster.streams where stream.error.isEmpty {
+            let labels = [("stream", stream.name)]
+            Gauge(label: "hangar_stream_messages", dimensions: labels).record(Int64(clamping: stream.messages))
+            // A stream on one server that is not clustered has no leader to name, and takes publishes.
+            let leaderless = stream.leader.isEmpty && stream.replicas > 1
+            Gauge(label: "hangar_stream_has_leader", dimensions: labels).record(leaderless ? 0 : 1)
+            for follower in stream.followers {
+                let copy = labels + [("server", follower.server)]
+                Gauge(label: "hangar_stream_replica_lag", dimensions: copy).record(Int64(clamping: follower.lag))
+                Gauge(label: "hangar_stream_replica_offline", dimensions: copy).record(follower.offline ? 1 : 0)
+            }
+        }
         Gauge(label: "hangar_queue_depth").record(Int64(stats.queueDepth))
         Gauge(label: "hangar_jobs_running").record(Int64(stats.running))
         for tenant in stats.tenants {
@@ -34,6 +48,8 @@ enum StateGauges {
         let heartbeat = agent.currentHeartbeat()
         let capacity = heartbeat.capacity
         let labels = [("node_id", heartbeat.nodeID)]
+        Gauge(label: "hangar_node_scheduler_term_seen", dimensions: labels)
+            .record(Int64(clamping: agent.termFence.highestSeen))
         Gauge(label: "hangar_node_slots_total", dimensions: labels).record(Int64(capacity.slotsTotal))
         Gauge(label: "hangar_node_slots_used", dimensions: labels).record(Int64(capacity.slotsUsed))
         Gauge(label: "hangar_node_cpu_millis", dimensions: labels).record(Int64(capacity.cpuMillis))

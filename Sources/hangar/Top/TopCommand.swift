@@ -43,11 +43,13 @@ struct TopCommand: AsyncParsableCommand {
         let screen = try TerminalScreen(refresh: .milliseconds(Int64(interval * 1000)))
         defer { screen.restore() }
         var stats: Hangar_V1_ClusterStats?
+        var cluster: Hangar_V1_ClusterStatusReply?
         var problem: String?
         func redraw() {
             let (columns, rows) = Terminal.size() ?? (100, 40)
             let renderer = TopRenderer(width: columns, style: .stdout, unicode: true)
-            var lines = stats.map { renderer.render($0) } ?? ["hangar top: waiting for the scheduler..."]
+            var lines =
+                stats.map { renderer.render($0, cluster: cluster) } ?? ["hangar top: waiting for the scheduler..."]
             if let problem { lines += ["", Style.stdout.red("hangar: \(problem)")] }
             lines += ["", Style.stdout.dim("q quit")]
             screen.draw(lines, columns: columns, rows: rows)
@@ -55,6 +57,7 @@ struct TopCommand: AsyncParsableCommand {
         func refresh() async {
             do {
                 stats = try await fetchStats(nats)
+                cluster = try? await fetchCluster(nats)
                 problem = nil
             } catch {
                 problem = "\(error)"
@@ -84,17 +87,24 @@ struct TopCommand: AsyncParsableCommand {
     private func plain(_ nats: NATSConnection) async throws {
         while true {
             let stats = try await fetchStats(nats)
+            let cluster = try? await fetchCluster(nats)
             if output.isJSON {
                 try printJSON(stats)
             } else {
                 let renderer = TopRenderer(width: Int.max, style: .plain, unicode: false)
-                print(renderer.render(stats).joined(separator: "\n"))
+                print(renderer.render(stats, cluster: cluster).joined(separator: "\n"))
             }
             fflush(nil)
             if once { return }
             print("")
             try await Task.sleep(for: .milliseconds(Int64(interval * 1000)))
         }
+    }
+
+    /// The NATS side (`hangar cluster status`); nil from a scheduler that does not answer it.
+    private func fetchCluster(_ nats: NATSConnection) async throws -> Hangar_V1_ClusterStatusReply {
+        let answer = try await adminRequest(nats, "cluster", Hangar_V1_ClusterStatusRequest())
+        return try Hangar_V1_ClusterStatusReply(serializedBytes: answer.payload)
     }
 
     private func fetchStats(_ nats: NATSConnection) async throws -> Hangar_V1_ClusterStats {

@@ -10,7 +10,11 @@ struct TopRenderer {
     /// Unicode bar characters on a terminal, ASCII otherwise.
     var unicode: Bool
 
-    func render(_ stats: Hangar_V1_ClusterStats, now: Date = Date()) -> [String] {
+    func render(
+        _ stats: Hangar_V1_ClusterStats,
+        cluster: Hangar_V1_ClusterStatusReply? = nil,
+        now: Date = Date()
+    ) -> [String] {
         let up = stats.nodes.filter { $0.state != .down }.count
         let time = ISO8601DateFormatter().string(from: now)
         var lines = [
@@ -31,10 +35,40 @@ struct TopRenderer {
                 ].joined(separator: "  "),
             "",
         ]
+        if let cluster {
+            lines += [natsLine(cluster), ""]
+        }
         lines += nodeLines(stats.nodes)
         lines.append("")
         lines += tenantLines(stats.tenants)
         return lines
+    }
+
+    /// `NATS  3 servers known  HANGAR_SUBMISSIONS@n1 ...  scheduler leader term 4`: where each stream
+    /// is led (red `none` while one is elected, a count of offline copies), and the scheduler's role.
+    private func natsLine(_ cluster: Hangar_V1_ClusterStatusReply) -> String {
+        var parts = ["\(cluster.natsServers.count) server\(cluster.natsServers.count == 1 ? "" : "s") known"]
+        for stream in cluster.streams {
+            let name = stream.name.replacingOccurrences(of: "HANGAR_", with: "").lowercased().terminalSafe
+            if !stream.error.isEmpty {
+                parts.append("\(name) " + style.red("unavailable"))
+                continue
+            }
+            var text = "\(name) R\(stream.replicas)"
+            if stream.replicas > 1 || !stream.leader.isEmpty {
+                text += stream.leader.isEmpty ? " " + style.red("no leader") : "@\(stream.leader.terminalSafe)"
+            }
+            let offline = stream.followers.filter(\.offline).count
+            if offline > 0 { text += " " + style.red("\(offline) offline") }
+            parts.append(text)
+        }
+        if let scheduler = cluster.schedulers.first {
+            parts.append(
+                scheduler.term == 0
+                    ? "scheduler \(scheduler.role.terminalSafe)" : "scheduler leader term \(scheduler.term)"
+            )
+        }
+        return style.bold("NATS") + "  " + parts.joined(separator: "  ")
     }
 
     private func nodeLines(_ nodes: [Hangar_V1_NodeInfo]) -> [String] {
