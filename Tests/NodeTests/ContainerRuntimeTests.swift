@@ -317,7 +317,9 @@ struct ContainerRuntimeTests {
         #expect(outcome.status == .oomKilled, "\(outcome.status) \(outcome.message) \(T.text(outcome.stderr))")
         #expect(outcome.signal == SIGKILL)
         #expect(!T.text(outcome.stdout).contains("survived"))
-        #expect(outcome.peakMemoryBytes >= 60 << 20 && outcome.peakMemoryBytes <= 64 << 20)
+        // cgroup v1's usage counters are charged in per-CPU batches (64 pages each), so the recorded
+        // peak may pass the limit by up to a batch per CPU: a CI run saw it under gVisor.
+        #expect(outcome.peakMemoryBytes >= 60 << 20 && outcome.peakMemoryBytes <= (64 << 20) + (1 << 20))
         #expect(residue == [])
     }
 
