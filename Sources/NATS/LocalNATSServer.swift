@@ -13,7 +13,9 @@ public final class LocalNATSServer: Sendable {
     /// (cluster members do).
     public let monitoringPort: Int?
     public let directory: URL
-    public var url: String { "nats://127.0.0.1:\(port)" }
+    /// The address it listens on (127.0.0.1 unless asked for another).
+    public let host: String
+    public var url: String { "nats://\(host):\(port)" }
     private let process: Process
     private let logFile: URL
 
@@ -32,13 +34,14 @@ public final class LocalNATSServer: Sendable {
         port: Int? = nil,
         executable: String? = nil,
         extraConfig: String = "",
-        cluster: ClusterMembership? = nil
+        cluster: ClusterMembership? = nil,
+        host: String = "127.0.0.1"
     ) async throws {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let config = directory.appendingPathComponent("nats.conf")
         let storeDir = directory.appendingPathComponent("jetstream").path
         try """
-        listen: 127.0.0.1:\(port.map(String.init) ?? "-1")
+        listen: \(host):\(port.map(String.init) ?? "-1")
         max_payload: \(Self.maxPayload)
         max_pending: \(Self.maxPayload * 8)
         jetstream {
@@ -83,7 +86,7 @@ public final class LocalNATSServer: Sendable {
         self.process = process
         self.directory = directory
         do {
-            (self.port, self.monitoringPort) = try await Self.waitUntilReady(
+            (self.host, self.port, self.monitoringPort) = try await Self.waitUntilReady(
                 process,
                 portsDirectory: portsDirectory,
                 logFile: logFile
@@ -99,7 +102,7 @@ public final class LocalNATSServer: Sendable {
         _ process: Process,
         portsDirectory: URL,
         logFile: URL
-    ) async throws -> (client: Int, monitoring: Int?) {
+    ) async throws -> (host: String, client: Int, monitoring: Int?) {
         let deadline = ContinuousClock.now + .seconds(10)
         let file = portsDirectory.appendingPathComponent("nats-server_\(process.processIdentifier).ports")
         while ContinuousClock.now < deadline {
@@ -111,12 +114,13 @@ public final class LocalNATSServer: Sendable {
                 let ports = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
                 let url = (ports["nats"] as? [String])?.first,
                 let port = url.split(separator: ":").last.flatMap({ Int($0) }),
-                canConnect(port: port)
+                let host = url.split(separator: "/").last?.split(separator: ":").first.map(String.init),
+                canConnect(host: host, port: port)
             {
                 let monitoring = (ports["monitoring"] as? [String])?.first?.split(separator: ":").last.flatMap {
                     Int($0)
                 }
-                return (port, monitoring)
+                return (host, port, monitoring)
             }
             try await Task.sleep(for: .milliseconds(20))
         }
@@ -188,14 +192,14 @@ public final class LocalNATSServer: Sendable {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
-    static func canConnect(port: Int) -> Bool {
+    static func canConnect(host: String, port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_addr.s_addr = inet_addr(host)
         return withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0

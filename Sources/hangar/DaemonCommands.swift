@@ -147,7 +147,7 @@ struct NodeCommand: AsyncParsableCommand {
     static let kinds: [String: DaemonConfigFile.Kind] = [
         "id": .string, "slots": .integer, "runtimes": .strings, "labels": .map, "nats": .string, "creds": .string,
         "tls_ca": .string,
-        "log_level": .string, "log_format": .string, "dns_upstream": .string,
+        "log_level": .string, "log_format": .string, "dns_upstream": .string, "sandbox_uids": .string,
     ].merging(MetricsOptions.kinds) { $1 }
 
     @Option(help: "Config file (YAML); flags and HANGAR_NODE_* variables override it.")
@@ -181,6 +181,14 @@ struct NodeCommand: AsyncParsableCommand {
             "The DNS server (IPv4[:PORT]) that jobs' resolvers ask for the host names their grants allow. Default: the first IPv4 nameserver of /etc/resolv.conf."
     )
     var dnsUpstream: String?
+    @Option(
+        name: .customLong("sandbox-uids"),
+        help: ArgumentHelp(
+            "The host uids this node gives its sandboxes, one each: FIRST:COUNT. Two node agents on one machine need ranges of their own. Default: 1000000:65536.",
+            valueName: "FIRST:COUNT"
+        )
+    )
+    var sandboxUIDs: String?
     @OptionGroup var nodeState: NodeStateOptions
     @OptionGroup var metrics: MetricsOptions
 
@@ -216,7 +224,17 @@ struct NodeCommand: AsyncParsableCommand {
         } else {
             upstream = DNSUpstream.system()
         }
-        let resources = NodeResources(users: SandboxUsers.standard(), dnsUpstream: upstream)
+        var users = SandboxUsers.standard()
+        if let text = sandboxUIDs ?? file.string("sandbox_uids") {
+            let parts = text.split(separator: ":").map { UInt32($0) }
+            guard parts.count == 2, let first = parts[0], let count = parts[1], first >= 1000, count >= 1,
+                UInt64(first) + UInt64(count) <= UInt64(UInt32.max)
+            else {
+                throw ValidationError("--sandbox-uids '\(text)' must be FIRST:COUNT with FIRST >= 1000 and COUNT >= 1")
+            }
+            users = SandboxUsers(first: first, count: count)
+        }
+        let resources = NodeResources(users: users, dnsUpstream: upstream)
         let chosen = try makeRuntimes(
             runtimes ?? file.strings("runtimes")?.joined(separator: ",") ?? "process,container,gvisor,microvm,null",
             templates: config.templates,

@@ -22,20 +22,6 @@ struct CLITestError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// The real `hangar` binary of this build (next to the test bundle), or `$HANGAR_BINARY`.
-func hangarBinary() throws -> URL {
-    if let path = ProcessInfo.processInfo.environment["HANGAR_BINARY"] { return URL(fileURLWithPath: path) }
-    var directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    for _ in 0..<4 {
-        let candidate = directory.appendingPathComponent("hangar")
-        if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-        directory = directory.deletingLastPathComponent()
-    }
-    throw CLITestError(
-        "no hangar binary next to \(CommandLine.arguments[0]); run `swift build` first or set HANGAR_BINARY"
-    )
-}
-
 /// The environment every spawned `hangar` gets: this process's, with HOME and XDG_CONFIG_HOME set
 /// to `home` (no developer's context file) and no HANGAR_* variable (no URL, credentials, tenant,
 /// context or daemon setting leaks in), then `extra`.

@@ -96,17 +96,19 @@ private struct NodeUnderTest {
             logger: logger
         )
         let task = Task { try await agent.run() }
-        // Serving once it answers on its subjects (bounded).
-        let deadline = ContinuousClock.now + .seconds(10)
+        // Serving once it answers on its subjects (bounded; a loaded CI machine may be slow to answer).
+        let deadline = ContinuousClock.now + .seconds(20)
         while ContinuousClock.now < deadline {
             do {
                 _ = try await connection.request(
                     Subjects.assign(node: "term-node"),
                     payload: Data(),
-                    timeout: .seconds(1)
+                    timeout: .seconds(5)
                 )
                 break
-            } catch let error as NATSError where error.kind == .noResponders {
+            } catch let error as NATSError
+                where (error.kind == .noResponders || error.kind == .timeout) && ContinuousClock.now < deadline
+            {
                 try await Task.sleep(for: .milliseconds(20))
             }
         }

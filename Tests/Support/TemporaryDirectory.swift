@@ -42,3 +42,17 @@ public func startAuthorizedServer(_ auth: AuthDirectory, in directory: URL) asyn
     try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
     return try await LocalNATSServer(directory: folder, extraConfig: auth.includeLine(fromConfigIn: folder))
 }
+
+/// The real `hangar` binary of this build (next to the test bundle), or `$HANGAR_BINARY`.
+public func hangarBinary() throws -> URL {
+    if let path = ProcessInfo.processInfo.environment["HANGAR_BINARY"] { return URL(fileURLWithPath: path) }
+    var directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    for _ in 0..<4 {
+        let candidate = directory.appendingPathComponent("hangar")
+        if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+        directory = directory.deletingLastPathComponent()
+    }
+    throw LocalNATSServerError(
+        "no hangar binary next to \(CommandLine.arguments[0]); run `swift build` first or set HANGAR_BINARY"
+    )
+}

@@ -1,0 +1,151 @@
+import Foundation
+import HangarNATS
+import HangarNode
+import HangarScheduler
+import HangarShared
+import HangarTestSupport
+import Logging
+import Testing
+
+/// A node on another "host" (a network namespace joined by a veth link, reaching nats-server over
+/// real TCP) is cut off by taking its link down, then healed.
+@Suite("A node host cut off by a real network partition", .serialized)
+struct PartitionTests {
+    @Test(
+        "declared down after TTL + grace, its job retried on another node; after the heal its late result changes nothing"
+    )
+    func nodeHostPartitioned() async throws {
+        let peer = try TestPeer.start(tag: String(UUID().uuidString.prefix(6)).lowercased())
+        defer { peer.stop() }
+        let directory = try makeTemporaryDirectory("hangar-partition")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        // nats-server listens on the host's end of the link only: the far node reaches it over the veth.
+        let server = try await LocalNATSServer(
+            directory: directory.appendingPathComponent("nats"),
+            host: peer.address(1)
+        )
+        defer { server.stop() }
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        func connect(_ name: String) async throws -> NATSConnection {
+            try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: name, logger: logger))
+        }
+        let databasePath = directory.appendingPathComponent("hangar.sqlite").path
+        var config = SchedulerConfig(databasePath: databasePath)
+        config.nodeTTL = .milliseconds(1500)
+        config.nodeGrace = .seconds(1)
+        config.assignTimeout = .seconds(10)
+        let scheduler = Scheduler(
+            config: config,
+            nats: try await connect("scheduler"),
+            store: try Store(path: databasePath),
+            logger: logger
+        )
+        var tasks = [Task { try await scheduler.run() }]
+        defer { for task in tasks { task.cancel() } }
+
+        // The far node: `hangar node agent` in the peer's network namespace, its own state folder.
+        let farState = directory.appendingPathComponent("far")
+        let far = Process()
+        // nsenter, not `ip netns exec`: that one mounts a sysfs of its own, which hides the cgroups.
+        far.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+        far.arguments = [
+            "--net=/run/netns/\(peer.name)", "--", try hangarBinary().path, "node", "agent", "--nats", server.url,
+            "--id", "far",
+            "--slots", "2", "--runtimes", "process", "--state-dir", farState.path, "--log-level", "warning",
+            // Sandbox uids of its own: the suites of this test process use the standard ones.
+            "--sandbox-uids", "3600100:8",
+        ]
+        far.currentDirectoryURL = directory
+        far.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("HANGAR_") }
+        let farLog = directory.appendingPathComponent("far.log")
+        FileManager.default.createFile(atPath: farLog.path, contents: nil)
+        far.standardOutput = try FileHandle(forWritingTo: farLog)
+        far.standardError = far.standardOutput
+        try far.run()
+
+        func node(_ id: String) async -> Hangar_V1_NodeInfo? {
+            await scheduler.stats().nodes.first { $0.lastHeartbeat.nodeID == id }
+        }
+        func waitUntil(_ what: String, within limit: Duration, _ condition: () async throws -> Bool) async throws {
+            let deadline = ContinuousClock.now + limit
+            while try await !condition() {
+                guard ContinuousClock.now < deadline else {
+                    let log = (try? String(contentsOf: farLog, encoding: .utf8)) ?? ""
+                    let runtimes = await node("far")?.lastHeartbeat.runtimes.map { "\($0.name): \($0.detail)" } ?? []
+                    throw LocalNATSServerError(
+                        "not within \(limit): \(what); the far node's runtimes \(runtimes), its log:\n\(log.suffix(2000))"
+                    )
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+        try await waitUntil("the far node reports the process runtime ready", within: .seconds(30)) {
+            await node("far")?.lastHeartbeat.runtimes.contains { $0.name == "process" && $0.available } == true
+        }
+
+        // A job that runs 4 s on the far node (the only node so far).
+        let client = try await connect("client")
+        var request = Hangar_V1_SubmitRequest()
+        request.runtime = "process"
+        request.argv = ["/bin/sleep", "4"]
+        request.retry.maxAttempts = 3
+        let answer = try await client.request(
+            Subjects.submit(tenant: "acme"),
+            payload: try request.serializedData(),
+            timeout: .seconds(10)
+        )
+        let reply = try Hangar_V1_SubmitReply(serializedBytes: answer.payload)
+        guard case .accepted(let accepted) = reply.outcome else {
+            Issue.record("the job was not accepted: \(reply)")
+            return
+        }
+        let jobID = accepted.jobID
+        try await waitUntil("the job runs on the far node", within: .seconds(20)) {
+            await node("far")?.lastHeartbeat.capacity.slotsUsed == 1
+        }
+
+        // A second node on this host, then the far host's link goes down.
+        let resources = NodeResources(users: SandboxUsers(first: 3_600_000, count: 8))
+        let near = NodeAgent(
+            config: {
+                var config = NodeConfig(nodeID: "near", slots: 2)
+                config.heartbeatInterval = .milliseconds(250)
+                return config
+            }(),
+            nats: try await connect("near"),
+            runtimes: [ProcessRuntime(resources: resources)],
+            resources: resources,
+            logger: logger
+        )
+        tasks.append(Task { try await near.run() })
+        try await waitUntil("the near node reports the process runtime ready", within: .seconds(30)) {
+            await node("near")?.lastHeartbeat.runtimes.contains { $0.name == "process" && $0.available } == true
+        }
+        try TestPeer.shell(["ip", "link", "set", peer.hostInterface, "down"])
+        let cut = ContinuousClock.now
+
+        // Declared down after TTL + grace; attempt 2 runs on the near node and ends the job.
+        try await waitUntil("the far node is declared down", within: .seconds(15)) { await node("far")?.state == .down }
+        #expect(cut.duration(to: .now) >= .milliseconds(2500), "declared down before TTL + grace")
+        var result: Hangar_V1_Result?
+        try await waitUntil("the job ends", within: .seconds(30)) {
+            result = try await scheduler.store.job(id: jobID)?.result
+            return result != nil
+        }
+        #expect(result?.status == .succeeded)
+        #expect(result?.nodeID == "near" && result?.attempt == 2, "\(String(describing: result))")
+
+        // Healed: the far node comes back, and its attempt 1's result arrives late and is only audited.
+        try TestPeer.shell(["ip", "link", "set", peer.hostInterface, "up"])
+        try await waitUntil("the far node is back", within: .seconds(30)) { await node("far")?.state == .up }
+        try await waitUntil("attempt 1's late result is audited", within: .seconds(30)) {
+            try await scheduler.store.auditEvents(jobID: jobID).contains { $0.event == "result.late" }
+        }
+        let stored = try await scheduler.store.job(id: jobID)?.result
+        #expect(stored?.nodeID == "near" && stored?.attempt == 2, "the late result replaced the job's outcome")
+        #expect(try await scheduler.store.finishedEventCounts()[jobID] == 1)
+        far.terminate()
+        await client.close()
+    }
+}
