@@ -69,12 +69,14 @@ struct SchedulerCommand: AsyncParsableCommand {
             guard seconds >= 1, seconds <= 60 else {
                 throw CLIError("leader_lease (--leader-lease) must be 1...60 s, got \(seconds)")
             }
-            config.term = try await waitForLeadership(
+            let (term, lease) = try await waitForLeadership(
                 nats,
                 lease: .milliseconds(Int64(seconds * 1000)),
                 replicas: replicas,
                 logger: logger
             )
+            config.term = term
+            config.holdsLease = { lease.holds() }
             config.onDeposed = { _ in
                 // A newer leader acts already: stop at once, without storing anything more.
                 Foundation.exit(3)
@@ -423,7 +425,7 @@ extension SchedulerCommand {
         lease: Duration,
         replicas: Int,
         logger: Logger
-    ) async throws -> UInt64 {
+    ) async throws -> (term: UInt64, lease: LeaderLease) {
         let jetStream = try nats.jetStream()
         var store: KeyValueLeaderStore?
         var lastProblem = ""
@@ -473,7 +475,7 @@ extension SchedulerCommand {
         }
         for await term in elected {
             logger.notice("leading", metadata: ["term": "\(term)", "holder": "\(holder)"])
-            return term
+            return (term, leaderLease)
         }
         throw CLIError("the leader lease stopped before this scheduler was elected")
     }

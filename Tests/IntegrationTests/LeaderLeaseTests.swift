@@ -87,12 +87,17 @@ struct LeaderLeaseTests {
             let secondRun = Task { await second.run() }
             try await Task.sleep(for: .seconds(1))
             #expect(await log.snapshot().leaders.map(\.0) == ["first"])
+            // The leader holds the lease by its own clock now, and not past its deadline unrenewed.
+            #expect(first.holds())
+            #expect(!first.holds(at: .now + Self.settings.lease + .milliseconds(100)))
+            #expect(!second.holds())
 
             await cut.cut()  // every call from "first" now waits forever
             let after = try #require(
                 await log.waitFor(timeout: .seconds(10)) { state in state.leaders.map(\.0) == ["second"] }
             )
             #expect(after.maxLeadersAtOnce == 1)
+            #expect(!first.holds() && second.holds())
             let firstDown = try #require(after.changes.last { $0.holder == "first" && $0.role == .standby })
             let secondUp = try #require(after.changes.last { $0.holder == "second" && $0.role.isLeader })
             // The margin between the two: the old leader stepped down by its own clock first.

@@ -2,6 +2,7 @@ import Foundation
 import HangarNATS
 import HangarShared
 import Logging
+import Synchronization
 
 /// Where the lease lives: the one key of the leader lease, read and written by compare-and-set.
 /// ``KeyValueLeaderStore`` is the real one (a JetStream key-value bucket); tests may wrap it to
@@ -61,6 +62,11 @@ public actor LeaderLease {
     private let store: any LeaderLeaseStore
     private var machine: LeaderLeaseMachine
     private var published: LeaderRole = .standby
+    /// While leader: when the lease ends by this process's clock, unless renewed.
+    private var leaseEnds: ContinuousClock.Instant?
+    /// ``leaseEnds`` for ``holds(at:)``, as nanoseconds after ``epoch``; `Int64.min` when not leader.
+    private nonisolated let leaseEndsNanoseconds = Atomic<Int64>(Int64.min)
+    private nonisolated let epoch = ContinuousClock.now
     private let logger: Logger
 
     /// A lease for the scheduler `holder` (unique per process, e.g. host, pid and a random part).
@@ -160,14 +166,38 @@ public actor LeaderLease {
     }
 
     private func publish() {
-        guard machine.role != published else { return }
+        let role = machine.role
+        if role.isLeader, let deadline = machine.leaderDeadline {
+            leaseEnds = deadline
+            let offset = epoch.duration(to: deadline).components
+            leaseEndsNanoseconds.store(
+                offset.seconds * 1_000_000_000 + offset.attoseconds / 1_000_000_000,
+                ordering: .sequentiallyConsistent
+            )
+        } else if !role.isLeader {
+            leaseEndsNanoseconds.store(Int64.min, ordering: .sequentiallyConsistent)
+        }
+        guard role != published else { return }
         let previous = published
-        published = machine.role
+        published = role
         logger.notice(
             "scheduler lease: \(previous) -> \(published)",
             metadata: ["holder": "\(machine.holder)", "term": "\(machine.highestTerm)"]
         )
-        continuation.yield(LeaderRoleChange(role: published, at: .now))
+        // A lapsed lease ended at its deadline by this process's clock, even when this runs later
+        // (a starved or paused process): that instant is when it stopped being leader.
+        let now = ContinuousClock.now
+        let at = previous.isLeader && !role.isLeader ? min(now, leaseEnds ?? now) : now
+        continuation.yield(LeaderRoleChange(role: published, at: at))
+    }
+
+    /// Whether this process holds the lease at `now` by its own clock: what a leader checks before
+    /// it acts, so that one whose lease lapsed while it was starved (the step-down not yet run)
+    /// does not act on it. Safe to call from any thread.
+    public nonisolated func holds(at now: ContinuousClock.Instant = .now) -> Bool {
+        let ends = leaseEndsNanoseconds.load(ordering: .sequentiallyConsistent)
+        guard ends != Int64.min else { return false }
+        return epoch.duration(to: now) < .nanoseconds(ends)
     }
 }
 

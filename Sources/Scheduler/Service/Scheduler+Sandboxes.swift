@@ -555,6 +555,10 @@ extension Scheduler {
         switch action {
         case .start(let id, let nodeID):
             guard let entry = sandboxes.entries[id] else { return }
+            guard config.holdsLease?() ?? true else {
+                deposed("the leader lease lapsed by this scheduler's clock before it could start a sandbox")
+                return
+            }
             var start = Hangar_V1_SandboxStart()
             start.schedulerTerm = config.term
             start.sandboxID = id

@@ -39,6 +39,10 @@ public struct SchedulerConfig: Sendable {
     /// Called once when a node refuses this scheduler's term as stale: a newer scheduler leads, and
     /// this one must stop acting at once (`hangar scheduler` exits, to come back as a standby).
     public var onDeposed: (@Sendable (String) -> Void)?
+    /// With a leader lease: whether this scheduler still holds it by its own clock
+    /// (``LeaderLease/holds(at:)``). Checked before every assignment and sandbox start; false
+    /// deposes it (``onDeposed``) instead of sending.
+    public var holdsLease: (@Sendable () -> Bool)?
 
     public init(databasePath: String) {
         self.databasePath = databasePath
