@@ -108,6 +108,9 @@ enum FaultTest {
                 arguments: [
                     "node", "agent", "--nats", url, "--id", id, "--slots", "4", "--runtimes", options.runtime,
                     "--creds", auth.credentialsPath(for: .node(id)), "--log-level", "notice",
+                    // Its own state folder: the highest scheduler term it has seen lives there, and
+                    // must not come from another run on this machine.
+                    "--state-dir", directory.appendingPathComponent("node-\(id)-state").path,
                 ]
                     + (options.natsServers == 1
                         ? []
