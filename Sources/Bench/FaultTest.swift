@@ -118,11 +118,12 @@ enum FaultTest {
                 log: directory.appendingPathComponent("node-\(id).log")
             )
         }
+        var keepFolder = options.keep
         defer {
             for scheduler in schedulers { scheduler.kill9() }
             for node in nodes { node.kill9() }
             bus.crashAll()
-            if !options.keep { try? FileManager.default.removeItem(at: directory) }
+            if !keepFolder { try? FileManager.default.removeItem(at: directory) }
         }
         try schedulers[0].start()
         if schedulers.count > 1 {
@@ -303,6 +304,7 @@ enum FaultTest {
             "results seen on hangar.result.load.>: \(deliveries.count) of \(acknowledged.count) (core NATS: a result published while the server was down may not be delivered; it is stored)"
         )
         if !passed {
+            keepFolder = true
             print("logs: \(directory.path) (kept)")
             for child in schedulers + nodes { print("--- \(child.name), last lines\n\(child.tail(15))") }
         }
