@@ -131,6 +131,23 @@ enum FaultTest {
             try schedulers[1].start()
         }
         for node in nodes { try node.start() }
+        // Like systemd's `Restart=always` in the deploy units: a scheduler that exits by itself
+        // (status 3: it lost the leader lease) comes back as a standby.
+        let selfExits = Counter()
+        let supervisor: Task<Void, Never>? =
+            schedulers.count < 2
+            ? nil
+            : Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(250))
+                    for scheduler in schedulers {
+                        guard let status = try? scheduler.restartIfExited() else { continue }
+                        selfExits.add()
+                        say("\(scheduler.name) exited by itself (status \(status)); restarted as a standby")
+                    }
+                }
+            }
+        defer { supervisor?.cancel() }
 
         let credentials = try NATSCredentials.load(path: auth.credentialsPath(for: .tenant("load")))
         var clientOptions = NATSConnectionOptions(servers: bus.urls, name: "fault-load", logger: logger)
@@ -234,6 +251,8 @@ enum FaultTest {
         }
         // Late result deliveries (after a restart) get a moment to arrive before counting.
         try await Task.sleep(for: .seconds(1))
+        supervisor?.cancel()
+        await supervisor?.value
         for scheduler in schedulers { scheduler.terminate() }
         for node in nodes { node.terminate() }
         results.unsubscribe()
@@ -289,6 +308,9 @@ enum FaultTest {
             } else {
                 print("     " + line)
             }
+        }
+        if schedulers.count > 1 {
+            print("     schedulers that exited by themselves and were restarted: \(selfExits.value)")
         }
         if !latencies.isEmpty {
             print(
@@ -516,12 +538,18 @@ final class Bus: Sendable {
 }
 
 /// A component run as a separate OS process, so that kill -9 is real.
-final class Child {
+///
+/// `@unchecked Sendable`: the scheduler supervisor (a task) and the test's main flow both use it;
+/// its only mutable state (`process`, `stoppedOnPurpose`) is read and written under `lock`.
+final class Child: @unchecked Sendable {
     let name: String
     let executable: String
     let arguments: [String]
     let log: URL
+    private let lock = NSLock()
     private var process: Process?
+    /// Stopped by the test (kill -9, SIGTERM), as opposed to exited by itself.
+    private var stoppedOnPurpose = false
 
     init(name: String, executable: String, arguments: [String], log: URL) {
         self.name = name
@@ -532,6 +560,22 @@ final class Child {
     }
 
     func start() throws {
+        try lock.withLock { try startLocked() }
+    }
+
+    /// Starts it again if it exited by itself (not stopped by the test): what systemd's
+    /// `Restart=always` does for the deploy units. Its exit status, if it was restarted.
+    func restartIfExited() throws -> Int32? {
+        try lock.withLock {
+            guard let process, !process.isRunning, !stoppedOnPurpose else { return nil }
+            let status = process.terminationStatus
+            try startLocked()
+            return status
+        }
+    }
+
+    private func startLocked() throws {
+        stoppedOnPurpose = false
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -549,6 +593,10 @@ final class Child {
     }
 
     func kill9() {
+        let process = lock.withLock {
+            stoppedOnPurpose = true
+            return self.process
+        }
         guard let process, process.isRunning else { return }
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
@@ -556,6 +604,10 @@ final class Child {
 
     /// SIGTERM, then SIGKILL after 10 s.
     func terminate() {
+        let process = lock.withLock {
+            stoppedOnPurpose = true
+            return self.process
+        }
         guard let process, process.isRunning else { return }
         process.terminate()
         let deadline = Date().addingTimeInterval(10)
@@ -577,4 +629,11 @@ struct FaultTestError: Error, CustomStringConvertible {
 func say(_ text: String) {
     let stamp = Date().formatted(.iso8601.time(includingFractionalSeconds: true))
     FileHandle.standardError.write(Data("fault \(stamp): \(text)\n".utf8))
+}
+
+/// A count shared between tasks.
+final class Counter: Sendable {
+    private let count = Mutex(0)
+    func add() { count.withLock { $0 += 1 } }
+    var value: Int { count.withLock { $0 } }
 }

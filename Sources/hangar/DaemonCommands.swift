@@ -416,10 +416,18 @@ func parseLabels(_ labels: [String], flag: String = "--label") throws -> [String
 }
 
 extension SchedulerCommand {
+    /// How long a leader may stay suspended (not acting, trying to take its own lease record
+    /// back) before it exits: longer than a stream election of nats-server 2.9 (4-9 s) plus a
+    /// reconnection, so a leader lives through the loss of the server that led its lease bucket.
+    static let suspensionLimit: Duration = .seconds(30)
+
     /// Holds this process as a standby until it wins the leader lease (the `HANGAR_SCHEDULER`
-    /// key-value bucket); returns its term. From then on, losing the lease ends the process (exit
-    /// 3): its in-memory state is the old term's, and a restart comes back as a standby that reads
-    /// the store afresh when it leads again.
+    /// key-value bucket); returns its term. From then on, losing the lease to another scheduler
+    /// ends the process (exit 3): its in-memory state is the old term's, and a restart comes back
+    /// as a standby that reads the store afresh when it leads again. A lease that could not be
+    /// renewed in time (e.g. while its bucket's stream elects a leader) is suspended: the scheduler
+    /// does not act until it takes its own record back, in the same term; after
+    /// ``suspensionLimit`` it exits too.
     func waitForLeadership(
         _ nats: NATSConnection,
         lease: Duration,
@@ -458,18 +466,42 @@ extension SchedulerCommand {
         logger.notice("standby: waiting for the leader lease", metadata: ["holder": "\(holder)", "lease": "\(lease)"])
         let (elected, electedContinuation) = AsyncStream.makeStream(of: UInt64.self)
         Task {
-            var leading = false
+            var elected: UInt64?
+            var suspension: Task<Void, Never>?
             for await change in leaderLease.roles {
+                guard let term = elected else {
+                    if case .leader(let term) = change.role {
+                        elected = term
+                        electedContinuation.yield(term)
+                        electedContinuation.finish()
+                    }
+                    continue
+                }
                 switch change.role {
-                case .leader(let term) where !leading:
-                    leading = true
-                    electedContinuation.yield(term)
-                    electedContinuation.finish()
-                case .standby where leading:
-                    logger.critical("lost the leader lease: exiting, so that a restart comes back as a standby")
-                    Foundation.exit(3)
+                case .leader(term):
+                    suspension?.cancel()
+                    suspension = nil
+                    logger.notice("holds the leader lease again; acting again", metadata: ["term": "\(term)"])
+                case .suspended(term):
+                    // Not acting (no pulls, no assignments) until it takes its own record back;
+                    // for at most `suspensionLimit`, then as one deposed.
+                    logger.warning(
+                        "could not renew the leader lease in time: not acting until it holds it again",
+                        metadata: ["term": "\(term)", "limit": "\(Self.suspensionLimit)"]
+                    )
+                    suspension?.cancel()
+                    suspension = Task {
+                        do { try await Task.sleep(for: Self.suspensionLimit) } catch { return }
+                        logger.critical(
+                            "the leader lease stayed suspended for \(Self.suspensionLimit): exiting, so that a restart comes back as a standby"
+                        )
+                        Foundation.exit(3)
+                    }
                 default:
-                    break
+                    logger.critical(
+                        "lost the leader lease (\(change.role)): exiting, so that a restart comes back as a standby"
+                    )
+                    Foundation.exit(3)
                 }
             }
         }

@@ -6,11 +6,12 @@ import Testing
 private let origin = ContinuousClock.now
 private func at(_ milliseconds: Int) -> ContinuousClock.Instant { origin + .milliseconds(milliseconds) }
 
-/// lease 600 ms (renew every 200 ms), margin 200 ms, poll 100 ms.
+/// lease 600 ms (renew every 200 ms), margin 200 ms, poll 100 ms; a new key's terms start at 1.
 private let settings = LeaderLeaseSettings(
     lease: .milliseconds(600),
     margin: .milliseconds(200),
-    poll: .milliseconds(100)
+    poll: .milliseconds(100),
+    firstTerm: 1
 )
 
 @Suite("Leader lease state machine: the rules, without I/O")
@@ -47,24 +48,86 @@ struct LeaderLeaseMachineTests {
         #expect(machine.next(at: at(450)) == .write(.update(LeaderRecord(holder: "a", term: 1), expectedRevision: 11)))
     }
 
-    @Test("a refused renewal steps the leader down at once, and it reads who holds the key")
+    @Test("a refused renewal steps the leader down at once; it reads who holds the key, and another's write makes it standby")
     func refusedRenewalStepsDown() {
         var machine = leader()
         _ = machine.next(at: at(200))
         machine.refused(at: at(210))
-        #expect(machine.role == .standby)
+        #expect(machine.role == .suspended(term: 1))
+        #expect(!machine.role.isLeader)
         #expect(machine.leaderDeadline == nil)
         #expect(machine.next(at: at(210)) == .read)
+        machine.observed(.present(revision: 11, record: LeaderRecord(holder: "b", term: 2)), at: at(215))
+        #expect(machine.role == .standby)
+        #expect(machine.highestTerm == 2)
+        // Watching revision 11 like any standby: no write before lease + margin.
+        #expect(machine.next(at: at(315)) == .read)
+        machine.observed(.present(revision: 11, record: LeaderRecord(holder: "b", term: 2)), at: at(315))
+        #expect(machine.next(at: at(1015)) == .write(.update(LeaderRecord(holder: "a", term: 3), expectedRevision: 11)))
     }
 
-    @Test("a failed renewal (no answer) steps the leader down at once; it waits a poll before reading")
-    func failedRenewalStepsDown() {
+    @Test("a failed renewal (no answer) suspends the leader at once; after a poll it tries to take its record back")
+    func failedRenewalSuspends() {
         var machine = leader()
         _ = machine.next(at: at(200))
         machine.failed(at: at(250))
-        #expect(machine.role == .standby)
+        #expect(machine.role == .suspended(term: 1))
         #expect(machine.next(at: at(250)) == .wait(until: at(350)))
-        #expect(machine.next(at: at(350)) == .read)
+        #expect(machine.next(at: at(350)) == .write(.update(LeaderRecord(holder: "a", term: 1), expectedRevision: 10)))
+    }
+
+    @Test("the key's stream elects a leader for longer than the lease: the holder keeps its term and leads again first")
+    func outlivesBucketElection() {
+        var machine = leader()
+        let own = LeaderLeaseMachine.Write.update(LeaderRecord(holder: "a", term: 1), expectedRevision: 10)
+        #expect(machine.next(at: at(200)) == .write(own))
+        machine.failed(at: at(210))  // "no responders": nothing was stored
+        var time = 310
+        // Every poll for 4 s (over six leases), the same compare-and-set on its own revision fails.
+        while time < 4_300 {
+            #expect(machine.next(at: at(time)) == .write(own))
+            #expect(!machine.role.isLeader)
+            machine.failed(at: at(time + 5))
+            time += 105
+        }
+        #expect(machine.next(at: at(time)) == .write(own))
+        machine.written(revision: 11, at: at(time + 5))
+        #expect(machine.role == .leader(term: 1))
+        #expect(machine.leaderDeadline == at(time + 600))
+        #expect(machine.highestTerm == 1)
+    }
+
+    @Test("a write that landed though its answer was lost: the retry is refused, the read finds the own record, and that is taken back")
+    func lostAnswerLanded() {
+        var machine = leader()
+        _ = machine.next(at: at(200))
+        machine.failed(at: at(250))  // it did land, as revision 11
+        #expect(machine.next(at: at(350)) == .write(.update(LeaderRecord(holder: "a", term: 1), expectedRevision: 10)))
+        machine.refused(at: at(355))
+        #expect(machine.role == .suspended(term: 1))
+        #expect(machine.next(at: at(355)) == .read)
+        machine.observed(.present(revision: 11, record: LeaderRecord(holder: "a", term: 1)), at: at(360))
+        #expect(machine.role == .suspended(term: 1))
+        #expect(machine.next(at: at(360)) == .write(.update(LeaderRecord(holder: "a", term: 1), expectedRevision: 11)))
+        machine.written(revision: 12, at: at(365))
+        #expect(machine.role == .leader(term: 1))
+    }
+
+    @Test("a standby whose takeover answer was lost finds its own record and leads in that term")
+    func lostTakeoverAnswer() {
+        var machine = LeaderLeaseMachine(holder: "b", settings: settings)
+        _ = machine.next(at: at(0))
+        machine.observed(.present(revision: 7, record: LeaderRecord(holder: "a", term: 1)), at: at(0))
+        #expect(machine.next(at: at(800)) == .write(.update(LeaderRecord(holder: "b", term: 2), expectedRevision: 7)))
+        machine.failed(at: at(900))
+        #expect(machine.role == .standby)
+        // It reads before trying again, and finds its own write.
+        #expect(machine.next(at: at(1000)) == .read)
+        machine.observed(.present(revision: 8, record: LeaderRecord(holder: "b", term: 2)), at: at(1010))
+        #expect(machine.role == .suspended(term: 2))
+        #expect(machine.next(at: at(1010)) == .write(.update(LeaderRecord(holder: "b", term: 2), expectedRevision: 8)))
+        machine.written(revision: 9, at: at(1020))
+        #expect(machine.role == .leader(term: 2))
     }
 
     @Test("a renewal still out when the lease ends: the leader steps down at the deadline")
@@ -76,17 +139,16 @@ struct LeaderLeaseMachineTests {
         machine.expire(at: at(599))
         #expect(machine.role == .leader(term: 1))
         machine.expire(at: at(600))
-        #expect(machine.role == .standby)
-        // The answer arrives later than sent + lease: too late to lead on it.
+        #expect(machine.role == .suspended(term: 1))
+        // The answer arrives later than sent + lease: too late to lead on it...
         machine.written(revision: 11, at: at(900))
-        #expect(machine.role == .standby)
-        // Its own record is watched like anyone's: taken over only after lease + margin from 900.
-        #expect(machine.next(at: at(900)) == .wait(until: at(1000)))
-        #expect(machine.next(at: at(1000)) == .read)
-        machine.observed(.present(revision: 11, record: LeaderRecord(holder: "a", term: 1)), at: at(1000))
-        #expect(machine.next(at: at(1600)) == .read)
-        machine.observed(.present(revision: 11, record: LeaderRecord(holder: "a", term: 1)), at: at(1600))
-        #expect(machine.next(at: at(1700)) == .write(.update(LeaderRecord(holder: "a", term: 2), expectedRevision: 11)))
+        #expect(machine.role == .suspended(term: 1))
+        // ...but it is the key's latest write, its own: taken back at once, in the same term,
+        // leading from the new write's send time.
+        #expect(machine.next(at: at(900)) == .write(.update(LeaderRecord(holder: "a", term: 1), expectedRevision: 11)))
+        machine.written(revision: 12, at: at(950))
+        #expect(machine.role == .leader(term: 1))
+        #expect(machine.leaderDeadline == at(1500))
     }
 
     @Test("a renewal answered in time but after its successor was due still only counts from its send time")
@@ -97,37 +159,35 @@ struct LeaderLeaseMachineTests {
         #expect(machine.role == .leader(term: 1))
         #expect(machine.leaderDeadline == at(800))
         machine.expire(at: at(800))
-        #expect(machine.role == .standby)
+        #expect(machine.role == .suspended(term: 1))
     }
 
-    @Test("a renewal answered after the leader stepped down does not make it leader again")
+    @Test("a renewal answered after the leader stepped down does not by itself make it leader again")
     func noReturnAfterStepDown() {
         var machine = leader()
         #expect(machine.next(at: at(200)) == .write(.update(LeaderRecord(holder: "a", term: 1), expectedRevision: 10)))
         machine.expire(at: at(600))
-        #expect(machine.role == .standby)
-        // In time for its own lease (200 + 600), but the leader has stepped down already.
+        #expect(machine.role == .suspended(term: 1))
+        // In time for its own lease (200 + 600), but the leader has stepped down already: it
+        // leads again only by a new write, sent from now.
         machine.written(revision: 11, at: at(650))
-        #expect(machine.role == .standby)
-        #expect(machine.next(at: at(650)) == .wait(until: at(750)))
-        // It takes the key over like any standby: lease + margin after it knew of revision 11
-        // (the answer at 650), in a new term.
-        #expect(machine.next(at: at(750)) == .read)
-        machine.observed(.present(revision: 11, record: LeaderRecord(holder: "a", term: 1)), at: at(750))
-        #expect(machine.next(at: at(1350)) == .read)
-        machine.observed(.present(revision: 11, record: LeaderRecord(holder: "a", term: 1)), at: at(1350))
-        #expect(machine.next(at: at(1450)) == .write(.update(LeaderRecord(holder: "a", term: 2), expectedRevision: 11)))
+        #expect(machine.role == .suspended(term: 1))
+        #expect(machine.leaderDeadline == nil)
+        #expect(machine.next(at: at(650)) == .write(.update(LeaderRecord(holder: "a", term: 1), expectedRevision: 11)))
+        machine.written(revision: 12, at: at(660))
+        #expect(machine.role == .leader(term: 1))
+        #expect(machine.leaderDeadline == at(1250))
     }
 
     @Test("a leader that stops being asked (no next, no answers) is stepped down by expire")
     func expireWithoutSteps() {
         var machine = leader()
         machine.expire(at: at(10_000))
-        #expect(machine.role == .standby)
+        #expect(machine.role == .suspended(term: 1))
         // next(at:) applies the same rule.
         var other = leader()
         _ = other.next(at: at(601))
-        #expect(other.role == .standby)
+        #expect(other.role == .suspended(term: 1))
     }
 
     @Test("a challenger takes over only after seeing one revision unchanged for lease + margin, with term + 1")
@@ -154,7 +214,7 @@ struct LeaderLeaseMachineTests {
         #expect(machine.leaderDeadline == at(1400))
     }
 
-    @Test("a new revision restarts the challenger's count; a failed read does not")
+    @Test("a new revision restarts the challenger's count; a failed read does not, but holds it off margin + poll after the next read")
     func newRevisionResetsCount() {
         var machine = LeaderLeaseMachine(holder: "b", settings: settings)
         _ = machine.next(at: at(0))
@@ -165,8 +225,15 @@ struct LeaderLeaseMachineTests {
         #expect(machine.next(at: at(800)) == .read)
         machine.readFailed(at: at(800))
         #expect(machine.next(at: at(850)) == .wait(until: at(900)))
-        // 900 = 100 + lease + margin: the failed read did not restart the count.
-        #expect(machine.next(at: at(900)) == .write(.update(LeaderRecord(holder: "b", term: 2), expectedRevision: 8)))
+        // 900 = 100 + lease + margin, but the key was unreachable: read first.
+        #expect(machine.next(at: at(900)) == .read)
+        machine.observed(.present(revision: 8, record: LeaderRecord(holder: "a", term: 1)), at: at(900))
+        // The count still runs from 100; the holder gets margin + poll (300 ms) to renew first.
+        #expect(machine.next(at: at(1000)) == .read)
+        machine.observed(.present(revision: 8, record: LeaderRecord(holder: "a", term: 1)), at: at(1000))
+        #expect(machine.next(at: at(1100)) == .read)
+        machine.observed(.present(revision: 8, record: LeaderRecord(holder: "a", term: 1)), at: at(1100))
+        #expect(machine.next(at: at(1200)) == .write(.update(LeaderRecord(holder: "b", term: 2), expectedRevision: 8)))
     }
 
     @Test("a lost takeover leaves the challenger standby; it reads at once and counts again")
@@ -194,7 +261,14 @@ struct LeaderLeaseMachineTests {
         #expect(machine.next(at: at(800)) == .write(takeover))
         machine.failed(at: at(900))
         #expect(machine.next(at: at(900)) == .wait(until: at(1000)))
-        #expect(machine.next(at: at(1000)) == .write(takeover))
+        // It reads first, and lets the holder have margin + poll to take its record back.
+        #expect(machine.next(at: at(1000)) == .read)
+        machine.observed(.present(revision: 7, record: LeaderRecord(holder: "a", term: 1)), at: at(1000))
+        #expect(machine.next(at: at(1100)) == .read)
+        machine.observed(.present(revision: 7, record: LeaderRecord(holder: "a", term: 1)), at: at(1100))
+        #expect(machine.next(at: at(1200)) == .read)
+        machine.observed(.present(revision: 7, record: LeaderRecord(holder: "a", term: 1)), at: at(1200))
+        #expect(machine.next(at: at(1300)) == .write(takeover))
     }
 
     @Test("a create that lost to another creator: standby, reads the winner, no term of its own")
@@ -228,6 +302,25 @@ struct LeaderLeaseMachineTests {
         #expect(machine.next(at: at(100)) == .write(.create(LeaderRecord(holder: "b", term: 7))))
     }
 
+    @Test("terms never go back: a key created from absent starts at the first term, above any term seen")
+    func firstTerm() {
+        let seeded = LeaderLeaseSettings(lease: .milliseconds(600), margin: .milliseconds(200), poll: .milliseconds(100), firstTerm: 1_000)
+        var machine = LeaderLeaseMachine(holder: "b", settings: seeded)
+        _ = machine.next(at: at(0))
+        machine.observed(.absent, at: at(0))
+        #expect(machine.next(at: at(0)) == .write(.create(LeaderRecord(holder: "b", term: 1_000))))
+        machine.refused(at: at(1))
+        _ = machine.next(at: at(1))
+        machine.observed(.present(revision: 3, record: LeaderRecord(holder: "a", term: 2_000)), at: at(1))
+        _ = machine.next(at: at(101))
+        machine.observed(.absent, at: at(101))
+        #expect(machine.next(at: at(101)) == .write(.create(LeaderRecord(holder: "b", term: 2_001))))
+        // By default the first term is the Unix time in seconds, so a bucket recreated later starts higher.
+        let now = UInt64(Date().timeIntervalSince1970)
+        let byDefault = LeaderLeaseSettings().firstTerm
+        #expect(byDefault >= now - 5 && byDefault <= now + 5)
+    }
+
     @Test("answers without a write out are ignored")
     func strayAnswers() {
         var machine = LeaderLeaseMachine(holder: "b", settings: settings)
@@ -255,7 +348,7 @@ struct LeaderLeaseMachineTests {
     }
 
     @Test(
-        "simulated cluster: delays, stalls, lost answers, clock rates ±1 %, kills — never two leaders, terms rise",
+        "simulated cluster: delays, stalls, lost answers, register outages, clock rates ±1 %, kills — never two leaders, terms rise",
         arguments: 0..<20
     )
     func simulation(seed: UInt64) {
@@ -265,6 +358,7 @@ struct LeaderLeaseMachineTests {
         #expect(violations.isEmpty)
         #expect(simulation.terms.count >= 2, "a leader was killed, so a takeover must have happened")
         #expect(simulation.terms == simulation.terms.sorted() && Set(simulation.terms).count == simulation.terms.count)
+        #expect(simulation.outages > 0, "the register was unavailable for longer than a lease at least once")
         #expect(simulation.leadersAtEnd == 1, "after the faults stop, one leader")
     }
 }
@@ -291,6 +385,7 @@ private struct LeaseSimulation {
         case observed(LeaderLeaseMachine.Observation)
         case written(UInt64)
         case refused
+        case unavailable
     }
 
     struct Process {
@@ -307,6 +402,14 @@ private struct LeaseSimulation {
     var revision: UInt64 = 0
     var violations: [String] = []
     var terms: [UInt64] = []
+    /// Who led in which term, in order; a leader that takes its own record back is not a new one.
+    var leaderships: [(holder: String, term: UInt64)] = []
+    var reclaims = 0
+    var outages = 0
+    /// Outages of the register (a stream electing a leader): every request applied meanwhile fails
+    /// without effect, as "no responders" does.
+    var outageUntil = -1
+    var nextOutage = 2_000
     var leadersAtEnd = 0
     var spawned = 0
     /// Kills and lost answers stop here; the end is checked 6 s later.
@@ -340,7 +443,7 @@ private struct LeaseSimulation {
                 guard var operation = processes[index].operation, operation.outcome == nil,
                     operation.appliesAt <= now
                 else { continue }
-                operation.outcome = apply(operation.kind)
+                operation.outcome = apply(operation.kind, at: now)
                 processes[index].operation = operation
             }
             for index in processes.indices where processes[index].alive {
@@ -351,12 +454,20 @@ private struct LeaseSimulation {
                 if let operation = process.operation, let outcome = operation.outcome, operation.answersAt <= now {
                     process.operation = nil
                     switch (operation.kind, outcome, operation.lost) {
-                    case (.read, _, true): process.machine.readFailed(at: time)
+                    case (.read, _, true), (.read, .unavailable, _): process.machine.readFailed(at: time)
+                    case (.write, .unavailable, _): process.machine.failed(at: time)
                     case (.read, .observed(let seen), false): process.machine.observed(seen, at: time)
                     case (.write, _, true): process.machine.failed(at: time)
                     case (.write, .written(let revision), false):
                         process.machine.written(revision: revision, at: time)
-                        if !wasLeader, case .leader(let term) = process.machine.role { terms.append(term) }
+                        if !wasLeader, case .leader(let term) = process.machine.role {
+                            if let last = leaderships.last, last.holder == process.machine.holder, last.term == term {
+                                reclaims += 1  // took its own record back (rule 4): same leader, same term
+                            } else {
+                                terms.append(term)
+                                leaderships.append((process.machine.holder, term))
+                            }
+                        }
                     case (.write, _, false): process.machine.refused(at: time)
                     default: break
                     }
@@ -381,6 +492,12 @@ private struct LeaseSimulation {
                 }
                 nextKill = now + 1_500 + Int(random.next() % 4_000)
             }
+            // Now and then the register's stream elects a leader: 0.7-2.5 s (longer than the lease).
+            if now < faultsEnd && now >= nextOutage {
+                outageUntil = now + 700 + Int(random.next() % 1_800)
+                nextOutage = outageUntil + 2_000 + Int(random.next() % 6_000)
+                outages += 1
+            }
         }
         leadersAtEnd = processes.filter { $0.alive && $0.machine.role.isLeader }.count
     }
@@ -395,7 +512,8 @@ private struct LeaseSimulation {
         return Operation(kind: kind, appliesAt: now + there, answersAt: now + there + back, lost: lost)
     }
 
-    mutating func apply(_ kind: Operation.Kind) -> Outcome {
+    mutating func apply(_ kind: Operation.Kind, at now: Int) -> Outcome {
+        if now < outageUntil { return .unavailable }
         switch kind {
         case .read:
             guard let register else { return .observed(.absent) }

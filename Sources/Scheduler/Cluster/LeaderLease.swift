@@ -54,7 +54,7 @@ public struct KeyValueLeaderStore: LeaderLeaseStore {
 /// A renewal that is still waiting for the server when the lease runs out does not hold the
 /// leader back: a timer steps it down at the deadline (rule 2), whatever the write does later.
 /// Ending ``run()`` (cancelling its task) stops renewing at once, as a dead process would; a
-/// leader publishes `.standby` as it ends, and ``roles`` finishes.
+/// leader (or suspended one) publishes `.standby` as it ends, and ``roles`` finishes.
 public actor LeaderLease {
     /// Every role change, starting from the first one (a new lease is standby until it wins).
     public nonisolated let roles: AsyncStream<LeaderRoleChange>
@@ -140,7 +140,7 @@ public actor LeaderLease {
             }
             publish()
         }
-        if published.isLeader {
+        if published != .standby {
             published = .standby
             continuation.yield(LeaderRoleChange(role: .standby, at: .now))
         }

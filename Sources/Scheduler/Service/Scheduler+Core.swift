@@ -45,10 +45,10 @@ extension Scheduler {
     }
 
     /// Sends the job's attempt to the node (grouped with the others of this round).
-    private func assign(_ jobID: String, attempt: UInt32, on nodeID: String) {
+    func assign(_ jobID: String, attempt: UInt32, on nodeID: String) {
         guard var entry = jobs[jobID] else { return }
         guard config.holdsLease?() ?? true else {
-            deposed("the leader lease lapsed by this scheduler's clock before it could send an assignment")
+            hold(.assignment(jobID: jobID, attempt: attempt, nodeID: nodeID))
             return
         }
         let now = ContinuousClock.now

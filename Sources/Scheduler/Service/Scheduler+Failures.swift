@@ -8,6 +8,7 @@ extension Scheduler {
     func tick() async {
         let now = ContinuousClock.now
         handle(.tick)
+        sendHeldIfLeading()
         reloadTenantsIfChanged(now: now)
         await pruneIfDue(now: now)
     }

@@ -556,7 +556,7 @@ extension Scheduler {
         case .start(let id, let nodeID):
             guard let entry = sandboxes.entries[id] else { return }
             guard config.holdsLease?() ?? true else {
-                deposed("the leader lease lapsed by this scheduler's clock before it could start a sandbox")
+                hold(.sandboxStart(sandboxID: id, nodeID: nodeID))
                 return
             }
             var start = Hangar_V1_SandboxStart()

@@ -90,6 +90,9 @@ public actor Scheduler {
     /// Set when a `ServiceGroup` shuts the scheduler down gracefully (not when its task is merely
     /// cancelled): its stream consumers then store what their streams still hold before it stops.
     nonisolated let stoppingGracefully = Atomic<Bool>(false)
+    /// Assignments and sandbox starts decided while the leader lease was suspended, sent once it
+    /// is held again (see Scheduler+Lease.swift).
+    var heldSends: [HeldSend] = []
     /// Failed API key lookups audited one by one (see Scheduler+APIKeys.swift).
     nonisolated let apiKeyAuditBudget = APIKeyAuditBudget()
 

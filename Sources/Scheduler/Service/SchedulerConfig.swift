@@ -40,8 +40,9 @@ public struct SchedulerConfig: Sendable {
     /// this one must stop acting at once (`hangar scheduler` exits, to come back as a standby).
     public var onDeposed: (@Sendable (String) -> Void)?
     /// With a leader lease: whether this scheduler still holds it by its own clock
-    /// (``LeaderLease/holds(at:)``). Checked before every assignment and sandbox start; false
-    /// deposes it (``onDeposed``) instead of sending.
+    /// (``LeaderLease/holds(at:)``). Checked before every assignment and sandbox start (false: the
+    /// send waits until the lease is held again) and before every pull from the streams (false: no
+    /// pull), so that a leader whose lease is suspended does nothing another leader could not undo.
     public var holdsLease: (@Sendable () -> Bool)?
 
     public init(databasePath: String) {

@@ -80,6 +80,12 @@ extension Scheduler {
                 }
                 var failures = 0
                 while !Task.isCancelled {
+                    if let holds = self.config.holdsLease, !holds() {
+                        // Not leading by its own clock (its lease is suspended): take nothing; what
+                        // the stream holds waits for this leader's return or for the next one.
+                        try? await Task.sleep(for: .milliseconds(100))
+                        continue
+                    }
                     let messages: [JetStreamMessage]
                     do {
                         // At most two of the largest messages' worth per pull (see `fetchAvailable`).
