@@ -6,10 +6,13 @@
 //   hangar-wasm-worker [--fuel N] [--memory-bytes N] [--dir GUEST HOST]... [--env KEY=VALUE]...
 //                      -- MODULE.wasm ARGV0 ARGS...
 //
-// The module's exit code is this process's (modulo 256). When the engine ends the module instead
-// (fuel exhausted, a trap, the linear-memory cap, a module that cannot be loaded) the worker writes
-// one last stderr line `hangar-wasm-worker: KIND: MESSAGE` (KIND is fuel, memory, trap or error)
-// and exits with 125; the runtime reads both. No sockets: WASI preview 1 cannot create one, and
+// The module's exit code is this process's. When the engine ends the module instead (fuel
+// exhausted, a trap, the memory cap, a module that cannot be loaded), or the module's exit code
+// cannot be passed on as it is (125, the worker's own, or one beyond 255), the worker writes one
+// last stderr line `hangar-wasm-worker: KIND: MESSAGE` (KIND is fuel, memory, trap, error or exit,
+// whose message is the module's whole exit code) and exits with 125; the runtime reads both. A
+// module cannot forge that ending: it cannot make the worker exit with 125 without the worker's
+// own marker line coming last. No sockets: WASI preview 1 cannot create one, and
 // the worker does not link WasmKit's socket functions (sock_accept, sock_recv, sock_send and
 // sock_shutdown answer ENOSYS).
 //
@@ -90,11 +93,19 @@ struct UsageError: Error {
 }
 
 /// Refuses linear-memory growth beyond `maxBytes` (the module's `memory.grow` then returns -1, so
-/// `malloc` returns NULL) and remembers the largest size it refused.
+/// `malloc` returns NULL) and remembers the largest size it refused. Tables are held to the same
+/// size: their elements are engine memory (``tableElementBytes`` each, outside the linear memory),
+/// and without a cap one `table.grow` could ask for 2^32 of them, which only the cgroup (the job's
+/// limit plus the engine's allowance) would stop. The cap is per table: WasmKit does not say which
+/// table grows.
 final class LinearMemoryCap: ResourceLimiter {
+    /// What WasmKit 0.4.2 stores per table element (one address).
+    static let tableElementBytes = MemoryLayout<Int>.stride
     let maxBytes: Int
     /// The largest size refused so far; 0 when none was.
     let refusedBytes = Atomic<Int>(0)
+    /// The largest table (in elements) refused so far; 0 when none was.
+    let refusedTableElements = Atomic<Int>(0)
 
     init(maxBytes: Int) { self.maxBytes = maxBytes }
 
@@ -104,7 +115,23 @@ final class LinearMemoryCap: ResourceLimiter {
         return false
     }
 
-    func limitTableGrowth(to desired: Int) throws -> Bool { true }
+    func limitTableGrowth(to desired: Int) throws -> Bool {
+        guard desired > maxBytes / Self.tableElementBytes else { return true }
+        refusedTableElements.store(max(desired, refusedTableElements.load(ordering: .relaxed)), ordering: .relaxed)
+        return false
+    }
+
+    /// What was refused, for the worker's `memory` ending; nil when nothing was.
+    var refusal: String? {
+        let bytes = refusedBytes.load(ordering: .relaxed)
+        let elements = refusedTableElements.load(ordering: .relaxed)
+        var refused: [String] = []
+        if bytes > 0 { refused.append("a growth to \(bytes) bytes was refused") }
+        if elements > 0 {
+            refused.append("a table of \(elements) elements (\(Self.tableElementBytes) bytes each) was refused")
+        }
+        return refused.isEmpty ? nil : refused.joined(separator: ", ")
+    }
 }
 
 /// Writes `text` to stderr, whole.
@@ -137,6 +164,10 @@ do {
     end("error", "usage: \(error.message)")
 }
 
+// WASI has no signals: a write past RLIMIT_FSIZE fails with EFBIG for the module to handle, rather
+// than killing the engine with SIGXFSZ (the limit holds either way).
+signal(SIGXFSZ, SIG_IGN)
+
 let engine = Engine(configuration: EngineConfiguration(fuelMetering: options.fuel != nil))
 let store = Store(engine: engine)
 let cap = options.memoryBytes.map(LinearMemoryCap.init(maxBytes:))
@@ -166,17 +197,12 @@ do {
 } catch {
     try? wasi.close()
     let description = "\(error)"
-    let refused = cap?.refusedBytes.load(ordering: .relaxed) ?? 0
     // `Trap.reason` is package-internal in WasmKit 0.4.2: its description is the only public way to
     // tell fuel exhaustion ("Trap: out of fuel") from other traps.
     if description.hasPrefix("Trap: out of fuel") {
         end("fuel", "fuel exhausted: the module ran its budget of \(options.fuel ?? 0) instructions")
-    } else if refused > 0 {
-        end(
-            "memory",
-            "linear memory limit of \(cap?.maxBytes ?? 0) bytes reached (a growth to \(refused) bytes was refused), "
-                + "then: \(description)"
-        )
+    } else if let refusal = cap?.refusal {
+        end("memory", "linear memory limit of \(cap?.maxBytes ?? 0) bytes reached (\(refusal)), then: \(description)")
     } else if error is Trap {
         end("trap", description)
     } else {
@@ -184,12 +210,17 @@ do {
     }
 }
 try? wasi.close()
-let refused = cap?.refusedBytes.load(ordering: .relaxed) ?? 0
-if refused > 0 && exitCode != 0 {
+if exitCode != 0, let refusal = cap?.refusal {
     end(
         "memory",
-        "linear memory limit of \(cap?.maxBytes ?? 0) bytes reached (a growth to \(refused) bytes was refused), "
-            + "then the module exited with code \(exitCode)"
+        "linear memory limit of \(cap?.maxBytes ?? 0) bytes reached (\(refusal)), then the module exited with code "
+            + "\(exitCode)"
     )
 }
-exit(Int32(truncatingIfNeeded: exitCode & 0xFF))
+// 125 is the worker's own ending (a module could otherwise pass a forged marker line off as the
+// engine's), and a code beyond 255 would reach the node modulo 256 (256 as success): both are
+// reported as an ending of the worker's, with the whole code.
+if exitCode == UInt32(workerEndingStatus) || exitCode > 255 {
+    end("exit", "\(exitCode)")
+}
+exit(Int32(truncatingIfNeeded: exitCode))

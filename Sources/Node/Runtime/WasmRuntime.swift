@@ -18,9 +18,13 @@ import HangarShared
 ///
 /// Limits: a CPU-time limit becomes an instruction budget (fuel, ``fuelPerCPUSecond`` per second)
 /// that ends the module as `TIMED_OUT` ("fuel exhausted"); the memory limit caps the module's
-/// linear memory (`memory.grow` fails beyond it; a module that then fails ends `OOM_KILLED`), while
-/// the worker's cgroup gets ``engineMemoryBytes`` more for the engine itself; wall time, output,
-/// pids, file sizes and open files are enforced exactly as for process jobs.
+/// linear memory and each of its tables (`memory.grow` and `table.grow` fail beyond it; a module
+/// that then fails ends `OOM_KILLED`), while the worker's cgroup gets ``engineMemoryBytes`` more for
+/// the engine itself; wall time, output, pids, file sizes and open files are enforced as for
+/// process jobs, except that a write past the file size limit fails with EFBIG (WASI has no
+/// signals) instead of killing the engine. A module exit code of 125 (the worker's own) or beyond
+/// 255 ends the job `FAILED` with that whole code. Tests/NodeTests/WasmHostileTests.swift runs the
+/// hostile suite's attacks that apply to WASI modules.
 public struct WasmRuntime: Runtime {
     /// Always "wasm".
     public let name = "wasm"
@@ -121,8 +125,28 @@ public struct WasmRuntime: Runtime {
             return .error(error.message)
         }
         var outcome = await process.run(workerSpec, jobID: jobID)
+        Self.nameJobLimits(in: &outcome, limits: limits, worker: JobLimits(workerSpec.limits), fuel: fuel)
         Self.readEnding(into: &outcome, limits: limits, fuel: fuel)
         return outcome
+    }
+
+    /// The process runtime names the worker's limits, which include the engine's allowances: a job
+    /// of 128 MiB that the cgroup stopped would read "memory limit of 192 MiB reached". This names
+    /// the job's own limit, and the allowance beside it.
+    static func nameJobLimits(in outcome: inout RunOutcome, limits: JobLimits, worker: JobLimits, fuel: UInt64?) {
+        let memory = "memory limit of \(JobLimits.describeBytes(worker.memoryBytes))"
+        outcome.message = outcome.message.replacingOccurrences(
+            of: memory,
+            with: "memory limit of \(JobLimits.describeBytes(limits.memoryBytes)) (and "
+                + "\(JobLimits.describeBytes(engineMemoryBytes)) more for the engine)"
+        )
+        if fuel != nil, let cpuTime = limits.cpuTime, let workerCPUTime = worker.cpuTime {
+            outcome.message = outcome.message.replacingOccurrences(
+                of: "CPU time limit of \(JobLimits.milliseconds(workerCPUTime)) ms",
+                with: "CPU time limit of \(JobLimits.milliseconds(cpuTime)) ms (and "
+                    + "\(JobLimits.milliseconds(engineCPUTime)) ms more for the engine)"
+            )
+        }
     }
 
     /// The process job that runs the worker on `spec`'s module: the worker's argv (options, the
@@ -225,6 +249,11 @@ public struct WasmRuntime: Runtime {
         case "trap":
             outcome.status = .failed
             outcome.message = "the module trapped: \(detail)"
+        case "exit":
+            // The module's own exit code, one the worker's exit status cannot carry (125 or > 255).
+            outcome.status = .failed
+            outcome.exitCode = UInt32(detail).map { Int32(clamping: $0) } ?? workerEndingStatus
+            outcome.message = "the module exited with code \(detail)"
         case "error" where detail.hasPrefix("usage:"):
             outcome.status = .error
             outcome.message = "the wasm worker refused its command line: \(detail)"
