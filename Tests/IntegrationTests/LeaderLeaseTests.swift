@@ -119,7 +119,9 @@ struct LeaderLeaseTests {
 /// Leases on three clustered nats-servers, the bucket replicated on all three.
 @Suite("Leader lease on a cluster of three nats-servers")
 struct LeaderLeaseClusterTests {
-    @Test("the leader lives through its bucket's stream election (the server leading it killed): same holder, same term")
+    @Test(
+        "the leader lives through its bucket's stream election (the server leading it killed): same holder, same term"
+    )
     func outlivesBucketElection() async throws {
         let directory = try makeTemporaryDirectory("hangar-lease-election")
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -179,7 +181,9 @@ struct LeaderLeaseClusterTests {
         #expect(after.maxLeadersAtOnce == 1, "\(after.changes)")
         let back = try #require(since.last { $0.holder == holder && $0.role.isLeader })
         let suspended = try #require(since.first { $0.holder == holder && $0.role == .suspended(term: term) })
-        print("lease election test: suspended \(suspended.at - killedAt) after the kill, leading again after \(back.at - killedAt)")
+        print(
+            "lease election test: suspended \(suspended.at - killedAt) after the kill, leading again after \(back.at - killedAt)"
+        )
 
         for run in runs { run.cancel() }
         for run in runs { await run.value }

@@ -150,4 +150,142 @@ struct PartitionTests {
         far.terminate()
         await client.close()
     }
+
+    @Test(
+        "the leading scheduler's host cut off: the standby leads in time, the old leader acts no more, and it exits once healed"
+    )
+    func leaderHostPartitioned() async throws {
+        let peer = try TestPeer.start(tag: String(UUID().uuidString.prefix(6)).lowercased())
+        defer { peer.stop() }
+        let directory = try makeTemporaryDirectory("hangar-leader-partition")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let server = try await LocalNATSServer(
+            directory: directory.appendingPathComponent("nats"),
+            host: peer.address(1)
+        )
+        defer { server.stop() }
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let database = directory.appendingPathComponent("hangar.sqlite").path
+
+        /// `hangar scheduler --leader-lease 3`, in the peer's namespace (the far host) or here.
+        func scheduler(_ name: String, far: Bool) throws -> (Process, URL) {
+            let process = Process()
+            let arguments = [
+                "scheduler", "--nats", server.url, "--db", database, "--leader-lease", "3", "--node-ttl", "1.5",
+                "--node-grace", "1", "--log-level", "notice",
+            ]
+            if far {
+                process.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+                process.arguments = ["--net=/run/netns/\(peer.name)", "--", try hangarBinary().path] + arguments
+            } else {
+                process.executableURL = try hangarBinary()
+                process.arguments = arguments
+            }
+            process.currentDirectoryURL = directory
+            process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("HANGAR_") }
+            let log = directory.appendingPathComponent("\(name).log")
+            FileManager.default.createFile(atPath: log.path, contents: nil)
+            process.standardOutput = try FileHandle(forWritingTo: log)
+            process.standardError = process.standardOutput
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            return (process, log)
+        }
+        func read(_ log: URL) -> String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+        func waitUntil(_ what: String, within limit: Duration, _ condition: () async throws -> Bool) async throws {
+            let deadline = ContinuousClock.now + limit
+            while try await !condition() {
+                guard ContinuousClock.now < deadline else {
+                    let logs = ["far-scheduler", "near-scheduler"].map {
+                        "\($0):\n" + read(directory.appendingPathComponent("\($0).log")).suffix(1500)
+                    }
+                    throw LocalNATSServerError("not within \(limit): \(what)\n" + logs.joined(separator: "\n"))
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+
+        let (old, oldLog) = try scheduler("far-scheduler", far: true)
+        defer { if old.isRunning { kill(old.processIdentifier, SIGKILL) } }
+        try await waitUntil("the far scheduler leads", within: .seconds(30)) { read(oldLog).contains("] leading") }
+        let (standby, standbyLog) = try scheduler("near-scheduler", far: false)
+        defer { if standby.isRunning { kill(standby.processIdentifier, SIGKILL) } }
+        try await waitUntil("the near scheduler waits as a standby", within: .seconds(30)) {
+            read(standbyLog).contains("standby: waiting for the leader lease")
+        }
+
+        // One node, on this host.
+        let node = NodeAgent(
+            config: {
+                var config = NodeConfig(nodeID: "n1", slots: 4)
+                config.heartbeatInterval = .milliseconds(250)
+                config.stateDirectory = directory.appendingPathComponent("node-state").path
+                return config
+            }(),
+            nats: try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: "node")),
+            runtimes: [NullRuntime()],
+            logger: logger
+        )
+        let nodeTask = Task { try await node.run() }
+        defer { nodeTask.cancel() }
+        let client = try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: "client"))
+        /// Submits a `null` job and waits for its result in the store: who placed it shows in the term.
+        func runJob(_ requestID: String, within limit: Duration) async throws -> Hangar_V1_Result? {
+            var request = Hangar_V1_SubmitRequest()
+            request.runtime = "null"
+            request.argv = ["true"]
+            request.requestID = requestID
+            let deadline = ContinuousClock.now + limit
+            var jobID: String?
+            while jobID == nil && ContinuousClock.now < deadline {
+                if let answer = try? await client.request(
+                    Subjects.submit(tenant: "acme"),
+                    payload: try request.serializedData(),
+                    timeout: .seconds(2)
+                ), case .accepted(let accepted) = try Hangar_V1_SubmitReply(serializedBytes: answer.payload).outcome {
+                    jobID = accepted.jobID
+                }
+            }
+            guard let jobID else { return nil }
+            let store = try Store(path: database)
+            while ContinuousClock.now < deadline {
+                if let result = try await store.job(id: jobID)?.result { return result }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            return nil
+        }
+        let before = try await runJob("before-cut", within: .seconds(30))
+        #expect(before?.status == .succeeded, "\(String(describing: before))")
+
+        // The far host's link goes down: its scheduler cannot renew, nor reach anyone.
+        try TestPeer.shell(["ip", "link", "set", peer.hostInterface, "down"])
+        let cut = ContinuousClock.now
+        try await waitUntil("the standby leads", within: .seconds(15)) { read(standbyLog).contains("] leading") }
+        let tookOver = cut.duration(to: .now)
+        print("leader partition: the standby led \(tookOver) after the cut")
+        // Lease (3 s) + margin (1 s) + poll (0.5 s) after the last renewal seen, plus the start of a
+        // process under load.
+        #expect(tookOver < .seconds(7), "took over \(tookOver) after the cut")
+        let after = try await runJob("after-cut", within: .seconds(30))
+        #expect(after?.status == .succeeded, "\(String(describing: after))")
+        // The cut-off leader stopped acting by its own clock (and is still alive, suspended).
+        try await waitUntil("the far scheduler is suspended", within: .seconds(10)) {
+            read(oldLog).contains("could not renew the leader lease in time")
+        }
+
+        // Healed: its attempt to take its record back is refused (the key moved on); it exits, so
+        // that a restart comes back as a standby.
+        try TestPeer.shell(["ip", "link", "set", peer.hostInterface, "up"])
+        try await waitUntil("the far scheduler exits", within: .seconds(40)) { !old.isRunning }
+        #expect(old.terminationStatus == 3, "\(read(oldLog).suffix(1500))")
+        #expect(read(oldLog).contains("lost the leader lease"))
+        // The new leader still serves.
+        let healed = try await runJob("after-heal", within: .seconds(30))
+        #expect(healed?.status == .succeeded, "\(String(describing: healed))")
+        #expect(standby.isRunning)
+        standby.terminate()
+        standby.waitUntilExit()
+        await client.close()
+    }
 }

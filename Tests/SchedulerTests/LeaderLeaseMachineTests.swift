@@ -48,7 +48,9 @@ struct LeaderLeaseMachineTests {
         #expect(machine.next(at: at(450)) == .write(.update(LeaderRecord(holder: "a", term: 1), expectedRevision: 11)))
     }
 
-    @Test("a refused renewal steps the leader down at once; it reads who holds the key, and another's write makes it standby")
+    @Test(
+        "a refused renewal steps the leader down at once; it reads who holds the key, and another's write makes it standby"
+    )
     func refusedRenewalStepsDown() {
         var machine = leader()
         _ = machine.next(at: at(200))
@@ -97,7 +99,9 @@ struct LeaderLeaseMachineTests {
         #expect(machine.highestTerm == 1)
     }
 
-    @Test("a write that landed though its answer was lost: the retry is refused, the read finds the own record, and that is taken back")
+    @Test(
+        "a write that landed though its answer was lost: the retry is refused, the read finds the own record, and that is taken back"
+    )
     func lostAnswerLanded() {
         var machine = leader()
         _ = machine.next(at: at(200))
@@ -214,7 +218,9 @@ struct LeaderLeaseMachineTests {
         #expect(machine.leaderDeadline == at(1400))
     }
 
-    @Test("a new revision restarts the challenger's count; a failed read does not, but holds it off margin + poll after the next read")
+    @Test(
+        "a new revision restarts the challenger's count; a failed read does not, but holds it off margin + poll after the next read"
+    )
     func newRevisionResetsCount() {
         var machine = LeaderLeaseMachine(holder: "b", settings: settings)
         _ = machine.next(at: at(0))
@@ -304,7 +310,12 @@ struct LeaderLeaseMachineTests {
 
     @Test("terms never go back: a key created from absent starts at the first term, above any term seen")
     func firstTerm() {
-        let seeded = LeaderLeaseSettings(lease: .milliseconds(600), margin: .milliseconds(200), poll: .milliseconds(100), firstTerm: 1_000)
+        let seeded = LeaderLeaseSettings(
+            lease: .milliseconds(600),
+            margin: .milliseconds(200),
+            poll: .milliseconds(100),
+            firstTerm: 1_000
+        )
         var machine = LeaderLeaseMachine(holder: "b", settings: seeded)
         _ = machine.next(at: at(0))
         machine.observed(.absent, at: at(0))
