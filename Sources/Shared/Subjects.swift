@@ -38,6 +38,9 @@ public enum Subjects {
     /// An E2B gateway asks the scheduler which tenant an API key belongs to
     /// (`Hangar_V1_APIKeyLookupRequest`); only gateways may publish here.
     public static let gatewayAPIKey = "hangar.gateway.apikey"
+    /// Every scheduler run with a leader lease (leader, standby or suspended) announces itself here
+    /// every 2 s (a `SchedulerStatus`); the leader lists those it has heard in `hangar cluster status`.
+    public static let schedulerPresence = "hangar.scheduler.presence"
     /// scheduler → tenant (and the `HANGAR_SANDBOX_EVENTS` stream): the sandbox's lifecycle events.
     public static func sandboxEvents(tenant: String, sandbox: String) -> String {
         "hangar.sbxevents.\(tenant).\(sandbox)"

@@ -84,11 +84,13 @@ func clusterStatusText(_ reply: Hangar_V1_ClusterStatusReply, style: Style) -> S
             followers.isEmpty ? "-" : followers.joined(separator: " "), String(stream.messages), String(stream.bytes),
         ])
     }
-    var schedulerRows = [["SCHEDULER", "ROLE", "TERM", "CONNECTED TO"]]
-    for scheduler in reply.schedulers {
+    var schedulerRows = [["SCHEDULER", "ROLE", "TERM", "CONNECTED TO", "HEARD"]]
+    // The first is the scheduler that answered; the others are those it heard announce themselves.
+    for (index, scheduler) in reply.schedulers.enumerated() {
         schedulerRows.append([
             scheduler.id.terminalSafe, scheduler.role.terminalSafe, String(scheduler.term),
             scheduler.natsServer.terminalSafe,
+            index == 0 ? "answering" : String(format: "%.1f s ago", Double(scheduler.lastSeenMs) / 1000),
         ])
     }
     let serverTable =

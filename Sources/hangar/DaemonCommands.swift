@@ -76,6 +76,7 @@ struct SchedulerCommand: AsyncParsableCommand {
                 logger: logger
             )
             config.term = term
+            config.leaseHolder = lease.holder
             config.holdsLease = { lease.holds() }
             config.onDeposed = { _ in
                 // A newer leader acts already: stop at once, without storing anything more.
@@ -421,6 +422,32 @@ extension SchedulerCommand {
     /// reconnection, so a leader lives through the loss of the server that led its lease bucket.
     static let suspensionLimit: Duration = .seconds(30)
 
+    /// Every 2 s, for the life of the process: who this scheduler is and its role, on
+    /// ``Subjects/schedulerPresence``, where the leader hears it for `hangar cluster status`.
+    static func announce(_ lease: LeaderLease, on nats: NATSConnection) async {
+        while !Task.isCancelled {
+            var status = Hangar_V1_SchedulerStatus()
+            status.id = Scheduler.processID
+            status.holder = lease.holder
+            switch await lease.role {
+            case .leader(let term):
+                status.role = "leader"
+                status.term = term
+            case .suspended(let term):
+                status.role = "suspended"
+                status.term = term
+            case .standby:
+                status.role = "standby"
+                status.term = await lease.highestTerm
+            }
+            status.natsServer = nats.connectedURL
+            if let payload = try? status.serializedData() {
+                try? nats.publish(Subjects.schedulerPresence, payload: payload)
+            }
+            try? await Task.sleep(for: .seconds(2))
+        }
+    }
+
     /// Holds this process as a standby until it wins the leader lease (the `HANGAR_SCHEDULER`
     /// key-value bucket); returns its term. From then on, losing the lease to another scheduler
     /// ends the process (exit 3): its in-memory state is the old term's, and a restart comes back
@@ -463,6 +490,7 @@ extension SchedulerCommand {
             logger: logger
         )
         Task { await leaderLease.run() }
+        Task { await Self.announce(leaderLease, on: nats) }
         logger.notice("standby: waiting for the leader lease", metadata: ["holder": "\(holder)", "lease": "\(lease)"])
         let (elected, electedContinuation) = AsyncStream.makeStream(of: UInt64.self)
         Task {

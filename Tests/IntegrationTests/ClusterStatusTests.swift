@@ -120,4 +120,73 @@ struct ClusterStatusTests {
         await client.close()
     }
 
+    @Test("cluster status lists the standby schedulers the leader hears, and drops one that died")
+    func listsStandbys() async throws {
+        let directory = try makeTemporaryDirectory("hangar-standbys")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let server = try await LocalNATSServer(directory: directory.appendingPathComponent("nats"))
+        defer { server.stop() }
+        let database = directory.appendingPathComponent("hangar.sqlite").path
+        func scheduler(_ name: String) throws -> Process {
+            let process = Process()
+            process.executableURL = try hangarBinary()
+            process.arguments = [
+                "scheduler", "--nats", server.url, "--db", database, "--leader-lease", "3", "--log-level", "notice",
+            ]
+            process.currentDirectoryURL = directory
+            process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("HANGAR_") }
+            let log = directory.appendingPathComponent("\(name).log")
+            FileManager.default.createFile(atPath: log.path, contents: nil)
+            process.standardOutput = try FileHandle(forWritingTo: log)
+            process.standardError = process.standardOutput
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            return process
+        }
+        let first = try scheduler("first")
+        let second = try scheduler("second")
+        defer {
+            for process in [first, second] where process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
+        let client = try await NATSConnection(options: NATSConnectionOptions(servers: [server.url], name: "client"))
+        func status() async -> Hangar_V1_ClusterStatusReply? {
+            guard
+                let answer = try? await client.request(
+                    Subjects.admin("cluster"),
+                    payload: try Hangar_V1_ClusterStatusRequest().serializedData(),
+                    timeout: .seconds(2)
+                )
+            else { return nil }
+            return try? Hangar_V1_ClusterStatusReply(serializedBytes: answer.payload)
+        }
+        func waitForStatus(
+            _ what: String,
+            _ condition: (Hangar_V1_ClusterStatusReply) -> Bool
+        ) async throws -> Hangar_V1_ClusterStatusReply {
+            let deadline = ContinuousClock.now + .seconds(20)
+            var last: Hangar_V1_ClusterStatusReply?
+            while ContinuousClock.now < deadline {
+                last = await status()
+                if let last, condition(last) { return last }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            throw LocalNATSServerError("not within 20 s: \(what); last status: \(String(describing: last))")
+        }
+
+        // The leader answers, first; the standby it heard follows, with the same term seen.
+        let both = try await waitForStatus("a leader and a standby") { $0.schedulers.count == 2 }
+        let leader = both.schedulers[0]
+        let standby = both.schedulers[1]
+        #expect(leader.role == "leader" && leader.term > 0 && !leader.holder.isEmpty, "\(both.schedulers)")
+        #expect(standby.role == "standby" && standby.term == leader.term, "\(both.schedulers)")
+        #expect(standby.holder != leader.holder && standby.natsServer == server.url, "\(both.schedulers)")
+        #expect(standby.lastSeenMs < 6_000)
+
+        // The standby dies: after three missed announcements it is no longer listed.
+        let standbyProcess = standby.id.hasSuffix("pid \(first.processIdentifier)") ? first : second
+        kill(standbyProcess.processIdentifier, SIGKILL)
+        let alone = try await waitForStatus("the dead standby dropped") { $0.schedulers.count == 1 }
+        #expect(alone.schedulers.first?.holder == leader.holder)
+        await client.close()
+    }
 }

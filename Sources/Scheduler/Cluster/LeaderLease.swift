@@ -80,6 +80,7 @@ public actor LeaderLease {
             throw LeaderLeaseError.badSettings(problem)
         }
         self.store = store
+        self.holder = holder
         self.machine = LeaderLeaseMachine(holder: holder, settings: settings)
         self.logger = logger
         (roles, continuation) = AsyncStream.makeStream(of: LeaderRoleChange.self, bufferingPolicy: .unbounded)
@@ -87,6 +88,10 @@ public actor LeaderLease {
 
     /// The role now.
     public var role: LeaderRole { published }
+    /// The highest term read or written (a standby's view of the current term).
+    public var highestTerm: UInt64 { machine.highestTerm }
+    /// This process's holder id.
+    public nonisolated let holder: String
 
     /// A holder id for this process: host name, process id and a random part.
     public static func makeHolderID() -> String {

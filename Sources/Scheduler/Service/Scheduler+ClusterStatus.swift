@@ -45,12 +45,42 @@ extension Scheduler {
             reply.streams.append(stream)
         }
         var this = Hangar_V1_SchedulerStatus()
-        this.id = "\(ProcessInfo.processInfo.hostName) pid \(getpid())"
+        this.id = Self.processID
         // A scheduler serves only while it leads (a standby waits for the lease and answers nothing).
-        this.role = config.term == 0 ? "single" : "leader"
+        this.role = config.term == 0 ? "single" : config.holdsLease?() ?? true ? "leader" : "suspended"
         this.term = config.term
         this.natsServer = nats.connectedURL
-        reply.schedulers = [this]
+        this.holder = config.leaseHolder ?? ""
+        reply.schedulers = [this] + (await otherSchedulers())
         return reply
+    }
+
+    /// How a scheduler names its process: host and process id.
+    public static var processID: String { "\(ProcessInfo.processInfo.hostName) pid \(getpid())" }
+
+    /// How long an announcement counts: three of them missed (they come every 2 s).
+    static let presenceLifetime: Duration = .seconds(6)
+
+    /// An announcement on ``Subjects/schedulerPresence``; anything that is not one is ignored.
+    func heardPresence(_ message: NATSMessage) {
+        guard let status = try? Hangar_V1_SchedulerStatus(serializedBytes: message.payload),
+            !status.holder.isEmpty, status.holder.utf8.count <= 200, status.holder != config.leaseHolder
+        else { return }
+        let now = ContinuousClock.now
+        presences[status.holder] = (status, now)
+        // Forget the long gone, so that restarts (a new holder each) do not pile up.
+        presences = presences.filter { now - $0.value.heardAt < .seconds(60) }
+    }
+
+    /// The other schedulers heard within ``presenceLifetime``, by id.
+    func otherSchedulers() -> [Hangar_V1_SchedulerStatus] {
+        let now = ContinuousClock.now
+        return presences.values.filter { now - $0.heardAt < Self.presenceLifetime }
+            .map { entry in
+                var status = entry.status
+                status.lastSeenMs = Int64(clamping: entry.heardAt.milliseconds(until: now))
+                return status
+            }
+            .sorted { ($0.id, $0.holder) < ($1.id, $1.holder) }
     }
 }

@@ -93,6 +93,8 @@ public actor Scheduler {
     /// Assignments and sandbox starts decided while the leader lease was suspended, sent once it
     /// is held again (see Scheduler+Lease.swift).
     var heldSends: [HeldSend] = []
+    /// The other schedulers' last announcements (by holder id) and when this one heard each.
+    var presences: [String: (status: Hangar_V1_SchedulerStatus, heardAt: ContinuousClock.Instant)] = [:]
     /// Failed API key lookups audited one by one (see Scheduler+APIKeys.swift).
     nonisolated let apiKeyAuditBudget = APIKeyAuditBudget()
 
@@ -138,6 +140,8 @@ public actor Scheduler {
         let sandboxDeaths = try control.subscribe(Subjects.sandboxDiedWildcard)
         let sandboxAudits = try control.subscribe(Subjects.sandboxAuditWildcard)
         let apiKeyLookups = try nats.subscribe(Subjects.gatewayAPIKey, queueGroup: group)
+        let presence = config.leaseHolder == nil ? nil : try control.subscribe(Subjects.schedulerPresence)
+        defer { presence?.unsubscribe() }
         let jetStream = try nats.jetStream()
         self.jetStream = jetStream
         await ensureStreams(jetStream)
@@ -215,6 +219,11 @@ public actor Scheduler {
                 }
             }
             group.addTask { await self.publishSandboxEvents() }
+            if let presence {
+                group.addTask {
+                    for await message in presence { await self.heardPresence(message) }
+                }
+            }
             group.addTask {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .milliseconds(250))

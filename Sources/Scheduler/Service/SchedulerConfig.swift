@@ -44,6 +44,10 @@ public struct SchedulerConfig: Sendable {
     /// send waits until the lease is held again) and before every pull from the streams (false: no
     /// pull), so that a leader whose lease is suspended does nothing another leader could not undo.
     public var holdsLease: (@Sendable () -> Bool)?
+    /// With a leader lease: this process's holder id (see ``LeaderLease/makeHolderID()``); the
+    /// scheduler then listens on ``Subjects/schedulerPresence`` and lists the other schedulers it
+    /// hears in `hangar cluster status`.
+    public var leaseHolder: String?
 
     public init(databasePath: String) {
         self.databasePath = databasePath

@@ -142,13 +142,13 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                     Subjects.sandboxEventsWildcard,
                     // Answers only into tenants', operators' and gateways' inboxes (see ReplySubjectRule).
                     "_INBOX.t.>", "_INBOX.o.>", "_INBOX.g.>",
-                    Subjects.intakeWildcard,
+                    Subjects.intakeWildcard, Subjects.schedulerPresence,
                 ] + Self.schedulerJetStreamAPI,
                 subscribe: [
                     Subjects.submitWildcard, Subjects.cancelWildcard, Subjects.jobWildcard,
                     Subjects.heartbeatWildcard, "hangar.admin.>", inboxPrefix + ".>",
                     Subjects.sandboxWildcard, Subjects.sandboxDiedWildcard, Subjects.sandboxAuditWildcard,
-                    Subjects.gatewayAPIKey,
+                    Subjects.gatewayAPIKey, Subjects.schedulerPresence,
                 ]
             )
         case .operator:

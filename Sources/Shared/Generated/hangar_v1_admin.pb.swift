@@ -640,6 +640,8 @@ public nonisolated struct Hangar_V1_StreamStatus: Sendable {
   public init() {}
 }
 
+/// One scheduler. Also what each scheduler run with a leader lease announces on
+/// hangar.scheduler.presence every 2 s.
 public nonisolated struct Hangar_V1_SchedulerStatus: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -648,14 +650,21 @@ public nonisolated struct Hangar_V1_SchedulerStatus: Sendable {
   /// host and process id
   public var id: String = String()
 
-  /// "leader" or "standby"; "single" when no leader election is in use
+  /// "leader", "standby" or "suspended" (a leader that could not renew in
   public var role: String = String()
 
-  /// the leader's term (0 without election)
+  /// time: not acting until it takes its own lease record back); "single"
+  /// when no leader election is in use
   public var term: UInt64 = 0
 
   /// the URL of the server its connection is on
   public var natsServer: String = String()
+
+  /// its holder id in the lease (unique per process)
+  public var holder: String = String()
+
+  /// in a cluster status: since the leader last heard its announcement
+  public var lastSeenMs: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1801,7 +1810,7 @@ nonisolated extension Hangar_V1_StreamStatus: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Hangar_V1_SchedulerStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SchedulerStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}role\0\u{1}term\0\u{3}nats_server\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}role\0\u{1}term\0\u{3}nats_server\0\u{1}holder\0\u{3}last_seen_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1813,6 +1822,8 @@ nonisolated extension Hangar_V1_SchedulerStatus: SwiftProtobuf.Message, SwiftPro
       case 2: try { try decoder.decodeSingularStringField(value: &self.role) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.term) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.natsServer) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.holder) }()
+      case 6: try { try decoder.decodeSingularInt64Field(value: &self.lastSeenMs) }()
       default: break
       }
     }
@@ -1831,6 +1842,12 @@ nonisolated extension Hangar_V1_SchedulerStatus: SwiftProtobuf.Message, SwiftPro
     if !self.natsServer.isEmpty {
       try visitor.visitSingularStringField(value: self.natsServer, fieldNumber: 4)
     }
+    if !self.holder.isEmpty {
+      try visitor.visitSingularStringField(value: self.holder, fieldNumber: 5)
+    }
+    if self.lastSeenMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.lastSeenMs, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1839,6 +1856,8 @@ nonisolated extension Hangar_V1_SchedulerStatus: SwiftProtobuf.Message, SwiftPro
     if lhs.role != rhs.role {return false}
     if lhs.term != rhs.term {return false}
     if lhs.natsServer != rhs.natsServer {return false}
+    if lhs.holder != rhs.holder {return false}
+    if lhs.lastSeenMs != rhs.lastSeenMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
