@@ -106,6 +106,11 @@ extension Scheduler {
                         for message in messages { try? message.nak() }
                         break
                     }
+                    if let holds = self.config.holdsLease, !holds() {
+                        // The lease was suspended while this pull waited: hand them back too.
+                        for message in messages { try? message.nak() }
+                        continue
+                    }
                     if messages.isEmpty { continue }
                     committing.append(await handle(messages))
                     while committing.count >= SchedulerStreams.commitsInFlight {
