@@ -128,20 +128,11 @@ struct ClusterStatusTests {
         defer { server.stop() }
         let database = directory.appendingPathComponent("hangar.sqlite").path
         func scheduler(_ name: String) throws -> Process {
-            let process = Process()
-            process.executableURL = try hangarBinary()
-            process.arguments = [
-                "scheduler", "--nats", server.url, "--db", database, "--leader-lease", "3", "--log-level", "notice",
-            ]
-            process.currentDirectoryURL = directory
-            process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("HANGAR_") }
-            let log = directory.appendingPathComponent("\(name).log")
-            FileManager.default.createFile(atPath: log.path, contents: nil)
-            process.standardOutput = try FileHandle(forWritingTo: log)
-            process.standardError = process.standardOutput
-            process.standardInput = FileHandle.nullDevice
-            try process.run()
-            return process
+            try startHangarDaemon(
+                ["scheduler", "--nats", server.url, "--db", database, "--leader-lease", "3", "--log-level", "notice"],
+                name: name,
+                in: directory
+            ).process
         }
         let first = try scheduler("first")
         let second = try scheduler("second")
@@ -174,7 +165,10 @@ struct ClusterStatusTests {
         }
 
         // The leader answers, first; the standby it heard follows, with the same term seen.
-        let both = try await waitForStatus("a leader and a standby") { $0.schedulers.count == 2 }
+        // (A standby's first announcement may come before its first read of the lease: term 0.)
+        let both = try await waitForStatus("a leader and a standby that has read the lease") {
+            $0.schedulers.count == 2 && $0.schedulers[1].term == $0.schedulers[0].term
+        }
         let leader = both.schedulers[0]
         let standby = both.schedulers[1]
         #expect(leader.role == "leader" && leader.term > 0 && !leader.holder.isEmpty, "\(both.schedulers)")

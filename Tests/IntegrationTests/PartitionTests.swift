@@ -46,23 +46,17 @@ struct PartitionTests {
 
         // The far node: `hangar node agent` in the peer's network namespace, its own state folder.
         let farState = directory.appendingPathComponent("far")
-        let far = Process()
-        // nsenter, not `ip netns exec`: that one mounts a sysfs of its own, which hides the cgroups.
-        far.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-        far.arguments = [
-            "--net=/run/netns/\(peer.name)", "--", try hangarBinary().path, "node", "agent", "--nats", server.url,
-            "--id", "far",
-            "--slots", "2", "--runtimes", "process", "--state-dir", farState.path, "--log-level", "warning",
-            // Sandbox uids of its own: the suites of this test process use the standard ones.
-            "--sandbox-uids", "3600100:8",
-        ]
-        far.currentDirectoryURL = directory
-        far.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("HANGAR_") }
-        let farLog = directory.appendingPathComponent("far.log")
-        FileManager.default.createFile(atPath: farLog.path, contents: nil)
-        far.standardOutput = try FileHandle(forWritingTo: farLog)
-        far.standardError = far.standardOutput
-        try far.run()
+        let (far, farLog) = try startHangarDaemon(
+            [
+                "node", "agent", "--nats", server.url, "--id", "far", "--slots", "2", "--runtimes", "process",
+                "--state-dir", farState.path, "--log-level", "warning",
+                // Sandbox uids of its own: the suites of this test process use the standard ones.
+                "--sandbox-uids", "3600100:8",
+            ],
+            name: "far",
+            in: directory,
+            networkNamespace: peer.name
+        )
 
         func node(_ id: String) async -> Hangar_V1_NodeInfo? {
             await scheduler.stats().nodes.first { $0.lastHeartbeat.nodeID == id }
@@ -170,27 +164,15 @@ struct PartitionTests {
 
         /// `hangar scheduler --leader-lease 3`, in the peer's namespace (the far host) or here.
         func scheduler(_ name: String, far: Bool) throws -> (Process, URL) {
-            let process = Process()
-            let arguments = [
-                "scheduler", "--nats", server.url, "--db", database, "--leader-lease", "3", "--node-ttl", "1.5",
-                "--node-grace", "1", "--log-level", "notice",
-            ]
-            if far {
-                process.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-                process.arguments = ["--net=/run/netns/\(peer.name)", "--", try hangarBinary().path] + arguments
-            } else {
-                process.executableURL = try hangarBinary()
-                process.arguments = arguments
-            }
-            process.currentDirectoryURL = directory
-            process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("HANGAR_") }
-            let log = directory.appendingPathComponent("\(name).log")
-            FileManager.default.createFile(atPath: log.path, contents: nil)
-            process.standardOutput = try FileHandle(forWritingTo: log)
-            process.standardError = process.standardOutput
-            process.standardInput = FileHandle.nullDevice
-            try process.run()
-            return (process, log)
+            try startHangarDaemon(
+                [
+                    "scheduler", "--nats", server.url, "--db", database, "--leader-lease", "3", "--node-ttl", "1.5",
+                    "--node-grace", "1", "--log-level", "notice",
+                ],
+                name: name,
+                in: directory,
+                networkNamespace: far ? peer.name : nil
+            )
         }
         func read(_ log: URL) -> String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
         func waitUntil(_ what: String, within limit: Duration, _ condition: () async throws -> Bool) async throws {
