@@ -49,6 +49,7 @@ public final class LocalNATSCluster: Sendable {
     private let routePorts: [Int]
     private let monitoringPorts: [Int]
     private let extraConfig: String
+    private let memberConfig: @Sendable (Int) -> String
     private let configTemplate: URL?
     private let members: Mutex<[LocalNATSServer?]>
 
@@ -63,7 +64,15 @@ public final class LocalNATSCluster: Sendable {
     /// runs that file as it is, given its settings through the environment the way the systemd
     /// unit gives them (`HANGAR_NATS_NAME`, `_LISTEN`, `_MONITOR`, `_STORE`, `_CLUSTER_LISTEN`,
     /// `_ROUTE_1`…`_3`), and `extraConfig` becomes the `authorization.conf` next to it.
-    public init(size: Int = 3, directory: URL, extraConfig: String = "", configTemplate: URL? = nil) async throws {
+    /// `memberConfig(index)` is appended to member `index`'s configuration only (e.g. its own
+    /// `pid_file`); not with `configTemplate`.
+    public init(
+        size: Int = 3,
+        directory: URL,
+        extraConfig: String = "",
+        configTemplate: URL? = nil,
+        memberConfig: @escaping @Sendable (Int) -> String = { _ in "" }
+    ) async throws {
         guard size >= 1 else { throw LocalNATSServerError("a cluster needs at least one server") }
         // Ports are chosen before starting, since every member's configuration names the others'
         // route ports; a port taken meanwhile makes that member fail at start, and it is reported.
@@ -77,6 +86,7 @@ public final class LocalNATSCluster: Sendable {
         urls = clientPorts.map { "nats://127.0.0.1:\($0)" }
         self.directory = directory
         self.extraConfig = extraConfig
+        self.memberConfig = memberConfig
         members = Mutex(Array(repeating: nil, count: size))
         do {
             let started = try await withThrowingTaskGroup(of: (Int, LocalNATSServer).self) { group in
@@ -223,7 +233,7 @@ public final class LocalNATSCluster: Sendable {
         return try await LocalNATSServer(
             directory: folder(of: index),
             port: clientPorts[index],
-            extraConfig: extraConfig,
+            extraConfig: extraConfig + "\n" + memberConfig(index),
             cluster: membership
         )
     }

@@ -38,7 +38,7 @@ struct ConnectionOptions: ParsableArguments {
             let saved = URL(fileURLWithPath: state).appendingPathComponent("url")
             if let text = try? String(contentsOf: saved, encoding: .utf8) {
                 let url = text.trimmingCharacters(in: .whitespacesAndNewlines)
-                if !url.isEmpty { return [url] }
+                if !url.isEmpty { return url.split(separator: ",").map(String.init) }
             }
             if let url = try loadContext().url { return url.split(separator: ",").map(String.init) }
             return ["nats://127.0.0.1:4222"]

@@ -28,8 +28,15 @@ struct DevCommand: AsyncParsableCommand {
             """
     )
     var runtimes: String = "process,container,gvisor,microvm,null"
-    @Option(help: "NATS port (default: a free one).")
+    @Option(help: "NATS port (default: a free one). Only with one nats-server.")
     var port: Int?
+    @Option(
+        help: """
+            nats-servers to run: 1, or 3 clustered on this machine (every stream and the lease bucket \
+            R3; STATE/url lists all three). Default: 1.
+            """
+    )
+    var natsServers: Int = 1
     @OptionGroup var log: LogOptions
     @OptionGroup var scheduling: SchedulingOptions
     @Option(name: .customLong("pool"), help: "A warm pool on every node, RUNTIME:TEMPLATE=MIN:MAX (repeatable).")
@@ -41,6 +48,10 @@ struct DevCommand: AsyncParsableCommand {
     func validate() throws {
         guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
         guard slots > 0 else { throw ValidationError("--slots must be at least 1") }
+        guard [1, 3].contains(natsServers) else { throw ValidationError("--nats-servers must be 1 or 3") }
+        guard natsServers == 1 || port == nil else {
+            throw ValidationError("--port names one nats-server's port; a cluster of three takes free ones")
+        }
     }
 
     func run() async throws {
@@ -65,34 +76,39 @@ struct DevCommand: AsyncParsableCommand {
             gateways: ["default"]
         )
         let natsFolder = stateURL.appendingPathComponent("nats")
-        let server = try await LocalNATSServer(
-            directory: natsFolder,
-            port: port,
-            extraConfig: auth.includeLine(fromConfigIn: natsFolder) + "\npid_file: \"\(auth.pidPath)\""
-        )
-        defer { server.stop() }
-        // `hangar tenant add` reads it to see its reload take effect.
-        try? FileManager.default.removeItem(atPath: auth.serverLogLinkPath)
-        try? FileManager.default.createSymbolicLink(atPath: auth.serverLogLinkPath, withDestinationPath: server.logPath)
+        let bus = try await DevBus.start(natsServers, port: port, folder: natsFolder, auth: auth)
+        defer { bus.stop() }
+        // `hangar tenant add` reloads each server by its pid file and reads its log to see the
+        // reload take effect.
+        for (index, logPath) in bus.logPaths.enumerated() {
+            let link = auth.devServerFiles(index + 1).log
+            try? FileManager.default.removeItem(atPath: link)
+            try? FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: logPath)
+        }
         defer {
-            try? FileManager.default.removeItem(atPath: auth.serverLogLinkPath)
-            // nats-server leaves its pid file behind; a stale one could name another process later.
-            try? FileManager.default.removeItem(atPath: auth.pidPath)
+            for number in 1...bus.urls.count {
+                let files = auth.devServerFiles(number)
+                try? FileManager.default.removeItem(atPath: files.log)
+                // nats-server leaves its pid file behind; a stale one could name another process later.
+                try? FileManager.default.removeItem(atPath: files.pid)
+            }
         }
         let urlFile = stateURL.appendingPathComponent("url")
-        try (server.url + "\n").write(to: urlFile, atomically: true, encoding: .utf8)
+        try (bus.urls.joined(separator: ",") + "\n").write(to: urlFile, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: urlFile) }
 
         let dbPath = stateURL.appendingPathComponent("hangar.sqlite").path
         let store = try openStore(dbPath)
         func connect(_ name: String, as principal: Principal) async throws -> NATSConnection {
-            var options = NATSConnectionOptions(servers: [server.url], name: name, logger: logger)
+            var options = NATSConnectionOptions(servers: bus.urls, name: name, logger: logger)
             try applyCredentials(auth.credentialsPath(for: principal), to: &options)
             return try await NATSConnection(options: options)
         }
         let schedulerConnection = try await connect("hangar-scheduler", as: .scheduler)
+        var schedulerConfig = try scheduling.config(databasePath: dbPath)
+        schedulerConfig.streamReplicas = natsServers
         let scheduler = Scheduler(
-            config: try scheduling.config(databasePath: dbPath),
+            config: schedulerConfig,
             nats: schedulerConnection,
             store: store,
             logger: Logger(label: "hangar.scheduler")
@@ -151,7 +167,7 @@ struct DevCommand: AsyncParsableCommand {
             } ?? ""
         let banner = """
             Hangar dev cluster is starting.
-              NATS      \(server.url)   (saved in \(urlFile.path); authorization on)
+              NATS      \(bus.urls.joined(separator: ","))   (saved in \(urlFile.path); authorization on\(natsServers > 1 ? "; streams R\(natsServers)" : ""))
               logins    \(auth.url.path)/creds/ (tenant-default, operator-\(AuthDefaults.operatorName), scheduler, nodes)
               database  \(dbPath)
               nodes     \(agents.map(\.config.nodeID).joined(separator: ", ")) with \(slots) slots each, runtimes \(runtimes)
@@ -235,4 +251,36 @@ func ensureDevAPIKey(file: URL, store: Store) async throws {
         createdBy: "hangar dev"
     )
     try await store.write(.apiKey(.created(created)))
+}
+
+/// The nats-servers of `hangar dev`: one, or three clustered. Each writes its pid to the auth
+/// folder's dev server file, so that `hangar tenant add` can reload them all.
+struct DevBus {
+    let urls: [String]
+    let logPaths: [String]
+    let stop: @Sendable () -> Void
+
+    static func start(_ count: Int, port: Int?, folder: URL, auth: AuthDirectory) async throws -> DevBus {
+        if count == 1 {
+            let server = try await LocalNATSServer(
+                directory: folder,
+                port: port,
+                extraConfig: auth.includeLine(fromConfigIn: folder) + "\npid_file: \"\(auth.pidPath)\""
+            )
+            return DevBus(urls: [server.url], logPaths: [server.logPath], stop: { server.stop() })
+        }
+        // Every member's configuration sits one folder down (nats/n1, nats/n2, ...): one include line
+        // fits them all.
+        let cluster = try await LocalNATSCluster(
+            size: count,
+            directory: folder,
+            extraConfig: auth.includeLine(fromConfigIn: folder.appendingPathComponent("n1")),
+            memberConfig: { index in "pid_file: \"\(auth.devServerFiles(index + 1).pid)\"" }
+        )
+        return DevBus(
+            urls: cluster.urls,
+            logPaths: (0..<count).map { cluster.logPath(of: $0) },
+            stop: { cluster.stop() }
+        )
+    }
 }

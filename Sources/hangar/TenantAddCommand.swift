@@ -56,11 +56,17 @@ struct TenantAddCommand: AsyncParsableCommand {
         } else {
             print("credentials: \(path)")
             print("server authorization: \(auth.configPath)")
-            if let pid = devServerPID(auth) {
-                try await DevServerReload(logPath: auth.serverLogLinkPath, pid: pid).perform()
-                print("nats-server (pid \(pid)) reloaded its configuration")
-            } else {
+            // Every nats-server `hangar dev` runs on this folder (three with --nats-servers 3).
+            let servers = (1...AuthDirectory.devServersMax).compactMap { number -> (Int32, String)? in
+                let files = auth.devServerFiles(number)
+                return devServerPID(files.pid).map { ($0, files.log) }
+            }
+            if servers.isEmpty {
                 print("reload nats-server to apply: nats-server --signal reload")
+            }
+            for (pid, log) in servers {
+                try await DevServerReload(logPath: log, pid: pid).perform()
+                print("nats-server (pid \(pid)) reloaded its configuration")
             }
         }
         if apiKey { try await createAPIKey(tenant: name, connection: connection) }
@@ -68,8 +74,8 @@ struct TenantAddCommand: AsyncParsableCommand {
 
     /// The nats-server `hangar dev` started on this folder, if it runs: the pid file's process, if
     /// it is a nats-server (a stale file may name an unrelated process by now).
-    private func devServerPID(_ auth: AuthDirectory) -> Int32? {
-        guard let text = try? String(contentsOfFile: auth.pidPath, encoding: .utf8),
+    private func devServerPID(_ pidPath: String) -> Int32? {
+        guard let text = try? String(contentsOfFile: pidPath, encoding: .utf8),
             let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1,
             kill(pid, 0) == 0,
             let command = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8),

@@ -19,6 +19,17 @@ public struct AuthDirectory: Sendable {
     /// A link `hangar dev` puts to its nats-server's log, so that `tenant add` can see the reload
     /// it asked for take effect.
     public var serverLogLinkPath: String { url.appendingPathComponent("nats-server.log").path }
+    /// The most nats-servers `hangar dev` runs (`--nats-servers 3`).
+    public static let devServersMax = 3
+    /// The pid file and log link of `hangar dev`'s nats-server `number` (1...``devServersMax``):
+    /// ``pidPath`` and ``serverLogLinkPath`` for the first, `nats-server-N.pid` / `.log` for the others.
+    public func devServerFiles(_ number: Int) -> (pid: String, log: String) {
+        guard number > 1 else { return (pidPath, serverLogLinkPath) }
+        return (
+            url.appendingPathComponent("nats-server-\(number).pid").path,
+            url.appendingPathComponent("nats-server-\(number).log").path
+        )
+    }
 
     /// `creds/<user>.json` in the folder.
     public func credentialsPath(for principal: Principal) -> String {
