@@ -74,7 +74,11 @@ enum FaultTest {
         let deploy = try deployFolder(near: options.hangar)
         let bus = try await Bus(servers: options.natsServers, folder: natsFolder, auth: auth, deploy: deploy)
         let url = bus.urls.joined(separator: ",")
-        let database = directory.appendingPathComponent("hangar.sqlite").path
+        // On a cluster each scheduler has a store of its own, a replica of the store log.
+        let databases = (1...(options.natsServers == 1 ? 1 : 2)).map { number in
+            directory.appendingPathComponent(options.natsServers == 1 ? "hangar.sqlite" : "hangar-s\(number).sqlite")
+                .path
+        }
         say("work folder \(directory.path); nats \(url); runtime \(options.runtime), \(options.rate) jobs/s")
 
         // On a cluster, two schedulers (deploy/cluster/scheduler.yaml sets a leader lease): one
@@ -84,7 +88,8 @@ enum FaultTest {
                 name: options.natsServers == 1 ? "scheduler" : "scheduler s\(number)",
                 executable: options.hangar,
                 arguments: [
-                    "scheduler", "--nats", url, "--db", database, "--creds", auth.credentialsPath(for: .scheduler),
+                    "scheduler", "--nats", url, "--db", databases[number - 1], "--creds",
+                    auth.credentialsPath(for: .scheduler),
                     "--system-creds", auth.credentialsPath(for: .system),
                     "--node-ttl", "1.5", "--node-grace", "1", "--log-level", "notice",
                     "--stream-replicas", "\(options.natsServers)",
@@ -235,22 +240,34 @@ enum FaultTest {
         )
 
         // Every acknowledged job must reach a terminal state; give the cluster time to finish.
-        let store = try Store(path: database)
+        // A job counts as finished once any scheduler's store holds its result (the leader's
+        // first; the others follow the store log).
+        let stores = try databases.map { try Store(path: $0) }
         let acknowledged = submitted.accepted
         var pending = Set(acknowledged.values)
         var statuses: [String: String] = [:]
         let settle = ContinuousClock.now + .seconds(60)
         while !pending.isEmpty && ContinuousClock.now < settle {
             for id in pending {
-                if let lookup = try await store.job(id: id), let result = lookup.result {
-                    statuses[id] = result.status.displayName
-                    pending.remove(id)
+                for store in stores {
+                    if let lookup = try await store.job(id: id), let result = lookup.result {
+                        statuses[id] = result.status.displayName
+                        pending.remove(id)
+                        break
+                    }
                 }
             }
             if !pending.isEmpty { try await Task.sleep(for: .milliseconds(250)) }
         }
         // Late result deliveries (after a restart) get a moment to arrive before counting.
         try await Task.sleep(for: .seconds(1))
+        // Every replica applies the whole store log: wait until all stand at the same entry.
+        var positions = try await stores.asyncMap { try await $0.logPosition().sequence }
+        let caughtUp = ContinuousClock.now + .seconds(30)
+        while Set(positions).count > 1 && ContinuousClock.now < caughtUp {
+            try await Task.sleep(for: .milliseconds(100))
+            positions = try await stores.asyncMap { try await $0.logPosition().sequence }
+        }
         supervisor?.cancel()
         await supervisor?.value
         for scheduler in schedulers { scheduler.terminate() }
@@ -259,16 +276,22 @@ enum FaultTest {
         resultTask.cancel()
         await client.close()
 
-        var missing: [String] = []
-        for id in pending {
-            let lookup = try await store.job(id: id)
-            missing.append("\(id) \(lookup?.status ?? "NOT IN THE STORE")")
+        var missing: Set<String> = []
+        var finishedTwice = 0
+        var integrity: [String] = []
+        var audits: [(checked: Int64, firstBad: Int64?, head: String)] = []
+        for (index, store) in stores.enumerated() {
+            let name = stores.count == 1 ? "" : "s\(index + 1): "
+            for id in Set(acknowledged.values) {
+                let lookup = try await store.job(id: id)
+                if lookup?.result == nil { missing.insert("\(name)\(id) \(lookup?.status ?? "NOT IN THE STORE")") }
+            }
+            finishedTwice += try await store.finishedEventCounts().filter { $0.value > 1 }.count
+            integrity += try await store.integrityCheck().map { $0 == "ok" ? "ok" : name + $0 }
+            audits.append(try await store.verifyAudit())
         }
         let deliveries = ledger.snapshot.deliveries
         let twice = deliveries.filter { $0.value > 1 }
-        let finishedTwice = try await store.finishedEventCounts().filter { $0.value > 1 }
-        let integrity = try await store.integrityCheck()
-        let audit = try await store.verifyAudit()
         let byStatus = Dictionary(grouping: statuses.values, by: { $0 }).mapValues(\.count)
         let notSucceeded = statuses.filter { $0.value != "SUCCEEDED" }
         let duplicateAcks = ledger.snapshot.conflictingAcks
@@ -287,10 +310,13 @@ enum FaultTest {
             "fault test: \(acknowledged.count) acknowledged jobs; final states \(byStatus.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))"
         )
         check(acknowledged.count >= Int(options.rate), "enough load: \(acknowledged.count) acknowledged jobs")
-        check(missing.isEmpty, "acknowledged jobs lost or not terminal: \(missing.count) \(missing.sorted().prefix(5))")
+        check(
+            missing.isEmpty,
+            "acknowledged jobs lost or not terminal\(stores.count > 1 ? " in any scheduler's store" : ""): \(missing.count) \(missing.sorted().prefix(5))"
+        )
         check(duplicateAcks.isEmpty, "one job per request id: \(duplicateAcks.count) ids acknowledged as two jobs")
         check(twice.isEmpty, "results delivered twice: \(twice.count) \(twice.keys.sorted().prefix(5))")
-        check(finishedTwice.isEmpty, "jobs finished twice in the store: \(finishedTwice.count)")
+        check(finishedTwice == 0, "jobs finished twice in a store: \(finishedTwice)")
         check(
             notSucceeded.isEmpty,
             "every job succeeded despite the kills: \(notSucceeded.count) did not \(notSucceeded.sorted { $0.key < $1.key }.prefix(5).map { "\($0.key) \($0.value)" })"
@@ -317,11 +343,22 @@ enum FaultTest {
                 "     submission to acknowledgement (retries included): p50 \(seconds(latencies[latencies.count / 2])), p99 \(seconds(latencies[latencies.count * 99 / 100])), max \(seconds(latencies.last!))"
             )
         }
-        check(integrity == ["ok"], "PRAGMA integrity_check: \(integrity.prefix(3).joined(separator: "; "))")
         check(
-            audit.firstBad == nil,
-            "audit chain verifies: \(audit.checked) rows, first bad \(audit.firstBad.map(String.init) ?? "none")"
+            integrity.allSatisfy { $0 == "ok" },
+            "PRAGMA integrity_check on every store: \(integrity.prefix(3).joined(separator: "; "))"
         )
+        for (index, audit) in audits.enumerated() {
+            check(
+                audit.firstBad == nil,
+                "audit chain verifies\(stores.count > 1 ? " on s\(index + 1)'s store" : ""): \(audit.checked) rows, first bad \(audit.firstBad.map(String.init) ?? "none")"
+            )
+        }
+        if stores.count > 1 {
+            check(
+                Set(positions).count == 1 && Set(audits.map(\.head)).count == 1,
+                "every scheduler's store applied the whole store log (entry \(positions.map(String.init).joined(separator: " and "))) and ends with the same audit head \(audits.first.map { String($0.head.prefix(12)) } ?? "")"
+            )
+        }
         print(
             "results seen on hangar.result.load.>: \(deliveries.count) of \(acknowledged.count) (core NATS: a result published while the server was down may not be delivered; it is stored)"
         )
@@ -636,4 +673,13 @@ final class Counter: Sendable {
     private let count = Mutex(0)
     func add() { count.withLock { $0 += 1 } }
     var value: Int { count.withLock { $0 } }
+}
+
+extension Array {
+    /// `transform` of each element, in order, one after the other.
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var results: [T] = []
+        for element in self { results.append(try await transform(element)) }
+        return results
+    }
 }

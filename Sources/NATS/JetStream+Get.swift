@@ -18,3 +18,18 @@ extension JetStream {
         }
     }
 }
+
+extension JetStream {
+    /// Removes the messages of `stream` below `sequence` (what a retention limit would remove).
+    public func purge(stream: String, keepingFrom sequence: UInt64) async throws(NATSError) {
+        let context = UncheckedPointer(self.context)
+        try await runBlocking { () throws(NATSError) in
+            var options = jsOptions()
+            try NATSError.check(jsOptions_Init(&options), "jsOptions_Init")
+            options.Stream.Purge.Sequence = sequence
+            var code = jsErrCode(rawValue: 0)
+            let status = js_PurgeStream(context.pointer, stream, &options, &code)
+            try NATSError.check(status, "purge \(stream) below \(sequence) [js error \(code.rawValue)]")
+        }
+    }
+}

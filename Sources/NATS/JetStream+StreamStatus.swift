@@ -35,6 +35,9 @@ public struct JetStreamStreamStatus: Sendable, Equatable {
     /// Messages and bytes the stream holds now.
     public var messages: UInt64
     public var bytes: UInt64
+    /// The sequence of the oldest message it holds, and of the newest it ever stored (0: none yet).
+    public var firstSequence: UInt64 = 0
+    public var lastSequence: UInt64 = 0
 
     public init(name: String, replicas: Int, leader: String, followers: [Follower], messages: UInt64, bytes: UInt64) {
         self.name = name
@@ -66,6 +69,8 @@ extension JetStream {
                 messages: info.pointee.State.Msgs,
                 bytes: info.pointee.State.Bytes
             )
+            result.firstSequence = info.pointee.State.FirstSeq
+            result.lastSequence = info.pointee.State.LastSeq
             if let cluster = info.pointee.Cluster?.pointee {
                 result.leader = cluster.Leader.map { String(cString: $0) } ?? ""
                 for index in 0..<Int(cluster.ReplicasLen) {

@@ -84,11 +84,16 @@ func clusterStatusText(_ reply: Hangar_V1_ClusterStatusReply, style: Style) -> S
             followers.isEmpty ? "-" : followers.joined(separator: " "), String(stream.messages), String(stream.bytes),
         ])
     }
-    var schedulerRows = [["SCHEDULER", "ROLE", "TERM", "CONNECTED TO", "HEARD"]]
+    var schedulerRows = [["SCHEDULER", "ROLE", "TERM", "STORE LOG", "LAG", "CONNECTED TO", "HEARD"]]
     // The first is the scheduler that answered; the others are those it heard announce themselves.
+    // A standby's lag: the store log entries the answering leader applied that it has not yet.
+    let leading = reply.schedulers.first?.logApplied ?? 0
     for (index, scheduler) in reply.schedulers.enumerated() {
+        let usesLog = scheduler.logApplied > 0 || leading > 0
         schedulerRows.append([
             scheduler.id.terminalSafe, scheduler.role.terminalSafe, String(scheduler.term),
+            usesLog ? String(scheduler.logApplied) : "-",
+            usesLog ? String(leading > scheduler.logApplied ? leading - scheduler.logApplied : 0) : "-",
             scheduler.natsServer.terminalSafe,
             index == 0 ? "answering" : String(format: "%.1f s ago", Double(scheduler.lastSeenMs) / 1000),
         ])

@@ -6,6 +6,7 @@ import HangarScheduler
 import HangarShared
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 struct SchedulerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -65,16 +66,41 @@ struct SchedulerCommand: AsyncParsableCommand {
         }
         config.streamReplicas = replicas
         let nats = try await connection.with(file).connect(name: "hangar-scheduler", logger: logger, as: .scheduler)
+        let store = try openStore(db)
         if let seconds = try leaderLease ?? file.number("leader_lease") {
             guard seconds >= 1, seconds <= 60 else {
                 throw CLIError("leader_lease (--leader-lease) must be 1...60 s, got \(seconds)")
             }
+            // The store is a replica of the store log: applied as it comes while standing by,
+            // caught up to the end and then written ahead to once leading.
+            let log = try await openStoreLog(nats, replicas: replicas, logger: logger)
+            let applied = AppliedPosition(try await store.logPosition().sequence)
+            let follower = Task { await store.follow(log, logger: logger) { applied.set($0) } }
+            applied.leading = { store.leadingLogPosition }
             let (term, lease) = try await waitForLeadership(
                 nats,
                 lease: .milliseconds(Int64(seconds * 1000)),
                 replicas: replicas,
+                applied: applied,
                 logger: logger
             )
+            follower.cancel()
+            await follower.value
+            do {
+                try await store.lead(
+                    log,
+                    term: term,
+                    holder: lease.holder,
+                    maxEntryBytes: max(64 * 1024, nats.maxPayload - 16 * 1024)
+                ) { error in
+                    logger.critical("\(error): exiting, so that a restart comes back as a standby")
+                    Foundation.exit(3)
+                }
+            } catch {
+                throw CLIError("could not take over the store log in term \(term): \(error)")
+            }
+            applied.set(try await store.logPosition().sequence)
+            logger.notice("caught up with the store log", metadata: ["position": "\(applied.value)"])
             config.term = term
             config.leaseHolder = lease.holder
             config.holdsLease = { lease.holds() }
@@ -83,7 +109,6 @@ struct SchedulerCommand: AsyncParsableCommand {
                 Foundation.exit(3)
             }
         }
-        let store = try openStore(db)
         let scheduler = Scheduler(config: config, nats: nats, store: store, logger: logger)
         let metrics = try self.metrics.with(file)
         let server = try await metrics.start {
@@ -424,11 +449,12 @@ extension SchedulerCommand {
 
     /// Every 2 s, for the life of the process: who this scheduler is and its role, on
     /// ``Subjects/schedulerPresence``, where the leader hears it for `hangar cluster status`.
-    static func announce(_ lease: LeaderLease, on nats: NATSConnection) async {
+    static func announce(_ lease: LeaderLease, applied: AppliedPosition, on nats: NATSConnection) async {
         while !Task.isCancelled {
             var status = Hangar_V1_SchedulerStatus()
             status.id = Scheduler.processID
             status.holder = lease.holder
+            status.logApplied = applied.value
             switch await lease.role {
             case .leader(let term):
                 status.role = "leader"
@@ -448,6 +474,37 @@ extension SchedulerCommand {
         }
     }
 
+    /// The store log stream, created (or updated to `replicas` copies) if need be; retried every
+    /// second while JetStream cannot make it.
+    func openStoreLog(_ nats: NATSConnection, replicas: Int, logger: Logger) async throws -> JetStreamStoreLog {
+        let log = try JetStreamStoreLog(nats: nats)
+        try await Self.retryingEverySecond("the store log's stream", logger: logger) {
+            try await log.ensure(replicas: replicas)
+        }
+        return log
+    }
+
+    /// `operation`'s result once it succeeds; tried again every second meanwhile, each new
+    /// problem logged once ("`what` is unavailable").
+    static func retryingEverySecond<T>(
+        _ what: String,
+        logger: Logger,
+        _ operation: () async throws -> T
+    ) async throws -> T {
+        var lastProblem = ""
+        while true {
+            do {
+                return try await operation()
+            } catch {
+                if "\(error)" != lastProblem {
+                    logger.error("\(what) is unavailable; retrying every second", metadata: ["error": "\(error)"])
+                    lastProblem = "\(error)"
+                }
+                try await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
     /// Holds this process as a standby until it wins the leader lease (the `HANGAR_SCHEDULER`
     /// key-value bucket); returns its term. From then on, losing the lease to another scheduler
     /// ends the process (exit 3): its in-memory state is the old term's, and a restart comes back
@@ -459,28 +516,16 @@ extension SchedulerCommand {
         _ nats: NATSConnection,
         lease: Duration,
         replicas: Int,
+        applied: AppliedPosition,
         logger: Logger
     ) async throws -> (term: UInt64, lease: LeaderLease) {
         let jetStream = try nats.jetStream()
-        var store: KeyValueLeaderStore?
-        var lastProblem = ""
-        while store == nil {
-            do {
-                store = try await KeyValueLeaderStore.open(jetStream, replicas: replicas)
-            } catch {
-                if "\(error)" != lastProblem {
-                    logger.error(
-                        "the leader lease's bucket is unavailable; retrying every second",
-                        metadata: ["error": "\(error)"]
-                    )
-                    lastProblem = "\(error)"
-                }
-                try await Task.sleep(for: .seconds(1))
-            }
+        let store = try await Self.retryingEverySecond("the leader lease's bucket", logger: logger) {
+            try await KeyValueLeaderStore.open(jetStream, replicas: replicas)
         }
         let holder = LeaderLease.makeHolderID()
         let leaderLease = try LeaderLease(
-            store: store!,
+            store: store,
             holder: holder,
             settings: LeaderLeaseSettings(
                 lease: lease,
@@ -490,7 +535,7 @@ extension SchedulerCommand {
             logger: logger
         )
         Task { await leaderLease.run() }
-        Task { await Self.announce(leaderLease, on: nats) }
+        Task { await Self.announce(leaderLease, applied: applied, on: nats) }
         logger.notice("standby: waiting for the leader lease", metadata: ["holder": "\(holder)", "lease": "\(lease)"])
         let (elected, electedContinuation) = AsyncStream.makeStream(of: UInt64.self)
         Task {
@@ -539,4 +584,22 @@ extension SchedulerCommand {
         }
         throw CLIError("the leader lease stopped before this scheduler was elected")
     }
+}
+
+/// The store log position this scheduler's store has applied, for its presence announcements.
+final class AppliedPosition: Sendable {
+    private let position: Mutex<UInt64>
+    private let leadingPosition = Mutex<(@Sendable () -> UInt64?)?>(nil)
+
+    init(_ position: UInt64) { self.position = Mutex(position) }
+
+    /// Once leading: the store's own position as it writes the log.
+    var leading: (@Sendable () -> UInt64?)? {
+        get { leadingPosition.withLock { $0 } }
+        set { leadingPosition.withLock { $0 = newValue } }
+    }
+
+    var value: UInt64 { leading?() ?? position.withLock { $0 } }
+
+    func set(_ value: UInt64) { position.withLock { $0 = value } }
 }

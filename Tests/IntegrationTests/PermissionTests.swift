@@ -56,6 +56,15 @@ struct PermissionTests {
                     payload: Data("{\"seq\":1}".utf8)
                 )
             }
+            await expectPermissionDenied("appending to the store log (only the scheduler writes its store)") {
+                try await cluster.tenantA.publishConfirmed(Subjects.storeLog, payload: Data())
+            }
+            await expectPermissionDenied("reading the store log through the JetStream API") {
+                try await cluster.tenantA.publishConfirmed(
+                    "$JS.API.STREAM.MSG.GET.\(Streams.storeLog)",
+                    payload: Data("{\"seq\":1}".utf8)
+                )
+            }
             // Nothing of A's reached B's queue: B has no job in the store.
             let rows = try await cluster.scheduler.store.auditRows(tenant: "b", jobID: nil, sinceMs: 0, limit: 100)
             #expect(rows.isEmpty, "B's audit trail: \(rows)")
@@ -243,6 +252,9 @@ struct PermissionTests {
             }
             await expectPermissionDenied("node n1 publishing into the intake stream") {
                 try await node.publishConfirmed(Subjects.intake(tenant: "a"), payload: Data())
+            }
+            await expectPermissionDenied("node n1 appending to the store log") {
+                try await node.publishConfirmed(Subjects.storeLog, payload: Data())
             }
             await expectPermissionDenied("node n1 reading the results stream through the JetStream API") {
                 try await node.publishConfirmed(

@@ -10,7 +10,8 @@ extension Scheduler {
         reply.natsServers = nats.knownServers
         reply.streamReplicas = UInt32(config.streamReplicas)
         let jetStream = try? nats.jetStream(timeout: .seconds(2))
-        for name in Streams.all {
+        // The store log is in use only with a leader lease (several schedulers).
+        for name in Streams.all where name != Streams.storeLog || config.term != 0 {
             var stream = Hangar_V1_StreamStatus()
             stream.name = name
             do {
@@ -51,6 +52,7 @@ extension Scheduler {
         this.term = config.term
         this.natsServer = nats.connectedURL
         this.holder = config.leaseHolder ?? ""
+        this.logApplied = store.leadingLogPosition ?? 0
         reply.schedulers = [this] + (await otherSchedulers())
         return reply
     }

@@ -1,5 +1,6 @@
 import CoreMetrics
 import GRDB
+import HangarShared
 import Synchronization
 
 /// Batches store writes: callers queue operations; one writer drains the queue, applying all that
@@ -36,6 +37,9 @@ final class GroupCommitter: Sendable {
     private let pool: DatabasePool
     private let state = Mutex(Pending())
     private let maxBatch = 2048
+    /// Set while this store leads a replicated log (`Store.lead`): each batch is appended to the
+    /// log before it is applied. Read and advanced only by the drain.
+    let logWriter = Mutex<StoreLogWriter?>(nil)
 
     init(pool: DatabasePool) {
         self.pool = pool
@@ -75,7 +79,8 @@ final class GroupCommitter: Sendable {
             defer { if full { try? db.cachedStatement(sql: "PRAGMA synchronous = NORMAL").execute() } }
             try db.inTransaction(.immediate) {
                 var head: AuditChain.Head?
-                for operation in operations { try operation.apply(db, audit: &head) }
+                let now = HangarShared.unixMilliseconds()
+                for operation in operations { try operation.apply(db, audit: &head, now: now) }
                 return .commit
             }
         }
@@ -93,6 +98,10 @@ final class GroupCommitter: Sendable {
                 return Array(state.operations.prefix(count))
             }
             if batch.isEmpty { return }
+            if let writer = logWriter.withLock({ $0 }) {
+                await commitLogged(batch, writer)
+                continue
+            }
             do {
                 let started = ContinuousClock.now
                 let operations = batch.map(\.0)
@@ -122,4 +131,129 @@ final class GroupCommitter: Sendable {
             }
         }
     }
+
+    /// Appends `batch` to the replicated log, then applies it; each caller hears its own write's
+    /// outcome. A batch too large for one log entry goes as several.
+    private func commitLogged(_ batch: [(StoreWrite, Completion)], _ writer: StoreLogWriter) async {
+        let started = ContinuousClock.now
+        var resumed = [Bool](repeating: false, count: batch.count)
+        func resume(_ index: Int, _ error: (any Error)?) {
+            guard !resumed[index] else { return }
+            resumed[index] = true
+            if let error { batch[index].1.resume(throwing: error) } else { batch[index].1.resume() }
+        }
+        let at = HangarShared.unixMilliseconds()
+        let (entries, refused) = writer.entries(for: batch.map(\.0), at: at)
+        for (index, error) in refused { resume(index, error) }
+        var position = writer.position
+        do {
+            for (entry, indexes) in entries {
+                let writes = indexes.map { batch[$0].0 }
+                let sequence = try await writer.append(entry, after: &position, committer: self)
+                let outcomes = await applyLogged(term: writer.term, at: at, writes: writes, sequence: sequence)
+                position = sequence
+                logWriter.withLock { $0?.position = sequence }
+                for (index, outcome) in zip(indexes, outcomes) { resume(index, outcome) }
+                state.withLock {
+                    $0.transactions += 1
+                    $0.applied += indexes.count
+                }
+            }
+            CoreMetrics.Timer(label: "hangar_store_commit_seconds").recordNanoseconds(
+                started.duration(to: .now).nanoseconds
+            )
+        } catch {
+            // Not in the log (unreachable for too long, or deposed): none of the rest was applied.
+            logWriter.withLock { $0?.position = position }
+            for index in batch.indices { resume(index, error) }
+        }
+    }
+
+    /// Applies log entry `sequence` (`writes` decoded from it), retrying while the database fails
+    /// as a whole (a full disk, an I/O error): the entry is in the log already, so it must be
+    /// applied before any later one. Returns each write's own outcome (nil: applied).
+    func applyLogged(term: UInt64, at: Int64, writes: [StoreWrite], sequence: UInt64) async -> [(any Error)?] {
+        var delay = Duration.milliseconds(100)
+        while true {
+            do {
+                return try await Self.applyEntry(term: term, at: at, writes: writes, sequence: sequence, in: pool)
+            } catch {
+                CoreMetrics.Counter(label: "hangar_store_log_apply_failures_total").increment()
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(5))
+            }
+        }
+    }
+
+    /// Applies one log entry in one transaction, with the store's log position, unless the store
+    /// applied it already. A write that fails on its own (a constraint, an encoding) is undone
+    /// alone and reported; any other failure undoes the whole entry and is thrown.
+    static func applyEntry(
+        term: UInt64,
+        at: Int64,
+        writes: [StoreWrite],
+        sequence: UInt64,
+        in pool: DatabasePool
+    ) async throws -> [(any Error)?] {
+        let full = writes.contains { $0.needsFullSync }
+        return try await pool.writeWithoutTransaction { db in
+            if full { try db.cachedStatement(sql: "PRAGMA synchronous = FULL").execute() }
+            defer { if full { try? db.cachedStatement(sql: "PRAGMA synchronous = NORMAL").execute() } }
+            do {
+                return try apply(term: term, at: at, writes: writes, sequence: sequence, db: db, alone: false)
+            } catch let error as DatabaseError where !error.isWriteOwnFailure {
+                throw error
+            } catch let error as StoreLogGapError {
+                throw error
+            } catch {
+                return try apply(term: term, at: at, writes: writes, sequence: sequence, db: db, alone: true)
+            }
+        }
+    }
+
+    /// One try at an entry's transaction: all writes together (`alone` false: any failure throws),
+    /// or each in a savepoint of its own (`alone`: a write's own failure is recorded).
+    private static func apply(
+        term: UInt64,
+        at: Int64,
+        writes: [StoreWrite],
+        sequence: UInt64,
+        db: Database,
+        alone: Bool
+    ) throws -> [(any Error)?] {
+        var outcomes = [(any Error)?](repeating: nil, count: writes.count)
+        try db.inTransaction(.immediate) {
+            let applied = try StoreLogPosition.read(db)
+            if applied.sequence >= sequence { return .commit }
+            guard applied.sequence + 1 == sequence else {
+                throw StoreLogGapError(needed: applied.sequence + 1, first: sequence)
+            }
+            var head: AuditChain.Head?
+            for (index, write) in writes.enumerated() {
+                if !alone {
+                    try write.apply(db, audit: &head, now: at)
+                    continue
+                }
+                do {
+                    try db.inSavepoint {
+                        try write.apply(db, audit: &head, now: at)
+                        return .commit
+                    }
+                } catch let error as DatabaseError where !error.isWriteOwnFailure {
+                    throw error
+                } catch {
+                    outcomes[index] = error
+                    head = nil
+                }
+            }
+            try StoreLogPosition.write(db, sequence: sequence, term: term)
+            return .commit
+        }
+        return outcomes
+    }
+}
+
+extension DatabaseError {
+    /// A failure of the write itself (the same on every replica), not of the database.
+    var isWriteOwnFailure: Bool { resultCode == .SQLITE_CONSTRAINT }
 }

@@ -20,11 +20,9 @@ extension Store {
     /// before it, keeping the audit chain verifiable through a checkpoint (see `AuditChain`). Job
     /// rows stay: a job's status and its request id (idempotency) outlive its result.
     public func prune(before cutoff: Int64) async throws -> Pruned {
-        try await pool.write { db in
-            try db.execute(sql: "DELETE FROM results WHERE finished_at < ?", arguments: [cutoff])
-            let results = db.changesCount
-            let audit = try AuditChain.prune(db, before: cutoff, now: unixMilliseconds())
-            return Pruned(results: results, auditRows: audit)
-        }
+        // Through the group commit, so that a replicated store logs it like every other change.
+        let tally = PruneTally()
+        try await write(.prune(before: cutoff, tally: tally))
+        return tally.pruned
     }
 }

@@ -25,6 +25,8 @@ public struct StoredSandbox: Sendable, Equatable {
     public var endedAtMs: Int64 = 0
     /// The `seq` of its last lifecycle event (the next one gets this plus one).
     public var eventSeq: UInt64 = 0
+    /// `request` already serialized (a replica applying the log writes the leader's bytes).
+    public var requestData: Data?
 
     /// A sandbox just admitted.
     public init(
@@ -87,7 +89,8 @@ public enum SandboxWrite: Sendable {
                     """
             ).execute(arguments: [
                 sandbox.id, sandbox.tenant, sandbox.requestID, sandbox.request.runtime, sandbox.request.template,
-                try sandbox.request.serializedData(), sandbox.createdAtMs, Int64(sandbox.eventSeq), now,
+                try sandbox.requestData ?? sandbox.request.serializedData(), sandbox.createdAtMs,
+                Int64(sandbox.eventSeq), now,
             ])
             guard db.changesCount > 0 else { return }
             try AuditChain.append(

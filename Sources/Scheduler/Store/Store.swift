@@ -1,12 +1,13 @@
 import Foundation
 import GRDB
 import HangarShared
+import Synchronization
 
 /// The scheduler's SQLite store (WAL, through GRDB): jobs, attempts, results and an append-only audit.
 /// Writes go through group commit: many operations share one transaction.
 public final class Store: Sendable {
     let pool: DatabasePool
-    private let committer: GroupCommitter
+    let committer: GroupCommitter
 
     /// Opens (creating if needed) the database at `path` and runs pending migrations.
     public init(path: String) throws {
@@ -18,7 +19,19 @@ public final class Store: Sendable {
             try db.execute(sql: "PRAGMA foreign_keys = ON")
         }
         pool = try DatabasePool(path: path, configuration: configuration)
-        try Self.migrator.migrate(pool)
+        // Two schedulers sharing one new file migrate it at once: the slower one's migration
+        // fails ("table … already exists") and is rolled back; once the faster one has committed,
+        // the migrator sees every migration applied.
+        var tries = 0
+        while true {
+            do {
+                try Self.migrator.migrate(pool)
+                break
+            } catch let error as DatabaseError where error.resultCode == .SQLITE_ERROR && tries < 50 {
+                tries += 1
+                usleep(100_000)
+            }
+        }
         committer = GroupCommitter(pool: pool)
     }
 
@@ -152,6 +165,9 @@ public final class Store: Sendable {
         migrator.registerMigration("v7-api-keys") { db in
             try APIKeyWrite.createTable(db)
         }
+        migrator.registerMigration("v8-store-log") { db in
+            try StoreLogPosition.createTable(db)
+        }
         return migrator
     }
 }
@@ -197,6 +213,22 @@ public enum StoreWrite: Sendable {
     /// Writes taken from a stream in one batch: one transaction, synced to disk before it returns
     /// (the stream messages are acknowledged, and so deleted, right after).
     case streamBatch([StoreWrite])
+    /// Retention: deletes stored results of jobs that finished before `before` (unix ms) and
+    /// audit rows written before it, behind a checkpoint; `tally` hears what was removed.
+    case prune(before: Int64, tally: PruneTally)
+}
+
+/// What one `prune` write removed, filled in when it is applied.
+public final class PruneTally: Sendable {
+    private let counts = Mutex(Store.Pruned(results: 0, auditRows: 0))
+
+    /// An empty tally.
+    public init() {}
+
+    /// The rows the prune removed (zero until it is applied).
+    public var pruned: Store.Pruned { counts.withLock { $0 } }
+
+    func record(_ pruned: Store.Pruned) { counts.withLock { $0 = pruned } }
 }
 
 /// A job as the store keeps it.
@@ -211,6 +243,8 @@ public struct StoredJob: Sendable {
     public var request = Hangar_V1_SubmitRequest()
     /// `request` already serialized, when at hand: written as is instead of encoding it again.
     public var requestData: Data?
+    /// `spec` already serialized (a replica applying the log writes the leader's bytes).
+    public var specData: Data?
 
     public init(
         id: String,
@@ -239,9 +273,9 @@ extension StoreWrite {
     }
 
     /// Applies the change in the current transaction; `audit` is the audit chain's head within it
-    /// (nil: not read yet).
-    func apply(_ db: Database, audit head: inout AuditChain.Head?) throws {
-        let now = unixMilliseconds()
+    /// (nil: not read yet); `now` (unix ms) is the time its rows record, the same for every write
+    /// of a transaction, so that a replica applying the same log entry writes the same rows.
+    func apply(_ db: Database, audit head: inout AuditChain.Head?, now: Int64) throws {
         switch self {
         case .jobAccepted(let job):
             try db.cachedStatement(
@@ -252,7 +286,8 @@ extension StoreWrite {
                     """
             ).execute(arguments: [
                 job.id, job.tenant, job.requestID, job.spec.runtime, job.spec.template, Int(job.priority),
-                try job.spec.serializedData(), job.submittedAt, now, try job.request.serializedData(),
+                try job.specData ?? job.spec.serializedData(), job.submittedAt, now,
+                try job.requestData ?? job.request.serializedData(),
             ])
             try AuditChain.append(
                 db,
@@ -343,7 +378,7 @@ extension StoreWrite {
                     """
             ).execute(arguments: [
                 job.id, job.tenant, job.requestID, job.spec.runtime, job.spec.template, Int(job.priority),
-                try job.spec.serializedData(), job.submittedAt, now,
+                try job.specData ?? job.spec.serializedData(), job.submittedAt, now,
                 try job.requestData ?? job.request.serializedData(),
             ])
             guard db.changesCount > 0 else { return }
@@ -357,11 +392,18 @@ extension StoreWrite {
                 detail: job.spec.runtime
             )
         case .streamBatch(let writes):
-            for write in writes { try write.apply(db, audit: &head) }
+            for write in writes { try write.apply(db, audit: &head, now: now) }
         case .sandbox(let write):
             try write.apply(db, audit: &head, now: now)
         case .apiKey(let write):
             try write.apply(db, audit: &head, now: now)
+        case .prune(let cutoff, let tally):
+            try db.cachedStatement(sql: "DELETE FROM results WHERE finished_at < ?").execute(arguments: [cutoff])
+            let results = db.changesCount
+            let audit = try AuditChain.prune(db, before: cutoff, now: now)
+            // The prune appended its own row: the next append of this transaction reads the head afresh.
+            head = nil
+            tally.record(Store.Pruned(results: results, auditRows: audit))
         case .staleResult(let jobID, let attempt, let nodeID, let status):
             try AuditChain.append(
                 db,

@@ -142,7 +142,7 @@ public enum Principal: Sendable, Hashable, CustomStringConvertible {
                     Subjects.sandboxEventsWildcard,
                     // Answers only into tenants', operators' and gateways' inboxes (see ReplySubjectRule).
                     "_INBOX.t.>", "_INBOX.o.>", "_INBOX.g.>",
-                    Subjects.intakeWildcard, Subjects.schedulerPresence,
+                    Subjects.intakeWildcard, Subjects.schedulerPresence, Subjects.storeLog,
                 ] + Self.schedulerJetStreamAPI,
                 subscribe: [
                     Subjects.submitWildcard, Subjects.cancelWildcard, Subjects.jobWildcard,

@@ -666,6 +666,9 @@ public nonisolated struct Hangar_V1_SchedulerStatus: Sendable {
   /// in a cluster status: since the leader last heard its announcement
   public var lastSeenMs: Int64 = 0
 
+  /// (0 for the leader itself)
+  public var logApplied: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1810,7 +1813,7 @@ nonisolated extension Hangar_V1_StreamStatus: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Hangar_V1_SchedulerStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SchedulerStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}role\0\u{1}term\0\u{3}nats_server\0\u{1}holder\0\u{3}last_seen_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}role\0\u{1}term\0\u{3}nats_server\0\u{1}holder\0\u{3}last_seen_ms\0\u{3}log_applied\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1824,6 +1827,7 @@ nonisolated extension Hangar_V1_SchedulerStatus: SwiftProtobuf.Message, SwiftPro
       case 4: try { try decoder.decodeSingularStringField(value: &self.natsServer) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.holder) }()
       case 6: try { try decoder.decodeSingularInt64Field(value: &self.lastSeenMs) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.logApplied) }()
       default: break
       }
     }
@@ -1848,6 +1852,9 @@ nonisolated extension Hangar_V1_SchedulerStatus: SwiftProtobuf.Message, SwiftPro
     if self.lastSeenMs != 0 {
       try visitor.visitSingularInt64Field(value: self.lastSeenMs, fieldNumber: 6)
     }
+    if self.logApplied != 0 {
+      try visitor.visitSingularUInt64Field(value: self.logApplied, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1858,6 +1865,7 @@ nonisolated extension Hangar_V1_SchedulerStatus: SwiftProtobuf.Message, SwiftPro
     if lhs.natsServer != rhs.natsServer {return false}
     if lhs.holder != rhs.holder {return false}
     if lhs.lastSeenMs != rhs.lastSeenMs {return false}
+    if lhs.logApplied != rhs.logApplied {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -11,6 +11,15 @@ enum StateGauges {
         let stats = await scheduler.stats()
         let cluster = await scheduler.clusterStatus()
         Gauge(label: "hangar_scheduler_term").record(Int64(clamping: cluster.schedulers.first?.term ?? 0))
+        if let leading = cluster.schedulers.first?.logApplied, leading > 0 {
+            Gauge(label: "hangar_store_log_applied").record(Int64(clamping: leading))
+            for standby in cluster.schedulers.dropFirst() {
+                let lag = leading > standby.logApplied ? leading - standby.logApplied : 0
+                Gauge(label: "hangar_store_log_standby_lag", dimensions: [("holder", standby.holder)]).record(
+                    Int64(clamping: lag)
+                )
+            }
+        }
         for stream in cluster.streams where stream.error.isEmpty {
             let labels = [("stream", stream.name)]
             Gauge(label: "hangar_stream_messages", dimensions: labels).record(Int64(clamping: stream.messages))
