@@ -1,7 +1,8 @@
 import Foundation
 
 /// The cost of replication: control-plane throughput on a cluster of three nats-servers with every
-/// stream R3 against the same benchmark on one server, in the same run:
+/// stream R3 (with and without the replicated store log) against the same benchmark on one server,
+/// in the same run:
 ///
 ///     hangar-bench cluster-throughput [--jobs N] [--rounds R]
 ///
@@ -24,12 +25,16 @@ enum ClusterThroughputBench {
             default: throw BenchError("unknown argument \(flag) (--jobs N, --rounds R)")
             }
         }
-        var rates: [Int: [(baseline: Double, jobs: Double)]] = [1: [], 3: []]
+        // Setups: one server; three servers, streams R3; three servers, streams R3 and the
+        // replicated store log (as with --leader-lease).
+        let setups: [(servers: Int, storeLog: Bool)] = [(1, false), (3, false), (3, true)]
+        var rates = [[(baseline: Double, jobs: Double)]](repeating: [], count: setups.count)
         for _ in 0..<rounds {
-            for servers in [1, 3] {
-                let json = try await ThroughputBench.run([
-                    "--jobs", "\(jobs)", "--nats-servers", "\(servers)", "--json",
-                ])
+            for (index, setup) in setups.enumerated() {
+                let json = try await ThroughputBench.run(
+                    ["--jobs", "\(jobs)", "--nats-servers", "\(setup.servers)", "--json"]
+                        + (setup.storeLog ? ["--store-log"] : [])
+                )
                 guard
                     let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
                     let round = (object["rounds"] as? [[String: Double]])?.first,
@@ -37,14 +42,15 @@ enum ClusterThroughputBench {
                 else {
                     throw BenchError("unexpected throughput output: \(json)")
                 }
-                rates[servers]!.append((baseline, rate))
+                rates[index].append((baseline, rate))
             }
         }
         func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
-        let single = median(rates[1]!.map(\.jobs))
-        let replicated = median(rates[3]!.map(\.jobs))
-        func row(_ name: String, _ servers: Int) -> String {
-            let all = rates[servers]!
+        let single = median(rates[0].map(\.jobs))
+        let replicated = median(rates[1].map(\.jobs))
+        let logged = median(rates[2].map(\.jobs))
+        func row(_ name: String, _ index: Int) -> String {
+            let all = rates[index]
             let jobsMedian = median(all.map(\.jobs))
             let baselineMedian = median(all.map(\.baseline))
             return
@@ -54,16 +60,19 @@ enum ClusterThroughputBench {
             ## Cost of replication (`swift run -c release hangar-bench cluster-throughput \(arguments.joined(separator: " "))`)
 
             \(jobs) null jobs in wait mode from 64 concurrent clients per round (one scheduler, two nodes, in one \
-            process), once on one nats-server with every stream R1 and once on a cluster of three nats-servers on \
-            loopback with every stream R3 (a message is acknowledged once two servers hold it), alternating, \
+            process), once on one nats-server with every stream R1 and twice on a cluster of three nats-servers on \
+            loopback with every stream R3 (a message is acknowledged once two servers hold it), the second time with \
+            every store transaction first appended to the R3 store log, alternating, \
             \(rounds) rounds. Each setup's baseline is raw NATS request/reply on its own bus in the same round.
 
             | bus | jobs/s (median) | every round | raw request/reply/s (median) | jobs vs raw |
             |---|---|---|---|---|
-            \(row("one nats-server, streams R1", 1))
-            \(row("three nats-servers, streams R3", 3))
+            \(row("one nats-server, streams R1", 0))
+            \(row("three nats-servers, streams R3", 1))
+            \(row("three nats-servers, streams R3, store log R3", 2))
 
-            Throughput on the R3 cluster is **\(String(format: "%.0f%%", replicated / single * 100))** of one server's.
+            Throughput on the R3 cluster is **\(String(format: "%.0f%%", replicated / single * 100))** of one server's; \
+            with the replicated store log too (what `--leader-lease` runs), **\(String(format: "%.0f%%", logged / single * 100))**.
 
             """
     }

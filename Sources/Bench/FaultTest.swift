@@ -198,7 +198,12 @@ enum FaultTest {
         if schedulers.count > 1 {
             // The standby takes over by itself; the killed one comes back as the new standby.
             let standby = 1 - leader
-            let elected = try await waitForLog(schedulers[standby], containing: "leading", within: .seconds(30))
+            // Leading and caught up with the store log: it serves from here on.
+            let elected = try await waitForLog(
+                schedulers[standby],
+                containing: "caught up with the store log",
+                within: .seconds(30)
+            )
             takeover = killed.duration(to: elected)
             say("\(schedulers[standby].name) leads, \(seconds(takeover!)) after the kill")
             try schedulers[leader].start()

@@ -34,13 +34,14 @@ enum TakeoverBench {
         defer { try? FileManager.default.removeItem(at: directory) }
         let server = try await LocalNATSServer(directory: directory.appendingPathComponent("nats"))
         defer { server.stop() }
-        let database = directory.appendingPathComponent("hangar.sqlite").path
+        // Each scheduler has its own store, a replica of the store log.
         let schedulers = (1...2).map { number in
             Child(
                 name: "scheduler s\(number)",
                 executable: hangar,
                 arguments: [
-                    "scheduler", "--nats", server.url, "--db", database, "--leader-lease", "\(lease)",
+                    "scheduler", "--nats", server.url, "--db",
+                    directory.appendingPathComponent("hangar-s\(number).sqlite").path, "--leader-lease", "\(lease)",
                     "--log-level", "notice",
                 ],
                 log: directory.appendingPathComponent("s\(number).log")
@@ -69,8 +70,9 @@ enum TakeoverBench {
         return """
             ## Scheduler takeover (`swift run -c release hangar-bench takeover \(arguments.joined(separator: " "))`)
 
-            Two `hangar scheduler --leader-lease \(lease)` processes on one nats-server and one SQLite file; the \
-            leader killed with SIGKILL \(kills) times, each time measured until the standby logs that it leads \
+            Two `hangar scheduler --leader-lease \(lease)` processes on one nats-server, each with its own SQLite \
+            file (a replica of the store log); the leader killed with SIGKILL \(kills) times, each time measured \
+            until the standby logs that it has caught up with the store log as the leader, right before it serves \
             (the killed one comes back as the standby).
 
             | takeovers | p50 | max | min |
@@ -82,10 +84,10 @@ enum TakeoverBench {
             """
     }
 
-    /// How many times `child` has logged that it leads.
+    /// How many times `child` has logged that it leads and caught up with the store log.
     static func leadingCount(_ child: Child) -> Int {
         let text = (try? String(contentsOf: child.log, encoding: .utf8)) ?? ""
-        return text.split(separator: "\n").filter { $0.contains(" leading") || $0.contains("\"leading\"") }.count
+        return text.split(separator: "\n").filter { $0.contains("caught up with the store log") }.count
     }
 
     /// Waits (up to 30 s, checking every 20 ms) until `child` has logged that it leads `count` times.

@@ -4,12 +4,14 @@ import HangarNode
 import HangarScheduler
 import HangarShared
 import Logging
+import Synchronization
 
 /// Control-plane throughput with the null runtime (also for profiling the dispatch path with
 /// `perf record`):
 ///
 ///     hangar-bench throughput [--quick] [--jobs N] [--clients C] [--nodes K] [--client-process]
 ///                             [--batch B] [--batch-only] [--rounds R] [--json] [--nats-servers 1|3]
+///                             [--store-log [--standby]]
 ///
 /// Runs the raw NATS request/reply baseline and then N null jobs (50,000; 20,000 with `--quick`)
 /// from C concurrent clients against a scheduler and K nodes, all in this process over a real
@@ -23,7 +25,11 @@ import Logging
 /// `scripts/bench-compare`: `{"rounds": [{"baseline": 38853.1, "one-per-request": 4890.2,
 /// "batch-50": 12464.0}, ...]}`, every round's rate per second of each row. `--nats-servers 3` runs
 /// it on a cluster of three nats-servers with every stream R3 (each acknowledged message on two
-/// servers at least), every connection given all three URLs.
+/// servers at least), every connection given all three URLs. `--store-log` makes the scheduler's
+/// store a replicated log as with `--leader-lease` (every store transaction appended to
+/// `HANGAR_LOG`, as many copies as the other streams, before it is applied); `--standby` adds a
+/// standby's store in this process that follows the log, and reports how far behind the leader's
+/// store it was (sampled every 10 ms while jobs run).
 enum ThroughputBench {
     struct Options {
         var jobs = 50_000
@@ -35,6 +41,8 @@ enum ThroughputBench {
         var rounds = 1
         var json = false
         var natsServers = 1
+        var storeLog = false
+        var standby = false
 
         init(_ arguments: [String]) throws {
             var iterator = arguments.makeIterator()
@@ -55,6 +63,8 @@ enum ThroughputBench {
                 case "--rounds": rounds = try value()
                 case "--quick": jobs = 20_000
                 case "--json": json = true
+                case "--store-log": storeLog = true
+                case "--standby": standby = true
                 case "--nats-servers":
                     natsServers = try value()
                     guard natsServers == 1 || natsServers == 3 else {
@@ -62,7 +72,7 @@ enum ThroughputBench {
                     }
                 default:
                     throw BenchError(
-                        "unknown argument \(argument) (--quick, --jobs N, --clients C, --nodes K, --client-process, --batch B, --batch-only, --rounds R, --json, --nats-servers 1|3)"
+                        "unknown argument \(argument) (--quick, --jobs N, --clients C, --nodes K, --client-process, --batch B, --batch-only, --rounds R, --json, --nats-servers 1|3, --store-log, --standby)"
                     )
                 }
             }
@@ -106,12 +116,45 @@ enum ThroughputBench {
         }
         try await echoConnection.flush()
 
+        let schedulerConnection = try await connect("scheduler")
         let scheduler = try benchScheduler(
             in: directory,
-            nats: try await connect("scheduler"),
+            nats: schedulerConnection,
             logger: logger,
             streamReplicas: options.natsServers
         )
+        if options.storeLog {
+            let log = try JetStreamStoreLog(nats: schedulerConnection)
+            try await log.ensure(replicas: options.natsServers)
+            try await scheduler.store.lead(
+                log,
+                term: 1,
+                holder: "bench",
+                maxEntryBytes: schedulerConnection.maxPayload - 16 * 1024
+            ) { error in fatalError("\(error)") }
+        }
+        let lag = LagSampler()
+        var standbyTasks: [Task<Void, Never>] = []
+        if options.standby {
+            guard options.storeLog else { throw BenchError("--standby needs --store-log") }
+            let log = try JetStreamStoreLog(nats: try await connect("standby"))
+            let standbyStore = try Store(path: directory.appendingPathComponent("standby.sqlite").path)
+            let applied = lag.standbyPosition
+            let standbyLogger = logger
+            let follower = Task { await standbyStore.follow(log, logger: standbyLogger) { applied.set($0) } }
+            // Sampled only while the log grows (under load), not while idle between rows.
+            let sampler = Task {
+                var previous: UInt64 = 0
+                while !Task.isCancelled {
+                    let leading = scheduler.store.leadingLogPosition ?? 0
+                    let standing = applied.value
+                    if leading != previous { lag.record(leading > standing ? leading - standing : 0) }
+                    previous = leading
+                    try? await Task.sleep(for: .milliseconds(10))
+                }
+            }
+            standbyTasks = [follower, sampler]
+        }
         var tasks = [Task { try await scheduler.run() }]
         for index in 1...options.nodes {
             let agent = NodeAgent(
@@ -174,7 +217,13 @@ enum ThroughputBench {
         }
         for task in tasks { task.cancel() }
         for task in tasks { _ = try? await task.value }
+        for task in standbyTasks { task.cancel() }
+        for task in standbyTasks { await task.value }
         let statistics = scheduler.store.commitStatistics
+        let lagSamples = lag.samples.sorted()
+        func lagPercentile(_ fraction: Double) -> UInt64 {
+            lagSamples.isEmpty ? 0 : lagSamples[min(lagSamples.count - 1, Int(Double(lagSamples.count) * fraction))]
+        }
         // Each row's median round (by rate); the ratio compares the medians.
         func rate(_ entry: (String, Int, Timed)) -> Double { Double(entry.1) / entry.2.seconds }
         if options.json {
@@ -182,9 +231,14 @@ enum ThroughputBench {
                 if what.hasPrefix("baseline") { return "baseline" }
                 return what.contains("one per request") ? "one-per-request" : "batch-\(options.batch)"
             }
-            let object = [
+            var object: [String: Any] = [
                 "rounds": rounds.map { rows in Dictionary(uniqueKeysWithValues: rows.map { (key($0.0), rate($0)) }) }
             ]
+            if options.standby {
+                object["standby-lag"] = [
+                    "p50": lagPercentile(0.5), "p99": lagPercentile(0.99), "max": lagSamples.last ?? 0,
+                ]
+            }
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             return String(decoding: data, as: UTF8.self)
         }
@@ -218,19 +272,24 @@ enum ThroughputBench {
                 roundsNote += "- \(medians[index].0): \(rates)\(ratios)\n"
             }
         }
+        let standbyNote =
+            options.standby
+            ? "\nStandby lag (store log entries a following standby store was behind the leader's, sampled every 10 ms while the log grew, \(lagSamples.count) samples): p50 \(lagPercentile(0.5)), p99 \(lagPercentile(0.99)), max \(lagSamples.last ?? 0); the leader appended \(scheduler.store.leadingLogPosition ?? 0) entries."
+            : ""
         return """
             ## Control-plane throughput (`swift run -c release hangar-bench throughput \(arguments.joined(separator: " "))`)
 
             Submit → admitted into the intake stream → committed to SQLite → placed → run by the null runtime → result \
             through the results stream → committed → reply, for every job. One scheduler and \(options.nodes) nodes \
             (128 slots each) in this process, over \(options.natsServers == 1 ? "a real nats-server" : "a cluster of \(options.natsServers) real nats-servers (streams R\(options.natsServers))") on loopback (JetStream on, file storage); \
+            \(options.storeLog ? "every store transaction first appended to the replicated store log; " : "")\
             SQLite in WAL mode, each acceptance and result batch synced (FULL) before its stream messages are \
             acknowledged. \(options.clients) concurrent clients on one connection. Baseline: raw NATS request/reply \
             through the same binding to an echo responder, the same number of requests and clients, same run. \
             Latency is per request (a batch request's answer comes when all its jobs are done).\(clientCPU)
 
             \(table)\(roundsNote)
-            Store: \(statistics.operations) writes in \(statistics.transactions) transactions.
+            Store: \(statistics.operations) writes in \(statistics.transactions) transactions.\(standbyNote)
 
             """
     }
@@ -392,4 +451,21 @@ enum ThroughputBench {
             latencies: latencies
         )
     }
+}
+
+/// Standby lag samples, from the sampling task.
+final class LagSampler: Sendable {
+    private let values = Mutex<[UInt64]>([])
+    /// The standby store's position, from its follower.
+    let standbyPosition = Position()
+
+    final class Position: Sendable {
+        private let position = Mutex<UInt64>(0)
+        var value: UInt64 { position.withLock { $0 } }
+        func set(_ value: UInt64) { position.withLock { $0 = value } }
+    }
+
+    func record(_ value: UInt64) { values.withLock { $0.append(value) } }
+
+    var samples: [UInt64] { values.withLock { $0 } }
 }
