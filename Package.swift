@@ -120,6 +120,8 @@ let package = Package(
             name: "hangar-bench",
             dependencies: [
                 "HangarNATS", "HangarShared", "HangarScheduler", "HangarNode",
+                // TestPeer: the fault test's hosts (network namespaces) on a cluster.
+                "HangarTestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/Bench"

@@ -2,6 +2,7 @@ import Foundation
 import HangarNATS
 import HangarScheduler
 import HangarShared
+import HangarTestSupport
 import Logging
 import Synchronization
 
@@ -18,7 +19,11 @@ import Synchronization
 /// instead of the single server. After every kill it prints how long the service went without
 /// acknowledging a submission. After a nats-server's death that outage is the time JetStream takes
 /// to elect a new leader for the streams the dead server led: nats-server's Raft waits 4-9 s
-/// (fixed in its code) before a follower campaigns, so the check fails above 10 s.
+/// (fixed in its code) before a follower campaigns, so the check fails above 10 s. On a cluster,
+/// scheduler s1 and node f2 also run on "hosts" of their own: network namespaces joined to this
+/// machine by veth links, reaching the servers over real TCP. The run then starts by cutting the
+/// leading scheduler's host off (a partition) and healing it, and cuts node f2's host off later:
+/// all the faults in one run, each scheduler's store a replica of the store log, checked at the end.
 ///
 ///     hangar-bench fault [--hangar PATH] [--runtime process|null] [--rate JOBS_PER_S] [--phase SECONDS]
 ///                        [--nats-servers 1|3]
@@ -72,7 +77,22 @@ enum FaultTest {
         let natsFolder = directory.appendingPathComponent("nats")
         try FileManager.default.createDirectory(at: natsFolder, withIntermediateDirectories: true)
         let deploy = try deployFolder(near: options.hangar)
-        let bus = try await Bus(servers: options.natsServers, folder: natsFolder, auth: auth, deploy: deploy)
+        // On a cluster, scheduler s1 and node f2 run on hosts of their own (network namespaces),
+        // whose links are cut and healed; the servers take clients on the first link's host end.
+        let tag = String(UUID().uuidString.prefix(5)).lowercased()
+        let schedulerHost = options.natsServers == 3 ? try TestPeer.start(tag: "s" + tag) : nil
+        let nodeHost = options.natsServers == 3 ? try TestPeer.start(tag: "n" + tag) : nil
+        defer {
+            schedulerHost?.stop()
+            nodeHost?.stop()
+        }
+        let bus = try await Bus(
+            servers: options.natsServers,
+            folder: natsFolder,
+            auth: auth,
+            deploy: deploy,
+            clientHost: schedulerHost?.address(1) ?? "127.0.0.1"
+        )
         let url = bus.urls.joined(separator: ",")
         // On a cluster each scheduler has a store of its own, a replica of the store log.
         let databases = (1...(options.natsServers == 1 ? 1 : 2)).map { number in
@@ -87,6 +107,7 @@ enum FaultTest {
             Child(
                 name: options.natsServers == 1 ? "scheduler" : "scheduler s\(number)",
                 executable: options.hangar,
+                host: number == 1 ? schedulerHost?.name : nil,
                 arguments: [
                     "scheduler", "--nats", url, "--db", databases[number - 1], "--creds",
                     auth.credentialsPath(for: .scheduler),
@@ -110,6 +131,7 @@ enum FaultTest {
             Child(
                 name: "node \(id)",
                 executable: options.hangar,
+                host: id == "f2" ? nodeHost?.name : nil,
                 arguments: [
                     "node", "agent", "--nats", url, "--id", id, "--slots", "4", "--runtimes", options.runtime,
                     "--creds", auth.credentialsPath(for: .node(id)), "--log-level", "notice",
@@ -189,6 +211,40 @@ enum FaultTest {
         }
 
         var faults: [(name: String, at: ContinuousClock.Instant)] = []
+        var partitionTakeover: Duration?
+        if let schedulerHost {
+            // The leading scheduler's host is cut off: it stops acting when its lease ends by its
+            // own clock, and the standby leads. Healed, the old leader's next write is refused
+            // (the lease, or the store log: a newer term writes it) and it exits, to come back
+            // (restarted like systemd's Restart=always) as a standby.
+            try await Task.sleep(for: options.phase)
+            let before = count("caught up with the store log", in: schedulers[1])
+            let cut = ContinuousClock.now
+            faults.append(("partition of scheduler s1's host (the leader)", cut))
+            say("cut off scheduler s1's host (the leader)")
+            try TestPeer.shell(["ip", "link", "set", schedulerHost.hostInterface, "down"])
+            let elected = try await waitForCount(
+                "caught up with the store log",
+                in: schedulers[1],
+                atLeast: before + 1,
+                within: .seconds(30)
+            )
+            partitionTakeover = cut.duration(to: elected)
+            say("scheduler s2 leads, \(seconds(partitionTakeover!)) after the cut")
+            try await Task.sleep(for: .seconds(2))
+            let standbys = count("standby: waiting for the leader lease", in: schedulers[0])
+            try TestPeer.shell(["ip", "link", "set", schedulerHost.hostInterface, "up"])
+            say("healed scheduler s1's host")
+            // Back as a standby (it exits by itself and the supervisor starts it again).
+            _ = try await waitForCount(
+                "standby: waiting for the leader lease",
+                in: schedulers[0],
+                atLeast: standbys + 1,
+                within: .seconds(45)
+            )
+            say("scheduler s1 is a standby again")
+            leader = 1
+        }
         try await Task.sleep(for: options.phase)
         let killed = ContinuousClock.now
         faults.append(("kill -9 \(schedulers[leader].name)", killed))
@@ -199,9 +255,10 @@ enum FaultTest {
             // The standby takes over by itself; the killed one comes back as the new standby.
             let standby = 1 - leader
             // Leading and caught up with the store log: it serves from here on.
-            let elected = try await waitForLog(
-                schedulers[standby],
-                containing: "caught up with the store log",
+            let elected = try await waitForCount(
+                "caught up with the store log",
+                in: schedulers[standby],
+                atLeast: count("caught up with the store log", in: schedulers[standby]) + 1,
                 within: .seconds(30)
             )
             takeover = killed.duration(to: elected)
@@ -222,6 +279,18 @@ enum FaultTest {
         try await Task.sleep(for: .seconds(1))
         try nodes[0].start()
         say("node f1 restarted")
+
+        if let nodeHost {
+            // Node f2's host is cut off for a phase: declared down after TTL + grace, its jobs
+            // retried elsewhere; healed, it reconnects, and its late results are only audited.
+            try await Task.sleep(for: options.phase)
+            faults.append(("partition of node f2's host", .now))
+            say("cut off node f2's host")
+            try TestPeer.shell(["ip", "link", "set", nodeHost.hostInterface, "down"])
+            try await Task.sleep(for: options.phase)
+            try TestPeer.shell(["ip", "link", "set", nodeHost.hostInterface, "up"])
+            say("healed node f2's host")
+        }
 
         for index in 0..<bus.urls.count {
             try await Task.sleep(for: options.phase)
@@ -332,6 +401,12 @@ enum FaultTest {
                 "standby scheduler leads \(seconds(takeover)) after the leader's kill -9 (bound 5 s)"
             )
         }
+        if let partitionTakeover {
+            check(
+                partitionTakeover <= .seconds(5),
+                "standby scheduler leads \(seconds(partitionTakeover)) after the leader's host was cut off (bound 5 s)"
+            )
+        }
         for (name, gap) in outages {
             let line = "after \(name): longest time without an acknowledged submission \(seconds(gap))"
             if name.hasPrefix("kill -9 nats-server n") {
@@ -364,6 +439,12 @@ enum FaultTest {
                 "every scheduler's store applied the whole store log (entry \(positions.map(String.init).joined(separator: " and "))) and ends with the same audit head \(audits.first.map { String($0.head.prefix(12)) } ?? "")"
             )
         }
+        if nodeHost != nil {
+            let late = try await stores[0].auditEvents().filter { $0.event == "result.late" }.count
+            print(
+                "     late results of attempts cut off with node f2, audited only (fenced by attempt number): \(late)"
+            )
+        }
         print(
             "results seen on hangar.result.load.>: \(deliveries.count) of \(acknowledged.count) (core NATS: a result published while the server was down may not be delivered; it is stored)"
         )
@@ -376,6 +457,27 @@ enum FaultTest {
     }
 
     /// Waits until `child`'s log contains `text` (checked every 50 ms); when it was seen.
+    /// How many lines of `child`'s log contain `text`.
+    static func count(_ text: String, in child: Child) -> Int {
+        let log = (try? String(contentsOf: child.log, encoding: .utf8)) ?? ""
+        return log.split(separator: "\n").filter { $0.contains(text) }.count
+    }
+
+    /// Waits until `count(text, in: child)` is at least `atLeast`; returns when it saw it.
+    static func waitForCount(
+        _ text: String,
+        in child: Child,
+        atLeast: Int,
+        within limit: Duration
+    ) async throws -> ContinuousClock.Instant {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if count(text, in: child) >= atLeast { return .now }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw FaultTestError("\(child.name) did not log '\(text)' \(atLeast) times within \(limit)")
+    }
+
     static func waitForLog(
         _ child: Child,
         containing text: String,
@@ -535,8 +637,8 @@ final class Bus: Sendable {
     let urls: [String]
 
     /// One server with a generated configuration, or three running `deploy/cluster/nats-server.conf`
-    /// as the production units do.
-    init(servers: Int, folder: URL, auth: AuthDirectory, deploy: URL) async throws {
+    /// as the production units do, taking clients on `clientHost`.
+    init(servers: Int, folder: URL, auth: AuthDirectory, deploy: URL, clientHost: String) async throws {
         singleFolder = folder
         if servers == 1 {
             singleConfig = auth.includeLine(fromConfigIn: folder)
@@ -551,7 +653,8 @@ final class Bus: Sendable {
                 size: servers,
                 directory: folder,
                 extraConfig: singleConfig,
-                configTemplate: deploy.appendingPathComponent("cluster/nats-server.conf")
+                configTemplate: deploy.appendingPathComponent("cluster/nats-server.conf"),
+                clientHost: clientHost
             )
             single = Mutex(nil)
             self.cluster = cluster
@@ -593,10 +696,17 @@ final class Child: @unchecked Sendable {
     /// Stopped by the test (kill -9, SIGTERM), as opposed to exited by itself.
     private var stoppedOnPurpose = false
 
-    init(name: String, executable: String, arguments: [String], log: URL) {
+    /// `host`: the network namespace it runs in (`nsenter --net`, which execs it: its pid is the
+    /// component's), or nil for this machine's.
+    init(name: String, executable: String, host: String? = nil, arguments: [String], log: URL) {
         self.name = name
-        self.executable = executable
-        self.arguments = arguments
+        if let host {
+            self.executable = "/usr/bin/nsenter"
+            self.arguments = ["--net=/run/netns/\(host)", "--", executable] + arguments
+        } else {
+            self.executable = executable
+            self.arguments = arguments
+        }
         self.log = log
         FileManager.default.createFile(atPath: log.path, contents: nil)
     }

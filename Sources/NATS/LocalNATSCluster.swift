@@ -51,6 +51,7 @@ public final class LocalNATSCluster: Sendable {
     private let extraConfig: String
     private let memberConfig: @Sendable (Int) -> String
     private let configTemplate: URL?
+    private let clientHost: String
     private let members: Mutex<[LocalNATSServer?]>
 
     /// The cluster's name in the servers' configuration.
@@ -65,14 +66,19 @@ public final class LocalNATSCluster: Sendable {
     /// unit gives them (`HANGAR_NATS_NAME`, `_LISTEN`, `_MONITOR`, `_STORE`, `_CLUSTER_LISTEN`,
     /// `_ROUTE_1`…`_3`), and `extraConfig` becomes the `authorization.conf` next to it.
     /// `memberConfig(index)` is appended to member `index`'s configuration only (e.g. its own
-    /// `pid_file`); not with `configTemplate`.
+    /// `pid_file`); not with `configTemplate`. With `configTemplate`, `clientHost` is the address
+    /// the members take clients on (e.g. a veth's host end, which network namespaces reach).
     public init(
         size: Int = 3,
         directory: URL,
         extraConfig: String = "",
         configTemplate: URL? = nil,
+        clientHost: String = "127.0.0.1",
         memberConfig: @escaping @Sendable (Int) -> String = { _ in "" }
     ) async throws {
+        guard clientHost == "127.0.0.1" || configTemplate != nil else {
+            throw LocalNATSServerError("a client address other than 127.0.0.1 needs a configuration template")
+        }
         guard size >= 1 else { throw LocalNATSServerError("a cluster needs at least one server") }
         // Ports are chosen before starting, since every member's configuration names the others'
         // route ports; a port taken meanwhile makes that member fail at start, and it is reported.
@@ -83,7 +89,8 @@ public final class LocalNATSCluster: Sendable {
         routePorts = Array(chosen[size..<2 * size])
         monitoringPorts = Array(chosen[(2 * size)...])
         self.configTemplate = configTemplate
-        urls = clientPorts.map { "nats://127.0.0.1:\($0)" }
+        urls = clientPorts.map { "nats://\(clientHost):\($0)" }
+        self.clientHost = clientHost
         self.directory = directory
         self.extraConfig = extraConfig
         self.memberConfig = memberConfig
@@ -214,7 +221,7 @@ public final class LocalNATSCluster: Sendable {
             )
             var environment = [
                 "HANGAR_NATS_NAME": "n\(index + 1)",
-                "HANGAR_NATS_LISTEN": "127.0.0.1:\(clientPorts[index])",
+                "HANGAR_NATS_LISTEN": "\(clientHost):\(clientPorts[index])",
                 "HANGAR_NATS_MONITOR": "127.0.0.1:\(monitoringPorts[index])",
                 "HANGAR_NATS_STORE": folder.appendingPathComponent("jetstream").path,
                 "HANGAR_NATS_CLUSTER_LISTEN": "127.0.0.1:\(routePorts[index])",

@@ -118,7 +118,9 @@ struct StoreLogTests {
         }
     }
 
-    @Test("a store further behind than the log's oldest entry is told to start from a backup")
+    @Test(
+        "a store further behind than the log's oldest entry is told to start from a backup; one started on a backup replays the rest"
+    )
     func gapIsReported() async throws {
         try await withNATSServer { server in
             let connection = try await connectForTest(server)
@@ -127,6 +129,9 @@ struct StoreLogTests {
             let leader = try makeStore()
             try await leader.store.lead(log, term: 1, holder: "a", maxEntryBytes: Self.entryLimit) { _ in }
             try await leader.store.write(.audit(actor: "test", event: "one", jobID: nil, detail: ""))
+            // A backup of the leader's store now (`sqlite3 .backup`, here through GRDB): the snapshot.
+            let backupPath = try makeTemporaryDirectory("hangar-storelog").appendingPathComponent("backup.sqlite").path
+            try DatabaseQueue(path: leader.path).backup(to: DatabaseQueue(path: backupPath))
             // Retention removed the first entries.
             let jetStream = try connection.jetStream()
             try await jetStream.purge(stream: Streams.storeLog, keepingFrom: 3)
@@ -134,6 +139,12 @@ struct StoreLogTests {
             let late = try makeStore()
             await #expect(throws: StoreLogGapError.self) { try await late.store.catchUp(from: log) }
             #expect(try await late.store.logPosition().sequence == 0)
+            // Started on the backup instead, a store replays only the entries after it.
+            let restored = try Store(path: backupPath)
+            #expect(try await restored.logPosition().sequence == 2)
+            try await restored.catchUp(from: log)
+            #expect(try await restored.logPosition().sequence == leader.store.leadingLogPosition)
+            #expect(try await restored.verifyAudit().head == leader.store.verifyAudit().head)
             await connection.close()
         }
     }
