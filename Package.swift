@@ -177,7 +177,7 @@ let package = Package(
         .testTarget(
             name: "HangarCLITests",
             dependencies: [
-                "HangarTestSupport", "HangarShared",
+                "HangarTestSupport", "HangarShared", "HangarScheduler",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Tests/CLITests"

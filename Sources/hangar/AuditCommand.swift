@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import HangarNATS
+import HangarScheduler
 import HangarShared
 
 struct AuditCommand: AsyncParsableCommand {
@@ -18,12 +19,29 @@ struct AuditVerifyCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var connection: ConnectionOptions
+    @Option(
+        help:
+            "Verify this SQLite store file directly instead of asking the leading scheduler (e.g. a standby's own store, a replica of the store log)."
+    )
+    var db: String?
     @OptionGroup var output: OutputOptions
 
     func run() async throws {
-        var request = Hangar_V1_AuditRequest()
-        request.verify = true
-        let reply = try await auditRequest(request, connection: connection)
+        let reply: Hangar_V1_AuditReply
+        if let db {
+            guard FileManager.default.fileExists(atPath: db) else { throw CLIError("there is no store at \(db)") }
+            let store = try openStore(db)
+            var verification = try await store.auditVerification()
+            let position = try await store.logPosition()
+            if position.sequence > 0 {
+                verification.message += "; store log entry \(position.sequence) (term \(position.term))"
+            }
+            reply = verification
+        } else {
+            var request = Hangar_V1_AuditRequest()
+            request.verify = true
+            reply = try await auditRequest(request, connection: connection)
+        }
         if output.isJSON { try printJSON(reply) }
         if reply.verified {
             if !output.isJSON { print(reply.message.terminalSafe) }

@@ -193,16 +193,7 @@ extension Scheduler {
         var reply = Hangar_V1_AuditReply()
         do {
             if request.verify {
-                let (checked, firstBad, head) = try await store.verifyAudit()
-                reply.rowsChecked = checked
-                if let firstBad {
-                    reply.firstBadSeq = firstBad
-                    reply.message =
-                        "audit chain broken at row \(firstBad): that row was edited or moved, or the row before it was deleted"
-                } else {
-                    reply.verified = true
-                    reply.message = "audit chain intact: \(checked) rows, head \(head)"
-                }
+                reply = try await store.auditVerification()
             } else {
                 reply.events = try await store.auditRows(
                     tenant: request.tenant.isEmpty ? nil : request.tenant,

@@ -112,6 +112,22 @@ extension Store {
     }
 
     /// Checks the audit hash chain: rows checked, the first row that fails (nil if none), head hash.
+    /// `verifyAudit` as `hangar audit verify` reports it.
+    public func auditVerification() async throws -> Hangar_V1_AuditReply {
+        var reply = Hangar_V1_AuditReply()
+        let (checked, firstBad, head) = try await verifyAudit()
+        reply.rowsChecked = checked
+        if let firstBad {
+            reply.firstBadSeq = firstBad
+            reply.message =
+                "audit chain broken at row \(firstBad): that row was edited or moved, or the row before it was deleted"
+        } else {
+            reply.verified = true
+            reply.message = "audit chain intact: \(checked) rows, head \(head)"
+        }
+        return reply
+    }
+
     public func verifyAudit() async throws -> (checked: Int64, firstBad: Int64?, head: String) {
         try await pool.read { db in try AuditChain.verify(db) }
     }
