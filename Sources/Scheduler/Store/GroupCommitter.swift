@@ -40,6 +40,8 @@ final class GroupCommitter: Sendable {
     /// Set while this store leads a replicated log (`Store.lead`): each batch is appended to the
     /// log before it is applied. Read and advanced only by the drain.
     let logWriter = Mutex<StoreLogWriter?>(nil)
+    /// The apply of the last entry appended (logged mode): the next one waits for it.
+    private let pendingApply = Mutex<Task<Void, Never>?>(nil)
 
     init(pool: DatabasePool) {
         self.pool = pool
@@ -133,40 +135,56 @@ final class GroupCommitter: Sendable {
     }
 
     /// Appends `batch` to the replicated log, then applies it; each caller hears its own write's
-    /// outcome. A batch too large for one log entry goes as several.
+    /// outcome once its entry is applied. A batch too large for one log entry goes as several.
+    ///
+    /// Pipelined: entries are applied in order by a chain of tasks, one at a time, and the next
+    /// entry is appended while the one before it is being applied (the append waits for a
+    /// majority of the servers, the apply for the disk), so the two waits overlap.
     private func commitLogged(_ batch: [(StoreWrite, Completion)], _ writer: StoreLogWriter) async {
         let started = ContinuousClock.now
-        var resumed = [Bool](repeating: false, count: batch.count)
-        func resume(_ index: Int, _ error: (any Error)?) {
-            guard !resumed[index] else { return }
-            resumed[index] = true
-            if let error { batch[index].1.resume(throwing: error) } else { batch[index].1.resume() }
-        }
         let at = HangarShared.unixMilliseconds()
         let (entries, refused) = writer.entries(for: batch.map(\.0), at: at)
-        for (index, error) in refused { resume(index, error) }
+        var settled = Set(refused.map(\.0))
+        for (index, error) in refused { batch[index].1.resume(throwing: error) }
         var position = writer.position
         do {
             for (entry, indexes) in entries {
-                let writes = indexes.map { batch[$0].0 }
                 let sequence = try await writer.append(entry, after: &position, committer: self)
-                let outcomes = await applyLogged(term: writer.term, at: at, writes: writes, sequence: sequence)
                 position = sequence
                 logWriter.withLock { $0?.position = sequence }
-                for (index, outcome) in zip(indexes, outcomes) { resume(index, outcome) }
-                state.withLock {
-                    $0.transactions += 1
-                    $0.applied += indexes.count
+                // The entry before this one is applied first (it may still be applying while this
+                // one was appended).
+                await awaitPendingApply()
+                let writes = indexes.map { batch[$0].0 }
+                let completions = indexes.map { batch[$0].1 }
+                settled.formUnion(indexes)
+                let term = writer.term
+                let task = Task {
+                    let outcomes = await self.applyLogged(term: term, at: at, writes: writes, sequence: sequence)
+                    self.logWriter.withLock { $0?.applied = sequence }
+                    for (completion, outcome) in zip(completions, outcomes) {
+                        if let outcome { completion.resume(throwing: outcome) } else { completion.resume() }
+                    }
+                    self.state.withLock {
+                        $0.transactions += 1
+                        $0.applied += writes.count
+                    }
+                    CoreMetrics.Timer(label: "hangar_store_commit_seconds").recordNanoseconds(
+                        started.duration(to: .now).nanoseconds
+                    )
                 }
+                pendingApply.withLock { $0 = task }
             }
-            CoreMetrics.Timer(label: "hangar_store_commit_seconds").recordNanoseconds(
-                started.duration(to: .now).nanoseconds
-            )
         } catch {
-            // Not in the log (unreachable for too long, or deposed): none of the rest was applied.
-            logWriter.withLock { $0?.position = position }
-            for index in batch.indices { resume(index, error) }
+            // Not in the log (unreachable for too long, or deposed): the rest was not appended.
+            for index in batch.indices where !settled.contains(index) { batch[index].1.resume(throwing: error) }
         }
+    }
+
+    /// Waits until the last entry handed to the apply chain is applied.
+    func awaitPendingApply() async {
+        let task = pendingApply.withLock { $0 }
+        await task?.value
     }
 
     /// Applies log entry `sequence` (`writes` decoded from it), retrying while the database fails

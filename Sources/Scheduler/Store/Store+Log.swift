@@ -43,8 +43,10 @@ struct StoreLogWriter: Sendable {
     let maxEntryBytes: Int
     /// Called once when the log shows a newer leader.
     let onDeposed: @Sendable (StoreLogDeposedError) -> Void
-    /// The last entry in the log as this store knows it (applied).
+    /// The last entry in the log as this store knows it (appended by it, or applied).
     var position: UInt64
+    /// The last entry applied to this store (at most `position`).
+    var applied: UInt64 = 0
     /// How long an append is retried while the log is unreachable before its writes fail.
     var appendPatience: Duration = .seconds(20)
 
@@ -126,6 +128,8 @@ struct StoreLogWriter: Sendable {
                     throw error
                 }
                 let writes = try decoded.writes.map { try StoreWrite(logWrite: $0) }
+                // In order: after every entry before it.
+                await committer.awaitPendingApply()
                 _ = await committer.applyLogged(
                     term: decoded.term,
                     at: decoded.atMs,
@@ -133,7 +137,10 @@ struct StoreLogWriter: Sendable {
                     sequence: position + 1
                 )
                 position += 1
-                committer.logWriter.withLock { $0?.position = position }
+                committer.logWriter.withLock {
+                    $0?.position = position
+                    $0?.applied = position
+                }
             } catch .unavailable(let detail) {
                 guard ContinuousClock.now < deadline else {
                     throw StoreLogError.unavailable("\(detail) (for \(appendPatience))")
@@ -161,7 +168,7 @@ extension StoreWrite {
 
 extension Store {
     /// While this store leads a store log (`lead`): the last entry it appended and applied.
-    public var leadingLogPosition: UInt64? { committer.logWriter.withLock { $0?.position } }
+    public var leadingLogPosition: UInt64? { committer.logWriter.withLock { $0?.applied } }
 
     /// The last store log entry applied to this store (0: none) and the term that wrote it.
     public func logPosition() async throws -> (sequence: UInt64, term: UInt64) {
@@ -288,6 +295,7 @@ extension Store {
             in: pool
         )
         writer.position = sequence
+        writer.applied = sequence
         committer.logWriter.withLock { $0 = writer }
     }
 }
