@@ -70,6 +70,11 @@ struct StoreLogTests {
                 try await old.store.write(.audit(actor: "test", event: "paused", jobID: nil, detail: "term 1, late"))
             }
             #expect(deposed.value?.contains("term 2") == true, "\(deposed.value ?? "not told")")
+            // Every later write fails the same way at once; the deposed hook was called once.
+            await #expect(throws: StoreLogDeposedError.self) {
+                try await old.store.write(.audit(actor: "test", event: "later", jobID: nil, detail: ""))
+            }
+            #expect(deposed.count == 1)
             try await new.store.write(.audit(actor: "test", event: "after", jobID: nil, detail: "term 2"))
 
             let fresh = try makeStore()
@@ -315,9 +320,10 @@ private final class InterposingLog: StoreLog {
 }
 
 private final class Flag: Sendable {
-    private let text = Mutex<String?>(nil)
-    var value: String? { text.withLock { $0 } }
-    func set(_ value: String) { text.withLock { $0 = value } }
+    private let texts = Mutex<[String]>([])
+    var value: String? { texts.withLock { $0.last } }
+    var count: Int { texts.withLock { $0.count } }
+    func set(_ value: String) { texts.withLock { $0.append(value) } }
 }
 
 private func waitUntil(timeout: Duration, _ condition: () async throws -> Bool) async throws {

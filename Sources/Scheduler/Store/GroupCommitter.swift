@@ -143,6 +143,10 @@ final class GroupCommitter: Sendable {
     private func commitLogged(_ batch: [(StoreWrite, Completion)], _ writer: StoreLogWriter) async {
         let started = ContinuousClock.now
         let at = HangarShared.unixMilliseconds()
+        if let deposed = writer.deposed {
+            for (_, completion) in batch { completion.resume(throwing: deposed) }
+            return
+        }
         let (entries, refused) = writer.entries(for: batch.map(\.0), at: at)
         var settled = Set(refused.map(\.0))
         for (index, error) in refused { batch[index].1.resume(throwing: error) }

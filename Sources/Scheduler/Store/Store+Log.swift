@@ -49,6 +49,8 @@ struct StoreLogWriter: Sendable {
     var applied: UInt64 = 0
     /// How long an append is retried while the log is unreachable before its writes fail.
     var appendPatience: Duration = .seconds(20)
+    /// Set once the log showed a newer leader: every later write fails with it at once.
+    var deposed: StoreLogDeposedError?
 
     /// `writes` as log entries of at most `maxEntryBytes`, each with the indexes of its writes,
     /// and the writes refused (not encodable, or larger than an entry may be).
@@ -124,7 +126,11 @@ struct StoreLogWriter: Sendable {
                 let decoded = try Hangar_V1_StoreLogEntry(serializedBytes: next)
                 if decoded.term > term {
                     let error = StoreLogDeposedError(newerTerm: decoded.term, term: term)
-                    onDeposed(error)
+                    let first = committer.logWriter.withLock { writer in
+                        defer { writer?.deposed = error }
+                        return writer?.deposed == nil
+                    }
+                    if first { onDeposed(error) }
                     throw error
                 }
                 let writes = try decoded.writes.map { try StoreWrite(logWrite: $0) }
@@ -202,6 +208,7 @@ extension Store {
     ) async {
         var position = (try? await logPosition().sequence) ?? 0
         var quiet = 0
+        var lastProblem = ""
         while !Task.isCancelled {
             do {
                 if let next = try await applyNext(from: log, after: position) {
@@ -215,10 +222,14 @@ extension Store {
             } catch is CancellationError {
                 return
             } catch {
-                logger.error(
-                    "could not apply the store log",
-                    metadata: ["position": "\(position)", "error": "\(error)"]
-                )
+                // Logged once per distinct problem; tried again every second.
+                if "\(error)" != lastProblem {
+                    logger.error(
+                        "could not apply the store log",
+                        metadata: ["position": "\(position)", "error": "\(error)"]
+                    )
+                    lastProblem = "\(error)"
+                }
                 try? await Task.sleep(for: .seconds(1))
             }
         }
@@ -271,6 +282,15 @@ extension Store {
         onDeposed: @escaping @Sendable (StoreLogDeposedError) -> Void
     ) async throws {
         let position = try await catchUp(from: log)
+        let end = try await log.bounds().last
+        guard end >= position else {
+            throw StoreLogError.notAfter(
+                position,
+                "the store log ends at entry \(end), before this store's entry \(position): the stream "
+                    + "\(Streams.storeLog) was recreated, or this store belongs to another cluster; start this "
+                    + "scheduler on an empty --db or on a backup of another scheduler's store"
+            )
+        }
         var writer = StoreLogWriter(
             log: log,
             term: term,
