@@ -76,12 +76,12 @@ struct SchedulerCommand: AsyncParsableCommand {
             let log = try await openStoreLog(nats, replicas: replicas, logger: logger)
             let applied = AppliedPosition(try await store.logPosition().sequence)
             let follower = Task { await store.follow(log, logger: logger) { applied.set($0) } }
-            applied.leading = { store.leadingLogPosition }
             let (term, lease) = try await waitForLeadership(
                 nats,
                 lease: .milliseconds(Int64(seconds * 1000)),
                 replicas: replicas,
-                applied: applied,
+                // While standing by, what the follower applied; once leading, what the store wrote.
+                applied: { store.leadingLogPosition ?? applied.value },
                 logger: logger
             )
             follower.cancel()
@@ -99,8 +99,8 @@ struct SchedulerCommand: AsyncParsableCommand {
             } catch {
                 throw CLIError("could not take over the store log in term \(term): \(error)")
             }
-            applied.set(try await store.logPosition().sequence)
-            logger.notice("caught up with the store log", metadata: ["position": "\(applied.value)"])
+            let position = try await store.logPosition().sequence
+            logger.notice("caught up with the store log", metadata: ["position": "\(position)"])
             config.term = term
             config.leaseHolder = lease.holder
             config.holdsLease = { lease.holds() }
@@ -449,12 +449,12 @@ extension SchedulerCommand {
 
     /// Every 2 s, for the life of the process: who this scheduler is and its role, on
     /// ``Subjects/schedulerPresence``, where the leader hears it for `hangar cluster status`.
-    static func announce(_ lease: LeaderLease, applied: AppliedPosition, on nats: NATSConnection) async {
+    static func announce(_ lease: LeaderLease, applied: @Sendable () -> UInt64, on nats: NATSConnection) async {
         while !Task.isCancelled {
             var status = Hangar_V1_SchedulerStatus()
             status.id = Scheduler.processID
             status.holder = lease.holder
-            status.logApplied = applied.value
+            status.logApplied = applied()
             switch await lease.role {
             case .leader(let term):
                 status.role = "leader"
@@ -516,7 +516,7 @@ extension SchedulerCommand {
         _ nats: NATSConnection,
         lease: Duration,
         replicas: Int,
-        applied: AppliedPosition,
+        applied: @escaping @Sendable () -> UInt64,
         logger: Logger
     ) async throws -> (term: UInt64, lease: LeaderLease) {
         let jetStream = try nats.jetStream()
@@ -589,17 +589,10 @@ extension SchedulerCommand {
 /// The store log position this scheduler's store has applied, for its presence announcements.
 final class AppliedPosition: Sendable {
     private let position: Mutex<UInt64>
-    private let leadingPosition = Mutex<(@Sendable () -> UInt64?)?>(nil)
 
     init(_ position: UInt64) { self.position = Mutex(position) }
 
-    /// Once leading: the store's own position as it writes the log.
-    var leading: (@Sendable () -> UInt64?)? {
-        get { leadingPosition.withLock { $0 } }
-        set { leadingPosition.withLock { $0 = newValue } }
-    }
-
-    var value: UInt64 { leading?() ?? position.withLock { $0 } }
+    var value: UInt64 { position.withLock { $0 } }
 
     func set(_ value: UInt64) { position.withLock { $0 = value } }
 }

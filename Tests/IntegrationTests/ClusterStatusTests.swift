@@ -176,6 +176,13 @@ struct ClusterStatusTests {
         #expect(standby.role == "standby" && standby.term == leader.term, "\(both.schedulers)")
         #expect(standby.holder != leader.holder && standby.natsServer == server.url, "\(both.schedulers)")
         #expect(standby.lastSeenMs < 6_000)
+        // Both stores follow the store log: the leader has written its term's first entry, and the
+        // standby announces the entries it has applied (its lag is the difference).
+        #expect(leader.logApplied > 0, "\(both.schedulers)")
+        let caughtUp = try await waitForStatus("the standby's store applied the leader's entries") {
+            $0.schedulers.count == 2 && $0.schedulers[1].logApplied >= leader.logApplied
+        }
+        #expect(caughtUp.schedulers[1].holder == standby.holder)
 
         // The standby dies: after three missed announcements it is no longer listed.
         let standbyProcess = standby.id.hasSuffix("pid \(first.processIdentifier)") ? first : second

@@ -17,10 +17,7 @@ struct StoreLogTests {
 
     @Test("a standby store that follows the log ends with the leader's rows and audit chain, every kind of write")
     func followerMatchesLeader() async throws {
-        try await withNATSServer { server in
-            let connection = try await connectForTest(server)
-            let log = try JetStreamStoreLog(nats: connection)
-            try await log.ensure(replicas: 1)
+        try await withStoreLog { _, log in
             let leader = try makeStore()
             let standby = try makeStore()
             let follower = Task { await standby.store.follow(log, logger: .init(label: "test")) }
@@ -44,16 +41,12 @@ struct StoreLogTests {
             #expect(standbyAudit.head == leaderAudit.head)
             #expect(try dump(standby.path) == dump(leader.path))
             #expect(try await standby.store.logPosition().term == 7)
-            await connection.close()
         }
     }
 
     @Test("a new leader fences the old one: its next write fails as deposed and reaches no store")
     func newTermFencesOldLeader() async throws {
-        try await withNATSServer { server in
-            let connection = try await connectForTest(server)
-            let log = try JetStreamStoreLog(nats: connection)
-            try await log.ensure(replicas: 1)
+        try await withStoreLog { _, log in
             let old = try makeStore()
             let new = try makeStore()
             let deposed = Flag()
@@ -85,16 +78,12 @@ struct StoreLogTests {
             #expect(!events.contains("paused"))
             #expect(try await old.store.auditEvents().contains { $0.event == "paused" } == false)
             #expect(try await fresh.store.verifyAudit().head == new.store.verifyAudit().head)
-            await connection.close()
         }
     }
 
     @Test("a new leader applies an older leader's entry that landed after its catch-up, then leads after it")
     func stragglerFromOlderTerm() async throws {
-        try await withNATSServer { server in
-            let connection = try await connectForTest(server)
-            let log = try JetStreamStoreLog(nats: connection)
-            try await log.ensure(replicas: 1)
+        try await withStoreLog { _, log in
             let old = try makeStore()
             try await old.store.lead(log, term: 1, holder: "old", maxEntryBytes: Self.entryLimit) { _ in }
             try await old.store.write(.audit(actor: "test", event: "first", jobID: nil, detail: ""))
@@ -119,7 +108,6 @@ struct StoreLogTests {
             try await fresh.store.catchUp(from: log)
             #expect(try await fresh.store.auditEvents().map(\.event).suffix(2) == ["straggler", "after"])
             #expect(try await fresh.store.verifyAudit().head == new.store.verifyAudit().head)
-            await connection.close()
         }
     }
 
@@ -127,10 +115,7 @@ struct StoreLogTests {
         "a store further behind than the log's oldest entry is told to start from a backup; one started on a backup replays the rest"
     )
     func gapIsReported() async throws {
-        try await withNATSServer { server in
-            let connection = try await connectForTest(server)
-            let log = try JetStreamStoreLog(nats: connection)
-            try await log.ensure(replicas: 1)
+        try await withStoreLog { connection, log in
             let leader = try makeStore()
             try await leader.store.lead(log, term: 1, holder: "a", maxEntryBytes: Self.entryLimit) { _ in }
             try await leader.store.write(.audit(actor: "test", event: "one", jobID: nil, detail: ""))
@@ -150,7 +135,6 @@ struct StoreLogTests {
             try await restored.catchUp(from: log)
             #expect(try await restored.logPosition().sequence == leader.store.leadingLogPosition)
             #expect(try await restored.verifyAudit().head == leader.store.verifyAudit().head)
-            await connection.close()
         }
     }
 
@@ -268,6 +252,22 @@ struct StoreLogTests {
         }
         try await store.write(.audit(actor: "scheduler", event: "last", jobID: nil, detail: "after the refusal"))
         return outcomes
+    }
+}
+
+/// A nats-server of its own, a connection to it and the store log stream on it, for `body`.
+private func withStoreLog(_ body: (NATSConnection, JetStreamStoreLog) async throws -> Void) async throws {
+    try await withNATSServer { server in
+        let connection = try await connectForTest(server)
+        let log = try JetStreamStoreLog(nats: connection)
+        try await log.ensure(replicas: 1)
+        do {
+            try await body(connection, log)
+        } catch {
+            await connection.close()
+            throw error
+        }
+        await connection.close()
     }
 }
 
