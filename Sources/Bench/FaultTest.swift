@@ -20,10 +20,11 @@ import Synchronization
 /// acknowledging a submission. After a nats-server's death that outage is the time JetStream takes
 /// to elect a new leader for the streams the dead server led: nats-server's Raft waits 4-9 s
 /// (fixed in its code) before a follower campaigns, so the check fails above 10 s. On a cluster,
-/// scheduler s1 and node f2 also run on "hosts" of their own: network namespaces joined to this
-/// machine by veth links, reaching the servers over real TCP. The run then starts by cutting the
-/// leading scheduler's host off (a partition) and healing it, and cuts node f2's host off later:
-/// all the faults in one run, each scheduler's store a replica of the store log, checked at the end.
+/// every server, scheduler and node runs on a "host" of its own: a network namespace linked to one
+/// bridge (``TestNetwork``), so routes, client connections and the load (from this machine) cross
+/// real TCP links. The run then starts by cutting the leading scheduler's host off (a partition)
+/// and healing it, and later cuts node f2's host off, and the host of nats-server n3: all the
+/// faults in one run, each scheduler's store a replica of the store log, checked at the end.
 ///
 ///     hangar-bench fault [--hangar PATH] [--runtime process|null] [--rate JOBS_PER_S] [--phase SECONDS]
 ///                        [--nats-servers 1|3]
@@ -77,21 +78,20 @@ enum FaultTest {
         let natsFolder = directory.appendingPathComponent("nats")
         try FileManager.default.createDirectory(at: natsFolder, withIntermediateDirectories: true)
         let deploy = try deployFolder(near: options.hangar)
-        // On a cluster, scheduler s1 and node f2 run on hosts of their own (network namespaces),
-        // whose links are cut and healed; the servers take clients on the first link's host end.
-        let tag = String(UUID().uuidString.prefix(5)).lowercased()
-        let schedulerHost = options.natsServers == 3 ? try TestPeer.start(tag: "s" + tag) : nil
-        let nodeHost = options.natsServers == 3 ? try TestPeer.start(tag: "n" + tag) : nil
-        defer {
-            schedulerHost?.stop()
-            nodeHost?.stop()
-        }
+        // On a cluster, every server, scheduler and node runs on a host of its own (a network
+        // namespace on one bridge); cutting a host's link is a partition.
+        let network =
+            options.natsServers == 3 ? try TestNetwork(tag: String(UUID().uuidString.prefix(5)).lowercased()) : nil
+        defer { network?.stop() }
+        let serverHosts = try network.map { network in try (1...3).map { _ in try network.addHost() } }
+        let schedulerHosts = try network.map { network in try (1...2).map { _ in try network.addHost() } }
+        let nodeHosts = try network.map { network in try (1...2).map { _ in try network.addHost() } }
         let bus = try await Bus(
             servers: options.natsServers,
             folder: natsFolder,
             auth: auth,
             deploy: deploy,
-            clientHost: schedulerHost?.address(1) ?? "127.0.0.1"
+            hosts: serverHosts?.map { LocalNATSCluster.MemberHost(address: $0.address, namespace: $0.namespace) }
         )
         let url = bus.urls.joined(separator: ",")
         // On a cluster each scheduler has a store of its own, a replica of the store log.
@@ -107,7 +107,7 @@ enum FaultTest {
             Child(
                 name: options.natsServers == 1 ? "scheduler" : "scheduler s\(number)",
                 executable: options.hangar,
-                host: number == 1 ? schedulerHost?.name : nil,
+                host: schedulerHosts?[number - 1].namespace,
                 arguments: [
                     "scheduler", "--nats", url, "--db", databases[number - 1], "--creds",
                     auth.credentialsPath(for: .scheduler),
@@ -127,11 +127,11 @@ enum FaultTest {
             )
         }
         var leader = 0
-        let nodes = ["f1", "f2"].map { id in
+        let nodes = ["f1", "f2"].enumerated().map { index, id in
             Child(
                 name: "node \(id)",
                 executable: options.hangar,
-                host: id == "f2" ? nodeHost?.name : nil,
+                host: nodeHosts?[index].namespace,
                 arguments: [
                     "node", "agent", "--nats", url, "--id", id, "--slots", "4", "--runtimes", options.runtime,
                     "--creds", auth.credentialsPath(for: .node(id)), "--log-level", "notice",
@@ -212,7 +212,7 @@ enum FaultTest {
 
         var faults: [(name: String, at: ContinuousClock.Instant)] = []
         var partitionTakeover: Duration?
-        if let schedulerHost {
+        if let network, let schedulerHost = schedulerHosts?[0] {
             // The leading scheduler's host is cut off: it stops acting when its lease ends by its
             // own clock, and the standby leads. Healed, the old leader's next write is refused
             // (the lease, or the store log: a newer term writes it) and it exits, to come back
@@ -222,7 +222,7 @@ enum FaultTest {
             let cut = ContinuousClock.now
             faults.append(("partition of scheduler s1's host (the leader)", cut))
             say("cut off scheduler s1's host (the leader)")
-            try TestPeer.shell(["ip", "link", "set", schedulerHost.hostInterface, "down"])
+            try network.cut(schedulerHost)
             let elected = try await waitForCount(
                 "caught up with the store log",
                 in: schedulers[1],
@@ -233,7 +233,7 @@ enum FaultTest {
             say("scheduler s2 leads, \(seconds(partitionTakeover!)) after the cut")
             try await Task.sleep(for: .seconds(2))
             let standbys = count("standby: waiting for the leader lease", in: schedulers[0])
-            try TestPeer.shell(["ip", "link", "set", schedulerHost.hostInterface, "up"])
+            try network.heal(schedulerHost)
             say("healed scheduler s1's host")
             // Back as a standby (it exits by itself and the supervisor starts it again).
             _ = try await waitForCount(
@@ -280,16 +280,27 @@ enum FaultTest {
         try nodes[0].start()
         say("node f1 restarted")
 
-        if let nodeHost {
+        if let network, let nodeHost = nodeHosts?[1], let serverHost = serverHosts?[2] {
             // Node f2's host is cut off for a phase: declared down after TTL + grace, its jobs
             // retried elsewhere; healed, it reconnects, and its late results are only audited.
             try await Task.sleep(for: options.phase)
             faults.append(("partition of node f2's host", .now))
             say("cut off node f2's host")
-            try TestPeer.shell(["ip", "link", "set", nodeHost.hostInterface, "down"])
+            try network.cut(nodeHost)
             try await Task.sleep(for: options.phase)
-            try TestPeer.shell(["ip", "link", "set", nodeHost.hostInterface, "up"])
+            try network.heal(nodeHost)
             say("healed node f2's host")
+            // nats-server n3's host is cut off for a phase: the other two keep a majority of
+            // every stream; the clients connected to n3 reconnect to them. Healed, n3 catches up
+            // before the next fault (another server down with n3 behind would leave no majority).
+            try await Task.sleep(for: options.phase)
+            faults.append(("partition of nats-server n3's host", .now))
+            say("cut off nats-server n3's host")
+            try network.cut(serverHost)
+            try await Task.sleep(for: options.phase)
+            try network.heal(serverHost)
+            try await bus.waitUntilHealthy(2)
+            say("healed nats-server n3's host; it has caught up")
         }
 
         for index in 0..<bus.urls.count {
@@ -306,6 +317,7 @@ enum FaultTest {
         }
 
         try await Task.sleep(for: options.phase)
+        let loadStopped = ContinuousClock.now
         stop.set()
         await load.value
         let submitted = ledger.snapshot
@@ -371,8 +383,11 @@ enum FaultTest {
         let notSucceeded = statuses.filter { $0.value != "SUCCEEDED" }
         let duplicateAcks = ledger.snapshot.conflictingAcks
         let ackTimes = ledger.snapshot.ackTimes.sorted()
-        let outages = faults.map { fault in
-            (fault.name, longestGap(in: ackTimes, from: fault.at - .seconds(1), to: fault.at + options.phase))
+        // Each fault's window runs from a second before it to the next fault (or the load's end),
+        // so what a heal or a restart sets off counts with the fault that caused it.
+        let outages = faults.enumerated().map { index, fault in
+            let end = index + 1 < faults.count ? faults[index + 1].at : loadStopped
+            return (fault.name, longestGap(in: ackTimes, from: fault.at - .seconds(1), to: end))
         }
         let latencies = ledger.snapshot.latencies.sorted()
 
@@ -410,7 +425,7 @@ enum FaultTest {
         }
         for (name, gap) in outages {
             let line = "after \(name): longest time without an acknowledged submission \(seconds(gap))"
-            if name.hasPrefix("kill -9 nats-server n") {
+            if name.hasPrefix("kill -9 nats-server n") || name.hasPrefix("partition of nats-server") {
                 check(gap <= .seconds(10), line + " (bound 10 s: Raft's election timeout is 4-9 s)")
             } else {
                 print("     " + line)
@@ -440,7 +455,7 @@ enum FaultTest {
                 "every scheduler's store applied the whole store log (entry \(positions.map(String.init).joined(separator: " and "))) and ends with the same audit head \(audits.first.map { String($0.head.prefix(12)) } ?? "")"
             )
         }
-        if nodeHost != nil {
+        if network != nil {
             let late = try await stores[0].auditEvents().filter { $0.event == "result.late" }.count
             print(
                 "     late results of attempts cut off with node f2, audited only (fenced by attempt number): \(late)"
@@ -648,8 +663,14 @@ final class Bus: Sendable {
     let urls: [String]
 
     /// One server with a generated configuration, or three running `deploy/cluster/nats-server.conf`
-    /// as the production units do, taking clients on `clientHost`.
-    init(servers: Int, folder: URL, auth: AuthDirectory, deploy: URL, clientHost: String) async throws {
+    /// as the production units do, each on its host of `hosts`.
+    init(
+        servers: Int,
+        folder: URL,
+        auth: AuthDirectory,
+        deploy: URL,
+        hosts: [LocalNATSCluster.MemberHost]?
+    ) async throws {
         singleFolder = folder
         if servers == 1 {
             singleConfig = auth.includeLine(fromConfigIn: folder)
@@ -665,7 +686,7 @@ final class Bus: Sendable {
                 directory: folder,
                 extraConfig: singleConfig,
                 configTemplate: deploy.appendingPathComponent("cluster/nats-server.conf"),
-                clientHost: clientHost
+                hosts: hosts
             )
             single = Mutex(nil)
             self.cluster = cluster
@@ -686,6 +707,11 @@ final class Bus: Sendable {
         let port = Int(urls[0].split(separator: ":").last!)!
         let server = try await LocalNATSServer(directory: singleFolder, port: port, extraConfig: singleConfig)
         single.withLock { $0 = server }
+    }
+
+    /// Waits until cluster member `index` says it is current (a lone server: at once).
+    func waitUntilHealthy(_ index: Int) async throws {
+        try await cluster?.waitUntilHealthy(index)
     }
 
     func crashAll() {

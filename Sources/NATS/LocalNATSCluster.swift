@@ -42,6 +42,18 @@ extension LocalNATSServer {
 /// with ``crash(_:)`` comes back by ``restart(_:)`` on the same ports and with its JetStream data,
 /// the way a server restarts on its host.
 public final class LocalNATSCluster: Sendable {
+    /// Where a member runs when each has a host of its own: a network namespace and the address
+    /// it listens on there (clients, routes and monitoring).
+    public struct MemberHost: Sendable {
+        public var address: String
+        public var namespace: String
+
+        public init(address: String, namespace: String) {
+            self.address = address
+            self.namespace = namespace
+        }
+    }
+
     /// The members' client URLs, in order: give all of them to every client.
     public let urls: [String]
     public let directory: URL
@@ -51,7 +63,9 @@ public final class LocalNATSCluster: Sendable {
     private let extraConfig: String
     private let memberConfig: @Sendable (Int) -> String
     private let configTemplate: URL?
-    private let clientHost: String
+    /// Each member's address: its host's, or `127.0.0.1`.
+    private let addresses: [String]
+    private let hosts: [MemberHost]?
     private let members: Mutex<[LocalNATSServer?]>
 
     /// The cluster's name in the servers' configuration.
@@ -66,20 +80,24 @@ public final class LocalNATSCluster: Sendable {
     /// unit gives them (`HANGAR_NATS_NAME`, `_LISTEN`, `_MONITOR`, `_STORE`, `_CLUSTER_LISTEN`,
     /// `_ROUTE_1`…`_3`), and `extraConfig` becomes the `authorization.conf` next to it.
     /// `memberConfig(index)` is appended to member `index`'s configuration only (e.g. its own
-    /// `pid_file`); not with `configTemplate`. With `configTemplate`, `clientHost` is the address
-    /// the members take clients on (e.g. a veth's host end, which network namespaces reach).
+    /// `pid_file`); not with `configTemplate`. With `configTemplate` and `hosts` (one per member),
+    /// each member runs in its host's network namespace and listens on its address only: routes,
+    /// clients and monitoring cross real links.
     public init(
         size: Int = 3,
         directory: URL,
         extraConfig: String = "",
         configTemplate: URL? = nil,
-        clientHost: String = "127.0.0.1",
+        hosts: [MemberHost]? = nil,
         memberConfig: @escaping @Sendable (Int) -> String = { _ in "" }
     ) async throws {
-        guard clientHost == "127.0.0.1" || configTemplate != nil else {
-            throw LocalNATSServerError("a client address other than 127.0.0.1 needs a configuration template")
+        guard hosts == nil || configTemplate != nil else {
+            throw LocalNATSServerError("servers on hosts of their own need a configuration template")
         }
         guard size >= 1 else { throw LocalNATSServerError("a cluster needs at least one server") }
+        guard hosts == nil || hosts?.count == size else {
+            throw LocalNATSServerError("\(hosts?.count ?? 0) hosts for \(size) servers: give one per server")
+        }
         // Ports are chosen before starting, since every member's configuration names the others'
         // route ports; a port taken meanwhile makes that member fail at start, and it is reported.
         var ports = Set<Int>()
@@ -89,8 +107,9 @@ public final class LocalNATSCluster: Sendable {
         routePorts = Array(chosen[size..<2 * size])
         monitoringPorts = Array(chosen[(2 * size)...])
         self.configTemplate = configTemplate
-        urls = clientPorts.map { "nats://\(clientHost):\($0)" }
-        self.clientHost = clientHost
+        addresses = hosts?.map(\.address) ?? Array(repeating: "127.0.0.1", count: size)
+        self.hosts = hosts
+        urls = zip(addresses, clientPorts).map { "nats://\($0):\($1)" }
         self.directory = directory
         self.extraConfig = extraConfig
         self.memberConfig = memberConfig
@@ -156,7 +175,7 @@ public final class LocalNATSCluster: Sendable {
         let deadline = ContinuousClock.now + .seconds(30)
         var last = ""
         while ContinuousClock.now < deadline {
-            last = Self.get(port: port, path: "/healthz")
+            last = Self.get(host: addresses[index], port: port, path: "/healthz")
             if last.hasPrefix("HTTP/1.0 200") || last.hasPrefix("HTTP/1.1 200") { return }
             try await Task.sleep(for: .milliseconds(100))
         }
@@ -165,8 +184,8 @@ public final class LocalNATSCluster: Sendable {
         )
     }
 
-    /// A plain HTTP/1.0 GET on loopback: the whole answer, or "" when the port does not answer.
-    static func get(port: Int, path: String) -> String {
+    /// A plain HTTP/1.0 GET: the whole answer, or "" when the port does not answer.
+    static func get(host: String = "127.0.0.1", port: Int, path: String) -> String {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return "" }
         defer { close(fd) }
@@ -176,7 +195,7 @@ public final class LocalNATSCluster: Sendable {
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_addr.s_addr = inet_addr(host)
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
@@ -221,15 +240,20 @@ public final class LocalNATSCluster: Sendable {
             )
             var environment = [
                 "HANGAR_NATS_NAME": "n\(index + 1)",
-                "HANGAR_NATS_LISTEN": "\(clientHost):\(clientPorts[index])",
-                "HANGAR_NATS_MONITOR": "127.0.0.1:\(monitoringPorts[index])",
+                "HANGAR_NATS_LISTEN": "\(addresses[index]):\(clientPorts[index])",
+                "HANGAR_NATS_MONITOR": "\(addresses[index]):\(monitoringPorts[index])",
                 "HANGAR_NATS_STORE": folder.appendingPathComponent("jetstream").path,
-                "HANGAR_NATS_CLUSTER_LISTEN": "127.0.0.1:\(routePorts[index])",
+                "HANGAR_NATS_CLUSTER_LISTEN": "\(addresses[index]):\(routePorts[index])",
             ]
             for (number, port) in routePorts.enumerated() {
-                environment["HANGAR_NATS_ROUTE_\(number + 1)"] = "nats-route://127.0.0.1:\(port)"
+                environment["HANGAR_NATS_ROUTE_\(number + 1)"] = "nats-route://\(addresses[number]):\(port)"
             }
-            return try await LocalNATSServer(configFile: config, environment: environment, directory: folder)
+            return try await LocalNATSServer(
+                configFile: config,
+                environment: environment,
+                directory: folder,
+                networkNamespace: hosts?[index].namespace
+            )
         }
         let membership = LocalNATSServer.ClusterMembership(
             clusterName: Self.clusterName,

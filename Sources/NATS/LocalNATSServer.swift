@@ -58,12 +58,14 @@ public final class LocalNATSServer: Sendable {
     /// Runs nats-server on an existing configuration file (e.g. `deploy/cluster/nats-server.conf`),
     /// with `environment` added to this process's for the `$VARIABLES` the file names, and waits
     /// until it accepts connections. Its log, and the ports file it writes once it listens, go to
-    /// `directory`.
+    /// `directory`. With `networkNamespace` it runs in that network namespace (`nsenter --net`,
+    /// which execs it: the process is the server's), e.g. a test's separate host.
     public init(
         configFile config: URL,
         environment: [String: String],
         directory: URL,
-        executable: String? = nil
+        executable: String? = nil,
+        networkNamespace: String? = nil
     ) async throws {
         let binary = try executable ?? Self.findExecutable()
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -73,8 +75,14 @@ public final class LocalNATSServer: Sendable {
         logFile = directory.appendingPathComponent("nats-server.log")
         _ = FileManager.default.createFile(atPath: logFile.path, contents: nil)
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["-c", config.path, "--ports_file_dir", portsDirectory.path]
+        let arguments = ["-c", config.path, "--ports_file_dir", portsDirectory.path]
+        if let networkNamespace {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+            process.arguments = ["--net=/run/netns/\(networkNamespace)", "--", binary] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = arguments
+        }
         if !environment.isEmpty {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         }

@@ -34,6 +34,13 @@ public struct NATSConnectionOptions: Sendable {
     public var connectTimeout: Duration
     /// Upper bound of the reconnect backoff; the first retry comes after 50 ms.
     public var maxReconnectDelay: Duration
+    /// How often the client pings its server; after ``maxPingsOut`` pings without an answer the
+    /// connection counts as dead and the client reconnects (to another server of a cluster). A
+    /// server that vanishes without closing its connections (its host lost power or was cut off)
+    /// is noticed within `pingInterval × (maxPingsOut + 1)`: 6 s by default, not libnats' 6 min.
+    public var pingInterval: Duration
+    /// Pings without an answer before the connection counts as dead (see ``pingInterval``).
+    public var maxPingsOut: Int
     /// The first tokens of this connection's reply subjects (`<prefix>.<nuid>.<n>`), for libnats'
     /// own inboxes too. Under NATS authorization a user may subscribe only to its own prefix, so
     /// nobody else can read its replies.
@@ -51,6 +58,8 @@ public struct NATSConnectionOptions: Sendable {
         retryOnFailedConnect: Bool = false,
         connectTimeout: Duration = .seconds(2),
         maxReconnectDelay: Duration = .seconds(2),
+        pingInterval: Duration = .seconds(2),
+        maxPingsOut: Int = 2,
         inboxPrefix: String = "_INBOX",
         logger: Logger = Logger(label: "hangar.nats")
     ) {
@@ -64,6 +73,8 @@ public struct NATSConnectionOptions: Sendable {
         self.retryOnFailedConnect = retryOnFailedConnect
         self.connectTimeout = connectTimeout
         self.maxReconnectDelay = maxReconnectDelay
+        self.pingInterval = pingInterval
+        self.maxPingsOut = maxPingsOut
         self.inboxPrefix = inboxPrefix
         self.logger = logger
     }
@@ -159,6 +170,11 @@ public final class NATSConnection: @unchecked Sendable {
         )
         try NATSError.check(natsOptions_SetTimeout(opts, options.connectTimeout.milliseconds), "natsOptions_SetTimeout")
         try NATSError.check(natsOptions_SetMaxReconnect(opts, -1), "natsOptions_SetMaxReconnect")
+        try NATSError.check(
+            natsOptions_SetPingInterval(opts, max(1, options.pingInterval.milliseconds)),
+            "natsOptions_SetPingInterval"
+        )
+        try NATSError.check(natsOptions_SetMaxPingsOut(opts, Int32(max(1, options.maxPingsOut))), "SetMaxPingsOut")
         try NATSError.check(natsOptions_SetReconnectBufSize(opts, 32 * 1024 * 1024), "natsOptions_SetReconnectBufSize")
 
         // The events object is retained for libnats; the closed callback releases it. If the

@@ -86,14 +86,11 @@ func clusterStatusText(_ reply: Hangar_V1_ClusterStatusReply, style: Style) -> S
     }
     var schedulerRows = [["SCHEDULER", "ROLE", "TERM", "STORE LOG", "LAG", "CONNECTED TO", "HEARD"]]
     // The first is the scheduler that answered; the others are those it heard announce themselves.
-    // A standby's lag: the store log entries the answering leader applied that it has not yet.
-    let leading = reply.schedulers.first?.logApplied ?? 0
     for (index, scheduler) in reply.schedulers.enumerated() {
-        let usesLog = scheduler.logApplied > 0 || leading > 0
+        let lag = reply.storeLogLag(of: scheduler)
         schedulerRows.append([
             scheduler.id.terminalSafe, scheduler.role.terminalSafe, String(scheduler.term),
-            usesLog ? String(scheduler.logApplied) : "-",
-            usesLog ? String(leading > scheduler.logApplied ? leading - scheduler.logApplied : 0) : "-",
+            lag == nil ? "-" : String(scheduler.logApplied), lag.map(String.init) ?? "-",
             scheduler.natsServer.terminalSafe,
             index == 0 ? "answering" : String(format: "%.1f s ago", Double(scheduler.lastSeenMs) / 1000),
         ])
@@ -111,4 +108,14 @@ func clusterStatusText(_ reply: Hangar_V1_ClusterStatusReply, style: Style) -> S
         "",
         formatTable(schedulerRows, style: style),
     ].joined(separator: "\n")
+}
+
+extension Hangar_V1_ClusterStatusReply {
+    /// A scheduler's lag behind the answering one (the first): the store log entries that one has
+    /// applied and `scheduler` has not yet. Nil when no scheduler uses the store log (no lease).
+    func storeLogLag(of scheduler: Hangar_V1_SchedulerStatus) -> UInt64? {
+        let leading = schedulers.first?.logApplied ?? 0
+        guard scheduler.logApplied > 0 || leading > 0 else { return nil }
+        return leading > scheduler.logApplied ? leading - scheduler.logApplied : 0
+    }
 }

@@ -91,10 +91,10 @@ func cores(_ millis: UInt64) -> String { String(format: "%.1f", Double(millis) /
 
 func nodeTable(_ nodes: [Hangar_V1_NodeInfo], wide: Bool, style: Style) -> String {
     var header = [
-        "NODE", "STATE", "SLOTS USED/RESV/TOTAL", "CPU RESV/ALLOC", "MEMORY RESV/TOTAL", "RUNTIMES",
+        "NODE", "HOST", "STATE", "SLOTS USED/RESV/TOTAL", "CPU RESV/ALLOC", "MEMORY RESV/TOTAL", "RUNTIMES",
         "POOLS READY/WARMING/MAX", "SANDBOXES", "SEEN",
     ]
-    if wide { header += ["CPU USED", "MEMORY USED", "TEMPLATES", "LABELS", "VERSION"] }
+    if wide { header += ["CPU USED", "MEMORY USED", "TEMPLATES", "LABELS", "VERSION", "NATS SERVER"] }
     var rows = [header]
     for node in nodes {
         let heartbeat = node.lastHeartbeat
@@ -105,6 +105,7 @@ func nodeTable(_ nodes: [Hangar_V1_NodeInfo], wide: Bool, style: Style) -> Strin
         }
         var row = [
             heartbeat.nodeID.terminalSafe,
+            heartbeat.host.isEmpty ? "-" : heartbeat.host.terminalSafe,
             style.state(state),
             "\(capacity.slotsUsed)/\(node.slotsReserved)/\(capacity.slotsTotal)",
             "\(cores(UInt64(node.cpuMillisReserved)))/\(cores(node.cpuMillisAllocatable)) cores",
@@ -125,6 +126,7 @@ func nodeTable(_ nodes: [Hangar_V1_NodeInfo], wide: Bool, style: Style) -> Strin
                     : heartbeat.labels.sorted { $0.key < $1.key }.map { "\($0)=\($1)" }
                         .joined(separator: ",").terminalSafe,
                 heartbeat.version.isEmpty ? "-" : heartbeat.version.terminalSafe,
+                heartbeat.natsServer.isEmpty ? "-" : heartbeat.natsServer.terminalSafe,
             ]
         }
         rows.append(row)
@@ -137,6 +139,8 @@ func nodeDetail(_ node: Hangar_V1_NodeInfo, style: Style) -> String {
     let capacity = heartbeat.capacity
     var lines: [(String, String)] = [
         ("node", heartbeat.nodeID),
+        ("host", heartbeat.host.isEmpty ? "-" : heartbeat.host),
+        ("nats server", heartbeat.natsServer.isEmpty ? "-" : heartbeat.natsServer),
         ("state", style.state(nodeStateText(node))),
         ("eligible", node.eligible ? "yes" : "no"),
         ("draining", node.draining ? "yes" : "no"),

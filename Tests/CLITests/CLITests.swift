@@ -20,6 +20,16 @@ struct CLITests {
             #expect(one.status == 0, "\(one.stderr)")
             let heartbeat = try #require(try one.json()["lastHeartbeat"] as? [String: Any])
             #expect(heartbeat["nodeId"] as? String == "dev-node-2")
+            // Where it runs: this machine's host name and the nats-server it is connected to.
+            #expect(heartbeat["host"] as? String == ProcessInfo.processInfo.hostName, "\(heartbeat)")
+            #expect((heartbeat["natsServer"] as? String)?.hasPrefix("nats://127.0.0.1:") == true, "\(heartbeat)")
+            let table = try await cluster.hangar(["node", "status"])
+            let row = try #require(table.stdout.split(separator: "\n").first { $0.hasPrefix("dev-node-2 ") })
+            #expect(
+                row.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first
+                    == Substring(ProcessInfo.processInfo.hostName),
+                "\(table.stdout)"
+            )
             let ambiguous = try await cluster.hangar(["node", "status", "dev-node"])
             #expect(ambiguous.status == 1)
             #expect(ambiguous.stderr.contains("matches several nodes"))
@@ -182,13 +192,13 @@ struct CLITests {
                 "\(top.stdout)"
             )
             let header = try #require(lines.first { $0.hasPrefix("NODE") })
-            #expect(header.contains("POOLS"))
+            #expect(header.contains("POOLS") && header.contains("HOST"))
             for node in 1...3 {
                 let row = try #require(
                     lines.first { $0.hasPrefix("dev-node-\(node) ") },
                     "node \(node) missing:\n\(top.stdout)"
                 )
-                #expect(row.contains("ready"))
+                #expect(row.contains("ready") && row.contains(" \(ProcessInfo.processInfo.hostName) "), "\(row)")
                 // Each template the node offers has a pool cell (`host -` until heartbeats carry
                 // counts), then the node's stateful sandboxes (none).
                 #expect(row.contains("host -") && row.hasSuffix(" 0"), "\(row)")

@@ -127,13 +127,20 @@ struct ClusterStatusTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         let server = try await LocalNATSServer(directory: directory.appendingPathComponent("nats"))
         defer { server.stop() }
-        let database = directory.appendingPathComponent("hangar.sqlite").path
+        // Each scheduler keeps its own store, a replica of the store log (as in production).
         func scheduler(_ name: String) throws -> Process {
-            try startHangarDaemon(
+            let database = directory.appendingPathComponent("\(name).sqlite").path
+            return try startHangarDaemon(
                 ["scheduler", "--nats", server.url, "--db", database, "--leader-lease", "3", "--log-level", "notice"],
                 name: name,
                 in: directory
             ).process
+        }
+        func logs() -> String {
+            ["first", "second"].map { name in
+                let text = (try? String(contentsOf: directory.appendingPathComponent("\(name).log"), encoding: .utf8))
+                return "\(name) scheduler:\n" + (text ?? "").suffix(2000)
+            }.joined(separator: "\n")
         }
         let first = try scheduler("first")
         let second = try scheduler("second")
@@ -162,7 +169,9 @@ struct ClusterStatusTests {
                 if let last, condition(last) { return last }
                 try await Task.sleep(for: .milliseconds(200))
             }
-            throw LocalNATSServerError("not within 20 s: \(what); last status: \(String(describing: last))")
+            throw LocalNATSServerError(
+                "not within 20 s: \(what); last status: \(String(describing: last))\n\(logs())"
+            )
         }
 
         // The leader answers, first; the standby it heard follows, with the same term seen.
@@ -183,6 +192,15 @@ struct ClusterStatusTests {
             $0.schedulers.count == 2 && $0.schedulers[1].logApplied >= leader.logApplied
         }
         #expect(caughtUp.schedulers[1].holder == standby.holder)
+        // `hangar top` shows both: the leader with its term and log position, the standby's lag.
+        let (top, topLog) = try startHangarDaemon(["top", "--once", "--nats", server.url], name: "top", in: directory)
+        let topDeadline = ContinuousClock.now + .seconds(20)
+        while top.isRunning, ContinuousClock.now < topDeadline { try await Task.sleep(for: .milliseconds(50)) }
+        if top.isRunning { kill(top.processIdentifier, SIGKILL) }
+        let frame = (try? String(contentsOf: topLog, encoding: .utf8)) ?? ""
+        let line = try #require(frame.split(separator: "\n").first { $0.hasPrefix("SCHEDULERS") }, "\(frame)")
+        #expect(line.contains("\(leader.id) leader term \(leader.term) log "), "\(line)")
+        #expect(line.contains("\(standby.id) standby lag "), "\(line)")
 
         // The standby dies: after three missed announcements it is no longer listed.
         let standbyProcess = standby.id.hasSuffix("pid \(first.processIdentifier)") ? first : second

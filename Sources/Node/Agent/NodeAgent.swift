@@ -230,6 +230,8 @@ public final class NodeAgent: Sendable {
         heartbeat.labels = config.labels
         heartbeat.health = .healthy
         heartbeat.version = hangarVersion
+        heartbeat.host = ProcessInfo.processInfo.hostName
+        heartbeat.natsServer = nats.connectedURL
         heartbeat.sentAtMs = unixMilliseconds()
         return heartbeat
     }

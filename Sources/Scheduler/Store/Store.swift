@@ -21,13 +21,16 @@ public final class Store: Sendable {
         pool = try DatabasePool(path: path, configuration: configuration)
         // Two schedulers sharing one new file migrate it at once: the slower one's migration
         // fails ("table … already exists") and is rolled back; once the faster one has committed,
-        // the migrator sees every migration applied.
+        // the migrator sees every migration applied. A lock the busy timeout cannot wait out (two
+        // transactions upgrading to write at once) is tried again the same way.
         var tries = 0
         while true {
             do {
                 try Self.migrator.migrate(pool)
                 break
-            } catch let error as DatabaseError where error.resultCode == .SQLITE_ERROR && tries < 50 {
+            } catch let error as DatabaseError
+                where [.SQLITE_ERROR, .SQLITE_BUSY].contains(error.resultCode) && tries < 50
+            {
                 tries += 1
                 usleep(100_000)
             }

@@ -264,6 +264,18 @@ public nonisolated struct Hangar_V1_NodeHeartbeat: @unchecked Sendable {
     set {_uniqueStorage()._sandboxes = newValue}
   }
 
+  /// the machine's host name
+  public var host: String {
+    get {_storage._host}
+    set {_uniqueStorage()._host = newValue}
+  }
+
+  /// the nats-server it is connected to (URL)
+  public var natsServer: String {
+    get {_storage._natsServer}
+    set {_uniqueStorage()._natsServer = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -801,7 +813,7 @@ nonisolated extension Hangar_V1_Capacity: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeHeartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}incarnation\0\u{1}sequence\0\u{1}capacity\0\u{1}runtimes\0\u{1}templates\0\u{1}labels\0\u{1}health\0\u{1}version\0\u{3}sent_at_ms\0\u{3}running_jobs\0\u{3}template_info\0\u{1}pools\0\u{1}sandboxes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}incarnation\0\u{1}sequence\0\u{1}capacity\0\u{1}runtimes\0\u{1}templates\0\u{1}labels\0\u{1}health\0\u{1}version\0\u{3}sent_at_ms\0\u{3}running_jobs\0\u{3}template_info\0\u{1}pools\0\u{1}sandboxes\0\u{1}host\0\u{3}nats_server\0")
 
   fileprivate class _StorageClass {
     var _nodeID: String = String()
@@ -818,6 +830,8 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
     var _templateInfo: [Hangar_V1_TemplateInfo] = []
     var _pools: [Hangar_V1_WarmPool] = []
     var _sandboxes: [String] = []
+    var _host: String = String()
+    var _natsServer: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -842,6 +856,8 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
       _templateInfo = source._templateInfo
       _pools = source._pools
       _sandboxes = source._sandboxes
+      _host = source._host
+      _natsServer = source._natsServer
     }
   }
 
@@ -874,6 +890,8 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
         case 12: try { try decoder.decodeRepeatedMessageField(value: &_storage._templateInfo) }()
         case 13: try { try decoder.decodeRepeatedMessageField(value: &_storage._pools) }()
         case 14: try { try decoder.decodeRepeatedStringField(value: &_storage._sandboxes) }()
+        case 15: try { try decoder.decodeSingularStringField(value: &_storage._host) }()
+        case 16: try { try decoder.decodeSingularStringField(value: &_storage._natsServer) }()
         default: break
         }
       }
@@ -928,6 +946,12 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
       if !_storage._sandboxes.isEmpty {
         try visitor.visitRepeatedStringField(value: _storage._sandboxes, fieldNumber: 14)
       }
+      if !_storage._host.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._host, fieldNumber: 15)
+      }
+      if !_storage._natsServer.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._natsServer, fieldNumber: 16)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -951,6 +975,8 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
         if _storage._templateInfo != rhs_storage._templateInfo {return false}
         if _storage._pools != rhs_storage._pools {return false}
         if _storage._sandboxes != rhs_storage._sandboxes {return false}
+        if _storage._host != rhs_storage._host {return false}
+        if _storage._natsServer != rhs_storage._natsServer {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -10,7 +10,8 @@ struct TopCommand: AsyncParsableCommand {
         discussion: """
             Per node: status, runtimes, slots, CPU and memory bars (used █ / reserved ▒ / free ·), warm
             pools. Per tenant: running, queued, share of the cluster against its fair share, rejections.
-            Cluster: jobs/s, latency p50/p99, queue depth, placement failures. Refreshes every second;
+            Cluster: jobs/s, latency p50/p99, queue depth, placement failures; the NATS streams and,
+            with a leader lease, every scheduler (term, store log position, standby lag). Refreshes every second;
             q (or Ctrl-C) quits. When stdout is not a terminal it prints plain frames; --once prints one.
             """
     )

@@ -36,7 +36,9 @@ struct TopRenderer {
             "",
         ]
         if let cluster {
-            lines += [natsLine(cluster), ""]
+            lines += [natsLine(cluster)]
+            if let schedulers = schedulerLine(cluster) { lines.append(schedulers) }
+            lines.append("")
         }
         lines += nodeLines(stats.nodes)
         lines.append("")
@@ -71,11 +73,31 @@ struct TopRenderer {
         return style.bold("NATS") + "  " + parts.joined(separator: "  ")
     }
 
+    /// `SCHEDULERS  vm pid 8 leader term 4 log 120  vm pid 9 standby lag 0`: with a leader lease,
+    /// every scheduler the answering one hears, its role and how far its store trails in the store
+    /// log (yellow past 100 entries, red past 1000). Nil for a single scheduler without a lease.
+    private func schedulerLine(_ cluster: Hangar_V1_ClusterStatusReply) -> String? {
+        guard let leader = cluster.schedulers.first, !leader.holder.isEmpty else { return nil }
+        var parts = [
+            "\(leader.id.terminalSafe) \(leader.role.terminalSafe) term \(leader.term) log \(leader.logApplied)"
+        ]
+        for standby in cluster.schedulers.dropFirst() {
+            let lag = cluster.storeLogLag(of: standby) ?? 0
+            let lagText = "lag \(lag)"
+            parts.append(
+                "\(standby.id.terminalSafe) \(standby.role.terminalSafe) "
+                    + (lag > 1000 ? style.red(lagText) : lag > 100 ? style.yellow(lagText) : lagText)
+            )
+        }
+        if cluster.schedulers.count == 1 { parts.append(style.yellow("no standby heard")) }
+        return style.bold("SCHEDULERS") + "  " + parts.joined(separator: "  ")
+    }
+
     private func nodeLines(_ nodes: [Hangar_V1_NodeInfo]) -> [String] {
         let barWidth = width >= 140 ? 20 : 10
         var rows = [
             [
-                "NODE", "STATUS", "RUNTIMES", "SLOTS U/R/T", "CPU used/resv/alloc", "MEMORY used/resv/total",
+                "NODE", "HOST", "STATUS", "RUNTIMES", "SLOTS U/R/T", "CPU used/resv/alloc", "MEMORY used/resv/total",
                 "POOLS ready/max", "SANDBOXES by tenant",
             ]
         ]
@@ -86,6 +108,7 @@ struct TopRenderer {
             let memoryTotal = Double(capacity.memoryBytes)
             rows.append([
                 heartbeat.nodeID.terminalSafe,
+                heartbeat.host.isEmpty ? "-" : heartbeat.host.terminalSafe,
                 style.state(nodeStateText(node)),
                 heartbeat.runtimes.filter(\.available).map(\.name).joined(separator: ",").terminalSafe,
                 "\(capacity.slotsUsed)/\(node.slotsReserved)/\(capacity.slotsTotal)",
@@ -99,7 +122,7 @@ struct TopRenderer {
                     ? "0" : "\(node.lastHeartbeat.sandboxes.count) (\(sandboxTenants(node)))".terminalSafe,
             ])
         }
-        if nodes.isEmpty { rows.append(["(no node has reported yet)", "", "", "", "", "", "", ""]) }
+        if nodes.isEmpty { rows.append(["(no node has reported yet)", "", "", "", "", "", "", "", ""]) }
         return formatTable(rows, style: style).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
     }
 
