@@ -111,6 +111,7 @@ let package = Package(
             dependencies: [
                 .product(name: "WasmKit", package: "WasmKit"),
                 .product(name: "WasmKitWASI", package: "WasmKit"),
+                .product(name: "WASI", package: "WasmKit"),
             ],
             path: "Sources/WasmWorker",
             // The Swift runtime linked in: the sandbox has the host's /usr, not the toolchain's libraries.

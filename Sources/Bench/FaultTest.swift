@@ -299,8 +299,11 @@ enum FaultTest {
             try network.cut(serverHost)
             try await Task.sleep(for: options.phase)
             try network.heal(serverHost)
+            // Healed, n3 may set off elections (it campaigned while cut off): the next fault
+            // waits until every stream it holds has a leader and every copy is current.
             try await bus.waitUntilHealthy(2)
-            say("healed nats-server n3's host; it has caught up")
+            try await bus.waitUntilStreamsSettled()
+            say("healed nats-server n3's host; its streams have settled")
         }
 
         for index in 0..<bus.urls.count {
@@ -313,7 +316,9 @@ enum FaultTest {
             // comes back after a second.
             try await Task.sleep(for: bus.urls.count == 1 ? .seconds(1) : options.phase)
             try await bus.restart(index)
-            say("\(name) restarted on \(bus.urls[index])")
+            // Caught up and every stream led again before the next server goes down.
+            try await bus.waitUntilStreamsSettled()
+            say("\(name) restarted on \(bus.urls[index]); its streams have settled")
         }
 
         try await Task.sleep(for: options.phase)
@@ -712,6 +717,11 @@ final class Bus: Sendable {
     /// Waits until cluster member `index` says it is current (a lone server: at once).
     func waitUntilHealthy(_ index: Int) async throws {
         try await cluster?.waitUntilHealthy(index)
+    }
+
+    /// Waits until every stream of the cluster has a leader that reports every copy current.
+    func waitUntilStreamsSettled() async throws {
+        try await cluster?.waitUntilStreamsSettled()
     }
 
     func crashAll() {

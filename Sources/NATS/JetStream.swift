@@ -167,6 +167,30 @@ public final class JetStream: @unchecked Sendable {
         }
     }
 
+    /// Sets the ack wait of durable consumer `durable` of `stream` to `ackWait` if it exists with
+    /// another (its other settings kept), so that binding it with `ackWait` is not refused as a
+    /// configuration mismatch: how a consumer made by an earlier version takes a new ack wait.
+    /// Returns whether it changed it; nothing happens when the consumer does not exist.
+    @discardableResult
+    public func setAckWait(stream: String, durable: String, to ackWait: Duration) async throws(NATSError) -> Bool {
+        let context = UncheckedPointer(self.context)
+        return try await runBlocking { () throws(NATSError) -> Bool in
+            var info: UnsafeMutablePointer<jsConsumerInfo>?
+            var code = jsErrCode(rawValue: 0)
+            let status = js_GetConsumerInfo(&info, context.pointer, stream, durable, nil, &code)
+            defer { if let info { jsConsumerInfo_Destroy(info) } }
+            if status == NATS_NOT_FOUND || code == JSConsumerNotFoundErr { return false }
+            try NATSError.check(status, "consumer info \(stream)/\(durable) [js error \(code.rawValue)]")
+            guard let config = info?.pointee.Config, config.pointee.AckWait != ackWait.nanoseconds else { return false }
+            config.pointee.AckWait = ackWait.nanoseconds
+            var updated: UnsafeMutablePointer<jsConsumerInfo>?
+            let update = js_UpdateConsumer(&updated, context.pointer, stream, config, nil, &code)
+            if let updated { jsConsumerInfo_Destroy(updated) }
+            try NATSError.check(update, "update consumer \(stream)/\(durable) [js error \(code.rawValue)]")
+            return true
+        }
+    }
+
     /// Binds a durable pull consumer on `subject` (created if missing) with explicit acks. With
     /// `stream`, libnats binds to that stream without looking it up by subject.
     public func pullSubscribe(

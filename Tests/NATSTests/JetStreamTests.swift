@@ -40,6 +40,33 @@ struct JetStreamTests {
         }
     }
 
+    @Test(
+        "a durable consumer made with one ack wait takes another through setAckWait; unchanged, binding it is refused"
+    )
+    func consumerAckWaitChanges() async throws {
+        try await withNATSServer { server in
+            let connection = try await connectForTest(server)
+            let js = try connection.jetStream()
+            try await js.ensureStream(JetStreamStreamConfig(name: "TEST_ACKWAIT", subjects: ["ackwait.>"]))
+            // No consumer yet: nothing to change.
+            #expect(try await js.setAckWait(stream: "TEST_ACKWAIT", durable: "old", to: .seconds(10)) == false)
+            _ = try await js.pullSubscribe("ackwait.>", durable: "old", stream: "TEST_ACKWAIT", ackWait: .seconds(30))
+            // Bound as it is with another ack wait: libnats refuses the mismatch.
+            await #expect(throws: NATSError.self) {
+                _ = try await js.pullSubscribe(
+                    "ackwait.>",
+                    durable: "old",
+                    stream: "TEST_ACKWAIT",
+                    ackWait: .seconds(10)
+                )
+            }
+            #expect(try await js.setAckWait(stream: "TEST_ACKWAIT", durable: "old", to: .seconds(10)) == true)
+            _ = try await js.pullSubscribe("ackwait.>", durable: "old", stream: "TEST_ACKWAIT", ackWait: .seconds(10))
+            #expect(try await js.setAckWait(stream: "TEST_ACKWAIT", durable: "old", to: .seconds(10)) == false)
+            await connection.close()
+        }
+    }
+
     @Test("fetchAvailable: what is ready, at most max; then nothing; a work queue drops what was acked")
     func fetchAvailable() async throws {
         try await withNATSServer { server in

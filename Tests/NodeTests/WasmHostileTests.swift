@@ -764,7 +764,7 @@ struct WasmHostileTests {
         let cases: [(module: String, message: String)] = [
             ("garbage", "cannot load the module"),
             ("truncated", "cannot load the module"),
-            ("empty", "cannot run the module"),
+            ("empty", "the module exports neither _start (a WASI command) nor run"),
             ("unknownimport", "cannot run the module"),
             ("thread", "cannot run the module"),
         ]

@@ -173,6 +173,7 @@ extension Scheduler {
         let jobID = item.jobID
         if abandonedIntake.remove(jobID) != nil {
             // Its publish timed out and the tenant was told it was not accepted.
+            discardedIntake.insert(jobID)
             writes.append(
                 .audit(
                     actor: "scheduler",

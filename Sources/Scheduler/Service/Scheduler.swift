@@ -76,6 +76,9 @@ public actor Scheduler {
     /// Jobs whose intake publish timed out (the tenant was refused): if the stream did store one,
     /// the intake consumer discards it instead of running it.
     var abandonedIntake: Set<String> = []
+    /// Jobs of `abandonedIntake` whose intake entry was then read and discarded (not run): a
+    /// retry of the same request id must not be answered with them.
+    var discardedIntake: Set<String> = []
     /// Jobs whose intake is being committed (a copy of their message delivered meanwhile waits).
     var committingIntake: Set<String> = []
     /// Why the last intake commit failed; new submissions are refused while it is set.
@@ -466,18 +469,27 @@ public actor Scheduler {
             return
         }
         if let published, published.duplicate, let key {
-            // Admitted before under this request id (another instance, or before a restart) and
-            // not yet in SQLite: answer with that job.
+            // Admitted before under this request id (another instance, before a restart, or an
+            // earlier try whose publish timed out) and not yet in SQLite: answer with that job.
+            let first = await originalJob(
+                sequence: published.sequence,
+                tenant: tenant,
+                requestID: submission.requestID
+            )
+            if let first, abandonedIntake.remove(first) != nil {
+                // The earlier try's publish timed out and the tenant was refused, but the stream
+                // kept it and has not delivered it yet: taken on after all, now that the tenant
+                // is told it was accepted.
+                logger.notice("intake publish stored after all; accepted on retry", metadata: ["job.id": "\(first)"])
+            } else if let first, await intakeWasDiscarded(first) {
+                // That copy was read and discarded as refused: this retry goes in on its own.
+                await republishAdmission(pending, replacing: first)
+                return
+            }
             let held = forget(id)?.pendingAcks ?? []
             handle(.intakeFailed(jobID: id))
             if byRequest[key] == id { byRequest.removeValue(forKey: key) }
-            guard
-                let original = await originalJob(
-                    sequence: published.sequence,
-                    tenant: tenant,
-                    requestID: submission.requestID
-                )
-            else {
+            guard let original = first else {
                 var rejection = Rejection(
                     .shuttingDown,
                     "",
@@ -510,6 +522,40 @@ public actor Scheduler {
             replyAccepted(replyTo, jobID: id, duplicate: false)
         }
         // Queued for placement once the intake consumer has committed it to SQLite (commitIntake).
+    }
+
+    /// Whether job `jobID`'s intake entry was read and discarded because its tenant had been
+    /// refused (its publish timed out): this process remembers it, or the store audited it.
+    func intakeWasDiscarded(_ jobID: String) async -> Bool {
+        if discardedIntake.contains(jobID) { return true }
+        guard (try? await store.job(id: jobID)) == nil else { return false }
+        let events = (try? await store.auditEvents(jobID: jobID)) ?? []
+        return events.contains { $0.event == "intake.abandoned" }
+    }
+
+    /// A retry whose request id the intake stream still holds under a job that was refused and
+    /// discarded: published again under a message id of its own (`<key>/<job>`), so the stream
+    /// stores it, then settled as any admission.
+    func republishAdmission(_ pending: PendingAdmission, replacing discarded: String) async {
+        logger.notice(
+            "request id refused earlier and its entry discarded; this retry goes in on its own",
+            metadata: ["job.id": "\(pending.id)", "discarded": "\(discarded)"]
+        )
+        let outcome: Result<JetStreamPublishAck, any Error>
+        do {
+            outcome = .success(
+                try await publishIntake(
+                    pending.encoded,
+                    tenant: pending.submission.tenant,
+                    jobID: pending.id,
+                    trace: pending.trace,
+                    messageID: (pending.key ?? "") + "/" + pending.id
+                )
+            )
+        } catch {
+            outcome = .failure(error)
+        }
+        await settleAdmission(pending, outcome)
     }
 
     func placementRequest(for submission: ValidatedSubmission, jobID: String) -> PlacementRequest {

@@ -38,6 +38,11 @@ enum SchedulerStreams {
     /// Messages pulled per fetch.
     static let batch = 256
 
+    /// How long a pulled message may go unacknowledged before the stream delivers it again (see
+    /// `consume`): longer than a commit takes, even during a stream election (4-9 s), and short
+    /// enough that a message pulled into a dead connection waits well inside a queue deadline.
+    static let ackWait = Duration.seconds(10)
+
     /// Batches of one stream handed to the store and not yet committed, at most.
     static let commitsInFlight = 4
 
@@ -67,11 +72,20 @@ extension Scheduler {
         while !Task.isCancelled {
             do {
                 try await jetStream.ensureStream(config)
+                // A pull answered into a connection that then died (its server cut off) is
+                // delivered again after the ack wait: kept short, so such a submission or result
+                // waits seconds, not half a minute. A message still being committed when it comes
+                // again is asked for later (`takeIntake`), so a short wait never runs one twice.
+                try await jetStream.setAckWait(
+                    stream: config.name,
+                    durable: Streams.consumer,
+                    to: SchedulerStreams.ackWait
+                )
                 let consumer = try await jetStream.pullSubscribe(
                     config.subjects[0],
                     durable: Streams.consumer,
                     stream: config.name,
-                    ackWait: .seconds(30)
+                    ackWait: SchedulerStreams.ackWait
                 )
                 bound = consumer
                 if !lastProblem.isEmpty {
