@@ -174,16 +174,30 @@ struct LeaderLeaseClusterTests {
             "the holder was never suspended, or nobody leads again"
         )
         let since = Array(after.changes.dropFirst(changesBefore))
-        // Suspended while nobody could write the key, then leading again, in the same term; the
-        // other never led.
-        #expect(after.leaders.map(\.0) == [holder] && after.leaders.map(\.1) == [term], "\(since)")
-        #expect(!since.contains { $0.holder != holder && $0.role.isLeader }, "\(since)")
+        // Suspended while nobody could write the key; never two leaders at once.
         #expect(after.maxLeadersAtOnce == 1, "\(after.changes)")
-        let back = try #require(since.last { $0.holder == holder && $0.role.isLeader })
         let suspended = try #require(since.first { $0.holder == holder && $0.role == .suspended(term: term) })
-        print(
-            "lease election test: suspended \(suspended.at - killedAt) after the kill, leading again after \(back.at - killedAt)"
-        )
+        if after.leaders.map(\.0) == [holder] {
+            // Usually: the holder takes its own record back, in the same term, and the other
+            // never led.
+            #expect(after.leaders.map(\.1) == [term], "\(since)")
+            #expect(!since.contains { $0.holder != holder && $0.role.isLeader }, "\(since)")
+            let back = try #require(since.last { $0.holder == holder && $0.role.isLeader })
+            print(
+                "lease election test: suspended \(suspended.at - killedAt) after the kill, leading again after \(back.at - killedAt)"
+            )
+        } else {
+            // Sometimes the other's write lands first once the bucket has a leader again (it
+            // waited out the lease and the margin by its own clock): it leads in a higher term,
+            // and the suspended holder never leads again (README, "Cluster"; BENCHMARKS run 3).
+            let other = try #require(after.leaders.first, "\(since)")
+            #expect(other.0 != holder && other.1 > term, "\(since)")
+            let taken = try #require(since.firstIndex { $0.holder == other.0 && $0.role.isLeader })
+            #expect(!since[taken...].contains { $0.holder == holder && $0.role.isLeader }, "\(since)")
+            print(
+                "lease election test: suspended \(suspended.at - killedAt) after the kill; the other led first, after \(since[taken].at - killedAt)"
+            )
+        }
 
         for run in runs { run.cancel() }
         for run in runs { await run.value }
