@@ -281,29 +281,28 @@ enum FaultTest {
         say("node f1 restarted")
 
         if let network, let nodeHost = nodeHosts?[1], let serverHost = serverHosts?[2] {
-            // Node f2's host is cut off for a phase: declared down after TTL + grace, its jobs
-            // retried elsewhere; healed, it reconnects, and its late results are only audited.
-            try await Task.sleep(for: options.phase)
-            faults.append(("partition of node f2's host", .now))
-            say("cut off node f2's host")
-            try network.cut(nodeHost)
-            try await Task.sleep(for: options.phase)
-            try network.heal(nodeHost)
-            say("healed node f2's host")
-            // nats-server n3's host is cut off for a phase: the other two keep a majority of
-            // every stream; the clients connected to n3 reconnect to them. Healed, n3 catches up
-            // before the next fault (another server down with n3 behind would leave no majority).
-            try await Task.sleep(for: options.phase)
-            faults.append(("partition of nats-server n3's host", .now))
-            say("cut off nats-server n3's host")
-            try network.cut(serverHost)
-            try await Task.sleep(for: options.phase)
-            try network.heal(serverHost)
+            /// After a phase, `host`'s link is cut for a phase, then healed.
+            func partition(_ host: TestNetwork.Host, _ name: String) async throws {
+                try await Task.sleep(for: options.phase)
+                faults.append(("partition of \(name)'s host", .now))
+                say("cut off \(name)'s host")
+                try network.cut(host)
+                try await Task.sleep(for: options.phase)
+                try network.heal(host)
+                say("healed \(name)'s host")
+            }
+            // Node f2's host: declared down after TTL + grace, its jobs retried elsewhere;
+            // healed, it reconnects, and its late results are only audited.
+            try await partition(nodeHost, "node f2")
+            // nats-server n3's host: the other two keep a majority of every stream; the clients
+            // connected to n3 reconnect to them. Healed, n3 catches up before the next fault
+            // (another server down with n3 behind would leave no majority).
+            try await partition(serverHost, "nats-server n3")
             // Healed, n3 may set off elections (it campaigned while cut off): the next fault
             // waits until every stream it holds has a leader and every copy is current.
             try await bus.waitUntilHealthy(2)
             try await bus.waitUntilStreamsSettled()
-            say("healed nats-server n3's host; its streams have settled")
+            say("nats-server n3's streams have settled")
         }
 
         for index in 0..<bus.urls.count {

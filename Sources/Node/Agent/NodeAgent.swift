@@ -9,6 +9,8 @@ import Synchronization
 public final class NodeAgent: Sendable {
     public let config: NodeConfig
     let nats: NATSConnection
+    /// The machine's host name for heartbeats, read once (Foundation may resolve it).
+    let hostName = ProcessInfo.processInfo.hostName
     private let runtimes: [String: any Runtime]
     let logger: Logger
     let incarnation: String
@@ -230,7 +232,7 @@ public final class NodeAgent: Sendable {
         heartbeat.labels = config.labels
         heartbeat.health = .healthy
         heartbeat.version = hangarVersion
-        heartbeat.host = ProcessInfo.processInfo.hostName
+        heartbeat.host = hostName
         heartbeat.natsServer = nats.connectedURL
         heartbeat.sentAtMs = unixMilliseconds()
         return heartbeat
