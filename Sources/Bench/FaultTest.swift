@@ -120,6 +120,10 @@ enum FaultTest {
                         : [
                             "--config", deploy.appendingPathComponent("cluster/scheduler.yaml").path, "--metrics-port",
                             "0",
+                            // A nats-server's loss stalls commits for one Raft election or two (4-16 s
+                            // in our runs) and this test causes one every 12 s: the backlog must not
+                            // meet the queue deadline (30 s from submission), which is not under test.
+                            "--queue-timeout", "120",
                         ]),
                 log: directory.appendingPathComponent(
                     options.natsServers == 1 ? "scheduler.log" : "scheduler-s\(number).log"
@@ -465,6 +469,12 @@ enum FaultTest {
                 "     late results of attempts cut off with node f2, audited only (fenced by attempt number): \(late)"
             )
         }
+        let unlisted = try await stores[0].auditEvents().filter {
+            $0.event == "attempt.ended" && $0.detail.contains("has not listed")
+        }
+        print(
+            "     attempts lost because their node, up, stopped listing them (assignment or result gone missing): \(unlisted.count)\(unlisted.first.map { " (\($0.detail))" } ?? "")"
+        )
         print(
             "results seen on hangar.result.load.>: \(deliveries.count) of \(acknowledged.count) (core NATS: a result published while the server was down may not be delivered; it is stored)"
         )

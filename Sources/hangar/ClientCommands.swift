@@ -11,12 +11,18 @@ typealias SwiftProtobufMessage = SwiftProtobuf.Message
 struct JobSpecOptions: ParsableArguments {
     @Option(help: "Tenant to submit as. Env: HANGAR_TENANT. Default: the context's, else default.")
     var tenant: String?
-    @Option(help: "Runtime: process (bubblewrap), container (runc), gvisor (runsc), null.")
+    @Option(
+        help: "Runtime: process (bubblewrap), container (runc), gvisor (runsc), microvm (qemu), wasm (WasmKit), null."
+    )
     var runtime: String = "process"
     @Option(help: "Template (root filesystem) to run in; see `hangar template list` on a node.")
     var template: String = "host"
     @Option(help: "Wall-clock limit in seconds (default: the scheduler's, 10 s).")
     var timeout: Double?
+    @Option(help: "Memory limit in MiB (default: the node's for the runtime).")
+    var memoryMib: UInt64?
+    @Option(help: "CPU share in thousandths of a core, 1000 = one core (default: the node's).")
+    var cpuMillis: UInt32?
     @Option(name: .customLong("env"), help: "Environment variable KEY=VALUE for the job (repeatable).")
     var env: [String] = []
     @Option(help: "Working directory inside the sandbox.")
@@ -61,6 +67,16 @@ struct JobSpecOptions: ParsableArguments {
                 throw ValidationError("--timeout must be between 0 and 86400 seconds")
             }
             request.limits.timeoutMs = UInt32((timeout * 1000).rounded(.up))
+        }
+        if let memoryMib {
+            guard memoryMib > 0, memoryMib <= 1 << 20 else { throw ValidationError("--memory-mib must be 1...1048576") }
+            request.limits.memoryBytes = memoryMib << 20
+        }
+        if let cpuMillis {
+            guard cpuMillis > 0, cpuMillis <= 1_000_000 else {
+                throw ValidationError("--cpu-millis must be 1...1000000 (1000 = one core)")
+            }
+            request.limits.cpuMillis = cpuMillis
         }
         request.env = try parseLabels(env, flag: "--env")
         if let cwd { request.cwd = cwd }

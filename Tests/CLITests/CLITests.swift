@@ -118,7 +118,9 @@ struct CLITests {
         }
     }
 
-    @Test("run --file-out saves the job's files with --out-dir; a bad --network is a usage error; grants are sent")
+    @Test(
+        "run --file-out saves the job's files with --out-dir; a bad --network is a usage error; grants and limits are sent"
+    )
     func filesOut() async throws {
         try await withCLICluster { cluster in
             let out = FileManager.default.temporaryDirectory.appendingPathComponent("hangar-cli-out-\(UUID())")
@@ -147,6 +149,21 @@ struct CLITests {
             #expect(granted.status == 1)
             #expect(granted.stderr.contains("grants.allow_read[0]"), "\(granted.stderr)")
             #expect(granted.stderr.contains("'/srv'"), "\(granted.stderr)")
+
+            // Limits travel too: within the scheduler's maxima a job runs, above them it is refused
+            // naming the limit (8 GiB of memory, 16 cores by default).
+            let limited = try await cluster.hangar([
+                "run", "--memory-mib", "64", "--cpu-millis", "500", "--", "/bin/true",
+            ])
+            #expect(limited.status == 0, "\(limited.stderr)")
+            let tooMuchMemory = try await cluster.hangar(["run", "--memory-mib", "9000", "--", "/bin/true"])
+            #expect(tooMuchMemory.status == 1)
+            #expect(tooMuchMemory.stderr.contains("memory_bytes"), "\(tooMuchMemory.stderr)")
+            let tooMuchCPU = try await cluster.hangar(["submit", "--cpu-millis", "20000", "--", "/bin/true"])
+            #expect(tooMuchCPU.status == 1)
+            #expect(tooMuchCPU.stderr.contains("cpu_millis"), "\(tooMuchCPU.stderr)")
+            let zero = try await cluster.hangar(["run", "--memory-mib", "0", "--", "/bin/true"])
+            #expect(zero.status == 1 && zero.stderr.contains("--memory-mib must be"), "\(zero.stderr)")
         }
     }
 

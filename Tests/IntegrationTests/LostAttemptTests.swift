@@ -192,6 +192,33 @@ struct LostAttemptTests {
         }
     }
 
+    @Test(
+        "an attempt acknowledged by a node that keeps heartbeating without listing it is lost after the grace and retried"
+    )
+    func unlistedAttemptRetried() async throws {
+        // The stand-in node acknowledges every assignment and never lists one in its heartbeats:
+        // as if the assignment had vanished on the node, or its result before the stream.
+        let settings = SchedulerSettings(unlistedGrace: .seconds(1))
+        try await withCluster(nodes: 0, settings: settings) { cluster in
+            let node = try await SilentNode(server: cluster.server.url, nodeID: "silent-4")
+            defer { Task { await node.close() } }
+            try await cluster.waitForNodes(1)
+            let id = try await submit(cluster)
+            let acked = try await node.waitForAssignments(2)
+            #expect(acked.map(\.jobID) == [id, id] && acked.map(\.attempt) == [1, 2])
+            let events = try await cluster.scheduler.store.auditEvents(jobID: id)
+            let lost = events.first { $0.event == "attempt.ended" }
+            #expect(
+                lost?.detail.contains("attempt 1 LOST: node silent-4 has not listed attempt 1") == true,
+                "\(events)"
+            )
+            #expect(try await job(cluster, id) == nil, "the job ended instead of being retried")
+            try await node.report(id, attempt: 2, stdout: "retried")
+            let result = try await waitForResult(cluster, id)
+            #expect(result.status == .succeeded && result.attempt == 2)
+        }
+    }
+
     @Test("a job no node can take before its queue deadline ends EXPIRED, not REJECTED")
     func queueDeadlineExpires() async throws {
         let settings = SchedulerSettings(queueTimeout: .seconds(1))

@@ -271,6 +271,7 @@ struct SchedulerSettings {
     var nodeGrace: Duration?
     var tenantsFile: String?
     var queueTimeout: Duration?
+    var unlistedGrace: Duration?
     /// false: the scheduler leaves submissions in the intake stream (dies before its SQLite commit).
     var consumeIntake = true
 
@@ -280,5 +281,6 @@ struct SchedulerSettings {
         if let nodeGrace { config.nodeGrace = nodeGrace }
         if let tenantsFile { config.tenantsFile = tenantsFile }
         if let queueTimeout { config.queueTimeout = queueTimeout }
+        if let unlistedGrace { config.unlistedGrace = unlistedGrace }
     }
 }

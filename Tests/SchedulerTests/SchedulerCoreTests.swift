@@ -226,6 +226,46 @@ struct SchedulerCoreTests {
         #expect(actions == [.log(.finished(jobID: "j", outcome))], "\(actions)")
     }
 
+    @Test(
+        "an attempt its heartbeating node stops listing is lost after the grace and retried; one it lists as reporting its result is not"
+    )
+    func unlistedAttemptLost() {
+        var core = running("j")
+        _ = core.handle(.assignAnswered(jobID: "j", attempt: 1, refusal: nil), now: at(0.01))
+        _ = core.handle(.admitted(spec("k")), now: at(0.02))
+        let placed = core.handle(.intakeCommitted(jobID: "k"), now: at(0.02))
+        #expect(placed.contains(.assign(jobID: "k", attempt: 1, nodeID: "n1")), "\(placed)")
+        _ = core.handle(.assignAnswered(jobID: "k", attempt: 1, refusal: nil), now: at(0.03))
+        // n1 keeps heartbeating: it lists k (ended, its result on its way), never j.
+        var reporting = heartbeat()
+        reporting.reportingJobs = ["k/1"]
+        var lostAt: Double?
+        var retried = false
+        for step in 1...90 {
+            let t = Double(step) / 2
+            var actions = core.handle(.tick, now: at(t))
+            if step % 2 == 0 { actions += core.handle(.heartbeat(nodeID: "n1", reporting), now: at(t + 0.1)) }
+            for action in actions {
+                switch action {
+                case .log(.attemptLost(let id, let attempt, let node, let reason)):
+                    #expect(id == "j" && attempt == 1 && node == "n1", "\(action)")
+                    #expect(reason.contains("has not listed attempt 1"), "\(reason)")
+                    #expect(lostAt == nil, "lost twice")
+                    lostAt = t
+                case .assign(let id, let attempt, _):
+                    #expect(id == "j" && attempt == 2, "\(action)")
+                    retried = true
+                default:
+                    break
+                }
+            }
+        }
+        // First missed at the tick of 0.5 s; lost at the first check 30 s later.
+        #expect(lostAt.map { $0 >= 30.5 && $0 <= 32 } == true, "lost at \(String(describing: lostAt))")
+        #expect(retried, "the lost attempt was not retried")
+        #expect(core.jobs["k"]?.phase == .running(attempt: 1, node: "n1", admitted: true))
+    }
+
     @Test("a node that lists an attempt the core does not own is told to kill it")
     func reconcile() {
         var core = running("j")

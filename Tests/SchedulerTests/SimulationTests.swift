@@ -34,12 +34,13 @@ struct SimulationTests {
     }
 
     @Test(
-        "200 seeds of node crashes, restarts and pauses, scheduler restarts, lost answers, failed commits, duplicated and late results: every job and sandbox ends exactly once"
+        "200 seeds of node crashes, restarts and pauses, scheduler restarts, lost answers, vanished attempts, failed commits, duplicated and late results: every job and sandbox ends exactly once"
     )
     func faultHistories() async throws {
         var totals: [Hangar_V1_JobStatus: Int] = [:]
         var restarts = 0
         var restored = 0
+        var vanished = 0
         var sandboxes: [SandboxEnd.Reason: Int] = [:]
         let reports: [Simulator.Report]
         do {
@@ -52,6 +53,7 @@ struct SimulationTests {
             for (status, count) in report.ended { totals[status, default: 0] += count }
             restarts += report.schedulerRestarts
             restored += report.restoredJobs
+            vanished += report.vanishedAttempts
             for (reason, count) in report.sandboxesEnded { sandboxes[reason, default: 0] += count }
         }
         // The histories did exercise the faults: some jobs were retried to success, some lost.
@@ -59,6 +61,9 @@ struct SimulationTests {
         #expect((totals[.lost] ?? 0) > 0, "no history lost a job: the faults are too mild to mean anything")
         #expect((totals[.expired] ?? 0) > 0, "no history reached a queue deadline")
         #expect(restarts > 0 && restored > 0, "no scheduler restart took over unfinished jobs from its store")
+        // Attempts that vanished after their node acknowledged them still ended (the run checks
+        // every job ends): their absence from the heartbeats had them lost and retried.
+        #expect(vanished > 0, "no history made an acknowledged attempt vanish")
         // Stateful sandboxes ended every way there is: killed, timed out, lost with a node, failed
         // to start, died on their node.
         for reason in [SandboxEnd.Reason.killed, .timedOut, .lost, .failed, .died] {

@@ -15,6 +15,10 @@ public final class NodeAgent: Sendable {
     let logger: Logger
     let incarnation: String
     private let running = Mutex<[String: Task<Void, Never>]>([:])
+    /// Attempts ("<job>/<attempt>") that ended here and whose result is not yet in the results
+    /// stream: heartbeats list them, so the scheduler knows they are not lost (see
+    /// `reporting_jobs`).
+    private let reporting = Mutex<Set<String>>([])
     private let probes = Mutex<[String: RuntimeProbe]>([:])
     private let sequence = Atomic<UInt64>(0)
     /// Set once the first heartbeat went out.
@@ -210,6 +214,7 @@ public final class NodeAgent: Sendable {
         let jobs = running.withLock { Array($0.keys) }
         heartbeat.capacity.slotsUsed = UInt32(jobs.count + sandboxSlotsUsed)
         heartbeat.runningJobs = jobs.sorted()
+        heartbeat.reportingJobs = reporting.withLock { $0.sorted() }
         heartbeat.sandboxes = sandboxHost?.sandboxIDs.sorted() ?? []
         heartbeat.runtimes = probes.withLock { probes in
             probes.sorted { $0.key < $1.key }.map { name, probe in
@@ -382,8 +387,12 @@ public final class NodeAgent: Sendable {
                 await runtime.run(assignment.spec, jobID: assignment.jobID)
             }
         }
+        // Listed as reporting before it leaves the running set: a heartbeat built meanwhile lists
+        // it in one or the other (it reads running first).
+        reporting.withLock { _ = $0.insert(key) }
         running.withLock { _ = $0.removeValue(forKey: key) }
         await report(outcome, for: assignment)
+        reporting.withLock { _ = $0.remove(key) }
     }
 
     /// Publishes the job's output chunks on `hangar.logs.<tenant>.<job>` as they are read (best

@@ -67,6 +67,13 @@ public struct LostAttempt: Sendable, Equatable {
     public var node: String
 }
 
+/// An attempt its node's heartbeats stopped listing, first missed at `since`.
+struct UnlistedAttempt: Sendable, Equatable {
+    var attempt: UInt32
+    var node: String
+    var since: ContinuousClock.Instant
+}
+
 /// Where a job is. Each case carries what only that phase has, so no combination of flags can say
 /// two things at once (a job cannot be queued and hold a reservation, or finish twice).
 public enum JobPhase: Sendable, Equatable {

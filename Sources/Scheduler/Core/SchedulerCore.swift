@@ -24,6 +24,11 @@ public struct SchedulerCore: Sendable {
         public var endedMemory = 100_000
         /// How long a sandbox creation waits for a node with room before it fails.
         public var sandboxCreateTimeout: Duration = .seconds(10)
+        /// How long an attempt may go unlisted by the heartbeats of its node (which is up, and
+        /// lists what it runs and what it is still reporting) before it is declared LOST: its
+        /// assignment or its result went missing. Longer than a result takes from the node's
+        /// PubAck to the core, redelivery after the results consumer's ack wait (10 s) included.
+        public var unlistedGrace: Duration = .seconds(30)
 
         public init() {}
     }
@@ -43,6 +48,10 @@ public struct SchedulerCore: Sendable {
     private var drainDeadlines: [String: ContinuousClock.Instant] = [:]
     /// When restored attempts must have been confirmed by their nodes (see ``JobPhase/restored``).
     private var recoveryDeadline: ContinuousClock.Instant?
+    /// Attempts their node's latest heartbeat did not list, and since when (see `checkUnlisted`).
+    private var unlisted: [String: UnlistedAttempt] = [:]
+    /// When `checkUnlisted` runs next (once a second is enough against a grace of seconds).
+    private var nextUnlistedCheck: ContinuousClock.Instant?
     /// When the last tick ran: a gap much longer than the tick interval is a pause of the
     /// scheduler itself (see `excusePause`).
     private var lastTick: ContinuousClock.Instant?
@@ -283,6 +292,7 @@ public struct SchedulerCore: Sendable {
         guard let last = lastTick, now - last > Self.pauseThreshold else { return }
         let pause = now - last - Self.tickInterval
         cluster.excuse(pause, now: now)
+        unlisted.removeAll()  // heartbeats it could not hear may have listed them
         actions.append(.paused(pause))
     }
 
@@ -298,6 +308,7 @@ public struct SchedulerCore: Sendable {
             )
             loseAttempts(on: node, reason: "node \(node) stopped sending heartbeats", now: now, &actions)
         }
+        checkUnlisted(now: now, &actions)
         for (node, deadline) in drainDeadlines.sorted(by: { $0.key < $1.key }) where deadline <= now {
             drainDeadlines[node] = nil
             actions.append(.log(.drainDeadlinePassed(nodeID: node)))
@@ -366,6 +377,42 @@ public struct SchedulerCore: Sendable {
                     &actions
                 )
             }
+        }
+    }
+
+    /// Declares LOST every attempt whose node, up and heartbeating, has not listed it (neither
+    /// running nor reporting its result) for `config.unlistedGrace`: its assignment or its result
+    /// went missing, and without this the job would wait for ever. It is retried by its policy; a
+    /// result of it that still comes counts while no later attempt was sent. A silent node is not
+    /// judged here (its attempts are lost when it is declared down), nor a restored attempt
+    /// (`settleRestored` confirms those).
+    private mutating func checkUnlisted(now: ContinuousClock.Instant, _ actions: inout [CoreAction]) {
+        if let next = nextUnlistedCheck, now < next { return }
+        nextUnlistedCheck = now + .seconds(1)
+        var stillUnlisted: [String: UnlistedAttempt] = [:]
+        var overdue: [String] = []
+        for (id, job) in jobs {
+            guard case .running(let attempt, let node, _) = job.phase, cluster.isUp(node),
+                let record = cluster.records[node]
+            else { continue }
+            let key = "\(id)/\(attempt)"
+            if record.heartbeat.runningJobs.contains(key) || record.heartbeat.reportingJobs.contains(key) { continue }
+            let known = unlisted[id].flatMap { $0.attempt == attempt && $0.node == node ? $0 : nil }
+            let since = known?.since ?? now
+            stillUnlisted[id] = UnlistedAttempt(attempt: attempt, node: node, since: since)
+            // A heartbeat that came after it was first missed still does not list it.
+            if now - since >= config.unlistedGrace && record.lastSeen > since { overdue.append(id) }
+        }
+        unlisted = stillUnlisted
+        for id in overdue.sorted() {
+            guard let missed = unlisted.removeValue(forKey: id) else { continue }
+            lose(
+                id,
+                reason:
+                    "node \(missed.node) has not listed attempt \(missed.attempt) as running or reporting for \(config.unlistedGrace): its assignment or its result went missing",
+                now: now,
+                &actions
+            )
         }
     }
 

@@ -7,7 +7,8 @@ import HeapModule
 /// replays the same history exactly; a failure names its seed and step.
 ///
 /// Faults: nodes that crash (never report), restart (a new incarnation), or pause (stop heartbeating,
-/// then deliver their results late); assignment answers lost (the shell's timeout refuses them while
+/// then deliver their results late); attempts acknowledged and then vanished (never run, never
+/// reported: only the heartbeats no longer listing them tell); assignment answers lost (the shell's timeout refuses them while
 /// the node may still run the job); results delivered twice or late; slow and failed store commits;
 /// cancels; and scheduler restarts: the core is thrown away with everything in flight to it, and a
 /// new one is rebuilt from what the simulated store holds (``CoreEvent/restored(_:attempt:node:)``),
@@ -52,6 +53,8 @@ public struct Simulator {
         /// How the sandboxes ended.
         public var sandboxesEnded: [SandboxEnd.Reason: Int] = [:]
         public var restoredJobs = 0
+        /// Attempts acknowledged by their node that then vanished (never ran, never reported).
+        public var vanishedAttempts = 0
     }
 
     private enum Happening {
@@ -148,6 +151,7 @@ public struct Simulator {
     private static func newCore(_ settings: Settings) -> SchedulerCore {
         var config = SchedulerCore.Config()
         config.queueTimeout = settings.queueTimeout
+        config.unlistedGrace = .seconds(10)  // scaled down, as the node TTL
         return SchedulerCore(config: config, cluster: ClusterState(ttl: .seconds(3), grace: .seconds(2)))
     }
 
@@ -384,6 +388,12 @@ public struct Simulator {
                     )
                 } else if node.alive {
                     schedule(toCore: .assignAnswered(jobID: jobID, attempt: attempt, refusal: nil), in: millis(1))
+                    if settings.faults && random.next(below: 40) == 0 {
+                        // Acknowledged, then gone without a trace (the node lost it, or its result
+                        // never reached the stream): only its absence from the heartbeats tells.
+                        report.vanishedAttempts += 1
+                        continue
+                    }
                 } else {
                     schedule(
                         toCore: .assignAnswered(jobID: jobID, attempt: attempt, refusal: "timeout"),

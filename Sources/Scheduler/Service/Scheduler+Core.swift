@@ -46,7 +46,15 @@ extension Scheduler {
 
     /// Sends the job's attempt to the node (grouped with the others of this round).
     func assign(_ jobID: String, attempt: UInt32, on nodeID: String) {
-        guard var entry = jobs[jobID] else { return }
+        guard var entry = jobs[jobID] else {
+            // Cannot happen: the core places only jobs the shell admitted. Should it, the core
+            // loses the attempt once its node's heartbeats have not listed it for a while.
+            logger.error(
+                "an assignment for a job this scheduler holds no entry of was not sent",
+                metadata: ["job.id": "\(jobID)", "attempt": "\(attempt)", "node.id": "\(nodeID)"]
+            )
+            return
+        }
         guard config.holdsLease?() ?? true else {
             hold(.assignment(jobID: jobID, attempt: attempt, nodeID: nodeID))
             return

@@ -110,6 +110,7 @@ public actor Scheduler {
         self.replyRule = ReplySubjectRule(ownInboxOnly: nats.options.inboxPrefix == Principal.scheduler.inboxPrefix)
         var core = SchedulerCore.Config()
         core.queueTimeout = config.queueTimeout
+        core.unlistedGrace = config.unlistedGrace
         core.placementPolicy = config.placementPolicy
         core.tenants = config.tenants
         self.core = SchedulerCore(
@@ -447,8 +448,9 @@ public actor Scheduler {
         var published: JetStreamPublishAck?
         do {
             published = try outcome.get()
-        } catch  where core.isCommitted(id) {
-            // The PubAck was lost, but the intake consumer has the job in SQLite already: accepted.
+        } catch  where core.isCommitted(id) || committingIntake.contains(id) {
+            // The PubAck was lost, but the intake consumer has the job in the store already, or is
+            // storing it (if that commit fails, the entry is delivered again): accepted.
             logger.warning("intake publish unconfirmed but committed", metadata: ["job.id": "\(id)"])
         } catch {
             let held = forget(id)?.pendingAcks ?? []

@@ -5,8 +5,11 @@ public struct SchedulerConfig: Sendable {
     /// A node whose last heartbeat is older than `nodeTTL + nodeGrace` is down; its attempts are LOST.
     public var nodeTTL: Duration = .seconds(3)
     public var nodeGrace: Duration = .seconds(2)
-    /// How long a job may wait for capacity before it is rejected with `no_capacity`.
+    /// How long a job may wait for capacity (from its submission) before it ends `EXPIRED`.
     public var queueTimeout: Duration = .seconds(30)
+    /// How long an attempt may go unlisted by the heartbeats of its node (up, heartbeating) before
+    /// it is declared LOST and retried: its assignment or its result went missing.
+    public var unlistedGrace: Duration = .seconds(30)
     /// How long a node has to answer an assignment.
     public var assignTimeout: Duration = .seconds(2)
     /// Spread load across nodes, or pack it onto as few as possible.

@@ -276,6 +276,13 @@ public nonisolated struct Hangar_V1_NodeHeartbeat: @unchecked Sendable {
     set {_uniqueStorage()._natsServer = newValue}
   }
 
+  /// "<job>/<attempt>" that ended here and whose result is not yet stored in the results stream
+  /// (the scheduler counts them as still held by the node, not as vanished).
+  public var reportingJobs: [String] {
+    get {_storage._reportingJobs}
+    set {_uniqueStorage()._reportingJobs = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -813,7 +820,7 @@ nonisolated extension Hangar_V1_Capacity: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".NodeHeartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}incarnation\0\u{1}sequence\0\u{1}capacity\0\u{1}runtimes\0\u{1}templates\0\u{1}labels\0\u{1}health\0\u{1}version\0\u{3}sent_at_ms\0\u{3}running_jobs\0\u{3}template_info\0\u{1}pools\0\u{1}sandboxes\0\u{1}host\0\u{3}nats_server\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}incarnation\0\u{1}sequence\0\u{1}capacity\0\u{1}runtimes\0\u{1}templates\0\u{1}labels\0\u{1}health\0\u{1}version\0\u{3}sent_at_ms\0\u{3}running_jobs\0\u{3}template_info\0\u{1}pools\0\u{1}sandboxes\0\u{1}host\0\u{3}nats_server\0\u{3}reporting_jobs\0")
 
   fileprivate class _StorageClass {
     var _nodeID: String = String()
@@ -832,6 +839,7 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
     var _sandboxes: [String] = []
     var _host: String = String()
     var _natsServer: String = String()
+    var _reportingJobs: [String] = []
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -858,6 +866,7 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
       _sandboxes = source._sandboxes
       _host = source._host
       _natsServer = source._natsServer
+      _reportingJobs = source._reportingJobs
     }
   }
 
@@ -892,6 +901,7 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
         case 14: try { try decoder.decodeRepeatedStringField(value: &_storage._sandboxes) }()
         case 15: try { try decoder.decodeSingularStringField(value: &_storage._host) }()
         case 16: try { try decoder.decodeSingularStringField(value: &_storage._natsServer) }()
+        case 17: try { try decoder.decodeRepeatedStringField(value: &_storage._reportingJobs) }()
         default: break
         }
       }
@@ -952,6 +962,9 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
       if !_storage._natsServer.isEmpty {
         try visitor.visitSingularStringField(value: _storage._natsServer, fieldNumber: 16)
       }
+      if !_storage._reportingJobs.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._reportingJobs, fieldNumber: 17)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -977,6 +990,7 @@ nonisolated extension Hangar_V1_NodeHeartbeat: SwiftProtobuf.Message, SwiftProto
         if _storage._sandboxes != rhs_storage._sandboxes {return false}
         if _storage._host != rhs_storage._host {return false}
         if _storage._natsServer != rhs_storage._natsServer {return false}
+        if _storage._reportingJobs != rhs_storage._reportingJobs {return false}
         return true
       }
       if !storagesAreEqual {return false}
