@@ -156,6 +156,17 @@ enum FaultTest {
             bus.crashAll()
             if !keepFolder { try? FileManager.default.removeItem(at: directory) }
         }
+        /// Waits until the streams have settled; when they do not, the work folder (with every
+        /// nats-server's log) is kept for reading.
+        func settle() async throws {
+            do {
+                try await bus.waitUntilStreamsSettled()
+            } catch {
+                keepFolder = true
+                say("\(error); logs kept in \(directory.path)")
+                throw error
+            }
+        }
         try schedulers[0].start()
         if schedulers.count > 1 {
             _ = try await waitForLog(schedulers[0], containing: "leading", within: .seconds(30))
@@ -164,7 +175,7 @@ enum FaultTest {
         for node in nodes { try node.start() }
         // Like systemd's `Restart=always` in the deploy units: a scheduler that exits by itself
         // (status 3: it lost the leader lease) comes back as a standby.
-        let selfExits = Counter()
+        let selfExits = Moments()
         let supervisor: Task<Void, Never>? =
             schedulers.count < 2
             ? nil
@@ -305,7 +316,7 @@ enum FaultTest {
             // Healed, n3 may set off elections (it campaigned while cut off): the next fault
             // waits until every stream it holds has a leader and every copy is current.
             try await bus.waitUntilHealthy(2)
-            try await bus.waitUntilStreamsSettled()
+            try await settle()
             say("nats-server n3's streams have settled")
         }
 
@@ -320,7 +331,7 @@ enum FaultTest {
             try await Task.sleep(for: bus.urls.count == 1 ? .seconds(1) : options.phase)
             try await bus.restart(index)
             // Caught up and every stream led again before the next server goes down.
-            try await bus.waitUntilStreamsSettled()
+            try await settle()
             say("\(name) restarted on \(bus.urls[index]); its streams have settled")
         }
 
@@ -395,7 +406,11 @@ enum FaultTest {
         // so what a heal or a restart sets off counts with the fault that caused it.
         let outages = faults.enumerated().map { index, fault in
             let end = index + 1 < faults.count ? faults[index + 1].at : loadStopped
-            return (fault.name, longestGap(in: ackTimes, from: fault.at - .seconds(1), to: end))
+            let from = fault.at - .seconds(1)
+            return (
+                name: fault.name, gap: longestGap(in: ackTimes, from: from, to: end),
+                handover: selfExits.any(from: fault.at, to: end)
+            )
         }
         let latencies = ledger.snapshot.latencies.sorted()
 
@@ -431,16 +446,26 @@ enum FaultTest {
                 "standby scheduler leads \(seconds(partitionTakeover)) after the leader's host was cut off (bound 5 s)"
             )
         }
-        for (name, gap) in outages {
+        for (name, gap, handover) in outages {
             let line = "after \(name): longest time without an acknowledged submission \(seconds(gap))"
             if name.hasPrefix("kill -9 nats-server n") || name.hasPrefix("partition of nats-server") {
-                check(gap <= .seconds(10), line + " (bound 10 s: Raft's election timeout is 4-9 s)")
+                if handover {
+                    // The lease bucket's election outlasted the lease: the leading scheduler
+                    // stopped acting and the standby (whose write landed first) took over.
+                    check(
+                        gap <= .seconds(15),
+                        line
+                            + " (the leader lease moved to the standby; bound 15 s: an election of 4-9 s, then a takeover within 5 s)"
+                    )
+                } else {
+                    check(gap <= .seconds(10), line + " (bound 10 s: Raft's election timeout is 4-9 s)")
+                }
             } else {
                 print("     " + line)
             }
         }
         if schedulers.count > 1 {
-            print("     schedulers that exited by themselves and were restarted: \(selfExits.value)")
+            print("     schedulers that exited by themselves and were restarted: \(selfExits.count)")
         }
         if !latencies.isEmpty {
             print(
@@ -728,9 +753,10 @@ final class Bus: Sendable {
         try await cluster?.waitUntilHealthy(index)
     }
 
-    /// Waits until every stream of the cluster has a leader that reports every copy current.
+    /// Waits until every stream of the cluster has a leader that reports every copy current: 60 s
+    /// at most (a healed server's return has taken up to 30 s on a loaded machine).
     func waitUntilStreamsSettled() async throws {
-        try await cluster?.waitUntilStreamsSettled()
+        try await cluster?.waitUntilStreamsSettled(within: .seconds(60))
     }
 
     func crashAll() {
@@ -840,10 +866,15 @@ func say(_ text: String) {
 }
 
 /// A count shared between tasks.
-final class Counter: Sendable {
-    private let count = Mutex(0)
-    func add() { count.withLock { $0 += 1 } }
-    var value: Int { count.withLock { $0 } }
+/// When something happened, each time (shared between the supervisor task and the test's flow).
+final class Moments: Sendable {
+    private let moments = Mutex<[ContinuousClock.Instant]>([])
+    func add() { moments.withLock { $0.append(.now) } }
+    var count: Int { moments.withLock { $0.count } }
+    /// Whether one falls in `[from, to]`.
+    func any(from: ContinuousClock.Instant, to: ContinuousClock.Instant) -> Bool {
+        moments.withLock { $0.contains { $0 >= from && $0 <= to } }
+    }
 }
 
 extension Array {

@@ -226,7 +226,9 @@ public final class LocalNATSCluster: Sendable {
                     let name = stream["name"] as? String ?? "?"
                     let cluster = stream["cluster"] as? [String: Any] ?? [:]
                     let leader = cluster["leader"] as? String ?? ""
-                    if !leader.isEmpty { streams[name, default: ("", [:])].leader = leader }
+                    // Only the leader's own word counts: a member back from a partition may still
+                    // name a leader that has stepped down.
+                    if leader == member { streams[name, default: ("", [:])].leader = leader }
                     streams[name, default: ("", [:])].reportedBy[member] =
                         cluster["replicas"] as? [[String: Any]] ?? []
                 }

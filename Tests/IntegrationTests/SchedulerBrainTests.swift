@@ -14,7 +14,9 @@ struct SchedulerBrainTests {
         try await withCluster(
             nodes: 3,
             slots: 4,
-            runtimes: [DelayRuntime(delay: .milliseconds(1500))],
+            // Long enough that all 12 are placed before the first ends, even when other suites load
+            // the machine: with 1.5 s, node-1 once never held its 4 at the same time.
+            runtimes: [DelayRuntime(delay: .seconds(5))],
             settings: SchedulerSettings(nodeTTL: .milliseconds(1500), nodeGrace: .milliseconds(1000))
         ) { cluster in
             let count = 12
