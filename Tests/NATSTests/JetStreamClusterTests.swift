@@ -38,14 +38,27 @@ struct JetStreamClusterTests {
         // An R1 stream lives on one server: killing that one would make these publishes fail.
         for index in 0..<cluster.size {
             cluster.crash(index)
-            let ack = try await connection.jetStreamPublish(
-                "r3.a",
-                payload: Data("without n\(index + 1)".utf8),
-                messageID: "m\(index)",
-                timeout: .seconds(15),
-                waitForLeader: true
-            )
-            #expect(ack.stream == "TEST_R3" && !ack.duplicate)
+            // A request sent while the cluster notices the death can vanish (routed to the dead
+            // server): sent again under the same message id, as the node's results outbox does,
+            // so the stream keeps one copy (the read below checks it).
+            let deadline = ContinuousClock.now + .seconds(30)
+            var ack: JetStreamPublishAck?
+            while ack == nil {
+                do {
+                    ack = try await connection.jetStreamPublish(
+                        "r3.a",
+                        payload: Data("without n\(index + 1)".utf8),
+                        messageID: "m\(index)",
+                        timeout: .seconds(5),
+                        waitForLeader: true
+                    )
+                } catch let error as NATSError
+                    where [.timeout, .noResponders].contains(error.kind) && ContinuousClock.now < deadline
+                {
+                    continue  // no answer, or no stream leader yet (an election takes 4-9 s)
+                }
+            }
+            #expect(ack?.stream == "TEST_R3")
             try await cluster.restart(index)
         }
 
