@@ -137,7 +137,9 @@ struct LimitsTests {
         #expect(outcome.message.hasPrefix("CPU time limit of 500 ms reached"))
         #expect(!outcome.message.contains("wall-clock"))
         #expect(outcome.cpuTimeMicroseconds >= 500_000 && outcome.cpuTimeMicroseconds < 1_500_000)
-        #expect(ContinuousClock.now - began < .seconds(4))
+        // Before the wall-clock limit (5 s). Not tighter: with the other suites on two cores, 500 ms
+        // of CPU once took 4.2 s of wall time in CI.
+        #expect(ContinuousClock.now - began < .seconds(5))
         #expect(leftoverCgroups(containing: tag) == [])
     }
 

@@ -117,6 +117,9 @@ extension MicroVMSuites {
             let host = try await runtime.host().get()
             let memory = runtime.configuration.warmJobMemoryBytes + MicroVMRuntime.overhead(host)
             let snapshot = try #require(await runtime.snapshot(host: host, memoryBytes: memory, vcpus: 1))
+            // The check every new snapshot passes before use: a VM restored from it runs a job.
+            let check = await MicroVMRuntime.checkRestore(snapshot, host: host)
+            #expect(check == nil, "\(check ?? "")")
             let future: UInt64 = 1_900_000_000  // 2030-03-17
             let seeded = try await MicroVMWarmSandbox.start(
                 host: host,
@@ -141,6 +144,8 @@ extension MicroVMSuites {
                 memoryBytes: memory,
                 vcpus: 1
             )
+            // Such a snapshot fails the check that a new one must pass before use.
+            #expect(await MicroVMRuntime.checkRestore(garbage, host: host) != nil)
             runtime.snapshots.withLock { $0.task = Task { .success(garbage) } }
             let sandbox = try #require(
                 try await runtime.prepareWarm(template: "host", profile: .defaults) as? MicroVMWarmSandbox

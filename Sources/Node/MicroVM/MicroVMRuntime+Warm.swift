@@ -53,18 +53,57 @@ extension MicroVMRuntime: WarmableRuntime {
         }
     }
 
-    /// The snapshot of a VM of this shape, taking it on first use; nil (logged once) when it cannot
-    /// be taken or snapshots were turned off.
+    /// Why a VM restored from `snapshot` did not run `/bin/true` to SUCCEEDED, or nil if it did.
+    static func checkRestore(_ snapshot: MicroVMSnapshot, host: MicroVMHost) async -> String? {
+        let jobMemory = snapshot.memoryBytes - Self.overhead(host)
+        let sandbox: MicroVMWarmSandbox
+        do throws(MicroVMError) {
+            sandbox = try await MicroVMWarmSandbox.start(
+                host: host,
+                jobMemoryBytes: jobMemory,
+                vcpus: snapshot.vcpus,
+                snapshot: snapshot
+            )
+        } catch {
+            return error.description
+        }
+        var spec = Hangar_V1_JobSpec()
+        spec.runtime = "microvm"
+        spec.argv = ["/bin/true"]
+        spec.limits.timeoutMs = 10_000
+        spec.limits.memoryBytes = min(64 << 20, jobMemory)
+        let outcome = await sandbox.run(spec, jobID: "snapshot-check")
+        return outcome.status == .succeeded ? nil : "\(outcome.status): \(outcome.message)"
+    }
+
+    /// The snapshot of a VM of this shape, taking it on first use (and checking that a VM restored
+    /// from it runs a job); nil (logged once) when it cannot be taken or snapshots were turned off.
     func snapshot(host: MicroVMHost, memoryBytes: UInt64, vcpus: Int) async -> MicroVMSnapshot? {
         let task = snapshots.withLock { state -> Task<Result<MicroVMSnapshot, MicroVMError>, Never>? in
             guard state.disabled == nil else { return nil }
             if let task = state.task { return task }
             let created = Task { () -> Result<MicroVMSnapshot, MicroVMError> in
-                do throws(MicroVMError) {
-                    return .success(try await MicroVMSnapshot.take(host: host, memoryBytes: memoryBytes, vcpus: vcpus))
-                } catch {
-                    return .failure(error)
+                // A snapshot is used only once a VM restored from it has run a job: in one CI run
+                // every VM restored from a snapshot answered the handshake and then never reported
+                // its job. One that fails the check is taken again, once; then VMs are booted.
+                var failedCheck: String?
+                for _ in 0..<2 {
+                    let snapshot: MicroVMSnapshot
+                    do throws(MicroVMError) {
+                        snapshot = try await MicroVMSnapshot.take(host: host, memoryBytes: memoryBytes, vcpus: vcpus)
+                    } catch {
+                        return .failure(error)
+                    }
+                    guard let problem = await Self.checkRestore(snapshot, host: host) else { return .success(snapshot) }
+                    self.logger.warning(
+                        "a VM restored from the new microVM snapshot failed its check job; taking it again",
+                        metadata: ["problem": "\(problem)"]
+                    )
+                    failedCheck = problem
                 }
+                return .failure(
+                    MicroVMError("VMs restored from two snapshots failed the check job: \(failedCheck ?? "")")
+                )
             }
             state.task = created
             return created
