@@ -449,17 +449,17 @@ enum FaultTest {
         for (name, gap, handover) in outages {
             let line = "after \(name): longest time without an acknowledged submission \(seconds(gap))"
             if name.hasPrefix("kill -9 nats-server n") || name.hasPrefix("partition of nats-server") {
-                if handover {
-                    // The lease bucket's election outlasted the lease: the leading scheduler
-                    // stopped acting and the standby (whose write landed first) took over.
-                    check(
-                        gap <= .seconds(15),
-                        line
-                            + " (the leader lease moved to the standby; bound 15 s: an election of 4-9 s, then a takeover within 5 s)"
-                    )
-                } else {
-                    check(gap <= .seconds(10), line + " (bound 10 s: Raft's election timeout is 4-9 s)")
-                }
+                // One election of 4-9 s (fixed in nats-server 2.9's Raft), then either a takeover
+                // of the leader lease (within 5 s) or, when the server comes back, a catch-up that
+                // can cost a stream its leader again: in one CI run a route stalled 2.4 s while the
+                // healed server caught up, the intake stream took a new leader 10 s after the heal,
+                // and no submission was acknowledged in between.
+                check(
+                    gap <= .seconds(15),
+                    line
+                        + (handover ? " (the leader lease moved to the standby)" : "")
+                        + " (bound 15 s: an election of 4-9 s, then a takeover or a rejoining server's catch-up)"
+                )
             } else {
                 print("     " + line)
             }
