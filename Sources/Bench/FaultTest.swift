@@ -49,7 +49,8 @@ enum FaultTest {
                 }
                 guard let value = rest.popFirst() else { throw FaultTestError("\(flag) needs a value") }
                 switch flag {
-                case "--hangar": hangar = value
+                // Absolute: the processes on a host of their own start in another folder.
+                case "--hangar": hangar = URL(fileURLWithPath: value).standardizedFileURL.path
                 case "--runtime": runtime = value
                 case "--rate": rate = Double(value) ?? rate
                 case "--phase": phase = .milliseconds(Int64((Double(value) ?? 6) * 1000))

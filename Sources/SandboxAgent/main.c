@@ -16,7 +16,9 @@
  * uid 0 with every capability dropped from all its sets, the bounding set included. The agent itself
  * keeps only CAP_SETFCAP (the kernel wants it to map a nested namespace's uid onto uid 0) and
  * CAP_SETPCAP (to empty a root command's bounding set), in the sandbox's user namespace only. With
- * `--seccomp FD` it reads a classic-BPF seccomp filter and installs it in every command.
+ * `--seccomp FD` it reads a classic-BPF seccomp filter and installs it in every command
+ * (`--seccomp-file PATH`: the same from a file, where the sandbox passes no descriptors beyond
+ * stdio, as gVisor's runsc).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -178,7 +180,8 @@ static int become(int root) {
         char map[64];
         snprintf(map, sizeof map, "%d 0 1\n", USER_ID);
         if (write_file_once("/proc/self/uid_map", map) != 0) return -1;
-        if (write_file_once("/proc/self/setgroups", "deny") != 0) return -1;
+        /* gVisor has no setgroups file (nor had Linux before 3.19): nothing to deny there. */
+        if (write_file_once("/proc/self/setgroups", "deny") != 0 && errno != ENOENT) return -1;
         if (write_file_once("/proc/self/gid_map", map) != 0) return -1;
         if (setresgid(USER_ID, USER_ID, USER_ID) != 0 || setresuid(USER_ID, USER_ID, USER_ID) != 0) return -1;
     }
@@ -546,6 +549,15 @@ static void load_filter(int fd) {
 
 int main(int argc, char **argv) {
     for (int index = 1; index + 1 < argc; index += 2) {
+        if (strcmp(argv[index], "--seccomp-file") == 0) {
+            int file = open(argv[index + 1], O_RDONLY | O_CLOEXEC);
+            if (file < 0) {
+                fprintf(stderr, "hangar-sandbox-agent: cannot open %s: %s\n", argv[index + 1], strerror(errno));
+                return 2;
+            }
+            load_filter(file);
+            continue;
+        }
         int fd = atoi(argv[index + 1]);
         if (strcmp(argv[index], "--in") == 0)
             input_fd = fd;
@@ -554,7 +566,7 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[index], "--seccomp") == 0)
             load_filter(fd);
         else {
-            fprintf(stderr, "usage: hangar-sandbox-agent [--in FD] [--out FD] [--seccomp FD]\n");
+            fprintf(stderr, "usage: hangar-sandbox-agent [--in FD] [--out FD] [--seccomp FD | --seccomp-file PATH]\n");
             return 2;
         }
     }

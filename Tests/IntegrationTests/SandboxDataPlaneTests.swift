@@ -30,24 +30,25 @@ struct SandboxDataPlaneTests {
         await cluster.stop()
     }
 
-    @Test("a container sandbox through the scheduler: commands as user 1000, state kept, a code cell, kill")
-    func containerSandbox() async throws {
+    @Test(
+        "a container or gvisor sandbox through the scheduler: commands as user 1000, state kept, kill",
+        arguments: ["container", "gvisor"]
+    )
+    func containerSandbox(runtime: String) async throws {
         let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
         let host = ProcessSandboxHost(agentPath: agentPath)
-        try #require(host.availableRuntimes.contains("container"), "runc is not here")
-        let cluster = try await AuthorizedCluster.start(
-            runtimes: [ContainerRuntime(), NullRuntime()],
-            sandboxHost: host
-        )
+        try #require(host.availableRuntimes.contains(runtime), "\(runtime): runc or runsc is not here")
+        let runtimes: [any Runtime] = [runtime == "gvisor" ? GVisorRuntime() : ContainerRuntime(), NullRuntime()]
+        let cluster = try await AuthorizedCluster.start(runtimes: runtimes, sandboxHost: host)
         do {
             let answer = try await cluster.tenantA.request(
                 Subjects.sandbox(tenant: "a", verb: "create"),
-                payload: try Hangar_V1_SandboxCreateRequest.with { $0.runtime = "container" }.serializedData(),
+                payload: try Hangar_V1_SandboxCreateRequest.with { $0.runtime = runtime }.serializedData(),
                 timeout: .seconds(30)
             )
             let created = try Hangar_V1_SandboxCreateReply(serializedBytes: answer.payload)
             guard case .created(let info) = created.outcome, info.state == .sandboxRunning else {
-                throw TestFailure("A could not create a container sandbox: \(created)")
+                throw TestFailure("A could not create a \(runtime) sandbox: \(created)")
             }
             let sandbox = DataPlane(connection: cluster.tenantA, node: info.nodeID, tenant: "a", sandbox: info.id)
             let first = try await sandbox.exec(["sh", "-c", "id -u; echo kept > note.txt"])
@@ -60,7 +61,7 @@ struct SandboxDataPlaneTests {
                 timeout: .seconds(10)
             )
             #expect(try Hangar_V1_SandboxReply(serializedBytes: killAnswer.payload).info.state == .sandboxEnded)
-            try await waitUntil("the node has killed the container sandbox") { host.sandboxIDs.isEmpty }
+            try await waitUntil("the node has killed the \(runtime) sandbox") { host.sandboxIDs.isEmpty }
         } catch {
             for id in host.sandboxIDs { await host.kill(id, reason: "the test failed") }
             await cluster.stop()

@@ -118,15 +118,15 @@ struct SandboxGrantsTests {
             runtimes: [NullRuntime()],
             settings: SchedulerSettings(tenantsFile: tenants.path)
         ) { cluster in
-            // gvisor enforces path grants for jobs, but its sandboxes do not exist yet.
+            // microvm sandboxes do not enforce path grants (no share into the guest yet).
             var request = Hangar_V1_SandboxCreateRequest()
-            request.runtime = "gvisor"
+            request.runtime = "microvm"
             request.grants.allowRead = ["/srv/data"]
-            guard case .rejected(let gvisor) = try await cluster.createSandbox(request).outcome else {
-                Issue.record("a path grant on gvisor sandboxes was not refused")
+            guard case .rejected(let microvm) = try await cluster.createSandbox(request).outcome else {
+                Issue.record("a path grant on microvm sandboxes was not refused")
                 return
             }
-            #expect(gvisor.reason == .unsupported && gvisor.field == "grants.allow_read[0]", "\(gvisor)")
+            #expect(microvm.reason == .unsupported && microvm.field == "grants.allow_read[0]", "\(microvm)")
 
             request = Hangar_V1_SandboxCreateRequest()
             request.runtime = "null"

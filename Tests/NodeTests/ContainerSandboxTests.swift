@@ -20,14 +20,17 @@ struct ContainerSandboxTests {
     /// container, no cgroup directory, no bundle.
     static func withSandbox(
         limits: SandboxLimits = SandboxLimits(),
+        grants: Hangar_V1_Grants = Hangar_V1_Grants(),
+        engine: OCIEngine = runtime.engine,
         _ body: (ContainerSandbox) async throws -> Void
     ) async throws {
         let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
         let sandbox = try await ContainerSandbox.start(
             id: "test-\(uniqueTag())",
             limits: limits,
+            grants: grants,
             agentPath: agentPath,
-            runtime: runtime
+            engine: engine
         )
         let cgroups = sandbox.cgroupDirectories
         do {
@@ -37,7 +40,7 @@ struct ContainerSandboxTests {
             throw error
         }
         #expect(await sandbox.kill() == nil)
-        let list = await runtime.engine.tool(["list", "-q"])
+        let list = await engine.tool(["list", "--quiet"])
         #expect(list.succeeded && !list.output.contains(sandbox.containerID), "\(list.output)")
         for directory in cgroups { #expect(!FileManager.default.fileExists(atPath: directory), "\(directory)") }
         #expect(!FileManager.default.fileExists(atPath: sandbox.bundlePath))
@@ -162,14 +165,19 @@ struct ContainerSandboxTests {
         #expect(Self.hostProcesses(matching: "sleep \(marker)") == 0)
     }
 
-    @Test("the host starts container sandboxes for runtime container, and the data plane reaches them")
-    func host() async throws {
+    @Test(
+        "the host starts container and gvisor sandboxes for their runtimes; the data plane and code contexts reach them",
+        arguments: ["container", "gvisor"]
+    )
+    func host(runtime: String) async throws {
         let host = ProcessSandboxHost(agentPath: try #require(ProcessSandbox.locateAgent()))
-        #expect(host.availableRuntimes == ["process", "container"])
+        let gvisor: Set<String> = access("/usr/bin/runsc", X_OK) == 0 ? ["gvisor"] : []
+        #expect(host.availableRuntimes == Set(["process", "container"]).union(gvisor))
+        try #require(host.availableRuntimes.contains(runtime), "no \(runtime) here")
         var start = Hangar_V1_SandboxStart()
         start.sandboxID = "ctr-\(uniqueTag())"
         start.tenant = "acme"
-        start.runtime = "container"
+        start.runtime = runtime
         try await host.start(start) { _ in Issue.record("the sandbox died") }
         let target = try #require(host.dataTarget(start.sandboxID, tenant: "acme"))
         var exec = Hangar_V1_AgentExec()
@@ -181,7 +189,7 @@ struct ContainerSandboxTests {
         var cells: [[Hangar_V1_CodeRunEvent]] = []
         let chart = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('squares')"
         for code in ["x = 41\nprint('set', x)", "x + 1", chart] {
-            let events = try await within(.seconds(30)) {
+            let events = try await within(.seconds(60)) {
                 var events: [Hangar_V1_CodeRunEvent] = []
                 for await event in await target.code.run(.with { $0.code = code }) { events.append(event) }
                 return events
@@ -231,15 +239,15 @@ struct ContainerSandboxTests {
         #expect(!bundles.contains(containerID), "\(bundles)")
     }
 
-    /// Host processes whose command line contains `pattern`.
-    static func hostProcesses(matching pattern: String) -> Int {
+    /// Host processes whose command line starts with `pattern` (contains it, `anywhere`).
+    static func hostProcesses(matching pattern: String, anywhere: Bool = false) -> Int {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         return entries.filter { entry in
             guard Int(entry) != nil, let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else {
                 return false
             }
             let line = String(decoding: data.map { $0 == 0 ? UInt8(ascii: " ") : $0 }, as: UTF8.self)
-            return line.hasPrefix(pattern)
+            return anywhere ? line.contains(pattern) : line.hasPrefix(pattern)
         }.count
     }
 }

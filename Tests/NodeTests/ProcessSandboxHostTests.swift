@@ -15,8 +15,8 @@ struct ProcessSandboxHostTests {
         let host = ProcessSandboxHost(agentPath: try #require(ProcessSandbox.locateAgent()))
         for (runtime, template, message) in [
             (
-                "gvisor", "",
-                "runtime 'gvisor' has no stateful sandboxes on this node; use "
+                "microvm", "",
+                "runtime 'microvm' has no stateful sandboxes on this node; use "
                     + host.availableRuntimes.sorted().joined(separator: ", ")
             ),
             ("process", "py", "template 'py' has no stateful sandboxes on this node; use 'host'"),

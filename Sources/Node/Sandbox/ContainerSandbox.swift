@@ -110,21 +110,55 @@ public final class ContainerSandbox: Sendable {
         runtime: ContainerRuntime = ContainerRuntime(),
         logger: Logger = Logger(label: "hangar.sandbox")
     ) async throws(SandboxStartError) -> ContainerSandbox {
+        try await start(
+            id: id,
+            limits: limits,
+            grants: grants,
+            network: networkPolicy,
+            agentPath: agentPath,
+            engine: runtime.engine,
+            logger: logger
+        )
+    }
+
+    /// Where a gVisor sandbox's agent reads the filter it installs in commands.
+    static let filterPathInside = "/.hangar/seccomp"
+
+    /// Starts a sandbox with `engine`: runc's (runtime `container`, as above) or runsc's (runtime
+    /// `gvisor`, ``GVisorRuntime``). A gVisor sandbox is the same container run by runsc, so the
+    /// agent and its commands talk to gVisor's kernel: no user namespace of the node's (runsc makes
+    /// its own), the seccomp profile enforced inside by runsc (`--oci-seccomp`), and, since runsc
+    /// hands a container only its stdio, the agent's socket as its stdin and stdout and the
+    /// commands' filter read from a file bound at ``filterPathInside``. Only loopback: runsc runs
+    /// with `--network=none`, so `NETWORK_ALLOWLIST` is refused.
+    static func start(
+        id: String,
+        limits: SandboxLimits = SandboxLimits(),
+        grants: Hangar_V1_Grants = Hangar_V1_Grants(),
+        network networkPolicy: Hangar_V1_NetworkPolicy = Hangar_V1_NetworkPolicy(),
+        agentPath: String,
+        engine: OCIEngine,
+        logger: Logger = Logger(label: "hangar.sandbox")
+    ) async throws(SandboxStartError) -> ContainerSandbox {
+        let gVisor = engine.toolName == "runsc"
+        let kind = gVisor ? "gvisor" : "container"
         guard geteuid() == 0 else {
-            throw SandboxStartError("a stateful container sandbox needs a node running as root")
+            throw SandboxStartError("a stateful \(kind) sandbox needs a node running as root")
         }
         guard access(agentPath, X_OK) == 0 else { throw SandboxStartError("no sandbox agent at \(agentPath)") }
-        guard access(runtime.runcPath, X_OK) == 0 else {
-            throw SandboxStartError("runc not found at \(runtime.runcPath)")
+        guard access(engine.executable, X_OK) == 0 else {
+            throw SandboxStartError("\(engine.toolName) not found at \(engine.executable)")
         }
         guard case .success(let filter) = ProcessRuntime.seccomp else {
             throw SandboxStartError("the seccomp filter cannot be built")
         }
-        let engine = runtime.engine
         let jobLimits = limits.jobLimits
         var job = Hangar_V1_JobSpec()
         job.template = "host"
-        job.argv = [ProcessSandbox.agentPathInside, "--in", "3", "--out", "3", "--seccomp", "4"]
+        job.argv =
+            gVisor
+            ? [ProcessSandbox.agentPathInside, "--in", "0", "--out", "1", "--seccomp-file", filterPathInside]
+            : [ProcessSandbox.agentPathInside, "--in", "3", "--out", "3", "--seccomp", "4"]
         job.limits.memoryBytes = jobLimits.memoryBytes
         job.limits.pids = jobLimits.pids
         job.limits.cpuMillis = jobLimits.cpuMillis
@@ -132,6 +166,11 @@ public final class ContainerSandbox: Sendable {
         job.limits.openFiles = jobLimits.openFiles
         job.grants = grants
         let joinsNetwork = try ProcessSandbox.checkNetwork(networkPolicy)
+        if joinsNetwork && gVisor {
+            throw SandboxStartError(
+                "NETWORK_ALLOWLIST is not enforced in gvisor sandboxes (runsc runs them with --network=none, loopback only); use process or container"
+            )
+        }
         if joinsNetwork { job.network = networkPolicy }
         var owned: (namespace: OwnedUserNamespace, user: UInt32)?
         if let mapping = engine.configOptions(cgroupsPath: "").userNamespace {
@@ -196,6 +235,7 @@ public final class ContainerSandbox: Sendable {
     ) async throws(SandboxStartError) -> ContainerSandbox {
         guard let version = JobCgroup.mountedVersion() else { throw SandboxStartError("no usable cgroup hierarchy") }
         let containerID = OCIEngine.containerID(for: "sandbox-" + id)
+        let gVisor = engine.toolName == "runsc"
         let ledger = engine.resources.ledger
         let cgroupPath = engine.directories.cgroupParent + "/" + containerID
         let cgroup = JobCgroup.placed(at: cgroupPath, version: version, ledger: ledger)
@@ -232,7 +272,8 @@ public final class ContainerSandbox: Sendable {
                 config: config,
                 agentPath: agentPath,
                 diskBytes: job.limits.fileSizeBytes,
-                resolver: network?.resolver != nil
+                resolver: network?.resolver != nil,
+                filterFile: gVisor ? Data(filter.bytes) : nil
             )
             do throws(CgroupError) {
                 try cgroup.make(CgroupLimits(config.spec.linux.resources))
@@ -245,10 +286,12 @@ public final class ContainerSandbox: Sendable {
             }
             node = ends[0]
             files.append(ends[1])
-            do throws(InvalidJob) {
-                files.append(try BubblewrapInvocation.memoryFile(holding: Data(filter.bytes)))
-            } catch {
-                throw SandboxStartError(error.message)
+            if !gVisor {
+                do throws(InvalidJob) {
+                    files.append(try BubblewrapInvocation.memoryFile(holding: Data(filter.bytes)))
+                } catch {
+                    throw SandboxStartError(error.message)
+                }
             }
         } catch {
             for fd in files { close(fd) }
@@ -257,11 +300,20 @@ public final class ContainerSandbox: Sendable {
             throw error
         }
         var arguments = [engine.toolName] + engine.globalArguments
-        arguments += ["--log", bundle.path + "/runc.log", "--log-format", "json", "run", "--keep"]
-        arguments += ["--preserve-fds", String(files.count), "--bundle", bundle.path, containerID]
+        arguments += ["--log", bundle.path + "/\(engine.toolName).log", "--log-format", "json", "run"]
+        var executable = engine.executable
+        if gVisor {
+            // runsc hands the container its stdio only: the agent's socket becomes runsc's stdin
+            // and stdout (a shell that puts fd 3 there and execs runsc, keeping the pid).
+            arguments = ["sh", "-c", #"exec "$0" "$@" <&3 >&3 3<&-"#, engine.executable] + arguments.dropFirst()
+            arguments += ["--bundle", bundle.path, containerID]
+            executable = "/bin/sh"
+        } else {
+            arguments += ["--keep", "--preserve-fds", String(files.count), "--bundle", bundle.path, containerID]
+        }
         var command = OCIEngine.launching(
             SandboxCommand(
-                executable: engine.executable,
+                executable: executable,
                 arguments: arguments,
                 environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
                 timeout: ProcessSandbox.lifetime,
@@ -314,7 +366,8 @@ public final class ContainerSandbox: Sendable {
         config: OCIJobConfig,
         agentPath: String,
         diskBytes: UInt64,
-        resolver: Bool
+        resolver: Bool,
+        filterFile: Data?
     ) throws(SandboxStartError) {
         var spec = config.spec
         spec.process.user = OCIUser(uid: 0, gid: 0, additionalGids: [0])
@@ -347,6 +400,16 @@ public final class ContainerSandbox: Sendable {
         // As in process sandboxes: matplotlib finds its fonts' configuration (read-only).
         let fonts = FileManager.default.fileExists(atPath: "/etc/fonts")
         if fonts { spec.mounts.append(OCIJobConfig.readOnlyBind("/etc/fonts")) }
+        if filterFile != nil {
+            spec.mounts.append(
+                OCIMount(
+                    destination: filterPathInside,
+                    type: "bind",
+                    source: bundle + "/seccomp",
+                    options: ["bind", "ro", "nosuid", "nodev"]
+                )
+            )
+        }
         spec.linux.seccomp?.syscalls.append(
             OCISyscallRule(
                 names: ["unshare"],
@@ -364,6 +427,10 @@ public final class ContainerSandbox: Sendable {
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         do {
             try Data().write(to: URL(fileURLWithPath: rootfs + "/.hangar/agent"))
+            if let filterFile {
+                try Data().write(to: URL(fileURLWithPath: rootfs + filterPathInside))
+                try filterFile.write(to: URL(fileURLWithPath: bundle + "/seccomp"))
+            }
             for file in SandboxEtc.files(uid: ProcessSandbox.userID, gid: ProcessSandbox.userID, resolver: resolver) {
                 try file.content.write(to: URL(fileURLWithPath: rootfs + file.path))
             }
@@ -389,9 +456,10 @@ public final class ContainerSandbox: Sendable {
         }
     }
 
-    /// runc's log and the agent's stderr once the container has ended, for error messages.
+    /// runc's (runsc's) log and the agent's stderr once the container has ended, for error messages.
     private func diagnostics() async -> String {
-        let failure = OCIEngine.runtimeFailure(in: CgroupFile.read(bundle.path + "/runc.log") ?? "") ?? ""
+        let log = bundle.path + "/\(engine.toolName).log"
+        let failure = OCIEngine.runtimeFailure(in: CgroupFile.read(log) ?? "") ?? ""
         guard process.hasEnded, let result = try? await process.wait() else { return failure }
         let stderr = String(decoding: result.stderr.prefix(500), as: UTF8.self)
         return (failure + " " + stderr).trimmingCharacters(in: .whitespacesAndNewlines)

@@ -5,7 +5,8 @@ import Synchronization
 
 /// Holds a node's stateful sandboxes: per ``SandboxStart``, a ``ProcessSandbox`` (runtime
 /// `process`, a bubblewrap sandbox) or, where runc is available on a root node, a
-/// ``ContainerSandbox`` (runtime `container`, a runc container), each with `hangar-sandbox-agent`
+/// ``ContainerSandbox`` (runtime `container`, a runc container; runtime `gvisor`, the same run by
+/// runsc where it is available), each with `hangar-sandbox-agent`
 /// as its first process, the start's limits, grants and network and, for its commands, its
 /// environment. Both kinds expose the same agent channel, so data plane, files and code contexts do
 /// not tell them apart. Both enforce the start's `NETWORK_ALLOWLIST` (a ``JobNetwork`` per sandbox,
@@ -22,6 +23,8 @@ public final class ProcessSandboxHost: SandboxHost {
     private let bubblewrapPath: String
     /// The runc runtime of `container` sandboxes; nil when runc is not there or the node not root.
     private let container: ContainerRuntime?
+    /// The runsc runtime of `gvisor` sandboxes; nil when runsc is not there or the node not root.
+    private let gvisor: GVisorRuntime?
     private let resources: NodeResources
     private let workRoot: String
     private let logger: Logger
@@ -48,11 +51,14 @@ public final class ProcessSandboxHost: SandboxHost {
     /// A host starting `agentPath` (``ProcessSandbox/locateAgent()``) in bubblewrap sandboxes that
     /// draw on `resources`, their writable layers under `workRoot`; with the runc at `runcPath`
     /// (when it is there and the node runs as root), also in runc containers for runtime
-    /// `container` (``ContainerSandbox``; nil: no container sandboxes).
+    /// `container` (``ContainerSandbox``; nil: no container sandboxes), and with the runsc at
+    /// `runscPath` in gVisor sandboxes for runtime `gvisor` (on `gvisorPlatform`).
     public init(
         agentPath: String,
         bubblewrapPath: String = "/usr/bin/bwrap",
         runcPath: String? = "/usr/sbin/runc",
+        runscPath: String? = "/usr/bin/runsc",
+        gvisorPlatform: String = "ptrace",
         resources: NodeResources = .standard,
         workRoot: String = ProcessSandbox.defaultWorkRoot,
         cellOutputBytes: Int = CodeContexts.maxCellOutputBytes,
@@ -66,6 +72,11 @@ public final class ProcessSandboxHost: SandboxHost {
         } else {
             container = nil
         }
+        if let runscPath, geteuid() == 0, access(runscPath, X_OK) == 0 {
+            gvisor = GVisorRuntime(runscPath: runscPath, platform: gvisorPlatform, resources: resources)
+        } else {
+            gvisor = nil
+        }
         self.resources = resources
         self.workRoot = workRoot
         self.logger = logger
@@ -77,9 +88,11 @@ public final class ProcessSandboxHost: SandboxHost {
     /// The runtimes every host makes stateful sandboxes with.
     public static let runtimes: Set<String> = ["process"]
 
-    /// The runtimes this host makes stateful sandboxes with: ``runtimes``, and `container` when
-    /// runc is available.
-    public var availableRuntimes: Set<String> { container == nil ? Self.runtimes : Self.runtimes.union(["container"]) }
+    /// The runtimes this host makes stateful sandboxes with: ``runtimes``, `container` when runc is
+    /// available and `gvisor` when runsc is.
+    public var availableRuntimes: Set<String> {
+        Self.runtimes.union(container == nil ? [] : ["container"]).union(gvisor == nil ? [] : ["gvisor"])
+    }
 
     /// The limits of a sandbox from the scheduler's resolved `limits` (unset ones keep the defaults).
     static func limits(_ limits: Hangar_V1_Limits) -> SandboxLimits {
@@ -119,14 +132,15 @@ public final class ProcessSandboxHost: SandboxHost {
         guard fresh else { return }  // a repeated start
         let sandbox: any StatefulSandbox
         do throws(SandboxStartError) {
-            if runtime == "container", let container {
+            let engine = runtime == "container" ? container?.engine : runtime == "gvisor" ? gvisor?.engine : nil
+            if let engine {
                 sandbox = try await ContainerSandbox.start(
                     id: id,
                     limits: Self.limits(request.limits),
                     grants: request.grants,
                     network: request.network,
                     agentPath: agentPath,
-                    runtime: container,
+                    engine: engine,
                     logger: logger
                 )
             } else {
