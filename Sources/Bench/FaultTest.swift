@@ -405,12 +405,14 @@ enum FaultTest {
         let ackTimes = ledger.snapshot.ackTimes.sorted()
         // Each fault's window runs from a second before it to the next fault (or the load's end),
         // so what a heal or a restart sets off counts with the fault that caused it.
+        let resets = streamResets(under: natsFolder)
         let outages = faults.enumerated().map { index, fault in
             let end = index + 1 < faults.count ? faults[index + 1].at : loadStopped
             let from = fault.at - .seconds(1)
             return (
                 name: fault.name, gap: longestGap(in: ackTimes, from: from, to: end),
-                handover: selfExits.any(from: fault.at, to: end)
+                handover: selfExits.any(from: fault.at, to: end),
+                reset: resets.any(from: fault.at, to: end)
             )
         }
         let latencies = ledger.snapshot.latencies.sorted()
@@ -447,7 +449,7 @@ enum FaultTest {
                 "standby scheduler leads \(seconds(partitionTakeover)) after the leader's host was cut off (bound 5 s)"
             )
         }
-        for (name, gap, handover) in outages {
+        for (name, gap, handover, reset) in outages {
             let line = "after \(name): longest time without an acknowledged submission \(seconds(gap))"
             if name.hasPrefix("kill -9 nats-server n") || name.hasPrefix("partition of nats-server") {
                 // One election of 4-9 s (fixed in nats-server 2.9's Raft), then either a takeover
@@ -455,11 +457,18 @@ enum FaultTest {
                 // can cost a stream its leader again: in one CI run a route stalled 2.4 s while the
                 // healed server caught up, the intake stream took a new leader 10 s after the heal,
                 // and no submission was acknowledged in between.
+                // nats-server 2.9 also resets a replica of a work-queue stream that is told to
+                // delete a message it does not have ("stream store EOF", then "Resetting stream
+                // cluster state"; fixed upstream in 2025, nats-server pull request 7348), which a rejoining server can
+                // hit: one more election for that stream (17.45 s in one run here).
+                let bound: Duration = reset ? .seconds(25) : .seconds(15)
                 check(
-                    gap <= .seconds(15),
+                    gap <= bound,
                     line
                         + (handover ? " (the leader lease moved to the standby)" : "")
-                        + " (bound 15 s: an election of 4-9 s, then a takeover or a rejoining server's catch-up)"
+                        + (reset
+                            ? " (a nats-server reset a stream's replicated state: bound 25 s, two elections and a catch-up)"
+                            : " (bound 15 s: an election of 4-9 s, then a takeover or a rejoining server's catch-up)")
                 )
             } else {
                 print("     " + line)
@@ -868,9 +877,34 @@ func say(_ text: String) {
 
 /// A count shared between tasks.
 /// When something happened, each time (shared between the supervisor task and the test's flow).
+/// The moments a nats-server of the cluster logged "Resetting stream cluster state" (see the
+/// outage bounds in ``FaultTest``), from the `nats-server.log` of each server's folder under
+/// `folder`; nats-server stamps its lines in local time to the microsecond.
+func streamResets(under folder: URL) -> Moments {
+    let resets = Moments()
+    let formatter = DateFormatter()
+    formatter.locale = Locale(identifier: "en_US_POSIX")
+    formatter.timeZone = .current
+    formatter.dateFormat = "yyyy/MM/dd HH:mm:ss.SSSSSS"
+    let (nowInstant, nowDate) = (ContinuousClock.now, Date())
+    let servers = (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []
+    for server in servers {
+        let log = folder.appendingPathComponent(server).appendingPathComponent("nats-server.log").path
+        guard let text = try? String(contentsOfFile: log, encoding: .utf8) else { continue }
+        for line in text.split(separator: "\n") where line.contains("Resetting stream cluster state") {
+            // "[pid] 2026/12/06 12:40:57.290817 [WRN] Resetting stream cluster state for '…'"
+            let fields = line.split(separator: " ", maxSplits: 3)
+            guard fields.count > 2, let date = formatter.date(from: "\(fields[1]) \(fields[2])") else { continue }
+            resets.add(nowInstant - .milliseconds(Int64(nowDate.timeIntervalSince(date) * 1000)))
+        }
+    }
+    return resets
+}
+
 final class Moments: Sendable {
     private let moments = Mutex<[ContinuousClock.Instant]>([])
     func add() { moments.withLock { $0.append(.now) } }
+    func add(_ moment: ContinuousClock.Instant) { moments.withLock { $0.append(moment) } }
     var count: Int { moments.withLock { $0.count } }
     /// Whether one falls in `[from, to]`.
     func any(from: ContinuousClock.Instant, to: ContinuousClock.Instant) -> Bool {

@@ -102,7 +102,7 @@ public struct Execution: Sendable, Equatable {
 public struct CodeContext: Sendable, Equatable {
     /// Its id, for ``Sandbox/runCode(_:context:language:timeout:)``.
     public var id: String
-    /// "python" or "bash".
+    /// "python", "bash" or "javascript" (node in the sandbox).
     public var language: String
     /// Its working directory when it started (empty: /home/user).
     public var cwd: String
@@ -125,7 +125,7 @@ public struct CodeContext: Sendable, Equatable {
 
 extension Sandbox {
     /// Runs a cell of `code` in the context `context` (nil: the sandbox's default context of
-    /// `language`, "python" or "bash", made on first use) and returns what it did once it ends.
+    /// `language`, "python", "bash" or "javascript", made on first use) and returns what it did once it ends.
     /// The context keeps its state between cells. A cell that raises is a result (``Execution/error``);
     /// a cell that cannot run (a busy context, no such context) throws. `timeout` (nil: 300 s)
     /// interrupts the cell.
@@ -227,7 +227,7 @@ extension Sandbox {
         }
     }
 
-    /// Creates a code context of `language` ("python" or "bash") with its own interpreter and state;
+    /// Creates a code context of `language` ("python", "bash" or "javascript") with its own interpreter and state;
     /// `cwd` is its working directory (default /home/user), `env` goes over the sandbox's default.
     public func createCodeContext(
         language: String = "python",

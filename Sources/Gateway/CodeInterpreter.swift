@@ -29,7 +29,7 @@ struct CodeInterpreterAPI: Sendable {
     let defaults = DefaultCodeContexts()
 
     /// The languages Hangar's kernels run, by the names E2B uses.
-    static let languages = ["python", "bash"]
+    static let languages = ["python", "bash", "javascript"]
     /// A cell's timeout when the request sets none (`timeout`, seconds, is a Hangar addition; the
     /// SDK enforces its own timeout by closing the connection, which interrupts the cell).
     static let defaultCellTimeout = Duration.seconds(86_400)

@@ -168,6 +168,16 @@ struct CellRun: Sendable {
             let quote = { (text: String) in "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'" }
             let prefix = names.map { "export \($0)=\(quote(env[$0] ?? ""))" }.joined(separator: "; ")
             return (prefix, "unset " + names.joined(separator: " "))
+        case "javascript":
+            // Saved, set, and put back by the cleanup cell; `void` keeps the cell's value its own.
+            let object =
+                "{" + keys.map { "\(JSONText.string($0)): \(JSONText.string(env[$0] ?? ""))" }.joined(separator: ", ")
+                + "}"
+            let prefix =
+                "void (globalThis.__hangarEnv = Object.fromEntries(Object.keys(\(object)).map((k) => [k, process.env[k]])), Object.assign(process.env, \(object)));"
+            let cleanup =
+                "void (Object.entries(globalThis.__hangarEnv).forEach(([k, v]) => v === undefined ? delete process.env[k] : (process.env[k] = v)), delete globalThis.__hangarEnv);"
+            return (prefix, cleanup)
         default:
             return (nil, nil)
         }

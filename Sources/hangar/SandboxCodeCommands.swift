@@ -25,7 +25,7 @@ struct SandboxRunCodeCommand: AsyncParsableCommand {
         help: "The code context (from `hangar sandbox contexts create`); default: the language's default context."
     )
     var codeContext: String?
-    @Option(help: "Language of the default context: python or bash.")
+    @Option(help: "Language of the default context: python, bash or javascript (needs node in the sandbox).")
     var language: String = "python"
     @Option(help: "The cell's code (default: read standard input).")
     var code: String?
@@ -37,7 +37,7 @@ struct SandboxRunCodeCommand: AsyncParsableCommand {
     var id: String
 
     func validate() throws {
-        guard ["python", "bash"].contains(language) else { throw ValidationError("--language must be python or bash") }
+        guard CodeLanguages.all.contains(language) else { throw ValidationError(CodeLanguages.refusal) }
         if let timeout, !(timeout > 0 && timeout <= 86_400) {
             throw ValidationError("--timeout must be more than 0 and at most 86400 seconds")
         }
@@ -176,7 +176,7 @@ struct SandboxContextsCreateCommand: AsyncParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var owner: SandboxTenantOptions
     @OptionGroup var output: OutputOptions
-    @Option(help: "python or bash.")
+    @Option(help: "python, bash or javascript (needs node in the sandbox).")
     var language: String = "python"
     @Option(help: "Working directory in the sandbox (default: /home/user).")
     var cwd: String?
@@ -186,7 +186,7 @@ struct SandboxContextsCreateCommand: AsyncParsableCommand {
     var id: String
 
     func validate() throws {
-        guard ["python", "bash"].contains(language) else { throw ValidationError("--language must be python or bash") }
+        guard CodeLanguages.all.contains(language) else { throw ValidationError(CodeLanguages.refusal) }
     }
 
     func run() async throws {
@@ -265,4 +265,10 @@ private func codeContextCall(
     default:
         return reply
     }
+}
+
+/// The languages of code contexts, as `--language` takes them.
+enum CodeLanguages {
+    static let all = ["python", "bash", "javascript"]
+    static let refusal = "--language must be python, bash or javascript (javascript needs node in the sandbox)"
 }

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import base64
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -167,6 +168,12 @@ def sync_run_code():
         except e2b.TimeoutException:
             pass
         check(sbx.run_code("x").text == "41", "the context keeps its state after a timed-out cell")
+        if shutil.which("node"):
+            sbx.run_code("const base = 40", language="js")
+            script = sbx.run_code("base + 2", language="js")
+            check(script.text == "42", f"a js cell with the state of the one before: {script}")
+            thrown = sbx.run_code("null.x", language="js")
+            check(thrown.error is not None and thrown.error.name == "TypeError", f"a js error: {thrown.error}")
 
 
 # ---------------------------------------------------------------- async client

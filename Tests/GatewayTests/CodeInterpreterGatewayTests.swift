@@ -113,8 +113,24 @@ struct CodeInterpreterGatewayTests {
             // Bash by language; an unknown language, both a context and a language, bad bodies.
             let bash = try await api.execute(client, ["code": "echo from-bash $((2 * 21))", "language": "bash"])
             #expect(bash.lines.contains { ($0["text"] as? String) == "from-bash 42\n" }, "\(bash.lines)")
-            let javascript = try await api.execute(client, ["code": "1", "language": "javascript"])
-            #expect(javascript.status == .internalServerError && javascript.text.contains("Failed to create context"))
+            let cobol = try await api.execute(client, ["code": "1", "language": "cobol"])
+            #expect(cobol.status == .internalServerError && cobol.text.contains("Failed to create context"))
+            if FileManager.default.isExecutableFile(atPath: "/usr/bin/node") {
+                // JavaScript as E2B's SDKs name it ("js"), with variables for one cell only.
+                let script = try await api.execute(
+                    client,
+                    [
+                        "code": "const k = 6; k * 7 + ' ' + process.env.ONLY_HERE", "language": "js",
+                        "env_vars": ["ONLY_HERE": "yes"],
+                    ]
+                )
+                #expect(script.mainText == "42 yes", "\(script.lines)")
+                let later = try await api.execute(
+                    client,
+                    ["code": "k + ' ' + process.env.ONLY_HERE", "language": "js"]
+                )
+                #expect(later.mainText == "6 undefined", "\(later.lines)")
+            }
             let both = try await api.execute(client, ["code": "1", "language": "python", "context_id": "ctx-1"])
             #expect(both.status == .badRequest && both.text == "Only one of context_id or language can be provided")
             let malformed = try await api.call(client, "/execute", .post, body: "{not json")

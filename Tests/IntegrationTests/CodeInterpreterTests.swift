@@ -118,6 +118,25 @@ struct CodeInterpreterTests {
         #expect(failed.error?.name == "ExitCode" && failed.error?.value == "1", "\(failed)")
         _ = try await code.contexts { $0.remove = shell.context.id }
 
+        // A javascript context (node, which the host template has) keeps its declarations, and
+        // its cell's completion value is the main result; a run naming only the language gets
+        // that language's default context.
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/node") {
+            let script = try await code.contexts { $0.create = .with { $0.language = "javascript" } }
+            _ = try await code.run(
+                "let n = 20; console.log('node', process.version.startsWith('v'))",
+                context: script.context.id
+            )
+            let doubled = try await code.run("n * 2 + 2", context: script.context.id)
+            #expect(doubled.main?["text/plain"] == "42" && doubled.done?.end == .codeCellOk, "\(doubled)")
+            let thrown = try await code.run("null.x", context: script.context.id)
+            #expect(thrown.error?.name == "TypeError", "\(thrown)")
+            _ = try await code.contexts { $0.remove = script.context.id }
+            let byLanguage = try await code.run("[1, 2, 3].map((v) => v * v)", language: "javascript")
+            #expect(byLanguage.main?["text/plain"] == "[ 1, 4, 9 ]", "\(byLanguage)")
+            _ = try await code.contexts { $0.remove = byLanguage.done?.contextID ?? "" }
+        }
+
         // Two contexts are apart: the second does not see the first's variables.
         let other = try await code.contexts { $0.create = .with { $0.language = "python" } }
         let otherID = other.context.id

@@ -116,16 +116,23 @@ struct CodeKernelTests {
         let kernel = try TestKernel(language: "python")
         defer { kernel.stop() }
         _ = try await kernel.run("x = 41")
-        kernel.send(id: "loop", code: "print('started')\nwhile True: pass")
-        try await kernel.waitFor { $0.contains { $0.id == "loop" && $0.text == "started\n" } }
-        kernel.interrupt()
-        let loop = try await kernel.cell("loop")
-        #expect(loop.errors.map(\.name) == ["KeyboardInterrupt"])
-        kernel.interrupt()
-        try await kernel.waitFor { $0.contains { $0.type == "log" && $0.text?.contains("SIGINT") == true } }
-        let after = try await kernel.run("x + 1")
+        let after = try await Self.interruptLoop(kernel, "print('started')\nwhile True: pass")
         #expect(after.results.first?.data?["text/plain"] == .string("42"))
         #expect(kernel.isRunning)
+    }
+
+    /// Runs `loop` (which prints "started" and never ends), interrupts it with SIGINT (a
+    /// KeyboardInterrupt error), sends SIGINT again between cells (logged and ignored), then runs
+    /// `x + 1` and returns that cell.
+    static func interruptLoop(_ kernel: TestKernel, _ loop: String) async throws -> KernelCell {
+        kernel.send(id: "loop", code: loop)
+        try await kernel.waitFor { $0.contains { $0.id == "loop" && $0.text == "started\n" } }
+        kernel.interrupt()
+        let interrupted = try await kernel.cell("loop")
+        #expect(interrupted.errors.map(\.name) == ["KeyboardInterrupt"])
+        kernel.interrupt()
+        try await kernel.waitFor { $0.contains { $0.type == "log" && $0.text?.contains("SIGINT") == true } }
+        return try await kernel.run("x + 1")
     }
 
     @Test("an open matplotlib figure comes as a PNG result; plt.show() needs no display")
@@ -203,6 +210,62 @@ struct CodeKernelTests {
         #expect(exit.errors.first?.name == "ShellExited")
         let status = try await kernel.exitStatus()
         #expect(status != 0)
+    }
+
+    @Test(
+        "javascript: declarations last across cells; the completion value is the main result; errors, console output, SIGINT",
+        .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/node"))
+    )
+    func javascript() async throws {
+        let kernel = try TestKernel(language: "javascript")
+        defer { kernel.stop() }
+        let ready = try await kernel.ready()
+        #expect(ready.language == "javascript")
+        let declare = try await kernel.run("let x = 41; const f = (n) => n + 1;")
+        #expect(declare.results.isEmpty && declare.errors.isEmpty, "\(declare)")
+        let value = try await kernel.run("f(x)")
+        #expect(value.results.map(\.main) == [true])
+        #expect(value.results.first?.data?["text/plain"] == .string("42"))
+        let object = try await kernel.run("({a: [1, 2], b: 'two'})")
+        #expect(object.results.first?.data?["text/plain"] == .string("{ a: [ 1, 2 ], b: 'two' }"))
+        let printed = try await kernel.run(
+            "console.log('hi', x); console.error('oops'); process.stdout.write('raw\\n'); 7"
+        )
+        #expect(printed.stdout == "hi 41\nraw\n", "\(printed)")
+        #expect(printed.stderr == "oops\n", "\(printed)")
+        #expect(printed.results.first?.data?["text/plain"] == .string("7"))
+        let child = try await kernel.run(
+            "require('child_process').execSync('echo from-a-child', {stdio: 'inherit'}); undefined"
+        )
+        #expect(child.stdout == "from-a-child\n" && child.results.isEmpty, "\(child)")
+        let thrown = try await kernel.run("function g() { throw new TypeError('bad ' + x) }\ng()")
+        #expect(thrown.errors.first?.name == "TypeError")
+        #expect(thrown.errors.first?.value == "bad 41")
+        #expect(thrown.errors.first?.traceback?.contains("<cell ") == true, "\(thrown.errors)")
+        let syntax = try await kernel.run("let = ;")
+        #expect(syntax.errors.first?.name == "SyntaxError", "\(syntax.errors)")
+        let after = try await Self.interruptLoop(kernel, "console.log('started'); while (true) {}")
+        #expect(after.results.first?.data?["text/plain"] == .string("42"))
+        #expect(after.done.executionCount == 9)
+        #expect(kernel.isRunning)
+    }
+
+    @Test("javascript without node: the kernel says so on stderr and exits with status 2")
+    func javascriptWithoutNode() async throws {
+        let empty = FileManager.default.temporaryDirectory.appendingPathComponent("no-node-\(uniqueTag())").path
+        try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: empty) }
+        let kernel = try TestKernel(language: "javascript", path: empty)
+        defer { kernel.stop() }
+        #expect(try await kernel.exitStatus() == 2)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !kernel.diagnostics.contains("javascript needs node") && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(
+            kernel.diagnostics.contains("javascript needs node (nodejs), and this sandbox has none"),
+            "\(kernel.diagnostics)"
+        )
     }
 
     @Test("os._exit(3) ends the kernel with status 3")
@@ -294,9 +357,11 @@ final class TestKernel: @unchecked Sendable {
     private let state = Mutex<(frames: [CodeKernelFrame], stderr: Data, problem: String?)>(([], Data(), nil))
     private var counter = 0
 
-    init(language: String) throws {
+    /// A kernel of `language`; with `path`, that `PATH` instead of the test's own.
+    init(language: String, path: String? = nil) throws {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         process.arguments = Array(CodeKernel.argv(language: language).dropFirst())
+        if let path { process.environment = ["PATH": path] }
         process.standardInput = input
         process.standardOutput = output
         process.standardError = errorOutput
@@ -334,6 +399,8 @@ final class TestKernel: @unchecked Sendable {
 
     var pid: Int32 { process.processIdentifier }
     var isRunning: Bool { process.isRunning }
+    /// What the kernel wrote to its own stderr so far.
+    var diagnostics: String { state.withLock { String(decoding: $0.stderr, as: UTF8.self) } }
 
     func frames() -> [CodeKernelFrame] {
         state.withLock { $0.frames }

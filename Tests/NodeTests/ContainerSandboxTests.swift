@@ -211,6 +211,22 @@ struct ContainerSandboxTests {
             return false
         }
         #expect(png, "\(cells[2])")
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/node") {
+            let script = try await within(.seconds(60)) {
+                var events: [Hangar_V1_CodeRunEvent] = []
+                let request = Hangar_V1_CodeRunRequest.with {
+                    $0.language = "javascript"
+                    $0.code = "const xs = [1, 2, 3]; xs.reduce((a, b) => a + b)"
+                }
+                for await event in await target.code.run(request) { events.append(event) }
+                return events
+            }
+            let sum = script.compactMap { event -> String? in
+                if case .result(let result) = event.kind, result.main { return result.data["text/plain"] }
+                return nil
+            }
+            #expect(sum == ["6"], "\(script)")
+        }
         await host.kill(start.sandboxID, reason: "test over")
         #expect(host.sandboxIDs.isEmpty)
     }

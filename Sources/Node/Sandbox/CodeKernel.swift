@@ -21,8 +21,9 @@ import Foundation
 /// such a kernel.
 /// EOF on stdin ends the kernel with status 0.
 public enum CodeKernel {
-    /// The languages a kernel runs, as its last argument.
-    public static let languages = ["python", "bash"]
+    /// The languages a kernel runs, as its last argument: `javascript` needs `node` in the
+    /// sandbox.
+    public static let languages = ["python", "bash", "javascript"]
 
     /// The command that starts a kernel for `language` (one of ``languages``).
     public static func argv(language: String) -> [String] {
@@ -71,6 +72,12 @@ public enum CodeKernel {
         import types
 
         LANGUAGE = sys.argv[1] if len(sys.argv) > 1 else "python"
+        if LANGUAGE == "javascript":
+            import shutil
+
+            if shutil.which("node") is None:
+                sys.stderr.write("javascript needs node (nodejs), and this sandbox has none\n")
+                sys.exit(2)
         KERNEL_GLOBALS = globals()
         CHUNK = 65536
 
@@ -243,7 +250,7 @@ public enum CodeKernel {
 
         def on_sigint(signum, frame):
             global interrupted
-            if LANGUAGE == "bash":
+            if LANGUAGE in ("bash", "javascript"):
                 if not in_cell:
                     log("SIGINT between cells ignored")
                     return
@@ -576,6 +583,136 @@ public enum CodeKernel {
             return "'" + text.replace("'", "'\\''") + "'"
 
 
+        # --- javascript cells ------------------------------------------------------------------------------
+        # One node process per context (in `shell`), its cells evaluated in one global context, so
+        # declarations persist; node's stdout and stderr are fds 1 and 2, framed as a python cell's
+        # output. Requests go to node on a pipe of their own (its stdin is /dev/null), its answers
+        # come back as JSON lines on another; SIGINT reaches node's process group like a bash
+        # cell's, and `breakOnSigint` turns it into an exception in the running cell.
+
+        NODE_SOURCE = r"""
+        'use strict';
+        const fs = require('fs');
+        const vm = require('vm');
+        const util = require('util');
+        const [requestFd, replyFd] = process.argv.slice(-2).map(Number);
+        const reply = (value) => fs.writeSync(replyFd, JSON.stringify(value) + '\n');
+        process.on('SIGINT', () => {});
+        const cellFrames = (stack) => String(stack || '').split('\n')
+            .filter((line, index) => index === 0 || line.includes('<cell ')).join('\n');
+        function run(request) {
+            try {
+                const value = vm.runInThisContext(request.code, {
+                    filename: '<cell ' + request.count + '>', breakOnSigint: true, displayErrors: false,
+                });
+                reply({ status: 'ok', text: value === undefined ? null : util.inspect(value) });
+            } catch (error) {
+                if (error && error.code === 'ERR_SCRIPT_EXECUTION_INTERRUPTED') {
+                    reply({ status: 'interrupted' });
+                    return;
+                }
+                const isError = error instanceof Error;
+                reply({
+                    status: 'error',
+                    name: isError ? error.name : typeof error,
+                    value: isError ? error.message : util.inspect(error),
+                    traceback: isError ? cellFrames(error.stack) : '',
+                });
+            }
+        }
+        let pending = '';
+        fs.createReadStream(null, { fd: requestFd }).on('data', (chunk) => {
+            pending += chunk.toString('utf8');
+            let newline;
+            while ((newline = pending.indexOf('\n')) >= 0) {
+                const line = pending.slice(0, newline);
+                pending = pending.slice(newline + 1);
+                if (line.trim()) run(JSON.parse(line));
+            }
+        }).on('end', () => process.exit(0));
+        reply({ status: 'ready' });
+        """
+
+        reply_buffer = b""
+
+
+        def read_reply():
+            """The next JSON line node answers; None once node is gone."""
+            global reply_buffer
+            while b"\n" not in reply_buffer:
+                try:
+                    data = os.read(control_read, CHUNK)
+                except InterruptedError:
+                    continue
+                if not data:
+                    return None
+                reply_buffer += data
+            line, _, reply_buffer = reply_buffer.partition(b"\n")
+            try:
+                return json.loads(line)
+            except ValueError:
+                return {"status": "error", "name": "KernelError", "value": "node answered %r" % line[:200]}
+
+
+        def start_node():
+            global shell, control_read
+            control_read, control_write = os.pipe()
+            request_read, request_write = os.pipe()
+            null_fd = os.open(os.devnull, os.O_RDONLY)
+            shell = subprocess.Popen(
+                ["node", "--no-warnings", "-e", NODE_SOURCE, "--", str(request_read), str(control_write)],
+                stdin=null_fd,
+                stdout=1,
+                stderr=2,
+                pass_fds=(request_read, control_write),
+                start_new_session=True,
+                close_fds=True,
+            )
+            for fd in (control_write, request_read, null_fd):
+                os.close(fd)
+            ready = read_reply()
+            if ready is None or ready.get("status") != "ready":
+                log("node did not start: %r" % ready)
+                sys.exit(2)
+            return os.fdopen(request_write, "wb", buffering=0)
+
+
+        node_requests = None
+
+
+        def run_javascript(code, count):
+            global interrupted, in_cell
+            interrupted = False
+            in_cell = True
+            try:
+                node_requests.write((json.dumps({"code": code, "count": count}) + "\n").encode("utf-8", "replace"))
+            except OSError:
+                pass
+            answer = read_reply()
+            in_cell = False
+            sync_output()
+            if answer is None:
+                code = shell.wait()
+                emit({"type": "error", "id": current_id, "name": "NodeExited", "value": str(code), "traceback": ""})
+                emit({"type": "done", "id": current_id, "execution_count": count})
+                sys.exit(1)
+            status = answer.get("status")
+            if status == "interrupted" or interrupted and status != "ok":
+                emit({"type": "error", "id": current_id, "name": "KeyboardInterrupt", "value": "", "traceback": ""})
+            elif status == "error":
+                emit(
+                    {
+                        "type": "error",
+                        "id": current_id,
+                        "name": clean(str(answer.get("name", ""))),
+                        "value": clean(str(answer.get("value", ""))),
+                        "traceback": clean(str(answer.get("traceback", ""))),
+                    }
+                )
+            elif isinstance(answer.get("text"), str):
+                emit({"type": "result", "id": current_id, "main": True, "data": {"text/plain": clean(answer["text"])}})
+
+
         # --- the request loop ------------------------------------------------------------------------------
 
 
@@ -601,11 +738,14 @@ public enum CodeKernel {
 
         def main():
             global current_id, SHELL_FD
-            if LANGUAGE not in ("python", "bash"):
+            global node_requests
+            if LANGUAGE not in ("python", "bash", "javascript"):
                 log("unknown language %r" % LANGUAGE)
                 sys.exit(2)
             if LANGUAGE == "bash":
                 SHELL_FD = start_shell()
+            if LANGUAGE == "javascript":
+                node_requests = start_node()
             emit({"type": "ready", "language": LANGUAGE, "pid": os.getpid()})
             count = 0
             for line in requests():
@@ -625,6 +765,8 @@ public enum CodeKernel {
                 try:
                     if LANGUAGE == "bash":
                         run_bash(code, count)
+                    elif LANGUAGE == "javascript":
+                        run_javascript(code, count)
                     else:
                         run_python(code, count)
                 except KeyboardInterrupt:
@@ -633,7 +775,7 @@ public enum CodeKernel {
                 emit({"type": "done", "id": cell, "execution_count": count})
             if shell is not None:
                 try:
-                    shell.stdin.close()
+                    (node_requests or shell.stdin).close()
                 except OSError:
                     pass
             os._exit(0)

@@ -1393,7 +1393,7 @@ public nonisolated struct Hangar_V1_CodeRunRequest: Sendable {
   /// empty: the sandbox's default context of `language`, made on first use
   public var contextID: String = String()
 
-  /// for the default context: "python" (when empty) or "bash"
+  /// for the default context: "python" (when empty), "bash" or "javascript"
   public var language: String = String()
 
   /// at most 1 MiB
@@ -1620,7 +1620,7 @@ public nonisolated struct Hangar_V1_CodeContextCreate: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// "python" (when empty) or "bash"
+  /// "python" (when empty), "bash" or "javascript" (needs node)
   public var language: String = String()
 
   /// empty: the user's home
