@@ -2,7 +2,8 @@
  * hangar-guest-agent: /init of a Hangar microVM.
  *
  * Mounts the basics, loads the virtio modules the host listed, opens the virtio-serial port named
- * "hangar.agent", says READY, (after a snapshot restore: takes a SEED and says READY again) receives one JOB, runs it as uid 65534 in a cgroup with the job's
+ * "hangar.agent", says READY, (after a snapshot restore: takes a SEED and says READY again) receives one JOB (or an
+ * ATTACH, which makes the VM a stateful sandbox: see protocol.h), runs it as uid 65534 in a cgroup with the job's
  * memory, pids and CPU limits, rlimits and a private size-bounded /tmp, streams its output with the
  * caps applied, reports how it ended, and reboots (qemu runs with -no-reboot, so it exits).
  *
@@ -32,6 +33,35 @@ static void say_ready(void) {
     if (send_frame(FRAME_READY, uptime, sizeof uptime) != 0) power_off();
 }
 
+/* ATTACH: the VM becomes a stateful sandbox whose first process is the sandbox agent. Its "user"
+ * commands run as uid 1000 of a user namespace that maps it onto the agent's uid 0, so /home/user
+ * belongs to uid 0 here: that is `user` to them. */
+static void attach(uint32_t length) {
+    uint8_t payload[8];
+    if (length != sizeof payload) fail(KIND_ERROR, "guest: a %u-byte ATTACH frame", length);
+    if (read_all(port, payload, sizeof payload) != 0) fail(KIND_ERROR, "guest: the attach frame was cut short");
+    unsigned long long disk = (unsigned long long)get64(payload);
+    if (access("/.hangar/agent", X_OK) != 0) fail(KIND_ERROR, "guest: this VM has no sandbox agent");
+    struct {
+        const char *path, *options;
+    } places[] = {{"/home/user", "mode=0755"}, {"/root", "mode=0700"}, {"/tmp", "mode=1777"}};
+    mkdir("/home", 0755);
+    for (size_t index = 0; index < sizeof places / sizeof places[0]; index++) {
+        char options[128];
+        snprintf(options, sizeof options, "size=%llu,%s", disk, places[index].options);
+        mkdir(places[index].path, 0755);
+        if (mount("tmpfs", places[index].path, "tmpfs", MS_NOSUID | MS_NODEV, options) != 0)
+            fail(KIND_ERROR, "guest: cannot mount %s: %s", places[index].path, strerror(errno));
+    }
+    /* The port is fd 3 of the sandbox agent, kept across the exec. */
+    if (port == 3 ? fcntl(3, F_SETFD, 0) != 0 : dup2(port, 3) != 3) fail(KIND_ERROR, "guest: fd 3: %s", strerror(errno));
+    char *const arguments[] = {"hangar-sandbox-agent", "--in", "3", "--out", "3", "--seccomp-file", "/.hangar/seccomp",
+                               NULL};
+    char *const environment[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL};
+    execve("/.hangar/agent", arguments, environment);
+    fail(KIND_ERROR, "guest: cannot start the sandbox agent: %s", strerror(errno));
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "--tsc-khz") == 0) {
         measure_tsc();
@@ -57,6 +87,7 @@ int main(int argc, char **argv) {
         reseed(seed, length);
         say_ready();
     }
+    if (header[0] == FRAME_ATTACH) attach(length);
     if (header[0] != FRAME_JOB) fail(KIND_ERROR, "guest: expected a JOB frame, got type %u", header[0]);
     if (length > JOB_MAX) fail(KIND_ERROR, "guest: the job is %u bytes, more than %u", length, JOB_MAX);
     uint8_t *data = malloc(length ? length : 1);

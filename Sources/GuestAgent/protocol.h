@@ -18,6 +18,11 @@
  *               the CRNG, sets the clock and answers with a new READY. Before the JOB only.
  *   'J' JOB     a sequence of fields: 1 byte tag, 4 bytes big-endian length, the value
  *               (see FIELD_*); LIMITS is nine big-endian u64 (see struct limits)
+ *   'A' ATTACH  u64 disk bytes: instead of a JOB, the VM becomes a stateful sandbox. The agent
+ *               mounts /home/user, /root and /tmp as tmpfs of that size each, and execs
+ *               the sandbox agent (/.hangar/agent, `hangar-sandbox-agent`) with the port as its
+ *               channel and the filter at /.hangar/seccomp; from then on the port speaks
+ *               proto/hangar/v1/agent.proto's frames. If the VM has no sandbox agent, an EXIT says so.
  */
 #ifndef HANGAR_GUEST_PROTOCOL_H
 #define HANGAR_GUEST_PROTOCOL_H
@@ -28,6 +33,7 @@
 #define FRAME_EXIT 'X'
 #define FRAME_JOB 'J'
 #define FRAME_SEED 'S'
+#define FRAME_ATTACH 'A'
 
 #define SEED_MIN 16
 #define SEED_MAX 256

@@ -437,15 +437,17 @@ func makeRuntimes(
 }
 
 /// The node's stateful sandboxes: process sandboxes when `hangar-sandbox-agent` is next to this
-/// program (or at `$HANGAR_SANDBOX_AGENT`) and the node offers the `process` runtime; otherwise none,
-/// and the node refuses every sandbox ("holds no stateful sandboxes").
+/// program (or at `$HANGAR_SANDBOX_AGENT`) and the node offers the `process` runtime (container and
+/// gvisor ones where runc and runsc are, microvm ones when the node offers `microvm`); otherwise
+/// none, and the node refuses every sandbox ("holds no stateful sandboxes").
 func makeSandboxHost(runtimes: [any Runtime], resources: NodeResources, logger: Logger) -> (any SandboxHost)? {
     guard runtimes.contains(where: { $0.name == "process" }) else { return nil }
     guard let agentPath = ProcessSandbox.locateAgent() else {
         logger.notice("no hangar-sandbox-agent next to this program: this node holds no stateful sandboxes")
         return nil
     }
-    return ProcessSandboxHost(agentPath: agentPath, resources: resources, logger: logger)
+    let microvm = runtimes.lazy.compactMap { $0 as? MicroVMRuntime }.first
+    return ProcessSandboxHost(agentPath: agentPath, microvm: microvm, resources: resources, logger: logger)
 }
 
 func parseLabels(_ labels: [String], flag: String = "--label") throws -> [String: String] {

@@ -31,14 +31,21 @@ struct SandboxDataPlaneTests {
     }
 
     @Test(
-        "a container or gvisor sandbox through the scheduler: commands as user 1000, state kept, kill",
-        arguments: ["container", "gvisor"]
+        "a container, gvisor or microvm sandbox through the scheduler: commands as user 1000, state kept, kill",
+        arguments: ["container", "gvisor", "microvm"]
     )
     func containerSandbox(runtime: String) async throws {
         let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
-        let host = ProcessSandboxHost(agentPath: agentPath)
+        let microvm = MicroVMRuntime()
+        let host = ProcessSandboxHost(agentPath: agentPath, microvm: microvm)
         try #require(host.availableRuntimes.contains(runtime), "\(runtime): runc or runsc is not here")
-        let runtimes: [any Runtime] = [runtime == "gvisor" ? GVisorRuntime() : ContainerRuntime(), NullRuntime()]
+        let offered: any Runtime =
+            switch runtime {
+            case "gvisor": GVisorRuntime()
+            case "microvm": microvm
+            default: ContainerRuntime()
+            }
+        let runtimes: [any Runtime] = [offered, NullRuntime()]
         let cluster = try await AuthorizedCluster.start(runtimes: runtimes, sandboxHost: host)
         do {
             let answer = try await cluster.tenantA.request(

@@ -51,15 +51,7 @@ struct ContainerSandboxTests {
         _ argv: [String],
         _ configure: (inout Hangar_V1_AgentExec) -> Void = { _ in }
     ) async throws -> Collector {
-        var exec = Hangar_V1_AgentExec()
-        exec.argv = argv
-        configure(&exec)
-        let request = exec
-        return try await within(.seconds(20)) {
-            var collector = Collector()
-            for try await event in sandbox.agent.exec(request) { try collector.take(event) }
-            return collector
-        }
+        try await execute(sandbox, argv, configure, within: .seconds(20))
     }
 
     @Test("echo gives hi and exit 0; commands run as uid 1000 in /home/user, or as root; only loopback")
@@ -186,46 +178,22 @@ struct ContainerSandboxTests {
         for try await event in target.agent.exec(exec) { try collector.take(event) }
         #expect(text(collector.stdout).hasPrefix("/.hangar/agent\0"))
         // The code interpreter: a python context keeps its state between cells.
-        var cells: [[Hangar_V1_CodeRunEvent]] = []
         let chart = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('squares')"
-        for code in ["x = 41\nprint('set', x)", "x + 1", chart] {
-            let events = try await within(.seconds(60)) {
-                var events: [Hangar_V1_CodeRunEvent] = []
-                for await event in await target.code.run(.with { $0.code = code }) { events.append(event) }
-                return events
-            }
-            cells.append(events)
-        }
-        let printed = cells[0].compactMap { event -> String? in
-            if case .stream(let stream) = event.kind { return stream.text }
-            return nil
-        }
-        #expect(printed.joined() == "set 41\n", "\(cells[0])")
-        let value = cells[1].compactMap { event -> String? in
-            if case .result(let result) = event.kind, result.main { return result.data["text/plain"] }
-            return nil
-        }
-        #expect(value == ["42"], "\(cells[1])")
+        let cells = try await runCells(target, ["x = 41\nprint('set', x)", "x + 1", chart])
+        #expect(printed(cells[0]) == "set 41\n", "\(cells[0])")
+        #expect(mainValues(cells[1]) == ["42"], "\(cells[1])")
         let png = cells[2].contains { event in
             if case .result(let result) = event.kind { return result.data["image/png"] != nil }
             return false
         }
         #expect(png, "\(cells[2])")
         if FileManager.default.isExecutableFile(atPath: "/usr/bin/node") {
-            let script = try await within(.seconds(60)) {
-                var events: [Hangar_V1_CodeRunEvent] = []
-                let request = Hangar_V1_CodeRunRequest.with {
-                    $0.language = "javascript"
-                    $0.code = "const xs = [1, 2, 3]; xs.reduce((a, b) => a + b)"
-                }
-                for await event in await target.code.run(request) { events.append(event) }
-                return events
-            }
-            let sum = script.compactMap { event -> String? in
-                if case .result(let result) = event.kind, result.main { return result.data["text/plain"] }
-                return nil
-            }
-            #expect(sum == ["6"], "\(script)")
+            let script = try await runCells(
+                target,
+                ["const xs = [1, 2, 3]; xs.reduce((a, b) => a + b)"],
+                language: "javascript"
+            )
+            #expect(mainValues(script[0]) == ["6"], "\(script)")
         }
         await host.kill(start.sandboxID, reason: "test over")
         #expect(host.sandboxIDs.isEmpty)

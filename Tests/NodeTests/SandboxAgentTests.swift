@@ -398,11 +398,23 @@ func run(
     _ configure: (inout Hangar_V1_AgentExec) -> Void = { _ in },
     whileRunning: @escaping @Sendable (UInt32) async throws -> Void = { _ in }
 ) async throws -> Collector {
+    try await execute(sandbox, argv, configure, within: .seconds(10), whileRunning: whileRunning)
+}
+
+/// Runs `argv` in any stateful sandbox to its end (at most `limit`); `whileRunning` gets the pid
+/// once it started.
+func execute(
+    _ sandbox: any StatefulSandbox,
+    _ argv: [String],
+    _ configure: (inout Hangar_V1_AgentExec) -> Void = { _ in },
+    within limit: Duration,
+    whileRunning: @escaping @Sendable (UInt32) async throws -> Void = { _ in }
+) async throws -> Collector {
     var exec = Hangar_V1_AgentExec()
     exec.argv = argv
     configure(&exec)
     let request = exec
-    return try await within(.seconds(10)) {
+    return try await within(limit) {
         var collector = Collector()
         for try await event in sandbox.agent.exec(request) {
             try collector.take(event)

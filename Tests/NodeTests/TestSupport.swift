@@ -77,3 +77,44 @@ func leftoverCgroups(ofJob jobID: String) -> [String] {
         ($0 as NSString).lastPathComponent.hasPrefix("\(jobID).\(getpid()).")
     }
 }
+
+/// The cells of `codes` run one after another in `target`'s code contexts (`language`'s default
+/// context), each bounded by `limit`: every cell's events.
+func runCells(
+    _ target: SandboxDataTarget,
+    _ codes: [String],
+    language: String = "",
+    within limit: Duration = .seconds(60)
+) async throws -> [[Hangar_V1_CodeRunEvent]] {
+    var cells: [[Hangar_V1_CodeRunEvent]] = []
+    for code in codes {
+        let request = Hangar_V1_CodeRunRequest.with {
+            $0.code = code
+            $0.language = language
+        }
+        cells.append(
+            try await within(limit) {
+                var events: [Hangar_V1_CodeRunEvent] = []
+                for await event in await target.code.run(request) { events.append(event) }
+                return events
+            }
+        )
+    }
+    return cells
+}
+
+/// What a cell's stream events printed, joined.
+func printed(_ events: [Hangar_V1_CodeRunEvent]) -> String {
+    events.compactMap { event -> String? in
+        if case .stream(let stream) = event.kind { return stream.text }
+        return nil
+    }.joined()
+}
+
+/// The `text/plain` of a cell's main results.
+func mainValues(_ events: [Hangar_V1_CodeRunEvent]) -> [String] {
+    events.compactMap { event -> String? in
+        if case .result(let result) = event.kind, result.main { return result.data["text/plain"] }
+        return nil
+    }
+}

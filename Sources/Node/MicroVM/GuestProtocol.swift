@@ -12,6 +12,15 @@ enum GuestProtocol {
     static let exit = UInt8(ascii: "X")
     static let job = UInt8(ascii: "J")
     static let seed = UInt8(ascii: "S")
+    static let attach = UInt8(ascii: "A")
+
+    /// An ATTACH frame: the VM becomes a stateful sandbox whose writable places (`/home/user`,
+    /// `/root`, `/tmp`) are tmpfs mounts of `diskBytes` each (see ``MicroVMSandbox``).
+    static func encodeAttach(diskBytes: UInt64) -> Data {
+        var payload = Data()
+        appendUInt64(&payload, diskBytes)
+        return frame(attach, payload)
+    }
 
     /// The SEED frame for a VM restored from a snapshot: the host's realtime clock in nanoseconds
     /// and 64 fresh random bytes (the agent mixes them into the kernel's pool, reseeds its CRNG,

@@ -18,6 +18,10 @@ struct InitramfsBuilder {
     var pythonPath: String?
     /// Where the programs run to build it (`busybox`, `ldd`) are noted while they run.
     var ledger: SandboxLedger?
+    /// The static `hangar-sandbox-agent` and the seccomp filter it installs in commands, put at
+    /// `/.hangar/agent` and `/.hangar/seccomp` for VMs that become stateful sandboxes (the ATTACH
+    /// frame); nil leaves them out.
+    var sandboxAgent: (path: String, filter: Data)? = nil
 
     /// Modules loaded in the guest, dependencies first.
     static let modules = ["virtio_mmio", "virtio_console"]
@@ -59,6 +63,12 @@ struct InitramfsBuilder {
         tree.file("/etc/group", mode: 0o644, content: Data(Self.group.utf8))
         tree.file("/etc/hosts", mode: 0o644, content: Data("127.0.0.1 localhost sandbox\n::1 localhost\n".utf8))
         if FileManager.default.fileExists(atPath: "/etc/ld.so.cache") { try addHostPath("/etc/ld.so.cache") }
+        if let sandboxAgent {
+            tree.file("/.hangar/agent", mode: 0o755, content: try read(sandboxAgent.path))
+            tree.file("/.hangar/seccomp", mode: 0o644, content: sandboxAgent.filter)
+            tree.directory("/home/user")
+            contents.append("sandbox agent")
+        }
 
         var moduleList: [String] = []
         for module in try Self.moduleOrder(Self.modules, modulesDirectory: modulesDirectory) {
@@ -95,8 +105,10 @@ struct InitramfsBuilder {
         return (tree.archive(), contents.joined(separator: ", "))
     }
 
-    static let passwd = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
-    static let group = "root:x:0:\nnogroup:x:65534:\n"
+    static let passwd =
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n"
+        + "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    static let group = "root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n"
 
     // MARK: - Host files
 

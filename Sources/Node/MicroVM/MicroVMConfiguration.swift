@@ -9,6 +9,9 @@ public struct MicroVMConfiguration: Sendable {
     /// The static guest agent; nil means `$HANGAR_GUEST_AGENT`, else `hangar-guest-agent` next to
     /// the running executable (where `swift build` puts it).
     public var agentPath: String?
+    /// The static `hangar-sandbox-agent` put into the guest for VMs that become stateful
+    /// sandboxes; nil means ``ProcessSandbox/locateAgent()`` (none found: no microvm sandboxes).
+    public var sandboxAgentPath: String?
     /// Put into the guest when present.
     public var busyboxPath = "/bin/busybox"
     public var pythonPath = "/usr/bin/python3"

@@ -50,6 +50,9 @@ final class MicroVMHost: Sendable {
 
     deinit { close(initramfsFD) }
 
+    /// Whether the initramfs holds `hangar-sandbox-agent`, so VMs can become stateful sandboxes.
+    var hasSandboxAgent: Bool { contents.contains("sandbox agent") }
+
     /// Finds qemu, the kernel and the agent, builds the initramfs and picks the accelerator: KVM when
     /// `/dev/kvm` opens and a KVM boot reaches the agent within the probe timeout, TCG otherwise.
     /// VMs run as uids of `users`; qemu and the programs run to prepare are noted in `ledger`.
@@ -71,6 +74,11 @@ final class MicroVMHost: Sendable {
             pythonPath: access(configuration.pythonPath, X_OK) == 0 ? configuration.pythonPath : nil,
             ledger: ledger
         )
+        if let sandboxAgent = configuration.sandboxAgentPath ?? ProcessSandbox.locateAgent(),
+            case .success(let filter) = ProcessRuntime.seccomp
+        {
+            builder.sandboxAgent = (sandboxAgent, Data(filter.bytes))
+        }
         let (archive, contents) = try await builder.build()
         let fd = try Self.memoryFile(archive)
         let tscKHz = try await Self.tscKHz(agentPath, ledger: ledger)

@@ -6,7 +6,8 @@ import Synchronization
 /// Holds a node's stateful sandboxes: per ``SandboxStart``, a ``ProcessSandbox`` (runtime
 /// `process`, a bubblewrap sandbox) or, where runc is available on a root node, a
 /// ``ContainerSandbox`` (runtime `container`, a runc container; runtime `gvisor`, the same run by
-/// runsc where it is available), each with `hangar-sandbox-agent`
+/// runsc where it is available) or a ``MicroVMSandbox`` (runtime `microvm`, a qemu microVM, where
+/// the node offers that runtime), each with `hangar-sandbox-agent`
 /// as its first process, the start's limits, grants and network and, for its commands, its
 /// environment. Both kinds expose the same agent channel, so data plane, files and code contexts do
 /// not tell them apart. Both enforce the start's `NETWORK_ALLOWLIST` (a ``JobNetwork`` per sandbox,
@@ -25,6 +26,8 @@ public final class ProcessSandboxHost: SandboxHost {
     private let container: ContainerRuntime?
     /// The runsc runtime of `gvisor` sandboxes; nil when runsc is not there or the node not root.
     private let gvisor: GVisorRuntime?
+    /// The node's microvm runtime, whose VMs become `microvm` sandboxes; nil: none.
+    private let microvm: MicroVMRuntime?
     private let resources: NodeResources
     private let workRoot: String
     private let logger: Logger
@@ -59,6 +62,7 @@ public final class ProcessSandboxHost: SandboxHost {
         runcPath: String? = "/usr/sbin/runc",
         runscPath: String? = "/usr/bin/runsc",
         gvisorPlatform: String = "ptrace",
+        microvm: MicroVMRuntime? = nil,
         resources: NodeResources = .standard,
         workRoot: String = ProcessSandbox.defaultWorkRoot,
         cellOutputBytes: Int = CodeContexts.maxCellOutputBytes,
@@ -72,6 +76,7 @@ public final class ProcessSandboxHost: SandboxHost {
         } else {
             container = nil
         }
+        self.microvm = microvm
         if let runscPath, geteuid() == 0, access(runscPath, X_OK) == 0 {
             gvisor = GVisorRuntime(runscPath: runscPath, platform: gvisorPlatform, resources: resources)
         } else {
@@ -89,9 +94,10 @@ public final class ProcessSandboxHost: SandboxHost {
     public static let runtimes: Set<String> = ["process"]
 
     /// The runtimes this host makes stateful sandboxes with: ``runtimes``, `container` when runc is
-    /// available and `gvisor` when runsc is.
+    /// available, `gvisor` when runsc is, and `microvm` when the node has that runtime.
     public var availableRuntimes: Set<String> {
         Self.runtimes.union(container == nil ? [] : ["container"]).union(gvisor == nil ? [] : ["gvisor"])
+            .union(microvm == nil ? [] : ["microvm"])
     }
 
     /// The limits of a sandbox from the scheduler's resolved `limits` (unset ones keep the defaults).
@@ -133,7 +139,16 @@ public final class ProcessSandboxHost: SandboxHost {
         let sandbox: any StatefulSandbox
         do throws(SandboxStartError) {
             let engine = runtime == "container" ? container?.engine : runtime == "gvisor" ? gvisor?.engine : nil
-            if let engine {
+            if runtime == "microvm", let microvm {
+                sandbox = try await MicroVMSandbox.start(
+                    id: id,
+                    limits: Self.limits(request.limits),
+                    grants: request.grants,
+                    network: request.network,
+                    runtime: microvm,
+                    logger: logger
+                )
+            } else if let engine {
                 sandbox = try await ContainerSandbox.start(
                     id: id,
                     limits: Self.limits(request.limits),

@@ -1,0 +1,145 @@
+import Foundation
+import Glibc
+import HangarShared
+import Testing
+
+@testable import HangarNode
+
+// Stateful sandboxes in real qemu microVMs (TCG here: a boot takes seconds) with the real guest
+// agent and `hangar-sandbox-agent` that `swift build` puts next to the test binary.
+
+private let runtime = MicroVMRuntime()
+
+extension MicroVMSuites {
+    @Suite("Stateful microVM sandbox, real qemu", .serialized, .enabled(if: geteuid() == 0))
+    struct MicroVMSandboxTests {
+        /// A sandbox for one test, killed at the end and checked to have left no qemu.
+        static func withSandbox(
+            limits: SandboxLimits = SandboxLimits(),
+            _ body: (MicroVMSandbox) async throws -> Void
+        ) async throws {
+            let sandbox = try await MicroVMSandbox.start(id: "vm-\(uniqueTag())", limits: limits, runtime: runtime)
+            do {
+                try await body(sandbox)
+            } catch {
+                await sandbox.kill()
+                throw error
+            }
+            #expect(await sandbox.kill() == nil)
+            #expect(sandbox.hasEnded)
+            #expect(qemuChildProcesses().isEmpty)
+        }
+
+        static func run(
+            _ sandbox: MicroVMSandbox,
+            _ argv: [String],
+            _ configure: (inout Hangar_V1_AgentExec) -> Void = { _ in }
+        ) async throws -> Collector {
+            try await execute(sandbox, argv, configure, within: .seconds(60))
+        }
+
+        @Test(
+            "commands run on the guest's kernel as uid 1000 in /home/user or as root; files and state last; only loopback"
+        )
+        func commands() async throws {
+            try await Self.withSandbox { sandbox in
+                let hello = try await Self.run(sandbox, ["echo", "hi"])
+                #expect(text(hello.stdout) == "hi\n" && hello.exited?.exitCode == 0, "\(text(hello.stderr))")
+                let identity = try await Self.run(sandbox, ["sh", "-c", "id -u; pwd; echo $HOME"])
+                #expect(text(identity.stdout) == "1000\n/home/user\n/home/user\n", "\(text(identity.stderr))")
+                let root = try await Self.run(sandbox, ["id", "-u"]) { $0.user = "root" }
+                #expect(text(root.stdout) == "0\n", "\(text(root.stderr))")
+                for user in ["user", "root"] {
+                    let status = try await Self.run(sandbox, ["grep", "-E", "^(CapEff|Seccomp):", "/proc/self/status"])
+                    {
+                        $0.user = user
+                    }
+                    #expect(text(status.stdout) == "CapEff:\t0000000000000000\nSeccomp:\t2\n", "as \(user)")
+                }
+                // The guest's own kernel: pid 1 is the sandbox agent, and the host's processes are not there.
+                let first = try await Self.run(sandbox, ["cat", "/proc/1/cmdline"])
+                #expect(text(first.stdout).hasPrefix("hangar-sandbox-agent\0"), "\(text(first.stdout))")
+                let links = try await Self.run(
+                    sandbox,
+                    ["sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"]
+                )
+                #expect(text(links.stdout) == "lo\n", "\(text(links.stdout))")
+                // Files through the agent and by commands, kept between commands.
+                let payload = Data((0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 13) })
+                try await sandbox.agent.writeFile("/home/user/data.bin", data: payload)
+                #expect(try await sandbox.agent.readWholeFile("/home/user/data.bin") == payload)
+                let size = try await Self.run(sandbox, ["wc", "-c", "data.bin"])
+                #expect(text(size.stdout).hasPrefix("200000"), "\(text(size.stdout)) \(text(size.stderr))")
+                let write = try await Self.run(
+                    sandbox,
+                    ["sh", "-c", "echo kept > note && echo tmp > /tmp/note && ls -ln note"]
+                )
+                #expect(write.exited?.exitCode == 0, "\(text(write.stderr))")
+                #expect(
+                    text(write.stdout).split(separator: " ", omittingEmptySubsequences: true).dropFirst(2).first
+                        == "1000"
+                )
+                #expect(try await sandbox.agent.readWholeFile("/home/user/note") == Data("kept\n".utf8))
+                #expect(try await sandbox.agent.readWholeFile("/tmp/note") == Data("tmp\n".utf8))
+                // The guest's python3 (standard library only) runs commands too.
+                let python = try await Self.run(sandbox, ["python3", "-c", "import json; print(json.dumps([6 * 7]))"])
+                #expect(text(python.stdout) == "[42]\n", "\(text(python.stderr))")
+            }
+        }
+
+        @Test("the writable places are bounded by the disk limit, and the agent keeps serving")
+        func diskLimit() async throws {
+            var limits = SandboxLimits()
+            limits.diskBytes = 4 << 20
+            try await Self.withSandbox(limits: limits) { sandbox in
+                let big = try await Self.run(sandbox, ["sh", "-c", "head -c 8388608 /dev/zero > /home/user/big"])
+                #expect(big.exited?.exitCode != 0)
+                let after = try await Self.run(sandbox, ["echo", "alive"])
+                #expect(text(after.stdout) == "alive\n")
+            }
+        }
+
+        @Test("host path grants and NETWORK_ALLOWLIST are refused, naming the runtime, before a VM boots")
+        func refusals() async throws {
+            var grants = Hangar_V1_Grants()
+            grants.allowRead = ["/srv/data"]
+            do {
+                _ = try await MicroVMSandbox.start(id: "vm-\(uniqueTag())", grants: grants, runtime: runtime)
+                Issue.record("a microvm sandbox started with a path grant")
+            } catch {
+                #expect(error.description.contains("microvm sandboxes cannot take host path grants"), "\(error)")
+            }
+            var network = Hangar_V1_NetworkPolicy()
+            network.mode = .networkAllowlist
+            network.allow = ["192.0.2.0/24"]
+            do {
+                _ = try await MicroVMSandbox.start(id: "vm-\(uniqueTag())", network: network, runtime: runtime)
+                Issue.record("a microvm sandbox started with an allowlist")
+            } catch {
+                #expect(
+                    error.description.contains("NETWORK_ALLOWLIST is not enforced in microvm sandboxes"),
+                    "\(error)"
+                )
+            }
+            #expect(qemuChildProcesses().isEmpty)
+        }
+
+        @Test("the host starts microvm sandboxes for runtime microvm; a python code context keeps its state")
+        func host() async throws {
+            let host = ProcessSandboxHost(agentPath: try #require(ProcessSandbox.locateAgent()), microvm: runtime)
+            #expect(host.availableRuntimes.contains("microvm"))
+            var start = Hangar_V1_SandboxStart()
+            start.sandboxID = "vm-\(uniqueTag())"
+            start.tenant = "acme"
+            start.runtime = "microvm"
+            try await host.start(start) { _ in Issue.record("the sandbox died") }
+            let target = try #require(host.dataTarget(start.sandboxID, tenant: "acme"))
+            let cells = try await runCells(target, ["x = 41\nprint('set', x)", "x + 1"], within: .seconds(120))
+            #expect(printed(cells[0]) == "set 41\n", "\(cells[0])")
+            #expect(mainValues(cells[1]) == ["42"], "\(cells[1])")
+            await host.kill(start.sandboxID, reason: "test over")
+            #expect(host.sandboxIDs.isEmpty)
+            #expect(qemuChildProcesses().isEmpty)
+        }
+    }
+}
