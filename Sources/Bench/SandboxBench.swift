@@ -13,7 +13,10 @@ import Synchronization
 /// 1. create → ready: the create request answered with the sandbox running (each killed after);
 /// 2. exec `/bin/true` round trip on a running sandbox, against a bare `posix_spawn` + wait of
 ///    `/bin/true` and a raw NATS request/reply round trip, both in the same run;
-/// 3. write then read 1 MiB (`files.write`, `files.read`);
+/// 3. write then read 1 MiB (`files.write`, `files.read`); 3b. the code interpreter (``CodeBench``);
+///    3c. a create and its first cell served by the node's warm sandbox, against the same cold
+///    (the node runs with one warm sandbox; the other steps' creates carry an `env`, so they start
+///    cold);
 /// 4. `--count` (100) idle sandboxes of 64 MiB at once on the node: the time to create them, the
 ///    resident memory they cost, and whether each answers an exec afterwards.
 ///
@@ -57,6 +60,9 @@ enum SandboxBench {
         }
     }
 
+    /// The environment of creates meant to start cold (no warm sandbox serves one with an env).
+    static let cold = ["HANGAR_BENCH": "cold"]
+
     static func run(_ arguments: [String]) async throws -> String {
         let options = try Options(arguments)
         guard geteuid() == 0 else { throw BenchError("stateful process sandboxes need root (the node runs here)") }
@@ -94,7 +100,9 @@ enum SandboxBench {
             logger: logger
         )
         let resources = NodeResources(users: SandboxUsers.standard())
-        let host = ProcessSandboxHost(agentPath: agentPath, resources: resources, logger: logger)
+        // One warm sandbox (step 3c); the other steps' creates carry an `env`, which a warm
+        // sandbox does not serve, so they measure cold starts.
+        let host = ProcessSandboxHost(agentPath: agentPath, resources: resources, warmSandboxes: 1, logger: logger)
         var nodeConfig = NodeConfig(nodeID: "bench-sbx", slots: options.idle + 16)
         nodeConfig.heartbeatInterval = .milliseconds(200)
         let agent = NodeAgent(
@@ -155,7 +163,7 @@ enum SandboxBench {
             var start = ContinuousClock.now
             let info: Hangar_V1_SandboxInfo
             do {
-                info = try await cluster.create()
+                info = try await cluster.create(env: Self.cold)
             } catch {
                 throw BenchError("step 1 (create → ready), create \(index + 1) of \(options.creates): \(error)")
             }
@@ -192,7 +200,7 @@ enum SandboxBench {
         }
         try await echoConnection.flush()
         let echoPayload = try Hangar_V1_SandboxExecRequest.with { $0.argv = ["/bin/true"] }.serializedData()
-        let sandbox = try await cluster.create()
+        let sandbox = try await cluster.create(env: Self.cold)
         for _ in 0..<10 {
             try await cluster.execTrue(sandbox)
             try spawnAndWait("/bin/true")
@@ -265,6 +273,10 @@ enum SandboxBench {
         let code = try await CodeBench.measure(cluster, sandbox: sandbox, runs: options.execs)
         try await cluster.kill(sandbox.id)
         try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
+        // 3c. Creates served by the node's warm sandbox, against cold ones.
+        let warm = try await CodeBench.measureWarm(cluster, runs: options.creates)
+        try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
+        await cluster.host.stop()  // no warm sandbox during step 4's memory figures
 
         // 4. `idle` sandboxes of 64 MiB live at once on the node.
         try await Task.sleep(for: .seconds(1))
@@ -295,7 +307,7 @@ enum SandboxBench {
         }
         let execAllElapsed = execStart.duration(to: .now)
 
-        return code + "\n"
+        return code + warm + "\n"
             + report(
                 options: options,
                 loadAtStart: loadAtStart,
@@ -366,7 +378,7 @@ enum SandboxBench {
 
             """
         table += row(
-            "create → ready (create answered with the sandbox running)",
+            "create → ready (create answered with the sandbox running; cold: a create with an `env`)",
             create,
             goal: "p50 ≤ 25 ms",
             met: verdict(seconds(create.p50) <= 0.025)
@@ -484,11 +496,12 @@ final class BenchCluster: Sendable {
     }
 
     /// Creates a `process` sandbox and returns it once it runs (the scheduler answers then).
-    func create(memoryBytes: UInt64? = nil) async throws -> Hangar_V1_SandboxInfo {
+    func create(memoryBytes: UInt64? = nil, env: [String: String] = [:]) async throws -> Hangar_V1_SandboxInfo {
         var request = Hangar_V1_SandboxCreateRequest()
         request.runtime = "process"
         request.template = "host"
         request.timeoutMs = 1_800_000
+        request.env = env
         if let memoryBytes { request.limits.memoryBytes = memoryBytes }
         let payload = try await self.request(
             Subjects.sandbox(tenant: SandboxBench.tenant, verb: "create"),

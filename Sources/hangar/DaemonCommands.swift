@@ -176,7 +176,7 @@ struct NodeCommand: AsyncParsableCommand {
         "id": .string, "slots": .integer, "runtimes": .strings, "labels": .map, "nats": .string, "creds": .string,
         "tls_ca": .string,
         "log_level": .string, "log_format": .string, "dns_upstream": .string, "sandbox_uids": .string,
-        "wasm_python": .string,
+        "wasm_python": .string, "sandbox_pool": .integer,
     ].merging(MetricsOptions.kinds) { $1 }
 
     @Option(help: "Config file (YAML); flags and HANGAR_NODE_* variables override it.")
@@ -226,6 +226,14 @@ struct NodeCommand: AsyncParsableCommand {
         )
     )
     var wasmPython: String?
+    @Option(
+        name: .customLong("sandbox-pool"),
+        help: ArgumentHelp(
+            "Process sandboxes kept started (each with its python context running) for creates with no grants, network or env of their own. Default 0.",
+            valueName: "N"
+        )
+    )
+    var sandboxPool: Int?
     @OptionGroup var nodeState: NodeStateOptions
     @OptionGroup var metrics: MetricsOptions
 
@@ -241,6 +249,10 @@ struct NodeCommand: AsyncParsableCommand {
         }
         let slots = try self.slots ?? file.integer("slots") ?? 8
         guard slots > 0 else { throw CLIError("slots (--slots, HANGAR_NODE_SLOTS) must be at least 1, got \(slots)") }
+        let sandboxPool = try self.sandboxPool ?? file.integer("sandbox_pool") ?? 0
+        guard (0...64).contains(sandboxPool) else {
+            throw CLIError("sandbox_pool (--sandbox-pool, HANGAR_NODE_SANDBOX_POOL) must be 0-64, got \(sandboxPool)")
+        }
         try log.bootstrap(file)
         let logger = Logger(label: "hangar.node")
         var config = NodeConfig(nodeID: id, slots: slots)
@@ -292,7 +304,12 @@ struct NodeCommand: AsyncParsableCommand {
             nats: nats,
             runtimes: chosen,
             resources: resources,
-            sandboxHost: makeSandboxHost(runtimes: chosen, resources: resources, logger: logger),
+            sandboxHost: makeSandboxHost(
+                runtimes: chosen,
+                resources: resources,
+                warmSandboxes: sandboxPool,
+                logger: logger
+            ),
             logger: logger
         )
         let metrics = try self.metrics.with(file)
@@ -438,16 +455,28 @@ func makeRuntimes(
 
 /// The node's stateful sandboxes: process sandboxes when `hangar-sandbox-agent` is next to this
 /// program (or at `$HANGAR_SANDBOX_AGENT`) and the node offers the `process` runtime (container and
-/// gvisor ones where runc and runsc are, microvm ones when the node offers `microvm`); otherwise
-/// none, and the node refuses every sandbox ("holds no stateful sandboxes").
-func makeSandboxHost(runtimes: [any Runtime], resources: NodeResources, logger: Logger) -> (any SandboxHost)? {
+/// gvisor ones where runc and runsc are, microvm ones when the node offers `microvm`), with
+/// `warmSandboxes` process sandboxes kept started; otherwise none, and the node refuses every
+/// sandbox ("holds no stateful sandboxes").
+func makeSandboxHost(
+    runtimes: [any Runtime],
+    resources: NodeResources,
+    warmSandboxes: Int = 0,
+    logger: Logger
+) -> (any SandboxHost)? {
     guard runtimes.contains(where: { $0.name == "process" }) else { return nil }
     guard let agentPath = ProcessSandbox.locateAgent() else {
         logger.notice("no hangar-sandbox-agent next to this program: this node holds no stateful sandboxes")
         return nil
     }
     let microvm = runtimes.lazy.compactMap { $0 as? MicroVMRuntime }.first
-    return ProcessSandboxHost(agentPath: agentPath, microvm: microvm, resources: resources, logger: logger)
+    return ProcessSandboxHost(
+        agentPath: agentPath,
+        microvm: microvm,
+        resources: resources,
+        warmSandboxes: warmSandboxes,
+        logger: logger
+    )
 }
 
 func parseLabels(_ labels: [String], flag: String = "--label") throws -> [String: String] {

@@ -41,6 +41,11 @@ struct DevCommand: AsyncParsableCommand {
     @OptionGroup var scheduling: SchedulingOptions
     @Option(name: .customLong("pool"), help: "A warm pool on every node, RUNTIME:TEMPLATE=MIN:MAX (repeatable).")
     var pools: [String] = []
+    @Option(
+        name: .customLong("sandbox-pool"),
+        help: "Process sandboxes each node keeps started (with their python context running) for plain creates."
+    )
+    var sandboxPool: Int = 0
     @OptionGroup var metrics: MetricsOptions
     @Option(help: "Where the E2B gateway listens, HOST:PORT (port 0 picks a free one; saved in STATE/gateway-url).")
     var gatewayListen: ListenAddress = ListenAddress(host: "127.0.0.1", port: 49982)
@@ -48,6 +53,7 @@ struct DevCommand: AsyncParsableCommand {
     func validate() throws {
         guard (1...64).contains(nodes) else { throw ValidationError("--nodes must be 1...64") }
         guard slots > 0 else { throw ValidationError("--slots must be at least 1") }
+        guard (0...64).contains(sandboxPool) else { throw ValidationError("--sandbox-pool must be 0-64") }
         guard [1, 3].contains(natsServers) else { throw ValidationError("--nats-servers must be 1 or 3") }
         guard natsServers == 1 || port == nil else {
             throw ValidationError("--port names one nats-server's port; a cluster of three takes free ones")
@@ -125,7 +131,12 @@ struct DevCommand: AsyncParsableCommand {
                     nats: connection,
                     runtimes: chosenRuntimes,
                     resources: resources,
-                    sandboxHost: makeSandboxHost(runtimes: chosenRuntimes, resources: resources, logger: logger),
+                    sandboxHost: makeSandboxHost(
+                        runtimes: chosenRuntimes,
+                        resources: resources,
+                        warmSandboxes: sandboxPool,
+                        logger: logger
+                    ),
                     logger: Logger(label: "hangar.node")
                 )
             )

@@ -41,7 +41,9 @@ struct SandboxCreateCommand: AsyncParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var owner: SandboxTenantOptions
     @OptionGroup var output: OutputOptions
-    @Option(help: "Runtime: process (bubblewrap); others as nodes offer them.")
+    @Option(
+        help: "Runtime: process (bubblewrap), container (runc), gvisor (runsc) or microvm (qemu), as nodes offer them."
+    )
     var runtime: String = "process"
     @Option(help: "Template (root filesystem); see `hangar template list` on a node.")
     var template: String = "host"

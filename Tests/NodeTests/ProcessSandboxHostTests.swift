@@ -66,4 +66,68 @@ struct ProcessSandboxHostTests {
         await host.kill(start.sandboxID, reason: "already gone")  // a no-op
         #expect(deaths.withLock { $0.count } == 1)
     }
+
+    @Test(
+        "warm sandboxes: a plain create after the first is served by a ready sandbox whose python context runs; others start cold; stop ends them"
+    )
+    func warmSandboxes() async throws {
+        let host = ProcessSandboxHost(agentPath: try #require(ProcessSandbox.locateAgent()), warmSandboxes: 1)
+        func start(_ configure: (inout Hangar_V1_SandboxStart) -> Void = { _ in }) async throws -> String {
+            var start = Hangar_V1_SandboxStart()
+            start.sandboxID = "warm-test-\(uniqueTag())"
+            start.tenant = "acme"
+            start.runtime = "process"
+            start.limits.memoryBytes = 200 << 20
+            configure(&start)
+            try await host.start(start) { _ in Issue.record("a sandbox died") }
+            return start.sandboxID
+        }
+        func waitForReady() async throws -> ProcessSandbox {
+            let deadline = ContinuousClock.now + .seconds(30)
+            while ContinuousClock.now < deadline {
+                if let ready = host.warm?.readySandboxes.first { return ready }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            throw DeadlinePassed()
+        }
+        // The first plain create teaches the pool its limits and starts cold.
+        let first = try await start()
+        #expect(host.warmCounts?.served == 0 && host.warmCounts?.missed == 1)
+        let warm = try await waitForReady()
+        // The next one gets that very sandbox, its default python context already running.
+        let second = try await start()
+        #expect(host.warmCounts?.served == 1, "\(String(describing: host.warmCounts))")
+        let target = try #require(host.dataTarget(second, tenant: "acme"))
+        #expect(target.agent === warm.agent)
+        let contexts = await target.code.list()
+        #expect(contexts.map(\.language) == ["python"] && contexts.first?.alive == true, "\(contexts)")
+        let cells = try await runCells(target, ["6 * 7"])
+        #expect(mainValues(cells[0]) == ["42"], "\(cells)")
+        #expect(await target.code.list().count == 1)  // the cell ran in the prepared context
+        // Its limits are the create's: the cgroup holds 200 MiB.
+        let memory =
+            warm.cgroupDirectories.compactMap {
+                try? String(contentsOfFile: $0 + "/memory.limit_in_bytes", encoding: .utf8)
+            }
+            + warm.cgroupDirectories.compactMap { try? String(contentsOfFile: $0 + "/memory.max", encoding: .utf8) }
+        #expect(
+            memory.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.contains(String(200 << 20)),
+            "\(memory)"
+        )
+        // A create with an environment of its own starts cold; so does one with other limits.
+        let next = try await waitForReady()
+        let withEnv = try await start { $0.env = ["A": "1"] }
+        #expect(host.dataTarget(withEnv, tenant: "acme")?.agent !== next.agent)
+        #expect(host.warmCounts?.served == 1)
+        // Stopping the host ends what is ready: its agent is gone and its cgroup removed.
+        for id in [first, second, withEnv] { await host.kill(id, reason: "test over") }
+        let pooled = host.warm?.readySandboxes ?? []
+        #expect(pooled.count == 1)
+        await host.stop()
+        for sandbox in pooled {
+            #expect(sandbox.agent.goneReason != nil)
+            for directory in sandbox.cgroupDirectories { #expect(!FileManager.default.fileExists(atPath: directory)) }
+        }
+        #expect(host.warm?.readySandboxes.isEmpty == true)
+    }
 }

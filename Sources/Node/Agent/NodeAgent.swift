@@ -161,6 +161,7 @@ public final class NodeAgent: Sendable {
         // them LOST once the node's heartbeats no longer list them.
         if let sandboxHost {
             for id in sandboxHost.sandboxIDs { await sandboxHost.kill(id, reason: "node \(config.nodeID) stopped") }
+            await sandboxHost.stop()
         }
         await Self.releaseSandboxResources(resources, logger: logger)
     }

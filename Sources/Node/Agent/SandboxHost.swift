@@ -32,11 +32,16 @@ public protocol SandboxHost: Sendable {
     /// The sandbox `sandboxID` if it holds it for `tenant` and serves the data plane
     /// (`hangar.sbx.…`); nil otherwise, another tenant's sandbox included.
     func dataTarget(_ sandboxID: String, tenant: String) -> SandboxDataTarget?
+    /// Ends what the host keeps besides the sandboxes it holds (warm sandboxes), at the node's
+    /// stop, after every held sandbox was killed.
+    func stop() async
 }
 
 extension SandboxHost {
     /// A host that serves no data plane answers every request NOT_FOUND.
     public func dataTarget(_ sandboxID: String, tenant: String) -> SandboxDataTarget? { nil }
+    /// A host that keeps nothing besides its sandboxes has nothing to end.
+    public func stop() async {}
 }
 
 /// What the data plane needs of a held sandbox: the channel to its agent and the default

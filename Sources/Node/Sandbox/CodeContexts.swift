@@ -128,11 +128,19 @@ public actor CodeContexts {
             return session
         }
         let language = request.language.isEmpty ? "python" : request.language
-        if let id = defaults[language], let session = kernels[id] { return session }
+        let id = try await prepareDefault(language: language)
+        guard let session = kernels[id] else { throw Self.notFound(id) }
+        return session
+    }
+
+    /// Makes the default context of `language` unless it exists (what the first run naming no
+    /// context does), and returns its id: a warm sandbox's first cell then finds its kernel ready.
+    @discardableResult
+    public func prepareDefault(language: String = "python") async throws(CodeContextFailure) -> String {
+        if let id = defaults[language], kernels[id] != nil { return id }
         let info = try await create(.with { $0.language = language })
         defaults[language] = info.id
-        guard let session = kernels[info.id] else { throw Self.notFound(info.id) }
-        return session
+        return info.id
     }
 
     private static func notFound(_ id: String) -> CodeContextFailure {

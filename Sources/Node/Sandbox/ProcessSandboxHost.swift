@@ -66,6 +66,7 @@ public final class ProcessSandboxHost: SandboxHost {
         resources: NodeResources = .standard,
         workRoot: String = ProcessSandbox.defaultWorkRoot,
         cellOutputBytes: Int = CodeContexts.maxCellOutputBytes,
+        warmSandboxes: Int = 0,
         logger: Logger = Logger(label: "hangar.sandbox")
     ) {
         self.cellOutputBytes = cellOutputBytes
@@ -85,6 +86,64 @@ public final class ProcessSandboxHost: SandboxHost {
         self.resources = resources
         self.workRoot = workRoot
         self.logger = logger
+        if warmSandboxes > 0 {
+            let start: @Sendable (SandboxLimits) async -> WarmSandboxPool.Entry? = {
+                [agentPath, bubblewrapPath, resources, workRoot, cellOutputBytes, logger] limits in
+                let sandbox: ProcessSandbox
+                do {
+                    sandbox = try await ProcessSandbox.start(
+                        id: "warm-\(UInt32.random(in: 0...UInt32.max))",
+                        limits: limits,
+                        agentPath: agentPath,
+                        bubblewrapPath: bubblewrapPath,
+                        resources: resources,
+                        workRoot: workRoot,
+                        logger: logger
+                    )
+                } catch {
+                    logger.warning("a warm sandbox could not start", metadata: ["error": "\(error)"])
+                    return nil
+                }
+                let code = CodeContexts(agent: sandbox.agent, environment: [:], cellOutputBytes: cellOutputBytes)
+                do {
+                    try await code.prepareDefault(language: "python")
+                } catch {
+                    // No python3 in the sandbox: it is still a ready sandbox, its contexts start cold.
+                    logger.notice("a warm sandbox has no python context", metadata: ["error": "\(error)"])
+                }
+                return WarmSandboxPool.Entry(sandbox: sandbox, code: code)
+            }
+            warm = WarmSandboxPool(size: warmSandboxes, make: start) { entry in
+                if let problem = await entry.sandbox.kill() {
+                    logger.error("a warm sandbox was not cleaned up", metadata: ["problem": "\(problem)"])
+                }
+            }
+        } else {
+            warm = nil
+        }
+    }
+
+    /// Plain `process` creates served from here (``WarmSandboxPool``); nil: none.
+    let warm: WarmSandboxPool?
+
+    /// Ready warm sandboxes, and creates served warm and cold (nil without a pool).
+    public var warmCounts: (ready: Int, served: UInt64, missed: UInt64)? { warm?.counts }
+
+    /// Whether a warm sandbox may serve `request`: a `process` sandbox of the `host` template with
+    /// no allow grants (denies alone change nothing where nothing is allowed), loopback only and no
+    /// environment of its own (a warm sandbox has none of these).
+    static func isPlain(_ request: Hangar_V1_SandboxStart) -> Bool {
+        (request.runtime.isEmpty || request.runtime == "process")
+            && (request.template.isEmpty || request.template == "host")
+            && request.grants.allowRead.isEmpty && request.grants.allowWrite.isEmpty
+            && request.grants.allowNet.isEmpty
+            && (request.network.mode == .networkNone || request.network.mode == .networkLoopback)
+            && request.network.allow.isEmpty && request.env.isEmpty
+    }
+
+    /// Ends the warm sandboxes (at the node's stop).
+    public func stop() async {
+        await warm?.stop()
     }
 
     /// Bytes of output the node forwards for one code cell (see ``CodeContexts``).
@@ -137,9 +196,14 @@ public final class ProcessSandboxHost: SandboxHost {
         }
         guard fresh else { return }  // a repeated start
         let sandbox: any StatefulSandbox
+        var code: CodeContexts?
         do throws(SandboxStartError) {
             let engine = runtime == "container" ? container?.engine : runtime == "gvisor" ? gvisor?.engine : nil
-            if runtime == "microvm", let microvm {
+            if let warm, Self.isPlain(request), let entry = warm.take(limits: Self.limits(request.limits)) {
+                sandbox = entry.sandbox
+                code = entry.code
+                logger.debug("a warm sandbox serves a create", metadata: ["sandbox.id": "\(id)"])
+            } else if runtime == "microvm", let microvm {
                 sandbox = try await MicroVMSandbox.start(
                     id: id,
                     limits: Self.limits(request.limits),
@@ -195,7 +259,8 @@ public final class ProcessSandboxHost: SandboxHost {
                 tenant: request.tenant,
                 sandbox: sandbox,
                 environment: request.env,
-                code: CodeContexts(agent: sandbox.agent, environment: request.env, cellOutputBytes: cellOutputBytes),
+                code: code
+                    ?? CodeContexts(agent: sandbox.agent, environment: request.env, cellOutputBytes: cellOutputBytes),
                 watcher: watcher
             )
             return false
