@@ -68,7 +68,7 @@ struct ProcessSandboxHostTests {
     }
 
     @Test(
-        "warm sandboxes: a plain create after the first is served by a ready sandbox whose python context runs; others start cold; stop ends them"
+        "warm sandboxes: a create like the one before is served by a ready sandbox whose python context runs; others start cold; stop ends them"
     )
     func warmSandboxes() async throws {
         let host = ProcessSandboxHost(agentPath: try #require(ProcessSandbox.locateAgent()), warmSandboxes: 1)
@@ -119,8 +119,23 @@ struct ProcessSandboxHostTests {
         let withEnv = try await start { $0.env = ["A": "1"] }
         #expect(host.dataTarget(withEnv, tenant: "acme")?.agent !== next.agent)
         #expect(host.warmCounts?.served == 1)
+        // A create with a network (as the E2B SDKs ask for by default) makes the pool switch to
+        // that profile: the next such create gets a ready sandbox that already has its network.
+        func allowAll(_ start: inout Hangar_V1_SandboxStart) {
+            start.network.mode = .networkAllowlist
+            start.network.allow = ["0.0.0.0/0"]
+            start.grants.allowNet = ["0.0.0.0/0"]
+        }
+        let networked = try await start(allowAll)
+        #expect(host.warmCounts?.served == 1)
+        let ready = try await waitForReady()
+        #expect(ready.networkNamespace != nil)
+        let networkedWarm = try await start(allowAll)
+        #expect(host.warmCounts?.served == 2, "\(String(describing: host.warmCounts))")
+        #expect(host.dataTarget(networkedWarm, tenant: "acme")?.agent === ready.agent)
         // Stopping the host ends what is ready: its agent is gone and its cgroup removed.
-        for id in [first, second, withEnv] { await host.kill(id, reason: "test over") }
+        for id in [first, second, withEnv, networked, networkedWarm] { await host.kill(id, reason: "test over") }
+        _ = try await waitForReady()
         let pooled = host.warm?.readySandboxes ?? []
         #expect(pooled.count == 1)
         await host.stop()

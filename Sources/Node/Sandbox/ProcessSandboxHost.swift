@@ -87,13 +87,15 @@ public final class ProcessSandboxHost: SandboxHost {
         self.workRoot = workRoot
         self.logger = logger
         if warmSandboxes > 0 {
-            let start: @Sendable (SandboxLimits) async -> WarmSandboxPool.Entry? = {
-                [agentPath, bubblewrapPath, resources, workRoot, cellOutputBytes, logger] limits in
+            let start: @Sendable (WarmSandboxPool.Profile) async -> WarmSandboxPool.Entry? = {
+                [agentPath, bubblewrapPath, resources, workRoot, cellOutputBytes, logger] profile in
                 let sandbox: ProcessSandbox
                 do {
                     sandbox = try await ProcessSandbox.start(
                         id: "warm-\(UInt32.random(in: 0...UInt32.max))",
-                        limits: limits,
+                        limits: profile.limits,
+                        grants: profile.grants,
+                        network: profile.network,
                         agentPath: agentPath,
                         bubblewrapPath: bubblewrapPath,
                         resources: resources,
@@ -123,22 +125,20 @@ public final class ProcessSandboxHost: SandboxHost {
         }
     }
 
-    /// Plain `process` creates served from here (``WarmSandboxPool``); nil: none.
+    /// `process` creates with no environment served from here (``WarmSandboxPool``); nil: none.
     let warm: WarmSandboxPool?
 
     /// Ready warm sandboxes, and creates served warm and cold (nil without a pool).
     public var warmCounts: (ready: Int, served: UInt64, missed: UInt64)? { warm?.counts }
 
-    /// Whether a warm sandbox may serve `request`: a `process` sandbox of the `host` template with
-    /// no allow grants (denies alone change nothing where nothing is allowed), loopback only and no
-    /// environment of its own (a warm sandbox has none of these).
-    static func isPlain(_ request: Hangar_V1_SandboxStart) -> Bool {
-        (request.runtime.isEmpty || request.runtime == "process")
-            && (request.template.isEmpty || request.template == "host")
-            && request.grants.allowRead.isEmpty && request.grants.allowWrite.isEmpty
-            && request.grants.allowNet.isEmpty
-            && (request.network.mode == .networkNone || request.network.mode == .networkLoopback)
-            && request.network.allow.isEmpty && request.env.isEmpty
+    /// What a warm sandbox must have been made with to serve `request`, or nil when none can: a
+    /// `process` sandbox of the `host` template with no environment of its own (a warm sandbox's
+    /// python context runs without it).
+    static func warmProfile(_ request: Hangar_V1_SandboxStart) -> WarmSandboxPool.Profile? {
+        guard request.runtime.isEmpty || request.runtime == "process",
+            request.template.isEmpty || request.template == "host", request.env.isEmpty
+        else { return nil }
+        return WarmSandboxPool.Profile(limits: limits(request.limits), grants: request.grants, network: request.network)
     }
 
     /// Ends the warm sandboxes (at the node's stop).
@@ -199,7 +199,7 @@ public final class ProcessSandboxHost: SandboxHost {
         var code: CodeContexts?
         do throws(SandboxStartError) {
             let engine = runtime == "container" ? container?.engine : runtime == "gvisor" ? gvisor?.engine : nil
-            if let warm, Self.isPlain(request), let entry = warm.take(limits: Self.limits(request.limits)) {
+            if let warm, let profile = Self.warmProfile(request), let entry = warm.take(profile) {
                 sandbox = entry.sandbox
                 code = entry.code
                 logger.debug("a warm sandbox serves a create", metadata: ["sandbox.id": "\(id)"])

@@ -4,14 +4,23 @@ import Synchronization
 
 /// `process` sandboxes started before their creates arrive, each with its default python context
 /// already running, so that a create (and its first `run_code`) finds one ready: what
-/// ``ProcessSandboxHost`` hands out for a plain create (no grants, no network, no environment, the
-/// `host` template). A warm sandbox serves exactly one create and is never reused.
+/// ``ProcessSandboxHost`` hands out for a `process` create of the `host` template with no
+/// environment of its own. A warm sandbox serves exactly one create and is never reused.
 ///
-/// The pool makes sandboxes with the limits of the last plain create it saw (the scheduler resolves
-/// every create's limits, so plain creates of one tenant policy ask for the same ones): a create
-/// with other limits starts cold, and the pool then replaces what it holds with sandboxes of those
-/// limits. It sets up one sandbox at a time, in the background, until it holds ``size``.
+/// The pool makes sandboxes of the ``Profile`` (limits, grants, network) of the last such create
+/// it saw: the scheduler resolves every create's limits, grants and network, so the creates of one
+/// tenant policy and one client (an E2B SDK asks for internet access by default) ask for the same
+/// ones. A create of another profile starts cold, and the pool then replaces what it holds with
+/// sandboxes of that profile. It sets up one sandbox at a time, in the background, until it holds
+/// ``size``.
 final class WarmSandboxPool: Sendable {
+    /// What a warm sandbox is made with, and a create must ask for exactly to be served by it.
+    struct Profile: Sendable, Equatable {
+        var limits: SandboxLimits
+        var grants: Hangar_V1_Grants
+        var network: Hangar_V1_NetworkPolicy
+    }
+
     /// A ready sandbox and its code contexts (the default python one started).
     struct Entry: Sendable {
         let sandbox: ProcessSandbox
@@ -20,13 +29,13 @@ final class WarmSandboxPool: Sendable {
 
     /// How many ready sandboxes the pool keeps.
     let size: Int
-    private let make: @Sendable (SandboxLimits) async -> Entry?
+    private let make: @Sendable (Profile) async -> Entry?
     private let discard: @Sendable (Entry) async -> Void
     private let state = Mutex(State())
 
     private struct State {
-        /// What the pool makes: learnt from the last plain create; nil before the first.
-        var limits: SandboxLimits?
+        /// What the pool makes: learnt from the last create it could serve; nil before the first.
+        var profile: Profile?
         var ready: [Entry] = []
         var refilling = false
         /// The loop that sets sandboxes up, while it runs.
@@ -40,7 +49,7 @@ final class WarmSandboxPool: Sendable {
     /// `discard` when the pool drops it.
     init(
         size: Int,
-        make: @escaping @Sendable (SandboxLimits) async -> Entry?,
+        make: @escaping @Sendable (Profile) async -> Entry?,
         discard: @escaping @Sendable (Entry) async -> Void
     ) {
         self.size = size
@@ -48,16 +57,16 @@ final class WarmSandboxPool: Sendable {
         self.discard = discard
     }
 
-    /// A ready sandbox of `limits`, or nil (then the create starts one cold); either way the pool
-    /// is refilled, with sandboxes of `limits` from now on.
-    func take(limits: SandboxLimits) -> Entry? {
+    /// A ready sandbox of `profile`, or nil (then the create starts one cold); either way the pool
+    /// is refilled, with sandboxes of `profile` from now on.
+    func take(_ profile: Profile) -> Entry? {
         let (entry, dropped) = state.withLock { state -> (Entry?, [Entry]) in
             guard !state.stopped else { return (nil, []) }
             var dropped: [Entry] = []
-            if state.limits != limits {
+            if state.profile != profile {
                 dropped = state.ready
                 state.ready = []
-                state.limits = limits
+                state.profile = profile
             }
             while !state.ready.isEmpty {
                 let candidate = state.ready.removeFirst()
@@ -78,32 +87,32 @@ final class WarmSandboxPool: Sendable {
     }
 
     /// Starts setting sandboxes up until the pool holds ``size`` (one at a time; at most one such
-    /// loop runs). Also called by ``take(limits:)``.
+    /// loop runs). Also called by ``take(_:)``.
     func refill() {
         let start = state.withLock { state -> Bool in
-            guard !state.refilling, !state.stopped, state.limits != nil, state.ready.count < size else { return false }
+            guard !state.refilling, !state.stopped, state.profile != nil, state.ready.count < size else { return false }
             state.refilling = true
             return true
         }
         guard start else { return }
         let task = Task {
             while true {
-                let limits = state.withLock { state -> SandboxLimits? in
-                    guard !state.stopped, state.ready.count < size, let limits = state.limits else {
+                let profile = state.withLock { state -> Profile? in
+                    guard !state.stopped, state.ready.count < size, let profile = state.profile else {
                         state.refilling = false
                         return nil
                     }
-                    return limits
+                    return profile
                 }
-                guard let limits else { return }
-                guard let entry = await make(limits) else {
+                guard let profile else { return }
+                guard let entry = await make(profile) else {
                     // A sandbox that cannot start now will not start on the next try either: wait
                     // for the next create before trying again.
                     state.withLock { $0.refilling = false }
                     return
                 }
                 let kept = state.withLock { state -> Bool in
-                    guard !state.stopped, state.limits == limits else { return false }
+                    guard !state.stopped, state.profile == profile else { return false }
                     state.ready.append(entry)
                     return true
                 }
