@@ -131,9 +131,11 @@ extension Gateway {
 /// A watcher id is `PID.TOKEN`: the command's pid and its spool's name.
 enum EnvdWatchers {
     /// `$1` the directory, `$2` the depth, `$3` its own directory (in the sandbox's /tmp), `$4`
-    /// `stdout` or `spool` (append to `$3/events`).
+    /// `stdout` or `spool`: each round's changes become a whole file `$3/events.N` at once (a
+    /// rename), so that ``takeEvents(_:_:)`` never reads one half written, nor loses one written
+    /// after it looked.
     static let script = #"""
-        dir=$1; depth=$2; work=$3; mode=$4
+        dir=$1; depth=$2; work=$3; mode=$4; round=0
         mkdir -p "$work" || exit 1
         snap() { find "$dir" -mindepth 1 -maxdepth "$depth" -printf '%P\t%y\t%T@\t%s\t%m\n' 2>/dev/null | LC_ALL=C sort > "$1"; }
         snap "$work/old"
@@ -145,7 +147,8 @@ enum EnvdWatchers {
             { n[$1] = 1; if (!($1 in o)) print "1\t" $1; else if (o[$1] != $0) print (m[$1] != $5 ? "5" : "2") "\t" $1 }
             END { for (k in o) if (!(k in n)) print "3\t" k }' "$work/old" "$work/new" > "$work/diff"
           if [ -s "$work/diff" ]; then
-            if [ "$mode" = stdout ]; then cat "$work/diff"; else cat "$work/diff" >> "$work/events"; fi
+            round=$((round + 1))
+            if [ "$mode" = stdout ]; then cat "$work/diff"; else mv "$work/diff" "$work/events.$round"; fi
           fi
           mv "$work/new" "$work/old"
         done
@@ -224,18 +227,23 @@ enum EnvdWatchers {
 
     /// The events a spooled watcher has seen since the last call.
     static func takeEvents(_ sandbox: Sandbox, _ id: ID) async throws -> [Filesystem_FilesystemEvent] {
-        let taken = id.spool + "/taken-" + UUID().uuidString
+        let entries: [FileEntry]
         do {
-            try await sandbox.files.rename(from: id.spool + "/events", to: taken)
+            entries = try await sandbox.files.list(id.spool)
         } catch let error as HangarClientError where error.kind == .notFound {
-            guard try await sandbox.files.exists(id.spool) else {
-                throw GatewayError(.notFound, "no watcher with id '\(id)'")
-            }
-            return []
+            throw GatewayError(.notFound, "no watcher with id '\(id)'")
         }
-        let data = try await sandbox.files.read(taken)
-        try? await sandbox.files.remove(taken)
-        return parse(String(decoding: data, as: UTF8.self))
+        // events.1, events.2, …: each a whole round of changes, taken in the order they were seen.
+        let rounds = entries.compactMap { entry -> (Int, String)? in
+            guard entry.name.hasPrefix("events."), let round = Int(entry.name.dropFirst(7)) else { return nil }
+            return (round, entry.path)
+        }.sorted { $0.0 < $1.0 }
+        var text = ""
+        for (_, path) in rounds {
+            text += String(decoding: try await sandbox.files.read(path), as: UTF8.self)
+            try? await sandbox.files.remove(path)
+        }
+        return parse(text)
     }
 
     /// Stops a watcher and removes its spool.

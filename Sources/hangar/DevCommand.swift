@@ -43,7 +43,8 @@ struct DevCommand: AsyncParsableCommand {
     var pools: [String] = []
     @Option(
         name: .customLong("sandbox-pool"),
-        help: "Process sandboxes each node keeps started (with their python context running) for plain creates."
+        help:
+            "Process sandboxes each node keeps started (with their python context running) for process creates with no env."
     )
     var sandboxPool: Int = 0
     @OptionGroup var metrics: MetricsOptions
