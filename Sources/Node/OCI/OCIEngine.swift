@@ -213,8 +213,11 @@ struct OCIEngine: Sendable {
     /// Whether `run` copies the container's output through pipes of its own: runc in the
     /// foreground does (runsc hands the descriptors to the sandbox). See
     /// ``SandboxCommand/relaysOutput``.
-    var relaysOutput: Bool {
-        if case .runc = flavor { return true }
+    var relaysOutput: Bool { !isGVisor }
+
+    /// Whether this is runsc (gVisor), not runc.
+    var isGVisor: Bool {
+        if case .runsc = flavor { return true }
         return false
     }
 

@@ -559,20 +559,28 @@ public enum CodeKernel {
                 emit({"type": "error", "id": current_id, "name": "ExitCode", "value": str(status), "traceback": ""})
 
 
-        status_buffer = b""
+        control_buffer = b""
 
 
-        def read_status():
-            global status_buffer
-            while b"\n" not in status_buffer:
+        def read_control_line():
+            """The next line the shell (or node) writes on the control pipe; None once it is gone."""
+            global control_buffer
+            while b"\n" not in control_buffer:
                 try:
-                    data = os.read(control_read, 4096)
+                    data = os.read(control_read, CHUNK)
                 except InterruptedError:
                     continue
                 if not data:
                     return None
-                status_buffer += data
-            line, _, status_buffer = status_buffer.partition(b"\n")
+                control_buffer += data
+            line, _, control_buffer = control_buffer.partition(b"\n")
+            return line
+
+
+        def read_status():
+            line = read_control_line()
+            if line is None:
+                return None
             try:
                 return int(line)
             except ValueError:
@@ -633,21 +641,11 @@ public enum CodeKernel {
         reply({ status: 'ready' });
         """
 
-        reply_buffer = b""
-
-
         def read_reply():
             """The next JSON line node answers; None once node is gone."""
-            global reply_buffer
-            while b"\n" not in reply_buffer:
-                try:
-                    data = os.read(control_read, CHUNK)
-                except InterruptedError:
-                    continue
-                if not data:
-                    return None
-                reply_buffer += data
-            line, _, reply_buffer = reply_buffer.partition(b"\n")
+            line = read_control_line()
+            if line is None:
+                return None
             try:
                 return json.loads(line)
             except ValueError:

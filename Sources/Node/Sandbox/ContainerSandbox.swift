@@ -140,7 +140,7 @@ public final class ContainerSandbox: Sendable {
         engine: OCIEngine,
         logger: Logger = Logger(label: "hangar.sandbox")
     ) async throws(SandboxStartError) -> ContainerSandbox {
-        let gVisor = engine.toolName == "runsc"
+        let gVisor = engine.isGVisor
         let kind = gVisor ? "gvisor" : "container"
         guard geteuid() == 0 else {
             throw SandboxStartError("a stateful \(kind) sandbox needs a node running as root")
@@ -235,7 +235,7 @@ public final class ContainerSandbox: Sendable {
     ) async throws(SandboxStartError) -> ContainerSandbox {
         guard let version = JobCgroup.mountedVersion() else { throw SandboxStartError("no usable cgroup hierarchy") }
         let containerID = OCIEngine.containerID(for: "sandbox-" + id)
-        let gVisor = engine.toolName == "runsc"
+        let gVisor = engine.isGVisor
         let ledger = engine.resources.ledger
         let cgroupPath = engine.directories.cgroupParent + "/" + containerID
         let cgroup = JobCgroup.placed(at: cgroupPath, version: version, ledger: ledger)

@@ -21,15 +21,12 @@ import Synchronization
 /// reported through the start's `died` callback.
 public final class ProcessSandboxHost: SandboxHost {
     private let agentPath: String
-    private let bubblewrapPath: String
     /// The runc runtime of `container` sandboxes; nil when runc is not there or the node not root.
     private let container: ContainerRuntime?
     /// The runsc runtime of `gvisor` sandboxes; nil when runsc is not there or the node not root.
     private let gvisor: GVisorRuntime?
     /// The node's microvm runtime, whose VMs become `microvm` sandboxes; nil: none.
     private let microvm: MicroVMRuntime?
-    private let resources: NodeResources
-    private let workRoot: String
     private let logger: Logger
     private let state = Mutex(State())
     /// How often a watcher checks whether a sandbox's agent is still there.
@@ -71,7 +68,6 @@ public final class ProcessSandboxHost: SandboxHost {
     ) {
         self.cellOutputBytes = cellOutputBytes
         self.agentPath = agentPath
-        self.bubblewrapPath = bubblewrapPath
         if let runcPath, geteuid() == 0, access(runcPath, X_OK) == 0 {
             container = ContainerRuntime(runcPath: runcPath, resources: resources)
         } else {
@@ -83,25 +79,29 @@ public final class ProcessSandboxHost: SandboxHost {
         } else {
             gvisor = nil
         }
-        self.resources = resources
-        self.workRoot = workRoot
         self.logger = logger
+        let startProcess:
+            @Sendable (String, WarmSandboxPool.Profile) async throws(SandboxStartError) -> ProcessSandbox = {
+                [agentPath, bubblewrapPath, resources, workRoot, logger] id, profile throws(SandboxStartError) in
+                try await ProcessSandbox.start(
+                    id: id,
+                    limits: profile.limits,
+                    grants: profile.grants,
+                    network: profile.network,
+                    agentPath: agentPath,
+                    bubblewrapPath: bubblewrapPath,
+                    resources: resources,
+                    workRoot: workRoot,
+                    logger: logger
+                )
+            }
+        self.startProcess = startProcess
         if warmSandboxes > 0 {
             let start: @Sendable (WarmSandboxPool.Profile) async -> WarmSandboxPool.Entry? = {
-                [agentPath, bubblewrapPath, resources, workRoot, cellOutputBytes, logger] profile in
+                [cellOutputBytes, logger] profile in
                 let sandbox: ProcessSandbox
                 do {
-                    sandbox = try await ProcessSandbox.start(
-                        id: "warm-\(UInt32.random(in: 0...UInt32.max))",
-                        limits: profile.limits,
-                        grants: profile.grants,
-                        network: profile.network,
-                        agentPath: agentPath,
-                        bubblewrapPath: bubblewrapPath,
-                        resources: resources,
-                        workRoot: workRoot,
-                        logger: logger
-                    )
+                    sandbox = try await startProcess("warm-\(UInt32.random(in: 0...UInt32.max))", profile)
                 } catch {
                     logger.warning("a warm sandbox could not start", metadata: ["error": "\(error)"])
                     return nil
@@ -124,6 +124,10 @@ public final class ProcessSandboxHost: SandboxHost {
             warm = nil
         }
     }
+
+    /// Starts a `process` sandbox of this host with the given id and profile.
+    private let startProcess:
+        @Sendable (String, WarmSandboxPool.Profile) async throws(SandboxStartError) -> ProcessSandbox
 
     /// `process` creates with no environment served from here (``WarmSandboxPool``); nil: none.
     let warm: WarmSandboxPool?
@@ -223,17 +227,12 @@ public final class ProcessSandboxHost: SandboxHost {
                     logger: logger
                 )
             } else {
-                sandbox = try await ProcessSandbox.start(
-                    id: id,
+                let profile = WarmSandboxPool.Profile(
                     limits: Self.limits(request.limits),
                     grants: request.grants,
-                    network: request.network,
-                    agentPath: agentPath,
-                    bubblewrapPath: bubblewrapPath,
-                    resources: resources,
-                    workRoot: workRoot,
-                    logger: logger
+                    network: request.network
                 )
+                sandbox = try await startProcess(id, profile)
             }
         } catch {
             state.withLock { state in
