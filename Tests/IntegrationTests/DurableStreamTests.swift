@@ -16,14 +16,19 @@ struct DurableStreamTests {
         try await withCluster(
             nodes: 1,
             slots: 1,
-            runtimes: [DelayRuntime(delay: .milliseconds(1000))],
+            // Long enough that a status poll the loaded CI machine answers late (one went 5 s
+            // without a reply there) still finds the job running.
+            runtimes: [DelayRuntime(delay: .seconds(4))],
             settings: settings
         ) { cluster in
             let jobID = try await acceptedJob(cluster.submit(command("/bin/true", runtime: "null")))
             try await waitUntil("the job runs") {
                 var job = Hangar_V1_JobRequest()
                 job.jobID = jobID
-                let reply = try await cluster.admin("job", job, as: Hangar_V1_JobReply.self)
+                // A poll without an answer in time is asked again, within the wait's own bound.
+                guard let reply = try? await cluster.admin("job", job, as: Hangar_V1_JobReply.self) else {
+                    return false
+                }
                 if case .status(.running) = reply.outcome { return true }
                 return false
             }
