@@ -76,9 +76,11 @@ let package = Package(
             ],
             path: "Sources/Scheduler"
         ),
+        .target(name: "CMountAPI", path: "Sources/CMountAPI"),
         .target(
             name: "HangarNode",
             dependencies: [
+                "CMountAPI",
                 "HangarNATS",
                 "HangarShared",
                 .product(name: "Logging", package: "swift-log"),

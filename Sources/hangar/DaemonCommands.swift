@@ -306,6 +306,7 @@ struct NodeCommand: AsyncParsableCommand {
             resources: resources,
             sandboxHost: makeSandboxHost(
                 runtimes: chosen,
+                templates: config.templates,
                 resources: resources,
                 warmSandboxes: sandboxPool,
                 logger: logger
@@ -456,10 +457,12 @@ func makeRuntimes(
 /// The node's stateful sandboxes: process sandboxes when `hangar-sandbox-agent` is next to this
 /// program (or at `$HANGAR_SANDBOX_AGENT`) and the node offers the `process` runtime (container and
 /// gvisor ones where runc and runsc are, microvm ones when the node offers `microvm`), with
-/// `warmSandboxes` process sandboxes kept started; otherwise none, and the node refuses every
+/// `warmSandboxes` process sandboxes kept started and the directory templates of `templates`;
+/// otherwise none, and the node refuses every
 /// sandbox ("holds no stateful sandboxes").
 func makeSandboxHost(
     runtimes: [any Runtime],
+    templates: TemplateStore?,
     resources: NodeResources,
     warmSandboxes: Int = 0,
     logger: Logger
@@ -473,6 +476,7 @@ func makeSandboxHost(
     return ProcessSandboxHost(
         agentPath: agentPath,
         microvm: microvm,
+        templates: templates,
         resources: resources,
         warmSandboxes: warmSandboxes,
         logger: logger

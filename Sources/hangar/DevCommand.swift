@@ -134,6 +134,7 @@ struct DevCommand: AsyncParsableCommand {
                     resources: resources,
                     sandboxHost: makeSandboxHost(
                         runtimes: chosenRuntimes,
+                        templates: nodeConfig.templates,
                         resources: resources,
                         warmSandboxes: sandboxPool,
                         logger: logger

@@ -21,7 +21,8 @@ public final class AuthorizedCluster: Sendable {
     /// A cluster whose node `n1` offers `runtimes` and holds stateful sandboxes in `sandboxHost`.
     public static func start(
         runtimes: [any Runtime] = [NullRuntime()],
-        sandboxHost: any SandboxHost = NullSandboxHost()
+        sandboxHost: any SandboxHost = NullSandboxHost(),
+        templates: TemplateStore? = nil
     ) async throws -> AuthorizedCluster {
         let directory = try makeTemporaryDirectory("hangar-auth")
         let auth = AuthDirectory(path: directory.appendingPathComponent("auth").path)
@@ -44,6 +45,7 @@ public final class AuthorizedCluster: Sendable {
         let nodeConnection = try await login(.node("n1"))
         var nodeConfig = NodeConfig(nodeID: "n1", slots: 4)
         nodeConfig.heartbeatInterval = .milliseconds(200)
+        nodeConfig.templates = templates
         let agent = NodeAgent(
             config: nodeConfig,
             nats: nodeConnection,

@@ -77,6 +77,64 @@ struct SandboxDataPlaneTests {
         await cluster.stop()
     }
 
+    @Test(
+        "a sandbox of a directory template through the scheduler: its own writable layer, the template's environment; a template no node holds is refused"
+    )
+    func templateSandbox() async throws {
+        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
+        let directory = try makeTemporaryDirectory("hangar-sbx-template")
+        chmod(directory.path, 0o755)
+        let source = directory.appendingPathComponent("src").path
+        try FileManager.default.createDirectory(atPath: source + "/bin", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: source + "/bin/busybox")
+        for tool in ["sh", "cat", "id", "echo"] {
+            try FileManager.default.createSymbolicLink(atPath: source + "/bin/" + tool, withDestinationPath: "busybox")
+        }
+        try Data("busybox only\n".utf8).write(to: URL(fileURLWithPath: source + "/motd"))
+        let store = TemplateStore(stateDirectory: directory.appendingPathComponent("state").path)
+        try store.importDirectory(source, name: "tiny", env: ["FLAVOUR": "tiny"])
+        let host = ProcessSandboxHost(agentPath: agentPath, templates: store)
+        let cluster = try await AuthorizedCluster.start(
+            runtimes: [ProcessRuntime(templates: store), NullRuntime()],
+            sandboxHost: host,
+            templates: store
+        )
+        do {
+            func create(_ template: String) async throws -> Hangar_V1_SandboxCreateReply {
+                let answer = try await cluster.tenantA.request(
+                    Subjects.sandbox(tenant: "a", verb: "create"),
+                    payload: try Hangar_V1_SandboxCreateRequest.with { $0.template = template }.serializedData(),
+                    timeout: .seconds(30)
+                )
+                return try Hangar_V1_SandboxCreateReply(serializedBytes: answer.payload)
+            }
+            let missing = try await create("absent")
+            guard case .rejected(let rejected) = missing.outcome else {
+                throw TestFailure("a sandbox of a template no node holds was not refused: \(missing)")
+            }
+            #expect(rejected.field == "template" && rejected.message.contains("absent"), "\(rejected)")
+            let created = try await create("tiny")
+            guard case .created(let info) = created.outcome, info.state == .sandboxRunning else {
+                throw TestFailure("A could not create a sandbox of template tiny: \(created)")
+            }
+            let sandbox = DataPlane(connection: cluster.tenantA, node: info.nodeID, tenant: "a", sandbox: info.id)
+            let first = try await sandbox.exec(["sh", "-c", "echo $FLAVOUR; id -un; echo changed > /motd; cat /motd"])
+            #expect(first.stdout == Data("tiny\nuser\nchanged\n".utf8) && first.exited?.exitCode == 0, "\(first)")
+            #expect(try String(contentsOfFile: store.root + "/tiny/rootfs/motd", encoding: .utf8) == "busybox only\n")
+            _ = try await cluster.tenantA.request(
+                Subjects.sandbox(tenant: "a", verb: "kill"),
+                payload: try Hangar_V1_SandboxKillRequest.with { $0.sandboxID = info.id }.serializedData(),
+                timeout: .seconds(10)
+            )
+            try await waitUntil("the node has killed the template sandbox") { host.sandboxIDs.isEmpty }
+        } catch {
+            for id in host.sandboxIDs { await host.kill(id, reason: "the test failed") }
+            await cluster.stop()
+            throw error
+        }
+        await cluster.stop()
+    }
+
     private func exercise(_ cluster: AuthorizedCluster, _ host: ProcessSandboxHost) async throws {
         var create = Hangar_V1_SandboxCreateRequest()
         create.runtime = "process"

@@ -19,7 +19,7 @@ struct ProcessSandboxHostTests {
                 "runtime 'microvm' has no stateful sandboxes on this node; use "
                     + host.availableRuntimes.sorted().joined(separator: ", ")
             ),
-            ("process", "py", "template 'py' has no stateful sandboxes on this node; use 'host'"),
+            ("process", "py", "template 'py' is not on this node (it has no template store)"),
         ] {
             var start = Hangar_V1_SandboxStart()
             start.sandboxID = "refused-\(uniqueTag())"

@@ -62,6 +62,7 @@ public final class ContainerSandbox: Sendable {
     private let process: SandboxProcess
     private let cgroup: JobCgroup
     private let bundle: OCIBundle
+    private let layer: WritableLayer?
     private let owned: (namespace: OwnedUserNamespace, user: UInt32)?
     private let killed = Mutex<Task<String?, Never>?>(nil)
 
@@ -78,10 +79,12 @@ public final class ContainerSandbox: Sendable {
         process: SandboxProcess,
         cgroup: JobCgroup,
         bundle: OCIBundle,
+        layer: WritableLayer?,
         owned: (namespace: OwnedUserNamespace, user: UInt32)?,
         network: JobNetwork?
     ) {
         self.network = network
+        self.layer = layer
         self.id = id
         self.containerID = containerID
         self.agent = agent
@@ -131,11 +134,17 @@ public final class ContainerSandbox: Sendable {
     /// hands a container only its stdio, the agent's socket as its stdin and stdout and the
     /// commands' filter read from a file bound at ``filterPathInside``. Only loopback: runsc runs
     /// with `--network=none`, so `NETWORK_ALLOWLIST` is refused.
+    ///
+    /// On a directory `template`, the container's root holds the template's top-level entries,
+    /// bound read-write from a writable layer of the sandbox's own (``TemplateOverlay``, its upper
+    /// layer on a host tmpfs of the disk limit, the template's ids mapped to the container's), in
+    /// place of the host's system directories.
     static func start(
         id: String,
         limits: SandboxLimits = SandboxLimits(),
         grants: Hangar_V1_Grants = Hangar_V1_Grants(),
         network networkPolicy: Hangar_V1_NetworkPolicy = Hangar_V1_NetworkPolicy(),
+        template: Template = .host,
         agentPath: String,
         engine: OCIEngine,
         logger: Logger = Logger(label: "hangar.sandbox")
@@ -198,13 +207,26 @@ public final class ContainerSandbox: Sendable {
             }
         }
         var killed = false
+        var layer: WritableLayer?
         do {
+            if let rootfs = template.rootfs {
+                layer = try mountLayer(
+                    template: rootfs,
+                    id: id,
+                    diskBytes: jobLimits.fileSizeBytes,
+                    owner: owned.map { _ in engine.configOptions(cgroupsPath: "").userNamespace?.hostID ?? 0 } ?? 0,
+                    idmap: owned?.namespace.path,
+                    resolver: network?.resolver != nil,
+                    ledger: engine.resources.ledger
+                )
+            }
             return try await start(
                 id: id,
                 job: job,
                 filter: filter,
                 agentPath: agentPath,
                 engine: engine,
+                layer: layer,
                 owned: owned,
                 network: network,
                 killed: &killed,
@@ -214,6 +236,7 @@ public final class ContainerSandbox: Sendable {
             // A sandbox that got as far as its agent was killed, and its kill removed these: never
             // twice (the subnet or uid may belong to another sandbox by now).
             if !killed {
+                _ = layer?.remove()
                 await network?.remove()
                 await owned?.namespace.remove()
                 if let owned { engine.resources.users.release(owned.user) }
@@ -228,6 +251,7 @@ public final class ContainerSandbox: Sendable {
         filter: SeccompFilter,
         agentPath: String,
         engine: OCIEngine,
+        layer: WritableLayer?,
         owned: (namespace: OwnedUserNamespace, user: UInt32)?,
         network: JobNetwork?,
         killed: inout Bool,
@@ -245,7 +269,7 @@ public final class ContainerSandbox: Sendable {
         let bundle: OCIBundle
         do {
             let resolved = try Template.resolve(job, in: engine.templates)
-            options.root = try resolved.template.layout()
+            options.root = try layer?.overlay.layout ?? resolved.template.layout()
             config = try OCIJobConfig(job: resolved.spec, options: options, network: network?.path)
             bundle = try OCIBundle(
                 base: engine.directories.bundles,
@@ -273,7 +297,8 @@ public final class ContainerSandbox: Sendable {
                 agentPath: agentPath,
                 diskBytes: job.limits.fileSizeBytes,
                 resolver: network?.resolver != nil,
-                filterFile: gVisor ? Data(filter.bytes) : nil
+                filterFile: gVisor ? Data(filter.bytes) : nil,
+                hostFonts: layer == nil
             )
             do throws(CgroupError) {
                 try cgroup.make(CgroupLimits(config.spec.linux.resources))
@@ -344,6 +369,7 @@ public final class ContainerSandbox: Sendable {
             process: process,
             cgroup: cgroup,
             bundle: bundle,
+            layer: layer,
             owned: owned,
             network: network
         )
@@ -358,6 +384,59 @@ public final class ContainerSandbox: Sendable {
         return sandbox
     }
 
+    /// A directory template sandbox's writable layer: the overlay, and the host tmpfs (of the disk
+    /// limit) its upper layer is on.
+    struct WritableLayer: Sendable {
+        let scratch: JobScratch
+        let overlay: TemplateOverlay
+
+        /// Unmounts both; what could not be, or nil.
+        func remove() -> String? {
+            let problems = [overlay.unmount(), scratch.remove()].compactMap { $0 }
+            return problems.isEmpty ? nil : problems.joined(separator: "; ")
+        }
+    }
+
+    /// Mounts the writable layer of sandbox `id` over the template at `rootfs`, on a host tmpfs
+    /// of `diskBytes`, owned by host uid `owner` (the container's root) with the template's ids
+    /// mapped through `idmap`.
+    private static func mountLayer(
+        template rootfs: String,
+        id: String,
+        diskBytes: UInt64,
+        owner: UInt32,
+        idmap: String?,
+        resolver: Bool,
+        ledger: SandboxLedger
+    ) throws(SandboxStartError) -> WritableLayer {
+        let scratch: JobScratch
+        do throws(ScratchError) {
+            scratch = try JobScratch.create(
+                root: ProcessSandbox.defaultWorkRoot,
+                name: "layer-" + id,
+                sizeBytes: diskBytes,
+                owner: (owner, owner),
+                ledger: ledger
+            )
+        } catch {
+            throw SandboxStartError("cannot create the sandbox's writable layer: \(error.description)")
+        }
+        do throws(TemplateError) {
+            let overlay = try TemplateOverlay.mount(
+                template: rootfs,
+                in: scratch.path + "/layer",
+                owner: owner,
+                idmap: idmap,
+                userID: ProcessSandbox.userID,
+                resolver: resolver
+            )
+            return WritableLayer(scratch: scratch, overlay: overlay)
+        } catch {
+            _ = scratch.remove()
+            throw SandboxStartError("cannot make the sandbox's writable layer over its template: \(error.description)")
+        }
+    }
+
     /// Turns a one-shot job's bundle into the sandbox's: the agent as uid 0 with CAP_SETFCAP and
     /// CAP_SETPCAP, `unshare(CLONE_NEWUSER)` allowed, the agent bound at `/.hangar/agent`, tmpfs
     /// mounts for `/home/user` and `/root`, and `/etc` files naming `user` uid 1000.
@@ -367,7 +446,8 @@ public final class ContainerSandbox: Sendable {
         agentPath: String,
         diskBytes: UInt64,
         resolver: Bool,
-        filterFile: Data?
+        filterFile: Data?,
+        hostFonts: Bool
     ) throws(SandboxStartError) {
         var spec = config.spec
         spec.process.user = OCIUser(uid: 0, gid: 0, additionalGids: [0])
@@ -397,8 +477,9 @@ public final class ContainerSandbox: Sendable {
                 options: ["bind", "ro", "nosuid", "nodev"]
             ),
         ]
-        // As in process sandboxes: matplotlib finds its fonts' configuration (read-only).
-        let fonts = FileManager.default.fileExists(atPath: "/etc/fonts")
+        // As in process sandboxes: matplotlib finds its fonts' configuration (read-only); a
+        // template has its own.
+        let fonts = hostFonts && FileManager.default.fileExists(atPath: "/etc/fonts")
         if fonts { spec.mounts.append(OCIJobConfig.readOnlyBind("/etc/fonts")) }
         if filterFile != nil {
             spec.mounts.append(
@@ -506,6 +587,7 @@ public final class ContainerSandbox: Sendable {
             bundle: bundle
         )
         var problems = leftovers
+        if let problem = layer?.remove() { problems.append(problem) }
         // Its processes are gone: nothing but the user namespace's holder keeps the namespace.
         if let network {
             await network.remove()

@@ -59,6 +59,12 @@ public struct SandboxStartError: Error, Sendable, CustomStringConvertible {
 /// everything at once; it counts against the host's memory, which is why the disk limit is part of
 /// the sandbox's reservation.
 ///
+/// On a directory template, the root holds the template's top-level entries instead of the host's
+/// system directories, bound read-write from the sandbox's own writable layer over it
+/// (``TemplateOverlay``, its upper layer on the same tmpfs): the sandbox's root owns the template's
+/// files there and may change any of them, and its `/etc/passwd` and `/etc/group` are the
+/// template's with `user` added.
+///
 /// Isolation. Every namespace is new; the network one has only loopback, unless the start asks for
 /// `NETWORK_ALLOWLIST`: then the sandbox runs in a ``JobNetwork`` of its own (a network namespace
 /// with a veth pair and nftables rules letting out only the allowed CIDRs), entered with `nsenter`
@@ -97,6 +103,7 @@ public final class ProcessSandbox: Sendable {
     private let network: JobNetwork?
     private let cgroup: JobCgroup
     private let scratch: JobScratch
+    private let overlay: TemplateOverlay?
     private let users: SandboxUsers
     private let killed = Mutex<Task<String?, Never>?>(nil)
 
@@ -121,11 +128,13 @@ public final class ProcessSandbox: Sendable {
         process: SandboxProcess,
         cgroup: JobCgroup,
         scratch: JobScratch,
+        overlay: TemplateOverlay?,
         user: UInt32?,
         users: SandboxUsers,
         network: JobNetwork?
     ) {
         self.network = network
+        self.overlay = overlay
         self.id = id
         self.agent = agent
         self.process = process
@@ -156,9 +165,12 @@ public final class ProcessSandbox: Sendable {
     ///     `NETWORK_ALLOWLIST` (egress to `network.allow` only, in a ``JobNetwork``).
     ///   - agentPath: the static agent binary (``locateAgent()``).
     ///   - workRoot: where the writable tmpfs is mounted (a directory per sandbox below it).
+    ///   - template: the root filesystem: the host's (``Template/host``), or a directory template
+    ///     with a writable layer of the sandbox's own over it.
     public static func start(
         id: String,
         limits: SandboxLimits = SandboxLimits(),
+        template: Template = .host,
         grants: Hangar_V1_Grants = Hangar_V1_Grants(),
         network networkPolicy: Hangar_V1_NetworkPolicy = Hangar_V1_NetworkPolicy(),
         agentPath: String,
@@ -243,12 +255,31 @@ public final class ProcessSandbox: Sendable {
                 throw SandboxStartError("cannot set up the sandbox's network: \(error.description)")
             }
         }
+        var overlay: TemplateOverlay?
+        if let rootfs = template.rootfs {
+            do {
+                overlay = try await mountLayer(
+                    template: rootfs,
+                    scratch: scratch.path,
+                    user: user,
+                    resolver: network?.resolver != nil,
+                    ledger: resources.ledger
+                )
+            } catch {
+                try? await cgroup.remove()
+                await network?.remove()
+                _ = scratch.remove()
+                resources.users.release(user)
+                throw error
+            }
+        }
         let started: (SandboxProcess, SandboxAgentChannel)
         do {
             started = try spawn(
                 agentPath: agentPath,
                 bubblewrapPath: bubblewrapPath,
                 scratch: scratch.path,
+                root: overlay?.layout,
                 grants: grantMounts,
                 network: network,
                 cgroup: cgroup,
@@ -261,6 +292,7 @@ public final class ProcessSandbox: Sendable {
         } catch {
             try? await cgroup.remove()
             await network?.remove()
+            _ = overlay?.unmount()
             _ = scratch.remove()
             resources.users.release(user)
             throw error
@@ -271,6 +303,7 @@ public final class ProcessSandbox: Sendable {
             process: started.0,
             cgroup: cgroup,
             scratch: scratch,
+            overlay: overlay,
             user: user,
             users: resources.users,
             network: network
@@ -283,6 +316,46 @@ public final class ProcessSandbox: Sendable {
             throw SandboxStartError(error.description + (stderr.isEmpty ? "" : "; the agent said: \(stderr)"))
         }
         return sandbox
+    }
+
+    /// Mounts the sandbox's writable layer over the template at `rootfs` in its scratch, with the
+    /// template's ids shown as the sandbox's (root's files as its root, host uid `user`), and writes
+    /// its accounts there.
+    private static func mountLayer(
+        template rootfs: String,
+        scratch: String,
+        user: UInt32,
+        resolver: Bool,
+        ledger: SandboxLedger
+    ) async throws(SandboxStartError) -> TemplateOverlay {
+        // A namespace with the sandbox's own mapping (host `user` as 0), only for the idmap: the
+        // mount keeps what it needs of it.
+        let idmap: OwnedUserNamespace
+        do {
+            idmap = try await OwnedUserNamespace.create(
+                owner: user,
+                mapping: OCIUserNamespace(hostID: user, size: 1),
+                ledger: ledger
+            )
+        } catch {
+            throw SandboxStartError("cannot map the template's ids for the sandbox: \(error.description)")
+        }
+        let mounted = Result { () throws(TemplateError) -> TemplateOverlay in
+            try TemplateOverlay.mount(
+                template: rootfs,
+                in: scratch + "/layer",
+                owner: user,
+                idmap: idmap.path,
+                userID: userID,
+                resolver: resolver
+            )
+        }
+        await idmap.remove()
+        do {
+            return try mounted.get()
+        } catch {
+            throw SandboxStartError("cannot make the sandbox's writable layer over its template: \(error.description)")
+        }
     }
 
     /// Whether the sandbox joins a ``JobNetwork`` (`NETWORK_ALLOWLIST`); loopback only otherwise.
@@ -309,6 +382,7 @@ public final class ProcessSandbox: Sendable {
         agentPath: String,
         bubblewrapPath: String,
         scratch: String,
+        root: TemplateRootfs?,
         grants: GrantMounts,
         network: JobNetwork?,
         cgroup: JobCgroup,
@@ -337,7 +411,8 @@ public final class ProcessSandbox: Sendable {
                 "--hostname", "sandbox", "--uid", "0", "--gid", "0", "--clearenv",
                 "--setenv", "PATH", ProcessRuntime.defaultPath,
             ]
-        arguments += BubblewrapInvocation.hostSystemArguments()
+        // The host's system directories, or the template's entries from the sandbox's own layer.
+        arguments += root?.bubblewrapArguments ?? BubblewrapInvocation.hostSystemArguments()
         arguments += ["--proc", "/proc", "--dev", "/dev"] + BubblewrapInvocation.procMasks
         arguments += [
             "--bind", scratch + "/home", SandboxEtc.home, "--bind", scratch + "/tmp", "/tmp",
@@ -347,7 +422,9 @@ public final class ProcessSandbox: Sendable {
         arguments += grants.bubblewrapArguments
         do throws(InvalidJob) {
             files.append(try BubblewrapInvocation.memoryFile(holding: Data(seccomp.bytes)))
-            for file in SandboxEtc.files(uid: userID, gid: userID, resolver: network?.resolver != nil) {
+            // A template's are in its writable layer already (``TemplateOverlay/writeAccounts``).
+            for file in SandboxEtc.files(uid: userID, gid: userID, resolver: network?.resolver != nil) where root == nil
+            {
                 files.append(try BubblewrapInvocation.memoryFile(holding: file.content))
                 arguments += ["--perms", "0644", "--file", String(2 + files.count), file.path]
             }
@@ -458,6 +535,7 @@ public final class ProcessSandbox: Sendable {
                 problems.append("the sandbox's network namespace \(network.name) was not removed")
             }
         }
+        if let problem = overlay?.unmount() { problems.append(problem) }
         if let problem = scratch.remove() { problems.append(problem) }
         return problems.isEmpty ? nil : problems.joined(separator: "; ")
     }

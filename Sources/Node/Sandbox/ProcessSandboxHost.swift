@@ -13,8 +13,10 @@ import Synchronization
 /// not tell them apart. Both enforce the start's `NETWORK_ALLOWLIST` (a ``JobNetwork`` per sandbox,
 /// removed with it) and host path grants (binds at the same paths); a start asking for what they
 /// cannot enforce is refused, never run without it.
-/// Only the `host` template for now; other runtimes and templates are refused with a message
-/// naming them.
+/// Templates: `host`, and on `process`, `container` and `gvisor` every directory template of the
+/// node's store, with a writable layer of the sandbox's own over it (``TemplateOverlay``; the
+/// template's environment under the start's). A microVM runs its guest's own root, so `microvm`
+/// takes only `host`; other runtimes and templates are refused with a message naming them.
 ///
 /// A sandbox whose agent goes away on its own (it crashed, the memory limit killed it) is noticed
 /// by a watcher that polls the agent channel, killed to clean up what is left, forgotten and
@@ -27,6 +29,8 @@ public final class ProcessSandboxHost: SandboxHost {
     private let gvisor: GVisorRuntime?
     /// The node's microvm runtime, whose VMs become `microvm` sandboxes; nil: none.
     private let microvm: MicroVMRuntime?
+    /// The node's directory templates; nil: only `host`.
+    private let templates: TemplateStore?
     private let logger: Logger
     private let state = Mutex(State())
     /// How often a watcher checks whether a sandbox's agent is still there.
@@ -52,7 +56,8 @@ public final class ProcessSandboxHost: SandboxHost {
     /// draw on `resources`, their writable layers under `workRoot`; with the runc at `runcPath`
     /// (when it is there and the node runs as root), also in runc containers for runtime
     /// `container` (``ContainerSandbox``; nil: no container sandboxes), and with the runsc at
-    /// `runscPath` in gVisor sandboxes for runtime `gvisor` (on `gvisorPlatform`).
+    /// `runscPath` in gVisor sandboxes for runtime `gvisor` (on `gvisorPlatform`); `templates`: the
+    /// node's directory templates sandboxes may be made from (nil: only `host`).
     public init(
         agentPath: String,
         bubblewrapPath: String = "/usr/bin/bwrap",
@@ -60,6 +65,7 @@ public final class ProcessSandboxHost: SandboxHost {
         runscPath: String? = "/usr/bin/runsc",
         gvisorPlatform: String = "ptrace",
         microvm: MicroVMRuntime? = nil,
+        templates: TemplateStore? = nil,
         resources: NodeResources = .standard,
         workRoot: String = ProcessSandbox.defaultWorkRoot,
         cellOutputBytes: Int = CodeContexts.maxCellOutputBytes,
@@ -68,24 +74,32 @@ public final class ProcessSandboxHost: SandboxHost {
     ) {
         self.cellOutputBytes = cellOutputBytes
         self.agentPath = agentPath
+        self.templates = templates
         if let runcPath, geteuid() == 0, access(runcPath, X_OK) == 0 {
-            container = ContainerRuntime(runcPath: runcPath, resources: resources)
+            container = ContainerRuntime(runcPath: runcPath, templates: templates, resources: resources)
         } else {
             container = nil
         }
         self.microvm = microvm
         if let runscPath, geteuid() == 0, access(runscPath, X_OK) == 0 {
-            gvisor = GVisorRuntime(runscPath: runscPath, platform: gvisorPlatform, resources: resources)
+            gvisor = GVisorRuntime(
+                runscPath: runscPath,
+                platform: gvisorPlatform,
+                templates: templates,
+                resources: resources
+            )
         } else {
             gvisor = nil
         }
         self.logger = logger
         let startProcess:
-            @Sendable (String, WarmSandboxPool.Profile) async throws(SandboxStartError) -> ProcessSandbox = {
-                [agentPath, bubblewrapPath, resources, workRoot, logger] id, profile throws(SandboxStartError) in
+            @Sendable (String, WarmSandboxPool.Profile, Template) async throws(SandboxStartError) -> ProcessSandbox = {
+                [agentPath, bubblewrapPath, resources, workRoot, logger] id, profile, template throws(SandboxStartError)
+                in
                 try await ProcessSandbox.start(
                     id: id,
                     limits: profile.limits,
+                    template: template,
                     grants: profile.grants,
                     network: profile.network,
                     agentPath: agentPath,
@@ -101,7 +115,7 @@ public final class ProcessSandboxHost: SandboxHost {
                 [cellOutputBytes, logger] profile in
                 let sandbox: ProcessSandbox
                 do {
-                    sandbox = try await startProcess("warm-\(UInt32.random(in: 0...UInt32.max))", profile)
+                    sandbox = try await startProcess("warm-\(UInt32.random(in: 0...UInt32.max))", profile, .host)
                 } catch {
                     logger.warning("a warm sandbox could not start", metadata: ["error": "\(error)"])
                     return nil
@@ -125,9 +139,9 @@ public final class ProcessSandboxHost: SandboxHost {
         }
     }
 
-    /// Starts a `process` sandbox of this host with the given id and profile.
+    /// Starts a `process` sandbox of this host with the given id, profile and template.
     private let startProcess:
-        @Sendable (String, WarmSandboxPool.Profile) async throws(SandboxStartError) -> ProcessSandbox
+        @Sendable (String, WarmSandboxPool.Profile, Template) async throws(SandboxStartError) -> ProcessSandbox
 
     /// `process` creates with no environment served from here (``WarmSandboxPool``); nil: none.
     let warm: WarmSandboxPool?
@@ -189,9 +203,13 @@ public final class ProcessSandboxHost: SandboxHost {
                 "runtime '\(runtime)' has no stateful sandboxes on this node; use \(available.sorted().joined(separator: ", "))"
             )
         }
-        guard request.template.isEmpty || request.template == "host" else {
-            throw SandboxRefusal("template '\(request.template)' has no stateful sandboxes on this node; use 'host'")
+        let template: Template
+        do {
+            template = try Self.template(named: request.template, runtime: runtime, in: templates)
+        } catch {
+            throw SandboxRefusal(error.description)
         }
+        let environment = template.env.merging(request.env) { _, own in own }
         if let problem = Self.checkGrants(request.grants) { throw SandboxRefusal(problem) }
         let fresh = state.withLock { state in
             guard state.held[id] == nil, !state.starting.contains(id) else { return false }
@@ -222,6 +240,7 @@ public final class ProcessSandboxHost: SandboxHost {
                     limits: Self.limits(request.limits),
                     grants: request.grants,
                     network: request.network,
+                    template: template,
                     agentPath: agentPath,
                     engine: engine,
                     logger: logger
@@ -232,7 +251,7 @@ public final class ProcessSandboxHost: SandboxHost {
                     grants: request.grants,
                     network: request.network
                 )
-                sandbox = try await startProcess(id, profile)
+                sandbox = try await startProcess(id, profile, template)
             }
         } catch {
             state.withLock { state in
@@ -257,9 +276,9 @@ public final class ProcessSandboxHost: SandboxHost {
             state.held[id] = Held(
                 tenant: request.tenant,
                 sandbox: sandbox,
-                environment: request.env,
+                environment: environment,
                 code: code
-                    ?? CodeContexts(agent: sandbox.agent, environment: request.env, cellOutputBytes: cellOutputBytes),
+                    ?? CodeContexts(agent: sandbox.agent, environment: environment, cellOutputBytes: cellOutputBytes),
                 watcher: watcher
             )
             return false
@@ -269,6 +288,25 @@ public final class ProcessSandboxHost: SandboxHost {
             await tearDown(id, sandbox)
             throw SandboxRefusal("the sandbox was killed while it started")
         }
+    }
+
+    /// The template `name` names for a sandbox of `runtime`: `host` (also for ""), or a directory
+    /// template of `store` on any runtime but `microvm`.
+    static func template(
+        named name: String,
+        runtime: String,
+        in store: TemplateStore?
+    ) throws(TemplateError) -> Template {
+        guard !name.isEmpty, name != TemplateName.host else { return .host }
+        guard runtime != "microvm" else {
+            throw TemplateError(
+                "template '\(name)' has no microvm sandboxes: a microVM runs its guest's own root filesystem; use 'host'"
+            )
+        }
+        guard let store else {
+            throw TemplateError("template '\(name)' is not on this node (it has no template store)")
+        }
+        return try store.template(named: name)
     }
 
     /// The places of a sandbox's own (its writable layer and its agent), which no granted host path

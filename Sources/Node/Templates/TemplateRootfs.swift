@@ -21,6 +21,9 @@ struct TemplateRootfs: Sendable, Equatable {
     /// Absolute path of the template's root filesystem.
     let rootfs: String
     let entries: [Entry]
+    /// Whether directories and files are bound read-write: a stateful sandbox's own writable
+    /// layer (``TemplateOverlay``), never a template itself.
+    let writable: Bool
 
     /// The template's directories: where each is (`source`) and where the sandbox sees it.
     var directoryMounts: [(source: String, destination: String)] {
@@ -31,8 +34,8 @@ struct TemplateRootfs: Sendable, Equatable {
     }
 
     /// The layout of the root filesystem at `rootfs`, entries sorted by name. Sockets, FIFOs and
-    /// devices at the top level are skipped.
-    init(rootfs: String) throws(TemplateError) {
+    /// devices at the top level are skipped. `writable`: bound read-write (see ``writable``).
+    init(rootfs: String, writable: Bool = false) throws(TemplateError) {
         let names: [String]
         do {
             names = try FileManager.default.contentsOfDirectory(atPath: rootfs).sorted()
@@ -58,6 +61,7 @@ struct TemplateRootfs: Sendable, Equatable {
         }
         self.rootfs = rootfs
         self.entries = entries
+        self.writable = writable
     }
 
     /// `bwrap` arguments that build this root.
@@ -65,7 +69,7 @@ struct TemplateRootfs: Sendable, Equatable {
         entries.flatMap { entry -> [String] in
             switch entry {
             case .directory(let source, let destination), .file(let source, let destination):
-                ["--ro-bind", source, destination]
+                [writable ? "--bind" : "--ro-bind", source, destination]
             case .symlink(let target, let destination):
                 ["--symlink", target, destination]
             }
