@@ -130,7 +130,7 @@ enum CodeBench {
     /// same done cold (a create with an `env`, which no warm sandbox serves: the sandbox and then its
     /// kernel start), interleaved; before each, the pool is given time to hold a ready sandbox, so
     /// that neither side measures the refill. Each sandbox is killed after (not timed).
-    static func measureWarm(_ cluster: BenchCluster, runs: Int) async throws -> String {
+    static func measureWarm(_ cluster: BenchCluster, runs: Int, template: String = "host") async throws -> String {
         func waitForWarm() async throws {
             let deadline = ContinuousClock.now + .seconds(30)
             while (cluster.host.warmCounts?.ready ?? 0) == 0 {
@@ -138,7 +138,7 @@ enum CodeBench {
                 try await Task.sleep(for: .milliseconds(10))
             }
         }
-        let teacher = try await cluster.create()  // teaches the pool the plain create's limits
+        let teacher = try await cluster.create(template: template)  // teaches the pool the plain create's limits
         try await cluster.kill(teacher.id)
         var warmTimes: [Duration] = []
         var warmReady: [Duration] = []
@@ -151,7 +151,10 @@ enum CodeBench {
                 let start = ContinuousClock.now
                 let info: Hangar_V1_SandboxInfo
                 do {
-                    info = try await warm ? cluster.create() : cluster.create(env: SandboxBench.cold)
+                    info =
+                        try await warm
+                        ? cluster.create(template: template)
+                        : cluster.create(env: SandboxBench.cold, template: template)
                 } catch {
                     throw BenchError("step 3c, \(warm ? "warm" : "cold") create \(index + 1) of \(runs): \(error)")
                 }
@@ -180,7 +183,7 @@ enum CodeBench {
         let cold = Percentiles(coldTimes)
         var table = """
 
-            ### Warm sandboxes (step 3c, a node with `--sandbox-pool 1`)
+            ### Warm sandboxes (step 3c, a node with `--sandbox-pool 1`)\(template == "host" ? "" : ", template `\(template)`")
 
             | what (at the client) | n | p50 | p90 | p99 | goal | |
             |---|---|---|---|---|---|---|

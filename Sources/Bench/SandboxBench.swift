@@ -25,6 +25,10 @@ enum SandboxBench {
     struct Options {
         var quick = false
         var count: Int?
+        /// A directory template step 3c is measured with too (`--template NAME`), from the store of
+        /// `--state-dir DIR` (default `/var/lib/hangar`).
+        var template: String?
+        var stateDirectory = TemplateStore.defaultStateDirectory
 
         init(_ arguments: [String]) throws {
             var iterator = arguments.makeIterator()
@@ -36,7 +40,18 @@ enum SandboxBench {
                         throw BenchError("--count needs a positive number")
                     }
                     count = number
-                default: throw BenchError("unknown argument \(argument) (--quick, --count N)")
+                case "--template":
+                    guard let name = iterator.next(), TemplateName.isValid(name) else {
+                        throw BenchError("--template needs a template name")
+                    }
+                    template = name
+                case "--state-dir":
+                    guard let path = iterator.next() else { throw BenchError("--state-dir needs a folder") }
+                    stateDirectory = path
+                default:
+                    throw BenchError(
+                        "unknown argument \(argument) (--quick, --count N, --template NAME, --state-dir DIR)"
+                    )
                 }
             }
         }
@@ -102,13 +117,28 @@ enum SandboxBench {
         let resources = NodeResources(users: SandboxUsers.standard())
         // One warm sandbox (step 3c); the other steps' creates carry an `env`, which a warm
         // sandbox does not serve, so they measure cold starts.
-        let host = ProcessSandboxHost(agentPath: agentPath, resources: resources, warmSandboxes: 1, logger: logger)
+        let templates = options.template.map { _ in TemplateStore(stateDirectory: options.stateDirectory) }
+        if let name = options.template, let templates {
+            do {
+                _ = try templates.template(named: name)
+            } catch {
+                throw BenchError("--template: \(error.description)")
+            }
+        }
+        let host = ProcessSandboxHost(
+            agentPath: agentPath,
+            templates: templates,
+            resources: resources,
+            warmSandboxes: 1,
+            logger: logger
+        )
         var nodeConfig = NodeConfig(nodeID: "bench-sbx", slots: options.idle + 16)
         nodeConfig.heartbeatInterval = .milliseconds(200)
+        nodeConfig.templates = templates
         let agent = NodeAgent(
             config: nodeConfig,
             nats: try await connect("node"),
-            runtimes: [ProcessRuntime(resources: resources)],
+            runtimes: [ProcessRuntime(templates: templates, resources: resources)],
             resources: resources,
             sandboxHost: host,
             logger: logger
@@ -274,8 +304,12 @@ enum SandboxBench {
         try await cluster.kill(sandbox.id)
         try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
         // 3c. Creates served by the node's warm sandbox, against cold ones.
-        let warm = try await CodeBench.measureWarm(cluster, runs: options.creates)
+        var warm = try await CodeBench.measureWarm(cluster, runs: options.creates)
         try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
+        if let template = options.template {
+            warm += try await CodeBench.measureWarm(cluster, runs: options.creates, template: template)
+            try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
+        }
         await cluster.host.stop()  // no warm sandbox during step 4's memory figures
 
         // 4. `idle` sandboxes of 64 MiB live at once on the node.
@@ -496,10 +530,14 @@ final class BenchCluster: Sendable {
     }
 
     /// Creates a `process` sandbox and returns it once it runs (the scheduler answers then).
-    func create(memoryBytes: UInt64? = nil, env: [String: String] = [:]) async throws -> Hangar_V1_SandboxInfo {
+    func create(
+        memoryBytes: UInt64? = nil,
+        env: [String: String] = [:],
+        template: String = "host"
+    ) async throws -> Hangar_V1_SandboxInfo {
         var request = Hangar_V1_SandboxCreateRequest()
         request.runtime = "process"
-        request.template = "host"
+        request.template = template
         request.timeoutMs = 1_800_000
         request.env = env
         if let memoryBytes { request.limits.memoryBytes = memoryBytes }

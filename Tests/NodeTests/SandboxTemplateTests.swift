@@ -145,6 +145,60 @@ struct SandboxTemplateTests {
         #expect(host.sandboxIDs.isEmpty)
     }
 
+    @Test(
+        "warm sandboxes of a directory template: a create like the last is served by a ready sandbox of that template; one of another template starts cold"
+    )
+    func warm() async throws {
+        let (store, _) = try Self.makeStore()
+        let host = ProcessSandboxHost(
+            agentPath: try #require(ProcessSandbox.locateAgent()),
+            templates: store,
+            warmSandboxes: 1
+        )
+        func start(_ template: String) async throws -> String {
+            var start = Hangar_V1_SandboxStart()
+            start.sandboxID = "tpl-warm-\(uniqueTag())"
+            start.tenant = "acme"
+            start.runtime = "process"
+            start.template = template
+            try await host.start(start) { _ in Issue.record("a sandbox died") }
+            return start.sandboxID
+        }
+        var started: [String] = []
+        do {
+            started.append(try await start("bb"))
+            #expect(host.warmCounts?.served == 0 && host.warmCounts?.missed == 1)
+            let deadline = ContinuousClock.now + .seconds(30)
+            var ready: ProcessSandbox?
+            while ready == nil && ContinuousClock.now < deadline {
+                ready = host.warm?.readySandboxes.first
+                if ready == nil { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            let warm = try #require(ready, "no warm sandbox of template bb within 30 s")
+            started.append(try await start("bb"))
+            #expect(host.warmCounts?.served == 1, "\(String(describing: host.warmCounts))")
+            let target = try #require(host.dataTarget(started[1], tenant: "acme"))
+            #expect(target.agent === warm.agent)
+            #expect(target.environment["GREETING"] == "from-template")
+            let layer = try await execute(
+                warm,
+                ["/bin/sh", "-c", "echo warm > /marker.txt; cat /marker.txt"],
+                within: .seconds(20)
+            )
+            #expect(text(layer.stdout) == "warm\n", "\(text(layer.stderr))")
+            // The host template is another profile: cold.
+            started.append(try await start("host"))
+            #expect(host.warmCounts?.served == 1 && host.dataTarget(started[2], tenant: "acme")?.agent !== warm.agent)
+        } catch {
+            for id in started { await host.kill(id, reason: "test") }
+            await host.stop()
+            throw error
+        }
+        for id in started { await host.kill(id, reason: "test") }
+        await host.stop()
+        #expect(host.sandboxIDs.isEmpty)
+    }
+
     @Test("a template the node lacks, and a directory template on microvm, are refused naming them")
     func refusals() async throws {
         let (store, _) = try Self.makeStore()

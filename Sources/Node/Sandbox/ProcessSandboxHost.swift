@@ -93,13 +93,12 @@ public final class ProcessSandboxHost: SandboxHost {
         }
         self.logger = logger
         let startProcess:
-            @Sendable (String, WarmSandboxPool.Profile, Template) async throws(SandboxStartError) -> ProcessSandbox = {
-                [agentPath, bubblewrapPath, resources, workRoot, logger] id, profile, template throws(SandboxStartError)
-                in
+            @Sendable (String, WarmSandboxPool.Profile) async throws(SandboxStartError) -> ProcessSandbox = {
+                [agentPath, bubblewrapPath, resources, workRoot, logger] id, profile throws(SandboxStartError) in
                 try await ProcessSandbox.start(
                     id: id,
                     limits: profile.limits,
-                    template: template,
+                    template: profile.template,
                     grants: profile.grants,
                     network: profile.network,
                     agentPath: agentPath,
@@ -115,12 +114,16 @@ public final class ProcessSandboxHost: SandboxHost {
                 [cellOutputBytes, logger] profile in
                 let sandbox: ProcessSandbox
                 do {
-                    sandbox = try await startProcess("warm-\(UInt32.random(in: 0...UInt32.max))", profile, .host)
+                    sandbox = try await startProcess("warm-\(UInt32.random(in: 0...UInt32.max))", profile)
                 } catch {
                     logger.warning("a warm sandbox could not start", metadata: ["error": "\(error)"])
                     return nil
                 }
-                let code = CodeContexts(agent: sandbox.agent, environment: [:], cellOutputBytes: cellOutputBytes)
+                let code = CodeContexts(
+                    agent: sandbox.agent,
+                    environment: profile.template.env,
+                    cellOutputBytes: cellOutputBytes
+                )
                 do {
                     try await code.prepareDefault(language: "python")
                 } catch {
@@ -139,24 +142,28 @@ public final class ProcessSandboxHost: SandboxHost {
         }
     }
 
-    /// Starts a `process` sandbox of this host with the given id, profile and template.
+    /// Starts a `process` sandbox of this host with the given id and profile.
     private let startProcess:
-        @Sendable (String, WarmSandboxPool.Profile, Template) async throws(SandboxStartError) -> ProcessSandbox
+        @Sendable (String, WarmSandboxPool.Profile) async throws(SandboxStartError) -> ProcessSandbox
 
-    /// `process` creates with no environment served from here (``WarmSandboxPool``); nil: none.
+    /// `process` creates with no environment of their own served from here (``WarmSandboxPool``);
+    /// nil: none.
     let warm: WarmSandboxPool?
 
     /// Ready warm sandboxes, and creates served warm and cold (nil without a pool).
     public var warmCounts: (ready: Int, served: UInt64, missed: UInt64)? { warm?.counts }
 
-    /// What a warm sandbox must have been made with to serve `request`, or nil when none can: a
-    /// `process` sandbox of the `host` template with no environment of its own (a warm sandbox's
-    /// python context runs without it).
-    static func warmProfile(_ request: Hangar_V1_SandboxStart) -> WarmSandboxPool.Profile? {
-        guard request.runtime.isEmpty || request.runtime == "process",
-            request.template.isEmpty || request.template == "host", request.env.isEmpty
-        else { return nil }
-        return WarmSandboxPool.Profile(limits: limits(request.limits), grants: request.grants, network: request.network)
+    /// What a warm sandbox must have been made with to serve `request` of `template`, or nil when
+    /// none can: a `process` sandbox with no environment of its own (a warm sandbox's python context
+    /// runs with its template's only).
+    static func warmProfile(_ request: Hangar_V1_SandboxStart, template: Template) -> WarmSandboxPool.Profile? {
+        guard request.runtime.isEmpty || request.runtime == "process", request.env.isEmpty else { return nil }
+        return WarmSandboxPool.Profile(
+            limits: limits(request.limits),
+            grants: request.grants,
+            network: request.network,
+            template: template
+        )
     }
 
     /// Ends the warm sandboxes (at the node's stop).
@@ -221,7 +228,7 @@ public final class ProcessSandboxHost: SandboxHost {
         var code: CodeContexts?
         do throws(SandboxStartError) {
             let engine = runtime == "container" ? container?.engine : runtime == "gvisor" ? gvisor?.engine : nil
-            if let warm, let profile = Self.warmProfile(request), let entry = warm.take(profile) {
+            if let warm, let profile = Self.warmProfile(request, template: template), let entry = warm.take(profile) {
                 sandbox = entry.sandbox
                 code = entry.code
                 logger.debug("a warm sandbox serves a create", metadata: ["sandbox.id": "\(id)"])
@@ -249,9 +256,10 @@ public final class ProcessSandboxHost: SandboxHost {
                 let profile = WarmSandboxPool.Profile(
                     limits: Self.limits(request.limits),
                     grants: request.grants,
-                    network: request.network
+                    network: request.network,
+                    template: template
                 )
-                sandbox = try await startProcess(id, profile, template)
+                sandbox = try await startProcess(id, profile)
             }
         } catch {
             state.withLock { state in

@@ -4,10 +4,11 @@ import Synchronization
 
 /// `process` sandboxes started before their creates arrive, each with its default python context
 /// already running, so that a create (and its first `run_code`) finds one ready: what
-/// ``ProcessSandboxHost`` hands out for a `process` create of the `host` template with no
-/// environment of its own. A warm sandbox serves exactly one create and is never reused.
+/// ``ProcessSandboxHost`` hands out for a `process` create with no environment of its own. A warm
+/// sandbox serves exactly one create and is never reused.
 ///
-/// The pool makes sandboxes of the ``Profile`` (limits, grants, network) of the last such create
+/// The pool makes sandboxes of the ``Profile`` (limits, grants, network, template: a
+/// `code-interpreter` template's creates find its python context up) of the last such create
 /// it saw: the scheduler resolves every create's limits, grants and network, so the creates of one
 /// tenant policy and one client (an E2B SDK asks for internet access by default) ask for the same
 /// ones. A create of another profile starts cold, and the pool then replaces what it holds with
@@ -19,6 +20,9 @@ final class WarmSandboxPool: Sendable {
         var limits: SandboxLimits
         var grants: Hangar_V1_Grants
         var network: Hangar_V1_NetworkPolicy
+        /// `host`, or a directory template as built (its content hash is part of it: a template
+        /// removed and rebuilt under the same name is another).
+        var template: Template = .host
     }
 
     /// A ready sandbox and its code contexts (the default python one started).
