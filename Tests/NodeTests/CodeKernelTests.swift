@@ -250,6 +250,40 @@ struct CodeKernelTests {
         #expect(kernel.isRunning)
     }
 
+    @Test(
+        "javascript: a top-level await runs as node's REPL runs it (declarations persist, the last expression is the result, rejections are errors); SIGINT ends a pending one",
+        .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/node"))
+    )
+    func javascriptTopLevelAwait() async throws {
+        let kernel = try TestKernel(language: "javascript")
+        defer { kernel.stop() }
+        _ = try await kernel.ready()
+        let awaited = try await kernel.run(
+            "const wait = (ms, v) => new Promise((r) => setTimeout(() => r(v), ms));\nconst x = await wait(20, 41);\nx + 1"
+        )
+        #expect(awaited.errors.isEmpty, "\(awaited.errors)")
+        #expect(awaited.results.first?.data?["text/plain"] == .string("42"), "\(awaited)")
+        // The declarations of that cell are globals now.
+        let later = try await kernel.run("await wait(1, x * 2)")
+        #expect(later.results.first?.data?["text/plain"] == .string("82"), "\(later)")
+        let declared = try await kernel.run("let y = await wait(1, 'y');")
+        #expect(declared.results.isEmpty && declared.errors.isEmpty, "\(declared)")
+        #expect(try await kernel.run("y").results.first?.data?["text/plain"] == .string("'y'"))
+        let rejected = try await kernel.run("await Promise.reject(new RangeError('no ' + x))")
+        #expect(
+            rejected.errors.first?.name == "RangeError" && rejected.errors.first?.value == "no 41",
+            "\(rejected.errors)"
+        )
+        // A cell waiting on a promise that never settles ends at SIGINT; the context keeps its state.
+        kernel.send(id: "forever", code: "console.log('started'); await new Promise(() => {})")
+        try await kernel.waitFor { $0.contains { $0.id == "forever" && $0.text == "started\n" } }
+        kernel.interrupt()
+        let interrupted = try await kernel.cell("forever")
+        #expect(interrupted.errors.map(\.name) == ["KeyboardInterrupt"])
+        #expect(try await kernel.run("x + 1").results.first?.data?["text/plain"] == .string("42"))
+        #expect(kernel.isRunning)
+    }
+
     @Test("javascript without node: the kernel says so on stderr and exits with status 2")
     func javascriptWithoutNode() async throws {
         let empty = FileManager.default.temporaryDirectory.appendingPathComponent("no-node-\(uniqueTag())").path

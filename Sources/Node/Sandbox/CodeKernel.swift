@@ -596,7 +596,11 @@ public enum CodeKernel {
         # declarations persist; node's stdout and stderr are fds 1 and 2, framed as a python cell's
         # output. Requests go to node on a pipe of their own (its stdin is /dev/null), its answers
         # come back as JSON lines on another; SIGINT reaches node's process group like a bash
-        # cell's, and `breakOnSigint` turns it into an exception in the running cell.
+        # cell's, and `breakOnSigint` turns it into an exception in the running cell. A cell with a
+        # top-level `await` is rewritten as node's own REPL does (`processTopLevelAwait`, an internal
+        # module, hence `--expose-internals`): an async function whose declarations are hoisted to
+        # the global scope, so they persist; its promise is awaited, and SIGINT while it is pending
+        # ends the cell as interrupted. A node without that module reports the SyntaxError as before.
 
         NODE_SOURCE = r"""
         'use strict';
@@ -605,28 +609,70 @@ public enum CodeKernel {
         const util = require('util');
         const [requestFd, replyFd] = process.argv.slice(-2).map(Number);
         const reply = (value) => fs.writeSync(replyFd, JSON.stringify(value) + '\n');
-        process.on('SIGINT', () => {});
+        let processTopLevelAwait = null;
+        try {
+            ({ processTopLevelAwait } = require('internal/repl/await'));
+        } catch (_) {}
+        // The awaited cell, while its promise is pending.
+        let pendingCell = null;
+        process.on('SIGINT', () => {
+            if (pendingCell === null) return;
+            pendingCell = null;
+            reply({ status: 'interrupted' });
+        });
         const cellFrames = (stack) => String(stack || '').split('\n')
             .filter((line, index) => index === 0 || line.includes('<cell ')).join('\n');
-        function run(request) {
+        function failure(error) {
+            const isError = error instanceof Error;
+            return {
+                status: 'error',
+                name: isError ? error.name : typeof error,
+                value: isError ? error.message : util.inspect(error),
+                traceback: isError ? cellFrames(error.stack) : '',
+            };
+        }
+        // The cell as node's REPL runs a top-level await, or null when it has none.
+        function awaitable(code) {
+            if (processTopLevelAwait === null || !code.includes('await')) return null;
             try {
-                const value = vm.runInThisContext(request.code, {
+                new vm.Script(code);
+                return null;
+            } catch (error) {
+                if (!(error instanceof SyntaxError)) return null;
+            }
+            try {
+                return processTopLevelAwait(code);
+            } catch (_) {
+                return null;
+            }
+        }
+        function run(request) {
+            const wrapped = awaitable(request.code);
+            let value;
+            try {
+                value = vm.runInThisContext(wrapped === null ? request.code : wrapped, {
                     filename: '<cell ' + request.count + '>', breakOnSigint: true, displayErrors: false,
                 });
-                reply({ status: 'ok', text: value === undefined ? null : util.inspect(value) });
             } catch (error) {
-                if (error && error.code === 'ERR_SCRIPT_EXECUTION_INTERRUPTED') {
-                    reply({ status: 'interrupted' });
-                    return;
-                }
-                const isError = error instanceof Error;
-                reply({
-                    status: 'error',
-                    name: isError ? error.name : typeof error,
-                    value: isError ? error.message : util.inspect(error),
-                    traceback: isError ? cellFrames(error.stack) : '',
-                });
+                reply(error && error.code === 'ERR_SCRIPT_EXECUTION_INTERRUPTED' ? { status: 'interrupted' } : failure(error));
+                return;
             }
+            if (wrapped === null) {
+                reply({ status: 'ok', text: value === undefined ? null : util.inspect(value) });
+                return;
+            }
+            const cell = {};
+            pendingCell = cell;
+            Promise.resolve(value).then((result) => {
+                if (pendingCell !== cell) return;
+                pendingCell = null;
+                const last = result === undefined ? undefined : result.value;
+                reply({ status: 'ok', text: last === undefined ? null : util.inspect(last) });
+            }, (error) => {
+                if (pendingCell !== cell) return;
+                pendingCell = null;
+                reply(failure(error));
+            });
         }
         let pending = '';
         fs.createReadStream(null, { fd: requestFd }).on('data', (chunk) => {
@@ -658,7 +704,7 @@ public enum CodeKernel {
             request_read, request_write = os.pipe()
             null_fd = os.open(os.devnull, os.O_RDONLY)
             shell = subprocess.Popen(
-                ["node", "--no-warnings", "-e", NODE_SOURCE, "--", str(request_read), str(control_write)],
+                ["node", "--no-warnings", "--expose-internals", "-e", NODE_SOURCE, "--", str(request_read), str(control_write)],
                 stdin=null_fd,
                 stdout=1,
                 stderr=2,
