@@ -10,20 +10,29 @@ import SwiftProtobuf
 import Testing
 
 /// The code interpreter (issue 17) end to end: a sandbox created through the scheduler on a real
-/// bubblewrap sandbox with its agent, code contexts whose kernels run inside it, and cells sent by
-/// the tenant straight to the node on `hangar.sbx.n1.<tenant>.<id>.code.*`.
+/// bubblewrap sandbox (runc container, gVisor sandbox) with its agent, code contexts whose kernels
+/// run inside it, and cells sent by the tenant straight to the node on
+/// `hangar.sbx.n1.<tenant>.<id>.code.*`.
 @Suite("Code interpreter: contexts and cells in a real sandbox", .serialized, .enabled(if: geteuid() == 0))
 struct CodeInterpreterTests {
     @Test(
-        "state across cells, last value, errors, a timeout that keeps state, a stuck cell killed, restart, a dead interpreter, busy, contexts apart, another tenant refused"
+        "state across cells, last value, errors, a timeout that keeps state, a stuck cell killed, restart, a dead interpreter, busy, contexts apart, another tenant refused",
+        arguments: ["process", "container", "gvisor"]
     )
-    func cells() async throws {
+    func cells(runtime: String) async throws {
         let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
         // A 1 MiB cap for one cell's output (8 MiB by default), so that the flood below is quick.
         let host = ProcessSandboxHost(agentPath: agentPath, cellOutputBytes: 1 << 20)
-        let cluster = try await AuthorizedCluster.start(runtimes: [ProcessRuntime(), NullRuntime()], sandboxHost: host)
+        try #require(host.availableRuntimes.contains(runtime), "\(runtime): runc or runsc is not here")
+        let offered: any Runtime =
+            switch runtime {
+            case "container": ContainerRuntime()
+            case "gvisor": GVisorRuntime()
+            default: ProcessRuntime()
+            }
+        let cluster = try await AuthorizedCluster.start(runtimes: [offered, NullRuntime()], sandboxHost: host)
         do {
-            try await exercise(cluster)
+            try await exercise(cluster, runtime: runtime)
         } catch {
             for id in host.sandboxIDs { await host.kill(id, reason: "the test failed") }
             await cluster.stop()
@@ -33,10 +42,10 @@ struct CodeInterpreterTests {
         await cluster.stop()
     }
 
-    private func exercise(_ cluster: AuthorizedCluster) async throws {
+    private func exercise(_ cluster: AuthorizedCluster, runtime: String) async throws {
         let answer = try await cluster.tenantA.request(
             Subjects.sandbox(tenant: "a", verb: "create"),
-            payload: try Hangar_V1_SandboxCreateRequest.with { $0.runtime = "process" }.serializedData(),
+            payload: try Hangar_V1_SandboxCreateRequest.with { $0.runtime = runtime }.serializedData(),
             timeout: .seconds(20)
         )
         let created = try Hangar_V1_SandboxCreateReply(serializedBytes: answer.payload)
