@@ -58,5 +58,21 @@ void agent_send_ok(uint64_t id);
 
 /* File operations (files.c): each answers the request with one event. */
 void agent_file_request(const Hangar__V1__AgentRequest *request);
+/*
+ * Normalises `path` into `out` (AGENT_MAX_PATH + 1 bytes): absolute (relative to the user's home),
+ * no empty, "." or ".." components. 0 when fine; otherwise an Error was sent for `id`.
+ */
+int agent_normalise_path(uint64_t id, const char *path, char *out);
+
+/* Directory watches (watch.c): at most this many at once. */
+#define AGENT_MAX_WATCHES 8
+/* Sets a watch of `path` (normalised) for `request` (a Watch): answers an empty AgentWatchEvents. */
+void agent_watch_request(const Hangar__V1__AgentRequest *request, const char *path);
+/* Ends a watch (an Unwatch request): its last batch, then Ok. */
+void agent_unwatch_request(const Hangar__V1__AgentRequest *request);
+/* The inotify descriptor of watch slot `index`, or -1 when the slot is free. */
+int agent_watch_fd(int index);
+/* Reads what watch slot `index`'s descriptor holds and sends it as batches. */
+void agent_watch_drain(int index);
 
 #endif

@@ -23,11 +23,7 @@
 #define MAX_LISTING_BYTES (3u * 1024 * 1024)
 #define MAX_DEPTH 16
 
-/*
- * Normalises `path` into `out` (AGENT_MAX_PATH + 1 bytes): absolute, no empty or "." components.
- * 0 when fine; otherwise an Error was sent for `id`.
- */
-static int normalise(uint64_t id, const char *path, char *out) {
+int agent_normalise_path(uint64_t id, const char *path, char *out) {
     size_t length = strlen(path);
     if (length == 0) {
         agent_send_error(id, HANGAR__V1__AGENT_ERROR__CODE__INVALID, "the path is empty");
@@ -334,28 +330,28 @@ void agent_file_request(const Hangar__V1__AgentRequest *request) {
     char other[AGENT_MAX_PATH + 1];
     switch (request->op_case) {
     case HANGAR__V1__AGENT_REQUEST__OP_READ_FILE:
-        if (normalise(id, request->read_file->path, path) != 0) return;
+        if (agent_normalise_path(id, request->read_file->path, path) != 0) return;
         return read_file(id, path, request->read_file->offset, request->read_file->length);
     case HANGAR__V1__AGENT_REQUEST__OP_WRITE_FILE:
-        if (normalise(id, request->write_file->path, path) != 0) return;
+        if (agent_normalise_path(id, request->write_file->path, path) != 0) return;
         return write_file(id, path, &request->write_file->data, request->write_file->mode,
                           request->write_file->append);
     case HANGAR__V1__AGENT_REQUEST__OP_LIST_DIR:
-        if (normalise(id, request->list_dir->path, path) != 0) return;
+        if (agent_normalise_path(id, request->list_dir->path, path) != 0) return;
         return list_dir(id, path, request->list_dir->depth);
     case HANGAR__V1__AGENT_REQUEST__OP_STAT:
-        if (normalise(id, request->stat->path, path) != 0) return;
+        if (agent_normalise_path(id, request->stat->path, path) != 0) return;
         return stat_path(id, path);
     case HANGAR__V1__AGENT_REQUEST__OP_MAKE_DIR:
-        if (normalise(id, request->make_dir->path, path) != 0) return;
+        if (agent_normalise_path(id, request->make_dir->path, path) != 0) return;
         if (request->make_dir->parents ? make_parents(path) != 0 : mkdir(path, 0755) != 0)
             return agent_send_errno(id, errno, "make directory", path);
         return agent_send_ok(id);
     case HANGAR__V1__AGENT_REQUEST__OP_REMOVE:
-        if (normalise(id, request->remove->path, path) != 0) return;
+        if (agent_normalise_path(id, request->remove->path, path) != 0) return;
         return remove_path(id, path, request->remove->recursive);
     case HANGAR__V1__AGENT_REQUEST__OP_RENAME:
-        if (normalise(id, request->rename->from, path) != 0 || normalise(id, request->rename->to, other) != 0) return;
+        if (agent_normalise_path(id, request->rename->from, path) != 0 || agent_normalise_path(id, request->rename->to, other) != 0) return;
         if (rename(path, other) != 0) return agent_send_errno(id, errno, "rename", path);
         return agent_send_ok(id);
     default:

@@ -50,6 +50,8 @@ int _swift_backtrace_isThunkFunction(const char *name) {
 }
 
 #define MAX_PROCESSES 256
+/* poll kinds: 0 and 1 a command's stdout and stderr, 2 its stdin, WATCH_KIND + slot a watch. */
+#define WATCH_KIND 16
 /* Stdin bytes queued for one command beyond which Stdin requests are refused. */
 #define MAX_PENDING_STDIN (8u * 1024 * 1024)
 #define USER_ID 1000
@@ -449,6 +451,12 @@ static void handle(const Hangar__V1__AgentRequest *request) {
     case HANGAR__V1__AGENT_REQUEST__OP_STDIN: return stdin_request(request);
     case HANGAR__V1__AGENT_REQUEST__OP_SIGNAL: return signal_request(request);
     case HANGAR__V1__AGENT_REQUEST__OP_LIST_PROCESSES: return list_processes(request->id);
+    case HANGAR__V1__AGENT_REQUEST__OP_WATCH: {
+        char path[AGENT_MAX_PATH + 1];
+        if (agent_normalise_path(request->id, request->watch->path, path) != 0) return;
+        return agent_watch_request(request, path);
+    }
+    case HANGAR__V1__AGENT_REQUEST__OP_UNWATCH: return agent_unwatch_request(request);
     case HANGAR__V1__AGENT_REQUEST__OP_PING: {
         Hangar__V1__AgentPong pong = HANGAR__V1__AGENT_PONG__INIT;
         AGENT_SEND_EVENT(request->id, PONG, pong, &pong);
@@ -586,9 +594,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     Input input = {0};
-    struct pollfd entries[2 + 3 * MAX_PROCESSES];
-    Process *owners[2 + 3 * MAX_PROCESSES];
-    int kinds[2 + 3 * MAX_PROCESSES];
+    struct pollfd entries[2 + 3 * MAX_PROCESSES + AGENT_MAX_WATCHES];
+    Process *owners[2 + 3 * MAX_PROCESSES + AGENT_MAX_WATCHES];
+    int kinds[2 + 3 * MAX_PROCESSES + AGENT_MAX_WATCHES];
     for (;;) {
         int count = 0;
         entries[count++] = (struct pollfd){.fd = input_fd, .events = POLLIN};
@@ -618,6 +626,14 @@ int main(int argc, char **argv) {
                 entries[count++] = (struct pollfd){.fd = process->in, .events = POLLOUT};
             }
         }
+        /* Watches: kind WATCH_KIND + their slot. */
+        for (int index = 0; index < AGENT_MAX_WATCHES; index++) {
+            int fd = agent_watch_fd(index);
+            if (fd < 0) continue;
+            owners[count] = NULL;
+            kinds[count] = WATCH_KIND + index;
+            entries[count++] = (struct pollfd){.fd = fd, .events = POLLIN};
+        }
         int ready = poll(entries, (nfds_t)count, wait < 0 ? -1 : (int)(wait > 60000 ? 60000 : wait + 1));
         if (ready < 0 && errno != EINTR) {
             fprintf(stderr, "hangar-sandbox-agent: poll: %s\n", strerror(errno));
@@ -625,7 +641,12 @@ int main(int argc, char **argv) {
         }
         if (ready <= 0) continue;
         for (int index = 2; index < count; index++) {
-            if (!entries[index].revents || !owners[index]->used) continue;
+            if (!entries[index].revents) continue;
+            if (kinds[index] >= WATCH_KIND) {
+                agent_watch_drain(kinds[index] - WATCH_KIND);
+                continue;
+            }
+            if (!owners[index]->used) continue;
             if (kinds[index] == 2)
                 feed(owners[index]);
             else

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import HangarNATS
 import HangarShared
+import Synchronization
 
 /// The data plane of stateful sandboxes (issue 16): a tenant sends commands and file operations
 /// straight to the node that holds its sandbox, on `hangar.sbx.<node>.<tenant>.<sandbox>.<verb>`;
@@ -53,6 +54,10 @@ extension NodeAgent {
             await attach(message.payload, target: target, sandboxID: sandboxID, replyTo: replyTo)
         } else if verb == "code.run" {
             await runCode(message.payload, target: target, sandbox: (tenant, sandboxID), replyTo: replyTo)
+        } else if verb == "files.watch" {
+            await watch(message.payload, target: target, sandboxID: sandboxID, replyTo: replyTo)
+        } else if verb == "files.unwatch" {
+            send(await unwatch(message.payload, target: target, sandboxID: sandboxID), to: replyTo)
         } else if verb == "code.contexts" {
             let reply = await codeContexts(message.payload, target: target, sandboxID: sandboxID)
             send(Result { try reply.serializedData() }, to: replyTo)
@@ -155,6 +160,95 @@ extension NodeAgent {
             if let pid { return await target.background.finish(pid, nil) }
             fail(DataFailure(.sandboxNotRunning, "\(error)"))
         }
+    }
+
+    /// How long a watch lasts unless its request says; the longest it may ask for.
+    static let defaultWatchMs: UInt32 = 60_000
+    static let maxWatchMs: UInt32 = 3_600_000
+
+    /// Streams a directory watch's changes to `replyTo` (`started`, `changes`…, `ended`) until its
+    /// timeout, an unwatch, the directory's removal or the sandbox's end.
+    private func watch(_ payload: Data, target: SandboxDataTarget?, sandboxID: String, replyTo: String) async {
+        func fail(_ failure: DataFailure) { send(failure.watchEvent, to: replyTo) }
+        func ended(_ reason: String) {
+            send(Hangar_V1_SandboxWatchEvent.with { $0.ended = .with { $0.reason = reason } }, to: replyTo)
+        }
+        guard let target else {
+            return fail(DataFailure(.sandboxNotFound, "no sandbox \(sandboxID) of yours on this node"))
+        }
+        guard let request = try? Hangar_V1_SandboxWatchRequest(serializedBytes: payload) else {
+            return fail(DataFailure(.sandboxInvalidRequest, "the payload is not a hangar.v1.SandboxWatchRequest"))
+        }
+        let timeoutMs = request.timeoutMs == 0 ? Self.defaultWatchMs : request.timeoutMs
+        guard timeoutMs <= Self.maxWatchMs else {
+            return fail(
+                DataFailure(
+                    .sandboxInvalidRequest,
+                    "timeout_ms is \(timeoutMs); a watch lasts at most \(Self.maxWatchMs)"
+                )
+            )
+        }
+        let (id, events) = target.agent.watch(request.path, recursive: request.recursive)
+        let timedOut = WatchTimeout()
+        let deadline = Task { [agent = target.agent] in
+            try? await Task.sleep(for: .milliseconds(Int(timeoutMs)))
+            guard !Task.isCancelled else { return }
+            timedOut.fired.withLock { $0 = true }
+            try? await agent.unwatch(id)
+        }
+        defer { deadline.cancel() }
+        var started = false
+        do {
+            for try await event in events {
+                guard case .watchEvents(let batch) = event.kind else { continue }
+                if !started {
+                    started = true
+                    send(
+                        Hangar_V1_SandboxWatchEvent.with { $0.started = .with { $0.watchID = String(id) } },
+                        to: replyTo
+                    )
+                }
+                if !batch.events.isEmpty || (!batch.message.isEmpty && !batch.ended) {
+                    var changes = batch
+                    changes.ended = false
+                    send(Hangar_V1_SandboxWatchEvent.with { $0.changes = changes }, to: replyTo)
+                }
+                if batch.ended {
+                    return ended(timedOut.fired.withLock { $0 } ? "timeout" : batch.message)
+                }
+            }
+            ended("the sandbox's agent ended the watch")
+        } catch let error as SandboxAgentError {
+            started ? ended("the sandbox ended: \(error.description)") : fail(DataFailure(error))
+        } catch {
+            started ? ended("the sandbox ended: \(error)") : fail(DataFailure(.sandboxNotRunning, "\(error)"))
+        }
+    }
+
+    /// Ends a watch of the sandbox (`files.unwatch`).
+    private func unwatch(
+        _ payload: Data,
+        target: SandboxDataTarget?,
+        sandboxID: String
+    ) async -> Hangar_V1_SandboxOpReply {
+        guard let target else {
+            return DataFailure(.sandboxNotFound, "no sandbox \(sandboxID) of yours on this node").operationReply
+        }
+        guard let request = try? Hangar_V1_SandboxUnwatchRequest(serializedBytes: payload),
+            let id = UInt64(request.watchID)
+        else {
+            return DataFailure(
+                .sandboxInvalidRequest,
+                "the payload is not a hangar.v1.SandboxUnwatchRequest with a watch id"
+            )
+            .operationReply
+        }
+        do {
+            try await target.agent.unwatch(id)
+        } catch {
+            return DataFailure(error).operationReply
+        }
+        return .with { $0.ok = Hangar_V1_AgentOk() }
     }
 
     /// Streams a background command's kept and coming output to `replyTo`, then its exit.
@@ -290,7 +384,7 @@ extension NodeAgent {
         guard Self.sandboxOperationVerbs.contains(verb) else {
             return failure(
                 .sandboxInvalidRequest,
-                "unknown sandbox data verb '\(verb.prefix(64))'; use exec, attach, code.run, code.contexts, \(Self.sandboxOperationVerbs.joined(separator: ", "))"
+                "unknown sandbox data verb '\(verb.prefix(64))'; use exec, attach, files.watch, files.unwatch, code.run, code.contexts, \(Self.sandboxOperationVerbs.joined(separator: ", "))"
             )
         }
         guard let target else { return failure(.sandboxNotFound, "no sandbox \(sandboxID) of yours on this node") }
@@ -348,6 +442,10 @@ extension NodeAgent {
         send(Result { try event.serializedData() }, to: replyTo)
     }
 
+    private func send(_ event: Hangar_V1_SandboxWatchEvent, to replyTo: String) {
+        send(Result { try event.serializedData() }, to: replyTo)
+    }
+
     private func send(_ reply: Hangar_V1_SandboxOpReply, to replyTo: String) {
         send(Result { try reply.serializedData() }, to: replyTo)
     }
@@ -360,6 +458,11 @@ extension NodeAgent {
             logger.warning("could not answer a sandbox data request", metadata: ["error": "\(error)"])
         }
     }
+}
+
+/// Whether a watch ended at its timeout (set by its deadline task before it unwatches).
+private final class WatchTimeout: Sendable {
+    let fired = Mutex(false)
 }
 
 /// Why a data-plane request failed, as its answer says it: the node's own verdict (no such
@@ -395,6 +498,14 @@ private enum DataFailure {
 
     /// The last event of an exec's answer.
     var execEvent: Hangar_V1_SandboxExecEvent {
+        switch self {
+        case .node(let error): .with { $0.error = error }
+        case .agent(let error): .with { $0.agentError = error }
+        }
+    }
+
+    /// The last event of a watch's answer.
+    var watchEvent: Hangar_V1_SandboxWatchEvent {
         switch self {
         case .node(let error): .with { $0.error = error }
         case .agent(let error): .with { $0.agentError = error }

@@ -118,6 +118,27 @@ public final class SandboxAgentChannel: Sendable {
         throw .agentGone(goneReason ?? "no answer")
     }
 
+    /// Watches the directory `path` in the sandbox (with `recursive`, the directories below it too).
+    /// Returns the watch's id (for ``unwatch(_:)``) and its events: an empty ``Hangar_V1_AgentWatchEvents``
+    /// once the watch is set, then batches of changes, then one with `ended` set; the stream throws
+    /// ``SandboxAgentError`` when the watch cannot be set or the agent goes away.
+    public func watch(
+        _ path: String,
+        recursive: Bool
+    ) -> (id: UInt64, events: AsyncThrowingStream<Hangar_V1_AgentEvent, any Error>) {
+        var request = Hangar_V1_AgentRequest()
+        request.watch = .with {
+            $0.path = path
+            $0.recursive = recursive
+        }
+        return sendTracked(request)
+    }
+
+    /// Ends the watch `id` (its stream gets its last batch).
+    public func unwatch(_ id: UInt64) async throws(SandboxAgentError) {
+        try await expectOk(.unwatch(.with { $0.watchID = id }))
+    }
+
     /// Writes `frame` as it is (length prefix included) to the agent, for tests of its decoder.
     public func sendRaw(_ frame: Data) throws(SandboxAgentError) {
         try write(frame)
@@ -255,6 +276,13 @@ public final class SandboxAgentChannel: Sendable {
 
     /// Registers a waiter for a fresh id and writes the request.
     private func send(_ request: Hangar_V1_AgentRequest) -> AsyncThrowingStream<Hangar_V1_AgentEvent, any Error> {
+        sendTracked(request).events
+    }
+
+    /// ``send(_:)``, with the id the request was sent under.
+    private func sendTracked(
+        _ request: Hangar_V1_AgentRequest
+    ) -> (id: UInt64, events: AsyncThrowingStream<Hangar_V1_AgentEvent, any Error>) {
         var request = request
         request.id = nextID.add(1, ordering: .relaxed).newValue
         let id = request.id
@@ -266,7 +294,7 @@ public final class SandboxAgentChannel: Sendable {
         }
         if let gone {
             continuation.finish(throwing: SandboxAgentError.agentGone(gone))
-            return stream
+            return (id, stream)
         }
         continuation.onTermination = { [weak self] _ in
             _ = self?.state.withLock { $0.waiters.removeValue(forKey: id) }
@@ -286,7 +314,7 @@ public final class SandboxAgentChannel: Sendable {
             _ = state.withLock { $0.waiters.removeValue(forKey: id) }
             continuation.finish(throwing: error)
         }
-        return stream
+        return (id, stream)
     }
 
     /// `body` with its 4-byte big-endian length in front.
@@ -376,6 +404,7 @@ public final class SandboxAgentChannel: Sendable {
         let last: Bool
         switch event.kind {
         case .started, .output: last = false
+        case .watchEvents(let batch): last = batch.ended
         case .error(let error):
             waiter.finish(throwing: SandboxAgentError.agent(code: error.code, message: error.message))
             _ = state.withLock { $0.waiters.removeValue(forKey: event.id) }

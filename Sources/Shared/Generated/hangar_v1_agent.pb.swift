@@ -101,6 +101,54 @@ public nonisolated enum Hangar_V1_AgentFileType: SwiftProtobuf.Enum, Swift.CaseI
 
 }
 
+public nonisolated enum Hangar_V1_AgentWatchOp: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case create // = 0
+  case write // = 1
+  case remove // = 2
+
+  /// moved away (a move into the directory is a CREATE)
+  case rename // = 3
+  case chmod // = 4
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .create
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .create
+    case 1: self = .write
+    case 2: self = .remove
+    case 3: self = .rename
+    case 4: self = .chmod
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .create: return 0
+    case .write: return 1
+    case .remove: return 2
+    case .rename: return 3
+    case .chmod: return 4
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Hangar_V1_AgentWatchOp] = [
+    .create,
+    .write,
+    .remove,
+    .rename,
+    .chmod,
+  ]
+
+}
+
 /// One request; `id` is chosen by the node and repeated in every event that answers it.
 public nonisolated struct Hangar_V1_AgentRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -207,6 +255,22 @@ public nonisolated struct Hangar_V1_AgentRequest: Sendable {
     set {op = .ping(newValue)}
   }
 
+  public var watch: Hangar_V1_AgentWatch {
+    get {
+      if case .watch(let v)? = op {return v}
+      return Hangar_V1_AgentWatch()
+    }
+    set {op = .watch(newValue)}
+  }
+
+  public var unwatch: Hangar_V1_AgentUnwatch {
+    get {
+      if case .unwatch(let v)? = op {return v}
+      return Hangar_V1_AgentUnwatch()
+    }
+    set {op = .unwatch(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Op: Equatable, Sendable {
@@ -222,6 +286,8 @@ public nonisolated struct Hangar_V1_AgentRequest: Sendable {
     case remove(Hangar_V1_AgentRemove)
     case rename(Hangar_V1_AgentRename)
     case ping(Hangar_V1_AgentPing)
+    case watch(Hangar_V1_AgentWatch)
+    case unwatch(Hangar_V1_AgentUnwatch)
 
   }
 
@@ -418,6 +484,38 @@ public nonisolated struct Hangar_V1_AgentPing: Sendable {
   public init() {}
 }
 
+/// Watches a directory for changes (inotify), with `recursive` also the directories below it,
+/// those made later included (at most 1024 directories a watch; at most 8 watches at once): the
+/// answer is an AgentWatchEvents with no events once the watch is set, then one batch of events per
+/// burst of changes, until Unwatch of this request's id or the directory's removal, answered by a
+/// last AgentWatchEvents with `ended` set.
+public nonisolated struct Hangar_V1_AgentWatch: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var path: String = String()
+
+  public var recursive: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Ends the watch whose request id is `watch_id`; answered by Ok (or Error NOT_FOUND).
+public nonisolated struct Hangar_V1_AgentUnwatch: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var watchID: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// One event; `id` is the request it answers (0 for a frame whose id could not be read).
 public nonisolated struct Hangar_V1_AgentEvent: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -508,6 +606,14 @@ public nonisolated struct Hangar_V1_AgentEvent: Sendable {
     set {kind = .pong(newValue)}
   }
 
+  public var watchEvents: Hangar_V1_AgentWatchEvents {
+    get {
+      if case .watchEvents(let v)? = kind {return v}
+      return Hangar_V1_AgentWatchEvents()
+    }
+    set {kind = .watchEvents(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Kind: Equatable, Sendable {
@@ -521,6 +627,7 @@ public nonisolated struct Hangar_V1_AgentEvent: Sendable {
     case statInfo(Hangar_V1_AgentEntry)
     case processes(Hangar_V1_AgentProcesses)
     case pong(Hangar_V1_AgentPong)
+    case watchEvents(Hangar_V1_AgentWatchEvents)
 
   }
 
@@ -755,6 +862,41 @@ public nonisolated struct Hangar_V1_AgentPong: Sendable {
   public init() {}
 }
 
+public nonisolated struct Hangar_V1_AgentWatchEvent: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// relative to the watched directory
+  public var path: String = String()
+
+  public var op: Hangar_V1_AgentWatchOp = .create
+
+  public var directory: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_AgentWatchEvents: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var events: [Hangar_V1_AgentWatchEvent] = []
+
+  /// the last batch of the watch
+  public var ended: Bool = false
+
+  /// why it ended, or what was lost ("events were dropped")
+  public var message: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "hangar.v1"
@@ -767,9 +909,13 @@ nonisolated extension Hangar_V1_AgentFileType: SwiftProtobuf._ProtoNameProviding
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0AGENT_FILE_TYPE_OTHER\0\u{1}AGENT_FILE_TYPE_FILE\0\u{1}AGENT_FILE_TYPE_DIRECTORY\0\u{1}AGENT_FILE_TYPE_SYMLINK\0")
 }
 
+nonisolated extension Hangar_V1_AgentWatchOp: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0AGENT_WATCH_OP_CREATE\0\u{1}AGENT_WATCH_OP_WRITE\0\u{1}AGENT_WATCH_OP_REMOVE\0\u{1}AGENT_WATCH_OP_RENAME\0\u{1}AGENT_WATCH_OP_CHMOD\0")
+}
+
 nonisolated extension Hangar_V1_AgentRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AgentRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}exec\0\u{1}stdin\0\u{1}signal\0\u{3}list_processes\0\u{3}read_file\0\u{3}write_file\0\u{3}list_dir\0\u{1}stat\0\u{3}make_dir\0\u{1}remove\0\u{1}rename\0\u{1}ping\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}exec\0\u{1}stdin\0\u{1}signal\0\u{3}list_processes\0\u{3}read_file\0\u{3}write_file\0\u{3}list_dir\0\u{1}stat\0\u{3}make_dir\0\u{1}remove\0\u{1}rename\0\u{1}ping\0\u{1}watch\0\u{1}unwatch\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -934,6 +1080,32 @@ nonisolated extension Hangar_V1_AgentRequest: SwiftProtobuf.Message, SwiftProtob
           self.op = .ping(v)
         }
       }()
+      case 14: try {
+        var v: Hangar_V1_AgentWatch?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .watch(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .watch(v)
+        }
+      }()
+      case 15: try {
+        var v: Hangar_V1_AgentUnwatch?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .unwatch(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .unwatch(v)
+        }
+      }()
       default: break
       }
     }
@@ -995,6 +1167,14 @@ nonisolated extension Hangar_V1_AgentRequest: SwiftProtobuf.Message, SwiftProtob
     case .ping?: try {
       guard case .ping(let v)? = self.op else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+    }()
+    case .watch?: try {
+      guard case .watch(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+    }()
+    case .unwatch?: try {
+      guard case .unwatch(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
     }()
     case nil: break
     }
@@ -1437,9 +1617,74 @@ nonisolated extension Hangar_V1_AgentPing: SwiftProtobuf.Message, SwiftProtobuf.
   }
 }
 
+nonisolated extension Hangar_V1_AgentWatch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AgentWatch"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}path\0\u{1}recursive\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.path) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.recursive) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.path.isEmpty {
+      try visitor.visitSingularStringField(value: self.path, fieldNumber: 1)
+    }
+    if self.recursive != false {
+      try visitor.visitSingularBoolField(value: self.recursive, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_AgentWatch, rhs: Hangar_V1_AgentWatch) -> Bool {
+    if lhs.path != rhs.path {return false}
+    if lhs.recursive != rhs.recursive {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_AgentUnwatch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AgentUnwatch"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}watch_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.watchID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.watchID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.watchID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_AgentUnwatch, rhs: Hangar_V1_AgentUnwatch) -> Bool {
+    if lhs.watchID != rhs.watchID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Hangar_V1_AgentEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AgentEvent"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}started\0\u{1}output\0\u{1}exited\0\u{1}ok\0\u{1}error\0\u{3}file_data\0\u{1}entries\0\u{3}stat_info\0\u{1}processes\0\u{1}pong\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}started\0\u{1}output\0\u{1}exited\0\u{1}ok\0\u{1}error\0\u{3}file_data\0\u{1}entries\0\u{3}stat_info\0\u{1}processes\0\u{1}pong\0\u{3}watch_events\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1578,6 +1823,19 @@ nonisolated extension Hangar_V1_AgentEvent: SwiftProtobuf.Message, SwiftProtobuf
           self.kind = .pong(v)
         }
       }()
+      case 12: try {
+        var v: Hangar_V1_AgentWatchEvents?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .watchEvents(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .watchEvents(v)
+        }
+      }()
       default: break
       }
     }
@@ -1631,6 +1889,10 @@ nonisolated extension Hangar_V1_AgentEvent: SwiftProtobuf.Message, SwiftProtobuf
     case .pong?: try {
       guard case .pong(let v)? = self.kind else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+    }()
+    case .watchEvents?: try {
+      guard case .watchEvents(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
     }()
     case nil: break
     }
@@ -2037,6 +2299,86 @@ nonisolated extension Hangar_V1_AgentPong: SwiftProtobuf.Message, SwiftProtobuf.
   }
 
   public static func ==(lhs: Hangar_V1_AgentPong, rhs: Hangar_V1_AgentPong) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_AgentWatchEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AgentWatchEvent"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}path\0\u{1}op\0\u{1}directory\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.path) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.op) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.directory) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.path.isEmpty {
+      try visitor.visitSingularStringField(value: self.path, fieldNumber: 1)
+    }
+    if self.op != .create {
+      try visitor.visitSingularEnumField(value: self.op, fieldNumber: 2)
+    }
+    if self.directory != false {
+      try visitor.visitSingularBoolField(value: self.directory, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_AgentWatchEvent, rhs: Hangar_V1_AgentWatchEvent) -> Bool {
+    if lhs.path != rhs.path {return false}
+    if lhs.op != rhs.op {return false}
+    if lhs.directory != rhs.directory {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_AgentWatchEvents: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AgentWatchEvents"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}events\0\u{1}ended\0\u{1}message\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.events) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.ended) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.message) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.events.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.events, fieldNumber: 1)
+    }
+    if self.ended != false {
+      try visitor.visitSingularBoolField(value: self.ended, fieldNumber: 2)
+    }
+    if !self.message.isEmpty {
+      try visitor.visitSingularStringField(value: self.message, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_AgentWatchEvents, rhs: Hangar_V1_AgentWatchEvents) -> Bool {
+    if lhs.events != rhs.events {return false}
+    if lhs.ended != rhs.ended {return false}
+    if lhs.message != rhs.message {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1174,6 +1174,138 @@ public nonisolated struct Hangar_V1_SandboxExecEvent: Sendable {
   public init() {}
 }
 
+/// hangar.sbx.<node>.<tenant>.<sandbox>.files.watch: watches a directory inside the sandbox
+/// (inotify, by the sandbox's agent). Answered with a stream of SandboxWatchEvent on the reply
+/// subject: `started` (with the watch's id) once the watch is set, then `changes` batches as they
+/// happen, then `ended` after `timeout_ms`, at `files.unwatch` of its id, when the directory goes
+/// away or the sandbox ends; or a single `error` / `agent_error` (e.g. not a directory).
+public nonisolated struct Hangar_V1_SandboxWatchRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var path: String = String()
+
+  /// also the directories below it (at most 1024 in all)
+  public var recursive: Bool = false
+
+  /// the watch ends after this long; 0 = 60 s; at most 3600 s
+  public var timeoutMs: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_SandboxWatchEvent: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var kind: Hangar_V1_SandboxWatchEvent.OneOf_Kind? = nil
+
+  public var started: Hangar_V1_SandboxWatchStarted {
+    get {
+      if case .started(let v)? = kind {return v}
+      return Hangar_V1_SandboxWatchStarted()
+    }
+    set {kind = .started(newValue)}
+  }
+
+  /// paths relative to the watched directory
+  public var changes: Hangar_V1_AgentWatchEvents {
+    get {
+      if case .changes(let v)? = kind {return v}
+      return Hangar_V1_AgentWatchEvents()
+    }
+    set {kind = .changes(newValue)}
+  }
+
+  /// the last event
+  public var ended: Hangar_V1_SandboxWatchEnded {
+    get {
+      if case .ended(let v)? = kind {return v}
+      return Hangar_V1_SandboxWatchEnded()
+    }
+    set {kind = .ended(newValue)}
+  }
+
+  /// the last event
+  public var error: Hangar_V1_SandboxError {
+    get {
+      if case .error(let v)? = kind {return v}
+      return Hangar_V1_SandboxError()
+    }
+    set {kind = .error(newValue)}
+  }
+
+  /// the last event
+  public var agentError: Hangar_V1_AgentError {
+    get {
+      if case .agentError(let v)? = kind {return v}
+      return Hangar_V1_AgentError()
+    }
+    set {kind = .agentError(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Kind: Equatable, Sendable {
+    case started(Hangar_V1_SandboxWatchStarted)
+    /// paths relative to the watched directory
+    case changes(Hangar_V1_AgentWatchEvents)
+    /// the last event
+    case ended(Hangar_V1_SandboxWatchEnded)
+    /// the last event
+    case error(Hangar_V1_SandboxError)
+    /// the last event
+    case agentError(Hangar_V1_AgentError)
+
+  }
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_SandboxWatchStarted: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// for files.unwatch
+  public var watchID: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Hangar_V1_SandboxWatchEnded: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// "timeout", "unwatched", or what ended it
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// hangar.sbx.<node>.<tenant>.<sandbox>.files.unwatch: ends a watch of this sandbox; one
+/// SandboxOpReply (`ok`, or `error` NOT_FOUND for no such watch).
+public nonisolated struct Hangar_V1_SandboxUnwatchRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var watchID: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// hangar.sbx.<node>.<tenant>.<sandbox>.<verb> for files.read, files.write, files.list, files.stat,
 /// files.mkdir, files.remove, files.rename, signal, ps and stdin: one request, one SandboxOpReply. The op
 /// must be the verb's (read for files.read, ..., signal for signal, ps for ps). A read returns at
@@ -3344,6 +3476,254 @@ nonisolated extension Hangar_V1_SandboxExecEvent: SwiftProtobuf.Message, SwiftPr
 
   public static func ==(lhs: Hangar_V1_SandboxExecEvent, rhs: Hangar_V1_SandboxExecEvent) -> Bool {
     if lhs.kind != rhs.kind {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_SandboxWatchRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SandboxWatchRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}path\0\u{1}recursive\0\u{3}timeout_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.path) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.recursive) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.timeoutMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.path.isEmpty {
+      try visitor.visitSingularStringField(value: self.path, fieldNumber: 1)
+    }
+    if self.recursive != false {
+      try visitor.visitSingularBoolField(value: self.recursive, fieldNumber: 2)
+    }
+    if self.timeoutMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.timeoutMs, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SandboxWatchRequest, rhs: Hangar_V1_SandboxWatchRequest) -> Bool {
+    if lhs.path != rhs.path {return false}
+    if lhs.recursive != rhs.recursive {return false}
+    if lhs.timeoutMs != rhs.timeoutMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_SandboxWatchEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SandboxWatchEvent"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}started\0\u{1}changes\0\u{1}ended\0\u{1}error\0\u{3}agent_error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try {
+        var v: Hangar_V1_SandboxWatchStarted?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .started(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .started(v)
+        }
+      }()
+      case 2: try {
+        var v: Hangar_V1_AgentWatchEvents?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .changes(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .changes(v)
+        }
+      }()
+      case 3: try {
+        var v: Hangar_V1_SandboxWatchEnded?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .ended(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .ended(v)
+        }
+      }()
+      case 4: try {
+        var v: Hangar_V1_SandboxError?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .error(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .error(v)
+        }
+      }()
+      case 5: try {
+        var v: Hangar_V1_AgentError?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .agentError(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .agentError(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    switch self.kind {
+    case .started?: try {
+      guard case .started(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    }()
+    case .changes?: try {
+      guard case .changes(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .ended?: try {
+      guard case .ended(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .error?: try {
+      guard case .error(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .agentError?: try {
+      guard case .agentError(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SandboxWatchEvent, rhs: Hangar_V1_SandboxWatchEvent) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_SandboxWatchStarted: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SandboxWatchStarted"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}watch_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.watchID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.watchID.isEmpty {
+      try visitor.visitSingularStringField(value: self.watchID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SandboxWatchStarted, rhs: Hangar_V1_SandboxWatchStarted) -> Bool {
+    if lhs.watchID != rhs.watchID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_SandboxWatchEnded: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SandboxWatchEnded"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SandboxWatchEnded, rhs: Hangar_V1_SandboxWatchEnded) -> Bool {
+    if lhs.reason != rhs.reason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_SandboxUnwatchRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SandboxUnwatchRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}watch_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.watchID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.watchID.isEmpty {
+      try visitor.visitSingularStringField(value: self.watchID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_SandboxUnwatchRequest, rhs: Hangar_V1_SandboxUnwatchRequest) -> Bool {
+    if lhs.watchID != rhs.watchID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -598,6 +598,96 @@ void   hangar__v1__agent_ping__free_unpacked
   assert(message->base.descriptor == &hangar__v1__agent_ping__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   hangar__v1__agent_watch__init
+                     (Hangar__V1__AgentWatch         *message)
+{
+  static const Hangar__V1__AgentWatch init_value = HANGAR__V1__AGENT_WATCH__INIT;
+  *message = init_value;
+}
+size_t hangar__v1__agent_watch__get_packed_size
+                     (const Hangar__V1__AgentWatch *message)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_watch__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t hangar__v1__agent_watch__pack
+                     (const Hangar__V1__AgentWatch *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_watch__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t hangar__v1__agent_watch__pack_to_buffer
+                     (const Hangar__V1__AgentWatch *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_watch__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Hangar__V1__AgentWatch *
+       hangar__v1__agent_watch__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Hangar__V1__AgentWatch *)
+     protobuf_c_message_unpack (&hangar__v1__agent_watch__descriptor,
+                                allocator, len, data);
+}
+void   hangar__v1__agent_watch__free_unpacked
+                     (Hangar__V1__AgentWatch *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &hangar__v1__agent_watch__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   hangar__v1__agent_unwatch__init
+                     (Hangar__V1__AgentUnwatch         *message)
+{
+  static const Hangar__V1__AgentUnwatch init_value = HANGAR__V1__AGENT_UNWATCH__INIT;
+  *message = init_value;
+}
+size_t hangar__v1__agent_unwatch__get_packed_size
+                     (const Hangar__V1__AgentUnwatch *message)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_unwatch__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t hangar__v1__agent_unwatch__pack
+                     (const Hangar__V1__AgentUnwatch *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_unwatch__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t hangar__v1__agent_unwatch__pack_to_buffer
+                     (const Hangar__V1__AgentUnwatch *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_unwatch__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Hangar__V1__AgentUnwatch *
+       hangar__v1__agent_unwatch__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Hangar__V1__AgentUnwatch *)
+     protobuf_c_message_unpack (&hangar__v1__agent_unwatch__descriptor,
+                                allocator, len, data);
+}
+void   hangar__v1__agent_unwatch__free_unpacked
+                     (Hangar__V1__AgentUnwatch *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &hangar__v1__agent_unwatch__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   hangar__v1__agent_event__init
                      (Hangar__V1__AgentEvent         *message)
 {
@@ -1138,7 +1228,97 @@ void   hangar__v1__agent_pong__free_unpacked
   assert(message->base.descriptor == &hangar__v1__agent_pong__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor hangar__v1__agent_request__field_descriptors[13] =
+void   hangar__v1__agent_watch_event__init
+                     (Hangar__V1__AgentWatchEvent         *message)
+{
+  static const Hangar__V1__AgentWatchEvent init_value = HANGAR__V1__AGENT_WATCH_EVENT__INIT;
+  *message = init_value;
+}
+size_t hangar__v1__agent_watch_event__get_packed_size
+                     (const Hangar__V1__AgentWatchEvent *message)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_watch_event__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t hangar__v1__agent_watch_event__pack
+                     (const Hangar__V1__AgentWatchEvent *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_watch_event__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t hangar__v1__agent_watch_event__pack_to_buffer
+                     (const Hangar__V1__AgentWatchEvent *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_watch_event__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Hangar__V1__AgentWatchEvent *
+       hangar__v1__agent_watch_event__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Hangar__V1__AgentWatchEvent *)
+     protobuf_c_message_unpack (&hangar__v1__agent_watch_event__descriptor,
+                                allocator, len, data);
+}
+void   hangar__v1__agent_watch_event__free_unpacked
+                     (Hangar__V1__AgentWatchEvent *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &hangar__v1__agent_watch_event__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   hangar__v1__agent_watch_events__init
+                     (Hangar__V1__AgentWatchEvents         *message)
+{
+  static const Hangar__V1__AgentWatchEvents init_value = HANGAR__V1__AGENT_WATCH_EVENTS__INIT;
+  *message = init_value;
+}
+size_t hangar__v1__agent_watch_events__get_packed_size
+                     (const Hangar__V1__AgentWatchEvents *message)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_watch_events__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t hangar__v1__agent_watch_events__pack
+                     (const Hangar__V1__AgentWatchEvents *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_watch_events__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t hangar__v1__agent_watch_events__pack_to_buffer
+                     (const Hangar__V1__AgentWatchEvents *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_watch_events__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Hangar__V1__AgentWatchEvents *
+       hangar__v1__agent_watch_events__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Hangar__V1__AgentWatchEvents *)
+     protobuf_c_message_unpack (&hangar__v1__agent_watch_events__descriptor,
+                                allocator, len, data);
+}
+void   hangar__v1__agent_watch_events__free_unpacked
+                     (Hangar__V1__AgentWatchEvents *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &hangar__v1__agent_watch_events__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+static const ProtobufCFieldDescriptor hangar__v1__agent_request__field_descriptors[15] =
 {
   {
     "id",
@@ -1296,6 +1476,30 @@ static const ProtobufCFieldDescriptor hangar__v1__agent_request__field_descripto
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "watch",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Hangar__V1__AgentRequest, op_case),
+    offsetof(Hangar__V1__AgentRequest, watch),
+    &hangar__v1__agent_watch__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "unwatch",
+    15,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Hangar__V1__AgentRequest, op_case),
+    offsetof(Hangar__V1__AgentRequest, unwatch),
+    &hangar__v1__agent_unwatch__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned hangar__v1__agent_request__field_indices_by_name[] = {
   1,   /* field[1] = exec */
@@ -1310,12 +1514,14 @@ static const unsigned hangar__v1__agent_request__field_indices_by_name[] = {
   3,   /* field[3] = signal */
   8,   /* field[8] = stat */
   2,   /* field[2] = stdin */
+  14,   /* field[14] = unwatch */
+  13,   /* field[13] = watch */
   6,   /* field[6] = write_file */
 };
 static const ProtobufCIntRange hangar__v1__agent_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 13 }
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor hangar__v1__agent_request__descriptor =
 {
@@ -1325,7 +1531,7 @@ const ProtobufCMessageDescriptor hangar__v1__agent_request__descriptor =
   "Hangar__V1__AgentRequest",
   "hangar.v1",
   sizeof(Hangar__V1__AgentRequest),
-  13,
+  15,
   hangar__v1__agent_request__field_descriptors,
   hangar__v1__agent_request__field_indices_by_name,
   1,  hangar__v1__agent_request__number_ranges,
@@ -2033,7 +2239,96 @@ const ProtobufCMessageDescriptor hangar__v1__agent_ping__descriptor =
   (ProtobufCMessageInit) hangar__v1__agent_ping__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor hangar__v1__agent_event__field_descriptors[11] =
+static const ProtobufCFieldDescriptor hangar__v1__agent_watch__field_descriptors[2] =
+{
+  {
+    "path",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Hangar__V1__AgentWatch, path),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "recursive",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Hangar__V1__AgentWatch, recursive),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned hangar__v1__agent_watch__field_indices_by_name[] = {
+  0,   /* field[0] = path */
+  1,   /* field[1] = recursive */
+};
+static const ProtobufCIntRange hangar__v1__agent_watch__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor hangar__v1__agent_watch__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "hangar.v1.AgentWatch",
+  "AgentWatch",
+  "Hangar__V1__AgentWatch",
+  "hangar.v1",
+  sizeof(Hangar__V1__AgentWatch),
+  2,
+  hangar__v1__agent_watch__field_descriptors,
+  hangar__v1__agent_watch__field_indices_by_name,
+  1,  hangar__v1__agent_watch__number_ranges,
+  (ProtobufCMessageInit) hangar__v1__agent_watch__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor hangar__v1__agent_unwatch__field_descriptors[1] =
+{
+  {
+    "watch_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Hangar__V1__AgentUnwatch, watch_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned hangar__v1__agent_unwatch__field_indices_by_name[] = {
+  0,   /* field[0] = watch_id */
+};
+static const ProtobufCIntRange hangar__v1__agent_unwatch__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor hangar__v1__agent_unwatch__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "hangar.v1.AgentUnwatch",
+  "AgentUnwatch",
+  "Hangar__V1__AgentUnwatch",
+  "hangar.v1",
+  sizeof(Hangar__V1__AgentUnwatch),
+  1,
+  hangar__v1__agent_unwatch__field_descriptors,
+  hangar__v1__agent_unwatch__field_indices_by_name,
+  1,  hangar__v1__agent_unwatch__number_ranges,
+  (ProtobufCMessageInit) hangar__v1__agent_unwatch__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor hangar__v1__agent_event__field_descriptors[12] =
 {
   {
     "id",
@@ -2167,6 +2462,18 @@ static const ProtobufCFieldDescriptor hangar__v1__agent_event__field_descriptors
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "watch_events",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Hangar__V1__AgentEvent, kind_case),
+    offsetof(Hangar__V1__AgentEvent, watch_events),
+    &hangar__v1__agent_watch_events__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned hangar__v1__agent_event__field_indices_by_name[] = {
   7,   /* field[7] = entries */
@@ -2180,11 +2487,12 @@ static const unsigned hangar__v1__agent_event__field_indices_by_name[] = {
   9,   /* field[9] = processes */
   1,   /* field[1] = started */
   8,   /* field[8] = stat_info */
+  11,   /* field[11] = watch_events */
 };
 static const ProtobufCIntRange hangar__v1__agent_event__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 11 }
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor hangar__v1__agent_event__descriptor =
 {
@@ -2194,7 +2502,7 @@ const ProtobufCMessageDescriptor hangar__v1__agent_event__descriptor =
   "Hangar__V1__AgentEvent",
   "hangar.v1",
   sizeof(Hangar__V1__AgentEvent),
-  11,
+  12,
   hangar__v1__agent_event__field_descriptors,
   hangar__v1__agent_event__field_indices_by_name,
   1,  hangar__v1__agent_event__number_ranges,
@@ -2842,6 +3150,134 @@ const ProtobufCMessageDescriptor hangar__v1__agent_pong__descriptor =
   (ProtobufCMessageInit) hangar__v1__agent_pong__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor hangar__v1__agent_watch_event__field_descriptors[3] =
+{
+  {
+    "path",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Hangar__V1__AgentWatchEvent, path),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "op",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Hangar__V1__AgentWatchEvent, op),
+    &hangar__v1__agent_watch_op__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "directory",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Hangar__V1__AgentWatchEvent, directory),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned hangar__v1__agent_watch_event__field_indices_by_name[] = {
+  2,   /* field[2] = directory */
+  1,   /* field[1] = op */
+  0,   /* field[0] = path */
+};
+static const ProtobufCIntRange hangar__v1__agent_watch_event__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor hangar__v1__agent_watch_event__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "hangar.v1.AgentWatchEvent",
+  "AgentWatchEvent",
+  "Hangar__V1__AgentWatchEvent",
+  "hangar.v1",
+  sizeof(Hangar__V1__AgentWatchEvent),
+  3,
+  hangar__v1__agent_watch_event__field_descriptors,
+  hangar__v1__agent_watch_event__field_indices_by_name,
+  1,  hangar__v1__agent_watch_event__number_ranges,
+  (ProtobufCMessageInit) hangar__v1__agent_watch_event__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor hangar__v1__agent_watch_events__field_descriptors[3] =
+{
+  {
+    "events",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Hangar__V1__AgentWatchEvents, n_events),
+    offsetof(Hangar__V1__AgentWatchEvents, events),
+    &hangar__v1__agent_watch_event__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "ended",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Hangar__V1__AgentWatchEvents, ended),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "message",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Hangar__V1__AgentWatchEvents, message),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned hangar__v1__agent_watch_events__field_indices_by_name[] = {
+  1,   /* field[1] = ended */
+  0,   /* field[0] = events */
+  2,   /* field[2] = message */
+};
+static const ProtobufCIntRange hangar__v1__agent_watch_events__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor hangar__v1__agent_watch_events__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "hangar.v1.AgentWatchEvents",
+  "AgentWatchEvents",
+  "Hangar__V1__AgentWatchEvents",
+  "hangar.v1",
+  sizeof(Hangar__V1__AgentWatchEvents),
+  3,
+  hangar__v1__agent_watch_events__field_descriptors,
+  hangar__v1__agent_watch_events__field_indices_by_name,
+  1,  hangar__v1__agent_watch_events__number_ranges,
+  (ProtobufCMessageInit) hangar__v1__agent_watch_events__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCEnumValue hangar__v1__agent_stream__enum_values_by_number[2] =
 {
   { "AGENT_STREAM_STDOUT", "HANGAR__V1__AGENT_STREAM__AGENT_STREAM_STDOUT", 0 },
@@ -2900,5 +3336,39 @@ const ProtobufCEnumDescriptor hangar__v1__agent_file_type__descriptor =
   hangar__v1__agent_file_type__enum_values_by_name,
   1,
   hangar__v1__agent_file_type__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue hangar__v1__agent_watch_op__enum_values_by_number[5] =
+{
+  { "AGENT_WATCH_OP_CREATE", "HANGAR__V1__AGENT_WATCH_OP__AGENT_WATCH_OP_CREATE", 0 },
+  { "AGENT_WATCH_OP_WRITE", "HANGAR__V1__AGENT_WATCH_OP__AGENT_WATCH_OP_WRITE", 1 },
+  { "AGENT_WATCH_OP_REMOVE", "HANGAR__V1__AGENT_WATCH_OP__AGENT_WATCH_OP_REMOVE", 2 },
+  { "AGENT_WATCH_OP_RENAME", "HANGAR__V1__AGENT_WATCH_OP__AGENT_WATCH_OP_RENAME", 3 },
+  { "AGENT_WATCH_OP_CHMOD", "HANGAR__V1__AGENT_WATCH_OP__AGENT_WATCH_OP_CHMOD", 4 },
+};
+static const ProtobufCIntRange hangar__v1__agent_watch_op__value_ranges[] = {
+{0, 0},{0, 5}
+};
+static const ProtobufCEnumValueIndex hangar__v1__agent_watch_op__enum_values_by_name[5] =
+{
+  { "AGENT_WATCH_OP_CHMOD", 4 },
+  { "AGENT_WATCH_OP_CREATE", 0 },
+  { "AGENT_WATCH_OP_REMOVE", 2 },
+  { "AGENT_WATCH_OP_RENAME", 3 },
+  { "AGENT_WATCH_OP_WRITE", 1 },
+};
+const ProtobufCEnumDescriptor hangar__v1__agent_watch_op__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "hangar.v1.AgentWatchOp",
+  "AgentWatchOp",
+  "Hangar__V1__AgentWatchOp",
+  "hangar.v1",
+  5,
+  hangar__v1__agent_watch_op__enum_values_by_number,
+  5,
+  hangar__v1__agent_watch_op__enum_values_by_name,
+  1,
+  hangar__v1__agent_watch_op__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };

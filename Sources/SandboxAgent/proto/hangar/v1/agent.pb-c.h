@@ -29,6 +29,8 @@ typedef struct Hangar__V1__AgentMakeDir Hangar__V1__AgentMakeDir;
 typedef struct Hangar__V1__AgentRemove Hangar__V1__AgentRemove;
 typedef struct Hangar__V1__AgentRename Hangar__V1__AgentRename;
 typedef struct Hangar__V1__AgentPing Hangar__V1__AgentPing;
+typedef struct Hangar__V1__AgentWatch Hangar__V1__AgentWatch;
+typedef struct Hangar__V1__AgentUnwatch Hangar__V1__AgentUnwatch;
 typedef struct Hangar__V1__AgentEvent Hangar__V1__AgentEvent;
 typedef struct Hangar__V1__AgentStarted Hangar__V1__AgentStarted;
 typedef struct Hangar__V1__AgentOutput Hangar__V1__AgentOutput;
@@ -41,6 +43,8 @@ typedef struct Hangar__V1__AgentEntries Hangar__V1__AgentEntries;
 typedef struct Hangar__V1__AgentProcess Hangar__V1__AgentProcess;
 typedef struct Hangar__V1__AgentProcesses Hangar__V1__AgentProcesses;
 typedef struct Hangar__V1__AgentPong Hangar__V1__AgentPong;
+typedef struct Hangar__V1__AgentWatchEvent Hangar__V1__AgentWatchEvent;
+typedef struct Hangar__V1__AgentWatchEvents Hangar__V1__AgentWatchEvents;
 
 
 /* --- enums --- */
@@ -69,6 +73,17 @@ typedef enum _Hangar__V1__AgentFileType {
   HANGAR__V1__AGENT_FILE_TYPE__AGENT_FILE_TYPE_SYMLINK = 3
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(HANGAR__V1__AGENT_FILE_TYPE)
 } Hangar__V1__AgentFileType;
+typedef enum _Hangar__V1__AgentWatchOp {
+  HANGAR__V1__AGENT_WATCH_OP__AGENT_WATCH_OP_CREATE = 0,
+  HANGAR__V1__AGENT_WATCH_OP__AGENT_WATCH_OP_WRITE = 1,
+  HANGAR__V1__AGENT_WATCH_OP__AGENT_WATCH_OP_REMOVE = 2,
+  /*
+   * moved away (a move into the directory is a CREATE)
+   */
+  HANGAR__V1__AGENT_WATCH_OP__AGENT_WATCH_OP_RENAME = 3,
+  HANGAR__V1__AGENT_WATCH_OP__AGENT_WATCH_OP_CHMOD = 4
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(HANGAR__V1__AGENT_WATCH_OP)
+} Hangar__V1__AgentWatchOp;
 
 /* --- messages --- */
 
@@ -85,7 +100,9 @@ typedef enum {
   HANGAR__V1__AGENT_REQUEST__OP_MAKE_DIR = 10,
   HANGAR__V1__AGENT_REQUEST__OP_REMOVE = 11,
   HANGAR__V1__AGENT_REQUEST__OP_RENAME = 12,
-  HANGAR__V1__AGENT_REQUEST__OP_PING = 13
+  HANGAR__V1__AGENT_REQUEST__OP_PING = 13,
+  HANGAR__V1__AGENT_REQUEST__OP_WATCH = 14,
+  HANGAR__V1__AGENT_REQUEST__OP_UNWATCH = 15
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(HANGAR__V1__AGENT_REQUEST__OP__CASE)
 } Hangar__V1__AgentRequest__OpCase;
 
@@ -110,6 +127,8 @@ struct  Hangar__V1__AgentRequest
     Hangar__V1__AgentRemove *remove;
     Hangar__V1__AgentRename *rename;
     Hangar__V1__AgentPing *ping;
+    Hangar__V1__AgentWatch *watch;
+    Hangar__V1__AgentUnwatch *unwatch;
   };
 };
 #define HANGAR__V1__AGENT_REQUEST__INIT \
@@ -308,6 +327,37 @@ struct  Hangar__V1__AgentPing
      }
 
 
+/*
+ * Watches a directory for changes (inotify), with `recursive` also the directories below it,
+ * those made later included (at most 1024 directories a watch; at most 8 watches at once): the
+ * answer is an AgentWatchEvents with no events once the watch is set, then one batch of events per
+ * burst of changes, until Unwatch of this request's id or the directory's removal, answered by a
+ * last AgentWatchEvents with `ended` set.
+ */
+struct  Hangar__V1__AgentWatch
+{
+  ProtobufCMessage base;
+  char *path;
+  protobuf_c_boolean recursive;
+};
+#define HANGAR__V1__AGENT_WATCH__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&hangar__v1__agent_watch__descriptor) \
+    , (char *)protobuf_c_empty_string, 0 }
+
+
+/*
+ * Ends the watch whose request id is `watch_id`; answered by Ok (or Error NOT_FOUND).
+ */
+struct  Hangar__V1__AgentUnwatch
+{
+  ProtobufCMessage base;
+  uint64_t watch_id;
+};
+#define HANGAR__V1__AGENT_UNWATCH__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&hangar__v1__agent_unwatch__descriptor) \
+    , 0 }
+
+
 typedef enum {
   HANGAR__V1__AGENT_EVENT__KIND__NOT_SET = 0,
   HANGAR__V1__AGENT_EVENT__KIND_STARTED = 2,
@@ -319,7 +369,8 @@ typedef enum {
   HANGAR__V1__AGENT_EVENT__KIND_ENTRIES = 8,
   HANGAR__V1__AGENT_EVENT__KIND_STAT_INFO = 9,
   HANGAR__V1__AGENT_EVENT__KIND_PROCESSES = 10,
-  HANGAR__V1__AGENT_EVENT__KIND_PONG = 11
+  HANGAR__V1__AGENT_EVENT__KIND_PONG = 11,
+  HANGAR__V1__AGENT_EVENT__KIND_WATCH_EVENTS = 12
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(HANGAR__V1__AGENT_EVENT__KIND__CASE)
 } Hangar__V1__AgentEvent__KindCase;
 
@@ -342,6 +393,7 @@ struct  Hangar__V1__AgentEvent
     Hangar__V1__AgentEntry *stat_info;
     Hangar__V1__AgentProcesses *processes;
     Hangar__V1__AgentPong *pong;
+    Hangar__V1__AgentWatchEvents *watch_events;
   };
 };
 #define HANGAR__V1__AGENT_EVENT__INIT \
@@ -487,6 +539,40 @@ struct  Hangar__V1__AgentPong
 #define HANGAR__V1__AGENT_PONG__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&hangar__v1__agent_pong__descriptor) \
      }
+
+
+struct  Hangar__V1__AgentWatchEvent
+{
+  ProtobufCMessage base;
+  /*
+   * relative to the watched directory
+   */
+  char *path;
+  Hangar__V1__AgentWatchOp op;
+  protobuf_c_boolean directory;
+};
+#define HANGAR__V1__AGENT_WATCH_EVENT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&hangar__v1__agent_watch_event__descriptor) \
+    , (char *)protobuf_c_empty_string, HANGAR__V1__AGENT_WATCH_OP__AGENT_WATCH_OP_CREATE, 0 }
+
+
+struct  Hangar__V1__AgentWatchEvents
+{
+  ProtobufCMessage base;
+  size_t n_events;
+  Hangar__V1__AgentWatchEvent **events;
+  /*
+   * the last batch of the watch
+   */
+  protobuf_c_boolean ended;
+  /*
+   * why it ended, or what was lost ("events were dropped")
+   */
+  char *message;
+};
+#define HANGAR__V1__AGENT_WATCH_EVENTS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&hangar__v1__agent_watch_events__descriptor) \
+    , 0,NULL, 0, (char *)protobuf_c_empty_string }
 
 
 /* Hangar__V1__AgentRequest methods */
@@ -739,6 +825,44 @@ Hangar__V1__AgentPing *
 void   hangar__v1__agent_ping__free_unpacked
                      (Hangar__V1__AgentPing *message,
                       ProtobufCAllocator *allocator);
+/* Hangar__V1__AgentWatch methods */
+void   hangar__v1__agent_watch__init
+                     (Hangar__V1__AgentWatch         *message);
+size_t hangar__v1__agent_watch__get_packed_size
+                     (const Hangar__V1__AgentWatch   *message);
+size_t hangar__v1__agent_watch__pack
+                     (const Hangar__V1__AgentWatch   *message,
+                      uint8_t             *out);
+size_t hangar__v1__agent_watch__pack_to_buffer
+                     (const Hangar__V1__AgentWatch   *message,
+                      ProtobufCBuffer     *buffer);
+Hangar__V1__AgentWatch *
+       hangar__v1__agent_watch__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   hangar__v1__agent_watch__free_unpacked
+                     (Hangar__V1__AgentWatch *message,
+                      ProtobufCAllocator *allocator);
+/* Hangar__V1__AgentUnwatch methods */
+void   hangar__v1__agent_unwatch__init
+                     (Hangar__V1__AgentUnwatch         *message);
+size_t hangar__v1__agent_unwatch__get_packed_size
+                     (const Hangar__V1__AgentUnwatch   *message);
+size_t hangar__v1__agent_unwatch__pack
+                     (const Hangar__V1__AgentUnwatch   *message,
+                      uint8_t             *out);
+size_t hangar__v1__agent_unwatch__pack_to_buffer
+                     (const Hangar__V1__AgentUnwatch   *message,
+                      ProtobufCBuffer     *buffer);
+Hangar__V1__AgentUnwatch *
+       hangar__v1__agent_unwatch__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   hangar__v1__agent_unwatch__free_unpacked
+                     (Hangar__V1__AgentUnwatch *message,
+                      ProtobufCAllocator *allocator);
 /* Hangar__V1__AgentEvent methods */
 void   hangar__v1__agent_event__init
                      (Hangar__V1__AgentEvent         *message);
@@ -967,6 +1091,44 @@ Hangar__V1__AgentPong *
 void   hangar__v1__agent_pong__free_unpacked
                      (Hangar__V1__AgentPong *message,
                       ProtobufCAllocator *allocator);
+/* Hangar__V1__AgentWatchEvent methods */
+void   hangar__v1__agent_watch_event__init
+                     (Hangar__V1__AgentWatchEvent         *message);
+size_t hangar__v1__agent_watch_event__get_packed_size
+                     (const Hangar__V1__AgentWatchEvent   *message);
+size_t hangar__v1__agent_watch_event__pack
+                     (const Hangar__V1__AgentWatchEvent   *message,
+                      uint8_t             *out);
+size_t hangar__v1__agent_watch_event__pack_to_buffer
+                     (const Hangar__V1__AgentWatchEvent   *message,
+                      ProtobufCBuffer     *buffer);
+Hangar__V1__AgentWatchEvent *
+       hangar__v1__agent_watch_event__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   hangar__v1__agent_watch_event__free_unpacked
+                     (Hangar__V1__AgentWatchEvent *message,
+                      ProtobufCAllocator *allocator);
+/* Hangar__V1__AgentWatchEvents methods */
+void   hangar__v1__agent_watch_events__init
+                     (Hangar__V1__AgentWatchEvents         *message);
+size_t hangar__v1__agent_watch_events__get_packed_size
+                     (const Hangar__V1__AgentWatchEvents   *message);
+size_t hangar__v1__agent_watch_events__pack
+                     (const Hangar__V1__AgentWatchEvents   *message,
+                      uint8_t             *out);
+size_t hangar__v1__agent_watch_events__pack_to_buffer
+                     (const Hangar__V1__AgentWatchEvents   *message,
+                      ProtobufCBuffer     *buffer);
+Hangar__V1__AgentWatchEvents *
+       hangar__v1__agent_watch_events__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   hangar__v1__agent_watch_events__free_unpacked
+                     (Hangar__V1__AgentWatchEvents *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Hangar__V1__AgentRequest_Closure)
@@ -1011,6 +1173,12 @@ typedef void (*Hangar__V1__AgentRename_Closure)
 typedef void (*Hangar__V1__AgentPing_Closure)
                  (const Hangar__V1__AgentPing *message,
                   void *closure_data);
+typedef void (*Hangar__V1__AgentWatch_Closure)
+                 (const Hangar__V1__AgentWatch *message,
+                  void *closure_data);
+typedef void (*Hangar__V1__AgentUnwatch_Closure)
+                 (const Hangar__V1__AgentUnwatch *message,
+                  void *closure_data);
 typedef void (*Hangar__V1__AgentEvent_Closure)
                  (const Hangar__V1__AgentEvent *message,
                   void *closure_data);
@@ -1047,6 +1215,12 @@ typedef void (*Hangar__V1__AgentProcesses_Closure)
 typedef void (*Hangar__V1__AgentPong_Closure)
                  (const Hangar__V1__AgentPong *message,
                   void *closure_data);
+typedef void (*Hangar__V1__AgentWatchEvent_Closure)
+                 (const Hangar__V1__AgentWatchEvent *message,
+                  void *closure_data);
+typedef void (*Hangar__V1__AgentWatchEvents_Closure)
+                 (const Hangar__V1__AgentWatchEvents *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -1055,6 +1229,7 @@ typedef void (*Hangar__V1__AgentPong_Closure)
 
 extern const ProtobufCEnumDescriptor    hangar__v1__agent_stream__descriptor;
 extern const ProtobufCEnumDescriptor    hangar__v1__agent_file_type__descriptor;
+extern const ProtobufCEnumDescriptor    hangar__v1__agent_watch_op__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_request__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_exec__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_exec__env_entry__descriptor;
@@ -1069,6 +1244,8 @@ extern const ProtobufCMessageDescriptor hangar__v1__agent_make_dir__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_remove__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_rename__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_ping__descriptor;
+extern const ProtobufCMessageDescriptor hangar__v1__agent_watch__descriptor;
+extern const ProtobufCMessageDescriptor hangar__v1__agent_unwatch__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_event__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_started__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_output__descriptor;
@@ -1082,6 +1259,8 @@ extern const ProtobufCMessageDescriptor hangar__v1__agent_entries__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_process__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_processes__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_pong__descriptor;
+extern const ProtobufCMessageDescriptor hangar__v1__agent_watch_event__descriptor;
+extern const ProtobufCMessageDescriptor hangar__v1__agent_watch_events__descriptor;
 
 PROTOBUF_C__END_DECLS
 
