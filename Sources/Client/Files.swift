@@ -1,5 +1,6 @@
 import Foundation
 import HangarShared
+import Synchronization
 
 /// A file or directory of a sandbox (``Files/list(_:depth:)``, ``Files/stat(_:)``).
 public struct FileEntry: Sendable, Equatable {
@@ -44,6 +45,43 @@ public struct FileEntry: Sendable, Equatable {
         mode = entry.mode
         modifiedAt = Date(timeIntervalSince1970: Double(entry.mtimeMs) / 1000)
         symlinkTarget = entry.symlinkTarget
+    }
+}
+
+/// A change in a watched directory (``Files/watch(_:recursive:timeout:)``).
+public struct FileChange: Sendable, Equatable {
+    /// What happened to the entry.
+    public enum Operation: Sendable, Equatable {
+        /// It was made, or moved into the directory.
+        case create
+        /// Its content was written.
+        case write
+        /// It was removed.
+        case remove
+        /// It was moved away (its new name, if inside the watch, comes as a ``create``).
+        case rename
+        /// Its permissions or owner changed.
+        case chmod
+    }
+
+    /// Its path relative to the watched directory.
+    public var path: String
+    /// What happened.
+    public var operation: Operation
+    /// Whether it is a directory.
+    public var isDirectory: Bool
+
+    init(_ event: Hangar_V1_AgentWatchEvent) {
+        path = event.path
+        operation =
+            switch event.op {
+            case .create: .create
+            case .remove: .remove
+            case .rename: .rename
+            case .chmod: .chmod
+            default: .write
+            }
+        isDirectory = event.directory
     }
 }
 
@@ -142,6 +180,70 @@ public struct Files: Sendable {
             return true
         } catch let error as HangarClientError where error.kind == .notFound && error.code == "NOT_FOUND" {
             return false
+        }
+    }
+
+    /// Watches the directory `path` (with `recursive`, the directories below it too, those made
+    /// later included) and yields its changes as they happen: the sandbox's agent watches with
+    /// inotify inside the sandbox. The stream finishes when `timeout` passes (at most an hour) or the
+    /// directory is removed; it throws when the watch cannot be set (e.g. not a directory) or the
+    /// sandbox ends. Stopping early (cancelling the consuming task) ends the watch on the node.
+    public func watch(
+        _ path: String,
+        recursive: Bool = false,
+        timeout: Duration = .seconds(60)
+    ) -> AsyncThrowingStream<FileChange, any Error> {
+        let sandbox = self.sandbox
+        var request = Hangar_V1_SandboxWatchRequest()
+        request.path = path
+        request.recursive = recursive
+        do {
+            let millis = try milliseconds(timeout, what: "a watch's timeout")
+            guard millis <= 3_600_000 else {
+                throw HangarClientError(.invalidArgument, "a watch lasts at most an hour, not \(timeout)")
+            }
+            request.timeoutMs = millis
+        } catch {
+            return AsyncThrowingStream { $0.finish(throwing: error) }
+        }
+        let events = sandbox.stream("files.watch", request, within: timeout + sandbox.hangar.timeouts.streamGrace)
+        return AsyncThrowingStream { continuation in
+            let watchID = Mutex<String?>(nil)
+            let task = Task {
+                do {
+                    for try await payload in events {
+                        let event = try Hangar_V1_SandboxWatchEvent(serializedBytes: payload)
+                        switch event.kind {
+                        case .started(let started): watchID.withLock { $0 = started.watchID }
+                        case .changes(let batch): for change in batch.events { continuation.yield(FileChange(change)) }
+                        case .ended:
+                            watchID.withLock { $0 = nil }
+                            continuation.finish()
+                            return
+                        case .error(let error): throw await sandbox.nodeError(error)
+                        case .agentError(let error): throw HangarClientError(error, about: path)
+                        case nil: continue
+                        }
+                    }
+                } catch {
+                    watchID.withLock { $0 = nil }
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in
+                task.cancel()
+                // Ended by the consumer: end the node's watch too (best effort).
+                guard let id = watchID.withLock({ $0 }) else { return }
+                Task {
+                    _ = try? await sandbox.hangar.request(
+                        sandbox.subject("files.unwatch"),
+                        Hangar_V1_SandboxUnwatchRequest.with { $0.watchID = id },
+                        as: Hangar_V1_SandboxOpReply.self,
+                        who: "node \(sandbox.nodeID)",
+                        timeout: sandbox.hangar.timeouts.operation
+                    )
+                }
+            }
         }
     }
 

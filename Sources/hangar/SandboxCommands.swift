@@ -616,11 +616,11 @@ extension AsyncParsableCommand {
 struct SandboxFilesGroup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "files",
-        abstract: "A sandbox's files: list, get, put, remove (paths resolve inside the sandbox).",
+        abstract: "A sandbox's files: list, get, put, remove, watch (paths resolve inside the sandbox).",
         discussion: "Relative paths are under /home/user. Example: hangar sandbox files put $id data.csv data.csv",
         subcommands: [
             SandboxFilesListCommand.self, SandboxFilesGetCommand.self, SandboxFilesPutCommand.self,
-            SandboxFilesRemoveCommand.self,
+            SandboxFilesRemoveCommand.self, SandboxFilesWatchCommand.self,
         ]
     )
 }
@@ -757,6 +757,92 @@ struct SandboxFilesRemoveCommand: AsyncParsableCommand {
         request.remove.path = path
         request.remove.recursive = recursive
         _ = try await sandboxOperation("files.remove", request, id: id, owner: owner, connection: connection)
+    }
+}
+
+struct SandboxFilesWatchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "watch",
+        abstract: "Print the changes in a directory of the sandbox as they happen, one line each.",
+        discussion: """
+            Each line is the operation (create, write, remove, rename, chmod) and the path relative to
+            the directory (a directory ends with /). The sandbox's agent watches with inotify; the
+            watch ends after --timeout, or when the directory is removed (exit 0).
+            Example: hangar sandbox files watch --recursive --timeout 300 $id /home/user
+            """
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var owner: SandboxTenantOptions
+    @Flag(name: .shortAndLong, help: "Also the directories below it (made later ones included).")
+    var recursive = false
+    @Option(help: "Stop watching after this many seconds (default 60, at most 3600).")
+    var timeout: Double = 60
+    @Argument(help: "The sandbox id.")
+    var id: String
+    @Argument(help: "The directory in the sandbox.")
+    var path: String
+
+    func validate() throws {
+        guard timeout > 0 && timeout <= 3600 else {
+            throw ValidationError("--timeout must be more than 0 and at most 3600")
+        }
+    }
+
+    func run() async throws {
+        let tenant = try connection.tenant(owner.tenant)
+        let info = try await runningSandbox(id, tenant: tenant, connection: connection)
+        let request = Hangar_V1_SandboxWatchRequest.with {
+            $0.path = path
+            $0.recursive = recursive
+            $0.timeoutMs = UInt32((timeout * 1000).rounded(.up))
+        }
+        let code = try await connection.withConnection(
+            name: "hangar-cli-watch",
+            logger: cliLogger(),
+            as: .tenant(tenant)
+        ) {
+            nats in
+            let inbox = nats.options.inboxPrefix + ".watch." + UUID().uuidString.replacingOccurrences(of: "-", with: "")
+            let events = try await nats.subscribeConfirmed(inbox)
+            defer { events.unsubscribe() }
+            let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: id, verb: "files.watch")
+            try nats.publish(subject, payload: try request.serializedData(), replyTo: inbox)
+            for await message in events {
+                let event = try Hangar_V1_SandboxWatchEvent(serializedBytes: message.payload)
+                switch event.kind {
+                case .started, nil: continue
+                case .changes(let batch):
+                    if !batch.message.isEmpty { printError(batch.message) }
+                    for change in batch.events {
+                        print("\(Self.name(change.op)) \(change.path.terminalSafe)\(change.directory ? "/" : "")")
+                    }
+                    fflush(nil)
+                case .ended(let ended):
+                    if ended.reason != "timeout" { printError("the watch ended: \(ended.reason)") }
+                    return Int32(0)
+                case .error(let error):
+                    printError(error.message)
+                    return 1
+                case .agentError(let error):
+                    printError("\(path): \(error.message)")
+                    return 1
+                }
+            }
+            throw CLIError("the node stopped answering")
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+
+    static func name(_ op: Hangar_V1_AgentWatchOp) -> String {
+        switch op {
+        case .create: "create"
+        case .write: "write"
+        case .remove: "remove"
+        case .rename: "rename"
+        case .chmod: "chmod"
+        case .UNRECOGNIZED(let value): "op\(value)"
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import HangarTestSupport
+import Synchronization
 import Testing
 
 /// `hangar sandbox` against a real `hangar dev` cluster: its nodes hold process sandboxes (the
@@ -64,6 +65,43 @@ struct SandboxCLITests {
             #expect(removed.status == 0, "\(removed.stderr)")
             let gone = try await cluster.hangar(["sandbox", "files", "get", id, "data.bin"])
             #expect(gone.status == 1 && gone.stderr.contains("data.bin"), "\(gone.stderr)")
+
+            // A watch prints the changes in a directory as they happen, and ends (exit 0) when the
+            // directory is removed.
+            #expect(try await cluster.hangar(["sandbox", "exec", id, "--", "mkdir", "watched"]).status == 0)
+            let watcher = try hangarProcess(
+                ["sandbox", "files", "watch", "--recursive", "--state", cluster.state.path, id, "/home/user/watched"],
+                directory: cluster.state
+            )
+            let lines = Pipe()
+            let errors = Pipe()
+            watcher.standardOutput = lines
+            watcher.standardError = errors
+            try watcher.run()
+            defer { if watcher.isRunning { watcher.terminate() } }
+            let printed = Mutex("")
+            let reader = Task.detached {
+                while true {
+                    let chunk = lines.fileHandleForReading.availableData
+                    if chunk.isEmpty { return }
+                    printed.withLock { $0 += String(decoding: chunk, as: UTF8.self) }
+                }
+            }
+            // The watch is set a moment after the command starts: touch files until it reports one.
+            let deadline = ContinuousClock.now + .seconds(20)
+            var touched = 0
+            while !printed.withLock({ $0.contains("create f") }) && ContinuousClock.now < deadline {
+                _ = try await cluster.hangar(["sandbox", "exec", id, "--", "touch", "watched/f\(touched)"])
+                touched += 1
+            }
+            #expect(printed.withLock { $0.contains("create f") }, "\(printed.withLock { $0 })")
+            _ = try await cluster.hangar(["sandbox", "exec", id, "--", "rm", "-r", "watched"])
+            let ended = ContinuousClock.now + .seconds(15)
+            while watcher.isRunning && ContinuousClock.now < ended { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(!watcher.isRunning && watcher.terminationStatus == 0)
+            await reader.value
+            let said = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(said.contains("the watched directory was removed"), "\(said)")
 
             // A background command: its pid at once, its output and exit code by attaching.
             let started = try await cluster.hangar([

@@ -81,6 +81,44 @@ struct HangarClientTests {
             #expect(error.kind == .notFound && error.message.contains("big.bin"), "\(error)")
         }
 
+        // Watch: changes below a directory stream as they happen; stopping the stream ends the
+        // node's watch (asynchronously: a watch started at once may find the sandbox's 8 still
+        // set, and is asked again within 5 s; without the unwatch they would last their 30 s).
+        try await sandbox.files.makeDirectory("/home/user/watched")
+        for round in 0..<10 {
+            let deadline = ContinuousClock.now + .seconds(5)
+            var seen: FileChange?
+            while seen == nil && ContinuousClock.now < deadline {
+                let changes = sandbox.files.watch("/home/user/watched", recursive: true, timeout: .seconds(30))
+                let writer = Task {
+                    // Writes until the watch has seen one: the watch is set a moment after the call.
+                    for index in 0..<200 {
+                        try await sandbox.files.write("/home/user/watched/f\(round)-\(index)", "x")
+                        try await Task.sleep(for: .milliseconds(25))
+                    }
+                }
+                defer { writer.cancel() }
+                do {
+                    // An atomic write makes a hidden temporary file first, then renames it into place.
+                    for try await change in changes where !change.path.hasPrefix(".") {
+                        seen = change
+                        break
+                    }
+                } catch let error as HangarClientError
+                    where error.message.contains("watches are set") && ContinuousClock.now < deadline
+                {
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+            }
+            #expect(
+                seen?.operation == .create && seen?.path.hasPrefix("f\(round)-") == true,
+                "\(String(describing: seen))"
+            )
+        }
+        await #expect(throws: HangarClientError.self) {
+            for try await _ in sandbox.files.watch("/home/user/watched/f0-0") {}
+        }
+
         // Code: state across cells, the last value, an error that keeps the state, a bash context.
         let first = try await sandbox.runCode("x = 41\nprint('set', x)")
         #expect(first.stdout == "set 41\n" && first.end == .ok && first.results.isEmpty, "\(first)")

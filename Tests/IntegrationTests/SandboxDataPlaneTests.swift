@@ -166,6 +166,52 @@ struct SandboxDataPlaneTests {
         guard case .ok = removed.outcome else { throw TestFailure("files.remove: \(removed)") }
         let gone = try await sandbox.operation("files.stat") { $0.stat = .with { $0.path = "/home/user/a" } }
         #expect(gone.agentError.code == .notFound, "\(gone)")
+        // A watch of a directory: `started`, the changes a command makes there, `ended` at unwatch.
+        let watchInbox =
+            cluster.tenantA.options.inboxPrefix + ".watch."
+            + UUID().uuidString.replacingOccurrences(
+                of: "-",
+                with: ""
+            )
+        let watchEvents = try await cluster.tenantA.subscribeConfirmed(watchInbox)
+        defer { watchEvents.unsubscribe() }
+        try cluster.tenantA.publish(
+            Subjects.sandboxData(node: info.nodeID, tenant: "a", sandbox: info.id, verb: "files.watch"),
+            payload: try Hangar_V1_SandboxWatchRequest.with {
+                $0.path = "/tmp"
+                $0.recursive = true
+            }.serializedData(),
+            replyTo: watchInbox
+        )
+        func nextWatchEvent() async throws -> Hangar_V1_SandboxWatchEvent {
+            let message = try #require(try await firstMessage(of: watchEvents, within: .seconds(15)), "no watch event")
+            return try Hangar_V1_SandboxWatchEvent(serializedBytes: message.payload)
+        }
+        guard case .started(let watchStarted) = try await nextWatchEvent().kind else {
+            throw TestFailure("the watch did not start")
+        }
+        let watched = try await sandbox.exec(["sh", "-c", "mkdir /tmp/seen && echo x > /tmp/seen/file"])
+        #expect(watched.exited?.exitCode == 0, "\(watched)")
+        var changed: [String] = []
+        while !changed.contains("seen/file") {
+            guard case .changes(let batch) = try await nextWatchEvent().kind else { throw TestFailure("no changes") }
+            changed += batch.events.map(\.path)
+        }
+        #expect(changed.first == "seen", "\(changed)")
+        let unwatched = try await cluster.tenantA.request(
+            Subjects.sandboxData(node: info.nodeID, tenant: "a", sandbox: info.id, verb: "files.unwatch"),
+            payload: try Hangar_V1_SandboxUnwatchRequest.with { $0.watchID = watchStarted.watchID }.serializedData(),
+            timeout: .seconds(10)
+        )
+        guard case .ok = try Hangar_V1_SandboxOpReply(serializedBytes: unwatched.payload).outcome else {
+            throw TestFailure("files.unwatch was refused")
+        }
+        var watchEnd: Hangar_V1_SandboxWatchEnded?
+        while watchEnd == nil {
+            if case .ended(let ended) = try await nextWatchEvent().kind { watchEnd = ended }
+        }
+        #expect(watchEnd?.reason == "unwatched", "\(String(describing: watchEnd))")
+
         let missing = try await sandbox.operation("files.read") { $0.read = .with { $0.path = "/home/user/none" } }
         #expect(missing.agentError.code == .notFound, "\(missing)")
         let mismatched = try await sandbox.operation("files.read") { $0.stat = .with { $0.path = "/tmp" } }
