@@ -206,6 +206,9 @@ public final class ContainerSandbox: Sendable {
                 throw SandboxStartError("cannot set up the sandbox's network: \(error.description)")
             }
         }
+        // The host uid of the container's root: its user namespace's first mapped id (gVisor maps
+        // none of the node's: host root).
+        let rootOwner = owned == nil ? 0 : engine.configOptions(cgroupsPath: "").userNamespace?.hostID ?? 0
         var killed = false
         var layer: WritableLayer?
         do {
@@ -214,7 +217,7 @@ public final class ContainerSandbox: Sendable {
                     template: rootfs,
                     id: id,
                     diskBytes: jobLimits.fileSizeBytes,
-                    owner: owned.map { _ in engine.configOptions(cgroupsPath: "").userNamespace?.hostID ?? 0 } ?? 0,
+                    owner: rootOwner,
                     idmap: owned?.namespace.path,
                     resolver: network?.resolver != nil,
                     ledger: engine.resources.ledger
