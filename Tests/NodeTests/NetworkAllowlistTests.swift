@@ -16,6 +16,17 @@ private func jobNetworks() -> [String] {
         + interfaces.filter { $0.hasPrefix("hgh") }).sorted()
 }
 
+/// The network namespaces under `/run/netns`, each as `net:[inode]` (what `/proc/PID/ns/net` reads).
+private func namespaceIdentities() -> [String: String] {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: "/run/netns")) ?? []
+    var identities: [String: String] = [:]
+    for name in names {
+        var info = stat()
+        if stat("/run/netns/" + name, &info) == 0 { identities[name] = "net:[\(info.st_ino)]" }
+    }
+    return identities
+}
+
 @Suite("NETWORK_ALLOWLIST: egress only to the allowed CIDRs", .serialized)
 struct NetworkAllowlistTests {
     @Test(
@@ -35,7 +46,8 @@ struct NetworkAllowlistTests {
         let listening = await eventually(within: .seconds(10)) { peer.listening }
         try #require(listening, "the peer's server did not listen on \(peer.address(2)):8080 within 10 s")
         let script = """
-            import socket, sys
+            import os, socket, sys
+            print('netns', os.readlink('/proc/self/ns/net'))
             def attempt(host, port):
                 try:
                     with socket.create_connection((host, port), timeout=2) as s:
@@ -80,10 +92,17 @@ struct NetworkAllowlistTests {
             #expect(run.field("metadata") == ["BLOCKED"], "\(run.summary)")
             #expect(!H.somebodyConnected(to: hostListener.fd))
         }
-        // Other suites run network jobs in parallel: their namespaces may come and go during this
-        // test, so what must hold is that nothing new is left once the suites around us settle.
-        let released = await eventually(within: .seconds(10)) { Set(jobNetworks()).isSubset(of: before) }
-        #expect(released, "the job's namespace or veth is left behind: \(jobNetworks()) (before: \(before))")
+        // The job's own namespace is gone (its veth pair goes with it). Other suites run network
+        // jobs in parallel, so the job's is told from theirs by its inode, which the job printed.
+        if let netns = run.field("netns")?.first {
+            let released = await eventually(within: .seconds(10)) { !namespaceIdentities().values.contains(netns) }
+            #expect(
+                released,
+                "the job's namespace \(netns) is left behind: \(namespaceIdentities()) (before: \(before))"
+            )
+        } else {
+            #expect(kind == .gvisor, "the job printed no namespace: \(run.summary)")
+        }
         await H.expectHostUnharmed(after: run)
     }
 
