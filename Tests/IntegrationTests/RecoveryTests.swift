@@ -13,7 +13,9 @@ struct RecoveryTests {
         try await withCluster(
             nodes: 1,
             slots: 1,
-            runtimes: [DelayRuntime(delay: .milliseconds(1500))],
+            // Each job runs 4 s: the restart below must come while the first runs, and a status
+            // poll on a loaded machine can take a second (CI once missed a 1.5 s job's run).
+            runtimes: [DelayRuntime(delay: .seconds(4))],
             settings: settings
         ) {
             cluster in
@@ -32,7 +34,7 @@ struct RecoveryTests {
             // The first job runs (one slot), the second waits.
             var job = Hangar_V1_JobRequest()
             job.jobID = ids[0]
-            let deadline = ContinuousClock.now + .seconds(5)
+            let deadline = ContinuousClock.now + .seconds(10)
             var state = try await cluster.admin("job", job, as: Hangar_V1_JobReply.self)
             while ContinuousClock.now < deadline {
                 if case .status(.running) = state.outcome { break }
@@ -41,7 +43,7 @@ struct RecoveryTests {
             }
             // The restart below must find a running attempt, or its recovery is not what is tested.
             guard case .status(.running) = state.outcome else {
-                Issue.record("the first job was not RUNNING within 5 s: \(state)")
+                Issue.record("the first job was not RUNNING within 10 s: \(state)")
                 return
             }
             await cluster.stopScheduler()
@@ -49,14 +51,14 @@ struct RecoveryTests {
             defer { task.cancel() }
 
             var finished: [String: Hangar_V1_Result] = [:]
-            // End the wait after 20 s even if results never come (the test then fails, not hangs).
+            // End the wait after 30 s even if results never come (the test then fails, not hangs).
             let stopper = Task {
-                try await Task.sleep(for: .seconds(20))
+                try await Task.sleep(for: .seconds(30))
                 results.unsubscribe()
             }
             defer { stopper.cancel() }
             var iterator = results.makeAsyncIterator()
-            let waitUntil = ContinuousClock.now + .seconds(20)
+            let waitUntil = ContinuousClock.now + .seconds(30)
             while finished.count < 2 && ContinuousClock.now < waitUntil {
                 guard let message = await iterator.next() else { break }
                 let result = try Hangar_V1_Result(serializedBytes: message.payload)
