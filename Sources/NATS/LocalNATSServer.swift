@@ -182,21 +182,42 @@ public final class LocalNATSServer: Sendable {
         throw LocalNATSServerError("nats-server is not installed: apt-get install -y nats-server")
     }
 
-    /// A TCP port on 127.0.0.1 that was free a moment ago.
+    /// A TCP port on 127.0.0.1 that was free a moment ago, chosen below the kernel's range of
+    /// ephemeral ports (`net.ipv4.ip_local_port_range`, from 32768 by default) when it can be: the
+    /// kernel gives ports of that range to outgoing connections, and one of them taking a port
+    /// chosen here before its server bound it made a cluster member fail at start ("address
+    /// already in use", seen in CI). Otherwise a port the kernel picks.
     public static func freePort() throws -> Int {
+        let low =
+            (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))
+            .flatMap { $0.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } } ?? 32768
+        if low > 11_000 {
+            for _ in 0..<64 {
+                if let port = try bindLoopback(port: Int.random(in: 10_000..<low)) { return port }
+            }
+        }
+        guard let port = try bindLoopback(port: 0) else {
+            throw LocalNATSServerError("bind(127.0.0.1:0): errno \(errno)")
+        }
+        return port
+    }
+
+    /// Binds a TCP socket to 127.0.0.1:`port` (0: any) and closes it; the port it got, or nil when
+    /// that port is in use.
+    private static func bindLoopback(port: Int) throws -> Int? {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw LocalNATSServerError("socket(): errno \(errno)") }
         defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
+        address.sin_port = UInt16(port).bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
             }
         }
-        guard bound == 0 else { throw LocalNATSServerError("bind(127.0.0.1:0): errno \(errno)") }
+        guard bound == 0 else { return nil }
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
