@@ -112,16 +112,17 @@ extension MicroVMSuites {
                 read m < /sys/fs/cgroup/job/pids.max; read e < /sys/fs/cgroup/job/pids.events
                 echo "limit $m $e"; while :; do :; done
                 """
-            let run = try await shell(script) { $0.limits.timeoutMs = 4000 }
+            // 8 s: under TCG on a loaded machine the spin once did not end within 4 s.
+            let run = try await shell(script) { $0.limits.timeoutMs = 8000 }
             #expect(run.outcome.status == .timedOut, "\(run.summary)")
-            #expect(run.outcome.message.contains("wall-clock limit of 4000 ms"), "\(run.summary)")
+            #expect(run.outcome.message.contains("wall-clock limit of 8000 ms"), "\(run.summary)")
             let fields = run.field("limit") ?? []
             #expect(fields.count == 3 && fields[0] == "64" && fields[1] == "max", "\(run.summary)")
             #expect((fields.last.flatMap { Int($0) } ?? 0) > 0, "no fork was refused: \(run.summary)")
             // Named as every runtime names it: in the message and in the usage.
             #expect(run.outcome.message.contains("the pids limit of 64 was reached ("), "\(run.summary)")
             #expect(run.outcome.pidsLimitHits > 0, "\(run.summary)")
-            #expect(run.elapsed < .seconds(4 + 5))
+            #expect(run.elapsed < .seconds(8 + 5))
             expectHostUnharmed(since: before)
         }
 
