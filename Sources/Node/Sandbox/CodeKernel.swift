@@ -63,6 +63,7 @@ public enum CodeKernel {
         import io
         import json
         import linecache
+        import select
         import signal
         import subprocess
         import tempfile
@@ -248,6 +249,14 @@ public enum CodeKernel {
         shell = None
 
 
+        def signal_shell():
+            if shell is not None and shell.poll() is None:
+                try:
+                    os.killpg(shell.pid, signal.SIGINT)
+                except OSError:
+                    pass
+
+
         def on_sigint(signum, frame):
             global interrupted
             if LANGUAGE in ("bash", "javascript"):
@@ -255,11 +264,7 @@ public enum CodeKernel {
                     log("SIGINT between cells ignored")
                     return
                 interrupted = True
-                if shell is not None and shell.poll() is None:
-                    try:
-                        os.killpg(shell.pid, signal.SIGINT)
-                    except OSError:
-                        pass
+                signal_shell()
                 return
             if in_cell:
                 raise KeyboardInterrupt
@@ -566,6 +571,16 @@ public enum CodeKernel {
             """The next line the shell (or node) writes on the control pipe; None once it is gone."""
             global control_buffer
             while b"\n" not in control_buffer:
+                if LANGUAGE == "javascript":
+                    # node can take a SIGINT at a moment it cannot act on it: between two cells'
+                    # scripts, or just as a cell's script returns the promise it then awaits. So once
+                    # a cell is interrupted, node hears SIGINT again every 200 ms until it answers.
+                    # (A blocking read would not do: Python resumes it after the signal handler.)
+                    readable, _, _ = select.select([control_read], [], [], 0.2)
+                    if not readable:
+                        if interrupted:
+                            signal_shell()
+                        continue
                 try:
                     data = os.read(control_read, CHUNK)
                 except InterruptedError:
