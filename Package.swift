@@ -92,6 +92,7 @@ let package = Package(
         .executableTarget(
             name: "hangar",
             dependencies: [
+                "HangarClient",
                 "HangarNATS",
                 "HangarShared",
                 "HangarScheduler",

@@ -196,7 +196,7 @@ public final class Hangar: Sendable {
     }
 
     /// Sends get, timeout or kill and returns the sandbox as the scheduler answered.
-    func controlInfo(_ verb: String, _ request: some SwiftProtobuf.Message) async throws -> SandboxInfo {
+    package func controlInfo(_ verb: String, _ request: some SwiftProtobuf.Message) async throws -> SandboxInfo {
         let reply = try await control(verb, request, as: Hangar_V1_SandboxReply.self)
         switch reply.outcome {
         case .info(let info): return SandboxInfo(info)
@@ -206,7 +206,7 @@ public final class Hangar: Sendable {
     }
 
     /// Sends a control request on `hangar.sandbox.<tenant>.<verb>` and decodes the scheduler's answer.
-    func control<Reply: SwiftProtobuf.Message>(
+    package func control<Reply: SwiftProtobuf.Message>(
         _ verb: String,
         _ request: some SwiftProtobuf.Message,
         as: Reply.Type,
@@ -223,7 +223,7 @@ public final class Hangar: Sendable {
     }
 
     /// One request, one answer of type `Reply`; NATS failures said as ``HangarClientError``s about `who`.
-    func request<Reply: SwiftProtobuf.Message>(
+    package func request<Reply: SwiftProtobuf.Message>(
         _ subject: String,
         _ request: some SwiftProtobuf.Message,
         as: Reply.Type,

@@ -56,10 +56,12 @@ public struct Sandbox: Sendable {
         return try await hangar.controlInfo("kill", request)
     }
 
-    /// The error a node sent: a sandbox the node no longer holds is said as not running (with how
-    /// it ended) when the scheduler says it has ended.
-    func nodeError(_ error: Hangar_V1_SandboxError) async -> HangarClientError {
-        guard error.code == .sandboxNotFound, let info = try? await info(), info.state != .running else {
+    /// The error a node sent: a sandbox the node no longer holds (or whose agent is gone) is said
+    /// as not running, with how it ended, when the scheduler says it has ended.
+    package func nodeError(_ error: Hangar_V1_SandboxError) async -> HangarClientError {
+        guard error.code == .sandboxNotFound || error.code == .sandboxNotRunning,
+            let info = try? await info(), info.state != .running
+        else {
             return HangarClientError(error)
         }
         let why = info.message.isEmpty ? "" : ": \(info.message)"
@@ -71,12 +73,12 @@ public struct Sandbox: Sendable {
     }
 
     /// The subject of data-plane `verb` for this sandbox.
-    func subject(_ verb: String) -> String {
+    package func subject(_ verb: String) -> String {
         Subjects.sandboxData(node: nodeID, tenant: hangar.tenant, sandbox: id, verb: verb)
     }
 
     /// One file operation, signal or ps: the node's answer, or its error thrown.
-    func operation(
+    package func operation(
         _ verb: String,
         _ request: Hangar_V1_SandboxOpRequest,
         about: String,
@@ -100,7 +102,7 @@ public struct Sandbox: Sendable {
     /// Sends `request` on data-plane `verb` with a reply inbox of this connection's own, and yields
     /// each answer's payload until the consumer stops. It throws `.timedOut` once `within` passes,
     /// and `.notRunning` as soon as the sandbox's lifecycle event says it ended meanwhile.
-    func stream(
+    package func stream(
         _ verb: String,
         _ request: some SwiftProtobuf.Message,
         within: Duration

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HangarClient
 
 /// The version `hangar version` and `hangar --version` print.
 let hangarVersion = "0.1.0"
@@ -38,6 +39,9 @@ struct Hangar: AsyncParsableCommand {
             }
         } catch let error as CLIError {
             printError(error.description)
+            Foundation.exit(1)
+        } catch let error as HangarClientError {
+            printError(error.message)
             Foundation.exit(1)
         } catch {
             let code = exitCode(for: error)

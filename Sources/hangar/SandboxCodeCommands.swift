@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import HangarNATS
+import HangarClient
 import HangarShared
 
 struct SandboxRunCodeCommand: AsyncParsableCommand {
@@ -44,39 +44,29 @@ struct SandboxRunCodeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let tenant = try connection.tenant(owner.tenant)
-        let info = try await runningSandbox(id, tenant: tenant, connection: connection)
         var request = Hangar_V1_CodeRunRequest()
         request.contextID = codeContext ?? ""
         request.language = language
         request.code = code ?? String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
         if let timeout { request.timeoutMs = UInt32((timeout * 1000).rounded(.up)) }
-        let status = try await connection.withConnection(
-            name: "hangar-cli-run-code",
-            logger: cliLogger(),
-            as: .tenant(tenant)
-        ) {
-            nats in
-            try await runCell(request, info: info, tenant: tenant, nats: nats)
+        let status = try await connection.withSandbox(id, owner, name: "hangar-cli-run-code") { sandbox in
+            // The node ends a cell at its timeout (300 s unless given).
+            let within = Duration.milliseconds(request.timeoutMs == 0 ? 300_000 : request.timeoutMs)
+            return try await printCell(
+                sandbox.stream("code.run", request, within: within + sandbox.hangar.timeouts.streamGrace),
+                sandbox: sandbox
+            )
         }
         if status != 0 { throw ExitCode(status) }
     }
 
-    private func runCell(
-        _ request: Hangar_V1_CodeRunRequest,
-        info: Hangar_V1_SandboxInfo,
-        tenant: String,
-        nats: NATSConnection
-    ) async throws -> Int32 {
-        let inbox = nats.options.inboxPrefix + ".code." + UUID().uuidString.replacingOccurrences(of: "-", with: "")
-        let events = try await nats.subscribeConfirmed(inbox)
-        defer { events.unsubscribe() }
-        let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: info.id, verb: "code.run")
-        try nats.publish(subject, payload: try request.serializedData(), replyTo: inbox)
+    /// Prints the events of a cell until it is done: 0 when it ran, 1 when it raised or could not
+    /// run, 124 at its timeout.
+    private func printCell(_ events: AsyncThrowingStream<Data, any Error>, sandbox: Sandbox) async throws -> Int32 {
         var saved = 0
         var status: Int32 = 0
-        for await message in events {
-            let event = try Hangar_V1_CodeRunEvent(serializedBytes: message.payload)
+        for try await payload in events {
+            let event = try Hangar_V1_CodeRunEvent(serializedBytes: payload)
             if output.isJSON { try printJSON(event) }
             switch event.kind {
             case .stream(let stream):
@@ -108,7 +98,7 @@ struct SandboxRunCodeCommand: AsyncParsableCommand {
                 continue
             }
         }
-        throw CLIError("node \(info.nodeID) stopped answering")
+        throw CLIError("node \(sandbox.nodeID) stopped answering")
     }
 
     /// Saves the images of `result` under ``images``; returns how many.
@@ -246,24 +236,23 @@ private func codeContextCall(
 ) async throws -> Hangar_V1_CodeContextReply {
     var request = Hangar_V1_CodeContextRequest()
     request.op = op
-    let reply = try await nodeRequest(
-        "code.contexts",
-        request,
-        as: Hangar_V1_CodeContextReply.self,
-        id: id,
-        owner: owner,
-        connection: connection,
-        timeout: .seconds(40)
-    )
-    switch reply.outcome {
-    case .error(let error):
-        printError(error.message)
-        throw ExitCode(1)
-    case .agentError(let error):
-        printError("the sandbox refused: \(error.message)")
-        throw ExitCode(1)
-    default:
-        return reply
+    return try await connection.withSandbox(id, owner, name: "hangar-cli-contexts") { sandbox in
+        let reply = try await sandbox.hangar.request(
+            sandbox.subject("code.contexts"),
+            request,
+            as: Hangar_V1_CodeContextReply.self,
+            who: "node \(sandbox.nodeID)",
+            timeout: sandbox.hangar.timeouts.contexts
+        )
+        switch reply.outcome {
+        case .error(let error):
+            throw await sandbox.nodeError(error)
+        case .agentError(let error):
+            printError("the sandbox refused: \(error.message)")
+            throw ExitCode(1)
+        default:
+            return reply
+        }
     }
 }
 

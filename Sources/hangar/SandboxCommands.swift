@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import HangarNATS
+import HangarClient
 import HangarShared
 
 struct SandboxGroup: AsyncParsableCommand {
@@ -85,16 +85,15 @@ struct SandboxCreateCommand: AsyncParsableCommand {
         let network = try access.networkPolicy()
         // Without grant flags or --network, the tenant's default for sandboxes applies.
         if network != Hangar_V1_NetworkPolicy() || access.network != nil { request.network = network }
-        let tenant = try connection.tenant(owner.tenant)
         // The scheduler answers once the sandbox runs: its creation timeout (10 s) plus a node's answer.
-        let reply = try await sandboxRequest(
-            "create",
-            request,
-            as: Hangar_V1_SandboxCreateReply.self,
-            tenant: tenant,
-            connection: connection,
-            timeout: .seconds(40)
-        )
+        let reply = try await connection.withHangar(owner, name: "hangar-cli-sandbox") { hangar in
+            try await hangar.control(
+                "create",
+                request,
+                as: Hangar_V1_SandboxCreateReply.self,
+                timeout: hangar.timeouts.create
+            )
+        }
         if output.isJSON { try printJSON(reply) }
         switch reply.outcome {
         case .created(let info):
@@ -152,14 +151,9 @@ struct SandboxListCommand: AsyncParsableCommand {
             }
         request.metadata = try parseLabels(metadata, flag: "--metadata")
         request.limit = limit
-        let tenant = try connection.tenant(owner.tenant)
-        let reply = try await sandboxRequest(
-            "list",
-            request,
-            as: Hangar_V1_SandboxListReply.self,
-            tenant: tenant,
-            connection: connection
-        )
+        let reply = try await connection.withHangar(owner, name: "hangar-cli-sandbox") { hangar in
+            try await hangar.control("list", request, as: Hangar_V1_SandboxListReply.self)
+        }
         if !reply.error.isEmpty {
             printError(reply.error)
             throw ExitCode(1)
@@ -283,14 +277,9 @@ struct SandboxEventsCommand: AsyncParsableCommand {
         request.sandboxID = id ?? ""
         request.afterSeq = after
         request.limit = limit
-        let tenant = try connection.tenant(owner.tenant)
-        let reply = try await sandboxRequest(
-            "events",
-            request,
-            as: Hangar_V1_SandboxEventsReply.self,
-            tenant: tenant,
-            connection: connection
-        )
+        let reply = try await connection.withHangar(owner, name: "hangar-cli-sandbox") { hangar in
+            try await hangar.control("events", request, as: Hangar_V1_SandboxEventsReply.self)
+        }
         if !reply.error.isEmpty {
             printError(reply.error)
             throw ExitCode(1)
@@ -319,14 +308,9 @@ private func sandboxCall(
     connection: ConnectionOptions,
     output: OutputOptions
 ) async throws {
-    let tenant = try connection.tenant(owner.tenant)
-    let reply = try await sandboxRequest(
-        verb,
-        request,
-        as: Hangar_V1_SandboxReply.self,
-        tenant: tenant,
-        connection: connection
-    )
+    let reply = try await connection.withHangar(owner, name: "hangar-cli-sandbox") { hangar in
+        try await hangar.control(verb, request, as: Hangar_V1_SandboxReply.self)
+    }
     if output.isJSON { try printJSON(reply) }
     switch reply.outcome {
     case .info(let info):
@@ -336,43 +320,6 @@ private func sandboxCall(
         throw ExitCode(1)
     case nil:
         throw CLIError("the scheduler sent an empty reply")
-    }
-}
-
-/// Sends a sandbox control request on the tenant's own subject (`hangar.sandbox.<tenant>.<verb>`)
-/// and decodes the answer.
-func sandboxRequest<Reply: SwiftProtobufMessage>(
-    _ verb: String,
-    _ request: some SwiftProtobufMessage,
-    as: Reply.Type,
-    tenant: String,
-    connection: ConnectionOptions,
-    timeout: Duration = .seconds(5)
-) async throws -> Reply {
-    guard Subjects.isValidToken(tenant) else {
-        throw ValidationError("--tenant must be 1-64 characters of A-Z a-z 0-9 _ -, got '\(tenant)'")
-    }
-    let subject = Subjects.sandbox(tenant: tenant, verb: verb)
-    let answer = try await connection.withConnection(
-        name: "hangar-cli-sandbox",
-        logger: cliLogger(),
-        as: .tenant(tenant)
-    ) {
-        nats in
-        do {
-            return try await nats.request(subject, payload: try request.serializedData(), timeout: timeout)
-        } catch let error as NATSError where error.kind == .noResponders {
-            throw CLIError("no scheduler is listening on \(subject); start one with `hangar dev`")
-        } catch let error as NATSError where error.kind == .permissionDenied {
-            throw CLIError("NATS refused \(subject) (use tenant '\(tenant)''s credentials): \(error)")
-        } catch let error as NATSError where error.kind == .timeout {
-            throw CLIError("the scheduler did not answer \(verb) within \(timeout)")
-        }
-    }
-    do {
-        return try Reply(serializedBytes: answer.payload)
-    } catch {
-        throw CLIError("the scheduler's answer to \(verb) is not a \(Reply.protoMessageName): \(error)")
     }
 }
 
@@ -467,8 +414,6 @@ struct SandboxExecCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let tenant = try connection.tenant(owner.tenant)
-        let info = try await runningSandbox(id, tenant: tenant, connection: connection)
         var request = Hangar_V1_SandboxExecRequest()
         request.argv = command
         request.env = try parseLabels(env, flag: "--env")
@@ -481,18 +426,16 @@ struct SandboxExecCommand: AsyncParsableCommand {
             guard input.count <= 1 << 20 else { throw CLIError("standard input is over 1 MiB (\(input.count) bytes)") }
             request.stdin = input
         }
-        let code = try await connection.withConnection(
-            name: "hangar-cli-exec",
-            logger: cliLogger(),
-            as: .tenant(tenant)
-        ) {
-            nats in
-            try await streamCommand(
-                "exec",
-                try request.serializedData(),
-                info: info,
-                tenant: tenant,
-                nats: nats,
+        let code = try await connection.withSandbox(id, owner, name: "hangar-cli-exec") { sandbox in
+            var within = untilTheSandboxEnds
+            if background {
+                within = sandbox.hangar.timeouts.operation
+            } else if request.timeoutMs > 0 {
+                within = .milliseconds(request.timeoutMs) + sandbox.hangar.timeouts.streamGrace
+            }
+            return try await printCommand(
+                sandbox.stream("exec", request, within: within),
+                sandbox: sandbox,
                 untilStarted: background
             )
         }
@@ -516,21 +459,11 @@ struct SandboxAttachCommand: AsyncParsableCommand {
     var pid: UInt32
 
     func run() async throws {
-        let tenant = try connection.tenant(owner.tenant)
-        let info = try await runningSandbox(id, tenant: tenant, connection: connection)
         let request = Hangar_V1_SandboxAttachRequest.with { $0.pid = pid }
-        let code = try await connection.withConnection(
-            name: "hangar-cli-attach",
-            logger: cliLogger(),
-            as: .tenant(tenant)
-        ) {
-            nats in
-            try await streamCommand(
-                "attach",
-                try request.serializedData(),
-                info: info,
-                tenant: tenant,
-                nats: nats,
+        let code = try await connection.withSandbox(id, owner, name: "hangar-cli-attach") { sandbox in
+            try await printCommand(
+                sandbox.stream("attach", request, within: untilTheSandboxEnds),
+                sandbox: sandbox,
                 untilStarted: false
             )
         }
@@ -538,79 +471,44 @@ struct SandboxAttachCommand: AsyncParsableCommand {
     }
 }
 
-extension AsyncParsableCommand {
-
-    /// Sends an exec or attach and prints its events until the command exits (its exit code), the
-    /// node answers with an error, or the sandbox ends meanwhile (its lifecycle event says so); a
-    /// background exec (`untilStarted`) prints the command's pid once it started.
-    fileprivate func streamCommand(
-        _ verb: String,
-        _ payload: Data,
-        info: Hangar_V1_SandboxInfo,
-        tenant: String,
-        nats: NATSConnection,
-        untilStarted: Bool
-    ) async throws -> Int32 {
-        let inbox = nats.options.inboxPrefix + ".exec." + UUID().uuidString.replacingOccurrences(of: "-", with: "")
-        let events = try await nats.subscribeConfirmed(inbox)
-        let lifecycle = try await nats.subscribeConfirmed(Subjects.sandboxEvents(tenant: tenant, sandbox: info.id))
-        defer {
-            events.unsubscribe()
-            lifecycle.unsubscribe()
-        }
-        let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: info.id, verb: verb)
-        try nats.publish(subject, payload: payload, replyTo: inbox)
-        return try await withThrowingTaskGroup(of: Int32?.self) { group in
-            group.addTask {
-                var written: [Hangar_V1_AgentStream: UInt64] = [:]
-                for await message in events {
-                    let event = try Hangar_V1_SandboxExecEvent(serializedBytes: message.payload)
-                    switch event.kind {
-                    case .started(let started):
-                        guard untilStarted else { continue }
-                        print(started.pid)
-                        return 0
-                    case nil:
-                        continue
-                    case .output(let output):
-                        let sofar = written[output.stream, default: 0]
-                        if output.offset > sofar {
-                            printError("\(output.offset - sofar) bytes of output were lost on the way (a slow reader)")
-                        }
-                        written[output.stream] = output.offset + UInt64(output.data.count)
-                        let handle = output.stream == .stderr ? FileHandle.standardError : FileHandle.standardOutput
-                        handle.write(output.data)
-                    case .exited(let exited):
-                        if exited.timedOut { printError("the command was killed at its timeout") }
-                        return exited.signal != 0 ? 128 + exited.signal : exited.exitCode
-                    case .error(let error):
-                        printError(error.message)
-                        return 1
-                    case .agentError(let error):
-                        printError("the sandbox refused the command: \(error.message)")
-                        return 1
-                    }
-                }
-                throw CLIError("the node stopped answering")
+/// Prints the events of an exec or attach until the command exits (its exit code, 128+N for
+/// signal N) or the sandbox refuses it (1); a background exec (`untilStarted`) prints the command's
+/// pid once it started. The stream (the client library's) throws when the node sends an error, the
+/// sandbox ends meanwhile, or it outlasts its time.
+private func printCommand(
+    _ events: AsyncThrowingStream<Data, any Error>,
+    sandbox: Sandbox,
+    untilStarted: Bool
+) async throws -> Int32 {
+    var written: [Hangar_V1_AgentStream: UInt64] = [:]
+    for try await payload in events {
+        let event = try Hangar_V1_SandboxExecEvent(serializedBytes: payload)
+        switch event.kind {
+        case .started(let started):
+            guard untilStarted else { continue }
+            print(started.pid)
+            return 0
+        case nil:
+            continue
+        case .output(let output):
+            let sofar = written[output.stream, default: 0]
+            if output.offset > sofar {
+                printError("\(output.offset - sofar) bytes of output were lost on the way (a slow reader)")
             }
-            group.addTask {
-                for await message in lifecycle {
-                    guard let event = try? Hangar_V1_SandboxEvent(serializedBytes: message.payload),
-                        event.kind == .sandboxEventEnded
-                    else { continue }
-                    printError("sandbox \(info.id) ended while the command ran: \(event.message)")
-                    return 1
-                }
-                return nil  // cancelled once the exec ended
-            }
-            while let next = try await group.next() {
-                guard let code = next else { continue }
-                group.cancelAll()
-                return code
-            }
-            throw CLIError("the node stopped answering")
+            written[output.stream] = output.offset + UInt64(output.data.count)
+            let handle = output.stream == .stderr ? FileHandle.standardError : FileHandle.standardOutput
+            handle.write(output.data)
+        case .exited(let exited):
+            if exited.timedOut { printError("the command was killed at its timeout") }
+            return exited.signal != 0 ? 128 + exited.signal : exited.exitCode
+        case .error(let error):
+            throw await sandbox.nodeError(error)
+        case .agentError(let error):
+            printError("the sandbox refused the command: \(error.message)")
+            return 1
         }
     }
+    throw CLIError("node \(sandbox.nodeID) stopped answering")
 }
 
 struct SandboxFilesGroup: AsyncParsableCommand {
@@ -639,7 +537,9 @@ struct SandboxFilesListCommand: AsyncParsableCommand {
     func run() async throws {
         var request = Hangar_V1_SandboxOpRequest()
         request.list.path = path
-        let reply = try await sandboxOperation("files.list", request, id: id, owner: owner, connection: connection)
+        let reply = try await connection.withSandbox(id, owner, name: "hangar-cli-files") { sandbox in
+            try await sandbox.operation("files.list", request, about: path)
+        }
         if output.isJSON {
             try printJSON(reply.entries)
             return
@@ -678,17 +578,8 @@ struct SandboxFilesGetCommand: AsyncParsableCommand {
     var to: String?
 
     func run() async throws {
-        var content = Data()
-        var offset: UInt64 = 0
-        while true {
-            var request = Hangar_V1_SandboxOpRequest()
-            request.read.path = path
-            request.read.offset = offset
-            request.read.length = 1 << 20
-            let reply = try await sandboxOperation("files.read", request, id: id, owner: owner, connection: connection)
-            content += reply.data.data
-            offset += UInt64(reply.data.data.count)
-            if reply.data.eof || reply.data.data.isEmpty { break }
+        let content = try await connection.withSandbox(id, owner, name: "hangar-cli-files") { sandbox in
+            try await sandbox.files.read(path)
         }
         if let to {
             guard FileManager.default.createFile(atPath: to, contents: content) else {
@@ -724,16 +615,9 @@ struct SandboxFilesPutCommand: AsyncParsableCommand {
             content = data
         }
         // The first MiB replaces the file atomically; the rest is appended a MiB at a time.
-        var start = 0
-        repeat {
-            let end = min(start + (1 << 20), content.count)
-            var request = Hangar_V1_SandboxOpRequest()
-            request.write.path = path
-            request.write.data = content.subdata(in: start..<end)
-            request.write.append = start > 0
-            _ = try await sandboxOperation("files.write", request, id: id, owner: owner, connection: connection)
-            start = end
-        } while start < content.count
+        try await connection.withSandbox(id, owner, name: "hangar-cli-files") { sandbox in
+            try await sandbox.files.write(path, content)
+        }
     }
 }
 
@@ -753,10 +637,9 @@ struct SandboxFilesRemoveCommand: AsyncParsableCommand {
     var path: String
 
     func run() async throws {
-        var request = Hangar_V1_SandboxOpRequest()
-        request.remove.path = path
-        request.remove.recursive = recursive
-        _ = try await sandboxOperation("files.remove", request, id: id, owner: owner, connection: connection)
+        try await connection.withSandbox(id, owner, name: "hangar-cli-files") { sandbox in
+            try await sandbox.files.remove(path, recursive: recursive)
+        }
     }
 }
 
@@ -790,26 +673,17 @@ struct SandboxFilesWatchCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let tenant = try connection.tenant(owner.tenant)
-        let info = try await runningSandbox(id, tenant: tenant, connection: connection)
         let request = Hangar_V1_SandboxWatchRequest.with {
             $0.path = path
             $0.recursive = recursive
             $0.timeoutMs = UInt32((timeout * 1000).rounded(.up))
         }
-        let code = try await connection.withConnection(
-            name: "hangar-cli-watch",
-            logger: cliLogger(),
-            as: .tenant(tenant)
-        ) {
-            nats in
-            let inbox = nats.options.inboxPrefix + ".watch." + UUID().uuidString.replacingOccurrences(of: "-", with: "")
-            let events = try await nats.subscribeConfirmed(inbox)
-            defer { events.unsubscribe() }
-            let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: id, verb: "files.watch")
-            try nats.publish(subject, payload: try request.serializedData(), replyTo: inbox)
-            for await message in events {
-                let event = try Hangar_V1_SandboxWatchEvent(serializedBytes: message.payload)
+        // The raw events, not the library's `files.watch`: they also say why a watch ended and when
+        // the agent dropped changes.
+        let code = try await connection.withSandbox(id, owner, name: "hangar-cli-watch") { sandbox in
+            let within = Duration.milliseconds(request.timeoutMs) + sandbox.hangar.timeouts.streamGrace
+            for try await payload in sandbox.stream("files.watch", request, within: within) {
+                let event = try Hangar_V1_SandboxWatchEvent(serializedBytes: payload)
                 switch event.kind {
                 case .started, nil: continue
                 case .changes(let batch):
@@ -822,14 +696,13 @@ struct SandboxFilesWatchCommand: AsyncParsableCommand {
                     if ended.reason != "timeout" { printError("the watch ended: \(ended.reason)") }
                     return Int32(0)
                 case .error(let error):
-                    printError(error.message)
-                    return 1
+                    throw await sandbox.nodeError(error)
                 case .agentError(let error):
                     printError("\(path): \(error.message)")
                     return 1
                 }
             }
-            throw CLIError("the node stopped answering")
+            throw CLIError("node \(sandbox.nodeID) stopped answering")
         }
         if code != 0 { throw ExitCode(code) }
     }
@@ -861,7 +734,9 @@ struct SandboxPsCommand: AsyncParsableCommand {
     func run() async throws {
         var request = Hangar_V1_SandboxOpRequest()
         request.ps = Hangar_V1_AgentListProcesses()
-        let reply = try await sandboxOperation("ps", request, id: id, owner: owner, connection: connection)
+        let reply = try await connection.withSandbox(id, owner, name: "hangar-cli-ps") { sandbox in
+            try await sandbox.operation("ps", request, about: "ps")
+        }
         if output.isJSON {
             try printJSON(reply.processes)
             return
@@ -913,110 +788,8 @@ struct SandboxSignalCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var request = Hangar_V1_SandboxOpRequest()
-        request.signal.pid = pid
-        request.signal.signo = number ?? SIGTERM
-        _ = try await sandboxOperation("signal", request, id: id, owner: owner, connection: connection)
-    }
-}
-
-/// The tenant's sandbox `id` as the scheduler knows it, if it runs (its node takes the data plane);
-/// otherwise prints why not (no such sandbox, or not running and why) and exits 1.
-func runningSandbox(
-    _ id: String,
-    tenant: String,
-    connection: ConnectionOptions
-) async throws -> Hangar_V1_SandboxInfo {
-    var get = Hangar_V1_SandboxGetRequest()
-    get.sandboxID = id
-    let reply = try await sandboxRequest(
-        "get",
-        get,
-        as: Hangar_V1_SandboxReply.self,
-        tenant: tenant,
-        connection: connection
-    )
-    switch reply.outcome {
-    case .info(let info) where info.state == .sandboxRunning && !info.nodeID.isEmpty:
-        return info
-    case .info(let info):
-        let why = info.message.isEmpty ? "" : ": \(info.message)"
-        printError("sandbox \(id) is \(sandboxStateName(info)), not running\(why)")
-    case .error(let error):
-        printError(error.message)
-    case nil:
-        throw CLIError("the scheduler sent an empty reply")
-    }
-    throw ExitCode(1)
-}
-
-/// Sends one data-plane operation to the node that holds the sandbox and returns its answer, or
-/// prints the sandbox's or the scheduler's error and exits 1.
-private func sandboxOperation(
-    _ verb: String,
-    _ request: Hangar_V1_SandboxOpRequest,
-    id: String,
-    owner: SandboxTenantOptions,
-    connection: ConnectionOptions
-) async throws -> Hangar_V1_SandboxOpReply {
-    let reply = try await nodeRequest(
-        verb,
-        request,
-        as: Hangar_V1_SandboxOpReply.self,
-        id: id,
-        owner: owner,
-        connection: connection
-    )
-    switch reply.outcome {
-    case .error(let error):
-        printError(error.message)
-        throw ExitCode(1)
-    case .agentError(let error):
-        printError("\(request.pathForMessages): \(error.message)")
-        throw ExitCode(1)
-    default:
-        return reply
-    }
-}
-
-/// Sends one request on `verb` of the data plane to the node that holds the tenant's running
-/// sandbox `id` (else prints why it is not running and exits 1) and decodes its answer.
-func nodeRequest<Reply: SwiftProtobufMessage>(
-    _ verb: String,
-    _ request: some SwiftProtobufMessage,
-    as: Reply.Type,
-    id: String,
-    owner: SandboxTenantOptions,
-    connection: ConnectionOptions,
-    timeout: Duration = .seconds(30)
-) async throws -> Reply {
-    let tenant = try connection.tenant(owner.tenant)
-    let info = try await runningSandbox(id, tenant: tenant, connection: connection)
-    let subject = Subjects.sandboxData(node: info.nodeID, tenant: tenant, sandbox: id, verb: verb)
-    let answer = try await connection.withConnection(
-        name: "hangar-cli-\(verb)",
-        logger: cliLogger(),
-        as: .tenant(tenant)
-    ) {
-        nats in
-        do {
-            return try await nats.request(subject, payload: try request.serializedData(), timeout: timeout)
-        } catch let error as NATSError where error.kind == .noResponders {
-            throw CLIError("node \(info.nodeID) is not answering for sandbox \(id)")
-        }
-    }
-    return try Reply(serializedBytes: answer.payload)
-}
-
-extension Hangar_V1_SandboxOpRequest {
-    /// The path the operation is about, to name it in an error.
-    fileprivate var pathForMessages: String {
-        switch op {
-        case .read(let read): read.path
-        case .write(let write): write.path
-        case .list(let list): list.path
-        case .remove(let remove): remove.path
-        default: "the sandbox"
+        try await connection.withSandbox(id, owner, name: "hangar-cli-signal") { sandbox in
+            try await sandbox.commands.signal(pid: pid, number ?? SIGTERM)
         }
     }
 }

@@ -145,8 +145,38 @@ struct SandboxCLITests {
             #expect(raised.status == 1 && raised.stderr.contains("NameError"), "\(raised.stderr)")
             let contexts = try await cluster.hangar(["sandbox", "contexts", "ls", id])
             #expect(contexts.status == 0 && contexts.stdout.contains("python"), "\(contexts.stdout) \(contexts.stderr)")
+            // A context of its own: made, used, restarted (its state gone), removed.
+            let made = try await cluster.hangar(["sandbox", "contexts", "create", id, "--language", "bash"])
+            #expect(made.status == 0, "\(made.stderr)")
+            let context = made.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            let inContext = ["sandbox", "run-code", id, "--code-context", context, "--code"]
+            #expect(try await cluster.hangar(inContext + ["v=7"]).status == 0)
+            #expect(try await cluster.hangar(inContext + ["echo v=$v"]).stdout == "v=7\n")
+            #expect(try await cluster.hangar(["sandbox", "contexts", "restart", id, context]).status == 0)
+            #expect(try await cluster.hangar(inContext + ["echo v=$v"]).stdout == "v=\n")
+            #expect(try await cluster.hangar(["sandbox", "contexts", "rm", id, context]).status == 0)
+            let removedContext = try await cluster.hangar(inContext + ["true"])
+            #expect(
+                removedContext.status == 1 && removedContext.stderr.contains(context),
+                "\(removedContext.status) \(removedContext.stderr)"
+            )
 
+            // A command that runs when its sandbox is killed ends (exit 1) saying so.
+            let running = Task { try await cluster.hangar(["sandbox", "exec", id, "--", "sleep", "300"]) }
+            let runDeadline = ContinuousClock.now + .seconds(10)
+            var listed300 = false
+            while !listed300 && ContinuousClock.now < runDeadline {
+                listed300 = try await cluster.hangar(["sandbox", "ps", id]).stdout.contains("sleep 300")
+            }
+            #expect(listed300, "ps did not list the sleep within 10 s")
             let killed = try await cluster.hangar(["sandbox", "kill", id])
+            let cut = try await running.value
+            // Whichever comes first: the sandbox's end event, or the node's answer that its agent is gone.
+            #expect(
+                cut.status == 1
+                    && ["ended while", "not running", "agent is gone"].contains { cut.stderr.contains($0) },
+                "\(cut.status) \(cut.stderr)"
+            )
             #expect(killed.status == 0, "\(killed.stderr)")
             #expect(killed.stdout.contains("KILLED"), "\(killed.stdout)")
             let late = try await cluster.hangar(["sandbox", "exec", id, "--", "true"])
