@@ -576,8 +576,10 @@ public enum CodeKernel {
                     # scripts, or just as a cell's script returns the promise it then awaits. So once
                     # a cell is interrupted, node hears SIGINT again every 200 ms until it answers.
                     # (A blocking read would not do: Python resumes it after the signal handler.)
-                    readable, _, _ = select.select([control_read], [], [], 0.2)
-                    if not readable:
+                    # poll, not select: select cannot take a descriptor above 1023.
+                    control_poll = select.poll()
+                    control_poll.register(control_read, select.POLLIN)
+                    if not control_poll.poll(200):
                         if interrupted:
                             signal_shell()
                         continue
