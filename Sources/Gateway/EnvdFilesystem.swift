@@ -1,10 +1,13 @@
 import Foundation
 import HangarClient
+import HangarShared
 import Hummingbird
 import SwiftProtobuf
+import Synchronization
 
 /// envd's `filesystem.Filesystem` service on the sandbox's file operations (the node resolves every
-/// path inside the sandbox), and directory watchers (``EnvdWatchers``).
+/// path inside the sandbox), and directory watches: WatchDir's stream native (``EnvdNativeWatch``),
+/// CreateWatcher's polled ones kept in the sandbox (``EnvdWatchers``).
 extension Gateway {
     func addFilesystemRoutes(to router: Router<GatewayContext>) {
         let authority = self.authority
@@ -66,8 +69,7 @@ extension Gateway {
                     sandbox,
                     path: path,
                     recursive: input.recursive,
-                    user: user,
-                    spool: true
+                    user: user
                 )
                 return Filesystem_CreateWatcherResponse.with { $0.watcherID = id.description }
             }
@@ -102,40 +104,152 @@ extension Gateway {
                 Filesystem_WatchDirResponse.self
             ) { sandbox, input, send in
                 let path = try EnvdPaths.resolve(input.path, user: user)
-                let id = try await EnvdWatchers.start(
+                let entry = try await EnvdPaths.entry(sandbox, path)
+                guard entry.type == .directory else {
+                    throw GatewayError(.badRequest, "path \(path) is not a directory")
+                }
+                try await EnvdNativeWatch.relay(
                     sandbox,
                     path: path,
                     recursive: input.recursive,
-                    user: user,
-                    spool: false
+                    keepalive: EnvdProcesses.keepalive(request),
+                    send: send
                 )
-                try await send(.with { $0.start = .init() })
-                do {
-                    try await EnvdWatchers.relay(sandbox, id, request: request, send: send)
-                } catch {
-                    // The stream ended (the client went away, or the sandbox): the watcher goes too.
-                    Task { try? await EnvdWatchers.remove(sandbox, id) }
-                    throw error
-                }
-                Task { try? await EnvdWatchers.remove(sandbox, id) }
             }
         }
     }
 }
 
-/// Directory watchers, kept in the sandbox (so they survive the gateway): each is a background
-/// command of the sandbox that polls the directory with `find` every 0.2 s and writes what changed
-/// (created, written, removed, mode changed; a rename is a removal and a creation) as
-/// `TYPE<TAB>NAME` lines: to its stdout for WatchDir's stream, or appended to a spool file in the
-/// sandbox's /tmp that GetWatcherEvents takes (renames away, reads and removes) for CreateWatcher.
+/// WatchDir's stream: the sandbox's agent watches the directory with inotify (the node's
+/// `files.watch`), and its changes go out as they come, with keepalives. The stream lives as long as
+/// the client's request, so the watch need not outlive the gateway: when the stream ends (the client
+/// went away, the directory was removed, the sandbox ended), the node's watch is ended too. A node's
+/// watch lasts at most an hour; another follows it until the stream ends.
+enum EnvdNativeWatch {
+    /// The longest watch a node takes.
+    static let watchMs: UInt32 = 3_600_000
+
+    static func relay(
+        _ sandbox: Sandbox,
+        path: String,
+        recursive: Bool,
+        keepalive: Duration,
+        send: @escaping @Sendable (Filesystem_WatchDirResponse) async throws -> Void
+    ) async throws {
+        let current = CurrentWatch()
+        defer {
+            // The node's watch ends with the stream (best effort: at worst it ends at its timeout).
+            if let id = current.id.withLock({ $0 }) {
+                Task {
+                    _ = try? await sandbox.hangar.request(
+                        sandbox.subject("files.unwatch"),
+                        Hangar_V1_SandboxUnwatchRequest.with { $0.watchID = id },
+                        as: Hangar_V1_SandboxOpReply.self,
+                        who: "node \(sandbox.nodeID)",
+                        timeout: sandbox.hangar.timeouts.operation
+                    )
+                }
+            }
+        }
+        let request = Hangar_V1_SandboxWatchRequest.with {
+            $0.path = path
+            $0.recursive = recursive
+            $0.timeoutMs = watchMs
+        }
+        var first = true
+        while true {
+            let announce = first
+            let ended = try await withThrowingTaskGroup(of: String?.self) { group in
+                group.addTask {
+                    let events = sandbox.stream(
+                        "files.watch",
+                        request,
+                        within: .milliseconds(watchMs) + sandbox.hangar.timeouts.streamGrace
+                    )
+                    for try await payload in events {
+                        let event = try Hangar_V1_SandboxWatchEvent(serializedBytes: payload)
+                        switch event.kind {
+                        case .started(let started):
+                            current.id.withLock { $0 = started.watchID }
+                            if announce { try await send(.with { $0.start = .init() }) }
+                        case .changes(let batch):
+                            for change in batch.events where !Self.isAtomicWriteTemporary(change.path) {
+                                try await send(.with { $0.filesystem = Self.event(change) })
+                            }
+                        case .ended(let ended):
+                            current.id.withLock { $0 = nil }
+                            return ended.reason
+                        case .error(let error):
+                            throw await sandbox.nodeError(error)
+                        case .agentError(let error):
+                            throw GatewayError(.internal, "the sandbox cannot watch \(path): \(error.message)")
+                        case nil:
+                            continue
+                        }
+                    }
+                    return nil
+                }
+                group.addTask {
+                    while true {
+                        try await Task.sleep(for: keepalive)
+                        try await send(.with { $0.keepalive = .init() })
+                    }
+                }
+                defer { group.cancelAll() }
+                return try await group.next() ?? nil
+            }
+            first = false
+            // Only a watch that ran its hour is followed by another; any other end ends the stream.
+            guard ended == "timeout" else { return }
+        }
+    }
+
+    /// The node's watch that runs now, to end with the stream.
+    final class CurrentWatch: Sendable {
+        let id = Mutex<String?>(nil)
+    }
+
+    /// Whether `path` names the temporary file of an atomic write by the sandbox's agent
+    /// (`.NAME.hangar-XXXXXX`, renamed over NAME once written): envd writes in place, so an E2B
+    /// client expects only NAME's own events.
+    static func isAtomicWriteTemporary(_ path: String) -> Bool {
+        let name = path.split(separator: "/").last ?? ""
+        guard name.hasPrefix("."), let marker = name.range(of: ".hangar-", options: .backwards) else { return false }
+        let suffix = name[marker.upperBound...]
+        return marker.lowerBound > name.index(after: name.startIndex) && suffix.count == 6
+            && suffix.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber) }
+    }
+
+    /// An agent's change as envd's event: its path relative to the watched directory, and its kind.
+    static func event(_ change: Hangar_V1_AgentWatchEvent) -> Filesystem_FilesystemEvent {
+        .with {
+            $0.name = change.path
+            $0.type =
+                switch change.op {
+                case .create: .create
+                case .write: .write
+                case .remove: .remove
+                case .rename: .rename
+                case .chmod: .chmod
+                case .UNRECOGNIZED: .unspecified
+                }
+        }
+    }
+}
+
+/// CreateWatcher's directory watchers, kept in the sandbox (so they survive the gateway, which keeps
+/// no state between GetWatcherEvents calls): each is a background command of the sandbox that polls
+/// the directory with `find` every 0.2 s and writes what changed (created, written, removed, mode
+/// changed; a rename is a removal and a creation) as `TYPE<TAB>NAME` lines to a spool in the
+/// sandbox's /tmp that GetWatcherEvents takes (renames away, reads and removes).
 /// A watcher id is `PID.TOKEN`: the command's pid and its spool's name.
 enum EnvdWatchers {
-    /// `$1` the directory, `$2` the depth, `$3` its own directory (in the sandbox's /tmp), `$4`
-    /// `stdout` or `spool`: each round's changes become a whole file `$3/events.N` at once (a
+    /// `$1` the directory, `$2` the depth, `$3` its own directory (in the sandbox's /tmp): each
+    /// round's changes become a whole file `$3/events.N` at once (a
     /// rename), so that ``takeEvents(_:_:)`` never reads one half written, nor loses one written
     /// after it looked.
     static let script = #"""
-        dir=$1; depth=$2; work=$3; mode=$4; round=0
+        dir=$1; depth=$2; work=$3; round=0
         mkdir -p "$work" || exit 1
         snap() { find "$dir" -mindepth 1 -maxdepth "$depth" -printf '%P\t%y\t%T@\t%s\t%m\n' 2>/dev/null | LC_ALL=C sort > "$1"; }
         snap "$work/old"
@@ -148,7 +262,7 @@ enum EnvdWatchers {
             END { for (k in o) if (!(k in n)) print "3\t" k }' "$work/old" "$work/new" > "$work/diff"
           if [ -s "$work/diff" ]; then
             round=$((round + 1))
-            if [ "$mode" = stdout ]; then cat "$work/diff"; else mv "$work/diff" "$work/events.$round"; fi
+            mv "$work/diff" "$work/events.$round"
           fi
           mv "$work/new" "$work/old"
         done
@@ -186,8 +300,7 @@ enum EnvdWatchers {
         _ sandbox: Sandbox,
         path: String,
         recursive: Bool,
-        user: EnvdUser,
-        spool: Bool
+        user: EnvdUser
     ) async throws
         -> ID
     {
@@ -196,7 +309,7 @@ enum EnvdWatchers {
         let token = UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
         let pending = ID(pid: 0, token: token)
         let pid = try await sandbox.commands.start(
-            ["/bin/sh", "-c", script, marker, path, recursive ? "64" : "1", pending.spool, spool ? "spool" : "stdout"],
+            ["/bin/sh", "-c", script, marker, path, recursive ? "64" : "1", pending.spool],
             user: user.name
         )
         let id = ID(pid: pid, token: token)
@@ -252,47 +365,6 @@ enum EnvdWatchers {
         try? await sandbox.commands.signal(pid: id.pid, SIGKILL)
         try? await sandbox.files.remove(id.spool, recursive: true)
         guard existed else { throw GatewayError(.notFound, "no watcher with id '\(id)'") }
-    }
-
-    /// Relays a stdout watcher's events to WatchDir's stream (with keepalives) until it ends.
-    static func relay(
-        _ sandbox: Sandbox,
-        _ id: ID,
-        request: Request,
-        send: @escaping @Sendable (Filesystem_WatchDirResponse) async throws -> Void
-    ) async throws {
-        let keepalive = EnvdProcesses.keepalive(request)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                var pending = ""
-                var ready = false
-                for try await event in sandbox.commands.attach(pid: id.pid) {
-                    guard case .stdout(let data) = event else {
-                        if case .exited = event { return }
-                        continue
-                    }
-                    pending += String(decoding: data, as: UTF8.self)
-                    guard let last = pending.lastIndex(of: "\n") else { continue }
-                    var lines = pending[..<last].split(separator: "\n", omittingEmptySubsequences: true)
-                    pending = String(pending[pending.index(after: last)...])
-                    if !ready, lines.first == "ready" {
-                        ready = true
-                        lines.removeFirst()
-                    }
-                    for event in parse(lines.joined(separator: "\n")) {
-                        try await send(.with { $0.filesystem = event })
-                    }
-                }
-            }
-            group.addTask {
-                while true {
-                    try await Task.sleep(for: keepalive)
-                    try await send(.with { $0.keepalive = .init() })
-                }
-            }
-            defer { group.cancelAll() }
-            _ = try await group.next()
-        }
     }
 
     /// `TYPE<TAB>NAME` lines as events.

@@ -200,6 +200,26 @@ async def async_all():
         await sbx.files.write("/home/user/a.txt", "async file")
         check(await sbx.files.read("/home/user/a.txt") == "async file", "async read")
         check([e.name for e in await sbx.files.list("/home/user") if e.name == "a.txt"], "async list")
+        # watch_dir streams (WatchDir): the agent's inotify events, nested ones by their relative
+        # path, a rename as a rename. More watches than a sandbox may hold at once (8) one after
+        # the other: each stop() ends its watch on the node.
+        await sbx.files.make_dir("/home/user/awatched/sub")
+        for round in range(10):
+            events = []
+            handle = await sbx.files.watch_dir("/home/user/awatched", on_event=events.append, recursive=True)
+            await sbx.files.write(f"/home/user/awatched/sub/deep{round}.txt", "x")
+            await sbx.commands.run(f"mv /home/user/awatched/sub/deep{round}.txt /home/user/awatched/moved{round}.txt")
+            wanted = {(f"sub/deep{round}.txt", e2b.FilesystemEventType.CREATE),
+                      (f"sub/deep{round}.txt", e2b.FilesystemEventType.RENAME),
+                      (f"moved{round}.txt", e2b.FilesystemEventType.CREATE)}
+            for _ in range(200):
+                if wanted <= {(e.name, e.type) for e in events}:
+                    break
+                await asyncio.sleep(0.05)
+            await handle.stop()
+            check(wanted <= {(e.name, e.type) for e in events}, f"async watch_dir round {round}: {events}")
+            # A write is in place for the client: the agent's temporary file is not shown.
+            check(all(".hangar-" not in e.name for e in events), f"async watch_dir temporary files: {events}")
         await sbx.set_timeout(200)
         info = await sbx.get_info()
         check(info.sandbox_id == sbx.sandbox_id, "async get_info")
