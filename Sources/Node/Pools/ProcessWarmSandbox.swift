@@ -12,6 +12,35 @@ extension ProcessRuntime: WarmableRuntime {
     }
 }
 
+/// What waits in a warm process sandbox for its job.
+enum WarmWaiter: Sendable, Equatable {
+    /// `/bin/sh -c` ``WarmScript/waiter``: it reads a script that `exec`s the job's argv.
+    case shell
+    /// The wasm worker in its `--warm` mode (at `executable` in the sandbox), holding the module at
+    /// `preload` parsed: it reads its own command line, the job's argv after argv[0] joined by NULs.
+    case wasmWorker(executable: String, preload: String?)
+
+    /// The sandbox's program while it waits, on descriptors 3, 4 and 5 (``WarmScript/process``).
+    var argv: [String] {
+        let script = WarmScript.process
+        switch self {
+        case .shell:
+            return ["/bin/sh", "-c", script.waiter]
+        case .wasmWorker(let executable, let preload):
+            return [executable, "--warm", "\(script.control)", "\(script.stdin)", "\(script.ready)"]
+                + (preload.map { [$0] } ?? [])
+        }
+    }
+
+    /// What the node writes on the control pipe to start `spec`.
+    func control(for spec: Hangar_V1_JobSpec) -> Data {
+        switch self {
+        case .shell: Data(WarmScript.process.script(for: spec).utf8)
+        case .wasmWorker: Data(spec.argv.dropFirst().joined(separator: "\0").utf8)
+        }
+    }
+}
+
 /// A waiting bubblewrap sandbox of ``ProcessRuntime``. Creation fixes the template, the `/tmp` size
 /// and file-size limit, the open-files limit and the output cap (``WarmProfile``); at assignment
 /// the job's memory, pids and CPU bandwidth are written into the sandbox's cgroup, its wall clock
@@ -19,6 +48,8 @@ extension ProcessRuntime: WarmableRuntime {
 final class ProcessWarmSandbox: WarmSandbox {
     let template: String
     let profile: WarmProfile
+    /// What waits in it.
+    let waiter: WarmWaiter
     let process: SandboxProcess
     let cgroup: JobCgroup
     private let containment: WarmContainment
@@ -39,6 +70,7 @@ final class ProcessWarmSandbox: WarmSandbox {
     private init(
         template: String,
         profile: WarmProfile,
+        waiter: WarmWaiter,
         process: SandboxProcess,
         cgroup: JobCgroup,
         containment: WarmContainment,
@@ -49,6 +81,7 @@ final class ProcessWarmSandbox: WarmSandbox {
     ) {
         self.template = template
         self.profile = profile
+        self.waiter = waiter
         self.process = process
         self.cgroup = cgroup
         self.containment = containment
@@ -58,17 +91,21 @@ final class ProcessWarmSandbox: WarmSandbox {
         self.users = users
     }
 
+    /// Sets up a sandbox of `template` with `profile` in which `waiter` waits; its cgroup allows
+    /// `extraMemoryBytes` more than the profile's memory until a job's limits replace the pool's.
     static func prepare(
         runtime: ProcessRuntime,
         template: String,
-        profile: WarmProfile
+        profile: WarmProfile,
+        waiter: WarmWaiter = .shell,
+        extraMemoryBytes: UInt64 = 0
     ) async throws(WarmError) -> ProcessWarmSandbox {
         guard case .success(let host) = runtime.cgroups, case .success(let filter) = ProcessRuntime.seccomp else {
             throw WarmError("cgroups or seccomp are unavailable")
         }
         var waiting = Hangar_V1_JobSpec()
         waiting.template = template
-        waiting.argv = ["/bin/sh", "-c", WarmScript.process.waiter]
+        waiting.argv = waiter.argv
         let limits = profile.limits
         let invocation: BubblewrapInvocation
         do {
@@ -79,6 +116,7 @@ final class ProcessWarmSandbox: WarmSandbox {
                 limits: limits,
                 seccomp: filter,
                 root: try resolved.template.layout(),
+                binds: runtime.programBinds,
                 firstDescriptor: 6
             )
         } catch let error as TemplateError {
@@ -100,6 +138,8 @@ final class ProcessWarmSandbox: WarmSandbox {
                 runtime: runtime,
                 template: template,
                 profile: profile,
+                waiter: waiter,
+                extraMemoryBytes: extraMemoryBytes,
                 host: host,
                 invocation: invocation,
                 user: user
@@ -115,11 +155,14 @@ final class ProcessWarmSandbox: WarmSandbox {
         runtime: ProcessRuntime,
         template: String,
         profile: WarmProfile,
+        waiter: WarmWaiter,
+        extraMemoryBytes: UInt64,
         host: CgroupHost,
         invocation: BubblewrapInvocation,
         user: UInt32?
     ) async throws(WarmError) -> ProcessWarmSandbox {
-        let limits = profile.limits
+        var limits = profile.limits
+        limits.memoryBytes += extraMemoryBytes
         var opened: [Int32] = invocation.files
         func closeAll() { for fd in opened { close(fd) } }
         let control: (read: Int32, write: Int32)
@@ -191,6 +234,7 @@ final class ProcessWarmSandbox: WarmSandbox {
         return ProcessWarmSandbox(
             template: template,
             profile: profile,
+            waiter: waiter,
             process: process,
             cgroup: cgroup,
             containment: containment,
@@ -222,7 +266,7 @@ extension ProcessWarmSandbox: ScriptedWarmSandbox {
     func start(_ spec: Hangar_V1_JobSpec, limits: JobLimits, cpuBaseline: UInt64) {
         containment.arm(cpuTime: limits.cpuTime, baseline: cpuBaseline)
         PipeIO.writeAndClose(spec.stdin, to: stdinWriter)
-        PipeIO.writeAndClose(Data(WarmScript.process.script(for: spec).utf8), to: control)
+        PipeIO.writeAndClose(waiter.control(for: spec), to: control)
     }
 
     func finish(

@@ -117,13 +117,7 @@ public struct WasmRuntime: Runtime {
             return .error("no worker")
         }
         let limits = JobLimits(spec.limits)
-        let fuel: UInt64? = limits.cpuTime.flatMap { cpuTime in
-            guard fuelPerCPUSecond > 0 else { return nil }
-            return max(
-                1,
-                JobLimits.milliseconds(cpuTime).multipliedReportingOverflow(by: fuelPerCPUSecond).partialValue / 1000
-            )
-        }
+        let fuel = self.fuel(for: limits)
         let workerSpec: Hangar_V1_JobSpec
         do throws(InvalidJob) {
             workerSpec = try self.workerSpec(for: spec, limits: limits, fuel: fuel)
@@ -134,6 +128,18 @@ public struct WasmRuntime: Runtime {
         Self.nameJobLimits(in: &outcome, limits: limits, worker: JobLimits(workerSpec.limits), fuel: fuel)
         Self.readEnding(into: &outcome, limits: limits, fuel: fuel)
         return outcome
+    }
+
+    /// The instruction budget of a job with `limits`: its CPU-time limit at ``fuelPerCPUSecond``;
+    /// nil (no fuel) without a CPU-time limit or with fuel turned off.
+    func fuel(for limits: JobLimits) -> UInt64? {
+        limits.cpuTime.flatMap { cpuTime in
+            guard fuelPerCPUSecond > 0 else { return nil }
+            return max(
+                1,
+                JobLimits.milliseconds(cpuTime).multipliedReportingOverflow(by: fuelPerCPUSecond).partialValue / 1000
+            )
+        }
     }
 
     /// The process runtime names the worker's limits, which include the engine's allowances: a job
@@ -178,7 +184,7 @@ public struct WasmRuntime: Runtime {
         var options: [String] = []
         var environment = spec.env
         if WasmPython.programNames.contains(program), !spec.files.contains(where: { $0.path == program }) {
-            guard let python else {
+            guard python != nil else {
                 throw InvalidJob(
                     message:
                         "this node has no Python for the wasm runtime: its operator gives one with hangar node agent "
