@@ -167,11 +167,12 @@ public final class NodeAgent: Sendable {
     }
 
     /// At a clean stop, once no job runs and the warm pools are destroyed: ends what the node keeps
-    /// ready for containers (the user namespaces in stock) and closes its ``SandboxLedger``, which
+    /// ready for containers (the user namespaces in stock) and for grants (unused grant views), and closes its ``SandboxLedger``, which
     /// deletes its file when everything it lists is gone; what is not is logged and left listed
     /// for the next node's sweep.
     static func releaseSandboxResources(_ resources: NodeResources, logger: Logger) async {
         await resources.namespaces.drain()
+        resources.grantViews.drain()
         let outstanding = resources.ledger.close()
         if !outstanding.isEmpty {
             logger.error(

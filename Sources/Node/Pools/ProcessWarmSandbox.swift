@@ -32,6 +32,14 @@ enum WarmWaiter: Sendable, Equatable {
         }
     }
 
+    /// How the sandbox's cgroup is named, before its template.
+    var cgroupPrefix: String {
+        switch self {
+        case .shell: "warm-"
+        case .wasmWorker: "warm-wasm-"
+        }
+    }
+
     /// What the node writes on the control pipe to start `spec`.
     func control(for spec: Hangar_V1_JobSpec) -> Data {
         switch self {
@@ -179,7 +187,7 @@ final class ProcessWarmSandbox: WarmSandbox {
             do {
                 cgroup = try JobCgroup.create(
                     on: host,
-                    name: "warm-\(template)",
+                    name: waiter.cgroupPrefix + template,
                     limits: limits,
                     ledger: runtime.resources.ledger
                 )

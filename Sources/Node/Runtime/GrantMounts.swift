@@ -6,8 +6,8 @@ import HangarShared
 /// not have is left out (it does not exist in the sandbox either); a path that is a symlink, or runs
 /// through one, is refused: a grant names a place, and a link could point it anywhere. Used by the
 /// process runtime (bubblewrap binds) and the OCI runtimes (bind mounts in the bundle).
-struct GrantMounts: Sendable, Equatable {
-    struct Mount: Sendable, Equatable {
+struct GrantMounts: Sendable, Hashable {
+    struct Mount: Sendable, Hashable {
         var path: String
         var access: GrantSet.Access
         var isDirectory: Bool

@@ -20,6 +20,9 @@ public struct NodeResources: Sendable {
     /// are noted while they exist; the ``NodeAgent`` sweeps its directory when it starts, then
     /// opens it, and closes it when it stops (until then it notes nothing).
     public let ledger: SandboxLedger
+    /// Prepared mount trees of grant sets for `process` jobs (noted in ``ledger``; taken down at
+    /// the node's stop).
+    public let grantViews: GrantViews
     /// Where allowlist jobs' resolvers send the names their grants allow (nil: jobs whose grants
     /// name hosts are refused).
     public let dnsUpstream: DNSUpstream?
@@ -39,6 +42,7 @@ public struct NodeResources: Sendable {
         self.ledger = ledger
         subnets = SubnetPool()
         namespaces = OwnedNamespaceStock(size: 2, users: users, ledger: ledger)
+        grantViews = GrantViews(ledger: ledger)
     }
 
     /// What runtimes and node agents built without resources of their own use: the standard uid

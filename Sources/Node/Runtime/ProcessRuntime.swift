@@ -211,6 +211,11 @@ public struct ProcessRuntime: Runtime {
         } catch {
             return (.error(error.description), true)
         }
+        // The grants as one prepared view where they can be (``GrantViews``), given back at the end.
+        let view = (try? GrantMounts(spec.grants)).flatMap { mounts in
+            GrantViews.eligible(mounts, template: root) ? resources.grantViews.acquire(mounts) : nil
+        }
+        defer { if let view { resources.grantViews.release(view) } }
         let invocation: BubblewrapInvocation
         do {
             invocation = try BubblewrapInvocation(
@@ -219,7 +224,8 @@ public struct ProcessRuntime: Runtime {
                 seccomp: filter,
                 root: root,
                 scratch: scratch?.path,
-                binds: programBinds
+                binds: programBinds,
+                grantView: view
             )
         } catch {
             _ = scratch?.remove()
@@ -369,6 +375,7 @@ struct BubblewrapInvocation {
         root: TemplateRootfs? = nil,
         scratch: String? = nil,
         binds: [SandboxBind] = [],
+        grantView: GrantViews.Lease? = nil,
         firstDescriptor: Int32 = 3
     ) throws(InvalidJob) {
         self.firstDescriptor = firstDescriptor
@@ -415,7 +422,11 @@ struct BubblewrapInvocation {
         do {
             let grants = try GrantMounts(spec.grants)
             if let root { try grants.check(inside: root.directoryMounts) }
-            arguments += grants.bubblewrapArguments
+            if let grantView, grantView.mounts == grants {
+                arguments += grantView.bubblewrapArguments
+            } else {
+                arguments += grants.bubblewrapArguments
+            }
         } catch {
             throw InvalidJob(message: error.message)
         }
