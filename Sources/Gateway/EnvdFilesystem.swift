@@ -173,7 +173,7 @@ enum EnvdNativeWatch {
                             current.id.withLock { $0 = started.watchID }
                             if announce { try await send(.with { $0.start = .init() }) }
                         case .changes(let batch):
-                            for change in batch.events where !Self.isAtomicWriteTemporary(change.path) {
+                            for change in batch.events {
                                 try await send(.with { $0.filesystem = Self.event(change) })
                             }
                         case .ended(let ended):
@@ -207,17 +207,6 @@ enum EnvdNativeWatch {
     /// The node's watch that runs now, to end with the stream.
     final class CurrentWatch: Sendable {
         let id = Mutex<String?>(nil)
-    }
-
-    /// Whether `path` names the temporary file of an atomic write by the sandbox's agent
-    /// (`.NAME.hangar-XXXXXX`, renamed over NAME once written): envd writes in place, so an E2B
-    /// client expects only NAME's own events.
-    static func isAtomicWriteTemporary(_ path: String) -> Bool {
-        let name = path.split(separator: "/").last ?? ""
-        guard name.hasPrefix("."), let marker = name.range(of: ".hangar-", options: .backwards) else { return false }
-        let suffix = name[marker.upperBound...]
-        return marker.lowerBound > name.index(after: name.startIndex) && suffix.count == 6
-            && suffix.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber) }
     }
 
     /// An agent's change as envd's event: its path relative to the watched directory, and its kind.

@@ -213,6 +213,19 @@ extension HeavySandboxSuites {
                 changed += batch.events.map(\.path)
             }
             #expect(changed.first == "seen", "\(changed)")
+            // An atomic write by the agent shows as its file's create, not as its temporary file's.
+            let atomic = try await sandbox.operation("files.write") {
+                $0.write = .with { ($0.path, $0.data) = ("/tmp/seen/written", Data("w".utf8)) }
+            }
+            guard case .ok = atomic.outcome else { throw TestFailure("files.write: \(atomic)") }
+            var afterWrite: [String] = []
+            while !afterWrite.contains("seen/written") {
+                guard case .changes(let batch) = try await nextWatchEvent().kind else {
+                    throw TestFailure("no changes")
+                }
+                afterWrite += batch.events.map(\.path)
+            }
+            #expect(!afterWrite.contains { $0.contains(".hangar-") }, "\(afterWrite)")
             let unwatched = try await cluster.tenantA.request(
                 Subjects.sandboxData(node: info.nodeID, tenant: "a", sandbox: info.id, verb: "files.unwatch"),
                 payload: try Hangar_V1_SandboxUnwatchRequest.with { $0.watchID = watchStarted.watchID }

@@ -208,8 +208,11 @@ extension NodeAgent {
                         to: replyTo
                     )
                 }
-                if !batch.events.isEmpty || (!batch.message.isEmpty && !batch.ended) {
-                    var changes = batch
+                // The agent's own atomic writes show as the target's create (the rename), not as their
+                // temporary file's create, write, chmod and rename.
+                var changes = batch
+                changes.events.removeAll { Self.isAtomicWriteTemporary($0.path) }
+                if !changes.events.isEmpty || (!batch.message.isEmpty && !batch.ended) {
                     changes.ended = false
                     send(Hangar_V1_SandboxWatchEvent.with { $0.changes = changes }, to: replyTo)
                 }
@@ -223,6 +226,16 @@ extension NodeAgent {
         } catch {
             started ? ended("the sandbox ended: \(error)") : fail(DataFailure(.sandboxNotRunning, "\(error)"))
         }
+    }
+
+    /// Whether `path` names the temporary file of an atomic write by the sandbox's agent
+    /// (`.NAME.hangar-XXXXXX`, made by `files.c`, renamed over NAME once written).
+    static func isAtomicWriteTemporary(_ path: String) -> Bool {
+        let name = path.split(separator: "/").last ?? ""
+        guard name.hasPrefix("."), let marker = name.range(of: ".hangar-", options: .backwards) else { return false }
+        let suffix = name[marker.upperBound...]
+        return marker.lowerBound > name.index(after: name.startIndex) && suffix.count == 6
+            && suffix.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber) }
     }
 
     /// Ends a watch of the sandbox (`files.unwatch`).
