@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import HangarShared
+import HangarTestSupport
 import Testing
 
 @testable import HangarNode
@@ -79,7 +80,7 @@ struct LeftoverSweepTests {
         for path in cgroups { #expect(access(path, F_OK) != 0, "cgroup \(path) is left") }
         for path in scratch {
             #expect(access(path, F_OK) != 0, "scratch \(path) is left")
-            let mounts = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+            let mounts = readProcFile("/proc/self/mountinfo")
             #expect(!mounts.contains(path), "scratch \(path) is still mounted")
         }
         for name in networks { #expect(access("/run/netns/" + name, F_OK) != 0, "network namespace \(name) is left") }

@@ -354,7 +354,7 @@ struct SandboxAgentTests {
         let gone = await eventually(within: .seconds(5)) { processes(inPidNamespace: pidNamespace).isEmpty }
         #expect(gone, "left in the sandbox's pid namespace: \(processes(inPidNamespace: pidNamespace))")
         #expect(!FileManager.default.fileExists(atPath: sandbox.scratchPath))
-        let mounts = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        let mounts = readProcFile("/proc/self/mountinfo")
         #expect(!mounts.contains(sandbox.scratchPath))
         for directory in sandbox.cgroupDirectories { #expect(!FileManager.default.fileExists(atPath: directory)) }
         #expect(await sandbox.kill() == nil)

@@ -38,7 +38,7 @@ struct SandboxTemplateTests {
 
     /// Mount points of this host that mention `id`.
     static func mounts(mentioning id: String) -> [String] {
-        let table = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        let table = readProcFile("/proc/self/mountinfo")
         return table.split(separator: "\n").map(String.init).filter { $0.contains(id) }
     }
 
