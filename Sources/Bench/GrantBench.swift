@@ -7,7 +7,9 @@ import HangarShared
 /// and with 10 (5 read-only, 5 read-write folders, one deny inside each of two), interleaved job by
 /// job so that the machine's drift hits both alike; medians and their ratio. The runtime is a
 /// node's (its ledger open, so a grant set's view lingers between jobs, ``GrantViews``); a third
-/// row runs the granted job in a runtime without a running node, whose view is made for each job.
+/// row runs the granted job in a runtime without a running node, whose view is made for each job,
+/// and a fourth in one that can make no view (its view folder cannot be made), so that each granted
+/// path is a bind of its own, as before views.
 enum GrantBench {
     static func run(quick: Bool) async throws -> String {
         let count = quick ? 40 : 200
@@ -33,16 +35,20 @@ enum GrantBench {
         let resources = NodeResources(users: SandboxUsers.standard(), ledger: ledger)
         let runtime = ProcessRuntime(resources: resources)
         let standalone = ProcessRuntime()
+        let pathByPath = ProcessRuntime(
+            resources: NodeResources(users: SandboxUsers.standard(), grantViewRoot: "/dev/null/no-grant-views")
+        )
         var without: [Duration] = []
         var with: [Duration] = []
         var madeEachTime: [Duration] = []
+        var binds: [Duration] = []
         for round in 0..<count {
             // Rotate which goes first, so none always follows another.
             let order: [(Hangar_V1_JobSpec, ProcessRuntime, Int)] = [
-                (plain, runtime, 0), (granted, runtime, 1), (granted, standalone, 2),
+                (plain, runtime, 0), (granted, runtime, 1), (granted, standalone, 2), (granted, pathByPath, 3),
             ]
-            for index in 0..<3 {
-                let (spec, runner, row) = order[(index + round) % 3]
+            for index in 0..<order.count {
+                let (spec, runner, row) = order[(index + round) % order.count]
                 let start = ContinuousClock.now
                 let outcome = await runner.run(spec, jobID: "benchgrants\(UInt32.random(in: 0...UInt32.max))")
                 let elapsed = start.duration(to: .now)
@@ -52,7 +58,8 @@ enum GrantBench {
                 switch row {
                 case 0: without.append(elapsed)
                 case 1: with.append(elapsed)
-                default: madeEachTime.append(elapsed)
+                case 2: madeEachTime.append(elapsed)
+                default: binds.append(elapsed)
                 }
             }
         }
@@ -63,6 +70,8 @@ enum GrantBench {
         madeEachTime.sort()
         let ratio = seconds(with[count / 2]) / max(1e-9, seconds(without[count / 2]))
         let madeRatio = seconds(madeEachTime[count / 2]) / max(1e-9, seconds(without[count / 2]))
+        binds.sort()
+        let bindsRatio = seconds(binds[count / 2]) / max(1e-9, seconds(without[count / 2]))
         return """
             ## Grants (`swift run -c release hangar-bench grants\(quick ? " --quick" : "")`)
 
@@ -70,13 +79,14 @@ enum GrantBench {
             clean-up) with no grants and with 10 (5 read-only and 5 read-write host folders, a deny inside
             two of them), \(count) of each, interleaved. Baseline: the same job without grants, same run.
             The grants are bound as one prepared view (`GrantViews`): made once per grant set while the
-            node runs (first two rows), or for each job (last row).
+            node runs (second row), for each job (third), or not at all, a bind per path (fourth).
 
             | what | n | median | p90 | ratio to no grants (median) |
             |---|---|---|---|---|
             | no grants | \(count) | \(ms(without[count / 2])) | \(ms(without[count * 9 / 10])) | 1.00 |
             | 10 grants (a node: the grant set's view made once) | \(count) | \(ms(with[count / 2])) | \(ms(with[count * 9 / 10])) | \(String(format: "%.3f", ratio)) |
             | 10 grants, the view made for each job (no running node) | \(count) | \(ms(madeEachTime[count / 2])) | \(ms(madeEachTime[count * 9 / 10])) | \(String(format: "%.3f", madeRatio)) |
+            | 10 grants, a bind per path (no view, as before views) | \(count) | \(ms(binds[count / 2])) | \(ms(binds[count * 9 / 10])) | \(String(format: "%.3f", bindsRatio)) |
             """
     }
 

@@ -234,17 +234,20 @@ public struct Files: Sendable {
                 task.cancel()
                 // Ended by the consumer: end the node's watch too (best effort).
                 guard let id = watchID.withLock({ $0 }) else { return }
-                Task {
-                    _ = try? await sandbox.hangar.request(
-                        sandbox.subject("files.unwatch"),
-                        Hangar_V1_SandboxUnwatchRequest.with { $0.watchID = id },
-                        as: Hangar_V1_SandboxOpReply.self,
-                        who: "node \(sandbox.nodeID)",
-                        timeout: sandbox.hangar.timeouts.operation
-                    )
-                }
+                Task { await sandbox.files.unwatch(id) }
             }
         }
+    }
+
+    /// Ends the node's watch `id` (`files.unwatch`), best effort: at worst it ends at its timeout.
+    package func unwatch(_ id: String) async {
+        _ = try? await sandbox.hangar.request(
+            sandbox.subject("files.unwatch"),
+            Hangar_V1_SandboxUnwatchRequest.with { $0.watchID = id },
+            as: Hangar_V1_SandboxOpReply.self,
+            who: "node \(sandbox.nodeID)",
+            timeout: sandbox.hangar.timeouts.operation
+        )
     }
 
     /// Removes the file or (empty, unless `recursive`) directory at `path`.

@@ -139,17 +139,7 @@ enum EnvdNativeWatch {
         let current = CurrentWatch()
         defer {
             // The node's watch ends with the stream (best effort: at worst it ends at its timeout).
-            if let id = current.id.withLock({ $0 }) {
-                Task {
-                    _ = try? await sandbox.hangar.request(
-                        sandbox.subject("files.unwatch"),
-                        Hangar_V1_SandboxUnwatchRequest.with { $0.watchID = id },
-                        as: Hangar_V1_SandboxOpReply.self,
-                        who: "node \(sandbox.nodeID)",
-                        timeout: sandbox.hangar.timeouts.operation
-                    )
-                }
-            }
+            if let id = current.id.withLock({ $0 }) { Task { await sandbox.files.unwatch(id) } }
         }
         let request = Hangar_V1_SandboxWatchRequest.with {
             $0.path = path

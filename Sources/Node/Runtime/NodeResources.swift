@@ -29,12 +29,14 @@ public struct NodeResources: Sendable {
 
     /// A node's resources: sandboxes run as the uids of `users`, job cgroups go where `cgroups`
     /// says (detected from this machine's mounts by default), and what they make is noted in
-    /// `ledger` (one in ``SandboxLedger/defaultDirectory`` by default).
+    /// `ledger` (one in ``SandboxLedger/defaultDirectory`` by default); grant views go under
+    /// `grantViewRoot` (where none can be made, jobs bind their grants path by path).
     public init(
         users: SandboxUsers,
         cgroups: Result<CgroupHost, CgroupError> = CgroupHost.detect(),
         ledger: SandboxLedger = SandboxLedger(),
-        dnsUpstream: DNSUpstream? = DNSUpstream.system()
+        dnsUpstream: DNSUpstream? = DNSUpstream.system(),
+        grantViewRoot: String = GrantViews.defaultRoot
     ) {
         self.users = users
         self.dnsUpstream = dnsUpstream
@@ -42,7 +44,7 @@ public struct NodeResources: Sendable {
         self.ledger = ledger
         subnets = SubnetPool()
         namespaces = OwnedNamespaceStock(size: 2, users: users, ledger: ledger)
-        grantViews = GrantViews(ledger: ledger)
+        grantViews = GrantViews(root: grantViewRoot, ledger: ledger)
     }
 
     /// What runtimes and node agents built without resources of their own use: the standard uid
