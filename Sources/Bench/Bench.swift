@@ -76,6 +76,10 @@ struct Bench {
             print(try await GrantBench.run(quick: quick))
             return
         }
+        if arguments.first == "grants-microvm" {
+            print(try await GrantBench.runMicroVM(quick: quick))
+            return
+        }
         if arguments.contains("runtimes") {
             print(try await RuntimeBench.run(quick: quick))
             return

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <linux/random.h>
 #include <net/if.h>
 #include <poll.h>
@@ -84,8 +85,12 @@ uint64_t read_number(const char *path);
 
 /* boot.c */
 void boot(void);
+void load_modules(const char *list_path);
 void measure_tsc(void);
 void reseed(const uint8_t *seed, uint32_t length);
+
+/* share.c */
+void mount_share(void);
 
 /* job.c */
 void parse_job(const uint8_t *data, size_t length, struct job *job);

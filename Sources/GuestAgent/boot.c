@@ -2,8 +2,9 @@
 #define _GNU_SOURCE
 #include "agent.h"
 
-static void load_modules(void) {
-    FILE *list = fopen("/etc/hangar/modules", "re");
+/* Loads the modules `list_path` names, one path per line, dependencies first. */
+void load_modules(const char *list_path) {
+    FILE *list = fopen(list_path, "re");
     if (!list) return;
     char path[512];
     while (fgets(path, sizeof path, list)) {
@@ -77,7 +78,7 @@ void boot(void) {
         if (console != 2) dup2(console, 2);
         if (console > 2) close(console);
     }
-    load_modules();
+    load_modules("/etc/hangar/modules");
     port = open_port();
     if (port < 0) fail(KIND_ERROR, "guest: the virtio-serial port hangar.agent did not appear");
     if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)

@@ -200,6 +200,7 @@ static int pump(struct stream *s, uint64_t cap) {
 
 void run_job(const struct job *job) {
     prepare_scratch(job);
+    mount_share();
     prepare_cgroup(job);
     int in[2], out[2], err[2], status[2];
     if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC) || pipe2(status, O_CLOEXEC))

@@ -5,7 +5,8 @@
  * "hangar.agent", says READY, (after a snapshot restore: takes a SEED and says READY again) receives one JOB (or an
  * ATTACH, which makes the VM a stateful sandbox: see protocol.h), runs it as uid 65534 in a cgroup with the job's
  * memory, pids and CPU limits, rlimits and a private size-bounded /tmp, streams its output with the
- * caps applied, reports how it ended, and reboots (qemu runs with -no-reboot, so it exits).
+ * caps applied, reports how it ended, and reboots (qemu runs with -no-reboot, so it exits). A job or
+ * sandbox with host path grants gets them from a virtiofs share before it starts (share.c).
  *
  * `hangar-guest-agent --tsc-khz` (on the host) prints the host's TSC frequency: under TCG the guest's
  * TSC is the host's, and the kernel needs it (microvm has no PIT or HPET to calibrate against).
@@ -53,6 +54,7 @@ static void attach(uint32_t length) {
         if (mount("tmpfs", places[index].path, "tmpfs", MS_NOSUID | MS_NODEV, options) != 0)
             fail(KIND_ERROR, "guest: cannot mount %s: %s", places[index].path, strerror(errno));
     }
+    mount_share();
     /* The port is fd 3 of the sandbox agent, kept across the exec. */
     if (port == 3 ? fcntl(3, F_SETFD, 0) != 0 : dup2(port, 3) != 3) fail(KIND_ERROR, "guest: fd 3: %s", strerror(errno));
     char *const arguments[] = {"hangar-sandbox-agent", "--in", "3", "--out", "3", "--seccomp-file", "/.hangar/seccomp",

@@ -118,15 +118,15 @@ struct SandboxGrantsTests {
             runtimes: [NullRuntime()],
             settings: SchedulerSettings(tenantsFile: tenants.path)
         ) { cluster in
-            // microvm sandboxes do not enforce path grants (no share into the guest yet).
+            // wasm runs one-shot jobs only: its sandboxes cannot take path grants.
             var request = Hangar_V1_SandboxCreateRequest()
-            request.runtime = "microvm"
+            request.runtime = "wasm"
             request.grants.allowRead = ["/srv/data"]
-            guard case .rejected(let microvm) = try await cluster.createSandbox(request).outcome else {
-                Issue.record("a path grant on microvm sandboxes was not refused")
+            guard case .rejected(let wasm) = try await cluster.createSandbox(request).outcome else {
+                Issue.record("a path grant on a wasm sandbox was not refused")
                 return
             }
-            #expect(microvm.reason == .unsupported && microvm.field == "grants.allow_read[0]", "\(microvm)")
+            #expect(wasm.reason == .unsupported && wasm.field == "grants.allow_read[0]", "\(wasm)")
 
             request = Hangar_V1_SandboxCreateRequest()
             request.runtime = "null"

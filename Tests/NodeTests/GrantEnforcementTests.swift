@@ -34,6 +34,19 @@ struct GrantEnforcementTests {
         deinit { try? FileManager.default.removeItem(atPath: base) }
     }
 
+    /// What a job with ``HostFolder``'s grants tries (`$1` is the folder), a `NAME RESULT` line each.
+    static let checks = """
+        b=$1
+        echo "read $(cat $b/ro/file 2>/dev/null || echo DENIED)"
+        echo "ro-write $( (echo x > $b/ro/new) 2>/dev/null && echo WROTE || echo DENIED)"
+        echo "rw-write $( (echo written > $b/rw/new) 2>/dev/null && echo WROTE || echo DENIED)"
+        echo "locked-read $(cat $b/rw/locked/file 2>/dev/null || echo DENIED)"
+        echo "locked-write $( (echo x > $b/rw/locked/file) 2>/dev/null && echo WROTE || echo DENIED)"
+        echo "secret $(cat $b/ro/secret/key 2>/dev/null || echo DENIED)"
+        echo "other $(test -e $b/other && echo EXISTS || echo ABSENT)"
+        echo "host-etc $(test -e /etc/shadow && echo EXISTS || echo ABSENT)"
+        """
+
     @Test(
         "granted paths appear read-only or read-write, ungranted ones do not exist, denies win",
         arguments: HostileRuntime.allCases
@@ -41,18 +54,7 @@ struct GrantEnforcementTests {
     func enforced(kind: HostileRuntime) async throws {
         let folder = try HostFolder()
         let base = folder.base
-        let script = """
-            b=$1
-            echo "read $(cat $b/ro/file 2>/dev/null || echo DENIED)"
-            echo "ro-write $( (echo x > $b/ro/new) 2>/dev/null && echo WROTE || echo DENIED)"
-            echo "rw-write $( (echo written > $b/rw/new) 2>/dev/null && echo WROTE || echo DENIED)"
-            echo "locked-read $(cat $b/rw/locked/file 2>/dev/null || echo DENIED)"
-            echo "locked-write $( (echo x > $b/rw/locked/file) 2>/dev/null && echo WROTE || echo DENIED)"
-            echo "secret $(cat $b/ro/secret/key 2>/dev/null || echo DENIED)"
-            echo "other $(test -e $b/other && echo EXISTS || echo ABSENT)"
-            echo "host-etc $(test -e /etc/shadow && echo EXISTS || echo ABSENT)"
-            """
-        let run = await H.shell(kind, "grants", script, arguments: [base]) {
+        let run = await H.shell(kind, "grants", Self.checks, arguments: [base]) {
             $0.limits.timeoutMs = kind.timeout(10_000)
             $0.grants.allowRead = ["\(base)/ro"]
             $0.grants.allowWrite = ["\(base)/rw"]

@@ -99,16 +99,8 @@ extension MicroVMSuites {
             }
         }
 
-        @Test("host path grants and NETWORK_ALLOWLIST are refused, naming the runtime, before a VM boots")
+        @Test("NETWORK_ALLOWLIST is refused, naming the runtime, before a VM boots")
         func refusals() async throws {
-            var grants = Hangar_V1_Grants()
-            grants.allowRead = ["/srv/data"]
-            do {
-                _ = try await MicroVMSandbox.start(id: "vm-\(uniqueTag())", grants: grants, runtime: runtime)
-                Issue.record("a microvm sandbox started with a path grant")
-            } catch {
-                #expect(error.description.contains("microvm sandboxes cannot take host path grants"), "\(error)")
-            }
             var network = Hangar_V1_NetworkPolicy()
             network.mode = .networkAllowlist
             network.allow = ["192.0.2.0/24"]

@@ -65,14 +65,12 @@ struct GrantAdmissionTests {
         )
     }
 
-    @Test("a runtime that cannot enforce a grant refuses it as UNSUPPORTED, naming it")
+    @Test("a runtime that cannot enforce a grant refuses it as UNSUPPORTED, naming it; path grants on every runtime")
     func unsupported() throws {
         let policy = try policy("    allow_read: [/srv/data]\n    allow_net: [\"*.example.com\", \"0.0.0.0/0\"]\n")
-        for runtime in ["process", "container", "gvisor", "microvm"]
-        where !RequestValidator.pathGrantRuntimes.contains(runtime) {
-            let refused = rejected(request(runtime: runtime) { $0.allowRead = ["/srv/data"] }, policy)
-            #expect(refused?.reason == .unsupported, "\(runtime)")
-            #expect(refused?.field == "grants.allow_read[0]")
+        // Every runtime enforces path grants (microvm through a virtiofs share).
+        for runtime in ["process", "container", "gvisor", "microvm", "wasm"] {
+            #expect(rejected(request(runtime: runtime) { $0.allowRead = ["/srv/data"] }, policy) == nil, "\(runtime)")
         }
         // Names, ports and denies need the node's per-job resolver and rules: not on gVisor or microvm.
         for runtime in ["gvisor", "microvm", "wasm"] {

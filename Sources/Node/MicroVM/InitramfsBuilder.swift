@@ -2,7 +2,8 @@ import Foundation
 import Glibc
 
 /// Builds the guest's initramfs for the `host` template, in memory: the guest agent as `/init`, the
-/// kernel modules it loads (virtio-mmio and virtio-console with their dependencies), busybox with
+/// kernel modules it loads (virtio-mmio and virtio-console with their dependencies; virtiofs and fuse
+/// for VMs with host path grants), busybox with
 /// its applets in `/usr/bin`, and the host's `python3` with the shared libraries it and its
 /// extension modules need (and `libgcc_s`, which glibc loads for threads) and its standard library (without tests, IDLE, tkinter, `config-*`, site
 /// and dist packages). Paths are the host's (merged `/usr`), so `/usr/bin/python3` and `/bin/sh`
@@ -25,6 +26,10 @@ struct InitramfsBuilder {
 
     /// Modules loaded in the guest, dependencies first.
     static let modules = ["virtio_mmio", "virtio_console"]
+    /// Modules a VM with host path grants loads (virtiofs and fuse).
+    static let shareModules = ["virtiofs"]
+    /// How the image's description names them.
+    static let shareContents = "virtiofs"
     /// Standard-library directories left out of the image.
     static let excludedNames: Set<String> = [
         "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "site-packages",
@@ -77,6 +82,24 @@ struct InitramfsBuilder {
             moduleList.append(guestPath)
         }
         tree.file("/etc/hangar/modules", mode: 0o644, content: Data((moduleList.joined(separator: "\n") + "\n").utf8))
+        // What a VM with host path grants loads to mount their share (see ``MicroVMShare``); a
+        // kernel without them gives VMs no grants.
+        if let shareModules = try? Self.moduleOrder(Self.shareModules, modulesDirectory: modulesDirectory) {
+            var shareList: [String] = []
+            for module in shareModules {
+                let guestPath = "/etc/hangar/modules.d/" + (module as NSString).lastPathComponent
+                if !moduleList.contains(guestPath) {
+                    tree.file(guestPath, mode: 0o644, content: try read(modulesDirectory + "/" + module))
+                }
+                shareList.append(guestPath)
+            }
+            tree.file(
+                "/etc/hangar/modules.share",
+                mode: 0o644,
+                content: Data((shareList.joined(separator: "\n") + "\n").utf8)
+            )
+            contents.append(Self.shareContents)
+        }
 
         if let busyboxPath {
             tree.file("/usr/bin/busybox", mode: 0o755, content: try read(busyboxPath))

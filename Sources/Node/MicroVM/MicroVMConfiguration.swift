@@ -12,6 +12,13 @@ public struct MicroVMConfiguration: Sendable {
     /// The static `hangar-sandbox-agent` put into the guest for VMs that become stateful
     /// sandboxes; nil means ``ProcessSandbox/locateAgent()`` (none found: no microvm sandboxes).
     public var sandboxAgentPath: String?
+    /// The virtiofs daemon that shares a job's granted host paths with its VM (the C daemon of
+    /// qemu 7.x, Debian's `qemu-system-common`).
+    public var virtiofsdPath = "/usr/lib/qemu/virtiofsd"
+    /// Whether VMs get qemu's default anonymous RAM instead of a shared memory file: boots are
+    /// slower (BENCHMARKS.md, "Grants on microvm") and there are no host path grants (vhost-user
+    /// needs shared RAM). For comparisons.
+    public var anonymousRAM = false
     /// Put into the guest when present.
     public var busyboxPath = "/bin/busybox"
     public var pythonPath = "/usr/bin/python3"

@@ -50,6 +50,9 @@ final class MicroVMHost: Sendable {
 
     deinit { close(initramfsFD) }
 
+    /// Whether the guest kernel can mount a share of host path grants (see ``MicroVMShare``).
+    var canShare: Bool { contents.contains(InitramfsBuilder.shareContents) }
+
     /// Whether the initramfs holds `hangar-sandbox-agent`, so VMs can become stateful sandboxes.
     var hasSandboxAgent: Bool { contents.contains("sandbox agent") }
 
@@ -200,7 +203,8 @@ final class MicroVMHost: Sendable {
         memoryBytes: UInt64,
         vcpus: Int,
         lifetime: Duration,
-        extra: Extra = .none
+        extra: Extra = .none,
+        share: String? = nil
     ) -> Result<RunningVM, MicroVMError> {
         var pair: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
@@ -218,7 +222,7 @@ final class MicroVMHost: Sendable {
             user = uid
         }
         var files = [pair[1], initramfsFD]
-        var arguments = arguments(memoryBytes: memoryBytes, vcpus: vcpus, user: user)
+        var arguments = arguments(memoryBytes: memoryBytes, vcpus: vcpus, user: user, share: share)
         switch extra {
         case .none: break
         case .incoming(let fd):
@@ -259,17 +263,20 @@ final class MicroVMHost: Sendable {
     }
 
     /// Boots a VM, hands the agent `job` (a JOB frame), collects its report and kills the VM.
-    /// Cancelling the calling task kills the VM.
+    /// Cancelling the calling task kills the VM. `share` is a virtiofs daemon's socket (see
+    /// ``MicroVMShare``) whose grants the guest mounts.
     func boot(
         job: Data,
         memoryBytes: UInt64,
         vcpus: Int,
         outputLimit: Int,
         bootTimeout: Duration,
-        jobDeadline: Duration
+        jobDeadline: Duration,
+        share: String? = nil
     ) async -> Boot {
         let vm: RunningVM
-        switch spawn(memoryBytes: memoryBytes, vcpus: vcpus, lifetime: bootTimeout + jobDeadline + .seconds(2)) {
+        let lifetime = bootTimeout + jobDeadline + .seconds(2)
+        switch spawn(memoryBytes: memoryBytes, vcpus: vcpus, lifetime: lifetime, share: share) {
         case .failure(let error): return Boot(channel: GuestChannelResult(), spawnError: error.description)
         case .success(let running): vm = running
         }
@@ -301,12 +308,15 @@ final class MicroVMHost: Sendable {
         }
     }
 
-    /// qemu's arguments after argv[0]: a microvm with the agent's port on fd 3 and the initramfs on
+    /// qemu's arguments after argv[0]: a microvm (its RAM a shared memory file) with the agent's port on fd 3 and the initramfs on
     /// fd 4 (see ``spawn(memoryBytes:vcpus:lifetime:extra:)`` for fd 5), no network device, no disks, no display,
     /// no monitor, a seccomp sandbox, and (as root) qemu dropping to `user` (uid and gid) once set up.
-    func arguments(memoryBytes: UInt64, vcpus: Int, user: UInt32?) -> [String] {
+    /// With `share` (a vhost-user socket of ``MicroVMShare``) the VM gets the vhost-user device
+    /// and the guest is told to mount the share (`hangar.share`).
+    func arguments(memoryBytes: UInt64, vcpus: Int, user: UInt32?, share: String? = nil) -> [String] {
         var append = "console=ttyS0 quiet loglevel=1 panic=-1 reboot=t pci=off 8250.nr_uarts=1 random.trust_cpu=on"
-        var arguments = ["-M", "microvm"]
+        let memoryFile = !configuration.anonymousRAM || share != nil
+        var arguments = ["-M", memoryFile ? "microvm,memory-backend=ram" : "microvm"]
         switch accelerator {
         case .kvm:
             arguments += ["-accel", "kvm", "-cpu", "host"]
@@ -315,6 +325,19 @@ final class MicroVMHost: Sendable {
             append += " tsc_early_khz=\(khz) tsc=reliable no_timer_check lpj=\(khz * 4)"  // HZ=250
         }
         let mebibytes = max(64, (memoryBytes + (1 << 20) - 1) >> 20)
+        // The RAM is a memory file, shared (vhost-user needs that): boots take about 13% less
+        // than with qemu's default anonymous RAM here (BENCHMARKS.md, "Grants on microvm").
+        if memoryFile { arguments += ["-object", "memory-backend-memfd,id=ram,size=\(mebibytes)M,share=on"] }
+        if let share {
+            append += " hangar.share=\(MicroVMShare.tag)"
+            // libvhost-user (virtiofsd) serves modern virtio only; microvm's virtio-mmio is legacy
+            // by default.
+            arguments += [
+                "-global", "virtio-mmio.force-legacy=false",
+                "-chardev", "socket,id=share,path=\(share)",
+                "-device", "vhost-user-fs-device,chardev=share,tag=\(MicroVMShare.tag)",
+            ]
+        }
         arguments += [
             "-m", "\(mebibytes)M", "-smp", "\(vcpus)", "-nodefaults", "-no-user-config", "-display", "none",
             "-no-reboot", "-serial", "stdio", "-kernel", kernelPath, "-initrd", "/dev/fd/4", "-append", append,

@@ -31,10 +31,6 @@ enum MicroVMJob {
             // The scheduler rejects these (UNSUPPORTED); a node never runs one and returns nothing.
             throw InvalidJob(message: "files_out is not supported by the microvm runtime")
         }
-        guard spec.grants.allowRead.isEmpty && spec.grants.allowWrite.isEmpty else {
-            // Rejected by the scheduler too (UNSUPPORTED): never run a job without its grants.
-            throw InvalidJob(message: "host path grants are not supported by the microvm runtime")
-        }
         let workdir = spec.cwd.isEmpty ? "/tmp" : spec.cwd
         guard workdir.hasPrefix("/"), !workdir.pathComponents().contains("..") else {
             throw InvalidJob(message: "cwd must be an absolute path without \"..\", got \"\(spec.cwd)\"")

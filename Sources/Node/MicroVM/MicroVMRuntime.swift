@@ -150,15 +150,70 @@ public final class MicroVMRuntime: Runtime {
             return .error(error.message)
         }
         let vcpus = Self.vcpus(for: limits)
+        let share: MicroVMShare?
+        let lifetime = configuration.bootTimeout + limits.timeout + .seconds(10)
+        switch await shareGrants(spec.grants, host: host, lifetime: lifetime) {
+        case .failure(let error): return .error(error.message)
+        case .success(let started): share = started
+        }
         let boot = await host.boot(
             job: job,
             memoryBytes: limits.memoryBytes + Self.overhead(host),
             vcpus: vcpus,
             outputLimit: limits.outputBytes,
             bootTimeout: configuration.bootTimeout,
-            jobDeadline: limits.timeout + configuration.reportGrace
+            jobDeadline: limits.timeout + configuration.reportGrace,
+            share: share?.socketPath
         )
-        return MicroVMEnding(limits: limits).outcome(of: boot, cancelled: Task.isCancelled)
+        var outcome = MicroVMEnding(limits: limits).outcome(of: boot, cancelled: Task.isCancelled)
+        if let share, let said = await share.stop(), outcome.status == .error {
+            outcome.message += " (virtiofsd: \(said))"
+        }
+        return outcome
+    }
+
+    /// The share of `grants`' host paths for one VM (nil when the job has none, or none of its
+    /// granted paths exists on this host), or why they cannot be given: the job must not run
+    /// without them.
+    func shareGrants(
+        _ grants: Hangar_V1_Grants,
+        host: MicroVMHost,
+        lifetime: Duration
+    ) async -> Result<MicroVMShare?, InvalidJob> {
+        let mounts: GrantMounts
+        do {
+            mounts = try GrantMounts(grants)
+        } catch {
+            return .failure(InvalidJob(message: error.message))
+        }
+        guard !mounts.mounts.isEmpty else { return .success(nil) }
+        guard !configuration.anonymousRAM else {
+            return .failure(
+                InvalidJob(message: "host path grants need the VM's RAM to be shared (anonymousRAM is set)")
+            )
+        }
+        guard host.canShare else {
+            return .failure(
+                InvalidJob(
+                    message: "host path grants need the guest kernel's virtiofs module, which "
+                        + "\(host.kernelRelease) does not have"
+                )
+            )
+        }
+        do throws(MicroVMError) {
+            return .success(
+                try await MicroVMShare.start(
+                    mounts,
+                    virtiofsd: configuration.virtiofsdPath,
+                    views: resources.grantViews,
+                    users: resources.users,
+                    ledger: resources.ledger,
+                    lifetime: lifetime
+                )
+            )
+        } catch {
+            return .failure(InvalidJob(message: error.description))
+        }
     }
 }
 

@@ -16,8 +16,9 @@ import Synchronization
 /// commands as `user` in a nested user namespace or as a capability-less root, with the node's
 /// seccomp filter (read from `/.hangar/seccomp`), as everywhere. Outside: the VM's RAM (the memory
 /// limit plus the guest's overhead) and vCPUs (the CPU limit rounded up to whole cores) bound the
-/// sandbox; qemu runs as a host uid of its own under its seccomp sandbox. No host path grants and
-/// no `NETWORK_ALLOWLIST` (the VM has no share and no network device): both are refused.
+/// sandbox; qemu runs as a host uid of its own under its seccomp sandbox. Host path grants come
+/// through a virtiofs share (``MicroVMShare``: guest root acts on them as host uid 100000, as a
+/// container's root does); `NETWORK_ALLOWLIST` is refused (the VM has no network device).
 ///
 /// Killing: hangs up on the agent and kills qemu; nothing of the sandbox is left on the host.
 public final class MicroVMSandbox: StatefulSandbox {
@@ -29,12 +30,15 @@ public final class MicroVMSandbox: StatefulSandbox {
     public var hasEnded: Bool { process.hasEnded }
 
     private let process: SandboxProcess
+    /// The share of the sandbox's granted host paths, if it has any.
+    private let share: MicroVMShare?
     private let killed = Mutex<Task<String?, Never>?>(nil)
 
-    private init(id: String, agent: SandboxAgentChannel, process: SandboxProcess) {
+    private init(id: String, agent: SandboxAgentChannel, process: SandboxProcess, share: MicroVMShare?) {
         self.id = id
         self.agent = agent
         self.process = process
+        self.share = share
     }
 
     /// How long the sandbox agent may take to answer its first ping once attached.
@@ -49,11 +53,6 @@ public final class MicroVMSandbox: StatefulSandbox {
         runtime: MicroVMRuntime,
         logger: Logger = Logger(label: "hangar.sandbox")
     ) async throws(SandboxStartError) -> MicroVMSandbox {
-        if let first = grants.allowRead.first ?? grants.allowWrite.first {
-            throw SandboxStartError(
-                "microvm sandboxes cannot take host path grants (the VM has no share): '\(first)'; use process, container or gvisor"
-            )
-        }
         if try ProcessSandbox.checkNetwork(network) {
             throw SandboxStartError(
                 "NETWORK_ALLOWLIST is not enforced in microvm sandboxes (the VM has no network device, loopback only); use process or container"
@@ -70,13 +69,21 @@ public final class MicroVMSandbox: StatefulSandbox {
             )
         }
         let jobLimits = limits.jobLimits
+        let share: MicroVMShare?
+        switch await runtime.shareGrants(grants, host: host, lifetime: ProcessSandbox.lifetime + .seconds(10)) {
+        case .failure(let error): throw SandboxStartError(error.message)
+        case .success(let started): share = started
+        }
         let vm: MicroVMHost.RunningVM
         switch host.spawn(
             memoryBytes: limits.memoryBytes + MicroVMRuntime.overhead(host),
             vcpus: MicroVMRuntime.vcpus(for: jobLimits),
-            lifetime: ProcessSandbox.lifetime
+            lifetime: ProcessSandbox.lifetime,
+            share: share?.socketPath
         ) {
-        case .failure(let error): throw SandboxStartError(error.description)
+        case .failure(let error):
+            _ = await share?.stop()
+            throw SandboxStartError(error.description)
         case .success(let running): vm = running
         }
         let handshake = GuestChannel(
@@ -91,6 +98,7 @@ public final class MicroVMSandbox: StatefulSandbox {
         guard greeted.isReady else {
             vm.process.kill()
             let result = try? await vm.process.wait()
+            _ = await share?.stop()
             let boot = MicroVMHost.Boot(channel: greeted, process: result)
             throw SandboxStartError("the VM did not come up: \(boot.describeFailure())")
         }
@@ -102,12 +110,14 @@ public final class MicroVMSandbox: StatefulSandbox {
             close(vm.channel)
             vm.process.kill()
             _ = try? await vm.process.wait()
+            _ = await share?.stop()
             throw SandboxStartError("cannot attach to the VM: \(String(cString: strerror(errno)))")
         }
         let sandbox = MicroVMSandbox(
             id: id,
             agent: SandboxAgentChannel(socket: vm.channel, logger: logger),
-            process: vm.process
+            process: vm.process,
+            share: share
         )
         let deadline = Task { [agent = sandbox.agent] in
             try? await Task.sleep(for: Self.readyTimeout)
@@ -145,6 +155,7 @@ public final class MicroVMSandbox: StatefulSandbox {
                 self.agent.close()
                 self.process.kill()
                 _ = try? await self.process.wait()
+                _ = await self.share?.stop()
                 return self.process.hasEnded ? nil : "the sandbox's qemu did not end"
             }
             task = started

@@ -99,7 +99,9 @@ public final class MicroVMWarmSandbox: WarmSandbox {
 
     public func accepts(_ spec: Hangar_V1_JobSpec) -> Bool {
         let limits = JobLimits(spec.limits)
+        // A VM with grants boots cold: its share is attached when qemu starts.
         return (spec.template.isEmpty || spec.template == TemplateName.host)
+            && spec.grants.allowRead.isEmpty && spec.grants.allowWrite.isEmpty
             && limits.memoryBytes <= jobMemoryBytes
             && MicroVMRuntime.vcpus(for: limits) <= vcpus
     }

@@ -67,6 +67,23 @@ struct GrantMounts: Sendable, Hashable {
         }
     }
 
+    /// The mounts as the microvm guest agent reads them (`.hangar-grants` at a view's root, see
+    /// ``GrantViews``): one record per mount in plan order (shallow first), its access (`r`, `w`, or
+    /// `n` for a deny), its kind (`d` directory, `f` file), then its path, ended by a NUL byte.
+    var manifest: Data {
+        var data = Data()
+        for mount in mounts {
+            let access: Character =
+                switch mount.access {
+                case .read: "r"
+                case .readWrite: "w"
+                case .none: "n"
+                }
+            data.append(contentsOf: Array("\(access)\(mount.isDirectory ? "d" : "f")\(mount.path)".utf8) + [0])
+        }
+        return data
+    }
+
     /// Refuses a grant inside a template directory that lacks it (its mount point cannot be made in
     /// a read-only template): `templateMounts` are the template's (source, destination) directories.
     func check(inside templateMounts: [(source: String, destination: String)]) throws(GrantMountError) {

@@ -19,7 +19,13 @@ import Synchronization
 /// granted path is still the file or directory it was made from (same device and inode); else the
 /// job gets per-path binds. Views are noted in the node's ledger like a job's scratch (a crashed
 /// node's are swept) and taken down when the node stops (``drain()``).
+///
+/// A view is also what a `microvm` guest gets of its grants: its root holds a manifest of the
+/// mounts (``manifestName``, see ``GrantMounts/manifest``) and a `virtiofsd` shares the whole view
+/// (``MicroVMShare``); any grant set can have one for that, whatever ``eligible(_:template:)`` says.
 public final class GrantViews: Sendable {
+    /// The file at a view's root listing its mounts (``GrantMounts/manifest``), for microvm guests.
+    public static let manifestName = ".hangar-grants"
     /// Where views are made.
     public static let defaultRoot = "/run/hangar-grant-views"
     /// How long an unused view is kept while its node runs.
@@ -211,6 +217,17 @@ public final class GrantViews: Sendable {
             }
             identities[grant.path] = (status.st_dev, status.st_ino)
             mounted.append(grant.path)
+        }
+        // What a microvm guest mounts from the view (jobs of the other runtimes bind its top-level
+        // directories only, so they never see this file).
+        let manifest = path + "/" + Self.manifestName
+        let fd = open(manifest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        let data = mounts.manifest
+        let written = fd >= 0 && data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == data.count
+        if fd >= 0 { close(fd) }
+        guard written else {
+            takeDown(path)
+            return nil
         }
         // Nothing may be written on the view itself (it is shared by every job with these grants).
         guard mount(nil, path, nil, UInt(MS_REMOUNT | MS_RDONLY) | flags, "size=64k,nr_inodes=1024,mode=0755") == 0

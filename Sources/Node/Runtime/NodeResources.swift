@@ -20,8 +20,8 @@ public struct NodeResources: Sendable {
     /// are noted while they exist; the ``NodeAgent`` sweeps its directory when it starts, then
     /// opens it, and closes it when it stops (until then it notes nothing).
     public let ledger: SandboxLedger
-    /// Prepared mount trees of grant sets for `process` jobs (noted in ``ledger``; taken down at
-    /// the node's stop).
+    /// Prepared mount trees of grant sets for `process` jobs and `microvm` shares (noted in
+    /// ``ledger``; taken down at the node's stop).
     public let grantViews: GrantViews
     /// Where allowlist jobs' resolvers send the names their grants allow (nil: jobs whose grants
     /// name hosts are refused).

@@ -3,9 +3,9 @@ import HangarShared
 extension RequestValidator {
     /// Runtimes whose nodes enforce path grants (host paths bound into the sandbox read-only or
     /// read-write, the rest absent): bubblewrap binds (process), OCI bind mounts (container,
-    /// gvisor). `null` runs nothing, so it enforces any grant trivially. Not yet: microvm (needs a
-    /// share into the guest), wasm (WASI preopens, with the runtime).
-    public static let pathGrantRuntimes: Set<String> = ["process", "container", "gvisor", "wasm", "null"]
+    /// gvisor), a virtiofs share of the granted paths mounted by the guest (microvm), WASI preopens
+    /// (wasm). `null` runs nothing, so it enforces any grant trivially.
+    public static let pathGrantRuntimes: Set<String> = ["process", "container", "gvisor", "microvm", "wasm", "null"]
 
     /// Runtimes whose nodes enforce network grants beyond IPv4 networks on any port: host names
     /// (through a resolver of the job's own, see the node's `EgressResolver`), ports and deny_net,

@@ -6,9 +6,10 @@ import HangarShared
 /// enforce, and their decisions are audited as a job's are (`grant.granted`, `grant.denied`).
 extension Scheduler {
     /// Runtimes whose stateful sandboxes enforce host path grants: bubblewrap binds in a `process`
-    /// sandbox, OCI bind mounts in a `container` or `gvisor` one; `null` holds nothing. A runtime can enforce
-    /// path grants for jobs (``RequestValidator/pathGrantRuntimes``) before its sandboxes do.
-    static let sandboxPathGrantRuntimes: Set<String> = ["process", "container", "gvisor", "null"]
+    /// sandbox, OCI bind mounts in a `container` or `gvisor` one, a virtiofs share in a `microvm`
+    /// one; `null` holds nothing. A runtime can enforce path grants for jobs
+    /// (``RequestValidator/pathGrantRuntimes``) before its sandboxes do (`wasm` has no sandboxes).
+    static let sandboxPathGrantRuntimes: Set<String> = ["process", "container", "gvisor", "microvm", "null"]
 
     /// The places of a sandbox's own (its writable layer and its agent): no host path may be granted
     /// at, above or below them, since a grant's bind would hide them or be hidden by them.
