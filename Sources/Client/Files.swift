@@ -62,6 +62,10 @@ public struct FileChange: Sendable, Equatable {
         case rename
         /// Its permissions or owner changed.
         case chmod
+        /// Not a change: the sandbox's agent says something about the watch itself, in ``note``
+        /// (changes were dropped because too many came at once, or directories below are not
+        /// watched); ``path`` is empty. After dropped changes, list the directory to catch up.
+        case notice
     }
 
     /// Its path relative to the watched directory.
@@ -70,6 +74,16 @@ public struct FileChange: Sendable, Equatable {
     public var operation: Operation
     /// Whether it is a directory.
     public var isDirectory: Bool
+    /// What the agent said, for a ``Operation/notice``; nil otherwise.
+    public var note: String?
+
+    /// A ``Operation/notice`` of `note`.
+    init(note: String) {
+        path = ""
+        operation = .notice
+        isDirectory = false
+        self.note = note
+    }
 
     init(_ event: Hangar_V1_AgentWatchEvent) {
         path = event.path
@@ -185,7 +199,8 @@ public struct Files: Sendable {
 
     /// Watches the directory `path` (with `recursive`, the directories below it too, those made
     /// later included) and yields its changes as they happen: the sandbox's agent watches with
-    /// inotify inside the sandbox. The stream finishes when `timeout` passes (at most an hour) or the
+    /// inotify inside the sandbox; what the agent says about the watch itself (dropped changes,
+    /// directories left unwatched) comes as a ``FileChange/Operation/notice``. The stream finishes when `timeout` passes (at most an hour) or the
     /// directory is removed; it throws when the watch cannot be set (e.g. not a directory) or the
     /// sandbox ends. Stopping early (cancelling the consuming task) ends the watch on the node.
     public func watch(
@@ -215,7 +230,9 @@ public struct Files: Sendable {
                         let event = try Hangar_V1_SandboxWatchEvent(serializedBytes: payload)
                         switch event.kind {
                         case .started(let started): watchID.withLock { $0 = started.watchID }
-                        case .changes(let batch): for change in batch.events { continuation.yield(FileChange(change)) }
+                        case .changes(let batch):
+                            if !batch.message.isEmpty { continuation.yield(FileChange(note: batch.message)) }
+                            for change in batch.events { continuation.yield(FileChange(change)) }
                         case .ended:
                             watchID.withLock { $0 = nil }
                             continuation.finish()

@@ -118,6 +118,25 @@ struct HangarClientTests {
         await #expect(throws: HangarClientError.self) {
             for try await _ in sandbox.files.watch("/home/user/watched/f0-0") {}
         }
+        // What the agent says about a watch itself reaches the caller as a notice: a recursive
+        // watch holds at most 1024 directories.
+        let made = try await sandbox.commands.run(["sh", "-c", "cd /home/user/watched && mkdir $(seq -f d%g 1 1030)"])
+        #expect(made.exitCode == 0, "\(String(decoding: made.stderr, as: UTF8.self))")
+        let noticeDeadline = ContinuousClock.now + .seconds(5)
+        var notice: FileChange?
+        while notice == nil && ContinuousClock.now < noticeDeadline {
+            do {
+                for try await change in sandbox.files.watch("/home/user/watched", recursive: true, timeout: .seconds(5))
+                {
+                    notice = change
+                    break
+                }
+            } catch let error as HangarClientError where error.message.contains("watches are set") {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+        #expect(notice?.operation == .notice && notice?.path == "", "\(String(describing: notice))")
+        #expect(notice?.note?.contains("directories below are not watched") == true, "\(String(describing: notice))")
 
         // Code: state across cells, the last value, an error that keeps the state, a bash context.
         let first = try await sandbox.runCode("x = 41\nprint('set', x)")
