@@ -197,6 +197,43 @@ extension MicroVMSuites {
             #expect(grantVM.resources.grantViews.count == 0)
         }
 
+        @Test("what a dead node's share left is swept: its daemon killed, its socket, directory and view gone")
+        func sweptAfterACrash() async throws {
+            try await requireShares()
+            let folder = try GrantEnforcementTests.HostFolder()
+            let directory = try LeftoverSweepTests.temporaryDirectory()
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let ledger = SandboxLedger(directory: directory.path)
+            try ledger.open(identity: try LeftoverSweepTests.exitedProcess())
+            let root = viewRoot + "-swept"
+            var grants = Hangar_V1_Grants()
+            grants.allowRead = ["\(folder.base)/ro"]
+            let share = try await MicroVMShare.start(
+                try GrantMounts(grants),
+                virtiofsd: grantVM.configuration.virtiofsdPath,
+                views: GrantViews(root: root, ledger: ledger),
+                users: SandboxUsers(first: 3_800_100, count: 2),
+                ledger: ledger,
+                lifetime: .seconds(120)
+            )
+            let started = ContinuousClock.now + .seconds(10)
+            while shareDaemons().isEmpty && ContinuousClock.now < started {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(!shareDaemons().isEmpty, "virtiofsd did not start")
+            // The node is gone (its ledger's process exited): the next one sweeps.
+            let report = await SandboxLedger.sweep(directory: directory.path)
+            #expect(report.problems == [], "\(report.problems)")
+            let end = ContinuousClock.now + .seconds(10)
+            while !shareDaemons().isEmpty && ContinuousClock.now < end { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(shareDaemons().isEmpty, "virtiofsd survived the sweep")
+            #expect(access(share.socketPath, F_OK) != 0, "the socket is left")
+            #expect(access((share.socketPath as NSString).deletingLastPathComponent, F_OK) != 0)
+            #expect(((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).isEmpty, "a view is left")
+            _ = await share.stop()
+            rmdir(root)
+        }
+
         @Test("a VM with a share gets the vhost-user device, modern virtio and the kernel's hint")
         func qemuArguments() async throws {
             try await requireShares()

@@ -5,7 +5,7 @@ import Synchronization
 /// What a node process has set up on the host for its sandboxes and not yet taken down, written
 /// down as it goes, so that the next node to start can take down what a crashed one left: a node
 /// killed with `kill -9` leaves runc/runsc containers running tenant code (they do not die with
-/// `runc run`), cgroups, scratch mounts, bundles and network namespaces.
+/// `runc run`), cgroups, scratch mounts, bundles, network namespaces and share sockets.
 ///
 /// One file per node process, `<directory>/<pid>.<start time>.ledger`, of JSON lines `["+", kind,
 /// args…]` when a resource is made and `["-", kind, args…]` when it is gone. ``sweep()`` takes
@@ -27,6 +27,9 @@ public final class SandboxLedger: Sendable {
         /// A process the node spawned (a session leader): its process group is killed if that
         /// very process (same start time) still runs.
         case process(pid: Int32, start: UInt64)
+        /// A unix socket the node listens on (a microVM's virtiofs share), alone in a directory of
+        /// its own: both are removed.
+        case socket(path: String)
 
         var fields: [String] {
             switch self {
@@ -36,6 +39,7 @@ public final class SandboxLedger: Sendable {
             case .container(let tool, let arguments, let id, let bundle):
                 ["container", tool, id, bundle] + arguments
             case .process(let pid, let start): ["process", String(pid), String(start)]
+            case .socket(let path): ["socket", path]
             }
         }
 
@@ -43,6 +47,7 @@ public final class SandboxLedger: Sendable {
             switch (fields.first, fields.count) {
             case ("cgroup", 2): self = .cgroup(directory: fields[1])
             case ("scratch", 2): self = .scratch(path: fields[1])
+            case ("socket", 2): self = .socket(path: fields[1])
             case ("network", 3): self = .network(namespace: fields[1], hostInterface: fields[2])
             case ("process", 3):
                 guard let pid = Int32(fields[1]), pid > 1, let start = UInt64(fields[2]) else { return nil }
@@ -275,6 +280,7 @@ public final class SandboxLedger: Sendable {
         case .container: 0
         case .cgroup: 1
         case .scratch: 2
+        case .socket: 2
         case .network: 3
         }
     }
@@ -312,6 +318,14 @@ public final class SandboxLedger: Sendable {
             }
             if rmdir(path) != 0 && errno != ENOENT {
                 return "cannot remove \(path): \(String(cString: strerror(errno)))"
+            }
+            return nil
+        case .socket(let path):
+            var status = stat()
+            if lstat(path, &status) == 0 && status.st_mode & S_IFMT == S_IFSOCK { unlink(path) }
+            let directory = (path as NSString).deletingLastPathComponent
+            if rmdir(directory) != 0 && errno != ENOENT {
+                return "cannot remove \(directory): \(String(cString: strerror(errno)))"
             }
             return nil
         case .network(let namespace, let interface):

@@ -39,6 +39,7 @@ struct MicroVMShare: Sendable {
     /// The host uid that owns it.
     private let owner: UInt32
     private let users: SandboxUsers
+    private let ledger: SandboxLedger
 
     /// Shares `mounts` for one VM: makes (or reuses) their view and starts `virtiofsd` on it, in a
     /// user namespace owned by a uid of `users`.
@@ -63,7 +64,10 @@ struct MicroVMShare: Sendable {
         }
         var directory: String?
         func undo() {
-            if let directory { try? FileManager.default.removeItem(atPath: directory) }
+            if let directory {
+                try? FileManager.default.removeItem(atPath: directory)
+                ledger.gone(.socket(path: directory + "/fs.sock"))
+            }
             views.release(lease)
             users.release(owner)
         }
@@ -72,6 +76,7 @@ struct MicroVMShare: Sendable {
         do throws(MicroVMError) {
             let made = try makeDirectory()
             directory = made
+            ledger.made(.socket(path: made + "/fs.sock"))
             listener = try listen(at: made + "/fs.sock")
         } catch {
             undo()
@@ -112,7 +117,8 @@ struct MicroVMShare: Sendable {
                 views: views,
                 namespace: namespace,
                 owner: owner,
-                users: users
+                users: users,
+                ledger: ledger
             )
         case .failure(let error):
             await namespace.remove()
@@ -128,6 +134,7 @@ struct MicroVMShare: Sendable {
         let result = try? await daemon.wait()
         await namespace.remove()
         try? FileManager.default.removeItem(atPath: directory)
+        ledger.gone(.socket(path: socketPath))
         views.release(lease)
         users.release(owner)
         guard let result else { return nil }
