@@ -65,21 +65,26 @@ struct EnvdProcessTests {
 
             // A process outlives nothing it should not: one started in the background (its Start
             // stream running in a task) is listed, can be connected to, and killed.
+            let sleeperCommand = "echo ready; : > /home/user/sleeper-ready; sleep 300"
             let sleeper = Task {
-                try await env.stream("process.Process/Start", try EnvdHarness.startJSON("echo ready; sleep 300"))
+                try await env.stream("process.Process/Start", try EnvdHarness.startJSON(sleeperCommand))
             }
             var sleeperPid: UInt32 = 0
             try await waitUntil("the background command is listed", within: .seconds(20)) {
                 let list = try await env.unary("process.Process/List", "{}")
                 let processes = try Process_ListResponse(jsonUTF8Data: list.body).processes
-                if let found = processes.first(where: { $0.config.args.last == "echo ready; sleep 300" }) {
+                if let found = processes.first(where: { $0.config.args.last == sleeperCommand }) {
                     sleeperPid = found.pid
-                    #expect(
-                        found.config.cmd == "/bin/bash" && found.config.args == ["-l", "-c", "echo ready; sleep 300"]
-                    )
+                    #expect(found.config.cmd == "/bin/bash" && found.config.args == ["-l", "-c", sleeperCommand])
                     return true
                 }
                 return false
+            }
+            // Listed as soon as bash starts; its login start-up may still be running: kill it only
+            // once it has printed (the file is made after the echo).
+            try await waitUntil("the background command has printed", within: .seconds(20)) {
+                try await env.unary("filesystem.Filesystem/Stat", "{\"path\":\"/home/user/sleeper-ready\"}").status
+                    == 200
             }
             let connectBody = "{\"process\":{\"pid\":\(sleeperPid)}}"
             let connected = Task { try await env.stream("process.Process/Connect", connectBody) }
