@@ -128,6 +128,7 @@ extension MicroVMSuites {
             #expect(field(outcome.stdout, "other") == ["0"], "\(summary)")
             #expect(field(outcome.stdout, "other-write") == ["DENIED"], "\(summary)")
             #expect((try? String(contentsOfFile: "\(base)/rw/new", encoding: .utf8)) == "nested\n")
+            #expect(rmdir(viewRoot) == 0, "the view root still holds something")
         }
 
         @Test("a granted path that is a symlink on the node is refused, naming it, and no VM starts")
@@ -195,6 +196,7 @@ extension MicroVMSuites {
             #expect(shareDaemons().isEmpty)
             #expect(qemuChildProcesses().isEmpty)
             #expect(grantVM.resources.grantViews.count == 0)
+            #expect(rmdir(viewRoot) == 0, "the view root still holds something")
         }
 
         @Test("what a dead node's share left is swept: its daemon killed, its socket, directory and view gone")
