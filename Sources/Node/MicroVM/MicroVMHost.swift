@@ -325,8 +325,8 @@ final class MicroVMHost: Sendable {
             append += " tsc_early_khz=\(khz) tsc=reliable no_timer_check lpj=\(khz * 4)"  // HZ=250
         }
         let mebibytes = max(64, (memoryBytes + (1 << 20) - 1) >> 20)
-        // The RAM is a memory file, shared (vhost-user needs that): boots take about 13% less
-        // than with qemu's default anonymous RAM here (BENCHMARKS.md, "Grants on microvm").
+        // The RAM is a memory file, shared (vhost-user needs that): boots took 10-20% less than
+        // with qemu's default anonymous RAM here (BENCHMARKS.md, "Grants on microvm").
         if memoryFile { arguments += ["-object", "memory-backend-memfd,id=ram,size=\(mebibytes)M,share=on"] }
         if let share {
             append += " hangar.share=\(MicroVMShare.tag)"
