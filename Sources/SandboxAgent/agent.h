@@ -74,5 +74,7 @@ void agent_unwatch_request(const Hangar__V1__AgentRequest *request);
 int agent_watch_fd(int index);
 /* Reads what watch slot `index`'s descriptor holds and sends it as batches. */
 void agent_watch_drain(int index);
+/* Ends every watch without a word (the node that asked for them hung up). */
+void agent_watch_release_all(void);
 
 #endif

@@ -19,6 +19,14 @@
  * `--seccomp FD` it reads a classic-BPF seccomp filter and installs it in every command
  * (`--seccomp-file PATH`: the same from a file, where the sandbox passes no descriptors beyond
  * stdio, as gVisor's runsc).
+ *
+ * With `--listen FD` the channel is a connection to a listening unix socket the node made and
+ * passed: the agent accepts one node at a time, and when that node hangs up (it crashed, or it is
+ * being upgraded) the sandbox and its commands go on and the agent waits for the next node, which
+ * re-adopts the sandbox. Only a process outside the sandbox's pid namespace may connect (the
+ * socket's path is not in the sandbox anyway). What commands started before the hang-up print
+ * afterwards reaches no node (their requests are forgotten) and watches end; with `--orphan-ms N`
+ * the agent ends every command, then the sandbox, when no node has connected for N ms.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -35,6 +43,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -76,6 +85,15 @@ typedef struct {
 static Process processes[MAX_PROCESSES];
 static int input_fd = 0;
 static int output_fd = 1;
+/* --listen: the node's listening socket; input_fd and output_fd are then the accepted connection,
+ * -1 while no node is connected. */
+static int listen_fd = -1;
+/* --orphan-ms: how long the agent waits for a node before it ends the sandbox; 0: forever. */
+static int64_t orphan_ms;
+/* A write to the node failed: the connection is dropped at the next turn of the loop. */
+static int hung_up;
+/* now_ms() when the last node hung up (or the agent started listening); 0 while connected. */
+static int64_t disconnected_at;
 static struct sock_fprog filter;
 static int have_filter;
 
@@ -88,6 +106,7 @@ static int64_t now_ms(void) {
 /* --- events --- */
 
 static void write_out(const uint8_t *data, size_t length) {
+    if (output_fd < 0) return; /* no node connected: nobody to tell */
     while (length > 0) {
         ssize_t count = write(output_fd, data, length);
         if (count < 0 && errno == EINTR) continue;
@@ -96,7 +115,12 @@ static void write_out(const uint8_t *data, size_t length) {
             poll(&entry, 1, 1000);
             continue;
         }
-        if (count <= 0) _exit(0); /* the node is gone: so is the sandbox */
+        if (count <= 0) {
+            if (listen_fd < 0) _exit(0); /* the node is gone: so is the sandbox */
+            hung_up = 1;                 /* the node is gone: the sandbox waits for the next */
+            output_fd = -1;
+            return;
+        }
         data += count;
         length -= (size_t)count;
     }
@@ -535,6 +559,39 @@ static int read_input(Input *input) {
     }
 }
 
+/* The node hung up (--listen): forget its requests and watches, keep the commands running. */
+static void disconnect(Input *input) {
+    if (input_fd >= 0) close(input_fd);
+    input_fd = output_fd = -1;
+    hung_up = 0;
+    input->size = 0;
+    input->skipping = 0;
+    agent_watch_release_all();
+    for (int index = 0; index < MAX_PROCESSES; index++)
+        if (processes[index].used) processes[index].request = 0;
+    disconnected_at = now_ms();
+}
+
+/* A node connects (--listen). As pid 1 of the sandbox, only a peer outside its pid namespace (the
+ * kernel shows such a peer's pid as 0) is taken: never one of the sandbox's own commands. */
+static void accept_node(void) {
+    int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) return;
+    struct ucred peer;
+    socklen_t size = sizeof peer;
+    if (getpid() == 1 && (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &size) != 0 || peer.pid != 0)) {
+        close(fd);
+        return;
+    }
+    input_fd = output_fd = fd;
+    disconnected_at = 0;
+}
+
+static void end_all(void) {
+    for (int index = 0; index < MAX_PROCESSES; index++)
+        if (processes[index].used) kill(-processes[index].pid, SIGKILL);
+}
+
 static void load_filter(int fd) {
     static uint8_t bytes[65536];
     size_t size = 0;
@@ -573,17 +630,29 @@ int main(int argc, char **argv) {
             output_fd = fd;
         else if (strcmp(argv[index], "--seccomp") == 0)
             load_filter(fd);
+        else if (strcmp(argv[index], "--listen") == 0)
+            listen_fd = fd;
+        else if (strcmp(argv[index], "--orphan-ms") == 0)
+            orphan_ms = atoll(argv[index + 1]);
         else {
-            fprintf(stderr, "usage: hangar-sandbox-agent [--in FD] [--out FD] [--seccomp FD | --seccomp-file PATH]\n");
+            fprintf(stderr, "usage: hangar-sandbox-agent [--in FD] [--out FD | --listen FD [--orphan-ms N]] "
+                            "[--seccomp FD | --seccomp-file PATH]\n");
             return 2;
         }
     }
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     signal(SIGPIPE, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN); /* a write past RLIMIT_FSIZE fails with EFBIG instead */
-    fcntl(input_fd, F_SETFD, FD_CLOEXEC);
-    fcntl(output_fd, F_SETFD, FD_CLOEXEC);
-    set_nonblocking(input_fd);
+    if (listen_fd >= 0) {
+        fcntl(listen_fd, F_SETFD, FD_CLOEXEC);
+        set_nonblocking(listen_fd);
+        input_fd = output_fd = -1;
+        disconnected_at = now_ms();
+    } else {
+        fcntl(input_fd, F_SETFD, FD_CLOEXEC);
+        fcntl(output_fd, F_SETFD, FD_CLOEXEC);
+        set_nonblocking(input_fd);
+    }
     sigset_t children;
     sigemptyset(&children);
     sigaddset(&children, SIGCHLD);
@@ -599,9 +668,19 @@ int main(int argc, char **argv) {
     int kinds[2 + 3 * MAX_PROCESSES + AGENT_MAX_WATCHES];
     for (;;) {
         int count = 0;
-        entries[count++] = (struct pollfd){.fd = input_fd, .events = POLLIN};
+        if (hung_up) disconnect(&input);
+        int listening = listen_fd >= 0 && input_fd < 0;
+        entries[count++] = (struct pollfd){.fd = listening ? listen_fd : input_fd, .events = POLLIN};
         entries[count++] = (struct pollfd){.fd = signals, .events = POLLIN};
         int64_t now = now_ms(), wait = -1;
+        if (listening && orphan_ms > 0) {
+            if (now - disconnected_at >= orphan_ms) {
+                fprintf(stderr, "hangar-sandbox-agent: no node for %lld ms: ending the sandbox\n", (long long)orphan_ms);
+                end_all();
+                return 0;
+            }
+            wait = disconnected_at + orphan_ms - now;
+        }
         for (int index = 0; index < MAX_PROCESSES; index++) {
             Process *process = &processes[index];
             if (!process->used) continue;
@@ -658,10 +737,15 @@ int main(int argc, char **argv) {
             }
             reap();
         }
-        if (entries[0].revents && read_input(&input) != 0) {
+        if (entries[0].revents && listening) {
+            accept_node();
+        } else if (entries[0].revents && read_input(&input) != 0) {
+            if (listen_fd >= 0) { /* the node hung up: wait for the next */
+                disconnect(&input);
+                continue;
+            }
             /* The node closed the channel: end every command, then the sandbox. */
-            for (int index = 0; index < MAX_PROCESSES; index++)
-                if (processes[index].used) kill(-processes[index].pid, SIGKILL);
+            end_all();
             return 0;
         }
     }

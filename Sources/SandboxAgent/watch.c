@@ -179,6 +179,13 @@ void agent_watch_request(const Hangar__V1__AgentRequest *request, const char *pa
     send_batch(id, NULL, 0, 0, message);
 }
 
+void agent_watch_release_all(void) {
+    batch_count = 0;
+    batch_note = NULL;
+    for (int index = 0; index < AGENT_MAX_WATCHES; index++)
+        if (watches[index].used) release(&watches[index]);
+}
+
 void agent_unwatch_request(const Hangar__V1__AgentRequest *request) {
     for (int index = 0; index < AGENT_MAX_WATCHES; index++) {
         Watch *watch = &watches[index];

@@ -176,7 +176,7 @@ struct NodeCommand: AsyncParsableCommand {
         "id": .string, "slots": .integer, "runtimes": .strings, "labels": .map, "nats": .string, "creds": .string,
         "tls_ca": .string,
         "log_level": .string, "log_format": .string, "dns_upstream": .string, "sandbox_uids": .string,
-        "wasm_python": .string, "sandbox_pool": .integer,
+        "wasm_python": .string, "sandbox_pool": .integer, "keep_sandboxes": .boolean,
     ].merging(MetricsOptions.kinds) { $1 }
 
     @Option(help: "Config file (YAML); flags and HANGAR_NODE_* variables override it.")
@@ -234,6 +234,11 @@ struct NodeCommand: AsyncParsableCommand {
         )
     )
     var sandboxPool: Int?
+    @Flag(
+        help:
+            "At a stop (SIGTERM), leave its process sandboxes running for the next start of this node to re-adopt (an upgrade), instead of ending them. A crash always leaves them."
+    )
+    var keepSandboxes = false
     @OptionGroup var nodeState: NodeStateOptions
     @OptionGroup var metrics: MetricsOptions
 
@@ -258,6 +263,7 @@ struct NodeCommand: AsyncParsableCommand {
         var config = NodeConfig(nodeID: id, slots: slots)
         config.labels = labels.isEmpty ? try file.map("labels") ?? [:] : try parseLabels(labels)
         try nodeState.apply(to: &config)
+        config.keepSandboxesOnStop = try keepSandboxes || file.boolean("keep_sandboxes") ?? false
         do {
             for setting in limitDefaults { try RuntimeLimits.apply(setting, maximum: false, to: &config.runtimeLimits) }
             for setting in limitMaxima { try RuntimeLimits.apply(setting, maximum: true, to: &config.runtimeLimits) }

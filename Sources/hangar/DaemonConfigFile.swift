@@ -6,7 +6,7 @@ import Yams
 /// default. Unknown keys and values of the wrong type are errors naming the key.
 struct DaemonConfigFile {
     /// The keys a daemon accepts, each with what it must be.
-    enum Kind { case string, number, integer, strings, map }
+    enum Kind { case string, number, integer, boolean, strings, map }
 
     let path: String?
     let environmentPrefix: String
@@ -89,6 +89,18 @@ struct DaemonConfigFile {
         return values[key] as? Int
     }
 
+    /// A yes/no: `true` or `false` in the file and in the environment.
+    func boolean(_ key: String) throws -> Bool? {
+        if let value = environment[environmentName(key)], !value.isEmpty {
+            switch value.lowercased() {
+            case "true": return true
+            case "false": return false
+            default: throw CLIError("\(environmentName(key)) must be true or false, got '\(value)'")
+            }
+        }
+        return values[key] as? Bool
+    }
+
     /// A list: YAML sequence in the file, comma-separated in the environment.
     func strings(_ key: String) -> [String]? {
         if let value = environment[environmentName(key)], !value.isEmpty {
@@ -122,6 +134,8 @@ struct DaemonConfigFile {
             guard let number = (value as? Double) ?? (value as? Int).map(Double.init), number.isFinite else {
                 throw CLIError("\(what) must be a number, got '\(value)'")
             }
+        case .boolean:
+            guard value is Bool else { throw CLIError("\(what) must be true or false, got '\(value)'") }
         case .integer:
             guard value is Int else { throw CLIError("\(what) must be a whole number, got '\(value)'") }
         case .strings:

@@ -89,7 +89,7 @@ struct GracefulShutdownTests {
 }
 
 /// Waits until `log` holds `text` (while `process` runs, at most 30 s).
-private func waitFor(_ text: String, in log: URL, while process: Process) async throws {
+func waitFor(_ text: String, in log: URL, while process: Process) async throws {
     let deadline = ContinuousClock.now + .seconds(30)
     while ContinuousClock.now < deadline {
         let content = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
@@ -101,7 +101,7 @@ private func waitFor(_ text: String, in log: URL, while process: Process) async 
 }
 
 /// Waits at most `bound` for `process` to end and returns its log; throws if it is still running.
-private func waitForExit(_ process: Process, within bound: Duration, log: URL) async throws -> String {
+func waitForExit(_ process: Process, within bound: Duration, log: URL) async throws -> String {
     let deadline = ContinuousClock.now + bound
     while process.isRunning, ContinuousClock.now < deadline {
         try await Task.sleep(for: .milliseconds(20))

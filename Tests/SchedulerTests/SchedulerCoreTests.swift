@@ -450,3 +450,173 @@ struct SandboxCoreTests {
         )
     }
 }
+
+/// A node agent that restarts (an upgrade) keeping its sandboxes: the new process re-adopts them and
+/// lists them from its first heartbeat on, with a new incarnation.
+extension SandboxCoreTests {
+    static let memory: UInt64 = 256 << 20
+
+    /// A sandbox of tenant a that holds 500 millicores and 256 MiB.
+    func sized(_ id: String) -> CoreSandbox.Spec {
+        CoreSandbox.Spec(
+            id: id,
+            tenant: "a",
+            request: PlacementRequest(runtime: "null", cpuMillis: 500, memoryBytes: Self.memory),
+            timeout: .seconds(60),
+            maxLifetime: .seconds(3600)
+        )
+    }
+
+    /// A core with n1 (incarnation 1, 4 slots) up.
+    func coreWithNode() -> SchedulerCore {
+        var core = SchedulerCore(
+            config: SchedulerCore.Config(),
+            cluster: ClusterState(ttl: .seconds(3), grace: .seconds(2))
+        )
+        _ = core.handle(.heartbeat(nodeID: "n1", base.heartbeat(slots: 4)), now: at(0))
+        return core
+    }
+
+    /// Places sandbox `id` on n1 at 0 s; `answered`: n1 answers its start (it runs, deadline 60 s).
+    func start(_ id: String, in core: inout SchedulerCore, answered: Bool = true) {
+        _ = core.handle(.sandbox(.admitted(sized(id))), now: at(0))
+        let placed = core.handle(.sandbox(.committed(sandboxID: id)), now: at(0))
+        #expect(placed.contains(.sandbox(.start(sandboxID: id, nodeID: "n1"))), "\(placed)")
+        if answered { _ = core.handle(.sandbox(.startAnswered(sandboxID: id, refusal: nil)), now: at(0.1)) }
+    }
+
+    /// n1's heartbeat after its agent restarted (incarnation 2), listing `sandboxes`.
+    func restarted(listing sandboxes: [String]) -> Hangar_V1_NodeHeartbeat {
+        var heartbeat = base.heartbeat(incarnation: "2", slots: 4)
+        heartbeat.sandboxes = sandboxes
+        return heartbeat
+    }
+
+    /// What n1 reserves: slots, millicores, bytes.
+    func reserved(_ core: SchedulerCore) -> (slots: Int, cpu: UInt64, memory: UInt64) {
+        let view = core.cluster.view("n1")
+        return (view?.slotsReserved ?? -1, view?.cpuReserved ?? 0, view?.memoryReserved ?? 0)
+    }
+
+    @Test(
+        "a running sandbox its restarted node lists in its first heartbeat runs on, reserved again, recorded re-adopted"
+    )
+    func readoptedAfterNodeRestart() {
+        var core = coreWithNode()
+        start("s", in: &core)
+        #expect(core.sandboxes["s"]?.phase == .running(node: "n1", deadline: at(60)))
+        // A job runs there too: the restart loses it (and its reservation) as before.
+        _ = core.handle(.admitted(base.spec("j", maxAttempts: 1)), now: at(0.2))
+        #expect(
+            core.handle(.intakeCommitted(jobID: "j"), now: at(0.2)).contains(
+                .assign(jobID: "j", attempt: 1, nodeID: "n1")
+            )
+        )
+        #expect(reserved(core) == (2, 500, Self.memory))
+        let restart = core.handle(.heartbeat(nodeID: "n1", restarted(listing: ["s"])), now: at(1))
+        // For the sandbox no end, no kill: only the record of its re-adoption.
+        #expect(restart.contains(.log(.sandbox(.readopted(sandboxID: "s", nodeID: "n1")))), "\(restart)")
+        #expect(
+            !restart.contains {
+                switch $0 {
+                case .log(.sandbox(.ended)), .sandbox: true
+                default: false
+                }
+            },
+            "\(restart)"
+        )
+        #expect(
+            restart.contains {
+                if case .log(.finished("j", let outcome)) = $0 { outcome.status == .lost } else { false }
+            }
+        )
+        #expect(core.sandboxes["s"]?.phase == .running(node: "n1", deadline: at(60)), "same node, same deadline")
+        // The restart dropped n1's reservations; the re-adopted sandbox's is taken again.
+        #expect(reserved(core) == (1, 500, Self.memory), "\(reserved(core))")
+        // Its tenant's usage was never given back: it counts once.
+        #expect(core.queue.usage["a"] == FairQueue.Usage(running: 1, cpuMillis: 500, memoryBytes: Self.memory))
+        // The new incarnation's next heartbeats take nothing more.
+        #expect(core.handle(.heartbeat(nodeID: "n1", restarted(listing: ["s"])), now: at(2)).isEmpty)
+        #expect(reserved(core) == (1, 500, Self.memory))
+        // It ends as any running sandbox does, giving back exactly what it holds.
+        let killed = core.handle(.sandbox(.kill(sandboxID: "s")), now: at(3))
+        #expect(killed.first == .sandbox(.kill(sandboxID: "s", nodeID: "n1", reason: "killed by its tenant")))
+        _ = core.handle(.sandbox(.endCommitted(sandboxID: "s")), now: at(3.1))
+        #expect(reserved(core) == (0, 0, 0))
+        #expect(core.queue.usage["a"] == FairQueue.Usage())
+    }
+
+    @Test(
+        "a restarted node's sandbox it does not list, or one still starting, ends LOST as before; a listed one runs on"
+    )
+    func lostAfterNodeRestart() {
+        var core = coreWithNode()
+        start("gone", in: &core)
+        start("kept", in: &core)
+        start("new", in: &core, answered: false)  // the node may or may not have created it
+        #expect(reserved(core) == (3, 1500, 3 * Self.memory))
+        let restart = core.handle(.heartbeat(nodeID: "n1", restarted(listing: ["kept", "new"])), now: at(1))
+        let lost = SandboxEnd(reason: .lost, node: "n1", message: "node n1 restarted; its state is gone")
+        #expect(
+            restart == [
+                .log(.sandbox(.ended(sandboxID: "gone", lost))),
+                .log(.sandbox(.readopted(sandboxID: "kept", nodeID: "n1"))),
+                .log(.sandbox(.ended(sandboxID: "new", lost))),
+            ],
+            "\(restart)"
+        )
+        #expect(core.sandboxes["kept"]?.phase == .running(node: "n1", deadline: at(60)))
+        #expect(reserved(core) == (1, 500, Self.memory), "only the re-adopted sandbox holds n1: \(reserved(core))")
+        // The lost ones held only their tenant's usage (the restart dropped their reservations).
+        for id in ["gone", "new"] {
+            #expect(
+                core.handle(.sandbox(.endCommitted(sandboxID: id)), now: at(1.2)) == [
+                    .sandbox(.ended(sandboxID: id, lost))
+                ]
+            )
+        }
+        #expect(reserved(core) == (1, 500, Self.memory))
+        #expect(core.queue.usage["a"] == FairQueue.Usage(running: 1, cpuMillis: 500, memoryBytes: Self.memory))
+        // The node's answer to the lost one's start comes too late to matter; now that the core
+        // forgot it, the node is told to kill it.
+        #expect(core.handle(.sandbox(.startAnswered(sandboxID: "new", refusal: nil)), now: at(1.3)).isEmpty)
+        let next = core.handle(.heartbeat(nodeID: "n1", restarted(listing: ["kept", "new"])), now: at(2))
+        #expect(
+            next == [
+                .sandbox(
+                    .kill(
+                        sandboxID: "new",
+                        nodeID: "n1",
+                        reason: "the scheduler no longer places this sandbox on this node"
+                    )
+                )
+            ],
+            "\(next)"
+        )
+    }
+
+    @Test(
+        "a restored sandbox (scheduler recovery) its restarted node lists stays restored, reserved once, then runs on"
+    )
+    func restoredReadoptedAfterNodeRestart() {
+        var core = SchedulerCore(
+            config: SchedulerCore.Config(),
+            cluster: ClusterState(ttl: .seconds(3), grace: .seconds(2))
+        )
+        _ = core.handle(.sandbox(.restored(sized("r"), createdAt: at(-10), node: "n1", deadline: at(50))), now: at(0))
+        var first = base.heartbeat(slots: 4)
+        first.sandboxes = ["r"]
+        _ = core.handle(.heartbeat(nodeID: "n1", first), now: at(0.5))
+        #expect(core.sandboxes["r"]?.phase == .restored(node: "n1", deadline: at(50), reserved: true))
+        #expect(reserved(core) == (1, 500, Self.memory))
+        let restart = core.handle(.heartbeat(nodeID: "n1", restarted(listing: ["r"])), now: at(1))
+        #expect(restart == [.log(.sandbox(.readopted(sandboxID: "r", nodeID: "n1")))], "\(restart)")
+        #expect(core.sandboxes["r"]?.phase == .restored(node: "n1", deadline: at(50), reserved: true))
+        #expect(reserved(core) == (1, 500, Self.memory), "reserved again exactly once: \(reserved(core))")
+        _ = core.handle(.heartbeat(nodeID: "n1", restarted(listing: ["r"])), now: at(4.9))
+        #expect(core.handle(.tick, now: at(5)).isEmpty, "confirmed at the recovery deadline")
+        #expect(core.sandboxes["r"]?.phase == .running(node: "n1", deadline: at(50)))
+        #expect(reserved(core) == (1, 500, Self.memory))
+        #expect(core.queue.usage["a"] == FairQueue.Usage(running: 1, cpuMillis: 500, memoryBytes: Self.memory))
+    }
+}

@@ -34,13 +34,14 @@ struct SimulationTests {
     }
 
     @Test(
-        "200 seeds of node crashes, restarts and pauses, scheduler restarts, lost answers, vanished attempts, failed commits, duplicated and late results: every job and sandbox ends exactly once"
+        "200 seeds of node crashes, restarts (some re-adopting their sandboxes) and pauses, scheduler restarts, lost answers, vanished attempts, failed commits, duplicated and late results: every job and sandbox ends exactly once"
     )
     func faultHistories() async throws {
         var totals: [Hangar_V1_JobStatus: Int] = [:]
         var restarts = 0
         var restored = 0
         var vanished = 0
+        var readopted = 0
         var sandboxes: [SandboxEnd.Reason: Int] = [:]
         let reports: [Simulator.Report]
         do {
@@ -54,6 +55,7 @@ struct SimulationTests {
             restarts += report.schedulerRestarts
             restored += report.restoredJobs
             vanished += report.vanishedAttempts
+            readopted += report.readoptedSandboxes
             for (reason, count) in report.sandboxesEnded { sandboxes[reason, default: 0] += count }
         }
         // The histories did exercise the faults: some jobs were retried to success, some lost.
@@ -69,6 +71,9 @@ struct SimulationTests {
         for reason in [SandboxEnd.Reason.killed, .timedOut, .lost, .failed, .died] {
             #expect((sandboxes[reason] ?? 0) > 0, "no sandbox ended \(reason): \(sandboxes)")
         }
+        // Restarted nodes re-adopted running sandboxes, and the core kept them (the run checks
+        // that none of them ended LOST and that the node's reservations count them).
+        #expect(readopted > 0, "no restarted node re-adopted a running sandbox")
     }
 
     @Test("the same seed replays the same history")

@@ -65,6 +65,27 @@ struct StoreTests {
         #expect(attemptStatus == "FAILED")
     }
 
+    @Test("a sandbox its restarted node re-adopted is audited sandbox.readopted by the node; its row does not change")
+    func sandboxReadopted() async throws {
+        let (store, _) = try makeStore()
+        var request = Hangar_V1_SandboxCreateRequest()
+        request.runtime = "process"
+        request.template = "host"
+        let created = StoredSandbox(id: "s1", tenant: "acme", requestID: nil, request: request, createdAtMs: 1)
+        try await store.write(.sandbox(.created(created)))
+        try await store.write(.sandbox(.placed(id: "s1", nodeID: "n1", eventSeq: 1)))
+        try await store.write(.sandbox(.started(id: "s1", nodeID: "n1", endsAtMs: 60_000, eventSeq: 2)))
+        try await store.write(.sandboxReadopted(id: "s1", nodeID: "n1"))
+        let trail = try await store.auditEvents(jobID: "s1")
+        #expect(trail.map(\.event) == ["sandbox.created", "sandbox.placed", "sandbox.started", "sandbox.readopted"])
+        #expect(trail.last?.actor == "node:n1")
+        #expect(trail.last?.detail == "sandbox re-adopted by n1 after its restart")
+        let stored = try #require(try await store.sandbox(id: "s1"))
+        #expect(stored.state == .sandboxRunning && stored.nodeID == "n1" && stored.endsAtMs == 60_000)
+        #expect(stored.eventSeq == 2, "no tenant event: its sequence is unchanged")
+        #expect(try await store.verifyAudit().firstBad == nil)
+    }
+
     @Test("the audit table refuses updates and deletes")
     func auditAppendOnly() async throws {
         let (store, path) = try makeStore()

@@ -73,31 +73,51 @@ extension NodeAgent {
         }
         guard admitted else { return .failure(Refusal(.noFreeSlot, "all \(config.slots) slots are busy")) }
         defer { _ = sandboxesStarting.withLock { $0.remove(start.sandboxID) } }
-        let nats = self.nats
-        let subject = Subjects.sandboxDied(node: config.nodeID)
-        let logger = self.logger
         let id = start.sandboxID
+        let report = sandboxDeathReport()
         do throws(SandboxRefusal) {
-            try await sandboxHost.start(start) { message in
-                var died = Hangar_V1_SandboxDied()
-                died.sandboxID = id
-                died.message = message
-                logger.notice("sandbox died on its own", metadata: ["sandbox.id": "\(id)", "message": "\(message)"])
-                do {
-                    try nats.publish(subject, payload: try died.serializedData())
-                } catch {
-                    logger.warning("could not report a sandbox's death", metadata: ["error": "\(error)"])
-                }
-            }
+            try await sandboxHost.start(start) { message in report(id, message) }
         } catch {
             return .failure(Refusal(.runtimeUnavailable, error.message))
         }
         if start.timeoutMs > 0 {
             let deadline = ContinuousClock.now + .milliseconds(start.timeoutMs) + Self.sandboxTimeoutGrace
             sandboxDeadlines.withLock { $0[id] = deadline }
+            sandboxHost.noteDeadline(id, unixMs: Self.unixTime(of: deadline))
         }
         logger.debug("sandbox started", metadata: ["sandbox.id": "\(id)", "tenant": "\(start.tenant)"])
         return .success(())
+    }
+
+    /// Reports a sandbox that died on its own (sandbox id, message) on `hangar.node.<node>.sandbox.died`.
+    func sandboxDeathReport() -> @Sendable (_ sandboxID: String, _ message: String) -> Void {
+        let nats = self.nats
+        let subject = Subjects.sandboxDied(node: config.nodeID)
+        let logger = self.logger
+        return { id, message in
+            var died = Hangar_V1_SandboxDied()
+            died.sandboxID = id
+            died.message = message
+            logger.notice("sandbox died on its own", metadata: ["sandbox.id": "\(id)", "message": "\(message)"])
+            do {
+                try nats.publish(subject, payload: try died.serializedData())
+            } catch {
+                logger.warning("could not report a sandbox's death", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// `deadline` as unix milliseconds.
+    static func unixTime(of deadline: ContinuousClock.Instant) -> Int64 {
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let (seconds, attoseconds) = (deadline - ContinuousClock.now).components
+        return now + seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+
+    /// Unix milliseconds `deadlineUnixMs` as an instant of this process's clock.
+    static func instant(unixMilliseconds deadlineUnixMs: Int64) -> ContinuousClock.Instant {
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        return ContinuousClock.now + .milliseconds(deadlineUnixMs - now)
     }
 
     /// Kills a sandbox the scheduler no longer places here (killed, timed out, or unknown to it).
@@ -135,9 +155,12 @@ extension NodeAgent {
             return
         }
         let deadline = ContinuousClock.now + .milliseconds(timeout.timeoutMs) + Self.sandboxTimeoutGrace
-        sandboxDeadlines.withLock { deadlines in
-            if deadlines[timeout.sandboxID] != nil { deadlines[timeout.sandboxID] = deadline }
+        let moved = sandboxDeadlines.withLock { deadlines in
+            guard deadlines[timeout.sandboxID] != nil else { return false }
+            deadlines[timeout.sandboxID] = deadline
+            return true
         }
+        if moved { sandboxHost?.noteDeadline(timeout.sandboxID, unixMs: Self.unixTime(of: deadline)) }
     }
 
     /// Kills the sandboxes whose timeout (plus the grace) passed without the scheduler killing

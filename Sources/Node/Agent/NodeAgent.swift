@@ -156,25 +156,38 @@ public final class NodeAgent: Sendable {
         let tasks = running.withLock { Array($0.values) }
         for task in tasks { task.cancel() }
         for task in tasks { await task.value }
-        // Stateful sandboxes do not outlive their node (bubblewrap dies with it anyway): end them
-        // cleanly, so their cgroups and disks are gone before the ledger closes. The scheduler ends
-        // them LOST once the node's heartbeats no longer list them.
+        // Stateful sandboxes end with their node unless it keeps them for its next start (an
+        // upgrade): then those that can outlive it stay, listed in its ledger and registry, and the
+        // next start re-adopts them. The rest end cleanly, so their cgroups and disks are gone before
+        // the ledger closes; the scheduler ends them LOST once the node's heartbeats no longer list
+        // them.
+        var left: [String] = []
         if let sandboxHost {
+            if config.keepSandboxesOnStop { left = await sandboxHost.leave() }
             for id in sandboxHost.sandboxIDs { await sandboxHost.kill(id, reason: "node \(config.nodeID) stopped") }
             await sandboxHost.stop()
         }
-        await Self.releaseSandboxResources(resources, logger: logger)
+        await Self.releaseSandboxResources(resources, leftSandboxes: left, logger: logger)
     }
 
     /// At a clean stop, once no job runs and the warm pools are destroyed: ends what the node keeps
     /// ready for containers (the user namespaces in stock) and for grants (unused grant views), and closes its ``SandboxLedger``, which
     /// deletes its file when everything it lists is gone; what is not is logged and left listed
     /// for the next node's sweep.
-    static func releaseSandboxResources(_ resources: NodeResources, logger: Logger) async {
+    static func releaseSandboxResources(
+        _ resources: NodeResources,
+        leftSandboxes: [String] = [],
+        logger: Logger
+    ) async {
         await resources.namespaces.drain()
         resources.grantViews.drain()
         let outstanding = resources.ledger.close()
-        if !outstanding.isEmpty {
+        if !leftSandboxes.isEmpty {
+            logger.notice(
+                "left stateful sandboxes running for the next start of this node; its ledger lists what they hold",
+                metadata: ["sandboxes": "\(leftSandboxes.joined(separator: ","))", "resources": "\(outstanding.count)"]
+            )
+        } else if !outstanding.isEmpty {
             logger.error(
                 "sandbox resources outlive the node; its ledger keeps them for the next node's sweep",
                 metadata: ["resources": "\(outstanding.map { $0.fields.joined(separator: " ") })"]

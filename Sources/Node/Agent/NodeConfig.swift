@@ -22,6 +22,10 @@ public struct NodeConfig: Sendable {
     /// The node's state folder: the highest scheduler term seen is kept there (see
     /// ``SchedulerTermFence``). nil: kept in memory only, forgotten when the agent restarts.
     public var stateDirectory: String?
+    /// At a clean stop, leave the stateful sandboxes that can outlive the node running, for the
+    /// next process of this node to re-adopt (an upgrade); false: end them (they are re-adopted
+    /// only after a crash).
+    public var keepSandboxesOnStop = false
 
     public init(nodeID: String, slots: Int) {
         self.nodeID = nodeID

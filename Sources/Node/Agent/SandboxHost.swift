@@ -35,6 +35,20 @@ public protocol SandboxHost: Sendable {
     /// Ends what the host keeps besides the sandboxes it holds (warm sandboxes), at the node's
     /// stop, after every held sandbox was killed.
     func stop() async
+    /// Before the node serves: takes over the sandboxes that an earlier process of node `nodeID`
+    /// on this host held and left running (it crashed, or it was upgraded), holding them from now
+    /// on; `died` is each one's death report (sandbox id, message). Returns them and the ledger
+    /// resources of theirs that the node's sweep must spare.
+    func readopt(
+        nodeID: String,
+        died: @escaping @Sendable (_ sandboxID: String, _ message: String) -> Void
+    ) async -> SandboxReadoption
+    /// At the node's stop: stops holding the sandboxes that outlive the node, leaving them running
+    /// for its next process to re-adopt; returns their ids. The node kills the rest.
+    func leave() async -> [String]
+    /// The node kills sandbox `sandboxID` at `deadlineUnixMs` (unix ms) if the scheduler has not;
+    /// nil: never. A host that keeps sandboxes across restarts keeps this with them.
+    func noteDeadline(_ sandboxID: String, unixMs deadlineUnixMs: Int64?)
 }
 
 extension SandboxHost {
@@ -42,6 +56,29 @@ extension SandboxHost {
     public func dataTarget(_ sandboxID: String, tenant: String) -> SandboxDataTarget? { nil }
     /// A host that keeps nothing besides its sandboxes has nothing to end.
     public func stop() async {}
+    /// A host whose sandboxes never outlive their node re-adopts none.
+    public func readopt(
+        nodeID: String,
+        died: @escaping @Sendable (_ sandboxID: String, _ message: String) -> Void
+    ) async -> SandboxReadoption { SandboxReadoption() }
+    /// A host whose sandboxes never outlive their node leaves none running.
+    public func leave() async -> [String] { [] }
+    /// A host whose sandboxes never outlive their node keeps no deadlines.
+    public func noteDeadline(_ sandboxID: String, unixMs deadlineUnixMs: Int64?) {}
+}
+
+/// What a ``SandboxHost`` re-adopted at a node's start.
+public struct SandboxReadoption: Sendable {
+    /// The sandboxes it holds again, with the node's deadline for each (unix ms; nil: none).
+    public var sandboxes: [(id: String, deadlineUnixMs: Int64?)] = []
+    /// Their resources in the ledgers of the node processes before (the sweep spares them; the
+    /// node notes them in its own ledger).
+    public var resources: Set<SandboxLedger.Resource> = []
+    /// The sandboxes that could not be re-adopted, with why (their leftovers are swept).
+    public var failures: [(id: String, reason: String)] = []
+
+    /// Nothing re-adopted.
+    public init() {}
 }
 
 /// What the data plane needs of a held sandbox: the channel to its agent and the default

@@ -2,7 +2,7 @@ import Foundation
 import Glibc
 
 /// The cgroup interface a node uses for job limits.
-public enum CgroupVersion: String, Sendable, Equatable {
+public enum CgroupVersion: String, Codable, Sendable, Equatable {
     /// One hierarchy per controller (memory, pids, cpu, cpuacct, freezer).
     case v1
     /// The unified hierarchy with the memory, pids and cpu controllers.
@@ -19,7 +19,7 @@ enum CgroupController: String, CaseIterable, Sendable {
 
 /// One directory per controller. On v1, controllers mounted together (such as "cpu,cpuacct")
 /// share a directory; on v2 all five are the same directory.
-struct ControllerDirectories: Sendable, Equatable {
+struct ControllerDirectories: Codable, Sendable, Equatable {
     var memory: String
     var pids: String
     var cpu: String

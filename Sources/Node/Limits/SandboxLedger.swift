@@ -215,13 +215,14 @@ public final class SandboxLedger: Sendable {
     }
 
     /// Takes down everything the ledgers in ``directory`` list for node processes that no longer
-    /// run (a node does this before it opens its own ledger).
-    public func sweep() async -> SweepReport {
-        await Self.sweep(directory: directory)
+    /// run, but `sparing` (what this node re-adopted and notes in its own ledger).
+    public func sweep(sparing: Set<Resource> = []) async -> SweepReport {
+        await Self.sweep(directory: directory, sparing: sparing)
     }
 
-    /// Takes down everything the ledgers in `directory` list for node processes that no longer run.
-    public static func sweep(directory: String) async -> SweepReport {
+    /// Takes down everything the ledgers in `directory` list for node processes that no longer
+    /// run, but `sparing`, which is dropped from their files and left as it is.
+    public static func sweep(directory: String, sparing: Set<Resource> = []) async -> SweepReport {
         var report = SweepReport()
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         for name in names.sorted() where name.hasSuffix(".ledger") {
@@ -229,7 +230,7 @@ public final class SandboxLedger: Sendable {
             guard parts.count == 2, let pid = Int32(parts[0]), let start = UInt64(parts[1]) else { continue }
             if let running = startTime(of: pid), running == start { continue }  // still alive
             let path = directory + "/" + name
-            let outstanding = outstandingResources(in: path)
+            let outstanding = outstandingResources(in: path).filter { !sparing.contains($0) }
             var problems: [String] = []
             // Containers first (their processes are in the cgroups), then what they used.
             for resource in outstanding.sorted(by: { order($0) < order($1) }) {

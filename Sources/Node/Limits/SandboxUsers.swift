@@ -61,6 +61,22 @@ public final class SandboxUsers: Sendable {
         }
     }
 
+    /// Marks `uid` of this pool as in use by a sandbox that a node before this one handed it to
+    /// (one this node re-adopts). False when it is not of this pool or already in use.
+    public func claim(_ uid: UInt32) -> Bool {
+        guard uid >= first, uid - first < count else { return false }
+        return state.withLock { state in
+            guard !state.inUse.contains(uid) else { return false }
+            state.free.removeAll { $0 == uid }
+            while state.next <= uid - first {
+                if first + state.next != uid { state.free.append(first + state.next) }
+                state.next += 1
+            }
+            state.inUse.insert(uid)
+            return true
+        }
+    }
+
     /// Gives `uid` back once nothing runs as it any more. Releasing a uid that is not in use
     /// does nothing.
     public func release(_ uid: UInt32) {

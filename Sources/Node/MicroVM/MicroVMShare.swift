@@ -157,29 +157,9 @@ struct MicroVMShare: Sendable {
 
     /// A unix stream socket listening at `path`.
     private static func listen(at path: String) throws(MicroVMError) -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw MicroVMError("socket: \(String(cString: strerror(errno)))") }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            close(fd)
-            throw MicroVMError("socket path too long: \(path)")
+        switch UnixSocket.listen(at: path) {
+        case .success(let fd): return fd
+        case .failure(let error): throw MicroVMError(error.description)
         }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard bound == 0, Glibc.listen(fd, 1) == 0 else {
-            let why = String(cString: strerror(errno))
-            close(fd)
-            throw MicroVMError("cannot listen at \(path): \(why)")
-        }
-        return fd
     }
 }

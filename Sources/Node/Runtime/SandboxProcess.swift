@@ -154,6 +154,8 @@ public struct SandboxSpawnError: Error, Sendable, CustomStringConvertible {
 /// retire while the job runs. The monitor thread lives until the child is reaped.
 public final class SandboxProcess: Sendable {
     private let cancelRequested = Atomic<Bool>(false)
+    /// The process's pid once spawned; 0 before (or when the spawn failed).
+    private let spawnedPID = Atomic<Int32>(0)
     /// Write end of the wake-up pipe; -1 once the monitor closed it. Writes happen under the lock so
     /// they never race the close (and never hit a closed reader, which would raise SIGPIPE).
     private let wakeWriter: Mutex<Int32>
@@ -174,7 +176,13 @@ public final class SandboxProcess: Sendable {
         wakeWriter = Mutex(fds.wakeWrite)
         let job = MonitorJob(command: command, fds: fds, created: created, ledger: command.ledger)
         let thread = Thread { [self] in
-            self.finish(job.run(cancelRequested: self.cancelRequested, closeWaker: self.closeWaker))
+            self.finish(
+                job.run(
+                    cancelRequested: self.cancelRequested,
+                    spawned: { self.spawnedPID.store($0, ordering: .sequentiallyConsistent) },
+                    closeWaker: self.closeWaker
+                )
+            )
         }
         thread.name = "hangar-sandbox"
         thread.start()
@@ -183,6 +191,13 @@ public final class SandboxProcess: Sendable {
     /// Spawns `command`, waits for it, and kills it if the calling task is cancelled.
     public static func run(_ command: SandboxCommand) async throws(SandboxSpawnError) -> SandboxResult {
         try await SandboxProcess(command).waitKillingOnCancellation()
+    }
+
+    /// The process's pid once it is spawned (it may have ended since); nil before, or when the
+    /// spawn failed.
+    public var pid: pid_t? {
+        let pid = spawnedPID.load(ordering: .sequentiallyConsistent)
+        return pid > 0 ? pid : nil
     }
 
     /// Whether the process has ended and its result is in (``wait()`` would return at once).
@@ -380,6 +395,7 @@ private struct MonitorJob: Sendable {
     /// Spawns the program, watches it, reaps it. Runs on the dedicated monitor thread.
     func run(
         cancelRequested: borrowing Atomic<Bool>,
+        spawned announce: (pid_t) -> Void,
         closeWaker: () -> Void
     ) -> Result<SandboxResult, SandboxSpawnError> {
         var blocked = sigset_t()
@@ -395,6 +411,7 @@ private struct MonitorJob: Sendable {
             closeWaker()
             return .failure(error)
         case .success(let pid):
+            announce(pid)
             let noted =
                 ledger?.isOpen == true
                 ? SandboxLedger.startTime(of: pid).map { SandboxLedger.Resource.process(pid: pid, start: $0) } : nil

@@ -80,9 +80,19 @@ public struct SandboxStartError: Error, Sendable, CustomStringConvertible {
 /// limits, joined before bubblewrap starts (``LimitShim``, which also sets the open-files and
 /// file-size rlimits).
 ///
-/// Killing: ``kill()`` hangs up on the agent, kills bubblewrap and every process of the cgroup,
-/// removes the cgroup and the sandbox's network (if it has one), unmounts and removes the writable
-/// tmpfs and gives the uid back.
+/// The channel. The agent listens on a unix socket the node made (root-only, under
+/// `<workRoot>/agents`, never inside the sandbox) and passed to it, and the node connects. A
+/// sandbox without an allowlist network outlives its node: when the node goes (a crash, an
+/// upgrade) the agent keeps the sandbox and its commands and waits for the next node, which finds
+/// the sandbox in its ``SandboxRegistry`` (``saved``) and re-adopts it (``adopt(_:resources:logger:)``).
+/// One that no node re-adopts within ``orphanTimeout`` ends itself, and the next node's sweep takes
+/// down what it leaves. An allowlist sandbox's network depends on the node process (its DNS
+/// resolver runs there), so it is not kept: the next node sweeps it.
+///
+/// Killing: ``kill()`` hangs up on the agent, kills the agent (the sandbox's pid 1, so the kernel
+/// ends every process of the sandbox), bubblewrap and every process of the cgroup, removes the
+/// cgroup and the sandbox's network (if it has one), unmounts and removes the writable tmpfs and
+/// the agent's socket, and gives the uid back.
 public final class ProcessSandbox: Sendable {
     /// The sandbox's name (its cgroup and scratch directory carry it).
     public let id: String
@@ -99,13 +109,93 @@ public final class ProcessSandbox: Sendable {
     /// The host end of its veth pair when it has an allowlist network.
     public var networkInterface: String? { network?.hostInterface }
 
-    private let process: SandboxProcess
+    /// What a node needs to re-adopt this sandbox after its own restart; nil when it cannot be
+    /// kept (it has an allowlist network) or bubblewrap is not running.
+    public var saved: Saved? {
+        guard network == nil, let pid = leader.pid, let start = SandboxLedger.startTime(of: pid) else { return nil }
+        return Saved(
+            name: id,
+            socket: socketPath,
+            leaderPID: pid,
+            leaderStart: start,
+            cgroupVersion: cgroup.version,
+            cgroup: cgroup.directories,
+            scratch: scratch.path,
+            overlay: overlay,
+            hostUser: hostUser
+        )
+    }
+
+    private let leader: Leader
     private let network: JobNetwork?
     private let cgroup: JobCgroup
     private let scratch: JobScratch
-    private let overlay: TemplateOverlay?
+    private let overlay: TemplateOverlay.Mounts?
     private let users: SandboxUsers
+    private let socketPath: String
+    private let ledger: SandboxLedger
     private let killed = Mutex<Task<String?, Never>?>(nil)
+
+    /// A sandbox as the registry keeps it: enough to reconnect to its agent and to take it down.
+    public struct Saved: Codable, Sendable, Equatable {
+        /// ``ProcessSandbox/id``.
+        var name: String
+        /// The agent's listening socket.
+        var socket: String
+        /// Bubblewrap's host pid and start time (it is the sandbox's first host process).
+        var leaderPID: Int32
+        var leaderStart: UInt64
+        var cgroupVersion: CgroupVersion
+        var cgroup: ControllerDirectories
+        var scratch: String
+        var overlay: TemplateOverlay.Mounts?
+        var hostUser: UInt32?
+
+        /// What the node's ledger lists for the sandbox: kept (not swept) when it is re-adopted.
+        var resources: [SandboxLedger.Resource] {
+            [.process(pid: leaderPID, start: leaderStart), .scratch(path: scratch), .socket(path: socket)]
+                + cgroup.distinct.map { .cgroup(directory: $0) }
+        }
+    }
+
+    /// The sandbox's first host process: the limit shim, which became bubblewrap.
+    private enum Leader: Sendable {
+        /// Started by this node process.
+        case child(SandboxProcess)
+        /// Started by a node process before this one, which re-adopted the sandbox.
+        case adopted(pid: Int32, start: UInt64)
+
+        var pid: Int32? {
+            switch self {
+            case .child(let process): process.pid
+            case .adopted(let pid, _): pid
+            }
+        }
+
+        var hasEnded: Bool {
+            switch self {
+            case .child(let process): process.hasEnded
+            case .adopted(let pid, let start): SandboxLedger.startTime(of: pid) != start
+            }
+        }
+
+        func kill() {
+            switch self {
+            case .child(let process): process.kill()
+            case .adopted(let pid, _): if !hasEnded { Glibc.kill(pid, SIGKILL) }
+            }
+        }
+
+        /// Until it has ended (and, for an adopted one, whoever adopted it reaped it, or 5 s).
+        func wait() async {
+            switch self {
+            case .child(let process): _ = try? await process.wait()
+            case .adopted:
+                let end = ContinuousClock.now + .seconds(5)
+                while !hasEnded && ContinuousClock.now < end { try? await Task.sleep(for: .milliseconds(5)) }
+            }
+        }
+    }
 
     /// Where sandboxes' writable tmpfs go unless the caller says otherwise.
     public static let defaultWorkRoot = "/run/hangar-sandboxes"
@@ -117,27 +207,36 @@ public final class ProcessSandbox: Sendable {
     static let lifetime = Duration.seconds(7 * 24 * 3600)
     /// The agent's own diagnostics (stderr) kept; it writes little.
     static let agentStderrBytes = 64 << 10
-    /// How long ``kill()`` gives the agent to end the sandbox itself before killing everything.
+    /// How long ``kill()`` gives the sandbox to end once its agent is killed, before killing
+    /// everything.
     static let hangUpGrace = Duration.seconds(2)
+    /// How long an agent whose node went away waits for the next one before it ends the sandbox.
+    public static let orphanTimeout = Duration.seconds(600)
+    /// How long a re-adopting node waits for an agent's answer.
+    static let adoptTimeout = Duration.seconds(3)
     /// The uid of `user` inside the sandbox (the agent's USER_ID).
     static let userID: UInt32 = 1000
 
     private init(
         id: String,
         agent: SandboxAgentChannel,
-        process: SandboxProcess,
+        leader: Leader,
         cgroup: JobCgroup,
         scratch: JobScratch,
-        overlay: TemplateOverlay?,
+        overlay: TemplateOverlay.Mounts?,
         user: UInt32?,
         users: SandboxUsers,
-        network: JobNetwork?
+        network: JobNetwork?,
+        socketPath: String,
+        ledger: SandboxLedger
     ) {
         self.network = network
         self.overlay = overlay
         self.id = id
         self.agent = agent
-        self.process = process
+        self.leader = leader
+        self.socketPath = socketPath
+        self.ledger = ledger
         self.cgroup = cgroup
         self.scratch = scratch
         self.scratchPath = scratch.path
@@ -167,6 +266,7 @@ public final class ProcessSandbox: Sendable {
     ///   - workRoot: where the writable tmpfs is mounted (a directory per sandbox below it).
     ///   - template: the root filesystem: the host's (``Template/host``), or a directory template
     ///     with a writable layer of the sandbox's own over it.
+    ///   - orphanTimeout: how long its agent waits for a node once its node went away.
     public static func start(
         id: String,
         limits: SandboxLimits = SandboxLimits(),
@@ -177,6 +277,7 @@ public final class ProcessSandbox: Sendable {
         bubblewrapPath: String = "/usr/bin/bwrap",
         resources: NodeResources = .standard,
         workRoot: String = defaultWorkRoot,
+        orphanTimeout: Duration = orphanTimeout,
         logger: Logger = Logger(label: "hangar.sandbox")
     ) async throws(SandboxStartError) -> ProcessSandbox {
         guard geteuid() == 0 else {
@@ -273,9 +374,11 @@ public final class ProcessSandbox: Sendable {
                 throw error
             }
         }
-        let started: (SandboxProcess, SandboxAgentChannel)
+        let started: (SandboxProcess, SandboxAgentChannel, String)
         do {
             started = try spawn(
+                workRoot: workRoot,
+                orphanTimeout: orphanTimeout,
                 agentPath: agentPath,
                 bubblewrapPath: bubblewrapPath,
                 scratch: scratch.path,
@@ -300,13 +403,15 @@ public final class ProcessSandbox: Sendable {
         let sandbox = ProcessSandbox(
             id: id,
             agent: started.1,
-            process: started.0,
+            leader: .child(started.0),
             cgroup: cgroup,
             scratch: scratch,
-            overlay: overlay,
+            overlay: overlay?.mounts,
             user: user,
             users: resources.users,
-            network: network
+            network: network,
+            socketPath: started.2,
+            ledger: resources.ledger
         )
         do {
             try await sandbox.waitUntilReady()
@@ -379,6 +484,8 @@ public final class ProcessSandbox: Sendable {
     /// filter it installs in commands, 5… the `/etc` files bubblewrap writes. With `network`, the
     /// shim is started through `nsenter` in its namespace and bubblewrap makes no network namespace.
     private static func spawn(
+        workRoot: String,
+        orphanTimeout: Duration,
         agentPath: String,
         bubblewrapPath: String,
         scratch: String,
@@ -391,12 +498,22 @@ public final class ProcessSandbox: Sendable {
         user: UInt32,
         ledger: SandboxLedger,
         logger: Logger
-    ) throws(SandboxStartError) -> (SandboxProcess, SandboxAgentChannel) {
-        var ends: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
-            throw SandboxStartError("socketpair failed: \(String(cString: strerror(errno)))")
+    ) throws(SandboxStartError) -> (SandboxProcess, SandboxAgentChannel, String) {
+        let socketPath = try makeSocketDirectory(workRoot: workRoot) + "/agent.sock"
+        let listening: Int32
+        switch UnixSocket.listen(at: socketPath) {
+        case .success(let fd): listening = fd
+        case .failure(let error):
+            rmdir((socketPath as NSString).deletingLastPathComponent)
+            throw SandboxStartError("cannot make the agent's socket: \(error)")
         }
-        var files: [Int32] = [ends[1]]
+        ledger.made(.socket(path: socketPath))
+        func removeSocket() {
+            unlink(socketPath)
+            rmdir((socketPath as NSString).deletingLastPathComponent)
+            ledger.gone(.socket(path: socketPath))
+        }
+        var files: [Int32] = [listening]
         defer { for fd in files { close(fd) } }
         // An allowlist sandbox runs in the network namespace the node prepared (entered before
         // bubblewrap starts); every other namespace is new.
@@ -404,9 +521,11 @@ public final class ProcessSandbox: Sendable {
             network == nil
             ? ["--unshare-all", "--unshare-user"]
             : ["--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
+        // Not `--die-with-parent`: a sandbox that can be re-adopted outlives its node; one with an
+        // allowlist network cannot (its resolver is the node's), so it dies with its node.
         var arguments =
-            ["bwrap"] + namespaces + [
-                "--die-with-parent", "--new-session", "--as-pid-1",
+            ["bwrap"] + namespaces + (network == nil ? [] : ["--die-with-parent"]) + [
+                "--new-session", "--as-pid-1",
                 "--cap-drop", "ALL", "--cap-add", "CAP_SETFCAP", "--cap-add", "CAP_SETPCAP",
                 "--hostname", "sandbox", "--uid", "0", "--gid", "0", "--clearenv",
                 "--setenv", "PATH", ProcessRuntime.defaultPath,
@@ -429,12 +548,13 @@ public final class ProcessSandbox: Sendable {
                 arguments += ["--perms", "0644", "--file", String(2 + files.count), file.path]
             }
         } catch {
-            close(ends[0])
+            removeSocket()
             throw SandboxStartError(error.message)
         }
         arguments += [
-            "--remount-ro", "/", "--chdir", "/", "--", agentPathInside, "--in", "3", "--out", "3", "--seccomp", "4",
+            "--remount-ro", "/", "--chdir", "/", "--", agentPathInside, "--listen", "3", "--seccomp", "4",
         ]
+        if network == nil { arguments += ["--orphan-ms", String(max(1, JobLimits.milliseconds(orphanTimeout)))] }
         let shim = LimitShim(
             procsFiles: cgroup.procsFiles,
             limits: limits,
@@ -463,17 +583,82 @@ public final class ProcessSandbox: Sendable {
         do {
             process = try SandboxProcess(command)
         } catch {
-            close(ends[0])
+            removeSocket()
             throw SandboxStartError("cannot start bubblewrap: \(error.description)")
         }
-        return (process, SandboxAgentChannel(socket: ends[0], logger: logger))
+        // The socket listens already: the connection waits in its backlog until the agent accepts.
+        switch UnixSocket.connect(to: socketPath) {
+        case .success(let fd):
+            return (process, SandboxAgentChannel(socket: fd, logger: logger), socketPath)
+        case .failure(let error):
+            process.kill()
+            removeSocket()
+            throw SandboxStartError("cannot reach the agent: \(error)")
+        }
+    }
+
+    /// A new root-only directory for one agent's socket under `<workRoot>/agents`.
+    private static func makeSocketDirectory(workRoot: String) throws(SandboxStartError) -> String {
+        let root = workRoot + "/agents"
+        for path in [workRoot, root] where mkdir(path, 0o711) != 0 && errno != EEXIST {
+            throw SandboxStartError("cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+        let path = root + "/" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+        guard mkdir(path, 0o700) == 0 else {
+            throw SandboxStartError("cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+        return path
+    }
+
+    /// Re-adopts a sandbox that a node process before this one started (its registry entry):
+    /// connects to its agent and waits for an answer. Nil, with the reason, when the sandbox is
+    /// gone or its agent does not answer; then nothing of it is claimed, and the node's sweep takes
+    /// it down. The caller notes ``Saved/resources`` in the node's ledger once it is open.
+    static func adopt(
+        _ saved: Saved,
+        resources: NodeResources,
+        logger: Logger
+    ) async -> Result<ProcessSandbox, SandboxStartError> {
+        guard SandboxLedger.startTime(of: saved.leaderPID) == saved.leaderStart else {
+            return .failure(SandboxStartError("its bubblewrap (pid \(saved.leaderPID)) is gone"))
+        }
+        let fd: Int32
+        switch UnixSocket.connect(to: saved.socket) {
+        case .success(let connected): fd = connected
+        case .failure(let error): return .failure(SandboxStartError("its agent cannot be reached: \(error)"))
+        }
+        if let user = saved.hostUser, !resources.users.claim(user) {
+            close(fd)
+            return .failure(SandboxStartError("its host uid \(user) is not free on this node"))
+        }
+        let sandbox = ProcessSandbox(
+            id: saved.name,
+            agent: SandboxAgentChannel(socket: fd, logger: logger),
+            leader: .adopted(pid: saved.leaderPID, start: saved.leaderStart),
+            cgroup: JobCgroup(version: saved.cgroupVersion, directories: saved.cgroup, ledger: resources.ledger),
+            scratch: JobScratch(path: saved.scratch, ledger: resources.ledger),
+            overlay: saved.overlay,
+            user: saved.hostUser,
+            users: resources.users,
+            network: nil,
+            socketPath: saved.socket,
+            ledger: resources.ledger
+        )
+        do {
+            try await sandbox.waitUntilReady(within: adoptTimeout)
+        } catch {
+            sandbox.agent.close()
+            if let user = saved.hostUser { resources.users.release(user) }
+            return .failure(error)
+        }
+        return .success(sandbox)
     }
 
     /// Pings the agent until it answers, the sandbox dies or ``readyTimeout`` passes.
-    private func waitUntilReady() async throws(SandboxStartError) {
+    private func waitUntilReady(within timeout: Duration = readyTimeout) async throws(SandboxStartError) {
         // The channel fails the ping when it is closed: the deadline closes it.
         let deadline = Task { [agent] in
-            try? await Task.sleep(for: Self.readyTimeout)
+            try? await Task.sleep(for: timeout)
             if !Task.isCancelled { agent.close() }
         }
         defer { deadline.cancel() }
@@ -481,14 +666,16 @@ public final class ProcessSandbox: Sendable {
             try await agent.ping()
         } catch {
             throw SandboxStartError(
-                "the sandbox's agent did not answer within \(JobLimits.milliseconds(Self.readyTimeout)) ms: \(error)"
+                "the sandbox's agent did not answer within \(JobLimits.milliseconds(timeout)) ms: \(error)"
             )
         }
     }
 
     /// The agent's stderr once the sandbox has ended, for error messages.
     private func agentDiagnostics() async -> String {
-        guard process.hasEnded, let result = try? await process.wait() else { return "" }
+        guard case .child(let process) = leader, process.hasEnded, let result = try? await process.wait() else {
+            return ""
+        }
         return String(decoding: result.stderr.prefix(500), as: UTF8.self).trimmingCharacters(
             in: .whitespacesAndNewlines
         )
@@ -511,16 +698,22 @@ public final class ProcessSandbox: Sendable {
     }
 
     private func tearDown() async -> String? {
-        // Hung up on, the agent kills its commands and exits; as the pid namespace's init it takes
-        // the rest of the sandbox with it, and bubblewrap, its parent, reaps it and exits. Killing
-        // bubblewrap first would leave the agent to whichever process adopts orphans here, a
-        // zombie until that process reaps it.
+        // Killed, the agent, the pid namespace's init, takes the rest of the sandbox with it (the
+        // kernel kills every process of the namespace), and bubblewrap, its parent, reaps it and
+        // exits. Killing bubblewrap first would leave the agent to whichever process adopts
+        // orphans here, a zombie until that process reaps it. (Hung up on, the agent would wait
+        // for the next node.)
         agent.close()
+        if let agentPID = agentPID() { Glibc.kill(agentPID, SIGKILL) }
         let end = ContinuousClock.now + Self.hangUpGrace
-        while !process.hasEnded && ContinuousClock.now < end { try? await Task.sleep(for: .milliseconds(2)) }
-        process.kill()
+        while !leader.hasEnded && ContinuousClock.now < end { try? await Task.sleep(for: .milliseconds(2)) }
+        leader.kill()
         await cgroup.killAll()
-        _ = try? await process.wait()
+        await leader.wait()
+        if case .adopted(let pid, let start) = leader { ledger.gone(.process(pid: pid, start: start)) }
+        unlink(socketPath)
+        rmdir((socketPath as NSString).deletingLastPathComponent)
+        ledger.gone(.socket(path: socketPath))
         var problems: [String] = []
         do {
             try await cgroup.remove()
@@ -538,5 +731,17 @@ public final class ProcessSandbox: Sendable {
         if let problem = overlay?.unmount() { problems.append(problem) }
         if let problem = scratch.remove() { problems.append(problem) }
         return problems.isEmpty ? nil : problems.joined(separator: "; ")
+    }
+
+    /// The agent's host pid: bubblewrap's only child (with `--as-pid-1` it forks once, and the
+    /// child execs the agent as pid 1 of the sandbox); nil when bubblewrap has none (any more).
+    private func agentPID() -> pid_t? {
+        guard let pid = leader.pid, !leader.hasEnded,
+            let text = try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)
+        else { return nil }
+        let children = text.split(separator: " ").compactMap {
+            pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        return children.count == 1 ? children[0] : nil
     }
 }

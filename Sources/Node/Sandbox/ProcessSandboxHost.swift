@@ -21,6 +21,15 @@ import Synchronization
 /// A sandbox whose agent goes away on its own (it crashed, the memory limit killed it) is noticed
 /// by a watcher that polls the agent channel, killed to clean up what is left, forgotten and
 /// reported through the start's `died` callback.
+///
+/// Restarts: `process` sandboxes without an allowlist network outlive the node process. Each is
+/// written to the node's ``SandboxRegistry`` once started, and the next node process with the same
+/// node id re-adopts it (``readopt(nodeID:died:)``): it reconnects to its agent and holds it again,
+/// with its files, processes and limits as they were. What lived in the node process is not kept:
+/// a command's output the node had not yet sent, background commands' kept output (their
+/// processes run on), code contexts (their kernels run on, unreachable; a new default context
+/// starts on first use) and watches. Sandboxes of the other runtimes end with their node and are
+/// reported LOST.
 public final class ProcessSandboxHost: SandboxHost {
     private let agentPath: String
     /// The runc runtime of `container` sandboxes; nil when runc is not there or the node not root.
@@ -35,8 +44,14 @@ public final class ProcessSandboxHost: SandboxHost {
     private let state = Mutex(State())
     /// How often a watcher checks whether a sandbox's agent is still there.
     static let watchInterval = Duration.milliseconds(200)
+    /// What `process` sandboxes draw on; re-adopted ones too.
+    private let resources: NodeResources
+    /// Where sandboxes that outlive the node are written; nil when the node is not root.
+    private let registry: SandboxRegistry?
 
     private struct Held {
+        /// Its registry entry, when it outlives the node.
+        var entry: SandboxRegistry.Entry?
         let tenant: String
         let sandbox: any StatefulSandbox
         let environment: [String: String]
@@ -46,6 +61,8 @@ public final class ProcessSandboxHost: SandboxHost {
     }
 
     private struct State {
+        /// The node id registry entries are written for; nil until ``readopt(nodeID:died:)``.
+        var nodeID: String?
         var held: [String: Held] = [:]
         /// Ids being started; a kill meanwhile is recorded and carried out once the start ends.
         var starting: Set<String> = []
@@ -74,6 +91,8 @@ public final class ProcessSandboxHost: SandboxHost {
     ) {
         self.cellOutputBytes = cellOutputBytes
         self.agentPath = agentPath
+        self.resources = resources
+        registry = geteuid() == 0 ? SandboxRegistry(ledger: resources.ledger) : nil
         self.templates = templates
         if let runcPath, geteuid() == 0, access(runcPath, X_OK) == 0 {
             container = ContainerRuntime(runcPath: runcPath, templates: templates, resources: resources)
@@ -268,7 +287,55 @@ public final class ProcessSandboxHost: SandboxHost {
             }
             throw SandboxRefusal("the sandbox could not start: \(error.description)")
         }
-        let watcher = Task { [weak self] in
+        let watcher = watch(id, sandbox, died: died)
+        let owner = (pid: getpid(), start: SandboxLedger.startTime(of: getpid()) ?? 0)
+        let (killed, entry) = state.withLock { state -> (Bool, SandboxRegistry.Entry?) in
+            state.starting.remove(id)
+            if state.killedWhileStarting.remove(id) != nil { return (true, nil) }
+            var entry: SandboxRegistry.Entry?
+            if let nodeID = state.nodeID, let saved = (sandbox as? ProcessSandbox)?.saved {
+                entry = SandboxRegistry.Entry(
+                    sandboxID: id,
+                    nodeID: nodeID,
+                    tenant: request.tenant,
+                    environment: environment,
+                    ownerPID: owner.pid,
+                    ownerStart: owner.start,
+                    sandbox: saved
+                )
+            }
+            state.held[id] = Held(
+                entry: entry,
+                tenant: request.tenant,
+                sandbox: sandbox,
+                environment: environment,
+                code: code
+                    ?? CodeContexts(agent: sandbox.agent, environment: environment, cellOutputBytes: cellOutputBytes),
+                watcher: watcher
+            )
+            return (false, entry)
+        }
+        if killed {
+            watcher.cancel()
+            await tearDown(id, sandbox)
+            throw SandboxRefusal("the sandbox was killed while it started")
+        }
+        if let entry, let problem = registry?.save(entry) {
+            logger.warning(
+                "a sandbox is not in the registry: a restart of this node would end it",
+                metadata: ["sandbox.id": "\(id)", "problem": "\(problem)"]
+            )
+        }
+    }
+
+    /// A watcher of `sandbox`'s agent: when it goes away on its own, the sandbox is cleaned up
+    /// and reported through `died`.
+    private func watch(
+        _ id: String,
+        _ sandbox: any StatefulSandbox,
+        died: @escaping @Sendable (String) -> Void
+    ) -> Task<Void, Never> {
+        Task { [weak self] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: Self.watchInterval)
                 if Task.isCancelled { return }
@@ -278,24 +345,82 @@ public final class ProcessSandboxHost: SandboxHost {
                 }
             }
         }
-        let killed = state.withLock { state in
-            state.starting.remove(id)
-            if state.killedWhileStarting.remove(id) != nil { return true }
-            state.held[id] = Held(
-                tenant: request.tenant,
-                sandbox: sandbox,
-                environment: environment,
-                code: code
-                    ?? CodeContexts(agent: sandbox.agent, environment: environment, cellOutputBytes: cellOutputBytes),
-                watcher: watcher
+    }
+
+    public func leave() async -> [String] {
+        let left = state.withLock { state -> [(String, Held)] in
+            let left = state.held.filter { $0.value.entry != nil }
+            for id in left.keys { state.held.removeValue(forKey: id) }
+            return left.sorted { $0.key < $1.key }
+        }
+        for (id, held) in left {
+            held.watcher.cancel()
+            // Hung up on, its agent keeps the sandbox and waits for the next node.
+            held.sandbox.agent.close()
+            logger.notice(
+                "left a stateful sandbox running for the next start of this node",
+                metadata: ["sandbox.id": "\(id)"]
             )
-            return false
         }
-        if killed {
-            watcher.cancel()
-            await tearDown(id, sandbox)
-            throw SandboxRefusal("the sandbox was killed while it started")
+        return left.map(\.0)
+    }
+
+    public func noteDeadline(_ sandboxID: String, unixMs deadlineUnixMs: Int64?) {
+        let entry = state.withLock { state -> SandboxRegistry.Entry? in
+            guard var held = state.held[sandboxID], var entry = held.entry else { return nil }
+            entry.deadlineUnixMs = deadlineUnixMs
+            held.entry = entry
+            state.held[sandboxID] = held
+            return entry
         }
+        if let entry { registry?.save(entry) }
+    }
+
+    public func readopt(
+        nodeID: String,
+        died: @escaping @Sendable (_ sandboxID: String, _ message: String) -> Void
+    ) async -> SandboxReadoption {
+        state.withLock { $0.nodeID = nodeID }
+        var result = SandboxReadoption()
+        guard let registry else { return result }
+        let owner = (pid: getpid(), start: SandboxLedger.startTime(of: getpid()) ?? 0)
+        for var entry in registry.orphans(of: nodeID) {
+            let id = entry.sandboxID
+            let sandbox: ProcessSandbox
+            switch await ProcessSandbox.adopt(entry.sandbox, resources: resources, logger: logger) {
+            case .success(let adopted): sandbox = adopted
+            case .failure(let error):
+                registry.remove(id)
+                result.failures.append((id, error.description))
+                continue
+            }
+            entry.ownerPID = owner.pid
+            entry.ownerStart = owner.start
+            let code = CodeContexts(
+                agent: sandbox.agent,
+                environment: entry.environment,
+                cellOutputBytes: cellOutputBytes
+            )
+            let watcher = watch(id, sandbox) { message in died(id, message) }
+            state.withLock { state in
+                state.held[id] = Held(
+                    entry: entry,
+                    tenant: entry.tenant,
+                    sandbox: sandbox,
+                    environment: entry.environment,
+                    code: code,
+                    watcher: watcher
+                )
+            }
+            registry.save(entry)
+            result.sandboxes.append((id, entry.deadlineUnixMs))
+            result.resources.formUnion(entry.sandbox.resources)
+            logger.notice(
+                "re-adopted a stateful sandbox",
+                metadata: ["sandbox.id": "\(id)", "tenant": "\(entry.tenant)"]
+            )
+        }
+        return result
     }
 
     /// The template `name` names for a sandbox of `runtime`: `host` (also for ""), or a directory
@@ -346,6 +471,7 @@ public final class ProcessSandboxHost: SandboxHost {
         held.watcher.cancel()
         logger.info("killing a stateful sandbox", metadata: ["sandbox.id": "\(sandboxID)", "reason": "\(reason)"])
         await tearDown(sandboxID, held.sandbox)
+        if held.entry != nil { registry?.remove(sandboxID) }
     }
 
     public var sandboxIDs: [String] { state.withLock { Array($0.held.keys).sorted() } }
@@ -372,6 +498,7 @@ public final class ProcessSandboxHost: SandboxHost {
             metadata: ["sandbox.id": "\(id)", "reason": "\(reason)"]
         )
         await tearDown(id, held.sandbox)
+        if held.entry != nil { registry?.remove(id) }
         died("the sandbox's agent went away: \(reason)")
     }
 

@@ -26,6 +26,28 @@ struct TemplateOverlay: Sendable {
     let layout: TemplateRootfs
     private let lower: String?
 
+    /// What the overlay mounted, to unmount it later, also from a node that re-adopts the sandbox.
+    struct Mounts: Codable, Sendable, Equatable {
+        /// The merged tree.
+        var root: String
+        /// The idmapped template under it, if any.
+        var lower: String?
+
+        /// Unmounts the merged tree and the idmapped template. Returns what could not be
+        /// unmounted, or nil.
+        func unmount() -> String? {
+            var problems: [String] = []
+            for path in [root] + (lower.map { [$0] } ?? [])
+            where umount2(path, Int32(MNT_DETACH)) != 0 && errno != EINVAL && errno != ENOENT {
+                problems.append("cannot unmount \(path): \(String(cString: strerror(errno)))")
+            }
+            return problems.isEmpty ? nil : problems.joined(separator: "; ")
+        }
+    }
+
+    /// What it mounted.
+    var mounts: Mounts { Mounts(root: root, lower: lower) }
+
     /// Mounts the layer in `directory` (created here, on the sandbox's tmpfs) over the template at
     /// `rootfs`, and writes the sandbox's accounts there (``writeAccounts(uid:owner:resolver:)``,
     /// `user` with id `userID`; `resolver`: the sandbox has a resolver of its own). `owner` is the
@@ -82,13 +104,7 @@ struct TemplateOverlay: Sendable {
 
     /// Unmounts the merged tree and the idmapped template (the tmpfs holding them goes with the
     /// sandbox's scratch). Returns what could not be unmounted, or nil.
-    func unmount() -> String? {
-        var problems: [String] = []
-        for path in [root] + (lower.map { [$0] } ?? []) where umount2(path, Int32(MNT_DETACH)) != 0 && errno != EINVAL {
-            problems.append("cannot unmount \(path): \(String(cString: strerror(errno)))")
-        }
-        return problems.isEmpty ? nil : problems.joined(separator: "; ")
-    }
+    func unmount() -> String? { mounts.unmount() }
 
     /// Writes the sandbox's `/etc` files into the merged tree at `root`, owned by `owner` (the sandbox's
     /// root): the template's `passwd` and `group` with the sandbox user (`user`, `uid`, home

@@ -16,7 +16,8 @@ public struct ClusterState: Sendable {
         case joined
         /// A node that was down is back.
         case returned
-        /// The node agent restarted: it runs nothing of ours any more.
+        /// The node agent restarted (its reservations are dropped): it runs none of our jobs any
+        /// more, only the sandboxes it re-adopted, which its heartbeat lists.
         case restarted
         case alive
     }

@@ -63,7 +63,7 @@ public struct SandboxEnd: Sendable, Equatable {
         case killed
         /// Its timeout or its maximum lifetime passed.
         case timedOut
-        /// Its node died, restarted, or stopped reporting it: its state is gone.
+        /// Its node died, restarted without re-adopting it, or stopped reporting it: its state is gone.
         case lost
         /// It could not be created (no node had room in time, or the node refused it).
         case failed
@@ -90,6 +90,9 @@ public enum SandboxAction: Sendable, Equatable {
 public enum SandboxRecord: Sendable, Equatable {
     case placed(sandboxID: String, nodeID: String)
     case started(sandboxID: String, nodeID: String)
+    /// Its node restarted and re-adopted it (listed it from its first heartbeat on): it runs on
+    /// there, nothing else changes.
+    case readopted(sandboxID: String, nodeID: String)
     case timeoutSet(sandboxID: String, deadline: ContinuousClock.Instant)
     case ended(sandboxID: String, SandboxEnd)
 }

@@ -144,10 +144,16 @@ extension SchedulerCore {
 
     /// Every sandbox on `node` is lost with it. `reservationsDropped`: the cluster already forgot
     /// the node's reservations (it restarted); else they are given back when the ends are stored.
+    /// `readopted`: the sandboxes the restarted node lists (it re-adopted them); those the core
+    /// knows running there run on, reserved again on the node (their tenant's usage was never
+    /// given back), and restored ones stay restored, to be reserved by `reserveRestoredSandboxes`.
+    /// Both are recorded ``SandboxRecord/readopted(sandboxID:nodeID:)``. One still starting is lost
+    /// all the same: the core cannot tell whether the node created it.
     mutating func loseSandboxes(
         on node: String,
         reason: String,
         reservationsDropped: Bool,
+        readopted: Set<String> = [],
         _ actions: inout [CoreAction]
     ) {
         let holds: Hold = reservationsDropped ? .usage : .usageAndNode(node)
@@ -155,6 +161,14 @@ extension SchedulerCore {
             guard let sandbox = sandboxes[id] else { continue }
             let lost = SandboxEnd(reason: .lost, node: node, message: "\(reason); its state is gone")
             switch sandbox.phase {
+            case .running(node, _) where reservationsDropped && readopted.contains(id):
+                cluster.reserve(node, sandbox.spec.request)
+                actions.append(.log(.sandbox(.readopted(sandboxID: id, nodeID: node))))
+            case .restored(node, let deadline, _) where reservationsDropped && readopted.contains(id):
+                // A reservation it held went with the restart: `reserveRestoredSandboxes`, next in
+                // the heartbeat, takes it again, once.
+                sandboxes[id]?.phase = .restored(node: node, deadline: deadline, reserved: false)
+                actions.append(.log(.sandbox(.readopted(sandboxID: id, nodeID: node))))
             case .starting(node, _), .running(node, _), .restored(node, _, reserved: true):
                 end(id, lost, holds: holds, &actions)
             case .restored(node, _, reserved: false):

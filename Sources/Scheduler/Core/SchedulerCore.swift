@@ -137,14 +137,23 @@ public struct SchedulerCore: Sendable {
             case .returned:
                 actions.append(.log(.nodeUp(nodeID: nodeID)))
             case .restarted:
-                // It runs nothing of ours any more, and the cluster dropped its reservations.
-                loseSandboxes(on: nodeID, reason: "node \(nodeID) restarted", reservationsDropped: true, &actions)
+                // It runs none of our jobs any more, and the cluster dropped its reservations.
                 for (id, job) in jobs {
                     if case .finishing(let outcome, let failed, .usageAndNode(nodeID)) = job.phase {
                         jobs[id]?.phase = .finishing(outcome, storeFailed: failed, holds: .usage)
                     }
                 }
                 loseAttempts(on: nodeID, reason: "node \(nodeID) restarted", now: now, &actions)
+                // The sandboxes it re-adopted (listed from its first heartbeat on) run on, reserved
+                // again: after the attempts, whose release of the dropped reservations (stopping at
+                // zero) must not take theirs.
+                loseSandboxes(
+                    on: nodeID,
+                    reason: "node \(nodeID) restarted",
+                    reservationsDropped: true,
+                    readopted: Set(heartbeat.sandboxes),
+                    &actions
+                )
             case .alive:
                 break
             }

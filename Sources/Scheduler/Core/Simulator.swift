@@ -6,8 +6,9 @@ import HeapModule
 /// from one seeded generator, and the core's invariants checked after every step. The same seed
 /// replays the same history exactly; a failure names its seed and step.
 ///
-/// Faults: nodes that crash (never report), restart (a new incarnation), or pause (stop heartbeating,
-/// then deliver their results late); attempts acknowledged and then vanished (never run, never
+/// Faults: nodes that crash (never report), restart (a new incarnation; some re-adopt their
+/// sandboxes and list them from their first heartbeat on), or pause (stop heartbeating, then
+/// deliver their results late); attempts acknowledged and then vanished (never run, never
 /// reported: only the heartbeats no longer listing them tell); assignment answers lost (the shell's timeout refuses them while
 /// the node may still run the job); results delivered twice or late; slow and failed store commits;
 /// cancels; and scheduler restarts: the core is thrown away with everything in flight to it, and a
@@ -55,6 +56,8 @@ public struct Simulator {
         public var restoredJobs = 0
         /// Attempts acknowledged by their node that then vanished (never ran, never reported).
         public var vanishedAttempts = 0
+        /// Running sandboxes a restarted node re-adopted, which the core kept.
+        public var readoptedSandboxes = 0
     }
 
     private enum Happening {
@@ -138,6 +141,9 @@ public struct Simulator {
     private var sandboxSpecs: [String: (spec: CoreSandbox.Spec, createdAt: ContinuousClock.Instant)] = [:]
     private var sandboxStore: [String: StoredSandbox] = [:]
     private var sandboxEndedCount: [String: Int] = [:]
+    /// During a restarted node's first heartbeat: the sandboxes it holds that the core still had
+    /// starting there (it cannot tell whether the node created them, so they may end LOST).
+    private var startingAtRestart: Set<String> = []
 
     /// A simulation of `settings` driven by `seed`.
     public init(seed: UInt64, settings: Settings = Settings()) {
@@ -278,7 +284,28 @@ public struct Simulator {
             try restartScheduler()
         case .heartbeat(let index):
             let node = nodes[index]
-            if node.alive && node.beating { try apply(.heartbeat(nodeID: node.id, heartbeat(node))) }
+            if node.alive && node.beating {
+                let beat = heartbeat(node)
+                var readopting: [String] = []
+                if let known = core.cluster.records[node.id]?.heartbeat.incarnation, known != beat.incarnation {
+                    // Its first heartbeat since it restarted: what it re-adopted and the core knows
+                    // running there runs on; what the core had starting there may be lost.
+                    for id in node.holding.sorted() {
+                        switch core.sandboxes[id]?.phase {
+                        case .running(node.id, _): readopting.append(id)
+                        case .starting(node.id, _): startingAtRestart.insert(id)
+                        default: break
+                        }
+                    }
+                }
+                defer { startingAtRestart = [] }
+                try apply(.heartbeat(nodeID: node.id, beat))
+                for id in readopting {
+                    var kept = false
+                    if case .running(node.id, _) = core.sandboxes[id]?.phase { kept = true }
+                    try expect(kept, "sandbox \(id) re-adopted by restarted node \(node.id) was not kept running")
+                }
+            }
             if node.alive { schedule(.heartbeat(node: index), in: .seconds(1)) }
         case .nodeFinishes(let index, let incarnation, let jobID, let attempt):
             let node = nodes[index]
@@ -316,7 +343,8 @@ public struct Simulator {
             nodes[index].beating = true
             nodes[index].incarnation += 1
             nodes[index].running = []
-            nodes[index].holding = []
+            // A node that restarts (not one that crashed) may re-adopt the sandboxes it held.
+            if !wasAlive || random.next(below: 2) == 0 { nodes[index].holding = [] }
             if !wasAlive { schedule(.heartbeat(node: index), in: .zero) }
         case .pause(let index, let duration):
             guard now < settings.faultPhase else { break }
@@ -451,13 +479,19 @@ public struct Simulator {
                 sandboxStore[id]?.node = nodeID
             case .log(.sandbox(.timeoutSet(let id, let deadline))):
                 sandboxStore[id]?.deadline = deadline
+            case .log(.sandbox(.readopted(let id, let nodeID))):
+                let index = nodes.firstIndex { $0.id == nodeID }!
+                try expect(nodes[index].holding.contains(id), "sandbox \(id) re-adopted but node \(nodeID) lacks it")
+                report.readoptedSandboxes += 1
             case .log(.sandbox(.ended(let id, let end))):
                 if end.reason == .lost, let node = end.node {
-                    // Lost only with its node: down, restarted, or not holding it after a restart.
+                    // Lost only with its node: down, restarted (re-adopting it only if it was
+                    // still starting), or not holding it after a restart.
                     let index = nodes.firstIndex { $0.id == node }!
                     try expect(
                         !nodes[index].alive || !nodes[index].beating || !nodes[index].holding.contains(id)
-                            || core.cluster.view(node)?.up == false || report.schedulerRestarts > 0,
+                            || core.cluster.view(node)?.up == false || report.schedulerRestarts > 0
+                            || startingAtRestart.contains(id),
                         "sandbox \(id) ended LOST while its node \(node) runs it and reports"
                     )
                 }

@@ -677,18 +677,7 @@ extension Scheduler {
             switch core.sandboxes[id]?.phase {
             case .starting(let node, _), .running(let node, _), .restored(let node, _, _):
                 // The node enforces it too (a grace later), for when no scheduler runs.
-                var timeout = Hangar_V1_SandboxSetTimeout()
-                timeout.schedulerTerm = config.term
-                timeout.sandboxID = id
-                timeout.timeoutMs = UInt32(clamping: max(0, entry.stored.endsAtMs - unixMilliseconds()))
-                do {
-                    try control.publish(Subjects.sandboxTimeout(node: node), payload: try timeout.serializedData())
-                } catch {
-                    logger.warning(
-                        "could not tell a node a sandbox's timeout",
-                        metadata: ["sandbox.id": "\(id)", "node.id": "\(node)", "error": "\(error)"]
-                    )
-                }
+                sendTimeout(of: id, endsAtMs: entry.stored.endsAtMs, to: node)
             default:
                 break
             }
@@ -698,6 +687,16 @@ extension Scheduler {
                 seq: entry.stored.eventSeq,
                 message: "ends at \(entry.stored.endsAtMs) (unix ms) unless set again"
             )
+        case .readopted(let id, let nodeID):
+            logger.notice(
+                "sandbox re-adopted by its restarted node",
+                metadata: ["sandbox.id": "\(id)", "node.id": "\(nodeID)"]
+            )
+            enqueue(.sandboxReadopted(id: id, nodeID: nodeID))
+            // A timeout set while the node restarted may not have reached it: it hears it again.
+            if let endsAtMs = sandboxes.entries[id]?.stored.endsAtMs, endsAtMs > 0 {
+                sendTimeout(of: id, endsAtMs: endsAtMs, to: nodeID)
+            }
         case .ended(let id, let end):
             sandboxes.entries[id]?.stored.eventSeq += 1
             let seq = sandboxes.entries[id]?.stored.eventSeq ?? 0
@@ -716,6 +715,22 @@ extension Scheduler {
                 }
                 self.handle(.sandbox(.endCommitted(sandboxID: id)))
             }
+        }
+    }
+
+    /// Tells `node` when the sandbox's timeout passes (the node kills it then, a grace later).
+    private func sendTimeout(of id: String, endsAtMs: Int64, to node: String) {
+        var timeout = Hangar_V1_SandboxSetTimeout()
+        timeout.schedulerTerm = config.term
+        timeout.sandboxID = id
+        timeout.timeoutMs = UInt32(clamping: max(0, endsAtMs - unixMilliseconds()))
+        do {
+            try control.publish(Subjects.sandboxTimeout(node: node), payload: try timeout.serializedData())
+        } catch {
+            logger.warning(
+                "could not tell a node a sandbox's timeout",
+                metadata: ["sandbox.id": "\(id)", "node.id": "\(node)", "error": "\(error)"]
+            )
         }
     }
 

@@ -195,6 +195,19 @@ public enum SandboxWrite: Sendable {
     }
 }
 
+extension StoreWrite {
+    /// Its node restarted and re-adopted it (audit `sandbox.readopted`, by the node): its row does
+    /// not change (still RUNNING there, the same timeout), and no tenant event is published.
+    public static func sandboxReadopted(id: String, nodeID: String) -> StoreWrite {
+        .audit(
+            actor: "node:\(nodeID)",
+            event: "sandbox.readopted",
+            jobID: id,
+            detail: "sandbox re-adopted by \(nodeID) after its restart"
+        )
+    }
+}
+
 extension Hangar_V1_SandboxEndReason {
     /// The name stored and audited: `KILLED`, `TIMED_OUT`, `LOST`, `FAILED`, `DIED`.
     public var displayName: String {

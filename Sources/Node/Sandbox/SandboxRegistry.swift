@@ -1,0 +1,79 @@
+import Foundation
+import Glibc
+
+/// The stateful sandboxes a node holds that can outlive it (see ``ProcessSandbox``), one JSON file
+/// per sandbox in `<ledger directory>/sandboxes`, so that the next node process on this host
+/// re-adopts them instead of sweeping them away. Written when a sandbox has started, removed when
+/// it ends; an entry names the node process that holds the sandbox, and only entries of node
+/// processes that no longer run (and of the same node id) are re-adopted.
+struct SandboxRegistry: Sendable {
+    /// One held sandbox.
+    struct Entry: Codable, Sendable, Equatable {
+        /// The scheduler's id of the sandbox.
+        var sandboxID: String
+        var nodeID: String
+        var tenant: String
+        /// Its commands' environment.
+        var environment: [String: String]
+        /// The node process holding it: pid and start time.
+        var ownerPID: Int32
+        var ownerStart: UInt64
+        /// When the node kills it at the latest (its timeout plus the grace), in unix milliseconds;
+        /// nil: no timeout of the node's.
+        var deadlineUnixMs: Int64?
+        var sandbox: ProcessSandbox.Saved
+    }
+
+    /// Where the entries are.
+    let directory: String
+
+    /// The registry next to `ledger`'s files.
+    init(ledger: SandboxLedger) {
+        directory = ledger.directory + "/sandboxes"
+    }
+
+    /// Writes `entry` (whole: a new file renamed over the old one). Returns why not, or nil.
+    @discardableResult
+    func save(_ entry: Entry) -> String? {
+        guard let data = try? JSONEncoder().encode(entry) else { return "the entry cannot be encoded" }
+        do {
+            try FileManager.default.createDirectory(
+                atPath: directory,
+                withIntermediateDirectories: true,
+                attributes: [.posixPermissions: 0o700]
+            )
+            try data.write(to: URL(fileURLWithPath: path(entry.sandboxID)), options: .atomic)
+            return nil
+        } catch {
+            return "cannot write \(path(entry.sandboxID)): \(error.localizedDescription)"
+        }
+    }
+
+    /// Forgets the sandbox `sandboxID` (it ended).
+    func remove(_ sandboxID: String) {
+        unlink(path(sandboxID))
+    }
+
+    /// The entries of node `nodeID` whose node process no longer runs; an unreadable entry is
+    /// deleted (its sandbox is then left to the sweep).
+    func orphans(of nodeID: String) -> [Entry] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        var entries: [Entry] = []
+        for name in names.sorted() where name.hasSuffix(".json") {
+            let file = directory + "/" + name
+            guard let data = FileManager.default.contents(atPath: file),
+                let entry = try? JSONDecoder().decode(Entry.self, from: data),
+                name == entry.sandboxID + ".json"
+            else {
+                unlink(file)
+                continue
+            }
+            guard entry.nodeID == nodeID else { continue }
+            if SandboxLedger.startTime(of: entry.ownerPID) == entry.ownerStart { continue }  // still held
+            entries.append(entry)
+        }
+        return entries
+    }
+
+    private func path(_ sandboxID: String) -> String { directory + "/" + sandboxID + ".json" }
+}

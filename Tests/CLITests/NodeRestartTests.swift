@@ -1,0 +1,179 @@
+import Foundation
+import Glibc
+import HangarTestSupport
+import Testing
+
+/// Issue 16, restarts: a node agent killed with `kill -9` (or upgraded) and started again keeps its
+/// `process` sandboxes: the next process of the same node re-adopts them from their agents, and
+/// the scheduler keeps them RUNNING. Real daemons (`hangar scheduler`, `hangar node`, each a
+/// process of its own), a real nats-server, real bubblewrap sandboxes.
+@Suite("a node restart keeps its stateful sandboxes", .serialized, .enabled(if: geteuid() == 0))
+struct NodeRestartTests {
+    @Test(
+        "kill -9 the node and start it again, then stop it with --keep-sandboxes and start it again: a sandbox keeps its files and processes and stays RUNNING; one whose sandbox died meanwhile ends LOST and is swept"
+    )
+    func nodeKilledAndStartedAgain() async throws {
+        try await withNATSServer { server in
+            let folder = try makeTemporaryDirectory("hangar-node-restart")
+            defer { try? FileManager.default.removeItem(at: folder) }
+            let work = folder.appendingPathComponent("work")
+            try FileManager.default.createDirectory(at: work, withIntermediateDirectories: false)
+            let nodeID = "restart-\(getpid())"
+            func daemon(_ name: String, _ arguments: [String]) throws -> (Process, URL) {
+                let log = folder.appendingPathComponent("\(name).log")
+                FileManager.default.createFile(atPath: log.path, contents: nil)
+                let process = try hangarProcess(
+                    arguments + ["--nats", server.url, "--log-level", "info"],
+                    directory: work
+                )
+                process.standardOutput = try FileHandle(forWritingTo: log)
+                process.standardError = try FileHandle(forWritingTo: log)
+                try process.run()
+                return (process, log)
+            }
+            func startNode(_ name: String, keeping: Bool = false) async throws -> (Process, URL) {
+                let node = try daemon(
+                    name,
+                    [
+                        "node", "agent", "--id", nodeID, "--runtimes", "process", "--state-dir",
+                        folder.appendingPathComponent("state").path,
+                    ]
+                        + (keeping ? ["--keep-sandboxes"] : [])
+                )
+                try await waitFor("node serving", in: node.1, while: node.0)
+                return node
+            }
+            let scheduler = try daemon(
+                "scheduler",
+                ["scheduler", "--db", folder.appendingPathComponent("db.sqlite").path]
+            )
+            var processes = [scheduler.0]
+            defer {
+                for process in processes where process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            }
+            try await waitFor("scheduler serving", in: scheduler.1, while: scheduler.0)
+            let first = try await startNode("node-1")
+            processes.append(first.0)
+            func hangar(_ arguments: [String]) async throws -> CLIOutput {
+                try await runHangar(Array(arguments.prefix(2)) + ["--nats", server.url] + arguments.dropFirst(2))
+            }
+            func logs() -> String {
+                ["scheduler", "node-1", "node-2", "node-3"].map { name in
+                    let text = try? String(contentsOf: folder.appendingPathComponent("\(name).log"), encoding: .utf8)
+                    return "\(name):\n" + (text ?? "").suffix(3000)
+                }.joined(separator: "\n")
+            }
+            // SANDBOX_RUNNING, or how it ended (SANDBOX_LOST, ...).
+            func state(_ id: String) async throws -> String? {
+                let info = try await hangar(["sandbox", "info", id, "-o", "json"])
+                guard let object = try? info.json() else { return nil }
+                let sandbox = (object["info"] as? [String: Any]) ?? object
+                let state = sandbox["state"] as? String
+                return state == "SANDBOX_ENDED" ? sandbox["endReason"] as? String : state
+            }
+
+            // Two sandboxes: one keeps a file and a process of its own across the restart; the
+            // other's sandbox is killed while no node runs.
+            let kept = try await hangar(["sandbox", "create", "--timeout", "300"])
+            let lost = try await hangar(["sandbox", "create", "--timeout", "300"])
+            #expect(kept.status == 0 && lost.status == 0, "\(kept.stderr) \(lost.stderr)\n\(logs())")
+            let keptID = kept.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            let lostID = lost.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            let setUp = try await hangar([
+                "sandbox", "exec", keptID, "--", "sh", "-c",
+                "echo before > /home/user/kept.txt; setsid sleep 1000 > /dev/null 2>&1 & echo $! > /tmp/sleeper.pid",
+            ])
+            #expect(setUp.status == 0, "\(setUp.stderr)")
+            let registry = "/run/hangar/ledger/sandboxes"
+            let lostEntry = try #require(
+                try JSONSerialization.jsonObject(
+                    with: Data(contentsOf: URL(fileURLWithPath: "\(registry)/\(lostID).json"))
+                )
+                    as? [String: Any],
+                "the node registered the sandbox it holds"
+            )
+            let lostSandbox = try #require(lostEntry["sandbox"] as? [String: Any])
+            let lostLeader = try #require(lostSandbox["leaderPID"] as? Int)
+            let lostScratch = try #require(lostSandbox["scratch"] as? String)
+
+            kill(first.0.processIdentifier, SIGKILL)
+            first.0.waitUntilExit()
+            // While no node runs, the second sandbox dies: its agent (bubblewrap's child, the
+            // sandbox's pid 1) is killed, which ends every process of the sandbox.
+            let children = try String(
+                contentsOfFile: "/proc/\(lostLeader)/task/\(lostLeader)/children",
+                encoding: .utf8
+            )
+            let lostAgent = try #require(pid_t(children.trimmingCharacters(in: .whitespacesAndNewlines)))
+            kill(lostAgent, SIGKILL)
+            let second = try await startNode("node-2", keeping: true)
+            processes.append(second.0)
+            let restartLog = (try? String(contentsOf: second.1, encoding: .utf8)) ?? ""
+            #expect(restartLog.contains("re-adopted a stateful sandbox"), "\(logs())")
+
+            // The kept sandbox answers through the new node with what it had.
+            let after = try await hangar([
+                "sandbox", "exec", keptID, "--", "sh", "-c",
+                "cat /home/user/kept.txt; kill -0 $(cat /tmp/sleeper.pid) && echo sleeper-alive",
+            ])
+            #expect(
+                after.status == 0 && after.stdout == "before\nsleeper-alive\n",
+                "\(after.stdout) \(after.stderr)\n\(logs())"
+            )
+            let more = try await hangar([
+                "sandbox", "exec", keptID, "--", "sh", "-c", "echo after >> kept.txt; cat kept.txt",
+            ])
+            #expect(more.stdout == "before\nafter\n", "\(more.stderr)")
+
+            // The scheduler keeps it RUNNING (several heartbeats on), and ends the other LOST.
+            let deadline = ContinuousClock.now + .seconds(20)
+            var lostState = try await state(lostID)
+            while lostState != "SANDBOX_LOST", ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+                lostState = try await state(lostID)
+            }
+            #expect(lostState == "SANDBOX_LOST", "\(logs())")
+            #expect(try await state(keptID) == "SANDBOX_RUNNING", "\(logs())")
+            // The dead one's leftovers were swept by the new node; its registry entry is gone.
+            #expect(!FileManager.default.fileExists(atPath: lostScratch), "its writable layer is swept")
+            #expect(!FileManager.default.fileExists(atPath: "\(registry)/\(lostID).json"))
+
+            // An upgrade: the node stopped (SIGTERM) with --keep-sandboxes leaves it running, and
+            // its next start re-adopts it.
+            kill(second.0.processIdentifier, SIGTERM)
+            let stopped = try await waitForExit(second.0, within: .seconds(15), log: second.1)
+            #expect(second.0.terminationStatus == 0 && stopped.contains("left a stateful sandbox running"), "\(logs())")
+            let third = try await startNode("node-3")
+            processes.append(third.0)
+            let upgraded = try await hangar(["sandbox", "exec", keptID, "--", "sh", "-c", "cat kept.txt"])
+            #expect(upgraded.stdout == "before\nafter\n", "\(upgraded.stderr)\n\(logs())")
+            #expect(try await state(keptID) == "SANDBOX_RUNNING", "\(logs())")
+
+            // Killed through the new node, the kept sandbox leaves nothing.
+            let keptEntry = try #require(
+                try JSONSerialization.jsonObject(
+                    with: Data(contentsOf: URL(fileURLWithPath: "\(registry)/\(keptID).json"))
+                )
+                    as? [String: Any]
+            )
+            let keptSandbox = try #require(keptEntry["sandbox"] as? [String: Any])
+            let keptLeader = try #require(keptSandbox["leaderPID"] as? Int)
+            let keptSocket = try #require(keptSandbox["socket"] as? String)
+            let killed = try await hangar(["sandbox", "kill", keptID])
+            #expect(killed.status == 0, "\(killed.stderr)")
+            let gone = ContinuousClock.now + .seconds(20)
+            while FileManager.default.fileExists(atPath: "\(registry)/\(keptID).json"), ContinuousClock.now < gone {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(!FileManager.default.fileExists(atPath: "\(registry)/\(keptID).json"), "\(logs())")
+            #expect(!FileManager.default.fileExists(atPath: keptSocket))
+            let stat = try? String(contentsOfFile: "/proc/\(keptLeader)/stat", encoding: .utf8)
+            #expect(stat == nil || stat!.contains(") Z "), "its bubblewrap is gone: \(stat ?? "")")
+
+            kill(third.0.processIdentifier, SIGTERM)
+            _ = try await waitForExit(third.0, within: .seconds(15), log: third.1)
+            kill(scheduler.0.processIdentifier, SIGTERM)
+            _ = try await waitForExit(scheduler.0, within: .seconds(15), log: scheduler.1)
+        }
+    }
+}
