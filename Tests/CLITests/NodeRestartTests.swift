@@ -10,7 +10,7 @@ import Testing
 @Suite("a node restart keeps its stateful sandboxes", .serialized, .enabled(if: geteuid() == 0))
 struct NodeRestartTests {
     @Test(
-        "kill -9 the node and start it again, then stop it with --keep-sandboxes and start it again: a sandbox keeps its files and processes and stays RUNNING; one whose sandbox died meanwhile ends LOST and is swept"
+        "kill -9 the node and start it again, then stop it with --keep-sandboxes and start it again: a sandbox keeps its files and processes and stays RUNNING; one whose sandbox died meanwhile ends LOST and is swept; another node's on the same host outlives the sweep"
     )
     func nodeKilledAndStartedAgain() async throws {
         try await withNATSServer { server in
@@ -31,21 +31,25 @@ struct NodeRestartTests {
                 try process.run()
                 return (process, log)
             }
-            func startNode(_ name: String, keeping: Bool = false) async throws -> (Process, URL) {
+            // Two node ids on this host, sharing its ledger directory as nodes on one machine do.
+            func startNode(_ name: String, id: String = nodeID, keeping: Bool = false) async throws -> (Process, URL) {
                 let node = try daemon(
                     name,
                     [
-                        "node", "agent", "--id", nodeID, "--runtimes", "process", "--state-dir",
-                        folder.appendingPathComponent("state").path,
+                        "node", "agent", "--id", id, "--runtimes", "process", "--label",
+                        "role=\(id == nodeID ? "main" : "other")",
+                        "--state-dir", folder.appendingPathComponent("state-\(id)").path,
                     ]
                         + (keeping ? ["--keep-sandboxes"] : [])
                 )
                 try await waitFor("node serving", in: node.1, while: node.0)
                 return node
             }
+            // A TTL longer than the default 3 s: two nodes restart one after the other here, under
+            // whatever else CI runs, and neither must be declared down meanwhile.
             let scheduler = try daemon(
                 "scheduler",
-                ["scheduler", "--db", folder.appendingPathComponent("db.sqlite").path]
+                ["scheduler", "--db", folder.appendingPathComponent("db.sqlite").path, "--node-ttl", "10"]
             )
             var processes = [scheduler.0]
             defer {
@@ -53,12 +57,14 @@ struct NodeRestartTests {
             }
             try await waitFor("scheduler serving", in: scheduler.1, while: scheduler.0)
             let first = try await startNode("node-1")
-            processes.append(first.0)
+            let otherID = nodeID + "-other"
+            let other = try await startNode("other-1", id: otherID)
+            processes += [first.0, other.0]
             func hangar(_ arguments: [String]) async throws -> CLIOutput {
                 try await runHangar(Array(arguments.prefix(2)) + ["--nats", server.url] + arguments.dropFirst(2))
             }
             func logs() -> String {
-                ["scheduler", "node-1", "node-2", "node-3"].map { name in
+                ["scheduler", "node-1", "node-2", "node-3", "other-1", "other-2"].map { name in
                     let text = try? String(contentsOf: folder.appendingPathComponent("\(name).log"), encoding: .utf8)
                     return "\(name):\n" + (text ?? "").suffix(3000)
                 }.joined(separator: "\n")
@@ -74,11 +80,18 @@ struct NodeRestartTests {
 
             // Two sandboxes: one keeps a file and a process of its own across the restart; the
             // other's sandbox is killed while no node runs.
-            let kept = try await hangar(["sandbox", "create", "--timeout", "300"])
-            let lost = try await hangar(["sandbox", "create", "--timeout", "300"])
-            #expect(kept.status == 0 && lost.status == 0, "\(kept.stderr) \(lost.stderr)\n\(logs())")
+            // A third, on the other node, must outlive the first node's restart (and its sweep).
+            let kept = try await hangar(["sandbox", "create", "--timeout", "300", "--label", "role=main"])
+            let lost = try await hangar(["sandbox", "create", "--timeout", "300", "--label", "role=main"])
+            let elsewhere = try await hangar(["sandbox", "create", "--timeout", "300", "--label", "role=other"])
+            #expect(
+                kept.status == 0 && lost.status == 0 && elsewhere.status == 0,
+                "\(kept.stderr) \(lost.stderr)\n\(logs())"
+            )
             let keptID = kept.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             let lostID = lost.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            let elsewhereID = elsewhere.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            _ = try await hangar(["sandbox", "exec", elsewhereID, "--", "sh", "-c", "echo there > note.txt"])
             let setUp = try await hangar([
                 "sandbox", "exec", keptID, "--", "sh", "-c",
                 "echo before > /home/user/kept.txt; setsid sleep 1000 > /dev/null 2>&1 & echo $! > /tmp/sleeper.pid",
@@ -97,7 +110,9 @@ struct NodeRestartTests {
             let lostScratch = try #require(lostSandbox["scratch"] as? String)
 
             kill(first.0.processIdentifier, SIGKILL)
+            kill(other.0.processIdentifier, SIGKILL)
             first.0.waitUntilExit()
+            other.0.waitUntilExit()
             // While no node runs, the second sandbox dies: its agent (bubblewrap's child, the
             // sandbox's pid 1) is killed, which ends every process of the sandbox.
             let children = try String(
@@ -110,6 +125,12 @@ struct NodeRestartTests {
             processes.append(second.0)
             let restartLog = (try? String(contentsOf: second.1, encoding: .utf8)) ?? ""
             #expect(restartLog.contains("re-adopted a stateful sandbox"), "\(logs())")
+            // The other node's sandbox ran through this node's sweep; its own node re-adopts it.
+            let otherAgain = try await startNode("other-2", id: otherID)
+            processes.append(otherAgain.0)
+            let there = try await hangar(["sandbox", "exec", elsewhereID, "--", "cat", "note.txt"])
+            #expect(there.stdout == "there\n", "\(there.stderr)\n\(logs())")
+            #expect(try await state(elsewhereID) == "SANDBOX_RUNNING", "\(logs())")
 
             // The kept sandbox answers through the new node with what it had.
             let after = try await hangar([
@@ -172,6 +193,9 @@ struct NodeRestartTests {
 
             kill(third.0.processIdentifier, SIGTERM)
             _ = try await waitForExit(third.0, within: .seconds(15), log: third.1)
+            kill(otherAgain.0.processIdentifier, SIGTERM)  // not keeping: its sandbox ends with it
+            _ = try await waitForExit(otherAgain.0, within: .seconds(15), log: otherAgain.1)
+            #expect(!FileManager.default.fileExists(atPath: "\(registry)/\(elsewhereID).json"))
             kill(scheduler.0.processIdentifier, SIGTERM)
             _ = try await waitForExit(scheduler.0, within: .seconds(15), log: scheduler.1)
         }

@@ -196,6 +196,44 @@ struct LeftoverSweepTests {
         #expect(SandboxLedger.outstandingResources(in: file) == [kept])
     }
 
+    @Test(
+        "what a node re-adopted is dropped from the dead ledger, what may yet be re-adopted stays listed, the rest is taken down"
+    )
+    func sparesAndForgets() async throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let dead = try Self.exitedProcess()
+        let ledger = SandboxLedger(directory: directory.path)
+        try ledger.open(identity: dead)
+        // Three agents' sockets, each in a directory of its own, as a process sandbox's.
+        var sockets: [String] = []
+        for name in ["readopted", "running", "dead"] {
+            let folder = directory.path + "/" + name
+            try #require(mkdir(folder, 0o700) == 0)
+            let path = folder + "/agent.sock"
+            close(try UnixSocket.listen(at: path).get())
+            sockets.append(path)
+            ledger.made(.socket(path: path))
+        }
+        ledger.close()
+        let file = directory.path + "/\(dead.pid).\(dead.start).ledger"
+        let report = await SandboxLedger.sweep(
+            directory: directory.path,
+            sparing: [.socket(path: sockets[1])],
+            forgetting: [.socket(path: sockets[0])]
+        )
+        #expect(report.problems == [] && report.removed == [.socket(path: sockets[2])], "\(report)")
+        #expect(
+            FileManager.default.fileExists(atPath: sockets[0]) && FileManager.default.fileExists(atPath: sockets[1])
+        )
+        #expect(!FileManager.default.fileExists(atPath: sockets[2]))
+        #expect(SandboxLedger.outstandingResources(in: file) == [.socket(path: sockets[1])])
+        // Once it is not spared any more (it ended, or was re-adopted elsewhere), the next sweep
+        // takes it down and deletes the file.
+        _ = await SandboxLedger.sweep(directory: directory.path)
+        #expect(!FileManager.default.fileExists(atPath: sockets[1]) && !FileManager.default.fileExists(atPath: file))
+    }
+
     @Test("a live node's ledger is left alone")
     func leavesLiveProcessesAlone() async throws {
         let directory = try Self.temporaryDirectory()

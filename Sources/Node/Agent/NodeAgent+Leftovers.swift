@@ -32,7 +32,7 @@ extension NodeAgent {
             guard let unixMs = sandbox.deadlineUnixMs else { continue }
             sandboxDeadlines.withLock { $0[sandbox.id] = Self.instant(unixMilliseconds: unixMs) }
         }
-        let report = await resources.ledger.sweep(sparing: readoption.resources)
+        let report = await resources.ledger.sweep(sparing: readoption.others, forgetting: readoption.resources)
         if !report.processes.isEmpty {
             logger.notice(
                 "took down what crashed node processes left",

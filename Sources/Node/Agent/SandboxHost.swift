@@ -71,9 +71,12 @@ extension SandboxHost {
 public struct SandboxReadoption: Sendable {
     /// The sandboxes it holds again, with the node's deadline for each (unix ms; nil: none).
     public var sandboxes: [(id: String, deadlineUnixMs: Int64?)] = []
-    /// Their resources in the ledgers of the node processes before (the sweep spares them; the
-    /// node notes them in its own ledger).
+    /// Their resources in the ledgers of the node processes before (the sweep forgets them there;
+    /// the node notes them in its own ledger).
     public var resources: Set<SandboxLedger.Resource> = []
+    /// The resources of sandboxes that still run for another node id on this host (several nodes
+    /// may share a ledger directory): their own node may re-adopt them, so the sweep spares them.
+    public var others: Set<SandboxLedger.Resource> = []
     /// The sandboxes that could not be re-adopted, with why (their leftovers are swept).
     public var failures: [(id: String, reason: String)] = []
 

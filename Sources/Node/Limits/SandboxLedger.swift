@@ -215,14 +215,20 @@ public final class SandboxLedger: Sendable {
     }
 
     /// Takes down everything the ledgers in ``directory`` list for node processes that no longer
-    /// run, but `sparing` (what this node re-adopted and notes in its own ledger).
-    public func sweep(sparing: Set<Resource> = []) async -> SweepReport {
-        await Self.sweep(directory: directory, sparing: sparing)
+    /// run, but `sparing` and `forgetting`: see ``sweep(directory:sparing:forgetting:)``.
+    public func sweep(sparing: Set<Resource> = [], forgetting: Set<Resource> = []) async -> SweepReport {
+        await Self.sweep(directory: directory, sparing: sparing, forgetting: forgetting)
     }
 
     /// Takes down everything the ledgers in `directory` list for node processes that no longer
-    /// run, but `sparing`, which is dropped from their files and left as it is.
-    public static func sweep(directory: String, sparing: Set<Resource> = []) async -> SweepReport {
+    /// run, but `sparing` (sandboxes that still run and that a node may re-adopt), which stays
+    /// listed for a later sweep, and `forgetting` (what a node re-adopted and now lists in its own
+    /// ledger), which is dropped from the files and left as it is.
+    public static func sweep(
+        directory: String,
+        sparing: Set<Resource> = [],
+        forgetting: Set<Resource> = []
+    ) async -> SweepReport {
         var report = SweepReport()
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         for name in names.sorted() where name.hasSuffix(".ledger") {
@@ -230,7 +236,9 @@ public final class SandboxLedger: Sendable {
             guard parts.count == 2, let pid = Int32(parts[0]), let start = UInt64(parts[1]) else { continue }
             if let running = startTime(of: pid), running == start { continue }  // still alive
             let path = directory + "/" + name
-            let outstanding = outstandingResources(in: path).filter { !sparing.contains($0) }
+            let listed = outstandingResources(in: path).filter { !forgetting.contains($0) }
+            let spared = listed.filter { sparing.contains($0) }
+            let outstanding = listed.filter { !sparing.contains($0) }
             var problems: [String] = []
             // Containers first (their processes are in the cgroups), then what they used.
             for resource in outstanding.sorted(by: { order($0) < order($1) }) {
@@ -242,11 +250,11 @@ public final class SandboxLedger: Sendable {
             }
             report.processes.append(pid)
             report.problems += problems
-            if problems.isEmpty {
+            if problems.isEmpty && spared.isEmpty {
                 unlink(path)
             } else {
                 // Keep what is left for the next sweep.
-                let remaining = outstanding.filter { !report.removed.contains($0) }
+                let remaining = spared + outstanding.filter { !report.removed.contains($0) }
                 let text = remaining.compactMap { resource -> String? in
                     (try? JSONSerialization.data(withJSONObject: ["+"] + resource.fields)).map {
                         String(decoding: $0, as: UTF8.self)

@@ -420,6 +420,7 @@ public final class ProcessSandboxHost: SandboxHost {
                 metadata: ["sandbox.id": "\(id)", "tenant": "\(entry.tenant)"]
             )
         }
+        result.others = registry.stillRunning().subtracting(result.resources)
         return result
     }
 

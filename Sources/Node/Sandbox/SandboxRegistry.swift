@@ -75,5 +75,26 @@ struct SandboxRegistry: Sendable {
         return entries
     }
 
+    /// The ledger resources of every registered sandbox (of any node id) that still runs: held by
+    /// a node process, or left for its node to re-adopt; no sweep takes them down. (Several nodes
+    /// may share a ledger directory, and sweep it at the same time.) An entry whose sandbox and
+    /// node process have both ended is deleted.
+    func stillRunning() -> Set<SandboxLedger.Resource> {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        var resources: Set<SandboxLedger.Resource> = []
+        for name in names where name.hasSuffix(".json") {
+            let file = directory + "/" + name
+            guard let data = FileManager.default.contents(atPath: file),
+                let entry = try? JSONDecoder().decode(Entry.self, from: data)
+            else { continue }
+            if SandboxLedger.startTime(of: entry.sandbox.leaderPID) == entry.sandbox.leaderStart {
+                resources.formUnion(entry.sandbox.resources)
+            } else if SandboxLedger.startTime(of: entry.ownerPID) != entry.ownerStart {
+                unlink(file)
+            }
+        }
+        return resources
+    }
+
     private func path(_ sandboxID: String) -> String { directory + "/" + sandboxID + ".json" }
 }
