@@ -179,6 +179,10 @@ struct NodeRestartTests {
             )
             let keptSandbox = try #require(keptEntry["sandbox"] as? [String: Any])
             let keptLeader = try #require(keptSandbox["leaderPID"] as? Int)
+            // The node's own deadline for it (its 300 s timeout and the 2 s grace) went with it.
+            let now = Int(Date().timeIntervalSince1970 * 1000)
+            let nodeDeadline = try #require(keptEntry["deadlineUnixMs"] as? Int, "\(keptEntry)")
+            #expect(nodeDeadline > now + 240_000 && nodeDeadline <= now + 302_000, "\(nodeDeadline - now) ms from now")
             let keptSocket = try #require(keptSandbox["socket"] as? String)
             let killed = try await hangar(["sandbox", "kill", keptID])
             #expect(killed.status == 0, "\(killed.stderr)")

@@ -301,6 +301,10 @@ public final class ProcessSandboxHost: SandboxHost {
                     environment: environment,
                     ownerPID: owner.pid,
                     ownerStart: owner.start,
+                    // The node agent's deadline for it, as it will note it (one write, not two).
+                    deadlineUnixMs: request.timeoutMs > 0
+                        ? Int64(Date().timeIntervalSince1970 * 1000) + Int64(request.timeoutMs)
+                            + Int64(JobLimits.milliseconds(NodeAgent.sandboxTimeoutGrace)) : nil,
                     sandbox: saved
                 )
             }
@@ -368,6 +372,8 @@ public final class ProcessSandboxHost: SandboxHost {
     public func noteDeadline(_ sandboxID: String, unixMs deadlineUnixMs: Int64?) {
         let entry = state.withLock { state -> SandboxRegistry.Entry? in
             guard var held = state.held[sandboxID], var entry = held.entry else { return nil }
+            // Within a second of what is written (the deadline noted at its start): not rewritten.
+            if let old = entry.deadlineUnixMs, let new = deadlineUnixMs, abs(old - new) < 1000 { return nil }
             entry.deadlineUnixMs = deadlineUnixMs
             held.entry = entry
             state.held[sandboxID] = held

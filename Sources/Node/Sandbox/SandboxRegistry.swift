@@ -32,21 +32,27 @@ struct SandboxRegistry: Sendable {
         directory = ledger.directory + "/sandboxes"
     }
 
-    /// Writes `entry` (whole: a new file renamed over the old one). Returns why not, or nil.
+    /// Writes `entry` (whole: a new file renamed over the old one, so a crash leaves one or the
+    /// other). Returns why not, or nil. Plain system calls on the node's tmpfs: it is on every
+    /// sandbox's create path (Foundation's atomic write took about 1 ms here).
     @discardableResult
     func save(_ entry: Entry) -> String? {
         guard let data = try? JSONEncoder().encode(entry) else { return "the entry cannot be encoded" }
-        do {
-            try FileManager.default.createDirectory(
-                atPath: directory,
-                withIntermediateDirectories: true,
-                attributes: [.posixPermissions: 0o700]
-            )
-            try data.write(to: URL(fileURLWithPath: path(entry.sandboxID)), options: .atomic)
-            return nil
-        } catch {
-            return "cannot write \(path(entry.sandboxID)): \(error.localizedDescription)"
+        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+            return "cannot create \(directory): \(String(cString: strerror(errno)))"
         }
+        let target = path(entry.sandboxID)
+        let temporary = target + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { return "cannot write \(temporary): \(String(cString: strerror(errno)))" }
+        let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        guard written == data.count, rename(temporary, target) == 0 else {
+            let why = String(cString: strerror(errno))
+            unlink(temporary)
+            return "cannot write \(target): \(why)"
+        }
+        return nil
     }
 
     /// Forgets the sandbox `sandboxID` (it ended).
