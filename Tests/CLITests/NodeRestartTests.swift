@@ -97,6 +97,14 @@ struct NodeRestartTests {
                 "echo before > /home/user/kept.txt; setsid sleep 1000 > /dev/null 2>&1 & echo $! > /tmp/sleeper.pid",
             ])
             #expect(setUp.status == 0, "\(setUp.stderr)")
+            // A code context: its state lived in the node, so the restart ends it.
+            let cell = try await hangar(["sandbox", "run-code", keptID, "--code", "x = 41"])
+            #expect(cell.status == 0, "\(cell.stderr)")
+            let kernels = [
+                "sandbox", "exec", keptID, "--", "sh", "-c",
+                "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done | grep -c '^python3 -u -I -c'",
+            ]
+            #expect(try await hangar(kernels).stdout == "1\n", "its kernel runs")
             let registry = "/run/hangar/ledger/sandboxes"
             let lostEntry = try #require(
                 try JSONSerialization.jsonObject(
@@ -141,6 +149,12 @@ struct NodeRestartTests {
                 after.status == 0 && after.stdout == "before\nsleeper-alive\n",
                 "\(after.stdout) \(after.stderr)\n\(logs())"
             )
+            // Its old kernel was ended at the re-adoption; a cell starts a fresh context.
+            let fresh = try await hangar([
+                "sandbox", "run-code", keptID, "--code", "print(x if 'x' in dir() else 'fresh')",
+            ])
+            #expect(fresh.stdout == "fresh\n", "\(fresh.stdout) \(fresh.stderr)")
+            #expect(try await hangar(kernels).stdout == "1\n", "only the new kernel runs")
             let more = try await hangar([
                 "sandbox", "exec", keptID, "--", "sh", "-c", "echo after >> kept.txt; cat kept.txt",
             ])

@@ -27,8 +27,8 @@ import Synchronization
 /// node id re-adopts it (``readopt(nodeID:died:)``): it reconnects to its agent and holds it again,
 /// with its files, processes and limits as they were. What lived in the node process is not kept:
 /// a command's output the node had not yet sent, background commands' kept output (their
-/// processes run on), code contexts (their kernels run on, unreachable; a new default context
-/// starts on first use) and watches. Sandboxes of the other runtimes end with their node and are
+/// processes run on), code contexts (their kernels are ended; a new default context starts on
+/// first use) and watches. Sandboxes of the other runtimes end with their node and are
 /// reported LOST.
 public final class ProcessSandboxHost: SandboxHost {
     private let agentPath: String
@@ -369,6 +369,17 @@ public final class ProcessSandboxHost: SandboxHost {
         return left.map(\.0)
     }
 
+    /// Code contexts lived in the node before: their kernels run on in the re-adopted sandbox,
+    /// unreachable. They are ended, so their memory goes back and the next `run_code` starts a
+    /// fresh default context.
+    private func endOrphanedKernels(of sandbox: ProcessSandbox) async {
+        guard let listed = try? await sandbox.agent.listProcesses() else { return }
+        let kernel = CodeKernel.argv(language: "").dropLast()
+        for process in listed where process.argv.count == kernel.count + 1 && process.argv.starts(with: kernel) {
+            try? await sandbox.agent.signal(pid: process.pid, SIGKILL)
+        }
+    }
+
     public func noteDeadline(_ sandboxID: String, unixMs deadlineUnixMs: Int64?) {
         let entry = state.withLock { state -> SandboxRegistry.Entry? in
             guard var held = state.held[sandboxID], var entry = held.entry else { return nil }
@@ -402,6 +413,7 @@ public final class ProcessSandboxHost: SandboxHost {
             }
             entry.ownerPID = owner.pid
             entry.ownerStart = owner.start
+            await endOrphanedKernels(of: sandbox)
             let code = CodeContexts(
                 agent: sandbox.agent,
                 environment: entry.environment,
