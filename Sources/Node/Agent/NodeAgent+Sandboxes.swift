@@ -109,14 +109,14 @@ extension NodeAgent {
 
     /// `deadline` as unix milliseconds.
     static func unixTime(of deadline: ContinuousClock.Instant) -> Int64 {
-        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let now = unixMilliseconds()
         let (seconds, attoseconds) = (deadline - ContinuousClock.now).components
         return now + seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
 
     /// Unix milliseconds `deadlineUnixMs` as an instant of this process's clock.
     static func instant(unixMilliseconds deadlineUnixMs: Int64) -> ContinuousClock.Instant {
-        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let now = unixMilliseconds()
         return ContinuousClock.now + .milliseconds(deadlineUnixMs - now)
     }
 

@@ -303,7 +303,7 @@ public final class ProcessSandboxHost: SandboxHost {
                     ownerStart: owner.start,
                     // The node agent's deadline for it, as it will note it (one write, not two).
                     deadlineUnixMs: request.timeoutMs > 0
-                        ? Int64(Date().timeIntervalSince1970 * 1000) + Int64(request.timeoutMs)
+                        ? unixMilliseconds() + Int64(request.timeoutMs)
                             + Int64(JobLimits.milliseconds(NodeAgent.sandboxTimeoutGrace)) : nil,
                     sandbox: saved
                 )

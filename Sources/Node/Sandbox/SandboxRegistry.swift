@@ -60,11 +60,34 @@ struct SandboxRegistry: Sendable {
         unlink(path(sandboxID))
     }
 
-    /// The entries of node `nodeID` whose node process no longer runs; an unreadable entry is
-    /// deleted (its sandbox is then left to the sweep).
+    /// The entries of node `nodeID` whose node process no longer runs.
     func orphans(of nodeID: String) -> [Entry] {
+        entries().map(\.entry).filter { entry in
+            entry.nodeID == nodeID && SandboxLedger.startTime(of: entry.ownerPID) != entry.ownerStart
+        }
+    }
+
+    /// The ledger resources of every registered sandbox (of any node id) that still runs: held by
+    /// a node process, or left for its node to re-adopt; no sweep takes them down. (Several nodes
+    /// may share a ledger directory, and sweep it at the same time.) An entry whose sandbox and
+    /// node process have both ended is deleted.
+    func stillRunning() -> Set<SandboxLedger.Resource> {
+        var resources: Set<SandboxLedger.Resource> = []
+        for (file, entry) in entries() {
+            if SandboxLedger.startTime(of: entry.sandbox.leaderPID) == entry.sandbox.leaderStart {
+                resources.formUnion(entry.sandbox.resources)
+            } else if SandboxLedger.startTime(of: entry.ownerPID) != entry.ownerStart {
+                unlink(file)
+            }
+        }
+        return resources
+    }
+
+    /// Every entry with its file, by sandbox id; an unreadable one is deleted (its sandbox is then
+    /// left to the sweep).
+    private func entries() -> [(file: String, entry: Entry)] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        var entries: [Entry] = []
+        var entries: [(file: String, entry: Entry)] = []
         for name in names.sorted() where name.hasSuffix(".json") {
             let file = directory + "/" + name
             guard let data = FileManager.default.contents(atPath: file),
@@ -74,32 +97,9 @@ struct SandboxRegistry: Sendable {
                 unlink(file)
                 continue
             }
-            guard entry.nodeID == nodeID else { continue }
-            if SandboxLedger.startTime(of: entry.ownerPID) == entry.ownerStart { continue }  // still held
-            entries.append(entry)
+            entries.append((file, entry))
         }
         return entries
-    }
-
-    /// The ledger resources of every registered sandbox (of any node id) that still runs: held by
-    /// a node process, or left for its node to re-adopt; no sweep takes them down. (Several nodes
-    /// may share a ledger directory, and sweep it at the same time.) An entry whose sandbox and
-    /// node process have both ended is deleted.
-    func stillRunning() -> Set<SandboxLedger.Resource> {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        var resources: Set<SandboxLedger.Resource> = []
-        for name in names where name.hasSuffix(".json") {
-            let file = directory + "/" + name
-            guard let data = FileManager.default.contents(atPath: file),
-                let entry = try? JSONDecoder().decode(Entry.self, from: data)
-            else { continue }
-            if SandboxLedger.startTime(of: entry.sandbox.leaderPID) == entry.sandbox.leaderStart {
-                resources.formUnion(entry.sandbox.resources)
-            } else if SandboxLedger.startTime(of: entry.ownerPID) != entry.ownerStart {
-                unlink(file)
-            }
-        }
-        return resources
     }
 
     private func path(_ sandboxID: String) -> String { directory + "/" + sandboxID + ".json" }
