@@ -27,6 +27,8 @@ public struct TestPeer: @unchecked Sendable {
     public let network: UInt32
     let server: Process
     let directory: String
+    /// A lock on the /29 (see ``claimSubnet(_:)``), held until ``stop()``.
+    let subnetLock: Int32
 
     /// Address `host` of the /29 (1: the host's end, 2 and 3: the peer's).
     public func address(_ host: UInt32) -> String { IPv4CIDR.format(network + host) }
@@ -37,11 +39,7 @@ public struct TestPeer: @unchecked Sendable {
         let name = "hangar-testpeer-\(suffix)"
         let hostInterface = "hgtp\(suffix)"
         let inner = "hgtq\(suffix)"
-        let network: UInt32
-        switch subnet {
-        case .privateNetwork: network = 10 << 24 | 253 << 16 | UInt32.random(in: 1...250) << 8
-        case .testNet: network = 198 << 24 | 51 << 16 | 100 << 8 | UInt32.random(in: 1...30) * 8
-        }
+        let (network, subnetLock) = try claimSubnet(subnet)
         let address = { (host: UInt32) in IPv4CIDR.format(network + host) }
         let commands = [
             ["ip", "netns", "add", name],
@@ -57,7 +55,12 @@ public struct TestPeer: @unchecked Sendable {
         ]
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("hangar-peer-\(suffix)").path
         try FileManager.default.createDirectory(atPath: directory + "/hosts", withIntermediateDirectories: true)
-        for command in commands { try shell(command) }
+        do {
+            for command in commands { try shell(command) }
+        } catch {
+            close(subnetLock)
+            throw error
+        }
         let server = Process()
         server.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
         server.arguments = [
@@ -81,8 +84,27 @@ public struct TestPeer: @unchecked Sendable {
             hostInterface: hostInterface,
             network: network,
             server: server,
-            directory: directory
+            directory: directory,
+            subnetLock: subnetLock
         )
+    }
+
+    /// A /29 of `subnet` that no other peer of any test process on this machine has: one whose
+    /// lock file (`/run/lock/hangar-testpeer-<network>`) this process could lock, tried in random
+    /// order. Two peers on one /29 (suites run side by side) would route each other's traffic.
+    private static func claimSubnet(_ subnet: Subnet) throws -> (network: UInt32, lock: Int32) {
+        let candidates: [UInt32] =
+            switch subnet {
+            case .privateNetwork: (1...250).map { 10 << 24 | 253 << 16 | $0 << 8 }
+            case .testNet: (1...30).map { 198 << 24 | 51 << 16 | 100 << 8 | $0 * 8 }
+            }
+        for network in candidates.shuffled() {
+            let fd = open("/run/lock/hangar-testpeer-\(IPv4CIDR.format(network))", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { continue }
+            if flock(fd, LOCK_EX | LOCK_NB) == 0 { return (network, fd) }
+            close(fd)
+        }
+        throw TestPeerError(message: "every /29 of \(subnet) is taken by another test peer")
     }
 
     /// Whether the server listens on ports 8080 and 8081 in the peer's namespace (LISTEN sockets on
@@ -149,6 +171,7 @@ public struct TestPeer: @unchecked Sendable {
         _ = try? Self.shell(["ip", "link", "del", hostInterface])
         _ = try? Self.shell(["ip", "netns", "del", name])
         try? FileManager.default.removeItem(atPath: directory)
+        close(subnetLock)
     }
 
     /// Runs `/usr/sbin/<argv[0]>` and returns its output; throws on a non-zero exit.
