@@ -4,13 +4,18 @@ import HangarTestSupport
 import Testing
 
 /// Issue 16, restarts: a node agent killed with `kill -9` (or upgraded) and started again keeps its
-/// `process` sandboxes: the next process of the same node re-adopts them from their agents, and
-/// the scheduler keeps them RUNNING. Real daemons (`hangar scheduler`, `hangar node`, each a
-/// process of its own), a real nats-server, real bubblewrap sandboxes.
-@Suite("a node restart keeps its stateful sandboxes", .serialized, .enabled(if: geteuid() == 0))
+/// `process` and `container` sandboxes: the next process of the same node re-adopts them from
+/// their agents, and the scheduler keeps them RUNNING. Real daemons (`hangar scheduler`, `hangar
+/// node`, each a process of its own), a real nats-server, real bubblewrap sandboxes and runc
+/// containers.
+@Suite(
+    "a node restart keeps its stateful sandboxes",
+    .serialized,
+    .enabled(if: geteuid() == 0 && access("/usr/sbin/runc", X_OK) == 0)
+)
 struct NodeRestartTests {
     @Test(
-        "kill -9 the node and start it again, then stop it with --keep-sandboxes and start it again: a sandbox keeps its files and processes and stays RUNNING; one whose sandbox died meanwhile ends LOST and is swept; another node's on the same host outlives the sweep"
+        "kill -9 the node and start it again, then stop it with --keep-sandboxes and start it again: a sandbox keeps its files and processes and stays RUNNING; one whose sandbox died meanwhile ends LOST and is swept; another node's container sandbox on the same host outlives the sweep and its own node's kill -9"
     )
     func nodeKilledAndStartedAgain() async throws {
         try await withNATSServer { server in
@@ -36,7 +41,7 @@ struct NodeRestartTests {
                 let node = try daemon(
                     name,
                     [
-                        "node", "agent", "--id", id, "--runtimes", "process", "--label",
+                        "node", "agent", "--id", id, "--runtimes", "process,container", "--label",
                         "role=\(id == nodeID ? "main" : "other")",
                         "--state-dir", folder.appendingPathComponent("state-\(id)").path,
                     ]
@@ -64,11 +69,12 @@ struct NodeRestartTests {
                 try await runHangar(Array(arguments.prefix(2)) + ["--nats", server.url] + arguments.dropFirst(2))
             }
             func logs() -> String {
-                ["scheduler", "node-1", "node-2", "node-3", "other-1", "other-2"].map { name in
+                ["scheduler", "node-1", "node-2", "node-3", "other-1", "other-2", "other-3"].map { name in
                     let text = try? String(contentsOf: folder.appendingPathComponent("\(name).log"), encoding: .utf8)
                     return "\(name):\n" + (text ?? "").suffix(3000)
                 }.joined(separator: "\n")
             }
+            let registry = "/run/hangar/ledger/sandboxes"
             // SANDBOX_RUNNING, or how it ended (SANDBOX_LOST, ...).
             func state(_ id: String) async throws -> String? {
                 let info = try await hangar(["sandbox", "info", id, "-o", "json"])
@@ -80,10 +86,13 @@ struct NodeRestartTests {
 
             // Two sandboxes: one keeps a file and a process of its own across the restart; the
             // other's sandbox is killed while no node runs.
-            // A third, on the other node, must outlive the first node's restart (and its sweep).
+            // A third, a runc container on the other node, must outlive the first node's restart
+            // (and its sweep) and its own node's.
             let kept = try await hangar(["sandbox", "create", "--timeout", "300", "--label", "role=main"])
             let lost = try await hangar(["sandbox", "create", "--timeout", "300", "--label", "role=main"])
-            let elsewhere = try await hangar(["sandbox", "create", "--timeout", "300", "--label", "role=other"])
+            let elsewhere = try await hangar([
+                "sandbox", "create", "--timeout", "300", "--label", "role=other", "--runtime", "container",
+            ])
             #expect(
                 kept.status == 0 && lost.status == 0 && elsewhere.status == 0,
                 "\(kept.stderr) \(lost.stderr)\n\(logs())"
@@ -91,7 +100,20 @@ struct NodeRestartTests {
             let keptID = kept.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             let lostID = lost.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             let elsewhereID = elsewhere.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-            _ = try await hangar(["sandbox", "exec", elsewhereID, "--", "sh", "-c", "echo there > note.txt"])
+            let noted = try await hangar([
+                "sandbox", "exec", elsewhereID, "--", "sh", "-c",
+                "echo there > note.txt; setsid sleep 1000 > /dev/null 2>&1 & echo $! > /tmp/sleeper.pid",
+            ])
+            #expect(noted.status == 0, "\(noted.stderr)\n\(logs())")
+            let elsewhereEntry = try #require(
+                try JSONSerialization.jsonObject(
+                    with: Data(contentsOf: URL(fileURLWithPath: "\(registry)/\(elsewhereID).json"))
+                )
+                    as? [String: Any],
+                "the other node registered its container sandbox"
+            )
+            let container = try #require(elsewhereEntry["container"] as? [String: Any], "\(elsewhereEntry)")
+            let containerInit = try #require(container["agentPID"] as? Int)
             let setUp = try await hangar([
                 "sandbox", "exec", keptID, "--", "sh", "-c",
                 "echo before > /home/user/kept.txt; setsid sleep 1000 > /dev/null 2>&1 & echo $! > /tmp/sleeper.pid",
@@ -105,7 +127,6 @@ struct NodeRestartTests {
                 "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done | grep -c '^python3 -u -I -c'",
             ]
             #expect(try await hangar(kernels).stdout == "1\n", "its kernel runs")
-            let registry = "/run/hangar/ledger/sandboxes"
             let lostEntry = try #require(
                 try JSONSerialization.jsonObject(
                     with: Data(contentsOf: URL(fileURLWithPath: "\(registry)/\(lostID).json"))
@@ -134,10 +155,13 @@ struct NodeRestartTests {
             let restartLog = (try? String(contentsOf: second.1, encoding: .utf8)) ?? ""
             #expect(restartLog.contains("re-adopted a stateful sandbox"), "\(logs())")
             // The other node's sandbox ran through this node's sweep; its own node re-adopts it.
-            let otherAgain = try await startNode("other-2", id: otherID)
+            let otherAgain = try await startNode("other-2", id: otherID, keeping: true)
             processes.append(otherAgain.0)
-            let there = try await hangar(["sandbox", "exec", elsewhereID, "--", "cat", "note.txt"])
-            #expect(there.stdout == "there\n", "\(there.stderr)\n\(logs())")
+            let there = try await hangar([
+                "sandbox", "exec", elsewhereID, "--", "sh", "-c",
+                "cat note.txt; kill -0 $(cat /tmp/sleeper.pid) && echo sleeper-alive",
+            ])
+            #expect(there.stdout == "there\nsleeper-alive\n", "\(there.stderr)\n\(logs())")
             #expect(try await state(elsewhereID) == "SANDBOX_RUNNING", "\(logs())")
 
             // The kept sandbox answers through the new node with what it had.
@@ -211,9 +235,22 @@ struct NodeRestartTests {
 
             kill(third.0.processIdentifier, SIGTERM)
             _ = try await waitForExit(third.0, within: .seconds(15), log: third.1)
-            kill(otherAgain.0.processIdentifier, SIGTERM)  // not keeping: its sandbox ends with it
-            _ = try await waitForExit(otherAgain.0, within: .seconds(15), log: otherAgain.1)
+            // An upgrade of the other node keeps its container sandbox too.
+            kill(otherAgain.0.processIdentifier, SIGTERM)
+            let otherStopped = try await waitForExit(otherAgain.0, within: .seconds(15), log: otherAgain.1)
+            #expect(otherStopped.contains("left a stateful sandbox running"), "\(logs())")
+            let otherThird = try await startNode("other-3", id: otherID)
+            processes.append(otherThird.0)
+            let stillThere = try await hangar(["sandbox", "exec", elsewhereID, "--", "cat", "note.txt"])
+            #expect(stillThere.stdout == "there\n", "\(stillThere.stderr)\n\(logs())")
+            kill(otherThird.0.processIdentifier, SIGTERM)  // not keeping: its sandbox ends with it
+            _ = try await waitForExit(otherThird.0, within: .seconds(15), log: otherThird.1)
             #expect(!FileManager.default.fileExists(atPath: "\(registry)/\(elsewhereID).json"))
+            let initStat = try? String(contentsOfFile: "/proc/\(containerInit)/stat", encoding: .utf8)
+            #expect(
+                initStat == nil || initStat!.contains(") Z "),
+                "the re-adopted container ended with its node's stop: \(initStat ?? "")"
+            )
             kill(scheduler.0.processIdentifier, SIGTERM)
             _ = try await waitForExit(scheduler.0, within: .seconds(15), log: scheduler.1)
         }

@@ -38,6 +38,12 @@ struct OCIBundle: Sendable {
         }
     }
 
+    /// The bundle at `path` that a node process before this one wrote (a re-adopted sandbox's).
+    init(adopting path: String, ledger: SandboxLedger?) {
+        self.path = path
+        self.ledger = ledger
+    }
+
     /// Deletes the bundle. Refuses, and says so, if anything is still mounted below it, which would
     /// otherwise delete the host files seen through that mount.
     func remove() -> String? {
@@ -54,6 +60,8 @@ struct OCIBundle: Sendable {
         do {
             try FileManager.default.removeItem(atPath: path)
             return nil
+        } catch  where !FileManager.default.fileExists(atPath: path) {
+            return nil  // removed already (a re-adopted sandbox's, by the node that killed it)
         } catch {
             return "cannot remove bundle \(path): \(error.localizedDescription)"
         }

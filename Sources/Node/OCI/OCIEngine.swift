@@ -203,9 +203,14 @@ struct OCIEngine: Sendable {
     /// Ends the namespace's holder; the uid goes back to the pool unless the container's cgroup
     /// could not be removed (a process of the job may still be charged to it).
     func release(_ owned: (namespace: OwnedUserNamespace, user: UInt32)?, cgroup: JobCgroup) async {
-        guard let owned else { return }
-        await owned.namespace.remove()
-        if !cgroup.exists { resources.users.release(owned.user) }
+        await release(namespace: owned?.namespace, user: owned?.user, cgroup: cgroup)
+    }
+
+    /// The same for a container whose namespace's holder this node may not have (a re-adopted
+    /// sandbox's ended with the node process before).
+    func release(namespace: OwnedUserNamespace?, user: UInt32?, cgroup: JobCgroup) async {
+        await namespace?.remove()
+        if let user, !cgroup.exists { resources.users.release(user) }
     }
 
     /// `command` started through util-linux `prlimit` with `rlimits` set, so that the runtime and

@@ -38,9 +38,15 @@ extension ProcessSandbox: StatefulSandbox {}
 /// sandboxes (for matplotlib). The agent's socket and the filter reach it as fds 3
 /// and 4 through runc's `--preserve-fds`.
 ///
-/// Killing: ``kill()`` hangs up on the agent (which kills its commands and exits, ending the
-/// container), then kills and deletes the container with runc, removes its cgroup, bundle and
-/// network and gives the user namespace and its uid back.
+/// Restarts: without an allowlist network, the agent listens on a socket the node made
+/// (``ProcessSandbox/makeAgentSocket(workRoot:ledger:)``, never inside the container) and keeps
+/// the container when its node goes away, as a ``ProcessSandbox``'s does: the node's next process
+/// re-adopts it from its ``Saved`` state (``adopt(_:engine:logger:)``). With an allowlist network
+/// (its resolver lives in the node) the agent talks over a socket pair and ends with its node.
+///
+/// Killing: ``kill()`` hangs up on the agent and kills it (the container's init; a socket pair's
+/// agent exits by itself), then kills and deletes the container with runc, removes its cgroup,
+/// bundle, socket and network and gives the user namespace and its uid back.
 public final class ContainerSandbox: Sendable {
     /// The sandbox's name.
     public let id: String
@@ -59,12 +65,91 @@ public final class ContainerSandbox: Sendable {
 
     private let engine: OCIEngine
     private let network: JobNetwork?
-    private let process: SandboxProcess
+    /// `runc run` (runsc's), started by this node process; nil in a sandbox re-adopted from the
+    /// node process before.
+    private let process: SandboxProcess?
+    /// The `runc run` that started a re-adopted sandbox (it outlived its node; its pid and start
+    /// time).
+    private let adoptedRun: (pid: Int32, start: UInt64)?
     private let cgroup: JobCgroup
     private let bundle: OCIBundle
     private let layer: WritableLayer?
-    private let owned: (namespace: OwnedUserNamespace, user: UInt32)?
+    /// The user namespace the container joined, while this node holds it (nil when re-adopted:
+    /// the namespace lives on in the container's processes), and the sandbox's host uid.
+    private let namespace: OwnedUserNamespace?
+    private let hostUser: UInt32?
+    /// The agent's listening socket (`--listen`) when the sandbox outlives its node; nil when the
+    /// agent talks over a socket pair (gVisor, allowlist network) and ends with its node.
+    private let socketPath: String?
+    /// The agent's host pid and start time (the container's init), once known.
+    private let agentInit: (pid: Int32, start: UInt64)?
     private let killed = Mutex<Task<String?, Never>?>(nil)
+
+    /// What the node's registry keeps of a container sandbox that outlives its node (see
+    /// ``ProcessSandbox/Saved``): enough to reconnect to its agent and, later, to kill it and
+    /// remove everything of it.
+    public struct Saved: Codable, Sendable, Equatable {
+        /// ``ContainerSandbox/id``.
+        var name: String
+        var containerID: String
+        /// The agent's listening socket.
+        var socket: String
+        /// The agent's host pid and start time: the container's init.
+        var agentPID: Int32
+        var agentStart: UInt64
+        /// `runc run`'s pid and start time.
+        var runPID: Int32
+        var runStart: UInt64
+        /// The runtime's executable and global arguments, as in the node's ledger.
+        var tool: String
+        var globalArguments: [String]
+        var bundle: String
+        var cgroupVersion: CgroupVersion
+        var cgroup: ControllerDirectories
+        /// The writable layer over a directory template: its tmpfs and the overlay's mounts.
+        var layerScratch: String?
+        var overlay: TemplateOverlay.Mounts?
+        var hostUser: UInt32?
+
+        /// What the node's ledger lists for the sandbox: kept (not swept) when it is re-adopted.
+        var resources: [SandboxLedger.Resource] {
+            var resources: [SandboxLedger.Resource] = [
+                .container(tool: tool, globalArguments: globalArguments, id: containerID, bundle: bundle),
+                .scratch(path: bundle + "/rootfs"), .process(pid: runPID, start: runStart), .socket(path: socket),
+            ]
+            resources += cgroup.distinct.map { .cgroup(directory: $0) }
+            if let layerScratch { resources.append(.scratch(path: layerScratch)) }
+            return resources
+        }
+    }
+
+    /// What the node's registry keeps of it, when it outlives its node: a runc container without
+    /// an allowlist network (whose resolver lives in the node); nil otherwise.
+    public var saved: Saved? {
+        guard let socketPath, let agentInit,
+            let run = adoptedRun
+                ?? process?.pid.flatMap({ pid in
+                    SandboxLedger.startTime(of: pid).map { (pid: pid, start: $0) }
+                })
+        else { return nil }
+        return Saved(
+            name: id,
+            containerID: containerID,
+            socket: socketPath,
+            agentPID: agentInit.pid,
+            agentStart: agentInit.start,
+            runPID: run.pid,
+            runStart: run.start,
+            tool: engine.executable,
+            globalArguments: engine.globalArguments,
+            bundle: bundle.path,
+            cgroupVersion: cgroup.version,
+            cgroup: cgroup.directories,
+            layerScratch: layer?.scratch.path,
+            overlay: layer?.mounts,
+            hostUser: hostUser
+        )
+    }
 
     /// How long runc and the agent may take until the agent answers its first ping.
     static let readyTimeout = Duration.seconds(20)
@@ -76,12 +161,16 @@ public final class ContainerSandbox: Sendable {
         containerID: String,
         agent: SandboxAgentChannel,
         engine: OCIEngine,
-        process: SandboxProcess,
+        process: SandboxProcess?,
+        adoptedRun: (pid: Int32, start: UInt64)? = nil,
         cgroup: JobCgroup,
         bundle: OCIBundle,
         layer: WritableLayer?,
-        owned: (namespace: OwnedUserNamespace, user: UInt32)?,
-        network: JobNetwork?
+        namespace: OwnedUserNamespace?,
+        hostUser: UInt32?,
+        network: JobNetwork?,
+        socketPath: String?,
+        agentInit: (pid: Int32, start: UInt64)?
     ) {
         self.network = network
         self.layer = layer
@@ -91,9 +180,13 @@ public final class ContainerSandbox: Sendable {
         self.bundlePath = bundle.path
         self.engine = engine
         self.process = process
+        self.adoptedRun = adoptedRun
         self.cgroup = cgroup
         self.bundle = bundle
-        self.owned = owned
+        self.namespace = namespace
+        self.hostUser = hostUser
+        self.socketPath = socketPath
+        self.agentInit = agentInit
     }
 
     /// Starts a container sandbox with `runtime`'s runc, directories and node resources, and waits
@@ -164,10 +257,6 @@ public final class ContainerSandbox: Sendable {
         let jobLimits = limits.jobLimits
         var job = Hangar_V1_JobSpec()
         job.template = "host"
-        job.argv =
-            gVisor
-            ? [ProcessSandbox.agentPathInside, "--in", "0", "--out", "1", "--seccomp-file", filterPathInside]
-            : [ProcessSandbox.agentPathInside, "--in", "3", "--out", "3", "--seccomp", "4"]
         job.limits.memoryBytes = jobLimits.memoryBytes
         job.limits.pids = jobLimits.pids
         job.limits.cpuMillis = jobLimits.cpuMillis
@@ -181,6 +270,20 @@ public final class ContainerSandbox: Sendable {
             )
         }
         if joinsNetwork { job.network = networkPolicy }
+        // A runc container without an allowlist network outlives its node: its agent listens on a
+        // socket the node made (fd 3), for the node's next process to reconnect. The others talk
+        // over a socket pair and end with the node (runsc hands a container only its stdio; an
+        // allowlist network's resolver is the node's).
+        let orphanMilliseconds = String(max(1, JobLimits.milliseconds(ProcessSandbox.orphanTimeout)))
+        job.argv =
+            gVisor
+            ? [ProcessSandbox.agentPathInside, "--in", "0", "--out", "1", "--seccomp-file", filterPathInside]
+            : joinsNetwork
+                ? [ProcessSandbox.agentPathInside, "--in", "3", "--out", "3", "--seccomp", "4"]
+                : [
+                    ProcessSandbox.agentPathInside, "--listen", "3", "--seccomp", "4", "--orphan-ms",
+                    orphanMilliseconds,
+                ]
         var owned: (namespace: OwnedUserNamespace, user: UInt32)?
         if let mapping = engine.configOptions(cgroupsPath: "").userNamespace {
             // A user-namespaced container may only join a network namespace its own user namespace
@@ -272,7 +375,7 @@ public final class ContainerSandbox: Sendable {
         let bundle: OCIBundle
         do {
             let resolved = try Template.resolve(job, in: engine.templates)
-            options.root = try layer?.overlay.layout ?? resolved.template.layout()
+            options.root = try layer?.layout ?? resolved.template.layout()
             config = try OCIJobConfig(job: resolved.spec, options: options, network: network?.path)
             bundle = try OCIBundle(
                 base: engine.directories.bundles,
@@ -293,6 +396,7 @@ public final class ContainerSandbox: Sendable {
         // node's end sees the agent go as soon as the container does.
         var files: [Int32] = []
         var node: Int32 = -1
+        var socketPath: String?
         do throws(SandboxStartError) {
             try adapt(
                 bundle: bundle.path,
@@ -308,12 +412,22 @@ public final class ContainerSandbox: Sendable {
             } catch {
                 throw SandboxStartError("cannot create the sandbox's cgroup: \(error.description)")
             }
-            var ends: [Int32] = [-1, -1]
-            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
-                throw SandboxStartError("socketpair failed: \(String(cString: strerror(errno)))")
+            if !gVisor && network == nil {
+                let (listening, path) = try ProcessSandbox.makeAgentSocket(
+                    workRoot: ProcessSandbox.defaultWorkRoot,
+                    ledger: ledger
+                )
+                files.append(listening)
+                socketPath = path
+            } else {
+                var ends: [Int32] = [-1, -1]
+                guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0
+                else {
+                    throw SandboxStartError("socketpair failed: \(String(cString: strerror(errno)))")
+                }
+                node = ends[0]
+                files.append(ends[1])
             }
-            node = ends[0]
-            files.append(ends[1])
             if !gVisor {
                 do throws(InvalidJob) {
                     files.append(try BubblewrapInvocation.memoryFile(holding: Data(filter.bytes)))
@@ -324,6 +438,7 @@ public final class ContainerSandbox: Sendable {
         } catch {
             for fd in files { close(fd) }
             if node >= 0 { close(node) }
+            if let socketPath { ProcessSandbox.removeAgentSocket(socketPath, ledger: ledger) }
             _ = await engine.teardown(id: containerID, killFirst: false, cgroup: cgroup, bundle: bundle)
             throw error
         }
@@ -360,11 +475,24 @@ public final class ContainerSandbox: Sendable {
         do {
             process = try spawned.get()
         } catch {
-            close(node)
+            if node >= 0 { close(node) }
+            if let socketPath { ProcessSandbox.removeAgentSocket(socketPath, ledger: ledger) }
             _ = await engine.teardown(id: containerID, killFirst: true, cgroup: cgroup, bundle: bundle)
             throw SandboxStartError("cannot start runc: \(error.description)")
         }
-        let sandbox = ContainerSandbox(
+        if let socketPath {
+            // The socket listens already: the connection waits in its backlog until the agent accepts.
+            switch UnixSocket.connect(to: socketPath) {
+            case .success(let fd): node = fd
+            case .failure(let error):
+                process.kill()
+                _ = try? await process.wait()
+                ProcessSandbox.removeAgentSocket(socketPath, ledger: ledger)
+                _ = await engine.teardown(id: containerID, killFirst: true, cgroup: cgroup, bundle: bundle)
+                throw SandboxStartError("cannot reach the agent: \(error)")
+            }
+        }
+        var sandbox = ContainerSandbox(
             id: id,
             containerID: containerID,
             agent: SandboxAgentChannel(socket: node, logger: logger),
@@ -373,8 +501,11 @@ public final class ContainerSandbox: Sendable {
             cgroup: cgroup,
             bundle: bundle,
             layer: layer,
-            owned: owned,
-            network: network
+            namespace: owned?.namespace,
+            hostUser: owned?.user,
+            network: network,
+            socketPath: socketPath,
+            agentInit: nil
         )
         do {
             try await sandbox.waitUntilReady()
@@ -384,18 +515,104 @@ public final class ContainerSandbox: Sendable {
             _ = await sandbox.kill()
             throw SandboxStartError(error.description + (diagnostics.isEmpty ? "" : "; runc said: \(diagnostics)"))
         }
+        if socketPath != nil {
+            // The agent is the container's init: its host pid, to kill it (hung up on, it would
+            // wait for the next node) and to tell, after a restart, that the sandbox still runs.
+            guard let pid = await sandbox.initPid(), let start = SandboxLedger.startTime(of: pid) else {
+                killed = true
+                _ = await sandbox.kill()
+                throw SandboxStartError("\(engine.toolName) state names no running init of the container")
+            }
+            sandbox = sandbox.knowing(agentInit: (pid, start))
+        }
         return sandbox
+    }
+
+    /// The same sandbox, its agent's host pid known.
+    private func knowing(agentInit: (pid: Int32, start: UInt64)) -> ContainerSandbox {
+        ContainerSandbox(
+            id: id,
+            containerID: containerID,
+            agent: agent,
+            engine: engine,
+            process: process,
+            adoptedRun: adoptedRun,
+            cgroup: cgroup,
+            bundle: bundle,
+            layer: layer,
+            namespace: namespace,
+            hostUser: hostUser,
+            network: network,
+            socketPath: socketPath,
+            agentInit: agentInit
+        )
+    }
+
+    /// Re-adopts a container sandbox that a node process before this one started (its registry
+    /// entry), with `engine` (runc's): connects to its agent and waits for an answer. Nil, with the
+    /// reason, when the container is gone or its agent does not answer; then nothing of it is
+    /// claimed, and the node's sweep takes it down. The caller notes ``Saved/resources`` in the
+    /// node's ledger once it is open.
+    static func adopt(
+        _ saved: Saved,
+        engine: OCIEngine,
+        logger: Logger
+    ) async -> Result<ContainerSandbox, SandboxStartError> {
+        let resources = engine.resources
+        guard SandboxLedger.startTime(of: saved.agentPID) == saved.agentStart else {
+            return .failure(SandboxStartError("its container's init (pid \(saved.agentPID)) is gone"))
+        }
+        guard saved.tool == engine.executable, saved.globalArguments == engine.globalArguments else {
+            return .failure(SandboxStartError("it was started by \(saved.tool), not this node's \(engine.executable)"))
+        }
+        let fd: Int32
+        switch ProcessSandbox.reconnect(socket: saved.socket, hostUser: saved.hostUser, users: resources.users) {
+        case .success(let connected): fd = connected
+        case .failure(let error): return .failure(error)
+        }
+        let sandbox = ContainerSandbox(
+            id: saved.name,
+            containerID: saved.containerID,
+            agent: SandboxAgentChannel(socket: fd, logger: logger),
+            engine: engine,
+            process: nil,
+            adoptedRun: (saved.runPID, saved.runStart),
+            cgroup: JobCgroup(version: saved.cgroupVersion, directories: saved.cgroup, ledger: resources.ledger),
+            bundle: OCIBundle(adopting: saved.bundle, ledger: resources.ledger),
+            layer: saved.layerScratch.map { scratch in
+                WritableLayer(
+                    scratch: JobScratch(path: scratch, ledger: resources.ledger),
+                    mounts: saved.overlay ?? TemplateOverlay.Mounts(root: scratch + "/layer/root", lower: nil),
+                    layout: nil
+                )
+            },
+            namespace: nil,
+            hostUser: saved.hostUser,
+            network: nil,
+            socketPath: saved.socket,
+            agentInit: (saved.agentPID, saved.agentStart)
+        )
+        do {
+            try await sandbox.waitUntilReady(within: ProcessSandbox.adoptTimeout)
+        } catch {
+            sandbox.agent.close()
+            if let user = saved.hostUser { resources.users.release(user) }
+            return .failure(error)
+        }
+        return .success(sandbox)
     }
 
     /// A directory template sandbox's writable layer: the overlay, and the host tmpfs (of the disk
     /// limit) its upper layer is on.
     struct WritableLayer: Sendable {
         let scratch: JobScratch
-        let overlay: TemplateOverlay
+        let mounts: TemplateOverlay.Mounts
+        /// The merged tree's top-level entries (for the bundle; nil in a re-adopted sandbox).
+        let layout: TemplateRootfs?
 
         /// Unmounts both; what could not be, or nil.
         func remove() -> String? {
-            let problems = [overlay.unmount(), scratch.remove()].compactMap { $0 }
+            let problems = [mounts.unmount(), scratch.remove()].compactMap { $0 }
             return problems.isEmpty ? nil : problems.joined(separator: "; ")
         }
     }
@@ -433,7 +650,7 @@ public final class ContainerSandbox: Sendable {
                 userID: ProcessSandbox.userID,
                 resolver: resolver
             )
-            return WritableLayer(scratch: scratch, overlay: overlay)
+            return WritableLayer(scratch: scratch, mounts: overlay.mounts, layout: overlay.layout)
         } catch {
             _ = scratch.remove()
             throw SandboxStartError("cannot make the sandbox's writable layer over its template: \(error.description)")
@@ -525,9 +742,9 @@ public final class ContainerSandbox: Sendable {
     }
 
     /// Pings the agent until it answers, the container dies or ``readyTimeout`` passes.
-    private func waitUntilReady() async throws(SandboxStartError) {
+    private func waitUntilReady(within timeout: Duration = readyTimeout) async throws(SandboxStartError) {
         let deadline = Task { [agent] in
-            try? await Task.sleep(for: Self.readyTimeout)
+            try? await Task.sleep(for: timeout)
             if !Task.isCancelled { agent.close() }
         }
         defer { deadline.cancel() }
@@ -535,7 +752,7 @@ public final class ContainerSandbox: Sendable {
             try await agent.ping()
         } catch {
             throw SandboxStartError(
-                "the sandbox's agent did not answer within \(JobLimits.milliseconds(Self.readyTimeout)) ms: \(error)"
+                "the sandbox's agent did not answer within \(JobLimits.milliseconds(timeout)) ms: \(error)"
             )
         }
     }
@@ -544,7 +761,7 @@ public final class ContainerSandbox: Sendable {
     private func diagnostics() async -> String {
         let log = bundle.path + "/\(engine.toolName).log"
         let failure = OCIEngine.runtimeFailure(in: CgroupFile.read(log) ?? "") ?? ""
-        guard process.hasEnded, let result = try? await process.wait() else { return failure }
+        guard let process, process.hasEnded, let result = try? await process.wait() else { return failure }
         let stderr = String(decoding: result.stderr.prefix(500), as: UTF8.self)
         return (failure + " " + stderr).trimmingCharacters(in: .whitespacesAndNewlines)
     }
@@ -577,11 +794,18 @@ public final class ContainerSandbox: Sendable {
         // Hung up on, the agent kills its commands and exits; as the container's init it takes the
         // rest of the container with it, and `runc run` returns.
         agent.close()
+        // A listening agent, hung up on, would wait for the next node: it is killed, and the kernel
+        // ends the rest of its pid namespace.
+        if socketPath != nil, let agentInit, SandboxLedger.startTime(of: agentInit.pid) == agentInit.start {
+            Glibc.kill(agentInit.pid, SIGKILL)
+        }
         let end = ContinuousClock.now + ProcessSandbox.hangUpGrace
-        while !process.hasEnded && ContinuousClock.now < end { try? await Task.sleep(for: .milliseconds(2)) }
-        let stopped = process.hasEnded
-        process.kill()
-        _ = try? await process.wait()
+        while !hasEnded && ContinuousClock.now < end { try? await Task.sleep(for: .milliseconds(2)) }
+        let stopped = hasEnded
+        process?.kill()
+        _ = try? await process?.wait()
+        if let adoptedRun { engine.resources.ledger.gone(.process(pid: adoptedRun.pid, start: adoptedRun.start)) }
+        if let socketPath { ProcessSandbox.removeAgentSocket(socketPath, ledger: engine.resources.ledger) }
         let leftovers = await engine.teardown(
             id: containerID,
             killFirst: !stopped,
@@ -598,8 +822,16 @@ public final class ContainerSandbox: Sendable {
                 problems.append("the sandbox's network namespace \(network.name) was not removed")
             }
         }
-        await engine.release(owned, cgroup: cgroup)
+        await engine.release(namespace: namespace, user: hostUser, cgroup: cgroup)
         return problems.isEmpty ? nil : problems.joined(separator: "; ")
+    }
+
+    /// Whether the container has ended: `runc run` returned, or, in a re-adopted sandbox, its
+    /// init is gone.
+    private var hasEnded: Bool {
+        if let process { return process.hasEnded }
+        guard let agentInit else { return true }
+        return SandboxLedger.startTime(of: agentInit.pid) != agentInit.start
     }
 }
 extension ContainerSandbox: StatefulSandbox {}

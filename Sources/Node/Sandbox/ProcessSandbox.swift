@@ -499,20 +499,8 @@ public final class ProcessSandbox: Sendable {
         ledger: SandboxLedger,
         logger: Logger
     ) throws(SandboxStartError) -> (SandboxProcess, SandboxAgentChannel, String) {
-        let socketPath = try makeSocketDirectory(workRoot: workRoot) + "/agent.sock"
-        let listening: Int32
-        switch UnixSocket.listen(at: socketPath) {
-        case .success(let fd): listening = fd
-        case .failure(let error):
-            rmdir((socketPath as NSString).deletingLastPathComponent)
-            throw SandboxStartError("cannot make the agent's socket: \(error)")
-        }
-        ledger.made(.socket(path: socketPath))
-        func removeSocket() {
-            unlink(socketPath)
-            rmdir((socketPath as NSString).deletingLastPathComponent)
-            ledger.gone(.socket(path: socketPath))
-        }
+        let (listening, socketPath) = try makeAgentSocket(workRoot: workRoot, ledger: ledger)
+        func removeSocket() { removeAgentSocket(socketPath, ledger: ledger) }
         var files: [Int32] = [listening]
         defer { for fd in files { close(fd) } }
         // An allowlist sandbox runs in the network namespace the node prepared (entered before
@@ -597,6 +585,31 @@ public final class ProcessSandbox: Sendable {
         }
     }
 
+    /// A listening socket for one agent (`--listen`), `agent.sock` in a new root-only directory
+    /// under `<workRoot>/agents`, noted in `ledger`: its fd (the caller closes it once the agent
+    /// has it) and its path (to connect to, now and after a restart of the node).
+    static func makeAgentSocket(
+        workRoot: String,
+        ledger: SandboxLedger
+    ) throws(SandboxStartError) -> (listening: Int32, path: String) {
+        let path = try makeSocketDirectory(workRoot: workRoot) + "/agent.sock"
+        switch UnixSocket.listen(at: path) {
+        case .success(let fd):
+            ledger.made(.socket(path: path))
+            return (fd, path)
+        case .failure(let error):
+            rmdir((path as NSString).deletingLastPathComponent)
+            throw SandboxStartError("cannot make the agent's socket: \(error)")
+        }
+    }
+
+    /// Removes an agent's socket and its directory (``makeAgentSocket(workRoot:ledger:)``).
+    static func removeAgentSocket(_ path: String, ledger: SandboxLedger) {
+        unlink(path)
+        rmdir((path as NSString).deletingLastPathComponent)
+        ledger.gone(.socket(path: path))
+    }
+
     /// A new root-only directory for one agent's socket under `<workRoot>/agents`.
     private static func makeSocketDirectory(workRoot: String) throws(SandboxStartError) -> String {
         let root = workRoot + "/agents"
@@ -623,13 +636,9 @@ public final class ProcessSandbox: Sendable {
             return .failure(SandboxStartError("its bubblewrap (pid \(saved.leaderPID)) is gone"))
         }
         let fd: Int32
-        switch UnixSocket.connect(to: saved.socket) {
+        switch reconnect(socket: saved.socket, hostUser: saved.hostUser, users: resources.users) {
         case .success(let connected): fd = connected
-        case .failure(let error): return .failure(SandboxStartError("its agent cannot be reached: \(error)"))
-        }
-        if let user = saved.hostUser, !resources.users.claim(user) {
-            close(fd)
-            return .failure(SandboxStartError("its host uid \(user) is not free on this node"))
+        case .failure(let error): return .failure(error)
         }
         let sandbox = ProcessSandbox(
             id: saved.name,
@@ -652,6 +661,21 @@ public final class ProcessSandbox: Sendable {
             return .failure(error)
         }
         return .success(sandbox)
+    }
+
+    /// Connects to the agent of a sandbox being re-adopted, listening at `socket`, and claims its
+    /// host uid from `users`: the connected fd, or why not (then nothing is claimed).
+    static func reconnect(socket: String, hostUser: UInt32?, users: SandboxUsers) -> Result<Int32, SandboxStartError> {
+        let fd: Int32
+        switch UnixSocket.connect(to: socket) {
+        case .success(let connected): fd = connected
+        case .failure(let error): return .failure(SandboxStartError("its agent cannot be reached: \(error)"))
+        }
+        if let hostUser, !users.claim(hostUser) {
+            close(fd)
+            return .failure(SandboxStartError("its host uid \(hostUser) is not free on this node"))
+        }
+        return .success(fd)
     }
 
     /// Pings the agent until it answers, the sandbox dies or ``readyTimeout`` passes.
@@ -711,9 +735,7 @@ public final class ProcessSandbox: Sendable {
         await cgroup.killAll()
         await leader.wait()
         if case .adopted(let pid, let start) = leader { ledger.gone(.process(pid: pid, start: start)) }
-        unlink(socketPath)
-        rmdir((socketPath as NSString).deletingLastPathComponent)
-        ledger.gone(.socket(path: socketPath))
+        Self.removeAgentSocket(socketPath, ledger: ledger)
         var problems: [String] = []
         do {
             try await cgroup.remove()

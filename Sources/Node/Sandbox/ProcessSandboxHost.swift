@@ -22,14 +22,15 @@ import Synchronization
 /// by a watcher that polls the agent channel, killed to clean up what is left, forgotten and
 /// reported through the start's `died` callback.
 ///
-/// Restarts: `process` sandboxes without an allowlist network outlive the node process. Each is
+/// Restarts: `process` and `container` sandboxes without an allowlist network outlive the node
+/// process. Each is
 /// written to the node's ``SandboxRegistry`` once started, and the next node process with the same
 /// node id re-adopts it (``readopt(nodeID:died:)``): it reconnects to its agent and holds it again,
 /// with its files, processes and limits as they were. What lived in the node process is not kept:
 /// a command's output the node had not yet sent, background commands' kept output (their
 /// processes run on), code contexts (their kernels are ended; a new default context starts on
-/// first use) and watches. Sandboxes of the other runtimes end with their node and are
-/// reported LOST.
+/// first use) and watches. Sandboxes of the other runtimes (`gvisor`, whose agent runsc connects
+/// only through its stdio; `microvm`) end with their node and are reported LOST.
 public final class ProcessSandboxHost: SandboxHost {
     private let agentPath: String
     /// The runc runtime of `container` sandboxes; nil when runc is not there or the node not root.
@@ -293,7 +294,9 @@ public final class ProcessSandboxHost: SandboxHost {
             state.starting.remove(id)
             if state.killedWhileStarting.remove(id) != nil { return (true, nil) }
             var entry: SandboxRegistry.Entry?
-            if let nodeID = state.nodeID, let saved = (sandbox as? ProcessSandbox)?.saved {
+            let savedProcess = (sandbox as? ProcessSandbox)?.saved
+            let savedContainer = (sandbox as? ContainerSandbox)?.saved
+            if let nodeID = state.nodeID, savedProcess != nil || savedContainer != nil {
                 entry = SandboxRegistry.Entry(
                     sandboxID: id,
                     nodeID: nodeID,
@@ -305,7 +308,8 @@ public final class ProcessSandboxHost: SandboxHost {
                     deadlineUnixMs: request.timeoutMs > 0
                         ? unixMilliseconds() + Int64(request.timeoutMs)
                             + Int64(JobLimits.milliseconds(NodeAgent.sandboxTimeoutGrace)) : nil,
-                    sandbox: saved
+                    sandbox: savedProcess,
+                    container: savedContainer
                 )
             }
             state.held[id] = Held(
@@ -372,7 +376,7 @@ public final class ProcessSandboxHost: SandboxHost {
     /// Code contexts lived in the node before: their kernels run on in the re-adopted sandbox,
     /// unreachable. They are ended, so their memory goes back and the next `run_code` starts a
     /// fresh default context.
-    private func endOrphanedKernels(of sandbox: ProcessSandbox) async {
+    private func endOrphanedKernels(of sandbox: any StatefulSandbox) async {
         guard let listed = try? await sandbox.agent.listProcesses() else { return }
         let kernel = CodeKernel.argv(language: "").dropLast()
         for process in listed where process.argv.count == kernel.count + 1 && process.argv.starts(with: kernel) {
@@ -393,6 +397,21 @@ public final class ProcessSandboxHost: SandboxHost {
         if let entry { registry?.save(entry) }
     }
 
+    /// Reconnects to the sandbox of a registry entry: a `process` sandbox, or a `container` one
+    /// when this node has runc.
+    private func adopt(_ entry: SandboxRegistry.Entry) async -> Result<any StatefulSandbox, SandboxStartError> {
+        if let saved = entry.sandbox {
+            return await ProcessSandbox.adopt(saved, resources: resources, logger: logger).map { $0 }
+        }
+        if let saved = entry.container {
+            guard let engine = container?.engine else {
+                return .failure(SandboxStartError("it is a container sandbox, and this node has no container runtime"))
+            }
+            return await ContainerSandbox.adopt(saved, engine: engine, logger: logger).map { $0 }
+        }
+        return .failure(SandboxStartError("its registry entry names no sandbox"))
+    }
+
     public func readopt(
         nodeID: String,
         died: @escaping @Sendable (_ sandboxID: String, _ message: String) -> Void
@@ -403,8 +422,8 @@ public final class ProcessSandboxHost: SandboxHost {
         let owner = (pid: getpid(), start: SandboxLedger.startTime(of: getpid()) ?? 0)
         for var entry in registry.orphans(of: nodeID) {
             let id = entry.sandboxID
-            let sandbox: ProcessSandbox
-            switch await ProcessSandbox.adopt(entry.sandbox, resources: resources, logger: logger) {
+            let sandbox: any StatefulSandbox
+            switch await adopt(entry) {
             case .success(let adopted): sandbox = adopted
             case .failure(let error):
                 registry.remove(id)
@@ -432,7 +451,7 @@ public final class ProcessSandboxHost: SandboxHost {
             }
             registry.save(entry)
             result.sandboxes.append((id, entry.deadlineUnixMs))
-            result.resources.formUnion(entry.sandbox.resources)
+            result.resources.formUnion(entry.resources)
             logger.notice(
                 "re-adopted a stateful sandbox",
                 metadata: ["sandbox.id": "\(id)", "tenant": "\(entry.tenant)"]

@@ -1,7 +1,8 @@
 import Foundation
 import Glibc
 
-/// The stateful sandboxes a node holds that can outlive it (see ``ProcessSandbox``), one JSON file
+/// The stateful sandboxes a node holds that can outlive it (see ``ProcessSandbox`` and
+/// ``ContainerSandbox``), one JSON file
 /// per sandbox in `<ledger directory>/sandboxes`, so that the next node process on this host
 /// re-adopts them instead of sweeping them away. Written when a sandbox has started, removed when
 /// it ends; an entry names the node process that holds the sandbox, and only entries of node
@@ -21,7 +22,20 @@ struct SandboxRegistry: Sendable {
         /// When the node kills it at the latest (its timeout plus the grace), in unix milliseconds;
         /// nil: no timeout of the node's.
         var deadlineUnixMs: Int64?
-        var sandbox: ProcessSandbox.Saved
+        /// A `process` sandbox's state, or a `container` sandbox's (one of the two).
+        var sandbox: ProcessSandbox.Saved?
+        var container: ContainerSandbox.Saved?
+
+        /// The sandbox's first host process, whose life is the sandbox's: bubblewrap, or the
+        /// container's init.
+        var leader: (pid: Int32, start: UInt64)? {
+            if let sandbox { return (sandbox.leaderPID, sandbox.leaderStart) }
+            if let container { return (container.agentPID, container.agentStart) }
+            return nil
+        }
+
+        /// What the node's ledger lists for the sandbox.
+        var resources: [SandboxLedger.Resource] { (sandbox?.resources ?? []) + (container?.resources ?? []) }
     }
 
     /// Where the entries are.
@@ -74,8 +88,8 @@ struct SandboxRegistry: Sendable {
     func stillRunning() -> Set<SandboxLedger.Resource> {
         var resources: Set<SandboxLedger.Resource> = []
         for (file, entry) in entries() {
-            if SandboxLedger.startTime(of: entry.sandbox.leaderPID) == entry.sandbox.leaderStart {
-                resources.formUnion(entry.sandbox.resources)
+            if let leader = entry.leader, SandboxLedger.startTime(of: leader.pid) == leader.start {
+                resources.formUnion(entry.resources)
             } else if SandboxLedger.startTime(of: entry.ownerPID) != entry.ownerStart {
                 unlink(file)
             }
