@@ -29,6 +29,7 @@ struct ContainerReadoptionTests {
             engine: engine
         )
         let saved = try #require(original.saved, "a loopback container sandbox can be re-adopted")
+        #expect(await original.initPid() == saved.agentPID, "the saved agent is the container's init")
         let sleeper = try await execute(
             original,
             ["sh", "-c", "echo kept > note.txt; setsid sleep 1000 > /dev/null 2>&1 & echo $!"],

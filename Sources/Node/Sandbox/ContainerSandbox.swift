@@ -518,7 +518,7 @@ public final class ContainerSandbox: Sendable {
         if socketPath != nil {
             // The agent is the container's init: its host pid, to kill it (hung up on, it would
             // wait for the next node) and to tell, after a restart, that the sandbox still runs.
-            guard let pid = await sandbox.initPid(), let start = SandboxLedger.startTime(of: pid) else {
+            guard let pid = await sandbox.agentHostPID(), let start = SandboxLedger.startTime(of: pid) else {
                 killed = true
                 _ = await sandbox.kill()
                 throw SandboxStartError("\(engine.toolName) state names no running init of the container")
@@ -764,6 +764,22 @@ public final class ContainerSandbox: Sendable {
         guard let process, process.hasEnded, let result = try? await process.wait() else { return failure }
         let stderr = String(decoding: result.stderr.prefix(500), as: UTF8.self)
         return (failure + " " + stderr).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The agent's host pid (the container's init): `runc run`'s only child (runc starts the init
+    /// with `CLONE_PARENT`, and its set-up processes have exited once the agent answers), read
+    /// from `/proc`; else from `runc state`.
+    private func agentHostPID() async -> Int32? {
+        if let pid = process?.pid {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+            var children: [Int32] = []
+            for task in tasks {
+                let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/children", encoding: .utf8)) ?? ""
+                children += text.split(separator: " ").compactMap { Int32($0) }
+            }
+            if children.count == 1 { return children[0] }
+        }
+        return await initPid()
     }
 
     /// The host pid of the agent (the container's init), from `runc state`; nil once it is gone.
