@@ -11,6 +11,7 @@ import Synchronization
 /// holding real bubblewrap sandboxes with the real `hangar-sandbox-agent` (next to this program, or
 /// at `$HANGAR_SANDBOX_AGENT`). Steps:
 /// 1. create → ready: the create request answered with the sandbox running (each killed after);
+///    1b. the same for `container` sandboxes (runc) where the node has runc;
 /// 2. exec `/bin/true` round trip on a running sandbox, against a bare `posix_spawn` + wait of
 ///    `/bin/true` and a raw NATS request/reply round trip, both in the same run;
 /// 3. write then read 1 MiB (`files.write`, `files.read`); 3b. the code interpreter (``CodeBench``);
@@ -138,7 +139,11 @@ enum SandboxBench {
         let agent = NodeAgent(
             config: nodeConfig,
             nats: try await connect("node"),
-            runtimes: [ProcessRuntime(templates: templates, resources: resources)],
+            // `container` too where runc is (step 1b: the scheduler places a container sandbox only
+            // on a node that offers the runtime).
+            runtimes: [ProcessRuntime(templates: templates, resources: resources)]
+                + (host.availableRuntimes.contains("container")
+                    ? [ContainerRuntime(templates: templates, resources: resources)] : []),
             resources: resources,
             sandboxHost: host,
             logger: logger
@@ -217,6 +222,12 @@ enum SandboxBench {
         }
         let create = Percentiles(createTimes)
         let directStart = Percentiles(startTimes)
+        let container = try await measureContainer(
+            cluster,
+            options: options,
+            agentPath: agentPath,
+            resources: resources
+        )
 
         // 2. exec /bin/true on one running sandbox, interleaved with its baselines (a bare
         // posix_spawn + wait of /bin/true, a raw NATS request/reply), so that all three see the
@@ -349,6 +360,7 @@ enum SandboxBench {
                 config: config,
                 create: create,
                 directStart: directStart,
+                container: container,
                 exec: exec,
                 spawn: spawn,
                 nats: nats,
@@ -370,6 +382,48 @@ enum SandboxBench {
             )
     }
 
+    /// Step 1b, where the node has runc: `container` sandboxes' create → ready through the
+    /// scheduler, interleaved with the node's share of it (`ContainerSandbox.start` on the host);
+    /// each killed after, untimed. Nil without runc.
+    private static func measureContainer(
+        _ cluster: BenchCluster,
+        options: Options,
+        agentPath: String,
+        resources: NodeResources
+    ) async throws -> (create: Percentiles, direct: Percentiles)? {
+        guard cluster.host.availableRuntimes.contains("container") else { return nil }
+        let runtime = ContainerRuntime(resources: resources)
+        var createTimes: [Duration] = []
+        var startTimes: [Duration] = []
+        for index in 0...options.creates {  // the first is the warm-up
+            var start = ContinuousClock.now
+            let info: Hangar_V1_SandboxInfo
+            do {
+                info = try await cluster.create(env: Self.cold, runtime: "container")
+            } catch {
+                throw BenchError("step 1b (container create → ready), create \(index + 1): \(error)")
+            }
+            if index > 0 { createTimes.append(start.duration(to: .now)) }
+            try await cluster.kill(info.id)
+            try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
+            start = ContinuousClock.now
+            let direct: ContainerSandbox
+            do {
+                direct = try await ContainerSandbox.start(
+                    id: "bench-direct-c\(index)",
+                    agentPath: agentPath,
+                    runtime: runtime,
+                    logger: Logger(label: "bench")
+                )
+            } catch {
+                throw BenchError("step 1b, ContainerSandbox.start \(index + 1): \(error)")
+            }
+            if index > 0 { startTimes.append(start.duration(to: .now)) }
+            if let problem = await direct.kill() { throw BenchError("step 1b, a direct sandbox's kill: \(problem)") }
+        }
+        return (Percentiles(createTimes), Percentiles(startTimes))
+    }
+
     struct IdleFigures {
         var asked: Int
         var created: Int
@@ -389,6 +443,7 @@ enum SandboxBench {
         config: SchedulerConfig,
         create: Percentiles,
         directStart: Percentiles,
+        container: (create: Percentiles, direct: Percentiles)?,
         exec: Percentiles,
         spawn: Percentiles,
         nats: Percentiles,
@@ -421,6 +476,17 @@ enum SandboxBench {
             "node side alone, same run: `ProcessSandbox.start` → agent ready (no scheduler, no NATS)",
             directStart
         )
+        if let container {
+            // Cold: issue 16's goal is for creates from a warm pool (step 3c), which serves `process`.
+            table += row(
+                "`container` create → ready (a runc container, cold: a create with an `env`)",
+                container.create
+            )
+            table += row(
+                "node side alone, same run: `ContainerSandbox.start` → agent ready (no scheduler, no NATS)",
+                container.direct
+            )
+        }
         table += row(
             "exec `/bin/true` round trip (`hangar.sbx.….exec`, until its exit event)",
             exec,
@@ -529,14 +595,15 @@ final class BenchCluster: Sendable {
         }
     }
 
-    /// Creates a `process` sandbox and returns it once it runs (the scheduler answers then).
+    /// Creates a sandbox (of `runtime`) and returns it once it runs (the scheduler answers then).
     func create(
         memoryBytes: UInt64? = nil,
         env: [String: String] = [:],
-        template: String = "host"
+        template: String = "host",
+        runtime: String = "process"
     ) async throws -> Hangar_V1_SandboxInfo {
         var request = Hangar_V1_SandboxCreateRequest()
-        request.runtime = "process"
+        request.runtime = runtime
         request.template = template
         request.timeoutMs = 1_800_000
         request.env = env
