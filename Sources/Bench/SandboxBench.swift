@@ -307,6 +307,21 @@ enum SandboxBench {
             guard echoed.payload.count == content.count else { throw BenchError("the echo lost bytes") }
         }
         let bigEcho = Percentiles(bigEchoTimes)
+        // The node's share: the same write and read straight on the sandbox's agent channel, no
+        // NATS.
+        guard let target = cluster.host.dataTarget(sandbox.id, tenant: Self.tenant) else {
+            throw BenchError("step 3: the node does not hold sandbox \(sandbox.id)")
+        }
+        var agentTimes: [Duration] = []
+        for index in 0..<options.files {
+            let path = "/home/user/agent-\(index).bin"
+            let start = ContinuousClock.now
+            try await target.agent.writeFile(path, data: content)
+            let read = try await target.agent.readWholeFile(path)
+            agentTimes.append(start.duration(to: .now))
+            guard read == content else { throw BenchError("step 3: the agent read back other bytes") }
+        }
+        let agentFiles = Percentiles(agentTimes)
         echoTask.cancel()
         echo.unsubscribe()
         await echoConnection.close()
@@ -367,6 +382,7 @@ enum SandboxBench {
                 write: write,
                 read: read,
                 files: files,
+                agentFiles: agentFiles,
                 bigEcho: bigEcho,
                 idle: IdleFigures(
                     asked: options.idle,
@@ -450,6 +466,7 @@ enum SandboxBench {
         write: Percentiles,
         read: Percentiles,
         files: Percentiles,
+        agentFiles: Percentiles,
         bigEcho: Percentiles,
         idle: IdleFigures
     ) -> String {
@@ -504,6 +521,7 @@ enum SandboxBench {
         table += row("… of which write 1 MiB", write)
         table += row("… of which read 1 MiB", read)
         table += row("baseline: raw NATS request/reply, 1 MiB each way (echo responder)", bigEcho)
+        table += row("node side alone: the same write and read on the agent's channel (no NATS)", agentFiles)
 
         let perSandbox = { (kib: Int) in String(format: "%.1f MiB", Double(kib) / 1024 / Double(max(1, idle.created))) }
         let ownGrowth = idle.after.rssKiB - idle.before.rssKiB
