@@ -88,7 +88,10 @@ struct NodeRestartTests {
             // other's sandbox is killed while no node runs.
             // A third, a runc container on the other node, must outlive the first node's restart
             // (and its sweep) and its own node's.
-            let kept = try await hangar(["sandbox", "create", "--timeout", "300", "--label", "role=main"])
+            // The kept one has an allowlist network (its namespace and rules outlive the node too).
+            let kept = try await hangar([
+                "sandbox", "create", "--timeout", "300", "--label", "role=main", "--allow-net", "192.0.2.1/32",
+            ])
             let lost = try await hangar(["sandbox", "create", "--timeout", "300", "--label", "role=main"])
             let elsewhere = try await hangar([
                 "sandbox", "create", "--timeout", "300", "--label", "role=other", "--runtime", "container",
@@ -222,6 +225,11 @@ struct NodeRestartTests {
             let nodeDeadline = try #require(keptEntry["deadlineUnixMs"] as? Int, "\(keptEntry)")
             #expect(nodeDeadline > now + 240_000 && nodeDeadline <= now + 302_000, "\(nodeDeadline - now) ms from now")
             let keptSocket = try #require(keptSandbox["socket"] as? String)
+            let keptNetwork = try #require(
+                (keptSandbox["network"] as? [String: Any])?["name"] as? String,
+                "its allowlist network is registered: \(keptSandbox)"
+            )
+            #expect(FileManager.default.fileExists(atPath: "/run/netns/\(keptNetwork)"))
             let killed = try await hangar(["sandbox", "kill", keptID])
             #expect(killed.status == 0, "\(killed.stderr)")
             let gone = ContinuousClock.now + .seconds(20)
@@ -230,6 +238,7 @@ struct NodeRestartTests {
             }
             #expect(!FileManager.default.fileExists(atPath: "\(registry)/\(keptID).json"), "\(logs())")
             #expect(!FileManager.default.fileExists(atPath: keptSocket))
+            #expect(!FileManager.default.fileExists(atPath: "/run/netns/\(keptNetwork)"), "its network went with it")
             let stat = try? String(contentsOfFile: "/proc/\(keptLeader)/stat", encoding: .utf8)
             #expect(stat == nil || stat!.contains(") Z "), "its bubblewrap is gone: \(stat ?? "")")
 

@@ -234,6 +234,62 @@ struct LeftoverSweepTests {
         #expect(!FileManager.default.fileExists(atPath: sockets[1]) && !FileManager.default.fileExists(atPath: file))
     }
 
+    @Test(
+        "any sweep spares a registered sandbox that still runs (whichever node sweeps), and takes it down once it has ended"
+    )
+    func sparesRegisteredSandboxes() async throws {
+        let directory = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let dead = try Self.exitedProcess()
+        let ledger = SandboxLedger(directory: directory.path)
+        try ledger.open(identity: dead)
+        let folder = directory.path + "/agent"
+        try #require(mkdir(folder, 0o700) == 0)
+        let socket = folder + "/agent.sock"
+        close(try UnixSocket.listen(at: socket).get())
+        ledger.made(.socket(path: socket))
+        ledger.close()
+        // Its registry entry: its node process is gone (`dead`), its leader runs (this process
+        // stands in for bubblewrap).
+        let me = (pid: getpid(), start: try #require(SandboxLedger.startTime(of: getpid())))
+        let registry = SandboxRegistry(ledger: ledger)
+        var entry = SandboxRegistry.Entry(
+            sandboxID: "registered",
+            nodeID: "elsewhere",
+            tenant: "t",
+            environment: [:],
+            ownerPID: dead.pid,
+            ownerStart: dead.start,
+            deadlineUnixMs: nil,
+            sandbox: ProcessSandbox.Saved(
+                name: "registered",
+                socket: socket,
+                leaderPID: me.pid,
+                leaderStart: me.start,
+                cgroupVersion: .v1,
+                cgroup: ControllerDirectories { _ in directory.path + "/no-cgroup" },
+                scratch: directory.path + "/no-scratch",
+                overlay: nil,
+                hostUser: nil,
+                network: nil
+            ),
+            container: nil
+        )
+        #expect(registry.save(entry) == nil)
+        // A sweep that is told nothing (as a node without a sandbox host sweeps) spares it.
+        let file = directory.path + "/\(dead.pid).\(dead.start).ledger"
+        let spared = await SandboxLedger.sweep(directory: directory.path)
+        #expect(spared.removed == [] && FileManager.default.fileExists(atPath: socket), "\(spared)")
+        #expect(SandboxLedger.outstandingResources(in: file) == [.socket(path: socket)])
+        // Its leader ended: the next sweep takes it down, and its registry entry goes.
+        entry.sandbox?.leaderStart += 1
+        #expect(registry.save(entry) == nil)
+        let swept = await SandboxLedger.sweep(directory: directory.path)
+        #expect(swept.removed == [.socket(path: socket)], "\(swept)")
+        #expect(!FileManager.default.fileExists(atPath: socket) && !FileManager.default.fileExists(atPath: file))
+        #expect(!FileManager.default.fileExists(atPath: registry.directory + "/registered.json"))
+    }
+
     @Test("a live node's ledger is left alone")
     func leavesLiveProcessesAlone() async throws {
         let directory = try Self.temporaryDirectory()

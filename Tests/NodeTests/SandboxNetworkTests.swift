@@ -25,6 +25,41 @@ struct SandboxNetworkTests {
         print('other', attempt(sys.argv[2]))
         """
 
+    /// Connects to `named.test` and `other.test` on port 8080 by name: `named OPEN:<greeting>` or
+    /// NXDOMAIN, BLOCKED, FAILED; the same for `other`.
+    static let nameProbe = """
+        import socket
+        def attempt(name):
+            try:
+                with socket.create_connection((name, 8080), timeout=2) as s:
+                    return 'OPEN:' + s.recv(64).decode()
+            except socket.gaierror as error:
+                return 'NXDOMAIN' if error.errno == socket.EAI_NONAME else 'FAILED'
+            except OSError:
+                return 'BLOCKED'
+        print('named', attempt('named.test'))
+        print('other', attempt('other.test'))
+        """
+
+    /// A peer serving DNS (`named.test` its first address, `other.test` its second), and the
+    /// grants and policy of a sandbox allowed `named.test:8080` only. The caller stops the peer.
+    static func namedPeer() async throws -> (TestPeer, Hangar_V1_Grants, Hangar_V1_NetworkPolicy) {
+        let peer = try TestPeer.start(tag: uniqueTag(), subnet: .testNet)
+        do {
+            let listening = await eventually(within: .seconds(10)) { peer.listening }
+            try #require(listening)
+            try peer.startDNS(["named.test": peer.address(2), "other.test": peer.address(3)])
+        } catch {
+            peer.stop()
+            throw error
+        }
+        var grants = Hangar_V1_Grants()
+        grants.allowNet = ["named.test:8080"]
+        var network = Hangar_V1_NetworkPolicy()
+        network.mode = .networkAllowlist
+        return (peer, grants, network)
+    }
+
     static func policy(_ peer: TestPeer) -> Hangar_V1_NetworkPolicy {
         var network = Hangar_V1_NetworkPolicy()
         network.mode = .networkAllowlist
@@ -107,15 +142,8 @@ struct SandboxNetworkTests {
     )
     func byName() async throws {
         let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
-        let peer = try TestPeer.start(tag: uniqueTag(), subnet: .testNet)
+        let (peer, grants, network) = try await Self.namedPeer()
         defer { peer.stop() }
-        let listening = await eventually(within: .seconds(10)) { peer.listening }
-        try #require(listening)
-        try peer.startDNS(["named.test": peer.address(2), "other.test": peer.address(3)])
-        var grants = Hangar_V1_Grants()
-        grants.allowNet = ["named.test:8080"]
-        var network = Hangar_V1_NetworkPolicy()
-        network.mode = .networkAllowlist
         let resources = NodeResources(
             users: SandboxUsers(first: 3_500_200, count: 4),
             dnsUpstream: try #require(DNSUpstream(peer.address(2)))
@@ -127,21 +155,8 @@ struct SandboxNetworkTests {
             agentPath: agentPath,
             resources: resources
         )
-        let probe = """
-            import socket
-            def attempt(name):
-                try:
-                    with socket.create_connection((name, 8080), timeout=2) as s:
-                        return 'OPEN:' + s.recv(64).decode()
-                except socket.gaierror as error:
-                    return 'NXDOMAIN' if error.errno == socket.EAI_NONAME else 'FAILED'
-                except OSError:
-                    return 'BLOCKED'
-            print('named', attempt('named.test'))
-            print('other', attempt('other.test'))
-            """
         do {
-            let result = try await run(sandbox, ["python3", "-c", probe])
+            let result = try await run(sandbox, ["python3", "-c", Self.nameProbe])
             #expect(
                 text(result.stdout) == "named OPEN:hello@\(peer.address(2)):8080\nother NXDOMAIN\n",
                 "\(text(result.stderr)) dns: \(peer.dnsLog.suffix(800))"
@@ -151,6 +166,67 @@ struct SandboxNetworkTests {
             throw error
         }
         #expect(await sandbox.kill() == nil)
+    }
+
+    @Test(
+        "an allowlist sandbox outlives its node: the next node's adopt() starts its resolver again, names resolve and connect, others stay NXDOMAIN"
+    )
+    func allowlistReadopted() async throws {
+        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
+        let (peer, grants, network) = try await Self.namedPeer()
+        defer { peer.stop() }
+        let upstream = try #require(DNSUpstream(peer.address(2)))
+        let original = try await ProcessSandbox.start(
+            id: "rename-\(uniqueTag())",
+            grants: grants,
+            network: network,
+            agentPath: agentPath,
+            resources: NodeResources(users: SandboxUsers(first: 3_500_210, count: 4), dnsUpstream: upstream)
+        )
+        let expected = "named OPEN:hello@\(peer.address(2)):8080\nother NXDOMAIN\n"
+        // The resolved address, by itself: open while the resolver's entry for it lasts.
+        let direct = [
+            "python3", "-c",
+            "import socket\ntry:\n socket.create_connection(('\(peer.address(2))', 8080), timeout=1)\n print('OPEN')\nexcept OSError:\n print('BLOCKED')",
+        ]
+        let saved: ProcessSandbox.Saved
+        do {
+            let before = try await run(original, ["python3", "-c", Self.nameProbe])
+            #expect(text(before.stdout) == expected, "\(text(before.stderr)) dns: \(peer.dnsLog.suffix(800))")
+            #expect(text(try await run(original, direct).stdout) == "OPEN\n")
+            saved = try #require(original.saved, "an allowlist sandbox can be re-adopted")
+            #expect(saved.network?.name == original.networkNamespace)
+        } catch {
+            await original.kill()
+            throw error
+        }
+        original.detach()  // the node goes away, its resolver with it
+        // The next node process: pools of its own (this uid and subnet are free there).
+        let resources = NodeResources(users: SandboxUsers(first: 3_500_210, count: 4), dnsUpstream: upstream)
+        let adopted = try await ProcessSandbox.adopt(saved, resources: resources, logger: .init(label: "test")).get()
+        do {
+            // The old resolver's entries went with it (their expiries lived in its process): the
+            // address is closed until its name is resolved again.
+            #expect(text(try await run(adopted, direct).stdout) == "BLOCKED\n")
+            let after = try await run(adopted, ["python3", "-c", Self.nameProbe])
+            #expect(text(after.stdout) == expected, "\(text(after.stderr)) dns: \(peer.dnsLog.suffix(800))")
+            // Only the granted port, as before.
+            let port = try await run(
+                adopted,
+                [
+                    "python3", "-c",
+                    "import socket\ntry:\n socket.create_connection(('named.test', 8081), timeout=1)\n print('OPEN')\nexcept OSError:\n print('BLOCKED')",
+                ]
+            )
+            #expect(text(port.stdout) == "BLOCKED\n", "\(text(port.stderr))")
+        } catch {
+            await adopted.kill()
+            throw error
+        }
+        #expect(await adopted.kill() == nil)
+        #expect(!FileManager.default.fileExists(atPath: "/run/netns/" + (saved.network?.name ?? "")))
+        #expect(resources.users.inUse == 0)
+        _ = await original.kill()  // the first node's handle: its bubblewrap has ended
     }
 
     @Test("without an allowlist a sandbox has only loopback and no namespace of the node's")

@@ -32,7 +32,9 @@ extension NodeAgent {
             guard let unixMs = sandbox.deadlineUnixMs else { continue }
             sandboxDeadlines.withLock { $0[sandbox.id] = Self.instant(unixMilliseconds: unixMs) }
         }
-        let report = await resources.ledger.sweep(sparing: readoption.others, forgetting: readoption.resources)
+        // Sandboxes that still run for other node ids on this host are spared by the sweep itself
+        // (``SandboxLedger/sweep(directory:sparing:forgetting:)``).
+        let report = await resources.ledger.sweep(forgetting: readoption.resources)
         if !report.processes.isEmpty {
             logger.notice(
                 "took down what crashed node processes left",

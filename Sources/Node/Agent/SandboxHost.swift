@@ -74,9 +74,6 @@ public struct SandboxReadoption: Sendable {
     /// Their resources in the ledgers of the node processes before (the sweep forgets them there;
     /// the node notes them in its own ledger).
     public var resources: Set<SandboxLedger.Resource> = []
-    /// The resources of sandboxes that still run for another node id on this host (several nodes
-    /// may share a ledger directory): their own node may re-adopt them, so the sweep spares them.
-    public var others: Set<SandboxLedger.Resource> = []
     /// The sandboxes that could not be re-adopted, with why (their leftovers are swept).
     public var failures: [(id: String, reason: String)] = []
 

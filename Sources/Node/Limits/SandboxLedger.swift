@@ -221,14 +221,17 @@ public final class SandboxLedger: Sendable {
     }
 
     /// Takes down everything the ledgers in `directory` list for node processes that no longer
-    /// run, but `sparing` (sandboxes that still run and that a node may re-adopt), which stays
-    /// listed for a later sweep, and `forgetting` (what a node re-adopted and now lists in its own
-    /// ledger), which is dropped from the files and left as it is.
+    /// run, but `sparing`, which stays listed for a later sweep, and `forgetting` (what a node
+    /// re-adopted and now lists in its own ledger), which is dropped from the files and left as it
+    /// is. Always spared too: the resources of every stateful sandbox in the ``SandboxRegistry``
+    /// next to the ledgers that still runs, of any node id (its own node may re-adopt it; several
+    /// nodes may share a ledger directory, and any of them may sweep, whatever its runtimes).
     public static func sweep(
         directory: String,
         sparing: Set<Resource> = [],
         forgetting: Set<Resource> = []
     ) async -> SweepReport {
+        let sparing = sparing.union(SandboxRegistry(directory: directory + "/sandboxes").stillRunning())
         var report = SweepReport()
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         for name in names.sorted() where name.hasSuffix(".ledger") {

@@ -76,21 +76,100 @@ struct JobNetwork: Sendable {
         )
         do {
             try await network.setUp(egress, namespaceOf: process)
-            if egress.resolves, let upstream {
-                network.resolver = try EgressResolver(
-                    egress: egress,
-                    gateway: network.addresses.gateway,
-                    sandbox: network.addresses.sandbox,
-                    upstream: upstream,
-                    namespace: network.name,
-                    ledger: ledger
-                )
-            }
+            if egress.resolves, let upstream { try network.startResolver(egress, upstream: upstream) }
         } catch {
             await network.remove()
             throw error
         }
         return network
+    }
+
+    /// What a node process needs to take over the network of a sandbox that outlived the node
+    /// process that made it (``adopt(_:upstream:subnets:ledger:)``).
+    struct Saved: Codable, Sendable, Equatable {
+        var name: String
+        var hostInterface: String
+        var subnet: Int
+        /// The start's network policy and grants (serialized protobuf): its egress, rebuilt.
+        var policy: Data
+        var grants: Data
+    }
+
+    /// This network as ``Saved``, with the policy and grants it was made from.
+    func saved(policy: Hangar_V1_NetworkPolicy, grants: Hangar_V1_Grants) -> Saved? {
+        guard let policy = try? policy.serializedData(), let grants = try? grants.serializedData() else { return nil }
+        return Saved(name: name, hostInterface: hostInterface, subnet: subnet, policy: policy, grants: grants)
+    }
+
+    /// Takes over a network that a node process before this one made (its namespace, veth pair
+    /// and rules are still there): claims its subnet and, when its grants name hosts, starts its
+    /// resolver again. The addresses the old resolver let through are dropped from the namespace's
+    /// sets first (their expiries lived in that process): connections already made go on, and a
+    /// new one needs its name resolved again, through the new resolver. Throws when the namespace
+    /// is gone, the subnet is taken or the resolver cannot start; then nothing is claimed.
+    static func adopt(
+        _ saved: Saved,
+        upstream: DNSUpstream?,
+        subnets: SubnetPool,
+        ledger: SandboxLedger?
+    ) async throws(NetworkSetupError) -> JobNetwork {
+        let egress: Egress
+        do {
+            egress = try Egress(
+                network: try Hangar_V1_NetworkPolicy(serializedBytes: saved.policy),
+                grants: try Hangar_V1_Grants(serializedBytes: saved.grants)
+            )
+        } catch {
+            throw NetworkSetupError("its saved egress cannot be read: \(error)")
+        }
+        guard FileManager.default.fileExists(atPath: "/run/netns/" + saved.name) else {
+            throw NetworkSetupError("its network namespace \(saved.name) is gone")
+        }
+        if egress.resolves && upstream == nil {
+            throw NetworkSetupError("its grants name hosts, but this node has no upstream DNS resolver")
+        }
+        guard subnets.claim(saved.subnet) else {
+            throw NetworkSetupError("its subnet \(saved.subnet) is in use on this node")
+        }
+        var network = JobNetwork(
+            name: saved.name,
+            hostInterface: saved.hostInterface,
+            subnet: saved.subnet,
+            subnets: subnets,
+            ledger: ledger
+        )
+        do {
+            try await HostNetwork.prepare(ledger: ledger)
+            if egress.resolves, let upstream {
+                try await network.run(
+                    ["ip", "netns", "exec", network.name, "nft", "-f", "-"],
+                    stdin: Data("flush set inet hangar resolved\nflush set inet hangar resolved_ports\n".utf8)
+                )
+                try network.startResolver(egress, upstream: upstream)
+            }
+        } catch {
+            subnets.give(saved.subnet)
+            throw error
+        }
+        return network
+    }
+
+    /// Starts the network's DNS resolver (``EgressResolver``) for `egress`, asking `upstream`.
+    private mutating func startResolver(_ egress: Egress, upstream: DNSUpstream) throws(NetworkSetupError) {
+        resolver = try EgressResolver(
+            egress: egress,
+            gateway: addresses.gateway,
+            sandbox: addresses.sandbox,
+            upstream: upstream,
+            namespace: name,
+            ledger: ledger
+        )
+    }
+
+    /// Lets go of the network without removing it (its node process goes away and leaves it to
+    /// the next): stops its resolver, which lives in this process.
+    func leave() {
+        resolver?.stop()
     }
 
     /// The two usable addresses of the job's /30: the host's (gateway) and the namespace's.
@@ -256,6 +335,12 @@ final class SubnetPool: Sendable {
     }
 
     func give(_ index: Int) { _ = used.withLock { $0.remove(index) } }
+
+    /// Takes subnet `index` (a re-adopted sandbox's); false when it is in use or out of range.
+    func claim(_ index: Int) -> Bool {
+        guard (1..<Self.size).contains(index) else { return false }
+        return used.withLock { $0.insert(index).inserted }
+    }
 }
 
 /// Why a job's network could not be set up.

@@ -11,6 +11,14 @@ protocol StatefulSandbox: Sendable {
     var agent: SandboxAgentChannel { get }
     /// Ends the sandbox and cleans up; what could not be cleaned up, or nil.
     func kill() async -> String?
+    /// Lets go of the sandbox without ending it, as its node goes away (see
+    /// ``ProcessSandbox/detach()``).
+    func detach()
+}
+
+extension StatefulSandbox {
+    /// Hangs up on the agent: what the node holds of the sandbox is the channel.
+    func detach() { agent.close() }
 }
 
 extension ProcessSandbox: StatefulSandbox {}

@@ -81,13 +81,14 @@ public struct SandboxStartError: Error, Sendable, CustomStringConvertible {
 /// file-size rlimits).
 ///
 /// The channel. The agent listens on a unix socket the node made (root-only, under
-/// `<workRoot>/agents`, never inside the sandbox) and passed to it, and the node connects. A
-/// sandbox without an allowlist network outlives its node: when the node goes (a crash, an
-/// upgrade) the agent keeps the sandbox and its commands and waits for the next node, which finds
-/// the sandbox in its ``SandboxRegistry`` (``saved``) and re-adopts it (``adopt(_:resources:logger:)``).
+/// `<workRoot>/agents`, never inside the sandbox) and passed to it, and the node connects. The
+/// sandbox outlives its node: when the node goes (a crash, an upgrade) the agent keeps the sandbox
+/// and its commands and waits for the next node, which finds the sandbox in its
+/// ``SandboxRegistry`` (``saved``) and re-adopts it (``adopt(_:resources:logger:)``). An allowlist
+/// sandbox's network stays (namespace, veth pair, rules); its DNS resolver lived in the node
+/// process, and the next node starts one again (``JobNetwork/adopt(_:upstream:subnets:ledger:)``).
 /// One that no node re-adopts within ``orphanTimeout`` ends itself, and the next node's sweep takes
-/// down what it leaves. An allowlist sandbox's network depends on the node process (its DNS
-/// resolver runs there), so it is not kept: the next node sweeps it.
+/// down what it leaves.
 ///
 /// Killing: ``kill()`` hangs up on the agent, kills the agent (the sandbox's pid 1, so the kernel
 /// ends every process of the sandbox), bubblewrap and every process of the cgroup, removes the
@@ -109,10 +110,11 @@ public final class ProcessSandbox: Sendable {
     /// The host end of its veth pair when it has an allowlist network.
     public var networkInterface: String? { network?.hostInterface }
 
-    /// What a node needs to re-adopt this sandbox after its own restart; nil when it cannot be
-    /// kept (it has an allowlist network) or bubblewrap is not running.
+    /// What a node needs to re-adopt this sandbox after its own restart; nil when bubblewrap is not
+    /// running.
     public var saved: Saved? {
-        guard network == nil, let pid = leader.pid, let start = SandboxLedger.startTime(of: pid) else { return nil }
+        guard let pid = leader.pid, let start = SandboxLedger.startTime(of: pid) else { return nil }
+        if network != nil && savedNetwork == nil { return nil }
         return Saved(
             name: id,
             socket: socketPath,
@@ -122,12 +124,15 @@ public final class ProcessSandbox: Sendable {
             cgroup: cgroup.directories,
             scratch: scratch.path,
             overlay: overlay,
-            hostUser: hostUser
+            hostUser: hostUser,
+            network: savedNetwork
         )
     }
 
     private let leader: Leader
     private let network: JobNetwork?
+    /// Its network as the registry keeps it (with the policy and grants it was made from).
+    private let savedNetwork: JobNetwork.Saved?
     private let cgroup: JobCgroup
     private let scratch: JobScratch
     private let overlay: TemplateOverlay.Mounts?
@@ -150,11 +155,14 @@ public final class ProcessSandbox: Sendable {
         var scratch: String
         var overlay: TemplateOverlay.Mounts?
         var hostUser: UInt32?
+        /// Its allowlist network (namespace, veth pair, rules, resolver), if it has one.
+        var network: JobNetwork.Saved?
 
         /// What the node's ledger lists for the sandbox: kept (not swept) when it is re-adopted.
         var resources: [SandboxLedger.Resource] {
             [.process(pid: leaderPID, start: leaderStart), .scratch(path: scratch), .socket(path: socket)]
                 + cgroup.distinct.map { .cgroup(directory: $0) }
+                + (network.map { [.network(namespace: $0.name, hostInterface: $0.hostInterface)] } ?? [])
         }
     }
 
@@ -227,10 +235,12 @@ public final class ProcessSandbox: Sendable {
         user: UInt32?,
         users: SandboxUsers,
         network: JobNetwork?,
+        savedNetwork: JobNetwork.Saved?,
         socketPath: String,
         ledger: SandboxLedger
     ) {
         self.network = network
+        self.savedNetwork = savedNetwork
         self.overlay = overlay
         self.id = id
         self.agent = agent
@@ -410,6 +420,7 @@ public final class ProcessSandbox: Sendable {
             user: user,
             users: resources.users,
             network: network,
+            savedNetwork: network?.saved(policy: networkPolicy, grants: grants),
             socketPath: started.2,
             ledger: resources.ledger
         )
@@ -509,10 +520,9 @@ public final class ProcessSandbox: Sendable {
             network == nil
             ? ["--unshare-all", "--unshare-user"]
             : ["--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
-        // Not `--die-with-parent`: a sandbox that can be re-adopted outlives its node; one with an
-        // allowlist network cannot (its resolver is the node's), so it dies with its node.
+        // Not `--die-with-parent`: the sandbox outlives its node, for the next to re-adopt.
         var arguments =
-            ["bwrap"] + namespaces + (network == nil ? [] : ["--die-with-parent"]) + [
+            ["bwrap"] + namespaces + [
                 "--new-session", "--as-pid-1",
                 "--cap-drop", "ALL", "--cap-add", "CAP_SETFCAP", "--cap-add", "CAP_SETPCAP",
                 "--hostname", "sandbox", "--uid", "0", "--gid", "0", "--clearenv",
@@ -542,7 +552,7 @@ public final class ProcessSandbox: Sendable {
         arguments += [
             "--remount-ro", "/", "--chdir", "/", "--", agentPathInside, "--listen", "3", "--seccomp", "4",
         ]
-        if network == nil { arguments += ["--orphan-ms", String(max(1, JobLimits.milliseconds(orphanTimeout)))] }
+        arguments += ["--orphan-ms", String(max(1, JobLimits.milliseconds(orphanTimeout)))]
         let shim = LimitShim(
             procsFiles: cgroup.procsFiles,
             limits: limits,
@@ -640,6 +650,21 @@ public final class ProcessSandbox: Sendable {
         case .success(let connected): fd = connected
         case .failure(let error): return .failure(error)
         }
+        var network: JobNetwork?
+        if let savedNetwork = saved.network {
+            do {
+                network = try await JobNetwork.adopt(
+                    savedNetwork,
+                    upstream: resources.dnsUpstream,
+                    subnets: resources.subnets,
+                    ledger: resources.ledger
+                )
+            } catch {
+                close(fd)
+                if let user = saved.hostUser { resources.users.release(user) }
+                return .failure(SandboxStartError("its network cannot be taken over: \(error.description)"))
+            }
+        }
         let sandbox = ProcessSandbox(
             id: saved.name,
             agent: SandboxAgentChannel(socket: fd, logger: logger),
@@ -649,18 +674,28 @@ public final class ProcessSandbox: Sendable {
             overlay: saved.overlay,
             user: saved.hostUser,
             users: resources.users,
-            network: nil,
+            network: network,
+            savedNetwork: saved.network,
             socketPath: saved.socket,
             ledger: resources.ledger
         )
         do {
             try await sandbox.waitUntilReady(within: adoptTimeout)
         } catch {
-            sandbox.agent.close()
+            sandbox.detach()
+            if let network { resources.subnets.give(network.subnet) }
             if let user = saved.hostUser { resources.users.release(user) }
             return .failure(error)
         }
         return .success(sandbox)
+    }
+
+    /// Lets go of the sandbox without ending it (its node goes away, for the next to re-adopt
+    /// it): hangs up on its agent, which keeps it, and stops its DNS resolver, which lives in the
+    /// node process (the next node starts its own).
+    func detach() {
+        agent.close()
+        network?.leave()
     }
 
     /// Connects to the agent of a sandbox being re-adopted, listening at `socket`, and claims its

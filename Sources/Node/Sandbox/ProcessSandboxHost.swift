@@ -22,8 +22,8 @@ import Synchronization
 /// by a watcher that polls the agent channel, killed to clean up what is left, forgotten and
 /// reported through the start's `died` callback.
 ///
-/// Restarts: `process` and `container` sandboxes without an allowlist network outlive the node
-/// process. Each is
+/// Restarts: `process` sandboxes, and `container` sandboxes without an allowlist network, outlive
+/// the node process. Each is
 /// written to the node's ``SandboxRegistry`` once started, and the next node process with the same
 /// node id re-adopts it (``readopt(nodeID:died:)``): it reconnects to its agent and holds it again,
 /// with its files, processes and limits as they were. What lived in the node process is not kept:
@@ -364,7 +364,7 @@ public final class ProcessSandboxHost: SandboxHost {
         for (id, held) in left {
             held.watcher.cancel()
             // Hung up on, its agent keeps the sandbox and waits for the next node.
-            held.sandbox.agent.close()
+            held.sandbox.detach()
             logger.notice(
                 "left a stateful sandbox running for the next start of this node",
                 metadata: ["sandbox.id": "\(id)"]
@@ -457,7 +457,6 @@ public final class ProcessSandboxHost: SandboxHost {
                 metadata: ["sandbox.id": "\(id)", "tenant": "\(entry.tenant)"]
             )
         }
-        result.others = registry.stillRunning().subtracting(result.resources)
         return result
     }
 

@@ -46,6 +46,11 @@ struct SandboxRegistry: Sendable {
         directory = ledger.directory + "/sandboxes"
     }
 
+    /// The registry in `directory`.
+    init(directory: String) {
+        self.directory = directory
+    }
+
     /// Writes `entry` (whole: a new file renamed over the old one, so a crash leaves one or the
     /// other). Returns why not, or nil. Plain system calls on the node's tmpfs: it is on every
     /// sandbox's create path (Foundation's atomic write took about 1 ms here).
