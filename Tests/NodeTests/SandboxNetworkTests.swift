@@ -229,6 +229,55 @@ struct SandboxNetworkTests {
         _ = await original.kill()  // the first node's handle: its bubblewrap has ended
     }
 
+    @Test(
+        "an allowlist container sandbox outlives its node: adopt() takes its network over; the allowed peer still answers, the other address does not"
+    )
+    func containerAllowlistReadopted() async throws {
+        guard access("/usr/sbin/runc", X_OK) == 0 else { return }
+        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
+        let peer = try TestPeer.start(tag: uniqueTag())
+        defer { peer.stop() }
+        let listening = await eventually(within: .seconds(10)) { peer.listening }
+        try #require(listening, "the peer's server did not listen on \(peer.address(2)):8080 within 10 s")
+        let original = try await ContainerSandbox.start(
+            id: "cnet-\(uniqueTag())",
+            network: Self.policy(peer),
+            agentPath: agentPath,
+            runtime: ContainerRuntime()
+        )
+        let probe = ["python3", "-c", Self.probe, peer.address(2), peer.address(3)]
+        let saved: ContainerSandbox.Saved
+        do {
+            let before = try await execute(original, probe, within: .seconds(20))
+            #expect(text(before.stdout) == "allowed OPEN\nother BLOCKED\n", "\(text(before.stderr))")
+            saved = try #require(original.saved, "an allowlist container sandbox can be re-adopted")
+            #expect(saved.network?.name == original.networkNamespace)
+        } catch {
+            await original.kill()
+            throw error
+        }
+        original.detach()  // the node goes away
+        let resources = NodeResources(users: SandboxUsers.standard())
+        let adopted = try await ContainerSandbox.adopt(
+            saved,
+            engine: ContainerRuntime(resources: resources).engine,
+            logger: .init(label: "test")
+        ).get()
+        do {
+            let after = try await execute(adopted, probe, within: .seconds(20))
+            #expect(text(after.stdout) == "allowed OPEN\nother BLOCKED\n", "\(text(after.stderr))")
+        } catch {
+            await adopted.kill()
+            throw error
+        }
+        #expect(await adopted.kill() == nil)
+        let network = try #require(saved.network)
+        #expect(Self.gone(namespace: network.name, interface: network.hostInterface))
+        #expect(resources.users.inUse == 0)
+        if let user = saved.hostUser { NodeResources.standard.users.release(user) }
+        _ = await original.kill()  // the first node's handle: its runc run has returned
+    }
+
     @Test("without an allowlist a sandbox has only loopback and no namespace of the node's")
     func loopbackOnly() async throws {
         let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")

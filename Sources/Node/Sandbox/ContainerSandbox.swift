@@ -46,11 +46,11 @@ extension ProcessSandbox: StatefulSandbox {}
 /// sandboxes (for matplotlib). The agent's socket and the filter reach it as fds 3
 /// and 4 through runc's `--preserve-fds`.
 ///
-/// Restarts: without an allowlist network, the agent listens on a socket the node made
+/// Restarts: the agent of a runc container listens on a socket the node made
 /// (``ProcessSandbox/makeAgentSocket(workRoot:ledger:)``, never inside the container) and keeps
 /// the container when its node goes away, as a ``ProcessSandbox``'s does: the node's next process
-/// re-adopts it from its ``Saved`` state (``adopt(_:engine:logger:)``). With an allowlist network
-/// (its resolver lives in the node) the agent talks over a socket pair and ends with its node.
+/// re-adopts it from its ``Saved`` state (``adopt(_:engine:logger:)``), an allowlist network and
+/// its resolver included. A gVisor sandbox's agent talks over runsc's stdio and ends with its node.
 ///
 /// Killing: ``kill()`` hangs up on the agent and kills it (the container's init; a socket pair's
 /// agent exits by itself), then kills and deletes the container with runc, removes its cgroup,
@@ -73,6 +73,8 @@ public final class ContainerSandbox: Sendable {
 
     private let engine: OCIEngine
     private let network: JobNetwork?
+    /// Its network as the registry keeps it (with the policy and grants it was made from).
+    private let savedNetwork: JobNetwork.Saved?
     /// `runc run` (runsc's), started by this node process; nil in a sandbox re-adopted from the
     /// node process before.
     private let process: SandboxProcess?
@@ -118,6 +120,8 @@ public final class ContainerSandbox: Sendable {
         var layerScratch: String?
         var overlay: TemplateOverlay.Mounts?
         var hostUser: UInt32?
+        /// Its allowlist network, if it has one.
+        var network: JobNetwork.Saved?
 
         /// What the node's ledger lists for the sandbox: kept (not swept) when it is re-adopted.
         var resources: [SandboxLedger.Resource] {
@@ -127,13 +131,15 @@ public final class ContainerSandbox: Sendable {
             ]
             resources += cgroup.distinct.map { .cgroup(directory: $0) }
             if let layerScratch { resources.append(.scratch(path: layerScratch)) }
+            if let network { resources.append(.network(namespace: network.name, hostInterface: network.hostInterface)) }
             return resources
         }
     }
 
-    /// What the node's registry keeps of it, when it outlives its node: a runc container without
-    /// an allowlist network (whose resolver lives in the node); nil otherwise.
+    /// What the node's registry keeps of it, when it outlives its node: a runc container; nil for a
+    /// gVisor one.
     public var saved: Saved? {
+        if network != nil && savedNetwork == nil { return nil }
         guard let socketPath, let agentInit,
             let run = adoptedRun
                 ?? process?.pid.flatMap({ pid in
@@ -155,7 +161,8 @@ public final class ContainerSandbox: Sendable {
             cgroup: cgroup.directories,
             layerScratch: layer?.scratch.path,
             overlay: layer?.mounts,
-            hostUser: hostUser
+            hostUser: hostUser,
+            network: savedNetwork
         )
     }
 
@@ -177,10 +184,12 @@ public final class ContainerSandbox: Sendable {
         namespace: OwnedUserNamespace?,
         hostUser: UInt32?,
         network: JobNetwork?,
+        savedNetwork: JobNetwork.Saved?,
         socketPath: String?,
         agentInit: (pid: Int32, start: UInt64)?
     ) {
         self.network = network
+        self.savedNetwork = savedNetwork
         self.layer = layer
         self.id = id
         self.containerID = containerID
@@ -278,20 +287,14 @@ public final class ContainerSandbox: Sendable {
             )
         }
         if joinsNetwork { job.network = networkPolicy }
-        // A runc container without an allowlist network outlives its node: its agent listens on a
-        // socket the node made (fd 3), for the node's next process to reconnect. The others talk
-        // over a socket pair and end with the node (runsc hands a container only its stdio; an
-        // allowlist network's resolver is the node's).
+        // A runc container outlives its node: its agent listens on a socket the node made (fd 3),
+        // for the node's next process to reconnect. A gVisor one talks over its stdio (runsc hands
+        // a container nothing else) and ends with its node.
         let orphanMilliseconds = String(max(1, JobLimits.milliseconds(ProcessSandbox.orphanTimeout)))
         job.argv =
             gVisor
             ? [ProcessSandbox.agentPathInside, "--in", "0", "--out", "1", "--seccomp-file", filterPathInside]
-            : joinsNetwork
-                ? [ProcessSandbox.agentPathInside, "--in", "3", "--out", "3", "--seccomp", "4"]
-                : [
-                    ProcessSandbox.agentPathInside, "--listen", "3", "--seccomp", "4", "--orphan-ms",
-                    orphanMilliseconds,
-                ]
+            : [ProcessSandbox.agentPathInside, "--listen", "3", "--seccomp", "4", "--orphan-ms", orphanMilliseconds]
         var owned: (namespace: OwnedUserNamespace, user: UInt32)?
         if let mapping = engine.configOptions(cgroupsPath: "").userNamespace {
             // A user-namespaced container may only join a network namespace its own user namespace
@@ -343,6 +346,7 @@ public final class ContainerSandbox: Sendable {
                 layer: layer,
                 owned: owned,
                 network: network,
+                savedNetwork: network?.saved(policy: networkPolicy, grants: grants),
                 killed: &killed,
                 logger: logger
             )
@@ -368,6 +372,7 @@ public final class ContainerSandbox: Sendable {
         layer: WritableLayer?,
         owned: (namespace: OwnedUserNamespace, user: UInt32)?,
         network: JobNetwork?,
+        savedNetwork: JobNetwork.Saved?,
         killed: inout Bool,
         logger: Logger
     ) async throws(SandboxStartError) -> ContainerSandbox {
@@ -420,7 +425,7 @@ public final class ContainerSandbox: Sendable {
             } catch {
                 throw SandboxStartError("cannot create the sandbox's cgroup: \(error.description)")
             }
-            if !gVisor && network == nil {
+            if !gVisor {
                 let (listening, path) = try ProcessSandbox.makeAgentSocket(
                     workRoot: ProcessSandbox.defaultWorkRoot,
                     ledger: ledger
@@ -512,6 +517,7 @@ public final class ContainerSandbox: Sendable {
             namespace: owned?.namespace,
             hostUser: owned?.user,
             network: network,
+            savedNetwork: savedNetwork,
             socketPath: socketPath,
             agentInit: nil
         )
@@ -551,6 +557,7 @@ public final class ContainerSandbox: Sendable {
             namespace: namespace,
             hostUser: hostUser,
             network: network,
+            savedNetwork: savedNetwork,
             socketPath: socketPath,
             agentInit: agentInit
         )
@@ -578,6 +585,21 @@ public final class ContainerSandbox: Sendable {
         case .success(let connected): fd = connected
         case .failure(let error): return .failure(error)
         }
+        var network: JobNetwork?
+        if let savedNetwork = saved.network {
+            do {
+                network = try await JobNetwork.adopt(
+                    savedNetwork,
+                    upstream: resources.dnsUpstream,
+                    subnets: resources.subnets,
+                    ledger: resources.ledger
+                )
+            } catch {
+                close(fd)
+                if let user = saved.hostUser { resources.users.release(user) }
+                return .failure(SandboxStartError("its network cannot be taken over: \(error.description)"))
+            }
+        }
         let sandbox = ContainerSandbox(
             id: saved.name,
             containerID: saved.containerID,
@@ -596,14 +618,16 @@ public final class ContainerSandbox: Sendable {
             },
             namespace: nil,
             hostUser: saved.hostUser,
-            network: nil,
+            network: network,
+            savedNetwork: saved.network,
             socketPath: saved.socket,
             agentInit: (saved.agentPID, saved.agentStart)
         )
         do {
             try await sandbox.waitUntilReady(within: ProcessSandbox.adoptTimeout)
         } catch {
-            sandbox.agent.close()
+            sandbox.detach()
+            if let network { resources.subnets.give(network.subnet) }
             if let user = saved.hostUser { resources.users.release(user) }
             return .failure(error)
         }
@@ -848,6 +872,13 @@ public final class ContainerSandbox: Sendable {
         }
         await engine.release(namespace: namespace, user: hostUser, cgroup: cgroup)
         return problems.isEmpty ? nil : problems.joined(separator: "; ")
+    }
+
+    /// Lets go of the sandbox without ending it (see ``ProcessSandbox/detach()``): hangs up on its
+    /// agent and stops its DNS resolver.
+    func detach() {
+        agent.close()
+        network?.leave()
     }
 
     /// Whether the container has ended: `runc run` returned, or, in a re-adopted sandbox, its
