@@ -580,25 +580,15 @@ public final class ContainerSandbox: Sendable {
         guard saved.tool == engine.executable, saved.globalArguments == engine.globalArguments else {
             return .failure(SandboxStartError("it was started by \(saved.tool), not this node's \(engine.executable)"))
         }
-        let fd: Int32
-        switch ProcessSandbox.reconnect(socket: saved.socket, hostUser: saved.hostUser, users: resources.users) {
-        case .success(let connected): fd = connected
+        let (fd, network): (Int32, JobNetwork?)
+        switch await ProcessSandbox.reconnect(
+            socket: saved.socket,
+            hostUser: saved.hostUser,
+            network: saved.network,
+            resources
+        ) {
+        case .success(let reclaimed): (fd, network) = reclaimed
         case .failure(let error): return .failure(error)
-        }
-        var network: JobNetwork?
-        if let savedNetwork = saved.network {
-            do {
-                network = try await JobNetwork.adopt(
-                    savedNetwork,
-                    upstream: resources.dnsUpstream,
-                    subnets: resources.subnets,
-                    ledger: resources.ledger
-                )
-            } catch {
-                close(fd)
-                if let user = saved.hostUser { resources.users.release(user) }
-                return .failure(SandboxStartError("its network cannot be taken over: \(error.description)"))
-            }
         }
         let sandbox = ContainerSandbox(
             id: saved.name,

@@ -645,25 +645,10 @@ public final class ProcessSandbox: Sendable {
         guard SandboxLedger.startTime(of: saved.leaderPID) == saved.leaderStart else {
             return .failure(SandboxStartError("its bubblewrap (pid \(saved.leaderPID)) is gone"))
         }
-        let fd: Int32
-        switch reconnect(socket: saved.socket, hostUser: saved.hostUser, users: resources.users) {
-        case .success(let connected): fd = connected
+        let (fd, network): (Int32, JobNetwork?)
+        switch await reconnect(socket: saved.socket, hostUser: saved.hostUser, network: saved.network, resources) {
+        case .success(let reclaimed): (fd, network) = reclaimed
         case .failure(let error): return .failure(error)
-        }
-        var network: JobNetwork?
-        if let savedNetwork = saved.network {
-            do {
-                network = try await JobNetwork.adopt(
-                    savedNetwork,
-                    upstream: resources.dnsUpstream,
-                    subnets: resources.subnets,
-                    ledger: resources.ledger
-                )
-            } catch {
-                close(fd)
-                if let user = saved.hostUser { resources.users.release(user) }
-                return .failure(SandboxStartError("its network cannot be taken over: \(error.description)"))
-            }
         }
         let sandbox = ProcessSandbox(
             id: saved.name,
@@ -698,19 +683,38 @@ public final class ProcessSandbox: Sendable {
         network?.leave()
     }
 
-    /// Connects to the agent of a sandbox being re-adopted, listening at `socket`, and claims its
-    /// host uid from `users`: the connected fd, or why not (then nothing is claimed).
-    static func reconnect(socket: String, hostUser: UInt32?, users: SandboxUsers) -> Result<Int32, SandboxStartError> {
+    /// Connects to the agent of a sandbox being re-adopted, listening at `socket`, claims its host
+    /// uid and takes its `network` over (``JobNetwork/adopt(_:upstream:subnets:ledger:)``), from
+    /// `resources`: the connected fd and the network, or why not (then nothing is claimed).
+    static func reconnect(
+        socket: String,
+        hostUser: UInt32?,
+        network saved: JobNetwork.Saved?,
+        _ resources: NodeResources
+    ) async -> Result<(Int32, JobNetwork?), SandboxStartError> {
         let fd: Int32
         switch UnixSocket.connect(to: socket) {
         case .success(let connected): fd = connected
         case .failure(let error): return .failure(SandboxStartError("its agent cannot be reached: \(error)"))
         }
-        if let hostUser, !users.claim(hostUser) {
+        if let hostUser, !resources.users.claim(hostUser) {
             close(fd)
             return .failure(SandboxStartError("its host uid \(hostUser) is not free on this node"))
         }
-        return .success(fd)
+        guard let saved else { return .success((fd, nil)) }
+        do {
+            let network = try await JobNetwork.adopt(
+                saved,
+                upstream: resources.dnsUpstream,
+                subnets: resources.subnets,
+                ledger: resources.ledger
+            )
+            return .success((fd, network))
+        } catch {
+            close(fd)
+            if let hostUser { resources.users.release(hostUser) }
+            return .failure(SandboxStartError("its network cannot be taken over: \(error.description)"))
+        }
     }
 
     /// Pings the agent until it answers, the sandbox dies or ``readyTimeout`` passes.
