@@ -22,7 +22,9 @@ struct JetStreamTests {
             _ = try await js.publish("intake.b", payload: Data("two".utf8), messageID: "req-2", headers: ["K": "v"])
             _ = try await js.publish("intake.c", payload: Data("three".utf8), messageID: "req-3")
 
-            let consumer = try await js.pullSubscribe("intake.>", durable: "workers", ackWait: .seconds(1))
+            // An ack wait far longer than the test: under load (CI ran this once 7.8 s long) a 1 s
+            // one expired between the fetch and the acks, and all three came back.
+            let consumer = try await js.pullSubscribe("intake.>", durable: "workers", ackWait: .seconds(60))
             let batch = try await consumer.fetch(batch: 10, timeout: .seconds(2))
             #expect(batch.map { String(decoding: $0.message.payload, as: UTF8.self) } == ["one", "two", "three"])
             #expect(batch[1].message.header("K") == "v")
