@@ -88,8 +88,8 @@ public final class ContainerSandbox: Sendable {
     /// the namespace lives on in the container's processes), and the sandbox's host uid.
     private let namespace: OwnedUserNamespace?
     private let hostUser: UInt32?
-    /// The agent's listening socket (`--listen`) when the sandbox outlives its node; nil when the
-    /// agent talks over a socket pair (gVisor, allowlist network) and ends with its node.
+    /// The agent's listening socket (`--listen`) when the sandbox outlives its node (runc); nil
+    /// when the agent talks over runsc's stdio (gVisor) and ends with its node.
     private let socketPath: String?
     /// The agent's host pid and start time (the container's init), once known.
     private let agentInit: (pid: Int32, start: UInt64)?

@@ -2,11 +2,11 @@ import Foundation
 import Glibc
 
 /// The stateful sandboxes a node holds that can outlive it (see ``ProcessSandbox`` and
-/// ``ContainerSandbox``), one JSON file
-/// per sandbox in `<ledger directory>/sandboxes`, so that the next node process on this host
-/// re-adopts them instead of sweeping them away. Written when a sandbox has started, removed when
-/// it ends; an entry names the node process that holds the sandbox, and only entries of node
-/// processes that no longer run (and of the same node id) are re-adopted.
+/// ``ContainerSandbox``), one JSON file per sandbox in `<ledger directory>/sandboxes`, so that the
+/// next node process on this host re-adopts them instead of sweeping them away. Written when a
+/// sandbox has started, removed when it ends; an entry names the node process that holds the
+/// sandbox, and only entries of node processes that no longer run (and of the same node id) are
+/// re-adopted. Every sweep of the ledger directory spares the sandboxes listed here that still run.
 struct SandboxRegistry: Sendable {
     /// One held sandbox.
     struct Entry: Codable, Sendable, Equatable {
