@@ -192,36 +192,21 @@ enum SandboxBench {
         // 1. create → ready, each killed after (the kill is not timed); interleaved with the
         // node's share of it: the same sandbox started straight on the host (cgroup, writable
         // layer, bubblewrap, the agent's first answer), no scheduler, no NATS; killed after.
-        var createTimes: [Duration] = []
-        var startTimes: [Duration] = []
-        for index in 0..<options.creates {
-            var start = ContinuousClock.now
-            let info: Hangar_V1_SandboxInfo
-            do {
-                info = try await cluster.create(env: Self.cold)
-            } catch {
-                throw BenchError("step 1 (create → ready), create \(index + 1) of \(options.creates): \(error)")
-            }
-            createTimes.append(start.duration(to: .now))
-            try await cluster.kill(info.id)
-            try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
-            start = ContinuousClock.now
-            let direct: ProcessSandbox
-            do {
-                direct = try await ProcessSandbox.start(
-                    id: "bench-direct-\(index)",
-                    agentPath: agentPath,
-                    resources: resources,
-                    logger: Logger(label: "bench")
-                )
-            } catch {
-                throw BenchError("step 1, ProcessSandbox.start \(index + 1) of \(options.creates): \(error)")
-            }
-            startTimes.append(start.duration(to: .now))
-            if let problem = await direct.kill() { throw BenchError("step 1, a direct sandbox's kill: \(problem)") }
+        let (create, directStart) = try await interleavedCreates(
+            cluster,
+            step: "step 1",
+            runtime: "process",
+            rounds: options.creates,
+            warmUp: 0
+        ) { index in
+            let direct = try await ProcessSandbox.start(
+                id: "bench-direct-\(index)",
+                agentPath: agentPath,
+                resources: resources,
+                logger: Logger(label: "bench")
+            )
+            return { await direct.kill() }
         }
-        let create = Percentiles(createTimes)
-        let directStart = Percentiles(startTimes)
         let container = try await measureContainer(
             cluster,
             options: options,
@@ -409,33 +394,57 @@ enum SandboxBench {
     ) async throws -> (create: Percentiles, direct: Percentiles)? {
         guard cluster.host.availableRuntimes.contains("container") else { return nil }
         let runtime = ContainerRuntime(resources: resources)
+        return try await interleavedCreates(
+            cluster,
+            step: "step 1b",
+            runtime: "container",
+            rounds: options.creates,
+            warmUp: 1
+        ) { index in
+            let direct = try await ContainerSandbox.start(
+                id: "bench-direct-c\(index)",
+                agentPath: agentPath,
+                runtime: runtime,
+                logger: Logger(label: "bench")
+            )
+            return { await direct.kill() }
+        }
+    }
+
+    /// Creates of `runtime` sandboxes through the scheduler (create → ready, cold), each
+    /// interleaved with the node's share of it (`direct` starts one straight on the host and
+    /// returns its kill); every sandbox killed after, untimed. The first `warmUp` rounds are not
+    /// counted.
+    private static func interleavedCreates(
+        _ cluster: BenchCluster,
+        step: String,
+        runtime: String,
+        rounds: Int,
+        warmUp: Int,
+        direct: (Int) async throws -> @Sendable () async -> String?
+    ) async throws -> (create: Percentiles, direct: Percentiles) {
         var createTimes: [Duration] = []
         var startTimes: [Duration] = []
-        for index in 0...options.creates {  // the first is the warm-up
+        for index in 0..<(rounds + warmUp) {
             var start = ContinuousClock.now
             let info: Hangar_V1_SandboxInfo
             do {
-                info = try await cluster.create(env: Self.cold, runtime: "container")
+                info = try await cluster.create(env: Self.cold, runtime: runtime)
             } catch {
-                throw BenchError("step 1b (container create → ready), create \(index + 1): \(error)")
+                throw BenchError("\(step) (\(runtime) create → ready), create \(index + 1): \(error)")
             }
-            if index > 0 { createTimes.append(start.duration(to: .now)) }
+            if index >= warmUp { createTimes.append(start.duration(to: .now)) }
             try await cluster.kill(info.id)
             try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
             start = ContinuousClock.now
-            let direct: ContainerSandbox
+            let kill: @Sendable () async -> String?
             do {
-                direct = try await ContainerSandbox.start(
-                    id: "bench-direct-c\(index)",
-                    agentPath: agentPath,
-                    runtime: runtime,
-                    logger: Logger(label: "bench")
-                )
+                kill = try await direct(index)
             } catch {
-                throw BenchError("step 1b, ContainerSandbox.start \(index + 1): \(error)")
+                throw BenchError("\(step), \(runtime) sandbox started on the host, \(index + 1): \(error)")
             }
-            if index > 0 { startTimes.append(start.duration(to: .now)) }
-            if let problem = await direct.kill() { throw BenchError("step 1b, a direct sandbox's kill: \(problem)") }
+            if index >= warmUp { startTimes.append(start.duration(to: .now)) }
+            if let problem = await kill() { throw BenchError("\(step), a direct sandbox's kill: \(problem)") }
         }
         return (Percentiles(createTimes), Percentiles(startTimes))
     }
