@@ -27,6 +27,12 @@
  * socket's path is not in the sandbox anyway). What commands started before the hang-up print
  * afterwards reaches no node (their requests are forgotten) and watches end; with `--orphan-ms N`
  * the agent ends every command, then the sandbox, when no node has connected for N ms.
+ *
+ * `--listen-path PATH` is the same with a socket the agent makes itself at PATH: in gVisor, whose
+ * runsc passes a container no descriptor beyond its stdio. PATH is in a host directory bound into
+ * the sandbox, and runsc runs with `--host-uds=create`: the sandbox may create host sockets there
+ * but connect to none, so the only peer that can reach this one is on the host (the node). gVisor
+ * shows such a peer with a pid of its own choosing, so the pid check of `--listen` is not made.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -45,6 +51,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -88,6 +95,8 @@ static int output_fd = 1;
 /* --listen: the node's listening socket; input_fd and output_fd are then the accepted connection,
  * -1 while no node is connected. */
 static int listen_fd = -1;
+/* --listen-path: listen_fd is a socket the agent bound itself (gVisor: only the host can connect). */
+static int listen_path_mode;
 /* --orphan-ms: how long the agent waits for a node before it ends the sandbox; 0: forever. */
 static int64_t orphan_ms;
 /* A write to the node failed: the connection is dropped at the next turn of the loop. */
@@ -579,12 +588,30 @@ static void accept_node(void) {
     if (fd < 0) return;
     struct ucred peer;
     socklen_t size = sizeof peer;
-    if (getpid() == 1 && (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &size) != 0 || peer.pid != 0)) {
+    if (!listen_path_mode && getpid() == 1 && (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &size) != 0 || peer.pid != 0)) {
         close(fd);
         return;
     }
     input_fd = output_fd = fd;
     disconnected_at = 0;
+}
+
+/* --listen-path: a listening unix socket of the agent's own at `path`; -1 (said on stderr) if not. */
+static int listen_at(const char *path) {
+    struct sockaddr_un address = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof address.sun_path) {
+        fprintf(stderr, "hangar-sandbox-agent: the socket path %s is too long\n", path);
+        return -1;
+    }
+    strcpy(address.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    unlink(path);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&address, sizeof address) != 0 || listen(fd, 4) != 0) {
+        fprintf(stderr, "hangar-sandbox-agent: cannot listen at %s: %s\n", path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 static void end_all(void) {
@@ -623,6 +650,12 @@ int main(int argc, char **argv) {
             load_filter(file);
             continue;
         }
+        if (strcmp(argv[index], "--listen-path") == 0) {
+            listen_fd = listen_at(argv[index + 1]);
+            if (listen_fd < 0) return 2;
+            listen_path_mode = 1;
+            continue;
+        }
         int fd = atoi(argv[index + 1]);
         if (strcmp(argv[index], "--in") == 0)
             input_fd = fd;
@@ -635,7 +668,8 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[index], "--orphan-ms") == 0)
             orphan_ms = atoll(argv[index + 1]);
         else {
-            fprintf(stderr, "usage: hangar-sandbox-agent [--in FD] [--out FD | --listen FD [--orphan-ms N]] "
+            fprintf(stderr, "usage: hangar-sandbox-agent [--in FD] [--out FD | --listen FD | --listen-path PATH] "
+                            "[--orphan-ms N] "
                             "[--seccomp FD | --seccomp-file PATH]\n");
             return 2;
         }

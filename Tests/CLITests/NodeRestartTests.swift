@@ -4,14 +4,14 @@ import HangarTestSupport
 import Testing
 
 /// Issue 16, restarts: a node agent killed with `kill -9` (or upgraded) and started again keeps its
-/// `process` and `container` sandboxes: the next process of the same node re-adopts them from
+/// `process`, `container` and `gvisor` sandboxes: the next process of the same node re-adopts them from
 /// their agents, and the scheduler keeps them RUNNING. Real daemons (`hangar scheduler`, `hangar
 /// node`, each a process of its own), a real nats-server, real bubblewrap sandboxes and runc
-/// containers.
+/// containers (and a gVisor sandbox).
 @Suite(
     "a node restart keeps its stateful sandboxes",
     .serialized,
-    .enabled(if: geteuid() == 0 && access("/usr/sbin/runc", X_OK) == 0)
+    .enabled(if: geteuid() == 0 && access("/usr/sbin/runc", X_OK) == 0 && access("/usr/bin/runsc", X_OK) == 0)
 )
 struct NodeRestartTests {
     @Test(
@@ -41,7 +41,7 @@ struct NodeRestartTests {
                 let node = try daemon(
                     name,
                     [
-                        "node", "agent", "--id", id, "--runtimes", "process,container", "--label",
+                        "node", "agent", "--id", id, "--runtimes", "process,container,gvisor", "--label",
                         "role=\(id == nodeID ? "main" : "other")",
                         "--state-dir", folder.appendingPathComponent("state-\(id)").path,
                     ]
@@ -108,6 +108,16 @@ struct NodeRestartTests {
                 "echo there > note.txt; setsid sleep 1000 > /dev/null 2>&1 & echo $! > /tmp/sleeper.pid",
             ])
             #expect(noted.status == 0, "\(noted.stderr)\n\(logs())")
+            // And a gVisor sandbox there, whose agent makes its own socket.
+            let gVisor = try await hangar([
+                "sandbox", "create", "--timeout", "300", "--label", "role=other", "--runtime", "gvisor",
+            ])
+            #expect(gVisor.status == 0, "\(gVisor.stderr)\n\(logs())")
+            let gVisorID = gVisor.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            let gVisorNoted = try await hangar([
+                "sandbox", "exec", gVisorID, "--", "sh", "-c", "echo gvisor > note.txt",
+            ])
+            #expect(gVisorNoted.status == 0, "\(gVisorNoted.stderr)\n\(logs())")
             let elsewhereEntry = try #require(
                 try JSONSerialization.jsonObject(
                     with: Data(contentsOf: URL(fileURLWithPath: "\(registry)/\(elsewhereID).json"))
@@ -166,6 +176,9 @@ struct NodeRestartTests {
             ])
             #expect(there.stdout == "there\nsleeper-alive\n", "\(there.stderr)\n\(logs())")
             #expect(try await state(elsewhereID) == "SANDBOX_RUNNING", "\(logs())")
+            let gVisorThere = try await hangar(["sandbox", "exec", gVisorID, "--", "cat", "note.txt"])
+            #expect(gVisorThere.stdout == "gvisor\n", "\(gVisorThere.stderr)\n\(logs())")
+            #expect(try await state(gVisorID) == "SANDBOX_RUNNING", "\(logs())")
 
             // The kept sandbox answers through the new node with what it had.
             let after = try await hangar([
@@ -255,6 +268,7 @@ struct NodeRestartTests {
             kill(otherThird.0.processIdentifier, SIGTERM)  // not keeping: its sandbox ends with it
             _ = try await waitForExit(otherThird.0, within: .seconds(15), log: otherThird.1)
             #expect(!FileManager.default.fileExists(atPath: "\(registry)/\(elsewhereID).json"))
+            #expect(!FileManager.default.fileExists(atPath: "\(registry)/\(gVisorID).json"))
             let initStat = try? String(contentsOfFile: "/proc/\(containerInit)/stat", encoding: .utf8)
             #expect(
                 initStat == nil || initStat!.contains(") Z "),

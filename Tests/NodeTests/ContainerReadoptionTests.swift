@@ -30,13 +30,7 @@ struct ContainerReadoptionTests {
         )
         let saved = try #require(original.saved, "a loopback container sandbox can be re-adopted")
         #expect(await original.initPid() == saved.agentPID, "the saved agent is the container's init")
-        let sleeper = try await execute(
-            original,
-            ["sh", "-c", "echo kept > note.txt; setsid sleep 1000 > /dev/null 2>&1 & echo $!"],
-            within: .seconds(20)
-        )
-        let sleeperPID = text(sleeper.stdout).trimmingCharacters(in: .whitespacesAndNewlines)
-        #expect(!sleeperPID.isEmpty)
+        let sleeperPID = try await noteAndSleeper(in: original)
         // The agent's socket is the node's: not in the container.
         let visible = try await execute(
             original,
@@ -46,13 +40,40 @@ struct ContainerReadoptionTests {
         )
         #expect(text(visible.stdout) == "absent\n")
 
+        try await hangUpAndAdopt(saved, original: original, engine: engine, sleeperPID: sleeperPID) {
+            ContainerRuntime(resources: $0).engine
+        }
+    }
+
+    /// Writes `note.txt` ("kept") in `sandbox` and starts a sleeper of its own; the sleeper's pid.
+    private func noteAndSleeper(in sandbox: ContainerSandbox) async throws -> String {
+        let sleeper = try await execute(
+            sandbox,
+            ["sh", "-c", "echo kept > note.txt; setsid sleep 1000 > /dev/null 2>&1 & echo $!"],
+            within: .seconds(20)
+        )
+        let pid = text(sleeper.stdout).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(!pid.isEmpty)
+        return pid
+    }
+
+    /// The node goes away (`original` hangs up), and another node process (`adopter`, with
+    /// resources of its own) adopts the sandbox from `saved`: it finds the file `note.txt` ("kept")
+    /// and the process `sleeperPID` the first made, and its kill leaves nothing.
+    private func hangUpAndAdopt(
+        _ saved: ContainerSandbox.Saved,
+        original: ContainerSandbox,
+        engine: OCIEngine,
+        sleeperPID: String,
+        adopter: (NodeResources) -> OCIEngine
+    ) async throws {
         original.agent.close()  // the node goes away
         // The container runs on without its node (its agent waits for the next one).
         #expect(SandboxLedger.startTime(of: saved.agentPID) == saved.agentStart)
         // A node process of its own has a uid pool of its own: this one's uid is free there.
         let resources = NodeResources(users: SandboxUsers.standard())
-        let adopter = ContainerRuntime(resources: resources).engine
-        let adopted = try await ContainerSandbox.adopt(saved, engine: adopter, logger: .init(label: "test")).get()
+        let adopted = try await ContainerSandbox.adopt(saved, engine: adopter(resources), logger: .init(label: "test"))
+            .get()
         let after = try await execute(
             adopted,
             ["sh", "-c", "cat note.txt; kill -0 \(sleeperPID) && echo alive"],
@@ -70,6 +91,7 @@ struct ContainerReadoptionTests {
         #expect(SandboxLedger.startTime(of: saved.agentPID) != saved.agentStart, "the container's init has ended")
         #expect(!FileManager.default.fileExists(atPath: saved.bundle))
         #expect(!FileManager.default.fileExists(atPath: saved.socket))
+        #expect(!FileManager.default.fileExists(atPath: (saved.socket as NSString).deletingLastPathComponent))
         for directory in saved.cgroup.distinct { #expect(!FileManager.default.fileExists(atPath: directory)) }
         // The first node's handle on it is done too (its runc run has returned).
         let again = await original.kill()
@@ -99,16 +121,56 @@ struct ContainerReadoptionTests {
         #expect(resources.users.inUse == 0, "a failed adoption claims no uid")
     }
 
-    @Test("a gVisor sandbox is not saved: its agent talks over runsc's stdio, so it ends with its node")
-    func gVisorNotSaved() async throws {
+    @Test(
+        "gVisor: the agent's socket is reachable from the host only and stays its own; hung up on, the sandbox runs on; adopt() reconnects; its kill leaves nothing"
+    )
+    func gVisorHangUpAndAdopt() async throws {
         let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
         guard access("/usr/bin/runsc", X_OK) == 0 else { return }
-        let gvisor = try await ContainerSandbox.start(
+        let engine = GVisorRuntime().engine
+        let original = try await ContainerSandbox.start(
             id: "cgv-\(uniqueTag())",
             agentPath: agentPath,
-            engine: GVisorRuntime().engine
+            engine: engine
         )
-        #expect(gvisor.saved == nil)
-        #expect(await gvisor.kill() == nil)
+        let saved = try #require(original.saved, "a gVisor sandbox can be re-adopted")
+        #expect(saved.gVisor == true)
+        #expect(await original.initPid() == saved.agentPID, "the saved agent process is runsc's sandbox")
+        #expect(FileManager.default.fileExists(atPath: saved.socket), "the agent made its socket on the host")
+        let sleeperPID = try await noteAndSleeper(in: original)
+        // Inside, the socket is there but no command may connect to it, remove it or put another
+        // in its place, not even a "root" one.
+        let socketInside = ContainerSandbox.channelInside + "/agent.sock"
+        let probe = """
+            import socket, os
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect('\(socketInside)'); print('connected')
+            except OSError as e:
+                print('refused', e.errno)
+            for act in (
+                lambda: os.unlink('\(socketInside)'),
+                lambda: socket.socket(socket.AF_UNIX).bind('\(ContainerSandbox.channelInside)/other.sock'),
+                lambda: os.chmod('\(ContainerSandbox.channelInside)', 0o777),
+            ):
+                try:
+                    act(); print('changed')
+                except OSError as e:
+                    print('denied', e.errno)
+            """
+        for user in ["user", "root"] {
+            let tried = try await execute(original, ["python3", "-c", probe], { $0.user = user }, within: .seconds(30))
+            let lines = text(tried.stdout).split(separator: "\n").map(String.init)
+            #expect(
+                lines.count == 4 && lines[0].hasPrefix("refused")
+                    && lines.dropFirst().allSatisfy { $0.hasPrefix("denied") },
+                "as \(user): \(text(tried.stdout)) \(text(tried.stderr))"
+            )
+        }
+        #expect(FileManager.default.fileExists(atPath: saved.socket))
+
+        try await hangUpAndAdopt(saved, original: original, engine: engine, sleeperPID: sleeperPID) {
+            GVisorRuntime(resources: $0).engine
+        }
     }
 }

@@ -50,7 +50,12 @@ extension ProcessSandbox: StatefulSandbox {}
 /// (``ProcessSandbox/makeAgentSocket(workRoot:ledger:)``, never inside the container) and keeps
 /// the container when its node goes away, as a ``ProcessSandbox``'s does: the node's next process
 /// re-adopts it from its ``Saved`` state (``adopt(_:engine:logger:)``), an allowlist network and
-/// its resolver included. A gVisor sandbox's agent talks over runsc's stdio and ends with its node.
+/// its resolver included. A gVisor sandbox is kept the same way: runsc passes a container no
+/// descriptor beyond its stdio, so its agent makes its socket itself (`--listen-path`) in a
+/// root-only host directory of the node's bound at ``channelInside``. runsc runs it with
+/// `--host-uds=create`: the sandbox may create host sockets but connect to none, so only the host
+/// reaches the agent; once it listens, the node makes the directory read-only to everyone in the
+/// sandbox, so no command can put a socket of its own in its place.
 ///
 /// Killing: ``kill()`` hangs up on the agent and kills it (the container's init; a socket pair's
 /// agent exits by itself), then kills and deletes the container with runc, removes its cgroup,
@@ -88,8 +93,8 @@ public final class ContainerSandbox: Sendable {
     /// the namespace lives on in the container's processes), and the sandbox's host uid.
     private let namespace: OwnedUserNamespace?
     private let hostUser: UInt32?
-    /// The agent's listening socket (`--listen`) when the sandbox outlives its node (runc); nil
-    /// when the agent talks over runsc's stdio (gVisor) and ends with its node.
+    /// The agent's listening socket (runc: `--listen`, the node's; gVisor: `--listen-path`, the
+    /// agent's, in a directory of the node's).
     private let socketPath: String?
     /// The agent's host pid and start time (the container's init), once known.
     private let agentInit: (pid: Int32, start: UInt64)?
@@ -104,7 +109,11 @@ public final class ContainerSandbox: Sendable {
         var containerID: String
         /// The agent's listening socket.
         var socket: String
-        /// The agent's host pid and start time: the container's init.
+        /// Whether runsc runs it (runtime `gvisor`); nil for runc (and in entries from before gVisor
+        /// sandboxes were kept).
+        var gVisor: Bool?
+        /// The agent's host pid and start time: the container's init (gVisor: its sandbox process,
+        /// the sentry).
         var agentPID: Int32
         var agentStart: UInt64
         /// `runc run`'s pid and start time.
@@ -136,8 +145,8 @@ public final class ContainerSandbox: Sendable {
         }
     }
 
-    /// What the node's registry keeps of it, when it outlives its node: a runc container; nil for a
-    /// gVisor one.
+    /// What the node's registry keeps of it, to outlive its node; nil while its agent's host pid
+    /// is not known.
     public var saved: Saved? {
         if network != nil && savedNetwork == nil { return nil }
         guard let socketPath, let agentInit,
@@ -150,6 +159,7 @@ public final class ContainerSandbox: Sendable {
             name: id,
             containerID: containerID,
             socket: socketPath,
+            gVisor: engine.isGVisor ? true : nil,
             agentPID: agentInit.pid,
             agentStart: agentInit.start,
             runPID: run.pid,
@@ -236,6 +246,9 @@ public final class ContainerSandbox: Sendable {
 
     /// Where a gVisor sandbox's agent reads the filter it installs in commands.
     static let filterPathInside = "/.hangar/seccomp"
+    /// Where a gVisor sandbox's agent makes its socket (`agent.sock`): a root-only host directory
+    /// of the node's, bound here.
+    static let channelInside = "/.hangar/channel"
 
     /// Starts a sandbox with `engine`: runc's (runtime `container`, as above) or runsc's (runtime
     /// `gvisor`, ``GVisorRuntime``). A gVisor sandbox is the same container run by runsc, so the
@@ -287,13 +300,17 @@ public final class ContainerSandbox: Sendable {
             )
         }
         if joinsNetwork { job.network = networkPolicy }
-        // A runc container outlives its node: its agent listens on a socket the node made (fd 3),
-        // for the node's next process to reconnect. A gVisor one talks over its stdio (runsc hands
-        // a container nothing else) and ends with its node.
+        // A container outlives its node: its agent listens for the node's next process to
+        // reconnect. runc's listens on a socket the node made (fd 3); runsc passes a container no
+        // descriptor beyond its stdio, so a gVisor one's agent makes its socket itself, in the
+        // host directory bound at ``channelInside`` (see ``start(id:job:filter:agentPath:engine:layer:owned:network:savedNetwork:killed:logger:)``).
         let orphanMilliseconds = String(max(1, JobLimits.milliseconds(ProcessSandbox.orphanTimeout)))
         job.argv =
             gVisor
-            ? [ProcessSandbox.agentPathInside, "--in", "0", "--out", "1", "--seccomp-file", filterPathInside]
+            ? [
+                ProcessSandbox.agentPathInside, "--listen-path", channelInside + "/agent.sock", "--seccomp-file",
+                filterPathInside, "--orphan-ms", orphanMilliseconds,
+            ]
             : [ProcessSandbox.agentPathInside, "--listen", "3", "--seccomp", "4", "--orphan-ms", orphanMilliseconds]
         var owned: (namespace: OwnedUserNamespace, user: UInt32)?
         if let mapping = engine.configOptions(cgroupsPath: "").userNamespace {
@@ -410,7 +427,15 @@ public final class ContainerSandbox: Sendable {
         var files: [Int32] = []
         var node: Int32 = -1
         var socketPath: String?
+        // A gVisor sandbox's agent makes its socket in this host directory (bound into it).
+        var channel: String?
         do throws(SandboxStartError) {
+            if gVisor {
+                let directory = try ProcessSandbox.makeSocketDirectory(workRoot: ProcessSandbox.defaultWorkRoot)
+                channel = directory
+                socketPath = directory + "/agent.sock"
+                ledger.made(.socket(path: directory + "/agent.sock"))
+            }
             try adapt(
                 bundle: bundle.path,
                 config: config,
@@ -418,6 +443,7 @@ public final class ContainerSandbox: Sendable {
                 diskBytes: job.limits.fileSizeBytes,
                 resolver: network?.resolver != nil,
                 filterFile: gVisor ? Data(filter.bytes) : nil,
+                channel: channel,
                 hostFonts: layer == nil
             )
             do throws(CgroupError) {
@@ -432,14 +458,6 @@ public final class ContainerSandbox: Sendable {
                 )
                 files.append(listening)
                 socketPath = path
-            } else {
-                var ends: [Int32] = [-1, -1]
-                guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0
-                else {
-                    throw SandboxStartError("socketpair failed: \(String(cString: strerror(errno)))")
-                }
-                node = ends[0]
-                files.append(ends[1])
             }
             if !gVisor {
                 do throws(InvalidJob) {
@@ -457,19 +475,17 @@ public final class ContainerSandbox: Sendable {
         }
         var arguments = [engine.toolName] + engine.globalArguments
         arguments += ["--log", bundle.path + "/\(engine.toolName).log", "--log-format", "json", "run"]
-        var executable = engine.executable
         if gVisor {
-            // runsc hands the container its stdio only: the agent's socket becomes runsc's stdin
-            // and stdout (a shell that puts fd 3 there and execs runsc, keeping the pid).
-            arguments = ["sh", "-c", #"exec "$0" "$@" <&3 >&3 3<&-"#, engine.executable] + arguments.dropFirst()
+            // The agent may create its socket in the bound host directory; nothing in the sandbox
+            // may connect to a host socket (`open` is not granted).
+            arguments.insert("--host-uds=create", at: 1 + engine.globalArguments.count)
             arguments += ["--bundle", bundle.path, containerID]
-            executable = "/bin/sh"
         } else {
             arguments += ["--keep", "--preserve-fds", String(files.count), "--bundle", bundle.path, containerID]
         }
         var command = OCIEngine.launching(
             SandboxCommand(
-                executable: executable,
+                executable: engine.executable,
                 arguments: arguments,
                 environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
                 timeout: ProcessSandbox.lifetime,
@@ -494,9 +510,17 @@ public final class ContainerSandbox: Sendable {
             throw SandboxStartError("cannot start runc: \(error.description)")
         }
         if let socketPath {
-            // The socket listens already: the connection waits in its backlog until the agent accepts.
-            switch UnixSocket.connect(to: socketPath) {
-            case .success(let fd): node = fd
+            // runc's socket listens already: the connection waits in its backlog until the agent
+            // accepts. A gVisor agent makes its own once the sandbox has booted.
+            switch await connect(to: socketPath, madeByAgent: gVisor, while: process) {
+            case .success(let fd):
+                node = fd
+                if let channel {
+                    // Bound, the socket must stay the agent's: no command (not even a "root" one,
+                    // uid 0 without capabilities) may remove it or put one of its own there.
+                    _ = chown(channel, 65534, 65534)
+                    _ = chmod(channel, 0o555)
+                }
             case .failure(let error):
                 process.kill()
                 _ = try? await process.wait()
@@ -540,6 +564,25 @@ public final class ContainerSandbox: Sendable {
             sandbox = sandbox.knowing(agentInit: (pid, start))
         }
         return sandbox
+    }
+
+    /// Connects to the agent's socket at `path`; with `madeByAgent` (gVisor) it may not be there
+    /// yet: tried again until it is, `process` ends or ``readyTimeout`` passes.
+    private static func connect(
+        to path: String,
+        madeByAgent: Bool,
+        while process: SandboxProcess
+    ) async -> Result<Int32, UnixSocketError> {
+        let deadline = ContinuousClock.now + readyTimeout
+        var pause = Duration.milliseconds(1)
+        while true {
+            let attempt = UnixSocket.connect(to: path)
+            guard madeByAgent, case .failure = attempt, !process.hasEnded, ContinuousClock.now < deadline else {
+                return attempt
+            }
+            try? await Task.sleep(for: pause)
+            pause = min(pause * 2, .milliseconds(5))
+        }
     }
 
     /// The same sandbox, its agent's host pid known.
@@ -689,6 +732,7 @@ public final class ContainerSandbox: Sendable {
         diskBytes: UInt64,
         resolver: Bool,
         filterFile: Data?,
+        channel: String?,
         hostFonts: Bool
     ) throws(SandboxStartError) {
         var spec = config.spec
@@ -733,6 +777,16 @@ public final class ContainerSandbox: Sendable {
                 )
             )
         }
+        if let channel {
+            spec.mounts.append(
+                OCIMount(
+                    destination: channelInside,
+                    type: "bind",
+                    source: channel,
+                    options: ["bind", "rw", "nosuid", "nodev", "noexec"]
+                )
+            )
+        }
         spec.linux.seccomp?.syscalls.append(
             OCISyscallRule(
                 names: ["unshare"],
@@ -741,7 +795,8 @@ public final class ContainerSandbox: Sendable {
             )
         )
         let rootfs = bundle + "/rootfs"
-        for directory in ["home", "home/user", "root", ".hangar"] + (fonts ? ["etc/fonts"] : []) {
+        let directories = ["home", "home/user", "root", ".hangar"] + (channel != nil ? [".hangar/channel"] : [])
+        for directory in directories + (fonts ? ["etc/fonts"] : []) {
             guard mkdir(rootfs + "/" + directory, 0o755) == 0 || errno == EEXIST else {
                 throw SandboxStartError("cannot create \(rootfs)/\(directory): \(String(cString: strerror(errno)))")
             }
@@ -792,7 +847,8 @@ public final class ContainerSandbox: Sendable {
     /// with `CLONE_PARENT`, and its set-up processes have exited once the agent answers), read
     /// from `/proc`; else from `runc state`.
     private func agentHostPID() async -> Int32? {
-        if let pid = process?.pid {
+        // runsc's children are its gofer and its sandbox (the sentry: the agent's host process).
+        if !engine.isGVisor, let pid = process?.pid {
             let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
             var children: [Int32] = []
             for task in tasks {

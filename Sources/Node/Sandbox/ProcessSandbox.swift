@@ -621,7 +621,7 @@ public final class ProcessSandbox: Sendable {
     }
 
     /// A new root-only directory for one agent's socket under `<workRoot>/agents`.
-    private static func makeSocketDirectory(workRoot: String) throws(SandboxStartError) -> String {
+    static func makeSocketDirectory(workRoot: String) throws(SandboxStartError) -> String {
         let root = workRoot + "/agents"
         for path in [workRoot, root] where mkdir(path, 0o711) != 0 && errno != EEXIST {
             throw SandboxStartError("cannot create \(path): \(String(cString: strerror(errno)))")

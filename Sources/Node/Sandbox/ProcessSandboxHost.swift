@@ -22,14 +22,13 @@ import Synchronization
 /// by a watcher that polls the agent channel, killed to clean up what is left, forgotten and
 /// reported through the start's `died` callback.
 ///
-/// Restarts: `process` and `container` sandboxes outlive the node process. Each is
+/// Restarts: `process`, `container` and `gvisor` sandboxes outlive the node process. Each is
 /// written to the node's ``SandboxRegistry`` once started, and the next node process with the same
 /// node id re-adopts it (``readopt(nodeID:died:)``): it reconnects to its agent and holds it again,
 /// with its files, processes and limits as they were. What lived in the node process is not kept:
 /// a command's output the node had not yet sent, background commands' kept output (their
 /// processes run on), code contexts (their kernels are ended; a new default context starts on
-/// first use) and watches. Sandboxes of the other runtimes (`gvisor`, whose agent runsc connects
-/// only through its stdio; `microvm`) end with their node and are reported LOST.
+/// first use) and watches. `microvm` sandboxes end with their node and are reported LOST.
 public final class ProcessSandboxHost: SandboxHost {
     private let agentPath: String
     /// The runc runtime of `container` sandboxes; nil when runc is not there or the node not root.
@@ -396,15 +395,19 @@ public final class ProcessSandboxHost: SandboxHost {
         if let entry { registry?.save(entry) }
     }
 
-    /// Reconnects to the sandbox of a registry entry: a `process` sandbox, or a `container` one
-    /// when this node has runc.
+    /// Reconnects to the sandbox of a registry entry: a `process` sandbox, or a `container`
+    /// (`gvisor`) one when this node has runc (runsc).
     private func adopt(_ entry: SandboxRegistry.Entry) async -> Result<any StatefulSandbox, SandboxStartError> {
         if let saved = entry.sandbox {
             return await ProcessSandbox.adopt(saved, resources: resources, logger: logger).map { $0 }
         }
         if let saved = entry.container {
-            guard let engine = container?.engine else {
-                return .failure(SandboxStartError("it is a container sandbox, and this node has no container runtime"))
+            let gVisor = saved.gVisor ?? false
+            guard let engine = gVisor ? gvisor?.engine : container?.engine else {
+                let runtime = gVisor ? "gvisor" : "container"
+                return .failure(
+                    SandboxStartError("it is a \(runtime) sandbox, and this node has no \(runtime) runtime")
+                )
             }
             return await ContainerSandbox.adopt(saved, engine: engine, logger: logger).map { $0 }
         }
