@@ -336,8 +336,11 @@ public final class SandboxLedger: Sendable {
             var status = stat()
             if lstat(path, &status) == 0 && status.st_mode & S_IFMT == S_IFSOCK { unlink(path) }
             let directory = (path as NSString).deletingLastPathComponent
+            // A gVisor agent's directory was bound into its sandbox: whatever else is there goes too.
             if rmdir(directory) != 0 && errno != ENOENT {
-                return "cannot remove \(directory): \(String(cString: strerror(errno)))"
+                let why = errno
+                if why == ENOTEMPTY, (try? FileManager.default.removeItem(atPath: directory)) != nil { return nil }
+                return "cannot remove \(directory): \(String(cString: strerror(why)))"
             }
             return nil
         case .network(let namespace, let interface):

@@ -616,7 +616,9 @@ public final class ProcessSandbox: Sendable {
     /// Removes an agent's socket and its directory (``makeAgentSocket(workRoot:ledger:)``).
     static func removeAgentSocket(_ path: String, ledger: SandboxLedger) {
         unlink(path)
-        rmdir((path as NSString).deletingLastPathComponent)
+        let directory = (path as NSString).deletingLastPathComponent
+        // A gVisor agent's directory was bound into its sandbox: whatever else is there goes too.
+        if rmdir(directory) != 0 && errno == ENOTEMPTY { try? FileManager.default.removeItem(atPath: directory) }
         ledger.gone(.socket(path: path))
     }
 
