@@ -19,7 +19,9 @@ import Synchronization
 ///    (the node runs with one warm sandbox; the other steps' creates carry an `env`, so they start
 ///    cold);
 /// 4. `--count` (100) idle sandboxes of 64 MiB at once on the node: the time to create them, the
-///    resident memory they cost, and whether each answers an exec afterwards.
+///    resident memory they cost, and whether each answers an exec afterwards;
+/// 5. the other runtimes (`--runtimes LIST`, default `container,gvisor,microvm`: those the node can
+///    hold here): create → ready, exec and 1 MiB for each (``measureRuntimes(_:runtimes:creates:execs:files:)``).
 ///
 /// Every sandbox created is killed at the end, also when a step fails.
 enum SandboxBench {
@@ -30,6 +32,8 @@ enum SandboxBench {
         /// `--state-dir DIR` (default `/var/lib/hangar`).
         var template: String?
         var stateDirectory = TemplateStore.defaultStateDirectory
+        /// Step 5's runtimes.
+        var runtimes = ["container", "gvisor", "microvm"]
 
         init(_ arguments: [String]) throws {
             var iterator = arguments.makeIterator()
@@ -49,9 +53,15 @@ enum SandboxBench {
                 case "--state-dir":
                     guard let path = iterator.next() else { throw BenchError("--state-dir needs a folder") }
                     stateDirectory = path
+                case "--runtimes":
+                    guard let list = iterator.next() else { throw BenchError("--runtimes needs a list (or \"\")") }
+                    runtimes = list.split(separator: ",").map(String.init)
+                    for runtime in runtimes where !["container", "gvisor", "microvm"].contains(runtime) {
+                        throw BenchError("--runtimes: \(runtime) is not one of container, gvisor, microvm")
+                    }
                 default:
                     throw BenchError(
-                        "unknown argument \(argument) (--quick, --count N, --template NAME, --state-dir DIR)"
+                        "unknown argument \(argument) (--quick, --count N, --template NAME, --state-dir DIR, --runtimes LIST)"
                     )
                 }
             }
@@ -126,8 +136,17 @@ enum SandboxBench {
                 throw BenchError("--template: \(error.description)")
             }
         }
+        // Step 5's microvm sandboxes, when asked for and the machine can boot one.
+        var microvm: MicroVMRuntime?
+        var microvmUnavailable: String?
+        if options.runtimes.contains("microvm") {
+            let runtime = MicroVMRuntime(resources: resources, logger: logger)
+            let probe = await runtime.probe()
+            if probe.available { microvm = runtime } else { microvmUnavailable = probe.detail }
+        }
         let host = ProcessSandboxHost(
             agentPath: agentPath,
+            microvm: microvm,
             templates: templates,
             resources: resources,
             warmSandboxes: 1,
@@ -143,7 +162,9 @@ enum SandboxBench {
             // on a node that offers the runtime).
             runtimes: [ProcessRuntime(templates: templates, resources: resources)]
                 + (host.availableRuntimes.contains("container")
-                    ? [ContainerRuntime(templates: templates, resources: resources)] : []),
+                    ? [ContainerRuntime(templates: templates, resources: resources)] : [])
+                + (host.availableRuntimes.contains("gvisor")
+                    ? [GVisorRuntime(templates: templates, resources: resources)] : []) + (microvm.map { [$0] } ?? []),
             resources: resources,
             sandboxHost: host,
             logger: logger
@@ -160,7 +181,8 @@ enum SandboxBench {
                 agentPath: agentPath,
                 resources: resources,
                 cores: cores,
-                config: config
+                config: config,
+                microvmUnavailable: microvmUnavailable
             )
         } catch {
             await cluster.cleanUp()
@@ -180,7 +202,8 @@ enum SandboxBench {
         agentPath: String,
         resources: NodeResources,
         cores: Int,
-        config: SchedulerConfig
+        config: SchedulerConfig,
+        microvmUnavailable: String?
     ) async throws -> String {
         let client = cluster.client
         let loadAtStart = ProcessMemory.loadAverage()
@@ -321,6 +344,18 @@ enum SandboxBench {
             warm += try await CodeBench.measureWarm(cluster, runs: options.creates, template: template)
             try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
         }
+        // 5. The other runtimes (before step 4, whose idle sandboxes would crowd them).
+        var (others, skipped) = try await measureRuntimes(
+            cluster,
+            runtimes: options.runtimes,
+            creates: options.quick ? 3 : 10,
+            execs: options.quick ? 20 : 100,
+            files: options.quick ? 5 : 10
+        )
+        if let microvmUnavailable {
+            skipped = skipped.filter { !$0.hasPrefix("`microvm`") } + ["`microvm`: \(microvmUnavailable)"]
+        }
+        let othersTable = runtimesTable(others, skipped: skipped, process: (create, exec, files))
         await cluster.host.stop()  // no warm sandbox during step 4's memory figures
 
         // 4. `idle` sandboxes of 64 MiB live at once on the node.
@@ -352,7 +387,7 @@ enum SandboxBench {
         }
         let execAllElapsed = execStart.duration(to: .now)
 
-        return code + warm + "\n"
+        return code + warm + "\n" + (othersTable.isEmpty ? "" : othersTable + "\n")
             + report(
                 options: options,
                 loadAtStart: loadAtStart,
