@@ -130,7 +130,11 @@ enum CodeBench {
     /// same done cold (a create with an `env`, which no warm sandbox serves: the sandbox and then its
     /// kernel start), interleaved; before each, the pool is given time to hold a ready sandbox, so
     /// that neither side measures the refill. Each sandbox is killed after (not timed).
-    static func measureWarm(_ cluster: BenchCluster, runs: Int, template: String = "host") async throws -> String {
+    static func measureWarm(
+        _ cluster: BenchCluster,
+        runs: Int,
+        template: String = "host"
+    ) async throws -> (table: String, warmReady: Percentiles) {
         func waitForWarm() async throws {
             let deadline = ContinuousClock.now + .seconds(30)
             while (cluster.host.warmCounts?.ready ?? 0) == 0 {
@@ -203,8 +207,10 @@ enum CodeBench {
         )
         table += row("baseline: the same, cold (a create with an `env`: the sandbox, then its kernel, start)", cold)
         table += row("… of which create → ready, cold", Percentiles(coldReady))
-        return table
-            + "\ncold / warm (p50): \(ratio(cold.p50, warm.p50))×; all \(runs) plain creates were served warm.\n"
+        return (
+            table + "\ncold / warm (p50): \(ratio(cold.p50, warm.p50))×; all \(runs) plain creates were served warm.\n",
+            Percentiles(warmReady)
+        )
     }
 }
 

@@ -338,10 +338,11 @@ enum SandboxBench {
         try await cluster.kill(sandbox.id)
         try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
         // 3c. Creates served by the node's warm sandbox, against cold ones.
-        var warm = try await CodeBench.measureWarm(cluster, runs: options.creates)
+        let (warmTable, warmReady) = try await CodeBench.measureWarm(cluster, runs: options.creates)
+        var warm = warmTable
         try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
         if let template = options.template {
-            warm += try await CodeBench.measureWarm(cluster, runs: options.creates, template: template)
+            warm += try await CodeBench.measureWarm(cluster, runs: options.creates, template: template).table
             try await cluster.waitUntilNodeHoldsNone(within: .seconds(30))
         }
         // 5. The other runtimes (before step 4, whose idle sandboxes would crowd them).
@@ -355,7 +356,7 @@ enum SandboxBench {
         if let microvmUnavailable {
             skipped = skipped.filter { !$0.hasPrefix("`microvm`") } + ["`microvm`: \(microvmUnavailable)"]
         }
-        let othersTable = runtimesTable(others, skipped: skipped, process: (create, exec, files))
+        let othersTable = runtimesTable(others, skipped: skipped, process: (create, warmReady, exec, files))
         await cluster.host.stop()  // no warm sandbox during step 4's memory figures
 
         // 4. `idle` sandboxes of 64 MiB live at once on the node.

@@ -229,7 +229,7 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(
         name: .customLong("sandbox-pool"),
         help: ArgumentHelp(
-            "Process sandboxes kept started (each with its python context running) for process creates with no env of their own (of the limits, grants and network of the last one). Default 0.",
+            "Sandboxes kept started per runtime (each with its python context running) for creates of that runtime with no env of their own (of the limits, grants, network and template of the runtime's last one). Default 0.",
             valueName: "N"
         )
     )

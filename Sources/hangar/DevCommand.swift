@@ -44,7 +44,7 @@ struct DevCommand: AsyncParsableCommand {
     @Option(
         name: .customLong("sandbox-pool"),
         help:
-            "Process sandboxes each node keeps started (with their python context running) for process creates with no env."
+            "Sandboxes each node keeps started per runtime (with their python context running) for creates of that runtime with no env."
     )
     var sandboxPool: Int = 0
     @OptionGroup var metrics: MetricsOptions

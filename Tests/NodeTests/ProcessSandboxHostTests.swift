@@ -85,7 +85,7 @@ struct ProcessSandboxHostTests {
         func waitForReady() async throws -> ProcessSandbox {
             let deadline = ContinuousClock.now + .seconds(30)
             while ContinuousClock.now < deadline {
-                if let ready = host.warm?.readySandboxes.first { return ready }
+                if let ready = host.warm?.readySandboxes.first as? ProcessSandbox { return ready }
                 try await Task.sleep(for: .milliseconds(20))
             }
             throw DeadlinePassed()
@@ -136,7 +136,7 @@ struct ProcessSandboxHostTests {
         // Stopping the host ends what is ready: its agent is gone and its cgroup removed.
         for id in [first, second, withEnv, networked, networkedWarm] { await host.kill(id, reason: "test over") }
         _ = try await waitForReady()
-        let pooled = host.warm?.readySandboxes ?? []
+        let pooled = host.warm?.readySandboxes.compactMap { $0 as? ProcessSandbox } ?? []
         #expect(pooled.count == 1)
         await host.stop()
         for sandbox in pooled {
@@ -144,5 +144,55 @@ struct ProcessSandboxHostTests {
             for directory in sandbox.cgroupDirectories { #expect(!FileManager.default.fileExists(atPath: directory)) }
         }
         #expect(host.warm?.readySandboxes.isEmpty == true)
+    }
+
+    @Test(
+        "warm sandboxes of container and gvisor: each runtime has a pool of its own; a plain create after the first is served by a ready sandbox of its runtime; stop ends them",
+        .enabled(if: geteuid() == 0 && access("/usr/sbin/runc", X_OK) == 0 && access("/usr/bin/runsc", X_OK) == 0)
+    )
+    func warmContainerSandboxes() async throws {
+        let host = ProcessSandboxHost(agentPath: try #require(ProcessSandbox.locateAgent()), warmSandboxes: 1)
+        func start(_ runtime: String) async throws -> String {
+            var start = Hangar_V1_SandboxStart()
+            start.sandboxID = "warm-\(runtime)-\(uniqueTag())"
+            start.tenant = "acme"
+            start.runtime = runtime
+            start.limits.memoryBytes = 256 << 20
+            try await host.start(start) { _ in Issue.record("a sandbox died") }
+            return start.sandboxID
+        }
+        func waitForReady(_ runtime: String) async throws -> any StatefulSandbox {
+            let deadline = ContinuousClock.now + .seconds(60)
+            while ContinuousClock.now < deadline {
+                if let ready = host.warmPools[runtime]?.readySandboxes.first { return ready }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            throw DeadlinePassed()
+        }
+        var started: [String] = []
+        defer { for id in started { Task { await host.kill(id, reason: "test over") } } }
+        for runtime in ["container", "gvisor"] {
+            started.append(try await start(runtime))  // cold: teaches the runtime's pool
+            #expect(host.warmCounts(runtime)?.served == 0 && host.warmCounts(runtime)?.missed == 1)
+            let warm = try await waitForReady(runtime)
+            #expect(warm is ContainerSandbox)
+            let served = try await start(runtime)
+            started.append(served)
+            #expect(host.warmCounts(runtime)?.served == 1, "\(String(describing: host.warmCounts(runtime)))")
+            let target = try #require(host.dataTarget(served, tenant: "acme"))
+            #expect(target.agent === warm.agent, "the create got the \(runtime) pool's sandbox")
+            let uname = try await execute(warm, ["uname", "-r"], within: .seconds(30))
+            #expect((text(uname.stdout) == "4.4.0\n") == (runtime == "gvisor"), "\(text(uname.stdout))")
+            let cells = try await runCells(target, ["6 * 7"])
+            #expect(mainValues(cells[0]) == ["42"], "\(cells)")
+        }
+        #expect(host.warmCounts("process")?.served == 0, "the process pool served none of them")
+        for id in started { await host.kill(id, reason: "test over") }
+        started = []
+        let pooled = ["container", "gvisor"].compactMap { host.warmPools[$0]?.readySandboxes.first }
+        await host.stop()
+        for sandbox in pooled { #expect(sandbox.agent.goneReason != nil) }
+        let list = await GVisorRuntime().engine.tool(["list", "--quiet"])
+        #expect(!list.output.contains("warm-"), "\(list.output)")
     }
 }

@@ -171,7 +171,7 @@ struct SandboxTemplateTests {
             let deadline = ContinuousClock.now + .seconds(30)
             var ready: ProcessSandbox?
             while ready == nil && ContinuousClock.now < deadline {
-                ready = host.warm?.readySandboxes.first
+                ready = host.warm?.readySandboxes.first as? ProcessSandbox
                 if ready == nil { try await Task.sleep(for: .milliseconds(20)) }
             }
             let warm = try #require(ready, "no warm sandbox of template bb within 30 s")

@@ -73,7 +73,8 @@ public final class ProcessSandboxHost: SandboxHost {
     /// (when it is there and the node runs as root), also in runc containers for runtime
     /// `container` (``ContainerSandbox``; nil: no container sandboxes), and with the runsc at
     /// `runscPath` in gVisor sandboxes for runtime `gvisor` (on `gvisorPlatform`); `templates`: the
-    /// node's directory templates sandboxes may be made from (nil: only `host`).
+    /// node's directory templates sandboxes may be made from (nil: only `host`);
+    /// `warmSandboxes`: the size of each runtime's pool of warm sandboxes (``WarmSandboxPool``).
     public init(
         agentPath: String,
         bubblewrapPath: String = "/usr/bin/bwrap",
@@ -127,14 +128,28 @@ public final class ProcessSandboxHost: SandboxHost {
                 )
             }
         self.startProcess = startProcess
-        if warmSandboxes > 0 {
+        // One pool per runtime that holds sandboxes here; each makes nothing until its runtime's
+        // first create (it learns the profile from it).
+        var pools: [String: WarmSandboxPool] = [:]
+        var starts: [String: StartSandbox] = ["process": Self.starting(startProcess)]
+        if let engine = container?.engine {
+            starts["container"] = Self.starting(engine, agentPath: agentPath, logger: logger)
+        }
+        if let engine = gvisor?.engine {
+            starts["gvisor"] = Self.starting(engine, agentPath: agentPath, logger: logger)
+        }
+        if let microvm { starts["microvm"] = Self.starting(microvm, logger: logger) }
+        for (runtime, startSandbox) in starts where warmSandboxes > 0 {
             let start: @Sendable (WarmSandboxPool.Profile) async -> WarmSandboxPool.Entry? = {
                 [cellOutputBytes, logger] profile in
-                let sandbox: ProcessSandbox
+                let sandbox: any StatefulSandbox
                 do {
-                    sandbox = try await startProcess("warm-\(UInt32.random(in: 0...UInt32.max))", profile)
+                    sandbox = try await startSandbox("warm-\(UInt32.random(in: 0...UInt32.max))", profile)
                 } catch {
-                    logger.warning("a warm sandbox could not start", metadata: ["error": "\(error)"])
+                    logger.warning(
+                        "a warm sandbox could not start",
+                        metadata: ["error": "\(error)", "sandbox.runtime": "\(runtime)"]
+                    )
                     return nil
                 }
                 let code = CodeContexts(
@@ -150,13 +165,55 @@ public final class ProcessSandboxHost: SandboxHost {
                 }
                 return WarmSandboxPool.Entry(sandbox: sandbox, code: code)
             }
-            warm = WarmSandboxPool(size: warmSandboxes, make: start) { entry in
+            pools[runtime] = WarmSandboxPool(size: warmSandboxes, make: start) { entry in
                 if let problem = await entry.sandbox.kill() {
                     logger.error("a warm sandbox was not cleaned up", metadata: ["problem": "\(problem)"])
                 }
             }
-        } else {
-            warm = nil
+        }
+        warmPools = pools
+    }
+
+    /// Starts a sandbox of one runtime with the given id and profile.
+    private typealias StartSandbox =
+        @Sendable (String, WarmSandboxPool.Profile) async throws(SandboxStartError) -> any StatefulSandbox
+
+    /// ``StartSandbox`` of `process` sandboxes.
+    private static func starting(
+        _ startProcess:
+            @escaping @Sendable (String, WarmSandboxPool.Profile) async throws(SandboxStartError) ->
+            ProcessSandbox
+    ) -> StartSandbox {
+        { id, profile throws(SandboxStartError) in try await startProcess(id, profile) }
+    }
+
+    /// ``StartSandbox`` of `container` or `gvisor` sandboxes (`engine`'s).
+    private static func starting(_ engine: OCIEngine, agentPath: String, logger: Logger) -> StartSandbox {
+        { id, profile throws(SandboxStartError) in
+            try await ContainerSandbox.start(
+                id: id,
+                limits: profile.limits,
+                grants: profile.grants,
+                network: profile.network,
+                template: profile.template,
+                agentPath: agentPath,
+                engine: engine,
+                logger: logger
+            )
+        }
+    }
+
+    /// ``StartSandbox`` of `microvm` sandboxes.
+    private static func starting(_ runtime: MicroVMRuntime, logger: Logger) -> StartSandbox {
+        { id, profile throws(SandboxStartError) in
+            try await MicroVMSandbox.start(
+                id: id,
+                limits: profile.limits,
+                grants: profile.grants,
+                network: profile.network,
+                runtime: runtime,
+                logger: logger
+            )
         }
     }
 
@@ -164,18 +221,26 @@ public final class ProcessSandboxHost: SandboxHost {
     private let startProcess:
         @Sendable (String, WarmSandboxPool.Profile) async throws(SandboxStartError) -> ProcessSandbox
 
-    /// `process` creates with no environment of their own served from here (``WarmSandboxPool``);
-    /// nil: none.
-    let warm: WarmSandboxPool?
+    /// Creates with no environment of their own served from here, a pool per runtime
+    /// (``WarmSandboxPool``); empty: none (`warmSandboxes` 0).
+    let warmPools: [String: WarmSandboxPool]
 
-    /// Ready warm sandboxes, and creates served warm and cold (nil without a pool).
-    public var warmCounts: (ready: Int, served: UInt64, missed: UInt64)? { warm?.counts }
+    /// The `process` runtime's pool.
+    var warm: WarmSandboxPool? { warmPools["process"] }
+
+    /// Ready warm sandboxes of `runtime`, and its creates served warm and cold (nil without a pool).
+    public func warmCounts(_ runtime: String) -> (ready: Int, served: UInt64, missed: UInt64)? {
+        warmPools[runtime]?.counts
+    }
+
+    /// ``warmCounts(_:)`` of `process`.
+    public var warmCounts: (ready: Int, served: UInt64, missed: UInt64)? { warmCounts("process") }
 
     /// What a warm sandbox must have been made with to serve `request` of `template`, or nil when
-    /// none can: a `process` sandbox with no environment of its own (a warm sandbox's python context
-    /// runs with its template's only).
+    /// none can: a sandbox with no environment of its own (a warm sandbox's python context runs
+    /// with its template's only).
     static func warmProfile(_ request: Hangar_V1_SandboxStart, template: Template) -> WarmSandboxPool.Profile? {
-        guard request.runtime.isEmpty || request.runtime == "process", request.env.isEmpty else { return nil }
+        guard request.env.isEmpty else { return nil }
         return WarmSandboxPool.Profile(
             limits: limits(request.limits),
             grants: request.grants,
@@ -186,7 +251,7 @@ public final class ProcessSandboxHost: SandboxHost {
 
     /// Ends the warm sandboxes (at the node's stop).
     public func stop() async {
-        await warm?.stop()
+        for pool in warmPools.values { await pool.stop() }
     }
 
     /// Bytes of output the node forwards for one code cell (see ``CodeContexts``).
@@ -246,7 +311,9 @@ public final class ProcessSandboxHost: SandboxHost {
         var code: CodeContexts?
         do throws(SandboxStartError) {
             let engine = runtime == "container" ? container?.engine : runtime == "gvisor" ? gvisor?.engine : nil
-            if let warm, let profile = Self.warmProfile(request, template: template), let entry = warm.take(profile) {
+            if let pool = warmPools[runtime], let profile = Self.warmProfile(request, template: template),
+                let entry = pool.take(profile)
+            {
                 sandbox = entry.sandbox
                 code = entry.code
                 logger.debug("a warm sandbox serves a create", metadata: ["sandbox.id": "\(id)"])

@@ -2,10 +2,10 @@ import HangarShared
 import Logging
 import Synchronization
 
-/// `process` sandboxes started before their creates arrive, each with its default python context
-/// already running, so that a create (and its first `run_code`) finds one ready: what
-/// ``ProcessSandboxHost`` hands out for a `process` create with no environment of its own. A warm
-/// sandbox serves exactly one create and is never reused.
+/// Sandboxes of one runtime started before their creates arrive, each with its default python
+/// context already running, so that a create (and its first `run_code`) finds one ready: what
+/// ``ProcessSandboxHost`` hands out for a create of that runtime with no environment of its own
+/// (one pool per runtime). A warm sandbox serves exactly one create and is never reused.
 ///
 /// The pool makes sandboxes of the ``Profile`` (limits, grants, network, template: a
 /// `code-interpreter` template's creates find its python context up) of the last such create
@@ -27,7 +27,7 @@ final class WarmSandboxPool: Sendable {
 
     /// A ready sandbox and its code contexts (the default python one started).
     struct Entry: Sendable {
-        let sandbox: ProcessSandbox
+        let sandbox: any StatefulSandbox
         let code: CodeContexts
     }
 
@@ -127,7 +127,7 @@ final class WarmSandboxPool: Sendable {
     }
 
     /// The ready sandboxes (for tests).
-    var readySandboxes: [ProcessSandbox] { state.withLock { $0.ready.map(\.sandbox) } }
+    var readySandboxes: [any StatefulSandbox] { state.withLock { $0.ready.map(\.sandbox) } }
 
     /// Ready sandboxes, and creates served warm and cold since the start.
     var counts: (ready: Int, served: UInt64, missed: UInt64) {
