@@ -116,21 +116,44 @@ extension MicroVMSuites {
             #expect(qemuChildProcesses().isEmpty)
         }
 
-        @Test("the host starts microvm sandboxes for runtime microvm; a python code context keeps its state")
+        @Test(
+            "the host starts microvm sandboxes for runtime microvm, the second from its warm pool; a python code context keeps its state; stop ends the pool's VM"
+        )
         func host() async throws {
-            let host = ProcessSandboxHost(agentPath: try #require(ProcessSandbox.locateAgent()), microvm: runtime)
+            let host = ProcessSandboxHost(
+                agentPath: try #require(ProcessSandbox.locateAgent()),
+                microvm: runtime,
+                warmSandboxes: 1
+            )
             #expect(host.availableRuntimes.contains("microvm"))
-            var start = Hangar_V1_SandboxStart()
-            start.sandboxID = "vm-\(uniqueTag())"
-            start.tenant = "acme"
-            start.runtime = "microvm"
-            try await host.start(start) { _ in Issue.record("the sandbox died") }
-            let target = try #require(host.dataTarget(start.sandboxID, tenant: "acme"))
+            func start() async throws -> String {
+                var start = Hangar_V1_SandboxStart()
+                start.sandboxID = "vm-\(uniqueTag())"
+                start.tenant = "acme"
+                start.runtime = "microvm"
+                try await host.start(start) { _ in Issue.record("the sandbox died") }
+                return start.sandboxID
+            }
+            let cold = try await start()  // teaches the microvm pool, which then boots one
+            #expect(host.warmCounts("microvm")?.missed == 1)
+            let deadline = ContinuousClock.now + .seconds(120)
+            var ready: (any StatefulSandbox)?
+            while ready == nil && ContinuousClock.now < deadline {
+                ready = host.warmPools["microvm"]?.readySandboxes.first
+                if ready == nil { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            let warm = try #require(ready, "no warm microvm sandbox within 120 s")
+            #expect(warm is MicroVMSandbox)
+            let served = try await start()
+            #expect(host.warmCounts("microvm")?.served == 1)
+            let target = try #require(host.dataTarget(served, tenant: "acme"))
+            #expect(target.agent === warm.agent)
             let cells = try await runCells(target, ["x = 41\nprint('set', x)", "x + 1"], within: .seconds(120))
             #expect(printed(cells[0]) == "set 41\n", "\(cells[0])")
             #expect(mainValues(cells[1]) == ["42"], "\(cells[1])")
-            await host.kill(start.sandboxID, reason: "test over")
+            for id in [cold, served] { await host.kill(id, reason: "test over") }
             #expect(host.sandboxIDs.isEmpty)
+            await host.stop()  // and the VM the pool booted after serving
             #expect(qemuChildProcesses().isEmpty)
         }
     }
