@@ -212,7 +212,10 @@ public struct ProcessRuntime: Runtime {
             return (.error(error.description), true)
         }
         // The grants as one prepared view where they can be (``GrantViews``), given back at the end.
-        let view = (try? GrantMounts(spec.grants)).flatMap { mounts in
+        // Planned once (a plan checks every path on the host); one that fails is planned again by
+        // the invocation, which names the fault.
+        let grants = try? GrantMounts(spec.grants)
+        let view = grants.flatMap { mounts in
             GrantViews.eligible(mounts, template: root) ? resources.grantViews.acquire(mounts) : nil
         }
         defer { if let view { resources.grantViews.release(view) } }
@@ -225,6 +228,7 @@ public struct ProcessRuntime: Runtime {
                 root: root,
                 scratch: scratch?.path,
                 binds: programBinds,
+                grants: grants,
                 grantView: view
             )
         } catch {
@@ -366,8 +370,9 @@ struct BubblewrapInvocation {
 
     /// `root`: a directory template instead of the host's directories; `scratch`: a host directory
     /// to bind as `/tmp` instead of a private tmpfs; `binds`: host files bound read-only on top of
-    /// everything (after the grants). The descriptors in ``files`` are numbered from
-    /// `firstDescriptor` on (a warm sandbox puts its own pipes before them).
+    /// everything (after the grants); `grants`: the spec's grants already planned (nil: planned
+    /// here). The descriptors in ``files`` are numbered from `firstDescriptor` on (a warm sandbox
+    /// puts its own pipes before them).
     init(
         spec: Hangar_V1_JobSpec,
         limits: JobLimits,
@@ -375,6 +380,7 @@ struct BubblewrapInvocation {
         root: TemplateRootfs? = nil,
         scratch: String? = nil,
         binds: [SandboxBind] = [],
+        grants planned: GrantMounts? = nil,
         grantView: GrantViews.Lease? = nil,
         firstDescriptor: Int32 = 3
     ) throws(InvalidJob) {
@@ -420,7 +426,8 @@ struct BubblewrapInvocation {
         if inScratch && workdir != "/tmp" { arguments += ["--dir", workdir] }
         // Granted host paths, at the same paths, read-only or read-write; denied ones inside hidden.
         do {
-            let grants = try GrantMounts(spec.grants)
+            let grants: GrantMounts
+            if let planned { grants = planned } else { grants = try GrantMounts(spec.grants) }
             if let root { try grants.check(inside: root.directoryMounts) }
             if let grantView, grantView.mounts == grants {
                 arguments += grantView.bubblewrapArguments

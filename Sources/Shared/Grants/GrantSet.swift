@@ -91,9 +91,11 @@ public struct GrantSet: Sendable, Equatable {
         all += allowWrite
         all += denyRead
         all += denyWrite
-        let points: [GrantPath] = Set(all).sorted { first, second in
-            first.depth != second.depth ? first.depth < second.depth : first.path < second.path
-        }
+        let points: [GrantPath] = Set(all).map { (depth: $0.depth, point: $0) }
+            .sorted { first, second in
+                first.depth != second.depth ? first.depth < second.depth : first.point.path < second.point.path
+            }
+            .map(\.point)
         var plan: [Mount] = []
         for point in points {
             let inherited = plan.last { GrantPath(normalized: $0.path).covers(point.path) }?.access ?? .none
@@ -180,12 +182,18 @@ public struct GrantPath: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { path }
 
-    /// Components below `/` (0 for `/`).
-    public var depth: Int { path == "/" ? 0 : path.split(separator: "/").count }
+    /// Components below `/` (0 for `/`): its slashes, as it is normalized.
+    public var depth: Int {
+        path == "/" ? 0 : path.utf8.reduce(0) { count, byte in byte == UInt8(ascii: "/") ? count + 1 : count }
+    }
 
     /// Whether `other` is this path or below it.
     public func covers(_ other: String) -> Bool {
-        path == "/" || other == path || other.hasPrefix(path + "/")
+        if path == "/" || other == path { return true }
+        let own = path.utf8
+        let candidate = other.utf8
+        guard candidate.count > own.count, candidate.starts(with: own) else { return false }
+        return candidate[candidate.index(candidate.startIndex, offsetBy: own.count)] == UInt8(ascii: "/")
     }
 
     /// Whether this path is `root` or below it.
