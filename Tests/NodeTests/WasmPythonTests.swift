@@ -44,7 +44,7 @@ struct WasmPythonTests {
     }
 
     @Test(
-        "a warm worker holds CPython parsed before its job comes and runs python jobs as a cold one does; jobs with module files, grants or too little memory are not taken"
+        "a warm worker holds CPython parsed before its job comes and runs python jobs as a cold one does; jobs with files besides a module, grants or too little memory are not taken"
     )
     func warmPython() async throws {
         let python = try WasmPython.load(directory: Self.artifacts.get())
@@ -65,7 +65,9 @@ struct WasmPythonTests {
         var withFile = job
         withFile.argv[0] = "m.wasm"
         withFile.files = [Hangar_V1_FileIn.with { ($0.path, $0.content) = ("m.wasm", Data([0, 0x61, 0x73, 0x6D])) }]
-        #expect(!first.accepts(withFile), "a module sent with the job starts cold")
+        #expect(first.accepts(withFile), "a module sent with the job comes on the control pipe")
+        withFile.files.append(Hangar_V1_FileIn.with { ($0.path, $0.content) = ("data.txt", Data("x".utf8)) })
+        #expect(!first.accepts(withFile), "a job with files besides its module starts cold")
         var granted = job
         granted.grants.allowRead = ["/usr/share"]
         #expect(!first.accepts(granted), "a granted path is a mount made at creation")

@@ -147,6 +147,51 @@ struct WasmRuntimeTests {
         #expect(failed.exitCode == 7, "\(failed.message)")
     }
 
+    @Test(
+        "a warm worker takes a job whose module came with it: on its control pipe, written into the scratch as a cold sandbox stages it, run as a cold one runs it; other files start cold"
+    )
+    func warmModule() async throws {
+        let runtime = WasmRuntime(fuelPerCPUSecond: Self.testFuelPerCPUSecond)
+        var file = Hangar_V1_FileIn()
+        file.path = "probe.wasm"
+        file.content = try Self.module.get()
+        func spec(_ arguments: [String]) -> Hangar_V1_JobSpec {
+            var spec = Hangar_V1_JobSpec()
+            spec.runtime = "wasm"
+            spec.argv = ["probe.wasm"] + arguments
+            spec.files = [file]
+            spec.limits.timeoutMs = 10_000
+            return spec
+        }
+        var echo = spec(["echo", "a b", "c"])
+        echo.env = ["FOO": "bar"]
+        echo.stdin = Data("one\ntwo\n".utf8)
+        let first = try await runtime.prepareWarm(template: "host", profile: .defaults)
+        #expect(first.accepts(echo))
+        var twoFiles = echo
+        twoFiles.files.append(Hangar_V1_FileIn.with { ($0.path, $0.content) = ("data.txt", Data("x".utf8)) })
+        #expect(!first.accepts(twoFiles), "a job with files besides its module starts cold")
+        var nested = echo
+        nested.argv[0] = "lib/probe.wasm"
+        nested.files[0].path = "lib/probe.wasm"
+        #expect(!first.accepts(nested), "a module in a folder of the scratch starts cold")
+        let warm = await first.run(echo, jobID: "wasm-warm-\(uniqueTag())")
+        #expect(warm.status == .succeeded, "\(warm.message) \(text(warm.stderr))")
+        let cold = await runtime.run(echo, jobID: "wasm-cold-\(uniqueTag())")
+        #expect(text(warm.stdout) == text(cold.stdout), "warm: \(text(warm.stdout)) cold: \(text(cold.stdout))")
+        #expect(
+            text(warm.stdout)
+                == "arg probe.wasm\narg echo\narg a b\narg c\nFOO bar\nPATH (unset)\nstdin one\nstdin two\n"
+        )
+        // The module is a file of the job's scratch, as a cold sandbox stages it.
+        let second = try await runtime.prepareWarm(template: "host", profile: .defaults)
+        let read = spec(["read", "probe.wasm"])
+        #expect(second.accepts(read))
+        let own = await second.run(read, jobID: "wasm-warm-\(uniqueTag())")
+        #expect(own.status == .succeeded, "\(own.message) \(text(own.stderr))")
+        #expect(text(own.stdout).hasPrefix("read ") && !text(own.stdout).contains("DENIED"), "\(text(own.stdout))")
+    }
+
     @Test("argv, only the job's environment, and stdin reach the module")
     func argvEnvStdin() async throws {
         let outcome = try await run(["echo", "a b", "c"]) {

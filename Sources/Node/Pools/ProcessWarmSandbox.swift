@@ -40,12 +40,32 @@ enum WarmWaiter: Sendable, Equatable {
         }
     }
 
-    /// What the node writes on the control pipe to start `spec`.
+    /// What the node writes on the control pipe to start `spec`: for the worker, its command line,
+    /// and the module when it came with the job (``carriedModule(_:)``; see the worker's header).
     func control(for spec: Hangar_V1_JobSpec) -> Data {
         switch self {
-        case .shell: Data(WarmScript.process.script(for: spec).utf8)
-        case .wasmWorker: Data(spec.argv.dropFirst().joined(separator: "\0").utf8)
+        case .shell: return Data(WarmScript.process.script(for: spec).utf8)
+        case .wasmWorker:
+            let line = Data(spec.argv.dropFirst().joined(separator: "\0").utf8)
+            guard let module = carriedModule(spec) else { return line }
+            return Data("--module-bytes=\(module.count)\0".utf8) + line + Data([0]) + module
         }
+    }
+
+    /// The largest module a warm worker takes on its control pipe; a larger one starts cold.
+    static let maxCarriedModuleBytes = 16 << 20
+
+    /// The module of a worker's job `spec` when it is the job's only file, named plainly in the
+    /// working directory (the worker writes it there itself): its bytes, which the control pipe
+    /// carries instead of the sandbox staging the file. Nil for the shell, and for any other files.
+    func carriedModule(_ spec: Hangar_V1_JobSpec) -> Data? {
+        guard case .wasmWorker = self, spec.files.count == 1, let file = spec.files.first,
+            !file.path.isEmpty, !file.path.contains("/"), file.path != ".", file.path != "..",
+            file.content.count <= Self.maxCarriedModuleBytes,
+            let separator = spec.argv.firstIndex(of: "--"), separator + 1 < spec.argv.count
+        else { return nil }
+        let workdir = spec.cwd.isEmpty ? "/tmp" : spec.cwd
+        return spec.argv[separator + 1] == workdir + "/" + file.path ? file.content : nil
     }
 }
 
@@ -254,7 +274,9 @@ final class ProcessWarmSandbox: WarmSandbox {
     }
 
     func accepts(_ spec: Hangar_V1_JobSpec) -> Bool {
-        WarmScript.fits(spec, template: template, profile: profile)
+        var fitting = spec
+        if waiter.carriedModule(spec) != nil { fitting.files = [] }  // it travels on the control pipe
+        return WarmScript.fits(fitting, template: template, profile: profile)
     }
 }
 
