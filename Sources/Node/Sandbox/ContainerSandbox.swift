@@ -57,8 +57,8 @@ extension ProcessSandbox: StatefulSandbox {}
 /// reaches the agent; once it listens, the node makes the directory read-only to everyone in the
 /// sandbox, so no command can put a socket of its own in its place.
 ///
-/// Killing: ``kill()`` hangs up on the agent and kills it (the container's init; a socket pair's
-/// agent exits by itself), then kills and deletes the container with runc, removes its cgroup,
+/// Killing: ``kill()`` hangs up on the agent and kills it (the container's init; gVisor's sandbox
+/// process), then kills and deletes the container with runc (runsc), removes its cgroup,
 /// bundle, socket and network and gives the user namespace and its uid back.
 public final class ContainerSandbox: Sendable {
     /// The sandbox's name.
@@ -254,8 +254,9 @@ public final class ContainerSandbox: Sendable {
     /// `gvisor`, ``GVisorRuntime``). A gVisor sandbox is the same container run by runsc, so the
     /// agent and its commands talk to gVisor's kernel: no user namespace of the node's (runsc makes
     /// its own), the seccomp profile enforced inside by runsc (`--oci-seccomp`), and, since runsc
-    /// hands a container only its stdio, the agent's socket as its stdin and stdout and the
-    /// commands' filter read from a file bound at ``filterPathInside``. Only loopback: runsc runs
+    /// hands a container only its stdio, the agent's own socket in a host folder bound at
+    /// ``channelInside`` and the commands' filter read from a file bound at ``filterPathInside``.
+    /// Only loopback: runsc runs
     /// with `--network=none`, so `NETWORK_ALLOWLIST` is refused.
     ///
     /// On a directory `template`, the container's root holds the template's top-level entries,
@@ -515,11 +516,16 @@ public final class ContainerSandbox: Sendable {
             switch await connect(to: socketPath, madeByAgent: gVisor, while: process) {
             case .success(let fd):
                 node = fd
-                if let channel {
-                    // Bound, the socket must stay the agent's: no command (not even a "root" one,
-                    // uid 0 without capabilities) may remove it or put one of its own there.
-                    _ = chown(channel, 65534, 65534)
-                    _ = chmod(channel, 0o555)
+                // Bound, the socket must stay the agent's: no command (not even a "root" one, uid 0
+                // without capabilities) may remove it or put one of its own there.
+                if let channel, chown(channel, 65534, 65534) != 0 || chmod(channel, 0o555) != 0 {
+                    let why = String(cString: strerror(errno))
+                    close(fd)
+                    process.kill()
+                    _ = try? await process.wait()
+                    ProcessSandbox.removeAgentSocket(socketPath, ledger: ledger)
+                    _ = await engine.teardown(id: containerID, killFirst: true, cgroup: cgroup, bundle: bundle)
+                    throw SandboxStartError("cannot make the agent's socket folder \(channel) read-only: \(why)")
                 }
             case .failure(let error):
                 process.kill()
