@@ -12,7 +12,18 @@ import Logging
 /// Prints a Markdown section; `scripts/bench` writes it into BENCHMARKS.md.
 @main
 struct Bench {
-    static func main() async throws {
+    /// Runs the bench the arguments name; a failure (a bad argument, a step that failed) is said on
+    /// stderr with exit status 2, not as a crash.
+    static func main() async {
+        do {
+            try await run()
+        } catch {
+            FileHandle.standardError.write(Data("hangar-bench: \(error)\n".utf8))
+            exit(2)
+        }
+    }
+
+    static func run() async throws {
         let arguments = CommandLine.arguments.dropFirst()
         let quick = arguments.contains("--quick")
         if arguments.first == "fault" {

@@ -451,7 +451,7 @@ func makeRuntimes(
         case "gvisor": GVisorRuntime(templates: templates, resources: resources)
         case "null": NullRuntime()
         case "microvm": MicroVMRuntime(resources: resources)
-        case "wasm": WasmRuntime(resources: resources, python: wasmPython)
+        case "wasm": WasmRuntime(resources: resources, python: wasmPython, templates: templates)
         default:
             throw ValidationError(
                 "unknown runtime '\(name)'; a node can offer: process, container, gvisor, microvm, wasm, null"

@@ -192,6 +192,75 @@ struct WasmRuntimeTests {
         #expect(text(own.stdout).hasPrefix("read ") && !text(own.stdout).contains("DENIED"), "\(text(own.stdout))")
     }
 
+    @Test(
+        "in a directory template the module comes from the template, whose folders it reads (not writes) at their paths, with the template's env; relative paths are still its scratch; warm pools of it are refused"
+    )
+    func template() async throws {
+        // Not under /tmp: the template's root is bound into the sandbox at its own host path.
+        let state = "/var/tmp/hangar-wasm-templates-\(uniqueTag())"
+        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        chmod(state, 0o755)
+        let store = TemplateStore(stateDirectory: state)
+        let module = try Self.module.get()
+        try store.build(name: "wasmapp", env: ["FOO": "from-template"], source: "test") { root in
+            try FileManager.default.createDirectory(atPath: root + "/app", withIntermediateDirectories: true)
+            try module.write(to: URL(fileURLWithPath: root + "/app/probe.wasm"))
+            try Data("template data\n".utf8).write(to: URL(fileURLWithPath: root + "/app/data.txt"))
+        }
+        let runtime = WasmRuntime(fuelPerCPUSecond: Self.testFuelPerCPUSecond, templates: store)
+        func job(_ argv: [String]) -> Hangar_V1_JobSpec {
+            var spec = Hangar_V1_JobSpec()
+            spec.runtime = "wasm"
+            spec.template = "wasmapp"
+            spec.argv = argv
+            spec.limits.timeoutMs = 10_000
+            return spec
+        }
+        let echo = await runtime.run(job(["/app/probe.wasm", "echo"]), jobID: "wasm-tpl-\(uniqueTag())")
+        #expect(echo.status == .succeeded, "\(echo.message) \(text(echo.stderr))")
+        #expect(
+            text(echo.stdout).contains("arg /app/probe.wasm\narg echo\nFOO from-template\n"),
+            "\(text(echo.stdout))"
+        )
+        let read = await runtime.run(
+            job(["/app/probe.wasm", "read", "/app/data.txt"]),
+            jobID: "wasm-tpl-\(uniqueTag())"
+        )
+        #expect(
+            text(read.stdout) == "read template data\n",
+            "\(read.message) \(text(read.stdout)) \(text(read.stderr))"
+        )
+        // Read-only: the template is not the job's to change.
+        let write = await runtime.run(
+            job(["/app/probe.wasm", "write", "/app/new.txt"]),
+            jobID: "wasm-tpl-\(uniqueTag())"
+        )
+        #expect(text(write.stdout).hasPrefix("write DENIED"), "\(text(write.stdout))")
+        #expect(
+            !FileManager.default.fileExists(
+                atPath: (try store.template(named: "wasmapp").rootfs ?? "") + "/app/new.txt"
+            )
+        )
+        // The working directory is still the job's scratch.
+        var relative = job(["/app/probe.wasm", "write", "out.txt", "in scratch\n"])
+        relative.filesOut = ["*.txt"]
+        let wrote = await runtime.run(relative, jobID: "wasm-tpl-\(uniqueTag())")
+        #expect(text(wrote.stdout) == "write WROTE\n", "\(text(wrote.stdout)) \(text(wrote.stderr))")
+        #expect(wrote.filesOut.map { text($0.content) } == ["in scratch\n"])
+        // A host path is not the template's: outside the host template, /etc is the template's (none).
+        let host = await runtime.run(
+            job(["/app/probe.wasm", "read", "/etc/hostname"]),
+            jobID: "wasm-tpl-\(uniqueTag())"
+        )
+        #expect(text(host.stdout).hasPrefix("read DENIED"), "\(text(host.stdout))")
+        let missing = await runtime.run(job(["/app/other.wasm"]), jobID: "wasm-tpl-\(uniqueTag())")
+        #expect(missing.status == .error || missing.status == .failed, "\(missing.status) \(missing.message)")
+        await #expect(throws: WarmError.self) {
+            _ = try await runtime.prepareWarm(template: "wasmapp", profile: .defaults)
+        }
+    }
+
     @Test("argv, only the job's environment, and stdin reach the module")
     func argvEnvStdin() async throws {
         let outcome = try await run(["echo", "a b", "c"]) {

@@ -4,9 +4,13 @@ extension WasmRuntime: WarmableRuntime {
     /// A bubblewrap sandbox set up as a fresh wasm job's, in which the worker waits in its `--warm`
     /// mode (``WarmWaiter/wasmWorker(executable:preload:)``), holding the node's CPython for WASM
     /// parsed when the node has one: a `python` job then skips the sandbox's set-up, the worker's
-    /// start and the parse of a 100 MB module. A job whose module comes in its files runs cold (a
-    /// warm sandbox takes no files).
+    /// start and the parse of a 100 MB module. A job whose only file is its module gets it on the
+    /// worker's control pipe (``WarmWaiter/carriedModule(_:)``). Only the `host` template: a job of
+    /// a directory template starts cold.
     public func prepareWarm(template: String, profile: WarmProfile) async throws(WarmError) -> any WarmSandbox {
+        guard template == TemplateName.host else {
+            throw WarmError("warm wasm sandboxes are of the host template; jobs of template \(template) start cold")
+        }
         guard case .success = worker else {
             if case .failure(let missing) = worker { throw WarmError(missing.description) }
             throw WarmError("no worker")

@@ -9,7 +9,11 @@ import HangarShared
 ///
 /// The job's `argv[0]` names the module: a `.wasm` file among the job's `files` (relative to its
 /// working directory, which must be `/tmp` or under it), or an absolute path the job may read (a
-/// granted one). The module gets `argv` as its own argv (`argv[0]` included), only the job's `env`,
+/// granted one). In a directory template the template is the module's file system: each of its
+/// top-level folders (but `tmp`, the job's scratch) is preopened read-only at its own path (`/app`,
+/// `/usr`, …; not the root itself, which WASI's C library could not tell from the working
+/// directory's `.`), and an absolute `argv[0]` names a module in it. The worker itself runs on the
+/// host's `/usr`, with the template's root bound read-only beside it. The module gets `argv` as its own argv (`argv[0]` included), only the job's `env`,
 /// the job's stdin, stdout and stderr (captured and capped as for process jobs), and as WASI
 /// preopens only `/tmp` (the job's scratch: its files in and out), its working directory as `.`,
 /// and each granted directory at its own path. Read-only grants stay read-only because the sandbox
@@ -37,6 +41,8 @@ public struct WasmRuntime: Runtime {
     let process: ProcessRuntime
     /// CPython for jobs whose `argv[0]` is `python` or `python3`; nil: such jobs are refused.
     public let python: WasmPython?
+    /// Directory templates jobs may ask for; nil for `host` only.
+    public let templates: TemplateStore?
 
     /// The default fuel rate: meant to be below what WasmKit 0.4.2 runs per CPU second in a release
     /// build on simple loops, so on such code fuel runs out before the CPU-time limit would; slower
@@ -57,17 +63,20 @@ public struct WasmRuntime: Runtime {
 
     /// A runtime that runs modules with the worker at `workerPath` (nil: `$HANGAR_WASM_WORKER`,
     /// else `hangar-wasm-worker` next to this executable) in sandboxes of `bwrap` at
-    /// `bubblewrapPath`, as uids and in cgroups of `resources`.
+    /// `bubblewrapPath`, as uids and in cgroups of `resources`; `templates`: the node's directory
+    /// templates (nil: only `host`).
     public init(
         workerPath: String? = nil,
         bubblewrapPath: String = "/usr/bin/bwrap",
         resources: NodeResources = .standard,
         fuelPerCPUSecond: UInt64 = Self.defaultFuelPerCPUSecond,
-        python: WasmPython? = nil
+        python: WasmPython? = nil,
+        templates: TemplateStore? = nil
     ) {
         worker = Self.findWorker(workerPath)
         self.fuelPerCPUSecond = fuelPerCPUSecond
         self.python = python
+        self.templates = templates
         var process = ProcessRuntime(bubblewrapPath: bubblewrapPath, resources: resources)
         if case .success(let path) = worker {
             process.programBinds =
@@ -118,9 +127,16 @@ public struct WasmRuntime: Runtime {
         }
         let limits = JobLimits(spec.limits)
         let fuel = self.fuel(for: limits)
+        let template: Template
+        let resolved: Hangar_V1_JobSpec
+        do throws(TemplateError) {
+            (template, resolved) = try Template.resolve(spec, in: templates)
+        } catch {
+            return .error(error.description)
+        }
         let workerSpec: Hangar_V1_JobSpec
         do throws(InvalidJob) {
-            workerSpec = try self.workerSpec(for: spec, limits: limits, fuel: fuel)
+            workerSpec = try self.workerSpec(for: resolved, limits: limits, fuel: fuel, templateRoot: template.rootfs)
         } catch {
             return .error(error.message)
         }
@@ -163,11 +179,15 @@ public struct WasmRuntime: Runtime {
 
     /// The process job that runs the worker on `spec`'s module: the worker's argv (options, the
     /// module, the module's argv), no environment of the job's own (the module's goes on the worker's
-    /// command line), and the engine's allowances added to the memory and CPU-time limits.
+    /// command line), and the engine's allowances added to the memory and CPU-time limits. With
+    /// `templateRoot` (a directory template's root on the host, `spec`'s env already merged with
+    /// the template's) the worker runs on the host's directories with that root bound read-only at
+    /// its own path (as a read grant), its top-level folders preopened as the module's.
     func workerSpec(
         for spec: Hangar_V1_JobSpec,
         limits: JobLimits,
-        fuel: UInt64?
+        fuel: UInt64?,
+        templateRoot: String? = nil
     ) throws(InvalidJob)
         -> Hangar_V1_JobSpec
     {
@@ -196,7 +216,7 @@ public struct WasmRuntime: Runtime {
             options += ["--dir", WasmPython.guestLib, WasmPython.libInSandbox]
             for (key, value) in WasmPython.defaultEnvironment where environment[key] == nil { environment[key] = value }
         } else if program.hasPrefix("/") {
-            module = program
+            module = (templateRoot ?? "") + program
         } else {
             guard spec.files.contains(where: { $0.path == program }) else {
                 throw InvalidJob(
@@ -217,6 +237,16 @@ public struct WasmRuntime: Runtime {
         }
         if let fuel { options += ["--fuel", String(fuel)] }
         options += ["--memory-bytes", String(limits.memoryBytes)]
+        if let templateRoot {
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: templateRoot)) ?? []
+            for name in entries.sorted() where name != "tmp" {
+                var status = stat()
+                guard lstat(templateRoot + "/" + name, &status) == 0, status.st_mode & S_IFMT == S_IFDIR else {
+                    continue
+                }
+                options += ["--dir", "/" + name, templateRoot + "/" + name]
+            }
+        }
         options += ["--dir", "/tmp", "/tmp", "--dir", ".", workdir]
         let grants: GrantMounts
         do {
@@ -243,6 +273,10 @@ public struct WasmRuntime: Runtime {
         var worker = spec
         worker.runtime = "process"
         worker.env = [:]
+        if let templateRoot {
+            worker.template = ""  // the worker needs the host's /usr; the template is bound beside it
+            worker.grants.allowRead.append(templateRoot)
+        }
         worker.argv = [Self.workerInSandbox] + options + ["--", module] + moduleArgv
         worker.limits.memoryBytes = limits.memoryBytes + Self.engineMemoryBytes
         if fuel != nil, let cpuTime = limits.cpuTime {
