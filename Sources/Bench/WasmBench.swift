@@ -31,17 +31,25 @@ enum WasmBench {
         """#
 
     /// Runs a module with Wasmtime: `python3 script module fuel runs args...`; prints one line of
-    /// per-run seconds (a fresh engine, module and store each run).
+    /// per-run seconds (a fresh engine, module and store each run; with `HANGAR_WASMTIME_WARM=1`
+    /// the engine and the compiled module are made once, before the runs, and each run is a fresh
+    /// store, instance and run).
     static let wasmtimeScript = #"""
-        import sys, time, wasmtime
+        import os, sys, time, wasmtime
         module_path, fuel, runs, args = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
+        warm = os.environ.get("HANGAR_WASMTIME_WARM") == "1"
+        def compiled():
             config = wasmtime.Config()
             config.consume_fuel = fuel > 0
             engine = wasmtime.Engine(config)
-            module = wasmtime.Module.from_file(engine, module_path)
+            return engine, wasmtime.Module.from_file(engine, module_path)
+        if warm:
+            engine, module = compiled()
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            if not warm:
+                engine, module = compiled()
             linker = wasmtime.Linker(engine)
             linker.define_wasi()
             store = wasmtime.Store(engine)
@@ -92,6 +100,14 @@ enum WasmBench {
             pythonImport.append(try spawn(python, ["python3", "-c", "import wasmtime"]))
         }
         wasmtimeInProcess = try wasmtimeTimes(script: script, module: module, fuel: "0", runs: runs, arguments: [])
+        let wasmtimeWarm = try wasmtimeTimes(
+            script: script,
+            module: module,
+            fuel: "0",
+            runs: runs,
+            arguments: [],
+            warm: true
+        )
 
         // The compute loop: engine speed, with and without fuel, on both engines.
         var workerWork: [Duration] = []
@@ -177,6 +193,7 @@ enum WasmBench {
             \(row("Wasmtime, new python3 process (import, compile, run)", runs, median(wasmtimeCold), hello))
             \(row("python3 -c 'import wasmtime' alone", runs, median(pythonImport), hello))
             \(row("Wasmtime in one process: new engine + compile + run", runs, median(wasmtimeInProcess), hello))
+            \(row("Wasmtime in one process, warm: compiled once, then a new store + instantiate + run", runs, median(wasmtimeWarm), hello))
 
             Compute loop (\(workCount) FNV-1a steps), whole process. Ratios to the worker without fuel.
 
@@ -196,6 +213,7 @@ enum WasmBench {
             \(row("process job, /bin/true", runs, median(processJobs), median(processJobs)))
             \(row("wasm job, hello module, cold", runs, median(wasmJobs), median(processJobs)))
             \(row("wasm job, hello module, warm (the job alone)", runs, median(warmJobs), median(processJobs)))
+            \(row("for scale: Wasmtime in one process, warm (no sandbox, no new process)", runs, median(wasmtimeWarm), median(processJobs)))
             """
     }
 
@@ -221,11 +239,14 @@ enum WasmBench {
         module: String,
         fuel: String,
         runs: Int,
-        arguments: [String]
+        arguments: [String],
+        warm: Bool = false
     ) throws
         -> [Double]
     {
-        let output = try capture(["python3", script, module, fuel, String(runs)] + arguments)
+        let output = try capture(
+            (warm ? ["HANGAR_WASMTIME_WARM=1"] : []) + ["python3", script, module, fuel, String(runs)] + arguments
+        )
         let times = output.split(separator: " ").compactMap {
             Double($0.trimmingCharacters(in: .whitespacesAndNewlines))
         }
