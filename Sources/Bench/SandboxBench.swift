@@ -692,12 +692,17 @@ final class BenchCluster: Sendable {
         }
     }
 
-    /// The first sandbox, retried until the node has joined and its runtime is probed.
-    func firstSandbox(within limit: Duration) async throws -> Hangar_V1_SandboxInfo {
+    /// The first sandbox (of `runtime`, with `env`), retried until the node has joined and the
+    /// runtime is probed.
+    func firstSandbox(
+        within limit: Duration,
+        env: [String: String] = [:],
+        runtime: String = "process"
+    ) async throws -> Hangar_V1_SandboxInfo {
         let deadline = ContinuousClock.now + limit
         while true {
             do {
-                return try await create()
+                return try await create(env: env, runtime: runtime)
             } catch {
                 if ContinuousClock.now + .milliseconds(500) > deadline {
                     throw BenchError("no sandbox could be created within \(limit): \(error)")

@@ -37,7 +37,12 @@ extension SandboxBench {
             // The first create waits for the runtime's probe (microvm boots a trial VM first); it
             // is also the warm-up, and its sandbox serves the exec and file rounds.
             let step = "step 5 (\(runtime))"
-            let sandbox = try await firstSandbox(cluster, runtime: runtime, within: .seconds(120), step: step)
+            let sandbox: Hangar_V1_SandboxInfo
+            do {
+                sandbox = try await cluster.firstSandbox(within: .seconds(120), env: Self.cold, runtime: runtime)
+            } catch {
+                throw BenchError("\(step): \(error)")
+            }
             for _ in 0..<3 { try await cluster.execTrue(sandbox) }
             var execTimes: [Duration] = []
             for index in 0..<execs {
@@ -124,26 +129,6 @@ extension SandboxBench {
             throw BenchError("\(step): the \(runtime) pool served \(served) of \(runs) plain creates")
         }
         return times
-    }
-
-    /// A sandbox of `runtime`, created again while the node's heartbeats do not yet offer it.
-    private static func firstSandbox(
-        _ cluster: BenchCluster,
-        runtime: String,
-        within limit: Duration,
-        step: String
-    ) async throws -> Hangar_V1_SandboxInfo {
-        let deadline = ContinuousClock.now + limit
-        while true {
-            do {
-                return try await cluster.create(env: Self.cold, runtime: runtime)
-            } catch {
-                if ContinuousClock.now + .milliseconds(500) > deadline {
-                    throw BenchError("\(step): no sandbox could be created within \(limit): \(error)")
-                }
-                try await Task.sleep(for: .milliseconds(500))
-            }
-        }
     }
 
     /// Step 5's table: each runtime's p50 and p99, and its p50 against `process`'s of this run.
