@@ -29,6 +29,10 @@ final class EgressResolver: Sendable {
     private let source: UncheckedSendableBox<DispatchSourceRead>
     private let sweeper: Task<Void, Never>
     private let inFlight = Mutex(0)
+    /// Signalled once the socket is closed (the source's cancel handler), so that ``stop()`` can
+    /// return with the address free: a node re-adopting the network binds it again at once.
+    private let closed = DispatchSemaphore(value: 0)
+    private let stopped = Atomic(false)
 
     /// Entries live at least this long, so that a TTL of 0 still lets the connection be made.
     static let minimumTTL: UInt32 = 2
@@ -85,19 +89,31 @@ final class EgressResolver: Sendable {
             }
         }
         source.value.setEventHandler { [weak self] in self?.readQueries() }
-        source.value.setCancelHandler { close(fd) }
+        source.value.setCancelHandler { [closed] in
+            close(fd)
+            closed.signal()
+        }
         source.value.resume()
     }
 
-    /// Stops answering and closes the socket. The sets go with the namespace.
+    /// Stops answering and closes the socket; returns once it is closed (at most 1 s; at once
+    /// when called on the resolver's own queue, where the close cannot run meanwhile). The sets go
+    /// with the namespace.
     func stop() {
+        guard !stopped.exchange(true, ordering: .sequentiallyConsistent) else { return }
         source.value.cancel()
         sweeper.cancel()
+        if DispatchQueue.getSpecific(key: Self.queueKey) == nil { _ = closed.wait(timeout: .now() + 1) }
     }
 
     deinit { stop() }
 
-    private static let queue = DispatchQueue(label: "hangar.egress-resolver")
+    private static let queueKey = DispatchSpecificKey<Bool>()
+    private static let queue: DispatchQueue = {
+        let queue = DispatchQueue(label: "hangar.egress-resolver")
+        queue.setSpecific(key: queueKey, value: true)
+        return queue
+    }()
 
     private func readQueries() {
         var buffer = [UInt8](repeating: 0, count: 4096)
