@@ -57,8 +57,10 @@ static void attach(uint32_t length) {
     mount_share();
     /* The port is fd 3 of the sandbox agent, kept across the exec. */
     if (port == 3 ? fcntl(3, F_SETFD, 0) != 0 : dup2(port, 3) != 3) fail(KIND_ERROR, "guest: fd 3: %s", strerror(errno));
-    char *const arguments[] = {"hangar-sandbox-agent", "--in", "3", "--out", "3", "--seccomp-file", "/.hangar/seccomp",
-                               NULL};
+    /* `--port`: a node that hangs up (it restarts) leaves the sandbox running for the next one; with
+     * no node for 600 s (ProcessSandbox.orphanTimeout) the agent ends, and with it the VM. */
+    char *const arguments[] = {"hangar-sandbox-agent", "--port", "3", "--orphan-ms", "600000",
+                               "--seccomp-file", "/.hangar/seccomp", NULL};
     char *const environment[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL};
     execve("/.hangar/agent", arguments, environment);
     fail(KIND_ERROR, "guest: cannot start the sandbox agent: %s", strerror(errno));

@@ -33,6 +33,14 @@
  * the sandbox, and runsc runs with `--host-uds=create`: the sandbox may create host sockets there
  * but connect to none, so the only peer that can reach this one is on the host (the node). gVisor
  * shows such a peer with a pid of its own choosing, so the pid check of `--listen` is not made.
+ *
+ * `--port FD` is the channel of a microVM: a virtio-serial port, which qemu serves from a listening
+ * socket of the node's. When the node hangs up, the port reads EOF and polls POLLHUP until the next
+ * node connects to qemu's socket; the agent then waits (checking the port every PORT_PROBE_MS, since
+ * poll cannot wait for the host to come back) and goes on as with `--listen`. The port is one
+ * stream across nodes, so what the agent was writing when the node went may reach the next one cut
+ * short: the next node resynchronises by sending a Ping with an id of its own choosing and skipping
+ * everything up to the Pong that answers it (MicroVMSandbox.resynchronise).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -71,6 +79,8 @@ int _swift_backtrace_isThunkFunction(const char *name) {
 /* Stdin bytes queued for one command beyond which Stdin requests are refused. */
 #define MAX_PENDING_STDIN (8u * 1024 * 1024)
 #define USER_ID 1000
+/* --port: how often a port whose node hung up is checked for the next one. */
+#define PORT_PROBE_MS 20
 
 typedef struct {
     int used;
@@ -97,6 +107,9 @@ static int output_fd = 1;
 static int listen_fd = -1;
 /* --listen-path: listen_fd is a socket the agent bound itself (gVisor: only the host can connect). */
 static int listen_path_mode;
+/* --port: the virtio-serial port that is the channel (input_fd and output_fd while a node is
+ * connected, -1 while none is). */
+static int port_fd = -1;
 /* --orphan-ms: how long the agent waits for a node before it ends the sandbox; 0: forever. */
 static int64_t orphan_ms;
 /* A write to the node failed: the connection is dropped at the next turn of the loop. */
@@ -122,9 +135,19 @@ static void write_out(const uint8_t *data, size_t length) {
         if (count < 0 && errno == EAGAIN) {
             struct pollfd entry = {.fd = output_fd, .events = POLLOUT};
             poll(&entry, 1, 1000);
+            /* A port whose node hung up: the rest of this frame is dropped (the next node
+             * resynchronises); what the node had sent is still read until EOF. */
+            if (port_fd >= 0 && (entry.revents & POLLHUP)) {
+                output_fd = -1;
+                return;
+            }
             continue;
         }
         if (count <= 0) {
+            if (port_fd >= 0) {
+                output_fd = -1;
+                return;
+            }
             if (listen_fd < 0) _exit(0); /* the node is gone: so is the sandbox */
             hung_up = 1;                 /* the node is gone: the sandbox waits for the next */
             output_fd = -1;
@@ -568,9 +591,9 @@ static int read_input(Input *input) {
     }
 }
 
-/* The node hung up (--listen): forget its requests and watches, keep the commands running. */
+/* The node hung up (--listen, --port): forget its requests and watches, keep the commands running. */
 static void disconnect(Input *input) {
-    if (input_fd >= 0) close(input_fd);
+    if (input_fd >= 0 && input_fd != port_fd) close(input_fd);
     input_fd = output_fd = -1;
     hung_up = 0;
     input->size = 0;
@@ -612,6 +635,12 @@ static int listen_at(const char *path) {
         return -1;
     }
     return fd;
+}
+
+/* --port: whether a node is connected to qemu's end of the port (it polls POLLHUP while none is). */
+static int port_connected(void) {
+    struct pollfd probe = {.fd = port_fd, .events = POLLIN};
+    return poll(&probe, 1, 0) >= 0 && !(probe.revents & POLLHUP);
 }
 
 static void end_all(void) {
@@ -665,10 +694,12 @@ int main(int argc, char **argv) {
             load_filter(fd);
         else if (strcmp(argv[index], "--listen") == 0)
             listen_fd = fd;
+        else if (strcmp(argv[index], "--port") == 0)
+            port_fd = input_fd = output_fd = fd;
         else if (strcmp(argv[index], "--orphan-ms") == 0)
             orphan_ms = atoll(argv[index + 1]);
         else {
-            fprintf(stderr, "usage: hangar-sandbox-agent [--in FD] [--out FD | --listen FD | --listen-path PATH] "
+            fprintf(stderr, "usage: hangar-sandbox-agent [--in FD] [--out FD | --listen FD | --listen-path PATH | --port FD] "
                             "[--orphan-ms N] "
                             "[--seccomp FD | --seccomp-file PATH]\n");
             return 2;
@@ -703,17 +734,24 @@ int main(int argc, char **argv) {
     for (;;) {
         int count = 0;
         if (hung_up) disconnect(&input);
+        if (port_fd >= 0 && output_fd < 0 && port_connected()) {
+            /* The next node is there: a waiting port goes on; one whose EOF was never read (the
+             * node came back at once) writes again, and that node resynchronises. */
+            input_fd = output_fd = port_fd;
+            disconnected_at = 0;
+        }
         int listening = listen_fd >= 0 && input_fd < 0;
+        int waiting = listening || (port_fd >= 0 && input_fd < 0);
         entries[count++] = (struct pollfd){.fd = listening ? listen_fd : input_fd, .events = POLLIN};
         entries[count++] = (struct pollfd){.fd = signals, .events = POLLIN};
-        int64_t now = now_ms(), wait = -1;
-        if (listening && orphan_ms > 0) {
+        int64_t now = now_ms(), wait = waiting && port_fd >= 0 ? PORT_PROBE_MS : -1;
+        if (waiting && orphan_ms > 0) {
             if (now - disconnected_at >= orphan_ms) {
                 fprintf(stderr, "hangar-sandbox-agent: no node for %lld ms: ending the sandbox\n", (long long)orphan_ms);
                 end_all();
                 return 0;
             }
-            wait = disconnected_at + orphan_ms - now;
+            if (wait < 0 || disconnected_at + orphan_ms - now < wait) wait = disconnected_at + orphan_ms - now;
         }
         for (int index = 0; index < MAX_PROCESSES; index++) {
             Process *process = &processes[index];
@@ -774,7 +812,7 @@ int main(int argc, char **argv) {
         if (entries[0].revents && listening) {
             accept_node();
         } else if (entries[0].revents && read_input(&input) != 0) {
-            if (listen_fd >= 0) { /* the node hung up: wait for the next */
+            if (listen_fd >= 0 || port_fd >= 0) { /* the node hung up: wait for the next */
                 disconnect(&input);
                 continue;
             }

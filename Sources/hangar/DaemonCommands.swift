@@ -236,7 +236,7 @@ struct NodeCommand: AsyncParsableCommand {
     var sandboxPool: Int?
     @Flag(
         help:
-            "At a stop (SIGTERM), leave its process, container and gvisor sandboxes running for the next start of this node to re-adopt (an upgrade), instead of ending them. A crash always leaves them."
+            "At a stop (SIGTERM), leave its stateful sandboxes running for the next start of this node to re-adopt (an upgrade), instead of ending them. A crash always leaves them."
     )
     var keepSandboxes = false
     @OptionGroup var nodeState: NodeStateOptions

@@ -4,14 +4,17 @@ import HangarTestSupport
 import Testing
 
 /// Issue 16, restarts: a node agent killed with `kill -9` (or upgraded) and started again keeps its
-/// `process`, `container` and `gvisor` sandboxes: the next process of the same node re-adopts them from
+/// `process`, `container`, `gvisor` and `microvm` sandboxes: the next process of the same node re-adopts them from
 /// their agents, and the scheduler keeps them RUNNING. Real daemons (`hangar scheduler`, `hangar
 /// node`, each a process of its own), a real nats-server, real bubblewrap sandboxes and runc
-/// containers (and a gVisor sandbox).
+/// containers (and a gVisor sandbox and a qemu microVM one).
 @Suite(
     "a node restart keeps its stateful sandboxes",
     .serialized,
-    .enabled(if: geteuid() == 0 && access("/usr/sbin/runc", X_OK) == 0 && access("/usr/bin/runsc", X_OK) == 0)
+    .enabled(
+        if: geteuid() == 0 && access("/usr/sbin/runc", X_OK) == 0 && access("/usr/bin/runsc", X_OK) == 0
+            && access("/usr/bin/qemu-system-x86_64", X_OK) == 0
+    )
 )
 struct NodeRestartTests {
     @Test(
@@ -41,7 +44,8 @@ struct NodeRestartTests {
                 let node = try daemon(
                     name,
                     [
-                        "node", "agent", "--id", id, "--runtimes", "process,container,gvisor", "--label",
+                        "node", "agent", "--id", id, "--runtimes",
+                        id == nodeID ? "process,container,gvisor" : "process,container,gvisor,microvm", "--label",
                         "role=\(id == nodeID ? "main" : "other")",
                         "--state-dir", folder.appendingPathComponent("state-\(id)").path,
                     ]
@@ -118,6 +122,28 @@ struct NodeRestartTests {
                 "sandbox", "exec", gVisorID, "--", "sh", "-c", "echo gvisor > note.txt",
             ])
             #expect(gVisorNoted.status == 0, "\(gVisorNoted.stderr)\n\(logs())")
+            // And a microVM sandbox there, whose qemu serves its agent's port from the node's socket.
+            // (The node offers microvm once its probe has built the guest and booted it: until then
+            // the scheduler refuses, naming the runtime.)
+            let vmCreate = ["sandbox", "create", "--timeout", "300", "--label", "role=other", "--runtime", "microvm"]
+            var vm = try await hangar(vmCreate)
+            let probed = ContinuousClock.now + .seconds(120)
+            while vm.status != 0, vm.stderr.contains("without runtime 'microvm'"), ContinuousClock.now < probed {
+                try await Task.sleep(for: .milliseconds(250))
+                vm = try await hangar(vmCreate)
+            }
+            #expect(vm.status == 0, "\(vm.stderr)\n\(logs())")
+            let vmID = vm.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            let vmNoted = try await hangar(["sandbox", "exec", vmID, "--", "sh", "-c", "echo microvm > note.txt"])
+            #expect(vmNoted.status == 0, "\(vmNoted.stderr)\n\(logs())")
+            let vmEntry = try #require(
+                try JSONSerialization.jsonObject(
+                    with: Data(contentsOf: URL(fileURLWithPath: "\(registry)/\(vmID).json"))
+                )
+                    as? [String: Any],
+                "the other node registered its microvm sandbox"
+            )
+            let qemu = try #require((vmEntry["microvm"] as? [String: Any])?["qemuPID"] as? Int, "\(vmEntry)")
             let elsewhereEntry = try #require(
                 try JSONSerialization.jsonObject(
                     with: Data(contentsOf: URL(fileURLWithPath: "\(registry)/\(elsewhereID).json"))
@@ -179,6 +205,9 @@ struct NodeRestartTests {
             let gVisorThere = try await hangar(["sandbox", "exec", gVisorID, "--", "cat", "note.txt"])
             #expect(gVisorThere.stdout == "gvisor\n", "\(gVisorThere.stderr)\n\(logs())")
             #expect(try await state(gVisorID) == "SANDBOX_RUNNING", "\(logs())")
+            let vmThere = try await hangar(["sandbox", "exec", vmID, "--", "cat", "note.txt"])
+            #expect(vmThere.stdout == "microvm\n", "\(vmThere.stderr)\n\(logs())")
+            #expect(try await state(vmID) == "SANDBOX_RUNNING", "\(logs())")
 
             // The kept sandbox answers through the new node with what it had.
             let after = try await hangar([
@@ -265,10 +294,18 @@ struct NodeRestartTests {
             processes.append(otherThird.0)
             let stillThere = try await hangar(["sandbox", "exec", elsewhereID, "--", "cat", "note.txt"])
             #expect(stillThere.stdout == "there\n", "\(stillThere.stderr)\n\(logs())")
+            let vmStill = try await hangar(["sandbox", "exec", vmID, "--", "cat", "note.txt"])
+            #expect(vmStill.stdout == "microvm\n", "\(vmStill.stderr)\n\(logs())")
             kill(otherThird.0.processIdentifier, SIGTERM)  // not keeping: its sandbox ends with it
             _ = try await waitForExit(otherThird.0, within: .seconds(15), log: otherThird.1)
             #expect(!FileManager.default.fileExists(atPath: "\(registry)/\(elsewhereID).json"))
             #expect(!FileManager.default.fileExists(atPath: "\(registry)/\(gVisorID).json"))
+            #expect(!FileManager.default.fileExists(atPath: "\(registry)/\(vmID).json"))
+            let qemuStat = try? String(contentsOfFile: "/proc/\(qemu)/stat", encoding: .utf8)
+            #expect(
+                qemuStat == nil || qemuStat!.contains(") Z "),
+                "the VM ended with its node's stop: \(qemuStat ?? "")"
+            )
             let initStat = try? String(contentsOfFile: "/proc/\(containerInit)/stat", encoding: .utf8)
             #expect(
                 initStat == nil || initStat!.contains(") Z "),

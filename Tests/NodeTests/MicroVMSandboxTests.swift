@@ -99,6 +99,75 @@ extension MicroVMSuites {
             }
         }
 
+        @Test(
+            "hung up on while a command streams, the VM keeps the sandbox; adopt() resynchronises and finds its files and processes; its kill leaves nothing"
+        )
+        func hangUpAndAdopt() async throws {
+            let original = try await MicroVMSandbox.start(id: "vmadopt-\(uniqueTag())", runtime: runtime)
+            let saved = try #require(original.saved, "a microvm sandbox without grants can be re-adopted")
+            #expect(FileManager.default.fileExists(atPath: saved.socket))
+            let sleeper = try await Self.run(
+                original,
+                ["sh", "-c", "echo kept > note.txt; setsid sleep 1000 > /dev/null 2>&1 & echo $!"]
+            )
+            let sleeperPID = text(sleeper.stdout).trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(!sleeperPID.isEmpty)
+            // A command that streams output without end: the node goes while the agent writes frames,
+            // so the next node may find one cut short in the port.
+            var streaming = Hangar_V1_AgentExec()
+            streaming.argv = ["sh", "-c", "while :; do echo 0123456789abcdefghijklmnopqrstuvwxyz; done"]
+            var output = original.agent.exec(streaming).makeAsyncIterator()
+            var chunks = 0
+            while chunks < 3, let event = try await output.next() {
+                if case .output = event.kind { chunks += 1 }
+            }
+            original.agent.close()  // the node goes away
+            #expect(SandboxLedger.startTime(of: saved.qemuPID) == saved.qemuStart, "qemu runs on")
+
+            // A node process of its own has a uid pool of its own: qemu's uid is free there.
+            let resources = NodeResources(users: SandboxUsers.standard())
+            let adopted = try await MicroVMSandbox.adopt(saved, resources: resources, logger: .init(label: "test"))
+                .get()
+            let after = try await Self.run(adopted, ["sh", "-c", "cat note.txt; kill -0 \(sleeperPID) && echo alive"])
+            #expect(text(after.stdout) == "kept\nalive\n", "\(text(after.stderr))")
+            #expect(try await adopted.agent.readWholeFile("/home/user/note.txt") == Data("kept\n".utf8))
+            let listed = try await adopted.agent.listProcesses().map { $0.argv.joined(separator: " ") }
+            #expect(listed.contains { $0.hasPrefix("sh -c while") }, "the streaming command runs on: \(listed)")
+            if let user = saved.hostUser { #expect(!resources.users.claim(user), "the adopter holds qemu's uid") }
+
+            #expect(await adopted.kill() == nil)
+            #expect(SandboxLedger.startTime(of: saved.qemuPID) != saved.qemuStart, "qemu has ended")
+            #expect(resources.users.inUse == 0, "qemu's uid went back to the adopter's pool")
+            #expect(!FileManager.default.fileExists(atPath: (saved.socket as NSString).deletingLastPathComponent))
+            let again = await original.kill()
+            #expect(again == nil, "\(again ?? "")")
+            #expect(qemuChildProcesses().isEmpty)
+        }
+
+        @Test("a microvm sandbox whose qemu is gone, or whose agent cannot be reached, is not adopted")
+        func notAdopted() async throws {
+            let sandbox = try await MicroVMSandbox.start(id: "vmgone-\(uniqueTag())", runtime: runtime)
+            var saved = try #require(sandbox.saved)
+            let resources = NodeResources(users: SandboxUsers.standard())
+            var wrongSocket = saved
+            wrongSocket.socket += ".missing"
+            switch await MicroVMSandbox.adopt(wrongSocket, resources: resources, logger: .init(label: "test")) {
+            case .success: Issue.record("adopted through a socket that does not exist")
+            case .failure(let error): #expect(error.description.contains("cannot be reached"), "\(error)")
+            }
+            #expect(await sandbox.kill() == nil)
+            switch await MicroVMSandbox.adopt(saved, resources: resources, logger: .init(label: "test")) {
+            case .success: Issue.record("adopted a VM that has ended")
+            case .failure(let error): #expect(error.description.contains("is gone"), "\(error)")
+            }
+            saved.qemuStart += 1  // a pid reused later would have another start
+            switch await MicroVMSandbox.adopt(saved, resources: resources, logger: .init(label: "test")) {
+            case .success: Issue.record("adopted a process that is not the VM's qemu")
+            case .failure(let error): #expect(error.description.contains("is gone"), "\(error)")
+            }
+            #expect(resources.users.inUse == 0, "a failed adoption claims no uid")
+        }
+
         @Test("NETWORK_ALLOWLIST is refused, naming the runtime, before a VM boots")
         func refusals() async throws {
             var network = Hangar_V1_NetworkPolicy()

@@ -182,9 +182,22 @@ final class MicroVMHost: Sendable {
     /// A qemu process and the node's end of its agent channel.
     struct RunningVM: Sendable {
         let process: SandboxProcess
-        /// The node's end of the socket pair qemu serves as the agent's port.
+        /// The node's end of the socket pair (or connection) qemu serves as the agent's port.
         let channel: Int32
         let spawned: ContinuousClock.Instant
+        /// The host uid qemu runs as (nil when the node is not root); back in the pool once qemu
+        /// is reaped.
+        let user: UInt32?
+    }
+
+    /// Where the agent's port is served from.
+    enum AgentPort {
+        /// A fresh socket pair: the port ends with the node's end.
+        case pair
+        /// A listening socket of the node's, which qemu serves the port from (`server=on`), and the
+        /// node's connection to it: when the node hangs up, qemu waits for the next connection,
+        /// and the VM runs on (a stateful sandbox outliving its node). `spawn` closes `listening`.
+        case listening(Int32, connected: Int32)
     }
 
     /// Where a VM's RAM and devices come from besides the kernel and initramfs, and what else it
@@ -204,11 +217,17 @@ final class MicroVMHost: Sendable {
         vcpus: Int,
         lifetime: Duration,
         extra: Extra = .none,
-        share: String? = nil
+        share: String? = nil,
+        port: AgentPort = .pair
     ) -> Result<RunningVM, MicroVMError> {
+        // pair[0]: the node's end; pair[1]: qemu's (fd 3), closed here once qemu has it.
         var pair: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
-            return .failure(MicroVMError("socketpair: \(String(cString: strerror(errno)))"))
+        switch port {
+        case .pair:
+            guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+                return .failure(MicroVMError("socketpair: \(String(cString: strerror(errno)))"))
+            }
+        case .listening(let listening, let connected): pair = [connected, listening]
         }
         // As root, qemu drops to a host uid of this VM's own (see ``SandboxUsers``), as process and
         // container jobs do: no two VMs share a host user or its per-user kernel budgets.
@@ -222,7 +241,13 @@ final class MicroVMHost: Sendable {
             user = uid
         }
         var files = [pair[1], initramfsFD]
-        var arguments = arguments(memoryBytes: memoryBytes, vcpus: vcpus, user: user, share: share)
+        var arguments = arguments(
+            memoryBytes: memoryBytes,
+            vcpus: vcpus,
+            user: user,
+            share: share,
+            serving: { if case .listening = port { true } else { false } }()
+        )
         switch extra {
         case .none: break
         case .incoming(let fd):
@@ -259,7 +284,7 @@ final class MicroVMHost: Sendable {
                 users.release(user)
             }
         }
-        return .success(RunningVM(process: process, channel: pair[0], spawned: spawned))
+        return .success(RunningVM(process: process, channel: pair[0], spawned: spawned, user: user))
     }
 
     /// Boots a VM, hands the agent `job` (a JOB frame), collects its report and kills the VM.
@@ -312,8 +337,15 @@ final class MicroVMHost: Sendable {
     /// fd 4 (see ``spawn(memoryBytes:vcpus:lifetime:extra:)`` for fd 5), no network device, no disks, no display,
     /// no monitor, a seccomp sandbox, and (as root) qemu dropping to `user` (uid and gid) once set up.
     /// With `share` (a vhost-user socket of ``MicroVMShare``) the VM gets the vhost-user device
-    /// and the guest is told to mount the share (`hangar.share`).
-    func arguments(memoryBytes: UInt64, vcpus: Int, user: UInt32?, share: String? = nil) -> [String] {
+    /// and the guest is told to mount the share (`hangar.share`). `serving`: fd 3 is a listening
+    /// socket qemu accepts the node's connections on, one at a time (``AgentPort/listening(_:connected:)``).
+    func arguments(
+        memoryBytes: UInt64,
+        vcpus: Int,
+        user: UInt32?,
+        share: String? = nil,
+        serving: Bool = false
+    ) -> [String] {
         var append = "console=ttyS0 quiet loglevel=1 panic=-1 reboot=t pci=off 8250.nr_uarts=1 random.trust_cpu=on"
         let memoryFile = !configuration.anonymousRAM || share != nil
         var arguments = ["-M", memoryFile ? "microvm,memory-backend=ram" : "microvm"]
@@ -341,7 +373,8 @@ final class MicroVMHost: Sendable {
         arguments += [
             "-m", "\(mebibytes)M", "-smp", "\(vcpus)", "-nodefaults", "-no-user-config", "-display", "none",
             "-no-reboot", "-serial", "stdio", "-kernel", kernelPath, "-initrd", "/dev/fd/4", "-append", append,
-            "-device", "virtio-serial-device", "-chardev", "socket,id=agent,fd=3",
+            "-device", "virtio-serial-device", "-chardev",
+            "socket,id=agent,fd=3" + (serving ? ",server=on,wait=off" : ""),
             "-device", "virtserialport,chardev=agent,name=hangar.agent",
         ]
         // qemu 7.2 applies the seccomp sandbox before -runas, so elevateprivileges=deny would kill

@@ -21,24 +21,75 @@ import Synchronization
 /// container's root does); `NETWORK_ALLOWLIST` is refused (the VM has no network device).
 ///
 /// Killing: hangs up on the agent and kills qemu; nothing of the sandbox is left on the host.
+///
+/// Restarts: qemu serves the agent's port from a listening socket of the node's (in a root-only
+/// directory under `/run/hangar-sandboxes/agents`, as a process sandbox's), so when the node goes
+/// the VM runs on and the agent waits for the next node (`--port`, at most
+/// ``ProcessSandbox/orphanTimeout``). The next node process re-adopts it from its ``Saved`` state
+/// (``adopt(_:resources:logger:)``): it connects to the socket and resynchronises the stream
+/// (``resynchronise(_:within:)``), since what the agent was writing when the node went may still
+/// come through cut short. A sandbox with host path grants is not kept: its virtiofs daemon lives
+/// in the node.
 public final class MicroVMSandbox: StatefulSandbox {
     /// The sandbox's name.
     public let id: String
     /// The channel to the sandbox's agent.
     public let agent: SandboxAgentChannel
     /// Whether qemu has ended (the sandbox was killed, or its VM stopped).
-    public var hasEnded: Bool { process.hasEnded }
+    public var hasEnded: Bool { qemu.hasEnded }
 
-    private let process: SandboxProcess
+    private let qemu: ProcessSandbox.Leader
     /// The share of the sandbox's granted host paths, if it has any.
     private let share: MicroVMShare?
+    /// The listening socket qemu serves the agent's port from.
+    private let socketPath: String
+    /// The host uid qemu runs as; nil when the node is not root.
+    private let hostUser: UInt32?
+    private let resources: NodeResources
     private let killed = Mutex<Task<String?, Never>?>(nil)
 
-    private init(id: String, agent: SandboxAgentChannel, process: SandboxProcess, share: MicroVMShare?) {
+    private init(
+        id: String,
+        agent: SandboxAgentChannel,
+        qemu: ProcessSandbox.Leader,
+        share: MicroVMShare?,
+        socketPath: String,
+        hostUser: UInt32?,
+        resources: NodeResources
+    ) {
         self.id = id
         self.agent = agent
-        self.process = process
+        self.qemu = qemu
         self.share = share
+        self.socketPath = socketPath
+        self.hostUser = hostUser
+        self.resources = resources
+    }
+
+    /// What the node's registry keeps of a microVM sandbox that outlives its node: enough to
+    /// reconnect to its agent and, later, to kill it.
+    public struct Saved: Codable, Sendable, Equatable {
+        /// ``MicroVMSandbox/id``.
+        var name: String
+        /// The listening socket qemu serves the agent's port from.
+        var socket: String
+        /// qemu's pid and start time.
+        var qemuPID: Int32
+        var qemuStart: UInt64
+        var hostUser: UInt32?
+
+        /// What the node's ledger lists for the sandbox: kept (not swept) when it is re-adopted.
+        var resources: [SandboxLedger.Resource] {
+            [.process(pid: qemuPID, start: qemuStart), .socket(path: socket)]
+        }
+    }
+
+    /// What the node's registry keeps of it, to outlive its node; nil for a sandbox with host path
+    /// grants (its virtiofs daemon ends with the node).
+    public var saved: Saved? {
+        guard share == nil, let pid = qemu.pid, let start = SandboxLedger.startTime(of: pid) else { return nil }
+        if case .adopted(_, let saved) = qemu, saved != start { return nil }
+        return Saved(name: id, socket: socketPath, qemuPID: pid, qemuStart: start, hostUser: hostUser)
     }
 
     /// How long the sandbox agent may take to answer its first ping once attached.
@@ -74,15 +125,38 @@ public final class MicroVMSandbox: StatefulSandbox {
         case .failure(let error): throw SandboxStartError(error.message)
         case .success(let started): share = started
         }
+        let ledger = runtime.resources.ledger
+        let socketPath: String
+        let port: MicroVMHost.AgentPort
+        do throws(SandboxStartError) {
+            let listening: Int32
+            (listening, socketPath) = try ProcessSandbox.makeAgentSocket(
+                workRoot: ProcessSandbox.defaultWorkRoot,
+                ledger: ledger
+            )
+            // It listens already: the connection waits in its backlog until qemu accepts it.
+            switch UnixSocket.connect(to: socketPath) {
+            case .success(let connected): port = .listening(listening, connected: connected)
+            case .failure(let error):
+                close(listening)
+                ProcessSandbox.removeAgentSocket(socketPath, ledger: ledger)
+                throw SandboxStartError("cannot connect to the agent's socket: \(error)")
+            }
+        } catch {
+            _ = await share?.stop()
+            throw error
+        }
         let vm: MicroVMHost.RunningVM
         switch host.spawn(
             memoryBytes: limits.memoryBytes + MicroVMRuntime.overhead(host),
             vcpus: MicroVMRuntime.vcpus(for: jobLimits),
             lifetime: ProcessSandbox.lifetime,
-            share: share?.socketPath
+            share: share?.socketPath,
+            port: port
         ) {
         case .failure(let error):
             _ = await share?.stop()
+            ProcessSandbox.removeAgentSocket(socketPath, ledger: ledger)
             throw SandboxStartError(error.description)
         case .success(let running): vm = running
         }
@@ -99,6 +173,7 @@ public final class MicroVMSandbox: StatefulSandbox {
             vm.process.kill()
             let result = try? await vm.process.wait()
             _ = await share?.stop()
+            ProcessSandbox.removeAgentSocket(socketPath, ledger: ledger)
             let boot = MicroVMHost.Boot(channel: greeted, process: result)
             throw SandboxStartError("the VM did not come up: \(boot.describeFailure())")
         }
@@ -111,13 +186,17 @@ public final class MicroVMSandbox: StatefulSandbox {
             vm.process.kill()
             _ = try? await vm.process.wait()
             _ = await share?.stop()
+            ProcessSandbox.removeAgentSocket(socketPath, ledger: ledger)
             throw SandboxStartError("cannot attach to the VM: \(String(cString: strerror(errno)))")
         }
         let sandbox = MicroVMSandbox(
             id: id,
             agent: SandboxAgentChannel(socket: vm.channel, logger: logger),
-            process: vm.process,
-            share: share
+            qemu: .child(vm.process),
+            share: share,
+            socketPath: socketPath,
+            hostUser: vm.user,
+            resources: runtime.resources
         )
         let deadline = Task { [agent = sandbox.agent] in
             try? await Task.sleep(for: Self.readyTimeout)
@@ -138,9 +217,12 @@ public final class MicroVMSandbox: StatefulSandbox {
         return sandbox
     }
 
-    /// The last lines qemu and the guest's console wrote, once qemu has ended.
+    /// The last lines qemu and the guest's console wrote, once qemu (a child of this node process)
+    /// has ended.
     private func console() async -> String {
-        guard process.hasEnded, let result = try? await process.wait() else { return "" }
+        guard case .child(let process) = qemu, process.hasEnded, let result = try? await process.wait() else {
+            return ""
+        }
         return String(decoding: result.stdout + result.stderr, as: UTF8.self)
             .split(separator: "\n").suffix(5).joined(separator: " | ")
     }
@@ -153,14 +235,124 @@ public final class MicroVMSandbox: StatefulSandbox {
             if let task { return task }
             let started = Task { () -> String? in
                 self.agent.close()
-                self.process.kill()
-                _ = try? await self.process.wait()
+                self.qemu.kill()
+                await self.qemu.wait()
                 _ = await self.share?.stop()
-                return self.process.hasEnded ? nil : "the sandbox's qemu did not end"
+                let ended = self.qemu.hasEnded
+                if case .adopted(let pid, let start) = self.qemu, ended {
+                    // qemu was started by a node process before this one: its uid comes back here.
+                    self.resources.ledger.gone(.process(pid: pid, start: start))
+                    if let user = self.hostUser { self.resources.users.release(user) }
+                }
+                ProcessSandbox.removeAgentSocket(self.socketPath, ledger: self.resources.ledger)
+                return ended ? nil : "the sandbox's qemu did not end"
             }
             task = started
             return started
         }
         return await task.value
+    }
+
+    /// How long a re-adopting node waits for the agent's answer.
+    static let adoptTimeout = Duration.seconds(5)
+
+    /// Re-adopts a sandbox that a node process before this one started (its registry entry):
+    /// connects to qemu's socket, claims qemu's host uid from `resources` and resynchronises the
+    /// stream with the agent. Nothing is claimed when that fails (the sandbox is gone, or its
+    /// agent does not answer); the node's sweep then takes it down.
+    static func adopt(
+        _ saved: Saved,
+        resources: NodeResources,
+        logger: Logger
+    ) async -> Result<MicroVMSandbox, SandboxStartError> {
+        guard SandboxLedger.startTime(of: saved.qemuPID) == saved.qemuStart else {
+            return .failure(SandboxStartError("its qemu (pid \(saved.qemuPID)) is gone"))
+        }
+        let fd: Int32
+        switch await ProcessSandbox.reconnect(socket: saved.socket, hostUser: saved.hostUser, network: nil, resources) {
+        case .success(let (connected, _)): fd = connected
+        case .failure(let error): return .failure(error)
+        }
+        if let problem = await resynchronise(fd, within: adoptTimeout) {
+            close(fd)
+            if let user = saved.hostUser { resources.users.release(user) }
+            return .failure(SandboxStartError("its agent did not answer: \(problem)"))
+        }
+        return .success(
+            MicroVMSandbox(
+                id: saved.name,
+                agent: SandboxAgentChannel(socket: fd, logger: logger),
+                qemu: .adopted(pid: saved.qemuPID, start: saved.qemuStart),
+                share: nil,
+                socketPath: saved.socket,
+                hostUser: saved.hostUser,
+                resources: resources
+            )
+        )
+    }
+
+    /// At most this much is skipped while resynchronising: more than any frame the agent sends.
+    static let resyncLimit = 16 << 20
+
+    /// Brings the stream on `fd` (a new connection to qemu's socket) back to a frame boundary: the
+    /// agent's port is one stream across nodes, and what the agent was writing when the last node
+    /// went may come through cut short. Sends a Ping whose id is random (a command in the sandbox
+    /// cannot know it, so cannot forge its answer) and skips everything up to the Pong that
+    /// answers it. Nil when done; otherwise why not (the deadline, the socket closed, too much
+    /// skipped). Runs on a thread of its own.
+    static func resynchronise(_ fd: Int32, within timeout: Duration) async -> String? {
+        let nonce = UInt64.random(in: (1 << 63)...UInt64.max)  // apart from the channel's ids, which count from 1
+        var ping = Hangar_V1_AgentRequest()
+        ping.id = nonce
+        ping.ping = Hangar_V1_AgentPing()
+        var pong = Hangar_V1_AgentEvent()
+        pong.id = nonce
+        pong.pong = Hangar_V1_AgentPong()
+        guard let request = try? ping.serializedData(), let answer = try? pong.serializedData() else {
+            return "cannot encode a ping"
+        }
+        let (frame, expected) = (SandboxAgentChannel.frame(request), SandboxAgentChannel.frame(answer))
+        return await withCheckedContinuation { continuation in
+            let thread = Thread {
+                continuation.resume(returning: skip(fd, sending: frame, until: expected, deadline: .now + timeout))
+            }
+            thread.name = "hangar-microvm-resync"
+            thread.start()
+        }
+    }
+
+    /// Writes `frame` to `fd`, then reads until `expected` has come (nil) or `deadline` passes.
+    private static func skip(
+        _ fd: Int32,
+        sending frame: Data,
+        until expected: Data,
+        deadline: ContinuousClock.Instant
+    )
+        -> String?
+    {
+        let written = frame.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        guard written == frame.count else { return "cannot write to it: \(String(cString: strerror(errno)))" }
+        var seen = Data()
+        var skipped = 0
+        var scratch = [UInt8](repeating: 0, count: 64 << 10)
+        while true {
+            let left = deadline - .now
+            guard left > .zero else { return "no answer within the deadline" }
+            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let millis = Int32(
+                clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000
+            )
+            guard poll(&entry, 1, max(millis, 1)) > 0 else { continue }
+            let count = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { return "the socket closed" }
+            seen.append(contentsOf: scratch[0..<count])
+            if seen.range(of: expected) != nil { return nil }  // nothing comes after the answer
+            // Keep what could be the start of the answer.
+            let keep = min(seen.count, expected.count - 1)
+            skipped += seen.count - keep
+            guard skipped <= resyncLimit else { return "more than \(resyncLimit) bytes came before the answer" }
+            seen = Data(seen.suffix(keep))
+        }
     }
 }

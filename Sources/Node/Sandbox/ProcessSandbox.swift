@@ -166,8 +166,9 @@ public final class ProcessSandbox: Sendable {
         }
     }
 
-    /// The sandbox's first host process: the limit shim, which became bubblewrap.
-    private enum Leader: Sendable {
+    /// The sandbox's first host process: the limit shim, which became bubblewrap (a microVM
+    /// sandbox's qemu, ``MicroVMSandbox``).
+    enum Leader: Sendable {
         /// Started by this node process.
         case child(SandboxProcess)
         /// Started by a node process before this one, which re-adopted the sandbox.

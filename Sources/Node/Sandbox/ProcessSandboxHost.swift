@@ -22,13 +22,14 @@ import Synchronization
 /// by a watcher that polls the agent channel, killed to clean up what is left, forgotten and
 /// reported through the start's `died` callback.
 ///
-/// Restarts: `process`, `container` and `gvisor` sandboxes outlive the node process. Each is
+/// Restarts: sandboxes of every runtime outlive the node process (a `microvm` one with host path
+/// grants excepted: its virtiofs daemon lives in the node). Each is
 /// written to the node's ``SandboxRegistry`` once started, and the next node process with the same
 /// node id re-adopts it (``readopt(nodeID:died:)``): it reconnects to its agent and holds it again,
 /// with its files, processes and limits as they were. What lived in the node process is not kept:
 /// a command's output the node had not yet sent, background commands' kept output (their
 /// processes run on), code contexts (their kernels are ended; a new default context starts on
-/// first use) and watches. `microvm` sandboxes end with their node and are reported LOST.
+/// first use) and watches.
 public final class ProcessSandboxHost: SandboxHost {
     private let agentPath: String
     /// The runc runtime of `container` sandboxes; nil when runc is not there or the node not root.
@@ -361,7 +362,8 @@ public final class ProcessSandboxHost: SandboxHost {
             var entry: SandboxRegistry.Entry?
             let savedProcess = (sandbox as? ProcessSandbox)?.saved
             let savedContainer = (sandbox as? ContainerSandbox)?.saved
-            if let nodeID = state.nodeID, savedProcess != nil || savedContainer != nil {
+            let savedMicroVM = (sandbox as? MicroVMSandbox)?.saved
+            if let nodeID = state.nodeID, savedProcess != nil || savedContainer != nil || savedMicroVM != nil {
                 entry = SandboxRegistry.Entry(
                     sandboxID: id,
                     nodeID: nodeID,
@@ -374,7 +376,8 @@ public final class ProcessSandboxHost: SandboxHost {
                         ? unixMilliseconds() + Int64(request.timeoutMs)
                             + Int64(JobLimits.milliseconds(NodeAgent.sandboxTimeoutGrace)) : nil,
                     sandbox: savedProcess,
-                    container: savedContainer
+                    container: savedContainer,
+                    microvm: savedMicroVM
                 )
             }
             state.held[id] = Held(
@@ -462,11 +465,15 @@ public final class ProcessSandboxHost: SandboxHost {
         if let entry { registry?.save(entry) }
     }
 
-    /// Reconnects to the sandbox of a registry entry: a `process` sandbox, or a `container`
-    /// (`gvisor`) one when this node has runc (runsc).
+    /// Reconnects to the sandbox of a registry entry: a `process` or `microvm` sandbox, or a
+    /// `container` (`gvisor`) one when this node has runc (runsc).
     private func adopt(_ entry: SandboxRegistry.Entry) async -> Result<any StatefulSandbox, SandboxStartError> {
         if let saved = entry.sandbox {
             return await ProcessSandbox.adopt(saved, resources: resources, logger: logger).map { $0 }
+        }
+        if let saved = entry.microvm {
+            let resources = microvm?.resources ?? resources
+            return await MicroVMSandbox.adopt(saved, resources: resources, logger: logger).map { $0 }
         }
         if let saved = entry.container {
             let gVisor = saved.gVisor ?? false

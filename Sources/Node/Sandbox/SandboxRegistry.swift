@@ -22,20 +22,25 @@ struct SandboxRegistry: Sendable {
         /// When the node kills it at the latest (its timeout plus the grace), in unix milliseconds;
         /// nil: no timeout of the node's.
         var deadlineUnixMs: Int64?
-        /// A `process` sandbox's state, or a `container` sandbox's (one of the two).
+        /// A `process` sandbox's state, a `container` (`gvisor`) sandbox's or a `microvm` one's (one
+        /// of the three).
         var sandbox: ProcessSandbox.Saved?
         var container: ContainerSandbox.Saved?
+        var microvm: MicroVMSandbox.Saved?
 
-        /// The sandbox's first host process, whose life is the sandbox's: bubblewrap, or the
-        /// container's init.
+        /// The sandbox's first host process, whose life is the sandbox's: bubblewrap, the
+        /// container's init, or qemu.
         var leader: (pid: Int32, start: UInt64)? {
             if let sandbox { return (sandbox.leaderPID, sandbox.leaderStart) }
             if let container { return (container.agentPID, container.agentStart) }
+            if let microvm { return (microvm.qemuPID, microvm.qemuStart) }
             return nil
         }
 
         /// What the node's ledger lists for the sandbox.
-        var resources: [SandboxLedger.Resource] { (sandbox?.resources ?? []) + (container?.resources ?? []) }
+        var resources: [SandboxLedger.Resource] {
+            (sandbox?.resources ?? []) + (container?.resources ?? []) + (microvm?.resources ?? [])
+        }
     }
 
     /// Where the entries are.
