@@ -24,9 +24,12 @@
  * passed: the agent accepts one node at a time, and when that node hangs up (it crashed, or it is
  * being upgraded) the sandbox and its commands go on and the agent waits for the next node, which
  * re-adopts the sandbox. Only a process outside the sandbox's pid namespace may connect (the
- * socket's path is not in the sandbox anyway). What commands started before the hang-up print
- * afterwards reaches no node (their requests are forgotten) and watches end; with `--orphan-ms N`
- * the agent ends every command, then the sandbox, when no node has connected for N ms.
+ * socket's path is not in the sandbox anyway). The commands started before the hang-up are
+ * unclaimed: their requests are forgotten, the agent stops reading their output (a command that
+ * writes much waits in its pipe; nothing is lost) and keeps the exit of one that ends, until the
+ * next node takes it over with a Reattach request (it then gets the output from where the last
+ * node's stopped, and the exit). Watches end. With `--orphan-ms N` the agent ends every command,
+ * then the sandbox, when no node has connected for N ms.
  *
  * `--listen-path PATH` is the same with a socket the agent makes itself at PATH: in gVisor, whose
  * runsc passes a container no descriptor beyond its stdio. PATH is in a host directory bound into
@@ -97,6 +100,8 @@ typedef struct {
     int close_stdin;     /* close `in` once `pending` is written */
     int64_t deadline_ms; /* 0 for none */
     int timed_out;
+    int exited; /* it ended while unclaimed (request 0): `status` waits for a Reattach */
+    int status;
 } Process;
 
 static Process processes[MAX_PROCESSES];
@@ -213,9 +218,11 @@ void agent_send_ok(uint64_t id) {
 
 /* --- commands --- */
 
+/* The running command `pid` (not one that ended while unclaimed: its pid may be another's now). */
 static Process *find(uint32_t pid) {
     for (int index = 0; index < MAX_PROCESSES; index++)
-        if (processes[index].used && processes[index].pid == (pid_t)pid) return &processes[index];
+        if (processes[index].used && !processes[index].exited && processes[index].pid == (pid_t)pid)
+            return &processes[index];
     return NULL;
 }
 
@@ -440,7 +447,13 @@ static void reap(void) {
         pid_t pid = waitpid(-1, &status, WNOHANG);
         if (pid <= 0) return;
         Process *process = find((uint32_t)pid);
-        if (process) ended(process, status); /* others are orphans the sandbox left to pid 1 */
+        if (!process) continue; /* an orphan the sandbox left to pid 1 */
+        if (process->request == 0) { /* unclaimed: its exit waits for the next node's Reattach */
+            process->exited = 1;
+            process->status = status;
+            continue;
+        }
+        ended(process, status);
     }
 }
 
@@ -481,6 +494,28 @@ static void signal_request(const Hangar__V1__AgentRequest *request) {
     agent_send_ok(request->id);
 }
 
+/* Reattach: the next node takes over a command started for one that hung up. */
+static void reattach_request(const Hangar__V1__AgentRequest *request) {
+    uint32_t pid = request->reattach->pid;
+    Process *process = NULL;
+    for (int index = 0; index < MAX_PROCESSES && !process; index++)
+        if (processes[index].used && processes[index].request == 0 && processes[index].pid == (pid_t)pid)
+            process = &processes[index];
+    if (!process) {
+        if (find(pid))
+            return agent_send_error(request->id, HANGAR__V1__AGENT_ERROR__CODE__INVALID,
+                                    "the command %u is taken over already", pid);
+        return agent_send_error(request->id, HANGAR__V1__AGENT_ERROR__CODE__NOT_FOUND, "no command with pid %u", pid);
+    }
+    process->request = request->id;
+    Hangar__V1__AgentStarted started = HANGAR__V1__AGENT_STARTED__INIT;
+    started.pid = pid;
+    started.stdout_offset = process->offset[0];
+    started.stderr_offset = process->offset[1];
+    AGENT_SEND_EVENT(request->id, STARTED, started, &started);
+    if (process->exited) ended(process, process->status); /* what it wrote, then its exit */
+}
+
 static void list_processes(uint64_t id) {
     Hangar__V1__AgentProcess items[MAX_PROCESSES];
     Hangar__V1__AgentProcess *pointers[MAX_PROCESSES];
@@ -507,6 +542,7 @@ static void handle(const Hangar__V1__AgentRequest *request) {
     case HANGAR__V1__AGENT_REQUEST__OP_STDIN: return stdin_request(request);
     case HANGAR__V1__AGENT_REQUEST__OP_SIGNAL: return signal_request(request);
     case HANGAR__V1__AGENT_REQUEST__OP_LIST_PROCESSES: return list_processes(request->id);
+    case HANGAR__V1__AGENT_REQUEST__OP_REATTACH: return reattach_request(request);
     case HANGAR__V1__AGENT_REQUEST__OP_WATCH: {
         char path[AGENT_MAX_PATH + 1];
         if (agent_normalise_path(request->id, request->watch->path, path) != 0) return;
@@ -756,6 +792,7 @@ int main(int argc, char **argv) {
         for (int index = 0; index < MAX_PROCESSES; index++) {
             Process *process = &processes[index];
             if (!process->used) continue;
+            if (process->exited) continue;
             if (process->deadline_ms && !process->timed_out) {
                 if (process->deadline_ms <= now) {
                     process->timed_out = 1;
@@ -766,7 +803,8 @@ int main(int argc, char **argv) {
                 }
             }
             for (int stream = 0; stream < 2; stream++) {
-                if (process->out[stream] < 0) continue;
+                /* An unclaimed command's output waits in its pipe for the next node. */
+                if (process->out[stream] < 0 || process->request == 0) continue;
                 owners[count] = process;
                 kinds[count] = stream;
                 entries[count++] = (struct pollfd){.fd = process->out[stream], .events = POLLIN};

@@ -158,6 +158,14 @@ struct NodeRestartTests {
                 "echo before > /home/user/kept.txt; setsid sleep 1000 > /dev/null 2>&1 & echo $! > /tmp/sleeper.pid",
             ])
             #expect(setUp.status == 0, "\(setUp.stderr)")
+            // A background command that goes on across the restart: it waits for a file, then
+            // prints and exits; the next node takes it over, so `attach` finds it there.
+            let waiting = try await hangar([
+                "sandbox", "exec", "--background", keptID, "--", "sh", "-c",
+                "echo before-restart; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo after-restart; exit 3",
+            ])
+            #expect(waiting.status == 0, "\(waiting.stderr)")
+            let waitingPID = waiting.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             // A code context: its state lived in the node, so the restart ends it.
             let cell = try await hangar(["sandbox", "run-code", keptID, "--code", "x = 41"])
             #expect(cell.status == 0, "\(cell.stderr)")
@@ -217,6 +225,13 @@ struct NodeRestartTests {
             #expect(
                 after.status == 0 && after.stdout == "before\nsleeper-alive\n",
                 "\(after.stdout) \(after.stderr)\n\(logs())"
+            )
+            // The background command was taken over: what it printed after the restart, and its exit.
+            #expect(try await hangar(["sandbox", "exec", keptID, "--", "touch", "/tmp/go"]).status == 0)
+            let attached = try await hangar(["sandbox", "attach", keptID, waitingPID])
+            #expect(
+                attached.status == 3 && attached.stdout == "after-restart\n",
+                "\(attached.status) \(attached.stdout) \(attached.stderr)\n\(logs())"
             )
             // Its old kernel was ended at the re-adoption; a cell starts a fresh context.
             let fresh = try await hangar([

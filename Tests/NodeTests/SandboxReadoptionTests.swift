@@ -33,26 +33,105 @@ struct SandboxReadoptionTests {
         }
         #expect(text(visible.stdout) == "absent\n")
 
-        // A command that prints on and on across the hang-up: the new node never hears of it (its
-        // request ids start again from 1, so an old id must not reach a new request).
+        // A command that prints on and on across the hang-up: the new node hears of it only once it
+        // takes it over (its request ids start again from 1, so an old id must not reach a new
+        // request).
         var ticker = Hangar_V1_AgentExec()
-        ticker.argv = ["sh", "-c", "while true; do echo tick; sleep 0.01; done"]
+        ticker.argv = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.01; done"]
         ticker.background = true
         var ticks = original.agent.exec(ticker).makeAsyncIterator()
-        _ = try await ticks.next()
+        guard case .started(let tickerStarted)? = try await ticks.next()?.kind else {
+            Issue.record("the ticker did not start")
+            return
+        }
+        // One that ends while no node is there: its output and exit wait for the next node.
+        var ending = Hangar_V1_AgentExec()
+        ending.argv = ["sh", "-c", "sleep 0.3; echo done; exit 7"]
+        ending.background = true
+        var endingEvents = original.agent.exec(ending).makeAsyncIterator()
+        guard case .started(let endingStarted)? = try await endingEvents.next()?.kind else {
+            Issue.record("the ending command did not start")
+            return
+        }
 
         original.agent.close()  // the node goes away
+        // What the old node had read of the ticker before it went.
+        var receivedByOld = 0
+        while let event = try? await ticks.next() {
+            if case .output(let output) = event.kind { receivedByOld += output.data.count }
+        }
         // A node process of its own would have a pool of its own: this one's uid is free there.
         let resources = NodeResources(users: SandboxUsers.standard())
         let adopted = try await ProcessSandbox.adopt(saved, resources: resources, logger: .init(label: "test")).get()
         let after = try await run(adopted, ["sh", "-c", "cat note.txt; kill -0 \(sleeperPID) && echo alive"])
         #expect(text(after.stdout) == "kept\nalive\n", "\(text(after.stderr))")
-        // The command started before the hang-up runs on and is listed.
-        #expect(try await adopted.agent.listProcesses().map(\.argv) == [ticker.argv])
-        // Request 4 of the new channel, as the ticker was of the old one's (a ping, two commands, a
-        // ticker): it runs while the ticker prints, and hears only its own output.
+        // The commands started before the hang-up are listed, the one that ended too (its exit
+        // waits).
+        let gone = ContinuousClock.now + .seconds(10)
+        var state = ""
+        while state != "gone\n", ContinuousClock.now < gone {
+            let probe = try await run(
+                adopted,
+                ["sh", "-c", "kill -0 \(endingStarted.pid) 2>/dev/null && echo alive || echo gone"]
+            )
+            state = text(probe.stdout)
+        }
+        #expect(state == "gone\n", "the ending command ended while unclaimed")
+        let listed = try await adopted.agent.listProcesses()
+        #expect(Set(listed.map(\.argv)) == [ticker.argv, ending.argv], "\(listed)")
+        // A request of the new channel whose id the ticker had on the old one: it runs while the
+        // ticker waits, and hears only its own output.
         let fresh = try await run(adopted, ["sh", "-c", "sleep 0.3; echo fresh"])
         #expect(text(fresh.stdout) == "fresh\n" && fresh.exited?.exitCode == 0, "\(text(fresh.stdout))")
+
+        // Taken over, the ended one gives what it wrote and its exit.
+        var ended = Collector()
+        for try await event in adopted.agent.reattach(pid: endingStarted.pid) { try ended.take(event) }
+        #expect(text(ended.stdout) == "done\n" && ended.exited?.exitCode == 7, "\(ended)")
+        // The ticker goes on from the offset the last node's output stopped at, and nothing it
+        // printed while no node was there is lost: line k+1 follows the k lines before that offset.
+        var taken = adopted.agent.reattach(pid: tickerStarted.pid).makeAsyncIterator()
+        guard case .started(let resumed)? = try await taken.next()?.kind else {
+            Issue.record("the ticker could not be taken over")
+            return
+        }
+        #expect(resumed.pid == tickerStarted.pid)
+        var before = 0  // lines wholly before the offset
+        var length = 0
+        while length < Int(resumed.stdoutOffset) {
+            before += 1
+            length += "tick \(before)\n".utf8.count
+        }
+        #expect(length == Int(resumed.stdoutOffset), "the offset \(resumed.stdoutOffset) falls between lines")
+        // Nothing was read and thrown away while no node took the ticker: its offset is where the
+        // old node's reading stopped, give or take the lines in flight at the hang-up (the ticker
+        // printed for over half a second since).
+        #expect(
+            Int(resumed.stdoutOffset) >= receivedByOld && Int(resumed.stdoutOffset) - receivedByOld <= 256,
+            "the old node read \(receivedByOld) bytes; the ticker goes on from \(resumed.stdoutOffset)"
+        )
+        var resumedOutput = Data()
+        while resumedOutput.count < 200, let event = try await taken.next() {
+            guard case .output(let output) = event.kind else { continue }
+            #expect(output.offset == resumed.stdoutOffset + UInt64(resumedOutput.count), "no gap")
+            resumedOutput.append(output.data)
+        }
+        let lines = text(resumedOutput).split(separator: "\n").prefix(5).map(String.init)
+        #expect(lines.first == "tick \(before + 1)", "\(lines)")
+        #expect(lines == (1...max(1, lines.count)).map { "tick \(before + $0)" }, "\(lines)")
+        // A command is taken over once; one that does not run cannot be.
+        do {
+            for try await _ in adopted.agent.reattach(pid: tickerStarted.pid) {}
+            Issue.record("the ticker was taken over twice")
+        } catch let error as SandboxAgentError {
+            #expect(error.description.contains("taken over already"), "\(error)")
+        }
+        do {
+            for try await _ in adopted.agent.reattach(pid: endingStarted.pid) {}
+            Issue.record("an ended command was taken over again")
+        } catch let error as SandboxAgentError {
+            #expect(error.description.contains("no command with pid"), "\(error)")
+        }
         #expect(try await adopted.agent.readWholeFile("/home/user/note.txt") == Data("kept\n".utf8))
 
         #expect(await adopted.kill() == nil)

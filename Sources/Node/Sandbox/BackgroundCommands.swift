@@ -84,13 +84,46 @@ public actor BackgroundCommands {
         return stream
     }
 
-    /// A background command `pid` started: its output is kept from now on.
-    func begin(_ pid: UInt32) {
+    /// A background command `pid` started: its output is kept from now on (from the offsets of
+    /// `started`, for one taken over after a node restart).
+    func begin(_ pid: UInt32, from started: Hangar_V1_AgentStarted? = nil) {
         if ended.contains(pid) {
             ended.removeAll { $0 == pid }
             forget(pid)
         }
-        commands[pid] = Command()
+        var command = Command()
+        command.stdout.start = started?.stdoutOffset ?? 0
+        command.stderr.start = started?.stderrOffset ?? 0
+        commands[pid] = command
+    }
+
+    /// Takes over `pid`, a command the sandbox's agent ran on while no node was connected (see
+    /// ``SandboxAgentChannel/reattach(pid:)``): once the agent has answered, it is listed here as
+    /// a background command whose output goes on from where the last node's stopped (what that
+    /// node kept is gone with it: an attach from 0 sees where it starts), and its output and exit
+    /// are followed as for one started here. False when the agent had no such command.
+    nonisolated func takeOver(_ pid: UInt32, agent: SandboxAgentChannel) async -> Bool {
+        await withCheckedContinuation { (answered: CheckedContinuation<Bool, Never>) in
+            Task {
+                var listed = false
+                do {
+                    for try await event in agent.reattach(pid: pid) {
+                        switch event.kind {
+                        case .started(let started):
+                            await begin(pid, from: started)
+                            listed = true
+                            answered.resume(returning: true)
+                        case .output(let output): await record(pid, output)
+                        case .exited(let exited):
+                            await finish(pid, exited)
+                            return
+                        default: continue
+                        }
+                    }
+                } catch {}
+                if listed { await finish(pid, nil) } else { answered.resume(returning: false) }
+            }
+        }
     }
 
     /// A chunk of its output: kept, and passed to every attached client.

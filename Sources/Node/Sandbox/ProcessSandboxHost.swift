@@ -26,10 +26,12 @@ import Synchronization
 /// grants excepted: its virtiofs daemon lives in the node). Each is
 /// written to the node's ``SandboxRegistry`` once started, and the next node process with the same
 /// node id re-adopts it (``readopt(nodeID:died:)``): it reconnects to its agent and holds it again,
-/// with its files, processes and limits as they were. What lived in the node process is not kept:
-/// a command's output the node had not yet sent, background commands' kept output (their
-/// processes run on), code contexts (their kernels are ended; a new default context starts on
-/// first use) and watches.
+/// with its files, processes and limits as they were, and takes over every command the agent ran
+/// on meanwhile as a background command (its output waited in the sandbox; `attach` goes on from
+/// there). What lived in the node process is not kept: a command's output the node had already
+/// read (background commands' kept output before the restart, a foreground command's output not
+/// yet sent to its client), code contexts (their kernels are ended; a new default context starts
+/// on first use) and watches.
 public final class ProcessSandboxHost: SandboxHost {
     private let agentPath: String
     /// The runc runtime of `container` sandboxes; nil when runc is not there or the node not root.
@@ -56,7 +58,7 @@ public final class ProcessSandboxHost: SandboxHost {
         let sandbox: any StatefulSandbox
         let environment: [String: String]
         let code: CodeContexts
-        let background = BackgroundCommands()
+        var background = BackgroundCommands()
         let watcher: Task<Void, Never>
     }
 
@@ -441,15 +443,22 @@ public final class ProcessSandboxHost: SandboxHost {
         return left.map(\.0)
     }
 
-    /// Code contexts lived in the node before: their kernels run on in the re-adopted sandbox,
-    /// unreachable. They are ended, so their memory goes back and the next `run_code` starts a
-    /// fresh default context.
-    private func endOrphanedKernels(of sandbox: any StatefulSandbox) async {
-        guard let listed = try? await sandbox.agent.listProcesses() else { return }
+    /// Takes over every command of a re-adopted sandbox into `background` (its output and exit
+    /// waited in the sandbox for the next node: see ``BackgroundCommands/takeOver(_:agent:)``), so
+    /// that `attach` and `ps` find them. Code contexts lived in the node before: their kernels are
+    /// ended, so their memory goes back and the next `run_code` starts a fresh default context.
+    /// The number of commands taken over.
+    private func takeOver(_ sandbox: any StatefulSandbox, into background: BackgroundCommands) async -> Int {
+        guard let listed = try? await sandbox.agent.listProcesses() else { return 0 }
         let kernel = CodeKernel.argv(language: "").dropLast()
-        for process in listed where process.argv.count == kernel.count + 1 && process.argv.starts(with: kernel) {
-            try? await sandbox.agent.signal(pid: process.pid, SIGKILL)
+        var taken = 0
+        for process in listed where await background.takeOver(process.pid, agent: sandbox.agent) {
+            taken += 1
+            if process.argv.count == kernel.count + 1 && process.argv.starts(with: kernel) {
+                try? await sandbox.agent.signal(pid: process.pid, SIGKILL)
+            }
         }
+        return taken
     }
 
     public func noteDeadline(_ sandboxID: String, unixMs deadlineUnixMs: Int64?) {
@@ -508,7 +517,8 @@ public final class ProcessSandboxHost: SandboxHost {
             }
             entry.ownerPID = owner.pid
             entry.ownerStart = owner.start
-            await endOrphanedKernels(of: sandbox)
+            let background = BackgroundCommands()
+            let commands = await takeOver(sandbox, into: background)
             let code = CodeContexts(
                 agent: sandbox.agent,
                 environment: entry.environment,
@@ -522,6 +532,7 @@ public final class ProcessSandboxHost: SandboxHost {
                     sandbox: sandbox,
                     environment: entry.environment,
                     code: code,
+                    background: background,
                     watcher: watcher
                 )
             }
@@ -530,7 +541,7 @@ public final class ProcessSandboxHost: SandboxHost {
             result.resources.formUnion(entry.resources)
             logger.notice(
                 "re-adopted a stateful sandbox",
-                metadata: ["sandbox.id": "\(id)", "tenant": "\(entry.tenant)"]
+                metadata: ["sandbox.id": "\(id)", "tenant": "\(entry.tenant)", "commands": "\(commands)"]
             )
         }
         return result

@@ -150,6 +150,16 @@ public final class SandboxAgentChannel: Sendable {
         guard case .pong = answer.kind else { throw .unexpectedAnswer("\(answer) to a ping") }
     }
 
+    /// Takes over the command `pid`, which the agent ran on for a node before this one (the
+    /// sandbox outlived it): the stream yields Started (with the offsets its output goes on
+    /// from), Output chunks and Exited, as for ``exec(_:)``; it throws when no such command is
+    /// waiting for a node.
+    public func reattach(pid: UInt32) -> AsyncThrowingStream<Hangar_V1_AgentEvent, any Error> {
+        var request = Hangar_V1_AgentRequest()
+        request.reattach = .with { $0.pid = pid }
+        return send(request)
+    }
+
     /// Writes `data` to the stdin of the command `pid` (started with `stdin`), then closes it if
     /// `close`.
     public func stdin(pid: UInt32, _ data: Data, close: Bool = false) async throws(SandboxAgentError) {

@@ -271,6 +271,14 @@ public nonisolated struct Hangar_V1_AgentRequest: Sendable {
     set {op = .unwatch(newValue)}
   }
 
+  public var reattach: Hangar_V1_AgentReattach {
+    get {
+      if case .reattach(let v)? = op {return v}
+      return Hangar_V1_AgentReattach()
+    }
+    set {op = .reattach(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Op: Equatable, Sendable {
@@ -288,6 +296,7 @@ public nonisolated struct Hangar_V1_AgentRequest: Sendable {
     case ping(Hangar_V1_AgentPing)
     case watch(Hangar_V1_AgentWatch)
     case unwatch(Hangar_V1_AgentUnwatch)
+    case reattach(Hangar_V1_AgentReattach)
 
   }
 
@@ -320,6 +329,23 @@ public nonisolated struct Hangar_V1_AgentExec: Sendable {
 
   /// Listed by ListProcesses as a background process; output and exit are still reported.
   public var background: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Takes over a command started for a node that has since hung up (the sandbox outlived it):
+/// answered by Started (with the offsets its output goes on from), then Output and Exited as for
+/// Exec; NOT_FOUND when no such command runs, INVALID when this node took it over already. While no
+/// node has taken a command over, the agent does not read its output (a command that writes much
+/// waits, nothing is lost) and keeps its exit for the node that does.
+public nonisolated struct Hangar_V1_AgentReattach: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var pid: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -641,6 +667,11 @@ public nonisolated struct Hangar_V1_AgentStarted: Sendable {
 
   public var pid: UInt32 = 0
 
+  /// Bytes of each stream sent before (non-zero only in answer to a Reattach).
+  public var stdoutOffset: UInt64 = 0
+
+  public var stderrOffset: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -915,7 +946,7 @@ nonisolated extension Hangar_V1_AgentWatchOp: SwiftProtobuf._ProtoNameProviding 
 
 nonisolated extension Hangar_V1_AgentRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AgentRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}exec\0\u{1}stdin\0\u{1}signal\0\u{3}list_processes\0\u{3}read_file\0\u{3}write_file\0\u{3}list_dir\0\u{1}stat\0\u{3}make_dir\0\u{1}remove\0\u{1}rename\0\u{1}ping\0\u{1}watch\0\u{1}unwatch\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}exec\0\u{1}stdin\0\u{1}signal\0\u{3}list_processes\0\u{3}read_file\0\u{3}write_file\0\u{3}list_dir\0\u{1}stat\0\u{3}make_dir\0\u{1}remove\0\u{1}rename\0\u{1}ping\0\u{1}watch\0\u{1}unwatch\0\u{1}reattach\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1106,6 +1137,19 @@ nonisolated extension Hangar_V1_AgentRequest: SwiftProtobuf.Message, SwiftProtob
           self.op = .unwatch(v)
         }
       }()
+      case 16: try {
+        var v: Hangar_V1_AgentReattach?
+        var hadOneofValue = false
+        if let current = self.op {
+          hadOneofValue = true
+          if case .reattach(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.op = .reattach(v)
+        }
+      }()
       default: break
       }
     }
@@ -1176,6 +1220,10 @@ nonisolated extension Hangar_V1_AgentRequest: SwiftProtobuf.Message, SwiftProtob
       guard case .unwatch(let v)? = self.op else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
     }()
+    case .reattach?: try {
+      guard case .reattach(let v)? = self.op else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -1244,6 +1292,36 @@ nonisolated extension Hangar_V1_AgentExec: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.stdin != rhs.stdin {return false}
     if lhs.timeoutMs != rhs.timeoutMs {return false}
     if lhs.background != rhs.background {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Hangar_V1_AgentReattach: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".AgentReattach"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}pid\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.pid) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.pid != 0 {
+      try visitor.visitSingularUInt32Field(value: self.pid, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Hangar_V1_AgentReattach, rhs: Hangar_V1_AgentReattach) -> Bool {
+    if lhs.pid != rhs.pid {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1909,7 +1987,7 @@ nonisolated extension Hangar_V1_AgentEvent: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Hangar_V1_AgentStarted: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AgentStarted"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}pid\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}pid\0\u{3}stdout_offset\0\u{3}stderr_offset\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1918,6 +1996,8 @@ nonisolated extension Hangar_V1_AgentStarted: SwiftProtobuf.Message, SwiftProtob
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.pid) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.stdoutOffset) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.stderrOffset) }()
       default: break
       }
     }
@@ -1927,11 +2007,19 @@ nonisolated extension Hangar_V1_AgentStarted: SwiftProtobuf.Message, SwiftProtob
     if self.pid != 0 {
       try visitor.visitSingularUInt32Field(value: self.pid, fieldNumber: 1)
     }
+    if self.stdoutOffset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.stdoutOffset, fieldNumber: 2)
+    }
+    if self.stderrOffset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.stderrOffset, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Hangar_V1_AgentStarted, rhs: Hangar_V1_AgentStarted) -> Bool {
     if lhs.pid != rhs.pid {return false}
+    if lhs.stdoutOffset != rhs.stdoutOffset {return false}
+    if lhs.stderrOffset != rhs.stderrOffset {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

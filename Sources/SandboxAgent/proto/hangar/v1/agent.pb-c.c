@@ -103,6 +103,51 @@ void   hangar__v1__agent_exec__free_unpacked
   assert(message->base.descriptor == &hangar__v1__agent_exec__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   hangar__v1__agent_reattach__init
+                     (Hangar__V1__AgentReattach         *message)
+{
+  static const Hangar__V1__AgentReattach init_value = HANGAR__V1__AGENT_REATTACH__INIT;
+  *message = init_value;
+}
+size_t hangar__v1__agent_reattach__get_packed_size
+                     (const Hangar__V1__AgentReattach *message)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_reattach__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t hangar__v1__agent_reattach__pack
+                     (const Hangar__V1__AgentReattach *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_reattach__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t hangar__v1__agent_reattach__pack_to_buffer
+                     (const Hangar__V1__AgentReattach *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &hangar__v1__agent_reattach__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Hangar__V1__AgentReattach *
+       hangar__v1__agent_reattach__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Hangar__V1__AgentReattach *)
+     protobuf_c_message_unpack (&hangar__v1__agent_reattach__descriptor,
+                                allocator, len, data);
+}
+void   hangar__v1__agent_reattach__free_unpacked
+                     (Hangar__V1__AgentReattach *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &hangar__v1__agent_reattach__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   hangar__v1__agent_stdin__init
                      (Hangar__V1__AgentStdin         *message)
 {
@@ -1318,7 +1363,7 @@ void   hangar__v1__agent_watch_events__free_unpacked
   assert(message->base.descriptor == &hangar__v1__agent_watch_events__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor hangar__v1__agent_request__field_descriptors[15] =
+static const ProtobufCFieldDescriptor hangar__v1__agent_request__field_descriptors[16] =
 {
   {
     "id",
@@ -1500,6 +1545,18 @@ static const ProtobufCFieldDescriptor hangar__v1__agent_request__field_descripto
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "reattach",
+    16,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Hangar__V1__AgentRequest, op_case),
+    offsetof(Hangar__V1__AgentRequest, reattach),
+    &hangar__v1__agent_reattach__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned hangar__v1__agent_request__field_indices_by_name[] = {
   1,   /* field[1] = exec */
@@ -1509,6 +1566,7 @@ static const unsigned hangar__v1__agent_request__field_indices_by_name[] = {
   9,   /* field[9] = make_dir */
   12,   /* field[12] = ping */
   5,   /* field[5] = read_file */
+  15,   /* field[15] = reattach */
   10,   /* field[10] = remove */
   11,   /* field[11] = rename */
   3,   /* field[3] = signal */
@@ -1521,7 +1579,7 @@ static const unsigned hangar__v1__agent_request__field_indices_by_name[] = {
 static const ProtobufCIntRange hangar__v1__agent_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 15 }
+  { 0, 16 }
 };
 const ProtobufCMessageDescriptor hangar__v1__agent_request__descriptor =
 {
@@ -1531,7 +1589,7 @@ const ProtobufCMessageDescriptor hangar__v1__agent_request__descriptor =
   "Hangar__V1__AgentRequest",
   "hangar.v1",
   sizeof(Hangar__V1__AgentRequest),
-  15,
+  16,
   hangar__v1__agent_request__field_descriptors,
   hangar__v1__agent_request__field_indices_by_name,
   1,  hangar__v1__agent_request__number_ranges,
@@ -1703,6 +1761,44 @@ const ProtobufCMessageDescriptor hangar__v1__agent_exec__descriptor =
   hangar__v1__agent_exec__field_indices_by_name,
   1,  hangar__v1__agent_exec__number_ranges,
   (ProtobufCMessageInit) hangar__v1__agent_exec__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor hangar__v1__agent_reattach__field_descriptors[1] =
+{
+  {
+    "pid",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Hangar__V1__AgentReattach, pid),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned hangar__v1__agent_reattach__field_indices_by_name[] = {
+  0,   /* field[0] = pid */
+};
+static const ProtobufCIntRange hangar__v1__agent_reattach__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor hangar__v1__agent_reattach__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "hangar.v1.AgentReattach",
+  "AgentReattach",
+  "Hangar__V1__AgentReattach",
+  "hangar.v1",
+  sizeof(Hangar__V1__AgentReattach),
+  1,
+  hangar__v1__agent_reattach__field_descriptors,
+  hangar__v1__agent_reattach__field_indices_by_name,
+  1,  hangar__v1__agent_reattach__number_ranges,
+  (ProtobufCMessageInit) hangar__v1__agent_reattach__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor hangar__v1__agent_stdin__field_descriptors[3] =
@@ -2509,7 +2605,7 @@ const ProtobufCMessageDescriptor hangar__v1__agent_event__descriptor =
   (ProtobufCMessageInit) hangar__v1__agent_event__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor hangar__v1__agent_started__field_descriptors[1] =
+static const ProtobufCFieldDescriptor hangar__v1__agent_started__field_descriptors[3] =
 {
   {
     "pid",
@@ -2523,14 +2619,40 @@ static const ProtobufCFieldDescriptor hangar__v1__agent_started__field_descripto
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "stdout_offset",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Hangar__V1__AgentStarted, stdout_offset),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "stderr_offset",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Hangar__V1__AgentStarted, stderr_offset),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned hangar__v1__agent_started__field_indices_by_name[] = {
   0,   /* field[0] = pid */
+  2,   /* field[2] = stderr_offset */
+  1,   /* field[1] = stdout_offset */
 };
 static const ProtobufCIntRange hangar__v1__agent_started__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor hangar__v1__agent_started__descriptor =
 {
@@ -2540,7 +2662,7 @@ const ProtobufCMessageDescriptor hangar__v1__agent_started__descriptor =
   "Hangar__V1__AgentStarted",
   "hangar.v1",
   sizeof(Hangar__V1__AgentStarted),
-  1,
+  3,
   hangar__v1__agent_started__field_descriptors,
   hangar__v1__agent_started__field_indices_by_name,
   1,  hangar__v1__agent_started__number_ranges,

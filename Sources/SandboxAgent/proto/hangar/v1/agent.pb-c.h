@@ -18,6 +18,7 @@ PROTOBUF_C__BEGIN_DECLS
 typedef struct Hangar__V1__AgentRequest Hangar__V1__AgentRequest;
 typedef struct Hangar__V1__AgentExec Hangar__V1__AgentExec;
 typedef struct Hangar__V1__AgentExec__EnvEntry Hangar__V1__AgentExec__EnvEntry;
+typedef struct Hangar__V1__AgentReattach Hangar__V1__AgentReattach;
 typedef struct Hangar__V1__AgentStdin Hangar__V1__AgentStdin;
 typedef struct Hangar__V1__AgentSignal Hangar__V1__AgentSignal;
 typedef struct Hangar__V1__AgentListProcesses Hangar__V1__AgentListProcesses;
@@ -102,7 +103,8 @@ typedef enum {
   HANGAR__V1__AGENT_REQUEST__OP_RENAME = 12,
   HANGAR__V1__AGENT_REQUEST__OP_PING = 13,
   HANGAR__V1__AGENT_REQUEST__OP_WATCH = 14,
-  HANGAR__V1__AGENT_REQUEST__OP_UNWATCH = 15
+  HANGAR__V1__AGENT_REQUEST__OP_UNWATCH = 15,
+  HANGAR__V1__AGENT_REQUEST__OP_REATTACH = 16
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(HANGAR__V1__AGENT_REQUEST__OP__CASE)
 } Hangar__V1__AgentRequest__OpCase;
 
@@ -129,6 +131,7 @@ struct  Hangar__V1__AgentRequest
     Hangar__V1__AgentPing *ping;
     Hangar__V1__AgentWatch *watch;
     Hangar__V1__AgentUnwatch *unwatch;
+    Hangar__V1__AgentReattach *reattach;
   };
 };
 #define HANGAR__V1__AGENT_REQUEST__INIT \
@@ -187,6 +190,23 @@ struct  Hangar__V1__AgentExec
 #define HANGAR__V1__AGENT_EXEC__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&hangar__v1__agent_exec__descriptor) \
     , 0,NULL, 0,NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0 }
+
+
+/*
+ * Takes over a command started for a node that has since hung up (the sandbox outlived it):
+ * answered by Started (with the offsets its output goes on from), then Output and Exited as for
+ * Exec; NOT_FOUND when no such command runs, INVALID when this node took it over already. While no
+ * node has taken a command over, the agent does not read its output (a command that writes much
+ * waits, nothing is lost) and keeps its exit for the node that does.
+ */
+struct  Hangar__V1__AgentReattach
+{
+  ProtobufCMessage base;
+  uint32_t pid;
+};
+#define HANGAR__V1__AGENT_REATTACH__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&hangar__v1__agent_reattach__descriptor) \
+    , 0 }
 
 
 /*
@@ -405,10 +425,15 @@ struct  Hangar__V1__AgentStarted
 {
   ProtobufCMessage base;
   uint32_t pid;
+  /*
+   * Bytes of each stream sent before (non-zero only in answer to a Reattach).
+   */
+  uint64_t stdout_offset;
+  uint64_t stderr_offset;
 };
 #define HANGAR__V1__AGENT_STARTED__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&hangar__v1__agent_started__descriptor) \
-    , 0 }
+    , 0, 0, 0 }
 
 
 /*
@@ -615,6 +640,25 @@ Hangar__V1__AgentExec *
                       const uint8_t       *data);
 void   hangar__v1__agent_exec__free_unpacked
                      (Hangar__V1__AgentExec *message,
+                      ProtobufCAllocator *allocator);
+/* Hangar__V1__AgentReattach methods */
+void   hangar__v1__agent_reattach__init
+                     (Hangar__V1__AgentReattach         *message);
+size_t hangar__v1__agent_reattach__get_packed_size
+                     (const Hangar__V1__AgentReattach   *message);
+size_t hangar__v1__agent_reattach__pack
+                     (const Hangar__V1__AgentReattach   *message,
+                      uint8_t             *out);
+size_t hangar__v1__agent_reattach__pack_to_buffer
+                     (const Hangar__V1__AgentReattach   *message,
+                      ProtobufCBuffer     *buffer);
+Hangar__V1__AgentReattach *
+       hangar__v1__agent_reattach__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   hangar__v1__agent_reattach__free_unpacked
+                     (Hangar__V1__AgentReattach *message,
                       ProtobufCAllocator *allocator);
 /* Hangar__V1__AgentStdin methods */
 void   hangar__v1__agent_stdin__init
@@ -1140,6 +1184,9 @@ typedef void (*Hangar__V1__AgentExec__EnvEntry_Closure)
 typedef void (*Hangar__V1__AgentExec_Closure)
                  (const Hangar__V1__AgentExec *message,
                   void *closure_data);
+typedef void (*Hangar__V1__AgentReattach_Closure)
+                 (const Hangar__V1__AgentReattach *message,
+                  void *closure_data);
 typedef void (*Hangar__V1__AgentStdin_Closure)
                  (const Hangar__V1__AgentStdin *message,
                   void *closure_data);
@@ -1233,6 +1280,7 @@ extern const ProtobufCEnumDescriptor    hangar__v1__agent_watch_op__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_request__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_exec__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_exec__env_entry__descriptor;
+extern const ProtobufCMessageDescriptor hangar__v1__agent_reattach__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_stdin__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_signal__descriptor;
 extern const ProtobufCMessageDescriptor hangar__v1__agent_list_processes__descriptor;
