@@ -166,7 +166,8 @@ struct NodeRestartTests {
             ])
             #expect(waiting.status == 0, "\(waiting.stderr)")
             let waitingPID = waiting.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-            // A code context: its state lived in the node, so the restart ends it.
+            // A code context: its kernel runs in the sandbox and names its context, so the next node
+            // takes it over with its state.
             let cell = try await hangar(["sandbox", "run-code", keptID, "--code", "x = 41"])
             #expect(cell.status == 0, "\(cell.stderr)")
             let kernels = [
@@ -233,12 +234,10 @@ struct NodeRestartTests {
                 attached.status == 3 && attached.stdout == "after-restart\n",
                 "\(attached.status) \(attached.stdout) \(attached.stderr)\n\(logs())"
             )
-            // Its old kernel was ended at the re-adoption; a cell starts a fresh context.
-            let fresh = try await hangar([
-                "sandbox", "run-code", keptID, "--code", "print(x if 'x' in dir() else 'fresh')",
-            ])
-            #expect(fresh.stdout == "fresh\n", "\(fresh.stdout) \(fresh.stderr)")
-            #expect(try await hangar(kernels).stdout == "1\n", "only the new kernel runs")
+            // Its code context was taken over with its state: the default context, its kernel the same.
+            let continued = try await hangar(["sandbox", "run-code", keptID, "--code", "x += 1\nprint(x)"])
+            #expect(continued.stdout == "42\n", "\(continued.stdout) \(continued.stderr)\n\(logs())")
+            #expect(try await hangar(kernels).stdout == "1\n", "one kernel runs: the one from before the restart")
             let more = try await hangar([
                 "sandbox", "exec", keptID, "--", "sh", "-c", "echo after >> kept.txt; cat kept.txt",
             ])

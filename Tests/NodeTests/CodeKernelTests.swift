@@ -336,6 +336,29 @@ struct CodeKernelTests {
         #expect(!CodeKernel.source.contains("\"\"\"#"))
     }
 
+    @Test("a kernel's arguments name its code context, and only such a kernel's are read as one")
+    func contextInArguments() {
+        let context = CodeKernel.Context(id: "ctx-3", language: "bash", isDefault: true, cwd: "/home/user/work dir")
+        let argv = CodeKernel.argv(language: "bash", context: context)
+        #expect(argv.prefix(6) == CodeKernel.argv(language: "bash")[...])
+        #expect(CodeKernel.context(of: argv) == context)
+        var named = context
+        named.isDefault = false
+        #expect(CodeKernel.context(of: CodeKernel.argv(language: "bash", context: named)) == named)
+        // Not a context: a kernel without one (of a node before), another program, another kernel
+        // source (another node version), a malformed id or role, an unknown language.
+        #expect(CodeKernel.context(of: CodeKernel.argv(language: "bash")) == nil)
+        #expect(CodeKernel.context(of: ["sh", "-c", "sleep 1"]) == nil)
+        var other = argv
+        other[4] = "print('not the kernel')"
+        #expect(CodeKernel.context(of: other) == nil)
+        for (index, value) in [(6, "ctx-x"), (6, "3"), (7, "maybe"), (5, "cobol")] {
+            var broken = argv
+            broken[index] = value
+            #expect(CodeKernel.context(of: broken) == nil, "\(index): \(value)")
+        }
+    }
+
     @Test("the line splitter gives the same lines whatever the chunks, and refuses a line over its cap")
     func splitter() throws {
         let text = Data("{\"a\":1}\n\n{\"b\":\"é\"}\nlast\n".utf8)

@@ -142,6 +142,52 @@ struct SandboxReadoptionTests {
         #expect(await eventually(within: .seconds(5)) { original.saved == nil }, "bubblewrap has ended")
     }
 
+    @Test(
+        "a code context goes on across a re-adoption with its state; a cell running at the hang-up finishes unheard, and the next cell hears only its own output"
+    )
+    func codeContextTakenOver() async throws {
+        let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
+        let original = try await ProcessSandbox.start(id: "ctxadopt-\(uniqueTag())", agentPath: agentPath)
+        let saved = try #require(original.saved)
+        let before = CodeContexts(agent: original.agent, environment: [:])
+        let id = try await before.prepareDefault()
+        // The old node's first cell, still running when it goes: its frames carry that node's cell
+        // id, which the next node's first cell must not take for its own.
+        _ = await before.run(.with { $0.code = "x = 41\nimport time\ntime.sleep(1)\nprint('old')" })
+        original.agent.close()  // the node goes away
+
+        let resources = NodeResources(users: SandboxUsers.standard())
+        let adopted = try await ProcessSandbox.adopt(saved, resources: resources, logger: .init(label: "test")).get()
+        let after = CodeContexts(agent: adopted.agent, environment: [:])
+        let listed = try await adopted.agent.listProcesses()
+        let kernel = try #require(listed.first { CodeKernel.context(of: $0.argv) != nil }, "\(listed)")
+        let context = try #require(CodeKernel.context(of: kernel.argv))
+        #expect(context == .init(id: id, language: "python", isDefault: true, cwd: ""))
+        #expect(await after.restore(pid: kernel.pid, context))
+        #expect(await after.restore(pid: kernel.pid, context) == false, "a context is taken over once")
+        let infos = await after.list()
+        #expect(infos.map(\.id) == [id] && infos.first?.alive == true, "\(infos)")
+        // A run naming no context goes to the default one taken over: its state is there.
+        let cell = try await within(.seconds(60)) {
+            var events: [Hangar_V1_CodeRunEvent] = []
+            for await event in await after.run(.with { $0.code = "x += 1\nprint(x)" }) { events.append(event) }
+            return events
+        }
+        #expect(printed(cell) == "42\n", "\(cell)")
+        if case .done(let done) = cell.last?.kind {
+            #expect(done.end == .codeCellOk && done.contextID == id, "\(done)")
+        } else {
+            Issue.record("the cell did not end with done: \(cell)")
+        }
+        // A new context counts on from the ids taken over.
+        let next = try await after.create(.with { $0.language = "python" })
+        #expect(next.id != id && next.id.hasPrefix("ctx-"), "\(next.id)")
+
+        #expect(await adopted.kill() == nil)
+        if let user = saved.hostUser { NodeResources.standard.users.release(user) }
+        #expect(await eventually(within: .seconds(5)) { original.saved == nil }, "bubblewrap has ended")
+    }
+
     @Test("an agent no node comes back to within its orphan timeout ends the sandbox")
     func orphanTimeout() async throws {
         let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")

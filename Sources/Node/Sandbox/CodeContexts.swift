@@ -38,9 +38,11 @@ public actor CodeContexts {
         self.cellOutputBytes = cellOutputBytes
     }
 
-    /// Starts a new context and returns once its kernel is ready.
+    /// Starts a new context and returns once its kernel is ready; `isDefault`: it is to be its
+    /// language's default context (``prepareDefault(language:)``).
     public func create(
-        _ request: Hangar_V1_CodeContextCreate
+        _ request: Hangar_V1_CodeContextCreate,
+        isDefault: Bool = false
     ) async throws(CodeContextFailure)
         -> Hangar_V1_CodeContextInfo
     {
@@ -65,6 +67,7 @@ public actor CodeContexts {
             cwd: request.cwd,
             environment: environment.merging(request.env) { _, own in own },
             cellOutputBytes: cellOutputBytes,
+            isDefault: isDefault,
             agent: agent
         )
         kernels[id] = session
@@ -75,6 +78,34 @@ public actor CodeContexts {
             throw error
         }
         return await session.info
+    }
+
+    /// Takes over a context whose kernel (`pid`, serving `context`) a node before this one started
+    /// in the re-adopted sandbox: the context keeps its id and state. Its environment is the
+    /// sandbox's (what its create added is not known any more: a later restart of it goes
+    /// without). False when the kernel cannot be taken over or the sandbox holds as many
+    /// contexts as it may.
+    func restore(pid: UInt32, _ context: CodeKernel.Context) async -> Bool {
+        guard kernels[context.id] == nil, kernels.count < Self.maxContexts else { return false }
+        let session = CodeKernelSession(
+            id: context.id,
+            language: context.language,
+            cwd: context.cwd,
+            environment: environment,
+            cellOutputBytes: cellOutputBytes,
+            isDefault: context.isDefault,
+            agent: agent
+        )
+        kernels[context.id] = session
+        do {
+            try await session.start(adopting: pid)
+        } catch {
+            kernels[context.id] = nil
+            return false
+        }
+        made = max(made, Int(context.id.dropFirst(4)) ?? 0)
+        if context.isDefault && defaults[context.language] == nil { defaults[context.language] = context.id }
+        return true
     }
 
     /// Every context, oldest first.
@@ -138,7 +169,7 @@ public actor CodeContexts {
     @discardableResult
     public func prepareDefault(language: String = "python") async throws(CodeContextFailure) -> String {
         if let id = defaults[language], kernels[id] != nil { return id }
-        let info = try await create(.with { $0.language = language })
+        let info = try await create(.with { $0.language = language }, isDefault: true)
         defaults[language] = info.id
         return info.id
     }

@@ -25,9 +25,34 @@ public enum CodeKernel {
     /// sandbox.
     public static let languages = ["python", "bash", "javascript"]
 
-    /// The command that starts a kernel for `language` (one of ``languages``).
-    public static func argv(language: String) -> [String] {
+    /// The command that starts a kernel for `language` (one of ``languages``). With `context`, the
+    /// kernel also carries the code context it serves (its id, whether it is its language's default
+    /// context, its working directory) in its arguments, which it does not read: the sandbox keeps
+    /// that with the kernel, so a node that re-adopts the sandbox can take the context over
+    /// (``context(of:)``).
+    public static func argv(language: String, context: Context? = nil) -> [String] {
         ["python3", "-u", "-I", "-c", source, language]
+            + (context.map { [$0.id, $0.isDefault ? "default" : "named", $0.cwd] } ?? [])
+    }
+
+    /// What a kernel's arguments say of the code context it serves.
+    public struct Context: Sendable, Equatable {
+        /// `ctx-N`.
+        public var id: String
+        public var language: String
+        /// Whether it is the default context of its language (made by a run that named none).
+        public var isDefault: Bool
+        public var cwd: String
+    }
+
+    /// The context a command serves, from its argv: a kernel started with this very ``source`` and
+    /// a context; nil for any other command (a kernel of another node version among them).
+    public static func context(of argv: [String]) -> Context? {
+        guard argv.count == 9, argv.starts(with: ["python3", "-u", "-I", "-c", source]),
+            languages.contains(argv[5]), argv[6].hasPrefix("ctx-"), Int(argv[6].dropFirst(4)) != nil,
+            argv[7] == "default" || argv[7] == "named"
+        else { return nil }
+        return Context(id: argv[6], language: argv[5], isDefault: argv[7] == "default", cwd: argv[8])
     }
 
     /// One run request, as the kernel reads it: a JSON line ending in a newline.

@@ -11,7 +11,14 @@ actor CodeKernelSession {
     let cwd: String
     let environment: [String: String]
     let cellOutputBytes: Int
+    /// Whether it is its language's default context (carried in the kernel's arguments).
+    let isDefault: Bool
     private let agent: SandboxAgentChannel
+    /// Tells this session's cells apart from those of a session before it on the same kernel (a
+    /// cell still running when the node that sent it went away).
+    private let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+    /// Whether the kernel was started by a node before this one (``start(adopting:)``).
+    private var adopting = false
 
     private enum Phase {
         case starting
@@ -54,6 +61,7 @@ actor CodeKernelSession {
         cwd: String,
         environment: [String: String],
         cellOutputBytes: Int,
+        isDefault: Bool = false,
         agent: SandboxAgentChannel
     ) {
         self.id = id
@@ -61,6 +69,7 @@ actor CodeKernelSession {
         self.cwd = cwd
         self.environment = environment
         self.cellOutputBytes = cellOutputBytes
+        self.isDefault = isDefault
         self.agent = agent
     }
 
@@ -72,6 +81,7 @@ actor CodeKernelSession {
             cwd: cwd,
             environment: environment,
             cellOutputBytes: cellOutputBytes,
+            isDefault: isDefault,
             agent: agent
         )
     }
@@ -88,15 +98,27 @@ actor CodeKernelSession {
     }
 
     /// Starts the kernel and waits until it is ready (or ended, or ``CodeContexts/readyTimeout``).
-    func start() async throws(CodeContextFailure) {
-        var command = Hangar_V1_AgentExec()
-        command.argv = CodeKernel.argv(language: language)
-        command.env = environment
-        command.env["MPLBACKEND"] = "Agg"
-        command.cwd = cwd
-        command.stdin = true
-        command.background = true
-        let events = agent.exec(command)
+    /// `adopting`: the pid of a kernel a node before this one started, which the sandbox's agent
+    /// kept (``SandboxAgentChannel/reattach(pid:)``): taken over instead, ready once the agent
+    /// answers if the kernel had written anything (its ready line comes first).
+    func start(adopting adopted: UInt32? = nil) async throws(CodeContextFailure) {
+        let events: AsyncThrowingStream<Hangar_V1_AgentEvent, any Error>
+        if let adopted {
+            adopting = true
+            events = agent.reattach(pid: adopted)
+        } else {
+            var command = Hangar_V1_AgentExec()
+            command.argv = CodeKernel.argv(
+                language: language,
+                context: .init(id: id, language: language, isDefault: isDefault, cwd: cwd)
+            )
+            command.env = environment
+            command.env["MPLBACKEND"] = "Agg"
+            command.cwd = cwd
+            command.stdin = true
+            command.background = true
+            events = agent.exec(command)
+        }
         reader = Task { [weak self] in
             do {
                 for try await event in events {
@@ -150,7 +172,7 @@ actor CodeKernelSession {
             )
         }
         cells += 1
-        let cellID = "cell-\(cells)"
+        let cellID = "cell-\(tag)-\(cells)"
         let (stream, continuation) = AsyncStream.makeStream(of: Hangar_V1_CodeRunEvent.self)
         var running = Cell(id: cellID, continuation: continuation)
         running.deadline = Task { [weak self] in
@@ -176,6 +198,12 @@ actor CodeKernelSession {
         switch event.kind {
         case .started(let started):
             pid = started.pid
+            if adopting {
+                // Its output goes on where the last node's reading stopped, maybe within a line:
+                // the rest of such a line is not a frame, and is dropped as one.
+                if started.stdoutOffset > 0 { phase = .ready }
+                resumeReadyWaiters()
+            }
         case .output(let output) where output.stream == .stdout:
             do {
                 for line in try lines.feed(output.data) { handle(line: line) }

@@ -28,10 +28,10 @@ import Synchronization
 /// node id re-adopts it (``readopt(nodeID:died:)``): it reconnects to its agent and holds it again,
 /// with its files, processes and limits as they were, and takes over every command the agent ran
 /// on meanwhile as a background command (its output waited in the sandbox; `attach` goes on from
-/// there). What lived in the node process is not kept: a command's output the node had already
-/// read (background commands' kept output before the restart, a foreground command's output not
-/// yet sent to its client), code contexts (their kernels are ended; a new default context starts
-/// on first use) and watches.
+/// there), and every code context with its state (its kernel's arguments name it). What lived in
+/// the node process is not kept: a command's output the node had already read (background
+/// commands' kept output before the restart, a foreground command's output not yet sent to its
+/// client), a cell running at the restart (it finishes in its kernel unheard) and watches.
 public final class ProcessSandboxHost: SandboxHost {
     private let agentPath: String
     /// The runc runtime of `container` sandboxes; nil when runc is not there or the node not root.
@@ -443,20 +443,28 @@ public final class ProcessSandboxHost: SandboxHost {
         return left.map(\.0)
     }
 
-    /// Takes over every command of a re-adopted sandbox into `background` (its output and exit
-    /// waited in the sandbox for the next node: see ``BackgroundCommands/takeOver(_:agent:)``), so
-    /// that `attach` and `ps` find them. Code contexts lived in the node before: their kernels are
-    /// ended, so their memory goes back and the next `run_code` starts a fresh default context.
-    /// The number of commands taken over.
-    private func takeOver(_ sandbox: any StatefulSandbox, into background: BackgroundCommands) async -> Int {
-        guard let listed = try? await sandbox.agent.listProcesses() else { return 0 }
+    /// Takes over every command of a re-adopted sandbox (its output and exit waited in the sandbox
+    /// for the next node): a code context's kernel into `code`, so the context goes on with its
+    /// state (``CodeContexts/restore(pid:_:)``); any other command into `background`, so that
+    /// `attach` and `ps` find it (``BackgroundCommands/takeOver(_:agent:)``). A kernel that cannot
+    /// be taken over as a context is ended, so its memory goes back. The number of commands and
+    /// of contexts taken over.
+    private func takeOver(
+        _ sandbox: any StatefulSandbox,
+        into background: BackgroundCommands,
+        code: CodeContexts
+    ) async -> (commands: Int, contexts: Int) {
+        guard let listed = try? await sandbox.agent.listProcesses() else { return (0, 0) }
         let kernel = CodeKernel.argv(language: "").dropLast()
-        var taken = 0
-        for process in listed where await background.takeOver(process.pid, agent: sandbox.agent) {
-            taken += 1
-            if process.argv.count == kernel.count + 1 && process.argv.starts(with: kernel) {
-                try? await sandbox.agent.signal(pid: process.pid, SIGKILL)
+        var taken = (commands: 0, contexts: 0)
+        for process in listed {
+            if let context = CodeKernel.context(of: process.argv), await code.restore(pid: process.pid, context) {
+                taken.contexts += 1
+                continue
             }
+            guard await background.takeOver(process.pid, agent: sandbox.agent) else { continue }
+            taken.commands += 1
+            if process.argv.starts(with: kernel) { try? await sandbox.agent.signal(pid: process.pid, SIGKILL) }
         }
         return taken
     }
@@ -518,12 +526,12 @@ public final class ProcessSandboxHost: SandboxHost {
             entry.ownerPID = owner.pid
             entry.ownerStart = owner.start
             let background = BackgroundCommands()
-            let commands = await takeOver(sandbox, into: background)
             let code = CodeContexts(
                 agent: sandbox.agent,
                 environment: entry.environment,
                 cellOutputBytes: cellOutputBytes
             )
+            let taken = await takeOver(sandbox, into: background, code: code)
             let watcher = watch(id, sandbox) { message in died(id, message) }
             state.withLock { state in
                 state.held[id] = Held(
@@ -541,7 +549,10 @@ public final class ProcessSandboxHost: SandboxHost {
             result.resources.formUnion(entry.resources)
             logger.notice(
                 "re-adopted a stateful sandbox",
-                metadata: ["sandbox.id": "\(id)", "tenant": "\(entry.tenant)", "commands": "\(commands)"]
+                metadata: [
+                    "sandbox.id": "\(id)", "tenant": "\(entry.tenant)", "commands": "\(taken.commands)",
+                    "code.contexts": "\(taken.contexts)",
+                ]
             )
         }
         return result
