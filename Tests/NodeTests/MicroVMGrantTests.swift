@@ -199,6 +199,51 @@ extension MicroVMSuites {
             #expect(rmdir(viewRoot) == 0, "the view root still holds something")
         }
 
+        @Test(
+            "a sandbox with grants outlives its node: hung up on, its share serves on; adopt() takes both over; its kill leaves nothing"
+        )
+        func sandboxReadopted() async throws {
+            try await requireShares()
+            let folder = try GrantEnforcementTests.HostFolder()
+            let base = folder.base
+            var grants = Hangar_V1_Grants()
+            grants.allowRead = ["\(base)/ro"]
+            grants.allowWrite = ["\(base)/rw"]
+            let original = try await MicroVMSandbox.start(
+                id: "vm-grants-adopt-\(uniqueTag())",
+                grants: grants,
+                runtime: grantVM
+            )
+            let saved = try #require(original.saved, "a microvm sandbox with grants can be re-adopted")
+            let share = try #require(saved.share)
+            original.agent.close()  // the node goes away
+            #expect(SandboxLedger.startTime(of: share.daemonPID) == share.daemonStart, "virtiofsd serves on")
+
+            // Another node process: its own uid pool (the same range) and views on the same root.
+            let resources = NodeResources(users: SandboxUsers(first: 3_800_000, count: 4), grantViewRoot: viewRoot)
+            let adopted = try await MicroVMSandbox.adopt(saved, resources: resources, logger: .init(label: "test"))
+                .get()
+            #expect(!resources.users.claim(share.owner), "the adopter holds the share's uid")
+            let run = try await execute(
+                adopted,
+                ["sh", "-c", "cat $1/ro/file; echo again > $1/rw/after", "sh", base],
+                within: .seconds(60)
+            )
+            #expect(text(run.stdout) == "readable\n" && run.exited?.exitCode == 0, "\(text(run.stderr))")
+            #expect((try? String(contentsOfFile: "\(base)/rw/after", encoding: .utf8)) == "again\n")
+
+            #expect(await adopted.kill() == nil)
+            #expect(shareDaemons().isEmpty)
+            #expect(resources.users.inUse == 0, "the share's and qemu's uids went back to the adopter's pool")
+            #expect(!FileManager.default.fileExists(atPath: share.view), "its view is taken down")
+            #expect(!FileManager.default.fileExists(atPath: share.directory))
+            let again = await original.kill()
+            #expect(again == nil, "\(again ?? "")")
+            #expect(qemuChildProcesses().isEmpty)
+            #expect(grantVM.resources.grantViews.count == 0)
+            #expect(rmdir(viewRoot) == 0, "the view root still holds something")
+        }
+
         @Test("what a dead node's share left is swept: its daemon killed, its socket, directory and view gone")
         func sweptAfterACrash() async throws {
             try await requireShares()

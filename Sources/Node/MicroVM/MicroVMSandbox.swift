@@ -28,8 +28,8 @@ import Synchronization
 /// ``ProcessSandbox/orphanTimeout``). The next node process re-adopts it from its ``Saved`` state
 /// (``adopt(_:resources:logger:)``): it connects to the socket and resynchronises the stream
 /// (``resynchronise(_:within:)``), since what the agent was writing when the node went may still
-/// come through cut short. A sandbox with host path grants is not kept: its virtiofs daemon lives
-/// in the node.
+/// come through cut short. A sandbox with host path grants keeps its share too: its virtiofs
+/// daemon serves qemu on, and the next node takes it down with the VM (``MicroVMShare/adopt(_:views:users:)``).
 public final class MicroVMSandbox: StatefulSandbox {
     /// The sandbox's name.
     public let id: String
@@ -77,19 +77,30 @@ public final class MicroVMSandbox: StatefulSandbox {
         var qemuPID: Int32
         var qemuStart: UInt64
         var hostUser: UInt32?
+        /// The share of its host path grants, if it has one.
+        var share: MicroVMShare.Saved?
 
         /// What the node's ledger lists for the sandbox: kept (not swept) when it is re-adopted.
         var resources: [SandboxLedger.Resource] {
-            [.process(pid: qemuPID, start: qemuStart), .socket(path: socket)]
+            [.process(pid: qemuPID, start: qemuStart), .socket(path: socket)] + (share?.resources ?? [])
         }
     }
 
-    /// What the node's registry keeps of it, to outlive its node; nil for a sandbox with host path
-    /// grants (its virtiofs daemon ends with the node).
+    /// What the node's registry keeps of it, to outlive its node; nil once qemu (or its share's
+    /// daemon) has ended.
     public var saved: Saved? {
-        guard share == nil, let pid = qemu.pid, let start = SandboxLedger.startTime(of: pid) else { return nil }
+        guard let pid = qemu.pid, let start = SandboxLedger.startTime(of: pid) else { return nil }
         if case .adopted(_, let saved) = qemu, saved != start { return nil }
-        return Saved(name: id, socket: socketPath, qemuPID: pid, qemuStart: start, hostUser: hostUser)
+        let savedShare = share?.saved
+        if share != nil && savedShare == nil { return nil }
+        return Saved(
+            name: id,
+            socket: socketPath,
+            qemuPID: pid,
+            qemuStart: start,
+            hostUser: hostUser,
+            share: savedShare
+        )
     }
 
     /// How long the sandbox agent may take to answer its first ping once attached.
@@ -278,12 +289,22 @@ public final class MicroVMSandbox: StatefulSandbox {
             if let user = saved.hostUser { resources.users.release(user) }
             return .failure(SandboxStartError("its agent did not answer: \(problem)"))
         }
+        var share: MicroVMShare?
+        if let savedShare = saved.share {
+            switch MicroVMShare.adopt(savedShare, views: resources.grantViews, users: resources.users) {
+            case .success(let adopted): share = adopted
+            case .failure(let error):
+                close(fd)
+                if let user = saved.hostUser { resources.users.release(user) }
+                return .failure(SandboxStartError(error.description))
+            }
+        }
         return .success(
             MicroVMSandbox(
                 id: saved.name,
                 agent: SandboxAgentChannel(socket: fd, logger: logger),
                 qemu: .adopted(pid: saved.qemuPID, start: saved.qemuStart),
-                share: nil,
+                share: share,
                 socketPath: saved.socket,
                 hostUser: saved.hostUser,
                 resources: resources

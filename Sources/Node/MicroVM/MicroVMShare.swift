@@ -19,6 +19,10 @@ import Glibc
 ///
 /// The daemon gets a listening socket the node made, so qemu can connect at once; it exits when
 /// qemu's connection ends, and ``stop()`` kills it in any case.
+///
+/// A sandbox's share outlives its node as its VM does: the daemon serves qemu on, and the next
+/// node process re-adopts it from its ``Saved`` state (``adopt(_:views:users:)``), to take it down
+/// with its VM. (The namespace's holder ends with the node; the daemon keeps the namespace.)
 struct MicroVMShare: Sendable {
     /// The virtiofs tag the guest mounts.
     static let tag = "hangar-grants"
@@ -31,15 +35,83 @@ struct MicroVMShare: Sendable {
 
     let socketPath: String
     private let directory: String
-    private let daemon: SandboxProcess
-    private let lease: GrantViews.Lease
+    private let daemon: ProcessSandbox.Leader
+    private let view: View
     private let views: GrantViews
-    /// The daemon's user namespace (its holder process).
-    private let namespace: OwnedUserNamespace
+    /// The daemon's user namespace (its holder process); nil for a re-adopted share.
+    private let namespace: OwnedUserNamespace?
     /// The host uid that owns it.
     private let owner: UInt32
     private let users: SandboxUsers
     private let ledger: SandboxLedger
+
+    /// The view the daemon serves.
+    private enum View: Sendable {
+        /// Lent by this node's ``GrantViews``.
+        case lease(GrantViews.Lease)
+        /// Made by a node process before this one: taken down with the share.
+        case adopted(path: String)
+
+        var path: String {
+            switch self {
+            case .lease(let lease): lease.path
+            case .adopted(let path): path
+            }
+        }
+    }
+
+    /// What the node's registry keeps of a share whose sandbox outlives its node.
+    struct Saved: Codable, Sendable, Equatable {
+        /// The daemon's socket directory.
+        var directory: String
+        /// The daemon's pid and start time.
+        var daemonPID: Int32
+        var daemonStart: UInt64
+        /// The view it serves.
+        var view: String
+        /// The host uid owning its user namespace.
+        var owner: UInt32
+
+        /// What the node's ledger lists for it: kept (not swept) when it is re-adopted.
+        var resources: [SandboxLedger.Resource] {
+            [.process(pid: daemonPID, start: daemonStart), .socket(path: directory + "/fs.sock"), .scratch(path: view)]
+        }
+    }
+
+    /// What the node's registry keeps of it; nil once the daemon has ended.
+    var saved: Saved? {
+        guard let pid = daemon.pid, let start = SandboxLedger.startTime(of: pid) else { return nil }
+        if case .adopted(_, let saved) = daemon, saved != start { return nil }
+        return Saved(directory: directory, daemonPID: pid, daemonStart: start, view: view.path, owner: owner)
+    }
+
+    /// Re-adopts the share a node process before this one started (``Saved``): claims its owner
+    /// uid from `users`. Fails, claiming nothing, when its daemon is gone.
+    static func adopt(
+        _ saved: Saved,
+        views: GrantViews,
+        users: SandboxUsers
+    ) -> Result<MicroVMShare, MicroVMError> {
+        guard SandboxLedger.startTime(of: saved.daemonPID) == saved.daemonStart else {
+            return .failure(MicroVMError("its virtiofs daemon (pid \(saved.daemonPID)) is gone"))
+        }
+        guard users.claim(saved.owner) else {
+            return .failure(MicroVMError("its share's host uid \(saved.owner) is not free on this node"))
+        }
+        return .success(
+            MicroVMShare(
+                socketPath: saved.directory + "/fs.sock",
+                directory: saved.directory,
+                daemon: .adopted(pid: saved.daemonPID, start: saved.daemonStart),
+                view: .adopted(path: saved.view),
+                views: views,
+                namespace: nil,
+                owner: saved.owner,
+                users: users,
+                ledger: views.ledger
+            )
+        )
+    }
 
     /// Shares `mounts` for one VM: makes (or reuses) their view and starts `virtiofsd` on it, in a
     /// user namespace owned by a uid of `users`.
@@ -112,8 +184,8 @@ struct MicroVMShare: Sendable {
             return MicroVMShare(
                 socketPath: (directory ?? "") + "/fs.sock",
                 directory: directory ?? "",
-                daemon: daemon,
-                lease: lease,
+                daemon: .child(daemon),
+                view: .lease(lease),
                 views: views,
                 namespace: namespace,
                 owner: owner,
@@ -131,11 +203,21 @@ struct MicroVMShare: Sendable {
     /// back; what the daemon said, when it failed, for messages.
     func stop() async -> String? {
         daemon.kill()
-        let result = try? await daemon.wait()
-        await namespace.remove()
+        await daemon.wait()
+        let result: SandboxResult?
+        switch daemon {
+        case .child(let process): result = try? await process.wait()
+        case .adopted(let pid, let start):
+            result = nil
+            if daemon.hasEnded { ledger.gone(.process(pid: pid, start: start)) }
+        }
+        await namespace?.remove()
         try? FileManager.default.removeItem(atPath: directory)
         ledger.gone(.socket(path: socketPath))
-        views.release(lease)
+        switch view {
+        case .lease(let lease): views.release(lease)
+        case .adopted(let path): views.takeDown(path)
+        }
         users.release(owner)
         guard let result else { return nil }
         let said = String(decoding: result.stderr + result.stdout, as: UTF8.self)

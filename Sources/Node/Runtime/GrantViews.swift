@@ -270,7 +270,9 @@ public final class GrantViews: Sendable {
     }
 
     /// Unmounts a view with everything in it and removes its mount point.
-    private func takeDown(_ path: String) {
+    /// Unmounts and removes the view at `path` (one of this node's, or one a node before it made
+    /// for a sandbox it re-adopted).
+    func takeDown(_ path: String) {
         if umount2(path, Int32(MNT_DETACH)) == 0 || errno == EINVAL || errno == ENOENT {
             if rmdir(path) == 0 || errno == ENOENT { ledger.gone(.scratch(path: path)) }
         }

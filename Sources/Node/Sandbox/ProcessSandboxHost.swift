@@ -22,8 +22,7 @@ import Synchronization
 /// by a watcher that polls the agent channel, killed to clean up what is left, forgotten and
 /// reported through the start's `died` callback.
 ///
-/// Restarts: sandboxes of every runtime outlive the node process (a `microvm` one with host path
-/// grants excepted: its virtiofs daemon lives in the node). Each is
+/// Restarts: sandboxes of every runtime outlive the node process. Each is
 /// written to the node's ``SandboxRegistry`` once started, and the next node process with the same
 /// node id re-adopts it (``readopt(nodeID:died:)``): it reconnects to its agent and holds it again,
 /// with its files, processes and limits as they were, and takes over every command the agent ran
