@@ -352,7 +352,11 @@ struct CodeKernelTests {
         var other = argv
         other[4] = "print('not the kernel')"
         #expect(CodeKernel.context(of: other) == nil)
-        for (index, value) in [(6, "ctx-x"), (6, "3"), (7, "maybe"), (5, "cobol")] {
+        // Ids past the bound, which the node's next id would overflow from, or not as it writes them.
+        for (index, value) in [
+            (6, "ctx-x"), (6, "3"), (6, "ctx-0"), (6, "ctx-03"), (6, "ctx-+3"), (6, "ctx-1000001"),
+            (6, "ctx-\(Int.max)"), (7, "maybe"), (5, "cobol"),
+        ] {
             var broken = argv
             broken[index] = value
             #expect(CodeKernel.context(of: broken) == nil, "\(index): \(value)")

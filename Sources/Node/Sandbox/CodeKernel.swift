@@ -35,6 +35,10 @@ public enum CodeKernel {
             + (context.map { [$0.id, $0.isDefault ? "default" : "named", $0.cwd] } ?? [])
     }
 
+    /// The highest `N` of a context id `ctx-N` taken from a kernel's arguments: a command of the
+    /// sandbox's may look like a kernel, and the ids a node makes count on from the highest taken.
+    static let maxContextNumber = 1_000_000
+
     /// What a kernel's arguments say of the code context it serves.
     public struct Context: Sendable, Equatable {
         /// `ctx-N`.
@@ -49,7 +53,8 @@ public enum CodeKernel {
     /// a context; nil for any other command (a kernel of another node version among them).
     public static func context(of argv: [String]) -> Context? {
         guard argv.count == 9, argv.starts(with: ["python3", "-u", "-I", "-c", source]),
-            languages.contains(argv[5]), argv[6].hasPrefix("ctx-"), Int(argv[6].dropFirst(4)) != nil,
+            languages.contains(argv[5]), argv[6].hasPrefix("ctx-"), let number = Int(argv[6].dropFirst(4)),
+            (1...maxContextNumber).contains(number), argv[6] == "ctx-\(number)",
             argv[7] == "default" || argv[7] == "named"
         else { return nil }
         return Context(id: argv[6], language: argv[5], isDefault: argv[7] == "default", cwd: argv[8])

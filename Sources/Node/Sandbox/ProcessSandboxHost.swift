@@ -45,6 +45,8 @@ public final class ProcessSandboxHost: SandboxHost {
     private let state = Mutex(State())
     /// How often a watcher checks whether a sandbox's agent is still there.
     static let watchInterval = Duration.milliseconds(200)
+    /// How long a re-adopted sandbox's agent has to answer while its commands are taken over.
+    static let takeOverTimeout = Duration.seconds(10)
     /// What `process` sandboxes draw on; re-adopted ones too.
     private let resources: NodeResources
     /// Where sandboxes that outlive the node are written; nil when the node is not root.
@@ -530,7 +532,20 @@ public final class ProcessSandboxHost: SandboxHost {
                 environment: entry.environment,
                 cellOutputBytes: cellOutputBytes
             )
+            // An agent that stops answering (a microVM's guest kernel is the tenant's to break)
+            // must not hold up the node's start: the channel is closed at the deadline.
+            let deadline = Task { [agent = sandbox.agent] in
+                try? await Task.sleep(for: Self.takeOverTimeout)
+                if !Task.isCancelled { agent.close() }
+            }
             let taken = await takeOver(sandbox, into: background, code: code)
+            deadline.cancel()
+            if let gone = sandbox.agent.goneReason {
+                _ = await sandbox.kill()
+                registry.remove(id)
+                result.failures.append((id, "its agent stopped answering while its commands were taken over: \(gone)"))
+                continue
+            }
             let watcher = watch(id, sandbox) { message in died(id, message) }
             state.withLock { state in
                 state.held[id] = Held(
