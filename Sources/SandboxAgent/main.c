@@ -132,6 +132,14 @@ static int64_t now_ms(void) {
 
 /* --- events --- */
 
+/* The node is gone (a write to it failed): its requests are forgotten at once, so that no more of
+ * a command's output is read for it (it waits in the pipe for the next node's Reattach; only the
+ * chunk being written is lost, and the offsets show it). */
+static void node_gone(void) {
+    output_fd = -1;
+    for (int index = 0; index < MAX_PROCESSES; index++) processes[index].request = 0;
+}
+
 static void write_out(const uint8_t *data, size_t length) {
     if (output_fd < 0) return; /* no node connected: nobody to tell */
     while (length > 0) {
@@ -143,19 +151,19 @@ static void write_out(const uint8_t *data, size_t length) {
             /* A port whose node hung up: the rest of this frame is dropped (the next node
              * resynchronises); what the node had sent is still read until EOF. */
             if (port_fd >= 0 && (entry.revents & POLLHUP)) {
-                output_fd = -1;
+                node_gone();
                 return;
             }
             continue;
         }
         if (count <= 0) {
             if (port_fd >= 0) {
-                output_fd = -1;
+                node_gone();
                 return;
             }
             if (listen_fd < 0) _exit(0); /* the node is gone: so is the sandbox */
             hung_up = 1;                 /* the node is gone: the sandbox waits for the next */
-            output_fd = -1;
+            node_gone();
             return;
         }
         data += count;
@@ -379,7 +387,8 @@ static void start(const Hangar__V1__AgentRequest *request) {
 /* Reads what is available on one stream and sends it in chunks; at EOF closes it. */
 static void drain(Process *process, int stream) {
     static uint8_t buffer[AGENT_OUTPUT_CHUNK];
-    while (process->out[stream] >= 0) {
+    /* Not for an unclaimed command (its node went, maybe while this loop sent): its output waits. */
+    while (process->out[stream] >= 0 && process->request != 0) {
         ssize_t count = read(process->out[stream], buffer, sizeof buffer);
         if (count < 0 && errno == EINTR) continue;
         if (count < 0 && errno == EAGAIN) return;
