@@ -28,7 +28,8 @@
  * unclaimed: their requests are forgotten, the agent stops reading their output (a command that
  * writes much waits in its pipe; nothing is lost) and keeps the exit of one that ends, until the
  * next node takes it over with a Reattach request (it then gets the output from where the last
- * node's stopped, and the exit). Watches end. With `--orphan-ms N` the agent ends every command,
+ * node's reading stopped, and the exit; for a background command, the last KEPT_OUTPUT bytes of
+ * each stream before that come first). Watches end. With `--orphan-ms N` the agent ends every command,
  * then the sandbox, when no node has connected for N ms.
  *
  * `--listen-path PATH` is the same with a socket the agent makes itself at PATH: in gVisor, whose
@@ -82,6 +83,9 @@ int _swift_backtrace_isThunkFunction(const char *name) {
 /* Stdin bytes queued for one command beyond which Stdin requests are refused. */
 #define MAX_PENDING_STDIN (8u * 1024 * 1024)
 #define USER_ID 1000
+/* The last bytes of each stream of a background command that the agent keeps, for the next node
+ * after a restart (a Reattach replays them): what the last node had read is not lost with it. */
+#define KEPT_OUTPUT (64u * 1024)
 /* --port: how often a port whose node hung up is checked for the next one. */
 #define PORT_PROBE_MS 20
 
@@ -102,6 +106,11 @@ typedef struct {
     int timed_out;
     int exited; /* it ended while unclaimed (request 0): `status` waits for a Reattach */
     int status;
+    /* A background command's last output per stream: a ring of KEPT_OUTPUT bytes (allocated at
+     * its first output), the oldest byte at kept_head. */
+    uint8_t *kept[2];
+    size_t kept_head[2];
+    size_t kept_size[2];
 } Process;
 
 static Process processes[MAX_PROCESSES];
@@ -384,6 +393,49 @@ static void start(const Hangar__V1__AgentRequest *request) {
     AGENT_SEND_EVENT(id, STARTED, started, &started);
 }
 
+/* Keeps `data` (just read from `stream`) as the newest of a background command's kept output. */
+static void keep(Process *process, int stream, const uint8_t *data, size_t length) {
+    if (!process->background || length == 0) return;
+    if (!process->kept[stream] && !(process->kept[stream] = malloc(KEPT_OUTPUT))) return; /* kept is best effort */
+    uint8_t *ring = process->kept[stream];
+    if (length >= KEPT_OUTPUT) {
+        memcpy(ring, data + length - KEPT_OUTPUT, KEPT_OUTPUT);
+        process->kept_head[stream] = 0;
+        process->kept_size[stream] = KEPT_OUTPUT;
+        return;
+    }
+    size_t room = KEPT_OUTPUT - process->kept_size[stream];
+    if (length > room) { /* the oldest bytes make way */
+        process->kept_head[stream] = (process->kept_head[stream] + length - room) % KEPT_OUTPUT;
+        process->kept_size[stream] -= length - room;
+    }
+    size_t tail = (process->kept_head[stream] + process->kept_size[stream]) % KEPT_OUTPUT;
+    size_t first = KEPT_OUTPUT - tail < length ? KEPT_OUTPUT - tail : length;
+    memcpy(ring + tail, data, first);
+    memcpy(ring, data + first, length - first);
+    process->kept_size[stream] += length;
+}
+
+/* Sends a background command's kept output of `stream` (oldest first) to its request. */
+static void replay(Process *process, int stream) {
+    size_t size = process->kept_size[stream], head = process->kept_head[stream];
+    uint64_t offset = process->offset[stream] - size;
+    while (size > 0) {
+        size_t piece = KEPT_OUTPUT - head < size ? KEPT_OUTPUT - head : size;
+        Hangar__V1__AgentOutput output = HANGAR__V1__AGENT_OUTPUT__INIT;
+        output.pid = (uint32_t)process->pid;
+        output.stream = stream == 0 ? HANGAR__V1__AGENT_STREAM__AGENT_STREAM_STDOUT
+                                    : HANGAR__V1__AGENT_STREAM__AGENT_STREAM_STDERR;
+        output.offset = offset;
+        output.data.data = process->kept[stream] + head;
+        output.data.len = piece;
+        AGENT_SEND_EVENT(process->request, OUTPUT, output, &output);
+        offset += piece;
+        size -= piece;
+        head = 0;
+    }
+}
+
 /* Reads what is available on one stream and sends it in chunks; at EOF closes it. */
 static void drain(Process *process, int stream) {
     static uint8_t buffer[AGENT_OUTPUT_CHUNK];
@@ -403,6 +455,7 @@ static void drain(Process *process, int stream) {
         output.offset = process->offset[stream];
         output.data.data = buffer;
         output.data.len = (size_t)count;
+        keep(process, stream, buffer, (size_t)count);
         process->offset[stream] += (uint64_t)count;
         AGENT_SEND_EVENT(process->request, OUTPUT, output, &output);
         if ((size_t)count < sizeof buffer) return;
@@ -445,6 +498,8 @@ static void ended(Process *process, int status) {
     close_fd(&process->out[1]);
     close_fd(&process->in);
     free(process->pending);
+    free(process->kept[0]);
+    free(process->kept[1]);
     for (size_t index = 0; index < process->argc; index++) free(process->argv[index]);
     free(process->argv);
     memset(process, 0, sizeof *process);
@@ -519,10 +574,13 @@ static void reattach_request(const Hangar__V1__AgentRequest *request) {
     process->request = request->id;
     Hangar__V1__AgentStarted started = HANGAR__V1__AGENT_STARTED__INIT;
     started.pid = pid;
-    started.stdout_offset = process->offset[0];
-    started.stderr_offset = process->offset[1];
+    /* A background command's kept output first: the next node has what the last one had read. */
+    started.stdout_offset = process->offset[0] - process->kept_size[0];
+    started.stderr_offset = process->offset[1] - process->kept_size[1];
     AGENT_SEND_EVENT(request->id, STARTED, started, &started);
-    if (process->exited) ended(process, process->status); /* what it wrote, then its exit */
+    replay(process, 0);
+    replay(process, 1);
+    if (process->exited) ended(process, process->status); /* what it wrote since, then its exit */
 }
 
 static void list_processes(uint64_t id) {

@@ -227,11 +227,12 @@ struct NodeRestartTests {
                 after.status == 0 && after.stdout == "before\nsleeper-alive\n",
                 "\(after.stdout) \(after.stderr)\n\(logs())"
             )
-            // The background command was taken over: what it printed after the restart, and its exit.
+            // The background command was taken over: what it printed before the restart (the agent
+            // kept it), what it printed after, and its exit.
             #expect(try await hangar(["sandbox", "exec", keptID, "--", "touch", "/tmp/go"]).status == 0)
             let attached = try await hangar(["sandbox", "attach", keptID, waitingPID])
             #expect(
-                attached.status == 3 && attached.stdout == "after-restart\n",
+                attached.status == 3 && attached.stdout == "before-restart\nafter-restart\n",
                 "\(attached.status) \(attached.stdout) \(attached.stderr)\n\(logs())"
             )
             // Its code context was taken over with its state: the default context, its kernel the same.

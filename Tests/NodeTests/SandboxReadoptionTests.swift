@@ -44,21 +44,39 @@ struct SandboxReadoptionTests {
             Issue.record("the ticker did not start")
             return
         }
-        // One that ends while no node is there: its output and exit wait for the next node.
+        // A foreground one that ends while no node is there: its output and exit wait for the next
+        // node (its output is not kept by the agent: this checks it stayed in the pipe).
         var ending = Hangar_V1_AgentExec()
         ending.argv = ["sh", "-c", "sleep 0.3; echo done; exit 7"]
-        ending.background = true
         var endingEvents = original.agent.exec(ending).makeAsyncIterator()
         guard case .started(let endingStarted)? = try await endingEvents.next()?.kind else {
             Issue.record("the ending command did not start")
             return
         }
 
+        // A background one that printed 125 KiB, all read by the old node, then waits: the agent
+        // keeps the last 64 KiB of it.
+        var bulk = Hangar_V1_AgentExec()
+        bulk.argv = [
+            "sh", "-c",
+            "i=0; while [ $i -lt 2000 ]; do printf '%05d:%057d\\n' $i $i; i=$((i+1)); done; sleep 1000",
+        ]
+        bulk.background = true
+        let bulkText = Data((0..<2000).map { String(format: "%05d:%057d\n", $0, $0) }.joined().utf8)
+        var bulkEvents = original.agent.exec(bulk).makeAsyncIterator()
+        var bulkPID: UInt32 = 0
+        var bulkRead = Data()
+        while bulkRead.count < bulkText.count, let event = try await bulkEvents.next() {
+            if case .started(let started) = event.kind { bulkPID = started.pid }
+            if case .output(let output) = event.kind { bulkRead.append(output.data) }
+        }
+        #expect(bulkRead == bulkText)
+
         original.agent.close()  // the node goes away
         // What the old node had read of the ticker before it went.
-        var receivedByOld = 0
+        var readByOld = Data()
         while let event = try? await ticks.next() {
-            if case .output(let output) = event.kind { receivedByOld += output.data.count }
+            if case .output(let output) = event.kind { readByOld.append(output.data) }
         }
         // A node process of its own would have a pool of its own: this one's uid is free there.
         let resources = NodeResources(users: SandboxUsers.standard())
@@ -78,7 +96,7 @@ struct SandboxReadoptionTests {
         }
         #expect(state == "gone\n", "the ending command ended while unclaimed")
         let listed = try await adopted.agent.listProcesses()
-        #expect(Set(listed.map(\.argv)) == [ticker.argv, ending.argv], "\(listed)")
+        #expect(Set(listed.map(\.argv)) == [ticker.argv, ending.argv, bulk.argv], "\(listed)")
         // A request of the new channel whose id the ticker had on the old one: it runs while the
         // ticker waits, and hears only its own output.
         let fresh = try await run(adopted, ["sh", "-c", "sleep 0.3; echo fresh"])
@@ -88,37 +106,40 @@ struct SandboxReadoptionTests {
         var ended = Collector()
         for try await event in adopted.agent.reattach(pid: endingStarted.pid) { try ended.take(event) }
         #expect(text(ended.stdout) == "done\n" && ended.exited?.exitCode == 7, "\(ended)")
-        // The ticker goes on from the offset the last node's output stopped at, and nothing it
-        // printed while no node was there is lost: line k+1 follows the k lines before that offset.
+        // The ticker goes on. The agent kept its output (under 64 KiB), so the next node first
+        // gets what the old one had read, then what it printed while no node was there: every
+        // line from the first, without a gap.
         var taken = adopted.agent.reattach(pid: tickerStarted.pid).makeAsyncIterator()
         guard case .started(let resumed)? = try await taken.next()?.kind else {
             Issue.record("the ticker could not be taken over")
             return
         }
-        #expect(resumed.pid == tickerStarted.pid)
-        var before = 0  // lines wholly before the offset
-        var length = 0
-        while length < Int(resumed.stdoutOffset) {
-            before += 1
-            length += "tick \(before)\n".utf8.count
-        }
-        #expect(length == Int(resumed.stdoutOffset), "the offset \(resumed.stdoutOffset) falls between lines")
-        // Nothing was read and thrown away while no node took the ticker: its offset is where the
-        // old node's reading stopped, give or take the lines in flight at the hang-up (the ticker
-        // printed for over half a second since).
-        #expect(
-            Int(resumed.stdoutOffset) >= receivedByOld && Int(resumed.stdoutOffset) - receivedByOld <= 256,
-            "the old node read \(receivedByOld) bytes; the ticker goes on from \(resumed.stdoutOffset)"
-        )
+        #expect(resumed.pid == tickerStarted.pid && resumed.stdoutOffset == 0, "\(resumed)")
         var resumedOutput = Data()
-        while resumedOutput.count < 200, let event = try await taken.next() {
+        while resumedOutput.count < readByOld.count + 200, let event = try await taken.next() {
             guard case .output(let output) = event.kind else { continue }
             #expect(output.offset == resumed.stdoutOffset + UInt64(resumedOutput.count), "no gap")
             resumedOutput.append(output.data)
         }
-        let lines = text(resumedOutput).split(separator: "\n").prefix(5).map(String.init)
-        #expect(lines.first == "tick \(before + 1)", "\(lines)")
-        #expect(lines == (1...max(1, lines.count)).map { "tick \(before + $0)" }, "\(lines)")
+        #expect(resumedOutput.prefix(readByOld.count) == readByOld, "the old node's output comes first")
+        // The lines up to the last newline.
+        let whole = text(resumedOutput).split(separator: "\n", omittingEmptySubsequences: false).dropLast()
+            .map(String.init)
+        #expect(!whole.isEmpty && whole == (1...max(1, whole.count)).map { "tick \($0)" }, "\(whole.prefix(5))")
+        // The bulk one: its last 64 KiB come again, from where they start.
+        var bulkTaken = adopted.agent.reattach(pid: bulkPID).makeAsyncIterator()
+        guard case .started(let bulkResumed)? = try await bulkTaken.next()?.kind else {
+            Issue.record("the bulk command could not be taken over")
+            return
+        }
+        #expect(bulkResumed.stdoutOffset == UInt64(bulkText.count - 65536), "\(bulkResumed)")
+        var replayed = Data()
+        while replayed.count < 65536, let event = try await bulkTaken.next() {
+            guard case .output(let output) = event.kind else { continue }
+            #expect(output.offset == bulkResumed.stdoutOffset + UInt64(replayed.count), "no gap")
+            replayed.append(output.data)
+        }
+        #expect(replayed == bulkText.suffix(65536), "the kept 64 KiB are the last the command printed")
         // A command is taken over once; one that does not run cannot be.
         do {
             for try await _ in adopted.agent.reattach(pid: tickerStarted.pid) {}

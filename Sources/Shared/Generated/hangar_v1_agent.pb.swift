@@ -339,7 +339,9 @@ public nonisolated struct Hangar_V1_AgentExec: Sendable {
 /// answered by Started (with the offsets its output goes on from), then Output and Exited as for
 /// Exec; NOT_FOUND when no such command runs, INVALID when this node took it over already. While no
 /// node has taken a command over, the agent does not read its output (a command that writes much
-/// waits, nothing is lost) and keeps its exit for the node that does.
+/// waits, nothing is lost) and keeps its exit for the node that does. For a background command the
+/// agent also keeps the last 64 KiB of each stream it read, and sends them first: Started's offsets
+/// are where they start.
 public nonisolated struct Hangar_V1_AgentReattach: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -667,7 +669,7 @@ public nonisolated struct Hangar_V1_AgentStarted: Sendable {
 
   public var pid: UInt32 = 0
 
-  /// Bytes of each stream sent before (non-zero only in answer to a Reattach).
+  /// Where the output that follows starts in each stream (non-zero only in answer to a Reattach).
   public var stdoutOffset: UInt64 = 0
 
   public var stderrOffset: UInt64 = 0

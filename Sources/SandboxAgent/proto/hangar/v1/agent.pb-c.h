@@ -197,7 +197,9 @@ struct  Hangar__V1__AgentExec
  * answered by Started (with the offsets its output goes on from), then Output and Exited as for
  * Exec; NOT_FOUND when no such command runs, INVALID when this node took it over already. While no
  * node has taken a command over, the agent does not read its output (a command that writes much
- * waits, nothing is lost) and keeps its exit for the node that does.
+ * waits, nothing is lost) and keeps its exit for the node that does. For a background command the
+ * agent also keeps the last 64 KiB of each stream it read, and sends them first: Started's offsets
+ * are where they start.
  */
 struct  Hangar__V1__AgentReattach
 {
@@ -426,7 +428,7 @@ struct  Hangar__V1__AgentStarted
   ProtobufCMessage base;
   uint32_t pid;
   /*
-   * Bytes of each stream sent before (non-zero only in answer to a Reattach).
+   * Where the output that follows starts in each stream (non-zero only in answer to a Reattach).
    */
   uint64_t stdout_offset;
   uint64_t stderr_offset;
