@@ -99,9 +99,10 @@ public actor BackgroundCommands {
 
     /// Takes over `pid`, a command the sandbox's agent ran on while no node was connected (see
     /// ``SandboxAgentChannel/reattach(pid:)``): once the agent has answered, it is listed here as
-    /// a background command whose output goes on from where the last node's stopped (what that
-    /// node kept is gone with it: an attach from 0 sees where it starts), and its output and exit
-    /// are followed as for one started here. False when the agent had no such command.
+    /// a background command whose output starts where the agent's answer says (the last 64 KiB
+    /// the agent kept of a background command's streams, then what the last node had not read;
+    /// an attach from 0 sees where it starts), and its output and exit are followed as for one
+    /// started here. False when the agent had no such command.
     nonisolated func takeOver(_ pid: UInt32, agent: SandboxAgentChannel) async -> Bool {
         await withCheckedContinuation { (answered: CheckedContinuation<Bool, Never>) in
             Task {

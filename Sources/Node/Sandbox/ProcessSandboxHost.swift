@@ -26,10 +26,10 @@ import Synchronization
 /// written to the node's ``SandboxRegistry`` once started, and the next node process with the same
 /// node id re-adopts it (``readopt(nodeID:died:)``): it reconnects to its agent and holds it again,
 /// with its files, processes and limits as they were, and takes over every command the agent ran
-/// on meanwhile as a background command (its output waited in the sandbox; `attach` goes on from
-/// there), and every code context with its state (its kernel's arguments name it). What lived in
-/// the node process is not kept: a command's output the node had already read (background
-/// commands' kept output before the restart, a foreground command's output not yet sent to its
+/// on meanwhile as a background command (its output waited in the sandbox, and the agent kept the
+/// last 64 KiB of a background command's; `attach` goes on from there), and every code context
+/// with its state (its kernel's arguments name it). What lived in the node process is not kept:
+/// output the node had already read beyond that (a foreground command's output not yet sent to its
 /// client), a cell running at the restart (it finishes in its kernel unheard) and watches.
 public final class ProcessSandboxHost: SandboxHost {
     private let agentPath: String
