@@ -44,10 +44,11 @@ struct SandboxReadoptionTests {
             Issue.record("the ticker did not start")
             return
         }
-        // A foreground one that ends while no node is there: its output and exit wait for the next
-        // node (its output is not kept by the agent: this checks it stayed in the pipe).
+        // A foreground one that ends once the node has gone (when told to, below), before the next
+        // node takes it over: its output and exit wait for that node (its output is not kept by
+        // the agent: this checks it stayed in the pipe).
         var ending = Hangar_V1_AgentExec()
-        ending.argv = ["sh", "-c", "sleep 0.3; echo done; exit 7"]
+        ending.argv = ["sh", "-c", "while [ ! -e /tmp/end-now ]; do sleep 0.05; done; echo done; exit 7"]
         var endingEvents = original.agent.exec(ending).makeAsyncIterator()
         guard case .started(let endingStarted)? = try await endingEvents.next()?.kind else {
             Issue.record("the ending command did not start")
@@ -85,6 +86,7 @@ struct SandboxReadoptionTests {
         #expect(text(after.stdout) == "kept\nalive\n", "\(text(after.stderr))")
         // The commands started before the hang-up are listed, the one that ended too (its exit
         // waits).
+        #expect(try await run(adopted, ["touch", "/tmp/end-now"]).exited?.exitCode == 0)
         let gone = ContinuousClock.now + .seconds(10)
         var state = ""
         while state != "gone\n", ContinuousClock.now < gone {

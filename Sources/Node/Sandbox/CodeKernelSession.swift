@@ -100,7 +100,7 @@ actor CodeKernelSession {
     /// Starts the kernel and waits until it is ready (or ended, or ``CodeContexts/readyTimeout``).
     /// `adopting`: the pid of a kernel a node before this one started, which the sandbox's agent
     /// kept (``SandboxAgentChannel/reattach(pid:)``): taken over instead, ready once the agent
-    /// answers if the kernel had written anything (its ready line comes first).
+    /// answers.
     func start(adopting adopted: UInt32? = nil) async throws(CodeContextFailure) {
         let events: AsyncThrowingStream<Hangar_V1_AgentEvent, any Error>
         if let adopted {
@@ -199,9 +199,11 @@ actor CodeKernelSession {
         case .started(let started):
             pid = started.pid
             if adopting {
-                // Its output goes on where the last node's reading stopped, maybe within a line:
-                // the rest of such a line is not a frame, and is dropped as one.
-                if started.stdoutOffset > 0 { phase = .ready }
+                // Ready once the agent answers: a kernel still starting reads its first cell once it
+                // is. Its output goes on from where the agent's answer says, maybe within a line
+                // (the rest of such a line is not a frame, and is dropped as one); replayed frames
+                // of the last node's cells carry their ids, which no cell of this session has.
+                if case .starting = phase { phase = .ready }
                 resumeReadyWaiters()
             }
         case .output(let output) where output.stream == .stdout:
