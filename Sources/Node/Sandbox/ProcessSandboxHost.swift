@@ -449,8 +449,30 @@ public final class ProcessSandboxHost: SandboxHost {
     /// state (``CodeContexts/restore(pid:_:)``); any other command into `background`, so that
     /// `attach` and `ps` find it (``BackgroundCommands/takeOver(_:agent:)``). A kernel that cannot
     /// be taken over as a context is ended, so its memory goes back. The number of commands and
-    /// of contexts taken over.
-    private func takeOver(
+    /// of contexts taken over; a failure when the agent stopped answering: an agent that does (a
+    /// microVM's guest kernel is the tenant's to break) must not hold up the node's start, so its
+    /// channel is closed at `timeout`.
+    static func takeOver(
+        _ sandbox: any StatefulSandbox,
+        into background: BackgroundCommands,
+        code: CodeContexts,
+        within timeout: Duration
+    ) async -> Result<(commands: Int, contexts: Int), SandboxStartError> {
+        let deadline = Task { [agent = sandbox.agent] in
+            try? await Task.sleep(for: timeout)
+            if !Task.isCancelled { agent.close() }
+        }
+        let taken = await takeOver(sandbox, into: background, code: code)
+        deadline.cancel()
+        if let gone = sandbox.agent.goneReason {
+            return .failure(
+                SandboxStartError("its agent stopped answering while its commands were taken over: \(gone)")
+            )
+        }
+        return .success(taken)
+    }
+
+    private static func takeOver(
         _ sandbox: any StatefulSandbox,
         into background: BackgroundCommands,
         code: CodeContexts
@@ -532,18 +554,13 @@ public final class ProcessSandboxHost: SandboxHost {
                 environment: entry.environment,
                 cellOutputBytes: cellOutputBytes
             )
-            // An agent that stops answering (a microVM's guest kernel is the tenant's to break)
-            // must not hold up the node's start: the channel is closed at the deadline.
-            let deadline = Task { [agent = sandbox.agent] in
-                try? await Task.sleep(for: Self.takeOverTimeout)
-                if !Task.isCancelled { agent.close() }
-            }
-            let taken = await takeOver(sandbox, into: background, code: code)
-            deadline.cancel()
-            if let gone = sandbox.agent.goneReason {
+            let taken: (commands: Int, contexts: Int)
+            switch await Self.takeOver(sandbox, into: background, code: code, within: Self.takeOverTimeout) {
+            case .success(let counts): taken = counts
+            case .failure(let error):
                 _ = await sandbox.kill()
                 registry.remove(id)
-                result.failures.append((id, "its agent stopped answering while its commands were taken over: \(gone)"))
+                result.failures.append((id, error.description))
                 continue
             }
             let watcher = watch(id, sandbox) { message in died(id, message) }
