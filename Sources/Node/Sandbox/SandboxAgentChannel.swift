@@ -85,8 +85,9 @@ public final class SandboxAgentChannel: Sendable {
     /// Hangs up: the agent takes that as the end of the sandbox (it kills its commands and exits).
     /// Every waiter gets ``SandboxAgentError/agentGone(_:)``.
     public func close() {
-        shutdown(fd, Int32(SHUT_RDWR))
+        // The reason first: once the socket is shut down, the reader would say the agent closed it.
         end("the channel was closed")
+        shutdown(fd, Int32(SHUT_RDWR))
     }
 
     // MARK: Requests
