@@ -48,7 +48,10 @@ struct HostileSuiteTests {
         // threads on top). Without it, pids.max reads "max" and the bomb grows past 64.
         let limit = kind == .gvisor ? 64 + 256 : 64
         #expect(pids.limit == limit, "\(pids)")
-        #expect(pids.peak > 0 && pids.peak <= limit, "\(pids)")
+        // The 10 ms sampler may see no process at all when the suites share two cores (CI: peak 0
+        // with 752 refusals): the refusals below show the bomb ran; the peak only that no sample
+        // saw more than the limit.
+        #expect(pids.peak <= limit, "\(pids)")
         // The bomb really reached the limit: the kernel refused forks. On gVisor the first refused
         // thread stops the whole sandbox and its cgroup goes at once, so this 10 ms sampler can miss
         // the refusal (CI: peak 319 of 320, refused 0); the runtime's own reading of the same
