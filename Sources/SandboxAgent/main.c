@@ -44,7 +44,9 @@
  * poll cannot wait for the host to come back) and goes on as with `--listen`. The port is one
  * stream across nodes, so what the agent was writing when the node went may reach the next one cut
  * short: the next node resynchronises by sending a Ping with an id of its own choosing and skipping
- * everything up to the Pong that answers it (MicroVMSandbox.resynchronise).
+ * everything up to the Pong that answers it (MicroVMSandbox.resynchronise). The agent may miss a
+ * hang-up (the next node came at once, or the guest learnt of it late): that Ping has `new_node`
+ * set, and the agent forgets the requests of the nodes before it before it answers.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -147,6 +149,13 @@ static int64_t now_ms(void) {
 static void node_gone(void) {
     output_fd = -1;
     for (int index = 0; index < MAX_PROCESSES; index++) processes[index].request = 0;
+}
+
+/* A new node: what the ones before asked for is forgotten, commands and their output kept for a
+ * Reattach. (Not from node_gone: a write can fail while a watch is being drained.) */
+static void forget_requests(void) {
+    for (int index = 0; index < MAX_PROCESSES; index++) processes[index].request = 0;
+    agent_watch_release_all();
 }
 
 static void write_out(const uint8_t *data, size_t length) {
@@ -617,6 +626,7 @@ static void handle(const Hangar__V1__AgentRequest *request) {
     }
     case HANGAR__V1__AGENT_REQUEST__OP_UNWATCH: return agent_unwatch_request(request);
     case HANGAR__V1__AGENT_REQUEST__OP_PING: {
+        if (request->ping->new_node) forget_requests(); /* nothing of an earlier node's after the Pong */
         Hangar__V1__AgentPong pong = HANGAR__V1__AGENT_PONG__INIT;
         AGENT_SEND_EVENT(request->id, PONG, pong, &pong);
         return;
@@ -701,9 +711,7 @@ static void disconnect(Input *input) {
     hung_up = 0;
     input->size = 0;
     input->skipping = 0;
-    agent_watch_release_all();
-    for (int index = 0; index < MAX_PROCESSES; index++)
-        if (processes[index].used) processes[index].request = 0;
+    forget_requests();
     disconnected_at = now_ms();
 }
 

@@ -104,6 +104,15 @@ extension MicroVMSuites {
         )
         func hangUpAndAdopt() async throws {
             let original = try await MicroVMSandbox.start(id: "vmadopt-\(uniqueTag())", runtime: runtime)
+            do {
+                try await hangUpAndAdopt(original)
+            } catch {
+                await original.kill()  // so that the next VM tests do not find its qemu
+                throw error
+            }
+        }
+
+        private func hangUpAndAdopt(_ original: MicroVMSandbox) async throws {
             let saved = try #require(original.saved, "a microvm sandbox without grants can be re-adopted")
             #expect(FileManager.default.fileExists(atPath: saved.socket))
             let sleeper = try await Self.run(

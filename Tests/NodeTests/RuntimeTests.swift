@@ -394,7 +394,7 @@ struct SandboxProcessTests {
     }
 
     @Test("a missing executable is a spawn error")
-    func spawnError() async {
+    func spawnError() async throws {
         let missing = SandboxCommand(
             executable: "/nonexistent/program",
             arguments: ["x"],
@@ -402,5 +402,19 @@ struct SandboxProcessTests {
             outputLimit: 10
         )
         await #expect(throws: SandboxSpawnError.self) { try await SandboxProcess.run(missing) }
+        // Nobody waits for a pid that will never come.
+        let process = try SandboxProcess(missing)
+        #expect(await process.spawned() == nil)
+    }
+
+    @Test("spawned() waits for the monitor thread to announce the pid: the process's own")
+    func spawnedPID() async throws {
+        // Asked straight after init, before the monitor thread may have spawned anything.
+        let process = try SandboxProcess(command("echo $$; exec sleep 100"))
+        let pid = try #require(await process.spawned())
+        #expect(process.pid == pid)
+        process.kill()
+        let result = try await process.wait()
+        #expect(result.pid == pid && text(result.stdout) == "\(pid)\n")
     }
 }

@@ -116,6 +116,51 @@ struct SandboxAgentTests {
         }
     }
 
+    @Test(
+        "a Ping from a new node makes the agent forget the requests before it: a command's output goes no more to its old request, and the command can be taken over"
+    )
+    func newNodePing() async throws {
+        try await Self.withSandbox { sandbox in
+            var exec = Hangar_V1_AgentExec()
+            exec.argv = ["cat"]
+            exec.stdin = true
+            let old = sandbox.agent.exec(exec)
+            let oldStream = Task {
+                var collector = Collector()
+                do { for try await event in old { try collector.take(event) } } catch {}
+                return collector
+            }
+            // The first line is echoed to the old request.
+            let pid = try await within(.seconds(10)) { () async throws -> UInt32 in
+                while true {
+                    if let found = try await sandbox.agent.listProcesses().first(where: { $0.argv == ["cat"] }) {
+                        return found.pid
+                    }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+            }
+            try await sandbox.agent.stdin(pid: pid, Data("before\n".utf8))
+            let answer = try await sandbox.agent.request(.ping(.with { $0.newNode = true }))
+            guard case .pong = answer.kind else {
+                Issue.record("\(answer) to a new node's ping")
+                return
+            }
+            // Unclaimed now, so it can be taken over; what it echoes next goes to the new request.
+            var taken = sandbox.agent.reattach(pid: pid).makeAsyncIterator()
+            guard case .started? = try await taken.next()?.kind else {
+                Issue.record("cat could not be taken over after the new node's ping")
+                return
+            }
+            try await sandbox.agent.stdin(pid: pid, Data("after\n".utf8), close: true)
+            var resumed = Collector()
+            while resumed.exited == nil, let event = try await taken.next() { try resumed.take(event) }
+            #expect(text(resumed.stdout).hasSuffix("after\n") && resumed.exited?.exitCode == 0, "\(resumed)")
+            sandbox.agent.close()  // ends the old request's stream
+            let before = await oldStream.value
+            #expect(!text(before.stdout).contains("after"), "the old request got \(text(before.stdout))")
+        }
+    }
+
     @Test("a command is killed at its timeout")
     func timeout() async throws {
         try await Self.withSandbox { sandbox in

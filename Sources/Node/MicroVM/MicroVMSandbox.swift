@@ -225,6 +225,7 @@ public final class MicroVMSandbox: StatefulSandbox {
                     + (console.isEmpty ? "" : "; qemu/console: \(console)")
             )
         }
+        _ = await vm.process.spawned()  // so that `saved` knows qemu's pid
         return sandbox
     }
 
@@ -265,7 +266,11 @@ public final class MicroVMSandbox: StatefulSandbox {
     }
 
     /// How long a re-adopting node waits for the agent's answer.
-    static let adoptTimeout = Duration.seconds(5)
+    static let adoptTimeout = Duration.seconds(10)
+    /// How often the resynchronising Ping is sent again while no answer has come: a guest that
+    /// learns late of the last node's hang-up can drop its answer to the first as written for that
+    /// node.
+    static let resyncPingInterval = Duration.seconds(1)
 
     /// Re-adopts a sandbox that a node process before this one started (its registry entry):
     /// connects to qemu's socket, claims qemu's host uid from `resources` and resynchronises the
@@ -319,13 +324,16 @@ public final class MicroVMSandbox: StatefulSandbox {
     /// agent's port is one stream across nodes, and what the agent was writing when the last node
     /// went may come through cut short. Sends a Ping whose id is random (a command in the sandbox
     /// cannot know it, so cannot forge its answer) and skips everything up to the Pong that
-    /// answers it. Nil when done; otherwise why not (the deadline, the socket closed, too much
-    /// skipped). Runs on a thread of its own.
+    /// answers it. The Ping says `new_node`: the agent forgets the requests of the nodes before
+    /// (it may have missed their hang-up), so no event of theirs, with ids this node's channel
+    /// will use again, comes after the Pong. The Ping is sent again every
+    /// ``resyncPingInterval`` until answered. Nil when done; otherwise why not (the deadline, the
+    /// socket closed, too much skipped). Runs on a thread of its own.
     static func resynchronise(_ fd: Int32, within timeout: Duration) async -> String? {
         let nonce = UInt64.random(in: (1 << 63)...UInt64.max)  // apart from the channel's ids, which count from 1
         var ping = Hangar_V1_AgentRequest()
         ping.id = nonce
-        ping.ping = Hangar_V1_AgentPing()
+        ping.ping = Hangar_V1_AgentPing.with { $0.newNode = true }
         var pong = Hangar_V1_AgentEvent()
         pong.id = nonce
         pong.pong = Hangar_V1_AgentPong()
@@ -342,7 +350,8 @@ public final class MicroVMSandbox: StatefulSandbox {
         }
     }
 
-    /// Writes `frame` to `fd`, then reads until `expected` has come (nil) or `deadline` passes.
+    /// Writes `frame` to `fd` (again every ``resyncPingInterval``), reading until `expected` has
+    /// come (nil) or `deadline` passes.
     private static func skip(
         _ fd: Int32,
         sending frame: Data,
@@ -351,15 +360,24 @@ public final class MicroVMSandbox: StatefulSandbox {
     )
         -> String?
     {
-        let written = frame.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        guard written == frame.count else { return "cannot write to it: \(String(cString: strerror(errno)))" }
         var seen = Data()
         var skipped = 0
+        var sent = 0
+        var nextSend = ContinuousClock.now
         var scratch = [UInt8](repeating: 0, count: 64 << 10)
         while true {
-            let left = deadline - .now
-            guard left > .zero else { return "no answer within the deadline" }
+            let now = ContinuousClock.now
+            if now >= nextSend {
+                let written = frame.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                guard written == frame.count else { return "cannot write to it: \(String(cString: strerror(errno)))" }
+                sent += 1
+                nextSend = now + resyncPingInterval
+            }
+            guard now < deadline else {
+                return "no answer to \(sent) pings within the deadline (\(skipped) bytes came and were skipped)"
+            }
             var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let left = min(deadline, nextSend) - now
             let millis = Int32(
                 clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000
             )

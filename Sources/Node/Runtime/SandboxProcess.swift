@@ -164,6 +164,9 @@ public final class SandboxProcess: Sendable {
     private struct Completion {
         var result: Result<SandboxResult, SandboxSpawnError>?
         var waiters: [CheckedContinuation<Result<SandboxResult, SandboxSpawnError>, Never>] = []
+        /// Whether the monitor has announced the pid (or the spawn failed, or the process ended).
+        var announced = false
+        var spawnWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     /// Prepares the pipes and starts the monitor thread, which spawns the program.
@@ -179,7 +182,7 @@ public final class SandboxProcess: Sendable {
             self.finish(
                 job.run(
                     cancelRequested: self.cancelRequested,
-                    spawned: { self.spawnedPID.store($0, ordering: .sequentiallyConsistent) },
+                    spawned: { self.announce($0) },
                     closeWaker: self.closeWaker
                 )
             )
@@ -198,6 +201,21 @@ public final class SandboxProcess: Sendable {
     public var pid: pid_t? {
         let pid = spawnedPID.load(ordering: .sequentiallyConsistent)
         return pid > 0 ? pid : nil
+    }
+
+    /// The process's pid once the monitor thread has announced it; nil when the spawn failed. The
+    /// spawned program can be up and answering before the monitor thread gets to announce its pid:
+    /// whoever needs the pid (to save it for a later node) waits for it here.
+    public func spawned() async -> pid_t? {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = completion.withLock { state in
+                if state.announced { return true }
+                state.spawnWaiters.append(continuation)
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+        return pid
     }
 
     /// Whether the process has ended and its result is in (``wait()`` would return at once).
@@ -247,12 +265,24 @@ public final class SandboxProcess: Sendable {
         }
     }
 
-    private func finish(_ result: Result<SandboxResult, SandboxSpawnError>) {
+    private func announce(_ pid: pid_t) {
+        spawnedPID.store(pid, ordering: .sequentiallyConsistent)
         let waiters = completion.withLock { state in
-            state.result = result
-            defer { state.waiters = [] }
-            return state.waiters
+            state.announced = true
+            defer { state.spawnWaiters = [] }
+            return state.spawnWaiters
         }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    private func finish(_ result: Result<SandboxResult, SandboxSpawnError>) {
+        let (waiters, spawnWaiters) = completion.withLock { state in
+            state.result = result
+            state.announced = true
+            defer { (state.waiters, state.spawnWaiters) = ([], []) }
+            return (state.waiters, state.spawnWaiters)
+        }
+        for waiter in spawnWaiters { waiter.resume() }
         for waiter in waiters { waiter.resume(returning: result) }
     }
 

@@ -559,6 +559,7 @@ public final class ContainerSandbox: Sendable {
             _ = await sandbox.kill()
             throw SandboxStartError(error.description + (diagnostics.isEmpty ? "" : "; runc said: \(diagnostics)"))
         }
+        _ = await process.spawned()  // so that `saved` knows the runtime's pid
         if socketPath != nil {
             // The agent is the container's init: its host pid, to kill it (hung up on, it would
             // wait for the next node) and to tell, after a restart, that the sandbox still runs.

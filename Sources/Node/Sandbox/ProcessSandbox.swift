@@ -432,6 +432,7 @@ public final class ProcessSandbox: Sendable {
             _ = await sandbox.kill()
             throw SandboxStartError(error.description + (stderr.isEmpty ? "" : "; the agent said: \(stderr)"))
         }
+        _ = await started.0.spawned()  // so that `saved` knows bubblewrap's pid
         return sandbox
     }
 

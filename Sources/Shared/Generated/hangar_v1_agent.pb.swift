@@ -502,10 +502,17 @@ public nonisolated struct Hangar_V1_AgentRename: Sendable {
   public init() {}
 }
 
+/// Answered by a Pong with the same id.
 public nonisolated struct Hangar_V1_AgentPing: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
+
+  /// Sent by a node that has just connected to a channel another node may have used: a microVM's
+  /// virtio-serial port, one stream across nodes, whose hang-up the agent can miss when the next
+  /// node comes at once. The agent first forgets every request and watch of the nodes before (as
+  /// when it sees a hang-up), so that after the Pong nothing of theirs comes on this channel.
+  public var newNode: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1680,18 +1687,29 @@ nonisolated extension Hangar_V1_AgentRename: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Hangar_V1_AgentPing: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AgentPing"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}new_node\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    // Load everything into unknown fields
-    while try decoder.nextFieldNumber() != nil {}
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.newNode) }()
+      default: break
+      }
+    }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.newNode != false {
+      try visitor.visitSingularBoolField(value: self.newNode, fieldNumber: 1)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Hangar_V1_AgentPing, rhs: Hangar_V1_AgentPing) -> Bool {
+    if lhs.newNode != rhs.newNode {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

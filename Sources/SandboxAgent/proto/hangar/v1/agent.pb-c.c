@@ -2317,9 +2317,29 @@ const ProtobufCMessageDescriptor hangar__v1__agent_rename__descriptor =
   (ProtobufCMessageInit) hangar__v1__agent_rename__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-#define hangar__v1__agent_ping__field_descriptors NULL
-#define hangar__v1__agent_ping__field_indices_by_name NULL
-#define hangar__v1__agent_ping__number_ranges NULL
+static const ProtobufCFieldDescriptor hangar__v1__agent_ping__field_descriptors[1] =
+{
+  {
+    "new_node",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Hangar__V1__AgentPing, new_node),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned hangar__v1__agent_ping__field_indices_by_name[] = {
+  0,   /* field[0] = new_node */
+};
+static const ProtobufCIntRange hangar__v1__agent_ping__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
 const ProtobufCMessageDescriptor hangar__v1__agent_ping__descriptor =
 {
   PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
@@ -2328,10 +2348,10 @@ const ProtobufCMessageDescriptor hangar__v1__agent_ping__descriptor =
   "Hangar__V1__AgentPing",
   "hangar.v1",
   sizeof(Hangar__V1__AgentPing),
-  0,
+  1,
   hangar__v1__agent_ping__field_descriptors,
   hangar__v1__agent_ping__field_indices_by_name,
-  0,  hangar__v1__agent_ping__number_ranges,
+  1,  hangar__v1__agent_ping__number_ranges,
   (ProtobufCMessageInit) hangar__v1__agent_ping__init,
   NULL,NULL,NULL    /* reserved[123] */
 };

@@ -340,13 +340,23 @@ struct  Hangar__V1__AgentRename
     , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
+/*
+ * Answered by a Pong with the same id.
+ */
 struct  Hangar__V1__AgentPing
 {
   ProtobufCMessage base;
+  /*
+   * Sent by a node that has just connected to a channel another node may have used: a microVM's
+   * virtio-serial port, one stream across nodes, whose hang-up the agent can miss when the next
+   * node comes at once. The agent first forgets every request and watch of the nodes before (as
+   * when it sees a hang-up), so that after the Pong nothing of theirs comes on this channel.
+   */
+  protobuf_c_boolean new_node;
 };
 #define HANGAR__V1__AGENT_PING__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&hangar__v1__agent_ping__descriptor) \
-     }
+    , 0 }
 
 
 /*
