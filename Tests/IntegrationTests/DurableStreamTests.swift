@@ -111,6 +111,45 @@ struct DurableStreamTests {
         }
     }
 
+    @Test(
+        "an accepted submission the intake stream loses before it is stored is published again, and runs"
+    )
+    func lostIntakeIsPublishedAgain() async throws {
+        // The scheduler does not commit, so the submission waits in the stream, where the test
+        // removes it: as a JetStream cluster that acknowledged it and then lost it.
+        let settings = SchedulerSettings(consumeIntake: false, intakeLossGrace: .milliseconds(300))
+        try await withCluster(nodes: 1, settings: settings) { cluster in
+            var request = command("/bin/true", runtime: "null")
+            request.requestID = "lost-\(UUID().uuidString)"
+            let jobID = try acceptedJob(try await cluster.submit(request))
+            let js = try cluster.client.jetStream()
+            let original = try #require(try await js.message(stream: Streams.submissions, sequence: 1))
+            #expect(original.header(Streams.jobIDHeader) == jobID)
+            try await js.purge(stream: Streams.submissions, keepingFrom: 2)
+            #expect(try await js.message(stream: Streams.submissions, sequence: 1) == nil)
+
+            var again: NATSMessage?
+            try await waitUntil("the scheduler publishes the submission again") {
+                again = try? await js.message(stream: Streams.submissions, sequence: 2)
+                return again != nil
+            }
+            #expect(again?.header(Streams.jobIDHeader) == jobID)
+            #expect(again?.payload == original.payload, "the same request, byte for byte")
+            await cluster.stopScheduler()
+
+            // A scheduler that consumes takes it from the stream and runs it, once.
+            let (consuming, task) = try await cluster.startScheduler()
+            defer { task.cancel() }
+            var result: Hangar_V1_Result?
+            try await waitUntil("the job runs") {
+                result = try await consuming.store.job(id: jobID)?.result
+                return result != nil
+            }
+            #expect(result?.status == .succeeded)
+            #expect(try acceptedJob(try await submitWhenServing(cluster, request)) == jobID)
+        }
+    }
+
     @Test("garbage in either stream is terminated and audited; the scheduler keeps working")
     func malformedStreamMessages() async throws {
         try await withCluster(nodes: 1) { cluster in

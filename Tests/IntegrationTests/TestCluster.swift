@@ -274,6 +274,7 @@ struct SchedulerSettings {
     var unlistedGrace: Duration?
     /// false: the scheduler leaves submissions in the intake stream (dies before its SQLite commit).
     var consumeIntake = true
+    var intakeLossGrace: Duration?
 
     func apply(to config: inout SchedulerConfig) {
         config.consumeIntake = consumeIntake
@@ -282,5 +283,6 @@ struct SchedulerSettings {
         if let tenantsFile { config.tenantsFile = tenantsFile }
         if let queueTimeout { config.queueTimeout = queueTimeout }
         if let unlistedGrace { config.unlistedGrace = unlistedGrace }
+        if let intakeLossGrace { config.intakeLossGrace = intakeLossGrace }
     }
 }

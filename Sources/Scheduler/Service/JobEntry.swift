@@ -26,6 +26,10 @@ struct JobEntry: Sendable {
     /// The serialized request's size, counted in the tenant's queued bytes while the job lives here
     /// (0 for jobs restored after a restart, which were counted by no budget of this process).
     var bytes = 0
+    /// Where the intake stream acknowledged the submission (its sequence there) and what it was
+    /// sent (the serialized request), kept until the submission is in the store: should the stream
+    /// lose it, it is published again (`Scheduler.recoverLostIntake`).
+    var intake: (sequence: UInt64, request: Data)?
 
     var tenant: String { submission.tenant }
 

@@ -45,6 +45,63 @@ extension Scheduler {
         )
     }
 
+    /// How often accepted submissions that have not reached the store are looked at.
+    static let intakeCheckInterval = Duration.seconds(2)
+
+    /// Accepted submissions that have not reached the store after ``SchedulerConfig/intakeLossGrace``
+    /// (the tenant was told `Accepted`): each is looked up in the intake stream at the sequence
+    /// its PubAck named. Still there, it waits for the consumer; gone (a JetStream cluster lost a
+    /// message it had acknowledged, as a kill -9 of its servers in turn once did here), it is
+    /// published again, alone under a message id of its own, and taken from the stream as any
+    /// submission. What reached the store meanwhile lets go of the request it kept. Only the
+    /// leader acts; a stream that does not answer is asked again at the next check.
+    func recoverLostIntake(now: ContinuousClock.Instant) async {
+        var stored: [String] = []
+        var suspects: [(id: String, sequence: UInt64)] = []
+        for (id, entry) in jobs {
+            guard let intake = entry.intake else { continue }
+            if core.isCommitted(id) {
+                stored.append(id)
+            } else if !committingIntake.contains(id), now - entry.acceptedAt >= config.intakeLossGrace {
+                suspects.append((id, intake.sequence))
+            }
+        }
+        for id in stored { jobs[id]?.intake = nil }
+        guard !suspects.isEmpty, let jetStream, config.holdsLease?() ?? true else { return }
+        for suspect in suspects.sorted(by: { $0.id < $1.id }).prefix(100) {
+            let held: NATSMessage?
+            do {
+                held = try await jetStream.message(stream: Streams.submissions, sequence: suspect.sequence)
+            } catch {
+                return  // the stream does not answer: next check
+            }
+            guard held == nil else { continue }  // still in the stream: the consumer has not come to it yet
+            // Looked at again after the wait: stored, or being stored, meanwhile?
+            guard let entry = jobs[suspect.id], let intake = entry.intake, intake.sequence == suspect.sequence,
+                !core.isCommitted(suspect.id), !committingIntake.contains(suspect.id)
+            else { continue }
+            logger.warning(
+                "the intake stream no longer holds an accepted submission that is not stored; publishing it again",
+                metadata: ["job.id": "\(suspect.id)", "stream.sequence": "\(suspect.sequence)"]
+            )
+            do {
+                let ack = try await publishIntake(
+                    intake.request,
+                    tenant: entry.tenant,
+                    jobID: suspect.id,
+                    trace: entry.trace,
+                    messageID: "\(suspect.id)/again-\(unixMilliseconds())"
+                )
+                if jobs[suspect.id]?.intake != nil { jobs[suspect.id]?.intake?.sequence = ack.sequence }
+            } catch {
+                logger.warning(
+                    "could not publish the submission again; trying at the next check",
+                    metadata: ["job.id": "\(suspect.id)", "error": "\(error)"]
+                )
+            }
+        }
+    }
+
     /// The job a de-duplicated publish (`duplicate` PubAck) stands for: read from the stream at the
     /// original's sequence, or, once the stream has handed it over, from SQLite.
     func originalJob(sequence: UInt64, tenant: String, requestID: String) async -> String? {

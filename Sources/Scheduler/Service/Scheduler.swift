@@ -223,6 +223,12 @@ public actor Scheduler {
                 }
             }
             group.addTask { await self.publishSandboxEvents() }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: Self.intakeCheckInterval)
+                    await self.recoverLostIntake(now: .now)
+                }
+            }
             if let presence {
                 group.addTask {
                     for await message in presence { await self.heardPresence(message) }
@@ -511,9 +517,15 @@ public actor Scheduler {
             for subject in held { replyAccepted(subject, jobID: original, duplicate: true) }
             return
         }
-        let held = jobs[id]?.pendingAcks ?? []
-        jobs[id]?.durable = true
-        jobs[id]?.pendingAcks = []
+        var held: [String] = []
+        if let index = jobs.index(forKey: id) {
+            held = jobs.values[index].pendingAcks
+            jobs.values[index].durable = true
+            jobs.values[index].pendingAcks = []
+            if let published, !core.isCommitted(id) {
+                jobs.values[index].intake = (published.sequence, pending.encoded)
+            }
+        }
         for subject in held { replyAccepted(subject, jobID: id, duplicate: true) }
         logger.debug(
             "accepted",

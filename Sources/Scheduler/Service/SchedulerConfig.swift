@@ -10,6 +10,11 @@ public struct SchedulerConfig: Sendable {
     /// How long an attempt may go unlisted by the heartbeats of its node (up, heartbeating) before
     /// it is declared LOST and retried: its assignment or its result went missing.
     public var unlistedGrace: Duration = .seconds(30)
+    /// How long an accepted submission may go without reaching the store before the scheduler asks
+    /// the intake stream whether it still holds it, and publishes it again if not (a JetStream
+    /// cluster that acknowledged it lost it). More than the intake consumer's ack wait, so that a
+    /// delivery that went missing has come again first.
+    public var intakeLossGrace: Duration = .seconds(20)
     /// How long a node has to answer an assignment.
     public var assignTimeout: Duration = .seconds(2)
     /// Spread load across nodes, or pack it onto as few as possible.
