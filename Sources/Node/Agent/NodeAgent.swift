@@ -337,8 +337,7 @@ public final class NodeAgent: Sendable {
     }
 
     /// Takes a slot for the assignment and starts it, or says why not.
-    func admit(_ assignment: Hangar_V1_Assignment) -> Result<Hangar_V1_Assignment, Refusal> {
-        var assignment = assignment
+    func admit(_ assignment: consuming Hangar_V1_Assignment) -> Result<Hangar_V1_Assignment, Refusal> {
         guard Subjects.isValidToken(assignment.jobID), assignment.attempt > 0 else {
             return .failure(Refusal(.badAssignment, "the assignment has no valid job id or attempt"))
         }

@@ -529,24 +529,26 @@ public struct SchedulerCore: Sendable {
                 blockedTenants.insert(tenant)
                 continue
             }
-            guard var job = jobs[item.jobID], case .queued = job.phase else {
+            // The job is read and changed where it is (nothing below adds or removes jobs, so the
+            // index stays valid): a copy of it and a second lookup cost more than the rest here.
+            guard let index = jobs.index(forKey: item.jobID), case .queued = jobs.values[index].phase else {
                 _ = queue.pop(tenant: tenant)
                 continue
             }
+            let id = item.jobID
             let policy = tenants.policy(for: tenant)
             let usage = queue.usage[tenant] ?? FairQueue.Usage()
-            let request = job.spec.request
+            let request = jobs.values[index].spec.request
             if usage.cpuMillis + request.cpuMillis > policy.maxCPUMillis
                 || usage.memoryBytes + request.memoryBytes > policy.maxMemoryBytes
             {
-                job.waitingBecause = "tenant '\(tenant)' holds its CPU or memory quota; waiting for its jobs to finish"
-                jobs[job.id] = job
+                jobs.values[index].waitingBecause =
+                    "tenant '\(tenant)' holds its CPU or memory quota; waiting for its jobs to finish"
                 blockedTenants.insert(tenant)
                 continue
             }
             if let why = blockedShapes[request.shape] {
-                job.waitingBecause = why
-                jobs[job.id] = job
+                jobs.values[index].waitingBecause = why
                 blockedTenants.insert(tenant)
                 continue
             }
@@ -556,15 +558,14 @@ public struct SchedulerCore: Sendable {
                 let node = nodes[0]
                 cluster.reserve(node, request)
                 queue.started(tenant: tenant, cpuMillis: request.cpuMillis, memoryBytes: request.memoryBytes)
-                job.attempts += 1
-                job.phase = .running(attempt: job.attempts, node: node, admitted: false)
-                jobs[job.id] = job
-                actions.append(.log(.attemptPlaced(jobID: job.id, attempt: job.attempts, nodeID: node)))
-                actions.append(.assign(jobID: job.id, attempt: job.attempts, nodeID: node))
+                jobs.values[index].attempts += 1
+                let attempt = jobs.values[index].attempts
+                jobs.values[index].phase = .running(attempt: attempt, node: node, admitted: false)
+                actions.append(.log(.attemptPlaced(jobID: id, attempt: attempt, nodeID: node)))
+                actions.append(.assign(jobID: id, attempt: attempt, nodeID: node))
             case .wait(let why), .impossible(let why):
                 blockedShapes[request.shape] = why
-                job.waitingBecause = why
-                jobs[job.id] = job
+                jobs.values[index].waitingBecause = why
                 blockedTenants.insert(tenant)
             }
         }

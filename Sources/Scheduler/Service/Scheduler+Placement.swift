@@ -51,10 +51,11 @@ extension Scheduler {
     }
 
     func assigned(jobID: String, attempt: UInt32, decidedAt: ContinuousClock.Instant) {
-        guard core.jobs[jobID]?.attempts == attempt, var entry = jobs[jobID] else { return }
-        entry.placementMilliseconds = decidedAt.milliseconds(until: .now)
-        jobs[jobID] = entry
-        counters.dispatched(milliseconds: entry.placementMilliseconds)
+        guard core.jobs[jobID]?.attempts == attempt else { return }
+        guard let index = jobs.index(forKey: jobID) else { return }
+        let milliseconds = decidedAt.milliseconds(until: .now)
+        jobs.values[index].placementMilliseconds = milliseconds
+        counters.dispatched(milliseconds: milliseconds)
         handle(.assignAnswered(jobID: jobID, attempt: attempt, refusal: nil))
     }
 
