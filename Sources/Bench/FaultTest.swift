@@ -504,6 +504,10 @@ enum FaultTest {
                 "     late results of attempts cut off with node f2, audited only (fenced by attempt number): \(late)"
             )
         }
+        let republished = try await stores[0].auditEvents().filter { $0.event == "intake.republished" }
+        print(
+            "     accepted submissions the intake stream lost before they were stored, published again: \(republished.count)\(republished.first.map { " (\($0.detail))" } ?? "")"
+        )
         let unlisted = try await stores[0].auditEvents().filter {
             $0.event == "attempt.ended" && $0.detail.contains("has not listed")
         }

@@ -135,6 +135,11 @@ struct DurableStreamTests {
             }
             #expect(again?.header(Streams.jobIDHeader) == jobID)
             #expect(again?.payload == original.payload, "the same request, byte for byte")
+            try await waitUntil("the new publish is audited") {
+                try await cluster.scheduler.store.auditEvents(jobID: jobID).contains {
+                    $0.event == "intake.republished"
+                }
+            }
             await cluster.stopScheduler()
 
             // A scheduler that consumes takes it from the stream and runs it, once.

@@ -27,7 +27,8 @@ extension Scheduler {
         enqueueAudit(actor: "tenant:\(tenant)", event: "grant.denied", jobID: nil, detail: detail)
     }
 
-    private func enqueueAudit(actor: String, event: String, jobID: String?, detail: String) {
+    /// Queues one audit row for the group commit (a failure is logged: nothing waits for it).
+    func enqueueAudit(actor: String, event: String, jobID: String?, detail: String) {
         let logger = self.logger
         store.enqueue(.audit(actor: actor, event: event, jobID: jobID, detail: String(detail.prefix(4000)))) { error in
             logger.error("could not audit", metadata: ["event": "\(event)", "error": "\(error)"])

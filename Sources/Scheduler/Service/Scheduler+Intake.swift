@@ -93,6 +93,13 @@ extension Scheduler {
                     messageID: "\(suspect.id)/again-\(unixMilliseconds())"
                 )
                 if jobs[suspect.id]?.intake != nil { jobs[suspect.id]?.intake?.sequence = ack.sequence }
+                enqueueAudit(
+                    actor: "scheduler",
+                    event: "intake.republished",
+                    jobID: suspect.id,
+                    detail:
+                        "accepted, not stored, and no longer in the intake stream at sequence \(suspect.sequence): published again as sequence \(ack.sequence)"
+                )
             } catch {
                 logger.warning(
                     "could not publish the submission again; trying at the next check",
