@@ -86,7 +86,7 @@ struct ContainerReadoptionTests {
         #expect(await adopted.kill() == nil)
         #expect(resources.users.inUse == 0, "its uid went back to the adopter's pool")
         if let user = saved.hostUser { engine.resources.users.release(user) }
-        let list = await engine.tool(["list", "--quiet"])
+        let list = await listContainers(engine)
         #expect(list.succeeded && !list.output.contains(saved.containerID), "\(list.output)")
         #expect(SandboxLedger.startTime(of: saved.agentPID) != saved.agentStart, "the container's init has ended")
         #expect(!FileManager.default.fileExists(atPath: saved.bundle))

@@ -40,7 +40,7 @@ struct ContainerSandboxTests {
             throw error
         }
         #expect(await sandbox.kill() == nil)
-        let list = await engine.tool(["list", "--quiet"])
+        let list = await listContainers(engine)
         #expect(list.succeeded && !list.output.contains(sandbox.containerID), "\(list.output)")
         for directory in cgroups { #expect(!FileManager.default.fileExists(atPath: directory), "\(directory)") }
         #expect(!FileManager.default.fileExists(atPath: sandbox.bundlePath))
@@ -234,4 +234,13 @@ struct ContainerSandboxTests {
             return anywhere ? line.contains(pattern) : line.hasPrefix(pattern)
         }.count
     }
+}
+
+/// `runc list --quiet` (`runsc list`) of `engine`'s containers. A listing fails when another test
+/// deletes a container while it reads them ("stat …: no such file or directory"): tried again, at
+/// most 5 times in all.
+func listContainers(_ engine: OCIEngine) async -> (succeeded: Bool, output: String) {
+    var listed = await engine.tool(["list", "--quiet"])
+    for _ in 1..<5 where !listed.succeeded { listed = await engine.tool(["list", "--quiet"]) }
+    return listed
 }

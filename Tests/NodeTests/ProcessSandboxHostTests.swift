@@ -192,7 +192,7 @@ struct ProcessSandboxHostTests {
         let pooled = ["container", "gvisor"].compactMap { host.warmPools[$0]?.readySandboxes.first }
         await host.stop()
         for sandbox in pooled { #expect(sandbox.agent.goneReason != nil) }
-        let list = await GVisorRuntime().engine.tool(["list", "--quiet"])
+        let list = await listContainers(GVisorRuntime().engine)
         #expect(!list.output.contains("warm-"), "\(list.output)")
     }
 }
