@@ -49,11 +49,7 @@ struct DurableStreamTests {
 
             let (restarted, task) = try await cluster.startScheduler(settings: settings)
             defer { task.cancel() }
-            var stored: Hangar_V1_Result?
-            try await waitUntil("the restarted scheduler stores the result") {
-                stored = try await restarted.store.job(id: jobID)?.result
-                return stored != nil
-            }
+            let stored = try await storedResult(jobID, in: restarted.store, "the restarted scheduler stores the result")
             #expect(stored?.status == .succeeded)
             #expect(stored?.attempt == 1)
             #expect(stored?.nodeID == "node-1")
@@ -91,11 +87,7 @@ struct DurableStreamTests {
             // A scheduler that consumes: the job is committed and runs, once.
             let (third, thirdTask) = try await cluster.startScheduler()
             defer { thirdTask.cancel() }
-            var result: Hangar_V1_Result?
-            try await waitUntil("the job from the stream runs") {
-                result = try await third.store.job(id: jobID)?.result
-                return result != nil
-            }
+            let result = try await storedResult(jobID, in: third.store, "the job from the stream runs")
             #expect(result?.status == .succeeded)
             let again = try await submitWhenServing(cluster, request)
             #expect(try acceptedJob(again) == jobID)
@@ -145,11 +137,7 @@ struct DurableStreamTests {
             // A scheduler that consumes takes it from the stream and runs it, once.
             let (consuming, task) = try await cluster.startScheduler()
             defer { task.cancel() }
-            var result: Hangar_V1_Result?
-            try await waitUntil("the job runs") {
-                result = try await consuming.store.job(id: jobID)?.result
-                return result != nil
-            }
+            let result = try await storedResult(jobID, in: consuming.store, "the job runs")
             #expect(result?.status == .succeeded)
             #expect(try acceptedJob(try await submitWhenServing(cluster, request)) == jobID)
         }
@@ -209,4 +197,14 @@ private func waitUntil(_ what: String, _ condition: () async throws -> Bool) asy
 private struct StreamTestError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
+}
+
+/// The job's result once `store` has it; fails after `waitUntil`'s bound, saying `what` it waited for.
+private func storedResult(_ jobID: String, in store: Store, _ what: String) async throws -> Hangar_V1_Result? {
+    var result: Hangar_V1_Result?
+    try await waitUntil(what) {
+        result = try await store.job(id: jobID)?.result
+        return result != nil
+    }
+    return result
 }
