@@ -78,15 +78,28 @@ public struct SchedulerCore: Sendable {
 
     /// Whether the store has the job (it is past ``JobPhase/committing``).
     public func isCommitted(_ id: String) -> Bool {
-        guard let job = jobs[id] else { return false }
-        if case .committing = job.phase { return false }
+        guard let phase = phase(of: id) else { return false }
+        if case .committing = phase { return false }
         return true
+    }
+
+    /// How many attempts job `id` was sent so far (nil: the core does not work on it), read in place.
+    public func attempts(of id: String) -> UInt32? {
+        guard let index = jobs.index(forKey: id) else { return nil }
+        return jobs.values[index].attempts
+    }
+
+    /// Job `id`'s phase, read where the job is: `jobs[id]?.phase` would copy the whole job first,
+    /// which costs more than most events' work (this is read several times in each job's life).
+    func phase(of id: String) -> JobPhase? {
+        guard let index = jobs.index(forKey: id) else { return nil }
+        return jobs.values[index].phase
     }
 
     /// Whether `id`'s attempt `attempt` on `node` is one the core still counts on (a node that
     /// runs any other is told to kill it).
     public func owns(_ id: String, attempt: UInt32, node: String) -> Bool {
-        switch jobs[id]?.phase {
+        switch phase(of: id) {
         case .running(attempt, node, _), .restored(attempt, node, _): return true
         case .finishing(let outcome, _, _): return outcome.attempt == attempt && outcome.node == node
         default: return false
@@ -114,15 +127,16 @@ public struct SchedulerCore: Sendable {
     private mutating func apply(_ event: CoreEvent, now: ContinuousClock.Instant, _ actions: inout [CoreAction]) {
         switch event {
         case .admitted(let spec):
-            guard jobs[spec.id] == nil else { break }
+            guard !knows(spec.id) else { break }
             jobs[spec.id] = CoreJob(spec: spec, acceptedAt: now, phase: .committing(cancelled: nil))
         case .intakeFailed(let id):
-            if case .committing = jobs[id]?.phase { jobs.removeValue(forKey: id) }
+            if case .committing = phase(of: id) { jobs.removeValue(forKey: id) }
         case .intakeCommitted(let id):
-            guard let job = jobs[id], case .committing(let cancelled) = job.phase else { break }
+            guard let index = jobs.index(forKey: id), case .committing(let cancelled) = jobs.values[index].phase
+            else { break }
             if let cancelled {
                 finish(id, CoreOutcome(status: .cancelled, attempt: 0, node: nil, message: cancelled), &actions)
-            } else if let invalid = job.spec.invalid {
+            } else if let invalid = jobs.values[index].spec.invalid {
                 finish(id, CoreOutcome(status: .error, attempt: 0, node: nil, message: invalid), &actions)
             } else {
                 enqueue(id, lost: nil)
@@ -162,26 +176,31 @@ public struct SchedulerCore: Sendable {
             reconcile(nodeID, running: heartbeat.runningJobs, &actions)
             reconcileSandboxes(nodeID, holding: heartbeat.sandboxes, &actions)
         case .assignAnswered(let id, let attempt, let refusal):
-            guard case .running(attempt, let node, _) = jobs[id]?.phase else { break }
+            guard let index = jobs.index(forKey: id), case .running(attempt, let node, _) = jobs.values[index].phase
+            else { break }
             if let refusal {
                 release(id)
                 cluster.markRefusing(node)
                 actions.append(.log(.attemptRefused(jobID: id, attempt: attempt, nodeID: node, reason: refusal)))
                 enqueue(id, lost: nil)
             } else {
-                jobs[id]?.phase = .running(attempt: attempt, node: node, admitted: true)
+                jobs.values[index].phase = .running(attempt: attempt, node: node, admitted: true)
             }
         case .result(let id, let attempt, let node, let status):
             acceptResult(id, attempt: attempt, node: node, status: status, &actions)
         case .finishCommitted(let id):
-            guard case .finishing(let outcome, _, let holds) = jobs[id]?.phase else { break }
-            give(holds, of: jobs[id]!)
-            jobs.removeValue(forKey: id)
+            guard let index = jobs.index(forKey: id),
+                case .finishing(let outcome, _, let holds) = jobs.values[index].phase
+            else { break }
+            give(holds, tenant: jobs.values[index].spec.tenant, request: jobs.values[index].spec.request)
+            jobs.remove(at: index)
             remember(id, LostAttempt(attempt: outcome.attempt, node: outcome.node ?? ""))
             actions.append(.ended(jobID: id, outcome))
         case .finishFailed(let id):
-            guard case .finishing(let outcome, _, let holds) = jobs[id]?.phase else { break }
-            jobs[id]?.phase = .finishing(outcome, storeFailed: true, holds: holds)
+            guard let index = jobs.index(forKey: id),
+                case .finishing(let outcome, _, let holds) = jobs.values[index].phase
+            else { break }
+            jobs.values[index].phase = .finishing(outcome, storeFailed: true, holds: holds)
         case .cancel(let id, let reason):
             cancel(id, reason: reason, &actions)
         case .nodeControl(let nodeID, let control, let deadline):
@@ -210,19 +229,21 @@ public struct SchedulerCore: Sendable {
         _ actions: inout [CoreAction]
     ) {
         let counted = CoreOutcome(status: status, attempt: attempt, node: node, message: "")
-        switch jobs[id]?.phase {
+        let index = jobs.index(forKey: id)
+        let phase = index.map { jobs.values[$0].phase }
+        switch phase {
         case .running(attempt, node, _), .restored(attempt, node, _):
             // Its reservation is given back once the store has the result.
-            finish(id, counted, holds: hold(of: id), &actions)
+            finish(id, counted, holds: Self.hold(of: phase), &actions)
             return
         // A lost attempt's CANCELLED is never the outcome: no tenant cancelled it (a tenant's cancel
         // ends a job waiting to retry at once), its node killed it because the core told it to
         // (the node came back still running an attempt the core had given up) or as it stopped.
         case .queued(let lost?)
-        where lost == LostAttempt(attempt: attempt, node: node) && jobs[id]?.attempts == attempt
+        where lost == LostAttempt(attempt: attempt, node: node) && jobs.values[index!].attempts == attempt
             && status != .cancelled:
             // Declared LOST, no later attempt sent: its result is the outcome; the retry is off.
-            queue.remove(tenant: jobs[id]!.tenant, jobID: id)
+            queue.remove(tenant: jobs.values[index!].tenant, jobID: id)
             placementMayChange = true  // it may have blocked its tenant's queue
             finish(id, counted, &actions)
             return
@@ -400,17 +421,26 @@ public struct SchedulerCore: Sendable {
         nextUnlistedCheck = now + .seconds(1)
         var stillUnlisted: [String: UnlistedAttempt] = [:]
         var overdue: [String] = []
-        for (id, job) in jobs {
-            guard case .running(let attempt, let node, _) = job.phase, cluster.isUp(node),
-                let record = cluster.records[node]
-            else { continue }
-            let key = "\(id)/\(attempt)"
-            if record.heartbeat.runningJobs.contains(key) || record.heartbeat.reportingJobs.contains(key) { continue }
+        // What each up node's latest heartbeat lists (running or reporting), as a set, made once
+        // per node: nil for a node that is not up.
+        var listedBy: [String: (listed: Set<String>, lastSeen: ContinuousClock.Instant)?] = [:]
+        for index in jobs.indices {  // read in place: iterating `jobs` would copy every job
+            guard case .running(let attempt, let node, _) = jobs.values[index].phase else { continue }
+            if listedBy.index(forKey: node) == nil {
+                listedBy[node] =
+                    cluster.isUp(node)
+                    ? cluster.records[node].map { record in
+                        (Set(record.heartbeat.runningJobs).union(record.heartbeat.reportingJobs), record.lastSeen)
+                    } : nil
+            }
+            guard let (listed, lastSeen) = listedBy[node] ?? nil else { continue }
+            let id = jobs.keys[index]
+            if listed.contains("\(id)/\(attempt)") { continue }
             let known = unlisted[id].flatMap { $0.attempt == attempt && $0.node == node ? $0 : nil }
             let since = known?.since ?? now
             stillUnlisted[id] = UnlistedAttempt(attempt: attempt, node: node, since: since)
             // A heartbeat that came after it was first missed still does not list it.
-            if now - since >= config.unlistedGrace && record.lastSeen > since { overdue.append(id) }
+            if now - since >= config.unlistedGrace && lastSeen > since { overdue.append(id) }
         }
         unlisted = stillUnlisted
         for id in overdue.sorted() {
@@ -576,33 +606,37 @@ public struct SchedulerCore: Sendable {
     /// The ids of the jobs `matching` says, sorted: the order in which the core acts on several
     /// jobs at once must not depend on the dictionary's (random per process) order, or a seed
     /// would not replay. Only the matches are sorted: a tick does not sort every job in flight.
-    private func ids(where matching: (CoreJob) -> Bool) -> [String] {
+    private func ids(where matching: (borrowing CoreJob) -> Bool) -> [String] {
         var matched: [String] = []
-        for (id, job) in jobs where matching(job) { matched.append(id) }
+        // Each job is looked at where it is: iterating `jobs` would copy every job in flight.
+        for index in jobs.indices where matching(jobs.values[index]) { matched.append(jobs.keys[index]) }
         return matched.sorted()
     }
 
     private mutating func enqueue(_ id: String, lost: LostAttempt?) {
         placementMayChange = true
         guard let index = jobs.index(forKey: id) else { return }
-        let job = jobs.values[index]
-        let sequence = queue.enqueue(tenant: job.tenant, jobID: id, priority: job.spec.priority, sequence: job.sequence)
+        let sequence = queue.enqueue(
+            tenant: jobs.values[index].spec.tenant,
+            jobID: id,
+            priority: jobs.values[index].spec.priority,
+            sequence: jobs.values[index].sequence
+        )
         jobs.values[index].sequence = sequence
         jobs.values[index].phase = .queued(lost: lost)
     }
 
     /// What the job's running attempt holds: its share of its tenant's usage, and its reservation
     /// on the node (a restored attempt holds none until its node joins).
-    func hold(of id: String) -> Hold {
-        switch jobs[id]?.phase {
+    func hold(of id: String) -> Hold { Self.hold(of: phase(of: id)) }
+
+    /// What an attempt in `phase` holds (see `hold(of:)`).
+    static func hold(of phase: JobPhase?) -> Hold {
+        switch phase {
         case .running(_, let node, _), .restored(_, let node, reserved: true): .usageAndNode(node)
         case .restored: .usage
         default: .nothing
         }
-    }
-
-    private mutating func give(_ hold: Hold, of job: CoreJob) {
-        give(hold, tenant: job.tenant, request: job.spec.request)
     }
 
     /// Gives back what `hold` holds of `request` for `tenant`.
@@ -618,9 +652,13 @@ public struct SchedulerCore: Sendable {
 
     /// Gives back what the job's running attempt holds, at once.
     private mutating func release(_ id: String) {
-        guard let job = jobs[id] else { return }
-        give(hold(of: id), of: job)
-        jobs[id]?.phase = .queued(lost: nil)  // transient: every caller moves it on at once
+        guard let index = jobs.index(forKey: id) else { return }
+        give(
+            Self.hold(of: jobs.values[index].phase),
+            tenant: jobs.values[index].spec.tenant,
+            request: jobs.values[index].spec.request
+        )
+        jobs.values[index].phase = .queued(lost: nil)  // transient: every caller moves it on at once
     }
 
     private mutating func finish(

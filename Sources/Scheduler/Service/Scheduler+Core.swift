@@ -4,7 +4,7 @@ import HangarShared
 
 extension Scheduler {
     /// Feeds `event` to the core at the current time and performs what it decides. Store writes go
-    /// to the group committer one by one, in the order decided.
+    /// to the group committer together, in the order decided.
     func handle(_ event: CoreEvent) {
         var batch: [StoreWrite]? = nil
         perform(core.handle(event, now: .now), into: &batch)
@@ -19,21 +19,32 @@ extension Scheduler {
 
     /// Performs the core's actions in order. With `batch` non-nil, the store writes are appended to
     /// it (a stream batch committed in one transaction; the caller reports its finished jobs'
-    /// commits to the core), else each is queued for the group commit at once.
+    /// commits to the core), else they are queued for the group commit together, once the actions
+    /// are performed (a placement round's records share one transaction). Either way the writes
+    /// keep the order decided: the sandbox paths, which queue their own, go after what came
+    /// before them. Nothing else here waits for a write.
     func perform(_ actions: [CoreAction], into batch: inout [StoreWrite]?) {
+        var queued: [(StoreWrite, whenCommitted: @Sendable ((any Error)?) -> Void)] = []
+        defer { store.queue(queued) }
         for action in actions {
             switch action {
             case .assign(let jobID, let attempt, let nodeID):
                 assign(jobID, attempt: attempt, on: nodeID)
             case .cancelOnNode(let jobID, let attempt, let nodeID, let reason):
                 sendCancel(jobID: jobID, attempt: attempt, nodeID: nodeID, reason: reason)
+            case .log(.sandbox(let change)):
+                store.queue(queued)
+                queued.removeAll()
+                write(change)  // sandboxes are never part of a stream batch
             case .log(let record):
-                write(record, into: &batch)
+                write(record, into: &batch, queued: &queued)
             case .ended(let jobID, let outcome):
-                guard let entry = jobs[jobID] else { continue }
+                guard let entry = forget(jobID) else { continue }
                 let (result, encoded) = entry.result ?? resultWithoutReport(entry, outcome)
                 complete(entry, with: result, encoded: encoded)
             case .sandbox(let action):
+                store.queue(queued)
+                queued.removeAll()
                 perform(action)
             case .paused(let pause):
                 logger.warning(
@@ -76,8 +87,13 @@ extension Scheduler {
         send(assignment, to: nodeID, decidedAt: now, trace: jobs.values[index].trace.child())
     }
 
-    /// One log record of the core as a store write.
-    private func write(_ record: LogRecord, into batch: inout [StoreWrite]?) {
+    /// One log record of the core (not a sandbox's) as a store write: appended to `batch` if there
+    /// is one, else to `queued`.
+    private func write(
+        _ record: LogRecord,
+        into batch: inout [StoreWrite]?,
+        queued: inout [(StoreWrite, whenCommitted: @Sendable ((any Error)?) -> Void)]
+    ) {
         let write: StoreWrite
         switch record {
         case .attemptPlaced(let jobID, let attempt, let nodeID):
@@ -114,28 +130,30 @@ extension Scheduler {
         case .drainDeadlinePassed(let nodeID):
             write = .audit(actor: "scheduler", event: "node.drain.deadline", jobID: nil, detail: nodeID)
         case .sandbox(let change):
-            self.write(change)  // sandboxes are never part of a stream batch
+            self.write(change)  // not reached: `perform` writes sandbox records itself
             return
         case .finished(let jobID, let outcome):
-            guard let entry = jobs[jobID] else { return }
+            // Read and changed where it is: a copy of the entry costs more than building the result.
+            guard let index = jobs.index(forKey: jobID) else { return }
             let finished: (result: Hangar_V1_Result, encoded: Data)
-            if let decided = entry.result {
+            if let decided = jobs.values[index].result {
                 finished = decided  // written again after a failed commit
             } else if let node = outcome.node,
                 let report = reportsInFlight[ReportKey(jobID: jobID, attempt: outcome.attempt, nodeID: node)]
             {
-                let result = makeResult(entry, report, nodeID: node)
+                let result = makeResult(jobs.values[index], report, nodeID: node)
                 finished = (result, (try? result.serializedData()) ?? Data())
             } else {
-                finished = resultWithoutReport(entry, outcome)
+                finished = resultWithoutReport(jobs.values[index], outcome)
             }
-            jobs[jobID]?.result = finished
+            jobs.values[index].result = finished
             write = .jobFinished(finished.result, encoded: finished.encoded)
             if batch != nil {
                 batch!.append(write)  // the caller reports the commit to the core
                 return
             }
-            let committed = committedSignal(write)
+            let (whenCommitted, committed) = Self.commitSignal()
+            queued.append((write, whenCommitted))
             Task {
                 let error = await committed()
                 if let error {
@@ -152,7 +170,9 @@ extension Scheduler {
             batch!.append(write)
         } else {
             let logger = self.logger
-            store.enqueue(write) { error in logger.error("could not store", metadata: ["error": "\(error)"]) }
+            queued.append(
+                (write, { error in if let error { logger.error("could not store", metadata: ["error": "\(error)"]) } })
+            )
         }
     }
 

@@ -58,12 +58,13 @@ extension Scheduler {
     func recoverLostIntake(now: ContinuousClock.Instant) async {
         var stored: [String] = []
         var suspects: [(id: String, sequence: UInt64)] = []
-        for (id, entry) in jobs {
-            guard let intake = entry.intake else { continue }
+        for index in jobs.indices {  // read in place: iterating `jobs` would copy every entry
+            guard let sequence = jobs.values[index].intake?.sequence else { continue }
+            let id = jobs.keys[index]
             if core.isCommitted(id) {
                 stored.append(id)
-            } else if !committingIntake.contains(id), now - entry.acceptedAt >= config.intakeLossGrace {
-                suspects.append((id, intake.sequence))
+            } else if !committingIntake.contains(id), now - jobs.values[index].acceptedAt >= config.intakeLossGrace {
+                suspects.append((id, sequence))
             }
         }
         for id in stored { jobs[id]?.intake = nil }
@@ -251,7 +252,7 @@ extension Scheduler {
         if committingIntake.contains(jobID) {
             return .retry  // being committed from an earlier delivery; ack this copy once that is done
         }
-        if jobs[jobID] != nil {
+        if jobs.index(forKey: jobID) != nil {  // not `jobs[jobID]`, which copies the entry out
             if core.isCommitted(jobID) { return .ack }
         } else {
             // Not admitted by this process (a restart, or another instance): unless the store
@@ -277,7 +278,7 @@ extension Scheduler {
             } catch {
                 return .retry
             }
-            guard jobs[jobID] == nil else { return .retry }  // admitted meanwhile; next delivery
+            guard jobs.index(forKey: jobID) == nil else { return .retry }  // admitted meanwhile; next delivery
             let taken = entry(
                 for: request,
                 tenant: tenant,
@@ -289,14 +290,14 @@ extension Scheduler {
             if let key = taken.entry.requestKey { byRequest[key] = jobID }
             handle(.admitted(taken.spec))
         }
-        guard let entry = jobs[jobID] else { return .ack }
-        let requestID = entry.submission.requestID
+        guard let index = jobs.index(forKey: jobID) else { return .ack }
+        let requestID = jobs.values[index].submission.requestID
         var stored = StoredJob(
             id: jobID,
             tenant: tenant,
             requestID: requestID.isEmpty ? nil : requestID,
-            spec: entry.submission.spec,
-            priority: entry.submission.priority,
+            spec: jobs.values[index].submission.spec,
+            priority: jobs.values[index].submission.priority,
             submittedAt: item.submittedAtMs ?? unixMilliseconds()
         )
         stored.requestData = item.request

@@ -120,10 +120,9 @@ extension Scheduler {
         return result
     }
 
-    /// Forgets the finished job and delivers its result to every waiter and the result subject.
-    /// `encoded` is the result serialized, if it already was.
+    /// Delivers the result of a finished job (forgotten already) to every waiter and the result
+    /// subject. `encoded` is the result serialized, if it already was.
     func complete(_ entry: JobEntry, with result: Hangar_V1_Result, encoded: Data? = nil) {
-        forget(entry.id)
         counters.finished(
             tenant: entry.tenant,
             status: result.status,

@@ -227,18 +227,28 @@ extension Scheduler {
     /// Queues `write` for the group commit now (so it keeps its place after writes queued before
     /// it) and returns a function that waits for the commit: nil when committed, else the error.
     nonisolated func committedSignal(_ write: StoreWrite) -> @Sendable () async -> (any Error)? {
+        let (whenCommitted, committed) = Self.commitSignal()
+        store.queue(write, whenCommitted: whenCommitted)
+        return committed
+    }
+
+    /// A completion for a queued write, and a function that waits for it: nil when committed,
+    /// else the error.
+    nonisolated static func commitSignal() -> (
+        whenCommitted: @Sendable ((any Error)?) -> Void, committed: @Sendable () async -> (any Error)?
+    ) {
         let (outcome, continuation) = AsyncStream.makeStream(of: (any Error)?.self)
-        store.queue(
-            write,
-            whenCommitted: { error in
-                continuation.yield(error)
-                continuation.finish()
+        let whenCommitted: @Sendable ((any Error)?) -> Void = { error in
+            continuation.yield(error)
+            continuation.finish()
+        }
+        return (
+            whenCommitted,
+            {
+                for await error in outcome { return error }
+                return CancellationError()
             }
         )
-        return {
-            for await error in outcome { return error }
-            return CancellationError()
-        }
     }
 }
 

@@ -59,8 +59,15 @@ final class GroupCommitter: Sendable {
 
     /// Queues `write` now, in the caller's order, without waiting for the commit.
     func enqueue(_ write: StoreWrite, _ completion: Completion) {
+        enqueue(contentsOf: CollectionOfOne((write, completion)))
+    }
+
+    /// Queues `writes` now, in their order and together: the drain never takes only some of them
+    /// (unless more than `maxBatch` wait), so they share one transaction.
+    func enqueue(contentsOf writes: some Collection<(StoreWrite, Completion)>) {
+        guard !writes.isEmpty else { return }
         let startDrain = state.withLock { state in
-            state.operations.append((write, completion))
+            state.operations.append(contentsOf: writes)
             if state.draining { return false }
             state.draining = true
             return true

@@ -55,6 +55,13 @@ public final class Store: Sendable {
         committer.enqueue(write, .callback(completion))
     }
 
+    /// Queues `writes` for the next group commit together (they share its transaction), without
+    /// waiting for it; each one's completion hears its outcome (nil: committed) on the committer's
+    /// thread.
+    public func queue(_ writes: [(StoreWrite, whenCommitted: @Sendable ((any Error)?) -> Void)]) {
+        committer.enqueue(contentsOf: writes.lazy.map { ($0.0, .callback($0.whenCommitted)) })
+    }
+
     /// Returns once every write queued before this call is committed (or has failed), synced to
     /// disk: what a stopping scheduler awaits so that nothing it queued is lost when it exits.
     public func flush() async throws {
