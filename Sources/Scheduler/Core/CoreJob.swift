@@ -37,7 +37,8 @@ public struct CoreJob: Sendable, Equatable {
     }
 
     public let spec: Spec
-    public let acceptedAt: ContinuousClock.Instant
+    /// When it was accepted (a ``Moment``, so that a job's layout is known at compile time).
+    let accepted: Moment
     public internal(set) var phase: JobPhase
     /// Attempts sent so far; the latest is the fencing epoch a result must carry.
     public internal(set) var attempts: UInt32 = 0
@@ -48,6 +49,14 @@ public struct CoreJob: Sendable, Equatable {
     /// Why it is still waiting, for the message when it expires.
     public internal(set) var waitingBecause = ""
 
+    /// A job accepted at `acceptedAt`, in `phase`.
+    init(spec: Spec, acceptedAt: ContinuousClock.Instant, phase: JobPhase) {
+        self.spec = spec
+        self.accepted = Moment(acceptedAt)
+        self.phase = phase
+    }
+
+    public var acceptedAt: ContinuousClock.Instant { accepted.instant }
     public var id: String { spec.id }
     public var tenant: String { spec.tenant }
 
@@ -83,7 +92,7 @@ public enum JobPhase: Sendable, Equatable {
     /// In its tenant's queue, waiting for a node.
     case queued(lost: LostAttempt?)
     /// Waiting out a retry backoff after an attempt was lost.
-    case backingOff(until: ContinuousClock.Instant, lost: LostAttempt)
+    case backingOff(until: Moment, lost: LostAttempt)
     /// Attempt `attempt` holds a reservation on `node`; `admitted` once the node acknowledged it.
     case running(attempt: UInt32, node: String, admitted: Bool)
     /// Restored after a scheduler restart while attempt `attempt` ran on `node`: it counts in its

@@ -84,17 +84,10 @@ public struct SchedulerCore: Sendable {
     }
 
     /// How many attempts job `id` was sent so far (nil: the core does not work on it), read in place.
-    public func attempts(of id: String) -> UInt32? {
-        guard let index = jobs.index(forKey: id) else { return nil }
-        return jobs.values[index].attempts
-    }
+    public func attempts(of id: String) -> UInt32? { jobs[id]?.attempts }
 
-    /// Job `id`'s phase, read where the job is: `jobs[id]?.phase` would copy the whole job first,
-    /// which costs more than most events' work (this is read several times in each job's life).
-    func phase(of id: String) -> JobPhase? {
-        guard let index = jobs.index(forKey: id) else { return nil }
-        return jobs.values[index].phase
-    }
+    /// Job `id`'s phase (the optimizer copies only the phase out; see `Dictionary.inPlace`).
+    func phase(of id: String) -> JobPhase? { jobs[id]?.phase }
 
     /// Whether `id`'s attempt `attempt` on `node` is one the core still counts on (a node that
     /// runs any other is told to kill it).
@@ -132,11 +125,12 @@ public struct SchedulerCore: Sendable {
         case .intakeFailed(let id):
             if case .committing = phase(of: id) { jobs.removeValue(forKey: id) }
         case .intakeCommitted(let id):
-            guard let index = jobs.index(forKey: id), case .committing(let cancelled) = jobs.values[index].phase
+            guard let index = jobs.index(forKey: id),
+                case .committing(let cancelled) = jobs.inPlace(at: index, { $0.phase })
             else { break }
             if let cancelled {
                 finish(id, CoreOutcome(status: .cancelled, attempt: 0, node: nil, message: cancelled), &actions)
-            } else if let invalid = jobs.values[index].spec.invalid {
+            } else if let invalid = jobs.inPlace(at: index, { $0.spec.invalid }) {
                 finish(id, CoreOutcome(status: .error, attempt: 0, node: nil, message: invalid), &actions)
             } else {
                 enqueue(id, lost: nil)
@@ -176,7 +170,8 @@ public struct SchedulerCore: Sendable {
             reconcile(nodeID, running: heartbeat.runningJobs, &actions)
             reconcileSandboxes(nodeID, holding: heartbeat.sandboxes, &actions)
         case .assignAnswered(let id, let attempt, let refusal):
-            guard let index = jobs.index(forKey: id), case .running(attempt, let node, _) = jobs.values[index].phase
+            guard let index = jobs.index(forKey: id),
+                case .running(attempt, let node, _) = jobs.inPlace(at: index, { $0.phase })
             else { break }
             if let refusal {
                 release(id)
@@ -190,15 +185,15 @@ public struct SchedulerCore: Sendable {
             acceptResult(id, attempt: attempt, node: node, status: status, &actions)
         case .finishCommitted(let id):
             guard let index = jobs.index(forKey: id),
-                case .finishing(let outcome, _, let holds) = jobs.values[index].phase
+                case .finishing(let outcome, _, let holds) = jobs.inPlace(at: index, { $0.phase })
             else { break }
-            give(holds, tenant: jobs.values[index].spec.tenant, request: jobs.values[index].spec.request)
-            jobs.remove(at: index)
+            let job = jobs.remove(at: index).value
+            give(holds, tenant: job.spec.tenant, request: job.spec.request)
             remember(id, LostAttempt(attempt: outcome.attempt, node: outcome.node ?? ""))
             actions.append(.ended(jobID: id, outcome))
         case .finishFailed(let id):
             guard let index = jobs.index(forKey: id),
-                case .finishing(let outcome, _, let holds) = jobs.values[index].phase
+                case .finishing(let outcome, _, let holds) = jobs.inPlace(at: index, { $0.phase })
             else { break }
             jobs.values[index].phase = .finishing(outcome, storeFailed: true, holds: holds)
         case .cancel(let id, let reason):
@@ -229,8 +224,7 @@ public struct SchedulerCore: Sendable {
         _ actions: inout [CoreAction]
     ) {
         let counted = CoreOutcome(status: status, attempt: attempt, node: node, message: "")
-        let index = jobs.index(forKey: id)
-        let phase = index.map { jobs.values[$0].phase }
+        let phase = phase(of: id)
         switch phase {
         case .running(attempt, node, _), .restored(attempt, node, _):
             // Its reservation is given back once the store has the result.
@@ -240,10 +234,10 @@ public struct SchedulerCore: Sendable {
         // ends a job waiting to retry at once), its node killed it because the core told it to
         // (the node came back still running an attempt the core had given up) or as it stopped.
         case .queued(let lost?)
-        where lost == LostAttempt(attempt: attempt, node: node) && jobs.values[index!].attempts == attempt
+        where lost == LostAttempt(attempt: attempt, node: node) && jobs[id]?.attempts == attempt
             && status != .cancelled:
             // Declared LOST, no later attempt sent: its result is the outcome; the retry is off.
-            queue.remove(tenant: jobs.values[index!].tenant, jobID: id)
+            queue.remove(tenant: jobs[id]!.tenant, jobID: id)
             placementMayChange = true  // it may have blocked its tenant's queue
             finish(id, counted, &actions)
             return
@@ -356,9 +350,10 @@ public struct SchedulerCore: Sendable {
             recoveryDeadline = nil
             settleRestored(now: now, &actions)
         }
+        let moment = Moment(now)
         let due = ids { job in
             switch job.phase {
-            case .backingOff(let until, _): until <= now
+            case .backingOff(let until, _): until <= moment
             case .queued: job.losses == 0 && now - job.acceptedAt >= config.queueTimeout
             case .finishing(_, let storeFailed, _): storeFailed
             default: false
@@ -367,7 +362,7 @@ public struct SchedulerCore: Sendable {
         for id in due {
             guard let job = jobs[id] else { continue }
             switch job.phase {
-            case .backingOff(let until, let lost) where until <= now:
+            case .backingOff(let until, let lost) where until <= moment:
                 enqueue(id, lost: lost)
             case .queued where job.losses == 0 && now - job.acceptedAt >= config.queueTimeout:
                 queue.remove(tenant: job.tenant, jobID: id)
@@ -424,8 +419,8 @@ public struct SchedulerCore: Sendable {
         // What each up node's latest heartbeat lists (running or reporting), as a set, made once
         // per node: nil for a node that is not up.
         var listedBy: [String: (listed: Set<String>, lastSeen: ContinuousClock.Instant)?] = [:]
-        for index in jobs.indices {  // read in place: iterating `jobs` would copy every job
-            guard case .running(let attempt, let node, _) = jobs.values[index].phase else { continue }
+        for (id, job) in jobs {
+            guard case .running(let attempt, let node, _) = job.phase else { continue }
             if listedBy.index(forKey: node) == nil {
                 listedBy[node] =
                     cluster.isUp(node)
@@ -434,7 +429,6 @@ public struct SchedulerCore: Sendable {
                     } : nil
             }
             guard let (listed, lastSeen) = listedBy[node] ?? nil else { continue }
-            let id = jobs.keys[index]
             if listed.contains("\(id)/\(attempt)") { continue }
             let known = unlisted[id].flatMap { $0.attempt == attempt && $0.node == node ? $0 : nil }
             let since = known?.since ?? now
@@ -527,7 +521,7 @@ public struct SchedulerCore: Sendable {
         let lost = LostAttempt(attempt: attempt, node: node)
         if job.losses < job.spec.maxAttempts {
             let wait = job.spec.backoff * (1 << min(Int(job.losses) - 1, 10))
-            job.phase = .backingOff(until: now + wait, lost: lost)
+            job.phase = .backingOff(until: Moment(now + wait), lost: lost)
             jobs[id] = job
         } else {
             jobs[id] = job
@@ -561,14 +555,20 @@ public struct SchedulerCore: Sendable {
             }
             // The job is read and changed where it is (nothing below adds or removes jobs, so the
             // index stays valid): a copy of it and a second lookup cost more than the rest here.
-            guard let index = jobs.index(forKey: item.jobID), case .queued = jobs.values[index].phase else {
+            guard let index = jobs.index(forKey: item.jobID),
+                let request = jobs.inPlace(
+                    at: index,
+                    { job -> PlacementRequest? in
+                        if case .queued = job.phase { job.spec.request } else { nil }
+                    }
+                )
+            else {
                 _ = queue.pop(tenant: tenant)
                 continue
             }
             let id = item.jobID
             let policy = tenants.policy(for: tenant)
             let usage = queue.usage[tenant] ?? FairQueue.Usage()
-            let request = jobs.values[index].spec.request
             if usage.cpuMillis + request.cpuMillis > policy.maxCPUMillis
                 || usage.memoryBytes + request.memoryBytes > policy.maxMemoryBytes
             {
@@ -588,9 +588,11 @@ public struct SchedulerCore: Sendable {
                 let node = nodes[0]
                 cluster.reserve(node, request)
                 queue.started(tenant: tenant, cpuMillis: request.cpuMillis, memoryBytes: request.memoryBytes)
-                jobs.values[index].attempts += 1
-                let attempt = jobs.values[index].attempts
-                jobs.values[index].phase = .running(attempt: attempt, node: node, admitted: false)
+                let attempt = jobs.inPlace(at: index) { job in
+                    job.attempts += 1
+                    job.phase = .running(attempt: job.attempts, node: node, admitted: false)
+                    return job.attempts
+                }
                 actions.append(.log(.attemptPlaced(jobID: id, attempt: attempt, nodeID: node)))
                 actions.append(.assign(jobID: id, attempt: attempt, nodeID: node))
             case .wait(let why), .impossible(let why):
@@ -606,24 +608,21 @@ public struct SchedulerCore: Sendable {
     /// The ids of the jobs `matching` says, sorted: the order in which the core acts on several
     /// jobs at once must not depend on the dictionary's (random per process) order, or a seed
     /// would not replay. Only the matches are sorted: a tick does not sort every job in flight.
-    private func ids(where matching: (borrowing CoreJob) -> Bool) -> [String] {
+    private func ids(where matching: (CoreJob) -> Bool) -> [String] {
         var matched: [String] = []
-        // Each job is looked at where it is: iterating `jobs` would copy every job in flight.
-        for index in jobs.indices where matching(jobs.values[index]) { matched.append(jobs.keys[index]) }
+        for (id, job) in jobs where matching(job) { matched.append(id) }
         return matched.sorted()
     }
 
     private mutating func enqueue(_ id: String, lost: LostAttempt?) {
         placementMayChange = true
         guard let index = jobs.index(forKey: id) else { return }
-        let sequence = queue.enqueue(
-            tenant: jobs.values[index].spec.tenant,
-            jobID: id,
-            priority: jobs.values[index].spec.priority,
-            sequence: jobs.values[index].sequence
-        )
-        jobs.values[index].sequence = sequence
-        jobs.values[index].phase = .queued(lost: lost)
+        let (tenant, priority, known) = jobs.inPlace(at: index) { ($0.spec.tenant, $0.spec.priority, $0.sequence) }
+        let sequence = queue.enqueue(tenant: tenant, jobID: id, priority: priority, sequence: known)
+        jobs.inPlace(at: index) { job in
+            job.sequence = sequence
+            job.phase = .queued(lost: lost)
+        }
     }
 
     /// What the job's running attempt holds: its share of its tenant's usage, and its reservation
@@ -653,11 +652,8 @@ public struct SchedulerCore: Sendable {
     /// Gives back what the job's running attempt holds, at once.
     private mutating func release(_ id: String) {
         guard let index = jobs.index(forKey: id) else { return }
-        give(
-            Self.hold(of: jobs.values[index].phase),
-            tenant: jobs.values[index].spec.tenant,
-            request: jobs.values[index].spec.request
-        )
+        let (phase, tenant, request) = jobs.inPlace(at: index) { ($0.phase, $0.spec.tenant, $0.spec.request) }
+        give(Self.hold(of: phase), tenant: tenant, request: request)
         jobs.values[index].phase = .queued(lost: nil)  // transient: every caller moves it on at once
     }
 

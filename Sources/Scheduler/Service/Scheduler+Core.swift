@@ -40,7 +40,7 @@ extension Scheduler {
                 write(record, into: &batch, queued: &queued)
             case .ended(let jobID, let outcome):
                 guard let entry = forget(jobID) else { continue }
-                let (result, encoded) = entry.result ?? resultWithoutReport(entry, outcome)
+                let (result, encoded) = entry.result ?? Self.resultWithoutReport(entry, outcome)
                 complete(entry, with: result, encoded: encoded)
             case .sandbox(let action):
                 store.queue(queued)
@@ -73,18 +73,21 @@ extension Scheduler {
         let now = ContinuousClock.now
         // The entry is changed and read where it is: a copy of it (and a second lookup to put it
         // back) is a good part of this function's cost.
-        jobs.values[index].placedAt = now
-        jobs.values[index].result = nil
-        counters.placed(after: jobs.values[index].acceptedAt.duration(to: now))
+        let (acceptedAt, tenant, spec, trace) = jobs.inPlace(at: index) { entry in
+            entry.placedAt = now
+            entry.result = nil
+            return (entry.acceptedAt, entry.tenant, entry.submission.spec, entry.trace)
+        }
+        counters.placed(after: acceptedAt.duration(to: now))
         var assignment = Hangar_V1_Assignment()
         assignment.jobID = jobID
-        assignment.tenant = jobs.values[index].tenant
+        assignment.tenant = tenant
         assignment.attempt = attempt
-        assignment.spec = jobs.values[index].submission.spec
+        assignment.spec = spec
         assignment.assignedAtMs = unixMilliseconds()
         assignment.nodeIncarnation = nodeIncarnations[nodeID] ?? ""
         assignment.schedulerTerm = config.term
-        send(assignment, to: nodeID, decidedAt: now, trace: jobs.values[index].trace.child())
+        send(assignment, to: nodeID, decidedAt: now, trace: trace.child())
     }
 
     /// One log record of the core (not a sandbox's) as a store write: appended to `batch` if there
@@ -135,18 +138,21 @@ extension Scheduler {
         case .finished(let jobID, let outcome):
             // Read and changed where it is: a copy of the entry costs more than building the result.
             guard let index = jobs.index(forKey: jobID) else { return }
-            let finished: (result: Hangar_V1_Result, encoded: Data)
-            if let decided = jobs.values[index].result {
-                finished = decided  // written again after a failed commit
-            } else if let node = outcome.node,
-                let report = reportsInFlight[ReportKey(jobID: jobID, attempt: outcome.attempt, nodeID: node)]
-            {
-                let result = makeResult(jobs.values[index], report, nodeID: node)
-                finished = (result, (try? result.serializedData()) ?? Data())
-            } else {
-                finished = resultWithoutReport(jobs.values[index], outcome)
+            let report = outcome.node.flatMap {
+                reportsInFlight[ReportKey(jobID: jobID, attempt: outcome.attempt, nodeID: $0)]
             }
-            jobs.values[index].result = finished
+            let finished = jobs.inPlace(at: index) { entry -> (result: Hangar_V1_Result, encoded: Data) in
+                if let decided = entry.result { return decided }  // written again after a failed commit
+                let finished: (result: Hangar_V1_Result, encoded: Data)
+                if let report, let node = outcome.node {
+                    let result = Self.makeResult(entry, report, nodeID: node)
+                    finished = (result, (try? result.serializedData()) ?? Data())
+                } else {
+                    finished = Self.resultWithoutReport(entry, outcome)
+                }
+                entry.result = finished
+                return finished
+            }
             write = .jobFinished(finished.result, encoded: finished.encoded)
             if batch != nil {
                 batch!.append(write)  // the caller reports the commit to the core
@@ -177,7 +183,7 @@ extension Scheduler {
     }
 
     /// The result of a job that ended without a node's report (cancelled, lost, expired, invalid).
-    private func resultWithoutReport(
+    private static func resultWithoutReport(
         _ entry: JobEntry,
         _ outcome: CoreOutcome
     ) -> (result: Hangar_V1_Result, encoded: Data) {

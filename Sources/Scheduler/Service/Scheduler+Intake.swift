@@ -58,13 +58,12 @@ extension Scheduler {
     func recoverLostIntake(now: ContinuousClock.Instant) async {
         var stored: [String] = []
         var suspects: [(id: String, sequence: UInt64)] = []
-        for index in jobs.indices {  // read in place: iterating `jobs` would copy every entry
-            guard let sequence = jobs.values[index].intake?.sequence else { continue }
-            let id = jobs.keys[index]
+        for (id, entry) in jobs {
+            guard let intake = entry.intake else { continue }
             if core.isCommitted(id) {
                 stored.append(id)
-            } else if !committingIntake.contains(id), now - jobs.values[index].acceptedAt >= config.intakeLossGrace {
-                suspects.append((id, sequence))
+            } else if !committingIntake.contains(id), now - entry.acceptedAt >= config.intakeLossGrace {
+                suspects.append((id, intake.sequence))
             }
         }
         for id in stored { jobs[id]?.intake = nil }
@@ -291,13 +290,15 @@ extension Scheduler {
             handle(.admitted(taken.spec))
         }
         guard let index = jobs.index(forKey: jobID) else { return .ack }
-        let requestID = jobs.values[index].submission.requestID
+        let (requestID, spec, priority) = jobs.inPlace(at: index) {
+            ($0.submission.requestID, $0.submission.spec, $0.submission.priority)
+        }
         var stored = StoredJob(
             id: jobID,
             tenant: tenant,
             requestID: requestID.isEmpty ? nil : requestID,
-            spec: jobs.values[index].submission.spec,
-            priority: jobs.values[index].submission.priority,
+            spec: spec,
+            priority: priority,
             submittedAt: item.submittedAtMs ?? unixMilliseconds()
         )
         stored.requestData = item.request

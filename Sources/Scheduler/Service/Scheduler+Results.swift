@@ -87,7 +87,7 @@ extension Scheduler {
     }
 
     /// The job's result from the node's report of attempt `attempt`.
-    func makeResult(_ entry: JobEntry, _ report: Hangar_V1_AttemptResult, nodeID: String) -> Hangar_V1_Result {
+    static func makeResult(_ entry: JobEntry, _ report: Hangar_V1_AttemptResult, nodeID: String) -> Hangar_V1_Result {
         var result = baseResult(entry, attempt: report.attempt, nodeID: nodeID)
         result.status = report.status
         result.exitCode = report.exitCode
@@ -105,7 +105,7 @@ extension Scheduler {
     }
 
     /// A result with the job's identity and timings filled in.
-    func baseResult(_ entry: JobEntry, attempt: UInt32, nodeID: String?) -> Hangar_V1_Result {
+    static func baseResult(_ entry: JobEntry, attempt: UInt32, nodeID: String?) -> Hangar_V1_Result {
         var result = Hangar_V1_Result()
         result.jobID = entry.id
         result.tenant = entry.tenant

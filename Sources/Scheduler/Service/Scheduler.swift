@@ -519,11 +519,12 @@ public actor Scheduler {
         }
         var held: [String] = []
         if let index = jobs.index(forKey: id) {
-            held = jobs.values[index].pendingAcks
-            jobs.values[index].durable = true
-            jobs.values[index].pendingAcks = []
-            if let published, !core.isCommitted(id) {
-                jobs.values[index].intake = (published.sequence, pending.encoded)
+            let intake = published.flatMap { core.isCommitted(id) ? nil : ($0.sequence, pending.encoded) }
+            held = jobs.inPlace(at: index) { entry in
+                entry.durable = true
+                if let intake { entry.intake = intake }
+                defer { entry.pendingAcks = [] }
+                return entry.pendingAcks
             }
         }
         for subject in held { replyAccepted(subject, jobID: id, duplicate: true) }
