@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import HangarScheduler
 import HangarShared
+import Synchronization
 import Testing
 
 @Suite("SQLite store")
@@ -125,6 +126,45 @@ struct StoreTests {
         let statistics = store.commitStatistics
         #expect(statistics.operations == count)
         #expect(statistics.transactions < count / 2)
+    }
+
+    @Test("writes queued together share one transaction, each hears its own outcome; a failing one fails alone")
+    func queuedTogether() async throws {
+        let (store, _) = try makeStore()
+        try await store.write(.jobAccepted(job("dup")))
+        // Queued one by one, a group is split whenever the drain starts between two of them; the
+        // first write of each group starts an idle drain, so over 100 groups that happens.
+        for round in 0..<100 {
+            let before = store.commitStatistics
+            let outcomes = Mutex<[Int: Bool]>([:])
+            let (done, finished) = AsyncStream.makeStream(of: Void.self)
+            let writes = (0..<20).map { index in
+                let id = round == 50 && index == 7 ? "dup" : "g\(round)-\(index)"
+                return (
+                    StoreWrite.jobAccepted(job(id)),
+                    whenCommitted: { @Sendable (error: (any Error)?) in
+                        let count = outcomes.withLock {
+                            $0[index] = error == nil
+                            return $0.count
+                        }
+                        if count == 20 { finished.yield() }
+                    }
+                )
+            }
+            store.queue(writes)
+            for await _ in done { break }
+            let after = store.commitStatistics
+            let failed = outcomes.withLock { $0.filter { !$0.value }.map(\.key) }
+            if round == 50 {
+                // The batch failed, so each write was tried alone: only the duplicate failed.
+                #expect(failed == [7])
+            } else {
+                #expect(failed.isEmpty)
+                #expect(after.transactions - before.transactions == 1, "round \(round) was split")
+            }
+            #expect(after.operations - before.operations == (round == 50 ? 19 : 20))
+        }
+        #expect(try await store.count("jobs") == 1 + 99 * 20 + 19)
     }
 
     @Test("a failing operation does not fail the others in its batch")

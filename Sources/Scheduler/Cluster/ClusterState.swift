@@ -6,7 +6,7 @@ public struct ClusterState: Sendable {
     /// A node's heartbeat-side facts.
     public struct Record: Sendable {
         public var heartbeat: Hangar_V1_NodeHeartbeat
-        public var lastSeen: ContinuousClock.Instant
+        @StoredAsMoment public var lastSeen: ContinuousClock.Instant
         /// Unix ms after which a draining node's remaining jobs are stopped and retried elsewhere.
         public var drainDeadline: Int64 = 0
     }

@@ -28,15 +28,17 @@ public enum CoreEvent: Sendable, Equatable {
     /// The tenant cancelled the job (`reason` becomes the job's message).
     case cancel(jobID: String, reason: String)
     /// An operator's setting for a node (eligibility, drain); `drainDeadline` is when a drain stops
-    /// waiting for the node's jobs and kills them.
-    case nodeControl(nodeID: String, NodeControl, drainDeadline: ContinuousClock.Instant?)
+    /// waiting for the node's jobs and kills them. (`indirect`, as `sandbox`: their payloads hold
+    /// `ContinuousClock.Instant`s, and boxed they leave the event's layout known at compile time;
+    /// see ``Moment``.)
+    indirect case nodeControl(nodeID: String, NodeControl, drainDeadline: ContinuousClock.Instant?)
     /// The tenants file changed.
     case tenantsChanged(TenantDirectory)
     /// Time passed (failure detection, retry backoffs, queue deadlines, recovery, drain deadlines,
     /// store writes to try again, sandbox timeouts).
     case tick
     /// Something happened to a stateful sandbox.
-    case sandbox(SandboxEvent)
+    indirect case sandbox(SandboxEvent)
 }
 
 /// What the shell around the core must do, in order.
@@ -69,6 +71,6 @@ public enum LogRecord: Sendable, Equatable {
     /// A drain's deadline passed: the node's attempts were killed and lost.
     case drainDeadlinePassed(nodeID: String)
     case finished(jobID: String, CoreOutcome)
-    /// A stateful sandbox's state change.
-    case sandbox(SandboxRecord)
+    /// A stateful sandbox's state change (`indirect`: see ``CoreEvent/nodeControl(nodeID:_:drainDeadline:)``).
+    indirect case sandbox(SandboxRecord)
 }

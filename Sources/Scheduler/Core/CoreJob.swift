@@ -80,7 +80,7 @@ public struct LostAttempt: Sendable, Equatable {
 struct UnlistedAttempt: Sendable, Equatable {
     var attempt: UInt32
     var node: String
-    var since: ContinuousClock.Instant
+    @StoredAsMoment var since: ContinuousClock.Instant
 }
 
 /// Where a job is. Each case carries what only that phase has, so no combination of flags can say

@@ -22,3 +22,34 @@ public struct Moment: Sendable, Hashable, Comparable {
 
     public static func < (lhs: Moment, rhs: Moment) -> Bool { lhs.sinceOrigin < rhs.sinceOrigin }
 }
+
+/// An instant kept as a ``Moment``, so that the type holding it has a layout known at compile
+/// time (see ``Moment``); it reads and writes as a `ContinuousClock.Instant`.
+@propertyWrapper
+public struct StoredAsMoment: Sendable, Hashable {
+    private var moment: Moment
+
+    /// Keeps `wrappedValue`.
+    public init(wrappedValue: ContinuousClock.Instant) { moment = Moment(wrappedValue) }
+
+    /// The instant kept.
+    public var wrappedValue: ContinuousClock.Instant {
+        get { moment.instant }
+        set { moment = Moment(newValue) }
+    }
+}
+
+/// An optional instant kept as a ``Moment`` (see ``StoredAsMoment``).
+@propertyWrapper
+public struct StoredAsOptionalMoment: Sendable, Hashable {
+    private var moment: Moment?
+
+    /// Keeps `wrappedValue`.
+    public init(wrappedValue: ContinuousClock.Instant?) { moment = wrappedValue.map(Moment.init) }
+
+    /// The instant kept, if any.
+    public var wrappedValue: ContinuousClock.Instant? {
+        get { moment?.instant }
+        set { moment = newValue.map(Moment.init) }
+    }
+}

@@ -41,20 +41,20 @@ public struct SchedulerCore: Sendable {
     public internal(set) var sandboxes: [String: CoreSandbox] = [:]
     var sandboxesWaiting: [String] = []
     /// When restored sandboxes must have been confirmed by their nodes.
-    var sandboxRecoveryDeadline: ContinuousClock.Instant?
+    @StoredAsOptionalMoment var sandboxRecoveryDeadline: ContinuousClock.Instant? = nil
     /// Operator settings per node, applied when the node (re)joins.
     public private(set) var controls: [String: NodeControl] = [:]
     /// When a draining node's remaining attempts are killed.
     private var drainDeadlines: [String: ContinuousClock.Instant] = [:]
     /// When restored attempts must have been confirmed by their nodes (see ``JobPhase/restored``).
-    private var recoveryDeadline: ContinuousClock.Instant?
+    @StoredAsOptionalMoment private var recoveryDeadline: ContinuousClock.Instant? = nil
     /// Attempts their node's latest heartbeat did not list, and since when (see `checkUnlisted`).
     private var unlisted: [String: UnlistedAttempt] = [:]
     /// When `checkUnlisted` runs next (once a second is enough against a grace of seconds).
-    private var nextUnlistedCheck: ContinuousClock.Instant?
+    @StoredAsOptionalMoment private var nextUnlistedCheck: ContinuousClock.Instant? = nil
     /// When the last tick ran: a gap much longer than the tick interval is a pause of the
     /// scheduler itself (see `excusePause`).
-    private var lastTick: ContinuousClock.Instant?
+    @StoredAsOptionalMoment private var lastTick: ContinuousClock.Instant? = nil
     /// The counted attempt (and node) of recently ended jobs, oldest first out.
     private var ended: [String: LostAttempt] = [:]
     private var endedOrder: [String] = []

@@ -10,7 +10,7 @@ struct AssignmentOutbox {
         /// `assignment` with its traceparent, serialized: how it travels in a batch.
         var encoded: Data
         var nodeID: String
-        var decidedAt: ContinuousClock.Instant
+        @StoredAsMoment var decidedAt: ContinuousClock.Instant
         var trace: TraceContext
     }
 

@@ -9,7 +9,9 @@ import Synchronization
 final class GroupCommitter: Sendable {
     /// Who hears about the commit: an awaiting caller, or a fire-and-forget callback.
     enum Completion: Sendable {
-        case continuation(CheckedContinuation<Void, any Error>)
+        /// `indirect`: a `CheckedContinuation`'s layout is the concurrency library's to change, and
+        /// boxed it leaves this enum's layout known at compile time (see ``Moment``).
+        indirect case continuation(CheckedContinuation<Void, any Error>)
         case callback(@Sendable ((any Error)?) -> Void)
 
         func resume() {

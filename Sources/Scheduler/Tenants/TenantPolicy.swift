@@ -55,7 +55,7 @@ public struct TenantPolicy: Sendable, Equatable {
 /// Token bucket rate limiter (pure: the caller passes the time).
 public struct TokenBucket: Sendable {
     public private(set) var tokens: Double
-    private var last: ContinuousClock.Instant
+    @StoredAsMoment private var last: ContinuousClock.Instant
 
     public init(burst: Double, now: ContinuousClock.Instant) {
         tokens = burst
