@@ -19,6 +19,15 @@ struct SandboxReadoptionTests {
     func hangUpAndAdopt() async throws {
         let agentPath = try #require(ProcessSandbox.locateAgent(), "hangar-sandbox-agent is not built")
         let original = try await ProcessSandbox.start(id: "readopt-\(uniqueTag())", agentPath: agentPath)
+        do {
+            try await hangUpAndAdopt(original)
+        } catch {
+            _ = await original.kill()  // so that a failure leaves no sandbox behind
+            throw error
+        }
+    }
+
+    private func hangUpAndAdopt(_ original: ProcessSandbox) async throws {
         let saved = try #require(original.saved, "a loopback sandbox can be re-adopted")
         let sleeper = try await run(
             original,
@@ -41,8 +50,7 @@ struct SandboxReadoptionTests {
         ticker.background = true
         var ticks = original.agent.exec(ticker).makeAsyncIterator()
         guard case .started(let tickerStarted)? = try await ticks.next()?.kind else {
-            Issue.record("the ticker did not start")
-            return
+            throw Stopped("the ticker did not start")
         }
         // A foreground one that ends once the node has gone (when told to, below), before the next
         // node takes it over: its output and exit wait for that node (its output is not kept by
@@ -51,8 +59,7 @@ struct SandboxReadoptionTests {
         ending.argv = ["sh", "-c", "while [ ! -e /tmp/end-now ]; do sleep 0.05; done; echo done; exit 7"]
         var endingEvents = original.agent.exec(ending).makeAsyncIterator()
         guard case .started(let endingStarted)? = try await endingEvents.next()?.kind else {
-            Issue.record("the ending command did not start")
-            return
+            throw Stopped("the ending command did not start")
         }
 
         // A background one that printed 125 KiB, all read by the old node, then waits: the agent
@@ -113,8 +120,7 @@ struct SandboxReadoptionTests {
         // line from the first, without a gap.
         var taken = adopted.agent.reattach(pid: tickerStarted.pid).makeAsyncIterator()
         guard case .started(let resumed)? = try await taken.next()?.kind else {
-            Issue.record("the ticker could not be taken over")
-            return
+            throw Stopped("the ticker could not be taken over")
         }
         #expect(resumed.pid == tickerStarted.pid && resumed.stdoutOffset == 0, "\(resumed)")
         var resumedOutput = Data()
@@ -131,8 +137,7 @@ struct SandboxReadoptionTests {
         // The bulk one: its last 64 KiB come again, from where they start.
         var bulkTaken = adopted.agent.reattach(pid: bulkPID).makeAsyncIterator()
         guard case .started(let bulkResumed)? = try await bulkTaken.next()?.kind else {
-            Issue.record("the bulk command could not be taken over")
-            return
+            throw Stopped("the bulk command could not be taken over")
         }
         #expect(bulkResumed.stdoutOffset == UInt64(bulkText.count - 65536), "\(bulkResumed)")
         var replayed = Data()
@@ -247,4 +252,10 @@ struct SandboxReadoptionTests {
         }
         #expect(resources.users.inUse == 0, "a failed adoption claims no uid")
     }
+}
+
+/// A check that stops a test (thrown, so that its sandbox is killed on the way out).
+private struct Stopped: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }
