@@ -37,8 +37,8 @@ public struct CoreJob: Sendable, Equatable {
     }
 
     public let spec: Spec
-    /// When it was accepted (a ``Moment``, so that a job's layout is known at compile time).
-    let accepted: Moment
+    /// When it was accepted (kept as a ``Moment``, so that a job's layout is known at compile time).
+    @StoredAsMoment public private(set) var acceptedAt: ContinuousClock.Instant
     public internal(set) var phase: JobPhase
     /// Attempts sent so far; the latest is the fencing epoch a result must carry.
     public internal(set) var attempts: UInt32 = 0
@@ -49,14 +49,6 @@ public struct CoreJob: Sendable, Equatable {
     /// Why it is still waiting, for the message when it expires.
     public internal(set) var waitingBecause = ""
 
-    /// A job accepted at `acceptedAt`, in `phase`.
-    init(spec: Spec, acceptedAt: ContinuousClock.Instant, phase: JobPhase) {
-        self.spec = spec
-        self.accepted = Moment(acceptedAt)
-        self.phase = phase
-    }
-
-    public var acceptedAt: ContinuousClock.Instant { accepted.instant }
     public var id: String { spec.id }
     public var tenant: String { spec.tenant }
 

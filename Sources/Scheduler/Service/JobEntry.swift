@@ -8,13 +8,13 @@ struct JobEntry: Sendable {
     let id: String
     let submission: ValidatedSubmission
     let request: PlacementRequest
-    /// When it was accepted and placed, as ``Moment``s: with `ContinuousClock.Instant`s here the
-    /// entry's layout would be known only at run time (see ``Moment``), and every copy or field
+    /// When it was accepted and placed, kept as ``Moment``s: with `ContinuousClock.Instant`s here
+    /// the entry's layout would be known only at run time (see ``Moment``), and every copy or field
     /// read of it would cost more.
-    private let accepted: Moment
-    private var placed: Moment?
+    @StoredAsMoment private(set) var acceptedAt: ContinuousClock.Instant
     /// Reply subjects of tenants waiting for the result (wait mode, including duplicates).
     var waiters: [String]
+    @StoredAsOptionalMoment var placedAt: ContinuousClock.Instant? = nil
     var placementMilliseconds: UInt64 = 0
     /// The W3C trace of the submission (from its `traceparent` header, else new); assignments carry it.
     var trace = TraceContext.start()
@@ -33,26 +33,6 @@ struct JobEntry: Sendable {
     /// sent (the serialized request), kept until the submission is in the store: should the stream
     /// lose it, it is published again (`Scheduler.recoverLostIntake`).
     var intake: (sequence: UInt64, request: Data)?
-
-    init(
-        id: String,
-        submission: ValidatedSubmission,
-        request: PlacementRequest,
-        acceptedAt: ContinuousClock.Instant,
-        waiters: [String]
-    ) {
-        self.id = id
-        self.submission = submission
-        self.request = request
-        self.accepted = Moment(acceptedAt)
-        self.waiters = waiters
-    }
-
-    var acceptedAt: ContinuousClock.Instant { accepted.instant }
-    var placedAt: ContinuousClock.Instant? {
-        get { placed?.instant }
-        set { placed = newValue.map(Moment.init) }
-    }
 
     var tenant: String { submission.tenant }
 
