@@ -99,6 +99,51 @@ struct SchedulerCoreTests {
         #expect(core.handle(.finishCommitted(jobID: "j"), now: at(1.5)).isEmpty, "ended twice")
     }
 
+    @Test(
+        "after a job ended, its counted result again changes nothing; another attempt's is late; forgotten after endedMemory more"
+    )
+    func endedJobsRemembered() {
+        var config = SchedulerCore.Config()
+        config.endedMemory = 3
+        var core = SchedulerCore(config: config, cluster: ClusterState())
+        _ = core.handle(.heartbeat(nodeID: "n1", heartbeat(slots: 8)), now: at(0))
+        // Ids long enough to be kept apart from their strings (see `CompactJobID`), and one longer.
+        let ids = [
+            "job-0000-0000-0000-0000-0001", "job-0000-0000-0000-0000-0002", "job-0000-0000-0000-0000-0003",
+            "job-0000-0000-0000-0000-0004-and-some-more-bytes", "job-0000-0000-0000-0000-0005",
+        ]
+        func end(_ id: String, at time: Double) {
+            _ = core.handle(.admitted(spec(id)), now: at(time))
+            _ = core.handle(.intakeCommitted(jobID: id), now: at(time))
+            _ = core.handle(.result(jobID: id, attempt: 1, nodeID: "n1", status: .succeeded), now: at(time))
+            #expect(core.handle(.finishCommitted(jobID: id), now: at(time)).count == 1, "\(id) did not end")
+        }
+        for (index, id) in ids.prefix(3).enumerated() { end(id, at: Double(index)) }
+        for id in ids.prefix(3) {
+            #expect(core.remembers(id))
+            #expect(core.handle(.result(jobID: id, attempt: 1, nodeID: "n1", status: .succeeded), now: at(4)).isEmpty)
+            #expect(
+                core.handle(.result(jobID: id, attempt: 2, nodeID: "n1", status: .failed), now: at(4))
+                    == [.log(.resultLate(jobID: id, attempt: 2, nodeID: "n1", status: .failed))]
+            )
+            #expect(
+                core.handle(.result(jobID: id, attempt: 1, nodeID: "n2", status: .succeeded), now: at(4))
+                    == [.log(.resultLate(jobID: id, attempt: 1, nodeID: "n2", status: .succeeded))]
+            )
+        }
+        #expect(!core.remembers("job-0000-0000-0000-0000-0004"), "an id that is a prefix of an ended one")
+        end(ids[3], at: 5)
+        end(ids[4], at: 6)
+        // Three remembered: the first two are forgotten, so their result again is late.
+        #expect(!core.remembers(ids[0]) && !core.remembers(ids[1]))
+        #expect(core.remembers(ids[2]) && core.remembers(ids[3]) && core.remembers(ids[4]))
+        #expect(
+            core.handle(.result(jobID: ids[0], attempt: 1, nodeID: "n1", status: .succeeded), now: at(7))
+                == [.log(.resultLate(jobID: ids[0], attempt: 1, nodeID: "n1", status: .succeeded))]
+        )
+        #expect(core.handle(.result(jobID: ids[3], attempt: 1, nodeID: "n1", status: .succeeded), now: at(7)).isEmpty)
+    }
+
     @Test("after a restart: a restored attempt its node lists is kept; one it does not list is lost at TTL + grace")
     func restoredAttempts() {
         var core = SchedulerCore(

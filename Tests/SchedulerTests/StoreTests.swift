@@ -7,13 +7,13 @@ import Testing
 
 @Suite("SQLite store")
 struct StoreTests {
-    func makeStore() throws -> (Store, URL) {
+    func makeStore(linger: Duration = .milliseconds(5)) throws -> (Store, URL) {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "hangar-store-\(UUID().uuidString)"
         )
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let path = directory.appendingPathComponent("hangar.sqlite")
-        return (try Store(path: path.path), path)
+        return (try Store(path: path.path, linger: linger), path)
     }
 
     func job(_ id: String, requestID: String? = nil) -> StoredJob {
@@ -165,6 +165,81 @@ struct StoreTests {
             #expect(after.operations - before.operations == (round == 50 ? 19 : 20))
         }
         #expect(try await store.count("jobs") == 1 + 99 * 20 + 19)
+    }
+
+    /// Queues `count` placement records of job `jobID` as deferrable; the returned stream yields
+    /// once every one of them heard its outcome (true: all committed).
+    func queuePlacements(_ store: Store, jobID: String, count: Int) -> AsyncStream<Bool> {
+        let (done, finished) = AsyncStream.makeStream(of: Bool.self)
+        let heard = Mutex<(count: Int, failed: Bool)>((0, false))
+        let writes = (1...count).map { attempt in
+            (
+                StoreWrite.attemptPlaced(jobID: jobID, attempt: UInt32(attempt), nodeID: "n1", at: unixMilliseconds()),
+                whenCommitted: { @Sendable (error: (any Error)?) in
+                    let (all, failed) = heard.withLock {
+                        $0.count += 1
+                        $0.failed = $0.failed || error != nil
+                        return ($0.count == count, $0.failed)
+                    }
+                    if all {
+                        finished.yield(!failed)
+                        finished.finish()
+                    }
+                }
+            )
+        }
+        store.queue(writes, deferrable: true)
+        return done
+    }
+
+    @Test("deferrable writes queued to an idle store wait for the next write and share its transaction")
+    func deferrableWaitsForCompany() async throws {
+        // A linger no test outlasts: only the next write can commit them.
+        let (store, _) = try makeStore(linger: .seconds(3600))
+        for round in 0..<20 {
+            try await store.write(.jobAccepted(job("d\(round)")))
+            let before = store.commitStatistics
+            let attempts = try await store.count("attempts")
+            let placed = queuePlacements(store, jobID: "d\(round)", count: 5)
+            // A read takes the time an immediate drain needs to commit them; deferred, they wait.
+            #expect(try await store.count("attempts") == attempts, "round \(round) committed alone")
+            try await store.write(.audit(actor: "test", event: "e\(round)", jobID: nil, detail: ""))
+            for await committed in placed {
+                #expect(committed)
+                break
+            }
+            let after = store.commitStatistics
+            #expect(after.transactions - before.transactions == 1, "round \(round) took two transactions")
+            #expect(after.operations - before.operations == 6)
+            #expect(try await store.count("attempts") == attempts + 5)
+        }
+    }
+
+    @Test("deferrable writes with no write after them are committed after the linger")
+    func deferrableCommittedAlone() async throws {
+        let (store, _) = try makeStore(linger: .milliseconds(20))
+        for round in 0..<3 {
+            try await store.write(.jobAccepted(job("alone\(round)")))
+            let before = store.commitStatistics
+            let placed = queuePlacements(store, jobID: "alone\(round)", count: 4)
+            // Bounded: a lost timer would leave them waiting forever.
+            let committed = try await withThrowingTaskGroup(of: Bool?.self) { group in
+                group.addTask {
+                    for await committed in placed { return committed }
+                    return false
+                }
+                group.addTask {
+                    try await Task.sleep(for: .seconds(10))
+                    return nil
+                }
+                let first = try await group.next()!
+                group.cancelAll()
+                return first
+            }
+            #expect(committed == true, "round \(round): deferred writes not committed within 10 s")
+            #expect(store.commitStatistics.transactions - before.transactions == 1)
+        }
+        #expect(try await store.count("attempts") == 12)
     }
 
     @Test("a failing operation does not fail the others in its batch")

@@ -56,8 +56,8 @@ public struct SchedulerCore: Sendable {
     /// scheduler itself (see `excusePause`).
     @StoredAsOptionalMoment private var lastTick: ContinuousClock.Instant? = nil
     /// The counted attempt (and node) of recently ended jobs, oldest first out.
-    private var ended: [String: LostAttempt] = [:]
-    private var endedOrder: [String] = []
+    private var ended: [CompactJobID: LostAttempt] = [:]
+    private var endedOrder: [CompactJobID] = []
     private var endedHead = 0
     /// Something happened since the last placement round that could let a queued job fit (a job
     /// queued, resources given back, a node's report or setting, the tenants' policies). Without it
@@ -74,7 +74,7 @@ public struct SchedulerCore: Sendable {
     public func knows(_ id: String) -> Bool { jobs.index(forKey: id) != nil }
 
     /// Whether `id` ended recently (its result may come again as a duplicate).
-    public func remembers(_ id: String) -> Bool { ended[id] != nil }
+    public func remembers(_ id: String) -> Bool { ended[CompactJobID(id)] != nil }
 
     /// Whether the store has the job (it is past ``JobPhase/committing``).
     public func isCommitted(_ id: String) -> Bool {
@@ -247,7 +247,8 @@ public struct SchedulerCore: Sendable {
         case .finishing(let outcome, _, _) where outcome.attempt == attempt && outcome.node == node:
             return  // the same result again
         default:
-            if ended[id] == LostAttempt(attempt: attempt, node: node) { return }  // a resend of the counted one
+            // A resend of the counted one.
+            if ended[CompactJobID(id)] == LostAttempt(attempt: attempt, node: node) { return }
         }
         actions.append(.log(.resultLate(jobID: id, attempt: attempt, nodeID: node, status: status)))
     }
@@ -674,8 +675,9 @@ public struct SchedulerCore: Sendable {
     }
 
     private mutating func remember(_ id: String, _ counted: LostAttempt) {
-        ended[id] = counted
-        endedOrder.append(id)
+        let key = CompactJobID(id)
+        ended[key] = counted
+        endedOrder.append(key)
         if endedOrder.count - endedHead > config.endedMemory {
             ended.removeValue(forKey: endedOrder[endedHead])
             endedHead += 1

@@ -20,12 +20,15 @@ extension Scheduler {
     /// Performs the core's actions in order. With `batch` non-nil, the store writes are appended to
     /// it (a stream batch committed in one transaction; the caller reports its finished jobs'
     /// commits to the core), else they are queued for the group commit together, once the actions
-    /// are performed (a placement round's records share one transaction). Either way the writes
+    /// are performed (a placement round's records share one transaction, and when they are all the
+    /// round queued, they are deferrable: the next write queued takes them along). Either way the writes
     /// keep the order decided: the sandbox paths, which queue their own, go after what came
     /// before them. Nothing else here waits for a write.
     func perform(_ actions: [CoreAction], into batch: inout [StoreWrite]?) {
         var queued: [(StoreWrite, whenCommitted: @Sendable ((any Error)?) -> Void)] = []
-        defer { store.queue(queued) }
+        // A placement round's records alone wait for company: nobody waits for them, and the next
+        // stream batch (its attempts' results, more submissions) soon starts a transaction.
+        defer { store.queue(queued, deferrable: queued.allSatisfy { $0.0.isAttemptPlaced }) }
         for action in actions {
             switch action {
             case .assign(let jobID, let attempt, let nodeID):

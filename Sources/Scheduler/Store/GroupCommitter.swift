@@ -32,21 +32,29 @@ final class GroupCommitter: Sendable {
     private struct Pending {
         var operations: [(StoreWrite, Completion)] = []
         var draining = false
+        /// A drain is due `linger` after deferrable writes were queued to an idle committer.
+        var lingering = false
         var transactions = 0
         var applied = 0
     }
 
+    private enum DrainStart { case none, drain, linger }
+
     private let pool: DatabasePool
     private let state = Mutex(Pending())
     private let maxBatch = 2048
+    /// How long deferrable writes (see ``enqueue(contentsOf:deferrable:)``) queued to an idle
+    /// committer wait for another write to share a transaction with.
+    let linger: Duration
     /// Set while this store leads a replicated log (`Store.lead`): each batch is appended to the
     /// log before it is applied. Read and advanced only by the drain.
     let logWriter = Mutex<StoreLogWriter?>(nil)
     /// The apply of the last entry appended (logged mode): the next one waits for it.
     private let pendingApply = Mutex<Task<Void, Never>?>(nil)
 
-    init(pool: DatabasePool) {
+    init(pool: DatabasePool, linger: Duration = .milliseconds(5)) {
         self.pool = pool
+        self.linger = linger
     }
 
     var statistics: (transactions: Int, operations: Int) {
@@ -66,16 +74,38 @@ final class GroupCommitter: Sendable {
 
     /// Queues `writes` now, in their order and together: the drain never takes only some of them
     /// (unless more than `maxBatch` wait), so they share one transaction.
-    func enqueue(contentsOf writes: some Collection<(StoreWrite, Completion)>) {
+    ///
+    /// `deferrable`: nobody waits for these writes soon (a placement round's records), so an idle
+    /// committer does not start a transaction for them alone: they go with the next write that
+    /// starts one (a stream batch, usually within milliseconds under load), or after `linger`. Queue
+    /// order is kept either way; only when the transaction starts changes.
+    func enqueue(contentsOf writes: some Collection<(StoreWrite, Completion)>, deferrable: Bool = false) {
         guard !writes.isEmpty else { return }
-        let startDrain = state.withLock { state in
+        let start = state.withLock { state -> DrainStart in
             state.operations.append(contentsOf: writes)
-            if state.draining { return false }
+            if state.draining { return .none }
+            if deferrable {
+                if state.lingering { return .none }
+                state.lingering = true
+                return .linger
+            }
             state.draining = true
-            return true
+            return .drain
         }
-        if startDrain {
-            Task.detached { await self.drain() }
+        switch start {
+        case .none: break
+        case .drain: Task.detached { await self.drain() }
+        case .linger:
+            Task.detached {
+                try? await Task.sleep(for: self.linger)
+                let startDrain = self.state.withLock { state in
+                    state.lingering = false
+                    if state.draining || state.operations.isEmpty { return false }
+                    state.draining = true
+                    return true
+                }
+                if startDrain { await self.drain() }
+            }
         }
     }
 

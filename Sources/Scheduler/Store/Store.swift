@@ -10,7 +10,8 @@ public final class Store: Sendable {
     let committer: GroupCommitter
 
     /// Opens (creating if needed) the database at `path` and runs pending migrations.
-    public init(path: String) throws {
+    /// `linger`: how long writes queued as deferrable wait for company (see ``queue(_:deferrable:)``).
+    public init(path: String, linger: Duration = .milliseconds(5)) throws {
         var configuration = Configuration()
         configuration.label = "hangar.store"
         configuration.busyMode = .timeout(5)
@@ -35,7 +36,7 @@ public final class Store: Sendable {
                 usleep(100_000)
             }
         }
-        committer = GroupCommitter(pool: pool)
+        committer = GroupCommitter(pool: pool, linger: linger)
     }
 
     /// Applies `write` in the next group-committed transaction; returns once it is committed.
@@ -57,9 +58,14 @@ public final class Store: Sendable {
 
     /// Queues `writes` for the next group commit together (they share its transaction), without
     /// waiting for it; each one's completion hears its outcome (nil: committed) on the committer's
-    /// thread.
-    public func queue(_ writes: [(StoreWrite, whenCommitted: @Sendable ((any Error)?) -> Void)]) {
-        committer.enqueue(contentsOf: writes.lazy.map { ($0.0, .callback($0.whenCommitted)) })
+    /// thread. `deferrable`: nobody waits for them soon, so an idle store does not commit them alone
+    /// at once but with the next write queued, or after a few milliseconds (see
+    /// `GroupCommitter.enqueue(contentsOf:deferrable:)`).
+    public func queue(
+        _ writes: [(StoreWrite, whenCommitted: @Sendable ((any Error)?) -> Void)],
+        deferrable: Bool = false
+    ) {
+        committer.enqueue(contentsOf: writes.lazy.map { ($0.0, .callback($0.whenCommitted)) }, deferrable: deferrable)
     }
 
     /// Returns once every write queued before this call is committed (or has failed), synced to
@@ -280,6 +286,12 @@ extension StoreWrite {
         case .jobAccepted, .intake, .streamBatch, .sandbox(.created): true
         default: false
         }
+    }
+
+    /// Whether this is an attempt's placement record (deferrable; see `Store.queue(_:deferrable:)`).
+    var isAttemptPlaced: Bool {
+        if case .attemptPlaced = self { return true }
+        return false
     }
 
     /// Applies the change in the current transaction; `audit` is the audit chain's head within it
