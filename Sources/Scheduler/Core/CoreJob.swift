@@ -115,3 +115,20 @@ public struct CoreOutcome: Sendable, Equatable {
     public var node: String?
     public var message: String
 }
+
+/// Queries of the core's jobs by id, on the dictionary itself: the shell asks `core.jobs.…`, which
+/// copies only this dictionary out of the actor (a method of the core would copy the whole core).
+extension [String: CoreJob] {
+    /// Whether job `id` is here (a lookup without copying the job out).
+    public func knows(_ id: String) -> Bool { index(forKey: id) != nil }
+
+    /// Whether the store has job `id` (it is past ``JobPhase/committing``).
+    public func isCommitted(_ id: String) -> Bool {
+        guard let phase = self[id]?.phase else { return false }
+        if case .committing = phase { return false }
+        return true
+    }
+
+    /// How many attempts job `id` was sent so far (nil: not here).
+    public func attempts(of id: String) -> UInt32? { self[id]?.attempts }
+}

@@ -55,10 +55,10 @@ public struct SchedulerCore: Sendable {
     /// When the last tick ran: a gap much longer than the tick interval is a pause of the
     /// scheduler itself (see `excusePause`).
     @StoredAsOptionalMoment private var lastTick: ContinuousClock.Instant? = nil
-    /// The counted attempt (and node) of recently ended jobs, oldest first out.
-    private var ended: [CompactJobID: LostAttempt] = [:]
-    private var endedOrder: [CompactJobID] = []
-    private var endedHead = 0
+    /// The counted attempt (and node) of recently ended jobs. Read by the shell as `core.endedJobs`:
+    /// a stored property, so that only it is copied out of the actor (calling a method of the core
+    /// there copies the whole core).
+    public private(set) var endedJobs: EndedJobs
     /// Something happened since the last placement round that could let a queued job fit (a job
     /// queued, resources given back, a node's report or setting, the tenants' policies). Without it
     /// a round would decide exactly what the last one did, so it is skipped.
@@ -68,23 +68,22 @@ public struct SchedulerCore: Sendable {
     public init(config: Config, cluster: ClusterState) {
         self.config = config
         self.cluster = cluster
+        self.endedJobs = EndedJobs(limit: config.endedMemory)
     }
+
+    // The shell reads these through `core.jobs` and `core.endedJobs` (see `endedJobs`).
 
     /// Whether the core works on job `id` (a lookup without copying the job out).
-    public func knows(_ id: String) -> Bool { jobs.index(forKey: id) != nil }
+    public func knows(_ id: String) -> Bool { jobs.knows(id) }
 
     /// Whether `id` ended recently (its result may come again as a duplicate).
-    public func remembers(_ id: String) -> Bool { ended[CompactJobID(id)] != nil }
+    public func remembers(_ id: String) -> Bool { endedJobs.remembers(id) }
 
     /// Whether the store has the job (it is past ``JobPhase/committing``).
-    public func isCommitted(_ id: String) -> Bool {
-        guard let phase = phase(of: id) else { return false }
-        if case .committing = phase { return false }
-        return true
-    }
+    public func isCommitted(_ id: String) -> Bool { jobs.isCommitted(id) }
 
     /// How many attempts job `id` was sent so far (nil: the core does not work on it), read in place.
-    public func attempts(of id: String) -> UInt32? { jobs[id]?.attempts }
+    public func attempts(of id: String) -> UInt32? { jobs.attempts(of: id) }
 
     /// Job `id`'s phase (the optimizer copies only the phase out; see `Dictionary.inPlace`).
     func phase(of id: String) -> JobPhase? { jobs[id]?.phase }
@@ -189,7 +188,7 @@ public struct SchedulerCore: Sendable {
             else { break }
             let job = jobs.remove(at: index).value
             give(holds, tenant: job.spec.tenant, request: job.spec.request)
-            remember(id, LostAttempt(attempt: outcome.attempt, node: outcome.node ?? ""))
+            endedJobs.remember(id, LostAttempt(attempt: outcome.attempt, node: outcome.node ?? ""))
             actions.append(.ended(jobID: id, outcome))
         case .finishFailed(let id):
             guard let index = jobs.index(forKey: id),
@@ -248,7 +247,7 @@ public struct SchedulerCore: Sendable {
             return  // the same result again
         default:
             // A resend of the counted one.
-            if ended[CompactJobID(id)] == LostAttempt(attempt: attempt, node: node) { return }
+            if endedJobs.countedAttempt(of: id) == LostAttempt(attempt: attempt, node: node) { return }
         }
         actions.append(.log(.resultLate(jobID: id, attempt: attempt, nodeID: node, status: status)))
     }
@@ -672,19 +671,5 @@ public struct SchedulerCore: Sendable {
     private mutating func apply(_ control: NodeControl, to nodeID: String) {
         cluster.setEligible(nodeID, control.eligible)
         cluster.setDraining(nodeID, control.draining, deadline: control.drainDeadline)
-    }
-
-    private mutating func remember(_ id: String, _ counted: LostAttempt) {
-        let key = CompactJobID(id)
-        ended[key] = counted
-        endedOrder.append(key)
-        if endedOrder.count - endedHead > config.endedMemory {
-            ended.removeValue(forKey: endedOrder[endedHead])
-            endedHead += 1
-            if endedHead > config.endedMemory {
-                endedOrder.removeFirst(endedHead)
-                endedHead = 0
-            }
-        }
     }
 }

@@ -28,7 +28,7 @@ extension Scheduler {
             }
             // Not yet committed (still on its way from the intake stream to SQLite): the core ends
             // it CANCELLED once it is.
-            let committed = core.isCommitted(jobID)
+            let committed = core.jobs.isCommitted(jobID)
             handle(.cancel(jobID: jobID, reason: "cancelled by tenant \(tenant)"))
             if committed {
                 try? await store.write(.audit(actor: "tenant:\(tenant)", event: "job.cancel", jobID: jobID, detail: ""))

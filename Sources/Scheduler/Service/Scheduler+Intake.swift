@@ -60,7 +60,7 @@ extension Scheduler {
         var suspects: [(id: String, sequence: UInt64)] = []
         for (id, entry) in jobs {
             guard let intake = entry.intake else { continue }
-            if core.isCommitted(id) {
+            if core.jobs.isCommitted(id) {
                 stored.append(id)
             } else if !committingIntake.contains(id), now - entry.acceptedAt >= config.intakeLossGrace {
                 suspects.append((id, intake.sequence))
@@ -78,7 +78,7 @@ extension Scheduler {
             guard held == nil else { continue }  // still in the stream: the consumer has not come to it yet
             // Looked at again after the wait: stored, or being stored, meanwhile?
             guard let entry = jobs[suspect.id], let intake = entry.intake, intake.sequence == suspect.sequence,
-                !core.isCommitted(suspect.id), !committingIntake.contains(suspect.id)
+                !core.jobs.isCommitted(suspect.id), !committingIntake.contains(suspect.id)
             else { continue }
             logger.warning(
                 "the intake stream no longer holds an accepted submission that is not stored; publishing it again",
@@ -252,7 +252,7 @@ extension Scheduler {
             return .retry  // being committed from an earlier delivery; ack this copy once that is done
         }
         if jobs.index(forKey: jobID) != nil {  // not `jobs[jobID]`, which copies the entry out
-            if core.isCommitted(jobID) { return .ack }
+            if core.jobs.isCommitted(jobID) { return .ack }
         } else {
             // Not admitted by this process (a restart, or another instance): unless the store
             // already has it, take it on from the stream.

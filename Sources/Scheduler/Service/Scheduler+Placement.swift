@@ -51,7 +51,7 @@ extension Scheduler {
     }
 
     func assigned(jobID: String, attempt: UInt32, decidedAt: ContinuousClock.Instant) {
-        guard core.attempts(of: jobID) == attempt else { return }
+        guard core.jobs.attempts(of: jobID) == attempt else { return }
         guard let index = jobs.index(forKey: jobID) else { return }
         let milliseconds = decidedAt.milliseconds(until: .now)
         jobs.values[index].placementMilliseconds = milliseconds

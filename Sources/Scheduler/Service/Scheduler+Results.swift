@@ -33,7 +33,7 @@ extension Scheduler {
                 continue
             }
             for report in reports {
-                if !core.knows(report.jobID), !core.remembers(report.jobID),
+                if !core.jobs.knows(report.jobID), !core.endedJobs.remembers(report.jobID),
                     let stored = try? await store.job(id: report.jobID)?.result, stored.attempt == report.attempt,
                     stored.nodeID == nodeID
                 {

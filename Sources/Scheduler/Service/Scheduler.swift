@@ -454,7 +454,7 @@ public actor Scheduler {
         var published: JetStreamPublishAck?
         do {
             published = try outcome.get()
-        } catch  where core.isCommitted(id) || committingIntake.contains(id) {
+        } catch  where core.jobs.isCommitted(id) || committingIntake.contains(id) {
             // The PubAck was lost, but the intake consumer has the job in the store already, or is
             // storing it (if that commit fails, the entry is delivered again): accepted.
             logger.warning("intake publish unconfirmed but committed", metadata: ["job.id": "\(id)"])
@@ -519,7 +519,7 @@ public actor Scheduler {
         }
         var held: [String] = []
         if let index = jobs.index(forKey: id) {
-            let intake = published.flatMap { core.isCommitted(id) ? nil : ($0.sequence, pending.encoded) }
+            let intake = published.flatMap { core.jobs.isCommitted(id) ? nil : ($0.sequence, pending.encoded) }
             held = jobs.inPlace(at: index) { entry in
                 entry.durable = true
                 if let intake { entry.intake = intake }
