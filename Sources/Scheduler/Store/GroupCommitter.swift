@@ -32,8 +32,11 @@ final class GroupCommitter: Sendable {
     private struct Pending {
         var operations: [(StoreWrite, Completion)] = []
         var draining = false
-        /// A drain is due `linger` after deferrable writes were queued to an idle committer.
+        /// A drain is due `linger` after deferrable writes were left waiting alone.
         var lingering = false
+        /// Where in `operations` the last write that is not deferrable is (nil: there is none, so
+        /// what waits may wait for company).
+        var lastUrgent: Int?
         var transactions = 0
         var applied = 0
     }
@@ -75,23 +78,31 @@ final class GroupCommitter: Sendable {
     /// Queues `writes` now, in their order and together: the drain never takes only some of them
     /// (unless more than `maxBatch` wait), so they share one transaction.
     ///
-    /// `deferrable`: nobody waits for these writes soon (a placement round's records), so an idle
-    /// committer does not start a transaction for them alone: they go with the next write that
-    /// starts one (a stream batch, usually within milliseconds under load), or after `linger`. Queue
-    /// order is kept either way; only when the transaction starts changes.
+    /// `deferrable`: nobody waits for these writes soon (a placement round's records), so the
+    /// committer does not start a transaction for them alone: they go with the next write that is
+    /// not deferrable (a stream batch, usually within milliseconds under load), or after `linger`.
+    /// Queue order is kept either way; only when the transaction starts changes.
     func enqueue(contentsOf writes: some Collection<(StoreWrite, Completion)>, deferrable: Bool = false) {
         guard !writes.isEmpty else { return }
-        let start = state.withLock { state -> DrainStart in
+        let next = state.withLock { state -> DrainStart in
             state.operations.append(contentsOf: writes)
+            if !deferrable { state.lastUrgent = state.operations.count - 1 }
             if state.draining { return .none }
-            if deferrable {
-                if state.lingering { return .none }
-                state.lingering = true
-                return .linger
-            }
+            if deferrable { return Self.lingerIfIdle(&state) }
             state.draining = true
             return .drain
         }
+        start(next)
+    }
+
+    /// Arms the linger for deferrable writes left waiting alone, unless it is armed already.
+    private static func lingerIfIdle(_ state: inout Pending) -> DrainStart {
+        if state.lingering { return .none }
+        state.lingering = true
+        return .linger
+    }
+
+    private func start(_ start: DrainStart) {
         switch start {
         case .none: break
         case .drain: Task.detached { await self.drain() }
@@ -104,7 +115,7 @@ final class GroupCommitter: Sendable {
                     state.draining = true
                     return true
                 }
-                if startDrain { await self.drain() }
+                if startDrain { await self.drain(takingDeferrable: true) }
             }
         }
     }
@@ -127,18 +138,31 @@ final class GroupCommitter: Sendable {
         }
     }
 
-    private func drain() async {
+    /// Commits what waits, a transaction at a time, until nothing does, or only deferrable writes
+    /// do (they linger for company then), unless `takingDeferrable` (the linger is over): then the
+    /// first transaction takes them.
+    private func drain(takingDeferrable: Bool = false) async {
+        var takingDeferrable = takingDeferrable
         while true {
+            var linger = DrainStart.none
             let batch: [(StoreWrite, Completion)] = state.withLock { state in
-                guard !state.operations.isEmpty else {
+                guard !state.operations.isEmpty, takingDeferrable || state.lastUrgent != nil else {
                     state.draining = false
+                    if !state.operations.isEmpty { linger = Self.lingerIfIdle(&state) }
                     return []
                 }
                 let count = min(state.operations.count, maxBatch)
-                defer { state.operations.removeFirst(count) }
+                defer {
+                    state.operations.removeFirst(count)
+                    state.lastUrgent = state.lastUrgent.flatMap { $0 >= count ? $0 - count : nil }
+                }
                 return Array(state.operations.prefix(count))
             }
-            if batch.isEmpty { return }
+            takingDeferrable = false
+            if batch.isEmpty {
+                start(linger)
+                return
+            }
             if let writer = logWriter.withLock({ $0 }) {
                 await commitLogged(batch, writer)
                 continue
